@@ -1,0 +1,1 @@
+//! The sidelight daemon: CLI, config, lifecycle, the HTTP surface, and the feedback half.

@@ -1,0 +1,2 @@
+//! Entry point placeholder; the CLI lands in the next commit.
+fn main() {}

@@ -1,0 +1,816 @@
+//! Process metrics per watched target: every process matching a target (by name, cmdline regex,
+//! pidfile or cgroup, plus their descendants) is aggregated into one set of series labelled
+//! `target`, so a gunicorn master and its workers are one target.
+//!
+//! Cost is what matters here: a cycle lists `/proc`, reads one `stat` file per process, and
+//! caches each process's match result by identity (pid + start time), so a process's `cmdline`
+//! and `cgroup` are read once in its lifetime. Only matched processes have their fds and limits
+//! read. A pid that vanishes mid-cycle is skipped silently: that is normal, not an error.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use procfs_core::FromRead;
+use procfs_core::process::Stat;
+use regex::Regex;
+
+use crate::metrics::{FamilySnapshot, Kind, Snapshot};
+use crate::procfs::{ProcError, ProcFs};
+
+/// The most targets one agent watches (match results are kept as a 64-bit set per process).
+pub const MAX_TARGETS: usize = 64;
+
+/// How to recognise the processes of one target. Every criterion given must match.
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    /// The `target` label.
+    pub name: String,
+    /// Kernel process name (comm), ignoring a version suffix (`python` matches `python3.11`).
+    pub process_name: Option<String>,
+    /// Regex searched in the command line (arguments joined by spaces).
+    pub cmdline: Option<Regex>,
+    /// File holding the pid of the target's main process.
+    pub pidfile: Option<PathBuf>,
+    /// Regex searched in `/proc/<pid>/cgroup` (e.g. a systemd unit `app\.service`).
+    pub cgroup: Option<Regex>,
+    /// A fixed pid (used for the agent's own process).
+    pub pid: Option<u32>,
+    /// Whether descendants of matched processes belong to the target (worker pools).
+    pub include_children: bool,
+}
+
+impl TargetSpec {
+    /// The agent's own process, as target `name`.
+    pub fn own_process(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            process_name: None,
+            cmdline: None,
+            pidfile: None,
+            cgroup: None,
+            pid: Some(std::process::id()),
+            include_children: false,
+        }
+    }
+
+    fn has_static_criteria(&self) -> bool {
+        self.process_name.is_some() || self.cmdline.is_some() || self.cgroup.is_some()
+    }
+}
+
+/// A process's identity: pids are reused, (pid, start time) is not.
+type Ident = (u32, u64);
+
+#[derive(Debug)]
+struct ProcInfo {
+    ident: Ident,
+    comm: String,
+    ppid: u32,
+    cpu_ticks: u64,
+    rss_pages: u64,
+    vsize: u64,
+    threads: i64,
+}
+
+#[derive(Debug, Default)]
+struct TargetState {
+    cpu_ticks_total: u64,
+    restarts: u64,
+    pending_vanished: u64,
+    members: HashSet<Ident>,
+    cycles: u64,
+}
+
+/// The result of one process collection.
+#[derive(Debug, Default)]
+pub struct ProcessSample {
+    /// The metrics.
+    pub snapshot: Snapshot,
+    /// Processes listed in this cycle.
+    pub scanned: usize,
+    /// Reads that failed for a reason other than the process exiting.
+    pub errors: Vec<ProcError>,
+}
+
+/// Samples the watched targets. Keeps state between cycles (CPU deltas, restarts, match cache).
+#[derive(Debug)]
+pub struct ProcessCollector {
+    proc: ProcFs,
+    targets: Vec<TargetSpec>,
+    states: Vec<TargetState>,
+    /// Static match results (bit i = target i) and last CPU ticks, per live process.
+    known: HashMap<Ident, Known>,
+    boot_time: Option<u64>,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    /// `None` after a reload: recompute against the new criteria.
+    matched: Option<u64>,
+    cpu_ticks: u64,
+}
+
+impl ProcessCollector {
+    /// A collector for these targets (at most [`MAX_TARGETS`]; extra ones are ignored).
+    pub fn new(procfs: impl Into<PathBuf>, mut targets: Vec<TargetSpec>) -> Self {
+        targets.truncate(MAX_TARGETS);
+        let states = targets.iter().map(|_| TargetState::default()).collect();
+        Self {
+            proc: ProcFs::new(procfs),
+            targets,
+            states,
+            known: HashMap::new(),
+            boot_time: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Replaces the targets, keeping the counters of targets whose name stays (on reload).
+    pub fn reconfigure(&mut self, procfs: impl Into<PathBuf>, mut targets: Vec<TargetSpec>) {
+        targets.truncate(MAX_TARGETS);
+        let mut old: HashMap<String, TargetState> = self
+            .targets
+            .iter()
+            .map(|t| t.name.clone())
+            .zip(std::mem::take(&mut self.states))
+            .collect();
+        self.states = targets
+            .iter()
+            .map(|t| old.remove(&t.name).unwrap_or_default())
+            .collect();
+        self.targets = targets;
+        self.proc = ProcFs::new(procfs);
+        // Match results depend on the criteria: recompute them, keeping the CPU baselines.
+        for k in self.known.values_mut() {
+            k.matched = None;
+        }
+    }
+
+    /// The targets watched.
+    pub fn targets(&self) -> &[TargetSpec] {
+        &self.targets
+    }
+
+    /// Runs one cycle. Blocking: run it off the async runtime.
+    pub fn collect(&mut self) -> ProcessSample {
+        let mut sample = ProcessSample::default();
+        if self.boot_time.is_none() {
+            match self.proc.parse_si::<procfs_core::KernelStats>("stat") {
+                Ok(s) => self.boot_time = Some(s.btime),
+                Err(e) => sample.errors.push(e),
+            }
+        }
+        let pidfile_pids: Vec<Option<u32>> = self
+            .targets
+            .iter()
+            .map(|t| {
+                t.pidfile
+                    .as_deref()
+                    .and_then(|p| read_pidfile(p, &mut sample.errors))
+            })
+            .collect();
+
+        let procs = self.list(&mut sample);
+        sample.scanned = procs.len();
+
+        // Direct matches: static criteria from the cache (or computed once), dynamic ones now.
+        let mut direct = Vec::with_capacity(procs.len());
+        let mut fresh_known = HashMap::with_capacity(self.known.len().max(procs.len()));
+        for p in &procs {
+            let static_bits = match self.known.get(&p.ident).and_then(|k| k.matched) {
+                Some(bits) => bits,
+                None => static_matches(
+                    &self.targets,
+                    &self.proc,
+                    &mut self.buf,
+                    p,
+                    &mut sample.errors,
+                ),
+            };
+            let mut bits = 0u64;
+            for (i, t) in self.targets.iter().enumerate() {
+                let static_ok = !t.has_static_criteria() || static_bits & (1 << i) != 0;
+                let pid_ok = t.pid.is_none_or(|pid| pid == p.ident.0);
+                let pidfile_ok = t.pidfile.is_none() || pidfile_pids[i] == Some(p.ident.0);
+                let any = t.has_static_criteria() || t.pid.is_some() || t.pidfile.is_some();
+                if any && static_ok && pid_ok && pidfile_ok {
+                    bits |= 1 << i;
+                }
+            }
+            direct.push(bits);
+            fresh_known.insert(
+                p.ident,
+                Known {
+                    matched: Some(static_bits),
+                    cpu_ticks: p.cpu_ticks,
+                },
+            );
+        }
+
+        // Descendants of matched processes join targets that include children.
+        let children_mask: u64 = self
+            .targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.include_children)
+            .fold(0, |m, (i, _)| m | (1 << i));
+        let mut membership = direct.clone();
+        if children_mask != 0 {
+            let by_pid: HashMap<u32, usize> = procs
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.ident.0, i))
+                .collect();
+            for (i, p) in procs.iter().enumerate() {
+                let mut parent = p.ppid;
+                for _ in 0..64 {
+                    let Some(&j) = by_pid.get(&parent) else { break };
+                    membership[i] |= direct[j] & children_mask;
+                    if parent == procs[j].ppid {
+                        break;
+                    }
+                    parent = procs[j].ppid;
+                }
+            }
+        }
+
+        let page = self.proc.page_size() as f64;
+        let tps = self.proc.ticks_per_second().max(1);
+        let mut fams = Families::new();
+        for (ti, target) in self.targets.iter().enumerate() {
+            let state = &mut self.states[ti];
+            let members: Vec<&ProcInfo> = procs
+                .iter()
+                .zip(&membership)
+                .filter(|(_, m)| *m & (1 << ti) != 0)
+                .map(|(p, _)| p)
+                .collect();
+            let idents: HashSet<Ident> = members.iter().map(|p| p.ident).collect();
+            for p in &members {
+                let before = self.known.get(&p.ident).map(|k| k.cpu_ticks);
+                let delta = match before {
+                    Some(prev) if state.members.contains(&p.ident) => {
+                        p.cpu_ticks.saturating_sub(prev)
+                    }
+                    _ => p.cpu_ticks,
+                };
+                state.cpu_ticks_total += delta;
+            }
+            if state.cycles > 0 {
+                let vanished = state.members.difference(&idents).count() as u64;
+                let appeared = idents.difference(&state.members).count() as u64;
+                state.pending_vanished += vanished;
+                let restarts = state.pending_vanished.min(appeared);
+                state.restarts += restarts;
+                state.pending_vanished -= restarts;
+            }
+            state.members = idents;
+            state.cycles += 1;
+
+            let label = || [("target", target.name.clone())];
+            fams.processes.push(label(), members.len() as f64);
+            fams.cpu
+                .push(label(), state.cpu_ticks_total as f64 / tps as f64);
+            fams.restarts.push(label(), state.restarts as f64);
+            if members.is_empty() {
+                continue;
+            }
+            fams.rss.push(
+                label(),
+                members.iter().map(|p| p.rss_pages as f64 * page).sum(),
+            );
+            fams.vsize
+                .push(label(), members.iter().map(|p| p.vsize as f64).sum());
+            fams.threads
+                .push(label(), members.iter().map(|p| p.threads as f64).sum());
+            if let Some(boot) = self.boot_time {
+                let first = members.iter().map(|p| p.ident.1).min().unwrap_or(0);
+                fams.start
+                    .push(label(), boot as f64 + first as f64 / tps as f64);
+            }
+            let (mut open, mut max, mut readable) = (0.0, 0.0, false);
+            for p in &members {
+                if let (Some(o), Some(m)) = (
+                    open_fds(&self.proc, p.ident.0),
+                    max_fds(&self.proc, &mut self.buf, p.ident.0),
+                ) {
+                    open += o as f64;
+                    max += m as f64;
+                    readable = true;
+                }
+            }
+            if readable {
+                fams.open_fds.push(label(), open);
+                fams.max_fds.push(label(), max);
+            }
+        }
+        self.known = fresh_known;
+        sample.snapshot = fams.into_snapshot();
+        sample
+    }
+
+    fn list(&mut self, sample: &mut ProcessSample) -> Vec<ProcInfo> {
+        let entries = match std::fs::read_dir(self.proc.root()) {
+            Ok(e) => e,
+            Err(e) => {
+                sample.errors.push(ProcError::Io {
+                    path: self.proc.root().to_owned(),
+                    source: e,
+                });
+                return Vec::new();
+            }
+        };
+        let mut procs = Vec::new();
+        let mut path = self.proc.root().to_path_buf();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            path.push(&name);
+            path.push("stat");
+            let read = self.proc.read_into(&path, &mut self.buf);
+            path.pop();
+            path.pop();
+            match read.and_then(|()| {
+                Stat::from_read(&self.buf[..]).map_err(|e| ProcError::Parse {
+                    path: self.proc.path(format!("{pid}/stat")),
+                    message: e.to_string(),
+                })
+            }) {
+                Ok(st) => procs.push(ProcInfo {
+                    ident: (pid, st.starttime),
+                    comm: st.comm,
+                    ppid: u32::try_from(st.ppid).unwrap_or(0),
+                    cpu_ticks: st.utime + st.stime,
+                    rss_pages: st.rss,
+                    vsize: st.vsize,
+                    threads: st.num_threads,
+                }),
+                Err(e) if e.is_vanished() => {}
+                Err(e) => sample.errors.push(e),
+            }
+        }
+        procs
+    }
+}
+
+/// Which targets' name / cmdline / cgroup criteria a process meets (read once per process).
+fn static_matches(
+    targets: &[TargetSpec],
+    proc: &ProcFs,
+    buf: &mut Vec<u8>,
+    p: &ProcInfo,
+    errors: &mut Vec<ProcError>,
+) -> u64 {
+    let pid = p.ident.0;
+    let mut cmdline: Option<String> = None;
+    let mut cgroup: Option<String> = None;
+    let mut bits = 0;
+    for (i, t) in targets.iter().enumerate() {
+        if !t.has_static_criteria() {
+            continue;
+        }
+        if let Some(want) = &t.process_name {
+            // comm is cut at 15 bytes: fall back to argv[0]'s basename for longer names.
+            let matches = name_matches(want, &p.comm)
+                || (p.comm.len() >= 15 && {
+                    let cl = cmdline.get_or_insert_with(|| read_cmdline(proc, pid, buf, errors));
+                    let argv0 = cl.split(' ').next().and_then(|a| Path::new(a).file_name());
+                    argv0.is_some_and(|b| name_matches(want, &b.to_string_lossy()))
+                });
+            if !matches {
+                continue;
+            }
+        }
+        if let Some(re) = &t.cmdline {
+            let cl = cmdline.get_or_insert_with(|| read_cmdline(proc, pid, buf, errors));
+            if !re.is_match(cl) {
+                continue;
+            }
+        }
+        if let Some(re) = &t.cgroup {
+            let cg = cgroup.get_or_insert_with(|| read_text(proc, pid, "cgroup", buf, errors));
+            if !re.is_match(cg) {
+                continue;
+            }
+        }
+        bits |= 1 << i;
+    }
+    bits
+}
+
+fn read_text(
+    proc: &ProcFs,
+    pid: u32,
+    file: &str,
+    buf: &mut Vec<u8>,
+    errors: &mut Vec<ProcError>,
+) -> String {
+    match proc.read_into(&proc.path(format!("{pid}/{file}")), buf) {
+        Ok(()) => String::from_utf8_lossy(buf).into_owned(),
+        Err(e) => {
+            if !e.is_vanished() {
+                errors.push(e);
+            }
+            String::new()
+        }
+    }
+}
+
+fn read_cmdline(proc: &ProcFs, pid: u32, buf: &mut Vec<u8>, errors: &mut Vec<ProcError>) -> String {
+    match proc.read_into(&proc.path(format!("{pid}/cmdline")), buf) {
+        Ok(()) => {
+            let s = String::from_utf8_lossy(buf);
+            s.trim_end_matches('\0').replace('\0', " ")
+        }
+        Err(e) => {
+            if !e.is_vanished() {
+                errors.push(e);
+            }
+            String::new()
+        }
+    }
+}
+
+fn open_fds(proc: &ProcFs, pid: u32) -> Option<usize> {
+    std::fs::read_dir(proc.path(format!("{pid}/fd")))
+        .ok()
+        .map(|d| d.count())
+}
+
+fn max_fds(proc: &ProcFs, buf: &mut Vec<u8>, pid: u32) -> Option<u64> {
+    proc.read_into(&proc.path(format!("{pid}/limits")), buf)
+        .ok()?;
+    max_open_files(&String::from_utf8_lossy(buf))
+}
+
+/// The soft "Max open files" limit from `/proc/<pid>/limits` (`unlimited` as `u64::MAX`).
+fn max_open_files(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line["Max open files".len()..].split_whitespace().next()?;
+    if soft == "unlimited" {
+        Some(u64::MAX)
+    } else {
+        soft.parse().ok()
+    }
+}
+
+fn read_pidfile(path: &Path, errors: &mut Vec<ProcError>) -> Option<u32> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => match s.trim().parse() {
+            Ok(pid) => Some(pid),
+            Err(_) => {
+                errors.push(ProcError::Parse {
+                    path: path.to_owned(),
+                    message: format!("not a pid: {:?}", s.trim()),
+                });
+                None
+            }
+        },
+        // A missing pidfile means the service is down: the target simply has no processes.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            errors.push(ProcError::Io {
+                path: path.to_owned(),
+                source: e,
+            });
+            None
+        }
+    }
+}
+
+/// `python` matches `python`, `python3` and `python3.11`; other names match exactly.
+fn name_matches(want: &str, comm: &str) -> bool {
+    comm == want
+        || comm.strip_prefix(want).is_some_and(|rest| {
+            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit() || c == '.')
+        })
+}
+
+struct Families {
+    processes: FamilySnapshot,
+    cpu: FamilySnapshot,
+    restarts: FamilySnapshot,
+    rss: FamilySnapshot,
+    vsize: FamilySnapshot,
+    threads: FamilySnapshot,
+    start: FamilySnapshot,
+    open_fds: FamilySnapshot,
+    max_fds: FamilySnapshot,
+}
+
+impl Families {
+    fn new() -> Self {
+        Self {
+            processes: FamilySnapshot::new(
+                "sidelight_target_processes",
+                "Number of processes currently matching the target.",
+                Kind::Gauge,
+            ),
+            cpu: FamilySnapshot::new(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent by the target's processes, in seconds.",
+                Kind::Counter,
+            ),
+            restarts: FamilySnapshot::new(
+                "sidelight_target_restarts",
+                "Processes of the target that were replaced by new ones (pid or start time changed).",
+                Kind::Counter,
+            ),
+            rss: FamilySnapshot::new(
+                "process_resident_memory_bytes",
+                "Resident memory size of the target's processes, in bytes.",
+                Kind::Gauge,
+            ),
+            vsize: FamilySnapshot::new(
+                "process_virtual_memory_bytes",
+                "Virtual memory size of the target's processes, in bytes.",
+                Kind::Gauge,
+            ),
+            threads: FamilySnapshot::new(
+                "process_threads",
+                "Threads of the target's processes.",
+                Kind::Gauge,
+            ),
+            start: FamilySnapshot::new(
+                "process_start_time_seconds",
+                "Start time of the target's oldest process since the epoch, in seconds.",
+                Kind::Gauge,
+            ),
+            open_fds: FamilySnapshot::new(
+                "process_open_fds",
+                "Open file descriptors of the target's processes.",
+                Kind::Gauge,
+            ),
+            max_fds: FamilySnapshot::new(
+                "process_max_fds",
+                "Sum of the open file descriptor limits of the target's processes.",
+                Kind::Gauge,
+            ),
+        }
+    }
+
+    fn into_snapshot(self) -> Snapshot {
+        Snapshot {
+            families: vec![
+                self.processes,
+                self.cpu,
+                self.restarts,
+                self.rss,
+                self.vsize,
+                self.threads,
+                self.start,
+                self.open_fds,
+                self.max_fds,
+            ],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn value(s: &Snapshot, family: &str, target: &str) -> Option<f64> {
+        s.family(family)?
+            .samples
+            .iter()
+            .find(|x| x.labels[0].1 == target)
+            .map(|x| x.value)
+    }
+
+    /// A fake procfs with processes given as (pid, ppid, comm, cmdline, starttime, utime).
+    struct Fake {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fake {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            fs::write(
+                dir.path().join("stat"),
+                "cpu  1 1 1 1\ncpu0 1 1 1 1\nctxt 1\nbtime 1000\nprocesses 1\n",
+            )
+            .expect("write");
+            Self { dir }
+        }
+
+        fn add(&self, pid: u32, ppid: u32, comm: &str, cmdline: &str, start: u64, utime: u64) {
+            let d = self.dir.path().join(pid.to_string());
+            fs::create_dir_all(d.join("fd")).expect("mkdir");
+            fs::write(
+                d.join("stat"),
+                format!("{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194304 0 0 0 0 {utime} 0 0 0 20 0 3 0 {start} 1000000 25 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0"),
+            )
+            .expect("write");
+            fs::write(d.join("comm"), format!("{comm}\n")).expect("write");
+            fs::write(d.join("cmdline"), cmdline.replace(' ', "\0") + "\0").expect("write");
+            fs::write(d.join("cgroup"), "0::/system.slice/app.service\n").expect("write");
+            fs::write(d.join("fd/0"), "").expect("write");
+            fs::write(
+                d.join("limits"),
+                "Limit                     Soft Limit           Hard Limit           Units     \nMax open files            1024                 4096                 files     \n",
+            )
+            .expect("write");
+        }
+
+        fn remove(&self, pid: u32) {
+            fs::remove_dir_all(self.dir.path().join(pid.to_string())).expect("rm");
+        }
+
+        fn collector(&self, targets: Vec<TargetSpec>) -> ProcessCollector {
+            ProcessCollector::new(self.dir.path(), targets)
+        }
+    }
+
+    fn spec(name: &str) -> TargetSpec {
+        TargetSpec {
+            name: name.to_owned(),
+            process_name: None,
+            cmdline: None,
+            pidfile: None,
+            cgroup: None,
+            pid: None,
+            include_children: true,
+        }
+    }
+
+    #[test]
+    fn gunicorn_master_and_workers_are_one_target() {
+        let fake = Fake::new();
+        fake.add(1, 0, "init", "/sbin/init", 1, 0);
+        fake.add(
+            100,
+            1,
+            "gunicorn",
+            "/venv/bin/python /venv/bin/gunicorn app:app -w 2",
+            500,
+            100,
+        );
+        fake.add(
+            101,
+            100,
+            "gunicorn",
+            "/venv/bin/python /venv/bin/gunicorn app:app -w 2",
+            510,
+            50,
+        );
+        fake.add(
+            102,
+            100,
+            "python3",
+            "python -c from multiprocessing.spawn import spawn_main",
+            520,
+            50,
+        );
+        fake.add(200, 1, "bash", "bash", 600, 7);
+        let mut c = fake.collector(vec![TargetSpec {
+            cmdline: Some(Regex::new("gunicorn").expect("re")),
+            ..spec("web")
+        }]);
+        let s = c.collect().snapshot;
+        assert_eq!(value(&s, "sidelight_target_processes", "web"), Some(3.0));
+        let tps = rustix::param::clock_ticks_per_second() as f64;
+        assert_eq!(value(&s, "process_cpu_seconds", "web"), Some(200.0 / tps));
+        assert_eq!(
+            value(&s, "process_resident_memory_bytes", "web"),
+            Some(75.0 * rustix::param::page_size() as f64)
+        );
+        assert_eq!(value(&s, "process_threads", "web"), Some(9.0));
+        assert_eq!(
+            value(&s, "process_start_time_seconds", "web"),
+            Some(1000.0 + 500.0 / tps)
+        );
+        assert_eq!(value(&s, "process_open_fds", "web"), Some(3.0));
+        assert_eq!(value(&s, "process_max_fds", "web"), Some(3072.0));
+    }
+
+    #[test]
+    fn restarts_come_from_identity_changes_and_cpu_stays_monotonic() {
+        let fake = Fake::new();
+        fake.add(100, 1, "python3", "python app.py", 500, 100);
+        let mut c = fake.collector(vec![TargetSpec {
+            process_name: Some("python".into()),
+            ..spec("app")
+        }]);
+        let s = c.collect().snapshot;
+        assert_eq!(value(&s, "sidelight_target_restarts", "app"), Some(0.0));
+        let cpu1 = value(&s, "process_cpu_seconds", "app").expect("cpu");
+
+        // The process dies: no processes, the CPU counter keeps its value.
+        fake.remove(100);
+        let s = c.collect().snapshot;
+        assert_eq!(value(&s, "sidelight_target_processes", "app"), Some(0.0));
+        assert_eq!(value(&s, "process_cpu_seconds", "app"), Some(cpu1));
+        assert_eq!(value(&s, "process_resident_memory_bytes", "app"), None);
+
+        // It comes back with the same pid but a new start time: one restart.
+        fake.add(100, 1, "python3", "python app.py", 900, 10);
+        let s = c.collect().snapshot;
+        assert_eq!(value(&s, "sidelight_target_restarts", "app"), Some(1.0));
+        assert!(value(&s, "process_cpu_seconds", "app").expect("cpu") > cpu1);
+
+        // A steady process adds only its delta.
+        fake.add(100, 1, "python3", "python app.py", 900, 30);
+        let s = c.collect().snapshot;
+        let tps = rustix::param::clock_ticks_per_second() as f64;
+        assert_eq!(
+            value(&s, "process_cpu_seconds", "app"),
+            Some(cpu1 + 30.0 / tps)
+        );
+        assert_eq!(value(&s, "sidelight_target_restarts", "app"), Some(1.0));
+    }
+
+    #[test]
+    fn pidfile_cgroup_and_all_criteria_must_match() {
+        let fake = Fake::new();
+        fake.add(100, 1, "python3", "python worker.py", 500, 1);
+        fake.add(101, 1, "python3", "python other.py", 500, 1);
+        let pidfile = fake.dir.path().join("app.pid");
+        fs::write(&pidfile, "101\n").expect("write");
+        let mut c = fake.collector(vec![
+            TargetSpec {
+                pidfile: Some(pidfile.clone()),
+                ..spec("by-pidfile")
+            },
+            TargetSpec {
+                process_name: Some("python".into()),
+                cmdline: Some(Regex::new("worker").expect("re")),
+                ..spec("both")
+            },
+            TargetSpec {
+                cgroup: Some(Regex::new(r"app\.service").expect("re")),
+                ..spec("unit")
+            },
+            TargetSpec {
+                process_name: Some("node".into()),
+                ..spec("none")
+            },
+            TargetSpec {
+                pidfile: Some(fake.dir.path().join("missing.pid")),
+                ..spec("down")
+            },
+        ]);
+        let sample = c.collect();
+        let s = &sample.snapshot;
+        assert!(sample.errors.is_empty(), "{:?}", sample.errors);
+        assert_eq!(
+            value(s, "sidelight_target_processes", "by-pidfile"),
+            Some(1.0)
+        );
+        assert_eq!(value(s, "sidelight_target_processes", "both"), Some(1.0));
+        assert_eq!(value(s, "sidelight_target_processes", "unit"), Some(2.0));
+        assert_eq!(value(s, "sidelight_target_processes", "none"), Some(0.0));
+        assert_eq!(value(s, "sidelight_target_processes", "down"), Some(0.0));
+    }
+
+    #[test]
+    fn reload_keeps_counters_of_kept_targets() {
+        let fake = Fake::new();
+        fake.add(100, 1, "python3", "python app.py", 500, 100);
+        let mut c = fake.collector(vec![TargetSpec {
+            process_name: Some("python".into()),
+            ..spec("app")
+        }]);
+        let before = value(&c.collect().snapshot, "process_cpu_seconds", "app");
+        c.reconfigure(
+            fake.dir.path(),
+            vec![
+                TargetSpec {
+                    process_name: Some("python".into()),
+                    ..spec("app")
+                },
+                TargetSpec {
+                    cmdline: Some(Regex::new("app").expect("re")),
+                    ..spec("new")
+                },
+            ],
+        );
+        let s = c.collect().snapshot;
+        assert_eq!(value(&s, "process_cpu_seconds", "app"), before);
+        assert_eq!(value(&s, "sidelight_target_processes", "new"), Some(1.0));
+    }
+
+    #[test]
+    fn names() {
+        assert!(name_matches("python", "python3.11"));
+        assert!(name_matches("python", "python"));
+        assert!(!name_matches("python", "pythonista"));
+        assert!(!name_matches("gunicorn", "gunicorn: worker"));
+    }
+
+    #[test]
+    fn own_process_on_this_machine() {
+        let mut c = ProcessCollector::new("/proc", vec![TargetSpec::own_process("sidelight")]);
+        let s = c.collect().snapshot;
+        assert_eq!(
+            value(&s, "sidelight_target_processes", "sidelight"),
+            Some(1.0)
+        );
+        assert!(value(&s, "process_resident_memory_bytes", "sidelight").is_some_and(|v| v > 0.0));
+        assert!(value(&s, "process_open_fds", "sidelight").is_some_and(|v| v > 0.0));
+    }
+}

@@ -1,1 +1,8 @@
 //! The sidelight daemon: CLI, config, lifecycle, the HTTP surface, and the feedback half.
+//!
+//! `main.rs` is the only place that uses `anyhow`; everything here returns typed errors.
+
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod runtime;

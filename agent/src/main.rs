@@ -1,2 +1,134 @@
-//! Entry point placeholder; the CLI lands in the next commit.
-fn main() {}
+//! The `sidelight` binary: parses the command line, loads the configuration (nothing bound yet),
+//! starts the agent, waits for signals (SIGHUP reloads; SIGTERM / SIGINT stop) and exits with
+//! 0 on a clean stop, 64 on bad usage or configuration, 1 otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sidelight::config::{Config, ProcessEnv};
+use sidelight::{logging, runtime};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Exit code for bad usage or configuration (EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sidelight",
+    version,
+    about = "Observability and feedback agent for Python services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent (on the embedded defaults when no --config is given).
+    Run {
+        /// The YAML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file, report every error, bind nothing.
+    CheckConfig {
+        /// The YAML configuration file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(EXIT_USAGE),
+            };
+        }
+    };
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file, &ProcessEnv) {
+            Ok(config) => {
+                println!("{}: OK: {}", file.display(), config.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        Command::Run { config } => run(config.as_deref()),
+    }
+}
+
+fn load(path: Option<&Path>) -> Result<Config, sidelight::config::ConfigErrors> {
+    match path {
+        Some(p) => Config::load(p, &ProcessEnv),
+        None => Config::embedded(),
+    }
+}
+
+fn run(path: Option<&Path>) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let log = logging::init(&config.agent.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .thread_name("sidelight")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config, path, log)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "sidelight failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs until SIGTERM or SIGINT; returns whether the shutdown finished within its deadline.
+async fn serve(
+    config: Config,
+    path: Option<&Path>,
+    log: logging::LogHandle,
+) -> anyhow::Result<bool> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let running = runtime::start(config, Some(log)).await?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); break; }
+            _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); break; }
+            _ = hup.recv() => match path {
+                None => tracing::info!("SIGHUP: running on the embedded defaults, nothing to reload"),
+                Some(p) => match Config::load(p, &ProcessEnv) {
+                    Ok(new) => running.reload(new),
+                    Err(e) => running.reload_failed(&e),
+                },
+            },
+        }
+    }
+    let deadline = running.config().agent.shutdown_timeout;
+    Ok(running.stop(deadline).await)
+}

@@ -51,7 +51,7 @@ impl ProcFs {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         let info = ExplicitSystemInfo {
             boot_time_secs: 0,
-            ticks_per_second: u64::from(rustix::param::clock_ticks_per_second()),
+            ticks_per_second: rustix::param::clock_ticks_per_second(),
             page_size: rustix::param::page_size() as u64,
             is_little_endian: cfg!(target_endian = "little"),
         };

@@ -1,0 +1,929 @@
+//! The configuration: one YAML file in the shape of DESIGN §3, with `${VAR}` substitution,
+//! secrets from `*_file` / `*_env` keys, unknown keys rejected, and every error reported at once
+//! with its path (`processes[1].match.cmdline: ...`).
+//!
+//! Loading is pure apart from reading the file and the secret files it names: nothing is bound
+//! or started here, so `sidelight check-config` and SIGHUP reloads use exactly this code.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::Value;
+use sidelight_collector::host::{
+    DEFAULT_EXCLUDE_FSTYPES, DEFAULT_EXCLUDE_MOUNTPOINTS, HostSettings,
+};
+use sidelight_collector::process::{MAX_TARGETS, TargetSpec};
+
+/// The configuration the agent runs on when no file is given.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("defaults.yaml");
+
+/// The target label of the agent's own process.
+pub const SELF_TARGET: &str = "sidelight";
+
+/// One problem in a configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path to the key (`http.listen`, `processes[0].match`), or `line N` for text errors.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in one configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors {
+    /// Where the configuration came from.
+    pub source_name: String,
+    /// The problems, in document order where known.
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(
+            f,
+            "{} has {n} error{}:",
+            self.source_name,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where `${VAR}` values come from; tests pass a map instead of mutating the process environment.
+pub trait Env {
+    /// The variable's value, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for std::collections::HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// A secret value: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A secret from a literal, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file's shape. Structs take no `deny_unknown_fields`: unknown keys are collected with their
+// paths by `serde_ignored`, so that all of them are reported at once rather than the first.
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+struct RawConfig {
+    agent: RawAgent,
+    http: RawHttp,
+    host: RawHost,
+    processes: Vec<RawProcess>,
+    store: RawStore,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+struct RawAgent {
+    log_level: String,
+    #[serde(with = "duration")]
+    shutdown_timeout: Duration,
+    max_label_sets: usize,
+}
+
+impl Default for RawAgent {
+    fn default() -> Self {
+        Self {
+            log_level: "info".into(),
+            shutdown_timeout: Duration::from_secs(10),
+            max_label_sets: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+struct RawHttp {
+    listen: String,
+    max_body_bytes: usize,
+    #[serde(with = "duration")]
+    request_timeout: Duration,
+    auth: RawAuth,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+            max_body_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(30),
+            auth: RawAuth::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+struct RawAuth {
+    bearer_token_file: Option<PathBuf>,
+    bearer_token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+struct RawHost {
+    enabled: bool,
+    #[serde(with = "duration")]
+    interval: Duration,
+    procfs: PathBuf,
+    filesystem: RawFilesystem,
+}
+
+impl Default for RawHost {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(15),
+            procfs: PathBuf::from("/proc"),
+            filesystem: RawFilesystem::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+struct RawFilesystem {
+    exclude_fstypes: String,
+    exclude_mountpoints: String,
+}
+
+impl Default for RawFilesystem {
+    fn default() -> Self {
+        Self {
+            exclude_fstypes: DEFAULT_EXCLUDE_FSTYPES.into(),
+            exclude_mountpoints: DEFAULT_EXCLUDE_MOUNTPOINTS.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawProcess {
+    target: String,
+    #[serde(rename = "match")]
+    matcher: RawMatch,
+    #[serde(default = "yes")]
+    include_children: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+struct RawMatch {
+    name: Option<String>,
+    cmdline: Option<String>,
+    pidfile: Option<PathBuf>,
+    cgroup: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+struct RawStore {
+    path: PathBuf,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("./sidelight-data"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated configuration the agent runs on.
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from (a path, or "embedded defaults").
+    pub source_name: String,
+    /// The agent's own behaviour.
+    pub agent: AgentConfig,
+    /// The HTTP surface.
+    pub http: HttpConfig,
+    /// Host metrics.
+    pub host: HostConfig,
+    /// Watched process targets (the agent's own process is added by the runtime).
+    pub processes: Vec<TargetSpec>,
+    /// The state directory.
+    pub store: StoreConfig,
+}
+
+/// `agent:` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// An `EnvFilter` directive (`info`, `sidelight=debug,warn`); `SIDELIGHT_LOG` overrides it.
+    pub log_level: String,
+    /// How long a graceful shutdown may take before it is cut short.
+    pub shutdown_timeout: Duration,
+    /// Cap on distinct label sets per metric family.
+    pub max_label_sets: usize,
+}
+
+/// `http:` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Largest request body accepted (after decompression), in bytes.
+    pub max_body_bytes: usize,
+    /// Longest time one request may take.
+    pub request_timeout: Duration,
+    /// Accepted bearer tokens for non-probe endpoints; empty means no authentication.
+    pub bearer_tokens: Vec<Secret>,
+}
+
+/// `host:` section.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Whether host metrics are collected.
+    pub enabled: bool,
+    /// Collection interval of host and process metrics.
+    pub interval: Duration,
+    /// procfs root and filesystem filters.
+    pub settings: HostSettings,
+}
+
+/// `store:` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// The state directory.
+    pub path: PathBuf,
+}
+
+impl Config {
+    /// The embedded defaults.
+    pub fn embedded() -> Result<Config, ConfigErrors> {
+        load_str(
+            EMBEDDED_DEFAULTS,
+            "embedded defaults",
+            Path::new("."),
+            &ProcessEnv,
+        )
+    }
+
+    /// Loads and validates a file.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            source_name: name.clone(),
+            errors: vec![ConfigError {
+                path: "file".into(),
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        load_str(&text, &name, base, env)
+    }
+
+    /// A one-line summary of what this configuration listens on and watches.
+    pub fn summary(&self) -> String {
+        let targets: Vec<&str> = self.processes.iter().map(|t| t.name.as_str()).collect();
+        format!(
+            "http {} ({}), host metrics {} every {}, process targets [{}], store {}",
+            self.http.listen,
+            if self.http.bearer_tokens.is_empty() {
+                "no auth"
+            } else {
+                "bearer auth"
+            },
+            if self.host.enabled { "on" } else { "off" },
+            humantime::format_duration(self.host.interval),
+            targets.join(", "),
+            self.store.path.display(),
+        )
+    }
+}
+
+/// Loads a configuration from text. `base` resolves relative secret-file paths.
+pub fn load_str(
+    text: &str,
+    source_name: &str,
+    base: &Path,
+    env: &dyn Env,
+) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let text = substitute_env(text, env, &mut errors);
+    let raw = match serde_yaml_ng::from_str::<Value>(&text) {
+        Ok(Value::Null) => RawConfig::default(),
+        Ok(Value::Mapping(map)) => raw_from_mapping(map, &mut errors),
+        Ok(_) => {
+            errors.push(ConfigError {
+                path: "(top)".into(),
+                message: "the configuration must be a mapping".into(),
+            });
+            RawConfig::default()
+        }
+        Err(e) => {
+            let path = e
+                .location()
+                .map(|l| format!("line {}", l.line()))
+                .unwrap_or_else(|| "(yaml)".into());
+            errors.push(ConfigError {
+                path,
+                message: e.to_string(),
+            });
+            RawConfig::default()
+        }
+    };
+    let config = validate(raw, source_name, base, env, &mut errors);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors {
+            source_name: source_name.into(),
+            errors,
+        })
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`.
+fn substitute_env(text: &str, env: &dyn Env, errors: &mut Vec<ConfigError>) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (lineno, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            if let Some(stripped) = after.strip_prefix('$') {
+                out.push('$');
+                rest = stripped;
+            } else if let Some(body) = after.strip_prefix('{') {
+                let Some(end) = body.find('}') else {
+                    errors.push(ConfigError {
+                        path: format!("line {}", lineno + 1),
+                        message: "unterminated ${...} reference".into(),
+                    });
+                    out.push_str(&rest[i..]);
+                    rest = "";
+                    break;
+                };
+                let expr = &body[..end];
+                let (name, default) = match expr.split_once(":-") {
+                    Some((n, d)) => (n, Some(d)),
+                    None => (expr, None),
+                };
+                let valid =
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                match (valid, env.var(name), default) {
+                    (false, _, _) => errors.push(ConfigError {
+                        path: format!("line {}", lineno + 1),
+                        message: format!("invalid variable name in ${{{expr}}}"),
+                    }),
+                    (true, Some(v), _) => out.push_str(&v),
+                    (true, None, Some(d)) => out.push_str(d),
+                    (true, None, None) => errors.push(ConfigError {
+                        path: format!("line {}", lineno + 1),
+                        message: format!("environment variable {name} is not set (use ${{{name}:-default}} for a default)"),
+                    }),
+                }
+                rest = &body[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+    }
+    out
+}
+
+const SECTIONS: [&str; 5] = ["agent", "http", "host", "processes", "store"];
+
+fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) -> RawConfig {
+    let mut raw = RawConfig::default();
+    for (key, value) in map {
+        let Some(key) = key.as_str().map(str::to_owned) else {
+            errors.push(ConfigError {
+                path: format!("{key:?}"),
+                message: "section names must be strings".into(),
+            });
+            continue;
+        };
+        if value.is_null() {
+            continue;
+        }
+        match key.as_str() {
+            "agent" => raw.agent = section(value, &key, errors).unwrap_or_default(),
+            "http" => raw.http = section(value, &key, errors).unwrap_or_default(),
+            "host" => raw.host = section(value, &key, errors).unwrap_or_default(),
+            "store" => raw.store = section(value, &key, errors).unwrap_or_default(),
+            "processes" => match value {
+                Value::Sequence(items) => {
+                    raw.processes = items
+                        .into_iter()
+                        .enumerate()
+                        .filter_map(|(i, item)| section(item, &format!("processes[{i}]"), errors))
+                        .collect();
+                }
+                other => errors.push(ConfigError {
+                    path: key,
+                    message: format!("expected a list of targets, found {}", kind_of(&other)),
+                }),
+            },
+            _ => errors.push(ConfigError {
+                path: key,
+                message: format!("unknown section (known: {})", SECTIONS.join(", ")),
+            }),
+        }
+    }
+    raw
+}
+
+/// Deserializes one section, recording unknown keys and the first type error with their paths.
+fn section<T: DeserializeOwned>(
+    value: Value,
+    prefix: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    let mut unknown = Vec::new();
+    let mut callback =
+        |path: serde_ignored::Path<'_>| unknown.push(join_path(prefix, &ignored_path(&path)));
+    let de = serde_ignored::Deserializer::new(value, &mut callback);
+    let result: Result<T, _> = serde_path_to_error::deserialize(de);
+    let out = match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = if inner == "." {
+                prefix.to_owned()
+            } else {
+                join_path(prefix, &inner)
+            };
+            errors.push(ConfigError {
+                path,
+                message: e.into_inner().to_string(),
+            });
+            None
+        }
+    };
+    errors.extend(unknown.into_iter().map(|path| ConfigError {
+        path,
+        message: "unknown key".into(),
+    }));
+    out
+}
+
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        P::Map { parent, key } => {
+            let p = ignored_path(parent);
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            ignored_path(parent)
+        }
+    }
+}
+
+fn join_path(prefix: &str, inner: &str) -> String {
+    if inner.is_empty() {
+        prefix.to_owned()
+    } else if inner.starts_with('[') {
+        format!("{prefix}{inner}")
+    } else {
+        format!("{prefix}.{inner}")
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+fn validate(
+    raw: RawConfig,
+    source_name: &str,
+    base: &Path,
+    env: &dyn Env,
+    errors: &mut Vec<ConfigError>,
+) -> Config {
+    let mut err = |path: &str, message: String| {
+        errors.push(ConfigError {
+            path: path.into(),
+            message,
+        })
+    };
+
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&raw.agent.log_level) {
+        err(
+            "agent.log_level",
+            format!("not a log level or filter ({e})"),
+        );
+    }
+    if raw.agent.shutdown_timeout.is_zero() {
+        err("agent.shutdown_timeout", "must be greater than 0".into());
+    }
+    if raw.agent.max_label_sets == 0 {
+        err("agent.max_label_sets", "must be at least 1".into());
+    }
+
+    let listen = match raw.http.listen.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            err(
+                "http.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9464",
+                    raw.http.listen
+                ),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 9464))
+        }
+    };
+    if raw.http.max_body_bytes < 1024 {
+        err("http.max_body_bytes", "must be at least 1024".into());
+    }
+    if raw.http.request_timeout.is_zero() {
+        err("http.request_timeout", "must be greater than 0".into());
+    }
+    let mut bearer_tokens = Vec::new();
+    match (
+        &raw.http.auth.bearer_token_file,
+        &raw.http.auth.bearer_token_env,
+    ) {
+        (Some(_), Some(_)) => {
+            err(
+                "http.auth",
+                "give bearer_token_file or bearer_token_env, not both".into(),
+            );
+        }
+        (Some(file), None) => {
+            let path = base.join(file);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    // One token per line, so a new token can be added before the old one is removed.
+                    bearer_tokens = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(|l| Secret(l.into()))
+                        .collect();
+                    if bearer_tokens.is_empty() {
+                        err(
+                            "http.auth.bearer_token_file",
+                            format!("{} holds no token", path.display()),
+                        );
+                    }
+                }
+                Err(e) => err(
+                    "http.auth.bearer_token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                ),
+            }
+        }
+        (None, Some(var)) => match env.var(var) {
+            Some(v) if !v.trim().is_empty() => {
+                bearer_tokens = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| Secret(t.into()))
+                    .collect();
+            }
+            _ => err(
+                "http.auth.bearer_token_env",
+                format!("environment variable {var} is not set or empty"),
+            ),
+        },
+        (None, None) => {}
+    }
+
+    if raw.host.interval < Duration::from_secs(1) {
+        err("host.interval", "must be at least 1s".into());
+    }
+    let exclude_fstypes = compile(
+        &raw.host.filesystem.exclude_fstypes,
+        "host.filesystem.exclude_fstypes",
+        errors,
+    );
+    let exclude_mountpoints = compile(
+        &raw.host.filesystem.exclude_mountpoints,
+        "host.filesystem.exclude_mountpoints",
+        errors,
+    );
+
+    let mut processes = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    if raw.processes.len() + 1 > MAX_TARGETS {
+        errors.push(ConfigError {
+            path: "processes".into(),
+            message: format!(
+                "at most {} targets (one is the agent itself)",
+                MAX_TARGETS - 1
+            ),
+        });
+    }
+    for (i, p) in raw.processes.iter().enumerate() {
+        let at = |k: &str| format!("processes[{i}].{k}");
+        if p.target.trim().is_empty() {
+            errors.push(ConfigError {
+                path: at("target"),
+                message: "must not be empty".into(),
+            });
+        } else if p.target == SELF_TARGET {
+            errors.push(ConfigError {
+                path: at("target"),
+                message: format!("{SELF_TARGET:?} is reserved for the agent's own process"),
+            });
+        } else if !names.insert(p.target.clone()) {
+            errors.push(ConfigError {
+                path: at("target"),
+                message: format!("duplicate target {:?}", p.target),
+            });
+        }
+        let m = &p.matcher;
+        if m.name.is_none() && m.cmdline.is_none() && m.pidfile.is_none() && m.cgroup.is_none() {
+            errors.push(ConfigError {
+                path: at("match"),
+                message: "needs at least one of name, cmdline, pidfile, cgroup".into(),
+            });
+        }
+        let cmdline = m
+            .cmdline
+            .as_deref()
+            .and_then(|r| compile(r, &at("match.cmdline"), errors));
+        let cgroup = m
+            .cgroup
+            .as_deref()
+            .and_then(|r| compile(r, &at("match.cgroup"), errors));
+        processes.push(TargetSpec {
+            name: p.target.clone(),
+            process_name: m.name.clone(),
+            cmdline,
+            pidfile: m.pidfile.as_ref().map(|f| base.join(f)),
+            cgroup,
+            pid: None,
+            include_children: p.include_children,
+        });
+    }
+
+    // Only used when the pattern failed to compile, in which case the config is rejected anyway.
+    let never = || Regex::new("$^").expect("a static regex compiles");
+    Config {
+        source_name: source_name.into(),
+        agent: AgentConfig {
+            log_level: raw.agent.log_level,
+            shutdown_timeout: raw.agent.shutdown_timeout,
+            max_label_sets: raw.agent.max_label_sets,
+        },
+        http: HttpConfig {
+            listen,
+            max_body_bytes: raw.http.max_body_bytes,
+            request_timeout: raw.http.request_timeout,
+            bearer_tokens,
+        },
+        host: HostConfig {
+            enabled: raw.host.enabled,
+            interval: raw.host.interval,
+            settings: HostSettings {
+                procfs: raw.host.procfs,
+                exclude_fstypes: exclude_fstypes.unwrap_or_else(never),
+                exclude_mountpoints: exclude_mountpoints.unwrap_or_else(never),
+            },
+        },
+        processes,
+        store: StoreConfig {
+            path: raw.store.path,
+        },
+    }
+}
+
+fn compile(pattern: &str, path: &str, errors: &mut Vec<ConfigError>) -> Option<Regex> {
+    match Regex::new(pattern) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            errors.push(ConfigError {
+                path: path.into(),
+                message: format!("invalid regex: {e}"),
+            });
+            None
+        }
+    }
+}
+
+/// Durations written like `15s`, `1m30s`, `250ms`.
+mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!("{s:?} is not a duration like 15s or 1m30s ({e})"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load(text: &str) -> Result<Config, ConfigErrors> {
+        load_str(text, "test.yaml", Path::new("."), &env(&[("PORT", "9999")]))
+    }
+
+    fn paths(e: &ConfigErrors) -> Vec<String> {
+        e.errors.iter().map(|e| e.path.clone()).collect()
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid_and_safe() {
+        let c = Config::embedded().expect("defaults");
+        assert_eq!(c.http.listen, "127.0.0.1:9464".parse().expect("addr"));
+        assert_eq!(c.host.interval, Duration::from_secs(15));
+        assert!(c.host.enabled);
+        assert_eq!(c.store.path, PathBuf::from("./sidelight-data"));
+        assert!(c.http.bearer_tokens.is_empty());
+    }
+
+    #[test]
+    fn full_shape_with_substitution_and_durations() {
+        let c = load(
+            "agent: { log_level: debug, shutdown_timeout: 2s }\nhttp: { listen: \"127.0.0.1:${PORT}\" }\nhost: { interval: 1m30s }\nprocesses:\n  - target: web\n    match: { name: python, cmdline: \"gunicorn|uvicorn\" }\n  - target: worker\n    match: { pidfile: /run/celery.pid }\n    include_children: false\nstore: { path: /var/lib/sidelight }\n",
+        )
+        .expect("valid");
+        assert_eq!(c.http.listen.port(), 9999);
+        assert_eq!(c.host.interval, Duration::from_secs(90));
+        assert_eq!(c.agent.shutdown_timeout, Duration::from_secs(2));
+        assert_eq!(c.processes.len(), 2);
+        assert!(
+            c.processes[0]
+                .cmdline
+                .as_ref()
+                .is_some_and(|r| r.is_match("uvicorn app:main"))
+        );
+        assert!(!c.processes[1].include_children);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_its_path() {
+        let e = load(
+            "agent: { log_levl: info }\nhttp: { listen: nowhere }\nhost: { interval: soon }\nprocesses:\n  - target: a\n    match: { name: x }\n  - target: b\n    match: { cmdline: \"(\" , colour: red }\n  - target: a\n    match: {}\nlogz: []\n",
+        )
+        .expect_err("invalid");
+        let p = paths(&e);
+        for want in [
+            "agent.log_levl",
+            "http.listen",
+            "host.interval",
+            "processes[1].match.colour",
+            "processes[1].match.cmdline",
+            "processes[2].target",
+            "processes[2].match",
+            "logz",
+        ] {
+            assert!(p.iter().any(|x| x == want), "missing {want} in {p:?}\n{e}");
+        }
+        let text = e.to_string();
+        assert!(text.starts_with("test.yaml has 8 errors:"), "{text}");
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let e =
+            load("processes:\n  - target: a\n    match: { name: [1, 2] }\n").expect_err("invalid");
+        assert_eq!(paths(&e), ["processes[0].match.name"]);
+        let e = load("processes: {}\n").expect_err("invalid");
+        assert_eq!(paths(&e), ["processes"]);
+    }
+
+    #[test]
+    fn missing_env_var_and_defaults() {
+        let e = load("http: { listen: \"${NOPE}\" }\n").expect_err("invalid");
+        assert!(
+            e.errors
+                .iter()
+                .any(|x| x.path == "line 1" && x.message.contains("NOPE")),
+            "{e}"
+        );
+        let c = load("http: { listen: \"${NOPE:-127.0.0.1:1234}\" }\n").expect("default");
+        assert_eq!(c.http.listen.port(), 1234);
+        let c = load("processes:\n  - target: a\n    match: { cmdline: \"cost$$\" }\n")
+            .expect("escape");
+        assert_eq!(
+            c.processes[0].cmdline.as_ref().map(Regex::as_str),
+            Some("cost$")
+        );
+    }
+
+    #[test]
+    fn secrets_from_files_and_env_never_print() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("token"), "old-token\nnew-token\n").expect("write");
+        let c = load_str(
+            "http: { auth: { bearer_token_file: token } }\n",
+            "t",
+            dir.path(),
+            &env(&[]),
+        )
+        .expect("valid");
+        assert_eq!(c.http.bearer_tokens.len(), 2);
+        assert!(!format!("{c:?}").contains("new-token"));
+        let c = load_str(
+            "http: { auth: { bearer_token_env: TOK } }\n",
+            "t",
+            dir.path(),
+            &env(&[("TOK", "s3cret")]),
+        )
+        .expect("valid");
+        assert_eq!(c.http.bearer_tokens[0].expose(), "s3cret");
+        let e = load_str(
+            "http: { auth: { bearer_token_file: missing } }\n",
+            "t",
+            dir.path(),
+            &env(&[]),
+        )
+        .expect_err("missing file");
+        assert_eq!(paths(&e), ["http.auth.bearer_token_file"]);
+    }
+
+    #[test]
+    fn reserved_and_syntax_errors() {
+        let e = load("processes:\n  - target: sidelight\n    match: { name: x }\n")
+            .expect_err("reserved");
+        assert_eq!(paths(&e), ["processes[0].target"]);
+        let e = load("http: [unclosed\n").expect_err("yaml");
+        assert!(e.errors[0].path.starts_with("line"), "{e}");
+        let e = load("- a\n- b\n").expect_err("not a mapping");
+        assert_eq!(paths(&e), ["(top)"]);
+        assert!(load("").is_ok());
+    }
+}

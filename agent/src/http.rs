@@ -1,0 +1,367 @@
+//! The HTTP surface on one listener: `GET /metrics` (Prometheus text, or OpenMetrics when the
+//! scraper asks for it), `GET /healthz`, `GET /readyz`; a request body limit on every route,
+//! optional bearer-token auth on everything but the probes, and 404 for unknown paths.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
+
+/// OpenMetrics content type.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Prometheus text exposition content type.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Components that must have started before `/readyz` answers 200.
+#[derive(Debug, Default)]
+pub struct Readiness(Mutex<BTreeMap<&'static str, bool>>);
+
+impl Readiness {
+    /// Declares a component that is not ready yet.
+    pub fn expect(&self, component: &'static str) {
+        self.0.lock().entry(component).or_insert(false);
+    }
+
+    /// Marks a component ready.
+    pub fn ready(&self, component: &'static str) {
+        self.0.lock().insert(component, true);
+    }
+
+    /// The components not ready yet.
+    pub fn pending(&self) -> Vec<&'static str> {
+        self.0
+            .lock()
+            .iter()
+            .filter(|(_, ready)| !**ready)
+            .map(|(name, _)| *name)
+            .collect()
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    /// Every metric the agent exposes.
+    pub registry: Arc<Registry>,
+    /// Startup progress.
+    pub readiness: Arc<Readiness>,
+    /// Time spent encoding `/metrics`.
+    pub scrape_duration: Histogram,
+    /// Accepted bearer tokens (empty: no auth); replaced on reload.
+    pub tokens: Arc<RwLock<Vec<Secret>>>,
+}
+
+/// The router with every route and limit.
+pub fn router(
+    state: HttpState,
+    max_body_bytes: usize,
+    request_timeout: std::time::Duration,
+) -> Router {
+    let protected = Router::new()
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(protected)
+        .fallback(not_found)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            max_body_bytes,
+        ))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    let pending = state.readiness.pending();
+    if pending.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", pending.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+async fn require_token(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let tokens = state.tokens.read().clone();
+    if tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if let Some(presented) = presented
+        && token_matches(&tokens, presented)
+    {
+        return next.run(request).await;
+    }
+    let mut response =
+        (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Compares against every accepted token in constant time (per token), without early exit.
+fn token_matches(tokens: &[Secret], presented: &str) -> bool {
+    let mut ok = subtle::Choice::from(0u8);
+    for t in tokens {
+        ok |= t.expose().as_bytes().ct_eq(presented.as_bytes());
+    }
+    ok.into()
+}
+
+async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let registry = state.registry.clone();
+    let mut body = String::with_capacity(64 * 1024);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &registry) {
+        tracing::error!(error = %e, "encoding /metrics failed");
+        return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();
+    }
+    let (body, content_type) = if openmetrics {
+        (body, OPENMETRICS)
+    } else {
+        (to_prometheus_text(&body), PROMETHEUS_TEXT)
+    };
+    state
+        .scrape_duration
+        .observe(started.elapsed().as_secs_f64());
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Rewrites OpenMetrics text into the Prometheus 0.0.4 text format: counters' metadata take the
+/// `_total` name, `info` / `stateset` become gauges, `unknown` becomes `untyped`, and `# UNIT`,
+/// `# EOF` and exemplars are dropped.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut pending_help: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            pending_help = Some((name, help));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (om_name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let name = om_name;
+            let (name, kind): (std::borrow::Cow<'_, str>, &str) = match kind {
+                "counter" => (format!("{name}_total").into(), "counter"),
+                "info" => (format!("{name}_info").into(), "gauge"),
+                "stateset" | "gauge" => (name.into(), "gauge"),
+                "histogram" | "gaugehistogram" => (name.into(), "histogram"),
+                "summary" => (name.into(), "summary"),
+                _ => (name.into(), "untyped"),
+            };
+            if let Some((help_name, help)) = pending_help.take()
+                && help_name == om_name
+            {
+                out.push_str("# HELP ");
+                out.push_str(&name);
+                out.push(' ');
+                out.push_str(help);
+                out.push('\n');
+            }
+            out.push_str("# TYPE ");
+            out.push_str(&name);
+            out.push(' ');
+            out.push_str(kind);
+            out.push('\n');
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" || line.is_empty() {
+            continue;
+        }
+        // Drop exemplars (` # {...} value`) outside label values.
+        out.push_str(strip_exemplar(line));
+        out.push('\n');
+    }
+    out
+}
+
+fn strip_exemplar(line: &str) -> &str {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '\\' if in_quotes => escaped = !escaped,
+            '"' if !escaped => in_quotes = !in_quotes,
+            '#' if !in_quotes && i > 0 && line[..i].ends_with(' ') => return line[..i].trim_end(),
+            _ => escaped = false,
+        }
+        if c != '\\' {
+            escaped = false;
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    fn state(tokens: Vec<Secret>) -> HttpState {
+        let mut registry = Registry::default();
+        let c = prometheus_client::metrics::counter::Counter::<u64>::default();
+        c.inc();
+        registry.register("demo_requests", "Requests.", c);
+        HttpState {
+            registry: Arc::new(registry),
+            readiness: Arc::new(Readiness::default()),
+            scrape_duration: Histogram::new([0.01]),
+            tokens: Arc::new(RwLock::new(tokens)),
+        }
+    }
+
+    async fn call(router: Router, req: Request<Body>) -> (StatusCode, HeaderMap, String) {
+        let resp = router.oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn get(path: &str) -> axum::http::request::Builder {
+        Request::builder().uri(path)
+    }
+
+    #[test]
+    fn openmetrics_to_prometheus_text() {
+        let om = "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total{a=\"b # c\"} 1 # {trace_id=\"abc\"} 1.0 1.5\n# HELP b Build.\n# TYPE b info\nb_info{version=\"1\"} 1\n# TYPE s_seconds histogram\n# UNIT s_seconds seconds\ns_seconds_bucket{le=\"+Inf\"} 1\n# EOF\n";
+        let text = to_prometheus_text(om);
+        assert_eq!(
+            text,
+            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total{a=\"b # c\"} 1\n# HELP b_info Build.\n# TYPE b_info gauge\nb_info{version=\"1\"} 1\n# TYPE s_seconds histogram\ns_seconds_bucket{le=\"+Inf\"} 1\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_negotiates_the_format() {
+        let r = router(state(vec![]), 1 << 20, std::time::Duration::from_secs(5));
+        let (status, headers, body) =
+            call(r.clone(), get("/metrics").body(Body::empty()).expect("req")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], PROMETHEUS_TEXT);
+        assert!(
+            body.contains("# TYPE demo_requests_total counter\ndemo_requests_total 1\n"),
+            "{body}"
+        );
+        assert!(!body.contains("# EOF"));
+        let req = get("/metrics")
+            .header(
+                header::ACCEPT,
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+            )
+            .body(Body::empty())
+            .expect("req");
+        let (_, headers, body) = call(r, req).await;
+        assert_eq!(headers[header::CONTENT_TYPE], OPENMETRICS);
+        assert!(body.ends_with("# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn probes_unknown_paths_and_limits() {
+        let s = state(vec![]);
+        s.readiness.expect("host");
+        let r = router(s.clone(), 2048, std::time::Duration::from_secs(5));
+        assert_eq!(
+            call(r.clone(), get("/healthz").body(Body::empty()).expect("req"))
+                .await
+                .0,
+            StatusCode::OK
+        );
+        let (status, _, body) =
+            call(r.clone(), get("/readyz").body(Body::empty()).expect("req")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready: host\n")
+        );
+        s.readiness.ready("host");
+        assert_eq!(
+            call(r.clone(), get("/readyz").body(Body::empty()).expect("req"))
+                .await
+                .0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(r.clone(), get("/nope").body(Body::empty()).expect("req"))
+                .await
+                .0,
+            StatusCode::NOT_FOUND
+        );
+        let big = Request::post("/healthz")
+            .header(header::CONTENT_LENGTH, "4096")
+            .body(Body::from(vec![0u8; 4096]));
+        assert_eq!(
+            call(r, big.expect("req")).await.0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+
+    #[tokio::test]
+    async fn bearer_tokens_guard_metrics_but_not_probes() {
+        let r = router(
+            state(vec![Secret::for_tests("old"), Secret::for_tests("new")]),
+            1 << 20,
+            std::time::Duration::from_secs(5),
+        );
+        let (status, headers, _) =
+            call(r.clone(), get("/metrics").body(Body::empty()).expect("req")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+        for (token, want) in [
+            ("new", StatusCode::OK),
+            ("old", StatusCode::OK),
+            ("ol", StatusCode::UNAUTHORIZED),
+        ] {
+            let req = get("/metrics")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty());
+            assert_eq!(call(r.clone(), req.expect("req")).await.0, want, "{token}");
+        }
+        assert_eq!(
+            call(r, get("/healthz").body(Body::empty()).expect("req"))
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+}

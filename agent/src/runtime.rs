@@ -1,0 +1,512 @@
+//! Lifecycle of a running agent: `start` binds and spawns every component on one
+//! `TaskTracker`; `reload` hands a validated new config to the components, which apply it in
+//! place (counters and snapshots survive); `stop` cancels sources, lets the HTTP surface finish
+//! in-flight requests, and waits for everything within the shutdown deadline.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use parking_lot::RwLock;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sidelight_collector::host::HostCollector;
+use sidelight_collector::metrics::{LabelCaps, SnapshotCell, SnapshotCollector};
+use sidelight_collector::process::{ProcessCollector, TargetSpec};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::config::{Config, SELF_TARGET};
+use crate::http::{self, HttpState, Readiness};
+use crate::logging::LogHandle;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state directory cannot be created.
+    #[error("store.path {path}: {source}")]
+    Store {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+type OneLabel = [(&'static str, &'static str); 1];
+
+/// The agent's metrics about itself.
+#[derive(Debug, Clone)]
+pub struct SelfMetrics {
+    /// Duration of one collection cycle, by collector.
+    pub collection_duration: Family<OneLabel, Histogram, fn() -> Histogram>,
+    /// Failed reads during collection, by collector.
+    pub collection_errors: Family<OneLabel, Counter>,
+    /// Processes listed in the last process cycle.
+    pub processes_scanned: Gauge,
+    /// Time spent encoding `/metrics`.
+    pub scrape_duration: Histogram,
+    /// Configuration reloads by result.
+    pub reloads: Family<OneLabel, Counter>,
+    /// 1 if the last reload succeeded.
+    pub last_reload_success: Gauge,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+impl SelfMetrics {
+    fn new() -> Self {
+        Self {
+            collection_duration: Family::new_with_constructor(duration_histogram),
+            collection_errors: Family::default(),
+            processes_scanned: Gauge::default(),
+            scrape_duration: duration_histogram(),
+            reloads: Family::default(),
+            last_reload_success: Gauge::default(),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        let info: Family<[(&'static str, &'static str); 1], Gauge> = Family::default();
+        info.get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        registry.register(
+            "sidelight_build_info",
+            "Build information of the running agent",
+            info,
+        );
+        registry.register(
+            "sidelight_collection_duration_seconds",
+            "Wall time of one collection cycle, by collector",
+            self.collection_duration.clone(),
+        );
+        registry.register(
+            "sidelight_collection_errors",
+            "Reads that failed during collection (vanished processes excluded), by collector",
+            self.collection_errors.clone(),
+        );
+        registry.register(
+            "sidelight_processes_scanned",
+            "Processes listed in the last process collection cycle",
+            self.processes_scanned.clone(),
+        );
+        registry.register(
+            "sidelight_scrape_duration_seconds",
+            "Time spent encoding the /metrics response",
+            self.scrape_duration.clone(),
+        );
+        registry.register(
+            "sidelight_config_reloads",
+            "Configuration reloads, by result",
+            self.reloads.clone(),
+        );
+        registry.register(
+            "sidelight_config_last_reload_successful",
+            "Whether the last configuration reload succeeded (1) or was rejected (0)",
+            self.last_reload_success.clone(),
+        );
+    }
+}
+
+struct Shared {
+    readiness: Arc<Readiness>,
+    caps: Arc<LabelCaps>,
+    metrics: SelfMetrics,
+    host: Arc<SnapshotCell>,
+    processes: Arc<SnapshotCell>,
+}
+
+/// A started agent.
+pub struct Running {
+    config: watch::Sender<Arc<Config>>,
+    sources: CancellationToken,
+    http: CancellationToken,
+    tracker: TaskTracker,
+    log: Option<LogHandle>,
+    local_addr: watch::Receiver<SocketAddr>,
+    tokens: Arc<RwLock<Vec<crate::config::Secret>>>,
+    metrics: SelfMetrics,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("local_addr", &*self.local_addr.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The process targets a config implies: the agent itself first, then the configured ones.
+fn targets(config: &Config) -> Vec<TargetSpec> {
+    let mut t = vec![TargetSpec::own_process(SELF_TARGET)];
+    t.extend(config.processes.iter().cloned());
+    t
+}
+
+/// Binds and spawns everything. Nothing is left running if this fails.
+pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, StartError> {
+    std::fs::create_dir_all(&config.store.path).map_err(|source| StartError::Store {
+        path: config.store.path.clone(),
+        source,
+    })?;
+    let listener = TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.http.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.http.listen,
+        source,
+    })?;
+
+    let shared = Arc::new(Shared {
+        readiness: Arc::new(Readiness::default()),
+        caps: Arc::new(LabelCaps::new(config.agent.max_label_sets)),
+        metrics: SelfMetrics::new(),
+        host: Arc::new(SnapshotCell::default()),
+        processes: Arc::new(SnapshotCell::default()),
+    });
+    let mut registry = Registry::default();
+    shared.metrics.register(&mut registry);
+    shared.caps.register(&mut registry);
+    registry.register_collector(Box::new(SnapshotCollector(shared.host.clone())));
+    registry.register_collector(Box::new(SnapshotCollector(shared.processes.clone())));
+    shared.metrics.last_reload_success.set(1);
+
+    shared.readiness.expect("http");
+    shared.readiness.expect("metrics");
+
+    let tokens = Arc::new(RwLock::new(config.http.bearer_tokens.clone()));
+    let state = HttpState {
+        registry: Arc::new(registry),
+        readiness: shared.readiness.clone(),
+        scrape_duration: shared.metrics.scrape_duration.clone(),
+        tokens: tokens.clone(),
+    };
+
+    let config = Arc::new(config);
+    let (config_tx, _) = watch::channel(config.clone());
+    let (addr_tx, local_addr) = watch::channel(local);
+    let tracker = TaskTracker::new();
+    let sources = CancellationToken::new();
+    let http_token = CancellationToken::new();
+
+    tracker.spawn(collect_loop(
+        config_tx.subscribe(),
+        shared.clone(),
+        sources.clone(),
+    ));
+    tracker.spawn(serve_http(
+        listener,
+        state,
+        config_tx.subscribe(),
+        addr_tx,
+        http_token.clone(),
+        tracker.clone(),
+    ));
+    shared.readiness.ready("http");
+
+    tracing::info!(
+        config = %config.source_name,
+        listen = %local,
+        host_interval = %humantime::format_duration(config.host.interval),
+        targets = ?targets(&config).iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        "sidelight started: {}",
+        config.summary().replacen(&config.http.listen.to_string(), &local.to_string(), 1),
+    );
+    Ok(Running {
+        config: config_tx,
+        sources,
+        http: http_token,
+        tracker,
+        log,
+        local_addr,
+        tokens,
+        metrics: shared.metrics.clone(),
+    })
+}
+
+impl Running {
+    /// The address the HTTP surface listens on now.
+    pub fn local_addr(&self) -> SocketAddr {
+        *self.local_addr.borrow()
+    }
+
+    /// Applies a validated configuration in place.
+    pub fn reload(&self, new: Config) {
+        let old = self.config.borrow().clone();
+        if new.agent.max_label_sets != old.agent.max_label_sets {
+            tracing::warn!("agent.max_label_sets changes take effect at the next restart");
+        }
+        if new.store.path != old.store.path {
+            tracing::warn!("store.path changes take effect at the next restart");
+        }
+        if let Some(log) = &self.log {
+            log.set_level(&new.agent.log_level);
+        }
+        *self.tokens.write() = new.http.bearer_tokens.clone();
+        tracing::info!(config = %new.source_name, "configuration reloaded: {}", new.summary());
+        self.config.send_replace(Arc::new(new));
+        self.metrics
+            .reloads
+            .get_or_create(&[("result", "success")])
+            .inc();
+        self.metrics.last_reload_success.set(1);
+    }
+
+    /// Records a rejected reload (the old configuration keeps running).
+    pub fn reload_failed(&self, reason: &dyn std::fmt::Display) {
+        tracing::error!(reason = %reason, "configuration reload rejected; the previous configuration keeps running");
+        self.metrics
+            .reloads
+            .get_or_create(&[("result", "failure")])
+            .inc();
+        self.metrics.last_reload_success.set(0);
+    }
+
+    /// Stops sources, then the HTTP surface, and waits for every task up to `deadline`.
+    /// Returns false if the deadline cut the shutdown short.
+    pub async fn stop(self, deadline: Duration) -> bool {
+        let started = Instant::now();
+        self.sources.cancel();
+        self.http.cancel();
+        self.tracker.close();
+        let clean = tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_ok();
+        if clean {
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "sidelight stopped"
+            );
+        } else {
+            tracing::warn!(deadline = %humantime::format_duration(deadline), "shutdown deadline reached; abandoning remaining tasks");
+        }
+        clean
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+}
+
+/// Serves the router, rebinding when `http.listen` changes and swapping limits in place.
+async fn serve_http(
+    listener: TcpListener,
+    state: HttpState,
+    mut config: watch::Receiver<Arc<Config>>,
+    addr_tx: watch::Sender<SocketAddr>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let cfg = config.borrow_and_update().clone();
+    let current = Arc::new(RwLock::new(http::router(
+        state.clone(),
+        cfg.http.max_body_bytes,
+        cfg.http.request_timeout,
+    )));
+    let app = {
+        let current = current.clone();
+        Router::new().fallback(move |req: Request| {
+            let router = current.read().clone();
+            async move { router.oneshot(req).await.into_response() }
+        })
+    };
+    let mut listen = cfg.http.listen;
+    let mut server = spawn_server(&tracker, listener, app.clone(), cancel.child_token());
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = config.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let cfg = config.borrow_and_update().clone();
+                *current.write() = http::router(state.clone(), cfg.http.max_body_bytes, cfg.http.request_timeout);
+                if cfg.http.listen != listen {
+                    match TcpListener::bind(cfg.http.listen).await {
+                        Ok(l) => {
+                            let local = l.local_addr().unwrap_or(cfg.http.listen);
+                            server.cancel();
+                            server = spawn_server(&tracker, l, app.clone(), cancel.child_token());
+                            listen = cfg.http.listen;
+                            addr_tx.send_replace(local);
+                            tracing::info!(listen = %local, "HTTP surface moved");
+                        }
+                        Err(e) => tracing::error!(listen = %cfg.http.listen, error = %e, "cannot bind the new http.listen; still serving on the old address"),
+                    }
+                }
+            }
+        }
+    }
+    server.cancel();
+}
+
+fn spawn_server(
+    tracker: &TaskTracker,
+    listener: TcpListener,
+    app: Router,
+    token: CancellationToken,
+) -> CancellationToken {
+    let stop = token.clone();
+    tracker.spawn(async move {
+        let shutdown = async move { stop.cancelled().await };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    token
+}
+
+/// Runs host and process collection on the configured interval, off the async runtime.
+async fn collect_loop(
+    mut config: watch::Receiver<Arc<Config>>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let cfg = config.borrow_and_update().clone();
+    let mut host = Some(HostCollector::new(cfg.host.settings.clone()));
+    let mut procs = Some(ProcessCollector::new(
+        cfg.host.settings.procfs.clone(),
+        targets(&cfg),
+    ));
+    let mut host_enabled = cfg.host.enabled;
+    let mut period = cfg.host.interval;
+    let mut ticker = new_ticker(period);
+    let mut logged: HashSet<String> = HashSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            changed = config.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let cfg = config.borrow_and_update().clone();
+                if let Some(h) = host.as_mut() {
+                    h.reconfigure(cfg.host.settings.clone());
+                }
+                if let Some(p) = procs.as_mut() {
+                    p.reconfigure(cfg.host.settings.procfs.clone(), targets(&cfg));
+                }
+                host_enabled = cfg.host.enabled;
+                if !host_enabled {
+                    shared.host.publish(Default::default());
+                }
+                if cfg.host.interval != period {
+                    period = cfg.host.interval;
+                    ticker = new_ticker(period);
+                } else {
+                    // Targets changed: collect now rather than a whole interval later.
+                    ticker.reset_immediately();
+                }
+                continue;
+            }
+            _ = ticker.tick() => {}
+        }
+        let (Some(h), Some(p)) = (host.take(), procs.take()) else {
+            break;
+        };
+        let cycle = tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            let hs = host_enabled.then(|| h.collect());
+            let host_time = t.elapsed();
+            let mut p = p;
+            let t = Instant::now();
+            let ps = p.collect();
+            (h, p, hs, host_time, ps, t.elapsed())
+        })
+        .await;
+        let Ok((h, p, hs, host_time, ps, proc_time)) = cycle else {
+            tracing::error!("a collection cycle panicked; restarting the collectors");
+            let cfg = config.borrow().clone();
+            host = Some(HostCollector::new(cfg.host.settings.clone()));
+            procs = Some(ProcessCollector::new(
+                cfg.host.settings.procfs.clone(),
+                targets(&cfg),
+            ));
+            continue;
+        };
+        host = Some(h);
+        procs = Some(p);
+        let m = &shared.metrics;
+        if let Some(mut hs) = hs {
+            m.collection_duration
+                .get_or_create(&[("collector", "host")])
+                .observe(host_time.as_secs_f64());
+            note_errors(
+                &mut logged,
+                "host",
+                hs.errors.iter().map(ToString::to_string),
+                m,
+            );
+            hs.snapshot.enforce_caps(&shared.caps);
+            shared.host.publish(hs.snapshot);
+        }
+        let mut ps = ps;
+        m.collection_duration
+            .get_or_create(&[("collector", "process")])
+            .observe(proc_time.as_secs_f64());
+        m.processes_scanned
+            .set(i64::try_from(ps.scanned).unwrap_or(i64::MAX));
+        note_errors(
+            &mut logged,
+            "process",
+            ps.errors.iter().map(ToString::to_string),
+            m,
+        );
+        ps.snapshot.enforce_caps(&shared.caps);
+        shared.processes.publish(ps.snapshot);
+        shared.readiness.ready("metrics");
+    }
+}
+
+fn new_ticker(period: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(period);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+/// Counts collection errors; logs each distinct one once (a bounded set) so a persistent
+/// permission problem does not flood the agent's log.
+fn note_errors(
+    logged: &mut HashSet<String>,
+    collector: &'static str,
+    errors: impl Iterator<Item = String>,
+    m: &SelfMetrics,
+) {
+    for e in errors {
+        m.collection_errors
+            .get_or_create(&[("collector", collector)])
+            .inc();
+        if logged.len() < 256 && logged.insert(e.clone()) {
+            tracing::warn!(collector, error = %e, "collection error (further occurrences are only counted)");
+        }
+    }
+}

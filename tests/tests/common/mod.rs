@@ -1,0 +1,319 @@
+//! Harness shared by the end-to-end tests: builds and starts the real `sidelight` binary on
+//! ephemeral ports, starts real peers (Prometheus, Python services), and talks HTTP to them.
+//! Every child process is killed when its handle drops, so a failing test leaves nothing behind.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Builds the agent once per test binary and returns its path.
+pub fn sidelight_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "sidelight", "--bin", "sidelight"])
+            .current_dir(workspace())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building sidelight failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"));
+        let target = if target.is_absolute() {
+            target
+        } else {
+            workspace().join(target)
+        };
+        target.join("debug").join("sidelight")
+    })
+    .clone()
+}
+
+/// The Python interpreter with the test peers' packages (the venv made by scripts/test.sh).
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SIDELIGHT_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = workspace().join(".venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+/// A free loopback port (bound then released; good enough for peers that cannot bind :0).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends a signal to a child (through `kill(1)`: `unsafe` is forbidden in this workspace).
+pub fn signal(child: &Child, sig: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// Waits for a child to exit, up to `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A running agent with its captured log lines.
+pub struct Agent {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    /// Starts the agent on `config` (YAML; `{dir}` is replaced by a fresh temp dir) and waits for
+    /// its startup line, which names the address it listens on.
+    pub fn start(config: &str) -> Result<Agent> {
+        let dir = tempfile::tempdir()?;
+        let config = config.replace("{dir}", &dir.path().to_string_lossy());
+        let config_path = dir.path().join("sidelight.yaml");
+        std::fs::write(&config_path, config)?;
+        let mut child = Command::new(sidelight_bin())
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
+                if std::env::var_os("SIDELIGHT_TEST_ECHO").is_some() {
+                    eprintln!("agent: {line}");
+                }
+                sink.lock().expect("lock").push(line);
+            }
+        });
+        let proc = Proc(child);
+        let addr = eventually(Duration::from_secs(30), "the agent's startup line", || {
+            logs.lock().expect("lock").iter().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["message"].as_str()?.starts_with("sidelight started"))
+                    .then(|| v["listen"].as_str()?.parse().ok())?
+            })
+        })
+        .map_err(|e| format!("{e}; agent said: {:?}", logs.lock().map(|l| l.clone())))?;
+        Ok(Agent {
+            proc,
+            addr,
+            dir,
+            config_path,
+            logs,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Log lines (JSON) so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Rewrites the config file and sends SIGHUP.
+    pub fn reload(&self, config: &str) -> Result {
+        let config = config.replace("{dir}", &self.dir.path().to_string_lossy());
+        let mut f = std::fs::File::create(&self.config_path)?;
+        f.write_all(config.as_bytes())?;
+        f.sync_all()?;
+        signal(&self.proc.0, 1);
+        Ok(())
+    }
+}
+
+/// A plain HTTP client that reports every status instead of failing on 4xx/5xx.
+pub fn client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// GET with optional headers; returns (status, content type, body).
+pub fn get(url: &str, headers: &[(&str, &str)]) -> Result<(u16, String, String)> {
+    let mut req = client().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.call()?;
+    let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = resp.body_mut().read_to_string()?;
+    Ok((status, ctype, body))
+}
+
+/// The value of one sample in a Prometheus text exposition (first match on name + label text).
+pub fn sample(body: &str, name: &str, label_fragment: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let (series, _) = l.rsplit_once(' ').unwrap_or((l, ""));
+            (series == name || series.starts_with(&format!("{name}{{")))
+                && series.contains(label_fragment)
+        })
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+/// A real Prometheus server scraping the given targets every second.
+pub struct Prometheus {
+    pub proc: Proc,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus with a scrape job `sidelight` for `target`; `bearer` is written to a
+    /// credentials file when given.
+    pub fn start(target: SocketAddr, bearer: Option<&str>) -> Result<Prometheus> {
+        let dir = tempfile::tempdir()?;
+        let auth = match bearer {
+            Some(token) => {
+                let f = dir.path().join("token");
+                std::fs::write(&f, token)?;
+                format!(
+                    "    authorization:\n      credentials_file: {}\n",
+                    f.display()
+                )
+            }
+            None => String::new(),
+        };
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: sidelight\n{auth}    static_configs:\n      - targets: ['{target}']\n"
+        );
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(&cfg, config)?;
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start prometheus (apt-get install prometheus): {e}"))?;
+        let prom = Prometheus {
+            proc: Proc(child),
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        eventually(Duration::from_secs(30), "prometheus to be ready", || {
+            get(&format!("{}/-/ready", prom.url), &[])
+                .ok()
+                .filter(|(s, _, _)| *s == 200)
+        })?;
+        Ok(prom)
+    }
+
+    /// Runs an instant query and returns the result vector.
+    pub fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>> {
+        let mut resp = client()
+            .get(&format!("{}/api/v1/query", self.url))
+            .query("query", promql)
+            .call()?;
+        let body: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string()?)?;
+        if body["status"] != "success" {
+            return Err(format!("query {promql} failed: {body}").into());
+        }
+        Ok(body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Health of the scrape targets, as Prometheus reports it.
+    pub fn target_health(&self) -> Result<Vec<(String, String)>> {
+        let (_, _, body) = get(&format!("{}/api/v1/targets", self.url), &[])?;
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(v["data"]["activeTargets"]
+            .as_array()
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| {
+                        (
+                            t["health"].as_str().unwrap_or("").to_owned(),
+                            t["lastError"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}

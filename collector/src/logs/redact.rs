@@ -1,0 +1,292 @@
+//! Redaction of secrets before a record leaves the agent: built-in rules for bearer tokens and
+//! `Authorization` values, Slack tokens, AWS keys, PEM private keys, email addresses and card
+//! numbers (Luhn-checked), plus configured patterns. Matches become `[REDACTED]`; the count per
+//! rule is returned for a counter.
+//!
+//! One [`RegexSet`] pass tells whether anything matches at all (the usual case is nothing); only
+//! the rules that matched then run their own replacement.
+
+use std::borrow::Cow;
+
+use regex::{Captures, Regex, RegexSet};
+
+use super::record::{AttrValue, LogRecord};
+
+/// What a match is replaced with.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// A configured extra pattern.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatternConfig {
+    /// Rule name, reported with its count.
+    pub name: String,
+    /// A `regex` crate pattern; the whole match is replaced, or only capture group `secret` when
+    /// the pattern names one.
+    pub regex: String,
+}
+
+/// Redaction settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactionConfig {
+    /// Use the built-in rules.
+    pub builtins: bool,
+    /// Extra patterns, applied after the built-ins.
+    pub patterns: Vec<PatternConfig>,
+}
+
+impl Default for RedactionConfig {
+    fn default() -> Self {
+        Self {
+            builtins: true,
+            patterns: Vec::new(),
+        }
+    }
+}
+
+/// Errors building a [`Redactor`].
+#[derive(Debug, thiserror::Error)]
+pub enum RedactError {
+    #[error("redaction pattern {name:?} is not a valid regex: {source}")]
+    InvalidPattern {
+        name: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("redaction patterns are too large together: {0}")]
+    SetTooLarge(#[source] regex::Error),
+}
+
+/// A second check on a match, to leave ordinary text alone.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    None,
+    Luhn,
+}
+
+/// Built-in rules: name, pattern, check. A capture group named `secret` limits the replacement
+/// to that group, so `Authorization: [REDACTED]` keeps saying what was removed.
+const BUILTINS: &[(&str, &str, Check)] = &[
+    (
+        "private_key",
+        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|.*)",
+        Check::None,
+    ),
+    (
+        "authorization",
+        r#"(?i:authorization)["']?\s*[:=]\s*["']?(?P<secret>(?:[A-Za-z]+ +)?[^\s"',;]+)"#,
+        Check::None,
+    ),
+    (
+        "bearer_token",
+        r"(?i:bearer)\s+(?P<secret>[A-Za-z0-9\-._~+/]{8,}=*)",
+        Check::None,
+    ),
+    (
+        "slack_token",
+        r"(?-u:\b)xox[abprs]-[A-Za-z0-9-]{10,}",
+        Check::None,
+    ),
+    (
+        "aws_access_key",
+        r"(?-u:\b)(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
+        Check::None,
+    ),
+    (
+        "aws_secret_key",
+        r#"(?i:aws_secret_access_key|aws_secret_key|secret_access_key)["']?\s*[:=]\s*["']?(?P<secret>[A-Za-z0-9/+=]{20,})"#,
+        Check::None,
+    ),
+    (
+        "email",
+        r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}",
+        Check::None,
+    ),
+    (
+        "card_number",
+        r"(?-u:\b)[2-6](?:[ \-]?[0-9]){12,18}(?-u:\b)",
+        Check::Luhn,
+    ),
+];
+
+#[derive(Debug)]
+struct Rule {
+    name: String,
+    regex: Regex,
+    check: Check,
+    has_secret_group: bool,
+}
+
+/// Replacements made, per rule (indexed like [`Redactor::rule_names`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RedactionCounts(Vec<u64>);
+
+impl RedactionCounts {
+    /// Replacements made by rule `index`.
+    pub fn get(&self, index: usize) -> u64 {
+        self.0.get(index).copied().unwrap_or(0)
+    }
+
+    /// All replacements.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Counts by rule index.
+    pub fn as_slice(&self) -> &[u64] {
+        &self.0
+    }
+
+    fn add(&mut self, index: usize, n: u64) {
+        if self.0.len() <= index {
+            self.0.resize(index + 1, 0);
+        }
+        self.0[index] += n;
+    }
+}
+
+/// The compiled rules.
+#[derive(Debug)]
+pub struct Redactor {
+    set: RegexSet,
+    rules: Vec<Rule>,
+}
+
+impl Redactor {
+    /// Compiles the built-ins (if enabled) and the configured patterns; an invalid pattern is
+    /// reported by name (the first one found).
+    pub fn new(config: &RedactionConfig) -> Result<Self, RedactError> {
+        let mut rules = Vec::new();
+        if config.builtins {
+            for &(name, pattern, check) in BUILTINS {
+                rules.push(compile(name, pattern, check)?);
+            }
+        }
+        for p in &config.patterns {
+            rules.push(compile(&p.name, &p.regex, Check::None)?);
+        }
+        let set = RegexSet::new(rules.iter().map(|r| r.regex.as_str()))
+            .map_err(RedactError::SetTooLarge)?;
+        Ok(Self { set, rules })
+    }
+
+    /// The built-in rules only.
+    pub fn builtin() -> Result<Self, RedactError> {
+        Self::new(&RedactionConfig::default())
+    }
+
+    /// Rule names, in the order counts are reported.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.name.as_str())
+    }
+
+    /// Redacts one string in place, adding to `counts`.
+    pub fn redact_string(&self, s: &mut String, counts: &mut RedactionCounts) {
+        if !self.set.is_match(s) {
+            return;
+        }
+        for index in self.set.matches(s).into_iter() {
+            let rule = &self.rules[index];
+            let mut n = 0u64;
+            let replaced = rule.regex.replace_all(s, |caps: &Captures<'_>| {
+                let Some(whole) = caps.get(0) else {
+                    return String::new();
+                };
+                if let Check::Luhn = rule.check
+                    && !luhn_valid(whole.as_str())
+                {
+                    return whole.as_str().to_owned();
+                }
+                n += 1;
+                match caps.name("secret").filter(|_| rule.has_secret_group) {
+                    Some(secret) => {
+                        let start = secret.start() - whole.start();
+                        let end = secret.end() - whole.start();
+                        let w = whole.as_str();
+                        format!("{}{REDACTED}{}", &w[..start], &w[end..])
+                    }
+                    None => REDACTED.to_owned(),
+                }
+            });
+            if let Cow::Owned(new) = replaced {
+                *s = new;
+            }
+            if n > 0 {
+                counts.add(index, n);
+            }
+        }
+    }
+
+    /// Redacts a record's body, exception type/message/stack and every string attribute
+    /// (nested ones included); returns the counts.
+    pub fn redact_record(&self, record: &mut LogRecord) -> RedactionCounts {
+        let mut counts = RedactionCounts::default();
+        self.redact_string(&mut record.body, &mut counts);
+        if let Some(e) = &mut record.exception {
+            for s in [&mut e.r#type, &mut e.message, &mut e.stacktrace]
+                .into_iter()
+                .flatten()
+            {
+                self.redact_string(s, &mut counts);
+            }
+        }
+        for (_, v) in record.attributes.iter_mut() {
+            self.redact_value(v, &mut counts);
+        }
+        counts
+    }
+
+    fn redact_value(&self, v: &mut AttrValue, counts: &mut RedactionCounts) {
+        match v {
+            AttrValue::String(s) => self.redact_string(s, counts),
+            AttrValue::Array(items) => {
+                for item in items {
+                    self.redact_value(item, counts);
+                }
+            }
+            AttrValue::Map(m) => {
+                for (_, item) in m.iter_mut() {
+                    self.redact_value(item, counts);
+                }
+            }
+            AttrValue::Null | AttrValue::Bool(_) | AttrValue::Int(_) | AttrValue::Float(_) => {}
+        }
+    }
+}
+
+fn compile(name: &str, pattern: &str, check: Check) -> Result<Rule, RedactError> {
+    let regex = Regex::new(pattern).map_err(|source| RedactError::InvalidPattern {
+        name: name.to_owned(),
+        source,
+    })?;
+    let has_secret_group = regex.capture_names().flatten().any(|n| n == "secret");
+    Ok(Rule {
+        name: name.to_owned(),
+        regex,
+        check,
+        has_secret_group,
+    })
+}
+
+/// Luhn checksum over the digits of `s` (separators ignored).
+fn luhn_valid(s: &str) -> bool {
+    let mut sum = 0u32;
+    let mut count = 0;
+    for (i, d) in s
+        .bytes()
+        .rev()
+        .filter(u8::is_ascii_digit)
+        .map(|b| u32::from(b - b'0'))
+        .enumerate()
+    {
+        count += 1;
+        sum += if i % 2 == 1 {
+            let x = d * 2;
+            if x > 9 { x - 9 } else { x }
+        } else {
+            d
+        };
+    }
+    count >= 13 && sum.is_multiple_of(10)
+}

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 const HEADER: &[u8] = b"Traceback (most recent call last):";
 const GROUP_HEADER: &[u8] = b"+ Exception Group Traceback (most recent call last):";
-const BANNER_CONTEXT: &[u8] = b"During handling of the above exception, another exception occurred:";
+const BANNER_CONTEXT: &[u8] =
+    b"During handling of the above exception, another exception occurred:";
 const BANNER_CAUSE: &[u8] = b"The above exception was the direct cause of the following exception:";
 
 /// Joiner settings.
@@ -188,7 +189,9 @@ impl Joiner {
 
     /// When [`Joiner::poll`] will flush the pending record, if there is one.
     pub fn deadline(&self) -> Option<Instant> {
-        self.pending.as_ref().map(|p| p.last_at + self.config.timeout)
+        self.pending
+            .as_ref()
+            .map(|p| p.last_at + self.config.timeout)
     }
 
     /// Returns the pending record now (end of file, shutdown, rotation).

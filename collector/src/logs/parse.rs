@@ -141,12 +141,14 @@ impl Parser {
 
     fn text_record(&self, text: String, observed: u64) -> LogRecord {
         let mut rec = LogRecord::from_body(String::new(), observed);
-        let mut rest = text.as_str();
+        let mut rest = text.strip_prefix('[').unwrap_or(&text);
         if let Some((ts, used)) = scan_timestamp(rest, self.config.naive_utc_offset_secs) {
             rec.timestamp_unix_nano = Some(ts);
             rest = &rest[used..];
+        } else {
+            rest = &text;
         }
-        let rest = rest.trim_start_matches(|c: char| c.is_ascii_whitespace() || "|-[".contains(c));
+        let rest = rest.trim_start_matches(|c: char| c.is_ascii_whitespace() || "|-[]".contains(c));
         let word_end = rest
             .find(|c: char| !(c.is_ascii_alphabetic()))
             .unwrap_or(rest.len());
@@ -173,7 +175,9 @@ impl Parser {
     }
 
     fn json_record(&self, fields: Vec<(Key<'_>, AttrValue)>, observed: u64) -> LogRecord {
-        let is_loguru = fields.iter().any(|(k, v)| k.0 == "record" && v.as_map().is_some())
+        let is_loguru = fields
+            .iter()
+            .any(|(k, v)| k.0 == "record" && v.as_map().is_some())
             && fields.iter().any(|(k, _)| k.0 == "text");
         if is_loguru {
             return self.loguru_record(fields, observed);
@@ -236,24 +240,22 @@ impl Parser {
                     }
                     other => Some(other),
                 },
-                "exc_info" | "exception" | "exc_text" if rec.exception.is_none() => {
-                    match value {
-                        AttrValue::Null => None,
-                        AttrValue::String(s) if s.is_empty() => None,
-                        AttrValue::String(s) => {
-                            rec.exception = Some(exception_from_traceback(s));
+                "exc_info" | "exception" | "exc_text" if rec.exception.is_none() => match value {
+                    AttrValue::Null => None,
+                    AttrValue::String(s) if s.is_empty() => None,
+                    AttrValue::String(s) => {
+                        rec.exception = Some(exception_from_traceback(s));
+                        None
+                    }
+                    AttrValue::Array(frames) => match exception_from_dict_tracebacks(&frames) {
+                        Some(e) => {
+                            rec.exception = Some(e);
                             None
                         }
-                        AttrValue::Array(frames) => match exception_from_dict_tracebacks(&frames) {
-                            Some(e) => {
-                                rec.exception = Some(e);
-                                None
-                            }
-                            None => Some(AttrValue::Array(frames)),
-                        },
-                        other => Some(other),
-                    }
-                }
+                        None => Some(AttrValue::Array(frames)),
+                    },
+                    other => Some(other),
+                },
                 k if is_trace_key(k) && rec.trace_id.is_none() => {
                     take_id(value, TraceId::from_hex, &mut rec.trace_id)
                 }
@@ -310,12 +312,15 @@ impl Parser {
                     }
                 }
                 ("exception", AttrValue::Map(e)) => {
-                    let stack = text.as_deref().and_then(|t| {
-                        find_traceback(t).map(|at| t[at..].trim_end().to_owned())
-                    });
+                    let stack = text
+                        .as_deref()
+                        .and_then(|t| find_traceback(t).map(|at| t[at..].trim_end().to_owned()));
                     rec.exception = Some(ExceptionInfo {
                         r#type: e.get("type").and_then(AttrValue::as_str).map(str::to_owned),
-                        message: e.get("value").and_then(AttrValue::as_str).map(str::to_owned),
+                        message: e
+                            .get("value")
+                            .and_then(AttrValue::as_str)
+                            .map(str::to_owned),
                         stacktrace: stack,
                     });
                 }
@@ -373,16 +378,26 @@ impl Parser {
 }
 
 fn is_trace_key(k: &str) -> bool {
-    matches!(k, "otelTraceID" | "trace_id" | "traceId" | "traceid" | "trace.id")
+    matches!(
+        k,
+        "otelTraceID" | "trace_id" | "traceId" | "traceid" | "trace.id"
+    )
 }
 
 fn is_span_key(k: &str) -> bool {
-    matches!(k, "otelSpanID" | "span_id" | "spanId" | "spanid" | "span.id")
+    matches!(
+        k,
+        "otelSpanID" | "span_id" | "spanId" | "spanid" | "span.id"
+    )
 }
 
 /// Sets `slot` from a hex id. All-zero ids (what OpenTelemetry's logging instrumentation writes
 /// outside a span) are dropped; anything else unparseable is handed back to stay an attribute.
-fn take_id<T>(value: AttrValue, parse: fn(&str) -> Option<T>, slot: &mut Option<T>) -> Option<AttrValue> {
+fn take_id<T>(
+    value: AttrValue,
+    parse: fn(&str) -> Option<T>,
+    slot: &mut Option<T>,
+) -> Option<AttrValue> {
     match &value {
         AttrValue::String(s) => {
             if let Some(id) = parse(s) {
@@ -607,9 +622,9 @@ fn split_final_exception(text: &str) -> (Option<String>, Option<String>) {
     let Some(start) = start else {
         return (None, None);
     };
-    let mut lines = text[start..].lines().skip_while(|l| {
-        l.trim().is_empty() || l.starts_with([' ', '\t']) || l.starts_with("> ")
-    });
+    let mut lines = text[start..]
+        .lines()
+        .skip_while(|l| l.trim().is_empty() || l.starts_with([' ', '\t']) || l.starts_with("> "));
     let Some(first) = lines.next() else {
         return (None, None);
     };
@@ -635,7 +650,8 @@ fn split_final_exception(text: &str) -> (Option<String>, Option<String>) {
 fn is_exception_type(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with(|c: char| c.is_ascii_digit() || c == '.')
-        && s.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.')
+        && s.chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '.')
 }
 
 /// Reads structlog's `dict_tracebacks` list (outermost exception first, each followed by its
@@ -654,20 +670,30 @@ fn exception_from_dict_tracebacks(list: &[AttrValue]) -> Option<ExceptionInfo> {
         stack.push('\n');
         if let Some(AttrValue::Array(frames)) = exc.get("frames") {
             for frame in frames.iter().filter_map(AttrValue::as_map) {
-                let file = frame.get("filename").and_then(AttrValue::as_str).unwrap_or("?");
+                let file = frame
+                    .get("filename")
+                    .and_then(AttrValue::as_str)
+                    .unwrap_or("?");
                 let name = frame.get("name").and_then(AttrValue::as_str).unwrap_or("?");
                 let line = frame.get("lineno").and_then(AttrValue::as_i64).unwrap_or(0);
                 stack.push_str(&format!("  File \"{file}\", line {line}, in {name}\n"));
             }
         }
-        let ty = exc.get("exc_type").and_then(AttrValue::as_str).unwrap_or("?");
+        let ty = exc
+            .get("exc_type")
+            .and_then(AttrValue::as_str)
+            .unwrap_or("?");
         match exc.get("exc_value").and_then(AttrValue::as_str) {
             Some(v) if !v.is_empty() => stack.push_str(&format!("{ty}: {v}")),
             _ => stack.push_str(ty),
         }
         if i > 0 {
             let is_cause = matches!(exc.get("is_cause"), Some(AttrValue::Bool(true)));
-            let banner = if is_cause { BANNER_CAUSE } else { BANNER_CONTEXT };
+            let banner = if is_cause {
+                BANNER_CAUSE
+            } else {
+                BANNER_CONTEXT
+            };
             stack.push_str("\n\n");
             stack.push_str(banner);
             stack.push_str("\n\n");
@@ -821,4 +847,589 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PJL: &str = include_str!("../../tests/fixtures/logs/python_json_logger.jsonl");
+    const STRUCTLOG: &str = include_str!("../../tests/fixtures/logs/structlog.jsonl");
+    const LOGURU: &str = include_str!("../../tests/fixtures/logs/loguru.jsonl");
+    const TEXT: &str = include_str!("../../tests/fixtures/logs/text_traceback.log");
+
+    /// 2026-11-22T02:36:14Z, the second the fixtures were generated in.
+    const T0: u64 = 1_795_314_974_000_000_000;
+    const OBSERVED: u64 = 42;
+
+    fn parse(line: &str) -> Parsed {
+        Parser::default().parse(line.as_bytes(), OBSERVED)
+    }
+
+    fn line(fixture: &str, n: usize) -> &str {
+        fixture.lines().nth(n).expect("fixture line")
+    }
+
+    /// What a test expects of a record; `None` fields are not checked.
+    #[derive(Default)]
+    struct Want {
+        ts: Option<u64>,
+        sev: Option<(u8, &'static str)>,
+        logger: Option<&'static str>,
+        body: Option<&'static str>,
+        exc: Option<(&'static str, &'static str)>,
+        stack_has: &'static [&'static str],
+        trace: Option<(&'static str, &'static str)>,
+        attrs: &'static [&'static str],
+    }
+
+    fn check(p: &Parsed, want: &Want, what: &str) {
+        let r = &p.record;
+        assert!(p.error.is_none(), "{what}: {:?}", p.error);
+        assert_eq!(r.observed_unix_nano, OBSERVED);
+        if let Some(ts) = want.ts {
+            assert_eq!(r.timestamp_unix_nano, Some(ts), "{what}: timestamp");
+        }
+        if let Some((n, text)) = want.sev {
+            assert_eq!(r.severity_number, n, "{what}: severity");
+            assert_eq!(r.severity_text.as_deref(), Some(text), "{what}");
+        }
+        if let Some(logger) = want.logger {
+            assert_eq!(r.logger.as_deref(), Some(logger), "{what}");
+        }
+        if let Some(body) = want.body {
+            assert_eq!(r.body, body, "{what}");
+        }
+        match want.exc {
+            Some((ty, msg)) => {
+                let e = r.exception.as_ref().expect("exception");
+                assert_eq!(e.r#type.as_deref(), Some(ty), "{what}");
+                assert_eq!(e.message.as_deref(), Some(msg), "{what}");
+                let stack = e.stacktrace.as_deref().expect("stack");
+                assert!(stack.starts_with(TRACEBACK_HEADER), "{what}: {stack}");
+                for needle in want.stack_has {
+                    assert!(stack.contains(needle), "{what}: {needle:?} not in {stack}");
+                }
+            }
+            None => assert_eq!(r.exception, None, "{what}"),
+        }
+        match want.trace {
+            Some((t, s)) => {
+                assert_eq!(
+                    r.trace_id.map(|t| t.to_string()).as_deref(),
+                    Some(t),
+                    "{what}"
+                );
+                assert_eq!(
+                    r.span_id.map(|s| s.to_string()).as_deref(),
+                    Some(s),
+                    "{what}"
+                );
+            }
+            None => assert_eq!((r.trace_id, r.span_id), (None, None), "{what}"),
+        }
+        let keys: Vec<&str> = r.attributes.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, want.attrs, "{what}: attributes");
+    }
+
+    #[test]
+    fn python_json_logger_lines() {
+        let wants = [
+            Want {
+                ts: Some(T0 + 20_000_000),
+                sev: Some((9, "INFO")),
+                logger: Some("app.web"),
+                body: Some("user logged in"),
+                trace: Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")),
+                attrs: &["user_id", "otelServiceName", "otelTraceSampled"],
+                ..Want::default()
+            },
+            Want {
+                sev: Some((13, "WARNING")),
+                body: Some("disk almost full: 93%"),
+                ..Want::default()
+            },
+            Want {
+                sev: Some((17, "ERROR")),
+                body: Some("lookup failed"),
+                exc: Some(("KeyError", "'missing'")),
+                stack_has: &["line 16, in fail", "~~^^^^^^^^^^^"],
+                ..Want::default()
+            },
+            Want {
+                body: Some("chained"),
+                exc: Some(("ValueError", "bad ratio")),
+                stack_has: &["ZeroDivisionError: division by zero", BANNER_CAUSE],
+                ..Want::default()
+            },
+            Want {
+                ts: Some(T0 + 21_187_000),
+                sev: Some((5, "DEBUG")),
+                body: Some("with timestamp"),
+                trace: Some(("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")),
+                attrs: &["nested"],
+                ..Want::default()
+            },
+            Want {
+                sev: Some((21, "CRITICAL")),
+                body: Some("password for bob@example.com is in Authorization: Bearer abc.def.ghi"),
+                ..Want::default()
+            },
+        ];
+        assert_eq!(PJL.lines().count(), wants.len());
+        for (i, want) in wants.iter().enumerate() {
+            check(
+                &parse(line(PJL, i)),
+                want,
+                &format!("python-json-logger line {i}"),
+            );
+        }
+        let first = parse(line(PJL, 0)).record;
+        assert_eq!(first.attributes.get("user_id"), Some(&AttrValue::Int(42)));
+        assert_eq!(
+            first.attributes.get("otelTraceSampled"),
+            Some(&AttrValue::Bool(true))
+        );
+        let nested = parse(line(PJL, 4)).record;
+        let want = AttrValue::Array(vec![
+            AttrValue::Int(1),
+            AttrValue::Float(2.5),
+            AttrValue::Null,
+            AttrValue::String("x".into()),
+        ]);
+        let got = nested.attributes.get("nested").and_then(AttrValue::as_map);
+        assert_eq!(got.and_then(|m| m.get("a")), Some(&want));
+    }
+
+    #[test]
+    fn structlog_lines() {
+        let wants = [
+            Want {
+                ts: Some(T0 + 21_532_000),
+                sev: Some((9, "info")),
+                logger: Some("worker"),
+                body: Some("job started"),
+                attrs: &["job_id", "attempt"],
+                ..Want::default()
+            },
+            Want {
+                sev: Some((17, "error")),
+                body: Some("job failed"),
+                exc: Some(("RuntimeError", "conversion failed")),
+                stack_has: &[
+                    "ValueError: invalid literal for int() with base 10: 'x'",
+                    BANNER_CONTEXT,
+                ],
+                ..Want::default()
+            },
+            Want {
+                body: Some("dict tb"),
+                exc: Some(("KeyError", "'k'")),
+                stack_has: &[
+                    "Traceback (most recent call last):\n  File \"/tmp/gen.py\", line 51, in <module>\nIndexError: list index out of range\n\nThe above exception",
+                    "following exception:\n\nTraceback (most recent call last):\n  File \"/tmp/gen.py\", line 53, in <module>\nKeyError: 'k'",
+                ],
+                attrs: &["order"],
+                ..Want::default()
+            },
+            Want {
+                ts: Some(T0 + 25_402_000),
+                sev: Some((13, "warning")),
+                body: Some("local time"),
+                trace: Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")),
+                ..Want::default()
+            },
+            Want {
+                sev: Some((5, "debug")),
+                body: Some("epoch time"),
+                ..Want::default()
+            },
+        ];
+        assert_eq!(STRUCTLOG.lines().count(), wants.len());
+        for (i, want) in wants.iter().enumerate() {
+            check(
+                &parse(line(STRUCTLOG, i)),
+                want,
+                &format!("structlog line {i}"),
+            );
+        }
+        // Float epoch seconds: f64 holds them to about a quarter of a microsecond.
+        let ts = parse(line(STRUCTLOG, 4))
+            .record
+            .timestamp_unix_nano
+            .expect("ts");
+        assert!(ts.abs_diff(T0 + 25_428_000) < 1_000, "{ts}");
+        // Frame locals from dict_tracebacks are not kept anywhere.
+        let dict_tb = parse(line(STRUCTLOG, 2)).record;
+        let stack = dict_tb
+            .exception
+            .and_then(|e| e.stacktrace)
+            .unwrap_or_default();
+        assert!(!stack.contains("BoundLoggerLazyProxy"), "{stack}");
+    }
+
+    #[test]
+    fn loguru_serialized_lines() {
+        let wants = [
+            Want {
+                ts: Some(T0 + 32_398_000),
+                sev: Some((9, "INFO")),
+                logger: Some("__main__"),
+                body: Some("hello world"),
+                attrs: &[
+                    "request_id",
+                    "code.filepath",
+                    "code.function",
+                    "code.lineno",
+                    "process.pid",
+                    "thread.id",
+                    "thread.name",
+                ],
+                ..Want::default()
+            },
+            Want {
+                sev: Some((1, "TRACE")),
+                body: Some("tracing"),
+                ..Want::default()
+            },
+            Want {
+                ts: Some(T0 + 32_600_000),
+                sev: Some((12, "SUCCESS")),
+                body: Some("done"),
+                ..Want::default()
+            },
+            Want {
+                sev: Some((17, "ERROR")),
+                body: Some("boom"),
+                exc: Some(("TypeError", "wrapped")),
+                stack_has: &[
+                    "FileNotFoundError: [Errno 2] No such file",
+                    BANNER_CONTEXT,
+                    "> File \"/tmp/gen.py\", line 73",
+                ],
+                ..Want::default()
+            },
+        ];
+        assert_eq!(LOGURU.lines().count(), wants.len());
+        for (i, want) in wants.iter().enumerate() {
+            let p = parse(line(LOGURU, i));
+            // The attribute list differs per line only in `request_id`.
+            let mut want_attrs = want.attrs.to_vec();
+            if i > 0 {
+                want_attrs = [
+                    "code.filepath",
+                    "code.function",
+                    "code.lineno",
+                    "process.pid",
+                    "thread.id",
+                    "thread.name",
+                ]
+                .to_vec();
+            }
+            let keys: Vec<&str> = p.record.attributes.iter().map(|(k, _)| k).collect();
+            assert_eq!(keys, want_attrs, "loguru line {i}");
+            let want = Want {
+                attrs: &[],
+                ..*want
+            };
+            let mut p = p;
+            p.record.attributes = Attributes::new();
+            check(&p, &want, &format!("loguru line {i}"));
+        }
+        let r = parse(line(LOGURU, 0)).record;
+        assert_eq!(
+            r.attributes.get("request_id"),
+            Some(&AttrValue::String("r-9".into()))
+        );
+        assert_eq!(r.attributes.get("code.lineno"), Some(&AttrValue::Int(66)));
+    }
+
+    #[test]
+    fn text_lines_and_joined_tracebacks() {
+        let p = parse(line(TEXT, 0));
+        check(
+            &p,
+            &Want {
+                ts: Some(T0 + 38_000_000),
+                sev: Some((9, "INFO")),
+                body: Some("2026-11-22 02:36:14,038 INFO app.web: starting"),
+                ..Want::default()
+            },
+            "text line",
+        );
+        // Lines 1..=14 are one logging call with a chained traceback, as the joiner emits them.
+        let joined: Vec<&str> = TEXT.lines().skip(1).take(14).collect();
+        let p = parse(&joined.join("\n"));
+        check(
+            &p,
+            &Want {
+                sev: Some((17, "ERROR")),
+                body: Some("2026-11-22 02:36:14,038 ERROR app.web: handling failed"),
+                exc: Some(("KeyError", "'k'")),
+                stack_has: &[BANNER_CONTEXT, "ZeroDivisionError: division by zero"],
+                ..Want::default()
+            },
+            "joined text traceback",
+        );
+        let cases = [
+            ("ERROR:root:boom", Some(17)),
+            (
+                "2024-05-01 12:00:00.123 | WARNING  | mod:fn:3 - x",
+                Some(13),
+            ),
+            ("[2024-05-01T12:00:00Z] [info] started", Some(9)),
+            ("2024-05-01T12:00:00Z debugger attached", None),
+            ("plain words", None),
+            ("", None),
+        ];
+        for (text, sev) in cases {
+            let r = parse(text).record;
+            assert_eq!(r.severity_number, sev.unwrap_or(0), "{text:?}");
+            assert_eq!(r.body, text);
+        }
+    }
+
+    #[test]
+    fn malformed_and_hostile_input() {
+        let json_mode = Parser::new(ParserConfig {
+            format: Format::Json,
+            ..ParserConfig::default()
+        });
+        let text_mode = Parser::new(ParserConfig {
+            format: Format::Text,
+            ..ParserConfig::default()
+        });
+        let cases: [(&Parser, &[u8], bool); 9] = [
+            (
+                &Parser::default(),
+                br#"{"levelname": "INFO", "message": "unterminated"#,
+                true,
+            ),
+            (&Parser::default(), br#"{"message": "x"} trailing"#, true),
+            (&Parser::default(), br#"{"message": "x",}"#, true),
+            (&Parser::default(), b"plain text is not an error", false),
+            (&json_mode, b"plain text is an error here", true),
+            (&json_mode, b"[1, 2, 3]", true),
+            (&json_mode, b"\"just a string\"", true),
+            (&text_mode, br#"{"message": "kept verbatim"}"#, false),
+            (&Parser::default(), b"\xff\xfe\x00{\x80garbage\xc3", false),
+        ];
+        for (parser, input, is_error) in cases {
+            let p = parser.parse(input, 0);
+            assert_eq!(
+                p.error.is_some(),
+                is_error,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+            assert_eq!(p.record.body, String::from_utf8_lossy(input));
+        }
+        let p = json_mode.parse(b"[1]", 0);
+        assert!(matches!(p.error, Some(ParseError::NotAnObject)));
+        let p = Parser::default().parse(b"\xff\xfe{bin}\x00", 0);
+        assert!(p.lossy_utf8);
+        assert!(p.record.body.contains('\u{FFFD}'));
+        // Invalid UTF-8 inside a JSON string: replaced, then parsed as JSON.
+        let p = Parser::default().parse(b"{\"message\": \"caf\xe9\"}", 0);
+        assert!(p.error.is_none());
+        assert_eq!(p.record.body, "caf\u{FFFD}");
+        // Newline handling.
+        assert_eq!(parse("{\"msg\": \"a\"}\r\n").record.body, "a");
+    }
+
+    #[test]
+    fn ten_mib_line_is_cut_and_flagged() {
+        let big = format!("{{\"message\": \"{}\"}}", "a".repeat(10 * 1024 * 1024));
+        let p = parse(&big);
+        assert!(p.truncated());
+        assert_eq!(p.truncated_bytes, big.len() - DEFAULT_MAX_LINE_BYTES);
+        assert_eq!(p.record.body.len(), DEFAULT_MAX_LINE_BYTES);
+        // A cut JSON line cannot be parsed: it is kept as text and reported as both.
+        assert!(matches!(p.error, Some(ParseError::InvalidJson(_))));
+
+        let small = Parser::new(ParserConfig {
+            max_line_bytes: 5,
+            ..ParserConfig::default()
+        });
+        let p = small.parse("héllo wörld".as_bytes(), 0);
+        assert_eq!(p.record.body, "héll");
+        assert!(!p.lossy_utf8);
+        assert_eq!(p.truncated_bytes, "héllo wörld".len() - 5);
+        let p = small.parse(b"short", 0);
+        assert!(!p.truncated());
+    }
+
+    #[test]
+    fn ids_that_are_zero_or_invalid() {
+        let r = parse(r#"{"message": "m", "otelTraceID": "0", "otelSpanID": "0"}"#).record;
+        assert_eq!((r.trace_id, r.span_id), (None, None));
+        assert!(r.attributes.is_empty());
+        let r = parse(r#"{"message": "m", "trace_id": "not-hex", "span_id": 7}"#).record;
+        assert_eq!((r.trace_id, r.span_id), (None, None));
+        let keys: Vec<&str> = r.attributes.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["trace_id", "span_id"]);
+    }
+
+    #[test]
+    fn levels_from_levelno_and_unknown_names() {
+        let cases = [
+            (r#"{"levelno": 30, "message": "m"}"#, 13, None),
+            (r#"{"level": 40, "message": "m"}"#, 17, None),
+            (
+                r#"{"levelname": "NOTICE", "levelno": 25}"#,
+                10,
+                Some("NOTICE"),
+            ),
+            (
+                r#"{"levelname": "AUDIT", "levelno": 25}"#,
+                12,
+                Some("AUDIT"),
+            ),
+            (r#"{"levelname": "AUDIT"}"#, 0, Some("AUDIT")),
+        ];
+        for (line, sev, text) in cases {
+            let r = parse(line).record;
+            assert_eq!(r.severity_number, sev, "{line}");
+            assert_eq!(r.severity_text.as_deref(), text, "{line}");
+            assert!(r.attributes.get("levelno").is_none(), "{line}");
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_last_wins_at_first_position() {
+        let r = parse(r#"{"a": 1, "b": 2, "a": 3}"#).record;
+        let got: Vec<(&str, &AttrValue)> = r.attributes.iter().collect();
+        assert_eq!(got, [("a", &AttrValue::Int(3)), ("b", &AttrValue::Int(2))]);
+        let many: Vec<String> = (0..40).map(|i| format!("\"k{}\": {i}", i % 20)).collect();
+        let r = parse(&format!("{{{}}}", many.join(","))).record;
+        assert_eq!(r.attributes.len(), 20);
+        assert_eq!(r.attributes.get("k0"), Some(&AttrValue::Int(20)));
+    }
+
+    #[test]
+    fn timestamps_table() {
+        const NOON: u64 = 1_714_564_800_000_000_000; // 2024-05-01T12:00:00Z
+        let cases: [(&str, i32, Option<u64>); 20] = [
+            ("2024-05-01T12:00:00Z", 0, Some(NOON)),
+            ("2024-05-01T12:00:00z", 0, Some(NOON)),
+            ("2024-05-01 12:00:00,123", 0, Some(NOON + 123_000_000)),
+            (
+                "2024-05-01T12:00:00.123456789Z",
+                0,
+                Some(NOON + 123_456_789),
+            ),
+            (
+                "2024-05-01T12:00:00.1234567891Z",
+                0,
+                Some(NOON + 123_456_789),
+            ),
+            ("2024-05-01T14:00:00+02:00", 0, Some(NOON)),
+            ("2024-05-01T14:00:00+0200", 0, Some(NOON)),
+            ("2024-05-01T07:00:00-05", 0, Some(NOON)),
+            ("2024-05-01T12:00Z", 0, Some(NOON)),
+            ("2024-05-01 14:00:00", 7200, Some(NOON)),
+            ("2024-05-01 12:00:00", 0, Some(NOON)),
+            ("2000-02-29T23:59:59Z", 0, Some(951_868_799_000_000_000)),
+            ("1970-01-01T00:00:00Z", 0, Some(0)),
+            ("1714564800", 0, Some(NOON)),
+            ("1714564800123", 0, Some(NOON + 123_000_000)),
+            ("1714564800.5", 0, Some(NOON + 500_000_000)),
+            ("2024-13-01T00:00:00Z", 0, None),
+            ("2024-05-01T12:00:00Zjunk", 0, None),
+            ("1969-12-31T23:59:59Z", 0, None),
+            ("yesterday", 0, None),
+        ];
+        for (s, off, want) in cases {
+            assert_eq!(parse_timestamp(s, off), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn traceback_final_exception_table() {
+        let cases: [(&str, Option<&str>, Option<&str>); 6] = [
+            (
+                "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nStopIteration",
+                Some("StopIteration"),
+                None,
+            ),
+            (
+                "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\nrequests.exceptions.ConnectionError: HTTPSConnectionPool(host='x', port=443): Max retries",
+                Some("requests.exceptions.ConnectionError"),
+                Some("HTTPSConnectionPool(host='x', port=443): Max retries"),
+            ),
+            (
+                "Traceback (most recent call last):\n  File \"x.py\", line 2\n    x = (\n        ^\nSyntaxError: '(' was never closed\n",
+                Some("SyntaxError"),
+                Some("'(' was never closed"),
+            ),
+            (
+                "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nValueError: first line\nsecond line\nAdd a note\n\n",
+                Some("ValueError"),
+                Some("first line\nsecond line\nAdd a note"),
+            ),
+            ("ValueError: no header", None, None),
+            (
+                "Traceback (most recent call last):\n  File \"x.py\", line 1",
+                None,
+                None,
+            ),
+        ];
+        for (text, ty, msg) in cases {
+            let e = exception_from_traceback(text.to_owned());
+            assert_eq!(e.r#type.as_deref(), ty, "{text}");
+            assert_eq!(e.message.as_deref(), msg, "{text}");
+            assert_eq!(e.stacktrace.as_deref(), Some(text));
+        }
+    }
+
+    #[test]
+    fn format_is_configurable_by_name() {
+        #[derive(serde::Deserialize)]
+        struct C {
+            format: Format,
+        }
+        for (s, want) in [
+            ("auto", Format::Auto),
+            ("json", Format::Json),
+            ("text", Format::Text),
+        ] {
+            let c: C = serde_json::from_str(&format!("{{\"format\": \"{s}\"}}")).expect("valid");
+            assert_eq!(c.format, want);
+        }
+        assert!(serde_json::from_str::<C>("{\"format\": \"xml\"}").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600), max in 1usize..700) {
+            for format in [Format::Auto, Format::Json, Format::Text] {
+                let parser = Parser::new(ParserConfig { format, max_line_bytes: max, ..ParserConfig::default() });
+                let p = parser.parse(&bytes, 1);
+                // U+FFFD takes three bytes where the invalid byte took one.
+                prop_assert!(p.record.body.len() <= 3 * max.min(bytes.len()));
+                prop_assert_eq!(p.truncated_bytes, strip_newline(&bytes).len().saturating_sub(max));
+            }
+        }
+
+        #[test]
+        fn never_panics_on_json_like_text(s in r#"[{}\[\]":,a-z0-9 .\\-]{0,200}"#) {
+            let _ = Parser::default().parse(s.as_bytes(), 1);
+            let _ = parse_timestamp(&s, 0);
+        }
+
+        #[test]
+        fn json_records_round_trip_the_message(message in any::<String>(), key in prop::sample::select(vec!["message", "event", "msg"]), level in prop::sample::select(vec!["DEBUG", "info", "WARNING", "error"])) {
+            let mut map = serde_json::Map::new();
+            map.insert(key.to_owned(), serde_json::Value::String(message.clone()));
+            map.insert("levelname".to_owned(), serde_json::Value::String(level.to_owned()));
+            map.insert("extra".to_owned(), serde_json::Value::String(message.clone()));
+            let line = serde_json::Value::Object(map).to_string();
+            let p = Parser::default().parse(line.as_bytes(), 1);
+            prop_assert!(p.error.is_none());
+            prop_assert_eq!(&p.record.body, &message);
+            prop_assert_eq!(p.record.attributes.get("extra").and_then(AttrValue::as_str), Some(message.as_str()));
+            prop_assert_eq!(p.record.severity_text.as_deref(), Some(level));
+        }
+    }
 }

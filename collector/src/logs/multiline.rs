@@ -7,8 +7,9 @@
 //! (and blank lines, and loguru's `> File` marker), the final `Type: message` line, and for
 //! chained exceptions a blank line, one of Python's two banners (`During handling of the above
 //! exception, another exception occurred:` / `The above exception was the direct cause of the
-//! following exception:`), and the next traceback. A line that looks like a complete JSON object
-//! is always a record of its own and is emitted at once.
+//! following exception:`), and the next traceback. A line that looks like a complete JSON object,
+//! and a blank line outside a traceback, is a record of its own and is emitted at once (callers
+//! may drop blank records).
 //!
 //! Invariant: every line pushed ends up in exactly one [`Joined`] record, in order (beyond the
 //! caps it is counted in [`Joined::dropped_lines`] instead of being copied).
@@ -167,7 +168,8 @@ impl Joiner {
         };
         append(&mut joined, line, &self.config);
         let state = match kind {
-            Kind::CompleteJson => {
+            // Nothing can join a JSON object or a blank line: emit them without waiting.
+            Kind::CompleteJson | Kind::Blank => {
                 out.push(joined);
                 return;
             }
@@ -219,4 +221,294 @@ fn append(joined: &mut Joined, line: &[u8], config: &JoinerConfig) {
     }
     joined.text.push(b'\n');
     joined.text.extend_from_slice(line);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TEXT: &str = include_str!("../../tests/fixtures/logs/text_traceback.log");
+    const LOGURU: &str = include_str!("../../tests/fixtures/logs/loguru.jsonl");
+
+    fn at(base: Instant, ms: u64) -> Instant {
+        base + Duration::from_millis(ms)
+    }
+
+    /// Feeds every line at one instant, flushes at the end, returns the records as text.
+    fn join_all(joiner: &mut Joiner, lines: &[&str]) -> Vec<String> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for line in lines {
+            joiner.push(line.as_bytes(), now, &mut out);
+        }
+        out.extend(joiner.flush());
+        out.iter()
+            .map(|j| String::from_utf8_lossy(&j.text).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn python_logging_output_with_chained_tracebacks() {
+        let lines: Vec<&str> = TEXT.lines().collect();
+        let got = join_all(&mut Joiner::new(JoinerConfig::default()), &lines);
+        let want = [
+            lines[0..1].join("\n"),
+            lines[1..15].join("\n"),
+            lines[15..16].join("\n"),
+            lines[16..29].join("\n"),
+            lines[29..30].join("\n"),
+        ];
+        assert_eq!(got, want);
+        assert!(got[1].contains("During handling of the above exception"));
+        assert!(got[1].ends_with("KeyError: 'k'"));
+        assert!(got[3].contains("The above exception was the direct cause"));
+        assert!(got[3].ends_with("ValueError: bad ratio"));
+    }
+
+    #[test]
+    fn loguru_text_traceback_with_blank_lines_and_marker() {
+        // loguru's own text rendering (the `text` field of its serialized record), line by line.
+        let rec: serde_json::Value =
+            serde_json::from_str(LOGURU.lines().nth(3).expect("line")).expect("json");
+        let text = rec["text"].as_str().expect("text").trim_end();
+        let lines: Vec<&str> = text.lines().collect();
+        let got = join_all(&mut Joiner::new(JoinerConfig::default()), &lines);
+        assert_eq!(got, [text]);
+    }
+
+    #[test]
+    fn classification_table() {
+        let cases = [
+            ("Traceback (most recent call last):", Kind::Header),
+            ("Traceback (most recent call last):  ", Kind::Header),
+            (
+                "  + Exception Group Traceback (most recent call last):",
+                Kind::Header,
+            ),
+            (
+                "During handling of the above exception, another exception occurred:",
+                Kind::Banner,
+            ),
+            (
+                "The above exception was the direct cause of the following exception:",
+                Kind::Banner,
+            ),
+            ("", Kind::Blank),
+            (" \t", Kind::Blank),
+            ("  File \"x.py\", line 1, in <module>", Kind::Indented),
+            ("\tat frame", Kind::Indented),
+            ("> File \"x.py\", line 1", Kind::Indented),
+            ("{\"message\": \"m\"}", Kind::CompleteJson),
+            ("{\"message\": ", Kind::Other),
+            ("ValueError: x", Kind::Other),
+            ("2024-05-01 INFO x", Kind::Other),
+        ];
+        for (line, want) in cases {
+            assert_eq!(classify(line.as_bytes()), want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn sequences_table() {
+        let tb = "Traceback (most recent call last):";
+        let frame = "  File \"a.py\", line 1, in f";
+        let cases: [(&[&str], &[&str]); 7] = [
+            // Plain lines stay apart.
+            (&["a", "b", "c"], &["a", "b", "c"]),
+            // A traceback with no log line before it (an uncaught exception on stderr).
+            (
+                &[tb, frame, "E: x", "next"],
+                &["{tb}\n{frame}\nE: x", "next"],
+            ),
+            // Two tracebacks without a banner are two records.
+            (
+                &["log", tb, frame, "E: 1", tb, frame, "E: 2"],
+                &["log\n{tb}\n{frame}\nE: 1", "{tb}\n{frame}\nE: 2"],
+            ),
+            // JSON lines are never joined and never wait.
+            (
+                &["{\"a\":1}", tb, frame, "E: x"],
+                &["{\"a\":1}", "{tb}\n{frame}\nE: x"],
+            ),
+            // A banner not followed by a traceback ends the record.
+            (
+                &["log", tb, frame, "E: 1", "", BANNER_CAUSE_STR, "", "other"],
+                &["log\n{tb}\n{frame}\nE: 1\n\n{cause}\n", "other"],
+            ),
+            // Indented lines after the final line (notes, loguru's diagnose) stay in.
+            (
+                &["log", tb, frame, "E: 1", "    note", "x"],
+                &["log\n{tb}\n{frame}\nE: 1\n    note", "x"],
+            ),
+            // A blank line before a header is not joined to the log line.
+            (
+                &["log", "", tb, frame, "E: 1"],
+                &["log", "", "{tb}\n{frame}\nE: 1"],
+            ),
+        ];
+        for (input, want) in cases {
+            let got = join_all(&mut Joiner::new(JoinerConfig::default()), input);
+            let want: Vec<String> = want
+                .iter()
+                .map(|w| {
+                    w.replace("{tb}", tb)
+                        .replace("{frame}", frame)
+                        .replace("{cause}", BANNER_CAUSE_STR)
+                })
+                .collect();
+            assert_eq!(got, want, "{input:?}");
+        }
+    }
+
+    const BANNER_CAUSE_STR: &str =
+        "The above exception was the direct cause of the following exception:";
+
+    #[test]
+    fn pending_record_is_flushed_after_the_timeout() {
+        let base = Instant::now();
+        let mut j = Joiner::new(JoinerConfig::default());
+        let mut out = Vec::new();
+        j.push(b"last line before a quiet spell", base, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(j.deadline(), Some(at(base, 500)));
+        assert_eq!(j.poll(at(base, 499)), None);
+        let got = j.poll(at(base, 500)).expect("flushed");
+        assert_eq!(got.text, b"last line before a quiet spell");
+        assert_eq!(j.deadline(), None);
+        assert_eq!(j.flush(), None);
+
+        // A traceback that arrives after the timeout is not glued to the earlier line.
+        j.push(b"log line", base, &mut out);
+        j.push(
+            b"Traceback (most recent call last):",
+            at(base, 600),
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].text, b"log line");
+        // Each joined line restarts the timeout.
+        j.push(b"  File \"a.py\", line 1, in f", at(base, 1000), &mut out);
+        assert_eq!(j.poll(at(base, 1400)), None);
+        j.push(b"E: x", at(base, 1400), &mut out);
+        assert_eq!(j.deadline(), Some(at(base, 1900)));
+        let got = j.poll(at(base, 1900)).expect("flushed");
+        assert_eq!(got.lines, 3);
+    }
+
+    #[test]
+    fn caps_cut_and_count() {
+        let lines = [
+            "log",
+            "Traceback (most recent call last):",
+            "  f1",
+            "  f2",
+            "E: x",
+        ];
+        let mut j = Joiner::new(JoinerConfig {
+            max_lines: 3,
+            ..JoinerConfig::default()
+        });
+        let mut out = Vec::new();
+        for l in lines {
+            j.push(l.as_bytes(), Instant::now(), &mut out);
+        }
+        let got = j.flush().expect("record");
+        assert_eq!(got.text, b"log\nTraceback (most recent call last):\n  f1");
+        assert_eq!((got.lines, got.dropped_lines, got.dropped_bytes), (5, 2, 8));
+        assert!(got.truncated());
+
+        let mut j = Joiner::new(JoinerConfig {
+            max_bytes: 10,
+            ..JoinerConfig::default()
+        });
+        j.push(b"0123456789abcdef", Instant::now(), &mut out);
+        j.push(
+            b"Traceback (most recent call last):",
+            Instant::now(),
+            &mut out,
+        );
+        let got = j.flush().expect("record");
+        assert_eq!(got.text, b"0123456789");
+        assert_eq!(
+            (got.lines, got.dropped_lines, got.dropped_bytes),
+            (2, 1, 6 + 34)
+        );
+
+        let mut j = Joiner::new(JoinerConfig::default());
+        j.push(b"fine\r\n", Instant::now(), &mut out);
+        let got = j.flush().expect("record");
+        assert_eq!(got.text, b"fine");
+        assert!(!got.truncated());
+    }
+
+    fn line_strategy() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("Traceback (most recent call last):".to_owned()),
+            Just(BANNER_CAUSE_STR.to_owned()),
+            Just("During handling of the above exception, another exception occurred:".to_owned()),
+            Just(String::new()),
+            Just("  File \"a.py\", line 3, in f".to_owned()),
+            Just("    return g()".to_owned()),
+            Just("ValueError: bad".to_owned()),
+            Just("2024-05-01 12:00:00,000 ERROR app: failed".to_owned()),
+            Just("{\"message\": \"json\"}".to_owned()),
+            "[^\r\n]{0,40}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_line_lands_in_exactly_one_record_in_order(
+            input in proptest::collection::vec((line_strategy(), 0u64..800), 0..60),
+            polls in proptest::collection::vec(any::<bool>(), 60),
+        ) {
+            let base = Instant::now();
+            let mut j = Joiner::new(JoinerConfig::default());
+            let mut out = Vec::new();
+            let mut t = 0;
+            for (i, (line, gap)) in input.iter().enumerate() {
+                t += gap;
+                if polls[i] {
+                    out.extend(j.poll(at(base, t)));
+                }
+                j.push(line.as_bytes(), at(base, t), &mut out);
+            }
+            out.extend(j.flush());
+            let mut seen = Vec::new();
+            for rec in &out {
+                let text = String::from_utf8(rec.text.clone()).expect("utf-8 in, utf-8 out");
+                let lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
+                prop_assert_eq!(lines.len(), rec.lines);
+                prop_assert!(!rec.truncated());
+                seen.extend(lines);
+            }
+            let want: Vec<String> = input.into_iter().map(|(l, _)| l).collect();
+            prop_assert_eq!(seen, want);
+        }
+
+        #[test]
+        fn caps_bound_every_record(
+            input in proptest::collection::vec(line_strategy(), 0..80),
+            max_lines in 1usize..6,
+            max_bytes in 1usize..120,
+        ) {
+            let config = JoinerConfig { max_lines, max_bytes, ..JoinerConfig::default() };
+            let mut j = Joiner::new(config);
+            let mut out = Vec::new();
+            for line in &input {
+                j.push(line.as_bytes(), Instant::now(), &mut out);
+            }
+            out.extend(j.flush());
+            let total: usize = out.iter().map(|r| r.lines).sum();
+            prop_assert_eq!(total, input.len());
+            let total_bytes: usize = input.iter().map(String::len).sum();
+            let kept: usize = out.iter().map(|r| r.text.len() + 1 - r.lines.saturating_sub(r.dropped_lines)).sum();
+            prop_assert_eq!(kept + out.iter().map(|r| r.dropped_bytes).sum::<usize>(), total_bytes);
+            for r in &out {
+                prop_assert!(r.text.len() <= max_bytes);
+                prop_assert!(r.lines - r.dropped_lines <= max_lines);
+            }
+        }
+    }
 }

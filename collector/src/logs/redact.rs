@@ -290,3 +290,237 @@ fn luhn_valid(s: &str) -> bool {
     }
     count >= 13 && sum.is_multiple_of(10)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::parse::Parser;
+    use crate::logs::record::{Attributes, ExceptionInfo};
+
+    const PJL: &str = include_str!("../../tests/fixtures/logs/python_json_logger.jsonl");
+
+    fn redactor() -> Redactor {
+        Redactor::builtin().expect("built-ins compile")
+    }
+
+    fn count_of(r: &Redactor, counts: &RedactionCounts, rule: &str) -> u64 {
+        let index = r.rule_names().position(|n| n == rule).expect("rule exists");
+        counts.get(index)
+    }
+
+    #[test]
+    fn builtin_rules_table() {
+        let pem = "key: -----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\nabc/def+==\n-----END RSA PRIVATE KEY----- done";
+        let cases: [(&str, &str, &[(&str, u64)]); 20] = [
+            (
+                "Authorization: Bearer abc.def.ghi",
+                "Authorization: [REDACTED]",
+                &[("authorization", 1)],
+            ),
+            (
+                r#"headers={"authorization": "Basic dXNlcjpwYXNz"}"#,
+                r#"headers={"authorization": "[REDACTED]"}"#,
+                &[("authorization", 1)],
+            ),
+            (
+                "curl -H 'X-Token: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln' x",
+                "curl -H 'X-Token: Bearer [REDACTED]' x",
+                &[("bearer_token", 1)],
+            ),
+            (
+                "posting with xoxb-1234567890-0987654321-AbCdEfGhIjKl now",
+                "posting with [REDACTED] now",
+                &[("slack_token", 1)],
+            ),
+            (
+                "key AKIAIOSFODNN7EXAMPLE and ASIAY34FZKBOKMUTVV7A used",
+                "key [REDACTED] and [REDACTED] used",
+                &[("aws_access_key", 2)],
+            ),
+            (
+                "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                "aws_secret_access_key=[REDACTED]",
+                &[("aws_secret_key", 1)],
+            ),
+            (
+                r#"{'AWS_SECRET_ACCESS_KEY': 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY'}"#,
+                r#"{'AWS_SECRET_ACCESS_KEY': '[REDACTED]'}"#,
+                &[("aws_secret_key", 1)],
+            ),
+            (pem, "key: [REDACTED] done", &[("private_key", 1)]),
+            (
+                "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC (cut)",
+                "[REDACTED]",
+                &[("private_key", 1)],
+            ),
+            (
+                "mail bob.smith+tag@example.co.uk and ALICE@Example.COM now",
+                "mail [REDACTED] and [REDACTED] now",
+                &[("email", 2)],
+            ),
+            (
+                "card 4111 1111 1111 1111 ok",
+                "card [REDACTED] ok",
+                &[("card_number", 1)],
+            ),
+            (
+                "card 4111-1111-1111-1111, mc 5105105105105100.",
+                "card [REDACTED], mc [REDACTED].",
+                &[("card_number", 2)],
+            ),
+            (
+                "amex 378282246310005",
+                "amex [REDACTED]",
+                &[("card_number", 1)],
+            ),
+            // Luhn fails: an ordinary number.
+            (
+                "order 4111 1111 1111 1112 shipped",
+                "order 4111 1111 1111 1112 shipped",
+                &[],
+            ),
+            // Too short, or part of a longer run of digits, or not a card's first digit.
+            (
+                "took 1234567 ns, id 41111111111111110000",
+                "took 1234567 ns, id 41111111111111110000",
+                &[],
+            ),
+            (
+                "trace 1795314974021187000",
+                "trace 1795314974021187000",
+                &[],
+            ),
+            ("nothing to see here", "nothing to see here", &[]),
+            ("the bearer of bad news", "the bearer of bad news", &[]),
+            ("", "", &[]),
+            (
+                "both: user=bob@example.com auth=Authorization: token s3cr3t",
+                "both: user=[REDACTED] auth=Authorization: [REDACTED]",
+                &[("email", 1), ("authorization", 1)],
+            ),
+        ];
+        let r = redactor();
+        for (input, want, want_counts) in cases {
+            let mut s = input.to_owned();
+            let mut counts = RedactionCounts::default();
+            r.redact_string(&mut s, &mut counts);
+            assert_eq!(s, want, "{input:?}");
+            for (rule, n) in want_counts {
+                assert_eq!(count_of(&r, &counts, rule), *n, "{input:?} {rule}");
+            }
+            let expected_total: u64 = want_counts.iter().map(|(_, n)| n).sum();
+            assert_eq!(counts.total(), expected_total, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn luhn_table() {
+        let cases = [
+            ("4111111111111111", true),
+            ("4111 1111 1111 1111", true),
+            ("4111111111111112", false),
+            ("79927398713", false), // valid checksum, but too short for a card
+            ("6011111111111117", true),
+        ];
+        for (s, want) in cases {
+            assert_eq!(luhn_valid(s), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn configured_patterns() {
+        let config = RedactionConfig {
+            builtins: false,
+            patterns: vec![
+                PatternConfig {
+                    name: "ssn".into(),
+                    regex: r"\b\d{3}-\d{2}-\d{4}\b".into(),
+                },
+                PatternConfig {
+                    name: "password".into(),
+                    regex: r"password=(?P<secret>\S+)".into(),
+                },
+            ],
+        };
+        let r = Redactor::new(&config).expect("valid");
+        assert_eq!(r.rule_names().collect::<Vec<_>>(), ["ssn", "password"]);
+        let mut s = "ssn 123-45-6789 password=hunter2 mail a@b.co".to_owned();
+        let mut counts = RedactionCounts::default();
+        r.redact_string(&mut s, &mut counts);
+        assert_eq!(s, "ssn [REDACTED] password=[REDACTED] mail a@b.co");
+        assert_eq!(counts.as_slice(), [1, 1]);
+
+        let bad = RedactionConfig {
+            builtins: true,
+            patterns: vec![PatternConfig {
+                name: "broken".into(),
+                regex: "(unclosed".into(),
+            }],
+        };
+        match Redactor::new(&bad) {
+            Err(RedactError::InvalidPattern { name, .. }) => assert_eq!(name, "broken"),
+            other => panic!("expected InvalidPattern, got {other:?}"),
+        }
+        let parsed: RedactionConfig =
+            serde_json::from_str(r#"{"patterns": [{"name": "x", "regex": "y"}]}"#).expect("ok");
+        assert!(parsed.builtins);
+        assert!(serde_json::from_str::<RedactionConfig>(r#"{"paterns": []}"#).is_err());
+    }
+
+    #[test]
+    fn records_are_redacted_everywhere() {
+        let r = redactor();
+        let mut rec = Parser::default()
+            .parse(PJL.lines().nth(5).expect("line").as_bytes(), 0)
+            .record;
+        let counts = r.redact_record(&mut rec);
+        assert_eq!(
+            rec.body,
+            "password for [REDACTED] is in Authorization: [REDACTED]"
+        );
+        assert_eq!(count_of(&r, &counts, "email"), 1);
+        assert_eq!(count_of(&r, &counts, "authorization"), 1);
+
+        let mut nested = Attributes::new();
+        nested.insert("to", AttrValue::String("carol@example.org".into()));
+        let mut rec = LogRecord::from_body("ok".into(), 0);
+        rec.attributes.insert(
+            "list",
+            AttrValue::Array(vec![
+                AttrValue::String("AKIAIOSFODNN7EXAMPLE".into()),
+                AttrValue::Int(4_111_111_111_111_111),
+            ]),
+        );
+        rec.attributes.insert("mail", AttrValue::Map(nested));
+        rec.exception = Some(ExceptionInfo {
+            r#type: Some("AuthError".into()),
+            message: Some("bad token xoxp-1234567890-abcdefghij".into()),
+            stacktrace: Some(
+                "Traceback ...\nAuthError: bad token xoxp-1234567890-abcdefghij".into(),
+            ),
+        });
+        let counts = r.redact_record(&mut rec);
+        assert_eq!(counts.total(), 4);
+        let e = rec.exception.as_ref().expect("exception");
+        assert_eq!(e.message.as_deref(), Some("bad token [REDACTED]"));
+        assert!(
+            e.stacktrace
+                .as_deref()
+                .is_some_and(|s| s.ends_with("bad token [REDACTED]"))
+        );
+        assert_eq!(
+            rec.attributes.get("list"),
+            Some(&AttrValue::Array(vec![
+                AttrValue::String(REDACTED.into()),
+                // Numbers are not strings: left alone.
+                AttrValue::Int(4_111_111_111_111_111),
+            ]))
+        );
+        let to = rec
+            .attributes
+            .get("mail")
+            .and_then(AttrValue::as_map)
+            .and_then(|m| m.get("to"));
+        assert_eq!(to, Some(&AttrValue::String(REDACTED.into())));
+    }
+}

@@ -311,7 +311,8 @@ mod tests {
     #[test]
     fn builtin_rules_table() {
         let pem = "key: -----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\nabc/def+==\n-----END RSA PRIVATE KEY----- done";
-        let cases: [(&str, &str, &[(&str, u64)]); 20] = [
+        type Counts = &'static [(&'static str, u64)];
+        let cases: [(&str, &str, Counts); 20] = [
             (
                 "Authorization: Bearer abc.def.ghi",
                 "Authorization: [REDACTED]",

@@ -68,6 +68,9 @@ enum State {
     Head,
     /// Inside a traceback's frames.
     Frames,
+    /// Inside an exception group's box (`  + Exception Group Traceback`, `  | ...`, `  +-+---`):
+    /// every line of it is indented, so the first line that is not ends it.
+    Group,
     /// After the final `Type: message` line: a banner may chain another traceback.
     AfterFinal,
     /// After a chaining banner: the next traceback is expected.
@@ -77,6 +80,7 @@ enum State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Header,
+    GroupHeader,
     Banner,
     Blank,
     Indented,
@@ -89,8 +93,11 @@ fn classify(line: &[u8]) -> Kind {
     if trimmed.is_empty() {
         return Kind::Blank;
     }
-    if trimmed == HEADER || trimmed.trim_ascii_start() == GROUP_HEADER {
+    if trimmed == HEADER {
         return Kind::Header;
+    }
+    if trimmed.trim_ascii_start() == GROUP_HEADER {
+        return Kind::GroupHeader;
     }
     if trimmed == BANNER_CONTEXT || trimmed == BANNER_CAUSE {
         return Kind::Banner;
@@ -138,6 +145,13 @@ impl Joiner {
         if let Some(p) = &mut self.pending {
             let next = match (p.state, kind) {
                 (_, Kind::CompleteJson) => None,
+                (State::Head | State::Banner | State::Frames, Kind::GroupHeader) => {
+                    Some(State::Group)
+                }
+                (State::Group, Kind::Blank | Kind::Indented) => Some(State::Group),
+                (State::Group, Kind::Banner) => Some(State::Banner),
+                (State::Group, _) => None,
+                (State::AfterFinal, Kind::GroupHeader) => None,
                 (State::Head, Kind::Header) => Some(State::Frames),
                 (State::Head, _) => None,
                 (State::Frames, Kind::Banner) => Some(State::Banner),
@@ -174,6 +188,7 @@ impl Joiner {
                 return;
             }
             Kind::Header => State::Frames,
+            Kind::GroupHeader => State::Group,
             _ => State::Head,
         };
         self.pending = Some(Pending {
@@ -230,6 +245,7 @@ mod tests {
 
     const TEXT: &str = include_str!("../../tests/fixtures/logs/text_traceback.log");
     const LOGURU: &str = include_str!("../../tests/fixtures/logs/loguru.jsonl");
+    const GROUP: &str = include_str!("../../tests/fixtures/logs/text_exception_group.log");
 
     fn at(base: Instant, ms: u64) -> Instant {
         base + Duration::from_millis(ms)
@@ -267,6 +283,14 @@ mod tests {
     }
 
     #[test]
+    fn exception_group_ends_at_the_first_unindented_line() {
+        let lines: Vec<&str> = GROUP.lines().collect();
+        let got = join_all(&mut Joiner::new(JoinerConfig::default()), &lines);
+        assert_eq!(got, [lines[..24].join("\n"), lines[24].to_owned()]);
+        assert!(got[1].ends_with("INFO app.tasks: after group"));
+    }
+
+    #[test]
     fn loguru_text_traceback_with_blank_lines_and_marker() {
         // loguru's own text rendering (the `text` field of its serialized record), line by line.
         let rec: serde_json::Value =
@@ -284,7 +308,7 @@ mod tests {
             ("Traceback (most recent call last):  ", Kind::Header),
             (
                 "  + Exception Group Traceback (most recent call last):",
-                Kind::Header,
+                Kind::GroupHeader,
             ),
             (
                 "During handling of the above exception, another exception occurred:",
@@ -446,6 +470,8 @@ mod tests {
         prop_oneof![
             Just("Traceback (most recent call last):".to_owned()),
             Just(BANNER_CAUSE_STR.to_owned()),
+            Just("  + Exception Group Traceback (most recent call last):".to_owned()),
+            Just("  | ExceptionGroup: two (2 sub-exceptions)".to_owned()),
             Just("During handling of the above exception, another exception occurred:".to_owned()),
             Just(String::new()),
             Just("  File \"a.py\", line 3, in f".to_owned()),

@@ -586,16 +586,21 @@ impl<'de> DeserializeSeed<'de> for KeySeed {
 // Exceptions.
 
 const TRACEBACK_HEADER: &str = "Traceback (most recent call last):";
+const GROUP_HEADER: &str = "+ Exception Group Traceback (most recent call last):";
 const BANNER_CONTEXT: &str = "During handling of the above exception, another exception occurred:";
 const BANNER_CAUSE: &str = "The above exception was the direct cause of the following exception:";
 
 /// Byte offset of the first line that starts a Python traceback, if any.
 fn find_traceback(text: &str) -> Option<usize> {
-    if text.starts_with(TRACEBACK_HEADER) {
-        return Some(0);
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_end();
+        if trimmed == TRACEBACK_HEADER || trimmed.trim_start() == GROUP_HEADER {
+            return Some(offset);
+        }
+        offset += line.len();
     }
-    text.find(concat!("\n", "Traceback (most recent call last):"))
-        .map(|at| at + 1)
+    None
 }
 
 /// Reads a Python traceback: the exception is the one on the line after the *last* traceback's
@@ -612,16 +617,30 @@ pub fn exception_from_traceback(stack: String) -> ExceptionInfo {
 
 fn split_final_exception(text: &str) -> (Option<String>, Option<String>) {
     let mut start = None;
+    let mut group = false;
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
-        if line.trim_end() == TRACEBACK_HEADER {
+        let trimmed = line.trim_end();
+        if trimmed == TRACEBACK_HEADER || trimmed.trim_start() == GROUP_HEADER {
             start = Some(offset + line.len());
+            group = trimmed != TRACEBACK_HEADER;
         }
         offset += line.len();
     }
     let Some(start) = start else {
         return (None, None);
     };
+    if group {
+        // The group's own line is the first line of its box (`  | `) that is not a frame.
+        let line = text[start..]
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("| "))
+            .find(|l| !l.starts_with([' ', '\t']));
+        return match line.map(split_type) {
+            Some((ty, msg)) => (ty.map(str::to_owned), msg.map(str::to_owned)),
+            None => (None, None),
+        };
+    }
     let mut lines = text[start..]
         .lines()
         .skip_while(|l| l.trim().is_empty() || l.starts_with([' ', '\t']) || l.starts_with("> "));
@@ -631,13 +650,7 @@ fn split_final_exception(text: &str) -> (Option<String>, Option<String>) {
     let rest: Vec<&str> = lines.collect();
     let rest = rest.join("\n");
     let rest = rest.trim_end();
-    let (ty, msg) = match first.split_once(": ") {
-        Some((ty, msg)) if is_exception_type(ty) => (Some(ty), Some(msg)),
-        _ if is_exception_type(first.trim_end_matches(':')) => {
-            (Some(first.trim_end_matches(':')), None)
-        }
-        _ => (None, Some(first)),
-    };
+    let (ty, msg) = split_type(first);
     let message = match (msg, rest.is_empty()) {
         (Some(m), true) => Some(m.to_owned()),
         (Some(m), false) => Some(format!("{m}\n{rest}")),
@@ -645,6 +658,18 @@ fn split_final_exception(text: &str) -> (Option<String>, Option<String>) {
         (None, false) => Some(rest.to_owned()),
     };
     (ty.map(str::to_owned), message)
+}
+
+/// Splits `Type: message` (or a bare `Type`); a line that does not start with a type name is all
+/// message.
+fn split_type(line: &str) -> (Option<&str>, Option<&str>) {
+    match line.split_once(": ") {
+        Some((ty, msg)) if is_exception_type(ty) => (Some(ty), Some(msg)),
+        _ if is_exception_type(line.trim_end_matches(':')) => {
+            (Some(line.trim_end_matches(':')), None)
+        }
+        _ => (None, Some(line)),
+    }
 }
 
 fn is_exception_type(s: &str) -> bool {
@@ -858,6 +883,7 @@ mod tests {
     const STRUCTLOG: &str = include_str!("../../tests/fixtures/logs/structlog.jsonl");
     const LOGURU: &str = include_str!("../../tests/fixtures/logs/loguru.jsonl");
     const TEXT: &str = include_str!("../../tests/fixtures/logs/text_traceback.log");
+    const GROUP: &str = include_str!("../../tests/fixtures/logs/text_exception_group.log");
 
     /// 2026-11-22T02:36:14Z, the second the fixtures were generated in.
     const T0: u64 = 1_795_314_974_000_000_000;
@@ -1172,6 +1198,23 @@ mod tests {
             },
             "joined text traceback",
         );
+        let joined = GROUP.lines().take(24).collect::<Vec<_>>().join("\n");
+        let r = parse(&joined).record;
+        assert_eq!(r.severity_number, 17);
+        assert_eq!(
+            r.body,
+            "2026-11-22 02:50:53,296 ERROR app.tasks: gather failed"
+        );
+        let e = r.exception.expect("exception");
+        assert_eq!(e.r#type.as_deref(), Some("ExceptionGroup"));
+        assert_eq!(
+            e.message.as_deref(),
+            Some("tasks failed (2 sub-exceptions)")
+        );
+        assert!(e.stacktrace.as_deref().is_some_and(|s| {
+            s.starts_with("  + Exception Group")
+                && s.ends_with("+------------------------------------")
+        }));
         let cases = [
             ("ERROR:root:boom", Some(17)),
             (

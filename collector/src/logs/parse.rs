@@ -69,7 +69,8 @@ pub enum ParseError {
 pub struct Parsed {
     pub record: LogRecord,
     /// Set when JSON was expected and the line was kept as text instead (count it in
-    /// `sidelight_log_parse_errors_total`).
+    /// `sidelight_log_parse_errors_total`). A JSON line cut to `max_line_bytes` no longer parses,
+    /// so it is reported here as well as in `truncated_bytes`.
     pub error: Option<ParseError>,
     /// Bytes cut off because the line was longer than `max_line_bytes` (0 when whole; count it
     /// in `sidelight_log_lost_bytes_total`).

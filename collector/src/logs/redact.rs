@@ -15,6 +15,9 @@ use super::record::{AttrValue, LogRecord};
 /// What a match is replaced with.
 pub const REDACTED: &str = "[REDACTED]";
 
+/// Most redaction rounds over one string (see [`Redactor::redact_string`]).
+const MAX_ROUNDS: usize = 4;
+
 /// A configured extra pattern.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,39 +186,63 @@ impl Redactor {
 
     /// Redacts one string in place, adding to `counts`.
     pub fn redact_string(&self, s: &mut String, counts: &mut RedactionCounts) {
-        if !self.set.is_match(s) {
-            return;
-        }
-        for index in self.set.matches(s).into_iter() {
-            let rule = &self.rules[index];
-            let mut n = 0u64;
-            let replaced = rule.regex.replace_all(s, |caps: &Captures<'_>| {
-                let Some(whole) = caps.get(0) else {
-                    return String::new();
-                };
-                if let Check::Luhn = rule.check
-                    && !luhn_valid(whole.as_str())
-                {
-                    return whole.as_str().to_owned();
-                }
-                n += 1;
-                match caps.name("secret").filter(|_| rule.has_secret_group) {
-                    Some(secret) => {
-                        let start = secret.start() - whole.start();
-                        let end = secret.end() - whole.start();
-                        let w = whole.as_str();
-                        format!("{}{REDACTED}{}", &w[..start], &w[end..])
-                    }
-                    None => REDACTED.to_owned(),
-                }
-            });
-            if let Cow::Owned(new) = replaced {
-                *s = new;
+        // A replacement can expose a match that was not one before (`bob@example.com4111…`:
+        // once the address is gone, the card number starts on a word boundary), so repeat while
+        // rounds still replace something. `[REDACTED]` itself is never replaced again, so this
+        // settles; the cap only bounds hostile input.
+        for _ in 0..MAX_ROUNDS {
+            if !self.set.is_match(s) {
+                return;
             }
-            if n > 0 {
-                counts.add(index, n);
+            let mut replaced_any = false;
+            for index in self.set.matches(s).into_iter() {
+                let n = self.apply(index, s);
+                if n > 0 {
+                    counts.add(index, n);
+                    replaced_any = true;
+                }
+            }
+            if !replaced_any {
+                return;
             }
         }
+    }
+
+    /// Runs rule `index` over `s`; returns how many replacements it made.
+    fn apply(&self, index: usize, s: &mut String) -> u64 {
+        let rule = &self.rules[index];
+        let mut n = 0u64;
+        let replaced = rule.regex.replace_all(s, |caps: &Captures<'_>| {
+            let Some(whole) = caps.get(0) else {
+                return String::new();
+            };
+            if let Check::Luhn = rule.check
+                && !luhn_valid(whole.as_str())
+            {
+                return whole.as_str().to_owned();
+            }
+            let secret = caps.name("secret").filter(|_| rule.has_secret_group);
+            // Already redacted (by us, or by the application): leave it and do not count it.
+            if secret.unwrap_or(whole).as_str() == REDACTED {
+                return whole.as_str().to_owned();
+            }
+            n += 1;
+            match secret {
+                Some(secret) => {
+                    let start = secret.start() - whole.start();
+                    let end = secret.end() - whole.start();
+                    let w = whole.as_str();
+                    format!("{}{REDACTED}{}", &w[..start], &w[end..])
+                }
+                None => REDACTED.to_owned(),
+            }
+        });
+        if let Cow::Owned(new) = replaced
+            && n > 0
+        {
+            *s = new;
+        }
+        n
     }
 
     /// Redacts a record's body, exception type/message/stack and every string attribute
@@ -296,6 +323,7 @@ mod tests {
     use super::*;
     use crate::logs::parse::Parser;
     use crate::logs::record::{Attributes, ExceptionInfo};
+    use proptest::prelude::*;
 
     const PJL: &str = include_str!("../../tests/fixtures/logs/python_json_logger.jsonl");
 
@@ -312,7 +340,7 @@ mod tests {
     fn builtin_rules_table() {
         let pem = "key: -----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\nabc/def+==\n-----END RSA PRIVATE KEY----- done";
         type Counts = &'static [(&'static str, u64)];
-        let cases: [(&str, &str, Counts); 20] = [
+        let cases: [(&str, &str, Counts); 22] = [
             (
                 "Authorization: Bearer abc.def.ghi",
                 "Authorization: [REDACTED]",
@@ -394,6 +422,18 @@ mod tests {
             ("nothing to see here", "nothing to see here", &[]),
             ("the bearer of bad news", "the bearer of bad news", &[]),
             ("", "", &[]),
+            // Already redacted upstream: unchanged and not counted.
+            (
+                "Authorization: [REDACTED]",
+                "Authorization: [REDACTED]",
+                &[],
+            ),
+            // A replacement exposes the next match: a second round catches it.
+            (
+                "bob@example.com4111 1111 1111 1111",
+                "[REDACTED][REDACTED]",
+                &[("email", 1), ("card_number", 1)],
+            ),
             (
                 "both: user=bob@example.com auth=Authorization: token s3cr3t",
                 "both: user=[REDACTED] auth=Authorization: [REDACTED]",
@@ -411,6 +451,40 @@ mod tests {
             }
             let expected_total: u64 = want_counts.iter().map(|(_, n)| n).sum();
             assert_eq!(counts.total(), expected_total, "{input:?}");
+        }
+    }
+
+    fn fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("Authorization: Bearer abc.def.ghi".to_owned()),
+            Just("authorization=".to_owned()),
+            Just("Bearer ".to_owned()),
+            Just("bob@example.com".to_owned()),
+            Just("@".to_owned()),
+            Just("4111 1111 1111 1111".to_owned()),
+            Just("5105105105105100".to_owned()),
+            Just("AKIAIOSFODNN7EXAMPLE".to_owned()),
+            Just("aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_owned()),
+            Just("xoxb-1234567890-abcdef".to_owned()),
+            Just("-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----".to_owned()),
+            Just(REDACTED.to_owned()),
+            "[ a-z0-9.:=\\-]{0,12}",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn redaction_never_panics_and_is_stable(parts in proptest::collection::vec(fragment(), 0..12)) {
+            let r = redactor();
+            let mut s = parts.concat();
+            let mut counts = RedactionCounts::default();
+            r.redact_string(&mut s, &mut counts);
+            let once = s.clone();
+            let mut again = RedactionCounts::default();
+            r.redact_string(&mut s, &mut again);
+            prop_assert_eq!(&s, &once);
+            prop_assert_eq!(again.total(), 0, "{}", once);
         }
     }
 

@@ -221,7 +221,12 @@ fn append(joined: &mut Joined, line: &[u8], config: &JoinerConfig) {
     joined.lines += 1;
     let sep = usize::from(joined.lines > 1);
     if joined.lines == 1 {
-        let keep = line.len().min(config.max_bytes);
+        let cut = line.len().min(config.max_bytes);
+        let mut keep = cut;
+        // Do not split a UTF-8 sequence (the bytes need not be UTF-8; this only avoids a U+FFFD).
+        while keep > 0 && keep < line.len() && cut - keep < 3 && (line[keep] & 0xC0) == 0x80 {
+            keep -= 1;
+        }
         joined.text.extend_from_slice(&line[..keep]);
         joined.dropped_bytes += line.len() - keep;
         return;
@@ -457,6 +462,12 @@ mod tests {
         assert_eq!(
             (got.lines, got.dropped_lines, got.dropped_bytes),
             (2, 1, 6 + 34)
+        );
+        j.push("012345678é".as_bytes(), Instant::now(), &mut out);
+        let got = j.flush().expect("record");
+        assert_eq!(
+            (got.text.as_slice(), got.dropped_bytes),
+            (&b"012345678"[..], 2)
         );
 
         let mut j = Joiner::new(JoinerConfig::default());

@@ -1278,6 +1278,11 @@ mod tests {
         let p = Parser::default().parse(b"{\"message\": \"caf\xe9\"}", 0);
         assert!(p.error.is_none());
         assert_eq!(p.record.body, "caf\u{FFFD}");
+        // Nesting deeper than serde_json's recursion limit: an error, not a stack overflow.
+        let deep = format!("{{\"a\": {}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let p = Parser::default().parse(deep.as_bytes(), 0);
+        assert!(matches!(p.error, Some(ParseError::InvalidJson(_))));
+        assert_eq!(p.record.body, deep);
         // Newline handling.
         assert_eq!(parse("{\"msg\": \"a\"}\r\n").record.body, "a");
     }

@@ -4,6 +4,7 @@
 //! Invariant: this crate never depends on the agent, and a source never knows which sinks exist.
 
 pub mod host;
+pub mod logs;
 pub mod metrics;
 pub mod process;
 pub mod procfs;

@@ -1,0 +1,1484 @@
+//! Turns one line (or one joined multi-line text record) into a [`LogRecord`]: JSON lines from
+//! python-json-logger, structlog's `JSONRenderer` and loguru's `serialize=True`, or plain text
+//! (leading timestamp and level picked out, Python tracebacks split into an exception).
+//!
+//! Parsing never fails: a line that should have been JSON and is not becomes a text record and
+//! the [`Parsed::error`] tells the caller to count `sidelight_log_parse_errors_total`; invalid
+//! UTF-8 is replaced; a line over [`ParserConfig::max_line_bytes`] is cut and flagged.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use super::record::{AttrValue, Attributes, ExceptionInfo, LogRecord, SpanId, TraceId, severity};
+
+/// Default cap on one line: 256 KiB.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 256 * 1024;
+
+/// How a source's lines are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// JSON when the line starts with `{`, text otherwise.
+    #[default]
+    Auto,
+    /// Every line should be a JSON object; anything else is a parse error (kept as text).
+    Json,
+    /// Never try JSON.
+    Text,
+}
+
+/// Parser settings (one per configured log source).
+#[derive(Debug, Clone)]
+pub struct ParserConfig {
+    pub format: Format,
+    /// Lines longer than this are cut to it (on a UTF-8 boundary) and flagged.
+    pub max_line_bytes: usize,
+    /// Offset east of UTC, in seconds, for timestamps written without a zone (Python's
+    /// `asctime` is local time). `0` reads them as UTC.
+    pub naive_utc_offset_secs: i32,
+    /// Copied into every record's `source`.
+    pub source: Option<Arc<str>>,
+}
+
+impl Default for ParserConfig {
+    fn default() -> Self {
+        Self {
+            format: Format::Auto,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            naive_utc_offset_secs: 0,
+            source: None,
+        }
+    }
+}
+
+/// Why a line that should have been JSON was kept as text.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("invalid JSON: {0}")]
+    InvalidJson(#[from] serde_json::Error),
+    #[error("JSON value is not an object")]
+    NotAnObject,
+}
+
+/// The result of parsing one line: always a record, plus what went wrong on the way.
+#[derive(Debug)]
+pub struct Parsed {
+    pub record: LogRecord,
+    /// Set when JSON was expected and the line was kept as text instead (count it in
+    /// `sidelight_log_parse_errors_total`). A JSON line cut to `max_line_bytes` no longer parses,
+    /// so it is reported here as well as in `truncated_bytes`.
+    pub error: Option<ParseError>,
+    /// Bytes cut off because the line was longer than `max_line_bytes` (0 when whole; count it
+    /// in `sidelight_log_lost_bytes_total`).
+    pub truncated_bytes: usize,
+    /// True when invalid UTF-8 was replaced with U+FFFD.
+    pub lossy_utf8: bool,
+}
+
+impl Parsed {
+    /// True when the line was cut to `max_line_bytes`.
+    pub fn truncated(&self) -> bool {
+        self.truncated_bytes > 0
+    }
+}
+
+/// A configured parser; cheap to share, holds no per-line state.
+#[derive(Debug, Clone, Default)]
+pub struct Parser {
+    config: ParserConfig,
+}
+
+impl Parser {
+    pub fn new(config: ParserConfig) -> Self {
+        Self { config }
+    }
+
+    pub fn config(&self) -> &ParserConfig {
+        &self.config
+    }
+
+    /// Parses one line (a trailing `\n` / `\r\n` is ignored) read at `observed_unix_nano`.
+    /// The caller sets [`LogRecord::file_path`].
+    pub fn parse(&self, line: &[u8], observed_unix_nano: u64) -> Parsed {
+        let line = strip_newline(line);
+        let (line, truncated_bytes) = if line.len() > self.config.max_line_bytes {
+            (
+                &line[..self.config.max_line_bytes],
+                line.len() - self.config.max_line_bytes,
+            )
+        } else {
+            (line, 0)
+        };
+        let (text, lossy_utf8) = decode_utf8(line, truncated_bytes > 0);
+        let mut error = None;
+        let wants_json = match self.config.format {
+            Format::Text => false,
+            Format::Json => true,
+            Format::Auto => text.trim_start().starts_with('{'),
+        };
+        let mut record = None;
+        if wants_json {
+            match parse_json_fields(&text) {
+                Ok(fields) => record = Some(self.json_record(fields, observed_unix_nano)),
+                Err(e) => error = Some(e),
+            }
+        }
+        let mut record = match record {
+            Some(r) => r,
+            None => self.text_record(text.into_owned(), observed_unix_nano),
+        };
+        record.source.clone_from(&self.config.source);
+        Parsed {
+            record,
+            error,
+            truncated_bytes,
+            lossy_utf8,
+        }
+    }
+
+    fn text_record(&self, text: String, observed: u64) -> LogRecord {
+        let mut rec = LogRecord::from_body(String::new(), observed);
+        let mut rest = text.strip_prefix('[').unwrap_or(&text);
+        if let Some((ts, used)) = scan_timestamp(rest, self.config.naive_utc_offset_secs) {
+            rec.timestamp_unix_nano = Some(ts);
+            rest = &rest[used..];
+        } else {
+            rest = &text;
+        }
+        let rest = rest.trim_start_matches(|c: char| c.is_ascii_whitespace() || "|-[]".contains(c));
+        let word_end = rest
+            .find(|c: char| !(c.is_ascii_alphabetic()))
+            .unwrap_or(rest.len());
+        if word_end > 0
+            && let Some(n) = severity::from_text(&rest[..word_end])
+        {
+            rec.severity_number = n;
+            rec.severity_text = Some(rest[..word_end].to_owned());
+        }
+        match find_traceback(&text) {
+            Some(at) => {
+                let head = text[..at].trim_end();
+                let stack = text[at..].trim_end().to_owned();
+                rec.exception = Some(exception_from_traceback(stack));
+                rec.body = if head.is_empty() {
+                    text
+                } else {
+                    head.to_owned()
+                };
+            }
+            None => rec.body = text,
+        }
+        rec
+    }
+
+    fn json_record(&self, fields: Vec<(Key<'_>, AttrValue)>, observed: u64) -> LogRecord {
+        let is_loguru = fields
+            .iter()
+            .any(|(k, v)| k.0 == "record" && v.as_map().is_some())
+            && fields.iter().any(|(k, _)| k.0 == "text");
+        if is_loguru {
+            return self.loguru_record(fields, observed);
+        }
+        let mut rec = LogRecord::from_body(String::new(), observed);
+        let mut has_body = false;
+        let mut levelno = None;
+        let mut attrs = Vec::with_capacity(fields.len());
+        for (key, value) in fields {
+            let consumed = match key.0.as_ref() {
+                "message" | "event" | "msg" if !has_body => match value {
+                    AttrValue::String(s) => {
+                        rec.body = s;
+                        has_body = true;
+                        None
+                    }
+                    other => Some(other),
+                },
+                "timestamp" | "asctime" | "time" | "@timestamp" | "ts" | "created"
+                    if rec.timestamp_unix_nano.is_none() =>
+                {
+                    match self.timestamp_of(&value) {
+                        Some(ts) => {
+                            rec.timestamp_unix_nano = Some(ts);
+                            None
+                        }
+                        None => Some(value),
+                    }
+                }
+                "levelname" | "level" | "severity" | "loglevel" | "log.level"
+                    if rec.severity_text.is_none() =>
+                {
+                    match value {
+                        AttrValue::String(s) => {
+                            rec.severity_number = severity::from_text(&s).unwrap_or(0);
+                            rec.severity_text = Some(s);
+                            None
+                        }
+                        v @ (AttrValue::Int(_) | AttrValue::Float(_)) => match v.as_i64() {
+                            Some(n) => {
+                                levelno = Some(n);
+                                None
+                            }
+                            None => Some(v),
+                        },
+                        other => Some(other),
+                    }
+                }
+                "levelno" if levelno.is_none() => match value.as_i64() {
+                    Some(n) => {
+                        levelno = Some(n);
+                        None
+                    }
+                    None => Some(value),
+                },
+                "name" | "logger" | "logger_name" if rec.logger.is_none() => match value {
+                    AttrValue::String(s) => {
+                        rec.logger = Some(s);
+                        None
+                    }
+                    other => Some(other),
+                },
+                "exc_info" | "exception" | "exc_text" if rec.exception.is_none() => match value {
+                    AttrValue::Null => None,
+                    AttrValue::String(s) if s.is_empty() => None,
+                    AttrValue::String(s) => {
+                        rec.exception = Some(exception_from_traceback(s));
+                        None
+                    }
+                    AttrValue::Array(frames) => match exception_from_dict_tracebacks(&frames) {
+                        Some(e) => {
+                            rec.exception = Some(e);
+                            None
+                        }
+                        None => Some(AttrValue::Array(frames)),
+                    },
+                    other => Some(other),
+                },
+                k if is_trace_key(k) && rec.trace_id.is_none() => {
+                    take_id(value, TraceId::from_hex, &mut rec.trace_id)
+                }
+                k if is_span_key(k) && rec.span_id.is_none() => {
+                    take_id(value, SpanId::from_hex, &mut rec.span_id)
+                }
+                _ => Some(value),
+            };
+            if let Some(v) = consumed {
+                attrs.push((key.0.into_owned(), v));
+            }
+        }
+        if let Some(n) = levelno
+            && rec.severity_number == 0
+        {
+            rec.severity_number = severity::from_levelno(n);
+        }
+        rec.attributes = Attributes::from_pairs(attrs);
+        rec
+    }
+
+    fn loguru_record(&self, fields: Vec<(Key<'_>, AttrValue)>, observed: u64) -> LogRecord {
+        let mut rec = LogRecord::from_body(String::new(), observed);
+        let mut text = None;
+        let mut record = Attributes::new();
+        let mut attrs = Vec::new();
+        for (key, value) in fields {
+            match (key.0.as_ref(), value) {
+                ("text", AttrValue::String(s)) if text.is_none() => text = Some(s),
+                ("record", AttrValue::Map(m)) if record.is_empty() => record = m,
+                (_, v) => attrs.push((key.0.into_owned(), v)),
+            }
+        }
+        for (key, value) in record {
+            match (key.as_str(), value) {
+                ("message", AttrValue::String(s)) => rec.body = s,
+                ("name", AttrValue::String(s)) => rec.logger = Some(s),
+                ("time", AttrValue::Map(t)) => {
+                    rec.timestamp_unix_nano = t
+                        .get("repr")
+                        .and_then(AttrValue::as_str)
+                        .and_then(|r| parse_timestamp(r, self.config.naive_utc_offset_secs))
+                        .or_else(|| t.get("timestamp").and_then(|v| self.timestamp_of(v)));
+                }
+                ("level", AttrValue::Map(l)) => {
+                    let no = l.get("no").and_then(AttrValue::as_i64);
+                    if let Some(AttrValue::String(name)) = l.get("name") {
+                        rec.severity_number = severity::from_text(name)
+                            .or(no.map(severity::from_levelno))
+                            .unwrap_or(0);
+                        rec.severity_text = Some(name.clone());
+                    } else if let Some(no) = no {
+                        rec.severity_number = severity::from_levelno(no);
+                    }
+                }
+                ("exception", AttrValue::Map(e)) => {
+                    let stack = text
+                        .as_deref()
+                        .and_then(|t| find_traceback(t).map(|at| t[at..].trim_end().to_owned()));
+                    rec.exception = Some(ExceptionInfo {
+                        r#type: e.get("type").and_then(AttrValue::as_str).map(str::to_owned),
+                        message: e
+                            .get("value")
+                            .and_then(AttrValue::as_str)
+                            .map(str::to_owned),
+                        stacktrace: stack,
+                    });
+                }
+                ("extra", AttrValue::Map(extra)) => {
+                    for (k, v) in extra {
+                        let left = if is_trace_key(&k) && rec.trace_id.is_none() {
+                            take_id(v, TraceId::from_hex, &mut rec.trace_id)
+                        } else if is_span_key(&k) && rec.span_id.is_none() {
+                            take_id(v, SpanId::from_hex, &mut rec.span_id)
+                        } else {
+                            Some(v)
+                        };
+                        if let Some(v) = left {
+                            attrs.push((k, v));
+                        }
+                    }
+                }
+                ("file", AttrValue::Map(mut f)) => {
+                    if let Some(p) = f.remove("path") {
+                        attrs.push(("code.filepath".to_owned(), p));
+                    }
+                }
+                ("function", v) => attrs.push(("code.function".to_owned(), v)),
+                ("line", v) => attrs.push(("code.lineno".to_owned(), v)),
+                ("process", AttrValue::Map(mut p)) => {
+                    if let Some(id) = p.remove("id") {
+                        attrs.push(("process.pid".to_owned(), id));
+                    }
+                }
+                ("thread", AttrValue::Map(mut t)) => {
+                    if let Some(id) = t.remove("id") {
+                        attrs.push(("thread.id".to_owned(), id));
+                    }
+                    if let Some(name) = t.remove("name") {
+                        attrs.push(("thread.name".to_owned(), name));
+                    }
+                }
+                // `elapsed`, `module`, a null `exception` and the icon carry nothing the
+                // record does not already have.
+                _ => {}
+            }
+        }
+        rec.attributes = Attributes::from_pairs(attrs);
+        rec
+    }
+
+    fn timestamp_of(&self, v: &AttrValue) -> Option<u64> {
+        match v {
+            AttrValue::String(s) => parse_timestamp(s, self.config.naive_utc_offset_secs),
+            AttrValue::Int(i) => u64::try_from(*i).ok().map(epoch_int_to_nanos),
+            AttrValue::Float(f) => epoch_float_to_nanos(*f),
+            _ => None,
+        }
+    }
+}
+
+fn is_trace_key(k: &str) -> bool {
+    matches!(
+        k,
+        "otelTraceID" | "trace_id" | "traceId" | "traceid" | "trace.id"
+    )
+}
+
+fn is_span_key(k: &str) -> bool {
+    matches!(
+        k,
+        "otelSpanID" | "span_id" | "spanId" | "spanid" | "span.id"
+    )
+}
+
+/// Sets `slot` from a hex id. All-zero ids (what OpenTelemetry's logging instrumentation writes
+/// outside a span) are dropped; anything else unparseable is handed back to stay an attribute.
+fn take_id<T>(
+    value: AttrValue,
+    parse: fn(&str) -> Option<T>,
+    slot: &mut Option<T>,
+) -> Option<AttrValue> {
+    match &value {
+        AttrValue::String(s) => {
+            if let Some(id) = parse(s) {
+                *slot = Some(id);
+                None
+            } else if !s.is_empty() && s.bytes().all(|b| b == b'0') {
+                None
+            } else {
+                Some(value)
+            }
+        }
+        _ => Some(value),
+    }
+}
+
+fn strip_newline(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Decodes UTF-8, replacing invalid sequences; a sequence cut short by truncation at the very end
+/// is dropped rather than replaced.
+fn decode_utf8(bytes: &[u8], was_cut: bool) -> (Cow<'_, str>, bool) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (Cow::Borrowed(s), false),
+        Err(e) if was_cut && e.error_len().is_none() => {
+            let valid = &bytes[..e.valid_up_to()];
+            match std::str::from_utf8(valid) {
+                Ok(s) => (Cow::Borrowed(s), false),
+                Err(_) => (String::from_utf8_lossy(valid), true),
+            }
+        }
+        Err(_) => (String::from_utf8_lossy(bytes), true),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON: a single pass with serde_json, keys borrowed from the line where they have no escapes.
+
+/// A top-level key, borrowed from the input when possible.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Parses a JSON object into its top-level fields, in order.
+fn parse_json_fields(text: &str) -> Result<Vec<(Key<'_>, AttrValue)>, ParseError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let fields = match de.deserialize_any(TopLevel) {
+        Ok(Some(fields)) => fields,
+        Ok(None) => return Err(ParseError::NotAnObject),
+        Err(e) => return Err(ParseError::InvalidJson(e)),
+    };
+    de.end()?;
+    Ok(fields)
+}
+
+struct TopLevel;
+
+impl<'de> Visitor<'de> for TopLevel {
+    type Value = Option<Vec<(Key<'de>, AttrValue)>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some(k) = map.next_key::<Key<'de>>()? {
+            out.push((k, map.next_value::<AttrValue>()?));
+        }
+        Ok(Some(out))
+    }
+
+    // Any other JSON value is valid JSON but not a record.
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+}
+
+impl<'de> Deserialize<'de> for AttrValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = AttrValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<AttrValue, E> {
+        Ok(AttrValue::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<AttrValue, E> {
+        Ok(AttrValue::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<AttrValue, E> {
+        Ok(match i64::try_from(v) {
+            Ok(i) => AttrValue::Int(i),
+            Err(_) => AttrValue::Float(v as f64),
+        })
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<AttrValue, E> {
+        Ok(AttrValue::Float(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<AttrValue, E> {
+        Ok(AttrValue::String(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<AttrValue, E> {
+        Ok(AttrValue::String(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<AttrValue, E> {
+        Ok(AttrValue::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<AttrValue, E> {
+        Ok(AttrValue::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AttrValue, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(v) = seq.next_element::<AttrValue>()? {
+            out.push(v);
+        }
+        Ok(AttrValue::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AttrValue, A::Error> {
+        let mut out = Vec::new();
+        while let Some(k) = map.next_key_seed(KeySeed)? {
+            out.push((k, map.next_value::<AttrValue>()?));
+        }
+        Ok(AttrValue::Map(Attributes::from_pairs(out)))
+    }
+}
+
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = String;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        String::deserialize(d)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exceptions.
+
+const TRACEBACK_HEADER: &str = "Traceback (most recent call last):";
+const GROUP_HEADER: &str = "+ Exception Group Traceback (most recent call last):";
+const BANNER_CONTEXT: &str = "During handling of the above exception, another exception occurred:";
+const BANNER_CAUSE: &str = "The above exception was the direct cause of the following exception:";
+
+/// Byte offset of the first line that starts a Python traceback, if any.
+fn find_traceback(text: &str) -> Option<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_end();
+        if trimmed == TRACEBACK_HEADER || trimmed.trim_start() == GROUP_HEADER {
+            return Some(offset);
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// Reads a Python traceback: the exception is the one on the line after the *last* traceback's
+/// frames (`Type: message`, message lines that follow included), so in a chain it is the final
+/// exception; the stack keeps the whole text.
+pub fn exception_from_traceback(stack: String) -> ExceptionInfo {
+    let (r#type, message) = split_final_exception(&stack);
+    ExceptionInfo {
+        r#type,
+        message,
+        stacktrace: Some(stack),
+    }
+}
+
+fn split_final_exception(text: &str) -> (Option<String>, Option<String>) {
+    let mut start = None;
+    let mut group = false;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_end();
+        if trimmed == TRACEBACK_HEADER || trimmed.trim_start() == GROUP_HEADER {
+            start = Some(offset + line.len());
+            group = trimmed != TRACEBACK_HEADER;
+        }
+        offset += line.len();
+    }
+    let Some(start) = start else {
+        return (None, None);
+    };
+    if group {
+        // The group's own line is the first line of its box (`  | `) that is not a frame.
+        let line = text[start..]
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("| "))
+            .find(|l| !l.starts_with([' ', '\t']));
+        return match line.map(split_type) {
+            Some((ty, msg)) => (ty.map(str::to_owned), msg.map(str::to_owned)),
+            None => (None, None),
+        };
+    }
+    let mut lines = text[start..]
+        .lines()
+        .skip_while(|l| l.trim().is_empty() || l.starts_with([' ', '\t']) || l.starts_with("> "));
+    let Some(first) = lines.next() else {
+        return (None, None);
+    };
+    let rest: Vec<&str> = lines.collect();
+    let rest = rest.join("\n");
+    let rest = rest.trim_end();
+    let (ty, msg) = split_type(first);
+    let message = match (msg, rest.is_empty()) {
+        (Some(m), true) => Some(m.to_owned()),
+        (Some(m), false) => Some(format!("{m}\n{rest}")),
+        (None, true) => None,
+        (None, false) => Some(rest.to_owned()),
+    };
+    (ty.map(str::to_owned), message)
+}
+
+/// Splits `Type: message` (or a bare `Type`); a line that does not start with a type name is all
+/// message.
+fn split_type(line: &str) -> (Option<&str>, Option<&str>) {
+    match line.split_once(": ") {
+        Some((ty, msg)) if is_exception_type(ty) => (Some(ty), Some(msg)),
+        _ if is_exception_type(line.trim_end_matches(':')) => {
+            (Some(line.trim_end_matches(':')), None)
+        }
+        _ => (None, Some(line)),
+    }
+}
+
+fn is_exception_type(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        && s.chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '.')
+}
+
+/// Reads structlog's `dict_tracebacks` list (outermost exception first, each followed by its
+/// cause or context): the record's exception is the first, the stack is rendered as Python
+/// would print it (oldest first, with the chaining banners). Frame locals are left out.
+fn exception_from_dict_tracebacks(list: &[AttrValue]) -> Option<ExceptionInfo> {
+    let first = list.first()?.as_map()?;
+    let str_of = |m: &Attributes, k: &str| m.get(k).and_then(AttrValue::as_str).map(str::to_owned);
+    let r#type = str_of(first, "exc_type");
+    r#type.as_ref()?;
+    let message = str_of(first, "exc_value");
+    let mut stack = String::new();
+    let maps: Vec<&Attributes> = list.iter().filter_map(AttrValue::as_map).collect();
+    for (i, exc) in maps.iter().enumerate().rev() {
+        stack.push_str(TRACEBACK_HEADER);
+        stack.push('\n');
+        if let Some(AttrValue::Array(frames)) = exc.get("frames") {
+            for frame in frames.iter().filter_map(AttrValue::as_map) {
+                let file = frame
+                    .get("filename")
+                    .and_then(AttrValue::as_str)
+                    .unwrap_or("?");
+                let name = frame.get("name").and_then(AttrValue::as_str).unwrap_or("?");
+                let line = frame.get("lineno").and_then(AttrValue::as_i64).unwrap_or(0);
+                stack.push_str(&format!("  File \"{file}\", line {line}, in {name}\n"));
+            }
+        }
+        let ty = exc
+            .get("exc_type")
+            .and_then(AttrValue::as_str)
+            .unwrap_or("?");
+        match exc.get("exc_value").and_then(AttrValue::as_str) {
+            Some(v) if !v.is_empty() => stack.push_str(&format!("{ty}: {v}")),
+            _ => stack.push_str(ty),
+        }
+        if i > 0 {
+            let is_cause = matches!(exc.get("is_cause"), Some(AttrValue::Bool(true)));
+            let banner = if is_cause {
+                BANNER_CAUSE
+            } else {
+                BANNER_CONTEXT
+            };
+            stack.push_str("\n\n");
+            stack.push_str(banner);
+            stack.push_str("\n\n");
+        }
+    }
+    Some(ExceptionInfo {
+        r#type,
+        message,
+        stacktrace: Some(stack),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timestamps.
+
+/// Parses a whole timestamp: ISO-8601 / RFC 3339 (`T` or space, `.` or `,` before the fraction,
+/// `Z`, `±HH:MM`, `±HHMM`, `±HH` or no zone — then `naive_utc_offset_secs` applies), Python's
+/// `asctime` (`2024-05-01 12:00:00,123`), or epoch seconds / millis / micros / nanos as digits.
+pub fn parse_timestamp(s: &str, naive_utc_offset_secs: i32) -> Option<u64> {
+    let s = s.trim();
+    if let Some((ts, used)) = scan_timestamp(s, naive_utc_offset_secs)
+        && used == s.len()
+    {
+        return Some(ts);
+    }
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse::<u64>().ok().map(epoch_int_to_nanos);
+    }
+    if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return s.parse::<f64>().ok().and_then(epoch_float_to_nanos);
+    }
+    None
+}
+
+/// Epoch integer in seconds, millis, micros or nanos, told apart by magnitude.
+fn epoch_int_to_nanos(v: u64) -> u64 {
+    if v < 100_000_000_000 {
+        v.saturating_mul(1_000_000_000)
+    } else if v < 100_000_000_000_000 {
+        v.saturating_mul(1_000_000)
+    } else if v < 100_000_000_000_000_000 {
+        v.saturating_mul(1_000)
+    } else {
+        v
+    }
+}
+
+fn epoch_float_to_nanos(v: f64) -> Option<u64> {
+    if !v.is_finite() || v < 0.0 {
+        return None;
+    }
+    let scale = if v < 1e11 {
+        1e9
+    } else if v < 1e14 {
+        1e6
+    } else if v < 1e17 {
+        1e3
+    } else {
+        1.0
+    };
+    let nanos = (v * scale).round();
+    (nanos < u64::MAX as f64).then_some(nanos as u64)
+}
+
+/// Reads a timestamp at the start of `s`; returns unix nanos and how many bytes it used.
+fn scan_timestamp(s: &str, naive_utc_offset_secs: i32) -> Option<(u64, usize)> {
+    let b = s.as_bytes();
+    let num = |at: usize, len: usize| -> Option<i64> {
+        let digits = b.get(at..at + len)?;
+        let mut v = 0i64;
+        for &d in digits {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + i64::from(d - b'0');
+        }
+        Some(v)
+    };
+    let year = num(0, 4)?;
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
+        return None;
+    }
+    let month = num(5, 2)?;
+    let day = num(8, 2)?;
+    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) {
+        return None;
+    }
+    let hour = num(11, 2)?;
+    if b.get(13) != Some(&b':') {
+        return None;
+    }
+    let minute = num(14, 2)?;
+    let mut at = 16;
+    let mut second = 0;
+    if b.get(at) == Some(&b':') {
+        second = num(17, 2)?;
+        at = 19;
+    }
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut nanos = 0i64;
+    if matches!(b.get(at), Some(b'.' | b',')) && b.get(at + 1).is_some_and(u8::is_ascii_digit) {
+        at += 1;
+        let mut scale = 100_000_000i64;
+        while let Some(d) = b.get(at).filter(|d| d.is_ascii_digit()) {
+            nanos += i64::from(d - b'0') * scale;
+            scale /= 10;
+            at += 1;
+        }
+    }
+    let offset = match b.get(at) {
+        Some(b'Z' | b'z') => {
+            at += 1;
+            0
+        }
+        Some(&sign @ (b'+' | b'-')) if b.get(at + 1).is_some_and(u8::is_ascii_digit) => {
+            let oh = num(at + 1, 2)?;
+            at += 3;
+            let mut om = 0;
+            if b.get(at) == Some(&b':') {
+                om = num(at + 1, 2)?;
+                at += 3;
+            } else if let Some(m) = num(at, 2) {
+                om = m;
+                at += 2;
+            }
+            let off = oh * 3600 + om * 60;
+            if sign == b'-' { -off } else { off }
+        }
+        _ => i64::from(naive_utc_offset_secs),
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    let total = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+    let total = u64::try_from(total).ok()?;
+    Some((total, at))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PJL: &str = include_str!("../../tests/fixtures/logs/python_json_logger.jsonl");
+    const STRUCTLOG: &str = include_str!("../../tests/fixtures/logs/structlog.jsonl");
+    const LOGURU: &str = include_str!("../../tests/fixtures/logs/loguru.jsonl");
+    const TEXT: &str = include_str!("../../tests/fixtures/logs/text_traceback.log");
+    const GROUP: &str = include_str!("../../tests/fixtures/logs/text_exception_group.log");
+
+    /// 2026-11-22T02:36:14Z, the second the fixtures were generated in.
+    const T0: u64 = 1_795_314_974_000_000_000;
+    const OBSERVED: u64 = 42;
+
+    fn parse(line: &str) -> Parsed {
+        Parser::default().parse(line.as_bytes(), OBSERVED)
+    }
+
+    fn line(fixture: &str, n: usize) -> &str {
+        fixture.lines().nth(n).expect("fixture line")
+    }
+
+    /// What a test expects of a record; `None` fields are not checked.
+    #[derive(Default)]
+    struct Want {
+        ts: Option<u64>,
+        sev: Option<(u8, &'static str)>,
+        logger: Option<&'static str>,
+        body: Option<&'static str>,
+        exc: Option<(&'static str, &'static str)>,
+        stack_has: &'static [&'static str],
+        trace: Option<(&'static str, &'static str)>,
+        attrs: &'static [&'static str],
+    }
+
+    fn check(p: &Parsed, want: &Want, what: &str) {
+        let r = &p.record;
+        assert!(p.error.is_none(), "{what}: {:?}", p.error);
+        assert_eq!(r.observed_unix_nano, OBSERVED);
+        if let Some(ts) = want.ts {
+            assert_eq!(r.timestamp_unix_nano, Some(ts), "{what}: timestamp");
+        }
+        if let Some((n, text)) = want.sev {
+            assert_eq!(r.severity_number, n, "{what}: severity");
+            assert_eq!(r.severity_text.as_deref(), Some(text), "{what}");
+        }
+        if let Some(logger) = want.logger {
+            assert_eq!(r.logger.as_deref(), Some(logger), "{what}");
+        }
+        if let Some(body) = want.body {
+            assert_eq!(r.body, body, "{what}");
+        }
+        match want.exc {
+            Some((ty, msg)) => {
+                let e = r.exception.as_ref().expect("exception");
+                assert_eq!(e.r#type.as_deref(), Some(ty), "{what}");
+                assert_eq!(e.message.as_deref(), Some(msg), "{what}");
+                let stack = e.stacktrace.as_deref().expect("stack");
+                assert!(stack.starts_with(TRACEBACK_HEADER), "{what}: {stack}");
+                for needle in want.stack_has {
+                    assert!(stack.contains(needle), "{what}: {needle:?} not in {stack}");
+                }
+            }
+            None => assert_eq!(r.exception, None, "{what}"),
+        }
+        match want.trace {
+            Some((t, s)) => {
+                assert_eq!(
+                    r.trace_id.map(|t| t.to_string()).as_deref(),
+                    Some(t),
+                    "{what}"
+                );
+                assert_eq!(
+                    r.span_id.map(|s| s.to_string()).as_deref(),
+                    Some(s),
+                    "{what}"
+                );
+            }
+            None => assert_eq!((r.trace_id, r.span_id), (None, None), "{what}"),
+        }
+        let keys: Vec<&str> = r.attributes.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, want.attrs, "{what}: attributes");
+    }
+
+    #[test]
+    fn python_json_logger_lines() {
+        let wants = [
+            Want {
+                ts: Some(T0 + 20_000_000),
+                sev: Some((9, "INFO")),
+                logger: Some("app.web"),
+                body: Some("user logged in"),
+                trace: Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")),
+                attrs: &["user_id", "otelServiceName", "otelTraceSampled"],
+                ..Want::default()
+            },
+            Want {
+                sev: Some((13, "WARNING")),
+                body: Some("disk almost full: 93%"),
+                ..Want::default()
+            },
+            Want {
+                sev: Some((17, "ERROR")),
+                body: Some("lookup failed"),
+                exc: Some(("KeyError", "'missing'")),
+                stack_has: &["line 16, in fail", "~~^^^^^^^^^^^"],
+                ..Want::default()
+            },
+            Want {
+                body: Some("chained"),
+                exc: Some(("ValueError", "bad ratio")),
+                stack_has: &["ZeroDivisionError: division by zero", BANNER_CAUSE],
+                ..Want::default()
+            },
+            Want {
+                ts: Some(T0 + 21_187_000),
+                sev: Some((5, "DEBUG")),
+                body: Some("with timestamp"),
+                trace: Some(("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")),
+                attrs: &["nested"],
+                ..Want::default()
+            },
+            Want {
+                sev: Some((21, "CRITICAL")),
+                body: Some("password for bob@example.com is in Authorization: Bearer abc.def.ghi"),
+                ..Want::default()
+            },
+        ];
+        assert_eq!(PJL.lines().count(), wants.len());
+        for (i, want) in wants.iter().enumerate() {
+            check(
+                &parse(line(PJL, i)),
+                want,
+                &format!("python-json-logger line {i}"),
+            );
+        }
+        let first = parse(line(PJL, 0)).record;
+        assert_eq!(first.attributes.get("user_id"), Some(&AttrValue::Int(42)));
+        assert_eq!(
+            first.attributes.get("otelTraceSampled"),
+            Some(&AttrValue::Bool(true))
+        );
+        let nested = parse(line(PJL, 4)).record;
+        let want = AttrValue::Array(vec![
+            AttrValue::Int(1),
+            AttrValue::Float(2.5),
+            AttrValue::Null,
+            AttrValue::String("x".into()),
+        ]);
+        let got = nested.attributes.get("nested").and_then(AttrValue::as_map);
+        assert_eq!(got.and_then(|m| m.get("a")), Some(&want));
+    }
+
+    #[test]
+    fn structlog_lines() {
+        let wants = [
+            Want {
+                ts: Some(T0 + 21_532_000),
+                sev: Some((9, "info")),
+                logger: Some("worker"),
+                body: Some("job started"),
+                attrs: &["job_id", "attempt"],
+                ..Want::default()
+            },
+            Want {
+                sev: Some((17, "error")),
+                body: Some("job failed"),
+                exc: Some(("RuntimeError", "conversion failed")),
+                stack_has: &[
+                    "ValueError: invalid literal for int() with base 10: 'x'",
+                    BANNER_CONTEXT,
+                ],
+                ..Want::default()
+            },
+            Want {
+                body: Some("dict tb"),
+                exc: Some(("KeyError", "'k'")),
+                stack_has: &[
+                    "Traceback (most recent call last):\n  File \"/tmp/gen.py\", line 51, in <module>\nIndexError: list index out of range\n\nThe above exception",
+                    "following exception:\n\nTraceback (most recent call last):\n  File \"/tmp/gen.py\", line 53, in <module>\nKeyError: 'k'",
+                ],
+                attrs: &["order"],
+                ..Want::default()
+            },
+            Want {
+                ts: Some(T0 + 25_402_000),
+                sev: Some((13, "warning")),
+                body: Some("local time"),
+                trace: Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")),
+                ..Want::default()
+            },
+            Want {
+                sev: Some((5, "debug")),
+                body: Some("epoch time"),
+                ..Want::default()
+            },
+        ];
+        assert_eq!(STRUCTLOG.lines().count(), wants.len());
+        for (i, want) in wants.iter().enumerate() {
+            check(
+                &parse(line(STRUCTLOG, i)),
+                want,
+                &format!("structlog line {i}"),
+            );
+        }
+        // Float epoch seconds: f64 holds them to about a quarter of a microsecond.
+        let ts = parse(line(STRUCTLOG, 4))
+            .record
+            .timestamp_unix_nano
+            .expect("ts");
+        assert!(ts.abs_diff(T0 + 25_428_000) < 1_000, "{ts}");
+        // Frame locals from dict_tracebacks are not kept anywhere.
+        let dict_tb = parse(line(STRUCTLOG, 2)).record;
+        let stack = dict_tb
+            .exception
+            .and_then(|e| e.stacktrace)
+            .unwrap_or_default();
+        assert!(!stack.contains("BoundLoggerLazyProxy"), "{stack}");
+    }
+
+    #[test]
+    fn loguru_serialized_lines() {
+        let wants = [
+            Want {
+                ts: Some(T0 + 32_398_000),
+                sev: Some((9, "INFO")),
+                logger: Some("__main__"),
+                body: Some("hello world"),
+                attrs: &[
+                    "request_id",
+                    "code.filepath",
+                    "code.function",
+                    "code.lineno",
+                    "process.pid",
+                    "thread.id",
+                    "thread.name",
+                ],
+                ..Want::default()
+            },
+            Want {
+                sev: Some((1, "TRACE")),
+                body: Some("tracing"),
+                ..Want::default()
+            },
+            Want {
+                ts: Some(T0 + 32_600_000),
+                sev: Some((12, "SUCCESS")),
+                body: Some("done"),
+                ..Want::default()
+            },
+            Want {
+                sev: Some((17, "ERROR")),
+                body: Some("boom"),
+                exc: Some(("TypeError", "wrapped")),
+                stack_has: &[
+                    "FileNotFoundError: [Errno 2] No such file",
+                    BANNER_CONTEXT,
+                    "> File \"/tmp/gen.py\", line 73",
+                ],
+                ..Want::default()
+            },
+        ];
+        assert_eq!(LOGURU.lines().count(), wants.len());
+        for (i, want) in wants.iter().enumerate() {
+            let p = parse(line(LOGURU, i));
+            // The attribute list differs per line only in `request_id`.
+            let mut want_attrs = want.attrs.to_vec();
+            if i > 0 {
+                want_attrs = [
+                    "code.filepath",
+                    "code.function",
+                    "code.lineno",
+                    "process.pid",
+                    "thread.id",
+                    "thread.name",
+                ]
+                .to_vec();
+            }
+            let keys: Vec<&str> = p.record.attributes.iter().map(|(k, _)| k).collect();
+            assert_eq!(keys, want_attrs, "loguru line {i}");
+            let want = Want {
+                attrs: &[],
+                ..*want
+            };
+            let mut p = p;
+            p.record.attributes = Attributes::new();
+            check(&p, &want, &format!("loguru line {i}"));
+        }
+        let r = parse(line(LOGURU, 0)).record;
+        assert_eq!(
+            r.attributes.get("request_id"),
+            Some(&AttrValue::String("r-9".into()))
+        );
+        assert_eq!(r.attributes.get("code.lineno"), Some(&AttrValue::Int(66)));
+    }
+
+    #[test]
+    fn text_lines_and_joined_tracebacks() {
+        let p = parse(line(TEXT, 0));
+        check(
+            &p,
+            &Want {
+                ts: Some(T0 + 38_000_000),
+                sev: Some((9, "INFO")),
+                body: Some("2026-11-22 02:36:14,038 INFO app.web: starting"),
+                ..Want::default()
+            },
+            "text line",
+        );
+        // Lines 1..=14 are one logging call with a chained traceback, as the joiner emits them.
+        let joined: Vec<&str> = TEXT.lines().skip(1).take(14).collect();
+        let p = parse(&joined.join("\n"));
+        check(
+            &p,
+            &Want {
+                sev: Some((17, "ERROR")),
+                body: Some("2026-11-22 02:36:14,038 ERROR app.web: handling failed"),
+                exc: Some(("KeyError", "'k'")),
+                stack_has: &[BANNER_CONTEXT, "ZeroDivisionError: division by zero"],
+                ..Want::default()
+            },
+            "joined text traceback",
+        );
+        let joined = GROUP.lines().take(24).collect::<Vec<_>>().join("\n");
+        let r = parse(&joined).record;
+        assert_eq!(r.severity_number, 17);
+        assert_eq!(
+            r.body,
+            "2026-11-22 02:50:53,296 ERROR app.tasks: gather failed"
+        );
+        let e = r.exception.expect("exception");
+        assert_eq!(e.r#type.as_deref(), Some("ExceptionGroup"));
+        assert_eq!(
+            e.message.as_deref(),
+            Some("tasks failed (2 sub-exceptions)")
+        );
+        assert!(e.stacktrace.as_deref().is_some_and(|s| {
+            s.starts_with("  + Exception Group")
+                && s.ends_with("+------------------------------------")
+        }));
+        let cases = [
+            ("ERROR:root:boom", Some(17)),
+            (
+                "2024-05-01 12:00:00.123 | WARNING  | mod:fn:3 - x",
+                Some(13),
+            ),
+            ("[2024-05-01T12:00:00Z] [info] started", Some(9)),
+            ("2024-05-01T12:00:00Z debugger attached", None),
+            ("plain words", None),
+            ("", None),
+        ];
+        for (text, sev) in cases {
+            let r = parse(text).record;
+            assert_eq!(r.severity_number, sev.unwrap_or(0), "{text:?}");
+            assert_eq!(r.body, text);
+        }
+    }
+
+    #[test]
+    fn malformed_and_hostile_input() {
+        let json_mode = Parser::new(ParserConfig {
+            format: Format::Json,
+            ..ParserConfig::default()
+        });
+        let text_mode = Parser::new(ParserConfig {
+            format: Format::Text,
+            ..ParserConfig::default()
+        });
+        let cases: [(&Parser, &[u8], bool); 9] = [
+            (
+                &Parser::default(),
+                br#"{"levelname": "INFO", "message": "unterminated"#,
+                true,
+            ),
+            (&Parser::default(), br#"{"message": "x"} trailing"#, true),
+            (&Parser::default(), br#"{"message": "x",}"#, true),
+            (&Parser::default(), b"plain text is not an error", false),
+            (&json_mode, b"plain text is an error here", true),
+            (&json_mode, b"[1, 2, 3]", true),
+            (&json_mode, b"\"just a string\"", true),
+            (&text_mode, br#"{"message": "kept verbatim"}"#, false),
+            (&Parser::default(), b"\xff\xfe\x00{\x80garbage\xc3", false),
+        ];
+        for (parser, input, is_error) in cases {
+            let p = parser.parse(input, 0);
+            assert_eq!(
+                p.error.is_some(),
+                is_error,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+            assert_eq!(p.record.body, String::from_utf8_lossy(input));
+        }
+        let p = json_mode.parse(b"[1]", 0);
+        assert!(matches!(p.error, Some(ParseError::NotAnObject)));
+        let p = Parser::default().parse(b"\xff\xfe{bin}\x00", 0);
+        assert!(p.lossy_utf8);
+        assert!(p.record.body.contains('\u{FFFD}'));
+        // Invalid UTF-8 inside a JSON string: replaced, then parsed as JSON.
+        let p = Parser::default().parse(b"{\"message\": \"caf\xe9\"}", 0);
+        assert!(p.error.is_none());
+        assert_eq!(p.record.body, "caf\u{FFFD}");
+        // Nesting deeper than serde_json's recursion limit: an error, not a stack overflow.
+        let deep = format!("{{\"a\": {}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let p = Parser::default().parse(deep.as_bytes(), 0);
+        assert!(matches!(p.error, Some(ParseError::InvalidJson(_))));
+        assert_eq!(p.record.body, deep);
+        // Newline handling.
+        assert_eq!(parse("{\"msg\": \"a\"}\r\n").record.body, "a");
+    }
+
+    #[test]
+    fn ten_mib_line_is_cut_and_flagged() {
+        let big = format!("{{\"message\": \"{}\"}}", "a".repeat(10 * 1024 * 1024));
+        let p = parse(&big);
+        assert!(p.truncated());
+        assert_eq!(p.truncated_bytes, big.len() - DEFAULT_MAX_LINE_BYTES);
+        assert_eq!(p.record.body.len(), DEFAULT_MAX_LINE_BYTES);
+        // A cut JSON line cannot be parsed: it is kept as text and reported as both.
+        assert!(matches!(p.error, Some(ParseError::InvalidJson(_))));
+
+        let small = Parser::new(ParserConfig {
+            max_line_bytes: 5,
+            ..ParserConfig::default()
+        });
+        let p = small.parse("héllo wörld".as_bytes(), 0);
+        assert_eq!(p.record.body, "héll");
+        assert!(!p.lossy_utf8);
+        assert_eq!(p.truncated_bytes, "héllo wörld".len() - 5);
+        let p = small.parse(b"short", 0);
+        assert!(!p.truncated());
+    }
+
+    #[test]
+    fn ids_that_are_zero_or_invalid() {
+        let r = parse(r#"{"message": "m", "otelTraceID": "0", "otelSpanID": "0"}"#).record;
+        assert_eq!((r.trace_id, r.span_id), (None, None));
+        assert!(r.attributes.is_empty());
+        let r = parse(r#"{"message": "m", "trace_id": "not-hex", "span_id": 7}"#).record;
+        assert_eq!((r.trace_id, r.span_id), (None, None));
+        let keys: Vec<&str> = r.attributes.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["trace_id", "span_id"]);
+    }
+
+    #[test]
+    fn levels_from_levelno_and_unknown_names() {
+        let cases = [
+            (r#"{"levelno": 30, "message": "m"}"#, 13, None),
+            (r#"{"level": 40, "message": "m"}"#, 17, None),
+            (
+                r#"{"levelname": "NOTICE", "levelno": 25}"#,
+                10,
+                Some("NOTICE"),
+            ),
+            (
+                r#"{"levelname": "AUDIT", "levelno": 25}"#,
+                12,
+                Some("AUDIT"),
+            ),
+            (r#"{"levelname": "AUDIT"}"#, 0, Some("AUDIT")),
+        ];
+        for (line, sev, text) in cases {
+            let r = parse(line).record;
+            assert_eq!(r.severity_number, sev, "{line}");
+            assert_eq!(r.severity_text.as_deref(), text, "{line}");
+            assert!(r.attributes.get("levelno").is_none(), "{line}");
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_last_wins_at_first_position() {
+        let r = parse(r#"{"a": 1, "b": 2, "a": 3}"#).record;
+        let got: Vec<(&str, &AttrValue)> = r.attributes.iter().collect();
+        assert_eq!(got, [("a", &AttrValue::Int(3)), ("b", &AttrValue::Int(2))]);
+        let many: Vec<String> = (0..40).map(|i| format!("\"k{}\": {i}", i % 20)).collect();
+        let r = parse(&format!("{{{}}}", many.join(","))).record;
+        assert_eq!(r.attributes.len(), 20);
+        assert_eq!(r.attributes.get("k0"), Some(&AttrValue::Int(20)));
+    }
+
+    #[test]
+    fn timestamps_table() {
+        const NOON: u64 = 1_714_564_800_000_000_000; // 2024-05-01T12:00:00Z
+        let cases: [(&str, i32, Option<u64>); 20] = [
+            ("2024-05-01T12:00:00Z", 0, Some(NOON)),
+            ("2024-05-01T12:00:00z", 0, Some(NOON)),
+            ("2024-05-01 12:00:00,123", 0, Some(NOON + 123_000_000)),
+            (
+                "2024-05-01T12:00:00.123456789Z",
+                0,
+                Some(NOON + 123_456_789),
+            ),
+            (
+                "2024-05-01T12:00:00.1234567891Z",
+                0,
+                Some(NOON + 123_456_789),
+            ),
+            ("2024-05-01T14:00:00+02:00", 0, Some(NOON)),
+            ("2024-05-01T14:00:00+0200", 0, Some(NOON)),
+            ("2024-05-01T07:00:00-05", 0, Some(NOON)),
+            ("2024-05-01T12:00Z", 0, Some(NOON)),
+            ("2024-05-01 14:00:00", 7200, Some(NOON)),
+            ("2024-05-01 12:00:00", 0, Some(NOON)),
+            ("2000-02-29T23:59:59Z", 0, Some(951_868_799_000_000_000)),
+            ("1970-01-01T00:00:00Z", 0, Some(0)),
+            ("1714564800", 0, Some(NOON)),
+            ("1714564800123", 0, Some(NOON + 123_000_000)),
+            ("1714564800.5", 0, Some(NOON + 500_000_000)),
+            ("2024-13-01T00:00:00Z", 0, None),
+            ("2024-05-01T12:00:00Zjunk", 0, None),
+            ("1969-12-31T23:59:59Z", 0, None),
+            ("yesterday", 0, None),
+        ];
+        for (s, off, want) in cases {
+            assert_eq!(parse_timestamp(s, off), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn traceback_final_exception_table() {
+        let cases: [(&str, Option<&str>, Option<&str>); 6] = [
+            (
+                "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nStopIteration",
+                Some("StopIteration"),
+                None,
+            ),
+            (
+                "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\nrequests.exceptions.ConnectionError: HTTPSConnectionPool(host='x', port=443): Max retries",
+                Some("requests.exceptions.ConnectionError"),
+                Some("HTTPSConnectionPool(host='x', port=443): Max retries"),
+            ),
+            (
+                "Traceback (most recent call last):\n  File \"x.py\", line 2\n    x = (\n        ^\nSyntaxError: '(' was never closed\n",
+                Some("SyntaxError"),
+                Some("'(' was never closed"),
+            ),
+            (
+                "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nValueError: first line\nsecond line\nAdd a note\n\n",
+                Some("ValueError"),
+                Some("first line\nsecond line\nAdd a note"),
+            ),
+            ("ValueError: no header", None, None),
+            (
+                "Traceback (most recent call last):\n  File \"x.py\", line 1",
+                None,
+                None,
+            ),
+        ];
+        for (text, ty, msg) in cases {
+            let e = exception_from_traceback(text.to_owned());
+            assert_eq!(e.r#type.as_deref(), ty, "{text}");
+            assert_eq!(e.message.as_deref(), msg, "{text}");
+            assert_eq!(e.stacktrace.as_deref(), Some(text));
+        }
+    }
+
+    #[test]
+    fn format_is_configurable_by_name() {
+        #[derive(serde::Deserialize)]
+        struct C {
+            format: Format,
+        }
+        for (s, want) in [
+            ("auto", Format::Auto),
+            ("json", Format::Json),
+            ("text", Format::Text),
+        ] {
+            let c: C = serde_json::from_str(&format!("{{\"format\": \"{s}\"}}")).expect("valid");
+            assert_eq!(c.format, want);
+        }
+        assert!(serde_json::from_str::<C>("{\"format\": \"xml\"}").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600), max in 1usize..700) {
+            for format in [Format::Auto, Format::Json, Format::Text] {
+                let parser = Parser::new(ParserConfig { format, max_line_bytes: max, ..ParserConfig::default() });
+                let p = parser.parse(&bytes, 1);
+                // U+FFFD takes three bytes where the invalid byte took one.
+                prop_assert!(p.record.body.len() <= 3 * max.min(bytes.len()));
+                prop_assert_eq!(p.truncated_bytes, strip_newline(&bytes).len().saturating_sub(max));
+            }
+        }
+
+        #[test]
+        fn never_panics_on_json_like_text(s in r#"[{}\[\]":,a-z0-9 .\\-]{0,200}"#) {
+            let _ = Parser::default().parse(s.as_bytes(), 1);
+            let _ = parse_timestamp(&s, 0);
+        }
+
+        #[test]
+        fn json_records_round_trip_the_message(message in any::<String>(), key in prop::sample::select(vec!["message", "event", "msg"]), level in prop::sample::select(vec!["DEBUG", "info", "WARNING", "error"])) {
+            let mut map = serde_json::Map::new();
+            map.insert(key.to_owned(), serde_json::Value::String(message.clone()));
+            map.insert("levelname".to_owned(), serde_json::Value::String(level.to_owned()));
+            map.insert("extra".to_owned(), serde_json::Value::String(message.clone()));
+            let line = serde_json::Value::Object(map).to_string();
+            let p = Parser::default().parse(line.as_bytes(), 1);
+            prop_assert!(p.error.is_none());
+            prop_assert_eq!(&p.record.body, &message);
+            prop_assert_eq!(p.record.attributes.get("extra").and_then(AttrValue::as_str), Some(message.as_str()));
+            prop_assert_eq!(p.record.severity_text.as_deref(), Some(level));
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! Redaction of secrets before a record leaves the agent: built-in rules for bearer tokens and
+//! `Authorization` values, Slack tokens, AWS keys, PEM private keys, email addresses and card
+//! numbers (Luhn-checked), plus configured patterns. Matches become `[REDACTED]`; the count per
+//! rule is returned for a counter.
+//!
+//! One [`RegexSet`] pass tells whether anything matches at all (the usual case is nothing); only
+//! the rules that matched then run their own replacement.
+
+use std::borrow::Cow;
+
+use regex::{Captures, Regex, RegexSet};
+
+use super::record::{AttrValue, LogRecord};
+
+/// What a match is replaced with.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Most redaction rounds over one string (see [`Redactor::redact_string`]).
+const MAX_ROUNDS: usize = 4;
+
+/// A configured extra pattern.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatternConfig {
+    /// Rule name, reported with its count.
+    pub name: String,
+    /// A `regex` crate pattern; the whole match is replaced, or only capture group `secret` when
+    /// the pattern names one.
+    pub regex: String,
+}
+
+/// Redaction settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactionConfig {
+    /// Use the built-in rules.
+    pub builtins: bool,
+    /// Extra patterns, applied after the built-ins.
+    pub patterns: Vec<PatternConfig>,
+}
+
+impl Default for RedactionConfig {
+    fn default() -> Self {
+        Self {
+            builtins: true,
+            patterns: Vec::new(),
+        }
+    }
+}
+
+/// Errors building a [`Redactor`].
+#[derive(Debug, thiserror::Error)]
+pub enum RedactError {
+    #[error("redaction pattern {name:?} is not a valid regex: {source}")]
+    InvalidPattern {
+        name: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("redaction patterns are too large together: {0}")]
+    SetTooLarge(#[source] regex::Error),
+}
+
+/// A second check on a match, to leave ordinary text alone.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    None,
+    Luhn,
+}
+
+/// Built-in rules: name, pattern, check. A capture group named `secret` limits the replacement
+/// to that group, so `Authorization: [REDACTED]` keeps saying what was removed.
+const BUILTINS: &[(&str, &str, Check)] = &[
+    (
+        "private_key",
+        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|.*)",
+        Check::None,
+    ),
+    (
+        "authorization",
+        r#"(?i:authorization)["']?\s*[:=]\s*["']?(?P<secret>(?:[A-Za-z]+ +)?[^\s"',;]+)"#,
+        Check::None,
+    ),
+    (
+        "bearer_token",
+        r"(?i:bearer)\s+(?P<secret>[A-Za-z0-9\-._~+/]{8,}=*)",
+        Check::None,
+    ),
+    (
+        "slack_token",
+        r"(?-u:\b)xox[abprs]-[A-Za-z0-9-]{10,}",
+        Check::None,
+    ),
+    (
+        "aws_access_key",
+        r"(?-u:\b)(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
+        Check::None,
+    ),
+    (
+        "aws_secret_key",
+        r#"(?i:aws_secret_access_key|aws_secret_key|secret_access_key)["']?\s*[:=]\s*["']?(?P<secret>[A-Za-z0-9/+=]{20,})"#,
+        Check::None,
+    ),
+    (
+        "email",
+        r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}",
+        Check::None,
+    ),
+    (
+        "card_number",
+        r"(?-u:\b)[2-6](?:[ \-]?[0-9]){12,18}(?-u:\b)",
+        Check::Luhn,
+    ),
+];
+
+#[derive(Debug)]
+struct Rule {
+    name: String,
+    regex: Regex,
+    check: Check,
+    has_secret_group: bool,
+}
+
+/// Replacements made, per rule (indexed like [`Redactor::rule_names`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RedactionCounts(Vec<u64>);
+
+impl RedactionCounts {
+    /// Replacements made by rule `index`.
+    pub fn get(&self, index: usize) -> u64 {
+        self.0.get(index).copied().unwrap_or(0)
+    }
+
+    /// All replacements.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Counts by rule index.
+    pub fn as_slice(&self) -> &[u64] {
+        &self.0
+    }
+
+    fn add(&mut self, index: usize, n: u64) {
+        if self.0.len() <= index {
+            self.0.resize(index + 1, 0);
+        }
+        self.0[index] += n;
+    }
+}
+
+/// The compiled rules.
+#[derive(Debug)]
+pub struct Redactor {
+    set: RegexSet,
+    rules: Vec<Rule>,
+}
+
+impl Redactor {
+    /// Compiles the built-ins (if enabled) and the configured patterns; an invalid pattern is
+    /// reported by name (the first one found).
+    pub fn new(config: &RedactionConfig) -> Result<Self, RedactError> {
+        let mut rules = Vec::new();
+        if config.builtins {
+            for &(name, pattern, check) in BUILTINS {
+                rules.push(compile(name, pattern, check)?);
+            }
+        }
+        for p in &config.patterns {
+            rules.push(compile(&p.name, &p.regex, Check::None)?);
+        }
+        let set = RegexSet::new(rules.iter().map(|r| r.regex.as_str()))
+            .map_err(RedactError::SetTooLarge)?;
+        Ok(Self { set, rules })
+    }
+
+    /// The built-in rules only.
+    pub fn builtin() -> Result<Self, RedactError> {
+        Self::new(&RedactionConfig::default())
+    }
+
+    /// Rule names, in the order counts are reported.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.name.as_str())
+    }
+
+    /// Redacts one string in place, adding to `counts`.
+    pub fn redact_string(&self, s: &mut String, counts: &mut RedactionCounts) {
+        // A replacement can expose a match that was not one before (`bob@example.com4111…`:
+        // once the address is gone, the card number starts on a word boundary), so repeat while
+        // rounds still replace something. `[REDACTED]` itself is never replaced again, so this
+        // settles; the cap only bounds hostile input.
+        for _ in 0..MAX_ROUNDS {
+            if !self.set.is_match(s) {
+                return;
+            }
+            let mut replaced_any = false;
+            for index in self.set.matches(s).into_iter() {
+                let n = self.apply(index, s);
+                if n > 0 {
+                    counts.add(index, n);
+                    replaced_any = true;
+                }
+            }
+            if !replaced_any {
+                return;
+            }
+        }
+    }
+
+    /// Runs rule `index` over `s`; returns how many replacements it made.
+    fn apply(&self, index: usize, s: &mut String) -> u64 {
+        let rule = &self.rules[index];
+        let mut n = 0u64;
+        let replaced = rule.regex.replace_all(s, |caps: &Captures<'_>| {
+            let Some(whole) = caps.get(0) else {
+                return String::new();
+            };
+            if let Check::Luhn = rule.check
+                && !luhn_valid(whole.as_str())
+            {
+                return whole.as_str().to_owned();
+            }
+            let secret = caps.name("secret").filter(|_| rule.has_secret_group);
+            // Already redacted (by us, or by the application): leave it and do not count it.
+            if secret.unwrap_or(whole).as_str() == REDACTED {
+                return whole.as_str().to_owned();
+            }
+            n += 1;
+            match secret {
+                Some(secret) => {
+                    let start = secret.start() - whole.start();
+                    let end = secret.end() - whole.start();
+                    let w = whole.as_str();
+                    format!("{}{REDACTED}{}", &w[..start], &w[end..])
+                }
+                None => REDACTED.to_owned(),
+            }
+        });
+        if let Cow::Owned(new) = replaced
+            && n > 0
+        {
+            *s = new;
+        }
+        n
+    }
+
+    /// Redacts a record's body, exception type/message/stack and every string attribute
+    /// (nested ones included); returns the counts.
+    pub fn redact_record(&self, record: &mut LogRecord) -> RedactionCounts {
+        let mut counts = RedactionCounts::default();
+        self.redact_string(&mut record.body, &mut counts);
+        if let Some(e) = &mut record.exception {
+            for s in [&mut e.r#type, &mut e.message, &mut e.stacktrace]
+                .into_iter()
+                .flatten()
+            {
+                self.redact_string(s, &mut counts);
+            }
+        }
+        for (_, v) in record.attributes.iter_mut() {
+            self.redact_value(v, &mut counts);
+        }
+        counts
+    }
+
+    fn redact_value(&self, v: &mut AttrValue, counts: &mut RedactionCounts) {
+        match v {
+            AttrValue::String(s) => self.redact_string(s, counts),
+            AttrValue::Array(items) => {
+                for item in items {
+                    self.redact_value(item, counts);
+                }
+            }
+            AttrValue::Map(m) => {
+                for (_, item) in m.iter_mut() {
+                    self.redact_value(item, counts);
+                }
+            }
+            AttrValue::Null | AttrValue::Bool(_) | AttrValue::Int(_) | AttrValue::Float(_) => {}
+        }
+    }
+}
+
+fn compile(name: &str, pattern: &str, check: Check) -> Result<Rule, RedactError> {
+    let regex = Regex::new(pattern).map_err(|source| RedactError::InvalidPattern {
+        name: name.to_owned(),
+        source,
+    })?;
+    let has_secret_group = regex.capture_names().flatten().any(|n| n == "secret");
+    Ok(Rule {
+        name: name.to_owned(),
+        regex,
+        check,
+        has_secret_group,
+    })
+}
+
+/// Luhn checksum over the digits of `s` (separators ignored).
+fn luhn_valid(s: &str) -> bool {
+    let mut sum = 0u32;
+    let mut count = 0;
+    for (i, d) in s
+        .bytes()
+        .rev()
+        .filter(u8::is_ascii_digit)
+        .map(|b| u32::from(b - b'0'))
+        .enumerate()
+    {
+        count += 1;
+        sum += if i % 2 == 1 {
+            let x = d * 2;
+            if x > 9 { x - 9 } else { x }
+        } else {
+            d
+        };
+    }
+    count >= 13 && sum.is_multiple_of(10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::parse::Parser;
+    use crate::logs::record::{Attributes, ExceptionInfo};
+    use proptest::prelude::*;
+
+    const PJL: &str = include_str!("../../tests/fixtures/logs/python_json_logger.jsonl");
+
+    fn redactor() -> Redactor {
+        Redactor::builtin().expect("built-ins compile")
+    }
+
+    fn count_of(r: &Redactor, counts: &RedactionCounts, rule: &str) -> u64 {
+        let index = r.rule_names().position(|n| n == rule).expect("rule exists");
+        counts.get(index)
+    }
+
+    #[test]
+    fn builtin_rules_table() {
+        let pem = "key: -----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\nabc/def+==\n-----END RSA PRIVATE KEY----- done";
+        type Counts = &'static [(&'static str, u64)];
+        let cases: [(&str, &str, Counts); 22] = [
+            (
+                "Authorization: Bearer abc.def.ghi",
+                "Authorization: [REDACTED]",
+                &[("authorization", 1)],
+            ),
+            (
+                r#"headers={"authorization": "Basic dXNlcjpwYXNz"}"#,
+                r#"headers={"authorization": "[REDACTED]"}"#,
+                &[("authorization", 1)],
+            ),
+            (
+                "curl -H 'X-Token: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln' x",
+                "curl -H 'X-Token: Bearer [REDACTED]' x",
+                &[("bearer_token", 1)],
+            ),
+            (
+                "posting with xoxb-1234567890-0987654321-AbCdEfGhIjKl now",
+                "posting with [REDACTED] now",
+                &[("slack_token", 1)],
+            ),
+            (
+                "key AKIAIOSFODNN7EXAMPLE and ASIAY34FZKBOKMUTVV7A used",
+                "key [REDACTED] and [REDACTED] used",
+                &[("aws_access_key", 2)],
+            ),
+            (
+                "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                "aws_secret_access_key=[REDACTED]",
+                &[("aws_secret_key", 1)],
+            ),
+            (
+                r#"{'AWS_SECRET_ACCESS_KEY': 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY'}"#,
+                r#"{'AWS_SECRET_ACCESS_KEY': '[REDACTED]'}"#,
+                &[("aws_secret_key", 1)],
+            ),
+            (pem, "key: [REDACTED] done", &[("private_key", 1)]),
+            (
+                "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC (cut)",
+                "[REDACTED]",
+                &[("private_key", 1)],
+            ),
+            (
+                "mail bob.smith+tag@example.co.uk and ALICE@Example.COM now",
+                "mail [REDACTED] and [REDACTED] now",
+                &[("email", 2)],
+            ),
+            (
+                "card 4111 1111 1111 1111 ok",
+                "card [REDACTED] ok",
+                &[("card_number", 1)],
+            ),
+            (
+                "card 4111-1111-1111-1111, mc 5105105105105100.",
+                "card [REDACTED], mc [REDACTED].",
+                &[("card_number", 2)],
+            ),
+            (
+                "amex 378282246310005",
+                "amex [REDACTED]",
+                &[("card_number", 1)],
+            ),
+            // Luhn fails: an ordinary number.
+            (
+                "order 4111 1111 1111 1112 shipped",
+                "order 4111 1111 1111 1112 shipped",
+                &[],
+            ),
+            // Too short, or part of a longer run of digits, or not a card's first digit.
+            (
+                "took 1234567 ns, id 41111111111111110000",
+                "took 1234567 ns, id 41111111111111110000",
+                &[],
+            ),
+            (
+                "trace 1795314974021187000",
+                "trace 1795314974021187000",
+                &[],
+            ),
+            ("nothing to see here", "nothing to see here", &[]),
+            ("the bearer of bad news", "the bearer of bad news", &[]),
+            ("", "", &[]),
+            // Already redacted upstream: unchanged and not counted.
+            (
+                "Authorization: [REDACTED]",
+                "Authorization: [REDACTED]",
+                &[],
+            ),
+            // A replacement exposes the next match: a second round catches it.
+            (
+                "bob@example.com4111 1111 1111 1111",
+                "[REDACTED][REDACTED]",
+                &[("email", 1), ("card_number", 1)],
+            ),
+            (
+                "both: user=bob@example.com auth=Authorization: token s3cr3t",
+                "both: user=[REDACTED] auth=Authorization: [REDACTED]",
+                &[("email", 1), ("authorization", 1)],
+            ),
+        ];
+        let r = redactor();
+        for (input, want, want_counts) in cases {
+            let mut s = input.to_owned();
+            let mut counts = RedactionCounts::default();
+            r.redact_string(&mut s, &mut counts);
+            assert_eq!(s, want, "{input:?}");
+            for (rule, n) in want_counts {
+                assert_eq!(count_of(&r, &counts, rule), *n, "{input:?} {rule}");
+            }
+            let expected_total: u64 = want_counts.iter().map(|(_, n)| n).sum();
+            assert_eq!(counts.total(), expected_total, "{input:?}");
+        }
+    }
+
+    fn fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("Authorization: Bearer abc.def.ghi".to_owned()),
+            Just("authorization=".to_owned()),
+            Just("Bearer ".to_owned()),
+            Just("bob@example.com".to_owned()),
+            Just("@".to_owned()),
+            Just("4111 1111 1111 1111".to_owned()),
+            Just("5105105105105100".to_owned()),
+            Just("AKIAIOSFODNN7EXAMPLE".to_owned()),
+            Just("aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_owned()),
+            Just("xoxb-1234567890-abcdef".to_owned()),
+            Just("-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----".to_owned()),
+            Just(REDACTED.to_owned()),
+            "[ a-z0-9.:=\\-]{0,12}",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn redaction_never_panics_and_is_stable(parts in proptest::collection::vec(fragment(), 0..12)) {
+            let r = redactor();
+            let mut s = parts.concat();
+            let mut counts = RedactionCounts::default();
+            r.redact_string(&mut s, &mut counts);
+            let once = s.clone();
+            let mut again = RedactionCounts::default();
+            r.redact_string(&mut s, &mut again);
+            prop_assert_eq!(&s, &once);
+            prop_assert_eq!(again.total(), 0, "{}", once);
+        }
+    }
+
+    #[test]
+    fn luhn_table() {
+        let cases = [
+            ("4111111111111111", true),
+            ("4111 1111 1111 1111", true),
+            ("4111111111111112", false),
+            ("79927398713", false), // valid checksum, but too short for a card
+            ("6011111111111117", true),
+        ];
+        for (s, want) in cases {
+            assert_eq!(luhn_valid(s), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn configured_patterns() {
+        let config = RedactionConfig {
+            builtins: false,
+            patterns: vec![
+                PatternConfig {
+                    name: "ssn".into(),
+                    regex: r"\b\d{3}-\d{2}-\d{4}\b".into(),
+                },
+                PatternConfig {
+                    name: "password".into(),
+                    regex: r"password=(?P<secret>\S+)".into(),
+                },
+            ],
+        };
+        let r = Redactor::new(&config).expect("valid");
+        assert_eq!(r.rule_names().collect::<Vec<_>>(), ["ssn", "password"]);
+        let mut s = "ssn 123-45-6789 password=hunter2 mail a@b.co".to_owned();
+        let mut counts = RedactionCounts::default();
+        r.redact_string(&mut s, &mut counts);
+        assert_eq!(s, "ssn [REDACTED] password=[REDACTED] mail a@b.co");
+        assert_eq!(counts.as_slice(), [1, 1]);
+
+        let bad = RedactionConfig {
+            builtins: true,
+            patterns: vec![PatternConfig {
+                name: "broken".into(),
+                regex: "(unclosed".into(),
+            }],
+        };
+        match Redactor::new(&bad) {
+            Err(RedactError::InvalidPattern { name, .. }) => assert_eq!(name, "broken"),
+            other => panic!("expected InvalidPattern, got {other:?}"),
+        }
+        let parsed: RedactionConfig =
+            serde_json::from_str(r#"{"patterns": [{"name": "x", "regex": "y"}]}"#).expect("ok");
+        assert!(parsed.builtins);
+        assert!(serde_json::from_str::<RedactionConfig>(r#"{"paterns": []}"#).is_err());
+    }
+
+    #[test]
+    fn records_are_redacted_everywhere() {
+        let r = redactor();
+        let mut rec = Parser::default()
+            .parse(PJL.lines().nth(5).expect("line").as_bytes(), 0)
+            .record;
+        let counts = r.redact_record(&mut rec);
+        assert_eq!(
+            rec.body,
+            "password for [REDACTED] is in Authorization: [REDACTED]"
+        );
+        assert_eq!(count_of(&r, &counts, "email"), 1);
+        assert_eq!(count_of(&r, &counts, "authorization"), 1);
+
+        let mut nested = Attributes::new();
+        nested.insert("to", AttrValue::String("carol@example.org".into()));
+        let mut rec = LogRecord::from_body("ok".into(), 0);
+        rec.attributes.insert(
+            "list",
+            AttrValue::Array(vec![
+                AttrValue::String("AKIAIOSFODNN7EXAMPLE".into()),
+                AttrValue::Int(4_111_111_111_111_111),
+            ]),
+        );
+        rec.attributes.insert("mail", AttrValue::Map(nested));
+        rec.exception = Some(ExceptionInfo {
+            r#type: Some("AuthError".into()),
+            message: Some("bad token xoxp-1234567890-abcdefghij".into()),
+            stacktrace: Some(
+                "Traceback ...\nAuthError: bad token xoxp-1234567890-abcdefghij".into(),
+            ),
+        });
+        let counts = r.redact_record(&mut rec);
+        assert_eq!(counts.total(), 4);
+        let e = rec.exception.as_ref().expect("exception");
+        assert_eq!(e.message.as_deref(), Some("bad token [REDACTED]"));
+        assert!(
+            e.stacktrace
+                .as_deref()
+                .is_some_and(|s| s.ends_with("bad token [REDACTED]"))
+        );
+        assert_eq!(
+            rec.attributes.get("list"),
+            Some(&AttrValue::Array(vec![
+                AttrValue::String(REDACTED.into()),
+                // Numbers are not strings: left alone.
+                AttrValue::Int(4_111_111_111_111_111),
+            ]))
+        );
+        let to = rec
+            .attributes
+            .get("mail")
+            .and_then(AttrValue::as_map)
+            .and_then(|m| m.get("to"));
+        assert_eq!(to, Some(&AttrValue::String(REDACTED.into())));
+    }
+}

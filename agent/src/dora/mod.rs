@@ -1,0 +1,15 @@
+//! DORA's five metrics as pure functions: event model, report computation, performance
+//! tiers as data, and regression detection from telemetry. No IO and no clock here: the
+//! store and `now` are supplied by the caller.
+
+pub mod compute;
+pub mod model;
+pub mod regression;
+pub mod tiers;
+
+pub use compute::{FrequencyClass, Report, Scope, ServiceReport, Window, WindowError, report};
+pub use model::{
+    Change, DeployStatus, Deployment, DeploymentKind, Events, Incident, RegressionFinding, Sample,
+    TelemetrySeries, UnixSeconds,
+};
+pub use tiers::{Level, Metric, TierError, TierTable, tier};

@@ -376,3 +376,389 @@ pub fn detect_all(
     findings.sort_by_key(|f| f.started_at);
     Ok(findings)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dora::model::DeploymentKind;
+
+    /// Deploy start and finish.
+    const S: i64 = 10_000;
+    const F: i64 = 10_060;
+    const OK: (f64, f64) = (0.01, 0.2);
+    const ERRORS: (f64, f64) = (0.10, 0.2);
+    const SLOW: (f64, f64) = (0.01, 0.5);
+
+    fn sample(timestamp: i64, (error_ratio, p95_latency_seconds): (f64, f64)) -> Sample {
+        Sample {
+            timestamp,
+            error_ratio,
+            p95_latency_seconds,
+        }
+    }
+
+    /// One sample a minute in `from..=to`.
+    fn every_minute(from: i64, to: i64, values: (f64, f64)) -> Vec<Sample> {
+        (from..=to).step_by(60).map(|t| sample(t, values)).collect()
+    }
+
+    /// Baseline: medians 0.01 and 0.2, so a breach is error ratio > 0.02 or p95 > 0.3.
+    fn baseline() -> Vec<Sample> {
+        vec![
+            sample(S - 3000, (0.01, 0.2)),
+            sample(S - 2000, (0.02, 0.3)),
+            sample(S - 1000, (0.01, 0.2)),
+        ]
+    }
+
+    fn with_baseline(post: &[Vec<Sample>]) -> Vec<Sample> {
+        let mut all = baseline();
+        all.extend(post.iter().flatten().copied());
+        all
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Want {
+        Insufficient(usize),
+        Healthy,
+        Pending(i64),
+        Regressed {
+            started: i64,
+            confirmed: i64,
+            resolved: Option<i64>,
+            cause: Cause,
+        },
+    }
+
+    fn summary(v: Verdict) -> Want {
+        match v {
+            Verdict::InsufficientBaseline { samples } => Want::Insufficient(samples),
+            Verdict::Healthy { .. } => Want::Healthy,
+            Verdict::Pending { since, .. } => Want::Pending(since),
+            Verdict::Regressed { regression: r, .. } => Want::Regressed {
+                started: r.started_at,
+                confirmed: r.confirmed_at,
+                resolved: r.resolved_at,
+                cause: r.cause,
+            },
+        }
+    }
+
+    #[test]
+    fn detection_cases() {
+        let cfg = RegressionConfig::default();
+        let cases: Vec<(&str, Option<i64>, Vec<Sample>, Want)> = vec![
+            (
+                "sustained error regression, then recovery",
+                None,
+                with_baseline(&[
+                    every_minute(F, F, OK),
+                    every_minute(F + 60, F + 420, ERRORS),
+                    every_minute(F + 480, F + 840, OK),
+                ]),
+                // Breach from F+60, sustained 300 s at F+360; healthy from F+480,
+                // sustained at F+780 → resolved at F+480.
+                Want::Regressed {
+                    started: F + 60,
+                    confirmed: F + 360,
+                    resolved: Some(F + 480),
+                    cause: Cause::ErrorRatio,
+                },
+            ),
+            (
+                "a short blip does not count",
+                None,
+                with_baseline(&[
+                    every_minute(F + 60, F + 240, ERRORS),
+                    every_minute(F + 300, F + 1200, OK),
+                ]),
+                Want::Healthy,
+            ),
+            (
+                "a breach lasting exactly `for` counts",
+                None,
+                with_baseline(&[
+                    every_minute(F + 60, F + 360, ERRORS),
+                    every_minute(F + 420, F + 1200, OK),
+                ]),
+                Want::Regressed {
+                    started: F + 60,
+                    confirmed: F + 360,
+                    resolved: Some(F + 420),
+                    cause: Cause::ErrorRatio,
+                },
+            ),
+            (
+                "latency regression, never recovered",
+                None,
+                with_baseline(&[every_minute(F, F + 900, SLOW)]),
+                Want::Regressed {
+                    started: F,
+                    confirmed: F + 300,
+                    resolved: None,
+                    cause: Cause::Latency,
+                },
+            ),
+            (
+                "both signals over the regression",
+                None,
+                with_baseline(&[
+                    every_minute(F, F + 120, ERRORS),
+                    every_minute(F + 180, F + 600, SLOW),
+                    every_minute(F + 660, F + 960, OK),
+                ]),
+                Want::Regressed {
+                    started: F,
+                    confirmed: F + 300,
+                    resolved: Some(F + 660),
+                    cause: Cause::Both,
+                },
+            ),
+            (
+                "a healthy blip during the regression does not resolve it",
+                None,
+                with_baseline(&[
+                    every_minute(F, F + 300, ERRORS),
+                    every_minute(F + 360, F + 360, OK),
+                    every_minute(F + 420, F + 600, ERRORS),
+                    every_minute(F + 660, F + 1200, OK),
+                ]),
+                Want::Regressed {
+                    started: F,
+                    confirmed: F + 300,
+                    resolved: Some(F + 660),
+                    cause: Cause::ErrorRatio,
+                },
+            ),
+            (
+                "p95 exactly at baseline x factor is not a breach",
+                None,
+                with_baseline(&[every_minute(F, F + 900, (0.01, 0.3))]),
+                Want::Healthy,
+            ),
+            (
+                "breach still under way but not yet sustained",
+                None,
+                with_baseline(&[every_minute(F + 60, F + 180, ERRORS)]),
+                Want::Pending(F + 60),
+            ),
+            (
+                "onset after the observation window belongs to nobody",
+                None,
+                with_baseline(&[
+                    every_minute(F, F + 3540, OK),
+                    every_minute(F + 3600, F + 4200, ERRORS),
+                ]),
+                Want::Healthy,
+            ),
+            (
+                "onset after the next deployment started belongs to it",
+                Some(F + 200),
+                with_baseline(&[
+                    every_minute(F, F + 180, OK),
+                    every_minute(F + 240, F + 900, ERRORS),
+                ]),
+                Want::Healthy,
+            ),
+            (
+                "onset before the next deployment is confirmed after it",
+                Some(F + 200),
+                with_baseline(&[every_minute(F + 120, F + 900, ERRORS)]),
+                Want::Regressed {
+                    started: F + 120,
+                    confirmed: F + 420,
+                    resolved: None,
+                    cause: Cause::ErrorRatio,
+                },
+            ),
+            (
+                "errors during the rollout (before finish) are not judged",
+                None,
+                with_baseline(&[every_minute(S, F - 1, ERRORS), every_minute(F, F + 900, OK)]),
+                Want::Healthy,
+            ),
+            (
+                "too few baseline samples",
+                None,
+                {
+                    let mut s = every_minute(F, F + 900, ERRORS);
+                    s.push(sample(S - 60, OK));
+                    s.push(sample(S - 120, OK));
+                    // Older than the baseline window: ignored.
+                    s.push(sample(S - 3601, OK));
+                    s
+                },
+                Want::Insufficient(2),
+            ),
+            (
+                "samples out of order and non-finite values are handled",
+                None,
+                {
+                    let mut s = with_baseline(&[
+                        every_minute(F + 60, F + 420, ERRORS),
+                        every_minute(F + 480, F + 840, OK),
+                    ]);
+                    s.reverse();
+                    s.push(sample(F + 500, (f64::NAN, 0.2)));
+                    s.push(sample(F + 510, (0.5, f64::INFINITY)));
+                    s
+                },
+                Want::Regressed {
+                    started: F + 60,
+                    confirmed: F + 360,
+                    resolved: Some(F + 480),
+                    cause: Cause::ErrorRatio,
+                },
+            ),
+        ];
+        for (name, next, samples, want) in cases {
+            let got = detect(S, F, next, &samples, &cfg).expect("valid config");
+            assert_eq!(summary(got), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn baseline_and_peaks() {
+        let samples = with_baseline(&[
+            every_minute(F, F + 120, (0.30, 0.2)),
+            every_minute(F + 180, F + 300, (0.05, 0.9)),
+            every_minute(F + 360, F + 700, OK),
+        ]);
+        let v = detect(S, F, None, &samples, &RegressionConfig::default()).expect("valid");
+        let Verdict::Regressed {
+            baseline,
+            regression,
+        } = v
+        else {
+            panic!("expected a regression, got {v:?}");
+        };
+        assert_eq!(
+            baseline,
+            Baseline {
+                error_ratio: 0.01,
+                p95_latency_seconds: 0.2,
+                samples: 3
+            }
+        );
+        assert_eq!(regression.peak_error_ratio, 0.30);
+        assert_eq!(regression.peak_p95_latency_seconds, 0.9);
+        assert_eq!(regression.resolved_at, Some(F + 360));
+    }
+
+    #[test]
+    fn breach_needs_delta_and_factor() {
+        let cfg = RegressionConfig::default();
+        let base = |error_ratio, p95_latency_seconds| Baseline {
+            error_ratio,
+            p95_latency_seconds,
+            samples: 3,
+        };
+        let cases = [
+            // High baseline: +0.015 beats the delta but not ×2.
+            (base(0.10, 0.2), (0.115, 0.2), (false, false)),
+            (base(0.10, 0.2), (0.21, 0.2), (true, false)),
+            // Zero baseline: ×2 of 0 is nothing, the absolute delta decides.
+            (base(0.0, 0.2), (0.005, 0.2), (false, false)),
+            (base(0.0, 0.2), (0.011, 0.2), (true, false)),
+            // Tiny latency: ×1.5 is not enough without +50 ms.
+            (base(0.0, 0.01), (0.0, 0.05), (false, false)),
+            (base(0.0, 0.01), (0.0, 0.061), (false, true)),
+        ];
+        for (b, values, want) in cases {
+            assert_eq!(
+                breach(&sample(0, values), &b, &cfg),
+                want,
+                "{b:?} {values:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_validation() {
+        assert_eq!(RegressionConfig::default().validate(), Ok(()));
+        let zero_for = RegressionConfig {
+            for_seconds: 0,
+            ..RegressionConfig::default()
+        };
+        assert_eq!(zero_for.validate(), Ok(()));
+        let cases = [
+            RegressionConfig {
+                baseline_seconds: 0,
+                ..RegressionConfig::default()
+            },
+            RegressionConfig {
+                for_seconds: -1,
+                ..RegressionConfig::default()
+            },
+            RegressionConfig {
+                latency_factor: 0.5,
+                ..RegressionConfig::default()
+            },
+            RegressionConfig {
+                error_ratio_delta: f64::NAN,
+                ..RegressionConfig::default()
+            },
+        ];
+        for cfg in cases {
+            assert!(cfg.validate().is_err(), "{cfg:?}");
+            assert!(detect(S, F, None, &baseline(), &cfg).is_err());
+        }
+        let parsed: RegressionConfig =
+            serde_json::from_str(r#"{"for_seconds": 600}"#).expect("partial config");
+        assert_eq!(parsed.for_seconds, 600);
+        assert_eq!(parsed.baseline_seconds, 3600);
+        assert!(serde_json::from_str::<RegressionConfig>(r#"{"for": 600}"#).is_err());
+    }
+
+    #[test]
+    fn detect_all_blames_the_right_deployment() {
+        let deployment = |id: &str, started_at: i64, finished_at: i64| Deployment {
+            id: id.into(),
+            service: "api".into(),
+            environment: "production".into(),
+            version: id.into(),
+            commit: String::new(),
+            status: DeployStatus::Success,
+            started_at,
+            finished_at,
+            commits: Vec::new(),
+            kind: DeploymentKind::Normal,
+            fixes_deployment: None,
+            resolves_incidents: Vec::new(),
+        };
+        // "good" at S..F is healthy; "bad" at F+1000 breaks errors until it is rolled
+        // forward; both judged on the same series.
+        let bad_at = F + 1000;
+        let mut failed = deployment("failed", bad_at + 100, bad_at + 200);
+        failed.status = DeployStatus::Failure;
+        let mut other_env = deployment("staging", S, F);
+        other_env.environment = "staging".into();
+        let deployments = vec![
+            deployment("bad", bad_at - 60, bad_at),
+            deployment("good", S, F),
+            failed,
+            other_env,
+        ];
+        let series = vec![TelemetrySeries {
+            service: "api".into(),
+            environment: "production".into(),
+            samples: with_baseline(&[
+                every_minute(F, bad_at - 60, OK),
+                every_minute(bad_at + 60, bad_at + 600, ERRORS),
+                every_minute(bad_at + 660, bad_at + 1200, OK),
+            ]),
+        }];
+        let findings =
+            detect_all(&deployments, &series, &RegressionConfig::default()).expect("valid");
+        assert_eq!(
+            findings,
+            vec![RegressionFinding {
+                deployment_id: "bad".into(),
+                service: "api".into(),
+                environment: "production".into(),
+                started_at: bad_at + 60,
+                resolved_at: Some(bad_at + 660),
+            }]
+        );
+    }
+}

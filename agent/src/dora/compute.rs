@@ -379,7 +379,8 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
     // Phase 1: select in-scope events, group deployments, note referenced ids and commits.
     let mut index: FastMap<(&str, &str), usize> = FastMap::default();
     let mut groups: Vec<Group<'_>> = Vec::new();
-    let mut ref_ids: FastSet<&str> = FastSet::default();
+    // Referenced delivery ids, each with the group to look in first.
+    let mut ref_ids: FastMap<&str, usize> = FastMap::default();
     let mut ref_shas: FastSet<&str> = FastSet::default();
     let mut any_resolves = false;
     for d in &events.deployments {
@@ -397,7 +398,7 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
             });
         groups[g].raw.push((d.finished_at, d.started_at, d));
         if let Some(id) = &d.fixes_deployment {
-            ref_ids.insert(id);
+            ref_ids.entry(id).or_insert(g);
         }
         any_resolves |= !d.resolves_incidents.is_empty();
     }
@@ -413,12 +414,12 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
                 groups.len() - 1
             });
         if let Some(id) = &i.deployment_id {
-            ref_ids.insert(id);
+            ref_ids.entry(id).or_insert(g);
         } else if let Some(sha) = &i.commit {
             ref_shas.insert(sha);
         }
         if let Some(id) = &i.resolved_by_deployment {
-            ref_ids.insert(id);
+            ref_ids.entry(id).or_insert(g);
         }
         incidents.push((g, i, None));
     }
@@ -429,13 +430,36 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
         .collect();
     findings.sort_by_key(|f| f.started_at);
     for f in &findings {
-        ref_ids.insert(&f.deployment_id);
+        let hint = index.get(&(f.service.as_str(), f.environment.as_str()));
+        ref_ids
+            .entry(&f.deployment_id)
+            .or_insert(hint.copied().unwrap_or(usize::MAX));
     }
 
     // Phase 2: order and dedup each group; map referenced delivery ids to deployments.
-    let mut ids: FastMap<&str, DepRef> = FastMap::default();
+    // Referenced ids are looked up in the referrer's group as it is deduplicated; the
+    // rare id found elsewhere takes one more pass. Both beat checking every deployment.
+    let mut refs_by_group: Vec<Vec<&str>> = vec![Vec::new(); groups.len()];
+    for (&id, &hint) in &ref_ids {
+        if let Some(refs) = refs_by_group.get_mut(hint) {
+            refs.push(id);
+        }
+    }
+    let mut ids: FastMap<&str, DepRef> =
+        FastMap::with_capacity_and_hasher(ref_ids.len(), BuildHasherDefault::default());
     for (g, group) in groups.iter_mut().enumerate() {
-        dedup(g, group, &ref_ids, &mut ids);
+        dedup(g, group, &refs_by_group[g], &mut ids);
+    }
+    ref_ids.retain(|id, _| !ids.contains_key(id));
+    if !ref_ids.is_empty() {
+        for (g, group) in groups.iter().enumerate() {
+            let members = group.deps.iter().enumerate().map(|(i, d)| (i, *d));
+            for (i, d) in members.chain(group.dups.iter().copied()) {
+                if ref_ids.contains_key(d.id.as_str()) {
+                    ids.entry(&d.id).or_insert((g, i));
+                }
+            }
+        }
     }
 
     // Phase 3: changes, lead times, first shipper of referenced commits.
@@ -584,7 +608,7 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
 fn dedup<'a>(
     g: usize,
     group: &mut Group<'a>,
-    ref_ids: &FastSet<&str>,
+    refs: &[&'a str],
     ids: &mut FastMap<&'a str, DepRef>,
 ) {
     let mut raw = std::mem::take(&mut group.raw);
@@ -599,7 +623,6 @@ fn dedup<'a>(
         FastMap::with_capacity_and_hasher(raw.len(), BuildHasherDefault::default());
     let mut by_version: FastMap<&str, usize> =
         FastMap::with_capacity_and_hasher(raw.len(), BuildHasherDefault::default());
-    let check_refs = !ref_ids.is_empty();
     for (_, _, d) in raw {
         // One hash lookup per key: remember the vacant slot, fill it once the index is known.
         let (id_hit, id_slot) = match (!d.id.is_empty()).then(|| by_id.entry(&d.id)) {
@@ -629,8 +652,10 @@ fn dedup<'a>(
         if let Some(slot) = version_slot {
             slot.insert(i);
         }
-        if check_refs && !d.id.is_empty() && ref_ids.contains(d.id.as_str()) {
-            ids.entry(&d.id).or_insert((g, i));
+    }
+    for &id in refs {
+        if let Some(&i) = by_id.get(id) {
+            ids.insert(id, (g, i));
         }
     }
     group.dups.sort_by_key(|&(i, _)| i);
@@ -1262,6 +1287,131 @@ mod tests {
             api(&skew, Window::days(1)).recovery_time_median_seconds,
             Some(0.0)
         );
+    }
+
+    #[test]
+    fn references_across_services_resolve() {
+        // An incident filed against "web" blames an "api" deployment; a finding filed
+        // under a service with no events of its own still finds its deployment.
+        let mut on_web = linked(inc("w", NOW - D, Some(NOW - D + 600)), "a");
+        on_web.service = "web".into();
+        let mut e = events(
+            vec![dep("a", NOW - 2 * D, vec![]), dep("b", NOW - 3 * D, vec![])],
+            vec![on_web],
+        );
+        e.regressions.push(RegressionFinding {
+            deployment_id: "b".into(),
+            service: "ghost".into(),
+            environment: "production".into(),
+            started_at: NOW - 3 * D + 60,
+            resolved_at: Some(NOW - 3 * D + 360),
+        });
+        let r = report(NOW, &e, Window::days(7), &Scope::environment("production"));
+        let rows: Vec<(&str, u64, u64, Option<f64>)> = r
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.service.as_str(),
+                    s.deployments,
+                    s.failed_deployments,
+                    s.recovery_time_median_seconds,
+                )
+            })
+            .collect();
+        // api: both failed; b's finding recovers in 360 s from b's finish. web: the
+        // incident recovers from a's finish, a day and 600 s earlier.
+        assert_eq!(
+            rows,
+            vec![
+                ("api", 2, 2, Some(360.0)),
+                ("web", 0, 0, Some((D + 600) as f64)),
+            ]
+        );
+    }
+
+    /// Deterministic pseudo-random events: whatever the mix, no NaN, rates in 0..=1,
+    /// counts consistent.
+    #[test]
+    fn arbitrary_events_keep_invariants() {
+        let mut state = 7_u64;
+        let mut next = |n: i64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            i64::try_from(state >> 33).expect("31 bits") % n
+        };
+        let mut e = Events::default();
+        for k in 0..400 {
+            let finished = NOW - next(40 * D) + next(2 * D);
+            let mut d = dep(&format!("d{}", next(300)), finished, vec![]);
+            d.service = format!("s{}", next(3));
+            d.version = format!("v{}", next(200));
+            d.environment = ["production", "staging"][usize::from(next(5) == 0)].into();
+            d.status = [DeployStatus::Success, DeployStatus::Failure][usize::from(next(8) == 0)];
+            d.kind = [
+                DeploymentKind::Normal,
+                DeploymentKind::Hotfix,
+                DeploymentKind::Rollback,
+            ][usize::try_from(next(3)).expect("small")];
+            for _ in 0..next(4) {
+                let mut c = ch(&format!("c{}", next(600)), finished - next(5 * D) + next(D));
+                if next(4) == 0 {
+                    c.pr_first_commit_at = Some(c.timestamp - next(D));
+                }
+                d.commits.push(c);
+            }
+            if next(3) == 0 {
+                d.fixes_deployment = Some(format!("d{}", next(300)));
+            }
+            if next(5) == 0 {
+                d.resolves_incidents.push(format!("i{}", next(100)));
+            }
+            e.deployments.push(d);
+            if k % 4 == 0 {
+                let started = NOW - next(40 * D) + next(2 * D);
+                let mut i = inc(
+                    &format!("i{k}"),
+                    started,
+                    (next(4) != 0).then(|| started + next(3 * D) - next(H)),
+                );
+                i.service = format!("s{}", next(4));
+                if next(2) == 0 {
+                    i.deployment_id = Some(format!("d{}", next(300)));
+                } else if next(2) == 0 {
+                    i.commit = Some(format!("c{}", next(600)));
+                }
+                e.incidents.push(i);
+            }
+        }
+        for window in Window::DEFAULTS {
+            for scope in [Scope::environment("production"), Scope::default()] {
+                let r = report(NOW, &e, window, &scope);
+                assert!(!r.services.is_empty());
+                for s in &r.services {
+                    for v in [
+                        s.lead_time_median_seconds,
+                        s.lead_time_p90_seconds,
+                        s.recovery_time_median_seconds,
+                        s.recovery_time_p90_seconds,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        assert!(v.is_finite() && v >= 0.0, "{s:?}");
+                    }
+                    for rate in [s.change_fail_rate, s.rework_rate].into_iter().flatten() {
+                        assert!((0.0..=1.0).contains(&rate), "{s:?}");
+                    }
+                    assert!(s.failed_deployments <= s.deployments);
+                    assert!(s.rework_deployments <= s.deployments);
+                    assert!(s.changes_clamped <= s.changes);
+                    assert_eq!(s.change_fail_rate.is_none(), s.deployments == 0);
+                    assert_eq!(s.deployment_frequency_class.is_none(), s.deployments == 0);
+                    assert!(s.lead_time_median_seconds <= s.lead_time_p90_seconds);
+                }
+            }
+        }
     }
 
     #[test]

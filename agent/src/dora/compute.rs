@@ -4,8 +4,10 @@
 //!
 //! # Rules (where DESIGN.md §4 leaves room, this is what is implemented)
 //!
-//! * **Window.** `(now - window, now]`: start exclusive, end inclusive. Events with a
-//!   timestamp after `now` (future or skewed clocks) are ignored entirely.
+//! * **Window.** `(now - window, now]`: start exclusive, end inclusive, at most
+//!   65 535 days (a longest window serves as "all time" for counter totals). Deployments
+//!   finished, incidents and findings started after `now` (future or skewed clocks) are
+//!   ignored entirely.
 //! * **Deployment.** A `Success` event matching the [`Scope`] (the configured environment,
 //!   optionally one service) with `finished_at <= now`; it belongs to the window of its
 //!   `finished_at`. Events are sorted by `(finished_at, started_at, id)` whatever their
@@ -39,8 +41,12 @@
 //!   first shipped (head commit or change) in the incident's service and environment —
 //!   `deployment_id` wins over `commit` when both are given; the next deployment of the
 //!   same service and environment is a hotfix or rollback without `fixes_deployment`; a
-//!   hotfix or rollback names it in `fixes_deployment`; a [`RegressionFinding`] names it.
-//!   The cause may come after the window's end only as far as `now`, i.e. never.
+//!   hotfix or rollback names it in `fixes_deployment` (an unknown id there blames
+//!   nothing); a [`RegressionFinding`] names it. Causes are taken up to `now`, so a
+//!   deployment can turn failed in a later report. Links are by delivery id across
+//!   services (an incident on `web` may blame an `api` deployment); commit links stay in
+//!   the incident's own service and environment. Kind, `fixes_deployment` and head commit
+//!   of a deduplicated deployment are its first event's.
 //!   Rate = failed deployments in the window / deployments in the window; `None` with none.
 //! * **Recovery time.** For each in-scope incident resolved inside the window (an incident
 //!   counts in the window of its resolution, wherever it started): `resolved_at -
@@ -74,7 +80,7 @@ use super::model::{
 /// Seconds in a day.
 pub const DAY: i64 = 86_400;
 
-/// A trailing report window, a positive number of seconds.
+/// A trailing report window: a positive number of seconds, at most [`Window::MAX_DAYS`] days.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "i64", into = "i64")]
 pub struct Window {
@@ -87,6 +93,9 @@ pub enum WindowError {
     /// Zero or negative length.
     #[error("window must be positive, got {0} seconds")]
     NotPositive(i64),
+    /// Longer than [`Window::MAX_DAYS`].
+    #[error("window must be at most {max} days, got {0} seconds", max = Window::MAX_DAYS)]
+    TooLong(i64),
     /// Not `<integer><s|m|h|d|w>`.
     #[error("invalid window {0:?}: expected e.g. 1d, 7d, 30d, 90d, 12h")]
     Syntax(String),
@@ -96,9 +105,12 @@ impl Window {
     /// The windows reported by default: 1d, 7d, 30d, 90d.
     pub const DEFAULTS: [Self; 4] = [Self::days(1), Self::days(7), Self::days(30), Self::days(90)];
 
+    /// The longest window, about 179 years.
+    pub const MAX_DAYS: u16 = u16::MAX;
+
     /// A window of `n` days.
     #[must_use]
-    pub const fn days(n: u32) -> Self {
+    pub const fn days(n: u16) -> Self {
         Self {
             seconds: n as i64 * DAY,
         }
@@ -107,12 +119,15 @@ impl Window {
     /// A window of `seconds`.
     ///
     /// # Errors
-    /// [`WindowError::NotPositive`] for zero or negative lengths.
+    /// [`WindowError::NotPositive`] for zero or negative lengths, [`WindowError::TooLong`]
+    /// beyond [`Window::MAX_DAYS`].
     pub fn from_seconds(seconds: i64) -> Result<Self, WindowError> {
-        if seconds > 0 {
-            Ok(Self { seconds })
-        } else {
+        if seconds <= 0 {
             Err(WindowError::NotPositive(seconds))
+        } else if seconds > Self::days(Self::MAX_DAYS).seconds {
+            Err(WindowError::TooLong(seconds))
+        } else {
+            Ok(Self { seconds })
         }
     }
 
@@ -602,6 +617,20 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
         window_start: start,
         services,
     }
+}
+
+/// [`report`] for each of `windows` (e.g. [`Window::DEFAULTS`]), in the same order.
+#[must_use]
+pub fn reports(
+    now: UnixSeconds,
+    events: &Events,
+    windows: &[Window],
+    scope: &Scope,
+) -> Vec<Report> {
+    windows
+        .iter()
+        .map(|&window| report(now, events, window, scope))
+        .collect()
 }
 
 /// Sorts a group's events and folds duplicates into the first deployment they repeat.
@@ -1580,6 +1609,33 @@ mod tests {
     }
 
     #[test]
+    fn longest_window_counts_all_history() {
+        let e = events(
+            vec![
+                dep("a", -400 * D, vec![ch("x", -401 * D)]),
+                kind(dep("b", NOW - H, vec![]), DeploymentKind::Rollback),
+            ],
+            vec![],
+        );
+        let all = Window::days(Window::MAX_DAYS);
+        let r = api(&e, all);
+        assert_eq!(
+            (r.deployments, r.failed_deployments, r.rework_deployments),
+            (2, 1, 1)
+        );
+        assert_eq!(r.lead_time_median_seconds, Some(D as f64));
+        assert_eq!(r.deployment_frequency_class, Some(FrequencyClass::Yearly));
+        let several = reports(
+            NOW,
+            &e,
+            &Window::DEFAULTS,
+            &Scope::environment("production"),
+        );
+        let counts: Vec<u64> = several.iter().map(|r| r.services[0].deployments).collect();
+        assert_eq!(counts, [1, 1, 1, 1]);
+    }
+
+    #[test]
     fn calendar_helpers() {
         assert_eq!(month_of(0), 1970 * 12);
         assert_eq!(month_of(-1), 1969 * 12 + 11);
@@ -1609,6 +1665,12 @@ mod tests {
             ("", Err(WindowError::Syntax(String::new()))),
             ("7x", Err(WindowError::Syntax("7x".into()))),
             ("-1d", Err(WindowError::NotPositive(-D))),
+            ("65535d", Ok(65_535 * D)),
+            ("65536d", Err(WindowError::TooLong(65_536 * D))),
+            (
+                "99999999999999999w",
+                Err(WindowError::Syntax("99999999999999999w".into())),
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(Window::parse(text).map(Window::seconds), want, "{text}");

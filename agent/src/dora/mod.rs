@@ -7,7 +7,9 @@ pub mod model;
 pub mod regression;
 pub mod tiers;
 
-pub use compute::{FrequencyClass, Report, Scope, ServiceReport, Window, WindowError, report};
+pub use compute::{
+    FrequencyClass, Report, Scope, ServiceReport, Window, WindowError, report, reports,
+};
 pub use model::{
     Change, DeployStatus, Deployment, DeploymentKind, Events, Incident, RegressionFinding, Sample,
     TelemetrySeries, UnixSeconds,

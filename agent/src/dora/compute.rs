@@ -15,7 +15,9 @@
 //! * **Dedup.** Within a (service, environment), an event whose non-empty delivery id or
 //!   non-empty version was already seen is a duplicate of that earlier deployment: it is
 //!   not counted, but its commits are added to the earlier deployment's changes and its
-//!   id still resolves to it (for incident links).
+//!   id still resolves to it (for incident links). Ids, versions and shas are compared by
+//!   64-bit fingerprint (see `fingerprint`): an accidental collision, about 2^-63 per
+//!   pair, would merge two of them.
 //! * **Changes and lead time.** A deployment's changes are its `commits` (and those of its
 //!   duplicates) that no earlier deployment of the same (service, environment) shipped:
 //!   a commit deployed twice counts at its first deployment, including a first deployment
@@ -73,8 +75,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    Change, DeployStatus, Deployment, DeploymentKind, Events, Incident, RegressionFinding,
-    UnixSeconds,
+    DeployStatus, Deployment, DeploymentKind, Events, Incident, RegressionFinding, UnixSeconds,
 };
 
 /// Seconds in a day.
@@ -332,6 +333,10 @@ impl Hasher for FxHasher {
         self.add(n as u64);
     }
 
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
     fn finish(&self) -> u64 {
         self.hash.rotate_left(26)
     }
@@ -340,22 +345,58 @@ impl Hasher for FxHasher {
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 type FastSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;
 
+/// A 64-bit fingerprint of a non-empty string (0 for the empty string): FxHash with a
+/// murmur3 finaliser, low bit forced so no fingerprint is 0. Ids, versions and shas are
+/// compared by fingerprint once read, so the hot passes touch compact records instead of
+/// chasing every string (two different strings share a fingerprint with probability
+/// about 2^-63 per pair; such a pair would be taken as equal).
+fn fingerprint(s: &str) -> u64 {
+    if s.is_empty() {
+        return 0;
+    }
+    let mut h = FxHasher::default();
+    h.write(s.as_bytes());
+    let mut x = h.hash;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    x | 1
+}
+
+/// One in-scope deploy event, reduced to what the computation needs.
+#[derive(Clone, Copy)]
+struct Rec<'a> {
+    finished: UnixSeconds,
+    started: UnixSeconds,
+    id: u64,
+    version: u64,
+    /// Head commit, fingerprinted only when some incident names a commit (else 0).
+    head: u64,
+    /// This event's changes in the flat change list.
+    changes_begin: usize,
+    changes_end: usize,
+    kind: DeploymentKind,
+    event: &'a Deployment,
+}
+
 /// One (service, environment) being computed.
 struct Group<'a> {
     service: &'a str,
     environment: &'a str,
-    /// In-scope events with their sort keys (finished, started), unordered.
-    raw: Vec<(UnixSeconds, UnixSeconds, &'a Deployment)>,
+    /// In-scope events, unordered.
+    raw: Vec<Rec<'a>>,
     /// Counted deployments, in time order.
-    deps: Vec<&'a Deployment>,
+    deps: Vec<Rec<'a>>,
     /// Duplicates: (index into `deps` of the deployment they repeat, event).
-    dups: Vec<(usize, &'a Deployment)>,
+    dups: Vec<(usize, Rec<'a>)>,
     failed: Vec<bool>,
     rework: Vec<bool>,
     /// A recovery-counting incident is already linked to the deployment.
     has_incident: Vec<bool>,
-    /// For commits named by incidents: the deployment that first shipped them.
-    sha_first: FastMap<&'a str, usize>,
+    /// For commits named by incidents (by fingerprint): the deployment that first shipped them.
+    sha_first: FastMap<u64, usize>,
     leads: Vec<i64>,
     clamped: u64,
     recoveries: Vec<i64>,
@@ -391,12 +432,36 @@ type DepRef = (usize, usize);
 pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) -> Report {
     let start = now.saturating_sub(window.seconds());
 
-    // Phase 1: select in-scope events, group deployments, note referenced ids and commits.
+    // Phase 1: select in-scope events in input order (the one pass that reads strings,
+    // sequentially), group deployments, note referenced ids and commits.
     let mut index: FastMap<(&str, &str), usize> = FastMap::default();
     let mut groups: Vec<Group<'_>> = Vec::new();
     // Referenced delivery ids, each with the group to look in first.
     let mut ref_ids: FastMap<&str, usize> = FastMap::default();
-    let mut ref_shas: FastSet<&str> = FastSet::default();
+    let mut ref_shas: FastSet<u64> = FastSet::default();
+    let mut incidents: Vec<(usize, &Incident, Option<DepRef>)> = Vec::new();
+    for i in &events.incidents {
+        if i.started_at > now || !scope.matches(&i.service, &i.environment) {
+            continue;
+        }
+        let g = *index
+            .entry((i.service.as_str(), i.environment.as_str()))
+            .or_insert_with(|| {
+                groups.push(Group::new(&i.service, &i.environment));
+                groups.len() - 1
+            });
+        if let Some(id) = &i.deployment_id {
+            ref_ids.entry(id).or_insert(g);
+        } else if let Some(sha) = i.commit.as_deref().filter(|s| !s.is_empty()) {
+            ref_shas.insert(fingerprint(sha));
+        }
+        if let Some(id) = &i.resolved_by_deployment {
+            ref_ids.entry(id).or_insert(g);
+        }
+        incidents.push((g, i, None));
+    }
+    let check_heads = !ref_shas.is_empty();
+    let mut changes: Vec<(u64, UnixSeconds)> = Vec::new();
     let mut any_resolves = false;
     for d in &events.deployments {
         if d.status != DeployStatus::Success
@@ -411,32 +476,31 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
                 groups.push(Group::new(&d.service, &d.environment));
                 groups.len() - 1
             });
-        groups[g].raw.push((d.finished_at, d.started_at, d));
+        let changes_begin = changes.len();
+        changes.extend(
+            d.commits
+                .iter()
+                .map(|c| (fingerprint(&c.sha), c.effective_time())),
+        );
+        groups[g].raw.push(Rec {
+            finished: d.finished_at,
+            started: d.started_at,
+            id: fingerprint(&d.id),
+            version: fingerprint(&d.version),
+            head: if check_heads {
+                fingerprint(&d.commit)
+            } else {
+                0
+            },
+            changes_begin,
+            changes_end: changes.len(),
+            kind: d.kind,
+            event: d,
+        });
         if let Some(id) = &d.fixes_deployment {
             ref_ids.entry(id).or_insert(g);
         }
         any_resolves |= !d.resolves_incidents.is_empty();
-    }
-    let mut incidents: Vec<(usize, &Incident, Option<DepRef>)> = Vec::new();
-    for i in &events.incidents {
-        if i.started_at > now || !scope.matches(&i.service, &i.environment) {
-            continue;
-        }
-        let g = *index
-            .entry((i.service.as_str(), i.environment.as_str()))
-            .or_insert_with(|| {
-                groups.push(Group::new(&i.service, &i.environment));
-                groups.len() - 1
-            });
-        if let Some(id) = &i.deployment_id {
-            ref_ids.entry(id).or_insert(g);
-        } else if let Some(sha) = &i.commit {
-            ref_shas.insert(sha);
-        }
-        if let Some(id) = &i.resolved_by_deployment {
-            ref_ids.entry(id).or_insert(g);
-        }
-        incidents.push((g, i, None));
     }
     let mut findings: Vec<&RegressionFinding> = events
         .regressions
@@ -453,7 +517,7 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
 
     // Phase 2: order and dedup each group; map referenced delivery ids to deployments.
     // Referenced ids are looked up in the referrer's group as it is deduplicated; the
-    // rare id found elsewhere takes one more pass. Both beat checking every deployment.
+    // rest (other services' or unknown ids) take one pass over the compact records.
     let mut refs_by_group: Vec<Vec<&str>> = vec![Vec::new(); groups.len()];
     for (&id, &hint) in &ref_ids {
         if let Some(refs) = refs_by_group.get_mut(hint) {
@@ -465,13 +529,17 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
     for (g, group) in groups.iter_mut().enumerate() {
         dedup(g, group, &refs_by_group[g], &mut ids);
     }
-    ref_ids.retain(|id, _| !ids.contains_key(id));
-    if !ref_ids.is_empty() {
+    let unresolved: FastMap<u64, &str> = ref_ids
+        .keys()
+        .filter(|id| !ids.contains_key(*id) && !id.is_empty())
+        .map(|&id| (fingerprint(id), id))
+        .collect();
+    if !unresolved.is_empty() {
         for (g, group) in groups.iter().enumerate() {
-            let members = group.deps.iter().enumerate().map(|(i, d)| (i, *d));
-            for (i, d) in members.chain(group.dups.iter().copied()) {
-                if ref_ids.contains_key(d.id.as_str()) {
-                    ids.entry(&d.id).or_insert((g, i));
+            let members = group.deps.iter().enumerate();
+            for (i, r) in members.chain(group.dups.iter().map(|(i, r)| (*i, r))) {
+                if let Some(&id) = unresolved.get(&r.id) {
+                    ids.entry(id).or_insert((g, i));
                 }
             }
         }
@@ -479,17 +547,17 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
 
     // Phase 3: changes, lead times, first shipper of referenced commits.
     for group in &mut groups {
-        walk_changes(group, start, &ref_shas);
+        walk_changes(group, start, &changes, &ref_shas);
     }
 
     // Phase 4: change failures.
     let mut blamed: Vec<DepRef> = Vec::new();
     for (g, group) in groups.iter().enumerate() {
-        for (i, d) in group.deps.iter().enumerate() {
-            if d.kind == DeploymentKind::Normal {
+        for (i, r) in group.deps.iter().enumerate() {
+            if r.kind == DeploymentKind::Normal {
                 continue;
             }
-            match &d.fixes_deployment {
+            match &r.event.fixes_deployment {
                 Some(id) => blamed.extend(ids.get(id.as_str()).copied()),
                 None if i > 0 => blamed.push((g, i - 1)),
                 None => {}
@@ -499,8 +567,11 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
     for (g, incident, link) in &mut incidents {
         *link = match (&incident.deployment_id, &incident.commit) {
             (Some(id), _) => ids.get(id.as_str()).copied(),
-            (None, Some(sha)) => groups[*g].sha_first.get(sha.as_str()).map(|&i| (*g, i)),
-            (None, None) => None,
+            (None, Some(sha)) if !sha.is_empty() => groups[*g]
+                .sha_first
+                .get(&fingerprint(sha))
+                .map(|&i| (*g, i)),
+            _ => None,
         };
         if let Some(dep) = *link {
             blamed.push(dep);
@@ -517,22 +588,21 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
 
     // Phase 5: rework.
     for group in &mut groups {
-        for (i, d) in group.deps.iter().enumerate() {
-            if d.kind != DeploymentKind::Normal {
+        for (i, r) in group.deps.iter().enumerate() {
+            if r.kind != DeploymentKind::Normal {
                 group.rework[i] = true;
             }
         }
     }
-    let open_during = |incident: &Incident, d: &Deployment| {
-        incident.started_at <= d.finished_at
-            && incident.resolved_at.is_none_or(|r| r >= d.started_at)
+    let open_during = |incident: &Incident, r: &Rec<'_>| {
+        incident.started_at <= r.finished && incident.resolved_at.is_none_or(|t| t >= r.started)
     };
     for &(_, incident, _) in &incidents {
         if let Some(&(g, i)) = incident
             .resolved_by_deployment
             .as_deref()
             .and_then(|id| ids.get(id))
-            && open_during(incident, groups[g].deps[i])
+            && open_during(incident, &groups[g].deps[i])
         {
             groups[g].rework[i] = true;
         }
@@ -546,14 +616,14 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
             let Group {
                 deps, dups, rework, ..
             } = group;
-            let members = deps.iter().enumerate().map(|(i, d)| (i, *d));
-            for (i, event) in members.chain(dups.iter().copied()) {
-                let d = deps[i];
+            let members = deps.iter().enumerate().map(|(i, r)| (i, r.event));
+            for (i, event) in members.chain(dups.iter().map(|(i, r)| (*i, r.event))) {
+                let r = &deps[i];
                 if event
                     .resolves_incidents
                     .iter()
                     .filter_map(|id| by_id.get(id.as_str()))
-                    .any(|incident| open_during(incident, d))
+                    .any(|incident| open_during(incident, r))
                 {
                     rework[i] = true;
                 }
@@ -576,7 +646,7 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
         }
     };
     for &(g, incident, link) in &incidents {
-        let failing = link.map(|(lg, li)| groups[lg].deps[li].finished_at);
+        let failing = link.map(|(lg, li)| groups[lg].deps[li].finished);
         match recovery_of(incident.resolved_at, incident.started_at, failing) {
             Ok(Some(seconds)) => groups[g].recoveries.push(seconds),
             Ok(None) => {}
@@ -593,7 +663,7 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
             continue;
         }
         group.has_incident[i] = true;
-        let failing = Some(group.deps[i].finished_at);
+        let failing = Some(group.deps[i].finished);
         match recovery_of(f.resolved_at, f.started_at, failing) {
             Ok(Some(seconds)) => group.recoveries.push(seconds),
             Ok(None) => {}
@@ -641,37 +711,37 @@ fn dedup<'a>(
     ids: &mut FastMap<&'a str, DepRef>,
 ) {
     let mut raw = std::mem::take(&mut group.raw);
-    // Keys are copied next to the pointer so the sort does not chase it (most input is
-    // already in time order, which the sort detects).
+    // Most input is already in time order, which the sort detects.
     raw.sort_unstable_by(|a, b| {
-        (a.0, a.1)
-            .cmp(&(b.0, b.1))
-            .then_with(|| a.2.id.cmp(&b.2.id))
+        (a.finished, a.started)
+            .cmp(&(b.finished, b.started))
+            .then_with(|| a.event.id.cmp(&b.event.id))
     });
-    let mut by_id: FastMap<&str, usize> =
+    let mut by_id: FastMap<u64, usize> =
         FastMap::with_capacity_and_hasher(raw.len(), BuildHasherDefault::default());
-    let mut by_version: FastMap<&str, usize> =
+    let mut by_version: FastMap<u64, usize> =
         FastMap::with_capacity_and_hasher(raw.len(), BuildHasherDefault::default());
-    for (_, _, d) in raw {
+    group.deps.reserve(raw.len());
+    for r in raw {
         // One hash lookup per key: remember the vacant slot, fill it once the index is known.
-        let (id_hit, id_slot) = match (!d.id.is_empty()).then(|| by_id.entry(&d.id)) {
+        let (id_hit, id_slot) = match (r.id != 0).then(|| by_id.entry(r.id)) {
             Some(Entry::Occupied(o)) => (Some(*o.get()), None),
             Some(Entry::Vacant(v)) => (None, Some(v)),
             None => (None, None),
         };
         let (version_hit, version_slot) =
-            match (!d.version.is_empty()).then(|| by_version.entry(&d.version)) {
+            match (r.version != 0).then(|| by_version.entry(r.version)) {
                 Some(Entry::Occupied(o)) => (Some(*o.get()), None),
                 Some(Entry::Vacant(v)) => (None, Some(v)),
                 None => (None, None),
             };
         let i = match id_hit.or(version_hit) {
             Some(i) => {
-                group.dups.push((i, d));
+                group.dups.push((i, r));
                 i
             }
             None => {
-                group.deps.push(d);
+                group.deps.push(r);
                 group.deps.len() - 1
             }
         };
@@ -683,7 +753,7 @@ fn dedup<'a>(
         }
     }
     for &id in refs {
-        if let Some(&i) = by_id.get(id) {
+        if let Some(&i) = by_id.get(&fingerprint(id)) {
             ids.insert(id, (g, i));
         }
     }
@@ -695,7 +765,12 @@ fn dedup<'a>(
 }
 
 /// Walks a group's deployments in order, attributing each change to its first deployment.
-fn walk_changes<'a>(group: &mut Group<'a>, start: UnixSeconds, ref_shas: &FastSet<&str>) {
+fn walk_changes(
+    group: &mut Group<'_>,
+    start: UnixSeconds,
+    changes: &[(u64, UnixSeconds)],
+    ref_shas: &FastSet<u64>,
+) {
     let Group {
         deps,
         dups,
@@ -704,34 +779,38 @@ fn walk_changes<'a>(group: &mut Group<'a>, start: UnixSeconds, ref_shas: &FastSe
         clamped,
         ..
     } = group;
-    let mut seen: FastSet<&'a str> = FastSet::with_capacity_and_hasher(
-        deps.iter().map(|d| d.commits.len()).sum(),
+    let mut seen: FastSet<u64> = FastSet::with_capacity_and_hasher(
+        deps.iter().map(|r| r.changes_end - r.changes_begin).sum(),
         BuildHasherDefault::default(),
     );
     let check_refs = !ref_shas.is_empty();
     let mut next_dup = 0;
-    for (i, d) in deps.iter().enumerate() {
-        let finished = d.finished_at;
+    for (i, r) in deps.iter().enumerate() {
+        let finished = r.finished;
         let in_window = finished > start;
-        let mut shipped = |event: &'a Deployment| {
-            if check_refs && ref_shas.contains(event.commit.as_str()) {
-                sha_first.entry(&event.commit).or_insert(i);
+        let mut shipped = |event: &Rec<'_>| {
+            if check_refs && ref_shas.contains(&event.head) {
+                sha_first.entry(event.head).or_insert(i);
             }
-            for change in &event.commits {
-                if !change.sha.is_empty() && !seen.insert(&change.sha) {
+            for &(sha, time) in changes
+                .get(event.changes_begin..event.changes_end)
+                .unwrap_or_default()
+            {
+                // An empty sha (fingerprint 0) is never deduplicated.
+                if sha != 0 && !seen.insert(sha) {
                     continue;
                 }
-                if check_refs && ref_shas.contains(change.sha.as_str()) {
-                    sha_first.entry(&change.sha).or_insert(i);
+                if check_refs && ref_shas.contains(&sha) {
+                    sha_first.entry(sha).or_insert(i);
                 }
                 if in_window {
-                    leads.push(lead_time(finished, change, clamped));
+                    leads.push(lead_time(finished, time, clamped));
                 }
             }
         };
-        shipped(d);
-        while let Some(&(di, dup)) = dups.get(next_dup)
-            && di == i
+        shipped(r);
+        while let Some((di, dup)) = dups.get(next_dup)
+            && *di == i
         {
             shipped(dup);
             next_dup += 1;
@@ -740,8 +819,8 @@ fn walk_changes<'a>(group: &mut Group<'a>, start: UnixSeconds, ref_shas: &FastSe
 }
 
 /// Lead time of one change, clamped at 0 (and counted) when the change is "after" the deploy.
-fn lead_time(finished: UnixSeconds, change: &Change, clamped: &mut u64) -> i64 {
-    let lead = finished - change.effective_time();
+fn lead_time(finished: UnixSeconds, change_time: UnixSeconds, clamped: &mut u64) -> i64 {
+    let lead = finished - change_time;
     if lead < 0 {
         *clamped += 1;
         0
@@ -787,7 +866,7 @@ fn summarise(
     now: UnixSeconds,
     window: Window,
 ) -> ServiceReport {
-    let first = group.deps.partition_point(|d| d.finished_at <= start);
+    let first = group.deps.partition_point(|r| r.finished <= start);
     let in_window = first..group.deps.len();
     let deployments = in_window.len() as u64;
     let failed = group.failed[in_window.clone()]
@@ -798,10 +877,7 @@ fn summarise(
         .iter()
         .filter(|&&r| r)
         .count() as u64;
-    let times: Vec<UnixSeconds> = group.deps[in_window]
-        .iter()
-        .map(|d| d.finished_at)
-        .collect();
+    let times: Vec<UnixSeconds> = group.deps[in_window].iter().map(|r| r.finished).collect();
     ServiceReport {
         service: group.service.to_owned(),
         environment: group.environment.to_owned(),
@@ -1633,6 +1709,26 @@ mod tests {
         );
         let counts: Vec<u64> = several.iter().map(|r| r.services[0].deployments).collect();
         assert_eq!(counts, [1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn fingerprints_are_nonzero_and_distinct() {
+        assert_eq!(fingerprint(""), 0);
+        let mut seen = HashSet::new();
+        for n in 0..100_000_u32 {
+            for s in [
+                format!("{n}"),
+                format!("service-{n:03}"),
+                format!("{n:015x}"),
+            ] {
+                let fp = fingerprint(&s);
+                assert_ne!(fp, 0);
+                assert!(seen.insert(fp), "collision on {s}");
+            }
+        }
+        // Lengths that differ only by trailing zero bytes.
+        assert_ne!(fingerprint("abcdefgh"), fingerprint("abcdefgh\0"));
+        assert_ne!(fingerprint("a"), fingerprint("a\0"));
     }
 
     #[test]

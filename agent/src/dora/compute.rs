@@ -68,7 +68,7 @@
 //!   with zero deployments and `None` metrics), sorted by service then environment.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -292,7 +292,14 @@ pub struct Report {
     pub window_start: UnixSeconds,
     /// One row per (service, environment), sorted.
     pub services: Vec<ServiceReport>,
+    /// One row per environment pooling every service in scope (`service` is
+    /// [`ALL_SERVICES`]): counts are summed and medians are taken over all the changes and
+    /// incidents, not over the services' medians. Sorted by environment.
+    pub totals: Vec<ServiceReport>,
 }
+
+/// The `service` of a [`Report::totals`] row.
+pub const ALL_SERVICES: &str = "*";
 
 /// FxHash (rustc's hasher): a multiply-rotate hash, several times faster than SipHash on
 /// the short ids and shas hashed here (hundreds of thousands per report). It is not
@@ -671,21 +678,29 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
         }
     }
 
-    // Phase 7: the metrics.
-    let mut services: Vec<ServiceReport> = groups
-        .iter_mut()
-        .map(|group| summarise(group, start, now, window))
-        .collect();
+    // Phase 7: the metrics, per service and pooled per environment.
+    let mut totals: BTreeMap<&str, Tally> = BTreeMap::new();
+    let mut services: Vec<ServiceReport> = Vec::with_capacity(groups.len());
+    for group in &mut groups {
+        let tally = Tally::of(group, start);
+        totals.entry(group.environment).or_default().absorb(&tally);
+        services.push(tally.row(group.service, group.environment, start, now, window));
+    }
     services.sort_by(|a, b| {
         a.service
             .cmp(&b.service)
             .then_with(|| a.environment.cmp(&b.environment))
     });
+    let totals = totals
+        .into_iter()
+        .map(|(environment, tally)| tally.row(ALL_SERVICES, environment, start, now, window))
+        .collect();
     Report {
         now,
         window,
         window_start: start,
         services,
+        totals,
     }
 }
 
@@ -860,42 +875,75 @@ fn quantile_f64(sorted: &[f64], q: f64) -> f64 {
     }
 }
 
-fn summarise(
-    group: &mut Group<'_>,
-    start: UnixSeconds,
-    now: UnixSeconds,
-    window: Window,
-) -> ServiceReport {
-    let first = group.deps.partition_point(|r| r.finished <= start);
-    let in_window = first..group.deps.len();
-    let deployments = in_window.len() as u64;
-    let failed = group.failed[in_window.clone()]
-        .iter()
-        .filter(|&&f| f)
-        .count() as u64;
-    let rework = group.rework[in_window.clone()]
-        .iter()
-        .filter(|&&r| r)
-        .count() as u64;
-    let times: Vec<UnixSeconds> = group.deps[in_window].iter().map(|r| r.finished).collect();
-    ServiceReport {
-        service: group.service.to_owned(),
-        environment: group.environment.to_owned(),
-        deployments,
-        deployment_frequency_per_day: deployments as f64 / window.days_f64(),
-        deployment_frequency_class: frequency_class(&times, start, now),
-        changes: group.leads.len() as u64,
-        changes_clamped: group.clamped,
-        lead_time_median_seconds: quantile(&mut group.leads, 0.5),
-        lead_time_p90_seconds: quantile(&mut group.leads, 0.9),
-        failed_deployments: failed,
-        change_fail_rate: ratio(failed, deployments),
-        incidents_resolved: group.recoveries.len() as u64,
-        incidents_open: group.open,
-        recovery_time_median_seconds: quantile(&mut group.recoveries, 0.5),
-        recovery_time_p90_seconds: quantile(&mut group.recoveries, 0.9),
-        rework_deployments: rework,
-        rework_rate: ratio(rework, deployments),
+/// What a row is computed from; pooled as is for the per-environment totals.
+#[derive(Default)]
+struct Tally {
+    deployments: u64,
+    failed: u64,
+    rework: u64,
+    /// Finish times of the deployments in the window, any order.
+    times: Vec<UnixSeconds>,
+    leads: Vec<i64>,
+    clamped: u64,
+    recoveries: Vec<i64>,
+    open: u64,
+}
+
+impl Tally {
+    fn of(group: &mut Group<'_>, start: UnixSeconds) -> Self {
+        let first = group.deps.partition_point(|r| r.finished <= start);
+        let count = |flags: &[bool]| flags.iter().filter(|&&f| f).count() as u64;
+        Self {
+            deployments: (group.deps.len() - first) as u64,
+            failed: count(group.failed.get(first..).unwrap_or_default()),
+            rework: count(group.rework.get(first..).unwrap_or_default()),
+            times: group.deps[first..].iter().map(|r| r.finished).collect(),
+            leads: std::mem::take(&mut group.leads),
+            clamped: group.clamped,
+            recoveries: std::mem::take(&mut group.recoveries),
+            open: group.open,
+        }
+    }
+
+    fn absorb(&mut self, other: &Self) {
+        self.deployments += other.deployments;
+        self.failed += other.failed;
+        self.rework += other.rework;
+        self.times.extend_from_slice(&other.times);
+        self.leads.extend_from_slice(&other.leads);
+        self.clamped += other.clamped;
+        self.recoveries.extend_from_slice(&other.recoveries);
+        self.open += other.open;
+    }
+
+    fn row(
+        mut self,
+        service: &str,
+        environment: &str,
+        start: UnixSeconds,
+        now: UnixSeconds,
+        window: Window,
+    ) -> ServiceReport {
+        let deployments = self.deployments;
+        ServiceReport {
+            service: service.to_owned(),
+            environment: environment.to_owned(),
+            deployments,
+            deployment_frequency_per_day: deployments as f64 / window.days_f64(),
+            deployment_frequency_class: frequency_class(&self.times, start, now),
+            changes: self.leads.len() as u64,
+            changes_clamped: self.clamped,
+            lead_time_median_seconds: quantile(&mut self.leads, 0.5),
+            lead_time_p90_seconds: quantile(&mut self.leads, 0.9),
+            failed_deployments: self.failed,
+            change_fail_rate: ratio(self.failed, deployments),
+            incidents_resolved: self.recoveries.len() as u64,
+            incidents_open: self.open,
+            recovery_time_median_seconds: quantile(&mut self.recoveries, 0.5),
+            recovery_time_p90_seconds: quantile(&mut self.recoveries, 0.9),
+            rework_deployments: self.rework,
+            rework_rate: ratio(self.rework, deployments),
+        }
     }
 }
 
@@ -922,7 +970,7 @@ fn month_of(day: i64) -> i64 {
     year * 12 + month - 1
 }
 
-/// Four Keys' class from sorted deployment times in `(start, now]` (see module docs).
+/// Four Keys' class from deployment times in `(start, now]`, any order (see module docs).
 fn frequency_class(
     times: &[UnixSeconds],
     start: UnixSeconds,
@@ -931,18 +979,25 @@ fn frequency_class(
     if times.is_empty() {
         return None;
     }
-    let first_week = week_of(day_of(start + 1));
+    let first_day = day_of(start + 1);
+    let days = usize::try_from(day_of(now) - first_day + 1).ok()?;
+    let mut deployed_on = vec![false; days];
+    for &t in times {
+        if let Some(day) = usize::try_from(day_of(t) - first_day)
+            .ok()
+            .and_then(|k| deployed_on.get_mut(k))
+        {
+            *day = true;
+        }
+    }
+    let first_week = week_of(first_day);
     let last_week = week_of(day_of(now));
     let weeks = usize::try_from(last_week - first_week + 1).ok()?;
     let mut days_deployed = vec![0.0_f64; weeks];
-    let mut last_day = None;
-    for &t in times {
-        let day = day_of(t);
-        if last_day != Some(day) {
-            last_day = Some(day);
-            let w = usize::try_from(week_of(day) - first_week).ok()?;
-            *days_deployed.get_mut(w)? += 1.0;
-        }
+    for (k, _) in deployed_on.iter().enumerate().filter(|(_, d)| **d) {
+        let day = first_day + i64::try_from(k).ok()?;
+        let w = usize::try_from(week_of(day) - first_week).ok()?;
+        *days_deployed.get_mut(w)? += 1.0;
     }
     let deployed: Vec<f64> = days_deployed.iter().map(|&d| f64::from(d > 0.0)).collect();
     // Weeks with a deployment in each week's month (month of the week's Monday).
@@ -1493,6 +1548,23 @@ mod tests {
             for scope in [Scope::environment("production"), Scope::default()] {
                 let r = report(NOW, &e, window, &scope);
                 assert!(!r.services.is_empty());
+                for total in &r.totals {
+                    let rows = r
+                        .services
+                        .iter()
+                        .filter(|s| s.environment == total.environment);
+                    let (deployments, changes, failed) = rows.fold((0, 0, 0), |acc, s| {
+                        (
+                            acc.0 + s.deployments,
+                            acc.1 + s.changes,
+                            acc.2 + s.failed_deployments,
+                        )
+                    });
+                    assert_eq!(
+                        (total.deployments, total.changes, total.failed_deployments),
+                        (deployments, changes, failed)
+                    );
+                }
                 for s in &r.services {
                     for v in [
                         s.lead_time_median_seconds,
@@ -1601,6 +1673,60 @@ mod tests {
         let r = api(&e, Window::days(7));
         assert_eq!(r.deployments, 2);
         assert_eq!(r.deployment_frequency_per_day, 2.0 / 7.0);
+    }
+
+    #[test]
+    fn totals_pool_services_per_environment() {
+        let t = NOW - 2 * D;
+        let mut web_a = dep("wa", t, vec![ch("w1", t - 1000)]);
+        web_a.service = "web".into();
+        let mut web_b = kind(dep("wb", t + H, vec![]), DeploymentKind::Rollback);
+        web_b.service = "web".into();
+        let mut staging = dep("s", t, vec![ch("s1", t - 5)]);
+        staging.environment = "staging".into();
+        let e = events(
+            vec![
+                dep("a", t, vec![ch("a1", t - 100), ch("a2", t - 300)]),
+                web_a,
+                web_b,
+                staging,
+            ],
+            vec![inc("i", t, Some(t + 50)), {
+                let mut i = inc("j", t, Some(t + 150));
+                i.service = "web".into();
+                i
+            }],
+        );
+        let r = report(NOW, &e, Window::days(7), &Scope::environment("production"));
+        assert_eq!(r.totals.len(), 1);
+        let all = &r.totals[0];
+        assert_eq!(
+            (all.service.as_str(), all.environment.as_str()),
+            (ALL_SERVICES, "production")
+        );
+        // api 1 + web 2 deployments; wa failed (rolled back); wb is rework.
+        assert_eq!(
+            (
+                all.deployments,
+                all.failed_deployments,
+                all.rework_deployments
+            ),
+            (3, 1, 1)
+        );
+        assert_eq!(all.change_fail_rate, Some(1.0 / 3.0));
+        // Leads pooled: [100, 300, 1000] → median 300, not the median of medians (600).
+        assert_eq!(all.changes, 3);
+        assert_eq!(all.lead_time_median_seconds, Some(300.0));
+        // Recoveries pooled: [50, 150].
+        assert_eq!(all.recovery_time_median_seconds, Some(100.0));
+        assert_eq!(all.deployment_frequency_per_day, 3.0 / 7.0);
+        let r = report(NOW, &e, Window::days(7), &Scope::default());
+        let envs: Vec<(&str, u64)> = r
+            .totals
+            .iter()
+            .map(|t| (t.environment.as_str(), t.deployments))
+            .collect();
+        assert_eq!(envs, [("production", 3), ("staging", 1)]);
     }
 
     #[test]

@@ -8,7 +8,8 @@ pub mod regression;
 pub mod tiers;
 
 pub use compute::{
-    FrequencyClass, Report, Scope, ServiceReport, Window, WindowError, report, reports,
+    ALL_SERVICES, FrequencyClass, Report, Scope, ServiceReport, Window, WindowError, report,
+    reports,
 };
 pub use model::{
     Change, DeployStatus, Deployment, DeploymentKind, Events, Incident, RegressionFinding, Sample,

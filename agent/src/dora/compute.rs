@@ -718,6 +718,72 @@ pub fn reports(
         .collect()
 }
 
+/// Lead times of the changes one deployment brings, for observing the
+/// `dora_lead_time_seconds` histogram when the deployment is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LeadTimes {
+    /// One lead time per new change, seconds, clamped at 0.
+    pub seconds: Vec<i64>,
+    /// How many were clamped from a negative value.
+    pub clamped: u64,
+}
+
+/// The lead times [`report`] attributes to `deployment`'s changes, computed at ingest:
+/// `earlier` are the deployments already stored (any service, order or status; only
+/// successful ones of the same service and environment finished no later than it count).
+/// Changes an earlier deployment shipped are skipped; if `deployment` repeats an earlier
+/// one (same delivery id or version), its new changes are timed from that earlier one's
+/// finish. Empty for an unsuccessful deployment.
+#[must_use]
+pub fn ingest_lead_times<'a>(
+    deployment: &Deployment,
+    earlier: impl IntoIterator<Item = &'a Deployment>,
+) -> LeadTimes {
+    let mut out = LeadTimes::default();
+    if deployment.status != DeployStatus::Success {
+        return out;
+    }
+    let mut finished = deployment.finished_at;
+    let mut shipped: FastSet<&str> = FastSet::default();
+    for e in earlier {
+        if e.status != DeployStatus::Success
+            || e.service != deployment.service
+            || e.environment != deployment.environment
+            || e.finished_at > deployment.finished_at
+        {
+            continue;
+        }
+        let repeats = (!e.id.is_empty() && e.id == deployment.id)
+            || (!e.version.is_empty() && e.version == deployment.version);
+        if repeats {
+            finished = finished.min(e.finished_at);
+        }
+        shipped.extend(e.commits.iter().map(|c| c.sha.as_str()));
+    }
+    for change in &deployment.commits {
+        if change.sha.is_empty() || shipped.insert(&change.sha) {
+            out.seconds.push(lead_time(
+                finished,
+                change.effective_time(),
+                &mut out.clamped,
+            ));
+        }
+    }
+    out
+}
+
+/// The recovery time [`report`] counts for a resolved incident, for observing the
+/// `dora_recovery_time_seconds` histogram at resolution: `resolved_at - min(started_at,
+/// failing deployment's finished_at)`, clamped at 0; `None` while unresolved.
+#[must_use]
+pub fn recovery_seconds(incident: &Incident, failing: Option<&Deployment>) -> Option<i64> {
+    let resolved = incident.resolved_at?;
+    let from = failing.map_or(incident.started_at, |d| {
+        incident.started_at.min(d.finished_at)
+    });
+    Some((resolved - from).max(0))
+}
+
 /// Sorts a group's events and folds duplicates into the first deployment they repeat.
 fn dedup<'a>(
     g: usize,
@@ -1855,6 +1921,67 @@ mod tests {
         // Lengths that differ only by trailing zero bytes.
         assert_ne!(fingerprint("abcdefgh"), fingerprint("abcdefgh\0"));
         assert_ne!(fingerprint("a"), fingerprint("a\0"));
+    }
+
+    #[test]
+    fn ingest_lead_times_match_report_rules() {
+        let t = NOW - D;
+        let a = dep("a", t - 1000, vec![ch("x", t - 2000)]);
+        let mut failed = dep("f", t - 500, vec![ch("y", t - 3000)]);
+        failed.status = DeployStatus::Failure;
+        let mut other_service = dep("o", t - 500, vec![ch("z", t - 3000)]);
+        other_service.service = "web".into();
+        let later = dep("l", t + 1000, vec![ch("w", t - 10)]);
+        let new = dep(
+            "b",
+            t,
+            vec![
+                ch("x", t - 2000),
+                ch("y", t - 3000),
+                ch("z", t - 3000),
+                ch("w", t - 10),
+                ch("skew", t + 30),
+            ],
+        );
+        let history = [a.clone(), failed, other_service, later];
+        let got = ingest_lead_times(&new, &history);
+        // x was shipped by a; y only by a failed deploy, z by another service, w only
+        // later: all three are new here. skew clamps.
+        assert_eq!(
+            got,
+            LeadTimes {
+                seconds: vec![3000, 3000, 10, 0],
+                clamped: 1
+            }
+        );
+        // Same events through report: the same lead times in b's deployment.
+        let r = api(
+            &events(vec![a.clone(), new.clone()], vec![]),
+            Window::from_seconds(D + 1).expect("positive"),
+        );
+        assert_eq!((r.changes, r.changes_clamped), (4, 1));
+        // A repeat of a: its new change is timed from a's finish.
+        let mut repeat = dep("a", t, vec![ch("x", t - 2000), ch("v", t - 1500)]);
+        repeat.version = "a".into();
+        assert_eq!(ingest_lead_times(&repeat, [&a]).seconds, vec![500]);
+        let mut unsuccessful = new;
+        unsuccessful.status = DeployStatus::Failure;
+        assert_eq!(ingest_lead_times(&unsuccessful, []), LeadTimes::default());
+    }
+
+    #[test]
+    fn recovery_seconds_cases() {
+        let d = dep("d", 1000, vec![]);
+        let cases = [
+            (inc("i", 1500, Some(2000)), Some(&d), Some(1000)),
+            (inc("i", 500, Some(2000)), Some(&d), Some(1500)),
+            (inc("i", 1500, Some(2000)), None, Some(500)),
+            (inc("i", 1500, Some(1400)), None, Some(0)),
+            (inc("i", 1500, None), Some(&d), None),
+        ];
+        for (incident, failing, want) in cases {
+            assert_eq!(recovery_seconds(&incident, failing), want, "{incident:?}");
+        }
     }
 
     #[test]

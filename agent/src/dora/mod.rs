@@ -8,8 +8,8 @@ pub mod regression;
 pub mod tiers;
 
 pub use compute::{
-    ALL_SERVICES, FrequencyClass, Report, Scope, ServiceReport, Window, WindowError, report,
-    reports,
+    ALL_SERVICES, FrequencyClass, LeadTimes, Report, Scope, ServiceReport, Window, WindowError,
+    ingest_lead_times, recovery_seconds, report, reports,
 };
 pub use model::{
     Change, DeployStatus, Deployment, DeploymentKind, Events, Incident, RegressionFinding, Sample,

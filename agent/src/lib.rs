@@ -3,6 +3,7 @@
 //! `main.rs` is the only place that uses `anyhow`; everything here returns typed errors.
 
 pub mod config;
+pub mod dora;
 pub mod http;
 pub mod logging;
 pub mod runtime;

@@ -1,0 +1,18 @@
+//! DORA's five metrics as pure functions: event model, report computation, performance
+//! tiers as data, and regression detection from telemetry. No IO and no clock here: the
+//! store and `now` are supplied by the caller.
+
+pub mod compute;
+pub mod model;
+pub mod regression;
+pub mod tiers;
+
+pub use compute::{
+    ALL_SERVICES, FrequencyClass, LeadTimes, Report, Scope, ServiceReport, Window, WindowError,
+    ingest_lead_times, recovery_seconds, report, reports,
+};
+pub use model::{
+    Change, DeployStatus, Deployment, DeploymentKind, Events, Incident, RegressionFinding, Sample,
+    TelemetrySeries, UnixSeconds,
+};
+pub use tiers::{Level, Metric, TierError, TierTable, tier};

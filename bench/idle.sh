@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Idle footprint of the agent on its embedded defaults: RSS and CPU over DURATION seconds.
+# Usage: bench/idle.sh [DURATION=600]   (builds the release binary first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${1:-600}
+cargo build --release --quiet -p sidelight
+work=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$work/idle.yaml" <<YAML
+http: { listen: 127.0.0.1:$port }
+store: { path: $work/data }
+YAML
+(cd "$work" && exec "$OLDPWD/target/release/sidelight" run --config idle.yaml 2>"$work/agent.log") &
+pid=$!
+sleep 2
+tps=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$pid/status"; }
+c0=$(cpu); t0=$(date +%s.%N)
+max_rss=0; samples=0; sum_rss=0
+end=$(( $(date +%s) + duration ))
+while [ "$(date +%s)" -lt "$end" ]; do
+  r=$(rss_kib); samples=$((samples+1)); sum_rss=$((sum_rss+r)); [ "$r" -gt "$max_rss" ] && max_rss=$r
+  # One scrape every 15 s, like a Prometheus server would do.
+  if [ $((samples % 15)) -eq 0 ]; then curl -s -o /dev/null "http://127.0.0.1:$port/metrics"; fi
+  sleep 1
+done
+c1=$(cpu); t1=$(date +%s.%N)
+python3 - "$c0" "$c1" "$t0" "$t1" "$tps" "$max_rss" "$sum_rss" "$samples" <<'PY'
+import sys
+c0, c1, t0, t1, tps, mx, total, n = map(float, sys.argv[1:])
+wall = t1 - t0
+cpu_s = (c1 - c0) / tps
+print(f"idle {wall:.0f}s: CPU {cpu_s:.2f}s = {100*cpu_s/wall:.3f}% of one core; RSS mean {total/n/1024:.1f} MiB, max {mx/1024:.1f} MiB")
+PY

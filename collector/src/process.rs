@@ -8,10 +8,9 @@
 //! read. A pid that vanishes mid-cycle is skipped silently: that is normal, not an error.
 
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use procfs_core::FromRead;
-use procfs_core::process::Stat;
 use regex::Regex;
 
 use crate::metrics::{FamilySnapshot, Kind, Snapshot};
@@ -66,6 +65,8 @@ struct ProcInfo {
     ident: Ident,
     comm: String,
     ppid: u32,
+    /// Whether the counters below were read in this cycle (false: a cached non-member).
+    fresh: bool,
     cpu_ticks: u64,
     rss_pages: u64,
     vsize: u64,
@@ -92,23 +93,52 @@ pub struct ProcessSample {
     pub errors: Vec<ProcError>,
 }
 
+/// A process that belongs to no target is re-read only every this many cycles (its pid is still
+/// checked every cycle); pids are allocated sequentially, so reuse within that time is rare and
+/// is caught at the next verification.
+const VERIFY_EVERY: u64 = 8;
+/// Members keep their `stat` file open and re-read it with `pread` (one syscall instead of three);
+/// at most a quarter of the open-files limit, and at most this many, are held.
+const MAX_HELD_FDS: usize = 4096;
+
+fn held_fd_budget() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    usize::try_from(soft / 4)
+        .unwrap_or(MAX_HELD_FDS)
+        .min(MAX_HELD_FDS)
+}
+/// The open-files limit of a member is re-read every this many cycles.
+const LIMITS_EVERY: u64 = 20;
+
 /// Samples the watched targets. Keeps state between cycles (CPU deltas, restarts, match cache).
 #[derive(Debug)]
 pub struct ProcessCollector {
     proc: ProcFs,
     targets: Vec<TargetSpec>,
     states: Vec<TargetState>,
-    /// Static match results (bit i = target i) and last CPU ticks, per live process.
-    known: HashMap<Ident, Known>,
+    /// Per live pid: identity, static match results, last CPU ticks, held `stat` descriptor.
+    known: HashMap<u32, Known>,
     boot_time: Option<u64>,
+    cycle: u64,
+    held_fds: usize,
+    fd_budget: usize,
     buf: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Known {
+    start: u64,
+    comm: String,
+    ppid: u32,
     /// `None` after a reload: recompute against the new criteria.
     matched: Option<u64>,
     cpu_ticks: u64,
+    member: bool,
+    verified: u64,
+    stat: Option<File>,
+    max_fds: Option<(u64, u64)>,
 }
 
 impl ProcessCollector {
@@ -122,7 +152,10 @@ impl ProcessCollector {
             states,
             known: HashMap::new(),
             boot_time: None,
-            buf: Vec::new(),
+            cycle: 0,
+            held_fds: 0,
+            fd_budget: held_fd_budget(),
+            buf: Vec::with_capacity(1024),
         }
     }
 
@@ -140,10 +173,17 @@ impl ProcessCollector {
             .map(|t| old.remove(&t.name).unwrap_or_default())
             .collect();
         self.targets = targets;
+        let procfs = procfs.into();
+        if procfs != self.proc.root() {
+            self.known.clear();
+            self.held_fds = 0;
+        }
         self.proc = ProcFs::new(procfs);
-        // Match results depend on the criteria: recompute them, keeping the CPU baselines.
+        // Match results depend on the criteria: recompute them, keeping the CPU baselines, and
+        // re-read everything once.
         for k in self.known.values_mut() {
             k.matched = None;
+            k.verified = 0;
         }
     }
 
@@ -154,6 +194,7 @@ impl ProcessCollector {
 
     /// Runs one cycle. Blocking: run it off the async runtime.
     pub fn collect(&mut self) -> ProcessSample {
+        self.cycle += 1;
         let mut sample = ProcessSample::default();
         if self.boot_time.is_none() {
             match self.proc.parse_si::<procfs_core::KernelStats>("stat") {
@@ -171,14 +212,19 @@ impl ProcessCollector {
             })
             .collect();
 
-        let procs = self.list(&mut sample);
+        let mut procs = self.list(&mut sample);
         sample.scanned = procs.len();
 
         // Direct matches: static criteria from the cache (or computed once), dynamic ones now.
         let mut direct = Vec::with_capacity(procs.len());
-        let mut fresh_known = HashMap::with_capacity(self.known.len().max(procs.len()));
+        let mut static_bits_of = Vec::with_capacity(procs.len());
         for p in &procs {
-            let static_bits = match self.known.get(&p.ident).and_then(|k| k.matched) {
+            let cached = self
+                .known
+                .get(&p.ident.0)
+                .filter(|k| k.start == p.ident.1)
+                .and_then(|k| k.matched);
+            let static_bits = match cached {
                 Some(bits) => bits,
                 None => static_matches(
                     &self.targets,
@@ -199,13 +245,7 @@ impl ProcessCollector {
                 }
             }
             direct.push(bits);
-            fresh_known.insert(
-                p.ident,
-                Known {
-                    matched: Some(static_bits),
-                    cpu_ticks: p.cpu_ticks,
-                },
-            );
+            static_bits_of.push(static_bits);
         }
 
         // Descendants of matched processes join targets that include children.
@@ -216,7 +256,7 @@ impl ProcessCollector {
             .filter(|(_, t)| t.include_children)
             .fold(0, |m, (i, _)| m | (1 << i));
         let mut membership = direct.clone();
-        if children_mask != 0 {
+        if children_mask != 0 && direct.iter().any(|d| d & children_mask != 0) {
             let by_pid: HashMap<u32, usize> = procs
                 .iter()
                 .enumerate()
@@ -235,6 +275,28 @@ impl ProcessCollector {
             }
         }
 
+        // Members known only from the cache are read now; those that vanished meanwhile leave.
+        for (i, p) in procs.iter_mut().enumerate() {
+            if membership[i] != 0 && !p.fresh {
+                match self.read_stat_path(p.ident.0) {
+                    Ok(Some(f)) if f.start == p.ident.1 => {
+                        p.fresh = true;
+                        p.cpu_ticks = f.cpu_ticks;
+                        p.rss_pages = f.rss;
+                        p.vsize = f.vsize;
+                        p.threads = f.threads;
+                    }
+                    Ok(_) => membership[i] = 0,
+                    Err(e) => {
+                        if !e.is_vanished() {
+                            sample.errors.push(e);
+                        }
+                        membership[i] = 0;
+                    }
+                }
+            }
+        }
+
         let page = self.proc.page_size() as f64;
         let tps = self.proc.ticks_per_second().max(1);
         let mut fams = Families::new();
@@ -248,7 +310,11 @@ impl ProcessCollector {
                 .collect();
             let idents: HashSet<Ident> = members.iter().map(|p| p.ident).collect();
             for p in &members {
-                let before = self.known.get(&p.ident).map(|k| k.cpu_ticks);
+                let before = self
+                    .known
+                    .get(&p.ident.0)
+                    .filter(|k| k.start == p.ident.1)
+                    .map(|k| k.cpu_ticks);
                 let delta = match before {
                     Some(prev) if state.members.contains(&p.ident) => {
                         p.cpu_ticks.saturating_sub(prev)
@@ -291,13 +357,26 @@ impl ProcessCollector {
             }
             let (mut open, mut max, mut readable) = (0.0, 0.0, false);
             for p in &members {
-                if let (Some(o), Some(m)) = (
-                    open_fds(&self.proc, p.ident.0),
-                    max_fds(&self.proc, &mut self.buf, p.ident.0),
-                ) {
+                let cached = self
+                    .known
+                    .get(&p.ident.0)
+                    .filter(|k| k.start == p.ident.1)
+                    .and_then(|k| k.max_fds)
+                    .filter(|(_, at)| self.cycle - at < LIMITS_EVERY)
+                    .map(|(v, _)| v);
+                let limit = cached.or_else(|| max_fds(&self.proc, &mut self.buf, p.ident.0));
+                if let (Some(o), Some(m)) = (open_fds(&self.proc, p.ident.0), limit) {
                     open += o as f64;
                     max += m as f64;
                     readable = true;
+                    if cached.is_none()
+                        && let Some(k) = self
+                            .known
+                            .get_mut(&p.ident.0)
+                            .filter(|k| k.start == p.ident.1)
+                    {
+                        k.max_fds = Some((m, self.cycle));
+                    }
                 }
             }
             if readable {
@@ -305,9 +384,52 @@ impl ProcessCollector {
                 fams.max_fds.push(label(), max);
             }
         }
-        self.known = fresh_known;
+
+        self.remember(procs, &membership, &static_bits_of);
         sample.snapshot = fams.into_snapshot();
         sample
+    }
+
+    /// Replaces the per-pid cache with this cycle's processes; members keep a `stat` descriptor.
+    fn remember(&mut self, procs: Vec<ProcInfo>, membership: &[u64], static_bits: &[u64]) {
+        let mut old = std::mem::take(&mut self.known);
+        self.held_fds = 0;
+        for ((p, &member), &bits) in procs.into_iter().zip(membership).zip(static_bits) {
+            let prev = old.remove(&p.ident.0).filter(|k| k.start == p.ident.1);
+            let (mut stat, verified, max_fds, cpu) = match prev {
+                Some(k) => (
+                    k.stat,
+                    if p.fresh { self.cycle } else { k.verified },
+                    k.max_fds,
+                    if p.fresh { p.cpu_ticks } else { k.cpu_ticks },
+                ),
+                None => (None, self.cycle, None, p.cpu_ticks),
+            };
+            let member = member != 0;
+            if member && stat.is_none() && self.held_fds < self.fd_budget {
+                stat = File::open(self.proc.path(format!("{}/stat", p.ident.0))).ok();
+            }
+            if !member || self.held_fds >= self.fd_budget {
+                stat = None;
+            }
+            if stat.is_some() {
+                self.held_fds += 1;
+            }
+            self.known.insert(
+                p.ident.0,
+                Known {
+                    start: p.ident.1,
+                    comm: p.comm,
+                    ppid: p.ppid,
+                    matched: Some(bits),
+                    cpu_ticks: cpu,
+                    member,
+                    verified,
+                    stat,
+                    max_fds,
+                },
+            );
+        }
     }
 
     fn list(&mut self, sample: &mut ProcessSample) -> Vec<ProcInfo> {
@@ -321,32 +443,53 @@ impl ProcessCollector {
                 return Vec::new();
             }
         };
-        let mut procs = Vec::new();
-        let mut path = self.proc.root().to_path_buf();
+        let mut procs = Vec::with_capacity(self.known.len() + 16);
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            path.push(&name);
-            path.push("stat");
-            let read = self.proc.read_into(&path, &mut self.buf);
-            path.pop();
-            path.pop();
-            match read.and_then(|()| {
-                Stat::from_read(&self.buf[..]).map_err(|e| ProcError::Parse {
+            // A member: re-read through the held descriptor. A read error there means the
+            // process is gone, even if its pid was reused since.
+            if let Some(k) = self.known.get_mut(&pid)
+                && let Some(file) = k.stat.as_ref()
+            {
+                match pread_all(file, &mut self.buf)
+                    .ok()
+                    .and_then(|()| parse_stat(&self.buf))
+                {
+                    Some(f) if f.start == k.start => {
+                        procs.push(f.into_info(pid, k.comm.clone(), true));
+                        continue;
+                    }
+                    _ => {
+                        self.known.remove(&pid);
+                    }
+                }
+            } else if let Some(k) = self.known.get(&pid)
+                && !k.member
+                && self.cycle - k.verified < VERIFY_EVERY
+            {
+                procs.push(ProcInfo {
+                    ident: (pid, k.start),
+                    comm: k.comm.clone(),
+                    ppid: k.ppid,
+                    fresh: false,
+                    cpu_ticks: 0,
+                    rss_pages: 0,
+                    vsize: 0,
+                    threads: 0,
+                });
+                continue;
+            }
+            match self.read_stat_path(pid) {
+                Ok(Some(f)) => {
+                    let comm = f.comm.clone();
+                    procs.push(f.into_info(pid, comm, true));
+                }
+                Ok(None) => sample.errors.push(ProcError::Parse {
                     path: self.proc.path(format!("{pid}/stat")),
-                    message: e.to_string(),
-                })
-            }) {
-                Ok(st) => procs.push(ProcInfo {
-                    ident: (pid, st.starttime),
-                    comm: st.comm,
-                    ppid: u32::try_from(st.ppid).unwrap_or(0),
-                    cpu_ticks: st.utime + st.stime,
-                    rss_pages: st.rss,
-                    vsize: st.vsize,
-                    threads: st.num_threads,
+                    message: "malformed".into(),
                 }),
                 Err(e) if e.is_vanished() => {}
                 Err(e) => sample.errors.push(e),
@@ -354,6 +497,92 @@ impl ProcessCollector {
         }
         procs
     }
+
+    fn read_stat_path(&mut self, pid: u32) -> Result<Option<StatFields>, ProcError> {
+        let path = self.proc.path(format!("{pid}/stat"));
+        self.proc.read_into(&path, &mut self.buf)?;
+        Ok(parse_stat(&self.buf))
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` the process metrics need.
+#[derive(Debug, Clone, PartialEq)]
+struct StatFields {
+    comm: String,
+    ppid: u32,
+    cpu_ticks: u64,
+    threads: i64,
+    start: u64,
+    vsize: u64,
+    rss: u64,
+}
+
+impl StatFields {
+    fn into_info(self, pid: u32, comm: String, fresh: bool) -> ProcInfo {
+        ProcInfo {
+            ident: (pid, self.start),
+            comm,
+            ppid: self.ppid,
+            fresh,
+            cpu_ticks: self.cpu_ticks,
+            rss_pages: self.rss,
+            vsize: self.vsize,
+            threads: self.threads,
+        }
+    }
+}
+
+/// Parses `/proc/<pid>/stat` (proc(5)): `pid (comm) state ppid ...`. The comm may hold spaces
+/// and parentheses, so fields are counted from the last `)`. This runs for every process every
+/// cycle, so it borrows and allocates only the comm.
+fn parse_stat(buf: &[u8]) -> Option<StatFields> {
+    let open = buf.iter().position(|&b| b == b'(')?;
+    let close = buf.iter().rposition(|&b| b == b')')?;
+    if close < open {
+        return None;
+    }
+    let rest = std::str::from_utf8(buf.get(close + 1..)?).ok()?;
+    let mut fields = [""; 22];
+    let mut n = 0;
+    for (slot, f) in fields.iter_mut().zip(rest.split_ascii_whitespace()) {
+        *slot = f;
+        n += 1;
+    }
+    if n < 22 {
+        return None;
+    }
+    // After the comm: 0 state, 1 ppid, 11 utime, 12 stime, 17 num_threads, 19 starttime,
+    // 20 vsize, 21 rss.
+    let num = |i: usize| fields[i].parse::<u64>().ok();
+    Some(StatFields {
+        comm: String::from_utf8_lossy(&buf[open + 1..close]).into_owned(),
+        ppid: fields[1].parse().ok()?,
+        cpu_ticks: num(11)? + num(12)?,
+        threads: fields[17].parse().ok()?,
+        start: num(19)?,
+        vsize: num(20)?,
+        rss: fields[21].parse::<i64>().ok()?.max(0) as u64,
+    })
+}
+
+/// Reads a whole file from offset 0 without moving a file position (proc files support pread).
+fn pread_all(file: &File, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    buf.clear();
+    buf.resize(buf.capacity().max(1024), 0);
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = file.read_at(&mut buf[len..], len as u64)?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    buf.truncate(len);
+    Ok(())
 }
 
 /// Which targets' name / cmdline / cgroup criteria a process meets (read once per process).
@@ -792,6 +1021,46 @@ mod tests {
         let s = c.collect().snapshot;
         assert_eq!(value(&s, "process_cpu_seconds", "app"), before);
         assert_eq!(value(&s, "sidelight_target_processes", "new"), Some(1.0));
+    }
+
+    #[test]
+    fn lean_stat_parser_agrees_with_procfs_core_on_this_machine() {
+        use procfs_core::FromRead;
+        let mut checked = 0;
+        for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+            let Ok(bytes) = std::fs::read(e.path().join("stat")) else {
+                continue;
+            };
+            let Ok(oracle) = procfs_core::process::Stat::from_read(&bytes[..]) else {
+                continue;
+            };
+            let ours = parse_stat(&bytes).expect("parses");
+            assert_eq!(ours.comm, oracle.comm);
+            assert_eq!(ours.ppid, oracle.ppid as u32);
+            assert_eq!(ours.cpu_ticks, oracle.utime + oracle.stime);
+            assert_eq!(ours.threads, oracle.num_threads);
+            assert_eq!(ours.start, oracle.starttime);
+            assert_eq!(ours.vsize, oracle.vsize);
+            assert_eq!(ours.rss, oracle.rss);
+            checked += 1;
+        }
+        assert!(checked > 0);
+        // A comm with spaces and parentheses; a truncated line.
+        let tricky = b"42 (a) (b c) S 1 42 42 0 -1 0 0 0 0 0 7 3 0 0 20 0 5 0 999 4096 12 0 0";
+        let f = parse_stat(tricky).expect("parses");
+        assert_eq!(
+            (
+                f.comm.as_str(),
+                f.ppid,
+                f.cpu_ticks,
+                f.threads,
+                f.start,
+                f.rss
+            ),
+            ("a) (b c", 1, 10, 5, 999, 12)
+        );
+        assert_eq!(parse_stat(b"42 (x) S 1 2 3"), None);
+        assert_eq!(parse_stat(b"garbage"), None);
     }
 
     #[test]

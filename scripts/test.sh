@@ -41,4 +41,9 @@ cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "cargo test"
-cargo test --workspace --quiet
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+cargo test --workspace --quiet 2>&1 | tee "$out"
+# One closing line over every test binary (cargo prints one summary per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$out"

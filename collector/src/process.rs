@@ -1064,6 +1064,32 @@ mod tests {
     }
 
     #[test]
+    fn a_pid_that_vanishes_mid_cycle_is_not_an_error() {
+        let fake = Fake::new();
+        fake.add(100, 1, "python3", "python app.py", 500, 1);
+        // Listed by readdir, gone before its stat could be read.
+        fs::create_dir_all(fake.dir.path().join("300")).expect("mkdir");
+        let mut c = fake.collector(vec![TargetSpec {
+            process_name: Some("python".into()),
+            ..spec("app")
+        }]);
+        let sample = c.collect();
+        assert!(sample.errors.is_empty(), "{:?}", sample.errors);
+        assert_eq!(
+            value(&sample.snapshot, "sidelight_target_processes", "app"),
+            Some(1.0)
+        );
+        // A member that exits between cycles simply leaves the target.
+        fake.remove(100);
+        let sample = c.collect();
+        assert!(sample.errors.is_empty(), "{:?}", sample.errors);
+        assert_eq!(
+            value(&sample.snapshot, "sidelight_target_processes", "app"),
+            Some(0.0)
+        );
+    }
+
+    #[test]
     fn names() {
         assert!(name_matches("python", "python3.11"));
         assert!(name_matches("python", "python"));

@@ -7,3 +7,4 @@ pub mod dora;
 pub mod http;
 pub mod logging;
 pub mod runtime;
+pub mod store;

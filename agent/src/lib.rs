@@ -8,3 +8,4 @@ pub mod http;
 pub mod logging;
 pub mod runtime;
 pub mod store;
+pub mod webhooks;

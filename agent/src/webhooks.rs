@@ -96,7 +96,7 @@ pub fn verify_gitlab(token: &str, header: Option<&str>) -> Result<(), SignatureE
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
     /// Something to record.
-    Record(Batch),
+    Record(Box<Batch>),
     /// Acknowledged, nothing to record (the reason is returned to the sender).
     Ignored(String),
 }
@@ -277,10 +277,10 @@ pub fn parse_github(event: &str, body: &[u8], opts: &HookOptions) -> Result<Pars
                 started,
                 finished,
             );
-            Ok(Parsed::Record(Batch {
+            Ok(Parsed::Record(Box::new(Batch {
                 deployment: Some((d, Some(format!("github:{repo}")))),
                 ..Batch::default()
-            }))
+            })))
         }
         "push" => {
             let repo = need(&v, &["repository", "full_name"])?;
@@ -289,10 +289,10 @@ pub fn parse_github(event: &str, body: &[u8], opts: &HookOptions) -> Result<Pars
                 return Ok(Parsed::Ignored("push without commits".into()));
             }
             let key = format!("github:{repo}");
-            Ok(Parsed::Record(Batch {
+            Ok(Parsed::Record(Box::new(Batch {
                 pending: commits.into_iter().map(|c| (key.clone(), c)).collect(),
                 ..Batch::default()
-            }))
+            })))
         }
         "pull_request" => {
             let action = need(&v, &["action"])?;
@@ -310,7 +310,7 @@ pub fn parse_github(event: &str, body: &[u8], opts: &HookOptions) -> Result<Pars
             let sha = need(&v, &["pull_request", "merge_commit_sha"])?;
             let merged_at = need_time(&v, &["pull_request", "merged_at"])?;
             let first = str_at(&v, &["pull_request", "first_commit_at"]).and_then(parse_time);
-            Ok(Parsed::Record(Batch {
+            Ok(Parsed::Record(Box::new(Batch {
                 pending: vec![(
                     format!("github:{repo}"),
                     Change {
@@ -320,7 +320,7 @@ pub fn parse_github(event: &str, body: &[u8], opts: &HookOptions) -> Result<Pars
                     },
                 )],
                 ..Batch::default()
-            }))
+            })))
         }
         "workflow_run" => {
             let action = need(&v, &["action"])?;
@@ -355,10 +355,10 @@ pub fn parse_github(event: &str, body: &[u8], opts: &HookOptions) -> Result<Pars
                 started,
                 finished,
             );
-            Ok(Parsed::Record(Batch {
+            Ok(Parsed::Record(Box::new(Batch {
                 deployment: Some((d, Some(format!("github:{repo}")))),
                 ..Batch::default()
-            }))
+            })))
         }
         other => Ok(Parsed::Ignored(format!("event {other:?} is not used"))),
     }
@@ -389,10 +389,10 @@ pub fn parse_gitlab(event: &str, body: &[u8], opts: &HookOptions) -> Result<Pars
                 finished,
                 finished,
             );
-            Ok(Parsed::Record(Batch {
+            Ok(Parsed::Record(Box::new(Batch {
                 deployment: Some((d, Some(format!("gitlab:{repo}")))),
                 ..Batch::default()
-            }))
+            })))
         }
         "Push Hook" => {
             let repo = need(&v, &["project", "path_with_namespace"])?;
@@ -401,10 +401,10 @@ pub fn parse_gitlab(event: &str, body: &[u8], opts: &HookOptions) -> Result<Pars
                 return Ok(Parsed::Ignored("push without commits".into()));
             }
             let key = format!("gitlab:{repo}");
-            Ok(Parsed::Record(Batch {
+            Ok(Parsed::Record(Box::new(Batch {
                 pending: commits.into_iter().map(|c| (key.clone(), c)).collect(),
                 ..Batch::default()
-            }))
+            })))
         }
         "Pipeline Hook" => {
             let status = need(&v, &["object_attributes", "status"])?;
@@ -435,10 +435,10 @@ pub fn parse_gitlab(event: &str, body: &[u8], opts: &HookOptions) -> Result<Pars
                 started,
                 finished,
             );
-            Ok(Parsed::Record(Batch {
+            Ok(Parsed::Record(Box::new(Batch {
                 deployment: Some((d, Some(format!("gitlab:{repo}")))),
                 ..Batch::default()
-            }))
+            })))
         }
         other => Ok(Parsed::Ignored(format!("event {other:?} is not used"))),
     }
@@ -512,10 +512,10 @@ pub fn parse_alertmanager(body: &[u8], opts: &HookOptions) -> Result<Parsed, Pay
     if changes.is_empty() {
         return Ok(Parsed::Ignored("no alert of a configured severity".into()));
     }
-    Ok(Parsed::Record(Batch {
+    Ok(Parsed::Record(Box::new(Batch {
         incidents: changes,
         ..Batch::default()
-    }))
+    })))
 }
 
 #[cfg(test)]

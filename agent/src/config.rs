@@ -122,6 +122,7 @@ struct RawConfig {
     host: RawHost,
     processes: Vec<RawProcess>,
     store: RawStore,
+    dora: RawDora,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -244,6 +245,72 @@ impl Default for RawStore {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+struct RawDora {
+    enabled: bool,
+    environment: String,
+    tiers: String,
+    #[serde(with = "duration")]
+    retention: Duration,
+    windows: Vec<String>,
+    webhooks: RawWebhooks,
+    alertmanager: RawAlertmanager,
+}
+
+impl Default for RawDora {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            environment: "production".into(),
+            tiers: "dora-2023".into(),
+            retention: Duration::from_secs(400 * 86_400),
+            windows: ["1d", "7d", "30d", "90d"].map(String::from).to_vec(),
+            webhooks: RawWebhooks::default(),
+            alertmanager: RawAlertmanager::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+struct RawWebhooks {
+    github: Option<RawGithubHook>,
+    gitlab: Option<RawGitlabHook>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+struct RawGithubHook {
+    secret_file: Option<PathBuf>,
+    secret_env: Option<String>,
+    /// Record a deployment for a successful `workflow_run` on the default branch.
+    deploy_on_workflow_run: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+struct RawGitlabHook {
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
+    /// Record a deployment for a successful pipeline on the default branch.
+    deploy_on_pipeline: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+struct RawAlertmanager {
+    severities: Vec<String>,
+}
+
+impl Default for RawAlertmanager {
+    fn default() -> Self {
+        Self {
+            severities: vec!["critical".into()],
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The validated configuration the agent runs on.
 
@@ -262,6 +329,8 @@ pub struct Config {
     pub processes: Vec<TargetSpec>,
     /// The state directory.
     pub store: StoreConfig,
+    /// DORA metrics, their store and their webhooks.
+    pub dora: DoraConfig,
 }
 
 /// `agent:` section.
@@ -304,6 +373,47 @@ pub struct HostConfig {
 pub struct StoreConfig {
     /// The state directory.
     pub path: PathBuf,
+}
+
+/// `dora:` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoraConfig {
+    /// Whether this agent is the DORA hub (store, API, webhooks, metrics).
+    pub enabled: bool,
+    /// The environment DORA metrics are computed for.
+    pub environment: String,
+    /// The tier set name (`dora-2023`).
+    pub tiers: String,
+    /// The report year of `tiers`.
+    pub tier_year: u16,
+    /// Events older than this are deleted.
+    pub retention: Duration,
+    /// The windows of the windowed gauges.
+    pub windows: Vec<crate::dora::Window>,
+    /// GitHub webhook settings, when configured.
+    pub github: Option<GithubHookConfig>,
+    /// GitLab webhook settings, when configured.
+    pub gitlab: Option<GitlabHookConfig>,
+    /// Alertmanager alerts of these severities open and resolve incidents.
+    pub alertmanager_severities: Vec<String>,
+}
+
+/// `dora.webhooks.github`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GithubHookConfig {
+    /// The webhook secret (HMAC-SHA256 key).
+    pub secret: Secret,
+    /// Whether a successful `workflow_run` on the default branch records a deployment.
+    pub deploy_on_workflow_run: bool,
+}
+
+/// `dora.webhooks.gitlab`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GitlabHookConfig {
+    /// The expected `X-Gitlab-Token`.
+    pub token: Secret,
+    /// Whether a successful pipeline on the default branch records a deployment.
+    pub deploy_on_pipeline: bool,
 }
 
 impl Config {
@@ -443,7 +553,7 @@ fn substitute_env(text: &str, env: &dyn Env, errors: &mut Vec<ConfigError>) -> S
     out
 }
 
-const SECTIONS: [&str; 5] = ["agent", "http", "host", "processes", "store"];
+const SECTIONS: [&str; 6] = ["agent", "http", "host", "processes", "store", "dora"];
 
 fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) -> RawConfig {
     let mut raw = RawConfig::default();
@@ -463,6 +573,7 @@ fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) 
             "http" => raw.http = section(value, &key, errors).unwrap_or_default(),
             "host" => raw.host = section(value, &key, errors).unwrap_or_default(),
             "store" => raw.store = section(value, &key, errors).unwrap_or_default(),
+            "dora" => raw.dora = section(value, &key, errors).unwrap_or_default(),
             "processes" => match value {
                 Value::Sequence(items) => {
                     raw.processes = items
@@ -727,6 +838,8 @@ fn validate(
         });
     }
 
+    let dora = validate_dora(raw.dora, base, env, errors);
+
     // Only used when the pattern failed to compile, in which case the config is rejected anyway.
     let never = || Regex::new("$^").expect("a static regex compiles");
     Config {
@@ -755,6 +868,166 @@ fn validate(
         store: StoreConfig {
             path: raw.store.path,
         },
+        dora,
+    }
+}
+
+/// Reads a secret from exactly one of a file (relative to `base`) or an environment variable.
+fn read_secret(
+    file: Option<&PathBuf>,
+    var: Option<&String>,
+    at: &str,
+    keys: (&str, &str),
+    base: &Path,
+    env: &dyn Env,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Secret> {
+    let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
+    match (file, var) {
+        (Some(_), Some(_)) => {
+            err(
+                at.into(),
+                format!("give {} or {}, not both", keys.0, keys.1),
+            );
+            None
+        }
+        (None, None) => {
+            err(at.into(), format!("needs {} or {}", keys.0, keys.1));
+            None
+        }
+        (Some(file), None) => {
+            let path = base.join(file);
+            match std::fs::read_to_string(&path) {
+                Ok(text) if !text.trim().is_empty() => Some(Secret(text.trim().to_owned())),
+                Ok(_) => {
+                    err(
+                        format!("{at}.{}", keys.0),
+                        format!("{} is empty", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    err(
+                        format!("{at}.{}", keys.0),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, Some(var)) => match env.var(var) {
+            Some(v) if !v.trim().is_empty() => Some(Secret(v.trim().to_owned())),
+            _ => {
+                err(
+                    format!("{at}.{}", keys.1),
+                    format!("environment variable {var} is not set or empty"),
+                );
+                None
+            }
+        },
+    }
+}
+
+fn validate_dora(
+    raw: RawDora,
+    base: &Path,
+    env: &dyn Env,
+    errors: &mut Vec<ConfigError>,
+) -> DoraConfig {
+    let mut err = |path: &str, message: String| {
+        errors.push(ConfigError {
+            path: path.into(),
+            message,
+        })
+    };
+    if raw.environment.trim().is_empty() {
+        err("dora.environment", "must not be empty".into());
+    }
+    let tier_year = match crate::dora::tiers::parse_tier_set(&raw.tiers) {
+        Ok(year) => match crate::dora::TierTable::builtin().and_then(|t| t.for_year(year)) {
+            Ok(_) => year,
+            Err(e) => {
+                err("dora.tiers", e.to_string());
+                0
+            }
+        },
+        Err(e) => {
+            err("dora.tiers", e.to_string());
+            0
+        }
+    };
+    if raw.retention < Duration::from_secs(86_400) {
+        err("dora.retention", "must be at least 1d".into());
+    }
+    let mut windows = Vec::new();
+    if raw.windows.is_empty() {
+        err("dora.windows", "needs at least one window".into());
+    }
+    for (i, w) in raw.windows.iter().enumerate() {
+        match crate::dora::Window::parse(w.trim()) {
+            Ok(w) if windows.contains(&w) => err(
+                &format!("dora.windows[{i}]"),
+                format!("duplicate window {w}"),
+            ),
+            Ok(w) if w.seconds() as u128 > raw.retention.as_secs() as u128 => err(
+                &format!("dora.windows[{i}]"),
+                format!("window {w} is longer than dora.retention"),
+            ),
+            Ok(w) => windows.push(w),
+            Err(e) => err(&format!("dora.windows[{i}]"), e.to_string()),
+        }
+    }
+    let mut severities = Vec::new();
+    for (i, s) in raw.alertmanager.severities.iter().enumerate() {
+        if s.trim().is_empty() {
+            err(
+                &format!("dora.alertmanager.severities[{i}]"),
+                "must not be empty".into(),
+            );
+        } else {
+            severities.push(s.trim().to_owned());
+        }
+    }
+    let github = raw.webhooks.github.and_then(|g| {
+        read_secret(
+            g.secret_file.as_ref(),
+            g.secret_env.as_ref(),
+            "dora.webhooks.github",
+            ("secret_file", "secret_env"),
+            base,
+            env,
+            errors,
+        )
+        .map(|secret| GithubHookConfig {
+            secret,
+            deploy_on_workflow_run: g.deploy_on_workflow_run,
+        })
+    });
+    let gitlab = raw.webhooks.gitlab.and_then(|g| {
+        read_secret(
+            g.token_file.as_ref(),
+            g.token_env.as_ref(),
+            "dora.webhooks.gitlab",
+            ("token_file", "token_env"),
+            base,
+            env,
+            errors,
+        )
+        .map(|token| GitlabHookConfig {
+            token,
+            deploy_on_pipeline: g.deploy_on_pipeline,
+        })
+    });
+    DoraConfig {
+        enabled: raw.enabled,
+        environment: raw.environment,
+        tiers: raw.tiers,
+        tier_year,
+        retention: raw.retention,
+        windows,
+        github,
+        gitlab,
+        alertmanager_severities: severities,
     }
 }
 
@@ -913,6 +1186,62 @@ mod tests {
         )
         .expect_err("missing file");
         assert_eq!(paths(&e), ["http.auth.bearer_token_file"]);
+    }
+
+    #[test]
+    fn dora_defaults_and_full_section() {
+        let c = load("").expect("defaults");
+        assert!(!c.dora.enabled);
+        assert_eq!(c.dora.environment, "production");
+        assert_eq!(c.dora.tier_year, 2023);
+        assert_eq!(c.dora.retention, Duration::from_secs(400 * 86_400));
+        assert_eq!(c.dora.windows, crate::dora::Window::DEFAULTS.to_vec());
+        assert_eq!(c.dora.alertmanager_severities, ["critical"]);
+        assert!(c.dora.github.is_none() && c.dora.gitlab.is_none());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("gh"), "hook-secret\n").expect("write");
+        let c = load_str(
+            "dora:\n  enabled: true\n  environment: prod\n  retention: 30d\n  windows: [7d, 30d]\n  webhooks:\n    github: { secret_file: gh, deploy_on_workflow_run: true }\n    gitlab: { token_env: GL }\n  alertmanager: { severities: [critical, page] }\n",
+            "t",
+            dir.path(),
+            &env(&[("GL", "gl-token")]),
+        )
+        .expect("valid");
+        assert!(c.dora.enabled);
+        assert_eq!(c.dora.environment, "prod");
+        assert_eq!(c.dora.windows.len(), 2);
+        let gh = c.dora.github.as_ref().expect("github");
+        assert_eq!(gh.secret.expose(), "hook-secret");
+        assert!(gh.deploy_on_workflow_run);
+        assert_eq!(
+            c.dora.gitlab.as_ref().map(|g| g.token.expose()),
+            Some("gl-token")
+        );
+        assert!(!format!("{c:?}").contains("hook-secret"));
+    }
+
+    #[test]
+    fn dora_errors_have_paths() {
+        let e = load(
+            "dora:\n  tiers: dora-1999\n  retention: 7d\n  windows: [1d, 1d, 30d, soon]\n  webhooks:\n    github: { secret_file: a, secret_env: B }\n    gitlab: {}\n    bitbucket: {}\n  colour: red\n",
+        )
+        .expect_err("invalid");
+        let p = paths(&e);
+        for want in [
+            "dora.tiers",
+            "dora.windows[1]",
+            "dora.windows[2]",
+            "dora.windows[3]",
+            "dora.webhooks.github",
+            "dora.webhooks.gitlab",
+            "dora.webhooks.bitbucket",
+            "dora.colour",
+        ] {
+            assert!(p.iter().any(|x| x == want), "missing {want} in {p:?}\n{e}");
+        }
+        let e = load("dora: { webhooks: { gitlab: { token_env: NOPE } } }\n").expect_err("unset");
+        assert_eq!(paths(&e), ["dora.webhooks.gitlab.token_env"]);
     }
 
     #[test]

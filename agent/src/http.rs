@@ -1,6 +1,9 @@
 //! The HTTP surface on one listener: `GET /metrics` (Prometheus text, or OpenMetrics when the
 //! scraper asks for it), `GET /healthz`, `GET /readyz`; a request body limit on every route,
-//! optional bearer-token auth on everything but the probes, and 404 for unknown paths.
+//! optional bearer-token auth on everything but the probes, and 404 for unknown paths. With
+//! `dora.enabled` it also mounts the DORA API and webhooks (see `api.rs`): the API and the
+//! Alertmanager hook sit behind the bearer token; GitHub and GitLab hooks check their own
+//! signatures instead.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -61,6 +64,8 @@ pub struct HttpState {
     pub scrape_duration: Histogram,
     /// Accepted bearer tokens (empty: no auth); replaced on reload.
     pub tokens: Arc<RwLock<Vec<Secret>>>,
+    /// The DORA hub, when `dora.enabled`.
+    pub dora: Option<Arc<crate::hub::Hub>>,
 }
 
 /// The router with every route and limit.
@@ -69,13 +74,24 @@ pub fn router(
     max_body_bytes: usize,
     request_timeout: std::time::Duration,
 ) -> Router {
-    let protected = Router::new()
-        .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+    let mut protected = Router::new().route("/metrics", get(metrics));
+    let mut open = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .merge(protected)
+        .route("/readyz", get(readyz));
+    if state.dora.is_some() {
+        use crate::api;
+        protected = protected
+            .route("/api/v1/deployments", post(api::post_deployment))
+            .route("/api/v1/incidents", post(api::post_incident))
+            .route("/api/v1/dora", get(api::get_report))
+            .route("/webhooks/alertmanager", post(api::alertmanager));
+        open = open
+            .route("/webhooks/github", post(api::github))
+            .route("/webhooks/gitlab", post(api::gitlab));
+    }
+    let protected =
+        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    open.merge(protected)
         .fallback(not_found)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -246,6 +262,7 @@ mod tests {
             readiness: Arc::new(Readiness::default()),
             scrape_duration: Histogram::new([0.01]),
             tokens: Arc::new(RwLock::new(tokens)),
+            dora: None,
         }
     }
 

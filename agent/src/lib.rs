@@ -2,8 +2,12 @@
 //!
 //! `main.rs` is the only place that uses `anyhow`; everything here returns typed errors.
 
+pub mod api;
 pub mod config;
 pub mod dora;
 pub mod http;
+pub mod hub;
 pub mod logging;
 pub mod runtime;
+pub mod store;
+pub mod webhooks;

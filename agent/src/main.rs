@@ -10,6 +10,8 @@ use sidelight::config::{Config, ProcessEnv};
 use sidelight::{logging, runtime};
 use tokio::signal::unix::{SignalKind, signal};
 
+mod cli;
+
 /// Exit code for bad usage or configuration (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 
@@ -37,6 +39,19 @@ enum Command {
         /// The YAML configuration file.
         file: PathBuf,
     },
+    /// DORA metrics from the store.
+    Dora {
+        #[command(subcommand)]
+        command: DoraCommand,
+    },
+    /// Record a deployment with a running agent (from a CI step).
+    Deploy(cli::DeployArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum DoraCommand {
+    /// Print a DORA report read directly from the store (no running agent needed).
+    Report(cli::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +79,21 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(config.as_deref()),
+        Command::Dora {
+            command: DoraCommand::Report(args),
+        } => finish(cli::report(&args)),
+        Command::Deploy(args) => finish(cli::deploy(&args)),
+    }
+}
+
+/// Prints a CLI command's error chain and maps it to an exit code.
+fn finish(result: Result<(), cli::CliError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {:#}", e.error);
+            ExitCode::from(if e.usage { EXIT_USAGE } else { 1 })
+        }
     }
 }
 

@@ -29,6 +29,7 @@ use tower::ServiceExt;
 
 use crate::config::{Config, SELF_TARGET};
 use crate::http::{self, HttpState, Readiness};
+use crate::hub::Hub;
 use crate::logging::LogHandle;
 
 /// Why the agent could not start.
@@ -41,6 +42,14 @@ pub enum StartError {
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
+    },
+    /// The DORA store could not be opened or read.
+    #[error("dora store in {path}: {source}")]
+    Dora {
+        /// The state directory.
+        path: PathBuf,
+        /// The cause.
+        source: crate::store::StoreError,
     },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
@@ -147,6 +156,7 @@ pub struct Running {
     local_addr: watch::Receiver<SocketAddr>,
     tokens: Arc<RwLock<Vec<crate::config::Secret>>>,
     metrics: SelfMetrics,
+    dora: Option<Arc<Hub>>,
 }
 
 impl std::fmt::Debug for Running {
@@ -198,12 +208,35 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     shared.readiness.expect("http");
     shared.readiness.expect("metrics");
 
+    let dora = if config.dora.enabled {
+        shared.readiness.expect("dora");
+        let hub = Hub::open(config.dora.clone(), &config.store.path, shared.caps.clone())
+            .await
+            .map_err(|source| StartError::Dora {
+                path: config.store.path.clone(),
+                source,
+            })?;
+        hub.register(&mut registry);
+        match hub.retain().await {
+            Ok(n) => tracing::info!(deleted = n, "dora retention applied"),
+            Err(e) => tracing::error!(error = %e, "dora retention failed"),
+        }
+        hub.refresh().await.map_err(|source| StartError::Dora {
+            path: config.store.path.clone(),
+            source,
+        })?;
+        Some(hub)
+    } else {
+        None
+    };
+
     let tokens = Arc::new(RwLock::new(config.http.bearer_tokens.clone()));
     let state = HttpState {
         registry: Arc::new(registry),
         readiness: shared.readiness.clone(),
         scrape_duration: shared.metrics.scrape_duration.clone(),
         tokens: tokens.clone(),
+        dora: dora.clone(),
     };
 
     let config = Arc::new(config);
@@ -218,6 +251,10 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         shared.clone(),
         sources.clone(),
     ));
+    if let Some(hub) = &dora {
+        tracker.spawn(hub.clone().run(sources.clone()));
+        shared.readiness.ready("dora");
+    }
     tracker.spawn(serve_http(
         listener,
         state,
@@ -245,6 +282,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         local_addr,
         tokens,
         metrics: shared.metrics.clone(),
+        dora,
     })
 }
 
@@ -262,6 +300,12 @@ impl Running {
         }
         if new.store.path != old.store.path {
             tracing::warn!("store.path changes take effect at the next restart");
+        }
+        if new.dora.enabled != old.dora.enabled {
+            tracing::warn!("dora.enabled changes take effect at the next restart");
+        }
+        if let Some(hub) = &self.dora {
+            hub.reconfigure(new.dora.clone());
         }
         if let Some(log) = &self.log {
             log.set_level(&new.agent.log_level);

@@ -193,6 +193,7 @@ fn main() {
             readiness: Arc::new(Readiness::default()),
             scrape_duration: Histogram::new([0.01]),
             tokens: Arc::new(RwLock::new(Vec::new())),
+            dora: None,
         };
         let app = router(state, 1 << 20, Duration::from_secs(30));
         let listener = rt

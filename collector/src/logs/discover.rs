@@ -234,7 +234,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         fs::create_dir_all(d.join("a/b")).unwrap();
-        for f in ["x.log", "x.log.1.gz", "skip.log", "a/y.log", "a/b/z.log", "a/b/z.txt"] {
+        for f in [
+            "x.log",
+            "x.log.1.gz",
+            "skip.log",
+            "a/y.log",
+            "a/b/z.log",
+            "a/b/z.txt",
+        ] {
             fs::write(d.join(f), b"").unwrap();
         }
         let inc = vec![format!("{}/**/*.log*", d.display())];

@@ -387,7 +387,10 @@ impl LogSource {
                 tailer.acked(seq);
             }
         };
-        if tokio::time::timeout(tuning.drain_timeout, drain).await.is_err() {
+        if tokio::time::timeout(tuning.drain_timeout, drain)
+            .await
+            .is_err()
+        {
             tracing::warn!(source = %name, "stopping with unacknowledged log batches; they are read again on restart");
         }
         let (_, result) = blocking(&name, move || {
@@ -423,7 +426,9 @@ fn start_watcher(name: &str, wake: Arc<Wake>) -> Option<notify::RecommendedWatch
             return;
         };
         match event.kind {
-            EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_)) => {
+            EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(notify::event::ModifyKind::Name(_)) => {
                 wake.rescan.store(true, Ordering::Relaxed);
                 wake.notify.notify_one();
             }

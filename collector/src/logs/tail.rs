@@ -420,7 +420,11 @@ impl Tailer {
         }
         for f in found {
             if f.not_a_file {
-                self.warn_once(&f.path, "not_a_file", &"a pattern matched a directory or special file");
+                self.warn_once(
+                    &f.path,
+                    "not_a_file",
+                    &"a pattern matched a directory or special file",
+                );
                 continue;
             }
             if let Some(&id) = self.by_inode.get(&(f.dev, f.ino)) {
@@ -526,7 +530,10 @@ impl Tailer {
         self.warned.retain(|(p, _)| p != path);
         let size = meta.len();
         let resume = self.stale.iter().position(|e| {
-            e.dev == dev && e.ino == ino && e.fingerprint.matches_prefix(&prefix) && e.offset <= size
+            e.dev == dev
+                && e.ino == ino
+                && e.fingerprint.matches_prefix(&prefix)
+                && e.offset <= size
         });
         let offset = match resume {
             Some(i) => self.stale.swap_remove(i).offset,
@@ -609,9 +616,9 @@ impl Tailer {
             return;
         };
         if !t.partial.is_empty() || t.partial_dropped > 0 {
+            let (start, end) = (t.line_offset(), t.read_offset);
             let line = std::mem::take(&mut t.partial);
             let dropped = std::mem::take(&mut t.partial_dropped);
-            let (start, end) = (t.line_offset(), t.read_offset);
             t.partial_since = None;
             self.handle_line(id, &line, dropped, start, end, now);
         }
@@ -726,7 +733,10 @@ impl Tailer {
         let mut progress = false;
         if size != t.size_seen || t.read_offset > size {
             // The content may have been replaced: check the fingerprint prefix.
-            let want = self.cfg.fingerprint_bytes.min(usize::try_from(size).unwrap_or(usize::MAX));
+            let want = self
+                .cfg
+                .fingerprint_bytes
+                .min(usize::try_from(size).unwrap_or(usize::MAX));
             let prefix = read_prefix(file, want).unwrap_or_default();
             let replaced = !t.fp.matches_prefix(&prefix) || size < t.read_offset;
             if replaced {
@@ -793,11 +803,20 @@ impl Tailer {
     /// The file shrank or its first bytes changed under the same identity (copytruncate):
     /// count what existed but was never read, flush what was read, restart from 0.
     fn truncated(&mut self, id: u64, size: u64, now: Instant) {
+        // The rest of a partial line went with the old content: the fragment is lost, not a
+        // record.
+        let Some(t) = self.files.get_mut(&id) else {
+            return;
+        };
+        let fragment = (t.partial.len() + t.partial_dropped) as u64;
+        t.partial.clear();
+        t.partial_dropped = 0;
+        t.partial_since = None;
         self.flush_pending(id, now);
         let Some(t) = self.files.get_mut(&id) else {
             return;
         };
-        let lost = t.size_seen.saturating_sub(t.read_offset);
+        let lost = t.size_seen.saturating_sub(t.read_offset) + fragment;
         t.generation += 1;
         t.read_offset = 0;
         t.emitted_offset = 0;
@@ -967,9 +986,9 @@ impl Tailer {
                 .partial_since
                 .is_some_and(|s| now.saturating_duration_since(s) >= self.cfg.partial_line_timeout);
             if partial_due {
+                let (start, end) = (t.line_offset(), t.read_offset);
                 let line = std::mem::take(&mut t.partial);
                 let dropped = std::mem::take(&mut t.partial_dropped);
-                let (start, end) = (t.line_offset(), t.read_offset);
                 t.partial_since = None;
                 self.handle_line(id, &line, dropped, start, end, now);
             }
@@ -1111,5 +1130,452 @@ impl Tailer {
     /// Files currently tracked (not released).
     pub fn files_watched(&self) -> usize {
         self.files.values().filter(|t| !t.done).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::{self, OpenOptions};
+    use std::io::Write;
+
+    use super::*;
+    use crate::logs::parse::{Format, ParserConfig};
+    use crate::metrics::LabelCaps;
+
+    struct H {
+        dir: tempfile::TempDir,
+        stats: LogStats,
+        cfg: TailConfig,
+        include: Vec<String>,
+        now: Instant,
+    }
+
+    impl H {
+        fn new(include: &[&str]) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            fs::create_dir_all(dir.path().join("logs")).unwrap();
+            let include = include
+                .iter()
+                .map(|p| format!("{}/logs/{p}", dir.path().display()))
+                .collect();
+            let mut cfg = TailConfig::new("app");
+            cfg.join = None;
+            Self {
+                dir,
+                stats: LogStats::new(&LabelCaps::new(100)),
+                cfg,
+                include,
+                now: Instant::now(),
+            }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join("logs").join(name)
+        }
+
+        fn append(&self, name: &str, text: &str) {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path(name))
+                .unwrap();
+            f.write_all(text.as_bytes()).unwrap();
+        }
+
+        fn tailer(&self) -> Tailer {
+            let discovery = Discovery::new(&self.include, &[], true).unwrap();
+            let parser = Parser::new(ParserConfig {
+                format: Format::Text,
+                max_line_bytes: self.cfg.max_line_bytes,
+                ..ParserConfig::default()
+            });
+            Tailer::new(
+                self.cfg.clone(),
+                discovery,
+                parser,
+                Redactor::builtin().unwrap(),
+                self.stats.clone(),
+                &self.dir.path().join("state"),
+            )
+            .unwrap()
+        }
+
+        /// Scans, reads and hands batches on until nothing moves; acknowledges when `ack`.
+        /// Time advances 2 s per round so rotation waits and timeouts pass.
+        fn pump(&mut self, t: &mut Tailer, ack: bool) -> Vec<String> {
+            let mut out = Vec::new();
+            let mut quiet = 0;
+            while quiet < 3 {
+                self.now += Duration::from_secs(2);
+                t.scan(self.now);
+                t.tick(self.now);
+                let progress = t.poll(self.now);
+                let batch = t.take_batch();
+                quiet = if progress || batch.is_some() {
+                    0
+                } else {
+                    quiet + 1
+                };
+                if let Some(b) = batch {
+                    let (records, ack_token) = b.into_parts();
+                    for r in records {
+                        assert_eq!(r.source.as_deref(), Some("app"));
+                        assert!(r.file_path.is_some());
+                        out.push(r.body);
+                    }
+                    if ack {
+                        ack_token.ack();
+                    }
+                    t.process_acks();
+                }
+            }
+            out
+        }
+
+        fn counter(&self, family: &Family1) -> u64 {
+            family.get_or_create(&[("source", "app".into())]).get()
+        }
+
+        fn file_errors(&self, kind: &str) -> u64 {
+            self.stats
+                .file_errors
+                .get_or_create(&[("source", "app".into()), ("kind", kind.into())])
+                .get()
+        }
+    }
+
+    type Family1 = prometheus_client::metrics::family::Family<
+        [(&'static str, String); 1],
+        prometheus_client::metrics::counter::Counter,
+    >;
+
+    fn lines(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn reads_lines_and_keeps_partial_last_line() {
+        let mut h = H::new(&["*.log"]);
+        h.cfg.partial_line_timeout = Duration::from_secs(3600);
+        h.append("a.log", "one\ntwo\nthr");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["one", "two"]));
+        h.append("a.log", "ee\n");
+        assert_eq!(h.pump(&mut t, true), lines(&["three"]));
+    }
+
+    #[test]
+    fn partial_line_is_flushed_after_timeout_and_checkpointed_past_it() {
+        let mut h = H::new(&["*.log"]);
+        h.cfg.partial_line_timeout = Duration::from_secs(3);
+        h.append("a.log", "one\nno-newline");
+        let mut t = h.tailer();
+        // Each pump round advances 2 s: the partial line is flushed by the timeout.
+        assert_eq!(h.pump(&mut t, true), lines(&["one", "no-newline"]));
+        t.write_checkpoint().unwrap();
+        drop(t);
+        h.append("a.log", "\nnext\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["next"]));
+    }
+
+    #[test]
+    fn rename_rotation_reads_old_file_to_its_end() {
+        let mut h = H::new(&["app.log"]);
+        h.append("app.log", "1\n2\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["1", "2"]));
+        // Written after our last read, then rotated away (RotatingFileHandler order).
+        h.append("app.log", "3\n");
+        fs::rename(h.path("app.log"), h.path("app.log.1")).unwrap();
+        h.append("app.log", "4\n");
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["3", "4"]));
+        assert_eq!(t.files_watched(), 1);
+        assert_eq!(t.open_files(), 1);
+    }
+
+    #[test]
+    fn renamed_file_still_matched_is_not_read_twice() {
+        let mut h = H::new(&["app.log*"]);
+        h.append("app.log", "1\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["1"]));
+        fs::rename(h.path("app.log"), h.path("app.log.1")).unwrap();
+        h.append("app.log.1", "2\n");
+        h.append("app.log", "3\n");
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["2", "3"]));
+    }
+
+    #[test]
+    fn copytruncate_restarts_from_zero_and_counts_lost_bytes() {
+        let mut h = H::new(&["app.log"]);
+        h.cfg.read_chunk_bytes = 8;
+        h.cfg.batch_max_records = 1;
+        h.append("app.log", "line-1\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["line-1"]));
+        h.append("app.log", "line-2\nline-3\n");
+        // One poll: sees the new size, reads one chunk ("line-2\nl"), the batch is full.
+        h.now += Duration::from_secs(1);
+        t.poll(h.now);
+        let b = t.take_batch().unwrap();
+        assert_eq!(b.records[0].body, "line-2");
+        b.ack.ack();
+        t.process_acks();
+        // copytruncate: the rest ("line-3\n") is copied away and truncated before we read it.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(h.path("app.log"))
+            .unwrap();
+        f.set_len(0).unwrap();
+        drop(f);
+        h.append("app.log", "new-1\n");
+        assert_eq!(h.pump(&mut t, true), lines(&["new-1"]));
+        assert_eq!(h.counter(&h.stats.lost_bytes), "line-3\n".len() as u64);
+        assert_eq!(
+            h.stats
+                .rotations
+                .get_or_create(&[("source", "app".into()), ("kind", "truncate".into())])
+                .get(),
+            1
+        );
+        // The checkpoint follows the new content.
+        t.write_checkpoint().unwrap();
+        drop(t);
+        h.append("app.log", "new-2\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["new-2"]));
+    }
+
+    #[test]
+    fn delete_and_recreate() {
+        let mut h = H::new(&["app.log"]);
+        h.append("app.log", "old-1\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["old-1"]));
+        h.append("app.log", "old-2\n");
+        fs::remove_file(h.path("app.log")).unwrap();
+        // The open descriptor still reads what was written before the delete.
+        assert_eq!(h.pump(&mut t, true), lines(&["old-2"]));
+        assert_eq!(t.files_watched(), 0);
+        assert_eq!(t.open_files(), 0);
+        h.append("app.log", "new-1\n");
+        assert_eq!(h.pump(&mut t, true), lines(&["new-1"]));
+    }
+
+    #[test]
+    fn empty_file_that_grows_later_also_across_restart() {
+        let mut h = H::new(&["app.log"]);
+        h.append("app.log", "");
+        let mut t = h.tailer();
+        assert!(h.pump(&mut t, true).is_empty());
+        assert_eq!(t.files_watched(), 1);
+        t.write_checkpoint().unwrap();
+        drop(t);
+        h.append("app.log", "first\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["first"]));
+        h.append("app.log", "second\n");
+        assert_eq!(h.pump(&mut t, true), lines(&["second"]));
+    }
+
+    #[test]
+    fn same_inode_with_other_content_is_a_new_file() {
+        let mut h = H::new(&["app.log"]);
+        h.append("app.log", "aaaa-1\naaaa-2\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["aaaa-1", "aaaa-2"]));
+        t.write_checkpoint().unwrap();
+        drop(t);
+        // Rewritten in place while we were down: same device and inode, other content, and
+        // longer than the checkpointed offset, so only the fingerprint can tell.
+        fs::write(h.path("app.log"), "bbbb-1\nbbbb-2\nbbbb-3\n").unwrap();
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["bbbb-1", "bbbb-2", "bbbb-3"]));
+    }
+
+    #[test]
+    fn compressed_rotations_are_ignored() {
+        let mut h = H::new(&["app.log*"]);
+        h.append("app.log", "plain\n");
+        h.append("app.log.1.gz", "\u{1f}\u{8b}binary\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["plain"]));
+        assert_eq!(t.files_watched(), 1);
+    }
+
+    #[test]
+    fn directory_in_place_of_a_file_is_reported_once_and_others_flow() {
+        let mut h = H::new(&["*.log"]);
+        fs::create_dir(h.path("dir.log")).unwrap();
+        h.append("ok.log", "fine\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["fine"]));
+        h.append("ok.log", "still\n");
+        assert_eq!(h.pump(&mut t, true), lines(&["still"]));
+        assert_eq!(h.file_errors("not_a_file"), 1);
+    }
+
+    #[test]
+    fn unreadable_files_are_reported_once_and_others_flow() {
+        let mut h = H::new(&["*.log"]);
+        // A symlink loop fails for every user (root included).
+        std::os::unix::fs::symlink(h.path("loop.log"), h.path("loop.log")).unwrap();
+        h.append("ok.log", "fine\n");
+        let root = rustix::process::geteuid().is_root();
+        if !root {
+            h.append("secret.log", "hidden\n");
+            fs::set_permissions(
+                h.path("secret.log"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o000),
+            )
+            .unwrap();
+        }
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["fine"]));
+        h.append("ok.log", "more\n");
+        assert_eq!(h.pump(&mut t, true), lines(&["more"]));
+        assert_eq!(h.file_errors("io"), 1);
+        if !root {
+            assert_eq!(h.file_errors("permission_denied"), 1);
+        }
+    }
+
+    #[test]
+    fn clean_restart_resumes_without_loss_or_repeat() {
+        let mut h = H::new(&["*.log"]);
+        h.append("a.log", "a1\na2\n");
+        h.append("b.log", "b1\n");
+        let mut t = h.tailer();
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["a1", "a2", "b1"]));
+        t.write_checkpoint().unwrap();
+        drop(t);
+        h.append("a.log", "a3\n");
+        h.append("b.log", "b2\n");
+        let mut t = h.tailer();
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["a3", "b2"]));
+    }
+
+    #[test]
+    fn unacknowledged_batches_are_read_again_after_restart() {
+        let mut h = H::new(&["a.log"]);
+        h.append("a.log", "acked\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["acked"]));
+        h.append("a.log", "not-acked\n");
+        assert_eq!(h.pump(&mut t, false), lines(&["not-acked"]));
+        assert_eq!(t.unacked_batches(), 1);
+        t.write_checkpoint().unwrap();
+        drop(t);
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["not-acked"]));
+    }
+
+    #[test]
+    fn acknowledgements_apply_in_batch_order() {
+        let mut h = H::new(&["a.log"]);
+        h.cfg.batch_max_records = 1;
+        h.cfg.read_chunk_bytes = 2;
+        h.append("a.log", "1\n2\n");
+        let mut t = h.tailer();
+        t.scan(h.now);
+        t.poll(h.now);
+        let first = t.take_batch().unwrap();
+        t.poll(h.now);
+        let second = t.take_batch().unwrap();
+        assert!(first.ack.seq() < second.ack.seq());
+        second.ack.ack();
+        t.process_acks();
+        t.write_checkpoint().unwrap();
+        drop(first);
+        drop(t);
+        // The second batch was acknowledged but the first was not: both are read again.
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["1", "2"]));
+    }
+
+    #[test]
+    fn start_at_end_skips_existing_content_but_not_new_files() {
+        let mut h = H::new(&["*.log"]);
+        h.cfg.start_at = StartAt::End;
+        h.append("old.log", "history\n");
+        let mut t = h.tailer();
+        assert!(h.pump(&mut t, true).is_empty());
+        h.append("old.log", "live\n");
+        h.append("new.log", "fresh\n");
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["fresh", "live"]));
+    }
+
+    #[test]
+    fn long_lines_are_truncated_and_counted() {
+        let mut h = H::new(&["a.log"]);
+        h.cfg.max_line_bytes = 10;
+        h.cfg.read_chunk_bytes = 4;
+        h.append("a.log", &format!("{}\nshort\n", "x".repeat(25)));
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["xxxxxxxxxx", "short"]));
+        assert_eq!(h.counter(&h.stats.truncated_lines), 1);
+        assert_eq!(h.counter(&h.stats.lost_bytes), 15);
+    }
+
+    #[test]
+    fn descriptor_cap_closes_idle_files_and_reopens_them() {
+        let mut h = H::new(&["*.log"]);
+        h.cfg.max_open_files = 2;
+        for i in 0..5 {
+            h.append(&format!("f{i}.log"), &format!("{i}-a\n"));
+        }
+        let mut t = h.tailer();
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["0-a", "1-a", "2-a", "3-a", "4-a"]));
+        assert!(t.open_files() <= 2);
+        for i in 0..5 {
+            h.append(&format!("f{i}.log"), &format!("{i}-b\n"));
+        }
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["0-b", "1-b", "2-b", "3-b", "4-b"]));
+        assert!(t.open_files() <= 2);
+        assert_eq!(t.files_watched(), 5);
+    }
+
+    #[test]
+    fn pending_traceback_is_not_checkpointed_until_emitted() {
+        let mut h = H::new(&["a.log"]);
+        h.cfg.join = Some(JoinerConfig {
+            timeout: Duration::from_secs(3600),
+            ..JoinerConfig::default()
+        });
+        h.append(
+            "a.log",
+            "first line\nERROR boom\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n",
+        );
+        let mut t = h.tailer();
+        // "first line" is emitted when the next line starts a new record; the traceback waits.
+        assert_eq!(h.pump(&mut t, true), lines(&["first line"]));
+        t.write_checkpoint().unwrap();
+        drop(t);
+        h.append("a.log", "ValueError: bad\nafter\n");
+        let mut t = h.tailer();
+        let got = h.pump(&mut t, true);
+        assert_eq!(got, lines(&["ERROR boom"]));
+        assert_eq!(
+            h.stats
+                .exceptions
+                .get_or_create(&[("source", "app".into()), ("exception", "ValueError".into())])
+                .get(),
+            1
+        );
     }
 }

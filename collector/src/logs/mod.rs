@@ -39,12 +39,20 @@
 //! # Ok::<(), sidelight_collector::logs::RedactError>(())
 //! ```
 
+pub mod checkpoint;
+pub mod discover;
 pub mod multiline;
 pub mod parse;
 pub mod record;
 pub mod redact;
+pub mod source;
+pub mod stats;
+pub mod tail;
 
 pub use multiline::{Joined, Joiner, JoinerConfig};
 pub use parse::{Format, ParseError, Parsed, Parser, ParserConfig};
 pub use record::{AttrValue, Attributes, ExceptionInfo, LogRecord, SpanId, TraceId};
 pub use redact::{RedactError, RedactionConfig, RedactionCounts, Redactor};
+pub use source::{LogSource, LogSourceConfig, LogSourceError, MultilineConfig, TailTuning};
+pub use stats::LogStats;
+pub use tail::{Ack, Batch, StartAt, TailConfig, TailError, Tailer};

@@ -1,0 +1,473 @@
+//! The file log source: its configuration, `validate` / `build` / `run`, and the async loop that
+//! drives the [`Tailer`] — inotify wake-ups through `notify` (parent directories, wake-ups only),
+//! a periodic scan as fallback, bounded hand-off over a tokio channel (a full channel stops the
+//! reading: the files are the buffer), checkpoints of acknowledged offsets at most once per
+//! interval and once more on stop.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use serde::{Deserialize, Deserializer};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::discover::{DiscoverError, Discovery};
+use super::multiline::JoinerConfig;
+use super::parse::{DEFAULT_MAX_LINE_BYTES, Format, Parser, ParserConfig};
+use super::redact::{RedactError, RedactionConfig, Redactor};
+use super::stats::LogStats;
+use super::tail::{Batch, StartAt, TailConfig, TailError, Tailer};
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// Traceback joining settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MultilineConfig {
+    /// Join plain-text tracebacks (ignored for `format: json`).
+    pub enabled: bool,
+    /// A pending record is emitted after this long without a continuation line.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for MultilineConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Tuning knobs of the tailer; the defaults suit most hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TailTuning {
+    /// Fallback scan for filesystems without inotify events (NFS, some overlays).
+    #[serde(deserialize_with = "duration")]
+    pub scan_interval: Duration,
+    /// Acknowledged offsets are written at most this often (and on stop).
+    #[serde(deserialize_with = "duration")]
+    pub checkpoint_interval: Duration,
+    /// Checkpoints of files unseen this long are dropped.
+    #[serde(deserialize_with = "duration")]
+    pub checkpoint_expiry: Duration,
+    /// A last line without a newline is emitted after this long without growth.
+    #[serde(deserialize_with = "duration")]
+    pub partial_line_timeout: Duration,
+    /// A rotated-away or deleted file is released this long after its last growth.
+    #[serde(deserialize_with = "duration")]
+    pub rotate_wait: Duration,
+    /// On stop, how long to wait for the consumer to acknowledge batches already sent.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+    pub max_open_files: usize,
+    pub read_chunk_bytes: usize,
+    pub batch_max_records: usize,
+    pub batch_max_bytes: usize,
+    pub fingerprint_bytes: usize,
+}
+
+impl Default for TailTuning {
+    fn default() -> Self {
+        let t = TailConfig::new("");
+        Self {
+            scan_interval: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(1),
+            checkpoint_expiry: t.checkpoint_expiry,
+            partial_line_timeout: t.partial_line_timeout,
+            rotate_wait: t.rotate_wait,
+            drain_timeout: Duration::from_secs(5),
+            max_open_files: t.max_open_files,
+            read_chunk_bytes: t.read_chunk_bytes,
+            batch_max_records: t.batch_max_records,
+            batch_max_bytes: t.batch_max_bytes,
+            fingerprint_bytes: t.fingerprint_bytes,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_line() -> usize {
+    DEFAULT_MAX_LINE_BYTES
+}
+
+/// One `logs:` entry of the agent config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSourceConfig {
+    /// The `source` label of records and metrics; names the checkpoint file.
+    pub source: String,
+    /// Globs of files to tail (`*` stays within a directory, `**` crosses directories).
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Skip `.gz`, `.bz2`, `.xz`, `.zst`, `.zip`, `.lz4`, `.z` files (rotated archives).
+    #[serde(default = "yes")]
+    pub exclude_compressed: bool,
+    #[serde(default)]
+    pub format: Format,
+    /// Where files without a checkpoint start (`beginning` or `end`; `end` applies only to
+    /// files present at start-up).
+    #[serde(default)]
+    pub start_at: StartAt,
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: usize,
+    #[serde(default)]
+    pub multiline: MultilineConfig,
+    #[serde(default)]
+    pub redaction: RedactionConfig,
+    #[serde(default)]
+    pub tail: TailTuning,
+}
+
+/// Errors in a log source's configuration or start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogSourceError {
+    #[error("logs: `source` must not be empty")]
+    EmptySource,
+    #[error("logs {0}: `include` must list at least one pattern")]
+    NoInclude(String),
+    #[error("logs {source_name}: {error}")]
+    Discover {
+        source_name: String,
+        #[source]
+        error: DiscoverError,
+    },
+    #[error("logs {source_name}: {error}")]
+    Redact {
+        source_name: String,
+        #[source]
+        error: RedactError,
+    },
+    #[error("logs {source_name}: {what} must be greater than zero")]
+    Zero {
+        source_name: String,
+        what: &'static str,
+    },
+    #[error("logs {source_name}: {error}")]
+    Tail {
+        source_name: String,
+        #[source]
+        error: TailError,
+    },
+    #[error("logs {0}: the tailer task panicked")]
+    Panicked(String),
+}
+
+impl LogSourceConfig {
+    /// Checks everything that can be checked without IO; returns every error found.
+    pub fn validate(&self) -> Result<(), Vec<LogSourceError>> {
+        let mut errors = Vec::new();
+        let name = self.source.clone();
+        if self.source.trim().is_empty() {
+            errors.push(LogSourceError::EmptySource);
+        }
+        if self.include.is_empty() {
+            errors.push(LogSourceError::NoInclude(name.clone()));
+        }
+        if let Err(error) = Discovery::new(&self.include, &self.exclude, self.exclude_compressed) {
+            errors.push(LogSourceError::Discover {
+                source_name: name.clone(),
+                error,
+            });
+        }
+        if let Err(error) = Redactor::new(&self.redaction) {
+            errors.push(LogSourceError::Redact {
+                source_name: name.clone(),
+                error,
+            });
+        }
+        let t = &self.tail;
+        for (what, zero) in [
+            ("max_line_bytes", self.max_line_bytes == 0),
+            ("tail.scan_interval", t.scan_interval.is_zero()),
+            ("tail.checkpoint_interval", t.checkpoint_interval.is_zero()),
+            ("tail.max_open_files", t.max_open_files == 0),
+            ("tail.read_chunk_bytes", t.read_chunk_bytes == 0),
+            ("tail.batch_max_records", t.batch_max_records == 0),
+            ("tail.batch_max_bytes", t.batch_max_bytes == 0),
+        ] {
+            if zero {
+                errors.push(LogSourceError::Zero {
+                    source_name: name.clone(),
+                    what,
+                });
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn tail_config(&self) -> TailConfig {
+        let t = &self.tail;
+        TailConfig {
+            source: self.source.as_str().into(),
+            start_at: self.start_at,
+            max_line_bytes: self.max_line_bytes,
+            read_chunk_bytes: t.read_chunk_bytes,
+            batch_max_records: t.batch_max_records,
+            batch_max_bytes: t.batch_max_bytes,
+            max_open_files: t.max_open_files,
+            fingerprint_bytes: t.fingerprint_bytes,
+            partial_line_timeout: t.partial_line_timeout,
+            rotate_wait: t.rotate_wait,
+            checkpoint_expiry: t.checkpoint_expiry,
+            join: (self.multiline.enabled && self.format != Format::Json).then(|| JoinerConfig {
+                timeout: self.multiline.timeout,
+                max_bytes: self.max_line_bytes,
+                ..JoinerConfig::default()
+            }),
+        }
+    }
+}
+
+/// A built log source, ready to [`run`](LogSource::run).
+#[derive(Debug)]
+pub struct LogSource {
+    config: LogSourceConfig,
+    discovery: Discovery,
+    parser: Parser,
+    redactor: Redactor,
+    stats: LogStats,
+}
+
+impl LogSource {
+    /// Compiles patterns and rules; opens nothing, spawns nothing.
+    pub fn build(config: LogSourceConfig, stats: LogStats) -> Result<Self, Vec<LogSourceError>> {
+        config.validate()?;
+        let name = config.source.clone();
+        let discovery = Discovery::new(&config.include, &config.exclude, config.exclude_compressed)
+            .map_err(|error| {
+                vec![LogSourceError::Discover {
+                    source_name: name.clone(),
+                    error,
+                }]
+            })?;
+        let redactor = Redactor::new(&config.redaction).map_err(|error| {
+            vec![LogSourceError::Redact {
+                source_name: name.clone(),
+                error,
+            }]
+        })?;
+        let parser = Parser::new(ParserConfig {
+            format: config.format,
+            max_line_bytes: config.max_line_bytes,
+            source: Some(config.source.as_str().into()),
+            ..ParserConfig::default()
+        });
+        Ok(Self {
+            config,
+            discovery,
+            parser,
+            redactor,
+            stats,
+        })
+    }
+
+    /// The source name.
+    pub fn name(&self) -> &str {
+        &self.config.source
+    }
+
+    /// Tails until `cancel`, sending batches on `tx` (bounded: a full channel pauses reading).
+    /// On cancel: stops reading, closes `tx`, waits up to `tail.drain_timeout` for the consumer
+    /// to acknowledge what it already received, writes the final checkpoint and returns.
+    /// Checkpoints live in `checkpoint_dir` (the agent's `store.path`).
+    pub async fn run(
+        self,
+        tx: mpsc::Sender<Batch>,
+        checkpoint_dir: PathBuf,
+        cancel: CancellationToken,
+    ) -> Result<(), LogSourceError> {
+        let name = self.config.source.clone();
+        let tuning = self.config.tail.clone();
+        let tail_error = |error| LogSourceError::Tail {
+            source_name: name.clone(),
+            error,
+        };
+        let cfg = self.config.tail_config();
+        let dir = checkpoint_dir.clone();
+        let (discovery, parser, redactor, stats) =
+            (self.discovery, self.parser, self.redactor, self.stats);
+        let mut tailer = blocking(&name, move || {
+            Tailer::new(cfg, discovery, parser, redactor, stats, &dir)
+        })
+        .await?
+        .map_err(tail_error)?;
+        let Some(mut acks) = tailer.take_ack_receiver() else {
+            return Err(LogSourceError::Panicked(name));
+        };
+
+        let wake = Arc::new(Wake::default());
+        let mut watcher = start_watcher(&name, wake.clone());
+        let mut watched: Vec<PathBuf> = Vec::new();
+
+        let mut next_scan = Instant::now();
+        let mut next_checkpoint = Instant::now() + tuning.checkpoint_interval;
+        let mut rescan = true;
+        loop {
+            while let Ok(seq) = acks.try_recv() {
+                tailer.acked(seq);
+            }
+            let now = Instant::now();
+            if now >= next_scan || rescan || wake.rescan.swap(false, Ordering::Relaxed) {
+                if let Some(w) = &mut watcher {
+                    watch_roots(&name, w, tailer.discovery(), &mut watched);
+                }
+                rescan = true;
+                next_scan = now + tuning.scan_interval;
+            }
+            let checkpoint = now >= next_checkpoint;
+            if checkpoint {
+                next_checkpoint = now + tuning.checkpoint_interval;
+            }
+            let do_scan = std::mem::take(&mut rescan);
+            let (t, batch) = blocking(&name, move || {
+                let mut tailer = tailer;
+                let now = std::time::Instant::now();
+                if do_scan {
+                    tailer.scan(now);
+                }
+                tailer.tick(now);
+                tailer.poll(now);
+                if checkpoint && let Err(e) = tailer.write_checkpoint() {
+                    tracing::warn!(error = %e, "log checkpoint write failed; retrying");
+                }
+                let batch = tailer.take_batch();
+                (tailer, batch)
+            })
+            .await?;
+            tailer = t;
+            if let Some(batch) = batch {
+                tokio::select! {
+                    biased;
+                    // The batch is dropped unacknowledged: its lines are read again on restart.
+                    () = cancel.cancelled() => break,
+                    sent = tx.send(batch) => if sent.is_err() {
+                        tracing::warn!(source = %name, "log consumer is gone; stopping the tailer");
+                        break;
+                    },
+                }
+                continue;
+            }
+            let mut until = next_scan.min(next_checkpoint);
+            if let Some(d) = tailer.next_deadline() {
+                until = until.min(Instant::from_std(d));
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                () = wake.notify.notified() => {}
+                Some(seq) = acks.recv() => tailer.acked(seq),
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
+
+        // Shutdown: close the channel, collect the acknowledgements still coming, checkpoint.
+        drop(watcher);
+        drop(tx);
+        tailer.close_acks();
+        let drain = async {
+            while let Some(seq) = acks.recv().await {
+                tailer.acked(seq);
+            }
+        };
+        if tokio::time::timeout(tuning.drain_timeout, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(source = %name, "stopping with unacknowledged log batches; they are read again on restart");
+        }
+        let (_, result) = blocking(&name, move || {
+            let r = tailer.write_checkpoint();
+            (tailer, r)
+        })
+        .await?;
+        result.map_err(|e| tail_error(TailError::Checkpoint(e)))
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, LogSourceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| LogSourceError::Panicked(name.to_owned()))
+}
+
+#[derive(Debug, Default)]
+struct Wake {
+    notify: Notify,
+    /// Set on create / remove / rename events: the next wake-up rescans.
+    rescan: AtomicBool,
+}
+
+fn start_watcher(name: &str, wake: Arc<Wake>) -> Option<notify::RecommendedWatcher> {
+    let handler = move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else {
+            wake.rescan.store(true, Ordering::Relaxed);
+            wake.notify.notify_one();
+            return;
+        };
+        match event.kind {
+            EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(notify::event::ModifyKind::Name(_)) => {
+                wake.rescan.store(true, Ordering::Relaxed);
+                wake.notify.notify_one();
+            }
+            EventKind::Modify(_) | EventKind::Any => wake.notify.notify_one(),
+            // Our own opens and reads must not wake us.
+            EventKind::Access(_) | EventKind::Other => {}
+        }
+    };
+    match notify::recommended_watcher(handler) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(source = %name, error = %e, "no file events; relying on the periodic scan");
+            None
+        }
+    }
+}
+
+/// Watches each root directory not yet watched (roots may appear after start-up).
+fn watch_roots(
+    name: &str,
+    watcher: &mut notify::RecommendedWatcher,
+    discovery: &Discovery,
+    watched: &mut Vec<PathBuf>,
+) {
+    for (root, recursive) in discovery.watch_roots() {
+        if watched.iter().any(|w| w == root) || !Path::new(root).is_dir() {
+            continue;
+        }
+        let mode = if recursive {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        match watcher.watch(root, mode) {
+            Ok(()) => watched.push(root.to_path_buf()),
+            Err(e) => {
+                tracing::warn!(source = %name, dir = %root.display(), error = %e, "cannot watch directory; relying on the periodic scan");
+                watched.push(root.to_path_buf());
+            }
+        }
+    }
+}

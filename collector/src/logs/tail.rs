@@ -1,0 +1,1581 @@
+//! The synchronous core of the file tailer: tracks files by identity across rotation, reads them
+//! in bounded chunks, splits lines, runs them through the joiner, parser and redactor, and builds
+//! bounded [`Batch`]es whose offsets are checkpointed only once the consumer acknowledges them.
+//!
+//! No async and no clock inside: the caller passes `now` and decides when to scan, poll, seal
+//! and checkpoint (the async loop lives in `source.rs`), which keeps every rotation case testable
+//! step by step.
+//!
+//! Architecture invariants:
+//! - a checkpointed offset is always at a line (or joined-record) boundary, and never beyond the
+//!   last byte of a record that every sink has received;
+//! - acknowledgements are applied in batch order, so out-of-order acks never skip an unacked batch;
+//! - memory is bounded by one batch, one read chunk, and per file one capped partial line and one
+//!   capped joined record, whatever the file sizes;
+//! - identity is device + inode + a fingerprint of the first bytes; an inode alone is never trusted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use super::checkpoint::{CheckpointError, CheckpointFile, Entry, Fingerprint};
+use super::discover::Discovery;
+use super::multiline::{Joined, Joiner, JoinerConfig};
+use super::parse::Parser;
+use super::record::LogRecord;
+use super::redact::Redactor;
+use super::stats::{LogStats, level_label};
+
+/// Where to start reading a file that has no checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// From the first byte.
+    #[default]
+    Beginning,
+    /// From the current end — only for files present at start-up; files that appear later
+    /// (a rotation's new file) are always read from the beginning, or their first lines would
+    /// be lost.
+    End,
+}
+
+/// Tailer settings (built from [`super::source::LogSourceConfig`]).
+#[derive(Debug, Clone)]
+pub struct TailConfig {
+    pub source: Arc<str>,
+    pub start_at: StartAt,
+    pub max_line_bytes: usize,
+    /// Bytes per read.
+    pub read_chunk_bytes: usize,
+    /// A batch is sealed at this many records…
+    pub batch_max_records: usize,
+    /// …or this many bytes of line text.
+    pub batch_max_bytes: usize,
+    /// Descriptors held at most; the least recently read file is closed beyond it and reopened
+    /// by identity later.
+    pub max_open_files: usize,
+    /// Bytes hashed for identity.
+    pub fingerprint_bytes: usize,
+    /// A last line without `\n` is emitted after the file has not grown for this long.
+    pub partial_line_timeout: Duration,
+    /// A file renamed out of the patterns or deleted is read to its end, then released once it
+    /// has not grown for this long.
+    pub rotate_wait: Duration,
+    /// Checkpoints of files not seen for this long are dropped.
+    pub checkpoint_expiry: Duration,
+    /// Traceback joining (`None` for `format: json`).
+    pub join: Option<JoinerConfig>,
+}
+
+impl TailConfig {
+    /// Defaults for `source`.
+    pub fn new(source: &str) -> Self {
+        Self {
+            source: source.into(),
+            start_at: StartAt::Beginning,
+            max_line_bytes: super::parse::DEFAULT_MAX_LINE_BYTES,
+            read_chunk_bytes: 64 * 1024,
+            batch_max_records: 1000,
+            batch_max_bytes: 1024 * 1024,
+            max_open_files: 256,
+            fingerprint_bytes: 256,
+            partial_line_timeout: Duration::from_secs(5),
+            rotate_wait: Duration::from_secs(1),
+            checkpoint_expiry: Duration::from_secs(24 * 3600),
+            join: Some(JoinerConfig::default()),
+        }
+    }
+}
+
+/// Errors that stop a tailer (per-file trouble is logged and counted instead).
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// A batch of records handed to the consumer.
+///
+/// Contract: the consumer calls [`Ack::ack`] (via [`Batch::ack`] or after taking `records`)
+/// once every sink has accepted the records. Only then do the batch's file offsets become
+/// eligible for the checkpoint; acknowledgements are applied in batch order. A batch dropped
+/// without an acknowledgement holds back the checkpoint of its files (and of later batches'
+/// offsets of those files) for the rest of the run, so its lines are read again after a restart.
+#[derive(Debug)]
+pub struct Batch {
+    pub records: Vec<LogRecord>,
+    pub ack: Ack,
+}
+
+impl Batch {
+    /// Splits the batch into its records and its acknowledgement token.
+    pub fn into_parts(self) -> (Vec<LogRecord>, Ack) {
+        (self.records, self.ack)
+    }
+}
+
+/// The acknowledgement token of one [`Batch`]: a sequence number and the way back to the
+/// tailer. Cheap to move across tasks; acknowledging after the tailer stopped is harmless.
+#[derive(Debug)]
+pub struct Ack {
+    seq: u64,
+    tx: mpsc::UnboundedSender<u64>,
+}
+
+impl Ack {
+    /// The batch's sequence number (increasing per source).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Acknowledges the batch: every sink has it.
+    pub fn ack(self) {
+        // The tailer may be gone (it stopped); then there is nothing left to advance.
+        let _ = self.tx.send(self.seq);
+    }
+}
+
+/// Per-file offsets a batch advances to: id → (generation, offset).
+type Marks = HashMap<u64, (u64, u64)>;
+
+#[derive(Debug)]
+struct Inflight {
+    marks: Marks,
+    acked: bool,
+}
+
+#[derive(Debug, Default)]
+struct Building {
+    records: Vec<LogRecord>,
+    bytes: usize,
+    marks: Marks,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    id: u64,
+    path: PathBuf,
+    path_arc: Arc<str>,
+    dev: u64,
+    ino: u64,
+    fp: Fingerprint,
+    /// Bumped when the content is replaced under the same identity (copytruncate), so late
+    /// acknowledgements of the old content do not move the new offsets.
+    generation: u64,
+    file: Option<File>,
+    /// Next byte to read.
+    read_offset: u64,
+    /// The incomplete last line (capped at `max_line_bytes + 1`).
+    partial: Vec<u8>,
+    /// Bytes of the partial line beyond the cap.
+    partial_dropped: usize,
+    /// When the file last grew while a partial line was pending.
+    partial_since: Option<Instant>,
+    joiner: Option<Joiner>,
+    /// Where the joiner's pending record starts.
+    pending_start: Option<u64>,
+    /// Every byte before it is in an emitted record (or was blank).
+    emitted_offset: u64,
+    /// Every byte before it was acknowledged.
+    acked_offset: u64,
+    /// Size at the last look.
+    size_seen: u64,
+    last_used: Instant,
+    /// Seen at `path` in the last scan.
+    present: bool,
+    /// Not seen since then: read to the end, then released.
+    orphan_since: Option<Instant>,
+    /// Released (read to the end, or unreadable); kept until its offsets are acknowledged.
+    done: bool,
+    seen_unix: u64,
+    deleted_counted: bool,
+}
+
+impl Tracked {
+    fn line_offset(&self) -> u64 {
+        self.read_offset - (self.partial.len() + self.partial_dropped) as u64
+    }
+}
+
+/// The file tailer of one log source.
+#[derive(Debug)]
+pub struct Tailer {
+    cfg: TailConfig,
+    discovery: Discovery,
+    parser: Parser,
+    redactor: Redactor,
+    stats: LogStats,
+    source_label: [(&'static str, String); 1],
+    checkpoint: CheckpointFile,
+    files: BTreeMap<u64, Tracked>,
+    by_inode: HashMap<(u64, u64), u64>,
+    /// Checkpoint entries of files not (yet) found, kept until they expire.
+    stale: Vec<Entry>,
+    next_id: u64,
+    next_seq: u64,
+    building: Building,
+    inflight: BTreeMap<u64, Inflight>,
+    ack_tx: Option<mpsc::UnboundedSender<u64>>,
+    ack_rx: Option<mpsc::UnboundedReceiver<u64>>,
+    warned: HashSet<(PathBuf, &'static str)>,
+    open_count: usize,
+    scanned_once: bool,
+    last_written: Option<Vec<Entry>>,
+    buf: Vec<u8>,
+    joined: Vec<Joined>,
+    /// Round-robin start for fairness between files.
+    cursor: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn read_prefix(file: &File, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        let n = file.read_at(&mut buf[got..], got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+fn error_kind(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        ErrorKind::PermissionDenied => "permission_denied",
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::IsADirectory => "not_a_file",
+        _ => "io",
+    }
+}
+
+impl Tailer {
+    /// A tailer with the checkpoint of `cfg.source` in `checkpoint_dir` loaded (a corrupt
+    /// checkpoint is logged, counted and ignored: the files are read again).
+    pub fn new(
+        cfg: TailConfig,
+        discovery: Discovery,
+        parser: Parser,
+        redactor: Redactor,
+        stats: LogStats,
+        checkpoint_dir: &Path,
+    ) -> Result<Self, TailError> {
+        let checkpoint = CheckpointFile::new(checkpoint_dir, &cfg.source);
+        let source_label = [("source", cfg.source.to_string())];
+        let stale = match checkpoint.load() {
+            Ok(entries) => entries,
+            Err(e @ CheckpointError::Corrupt { .. }) => {
+                tracing::error!(error = %e, "ignoring corrupt log checkpoint; files are read again");
+                stats.checkpoint_errors.get_or_create(&source_label).inc();
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let buf = vec![0u8; cfg.read_chunk_bytes.max(1)];
+        Ok(Self {
+            cfg,
+            discovery,
+            parser,
+            redactor,
+            stats,
+            source_label,
+            checkpoint,
+            files: BTreeMap::new(),
+            by_inode: HashMap::new(),
+            stale,
+            next_id: 0,
+            next_seq: 0,
+            building: Building::default(),
+            inflight: BTreeMap::new(),
+            ack_tx: Some(ack_tx),
+            ack_rx: Some(ack_rx),
+            warned: HashSet::new(),
+            open_count: 0,
+            scanned_once: false,
+            last_written: None,
+            buf,
+            joined: Vec::new(),
+            cursor: 0,
+        })
+    }
+
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
+    /// Takes the acknowledgement receiver (the async loop awaits it); afterwards acks must be
+    /// passed in with [`Tailer::acked`].
+    pub fn take_ack_receiver(&mut self) -> Option<mpsc::UnboundedReceiver<u64>> {
+        self.ack_rx.take()
+    }
+
+    /// Drops the tailer's own ack sender, so the receiver ends once every outstanding
+    /// [`Ack`] has been used or dropped (shutdown drain).
+    pub fn close_acks(&mut self) {
+        self.ack_tx = None;
+    }
+
+    /// Applies the acknowledgements waiting in the receiver (when not taken).
+    pub fn process_acks(&mut self) {
+        let mut seqs = Vec::new();
+        if let Some(rx) = &mut self.ack_rx {
+            while let Ok(seq) = rx.try_recv() {
+                seqs.push(seq);
+            }
+        }
+        for seq in seqs {
+            self.acked(seq);
+        }
+    }
+
+    /// Marks batch `seq` acknowledged and applies every acknowledged batch at the head.
+    pub fn acked(&mut self, seq: u64) {
+        if let Some(b) = self.inflight.get_mut(&seq) {
+            b.acked = true;
+        }
+        while let Some(entry) = self.inflight.first_entry() {
+            if !entry.get().acked {
+                break;
+            }
+            let batch = entry.remove();
+            for (id, (generation, offset)) in batch.marks {
+                if let Some(t) = self.files.get_mut(&id)
+                    && t.generation == generation
+                {
+                    t.acked_offset = t.acked_offset.max(offset);
+                }
+            }
+        }
+        self.files
+            .retain(|_, t| !(t.done && t.acked_offset >= t.emitted_offset));
+    }
+
+    /// Batches handed out and not yet acknowledged.
+    pub fn unacked_batches(&self) -> usize {
+        self.inflight.values().filter(|b| !b.acked).count()
+    }
+
+    fn warn_once(&mut self, path: &Path, kind: &'static str, err: &dyn std::fmt::Display) {
+        if self.warned.insert((path.to_path_buf(), kind)) {
+            tracing::warn!(source = %self.cfg.source, path = %path.display(), kind, error = %err, "cannot tail log file");
+            self.stats
+                .file_errors
+                .get_or_create(&[
+                    ("source", self.cfg.source.to_string()),
+                    ("kind", kind.to_owned()),
+                ])
+                .inc();
+        }
+    }
+
+    fn rotation(&self, kind: &str) {
+        self.stats
+            .rotations
+            .get_or_create(&[
+                ("source", self.cfg.source.to_string()),
+                ("kind", kind.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Looks for files: new ones are tracked (resuming from a checkpoint when their identity
+    /// matches one), renamed ones followed, vanished ones orphaned (read to the end, then
+    /// released).
+    pub fn scan(&mut self, now: Instant) {
+        let mut errors = Vec::new();
+        let found = self
+            .discovery
+            .scan(&mut |p: &Path, e| errors.push((p.to_path_buf(), e)));
+        for (p, e) in errors {
+            let kind = error_kind(&e);
+            self.warn_once(&p, kind, &e);
+        }
+        let seen_unix = unix_now();
+        let first = !self.scanned_once;
+        self.scanned_once = true;
+        for t in self.files.values_mut() {
+            t.present = false;
+        }
+        for f in found {
+            if f.not_a_file {
+                self.warn_once(
+                    &f.path,
+                    "not_a_file",
+                    &"a pattern matched a directory or special file",
+                );
+                continue;
+            }
+            if let Some(&id) = self.by_inode.get(&(f.dev, f.ino)) {
+                if self.same_content(id, &f.path) {
+                    let Some(t) = self.files.get_mut(&id) else {
+                        continue;
+                    };
+                    let renamed = t.path != f.path;
+                    if renamed {
+                        t.path = f.path.clone();
+                        t.path_arc = f.path.to_string_lossy().into();
+                    }
+                    t.present = true;
+                    t.orphan_since = None;
+                    t.seen_unix = seen_unix;
+                    if renamed {
+                        self.rotation("rename");
+                    }
+                    continue;
+                }
+                // Same inode, other content: the old file is gone for good.
+                self.release(id);
+            }
+            self.track_new(&f.path, f.dev, f.ino, first, now, seen_unix);
+        }
+        let mut orphaned = 0;
+        for t in self.files.values_mut() {
+            if !t.present && !t.done && t.orphan_since.is_none() {
+                t.orphan_since = Some(now);
+                orphaned += 1;
+            }
+        }
+        for _ in 0..orphaned {
+            self.rotation("moved_or_deleted");
+        }
+        self.update_gauges();
+    }
+
+    /// For a closed tracked file, whether `path` still has its content (guards inode reuse).
+    fn same_content(&mut self, id: u64, path: &Path) -> bool {
+        let Some(t) = self.files.get(&id) else {
+            return false;
+        };
+        if t.file.is_some() {
+            // An open descriptor pins the inode: it cannot have been reused.
+            return true;
+        }
+        let fp = t.fp;
+        match File::open(path).and_then(|f| read_prefix(&f, fp.len as usize)) {
+            Ok(prefix) => fp.matches_prefix(&prefix),
+            Err(_) => false,
+        }
+    }
+
+    fn track_new(
+        &mut self,
+        path: &Path,
+        dev: u64,
+        ino: u64,
+        first_scan: bool,
+        now: Instant,
+        seen_unix: u64,
+    ) {
+        if !self.make_room(None) {
+            return;
+        }
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return,
+            Err(e) => {
+                let kind = error_kind(&e);
+                self.warn_once(path, kind, &e);
+                return;
+            }
+        };
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                self.warn_once(path, "io", &e);
+                return;
+            }
+        };
+        if !meta.is_file() {
+            self.warn_once(path, "not_a_file", &"not a regular file");
+            return;
+        }
+        // The file we opened may not be the one stat saw (replaced in between): trust the fd.
+        let (dev, ino) = if (meta.dev(), meta.ino()) == (dev, ino) {
+            (dev, ino)
+        } else {
+            (meta.dev(), meta.ino())
+        };
+        if self.by_inode.contains_key(&(dev, ino)) {
+            return;
+        }
+        let prefix = match read_prefix(&file, self.cfg.fingerprint_bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                self.warn_once(path, error_kind(&e), &e);
+                return;
+            }
+        };
+        self.warned.retain(|(p, _)| p != path);
+        let size = meta.len();
+        let resume = self.stale.iter().position(|e| {
+            e.dev == dev
+                && e.ino == ino
+                && e.fingerprint.matches_prefix(&prefix)
+                && e.offset <= size
+        });
+        let offset = match resume {
+            Some(i) => self.stale.swap_remove(i).offset,
+            None if first_scan && self.cfg.start_at == StartAt::End => size,
+            None => 0,
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.open_count += 1;
+        let t = Tracked {
+            id,
+            path: path.to_path_buf(),
+            path_arc: path.to_string_lossy().into(),
+            dev,
+            ino,
+            fp: Fingerprint::of(&prefix),
+            generation: 0,
+            file: Some(file),
+            read_offset: offset,
+            partial: Vec::new(),
+            partial_dropped: 0,
+            partial_since: None,
+            joiner: self.cfg.join.clone().map(Joiner::new),
+            pending_start: None,
+            emitted_offset: offset,
+            acked_offset: offset,
+            size_seen: size,
+            last_used: now,
+            present: true,
+            orphan_since: None,
+            done: false,
+            seen_unix,
+            deleted_counted: false,
+        };
+        self.by_inode.insert((dev, ino), id);
+        self.files.insert(id, t);
+    }
+
+    /// Closes least recently read files until a descriptor is free; never closes orphans
+    /// (their path is gone: closing would lose their tail) nor `keep`.
+    fn make_room(&mut self, keep: Option<u64>) -> bool {
+        while self.open_count >= self.cfg.max_open_files.max(1) {
+            let victim = self
+                .files
+                .values()
+                .filter(|t| t.file.is_some() && t.orphan_since.is_none() && Some(t.id) != keep)
+                .min_by_key(|t| t.last_used)
+                .map(|t| t.id);
+            let Some(id) = victim else {
+                return false;
+            };
+            if let Some(t) = self.files.get_mut(&id) {
+                t.file = None;
+                self.open_count -= 1;
+            }
+        }
+        true
+    }
+
+    /// Flushes a file's pending text and stops reading it.
+    fn release(&mut self, id: u64) {
+        let now = Instant::now();
+        self.flush_pending(id, now);
+        if let Some(t) = self.files.get_mut(&id) {
+            if t.file.take().is_some() {
+                self.open_count -= 1;
+            }
+            t.done = true;
+            if self.by_inode.get(&(t.dev, t.ino)) == Some(&id) {
+                self.by_inode.remove(&(t.dev, t.ino));
+            }
+        }
+        self.files
+            .retain(|_, t| !(t.done && t.acked_offset >= t.emitted_offset));
+    }
+
+    /// Emits the partial line and the joiner's pending record (rotation, release, timeout).
+    fn flush_pending(&mut self, id: u64, now: Instant) {
+        let Some(t) = self.files.get_mut(&id) else {
+            return;
+        };
+        if !t.partial.is_empty() || t.partial_dropped > 0 {
+            let (start, end) = (t.line_offset(), t.read_offset);
+            let line = std::mem::take(&mut t.partial);
+            let dropped = std::mem::take(&mut t.partial_dropped);
+            t.partial_since = None;
+            self.handle_line(id, &line, dropped, start, end, now);
+        }
+        let Some(t) = self.files.get_mut(&id) else {
+            return;
+        };
+        if let Some(joined) = t.joiner.as_mut().and_then(Joiner::flush) {
+            t.pending_start = None;
+            t.emitted_offset = t.line_offset();
+            let mark = (t.generation, t.emitted_offset);
+            self.emit(id, &joined.text, joined.dropped_bytes);
+            self.building.marks.insert(id, mark);
+        }
+    }
+
+    /// Whether the batch being built should be sealed.
+    pub fn batch_full(&self) -> bool {
+        self.building.records.len() >= self.cfg.batch_max_records.max(1)
+            || self.building.bytes >= self.cfg.batch_max_bytes.max(1)
+    }
+
+    /// Reads every file that has grown until the batch is full or nothing is left; returns
+    /// whether any byte was read or any record emitted.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        let ids: Vec<u64> = self
+            .files
+            .range(self.cursor..)
+            .chain(self.files.range(..self.cursor))
+            .filter(|(_, t)| !t.done)
+            .map(|(&id, _)| id)
+            .collect();
+        let mut progress = false;
+        for id in ids {
+            if self.batch_full() {
+                self.cursor = id;
+                break;
+            }
+            progress |= self.read_file(id, now);
+        }
+        self.update_gauges();
+        progress
+    }
+
+    fn reopen(&mut self, id: u64) -> Option<()> {
+        let t = self.files.get(&id)?;
+        if t.orphan_since.is_some() {
+            // Its path no longer leads to it: what was not read before closing is gone.
+            self.release(id);
+            return None;
+        }
+        let path = t.path.clone();
+        let (dev, ino, fp) = (t.dev, t.ino, t.fp);
+        if !self.make_room(Some(id)) {
+            return None;
+        }
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                if e.kind() != ErrorKind::NotFound {
+                    self.warn_once(&path, error_kind(&e), &e);
+                }
+                return None;
+            }
+        };
+        let same = file
+            .metadata()
+            .is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
+            && read_prefix(&file, fp.len as usize).is_ok_and(|p| fp.matches_prefix(&p));
+        if !same {
+            // Replaced while closed: the scan tracks the new file.
+            self.release(id);
+            return None;
+        }
+        let t = self.files.get_mut(&id)?;
+        t.file = Some(file);
+        self.open_count += 1;
+        Some(())
+    }
+
+    fn read_file(&mut self, id: u64, now: Instant) -> bool {
+        let needs_open = self.files.get(&id).is_some_and(|t| t.file.is_none());
+        if needs_open {
+            // Closed files are reopened only when a stat says they grew or shrank.
+            let Some(t) = self.files.get(&id) else {
+                return false;
+            };
+            let changed = std::fs::metadata(&t.path).is_ok_and(|m| m.len() != t.read_offset);
+            if !changed || self.reopen(id).is_none() {
+                return false;
+            }
+        }
+        let Some(t) = self.files.get_mut(&id) else {
+            return false;
+        };
+        let Some(file) = &t.file else {
+            return false;
+        };
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                let path = t.path.clone();
+                self.warn_once(&path, error_kind(&e), &e);
+                self.release(id);
+                return false;
+            }
+        };
+        let size = meta.len();
+        if meta.nlink() == 0 && !t.deleted_counted {
+            t.deleted_counted = true;
+            t.orphan_since.get_or_insert(now);
+        }
+        let mut progress = false;
+        if size != t.size_seen || t.read_offset > size {
+            // The content may have been replaced: check the fingerprint prefix.
+            let want = self
+                .cfg
+                .fingerprint_bytes
+                .min(usize::try_from(size).unwrap_or(usize::MAX));
+            let prefix = read_prefix(file, want).unwrap_or_default();
+            let replaced = !t.fp.matches_prefix(&prefix) || size < t.read_offset;
+            if replaced {
+                self.truncated(id, size, now);
+                progress = true;
+            }
+            let Some(t) = self.files.get_mut(&id) else {
+                return progress;
+            };
+            t.fp = Fingerprint::of(&prefix);
+            t.size_seen = size;
+        }
+        let Some(t) = self.files.get_mut(&id) else {
+            return progress;
+        };
+        t.last_used = now;
+        // Read at most a few chunks per file per poll, for fairness between files.
+        let mut budget = 4usize;
+        while budget > 0 && !self.batch_full() {
+            budget -= 1;
+            let Some(t) = self.files.get_mut(&id) else {
+                break;
+            };
+            let Some(file) = &t.file else { break };
+            if t.read_offset >= t.size_seen {
+                break;
+            }
+            let n = match file.read_at(&mut self.buf, t.read_offset) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    let path = t.path.clone();
+                    self.warn_once(&path, error_kind(&e), &e);
+                    self.release(id);
+                    return progress;
+                }
+            };
+            progress = true;
+            self.stats
+                .bytes
+                .get_or_create(&self.source_label)
+                .inc_by(n as u64);
+            let data = std::mem::take(&mut self.buf);
+            self.process_bytes(id, &data[..n], now);
+            self.buf = data;
+        }
+        let Some(t) = self.files.get_mut(&id) else {
+            return progress;
+        };
+        let at_eof = t.read_offset >= t.size_seen;
+        if at_eof
+            && let Some(since) = t.orphan_since
+            && (now.saturating_duration_since(since) >= self.cfg.rotate_wait || meta.nlink() == 0)
+            && !progress
+        {
+            if meta.nlink() == 0 {
+                self.rotation("delete");
+            }
+            self.release(id);
+        }
+        progress
+    }
+
+    /// The file shrank or its first bytes changed under the same identity (copytruncate):
+    /// count what existed but was never read, flush what was read, restart from 0.
+    fn truncated(&mut self, id: u64, size: u64, now: Instant) {
+        // The rest of a partial line went with the old content: the fragment is lost, not a
+        // record.
+        let Some(t) = self.files.get_mut(&id) else {
+            return;
+        };
+        let fragment = (t.partial.len() + t.partial_dropped) as u64;
+        t.partial.clear();
+        t.partial_dropped = 0;
+        t.partial_since = None;
+        self.flush_pending(id, now);
+        let Some(t) = self.files.get_mut(&id) else {
+            return;
+        };
+        let lost = t.size_seen.saturating_sub(t.read_offset) + fragment;
+        t.generation += 1;
+        t.read_offset = 0;
+        t.emitted_offset = 0;
+        t.acked_offset = 0;
+        t.pending_start = None;
+        t.size_seen = size;
+        if lost > 0 {
+            self.stats
+                .lost_bytes
+                .get_or_create(&self.source_label)
+                .inc_by(lost);
+        }
+        self.rotation("truncate");
+    }
+
+    fn process_bytes(&mut self, id: u64, data: &[u8], now: Instant) {
+        let cap = self.cfg.max_line_bytes.max(1);
+        let mut rest = data;
+        while !rest.is_empty() {
+            let Some(t) = self.files.get_mut(&id) else {
+                return;
+            };
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    let end = t.read_offset + i as u64 + 1;
+                    let start = t.line_offset();
+                    t.read_offset = end;
+                    if t.partial.is_empty() && t.partial_dropped == 0 {
+                        let line = &rest[..i];
+                        let (line, dropped) = if line.len() > cap {
+                            (&line[..cap], line.len() - cap)
+                        } else {
+                            (line, 0)
+                        };
+                        self.handle_line(id, line, dropped, start, end, now);
+                    } else {
+                        let room = cap.saturating_sub(t.partial.len());
+                        let take = room.min(i);
+                        t.partial.extend_from_slice(&rest[..take]);
+                        t.partial_dropped += i - take;
+                        let line = std::mem::take(&mut t.partial);
+                        let dropped = std::mem::take(&mut t.partial_dropped);
+                        t.partial_since = None;
+                        self.handle_line(id, &line, dropped, start, end, now);
+                    }
+                    rest = &rest[i + 1..];
+                }
+                None => {
+                    let room = cap.saturating_sub(t.partial.len());
+                    let take = room.min(rest.len());
+                    t.partial.extend_from_slice(&rest[..take]);
+                    t.partial_dropped += rest.len() - take;
+                    t.read_offset += rest.len() as u64;
+                    t.partial_since = Some(now);
+                    rest = &[];
+                }
+            }
+        }
+    }
+
+    /// One complete line `[start, end)` of file `id` (without its `\n`, at most
+    /// `max_line_bytes` long; `dropped` bytes beyond the cap were not kept).
+    fn handle_line(
+        &mut self,
+        id: u64,
+        line: &[u8],
+        dropped: usize,
+        start: u64,
+        end: u64,
+        now: Instant,
+    ) {
+        if dropped > 0 {
+            let src = &self.source_label;
+            self.stats
+                .lost_bytes
+                .get_or_create(src)
+                .inc_by(dropped as u64);
+            self.stats.truncated_lines.get_or_create(src).inc();
+        }
+        let Some(t) = self.files.get_mut(&id) else {
+            return;
+        };
+        let mut joined = std::mem::take(&mut self.joined);
+        joined.clear();
+        match &mut t.joiner {
+            Some(j) => {
+                let had_pending = j.deadline().is_some();
+                j.push(line, now, &mut joined);
+                let pending = j.deadline().is_some();
+                t.pending_start = if !pending {
+                    None
+                } else if !joined.is_empty() || !had_pending {
+                    Some(start)
+                } else {
+                    t.pending_start
+                };
+                t.emitted_offset = t.pending_start.unwrap_or(end);
+                let mark = (t.generation, t.emitted_offset);
+                for j in &joined {
+                    self.emit(id, &j.text, j.dropped_bytes);
+                }
+                self.building.marks.insert(id, mark);
+            }
+            None => {
+                t.emitted_offset = end;
+                let mark = (t.generation, end);
+                self.emit(id, line, 0);
+                self.building.marks.insert(id, mark);
+            }
+        }
+        self.joined = joined;
+    }
+
+    /// Parses, redacts and counts one record and adds it to the batch being built; `dropped`
+    /// bytes were already cut from it (by the joiner's caps).
+    fn emit(&mut self, id: u64, text: &[u8], dropped: usize) {
+        if text.trim_ascii().is_empty() {
+            return;
+        }
+        let Some(t) = self.files.get(&id) else {
+            return;
+        };
+        let mut parsed = self.parser.parse(text, unix_nanos());
+        let src = &self.source_label;
+        if parsed.error.is_some() {
+            self.stats.parse_errors.get_or_create(src).inc();
+        }
+        let cut = parsed.truncated_bytes + dropped;
+        if cut > 0 {
+            self.stats.lost_bytes.get_or_create(src).inc_by(cut as u64);
+            self.stats.truncated_lines.get_or_create(src).inc();
+        }
+        let record = &mut parsed.record;
+        record.source = Some(self.cfg.source.clone());
+        record.file_path = Some(t.path_arc.clone());
+        let counts = self.redactor.redact_record(record);
+        if counts.total() > 0 {
+            self.stats
+                .redactions
+                .get_or_create(src)
+                .inc_by(counts.total());
+        }
+        if let Some(e) = &record.exception {
+            self.stats
+                .exception(&self.cfg.source, e.r#type.as_deref().unwrap_or("unknown"));
+        }
+        let level = level_label(record.severity_number, record.severity_text.as_deref());
+        self.stats
+            .records
+            .get_or_create(&[
+                ("source", self.cfg.source.to_string()),
+                ("level", level.to_owned()),
+            ])
+            .inc();
+        self.building.bytes += text.len();
+        self.building.records.push(parsed.record);
+    }
+
+    /// Emits joined records and partial lines whose timeouts passed.
+    pub fn tick(&mut self, now: Instant) {
+        let ids: Vec<u64> = self.files.keys().copied().collect();
+        for id in ids {
+            let Some(t) = self.files.get_mut(&id) else {
+                continue;
+            };
+            let partial_due = t
+                .partial_since
+                .is_some_and(|s| now.saturating_duration_since(s) >= self.cfg.partial_line_timeout);
+            if partial_due {
+                let (start, end) = (t.line_offset(), t.read_offset);
+                let line = std::mem::take(&mut t.partial);
+                let dropped = std::mem::take(&mut t.partial_dropped);
+                t.partial_since = None;
+                self.handle_line(id, &line, dropped, start, end, now);
+            }
+            let Some(t) = self.files.get_mut(&id) else {
+                continue;
+            };
+            if let Some(joined) = t.joiner.as_mut().and_then(|j| j.poll(now)) {
+                t.pending_start = None;
+                t.emitted_offset = t.line_offset();
+                let mark = (t.generation, t.emitted_offset);
+                self.emit(id, &joined.text, joined.dropped_bytes);
+                self.building.marks.insert(id, mark);
+            }
+        }
+    }
+
+    /// The next instant [`Tailer::tick`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.files
+            .values()
+            .flat_map(|t| {
+                [
+                    t.joiner.as_ref().and_then(Joiner::deadline),
+                    t.partial_since.map(|s| s + self.cfg.partial_line_timeout),
+                ]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// Seals the batch being built. Offsets that advanced without records (blank lines) are
+    /// queued as already acknowledged, so they keep their place in the ack order.
+    pub fn take_batch(&mut self) -> Option<Batch> {
+        let building = std::mem::take(&mut self.building);
+        if building.marks.is_empty() && building.records.is_empty() {
+            return None;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let empty = building.records.is_empty();
+        self.inflight.insert(
+            seq,
+            Inflight {
+                marks: building.marks,
+                acked: false,
+            },
+        );
+        if empty {
+            self.acked(seq);
+            return None;
+        }
+        let tx = match &self.ack_tx {
+            Some(tx) => tx.clone(),
+            // Shutting down: a token whose ack goes nowhere; the batch is re-read on restart.
+            None => mpsc::unbounded_channel().0,
+        };
+        Some(Batch {
+            records: building.records,
+            ack: Ack { seq, tx },
+        })
+    }
+
+    /// Writes the acknowledged offsets if they changed (or once a minute, to refresh the
+    /// last-seen times); drops entries of files unseen for the expiry.
+    pub fn write_checkpoint(&mut self) -> Result<(), CheckpointError> {
+        let now = unix_now();
+        let expiry = self.cfg.checkpoint_expiry.as_secs();
+        self.stale
+            .retain(|e| e.seen_unix.saturating_add(expiry) >= now);
+        let mut entries: Vec<Entry> = self
+            .files
+            .values()
+            .map(|t| Entry {
+                dev: t.dev,
+                ino: t.ino,
+                fingerprint: t.fp,
+                offset: t.acked_offset,
+                path: t.path.clone(),
+                seen_unix: t.seen_unix,
+            })
+            .collect();
+        entries.extend(self.stale.iter().cloned());
+        let unchanged = self.last_written.as_ref().is_some_and(|old| {
+            old.len() == entries.len()
+                && old.iter().zip(&entries).all(|(a, b)| {
+                    (a.dev, a.ino, a.fingerprint, a.offset, &a.path)
+                        == (b.dev, b.ino, b.fingerprint, b.offset, &b.path)
+                        && b.seen_unix.saturating_sub(a.seen_unix) < 60
+                })
+        });
+        let unacked: u64 = self
+            .files
+            .values()
+            .map(|t| t.read_offset.saturating_sub(t.acked_offset))
+            .sum();
+        self.stats
+            .unacked_bytes
+            .get_or_create(&self.source_label)
+            .set(i64::try_from(unacked).unwrap_or(i64::MAX));
+        if unchanged {
+            return Ok(());
+        }
+        match self.checkpoint.store(&entries) {
+            Ok(()) => {
+                self.stats
+                    .checkpoint_writes
+                    .get_or_create(&self.source_label)
+                    .inc();
+                self.last_written = Some(entries);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats
+                    .checkpoint_errors
+                    .get_or_create(&self.source_label)
+                    .inc();
+                Err(e)
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        let watched = self.files.values().filter(|t| !t.done).count();
+        self.stats
+            .files_watched
+            .get_or_create(&self.source_label)
+            .set(i64::try_from(watched).unwrap_or(i64::MAX));
+        self.stats
+            .open_files
+            .get_or_create(&self.source_label)
+            .set(i64::try_from(self.open_count).unwrap_or(i64::MAX));
+    }
+
+    /// Descriptors currently held.
+    pub fn open_files(&self) -> usize {
+        self.open_count
+    }
+
+    /// Files currently tracked (not released).
+    pub fn files_watched(&self) -> usize {
+        self.files.values().filter(|t| !t.done).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::{self, OpenOptions};
+    use std::io::Write;
+
+    use super::*;
+    use crate::logs::parse::{Format, ParserConfig};
+    use crate::metrics::LabelCaps;
+
+    struct H {
+        dir: tempfile::TempDir,
+        stats: LogStats,
+        cfg: TailConfig,
+        include: Vec<String>,
+        now: Instant,
+    }
+
+    impl H {
+        fn new(include: &[&str]) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            fs::create_dir_all(dir.path().join("logs")).unwrap();
+            let include = include
+                .iter()
+                .map(|p| format!("{}/logs/{p}", dir.path().display()))
+                .collect();
+            let mut cfg = TailConfig::new("app");
+            cfg.join = None;
+            Self {
+                dir,
+                stats: LogStats::new(&LabelCaps::new(100)),
+                cfg,
+                include,
+                now: Instant::now(),
+            }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join("logs").join(name)
+        }
+
+        fn append(&self, name: &str, text: &str) {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path(name))
+                .unwrap();
+            f.write_all(text.as_bytes()).unwrap();
+        }
+
+        fn tailer(&self) -> Tailer {
+            let discovery = Discovery::new(&self.include, &[], true).unwrap();
+            let parser = Parser::new(ParserConfig {
+                format: Format::Text,
+                max_line_bytes: self.cfg.max_line_bytes,
+                ..ParserConfig::default()
+            });
+            Tailer::new(
+                self.cfg.clone(),
+                discovery,
+                parser,
+                Redactor::builtin().unwrap(),
+                self.stats.clone(),
+                &self.dir.path().join("state"),
+            )
+            .unwrap()
+        }
+
+        /// Scans, reads and hands batches on until nothing moves; acknowledges when `ack`.
+        /// Time advances 2 s per round so rotation waits and timeouts pass.
+        fn pump(&mut self, t: &mut Tailer, ack: bool) -> Vec<String> {
+            let mut out = Vec::new();
+            let mut quiet = 0;
+            while quiet < 3 {
+                self.now += Duration::from_secs(2);
+                t.scan(self.now);
+                t.tick(self.now);
+                let progress = t.poll(self.now);
+                let batch = t.take_batch();
+                quiet = if progress || batch.is_some() {
+                    0
+                } else {
+                    quiet + 1
+                };
+                if let Some(b) = batch {
+                    let (records, ack_token) = b.into_parts();
+                    for r in records {
+                        assert_eq!(r.source.as_deref(), Some("app"));
+                        assert!(r.file_path.is_some());
+                        out.push(r.body);
+                    }
+                    if ack {
+                        ack_token.ack();
+                    }
+                    t.process_acks();
+                }
+            }
+            out
+        }
+
+        fn counter(&self, family: &Family1) -> u64 {
+            family.get_or_create(&[("source", "app".into())]).get()
+        }
+
+        fn file_errors(&self, kind: &str) -> u64 {
+            self.stats
+                .file_errors
+                .get_or_create(&[("source", "app".into()), ("kind", kind.into())])
+                .get()
+        }
+    }
+
+    type Family1 = prometheus_client::metrics::family::Family<
+        [(&'static str, String); 1],
+        prometheus_client::metrics::counter::Counter,
+    >;
+
+    fn lines(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn reads_lines_and_keeps_partial_last_line() {
+        let mut h = H::new(&["*.log"]);
+        h.cfg.partial_line_timeout = Duration::from_secs(3600);
+        h.append("a.log", "one\ntwo\nthr");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["one", "two"]));
+        h.append("a.log", "ee\n");
+        assert_eq!(h.pump(&mut t, true), lines(&["three"]));
+    }
+
+    #[test]
+    fn partial_line_is_flushed_after_timeout_and_checkpointed_past_it() {
+        let mut h = H::new(&["*.log"]);
+        h.cfg.partial_line_timeout = Duration::from_secs(3);
+        h.append("a.log", "one\nno-newline");
+        let mut t = h.tailer();
+        // Each pump round advances 2 s: the partial line is flushed by the timeout.
+        assert_eq!(h.pump(&mut t, true), lines(&["one", "no-newline"]));
+        t.write_checkpoint().unwrap();
+        drop(t);
+        h.append("a.log", "\nnext\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["next"]));
+    }
+
+    #[test]
+    fn rename_rotation_reads_old_file_to_its_end() {
+        let mut h = H::new(&["app.log"]);
+        h.append("app.log", "1\n2\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["1", "2"]));
+        // Written after our last read, then rotated away (RotatingFileHandler order).
+        h.append("app.log", "3\n");
+        fs::rename(h.path("app.log"), h.path("app.log.1")).unwrap();
+        h.append("app.log", "4\n");
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["3", "4"]));
+        assert_eq!(t.files_watched(), 1);
+        assert_eq!(t.open_files(), 1);
+    }
+
+    #[test]
+    fn renamed_file_still_matched_is_not_read_twice() {
+        let mut h = H::new(&["app.log*"]);
+        h.append("app.log", "1\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["1"]));
+        fs::rename(h.path("app.log"), h.path("app.log.1")).unwrap();
+        h.append("app.log.1", "2\n");
+        h.append("app.log", "3\n");
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["2", "3"]));
+    }
+
+    #[test]
+    fn copytruncate_restarts_from_zero_and_counts_lost_bytes() {
+        let mut h = H::new(&["app.log"]);
+        h.cfg.read_chunk_bytes = 8;
+        h.cfg.batch_max_records = 1;
+        h.append("app.log", "line-1\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["line-1"]));
+        h.append("app.log", "line-2\nline-3\n");
+        // One poll: sees the new size, reads one chunk ("line-2\nl"), the batch is full.
+        h.now += Duration::from_secs(1);
+        t.poll(h.now);
+        let b = t.take_batch().unwrap();
+        assert_eq!(b.records[0].body, "line-2");
+        b.ack.ack();
+        t.process_acks();
+        // copytruncate: the rest ("line-3\n") is copied away and truncated before we read it.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(h.path("app.log"))
+            .unwrap();
+        f.set_len(0).unwrap();
+        drop(f);
+        h.append("app.log", "new-1\n");
+        assert_eq!(h.pump(&mut t, true), lines(&["new-1"]));
+        assert_eq!(h.counter(&h.stats.lost_bytes), "line-3\n".len() as u64);
+        assert_eq!(
+            h.stats
+                .rotations
+                .get_or_create(&[("source", "app".into()), ("kind", "truncate".into())])
+                .get(),
+            1
+        );
+        // The checkpoint follows the new content.
+        t.write_checkpoint().unwrap();
+        drop(t);
+        h.append("app.log", "new-2\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["new-2"]));
+    }
+
+    #[test]
+    fn delete_and_recreate() {
+        let mut h = H::new(&["app.log"]);
+        h.append("app.log", "old-1\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["old-1"]));
+        h.append("app.log", "old-2\n");
+        fs::remove_file(h.path("app.log")).unwrap();
+        // The open descriptor still reads what was written before the delete.
+        assert_eq!(h.pump(&mut t, true), lines(&["old-2"]));
+        assert_eq!(t.files_watched(), 0);
+        assert_eq!(t.open_files(), 0);
+        h.append("app.log", "new-1\n");
+        assert_eq!(h.pump(&mut t, true), lines(&["new-1"]));
+    }
+
+    #[test]
+    fn empty_file_that_grows_later_also_across_restart() {
+        let mut h = H::new(&["app.log"]);
+        h.append("app.log", "");
+        let mut t = h.tailer();
+        assert!(h.pump(&mut t, true).is_empty());
+        assert_eq!(t.files_watched(), 1);
+        t.write_checkpoint().unwrap();
+        drop(t);
+        h.append("app.log", "first\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["first"]));
+        h.append("app.log", "second\n");
+        assert_eq!(h.pump(&mut t, true), lines(&["second"]));
+    }
+
+    #[test]
+    fn same_inode_with_other_content_is_a_new_file() {
+        let mut h = H::new(&["app.log"]);
+        h.append("app.log", "aaaa-1\naaaa-2\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["aaaa-1", "aaaa-2"]));
+        t.write_checkpoint().unwrap();
+        drop(t);
+        // Rewritten in place while we were down: same device and inode, other content, and
+        // longer than the checkpointed offset, so only the fingerprint can tell.
+        fs::write(h.path("app.log"), "bbbb-1\nbbbb-2\nbbbb-3\n").unwrap();
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["bbbb-1", "bbbb-2", "bbbb-3"]));
+    }
+
+    #[test]
+    fn compressed_rotations_are_ignored() {
+        let mut h = H::new(&["app.log*"]);
+        h.append("app.log", "plain\n");
+        h.append("app.log.1.gz", "\u{1f}\u{8b}binary\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["plain"]));
+        assert_eq!(t.files_watched(), 1);
+    }
+
+    #[test]
+    fn directory_in_place_of_a_file_is_reported_once_and_others_flow() {
+        let mut h = H::new(&["*.log"]);
+        fs::create_dir(h.path("dir.log")).unwrap();
+        h.append("ok.log", "fine\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["fine"]));
+        h.append("ok.log", "still\n");
+        assert_eq!(h.pump(&mut t, true), lines(&["still"]));
+        assert_eq!(h.file_errors("not_a_file"), 1);
+    }
+
+    #[test]
+    fn unreadable_files_are_reported_once_and_others_flow() {
+        let mut h = H::new(&["*.log"]);
+        // A symlink loop fails for every user (root included).
+        std::os::unix::fs::symlink(h.path("loop.log"), h.path("loop.log")).unwrap();
+        h.append("ok.log", "fine\n");
+        let root = rustix::process::geteuid().is_root();
+        if !root {
+            h.append("secret.log", "hidden\n");
+            fs::set_permissions(
+                h.path("secret.log"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o000),
+            )
+            .unwrap();
+        }
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["fine"]));
+        h.append("ok.log", "more\n");
+        assert_eq!(h.pump(&mut t, true), lines(&["more"]));
+        assert_eq!(h.file_errors("io"), 1);
+        if !root {
+            assert_eq!(h.file_errors("permission_denied"), 1);
+        }
+    }
+
+    #[test]
+    fn clean_restart_resumes_without_loss_or_repeat() {
+        let mut h = H::new(&["*.log"]);
+        h.append("a.log", "a1\na2\n");
+        h.append("b.log", "b1\n");
+        let mut t = h.tailer();
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["a1", "a2", "b1"]));
+        t.write_checkpoint().unwrap();
+        drop(t);
+        h.append("a.log", "a3\n");
+        h.append("b.log", "b2\n");
+        let mut t = h.tailer();
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["a3", "b2"]));
+    }
+
+    #[test]
+    fn unacknowledged_batches_are_read_again_after_restart() {
+        let mut h = H::new(&["a.log"]);
+        h.append("a.log", "acked\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["acked"]));
+        h.append("a.log", "not-acked\n");
+        assert_eq!(h.pump(&mut t, false), lines(&["not-acked"]));
+        assert_eq!(t.unacked_batches(), 1);
+        t.write_checkpoint().unwrap();
+        drop(t);
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["not-acked"]));
+    }
+
+    #[test]
+    fn acknowledgements_apply_in_batch_order() {
+        let mut h = H::new(&["a.log"]);
+        h.cfg.batch_max_records = 1;
+        h.cfg.read_chunk_bytes = 2;
+        h.append("a.log", "1\n2\n");
+        let mut t = h.tailer();
+        t.scan(h.now);
+        t.poll(h.now);
+        let first = t.take_batch().unwrap();
+        t.poll(h.now);
+        let second = t.take_batch().unwrap();
+        assert!(first.ack.seq() < second.ack.seq());
+        second.ack.ack();
+        t.process_acks();
+        t.write_checkpoint().unwrap();
+        drop(first);
+        drop(t);
+        // The second batch was acknowledged but the first was not: both are read again.
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["1", "2"]));
+    }
+
+    #[test]
+    fn start_at_end_skips_existing_content_but_not_new_files() {
+        let mut h = H::new(&["*.log"]);
+        h.cfg.start_at = StartAt::End;
+        h.append("old.log", "history\n");
+        let mut t = h.tailer();
+        assert!(h.pump(&mut t, true).is_empty());
+        h.append("old.log", "live\n");
+        h.append("new.log", "fresh\n");
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["fresh", "live"]));
+    }
+
+    #[test]
+    fn long_lines_are_truncated_and_counted() {
+        let mut h = H::new(&["a.log"]);
+        h.cfg.max_line_bytes = 10;
+        h.cfg.read_chunk_bytes = 4;
+        h.append("a.log", &format!("{}\nshort\n", "x".repeat(25)));
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["xxxxxxxxxx", "short"]));
+        assert_eq!(h.counter(&h.stats.truncated_lines), 1);
+        assert_eq!(h.counter(&h.stats.lost_bytes), 15);
+    }
+
+    #[test]
+    fn descriptor_cap_closes_idle_files_and_reopens_them() {
+        let mut h = H::new(&["*.log"]);
+        h.cfg.max_open_files = 2;
+        for i in 0..5 {
+            h.append(&format!("f{i}.log"), &format!("{i}-a\n"));
+        }
+        let mut t = h.tailer();
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["0-a", "1-a", "2-a", "3-a", "4-a"]));
+        assert!(t.open_files() <= 2);
+        for i in 0..5 {
+            h.append(&format!("f{i}.log"), &format!("{i}-b\n"));
+        }
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["0-b", "1-b", "2-b", "3-b", "4-b"]));
+        assert!(t.open_files() <= 2);
+        assert_eq!(t.files_watched(), 5);
+    }
+
+    #[test]
+    fn pending_traceback_is_not_checkpointed_until_emitted() {
+        let mut h = H::new(&["a.log"]);
+        h.cfg.join = Some(JoinerConfig {
+            timeout: Duration::from_secs(3600),
+            ..JoinerConfig::default()
+        });
+        h.append(
+            "a.log",
+            "first line\nERROR boom\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n",
+        );
+        let mut t = h.tailer();
+        // "first line" is emitted when the next line starts a new record; the traceback waits.
+        assert_eq!(h.pump(&mut t, true), lines(&["first line"]));
+        t.write_checkpoint().unwrap();
+        drop(t);
+        h.append("a.log", "ValueError: bad\nafter\n");
+        let mut t = h.tailer();
+        let got = h.pump(&mut t, true);
+        assert_eq!(got, lines(&["ERROR boom"]));
+        assert_eq!(
+            h.stats
+                .exceptions
+                .get_or_create(&[("source", "app".into()), ("exception", "ValueError".into())])
+                .get(),
+            1
+        );
+    }
+}

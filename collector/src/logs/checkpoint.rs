@@ -193,10 +193,10 @@ mod tests {
 
     #[test]
     fn round_trip_and_missing_file() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let cp = CheckpointFile::new(dir.path(), "app/web");
         assert!(cp.path().ends_with("logs-app_web.checkpoint.json"));
-        assert!(cp.load().unwrap().is_empty());
+        assert!(cp.load().expect("test setup").is_empty());
         let entry = Entry {
             dev: 1,
             ino: 2,
@@ -205,16 +205,16 @@ mod tests {
             path: "/var/log/app.log".into(),
             seen_unix: 7,
         };
-        cp.store(std::slice::from_ref(&entry)).unwrap();
-        assert_eq!(cp.load().unwrap(), vec![entry]);
+        cp.store(std::slice::from_ref(&entry)).expect("test setup");
+        assert_eq!(cp.load().expect("test setup"), vec![entry]);
         assert!(!cp.path().with_extension("json.tmp").exists());
     }
 
     #[test]
     fn corrupt_file_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let cp = CheckpointFile::new(dir.path(), "app");
-        fs::write(cp.path(), b"{not json").unwrap();
+        fs::write(cp.path(), b"{not json").expect("test setup");
         assert!(matches!(cp.load(), Err(CheckpointError::Corrupt { .. })));
     }
 

@@ -231,9 +231,9 @@ mod tests {
 
     #[test]
     fn scan_with_excludes_and_recursion() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let d = dir.path();
-        fs::create_dir_all(d.join("a/b")).unwrap();
+        fs::create_dir_all(d.join("a/b")).expect("test setup");
         for f in [
             "x.log",
             "x.log.1.gz",
@@ -242,15 +242,15 @@ mod tests {
             "a/b/z.log",
             "a/b/z.txt",
         ] {
-            fs::write(d.join(f), b"").unwrap();
+            fs::write(d.join(f), b"").expect("test setup");
         }
         let inc = vec![format!("{}/**/*.log*", d.display())];
         let exc = vec![format!("{}/skip.log", d.display())];
-        let disc = Discovery::new(&inc, &exc, true).unwrap();
+        let disc = Discovery::new(&inc, &exc, true).expect("test setup");
         let mut names: Vec<_> = disc
             .scan(&mut |_, _| {})
             .into_iter()
-            .map(|f| f.path.strip_prefix(d).unwrap().to_path_buf())
+            .map(|f| f.path.strip_prefix(d).expect("test setup").to_path_buf())
             .collect();
         names.sort();
         let want: Vec<PathBuf> = ["a/b/z.log", "a/y.log", "x.log"]
@@ -262,12 +262,13 @@ mod tests {
 
     #[test]
     fn single_star_does_not_cross_directories() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let d = dir.path();
-        fs::create_dir_all(d.join("sub")).unwrap();
-        fs::write(d.join("sub/a.log"), b"").unwrap();
-        fs::write(d.join("b.log"), b"").unwrap();
-        let disc = Discovery::new(&[format!("{}/*.log", d.display())], &[], true).unwrap();
+        fs::create_dir_all(d.join("sub")).expect("test setup");
+        fs::write(d.join("sub/a.log"), b"").expect("test setup");
+        fs::write(d.join("b.log"), b"").expect("test setup");
+        let disc =
+            Discovery::new(&[format!("{}/*.log", d.display())], &[], true).expect("test setup");
         let found = disc.scan(&mut |_, _| {});
         assert_eq!(found.len(), 1);
         assert!(found[0].path.ends_with("b.log"));

@@ -192,7 +192,7 @@ mod tests {
         let mut registry = Registry::default();
         stats.register(&mut registry);
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("test setup");
         assert!(text.contains("sidelight_log_exceptions_total{source=\"app\",exception=\"A\"} 1"));
     }
 

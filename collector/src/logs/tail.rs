@@ -1152,8 +1152,8 @@ mod tests {
 
     impl H {
         fn new(include: &[&str]) -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            fs::create_dir_all(dir.path().join("logs")).unwrap();
+            let dir = tempfile::tempdir().expect("test setup");
+            fs::create_dir_all(dir.path().join("logs")).expect("test setup");
             let include = include
                 .iter()
                 .map(|p| format!("{}/logs/{p}", dir.path().display()))
@@ -1178,12 +1178,12 @@ mod tests {
                 .create(true)
                 .append(true)
                 .open(self.path(name))
-                .unwrap();
-            f.write_all(text.as_bytes()).unwrap();
+                .expect("test setup");
+            f.write_all(text.as_bytes()).expect("test setup");
         }
 
         fn tailer(&self) -> Tailer {
-            let discovery = Discovery::new(&self.include, &[], true).unwrap();
+            let discovery = Discovery::new(&self.include, &[], true).expect("test setup");
             let parser = Parser::new(ParserConfig {
                 format: Format::Text,
                 max_line_bytes: self.cfg.max_line_bytes,
@@ -1193,11 +1193,11 @@ mod tests {
                 self.cfg.clone(),
                 discovery,
                 parser,
-                Redactor::builtin().unwrap(),
+                Redactor::builtin().expect("test setup"),
                 self.stats.clone(),
                 &self.dir.path().join("state"),
             )
-            .unwrap()
+            .expect("test setup")
         }
 
         /// Scans, reads and hands batches on until nothing moves; acknowledges when `ack`.
@@ -1272,7 +1272,7 @@ mod tests {
         let mut t = h.tailer();
         // Each pump round advances 2 s: the partial line is flushed by the timeout.
         assert_eq!(h.pump(&mut t, true), lines(&["one", "no-newline"]));
-        t.write_checkpoint().unwrap();
+        t.write_checkpoint().expect("test setup");
         drop(t);
         h.append("a.log", "\nnext\n");
         let mut t = h.tailer();
@@ -1287,7 +1287,7 @@ mod tests {
         assert_eq!(h.pump(&mut t, true), lines(&["1", "2"]));
         // Written after our last read, then rotated away (RotatingFileHandler order).
         h.append("app.log", "3\n");
-        fs::rename(h.path("app.log"), h.path("app.log.1")).unwrap();
+        fs::rename(h.path("app.log"), h.path("app.log.1")).expect("test setup");
         h.append("app.log", "4\n");
         let mut got = h.pump(&mut t, true);
         got.sort();
@@ -1302,7 +1302,7 @@ mod tests {
         h.append("app.log", "1\n");
         let mut t = h.tailer();
         assert_eq!(h.pump(&mut t, true), lines(&["1"]));
-        fs::rename(h.path("app.log"), h.path("app.log.1")).unwrap();
+        fs::rename(h.path("app.log"), h.path("app.log.1")).expect("test setup");
         h.append("app.log.1", "2\n");
         h.append("app.log", "3\n");
         let mut got = h.pump(&mut t, true);
@@ -1322,7 +1322,7 @@ mod tests {
         // One poll: sees the new size, reads one chunk ("line-2\nl"), the batch is full.
         h.now += Duration::from_secs(1);
         t.poll(h.now);
-        let b = t.take_batch().unwrap();
+        let b = t.take_batch().expect("test setup");
         assert_eq!(b.records[0].body, "line-2");
         b.ack.ack();
         t.process_acks();
@@ -1330,8 +1330,8 @@ mod tests {
         let f = OpenOptions::new()
             .write(true)
             .open(h.path("app.log"))
-            .unwrap();
-        f.set_len(0).unwrap();
+            .expect("test setup");
+        f.set_len(0).expect("test setup");
         drop(f);
         h.append("app.log", "new-1\n");
         assert_eq!(h.pump(&mut t, true), lines(&["new-1"]));
@@ -1344,7 +1344,7 @@ mod tests {
             1
         );
         // The checkpoint follows the new content.
-        t.write_checkpoint().unwrap();
+        t.write_checkpoint().expect("test setup");
         drop(t);
         h.append("app.log", "new-2\n");
         let mut t = h.tailer();
@@ -1358,7 +1358,7 @@ mod tests {
         let mut t = h.tailer();
         assert_eq!(h.pump(&mut t, true), lines(&["old-1"]));
         h.append("app.log", "old-2\n");
-        fs::remove_file(h.path("app.log")).unwrap();
+        fs::remove_file(h.path("app.log")).expect("test setup");
         // The open descriptor still reads what was written before the delete.
         assert_eq!(h.pump(&mut t, true), lines(&["old-2"]));
         assert_eq!(t.files_watched(), 0);
@@ -1374,7 +1374,7 @@ mod tests {
         let mut t = h.tailer();
         assert!(h.pump(&mut t, true).is_empty());
         assert_eq!(t.files_watched(), 1);
-        t.write_checkpoint().unwrap();
+        t.write_checkpoint().expect("test setup");
         drop(t);
         h.append("app.log", "first\n");
         let mut t = h.tailer();
@@ -1389,11 +1389,11 @@ mod tests {
         h.append("app.log", "aaaa-1\naaaa-2\n");
         let mut t = h.tailer();
         assert_eq!(h.pump(&mut t, true), lines(&["aaaa-1", "aaaa-2"]));
-        t.write_checkpoint().unwrap();
+        t.write_checkpoint().expect("test setup");
         drop(t);
         // Rewritten in place while we were down: same device and inode, other content, and
         // longer than the checkpointed offset, so only the fingerprint can tell.
-        fs::write(h.path("app.log"), "bbbb-1\nbbbb-2\nbbbb-3\n").unwrap();
+        fs::write(h.path("app.log"), "bbbb-1\nbbbb-2\nbbbb-3\n").expect("test setup");
         let mut t = h.tailer();
         assert_eq!(h.pump(&mut t, true), lines(&["bbbb-1", "bbbb-2", "bbbb-3"]));
     }
@@ -1411,7 +1411,7 @@ mod tests {
     #[test]
     fn directory_in_place_of_a_file_is_reported_once_and_others_flow() {
         let mut h = H::new(&["*.log"]);
-        fs::create_dir(h.path("dir.log")).unwrap();
+        fs::create_dir(h.path("dir.log")).expect("test setup");
         h.append("ok.log", "fine\n");
         let mut t = h.tailer();
         assert_eq!(h.pump(&mut t, true), lines(&["fine"]));
@@ -1424,7 +1424,7 @@ mod tests {
     fn unreadable_files_are_reported_once_and_others_flow() {
         let mut h = H::new(&["*.log"]);
         // A symlink loop fails for every user (root included).
-        std::os::unix::fs::symlink(h.path("loop.log"), h.path("loop.log")).unwrap();
+        std::os::unix::fs::symlink(h.path("loop.log"), h.path("loop.log")).expect("test setup");
         h.append("ok.log", "fine\n");
         let root = rustix::process::geteuid().is_root();
         if !root {
@@ -1433,7 +1433,7 @@ mod tests {
                 h.path("secret.log"),
                 std::os::unix::fs::PermissionsExt::from_mode(0o000),
             )
-            .unwrap();
+            .expect("test setup");
         }
         let mut t = h.tailer();
         assert_eq!(h.pump(&mut t, true), lines(&["fine"]));
@@ -1454,7 +1454,7 @@ mod tests {
         let mut got = h.pump(&mut t, true);
         got.sort();
         assert_eq!(got, lines(&["a1", "a2", "b1"]));
-        t.write_checkpoint().unwrap();
+        t.write_checkpoint().expect("test setup");
         drop(t);
         h.append("a.log", "a3\n");
         h.append("b.log", "b2\n");
@@ -1473,7 +1473,7 @@ mod tests {
         h.append("a.log", "not-acked\n");
         assert_eq!(h.pump(&mut t, false), lines(&["not-acked"]));
         assert_eq!(t.unacked_batches(), 1);
-        t.write_checkpoint().unwrap();
+        t.write_checkpoint().expect("test setup");
         drop(t);
         let mut t = h.tailer();
         assert_eq!(h.pump(&mut t, true), lines(&["not-acked"]));
@@ -1488,13 +1488,13 @@ mod tests {
         let mut t = h.tailer();
         t.scan(h.now);
         t.poll(h.now);
-        let first = t.take_batch().unwrap();
+        let first = t.take_batch().expect("test setup");
         t.poll(h.now);
-        let second = t.take_batch().unwrap();
+        let second = t.take_batch().expect("test setup");
         assert!(first.ack.seq() < second.ack.seq());
         second.ack.ack();
         t.process_acks();
-        t.write_checkpoint().unwrap();
+        t.write_checkpoint().expect("test setup");
         drop(first);
         drop(t);
         // The second batch was acknowledged but the first was not: both are read again.
@@ -1564,7 +1564,7 @@ mod tests {
         let mut t = h.tailer();
         // "first line" is emitted when the next line starts a new record; the traceback waits.
         assert_eq!(h.pump(&mut t, true), lines(&["first line"]));
-        t.write_checkpoint().unwrap();
+        t.write_checkpoint().expect("test setup");
         drop(t);
         h.append("a.log", "ValueError: bad\nafter\n");
         let mut t = h.tailer();

@@ -6,5 +6,6 @@
 pub mod host;
 pub mod logs;
 pub mod metrics;
+pub mod pipeline;
 pub mod process;
 pub mod procfs;

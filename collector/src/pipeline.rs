@@ -1,0 +1,723 @@
+//! The hand-off between sources and sinks: OTLP [`Payload`]s travel in [`Envelope`]s through
+//! bounded [`Queue`]s, and each envelope carries a [`Receipt`] that tells its source when every
+//! sink is done with it.
+//!
+//! The contract, which the log tailer's checkpoints and the receivers' answers rely on:
+//! - A source that needs to know when its data is safe (the log tailer, to advance a checkpoint)
+//!   makes a [`Receipt::new`] with a callback and hands one [`Receipt::share`] to each sink. The
+//!   callback runs once, when the last share is [completed](Receipt::complete). If any share is
+//!   dropped without being completed (a sink gave up, the agent stopped with data queued), the
+//!   callback never runs: the data counts as not delivered and the source offers it again (the
+//!   tailer re-reads it after a restart).
+//! - A sink completes its share once the data is delivered downstream, durably stored (a disk
+//!   spill), or permanently refused by the downstream (counted by the sink: offering it again
+//!   would only repeat the refusal).
+//! - Every queue is bounded in envelopes and in encoded bytes. [`Queue::try_push`] refuses when
+//!   full (receivers answer with a retryable status); [`Queue::push`] waits for room (the tailer:
+//!   the files are the buffer). Nothing is dropped silently: the queue counts refusals, and a
+//!   sink that drops (oldest first, from a capped spill) counts that in
+//!   [`QueueStats::dropped`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use prost::Message;
+use tokio::sync::Notify;
+
+/// The three OTLP signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    Traces,
+    Metrics,
+    Logs,
+}
+
+impl Signal {
+    /// The label value (`traces`, `metrics`, `logs`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
+        }
+    }
+
+    /// All three, in a fixed order.
+    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
+}
+
+/// One OTLP export request, as received or as built by a source. Resources and scopes are kept
+/// as they came: exporters forward these messages unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Traces(ExportTraceServiceRequest),
+    Metrics(ExportMetricsServiceRequest),
+    Logs(ExportLogsServiceRequest),
+}
+
+impl Payload {
+    /// Which signal this is.
+    pub fn signal(&self) -> Signal {
+        match self {
+            Payload::Traces(_) => Signal::Traces,
+            Payload::Metrics(_) => Signal::Metrics,
+            Payload::Logs(_) => Signal::Logs,
+        }
+    }
+
+    /// Spans, data points or log records inside.
+    pub fn items(&self) -> usize {
+        match self {
+            Payload::Traces(r) => r
+                .resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .map(|ss| ss.spans.len())
+                .sum(),
+            Payload::Metrics(r) => r
+                .resource_metrics
+                .iter()
+                .flat_map(|rm| &rm.scope_metrics)
+                .flat_map(|sm| &sm.metrics)
+                .map(metric_points)
+                .sum(),
+            Payload::Logs(r) => r
+                .resource_logs
+                .iter()
+                .flat_map(|rl| &rl.scope_logs)
+                .map(|sl| sl.log_records.len())
+                .sum(),
+        }
+    }
+
+    /// The protobuf-encoded size in bytes (what queues bound and exporters send).
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Payload::Traces(r) => r.encoded_len(),
+            Payload::Metrics(r) => r.encoded_len(),
+            Payload::Logs(r) => r.encoded_len(),
+        }
+    }
+
+    /// The protobuf encoding.
+    pub fn encode_to_vec(&self) -> Vec<u8> {
+        match self {
+            Payload::Traces(r) => r.encode_to_vec(),
+            Payload::Metrics(r) => r.encode_to_vec(),
+            Payload::Logs(r) => r.encode_to_vec(),
+        }
+    }
+}
+
+fn metric_points(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> usize {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    match &m.data {
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receipts.
+
+struct ReceiptInner {
+    on_delivered: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    abandoned: AtomicBool,
+}
+
+impl Drop for ReceiptInner {
+    fn drop(&mut self) {
+        if !self.abandoned.load(Ordering::Acquire)
+            && let Some(f) = self.on_delivered.get_mut().take()
+        {
+            f();
+        }
+    }
+}
+
+/// A share in the delivery of one envelope. See the module docs for the contract.
+pub struct Receipt {
+    inner: Option<Arc<ReceiptInner>>,
+    completed: bool,
+}
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receipt")
+            .field("tracked", &self.inner.is_some())
+            .finish()
+    }
+}
+
+impl Receipt {
+    /// A receipt whose callback runs once every share is completed (and never if one is
+    /// abandoned). The returned receipt is itself the first share.
+    pub fn new(on_delivered: impl FnOnce() + Send + 'static) -> Self {
+        Self {
+            inner: Some(Arc::new(ReceiptInner {
+                on_delivered: Mutex::new(Some(Box::new(on_delivered))),
+                abandoned: AtomicBool::new(false),
+            })),
+            completed: false,
+        }
+    }
+
+    /// A receipt nobody waits for (data whose sender has already been answered).
+    pub fn untracked() -> Self {
+        Self {
+            inner: None,
+            completed: false,
+        }
+    }
+
+    /// One more share: the callback now also waits for this one.
+    pub fn share(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            completed: false,
+        }
+    }
+
+    /// Whether anyone waits for this receipt.
+    pub fn is_tracked(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// This share is done: delivered, durably stored, or permanently refused downstream.
+    pub fn complete(mut self) {
+        self.completed = true;
+    }
+}
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        if !self.completed
+            && let Some(inner) = &self.inner
+        {
+            inner.abandoned.store(true, Ordering::Release);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queues.
+
+/// One payload on its way to one sink.
+#[derive(Debug)]
+pub struct Envelope {
+    pub payload: Payload,
+    pub receipt: Receipt,
+    /// `payload.encoded_len()`, computed once.
+    pub bytes: usize,
+}
+
+impl Envelope {
+    /// Wraps a payload with its receipt share.
+    pub fn new(payload: Payload, receipt: Receipt) -> Self {
+        let bytes = payload.encoded_len();
+        Self {
+            payload,
+            receipt,
+            bytes,
+        }
+    }
+}
+
+/// Why a push did not take the envelope (which is handed back).
+#[derive(Debug)]
+pub enum PushError {
+    /// The queue is at its bound (only from [`Queue::try_push`]).
+    Full(Envelope),
+    /// The queue is closed: its consumer stopped.
+    Closed(Envelope),
+}
+
+impl PushError {
+    /// The envelope that was not taken.
+    pub fn into_envelope(self) -> Envelope {
+        match self {
+            PushError::Full(e) | PushError::Closed(e) => e,
+        }
+    }
+}
+
+/// Bounds of one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Envelopes at most.
+    pub max_items: usize,
+    /// Encoded bytes at most. An envelope larger than this is taken only into an empty queue
+    /// (so a single large request is never refused forever).
+    pub max_bytes: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            max_items: 1024,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+type QueueLabel = [(&'static str, String); 1];
+
+/// Self-metrics of every queue, labelled `queue` (one set per agent).
+#[derive(Debug, Clone, Default)]
+pub struct QueueStats {
+    /// `sidelight_queue_depth{queue}`: envelopes waiting.
+    pub depth: Family<QueueLabel, Gauge>,
+    /// `sidelight_queue_bytes{queue}`: encoded bytes waiting.
+    pub bytes: Family<QueueLabel, Gauge>,
+    /// `sidelight_queue_capacity{queue}`: the envelope bound.
+    pub capacity: Family<QueueLabel, Gauge>,
+    /// `sidelight_queue_capacity_bytes{queue}`: the byte bound.
+    pub capacity_bytes: Family<QueueLabel, Gauge>,
+    /// `sidelight_queue_refused_total{queue}`: pushes refused because the queue was full.
+    pub refused: Family<QueueLabel, Counter>,
+    /// `sidelight_queue_dropped_total{queue}`: envelopes dropped by the queue's consumer
+    /// (e.g. oldest first from a capped disk spill).
+    pub dropped: Family<QueueLabel, Counter>,
+}
+
+impl QueueStats {
+    /// Registers every family.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sidelight_queue_depth",
+            "Envelopes waiting in a queue",
+            self.depth.clone(),
+        );
+        registry.register(
+            "sidelight_queue_bytes",
+            "Encoded bytes waiting in a queue",
+            self.bytes.clone(),
+        );
+        registry.register(
+            "sidelight_queue_capacity",
+            "Envelopes a queue holds at most",
+            self.capacity.clone(),
+        );
+        registry.register(
+            "sidelight_queue_capacity_bytes",
+            "Encoded bytes a queue holds at most",
+            self.capacity_bytes.clone(),
+        );
+        registry.register(
+            "sidelight_queue_refused",
+            "Pushes refused because a queue was full (the sender was told to retry)",
+            self.refused.clone(),
+        );
+        registry.register(
+            "sidelight_queue_dropped",
+            "Envelopes dropped from a queue (counted, never silent)",
+            self.dropped.clone(),
+        );
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Envelope>,
+    bytes: usize,
+    closed: bool,
+}
+
+/// A bounded multi-producer queue of envelopes for one sink. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Queue {
+    label: QueueLabel,
+    limits: Mutex<QueueLimits>,
+    state: Mutex<State>,
+    not_empty: Notify,
+    not_full: Notify,
+    stats: QueueStats,
+}
+
+impl Queue {
+    /// A queue named `name` (the `queue` label), bounded by `limits`.
+    pub fn new(name: &str, limits: QueueLimits, stats: QueueStats) -> Self {
+        let q = Self {
+            label: [("queue", name.to_owned())],
+            limits: Mutex::new(limits),
+            state: Mutex::new(State::default()),
+            not_empty: Notify::new(),
+            not_full: Notify::new(),
+            stats,
+        };
+        q.publish_limits(limits);
+        q.publish_depth(0, 0);
+        q
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.label[0].1
+    }
+
+    /// Changes the bounds in place (a reload); waiting producers re-check.
+    pub fn set_limits(&self, limits: QueueLimits) {
+        *self.limits.lock() = limits;
+        self.publish_limits(limits);
+        self.not_full.notify_waiters();
+    }
+
+    /// The current bounds.
+    pub fn limits(&self) -> QueueLimits {
+        *self.limits.lock()
+    }
+
+    fn publish_limits(&self, l: QueueLimits) {
+        self.stats
+            .capacity
+            .get_or_create(&self.label)
+            .set(i64::try_from(l.max_items).unwrap_or(i64::MAX));
+        self.stats
+            .capacity_bytes
+            .get_or_create(&self.label)
+            .set(i64::try_from(l.max_bytes).unwrap_or(i64::MAX));
+    }
+
+    fn publish_depth(&self, items: usize, bytes: usize) {
+        self.stats
+            .depth
+            .get_or_create(&self.label)
+            .set(i64::try_from(items).unwrap_or(i64::MAX));
+        self.stats
+            .bytes
+            .get_or_create(&self.label)
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    fn fits(state: &State, limits: QueueLimits, bytes: usize) -> bool {
+        state.items.is_empty()
+            || (state.items.len() < limits.max_items && state.bytes + bytes <= limits.max_bytes)
+    }
+
+    /// Takes the envelope if there is room now; refuses (and counts) otherwise.
+    pub fn try_push(&self, env: Envelope) -> Result<(), PushError> {
+        let limits = self.limits();
+        let mut state = self.state.lock();
+        if state.closed {
+            return Err(PushError::Closed(env));
+        }
+        if !Self::fits(&state, limits, env.bytes) {
+            drop(state);
+            self.stats.refused.get_or_create(&self.label).inc();
+            return Err(PushError::Full(env));
+        }
+        self.enqueue(&mut state, env);
+        Ok(())
+    }
+
+    /// Takes the envelope, waiting for room as long as needed.
+    pub async fn push(&self, env: Envelope) -> Result<(), PushError> {
+        loop {
+            let notified = self.not_full.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let limits = self.limits();
+                let mut state = self.state.lock();
+                if state.closed {
+                    return Err(PushError::Closed(env));
+                }
+                if Self::fits(&state, limits, env.bytes) {
+                    self.enqueue(&mut state, env);
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn enqueue(&self, state: &mut State, env: Envelope) {
+        state.bytes += env.bytes;
+        state.items.push_back(env);
+        self.publish_depth(state.items.len(), state.bytes);
+        self.not_empty.notify_one();
+    }
+
+    /// The next envelope, waiting for one; `None` once closed and empty.
+    pub async fn pop(&self) -> Option<Envelope> {
+        loop {
+            let notified = self.not_empty.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.state.lock();
+                if let Some(env) = self.dequeue(&mut state) {
+                    return Some(env);
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The next envelope if one is waiting.
+    pub fn try_pop(&self) -> Option<Envelope> {
+        let mut state = self.state.lock();
+        self.dequeue(&mut state)
+    }
+
+    fn dequeue(&self, state: &mut State) -> Option<Envelope> {
+        let env = state.items.pop_front()?;
+        state.bytes -= env.bytes;
+        self.publish_depth(state.items.len(), state.bytes);
+        // More than one producer may fit in the room just made (a large envelope left).
+        self.not_full.notify_waiters();
+        if !state.items.is_empty() {
+            self.not_empty.notify_one();
+        }
+        Some(env)
+    }
+
+    /// Counts `n` envelopes that the consumer dropped (e.g. from a capped spill).
+    pub fn count_dropped(&self, n: u64) {
+        self.stats.dropped.get_or_create(&self.label).inc_by(n);
+    }
+
+    /// Refuses further pushes; `pop` drains what is left, then returns `None`.
+    pub fn close(&self) {
+        self.state.lock().closed = true;
+        self.not_empty.notify_waiters();
+        self.not_full.notify_waiters();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// Envelopes and bytes waiting now.
+    pub fn depth(&self) -> (usize, usize) {
+        let s = self.state.lock();
+        (s.items.len(), s.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+
+    use super::*;
+
+    fn logs(n: usize) -> Payload {
+        Payload::Logs(ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: (0..n)
+                        .map(|i| LogRecord {
+                            time_unix_nano: i as u64 + 1,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        })
+    }
+
+    fn counter() -> (Arc<AtomicUsize>, impl FnOnce() + Send + 'static) {
+        let c = Arc::new(AtomicUsize::new(0));
+        let c2 = c.clone();
+        (c, move || {
+            c2.fetch_add(1, Ordering::SeqCst);
+        })
+    }
+
+    #[test]
+    fn receipt_fires_once_after_every_share_completes() {
+        let (fired, f) = counter();
+        let r = Receipt::new(f);
+        let a = r.share();
+        let b = r.share();
+        r.complete();
+        a.complete();
+        assert_eq!(fired.load(Ordering::SeqCst), 0, "b is still out");
+        b.complete();
+        assert_eq!(fired.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn an_abandoned_share_means_not_delivered() {
+        let (fired, f) = counter();
+        let r = Receipt::new(f);
+        let a = r.share();
+        r.complete();
+        drop(a);
+        assert_eq!(fired.load(Ordering::SeqCst), 0);
+        Receipt::untracked().complete();
+        drop(Receipt::untracked());
+    }
+
+    #[test]
+    fn payload_counts_items_and_bytes() {
+        let p = logs(3);
+        assert_eq!(p.signal(), Signal::Logs);
+        assert_eq!(p.items(), 3);
+        assert_eq!(p.encoded_len(), p.encode_to_vec().len());
+    }
+
+    #[test]
+    fn try_push_refuses_and_counts_when_full() {
+        let stats = QueueStats::default();
+        let q = Queue::new(
+            "logs",
+            QueueLimits {
+                max_items: 2,
+                max_bytes: 1 << 20,
+            },
+            stats.clone(),
+        );
+        for _ in 0..2 {
+            q.try_push(Envelope::new(logs(1), Receipt::untracked()))
+                .expect("room");
+        }
+        let refused = q.try_push(Envelope::new(logs(1), Receipt::untracked()));
+        assert!(matches!(refused, Err(PushError::Full(_))));
+        let label = [("queue", "logs".to_owned())];
+        assert_eq!(stats.refused.get_or_create(&label).get(), 1);
+        assert_eq!(stats.depth.get_or_create(&label).get(), 2);
+        assert_eq!(stats.capacity.get_or_create(&label).get(), 2);
+    }
+
+    #[test]
+    fn byte_bound_and_oversized_envelope_into_empty_queue() {
+        let big = Envelope::new(logs(50), Receipt::untracked());
+        let limit = big.bytes - 1;
+        let q = Queue::new(
+            "t",
+            QueueLimits {
+                max_items: 10,
+                max_bytes: limit,
+            },
+            QueueStats::default(),
+        );
+        q.try_push(big)
+            .expect("an empty queue takes one oversized envelope");
+        let small = Envelope::new(logs(1), Receipt::untracked());
+        assert!(matches!(q.try_push(small), Err(PushError::Full(_))));
+        assert_eq!(q.depth().0, 1);
+    }
+
+    #[tokio::test]
+    async fn push_waits_for_room_and_pop_drains_after_close() {
+        let q = Arc::new(Queue::new(
+            "t",
+            QueueLimits {
+                max_items: 1,
+                max_bytes: 1 << 20,
+            },
+            QueueStats::default(),
+        ));
+        q.push(Envelope::new(logs(1), Receipt::untracked()))
+            .await
+            .expect("room");
+        let q2 = q.clone();
+        let producer = tokio::spawn(async move {
+            q2.push(Envelope::new(logs(2), Receipt::untracked()))
+                .await
+                .is_ok()
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!producer.is_finished(), "second push waits while full");
+        let first = q.pop().await.expect("item");
+        assert_eq!(first.payload.items(), 1);
+        assert!(producer.await.expect("join"));
+        q.close();
+        assert_eq!(q.pop().await.expect("drained").payload.items(), 2);
+        assert!(q.pop().await.is_none());
+        let closed = q.try_push(Envelope::new(logs(1), Receipt::untracked()));
+        assert!(matches!(closed, Err(PushError::Closed(_))));
+    }
+
+    #[tokio::test]
+    async fn close_wakes_a_waiting_producer() {
+        let q = Arc::new(Queue::new(
+            "t",
+            QueueLimits {
+                max_items: 1,
+                max_bytes: 1 << 20,
+            },
+            QueueStats::default(),
+        ));
+        q.try_push(Envelope::new(logs(1), Receipt::untracked()))
+            .expect("room");
+        let q2 = q.clone();
+        let producer = tokio::spawn(async move {
+            q2.push(Envelope::new(logs(1), Receipt::untracked()))
+                .await
+                .is_err()
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        q.close();
+        assert!(producer.await.expect("join"), "closed while waiting");
+    }
+
+    #[tokio::test]
+    async fn many_producers_one_consumer_lose_nothing() {
+        let q = Arc::new(Queue::new(
+            "t",
+            QueueLimits {
+                max_items: 4,
+                max_bytes: 1 << 20,
+            },
+            QueueStats::default(),
+        ));
+        let (fired, _) = counter();
+        let mut producers = Vec::new();
+        for p in 0..4 {
+            let q = q.clone();
+            let fired = fired.clone();
+            producers.push(tokio::spawn(async move {
+                for i in 0..250 {
+                    let fired = fired.clone();
+                    let r = Receipt::new(move || {
+                        fired.fetch_add(1, Ordering::SeqCst);
+                    });
+                    q.push(Envelope::new(logs(1 + (p + i) % 3), r))
+                        .await
+                        .expect("open");
+                }
+            }));
+        }
+        let consumer = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut n = 0;
+                while let Some(env) = q.pop().await {
+                    env.receipt.complete();
+                    n += 1;
+                }
+                n
+            })
+        };
+        for p in producers {
+            p.await.expect("join");
+        }
+        q.close();
+        assert_eq!(consumer.await.expect("join"), 1000);
+        assert_eq!(fired.load(Ordering::SeqCst), 1000);
+    }
+}

@@ -55,6 +55,12 @@ impl Signal {
     pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
 }
 
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One OTLP export request, as received or as built by a source. Resources and scopes are kept
 /// as they came: exporters forward these messages unchanged.
 #[derive(Debug, Clone, PartialEq)]
@@ -512,6 +518,94 @@ impl Queue {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The intake: where sources hand payloads to the sinks of their signal.
+
+/// Why the intake did not take a payload.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// The sink's queue is full: the sender should retry later (gRPC `UNAVAILABLE`, HTTP 503
+    /// with `Retry-After`).
+    #[error("the {0} queue is full")]
+    Full(Signal),
+    /// The agent is stopping.
+    #[error("the {0} pipeline is closed")]
+    Closed(Signal),
+}
+
+/// Where payloads go, per signal: the queue of the sink that forwards that signal (the OTLP
+/// exporter), or none (nothing forwards it: the payload is taken and dropped by design, after
+/// whatever the source derives from it, such as span metrics).
+#[derive(Debug, Clone, Default)]
+pub struct Intake {
+    traces: Option<Arc<Queue>>,
+    metrics: Option<Arc<Queue>>,
+    logs: Option<Arc<Queue>>,
+}
+
+impl Intake {
+    /// An intake that forwards nothing.
+    pub fn discard() -> Self {
+        Self::default()
+    }
+
+    /// Routes `signal` to `queue`.
+    pub fn with(mut self, signal: Signal, queue: Arc<Queue>) -> Self {
+        *self.slot(signal) = Some(queue);
+        self
+    }
+
+    fn slot(&mut self, signal: Signal) -> &mut Option<Arc<Queue>> {
+        match signal {
+            Signal::Traces => &mut self.traces,
+            Signal::Metrics => &mut self.metrics,
+            Signal::Logs => &mut self.logs,
+        }
+    }
+
+    /// The queue of `signal`, if something forwards it.
+    pub fn queue(&self, signal: Signal) -> Option<&Arc<Queue>> {
+        match signal {
+            Signal::Traces => self.traces.as_ref(),
+            Signal::Metrics => self.metrics.as_ref(),
+            Signal::Logs => self.logs.as_ref(),
+        }
+    }
+
+    /// Whether anything forwards `signal`.
+    pub fn forwards(&self, signal: Signal) -> bool {
+        self.queue(signal).is_some()
+    }
+
+    /// For receivers: takes the payload now or refuses it (the sender already holds it and
+    /// retries). Taken payloads are the sink's responsibility (untracked receipt).
+    pub fn offer(&self, payload: Payload) -> Result<(), Refused> {
+        let signal = payload.signal();
+        let Some(q) = self.queue(signal) else {
+            return Ok(());
+        };
+        q.try_push(Envelope::new(payload, Receipt::untracked()))
+            .map_err(|e| match e {
+                PushError::Full(_) => Refused::Full(signal),
+                PushError::Closed(_) => Refused::Closed(signal),
+            })
+    }
+
+    /// For sources that keep their own data (the log tailer): waits for room, then hands the
+    /// payload on with a share of `receipt`. With no sink for the signal the share is completed
+    /// at once. On `Err` the share was abandoned (the agent is stopping).
+    pub async fn deliver(&self, payload: Payload, receipt: Receipt) -> Result<(), Refused> {
+        let signal = payload.signal();
+        let Some(q) = self.queue(signal) else {
+            receipt.complete();
+            return Ok(());
+        };
+        q.push(Envelope::new(payload, receipt))
+            .await
+            .map_err(|_| Refused::Closed(signal))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
@@ -544,6 +638,54 @@ mod tests {
         (c, move || {
             c2.fetch_add(1, Ordering::SeqCst);
         })
+    }
+
+    #[tokio::test]
+    async fn intake_routes_by_signal_and_refuses_when_full() {
+        let q = Arc::new(Queue::new(
+            "logs",
+            QueueLimits {
+                max_items: 1,
+                max_bytes: 1 << 20,
+            },
+            QueueStats::default(),
+        ));
+        let intake = Intake::discard().with(Signal::Logs, q.clone());
+        assert!(intake.forwards(Signal::Logs) && !intake.forwards(Signal::Traces));
+        intake.offer(logs(1)).expect("room");
+        assert!(matches!(
+            intake.offer(logs(1)),
+            Err(Refused::Full(Signal::Logs))
+        ));
+        let traces = Payload::Traces(ExportTraceServiceRequest::default());
+        intake
+            .offer(traces)
+            .expect("nothing forwards traces: taken");
+
+        let (fired, f) = counter();
+        Intake::discard()
+            .deliver(logs(1), Receipt::new(f))
+            .await
+            .expect("no sink");
+        assert_eq!(
+            fired.load(Ordering::SeqCst),
+            1,
+            "no sink: delivered at once"
+        );
+
+        let (fired, f) = counter();
+        let pending = {
+            let intake = intake.clone();
+            tokio::spawn(async move { intake.deliver(logs(2), Receipt::new(f)).await })
+        };
+        q.pop().await.expect("first").receipt.complete();
+        pending
+            .await
+            .expect("join")
+            .expect("delivered into the queue");
+        assert_eq!(fired.load(Ordering::SeqCst), 0, "queued, not yet sent");
+        q.pop().await.expect("second").receipt.complete();
+        assert_eq!(fired.load(Ordering::SeqCst), 1);
     }
 
     #[test]

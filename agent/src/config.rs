@@ -14,9 +14,12 @@ use regex::Regex;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
+use sidelight_collector::filesink::FileSinkConfig;
 use sidelight_collector::host::{
     DEFAULT_EXCLUDE_FSTYPES, DEFAULT_EXCLUDE_MOUNTPOINTS, HostSettings,
 };
+use sidelight_collector::logs::LogSourceConfig;
+use sidelight_collector::pipeline::Signal;
 use sidelight_collector::process::{MAX_TARGETS, TargetSpec};
 
 /// The configuration the agent runs on when no file is given.
@@ -123,6 +126,43 @@ struct RawConfig {
     processes: Vec<RawProcess>,
     store: RawStore,
     dora: RawDora,
+    logs: Vec<LogSourceConfig>,
+    export: RawExport,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+struct RawExport {
+    file: Option<RawFileExport>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawFileExport {
+    path: PathBuf,
+    #[serde(default = "default_file_signals")]
+    signals: Vec<String>,
+    #[serde(default = "default_file_max_bytes")]
+    max_bytes: u64,
+    #[serde(default = "default_file_max_files")]
+    max_files: usize,
+    #[serde(default = "default_file_queue")]
+    queue_max_items: usize,
+}
+
+fn default_file_signals() -> Vec<String> {
+    vec!["traces".into(), "metrics".into(), "logs".into()]
+}
+
+fn default_file_max_bytes() -> u64 {
+    100 << 20
+}
+
+fn default_file_max_files() -> usize {
+    2
+}
+
+fn default_file_queue() -> usize {
+    64
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -331,6 +371,21 @@ pub struct Config {
     pub store: StoreConfig,
     /// DORA metrics, their store and their webhooks.
     pub dora: DoraConfig,
+    /// Tailed log sources.
+    pub logs: Vec<LogSourceConfig>,
+    /// The file exporter, if configured.
+    pub export_file: Option<FileExportConfig>,
+}
+
+/// `export.file`: OTLP JSON lines to a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileExportConfig {
+    /// Where, how large, how many rotated files.
+    pub sink: FileSinkConfig,
+    /// Which signals go there.
+    pub signals: Vec<Signal>,
+    /// Envelopes queued at most before sources wait (logs) or are refused (receivers).
+    pub queue_max_items: usize,
 }
 
 /// `agent:` section.
@@ -444,8 +499,13 @@ impl Config {
     /// A one-line summary of what this configuration listens on and watches.
     pub fn summary(&self) -> String {
         let targets: Vec<&str> = self.processes.iter().map(|t| t.name.as_str()).collect();
+        let logs: Vec<String> = self
+            .logs
+            .iter()
+            .map(|l| format!("{} {}", l.source, l.include.join(" ")))
+            .collect();
         format!(
-            "http {} ({}), host metrics {} every {}, process targets [{}], store {}",
+            "http {} ({}), host metrics {} every {}, process targets [{}], logs [{}], store {}",
             self.http.listen,
             if self.http.bearer_tokens.is_empty() {
                 "no auth"
@@ -455,6 +515,7 @@ impl Config {
             if self.host.enabled { "on" } else { "off" },
             humantime::format_duration(self.host.interval),
             targets.join(", "),
+            logs.join(", "),
             self.store.path.display(),
         )
     }
@@ -553,7 +614,16 @@ fn substitute_env(text: &str, env: &dyn Env, errors: &mut Vec<ConfigError>) -> S
     out
 }
 
-const SECTIONS: [&str; 6] = ["agent", "http", "host", "processes", "store", "dora"];
+const SECTIONS: [&str; 8] = [
+    "agent",
+    "http",
+    "host",
+    "processes",
+    "store",
+    "dora",
+    "logs",
+    "export",
+];
 
 fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) -> RawConfig {
     let mut raw = RawConfig::default();
@@ -574,6 +644,20 @@ fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) 
             "host" => raw.host = section(value, &key, errors).unwrap_or_default(),
             "store" => raw.store = section(value, &key, errors).unwrap_or_default(),
             "dora" => raw.dora = section(value, &key, errors).unwrap_or_default(),
+            "export" => raw.export = section(value, &key, errors).unwrap_or_default(),
+            "logs" => match value {
+                Value::Sequence(items) => {
+                    raw.logs = items
+                        .into_iter()
+                        .enumerate()
+                        .filter_map(|(i, item)| section(item, &format!("logs[{i}]"), errors))
+                        .collect();
+                }
+                other => errors.push(ConfigError {
+                    path: key,
+                    message: format!("expected a list of log sources, found {}", kind_of(&other)),
+                }),
+            },
             "processes" => match value {
                 Value::Sequence(items) => {
                     raw.processes = items
@@ -839,6 +923,11 @@ fn validate(
     }
 
     let dora = validate_dora(raw.dora, base, env, errors);
+    let logs = validate_logs(raw.logs, errors);
+    let export_file = raw
+        .export
+        .file
+        .and_then(|f| validate_file_export(f, errors));
 
     // Only used when the pattern failed to compile, in which case the config is rejected anyway.
     let never = || Regex::new("$^").expect("a static regex compiles");
@@ -869,7 +958,83 @@ fn validate(
             path: raw.store.path,
         },
         dora,
+        logs,
+        export_file,
     }
+}
+
+fn validate_logs(
+    logs: Vec<LogSourceConfig>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<LogSourceConfig> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, source) in logs.iter().enumerate() {
+        if let Err(es) = source.validate() {
+            errors.extend(es.into_iter().map(|e| ConfigError {
+                path: format!("logs[{i}]"),
+                message: e.to_string(),
+            }));
+        }
+        if !seen.insert(source.source.as_str()) {
+            errors.push(ConfigError {
+                path: format!("logs[{i}].source"),
+                message: format!(
+                    "`{}` is used twice (the name keys the checkpoints; make each unique)",
+                    source.source
+                ),
+            });
+        }
+        if source.source.contains(['/', '\\']) || source.source.starts_with('.') {
+            errors.push(ConfigError {
+                path: format!("logs[{i}].source"),
+                message: "must not contain `/` or start with `.` (it names a checkpoint file)"
+                    .into(),
+            });
+        }
+    }
+    logs
+}
+
+fn validate_file_export(
+    f: RawFileExport,
+    errors: &mut Vec<ConfigError>,
+) -> Option<FileExportConfig> {
+    let mut ok = true;
+    let mut signals = Vec::new();
+    for (i, name) in f.signals.iter().enumerate() {
+        match Signal::ALL.iter().find(|s| s.as_str() == name) {
+            Some(s) if !signals.contains(s) => signals.push(*s),
+            Some(_) => {}
+            None => {
+                ok = false;
+                errors.push(ConfigError {
+                    path: format!("export.file.signals[{i}]"),
+                    message: format!("`{name}` is not a signal (traces, metrics, logs)"),
+                });
+            }
+        }
+    }
+    for (what, zero) in [
+        ("export.file.max_bytes", f.max_bytes == 0),
+        ("export.file.queue_max_items", f.queue_max_items == 0),
+    ] {
+        if zero {
+            ok = false;
+            errors.push(ConfigError {
+                path: what.into(),
+                message: "must be greater than 0".into(),
+            });
+        }
+    }
+    ok.then(|| FileExportConfig {
+        sink: FileSinkConfig {
+            path: f.path,
+            max_bytes: f.max_bytes,
+            max_files: f.max_files,
+        },
+        signals,
+        queue_max_items: f.queue_max_items,
+    })
 }
 
 /// Reads a secret from exactly one of a file (relative to `base`) or an environment variable.

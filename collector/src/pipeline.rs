@@ -234,6 +234,11 @@ impl Envelope {
     /// Wraps a payload with its receipt share.
     pub fn new(payload: Payload, receipt: Receipt) -> Self {
         let bytes = payload.encoded_len();
+        Self::with_bytes(payload, receipt, bytes)
+    }
+
+    /// Wraps a payload whose encoded size is already known.
+    pub fn with_bytes(payload: Payload, receipt: Receipt, bytes: usize) -> Self {
         Self {
             payload,
             receipt,
@@ -413,6 +418,18 @@ impl Queue {
             || (state.items.len() < limits.max_items && state.bytes + bytes <= limits.max_bytes)
     }
 
+    /// Whether an envelope of `bytes` would be taken now.
+    pub fn has_room(&self, bytes: usize) -> bool {
+        let limits = self.limits();
+        let state = self.state.lock();
+        !state.closed && Self::fits(&state, limits, bytes)
+    }
+
+    /// Counts one refused push (for callers that checked [`has_room`](Self::has_room)).
+    pub fn count_refused(&self) {
+        self.stats.refused.get_or_create(&self.label).inc();
+    }
+
     /// Takes the envelope if there is room now; refuses (and counts) otherwise.
     pub fn try_push(&self, env: Envelope) -> Result<(), PushError> {
         let limits = self.limits();
@@ -533,14 +550,14 @@ pub enum Refused {
     Closed(Signal),
 }
 
-/// Where payloads go, per signal: the queue of the sink that forwards that signal (the OTLP
-/// exporter), or none (nothing forwards it: the payload is taken and dropped by design, after
-/// whatever the source derives from it, such as span metrics).
+/// Where payloads go, per signal: the queues of the sinks that forward that signal (the OTLP
+/// exporter, the file exporter), or none (nothing forwards it: the payload is taken and dropped
+/// by design, after whatever the source derives from it, such as span metrics).
 #[derive(Debug, Clone, Default)]
 pub struct Intake {
-    traces: Option<Arc<Queue>>,
-    metrics: Option<Arc<Queue>>,
-    logs: Option<Arc<Queue>>,
+    traces: Vec<Arc<Queue>>,
+    metrics: Vec<Arc<Queue>>,
+    logs: Vec<Arc<Queue>>,
 }
 
 impl Intake {
@@ -549,13 +566,13 @@ impl Intake {
         Self::default()
     }
 
-    /// Routes `signal` to `queue`.
+    /// Routes `signal` to `queue` too (each sink of a signal has its own queue).
     pub fn with(mut self, signal: Signal, queue: Arc<Queue>) -> Self {
-        *self.slot(signal) = Some(queue);
+        self.slot(signal).push(queue);
         self
     }
 
-    fn slot(&mut self, signal: Signal) -> &mut Option<Arc<Queue>> {
+    fn slot(&mut self, signal: Signal) -> &mut Vec<Arc<Queue>> {
         match signal {
             Signal::Traces => &mut self.traces,
             Signal::Metrics => &mut self.metrics,
@@ -563,44 +580,74 @@ impl Intake {
         }
     }
 
-    /// The queue of `signal`, if something forwards it.
-    pub fn queue(&self, signal: Signal) -> Option<&Arc<Queue>> {
+    /// The queues of `signal` (empty if nothing forwards it).
+    pub fn queues(&self, signal: Signal) -> &[Arc<Queue>] {
         match signal {
-            Signal::Traces => self.traces.as_ref(),
-            Signal::Metrics => self.metrics.as_ref(),
-            Signal::Logs => self.logs.as_ref(),
+            Signal::Traces => &self.traces,
+            Signal::Metrics => &self.metrics,
+            Signal::Logs => &self.logs,
         }
     }
 
     /// Whether anything forwards `signal`.
     pub fn forwards(&self, signal: Signal) -> bool {
-        self.queue(signal).is_some()
+        !self.queues(signal).is_empty()
     }
 
-    /// For receivers: takes the payload now or refuses it (the sender already holds it and
-    /// retries). Taken payloads are the sink's responsibility (untracked receipt).
+    /// For receivers: takes the payload now or refuses it (the sender still holds it and
+    /// retries). Taken payloads are the sinks' responsibility (untracked receipts).
+    ///
+    /// With several sinks, every queue is checked for room first; a push that still loses a
+    /// race to another producer refuses the whole payload, and the sinks that took it will see
+    /// it again when the sender retries (at-least-once, never lost).
     pub fn offer(&self, payload: Payload) -> Result<(), Refused> {
         let signal = payload.signal();
-        let Some(q) = self.queue(signal) else {
+        let queues = self.queues(signal);
+        let Some((last, rest)) = queues.split_last() else {
             return Ok(());
         };
-        q.try_push(Envelope::new(payload, Receipt::untracked()))
-            .map_err(|e| match e {
-                PushError::Full(_) => Refused::Full(signal),
-                PushError::Closed(_) => Refused::Closed(signal),
-            })
+        let bytes = payload.encoded_len();
+        if let Some(full) = queues.iter().find(|q| !q.has_room(bytes)) {
+            full.count_refused();
+            return Err(Refused::Full(signal));
+        }
+        let refused = |e: PushError| match e {
+            PushError::Full(_) => Refused::Full(signal),
+            PushError::Closed(_) => Refused::Closed(signal),
+        };
+        for q in rest {
+            q.try_push(Envelope::with_bytes(
+                payload.clone(),
+                Receipt::untracked(),
+                bytes,
+            ))
+            .map_err(refused)?;
+        }
+        last.try_push(Envelope::with_bytes(payload, Receipt::untracked(), bytes))
+            .map_err(refused)
     }
 
-    /// For sources that keep their own data (the log tailer): waits for room, then hands the
-    /// payload on with a share of `receipt`. With no sink for the signal the share is completed
-    /// at once. On `Err` the share was abandoned (the agent is stopping).
+    /// For sources that keep their own data (the log tailer): waits for room in every sink's
+    /// queue, then hands the payload on with a share of `receipt` each. With no sink for the
+    /// signal the receipt is completed at once. On `Err` the remaining shares were abandoned
+    /// (the agent is stopping), so the receipt never fires.
     pub async fn deliver(&self, payload: Payload, receipt: Receipt) -> Result<(), Refused> {
         let signal = payload.signal();
-        let Some(q) = self.queue(signal) else {
+        let Some((last, rest)) = self.queues(signal).split_last() else {
             receipt.complete();
             return Ok(());
         };
-        q.push(Envelope::new(payload, receipt))
+        let bytes = payload.encoded_len();
+        for q in rest {
+            q.push(Envelope::with_bytes(
+                payload.clone(),
+                receipt.share(),
+                bytes,
+            ))
+            .await
+            .map_err(|_| Refused::Closed(signal))?;
+        }
+        last.push(Envelope::with_bytes(payload, receipt, bytes))
             .await
             .map_err(|_| Refused::Closed(signal))
     }
@@ -686,6 +733,33 @@ mod tests {
         assert_eq!(fired.load(Ordering::SeqCst), 0, "queued, not yet sent");
         q.pop().await.expect("second").receipt.complete();
         assert_eq!(fired.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn fan_out_waits_for_every_sink() {
+        let limits = QueueLimits {
+            max_items: 1,
+            max_bytes: 1 << 20,
+        };
+        let a = Arc::new(Queue::new("a", limits, QueueStats::default()));
+        let b = Arc::new(Queue::new("b", limits, QueueStats::default()));
+        let intake = Intake::discard()
+            .with(Signal::Logs, a.clone())
+            .with(Signal::Logs, b.clone());
+        let (fired, f) = counter();
+        intake
+            .deliver(logs(2), Receipt::new(f))
+            .await
+            .expect("room in both");
+        a.pop().await.expect("a").receipt.complete();
+        assert_eq!(fired.load(Ordering::SeqCst), 0, "b still holds its share");
+        // b is full: a receiver's offer is refused without touching a.
+        assert!(matches!(intake.offer(logs(1)), Err(Refused::Full(_))));
+        assert_eq!(a.depth().0, 0);
+        b.pop().await.expect("b").receipt.complete();
+        assert_eq!(fired.load(Ordering::SeqCst), 1);
+        intake.offer(logs(1)).expect("room again");
+        assert_eq!((a.depth().0, b.depth().0), (1, 1));
     }
 
     #[test]

@@ -42,6 +42,7 @@
 pub mod checkpoint;
 pub mod discover;
 pub mod multiline;
+pub mod otlp;
 pub mod parse;
 pub mod record;
 pub mod redact;
@@ -50,6 +51,7 @@ pub mod stats;
 pub mod tail;
 
 pub use multiline::{Joined, Joiner, JoinerConfig};
+pub use otlp::{LogResource, to_request};
 pub use parse::{Format, ParseError, Parsed, Parser, ParserConfig};
 pub use record::{AttrValue, Attributes, ExceptionInfo, LogRecord, SpanId, TraceId};
 pub use redact::{RedactError, RedactionConfig, RedactionCounts, Redactor};

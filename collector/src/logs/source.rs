@@ -109,6 +109,12 @@ fn default_max_line() -> usize {
 pub struct LogSourceConfig {
     /// The `source` label of records and metrics; names the checkpoint file.
     pub source: String,
+    /// `service.name` of the exported records' resource (default: the source name).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// More resource attributes of the exported records (`deployment.environment: prod`).
+    #[serde(default)]
+    pub resource: std::collections::BTreeMap<String, String>,
     /// Globs of files to tail (`*` stays within a directory, `**` crosses directories).
     pub include: Vec<String>,
     #[serde(default)]

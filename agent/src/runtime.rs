@@ -18,8 +18,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use sidelight_collector::filesink::{FileSink, FileSinkStats};
 use sidelight_collector::host::HostCollector;
+use sidelight_collector::logs::LogStats;
 use sidelight_collector::metrics::{LabelCaps, SnapshotCell, SnapshotCollector};
+use sidelight_collector::pipeline::{Intake, Queue, QueueLimits, QueueStats};
 use sidelight_collector::process::{ProcessCollector, TargetSpec};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -51,6 +54,9 @@ pub enum StartError {
         /// The cause.
         source: crate::store::StoreError,
     },
+    /// The file exporter's file cannot be opened.
+    #[error("export.file: {0}")]
+    FileExport(#[from] sidelight_collector::filesink::FileSinkError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -157,6 +163,8 @@ pub struct Running {
     tokens: Arc<RwLock<Vec<crate::config::Secret>>>,
     metrics: SelfMetrics,
     dora: Option<Arc<Hub>>,
+    logs: Option<tokio::task::JoinHandle<()>>,
+    sink_queues: Vec<Arc<Queue>>,
 }
 
 impl std::fmt::Debug for Running {
@@ -230,6 +238,34 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         None
     };
 
+    // Sinks first, so that sources have somewhere to hand their data.
+    let queue_stats = QueueStats::default();
+    queue_stats.register(&mut registry);
+    let mut intake = Intake::discard();
+    let mut sink_queues = Vec::new();
+    let mut file_sink = None;
+    if let Some(f) = &config.export_file {
+        let stats = FileSinkStats::default();
+        stats.register(&mut registry);
+        let sink = FileSink::open(f.sink.clone(), stats)?;
+        let queue = Arc::new(Queue::new(
+            "file",
+            QueueLimits {
+                max_items: f.queue_max_items,
+                ..QueueLimits::default()
+            },
+            queue_stats.clone(),
+        ));
+        for signal in &f.signals {
+            intake = intake.with(*signal, queue.clone());
+        }
+        sink_queues.push(queue.clone());
+        file_sink = Some((sink, queue));
+    }
+    let log_stats = LogStats::new(&shared.caps);
+    log_stats.register(&mut registry);
+    shared.readiness.expect("logs");
+
     let tokens = Arc::new(RwLock::new(config.http.bearer_tokens.clone()));
     let state = HttpState {
         registry: Arc::new(registry),
@@ -249,6 +285,21 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     tracker.spawn(collect_loop(
         config_tx.subscribe(),
         shared.clone(),
+        sources.clone(),
+    ));
+    if let Some((sink, queue)) = file_sink {
+        // Not cancelled with the sources: it drains its queue once they stopped (`stop`).
+        tracker.spawn(sink.run(queue, CancellationToken::new()));
+    }
+    let logs = tracker.spawn(crate::logs::supervise(
+        config_tx.subscribe(),
+        crate::logs::LogContext {
+            intake: intake.clone(),
+            stats: log_stats,
+            store: config.store.path.clone(),
+            host: crate::logs::host_name(),
+            readiness: shared.readiness.clone(),
+        },
         sources.clone(),
     ));
     if let Some(hub) = &dora {
@@ -283,6 +334,8 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         tokens,
         metrics: shared.metrics.clone(),
         dora,
+        logs: Some(logs),
+        sink_queues,
     })
 }
 
@@ -332,14 +385,25 @@ impl Running {
 
     /// Stops sources, then the HTTP surface, and waits for every task up to `deadline`.
     /// Returns false if the deadline cut the shutdown short.
-    pub async fn stop(self, deadline: Duration) -> bool {
+    pub async fn stop(mut self, deadline: Duration) -> bool {
         let started = Instant::now();
         self.sources.cancel();
         self.http.cancel();
         self.tracker.close();
-        let clean = tokio::time::timeout(deadline, self.tracker.wait())
-            .await
-            .is_ok();
+        // Sources first (the log tailers wait for their last acknowledgements and checkpoint),
+        // then the sinks drain what is queued.
+        let sinks = self.sink_queues.clone();
+        let logs = self.logs.take();
+        let ordered = async move {
+            if let Some(logs) = logs {
+                let _ = logs.await;
+            }
+            for q in &sinks {
+                q.close();
+            }
+            self.tracker.wait().await;
+        };
+        let clean = tokio::time::timeout(deadline, ordered).await.is_ok();
         if clean {
             tracing::info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,

@@ -92,10 +92,11 @@ impl FileSink {
         }
         let file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&config.path)
             .map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let len = drop_partial_line(&file).map_err(io)?;
         Ok(Self {
             config,
             file,
@@ -244,6 +245,36 @@ async fn write_with_retry(
     }
 }
 
+/// A crash mid-write can leave a last line without its newline; that line was never
+/// acknowledged (its data is sent again), so it is cut off rather than glued to the next one.
+fn drop_partial_line(file: &File) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut buf = vec![0u8; 64 << 10];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                tracing::warn!(
+                    cut = len - keep,
+                    "file exporter: cutting an unfinished last line (never acknowledged)"
+                );
+                file.set_len(keep)?;
+            }
+            return Ok(keep);
+        }
+        end = start;
+    }
+    if len > 0 {
+        file.set_len(0)?;
+    }
+    Ok(0)
+}
+
 fn sync_dir(path: &Path) {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && let Ok(d) = File::open(dir)
@@ -328,6 +359,28 @@ mod tests {
             .get_or_create(&[("exporter", "file"), ("signal", "logs")])
             .get();
         assert_eq!(sent, 8);
+    }
+
+    #[test]
+    fn an_unfinished_last_line_is_cut_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("export.jsonl");
+        let cfg = FileSinkConfig {
+            path: path.clone(),
+            max_bytes: 1 << 20,
+            max_files: 1,
+        };
+        std::fs::write(&path, b"{\"a\":1}\n{\"b\":").expect("write");
+        let sink = FileSink::open(cfg.clone(), FileSinkStats::default()).expect("open");
+        assert_eq!(sink.len, 8);
+        assert_eq!(std::fs::read(&path).expect("read"), b"{\"a\":1}\n");
+        std::fs::write(&path, b"no newline at all").expect("write");
+        assert_eq!(
+            FileSink::open(cfg, FileSinkStats::default())
+                .expect("open")
+                .len,
+            0
+        );
     }
 
     #[tokio::test]

@@ -343,7 +343,7 @@ impl LogSource {
                 next_checkpoint = now + tuning.checkpoint_interval;
             }
             let do_scan = std::mem::take(&mut rescan);
-            let (t, batch) = blocking(&name, move || {
+            let (t, batch, backlog) = blocking(&name, move || {
                 let mut tailer = tailer;
                 let now = std::time::Instant::now();
                 if do_scan {
@@ -355,7 +355,8 @@ impl LogSource {
                     tracing::warn!(error = %e, "log checkpoint write failed; retrying");
                 }
                 let batch = tailer.take_batch();
-                (tailer, batch)
+                let backlog = tailer.has_backlog();
+                (tailer, batch, backlog)
             })
             .await?;
             tailer = t;
@@ -368,6 +369,15 @@ impl LogSource {
                         tracing::warn!(source = %name, "log consumer is gone; stopping the tailer");
                         break;
                     },
+                }
+                continue;
+            }
+            if backlog {
+                // A long line is still being read (no record yet): keep reading, but let a
+                // cancellation or acknowledgement in first.
+                tokio::task::yield_now().await;
+                if cancel.is_cancelled() {
+                    break;
                 }
                 continue;
             }
@@ -452,7 +462,11 @@ fn start_watcher(name: &str, wake: Arc<Wake>) -> Option<notify::RecommendedWatch
     }
 }
 
-/// Watches each root directory not yet watched (roots may appear after start-up).
+/// Watches each root directory not yet watched (roots may appear after start-up). A root that
+/// does not exist yet is waited for by watching its nearest existing ancestor: the creation of
+/// the next directory down wakes a rescan, which watches the root as soon as it is there, so the
+/// first lines of a service that creates its log directory are read at once, not at the next
+/// periodic scan.
 fn watch_roots(
     name: &str,
     watcher: &mut notify::RecommendedWatcher,
@@ -460,19 +474,27 @@ fn watch_roots(
     watched: &mut Vec<PathBuf>,
 ) {
     for (root, recursive) in discovery.watch_roots() {
-        if watched.iter().any(|w| w == root) || !Path::new(root).is_dir() {
+        let (dir, mode) = if Path::new(root).is_dir() {
+            let mode = if recursive {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
+            (root.to_path_buf(), mode)
+        } else {
+            let Some(ancestor) = root.ancestors().skip(1).find(|a| a.is_dir()) else {
+                continue;
+            };
+            (ancestor.to_path_buf(), RecursiveMode::NonRecursive)
+        };
+        if watched.iter().any(|w| *w == dir) {
             continue;
         }
-        let mode = if recursive {
-            RecursiveMode::Recursive
-        } else {
-            RecursiveMode::NonRecursive
-        };
-        match watcher.watch(root, mode) {
-            Ok(()) => watched.push(root.to_path_buf()),
+        match watcher.watch(&dir, mode) {
+            Ok(()) => watched.push(dir),
             Err(e) => {
-                tracing::warn!(source = %name, dir = %root.display(), error = %e, "cannot watch directory; relying on the periodic scan");
-                watched.push(root.to_path_buf());
+                tracing::warn!(source = %name, dir = %dir.display(), error = %e, "cannot watch directory; relying on the periodic scan");
+                watched.push(dir);
             }
         }
     }

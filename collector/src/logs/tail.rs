@@ -662,6 +662,14 @@ impl Tailer {
         progress
     }
 
+    /// Whether some open file has bytes left that the last poll did not get to (its read budget
+    /// ran out): the caller should poll again at once rather than wait for a wake-up.
+    pub fn has_backlog(&self) -> bool {
+        self.files
+            .values()
+            .any(|t| !t.done && t.file.is_some() && t.read_offset < t.size_seen)
+    }
+
     fn reopen(&mut self, id: u64) -> Option<()> {
         let t = self.files.get(&id)?;
         if t.orphan_since.is_some() {

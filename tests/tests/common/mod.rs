@@ -124,7 +124,11 @@ impl Agent {
     /// Starts the agent on `config` (YAML; `{dir}` is replaced by a fresh temp dir) and waits for
     /// its startup line, which names the address it listens on.
     pub fn start(config: &str) -> Result<Agent> {
-        let dir = tempfile::tempdir()?;
+        Self::start_in(tempfile::tempdir()?, config)
+    }
+
+    /// Starts the agent in an existing directory (a restart keeps its store and logs).
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Result<Agent> {
         let config = config.replace("{dir}", &dir.path().to_string_lossy());
         let config_path = dir.path().join("sidelight.yaml");
         std::fs::write(&config_path, config)?;
@@ -315,5 +319,99 @@ impl Prometheus {
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+impl Agent {
+    /// `kill -9`, then hands back the directory (store, logs) for a restart.
+    pub fn kill9(self) -> tempfile::TempDir {
+        let Agent { proc, dir, .. } = self;
+        let mut proc = proc;
+        let _ = proc.0.kill();
+        let _ = proc.0.wait();
+        dir
+    }
+
+    /// SIGTERM, waits for the exit (asserting a clean one), hands back the directory.
+    pub fn stop(self) -> Result<tempfile::TempDir> {
+        let Agent {
+            proc, dir, logs, ..
+        } = self;
+        let mut proc = proc;
+        signal(&proc.0, 15);
+        let status =
+            wait_exit(&mut proc.0, Duration::from_secs(20)).ok_or("no exit after SIGTERM")?;
+        if !status.success() {
+            return Err(format!(
+                "unclean exit {status:?}: {:?}",
+                logs.lock().map(|l| l.clone())
+            )
+            .into());
+        }
+        Ok(dir)
+    }
+
+    /// The value of one sample on `/metrics` (0 when absent).
+    pub fn metric(&self, name: &str, label_fragment: &str) -> f64 {
+        get(&self.url("/metrics"), &[])
+            .ok()
+            .and_then(|(_, _, body)| sample(&body, name, label_fragment))
+            .unwrap_or(0.0)
+    }
+}
+
+/// Every log record in a file exporter's output (`path` and its rotated `path.N`), each with the
+/// `service.name` of its resource: (service, record as OTLP JSON).
+pub fn exported_log_records(path: &Path) -> Vec<(String, serde_json::Value)> {
+    let mut files = vec![path.to_path_buf()];
+    for n in 1..100 {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{n}"));
+        files.push(PathBuf::from(p));
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Ok(req) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            for rl in req["resourceLogs"].as_array().into_iter().flatten() {
+                let service = rl["resource"]["attributes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|kv| kv["key"] == "service.name")
+                    .and_then(|kv| kv["value"]["stringValue"].as_str())
+                    .unwrap_or("")
+                    .to_owned();
+                for sl in rl["scopeLogs"].as_array().into_iter().flatten() {
+                    for r in sl["logRecords"].as_array().into_iter().flatten() {
+                        out.push((service.clone(), r.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A record's attribute value as JSON (`{"intValue": "7"}` → the inner value).
+pub fn otlp_attr<'a>(record: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    record["attributes"]
+        .as_array()?
+        .iter()
+        .find(|kv| kv["key"] == key)
+        .and_then(|kv| kv["value"].as_object())
+        .and_then(|v| v.values().next())
+}
+
+/// An integer attribute (OTLP JSON writes int64 as a string or a number).
+pub fn otlp_int(record: &serde_json::Value, key: &str) -> Option<i64> {
+    match otlp_attr(record, key)? {
+        serde_json::Value::String(s) => s.parse().ok(),
+        v => v.as_i64(),
     }
 }

@@ -487,7 +487,7 @@ fn watch_roots(
             };
             (ancestor.to_path_buf(), RecursiveMode::NonRecursive)
         };
-        if watched.iter().any(|w| *w == dir) {
+        if watched.contains(&dir) {
             continue;
         }
         match watcher.watch(&dir, mode) {

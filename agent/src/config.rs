@@ -1026,7 +1026,7 @@ fn validate_file_export(
             });
         }
     }
-    ok.then(|| FileExportConfig {
+    ok.then_some(FileExportConfig {
         sink: FileSinkConfig {
             path: f.path,
             max_bytes: f.max_bytes,

@@ -527,3 +527,64 @@ fn start_at_end_skips_existing_content_and_reads_new_lines() -> Result {
     assert!(!s["app"].contains_key(&1), "existing content skipped");
     Ok(())
 }
+
+#[test]
+fn secrets_are_redacted_before_anything_leaves_the_agent() -> Result {
+    let config = format!(
+        "http: {{ listen: 127.0.0.1:0 }}\nstore: {{ path: {{dir}}/data }}\nlogs:\n\
+         \x20 - source: app\n\
+         \x20   include: ['{{dir}}/app/*.log']\n\
+         \x20   redaction: {{ patterns: [{{ name: stripe, regex: 'sk_live_[0-9a-zA-Z]+' }}] }}\n{}",
+        export_section("{dir}")
+    );
+    let agent = Agent::start(&config)?;
+    let d = agent.dir.path().to_path_buf();
+    let secrets = [
+        "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+        "xoxb-1234567890-0987654321-AbCdEfGhIjKlMnOpQrStUvWx",
+        "AKIAIOSFODNN7EXAMPLE",
+        "alice.smith@example.com",
+        "4111 1111 1111 1111",
+        "sk_live_51Habcdefghijklmnop",
+    ];
+    let mut text = String::new();
+    for (i, s) in secrets.iter().enumerate() {
+        text.push_str(
+            &serde_json::json!({"message": format!("call with {s} done"), "seq": i + 1, "detail": {"note": s}})
+                .to_string(),
+        );
+        text.push('\n');
+    }
+    text.push_str("2026-12-01 10:00:00,000 ERROR app: key leaked\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA1234\n-----END RSA PRIVATE KEY-----\n");
+    std::fs::create_dir_all(d.join("app"))?;
+    std::fs::write(d.join("app/a.log"), text)?;
+    let export = d.join("out/export.jsonl");
+    eventually(Duration::from_secs(15), "the records exported", || {
+        (exported_log_records(&export).len() >= secrets.len()).then_some(())
+    })?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = std::fs::read_to_string(&export)?;
+    for s in secrets {
+        assert!(!out.contains(s), "{s} left the agent");
+    }
+    assert!(
+        !out.contains("MIIEowIBAAKCAQEA1234"),
+        "private key block left the agent"
+    );
+    assert!(out.contains("[REDACTED]"));
+    let (_, _, metrics) = common::get(&agent.url("/metrics"), &[])?;
+    for s in secrets {
+        assert!(!metrics.contains(s), "{s} in /metrics");
+    }
+    let redactions = agent.metric("sidelight_log_redactions_total", "source=\"app\"");
+    assert!(
+        redactions >= 2.0 * secrets.len() as f64,
+        "counted: {redactions}"
+    );
+    for line in agent.log_lines() {
+        for s in secrets {
+            assert!(!line.contains(s), "{s} in the agent's own log");
+        }
+    }
+    Ok(())
+}

@@ -75,6 +75,11 @@ enum State {
     AfterFinal,
     /// After a chaining banner: the next traceback is expected.
     Banner,
+    /// Inside a PEM private-key block (`-----BEGIN … PRIVATE KEY-----` until its `END` line):
+    /// kept in one record so that redaction sees the whole block, never a bare key line.
+    Pem,
+    /// After a PEM block's `END` line: the record is complete.
+    Closed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +90,13 @@ enum Kind {
     Blank,
     Indented,
     CompleteJson,
+    PemBegin,
+    PemEnd,
     Other,
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn classify(line: &[u8]) -> Kind {
@@ -107,6 +118,14 @@ fn classify(line: &[u8]) -> Kind {
     }
     if trimmed.starts_with(b"{") && trimmed.ends_with(b"}") {
         return Kind::CompleteJson;
+    }
+    if trimmed.len() < 4096 && contains(trimmed, b"PRIVATE KEY-----") {
+        if contains(trimmed, b"-----BEGIN ") && !contains(trimmed, b"-----END ") {
+            return Kind::PemBegin;
+        }
+        if contains(trimmed, b"-----END ") && !contains(trimmed, b"-----BEGIN ") {
+            return Kind::PemEnd;
+        }
     }
     Kind::Other
 }
@@ -144,6 +163,10 @@ impl Joiner {
         let kind = classify(line);
         if let Some(p) = &mut self.pending {
             let next = match (p.state, kind) {
+                (State::Pem, Kind::PemEnd) => Some(State::Closed),
+                (State::Pem, _) => Some(State::Pem),
+                (State::Closed, _) => None,
+                (State::Head, Kind::PemBegin) => Some(State::Pem),
                 (_, Kind::CompleteJson) => None,
                 (State::Head | State::Banner | State::Frames, Kind::GroupHeader) => {
                     Some(State::Group)
@@ -156,10 +179,14 @@ impl Joiner {
                 (State::Head, _) => None,
                 (State::Frames, Kind::Banner) => Some(State::Banner),
                 (State::Frames, Kind::Blank | Kind::Indented | Kind::Header) => Some(State::Frames),
-                (State::Frames, Kind::Other) => Some(State::AfterFinal),
+                (State::Frames, Kind::Other | Kind::PemBegin | Kind::PemEnd) => {
+                    Some(State::AfterFinal)
+                }
                 (State::AfterFinal, Kind::Blank | Kind::Indented) => Some(State::AfterFinal),
                 (State::AfterFinal, Kind::Banner) => Some(State::Banner),
-                (State::AfterFinal, Kind::Header | Kind::Other) => None,
+                (State::AfterFinal, Kind::Header | Kind::Other | Kind::PemBegin | Kind::PemEnd) => {
+                    None
+                }
                 (State::Banner, Kind::Blank) => Some(State::Banner),
                 (State::Banner, Kind::Header) => Some(State::Frames),
                 (State::Banner, _) => None,
@@ -189,6 +216,7 @@ impl Joiner {
             }
             Kind::Header => State::Frames,
             Kind::GroupHeader => State::Group,
+            Kind::PemBegin => State::Pem,
             _ => State::Head,
         };
         self.pending = Some(Pending {
@@ -392,6 +420,31 @@ mod tests {
 
     const BANNER_CAUSE_STR: &str =
         "The above exception was the direct cause of the following exception:";
+
+    #[test]
+    fn a_private_key_block_stays_in_one_record() {
+        let mut j = Joiner::new(JoinerConfig::default());
+        let got = join_all(
+            &mut j,
+            &[
+                "2026-12-01 10:00:00,000 ERROR app: key leaked",
+                "-----BEGIN RSA PRIVATE KEY-----",
+                "MIIEowIBAAKCAQEA1234",
+                "{\"looks\": \"like json\"}",
+                "-----END RSA PRIVATE KEY-----",
+                "next line",
+                "-----BEGIN PRIVATE KEY-----",
+                "abc",
+            ],
+        );
+        assert_eq!(
+            got,
+            [
+                "2026-12-01 10:00:00,000 ERROR app: key leaked\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA1234\n{\"looks\": \"like json\"}\n-----END RSA PRIVATE KEY-----",
+                "next line\n-----BEGIN PRIVATE KEY-----\nabc",
+            ]
+        );
+    }
 
     #[test]
     fn pending_record_is_flushed_after_the_timeout() {

@@ -1,0 +1,35 @@
+"""Appends JSON log lines at a fixed rate for the log benchmark (a separate process from the
+agent). Each line carries `t_ns`, its wall-clock write time, so the agent's observed time on the
+exported record gives the append-to-record latency. Lines are written in small bursts every
+10 ms, as a busy service's logging does.
+
+Usage: log_rate_writer.py PATH RATE SECONDS [SIZE]
+"""
+import json
+import os
+import sys
+import time
+
+path, rate, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+size = int(sys.argv[4]) if len(sys.argv) > 4 else 256
+pad = "x" * max(0, size - 190)
+tick = 0.01
+per_tick = max(1, int(rate * tick))
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+start = time.monotonic()
+seq = 0
+ticks = int(seconds / tick)
+for n in range(ticks):
+    burst = []
+    for _ in range(per_tick):
+        seq += 1
+        burst.append(json.dumps({
+            "asctime": "2026-12-01 12:00:00,000", "levelname": "INFO", "name": "app.web",
+            "message": "request handled " + pad, "seq": seq, "t_ns": time.time_ns(),
+        }))
+    os.write(fd, ("\n".join(burst) + "\n").encode())
+    ahead = (n + 1) * tick - (time.monotonic() - start)
+    if ahead > 0:
+        time.sleep(ahead)
+os.close(fd)
+print(json.dumps({"lines": seq, "seconds": time.monotonic() - start}))

@@ -19,6 +19,9 @@ use sidelight_collector::host::{
 };
 use sidelight_collector::process::{MAX_TARGETS, TargetSpec};
 
+pub use crate::export::ExportConfig;
+use crate::export::RawExport;
+
 /// The configuration the agent runs on when no file is given.
 pub const EMBEDDED_DEFAULTS: &str = include_str!("defaults.yaml");
 
@@ -89,7 +92,7 @@ impl Env for std::collections::HashMap<String, String> {
 
 /// A secret value: never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(pub(crate) String);
 
 impl Secret {
     /// The secret itself; call only where it is used.
@@ -123,6 +126,7 @@ struct RawConfig {
     processes: Vec<RawProcess>,
     store: RawStore,
     dora: RawDora,
+    export: RawExport,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -331,6 +335,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// DORA metrics, their store and their webhooks.
     pub dora: DoraConfig,
+    /// Exporters (OTLP, remote write); `None` parts export nothing.
+    pub export: ExportConfig,
 }
 
 /// `agent:` section.
@@ -553,7 +559,15 @@ fn substitute_env(text: &str, env: &dyn Env, errors: &mut Vec<ConfigError>) -> S
     out
 }
 
-const SECTIONS: [&str; 6] = ["agent", "http", "host", "processes", "store", "dora"];
+const SECTIONS: [&str; 7] = [
+    "agent",
+    "http",
+    "host",
+    "processes",
+    "store",
+    "dora",
+    "export",
+];
 
 fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) -> RawConfig {
     let mut raw = RawConfig::default();
@@ -574,6 +588,7 @@ fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) 
             "host" => raw.host = section(value, &key, errors).unwrap_or_default(),
             "store" => raw.store = section(value, &key, errors).unwrap_or_default(),
             "dora" => raw.dora = section(value, &key, errors).unwrap_or_default(),
+            "export" => raw.export = section(value, &key, errors).unwrap_or_default(),
             "processes" => match value {
                 Value::Sequence(items) => {
                     raw.processes = items
@@ -839,6 +854,7 @@ fn validate(
     }
 
     let dora = validate_dora(raw.dora, base, env, errors);
+    let export = crate::export::validate(raw.export, base, env, errors);
 
     // Only used when the pattern failed to compile, in which case the config is rejected anyway.
     let never = || Regex::new("$^").expect("a static regex compiles");
@@ -869,11 +885,12 @@ fn validate(
             path: raw.store.path,
         },
         dora,
+        export,
     }
 }
 
 /// Reads a secret from exactly one of a file (relative to `base`) or an environment variable.
-fn read_secret(
+pub(crate) fn read_secret(
     file: Option<&PathBuf>,
     var: Option<&String>,
     at: &str,
@@ -1045,7 +1062,7 @@ fn compile(pattern: &str, path: &str, errors: &mut Vec<ConfigError>) -> Option<R
 }
 
 /// Durations written like `15s`, `1m30s`, `250ms`.
-mod duration {
+pub(crate) mod duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 

@@ -51,6 +51,9 @@ pub enum StartError {
         /// The cause.
         source: crate::store::StoreError,
     },
+    /// The exporters could not be built (a spill directory, an endpoint).
+    #[error("{0}")]
+    Export(#[from] crate::export::ExportError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -157,6 +160,7 @@ pub struct Running {
     tokens: Arc<RwLock<Vec<crate::config::Secret>>>,
     metrics: SelfMetrics,
     dora: Option<Arc<Hub>>,
+    exports: crate::export::Exports,
 }
 
 impl std::fmt::Debug for Running {
@@ -230,9 +234,12 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         None
     };
 
+    let exports = crate::export::Exports::build(&config.export, &config.store.path, &mut registry)?;
+    let registry = Arc::new(registry);
+
     let tokens = Arc::new(RwLock::new(config.http.bearer_tokens.clone()));
     let state = HttpState {
-        registry: Arc::new(registry),
+        registry: registry.clone(),
         readiness: shared.readiness.clone(),
         scrape_duration: shared.metrics.scrape_duration.clone(),
         tokens: tokens.clone(),
@@ -251,6 +258,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         shared.clone(),
         sources.clone(),
     ));
+    exports.spawn(&tracker, registry, config.host.interval);
     if let Some(hub) = &dora {
         tracker.spawn(hub.clone().run(sources.clone()));
         shared.readiness.ready("dora");
@@ -283,6 +291,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         tokens,
         metrics: shared.metrics.clone(),
         dora,
+        exports,
     })
 }
 
@@ -290,6 +299,12 @@ impl Running {
     /// The address the HTTP surface listens on now.
     pub fn local_addr(&self) -> SocketAddr {
         *self.local_addr.borrow()
+    }
+
+    /// Where OTLP payloads enter the export pipeline (receivers `offer`, the log tailer
+    /// `deliver`); forwards nothing when `export.otlp` is absent.
+    pub fn intake(&self) -> sidelight_collector::pipeline::Intake {
+        self.exports.intake()
     }
 
     /// Applies a validated configuration in place.
@@ -335,6 +350,9 @@ impl Running {
     pub async fn stop(self, deadline: Duration) -> bool {
         let started = Instant::now();
         self.sources.cancel();
+        // Exporters drain their queues; what is still in flight at 80 % of the deadline is
+        // spilled or left un-acknowledged.
+        self.exports.stop(deadline.mul_f64(0.8));
         self.http.cancel();
         self.tracker.close();
         let clean = tokio::time::timeout(deadline, self.tracker.wait())

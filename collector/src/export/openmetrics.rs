@@ -136,9 +136,7 @@ fn unescape(s: &str) -> String {
 }
 
 fn parse_sample(line: &str) -> Result<Sample, String> {
-    let name_end = line
-        .find(|c: char| c == '{' || c == ' ')
-        .ok_or("a sample needs a value")?;
+    let name_end = line.find(['{', ' ']).ok_or("a sample needs a value")?;
     let name = &line[..name_end];
     if name.is_empty() {
         return Err("empty metric name".into());
@@ -250,7 +248,7 @@ mod tests {
         let g = Gauge::<i64>::default();
         g.set(-7);
         r.register_with_unit("temperature", "A gauge", Unit::Celsius, g);
-        let h = Histogram::new([0.5, 1.0].into_iter());
+        let h = Histogram::new([0.5, 1.0]);
         h.observe(0.2);
         h.observe(0.7);
         h.observe(9.0);
@@ -302,7 +300,8 @@ mod tests {
 
     #[test]
     fn table_of_lines() {
-        let cases: &[(&str, Result<(&str, usize, f64), ()>)] = &[
+        type Case<'a> = (&'a str, Result<(&'a str, usize, f64), ()>);
+        let cases: &[Case] = &[
             ("up 1", Ok(("up", 0, 1.0))),
             ("up{} 1", Ok(("up", 0, 1.0))),
             ("a{x=\"1\",y=\"2\"} 2.5 1700000000", Ok(("a", 2, 2.5))),

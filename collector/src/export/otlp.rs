@@ -67,7 +67,7 @@ pub enum Compression {
 }
 
 /// Where and how to send.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientSettings {
     /// `http://host:port` (gRPC) or the base URL the `/v1/{signal}` paths are appended to (HTTP).
     pub endpoint: String,
@@ -81,6 +81,25 @@ pub struct ClientSettings {
     pub timeout: Duration,
     /// Request compression.
     pub compression: Compression,
+}
+
+impl std::fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSettings")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("timeout", &self.timeout)
+            .field("compression", &self.compression)
+            .finish()
+    }
 }
 
 /// Why a client could not be built.
@@ -509,7 +528,8 @@ impl SignalExporter {
             let in_flight = self
                 .stats
                 .in_flight
-                .get_or_create(&[("exporter", EXPORTER)]);
+                .get_or_create(&[("exporter", EXPORTER)])
+                .clone();
             in_flight.inc();
             let started = Instant::now();
             let outcome = tokio::select! {
@@ -566,7 +586,7 @@ impl SignalExporter {
                     message,
                 } => {
                     self.stats.retried.get_or_create(&self.labels()).inc();
-                    if backoff.attempts() % 10 == 0 {
+                    if backoff.attempts().is_multiple_of(10) {
                         tracing::warn!(signal, reason, error = %message, retries = backoff.attempts(),
                             "OTLP export failed; retrying");
                     }

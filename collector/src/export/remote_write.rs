@@ -210,6 +210,17 @@ fn send_once(agent: &ureq::Agent, s: &RemoteWriteSettings, body: &[u8]) -> Outco
     }
 }
 
+type PendingState = (VecDeque<Pending>, usize);
+type PendingQueue = Mutex<PendingState>;
+
+fn pop_front(queue: &PendingQueue, publish: &dyn Fn(&PendingState)) {
+    let mut q = queue.lock();
+    if let Some(p) = q.0.pop_front() {
+        q.1 -= p.body.len();
+    }
+    publish(&q);
+}
+
 /// Runs the remote writer: every `interval`, encodes `registry` into a request and queues it;
 /// a sender delivers the queue in order. Returns once `shutdown.closing` is cancelled and the
 /// queue is flushed, or at `shutdown.abandon`.
@@ -229,9 +240,9 @@ pub async fn run(
         .capacity_bytes
         .get_or_create(&label)
         .set(i64::try_from(settings.max_bytes).unwrap_or(i64::MAX));
-    let queue: Mutex<(VecDeque<Pending>, usize)> = Mutex::new((VecDeque::new(), 0));
+    let queue: PendingQueue = Mutex::new((VecDeque::new(), 0));
     let wake = Notify::new();
-    let publish = |q: &(VecDeque<Pending>, usize)| {
+    let publish = |q: &PendingState| {
         queue_stats
             .depth
             .get_or_create(&label)
@@ -281,28 +292,29 @@ pub async fn run(
                     continue;
                 }
             };
-            let mut q = queue.lock();
-            q.1 += body.len();
-            q.0.push_back(Pending { body, samples });
-            let mut dropped = 0;
-            while q.0.len() > settings.max_requests.max(1)
-                || (q.1 > settings.max_bytes && q.0.len() > 1)
             {
-                if let Some(old) = q.0.pop_front() {
-                    q.1 -= old.body.len();
-                    dropped += 1;
-                    stats.fail(EXPORTER, SIGNAL, "queue_full", old.samples);
+                let mut q = queue.lock();
+                q.1 += body.len();
+                q.0.push_back(Pending { body, samples });
+                let mut dropped = 0;
+                while q.0.len() > settings.max_requests.max(1)
+                    || (q.1 > settings.max_bytes && q.0.len() > 1)
+                {
+                    if let Some(old) = q.0.pop_front() {
+                        q.1 -= old.body.len();
+                        dropped += 1;
+                        stats.fail(EXPORTER, SIGNAL, "queue_full", old.samples);
+                    }
                 }
+                if dropped > 0 {
+                    queue_stats.dropped.get_or_create(&label).inc_by(dropped);
+                    tracing::warn!(
+                        dropped,
+                        "remote-write queue full: oldest requests dropped (counted in sidelight_queue_dropped_total{{queue=\"remote_write\"}})"
+                    );
+                }
+                publish(&q);
             }
-            if dropped > 0 {
-                queue_stats.dropped.get_or_create(&label).inc_by(dropped);
-                tracing::warn!(
-                    dropped,
-                    "remote-write queue full: oldest requests dropped (counted in sidelight_queue_dropped_total{{queue=\"remote_write\"}})"
-                );
-            }
-            publish(&q);
-            drop(q);
             wake.notify_one();
         }
     };
@@ -332,7 +344,10 @@ pub async fn run(
             let body = Arc::new(body);
             let mut backoff = Backoff::new(settings.retry);
             let done = loop {
-                let in_flight = stats.in_flight.get_or_create(&[("exporter", EXPORTER)]);
+                let in_flight = stats
+                    .in_flight
+                    .get_or_create(&[("exporter", EXPORTER)])
+                    .clone();
                 in_flight.inc();
                 let started = Instant::now();
                 let (a, s, b) = (agent.clone(), settings.clone(), body.clone());
@@ -374,7 +389,7 @@ pub async fn run(
                             .retried
                             .get_or_create(&[("exporter", EXPORTER), ("signal", SIGNAL)])
                             .inc();
-                        if backoff.attempts() % 10 == 0 {
+                        if backoff.attempts().is_multiple_of(10) {
                             tracing::warn!(reason, error = %message, retries = backoff.attempts(), "remote write failed; retrying");
                         }
                         let Some(delay) = backoff.next_delay(after) else {
@@ -394,15 +409,10 @@ pub async fn run(
                 }
             };
             if done {
-                let mut q = queue.lock();
-                if let Some(p) = q.0.pop_front() {
-                    q.1 -= p.body.len();
-                }
-                publish(&q);
+                pop_front(&queue, &publish);
             }
         }
-        let q = queue.lock();
-        let left: u64 = q.0.iter().map(|p| p.samples).sum();
+        let left: u64 = queue.lock().0.iter().map(|p| p.samples).sum();
         stats.fail(EXPORTER, SIGNAL, "shutdown", left);
     };
     tokio::join!(produce, send);

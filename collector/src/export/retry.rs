@@ -193,6 +193,7 @@ pub fn classify_http(status: u16, retry_after: Option<Duration>, message: String
             message,
         },
         s => Outcome::Permanent {
+            #[allow(clippy::match_overlapping_arm)]
             reason: match s {
                 400 => "http_400",
                 401 => "http_401",

@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+pub use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
     ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
@@ -250,7 +251,7 @@ mod tests {
         g.set(3);
         r.register("node_load1", "load", g);
         let h: PFamily<[(&str, &str); 1], PHistogram> =
-            PFamily::new_with_constructor(|| PHistogram::new([0.1, 1.0].into_iter()));
+            PFamily::new_with_constructor(|| PHistogram::new([0.1, 1.0]));
         for v in [0.05, 0.5, 0.6, 5.0] {
             h.get_or_create(&[("collector", "host")]).observe(v);
         }
@@ -274,11 +275,13 @@ mod tests {
             AggregationTemporality::Cumulative as i32
         );
         assert_eq!(sum.data_points.len(), 2);
-        assert_eq!(sum.data_points[1].attributes, vec![attr("cpu", "1")]);
-        assert_eq!(
-            sum.data_points[1].value,
-            Some(number_data_point::Value::AsDouble(7.0))
-        );
+        // Label sets come out of prometheus-client in hash order.
+        let cpu1 = sum
+            .data_points
+            .iter()
+            .find(|p| p.attributes == vec![attr("cpu", "1")])
+            .expect("cpu 1");
+        assert_eq!(cpu1.value, Some(number_data_point::Value::AsDouble(7.0)));
         assert_eq!(
             (
                 sum.data_points[0].start_time_unix_nano,

@@ -775,25 +775,12 @@ impl SignalExporter {
                     None
                 };
                 if let Some(batch) = direct {
-                    let items = batch.items as u64;
-                    match self
-                        .attempts(
-                            &batch.payload,
-                            items,
-                            self.retry,
-                            &shutdown,
-                            Some(&shutdown.closing),
-                            &mut log_set,
-                        )
+                    if let Err(b) = self
+                        .attempts_direct_or_spill(batch, &spill, &shutdown, &logged, &mut log_set)
                         .await
                     {
-                        Ok(()) => batch.complete(),
-                        Err(_) => {
-                            if let Err(b) = self.spill_batch(&spill, batch, &logged).await {
-                                self.stats
-                                    .fail(EXPORTER, signal, "shutdown", b.items as u64);
-                            }
-                        }
+                        self.stats
+                            .fail(EXPORTER, signal, "shutdown", b.items as u64);
                     }
                     continue;
                 }
@@ -893,14 +880,19 @@ impl SignalExporter {
         logged: &Mutex<HashSet<&'static str>>,
         log_set: &mut HashSet<&'static str>,
     ) -> Result<(), Batch> {
+        // One attempt: on a retryable failure the batch goes to disk at once (its receipts
+        // complete there) and is retried from the spill, so a failing endpoint never holds
+        // data in memory.
         let items = batch.items as u64;
+        let now = CancellationToken::new();
+        now.cancel();
         match self
             .attempts(
                 &batch.payload,
                 items,
                 self.retry,
                 shutdown,
-                Some(&shutdown.closing),
+                Some(&now),
                 log_set,
             )
             .await

@@ -108,7 +108,9 @@ fn main() {
     // Each stage starts from the received payloads (the clone stands for what the receiver
     // decoded; it is measured alone first).
     run("clone (receiver's decode stand-in)", &|reqs| {
-        reqs.iter().map(|p| black_box(p.clone()).encoded_len()).sum()
+        reqs.iter()
+            .map(|p| black_box(p.clone()).encoded_len())
+            .sum()
     });
     let merge = |reqs: &[Payload]| -> Vec<Batch> {
         let mut batches = Vec::new();
@@ -129,7 +131,9 @@ fn main() {
         batches.extend(cur);
         batches
     };
-    run("clone + merge", &|reqs| merge(reqs).iter().map(|b| b.bytes).sum());
+    run("clone + merge", &|reqs| {
+        merge(reqs).iter().map(|b| b.bytes).sum()
+    });
     run("clone + merge + encode", &|reqs| {
         merge(reqs)
             .iter()
@@ -150,7 +154,8 @@ fn main() {
         for b in merge(reqs) {
             let bytes = b.payload.encode_to_vec();
             n += bytes.len();
-            s.append(&bytes, b.envelopes as u32, b.items as u32).expect("append");
+            s.append(&bytes, b.envelopes as u32, b.items as u32)
+                .expect("append");
         }
         // Replay and acknowledge, as the sender does once the endpoint answers.
         while let Some(r) = s.peek().expect("peek") {

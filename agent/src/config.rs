@@ -22,6 +22,9 @@ use sidelight_collector::logs::LogSourceConfig;
 use sidelight_collector::pipeline::Signal;
 use sidelight_collector::process::{MAX_TARGETS, TargetSpec};
 
+pub use crate::export::ExportConfig;
+use crate::export::RawExport;
+
 /// The configuration the agent runs on when no file is given.
 pub const EMBEDDED_DEFAULTS: &str = include_str!("defaults.yaml");
 
@@ -92,7 +95,7 @@ impl Env for std::collections::HashMap<String, String> {
 
 /// A secret value: never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(pub(crate) String);
 
 impl Secret {
     /// The secret itself; call only where it is used.
@@ -130,14 +133,9 @@ struct RawConfig {
     export: RawExport,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(default)]
-struct RawExport {
-    file: Option<RawFileExport>,
-}
-
+/// `export.file` (the OTLP JSON file exporter; the rest of `export:` is in `export.rs`).
 #[derive(Debug, Clone, Deserialize)]
-struct RawFileExport {
+pub(crate) struct RawFileExport {
     path: PathBuf,
     #[serde(default = "default_file_signals")]
     signals: Vec<String>,
@@ -375,6 +373,8 @@ pub struct Config {
     pub logs: Vec<LogSourceConfig>,
     /// The file exporter, if configured.
     pub export_file: Option<FileExportConfig>,
+    /// Exporters (OTLP, remote write); `None` parts export nothing.
+    pub export: ExportConfig,
 }
 
 /// `export.file`: OTLP JSON lines to a file.
@@ -924,10 +924,12 @@ fn validate(
 
     let dora = validate_dora(raw.dora, base, env, errors);
     let logs = validate_logs(raw.logs, errors);
-    let export_file = raw
-        .export
+    let mut raw_export = raw.export;
+    let export_file = raw_export
         .file
+        .take()
         .and_then(|f| validate_file_export(f, errors));
+    let export = crate::export::validate(raw_export, base, env, errors);
 
     // Only used when the pattern failed to compile, in which case the config is rejected anyway.
     let never = || Regex::new("$^").expect("a static regex compiles");
@@ -960,6 +962,7 @@ fn validate(
         dora,
         logs,
         export_file,
+        export,
     }
 }
 
@@ -1038,7 +1041,7 @@ fn validate_file_export(
 }
 
 /// Reads a secret from exactly one of a file (relative to `base`) or an environment variable.
-fn read_secret(
+pub(crate) fn read_secret(
     file: Option<&PathBuf>,
     var: Option<&String>,
     at: &str,
@@ -1210,7 +1213,7 @@ fn compile(pattern: &str, path: &str, errors: &mut Vec<ConfigError>) -> Option<R
 }
 
 /// Durations written like `15s`, `1m30s`, `250ms`.
-mod duration {
+pub(crate) mod duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod dora;
+pub mod export;
 pub mod http;
 pub mod hub;
 pub mod logging;

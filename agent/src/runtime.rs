@@ -22,7 +22,7 @@ use sidelight_collector::filesink::{FileSink, FileSinkStats};
 use sidelight_collector::host::HostCollector;
 use sidelight_collector::logs::LogStats;
 use sidelight_collector::metrics::{LabelCaps, SnapshotCell, SnapshotCollector};
-use sidelight_collector::pipeline::{Intake, Queue, QueueLimits, QueueStats};
+use sidelight_collector::pipeline::{Queue, QueueLimits};
 use sidelight_collector::process::{ProcessCollector, TargetSpec};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -57,6 +57,9 @@ pub enum StartError {
     /// The file exporter's file cannot be opened.
     #[error("export.file: {0}")]
     FileExport(#[from] sidelight_collector::filesink::FileSinkError),
+    /// The exporters could not be built (a spill directory, an endpoint).
+    #[error("{0}")]
+    Export(#[from] crate::export::ExportError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -165,6 +168,7 @@ pub struct Running {
     dora: Option<Arc<Hub>>,
     logs: Option<tokio::task::JoinHandle<()>>,
     sink_queues: Vec<Arc<Queue>>,
+    exports: crate::export::Exports,
 }
 
 impl std::fmt::Debug for Running {
@@ -239,9 +243,9 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     };
 
     // Sinks first, so that sources have somewhere to hand their data.
-    let queue_stats = QueueStats::default();
-    queue_stats.register(&mut registry);
-    let mut intake = Intake::discard();
+    let exports = crate::export::Exports::build(&config.export, &config.store.path, &mut registry)?;
+    let queue_stats = exports.queue_stats();
+    let mut intake = exports.intake();
     let mut sink_queues = Vec::new();
     let mut file_sink = None;
     if let Some(f) = &config.export_file {
@@ -265,10 +269,11 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     let log_stats = LogStats::new(&shared.caps);
     log_stats.register(&mut registry);
     shared.readiness.expect("logs");
+    let registry = Arc::new(registry);
 
     let tokens = Arc::new(RwLock::new(config.http.bearer_tokens.clone()));
     let state = HttpState {
-        registry: Arc::new(registry),
+        registry: registry.clone(),
         readiness: shared.readiness.clone(),
         scrape_duration: shared.metrics.scrape_duration.clone(),
         tokens: tokens.clone(),
@@ -287,6 +292,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         shared.clone(),
         sources.clone(),
     ));
+    exports.spawn(&tracker, registry, config.host.interval);
     if let Some((sink, queue)) = file_sink {
         // Not cancelled with the sources: it drains its queue once they stopped (`stop`).
         tracker.spawn(sink.run(queue, CancellationToken::new()));
@@ -336,6 +342,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         dora,
         logs: Some(logs),
         sink_queues,
+        exports,
     })
 }
 
@@ -343,6 +350,12 @@ impl Running {
     /// The address the HTTP surface listens on now.
     pub fn local_addr(&self) -> SocketAddr {
         *self.local_addr.borrow()
+    }
+
+    /// Where OTLP payloads enter the export pipeline (receivers `offer`, the log tailer
+    /// `deliver`); forwards nothing when `export.otlp` is absent.
+    pub fn intake(&self) -> sidelight_collector::pipeline::Intake {
+        self.exports.intake()
     }
 
     /// Applies a validated configuration in place.
@@ -390,18 +403,24 @@ impl Running {
         self.sources.cancel();
         self.http.cancel();
         self.tracker.close();
-        // Sources first (the log tailers wait for their last acknowledgements and checkpoint),
-        // then the sinks drain what is queued.
+        // Sources first: the log tailers collect the acknowledgements of what they already
+        // handed on (the exporters still run) and write their final checkpoints. Then the
+        // exporters drain their queues; what is still in flight at 80 % of the time left is
+        // spilled or left un-acknowledged (read again after the restart).
         let sinks = self.sink_queues.clone();
         let logs = self.logs.take();
+        let exports = self.exports;
+        let tracker = self.tracker.clone();
         let ordered = async move {
             if let Some(logs) = logs {
                 let _ = logs.await;
             }
+            let left = deadline.saturating_sub(started.elapsed());
+            exports.stop(left.mul_f64(0.8));
             for q in &sinks {
                 q.close();
             }
-            self.tracker.wait().await;
+            tracker.wait().await;
         };
         let clean = tokio::time::timeout(deadline, ordered).await.is_ok();
         if clean {

@@ -3,6 +3,7 @@
 //!
 //! Invariant: this crate never depends on the agent, and a source never knows which sinks exist.
 
+pub mod export;
 pub mod filesink;
 pub mod host;
 pub mod logs;

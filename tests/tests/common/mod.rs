@@ -286,6 +286,40 @@ impl Prometheus {
         Ok(prom)
     }
 
+    /// Starts Prometheus with no scrape job and the remote-write receiver on
+    /// (`POST {url}/api/v1/write`).
+    pub fn start_receiver() -> Result<Prometheus> {
+        let dir = tempfile::tempdir()?;
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(&cfg, "global:\n  scrape_interval: 15s\n")?;
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.enable-remote-write-receiver")
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start prometheus (apt-get install prometheus): {e}"))?;
+        let prom = Prometheus {
+            proc: Proc(child),
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        eventually(Duration::from_secs(30), "prometheus to be ready", || {
+            get(&format!("{}/-/ready", prom.url), &[])
+                .ok()
+                .filter(|(s, _, _)| *s == 200)
+        })?;
+        Ok(prom)
+    }
+
     /// Runs an instant query and returns the result vector.
     pub fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>> {
         let mut resp = client()

@@ -8,6 +8,7 @@ pub mod dora;
 pub mod http;
 pub mod hub;
 pub mod logging;
+pub mod otlp;
 pub mod runtime;
 pub mod store;
 pub mod webhooks;

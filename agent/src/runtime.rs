@@ -51,6 +51,9 @@ pub enum StartError {
         /// The cause.
         source: crate::store::StoreError,
     },
+    /// The OTLP receivers could not start.
+    #[error("otlp: {0}")]
+    Otlp(#[from] sidelight_collector::otlp::OtlpError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -157,6 +160,7 @@ pub struct Running {
     tokens: Arc<RwLock<Vec<crate::config::Secret>>>,
     metrics: SelfMetrics,
     dora: Option<Arc<Hub>>,
+    otlp: Option<crate::otlp::Otlp>,
 }
 
 impl std::fmt::Debug for Running {
@@ -230,6 +234,23 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         None
     };
 
+    let tracker = TaskTracker::new();
+    let sources = CancellationToken::new();
+    if config.otlp.enabled {
+        shared.readiness.expect("otlp");
+    }
+    let otlp = crate::otlp::Otlp::start(
+        &config.otlp,
+        &shared.caps,
+        &mut registry,
+        &tracker,
+        sources.clone(),
+    )
+    .await?;
+    if otlp.is_some() {
+        shared.readiness.ready("otlp");
+    }
+
     let tokens = Arc::new(RwLock::new(config.http.bearer_tokens.clone()));
     let state = HttpState {
         registry: Arc::new(registry),
@@ -242,8 +263,6 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     let config = Arc::new(config);
     let (config_tx, _) = watch::channel(config.clone());
     let (addr_tx, local_addr) = watch::channel(local);
-    let tracker = TaskTracker::new();
-    let sources = CancellationToken::new();
     let http_token = CancellationToken::new();
 
     tracker.spawn(collect_loop(
@@ -283,6 +302,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         tokens,
         metrics: shared.metrics.clone(),
         dora,
+        otlp,
     })
 }
 
@@ -306,6 +326,13 @@ impl Running {
         }
         if let Some(hub) = &self.dora {
             hub.reconfigure(new.dora.clone());
+        }
+        match &self.otlp {
+            Some(otlp) => otlp.reload(&old.otlp, &new.otlp),
+            None if new.otlp.enabled => {
+                tracing::warn!("otlp.enabled changes take effect at the next restart")
+            }
+            None => {}
         }
         if let Some(log) = &self.log {
             log.set_level(&new.agent.log_level);

@@ -197,11 +197,10 @@ fn python_services_over_grpc_and_http_gzip_give_red_metrics_prometheus_can_query
     Ok(())
 }
 
-fn post(
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+/// Status, headers and body of a reply.
+type Reply = (u16, Vec<(String, String)>, Vec<u8>);
+
+fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Reply> {
     let mut req = client().post(url);
     for (k, v) in headers {
         req = req.header(*k, *v);

@@ -97,7 +97,7 @@ fn batch(spans: usize, seed: usize) -> Bytes {
                     + (n as u64 % 97) * 3_000_000,
                 attributes,
                 status: Some(Status {
-                    code: if n % 50 == 0 { 2 } else { 0 },
+                    code: if n.is_multiple_of(50) { 2 } else { 0 },
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -131,6 +131,8 @@ struct RawConfig {
     dora: RawDora,
     logs: Vec<LogSourceConfig>,
     export: RawExport,
+    /// Present only when the file has an `otlp:` section (the embedded defaults do).
+    otlp: Option<RawOtlp>,
 }
 
 /// `export.file` (the OTLP JSON file exporter; the rest of `export:` is in `export.rs`).
@@ -349,6 +351,87 @@ impl Default for RawAlertmanager {
     }
 }
 
+/// `otlp:` — the receivers and span metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+struct RawOtlp {
+    enabled: bool,
+    /// `null` turns the gRPC receiver off.
+    grpc: Option<String>,
+    /// `null` turns the HTTP receiver off.
+    http: Option<String>,
+    max_request_bytes: usize,
+    #[serde(with = "duration")]
+    retry_after: Duration,
+    auth: Option<RawAuth>,
+    tls: Option<RawTls>,
+    spanmetrics: RawSpanMetrics,
+}
+
+impl Default for RawOtlp {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            grpc: Some(sidelight_collector::otlp::DEFAULT_GRPC.to_string()),
+            http: Some(sidelight_collector::otlp::DEFAULT_HTTP.to_string()),
+            max_request_bytes: sidelight_collector::otlp::DEFAULT_MAX_REQUEST_BYTES,
+            retry_after: Duration::from_secs(1),
+            auth: None,
+            tls: None,
+            spanmetrics: RawSpanMetrics::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+struct RawTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+struct RawSpanMetrics {
+    enabled: bool,
+    dimensions: Vec<RawDimension>,
+    buckets: Option<Vec<RawBucket>>,
+    max_label_sets: usize,
+    kinds: Vec<String>,
+}
+
+impl Default for RawSpanMetrics {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dimensions: Vec::new(),
+            buckets: None,
+            max_label_sets: 1000,
+            kinds: vec!["server".into(), "consumer".into()],
+        }
+    }
+}
+
+/// `http.route` or `{ name: http.route, default: unknown }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawDimension {
+    Name(String),
+    Full {
+        name: String,
+        #[serde(default)]
+        default: Option<String>,
+    },
+}
+
+/// `2ms`, `1.4s` or a number of seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawBucket {
+    Seconds(f64),
+    Text(String),
+}
+
 // ---------------------------------------------------------------------------------------------
 // The validated configuration the agent runs on.
 
@@ -375,6 +458,8 @@ pub struct Config {
     pub export_file: Option<FileExportConfig>,
     /// Exporters (OTLP, remote write); `None` parts export nothing.
     pub export: ExportConfig,
+    /// The OTLP receivers and span metrics.
+    pub otlp: OtlpConfig,
 }
 
 /// `export.file`: OTLP JSON lines to a file.
@@ -386,6 +471,17 @@ pub struct FileExportConfig {
     pub signals: Vec<Signal>,
     /// Envelopes queued at most before sources wait (logs) or are refused (receivers).
     pub queue_max_items: usize,
+}
+
+/// `otlp:` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpConfig {
+    /// Whether the receivers run (false when the file has no `otlp:` section).
+    pub enabled: bool,
+    /// Addresses, limits, tokens, TLS.
+    pub receivers: sidelight_collector::otlp::OtlpSettings,
+    /// Span metrics, when `otlp.spanmetrics.enabled`.
+    pub spanmetrics: Option<sidelight_collector::spanmetrics::SpanMetricsSettings>,
 }
 
 /// `agent:` section.
@@ -614,7 +710,7 @@ fn substitute_env(text: &str, env: &dyn Env, errors: &mut Vec<ConfigError>) -> S
     out
 }
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "agent",
     "http",
     "host",
@@ -623,6 +719,7 @@ const SECTIONS: [&str; 8] = [
     "dora",
     "logs",
     "export",
+    "otlp",
 ];
 
 fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) -> RawConfig {
@@ -658,6 +755,7 @@ fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) 
                     message: format!("expected a list of log sources, found {}", kind_of(&other)),
                 }),
             },
+            "otlp" => raw.otlp = Some(section(value, &key, errors).unwrap_or_default()),
             "processes" => match value {
                 Value::Sequence(items) => {
                     raw.processes = items
@@ -930,6 +1028,7 @@ fn validate(
         .take()
         .and_then(|f| validate_file_export(f, errors));
     let export = crate::export::validate(raw_export, base, env, errors);
+    let otlp = validate_otlp(raw.otlp, base, env, errors);
 
     // Only used when the pattern failed to compile, in which case the config is rejected anyway.
     let never = || Regex::new("$^").expect("a static regex compiles");
@@ -963,6 +1062,7 @@ fn validate(
         logs,
         export_file,
         export,
+        otlp,
     }
 }
 
@@ -1093,6 +1193,180 @@ pub(crate) fn read_secret(
                 None
             }
         },
+    }
+}
+
+fn validate_otlp(
+    raw: Option<RawOtlp>,
+    base: &Path,
+    env: &dyn Env,
+    errors: &mut Vec<ConfigError>,
+) -> OtlpConfig {
+    use sidelight_collector::otlp::{OtlpSettings, TlsFiles, Token};
+    use sidelight_collector::spanmetrics::{self, Dimension, SpanMetricsSettings};
+    let given = raw.is_some();
+    let raw = raw.unwrap_or_default();
+    let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
+    let mut addr = |key: &str, text: &Option<String>| -> Option<SocketAddr> {
+        let text = text.as_deref()?.trim();
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                err(
+                    format!("otlp.{key}"),
+                    format!("{text:?} is not an address like 127.0.0.1:4317 (null turns it off)"),
+                );
+                None
+            }
+        }
+    };
+    let grpc = addr("grpc", &raw.grpc);
+    let http = addr("http", &raw.http);
+
+    let mut tokens = Vec::new();
+    if let Some(auth) = &raw.auth {
+        match (&auth.bearer_token_file, &auth.bearer_token_env) {
+            (Some(_), Some(_)) => err(
+                "otlp.auth".into(),
+                "give bearer_token_file or bearer_token_env, not both".into(),
+            ),
+            (None, None) => err(
+                "otlp.auth".into(),
+                "needs bearer_token_file or bearer_token_env".into(),
+            ),
+            (Some(file), None) => {
+                let path = base.join(file);
+                match std::fs::read_to_string(&path) {
+                    // One token per line, so a new token can be added before the old one goes.
+                    Ok(text) => {
+                        tokens = text
+                            .lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty())
+                            .map(Token::new)
+                            .collect();
+                        if tokens.is_empty() {
+                            err(
+                                "otlp.auth.bearer_token_file".into(),
+                                format!("{} holds no token", path.display()),
+                            );
+                        }
+                    }
+                    Err(e) => err(
+                        "otlp.auth.bearer_token_file".into(),
+                        format!("cannot read {}: {e}", path.display()),
+                    ),
+                }
+            }
+            (None, Some(var)) => match env.var(var) {
+                Some(v) if !v.trim().is_empty() => {
+                    tokens = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(Token::new)
+                        .collect();
+                }
+                _ => err(
+                    "otlp.auth.bearer_token_env".into(),
+                    format!("environment variable {var} is not set or empty"),
+                ),
+            },
+        }
+    }
+
+    let tls = match &raw.tls {
+        None => None,
+        Some(RawTls {
+            cert_file: Some(cert),
+            key_file: Some(key),
+        }) => {
+            let files = TlsFiles {
+                cert_file: base.join(cert),
+                key_file: base.join(key),
+            };
+            // Loaded now so that check-config and a reload report a bad certificate.
+            if raw.enabled
+                && given
+                && let Err(e) = sidelight_collector::otlp::load_tls(&files)
+            {
+                err("otlp.tls".into(), e.to_string());
+            }
+            Some(files)
+        }
+        Some(_) => {
+            err(
+                "otlp.tls".into(),
+                "needs both cert_file and key_file".into(),
+            );
+            None
+        }
+    };
+
+    let receivers = OtlpSettings {
+        grpc,
+        http,
+        max_request_bytes: raw.max_request_bytes,
+        retry_after: raw.retry_after,
+        bearer_tokens: tokens,
+        tls,
+    };
+    let unparsed = (raw.grpc.is_some() && grpc.is_none()) || (raw.http.is_some() && http.is_none());
+    for e in receivers.validate() {
+        // "no listener" is only news when no address failed to parse (reported above).
+        if e.key == "grpc" && unparsed {
+            continue;
+        }
+        err(format!("otlp.{}", e.key), e.message);
+    }
+
+    let sm = &raw.spanmetrics;
+    let mut buckets = spanmetrics::DEFAULT_BUCKETS.to_vec();
+    if let Some(raw_buckets) = &sm.buckets {
+        buckets.clear();
+        for (i, b) in raw_buckets.iter().enumerate() {
+            match b {
+                RawBucket::Seconds(s) => buckets.push(*s),
+                RawBucket::Text(t) => match spanmetrics::parse_bucket(t) {
+                    Ok(s) => buckets.push(s),
+                    Err(m) => err(format!("otlp.spanmetrics.buckets[{i}]"), m),
+                },
+            }
+        }
+    }
+    let mut kinds = Vec::new();
+    for (i, k) in sm.kinds.iter().enumerate() {
+        match spanmetrics::parse_kind(k) {
+            Ok(kind) => kinds.push(kind),
+            Err(m) => err(format!("otlp.spanmetrics.kinds[{i}]"), m),
+        }
+    }
+    let settings = SpanMetricsSettings {
+        dimensions: sm
+            .dimensions
+            .iter()
+            .map(|d| match d {
+                RawDimension::Name(name) => Dimension {
+                    attribute: name.clone(),
+                    default: None,
+                },
+                RawDimension::Full { name, default } => Dimension {
+                    attribute: name.clone(),
+                    default: default.clone(),
+                },
+            })
+            .collect(),
+        buckets,
+        max_label_sets: sm.max_label_sets,
+        kinds,
+    };
+    for e in settings.validate() {
+        err(format!("otlp.spanmetrics.{}", e.key), e.message);
+    }
+    OtlpConfig {
+        enabled: given && raw.enabled,
+        receivers,
+        spanmetrics: sm.enabled.then_some(settings),
     }
 }
 
@@ -1410,6 +1684,100 @@ mod tests {
         }
         let e = load("dora: { webhooks: { gitlab: { token_env: NOPE } } }\n").expect_err("unset");
         assert_eq!(paths(&e), ["dora.webhooks.gitlab.token_env"]);
+    }
+
+    #[test]
+    fn otlp_on_in_the_embedded_defaults_off_without_a_section() {
+        let c = Config::embedded().expect("defaults");
+        assert!(c.otlp.enabled);
+        assert_eq!(
+            c.otlp.receivers.grpc,
+            Some("127.0.0.1:4317".parse().expect("addr"))
+        );
+        assert_eq!(
+            c.otlp.receivers.http,
+            Some("127.0.0.1:4318".parse().expect("addr"))
+        );
+        assert_eq!(c.otlp.receivers.max_request_bytes, 16 << 20);
+        let sm = c.otlp.spanmetrics.as_ref().expect("span metrics on");
+        assert_eq!(sm.buckets.len(), 16);
+        assert!(
+            !load("http: { listen: 127.0.0.1:1 }\n")
+                .expect("valid")
+                .otlp
+                .enabled
+        );
+        assert!(load("otlp: {}\n").expect("valid").otlp.enabled);
+        assert!(
+            !load("otlp: { enabled: false }\n")
+                .expect("valid")
+                .otlp
+                .enabled
+        );
+    }
+
+    #[test]
+    fn otlp_full_section() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("tokens"), "old\nnew\n").expect("write");
+        let c = load_str(
+            "otlp:\n  grpc: 0.0.0.0:14317\n  http: null\n  max_request_bytes: 4194304\n  retry_after: 5s\n  auth: { bearer_token_file: tokens }\n  spanmetrics:\n    dimensions: [http.route, { name: http.method, default: GET }]\n    buckets: [5ms, 0.1, 1.4s]\n    max_label_sets: 50\n    kinds: [server, SPAN_KIND_CLIENT]\n",
+            "t",
+            dir.path(),
+            &env(&[]),
+        )
+        .expect("valid");
+        let r = &c.otlp.receivers;
+        assert_eq!(r.grpc, Some("0.0.0.0:14317".parse().expect("addr")));
+        assert_eq!(r.http, None);
+        assert_eq!(r.max_request_bytes, 4 << 20);
+        assert_eq!(r.retry_after, Duration::from_secs(5));
+        assert_eq!(r.bearer_tokens.len(), 2);
+        assert!(!format!("{c:?}").contains("new"), "tokens never print");
+        let sm = c.otlp.spanmetrics.as_ref().expect("on");
+        assert_eq!(sm.buckets, [0.005, 0.1, 1.4]);
+        assert_eq!(sm.dimensions[0].label(), "http_route");
+        assert_eq!(sm.dimensions[1].default.as_deref(), Some("GET"));
+        assert_eq!(sm.max_label_sets, 50);
+        assert_eq!(sm.kinds.len(), 2);
+        let c = load_str(
+            "otlp: { auth: { bearer_token_env: T }, spanmetrics: { enabled: false } }\n",
+            "t",
+            dir.path(),
+            &env(&[("T", "a, b")]),
+        )
+        .expect("valid");
+        assert_eq!(c.otlp.receivers.bearer_tokens.len(), 2);
+        assert!(c.otlp.spanmetrics.is_none());
+    }
+
+    #[test]
+    fn otlp_errors_have_paths() {
+        let e = load(
+            "otlp:\n  grpc: nowhere\n  max_request_bytes: 10\n  retry_after: 0s\n  auth: { bearer_token_file: a, bearer_token_env: B }\n  tls: { cert_file: missing.pem, key_file: missing.key }\n  spanmetrics:\n    buckets: [2ms, fast, 1ms]\n    kinds: [sideways]\n    dimensions: [service.name]\n    colour: red\n  colour: blue\n",
+        )
+        .expect_err("invalid");
+        let p = paths(&e);
+        for want in [
+            "otlp.grpc",
+            "otlp.max_request_bytes",
+            "otlp.retry_after",
+            "otlp.auth",
+            "otlp.tls",
+            "otlp.spanmetrics.buckets[1]",
+            "otlp.spanmetrics.buckets[1]",
+            "otlp.spanmetrics.kinds[0]",
+            "otlp.spanmetrics.kinds",
+            "otlp.spanmetrics.dimensions[0]",
+            "otlp.spanmetrics.colour",
+            "otlp.colour",
+        ] {
+            assert!(p.iter().any(|x| x == want), "missing {want} in {p:?}\n{e}");
+        }
+        let e = load("otlp: { grpc: null, http: null }\n").expect_err("nothing to listen on");
+        assert_eq!(paths(&e), ["otlp.grpc"]);
+        let e = load("otlp: { tls: { cert_file: a.pem } }\n").expect_err("half TLS");
+        assert_eq!(paths(&e), ["otlp.tls"]);
     }
 
     #[test]

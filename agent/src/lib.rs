@@ -10,6 +10,7 @@ pub mod http;
 pub mod hub;
 pub mod logging;
 pub mod logs;
+pub mod otlp;
 pub mod runtime;
 pub mod store;
 pub mod webhooks;

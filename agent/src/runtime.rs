@@ -60,6 +60,9 @@ pub enum StartError {
     /// The exporters could not be built (a spill directory, an endpoint).
     #[error("{0}")]
     Export(#[from] crate::export::ExportError),
+    /// The OTLP receivers could not start.
+    #[error("otlp: {0}")]
+    Otlp(#[from] sidelight_collector::otlp::OtlpError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -169,6 +172,7 @@ pub struct Running {
     logs: Option<tokio::task::JoinHandle<()>>,
     sink_queues: Vec<Arc<Queue>>,
     exports: crate::export::Exports,
+    otlp: Option<crate::otlp::Otlp>,
 }
 
 impl std::fmt::Debug for Running {
@@ -269,6 +273,23 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     let log_stats = LogStats::new(&shared.caps);
     log_stats.register(&mut registry);
     shared.readiness.expect("logs");
+    let tracker = TaskTracker::new();
+    let sources = CancellationToken::new();
+    if config.otlp.enabled {
+        shared.readiness.expect("otlp");
+    }
+    let otlp = crate::otlp::Otlp::start(
+        &config.otlp,
+        intake.clone(),
+        &shared.caps,
+        &mut registry,
+        &tracker,
+        sources.clone(),
+    )
+    .await?;
+    if otlp.is_some() {
+        shared.readiness.ready("otlp");
+    }
     let registry = Arc::new(registry);
 
     let tokens = Arc::new(RwLock::new(config.http.bearer_tokens.clone()));
@@ -283,8 +304,6 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     let config = Arc::new(config);
     let (config_tx, _) = watch::channel(config.clone());
     let (addr_tx, local_addr) = watch::channel(local);
-    let tracker = TaskTracker::new();
-    let sources = CancellationToken::new();
     let http_token = CancellationToken::new();
 
     tracker.spawn(collect_loop(
@@ -343,6 +362,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         logs: Some(logs),
         sink_queues,
         exports,
+        otlp,
     })
 }
 
@@ -372,6 +392,13 @@ impl Running {
         }
         if let Some(hub) = &self.dora {
             hub.reconfigure(new.dora.clone());
+        }
+        match &self.otlp {
+            Some(otlp) => otlp.reload(&old.otlp, &new.otlp),
+            None if new.otlp.enabled => {
+                tracing::warn!("otlp.enabled changes take effect at the next restart")
+            }
+            None => {}
         }
         if let Some(log) = &self.log {
             log.set_level(&new.agent.log_level);

@@ -1,5 +1,5 @@
-//! Sidelight's data plane: the sources that read telemetry (host, processes, and later logs and
-//! OTLP), the metric model they publish into, and the sinks that export it.
+//! Sidelight's data plane: the sources that read telemetry (host, processes, logs and OTLP
+//! receivers), the metric model they publish into, span metrics, and the sinks that export it.
 //!
 //! Invariant: this crate never depends on the agent, and a source never knows which sinks exist.
 
@@ -8,6 +8,8 @@ pub mod filesink;
 pub mod host;
 pub mod logs;
 pub mod metrics;
+pub mod otlp;
 pub mod pipeline;
 pub mod process;
 pub mod procfs;
+pub mod spanmetrics;

@@ -296,6 +296,22 @@ impl LabelCaps {
             .clone()
     }
 
+    /// The cap for one family with its own limit (a family configured apart from
+    /// `agent.max_label_sets`, such as span metrics' `max_label_sets`), created on first use;
+    /// folds are counted in the same `sidelight_label_sets_folded_total{family}`.
+    pub fn for_family_with_limit(&self, family: &'static str, max: usize) -> Arc<LabelCap> {
+        let mut caps = self.caps.lock();
+        caps.entry(family)
+            .or_insert_with(|| {
+                Arc::new(LabelCap {
+                    max: max.max(1),
+                    state: Mutex::new(CapState::default()),
+                    folded: self.folded.get_or_create_owned(&[("family", family)]),
+                })
+            })
+            .clone()
+    }
+
     /// The configured limit.
     pub fn limit(&self) -> usize {
         *self.max.read()

@@ -1,0 +1,135 @@
+//! Self-metrics of the receivers, shared by both (one [`ReceiverStats`] per agent), labelled
+//! `receiver` (`otlp_grpc`, `otlp_http`) and `signal` (`traces`, `metrics`, `logs`).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::pipeline::Signal;
+
+type L2 = [(&'static str, &'static str); 2];
+type L3 = [(&'static str, &'static str); 3];
+
+/// Which receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receiver {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP.
+    Http,
+}
+
+impl Receiver {
+    /// The `receiver` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Receiver::Grpc => "otlp_grpc",
+            Receiver::Http => "otlp_http",
+        }
+    }
+}
+
+/// Why a request was refused (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The intake queue was full (retryable: 503 / UNAVAILABLE).
+    Full,
+    /// The agent was stopping (retryable).
+    Closed,
+    /// Over `max_request_bytes`, compressed or decompressed (413 / RESOURCE_EXHAUSTED).
+    TooLarge,
+    /// Undecodable protobuf or JSON, corrupt compression (400 / INVALID_ARGUMENT).
+    BadRequest,
+    /// Missing or wrong bearer token (401 / UNAUTHENTICATED).
+    Unauthenticated,
+    /// Neither `application/x-protobuf` nor `application/json` (415).
+    UnsupportedMediaType,
+    /// A content or message encoding we do not decode (415 / UNIMPLEMENTED).
+    UnsupportedEncoding,
+}
+
+impl Reason {
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Full => "full",
+            Reason::Closed => "closed",
+            Reason::TooLarge => "too_large",
+            Reason::BadRequest => "bad_request",
+            Reason::Unauthenticated => "unauthenticated",
+            Reason::UnsupportedMediaType => "unsupported_media_type",
+            Reason::UnsupportedEncoding => "unsupported_encoding",
+        }
+    }
+}
+
+/// Counters of both receivers.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiverStats {
+    /// `sidelight_receiver_accepted_total{receiver,signal}`: spans, data points, log records.
+    pub accepted: Family<L2, Counter>,
+    /// `sidelight_receiver_refused_total{receiver,signal,reason}`: requests refused.
+    pub refused: Family<L3, Counter>,
+    /// `sidelight_receiver_bytes_total{receiver,signal}`: request bytes as received (compressed).
+    pub bytes: Family<L2, Counter>,
+    /// `sidelight_receiver_requests_total{receiver,signal,code}`: requests answered, by HTTP
+    /// status or gRPC code name.
+    pub requests: Family<L3, Counter>,
+}
+
+impl ReceiverStats {
+    pub(crate) fn accepted(&self, r: Receiver, s: Signal, items: usize) {
+        self.accepted
+            .get_or_create(&[("receiver", r.as_str()), ("signal", s.as_str())])
+            .inc_by(items as u64);
+    }
+
+    pub(crate) fn refused(&self, r: Receiver, s: Signal, reason: Reason) {
+        self.refused
+            .get_or_create(&[
+                ("receiver", r.as_str()),
+                ("signal", s.as_str()),
+                ("reason", reason.as_str()),
+            ])
+            .inc();
+    }
+
+    pub(crate) fn bytes_counter(&self, r: Receiver, s: Signal) -> Counter {
+        self.bytes
+            .get_or_create_owned(&[("receiver", r.as_str()), ("signal", s.as_str())])
+    }
+
+    pub(crate) fn request(&self, r: Receiver, s: Signal, code: &'static str) {
+        self.requests
+            .get_or_create(&[
+                ("receiver", r.as_str()),
+                ("signal", s.as_str()),
+                ("code", code),
+            ])
+            .inc();
+    }
+
+    /// Registers every family.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sidelight_receiver_accepted",
+            "Items (spans, data points, log records) accepted by an OTLP receiver",
+            self.accepted.clone(),
+        );
+        registry.register(
+            "sidelight_receiver_refused",
+            "Requests refused by an OTLP receiver, by reason",
+            self.refused.clone(),
+        );
+        registry.register(
+            "sidelight_receiver_bytes",
+            "Request body bytes received by an OTLP receiver, as sent (compressed)",
+            self.bytes.clone(),
+        );
+        registry.register(
+            "sidelight_receiver_requests",
+            "Requests answered by an OTLP receiver, by HTTP status or gRPC code",
+            self.requests.clone(),
+        );
+    }
+}

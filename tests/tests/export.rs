@@ -1,55 +1,15 @@
 //! End-to-end export: the real binary sends its own metrics (host, process, self) as OTLP to the
 //! Python sink (`tests/python/otlp_sink.py`, grpcio + opentelemetry-proto) and by remote write to
-//! a real Prometheus. Spans and logs through the exporter are covered against the same sink in
-//! `collector/tests/export_sink.rs` (the receivers land separately).
+//! a real Prometheus. Spans from a Python service and tailed logs through the exporter are in
+//! `forward.rs`; the exporter alone against the same sink in `collector/tests/export_sink.rs`.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Agent, Proc, Prometheus, Result, eventually, get, python, sample, signal, wait_exit};
-
-/// The sink, its ports, killed on drop.
-struct Sink {
-    _proc: Proc,
-    grpc: u16,
-    http: u16,
-}
-
-impl Sink {
-    fn start(extra: &[&str]) -> Result<Sink> {
-        let mut child = Command::new(python())
-            .arg(common::workspace().join("tests/python/otlp_sink.py"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let proc = Proc(child);
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let ports: Vec<u16> = line
-            .trim()
-            .strip_prefix("READY ")
-            .ok_or_else(|| format!("sink said {line:?}"))?
-            .split(' ')
-            .filter_map(|kv| kv.split_once('=')?.1.parse().ok())
-            .collect();
-        Ok(Sink {
-            _proc: proc,
-            grpc: ports[0],
-            http: ports[1],
-        })
-    }
-
-    fn state(&self) -> Result<serde_json::Value> {
-        let (_, _, body) = get(&format!("http://127.0.0.1:{}/state", self.http), &[])?;
-        Ok(serde_json::from_str(&body)?)
-    }
-}
+use common::{
+    Agent, OtlpSink as Sink, Prometheus, Result, eventually, get, sample, signal, wait_exit,
+};
 
 fn metric(agent: &Agent, name: &str, labels: &str) -> Option<f64> {
     let (_, _, body) = get(&agent.url("/metrics"), &[]).ok()?;

@@ -1,0 +1,215 @@
+//! End-to-end forwarding: a real Python service instrumented with the OpenTelemetry SDK sends
+//! spans to the agent's OTLP receiver, the agent tails a log file, and both leave through the
+//! OTLP exporter to the Python sink (`tests/python/otlp_sink.py`) — with the sink refusing most
+//! requests, and with the sink down for a while.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Agent, OtlpSink, Proc, Result, eventually, free_port, get, python, workspace};
+
+fn otel_service(name: &str, port: u16, agent_grpc: u16) -> Result<Proc> {
+    let proc = Proc(
+        Command::new(python())
+            .arg(workspace().join("tests/python/otel_service.py"))
+            .arg("--port")
+            .arg(port.to_string())
+            .env("OTEL_SERVICE_NAME", name)
+            .env("OTEL_TRACES_EXPORTER", "otlp")
+            .env("OTEL_METRICS_EXPORTER", "none")
+            .env("OTEL_LOGS_EXPORTER", "none")
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{agent_grpc}"),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    );
+    eventually(Duration::from_secs(60), "the Python service", || {
+        get(&format!("http://127.0.0.1:{port}/items/0"), &[])
+            .ok()
+            .filter(|(s, _, _)| *s == 200)
+    })?;
+    Ok(proc)
+}
+
+fn drive(port: u16, ok: usize, fail: usize) -> Result {
+    for i in 0..ok {
+        get(&format!("http://127.0.0.1:{port}/items/{i}"), &[])?;
+    }
+    for _ in 0..fail {
+        get(&format!("http://127.0.0.1:{port}/fail"), &[])?;
+    }
+    let (s, _, body) = get(&format!("http://127.0.0.1:{port}/flush"), &[])?;
+    assert_eq!(s, 200, "{body}");
+    Ok(())
+}
+
+fn config(grpc: u16, http: u16, sink: &OtlpSink) -> String {
+    format!(
+        "http: {{ listen: 127.0.0.1:0 }}\nstore: {{ path: {{dir}}/data }}\n\
+         otlp: {{ grpc: 127.0.0.1:{grpc}, http: 127.0.0.1:{http} }}\n\
+         logs:\n  - {{ source: app, service: checkout, include: ['{{dir}}/app/*.log'] }}\n\
+         export:\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    protocol: grpc\n\
+         \x20   signals: [traces, logs]\n    self_metrics: false\n\
+         \x20   retry: {{ initial: 20ms, max: 200ms, max_elapsed: 0s }}\n",
+        sink.grpc
+    )
+}
+
+/// Spans the agent's receivers accepted (both receivers).
+fn accepted_spans(agent: &Agent) -> f64 {
+    let (_, _, body) = get(&agent.url("/metrics"), &[]).unwrap_or_default();
+    body.lines()
+        .filter(|l| {
+            l.starts_with("sidelight_receiver_accepted_total{") && l.contains("signal=\"traces\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+fn write_log_lines(agent: &Agent, from: usize, to: usize) -> Result {
+    let dir = agent.dir.path().join("app");
+    std::fs::create_dir_all(&dir)?;
+    let mut text = String::new();
+    for seq in from..to {
+        text.push_str(
+            &serde_json::json!({"message": format!("order {seq} placed"), "levelname": "INFO", "seq": seq})
+                .to_string(),
+        );
+        text.push('\n');
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("app.log"))?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    Ok(())
+}
+
+/// Counts of each log body the sink received.
+fn log_bodies(state: &serde_json::Value) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for b in state["logs"].as_array().into_iter().flatten() {
+        *m.entry(b.as_str().unwrap_or("").to_owned()).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn python_spans_and_tailed_logs_arrive_intact_through_70_percent_unavailable() -> Result {
+    let sink = OtlpSink::start(&["--unavailable-fraction", "0.7"])?;
+    let (grpc, http) = (free_port(), free_port());
+    let agent = Agent::start(&config(grpc, http, &sink))?;
+    let port = free_port();
+    let _svc = otel_service("checkout", port, grpc)?;
+    drive(port, 60, 6)?;
+    write_log_lines(&agent, 0, 300)?;
+
+    let accepted = eventually(Duration::from_secs(20), "the spans to be accepted", || {
+        let n = accepted_spans(&agent);
+        (n >= 66.0).then_some(n)
+    })?;
+    let state = eventually(
+        Duration::from_secs(60),
+        "every span and log at the sink",
+        || {
+            let s = sink.state().ok()?;
+            let spans = s["items"]["traces"].as_f64()?;
+            let logs = s["items"]["logs"].as_f64()?;
+            (spans >= accepted && logs >= 300.0).then_some(s)
+        },
+    )?;
+    assert!(
+        state["refused"].as_u64().unwrap_or(0) > 0,
+        "the sink refused requests"
+    );
+    // Exactly what was accepted arrived: retries did not duplicate (the sink never stored a
+    // refused request), and nothing was lost.
+    assert_eq!(state["items"]["traces"].as_f64(), Some(accepted));
+    let bodies = log_bodies(&state);
+    for seq in 0..300 {
+        assert_eq!(
+            bodies.get(&format!("order {seq} placed")),
+            Some(&1),
+            "log {seq} arrived once"
+        );
+    }
+    // Resources and scopes as the SDK sent them, and the log source's resource.
+    let resources = state["resources"].as_array().ok_or("resources")?;
+    let python = resources
+        .iter()
+        .find(|r| r["service.name"] == "checkout" && r["telemetry.sdk.language"] == "python")
+        .ok_or_else(|| format!("the SDK's resource, got {resources:?}"))?;
+    assert!(python["telemetry.sdk.version"].is_string());
+    assert!(
+        resources
+            .iter()
+            .any(|r| r["service.name"] == "checkout" && r["host.name"].is_string()),
+        "the log source's resource"
+    );
+    let scopes = state["scopes"].as_array().ok_or("scopes")?;
+    assert!(
+        scopes
+            .iter()
+            .any(|s| s["name"] == "opentelemetry.instrumentation.fastapi"
+                && s["version"].as_str().is_some_and(|v| !v.is_empty())),
+        "the instrumentation scope with its version: {scopes:?}"
+    );
+    let retried = agent.metric("sidelight_exporter_retried_total", "signal=\"traces\"");
+    assert!(retried > 0.0, "retries counted");
+    Ok(())
+}
+
+#[test]
+fn a_sink_down_for_a_while_loses_nothing_accepted() -> Result {
+    let down = tempfile::NamedTempFile::new()?;
+    let down_path = down.path().to_string_lossy().into_owned();
+    let sink = OtlpSink::start(&["--down-file", &down_path])?;
+    let (grpc, http) = (free_port(), free_port());
+    let agent = Agent::start(&config(grpc, http, &sink))?;
+    let port = free_port();
+    let _svc = otel_service("checkout", port, grpc)?;
+    drive(port, 30, 0)?;
+    write_log_lines(&agent, 0, 200)?;
+    let accepted = eventually(Duration::from_secs(20), "the spans to be accepted", || {
+        let n = accepted_spans(&agent);
+        (n >= 30.0).then_some(n)
+    })?;
+    // While the sink is down nothing arrives; the exporter keeps retrying and the log records
+    // stay unacknowledged (the tailer's checkpoint waits).
+    std::thread::sleep(Duration::from_secs(2));
+    let s = sink.state()?;
+    assert_eq!(s["items"]["traces"].as_f64(), Some(0.0));
+    assert!(agent.metric("sidelight_exporter_retried_total", "") > 0.0);
+    assert!(
+        agent.metric("sidelight_log_unacked_bytes", "source=\"app\"") > 0.0,
+        "log records are not acknowledged while the sink is down"
+    );
+    drop(down);
+    let state = eventually(
+        Duration::from_secs(30),
+        "everything after the sink came back",
+        || {
+            let s = sink.state().ok()?;
+            (s["items"]["traces"].as_f64()? >= accepted && s["items"]["logs"].as_f64()? >= 200.0)
+                .then_some(s)
+        },
+    )?;
+    assert_eq!(state["items"]["traces"].as_f64(), Some(accepted));
+    let bodies = log_bodies(&state);
+    assert_eq!(bodies.len(), 200);
+    assert!(bodies.values().all(|&n| n == 1));
+    eventually(
+        Duration::from_secs(10),
+        "the checkpoint to catch up",
+        || (agent.metric("sidelight_log_unacked_bytes", "source=\"app\"") == 0.0).then_some(()),
+    )?;
+    Ok(())
+}

@@ -69,6 +69,10 @@ pub struct TailTuning {
     /// On stop, how long to wait for the consumer to acknowledge batches already sent.
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
+    /// File events within this long of the last read are served by one read (bounds the
+    /// wake-ups of a service that logs in many small writes; adds at most this much latency).
+    #[serde(deserialize_with = "duration")]
+    pub coalesce: Duration,
     pub max_open_files: usize,
     pub read_chunk_bytes: usize,
     pub batch_max_records: usize,
@@ -86,6 +90,7 @@ impl Default for TailTuning {
             partial_line_timeout: t.partial_line_timeout,
             rotate_wait: t.rotate_wait,
             drain_timeout: Duration::from_secs(5),
+            coalesce: Duration::from_millis(20),
             max_open_files: t.max_open_files,
             read_chunk_bytes: t.read_chunk_bytes,
             batch_max_records: t.batch_max_records,
@@ -326,6 +331,7 @@ impl LogSource {
         let mut next_scan = Instant::now();
         let mut next_checkpoint = Instant::now() + tuning.checkpoint_interval;
         let mut rescan = true;
+        let mut last_poll;
         loop {
             while let Ok(seq) = acks.try_recv() {
                 tailer.acked(seq);
@@ -343,6 +349,7 @@ impl LogSource {
                 next_checkpoint = now + tuning.checkpoint_interval;
             }
             let do_scan = std::mem::take(&mut rescan);
+            last_poll = Instant::now();
             let (t, batch, backlog) = blocking(&name, move || {
                 let mut tailer = tailer;
                 let now = std::time::Instant::now();
@@ -370,11 +377,10 @@ impl LogSource {
                         break;
                     },
                 }
-                continue;
             }
             if backlog {
-                // A long line is still being read (no record yet): keep reading, but let a
-                // cancellation or acknowledgement in first.
+                // More is readable now (a full batch, or a long line still without its end):
+                // keep reading, but let a cancellation or acknowledgement in first.
                 tokio::task::yield_now().await;
                 if cancel.is_cancelled() {
                     break;
@@ -385,12 +391,27 @@ impl LogSource {
             if let Some(d) = tailer.next_deadline() {
                 until = until.min(Instant::from_std(d));
             }
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => break,
-                () = wake.notify.notified() => {}
-                Some(seq) = acks.recv() => tailer.acked(seq),
-                () = tokio::time::sleep_until(until) => {}
+            // Wait for a reason to read again. Acknowledgements are applied while waiting
+            // (cheap, no IO); file events are coalesced for `tail.coalesce`, so a service that
+            // logs in many small writes costs one read per window, not one per write.
+            let stop = loop {
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break true,
+                    () = wake.notify.notified() => {
+                        let at = last_poll + tuning.coalesce;
+                        tokio::select! {
+                            biased;
+                            () = cancel.cancelled() => break true,
+                            () = tokio::time::sleep_until(at) => break false,
+                        }
+                    }
+                    Some(seq) = acks.recv() => tailer.acked(seq),
+                    () = tokio::time::sleep_until(until) => break false,
+                }
+            };
+            if stop {
+                break;
             }
         }
 

@@ -100,6 +100,11 @@ impl Secret {
         &self.0
     }
 
+    /// A secret read by a section's own validation (`alerting::config`).
+    pub(crate) fn new(s: String) -> Self {
+        Self(s)
+    }
+
     /// A secret from a literal, for tests.
     #[cfg(test)]
     pub(crate) fn for_tests(s: &str) -> Self {
@@ -128,6 +133,9 @@ struct RawConfig {
     dora: RawDora,
     logs: Vec<LogSourceConfig>,
     export: RawExport,
+    // Alerting (issue 6): shapes and validation live in `alerting::config`.
+    alerts: Option<crate::alerting::config::RawAlerts>,
+    notifiers: Option<std::collections::BTreeMap<String, crate::alerting::config::RawNotifier>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -375,6 +383,8 @@ pub struct Config {
     pub logs: Vec<LogSourceConfig>,
     /// The file exporter, if configured.
     pub export_file: Option<FileExportConfig>,
+    /// Alert rules and notifiers (`alerts:` / `notifiers:`), when either section is given.
+    pub alerting: Option<crate::alerting::config::AlertingConfig>,
 }
 
 /// `export.file`: OTLP JSON lines to a file.
@@ -614,7 +624,7 @@ fn substitute_env(text: &str, env: &dyn Env, errors: &mut Vec<ConfigError>) -> S
     out
 }
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 10] = [
     "agent",
     "http",
     "host",
@@ -623,6 +633,8 @@ const SECTIONS: [&str; 8] = [
     "dora",
     "logs",
     "export",
+    "alerts",
+    "notifiers",
 ];
 
 fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) -> RawConfig {
@@ -645,6 +657,8 @@ fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) 
             "store" => raw.store = section(value, &key, errors).unwrap_or_default(),
             "dora" => raw.dora = section(value, &key, errors).unwrap_or_default(),
             "export" => raw.export = section(value, &key, errors).unwrap_or_default(),
+            "alerts" => raw.alerts = Some(section(value, &key, errors).unwrap_or_default()),
+            "notifiers" => raw.notifiers = Some(section(value, &key, errors).unwrap_or_default()),
             "logs" => match value {
                 Value::Sequence(items) => {
                     raw.logs = items
@@ -923,6 +937,7 @@ fn validate(
     }
 
     let dora = validate_dora(raw.dora, base, env, errors);
+    let alerting = crate::alerting::config::validate(raw.alerts, raw.notifiers, base, env, errors);
     let logs = validate_logs(raw.logs, errors);
     let export_file = raw
         .export
@@ -960,6 +975,7 @@ fn validate(
         dora,
         logs,
         export_file,
+        alerting,
     }
 }
 
@@ -1026,7 +1042,7 @@ fn validate_file_export(
             });
         }
     }
-    ok.then(|| FileExportConfig {
+    ok.then_some(FileExportConfig {
         sink: FileSinkConfig {
             path: f.path,
             max_bytes: f.max_bytes,
@@ -1038,7 +1054,7 @@ fn validate_file_export(
 }
 
 /// Reads a secret from exactly one of a file (relative to `base`) or an environment variable.
-fn read_secret(
+pub(crate) fn read_secret(
     file: Option<&PathBuf>,
     var: Option<&String>,
     at: &str,

@@ -57,6 +57,9 @@ pub enum StartError {
     /// The file exporter's file cannot be opened.
     #[error("export.file: {0}")]
     FileExport(#[from] sidelight_collector::filesink::FileSinkError),
+    /// Alerting could not start.
+    #[error("{0}")]
+    Alerting(#[from] crate::alerting::AlertingError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -163,6 +166,7 @@ pub struct Running {
     tokens: Arc<RwLock<Vec<crate::config::Secret>>>,
     metrics: SelfMetrics,
     dora: Option<Arc<Hub>>,
+    alerting: Option<Arc<crate::alerting::Alerting>>,
     logs: Option<tokio::task::JoinHandle<()>>,
     sink_queues: Vec<Arc<Queue>>,
 }
@@ -238,6 +242,17 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         None
     };
 
+    let alerting = match &config.alerting {
+        Some(a) => {
+            let alerting =
+                crate::alerting::Alerting::open(a.clone(), &config.store.path, dora.clone())
+                    .await?;
+            alerting.register(&mut registry);
+            Some(alerting)
+        }
+        None => None,
+    };
+
     // Sinks first, so that sources have somewhere to hand their data.
     let queue_stats = QueueStats::default();
     queue_stats.register(&mut registry);
@@ -267,12 +282,17 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     shared.readiness.expect("logs");
 
     let tokens = Arc::new(RwLock::new(config.http.bearer_tokens.clone()));
+    let registry = Arc::new(registry);
+    if let Some(a) = &alerting {
+        a.set_registry(registry.clone());
+    }
     let state = HttpState {
-        registry: Arc::new(registry),
+        registry,
         readiness: shared.readiness.clone(),
         scrape_duration: shared.metrics.scrape_duration.clone(),
         tokens: tokens.clone(),
         dora: dora.clone(),
+        alerting: alerting.clone(),
     };
 
     let config = Arc::new(config);
@@ -306,6 +326,9 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         tracker.spawn(hub.clone().run(sources.clone()));
         shared.readiness.ready("dora");
     }
+    if let Some(a) = &alerting {
+        a.start(&tracker, sources.clone());
+    }
     tracker.spawn(serve_http(
         listener,
         state,
@@ -334,6 +357,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         tokens,
         metrics: shared.metrics.clone(),
         dora,
+        alerting,
         logs: Some(logs),
         sink_queues,
     })
@@ -359,6 +383,13 @@ impl Running {
         }
         if let Some(hub) = &self.dora {
             hub.reconfigure(new.dora.clone());
+        }
+        match (&self.alerting, &new.alerting) {
+            (Some(a), Some(cfg)) => a.reconfigure(cfg.clone()),
+            (None, None) => {}
+            _ => tracing::warn!(
+                "adding or removing alerts/notifiers takes effect at the next restart"
+            ),
         }
         if let Some(log) = &self.log {
             log.set_level(&new.agent.log_level);

@@ -638,6 +638,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn pending_firing_resolved_with_for_and_keep_firing_for() {
         use State::*;
         // (for, keep_firing_for, values, expected states) — one step is 10 s.

@@ -627,6 +627,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn group_wait_interval_repeat_and_resolve() {
         let mut d = Dispatcher::default();
         let a = alert("HighLatency", "api", "warning", State::Firing);
@@ -743,12 +744,41 @@ mod tests {
             String::new(),
         )
         .expect("silence");
-        assert!(step(&mut d, 0, &[a.clone()], std::slice::from_ref(&s)).is_empty());
-        assert!(step(&mut d, 3599 * S, &[a.clone()], std::slice::from_ref(&s)).is_empty());
+        assert!(
+            step(
+                &mut d,
+                0,
+                std::slice::from_ref(&a),
+                std::slice::from_ref(&s)
+            )
+            .is_empty()
+        );
+        assert!(
+            step(
+                &mut d,
+                3599 * S,
+                std::slice::from_ref(&a),
+                std::slice::from_ref(&s)
+            )
+            .is_empty()
+        );
         // Expired: the group forms at 3600 s and is sent after group_wait.
-        assert!(step(&mut d, 3600 * S, &[a.clone()], std::slice::from_ref(&s)).is_empty());
+        assert!(
+            step(
+                &mut d,
+                3600 * S,
+                std::slice::from_ref(&a),
+                std::slice::from_ref(&s)
+            )
+            .is_empty()
+        );
         assert_eq!(
-            step(&mut d, 3630 * S, &[a.clone()], std::slice::from_ref(&s)),
+            step(
+                &mut d,
+                3630 * S,
+                std::slice::from_ref(&a),
+                std::slice::from_ref(&s)
+            ),
             vec![(Kind::New, "slack".to_string(), 1, 0)]
         );
         // A new silence on a notified alert: the next update shows it silenced, then nothing.

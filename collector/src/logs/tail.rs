@@ -1643,7 +1643,7 @@ mod tests {
             let mut emitted: HashMap<String, u32> = HashMap::new();
             let mut written: HashSet<String> = HashSet::new();
             let mut next = 0u32;
-            let mut record = |got: Vec<String>, emitted: &mut HashMap<String, u32>| {
+            let record = |got: Vec<String>, emitted: &mut HashMap<String, u32>| {
                 for l in got {
                     *emitted.entry(l).or_default() += 1;
                 }

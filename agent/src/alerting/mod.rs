@@ -16,6 +16,8 @@ pub mod eval;
 pub mod expo;
 pub mod history;
 pub mod notify;
+#[cfg(test)]
+mod peers_tests;
 pub mod render;
 pub mod rules;
 pub mod store;

@@ -194,6 +194,7 @@ fn main() {
             scrape_duration: Histogram::new([0.01]),
             tokens: Arc::new(RwLock::new(Vec::new())),
             dora: None,
+            alerting: None,
         };
         let app = router(state, 1 << 20, Duration::from_secs(30));
         let listener = rt

@@ -103,6 +103,11 @@ impl Secret {
         &self.0
     }
 
+    /// A secret read by a section's own validation (`alerting::config`).
+    pub(crate) fn new(s: String) -> Self {
+        Self(s)
+    }
+
     /// A secret from a literal, for tests.
     #[cfg(test)]
     pub(crate) fn for_tests(s: &str) -> Self {
@@ -133,6 +138,9 @@ struct RawConfig {
     export: RawExport,
     /// Present only when the file has an `otlp:` section (the embedded defaults do).
     otlp: Option<RawOtlp>,
+    // Alerting (issue 6): shapes and validation live in `alerting::config`.
+    alerts: Option<crate::alerting::config::RawAlerts>,
+    notifiers: Option<std::collections::BTreeMap<String, crate::alerting::config::RawNotifier>>,
 }
 
 /// `export.file` (the OTLP JSON file exporter; the rest of `export:` is in `export.rs`).
@@ -460,6 +468,8 @@ pub struct Config {
     pub export: ExportConfig,
     /// The OTLP receivers and span metrics.
     pub otlp: OtlpConfig,
+    /// Alert rules and notifiers (`alerts:` / `notifiers:`), when either section is given.
+    pub alerting: Option<crate::alerting::config::AlertingConfig>,
 }
 
 /// `export.file`: OTLP JSON lines to a file.
@@ -710,7 +720,7 @@ fn substitute_env(text: &str, env: &dyn Env, errors: &mut Vec<ConfigError>) -> S
     out
 }
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 11] = [
     "agent",
     "http",
     "host",
@@ -720,6 +730,8 @@ const SECTIONS: [&str; 9] = [
     "logs",
     "export",
     "otlp",
+    "alerts",
+    "notifiers",
 ];
 
 fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) -> RawConfig {
@@ -742,6 +754,8 @@ fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) 
             "store" => raw.store = section(value, &key, errors).unwrap_or_default(),
             "dora" => raw.dora = section(value, &key, errors).unwrap_or_default(),
             "export" => raw.export = section(value, &key, errors).unwrap_or_default(),
+            "alerts" => raw.alerts = Some(section(value, &key, errors).unwrap_or_default()),
+            "notifiers" => raw.notifiers = Some(section(value, &key, errors).unwrap_or_default()),
             "logs" => match value {
                 Value::Sequence(items) => {
                     raw.logs = items
@@ -1021,6 +1035,7 @@ fn validate(
     }
 
     let dora = validate_dora(raw.dora, base, env, errors);
+    let alerting = crate::alerting::config::validate(raw.alerts, raw.notifiers, base, env, errors);
     let logs = validate_logs(raw.logs, errors);
     let mut raw_export = raw.export;
     let export_file = raw_export
@@ -1063,6 +1078,7 @@ fn validate(
         export_file,
         export,
         otlp,
+        alerting,
     }
 }
 

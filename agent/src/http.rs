@@ -14,7 +14,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -66,6 +66,8 @@ pub struct HttpState {
     pub tokens: Arc<RwLock<Vec<Secret>>>,
     /// The DORA hub, when `dora.enabled`.
     pub dora: Option<Arc<crate::hub::Hub>>,
+    /// Alert rules and notifiers, when `alerts:` / `notifiers:` are configured.
+    pub alerting: Option<Arc<crate::alerting::Alerting>>,
 }
 
 /// The router with every route and limit.
@@ -88,6 +90,22 @@ pub fn router(
         open = open
             .route("/webhooks/github", post(api::github))
             .route("/webhooks/gitlab", post(api::gitlab));
+    }
+    if state.alerting.is_some() {
+        use crate::alerting::api as alerts;
+        protected = protected
+            .route("/api/v1/alerts", get(alerts::get_alerts))
+            .route(
+                "/api/v1/silences",
+                get(alerts::get_silences).post(alerts::post_silence),
+            )
+            .route("/api/v1/silences/{id}", delete(alerts::delete_silence));
+        open = open
+            .route("/chatops/slack/commands", post(alerts::slack_command))
+            .route(
+                "/chatops/slack/interactions",
+                post(alerts::slack_interaction),
+            );
     }
     let protected =
         protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -263,6 +281,7 @@ mod tests {
             scrape_duration: Histogram::new([0.01]),
             tokens: Arc::new(RwLock::new(tokens)),
             dora: None,
+            alerting: None,
         }
     }
 

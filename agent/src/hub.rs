@@ -444,6 +444,18 @@ impl Hub {
         Ok(report(now, &events, window, scope))
     }
 
+    /// Successful deployments to the configured environment, oldest first (for alerting:
+    /// messages name a service's last deployment, and deploy notices).
+    pub async fn successful_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
+        let env = self.config().environment;
+        let events = self.store.load(i64::MIN).await?;
+        Ok(events
+            .deployments
+            .into_iter()
+            .filter(|d| d.status == DeployStatus::Success && d.environment == env)
+            .collect())
+    }
+
     /// Recomputes every metric from the store.
     pub async fn refresh(&self) -> Result<(), StoreError> {
         let now = unix_now();

@@ -2,6 +2,7 @@
 //!
 //! `main.rs` is the only place that uses `anyhow`; everything here returns typed errors.
 
+pub mod alerting;
 pub mod api;
 pub mod config;
 pub mod dora;

@@ -63,6 +63,9 @@ pub enum StartError {
     /// The OTLP receivers could not start.
     #[error("otlp: {0}")]
     Otlp(#[from] sidelight_collector::otlp::OtlpError),
+    /// Alerting could not start.
+    #[error("{0}")]
+    Alerting(#[from] crate::alerting::AlertingError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -169,6 +172,7 @@ pub struct Running {
     tokens: Arc<RwLock<Vec<crate::config::Secret>>>,
     metrics: SelfMetrics,
     dora: Option<Arc<Hub>>,
+    alerting: Option<Arc<crate::alerting::Alerting>>,
     logs: Option<tokio::task::JoinHandle<()>>,
     sink_queues: Vec<Arc<Queue>>,
     exports: crate::export::Exports,
@@ -246,6 +250,17 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         None
     };
 
+    let alerting = match &config.alerting {
+        Some(a) => {
+            let alerting =
+                crate::alerting::Alerting::open(a.clone(), &config.store.path, dora.clone())
+                    .await?;
+            alerting.register(&mut registry);
+            Some(alerting)
+        }
+        None => None,
+    };
+
     // Sinks first, so that sources have somewhere to hand their data.
     let exports = crate::export::Exports::build(&config.export, &config.store.path, &mut registry)?;
     let queue_stats = exports.queue_stats();
@@ -293,12 +308,16 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     let registry = Arc::new(registry);
 
     let tokens = Arc::new(RwLock::new(config.http.bearer_tokens.clone()));
+    if let Some(a) = &alerting {
+        a.set_registry(registry.clone());
+    }
     let state = HttpState {
         registry: registry.clone(),
         readiness: shared.readiness.clone(),
         scrape_duration: shared.metrics.scrape_duration.clone(),
         tokens: tokens.clone(),
         dora: dora.clone(),
+        alerting: alerting.clone(),
     };
 
     let config = Arc::new(config);
@@ -331,6 +350,9 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         tracker.spawn(hub.clone().run(sources.clone()));
         shared.readiness.ready("dora");
     }
+    if let Some(a) = &alerting {
+        a.start(&tracker, sources.clone());
+    }
     tracker.spawn(serve_http(
         listener,
         state,
@@ -359,6 +381,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         tokens,
         metrics: shared.metrics.clone(),
         dora,
+        alerting,
         logs: Some(logs),
         sink_queues,
         exports,
@@ -399,6 +422,13 @@ impl Running {
                 tracing::warn!("otlp.enabled changes take effect at the next restart")
             }
             None => {}
+        }
+        match (&self.alerting, &new.alerting) {
+            (Some(a), Some(cfg)) => a.reconfigure(cfg.clone()),
+            (None, None) => {}
+            _ => tracing::warn!(
+                "adding or removing alerts/notifiers takes effect at the next restart"
+            ),
         }
         if let Some(log) = &self.log {
             log.set_level(&new.agent.log_level);

@@ -1,0 +1,713 @@
+//! Alerting in the agent (issue 6): rules evaluated over the agent's own metrics, grouped
+//! notifications to Slack, Teams and generic webhooks, and commands back from chat.
+//!
+//! The pure core: [`expo`] (exposition parser), [`rules`], [`history`] (bounded ring of past
+//! samples), [`eval`] (pending → firing → resolved), [`notify`] (routing, grouping, inhibition,
+//! silences), [`render`] (message content), [`chatops`] (signatures, commands). The edge:
+//! [`Alerting`] (this file: the evaluation loop over the registry, persistence in [`store`],
+//! DORA incidents through the hub, deploy notices and digests), [`deliver`] (queues and
+//! transports) and [`api`] (HTTP handlers).
+
+pub mod api;
+pub mod chatops;
+pub mod config;
+pub mod deliver;
+pub mod eval;
+pub mod expo;
+pub mod history;
+pub mod notify;
+#[cfg(test)]
+mod peers_tests;
+pub mod render;
+pub mod rules;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::dora::{DeployStatus, Incident};
+use crate::hub::Hub;
+use crate::store::{IncidentChange, StoreError};
+use config::AlertingConfig;
+use deliver::{DeliveryMetrics, Item, Queue, Report, Sender, Transport};
+use eval::{Alert, Context, DeployInfo, State, Transition};
+use history::History;
+use notify::{Dispatcher, Group, Silence};
+use render::{Message, Tone};
+use rules::Millis;
+use store::AlertStore;
+
+/// Wall-clock milliseconds (the edge's clock).
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// How often deployments are re-read from the DORA hub.
+const DEPLOYS_EVERY: Millis = 30_000;
+
+struct Core {
+    alerts: BTreeMap<String, Alert>,
+    dispatcher: Dispatcher,
+    silences: Vec<Silence>,
+    history: History,
+    ctx: Context,
+    deploys_at: Millis,
+    last_deploy_notice: Option<Millis>,
+}
+
+/// Self-metrics of the evaluator.
+#[derive(Debug, Clone, Default)]
+struct EvalMetrics {
+    evaluations: Counter,
+    failures: Counter,
+    firing: Gauge,
+    series: Gauge,
+    refused: Gauge,
+}
+
+/// The running alerting edge.
+pub struct Alerting {
+    config: RwLock<Arc<AlertingConfig>>,
+    core: Mutex<Core>,
+    store: Arc<AlertStore>,
+    hub: Option<Arc<Hub>>,
+    severities: Vec<String>,
+    registry: OnceLock<Arc<Registry>>,
+    queues: HashMap<String, Arc<Queue>>,
+    senders: Mutex<Vec<Sender>>,
+    deploys: Arc<RwLock<HashMap<String, DeployInfo>>>,
+    delivery: DeliveryMetrics,
+    metrics: EvalMetrics,
+}
+
+impl std::fmt::Debug for Alerting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alerting").finish_non_exhaustive()
+    }
+}
+
+/// Why alerting could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertingError {
+    /// The state tables.
+    #[error("alerting store: {0}")]
+    Store(#[from] StoreError),
+    /// A notifier could not be built.
+    #[error("notifier {name}: {reason}")]
+    Notifier {
+        /// Its name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Alerting {
+    /// Opens the state in `dir` and builds the notifiers (nothing spawned yet).
+    pub async fn open(
+        cfg: AlertingConfig,
+        dir: &Path,
+        hub: Option<Arc<Hub>>,
+    ) -> Result<Arc<Self>, AlertingError> {
+        let dir = dir.to_owned();
+        let now = now_ms();
+        let (store, persisted) = tokio::task::spawn_blocking(move || {
+            let s = AlertStore::open(&dir)?;
+            let p = s.load(now)?;
+            Ok::<_, StoreError>((s, p))
+        })
+        .await
+        .map_err(|_| StoreError::Closed)??;
+        let delivery = DeliveryMetrics::default();
+        let mut queues = HashMap::new();
+        let mut senders = Vec::new();
+        if !cfg.notifiers.is_empty() {
+            let http = deliver::http_client().map_err(|e| AlertingError::Notifier {
+                name: "(all)".into(),
+                reason: e.to_string(),
+            })?;
+            for (name, n) in &cfg.notifiers {
+                let channel = n.kind.channel_label();
+                let queue = Arc::new(Queue::new(n.queue_capacity, channel, name, &delivery));
+                let transport =
+                    Transport::new(n, &http).map_err(|reason| AlertingError::Notifier {
+                        name: name.clone(),
+                        reason,
+                    })?;
+                queues.insert(name.clone(), queue.clone());
+                senders.push(Sender {
+                    name: name.clone(),
+                    channel,
+                    transport,
+                    queue,
+                    rate_limit: n.rate_limit,
+                    max_retries: n.max_retries,
+                });
+            }
+        }
+        let severities = hub
+            .as_ref()
+            .map(|h| h.config().alertmanager_severities)
+            .unwrap_or_default();
+        let history = History::new(cfg.max_series, cfg.lookback());
+        let ctx = Context {
+            first_seen: persisted
+                .exceptions
+                .iter()
+                .map(|(s, e, t)| ((s.clone(), e.clone()), *t))
+                .collect(),
+            ..Context::default()
+        };
+        let last_deploy_notice = store
+            .meta("deploy_notice_at")
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse().ok());
+        Ok(Arc::new(Self {
+            core: Mutex::new(Core {
+                alerts: persisted
+                    .alerts
+                    .into_iter()
+                    .map(|a| (a.fingerprint.clone(), a))
+                    .collect(),
+                dispatcher: Dispatcher::with_groups(persisted.groups),
+                silences: persisted.silences,
+                history,
+                ctx,
+                deploys_at: Millis::MIN,
+                last_deploy_notice,
+            }),
+            config: RwLock::new(Arc::new(cfg)),
+            store: Arc::new(store),
+            hub,
+            severities,
+            registry: OnceLock::new(),
+            queues,
+            senders: Mutex::new(senders),
+            deploys: Arc::new(RwLock::new(HashMap::new())),
+            delivery,
+            metrics: EvalMetrics::default(),
+        }))
+    }
+
+    /// Registers the alerting self-metrics.
+    pub fn register(&self, r: &mut Registry) {
+        self.delivery.register(r);
+        let m = &self.metrics;
+        r.register(
+            "sidelight_alert_evaluations",
+            "Rule evaluation cycles",
+            m.evaluations.clone(),
+        );
+        r.register(
+            "sidelight_alert_evaluation_failures",
+            "Evaluation cycles that could not read the registry",
+            m.failures.clone(),
+        );
+        r.register(
+            "sidelight_alerts_firing",
+            "Alerts firing now",
+            m.firing.clone(),
+        );
+        r.register(
+            "sidelight_alert_history_series",
+            "Series kept in the alert history ring",
+            m.series.clone(),
+        );
+        r.register(
+            "sidelight_alert_history_refused_series",
+            "Series not kept because alerts.max_series was reached (cumulative)",
+            m.refused.clone(),
+        );
+    }
+
+    /// Hands over the registry the rules read (the one `/metrics` serves).
+    pub fn set_registry(&self, registry: Arc<Registry>) {
+        let _ = self.registry.set(registry);
+    }
+
+    /// Applies a reloaded configuration (rules, routes, silences; notifiers at restart).
+    pub fn reconfigure(&self, cfg: AlertingConfig) {
+        if cfg.notifiers != self.config.read().notifiers {
+            tracing::warn!("notifiers changes take effect at the next restart");
+        }
+        *self.config.write() = Arc::new(cfg);
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> Arc<AlertingConfig> {
+        self.config.read().clone()
+    }
+
+    /// Spawns the evaluation loop, the report loop and one sender per receiver.
+    pub fn start(self: &Arc<Self>, tracker: &TaskTracker, cancel: CancellationToken) {
+        let (tx, rx) = mpsc::channel(1024);
+        for s in self.senders.lock().drain(..) {
+            tracker.spawn(s.run(
+                tx.clone(),
+                self.delivery.clone(),
+                self.deploys.clone(),
+                cancel.clone(),
+            ));
+        }
+        tracker.spawn(self.clone().reports(rx, cancel.clone()));
+        tracker.spawn(self.clone().run(cancel));
+    }
+
+    async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut period = self.config().evaluation_interval;
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            self.cycle(now_ms()).await;
+            let p = self.config().evaluation_interval;
+            if p != period {
+                period = p;
+                ticker = tokio::time::interval(period);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticker.reset();
+            }
+        }
+    }
+
+    async fn refresh_deploys(&self, now: Millis) -> Vec<crate::dora::Deployment> {
+        let Some(hub) = &self.hub else {
+            return Vec::new();
+        };
+        if now - self.core.lock().deploys_at < DEPLOYS_EVERY {
+            return Vec::new();
+        }
+        let list = match hub.successful_deployments().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read deployments for alerting");
+                return Vec::new();
+            }
+        };
+        let mut map: HashMap<String, DeployInfo> = HashMap::new();
+        for d in &list {
+            let info = DeployInfo {
+                at: d.finished_at.saturating_mul(1000),
+                commit: d.commit.clone(),
+                version: d.version.clone(),
+            };
+            match map.get(&d.service) {
+                Some(old) if old.at >= info.at => {}
+                _ => {
+                    map.insert(d.service.clone(), info);
+                }
+            }
+        }
+        *self.deploys.write() = map.clone();
+        let mut core = self.core.lock();
+        core.deploys_at = now;
+        core.ctx.deploys = map;
+        list
+    }
+
+    /// One evaluation at `now`: read the registry, evaluate, persist, open/resolve incidents,
+    /// queue what is due.
+    pub async fn cycle(&self, now: Millis) {
+        let cfg = self.config();
+        let deployments = self.refresh_deploys(now).await;
+        self.deploy_notices(&cfg, &deployments, now).await;
+        let samples = match self.registry.get() {
+            Some(reg) => {
+                let mut text = String::with_capacity(64 * 1024);
+                match prometheus_client::encoding::text::encode(&mut text, reg)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| expo::parse(&text).map_err(|e| e.to_string()))
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.metrics.failures.inc();
+                        tracing::error!(error = %e, "alert evaluation cannot read the metrics");
+                        Vec::new()
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        let (outcome, changed, transitions, notifications, removed_groups, newly) = {
+            let mut core = self.core.lock();
+            let core = &mut *core;
+            core.history.ingest(now, &samples, |s| {
+                cfg.rules.iter().any(|r| r.reads(&s.name, &s.labels))
+            });
+            let outcome = eval::evaluate(
+                now,
+                &cfg.rules,
+                &core.history,
+                &mut core.ctx,
+                &mut core.alerts,
+            );
+            let newly = std::mem::take(&mut core.ctx.newly_seen);
+            let changed: Vec<Alert> = outcome
+                .changed
+                .iter()
+                .filter_map(|fp| core.alerts.get(fp).cloned())
+                .collect();
+            let transitions: Vec<(Transition, Alert)> = outcome
+                .transitions
+                .iter()
+                .filter_map(|t| {
+                    let fp = match t {
+                        Transition::Fired(f) | Transition::Resolved(f) => f,
+                    };
+                    core.alerts.get(fp).map(|a| (t.clone(), a.clone()))
+                })
+                .collect();
+            core.silences.retain(|s| s.ends_at > now);
+            let mut silences = cfg.silences.clone();
+            silences.extend(core.silences.iter().cloned());
+            let mut removed_groups = Vec::new();
+            let notifications = core.dispatcher.tick(
+                now,
+                &core.alerts,
+                &cfg.routing,
+                &silences,
+                &mut removed_groups,
+            );
+            self.metrics.firing.set(
+                core.alerts
+                    .values()
+                    .filter(|a| a.state == State::Firing)
+                    .count() as i64,
+            );
+            self.metrics.series.set(core.history.len() as i64);
+            self.metrics
+                .refused
+                .set(i64::try_from(core.history.refused).unwrap_or(i64::MAX));
+            (
+                outcome,
+                changed,
+                transitions,
+                notifications,
+                removed_groups,
+                newly,
+            )
+        };
+        self.metrics.evaluations.inc();
+        let store = self.store.clone();
+        let removed = outcome.removed.clone();
+        let persisted = tokio::task::spawn_blocking(move || {
+            store.save_alerts(&changed, &removed, &newly)?;
+            for k in &removed_groups {
+                store.save_group(k, None)?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await;
+        if !matches!(persisted, Ok(Ok(()))) {
+            tracing::error!("persisting alert state failed");
+        }
+        for (t, a) in transitions {
+            match &t {
+                Transition::Fired(_) => {
+                    tracing::info!(alert = %a.name(), labels = ?a.labels, value = a.value, "alert firing")
+                }
+                Transition::Resolved(_) => {
+                    tracing::info!(alert = %a.name(), labels = ?a.labels, "alert resolved")
+                }
+            }
+            self.incident(&t, &a, now).await;
+        }
+        for n in notifications {
+            match self.queues.get(&n.receiver) {
+                Some(q) => q.push(Item::Group(Box::new(n))),
+                None => {
+                    self.core.lock().dispatcher.failed(&n.key, n.seq, now);
+                }
+            }
+        }
+        self.digests(&cfg, now).await;
+    }
+
+    /// Opens or resolves the DORA incident of an alert of a configured severity.
+    async fn incident(&self, t: &Transition, a: &Alert, now: Millis) {
+        let Some(hub) = &self.hub else { return };
+        if !self.severities.iter().any(|s| s == a.severity()) {
+            return;
+        }
+        let id = format!("sidelight:{}:{}", a.fingerprint, a.active_at / 1000);
+        let change = match t {
+            Transition::Fired(_) => IncidentChange::Open(Incident {
+                id,
+                service: a.service().unwrap_or("unknown").to_owned(),
+                environment: a
+                    .labels
+                    .get("environment")
+                    .cloned()
+                    .unwrap_or_else(|| hub.config().environment),
+                started_at: a.active_at / 1000,
+                resolved_at: None,
+                deployment_id: a.labels.get("deployment_id").cloned(),
+                commit: a.labels.get("commit").cloned(),
+                resolved_by_deployment: None,
+            }),
+            Transition::Resolved(_) => IncidentChange::Resolve {
+                id,
+                at: now / 1000,
+                by_deployment: None,
+            },
+        };
+        if let Err(e) = hub.record_incident(change).await {
+            tracing::error!(error = %e, "recording the alert's incident failed");
+        }
+    }
+
+    async fn reports(self: Arc<Self>, mut rx: mpsc::Receiver<Report>, cancel: CancellationToken) {
+        loop {
+            let report = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = rx.recv() => match r { Some(r) => r, None => break },
+            };
+            let save: Option<(String, Option<Group>)> = {
+                let mut core = self.core.lock();
+                match report {
+                    Report::Delivered { key, seq, message } => core
+                        .dispatcher
+                        .confirm(&key, seq, message)
+                        .map(|g| (key, g)),
+                    Report::Failed { key, seq } => {
+                        core.dispatcher.failed(&key, seq, now_ms());
+                        None
+                    }
+                }
+            };
+            if let Some((key, group)) = save {
+                let store = self.store.clone();
+                let r = tokio::task::spawn_blocking(move || store.save_group(&key, group.as_ref()))
+                    .await;
+                if !matches!(r, Ok(Ok(()))) {
+                    tracing::error!("persisting a notification group failed");
+                }
+            }
+        }
+    }
+
+    async fn deploy_notices(
+        &self,
+        cfg: &AlertingConfig,
+        deployments: &[crate::dora::Deployment],
+        now: Millis,
+    ) {
+        if deployments.is_empty() {
+            return;
+        }
+        let newest = deployments
+            .iter()
+            .map(|d| d.finished_at.saturating_mul(1000))
+            .max()
+            .unwrap_or(0);
+        let last = self.core.lock().last_deploy_notice;
+        let Some(last) = last else {
+            // First run: remember where we are rather than announcing history.
+            self.core.lock().last_deploy_notice = Some(newest);
+            let store = self.store.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                store.set_meta("deploy_notice_at", &newest.to_string())
+            })
+            .await;
+            return;
+        };
+        let receivers: Vec<&config::NotifierConfig> = cfg
+            .notifiers
+            .values()
+            .filter(|n| n.deploy_notices)
+            .collect();
+        for d in deployments.iter().filter(|d| {
+            d.finished_at.saturating_mul(1000) > last && d.status == DeployStatus::Success
+        }) {
+            for n in &receivers {
+                let sha: String = d.commit.chars().take(7).collect();
+                let m = Message {
+                    key: String::new(),
+                    title: format!("Deployed {} {}", d.service, d.version),
+                    tone: Tone::Info,
+                    lines: vec![format!(
+                        "*{}* `{}` is live in {} (sha {sha}, {} commit(s), {})",
+                        d.service,
+                        d.version,
+                        d.environment,
+                        d.commits.len(),
+                        render::ago(now, d.finished_at.saturating_mul(1000))
+                    )],
+                    context: Vec::new(),
+                    links: n
+                        .dashboard
+                        .iter()
+                        .map(|u| ("Dashboard".to_owned(), u.clone()))
+                        .collect(),
+                    buttons: false,
+                    text: format!("Deployed {} {}", d.service, d.version),
+                    follow_up: None,
+                };
+                if let Some(q) = self.queues.get(&n.name) {
+                    q.push(Item::Notice(Box::new(m)));
+                }
+            }
+        }
+        if newest > last {
+            self.core.lock().last_deploy_notice = Some(newest);
+            let store = self.store.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                store.set_meta("deploy_notice_at", &newest.to_string())
+            })
+            .await;
+        }
+    }
+
+    async fn digests(&self, cfg: &AlertingConfig, now: Millis) {
+        let Some(hub) = &self.hub else { return };
+        for n in cfg.notifiers.values() {
+            let Some(every) = n.digest else { continue };
+            let key = format!("digest:{}", n.name);
+            let store = self.store.clone();
+            let k = key.clone();
+            let last: Option<Millis> = tokio::task::spawn_blocking(move || store.meta(&k))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .and_then(|v| v.parse().ok());
+            let due = match last {
+                None => false,
+                Some(t) => now - t >= rules::ms(every),
+            };
+            if last.is_none() || due {
+                let store = self.store.clone();
+                let _ = tokio::task::spawn_blocking(move || store.set_meta(&key, &now.to_string()))
+                    .await;
+            }
+            if !due {
+                continue;
+            }
+            let window = crate::dora::Window::days(
+                u16::try_from(every.as_secs() / 86_400)
+                    .unwrap_or(7)
+                    .clamp(1, 365),
+            );
+            let scope = crate::dora::Scope::environment(&hub.config().environment);
+            let report = match hub.report(now / 1000, window, &scope).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "DORA digest skipped");
+                    continue;
+                }
+            };
+            let m = Message {
+                key: String::new(),
+                title: format!("DORA digest ({window})"),
+                tone: Tone::Info,
+                lines: api::dora_lines(&report),
+                context: Vec::new(),
+                links: n
+                    .dashboard
+                    .iter()
+                    .map(|u| ("Dashboard".to_owned(), u.clone()))
+                    .collect(),
+                buttons: false,
+                text: format!("DORA digest ({window})"),
+                follow_up: None,
+            };
+            if let Some(q) = self.queues.get(&n.name) {
+                q.push(Item::Notice(Box::new(m)));
+            }
+        }
+    }
+
+    /// Every alert (firing first).
+    pub fn alerts(&self) -> Vec<Alert> {
+        let mut v: Vec<Alert> = self.core.lock().alerts.values().cloned().collect();
+        v.sort_by_key(|a| (a.state != State::Firing, a.fingerprint.clone()));
+        v
+    }
+
+    /// Silences in force or to come (config, API, chat).
+    pub fn silences(&self) -> Vec<Silence> {
+        let now = now_ms();
+        let mut v = self.config().silences.clone();
+        v.extend(self.core.lock().silences.iter().cloned());
+        v.retain(|s| s.ends_at > now);
+        v
+    }
+
+    /// Adds a silence (persisted).
+    pub async fn add_silence(&self, s: Silence) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let copy = s.clone();
+        tokio::task::spawn_blocking(move || store.save_silence(&copy))
+            .await
+            .map_err(|_| StoreError::Closed)??;
+        self.core.lock().silences.push(s);
+        Ok(())
+    }
+
+    /// Removes an API or chat silence; whether it existed.
+    pub async fn delete_silence(&self, id: &str) -> Result<bool, StoreError> {
+        let store = self.store.clone();
+        let owned = id.to_owned();
+        let existed = tokio::task::spawn_blocking(move || store.delete_silence(&owned))
+            .await
+            .map_err(|_| StoreError::Closed)??;
+        let mut core = self.core.lock();
+        let before = core.silences.len();
+        core.silences.retain(|s| s.id != id);
+        Ok(existed || core.silences.len() != before)
+    }
+
+    /// Acks groups (persisted); returns how many.
+    pub async fn ack(&self, what: &str, by: &str) -> Result<usize, StoreError> {
+        let groups = self.core.lock().dispatcher.ack(what, by);
+        let n = groups.len();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            for g in &groups {
+                store.save_group(&g.key, Some(g))?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .map_err(|_| StoreError::Closed)??;
+        Ok(n)
+    }
+
+    /// The matchers that silence one group (its labels, else its alerts' names).
+    pub fn group_matchers(&self, key: &str) -> Option<Vec<String>> {
+        let core = self.core.lock();
+        let g = core.dispatcher.groups.get(key)?;
+        let mut m: Vec<String> = g
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect();
+        if m.is_empty() {
+            let names: Vec<String> = g.alerts.values().map(|a| regex::escape(a.name())).collect();
+            m.push(format!("alertname=~\"{}\"", names.join("|")));
+        }
+        Some(m)
+    }
+
+    /// The DORA hub, when enabled.
+    pub fn hub(&self) -> Option<&Arc<Hub>> {
+        self.hub.as_ref()
+    }
+}

@@ -1,0 +1,335 @@
+//! What a chat message says, independent of the chat: a title, mrkdwn lines (one or two per
+//! alert: summary, value, severity, since when), the service's last deployment ("deployed 12 min
+//! ago, sha abc123"), links (dashboard, runbook) and whether Ack / Silence buttons belong on it.
+//! Slack renders it as Block Kit, Teams as an Adaptive Card, webhooks as JSON. Pure.
+
+use std::collections::HashMap;
+
+use super::eval::{Alert, DeployInfo, fmt_value};
+use super::notify::{Kind, Notification, Status};
+use super::rules::Millis;
+
+/// Alerts shown one by one in a message; the rest are counted.
+pub const MAX_ITEMS: usize = 20;
+
+/// The colour of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tone {
+    /// A critical alert fires.
+    Critical,
+    /// Something else fires.
+    Warning,
+    /// Everything resolved.
+    Resolved,
+    /// Deploy notices, digests, summaries.
+    Info,
+}
+
+/// A message, ready to render for a chat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The group key (button values), empty for notices.
+    pub key: String,
+    /// Header line.
+    pub title: String,
+    /// Colour.
+    pub tone: Tone,
+    /// Body lines in Slack mrkdwn (`*bold*`, `` `code` ``).
+    pub lines: Vec<String>,
+    /// Context line: last deployment, ack.
+    pub context: Vec<String>,
+    /// (label, url).
+    pub links: Vec<(String, String)>,
+    /// Ack and Silence buttons.
+    pub buttons: bool,
+    /// A one-line text (notification fallback, thread follow-ups).
+    pub text: String,
+    /// A thread follow-up for updates (Slack bot mode).
+    pub follow_up: Option<String>,
+}
+
+/// `12 min ago`, `3 h ago`, `2 d ago`.
+pub fn ago(now: Millis, then: Millis) -> String {
+    let m = (now - then).max(0) / 60_000;
+    if m < 60 {
+        format!("{m} min ago")
+    } else if m < 48 * 60 {
+        format!("{} h ago", m / 60)
+    } else {
+        format!("{} d ago", m / 1440)
+    }
+}
+
+/// `deployed 12 min ago, sha abc1234 (v1.2)`.
+pub fn deploy_line(now: Millis, d: &DeployInfo) -> String {
+    let sha: String = d.commit.chars().take(7).collect();
+    let mut s = format!("deployed {}", ago(now, d.at));
+    if !sha.is_empty() {
+        s.push_str(&format!(", sha {sha}"));
+    }
+    if !d.version.is_empty() && d.version != d.commit {
+        s.push_str(&format!(" ({})", d.version));
+    }
+    s
+}
+
+fn emoji(status: Status, a: &Alert) -> &'static str {
+    match status {
+        Status::Resolved => ":large_green_circle:",
+        Status::Silenced => ":mute:",
+        Status::Firing if a.severity() == "critical" => ":red_circle:",
+        Status::Firing => ":large_orange_circle:",
+    }
+}
+
+fn status_word(s: Status) -> &'static str {
+    match s {
+        Status::Firing => "FIRING",
+        Status::Resolved => "RESOLVED",
+        Status::Silenced => "SILENCED",
+    }
+}
+
+fn utc_time(ms: Millis) -> String {
+    let secs = ms.div_euclid(1000);
+    let day = secs.rem_euclid(86_400);
+    format!("{:02}:{:02} UTC", day / 3600, (day % 3600) / 60)
+}
+
+fn alert_lines(a: &Alert, status: Status, now: Millis) -> String {
+    let since = match status {
+        Status::Resolved => a
+            .resolved_at
+            .map(|t| format!("resolved {}", ago(now, t)))
+            .unwrap_or_else(|| "resolved".into()),
+        _ => format!(
+            "since {} ({})",
+            utc_time(a.fired_at.unwrap_or(a.active_at)),
+            ago(now, a.fired_at.unwrap_or(a.active_at))
+        ),
+    };
+    format!(
+        "{} *{}* `{}` — {}\nvalue *{}* · {}",
+        emoji(status, a),
+        a.name(),
+        a.severity(),
+        a.summary,
+        fmt_value(a.value),
+        since
+    )
+}
+
+/// The message for one notification.
+pub fn notification(
+    n: &Notification,
+    now: Millis,
+    deploys: &HashMap<String, DeployInfo>,
+) -> Message {
+    let firing = n.count(Status::Firing);
+    let resolved = n.alerts.len() - firing;
+    let names: Vec<&str> = {
+        let mut v: Vec<&str> = n.alerts.iter().map(|(a, _)| a.name()).collect();
+        v.dedup();
+        v
+    };
+    let scope: Vec<String> = n
+        .group_labels
+        .iter()
+        .filter(|(k, _)| *k != "alertname")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let head = if firing > 0 {
+        format!("[FIRING:{firing}]")
+    } else {
+        "[RESOLVED]".to_owned()
+    };
+    let mut title = format!("{head} {}", names.join(", "));
+    if !scope.is_empty() {
+        title.push_str(&format!(" · {}", scope.join(" ")));
+    }
+    let tone = if firing == 0 {
+        Tone::Resolved
+    } else if n
+        .alerts
+        .iter()
+        .any(|(a, s)| *s == Status::Firing && a.severity() == "critical")
+    {
+        Tone::Critical
+    } else {
+        Tone::Warning
+    };
+    let mut lines: Vec<String> = n
+        .alerts
+        .iter()
+        .take(MAX_ITEMS)
+        .map(|(a, s)| alert_lines(a, *s, now))
+        .collect();
+    if n.alerts.len() > MAX_ITEMS {
+        lines.push(format!(
+            "…and {} more (see /api/v1/alerts)",
+            n.alerts.len() - MAX_ITEMS
+        ));
+    }
+    let mut context = Vec::new();
+    let service = n
+        .group_labels
+        .get("service")
+        .map(String::as_str)
+        .or_else(|| n.alerts.first().and_then(|(a, _)| a.service()));
+    if let Some(s) = service {
+        match deploys.get(s) {
+            Some(d) => context.push(format!("{s}: {}", deploy_line(now, d))),
+            None => context.push(format!("{s}: no deployment recorded")),
+        }
+    }
+    if let Some(by) = &n.acked_by {
+        context.push(format!("acked by {by}"));
+    }
+    let mut links = Vec::new();
+    if let Some(d) = n.alerts.iter().find_map(|(a, _)| a.dashboard.clone()) {
+        links.push(("Dashboard".to_owned(), d));
+    }
+    if let Some(r) = n.alerts.iter().find_map(|(a, _)| a.runbook.clone()) {
+        links.push(("Runbook".to_owned(), r));
+    }
+    let follow_up = match n.kind {
+        Kind::New => None,
+        Kind::Repeat => Some(format!("still firing: {firing} alert(s)")),
+        Kind::Update => Some(format!(
+            "now {firing} firing, {resolved} resolved or silenced: {}",
+            n.alerts
+                .iter()
+                .map(|(a, s)| format!("{} {}", a.name(), status_word(*s).to_lowercase()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Kind::Resolved => Some("resolved :white_check_mark:".to_owned()),
+    };
+    Message {
+        key: n.key.clone(),
+        text: title.clone(),
+        title,
+        tone,
+        lines,
+        context,
+        links,
+        buttons: firing > 0,
+        follow_up,
+    }
+}
+
+/// One message standing for several notifications that found their channel's queue full.
+pub fn summary(ns: &[Notification], texts: &[String], now: Millis) -> Message {
+    let mut lines = Vec::new();
+    for n in ns {
+        for (a, s) in &n.alerts {
+            lines.push(format!(
+                "• [{}] *{}* {} — {} (value {})",
+                status_word(*s),
+                a.name(),
+                a.service().unwrap_or(""),
+                a.summary,
+                fmt_value(a.value)
+            ));
+        }
+    }
+    lines.extend(texts.iter().cloned());
+    let alerts: usize = ns.iter().map(|n| n.alerts.len()).sum();
+    let title = format!(
+        "{} notifications ({alerts} alerts) coalesced: the channel is rate limited",
+        ns.len() + texts.len()
+    );
+    Message {
+        key: String::new(),
+        text: title.clone(),
+        title,
+        tone: Tone::Info,
+        lines,
+        context: vec![format!("at {}", utc_time(now))],
+        links: Vec::new(),
+        buttons: false,
+        follow_up: None,
+    }
+}
+
+/// Strips Slack mrkdwn for chats that do not speak it.
+pub fn plain(line: &str) -> String {
+    line.replace(['*', '`'], "")
+        .replace(":red_circle:", "🔴")
+        .replace(":large_orange_circle:", "🟠")
+        .replace(":large_green_circle:", "🟢")
+        .replace(":mute:", "🔇")
+        .replace(":white_check_mark:", "✅")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerting::eval::State;
+    use std::collections::BTreeMap;
+
+    pub(crate) fn alert(name: &str, severity: &str) -> Alert {
+        Alert {
+            fingerprint: format!("{name}/{severity}"),
+            labels: BTreeMap::from([
+                ("alertname".to_string(), name.to_string()),
+                ("service".to_string(), "checkout".to_string()),
+                ("severity".to_string(), severity.to_string()),
+            ]),
+            summary: "checkout burns 15.36x".into(),
+            runbook: Some("https://runbooks/burn".into()),
+            dashboard: Some("https://grafana/d/svc".into()),
+            value: 15.357,
+            values: BTreeMap::new(),
+            state: State::Firing,
+            active_at: 0,
+            fired_at: Some(60_000),
+            resolved_at: None,
+            last_active: 0,
+        }
+    }
+
+    #[test]
+    fn a_firing_group_with_deploy_and_links() {
+        let n = Notification {
+            key: "slack:service=checkout".into(),
+            receiver: "slack".into(),
+            group_labels: BTreeMap::from([("service".into(), "checkout".into())]),
+            kind: Kind::New,
+            alerts: vec![
+                (alert("ErrorBudgetBurn", "critical"), Status::Firing),
+                (alert("HighLatency", "warning"), Status::Resolved),
+            ],
+            seq: 1,
+            acked_by: None,
+            message: None,
+        };
+        let deploys = HashMap::from([(
+            "checkout".to_string(),
+            DeployInfo {
+                at: 0,
+                commit: "abc1234def".into(),
+                version: "1.4.2".into(),
+            },
+        )]);
+        let m = notification(&n, 12 * 60_000, &deploys);
+        assert_eq!(
+            m.title,
+            "[FIRING:1] ErrorBudgetBurn, HighLatency · checkout"
+        );
+        assert_eq!(m.tone, Tone::Critical);
+        assert!(m.lines[0].contains("value *15.36*"), "{}", m.lines[0]);
+        assert!(
+            m.lines[0].contains("since 00:01 UTC (11 min ago)"),
+            "{}",
+            m.lines[0]
+        );
+        assert_eq!(
+            m.context,
+            ["checkout: deployed 12 min ago, sha abc1234 (1.4.2)"]
+        );
+        assert_eq!(m.links.len(), 2);
+        assert!(m.buttons);
+        assert_eq!(plain("*a* `b` :red_circle:"), "a b 🔴");
+    }
+}

@@ -12,11 +12,13 @@ as_root() {
     echo "need root (or sudo) to run: $*" >&2; return 1; fi
 }
 
-# 1. System packages: Prometheus and promtool (`prometheus`), systemd-analyze (`systemd`).
+# 1. System packages: Prometheus and promtool (`prometheus`), systemd-analyze (`systemd`),
+#    kubectl (its built-in kustomize renders deploy/kubernetes/ in tests/tests/deploy.rs).
 need_apt=()
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v kubectl >/dev/null || need_apt+=(kubectl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
   as_root apt-get update -qq

@@ -1,5 +1,7 @@
-//! The `sidelight dora report` and `sidelight deploy` commands: the first reads the store
-//! directly (no running agent needed), the second posts a deployment to a running agent.
+//! The `sidelight dora report`, `sidelight deploy` and `sidelight probe` commands: the first
+//! reads the store directly (no running agent needed), the second posts a deployment to a running
+//! agent, the third is a health check for images without a shell or curl (Docker's
+//! `HEALTHCHECK`).
 
 use std::path::PathBuf;
 
@@ -240,5 +242,44 @@ pub fn deploy(args: &DeployArgs) -> Result<(), CliError> {
         Ok(())
     } else {
         Err(failure(anyhow!("POST {url}: HTTP {code}: {}", text.trim())))
+    }
+}
+
+/// `sidelight probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The URL to GET: the agent's `/readyz` or `/healthz` (plain `http://` only).
+    #[arg(long, default_value = "http://127.0.0.1:9464/readyz")]
+    url: String,
+    /// Give up after this long.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+}
+
+/// GETs the URL once: `Ok` on a 2xx answer, a failure (exit 1) on any other answer or none,
+/// a usage error (exit 64) for a URL that is not `http://`.
+pub fn probe(args: &ProbeArgs) -> Result<(), CliError> {
+    if !args.url.starts_with("http://") {
+        return Err(usage(anyhow!(
+            "--url {:?}: only http:// URLs can be probed",
+            args.url
+        )));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(args.timeout))
+        .build()
+        .into();
+    let resp = agent
+        .get(&args.url)
+        .call()
+        .with_context(|| format!("GET {}", args.url))
+        .map_err(failure)?;
+    let code = resp.status().as_u16();
+    if (200..300).contains(&code) {
+        println!("{}: {code}", args.url);
+        Ok(())
+    } else {
+        Err(failure(anyhow!("GET {}: HTTP {code}", args.url)))
     }
 }

@@ -46,6 +46,9 @@ enum Command {
     },
     /// Record a deployment with a running agent (from a CI step).
     Deploy(cli::DeployArgs),
+    /// Health check: GET a URL of a running agent, exit 0 on 2xx, 1 otherwise (for Docker's
+    /// HEALTHCHECK in images without a shell).
+    Probe(cli::ProbeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
             command: DoraCommand::Report(args),
         } => finish(cli::report(&args)),
         Command::Deploy(args) => finish(cli::deploy(&args)),
+        Command::Probe(args) => finish(cli::probe(&args)),
     }
 }
 

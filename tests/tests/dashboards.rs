@@ -8,8 +8,10 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
+use common::dashboards::{
+    Dashboard, dashboards, expressions, panels, substitute, var_refs, variables,
+};
 use common::{Prometheus, Result, free_port, workspace};
 use serde_json::Value;
 
@@ -22,142 +24,6 @@ const BUILTINS: &[(&str, &str)] = &[
     ("__range_s", "3600"),
     ("__range_ms", "3600000"),
 ];
-
-struct Dashboard {
-    file: String,
-    json: Value,
-}
-
-fn dashboards() -> Vec<Dashboard> {
-    let dir = workspace().join("dashboards");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("dashboards/ exists")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 4,
-        "expected the four dashboards, found {files:?}"
-    );
-    files
-        .into_iter()
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).expect("readable");
-            let json = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", p.display()));
-            Dashboard {
-                file: p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                json,
-            }
-        })
-        .collect()
-}
-
-/// Every panel, including those nested in (collapsed) rows.
-fn panels(d: &Value) -> Vec<&Value> {
-    fn walk<'a>(list: &'a Value, out: &mut Vec<&'a Value>) {
-        for p in list.as_array().into_iter().flatten() {
-            out.push(p);
-            walk(&p["panels"], out);
-        }
-    }
-    let mut out = Vec::new();
-    walk(&d["panels"], &mut out);
-    out
-}
-
-fn variables(d: &Value) -> &[Value] {
-    d["templating"]["list"]
-        .as_array()
-        .map_or(&[], Vec::as_slice)
-}
-
-/// The variable references in `text`: `$name`, `${name}`, `${name:format}` and `[[name]]`,
-/// as (start, end, name) byte ranges.
-fn var_refs(text: &str) -> Vec<(usize, usize, String)> {
-    let b = text.as_bytes();
-    let ident = |from: usize| {
-        let mut end = from;
-        while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
-            end += 1;
-        }
-        end
-    };
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'$' && b.get(i + 1) == Some(&b'{') {
-            let end = ident(i + 2);
-            let close = text[end..].find('}').map(|o| end + o);
-            if let Some(close) = close.filter(|_| end > i + 2) {
-                out.push((i, close + 1, text[i + 2..end].to_owned()));
-                i = close + 1;
-                continue;
-            }
-        } else if b[i] == b'$' {
-            let end = ident(i + 1);
-            if end > i + 1 {
-                out.push((i, end, text[i + 1..end].to_owned()));
-                i = end;
-                continue;
-            }
-        } else if b[i] == b'[' && b.get(i + 1) == Some(&b'[') {
-            let end = ident(i + 2);
-            if end > i + 2 && text[end..].starts_with("]]") {
-                out.push((i, end + 2, text[i + 2..end].to_owned()));
-                i = end + 2;
-                continue;
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
-/// Every PromQL expression of a dashboard, with where it is: panel targets, Prometheus
-/// annotations, and the series selectors of `label_values(selector, label)` variable queries.
-fn expressions(d: &Value) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for p in panels(d) {
-        for t in p["targets"].as_array().into_iter().flatten() {
-            if let Some(e) = t["expr"].as_str() {
-                out.push((
-                    format!(
-                        "panel {:?} target {}",
-                        p["title"].as_str().unwrap_or_default(),
-                        t["refId"].as_str().unwrap_or_default()
-                    ),
-                    e.to_owned(),
-                ));
-            }
-        }
-    }
-    for a in d["annotations"]["list"].as_array().into_iter().flatten() {
-        if let Some(e) = a["expr"].as_str() {
-            out.push((
-                format!("annotation {:?}", a["name"].as_str().unwrap_or_default()),
-                e.to_owned(),
-            ));
-        }
-    }
-    for v in variables(d).iter().filter(|v| v["type"] == "query") {
-        let def = v["definition"].as_str().unwrap_or_default();
-        let inner = def
-            .strip_prefix("label_values(")
-            .and_then(|s| s.strip_suffix(')'));
-        if let Some((selector, _label)) = inner.and_then(|s| s.rsplit_once(',')) {
-            out.push((
-                format!("variable {:?}", v["name"].as_str().unwrap_or_default()),
-                selector.to_owned(),
-            ));
-        }
-    }
-    out
-}
 
 /// What Grafana would put in place of each user variable: the "All" value when the
 /// variable has one (what a dashboard opens with), else its current value.
@@ -177,18 +43,6 @@ fn substitutions(d: &Value) -> HashMap<String, String> {
         };
         out.insert(name, value);
     }
-    out
-}
-
-fn substitute(expr: &str, subs: &HashMap<String, String>) -> String {
-    let mut out = String::with_capacity(expr.len());
-    let mut last = 0;
-    for (start, end, name) in var_refs(expr) {
-        out.push_str(&expr[last..start]);
-        out.push_str(subs.get(&name).map_or("", String::as_str));
-        last = end;
-    }
-    out.push_str(&expr[last..]);
     out
 }
 

@@ -58,7 +58,8 @@ fn config(grpc: u16, http: u16, sink: &OtlpSink) -> String {
          logs:\n  - {{ source: app, service: checkout, include: ['{{dir}}/app/*.log'] }}\n\
          export:\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    protocol: grpc\n\
          \x20   signals: [traces, logs]\n    self_metrics: false\n\
-         \x20   retry: {{ initial: 20ms, max: 200ms, max_elapsed: 0s }}\n",
+         \x20   retry: {{ initial: 20ms, max: 200ms, max_elapsed: 0s }}\n\
+         \x20   batch: {{ max_items: 8, linger: 50ms }}\n",
         sink.grpc
     )
 }
@@ -162,8 +163,23 @@ fn python_spans_and_tailed_logs_arrive_intact_through_70_percent_unavailable() -
                 && s["version"].as_str().is_some_and(|v| !v.is_empty())),
         "the instrumentation scope with its version: {scopes:?}"
     );
-    let retried = agent.metric("sidelight_exporter_retried_total", "signal=\"traces\"");
+    // Small batches: dozens of requests, so the sink refused some of both signals; every
+    // refusal was retried and counted.
+    let retried: f64 = ["traces", "logs"]
+        .iter()
+        .map(|s| {
+            agent.metric(
+                "sidelight_exporter_retried_total",
+                &format!("signal=\"{s}\""),
+            )
+        })
+        .sum();
     assert!(retried > 0.0, "retries counted");
+    assert!(
+        retried >= state["refused"].as_f64().unwrap_or(0.0),
+        "every refusal retried: {retried} retries, {} refused",
+        state["refused"]
+    );
     Ok(())
 }
 

@@ -491,3 +491,206 @@ impl OtlpSink {
         Ok(serde_json::from_str(&body)?)
     }
 }
+
+/// Grafana dashboards in `dashboards/`: loading them, walking their panels and variables, finding
+/// and substituting Grafana variable references in their PromQL (shared by the dashboard
+/// structure test and the full-stack test).
+pub mod dashboards {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    use serde_json::Value;
+
+    use super::workspace;
+
+    pub struct Dashboard {
+        pub file: String,
+        pub json: Value,
+    }
+
+    pub fn dashboards() -> Vec<Dashboard> {
+        let dir = workspace().join("dashboards");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("dashboards/ exists")
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        assert!(
+            files.len() >= 4,
+            "expected the four dashboards, found {files:?}"
+        );
+        files
+            .into_iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).expect("readable");
+                let json = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", p.display()));
+                Dashboard {
+                    file: p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    json,
+                }
+            })
+            .collect()
+    }
+
+    /// Every panel, including those nested in (collapsed) rows.
+    pub fn panels(d: &Value) -> Vec<&Value> {
+        fn walk<'a>(list: &'a Value, out: &mut Vec<&'a Value>) {
+            for p in list.as_array().into_iter().flatten() {
+                out.push(p);
+                walk(&p["panels"], out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&d["panels"], &mut out);
+        out
+    }
+
+    pub fn variables(d: &Value) -> &[Value] {
+        d["templating"]["list"]
+            .as_array()
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The variable references in `text`: `$name`, `${name}`, `${name:format}` and `[[name]]`,
+    /// as (start, end, name) byte ranges.
+    pub fn var_refs(text: &str) -> Vec<(usize, usize, String)> {
+        let b = text.as_bytes();
+        let ident = |from: usize| {
+            let mut end = from;
+            while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+                end += 1;
+            }
+            end
+        };
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'$' && b.get(i + 1) == Some(&b'{') {
+                let end = ident(i + 2);
+                let close = text[end..].find('}').map(|o| end + o);
+                if let Some(close) = close.filter(|_| end > i + 2) {
+                    out.push((i, close + 1, text[i + 2..end].to_owned()));
+                    i = close + 1;
+                    continue;
+                }
+            } else if b[i] == b'$' {
+                let end = ident(i + 1);
+                if end > i + 1 {
+                    out.push((i, end, text[i + 1..end].to_owned()));
+                    i = end;
+                    continue;
+                }
+            } else if b[i] == b'[' && b.get(i + 1) == Some(&b'[') {
+                let end = ident(i + 2);
+                if end > i + 2 && text[end..].starts_with("]]") {
+                    out.push((i, end + 2, text[i + 2..end].to_owned()));
+                    i = end + 2;
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// Every PromQL expression of a dashboard, with where it is: panel targets, Prometheus
+    /// annotations, and the series selectors of `label_values(selector, label)` variable queries.
+    pub fn expressions(d: &Value) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for p in panels(d) {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if let Some(e) = t["expr"].as_str() {
+                    out.push((
+                        format!(
+                            "panel {:?} target {}",
+                            p["title"].as_str().unwrap_or_default(),
+                            t["refId"].as_str().unwrap_or_default()
+                        ),
+                        e.to_owned(),
+                    ));
+                }
+            }
+        }
+        for a in d["annotations"]["list"].as_array().into_iter().flatten() {
+            if let Some(e) = a["expr"].as_str() {
+                out.push((
+                    format!("annotation {:?}", a["name"].as_str().unwrap_or_default()),
+                    e.to_owned(),
+                ));
+            }
+        }
+        for v in variables(d).iter().filter(|v| v["type"] == "query") {
+            let def = v["definition"].as_str().unwrap_or_default();
+            let inner = def
+                .strip_prefix("label_values(")
+                .and_then(|s| s.strip_suffix(')'));
+            if let Some((selector, _label)) = inner.and_then(|s| s.rsplit_once(',')) {
+                out.push((
+                    format!("variable {:?}", v["name"].as_str().unwrap_or_default()),
+                    selector.to_owned(),
+                ));
+            }
+        }
+        out
+    }
+
+    pub fn substitute(expr: &str, subs: &HashMap<String, String>) -> String {
+        let mut out = String::with_capacity(expr.len());
+        let mut last = 0;
+        for (start, end, name) in var_refs(expr) {
+            out.push_str(&expr[last..start]);
+            out.push_str(subs.get(&name).map_or("", String::as_str));
+            last = end;
+        }
+        out.push_str(&expr[last..]);
+        out
+    }
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `target` every second with extra target labels, honouring the
+    /// target's own labels (`honor_labels: true`, as dashboards/README.md asks for a DORA hub
+    /// whose metrics carry their own `environment`).
+    pub fn start_labeled(target: SocketAddr, labels: &[(&str, &str)]) -> Result<Prometheus> {
+        let dir = tempfile::tempdir()?;
+        let labels: String = labels
+            .iter()
+            .map(|(k, v)| format!("          {k}: '{v}'\n"))
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: sidelight\n    honor_labels: true\n    static_configs:\n      - targets: ['{target}']\n        labels:\n{labels}"
+        );
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(&cfg, config)?;
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start prometheus (apt-get install prometheus): {e}"))?;
+        let prom = Prometheus {
+            proc: Proc(child),
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        eventually(Duration::from_secs(30), "prometheus to be ready", || {
+            get(&format!("{}/-/ready", prom.url), &[])
+                .ok()
+                .filter(|(s, _, _)| *s == 200)
+        })?;
+        Ok(prom)
+    }
+}

@@ -229,3 +229,57 @@ fn a_sink_down_for_a_while_loses_nothing_accepted() -> Result {
     )?;
     Ok(())
 }
+
+#[test]
+fn a_full_pipeline_stops_the_tailer_and_memory_stays_bounded() -> Result {
+    let down = tempfile::NamedTempFile::new()?;
+    let down_path = down.path().to_string_lossy().into_owned();
+    let sink = OtlpSink::start(&["--down-file", &down_path])?;
+    let config = format!(
+        "http: {{ listen: 127.0.0.1:0 }}\nstore: {{ path: {{dir}}/data }}\n\
+         logs:\n  - {{ source: app, include: ['{{dir}}/app/*.log'] }}\n\
+         export:\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    protocol: grpc\n\
+         \x20   signals: [logs]\n    self_metrics: false\n\
+         \x20   retry: {{ initial: 20ms, max: 200ms, max_elapsed: 0s }}\n\
+         \x20   queue: {{ max_items: 4, max_bytes: 4194304 }}\n",
+        sink.grpc
+    );
+    let agent = Agent::start(&config)?;
+    // 24 MiB of logs while the sink is down.
+    let dir = agent.dir.path().join("app");
+    std::fs::create_dir_all(&dir)?;
+    let pad = "p".repeat(440);
+    let mut text = String::with_capacity(25 << 20);
+    let lines = 48_000;
+    for seq in 0..lines {
+        text.push_str(&format!(
+            "{{\"message\": \"order {seq} placed\", \"seq\": {seq}, \"pad\": \"{pad}\"}}\n"
+        ));
+    }
+    let size = text.len() as f64;
+    std::fs::write(dir.join("app.log"), &text)?;
+    drop(text);
+    std::thread::sleep(Duration::from_secs(3));
+    let read = agent.metric("sidelight_log_bytes_total", "source=\"app\"");
+    let depth = agent.metric("sidelight_queue_depth", "queue=\"otlp_logs\"");
+    let rss = agent.metric("process_resident_memory_bytes", "target=\"sidelight\"");
+    eprintln!("sink down: read {read} of {size} bytes, queue depth {depth}, agent RSS {rss}");
+    assert!(
+        read < size / 2.0,
+        "the tailer stopped reading: {read} of {size}"
+    );
+    assert!(depth >= 1.0, "the queue holds what was read");
+    drop(down);
+    let state = eventually(
+        Duration::from_secs(90),
+        "every line after the sink came back",
+        || {
+            let s = sink.state().ok()?;
+            (s["items"]["logs"].as_f64()? >= lines as f64).then_some(s)
+        },
+    )?;
+    let bodies = log_bodies(&state);
+    assert_eq!(bodies.len(), lines, "every line once");
+    assert!(bodies.values().all(|&n| n == 1));
+    Ok(())
+}

@@ -71,6 +71,7 @@ pub struct TailTuning {
     pub drain_timeout: Duration,
     /// File events within this long of the last read are served by one read (bounds the
     /// wake-ups of a service that logs in many small writes; adds at most this much latency).
+    /// Off by itself for a source once a copytruncate rotation is seen.
     #[serde(deserialize_with = "duration")]
     pub coalesce: Duration,
     pub max_open_files: usize,
@@ -399,7 +400,14 @@ impl LogSource {
                     biased;
                     () = cancel.cancelled() => break true,
                     () = wake.notify.notified() => {
-                        let at = last_poll + tuning.coalesce;
+                        // copytruncate loses whatever was written between the last read and
+                        // the truncation: once a source shows it, read on every event at once.
+                        let coalesce = if tailer.truncate_seen() {
+                            Duration::ZERO
+                        } else {
+                            tuning.coalesce
+                        };
+                        let at = last_poll + coalesce;
                         tokio::select! {
                             biased;
                             () = cancel.cancelled() => break true,

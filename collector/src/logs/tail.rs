@@ -231,6 +231,8 @@ pub struct Tailer {
     joined: Vec<Joined>,
     /// Round-robin start for fairness between files.
     cursor: u64,
+    /// A file of this source was truncated in place (copytruncate) at least once.
+    truncate_seen: bool,
 }
 
 fn unix_now() -> u64 {
@@ -318,6 +320,7 @@ impl Tailer {
             buf,
             joined: Vec::new(),
             cursor: 0,
+            truncate_seen: false,
         })
     }
 
@@ -837,7 +840,15 @@ impl Tailer {
                 .get_or_create(&self.source_label)
                 .inc_by(lost);
         }
+        self.truncate_seen = true;
         self.rotation("truncate");
+    }
+
+    /// Whether a file of this source was ever truncated in place (copytruncate rotation): the
+    /// caller then reads on every file event at once, since what is written between its last
+    /// read and the next truncation is lost.
+    pub fn truncate_seen(&self) -> bool {
+        self.truncate_seen
     }
 
     fn process_bytes(&mut self, id: u64, data: &[u8], now: Instant) {
@@ -1478,6 +1489,40 @@ mod tests {
         let mut got = h.pump(&mut t, true);
         got.sort();
         assert_eq!(got, lines(&["a3", "b2"]));
+    }
+
+    #[test]
+    fn checkpoints_of_files_gone_for_good_expire() {
+        let mut h = H::new(&["*.log"]);
+        h.append("gone.log", "1\n");
+        h.append("kept.log", "2\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true).len(), 2);
+        t.write_checkpoint().expect("test setup");
+        drop(t);
+        fs::remove_file(h.path("gone.log")).expect("test setup");
+        let state = h.dir.path().join("state");
+        let entries = |path: &str| {
+            let text =
+                fs::read_to_string(state.join("logs-app.checkpoint.json")).expect("checkpoint");
+            text.matches(path).count()
+        };
+        // A long expiry keeps the entry of a file that is missing for now (it may come back).
+        let mut t = h.tailer();
+        h.pump(&mut t, true);
+        t.write_checkpoint().expect("test setup");
+        drop(t);
+        assert_eq!(entries("gone.log"), 1);
+        // Past the expiry it is dropped; the present file's entry stays.
+        h.cfg.checkpoint_expiry = Duration::ZERO;
+        let mut t = h.tailer();
+        h.pump(&mut t, true);
+        std::thread::sleep(Duration::from_millis(1100));
+        h.append("kept.log", "3\n");
+        h.pump(&mut t, true);
+        t.write_checkpoint().expect("test setup");
+        assert_eq!(entries("gone.log"), 0, "expired");
+        assert_eq!(entries("kept.log"), 1);
     }
 
     #[test]

@@ -6,37 +6,24 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Agent, OtlpSink, Proc, Result, eventually, free_port, get, python, workspace};
+use common::{Agent, OtlpSink, Proc, Result, eventually, free_port, get, python_service};
 
 fn otel_service(name: &str, port: u16, agent_grpc: u16) -> Result<Proc> {
-    let proc = Proc(
-        Command::new(python())
-            .arg(workspace().join("tests/python/otel_service.py"))
-            .arg("--port")
-            .arg(port.to_string())
-            .env("OTEL_SERVICE_NAME", name)
-            .env("OTEL_TRACES_EXPORTER", "otlp")
-            .env("OTEL_METRICS_EXPORTER", "none")
-            .env("OTEL_LOGS_EXPORTER", "none")
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            .env(
+    python_service(
+        "otel_service.py",
+        port,
+        &[],
+        &[
+            ("OTEL_SERVICE_NAME", name.to_owned()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+            (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 format!("http://127.0.0.1:{agent_grpc}"),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?,
-    );
-    eventually(Duration::from_secs(60), "the Python service", || {
-        get(&format!("http://127.0.0.1:{port}/items/0"), &[])
-            .ok()
-            .filter(|(s, _, _)| *s == 200)
-    })?;
-    Ok(proc)
+            ),
+        ],
+    )
 }
 
 fn drive(port: u16, ok: usize, fail: usize) -> Result {

@@ -17,7 +17,6 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -25,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::dashboards::{dashboards, expressions, substitute, variables};
 use common::{
-    Agent, OtlpSink, Proc, Prometheus, Result, client, eventually, free_port, get, python,
+    Agent, OtlpSink, Proc, Prometheus, Result, client, eventually, free_port, get, python_service,
     workspace,
 };
 use serde_json::{Value, json};
@@ -90,37 +89,24 @@ fn post(url: &str, body: &Value) -> Result<(u16, String)> {
 
 /// The FastAPI service, its spans to the agent's OTLP/gRPC receiver, its logs to `log_file`.
 fn start_service(port: u16, agent_grpc: u16, log_file: &std::path::Path) -> Result<Proc> {
-    let proc = Proc(
-        Command::new(python())
-            .arg(workspace().join("tests/python/fullstack_service.py"))
-            .arg("--port")
-            .arg(port.to_string())
-            .arg("--log-file")
-            .arg(log_file)
-            .env("OTEL_SERVICE_NAME", SERVICE)
-            .env(
+    let log_file = log_file.to_string_lossy();
+    python_service(
+        "fullstack_service.py",
+        port,
+        &["--log-file", &log_file],
+        &[
+            ("OTEL_SERVICE_NAME", SERVICE.to_owned()),
+            (
                 "OTEL_RESOURCE_ATTRIBUTES",
-                "deployment.environment=production",
-            )
-            .env("OTEL_TRACES_EXPORTER", "otlp")
-            .env("OTEL_METRICS_EXPORTER", "none")
-            .env("OTEL_LOGS_EXPORTER", "none")
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            .env(
+                "deployment.environment=production".to_owned(),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+            (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 format!("http://127.0.0.1:{agent_grpc}"),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    eventually(Duration::from_secs(60), "the FastAPI service", || {
-        get(&format!("http://127.0.0.1:{port}/items/0"), &[])
-            .ok()
-            .filter(|(s, _, _)| *s == 200)
-    })?;
-    Ok(proc)
+            ),
+        ],
+    )
 }
 
 /// Requests against the service until `stop`: mostly 200s, some slow, some 500s with a logged

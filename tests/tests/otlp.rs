@@ -8,7 +8,6 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -17,31 +16,9 @@ use common::*;
 
 /// Starts `otel_service.py` exporting to the agent with the given OTEL_* settings.
 fn otel_service(name: &str, port: u16, env: &[(&str, String)]) -> Result<Proc> {
-    let mut cmd = Command::new(python());
-    cmd.arg(workspace().join("tests/python/otel_service.py"))
-        .arg("--port")
-        .arg(port.to_string())
-        .env("OTEL_SERVICE_NAME", name)
-        .env("OTEL_TRACES_EXPORTER", "otlp")
-        .env("OTEL_METRICS_EXPORTER", "none")
-        .env("OTEL_LOGS_EXPORTER", "none")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let proc = Proc(cmd.spawn()?);
-    eventually(
-        Duration::from_secs(60),
-        "the Python service to answer",
-        || {
-            get(&format!("http://127.0.0.1:{port}/items/0"), &[])
-                .ok()
-                .filter(|(s, _, _)| *s == 200)
-        },
-    )?;
-    Ok(proc)
+    let mut env = env.to_vec();
+    env.push(("OTEL_SERVICE_NAME", name.to_owned()));
+    python_service("otel_service.py", port, &[], &env)
 }
 
 /// `n` successful requests and `errors` failing ones.

@@ -257,6 +257,26 @@ impl Prometheus {
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: sidelight\n{auth}    static_configs:\n      - targets: ['{target}']\n"
         );
+        Self::launch(dir, config, &[])
+    }
+
+    /// Starts Prometheus with no scrape job and the remote-write receiver on
+    /// (`POST {url}/api/v1/write`).
+    pub fn start_receiver() -> Result<Prometheus> {
+        let dir = tempfile::tempdir()?;
+        Self::launch(
+            dir,
+            "global:\n  scrape_interval: 15s\n",
+            &["--web.enable-remote-write-receiver"],
+        )
+    }
+
+    /// Writes `config`, starts Prometheus on a free port with `extra` flags, waits until ready.
+    fn launch(
+        dir: tempfile::TempDir,
+        config: impl AsRef<[u8]>,
+        extra: &[&str],
+    ) -> Result<Prometheus> {
         let cfg = dir.path().join("prometheus.yml");
         std::fs::write(&cfg, config)?;
         let port = free_port();
@@ -267,40 +287,7 @@ impl Prometheus {
                 dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start prometheus (apt-get install prometheus): {e}"))?;
-        let prom = Prometheus {
-            proc: Proc(child),
-            url: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        };
-        eventually(Duration::from_secs(30), "prometheus to be ready", || {
-            get(&format!("{}/-/ready", prom.url), &[])
-                .ok()
-                .filter(|(s, _, _)| *s == 200)
-        })?;
-        Ok(prom)
-    }
-
-    /// Starts Prometheus with no scrape job and the remote-write receiver on
-    /// (`POST {url}/api/v1/write`).
-    pub fn start_receiver() -> Result<Prometheus> {
-        let dir = tempfile::tempdir()?;
-        let cfg = dir.path().join("prometheus.yml");
-        std::fs::write(&cfg, "global:\n  scrape_interval: 15s\n")?;
-        let port = free_port();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--web.enable-remote-write-receiver")
+            .args(extra)
             .arg("--log.level=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -665,32 +652,42 @@ impl Prometheus {
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: sidelight\n    honor_labels: true\n    static_configs:\n      - targets: ['{target}']\n        labels:\n{labels}"
         );
-        let cfg = dir.path().join("prometheus.yml");
-        std::fs::write(&cfg, config)?;
-        let port = free_port();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start prometheus (apt-get install prometheus): {e}"))?;
-        let prom = Prometheus {
-            proc: Proc(child),
-            url: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        };
-        eventually(Duration::from_secs(30), "prometheus to be ready", || {
-            get(&format!("{}/-/ready", prom.url), &[])
+        Self::launch(dir, config, &[])
+    }
+}
+
+/// Starts a Python service from `tests/python/` instrumented with the OpenTelemetry SDK (traces
+/// only; the `OTEL_*` variables in `env` say where and how), listening on `port`, and waits
+/// until it answers `GET /items/0`.
+pub fn python_service(
+    script: &str,
+    port: u16,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> Result<Proc> {
+    let mut cmd = Command::new(python());
+    cmd.arg(workspace().join("tests/python").join(script))
+        .arg("--port")
+        .arg(port.to_string())
+        .args(args)
+        .env("OTEL_TRACES_EXPORTER", "otlp")
+        .env("OTEL_METRICS_EXPORTER", "none")
+        .env("OTEL_LOGS_EXPORTER", "none")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let proc = Proc(cmd.spawn()?);
+    eventually(
+        Duration::from_secs(60),
+        "the Python service to answer",
+        || {
+            get(&format!("http://127.0.0.1:{port}/items/0"), &[])
                 .ok()
                 .filter(|(s, _, _)| *s == 200)
-        })?;
-        Ok(prom)
-    }
+        },
+    )?;
+    Ok(proc)
 }

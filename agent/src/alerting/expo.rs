@@ -32,101 +32,26 @@ pub struct ParseError {
 /// Parses every sample line. Comment lines (`# HELP`, `# TYPE`, `# UNIT`, `# EOF`) and blank
 /// lines are skipped; a trailing timestamp and an exemplar (` # {...} v`) are ignored.
 pub fn parse(text: &str) -> Result<Vec<Sample>, ParseError> {
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim_end();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        out.push(parse_line(line).map_err(|reason| ParseError {
-            line: i + 1,
-            reason,
-        })?);
-    }
-    Ok(out)
-}
-
-fn parse_line(line: &str) -> Result<Sample, String> {
-    let bytes = line.as_bytes();
-    let name_end = bytes
-        .iter()
-        .position(|b| *b == b'{' || *b == b' ')
-        .ok_or("no value")?;
-    let name = &line[..name_end];
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
-    {
-        return Err(format!("invalid metric name {name:?}"));
-    }
-    let mut labels = Vec::new();
-    let mut pos = name_end;
-    if bytes[pos] == b'{' {
-        pos += 1;
-        loop {
-            while pos < bytes.len() && (bytes[pos] == b',' || bytes[pos] == b' ') {
-                pos += 1;
+    // One parser for the agent's own exposition: the exporter's (it also feeds the agent's own
+    // OTLP metrics and remote write), flattened to samples with sorted labels.
+    let families =
+        sidelight_collector::export::openmetrics::parse(text).map_err(|e| ParseError {
+            line: e.line,
+            reason: e.reason,
+        })?;
+    Ok(families
+        .into_iter()
+        .flat_map(|f| f.samples)
+        .map(|s| {
+            let mut labels = s.labels;
+            labels.sort();
+            Sample {
+                name: s.name,
+                labels,
+                value: s.value,
             }
-            if pos >= bytes.len() {
-                return Err("unterminated label set".into());
-            }
-            if bytes[pos] == b'}' {
-                pos += 1;
-                break;
-            }
-            let eq = line[pos..].find('=').ok_or("label without `=`")? + pos;
-            let key = line[pos..eq].trim();
-            if key.is_empty() {
-                return Err("empty label name".into());
-            }
-            pos = eq + 1;
-            if bytes.get(pos) != Some(&b'"') {
-                return Err(format!("label {key} has no quoted value"));
-            }
-            pos += 1;
-            let mut value = String::new();
-            loop {
-                let Some(c) = line[pos..].chars().next() else {
-                    return Err("unterminated label value".into());
-                };
-                pos += c.len_utf8();
-                match c {
-                    '"' => break,
-                    '\\' => {
-                        let Some(e) = line[pos..].chars().next() else {
-                            return Err("dangling escape".into());
-                        };
-                        pos += e.len_utf8();
-                        value.push(match e {
-                            'n' => '\n',
-                            other => other,
-                        });
-                    }
-                    other => value.push(other),
-                }
-            }
-            labels.push((key.to_owned(), value));
-        }
-    }
-    let rest = line[pos..].trim_start();
-    let value_text = rest.split(' ').next().unwrap_or("");
-    let value = parse_value(value_text).ok_or_else(|| format!("bad value {value_text:?}"))?;
-    labels.sort();
-    Ok(Sample {
-        name: name.to_owned(),
-        labels,
-        value,
-    })
-}
-
-fn parse_value(s: &str) -> Option<f64> {
-    match s {
-        "+Inf" | "Inf" => Some(f64::INFINITY),
-        "-Inf" => Some(f64::NEG_INFINITY),
-        "NaN" => Some(f64::NAN),
-        _ => s.parse().ok(),
-    }
+        })
+        .collect())
 }
 
 /// `name{a="b",c="d"}` — how series are shown in messages and keys.

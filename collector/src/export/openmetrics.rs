@@ -164,6 +164,9 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
             }
             let eq = body[start..].find('=').ok_or("label without =")? + start;
             let key = body[start..eq].trim().to_owned();
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!("bad label name {key:?}"));
+            }
             if body.as_bytes().get(eq + 1) != Some(&b'"') {
                 return Err(format!("label {key} needs a quoted value"));
             }

@@ -43,33 +43,87 @@ const BUILTINS: &[(&str, &str)] = &[
 ];
 
 /// Expressions that cannot have data here: (dashboard, place, why). Each must come back empty.
-const NO_DATA: &[(&str, &str, &str)] = &[
-    (
-        "sidelight.json",
-        "panel \"Notifications sent and failed\" target A",
-        "sidelight_notifications_* come with alerting (issue 6), not on this branch yet",
-    ),
-    (
-        "sidelight.json",
-        "panel \"Notifications sent and failed\" target B",
-        "sidelight_notifications_* come with alerting (issue 6), not on this branch yet",
-    ),
-    (
-        "sidelight.json",
-        "panel \"Failed notifications (range)\" target A",
-        "sidelight_notifications_* come with alerting (issue 6), not on this branch yet",
-    ),
-    (
-        "sidelight.json",
-        "panel \"Processes scanned and collection errors\" target B",
-        "sidelight_collection_errors_total appears only when a procfs or statvfs read fails \
+const NO_DATA: &[(&str, &str, &str)] = &[(
+    "sidelight.json",
+    "panel \"Processes scanned and collection errors\" target B",
+    "sidelight_collection_errors_total appears only when a procfs or statvfs read fails \
          (unit-tested in collector/src/host.rs); nothing here can make the real /proc fail",
-    ),
-];
+)];
 
 /// Only when the host has no swap (this test machine has none): the swap-used series is
 /// `and SwapTotal > 0` by design.
 const NO_SWAP: (&str, &str) = ("host.json", "panel \"Memory used and swap used\" target B");
+
+const HOOK_TOKEN: &str = "hook-t0ken";
+
+/// A loopback webhook receiver that checks what a strict one would (method, path, bearer token,
+/// JSON content type, the documented body shape) and answers `status` to well-formed requests
+/// (401 / 400 otherwise).
+struct Webhook {
+    port: u16,
+    received: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Webhook {
+    fn start(status: u16) -> Result<Webhook> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(std::result::Result::ok) {
+                let ok = Self::check(&stream);
+                if ok {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                let code = if ok { status } else { 401 };
+                let mut w = &stream;
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        Ok(Webhook { port, received })
+    }
+
+    fn check(stream: &std::net::TcpStream) -> bool {
+        use std::io::{BufRead, BufReader, Read};
+        let mut r = BufReader::new(stream);
+        let mut line = String::new();
+        if r.read_line(&mut line).is_err() || !line.starts_with("POST /alerts ") {
+            return false;
+        }
+        let (mut len, mut auth, mut json_type) = (0usize, false, false);
+        loop {
+            line.clear();
+            if r.read_line(&mut line).is_err() {
+                return false;
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').unwrap_or((l, ""));
+            match k.to_ascii_lowercase().as_str() {
+                "content-length" => len = v.trim().parse().unwrap_or(0),
+                "authorization" => auth = v.trim() == format!("Bearer {HOOK_TOKEN}"),
+                "content-type" => json_type = v.trim().starts_with("application/json"),
+                _ => {}
+            }
+        }
+        let mut body = vec![0u8; len.min(1 << 20)];
+        if r.read_exact(&mut body).is_err() {
+            return false;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+            return false;
+        };
+        auth && json_type
+            && v["version"] == "1"
+            && v["alerts"].as_array().is_some_and(|a| !a.is_empty())
+    }
+}
 
 fn unix_now() -> i64 {
     SystemTime::now()
@@ -272,6 +326,10 @@ fn every_dashboard_query_returns_data_from_the_full_stack() -> Result {
     ])?;
     let (grpc, http) = (free_port(), free_port());
     let nobody = free_port();
+    // Notifications: one webhook receiver takes them, one refuses them (a 400 is reported and
+    // counted, not retried), so both notification counters have data.
+    let hook_ok = Webhook::start(200)?;
+    let hook_bad = Webhook::start(400)?;
     let config = format!(
         r#"http: {{ listen: 127.0.0.1:0 }}
 host: {{ interval: 1s }}
@@ -301,10 +359,26 @@ export:
     queue: {{ max_items: 1 }}
     retry: {{ initial: 200ms, max: 500ms, max_elapsed: 2s }}
 dora: {{ enabled: true, environment: {ENVIRONMENT} }}
+alerts:
+  evaluation_interval: 1s
+  group_wait: 0s
+  receiver: hook_ok
+  routes:
+    - {{ match: ['severity="critical"'], receiver: hook_bad }}
+  rules:
+    - {{ name: AgentUp, expr: sidelight_build_info, op: ">", threshold: 0, severity: warning, labels: {{ service: agent }} }}
+    - {{ name: AgentUpPage, expr: sidelight_build_info, op: ">", threshold: 0, severity: critical, labels: {{ service: pager }} }}
+notifiers:
+  hook_ok: {{ type: webhook, url: "http://127.0.0.1:{hook_ok}/alerts", bearer_token_file: hook-token }}
+  hook_bad: {{ type: webhook, url: "http://127.0.0.1:{hook_bad}/alerts", bearer_token_file: hook-token }}
 "#,
-        sink_grpc = sink.grpc
+        sink_grpc = sink.grpc,
+        hook_ok = hook_ok.port,
+        hook_bad = hook_bad.port,
     );
-    let agent = Agent::start(&config)?;
+    let agent_dir = tempfile::tempdir()?;
+    std::fs::write(agent_dir.path().join("hook-token"), HOOK_TOKEN)?;
+    let agent = Agent::start_in(agent_dir, &config)?;
     let app_dir = agent.dir.path().join("app");
     std::fs::create_dir_all(&app_dir)?;
     let port = free_port();
@@ -323,6 +397,18 @@ dora: {{ enabled: true, environment: {ENVIRONMENT} }}
                 .filter(|r| !r.is_empty())
         },
     )?;
+
+    // Both notifiers were called: the good one took the alert, the other refused it.
+    eventually(Duration::from_secs(20), "the webhook notifications", || {
+        let failed = agent.metric(
+            "sidelight_notifications_failed_total",
+            "channel=\"webhook\"",
+        );
+        (hook_ok.received.load(Ordering::SeqCst) >= 1
+            && hook_bad.received.load(Ordering::SeqCst) >= 1
+            && failed >= 1.0)
+            .then_some(())
+    })?;
 
     // Round 1 of everything that must move while Prometheus watches.
     let reload = || agent.reload(&config);

@@ -291,7 +291,7 @@ impl Alerting {
         let Some(hub) = &self.hub else {
             return Vec::new();
         };
-        if now - self.core.lock().deploys_at < DEPLOYS_EVERY {
+        if now.saturating_sub(self.core.lock().deploys_at) < DEPLOYS_EVERY {
             return Vec::new();
         }
         let list = match hub.successful_deployments().await {

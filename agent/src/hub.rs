@@ -358,6 +358,7 @@ pub struct Hub {
     lead: Arc<HistogramCell>,
     recovery: Arc<HistogramCell>,
     changed: tokio::sync::Notify,
+    detector: crate::detector::Detector,
 }
 
 impl Hub {
@@ -394,6 +395,7 @@ impl Hub {
                 recovery_histogram,
             ),
             changed: tokio::sync::Notify::new(),
+            detector: crate::detector::Detector::default(),
         }))
     }
 
@@ -402,6 +404,12 @@ impl Hub {
         registry.register_collector(Box::new(SnapshotCollector(self.gauges.clone())));
         registry.register_collector(Box::new(HistogramCollector(self.lead.clone())));
         registry.register_collector(Box::new(HistogramCollector(self.recovery.clone())));
+        self.detector.register(registry);
+    }
+
+    /// The change-failure detector's state (`dora.regression`).
+    pub fn detector(&self) -> &crate::detector::Detector {
+        &self.detector
     }
 
     /// The current DORA settings.
@@ -416,10 +424,15 @@ impl Hub {
     }
 
     /// Records one event durably; metrics are recomputed if it changed anything.
+    /// A new deployment is also handed to the change-failure detector.
     pub async fn record(&self, batch: Batch) -> Result<Outcome, StoreError> {
+        let deployment = batch.deployment.as_ref().map(|(d, _)| d.clone());
         let out = self.store.apply(batch, unix_now()).await?;
         if out.changed() {
             self.changed.notify_one();
+        }
+        if let (true, Some(d)) = (out.deployment_new, deployment) {
+            self.detector.deployed(&d, &self.config());
         }
         Ok(out)
     }

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod detector;
 pub mod dora;
 pub mod export;
 pub mod http;

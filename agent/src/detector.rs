@@ -337,7 +337,10 @@ impl Detector {
     }
 
     fn acknowledge(&self, action: &Action) {
-        self.tracker.lock().acknowledge(action);
+        let mut tracker = self.tracker.lock();
+        tracker.acknowledge(action);
+        let watched = i64::try_from(tracker.watches().len()).unwrap_or(i64::MAX);
+        self.metrics.watched.set(watched);
     }
 }
 

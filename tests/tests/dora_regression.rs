@@ -172,7 +172,17 @@ fn a_sustained_error_regression_fails_the_deployment_and_recovers() -> Result {
     assert_eq!(row["deployments"], 1, "{row}");
     assert_eq!(row["incidents_open"], 1, "{row}");
     assert_eq!(row["change_fail_rate"], 1.0, "{row}");
-    let body = metrics(&agent);
+    // /metrics is recomputed about a second after an event.
+    let body = eventually(
+        Duration::from_secs(10),
+        "dora_change_failures_total",
+        || {
+            let body = metrics(&agent);
+            sample(&body, "dora_change_failures_total", "service=\"checkout\"")
+                .is_some_and(|v| v >= 1.0)
+                .then_some(body)
+        },
+    )?;
     assert_eq!(
         sample(
             &body,
@@ -211,7 +221,20 @@ fn a_sustained_error_regression_fails_the_deployment_and_recovers() -> Result {
         .as_f64()
         .ok_or(format!("no recovery time: {row}"))?;
     assert!((6.0..=40.0).contains(&recovery), "{recovery} {row}");
-    let body = metrics(&agent);
+    let body = eventually(
+        Duration::from_secs(10),
+        "dora_recovery_time_seconds",
+        || {
+            let body = metrics(&agent);
+            sample(
+                &body,
+                "dora_recovery_time_seconds_count",
+                "service=\"checkout\"",
+            )
+            .is_some_and(|v| v >= 1.0)
+            .then_some(body)
+        },
+    )?;
     assert_eq!(
         sample(
             &body,

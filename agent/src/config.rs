@@ -304,6 +304,8 @@ struct RawDora {
     windows: Vec<String>,
     webhooks: RawWebhooks,
     alertmanager: RawAlertmanager,
+    /// `dora.regression`, validated in `detector.rs`.
+    regression: crate::detector::RawRegression,
 }
 
 impl Default for RawDora {
@@ -316,6 +318,7 @@ impl Default for RawDora {
             windows: ["1d", "7d", "30d", "90d"].map(String::from).to_vec(),
             webhooks: RawWebhooks::default(),
             alertmanager: RawAlertmanager::default(),
+            regression: crate::detector::RawRegression::default(),
         }
     }
 }
@@ -557,6 +560,8 @@ pub struct DoraConfig {
     pub gitlab: Option<GitlabHookConfig>,
     /// Alertmanager alerts of these severities open and resolve incidents.
     pub alertmanager_severities: Vec<String>,
+    /// Change failures detected from span metrics (`dora.regression`).
+    pub regression: crate::detector::RegressionSettings,
 }
 
 /// `dora.webhooks.github`.
@@ -1392,6 +1397,7 @@ fn validate_dora(
     env: &dyn Env,
     errors: &mut Vec<ConfigError>,
 ) -> DoraConfig {
+    let regression = crate::detector::validate(raw.regression, errors);
     let mut err = |path: &str, message: String| {
         errors.push(ConfigError {
             path: path.into(),
@@ -1486,6 +1492,7 @@ fn validate_dora(
         github,
         gitlab,
         alertmanager_severities: severities,
+        regression,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The DORA hub (`dora.enabled: true`): the edge around the pure `dora` module. It records
-//! events in the [`store`](crate::store), recomputes the DORA metrics from the stored history on
-//! each new event and every minute, applies retention on start and daily, and exposes:
+//! events in the [`store`](crate::store), recomputes the DORA metrics from the stored history
+//! after new events (one recomputation per burst: 1 s after the first) and every minute, applies retention on start and daily, and exposes:
 //!
 //! * counters `dora_deployments_total{service,environment,status}`,
 //!   `dora_change_failures_total{service,environment}`,
@@ -76,6 +76,9 @@ pub const RECOVERY_BUCKETS: [f64; 12] = [
 
 /// How often the windowed gauges are recomputed without new events.
 const REFRESH: Duration = Duration::from_secs(60);
+/// How long a recomputation waits after an event, so that a burst of events costs one (each
+/// reloads the whole history on the store thread, where it would hold up the writes).
+const CHANGE_DEBOUNCE: Duration = Duration::from_secs(1);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(86_400);
 
@@ -358,6 +361,7 @@ pub struct Hub {
     lead: Arc<HistogramCell>,
     recovery: Arc<HistogramCell>,
     changed: tokio::sync::Notify,
+    detector: crate::detector::Detector,
 }
 
 impl Hub {
@@ -394,6 +398,7 @@ impl Hub {
                 recovery_histogram,
             ),
             changed: tokio::sync::Notify::new(),
+            detector: crate::detector::Detector::default(),
         }))
     }
 
@@ -402,6 +407,12 @@ impl Hub {
         registry.register_collector(Box::new(SnapshotCollector(self.gauges.clone())));
         registry.register_collector(Box::new(HistogramCollector(self.lead.clone())));
         registry.register_collector(Box::new(HistogramCollector(self.recovery.clone())));
+        self.detector.register(registry);
+    }
+
+    /// The change-failure detector's state (`dora.regression`).
+    pub fn detector(&self) -> &crate::detector::Detector {
+        &self.detector
     }
 
     /// The current DORA settings.
@@ -416,10 +427,15 @@ impl Hub {
     }
 
     /// Records one event durably; metrics are recomputed if it changed anything.
+    /// A new deployment is also handed to the change-failure detector.
     pub async fn record(&self, batch: Batch) -> Result<Outcome, StoreError> {
+        let deployment = batch.deployment.as_ref().map(|(d, _)| d.clone());
         let out = self.store.apply(batch, unix_now()).await?;
         if out.changed() {
             self.changed.notify_one();
+        }
+        if let (true, Some(d)) = (out.deployment_new, deployment) {
+            self.detector.deployed(&d, &self.config());
         }
         Ok(out)
     }
@@ -499,7 +515,12 @@ impl Hub {
                         Err(e) => tracing::error!(error = %e, "dora retention failed"),
                     }
                 }
-                _ = self.changed.notified() => {}
+                _ = self.changed.notified() => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(CHANGE_DEBOUNCE) => {}
+                    }
+                }
                 _ = refresh.tick() => {}
             }
             if let Err(e) = self.refresh().await {

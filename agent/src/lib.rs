@@ -5,6 +5,7 @@
 pub mod alerting;
 pub mod api;
 pub mod config;
+pub mod detector;
 pub mod dora;
 pub mod export;
 pub mod http;

@@ -350,6 +350,11 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         tracker.spawn(hub.clone().run(sources.clone()));
         shared.readiness.ready("dora");
     }
+    if let Some(hub) = &dora {
+        // Change failures from telemetry: samples the span metrics, when there are any.
+        let spanmetrics = otlp.as_ref().and_then(|o| o.spanmetrics());
+        crate::detector::start(hub, spanmetrics, &tracker, sources.clone());
+    }
     if let Some(a) = &alerting {
         a.start(&tracker, sources.clone());
     }

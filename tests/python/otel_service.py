@@ -5,10 +5,14 @@ OTEL_EXPORTER_OTLP_PROTOCOL = grpc | http/protobuf, OTEL_EXPORTER_OTLP_COMPRESSI
 
 Usage: otel_service.py --port N
 Routes: GET /items/{item_id} (200), GET /fail (500: a span with status ERROR),
+GET /work (200, or 500 for the fraction of calls set by the fault switch),
+POST /fault?error_rate=R (the switch: 0 = healthy, 0.5 = every second /work call fails;
+the initial rate comes from FAULT_ERROR_RATE, default 0; not instrumented),
 GET /flush (exports every finished span now; 200 once the exporter answered)."""
 
 import argparse
 import os
+import threading
 
 import uvicorn
 from fastapi import FastAPI, HTTPException
@@ -46,6 +50,33 @@ def fail():
     raise HTTPException(status_code=500, detail="boom")
 
 
+# The fault switch. Deterministic: rate R fails exactly R of the calls (every 1/R-th one).
+fault = {"error_rate": float(os.environ.get("FAULT_ERROR_RATE", "0")), "debt": 0.0}
+fault_lock = threading.Lock()
+
+
+@app.get("/work")
+def work():
+    with fault_lock:
+        fault["debt"] += fault["error_rate"]
+        failing = fault["debt"] >= 1.0
+        if failing:
+            fault["debt"] -= 1.0
+    if failing:
+        raise HTTPException(status_code=500, detail="injected fault")
+    return {"ok": True}
+
+
+@app.post("/fault")
+def set_fault(error_rate: float):
+    if not 0.0 <= error_rate <= 1.0:
+        raise HTTPException(status_code=400, detail="error_rate must be in [0, 1]")
+    with fault_lock:
+        fault["error_rate"] = error_rate
+        fault["debt"] = 0.0
+    return {"error_rate": error_rate}
+
+
 @app.get("/flush")
 def flush():
     if not provider.force_flush(timeout_millis=10_000):
@@ -53,7 +84,7 @@ def flush():
     return {"flushed": True}
 
 
-FastAPIInstrumentor.instrument_app(app, excluded_urls="flush")
+FastAPIInstrumentor.instrument_app(app, excluded_urls="flush,fault")
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

@@ -5,6 +5,7 @@
 pub mod compute;
 pub mod model;
 pub mod regression;
+pub mod telemetry;
 pub mod tiers;
 
 pub use compute::{

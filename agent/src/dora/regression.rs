@@ -329,6 +329,39 @@ pub fn detect(
     })
 }
 
+/// When a regressed service is back: the first sample of the first run of consecutive
+/// healthy samples after `after` (the confirmation) that lasts `for_seconds` — the rule
+/// [`detect`] applies after a confirmation, for callers that keep the [`Baseline`] of a
+/// regression while the samples it was computed from are gone. `None` while not recovered.
+#[must_use]
+pub fn recovered(
+    baseline: &Baseline,
+    after: UnixSeconds,
+    samples: &[Sample],
+    cfg: &RegressionConfig,
+) -> Option<UnixSeconds> {
+    let mut sorted: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.timestamp > after && s.error_ratio.is_finite() && s.p95_latency_seconds.is_finite()
+        })
+        .collect();
+    sorted.sort_by_key(|s| s.timestamp);
+    let mut healthy: Option<UnixSeconds> = None;
+    for s in sorted {
+        let (e, l) = breach(s, baseline, cfg);
+        if e || l {
+            healthy = None;
+        } else {
+            let since = *healthy.get_or_insert(s.timestamp);
+            if s.timestamp - since >= cfg.for_seconds {
+                return Some(since);
+            }
+        }
+    }
+    None
+}
+
 /// The finding to store for a deployment that regressed.
 #[must_use]
 pub fn finding(deployment: &Deployment, regression: &Regression) -> RegressionFinding {
@@ -614,6 +647,49 @@ mod tests {
         for (name, next, samples, want) in cases {
             let got = detect(S, F, next, &samples, &cfg).expect("valid config");
             assert_eq!(summary(got), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn recovered_agrees_with_detect() {
+        let cfg = RegressionConfig::default();
+        let cases = [
+            with_baseline(&[
+                every_minute(F, F, OK),
+                every_minute(F + 60, F + 420, ERRORS),
+                every_minute(F + 480, F + 840, OK),
+            ]),
+            with_baseline(&[
+                every_minute(F, F + 300, ERRORS),
+                every_minute(F + 360, F + 360, OK),
+                every_minute(F + 420, F + 600, ERRORS),
+                every_minute(F + 660, F + 1200, OK),
+            ]),
+            with_baseline(&[every_minute(F, F + 900, SLOW)]),
+            with_baseline(&[
+                every_minute(F, F + 400, ERRORS),
+                every_minute(F + 460, F + 700, OK),
+            ]),
+        ];
+        for samples in cases {
+            let Verdict::Regressed {
+                baseline,
+                regression,
+            } = detect(S, F, None, &samples, &cfg).expect("valid")
+            else {
+                panic!("expected a regression");
+            };
+            // From the confirmation on, with the baseline samples gone.
+            let later: Vec<Sample> = samples
+                .iter()
+                .filter(|s| s.timestamp >= regression.confirmed_at)
+                .copied()
+                .collect();
+            assert_eq!(
+                recovered(&baseline, regression.confirmed_at, &later, &cfg),
+                regression.resolved_at,
+                "{regression:?}"
+            );
         }
     }
 

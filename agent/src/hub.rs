@@ -358,6 +358,8 @@ pub struct Hub {
     lead: Arc<HistogramCell>,
     recovery: Arc<HistogramCell>,
     changed: tokio::sync::Notify,
+    /// Bumped by every recorded deployment that changed the store (alerting re-reads them).
+    deployments: std::sync::atomic::AtomicU64,
 }
 
 impl Hub {
@@ -394,6 +396,7 @@ impl Hub {
                 recovery_histogram,
             ),
             changed: tokio::sync::Notify::new(),
+            deployments: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -417,8 +420,13 @@ impl Hub {
 
     /// Records one event durably; metrics are recomputed if it changed anything.
     pub async fn record(&self, batch: Batch) -> Result<Outcome, StoreError> {
+        let deployment = batch.deployment.is_some();
         let out = self.store.apply(batch, unix_now()).await?;
         if out.changed() {
+            if deployment {
+                self.deployments
+                    .fetch_add(1, std::sync::atomic::Ordering::Release);
+            }
             self.changed.notify_one();
         }
         Ok(out)
@@ -431,6 +439,11 @@ impl Hub {
             ..Batch::default()
         })
         .await
+    }
+
+    /// Changes whenever a recorded deployment changed the store (a cheap "anything new?").
+    pub fn deployments_generation(&self) -> u64 {
+        self.deployments.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A report from the stored history.

@@ -88,7 +88,7 @@ fn advance(s: &Series, step: u64) {
             let errors = if svc == 0 {
                 25
             } else {
-                u64::from(step % 100 == 0)
+                u64::from(step.is_multiple_of(100))
             };
             s.calls
                 .get_or_create(&span_labels(svc, span, "STATUS_CODE_ERROR"))

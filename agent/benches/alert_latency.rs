@@ -34,13 +34,17 @@ const N: usize = 20;
 
 type Seen = mpsc::UnboundedSender<(usize, Instant)>;
 
-async fn post_message(State(tx): State<Seen>, h: HeaderMap, body: Bytes) -> String {
+async fn post_message(
+    State(tx): State<Seen>,
+    h: HeaderMap,
+    body: Bytes,
+) -> axum::Json<serde_json::Value> {
     let at = Instant::now();
     if h.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {TOKEN}")) {
-        return r#"{"ok":false,"error":"invalid_auth"}"#.into();
+        return axum::Json(serde_json::json!({"ok": false, "error": "invalid_auth"}));
     }
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return r#"{"ok":false,"error":"invalid_json"}"#.into();
+        return axum::Json(serde_json::json!({"ok": false, "error": "invalid_json"}));
     };
     let text = v.to_string();
     if let Some(i) = text.find("case-") {
@@ -52,9 +56,11 @@ async fn post_message(State(tx): State<Seen>, h: HeaderMap, body: Bytes) -> Stri
             let _ = tx.send((n, at));
         }
     }
-    serde_json::json!({"ok": true, "channel": "C0BENCH", "ts": format!("1700000000.{:06}", now_ms() % 1_000_000),
-        "message": {"text": v["text"]}})
-    .to_string()
+    let ts = format!("1700000000.{:06}", now_ms() % 1_000_000);
+    axum::Json(
+        serde_json::json!({"ok": true, "channel": "C0BENCH", "ts": ts,
+        "message": {"type": "message", "ts": ts, "text": v["text"]}}),
+    )
 }
 
 fn config(dir: &std::path::Path, api: &str, interval: &str) -> sidelight::config::Config {
@@ -150,6 +156,9 @@ async fn run(mode: &str) -> Vec<Duration> {
 }
 
 fn main() {
+    if std::env::var_os("BENCH_LOG").is_some() {
+        tracing_subscriber::fmt().with_env_filter("debug").init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

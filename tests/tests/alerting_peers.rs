@@ -145,7 +145,7 @@ notifiers:
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let path = if failing.load(Ordering::Relaxed) && i % 2 == 0 {
+                let path = if failing.load(Ordering::Relaxed) && i.is_multiple_of(2) {
                     "/fail".to_owned()
                 } else {
                     format!("/items/{i}")

@@ -40,12 +40,7 @@ async fn on_command(
     state: SlackClientEventsUserState,
 ) -> UserCallbackResult<SlackCommandEventResponse> {
     let a = alerting(&state).await.ok_or_else(no_state)?;
-    let text = api::command(
-        &a,
-        ev.text.as_deref().unwrap_or(""),
-        &ev.user_id.to_string(),
-    )
-    .await;
+    let text = api::command(&a, ev.text.as_deref().unwrap_or(""), ev.user_id.as_ref()).await;
     Ok(
         SlackCommandEventResponse::new(SlackMessageContent::new().with_text(text))
             .with_response_type(SlackMessageResponseType::Ephemeral),

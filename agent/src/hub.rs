@@ -362,6 +362,8 @@ pub struct Hub {
     recovery: Arc<HistogramCell>,
     changed: tokio::sync::Notify,
     detector: crate::detector::Detector,
+    /// Bumped by every recorded deployment that changed the store (alerting re-reads them).
+    deployments: std::sync::atomic::AtomicU64,
 }
 
 impl Hub {
@@ -399,6 +401,7 @@ impl Hub {
             ),
             changed: tokio::sync::Notify::new(),
             detector: crate::detector::Detector::default(),
+            deployments: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -432,6 +435,10 @@ impl Hub {
         let deployment = batch.deployment.as_ref().map(|(d, _)| d.clone());
         let out = self.store.apply(batch, unix_now()).await?;
         if out.changed() {
+            if deployment.is_some() {
+                self.deployments
+                    .fetch_add(1, std::sync::atomic::Ordering::Release);
+            }
             self.changed.notify_one();
         }
         if let (true, Some(d)) = (out.deployment_new, deployment) {
@@ -447,6 +454,11 @@ impl Hub {
             ..Batch::default()
         })
         .await
+    }
+
+    /// Changes whenever a recorded deployment changed the store (a cheap "anything new?").
+    pub fn deployments_generation(&self) -> u64 {
+        self.deployments.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A report from the stored history.

@@ -1,13 +1,11 @@
 //! End to end: the real agent evaluates a rule over its own metrics, posts the alert to a
-//! loopback fake Slack Web API (bearer token checked, `ok`/`ts`/`channel` answers), does not
+//! loopback fake Slack Web API (the harness's `ChatPeers`: bearer token, Block Kit shape,
+//! 1 message/s per channel, `ok`/`ts`/`channel` answers), does not
 //! resend it after a restart, lists it on `/api/v1/alerts`, and answers signed ChatOps commands
 //! (refusing unsigned ones with 401).
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Agent, Result, eventually, get};
@@ -17,74 +15,13 @@ use sha2::Sha256;
 const TOKEN: &str = "xoxb-42-e2e-token";
 const SIGNING: &str = "e2e-signing-secret";
 
-#[derive(Default)]
-struct Seen {
-    posts: Vec<serde_json::Value>,
-    updates: Vec<serde_json::Value>,
-    unauthorized: usize,
-}
-
-/// A minimal Slack Web API on 127.0.0.1 (one request per connection).
-fn fake_slack() -> Result<(String, Arc<Mutex<Seen>>)> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let s = seen.clone();
-    std::thread::spawn(move || {
-        let mut n = 0u64;
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-            let mut len = 0usize;
-            let mut auth = String::new();
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                    break;
-                }
-                let lower = h.to_ascii_lowercase();
-                if let Some(v) = lower.strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                if lower.starts_with("authorization:") {
-                    auth = h["authorization:".len()..].trim().to_owned();
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = reader.read_exact(&mut body);
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let mut seen = s.lock().expect("lock");
-            n += 1;
-            let ts = format!("1700000000.{n:06}");
-            let answer = if auth != format!("Bearer {TOKEN}") {
-                seen.unauthorized += 1;
-                serde_json::json!({"ok": false, "error": "invalid_auth"})
-            } else if path.ends_with("/chat.postMessage") && v["channel"].is_string() {
-                seen.posts.push(v.clone());
-                serde_json::json!({"ok": true, "channel": "C0ALERTS", "ts": ts,
-                    "message": {"ts": ts, "text": v["text"]}})
-            } else if path.ends_with("/chat.update") {
-                seen.updates.push(v.clone());
-                serde_json::json!({"ok": true, "channel": "C0ALERTS", "ts": v["ts"],
-                    "message": {"text": v["text"]}})
-            } else {
-                serde_json::json!({"ok": false, "error": "unknown_method"})
-            };
-            drop(seen);
-            let text = answer.to_string();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-                text.len()
-            );
-        }
-    });
-    Ok((format!("http://{addr}/api"), seen))
+/// The loopback Slack Web API of the shared harness (token, Block Kit shape, 1 message/s).
+fn fake_slack() -> Result<common::ChatPeers> {
+    common::ChatPeers::start(common::ChatSecrets {
+        slack_token: TOKEN.into(),
+        hook_token: "unused".into(),
+        hook_hmac: "unused".into(),
+    })
 }
 
 fn config(api: &str) -> String {
@@ -139,21 +76,22 @@ fn signed_command(agent: &Agent, text: &str, secret: &str) -> Result<(u16, Strin
 
 #[test]
 fn alert_reaches_slack_once_across_a_restart_and_chatops_answers() -> Result {
-    let (api, seen) = fake_slack()?;
+    let chat = fake_slack()?;
+    let api = chat.slack_api();
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("slack-token"), format!("{TOKEN}\n"))?;
     std::fs::write(dir.path().join("slack-signing"), SIGNING)?;
     let agent = Agent::start_in(dir, &config(&api))?;
     eventually(Duration::from_secs(20), "the alert in fake Slack", || {
-        (seen.lock().ok()?.posts.len() == 1).then_some(())
+        (chat.seen().posts.len() == 1).then_some(())
     })?;
     {
-        let s = seen.lock().map_err(|_| "lock")?;
-        let post = s.posts[0].to_string();
+        let s = chat.seen();
+        let post = s.posts[0].1.to_string();
         assert!(post.contains("AgentRunning"), "{post}");
         assert!(post.contains("sidelight_ack"), "{post}");
-        assert_eq!(s.posts[0]["channel"], "#alerts");
-        assert_eq!(s.unauthorized, 0);
+        assert_eq!(s.posts[0].1["channel"], "#alerts");
+        assert!(s.refused.is_empty(), "{:?}", s.refused);
     }
     let (status, _, body) = get(&agent.url("/api/v1/alerts"), &[])?;
     assert_eq!(status, 200);
@@ -185,7 +123,7 @@ fn alert_reaches_slack_once_across_a_restart_and_chatops_answers() -> Result {
         common::sample(&metrics, "sidelight_alert_evaluations_total", "").unwrap_or(0.0) >= 3.0,
         "the restarted agent evaluates"
     );
-    let s = seen.lock().map_err(|_| "lock")?;
+    let s = chat.seen();
     assert_eq!(s.posts.len(), 1, "resent after the restart: {:?}", s.posts);
     assert!(s.updates.is_empty());
     Ok(())

@@ -58,7 +58,7 @@ const HOOK_TOKEN: &str = "hook-t0ken";
 
 /// A loopback webhook receiver that checks what a strict one would (method, path, bearer token,
 /// JSON content type, the documented body shape) and answers `status` to well-formed requests
-/// (401 / 400 otherwise).
+/// (401 otherwise).
 struct Webhook {
     port: u16,
     received: Arc<std::sync::atomic::AtomicUsize>,
@@ -66,62 +66,27 @@ struct Webhook {
 
 impl Webhook {
     fn start(status: u16) -> Result<Webhook> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
         let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = received.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().map_while(std::result::Result::ok) {
-                let ok = Self::check(&stream);
-                if ok {
-                    count.fetch_add(1, Ordering::SeqCst);
-                }
-                let code = if ok { status } else { 401 };
-                let mut w = &stream;
-                let _ = write!(
-                    w,
-                    "HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                );
+        let addr = common::http_server(move |req| {
+            let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+            let ok = req.method == "POST"
+                && req.path == "/alerts"
+                && req.header("authorization") == Some(&format!("Bearer {HOOK_TOKEN}"))
+                && req
+                    .header("content-type")
+                    .is_some_and(|t| t.starts_with("application/json"))
+                && body["version"] == "1"
+                && body["alerts"].as_array().is_some_and(|a| !a.is_empty());
+            if ok {
+                count.fetch_add(1, Ordering::SeqCst);
             }
-        });
-        Ok(Webhook { port, received })
-    }
-
-    fn check(stream: &std::net::TcpStream) -> bool {
-        use std::io::{BufRead, BufReader, Read};
-        let mut r = BufReader::new(stream);
-        let mut line = String::new();
-        if r.read_line(&mut line).is_err() || !line.starts_with("POST /alerts ") {
-            return false;
-        }
-        let (mut len, mut auth, mut json_type) = (0usize, false, false);
-        loop {
-            line.clear();
-            if r.read_line(&mut line).is_err() {
-                return false;
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let (k, v) = l.split_once(':').unwrap_or((l, ""));
-            match k.to_ascii_lowercase().as_str() {
-                "content-length" => len = v.trim().parse().unwrap_or(0),
-                "authorization" => auth = v.trim() == format!("Bearer {HOOK_TOKEN}"),
-                "content-type" => json_type = v.trim().starts_with("application/json"),
-                _ => {}
-            }
-        }
-        let mut body = vec![0u8; len.min(1 << 20)];
-        if r.read_exact(&mut body).is_err() {
-            return false;
-        }
-        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-            return false;
-        };
-        auth && json_type
-            && v["version"] == "1"
-            && v["alerts"].as_array().is_some_and(|a| !a.is_empty())
+            (if ok { status } else { 401 }, Vec::new(), String::new())
+        })?;
+        Ok(Webhook {
+            port: addr.port(),
+            received,
+        })
     }
 }
 

@@ -230,7 +230,13 @@ pub async fn slack_command(
     } else {
         user
     };
-    match chatops::parse_command(&field("text")) {
+    ephemeral(command(&a, &field("text"), &user).await)
+}
+
+/// Runs one `/sidelight` command for `user` and returns the ephemeral reply's text (the HTTP
+/// route and Socket Mode share it).
+pub async fn command(a: &Alerting, text: &str, user: &str) -> String {
+    match chatops::parse_command(text) {
         Command::Status => {
             let firing: Vec<String> = a
                 .alerts()
@@ -248,18 +254,18 @@ pub async fn slack_command(
                 })
                 .collect();
             if firing.is_empty() {
-                ephemeral("no alert is firing :white_check_mark:".into())
+                "no alert is firing :white_check_mark:".into()
             } else {
-                ephemeral(format!("{} firing:\n{}", firing.len(), firing.join("\n")))
+                format!("{} firing:\n{}", firing.len(), firing.join("\n"))
             }
         }
         Command::Dora { service, window } => {
             let Some(hub) = a.hub() else {
-                return ephemeral("DORA is not enabled on this agent (dora.enabled)".into());
+                return "DORA is not enabled on this agent (dora.enabled)".into();
             };
             let window = match window.as_deref().map(Window::parse).transpose() {
                 Ok(w) => w.unwrap_or(Window::days(30)),
-                Err(e) => return ephemeral(e.to_string()),
+                Err(e) => return e.to_string(),
             };
             let mut scope = Scope::environment(&hub.config().environment);
             if let Some(s) = &service {
@@ -271,12 +277,9 @@ pub async fn slack_command(
             )
             .await
             {
-                Ok(Ok(r)) => ephemeral(format!(
-                    "DORA over {window}:\n{}",
-                    dora_lines(&r).join("\n")
-                )),
-                Ok(Err(e)) => ephemeral(format!("the DORA store failed: {e}")),
-                Err(_) => ephemeral("the DORA report took too long; try the API".into()),
+                Ok(Ok(r)) => format!("DORA over {window}:\n{}", dora_lines(&r).join("\n")),
+                Ok(Err(e)) => format!("the DORA store failed: {e}"),
+                Err(_) => "the DORA report took too long; try the API".into(),
             }
         }
         Command::Silence { matchers, duration } => {
@@ -290,29 +293,27 @@ pub async fn slack_command(
                 "from /sidelight silence".into(),
             ) {
                 Ok(s) => s,
-                Err(e) => return ephemeral(e),
+                Err(e) => return e,
             };
             let id = s.id.clone();
             match a.add_silence(s).await {
-                Ok(()) => ephemeral(format!(
+                Ok(()) => format!(
                     "silenced {} for {} (id {id})",
                     matchers.join(", "),
                     humantime::format_duration(duration)
-                )),
-                Err(e) => ephemeral(format!("could not store the silence: {e}")),
+                ),
+                Err(e) => format!("could not store the silence: {e}"),
             }
         }
-        Command::Ack(what) => match a.ack(&what, &user).await {
-            Ok(0) => ephemeral(format!("no notified alert matches {what:?}")),
-            Ok(n) => ephemeral(format!(
-                "acked {n} group(s) for {what}: no repeats until it changes"
-            )),
-            Err(e) => ephemeral(format!("could not store the ack: {e}")),
+        Command::Ack(what) => match a.ack(&what, user).await {
+            Ok(0) => format!("no notified alert matches {what:?}"),
+            Ok(n) => format!("acked {n} group(s) for {what}: no repeats until it changes"),
+            Err(e) => format!("could not store the ack: {e}"),
         },
-        Command::Help(reason) => ephemeral(match reason {
+        Command::Help(reason) => match reason {
             Some(r) => format!("{r}\n{}", chatops::HELP),
             None => chatops::HELP.into(),
-        }),
+        },
     }
 }
 
@@ -333,6 +334,18 @@ pub async fn slack_interaction(
         Ok(x) => x,
         Err(e) => return bad(e),
     };
+    let replies = interactions(&a, actions).await;
+    Json(json!({
+        "response_type": "ephemeral",
+        "replace_original": false,
+        "text": replies.join("\n"),
+    }))
+    .into_response()
+}
+
+/// Applies button presses `(action id, value, user)` (Ack, Silence 1h) and returns one reply line
+/// per press (the HTTP route and Socket Mode share it).
+pub async fn interactions(a: &Alerting, actions: Vec<(String, String, String)>) -> Vec<String> {
     let mut replies = Vec::new();
     for (action, key, user) in actions {
         match action.as_str() {
@@ -365,10 +378,5 @@ pub async fn slack_interaction(
             _ => {}
         }
     }
-    Json(json!({
-        "response_type": "ephemeral",
-        "replace_original": false,
-        "text": replies.join("\n"),
-    }))
-    .into_response()
+    replies
 }

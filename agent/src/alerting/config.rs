@@ -169,6 +169,15 @@ pub struct RawNotifier {
     deploy_notices: Option<bool>,
     digest: Option<String>,
     dashboard: Option<String>,
+    socket_mode: Option<RawSocketMode>,
+}
+
+/// `notifiers.<slack>.socket_mode` as written.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct RawSocketMode {
+    app_token_file: Option<PathBuf>,
+    app_token_env: Option<String>,
 }
 
 /// How a receiver delivers.
@@ -234,6 +243,8 @@ pub struct NotifierConfig {
     pub digest: Option<Duration>,
     /// Dashboard link for deploy notices and digests.
     pub dashboard: Option<String>,
+    /// Slack Socket Mode: the app-level token (`xapp-…`) commands and buttons arrive through.
+    pub socket_mode: Option<Secret>,
 }
 
 /// `alerts:` + `notifiers:`, validated.
@@ -661,6 +672,24 @@ fn validate_notifier(
         .as_ref()
         .filter(|d| d.as_str() != "off")
         .map(|d| e.duration(&format!("{at}.digest"), d));
+    let socket_mode = n.socket_mode.as_ref().and_then(|sm| {
+        if kind != "slack" {
+            e.push(
+                format!("{at}.socket_mode"),
+                "only a slack notifier has socket_mode",
+            );
+            return None;
+        }
+        read_secret(
+            sm.app_token_file.as_ref(),
+            sm.app_token_env.as_ref(),
+            &format!("{at}.socket_mode"),
+            ("app_token_file", "app_token_env"),
+            base,
+            env,
+            e.0,
+        )
+    });
     let kind = match kind.as_str() {
         "slack" => {
             if n.signing_secret_file.is_some() || n.signing_secret_env.is_some() {
@@ -764,6 +793,7 @@ fn validate_notifier(
         deploy_notices: n.deploy_notices.unwrap_or(false),
         digest,
         dashboard: n.dashboard,
+        socket_mode,
     })
 }
 

@@ -220,6 +220,15 @@ impl Queue {
         }
     }
 
+    /// Takes everything waiting (tests).
+    #[cfg(test)]
+    pub fn drain(&self) -> Vec<Item> {
+        let mut q = self.items.lock();
+        let out: Vec<Item> = q.drain(..).collect();
+        self.depth.set(0);
+        out
+    }
+
     /// Items waiting.
     pub fn len(&self) -> usize {
         self.items.lock().len()

@@ -20,6 +20,9 @@ pub mod notify;
 mod peers_tests;
 pub mod render;
 pub mod rules;
+pub mod socket;
+#[cfg(test)]
+mod socket_tests;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,8 +57,24 @@ pub fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
-/// How often deployments are re-read from the DORA hub.
+/// How often deployments are re-read from the DORA hub when none was recorded meanwhile (a
+/// recorded deployment is picked up at the next evaluation).
 const DEPLOYS_EVERY: Millis = 30_000;
+
+/// The digest schedule, pure: given when the schedule last ticked (`None`: never), whether a
+/// digest is due at `now` and the new mark to store. The first evaluation starts the schedule
+/// (nothing is sent); a digest is due every `every` after it, on the same cadence however late
+/// the evaluation that notices it (marks advance by whole periods), and one digest covers any
+/// number of periods missed while the agent was down.
+pub fn digest_step(last: Option<Millis>, every: Millis, now: Millis) -> (bool, Option<Millis>) {
+    let every = every.max(1);
+    match last {
+        None => (false, Some(now)),
+        Some(t) if now < t => (false, Some(now)), // the clock went back: restart the schedule
+        Some(t) if now - t >= every => (true, Some(t + (now - t) / every * every)),
+        Some(_) => (false, None),
+    }
+}
 
 struct Core {
     alerts: BTreeMap<String, Alert>,
@@ -64,6 +83,7 @@ struct Core {
     history: History,
     ctx: Context,
     deploys_at: Millis,
+    deploys_gen: u64,
     last_deploy_notice: Option<Millis>,
 }
 
@@ -187,6 +207,7 @@ impl Alerting {
                 history,
                 ctx,
                 deploys_at: Millis::MIN,
+                deploys_gen: 0,
                 last_deploy_notice,
             }),
             config: RwLock::new(Arc::new(cfg)),
@@ -262,6 +283,22 @@ impl Alerting {
                 cancel.clone(),
             ));
         }
+        for n in self.config().notifiers.values() {
+            let Some(token) = n.socket_mode.clone() else {
+                continue;
+            };
+            let api_url = match &n.kind {
+                config::NotifierKind::SlackBot { api_url, .. } => api_url.clone(),
+                _ => "https://slack.com/api".to_owned(),
+            };
+            tracker.spawn(socket::run(
+                self.clone(),
+                n.name.clone(),
+                token,
+                api_url,
+                cancel.clone(),
+            ));
+        }
         tracker.spawn(self.clone().reports(rx, cancel.clone()));
         tracker.spawn(self.clone().run(cancel));
     }
@@ -287,18 +324,23 @@ impl Alerting {
         }
     }
 
-    async fn refresh_deploys(&self, now: Millis) -> Vec<crate::dora::Deployment> {
-        let Some(hub) = &self.hub else {
-            return Vec::new();
-        };
-        if now.saturating_sub(self.core.lock().deploys_at) < DEPLOYS_EVERY {
-            return Vec::new();
+    /// Re-reads the deployments when one was recorded or `DEPLOYS_EVERY` passed; `None` when
+    /// nothing was read.
+    async fn refresh_deploys(&self, now: Millis) -> Option<Vec<crate::dora::Deployment>> {
+        let hub = self.hub.as_ref()?;
+        let generation = hub.deployments_generation();
+        {
+            let core = self.core.lock();
+            if now.saturating_sub(core.deploys_at) < DEPLOYS_EVERY && core.deploys_gen == generation
+            {
+                return None;
+            }
         }
         let list = match hub.successful_deployments().await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read deployments for alerting");
-                return Vec::new();
+                return None;
             }
         };
         let mut map: HashMap<String, DeployInfo> = HashMap::new();
@@ -318,8 +360,9 @@ impl Alerting {
         *self.deploys.write() = map.clone();
         let mut core = self.core.lock();
         core.deploys_at = now;
+        core.deploys_gen = generation;
         core.ctx.deploys = map;
-        list
+        Some(list)
     }
 
     /// One evaluation at `now`: read the registry, evaluate, persist, open/resolve incidents,
@@ -327,7 +370,7 @@ impl Alerting {
     pub async fn cycle(&self, now: Millis) {
         let cfg = self.config();
         let deployments = self.refresh_deploys(now).await;
-        self.deploy_notices(&cfg, &deployments, now).await;
+        self.deploy_notices(&cfg, deployments.as_deref(), now).await;
         let samples = match self.registry.get() {
             Some(reg) => {
                 let mut text = String::with_capacity(64 * 1024);
@@ -506,12 +549,12 @@ impl Alerting {
     async fn deploy_notices(
         &self,
         cfg: &AlertingConfig,
-        deployments: &[crate::dora::Deployment],
+        deployments: Option<&[crate::dora::Deployment]>,
         now: Millis,
     ) {
-        if deployments.is_empty() {
+        let Some(deployments) = deployments else {
             return;
-        }
+        };
         let newest = deployments
             .iter()
             .map(|d| d.finished_at.saturating_mul(1000))
@@ -519,7 +562,8 @@ impl Alerting {
             .unwrap_or(0);
         let last = self.core.lock().last_deploy_notice;
         let Some(last) = last else {
-            // First run: remember where we are rather than announcing history.
+            // First run: remember where we are rather than announcing history (with no
+            // history, every deployment from now on is announced).
             self.core.lock().last_deploy_notice = Some(newest);
             let store = self.store.clone();
             let _ = tokio::task::spawn_blocking(move || {
@@ -588,14 +632,11 @@ impl Alerting {
                 .and_then(Result::ok)
                 .flatten()
                 .and_then(|v| v.parse().ok());
-            let due = match last {
-                None => false,
-                Some(t) => now - t >= rules::ms(every),
-            };
-            if last.is_none() || due {
+            let (due, marker) = digest_step(last, rules::ms(every), now);
+            if let Some(m) = marker {
                 let store = self.store.clone();
-                let _ = tokio::task::spawn_blocking(move || store.set_meta(&key, &now.to_string()))
-                    .await;
+                let _ =
+                    tokio::task::spawn_blocking(move || store.set_meta(&key, &m.to_string())).await;
             }
             if !due {
                 continue;
@@ -709,5 +750,169 @@ impl Alerting {
     /// The DORA hub, when enabled.
     pub fn hub(&self) -> Option<&Arc<Hub>> {
         self.hub.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const H: Millis = 3_600_000;
+    const D: Millis = 24 * H;
+
+    #[test]
+    fn digest_schedule() {
+        let week = 7 * D;
+        let t0 = 1_700_000_000_000;
+        // (last mark, now) -> (due, new mark)
+        let cases: &[(Option<Millis>, Millis, bool, Option<Millis>)] = &[
+            // The first evaluation starts the schedule and sends nothing.
+            (None, t0, false, Some(t0)),
+            // Not yet: nothing to store.
+            (Some(t0), t0 + week - 1, false, None),
+            // Due exactly one period later.
+            (Some(t0), t0 + week, true, Some(t0 + week)),
+            // Noticed 40 s late (the evaluation interval): the cadence does not drift.
+            (Some(t0), t0 + week + 40_000, true, Some(t0 + week)),
+            // Three periods missed while the agent was down: one digest, mark on the cadence.
+            (Some(t0), t0 + 3 * week + H, true, Some(t0 + 3 * week)),
+            // The clock went back: restart the schedule rather than wait for weeks.
+            (Some(t0), t0 - D, false, Some(t0 - D)),
+        ];
+        for &(last, now, due, mark) in cases {
+            assert_eq!(
+                digest_step(last, week, now),
+                (due, mark),
+                "last {last:?} now {now}"
+            );
+        }
+    }
+
+    fn config(dir: &Path, extra: &str) -> crate::config::Config {
+        std::fs::write(dir.join("slack-token"), "xoxb-1-test\n").expect("token");
+        crate::config::load_str(
+            &format!(
+                r##"
+dora: {{ enabled: true }}
+alerts: {{ evaluation_interval: 1s }}
+notifiers:
+  slack:
+    token_file: slack-token
+    channel: "#alerts"
+    api_url: "http://127.0.0.1:9/api"
+    deploy_notices: true
+{extra}
+"##
+            ),
+            "t",
+            dir,
+            &HashMap::<String, String>::new(),
+        )
+        .expect("config")
+    }
+
+    fn deployment(version: &str, finished_at: i64) -> crate::store::Batch {
+        let d: crate::dora::Deployment = serde_json::from_value(serde_json::json!({
+            "id": format!("d-{version}"),
+            "service": "checkout",
+            "environment": "production",
+            "version": version,
+            "commit": "abc1234def",
+            "status": "success",
+            "started_at": finished_at - 60,
+            "finished_at": finished_at,
+            "commits": [{"sha": "abc1234def", "timestamp": finished_at - 3600}],
+        }))
+        .expect("deployment");
+        crate::store::Batch {
+            deployment: Some((d, None)),
+            ..crate::store::Batch::default()
+        }
+    }
+
+    fn titles(a: &Alerting) -> Vec<String> {
+        a.queues["slack"]
+            .drain()
+            .into_iter()
+            .map(|i| match i {
+                Item::Notice(m) => m.title,
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// The digest and deploy notices through `Alerting::cycle(now)` with explicit times (the
+    /// edge's clock never consulted), over a real store and DORA hub.
+    #[tokio::test]
+    async fn weekly_digest_and_deploy_notices_driven_by_now() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = config(dir.path(), "    digest: 7d\n");
+        let hub = Hub::open(
+            cfg.dora.clone(),
+            dir.path(),
+            Arc::new(sidelight_collector::metrics::LabelCaps::new(100)),
+        )
+        .await
+        .expect("hub");
+        let a = Alerting::open(
+            cfg.alerting.clone().expect("alerting"),
+            dir.path(),
+            Some(hub.clone()),
+        )
+        .await
+        .expect("open");
+        let t0 = now_ms();
+        a.cycle(t0).await;
+        assert!(titles(&a).is_empty(), "the first evaluation sends nothing");
+
+        // A deployment recorded after the start is announced at the next evaluation.
+        hub.record(deployment("1.4.2", t0 / 1000 - 30))
+            .await
+            .expect("record");
+        a.cycle(t0 + 1000).await;
+        assert_eq!(titles(&a), vec!["Deployed checkout 1.4.2".to_owned()]);
+        a.cycle(t0 + 2000).await;
+        assert!(titles(&a).is_empty(), "announced once");
+
+        a.cycle(t0 + 7 * D - 1000).await;
+        assert!(titles(&a).is_empty(), "not due before a week");
+        // A deployment inside the digest's window.
+        hub.record(deployment("1.5.0", (t0 + 3 * D) / 1000))
+            .await
+            .expect("record");
+        a.cycle(t0 + 7 * D + 500).await;
+        let got = a.queues["slack"].drain();
+        assert_eq!(got.len(), 2, "{got:?}");
+        let Item::Notice(m) = &got[0] else {
+            panic!("{got:?}")
+        };
+        assert_eq!(m.title, "Deployed checkout 1.5.0");
+        let Item::Notice(m) = &got[1] else {
+            panic!("{got:?}")
+        };
+        assert_eq!(m.title, "DORA digest (7d)");
+        assert!(
+            m.lines.iter().any(|l| l.contains("*checkout*")),
+            "{:?}",
+            m.lines
+        );
+        a.cycle(t0 + 7 * D + 1500).await;
+        assert!(titles(&a).is_empty(), "one digest per period");
+        a.cycle(t0 + 14 * D).await;
+        assert_eq!(titles(&a), vec!["DORA digest (7d)".to_owned()]);
+        drop(a);
+
+        // A restart keeps the marks: nothing is announced or digested again.
+        let a = Alerting::open(
+            cfg.alerting.clone().expect("alerting"),
+            dir.path(),
+            Some(hub.clone()),
+        )
+        .await
+        .expect("reopen");
+        a.cycle(t0 + 14 * D + 1000).await;
+        assert!(titles(&a).is_empty());
     }
 }

@@ -257,6 +257,7 @@ fn slack_cfg(base: &str, token: &str) -> NotifierConfig {
         deploy_notices: false,
         digest: None,
         dashboard: None,
+        socket_mode: None,
     }
 }
 
@@ -437,6 +438,7 @@ async fn teams_gets_an_adaptive_card_and_5xx_is_retried() {
         deploy_notices: false,
         digest: None,
         dashboard: None,
+        socket_mode: None,
     };
     let m = DeliveryMetrics::default();
     let s = sender(&cfg, &m);

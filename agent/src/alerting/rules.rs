@@ -421,9 +421,16 @@ impl Rule {
             Condition::Threshold { selector, .. } | Condition::Rate { selector, .. } => {
                 selector.matches(name, labels)
             }
-            Condition::BurnRate { matchers, .. } | Condition::NewException { matchers, .. } => {
-                self.series_names().iter().any(|n| n == name)
-                    && matchers.iter().all(|m| m.matches(labels))
+            // Called per sample and rule at every evaluation: compare names, allocate nothing.
+            Condition::BurnRate { matchers, kind, .. } => {
+                let read = match kind {
+                    SloKind::Errors => name == SPAN_CALLS,
+                    SloKind::Latency(_) => name == SPAN_BUCKETS || name == SPAN_COUNT,
+                };
+                read && matchers.iter().all(|m| m.matches(labels))
+            }
+            Condition::NewException { matchers, .. } => {
+                name == LOG_EXCEPTIONS && matchers.iter().all(|m| m.matches(labels))
             }
         }
     }

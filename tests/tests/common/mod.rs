@@ -691,3 +691,423 @@ pub fn python_service(
     )?;
     Ok(proc)
 }
+
+/// One HTTP/1.1 request as a loopback peer received it.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    /// Header names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An answer: status, extra headers, body (JSON unless a content-type header says otherwise).
+pub type HttpAnswer = (u16, Vec<(&'static str, String)>, String);
+
+/// A threaded HTTP/1.1 server on 127.0.0.1:0 (one request per connection, `connection: close`);
+/// returns its address. Runs until the test process exits.
+pub fn http_server(
+    handler: impl Fn(HttpRequest) -> HttpAnswer + Send + Sync + 'static,
+) -> Result<SocketAddr> {
+    use std::io::Read;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let handler = Arc::new(handler);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let handler = handler.clone();
+            std::thread::spawn(move || {
+                let Ok(read) = stream.try_clone() else { return };
+                let mut reader = BufReader::new(read);
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() || line.is_empty() {
+                    return;
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or("").to_owned();
+                let path = parts.next().unwrap_or("").to_owned();
+                let mut headers = Vec::new();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                    }
+                }
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k == "content-length")
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0; len];
+                if reader.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let (status, extra, text) = handler(HttpRequest {
+                    method,
+                    path,
+                    headers,
+                    body,
+                });
+                let mut head = format!("HTTP/1.1 {status} X\r\n");
+                if !extra.iter().any(|(k, _)| *k == "content-type") {
+                    head.push_str("content-type: application/json; charset=utf-8\r\n");
+                }
+                for (k, v) in &extra {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                head.push_str(&format!(
+                    "content-length: {}\r\nconnection: close\r\n\r\n",
+                    text.len()
+                ));
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(text.as_bytes());
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// What the loopback chat peers received and refused.
+#[derive(Debug, Default)]
+pub struct ChatSeen {
+    /// Accepted `chat.postMessage` calls (time, JSON body).
+    pub posts: Vec<(Instant, serde_json::Value)>,
+    /// Accepted `chat.update` calls.
+    pub updates: Vec<serde_json::Value>,
+    /// Posts answered 429 because the channel had a message less than 1 s before.
+    pub rejected_429: usize,
+    /// Requests refused, with the reason (bad token, bad blocks, bad card, bad signature).
+    pub refused: Vec<String>,
+    /// Accepted Teams Workflows posts.
+    pub teams: Vec<serde_json::Value>,
+    /// Accepted generic-webhook posts (verified bearer token and HMAC signature).
+    pub hooks: Vec<serde_json::Value>,
+    last_post: std::collections::HashMap<String, Instant>,
+    known_ts: Vec<String>,
+    next_ts: u64,
+}
+
+/// Loopback peers that check requests the way the real services do:
+///
+/// - a Slack Web API under `{url}/api`: `Authorization: Bearer <bot token>` (else
+///   `invalid_auth`), JSON bodies, Block Kit shape (header / section / context / actions with
+///   Slack's size limits), at most one `chat.postMessage` per second per channel (else HTTP 429
+///   with `Retry-After: 1`), `chat.update` only of a message it returned, realistic
+///   `ok` / `channel` / `ts` answers (channel names become the channel id `C0ALERTS`);
+/// - a Teams Workflows endpoint at `{url}/workflows/{TEAMS_PATH}`: a message with one Adaptive
+///   Card 1.4 attachment whose text blocks wrap and whose title has a severity colour; 202;
+/// - a generic JSON webhook at `{url}/hook`: `Authorization: Bearer <hook token>` and
+///   `X-Sidelight-Signature: sha256=<HMAC-SHA256 of the raw body>`, else 401.
+pub struct ChatPeers {
+    pub url: String,
+    pub seen: Arc<Mutex<ChatSeen>>,
+}
+
+/// The Teams workflow path the peers accept.
+pub const TEAMS_PATH: &str = "wf-8c1d";
+
+/// What a Slack client must send to be accepted.
+#[derive(Debug, Clone)]
+pub struct ChatSecrets {
+    pub slack_token: String,
+    pub hook_token: String,
+    pub hook_hmac: String,
+}
+
+fn slack_json(v: serde_json::Value) -> HttpAnswer {
+    (200, Vec::new(), v.to_string())
+}
+
+/// What Slack checks of a Block Kit payload (the parts Sidelight uses).
+pub fn check_blocks(body: &serde_json::Value) -> std::result::Result<(), String> {
+    let Some(blocks) = body.get("blocks") else {
+        return if body["text"].is_string() {
+            Ok(())
+        } else {
+            Err("neither text nor blocks".into())
+        };
+    };
+    let blocks = blocks.as_array().ok_or("blocks is not an array")?;
+    if blocks.is_empty() || blocks.len() > 50 {
+        return Err(format!("{} blocks", blocks.len()));
+    }
+    for b in blocks {
+        match b["type"].as_str() {
+            Some("header") => {
+                if b["text"]["type"] != "plain_text"
+                    || b["text"]["text"]
+                        .as_str()
+                        .is_none_or(|t| t.chars().count() > 150)
+                {
+                    return Err(format!("bad header {b}"));
+                }
+            }
+            Some("section") => {
+                let t = &b["text"];
+                if t["type"] != "mrkdwn" || t["text"].as_str().is_none_or(|t| t.len() > 3000) {
+                    return Err(format!("bad section {b}"));
+                }
+            }
+            Some("context") => {
+                if b["elements"]
+                    .as_array()
+                    .is_none_or(|e| e.is_empty() || e.len() > 10)
+                {
+                    return Err(format!("bad context {b}"));
+                }
+            }
+            Some("actions") => {
+                for e in b["elements"].as_array().ok_or("actions without elements")? {
+                    if e["type"] != "button" || e["text"]["type"] != "plain_text" {
+                        return Err(format!("bad button {e}"));
+                    }
+                    if e.get("url").is_none() && e["action_id"].as_str().is_none() {
+                        return Err(format!("button without action_id {e}"));
+                    }
+                }
+            }
+            other => return Err(format!("unexpected block type {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// Whether a Teams Workflows body is a message with one Adaptive Card 1.4.
+pub fn check_teams_card(v: &serde_json::Value) -> std::result::Result<(), String> {
+    let att = &v["attachments"][0];
+    let card = &att["content"];
+    let ok = v["type"] == "message"
+        && v["attachments"].as_array().is_some_and(|a| a.len() == 1)
+        && att["contentType"] == "application/vnd.microsoft.card.adaptive"
+        && card["type"] == "AdaptiveCard"
+        && card["version"] == "1.4"
+        && card["body"].as_array().is_some_and(|b| {
+            !b.is_empty()
+                && b.iter()
+                    .all(|x| x["type"] == "TextBlock" && x["wrap"] == true && x["text"].is_string())
+        })
+        && ["attention", "warning", "good", "accent"]
+            .iter()
+            .any(|c| card["body"][0]["color"] == *c)
+        && card["actions"].as_array().is_none_or(|a| {
+            a.iter()
+                .all(|x| x["type"] == "Action.OpenUrl" && x["url"].is_string())
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("bad card {v}"))
+    }
+}
+
+fn hmac_hex(key: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+impl ChatPeers {
+    pub fn start(secrets: ChatSecrets) -> Result<ChatPeers> {
+        let seen = Arc::new(Mutex::new(ChatSeen::default()));
+        let s = seen.clone();
+        let addr = http_server(move |req| chat_answer(&secrets, &s, req))?;
+        Ok(ChatPeers {
+            url: format!("http://{addr}"),
+            seen,
+        })
+    }
+
+    /// The Slack Web API base URL (`notifiers.<name>.api_url`).
+    pub fn slack_api(&self) -> String {
+        format!("{}/api", self.url)
+    }
+
+    /// The Teams workflow URL.
+    pub fn teams_url(&self) -> String {
+        format!("{}/workflows/{TEAMS_PATH}", self.url)
+    }
+
+    /// The generic webhook URL.
+    pub fn hook_url(&self) -> String {
+        format!("{}/hook", self.url)
+    }
+
+    pub fn seen(&self) -> std::sync::MutexGuard<'_, ChatSeen> {
+        self.seen.lock().expect("chat peers lock")
+    }
+}
+
+fn chat_answer(secrets: &ChatSecrets, seen: &Mutex<ChatSeen>, req: HttpRequest) -> HttpAnswer {
+    let mut seen = seen.lock().expect("chat peers lock");
+    let refuse = |seen: &mut ChatSeen, why: String| seen.refused.push(why);
+    if req.method != "POST" {
+        refuse(&mut seen, format!("{} {}", req.method, req.path));
+        return (405, Vec::new(), "{}".into());
+    }
+    let json: Option<serde_json::Value> = req
+        .header("content-type")
+        .filter(|c| c.starts_with("application/json"))
+        .and_then(|_| serde_json::from_slice(&req.body).ok());
+    if let Some(method) = req.path.strip_prefix("/api/") {
+        if req.header("authorization") != Some(&format!("Bearer {}", secrets.slack_token)) {
+            refuse(&mut seen, format!("{method}: invalid_auth"));
+            return slack_json(serde_json::json!({"ok": false, "error": "invalid_auth"}));
+        }
+        let Some(v) = json else {
+            refuse(&mut seen, format!("{method}: invalid_json"));
+            return slack_json(serde_json::json!({"ok": false, "error": "invalid_json"}));
+        };
+        if let Err(e) = check_blocks(&v) {
+            refuse(&mut seen, format!("{method}: {e}"));
+            return slack_json(serde_json::json!({"ok": false, "error": "invalid_blocks"}));
+        }
+        let channel = match v["channel"].as_str() {
+            Some("#alerts" | "alerts" | "C0ALERTS") => "C0ALERTS",
+            _ => {
+                refuse(
+                    &mut seen,
+                    format!("{method}: channel_not_found {}", v["channel"]),
+                );
+                return slack_json(serde_json::json!({"ok": false, "error": "channel_not_found"}));
+            }
+        };
+        match method {
+            "chat.postMessage" => {
+                let now = Instant::now();
+                if seen
+                    .last_post
+                    .get(channel)
+                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1))
+                {
+                    seen.rejected_429 += 1;
+                    return (
+                        429,
+                        vec![("retry-after", "1".into())],
+                        r#"{"ok":false,"error":"ratelimited"}"#.into(),
+                    );
+                }
+                seen.last_post.insert(channel.to_owned(), now);
+                seen.next_ts += 1;
+                let ts = format!("1700000000.{:06}", seen.next_ts);
+                seen.known_ts.push(ts.clone());
+                seen.posts.push((now, v.clone()));
+                slack_json(serde_json::json!({
+                    "ok": true, "channel": channel, "ts": ts,
+                    "message": {"type": "message", "ts": ts, "text": v["text"], "bot_id": "B01"},
+                }))
+            }
+            "chat.update" => {
+                let ts = v["ts"].as_str().unwrap_or("").to_owned();
+                if !seen.known_ts.contains(&ts) {
+                    refuse(&mut seen, format!("chat.update: message_not_found {ts}"));
+                    return slack_json(
+                        serde_json::json!({"ok": false, "error": "message_not_found"}),
+                    );
+                }
+                seen.updates.push(v.clone());
+                slack_json(serde_json::json!({
+                    "ok": true, "channel": channel, "ts": ts, "text": v["text"],
+                    "message": {"text": v["text"]},
+                }))
+            }
+            other => {
+                refuse(&mut seen, format!("unknown_method {other}"));
+                slack_json(serde_json::json!({"ok": false, "error": "unknown_method"}))
+            }
+        }
+    } else if req.path == format!("/workflows/{TEAMS_PATH}") {
+        let Some(v) = json else {
+            refuse(&mut seen, "teams: not JSON".into());
+            return (400, Vec::new(), "{}".into());
+        };
+        if let Err(e) = check_teams_card(&v) {
+            refuse(&mut seen, format!("teams: {e}"));
+            return (400, Vec::new(), "{}".into());
+        }
+        seen.teams.push(v);
+        (202, Vec::new(), String::new())
+    } else if req.path == "/hook" {
+        let bearer_ok =
+            req.header("authorization") == Some(&format!("Bearer {}", secrets.hook_token));
+        let want = format!("sha256={}", hmac_hex(&secrets.hook_hmac, &req.body));
+        let sig_ok = req.header("x-sidelight-signature") == Some(want.as_str());
+        if !bearer_ok || !sig_ok {
+            refuse(
+                &mut seen,
+                format!("hook: bearer ok {bearer_ok}, signature ok {sig_ok}"),
+            );
+            return (401, Vec::new(), "{}".into());
+        }
+        let Some(v) = json else {
+            refuse(&mut seen, "hook: not JSON".into());
+            return (400, Vec::new(), "{}".into());
+        };
+        seen.hooks.push(v);
+        (204, Vec::new(), String::new())
+    } else {
+        refuse(&mut seen, format!("no route {}", req.path));
+        (404, Vec::new(), "{}".into())
+    }
+}
+
+/// Starts `tests/python/otel_service.py` (FastAPI + the OpenTelemetry SDK) as `name` on `port`,
+/// exporting spans over OTLP with the given OTEL_* settings; waits until it answers.
+pub fn start_otel_service(name: &str, port: u16, env: &[(&str, String)]) -> Result<Proc> {
+    let mut cmd = Command::new(python());
+    cmd.arg(workspace().join("tests/python/otel_service.py"))
+        .arg("--port")
+        .arg(port.to_string())
+        .env("OTEL_SERVICE_NAME", name)
+        .env("OTEL_TRACES_EXPORTER", "otlp")
+        .env("OTEL_METRICS_EXPORTER", "none")
+        .env("OTEL_LOGS_EXPORTER", "none")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let proc = Proc(cmd.spawn()?);
+    eventually(
+        Duration::from_secs(60),
+        "the Python service to answer",
+        || {
+            get(&format!("http://127.0.0.1:{port}/items/0"), &[])
+                .ok()
+                .filter(|(s, _, _)| *s == 200)
+        },
+    )?;
+    Ok(proc)
+}
+
+/// Signs a Slack request body the way Slack does (`v0=` HMAC-SHA256 of `v0:{ts}:{body}`);
+/// returns (timestamp, signature) for now.
+pub fn slack_signature(secret: &str, body: &str) -> (String, String) {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .to_string();
+    let sig = format!(
+        "v0={}",
+        hmac_hex(secret, format!("v0:{ts}:{body}").as_bytes())
+    );
+    (ts, sig)
+}

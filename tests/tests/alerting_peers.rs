@@ -1,0 +1,467 @@
+//! End to end with real peers: a FastAPI service instrumented with the OpenTelemetry SDK sends
+//! its spans to the agent over OTLP/gRPC; a multi-window burn-rate rule on
+//! `traces_span_metrics_calls_total` fires when the service starts failing and resolves when it
+//! recovers, and the loopback Slack Web API (token, Block Kit shape, 1 message/s per channel with
+//! 429 + Retry-After) and Teams Workflows endpoint (Adaptive Card 1.4, 202) receive it. Then
+//! the generic webhook (bearer token + HMAC signature verified), deploy notices posted through
+//! the hub's API, a DORA digest on a short schedule, and ChatOps over HTTP: `/sidelight dora`
+//! and the Ack / Silence 1h buttons as Slack sends them (a signed `payload=` form field).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{
+    Agent, ChatPeers, ChatSecrets, Result, eventually, free_port, get, slack_signature,
+    start_otel_service,
+};
+
+const SLACK_TOKEN: &str = "xoxb-42-peers-token";
+const SIGNING: &str = "peers-signing-secret";
+const HOOK_TOKEN: &str = "hook-bearer-7f3a";
+const HOOK_HMAC: &str = "hook-hmac-key-19c2";
+
+fn peers() -> Result<ChatPeers> {
+    ChatPeers::start(ChatSecrets {
+        slack_token: SLACK_TOKEN.into(),
+        hook_token: HOOK_TOKEN.into(),
+        hook_hmac: HOOK_HMAC.into(),
+    })
+}
+
+fn secrets(dir: &std::path::Path, teams_url: &str) -> Result {
+    std::fs::write(dir.join("slack-token"), format!("{SLACK_TOKEN}\n"))?;
+    std::fs::write(dir.join("slack-signing"), SIGNING)?;
+    std::fs::write(dir.join("teams-url"), teams_url)?;
+    std::fs::write(dir.join("hook-token"), HOOK_TOKEN)?;
+    std::fs::write(dir.join("hook-hmac"), HOOK_HMAC)?;
+    Ok(())
+}
+
+/// Posts a signed Slack request (form body) to a ChatOps route; (status, body).
+fn signed(agent: &Agent, route: &str, body: &str) -> Result<(u16, String)> {
+    let (ts, sig) = slack_signature(SIGNING, body);
+    let mut resp = common::client()
+        .post(&agent.url(route))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", &ts)
+        .header("x-slack-signature", &sig)
+        .send(body.to_owned())?;
+    Ok((resp.status().as_u16(), resp.body_mut().read_to_string()?))
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Top-level channel messages (not thread replies).
+fn top_level(posts: &[(std::time::Instant, serde_json::Value)]) -> Vec<serde_json::Value> {
+    posts
+        .iter()
+        .filter(|(_, v)| v.get("thread_ts").is_none())
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+#[test]
+fn burn_rate_alert_from_a_real_python_service_fires_and_resolves_in_slack_and_teams() -> Result {
+    let chat = peers()?;
+    let dir = tempfile::tempdir()?;
+    secrets(dir.path(), &chat.teams_url())?;
+    let (grpc, http) = (free_port(), free_port());
+    // Burn rates over short windows so the test takes seconds: a 99 % objective (1 % budget),
+    // a fast pair (20 s / 4 s above 10x: critical) and a slower one (40 s / 8 s above 5x:
+    // warning). Both alerts land in one group (alertname + service).
+    let config = format!(
+        r##"
+http: {{ listen: "127.0.0.1:0" }}
+host: {{ interval: 1s }}
+store: {{ path: "{{dir}}/data" }}
+logs: []
+otlp:
+  grpc: 127.0.0.1:{grpc}
+  http: 127.0.0.1:{http}
+alerts:
+  evaluation_interval: 1s
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 4h
+  routes:
+    - {{ match: ['alertname="CheckoutErrorBudget"'], receiver: teams, continue: true }}
+    - {{ match: ['alertname="CheckoutErrorBudget"'], receiver: slack }}
+  links: {{ runbook: "https://runbooks.example/slo" }}
+  rules:
+    - name: CheckoutErrorBudget
+      slo:
+        service: checkout
+        span_kind: SPAN_KIND_SERVER
+        objective: 99
+        windows:
+          - {{ long: 20s, short: 4s, factor: 10, severity: critical }}
+          - {{ long: 40s, short: 8s, factor: 5, severity: warning }}
+      for: 2s
+notifiers:
+  slack:
+    token_file: slack-token
+    channel: "#alerts"
+    api_url: "{api}"
+    signing_secret_file: slack-signing
+  teams:
+    webhook_url_file: teams-url
+"##,
+        api = chat.slack_api(),
+    );
+    let agent = Agent::start_in(dir, &config)?;
+    let port = free_port();
+    let _service = start_otel_service(
+        "checkout",
+        port,
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{grpc}"),
+            ),
+        ],
+    )?;
+
+    // Steady traffic (about 25 requests/s); while `failing`, every other request is a 500.
+    let failing = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (failing, stop, sent) = (failing.clone(), stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let client = common::client();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let path = if failing.load(Ordering::Relaxed) && i.is_multiple_of(2) {
+                    "/fail".to_owned()
+                } else {
+                    format!("/items/{i}")
+                };
+                if client
+                    .get(&format!("http://127.0.0.1:{port}{path}"))
+                    .call()
+                    .is_ok()
+                {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(40));
+            }
+        })
+    };
+    // Healthy first: span metrics arrive, nothing fires.
+    eventually(Duration::from_secs(20), "span metrics for checkout", || {
+        (agent.metric(
+            "traces_span_metrics_calls_total",
+            "service_name=\"checkout\"",
+        ) >= 20.0)
+            .then_some(())
+    })?;
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        chat.seen().posts.is_empty(),
+        "alerted while healthy: {:?}",
+        chat.seen().posts
+    );
+
+    failing.store(true, Ordering::Relaxed);
+    let fired = eventually(Duration::from_secs(30), "the alert in fake Slack", || {
+        top_level(&chat.seen().posts).into_iter().next()
+    })
+    .map_err(|e| format!("{e}; agent: {:?}", agent.log_lines()))?;
+    let text = fired.to_string();
+    assert!(text.contains("CheckoutErrorBudget"), "{text}");
+    assert!(text.contains("checkout"), "{text}");
+    assert!(text.contains("sidelight_ack"), "{text}");
+    assert!(text.contains("https://runbooks.example/slo"), "{text}");
+    assert_eq!(fired["channel"], "#alerts");
+    eventually(Duration::from_secs(15), "the alert in fake Teams", || {
+        chat.seen()
+            .teams
+            .iter()
+            .any(|c| c.to_string().contains("CheckoutErrorBudget"))
+            .then_some(())
+    })?;
+    let (_, _, alerts) = get(&agent.url("/api/v1/alerts"), &[])?;
+    let v: serde_json::Value = serde_json::from_str(&alerts)?;
+    assert!(
+        v["alerts"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|x| { x["state"] == "firing" && x["labels"]["severity"] == "critical" })),
+        "{alerts}"
+    );
+
+    // Recovery: once the short windows hold no errors, the alerts resolve and the original
+    // message is updated in place.
+    failing.store(false, Ordering::Relaxed);
+    let resolved = eventually(Duration::from_secs(40), "the resolving chat.update", || {
+        chat.seen()
+            .updates
+            .iter()
+            .rev()
+            .find(|u| u.to_string().contains("RESOLVED"))
+            .cloned()
+    })
+    .map_err(|e| format!("{e}; agent: {:?}", agent.log_lines()))?;
+    eventually(
+        Duration::from_secs(15),
+        "the resolved card in Teams",
+        || {
+            chat.seen()
+                .teams
+                .iter()
+                .any(|c| c["attachments"][0]["content"]["body"][0]["color"] == "good")
+                .then_some(())
+        },
+    )?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.join();
+    assert!(sent.load(Ordering::Relaxed) > 100);
+
+    let seen = chat.seen();
+    // One grouped message in the channel; every later change is an update of it (or a reply in
+    // its thread), never a second top-level message.
+    let tops = top_level(&seen.posts);
+    assert_eq!(tops.len(), 1, "{tops:?}");
+    let first_ts = "1700000000.000001";
+    assert_eq!(resolved["ts"], first_ts);
+    assert!(seen.updates.iter().all(|u| u["ts"] == first_ts));
+    assert!(
+        seen.posts
+            .iter()
+            .skip(1)
+            .all(|(_, p)| p["thread_ts"] == first_ts),
+        "{:?}",
+        seen.posts
+    );
+    // Resolved messages carry no Ack / Silence buttons.
+    assert!(!resolved.to_string().contains("sidelight_ack"));
+    // The peers' checks: nothing was refused, and accepted posts were >= 1 s apart.
+    assert!(seen.refused.is_empty(), "{:?}", seen.refused);
+    for w in seen.posts.windows(2) {
+        assert!(w[1].0.duration_since(w[0].0) >= Duration::from_secs(1));
+    }
+    // Teams: every card passed the Adaptive Card check; the first is the critical one.
+    assert_eq!(
+        seen.teams[0]["attachments"][0]["content"]["body"][0]["color"],
+        "attention"
+    );
+    drop(seen);
+    assert_eq!(
+        agent.metric("sidelight_notifications_failed_total", ""),
+        0.0
+    );
+    Ok(())
+}
+
+#[test]
+fn webhook_deploy_notice_digest_and_chatops_buttons_over_http() -> Result {
+    let chat = peers()?;
+    let dir = tempfile::tempdir()?;
+    secrets(dir.path(), &chat.teams_url())?;
+    let config = format!(
+        r##"
+http: {{ listen: "127.0.0.1:0" }}
+host: {{ interval: 1s }}
+store: {{ path: "{{dir}}/data" }}
+logs: []
+dora: {{ enabled: true }}
+alerts:
+  evaluation_interval: 1s
+  group_wait: 0s
+  group_interval: 1s
+  repeat_interval: 4h
+  routes:
+    - {{ match: ['alertname="AgentRunning"'], receiver: hook, continue: true }}
+    - {{ match: ['alertname="AgentRunning"'], receiver: slack }}
+  rules:
+    - name: AgentRunning
+      expr: 'sidelight_build_info'
+      threshold: 0
+      severity: warning
+      labels: {{ service: sidelight }}
+      summary: "build info is {{{{ $value }}}}"
+notifiers:
+  slack:
+    token_file: slack-token
+    channel: "#alerts"
+    api_url: "{api}"
+    signing_secret_file: slack-signing
+    deploy_notices: true
+    digest: 6s
+  hook:
+    type: webhook
+    url: "{hook}"
+    bearer_token_file: hook-token
+    hmac_secret_file: hook-hmac
+"##,
+        api = chat.slack_api(),
+        hook = chat.hook_url(),
+    );
+    let agent = Agent::start_in(dir, &config)?;
+
+    // The generic webhook: bearer token and signature verified by the peer, Alertmanager-like
+    // JSON.
+    let hook = eventually(Duration::from_secs(20), "the alert at the webhook", || {
+        chat.seen().hooks.first().cloned()
+    })?;
+    assert_eq!(hook["version"], "1");
+    assert_eq!(hook["type"], "alerts");
+    assert_eq!(hook["status"], "firing");
+    assert_eq!(hook["receiver"], "hook");
+    assert_eq!(hook["groupLabels"]["alertname"], "AgentRunning");
+    let a = &hook["alerts"][0];
+    assert_eq!(a["status"], "firing");
+    assert_eq!(a["labels"]["alertname"], "AgentRunning");
+    assert_eq!(a["labels"]["severity"], "warning");
+    assert_eq!(a["summary"], "build info is 1");
+    assert_eq!(a["value"], 1.0);
+    assert!(
+        a["firedAt"].is_i64() && a["fingerprint"].is_string(),
+        "{hook}"
+    );
+
+    // A deployment through the hub's API becomes a notice in Slack.
+    let alert_post = eventually(Duration::from_secs(20), "the alert in Slack", || {
+        top_level(&chat.seen().posts)
+            .into_iter()
+            .find(|p| p.to_string().contains("AgentRunning"))
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let deploy = serde_json::json!({
+        "service": "checkout", "environment": "production", "version": "2.7.0",
+        "commit": "9f8e7d6c5b4a", "started_at": now - 120, "finished_at": now - 60,
+        "commits": [{"sha": "9f8e7d6c5b4a", "timestamp": now - 7200}],
+    });
+    let mut resp = common::client()
+        .post(&agent.url("/api/v1/deployments"))
+        .header("content-type", "application/json")
+        .send(deploy.to_string())?;
+    assert_eq!(
+        resp.status().as_u16(),
+        201,
+        "{}",
+        resp.body_mut().read_to_string()?
+    );
+    let notice = eventually(Duration::from_secs(15), "the deploy notice", || {
+        top_level(&chat.seen().posts)
+            .into_iter()
+            .find(|p| p.to_string().contains("Deployed checkout 2.7.0"))
+    })?;
+    let text = notice.to_string();
+    assert!(text.contains("sha 9f8e7d6"), "{text}");
+    assert!(text.contains("production"), "{text}");
+
+    // The digest, every 6 s here: a DORA summary naming the deployed service.
+    let digest = eventually(Duration::from_secs(20), "the DORA digest", || {
+        top_level(&chat.seen().posts)
+            .into_iter()
+            .find(|p| p.to_string().contains("DORA digest") && p.to_string().contains("checkout"))
+    })?;
+    assert!(digest.to_string().contains("deploys/day"), "{digest}");
+
+    // `/sidelight dora checkout 7d` over the HTTP path, signed as Slack signs it.
+    let (status, body) = signed(
+        &agent,
+        "/chatops/slack/commands",
+        "token=x&team_id=T1&command=%2Fsidelight&text=dora+checkout+7d&user_name=ana&user_id=U1",
+    )?;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(v["response_type"], "ephemeral");
+    let t = v["text"].as_str().unwrap_or("");
+    assert!(t.starts_with("DORA over 7d"), "{t}");
+    assert!(t.contains("*checkout* (production)"), "{t}");
+    assert!(t.contains("deploys/day"), "{t}");
+
+    // The buttons, as Slack sends a click: a signed form with a `payload` JSON field whose
+    // action carries the value the agent put on the button.
+    let key = alert_post["blocks"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["type"] == "actions"))
+        .and_then(|b| b["elements"].as_array())
+        .and_then(|e| e.iter().find(|e| e["action_id"] == "sidelight_ack"))
+        .and_then(|e| e["value"].as_str())
+        .ok_or("no Ack button value")?
+        .to_owned();
+    let click = |action: &str| {
+        let payload = serde_json::json!({
+            "type": "block_actions",
+            "user": {"id": "U1", "username": "ana", "name": "ana", "team_id": "T1"},
+            "api_app_id": "A1",
+            "token": "legacy",
+            "container": {"type": "message", "message_ts": "1700000000.000001", "channel_id": "C0ALERTS"},
+            "trigger_id": "1.2.3",
+            "team": {"id": "T1", "domain": "example"},
+            "channel": {"id": "C0ALERTS", "name": "alerts"},
+            "response_url": "https://hooks.slack.invalid/actions/T1/1/x",
+            "actions": [{
+                "type": "button", "action_id": action, "block_id": "b1",
+                "text": {"type": "plain_text", "text": "Ack"}, "value": key,
+                "action_ts": "1700000001.000001",
+            }],
+        });
+        format!("payload={}", urlencode(&payload.to_string()))
+    };
+    let (status, body) = signed(
+        &agent,
+        "/chatops/slack/interactions",
+        &click("sidelight_ack"),
+    )?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("acked by ana (1 group(s))"), "{body}");
+    let (status, body) = signed(
+        &agent,
+        "/chatops/slack/interactions",
+        &click("sidelight_silence_1h"),
+    )?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("for 1h by ana"), "{body}");
+    let (_, _, silences) = get(&agent.url("/api/v1/silences"), &[])?;
+    let v: serde_json::Value = serde_json::from_str(&silences)?;
+    let s = v["silences"]
+        .as_array()
+        .and_then(|s| s.first())
+        .ok_or(format!("no silence: {silences}"))?;
+    assert_eq!(s["created_by"], "slack:ana", "{silences}");
+    let m = s["matchers"].to_string();
+    assert!(
+        m.contains("alertname=\\\"AgentRunning\\\"") && m.contains("service=\\\"sidelight\\\""),
+        "{m}"
+    );
+    // The same click unsigned, or signed with another secret, is refused before parsing.
+    let resp = common::client()
+        .post(&agent.url("/chatops/slack/interactions"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send(click("sidelight_ack"))?;
+    assert_eq!(resp.status().as_u16(), 401);
+    let body = click("sidelight_ack");
+    let (ts, _) = slack_signature(SIGNING, &body);
+    let (_, wrong) = slack_signature("another-secret", &body);
+    let resp = common::client()
+        .post(&agent.url("/chatops/slack/interactions"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", &ts)
+        .header("x-slack-signature", &wrong)
+        .send(body)?;
+    assert_eq!(resp.status().as_u16(), 401);
+
+    let seen = chat.seen();
+    assert!(seen.refused.is_empty(), "{:?}", seen.refused);
+    assert_eq!(seen.hooks.len(), 1, "{:?}", seen.hooks);
+    Ok(())
+}

@@ -463,7 +463,7 @@ impl OtlpClient {
                 req = req.header(k.as_str(), v.as_str());
             }
             match req.send(&body[..]) {
-                Err(ureq::Error::Rustls(e)) => Outcome::Retry {
+                Err(e) if super::tls::is_ureq_tls_error(&e) => Outcome::Retry {
                     reason: "tls",
                     after: None,
                     message: format!("TLS with {endpoint} failed: {e} (check export.otlp.tls)"),

@@ -189,7 +189,7 @@ fn send_once(agent: &ureq::Agent, s: &RemoteWriteSettings, body: &[u8]) -> Outco
         req = req.header("Authorization", format!("Bearer {t}"));
     }
     match req.send(body) {
-        Err(ureq::Error::Rustls(e)) => Outcome::Retry {
+        Err(e) if super::tls::is_ureq_tls_error(&e) => Outcome::Retry {
             reason: "tls",
             after: None,
             message: format!(

@@ -256,6 +256,17 @@ impl ServerCertVerifier for NoVerify {
     }
 }
 
+/// Whether ureq failed in TLS (rustls's error directly, or inside an I/O error).
+pub fn is_ureq_tls_error(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Rustls(_) | ureq::Error::Tls(_) => true,
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>()),
+        _ => false,
+    }
+}
+
 /// A TLS handshake that failed (the chain names the rustls error).
 #[derive(Debug, thiserror::Error)]
 #[error("TLS handshake: {0}")]

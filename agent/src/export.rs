@@ -1028,4 +1028,38 @@ mod tests {
             assert!(paths.contains(&want), "missing {want} in {paths:?}");
         }
     }
+
+    #[test]
+    fn compression_levels_and_tls_are_checked() {
+        use super::Compression;
+        let c = load("export:\n  otlp: { endpoint: http://c:4317 }\n").expect("valid");
+        let o = c.export.otlp.as_ref().expect("otlp");
+        assert_eq!(
+            o.compression,
+            Compression::Gzip(1),
+            "gzip level 1 by default"
+        );
+        assert_eq!(o.concurrency, 4);
+        let c = load("export:\n  otlp: { endpoint: http://c:4317, compression: zstd, compression_level: 3 }\n")
+            .expect("valid");
+        assert_eq!(
+            c.export.otlp.as_ref().expect("otlp").compression,
+            Compression::Zstd(3)
+        );
+        let e = load(
+            "export:\n  otlp: { endpoint: http://c:4318, protocol: http, compression: zstd, compression_level: 30, tls: { ca_file: ca.pem }, concurrency: 0 }\n  remote_write: { url: https://p/api/v1/write, tls: { ca_file: /nonexistent/ca.pem } }\n",
+        )
+        .expect_err("invalid");
+        let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "export.otlp.compression",
+            "export.otlp.compression_level",
+            "export.otlp.tls",
+            "export.otlp.concurrency",
+            "export.remote_write.tls",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+        assert!(format!("{e}").contains("nonexistent/ca.pem"), "{e}");
+    }
 }

@@ -24,6 +24,7 @@ use sidelight_collector::export::otlp::{
 use sidelight_collector::export::remote_write::{self, RemoteWriteSettings};
 use sidelight_collector::export::retry::RetryPolicy;
 use sidelight_collector::export::spill::Spill;
+use sidelight_collector::export::tls::{ClientTls, ClientTlsFiles};
 use sidelight_collector::export::{ExportStats, openmetrics, telemetry};
 use sidelight_collector::pipeline::{
     Envelope, Intake, Payload, PushError, Queue, QueueLimits, QueueStats, Receipt, Signal,
@@ -55,6 +56,9 @@ struct RawOtlp {
     #[serde(with = "duration")]
     timeout: Duration,
     compression: String,
+    compression_level: Option<u8>,
+    tls: Option<RawTls>,
+    concurrency: usize,
     batch: RawBatch,
     queue: RawQueue,
     retry: RawRetry,
@@ -74,6 +78,9 @@ impl Default for RawOtlp {
             bearer_token_env: None,
             timeout: Duration::from_secs(10),
             compression: "gzip".into(),
+            compression_level: None,
+            tls: None,
+            concurrency: 4,
             batch: RawBatch::default(),
             queue: RawQueue::default(),
             retry: RawRetry::default(),
@@ -82,6 +89,16 @@ impl Default for RawOtlp {
             self_metrics: true,
         }
     }
+}
+
+/// `export.otlp.tls` / `export.remote_write.tls`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawTls {
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -174,6 +191,7 @@ struct RawRemoteWrite {
     retry: RawRetry,
     queue: RawQueue,
     external_labels: BTreeMap<String, String>,
+    tls: Option<RawTls>,
 }
 
 impl Default for RawRemoteWrite {
@@ -191,6 +209,7 @@ impl Default for RawRemoteWrite {
                 max_bytes: 64 << 20,
             },
             external_labels: BTreeMap::new(),
+            tls: None,
         }
     }
 }
@@ -220,8 +239,12 @@ pub struct OtlpExportConfig {
     pub bearer_token: Option<Secret>,
     /// Per-attempt timeout.
     pub timeout: Duration,
-    /// gzip or none.
+    /// gzip, zstd or none, with the level.
     pub compression: Compression,
+    /// TLS for an `https://` endpoint (loaded at validation).
+    pub tls: Option<Arc<ClientTls>>,
+    /// Batches in flight at most per signal (without a spill).
+    pub concurrency: usize,
     /// Batch limits.
     pub batch: BatchLimits,
     /// Bounds of each signal's queue.
@@ -245,6 +268,7 @@ impl OtlpExportConfig {
             bearer_token: self.bearer_token.as_ref().map(|s| s.expose().to_owned()),
             timeout: self.timeout,
             compression: self.compression,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -268,6 +292,8 @@ pub struct RemoteWriteConfig {
     pub queue: QueueLimits,
     /// Labels added to every series.
     pub external_labels: Vec<(String, String)>,
+    /// TLS for an `https://` URL (loaded at validation).
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 fn optional_secret(
@@ -372,17 +398,69 @@ fn validate_url(url: &str, path: &str, errors: &mut Vec<ConfigError>) {
             path: path.into(),
             message: "is required".into(),
         });
-    } else if url.starts_with("https://") {
+    } else if !(url.starts_with("http://") && url.len() > "http://".len()
+        || url.starts_with("https://") && url.len() > "https://".len())
+    {
         errors.push(ConfigError {
             path: path.into(),
-            message: "https is not supported yet: use http:// (e.g. to a local collector or proxy)"
-                .into(),
+            message: format!("{url:?} is not an http:// or https:// URL"),
         });
-    } else if !url.starts_with("http://") || url.len() <= "http://".len() {
+    }
+}
+
+/// Loads the TLS settings of an exporter whose URL is `url` (files relative to the config).
+/// `https://` without a `tls:` section uses the system roots.
+fn validate_tls(
+    raw: Option<&RawTls>,
+    url: &str,
+    at: &str,
+    base: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Arc<ClientTls>> {
+    let https = url.trim().starts_with("https://");
+    let Some(raw) = raw else {
+        if !https {
+            return None;
+        }
+        return match ClientTls::load(&ClientTlsFiles::default()) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                errors.push(ConfigError {
+                    path: format!("{at}.tls"),
+                    message: e.to_string(),
+                });
+                None
+            }
+        };
+    };
+    if !https {
         errors.push(ConfigError {
-            path: path.into(),
-            message: format!("{url:?} is not an http:// URL"),
+            path: format!("{at}.tls"),
+            message: "needs an https:// endpoint".into(),
         });
+        return None;
+    }
+    let files = ClientTlsFiles {
+        ca_file: raw.ca_file.as_ref().map(|p| base.join(p)),
+        cert_file: raw.cert_file.as_ref().map(|p| base.join(p)),
+        key_file: raw.key_file.as_ref().map(|p| base.join(p)),
+        insecure_skip_verify: raw.insecure_skip_verify,
+    };
+    if files.insecure_skip_verify && files.ca_file.is_some() {
+        errors.push(ConfigError {
+            path: format!("{at}.tls.insecure_skip_verify"),
+            message: "ca_file is unused when verification is skipped: set one or the other".into(),
+        });
+    }
+    match ClientTls::load(&files) {
+        Ok(t) => Some(Arc::new(t)),
+        Err(e) => {
+            errors.push(ConfigError {
+                path: format!("{at}.tls"),
+                message: e.to_string(),
+            });
+            None
+        }
     }
 }
 
@@ -396,6 +474,7 @@ pub(crate) fn validate(
     let otlp = raw.otlp.map(|o| {
         let at = "export.otlp";
         validate_url(&o.endpoint, "export.otlp.endpoint", errors);
+        let tls = validate_tls(o.tls.as_ref(), &o.endpoint, at, base, errors);
         let protocol = match o.protocol.as_str() {
             "grpc" => Protocol::Grpc,
             "http" | "http/protobuf" => Protocol::Http,
@@ -408,16 +487,59 @@ pub(crate) fn validate(
             }
         };
         let compression = match o.compression.as_str() {
-            "gzip" => Compression::Gzip,
-            "none" => Compression::None,
+            "gzip" => match o.compression_level {
+                None => Compression::Gzip(Compression::GZIP_DEFAULT_LEVEL),
+                Some(l @ 0..=9) => Compression::Gzip(l as u32),
+                Some(l) => {
+                    errors.push(ConfigError {
+                        path: "export.otlp.compression_level".into(),
+                        message: format!("{l}: gzip levels are 0 to 9"),
+                    });
+                    Compression::Gzip(Compression::GZIP_DEFAULT_LEVEL)
+                }
+            },
+            "zstd" => {
+                if protocol == Protocol::Http {
+                    errors.push(ConfigError {
+                        path: "export.otlp.compression".into(),
+                        message: "zstd is for protocol: grpc (OTLP/HTTP specifies gzip)".into(),
+                    });
+                }
+                match o.compression_level {
+                    None => Compression::Zstd(Compression::ZSTD_DEFAULT_LEVEL),
+                    Some(l @ 1..=22) => Compression::Zstd(l as i32),
+                    Some(l) => {
+                        errors.push(ConfigError {
+                            path: "export.otlp.compression_level".into(),
+                            message: format!("{l}: zstd levels are 1 to 22"),
+                        });
+                        Compression::Zstd(Compression::ZSTD_DEFAULT_LEVEL)
+                    }
+                }
+            }
+            "none" => {
+                if o.compression_level.is_some() {
+                    errors.push(ConfigError {
+                        path: "export.otlp.compression_level".into(),
+                        message: "needs compression: gzip or zstd".into(),
+                    });
+                }
+                Compression::None
+            }
             other => {
                 errors.push(ConfigError {
                     path: "export.otlp.compression".into(),
-                    message: format!("{other:?}: expected gzip or none"),
+                    message: format!("{other:?}: expected gzip, zstd or none"),
                 });
-                Compression::Gzip
+                Compression::Gzip(Compression::GZIP_DEFAULT_LEVEL)
             }
         };
+        if !(1..=64).contains(&o.concurrency) {
+            errors.push(ConfigError {
+                path: "export.otlp.concurrency".into(),
+                message: "must be between 1 and 64".into(),
+            });
+        }
         if o.timeout.is_zero() {
             errors.push(ConfigError {
                 path: "export.otlp.timeout".into(),
@@ -483,6 +605,8 @@ pub(crate) fn validate(
             ),
             timeout: o.timeout,
             compression,
+            tls,
+            concurrency: o.concurrency,
             batch: BatchLimits {
                 max_items: o.batch.max_items,
                 max_bytes: o.batch.max_bytes,
@@ -498,6 +622,7 @@ pub(crate) fn validate(
     let remote_write = raw.remote_write.map(|r| {
         let at = "export.remote_write";
         validate_url(&r.url, "export.remote_write.url", errors);
+        let tls = validate_tls(r.tls.as_ref(), &r.url, at, base, errors);
         if r.interval < Duration::from_secs(1) {
             errors.push(ConfigError {
                 path: "export.remote_write.interval".into(),
@@ -543,6 +668,7 @@ pub(crate) fn validate(
             retry: validate_retry(&r.retry, at, errors),
             queue: validate_queue(&r.queue, at, errors),
             external_labels,
+            tls,
         }
     });
     ExportConfig { otlp, remote_write }
@@ -650,6 +776,7 @@ impl Exports {
                     batch: o.batch,
                     retry: o.retry,
                     spill,
+                    concurrency: o.concurrency,
                     stats: stats.clone(),
                 });
             }
@@ -716,6 +843,7 @@ impl Exports {
                 max_requests: r.queue.max_items,
                 max_bytes: r.queue.max_bytes,
                 external_labels: r.external_labels.clone(),
+                tls: r.tls.clone(),
             };
             tracker.spawn(remote_write::run(
                 settings,
@@ -877,7 +1005,7 @@ mod tests {
     #[test]
     fn every_error_with_its_path() {
         let e = load(
-            "export:\n  otlp:\n    endpoint: https://x:4317\n    protocol: thrift\n    compression: lz4\n    headers: { Authorization: Bearer x }\n    batch: { max_items: 0 }\n    retry: { initial: 0s }\n    spill: { enabled: true, max_bytes: 10 }\n    signals: [traces, traces, profiles]\n    colour: red\n  remote_write:\n    interval: 100ms\n    external_labels: { __bad: x }\n    bearer_token_file: /nonexistent/token\n",
+            "export:\n  otlp:\n    endpoint: ftp://x:4317\n    protocol: thrift\n    compression: lz4\n    headers: { Authorization: Bearer x }\n    batch: { max_items: 0 }\n    retry: { initial: 0s }\n    spill: { enabled: true, max_bytes: 10 }\n    signals: [traces, traces, profiles]\n    colour: red\n  remote_write:\n    interval: 100ms\n    external_labels: { __bad: x }\n    bearer_token_file: /nonexistent/token\n",
         )
         .expect_err("invalid");
         let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
@@ -899,5 +1027,39 @@ mod tests {
         ] {
             assert!(paths.contains(&want), "missing {want} in {paths:?}");
         }
+    }
+
+    #[test]
+    fn compression_levels_and_tls_are_checked() {
+        use super::Compression;
+        let c = load("export:\n  otlp: { endpoint: http://c:4317 }\n").expect("valid");
+        let o = c.export.otlp.as_ref().expect("otlp");
+        assert_eq!(
+            o.compression,
+            Compression::Gzip(1),
+            "gzip level 1 by default"
+        );
+        assert_eq!(o.concurrency, 4);
+        let c = load("export:\n  otlp: { endpoint: http://c:4317, compression: zstd, compression_level: 3 }\n")
+            .expect("valid");
+        assert_eq!(
+            c.export.otlp.as_ref().expect("otlp").compression,
+            Compression::Zstd(3)
+        );
+        let e = load(
+            "export:\n  otlp: { endpoint: http://c:4318, protocol: http, compression: zstd, compression_level: 30, tls: { ca_file: ca.pem }, concurrency: 0 }\n  remote_write: { url: https://p/api/v1/write, tls: { ca_file: /nonexistent/ca.pem } }\n",
+        )
+        .expect_err("invalid");
+        let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "export.otlp.compression",
+            "export.otlp.compression_level",
+            "export.otlp.tls",
+            "export.otlp.concurrency",
+            "export.remote_write.tls",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+        assert!(format!("{e}").contains("nonexistent/ca.pem"), "{e}");
     }
 }

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, Key
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use sidelight_collector::export::batch::Batch;
-use sidelight_collector::export::otlp::gzip_bytes;
+use sidelight_collector::export::otlp::{Compression, encode_compressed};
 use sidelight_collector::export::spill::Spill;
 use sidelight_collector::pipeline::{Envelope, Payload, Receipt};
 
@@ -140,12 +140,23 @@ fn main() {
             .map(|b| black_box(b.payload.encode_to_vec()).len())
             .sum()
     });
-    run("clone + merge + encode + gzip", &|reqs| {
-        merge(reqs)
-            .iter()
-            .map(|b| black_box(gzip_bytes(&b.payload.encode_to_vec())).len())
-            .sum()
-    });
+    for (name, c) in [
+        ("clone + merge + encode + gzip 6", Compression::Gzip(6)),
+        ("clone + merge + encode + gzip 1", Compression::Gzip(1)),
+        ("clone + merge + encode + zstd 1", Compression::Zstd(1)),
+        ("clone + merge + encode + zstd 3", Compression::Zstd(3)),
+    ] {
+        run(name, &|reqs| {
+            merge(reqs)
+                .iter()
+                .map(|b| {
+                    let mut out = Vec::new();
+                    encode_compressed(&b.payload, c, &mut out);
+                    black_box(out).len()
+                })
+                .sum()
+        });
+    }
     let dir = tempfile::tempdir().expect("tmp");
     let spill = std::cell::RefCell::new(Spill::open(dir.path(), 1 << 30).expect("spill").0);
     run("clone + merge + encode + spill (fsync)", &|reqs| {

@@ -114,6 +114,16 @@ impl Payload {
         }
     }
 
+    /// Appends the protobuf encoding to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.reserve(self.encoded_len());
+        match self {
+            Payload::Traces(r) => r.encode_raw(out),
+            Payload::Metrics(r) => r.encode_raw(out),
+            Payload::Logs(r) => r.encode_raw(out),
+        }
+    }
+
     /// The protobuf encoding.
     pub fn encode_to_vec(&self) -> Vec<u8> {
         match self {
@@ -592,6 +602,18 @@ impl Intake {
     /// Whether anything forwards `signal`.
     pub fn forwards(&self, signal: Signal) -> bool {
         !self.queues(signal).is_empty()
+    }
+
+    /// For receivers, before a request is decoded: refuses (and counts) when a queue of
+    /// `signal` has no room at all now, so a full pipeline does not pay for decoding what it
+    /// will refuse. `None`: go ahead and [`offer`](Self::offer), which still decides.
+    pub fn refuse_early(&self, signal: Signal) -> Option<Refused> {
+        let q = self.queues(signal).iter().find(|q| !q.has_room(1))?;
+        if q.is_closed() {
+            return Some(Refused::Closed(signal));
+        }
+        q.count_refused();
+        Some(Refused::Full(signal))
     }
 
     /// For receivers: takes the payload now or refuses it (the sender still holds it and

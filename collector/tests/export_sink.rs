@@ -203,7 +203,8 @@ fn rig(
         headers: vec![("x-test".into(), "1".into())],
         bearer_token: None,
         timeout: Duration::from_secs(5),
-        compression: Compression::Gzip,
+        compression: Compression::Gzip(Compression::GZIP_DEFAULT_LEVEL),
+        tls: None,
     })
     .expect("client");
     let spill = spill.map(|dir| {
@@ -215,6 +216,7 @@ fn rig(
         signal,
         queue: queue.clone(),
         client: Arc::new(client),
+        concurrency: 2,
         batch: BatchLimits {
             max_items: 64,
             max_bytes: 64 << 10,

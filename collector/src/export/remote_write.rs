@@ -135,6 +135,8 @@ pub struct RemoteWriteSettings {
     pub max_bytes: usize,
     /// Labels added to every series.
     pub external_labels: Vec<(String, String)>,
+    /// TLS for an `https://` URL (the system roots when `None`).
+    pub tls: Option<Arc<super::tls::ClientTls>>,
 }
 
 struct Pending {
@@ -187,6 +189,14 @@ fn send_once(agent: &ureq::Agent, s: &RemoteWriteSettings, body: &[u8]) -> Outco
         req = req.header("Authorization", format!("Bearer {t}"));
     }
     match req.send(body) {
+        Err(e) if super::tls::is_ureq_tls_error(&e) => Outcome::Retry {
+            reason: "tls",
+            after: None,
+            message: format!(
+                "TLS with {} failed: {e} (check export.remote_write.tls)",
+                s.url
+            ),
+        },
         Err(e) => Outcome::Retry {
             reason: "connection",
             after: None,
@@ -319,11 +329,18 @@ pub async fn run(
         }
     };
     let send = async {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(settings.timeout))
-            .build()
-            .into();
+            .timeout_global(Some(settings.timeout));
+        if let Some(tls) = &settings.tls {
+            config = config.tls_config(tls.ureq_config());
+        } else if settings.url.starts_with("https://") {
+            match super::tls::ClientTls::load(&Default::default()) {
+                Ok(tls) => config = config.tls_config(tls.ureq_config()),
+                Err(e) => tracing::error!(error = %e, "remote write: no TLS roots"),
+            }
+        }
+        let agent: ureq::Agent = config.build().into();
         let settings = Arc::new(settings.clone());
         let mut logged = std::collections::HashSet::new();
         'outer: loop {

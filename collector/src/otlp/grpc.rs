@@ -137,6 +137,23 @@ async fn edge(State(core): State<Arc<Core>>, req: Request, next: Next) -> Respon
             .request(Receiver::Grpc, signal, code_label(Code::Unauthenticated));
         return Status::unauthenticated("missing or wrong bearer token").into_http::<Body>();
     }
+    // A full pipeline refuses before the body is read and decoded (the sender retries).
+    if let Some(refused) = core.intake.refuse_early(signal) {
+        let (reason, status) = match refused {
+            Refused::Full(s) => (
+                Reason::Full,
+                Status::unavailable(format!("the {s} queue is full; retry later")),
+            ),
+            Refused::Closed(_) => (
+                Reason::Closed,
+                Status::unavailable("the agent is stopping; retry later"),
+            ),
+        };
+        core.stats.refused(Receiver::Grpc, signal, reason);
+        core.stats
+            .request(Receiver::Grpc, signal, code_label(Code::Unavailable));
+        return status.into_http::<Body>();
+    }
     let counter = core.stats.bytes_counter(Receiver::Grpc, signal);
     let req = req.map(|inner| Body::new(Counting { inner, counter }));
     let mut response = next.run(req).await;

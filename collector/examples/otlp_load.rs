@@ -1,0 +1,539 @@
+//! The OTLP/gRPC load tool of `bench/otlp.sh`, run as its own process so that the agent's CPU
+//! and RSS are the agent's alone.
+//!
+//! - `otlp_load send --target http://127.0.0.1:4317 --spans 100 [--rate SPANS_PER_S]
+//!   [--duration 10] [--connections 4] [--in-flight 4]`: sends pre-encoded requests of N spans
+//!   shaped like a web service's traces (1 span in 5 SERVER, the rest CLIENT and INTERNAL
+//!   children, six resource and six or seven span attributes) through tonic's client with a
+//!   codec that writes the bytes as they are; at saturation (no `--rate`) from
+//!   `connections × in-flight` concurrent calls, at a fixed rate from one paced caller. Prints
+//!   one JSON line at the end: `{"ok_spans":..,"refused_requests":..,"wall_s":..}`.
+//! - `otlp_load sink --listen 127.0.0.1:0 --count-file F`: a TraceService that counts spans
+//!   without decoding them (a walk over the protobuf tags), answers OK, and rewrites `F` every
+//!   100 ms with `spans requests` — the downstream of the agent's exporter, cheap enough not to
+//!   be the bottleneck. Prints its address on stdout.
+//!
+//! Build: `cargo build --release -p sidelight-collector --example otlp_load`
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use prost::Message;
+use tonic::codec::CompressionEncoding;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A request of `spans` spans shaped like a web service's traces (the shape of the
+/// `otlp_ingest` bench, so the figures compare).
+fn request(spans: usize, seed: usize) -> Bytes {
+    let start = 1_700_000_000_000_000_000u64;
+    let routes = ["/items/{id}", "/orders", "/users/{id}", "/health", "/cart"];
+    let spans = (0..spans)
+        .map(|i| {
+            let n = seed * 10_000 + i;
+            let server = i % 5 == 0;
+            let route = routes[(n / 5) % routes.len()];
+            let mut trace_id = [0u8; 16];
+            trace_id[..8].copy_from_slice(&((n / 5) as u64).to_le_bytes());
+            trace_id[8..].copy_from_slice(&(seed as u64).to_le_bytes());
+            let mut attributes = vec![
+                kv("http.request.method", "GET"),
+                kv("url.scheme", "http"),
+                kv("server.address", "shop.internal"),
+                kv("network.protocol.version", "1.1"),
+            ];
+            if server {
+                attributes.push(kv("http.route", route));
+                attributes.push(kv("url.path", &route.replace("{id}", &n.to_string())));
+                attributes.push(kv("user_agent.original", "python-requests/2.32.3"));
+            } else {
+                attributes.push(kv("db.system", "postgresql"));
+                attributes.push(kv(
+                    "db.statement",
+                    "SELECT id, name, price FROM items WHERE id = $1",
+                ));
+            }
+            Span {
+                trace_id: trace_id.to_vec(),
+                span_id: (n as u64 + 1).to_le_bytes().to_vec(),
+                parent_span_id: if server { vec![] } else { vec![1; 8] },
+                name: if server {
+                    format!("GET {route}")
+                } else {
+                    "SELECT shop".into()
+                },
+                kind: if server {
+                    SpanKind::Server
+                } else if i % 5 == 1 {
+                    SpanKind::Internal
+                } else {
+                    SpanKind::Client
+                } as i32,
+                start_time_unix_nano: start + n as u64 * 1000,
+                end_time_unix_nano: start
+                    + n as u64 * 1000
+                    + 1_000_000
+                    + (n as u64 % 97) * 3_000_000,
+                attributes,
+                status: Some(Status {
+                    code: if n.is_multiple_of(50) { 2 } else { 0 },
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", "shop"),
+                    kv("service.version", "1.4.2"),
+                    kv("deployment.environment", "production"),
+                    kv("telemetry.sdk.language", "python"),
+                    kv("telemetry.sdk.name", "opentelemetry"),
+                    kv("telemetry.sdk.version", "1.45.1"),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "opentelemetry.instrumentation.fastapi".into(),
+                    version: "0.66b1".into(),
+                    ..Default::default()
+                }),
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+    .into()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Codecs: the sender writes pre-encoded bytes; the sink counts spans without decoding.
+
+#[derive(Clone, Default)]
+struct SendCodec;
+struct SendEncoder;
+struct SendDecoder;
+
+impl tonic::codec::Codec for SendCodec {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = SendEncoder;
+    type Decoder = SendDecoder;
+    fn encoder(&mut self) -> SendEncoder {
+        SendEncoder
+    }
+    fn decoder(&mut self) -> SendDecoder {
+        SendDecoder
+    }
+}
+
+impl tonic::codec::Encoder for SendEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for SendDecoder {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
+}
+
+#[derive(Clone, Default)]
+struct CountCodec;
+struct CountEncoder;
+struct CountDecoder;
+
+impl tonic::codec::Codec for CountCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = u64;
+    type Encoder = CountEncoder;
+    type Decoder = CountDecoder;
+    fn encoder(&mut self) -> CountEncoder {
+        CountEncoder
+    }
+    fn decoder(&mut self) -> CountDecoder {
+        CountDecoder
+    }
+}
+
+impl tonic::codec::Encoder for CountEncoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: ExportTraceServiceResponse,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        item.encode(dst)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Decoder for CountDecoder {
+    type Item = u64;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<u64>, tonic::Status> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        count_spans(&bytes)
+            .map(Some)
+            .ok_or_else(|| tonic::Status::invalid_argument("not an ExportTraceServiceRequest"))
+    }
+}
+
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = buf.split_first()?;
+        *buf = rest;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Calls `f(field, bytes)` for every length-delimited field of a message; skips the others.
+fn for_each_len(mut buf: &[u8], mut f: impl FnMut(u64, &[u8]) -> Option<()>) -> Option<()> {
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        match key & 7 {
+            0 => {
+                varint(&mut buf)?;
+            }
+            1 => buf = buf.get(8..)?,
+            5 => buf = buf.get(4..)?,
+            2 => {
+                let len = usize::try_from(varint(&mut buf)?).ok()?;
+                let (field, rest) = (buf.get(..len)?, buf.get(len..)?);
+                f(key >> 3, field)?;
+                buf = rest;
+            }
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
+/// Spans in an encoded `ExportTraceServiceRequest` (resource_spans = 1 → scope_spans = 2 →
+/// spans = 2).
+fn count_spans(buf: &[u8]) -> Option<u64> {
+    let mut n = 0;
+    for_each_len(buf, |f, rs| {
+        if f != 1 {
+            return Some(());
+        }
+        for_each_len(rs, |f, ss| {
+            if f != 2 {
+                return Some(());
+            }
+            for_each_len(ss, |f, _| {
+                n += u64::from(f == 2);
+                Some(())
+            })
+        })
+    })?;
+    Some(n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sink.
+
+#[derive(Clone, Default)]
+struct Counts {
+    spans: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+}
+
+#[derive(Clone)]
+struct Sink(Counts);
+
+impl tonic::server::NamedService for Sink {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+struct Count(Counts);
+
+impl tonic::server::UnaryService<u64> for Count {
+    type Response = ExportTraceServiceResponse;
+    type Future = std::future::Ready<Result<tonic::Response<Self::Response>, tonic::Status>>;
+    fn call(&mut self, request: tonic::Request<u64>) -> Self::Future {
+        self.0
+            .spans
+            .fetch_add(*request.get_ref(), Ordering::Relaxed);
+        self.0.requests.fetch_add(1, Ordering::Relaxed);
+        std::future::ready(Ok(tonic::Response::new(
+            ExportTraceServiceResponse::default(),
+        )))
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for Sink
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<BoxError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let counts = self.0.clone();
+        Box::pin(async move {
+            if req.uri().path() != PATH {
+                return Ok(tonic::Status::unimplemented("traces only").into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(CountCodec)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .max_decoding_message_size(256 << 20);
+            Ok(grpc.unary(Count(counts), req).await)
+        })
+    }
+}
+
+async fn sink(listen: SocketAddr, count_file: Option<String>) -> Result<(), BoxError> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!("{}", listener.local_addr()?);
+    let counts = Counts::default();
+    if let Some(path) = count_file {
+        let c = counts.clone();
+        tokio::spawn(async move {
+            let tmp = format!("{path}.tmp");
+            loop {
+                let line = format!(
+                    "{} {}\n",
+                    c.spans.load(Ordering::Relaxed),
+                    c.requests.load(Ordering::Relaxed)
+                );
+                if std::fs::write(&tmp, line).is_ok() {
+                    let _ = std::fs::rename(&tmp, &path);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+    tonic::transport::Server::builder()
+        .add_service(Sink(counts))
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        )
+        .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sender.
+
+struct SendArgs {
+    target: String,
+    spans: usize,
+    rate: Option<f64>,
+    duration: Duration,
+    connections: usize,
+    in_flight: usize,
+}
+
+async fn send(a: SendArgs) -> Result<(), BoxError> {
+    let requests: Arc<Vec<Bytes>> = Arc::new((0..64).map(|s| request(a.spans, s)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut channels = Vec::new();
+    for _ in 0..a.connections.max(1) {
+        channels.push(
+            tonic::transport::Channel::from_shared(a.target.clone())?
+                .tcp_nodelay(true)
+                .connect()
+                .await?,
+        );
+    }
+    let workers = if a.rate.is_some() {
+        1
+    } else {
+        channels.len() * a.in_flight.max(1)
+    };
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let channel = channels[w % channels.len()].clone();
+        let (requests, stop, ok, refused) =
+            (requests.clone(), stop.clone(), ok.clone(), refused.clone());
+        let (spans, rate) = (a.spans as u64, a.rate);
+        tasks.push(tokio::spawn(async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            let path = http::uri::PathAndQuery::from_static(PATH);
+            // The rate is in spans per second; one request carries `spans`.
+            let mut ticker = rate.map(|r| {
+                let mut t =
+                    tokio::time::interval(Duration::from_secs_f64(spans as f64 / r.max(1.0)));
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                if grpc.ready().await.is_err() {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                let body = requests[i % requests.len()].clone();
+                i += 1;
+                match grpc
+                    .unary(tonic::Request::new(body), path.clone(), SendCodec)
+                    .await
+                {
+                    Ok(_) => {
+                        ok.fetch_add(spans, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        // UNAVAILABLE from a full queue: back off a little, as SDKs do.
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(a.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let wall = started.elapsed().as_secs_f64();
+    let ok_at_stop = ok.load(Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    println!(
+        "{{\"ok_spans\":{ok_at_stop},\"refused_requests\":{},\"wall_s\":{wall:.3},\"spans_per_request\":{}}}",
+        refused.load(Ordering::Relaxed),
+        a.spans
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: otlp_load send --target URL --spans N [--rate SPANS_PER_S] [--duration SECS] [--connections N] [--in-flight N]\n       otlp_load sink [--listen ADDR] [--count-file PATH]"
+    );
+    std::process::exit(64)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| usage());
+    let mut opts = std::collections::HashMap::new();
+    while let Some(k) = args.next() {
+        let Some(k) = k.strip_prefix("--") else {
+            usage()
+        };
+        let v = args.next().unwrap_or_else(|| usage());
+        opts.insert(k.to_owned(), v);
+    }
+    let num = |k: &str, d: f64| -> f64 {
+        opts.get(k)
+            .map(|v| v.parse().unwrap_or_else(|_| usage()))
+            .unwrap_or(d)
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            std::process::exit(1)
+        }
+    };
+    let result = match mode.as_str() {
+        "send" => rt.block_on(send(SendArgs {
+            target: opts
+                .get("target")
+                .cloned()
+                .unwrap_or_else(|| "http://127.0.0.1:4317".into()),
+            spans: num("spans", 100.0) as usize,
+            rate: opts.contains_key("rate").then(|| num("rate", 0.0)),
+            duration: Duration::from_secs_f64(num("duration", 10.0)),
+            connections: num("connections", 4.0) as usize,
+            in_flight: num("in-flight", 4.0) as usize,
+        })),
+        "sink" => rt.block_on(sink(
+            opts.get("listen")
+                .map(|v| v.parse().unwrap_or_else(|_| usage()))
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            opts.get("count-file").cloned(),
+        )),
+        _ => usage(),
+    };
+    if let Err(e) = result {
+        eprintln!("otlp_load {mode}: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_spans_without_decoding() {
+        for n in [1, 100, 512] {
+            assert_eq!(super::count_spans(&super::request(n, 3)), Some(n as u64));
+        }
+        assert_eq!(super::count_spans(&[0x0a, 0x05, 0x01]), None);
+    }
+}

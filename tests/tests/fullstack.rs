@@ -317,7 +317,8 @@ export:
     endpoint: http://127.0.0.1:{sink_grpc}
     protocol: grpc
     queue: {{ max_items: 2 }}
-    retry: {{ initial: 20ms, max: 100ms, max_elapsed: 1s }}
+    concurrency: 1           # one batch in flight: the queue fills while the sink is down
+    retry: {{ initial: 20ms, max: 100ms, max_elapsed: 3s }}
   remote_write:
     url: http://127.0.0.1:{nobody}/api/v1/write
     interval: 1s

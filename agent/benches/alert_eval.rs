@@ -19,7 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use sidelight::alerting::{Alerting, expo, history::History};
+use sidelight::alerting::{Alerting, eval, expo, history::History, rules::Readers};
 
 type Labels = Vec<(String, String)>;
 
@@ -191,8 +191,10 @@ fn main() {
     let mut ingest = Vec::new();
     let mut eval = Vec::new();
     let mut history = History::new(acfg.max_series, acfg.lookback());
-    let mut ctx = sidelight::alerting::eval::Context::default();
+    let mut ctx = eval::Context::default();
     let mut alerts = std::collections::BTreeMap::new();
+    let readers = Readers::new(&acfg.rules);
+    let mut plan = eval::Plan::new(&acfg.rules, &history);
     let mut hnow = 1_700_000_000_000i64;
     for i in 0..(WARM + RUNS) {
         step += 1;
@@ -205,11 +207,14 @@ fn main() {
         let samples = expo::parse(&text).expect("parse");
         let t2 = Instant::now();
         history.ingest(hnow, &samples, |s| {
-            acfg.rules.iter().any(|r| r.reads(&s.name, &s.labels))
+            readers.reads(&acfg.rules, &s.name, &s.labels)
         });
         let t3 = Instant::now();
-        let out =
-            sidelight::alerting::eval::evaluate(hnow, &acfg.rules, &history, &mut ctx, &mut alerts);
+        // As the agent does: the plan is rebuilt only when the set of series changed.
+        if !plan.is_current(&history, &acfg.rules) {
+            plan = eval::Plan::new(&acfg.rules, &history);
+        }
+        let out = eval::evaluate_with(hnow, &acfg.rules, &plan, &history, &mut ctx, &mut alerts);
         let t4 = Instant::now();
         black_box(out);
         if i >= WARM {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::expo::Labels;
-use super::history::History;
+use super::history::{History, SeriesId};
 use super::rules::{Condition, Millis, Rule, SPAN_BUCKETS, SPAN_CALLS, SPAN_COUNT, SloKind};
 
 /// How long resolved alerts stay listed.
@@ -163,37 +163,177 @@ fn label<'a>(labels: &'a Labels, name: &str) -> &'a str {
         .map_or("", |(_, v)| v.as_str())
 }
 
-/// The instances of `rule` whose condition holds at `now`.
-pub fn active(rule: &Rule, history: &History, now: Millis, ctx: &mut Context) -> Vec<Instance> {
-    let mut out = Vec::new();
+/// How a span-metric series counts in a burn-rate ratio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// A call counter: adds to the total, and to the bad ones when it counts errors.
+    Calls { error: bool },
+    /// The duration count: adds to the total and, until the bucket is subtracted, to the bad.
+    Count,
+    /// The `le` bucket of a latency objective: its calls are good.
+    Bucket,
+}
+
+/// What one rule reads, resolved to series ids: the matchers run once per change of the set of
+/// series (or of the rules), never per evaluation.
+#[derive(Debug, Clone)]
+enum RulePlan {
+    /// Threshold and rate rules: the series, each with the index of its output group (its own
+    /// labels, or the `sum_by` key); groups are sorted by labels.
+    Grouped {
+        series: Vec<(SeriesId, usize)>,
+        groups: Vec<BTreeMap<String, String>>,
+    },
+    /// Burn-rate rules: the series with their service index and part; services sorted.
+    Burn {
+        series: Vec<(SeriesId, usize, Part)>,
+        services: Vec<String>,
+    },
+    /// New-exception rules: the series read.
+    Series(Vec<SeriesId>),
+}
+
+/// Which series each rule reads. Build it with [`Plan::new`] when the rules or
+/// [`History::generation`] change, and evaluate with [`evaluate_with`].
+#[derive(Debug, Clone)]
+pub struct Plan {
+    generation: u64,
+    rules: Vec<RulePlan>,
+}
+
+impl Plan {
+    /// The plan of `rules` over the series `history` keeps now.
+    pub fn new(rules: &[Rule], history: &History) -> Self {
+        Self {
+            generation: history.generation(),
+            rules: rules.iter().map(|r| plan_rule(r, history)).collect(),
+        }
+    }
+
+    /// Whether the plan still describes `history`'s series (the rules are the caller's part).
+    pub fn is_current(&self, history: &History, rules: &[Rule]) -> bool {
+        self.generation == history.generation() && self.rules.len() == rules.len()
+    }
+}
+
+fn grouped<'a>(
+    series: impl Iterator<Item = (SeriesId, &'a Labels)>,
+    sum_by: Option<&[String]>,
+) -> RulePlan {
+    let keyed: Vec<(SeriesId, BTreeMap<String, String>)> = series
+        .map(|(id, l)| {
+            let key = match sum_by {
+                Some(by) => group_key(l, by),
+                None => to_map(l),
+            };
+            (id, key)
+        })
+        .collect();
+    let mut index: BTreeMap<BTreeMap<String, String>, usize> =
+        keyed.iter().map(|(_, k)| (k.clone(), 0)).collect();
+    for (i, v) in index.values_mut().enumerate() {
+        *v = i;
+    }
+    let series = keyed
+        .iter()
+        .filter_map(|(id, k)| index.get(k).map(|g| (*id, *g)))
+        .collect();
+    RulePlan::Grouped {
+        series,
+        groups: index.into_keys().collect(),
+    }
+}
+
+fn plan_rule(rule: &Rule, history: &History) -> RulePlan {
     match &rule.condition {
         Condition::Threshold {
-            selector,
-            sum_by,
-            op,
-            value,
-        } => {
-            let values: Vec<(BTreeMap<String, String>, f64)> = match sum_by {
-                None => history
-                    .current(&selector.name)
-                    .filter(|(l, _)| selector.matches(&selector.name, l))
-                    .map(|(l, v)| (to_map(l), v))
-                    .collect(),
-                Some(by) => {
-                    let mut sums: BTreeMap<BTreeMap<String, String>, f64> = BTreeMap::new();
-                    for (l, v) in history
-                        .current(&selector.name)
-                        .filter(|(l, _)| selector.matches(&selector.name, l))
-                    {
-                        *sums.entry(group_key(l, by)).or_default() += v;
+            selector, sum_by, ..
+        }
+        | Condition::Rate {
+            selector, sum_by, ..
+        } => grouped(
+            history
+                .ids_of(&selector.name)
+                .filter(|(_, l)| selector.matches(&selector.name, l)),
+            sum_by.as_deref(),
+        ),
+        Condition::BurnRate { matchers, kind, .. } => {
+            let ok = |l: &Labels| matchers.iter().all(|m| m.matches(l));
+            let mut series: Vec<(SeriesId, &str, Part)> = Vec::new();
+            match kind {
+                SloKind::Errors => {
+                    for (id, l) in history.ids_of(SPAN_CALLS).filter(|(_, l)| ok(l)) {
+                        let error = label(l, "status_code") == STATUS_ERROR;
+                        series.push((id, label(l, "service_name"), Part::Calls { error }));
                     }
-                    sums.into_iter().collect()
                 }
-            };
-            for (labels, v) in values {
+                SloKind::Latency(le) => {
+                    for (id, l) in history.ids_of(SPAN_COUNT).filter(|(_, l)| ok(l)) {
+                        series.push((id, label(l, "service_name"), Part::Count));
+                    }
+                    for (id, l) in history.ids_of(SPAN_BUCKETS).filter(|(_, l)| ok(l)) {
+                        let bound: Option<f64> = label(l, "le").parse().ok();
+                        if bound.is_none_or(|b| (b - le).abs() > 1e-9 * le.abs().max(1.0)) {
+                            continue;
+                        }
+                        series.push((id, label(l, "service_name"), Part::Bucket));
+                    }
+                }
+            }
+            let mut services: Vec<String> = series.iter().map(|s| s.1.to_owned()).collect();
+            services.sort();
+            services.dedup();
+            let series = series
+                .into_iter()
+                .filter_map(|(id, s, p)| {
+                    let i = services.binary_search_by(|x| x.as_str().cmp(s)).ok()?;
+                    Some((id, i, p))
+                })
+                .collect();
+            RulePlan::Burn { series, services }
+        }
+        Condition::NewException { matchers, .. } => RulePlan::Series(
+            history
+                .ids_of(super::rules::LOG_EXCEPTIONS)
+                .filter(|(_, l)| matchers.iter().all(|m| m.matches(l)))
+                .map(|(id, _)| id)
+                .collect(),
+        ),
+    }
+}
+
+/// The instances of `rule` whose condition holds at `now`.
+pub fn active(rule: &Rule, history: &History, now: Millis, ctx: &mut Context) -> Vec<Instance> {
+    active_planned(rule, &plan_rule(rule, history), history, now, ctx)
+}
+
+fn active_planned(
+    rule: &Rule,
+    plan: &RulePlan,
+    history: &History,
+    now: Millis,
+    ctx: &mut Context,
+) -> Vec<Instance> {
+    let mut out = Vec::new();
+    let empty: &[(SeriesId, usize)] = &[];
+    let (series, groups) = match plan {
+        RulePlan::Grouped { series, groups } => (series.as_slice(), groups.as_slice()),
+        _ => (empty, &[][..]),
+    };
+    match &rule.condition {
+        Condition::Threshold { op, value, .. } => {
+            // Per group: the sum of the current values, `None` while no series is present.
+            let mut sums: Vec<Option<f64>> = vec![None; groups.len()];
+            for &(id, g) in series {
+                if let (Some(v), Some(s)) = (history.current_of(id), sums.get_mut(g)) {
+                    *s = Some(s.unwrap_or(0.0) + v);
+                }
+            }
+            for (labels, v) in groups.iter().zip(sums) {
+                let Some(v) = v else { continue };
                 if op.holds(v, *value) {
                     out.push(Instance {
-                        labels,
+                        labels: labels.clone(),
                         value: v,
                         values: BTreeMap::from([("threshold".into(), *value)]),
                         severity: None,
@@ -202,33 +342,25 @@ pub fn active(rule: &Rule, history: &History, now: Millis, ctx: &mut Context) ->
             }
         }
         Condition::Rate {
-            selector,
-            window,
-            sum_by,
-            op,
-            value,
+            window, op, value, ..
         } => {
-            let mut rates: BTreeMap<BTreeMap<String, String>, f64> = BTreeMap::new();
-            for l in history.series_of(&selector.name) {
-                if !selector.matches(&selector.name, l) {
-                    continue;
-                }
-                let Some((inc, covered)) = history.increase(&selector.name, l, now, *window) else {
+            let mut rates: Vec<Option<f64>> = vec![None; groups.len()];
+            for &(id, g) in series {
+                let Some((inc, covered)) = history.increase_of(id, now, *window) else {
                     continue;
                 };
                 if covered <= 0.0 {
                     continue;
                 }
-                let key = match sum_by {
-                    Some(by) => group_key(l, by),
-                    None => to_map(l),
-                };
-                *rates.entry(key).or_default() += inc / covered;
+                if let Some(r) = rates.get_mut(g) {
+                    *r = Some(r.unwrap_or(0.0) + inc / covered);
+                }
             }
-            for (labels, r) in rates {
+            for (labels, r) in groups.iter().zip(rates) {
+                let Some(r) = r else { continue };
                 if op.holds(r, *value) {
                     out.push(Instance {
-                        labels,
+                        labels: labels.clone(),
                         value: r,
                         values: BTreeMap::from([("threshold".into(), *value)]),
                         severity: None,
@@ -237,59 +369,53 @@ pub fn active(rule: &Rule, history: &History, now: Millis, ctx: &mut Context) ->
             }
         }
         Condition::BurnRate {
-            matchers,
-            objective,
-            kind,
-            windows,
+            objective, windows, ..
         } => {
+            let RulePlan::Burn { series, services } = plan else {
+                return out;
+            };
             let budget = (1.0 - objective).max(f64::MIN_POSITIVE);
-            // Per service: (bad, total) over a window.
-            let ratio = |window: Millis| -> BTreeMap<String, (f64, f64)> {
-                let mut acc: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-                let ok = |l: &Labels| matchers.iter().all(|m| m.matches(l));
-                match kind {
-                    SloKind::Errors => {
-                        for l in history.series_of(SPAN_CALLS).filter(|l| ok(l)) {
-                            if let Some((inc, _)) = history.increase(SPAN_CALLS, l, now, window) {
-                                let e = acc.entry(label(l, "service_name").to_owned()).or_default();
-                                e.1 += inc;
-                                if label(l, "status_code") == STATUS_ERROR {
-                                    e.0 += inc;
-                                }
-                            }
-                        }
-                    }
-                    SloKind::Latency(le) => {
-                        for l in history.series_of(SPAN_COUNT).filter(|l| ok(l)) {
-                            if let Some((inc, _)) = history.increase(SPAN_COUNT, l, now, window) {
-                                let e = acc.entry(label(l, "service_name").to_owned()).or_default();
+            // Per service: (bad, total) over a window; a service absent from a window is (0, 0),
+            // which never fires (a total of 0 is skipped). Each distinct window is summed once.
+            let ratio = |window: Millis| -> Vec<(f64, f64)> {
+                let mut acc = vec![(0.0, 0.0); services.len()];
+                for &(id, s, part) in series {
+                    let (Some((inc, _)), Some(e)) =
+                        (history.increase_of(id, now, window), acc.get_mut(s))
+                    else {
+                        continue;
+                    };
+                    match part {
+                        Part::Calls { error } => {
+                            e.1 += inc;
+                            if error {
                                 e.0 += inc;
-                                e.1 += inc;
                             }
                         }
-                        for l in history.series_of(SPAN_BUCKETS).filter(|l| ok(l)) {
-                            let bound: Option<f64> = label(l, "le").parse().ok();
-                            if bound.is_none_or(|b| (b - le).abs() > 1e-9 * le.abs().max(1.0)) {
-                                continue;
-                            }
-                            if let Some((inc, _)) = history.increase(SPAN_BUCKETS, l, now, window) {
-                                // Fast calls are good: bad = count - bucket(le).
-                                acc.entry(label(l, "service_name").to_owned())
-                                    .or_default()
-                                    .0 -= inc;
-                            }
+                        Part::Count => {
+                            e.0 += inc;
+                            e.1 += inc;
                         }
+                        // Fast calls are good: bad = count - bucket(le).
+                        Part::Bucket => e.0 -= inc,
                     }
                 }
                 acc
             };
+            let mut ratios: Vec<(Millis, Vec<(f64, f64)>)> = Vec::new();
+            for w in windows.iter().flat_map(|w| [w.long, w.short]) {
+                if !ratios.iter().any(|(x, _)| *x == w) {
+                    ratios.push((w, ratio(w)));
+                }
+            }
+            let of = |w: Millis| ratios.iter().find(|(x, _)| *x == w).map(|(_, r)| r);
             for w in windows {
-                let long = ratio(w.long);
-                let short = ratio(w.short);
-                for (service, (bad_l, total_l)) in &long {
-                    let Some((bad_s, total_s)) = short.get(service) else {
-                        continue;
-                    };
+                let (Some(long), Some(short)) = (of(w.long), of(w.short)) else {
+                    continue;
+                };
+                for (service, ((bad_l, total_l), (bad_s, total_s))) in
+                    services.iter().zip(long.iter().zip(short))
+                {
                     if *total_l <= 0.0 || *total_s <= 0.0 {
                         continue;
                     }
@@ -320,27 +446,24 @@ pub fn active(rule: &Rule, history: &History, now: Millis, ctx: &mut Context) ->
             }
         }
         Condition::NewException {
-            matchers,
-            service,
-            window,
+            service, window, ..
         } => {
+            let RulePlan::Series(ids) = plan else {
+                return out;
+            };
             let deploy = ctx.deploys.get(service).cloned();
-            let series: Vec<Labels> = history
-                .series_of(super::rules::LOG_EXCEPTIONS)
-                .filter(|l| matchers.iter().all(|m| m.matches(l)))
-                .cloned()
-                .collect();
-            for l in series {
+            for &id in ids {
+                let Some(l) = history.labels(id) else {
+                    continue;
+                };
                 let key = (
-                    label(&l, "source").to_owned(),
-                    label(&l, "exception").to_owned(),
+                    label(l, "source").to_owned(),
+                    label(l, "exception").to_owned(),
                 );
                 let first = match ctx.first_seen.get(&key) {
                     Some(t) => *t,
                     None => {
-                        let t = history
-                            .first_seen(super::rules::LOG_EXCEPTIONS, &l)
-                            .unwrap_or(now);
+                        let t = history.first_seen_of(id).unwrap_or(now);
                         ctx.first_seen.insert(key.clone(), t);
                         ctx.newly_seen.push((key.0.clone(), key.1.clone(), t));
                         t
@@ -350,20 +473,15 @@ pub fn active(rule: &Rule, history: &History, now: Millis, ctx: &mut Context) ->
                 if first <= d.at {
                     continue;
                 }
-                let recent = history
-                    .increase(super::rules::LOG_EXCEPTIONS, &l, now, *window)
-                    .map(|(inc, _)| inc);
+                let recent = history.increase_of(id, now, *window).map(|(inc, _)| inc);
                 let count = match recent {
                     Some(inc) => inc,
                     // One point only: the type appeared in this window.
-                    None if now - first <= *window => history
-                        .current(super::rules::LOG_EXCEPTIONS)
-                        .find(|(x, _)| **x == l)
-                        .map_or(0.0, |(_, v)| v),
+                    None if now - first <= *window => history.current_of(id).unwrap_or(0.0),
                     None => 0.0,
                 };
                 if count > 0.0 {
-                    let mut labels = to_map(&l);
+                    let mut labels = to_map(l);
                     labels.insert("service".into(), service.clone());
                     out.push(Instance {
                         labels,
@@ -475,10 +593,30 @@ pub fn evaluate(
     ctx: &mut Context,
     alerts: &mut BTreeMap<String, Alert>,
 ) -> Outcome {
+    evaluate_with(now, rules, &Plan::new(rules, history), history, ctx, alerts)
+}
+
+/// [`evaluate`] with a [`Plan`] kept by the caller (built for these `rules`; one that no longer
+/// describes the history is not used).
+pub fn evaluate_with(
+    now: Millis,
+    rules: &[Rule],
+    plan: &Plan,
+    history: &History,
+    ctx: &mut Context,
+    alerts: &mut BTreeMap<String, Alert>,
+) -> Outcome {
+    let fresh;
+    let plan = if plan.is_current(history, rules) {
+        plan
+    } else {
+        fresh = Plan::new(rules, history);
+        &fresh
+    };
     let mut out = Outcome::default();
     let mut seen = std::collections::HashSet::new();
-    for rule in rules {
-        for inst in active(rule, history, now, ctx) {
+    for (rule, rp) in rules.iter().zip(&plan.rules) {
+        for inst in active_planned(rule, rp, history, now, ctx) {
             let mut labels = inst.labels.clone();
             for (k, v) in &rule.labels {
                 labels.insert(k.clone(), v.clone());

@@ -13,6 +13,7 @@
 //! whole). A window reaching past the fine ring starts from the coarse point at or before it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use super::expo::{Labels, Sample};
 use super::rules::Millis;
@@ -22,10 +23,92 @@ pub const FINE_POINTS: usize = 240;
 /// Points per series in the coarse ring.
 pub const COARSE_POINTS: usize = 288;
 
+/// A kept series' handle: stable while [`History::generation`] does not change.
+pub type SeriesId = usize;
+
+/// One point; `cum` is the running sum of the counter's increases up to it within its ring
+/// (resets counted like `increase` counts them), so an increase between two points of a ring
+/// is a subtraction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Point {
+    t: Millis,
+    v: f64,
+    cum: f64,
+}
+
+/// PromQL's delta between consecutive counter points: a decrease is a reset.
+fn delta(a: f64, b: f64) -> f64 {
+    let d = b - a;
+    if d >= 0.0 { d } else { b }
+}
+
+fn push(ring: &mut VecDeque<Point>, t: Millis, v: f64, cap: usize) {
+    let cum = ring.back().map_or(0.0, |p| p.cum + delta(p.v, v));
+    ring.push_back(Point { t, v, cum });
+    if ring.len() > cap {
+        ring.pop_front();
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Ring {
-    fine: VecDeque<(Millis, f64)>,
-    coarse: VecDeque<(Millis, f64)>,
+    fine: VecDeque<Point>,
+    coarse: VecDeque<Point>,
+}
+
+impl Ring {
+    /// See [`History::increase`]. The points read are those the definition names (the point at
+    /// or before the start, then every point up to `now`); binary searches find the ends and the
+    /// running sums give the deltas in between, so nothing is allocated or scanned.
+    fn increase(&self, now: Millis, window: Millis) -> Option<(f64, f64)> {
+        let start = now - window;
+        let fine_start = self.fine.front().map_or(Millis::MAX, |p| p.t);
+        // First fine index after the start, and one past the last at or before now.
+        let f_after = self.fine.partition_point(|p| p.t <= start);
+        let f_end = self.fine.partition_point(|p| p.t <= now).max(f_after);
+        let (coarse, fine) = if start < fine_start {
+            // The coarse point at or before the start, then the coarse points before the fine
+            // ring, then the fine ring up to now.
+            let c_after = self.coarse.partition_point(|p| p.t <= start);
+            let c_lo = c_after.saturating_sub(1);
+            let c_hi = self.coarse.partition_point(|p| p.t < fine_start).max(c_lo);
+            (c_lo..c_hi, 0..f_end)
+        } else {
+            // The fine point at or before the start (there is one: the ring starts before it).
+            (0..0, f_after.saturating_sub(1)..f_end)
+        };
+        if coarse.len() + fine.len() < 2 {
+            return None;
+        }
+        let (mut inc, mut first, mut last) = (0.0, None, None);
+        if !coarse.is_empty() {
+            let (a, b) = (
+                self.coarse.get(coarse.start)?,
+                self.coarse.get(coarse.end - 1)?,
+            );
+            inc += b.cum - a.cum;
+            first = Some(*a);
+            last = Some(*b);
+        }
+        if !fine.is_empty() {
+            let (a, b) = (self.fine.get(fine.start)?, self.fine.get(fine.end - 1)?);
+            if let Some(l) = last {
+                inc += delta(l.v, a.v);
+            }
+            inc += b.cum - a.cum;
+            first = first.or(Some(*a));
+            last = Some(*b);
+        }
+        let (first, last) = (first?, last?);
+        Some((inc, (last.t - first.t) as f64 / 1000.0))
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    name: Arc<str>,
+    labels: Arc<Labels>,
+    ring: Ring,
 }
 
 /// Past samples of the series rules read.
@@ -34,8 +117,12 @@ pub struct History {
     max_series: usize,
     coarse_step: Millis,
     keep_for: Millis,
-    series: HashMap<String, HashMap<Labels, Ring>>,
+    /// name → labels → slot. Names and label sets are stored once, shared with the slot.
+    index: HashMap<Arc<str>, HashMap<Arc<Labels>, SeriesId>>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<SeriesId>,
     count: usize,
+    generation: u64,
     last_ingest: Option<Millis>,
     /// Series refused because the cap was reached (cumulative).
     pub refused: u64,
@@ -48,8 +135,11 @@ impl History {
             max_series,
             coarse_step: (lookback / COARSE_POINTS as i64).max(1),
             keep_for: lookback,
-            series: HashMap::new(),
+            index: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
             count: 0,
+            generation: 0,
             last_ingest: None,
             refused: 0,
         }
@@ -65,73 +155,141 @@ impl History {
         self.count == 0
     }
 
-    /// Records the samples taken at `now` for which `keep` says yes; forgets series not seen for
-    /// longer than the lookback.
+    /// Changes whenever a series is added or forgotten: what was derived from the set of series
+    /// (which rule reads which [`SeriesId`]) stays valid while it does not.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn id(&self, name: &str, labels: &Labels) -> Option<SeriesId> {
+        self.index.get(name)?.get(labels).copied()
+    }
+
+    fn slot(&self, id: SeriesId) -> Option<&Slot> {
+        self.slots.get(id)?.as_ref()
+    }
+
+    /// Records the samples taken at `now`; forgets series not seen for longer than the lookback.
+    /// `keep` decides for a series not kept yet (a kept series is recorded without asking, so
+    /// when what `keep` says changes, drop what it no longer keeps with [`History::retain`]).
     pub fn ingest(&mut self, now: Millis, samples: &[Sample], keep: impl Fn(&Sample) -> bool) {
         for s in samples {
-            if !s.value.is_finite() || !keep(s) {
+            if !s.value.is_finite() {
                 continue;
             }
-            let by_name = self.series.entry(s.name.clone()).or_default();
-            let ring = match by_name.get_mut(&s.labels) {
-                Some(r) => r,
-                None if self.count < self.max_series => {
-                    self.count += 1;
-                    by_name.entry(s.labels.clone()).or_default()
-                }
+            let id = match self.id(&s.name, &s.labels) {
+                Some(id) => id,
                 None => {
-                    self.refused += 1;
-                    continue;
+                    if !keep(s) {
+                        continue;
+                    }
+                    if self.count >= self.max_series {
+                        self.refused += 1;
+                        continue;
+                    }
+                    self.insert(s)
                 }
             };
-            if ring.fine.back().is_some_and(|(t, _)| *t >= now) {
+            let Some(Some(slot)) = self.slots.get_mut(id) else {
+                continue;
+            };
+            let ring = &mut slot.ring;
+            if ring.fine.back().is_some_and(|p| p.t >= now) {
                 continue;
             }
-            ring.fine.push_back((now, s.value));
-            if ring.fine.len() > FINE_POINTS {
-                ring.fine.pop_front();
-            }
+            push(&mut ring.fine, now, s.value, FINE_POINTS);
             if ring
                 .coarse
                 .back()
-                .is_none_or(|(t, _)| now - *t >= self.coarse_step)
+                .is_none_or(|p| now - p.t >= self.coarse_step)
             {
-                ring.coarse.push_back((now, s.value));
-                if ring.coarse.len() > COARSE_POINTS + 1 {
-                    ring.coarse.pop_front();
-                }
+                push(&mut ring.coarse, now, s.value, COARSE_POINTS + 1);
             }
         }
         let horizon = now - self.keep_for.max(1);
-        let mut removed = 0;
-        for by_name in self.series.values_mut() {
-            by_name.retain(|_, r| {
-                let keep = r.fine.back().is_some_and(|(t, _)| *t >= horizon);
-                if !keep {
-                    removed += 1;
-                }
-                keep
-            });
-        }
-        self.series.retain(|_, m| !m.is_empty());
-        self.count -= removed;
+        self.retain_slots(|s| s.ring.fine.back().is_some_and(|p| p.t >= horizon));
         self.last_ingest = Some(now);
+    }
+
+    fn insert(&mut self, s: &Sample) -> SeriesId {
+        let name: Arc<str> = match self.index.get_key_value(s.name.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(s.name.as_str()),
+        };
+        let labels = Arc::new(s.labels.clone());
+        let slot = Slot {
+            name: name.clone(),
+            labels: labels.clone(),
+            ring: Ring::default(),
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id] = Some(slot);
+                id
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
+        self.index.entry(name).or_default().insert(labels, id);
+        self.count += 1;
+        self.generation += 1;
+        id
+    }
+
+    /// Forgets the series for which `keep(name, labels)` says no.
+    pub fn retain(&mut self, keep: impl Fn(&str, &Labels) -> bool) {
+        self.retain_slots(|s| keep(&s.name, &s.labels));
+    }
+
+    fn retain_slots(&mut self, keep: impl Fn(&Slot) -> bool) {
+        for (id, entry) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = entry else { continue };
+            if keep(slot) {
+                continue;
+            }
+            if let Some(m) = self.index.get_mut(&*slot.name) {
+                m.remove(&*slot.labels);
+                if m.is_empty() {
+                    self.index.remove(&*slot.name);
+                }
+            }
+            *entry = None;
+            self.free.push(id);
+            self.count -= 1;
+            self.generation += 1;
+        }
     }
 
     /// The series of one name present at the latest ingest, with their current values.
     pub fn current<'a>(&'a self, name: &str) -> impl Iterator<Item = (&'a Labels, f64)> + 'a {
-        let last = self.last_ingest;
-        self.series.get(name).into_iter().flat_map(move |m| {
-            m.iter().filter_map(move |(l, r)| {
-                let (t, v) = *r.fine.back()?;
-                (Some(t) == last).then_some((l, v))
-            })
-        })
+        self.ids_of(name)
+            .filter_map(|(id, l)| self.current_of(id).map(|v| (l, v)))
     }
 
     /// Every kept series of one name.
     pub fn series_of<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Labels> + 'a {
-        self.series.get(name).into_iter().flat_map(|m| m.keys())
+        self.ids_of(name).map(|(_, l)| l)
+    }
+
+    /// Every kept series of one name with its id.
+    pub fn ids_of<'a>(&'a self, name: &str) -> impl Iterator<Item = (SeriesId, &'a Labels)> + 'a {
+        self.index
+            .get(name)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(l, id)| (*id, &**l)))
+    }
+
+    /// The labels of a kept series.
+    pub fn labels(&self, id: SeriesId) -> Option<&Labels> {
+        self.slot(id).map(|s| &*s.labels)
+    }
+
+    /// The value of a series at the latest ingest, if it was present then.
+    pub fn current_of(&self, id: SeriesId) -> Option<f64> {
+        let p = self.slot(id)?.ring.fine.back()?;
+        (Some(p.t) == self.last_ingest).then_some(p.v)
     }
 
     /// `(increase, seconds covered)` of a counter over `(now - window, now]`, or `None` with
@@ -143,47 +301,25 @@ impl History {
         now: Millis,
         window: Millis,
     ) -> Option<(f64, f64)> {
-        let ring = self.series.get(name)?.get(labels)?;
-        let start = now - window;
-        let fine_start = ring.fine.front().map_or(Millis::MAX, |(t, _)| *t);
-        let mut points: Vec<(Millis, f64)> = Vec::new();
-        if start < fine_start {
-            // The coarse point at or before the start, then the coarse points up to the fine ring.
-            let before = ring.coarse.iter().rev().find(|(t, _)| *t <= start).copied();
-            points.extend(before);
-            points.extend(
-                ring.coarse
-                    .iter()
-                    .filter(|(t, _)| *t > start && *t < fine_start)
-                    .copied(),
-            );
-        } else if let Some(p) = ring.fine.iter().rev().find(|(t, _)| *t <= start) {
-            points.push(*p);
-        }
-        points.extend(
-            ring.fine
-                .iter()
-                .filter(|(t, _)| *t > start && *t <= now)
-                .copied(),
-        );
-        if points.len() < 2 {
-            return None;
-        }
-        let mut inc = 0.0;
-        for w in points.windows(2) {
-            let d = w[1].1 - w[0].1;
-            inc += if d >= 0.0 { d } else { w[1].1 };
-        }
-        let covered = (points[points.len() - 1].0 - points[0].0) as f64 / 1000.0;
-        Some((inc, covered))
+        self.increase_of(self.id(name, labels)?, now, window)
+    }
+
+    /// [`History::increase`] of a series by id.
+    pub fn increase_of(&self, id: SeriesId, now: Millis, window: Millis) -> Option<(f64, f64)> {
+        self.slot(id)?.ring.increase(now, window)
     }
 
     /// The time of the first point kept for a series (when it was first seen, within the
     /// lookback).
     pub fn first_seen(&self, name: &str, labels: &Labels) -> Option<Millis> {
-        let r = self.series.get(name)?.get(labels)?;
-        let c = r.coarse.front().map(|p| p.0);
-        let f = r.fine.front().map(|p| p.0);
+        self.first_seen_of(self.id(name, labels)?)
+    }
+
+    /// [`History::first_seen`] by id.
+    pub fn first_seen_of(&self, id: SeriesId) -> Option<Millis> {
+        let r = &self.slot(id)?.ring;
+        let c = r.coarse.front().map(|p| p.t);
+        let f = r.fine.front().map(|p| p.t);
         c.into_iter().chain(f).min()
     }
 }
@@ -261,7 +397,8 @@ mod tests {
             h.increase("c_total", &l, now, 1_800_000),
             Some((120.0, 1800.0))
         );
-        let ring = &h.series["c_total"][&l];
+        let id = h.id("c_total", &l).expect("kept");
+        let ring = &h.slot(id).expect("slot").ring;
         assert!(ring.fine.len() <= FINE_POINTS && ring.coarse.len() <= COARSE_POINTS + 1);
     }
 

@@ -81,6 +81,11 @@ struct Core {
     dispatcher: Dispatcher,
     silences: Vec<Silence>,
     history: History,
+    /// The rules the history and plan were last filtered and built for (kept alive, so the
+    /// pointer comparison means "the same configuration").
+    planned_for: Option<Arc<AlertingConfig>>,
+    readers: rules::Readers,
+    plan: Option<eval::Plan>,
     ctx: Context,
     deploys_at: Millis,
     deploys_gen: u64,
@@ -205,6 +210,9 @@ impl Alerting {
                 dispatcher: Dispatcher::with_groups(persisted.groups),
                 silences: persisted.silences,
                 history,
+                planned_for: None,
+                readers: rules::Readers::default(),
+                plan: None,
                 ctx,
                 deploys_at: Millis::MIN,
                 deploys_gen: 0,
@@ -391,16 +399,36 @@ impl Alerting {
         let (outcome, changed, transitions, notifications, removed_groups, newly) = {
             let mut core = self.core.lock();
             let core = &mut *core;
+            if !core
+                .planned_for
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, &cfg))
+            {
+                // New rules: index them, and forget the series none of them reads.
+                let readers = rules::Readers::new(&cfg.rules);
+                core.history
+                    .retain(|name, labels| readers.reads(&cfg.rules, name, labels));
+                core.readers = readers;
+                core.plan = None;
+                core.planned_for = Some(cfg.clone());
+            }
+            let readers = &core.readers;
             core.history.ingest(now, &samples, |s| {
-                cfg.rules.iter().any(|r| r.reads(&s.name, &s.labels))
+                readers.reads(&cfg.rules, &s.name, &s.labels)
             });
-            let outcome = eval::evaluate(
+            let plan = match core.plan.take() {
+                Some(p) if p.is_current(&core.history, &cfg.rules) => p,
+                _ => eval::Plan::new(&cfg.rules, &core.history),
+            };
+            let outcome = eval::evaluate_with(
                 now,
                 &cfg.rules,
+                &plan,
                 &core.history,
                 &mut core.ctx,
                 &mut core.alerts,
             );
+            core.plan = Some(plan);
             let newly = std::mem::take(&mut core.ctx.newly_seen);
             let changed: Vec<Alert> = outcome
                 .changed

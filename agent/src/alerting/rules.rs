@@ -436,6 +436,37 @@ impl Rule {
     }
 }
 
+/// The rules grouped by the series names they read, so that deciding whether some rule reads a
+/// sample asks only the rules of its name.
+#[derive(Debug, Default)]
+pub struct Readers {
+    by_name: std::collections::HashMap<String, Vec<usize>>,
+}
+
+impl Readers {
+    /// The index of `rules`.
+    pub fn new(rules: &[Rule]) -> Self {
+        let mut by_name: std::collections::HashMap<String, Vec<usize>> = Default::default();
+        for (i, r) in rules.iter().enumerate() {
+            for n in r.series_names() {
+                let v = by_name.entry(n).or_default();
+                if v.last() != Some(&i) {
+                    v.push(i);
+                }
+            }
+        }
+        Self { by_name }
+    }
+
+    /// Whether some rule of `rules` (those the index was built from) reads the series.
+    pub fn reads(&self, rules: &[Rule], name: &str, labels: &Labels) -> bool {
+        self.by_name.get(name).is_some_and(|v| {
+            v.iter()
+                .any(|i| rules.get(*i).is_some_and(|r| r.reads(name, labels)))
+        })
+    }
+}
+
 /// Span-metric call counter.
 pub const SPAN_CALLS: &str = "traces_span_metrics_calls_total";
 /// Span-metric duration buckets.

@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -33,29 +32,17 @@ fn agent_config(grpc: u16, http: u16, services: &str) -> String {
 /// Starts `otel_service.py` as `name`, exporting spans to the agent's gRPC receiver.
 fn service(name: &str, grpc: u16) -> Result<(Proc, u16)> {
     let port = free_port();
-    let child = Command::new(python())
-        .arg(workspace().join("tests/python/otel_service.py"))
-        .arg("--port")
-        .arg(port.to_string())
-        .env("OTEL_SERVICE_NAME", name)
-        .env("OTEL_TRACES_EXPORTER", "otlp")
-        .env("OTEL_METRICS_EXPORTER", "none")
-        .env("OTEL_LOGS_EXPORTER", "none")
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{grpc}"),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let proc = Proc(child);
-    eventually(Duration::from_secs(60), "the Python service", || {
-        get(&format!("http://127.0.0.1:{port}/work"), &[])
-            .ok()
-            .filter(|(s, _, _)| *s == 200)
-    })?;
+    let proc = common::start_otel_service(
+        name,
+        port,
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{grpc}"),
+            ),
+        ],
+    )?;
     Ok((proc, port))
 }
 

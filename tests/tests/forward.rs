@@ -8,15 +8,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Agent, OtlpSink, Proc, Result, eventually, free_port, get, python_service};
+use common::{Agent, OtlpSink, Proc, Result, eventually, free_port, get};
 
 fn otel_service(name: &str, port: u16, agent_grpc: u16) -> Result<Proc> {
-    python_service(
-        "otel_service.py",
+    common::start_otel_service(
+        name,
         port,
-        &[],
         &[
-            ("OTEL_SERVICE_NAME", name.to_owned()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",

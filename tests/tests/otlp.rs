@@ -14,12 +14,7 @@ use std::time::Duration;
 
 use common::*;
 
-/// Starts `otel_service.py` exporting to the agent with the given OTEL_* settings.
-fn otel_service(name: &str, port: u16, env: &[(&str, String)]) -> Result<Proc> {
-    let mut env = env.to_vec();
-    env.push(("OTEL_SERVICE_NAME", name.to_owned()));
-    python_service("otel_service.py", port, &[], &env)
-}
+use common::start_otel_service as otel_service;
 
 /// `n` successful requests and `errors` failing ones.
 fn drive(port: u16, n: usize, errors: usize) -> Result {

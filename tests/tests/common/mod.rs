@@ -1070,31 +1070,9 @@ fn chat_answer(secrets: &ChatSecrets, seen: &Mutex<ChatSeen>, req: HttpRequest) 
 /// Starts `tests/python/otel_service.py` (FastAPI + the OpenTelemetry SDK) as `name` on `port`,
 /// exporting spans over OTLP with the given OTEL_* settings; waits until it answers.
 pub fn start_otel_service(name: &str, port: u16, env: &[(&str, String)]) -> Result<Proc> {
-    let mut cmd = Command::new(python());
-    cmd.arg(workspace().join("tests/python/otel_service.py"))
-        .arg("--port")
-        .arg(port.to_string())
-        .env("OTEL_SERVICE_NAME", name)
-        .env("OTEL_TRACES_EXPORTER", "otlp")
-        .env("OTEL_METRICS_EXPORTER", "none")
-        .env("OTEL_LOGS_EXPORTER", "none")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let proc = Proc(cmd.spawn()?);
-    eventually(
-        Duration::from_secs(60),
-        "the Python service to answer",
-        || {
-            get(&format!("http://127.0.0.1:{port}/items/0"), &[])
-                .ok()
-                .filter(|(s, _, _)| *s == 200)
-        },
-    )?;
-    Ok(proc)
+    let mut env = env.to_vec();
+    env.push(("OTEL_SERVICE_NAME", name.to_owned()));
+    python_service("otel_service.py", port, &[], &env)
 }
 
 /// Signs a Slack request body the way Slack does (`v0=` HMAC-SHA256 of `v0:{ts}:{body}`);

@@ -199,6 +199,7 @@ struct RawHttp {
     max_body_bytes: usize,
     #[serde(with = "duration")]
     request_timeout: Duration,
+    max_connections: usize,
     auth: RawAuth,
 }
 
@@ -208,6 +209,7 @@ impl Default for RawHttp {
             listen: "127.0.0.1:9464".into(),
             max_body_bytes: 1 << 20,
             request_timeout: Duration::from_secs(30),
+            max_connections: 256,
             auth: RawAuth::default(),
         }
     }
@@ -376,7 +378,9 @@ struct RawOtlp {
     retry_after: Duration,
     auth: Option<RawAuth>,
     tls: Option<RawTls>,
+    max_connections: usize,
     spanmetrics: RawSpanMetrics,
+    redaction: sidelight_collector::logs::RedactionConfig,
 }
 
 impl Default for RawOtlp {
@@ -389,7 +393,9 @@ impl Default for RawOtlp {
             retry_after: Duration::from_secs(1),
             auth: None,
             tls: None,
+            max_connections: sidelight_collector::otlp::serve::DEFAULT_MAX_CONNECTIONS,
             spanmetrics: RawSpanMetrics::default(),
+            redaction: Default::default(),
         }
     }
 }
@@ -517,6 +523,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Longest time one request may take.
     pub request_timeout: Duration,
+    /// Open connections at most (more are closed on accept and counted).
+    pub max_connections: usize,
     /// Accepted bearer tokens for non-probe endpoints; empty means no authentication.
     pub bearer_tokens: Vec<Secret>,
 }
@@ -918,6 +926,9 @@ fn validate(
     if raw.http.request_timeout.is_zero() {
         err("http.request_timeout", "must be greater than 0".into());
     }
+    if raw.http.max_connections == 0 || raw.http.max_connections > 65_536 {
+        err("http.max_connections", "must be between 1 and 65536".into());
+    }
     let mut bearer_tokens = Vec::new();
     match (
         &raw.http.auth.bearer_token_file,
@@ -1063,6 +1074,7 @@ fn validate(
             listen,
             max_body_bytes: raw.http.max_body_bytes,
             request_timeout: raw.http.request_timeout,
+            max_connections: raw.http.max_connections,
             bearer_tokens,
         },
         host: HostConfig {
@@ -1331,6 +1343,8 @@ fn validate_otlp(
         retry_after: raw.retry_after,
         bearer_tokens: tokens,
         tls,
+        redaction: raw.redaction.clone(),
+        max_connections: raw.max_connections,
     };
     let unparsed = (raw.grpc.is_some() && grpc.is_none()) || (raw.http.is_some() && http.is_none());
     for e in receivers.validate() {
@@ -1550,6 +1564,18 @@ mod tests {
         assert!(c.host.enabled);
         assert_eq!(c.store.path, PathBuf::from("./sidelight-data"));
         assert!(c.http.bearer_tokens.is_empty());
+        // Security defaults: every listener on loopback, bounded connections, OTLP redaction on.
+        let listeners = [
+            Some(c.http.listen),
+            c.otlp.receivers.grpc,
+            c.otlp.receivers.http,
+        ];
+        for addr in listeners.into_iter().flatten() {
+            assert!(addr.ip().is_loopback(), "{addr} is not loopback");
+        }
+        assert!(c.otlp.enabled);
+        assert!(c.otlp.receivers.redaction.builtins);
+        assert!(c.http.max_connections > 0 && c.otlp.receivers.max_connections > 0);
     }
 
     #[test]

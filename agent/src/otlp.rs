@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use prometheus_client::registry::Registry;
 use sidelight_collector::metrics::LabelCaps;
+use sidelight_collector::otlp::serve::ConnectionStats;
 use sidelight_collector::otlp::{OtlpError, ReceiverStats, Receivers, ReceiversHandle};
 use sidelight_collector::pipeline::Intake;
 use sidelight_collector::spanmetrics::SpanMetrics;
@@ -35,6 +36,7 @@ impl Otlp {
         intake: Intake,
         caps: &LabelCaps,
         registry: &mut Registry,
+        connections: ConnectionStats,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Result<Option<Otlp>, OtlpError> {
@@ -45,7 +47,10 @@ impl Otlp {
             .spanmetrics
             .as_ref()
             .map(|s| SpanMetrics::new(s, caps));
-        let stats = ReceiverStats::default();
+        let stats = ReceiverStats {
+            connections,
+            ..Default::default()
+        };
         let receivers = Receivers::build(
             &config.receivers,
             intake,

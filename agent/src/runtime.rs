@@ -22,6 +22,7 @@ use sidelight_collector::filesink::{FileSink, FileSinkStats};
 use sidelight_collector::host::HostCollector;
 use sidelight_collector::logs::LogStats;
 use sidelight_collector::metrics::{LabelCaps, SnapshotCell, SnapshotCollector};
+use sidelight_collector::otlp::serve::{self, ConnectionStats};
 use sidelight_collector::pipeline::{Queue, QueueLimits};
 use sidelight_collector::process::{ProcessCollector, TargetSpec};
 use tokio::net::TcpListener;
@@ -293,11 +294,14 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     if config.otlp.enabled {
         shared.readiness.expect("otlp");
     }
+    let connections = ConnectionStats::default();
+    connections.register(&mut registry);
     let otlp = crate::otlp::Otlp::start(
         &config.otlp,
         intake.clone(),
         &shared.caps,
         &mut registry,
+        connections.clone(),
         &tracker,
         sources.clone(),
     )
@@ -365,6 +369,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         addr_tx,
         http_token.clone(),
         tracker.clone(),
+        connections,
     ));
     shared.readiness.ready("http");
 
@@ -510,6 +515,7 @@ async fn serve_http(
     addr_tx: watch::Sender<SocketAddr>,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    connections: ConnectionStats,
 ) {
     let cfg = config.borrow_and_update().clone();
     let current = Arc::new(RwLock::new(http::router(
@@ -525,7 +531,18 @@ async fn serve_http(
         })
     };
     let mut listen = cfg.http.listen;
-    let mut server = spawn_server(&tracker, listener, app.clone(), cancel.child_token());
+    // The connection cap is read when a listener starts (a new `http.listen` applies a new one).
+    let server = |l: TcpListener, cfg: &Config| {
+        spawn_server(
+            &tracker,
+            l,
+            app.clone(),
+            cfg.http.max_connections,
+            connections.clone(),
+            cancel.child_token(),
+        )
+    };
+    let mut server_token = server(listener, &cfg);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -539,8 +556,8 @@ async fn serve_http(
                     match TcpListener::bind(cfg.http.listen).await {
                         Ok(l) => {
                             let local = l.local_addr().unwrap_or(cfg.http.listen);
-                            server.cancel();
-                            server = spawn_server(&tracker, l, app.clone(), cancel.child_token());
+                            server_token.cancel();
+                            server_token = server(l, &cfg);
                             listen = cfg.http.listen;
                             addr_tx.send_replace(local);
                             tracing::info!(listen = %local, "HTTP surface moved");
@@ -551,25 +568,28 @@ async fn serve_http(
             }
         }
     }
-    server.cancel();
+    server_token.cancel();
 }
 
+/// Serves `app` on `listener` through the accept loop the OTLP receivers use (connection cap,
+/// header and request timeouts, HTTP/2 limits) until `token` fires.
 fn spawn_server(
     tracker: &TaskTracker,
     listener: TcpListener,
     app: Router,
+    max_connections: usize,
+    connections: ConnectionStats,
     token: CancellationToken,
 ) -> CancellationToken {
-    let stop = token.clone();
-    tracker.spawn(async move {
-        let shutdown = async move { stop.cancelled().await };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    tracker.spawn(serve::serve(
+        listener,
+        Arc::new(RwLock::new(app)),
+        Arc::new(RwLock::new(None)),
+        token.clone(),
+        "http",
+        max_connections,
+        connections,
+    ));
     token
 }
 

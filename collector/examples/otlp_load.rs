@@ -8,9 +8,9 @@
 //!   codec that writes the bytes as they are; at saturation (no `--rate`) from
 //!   `connections × in-flight` concurrent calls, at a fixed rate from one paced caller. Prints
 //!   one JSON line at the end: `{"ok_spans":..,"refused_requests":..,"wall_s":..}`.
-//! - `otlp_load sink --listen 127.0.0.1:0 --count-file F`: a TraceService that counts spans
-//!   without decoding them (a walk over the protobuf tags), answers OK, and rewrites `F` every
-//!   100 ms with `spans requests` — the downstream of the agent's exporter, cheap enough not to
+//! - `otlp_load sink --listen 127.0.0.1:0 --count-file F`: a TraceService and LogsService that
+//!   count spans and log records without decoding them (a walk over the protobuf tags), answer
+//!   OK, and rewrite `F` every 100 ms with `spans requests log_records` — the downstream of the agent's exporter, cheap enough not to
 //!   be the bottleneck. Prints its address on stdout.
 //!
 //! Build: `cargo build --release -p sidelight-collector --example otlp_load`
@@ -30,6 +30,9 @@ use tonic::codec::CompressionEncoding;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// The sink counts log records too (the soak forwards tailed logs): an ExportLogsServiceRequest
+/// nests records at the same field numbers as spans (1 resource, 2 scope, 2 record).
+const LOGS_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 
 #[path = "../benches/support/otlp_traffic.rs"]
 mod otlp_traffic;
@@ -144,6 +147,7 @@ fn count_spans(buf: &[u8]) -> Option<u64> {
 struct Counts {
     spans: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
+    logs: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -153,15 +157,16 @@ impl tonic::server::NamedService for Sink {
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
 }
 
-struct Count(Counts);
+/// Counts one request's items into `spans` or, when `logs`, into `logs`.
+struct Count(Counts, bool);
 
 impl tonic::server::UnaryService<u64> for Count {
+    // Both responses are empty messages: the traces one encodes as the logs one would.
     type Response = ExportTraceServiceResponse;
     type Future = std::future::Ready<Result<tonic::Response<Self::Response>, tonic::Status>>;
     fn call(&mut self, request: tonic::Request<u64>) -> Self::Future {
-        self.0
-            .spans
-            .fetch_add(*request.get_ref(), Ordering::Relaxed);
+        let counter = if self.1 { &self.0.logs } else { &self.0.spans };
+        counter.fetch_add(*request.get_ref(), Ordering::Relaxed);
         self.0.requests.fetch_add(1, Ordering::Relaxed);
         std::future::ready(Ok(tonic::Response::new(
             ExportTraceServiceResponse::default(),
@@ -187,14 +192,16 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let counts = self.0.clone();
         Box::pin(async move {
-            if req.uri().path() != PATH {
-                return Ok(tonic::Status::unimplemented("traces only").into_http());
-            }
+            let logs = match req.uri().path() {
+                PATH => false,
+                LOGS_PATH => true,
+                _ => return Ok(tonic::Status::unimplemented("traces and logs only").into_http()),
+            };
             let mut grpc = tonic::server::Grpc::new(CountCodec)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(256 << 20);
-            Ok(grpc.unary(Count(counts), req).await)
+            Ok(grpc.unary(Count(counts, logs), req).await)
         })
     }
 }
@@ -209,9 +216,10 @@ async fn sink(listen: SocketAddr, count_file: Option<String>) -> Result<(), BoxE
             let tmp = format!("{path}.tmp");
             loop {
                 let line = format!(
-                    "{} {}\n",
+                    "{} {} {}\n",
                     c.spans.load(Ordering::Relaxed),
-                    c.requests.load(Ordering::Relaxed)
+                    c.requests.load(Ordering::Relaxed),
+                    c.logs.load(Ordering::Relaxed)
                 );
                 if std::fs::write(&tmp, line).is_ok() {
                     let _ = std::fs::rename(&tmp, &path);

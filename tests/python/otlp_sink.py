@@ -43,6 +43,7 @@ class Record:
         self.scopes = []  # distinct {name, version, attributes}
         self.points_by_metric = {}
         self.build_info_times = []  # time_unix_nano of every sidelight_build_info point
+        self.raw = []  # with --keep-raw: every accepted traces/logs request as JSON (MessageToDict)
 
     def refuse(self):
         """Whether to refuse this request (down file, or the random fraction)."""
@@ -73,6 +74,8 @@ class Record:
     def traces(self, req):
         with self.lock:
             self.requests["traces"] += 1
+            if self.args.keep_raw:
+                self.raw.append(MessageToDict(req))
             for rs in req.resource_spans:
                 self._resource(rs.resource)
                 for ss in rs.scope_spans:
@@ -99,6 +102,8 @@ class Record:
     def logs_(self, req):
         with self.lock:
             self.requests["logs"] += 1
+            if self.args.keep_raw:
+                self.raw.append(MessageToDict(req))
             for rl in req.resource_logs:
                 self._resource(rl.resource)
                 for sl in rl.scope_logs:
@@ -119,6 +124,7 @@ class Record:
                 "scopes": self.scopes,
                 "points_by_metric": self.points_by_metric,
                 "build_info_times": self.build_info_times,
+                "raw": self.raw,
             }
 
 
@@ -205,6 +211,8 @@ def main():
     p.add_argument("--unavailable-fraction", type=float, default=0.0)
     p.add_argument("--down-file", default="")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--keep-raw", action="store_true",
+                   help="keep every traces and logs request whole (in /state's raw)")
     args = p.parse_args()
     rec = Record(args)
 

@@ -154,6 +154,7 @@ impl RedactionCounts {
 pub struct Redactor {
     set: RegexSet,
     rules: Vec<Rule>,
+    min_match_len: usize,
 }
 
 impl Redactor {
@@ -171,7 +172,31 @@ impl Redactor {
         }
         let set = RegexSet::new(rules.iter().map(|r| r.regex.as_str()))
             .map_err(RedactError::SetTooLarge)?;
-        Ok(Self { set, rules })
+        let min_match_len = rules
+            .iter()
+            .map(|r| min_len(r.regex.as_str()))
+            .min()
+            .unwrap_or(usize::MAX);
+        Ok(Self {
+            set,
+            rules,
+            min_match_len,
+        })
+    }
+
+    /// Whether there is any rule at all (built-ins off and no patterns: nothing to do).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Whether some rule matches `s` (a match the Luhn check later rejects counts too).
+    pub fn is_match(&self, s: &str) -> bool {
+        self.set.is_match(s)
+    }
+
+    /// The shortest text any rule can match, in bytes: shorter strings need no look.
+    pub fn min_match_len(&self) -> usize {
+        self.min_match_len
     }
 
     /// The built-in rules only.
@@ -294,6 +319,14 @@ fn compile(name: &str, pattern: &str, check: Check) -> Result<Rule, RedactError>
         check,
         has_secret_group,
     })
+}
+
+/// The fewest bytes `pattern` can match (0 when unknown, so that nothing is skipped).
+fn min_len(pattern: &str) -> usize {
+    regex_syntax::parse(pattern)
+        .ok()
+        .and_then(|hir| hir.properties().minimum_len())
+        .unwrap_or(0)
 }
 
 /// Luhn checksum over the digits of `s` (separators ignored).

@@ -18,7 +18,8 @@ mod auth;
 mod grpc;
 mod http;
 mod limits;
-mod serve;
+pub mod redact;
+pub mod serve;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -39,8 +40,10 @@ pub use limits::{BodyError, gunzip_capped, read_capped};
 pub use stats::{Reason, Receiver, ReceiverStats};
 pub use tls::{TlsFiles, load as load_tls};
 
+use crate::logs::RedactionConfig;
 use crate::pipeline::{Intake, Payload, Refused};
 use crate::spanmetrics::{SettingsError, SpanMetrics};
+use redact::OtlpRedactor;
 
 /// Default OTLP/gRPC address.
 pub const DEFAULT_GRPC: SocketAddr =
@@ -66,6 +69,10 @@ pub struct OtlpSettings {
     pub bearer_tokens: Vec<Token>,
     /// TLS on both listeners.
     pub tls: Option<TlsFiles>,
+    /// Secrets replaced in received traces and logs (built-ins on by default).
+    pub redaction: RedactionConfig,
+    /// Open connections per listener at most (more are closed on accept and counted).
+    pub max_connections: usize,
 }
 
 impl Default for OtlpSettings {
@@ -77,6 +84,8 @@ impl Default for OtlpSettings {
             retry_after: Duration::from_secs(1),
             bearer_tokens: Vec::new(),
             tls: None,
+            redaction: RedactionConfig::default(),
+            max_connections: serve::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -115,6 +124,12 @@ impl OtlpSettings {
         if self.bearer_tokens.iter().any(Token::is_empty) {
             err("auth", "a bearer token is empty".into());
         }
+        if self.max_connections == 0 || self.max_connections > 65_536 {
+            err("max_connections", "must be between 1 and 65536".into());
+        }
+        if let Err(e) = OtlpRedactor::new(&self.redaction) {
+            err("redaction", e.to_string());
+        }
         errors
     }
 
@@ -135,6 +150,9 @@ pub enum OtlpError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A redaction pattern does not compile.
+    #[error("redaction: {0}")]
+    Redaction(String),
     /// A certificate or key could not be loaded.
     #[error("tls {}: {message}", path.display())]
     Tls {
@@ -151,16 +169,28 @@ pub(crate) struct Core {
     intake: Intake,
     stats: ReceiverStats,
     spanmetrics: Option<SpanMetrics>,
+    redactor: RwLock<Option<Arc<OtlpRedactor>>>,
     tokens: auth::Tokens,
     retry_after_secs: AtomicU64,
     max_request_bytes: AtomicUsize,
 }
 
 impl Core {
-    /// Offers a decoded request to the intake; on success records span metrics and counts the
-    /// items. Refusals are counted here too.
-    fn accept(&self, receiver: Receiver, payload: Payload) -> Result<usize, Refused> {
+    /// Redacts a decoded request, offers it to the intake and on success records span metrics
+    /// and counts the items. Refusals are counted here too.
+    fn accept(&self, receiver: Receiver, mut payload: Payload) -> Result<usize, Refused> {
         let signal = payload.signal();
+        let redactor = self.redactor.read().clone();
+        if let Some(r) = redactor {
+            let n = match &mut payload {
+                Payload::Traces(request) => r.traces(request),
+                Payload::Logs(request) => r.logs(request),
+                Payload::Metrics(_) => 0,
+            };
+            if n > 0 {
+                self.stats.redacted(signal, n);
+            }
+        }
         let prepared = match (&payload, &self.spanmetrics) {
             (Payload::Traces(request), Some(sm)) => Some(sm.prepare(request)),
             _ => None,
@@ -190,9 +220,17 @@ impl Core {
     }
 }
 
+/// The compiled redaction rules (`None`: redaction off).
+fn redactor(config: &RedactionConfig) -> Result<Option<Arc<OtlpRedactor>>, OtlpError> {
+    OtlpRedactor::new(config)
+        .map(|r| r.map(Arc::new))
+        .map_err(|e| OtlpError::Redaction(e.to_string()))
+}
+
 /// Bound receivers, not yet serving.
 pub struct Receivers {
     handle: ReceiversHandle,
+    max_connections: usize,
     grpc: Option<TcpListener>,
     http: Option<TcpListener>,
     grpc_addr: Option<SocketAddr>,
@@ -234,6 +272,7 @@ impl Receivers {
         spanmetrics: Option<SpanMetrics>,
     ) -> Result<Receivers, OtlpError> {
         let tls = settings.tls.as_ref().map(tls::load).transpose()?;
+        let redactor = redactor(&settings.redaction)?;
         let bind = |addr: SocketAddr| async move {
             let l = TcpListener::bind(addr)
                 .await
@@ -255,6 +294,7 @@ impl Receivers {
             intake,
             stats,
             spanmetrics,
+            redactor: RwLock::new(redactor),
             tokens: auth::Tokens::new(&settings.bearer_tokens),
             retry_after_secs: AtomicU64::new(settings.retry_after_secs()),
             max_request_bytes: AtomicUsize::new(settings.max_request_bytes),
@@ -271,6 +311,7 @@ impl Receivers {
         };
         Ok(Receivers {
             handle,
+            max_connections: settings.max_connections,
             grpc_addr: grpc.as_ref().map(|g| g.1),
             http_addr: http.as_ref().map(|h| h.1),
             grpc: grpc.map(|g| g.0),
@@ -297,6 +338,7 @@ impl Receivers {
     /// in-flight requests are answered.
     pub async fn run(self, cancel: CancellationToken) {
         let h = self.handle;
+        let connections = h.core.stats.connections.clone();
         let grpc = self.grpc.map(|l| {
             serve::serve(
                 l,
@@ -304,6 +346,8 @@ impl Receivers {
                 h.tls.clone(),
                 cancel.clone(),
                 Receiver::Grpc.as_str(),
+                self.max_connections,
+                connections.clone(),
             )
         });
         let http = self.http.map(|l| {
@@ -313,6 +357,8 @@ impl Receivers {
                 h.tls.clone(),
                 cancel.clone(),
                 Receiver::Http.as_str(),
+                self.max_connections,
+                connections.clone(),
             )
         });
         tokio::join!(
@@ -332,17 +378,24 @@ impl Receivers {
 
 impl ReceiversHandle {
     /// Applies new settings in place: tokens, `retry_after`, `max_request_bytes` and TLS
-    /// certificates (for new connections). Returns the keys that only take effect at the next
-    /// restart (`grpc`, `http`: the addresses). On a TLS error nothing is changed.
+    /// certificates (for new connections) and redaction. Returns the keys that only take effect
+    /// at the next restart (`grpc`, `http`: the addresses; `max_connections`). On a TLS error
+    /// nothing is changed.
     pub fn reconfigure(&self, new: &OtlpSettings) -> Result<Vec<&'static str>, OtlpError> {
         let tls = new.tls.as_ref().map(tls::load).transpose()?;
         let mut old = self.settings.lock();
+        if old.redaction != new.redaction {
+            *self.core.redactor.write() = redactor(&new.redaction)?;
+        }
         let mut restart = Vec::new();
         if old.grpc != new.grpc {
             restart.push("grpc");
         }
         if old.http != new.http {
             restart.push("http");
+        }
+        if old.max_connections != new.max_connections {
+            restart.push("max_connections");
         }
         if (old.tls.is_some() || new.tls.is_some()) && old.tls.as_ref() != new.tls.as_ref() {
             tracing::info!("otlp TLS settings changed; new connections use them");

@@ -75,6 +75,12 @@ pub struct ReceiverStats {
     /// `sidelight_receiver_requests_total{receiver,signal,code}`: requests answered, by HTTP
     /// status or gRPC code name.
     pub requests: Family<L3, Counter>,
+    /// Connection counts of both listeners; registered by its owner (the agent shares one
+    /// [`ConnectionStats`] between the receivers and its HTTP surface), not by
+    /// [`ReceiverStats::register`].
+    pub connections: super::serve::ConnectionStats,
+    /// `sidelight_receiver_redactions_total{signal}`: secrets replaced in received data.
+    pub redactions: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl ReceiverStats {
@@ -92,6 +98,12 @@ impl ReceiverStats {
                 ("reason", reason.as_str()),
             ])
             .inc();
+    }
+
+    pub(crate) fn redacted(&self, s: Signal, n: u64) {
+        self.redactions
+            .get_or_create(&[("signal", s.as_str())])
+            .inc_by(n);
     }
 
     pub(crate) fn bytes_counter(&self, r: Receiver, s: Signal) -> Counter {
@@ -130,6 +142,11 @@ impl ReceiverStats {
             "sidelight_receiver_requests",
             "Requests answered by an OTLP receiver, by HTTP status or gRPC code",
             self.requests.clone(),
+        );
+        registry.register(
+            "sidelight_receiver_redactions",
+            "Secrets replaced by [REDACTED] in received traces and logs",
+            self.redactions.clone(),
         );
     }
 }

@@ -710,9 +710,27 @@ fn settings_validation() {
         retry_after: Duration::ZERO,
         bearer_tokens: vec![Token::new("  ")],
         tls: None,
+        max_connections: 0,
+        redaction: crate::logs::RedactionConfig {
+            builtins: true,
+            patterns: vec![crate::logs::redact::PatternConfig {
+                name: "broken".into(),
+                regex: "([a-z".into(),
+            }],
+        },
     };
     let keys: Vec<String> = bad.validate().into_iter().map(|e| e.key).collect();
-    assert_eq!(keys, ["http", "max_request_bytes", "retry_after", "auth"]);
+    assert_eq!(
+        keys,
+        [
+            "http",
+            "max_request_bytes",
+            "retry_after",
+            "auth",
+            "max_connections",
+            "redaction"
+        ]
+    );
     let none = OtlpSettings {
         grpc: None,
         http: None,

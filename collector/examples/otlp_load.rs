@@ -150,11 +150,16 @@ struct Counts {
     logs: Arc<AtomicU64>,
 }
 
+/// The TraceService (`LOGS = false`) or the LogsService (`true`): tonic routes by service name.
 #[derive(Clone)]
-struct Sink(Counts);
+struct Sink<const LOGS: bool>(Counts);
 
-impl tonic::server::NamedService for Sink {
+impl tonic::server::NamedService for Sink<false> {
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl tonic::server::NamedService for Sink<true> {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
 }
 
 /// Counts one request's items into `spans` or, when `logs`, into `logs`.
@@ -174,7 +179,7 @@ impl tonic::server::UnaryService<u64> for Count {
     }
 }
 
-impl<B> tower::Service<http::Request<B>> for Sink
+impl<B, const LOGS: bool> tower::Service<http::Request<B>> for Sink<LOGS>
 where
     B: http_body::Body + Send + 'static,
     B::Error: Into<BoxError> + Send + 'static,
@@ -192,16 +197,15 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let counts = self.0.clone();
         Box::pin(async move {
-            let logs = match req.uri().path() {
-                PATH => false,
-                LOGS_PATH => true,
-                _ => return Ok(tonic::Status::unimplemented("traces and logs only").into_http()),
-            };
+            let want = if LOGS { LOGS_PATH } else { PATH };
+            if req.uri().path() != want {
+                return Ok(tonic::Status::unimplemented("Export only").into_http());
+            }
             let mut grpc = tonic::server::Grpc::new(CountCodec)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(256 << 20);
-            Ok(grpc.unary(Count(counts, logs), req).await)
+            Ok(grpc.unary(Count(counts, LOGS), req).await)
         })
     }
 }
@@ -229,7 +233,8 @@ async fn sink(listen: SocketAddr, count_file: Option<String>) -> Result<(), BoxE
         });
     }
     tonic::transport::Server::builder()
-        .add_service(Sink(counts))
+        .add_service(Sink::<false>(counts.clone()))
+        .add_service(Sink::<true>(counts))
         .serve_with_incoming(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
         )

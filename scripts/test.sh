@@ -41,6 +41,16 @@ export SIDELIGHT_TEST_PYTHON="$PWD/.venv/bin/python"
 # 3. Rust checks and tests.
 log "cargo fmt --check"
 cargo fmt --all -- --check
+# Supply chain (deny.toml): licences, banned crates, sources. Advisories need the RustSec
+# database from GitHub, which these machines cannot reach: SIDELIGHT_DENY_ADVISORIES=1 adds them.
+if ! command -v cargo-deny >/dev/null; then
+  log "installing cargo-deny 0.20.2 (once per machine)"
+  cargo install --locked --quiet cargo-deny@0.20.2
+fi
+log "cargo deny check"
+deny_checks=(licenses bans sources)
+[ "${SIDELIGHT_DENY_ADVISORIES:-0}" = 1 ] && deny_checks+=(advisories)
+cargo deny --log-level error check "${deny_checks[@]}"
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "cargo test"

@@ -602,3 +602,78 @@ async fn a_full_spill_drops_oldest_and_counts_them() {
     assert!(!got.contains(&"cap0001-0".to_owned()));
     r.stop(Duration::from_secs(1)).await;
 }
+
+/// Found by `faults/disk_full.sh`: with the endpoint down and the spill's disk failing (full),
+/// a batch that neither took was dropped and counted as `reason="shutdown"` although the agent
+/// was not stopping — accepted spans lost. Now it stays in memory and both are retried: the
+/// queue fills (receivers refuse, retryable), the failure is counted, and once the disk works
+/// again the spill takes it, then the endpoint gets everything accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_spill_disk_keeps_batches_until_it_or_the_endpoint_takes_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let down = dir.path().join("down");
+    std::fs::write(&down, "").expect("down flag");
+    let sink = Sink::start(0, 0, &["--down-file", &down.to_string_lossy()]);
+    let spill_dir = dir.path().join("spill");
+    let r = rig(
+        Signal::Traces,
+        Protocol::Grpc,
+        (sink.grpc, sink.http),
+        limits(10),
+        Some(&spill_dir),
+        64 << 20,
+    );
+    // The disk fails: the spill cannot create its first segment.
+    std::fs::remove_dir_all(&spill_dir).expect("rm spill dir");
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..40 {
+        let p = spans(&format!("nodisk{i:02}"), 3);
+        let n = names(&p);
+        match r.intake.offer(p) {
+            Ok(()) => accepted.extend(n),
+            Err(Refused::Full(_)) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually(
+        "spill write errors counted",
+        Duration::from_secs(10),
+        || r.stats.spill_write_errors.get_or_create(&r.label()).get() > 0,
+    )
+    .await;
+    assert!(
+        refused > 0,
+        "backpressure: the queue filled behind the held batch"
+    );
+    let failed = |reason| {
+        r.stats
+            .failed
+            .get_or_create(&[
+                ("exporter", "otlp"),
+                ("signal", "traces"),
+                ("reason", reason),
+            ])
+            .get()
+    };
+    assert_eq!(failed("shutdown"), 0, "nothing accepted was dropped");
+    // The disk works again: the spill takes what was held (no restart).
+    std::fs::create_dir_all(&spill_dir).expect("spill dir back");
+    eventually("spilled again", Duration::from_secs(10), || {
+        r.stats.spilled.get_or_create(&r.label()).get() > 0
+    })
+    .await;
+    std::fs::remove_file(&down).expect("up");
+    let n = accepted.len();
+    eventually("every accepted span", Duration::from_secs(30), || {
+        sink.spans().len() >= n
+    })
+    .await;
+    let mut got = sink.spans();
+    got.sort();
+    accepted.sort();
+    assert_eq!(got, accepted, "nothing accepted is lost, nothing twice");
+    assert_eq!(failed("shutdown"), 0);
+    r.stop(Duration::from_secs(1)).await;
+}

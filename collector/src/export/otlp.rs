@@ -949,13 +949,23 @@ impl SignalExporter {
                         );
                     }
                 }
+                if logged.lock().remove("spill_error") {
+                    tracing::info!(
+                        signal = self.signal.as_str(),
+                        "the OTLP spill is writable again"
+                    );
+                }
                 batch.complete();
                 Ok(())
             }
             Ok((Err(e), _, _)) => {
+                self.stats
+                    .spill_write_errors
+                    .get_or_create(&self.labels())
+                    .inc();
                 if logged.lock().insert("spill_error") {
                     tracing::error!(signal = self.signal.as_str(), error = %e,
-                        "cannot write to the OTLP spill: keeping the batch in memory");
+                        "cannot write to the OTLP spill: keeping the batch in memory and retrying (counted in sidelight_exporter_spill_write_errors_total)");
                 }
                 Err(batch)
             }
@@ -1127,26 +1137,46 @@ impl SignalExporter {
     ) -> Result<(), Batch> {
         // One attempt: on a retryable failure the batch goes to disk at once (its receipts
         // complete there) and is retried from the spill, so a failing endpoint never holds
-        // data in memory.
+        // data in memory. When the disk fails too (full), the batch is kept in memory and both
+        // are tried again with backoff until one takes it: the queue behind it fills, so the
+        // receivers refuse (retryable) and the tailers wait — nothing accepted is dropped.
+        // Only the flush deadline hands it back.
         let items = batch.items as u64;
         let now = CancellationToken::new();
         now.cancel();
-        match self
-            .attempts(
-                &batch.payload,
-                items,
-                self.retry,
-                shutdown,
-                Some(&now),
-                log_set,
-            )
-            .await
-        {
-            Ok(()) => {
-                batch.complete();
-                Ok(())
+        let mut backoff = Backoff::new(RetryPolicy {
+            max_elapsed: None,
+            ..self.retry
+        });
+        let mut batch = batch;
+        loop {
+            match self
+                .attempts(
+                    &batch.payload,
+                    items,
+                    self.retry,
+                    shutdown,
+                    Some(&now),
+                    log_set,
+                )
+                .await
+            {
+                Ok(()) => {
+                    batch.complete();
+                    return Ok(());
+                }
+                Err(Stop::Abandoned) => return Err(batch),
+                Err(Stop::Exhausted) => match self.spill_batch(spill, batch, logged).await {
+                    Ok(()) => return Ok(()),
+                    Err(b) => batch = b,
+                },
             }
-            Err(_) => self.spill_batch(spill, batch, logged).await,
+            let delay = backoff.next_delay(None).unwrap_or(self.retry.max);
+            tokio::select! {
+                biased;
+                _ = shutdown.abandon.cancelled() => return Err(batch),
+                _ = tokio::time::sleep(delay) => {}
+            }
         }
     }
 }

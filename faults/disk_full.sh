@@ -53,9 +53,13 @@ ckpt_errors=$(metric sidelight_log_checkpoint_write_errors_total)
 depth_full=$(metric sidelight_exporter_spill_depth)
 alive_full=0; kill -0 "$AGENT_PID" && curl -sf -o /dev/null "http://$HTTP/healthz" && alive_full=1
 rm -f "$WORK/data/filler"; log "space back ($(avail_kb) KiB free)"
-sleep 20
+# The held batches are retried with the export backoff (at most retry.max, 30 s by default).
+back_t0=$(date +%s)
+spilling_again() { [ "$(metric sidelight_exporter_spill_depth)" -gt "$depth_full" ]; }
+wait_until 60 spilling_again || true
+back_s=$(( $(date +%s) - back_t0 ))
 depth_back=$(metric sidelight_exporter_spill_depth)
-log "spill depth $depth_full records while full, $depth_back 20 s after space returned; sink up"
+log "spill depth $depth_full records while full, $depth_back ${back_s}s after space returned; sink up"
 sink_up
 wait "$spid"; wait "$wpid"
 drained() {
@@ -76,4 +80,4 @@ ok=0
 [ "$alive_full" = 1 ] && [ "$space_errors" -gt 0 ] && [ "$metric_full" -gt 0 ] && [ "$depth_back" -gt "$depth_full" ] &&
   [ "$accepted" = $((delivered + failed)) ] && [ "$failed" = 0 ] && [ "$lost" = 0 ] && ok=1
 stop_agent || true
-verdict "$ok" "tmpfs ${size_mb} MiB full for ${full}s: alive $alive_full, 'No space left' log lines $space_errors, sidelight_exporter_spill_write_errors_total $metric_full, checkpoint write errors $ckpt_errors; spill depth $depth_full -> $depth_back records after space returned (no restart); spans accepted $accepted = delivered $delivered + counted drops $failed [$reasons], refused (retryable) $refused; log lines $lines: lost $lost, duplicates $dups"
+verdict "$ok" "tmpfs ${size_mb} MiB full for ${full}s: alive $alive_full, 'No space left' log lines $space_errors, sidelight_exporter_spill_write_errors_total $metric_full, checkpoint write errors $ckpt_errors; spill depth $depth_full -> $depth_back records ${back_s}s after space returned (no restart); spans accepted $accepted = delivered $delivered + counted drops $failed [$reasons], refused (retryable) $refused; log lines $lines: lost $lost, duplicates $dups"

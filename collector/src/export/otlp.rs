@@ -40,7 +40,7 @@ use super::retry::{
 };
 use super::spill::Spill;
 use super::tls::{ClientTls, TlsConnector};
-use crate::pipeline::{Payload, Queue, Signal};
+use crate::pipeline::{Payload, Queue, Receipt, Signal};
 
 const EXPORTER: &str = "otlp";
 /// The largest response body read from an OTLP/HTTP endpoint.
@@ -868,8 +868,21 @@ impl SignalExporter {
             let (this, shutdown, logged) = (this.clone(), shutdown.clone(), logged.clone());
             tasks.spawn(async move {
                 let items = batch.items as u64;
+                // Someone keeps this data until it is delivered (the log tailer: its checkpoint
+                // waits for the receipt): retry until delivered or shutdown. Dropping it at
+                // `max_elapsed` would lose it until a restart (and pin the checkpoint, so the
+                // restart re-reads everything after it); waiting keeps the backpressure — the
+                // queue fills and the tailer stops reading.
+                let policy = if batch.receipts.iter().any(Receipt::is_tracked) {
+                    RetryPolicy {
+                        max_elapsed: None,
+                        ..this.retry
+                    }
+                } else {
+                    this.retry
+                };
                 let result = this
-                    .attempts(&batch.payload, items, this.retry, &shutdown, None, &logged)
+                    .attempts(&batch.payload, items, policy, &shutdown, None, &logged)
                     .await;
                 drop(slot);
                 match result {
@@ -880,7 +893,7 @@ impl SignalExporter {
                         tracing::error!(
                             signal,
                             items,
-                            "OTLP export retries exhausted (export.otlp.retry.max_elapsed): batch dropped (log records are re-read after a restart)"
+                            "OTLP export retries exhausted (export.otlp.retry.max_elapsed): batch dropped"
                         );
                     }
                     Err(Stop::Abandoned) => {

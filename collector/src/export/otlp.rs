@@ -1009,11 +1009,38 @@ impl SignalExporter {
                 } else {
                     batch
                 };
-                if let Err(batch) = self.spill_batch(&spill, batch, &logged).await {
-                    // The disk failed: fall back to the in-memory hand-off (backpressure).
-                    if let Err(mpsc::error::SendError(b)) = tx.send(batch).await {
-                        self.stats
-                            .fail(EXPORTER, signal, "shutdown", b.items as u64);
+                let mut batch = batch;
+                let mut backoff = Backoff::new(RetryPolicy {
+                    max_elapsed: None,
+                    ..self.retry
+                });
+                // Until the disk or the sender takes it. The disk failed (full): the sender may
+                // be free to try the endpoint; if it is busy (replaying the spill to a failing
+                // endpoint) the disk is tried again after a backoff, so the spill resumes once
+                // space returns. Meanwhile the queue fills behind (backpressure).
+                loop {
+                    batch = match self.spill_batch(&spill, batch, &logged).await {
+                        Ok(()) => break,
+                        Err(b) => b,
+                    };
+                    batch = match tx.try_send(batch) {
+                        Ok(()) => break,
+                        Err(mpsc::error::TrySendError::Full(b)) => b,
+                        Err(mpsc::error::TrySendError::Closed(b)) => {
+                            self.stats
+                                .fail(EXPORTER, signal, "shutdown", b.items as u64);
+                            break;
+                        }
+                    };
+                    let delay = backoff.next_delay(None).unwrap_or(self.retry.max);
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.abandon.cancelled() => {
+                            self.stats
+                                .fail(EXPORTER, signal, "shutdown", batch.items as u64);
+                            break;
+                        }
+                        _ = tokio::time::sleep(delay) => {}
                     }
                 }
                 wake.notify_one();

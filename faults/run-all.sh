@@ -3,12 +3,15 @@
 # exits non-zero if any failed. Not part of scripts/test.sh: at full size this takes about
 # 25 minutes. FAULTS_QUICK=1 runs the shortened versions (a few minutes).
 # Usage: faults/run-all.sh [SCENARIO...]   (default: all; names without .sh)
+# Env: as faults/lib.sh (FAULTS_QUICK, FAULTS_NO_BUILD, AGENT_BIN, CARGO_TARGET_DIR, ...).
 set -uo pipefail
 dir=$(cd "$(dirname "$0")" && pwd)
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(kill9_logs sink_outage restart_spill disk_full slack_429 clock_jump)
-(cd "$dir/.." && nice cargo build --release --quiet -p sidelight &&
-  nice cargo build --release --quiet -p sidelight-collector --example otlp_load) || exit 1
+if [ "${FAULTS_NO_BUILD:-0}" != 1 ]; then
+  (cd "$dir/.." && nice cargo build --release --quiet -p sidelight &&
+    nice cargo build --release --quiet -p sidelight-collector --example otlp_load) || exit 1
+fi
 results=()
 failed=0
 for s in "${scenarios[@]}"; do

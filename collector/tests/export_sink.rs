@@ -190,6 +190,18 @@ fn rig(
     spill: Option<&Path>,
     spill_cap: u64,
 ) -> Rig {
+    rig_retry(signal, protocol, sink, limits, spill, spill_cap, None)
+}
+
+fn rig_retry(
+    signal: Signal,
+    protocol: Protocol,
+    sink: (u16, u16),
+    limits: QueueLimits,
+    spill: Option<&Path>,
+    spill_cap: u64,
+    max_elapsed: Option<Duration>,
+) -> Rig {
     let queue_stats = QueueStats::default();
     let stats = ExportStats::default();
     let queue = Arc::new(Queue::new(signal.as_str(), limits, queue_stats.clone()));
@@ -225,7 +237,7 @@ fn rig(
         retry: RetryPolicy {
             initial: Duration::from_millis(10),
             max: Duration::from_millis(100),
-            max_elapsed: None,
+            max_elapsed,
         },
         spill,
         stats: stats.clone(),
@@ -600,5 +612,153 @@ async fn a_full_spill_drops_oldest_and_counts_them() {
     // The newest survive: the last envelope pushed arrived, the first was dropped.
     assert!(got.contains(&"cap0059-0".to_owned()));
     assert!(!got.contains(&"cap0001-0".to_owned()));
+    r.stop(Duration::from_secs(1)).await;
+}
+
+/// Found by `faults/disk_full.sh`: with the endpoint down and the spill's disk failing (full),
+/// a batch that neither took was dropped and counted as `reason="shutdown"` although the agent
+/// was not stopping — accepted spans lost. Now it stays in memory and both are retried: the
+/// queue fills (receivers refuse, retryable), the failure is counted, and once the disk works
+/// again the spill takes it, then the endpoint gets everything accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_spill_disk_keeps_batches_until_it_or_the_endpoint_takes_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let down = dir.path().join("down");
+    std::fs::write(&down, "").expect("down flag");
+    let sink = Sink::start(0, 0, &["--down-file", &down.to_string_lossy()]);
+    let spill_dir = dir.path().join("spill");
+    let r = rig(
+        Signal::Traces,
+        Protocol::Grpc,
+        (sink.grpc, sink.http),
+        limits(10),
+        Some(&spill_dir),
+        64 << 20,
+    );
+    // The disk fails: the spill cannot create its first segment.
+    std::fs::remove_dir_all(&spill_dir).expect("rm spill dir");
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..40 {
+        let p = spans(&format!("nodisk{i:02}"), 3);
+        let n = names(&p);
+        match r.intake.offer(p) {
+            Ok(()) => accepted.extend(n),
+            Err(Refused::Full(_)) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually(
+        "spill write errors counted",
+        Duration::from_secs(10),
+        || r.stats.spill_write_errors.get_or_create(&r.label()).get() > 0,
+    )
+    .await;
+    assert!(
+        refused > 0,
+        "backpressure: the queue filled behind the held batch"
+    );
+    let failed = |reason| {
+        r.stats
+            .failed
+            .get_or_create(&[
+                ("exporter", "otlp"),
+                ("signal", "traces"),
+                ("reason", reason),
+            ])
+            .get()
+    };
+    assert_eq!(failed("shutdown"), 0, "nothing accepted was dropped");
+    // The disk works again: the spill takes what was held (no restart).
+    std::fs::create_dir_all(&spill_dir).expect("spill dir back");
+    eventually("spilled again", Duration::from_secs(10), || {
+        r.stats.spilled.get_or_create(&r.label()).get() > 0
+    })
+    .await;
+    std::fs::remove_file(&down).expect("up");
+    let n = accepted.len();
+    eventually("every accepted span", Duration::from_secs(30), || {
+        sink.spans().len() >= n
+    })
+    .await;
+    let mut got = sink.spans();
+    got.sort();
+    accepted.sort();
+    assert_eq!(got, accepted, "nothing accepted is lost, nothing twice");
+    assert_eq!(failed("shutdown"), 0);
+    r.stop(Duration::from_secs(1)).await;
+}
+
+/// Found by `faults/sink_outage.sh` (5 minutes down, the default `retry.max_elapsed` 5m): log
+/// batches from the tailer were dropped at `max_elapsed` like received data, so their lines were
+/// lost until a restart and the tailer's checkpoint stayed pinned before them. Batches whose
+/// receipts someone waits for are now retried until delivered; received (untracked) data still
+/// expires and is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracked_batches_outlive_max_elapsed_untracked_ones_expire_counted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let down = dir.path().join("down");
+    std::fs::write(&down, "").expect("down flag");
+    let sink = Sink::start(0, 0, &["--down-file", &down.to_string_lossy()]);
+    let r = rig_retry(
+        Signal::Traces,
+        Protocol::Grpc,
+        (sink.grpc, sink.http),
+        limits(50),
+        None,
+        0,
+        Some(Duration::from_millis(300)),
+    );
+    let acked = Arc::new(AtomicUsize::new(0));
+    let mut tracked = Vec::new();
+    for i in 0..5 {
+        let p = spans(&format!("kept{i}"), 3);
+        tracked.extend(names(&p));
+        let a = acked.clone();
+        r.intake
+            .deliver(
+                p,
+                Receipt::new(move || {
+                    a.fetch_add(1, Ordering::SeqCst);
+                }),
+            )
+            .await
+            .expect("queued");
+    }
+    let exhausted = || {
+        r.stats
+            .failed
+            .get_or_create(&[
+                ("exporter", "otlp"),
+                ("signal", "traces"),
+                ("reason", "retries_exhausted"),
+            ])
+            .get()
+    };
+    // Well past max_elapsed: the tracked batches are still being retried.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(exhausted(), 0, "tracked batches are not dropped");
+    assert_eq!(acked.load(Ordering::SeqCst), 0);
+    // Received (untracked) data still expires, counted.
+    r.intake.offer(spans("expires", 3)).expect("offered");
+    eventually(
+        "the untracked batch expired",
+        Duration::from_secs(10),
+        || exhausted() == 3,
+    )
+    .await;
+    std::fs::remove_file(&down).expect("up");
+    eventually("every tracked receipt", Duration::from_secs(30), || {
+        acked.load(Ordering::SeqCst) == 5
+    })
+    .await;
+    let mut got = sink.spans();
+    got.sort();
+    tracked.sort();
+    assert_eq!(
+        got, tracked,
+        "the tracked spans arrive once, the expired ones not"
+    );
     r.stop(Duration::from_secs(1)).await;
 }

@@ -54,6 +54,9 @@ pub struct ExportStats {
     pub spill_corrupt: Family<ExporterSignal, Counter>,
     /// `sidelight_exporter_spilled_total{exporter,signal}`: items written to the disk spill.
     pub spilled: Family<ExporterSignal, Counter>,
+    /// `sidelight_exporter_spill_write_errors_total{exporter,signal}`: spill writes that failed
+    /// (a full or failing disk); the batch stayed in memory.
+    pub spill_write_errors: Family<ExporterSignal, Counter>,
 }
 
 impl Default for ExportStats {
@@ -68,6 +71,7 @@ impl Default for ExportStats {
             spill_depth: Family::default(),
             spill_corrupt: Family::default(),
             spilled: Family::default(),
+            spill_write_errors: Family::default(),
         }
     }
 }
@@ -119,6 +123,11 @@ impl ExportStats {
             "sidelight_exporter_spilled",
             "Items written to the disk spill",
             self.spilled.clone(),
+        );
+        registry.register(
+            "sidelight_exporter_spill_write_errors",
+            "Writes to the disk spill that failed (disk full or failing); the batch was kept in memory and retried",
+            self.spill_write_errors.clone(),
         );
     }
 

@@ -40,7 +40,7 @@ use super::retry::{
 };
 use super::spill::Spill;
 use super::tls::{ClientTls, TlsConnector};
-use crate::pipeline::{Payload, Queue, Signal};
+use crate::pipeline::{Payload, Queue, Receipt, Signal};
 
 const EXPORTER: &str = "otlp";
 /// The largest response body read from an OTLP/HTTP endpoint.
@@ -868,8 +868,21 @@ impl SignalExporter {
             let (this, shutdown, logged) = (this.clone(), shutdown.clone(), logged.clone());
             tasks.spawn(async move {
                 let items = batch.items as u64;
+                // Someone keeps this data until it is delivered (the log tailer: its checkpoint
+                // waits for the receipt): retry until delivered or shutdown. Dropping it at
+                // `max_elapsed` would lose it until a restart (and pin the checkpoint, so the
+                // restart re-reads everything after it); waiting keeps the backpressure — the
+                // queue fills and the tailer stops reading.
+                let policy = if batch.receipts.iter().any(Receipt::is_tracked) {
+                    RetryPolicy {
+                        max_elapsed: None,
+                        ..this.retry
+                    }
+                } else {
+                    this.retry
+                };
                 let result = this
-                    .attempts(&batch.payload, items, this.retry, &shutdown, None, &logged)
+                    .attempts(&batch.payload, items, policy, &shutdown, None, &logged)
                     .await;
                 drop(slot);
                 match result {
@@ -880,7 +893,7 @@ impl SignalExporter {
                         tracing::error!(
                             signal,
                             items,
-                            "OTLP export retries exhausted (export.otlp.retry.max_elapsed): batch dropped (log records are re-read after a restart)"
+                            "OTLP export retries exhausted (export.otlp.retry.max_elapsed): batch dropped"
                         );
                     }
                     Err(Stop::Abandoned) => {
@@ -949,13 +962,23 @@ impl SignalExporter {
                         );
                     }
                 }
+                if logged.lock().remove("spill_error") {
+                    tracing::info!(
+                        signal = self.signal.as_str(),
+                        "the OTLP spill is writable again"
+                    );
+                }
                 batch.complete();
                 Ok(())
             }
             Ok((Err(e), _, _)) => {
+                self.stats
+                    .spill_write_errors
+                    .get_or_create(&self.labels())
+                    .inc();
                 if logged.lock().insert("spill_error") {
                     tracing::error!(signal = self.signal.as_str(), error = %e,
-                        "cannot write to the OTLP spill: keeping the batch in memory");
+                        "cannot write to the OTLP spill: keeping the batch in memory and retrying (counted in sidelight_exporter_spill_write_errors_total)");
                 }
                 Err(batch)
             }
@@ -986,11 +1009,38 @@ impl SignalExporter {
                 } else {
                     batch
                 };
-                if let Err(batch) = self.spill_batch(&spill, batch, &logged).await {
-                    // The disk failed: fall back to the in-memory hand-off (backpressure).
-                    if let Err(mpsc::error::SendError(b)) = tx.send(batch).await {
-                        self.stats
-                            .fail(EXPORTER, signal, "shutdown", b.items as u64);
+                let mut batch = batch;
+                let mut backoff = Backoff::new(RetryPolicy {
+                    max_elapsed: None,
+                    ..self.retry
+                });
+                // Until the disk or the sender takes it. The disk failed (full): the sender may
+                // be free to try the endpoint; if it is busy (replaying the spill to a failing
+                // endpoint) the disk is tried again after a backoff, so the spill resumes once
+                // space returns. Meanwhile the queue fills behind (backpressure).
+                loop {
+                    batch = match self.spill_batch(&spill, batch, &logged).await {
+                        Ok(()) => break,
+                        Err(b) => b,
+                    };
+                    batch = match tx.try_send(batch) {
+                        Ok(()) => break,
+                        Err(mpsc::error::TrySendError::Full(b)) => b,
+                        Err(mpsc::error::TrySendError::Closed(b)) => {
+                            self.stats
+                                .fail(EXPORTER, signal, "shutdown", b.items as u64);
+                            break;
+                        }
+                    };
+                    let delay = backoff.next_delay(None).unwrap_or(self.retry.max);
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.abandon.cancelled() => {
+                            self.stats
+                                .fail(EXPORTER, signal, "shutdown", batch.items as u64);
+                            break;
+                        }
+                        _ = tokio::time::sleep(delay) => {}
                     }
                 }
                 wake.notify_one();
@@ -1127,26 +1177,46 @@ impl SignalExporter {
     ) -> Result<(), Batch> {
         // One attempt: on a retryable failure the batch goes to disk at once (its receipts
         // complete there) and is retried from the spill, so a failing endpoint never holds
-        // data in memory.
+        // data in memory. When the disk fails too (full), the batch is kept in memory and both
+        // are tried again with backoff until one takes it: the queue behind it fills, so the
+        // receivers refuse (retryable) and the tailers wait — nothing accepted is dropped.
+        // Only the flush deadline hands it back.
         let items = batch.items as u64;
         let now = CancellationToken::new();
         now.cancel();
-        match self
-            .attempts(
-                &batch.payload,
-                items,
-                self.retry,
-                shutdown,
-                Some(&now),
-                log_set,
-            )
-            .await
-        {
-            Ok(()) => {
-                batch.complete();
-                Ok(())
+        let mut backoff = Backoff::new(RetryPolicy {
+            max_elapsed: None,
+            ..self.retry
+        });
+        let mut batch = batch;
+        loop {
+            match self
+                .attempts(
+                    &batch.payload,
+                    items,
+                    self.retry,
+                    shutdown,
+                    Some(&now),
+                    log_set,
+                )
+                .await
+            {
+                Ok(()) => {
+                    batch.complete();
+                    return Ok(());
+                }
+                Err(Stop::Abandoned) => return Err(batch),
+                Err(Stop::Exhausted) => match self.spill_batch(spill, batch, logged).await {
+                    Ok(()) => return Ok(()),
+                    Err(b) => batch = b,
+                },
             }
-            Err(_) => self.spill_batch(spill, batch, logged).await,
+            let delay = backoff.next_delay(None).unwrap_or(self.retry.max);
+            tokio::select! {
+                biased;
+                _ = shutdown.abandon.cancelled() => return Err(batch),
+                _ = tokio::time::sleep(delay) => {}
+            }
         }
     }
 }

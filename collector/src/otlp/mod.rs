@@ -16,7 +16,7 @@
 
 mod auth;
 mod grpc;
-mod http;
+pub(crate) mod http;
 mod limits;
 mod serve;
 mod stats;

@@ -8,6 +8,8 @@ pub mod config;
 pub mod detector;
 pub mod dora;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod logging;

@@ -5,6 +5,8 @@
 
 pub mod export;
 pub mod filesink;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod logs;
 pub mod metrics;

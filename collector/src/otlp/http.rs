@@ -37,7 +37,7 @@ pub(crate) struct RpcStatus {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Protobuf,
     Json,
 }
@@ -70,7 +70,7 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
 }
 
 /// A refusal: status, reason counted, message for the client.
-struct Failure {
+pub(crate) struct Failure {
     status: StatusCode,
     reason: Reason,
     message: String,
@@ -222,7 +222,9 @@ async fn receive(
     })
 }
 
-fn decode(
+/// Inflates (when `gzip`, capped at `limit`) and decodes a body, as both request paths do;
+/// also the body of the `otlp_protobuf` / `otlp_json` fuzz targets (`crate::fuzzing`).
+pub(crate) fn decode(
     signal: Signal,
     format: Format,
     gzip: bool,

@@ -16,7 +16,7 @@
 
 mod auth;
 mod grpc;
-mod http;
+pub(crate) mod http;
 mod limits;
 pub mod redact;
 pub mod serve;

@@ -1,0 +1,3 @@
+#![no_main]
+// The body is `sidelight::fuzzing::webhooks`, shared with the corpus replay test.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sidelight::fuzzing::webhooks(data));

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::expo::Labels;
-use super::history::{History, SeriesId};
+use super::history::{Hint, History, SeriesId};
 use super::rules::{Condition, Millis, Rule, SPAN_BUCKETS, SPAN_CALLS, SPAN_COUNT, SloKind};
 
 /// How long resolved alerts stay listed.
@@ -345,8 +345,10 @@ fn active_planned(
             window, op, value, ..
         } => {
             let mut rates: Vec<Option<f64>> = vec![None; groups.len()];
+            let mut hint = Hint::default();
             for &(id, g) in series {
-                let Some((inc, covered)) = history.increase_of(id, now, *window) else {
+                let Some((inc, covered)) = history.increase_hinted(id, now, *window, &mut hint)
+                else {
                     continue;
                 };
                 if covered <= 0.0 {
@@ -379,10 +381,12 @@ fn active_planned(
             // which never fires (a total of 0 is skipped). Each distinct window is summed once.
             let ratio = |window: Millis| -> Vec<(f64, f64)> {
                 let mut acc = vec![(0.0, 0.0); services.len()];
+                let mut hint = Hint::default();
                 for &(id, s, part) in series {
-                    let (Some((inc, _)), Some(e)) =
-                        (history.increase_of(id, now, window), acc.get_mut(s))
-                    else {
+                    let (Some((inc, _)), Some(e)) = (
+                        history.increase_hinted(id, now, window, &mut hint),
+                        acc.get_mut(s),
+                    ) else {
                         continue;
                     };
                     match part {

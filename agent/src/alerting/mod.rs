@@ -92,6 +92,44 @@ fn steady(
 /// recorded deployment is picked up at the next evaluation).
 const DEPLOYS_EVERY: Millis = 30_000;
 
+/// How late the store may be with the value and summary of an alert that changed in nothing
+/// else (see [`must_save`]).
+const SAVE_VALUES_EVERY: Millis = 60_000;
+
+/// Whether the stored copy of an alert (`saved`, written at `saved_at`) must be rewritten at
+/// `now`. A restart reads the state, the labels and the times, so any change of those is written
+/// at the cycle it happens; `last_active` only decides when an alert of a rule with
+/// `keep_firing_for` resolves, so it is written at every change for those rules only; the value
+/// and summary (what messages and the API show) are written at most [`SAVE_VALUES_EVERY`] late.
+fn must_save(
+    saved: Option<&(Alert, Millis)>,
+    a: &Alert,
+    keep_firing_for: Millis,
+    now: Millis,
+) -> bool {
+    let Some((s, saved_at)) = saved else {
+        return true;
+    };
+    let same_state = s.fingerprint == a.fingerprint
+        && s.labels == a.labels
+        && s.state == a.state
+        && s.active_at == a.active_at
+        && s.fired_at == a.fired_at
+        && s.resolved_at == a.resolved_at
+        && s.runbook == a.runbook
+        && s.dashboard == a.dashboard;
+    let same_values = s.value.to_bits() == a.value.to_bits()
+        && s.summary == a.summary
+        && s.values.len() == a.values.len()
+        && s.values
+            .iter()
+            .zip(&a.values)
+            .all(|((k, v), (l, w))| k == l && v.to_bits() == w.to_bits());
+    !same_state
+        || (keep_firing_for > 0 && s.last_active != a.last_active)
+        || (!same_values && now - saved_at >= SAVE_VALUES_EVERY)
+}
+
 /// The digest schedule, pure: given when the schedule last ticked (`None`: never), whether a
 /// digest is due at `now` and the new mark to store. The first evaluation starts the schedule
 /// (nothing is sent); a digest is due every `every` after it, on the same cadence however late
@@ -116,6 +154,10 @@ struct Core {
     /// pointer comparison means "the same configuration").
     planned_for: Option<Arc<AlertingConfig>>,
     readers: rules::Readers,
+    /// `keep_firing_for` per rule name, of `planned_for`.
+    keep_firing: HashMap<String, Millis>,
+    /// What the store holds of each alert, and when it was written (see [`must_save`]).
+    saved: HashMap<String, (Alert, Millis)>,
     plan: Option<eval::Plan>,
     ctx: Context,
     deploys_at: Millis,
@@ -141,6 +183,8 @@ pub struct Alerting {
     hub: Option<Arc<Hub>>,
     severities: Vec<String>,
     registry: OnceLock<Arc<Registry>>,
+    /// The registry's text, encoded at each cycle into the same buffer.
+    text: Mutex<String>,
     queues: HashMap<String, Arc<Queue>>,
     senders: Mutex<Vec<Sender>>,
     deploys: Arc<RwLock<HashMap<String, DeployInfo>>>,
@@ -231,18 +275,25 @@ impl Alerting {
             .ok()
             .flatten()
             .and_then(|v| v.parse().ok());
+        let alerts: BTreeMap<String, Alert> = persisted
+            .alerts
+            .into_iter()
+            .map(|a| (a.fingerprint.clone(), a))
+            .collect();
+        let saved = alerts
+            .iter()
+            .map(|(fp, a)| (fp.clone(), (a.clone(), now)))
+            .collect();
         Ok(Arc::new(Self {
             core: Mutex::new(Core {
-                alerts: persisted
-                    .alerts
-                    .into_iter()
-                    .map(|a| (a.fingerprint.clone(), a))
-                    .collect(),
+                alerts,
+                saved,
                 dispatcher: Dispatcher::with_groups(persisted.groups),
                 silences: persisted.silences,
                 history,
                 planned_for: None,
                 readers: rules::Readers::default(),
+                keep_firing: HashMap::new(),
                 plan: None,
                 ctx,
                 deploys_at: Millis::MIN,
@@ -254,6 +305,7 @@ impl Alerting {
             hub,
             severities,
             registry: OnceLock::new(),
+            text: Mutex::new(String::new()),
             queues,
             senders: Mutex::new(senders),
             deploys: Arc::new(RwLock::new(HashMap::new())),
@@ -410,24 +462,21 @@ impl Alerting {
         let cfg = self.config();
         let deployments = self.refresh_deploys(now).await;
         self.deploy_notices(&cfg, deployments.as_deref(), now).await;
-        let samples = match self.registry.get() {
-            Some(reg) => {
-                let mut text = String::with_capacity(64 * 1024);
-                match prometheus_client::encoding::text::encode(&mut text, reg)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| expo::parse(&text).map_err(|e| e.to_string()))
-                {
-                    Ok(s) => s,
+        let (outcome, changed, transitions, notifications, removed_groups, newly) = {
+            // The text buffer is kept across cycles (its capacity is last cycle's size).
+            let mut text = self.text.lock();
+            text.clear();
+            let encoded = match self.registry.get() {
+                Some(reg) => match prometheus_client::encoding::text::encode(&mut *text, reg) {
+                    Ok(()) => true,
                     Err(e) => {
                         self.metrics.failures.inc();
                         tracing::error!(error = %e, "alert evaluation cannot read the metrics");
-                        Vec::new()
+                        false
                     }
-                }
-            }
-            None => Vec::new(),
-        };
-        let (outcome, changed, transitions, notifications, removed_groups, newly) = {
+                },
+                None => false,
+            };
             let mut core = self.core.lock();
             let core = &mut *core;
             if !core
@@ -440,13 +489,28 @@ impl Alerting {
                 core.history
                     .retain(|name, labels| readers.reads(&cfg.rules, name, labels));
                 core.readers = readers;
+                core.keep_firing = cfg
+                    .rules
+                    .iter()
+                    .map(|r| (r.name.clone(), r.keep_firing_for))
+                    .collect();
                 core.plan = None;
                 core.planned_for = Some(cfg.clone());
             }
             let readers = &core.readers;
-            core.history.ingest(now, &samples, |s| {
-                readers.reads(&cfg.rules, &s.name, &s.labels)
-            });
+            let keep = |name: &str, labels: &expo::Labels| readers.reads(&cfg.rules, name, labels);
+            let ingested = encoded
+                && match core.history.ingest_text(now, &text, keep) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.metrics.failures.inc();
+                        tracing::error!(error = %e, "alert evaluation cannot read the metrics");
+                        false
+                    }
+                };
+            if !ingested {
+                core.history.ingest(now, &[], |s| keep(&s.name, &s.labels));
+            }
             let plan = match core.plan.take() {
                 Some(p) if p.is_current(&core.history, &cfg.rules) => p,
                 _ => eval::Plan::new(&cfg.rules, &core.history),
@@ -464,7 +528,12 @@ impl Alerting {
             let changed: Vec<Alert> = outcome
                 .changed
                 .iter()
-                .filter_map(|fp| core.alerts.get(fp).cloned())
+                .filter_map(|fp| core.alerts.get(fp))
+                .filter(|a| {
+                    let keep = core.keep_firing.get(a.name()).copied().unwrap_or(0);
+                    must_save(core.saved.get(&a.fingerprint), a, keep, now)
+                })
+                .cloned()
                 .collect();
             let transitions: Vec<(Transition, Alert)> = outcome
                 .transitions
@@ -507,18 +576,34 @@ impl Alerting {
             )
         };
         self.metrics.evaluations.inc();
-        let store = self.store.clone();
-        let removed = outcome.removed.clone();
-        let persisted = tokio::task::spawn_blocking(move || {
-            store.save_alerts(&changed, &removed, &newly)?;
-            for k in &removed_groups {
-                store.save_group(k, None)?;
+        let removed = outcome.removed;
+        if !(changed.is_empty()
+            && removed.is_empty()
+            && newly.is_empty()
+            && removed_groups.is_empty())
+        {
+            let store = self.store.clone();
+            let persisted = tokio::task::spawn_blocking(move || {
+                store.save_alerts(&changed, &removed, &newly)?;
+                for k in &removed_groups {
+                    store.save_group(k, None)?;
+                }
+                Ok::<_, StoreError>((changed, removed))
+            })
+            .await;
+            match persisted {
+                Ok(Ok((changed, removed))) => {
+                    let mut core = self.core.lock();
+                    for fp in &removed {
+                        core.saved.remove(fp);
+                    }
+                    for a in changed {
+                        core.saved.insert(a.fingerprint.clone(), (a, now));
+                    }
+                }
+                // What was not written is written at the next cycle that changes it.
+                _ => tracing::error!("persisting alert state failed"),
             }
-            Ok::<_, StoreError>(())
-        })
-        .await;
-        if !matches!(persisted, Ok(Ok(()))) {
-            tracing::error!("persisting alert state failed");
         }
         for (t, a) in transitions {
             match &t {

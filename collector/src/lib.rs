@@ -13,3 +13,4 @@ pub mod pipeline;
 pub mod process;
 pub mod procfs;
 pub mod spanmetrics;
+pub mod wire;

@@ -9,8 +9,12 @@
 //!
 //! What a request meets, in order: the token check (401 / UNAUTHENTICATED), the media type and
 //! encoding (415), the size limit before and after decompression (413 / RESOURCE_EXHAUSTED),
-//! decoding (400 / INVALID_ARGUMENT), then [`Intake::offer`]: a full queue answers 503 with
-//! `Retry-After` / UNAVAILABLE, and nothing is buffered beyond the queue. Span metrics are
+//! a full queue (503 with `Retry-After` / UNAVAILABLE, before the body is read: decompressing and
+//! decoding what will be refused would only cost CPU when the agent is busiest), decoding
+//! (400 / INVALID_ARGUMENT), then [`Intake::offer`], which still decides: nothing is buffered
+//! beyond the queue. Protobuf trace requests are not decoded into messages: [`crate::wire`]
+//! checks them and reads the spans for span metrics in one pass, and they travel on as the bytes
+//! received ([`Payload::Encoded`]). Span metrics are
 //! recorded only for requests the intake took (a refused request is retried and would be
 //! counted twice). Every refusal is counted by reason in [`ReceiverStats`].
 
@@ -30,17 +34,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::Token;
 pub use limits::{BodyError, gunzip_capped, read_capped};
-pub use stats::{Reason, Receiver, ReceiverStats};
+pub use stats::{HandshakeFailure, Reason, Receiver, ReceiverStats};
 pub use tls::{TlsFiles, load as load_tls};
 
-use crate::pipeline::{Intake, Payload, Refused};
-use crate::spanmetrics::{SettingsError, SpanMetrics};
+use crate::pipeline::{EncodedRequest, Intake, Payload, Refused, Signal};
+use crate::spanmetrics::{Prepared, SettingsError, SpanMetrics};
+use crate::wire::WireError;
 
 /// Default OTLP/gRPC address.
 pub const DEFAULT_GRPC: SocketAddr =
@@ -156,16 +162,54 @@ pub(crate) struct Core {
     max_request_bytes: AtomicUsize,
 }
 
+/// Why [`Core::accept_encoded_traces`] did not take a request.
+#[derive(Debug)]
+pub(crate) enum Rejected {
+    /// Not an `ExportTraceServiceRequest` (400 / INVALID_ARGUMENT).
+    Invalid(WireError),
+    /// The intake refused it (503 / UNAVAILABLE).
+    Refused(Refused),
+}
+
 impl Core {
     /// Offers a decoded request to the intake; on success records span metrics and counts the
     /// items. Refusals are counted here too.
     fn accept(&self, receiver: Receiver, payload: Payload) -> Result<usize, Refused> {
-        let signal = payload.signal();
         let prepared = match (&payload, &self.spanmetrics) {
             (Payload::Traces(request), Some(sm)) => Some(sm.prepare(request)),
             _ => None,
         };
         let items = payload.items();
+        self.offer(receiver, payload, prepared, items)
+    }
+
+    /// Checks an encoded trace request and reads its spans for span metrics in one pass, then
+    /// offers it to the intake as those bytes ([`Payload::Encoded`]), as [`accept`](Self::accept)
+    /// does. Undecodable requests are not counted here (the caller answers and counts them).
+    fn accept_encoded_traces(&self, receiver: Receiver, bytes: Bytes) -> Result<usize, Rejected> {
+        let (prepared, items) = match &self.spanmetrics {
+            Some(sm) => {
+                let (p, n) = sm.prepare_encoded(&bytes).map_err(Rejected::Invalid)?;
+                (Some(p), n)
+            }
+            None => (
+                None,
+                crate::wire::traces(&bytes, &mut ()).map_err(Rejected::Invalid)?,
+            ),
+        };
+        let payload = Payload::Encoded(EncodedRequest::traces_checked(bytes, items));
+        self.offer(receiver, payload, prepared, items)
+            .map_err(Rejected::Refused)
+    }
+
+    fn offer(
+        &self,
+        receiver: Receiver,
+        payload: Payload,
+        prepared: Option<Prepared>,
+        items: usize,
+    ) -> Result<usize, Refused> {
+        let signal = payload.signal();
         if let Err(refused) = self.intake.offer(payload) {
             let reason = match refused {
                 Refused::Full(_) => Reason::Full,
@@ -179,6 +223,18 @@ impl Core {
         }
         self.stats.accepted(receiver, signal, items);
         Ok(items)
+    }
+
+    /// For both receivers, before a request body is read: refuses (and counts) when the
+    /// pipeline has no room for `signal` now, so a full queue costs no decompression or decoding.
+    fn refuse_early(&self, receiver: Receiver, signal: Signal) -> Option<Refused> {
+        let refused = self.intake.refuse_early(signal)?;
+        let reason = match refused {
+            Refused::Full(_) => Reason::Full,
+            Refused::Closed(_) => Reason::Closed,
+        };
+        self.stats.refused(receiver, signal, reason);
+        Some(refused)
     }
 
     fn max_request_bytes(&self) -> usize {
@@ -303,7 +359,8 @@ impl Receivers {
                 h.grpc_router.clone(),
                 h.tls.clone(),
                 cancel.clone(),
-                Receiver::Grpc.as_str(),
+                Receiver::Grpc,
+                h.core.stats.clone(),
             )
         });
         let http = self.http.map(|l| {
@@ -312,7 +369,8 @@ impl Receivers {
                 h.http_router.clone(),
                 h.tls.clone(),
                 cancel.clone(),
-                Receiver::Http.as_str(),
+                Receiver::Http,
+                h.core.stats.clone(),
             )
         });
         tokio::join!(

@@ -1,7 +1,7 @@
 //! The accept loop both receivers share: plain TCP or TLS, HTTP/1.1 and HTTP/2 (h2c by prior
 //! knowledge, or ALPN under TLS) through hyper, each connection on its own task. On cancel the
 //! listener closes, idle connections are closed, and in-flight requests finish before `serve`
-//! returns (the caller bounds the wait).
+//! returns (the caller bounds the wait). Failed TLS handshakes are counted by reason.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::stats::{HandshakeFailure, Receiver, ReceiverStats};
+
 /// How long a client may take for the TLS handshake or to send request headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -33,8 +35,10 @@ pub(crate) async fn serve(
     router: Swap,
     tls: TlsSwap,
     cancel: CancellationToken,
-    name: &'static str,
+    receiver: Receiver,
+    stats: ReceiverStats,
 ) {
+    let name = receiver.as_str();
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -55,6 +59,7 @@ pub(crate) async fn serve(
         let acceptor = tls.read().clone();
         let router = router.clone();
         let cancel = cancel.clone();
+        let stats = stats.clone();
         connections.spawn(async move {
             match acceptor {
                 None => connection(tcp, router, cancel).await,
@@ -62,9 +67,15 @@ pub(crate) async fn serve(
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => connection(stream, router, cancel).await,
                         Ok(Err(e)) => {
-                            tracing::debug!(receiver = name, error = %e, "TLS handshake failed")
+                            let why = HandshakeFailure::of(&e);
+                            stats.handshake_failed(receiver, why);
+                            tracing::debug!(receiver = name, reason = why.as_str(), error = %e,
+                                "TLS handshake failed");
                         }
-                        Err(_) => tracing::debug!(receiver = name, "TLS handshake timed out"),
+                        Err(_) => {
+                            stats.handshake_failed(receiver, HandshakeFailure::Timeout);
+                            tracing::debug!(receiver = name, "TLS handshake timed out");
+                        }
                     }
                 }
             }

@@ -886,6 +886,50 @@ mod tests {
     }
 
     #[test]
+    fn an_encoded_request_prepares_as_its_decoded_message() {
+        use prost::Message;
+        let caps = LabelCaps::new(100);
+        let settings = SpanMetricsSettings {
+            dimensions: vec![
+                Dimension {
+                    attribute: "http.route".into(),
+                    default: Some("unknown".into()),
+                },
+                Dimension {
+                    attribute: "deployment.environment".into(),
+                    default: None,
+                },
+                Dimension {
+                    attribute: "region".into(),
+                    default: None,
+                },
+            ],
+            ..Default::default()
+        };
+        let sm = SpanMetrics::new(&settings, &caps);
+        let mut req = request(
+            "checkout",
+            vec![
+                span("GET /a", SpanKind::Server, StatusCode::Ok, 3, Some("/a")),
+                span("GET /a", SpanKind::Server, StatusCode::Ok, 30, Some("/a")),
+                span("GET /b", SpanKind::Server, StatusCode::Error, 7, None),
+                span("q", SpanKind::Client, StatusCode::Unset, 1, None),
+                span("job", SpanKind::Consumer, StatusCode::Unset, 900, Some("/j")),
+            ],
+        );
+        let mut other = request("billing", vec![span("x", SpanKind::Server, StatusCode::Unset, 1, None)]);
+        other.resource_spans[0].resource = None;
+        req.resource_spans.extend(other.resource_spans);
+        let bytes = req.encode_to_vec();
+        let (encoded, spans) = sm.prepare_encoded(&bytes).expect("valid");
+        assert_eq!(spans, 6);
+        let decoded = sm.prepare(&req);
+        assert_eq!(encoded.spans(), 5, "the client span does not count");
+        assert_eq!(format!("{encoded:?}"), format!("{decoded:?}"));
+        assert!(sm.prepare_encoded(&bytes[..bytes.len() - 3]).is_err());
+    }
+
+    #[test]
     fn label_sets_beyond_the_cap_fold_into_other_and_are_counted() {
         let caps = LabelCaps::new(100);
         let settings = SpanMetricsSettings {

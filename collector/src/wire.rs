@@ -126,7 +126,19 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     fn varint(&mut self) -> Result<u64, WireError> {
+        // Most keys and lengths are one byte.
+        if let Some((&b, rest)) = self.buf.split_first()
+            && b < 0x80
+        {
+            self.buf = rest;
+            return Ok(u64::from(b));
+        }
+        self.varint_long()
+    }
+
+    fn varint_long(&mut self) -> Result<u64, WireError> {
         let mut value = 0u64;
         for (i, &b) in self.buf.iter().take(10).enumerate() {
             value |= u64::from(b & 0x7f) << (7 * i);

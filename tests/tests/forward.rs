@@ -313,7 +313,13 @@ fn sum_of(agent: &Agent, family: &str, fragment: &str) -> f64 {
 fn agent_to_agent_over_tls_spans_arrive_intact_and_a_wrong_ca_is_refused_on_both_sides() -> Result {
     let certs = tempfile::tempdir()?;
     let b_cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
-    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    // Another CA, with its own name (rcgen's simple certificates share one).
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "another CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other = params.self_signed(&rcgen::KeyPair::generate()?)?;
     let (cert, key, wrong_ca) = (
         certs.path().join("b.crt"),
         certs.path().join("b.key"),
@@ -321,7 +327,7 @@ fn agent_to_agent_over_tls_spans_arrive_intact_and_a_wrong_ca_is_refused_on_both
     );
     std::fs::write(&cert, b_cert.cert.pem())?;
     std::fs::write(&key, b_cert.signing_key.serialize_pem())?;
-    std::fs::write(&wrong_ca, other.cert.pem())?;
+    std::fs::write(&wrong_ca, other.pem())?;
 
     // Python service -> agent A -> (OTLP/gRPC over TLS) -> agent B -> Python sink.
     let sink = OtlpSink::start(&[])?;

@@ -129,7 +129,10 @@ impl HandshakeFailure {
                 | A::CertificateExpired
                 | A::CertificateRevoked
                 | A::UnsupportedCertificate
-                | A::AccessDenied,
+                | A::AccessDenied
+                // The client could not verify a signature of our chain (a CA of the same name
+                // but another key, for one).
+                | A::DecryptError,
             )
             | E::InvalidCertificate(_) => HandshakeFailure::BadCertificate,
             E::NoCertificatesPresented => HandshakeFailure::NoClientCert,

@@ -641,6 +641,18 @@ async fn http_limits_before_and_after_decompression() {
     r.stop().await;
 }
 
+/// A self-signed CA certificate with its own name (rcgen's simple certificates all share one, so
+/// a client trusting another of them fails on the signature, not on the issuer).
+fn other_ca() -> rcgen::Certificate {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "another CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().expect("key");
+    params.self_signed(&key).expect("cert")
+}
+
 #[tokio::test]
 async fn tls_on_both_listeners_with_a_self_signed_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -709,9 +721,9 @@ async fn tls_on_both_listeners_with_a_self_signed_certificate() {
     );
     // A client that does not trust our certificate's issuer aborts the handshake with
     // unknown_ca; both failures are counted by reason.
-    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let other = other_ca();
     let mut wrong_roots = tokio_rustls::rustls::RootCertStore::empty();
-    wrong_roots.add(other.cert.der().clone()).expect("root");
+    wrong_roots.add(other.der().clone()).expect("root");
     let wrong = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
         tokio_rustls::rustls::crypto::ring::default_provider(),
     ))

@@ -914,10 +914,19 @@ mod tests {
                 span("GET /a", SpanKind::Server, StatusCode::Ok, 30, Some("/a")),
                 span("GET /b", SpanKind::Server, StatusCode::Error, 7, None),
                 span("q", SpanKind::Client, StatusCode::Unset, 1, None),
-                span("job", SpanKind::Consumer, StatusCode::Unset, 900, Some("/j")),
+                span(
+                    "job",
+                    SpanKind::Consumer,
+                    StatusCode::Unset,
+                    900,
+                    Some("/j"),
+                ),
             ],
         );
-        let mut other = request("billing", vec![span("x", SpanKind::Server, StatusCode::Unset, 1, None)]);
+        let mut other = request(
+            "billing",
+            vec![span("x", SpanKind::Server, StatusCode::Unset, 1, None)],
+        );
         other.resource_spans[0].resource = None;
         req.resource_spans.extend(other.resource_spans);
         let bytes = req.encode_to_vec();

@@ -194,7 +194,8 @@ impl<'a> Reader<'a> {
 
     fn string(&mut self, wire: Wire) -> Result<&'a str, WireError> {
         let b = self.bytes(wire)?;
-        std::str::from_utf8(b).map_err(|_| WireError("invalid string value: data is not UTF-8 encoded"))
+        std::str::from_utf8(b)
+            .map_err(|_| WireError("invalid string value: data is not UTF-8 encoded"))
     }
 
     /// An embedded message's bytes, if the nesting limit allows another level.
@@ -281,8 +282,8 @@ impl<'a, V: Visit<'a>> Scanner<'a, '_, V> {
                     has_scopes = true;
                 }
                 3 => {
-r.string(wire)?;
-},
+                    r.string(wire)?;
+                }
                 _ => r.skip(tag, wire, depth)?,
             }
         }
@@ -312,8 +313,8 @@ r.string(wire)?;
                     self.span(m, depth - 1)?;
                 }
                 3 => {
-r.string(wire)?;
-},
+                    r.string(wire)?;
+                }
                 _ => r.skip(tag, wire, depth)?,
             }
         }
@@ -328,11 +329,11 @@ r.string(wire)?;
             match tag {
                 1 => f.trace_id = r.bytes(wire)?,
                 2 | 4 => {
-r.bytes(wire)?;
-},
+                    r.bytes(wire)?;
+                }
                 3 => {
-r.string(wire)?;
-},
+                    r.string(wire)?;
+                }
                 5 => f.name = r.string(wire)?,
                 6 => f.kind = r.uint(wire)? as i32,
                 7 => f.start = r.fixed64(wire)?,
@@ -342,8 +343,8 @@ r.string(wire)?;
                     self.span_attrs.push(key_value(m, depth - 1)?);
                 }
                 10 | 12 | 14 => {
-r.uint(wire)?;
-},
+                    r.uint(wire)?;
+                }
                 11 => event(r.message(wire, depth)?, depth - 1)?,
                 13 => link(r.message(wire, depth)?, depth - 1)?,
                 15 => {
@@ -367,8 +368,8 @@ fn resource<'a>(buf: &'a [u8], depth: u32, attrs: &mut Vec<Attr<'a>>) -> Result<
         match tag {
             1 => attrs.push(key_value(r.message(wire, depth)?, depth - 1)?),
             2 => {
-r.uint(wire)?;
-},
+                r.uint(wire)?;
+            }
             3 => entity_ref(r.message(wire, depth)?, depth - 1)?,
             _ => r.skip(tag, wire, depth)?,
         }
@@ -381,8 +382,8 @@ fn entity_ref(buf: &[u8], depth: u32) -> Result<(), WireError> {
     while let Some((tag, wire)) = r.key()? {
         match tag {
             1..=4 => {
-r.string(wire)?;
-},
+                r.string(wire)?;
+            }
             _ => r.skip(tag, wire, depth)?,
         }
     }
@@ -394,14 +395,14 @@ fn scope(buf: &[u8], depth: u32) -> Result<(), WireError> {
     while let Some((tag, wire)) = r.key()? {
         match tag {
             1 | 2 => {
-r.string(wire)?;
-},
+                r.string(wire)?;
+            }
             3 => {
-key_value(r.message(wire, depth)?, depth - 1)?;
-},
+                key_value(r.message(wire, depth)?, depth - 1)?;
+            }
             4 => {
-r.uint(wire)?;
-},
+                r.uint(wire)?;
+            }
             _ => r.skip(tag, wire, depth)?,
         }
     }
@@ -413,17 +414,17 @@ fn event(buf: &[u8], depth: u32) -> Result<(), WireError> {
     while let Some((tag, wire)) = r.key()? {
         match tag {
             1 => {
-r.fixed64(wire)?;
-},
+                r.fixed64(wire)?;
+            }
             2 => {
-r.string(wire)?;
-},
+                r.string(wire)?;
+            }
             3 => {
-key_value(r.message(wire, depth)?, depth - 1)?;
-},
+                key_value(r.message(wire, depth)?, depth - 1)?;
+            }
             4 => {
-r.uint(wire)?;
-},
+                r.uint(wire)?;
+            }
             _ => r.skip(tag, wire, depth)?,
         }
     }
@@ -435,17 +436,17 @@ fn link(buf: &[u8], depth: u32) -> Result<(), WireError> {
     while let Some((tag, wire)) = r.key()? {
         match tag {
             1 | 2 => {
-r.bytes(wire)?;
-},
+                r.bytes(wire)?;
+            }
             3 => {
-r.string(wire)?;
-},
+                r.string(wire)?;
+            }
             4 => {
-key_value(r.message(wire, depth)?, depth - 1)?;
-},
+                key_value(r.message(wire, depth)?, depth - 1)?;
+            }
             5 => {
-r.uint(wire)?;
-},
+                r.uint(wire)?;
+            }
             6 => r.fixed32(wire)?,
             _ => r.skip(tag, wire, depth)?,
         }
@@ -460,8 +461,8 @@ fn status(buf: &[u8], depth: u32) -> Result<Option<i32>, WireError> {
     while let Some((tag, wire)) = r.key()? {
         match tag {
             2 => {
-r.string(wire)?;
-},
+                r.string(wire)?;
+            }
             3 => code = Some(r.uint(wire)? as i32),
             _ => r.skip(tag, wire, depth)?,
         }
@@ -486,8 +487,8 @@ fn key_value(buf: &[u8], depth: u32) -> Result<Attr<'_>, WireError> {
                 }
             }
             3 => {
-r.uint(wire)?;
-},
+                r.uint(wire)?;
+            }
             _ => r.skip(tag, wire, depth)?,
         }
     }
@@ -565,7 +566,15 @@ mod tests {
     #[derive(Debug, Default, PartialEq)]
     struct Seen {
         resources: Vec<Vec<(String, Option<String>)>>,
-        spans: Vec<(String, i32, i32, u64, u64, Vec<u8>, Vec<(String, Option<String>)>)>,
+        spans: Vec<(
+            String,
+            i32,
+            i32,
+            u64,
+            u64,
+            Vec<u8>,
+            Vec<(String, Option<String>)>,
+        )>,
     }
 
     fn show(v: Option<Value<'_>>) -> Option<String> {
@@ -590,7 +599,9 @@ mod tests {
     }
 
     fn attrs(a: &[Attr<'_>]) -> Vec<(String, Option<String>)> {
-        a.iter().map(|a| (a.key.to_owned(), show(a.value))).collect()
+        a.iter()
+            .map(|a| (a.key.to_owned(), show(a.value)))
+            .collect()
     }
 
     impl<'a> Visit<'a> for Seen {
@@ -613,7 +624,9 @@ mod tests {
     /// What the scanner should report, from prost's decode.
     fn expected(req: &ExportTraceServiceRequest) -> Seen {
         let kvs = |a: &[KeyValue]| -> Vec<(String, Option<String>)> {
-            a.iter().map(|kv| (kv.key.clone(), show_any(&kv.value))).collect()
+            a.iter()
+                .map(|kv| (kv.key.clone(), show_any(&kv.value)))
+                .collect()
         };
         let mut seen = Seen::default();
         for rs in &req.resource_spans {
@@ -667,13 +680,16 @@ mod tests {
                             kv("service.name", V::StringValue("shop".into())),
                             kv("n", V::IntValue(-7)),
                             kv("x", V::DoubleValue(1.5)),
-                            kv("nested", V::ArrayValue(ArrayValue {
-                                values: vec![AnyValue {
-                                    value: Some(V::KvlistValue(KeyValueList {
-                                        values: vec![kv("deep", V::BoolValue(true))],
-                                    })),
-                                }],
-                            })),
+                            kv(
+                                "nested",
+                                V::ArrayValue(ArrayValue {
+                                    values: vec![AnyValue {
+                                        value: Some(V::KvlistValue(KeyValueList {
+                                            values: vec![kv("deep", V::BoolValue(true))],
+                                        })),
+                                    }],
+                                }),
+                            ),
                         ],
                         ..Default::default()
                     }),
@@ -767,11 +783,17 @@ mod tests {
         };
         prost::encoding::message::encode(2, &scope, &mut rs);
         let r1 = Resource {
-            attributes: vec![kv("service.name", any_value::Value::StringValue("a".into()))],
+            attributes: vec![kv(
+                "service.name",
+                any_value::Value::StringValue("a".into()),
+            )],
             ..Default::default()
         };
         let r2 = Resource {
-            attributes: vec![kv("service.name", any_value::Value::StringValue("b".into()))],
+            attributes: vec![kv(
+                "service.name",
+                any_value::Value::StringValue("b".into()),
+            )],
             ..Default::default()
         };
         prost::encoding::message::encode(1, &r1, &mut rs);

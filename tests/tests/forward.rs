@@ -339,15 +339,23 @@ fn agent_to_agent_over_tls_spans_arrive_intact_and_a_wrong_ca_is_refused_on_both
     let _svc = otel_service("checkout", port, a_grpc)?;
     drive(port, 40, 4)?;
 
-    let accepted = eventually(Duration::from_secs(20), "the spans to be accepted by A", || {
-        let n = accepted_spans(&a);
-        (n >= 44.0).then_some(n)
-    })?;
+    let accepted = eventually(
+        Duration::from_secs(20),
+        "the spans to be accepted by A",
+        || {
+            let n = accepted_spans(&a);
+            (n >= 44.0).then_some(n)
+        },
+    )?;
     let state = eventually(Duration::from_secs(30), "every span at the sink", || {
         let s = sink.state().ok()?;
         (s["items"]["traces"].as_f64()? >= accepted).then_some(s)
     })?;
-    assert_eq!(state["items"]["traces"].as_f64(), Some(accepted), "no duplicates");
+    assert_eq!(
+        state["items"]["traces"].as_f64(),
+        Some(accepted),
+        "no duplicates"
+    );
     assert_eq!(accepted_spans(&b), accepted, "B took what A sent, over TLS");
     let resources = state["resources"].as_array().ok_or("resources")?;
     assert!(
@@ -370,7 +378,10 @@ fn agent_to_agent_over_tls_spans_arrive_intact_and_a_wrong_ca_is_refused_on_both
         .iter()
         .filter_map(|s| s.as_str())
         .collect();
-    assert!(spans.iter().any(|s| s.starts_with("GET /items")), "{spans:?}");
+    assert!(
+        spans.iter().any(|s| s.starts_with("GET /items")),
+        "{spans:?}"
+    );
     // Both agents derive the same span metrics from the same spans.
     let calls = |agent: &Agent| {
         sum_of(
@@ -400,15 +411,19 @@ fn agent_to_agent_over_tls_spans_arrive_intact_and_a_wrong_ca_is_refused_on_both
     }]});
     let (status, body) = post_json(c_http, "/v1/traces", &span.to_string())?;
     assert_eq!(status, 200, "{body}");
-    eventually(Duration::from_secs(20), "C's refused handshakes to be counted", || {
-        let retried = c.metric("sidelight_exporter_retried_total", "signal=\"traces\"");
-        let unknown_ca = sum_of(
-            &b,
-            "sidelight_receiver_tls_handshake_failures_total",
-            "reason=\"unknown_ca\"",
-        );
-        (retried >= 2.0 && unknown_ca >= 2.0).then_some(())
-    })?;
+    eventually(
+        Duration::from_secs(20),
+        "C's refused handshakes to be counted",
+        || {
+            let retried = c.metric("sidelight_exporter_retried_total", "signal=\"traces\"");
+            let unknown_ca = sum_of(
+                &b,
+                "sidelight_receiver_tls_handshake_failures_total",
+                "reason=\"unknown_ca\"",
+            );
+            (retried >= 2.0 && unknown_ca >= 2.0).then_some(())
+        },
+    )?;
     assert!(
         c.log_lines()
             .iter()

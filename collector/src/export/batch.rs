@@ -253,7 +253,10 @@ pub(crate) mod tests {
             let Payload::Traces(r) = p else { panic!() };
             want.extend(r.resource_spans);
         }
-        assert_eq!(merged.resource_spans, want, "resources and scopes intact, in order");
+        assert_eq!(
+            merged.resource_spans, want,
+            "resources and scopes intact, in order"
+        );
         let logs = Payload::Logs(Default::default());
         assert!(
             batch

@@ -180,10 +180,7 @@ impl tonic::codec::Decoder for BytesCodec {
     type Item = Bytes;
     type Error = Status;
 
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Bytes>, Status> {
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         use bytes::Buf;
         Ok(Some(src.copy_to_bytes(src.remaining())))
     }

@@ -239,7 +239,10 @@ async fn receive(
 fn refusal(r: Refused) -> Failure {
     let (reason, message) = match r {
         Refused::Full(s) => (Reason::Full, format!("the {s} queue is full; retry later")),
-        Refused::Closed(_) => (Reason::Closed, "the agent is stopping; retry later".to_owned()),
+        Refused::Closed(_) => (
+            Reason::Closed,
+            "the agent is stopping; retry later".to_owned(),
+        ),
     };
     Failure::new(StatusCode::SERVICE_UNAVAILABLE, reason, message)
 }

@@ -384,7 +384,10 @@ async fn a_full_queue_answers_503_with_retry_after_and_unavailable_and_is_not_co
 
     // OTLP/HTTP refuses before decompressing or decoding: bodies that would be a 400 get 503.
     for (headers, body) in [
-        (vec![PB, ("content-encoding", "gzip")], b"not gzip at all".to_vec()),
+        (
+            vec![PB, ("content-encoding", "gzip")],
+            b"not gzip at all".to_vec(),
+        ),
         (vec![JS], b"{not json".to_vec()),
     ] {
         let (status, h, _) = post(&r.handle, "/v1/traces", &headers, body).await;
@@ -412,10 +415,16 @@ async fn a_full_queue_answers_503_with_retry_after_and_unavailable_and_is_not_co
     }
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("retry-after: 3"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 3"),
+        "{answer}"
+    );
     let m = r.metrics();
     assert!(m.contains("sidelight_receiver_refused_total{receiver=\"otlp_http\",signal=\"traces\",reason=\"full\"} 4"), "{m}");
-    assert!(!m.contains("reason=\"bad_request\""), "nothing was decoded: {m}");
+    assert!(
+        !m.contains("reason=\"bad_request\""),
+        "nothing was decoded: {m}"
+    );
     assert_eq!(
         crate_sample(
             &m,

@@ -563,18 +563,14 @@ mod tests {
     use super::*;
 
     /// Records what the scanner reports, owned, for comparison with a prost decode.
+    type Attrs = Vec<(String, Option<String>)>;
+    /// Name, kind, status, start, end, trace id, attributes.
+    type SeenSpan = (String, i32, i32, u64, u64, Vec<u8>, Attrs);
+
     #[derive(Debug, Default, PartialEq)]
     struct Seen {
-        resources: Vec<Vec<(String, Option<String>)>>,
-        spans: Vec<(
-            String,
-            i32,
-            i32,
-            u64,
-            u64,
-            Vec<u8>,
-            Vec<(String, Option<String>)>,
-        )>,
+        resources: Vec<Attrs>,
+        spans: Vec<SeenSpan>,
     }
 
     fn show(v: Option<Value<'_>>) -> Option<String> {
@@ -598,7 +594,7 @@ mod tests {
         })
     }
 
-    fn attrs(a: &[Attr<'_>]) -> Vec<(String, Option<String>)> {
+    fn attrs(a: &[Attr<'_>]) -> Attrs {
         a.iter()
             .map(|a| (a.key.to_owned(), show(a.value)))
             .collect()
@@ -623,7 +619,7 @@ mod tests {
 
     /// What the scanner should report, from prost's decode.
     fn expected(req: &ExportTraceServiceRequest) -> Seen {
-        let kvs = |a: &[KeyValue]| -> Vec<(String, Option<String>)> {
+        let kvs = |a: &[KeyValue]| -> Attrs {
             a.iter()
                 .map(|kv| (kv.key.clone(), show_any(&kv.value)))
                 .collect()

@@ -117,8 +117,12 @@ fn run(path: Option<&Path>) -> ExitCode {
         }
     };
     let log = logging::init(&config.agent.log_level);
+    // One worker: the agent forwards some 770k spans per second of one core (BENCHMARKS.md), far
+    // beyond a sidecar's traffic, and at the rates it sees a second worker mostly costs
+    // wake-ups (an idle worker is unparked for nearly every task woken). Blocking work
+    // (collection cycles, the store, spills) runs on the blocking pool.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .max_blocking_threads(4)
         .thread_name("sidelight")
         .enable_all()

@@ -586,9 +586,12 @@ fn spawn_server(
         Arc::new(RwLock::new(app)),
         Arc::new(RwLock::new(None)),
         token.clone(),
-        "http",
         max_connections,
-        connections,
+        serve::Accounting {
+            name: "http",
+            connections,
+            handshakes: None,
+        },
     ));
     token
 }

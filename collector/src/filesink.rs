@@ -69,6 +69,8 @@ pub enum FileSinkError {
     },
     #[error("encoding OTLP JSON: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("decoding a received request: {0}")]
+    Decode(prost::DecodeError),
 }
 
 /// A file exporter bound to its file (opened by [`FileSink::open`], run by [`FileSink::run`]).
@@ -111,6 +113,11 @@ impl FileSink {
             Payload::Traces(r) => serde_json::to_vec(r)?,
             Payload::Metrics(r) => serde_json::to_vec(r)?,
             Payload::Logs(r) => serde_json::to_vec(r)?,
+            // Received requests kept encoded; checked when received, so this decodes.
+            Payload::Encoded(e) => match e.decode() {
+                Ok(decoded) => return Self::encode(&decoded),
+                Err(err) => return Err(FileSinkError::Decode(err)),
+            },
         };
         line.push(b'\n');
         Ok(line)

@@ -169,6 +169,7 @@ fn encode(payload: &Payload) -> Vec<u8> {
         Payload::Traces(r) => r.encode_to_vec(),
         Payload::Metrics(r) => r.encode_to_vec(),
         Payload::Logs(r) => r.encode_to_vec(),
+        Payload::Encoded(e) => e.bytes().to_vec(),
     }
 }
 
@@ -187,6 +188,24 @@ fn decode_pb(signal: Signal, bytes: &[u8]) -> Result<Payload, prost::DecodeError
 /// traces), and the checks both OTLP targets share: the protobuf encoding of what was decoded
 /// decodes again to the same encoding.
 fn after_decode(payload: &Payload) -> Vec<u8> {
+    let decoded;
+    let payload = match payload {
+        Payload::Encoded(e) => {
+            // `wire::traces` accepted it, so prost must decode it: one bad request must never
+            // make a whole batch undecodable downstream. Span metrics read it as the receivers do.
+            decoded = e
+                .decode()
+                .unwrap_or_else(|err| panic!("wire accepted what prost refuses: {err}"));
+            let caps = LabelCaps::new(20);
+            let spanmetrics = SpanMetrics::new(&SpanMetricsSettings::default(), &caps);
+            let (prepared, _) = spanmetrics
+                .prepare_encoded(e.bytes())
+                .unwrap_or_else(|err| panic!("span metrics refuse what wire accepted: {err}"));
+            spanmetrics.record(prepared);
+            &decoded
+        }
+        p => p,
+    };
     if let Payload::Traces(request) = payload {
         let caps = LabelCaps::new(20);
         let settings = SpanMetricsSettings {
@@ -219,13 +238,16 @@ pub fn otlp_protobuf(data: &[u8]) {
         return;
     };
     let gzip = select & 4 != 0;
-    let Ok(payload) = http::decode(
+    let Ok(decoded) = http::decode(
         signal_of(select),
         BodyFormat::Protobuf,
         gzip,
-        body,
+        bytes::Bytes::copy_from_slice(body),
         OTLP_LIMIT,
     ) else {
+        return;
+    };
+    let Ok(payload) = decoded.into_payload() else {
         return;
     };
     after_decode(&payload);
@@ -244,18 +266,30 @@ pub fn otlp_json(data: &[u8]) {
     };
     let gzip = select & 4 != 0;
     let signal = signal_of(select);
-    let Ok(payload) = http::decode(signal, BodyFormat::Json, gzip, body, OTLP_LIMIT) else {
+    let body = bytes::Bytes::copy_from_slice(body);
+    let Ok(decoded) = http::decode(signal, BodyFormat::Json, gzip, body, OTLP_LIMIT) else {
+        return;
+    };
+    let Ok(payload) = decoded.into_payload() else {
         return;
     };
     let encoded = after_decode(&payload);
     let line = FileSink::encode(&payload)
         .unwrap_or_else(|e| panic!("the file sink cannot write a decoded request: {e}"));
-    let back =
-        http::decode(signal, BodyFormat::Json, false, &line, usize::MAX).unwrap_or_else(|_| {
-            panic!(
-                "our own OTLP JSON does not decode: {}",
-                String::from_utf8_lossy(&line)
-            )
-        });
+    let back = http::decode(
+        signal,
+        BodyFormat::Json,
+        false,
+        line.clone().into(),
+        usize::MAX,
+    )
+    .ok()
+    .and_then(|d| d.into_payload().ok())
+    .unwrap_or_else(|| {
+        panic!(
+            "our own OTLP JSON does not decode: {}",
+            String::from_utf8_lossy(&line)
+        )
+    });
     assert_eq!(encode(&back), encoded, "OTLP JSON round trip differs");
 }

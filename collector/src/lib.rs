@@ -15,3 +15,4 @@ pub mod pipeline;
 pub mod process;
 pub mod procfs;
 pub mod spanmetrics;
+pub mod wire;

@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use bytes::{Bytes, BytesMut};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -32,6 +33,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use prost::Message;
 use tokio::sync::Notify;
+
+use crate::wire::{self, WireError};
 
 /// The three OTLP signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,6 +71,66 @@ pub enum Payload {
     Traces(ExportTraceServiceRequest),
     Metrics(ExportMetricsServiceRequest),
     Logs(ExportLogsServiceRequest),
+    /// A request still in the protobuf encoding it was received in (checked to decode):
+    /// forwarded as these bytes, so nothing is decoded into messages or encoded again.
+    Encoded(EncodedRequest),
+}
+
+/// An export request's protobuf encoding, known to decode as its signal's request. Two of them
+/// concatenated are the request holding both one's resources and then the other's (the export
+/// requests have one field, a repeated one), which is how batches merge them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedRequest {
+    signal: Signal,
+    bytes: Bytes,
+    items: usize,
+}
+
+impl EncodedRequest {
+    /// An encoded `ExportTraceServiceRequest`, checked ([`wire::traces`]).
+    pub fn traces(bytes: Bytes) -> Result<Self, WireError> {
+        let items = wire::traces(&bytes, &mut ())?;
+        Ok(Self::traces_checked(bytes, items))
+    }
+
+    /// An encoded `ExportTraceServiceRequest` that [`wire::traces`] accepted, with the span
+    /// count it returned.
+    pub(crate) fn traces_checked(bytes: Bytes, items: usize) -> Self {
+        Self {
+            signal: Signal::Traces,
+            bytes,
+            items,
+        }
+    }
+
+    /// The encoding.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Appends `other` (same signal): the encoding of both requests merged.
+    fn append(&mut self, other: &[u8], items: usize) {
+        let bytes = std::mem::take(&mut self.bytes);
+        let mut buf = bytes.try_into_mut().unwrap_or_else(|shared| {
+            // Received bytes share their buffer: copy once, with room for more.
+            let mut b = BytesMut::with_capacity(2 * (shared.len() + other.len()));
+            b.extend_from_slice(&shared);
+            b
+        });
+        buf.extend_from_slice(other);
+        self.bytes = buf.freeze();
+        self.items += items;
+    }
+
+    /// The decoded message.
+    pub fn decode(&self) -> Result<Payload, prost::DecodeError> {
+        let b = &self.bytes[..];
+        Ok(match self.signal {
+            Signal::Traces => Payload::Traces(ExportTraceServiceRequest::decode(b)?),
+            Signal::Metrics => Payload::Metrics(ExportMetricsServiceRequest::decode(b)?),
+            Signal::Logs => Payload::Logs(ExportLogsServiceRequest::decode(b)?),
+        })
+    }
 }
 
 impl Payload {
@@ -77,6 +140,7 @@ impl Payload {
             Payload::Traces(_) => Signal::Traces,
             Payload::Metrics(_) => Signal::Metrics,
             Payload::Logs(_) => Signal::Logs,
+            Payload::Encoded(e) => e.signal,
         }
     }
 
@@ -102,6 +166,7 @@ impl Payload {
                 .flat_map(|rl| &rl.scope_logs)
                 .map(|sl| sl.log_records.len())
                 .sum(),
+            Payload::Encoded(e) => e.items,
         }
     }
 
@@ -111,6 +176,7 @@ impl Payload {
             Payload::Traces(r) => r.encoded_len(),
             Payload::Metrics(r) => r.encoded_len(),
             Payload::Logs(r) => r.encoded_len(),
+            Payload::Encoded(e) => e.bytes.len(),
         }
     }
 
@@ -121,6 +187,7 @@ impl Payload {
             Payload::Traces(r) => r.encode_raw(out),
             Payload::Metrics(r) => r.encode_raw(out),
             Payload::Logs(r) => r.encode_raw(out),
+            Payload::Encoded(e) => out.extend_from_slice(&e.bytes),
         }
     }
 
@@ -130,7 +197,61 @@ impl Payload {
             Payload::Traces(r) => r.encode_to_vec(),
             Payload::Metrics(r) => r.encode_to_vec(),
             Payload::Logs(r) => r.encode_to_vec(),
+            Payload::Encoded(e) => e.bytes.to_vec(),
         }
+    }
+
+    /// The protobuf encoding without a copy, when the payload is kept encoded.
+    pub fn as_encoded(&self) -> Option<&[u8]> {
+        match self {
+            Payload::Encoded(e) => Some(&e.bytes),
+            _ => None,
+        }
+    }
+
+    /// The payload as messages (decoding an encoded one; the others as they are).
+    pub fn into_decoded(self) -> Result<Payload, prost::DecodeError> {
+        match self {
+            Payload::Encoded(e) => e.decode(),
+            p => Ok(p),
+        }
+    }
+
+    /// Merges `other` (same signal) after this payload's resources, as one export request.
+    /// Hands `other` back if its signal differs.
+    pub fn merge(&mut self, other: Payload) -> Result<(), Payload> {
+        if self.signal() != other.signal() {
+            return Err(other);
+        }
+        match (&mut *self, other) {
+            (Payload::Traces(a), Payload::Traces(b)) => a.resource_spans.extend(b.resource_spans),
+            (Payload::Metrics(a), Payload::Metrics(b)) => {
+                a.resource_metrics.extend(b.resource_metrics)
+            }
+            (Payload::Logs(a), Payload::Logs(b)) => a.resource_logs.extend(b.resource_logs),
+            (Payload::Encoded(a), b) => {
+                let items = b.items();
+                match b.as_encoded() {
+                    Some(bytes) => a.append(bytes, items),
+                    None => a.append(&b.encode_to_vec(), items),
+                }
+            }
+            (a, b) => {
+                // A decoded payload followed by an encoded one: the batch goes encoded.
+                let mut e = EncodedRequest {
+                    signal: a.signal(),
+                    bytes: Bytes::from(a.encode_to_vec()),
+                    items: a.items(),
+                };
+                let items = b.items();
+                match b.as_encoded() {
+                    Some(bytes) => e.append(bytes, items),
+                    None => e.append(&b.encode_to_vec(), items),
+                }
+                *a = Payload::Encoded(e);
+            }
+        }
+        Ok(())
     }
 }
 

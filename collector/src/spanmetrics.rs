@@ -39,6 +39,7 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::registry::Registry;
 
 use crate::metrics::{LabelCap, LabelCaps, OVERFLOW_VALUE, label_key};
+use crate::wire::{self, WireError};
 
 /// The family name the label cap and the folded counter use.
 pub const FAMILY: &str = "traces_span_metrics";
@@ -362,6 +363,112 @@ struct Key<'a> {
     dims: Vec<Option<Cow<'a, str>>>,
 }
 
+/// Builds a [`Prepared`] batch from one request's resources and spans, borrowing from it and
+/// from the live settings.
+struct Preparer<'a> {
+    live: &'a Live,
+    index: HashMap<Key<'a>, usize>,
+    series: Vec<PreparedSeries>,
+    service: &'a str,
+    resource_dims: Vec<Option<Cow<'a, str>>>,
+}
+
+impl<'a> Preparer<'a> {
+    fn new(live: &'a Live) -> Self {
+        Self {
+            live,
+            index: HashMap::new(),
+            series: Vec::new(),
+            service: UNKNOWN_SERVICE,
+            resource_dims: Vec::new(),
+        }
+    }
+
+    /// The next resource, by its attribute lookup.
+    fn resource(&mut self, attr: impl Fn(&str) -> Option<Cow<'a, str>>) {
+        self.service = match attr("service.name") {
+            Some(Cow::Borrowed(s)) => s,
+            // A non-string service.name (rare): use its rendering for this resource only.
+            Some(Cow::Owned(_)) | None => UNKNOWN_SERVICE,
+        };
+        self.resource_dims.clear();
+        for (d, _) in &self.live.dimensions {
+            self.resource_dims.push(attr(&d.attribute));
+        }
+    }
+
+    /// One span of the current resource, with its attribute lookup.
+    fn span(&mut self, span: &wire::SpanFields<'a>, attr: impl Fn(&str) -> Option<Cow<'a, str>>) {
+        let live = self.live;
+        if !live.kinds.contains(&span.kind) {
+            return;
+        }
+        let dims = live
+            .dimensions
+            .iter()
+            .zip(&self.resource_dims)
+            .map(|((d, _), from_resource)| {
+                attr(&d.attribute)
+                    .or_else(|| from_resource.clone())
+                    .or_else(|| d.default.as_deref().map(Cow::Borrowed))
+            })
+            .collect();
+        let key = Key {
+            service: self.service,
+            name: span.name,
+            kind: span.kind,
+            status: span.status,
+            dims,
+        };
+        let seconds = span.end.saturating_sub(span.start) as f64 / 1e9;
+        let mut trace_id = [0u8; 16];
+        if span.trace_id.len() == 16 {
+            trace_id.copy_from_slice(span.trace_id);
+        }
+        let obs = (seconds, trace_id, span.end);
+        if let Some(&i) = self.index.get(&key) {
+            self.series[i].observations.push(obs);
+            return;
+        }
+        let labels = series_labels(&key, &live.dimensions);
+        self.index.insert(key, self.series.len());
+        self.series.push(PreparedSeries {
+            labels,
+            error: span.status == StatusCode::Error as i32,
+            observations: vec![obs],
+        });
+    }
+
+    fn finish(self) -> Prepared {
+        Prepared {
+            series: self.series,
+        }
+    }
+}
+
+impl<'a> wire::Visit<'a> for Preparer<'a> {
+    fn resource(&mut self, attributes: &[wire::Attr<'a>]) {
+        Preparer::resource(self, |key| wire::find(attributes, key).and_then(wire_str));
+    }
+
+    fn span(&mut self, span: &wire::SpanFields<'a>, attributes: &[wire::Attr<'a>]) {
+        Preparer::span(self, span, |key| {
+            wire::find(attributes, key).and_then(wire_str)
+        });
+    }
+}
+
+/// [`as_str`] for a value read by [`wire`].
+fn wire_str(v: wire::Value<'_>) -> Option<Cow<'_, str>> {
+    match v {
+        wire::Value::Str(s) => Some(Cow::Borrowed(s)),
+        wire::Value::Bool(b) => Some(Cow::Borrowed(if b { "true" } else { "false" })),
+        wire::Value::Int(i) => Some(Cow::Owned(i.to_string())),
+        wire::Value::Double(d) => Some(Cow::Owned(d.to_string())),
+        wire::Value::Other => None,
+    }
+}
+
 impl SpanMetrics {
     /// New families with `settings` (validated by the caller); `caps` provides the label cap
     /// and its folded counter.
@@ -424,75 +531,50 @@ impl SpanMetrics {
     /// Reads the spans that count from `request` (nothing is recorded yet).
     pub fn prepare(&self, request: &ExportTraceServiceRequest) -> Prepared {
         let live = self.inner.live.read();
-        let mut index: HashMap<Key<'_>, usize> = HashMap::new();
-        let mut series: Vec<PreparedSeries> = Vec::new();
+        let mut p = Preparer::new(&live);
         for rs in &request.resource_spans {
             let resource_attrs: &[KeyValue] = rs
                 .resource
                 .as_ref()
                 .map_or(&[], |r| r.attributes.as_slice());
-            let service = find(resource_attrs, "service.name")
-                .and_then(as_str)
-                .unwrap_or(Cow::Borrowed(UNKNOWN_SERVICE));
-            let service: &str = match &service {
-                Cow::Borrowed(s) => s,
-                // A non-string service.name (rare): use its rendering for this resource only.
-                Cow::Owned(_) => UNKNOWN_SERVICE,
-            };
-            let resource_dims: Vec<Option<Cow<'_, str>>> = live
-                .dimensions
-                .iter()
-                .map(|(d, _)| find(resource_attrs, &d.attribute).and_then(as_str))
-                .collect();
+            p.resource(|key| find(resource_attrs, key).and_then(as_str));
             for ss in &rs.scope_spans {
                 for span in &ss.spans {
-                    if !live.kinds.contains(&span.kind) {
-                        continue;
-                    }
-                    let status = span.status.as_ref().map_or(0, |s| s.code);
-                    let dims = live
-                        .dimensions
-                        .iter()
-                        .zip(&resource_dims)
-                        .map(|((d, _), from_resource)| {
-                            find(&span.attributes, &d.attribute)
-                                .and_then(as_str)
-                                .or_else(|| from_resource.clone())
-                                .or_else(|| d.default.as_deref().map(Cow::Borrowed))
-                        })
-                        .collect();
-                    let key = Key {
-                        service,
-                        name: &span.name,
-                        kind: span.kind,
-                        status,
-                        dims,
-                    };
-                    let seconds = span
-                        .end_time_unix_nano
-                        .saturating_sub(span.start_time_unix_nano)
-                        as f64
-                        / 1e9;
-                    let mut trace_id = [0u8; 16];
-                    if span.trace_id.len() == 16 {
-                        trace_id.copy_from_slice(&span.trace_id);
-                    }
-                    let obs = (seconds, trace_id, span.end_time_unix_nano);
-                    if let Some(&i) = index.get(&key) {
-                        series[i].observations.push(obs);
-                        continue;
-                    }
-                    let labels = series_labels(&key, &live.dimensions);
-                    index.insert(key, series.len());
-                    series.push(PreparedSeries {
-                        labels,
-                        error: status == StatusCode::Error as i32,
-                        observations: vec![obs],
-                    });
+                    p.span(
+                        &wire::SpanFields {
+                            name: &span.name,
+                            kind: span.kind,
+                            status: span.status.as_ref().map_or(0, |s| s.code),
+                            start: span.start_time_unix_nano,
+                            end: span.end_time_unix_nano,
+                            trace_id: &span.trace_id,
+                        },
+                        |key| find(&span.attributes, key).and_then(as_str),
+                    );
                 }
             }
         }
-        Prepared { series }
+        p.finish()
+    }
+
+    /// [`prepare`](Self::prepare) for a request still in its protobuf encoding: checks it (as
+    /// prost would decode it) and reads the spans that count. Returns them and the number of
+    /// spans in the request.
+    pub fn prepare_encoded(&self, request: &[u8]) -> Result<(Prepared, usize), WireError> {
+        self.prepare_encoded_with(request, &mut |_| {})
+    }
+
+    /// [`prepare_encoded`](Self::prepare_encoded), handing every data string of the request to
+    /// `texts` in the same pass (redaction's look, [`wire::Texts`]).
+    pub fn prepare_encoded_with(
+        &self,
+        request: &[u8],
+        texts: &mut wire::Texts<'_>,
+    ) -> Result<(Prepared, usize), WireError> {
+        let live = self.inner.live.read();
+        let mut p = wire::WithTexts(Preparer::new(&live), texts);
+        let spans = wire::traces(request, &mut p)?;
+        Ok((p.0.finish(), spans))
     }
 
     /// Records a prepared batch (call once its request was accepted).
@@ -811,6 +893,59 @@ mod tests {
         };
         let window = later.since(&red);
         assert_eq!((window.calls, window.errors), (1, 1));
+    }
+
+    #[test]
+    fn an_encoded_request_prepares_as_its_decoded_message() {
+        use prost::Message;
+        let caps = LabelCaps::new(100);
+        let settings = SpanMetricsSettings {
+            dimensions: vec![
+                Dimension {
+                    attribute: "http.route".into(),
+                    default: Some("unknown".into()),
+                },
+                Dimension {
+                    attribute: "deployment.environment".into(),
+                    default: None,
+                },
+                Dimension {
+                    attribute: "region".into(),
+                    default: None,
+                },
+            ],
+            ..Default::default()
+        };
+        let sm = SpanMetrics::new(&settings, &caps);
+        let mut req = request(
+            "checkout",
+            vec![
+                span("GET /a", SpanKind::Server, StatusCode::Ok, 3, Some("/a")),
+                span("GET /a", SpanKind::Server, StatusCode::Ok, 30, Some("/a")),
+                span("GET /b", SpanKind::Server, StatusCode::Error, 7, None),
+                span("q", SpanKind::Client, StatusCode::Unset, 1, None),
+                span(
+                    "job",
+                    SpanKind::Consumer,
+                    StatusCode::Unset,
+                    900,
+                    Some("/j"),
+                ),
+            ],
+        );
+        let mut other = request(
+            "billing",
+            vec![span("x", SpanKind::Server, StatusCode::Unset, 1, None)],
+        );
+        other.resource_spans[0].resource = None;
+        req.resource_spans.extend(other.resource_spans);
+        let bytes = req.encode_to_vec();
+        let (encoded, spans) = sm.prepare_encoded(&bytes).expect("valid");
+        assert_eq!(spans, 6);
+        let decoded = sm.prepare(&req);
+        assert_eq!(encoded.spans(), 5, "the client span does not count");
+        assert_eq!(format!("{encoded:?}"), format!("{decoded:?}"));
+        assert!(sm.prepare_encoded(&bytes[..bytes.len() - 3]).is_err());
     }
 
     #[test]

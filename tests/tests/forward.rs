@@ -1,11 +1,12 @@
 //! End-to-end forwarding: a real Python service instrumented with the OpenTelemetry SDK sends
 //! spans to the agent's OTLP receiver, the agent tails a log file, and both leave through the
 //! OTLP exporter to the Python sink (`tests/python/otlp_sink.py`) — with the sink refusing most
-//! requests, and with the sink down for a while.
+//! requests, and with the sink down for a while; and from one agent to another over TLS.
 
 mod common;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use common::{Agent, OtlpSink, Proc, Result, eventually, free_port, get};
@@ -268,4 +269,181 @@ fn a_full_pipeline_stops_the_tailer_and_memory_stays_bounded() -> Result {
     assert_eq!(bodies.len(), lines, "every line once");
     assert!(bodies.values().all(|&n| n == 1));
     Ok(())
+}
+
+/// An agent whose receivers speak TLS with `cert`, exporting traces to the sink.
+fn tls_receiver_config(grpc: u16, http: u16, cert: &Path, key: &Path, sink: &OtlpSink) -> String {
+    format!(
+        "http: {{ listen: 127.0.0.1:0 }}\nstore: {{ path: {{dir}}/data }}\n\
+         otlp:\n  grpc: 127.0.0.1:{grpc}\n  http: 127.0.0.1:{http}\n\
+         \x20 tls: {{ cert_file: {}, key_file: {} }}\n\
+         export:\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    protocol: grpc\n\
+         \x20   signals: [traces]\n    self_metrics: false\n\
+         \x20   batch: {{ linger: 50ms }}\n",
+        cert.display(),
+        key.display(),
+        sink.grpc
+    )
+}
+
+/// An agent exporting traces over TLS (OTLP/gRPC) to `https://localhost:{to}`, trusting `ca`.
+fn tls_sender_config(grpc: u16, http: u16, to: u16, ca: &Path) -> String {
+    format!(
+        "http: {{ listen: 127.0.0.1:0 }}\nstore: {{ path: {{dir}}/data }}\n\
+         otlp: {{ grpc: 127.0.0.1:{grpc}, http: 127.0.0.1:{http} }}\n\
+         export:\n  otlp:\n    endpoint: https://localhost:{to}\n    protocol: grpc\n\
+         \x20   tls: {{ ca_file: {} }}\n\
+         \x20   signals: [traces]\n    self_metrics: false\n\
+         \x20   retry: {{ initial: 20ms, max: 200ms, max_elapsed: 0s }}\n\
+         \x20   batch: {{ linger: 50ms }}\n",
+        ca.display()
+    )
+}
+
+/// Sum of a family's samples whose labels contain `fragment`.
+fn sum_of(agent: &Agent, family: &str, fragment: &str) -> f64 {
+    let (_, _, body) = get(&agent.url("/metrics"), &[]).unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(fragment))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn agent_to_agent_over_tls_spans_arrive_intact_and_a_wrong_ca_is_refused_on_both_sides() -> Result {
+    let certs = tempfile::tempdir()?;
+    let b_cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    // Another CA, with its own name (rcgen's simple certificates share one).
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "another CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other = params.self_signed(&rcgen::KeyPair::generate()?)?;
+    let (cert, key, wrong_ca) = (
+        certs.path().join("b.crt"),
+        certs.path().join("b.key"),
+        certs.path().join("other.crt"),
+    );
+    std::fs::write(&cert, b_cert.cert.pem())?;
+    std::fs::write(&key, b_cert.signing_key.serialize_pem())?;
+    std::fs::write(&wrong_ca, other.pem())?;
+
+    // Python service -> agent A -> (OTLP/gRPC over TLS) -> agent B -> Python sink.
+    let sink = OtlpSink::start(&[])?;
+    let (b_grpc, b_http) = (free_port(), free_port());
+    let b = Agent::start(&tls_receiver_config(b_grpc, b_http, &cert, &key, &sink))?;
+    let (a_grpc, a_http) = (free_port(), free_port());
+    let a = Agent::start(&tls_sender_config(a_grpc, a_http, b_grpc, &cert))?;
+    let port = free_port();
+    let _svc = otel_service("checkout", port, a_grpc)?;
+    drive(port, 40, 4)?;
+
+    let accepted = eventually(
+        Duration::from_secs(20),
+        "the spans to be accepted by A",
+        || {
+            let n = accepted_spans(&a);
+            (n >= 44.0).then_some(n)
+        },
+    )?;
+    let state = eventually(Duration::from_secs(30), "every span at the sink", || {
+        let s = sink.state().ok()?;
+        (s["items"]["traces"].as_f64()? >= accepted).then_some(s)
+    })?;
+    assert_eq!(
+        state["items"]["traces"].as_f64(),
+        Some(accepted),
+        "no duplicates"
+    );
+    assert_eq!(accepted_spans(&b), accepted, "B took what A sent, over TLS");
+    let resources = state["resources"].as_array().ok_or("resources")?;
+    assert!(
+        resources.iter().any(|r| r["service.name"] == "checkout"
+            && r["telemetry.sdk.language"] == "python"
+            && r["telemetry.sdk.version"].is_string()),
+        "the SDK's resource through both agents: {resources:?}"
+    );
+    let scopes = state["scopes"].as_array().ok_or("scopes")?;
+    assert!(
+        scopes
+            .iter()
+            .any(|s| s["name"] == "opentelemetry.instrumentation.fastapi"
+                && s["version"].as_str().is_some_and(|v| !v.is_empty())),
+        "the instrumentation scope with its version: {scopes:?}"
+    );
+    let spans: Vec<&str> = state["spans"]
+        .as_array()
+        .ok_or("spans")?
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    assert!(
+        spans.iter().any(|s| s.starts_with("GET /items")),
+        "{spans:?}"
+    );
+    // Both agents derive the same span metrics from the same spans.
+    let calls = |agent: &Agent| {
+        sum_of(
+            agent,
+            "traces_span_metrics_calls_total",
+            "service_name=\"checkout\"",
+        )
+    };
+    assert!(calls(&a) >= 44.0, "{}", calls(&a));
+    assert_eq!(calls(&a), calls(&b));
+    assert_eq!(
+        sum_of(&b, "sidelight_receiver_tls_handshake_failures_total", ""),
+        0.0
+    );
+
+    // Agent C trusts another CA: its handshakes fail (retried, logged with the rustls reason),
+    // B counts them as unknown_ca, and nothing of C's reaches the sink.
+    let (c_grpc, c_http) = (free_port(), free_port());
+    let c = Agent::start(&tls_sender_config(c_grpc, c_http, b_grpc, &wrong_ca))?;
+    let span = serde_json::json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "wrong-ca"}}]},
+        "scopeSpans": [{"spans": [{
+            "traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331",
+            "name": "GET /wrong", "kind": 2,
+            "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000005000000"
+        }]}]
+    }]});
+    let (status, body) = post_json(c_http, "/v1/traces", &span.to_string())?;
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        Duration::from_secs(20),
+        "C's refused handshakes to be counted",
+        || {
+            let retried = c.metric("sidelight_exporter_retried_total", "signal=\"traces\"");
+            let unknown_ca = sum_of(
+                &b,
+                "sidelight_receiver_tls_handshake_failures_total",
+                "reason=\"unknown_ca\"",
+            );
+            (retried >= 2.0 && unknown_ca >= 2.0).then_some(())
+        },
+    )?;
+    assert!(
+        c.log_lines()
+            .iter()
+            .any(|l| l.contains("TLS with https://localhost") && l.contains("UnknownIssuer")),
+        "C logs the TLS failure: {:?}",
+        c.log_lines()
+    );
+    let state = sink.state()?;
+    assert_eq!(state["items"]["traces"].as_f64(), Some(accepted));
+    let resources = state["resources"].as_array().ok_or("resources")?;
+    assert!(!resources.iter().any(|r| r["service.name"] == "wrong-ca"));
+    Ok(())
+}
+
+/// POSTs OTLP/HTTP JSON to an agent's receiver.
+fn post_json(port: u16, path: &str, body: &str) -> Result<(u16, String)> {
+    let mut resp = common::client()
+        .post(&format!("http://127.0.0.1:{port}{path}"))
+        .header("Content-Type", "application/json")
+        .send(body)?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.body_mut().read_to_string()?))
 }

@@ -1,7 +1,7 @@
 //! Batching: envelopes taken from a queue until a batch holds `max_items` items or `max_bytes`
 //! encoded bytes, or `linger` has passed since its first envelope; their payloads merged into one
-//! export request by concatenating the `resource_*` lists, so every resource and scope arrives
-//! exactly as it was received.
+//! export request by concatenating the `resource_*` lists ([`Payload::merge`]: for payloads kept
+//! encoded, their bytes), so every resource and scope arrives exactly as it was received.
 
 use std::time::Duration;
 
@@ -63,19 +63,12 @@ impl Batch {
     /// back: a queue carries one signal).
     pub fn push(&mut self, env: Envelope) -> Result<(), Envelope> {
         let items = env.payload.items();
-        match (&mut self.payload, env.payload) {
-            (Payload::Traces(a), Payload::Traces(b)) => a.resource_spans.extend(b.resource_spans),
-            (Payload::Metrics(a), Payload::Metrics(b)) => {
-                a.resource_metrics.extend(b.resource_metrics)
-            }
-            (Payload::Logs(a), Payload::Logs(b)) => a.resource_logs.extend(b.resource_logs),
-            (_, payload) => {
-                return Err(Envelope {
-                    payload,
-                    receipt: env.receipt,
-                    bytes: env.bytes,
-                });
-            }
+        if let Err(payload) = self.payload.merge(env.payload) {
+            return Err(Envelope {
+                payload,
+                receipt: env.receipt,
+                bytes: env.bytes,
+            });
         }
         self.receipts.push(env.receipt);
         self.envelopes += 1;
@@ -232,6 +225,44 @@ pub(crate) mod tests {
             batch
                 .push(Envelope::new(logs, Receipt::untracked()))
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn encoded_payloads_merge_by_concatenation_with_decoded_ones_in_order() {
+        use crate::pipeline::EncodedRequest;
+        let (a, b, c) = (spans("a", 2, 3), spans("b", 1, 2), spans("c", 3, 1));
+        let encoded = |p: &Payload| {
+            Payload::Encoded(EncodedRequest::traces(p.encode_to_vec().into()).expect("valid"))
+        };
+        // decoded, encoded, encoded, decoded: the batch goes encoded at the first encoded one.
+        let mut batch = Batch::from_envelope(Envelope::new(a.clone(), Receipt::untracked()));
+        for p in [encoded(&b), encoded(&c), a.clone()] {
+            batch
+                .push(Envelope::new(p, Receipt::untracked()))
+                .expect("same signal");
+        }
+        assert_eq!(batch.items, 6 + 2 + 3 + 6);
+        assert_eq!(batch.payload.items(), batch.items);
+        assert_eq!(batch.payload.encoded_len(), batch.bytes);
+        let Ok(Payload::Traces(merged)) = batch.payload.clone().into_decoded() else {
+            panic!("decodes")
+        };
+        let mut want = Vec::new();
+        for p in [a.clone(), b, c, a] {
+            let Payload::Traces(r) = p else { panic!() };
+            want.extend(r.resource_spans);
+        }
+        assert_eq!(
+            merged.resource_spans, want,
+            "resources and scopes intact, in order"
+        );
+        let logs = Payload::Logs(Default::default());
+        assert!(
+            batch
+                .push(Envelope::new(logs, Receipt::untracked()))
+                .is_err(),
+            "another signal is handed back"
         );
     }
 

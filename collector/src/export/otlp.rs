@@ -206,20 +206,31 @@ fn grpc_path(signal: Signal) -> &'static str {
 /// Encodes `payload` into `out` after `out`'s current contents, compressed.
 pub fn encode_compressed(payload: &Payload, compression: Compression, out: &mut Vec<u8>) {
     use std::io::Write;
+    // A payload kept encoded is compressed from its bytes, without a copy.
+    let owned;
+    let raw: &[u8] = match (compression, payload.as_encoded()) {
+        (Compression::None, _) => {
+            payload.encode_into(out);
+            return;
+        }
+        (_, Some(bytes)) => bytes,
+        (_, None) => {
+            owned = payload.encode_to_vec();
+            &owned
+        }
+    };
     match compression {
-        Compression::None => payload.encode_into(out),
+        Compression::None => {}
         Compression::Gzip(level) => {
-            let raw = payload.encode_to_vec();
             let mut enc = GzEncoder::new(std::mem::take(out), GzLevel::new(level.min(9)));
             // Writing into a Vec cannot fail.
-            let _ = enc.write_all(&raw);
+            let _ = enc.write_all(raw);
             *out = enc.finish().unwrap_or_default();
         }
         Compression::Zstd(level) => {
-            let raw = payload.encode_to_vec();
             let start = out.len();
             match zstd::stream::Encoder::new(std::mem::take(out), level).and_then(|mut e| {
-                e.write_all(&raw)?;
+                e.write_all(raw)?;
                 e.finish()
             }) {
                 Ok(v) => *out = v,
@@ -227,7 +238,7 @@ pub fn encode_compressed(payload: &Payload, compression: Compression, out: &mut 
                 // with a validated level).
                 Err(_) => {
                     out.truncate(start);
-                    out.extend_from_slice(&raw);
+                    out.extend_from_slice(raw);
                 }
             }
         }

@@ -5,6 +5,10 @@
 //! protobuf and OUT_OF_RANGE for an oversized message, which OTLP clients treat as retryable or
 //! unknown; we answer INVALID_ARGUMENT and RESOURCE_EXHAUSTED (permanent: not retried).
 //! Our handlers never return INTERNAL, so every INTERNAL comes from decoding the request.
+//!
+//! Traces are served by [`Traces`], not the generated server: tonic still reads the gRPC frame,
+//! decompresses it and applies the message limit, but its codec hands over the message bytes,
+//! which [`Core::accept_encoded_traces`] checks and reads in one pass and forwards as they are.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,26 +34,24 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prometheus_client::metrics::counter::Counter;
+use prost::Message;
 use tonic::codec::CompressionEncoding;
 use tonic::{Code, Status};
 
-use super::{Core, Reason, Receiver};
+use super::{Core, Reason, Receiver, Rejected};
 use crate::pipeline::{Payload, Refused, Signal};
+
+const TRACES_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// The three generated services with our limits, behind the edge layer.
 pub(crate) fn router(core: Arc<Core>, max_message_bytes: usize) -> Router {
     let export = Arc::new(Export { core: core.clone() });
-    let traces = TraceServiceServer::from_arc(export.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(max_message_bytes);
+    let traces = Traces {
+        core: core.clone(),
+        max_message_bytes,
+    };
     let metrics = MetricsServiceServer::from_arc(export.clone())
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
@@ -74,23 +76,113 @@ impl Export {
         self.core
             .accept(Receiver::Grpc, payload)
             .map(drop)
-            .map_err(|r| match r {
-                Refused::Full(s) => {
-                    Status::unavailable(format!("the {s} queue is full; retry later"))
-                }
-                Refused::Closed(_) => Status::unavailable("the agent is stopping; retry later"),
-            })
+            .map_err(unavailable)
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for Export {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
-        self.accept(Payload::Traces(request.into_inner()))?;
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+fn unavailable(r: Refused) -> Status {
+    match r {
+        Refused::Full(s) => Status::unavailable(format!("the {s} queue is full; retry later")),
+        Refused::Closed(_) => Status::unavailable("the agent is stopping; retry later"),
+    }
+}
+
+/// The OTLP `TraceService`, taking its requests as bytes (see the module docs).
+#[derive(Clone)]
+struct Traces {
+    core: Arc<Core>,
+    max_message_bytes: usize,
+}
+
+impl tonic::server::NamedService for Traces {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Traces {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            if req.uri().path() != TRACES_PATH {
+                return Ok(Status::unimplemented("").into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(BytesCodec)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .max_decoding_message_size(this.max_message_bytes);
+            Ok(grpc.unary(ExportTraces(this.core), req).await)
+        })
+    }
+}
+
+struct ExportTraces(Arc<Core>);
+
+impl tonic::server::UnaryService<Bytes> for ExportTraces {
+    type Response = ExportTraceServiceResponse;
+    type Future = std::future::Ready<Result<tonic::Response<Self::Response>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let answer = match self
+            .0
+            .accept_encoded_traces(Receiver::Grpc, request.into_inner())
+        {
+            Ok(_) => Ok(tonic::Response::new(ExportTraceServiceResponse::default())),
+            // Counted by the edge, as tonic's own decoding failures are.
+            Err(Rejected::Invalid(e)) => Err(Status::invalid_argument(e.to_string())),
+            Err(Rejected::Refused(r)) => Err(unavailable(r)),
+        };
+        std::future::ready(answer)
+    }
+}
+
+/// A codec whose requests are the message bytes, undecoded (its responses are OTLP's).
+#[derive(Debug, Clone, Copy, Default)]
+struct BytesCodec;
+
+impl tonic::codec::Codec for BytesCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = BytesCodec;
+    type Decoder = BytesCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        BytesCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        BytesCodec
+    }
+}
+
+impl tonic::codec::Encoder for BytesCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: Self::Item,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("encoding the answer: {e}")))
+    }
+}
+
+impl tonic::codec::Decoder for BytesCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 
@@ -118,7 +210,7 @@ impl LogsService for Export {
 
 fn signal_of(path: &str) -> Option<Signal> {
     match path {
-        "/opentelemetry.proto.collector.trace.v1.TraceService/Export" => Some(Signal::Traces),
+        TRACES_PATH => Some(Signal::Traces),
         "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export" => Some(Signal::Metrics),
         "/opentelemetry.proto.collector.logs.v1.LogsService/Export" => Some(Signal::Logs),
         _ => None,
@@ -138,21 +230,10 @@ async fn edge(State(core): State<Arc<Core>>, req: Request, next: Next) -> Respon
         return Status::unauthenticated("missing or wrong bearer token").into_http::<Body>();
     }
     // A full pipeline refuses before the body is read and decoded (the sender retries).
-    if let Some(refused) = core.intake.refuse_early(signal) {
-        let (reason, status) = match refused {
-            Refused::Full(s) => (
-                Reason::Full,
-                Status::unavailable(format!("the {s} queue is full; retry later")),
-            ),
-            Refused::Closed(_) => (
-                Reason::Closed,
-                Status::unavailable("the agent is stopping; retry later"),
-            ),
-        };
-        core.stats.refused(Receiver::Grpc, signal, reason);
+    if let Some(refused) = core.refuse_early(Receiver::Grpc, signal) {
         core.stats
             .request(Receiver::Grpc, signal, code_label(Code::Unavailable));
-        return status.into_http::<Body>();
+        return unavailable(refused).into_http::<Body>();
     }
     let counter = core.stats.bytes_counter(Receiver::Grpc, signal);
     let req = req.map(|inner| Body::new(Counting { inner, counter }));

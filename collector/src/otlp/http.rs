@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use super::limits::{self, BodyError};
-use super::{Core, Reason, Receiver};
+use super::{Core, Reason, Receiver, Rejected};
 use crate::pipeline::{Payload, Refused, Signal};
 
 /// Bodies up to this size are decoded on the async runtime; larger ones on the blocking pool.
@@ -189,6 +189,15 @@ async fn receive(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge { limit, inflated: 0 }.into());
     }
+    // A full pipeline refuses before the body is decompressed or decoded (the sender retries).
+    if let Some(refused) = core.refuse_early(Receiver::Http, signal) {
+        if req.version() < axum::http::Version::HTTP_2 {
+            // HTTP/1: read the body (up to the limit) so that the answer is not lost to a reset
+            // of a connection closed with unread data.
+            let _ = limits::read_capped(req.into_body(), limit).await;
+        }
+        return Err(refusal(refused));
+    }
     let raw = limits::read_capped(req.into_body(), limit).await;
     if let Ok(raw) = &raw {
         core.stats
@@ -196,10 +205,10 @@ async fn receive(
             .inc_by(raw.len() as u64);
     }
     let raw = raw?;
-    let payload = if raw.len() <= INLINE_DECODE_BYTES {
-        decode(signal, format, gzip, &raw, limit)?
+    let decoded = if raw.len() <= INLINE_DECODE_BYTES {
+        decode(signal, format, gzip, raw, limit)?
     } else {
-        tokio::task::spawn_blocking(move || decode(signal, format, gzip, &raw, limit))
+        tokio::task::spawn_blocking(move || decode(signal, format, gzip, raw, limit))
             .await
             .map_err(|_| {
                 Failure::new(
@@ -209,17 +218,53 @@ async fn receive(
                 )
             })??
     };
-    core.accept(Receiver::Http, payload).map(drop).map_err(|r| {
-        let message = match r {
-            Refused::Full(s) => format!("the {s} queue is full; retry later"),
-            Refused::Closed(_) => "the agent is stopping; retry later".to_owned(),
-        };
-        let reason = match r {
-            Refused::Full(_) => Reason::Full,
-            Refused::Closed(_) => Reason::Closed,
-        };
-        Failure::new(StatusCode::SERVICE_UNAVAILABLE, reason, message)
-    })
+    match decoded {
+        Decoded::Payload(payload) => core
+            .accept(Receiver::Http, payload)
+            .map(drop)
+            .map_err(refusal),
+        Decoded::Traces(bytes) => core
+            .accept_encoded_traces(Receiver::Http, bytes)
+            .map(drop)
+            .map_err(|r| match r {
+                Rejected::Invalid(e) => {
+                    Failure::new(StatusCode::BAD_REQUEST, Reason::BadRequest, e.to_string())
+                }
+                Rejected::Refused(r) => refusal(r),
+            }),
+    }
+}
+
+/// 503 for a full or closing pipeline (counted by the core).
+fn refusal(r: Refused) -> Failure {
+    let (reason, message) = match r {
+        Refused::Full(s) => (Reason::Full, format!("the {s} queue is full; retry later")),
+        Refused::Closed(_) => (
+            Reason::Closed,
+            "the agent is stopping; retry later".to_owned(),
+        ),
+    };
+    Failure::new(StatusCode::SERVICE_UNAVAILABLE, reason, message)
+}
+
+/// A body made ready for the core: decoded messages, or protobuf traces as bytes (checked and
+/// read by [`Core::accept_encoded_traces`]).
+pub(crate) enum Decoded {
+    Payload(Payload),
+    Traces(Bytes),
+}
+
+impl Decoded {
+    /// The payload as the receivers pass it on: a protobuf traces body once `wire::traces`
+    /// accepted it (as [`Core::accept_encoded_traces`](super::Core) checks it).
+    pub(crate) fn into_payload(self) -> Result<Payload, String> {
+        match self {
+            Decoded::Payload(p) => Ok(p),
+            Decoded::Traces(bytes) => crate::pipeline::EncodedRequest::traces(bytes)
+                .map(Payload::Encoded)
+                .map_err(|e| e.to_string()),
+        }
+    }
 }
 
 /// Inflates (when `gzip`, capped at `limit`) and decodes a body, as both request paths do;
@@ -228,17 +273,19 @@ pub(crate) fn decode(
     signal: Signal,
     format: Format,
     gzip: bool,
-    raw: &[u8],
+    raw: Bytes,
     limit: usize,
-) -> Result<Payload, Failure> {
-    let inflated;
+) -> Result<Decoded, Failure> {
     let bytes = if gzip {
-        inflated = limits::gunzip_capped(raw, limit)?;
-        inflated.as_slice()
+        Bytes::from(limits::gunzip_capped(&raw, limit)?)
     } else {
         raw
     };
-    decode_payload(signal, format, bytes)
+    if (signal, format) == (Signal::Traces, Format::Protobuf) {
+        return Ok(Decoded::Traces(bytes));
+    }
+    decode_payload(signal, format, &bytes)
+        .map(Decoded::Payload)
         .map_err(|m| Failure::new(StatusCode::BAD_REQUEST, Reason::BadRequest, m))
 }
 

@@ -9,8 +9,12 @@
 //!
 //! What a request meets, in order: the token check (401 / UNAUTHENTICATED), the media type and
 //! encoding (415), the size limit before and after decompression (413 / RESOURCE_EXHAUSTED),
-//! decoding (400 / INVALID_ARGUMENT), then [`Intake::offer`]: a full queue answers 503 with
-//! `Retry-After` / UNAVAILABLE, and nothing is buffered beyond the queue. Span metrics are
+//! a full queue (503 with `Retry-After` / UNAVAILABLE, before the body is read: decompressing and
+//! decoding what will be refused would only cost CPU when the agent is busiest), decoding
+//! (400 / INVALID_ARGUMENT), then [`Intake::offer`], which still decides: nothing is buffered
+//! beyond the queue. Protobuf trace requests are not decoded into messages: [`crate::wire`]
+//! checks them and reads the spans for span metrics in one pass, and they travel on as the bytes
+//! received ([`Payload::Encoded`]). Span metrics are
 //! recorded only for requests the intake took (a refused request is retried and would be
 //! counted twice). Every refusal is counted by reason in [`ReceiverStats`].
 
@@ -31,18 +35,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::Token;
 pub use limits::{BodyError, gunzip_capped, read_capped};
-pub use stats::{Reason, Receiver, ReceiverStats};
+pub use stats::{HandshakeFailure, Reason, Receiver, ReceiverStats};
 pub use tls::{TlsFiles, load as load_tls};
 
 use crate::logs::RedactionConfig;
-use crate::pipeline::{Intake, Payload, Refused};
-use crate::spanmetrics::{SettingsError, SpanMetrics};
+use crate::pipeline::{EncodedRequest, Intake, Payload, Refused, Signal};
+use crate::spanmetrics::{Prepared, SettingsError, SpanMetrics};
+use crate::wire::WireError;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
 use redact::OtlpRedactor;
 
 /// Default OTLP/gRPC address.
@@ -175,6 +183,15 @@ pub(crate) struct Core {
     max_request_bytes: AtomicUsize,
 }
 
+/// Why [`Core::accept_encoded_traces`] did not take a request.
+#[derive(Debug)]
+pub(crate) enum Rejected {
+    /// Not an `ExportTraceServiceRequest` (400 / INVALID_ARGUMENT).
+    Invalid(WireError),
+    /// The intake refused it (503 / UNAVAILABLE).
+    Refused(Refused),
+}
+
 impl Core {
     /// Redacts a decoded request, offers it to the intake and on success records span metrics
     /// and counts the items. Refusals are counted here too.
@@ -185,7 +202,9 @@ impl Core {
             let n = match &mut payload {
                 Payload::Traces(request) => r.traces(request),
                 Payload::Logs(request) => r.logs(request),
-                Payload::Metrics(_) => 0,
+                // Metric data points are passed as they are; encoded traces are looked at by
+                // `accept_encoded_traces` and come here decoded when they hold a secret.
+                Payload::Metrics(_) | Payload::Encoded(_) => 0,
             };
             if n > 0 {
                 self.stats.redacted(signal, n);
@@ -196,6 +215,54 @@ impl Core {
             _ => None,
         };
         let items = payload.items();
+        self.offer(receiver, payload, prepared, items)
+    }
+
+    /// Checks an encoded trace request and reads its spans for span metrics in one pass, then
+    /// offers it to the intake as those bytes ([`Payload::Encoded`]), as [`accept`](Self::accept)
+    /// does. Undecodable requests are not counted here (the caller answers and counts them).
+    ///
+    /// Redaction looks at every data string in the same pass; a request holding something to
+    /// redact (rare) is decoded, redacted and taken through [`accept`](Self::accept) instead.
+    fn accept_encoded_traces(&self, receiver: Receiver, bytes: Bytes) -> Result<usize, Rejected> {
+        let check = |texts: &mut crate::wire::Texts<'_>| match &self.spanmetrics {
+            Some(sm) => sm
+                .prepare_encoded_with(&bytes, texts)
+                .map(|(p, n)| (Some(p), n)),
+            None => {
+                let mut v = crate::wire::WithTexts((), texts);
+                crate::wire::traces(&bytes, &mut v).map(|n| (None, n))
+            }
+        };
+        let redactor = self.redactor.read().clone();
+        let (checked, secret) = match &redactor {
+            Some(r) => r.probe(check),
+            None => (check(&mut |_| {}), false),
+        };
+        let (prepared, items) = checked.map_err(Rejected::Invalid)?;
+        if secret {
+            let request = ExportTraceServiceRequest::decode(&bytes[..]).map_err(|_| {
+                Rejected::Invalid(WireError::new(
+                    "accepted by the wire check, refused by prost",
+                ))
+            })?;
+            return self
+                .accept(receiver, Payload::Traces(request))
+                .map_err(Rejected::Refused);
+        }
+        let payload = Payload::Encoded(EncodedRequest::traces_checked(bytes, items));
+        self.offer(receiver, payload, prepared, items)
+            .map_err(Rejected::Refused)
+    }
+
+    fn offer(
+        &self,
+        receiver: Receiver,
+        payload: Payload,
+        prepared: Option<Prepared>,
+        items: usize,
+    ) -> Result<usize, Refused> {
+        let signal = payload.signal();
         if let Err(refused) = self.intake.offer(payload) {
             let reason = match refused {
                 Refused::Full(_) => Reason::Full,
@@ -209,6 +276,18 @@ impl Core {
         }
         self.stats.accepted(receiver, signal, items);
         Ok(items)
+    }
+
+    /// For both receivers, before a request body is read: refuses (and counts) when the
+    /// pipeline has no room for `signal` now, so a full queue costs no decompression or decoding.
+    fn refuse_early(&self, receiver: Receiver, signal: Signal) -> Option<Refused> {
+        let refused = self.intake.refuse_early(signal)?;
+        let reason = match refused {
+            Refused::Full(_) => Reason::Full,
+            Refused::Closed(_) => Reason::Closed,
+        };
+        self.stats.refused(receiver, signal, reason);
+        Some(refused)
     }
 
     fn max_request_bytes(&self) -> usize {
@@ -345,9 +424,12 @@ impl Receivers {
                 h.grpc_router.clone(),
                 h.tls.clone(),
                 cancel.clone(),
-                Receiver::Grpc.as_str(),
                 self.max_connections,
-                connections.clone(),
+                serve::Accounting {
+                    name: Receiver::Grpc.as_str(),
+                    connections: connections.clone(),
+                    handshakes: Some((Receiver::Grpc, h.core.stats.clone())),
+                },
             )
         });
         let http = self.http.map(|l| {
@@ -356,9 +438,12 @@ impl Receivers {
                 h.http_router.clone(),
                 h.tls.clone(),
                 cancel.clone(),
-                Receiver::Http.as_str(),
                 self.max_connections,
-                connections.clone(),
+                serve::Accounting {
+                    name: Receiver::Http.as_str(),
+                    connections: connections.clone(),
+                    handshakes: Some((Receiver::Http, h.core.stats.clone())),
+                },
             )
         });
         tokio::join!(

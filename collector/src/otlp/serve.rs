@@ -9,7 +9,8 @@
 //! off; a whole request, body included, within [`REQUEST_TIMEOUT`] (408); on HTTP/2 at most
 //! [`MAX_STREAMS`] concurrent streams and a 16 KiB header list, and a client that resets streams
 //! faster than they are served (the "rapid reset" attack) is sent GOAWAY by h2's limit on
-//! reset-but-unaccepted streams.
+//! reset-but-unaccepted streams. Failed TLS handshakes are counted by
+//! reason (`sidelight_receiver_tls_handshake_failures_total`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use super::stats::{HandshakeFailure, Receiver, ReceiverStats};
 
 /// How long a client may take for the TLS handshake or to send request headers.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,6 +71,17 @@ impl ConnectionStats {
     }
 }
 
+/// Who a listener is, for its counters.
+#[derive(Debug, Clone)]
+pub struct Accounting {
+    /// The `listener` label (`otlp_grpc`, `otlp_http`, `http`).
+    pub name: &'static str,
+    /// Open and refused connections.
+    pub connections: ConnectionStats,
+    /// Where failed TLS handshakes are counted (the receivers; `None`: not counted).
+    pub handshakes: Option<(Receiver, ReceiverStats)>,
+}
+
 /// The service a listener serves, swappable in place (a reload changes limits).
 pub type Swap = Arc<RwLock<Router>>;
 /// The TLS acceptor in force, if any (read per connection, so new certificates apply to new
@@ -80,14 +94,20 @@ pub async fn serve(
     router: Swap,
     tls: TlsSwap,
     cancel: CancellationToken,
-    name: &'static str,
     max_connections: usize,
-    stats: ConnectionStats,
+    accounting: Accounting,
 ) {
+    let name = accounting.name;
     let connections = TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
-    let open = stats.open.get_or_create_owned(&[("listener", name)]);
-    let refused = stats.refused.get_or_create_owned(&[("listener", name)]);
+    let open = accounting
+        .connections
+        .open
+        .get_or_create_owned(&[("listener", name)]);
+    let refused = accounting
+        .connections
+        .refused
+        .get_or_create_owned(&[("listener", name)]);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -115,6 +135,7 @@ pub async fn serve(
         let cancel = cancel.clone();
         let open = open.clone();
         open.inc();
+        let handshakes = accounting.handshakes.clone();
         connections.spawn(async move {
             let _slot = slot;
             let _open = OpenGuard(open);
@@ -124,9 +145,19 @@ pub async fn serve(
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => connection(stream, router, cancel).await,
                         Ok(Err(e)) => {
-                            tracing::debug!(receiver = name, error = %e, "TLS handshake failed")
+                            let why = HandshakeFailure::of(&e);
+                            if let Some((r, stats)) = &handshakes {
+                                stats.handshake_failed(*r, why);
+                            }
+                            tracing::debug!(receiver = name, reason = why.as_str(), error = %e,
+                                "TLS handshake failed");
                         }
-                        Err(_) => tracing::debug!(receiver = name, "TLS handshake timed out"),
+                        Err(_) => {
+                            if let Some((r, stats)) = &handshakes {
+                                stats.handshake_failed(*r, HandshakeFailure::Timeout);
+                            }
+                            tracing::debug!(receiver = name, "TLS handshake timed out");
+                        }
                     }
                 }
             }

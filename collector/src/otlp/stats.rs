@@ -81,6 +81,79 @@ pub struct ReceiverStats {
     pub connections: super::serve::ConnectionStats,
     /// `sidelight_receiver_redactions_total{signal}`: secrets replaced in received data.
     pub redactions: Family<[(&'static str, &'static str); 1], Counter>,
+    /// `sidelight_receiver_tls_handshake_failures_total{receiver,reason}`: connections whose TLS
+    /// handshake failed, by [`HandshakeFailure`].
+    pub tls_handshake_failures: Family<L2, Counter>,
+}
+
+/// Why a TLS handshake on a receiver failed (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The client does not trust our certificate's issuer (it sent `unknown_ca`), or, with
+    /// client certificates, we do not trust the client's.
+    UnknownCa,
+    /// A certificate was refused otherwise: expired, wrong name, unsupported, revoked (by the
+    /// client's alert or our check of a client certificate).
+    BadCertificate,
+    /// A client certificate was required and none was presented.
+    NoClientCert,
+    /// Not TLS, or TLS we do not speak: plain text on a TLS port, no common version, cipher or
+    /// ALPN protocol, a malformed or unexpected message.
+    Protocol,
+    /// The client sent nothing within the handshake timeout.
+    Timeout,
+    /// Anything else (the connection closed or reset mid-handshake).
+    Other,
+}
+
+impl HandshakeFailure {
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::UnknownCa => "unknown_ca",
+            HandshakeFailure::BadCertificate => "bad_certificate",
+            HandshakeFailure::NoClientCert => "no_client_cert",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    /// Classifies the error `tokio-rustls` returns from a failed accept.
+    pub fn of(e: &std::io::Error) -> Self {
+        use tokio_rustls::rustls::{AlertDescription as A, CertificateError as C, Error as E};
+        let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<E>()) else {
+            return HandshakeFailure::Other;
+        };
+        match tls {
+            E::AlertReceived(A::UnknownCA) | E::InvalidCertificate(C::UnknownIssuer) => {
+                HandshakeFailure::UnknownCa
+            }
+            E::AlertReceived(
+                A::BadCertificate
+                | A::CertificateUnknown
+                | A::CertificateExpired
+                | A::CertificateRevoked
+                | A::UnsupportedCertificate
+                | A::AccessDenied
+                // The client could not verify a signature of our chain (a CA of the same name
+                // but another key, for one).
+                | A::DecryptError,
+            )
+            | E::InvalidCertificate(_) => HandshakeFailure::BadCertificate,
+            E::NoCertificatesPresented => HandshakeFailure::NoClientCert,
+            E::InappropriateMessage { .. }
+            | E::InappropriateHandshakeMessage { .. }
+            | E::InvalidMessage(_)
+            | E::PeerIncompatible(_)
+            | E::PeerMisbehaved(_)
+            | E::NoApplicationProtocol
+            | E::DecryptError
+            | E::PeerSentOversizedRecord
+            | E::AlertReceived(_) => HandshakeFailure::Protocol,
+            _ => HandshakeFailure::Other,
+        }
+    }
 }
 
 impl ReceiverStats {
@@ -104,6 +177,12 @@ impl ReceiverStats {
         self.redactions
             .get_or_create(&[("signal", s.as_str())])
             .inc_by(n);
+    }
+
+    pub(crate) fn handshake_failed(&self, r: Receiver, why: HandshakeFailure) {
+        self.tls_handshake_failures
+            .get_or_create(&[("receiver", r.as_str()), ("reason", why.as_str())])
+            .inc();
     }
 
     pub(crate) fn bytes_counter(&self, r: Receiver, s: Signal) -> Counter {
@@ -147,6 +226,11 @@ impl ReceiverStats {
             "sidelight_receiver_redactions",
             "Secrets replaced by [REDACTED] in received traces and logs",
             self.redactions.clone(),
+        );
+        registry.register(
+            "sidelight_receiver_tls_handshake_failures",
+            "TLS handshakes that failed on an OTLP receiver, by reason",
+            self.tls_handshake_failures.clone(),
         );
     }
 }

@@ -377,6 +377,62 @@ async fn a_full_queue_answers_503_with_retry_after_and_unavailable_and_is_not_co
     assert!(m.contains("traces_span_metrics_calls_total{service_name=\"busy\",span_name=\"GET /\",span_kind=\"SPAN_KIND_SERVER\",status_code=\"STATUS_CODE_UNSET\"} 2"), "only the accepted request: {m}");
     assert!(m.contains("reason=\"full\"} 1"), "{m}");
     assert!(m.contains("sidelight_receiver_requests_total{receiver=\"otlp_http\",signal=\"traces\",code=\"503\"} 1"), "{m}");
+    let bytes_before = crate_sample(
+        &m,
+        "sidelight_receiver_bytes_total{receiver=\"otlp_http\",signal=\"traces\"}",
+    );
+
+    // OTLP/HTTP refuses before decompressing or decoding: bodies that would be a 400 get 503.
+    for (headers, body) in [
+        (
+            vec![PB, ("content-encoding", "gzip")],
+            b"not gzip at all".to_vec(),
+        ),
+        (vec![JS], b"{not json".to_vec()),
+    ] {
+        let (status, h, _) = post(&r.handle, "/v1/traces", &headers, body).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{headers:?}");
+        assert_eq!(h[header::RETRY_AFTER], "3");
+    }
+    // Over a real HTTP/1.1 connection the answer arrives whole (the unread body is drained).
+    let mut tcp = tokio::net::TcpStream::connect(r.http).await.expect("tcp");
+    let garbage = vec![0x1f; 100_000];
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+        garbage.len()
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    tcp.write_all(&garbage).await.expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("an answer")
+            .expect("read");
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 3"),
+        "{answer}"
+    );
+    let m = r.metrics();
+    assert!(m.contains("sidelight_receiver_refused_total{receiver=\"otlp_http\",signal=\"traces\",reason=\"full\"} 4"), "{m}");
+    assert!(
+        !m.contains("reason=\"bad_request\""),
+        "nothing was decoded: {m}"
+    );
+    assert_eq!(
+        crate_sample(
+            &m,
+            "sidelight_receiver_bytes_total{receiver=\"otlp_http\",signal=\"traces\"}"
+        ),
+        bytes_before,
+        "refused bodies are not counted as received"
+    );
     // Room again: the retry is taken.
     assert!(queue.try_pop().is_some());
     let (status, _, _) = post(&r.handle, "/v1/traces", &[PB], body).await;
@@ -594,6 +650,18 @@ async fn http_limits_before_and_after_decompression() {
     r.stop().await;
 }
 
+/// A self-signed CA certificate with its own name (rcgen's simple certificates all share one, so
+/// a client trusting another of them fails on the signature, not on the issuer).
+fn other_ca() -> rcgen::Certificate {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "another CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().expect("key");
+    params.self_signed(&key).expect("cert")
+}
+
 #[tokio::test]
 async fn tls_on_both_listeners_with_a_self_signed_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -660,7 +728,36 @@ async fn tls_on_both_listeners_with_a_self_signed_certificate() {
             .await
             .map_or(true, |r| r.is_err())
     );
+    // A client that does not trust our certificate's issuer aborts the handshake with
+    // unknown_ca; both failures are counted by reason.
+    let other = other_ca();
+    let mut wrong_roots = tokio_rustls::rustls::RootCertStore::empty();
+    wrong_roots.add(other.der().clone()).expect("root");
+    let wrong = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(wrong_roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(r.http).await.expect("tcp");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let refused = tokio_rustls::TlsConnector::from(Arc::new(wrong))
+        .connect(name, tcp)
+        .await;
+    assert!(refused.is_err(), "the client refuses our certificate");
+    let want = [
+        "sidelight_receiver_tls_handshake_failures_total{receiver=\"otlp_grpc\",reason=\"protocol\"} 1",
+        "sidelight_receiver_tls_handshake_failures_total{receiver=\"otlp_http\",reason=\"unknown_ca\"} 1",
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !want.iter().all(|w| r.metrics().contains(w)) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let m = r.metrics();
+    for w in want {
+        assert!(m.contains(w), "{w}\n{m}");
+    }
     assert!(
         m.contains("sidelight_receiver_accepted_total{receiver=\"otlp_http\",signal=\"traces\"} 2"),
         "{m}"
@@ -742,4 +839,69 @@ fn settings_validation() {
         ..Default::default()
     };
     assert_eq!(s.retry_after_secs(), 2);
+}
+
+#[tokio::test]
+async fn encoded_traces_with_a_secret_are_decoded_and_redacted_clean_ones_stay_bytes() {
+    use super::redact::tests::{SECRETS, leaky_traces};
+    let q = Arc::new(crate::pipeline::Queue::new(
+        "traces",
+        crate::pipeline::QueueLimits {
+            max_items: 16,
+            max_bytes: 1 << 20,
+        },
+        crate::pipeline::QueueStats::default(),
+    ));
+    let intake = Intake::discard().with(crate::pipeline::Signal::Traces, q.clone());
+    let r = start(loopback(), intake).await;
+    // gRPC and OTLP/HTTP protobuf, each once with the planted secrets and once clean.
+    grpc_client(r.grpc)
+        .await
+        .export(leaky_traces())
+        .await
+        .expect("grpc");
+    grpc_client(r.grpc)
+        .await
+        .export(traces("clean", 2))
+        .await
+        .expect("grpc");
+    let pb = [("content-type", "application/x-protobuf")];
+    let (status, _, _) = post(&r.handle, "/v1/traces", &pb, leaky_traces().encode_to_vec()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = post(
+        &r.handle,
+        "/v1/traces",
+        &pb,
+        traces("clean", 2).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut kinds = Vec::new();
+    while let Some(env) = q.try_pop() {
+        let encoded = env.payload.encode_to_vec();
+        for secret in SECRETS {
+            assert!(
+                !encoded
+                    .windows(secret.len())
+                    .any(|w| w == secret.as_bytes()),
+                "{secret} reached the queue"
+            );
+        }
+        kinds.push(matches!(env.payload, Payload::Encoded(_)));
+    }
+    assert_eq!(
+        kinds,
+        [false, true, false, true],
+        "secret → decoded, clean → bytes"
+    );
+    let m = r.metrics();
+    assert!(
+        m.contains("sidelight_receiver_redactions_total{signal=\"traces\"} 14"),
+        "{m}"
+    );
+    assert!(
+        m.contains("span_name=\"GET /token/[REDACTED]\""),
+        "span metrics see the redacted name: {m}"
+    );
+    r.stop().await;
 }

@@ -22,6 +22,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 export RUSTC_BOOTSTRAP=1
+# The bundled SQLite (rusqlite, linked into the agent targets) has two static arrays named
+# `aiOff`, which AddressSanitizer's ODR check reports at start-up; unrelated to what is fuzzed.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_odr_violation=0}
 target_dir=${FUZZ_TARGET_DIR:-fuzz/target}
 targets=${FUZZ_TARGETS:-$(cd fuzz && cargo fuzz list)}
 

@@ -22,7 +22,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 export RUSTC_BOOTSTRAP=1
-target_dir=${FUZZ_TARGET_DIR:-fuzz/target}
+# The bundled SQLite (rusqlite, linked into the agent targets) has two static arrays named
+# `aiOff`, which AddressSanitizer's ODR check reports at start-up; unrelated to what is fuzzed.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_odr_violation=0}
+target_dir=${FUZZ_TARGET_DIR:-$PWD/fuzz/target}
 targets=${FUZZ_TARGETS:-$(cd fuzz && cargo fuzz list)}
 
 log "building the fuzz targets"
@@ -45,7 +48,7 @@ for t in $targets; do
     -max_len="$(max_len "$t")" -print_final_stats=1) >"$scratch/log" 2>&1
   status=$?
   set -e
-  grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|Test unit written|Done [0-9]+ runs)' "$scratch/log" || true
+  grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|Test unit written|Done [0-9]+ runs)' "$scratch/log" || true
   [ "$status" -eq 0 ] || tail -n 60 "$scratch/log" >&2
   rm -rf "$scratch"
   if [ "$status" -ne 0 ]; then

@@ -19,21 +19,7 @@ avail_kb() { df -k --output=avail "$WORK/data" | tail -1 | tr -d ' '; }
 dd if=/dev/zero of="$WORK/data/filler" bs=1k count=$(( $(avail_kb) - free_kb )) status=none
 log "tmpfs ${size_mb} MiB, $(avail_kb) KiB free beside the filler"
 start_sink
-HTTP=127.0.0.1:$(free_port); GRPC=127.0.0.1:$(free_port)
-cat > "$WORK/agent.yaml" <<YAML
-http: { listen: $HTTP }
-store: { path: $WORK/data }
-host: { interval: 15s }
-otlp: { grpc: $GRPC, http: null, spanmetrics: { enabled: false } }
-logs:
-  - { source: app, include: ["$WORK/logs/app.log*"] }
-export:
-  otlp:
-    endpoint: http://127.0.0.1:$SINK_GRPC
-    signals: [traces, logs]
-    self_metrics: false
-    spill: { enabled: true }
-YAML
+forwarding_config "$WORK/agent.yaml" "spill: { enabled: true }"
 start_agent "$WORK/agent.yaml" "$WORK/agent.log"
 total_s=$((10 + full + 20 + 20))
 lines=$((log_rate * total_s))

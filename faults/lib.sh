@@ -45,6 +45,28 @@ free_port() {
 
 # start_agent CONFIG LOGFILE [ENV...]: starts the agent (appending to LOGFILE), sets AGENT_PID,
 # waits until GET /healthz answers on $HTTP.
+# Writes to $1 an agent config that forwards OTLP/gRPC traces (receiver on a new $GRPC, no span
+# metrics) and the tailed $WORK/logs/app.log* to the sink (start_sink first); sets $HTTP and $GRPC.
+# $2: one more `export.otlp` entry (e.g. `spill: { enabled: true }`), $3: one more top-level line.
+forwarding_config() {
+  HTTP=127.0.0.1:$(free_port); GRPC=127.0.0.1:$(free_port)
+  cat > "$1" <<YAML
+${3:-}
+http: { listen: $HTTP }
+store: { path: $WORK/data }
+host: { interval: 15s }
+otlp: { grpc: $GRPC, http: null, spanmetrics: { enabled: false } }
+logs:
+  - { source: app, include: ["$WORK/logs/app.log*"] }
+export:
+  otlp:
+    endpoint: http://127.0.0.1:$SINK_GRPC
+    signals: [traces, logs]
+    self_metrics: false
+    ${2:-}
+YAML
+}
+
 start_agent() {
   local config=$1 logfile=$2; shift 2
   env "$@" "$AGENT" run --config "$config" >>"$logfile" 2>&1 &

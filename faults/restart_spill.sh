@@ -13,22 +13,7 @@ span_rate=${SPAN_RATE:-500}; log_rate=${LOG_RATE:-200}
 build
 start_sink
 mkdir -p "$WORK/logs"
-HTTP=127.0.0.1:$(free_port); GRPC=127.0.0.1:$(free_port)
-cat > "$WORK/agent.yaml" <<YAML
-agent: { shutdown_timeout: 10s }
-http: { listen: $HTTP }
-store: { path: $WORK/data }
-host: { interval: 15s }
-otlp: { grpc: $GRPC, http: null, spanmetrics: { enabled: false } }
-logs:
-  - { source: app, include: ["$WORK/logs/app.log*"] }
-export:
-  otlp:
-    endpoint: http://127.0.0.1:$SINK_GRPC
-    signals: [traces, logs]
-    self_metrics: false
-    spill: { enabled: true }
-YAML
+forwarding_config "$WORK/agent.yaml" "spill: { enabled: true }" "agent: { shutdown_timeout: 10s }"
 start_agent "$WORK/agent.yaml" "$WORK/agent1.log"
 lines=$((log_rate * (2 * phase + 10)))
 nice "$PY" "$ROOT/faults/log_writer.py" "$WORK/logs/app.log" "$lines" "$log_rate" --rotate-every 10000 > "$WORK/writer.json" &

@@ -15,21 +15,7 @@ before=10; after=30
 build
 start_sink
 mkdir -p "$WORK/logs"
-HTTP=127.0.0.1:$(free_port); GRPC=127.0.0.1:$(free_port)
-cat > "$WORK/agent.yaml" <<YAML
-http: { listen: $HTTP }
-store: { path: $WORK/data }
-host: { interval: 15s }
-otlp: { grpc: $GRPC, http: null, spanmetrics: { enabled: false } }
-logs:
-  - { source: app, include: ["$WORK/logs/app.log*"] }
-export:
-  otlp:
-    endpoint: http://127.0.0.1:$SINK_GRPC
-    signals: [traces, logs]
-    self_metrics: false
-    queue: { max_items: $queue }
-YAML
+forwarding_config "$WORK/agent.yaml" "queue: { max_items: $queue }"
 start_agent "$WORK/agent.yaml" "$WORK/agent.log"
 total_s=$((before + outage + after))
 lines=$((log_rate * total_s))

@@ -409,7 +409,7 @@ fn agent_to_agent_over_tls_spans_arrive_intact_and_a_wrong_ca_is_refused_on_both
             "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000005000000"
         }]}]
     }]});
-    let (status, body) = post_json(c_http, "/v1/traces", &span.to_string())?;
+    let (status, body) = common::post_json(c_http, "/v1/traces", &span.to_string())?;
     assert_eq!(status, 200, "{body}");
     eventually(
         Duration::from_secs(20),
@@ -436,14 +436,4 @@ fn agent_to_agent_over_tls_spans_arrive_intact_and_a_wrong_ca_is_refused_on_both
     let resources = state["resources"].as_array().ok_or("resources")?;
     assert!(!resources.iter().any(|r| r["service.name"] == "wrong-ca"));
     Ok(())
-}
-
-/// POSTs OTLP/HTTP JSON to an agent's receiver.
-fn post_json(port: u16, path: &str, body: &str) -> Result<(u16, String)> {
-    let mut resp = common::client()
-        .post(&format!("http://127.0.0.1:{port}{path}"))
-        .header("Content-Type", "application/json")
-        .send(body)?;
-    let status = resp.status().as_u16();
-    Ok((status, resp.body_mut().read_to_string()?))
 }

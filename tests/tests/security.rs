@@ -71,11 +71,7 @@ fn leaky_logs() -> serde_json::Value {
 }
 
 fn post_json(port: u16, path: &str, body: &serde_json::Value) -> Result<u16> {
-    let resp = common::client()
-        .post(&format!("http://127.0.0.1:{port}{path}"))
-        .header("content-type", "application/json")
-        .send(body.to_string())?;
-    Ok(resp.status().as_u16())
+    Ok(common::post_json(port, path, &body.to_string())?.0)
 }
 
 #[test]

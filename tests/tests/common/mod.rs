@@ -1089,3 +1089,13 @@ pub fn slack_signature(secret: &str, body: &str) -> (String, String) {
     );
     (ts, sig)
 }
+
+/// POSTs OTLP/HTTP JSON to an agent's receiver on 127.0.0.1:`port`; the status and body.
+pub fn post_json(port: u16, path: &str, body: &str) -> Result<(u16, String)> {
+    let mut resp = client()
+        .post(&format!("http://127.0.0.1:{port}{path}"))
+        .header("Content-Type", "application/json")
+        .send(body)?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.body_mut().read_to_string()?))
+}

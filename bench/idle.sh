@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 duration=${1:-600}
 cargo build --release --quiet -p sidelight
 work=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+# The agent is waited for before its directory goes: it writes its checkpoint as it stops.
+trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$work/idle.yaml" <<YAML
 http: { listen: 127.0.0.1:$port }

@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 rate=${1:-10000}; duration=${2:-60}; size=${3:-256}
 cargo build --release --quiet -p sidelight
 work=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+# The agent is waited for before its directory goes: it writes its checkpoint as it stops.
+trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 mkdir -p "$work/logs"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$work/bench.yaml" <<YAML

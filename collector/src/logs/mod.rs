@@ -49,6 +49,7 @@ pub mod redact;
 pub mod source;
 pub mod stats;
 pub mod tail;
+pub mod watch;
 
 pub use multiline::{Joined, Joiner, JoinerConfig};
 pub use otlp::{LogResource, to_request};

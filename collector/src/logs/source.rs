@@ -1,18 +1,14 @@
-//! The file log source: its configuration, `validate` / `build` / `run`, and the async loop that
-//! drives the [`Tailer`] — inotify wake-ups through `notify` (parent directories, wake-ups only),
-//! a periodic scan as fallback, bounded hand-off over a tokio channel (a full channel stops the
-//! reading: the files are the buffer), checkpoints of acknowledged offsets at most once per
-//! interval and once more on stop.
+//! The file log source: its configuration, `validate` / `build` / `run`, and the loop that
+//! drives the [`Tailer`] on a thread of its own — inotify wake-ups ([`super::watch`]: parent
+//! directories, wake-ups only, read only while idle), a periodic scan as fallback, bounded
+//! hand-off over a tokio channel (a full channel stops the reading: the files are the buffer),
+//! checkpoints of acknowledged offsets at most once per interval and once more on stop.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use notify::{EventKind, RecursiveMode, Watcher};
 use serde::{Deserialize, Deserializer};
-use tokio::sync::{Notify, mpsc};
-use tokio::time::Instant;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::discover::{DiscoverError, Discovery};
@@ -21,6 +17,7 @@ use super::parse::{DEFAULT_MAX_LINE_BYTES, Format, Parser, ParserConfig};
 use super::redact::{RedactError, RedactionConfig, Redactor};
 use super::stats::LogStats;
 use super::tail::{Batch, StartAt, TailConfig, TailError, Tailer};
+use super::watch::{self, DirWatch, Waker, Woken};
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
@@ -176,6 +173,18 @@ pub enum LogSourceError {
     },
     #[error("logs {0}: the tailer task panicked")]
     Panicked(String),
+    #[error("logs {source_name}: cannot create the tailer's wake-up descriptor: {error}")]
+    Waker {
+        source_name: String,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("logs {source_name}: cannot start the tailer thread: {error}")]
+    Thread {
+        source_name: String,
+        #[source]
+        error: std::io::Error,
+    },
 }
 
 impl LogSourceConfig {
@@ -300,11 +309,55 @@ impl LogSource {
     /// On cancel: stops reading, closes `tx`, waits up to `tail.drain_timeout` for the consumer
     /// to acknowledge what it already received, writes the final checkpoint and returns.
     /// Checkpoints live in `checkpoint_dir` (the agent's `store.path`).
+    ///
+    /// The tailer runs on a thread of its own for the source's lifetime (one thread per
+    /// source): it blocks in [`watch::wait`] on the inotify
+    /// descriptor, its deadlines and the cancellation, so a read costs no thread hand-off.
     pub async fn run(
         self,
         tx: mpsc::Sender<Batch>,
         checkpoint_dir: PathBuf,
         cancel: CancellationToken,
+    ) -> Result<(), LogSourceError> {
+        let name = self.config.source.clone();
+        let waker = Waker::new().map_err(|error| LogSourceError::Waker {
+            source_name: name.clone(),
+            error,
+        })?;
+        let wake_on_cancel = {
+            let (cancel, waker) = (cancel.clone(), waker.clone());
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                waker.wake();
+            })
+        };
+        // A thread of its own, not tokio's blocking pool: the pool is small (the agent caps
+        // it) and one long-lived tailer per source would take it over.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name(format!("tail {name}"))
+            .spawn(move || {
+                let _ = done_tx.send(self.run_blocking(tx, &checkpoint_dir, &cancel, &waker));
+            });
+        if let Err(error) = spawned {
+            wake_on_cancel.abort();
+            return Err(LogSourceError::Thread {
+                source_name: name,
+                error,
+            });
+        }
+        // A panicking tailer drops the sender without a result.
+        let result = done_rx.await.map_err(|_| LogSourceError::Panicked(name));
+        wake_on_cancel.abort();
+        result?
+    }
+
+    fn run_blocking(
+        self,
+        tx: mpsc::Sender<Batch>,
+        checkpoint_dir: &Path,
+        cancel: &CancellationToken,
+        waker: &Waker,
     ) -> Result<(), LogSourceError> {
         let name = self.config.source.clone();
         let tuning = self.config.tail.clone();
@@ -313,34 +366,46 @@ impl LogSource {
             error,
         };
         let cfg = self.config.tail_config();
-        let dir = checkpoint_dir.clone();
-        let (discovery, parser, redactor, stats) =
-            (self.discovery, self.parser, self.redactor, self.stats);
-        let mut tailer = blocking(&name, move || {
-            Tailer::new(cfg, discovery, parser, redactor, stats, &dir)
-        })
-        .await?
+        let mut tailer = Tailer::new(
+            cfg,
+            self.discovery,
+            self.parser,
+            self.redactor,
+            self.stats,
+            checkpoint_dir,
+        )
         .map_err(tail_error)?;
         let Some(mut acks) = tailer.take_ack_receiver() else {
             return Err(LogSourceError::Panicked(name));
         };
-
-        let wake = Arc::new(Wake::default());
-        let mut watcher = start_watcher(&name, wake.clone());
-        let mut watched: Vec<PathBuf> = Vec::new();
+        let mut watch = match DirWatch::new() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(source = %name, error = %e, "no file events; relying on the periodic scan");
+                None
+            }
+        };
 
         let mut next_scan = Instant::now();
         let mut next_checkpoint = Instant::now() + tuning.checkpoint_interval;
         let mut rescan = true;
-        let mut last_poll;
         loop {
             while let Ok(seq) = acks.try_recv() {
                 tailer.acked(seq);
             }
+            if cancel.is_cancelled() {
+                break;
+            }
+            // The events queued so far are served by this read.
+            if let Some(w) = &mut watch
+                && w.drain().rescan
+            {
+                rescan = true;
+            }
             let now = Instant::now();
-            if now >= next_scan || rescan || wake.rescan.swap(false, Ordering::Relaxed) {
-                if let Some(w) = &mut watcher {
-                    watch_roots(&name, w, tailer.discovery(), &mut watched);
+            if now >= next_scan || rescan {
+                if let Some(w) = &mut watch {
+                    watch_roots(&name, w, tailer.discovery());
                 }
                 rescan = true;
                 next_scan = now + tuning.scan_interval;
@@ -349,145 +414,76 @@ impl LogSource {
             if checkpoint {
                 next_checkpoint = now + tuning.checkpoint_interval;
             }
-            let do_scan = std::mem::take(&mut rescan);
-            last_poll = Instant::now();
-            let (t, batch, backlog) = blocking(&name, move || {
-                let mut tailer = tailer;
-                let now = std::time::Instant::now();
-                if do_scan {
-                    tailer.scan(now);
-                }
-                tailer.tick(now);
-                tailer.poll(now);
-                if checkpoint && let Err(e) = tailer.write_checkpoint() {
-                    tracing::warn!(error = %e, "log checkpoint write failed; retrying");
-                }
-                let batch = tailer.take_batch();
-                let backlog = tailer.has_backlog();
-                (tailer, batch, backlog)
-            })
-            .await?;
-            tailer = t;
-            if let Some(batch) = batch {
-                tokio::select! {
-                    biased;
-                    // The batch is dropped unacknowledged: its lines are read again on restart.
-                    () = cancel.cancelled() => break,
-                    sent = tx.send(batch) => if sent.is_err() {
-                        tracing::warn!(source = %name, "log consumer is gone; stopping the tailer");
-                        break;
-                    },
-                }
+            let last_poll = Instant::now();
+            if std::mem::take(&mut rescan) {
+                tailer.scan(last_poll);
             }
-            if backlog {
-                // More is readable now (a full batch, or a long line still without its end):
-                // keep reading, but let a cancellation or acknowledgement in first.
-                tokio::task::yield_now().await;
-                if cancel.is_cancelled() {
+            tailer.tick(last_poll);
+            tailer.poll(last_poll);
+            if checkpoint && let Err(e) = tailer.write_checkpoint() {
+                tracing::warn!(error = %e, "log checkpoint write failed; retrying");
+            }
+            if let Some(batch) = tailer.take_batch() {
+                // Blocks while the channel is full (the files are the buffer). A stopping
+                // consumer drops its receiver, which ends the wait; a batch not taken is
+                // not acknowledged, so its lines are read again on restart.
+                if tx.blocking_send(batch).is_err() {
+                    if !cancel.is_cancelled() {
+                        tracing::warn!(source = %name, "log consumer is gone; stopping the tailer");
+                    }
                     break;
                 }
+            }
+            if tailer.has_backlog() {
+                // More is readable now (a full batch, or a long line still without its end).
                 continue;
             }
             let mut until = next_scan.min(next_checkpoint);
             if let Some(d) = tailer.next_deadline() {
-                until = until.min(Instant::from_std(d));
+                until = until.min(d);
             }
-            // Wait for a reason to read again. Acknowledgements are applied while waiting
-            // (cheap, no IO); file events are coalesced for `tail.coalesce`, so a service that
-            // logs in many small writes costs one read per window, not one per write.
-            let stop = loop {
-                tokio::select! {
-                    biased;
-                    () = cancel.cancelled() => break true,
-                    () = wake.notify.notified() => {
-                        // copytruncate loses whatever was written between the last read and
-                        // the truncation: once a source shows it, read on every event at once.
-                        let coalesce = if tailer.truncate_seen() {
-                            Duration::ZERO
-                        } else {
-                            tuning.coalesce
-                        };
-                        let at = last_poll + coalesce;
-                        tokio::select! {
-                            biased;
-                            () = cancel.cancelled() => break true,
-                            () = tokio::time::sleep_until(at) => break false,
-                        }
+            // Wait for a reason to read again. File events are coalesced for `tail.coalesce`
+            // after the last read, so a service that logs in many small writes costs one read
+            // per window, not one per write; the kernel merges the events queued meanwhile.
+            match watch::wait(waker, watch.as_ref(), until) {
+                Woken::Waker => break,
+                Woken::Timeout => {}
+                Woken::Events => {
+                    // copytruncate loses whatever was written between the last read and
+                    // the truncation: once a source shows it, read on every event at once.
+                    let coalesce = if tailer.truncate_seen() {
+                        Duration::ZERO
+                    } else {
+                        tuning.coalesce
+                    };
+                    if watch::wait(waker, None, last_poll + coalesce) == Woken::Waker {
+                        break;
                     }
-                    Some(seq) = acks.recv() => tailer.acked(seq),
-                    () = tokio::time::sleep_until(until) => break false,
                 }
-            };
-            if stop {
-                break;
             }
         }
 
         // Shutdown: close the channel, collect the acknowledgements still coming, checkpoint.
-        drop(watcher);
+        drop(watch);
         drop(tx);
         tailer.close_acks();
-        let drain = async {
-            while let Some(seq) = acks.recv().await {
-                tailer.acked(seq);
+        let deadline = Instant::now() + tuning.drain_timeout;
+        loop {
+            match acks.try_recv() {
+                Ok(seq) => tailer.acked(seq),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if Instant::now() >= deadline {
+                        tracing::warn!(source = %name, "stopping with unacknowledged log batches; they are read again on restart");
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
-        };
-        if tokio::time::timeout(tuning.drain_timeout, drain)
-            .await
-            .is_err()
-        {
-            tracing::warn!(source = %name, "stopping with unacknowledged log batches; they are read again on restart");
         }
-        let (_, result) = blocking(&name, move || {
-            let r = tailer.write_checkpoint();
-            (tailer, r)
-        })
-        .await?;
-        result.map_err(|e| tail_error(TailError::Checkpoint(e)))
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, LogSourceError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| LogSourceError::Panicked(name.to_owned()))
-}
-
-#[derive(Debug, Default)]
-struct Wake {
-    notify: Notify,
-    /// Set on create / remove / rename events: the next wake-up rescans.
-    rescan: AtomicBool,
-}
-
-fn start_watcher(name: &str, wake: Arc<Wake>) -> Option<notify::RecommendedWatcher> {
-    let handler = move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else {
-            wake.rescan.store(true, Ordering::Relaxed);
-            wake.notify.notify_one();
-            return;
-        };
-        match event.kind {
-            EventKind::Create(_)
-            | EventKind::Remove(_)
-            | EventKind::Modify(notify::event::ModifyKind::Name(_)) => {
-                wake.rescan.store(true, Ordering::Relaxed);
-                wake.notify.notify_one();
-            }
-            EventKind::Modify(_) | EventKind::Any => wake.notify.notify_one(),
-            // Our own opens and reads must not wake us.
-            EventKind::Access(_) | EventKind::Other => {}
-        }
-    };
-    match notify::recommended_watcher(handler) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(source = %name, error = %e, "no file events; relying on the periodic scan");
-            None
-        }
+        tailer
+            .write_checkpoint()
+            .map_err(|e| tail_error(TailError::Checkpoint(e)))
     }
 }
 
@@ -496,35 +492,26 @@ fn start_watcher(name: &str, wake: Arc<Wake>) -> Option<notify::RecommendedWatch
 /// the next directory down wakes a rescan, which watches the root as soon as it is there, so the
 /// first lines of a service that creates its log directory are read at once, not at the next
 /// periodic scan.
-fn watch_roots(
-    name: &str,
-    watcher: &mut notify::RecommendedWatcher,
-    discovery: &Discovery,
-    watched: &mut Vec<PathBuf>,
-) {
+fn watch_roots(name: &str, watch: &mut DirWatch, discovery: &Discovery) {
     for (root, recursive) in discovery.watch_roots() {
-        let (dir, mode) = if Path::new(root).is_dir() {
-            let mode = if recursive {
-                RecursiveMode::Recursive
-            } else {
-                RecursiveMode::NonRecursive
-            };
-            (root.to_path_buf(), mode)
+        let (dir, recursive) = if Path::new(root).is_dir() {
+            (root.to_path_buf(), recursive)
         } else {
             let Some(ancestor) = root.ancestors().skip(1).find(|a| a.is_dir()) else {
                 continue;
             };
-            (ancestor.to_path_buf(), RecursiveMode::NonRecursive)
+            (ancestor.to_path_buf(), false)
         };
-        if watched.contains(&dir) {
+        if watch.is_watched(&dir) {
             continue;
         }
-        match watcher.watch(&dir, mode) {
-            Ok(()) => watched.push(dir),
-            Err(e) => {
+        let capped = watch.capped();
+        if let Err(e) = watch.watch(&dir, recursive) {
+            if !capped && watch.first_failure(&dir) {
                 tracing::warn!(source = %name, dir = %dir.display(), error = %e, "cannot watch directory; relying on the periodic scan");
-                watched.push(dir);
             }
+        } else if watch.capped() && !capped {
+            tracing::warn!(source = %name, dir = %dir.display(), limit = watch::MAX_WATCHES, "too many directories to watch; the rest rely on the periodic scan");
         }
     }
 }

@@ -1,7 +1,8 @@
 """Appends JSON log lines at a fixed rate for the log benchmark (a separate process from the
 agent). Each line carries `t_ns`, its wall-clock write time, so the agent's observed time on the
 exported record gives the append-to-record latency. Lines are written in small bursts every
-10 ms, as a busy service's logging does.
+10 ms, as a service behind a buffered handler does; with WRITES=line in the environment every
+line is its own write(2), as Python's logging.FileHandler does (it flushes each record).
 
 Usage: log_rate_writer.py PATH RATE SECONDS [SIZE] [ROTATE_BYTES]
 With ROTATE_BYTES, the file is rotated as RotatingFileHandler does once it is that large
@@ -16,6 +17,7 @@ path, rate, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 size = int(sys.argv[4]) if len(sys.argv) > 4 else 256
 rotate_bytes = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 KEEP = 3
+PER_LINE = os.environ.get("WRITES") == "line"
 rotations = 0
 written_bytes = 0
 pad = "x" * max(0, size - 190)
@@ -33,9 +35,15 @@ for n in range(ticks):
             "asctime": "2026-12-01 12:00:00,000", "levelname": "INFO", "name": "app.web",
             "message": "request handled " + pad, "seq": seq, "t_ns": time.time_ns(),
         }))
-    data = ("\n".join(burst) + "\n").encode()
-    os.write(fd, data)
-    written_bytes += len(data)
+    if PER_LINE:
+        for line in burst:
+            data = (line + "\n").encode()
+            os.write(fd, data)
+            written_bytes += len(data)
+    else:
+        data = ("\n".join(burst) + "\n").encode()
+        os.write(fd, data)
+        written_bytes += len(data)
     if rotate_bytes and written_bytes >= rotate_bytes:
         os.close(fd)
         for i in range(KEEP, 0, -1):

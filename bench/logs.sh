@@ -4,6 +4,7 @@
 # observed time minus the line's write time, from the file exporter's output).
 # Usage: bench/logs.sh [RATE=10000] [DURATION=60] [SIZE=256]   (builds the release binary first)
 # SINK=none: no exporter (records only counted in metrics; no latency figure).
+# WRITES=line: the writer makes one write(2) per line (as logging.FileHandler does), not 10 ms bursts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-10000}; duration=${2:-60}; size=${3:-256}

@@ -11,8 +11,9 @@
 #   process    cargo bench --bench process_cycle    CPU per collection cycle, 100 / 500 processes
 #   metrics    cargo bench --bench metrics_latency  /metrics p99 at 1k / 10k / 100k series
 #   log_tail   cargo bench --bench log_tail         tail+parse+redact+OTLP MiB per CPU-second
-#   logs       bench/logs.sh 10000 LOG_SECONDS      10k lines/s: CPU and RSS with no exporter (SINK=none),
-#                                                    then with the file exporter and its append-to-record p99 (RUNS runs)
+#   logs       bench/logs.sh 10000 LOG_SECONDS      10k lines/s: CPU and RSS with no exporter (SINK=none), written
+#                                                    in 10 ms bursts and one write per line (WRITES=line), then with
+#                                                    the file exporter and its append-to-record p99 (RUNS runs)
 #   otlp       bench/otlp.sh RUNS SAT FIXED          spans/s per core at saturation, 10k spans/s CPU/RSS
 #   alerts     cargo bench --bench alert_eval       200 rules over 10k series, per cycle
 #   dora       cargo bench --bench dora_report      90-day report, 100 services
@@ -42,10 +43,11 @@ log "/metrics latency"
 cargo bench --quiet -p sidelight --bench metrics_latency > "$out/metrics.txt" 2>/dev/null
 log "log tail + parse per core"
 cargo bench --quiet -p sidelight-collector --bench log_tail > "$out/log_tail.txt" 2>/dev/null
-: > "$out/logs.txt"; : > "$out/logs_none.txt"
+: > "$out/logs.txt"; : > "$out/logs_none.txt"; : > "$out/logs_lines.txt"
 for r in $(seq 1 "$runs"); do
-  log "10k lines/s, run $r of $runs (${log_s}s each: no exporter, then the file exporter)"
+  log "10k lines/s, run $r of $runs (${log_s}s each: no exporter, no exporter one write per line, the file exporter)"
   SINK=none bash bench/logs.sh 10000 "$log_s" 256 >> "$out/logs_none.txt"
+  WRITES=line SINK=none bash bench/logs.sh 10000 "$log_s" 256 >> "$out/logs_lines.txt"
   bash bench/logs.sh 10000 "$log_s" 256 >> "$out/logs.txt"
 done
 log "OTLP saturation and 10k spans/s ($runs runs)"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idle footprint of the agent on its embedded defaults: RSS and CPU over DURATION seconds.
+# Idle footprint of the agent on its embedded defaults (host metrics every 15 s, the OTLP
+# receivers, one log source with an empty directory): RSS and CPU over DURATION seconds.
 # Usage: bench/idle.sh [DURATION=600]   (builds the release binary first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,12 +9,18 @@ cargo build --release --quiet -p sidelight
 work=$(mktemp -d)
 # The agent is waited for before its directory goes: it writes its checkpoint as it stops.
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$work/idle.yaml" <<YAML
-http: { listen: 127.0.0.1:$port }
-store: { path: $work/data }
-YAML
-(cd "$work" && exec "$OLDPWD/target/release/sidelight" run --config idle.yaml 2>"$work/agent.log") &
+# The embedded defaults themselves (no --config): /metrics on 127.0.0.1:9464, the OTLP receivers
+# on 4317 / 4318, the log source on ./logs/*.log and the store in ./sidelight-data, all under a
+# fresh working directory. The three ports must be free.
+port=9464
+for p in 9464 4317 4318; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    echo "bench/idle.sh: port $p is in use; the embedded defaults need 9464, 4317 and 4318" >&2
+    exit 1
+  fi
+done
+mkdir -p "$work/logs"
+(cd "$work" && exec "$OLDPWD/target/release/sidelight" run 2>"$work/agent.log") &
 pid=$!
 sleep 2
 tps=$(getconf CLK_TCK)

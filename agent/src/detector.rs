@@ -33,7 +33,7 @@ use crate::config::{ConfigError, DoraConfig, duration};
 use crate::dora::regression::{RegressionConfig, RegressionError};
 use crate::dora::telemetry::{Action, Conclusion, SamplingConfig, Tracker, incident_id};
 use crate::dora::{Deployment, Incident, UnixSeconds};
-use crate::hub::{Hub, unix_now};
+use crate::hub::Hub;
 use crate::store::IncidentChange;
 
 // ---------------------------------------------------------------------------------------------
@@ -414,7 +414,10 @@ async fn run(hub: Arc<Hub>, sm: SpanMetrics, cancel: CancellationToken) {
         if !r.enabled {
             continue;
         }
-        for action in hub.detector().sample(unix_now(), &sm, r) {
+        // The alert clock, not the raw wall clock: after a step back, sample times keep
+        // advancing (the rings and the watches' windows are read in time order).
+        let now = crate::alerting::now_ms().div_euclid(1000);
+        for action in hub.detector().sample(now, &sm, r) {
             match hub.record_incident(change(&action)).await {
                 Ok(_) => {
                     match &action {

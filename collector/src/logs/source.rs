@@ -389,6 +389,7 @@ impl LogSource {
         let mut next_scan = Instant::now();
         let mut next_checkpoint = Instant::now() + tuning.checkpoint_interval;
         let mut rescan = true;
+        let mut checkpoint_failing = false;
         loop {
             while let Ok(seq) = acks.try_recv() {
                 tailer.acked(seq);
@@ -420,8 +421,22 @@ impl LogSource {
             }
             tailer.tick(last_poll);
             tailer.poll(last_poll);
-            if checkpoint && let Err(e) = tailer.write_checkpoint() {
-                tracing::warn!(error = %e, "log checkpoint write failed; retrying");
+            if checkpoint {
+                // Counted every time (`sidelight_log_checkpoint_write_errors_total`), logged
+                // when it starts failing and when it works again: a full disk is not worth a
+                // warning a second.
+                match tailer.write_checkpoint() {
+                    Err(e) if !checkpoint_failing => {
+                        checkpoint_failing = true;
+                        tracing::warn!(source = %name, error = %e, "log checkpoint write failed; retrying every checkpoint interval");
+                    }
+                    Err(_) => {}
+                    Ok(()) if checkpoint_failing => {
+                        checkpoint_failing = false;
+                        tracing::info!(source = %name, "log checkpoint written again");
+                    }
+                    Ok(()) => {}
+                }
             }
             if let Some(batch) = tailer.take_batch() {
                 // Blocks while the channel is full (the files are the buffer). A stopping

@@ -915,7 +915,9 @@ fn ratio(part: u64, whole: u64) -> Option<f64> {
 }
 
 /// The `q`-quantile (0..=1) of `values`, interpolating linearly between closest ranks.
-/// Reorders `values` (selection, O(n), instead of a full sort).
+/// Reorders `values` (selection, O(n), instead of a full sort). The reference for
+/// [`quantile_pair`], which the report uses.
+#[cfg(test)]
 fn quantile(values: &mut [i64], q: f64) -> Option<f64> {
     let last = values.len().checked_sub(1)?;
     let rank = q * last as f64;
@@ -928,6 +930,52 @@ fn quantile(values: &mut [i64], q: f64) -> Option<f64> {
     };
     let (a, b) = (a as f64, b as f64);
     Some(a + (b - a) * (rank - lo as f64))
+}
+
+/// [`quantile`] at `lower` and then at `upper` (`lower <= upper`), with one selection
+/// for both: the upper rank is searched only among the values above the lower one.
+/// Reorders `values`.
+fn quantile_pair(values: &mut [i64], lower: f64, upper: f64) -> (Option<f64>, Option<f64>) {
+    let Some(last) = values.len().checked_sub(1) else {
+        return (None, None);
+    };
+    let rank = lower * last as f64;
+    let lo = rank.floor() as usize;
+    let (_, &mut a, above) = values.select_nth_unstable(lo);
+    let next_above = |above: &[i64], a: i64| above.iter().copied().min().unwrap_or(a);
+    let b = if rank > lo as f64 {
+        next_above(above, a)
+    } else {
+        a
+    };
+    let first = interpolate(a, b, rank, lo);
+    let upper_rank = upper * last as f64;
+    let upper_lo = (upper_rank.floor() as usize).max(lo);
+    let second = if upper_lo == lo {
+        let b = if upper_rank > lo as f64 {
+            next_above(above, a)
+        } else {
+            a
+        };
+        interpolate(a, b, upper_rank, lo)
+    } else {
+        // `above` holds the values of ranks lo + 1.., in some order.
+        let (_, &mut a, above) = above.select_nth_unstable(upper_lo - lo - 1);
+        let b = if upper_rank > upper_lo as f64 {
+            next_above(above, a)
+        } else {
+            a
+        };
+        interpolate(a, b, upper_rank, upper_lo)
+    };
+    (Some(first), Some(second))
+}
+
+/// `a + (b - a) × (rank - lo)`: linear interpolation between the values of ranks `lo`
+/// and `lo + 1`.
+fn interpolate(a: i64, b: i64, rank: f64, lo: usize) -> f64 {
+    let (a, b) = (a as f64, b as f64);
+    a + (b - a) * (rank - lo as f64)
 }
 
 fn quantile_f64(sorted: &[f64], q: f64) -> f64 {
@@ -991,6 +1039,10 @@ impl Tally {
         window: Window,
     ) -> ServiceReport {
         let deployments = self.deployments;
+        let (lead_time_median_seconds, lead_time_p90_seconds) =
+            quantile_pair(&mut self.leads, 0.5, 0.9);
+        let (recovery_time_median_seconds, recovery_time_p90_seconds) =
+            quantile_pair(&mut self.recoveries, 0.5, 0.9);
         ServiceReport {
             service: service.to_owned(),
             environment: environment.to_owned(),
@@ -999,14 +1051,14 @@ impl Tally {
             deployment_frequency_class: frequency_class(&self.times, start, now),
             changes: self.leads.len() as u64,
             changes_clamped: self.clamped,
-            lead_time_median_seconds: quantile(&mut self.leads, 0.5),
-            lead_time_p90_seconds: quantile(&mut self.leads, 0.9),
+            lead_time_median_seconds,
+            lead_time_p90_seconds,
             failed_deployments: self.failed,
             change_fail_rate: ratio(self.failed, deployments),
             incidents_resolved: self.recoveries.len() as u64,
             incidents_open: self.open,
-            recovery_time_median_seconds: quantile(&mut self.recoveries, 0.5),
-            recovery_time_p90_seconds: quantile(&mut self.recoveries, 0.9),
+            recovery_time_median_seconds,
+            recovery_time_p90_seconds,
             rework_deployments: self.rework,
             rework_rate: ratio(self.rework, deployments),
         }
@@ -2030,5 +2082,41 @@ mod tests {
             "604800"
         );
         assert!(serde_json::from_str::<Window>("0").is_err());
+    }
+
+    /// The straightforward quantile: sort a copy, interpolate between closest ranks.
+    fn sorted_quantile(values: &[i64], q: f64) -> Option<f64> {
+        let mut sorted = values.to_vec();
+        sorted.sort_unstable();
+        let last = sorted.len().checked_sub(1)?;
+        let rank = q * last as f64;
+        let lo = rank.floor() as usize;
+        let a = sorted[lo];
+        let b = if rank > lo as f64 { sorted[lo + 1] } else { a };
+        Some(interpolate(a, b, rank, lo))
+    }
+
+    proptest::proptest! {
+        /// The one-selection pair the report uses gives exactly (bit for bit) what two
+        /// separate selections and a full sort give.
+        #[test]
+        fn quantile_pair_matches_sorted_reference(
+            values in proptest::collection::vec(-50_i64..50, 0..300),
+            lower in 0.0_f64..=1.0,
+            spread in 0.0_f64..=1.0,
+        ) {
+            let upper = (lower + (1.0 - lower) * spread).min(1.0);
+            for (l, u) in [(0.5, 0.9), (lower, upper), (lower, lower), (0.0, 1.0)] {
+                let want = (sorted_quantile(&values, l), sorted_quantile(&values, u));
+                let mut separate = values.clone();
+                let first = quantile(&mut separate, l);
+                let second = quantile(&mut separate, u);
+                let bits = |x: Option<f64>| x.map(f64::to_bits);
+                proptest::prop_assert_eq!((bits(first), bits(second)), (bits(want.0), bits(want.1)));
+                let mut paired = values.clone();
+                let got = quantile_pair(&mut paired, l, u);
+                proptest::prop_assert_eq!((bits(got.0), bits(got.1)), (bits(want.0), bits(want.1)));
+            }
+        }
     }
 }

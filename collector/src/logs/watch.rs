@@ -279,18 +279,20 @@ pub fn wait(waker: &Waker, events: Option<&DirWatch>, until: Instant) -> Woken {
             tv_sec: i64::MAX,
             tv_nsec: 0,
         });
-        let mut fds = Vec::with_capacity(2);
-        fds.push(PollFd::new(&*waker.fd, PollFlags::IN));
-        if let Some(w) = events {
-            fds.push(PollFd::new(w, PollFlags::IN));
-        }
-        match poll(&mut fds, Some(&timeout)) {
+        // No allocation per wait: the second slot is only polled with a watch.
+        let second = PollFd::new(&*waker.fd, PollFlags::IN);
+        let mut fds = [
+            PollFd::new(&*waker.fd, PollFlags::IN),
+            events.map_or(second, |w| PollFd::new(w, PollFlags::IN)),
+        ];
+        let n = if events.is_some() { 2 } else { 1 };
+        match poll(&mut fds[..n], Some(&timeout)) {
             Ok(0) => return Woken::Timeout,
             Ok(_) => {
                 if !fds[0].revents().is_empty() {
                     return Woken::Waker;
                 }
-                if fds.get(1).is_some_and(|f| !f.revents().is_empty()) {
+                if n == 2 && !fds[1].revents().is_empty() {
                     return Woken::Events;
                 }
             }

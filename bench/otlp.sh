@@ -14,6 +14,10 @@
 # Env:   COMPRESSION=gzip|zstd|none (export.otlp.compression; default: the agent's default)
 #        LEVEL=N (export.otlp.compression_level), BATCHES="100 512", RATE=10000, WARMUP=3
 #        AGENT_BIN=path (another build of the agent, e.g. to compare before/after in one run)
+#        CLIENT=grpcio|tonic: the fixed-rate sender. grpcio (default when .venv has it: the
+#        transport of Python's OTLP exporter) writes a request's frames together, as a Python
+#        service does; tonic (the Rust load tool) writes HEADERS and each DATA frame separately,
+#        which wakes the agent about twice per request. Saturation always uses the Rust tool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}; sat=${2:-10}; fixed=${3:-20}
@@ -24,6 +28,17 @@ cargo build --release --quiet -p sidelight-collector --example otlp_load
 agent_bin=${AGENT_BIN:-$target/release/sidelight}
 load_bin=$target/release/examples/otlp_load
 work=$(mktemp -d)
+python=$PWD/.venv/bin/python
+client=${CLIENT:-}
+if [ -z "$client" ]; then
+  if [ -x "$python" ] && "$python" -c 'import grpc' 2>/dev/null; then client=grpcio; else client=tonic; fi
+fi
+case $client in
+  grpcio) "$load_bin" dump --spans 100 --out "$work/req100.bin" ;;
+  tonic) ;;
+  *) echo "bench/otlp.sh: CLIENT must be grpcio or tonic" >&2; exit 64 ;;
+esac
+echo "fixed-rate client: $client"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
@@ -101,8 +116,14 @@ PY
 
     # Fixed rate, on a fresh agent.
     start_pair
-    "$load_bin" send --target "http://$grpc" --spans "$b" --rate "$rate" \
-      --duration $((warmup + fixed + 1)) > "$work/send.json" &
+    if [ "$client" = grpcio ]; then
+      [ -f "$work/req$b.bin" ] || "$load_bin" dump --spans "$b" --out "$work/req$b.bin"
+      "$python" bench/otlp_grpc_send.py "$work/req$b.bin" "$grpc" "$b" "$rate" \
+        $((warmup + fixed + 1)) > "$work/send.json" &
+    else
+      "$load_bin" send --target "http://$grpc" --spans "$b" --rate "$rate" \
+        --duration $((warmup + fixed + 1)) > "$work/send.json" &
+    fi
     spid=$!
     sleep "$warmup"
     c0=$(cpu_ticks "$agent_pid"); s0=$(sink_spans); t0=$(now); max_rss=0; sum_rss=0; n=0
@@ -125,10 +146,10 @@ PY
   done
 done
 
-python3 - "$results" "$rate" "${COMPRESSION:-default}" "${LEVEL:-default}" <<'PY'
+python3 - "$results" "$rate" "${COMPRESSION:-default}" "${LEVEL:-default}" "$client" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
-print(f"\nmedians of the runs (compression {sys.argv[3]}, level {sys.argv[4]}):")
+print(f"\nmedians of the runs (compression {sys.argv[3]}, level {sys.argv[4]}, fixed-rate client {sys.argv[5]}):")
 for b in sorted({r[1] for r in rows}, key=int):
     sat = [r for r in rows if r[0] == "sat" and r[1] == b]
     fx = [r for r in rows if r[0] == "fixed" and r[1] == b]

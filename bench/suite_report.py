@@ -88,11 +88,15 @@ def rows(out):
         sat = find(rf"^batch\s+{b}: saturation ([\d,]+) spans/s", otlp)
         add(f"OTLP/gRPC ingest+forward, batches of {b}", sat, " spans/s per core", "≥ 300,000",
             lambda v: v >= 300_000, "{:,.0f}")
+    client = re.search(r"fixed-rate client (\w+)", otlp or "")
+    sender = f", {client.group(1)} client" if client else ""
     for b in (100, 512):
         c = find(rf"^batch\s+{b}: .*CPU ([\d.]+) %", otlp)
         m = find(rf"^batch\s+{b}: .*RSS mean ([\d.]+) MiB", otlp)
-        add(f"10k spans/s (batches of {b}): CPU", c, " % of a core", "≤ 3 %", lambda v: v <= 3)
-        add(f"10k spans/s (batches of {b}): RSS", m, " MiB", "≤ 20 MiB", lambda v: v <= 20, "{:.1f}")
+        add(f"10k spans/s (batches of {b}{sender}): CPU", c, " % of a core", "≤ 3 %",
+            lambda v: v <= 3)
+        add(f"10k spans/s (batches of {b}{sender}): RSS", m, " MiB", "≤ 20 MiB",
+            lambda v: v <= 20, "{:.1f}")
 
     alerts = read(out, "alerts.txt")
     add("Rule evaluation, 200 rules / 10k series", find(r"full cycle.*?median ([\d.]+) ms", alerts),

@@ -8,6 +8,9 @@
 //!   codec that writes the bytes as they are; at saturation (no `--rate`) from
 //!   `connections × in-flight` concurrent calls, at a fixed rate from one paced caller. Prints
 //!   one JSON line at the end: `{"ok_spans":..,"refused_requests":..,"wall_s":..}`.
+//! - `otlp_load dump --spans 100 --out FILE`: writes the same 64 pre-encoded requests, each
+//!   prefixed by its length (u32, little-endian), for `bench/otlp_grpc_send.py`, which sends them
+//!   through grpcio (the transport of Python's OpenTelemetry exporter) at a fixed rate.
 //! - `otlp_load sink --listen 127.0.0.1:0 --count-file F`: a TraceService and LogsService that
 //!   count spans and log records without decoding them (a walk over the protobuf tags), answer
 //!   OK, and rewrite `F` every 100 ms with `spans requests log_records` — the downstream of the agent's exporter, cheap enough not to
@@ -254,8 +257,26 @@ struct SendArgs {
     in_flight: usize,
 }
 
+/// How many distinct requests a sender cycles through.
+const DISTINCT_REQUESTS: usize = 64;
+
+fn dump(spans: usize, out: &str) -> Result<(), BoxError> {
+    let mut file = Vec::new();
+    for s in 0..DISTINCT_REQUESTS {
+        let body = request(spans, s);
+        file.extend_from_slice(&u32::try_from(body.len())?.to_le_bytes());
+        file.extend_from_slice(&body);
+    }
+    std::fs::write(out, file)?;
+    Ok(())
+}
+
 async fn send(a: SendArgs) -> Result<(), BoxError> {
-    let requests: Arc<Vec<Bytes>> = Arc::new((0..64).map(|s| request(a.spans, s)).collect());
+    let requests: Arc<Vec<Bytes>> = Arc::new(
+        (0..DISTINCT_REQUESTS)
+            .map(|s| request(a.spans, s))
+            .collect(),
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
@@ -337,7 +358,7 @@ async fn send(a: SendArgs) -> Result<(), BoxError> {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: otlp_load send --target URL --spans N [--rate SPANS_PER_S] [--duration SECS] [--connections N] [--in-flight N]\n       otlp_load sink [--listen ADDR] [--count-file PATH]"
+        "usage: otlp_load send --target URL --spans N [--rate SPANS_PER_S] [--duration SECS] [--connections N] [--in-flight N]\n       otlp_load dump --spans N --out FILE\n       otlp_load sink [--listen ADDR] [--count-file PATH]"
     );
     std::process::exit(64)
 }
@@ -380,6 +401,10 @@ fn main() {
             connections: num("connections", 4.0) as usize,
             in_flight: num("in-flight", 4.0) as usize,
         })),
+        "dump" => dump(
+            num("spans", 100.0) as usize,
+            opts.get("out").map_or("requests.bin", String::as_str),
+        ),
         "sink" => rt.block_on(sink(
             opts.get("listen")
                 .map(|v| v.parse().unwrap_or_else(|_| usage()))

@@ -35,7 +35,7 @@ const HANDOFF_BATCHES: usize = 4;
 struct Deliver {
     intake: Intake,
     resource: LogResource,
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::Sender<Box<Pending>>,
     /// Deliveries sent to the consumer and not finished yet (the consumer counts down).
     with_consumer: Arc<AtomicUsize>,
 }

@@ -798,7 +798,7 @@ impl Intake {
     /// completed with [`finish`](Self::finish) (which waits); the queues that took it keep
     /// their shares, so nothing is pushed twice and the receipt still fires only once every
     /// sink has it. A refusal here is not counted: the caller waits instead of giving up.
-    pub fn try_deliver(&self, payload: Payload, receipt: Receipt) -> Result<(), Pending> {
+    pub fn try_deliver(&self, payload: Payload, receipt: Receipt) -> Result<(), Box<Pending>> {
         let signal = payload.signal();
         let queues = self.queues(signal);
         if queues.is_empty() {
@@ -813,12 +813,12 @@ impl Intake {
             };
             let (env, rest) = envelope_for(i + 1 == queues.len(), payload, receipt, bytes);
             if let Err(e) = q.push_now(env) {
-                return Err(Pending {
+                return Err(Box::new(Pending {
                     signal,
                     at: i,
                     next: e.into_envelope(),
                     rest,
-                });
+                }));
             }
             carry = rest;
         }
@@ -828,7 +828,7 @@ impl Intake {
     /// A delivery not even tried now, for [`finish`](Self::finish) (behind an earlier one
     /// that is still pending, to keep their order). `Ok` when nothing forwards the signal (the
     /// receipt is completed then).
-    pub fn defer(&self, payload: Payload, receipt: Receipt) -> Result<(), Pending> {
+    pub fn defer(&self, payload: Payload, receipt: Receipt) -> Result<(), Box<Pending>> {
         let signal = payload.signal();
         let queues = self.queues(signal);
         if queues.is_empty() {
@@ -837,24 +837,24 @@ impl Intake {
         }
         let bytes = payload.encoded_len();
         let (next, rest) = envelope_for(queues.len() == 1, payload, receipt, bytes);
-        Err(Pending {
+        Err(Box::new(Pending {
             signal,
             at: 0,
             next,
             rest,
-        })
+        }))
     }
 
     /// Completes a [`try_deliver`](Self::try_deliver) that could not finish: waits for room in
     /// the queue that refused, then goes on with the rest. `Err` as for
     /// [`deliver`](Self::deliver).
-    pub async fn finish(&self, pending: Pending) -> Result<(), Refused> {
+    pub async fn finish(&self, pending: Box<Pending>) -> Result<(), Refused> {
         let Pending {
             signal,
             at,
             next,
             rest,
-        } = pending;
+        } = *pending;
         let closed = |_| Refused::Closed(signal);
         let Some(q) = self.queues(signal).get(at) else {
             return Err(Refused::Closed(signal));

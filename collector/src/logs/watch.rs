@@ -84,7 +84,7 @@ fn is_remote(dir: &Path) -> bool {
     rustix::fs::statfs(dir).is_ok_and(|st| {
         REMOTE_FS
             .iter()
-            .any(|&m| rustix::fs::FsWord::try_from(m).is_ok_and(|m| m == st.f_type))
+            .any(|&m| rustix::fs::FsWord::from(m) == st.f_type)
     })
 }
 

@@ -1,7 +1,11 @@
-//! Runs the configured log sources. Per source: the tailer task (`LogSource::run`) and a consumer
-//! task that turns each batch into an OTLP logs request and hands it to the intake with a
-//! receipt; the receipt acknowledges the tailer's batch once every sink has the records, and only
-//! then can the batch's offsets reach the checkpoint.
+//! Runs the configured log sources. Per source: the tailer (`LogSource::run`, on a thread of its
+//! own) turns each batch into an OTLP logs request and hands it to the intake with a receipt; the
+//! receipt acknowledges the tailer's batch once every sink has the records, and only then can the
+//! batch's offsets reach the checkpoint. When a sink's queue has no room, the rest of the
+//! delivery goes to a consumer task, which waits for room (the tailer waits behind it: the files
+//! are the buffer). Delivering from the tailer's thread spares the agent's main thread a wake-up
+//! per batch; while anything is with the consumer, later batches follow it there, so the sinks
+//! see the batches in order.
 //!
 //! On SIGHUP, sources whose configuration changed are stopped (their final checkpoint is written)
 //! and started again with the new one; removed sources stop, new ones start. The others keep
@@ -10,9 +14,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use sidelight_collector::logs::{LogResource, LogSource, LogSourceConfig, LogStats, to_request};
-use sidelight_collector::pipeline::{Intake, Payload, Receipt};
+use sidelight_collector::logs::{
+    Batch, ConsumerGone, Handoff, LogResource, LogSource, LogSourceConfig, LogStats, to_request,
+};
+use sidelight_collector::pipeline::{Intake, Payload, Pending, Receipt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,8 +27,40 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::http::Readiness;
 
-/// Batches in flight between a tailer and its consumer (each ≤ `tail.batch_max_bytes`).
+/// Deliveries waiting between a tailer and its consumer (each ≤ `tail.batch_max_bytes`).
 const HANDOFF_BATCHES: usize = 4;
+
+/// The tailer's end: delivers on the tailer's thread when every sink has room now, else hands
+/// the rest of the delivery to the consumer task.
+struct Deliver {
+    intake: Intake,
+    resource: LogResource,
+    tx: mpsc::Sender<Box<Pending>>,
+    /// Deliveries sent to the consumer and not finished yet (the consumer counts down).
+    with_consumer: Arc<AtomicUsize>,
+}
+
+impl Handoff for Deliver {
+    fn hand_off(&mut self, batch: Batch) -> Result<(), ConsumerGone> {
+        let (records, ack) = batch.into_parts();
+        let payload = Payload::Logs(to_request(records, &self.resource));
+        let receipt = Receipt::new(move || ack.ack());
+        let pending = if self.with_consumer.load(Ordering::Acquire) == 0 {
+            match self.intake.try_deliver(payload, receipt) {
+                Ok(()) => return Ok(()),
+                Err(pending) => pending,
+            }
+        } else {
+            // An earlier batch is still on its way: this one goes behind it.
+            match self.intake.defer(payload, receipt) {
+                Ok(()) => return Ok(()),
+                Err(pending) => pending,
+            }
+        };
+        self.with_consumer.fetch_add(1, Ordering::AcqRel);
+        self.tx.blocking_send(pending).map_err(|_| ConsumerGone)
+    }
+}
 
 /// What the log supervisor needs from the agent.
 pub struct LogContext {
@@ -116,34 +155,41 @@ fn start(
         resource = resource.with(k, v);
     }
     let (tx, mut rx) = mpsc::channel(HANDOFF_BATCHES);
+    let with_consumer = Arc::new(AtomicUsize::new(0));
+    let deliver = Deliver {
+        intake: ctx.intake.clone(),
+        resource,
+        tx,
+        with_consumer: with_consumer.clone(),
+    };
     let name = config.source.clone();
     let store = ctx.store.clone();
     let tailer_cancel = cancel.clone();
     let tailer = tokio::spawn(async move {
-        if let Err(e) = source.run(tx, store, tailer_cancel).await {
+        if let Err(e) = source.run(deliver, store, tailer_cancel).await {
             tracing::error!(source = %name, error = %e, "log source stopped with an error");
         }
     });
     let intake = ctx.intake.clone();
     let consumer_cancel = cancel.clone();
     let consumer = tokio::spawn(async move {
-        // Ends when the tailer closes the channel (it stopped); batches still in the channel
-        // are delivered first, so the tailer's drain can collect their acknowledgements.
-        while let Some(batch) = rx.recv().await {
-            let (records, ack) = batch.into_parts();
-            let request = to_request(records, &resource);
-            let receipt = Receipt::new(move || ack.ack());
+        // Ends when the tailer drops its sender (it stopped); deliveries still in the channel
+        // are finished first, so the tailer's drain can collect their acknowledgements. On a
+        // break, the count stays up: the tailer sends everything here, and the closed channel
+        // stops it.
+        while let Some(pending) = rx.recv().await {
             tokio::select! {
                 biased;
-                delivered = intake.deliver(Payload::Logs(request), receipt) => {
+                delivered = intake.finish(pending) => {
                     if delivered.is_err() {
                         break;
                     }
                 }
-                // Stopping while every sink is full: the batch stays unacknowledged and is
-                // read again after the restart.
+                // Stopping while a sink is full: the batch stays unacknowledged and is read
+                // again after the restart.
                 () = consumer_cancel.cancelled() => break,
             }
+            with_consumer.fetch_sub(1, Ordering::AcqRel);
         }
     });
     Ok(Running {

@@ -563,14 +563,22 @@ impl Queue {
 
     /// Takes the envelope if there is room now; refuses (and counts) otherwise.
     pub fn try_push(&self, env: Envelope) -> Result<(), PushError> {
+        let pushed = self.push_now(env);
+        if matches!(pushed, Err(PushError::Full(_))) {
+            self.stats.refused.get_or_create(&self.label).inc();
+        }
+        pushed
+    }
+
+    /// [`try_push`](Self::try_push) without counting a refusal: for a producer that waits for
+    /// room instead when there is none.
+    fn push_now(&self, env: Envelope) -> Result<(), PushError> {
         let limits = self.limits();
         let mut state = self.state.lock();
         if state.closed {
             return Err(PushError::Closed(env));
         }
         if !Self::fits(&state, limits, env.bytes) {
-            drop(state);
-            self.stats.refused.get_or_create(&self.label).inc();
             return Err(PushError::Full(env));
         }
         self.enqueue(&mut state, env);
@@ -776,11 +784,104 @@ impl Intake {
     /// (the agent is stopping), so the receipt never fires.
     pub async fn deliver(&self, payload: Payload, receipt: Receipt) -> Result<(), Refused> {
         let signal = payload.signal();
-        let Some((last, rest)) = self.queues(signal).split_last() else {
+        if !self.forwards(signal) {
             receipt.complete();
             return Ok(());
-        };
+        }
         let bytes = payload.encoded_len();
+        self.push_from(0, payload, receipt, bytes).await
+    }
+
+    /// [`deliver`](Self::deliver) without waiting, for a source on a thread of its own (the
+    /// log tailer): hands the payload to every sink's queue that has room now, in order, and
+    /// stops at the first that has none (or is closed). What is left is returned, to be
+    /// completed with [`finish`](Self::finish) (which waits); the queues that took it keep
+    /// their shares, so nothing is pushed twice and the receipt still fires only once every
+    /// sink has it. A refusal here is not counted: the caller waits instead of giving up.
+    pub fn try_deliver(&self, payload: Payload, receipt: Receipt) -> Result<(), Box<Pending>> {
+        let signal = payload.signal();
+        let queues = self.queues(signal);
+        if queues.is_empty() {
+            receipt.complete();
+            return Ok(());
+        }
+        let bytes = payload.encoded_len();
+        let mut carry = Some((payload, receipt));
+        for (i, q) in queues.iter().enumerate() {
+            let Some((payload, receipt)) = carry.take() else {
+                break;
+            };
+            let (env, rest) = envelope_for(i + 1 == queues.len(), payload, receipt, bytes);
+            if let Err(e) = q.push_now(env) {
+                return Err(Box::new(Pending {
+                    signal,
+                    at: i,
+                    next: e.into_envelope(),
+                    rest,
+                }));
+            }
+            carry = rest;
+        }
+        Ok(())
+    }
+
+    /// A delivery not even tried now, for [`finish`](Self::finish) (behind an earlier one
+    /// that is still pending, to keep their order). `Ok` when nothing forwards the signal (the
+    /// receipt is completed then).
+    pub fn defer(&self, payload: Payload, receipt: Receipt) -> Result<(), Box<Pending>> {
+        let signal = payload.signal();
+        let queues = self.queues(signal);
+        if queues.is_empty() {
+            receipt.complete();
+            return Ok(());
+        }
+        let bytes = payload.encoded_len();
+        let (next, rest) = envelope_for(queues.len() == 1, payload, receipt, bytes);
+        Err(Box::new(Pending {
+            signal,
+            at: 0,
+            next,
+            rest,
+        }))
+    }
+
+    /// Completes a [`try_deliver`](Self::try_deliver) that could not finish: waits for room in
+    /// the queue that refused, then goes on with the rest. `Err` as for
+    /// [`deliver`](Self::deliver).
+    pub async fn finish(&self, pending: Box<Pending>) -> Result<(), Refused> {
+        let Pending {
+            signal,
+            at,
+            next,
+            rest,
+        } = *pending;
+        let closed = |_| Refused::Closed(signal);
+        let Some(q) = self.queues(signal).get(at) else {
+            return Err(Refused::Closed(signal));
+        };
+        let bytes = next.bytes;
+        q.push(next).await.map_err(closed)?;
+        match rest {
+            Some((payload, receipt)) => self.push_from(at + 1, payload, receipt, bytes).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for room in each queue of the payload's signal from `from` on and pushes it there,
+    /// the receipt itself going to the last one.
+    async fn push_from(
+        &self,
+        from: usize,
+        payload: Payload,
+        receipt: Receipt,
+        bytes: usize,
+    ) -> Result<(), Refused> {
+        let signal = payload.signal();
+        let closed = |_| Refused::Closed(signal);
+        let Some((last, rest)) = self.queues(signal).get(from..).and_then(<[_]>::split_last) else {
+            // No queue left to hold the receipt: the intake changed under a pending delivery.
+            return Err(Refused::Closed(signal));
+        };
         for q in rest {
             q.push(Envelope::with_bytes(
                 payload.clone(),
@@ -788,12 +889,39 @@ impl Intake {
                 bytes,
             ))
             .await
-            .map_err(|_| Refused::Closed(signal))?;
+            .map_err(closed)?;
         }
         last.push(Envelope::with_bytes(payload, receipt, bytes))
             .await
-            .map_err(|_| Refused::Closed(signal))
+            .map_err(closed)
     }
+}
+
+/// The envelope for one sink's queue, with a share of the receipt, and what is left for the
+/// queues after it; the last queue gets the payload and the receipt themselves.
+fn envelope_for(
+    last: bool,
+    payload: Payload,
+    receipt: Receipt,
+    bytes: usize,
+) -> (Envelope, Option<(Payload, Receipt)>) {
+    if last {
+        (Envelope::with_bytes(payload, receipt, bytes), None)
+    } else {
+        let env = Envelope::with_bytes(payload.clone(), receipt.share(), bytes);
+        (env, Some((payload, receipt)))
+    }
+}
+
+/// What an [`Intake::try_deliver`] could not hand on without waiting (or what
+/// [`Intake::defer`] did not try): the envelope for the queue at `at` and, when more queues
+/// follow it, the payload and receipt for them. Dropping it abandons the receipt.
+#[derive(Debug)]
+pub struct Pending {
+    signal: Signal,
+    at: usize,
+    next: Envelope,
+    rest: Option<(Payload, Receipt)>,
 }
 
 #[cfg(test)]
@@ -876,6 +1004,83 @@ mod tests {
         assert_eq!(fired.load(Ordering::SeqCst), 0, "queued, not yet sent");
         q.pop().await.expect("second").receipt.complete();
         assert_eq!(fired.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn try_deliver_takes_what_has_room_and_finish_waits_for_the_rest() {
+        let limits = QueueLimits {
+            max_items: 1,
+            max_bytes: 1 << 20,
+        };
+        let stats = QueueStats::default();
+        let a = Arc::new(Queue::new("a", limits, stats.clone()));
+        let b = Arc::new(Queue::new("b", limits, stats.clone()));
+        let intake = Intake::discard()
+            .with(Signal::Logs, a.clone())
+            .with(Signal::Logs, b.clone());
+
+        let (fired, f) = counter();
+        intake
+            .try_deliver(logs(1), Receipt::new(f))
+            .expect("room in both");
+        assert_eq!((a.depth().0, b.depth().0), (1, 1));
+        a.try_pop().expect("a").receipt.complete();
+
+        // b is full: a takes its share now, the rest waits.
+        let (fired2, f2) = counter();
+        let pending = intake
+            .try_deliver(logs(2), Receipt::new(f2))
+            .expect_err("b is full");
+        assert_eq!((a.depth().0, b.depth().0), (1, 1));
+        let refused = stats
+            .refused
+            .get_or_create(&[("queue", "b".to_owned())])
+            .get();
+        assert_eq!(refused, 0, "a refusal the caller waits out is not counted");
+        let finishing = {
+            let intake = intake.clone();
+            tokio::spawn(async move { intake.finish(pending).await })
+        };
+        b.pop().await.expect("b, first").receipt.complete();
+        assert_eq!(fired.load(Ordering::SeqCst), 1);
+        finishing.await.expect("join").expect("room in b");
+        a.pop().await.expect("a, second").receipt.complete();
+        assert_eq!(fired2.load(Ordering::SeqCst), 0, "b still holds its share");
+        let second = b.pop().await.expect("b, second");
+        assert_eq!(second.payload.items(), 2);
+        second.receipt.complete();
+        assert_eq!(fired2.load(Ordering::SeqCst), 1, "fired once, after both");
+
+        // Deferred: nothing pushed until finished, in order behind what came first.
+        let (fired3, f3) = counter();
+        let deferred = intake.defer(logs(3), Receipt::new(f3)).expect_err("sinks");
+        assert_eq!((a.depth().0, b.depth().0), (0, 0));
+        intake.finish(deferred).await.expect("room");
+        for q in [&a, &b] {
+            let env = q.pop().await.expect("deferred");
+            assert_eq!(env.payload.items(), 3);
+            env.receipt.complete();
+        }
+        assert_eq!(fired3.load(Ordering::SeqCst), 1);
+
+        // A closed queue: finishing fails and the receipt never fires.
+        let (fired4, f4) = counter();
+        a.close();
+        let pending = intake
+            .try_deliver(logs(1), Receipt::new(f4))
+            .expect_err("closed");
+        assert!(matches!(
+            intake.finish(pending).await,
+            Err(Refused::Closed(Signal::Logs))
+        ));
+        assert_eq!(fired4.load(Ordering::SeqCst), 0);
+
+        // Nothing forwards traces: taken at once.
+        let (fired5, f5) = counter();
+        Intake::discard()
+            .try_deliver(logs(1), Receipt::new(f5))
+            .expect("no sink");
+        assert_eq!(fired5.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

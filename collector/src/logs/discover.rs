@@ -40,6 +40,8 @@ pub struct Found {
     pub size: u64,
     /// The path is a directory (or another non-regular file) that a pattern matched.
     pub not_a_file: bool,
+    /// The path is a symlink (followed): the file's own directory may not be watched.
+    pub symlink: bool,
 }
 
 /// Compiled include / exclude patterns and the directories to walk.
@@ -207,6 +209,7 @@ impl Discovery {
                     ino: meta.ino(),
                     size: meta.len(),
                     not_a_file: !meta.is_file(),
+                    symlink: file_type.is_symlink(),
                     path,
                 }),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

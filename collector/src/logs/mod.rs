@@ -56,6 +56,8 @@ pub use otlp::{LogResource, to_request};
 pub use parse::{Format, ParseError, Parsed, Parser, ParserConfig};
 pub use record::{AttrValue, Attributes, ExceptionInfo, LogRecord, SpanId, TraceId};
 pub use redact::{RedactError, RedactionConfig, RedactionCounts, Redactor};
-pub use source::{LogSource, LogSourceConfig, LogSourceError, MultilineConfig, TailTuning};
+pub use source::{
+    ConsumerGone, Handoff, LogSource, LogSourceConfig, LogSourceError, MultilineConfig, TailTuning,
+};
 pub use stats::LogStats;
 pub use tail::{Ack, Batch, StartAt, TailConfig, TailError, Tailer};

@@ -48,9 +48,15 @@ impl Default for MultilineConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TailTuning {
-    /// Fallback scan for filesystems without inotify events (NFS, some overlays).
+    /// The periodic scan (new files, rotations, growth) when file events cannot be relied on:
+    /// no inotify, a directory that could not be watched, the watch cap reached, or a network
+    /// or FUSE filesystem (NFS, SMB, sshfs…), whose files change without an event here.
     #[serde(deserialize_with = "duration")]
     pub scan_interval: Duration,
+    /// The periodic scan while inotify watches every directory involved on a local
+    /// filesystem: only a safety net then (creations, renames and writes raise events).
+    #[serde(deserialize_with = "duration")]
+    pub watched_scan_interval: Duration,
     /// Acknowledged offsets are written at most this often (and on stop).
     #[serde(deserialize_with = "duration")]
     pub checkpoint_interval: Duration,
@@ -83,6 +89,7 @@ impl Default for TailTuning {
         let t = TailConfig::new("");
         Self {
             scan_interval: Duration::from_secs(1),
+            watched_scan_interval: Duration::from_secs(60),
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_expiry: t.checkpoint_expiry,
             partial_line_timeout: t.partial_line_timeout,
@@ -97,6 +104,9 @@ impl Default for TailTuning {
         }
     }
 }
+
+/// The shortest wait for a tick deadline that has already passed (see the tailer loop).
+const MIN_DEADLINE_WAIT: Duration = Duration::from_millis(10);
 
 fn yes() -> bool {
     true
@@ -214,6 +224,10 @@ impl LogSourceConfig {
         for (what, zero) in [
             ("max_line_bytes", self.max_line_bytes == 0),
             ("tail.scan_interval", t.scan_interval.is_zero()),
+            (
+                "tail.watched_scan_interval",
+                t.watched_scan_interval.is_zero(),
+            ),
             ("tail.checkpoint_interval", t.checkpoint_interval.is_zero()),
             ("tail.max_open_files", t.max_open_files == 0),
             ("tail.read_chunk_bytes", t.read_chunk_bytes == 0),
@@ -254,6 +268,25 @@ impl LogSourceConfig {
                 ..JoinerConfig::default()
             }),
         }
+    }
+}
+
+/// The consumer's end gave up: the tailer stops (the batch it held is not acknowledged).
+#[derive(Debug, thiserror::Error)]
+#[error("the log consumer is gone")]
+pub struct ConsumerGone;
+
+/// Where a source's tailer hands its batches, called on the tailer's own thread.
+pub trait Handoff: Send + 'static {
+    /// Hands `batch` on, blocking while there is no room (the files are the buffer). The
+    /// batch's acknowledgement must follow the contract of [`Batch`].
+    fn hand_off(&mut self, batch: Batch) -> Result<(), ConsumerGone>;
+}
+
+/// The plain hand-off: a bounded channel to an async consumer.
+impl Handoff for mpsc::Sender<Batch> {
+    fn hand_off(&mut self, batch: Batch) -> Result<(), ConsumerGone> {
+        self.blocking_send(batch).map_err(|_| ConsumerGone)
     }
 }
 
@@ -305,9 +338,10 @@ impl LogSource {
         &self.config.source
     }
 
-    /// Tails until `cancel`, sending batches on `tx` (bounded: a full channel pauses reading).
-    /// On cancel: stops reading, closes `tx`, waits up to `tail.drain_timeout` for the consumer
-    /// to acknowledge what it already received, writes the final checkpoint and returns.
+    /// Tails until `cancel`, handing batches to `handoff` (which blocks while there is no room:
+    /// that pauses the reading). On cancel: stops reading, drops `handoff`, waits up to
+    /// `tail.drain_timeout` for the consumer to acknowledge what it already received, writes
+    /// the final checkpoint and returns.
     /// Checkpoints live in `checkpoint_dir` (the agent's `store.path`).
     ///
     /// The tailer runs on a thread of its own for the source's lifetime (one thread per
@@ -315,7 +349,7 @@ impl LogSource {
     /// descriptor, its deadlines and the cancellation, so a read costs no thread hand-off.
     pub async fn run(
         self,
-        tx: mpsc::Sender<Batch>,
+        handoff: impl Handoff,
         checkpoint_dir: PathBuf,
         cancel: CancellationToken,
     ) -> Result<(), LogSourceError> {
@@ -337,7 +371,7 @@ impl LogSource {
         let spawned = std::thread::Builder::new()
             .name(format!("tail {name}"))
             .spawn(move || {
-                let _ = done_tx.send(self.run_blocking(tx, &checkpoint_dir, &cancel, &waker));
+                let _ = done_tx.send(self.run_blocking(handoff, &checkpoint_dir, &cancel, &waker));
             });
         if let Err(error) = spawned {
             wake_on_cancel.abort();
@@ -354,7 +388,7 @@ impl LogSource {
 
     fn run_blocking(
         self,
-        tx: mpsc::Sender<Batch>,
+        mut handoff: impl Handoff,
         checkpoint_dir: &Path,
         cancel: &CancellationToken,
         waker: &Waker,
@@ -404,12 +438,14 @@ impl LogSource {
                 rescan = true;
             }
             let now = Instant::now();
+            let mut covered = None;
             if now >= next_scan || rescan {
-                if let Some(w) = &mut watch {
-                    watch_roots(&name, w, tailer.discovery());
-                }
+                covered = Some(
+                    watch
+                        .as_mut()
+                        .is_some_and(|w| watch_roots(&name, w, tailer.discovery())),
+                );
                 rescan = true;
-                next_scan = now + tuning.scan_interval;
             }
             let checkpoint = now >= next_checkpoint;
             if checkpoint {
@@ -419,8 +455,19 @@ impl LogSource {
             if std::mem::take(&mut rescan) {
                 tailer.scan(last_poll);
             }
+            if let Some(covered) = covered {
+                // While inotify covers every directory involved, creations and writes raise
+                // events: the periodic scan is only a safety net, and an idle source sleeps.
+                // A file reached through a symlink writes into a directory not watched.
+                next_scan = now
+                    + if covered && !tailer.follows_symlinks() {
+                        tuning.watched_scan_interval
+                    } else {
+                        tuning.scan_interval
+                    };
+            }
             tailer.tick(last_poll);
-            tailer.poll(last_poll);
+            let mut found = tailer.poll(last_poll);
             if checkpoint {
                 // Counted every time (`sidelight_log_checkpoint_write_errors_total`), logged
                 // when it starts failing and when it works again: a full disk is not worth a
@@ -439,38 +486,59 @@ impl LogSource {
                 }
             }
             if let Some(batch) = tailer.take_batch() {
-                // Blocks while the channel is full (the files are the buffer). A stopping
-                // consumer drops its receiver, which ends the wait; a batch not taken is
-                // not acknowledged, so its lines are read again on restart.
-                if tx.blocking_send(batch).is_err() {
+                found = true;
+                // Blocks while there is no room (the files are the buffer). A stopping
+                // consumer gives up, which ends the wait; a batch not taken is not
+                // acknowledged, so its lines are read again on restart.
+                if handoff.hand_off(batch).is_err() {
                     if !cancel.is_cancelled() {
                         tracing::warn!(source = %name, "log consumer is gone; stopping the tailer");
                     }
                     break;
+                }
+                // A hand-off that delivered at once has acknowledged already.
+                while let Ok(seq) = acks.try_recv() {
+                    tailer.acked(seq);
                 }
             }
             if tailer.has_backlog() {
                 // More is readable now (a full batch, or a long line still without its end).
                 continue;
             }
-            let mut until = next_scan.min(next_checkpoint);
-            if let Some(d) = tailer.next_deadline() {
-                until = until.min(d);
+            let mut until = next_scan;
+            // Acknowledgements arrive without waking the tailer: while batches are out, or
+            // acknowledged offsets are not written yet, the next checkpoint is a reason to
+            // wake; once everything is written, an idle source does not wake for it.
+            if tailer.unacked_batches() > 0 || tailer.checkpoint_changed() {
+                until = until.min(next_checkpoint);
             }
-            // Wait for a reason to read again. File events are coalesced for `tail.coalesce`
-            // after the last read, so a service that logs in many small writes costs one read
-            // per window, not one per write; the kernel merges the events queued meanwhile.
+            if let Some(d) = tailer.next_deadline() {
+                // Not sooner than a moment after this read: a deadline that passed while its
+                // file keeps growing must not make the loop spin.
+                until = until.min(d.max(last_poll + MIN_DEADLINE_WAIT));
+            }
+            // copytruncate loses whatever was written between the last read and the
+            // truncation: once a source shows it, read on every event at once.
+            let coalesce = if tailer.truncate_seen() {
+                Duration::ZERO
+            } else {
+                tuning.coalesce
+            };
+            // Reads are at least `tail.coalesce` apart, so a service that logs in many small
+            // writes costs one read per window, not one per write; the kernel merges the
+            // events queued meanwhile. While the last read found something, more is likely:
+            // sleep to the end of the window and read, without waiting for an event first
+            // (one wake-up per window, not two). Only an empty read waits for an event.
+            if found && !coalesce.is_zero() {
+                if watch::wait(waker, None, until.min(last_poll + coalesce)) == Woken::Waker {
+                    break;
+                }
+                continue;
+            }
             match watch::wait(waker, watch.as_ref(), until) {
                 Woken::Waker => break,
                 Woken::Timeout => {}
                 Woken::Events => {
-                    // copytruncate loses whatever was written between the last read and
-                    // the truncation: once a source shows it, read on every event at once.
-                    let coalesce = if tailer.truncate_seen() {
-                        Duration::ZERO
-                    } else {
-                        tuning.coalesce
-                    };
                     if watch::wait(waker, None, last_poll + coalesce) == Woken::Waker {
                         break;
                     }
@@ -478,9 +546,10 @@ impl LogSource {
             }
         }
 
-        // Shutdown: close the channel, collect the acknowledgements still coming, checkpoint.
+        // Shutdown: let go of the consumer, collect the acknowledgements still coming,
+        // checkpoint.
         drop(watch);
-        drop(tx);
+        drop(handoff);
         tailer.close_acks();
         let deadline = Instant::now() + tuning.drain_timeout;
         loop {
@@ -507,12 +576,17 @@ impl LogSource {
 /// the next directory down wakes a rescan, which watches the root as soon as it is there, so the
 /// first lines of a service that creates its log directory are read at once, not at the next
 /// periodic scan.
-fn watch_roots(name: &str, watch: &mut DirWatch, discovery: &Discovery) {
+///
+/// Returns whether the events can be relied on: every root (or the ancestor it is waited for
+/// in) is watched, and [`DirWatch::reliable`].
+fn watch_roots(name: &str, watch: &mut DirWatch, discovery: &Discovery) -> bool {
+    let mut covered = true;
     for (root, recursive) in discovery.watch_roots() {
         let (dir, recursive) = if Path::new(root).is_dir() {
             (root.to_path_buf(), recursive)
         } else {
             let Some(ancestor) = root.ancestors().skip(1).find(|a| a.is_dir()) else {
+                covered = false;
                 continue;
             };
             (ancestor.to_path_buf(), false)
@@ -522,6 +596,7 @@ fn watch_roots(name: &str, watch: &mut DirWatch, discovery: &Discovery) {
         }
         let capped = watch.capped();
         if let Err(e) = watch.watch(&dir, recursive) {
+            covered = false;
             if !capped && watch.first_failure(&dir) {
                 tracing::warn!(source = %name, dir = %dir.display(), error = %e, "cannot watch directory; relying on the periodic scan");
             }
@@ -529,4 +604,5 @@ fn watch_roots(name: &str, watch: &mut DirWatch, discovery: &Discovery) {
             tracing::warn!(source = %name, dir = %dir.display(), limit = watch::MAX_WATCHES, "too many directories to watch; the rest rely on the periodic scan");
         }
     }
+    covered && watch.reliable()
 }

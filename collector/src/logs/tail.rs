@@ -226,6 +226,8 @@ pub struct Tailer {
     warned: HashSet<(PathBuf, &'static str)>,
     open_count: usize,
     scanned_once: bool,
+    /// The last scan followed a symlink to a file.
+    symlinks: bool,
     last_written: Option<Vec<Entry>>,
     buf: Vec<u8>,
     joined: Vec<Joined>,
@@ -316,6 +318,7 @@ impl Tailer {
             warned: HashSet::new(),
             open_count: 0,
             scanned_once: false,
+            symlinks: false,
             last_written: None,
             buf,
             joined: Vec::new(),
@@ -418,6 +421,7 @@ impl Tailer {
         let seen_unix = unix_now();
         let first = !self.scanned_once;
         self.scanned_once = true;
+        self.symlinks = found.iter().any(|f| f.symlink);
         for t in self.files.values_mut() {
             t.present = false;
         }
@@ -464,6 +468,12 @@ impl Tailer {
             self.rotation("moved_or_deleted");
         }
         self.update_gauges();
+    }
+
+    /// Whether the last [`scan`](Self::scan) found a file through a symlink: its writes raise
+    /// inotify events in its own directory, which may not be watched.
+    pub fn follows_symlinks(&self) -> bool {
+        self.symlinks
     }
 
     /// For a closed tracked file, whether `path` still has its content (guards inode reuse).
@@ -1032,7 +1042,9 @@ impl Tailer {
         }
     }
 
-    /// The next instant [`Tailer::tick`] has something to do.
+    /// The next instant [`Tailer::tick`] or [`Tailer::poll`] has something to do without a
+    /// file event: a joined record or a partial line to emit, an open rotated-away file to
+    /// let go (`rotate_wait` after it was seen gone).
     pub fn next_deadline(&self) -> Option<Instant> {
         self.files
             .values()
@@ -1040,6 +1052,10 @@ impl Tailer {
                 [
                     t.joiner.as_ref().and_then(Joiner::deadline),
                     t.partial_since.map(|s| s + self.cfg.partial_line_timeout),
+                    // Closed ones are let go when a stat shows they changed, not on a clock.
+                    t.orphan_since
+                        .filter(|_| !t.done && t.file.is_some())
+                        .map(|s| s + self.cfg.rotate_wait),
                 ]
             })
             .flatten()
@@ -1076,6 +1092,45 @@ impl Tailer {
             records: building.records,
             ack: Ack { seq, tx },
         })
+    }
+
+    /// Whether [`write_checkpoint`](Self::write_checkpoint) has something to write: an
+    /// acknowledged offset moved, a file came or went, a last-seen time is a minute newer than
+    /// the one written, or an entry of a file gone for the expiry is to be dropped (or nothing
+    /// was written yet). Looks at memory only, so an idle tailer can tell without a wake-up of
+    /// its own whether the next checkpoint is worth one.
+    pub fn checkpoint_changed(&self) -> bool {
+        let Some(old) = &self.last_written else {
+            return true;
+        };
+        let now = unix_now();
+        let expiry = self.cfg.checkpoint_expiry.as_secs();
+        if self
+            .stale
+            .iter()
+            .any(|e| e.seen_unix.saturating_add(expiry) < now)
+        {
+            return true;
+        }
+        let current = self
+            .files
+            .values()
+            .map(|t| (t.dev, t.ino, t.fp, t.acked_offset, &t.path, t.seen_unix))
+            .chain(
+                self.stale
+                    .iter()
+                    .map(|e| (e.dev, e.ino, e.fingerprint, e.offset, &e.path, e.seen_unix)),
+            );
+        let mut n = 0;
+        for (b, a) in current.zip(old.iter()) {
+            n += 1;
+            if (a.dev, a.ino, a.fingerprint, a.offset, &a.path) != (b.0, b.1, b.2, b.3, b.4)
+                || b.5.saturating_sub(a.seen_unix) >= 60
+            {
+                return true;
+            }
+        }
+        n != old.len() || n != self.files.len() + self.stale.len()
     }
 
     /// Writes the acknowledged offsets if they changed (or once a minute, to refresh the
@@ -1304,6 +1359,59 @@ mod tests {
         h.append("a.log", "\nnext\n");
         let mut t = h.tailer();
         assert_eq!(h.pump(&mut t, true), lines(&["next"]));
+    }
+
+    #[test]
+    fn an_idle_tailer_knows_when_the_checkpoint_has_nothing_new() {
+        let mut h = H::new(&["app.log"]);
+        // Longer than the fingerprint, so growing the file does not change its identity.
+        let first = "1".repeat(300);
+        h.append("app.log", &format!("{first}\n"));
+        let mut t = h.tailer();
+        assert!(t.checkpoint_changed(), "nothing written yet");
+        assert_eq!(h.pump(&mut t, false), vec![first]);
+        t.write_checkpoint().expect("test setup");
+        assert!(
+            !t.checkpoint_changed(),
+            "read, not acknowledged: no offset moved"
+        );
+        h.append("app.log", "2\n");
+        assert_eq!(h.pump(&mut t, true), lines(&["2"]));
+        assert!(
+            !t.checkpoint_changed(),
+            "the first batch is unacknowledged: the offset waits behind it"
+        );
+        drop(t);
+        let mut t = h.tailer();
+        h.pump(&mut t, true);
+        assert!(t.checkpoint_changed(), "acknowledged");
+        t.write_checkpoint().expect("test setup");
+        assert!(!t.checkpoint_changed());
+        fs::remove_file(h.path("app.log")).expect("test setup");
+        h.pump(&mut t, true);
+        assert!(t.checkpoint_changed(), "the file went");
+        t.write_checkpoint().expect("test setup");
+        assert!(!t.checkpoint_changed());
+    }
+
+    #[test]
+    fn an_open_rotated_away_file_has_a_deadline_and_symlinks_are_reported() {
+        let mut h = H::new(&["app.log", "link.log"]);
+        h.append("app.log", "1\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["1"]));
+        assert_eq!(t.next_deadline(), None);
+        assert!(!t.follows_symlinks());
+        fs::rename(h.path("app.log"), h.path("app.log.1")).expect("test setup");
+        let seen = h.now + Duration::from_secs(1);
+        t.scan(seen);
+        assert_eq!(t.next_deadline(), Some(seen + h.cfg.rotate_wait));
+        t.poll(seen + h.cfg.rotate_wait);
+        assert_eq!(t.open_files(), 0, "let go at the deadline");
+        assert_eq!(t.next_deadline(), None);
+        std::os::unix::fs::symlink(h.path("app.log.1"), h.path("link.log")).expect("test setup");
+        t.scan(h.now);
+        assert!(t.follows_symlinks());
     }
 
     #[test]

@@ -54,6 +54,38 @@ pub struct DirWatch {
     capped: bool,
     /// Directories that could not be watched (each warned about once).
     failed: HashSet<PathBuf>,
+    /// Set once a subdirectory of a recursive watch could not be watched.
+    incomplete: bool,
+    /// Watches on network or FUSE filesystems, where inotify sees only this host's changes.
+    remote: HashSet<i32>,
+}
+
+/// Filesystems whose files can change without an inotify event here (the change is made by
+/// another host, or by a userspace daemon): NFS, SMB/CIFS, FUSE (sshfs, virtiofs, s3fs…),
+/// 9p, Ceph, AFS, Coda, GFS2, OCFS2, Lustre, VirtualBox shared folders.
+const REMOTE_FS: [u32; 14] = [
+    0x0000_6969, // NFS
+    0x0000_517B, // SMB
+    0xFF53_4D42, // CIFS
+    0xFE53_4D42, // SMB2
+    0x6573_5546, // FUSE
+    0x0102_1997, // 9p
+    0x00C3_6400, // Ceph
+    0x5346_414F, // AFS
+    0x6B41_4653, // kAFS
+    0x7375_7245, // Coda
+    0x0116_1970, // GFS2
+    0x7461_636F, // OCFS2
+    0x0BD0_0BD0, // Lustre
+    0x786F_4256, // vboxsf
+];
+
+fn is_remote(dir: &Path) -> bool {
+    rustix::fs::statfs(dir).is_ok_and(|st| {
+        REMOTE_FS
+            .iter()
+            .any(|&m| rustix::fs::FsWord::from(m) == st.f_type)
+    })
 }
 
 /// Data written, attributes changed, entries created, removed or renamed, the directory itself
@@ -81,6 +113,8 @@ impl DirWatch {
             buf: vec![MaybeUninit::uninit(); 16 * 1024],
             capped: false,
             failed: HashSet::new(),
+            incomplete: false,
+            remote: HashSet::new(),
         })
     }
 
@@ -114,8 +148,11 @@ impl DirWatch {
                 for entry in entries.flatten() {
                     if entry.file_type().is_ok_and(|t| t.is_dir()) {
                         let sub = entry.path();
-                        if self.add(&sub, true).is_ok() {
-                            stack.push(sub);
+                        match self.add(&sub, true) {
+                            Ok(()) => stack.push(sub),
+                            // Gone already: nothing left to miss.
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(_) => self.incomplete = true,
                         }
                     }
                 }
@@ -132,6 +169,13 @@ impl DirWatch {
     /// Whether the watch count reached [`MAX_WATCHES`] (once set, stays set).
     pub fn capped(&self) -> bool {
         self.capped
+    }
+
+    /// Whether the events can be relied on for what is watched: no directory failed to be
+    /// watched or was left out (the cap), and none is on a network or FUSE filesystem. The
+    /// caller still has to check that every directory it cares about is watched.
+    pub fn reliable(&self) -> bool {
+        !self.capped && !self.incomplete && self.failed.is_empty() && self.remote.is_empty()
     }
 
     fn add(&mut self, dir: &Path, recursive: bool) -> std::io::Result<()> {
@@ -154,6 +198,9 @@ impl DirWatch {
             self.by_path.remove(&old.path);
         }
         self.by_path.insert(dir.to_path_buf(), wd);
+        if is_remote(dir) {
+            self.remote.insert(wd);
+        }
         Ok(())
     }
 
@@ -161,6 +208,7 @@ impl DirWatch {
         if let Some(d) = self.by_wd.remove(&wd) {
             self.by_path.remove(&d.path);
         }
+        self.remote.remove(&wd);
     }
 
     /// Reads every queued event without blocking. New subdirectories of recursive watches are
@@ -220,7 +268,11 @@ impl DirWatch {
             self.forget(wd);
         }
         for dir in created {
-            let _ = self.watch(&dir, true);
+            if let Err(e) = self.watch(&dir, true)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                self.incomplete = true;
+            }
         }
         out
     }

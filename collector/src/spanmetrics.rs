@@ -41,6 +41,10 @@ use prometheus_client::registry::Registry;
 use crate::metrics::{LabelCap, LabelCaps, OVERFLOW_VALUE, label_key};
 use crate::wire::{self, WireError};
 
+/// The maps probed once per span: foldhash instead of SipHash (keys come from clients, so the
+/// seed is random per map).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The family name the label cap and the folded counter use.
 pub const FAMILY: &str = "traces_span_metrics";
 
@@ -330,7 +334,7 @@ struct Inner {
     calls: Family<SeriesLabels, Calls>,
     durations: Family<SeriesLabels, Durations, Buckets>,
     cap: Arc<LabelCap>,
-    services: RwLock<HashMap<String, Arc<ServiceTotals>>>,
+    services: RwLock<FastMap<String, Arc<ServiceTotals>>>,
 }
 
 /// Span observations read from one request, waiting for it to be accepted.
@@ -367,7 +371,7 @@ struct Key<'a> {
 /// from the live settings.
 struct Preparer<'a> {
     live: &'a Live,
-    index: HashMap<Key<'a>, usize>,
+    index: FastMap<Key<'a>, usize>,
     series: Vec<PreparedSeries>,
     service: &'a str,
     resource_dims: Vec<Option<Cow<'a, str>>>,
@@ -377,7 +381,7 @@ impl<'a> Preparer<'a> {
     fn new(live: &'a Live) -> Self {
         Self {
             live,
-            index: HashMap::new(),
+            index: FastMap::default(),
             series: Vec::new(),
             service: UNKNOWN_SERVICE,
             resource_dims: Vec::new(),
@@ -482,7 +486,7 @@ impl SpanMetrics {
                 calls: Family::default(),
                 durations: Family::new_with_constructor(Buckets(bounds)),
                 cap: caps.for_family_with_limit(FAMILY, settings.max_label_sets),
-                services: RwLock::new(HashMap::new()),
+                services: RwLock::new(FastMap::default()),
             }),
         }
     }

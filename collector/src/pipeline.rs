@@ -799,50 +799,74 @@ impl Intake {
     /// their shares, so nothing is pushed twice and the receipt still fires only once every
     /// sink has it. A refusal here is not counted: the caller waits instead of giving up.
     pub fn try_deliver(&self, payload: Payload, receipt: Receipt) -> Result<(), Box<Pending>> {
-        let signal = payload.signal();
-        let queues = self.queues(signal);
-        if queues.is_empty() {
-            receipt.complete();
+        let Some(mut pending) = self.pending(payload, receipt) else {
             return Ok(());
-        }
-        let bytes = payload.encoded_len();
-        let mut carry = Some((payload, receipt));
-        for (i, q) in queues.iter().enumerate() {
-            let Some((payload, receipt)) = carry.take() else {
-                break;
-            };
-            let (env, rest) = envelope_for(i + 1 == queues.len(), payload, receipt, bytes);
-            if let Err(e) = q.push_now(env) {
+        };
+        let queues = self.queues(pending.signal);
+        loop {
+            let Pending {
+                signal,
+                at,
+                next,
+                rest,
+            } = pending;
+            let Some(q) = queues.get(at) else {
                 return Err(Box::new(Pending {
                     signal,
-                    at: i,
+                    at,
+                    next,
+                    rest,
+                }));
+            };
+            let bytes = next.bytes;
+            if let Err(e) = q.push_now(next) {
+                return Err(Box::new(Pending {
+                    signal,
+                    at,
                     next: e.into_envelope(),
                     rest,
                 }));
             }
-            carry = rest;
+            let Some((payload, receipt)) = rest else {
+                return Ok(());
+            };
+            let (next, rest) = envelope_for(at + 2 == queues.len(), payload, receipt, bytes);
+            pending = Pending {
+                signal,
+                at: at + 1,
+                next,
+                rest,
+            };
         }
-        Ok(())
     }
 
     /// A delivery not even tried now, for [`finish`](Self::finish) (behind an earlier one
     /// that is still pending, to keep their order). `Ok` when nothing forwards the signal (the
     /// receipt is completed then).
     pub fn defer(&self, payload: Payload, receipt: Receipt) -> Result<(), Box<Pending>> {
+        match self.pending(payload, receipt) {
+            Some(pending) => Err(Box::new(pending)),
+            None => Ok(()),
+        }
+    }
+
+    /// The delivery to the signal's first queue, not tried yet; `None` (the receipt completed)
+    /// when nothing forwards the signal.
+    fn pending(&self, payload: Payload, receipt: Receipt) -> Option<Pending> {
         let signal = payload.signal();
         let queues = self.queues(signal);
         if queues.is_empty() {
             receipt.complete();
-            return Ok(());
+            return None;
         }
         let bytes = payload.encoded_len();
         let (next, rest) = envelope_for(queues.len() == 1, payload, receipt, bytes);
-        Err(Box::new(Pending {
+        Some(Pending {
             signal,
             at: 0,
             next,
             rest,
-        }))
+        })
     }
 
     /// Completes a [`try_deliver`](Self::try_deliver) that could not finish: waits for room in

@@ -103,8 +103,13 @@ def rows(out):
         " ms per cycle", "≤ 5 ms", lambda v: v <= 5)
 
     dora = read(out, "dora.txt")
-    add("DORA 90-day report, 100 services", find(r"median ([\d.]+) ms", dora), " ms", "≤ 50 ms",
-        lambda v: v <= 50, "{:.1f}")
+    for m in re.finditer(r"threads=(\d+) \((report|report_on)\): median ([\d.]+) ms", dora):
+        threads, call, median = m.group(1), m.group(2), float(m.group(3))
+        name = ("DORA 90-day report, 100 services"
+                + (f" ({threads} threads, as the hub runs it)" if call == "report" else " (1 thread)"))
+        add(name, median, " ms", "≤ 50 ms", lambda v: v <= 50, "{:.1f}")
+    if "median" not in dora:
+        add("DORA 90-day report, 100 services", None, " ms", "≤ 50 ms", lambda v: v <= 50)
     return r
 
 

@@ -71,6 +71,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -326,10 +327,25 @@ impl Hasher for FxHasher {
             word.copy_from_slice(chunk);
             self.add(u64::from_le_bytes(word));
         }
+        // The 0..=7 bytes left are read with at most three loads into the little-endian
+        // word they form: a variable-length copy into a stack word calls `memcpy` and
+        // stalls the load that follows it (a seventh of a report's time went there).
         let rest = chunks.remainder();
-        let mut word = [0_u8; 8];
-        word[..rest.len()].copy_from_slice(rest);
-        self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
+        let n = rest.len();
+        let at = |byte: u8, index: usize| u64::from(byte) << (8 * index);
+        let tail = match (rest.first_chunk::<4>(), rest.last_chunk::<4>()) {
+            // 4..=7 bytes: two overlapping words, each at its own offset.
+            (Some(&head), Some(&last)) => {
+                u64::from(u32::from_le_bytes(head))
+                    | (u64::from(u32::from_le_bytes(last)) << (8 * (n - 4)))
+            }
+            // 1..=3 bytes: the first, middle and last, each at its own offset.
+            _ => match (rest.first(), rest.get(n / 2), rest.last()) {
+                (Some(&a), Some(&b), Some(&c)) => at(a, 0) | at(b, n / 2) | at(c, n - 1),
+                _ => 0,
+            },
+        };
+        self.add(tail ^ ((n as u64) << 59));
     }
 
     fn write_u8(&mut self, byte: u8) {
@@ -381,9 +397,10 @@ struct Rec<'a> {
     version: u64,
     /// Head commit, fingerprinted only when some incident names a commit (else 0).
     head: u64,
-    /// This event's changes in the flat change list.
+    /// This event's changes: `changes_begin..changes_end` of its group's `changes[part]`.
     changes_begin: usize,
     changes_end: usize,
+    part: usize,
     kind: DeploymentKind,
     event: &'a Deployment,
 }
@@ -392,8 +409,11 @@ struct Rec<'a> {
 struct Group<'a> {
     service: &'a str,
     environment: &'a str,
-    /// In-scope events, unordered.
-    raw: Vec<Rec<'a>>,
+    /// Per part of the input (see [`read_part`]): (fingerprint, change time) of every
+    /// in-scope event's commits, in input order.
+    changes: Vec<Changes>,
+    /// In-scope events, one vector per part that had any, in input order.
+    raw: Vec<Vec<Rec<'a>>>,
     /// Counted deployments, in time order.
     deps: Vec<Rec<'a>>,
     /// Duplicates: (index into `deps` of the deployment they repeat, event).
@@ -405,6 +425,8 @@ struct Group<'a> {
     /// For commits named by incidents (by fingerprint): the deployment that first shipped them.
     sha_first: FastMap<u64, usize>,
     leads: Vec<i64>,
+    /// Median and p90 of `leads`, taken where the group is built.
+    lead_quantiles: (Option<f64>, Option<f64>),
     clamped: u64,
     recoveries: Vec<i64>,
     open: u64,
@@ -415,6 +437,7 @@ impl<'a> Group<'a> {
         Self {
             service,
             environment,
+            changes: Vec::new(),
             raw: Vec::new(),
             deps: Vec::new(),
             dups: Vec::new(),
@@ -423,6 +446,7 @@ impl<'a> Group<'a> {
             has_incident: Vec::new(),
             sha_first: FastMap::default(),
             leads: Vec::new(),
+            lead_quantiles: (None, None),
             clamped: 0,
             recoveries: Vec::new(),
             open: 0,
@@ -430,66 +454,126 @@ impl<'a> Group<'a> {
     }
 }
 
+impl<'a> Group<'a> {
+    /// Takes part `part`'s events and changes (parts come in input order).
+    fn join(&mut self, part: usize, raw: Vec<Rec<'a>>, changes: Changes) {
+        if self.changes.len() <= part {
+            self.changes.resize_with(part + 1, Vec::new);
+        }
+        self.changes[part] = changes;
+        if !raw.is_empty() {
+            self.raw.push(raw);
+        }
+    }
+
+    /// Work to share out: events and changes.
+    fn size(&self) -> usize {
+        let events: usize = self.raw.iter().map(Vec::len).sum();
+        let changes: usize = self.changes.iter().map(Vec::len).sum();
+        events + changes
+    }
+}
+
 /// A deployment's position: (group, index in its `deps`).
 type DepRef = (usize, usize);
 
-/// Computes the DORA report of every (service, environment) in `scope` over the window
-/// `(now - window, now]`. See the module documentation for the exact rules.
-#[must_use]
-pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) -> Report {
-    let start = now.saturating_sub(window.seconds());
+/// Below this many deploy events a report runs on the calling thread: starting threads
+/// would cost more than it saves.
+const PARALLEL_MIN_EVENTS: usize = 20_000;
 
-    // Phase 1: select in-scope events in input order (the one pass that reads strings,
-    // sequentially), group deployments, note referenced ids and commits.
-    let mut index: FastMap<(&str, &str), usize> = FastMap::default();
-    let mut groups: Vec<Group<'_>> = Vec::new();
-    // Referenced delivery ids, each with the group to look in first.
-    let mut ref_ids: FastMap<&str, usize> = FastMap::default();
-    let mut ref_shas: FastSet<u64> = FastSet::default();
-    let mut incidents: Vec<(usize, &Incident, Option<DepRef>)> = Vec::new();
-    for i in &events.incidents {
-        if i.started_at > now || !scope.matches(&i.service, &i.environment) {
-            continue;
-        }
-        let g = *index
-            .entry((i.service.as_str(), i.environment.as_str()))
-            .or_insert_with(|| {
-                groups.push(Group::new(&i.service, &i.environment));
-                groups.len() - 1
-            });
-        if let Some(id) = &i.deployment_id {
-            ref_ids.entry(id).or_insert(g);
-        } else if let Some(sha) = i.commit.as_deref().filter(|s| !s.is_empty()) {
-            ref_shas.insert(fingerprint(sha));
-        }
-        if let Some(id) = &i.resolved_by_deployment {
-            ref_ids.entry(id).or_insert(g);
-        }
-        incidents.push((g, i, None));
+/// At most this many threads work on one report.
+const MAX_THREADS: usize = 4;
+
+/// (service, environment) → dense index in first-seen order, hashing the two names once
+/// per event (a map keyed by the string pair hashes them through `Hash for str`, a third
+/// of the grouping's time). Equal hashes are checked against the names; a collision goes
+/// to `spill`.
+#[derive(Default)]
+struct GroupIndex<'a> {
+    by_hash: FastMap<u64, usize>,
+    spill: FastMap<(&'a str, &'a str), usize>,
+    names: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> GroupIndex<'a> {
+    fn key(service: &str, environment: &str) -> u64 {
+        let mut h = FxHasher::default();
+        h.write(service.as_bytes());
+        h.write(environment.as_bytes());
+        h.hash
     }
-    let check_heads = !ref_shas.is_empty();
-    let mut changes: Vec<(u64, UnixSeconds)> = Vec::new();
-    let mut any_resolves = false;
-    for d in &events.deployments {
+
+    /// The index of (service, environment), and whether it is new.
+    fn group(&mut self, service: &'a str, environment: &'a str) -> (usize, bool) {
+        let next = self.names.len();
+        let g = match self.by_hash.entry(Self::key(service, environment)) {
+            Entry::Vacant(v) => *v.insert(next),
+            Entry::Occupied(o) if self.names.get(*o.get()) == Some(&(service, environment)) => {
+                *o.get()
+            }
+            Entry::Occupied(_) => *self.spill.entry((service, environment)).or_insert(next),
+        };
+        if g == next {
+            self.names.push((service, environment));
+        }
+        (g, g == next)
+    }
+
+    fn get(&self, service: &str, environment: &str) -> Option<usize> {
+        let g = *self.by_hash.get(&Self::key(service, environment))?;
+        if self.names.get(g) == Some(&(service, environment)) {
+            Some(g)
+        } else {
+            self.spill.get(&(service, environment)).copied()
+        }
+    }
+}
+
+/// (fingerprint, change time) of each commit of a run of events, in input order.
+type Changes = Vec<(u64, UnixSeconds)>;
+
+/// What phase 1 finds in one contiguous run of the deploy events.
+#[derive(Default)]
+struct Part<'a> {
+    index: GroupIndex<'a>,
+    /// Per group of `index`: its in-scope events in input order and their changes.
+    groups: Vec<(Vec<Rec<'a>>, Changes)>,
+    /// `fixes_deployment` ids in input order, with the group (of `index`) naming them.
+    fixes: Vec<(&'a str, usize)>,
+    any_resolves: bool,
+}
+
+/// Phase 1 over `deployments`: selects the in-scope events, groups them, and reads each
+/// one's strings once (fingerprints).
+fn read_part<'a>(
+    part_index: usize,
+    deployments: &'a [Deployment],
+    now: UnixSeconds,
+    scope: &Scope,
+    check_heads: bool,
+) -> Part<'a> {
+    let mut part = Part::default();
+    for d in deployments {
         if d.status != DeployStatus::Success
             || d.finished_at > now
             || !scope.matches(&d.service, &d.environment)
         {
             continue;
         }
-        let g = *index
-            .entry((d.service.as_str(), d.environment.as_str()))
-            .or_insert_with(|| {
-                groups.push(Group::new(&d.service, &d.environment));
-                groups.len() - 1
-            });
+        let (g, new) = part.index.group(&d.service, &d.environment);
+        if new {
+            part.groups.push((Vec::new(), Vec::new()));
+        }
+        let Some((raw, changes)) = part.groups.get_mut(g) else {
+            continue;
+        };
         let changes_begin = changes.len();
         changes.extend(
             d.commits
                 .iter()
                 .map(|c| (fingerprint(&c.sha), c.effective_time())),
         );
-        groups[g].raw.push(Rec {
+        raw.push(Rec {
             finished: d.finished_at,
             started: d.started_at,
             id: fingerprint(&d.id),
@@ -501,13 +585,136 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
             },
             changes_begin,
             changes_end: changes.len(),
+            part: part_index,
             kind: d.kind,
             event: d,
         });
         if let Some(id) = &d.fixes_deployment {
+            part.fixes.push((id, g));
+        }
+        part.any_resolves |= !d.resolves_incidents.is_empty();
+    }
+    part
+}
+
+/// Runs `work` on every item, each on its own thread (the first on the calling one), and
+/// returns the results in item order. An item whose thread the OS refuses to start is
+/// worked on the calling thread; a panic in `work` is resumed here.
+fn on_threads<I: Send, R: Send>(items: Vec<I>, work: impl Fn(I) -> R + Sync) -> Vec<R> {
+    let slots: Vec<Mutex<Option<I>>> = items.into_iter().map(|i| Mutex::new(Some(i))).collect();
+    let take = |slot: &Mutex<Option<I>>| slot.lock().ok().and_then(|mut item| item.take());
+    let done: Vec<Option<R>> = std::thread::scope(|s| {
+        let handles: Vec<_> = slots
+            .iter()
+            .skip(1)
+            .map(|slot| {
+                let (take, work) = (&take, &work);
+                std::thread::Builder::new()
+                    .name("dora-report".into())
+                    .spawn_scoped(s, move || take(slot).map(work))
+                    .ok()
+            })
+            .collect();
+        let mut done = vec![slots.first().and_then(take).map(&work)];
+        for handle in handles {
+            done.push(handle.and_then(|h| match h.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }));
+        }
+        done
+    });
+    done.into_iter()
+        .zip(&slots)
+        .filter_map(|(result, slot)| result.or_else(|| take(slot).map(&work)))
+        .collect()
+}
+
+/// Buffers phases 2 and 3 reuse from one group to the next.
+#[derive(Default)]
+struct Scratch {
+    by_id: FastMap<u64, usize>,
+    by_version: FastMap<u64, usize>,
+    seen: FastSet<u64>,
+}
+
+/// Computes the DORA report of every (service, environment) in `scope` over the window
+/// `(now - window, now]`. See the module documentation for the exact rules.
+///
+/// A large history is read in contiguous parts and computed by service on up to four
+/// threads (as [`std::thread::available_parallelism`] allows); the result does not depend
+/// on how many ran. [`report_on`] sets the number.
+#[must_use]
+pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) -> Report {
+    let threads = if events.deployments.len() < PARALLEL_MIN_EVENTS {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS))
+    };
+    report_on(now, events, window, scope, threads)
+}
+
+/// [`report`] on at most `threads` threads (1: the calling thread only).
+#[must_use]
+pub fn report_on(
+    now: UnixSeconds,
+    events: &Events,
+    window: Window,
+    scope: &Scope,
+    threads: usize,
+) -> Report {
+    let start = now.saturating_sub(window.seconds());
+    let threads = threads.max(1);
+
+    // Phase 1: select in-scope events, group them (groups in order of first appearance,
+    // incidents first), note referenced ids and commits. The deploy events are read in
+    // contiguous parts, one per thread, each read once; the parts are then joined in
+    // input order.
+    let mut index = GroupIndex::default();
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    // Referenced delivery ids, each with the group to look in first.
+    let mut ref_ids: FastMap<&str, usize> = FastMap::default();
+    let mut ref_shas: FastSet<u64> = FastSet::default();
+    let mut incidents: Vec<(usize, &Incident, Option<DepRef>)> = Vec::new();
+    for i in &events.incidents {
+        if i.started_at > now || !scope.matches(&i.service, &i.environment) {
+            continue;
+        }
+        let (g, new) = index.group(&i.service, &i.environment);
+        if new {
+            groups.push(Group::new(&i.service, &i.environment));
+        }
+        if let Some(id) = &i.deployment_id {
+            ref_ids.entry(id).or_insert(g);
+        } else if let Some(sha) = i.commit.as_deref().filter(|s| !s.is_empty()) {
+            ref_shas.insert(fingerprint(sha));
+        }
+        if let Some(id) = &i.resolved_by_deployment {
             ref_ids.entry(id).or_insert(g);
         }
-        any_resolves |= !d.resolves_incidents.is_empty();
+        incidents.push((g, i, None));
+    }
+    let check_heads = !ref_shas.is_empty();
+    let part_len = events.deployments.len().div_ceil(threads).max(1);
+    let runs: Vec<_> = events.deployments.chunks(part_len).enumerate().collect();
+    let parts = on_threads(runs, |(p, run)| read_part(p, run, now, scope, check_heads));
+    let mut any_resolves = false;
+    for (p, part) in parts.into_iter().enumerate() {
+        let mut global = Vec::with_capacity(part.groups.len());
+        for (&(service, environment), (raw, changes)) in part.index.names.iter().zip(part.groups) {
+            let (g, new) = index.group(service, environment);
+            if new {
+                groups.push(Group::new(service, environment));
+            }
+            global.push(g);
+            if let Some(group) = groups.get_mut(g) {
+                group.join(p, raw, changes);
+            }
+        }
+        for (id, g) in part.fixes {
+            ref_ids.entry(id).or_insert(global[g]);
+        }
+        any_resolves |= part.any_resolves;
     }
     let mut findings: Vec<&RegressionFinding> = events
         .regressions
@@ -516,26 +723,40 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
         .collect();
     findings.sort_by_key(|f| f.started_at);
     for f in &findings {
-        let hint = index.get(&(f.service.as_str(), f.environment.as_str()));
+        let hint = index.get(&f.service, &f.environment);
         ref_ids
             .entry(&f.deployment_id)
-            .or_insert(hint.copied().unwrap_or(usize::MAX));
+            .or_insert(hint.unwrap_or(usize::MAX));
     }
-
-    // Phase 2: order and dedup each group; map referenced delivery ids to deployments.
-    // Referenced ids are looked up in the referrer's group as it is deduplicated; the
-    // rest (other services' or unknown ids) take one pass over the compact records.
     let mut refs_by_group: Vec<Vec<&str>> = vec![Vec::new(); groups.len()];
     for (&id, &hint) in &ref_ids {
         if let Some(refs) = refs_by_group.get_mut(hint) {
             refs.push(id);
         }
     }
+
+    // Phases 2 and 3, each group on its own: order and dedup its events, resolve the ids
+    // referenced from it, attribute its changes. Groups are shared out by size.
     let mut ids: FastMap<&str, DepRef> =
         FastMap::with_capacity_and_hasher(ref_ids.len(), BuildHasherDefault::default());
-    for (g, group) in groups.iter_mut().enumerate() {
-        dedup(g, group, &refs_by_group[g], &mut ids);
+    let shares = share_out(&mut groups, threads);
+    let found = on_threads(shares, |mut share| {
+        let mut found = Vec::new();
+        let mut scratch = Scratch::default();
+        for (g, group) in &mut share {
+            let refs = refs_by_group.get(*g).map_or(&[][..], Vec::as_slice);
+            dedup(*g, group, refs, &mut found, &mut scratch);
+            walk_changes(group, start, &ref_shas, &mut scratch.seen);
+            group.changes = Vec::new();
+            group.lead_quantiles = quantile_pair(&mut group.leads, 0.5, 0.9);
+        }
+        found
+    });
+    for (id, dep) in found.into_iter().flatten() {
+        ids.insert(id, dep);
     }
+    // Referenced ids not found in their hint's group (other services' or unknown ids)
+    // take one pass over the compact records.
     let unresolved: FastMap<u64, &str> = ref_ids
         .keys()
         .filter(|id| !ids.contains_key(*id) && !id.is_empty())
@@ -550,11 +771,6 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
                 }
             }
         }
-    }
-
-    // Phase 3: changes, lead times, first shipper of referenced commits.
-    for group in &mut groups {
-        walk_changes(group, start, &changes, &ref_shas);
     }
 
     // Phase 4: change failures.
@@ -592,7 +808,6 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
             groups[g].has_incident[i] = true;
         }
     }
-
     // Phase 5: rework.
     for group in &mut groups {
         for (i, r) in group.deps.iter().enumerate() {
@@ -679,21 +894,36 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
     }
 
     // Phase 7: the metrics, per service and pooled per environment.
-    let mut totals: BTreeMap<&str, Tally> = BTreeMap::new();
-    let mut services: Vec<ServiceReport> = Vec::with_capacity(groups.len());
-    for group in &mut groups {
-        let tally = Tally::of(group, start);
-        totals.entry(group.environment).or_default().absorb(&tally);
-        services.push(tally.row(group.service, group.environment, start, now, window));
+    let tallies: Vec<Tally> = groups
+        .iter_mut()
+        .map(|group| Tally::of(group, start))
+        .collect();
+    let mut pooled: BTreeMap<&str, Vec<&Tally>> = BTreeMap::new();
+    for (group, tally) in groups.iter().zip(&tallies) {
+        pooled.entry(group.environment).or_default().push(tally);
     }
+    let mut services: Vec<ServiceReport> = groups
+        .iter()
+        .zip(&tallies)
+        .map(|(group, tally)| {
+            row(
+                &[tally],
+                group.service,
+                group.environment,
+                start,
+                now,
+                window,
+            )
+        })
+        .collect();
     services.sort_by(|a, b| {
         a.service
             .cmp(&b.service)
             .then_with(|| a.environment.cmp(&b.environment))
     });
-    let totals = totals
-        .into_iter()
-        .map(|(environment, tally)| tally.row(ALL_SERVICES, environment, start, now, window))
+    let totals = pooled
+        .iter()
+        .map(|(environment, parts)| row(parts, ALL_SERVICES, environment, start, now, window))
         .collect();
     Report {
         now,
@@ -702,6 +932,32 @@ pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) 
         services,
         totals,
     }
+}
+
+/// Splits `groups` into at most `threads` shares of about equal work (largest group first
+/// onto the least loaded share), each with the groups' indices.
+fn share_out<'g, 'a>(
+    groups: &'g mut [Group<'a>],
+    threads: usize,
+) -> Vec<Vec<(usize, &'g mut Group<'a>)>> {
+    let threads = threads.clamp(1, groups.len().max(1));
+    let work = |g: &Group<'_>| g.size() + 1;
+    let mut order: Vec<(usize, usize)> = groups.iter().map(work).enumerate().collect();
+    order.sort_by_key(|&(g, w)| (std::cmp::Reverse(w), g));
+    let mut load = vec![0_usize; threads];
+    let mut owner = vec![0_usize; groups.len()];
+    for (g, w) in order {
+        let lightest = (0..threads).min_by_key(|&t| (load[t], t)).unwrap_or(0);
+        owner[g] = lightest;
+        load[lightest] += w;
+    }
+    let mut shares: Vec<Vec<(usize, &'g mut Group<'a>)>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    for (g, group) in groups.iter_mut().enumerate() {
+        shares[owner[g]].push((g, group));
+    }
+    shares.retain(|share| !share.is_empty());
+    shares
 }
 
 /// [`report`] for each of `windows` (e.g. [`Window::DEFAULTS`]), in the same order.
@@ -784,26 +1040,44 @@ pub fn recovery_seconds(incident: &Incident, failing: Option<&Deployment>) -> Op
     Some((resolved - from).max(0))
 }
 
-/// Sorts a group's events and folds duplicates into the first deployment they repeat.
+/// Sorts a group's events and folds duplicates into the first deployment they repeat;
+/// adds the ids of `refs` found in the group to `found`.
 fn dedup<'a>(
     g: usize,
     group: &mut Group<'a>,
     refs: &[&'a str],
-    ids: &mut FastMap<&'a str, DepRef>,
+    found: &mut Vec<(&'a str, DepRef)>,
+    scratch: &mut Scratch,
 ) {
-    let mut raw = std::mem::take(&mut group.raw);
+    // The parts' events, in input order, in one vector (a single part is moved).
+    let mut parts = std::mem::take(&mut group.raw);
+    let mut deps = if parts.len() == 1 {
+        parts.pop().unwrap_or_default()
+    } else {
+        let mut all = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+        for part in &parts {
+            all.extend_from_slice(part);
+        }
+        all
+    };
+    drop(parts);
     // Most input is already in time order, which the sort detects.
-    raw.sort_unstable_by(|a, b| {
+    deps.sort_unstable_by(|a, b| {
         (a.finished, a.started)
             .cmp(&(b.finished, b.started))
             .then_with(|| a.event.id.cmp(&b.event.id))
     });
-    let mut by_id: FastMap<u64, usize> =
-        FastMap::with_capacity_and_hasher(raw.len(), BuildHasherDefault::default());
-    let mut by_version: FastMap<u64, usize> =
-        FastMap::with_capacity_and_hasher(raw.len(), BuildHasherDefault::default());
-    group.deps.reserve(raw.len());
-    for r in raw {
+    let Scratch {
+        by_id, by_version, ..
+    } = scratch;
+    by_id.clear();
+    by_id.reserve(deps.len());
+    by_version.clear();
+    by_version.reserve(deps.len());
+    // Duplicates move out to `dups`; the rest close up in place.
+    let mut kept = 0;
+    for k in 0..deps.len() {
+        let r = deps[k];
         // One hash lookup per key: remember the vacant slot, fill it once the index is known.
         let (id_hit, id_slot) = match (r.id != 0).then(|| by_id.entry(r.id)) {
             Some(Entry::Occupied(o)) => (Some(*o.get()), None),
@@ -822,8 +1096,9 @@ fn dedup<'a>(
                 i
             }
             None => {
-                group.deps.push(r);
-                group.deps.len() - 1
+                deps[kept] = r;
+                kept += 1;
+                kept - 1
             }
         };
         if let Some(slot) = id_slot {
@@ -833,9 +1108,11 @@ fn dedup<'a>(
             slot.insert(i);
         }
     }
+    deps.truncate(kept);
+    group.deps = deps;
     for &id in refs {
         if let Some(&i) = by_id.get(&fingerprint(id)) {
-            ids.insert(id, (g, i));
+            found.push((id, (g, i)));
         }
     }
     group.dups.sort_by_key(|&(i, _)| i);
@@ -849,21 +1126,22 @@ fn dedup<'a>(
 fn walk_changes(
     group: &mut Group<'_>,
     start: UnixSeconds,
-    changes: &[(u64, UnixSeconds)],
     ref_shas: &FastSet<u64>,
+    seen: &mut FastSet<u64>,
 ) {
     let Group {
         deps,
         dups,
+        changes,
         sha_first,
         leads,
         clamped,
         ..
     } = group;
-    let mut seen: FastSet<u64> = FastSet::with_capacity_and_hasher(
-        deps.iter().map(|r| r.changes_end - r.changes_begin).sum(),
-        BuildHasherDefault::default(),
-    );
+    let total: usize = changes.iter().map(Vec::len).sum();
+    seen.clear();
+    seen.reserve(total);
+    leads.reserve_exact(total);
     let check_refs = !ref_shas.is_empty();
     let mut next_dup = 0;
     for (i, r) in deps.iter().enumerate() {
@@ -874,7 +1152,8 @@ fn walk_changes(
                 sha_first.entry(event.head).or_insert(i);
             }
             for &(sha, time) in changes
-                .get(event.changes_begin..event.changes_end)
+                .get(event.part)
+                .and_then(|part| part.get(event.changes_begin..event.changes_end))
                 .unwrap_or_default()
             {
                 // An empty sha (fingerprint 0) is never deduplicated.
@@ -989,15 +1268,18 @@ fn quantile_f64(sorted: &[f64], q: f64) -> f64 {
     }
 }
 
-/// What a row is computed from; pooled as is for the per-environment totals.
-#[derive(Default)]
+/// What a row is computed from. The per-environment totals pool their services' tallies
+/// by reference (see [`row`]).
 struct Tally {
     deployments: u64,
     failed: u64,
     rework: u64,
     /// Finish times of the deployments in the window, any order.
     times: Vec<UnixSeconds>,
+    /// Lead times, any order.
     leads: Vec<i64>,
+    /// Median and p90 of `leads`.
+    lead_quantiles: (Option<f64>, Option<f64>),
     clamped: u64,
     recoveries: Vec<i64>,
     open: u64,
@@ -1013,56 +1295,151 @@ impl Tally {
             rework: count(group.rework.get(first..).unwrap_or_default()),
             times: group.deps[first..].iter().map(|r| r.finished).collect(),
             leads: std::mem::take(&mut group.leads),
+            lead_quantiles: group.lead_quantiles,
             clamped: group.clamped,
             recoveries: std::mem::take(&mut group.recoveries),
             open: group.open,
         }
     }
+}
 
-    fn absorb(&mut self, other: &Self) {
-        self.deployments += other.deployments;
-        self.failed += other.failed;
-        self.rework += other.rework;
-        self.times.extend_from_slice(&other.times);
-        self.leads.extend_from_slice(&other.leads);
-        self.clamped += other.clamped;
-        self.recoveries.extend_from_slice(&other.recoveries);
-        self.open += other.open;
+/// The row of `parts` taken together: one group's tally, or every group of an
+/// environment for its total (medians over all their values, without copying them).
+fn row(
+    parts: &[&Tally],
+    service: &str,
+    environment: &str,
+    start: UnixSeconds,
+    now: UnixSeconds,
+    window: Window,
+) -> ServiceReport {
+    let sum = |f: fn(&Tally) -> u64| parts.iter().map(|t| f(t)).sum::<u64>();
+    let deployments = sum(|t| t.deployments);
+    let failed = sum(|t| t.failed);
+    let rework = sum(|t| t.rework);
+    let slices = |f: fn(&Tally) -> &[i64]| parts.iter().map(|t| f(t)).collect::<Vec<_>>();
+    let leads = slices(|t| &t.leads);
+    let recoveries = slices(|t| &t.recoveries);
+    let (lead_time_median_seconds, lead_time_p90_seconds) = match parts {
+        [one] => one.lead_quantiles,
+        _ => quantile_pair_of(&leads, 0.5, 0.9),
+    };
+    let (recovery_time_median_seconds, recovery_time_p90_seconds) =
+        quantile_pair_of(&recoveries, 0.5, 0.9);
+    let count = |s: &[&[i64]]| s.iter().map(|v| v.len() as u64).sum::<u64>();
+    ServiceReport {
+        service: service.to_owned(),
+        environment: environment.to_owned(),
+        deployments,
+        deployment_frequency_per_day: deployments as f64 / window.days_f64(),
+        deployment_frequency_class: frequency_class(&slices(|t| &t.times), start, now),
+        changes: count(&leads),
+        changes_clamped: sum(|t| t.clamped),
+        lead_time_median_seconds,
+        lead_time_p90_seconds,
+        failed_deployments: failed,
+        change_fail_rate: ratio(failed, deployments),
+        incidents_resolved: count(&recoveries),
+        incidents_open: sum(|t| t.open),
+        recovery_time_median_seconds,
+        recovery_time_p90_seconds,
+        rework_deployments: rework,
+        rework_rate: ratio(rework, deployments),
     }
+}
 
-    fn row(
-        mut self,
-        service: &str,
-        environment: &str,
-        start: UnixSeconds,
-        now: UnixSeconds,
-        window: Window,
-    ) -> ServiceReport {
-        let deployments = self.deployments;
-        let (lead_time_median_seconds, lead_time_p90_seconds) =
-            quantile_pair(&mut self.leads, 0.5, 0.9);
-        let (recovery_time_median_seconds, recovery_time_p90_seconds) =
-            quantile_pair(&mut self.recoveries, 0.5, 0.9);
-        ServiceReport {
-            service: service.to_owned(),
-            environment: environment.to_owned(),
-            deployments,
-            deployment_frequency_per_day: deployments as f64 / window.days_f64(),
-            deployment_frequency_class: frequency_class(&self.times, start, now),
-            changes: self.leads.len() as u64,
-            changes_clamped: self.clamped,
-            lead_time_median_seconds,
-            lead_time_p90_seconds,
-            failed_deployments: self.failed,
-            change_fail_rate: ratio(self.failed, deployments),
-            incidents_resolved: self.recoveries.len() as u64,
-            incidents_open: self.open,
-            recovery_time_median_seconds,
-            recovery_time_p90_seconds,
-            rework_deployments: self.rework,
-            rework_rate: ratio(self.rework, deployments),
+/// Above this many values, [`quantile_pair_of`] narrows the ranks down with a histogram
+/// instead of copying every value for a selection.
+const HISTOGRAM_MIN: usize = 1 << 16;
+
+/// log2 of the histogram's bucket count.
+const BUCKET_BITS: u32 = 12;
+
+/// [`quantile_pair`] of the values of all `slices` taken together, bit for bit.
+fn quantile_pair_of(slices: &[&[i64]], lower: f64, upper: f64) -> (Option<f64>, Option<f64>) {
+    let total: usize = slices.iter().map(|s| s.len()).sum();
+    let Some(last) = total.checked_sub(1) else {
+        return (None, None);
+    };
+    if total < HISTOGRAM_MIN {
+        let mut all = Vec::with_capacity(total);
+        for s in slices {
+            all.extend_from_slice(s);
+        }
+        return quantile_pair(&mut all, lower, upper);
+    }
+    // The ranks `quantile_pair` reads: each quantile's rank, rounded down, and the next.
+    let rank = lower * last as f64;
+    let lo = rank.floor() as usize;
+    let upper_rank = upper * last as f64;
+    let upper_lo = (upper_rank.floor() as usize).max(lo);
+    let wanted = [lo, (lo + 1).min(last), upper_lo, (upper_lo + 1).min(last)];
+    let [a, a_next, b, b_next] = values_at_ranks(slices, wanted);
+    let first = interpolate(a, if rank > lo as f64 { a_next } else { a }, rank, lo);
+    let second = interpolate(
+        b,
+        if upper_rank > upper_lo as f64 {
+            b_next
+        } else {
+            b
+        },
+        upper_rank,
+        upper_lo,
+    );
+    (Some(first), Some(second))
+}
+
+/// The values at `ranks` (positions in ascending order, each below the number of values)
+/// of all `slices` taken together. Three passes and no copy of the values: their range,
+/// a histogram of 2^[`BUCKET_BITS`] buckets over it, and the values of the buckets that
+/// hold the ranks, which a selection then orders.
+fn values_at_ranks<const N: usize>(slices: &[&[i64]], ranks: [usize; N]) -> [i64; N] {
+    let values = || slices.iter().flat_map(|s| s.iter().copied());
+    let (min, max) = values().fold((i64::MAX, i64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let span = max.abs_diff(min);
+    let shift = (u64::BITS - span.leading_zeros()).saturating_sub(BUCKET_BITS);
+    // `v >= min`, so this is `(v - min) >> shift`, below 2^BUCKET_BITS.
+    let bucket = |v: i64| usize::try_from(v.abs_diff(min) >> shift).unwrap_or(usize::MAX);
+    let mut counts = vec![0_usize; bucket(max).saturating_add(1)];
+    for v in values() {
+        if let Some(c) = counts.get_mut(bucket(v)) {
+            *c += 1;
         }
     }
+    // For each rank: its bucket and how many values lie in the buckets below it.
+    let locate = |r: usize| {
+        let mut below = 0;
+        for (b, &c) in counts.iter().enumerate() {
+            if r < below + c {
+                return (b, below);
+            }
+            below += c;
+        }
+        (counts.len(), below)
+    };
+    let located = ranks.map(locate);
+    let mut inside: Vec<(usize, Vec<i64>)> = Vec::new();
+    for &(b, _) in &located {
+        if !inside.iter().any(|(have, _)| *have == b) {
+            let size = counts.get(b).copied().unwrap_or(0);
+            inside.push((b, Vec::with_capacity(size)));
+        }
+    }
+    for v in values() {
+        let b = bucket(v);
+        if let Some((_, held)) = inside.iter_mut().find(|(have, _)| *have == b) {
+            held.push(v);
+        }
+    }
+    let mut out = [0; N];
+    for ((slot, r), (b, below)) in out.iter_mut().zip(ranks).zip(located) {
+        if let Some((_, held)) = inside.iter_mut().find(|(have, _)| *have == b)
+            && let Some(k) = r.checked_sub(below).filter(|&k| k < held.len())
+        {
+            *slot = *held.select_nth_unstable(k).1;
+        }
+    }
+    out
 }
 
 /// UTC day number of a timestamp (day 0 = 1970-01-01, a Thursday).
@@ -1090,17 +1467,17 @@ fn month_of(day: i64) -> i64 {
 
 /// Four Keys' class from deployment times in `(start, now]`, any order (see module docs).
 fn frequency_class(
-    times: &[UnixSeconds],
+    times: &[&[UnixSeconds]],
     start: UnixSeconds,
     now: UnixSeconds,
 ) -> Option<FrequencyClass> {
-    if times.is_empty() {
+    if times.iter().all(|t| t.is_empty()) {
         return None;
     }
     let first_day = day_of(start + 1);
     let days = usize::try_from(day_of(now) - first_day + 1).ok()?;
     let mut deployed_on = vec![false; days];
-    for &t in times {
+    for &t in times.iter().flat_map(|t| t.iter()) {
         if let Some(day) = usize::try_from(day_of(t) - first_day)
             .ok()
             .and_then(|k| deployed_on.get_mut(k))
@@ -1709,6 +2086,137 @@ mod tests {
         }
     }
 
+    /// Pseudo-random events from `seed` with `n` deploy events over a few services and
+    /// both environments: duplicate ids and versions, empty ids, versions and shas,
+    /// commits shipped twice, hotfixes and rollbacks with and without `fixes_deployment`,
+    /// incidents linked by id (across services too), by head commit or change, or not at
+    /// all, resolved by deployments either way, and regression findings.
+    fn random_events(seed: u64, n: usize) -> Events {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = |n: i64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            i64::try_from(state >> 33).expect("31 bits") % n.max(1)
+        };
+        let ids = i64::try_from(n).expect("small") + 10;
+        let mut e = Events::default();
+        for k in 0..n {
+            let finished = NOW - next(100 * D) + next(3 * D);
+            let id = if next(20) == 0 {
+                String::new()
+            } else {
+                format!("d{}", next(ids))
+            };
+            let mut d = dep(&id, finished, vec![]);
+            d.started_at = finished - next(2 * H) + next(60);
+            d.service = format!("s{}", next(5));
+            d.version = if next(10) == 0 {
+                String::new()
+            } else {
+                format!("v{}", next(ids))
+            };
+            d.commit = format!("c{}", next(3 * ids));
+            d.environment = ["production", "staging"][usize::from(next(4) == 0)].into();
+            d.status = [DeployStatus::Success, DeployStatus::Failure][usize::from(next(10) == 0)];
+            d.kind = [
+                DeploymentKind::Normal,
+                DeploymentKind::Hotfix,
+                DeploymentKind::Rollback,
+            ][usize::try_from(next(3)).expect("small")];
+            for _ in 0..next(6) {
+                let sha = if next(30) == 0 {
+                    String::new()
+                } else {
+                    format!("c{}", next(3 * ids))
+                };
+                let mut c = ch(&sha, finished - next(10 * D) + next(D));
+                if next(4) == 0 {
+                    c.pr_first_commit_at = Some(c.timestamp - next(D));
+                }
+                d.commits.push(c);
+            }
+            if next(3) == 0 {
+                d.fixes_deployment = Some(format!("d{}", next(ids)));
+            }
+            if next(6) == 0 {
+                d.resolves_incidents.push(format!("i{}", next(ids / 3)));
+            }
+            e.deployments.push(d);
+            if k % 3 == 0 {
+                let started = NOW - next(100 * D) + next(3 * D);
+                let mut i = inc(
+                    &format!("i{}", k / 3),
+                    started,
+                    (next(4) != 0).then(|| started + next(3 * D) - next(H)),
+                );
+                i.service = format!("s{}", next(6));
+                i.environment = ["production", "staging"][usize::from(next(4) == 0)].into();
+                match next(4) {
+                    0 => i.deployment_id = Some(format!("d{}", next(ids))),
+                    1 => i.commit = Some(format!("c{}", next(3 * ids))),
+                    2 if next(2) == 0 => {
+                        i.deployment_id = Some(format!("d{}", next(ids)));
+                        i.commit = Some(format!("c{}", next(3 * ids)));
+                    }
+                    _ => {}
+                }
+                if next(5) == 0 {
+                    i.resolved_by_deployment = Some(format!("d{}", next(ids)));
+                }
+                e.incidents.push(i);
+            }
+            if k % 7 == 0 {
+                let started = NOW - next(100 * D) + next(3 * D);
+                e.regressions.push(RegressionFinding {
+                    deployment_id: format!("d{}", next(ids)),
+                    service: format!("s{}", next(5)),
+                    environment: "production".into(),
+                    started_at: started,
+                    resolved_at: (next(3) != 0).then(|| started + next(D)),
+                });
+            }
+        }
+        e
+    }
+
+    /// Every report of `random_events` on `threads` threads.
+    fn random_reports(seed: u64, n: usize, threads: usize) -> Vec<Report> {
+        let e = random_events(seed, n);
+        let mut out = Vec::new();
+        for window in [
+            Window::days(1),
+            Window::days(30),
+            Window::days(Window::MAX_DAYS),
+        ] {
+            for scope in [
+                Scope::environment("production"),
+                Scope::default(),
+                Scope::environment("production").with_service("s1"),
+            ] {
+                out.push(report_on(NOW, &e, window, &scope, threads));
+            }
+        }
+        out
+    }
+
+    /// However many threads share the groups out (and whichever gets which), the report
+    /// is the same.
+    #[test]
+    fn threads_do_not_change_the_report() {
+        for seed in 0..60_u64 {
+            let n = [1, 7, 50, 300][usize::try_from(seed % 4).expect("small")];
+            let one = random_reports(seed, n, 1);
+            for threads in [2, 3, 8] {
+                assert_eq!(
+                    random_reports(seed, n, threads),
+                    one,
+                    "seed {seed}, {threads} threads"
+                );
+            }
+        }
+    }
+
     #[test]
     fn regression_findings_never_double_count() {
         let finding = |id: &str, started_at: i64, resolved_at: Option<i64>| RegressionFinding {
@@ -1973,6 +2481,40 @@ mod tests {
         // Lengths that differ only by trailing zero bytes.
         assert_ne!(fingerprint("abcdefgh"), fingerprint("abcdefgh\0"));
         assert_ne!(fingerprint("a"), fingerprint("a\0"));
+        // The tail is the little-endian word of the bytes left, as a zero-padded copy
+        // would give.
+        for len in 0..=23_usize {
+            let bytes: Vec<u8> = (1..=len).map(|b| b as u8).collect();
+            let mut reference = FxHasher::default();
+            let mut chunks = bytes.chunks_exact(8);
+            for chunk in &mut chunks {
+                let mut word = [0_u8; 8];
+                word.copy_from_slice(chunk);
+                reference.add(u64::from_le_bytes(word));
+            }
+            let rest = chunks.remainder();
+            let mut word = [0_u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            reference.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
+            let mut h = FxHasher::default();
+            h.write(&bytes);
+            assert_eq!(h.hash, reference.hash, "length {len}");
+        }
+        // Every byte of every tail length counts.
+        for len in 1..=17 {
+            let base = vec![b'a'; len];
+            let mut fps = HashSet::new();
+            assert!(fps.insert(fingerprint(std::str::from_utf8(&base).unwrap_or_default())));
+            for pos in 0..len {
+                let mut other = base.clone();
+                other[pos] = b'b';
+                let text = std::str::from_utf8(&other).unwrap_or_default();
+                assert!(
+                    fps.insert(fingerprint(text)),
+                    "len {len}, byte {pos} ignored"
+                );
+            }
+        }
     }
 
     #[test]
@@ -2116,6 +2658,58 @@ mod tests {
                 let mut paired = values.clone();
                 let got = quantile_pair(&mut paired, l, u);
                 proptest::prop_assert_eq!((bits(got.0), bits(got.1)), (bits(want.0), bits(want.1)));
+                let (head, tail) = values.split_at(values.len() / 3);
+                let pooled = quantile_pair_of(&[head, &[], tail], l, u);
+                proptest::prop_assert_eq!((bits(pooled.0), bits(pooled.1)), (bits(want.0), bits(want.1)));
+            }
+        }
+    }
+
+    /// Above `HISTOGRAM_MIN` values the pooled quantiles come from a histogram: the same
+    /// bits as a selection over the concatenation, whatever the distribution.
+    #[test]
+    fn pooled_quantiles_match_selection() {
+        let mut state = 0x2545_F491_4F6C_DD1D_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let n = HISTOGRAM_MIN + 12_345;
+        let shapes: [&dyn Fn(u64, usize) -> i64; 6] = [
+            &|r, _| i64::try_from(r % 10_000_000).unwrap_or(0),
+            &|_, _| 42,
+            &|r, _| if r % 2 == 0 { 0 } else { 7 },
+            // One huge outlier: every other value falls in the first bucket.
+            &|r, k| {
+                if k == 0 {
+                    i64::MAX
+                } else {
+                    i64::try_from(r % 1_000).unwrap_or(0)
+                }
+            },
+            &|r, _| i64::try_from(r >> 1).unwrap_or(0) - (i64::MAX / 2),
+            &|r, k| {
+                if k % 1_000 == 0 {
+                    i64::MIN
+                } else {
+                    i64::try_from(r % 3_600).unwrap_or(0)
+                }
+            },
+        ];
+        for (s, shape) in shapes.iter().enumerate() {
+            let values: Vec<i64> = (0..n).map(|k| shape(next(), k)).collect();
+            let parts: Vec<&[i64]> = values.chunks(5_000).collect();
+            for (l, u) in [(0.5, 0.9), (0.0, 1.0), (0.37, 0.37), (0.999, 1.0)] {
+                let want = quantile_pair(&mut values.clone(), l, u);
+                let got = quantile_pair_of(&parts, l, u);
+                let bits = |x: Option<f64>| x.map(f64::to_bits);
+                assert_eq!(
+                    (bits(got.0), bits(got.1)),
+                    (bits(want.0), bits(want.1)),
+                    "shape {s}, {l}/{u}"
+                );
             }
         }
     }

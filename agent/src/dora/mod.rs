@@ -10,7 +10,7 @@ pub mod tiers;
 
 pub use compute::{
     ALL_SERVICES, FrequencyClass, LeadTimes, Report, Scope, ServiceReport, Window, WindowError,
-    ingest_lead_times, recovery_seconds, report, reports,
+    ingest_lead_times, recovery_seconds, report, report_on, reports,
 };
 pub use model::{
     Change, DeployStatus, Deployment, DeploymentKind, Events, Incident, RegressionFinding, Sample,

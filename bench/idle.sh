@@ -2,8 +2,10 @@
 # Idle footprint of the agent on its embedded defaults (host metrics every 15 s, the OTLP
 # receivers, one log source with an empty directory): RSS and CPU over DURATION seconds.
 # Usage: bench/idle.sh [DURATION=600]   (builds the release binary first)
+# AGENT_BIN: the agent binary to run (default: $CARGO_TARGET_DIR or ./target, release/sidelight).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+agent_bin=${AGENT_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/sidelight}
 duration=${1:-600}
 cargo build --release --quiet -p sidelight
 work=$(mktemp -d)
@@ -20,7 +22,7 @@ for p in 9464 4317 4318; do
   fi
 done
 mkdir -p "$work/logs"
-(cd "$work" && exec "$OLDPWD/target/release/sidelight" run 2>"$work/agent.log") &
+(cd "$work" && exec "$agent_bin" run 2>"$work/agent.log") &
 pid=$!
 sleep 2
 tps=$(getconf CLK_TCK)

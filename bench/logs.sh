@@ -5,8 +5,10 @@
 # Usage: bench/logs.sh [RATE=10000] [DURATION=60] [SIZE=256]   (builds the release binary first)
 # SINK=none: no exporter (records only counted in metrics; no latency figure).
 # WRITES=line: the writer makes one write(2) per line (as logging.FileHandler does), not 10 ms bursts.
+# AGENT_BIN: the agent binary to run (default: $CARGO_TARGET_DIR or ./target, release/sidelight).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+agent_bin=${AGENT_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/sidelight}
 rate=${1:-10000}; duration=${2:-60}; size=${3:-256}
 cargo build --release --quiet -p sidelight
 work=$(mktemp -d)
@@ -24,7 +26,7 @@ YAML
 if [ "${SINK:-file}" != none ]; then
   printf 'export:\n  file: { path: %s/out/export.jsonl, signals: [logs], max_bytes: 4294967296 }\n' "$work" >> "$work/bench.yaml"
 fi
-(cd "$work" && exec "$OLDPWD/target/release/sidelight" run --config bench.yaml 2>"$work/agent.log") &
+(cd "$work" && exec "$agent_bin" run --config bench.yaml 2>"$work/agent.log") &
 pid=$!
 sleep 2
 tps=$(getconf CLK_TCK)

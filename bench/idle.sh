@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 agent_bin=${AGENT_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/sidelight}
+case $agent_bin in /*) ;; *) agent_bin=$PWD/$agent_bin ;; esac  # the agent runs from its work dir
 duration=${1:-600}
 cargo build --release --quiet -p sidelight
 work=$(mktemp -d)

@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 agent_bin=${AGENT_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/sidelight}
+case $agent_bin in /*) ;; *) agent_bin=$PWD/$agent_bin ;; esac  # the agent runs from its work dir
 rate=${1:-10000}; duration=${2:-60}; size=${3:-256}
 cargo build --release --quiet -p sidelight
 work=$(mktemp -d)

@@ -41,15 +41,26 @@ export SIDELIGHT_TEST_PYTHON="$PWD/.venv/bin/python"
 # 3. Rust checks and tests.
 log "cargo fmt --check"
 cargo fmt --all -- --check
-# Supply chain (deny.toml): licences, banned crates, sources. Advisories need the RustSec
-# database from GitHub, which these machines cannot reach: SIDELIGHT_DENY_ADVISORIES=1 adds them.
+# Supply chain (deny.toml): licences, banned crates, sources, and advisories when the RustSec
+# database on GitHub can be fetched. SIDELIGHT_DENY_ADVISORIES: auto (default: checked when
+# github.com answers within 10 s, skipped with a notice otherwise), 1 (always; fails without
+# the network), 0 (never).
 if ! command -v cargo-deny >/dev/null; then
   log "installing cargo-deny 0.20.2 (once per machine)"
   cargo install --locked --quiet cargo-deny@0.20.2
 fi
 log "cargo deny check"
 deny_checks=(licenses bans sources)
-[ "${SIDELIGHT_DENY_ADVISORIES:-0}" = 1 ] && deny_checks+=(advisories)
+case "${SIDELIGHT_DENY_ADVISORIES:-auto}" in
+  1) deny_checks+=(advisories) ;;
+  0) ;;
+  *)
+    if timeout 10 git ls-remote --exit-code https://github.com/rustsec/advisory-db HEAD >/dev/null 2>&1; then
+      deny_checks+=(advisories)
+    else
+      log "advisories skipped: the RustSec database (github.com/rustsec/advisory-db) cannot be reached from here"
+    fi ;;
+esac
 cargo deny --log-level error check "${deny_checks[@]}"
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings

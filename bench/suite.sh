@@ -17,6 +17,7 @@
 #   otlp       bench/otlp.sh RUNS SAT FIXED          spans/s per core at saturation, 10k spans/s CPU/RSS
 #   alerts     cargo bench --bench alert_eval       200 rules over 10k series, per cycle
 #   dora       cargo bench --bench dora_report      90-day report, 100 services
+#   host       bench/host_marker.py                 pipe round trip and a compute loop, before and after
 # Raw outputs are kept in $OUT (default: a new directory under /tmp, printed at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,8 @@ mkdir -p "$out"
 started=$(date -u +%Y-%m-%dT%H:%MZ)
 log() { printf '==> %s\n' "$*" >&2; }
 
+log "host markers (wake-up and compute cost, to compare runs on different days)"
+python3 bench/host_marker.py > "$out/host.txt"
 log "building release binaries and benches"
 cargo build --release --quiet -p sidelight
 cargo bench --no-run --quiet -p sidelight -p sidelight-collector 2>/dev/null
@@ -57,5 +60,6 @@ cargo bench --quiet -p sidelight --bench alert_eval > "$out/alerts.txt" 2>/dev/n
 log "DORA report"
 cargo bench --quiet -p sidelight --bench dora_report > "$out/dora.txt" 2>/dev/null
 
+python3 bench/host_marker.py >> "$out/host.txt"
 python3 bench/suite_report.py "$out" "$started" "bench/suite.sh $runs${QUICK:+ (QUICK=1)}" BENCHMARKS.md
 log "raw outputs in $out"

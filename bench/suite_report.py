@@ -118,6 +118,16 @@ def table(out, started, command):
         BEGIN,
         f"Last full run: {started}, `{command}` on this 2-core VM (medians; raw outputs of each bench",
         "are printed by the suite). Per-benchmark detail and history are in the sections below.",
+    ]
+    host = [l.strip() for l in read(out, "host.txt").splitlines() if l.startswith("host:")]
+    if host:
+        lines += [
+            "",
+            "Host markers (`python3 bench/host_marker.py`, before and after): "
+            + "; ".join(h.removeprefix("host: ") for h in host)
+            + ". Compare runs only when these are close.",
+        ]
+    lines += [
         "",
         "| benchmark | measured | goal | met |",
         "|---|---|---|---|",

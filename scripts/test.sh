@@ -15,8 +15,7 @@ as_root() {
 # 1. System packages: Prometheus and promtool (`prometheus`), systemd-analyze (`systemd`),
 #    kubectl (its built-in kustomize renders deploy/kubernetes/ in tests/tests/deploy.rs).
 need_apt=()
-command -v prometheus >/dev/null || need_apt+=(prometheus)
-command -v promtool >/dev/null || need_apt+=(prometheus)
+{ command -v prometheus && command -v promtool; } >/dev/null || need_apt+=(prometheus)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v kubectl >/dev/null || need_apt+=(kubectl)
 if [ ${#need_apt[@]} -gt 0 ]; then

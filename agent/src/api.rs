@@ -36,12 +36,22 @@ pub enum TimeIn {
     Text(String),
 }
 
+/// The latest time the API takes: 9999-12-31T23:59:59Z (times are Unix seconds from 0).
+pub const MAX_TIME: i64 = 253_402_300_799;
+
 impl TimeIn {
     fn resolve(&self, field: &str) -> Result<i64, String> {
-        match self {
-            Self::Unix(s) => Ok(*s),
+        let t = match self {
+            Self::Unix(s) => *s,
             Self::Text(t) => webhooks::parse_time(t)
-                .ok_or_else(|| format!("{field}: {t:?} is not RFC 3339 or unix seconds")),
+                .ok_or_else(|| format!("{field}: {t:?} is not RFC 3339 or unix seconds"))?,
+        };
+        if (0..=MAX_TIME).contains(&t) {
+            Ok(t)
+        } else {
+            Err(format!(
+                "{field}: {t} is outside 1970-01-01..9999-12-31 (0..={MAX_TIME} Unix seconds)"
+            ))
         }
     }
 }
@@ -126,14 +136,21 @@ fn deployment_from(
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
+    // Without a delivery id, the attempt is named by what it is: the same body posted twice
+    // is one event, a retry (another status or finish time) is another.
     let id = match input.id.filter(|i| !i.trim().is_empty()) {
         Some(id) => id,
-        None if !input.version.is_empty() => {
-            format!("{}/{}/{}", input.service, environment, input.version)
-        }
         None => format!(
-            "{}/{}/{}/{}",
-            input.service, environment, finished_at, input.commit
+            "{}/{}/{}/{}/{}/{}",
+            input.service,
+            environment,
+            input.version,
+            input.commit,
+            match input.status {
+                DeployStatus::Success => "success",
+                DeployStatus::Failure => "failure",
+            },
+            finished_at,
         ),
     };
     Ok((
@@ -310,6 +327,60 @@ pub async fn post_incident(State(state): State<HttpState>, body: Bytes) -> Respo
     }
 }
 
+/// Query of `GET /api/v1/deployments`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentsQuery {
+    service: String,
+    environment: Option<String>,
+    #[serde(default)]
+    status: Option<StatusFilter>,
+    limit: Option<usize>,
+}
+
+/// `status=` of `GET /api/v1/deployments`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StatusFilter {
+    Success,
+    Any,
+}
+
+/// Most deploy events one `GET /api/v1/deployments` returns.
+pub const MAX_DEPLOYMENTS_LISTED: usize = 100;
+
+/// `GET /api/v1/deployments`: the latest deploy events of a service, newest first (what
+/// `sidelight deploy` asks for the commit of the previous deployment).
+pub async fn get_deployments(
+    State(state): State<HttpState>,
+    query: Result<Query<DeploymentsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(hub) = state.dora.as_ref() else {
+        return not_enabled();
+    };
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_request(e.body_text()),
+    };
+    if q.service.trim().is_empty() {
+        return bad_request("service must not be empty");
+    }
+    let limit = q.limit.unwrap_or(1);
+    if !(1..=MAX_DEPLOYMENTS_LISTED).contains(&limit) {
+        return bad_request(format!("limit must be 1..={MAX_DEPLOYMENTS_LISTED}"));
+    }
+    let query = crate::store::RecentQuery {
+        service: q.service,
+        environment: q.environment.unwrap_or_else(|| hub.config().environment),
+        success_only: !matches!(q.status, Some(StatusFilter::Any)),
+        limit,
+    };
+    match hub.recent_deployments(query).await {
+        Ok(list) => Json(json!({ "deployments": list })).into_response(),
+        Err(e) => store_down(&e),
+    }
+}
+
 /// Query of `GET /api/v1/dora`.
 #[derive(Debug, Deserialize)]
 pub struct ReportQuery {
@@ -387,8 +458,20 @@ fn unauthorized(e: &webhooks::SignatureError) -> Response {
         .into_response()
 }
 
+/// Query of the GitHub and GitLab hooks: `?service=` names the service instead of the
+/// repository.
+#[derive(Debug, Default, Deserialize)]
+pub struct HookQuery {
+    service: Option<String>,
+}
+
 /// `POST /webhooks/github`.
-pub async fn github(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn github(
+    State(state): State<HttpState>,
+    Query(q): Query<HookQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(hub) = state.dora.as_ref() else {
         return not_enabled();
     };
@@ -410,18 +493,28 @@ pub async fn github(State(state): State<HttpState>, headers: HeaderMap, body: By
     let Some(event) = header(&headers, "x-github-event") else {
         return bad_request("missing X-GitHub-Event header");
     };
+    let payload = match webhooks::github_payload(header(&headers, "content-type"), &body) {
+        Ok(p) => p,
+        Err(e) => return bad_request(e),
+    };
     let opts = HookOptions {
         environment: cfg.environment.clone(),
         deploy_on_ci_success: gh.deploy_on_workflow_run,
         severities: Vec::new(),
+        service: q.service,
     };
     let delivery =
         header(&headers, "x-github-delivery").map(|d| ("github".to_owned(), d.to_owned()));
-    record_hook(hub, webhooks::parse_github(event, &body, &opts), delivery).await
+    record_hook(hub, webhooks::parse_github(event, &payload, &opts), delivery).await
 }
 
 /// `POST /webhooks/gitlab`.
-pub async fn gitlab(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn gitlab(
+    State(state): State<HttpState>,
+    Query(q): Query<HookQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(hub) = state.dora.as_ref() else {
         return not_enabled();
     };
@@ -445,6 +538,7 @@ pub async fn gitlab(State(state): State<HttpState>, headers: HeaderMap, body: By
         environment: cfg.environment.clone(),
         deploy_on_ci_success: gl.deploy_on_pipeline,
         severities: Vec::new(),
+        service: q.service,
     };
     let delivery = header(&headers, "x-gitlab-event-uuid")
         .or_else(|| header(&headers, "x-gitlab-webhook-uuid"))
@@ -462,6 +556,7 @@ pub async fn alertmanager(State(state): State<HttpState>, body: Bytes) -> Respon
         environment: cfg.environment.clone(),
         deploy_on_ci_success: false,
         severities: cfg.alertmanager_severities.clone(),
+        service: None,
     };
     record_hook(hub, webhooks::parse_alertmanager(&body, &opts), None).await
 }
@@ -478,7 +573,7 @@ mod tests {
         )
         .expect("json");
         let (d, _) = deployment_from(input, "production", 0).expect("valid");
-        assert_eq!(d.id, "api/production/1.2");
+        assert_eq!(d.id, "api/production/1.2/abc/success/1714564800");
         assert_eq!(d.finished_at, 1_714_564_800);
         assert_eq!(d.commits[0].timestamp, 1_714_564_800 - 7200);
         let input: DeploymentIn =

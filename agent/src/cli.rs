@@ -1,7 +1,7 @@
 //! The `sidelight dora report`, `sidelight deploy` and `sidelight probe` commands: the first
-//! reads the store directly (no running agent needed), the second posts a deployment to a running
-//! agent, the third is a health check for images without a shell or curl (Docker's
-//! `HEALTHCHECK`).
+//! reads the store directly (no running agent needed), the second posts a deploy attempt to a
+//! running hub with the commits since the service's previous deployment (read with `git`), the
+//! third is a health check for images without a shell or curl (Docker's `HEALTHCHECK`).
 
 use std::path::PathBuf;
 
@@ -47,7 +47,8 @@ pub enum Format {
 /// `sidelight dora report`.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The YAML configuration file (for store.path and dora.environment).
+    /// The agent's YAML configuration file: the report reads its `store.path` and
+    /// `dora.environment` (default: the embedded defaults, `./sidelight-data`).
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// The trailing window, e.g. 7d, 30d, 12h.
@@ -74,7 +75,14 @@ pub fn report(args: &ReportArgs) -> Result<(), CliError> {
     let window = Window::parse(&args.window).map_err(usage)?;
     let db = config.store.path.join(sidelight::store::DB_FILE);
     if !db.exists() {
-        return Err(failure(anyhow!("no DORA store at {}", db.display())));
+        let hint = match &args.config {
+            Some(p) => format!("the store.path of {}", p.display()),
+            None => "the default store.path; pass the agent's configuration with --config FILE to read its store".into(),
+        };
+        return Err(failure(anyhow!(
+            "no DORA store at {} ({hint}); a running hub also answers GET /api/v1/dora",
+            db.display()
+        )));
     }
     let store = Store::open_existing(&config.store.path)
         .with_context(|| format!("opening {}", db.display()))
@@ -168,7 +176,7 @@ pub struct DeployArgs {
     /// Version deployed.
     #[arg(long)]
     version: String,
-    /// Head commit deployed.
+    /// Head commit deployed (a sha, or any revision of the checkout).
     #[arg(long)]
     commit: String,
     /// Target environment.
@@ -181,8 +189,34 @@ pub struct DeployArgs {
     #[arg(long, default_value = "http://127.0.0.1:9464")]
     url: String,
     /// A file holding the agent's bearer token.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "token_env")]
     token_file: Option<PathBuf>,
+    /// An environment variable holding the agent's bearer token (e.g. a CI secret).
+    #[arg(long, value_name = "VAR")]
+    token_env: Option<String>,
+    /// This deploy attempt's delivery id: the same id posted twice counts once. Default:
+    /// `gha-$GITHUB_RUN_ID-$GITHUB_RUN_ATTEMPT`, `gitlab-job-$CI_JOB_ID`, or a generated one,
+    /// followed by `/<service>/<environment>`.
+    #[arg(long)]
+    delivery_id: Option<String>,
+    /// The git checkout to read commits from.
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    checkout: PathBuf,
+    /// Send the commits after this revision instead of those after the service's last
+    /// recorded deployment (asked of the agent).
+    #[arg(long, value_name = "REF", conflicts_with = "no_git")]
+    commits_from: Option<String>,
+    /// Do not read git: send no commits (e.g. when webhooks report pushes; see --repository).
+    #[arg(long)]
+    no_git: bool,
+    /// Also take the commits pushed to this repository, as reported by webhooks
+    /// (`github:<owner>/<repo>` or `gitlab:<group>/<project>`).
+    #[arg(long, value_name = "KEY")]
+    repository: Option<String>,
+    /// For a squash-merged pull request: the time of its first commit (RFC 3339 or Unix
+    /// seconds), used as the change time of the deployed commit.
+    #[arg(long, value_name = "TIME")]
+    pr_first_commit_at: Option<String>,
 }
 
 /// `--status`.
@@ -194,10 +228,112 @@ pub enum StatusArg {
     Failure,
 }
 
-/// Posts one deployment.
-pub fn deploy(args: &DeployArgs) -> Result<(), CliError> {
-    let token = match &args.token_file {
-        Some(f) => Some(
+/// Most commits one deploy sends (the newest are kept).
+const MAX_COMMITS: usize = 10_000;
+
+/// One change read from git.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GitCommit {
+    sha: String,
+    author_time: i64,
+}
+
+/// Runs `git -C dir args…` and returns its standard output.
+fn git(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .with_context(|| format!("running git in {}", dir.display()))?;
+    if !out.status.success() {
+        return Err(anyhow!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The full sha of a revision, if the checkout has it.
+fn resolve(dir: &std::path::Path, rev: &str) -> Option<String> {
+    git(
+        dir,
+        &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")],
+    )
+    .ok()
+    .map(|s| s.trim().to_owned())
+    .filter(|s| !s.is_empty())
+}
+
+/// Non-merge commits in `base..head` (all of `head`'s when `base` is `None`, limited to
+/// the head commit itself), newest first, with their author times.
+fn commits_between(
+    dir: &std::path::Path,
+    base: Option<&str>,
+    head: &str,
+) -> anyhow::Result<Vec<GitCommit>> {
+    let range = match base {
+        Some(b) => format!("{b}..{head}"),
+        None => head.to_owned(),
+    };
+    let max = (MAX_COMMITS + 1).to_string();
+    let mut args = vec!["log", "--no-merges", "--format=%H %at", "-n", &max];
+    if base.is_none() {
+        args = vec!["log", "--format=%H %at", "-n", "1"];
+    }
+    args.push(&range);
+    args.push("--");
+    let text = git(dir, &args)?;
+    text.lines()
+        .map(|line| {
+            let (sha, at) = line
+                .split_once(' ')
+                .ok_or_else(|| anyhow!("unexpected git log line {line:?}"))?;
+            Ok(GitCommit {
+                sha: sha.to_owned(),
+                author_time: at
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("author time of {sha}"))?,
+            })
+        })
+        .collect()
+}
+
+/// The delivery id when none is given: the CI run's, else a generated one.
+fn default_delivery_id(
+    env: &dyn Fn(&str) -> Option<String>,
+    service: &str,
+    environment: &str,
+) -> String {
+    let run = match (env("GITHUB_RUN_ID"), env("GITHUB_RUN_ATTEMPT"), env("CI_JOB_ID")) {
+        (Some(run), attempt, _) => format!("gha-{run}-{}", attempt.as_deref().unwrap_or("1")),
+        (None, _, Some(job)) => format!("gitlab-job-{job}"),
+        (None, _, None) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            format!("cli-{nanos}-{}", std::process::id())
+        }
+    };
+    format!("{run}/{service}/{environment}")
+}
+
+fn read_token(args: &DeployArgs) -> Result<Option<String>, CliError> {
+    if let Some(var) = &args.token_env {
+        let value = std::env::var(var)
+            .map_err(|_| usage(anyhow!("--token-env {var}: the variable is not set")))?;
+        let token = value.trim().to_owned();
+        if token.is_empty() {
+            return Err(usage(anyhow!("--token-env {var}: the variable is empty")));
+        }
+        return Ok(Some(token));
+    }
+    match &args.token_file {
+        Some(f) => Ok(Some(
             std::fs::read_to_string(f)
                 .with_context(|| format!("reading {}", f.display()))
                 .map_err(usage)?
@@ -206,43 +342,201 @@ pub fn deploy(args: &DeployArgs) -> Result<(), CliError> {
                 .unwrap_or_default()
                 .trim()
                 .to_owned(),
-        ),
-        None => None,
-    };
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Talks to the agent's DORA API.
+struct AgentApi {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl AgentApi {
+    fn explain(&self, method: &str, path: &str, code: u16, text: &str) -> anyhow::Error {
+        match code {
+            404 => anyhow!(
+                "DORA is not enabled on {} ({method} {path} answered 404; the agent needs `dora.enabled: true`)",
+                self.base
+            ),
+            401 => anyhow!(
+                "{} refused the bearer token (HTTP 401): pass it with --token-env VAR or --token-file FILE",
+                self.base
+            ),
+            _ => anyhow!("{method} {}{path}: HTTP {code}: {}", self.base, text.trim()),
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<String>) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.base);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let resp = match body {
+            Some(body) => {
+                let mut req = self
+                    .agent
+                    .post(&url)
+                    .header("content-type", "application/json");
+                if let Some(a) = &auth {
+                    req = req.header("authorization", a);
+                }
+                req.send(body)
+            }
+            None => {
+                let mut req = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    req = req.header("authorization", a);
+                }
+                req.call()
+            }
+        };
+        let mut resp = resp.with_context(|| format!("{method} {url}"))?;
+        let code = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        if (200..300).contains(&code) {
+            Ok(text)
+        } else {
+            Err(self.explain(method, path, code, &text))
+        }
+    }
+
+    /// The head commit of the service's last successful deployment, if any.
+    fn last_deployed_commit(&self, service: &str, environment: &str) -> anyhow::Result<String> {
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("service", service)
+            .append_pair("environment", environment)
+            .append_pair("limit", "1")
+            .finish();
+        let text = self.call("GET", &format!("/api/v1/deployments?{query}"), None)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).context("the agent's deployment list")?;
+        Ok(v["deployments"][0]["commit"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+}
+
+/// Posts one deploy attempt, with the commits since the service's previous deployment.
+pub fn deploy(args: &DeployArgs) -> Result<(), CliError> {
+    let token = read_token(args)?;
     let status = match args.status {
         StatusArg::Success => DeployStatus::Success,
         StatusArg::Failure => DeployStatus::Failure,
     };
-    let body = serde_json::json!({
+    let pr_first = match &args.pr_first_commit_at {
+        None => None,
+        Some(t) => Some(match t.parse::<i64>() {
+            Ok(n) => n,
+            Err(_) => sidelight::webhooks::parse_time(t).ok_or_else(|| {
+                usage(anyhow!(
+                    "--pr-first-commit-at {t:?}: not RFC 3339 or Unix seconds"
+                ))
+            })?,
+        }),
+    };
+    let api = AgentApi {
+        base: args.url.trim_end_matches('/').to_owned(),
+        token,
+        agent: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .build()
+            .into(),
+    };
+    let mut commit = args.commit.clone();
+    let mut commits: Vec<GitCommit> = Vec::new();
+    let mut since = String::from("no git");
+    if !args.no_git {
+        match resolve(&args.checkout, &args.commit) {
+            None => eprintln!(
+                "warning: {} is not a git checkout holding {:?}: recording without commits (pass --no-git to silence)",
+                args.checkout.display(),
+                args.commit
+            ),
+            Some(head) => {
+                commit = head.clone();
+                let base = match &args.commits_from {
+                    Some(r) => Some(r.clone()),
+                    None => Some(
+                        api.last_deployed_commit(&args.service, &args.environment)
+                            .map_err(failure)?,
+                    )
+                    .filter(|c| !c.is_empty()),
+                };
+                let base_sha = match &base {
+                    None => None,
+                    Some(b) => match resolve(&args.checkout, b) {
+                        Some(sha) => Some(sha),
+                        None => {
+                            eprintln!(
+                                "warning: {b} (the previous deployment) is not in this checkout (a shallow clone? fetch the history, e.g. `fetch-depth: 0`): sending only {head}"
+                            );
+                            None
+                        }
+                    },
+                };
+                commits = commits_between(&args.checkout, base_sha.as_deref(), &head)
+                    .map_err(failure)?;
+                if commits.len() > MAX_COMMITS {
+                    eprintln!(
+                        "warning: more than {MAX_COMMITS} commits since {}: sending the newest {MAX_COMMITS}",
+                        base.as_deref().unwrap_or("?")
+                    );
+                    commits.truncate(MAX_COMMITS);
+                }
+                since = match (&base, &base_sha) {
+                    (Some(b), Some(_)) => format!("since {b}"),
+                    (None, _) => "first deployment: the deployed commit only".into(),
+                    (Some(_), None) => "the deployed commit only".into(),
+                };
+            }
+        }
+    }
+    let delivery_id = args.delivery_id.clone().unwrap_or_else(|| {
+        default_delivery_id(
+            &|k| std::env::var(k).ok().filter(|v| !v.is_empty()),
+            &args.service,
+            &args.environment,
+        )
+    });
+    let mut body = serde_json::json!({
+        "id": delivery_id,
         "service": args.service,
         "version": args.version,
-        "commit": args.commit,
+        "commit": commit,
         "environment": args.environment,
         "status": status,
         "finished_at": unix_now(),
+        "commits": commits.iter().map(|c| {
+            let mut v = serde_json::json!({"sha": c.sha, "timestamp": c.author_time});
+            if let Some(first) = pr_first.filter(|_| c.sha == commit) {
+                v["pr_first_commit_at"] = first.into();
+            }
+            v
+        }).collect::<Vec<_>>(),
     });
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(30)))
-        .build()
-        .into();
-    let url = format!("{}/api/v1/deployments", args.url.trim_end_matches('/'));
-    let mut req = agent.post(&url).header("content-type", "application/json");
-    if let Some(t) = &token {
-        req = req.header("authorization", &format!("Bearer {t}"));
+    if let Some(r) = &args.repository {
+        body["repository"] = r.clone().into();
     }
-    let mut resp = req
-        .send(body.to_string())
-        .with_context(|| format!("POST {url}"))
+    let text = api
+        .call("POST", "/api/v1/deployments", Some(body.to_string()))
         .map_err(failure)?;
-    let code = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    if (200..300).contains(&code) {
-        println!("{}", text.trim());
-        Ok(())
-    } else {
-        Err(failure(anyhow!("POST {url}: HTTP {code}: {}", text.trim())))
-    }
+    println!("{}", text.trim());
+    eprintln!(
+        "{} {} {} to {}: {} commit(s) ({since}), delivery id {delivery_id}",
+        if status == DeployStatus::Success {
+            "deployed"
+        } else {
+            "failed deploying"
+        },
+        args.service,
+        args.version,
+        args.environment,
+        commits.len(),
+    );
+    Ok(())
 }
 
 /// `sidelight probe`.
@@ -281,5 +575,34 @@ pub fn probe(args: &ProbeArgs) -> Result<(), CliError> {
         Ok(())
     } else {
         Err(failure(anyhow!("GET {}: HTTP {code}", args.url)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_ids_follow_the_ci_run() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let gha = env(&[("GITHUB_RUN_ID", "1658821493"), ("GITHUB_RUN_ATTEMPT", "2")]);
+        assert_eq!(
+            default_delivery_id(&gha, "api", "production"),
+            "gha-1658821493-2/api/production"
+        );
+        let gl = env(&[("CI_JOB_ID", "8675309")]);
+        assert_eq!(
+            default_delivery_id(&gl, "api", "staging"),
+            "gitlab-job-8675309/api/staging"
+        );
+        let none = env(&[]);
+        let a = default_delivery_id(&none, "api", "production");
+        assert!(a.starts_with("cli-") && a.ends_with("/api/production"), "{a}");
     }
 }

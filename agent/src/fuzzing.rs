@@ -17,9 +17,10 @@ const GITHUB_EVENTS: [&str; 5] = [
     "workflow_run",
     "ping",
 ];
-const GITLAB_EVENTS: [&str; 4] = [
+const GITLAB_EVENTS: [&str; 5] = [
     "Deployment Hook",
     "Push Hook",
+    "Merge Request Hook",
     "Pipeline Hook",
     "Issue Hook",
 ];
@@ -38,6 +39,7 @@ pub fn webhooks(data: &[u8]) {
         environment: "production".to_owned(),
         deploy_on_ci_success: select & 0x20 != 0,
         severities: vec!["critical".to_owned(), "page".to_owned()],
+        service: None,
     };
     let event = usize::from((select >> 2) & 7);
     let parsed = match select & 3 {

@@ -83,7 +83,10 @@ pub fn router(
     if state.dora.is_some() {
         use crate::api;
         protected = protected
-            .route("/api/v1/deployments", post(api::post_deployment))
+            .route(
+                "/api/v1/deployments",
+                post(api::post_deployment).get(api::get_deployments),
+            )
             .route("/api/v1/incidents", post(api::post_incident))
             .route("/api/v1/dora", get(api::get_report))
             .route("/webhooks/alertmanager", post(api::alertmanager));

@@ -484,6 +484,14 @@ impl Hub {
             .collect())
     }
 
+    /// The latest deploy events of one service (`GET /api/v1/deployments`).
+    pub async fn recent_deployments(
+        &self,
+        query: crate::store::RecentQuery,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        self.store.recent_deployments(query).await
+    }
+
     /// Recomputes every metric from the store.
     pub async fn refresh(&self) -> Result<(), StoreError> {
         let now = unix_now();

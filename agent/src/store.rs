@@ -3,9 +3,11 @@
 //!
 //! Every event is written with everything it implies (its commits, the webhook delivery that
 //! carried it, the pushed commits it links) in one transaction: nothing is half-written.
-//! Writes are idempotent — the same delivery id, deployment id, or (service, version,
-//! environment) is stored once (`INSERT ... ON CONFLICT DO NOTHING`) and the caller learns
-//! whether the event was new.
+//! Writes are idempotent — the same webhook delivery id or deployment id is stored once
+//! (`INSERT ... ON CONFLICT DO NOTHING`) and the caller learns whether the event was new.
+//! Every deploy attempt is its own row: a failure and its successful retry of one version, or
+//! a rollback to an earlier version, are separate events (schema 2; schema 1 kept one row per
+//! (service, version, environment)). What they mean for DORA is decided by `dora::compute`.
 //!
 //! [`Store`] is synchronous. [`StoreHandle`] owns it on a dedicated thread fed by a bounded
 //! channel, so no database call runs on the async runtime; the thread commits whatever requests
@@ -103,6 +105,10 @@ const MIGRATIONS: &[&str] = &[
         pr_first_commit_at INTEGER,
         PRIMARY KEY (repo, sha)
      );",
+    // 2: every deploy attempt is an event of its own (a retried version, a rollback): the
+    // (service, version, environment) uniqueness goes; deployments are looked up by service.
+    "DROP INDEX deployments_version;
+     CREATE INDEX deployments_service ON deployments(service, environment, finished_at);",
 ];
 
 /// One change to an incident.
@@ -288,6 +294,36 @@ impl Store {
         Ok(events)
     }
 
+    /// The latest deploy events of `service` in `environment`, newest first (by finish time,
+    /// then id), only successful ones when `success_only`; at most `limit`.
+    pub fn recent_deployments(
+        &self,
+        service: &str,
+        environment: &str,
+        success_only: bool,
+        limit: usize,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT body FROM deployments WHERE service = ?1 AND environment = ?2
+             ORDER BY finished_at DESC, id DESC",
+        )?;
+        let mut rows = stmt.query(params![service, environment])?;
+        let mut out = Vec::new();
+        while out.len() < limit
+            && let Some(row) = rows.next()?
+        {
+            let body: String = row.get(0)?;
+            let d: Deployment = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+                table: "deployments",
+                reason: e.to_string(),
+            })?;
+            if !success_only || d.status == crate::dora::DeployStatus::Success {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
     /// The deployment with this id, if stored.
     pub fn deployment(&self, id: &str) -> Result<Option<Deployment>, StoreError> {
         let body: Option<String> = self
@@ -446,10 +482,24 @@ fn apply_in(tx: &Connection, batch: &Batch, now: UnixSeconds) -> Result<Outcome,
 
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
 
+/// What `StoreHandle::recent_deployments` asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentQuery {
+    /// Service.
+    pub service: String,
+    /// Environment.
+    pub environment: String,
+    /// Only successful deploy events.
+    pub success_only: bool,
+    /// At most this many.
+    pub limit: usize,
+}
+
 enum Request {
     Apply(Box<Batch>, UnixSeconds, Reply<Outcome>),
     Load(UnixSeconds, Reply<Events>),
     Retain(UnixSeconds, Reply<usize>),
+    Recent(RecentQuery, Reply<Vec<Deployment>>),
 }
 
 /// The store on its own thread, reached through a bounded channel.
@@ -507,6 +557,19 @@ impl StoreHandle {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// The latest deploy events of one service (see [`Store::recent_deployments`]).
+    pub async fn recent_deployments(
+        &self,
+        query: RecentQuery,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Request::Recent(query, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Deletes events older than `cutoff`.
     pub async fn retain(&self, cutoff: UnixSeconds) -> Result<usize, StoreError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
@@ -538,6 +601,15 @@ fn serve(mut store: Store, mut rx: tokio::sync::mpsc::Receiver<Request>) {
                 Request::Retain(cutoff, reply) => {
                     flush(&mut store, &mut writes);
                     let _ = reply.send(store.retain(cutoff));
+                }
+                Request::Recent(q, reply) => {
+                    flush(&mut store, &mut writes);
+                    let _ = reply.send(store.recent_deployments(
+                        &q.service,
+                        &q.environment,
+                        q.success_only,
+                        q.limit,
+                    ));
                 }
             }
         }
@@ -603,7 +675,7 @@ mod tests {
     }
 
     #[test]
-    fn same_id_or_version_counts_once_and_survives_reopen() {
+    fn same_id_counts_once_every_attempt_is_kept_and_survives_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let mut s = Store::open(dir.path()).expect("open");
@@ -618,9 +690,9 @@ mod tests {
                     .expect("apply")
                     .deployment_new
             );
-            // Same (service, version, environment), other id.
+            // Same (service, version, environment), other id: another attempt.
             assert!(
-                !s.apply(&deploy(dep("d2", "1.0", 1000)), 1000)
+                s.apply(&deploy(dep("d2", "1.0", 1100)), 1100)
                     .expect("apply")
                     .deployment_new
             );
@@ -638,9 +710,74 @@ mod tests {
         }
         let s = Store::open(dir.path()).expect("reopen migrates nothing");
         let e = s.load(i64::MIN).expect("load");
-        assert_eq!(e.deployments.len(), 3);
+        assert_eq!(e.deployments.len(), 4);
         assert_eq!(e.deployments[0].commits.len(), 1);
         assert_eq!(e.deployments[0].version, "1.0");
+        let recent = s
+            .recent_deployments("api", "production", true, 2)
+            .expect("recent");
+        let ids: Vec<&str> = recent.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["d4", "d3"]);
+    }
+
+    /// A database written by schema 1 (one row per service, version and environment) opens,
+    /// keeps its rows, and then takes a second attempt of a stored version.
+    #[test]
+    fn schema_1_database_migrates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).expect("create");
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (1);",
+            )
+            .expect("version table");
+            conn.execute_batch(MIGRATIONS[0]).expect("schema 1");
+            let mut old = dep("api/production/1.2.5", "1.2.5", 1000);
+            old.status = DeployStatus::Failure;
+            let commits = std::mem::take(&mut old.commits);
+            conn.execute(
+                "INSERT INTO deployments (id, service, environment, version, finished_at, body)
+                 VALUES (?1, 'api', 'production', '1.2.5', 1000, ?2)",
+                params![old.id, serde_json::to_string(&old).expect("json")],
+            )
+            .expect("row");
+            conn.execute(
+                "INSERT INTO deployment_commits (deployment_id, sha, timestamp) VALUES (?1, ?2, ?3)",
+                params![old.id, commits[0].sha, commits[0].timestamp],
+            )
+            .expect("commit");
+            // Schema 1 refuses the retry.
+            assert!(
+                conn.execute(
+                    "INSERT INTO deployments (id, service, environment, version, finished_at, body)
+                     VALUES ('retry', 'api', 'production', '1.2.5', 1100, '{}')",
+                    [],
+                )
+                .is_err()
+            );
+        }
+        let mut s = Store::open(dir.path()).expect("migrates");
+        let version: i64 = s
+            .conn
+            .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, 2);
+        let retry = dep("ci-42-2", "1.2.5", 1100);
+        assert!(s.apply(&deploy(retry), 1100).expect("apply").deployment_new);
+        let e = s.load(i64::MIN).expect("load");
+        let got: Vec<(&str, DeployStatus, usize)> = e
+            .deployments
+            .iter()
+            .map(|d| (d.id.as_str(), d.status, d.commits.len()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("api/production/1.2.5", DeployStatus::Failure, 1),
+                ("ci-42-2", DeployStatus::Success, 1)
+            ]
+        );
     }
 
     #[test]

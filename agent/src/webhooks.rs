@@ -2,16 +2,28 @@
 //! body, GitLab's shared token, both compared in constant time) and payload parsing into store
 //! [`Batch`]es (GitHub, GitLab, Alertmanager). No IO here; `api.rs` wires them to HTTP.
 //!
+//! GitHub deliveries come as JSON (`application/json`) or, GitHub's default, form-encoded
+//! (`application/x-www-form-urlencoded`, the JSON in the `payload` field); the signature is
+//! checked over the raw body as sent, then [`github_payload`] takes the JSON out.
+//!
+//! The service of a deployment is the repository's name (`repository.name` on GitHub,
+//! `project.name` on GitLab) unless the hook URL names one (`?service=checkout`, see
+//! [`HookOptions::service`]).
+//!
 //! Mapping:
 //! * GitHub `deployment_status` with state `success` → a deployment of service
 //!   `repository.name` in `deployment.environment`, finished at the status' `created_at`;
+//!   state `failure` or `error` → a failed deploy attempt (counted in
+//!   `dora_deployments_total{status="failure"}`, never a deployment); other states ignored;
 //!   `push` → its commits (author timestamps) remembered for the repository's next deployment;
 //!   `pull_request` closed and merged → its merge commit at `merged_at`, with the PR's first
 //!   commit time when the payload carries one (`pull_request.first_commit_at`, a field some CI
 //!   actions add; GitHub's own payload has none); `workflow_run` completed with conclusion
 //!   `success` on the default branch → a deployment when `deploy_on_workflow_run` is set.
 //!   Everything else (including `ping`) is acknowledged and ignored.
-//! * GitLab `Deployment Hook` with status `success` → a deployment; `Push Hook` → commits;
+//! * GitLab `Deployment Hook` with status `success` → a deployment (`failed` → a failed
+//!   attempt); `Push Hook` → commits; `Merge Request Hook` with action `merge` → its merge
+//!   commit at `merged_at` (else `updated_at`);
 //!   `Pipeline Hook` with status `success` on the default branch → a deployment when
 //!   `deploy_on_pipeline` is set.
 //! * Alertmanager: each alert of a configured `severity` opens (`firing`) or resolves
@@ -110,6 +122,45 @@ pub struct HookOptions {
     pub deploy_on_ci_success: bool,
     /// Alertmanager severities that make incidents.
     pub severities: Vec<String>,
+    /// The service name for deployments, instead of the repository's name (from the hook
+    /// URL's `?service=` query parameter).
+    pub service: Option<String>,
+}
+
+impl HookOptions {
+    fn service<'a>(&'a self, repository_name: &'a str) -> &'a str {
+        self.service
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(repository_name)
+    }
+}
+
+/// The content type of a form-encoded GitHub delivery.
+pub const FORM_URLENCODED: &str = "application/x-www-form-urlencoded";
+
+/// The JSON of a GitHub delivery: the body itself for `application/json` (or no content
+/// type), the decoded `payload` field for `application/x-www-form-urlencoded`.
+pub fn github_payload<'a>(
+    content_type: Option<&str>,
+    body: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, PayloadError> {
+    let mime = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if mime == FORM_URLENCODED {
+        return url::form_urlencoded::parse(body)
+            .find(|(k, _)| k == "payload")
+            .map(|(_, v)| std::borrow::Cow::Owned(v.into_owned().into_bytes()))
+            .ok_or_else(|| bad("form-encoded delivery without a payload field"));
+    }
+    if mime.is_empty() || mime == "application/json" || mime.ends_with("+json") {
+        return Ok(std::borrow::Cow::Borrowed(body));
+    }
+    Err(bad(format!(
+        "content type {mime:?} is not application/json or {FORM_URLENCODED}"
+    )))
 }
 
 /// Parses an RFC 3339 time (`2024-05-01T12:00:00Z`, `...+02:00`, fractions ignored), also in
@@ -205,13 +256,13 @@ fn parse_json(body: &[u8]) -> Result<Value, PayloadError> {
     }
 }
 
-fn deployment(
+fn attempt(
     id: String,
     service: &str,
     environment: &str,
     sha: &str,
-    started_at: UnixSeconds,
-    finished_at: UnixSeconds,
+    status: DeployStatus,
+    (started_at, finished_at): (UnixSeconds, UnixSeconds),
 ) -> Deployment {
     Deployment {
         id,
@@ -219,7 +270,7 @@ fn deployment(
         environment: environment.to_owned(),
         version: sha.to_owned(),
         commit: sha.to_owned(),
-        status: DeployStatus::Success,
+        status,
         started_at: started_at.min(finished_at),
         finished_at,
         commits: Vec::new(),
@@ -256,11 +307,13 @@ pub fn parse_github(event: &str, body: &[u8], opts: &HookOptions) -> Result<Pars
     match event {
         "deployment_status" => {
             let state = need(&v, &["deployment_status", "state"])?;
-            if state != "success" {
-                return Ok(Parsed::Ignored(format!("deployment_status {state}")));
-            }
+            let status = match state {
+                "success" => DeployStatus::Success,
+                "failure" | "error" => DeployStatus::Failure,
+                _ => return Ok(Parsed::Ignored(format!("deployment_status {state}"))),
+            };
             let repo = need(&v, &["repository", "full_name"])?;
-            let service = need(&v, &["repository", "name"])?;
+            let service = opts.service(need(&v, &["repository", "name"])?);
             let env = str_at(&v, &["deployment", "environment"]).unwrap_or(&opts.environment);
             let sha = need(&v, &["deployment", "sha"])?;
             let dep_id =
@@ -269,13 +322,22 @@ pub fn parse_github(event: &str, body: &[u8], opts: &HookOptions) -> Result<Pars
             let started = str_at(&v, &["deployment", "created_at"])
                 .and_then(parse_time)
                 .unwrap_or(finished);
-            let d = deployment(
-                format!("github:{repo}:deployment:{dep_id}"),
+            // A GitHub deployment may get a failure status and later a success (a re-run):
+            // each is its own attempt.
+            let id = match status {
+                DeployStatus::Success => format!("github:{repo}:deployment:{dep_id}"),
+                DeployStatus::Failure => {
+                    let status_id = id_at(&v, &["deployment_status", "id"]).unwrap_or_default();
+                    format!("github:{repo}:deployment:{dep_id}:failure:{status_id}")
+                }
+            };
+            let d = attempt(
+                id,
                 service,
                 env,
                 sha,
-                started,
-                finished,
+                status,
+                (started.min(finished), finished),
             );
             Ok(Parsed::Record(Box::new(Batch {
                 deployment: Some((d, Some(format!("github:{repo}")))),
@@ -327,33 +389,43 @@ pub fn parse_github(event: &str, body: &[u8], opts: &HookOptions) -> Result<Pars
             let conclusion = str_at(&v, &["workflow_run", "conclusion"]).unwrap_or("");
             let branch = str_at(&v, &["workflow_run", "head_branch"]).unwrap_or("");
             let default = str_at(&v, &["repository", "default_branch"]).unwrap_or("main");
-            if action != "completed" || conclusion != "success" || branch != default {
+            let status = match conclusion {
+                "success" => Some(DeployStatus::Success),
+                "failure" | "timed_out" => Some(DeployStatus::Failure),
+                _ => None,
+            };
+            let (Some(status), "completed", true) = (status, action, branch == default) else {
                 return Ok(Parsed::Ignored(format!(
                     "workflow_run {action}/{conclusion} on {branch:?}"
                 )));
-            }
+            };
             if !opts.deploy_on_ci_success {
                 return Ok(Parsed::Ignored(
                     "workflow_run: deploy_on_workflow_run is off".into(),
                 ));
             }
             let repo = need(&v, &["repository", "full_name"])?;
-            let service = need(&v, &["repository", "name"])?;
+            let service = opts.service(need(&v, &["repository", "name"])?);
             let sha = need(&v, &["workflow_run", "head_sha"])?;
             let run =
                 id_at(&v, &["workflow_run", "id"]).ok_or_else(|| bad("missing workflow_run.id"))?;
+            // A re-run keeps the run id and bumps `run_attempt`: each attempt is its own event.
+            let id = match id_at(&v, &["workflow_run", "run_attempt"]) {
+                Some(n) if n != "1" => format!("github:{repo}:run:{run}:{n}"),
+                _ => format!("github:{repo}:run:{run}"),
+            };
             let finished = need_time(&v, &["workflow_run", "updated_at"])?;
             let started = str_at(&v, &["workflow_run", "run_started_at"])
                 .or_else(|| str_at(&v, &["workflow_run", "created_at"]))
                 .and_then(parse_time)
                 .unwrap_or(finished);
-            let d = deployment(
-                format!("github:{repo}:run:{run}"),
+            let d = attempt(
+                id,
                 service,
                 &opts.environment,
                 sha,
-                started,
-                finished,
+                status,
+                (started.min(finished), finished),
             );
             Ok(Parsed::Record(Box::new(Batch {
                 deployment: Some((d, Some(format!("github:{repo}")))),
@@ -369,28 +441,51 @@ pub fn parse_gitlab(event: &str, body: &[u8], opts: &HookOptions) -> Result<Pars
     let v = parse_json(body)?;
     match event {
         "Deployment Hook" => {
-            let status = need(&v, &["status"])?;
-            if status != "success" {
-                return Ok(Parsed::Ignored(format!("deployment {status}")));
-            }
+            let state = need(&v, &["status"])?;
+            let status = match state {
+                "success" => DeployStatus::Success,
+                "failed" => DeployStatus::Failure,
+                _ => return Ok(Parsed::Ignored(format!("deployment {state}"))),
+            };
             let repo = need(&v, &["project", "path_with_namespace"])?;
-            let service = need(&v, &["project", "name"])?;
+            let service = opts.service(need(&v, &["project", "name"])?);
             let env = str_at(&v, &["environment"]).unwrap_or(&opts.environment);
             let sha = str_at(&v, &["sha"])
                 .or_else(|| str_at(&v, &["short_sha"]))
                 .ok_or_else(|| bad("missing string field sha"))?;
             let id = id_at(&v, &["deployment_id"]).ok_or_else(|| bad("missing deployment_id"))?;
             let finished = need_time(&v, &["status_changed_at"])?;
-            let d = deployment(
-                format!("gitlab:{repo}:deployment:{id}"),
-                service,
-                env,
-                sha,
-                finished,
-                finished,
-            );
+            let id = match status {
+                DeployStatus::Success => format!("gitlab:{repo}:deployment:{id}"),
+                DeployStatus::Failure => format!("gitlab:{repo}:deployment:{id}:failed"),
+            };
+            let d = attempt(id, service, env, sha, status, (finished, finished));
             Ok(Parsed::Record(Box::new(Batch {
                 deployment: Some((d, Some(format!("gitlab:{repo}")))),
+                ..Batch::default()
+            })))
+        }
+        "Merge Request Hook" => {
+            let action = str_at(&v, &["object_attributes", "action"]).unwrap_or("");
+            if action != "merge" {
+                return Ok(Parsed::Ignored(format!(
+                    "merge request {action:?} (not a merge)"
+                )));
+            }
+            let repo = need(&v, &["project", "path_with_namespace"])?;
+            let sha = need(&v, &["object_attributes", "merge_commit_sha"])?;
+            let merged_at = str_at(&v, &["object_attributes", "merged_at"])
+                .and_then(parse_time)
+                .map_or_else(|| need_time(&v, &["object_attributes", "updated_at"]), Ok)?;
+            Ok(Parsed::Record(Box::new(Batch {
+                pending: vec![(
+                    format!("gitlab:{repo}"),
+                    Change {
+                        sha: sha.to_owned(),
+                        timestamp: merged_at,
+                        pr_first_commit_at: None,
+                    },
+                )],
                 ..Batch::default()
             })))
         }
@@ -407,19 +502,24 @@ pub fn parse_gitlab(event: &str, body: &[u8], opts: &HookOptions) -> Result<Pars
             })))
         }
         "Pipeline Hook" => {
-            let status = need(&v, &["object_attributes", "status"])?;
+            let state = need(&v, &["object_attributes", "status"])?;
             let branch = str_at(&v, &["object_attributes", "ref"]).unwrap_or("");
             let default = str_at(&v, &["project", "default_branch"]).unwrap_or("main");
-            if status != "success" || branch != default {
-                return Ok(Parsed::Ignored(format!("pipeline {status} on {branch:?}")));
-            }
+            let status = match state {
+                "success" => Some(DeployStatus::Success),
+                "failed" => Some(DeployStatus::Failure),
+                _ => None,
+            };
+            let (Some(status), true) = (status, branch == default) else {
+                return Ok(Parsed::Ignored(format!("pipeline {state} on {branch:?}")));
+            };
             if !opts.deploy_on_ci_success {
                 return Ok(Parsed::Ignored(
                     "pipeline: deploy_on_pipeline is off".into(),
                 ));
             }
             let repo = need(&v, &["project", "path_with_namespace"])?;
-            let service = need(&v, &["project", "name"])?;
+            let service = opts.service(need(&v, &["project", "name"])?);
             let sha = need(&v, &["object_attributes", "sha"])?;
             let id = id_at(&v, &["object_attributes", "id"])
                 .ok_or_else(|| bad("missing object_attributes.id"))?;
@@ -427,13 +527,19 @@ pub fn parse_gitlab(event: &str, body: &[u8], opts: &HookOptions) -> Result<Pars
             let started = str_at(&v, &["object_attributes", "created_at"])
                 .and_then(parse_time)
                 .unwrap_or(finished);
-            let d = deployment(
-                format!("gitlab:{repo}:pipeline:{id}"),
+            // Retrying a job re-runs the same pipeline (same id): a failure then a success of
+            // one pipeline are two attempts.
+            let id = match status {
+                DeployStatus::Success => format!("gitlab:{repo}:pipeline:{id}"),
+                DeployStatus::Failure => format!("gitlab:{repo}:pipeline:{id}:failed:{finished}"),
+            };
+            let d = attempt(
+                id,
                 service,
                 &opts.environment,
                 sha,
-                started,
-                finished,
+                status,
+                (started.min(finished), finished),
             );
             Ok(Parsed::Record(Box::new(Batch {
                 deployment: Some((d, Some(format!("gitlab:{repo}")))),
@@ -527,6 +633,7 @@ mod tests {
             environment: "production".into(),
             deploy_on_ci_success: ci,
             severities: vec!["critical".into()],
+            service: None,
         }
     }
 
@@ -671,6 +778,118 @@ mod tests {
         ));
         assert!(parse_github("push", b"{not json", &opts(true)).is_err());
         assert!(parse_github("deployment_status", b"{}", &opts(true)).is_err());
+    }
+
+    #[test]
+    fn github_payload_from_json_or_form() {
+        let json = br#"{"zen":"Design for failure.","hook_id":1}"#;
+        assert_eq!(
+            &*github_payload(Some("application/json"), json).expect("json"),
+            json
+        );
+        assert_eq!(&*github_payload(None, json).expect("none"), json);
+        // GitHub's default: `payload=<JSON, form-urlencoded>`, `+` for spaces.
+        let form: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("payload", std::str::from_utf8(json).expect("utf8"))
+            .finish();
+        assert!(form.contains("Design+for+failure."), "{form}");
+        let got = github_payload(
+            Some("application/x-www-form-urlencoded; charset=utf-8"),
+            form.as_bytes(),
+        )
+        .expect("form");
+        assert_eq!(&*got, json);
+        assert!(github_payload(Some(FORM_URLENCODED), b"other=1").is_err());
+        assert!(github_payload(Some("text/plain"), json).is_err());
+    }
+
+    #[test]
+    fn failed_attempts_and_service_override() {
+        let body = br#"{"action": "created",
+          "deployment_status": {"id": 7, "state": "failure", "created_at": "2024-05-01T12:10:00Z"},
+          "deployment": {"id": 9, "sha": "a84d88e", "environment": "production",
+                         "created_at": "2024-05-01T12:00:00Z"},
+          "repository": {"name": "api", "full_name": "octo/api", "default_branch": "main"}}"#;
+        let mut o = opts(false);
+        o.service = Some("checkout".into());
+        let Ok(Parsed::Record(b)) = parse_github("deployment_status", body, &o) else {
+            panic!("failure recorded")
+        };
+        let (d, _) = b.deployment.expect("attempt");
+        assert_eq!(d.status, DeployStatus::Failure);
+        assert_eq!(d.service, "checkout");
+        assert_eq!(d.id, "github:octo/api:deployment:9:failure:7");
+        let inactive = body_replace(body, "\"failure\"", "\"inactive\"");
+        assert!(matches!(
+            parse_github("deployment_status", &inactive, &o),
+            Ok(Parsed::Ignored(_))
+        ));
+
+        let run = br#"{"action": "completed",
+          "workflow_run": {"id": 30433642, "run_attempt": 2, "head_branch": "main", "head_sha": "acb5820",
+             "conclusion": "failure", "updated_at": "2024-05-01T12:00:00Z"},
+          "repository": {"name": "api", "full_name": "octo/api", "default_branch": "main"}}"#;
+        let Ok(Parsed::Record(b)) = parse_github("workflow_run", run, &opts(true)) else {
+            panic!("run")
+        };
+        let (d, _) = b.deployment.expect("attempt");
+        assert_eq!(
+            (d.id.as_str(), d.status),
+            ("github:octo/api:run:30433642:2", DeployStatus::Failure)
+        );
+        let cancelled = body_replace(run, "\"failure\"", "\"cancelled\"");
+        assert!(matches!(
+            parse_github("workflow_run", &cancelled, &opts(true)),
+            Ok(Parsed::Ignored(_))
+        ));
+
+        let gl = br#"{"object_kind": "deployment", "status": "failed",
+          "status_changed_at": "2021-04-28 21:50:00 +0200", "deployment_id": 15,
+          "environment": "production", "sha": "279484c0",
+          "project": {"name": "shop", "path_with_namespace": "team/shop"}}"#;
+        let Ok(Parsed::Record(b)) = parse_gitlab("Deployment Hook", gl, &opts(false)) else {
+            panic!("gitlab failed")
+        };
+        let (d, _) = b.deployment.expect("attempt");
+        assert_eq!(
+            (d.id.as_str(), d.status, d.service.as_str()),
+            (
+                "gitlab:team/shop:deployment:15:failed",
+                DeployStatus::Failure,
+                "shop"
+            )
+        );
+    }
+
+    #[test]
+    fn gitlab_merge_request_merge() {
+        let mr = br#"{"object_kind": "merge_request", "event_type": "merge_request",
+          "project": {"id": 1, "name": "Gitlab Test", "path_with_namespace": "gitlabhq/gitlab-test",
+                      "default_branch": "master"},
+          "object_attributes": {"id": 99, "iid": 1, "action": "merge", "state": "merged",
+             "merge_commit_sha": "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",
+             "created_at": "2013-12-03T17:23:34Z", "updated_at": "2013-12-03T17:40:00Z",
+             "merged_at": "2013-12-03T17:30:00Z", "target_branch": "master"}}"#;
+        let Ok(Parsed::Record(b)) = parse_gitlab("Merge Request Hook", mr, &opts(false)) else {
+            panic!("mr")
+        };
+        let (repo, c) = &b.pending[0];
+        assert_eq!(repo, "gitlab:gitlabhq/gitlab-test");
+        assert_eq!(c.timestamp, parse_time("2013-12-03T17:30:00Z").expect("t"));
+        let no_merged_at = body_replace(mr, "merged_at", "x_merged_at");
+        let Ok(Parsed::Record(b)) = parse_gitlab("Merge Request Hook", &no_merged_at, &opts(false))
+        else {
+            panic!("mr")
+        };
+        assert_eq!(
+            b.pending[0].1.timestamp,
+            parse_time("2013-12-03T17:40:00Z").expect("t")
+        );
+        let opened = body_replace(mr, "\"merge\"", "\"open\"");
+        assert!(matches!(
+            parse_gitlab("Merge Request Hook", &opened, &opts(false)),
+            Ok(Parsed::Ignored(_))
+        ));
     }
 
     #[test]

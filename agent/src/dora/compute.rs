@@ -12,12 +12,20 @@
 //!   optionally one service) with `finished_at <= now`; it belongs to the window of its
 //!   `finished_at`. Events are sorted by `(finished_at, started_at, id)` whatever their
 //!   arrival order, so late events land where they belong.
-//! * **Dedup.** Within a (service, environment), an event whose non-empty delivery id or
-//!   non-empty version was already seen is a duplicate of that earlier deployment: it is
-//!   not counted, but its commits are added to the earlier deployment's changes and its
-//!   id still resolves to it (for incident links). Ids, versions and shas are compared by
-//!   64-bit fingerprint (see `fingerprint`): an accidental collision, about 2^-63 per
-//!   pair, would merge two of them.
+//! * **Dedup.** Within a (service, environment), an event whose non-empty delivery id was
+//!   already seen, or whose non-empty version is the version live at the time (the last
+//!   counted deployment's), is a duplicate of that earlier deployment: it is not counted,
+//!   but its commits are added to the earlier deployment's changes and its id still
+//!   resolves to it (for incident links). Failed attempts are not deployments, so a
+//!   success after a failure of the same version counts. Ids, versions and shas are
+//!   compared by 64-bit fingerprint (see `fingerprint`): an accidental collision, about
+//!   2^-63 per pair, would merge two of them.
+//! * **Rollback by version.** A deployment whose version was first deployed before the
+//!   live version was first deployed is a rollback: it counts as a deployment, blames the
+//!   deployment it replaces like a `rollback` without `fixes_deployment`, and is rework
+//!   when an in-scope incident of its service and environment was open while it was
+//!   deployed. A version first deployed after the live one (rolling forward again) is a
+//!   plain deployment.
 //! * **Changes and lead time.** A deployment's changes are its `commits` (and those of its
 //!   duplicates) that no earlier deployment of the same (service, environment) shipped:
 //!   a commit deployed twice counts at its first deployment, including a first deployment
@@ -42,7 +50,8 @@
 //!   an in-scope incident names its delivery id (or a duplicate's), or names a commit it
 //!   first shipped (head commit or change) in the incident's service and environment —
 //!   `deployment_id` wins over `commit` when both are given; the next deployment of the
-//!   same service and environment is a hotfix or rollback without `fixes_deployment`; a
+//!   same service and environment is a hotfix or rollback (by kind or by version) without
+//!   `fixes_deployment`; a
 //!   hotfix or rollback names it in `fixes_deployment` (an unknown id there blames
 //!   nothing); a [`RegressionFinding`] names it. Causes are taken up to `now`, so a
 //!   deployment can turn failed in a later report. Links are by delivery id across
@@ -402,6 +411,8 @@ struct Rec<'a> {
     changes_end: usize,
     part: usize,
     kind: DeploymentKind,
+    /// Its version was first deployed before the version live when it was deployed.
+    rollback: bool,
     event: &'a Deployment,
 }
 
@@ -587,6 +598,7 @@ fn read_part<'a>(
             changes_end: changes.len(),
             part: part_index,
             kind: d.kind,
+            rollback: false,
             event: d,
         });
         if let Some(id) = &d.fixes_deployment {
@@ -777,7 +789,7 @@ pub fn report_on(
     let mut blamed: Vec<DepRef> = Vec::new();
     for (g, group) in groups.iter().enumerate() {
         for (i, r) in group.deps.iter().enumerate() {
-            if r.kind == DeploymentKind::Normal {
+            if r.kind == DeploymentKind::Normal && !r.rollback {
                 continue;
             }
             match &r.event.fixes_deployment {
@@ -819,6 +831,23 @@ pub fn report_on(
     let open_during = |incident: &Incident, r: &Rec<'_>| {
         incident.started_at <= r.finished && incident.resolved_at.is_none_or(|t| t >= r.started)
     };
+    // A rollback (by version) while an incident of its service and environment is open is
+    // the unplanned fix for it.
+    let rollbacks: Vec<Vec<usize>> = groups
+        .iter()
+        .map(|group| {
+            let rolled = group.deps.iter().enumerate().filter(|(_, r)| r.rollback);
+            rolled.map(|(i, _)| i).collect()
+        })
+        .collect();
+    for &(g, incident, _) in &incidents {
+        for &i in &rollbacks[g] {
+            let group = &mut groups[g];
+            if open_during(incident, &group.deps[i]) {
+                group.rework[i] = true;
+            }
+        }
+    }
     for &(_, incident, _) in &incidents {
         if let Some(&(g, i)) = incident
             .resolved_by_deployment
@@ -988,8 +1017,8 @@ pub struct LeadTimes {
 /// `earlier` are the deployments already stored (any service, order or status; only
 /// successful ones of the same service and environment finished no later than it count).
 /// Changes an earlier deployment shipped are skipped; if `deployment` repeats an earlier
-/// one (same delivery id or version), its new changes are timed from that earlier one's
-/// finish. Empty for an unsuccessful deployment.
+/// one (same delivery id, or the version of the latest earlier one), its new changes are
+/// timed from that earlier one's finish. Empty for an unsuccessful deployment.
 #[must_use]
 pub fn ingest_lead_times<'a>(
     deployment: &Deployment,
@@ -1001,6 +1030,7 @@ pub fn ingest_lead_times<'a>(
     }
     let mut finished = deployment.finished_at;
     let mut shipped: FastSet<&str> = FastSet::default();
+    let mut latest: Option<&Deployment> = None;
     for e in earlier {
         if e.status != DeployStatus::Success
             || e.service != deployment.service
@@ -1009,12 +1039,20 @@ pub fn ingest_lead_times<'a>(
         {
             continue;
         }
-        let repeats = (!e.id.is_empty() && e.id == deployment.id)
-            || (!e.version.is_empty() && e.version == deployment.version);
-        if repeats {
+        if !e.id.is_empty() && e.id == deployment.id {
             finished = finished.min(e.finished_at);
         }
+        if latest.is_none_or(|l| (l.finished_at, l.started_at) <= (e.finished_at, e.started_at))
+        {
+            latest = Some(e);
+        }
         shipped.extend(e.commits.iter().map(|c| c.sha.as_str()));
+    }
+    if let Some(l) = latest
+        && !l.version.is_empty()
+        && l.version == deployment.version
+    {
+        finished = finished.min(l.finished_at);
     }
     for change in &deployment.commits {
         if change.sha.is_empty() || shipped.insert(&change.sha) {
@@ -1074,28 +1112,33 @@ fn dedup<'a>(
     by_id.reserve(deps.len());
     by_version.clear();
     by_version.reserve(deps.len());
-    // Duplicates move out to `dups`; the rest close up in place.
-    let mut kept = 0;
+    // Duplicates move out to `dups`; the rest close up in place (`deps[..kept]`).
+    let mut kept: usize = 0;
     for k in 0..deps.len() {
-        let r = deps[k];
-        // One hash lookup per key: remember the vacant slot, fill it once the index is known.
+        let mut r = deps[k];
+        // One hash lookup per id: remember the vacant slot, fill it once the index is known.
         let (id_hit, id_slot) = match (r.id != 0).then(|| by_id.entry(r.id)) {
             Some(Entry::Occupied(o)) => (Some(*o.get()), None),
             Some(Entry::Vacant(v)) => (None, Some(v)),
             None => (None, None),
         };
-        let (version_hit, version_slot) =
-            match (r.version != 0).then(|| by_version.entry(r.version)) {
-                Some(Entry::Occupied(o)) => (Some(*o.get()), None),
-                Some(Entry::Vacant(v)) => (None, Some(v)),
-                None => (None, None),
-            };
+        // The version live now: the last counted deployment's.
+        let current = kept.checked_sub(1).map(|j| (j, deps[j].version));
+        let version_hit = current
+            .filter(|&(_, v)| r.version != 0 && v == r.version)
+            .map(|(j, _)| j);
         let i = match id_hit.or(version_hit) {
             Some(i) => {
                 group.dups.push((i, r));
                 i
             }
             None => {
+                // A version first deployed before the live one: a rollback.
+                if let (Some(&first), Some((_, live))) = (by_version.get(&r.version), current)
+                    && let Some(&live_first) = by_version.get(&live)
+                {
+                    r.rollback = first < live_first;
+                }
                 deps[kept] = r;
                 kept += 1;
                 kept - 1
@@ -1104,8 +1147,8 @@ fn dedup<'a>(
         if let Some(slot) = id_slot {
             slot.insert(i);
         }
-        if let Some(slot) = version_slot {
-            slot.insert(i);
+        if r.version != 0 {
+            by_version.entry(r.version).or_insert(i);
         }
     }
     deps.truncate(kept);
@@ -1777,6 +1820,67 @@ mod tests {
             close(c.name, r.lead_time_median_seconds, c.median);
             close(c.name, r.lead_time_p90_seconds, c.p90);
         }
+    }
+
+    /// A failed attempt retried, a rollback by version during an incident, a redelivery;
+    /// every figure computed by hand.
+    #[test]
+    fn retried_failure_and_rollback_by_version() {
+        let v = |mut d: Deployment, version: &str| {
+            d.version = version.into();
+            d
+        };
+        let (t1, t2, t3, t4) = (NOW - 10 * D, NOW - 8 * D, NOW - 5 * D, NOW - 2 * D);
+        let mut failed = v(dep("run-2-1", t2, vec![ch("c2", t2 - 3 * H)]), "2");
+        failed.status = DeployStatus::Failure;
+        let e = events(
+            vec![
+                v(dep("run-1-1", t1, vec![ch("c1", t1 - 2 * H)]), "1"),
+                failed,
+                // The retry of the same version succeeds: a deployment (lead 4h).
+                v(dep("run-2-2", t2 + H, vec![ch("c2", t2 - 3 * H)]), "2"),
+                v(dep("run-3-1", t3, vec![ch("c3", t3 - H)]), "3"),
+                // Version 2 again while version 3 is live: a rollback, blaming run-3-1,
+                // rework because I1 is open.
+                v(dep("run-4-1", t3 + 2 * H, vec![]), "2"),
+                v(dep("run-5-1", t4, vec![ch("c4", t4 - 6 * H)]), "4"),
+                // Redelivered: counted once.
+                v(dep("run-5-1", t4, vec![ch("c4", t4 - 6 * H)]), "4"),
+            ],
+            vec![inc("I1", t3 + H, Some(t3 + 3 * H))],
+        );
+        let r = api(&e, Window::days(30));
+        assert_eq!(r.deployments, 5);
+        // Leads 2h, 4h, 1h, 6h: median (2h + 4h) / 2.
+        assert_eq!(r.changes, 4);
+        assert_eq!(r.lead_time_median_seconds, Some(10_800.0));
+        assert_eq!(r.failed_deployments, 1);
+        assert_eq!(r.change_fail_rate, Some(0.2));
+        // I1 is linked to no deployment: from its own start, 2h.
+        assert_eq!(r.recovery_time_median_seconds, Some(7200.0));
+        assert_eq!(r.rework_deployments, 1);
+        assert_eq!(r.rework_rate, Some(0.2));
+
+        // Without an open incident the rollback still blames the deployment it replaces,
+        // but it is not rework.
+        let mut calm = e.clone();
+        calm.incidents.clear();
+        let r = api(&calm, Window::days(30));
+        assert_eq!((r.failed_deployments, r.rework_deployments), (1, 0));
+
+        // 1, 2, 1, 2: the second 2 rolls forward (2 was first deployed after 1): one
+        // rollback, blaming the first 2.
+        let e = events(
+            vec![
+                v(dep("a", t1, vec![]), "1"),
+                v(dep("b", t2, vec![]), "2"),
+                v(dep("c", t3, vec![]), "1"),
+                v(dep("d", t4, vec![]), "2"),
+            ],
+            vec![],
+        );
+        let r = api(&e, Window::days(30));
+        assert_eq!((r.deployments, r.failed_deployments), (4, 1));
     }
 
     #[test]

@@ -505,7 +505,12 @@ pub async fn github(
     };
     let delivery =
         header(&headers, "x-github-delivery").map(|d| ("github".to_owned(), d.to_owned()));
-    record_hook(hub, webhooks::parse_github(event, &payload, &opts), delivery).await
+    record_hook(
+        hub,
+        webhooks::parse_github(event, &payload, &opts),
+        delivery,
+    )
+    .await
 }
 
 /// `POST /webhooks/gitlab`.

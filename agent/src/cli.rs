@@ -260,7 +260,12 @@ fn git(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
 fn resolve(dir: &std::path::Path, rev: &str) -> Option<String> {
     git(
         dir,
-        &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")],
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{rev}^{{commit}}"),
+        ],
     )
     .ok()
     .map(|s| s.trim().to_owned())
@@ -308,7 +313,11 @@ fn default_delivery_id(
     service: &str,
     environment: &str,
 ) -> String {
-    let run = match (env("GITHUB_RUN_ID"), env("GITHUB_RUN_ATTEMPT"), env("CI_JOB_ID")) {
+    let run = match (
+        env("GITHUB_RUN_ID"),
+        env("GITHUB_RUN_ATTEMPT"),
+        env("CI_JOB_ID"),
+    ) {
         (Some(run), attempt, _) => format!("gha-{run}-{}", attempt.as_deref().unwrap_or("1")),
         (None, _, Some(job)) => format!("gitlab-job-{job}"),
         (None, _, None) => {
@@ -477,8 +486,8 @@ pub fn deploy(args: &DeployArgs) -> Result<(), CliError> {
                         }
                     },
                 };
-                commits = commits_between(&args.checkout, base_sha.as_deref(), &head)
-                    .map_err(failure)?;
+                commits =
+                    commits_between(&args.checkout, base_sha.as_deref(), &head).map_err(failure)?;
                 if commits.len() > MAX_COMMITS {
                     eprintln!(
                         "warning: more than {MAX_COMMITS} commits since {}: sending the newest {MAX_COMMITS}",
@@ -603,6 +612,9 @@ mod tests {
         );
         let none = env(&[]);
         let a = default_delivery_id(&none, "api", "production");
-        assert!(a.starts_with("cli-") && a.ends_with("/api/production"), "{a}");
+        assert!(
+            a.starts_with("cli-") && a.ends_with("/api/production"),
+            "{a}"
+        );
     }
 }

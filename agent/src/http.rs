@@ -79,7 +79,8 @@ pub fn router(
     let mut protected = Router::new().route("/metrics", get(metrics));
     let mut open = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/api/v1/openapi.json", get(openapi));
     if state.dora.is_some() {
         use crate::api;
         protected = protected
@@ -122,6 +123,13 @@ pub fn router(
             max_body_bytes,
         ))
         .with_state(state)
+}
+
+/// The OpenAPI 3.1 document of every route (`GET /api/v1/openapi.json`).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -300,6 +308,76 @@ mod tests {
 
     fn get(path: &str) -> axum::http::request::Builder {
         Request::builder().uri(path)
+    }
+
+    /// Every `.route(path, method(..)...)` this file mounts, as (METHOD, path).
+    fn mounted_routes() -> std::collections::BTreeSet<(String, String)> {
+        let src = include_str!("http.rs");
+        // The code, not these tests.
+        let src = src.split("#[cfg(test)]").next().unwrap_or(src);
+        let mut out = std::collections::BTreeSet::new();
+        let mut rest = src;
+        while let Some(at) = rest.find(".route(") {
+            rest = &rest[at + ".route(".len()..];
+            let Some(path) = rest
+                .trim_start()
+                .strip_prefix('"')
+                .and_then(|r| r.split('"').next())
+            else {
+                continue;
+            };
+            // The handlers: up to the call's closing parenthesis.
+            let mut depth = 1;
+            let end = rest
+                .char_indices()
+                .find(|&(_, c)| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0
+                })
+                .map_or(rest.len(), |(i, _)| i);
+            let call = &rest[..end];
+            for method in ["get", "post", "put", "delete", "patch"] {
+                let called = call.match_indices(&format!("{method}(")).any(|(i, _)| {
+                    i == 0
+                        || !call[..i]
+                            .chars()
+                            .next_back()
+                            .is_some_and(|c| c.is_alphanumeric() || c == '_')
+                });
+                if called {
+                    out.insert((method.to_uppercase(), path.to_owned()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_openapi_document_names_every_route_mounted() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut documented = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        let mounted = mounted_routes();
+        assert!(mounted.len() >= 15, "the scan found {mounted:?}");
+        let missing: Vec<_> = mounted.difference(&documented).collect();
+        assert!(
+            missing.is_empty(),
+            "routes served but not in agent/src/openapi.json: {missing:?}"
+        );
+        let stale: Vec<_> = documented.difference(&mounted).collect();
+        assert!(
+            stale.is_empty(),
+            "routes in agent/src/openapi.json that are not served: {stale:?}"
+        );
     }
 
     #[test]

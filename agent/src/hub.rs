@@ -148,19 +148,33 @@ pub fn compute(
     cfg: &DoraConfig,
     table: Option<&TierTable>,
 ) -> Computed {
+    let all_time = report(
+        now,
+        events,
+        Window::days(Window::MAX_DAYS),
+        &Scope::default(),
+    );
     let mut deployments = FamilySnapshot::new(
         "dora_deployments",
-        "Deploy events recorded, by service, environment and status",
+        "Deployments (status success, after dedup: a redelivery or a repeat of the live version is one) and failed deploy attempts (status failure), by service and environment",
         Kind::Counter,
     );
     let mut counts: HashMap<(&str, &str, &str), u64> = HashMap::new();
-    for d in events.deployments.iter().filter(|d| d.finished_at <= now) {
-        let status = match d.status {
-            DeployStatus::Success => "success",
-            DeployStatus::Failure => "failure",
-        };
+    for r in &all_time.services {
+        if r.deployments > 0 {
+            counts.insert(
+                (r.service.as_str(), r.environment.as_str(), "success"),
+                r.deployments,
+            );
+        }
+    }
+    for d in events
+        .deployments
+        .iter()
+        .filter(|d| d.finished_at <= now && d.status == DeployStatus::Failure)
+    {
         *counts
-            .entry((d.service.as_str(), d.environment.as_str(), status))
+            .entry((d.service.as_str(), d.environment.as_str(), "failure"))
             .or_default() += 1;
     }
     let mut counts: Vec<_> = counts.into_iter().collect();
@@ -176,12 +190,6 @@ pub fn compute(
         );
     }
 
-    let all_time = report(
-        now,
-        events,
-        Window::days(Window::MAX_DAYS),
-        &Scope::default(),
-    );
     let mut failures = FamilySnapshot::new(
         "dora_change_failures",
         "Deployments that caused a failure (all time in the store)",

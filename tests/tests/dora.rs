@@ -121,7 +121,7 @@ fn scripted_history_survives_restart_and_every_view_agrees() -> Result {
     //   D5  T-6d   v1.4  commit  c6 (-8h)                     lead 28800
     //   I2  T-5d .. T-5d+30m, no deployment named             recovery 1800
     //   D6  T-2d   v1.5  commit  c7 (-3d)                     lead 259200
-    //   v1.5 posted again with another id                     duplicate: not counted
+    //   v1.5 posted again with another id                     another event of the live version: not counted
     //   v1.6 T-1d with status failure                         not a deployment
     let d = [
         t - 28 * D,
@@ -164,9 +164,10 @@ fn scripted_history_survives_restart_and_every_view_agrees() -> Result {
         "/api/v1/deployments",
         &deployment("1.5", d[5], &[], json!({"id": "D6-again"})),
     )?;
+    // A new delivery id is a new event (201), but the live version again is no new deployment.
     assert_eq!(
-        (status, body.contains("\"new\":false")),
-        (200, true),
+        (status, body.contains("\"new\":true")),
+        (201, true),
         "{body}"
     );
     let (status, _) = post(

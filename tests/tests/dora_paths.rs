@@ -50,7 +50,10 @@ fn post(agent: &Agent, path: &str, body: &Value) -> Result<(u16, Value)> {
         .send(body.to_string())?;
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string()?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
 }
 
 fn authed_get(agent: &Agent, path: &str) -> Result<Value> {
@@ -100,7 +103,10 @@ fn github_form(
         .send(raw)?;
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string()?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
 }
 
 fn fixture(name: &str) -> Result<Value> {
@@ -256,7 +262,10 @@ fn retried_failures_and_rollbacks_through_the_api() -> Result {
     for (body, want) in [
         (dep("gha-1-1", "1", t1, "success", c("c1", t1 - 2 * H)), 201),
         (dep("gha-2-1", "2", t2, "failure", c("c2", t2 - 3 * H)), 201),
-        (dep("gha-2-2", "2", t2 + H, "success", c("c2", t2 - 3 * H)), 201),
+        (
+            dep("gha-2-2", "2", t2 + H, "success", c("c2", t2 - 3 * H)),
+            201,
+        ),
         (dep("gha-3-1", "3", t3, "success", c("c3", t3 - H)), 201),
     ] {
         let (status, resp) = post(&agent, "/api/v1/deployments", &body)?;
@@ -299,8 +308,15 @@ fn retried_failures_and_rollbacks_through_the_api() -> Result {
     // The latest successful deployment, and every attempt on request.
     let latest = authed_get(&agent, "/api/v1/deployments?service=api")?;
     assert_eq!(latest["deployments"][0]["id"], "gha-5-1", "{latest}");
-    let all = authed_get(&agent, "/api/v1/deployments?service=api&status=any&limit=100")?;
-    assert_eq!(all["deployments"].as_array().map(Vec::len), Some(6), "{all}");
+    let all = authed_get(
+        &agent,
+        "/api/v1/deployments?service=api&status=any&limit=100",
+    )?;
+    assert_eq!(
+        all["deployments"].as_array().map(Vec::len),
+        Some(6),
+        "{all}"
+    );
 
     // The counters agree: 5 successful events and the failed attempt.
     let auth = format!("Bearer {TOKEN}");
@@ -441,7 +457,11 @@ fn sidelight_deploy_in_a_git_checkout_yields_lead_times() -> Result {
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout)?["new"], false);
 
     let latest = authed_get(&agent, "/api/v1/deployments?service=web")?;
-    assert_eq!(latest["deployments"][0]["commit"], head.as_str(), "{latest}");
+    assert_eq!(
+        latest["deployments"][0]["commit"],
+        head.as_str(),
+        "{latest}"
+    );
 
     // Lead times 5h, 3h, 2h (plus the seconds the deploys took): median 3h.
     let out = sidelight(
@@ -463,15 +483,24 @@ fn sidelight_deploy_in_a_git_checkout_yields_lead_times() -> Result {
     let row = service_row(&report, "web")?;
     assert_eq!(row["deployments"], 2, "{row}");
     assert_eq!(row["changes"], 3, "{row}");
-    let median = row["lead_time_median_seconds"].as_f64().ok_or("no median")?;
+    let median = row["lead_time_median_seconds"]
+        .as_f64()
+        .ok_or("no median")?;
     assert!(
         (3.0 * 3600.0..3.0 * 3600.0 + 120.0).contains(&median),
         "{median}"
     );
-    let table = sidelight(&["dora", "report", "--config"], Some(&agent.config_path), &[], None)?;
+    let table = sidelight(
+        &["dora", "report", "--config"],
+        Some(&agent.config_path),
+        &[],
+        None,
+    )?;
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
-        table.lines().any(|l| l.starts_with("web") && l.contains("3h")),
+        table
+            .lines()
+            .any(|l| l.starts_with("web") && l.contains("3h")),
         "{table}"
     );
 
@@ -479,24 +508,53 @@ fn sidelight_deploy_in_a_git_checkout_yields_lead_times() -> Result {
     commit(repo.path(), "d", t - H)?;
     let out = sidelight(
         &[
-            "deploy", "--service", "web", "--version", "3", "--commit", "HEAD",
-            "--commits-from", "HEAD~2", "--token-env", "SIDELIGHT_CI_TOKEN", "--url", &url,
+            "deploy",
+            "--service",
+            "web",
+            "--version",
+            "3",
+            "--commit",
+            "HEAD",
+            "--commits-from",
+            "HEAD~2",
+            "--token-env",
+            "SIDELIGHT_CI_TOKEN",
+            "--url",
+            &url,
         ],
         None,
         &[("SIDELIGHT_CI_TOKEN", TOKEN)],
         Some(repo.path()),
     )?;
-    assert!(stderr(&out).contains("2 commit(s) (since HEAD~2)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("2 commit(s) (since HEAD~2)"),
+        "{}",
+        stderr(&out)
+    );
     let out = sidelight(
         &[
-            "deploy", "--service", "web", "--version", "4", "--commit", "abc123", "--no-git",
-            "--token-env", "SIDELIGHT_CI_TOKEN", "--url", &url,
+            "deploy",
+            "--service",
+            "web",
+            "--version",
+            "4",
+            "--commit",
+            "abc123",
+            "--no-git",
+            "--token-env",
+            "SIDELIGHT_CI_TOKEN",
+            "--url",
+            &url,
         ],
         None,
         &[("SIDELIGHT_CI_TOKEN", TOKEN)],
         Some(repo.path()),
     )?;
-    assert!(stderr(&out).contains("0 commit(s) (no git)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("0 commit(s) (no git)"),
+        "{}",
+        stderr(&out)
+    );
     Ok(())
 }
 
@@ -507,8 +565,16 @@ fn the_cli_says_what_is_missing() -> Result {
     let url = agent.url("");
     let out = sidelight(
         &[
-            "deploy", "--service", "web", "--version", "1", "--commit", "abc", "--no-git",
-            "--url", &url,
+            "deploy",
+            "--service",
+            "web",
+            "--version",
+            "1",
+            "--commit",
+            "abc",
+            "--no-git",
+            "--url",
+            &url,
         ],
         None,
         &[],
@@ -523,8 +589,18 @@ fn the_cli_says_what_is_missing() -> Result {
     // A token variable that is not set is a usage error.
     let out = sidelight(
         &[
-            "deploy", "--service", "web", "--version", "1", "--commit", "abc", "--no-git",
-            "--token-env", "SIDELIGHT_UNSET_TOKEN_VARIABLE", "--url", &url,
+            "deploy",
+            "--service",
+            "web",
+            "--version",
+            "1",
+            "--commit",
+            "abc",
+            "--no-git",
+            "--token-env",
+            "SIDELIGHT_UNSET_TOKEN_VARIABLE",
+            "--url",
+            &url,
         ],
         None,
         &[],

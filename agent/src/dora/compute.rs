@@ -1042,8 +1042,7 @@ pub fn ingest_lead_times<'a>(
         if !e.id.is_empty() && e.id == deployment.id {
             finished = finished.min(e.finished_at);
         }
-        if latest.is_none_or(|l| (l.finished_at, l.started_at) <= (e.finished_at, e.started_at))
-        {
+        if latest.is_none_or(|l| (l.finished_at, l.started_at) <= (e.finished_at, e.started_at)) {
             latest = Some(e);
         }
         shipped.extend(e.commits.iter().map(|c| c.sha.as_str()));

@@ -481,15 +481,27 @@ impl Hub {
     }
 
     /// Successful deployments to the configured environment, oldest first (for alerting:
-    /// messages name a service's last deployment, and deploy notices).
+    /// messages name a service's last deployment, and deploy notices). A repeat of the live
+    /// version (another event of the same deployment) is left out, as the report counts it.
     pub async fn successful_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
         let env = self.config().environment;
         let events = self.store.load(i64::MIN).await?;
-        Ok(events
+        let mut ok: Vec<Deployment> = events
             .deployments
             .into_iter()
             .filter(|d| d.status == DeployStatus::Success && d.environment == env)
-            .collect())
+            .collect();
+        ok.sort_by(|a, b| {
+            (a.finished_at, a.started_at, &a.id).cmp(&(b.finished_at, b.started_at, &b.id))
+        });
+        let mut live: HashMap<String, String> = HashMap::new();
+        ok.retain(|d| {
+            let repeat =
+                !d.version.is_empty() && live.get(&d.service).is_some_and(|v| *v == d.version);
+            live.insert(d.service.clone(), d.version.clone());
+            !repeat
+        });
+        Ok(ok)
     }
 
     /// The latest deploy events of one service (`GET /api/v1/deployments`).

@@ -150,9 +150,7 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| sidelight_collector::otlp::bearer_credentials(v.as_bytes()));
     if let Some(presented) = presented
         && token_matches(&tokens, presented)
     {
@@ -167,10 +165,10 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
 }
 
 /// Compares against every accepted token in constant time (per token), without early exit.
-fn token_matches(tokens: &[Secret], presented: &str) -> bool {
+fn token_matches(tokens: &[Secret], presented: &[u8]) -> bool {
     let mut ok = subtle::Choice::from(0u8);
     for t in tokens {
-        ok |= t.expose().as_bytes().ct_eq(presented.as_bytes());
+        ok |= t.expose().as_bytes().ct_eq(presented);
     }
     ok.into()
 }

@@ -217,6 +217,86 @@ fn a_sink_down_for_a_while_loses_nothing_accepted() -> Result {
     Ok(())
 }
 
+/// A sink that is only busy — gRPC RESOURCE_EXHAUSTED without RetryInfo, which the OTLP spec
+/// calls non-retryable for data the sender cannot keep — does not make the agent drop tailed
+/// lines: the files are their buffer, so they are retried until the sink takes them.
+#[test]
+fn a_busy_sink_loses_no_tailed_line() -> Result {
+    let down = tempfile::NamedTempFile::new()?;
+    let down_path = down.path().to_string_lossy().into_owned();
+    let sink = OtlpSink::start(&[
+        "--down-file",
+        &down_path,
+        "--refuse-with",
+        "resource_exhausted",
+    ])?;
+    let (grpc, http) = (free_port(), free_port());
+    let agent = Agent::start(&config(grpc, http, &sink))?;
+    write_log_lines(&agent, 0, 300)?;
+    eventually(Duration::from_secs(20), "refusals", || {
+        (sink.state().ok()?["refused"].as_f64()? >= 3.0).then_some(())
+    })?;
+    write_log_lines(&agent, 300, 500)?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sink.state()?["items"]["logs"].as_f64(), Some(0.0));
+    assert!(
+        agent.metric("sidelight_log_unacked_bytes", "source=\"app\"") > 0.0,
+        "tailed records stay unacknowledged while the sink refuses"
+    );
+    assert_eq!(
+        agent.metric("sidelight_exporter_failed_total", "signal=\"logs\""),
+        0.0,
+        "nothing counted as dropped"
+    );
+    drop(down);
+    let state = eventually(
+        Duration::from_secs(30),
+        "every line after the sink recovered",
+        || {
+            let s = sink.state().ok()?;
+            (s["items"]["logs"].as_f64()? >= 500.0).then_some(s)
+        },
+    )?;
+    let bodies = log_bodies(&state);
+    assert_eq!(bodies.len(), 500, "every line arrived");
+    assert!(bodies.values().all(|&n| n == 1), "and once");
+    eventually(
+        Duration::from_secs(10),
+        "the checkpoint to catch up",
+        || (agent.metric("sidelight_log_unacked_bytes", "source=\"app\"") == 0.0).then_some(()),
+    )?;
+    Ok(())
+}
+
+/// An answer that says the data itself is bad (INVALID_ARGUMENT) is final even for tailed
+/// lines: retrying would never succeed. They are counted as failed and the checkpoint moves on.
+#[test]
+fn a_sink_that_rejects_the_data_drops_it_counted() -> Result {
+    let down = tempfile::NamedTempFile::new()?;
+    let down_path = down.path().to_string_lossy().into_owned();
+    let sink = OtlpSink::start(&[
+        "--down-file",
+        &down_path,
+        "--refuse-with",
+        "invalid_argument",
+    ])?;
+    let (grpc, http) = (free_port(), free_port());
+    let agent = Agent::start(&config(grpc, http, &sink))?;
+    write_log_lines(&agent, 0, 100)?;
+    let failed = eventually(Duration::from_secs(20), "the refusal to be counted", || {
+        let n = agent.metric(
+            "sidelight_exporter_failed_total",
+            "reason=\"invalid_argument\"",
+        );
+        (n >= 100.0).then_some(n)
+    })?;
+    assert_eq!(failed, 100.0);
+    eventually(Duration::from_secs(10), "the checkpoint to move on", || {
+        (agent.metric("sidelight_log_unacked_bytes", "source=\"app\"") == 0.0).then_some(())
+    })?;
+    Ok(())
+}
+
 #[test]
 fn a_full_pipeline_stops_the_tailer_and_memory_stays_bounded() -> Result {
     let down = tempfile::NamedTempFile::new()?;

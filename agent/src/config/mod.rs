@@ -541,6 +541,32 @@ mod tests {
         assert!(c.http.max_connections > 0 && c.otlp.receivers.max_connections > 0);
     }
 
+    /// `defaults.yaml` writes only effective defaults, apart from what the embedded
+    /// configuration adds on purpose: the `app` log source, and an `otlp:` section (without one
+    /// the receivers are off). A default changed in code but not in `defaults.yaml`, or the
+    /// reverse, fails here.
+    #[test]
+    fn embedded_defaults_yaml_holds_the_effective_defaults() {
+        let embedded = Config::embedded().expect("defaults");
+        let minimal = load_str(
+            "logs:\n  - source: app\n    include: [\"./logs/*.log\"]\notlp: {}\n",
+            "embedded defaults",
+            Path::new("."),
+            &ProcessEnv,
+        )
+        .expect("valid");
+        assert_eq!(format!("{embedded:#?}"), format!("{minimal:#?}"));
+        // And the comparison sees a changed default.
+        let moved = load_str(
+            "logs:\n  - source: app\n    include: [\"./logs/*.log\"]\notlp: {}\nhost: { interval: 16s }\n",
+            "embedded defaults",
+            Path::new("."),
+            &ProcessEnv,
+        )
+        .expect("valid");
+        assert_ne!(format!("{embedded:#?}"), format!("{moved:#?}"));
+    }
+
     #[test]
     fn full_shape_with_substitution_and_durations() {
         let c = load(

@@ -263,13 +263,17 @@ fn a_backlog_takes_no_more_memory_than_the_queue_bound() -> Result {
     drop(f);
     // Read until the queue is full, then the tailer waits.
     let mut last = -1.0;
-    let read = eventually(Duration::from_secs(60), "the tailer to stop reading", || {
-        let now = agent.metric("sidelight_log_bytes_total", "source=\"app\"");
-        let settled = now > 0.0 && now == last;
-        last = now;
-        std::thread::sleep(Duration::from_millis(500));
-        settled.then_some(now)
-    })?;
+    let read = eventually(
+        Duration::from_secs(60),
+        "the tailer to stop reading",
+        || {
+            let now = agent.metric("sidelight_log_bytes_total", "source=\"app\"");
+            let settled = now > 0.0 && now == last;
+            last = now;
+            std::thread::sleep(Duration::from_millis(500));
+            settled.then_some(now)
+        },
+    )?;
     let queued = agent.metric("sidelight_queue_bytes", "queue=\"otlp_logs\"");
     let rss = rss_bytes(&agent)?;
     eprintln!("backlog: read {read} bytes, queue {queued} bytes, RSS {rss} bytes");

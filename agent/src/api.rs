@@ -21,10 +21,16 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::dora::{Change, DeployStatus, Deployment, DeploymentKind, Incident, Scope, Window};
-use crate::http::HttpState;
 use crate::hub::{Hub, unix_now};
 use crate::store::{Batch, IncidentChange, StoreError};
 use crate::webhooks::{self, HookOptions, Parsed};
+
+/// What the DORA handlers read from the HTTP server's state (`http::HttpState` hands it out).
+#[derive(Debug, Clone)]
+pub struct DoraApiState {
+    /// The DORA hub, when `dora.enabled`.
+    pub dora: Option<std::sync::Arc<Hub>>,
+}
 
 /// A time given as Unix seconds or RFC 3339 text.
 #[derive(Debug, Clone, Deserialize)]
@@ -268,7 +274,7 @@ fn not_enabled() -> Response {
 }
 
 /// `POST /api/v1/deployments`.
-pub async fn post_deployment(State(state): State<HttpState>, body: Bytes) -> Response {
+pub async fn post_deployment(State(state): State<DoraApiState>, body: Bytes) -> Response {
     let Some(hub) = state.dora.as_ref() else {
         return not_enabled();
     };
@@ -297,7 +303,7 @@ pub async fn post_deployment(State(state): State<HttpState>, body: Bytes) -> Res
 }
 
 /// `POST /api/v1/incidents`.
-pub async fn post_incident(State(state): State<HttpState>, body: Bytes) -> Response {
+pub async fn post_incident(State(state): State<DoraApiState>, body: Bytes) -> Response {
     let Some(hub) = state.dora.as_ref() else {
         return not_enabled();
     };
@@ -352,7 +358,7 @@ pub const MAX_DEPLOYMENTS_LISTED: usize = 100;
 /// `GET /api/v1/deployments`: the latest deploy events of a service, newest first (what
 /// `sidelight deploy` asks for the commit of the previous deployment).
 pub async fn get_deployments(
-    State(state): State<HttpState>,
+    State(state): State<DoraApiState>,
     query: Result<Query<DeploymentsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Some(hub) = state.dora.as_ref() else {
@@ -390,7 +396,10 @@ pub struct ReportQuery {
 }
 
 /// `GET /api/v1/dora`.
-pub async fn get_report(State(state): State<HttpState>, Query(q): Query<ReportQuery>) -> Response {
+pub async fn get_report(
+    State(state): State<DoraApiState>,
+    Query(q): Query<ReportQuery>,
+) -> Response {
     let Some(hub) = state.dora.as_ref() else {
         return not_enabled();
     };
@@ -467,7 +476,7 @@ pub struct HookQuery {
 
 /// `POST /webhooks/github`.
 pub async fn github(
-    State(state): State<HttpState>,
+    State(state): State<DoraApiState>,
     Query(q): Query<HookQuery>,
     headers: HeaderMap,
     body: Bytes,
@@ -515,7 +524,7 @@ pub async fn github(
 
 /// `POST /webhooks/gitlab`.
 pub async fn gitlab(
-    State(state): State<HttpState>,
+    State(state): State<DoraApiState>,
     Query(q): Query<HookQuery>,
     headers: HeaderMap,
     body: Bytes,
@@ -552,7 +561,7 @@ pub async fn gitlab(
 }
 
 /// `POST /webhooks/alertmanager`.
-pub async fn alertmanager(State(state): State<HttpState>, body: Bytes) -> Response {
+pub async fn alertmanager(State(state): State<DoraApiState>, body: Bytes) -> Response {
     let Some(hub) = state.dora.as_ref() else {
         return not_enabled();
     };

@@ -115,6 +115,8 @@ fn the_document_validates_and_holds_for_the_live_agent() -> Result {
             "--report-dir",
         ])
         .arg(reports.path())
+        // Its caches (.schemathesis/, .hypothesis/) go to the temporary directory.
+        .current_dir(reports.path())
         .env("NO_COLOR", "1")
         .output()
         .map_err(|e| format!("{}: {e} (pip install -r tests/python/requirements.txt)", schemathesis.display()))?;

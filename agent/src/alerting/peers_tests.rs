@@ -258,6 +258,8 @@ fn slack_cfg(base: &str, token: &str) -> NotifierConfig {
         digest: None,
         dashboard: None,
         socket_mode: None,
+        external_url: None,
+        max_alerts: 0,
     }
 }
 
@@ -439,6 +441,8 @@ async fn teams_gets_an_adaptive_card_and_5xx_is_retried() {
         digest: None,
         dashboard: None,
         socket_mode: None,
+        external_url: None,
+        max_alerts: 0,
     };
     let m = DeliveryMetrics::default();
     let s = sender(&cfg, &m);

@@ -738,6 +738,7 @@ impl Alerting {
                         d.commits.len(),
                         render::ago(now, d.finished_at.saturating_mul(1000))
                     )],
+                    more: 0,
                     context: Vec::new(),
                     links: n
                         .dashboard
@@ -803,6 +804,7 @@ impl Alerting {
                 title: format!("DORA digest ({window})"),
                 tone: Tone::Info,
                 lines: api::dora_lines(&report),
+                more: 0,
                 context: Vec::new(),
                 links: n
                     .dashboard

@@ -543,7 +543,8 @@ notifiers:
         names.push(format!("long-{i}-{}", "é界🔥x".repeat(1100)));
     }
     for i in names.len()..35 {
-        names.push(format!("GET /api/v{i}/ünïcödé/日本"));
+        // Sorted after the others, so the hostile and the long names are among those shown.
+        names.push(format!("zz GET /api/v{i}/ünïcödé/日本"));
     }
     let spans: Vec<serde_json::Value> = names
         .iter()
@@ -573,7 +574,7 @@ notifiers:
             .into_iter()
             .find(|p| p.to_string().contains("SpanSeen"))
     })
-    .map_err(|e| format!("{e}; agent: {:?}", agent.log_lines()))?;
+    .map_err(|e| format!("{e}; refused: {:?}", chat.seen().refused))?;
     let text = post.to_string();
     assert!(text.contains("[FIRING:35] SpanSeen"), "{text}");
     assert!(
@@ -627,6 +628,14 @@ notifiers:
     let c = &v["attachments"][0]["content"];
     let body = c["body"].to_string();
     assert!(body.contains("…and "), "{body}");
+    // The 4 KB names are shown, shortened with an ellipsis.
+    assert!(
+        c["body"].as_array().is_some_and(|b| b.iter().any(|x| {
+            let t = x["inlines"][0]["text"].as_str().unwrap_or("");
+            t.contains("long-0-é界🔥x") && t.ends_with('…')
+        })),
+        "{body}"
+    );
     assert!(
         c["actions"]
             .to_string()

@@ -511,7 +511,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// Most section blocks per message (Slack allows 50 blocks).
 const MAX_SECTIONS: usize = 45;
-/// Characters per section (Slack allows 3000).
+/// Bytes (so also characters) per section (Slack allows 3000 characters).
 const SECTION_CHARS: usize = 2900;
 
 /// "…and N more" for a message that leaves items out, linking the full list when the agent's
@@ -1130,8 +1130,8 @@ mod tests {
             "&lt;!channel&gt; a&amp;b &lt;@U1&gt;"
         );
         for max in 1..40 {
-            let s = render::slack_escape_within("<<<&&&>>> <!here>", max);
-            assert!(s.chars().count() <= max, "{max}: {s}");
+            let s = render::slack_escape_within("<<<&&&>>> <!here> é界", max);
+            assert!(s.len() <= max.max(3), "{max}: {s}");
             let cut = s.trim_end_matches('…');
             // Every `&` starts a whole entity.
             for (i, _) in cut.match_indices('&') {

@@ -290,15 +290,16 @@ pub fn slack_escape(text: &str) -> String {
     out
 }
 
-/// [`slack_escape`] cut to at most `max` characters after escaping (an entity is never split),
-/// ending with `…` when something was cut.
+/// [`slack_escape`] cut to at most `max` bytes after escaping — so at most `max` characters too,
+/// whichever way a limit is counted — never splitting an entity or a character, ending with `…`
+/// when something was cut.
 pub fn slack_escape_within(text: &str, max: usize) -> String {
     let full = slack_escape(text);
-    if full.chars().count() <= max {
+    if full.len() <= max {
         return full;
     }
+    let budget = max.saturating_sub('…'.len_utf8());
     let mut out = String::new();
-    let mut used = 0usize;
     for c in text.chars() {
         let piece = match c {
             '&' => "&amp;",
@@ -306,8 +307,12 @@ pub fn slack_escape_within(text: &str, max: usize) -> String {
             '>' => "&gt;",
             _ => "",
         };
-        let n = if piece.is_empty() { 1 } else { piece.len() };
-        if used + n > max.saturating_sub(1) {
+        let n = if piece.is_empty() {
+            c.len_utf8()
+        } else {
+            piece.len()
+        };
+        if out.len() + n > budget {
             break;
         }
         if piece.is_empty() {
@@ -315,7 +320,6 @@ pub fn slack_escape_within(text: &str, max: usize) -> String {
         } else {
             out.push_str(piece);
         }
-        used += n;
     }
     out.push('…');
     out

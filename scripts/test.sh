@@ -37,7 +37,23 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
 fi
 export SIDELIGHT_TEST_PYTHON="$PWD/.venv/bin/python"
 
-# 3. Rust checks and tests.
+# 3. Node test peers (tests/node/): Microsoft's adaptivecards library and Ajv validate the Teams
+#    cards the agent posts; installed from the lock file (re-installed when it changes).
+if ! command -v npm >/dev/null; then
+  log "installing Debian packages: nodejs npm"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+lock=tests/node/package-lock.json
+nstamp=tests/node/node_modules/.lock.sha256
+nwant=$(sha256sum "$lock" | cut -d' ' -f1)
+if [ "$(cat "$nstamp" 2>/dev/null)" != "$nwant" ]; then
+  log "installing the Node test peers from $lock"
+  npm ci --prefix tests/node --no-audit --no-fund --silent
+  echo "$nwant" > "$nstamp"
+fi
+
+# 4. Rust checks and tests.
 log "cargo fmt --check"
 cargo fmt --all -- --check
 # Supply chain (deny.toml): licences, banned crates, sources, and advisories when the RustSec

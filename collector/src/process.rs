@@ -6,6 +6,18 @@
 //! caches each process's match result by identity (pid + start time), so a process's `cmdline`
 //! and `cgroup` are read once in its lifetime. Only matched processes have their fds and limits
 //! read. A pid that vanishes mid-cycle is skipped silently: that is normal, not an error.
+//!
+//! Restarts are told apart by what kept running. A *root* is a member whose parent is not a
+//! member (a gunicorn master, a lone `python app.py`). When every root of a target is replaced
+//! (a deploy, `systemctl restart`, the whole service crashing), that is one `kind="group"`
+//! restart however many workers came with it; a member replaced while a root kept running (a
+//! worker crashing and being respawned, a graceful reload, worker recycling) is one
+//! `kind="worker"` restart per process. A replacement pairs a process that left with one that
+//! came, in either order: a new worker that appears before the old one leaves (a graceful
+//! reload) is paired for [`PAIR_CYCLES`] cycles, after which it counts as growth. Helpers that
+//! are not workers — Python's multiprocessing resource tracker, semaphore tracker and fork
+//! server — are counted in `sidelight_target_helper_processes`, not as processes or restarts
+//! (their CPU and memory still count towards the target).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -76,10 +88,84 @@ struct ProcInfo {
 #[derive(Debug, Default)]
 struct TargetState {
     cpu_ticks_total: u64,
-    restarts: u64,
+    /// Processes replaced while a root kept running.
+    worker_restarts: u64,
+    /// Times every root was replaced.
+    group_restarts: u64,
+    /// Processes that left, not yet paired with a newcomer.
     pending_vanished: u64,
+    /// Newcomers not yet paired with a process that left: (cycle, count), oldest first.
+    pending_appeared: std::collections::VecDeque<(u64, u64)>,
+    /// Every root left; the next root to appear is a group restart.
+    group_gone: bool,
+    /// Non-helper members of the last cycle.
     members: HashSet<Ident>,
+    /// Their roots.
+    roots: HashSet<Ident>,
     cycles: u64,
+}
+
+/// Cycles a newcomer waits to be paired with a process that leaves after it.
+pub const PAIR_CYCLES: u64 = 4;
+
+/// Command-line markers of helper processes that are not workers.
+const HELPER_MARKERS: [&str; 3] = [
+    "multiprocessing.resource_tracker",
+    "multiprocessing.semaphore_tracker",
+    "multiprocessing.forkserver",
+];
+
+impl TargetState {
+    /// Updates the restart counters from this cycle's members and roots (helpers excluded).
+    fn observe(&mut self, cycle: u64, members: HashSet<Ident>, roots: HashSet<Ident>) {
+        if self.cycles > 0 {
+            let root_kept = self.roots.intersection(&roots).next().is_some();
+            if !self.roots.is_empty() && !root_kept {
+                self.group_gone = true;
+            }
+            if self.group_gone {
+                if !roots.is_empty() {
+                    // The group came back: one restart; its workers are part of it.
+                    self.group_restarts += 1;
+                    self.group_gone = false;
+                }
+                self.pending_vanished = 0;
+                self.pending_appeared.clear();
+            } else {
+                let vanished = self.members.difference(&members).count() as u64;
+                let appeared = members.difference(&self.members).count() as u64;
+                self.pending_vanished += vanished;
+                if appeared > 0 {
+                    self.pending_appeared.push_back((cycle, appeared));
+                }
+                while self
+                    .pending_appeared
+                    .front()
+                    .is_some_and(|(at, _)| cycle - at > PAIR_CYCLES)
+                {
+                    self.pending_appeared.pop_front();
+                }
+                let waiting: u64 = self.pending_appeared.iter().map(|(_, n)| n).sum();
+                let mut pairs = self.pending_vanished.min(waiting);
+                self.worker_restarts += pairs;
+                self.pending_vanished -= pairs;
+                while pairs > 0 {
+                    let Some(front) = self.pending_appeared.front_mut() else {
+                        break;
+                    };
+                    let take = front.1.min(pairs);
+                    front.1 -= take;
+                    pairs -= take;
+                    if front.1 == 0 {
+                        self.pending_appeared.pop_front();
+                    }
+                }
+            }
+        }
+        self.members = members;
+        self.roots = roots;
+        self.cycles += 1;
+    }
 }
 
 /// The result of one process collection.
@@ -125,6 +211,8 @@ pub struct ProcessCollector {
     held_fds: usize,
     fd_budget: usize,
     buf: Vec<u8>,
+    /// Whether a member is a helper (read once from its command line), for live members.
+    helpers: HashMap<Ident, bool>,
 }
 
 #[derive(Debug)]
@@ -156,6 +244,7 @@ impl ProcessCollector {
             held_fds: 0,
             fd_budget: held_fd_budget(),
             buf: Vec::with_capacity(1024),
+            helpers: HashMap::new(),
         }
     }
 
@@ -297,6 +386,23 @@ impl ProcessCollector {
             }
         }
 
+        // Helpers among the members (a command line read once per process).
+        let mut helpers = HashMap::with_capacity(self.helpers.len());
+        for (i, p) in procs.iter().enumerate() {
+            if membership[i] == 0 {
+                continue;
+            }
+            let h = match self.helpers.get(&p.ident) {
+                Some(h) => *h,
+                None => {
+                    let cl = read_cmdline(&self.proc, p.ident.0, &mut self.buf, &mut sample.errors);
+                    HELPER_MARKERS.iter().any(|m| cl.contains(m))
+                }
+            };
+            helpers.insert(p.ident, h);
+        }
+        self.helpers = helpers;
+
         let page = self.proc.page_size() as f64;
         let tps = self.proc.ticks_per_second().max(1);
         let mut fams = Families::new();
@@ -309,6 +415,19 @@ impl ProcessCollector {
                 .map(|(p, _)| p)
                 .collect();
             let idents: HashSet<Ident> = members.iter().map(|p| p.ident).collect();
+            let is_helper = |p: &ProcInfo| self.helpers.get(&p.ident).copied().unwrap_or(false);
+            let workers: HashSet<Ident> = members
+                .iter()
+                .filter(|p| !is_helper(p))
+                .map(|p| p.ident)
+                .collect();
+            let member_pids: HashSet<u32> = idents.iter().map(|i| i.0).collect();
+            let roots: HashSet<Ident> = members
+                .iter()
+                .filter(|p| !is_helper(p) && !member_pids.contains(&p.ppid))
+                .map(|p| p.ident)
+                .collect();
+            let helper_count = idents.len() - workers.len();
             for p in &members {
                 let before = self
                     .known
@@ -323,22 +442,22 @@ impl ProcessCollector {
                 };
                 state.cpu_ticks_total += delta;
             }
-            if state.cycles > 0 {
-                let vanished = state.members.difference(&idents).count() as u64;
-                let appeared = idents.difference(&state.members).count() as u64;
-                state.pending_vanished += vanished;
-                let restarts = state.pending_vanished.min(appeared);
-                state.restarts += restarts;
-                state.pending_vanished -= restarts;
-            }
-            state.members = idents;
-            state.cycles += 1;
+            state.observe(self.cycle, workers, roots);
 
             let label = || [("target", target.name.clone())];
-            fams.processes.push(label(), members.len() as f64);
+            fams.processes
+                .push(label(), (members.len() - helper_count) as f64);
+            fams.helpers.push(label(), helper_count as f64);
             fams.cpu
                 .push(label(), state.cpu_ticks_total as f64 / tps as f64);
-            fams.restarts.push(label(), state.restarts as f64);
+            fams.restarts.push(
+                [("target", target.name.clone()), ("kind", "worker".into())],
+                state.worker_restarts as f64,
+            );
+            fams.restarts.push(
+                [("target", target.name.clone()), ("kind", "group".into())],
+                state.group_restarts as f64,
+            );
             if members.is_empty() {
                 continue;
             }
@@ -720,6 +839,7 @@ fn name_matches(want: &str, comm: &str) -> bool {
 
 struct Families {
     processes: FamilySnapshot,
+    helpers: FamilySnapshot,
     cpu: FamilySnapshot,
     restarts: FamilySnapshot,
     rss: FamilySnapshot,
@@ -735,7 +855,12 @@ impl Families {
         Self {
             processes: FamilySnapshot::new(
                 "sidelight_target_processes",
-                "Number of processes currently matching the target.",
+                "Processes of the target now (master and workers; helpers not counted).",
+                Kind::Gauge,
+            ),
+            helpers: FamilySnapshot::new(
+                "sidelight_target_helper_processes",
+                "Helper processes of the target that are not workers (Python multiprocessing's resource tracker, semaphore tracker, fork server).",
                 Kind::Gauge,
             ),
             cpu: FamilySnapshot::new(
@@ -745,7 +870,7 @@ impl Families {
             ),
             restarts: FamilySnapshot::new(
                 "sidelight_target_restarts",
-                "Processes of the target that were replaced by new ones (pid or start time changed).",
+                "Restarts of the target: kind=\"worker\" counts processes replaced while a root process kept running, kind=\"group\" counts times every root was replaced (a deploy or a restart of the whole service).",
                 Kind::Counter,
             ),
             rss: FamilySnapshot::new(
@@ -785,6 +910,7 @@ impl Families {
         Snapshot {
             families: vec![
                 self.processes,
+                self.helpers,
                 self.cpu,
                 self.restarts,
                 self.rss,
@@ -809,6 +935,17 @@ mod tests {
             .iter()
             .find(|x| x.labels[0].1 == target)
             .map(|x| x.value)
+    }
+
+    /// `sidelight_target_restarts{target, kind}`.
+    fn restarts(s: &Snapshot, target: &str, kind: &str) -> f64 {
+        s.family("sidelight_target_restarts")
+            .and_then(|f| {
+                f.samples
+                    .iter()
+                    .find(|x| x.labels[0].1 == target && x.labels[1].1 == kind)
+            })
+            .map_or(f64::NAN, |x| x.value)
     }
 
     /// A fake procfs with processes given as (pid, ppid, comm, cmdline, starttime, utime).
@@ -926,7 +1063,7 @@ mod tests {
             ..spec("app")
         }]);
         let s = c.collect().snapshot;
-        assert_eq!(value(&s, "sidelight_target_restarts", "app"), Some(0.0));
+        assert_eq!(restarts(&s, "app", "group"), 0.0);
         let cpu1 = value(&s, "process_cpu_seconds", "app").expect("cpu");
 
         // The process dies: no processes, the CPU counter keeps its value.
@@ -936,10 +1073,12 @@ mod tests {
         assert_eq!(value(&s, "process_cpu_seconds", "app"), Some(cpu1));
         assert_eq!(value(&s, "process_resident_memory_bytes", "app"), None);
 
-        // It comes back with the same pid but a new start time: one restart.
+        // It comes back with the same pid but a new start time: one restart of the whole group
+        // (its only process is its root).
         fake.add(100, 1, "python3", "python app.py", 900, 10);
         let s = c.collect().snapshot;
-        assert_eq!(value(&s, "sidelight_target_restarts", "app"), Some(1.0));
+        assert_eq!(restarts(&s, "app", "group"), 1.0);
+        assert_eq!(restarts(&s, "app", "worker"), 0.0);
         assert!(value(&s, "process_cpu_seconds", "app").expect("cpu") > cpu1);
 
         // A steady process adds only its delta.
@@ -950,7 +1089,146 @@ mod tests {
             value(&s, "process_cpu_seconds", "app"),
             Some(cpu1 + 30.0 / tps)
         );
-        assert_eq!(value(&s, "sidelight_target_restarts", "app"), Some(1.0));
+        assert_eq!(restarts(&s, "app", "group"), 1.0);
+    }
+
+    const GUNICORN: &str = "/venv/bin/python /venv/bin/gunicorn app:app -w 2";
+
+    fn gunicorn(fake: &Fake, master: u32, workers: &[u32], start: u64) {
+        fake.add(master, 1, "gunicorn", GUNICORN, start, 1);
+        for (i, w) in workers.iter().enumerate() {
+            fake.add(*w, master, "gunicorn", GUNICORN, start + 1 + i as u64, 1);
+        }
+    }
+
+    fn web(fake: &Fake) -> ProcessCollector {
+        fake.collector(vec![TargetSpec {
+            cmdline: Some(Regex::new("gunicorn").expect("re")),
+            ..spec("web")
+        }])
+    }
+
+    #[test]
+    fn a_graceful_reload_is_worker_restarts_and_a_deploy_one_group_restart() {
+        let fake = Fake::new();
+        gunicorn(&fake, 100, &[101, 102], 500);
+        let mut c = web(&fake);
+        c.collect();
+        // SIGHUP: the master spawns new workers first, the old ones leave a cycle later.
+        fake.add(103, 100, "gunicorn", GUNICORN, 600, 1);
+        fake.add(104, 100, "gunicorn", GUNICORN, 601, 1);
+        let s = c.collect().snapshot;
+        assert_eq!(value(&s, "sidelight_target_processes", "web"), Some(5.0));
+        assert_eq!(restarts(&s, "web", "worker"), 0.0);
+        fake.remove(101);
+        fake.remove(102);
+        let s = c.collect().snapshot;
+        assert_eq!(restarts(&s, "web", "worker"), 2.0);
+        assert_eq!(restarts(&s, "web", "group"), 0.0);
+
+        // A deploy: master and workers replaced, with a cycle in between where none runs.
+        for pid in [100, 103, 104] {
+            fake.remove(pid);
+        }
+        let s = c.collect().snapshot;
+        assert_eq!(value(&s, "sidelight_target_processes", "web"), Some(0.0));
+        gunicorn(&fake, 200, &[201, 202], 900);
+        let s = c.collect().snapshot;
+        assert_eq!(restarts(&s, "web", "group"), 1.0);
+        assert_eq!(
+            restarts(&s, "web", "worker"),
+            2.0,
+            "workers come with the group"
+        );
+
+        // The same deploy within one cycle: still one group restart.
+        for pid in [200, 201, 202] {
+            fake.remove(pid);
+        }
+        gunicorn(&fake, 300, &[301, 302, 303], 1200);
+        let s = c.collect().snapshot;
+        assert_eq!(restarts(&s, "web", "group"), 2.0);
+        assert_eq!(restarts(&s, "web", "worker"), 2.0);
+    }
+
+    #[test]
+    fn a_crash_looping_worker_counts_every_respawn_and_growth_is_no_restart() {
+        let fake = Fake::new();
+        gunicorn(&fake, 100, &[101, 102], 500);
+        let mut c = web(&fake);
+        c.collect();
+        // Worker 102 dies and the master respawns it, again and again.
+        let mut dead = 102;
+        for i in 0..5u32 {
+            fake.remove(dead);
+            c.collect();
+            dead = 110 + i;
+            fake.add(dead, 100, "gunicorn", GUNICORN, 600 + u64::from(i), 1);
+            let s = c.collect().snapshot;
+            assert_eq!(restarts(&s, "web", "worker"), f64::from(i + 1));
+        }
+        // One more worker (TTIN) is growth; a worker leaving much later (TTOU) is shrinkage:
+        // neither pairs into a restart.
+        fake.add(150, 100, "gunicorn", GUNICORN, 700, 1);
+        c.collect();
+        for _ in 0..=PAIR_CYCLES {
+            c.collect();
+        }
+        fake.remove(150);
+        let s = c.collect().snapshot;
+        assert_eq!(restarts(&s, "web", "worker"), 5.0);
+        assert_eq!(restarts(&s, "web", "group"), 0.0);
+    }
+
+    #[test]
+    fn multiprocessing_helpers_are_not_workers() {
+        let fake = Fake::new();
+        let uvicorn = "/venv/bin/python /venv/bin/uvicorn app:app --workers 2";
+        fake.add(100, 1, "uvicorn", uvicorn, 500, 1);
+        fake.add(
+            101,
+            100,
+            "python3",
+            "/venv/bin/python -c from multiprocessing.resource_tracker import main;main(5)",
+            501,
+            1,
+        );
+        for w in [102, 103] {
+            fake.add(
+                w,
+                100,
+                "python3",
+                "/venv/bin/python -c from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=6, pipe_handle=8) --multiprocessing-fork",
+                502,
+                1,
+            );
+        }
+        let mut c = fake.collector(vec![TargetSpec {
+            cmdline: Some(Regex::new("uvicorn").expect("re")),
+            ..spec("api")
+        }]);
+        let s = c.collect().snapshot;
+        assert_eq!(value(&s, "sidelight_target_processes", "api"), Some(3.0));
+        assert_eq!(
+            value(&s, "sidelight_target_helper_processes", "api"),
+            Some(1.0)
+        );
+        // Its resources still count towards the target.
+        assert_eq!(value(&s, "process_threads", "api"), Some(12.0));
+        // A new tracker replacing the old one is no restart.
+        fake.remove(101);
+        fake.add(
+            104,
+            100,
+            "python3",
+            "/venv/bin/python -c from multiprocessing.resource_tracker import main;main(7)",
+            600,
+            1,
+        );
+        c.collect();
+        let s = c.collect().snapshot;
+        assert_eq!(restarts(&s, "api", "worker"), 0.0);
+        assert_eq!(restarts(&s, "api", "group"), 0.0);
     }
 
     #[test]

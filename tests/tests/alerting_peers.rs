@@ -222,7 +222,7 @@ notifiers:
             chat.seen()
                 .teams
                 .iter()
-                .any(|c| c["attachments"][0]["content"]["body"][0]["color"] == "good")
+                .any(|c| c["attachments"][0]["content"]["body"][0]["inlines"][0]["color"] == "good")
                 .then_some(())
         },
     )?;
@@ -255,9 +255,11 @@ notifiers:
     }
     // Teams: every card passed the Adaptive Card check; the first is the critical one.
     assert_eq!(
-        seen.teams[0]["attachments"][0]["content"]["body"][0]["color"],
+        seen.teams[0]["attachments"][0]["content"]["body"][0]["inlines"][0]["color"],
         "attention"
     );
+    let report = common::check_teams_cards_with_node(&seen.teams_raw)?;
+    assert!(report.contains(" 0 failed"), "{report}");
     drop(seen);
     assert_eq!(
         agent.metric("sidelight_notifications_failed_total", ""),
@@ -312,24 +314,27 @@ notifiers:
     );
     let agent = Agent::start_in(dir, &config)?;
 
-    // The generic webhook: bearer token and signature verified by the peer, Alertmanager-like
-    // JSON.
+    // The generic webhook: bearer token and signature verified by the peer, Alertmanager's
+    // webhook format (version 4) parsed by its strict model.
     let hook = eventually(Duration::from_secs(20), "the alert at the webhook", || {
         chat.seen().hooks.first().cloned()
-    })?;
-    assert_eq!(hook["version"], "1");
-    assert_eq!(hook["type"], "alerts");
+    })
+    .map_err(|e| format!("{e}; refused: {:?}", chat.seen().refused))?;
+    assert_eq!(hook["version"], "4");
     assert_eq!(hook["status"], "firing");
     assert_eq!(hook["receiver"], "hook");
     assert_eq!(hook["groupLabels"]["alertname"], "AgentRunning");
+    assert_eq!(hook["commonLabels"]["service"], "sidelight");
+    assert_eq!(hook["truncatedAlerts"], 0);
     let a = &hook["alerts"][0];
     assert_eq!(a["status"], "firing");
     assert_eq!(a["labels"]["alertname"], "AgentRunning");
     assert_eq!(a["labels"]["severity"], "warning");
-    assert_eq!(a["summary"], "build info is 1");
-    assert_eq!(a["value"], 1.0);
+    assert_eq!(a["annotations"]["summary"], "build info is 1");
+    assert_eq!(a["annotations"]["value"], "1");
+    assert_eq!(a["endsAt"], "0001-01-01T00:00:00Z");
     assert!(
-        a["firedAt"].is_i64() && a["fingerprint"].is_string(),
+        a["startsAt"].as_str().is_some_and(common::is_rfc3339),
         "{hook}"
     );
 
@@ -463,5 +468,209 @@ notifiers:
     let seen = chat.seen();
     assert!(seen.refused.is_empty(), "{:?}", seen.refused);
     assert_eq!(seen.hooks.len(), 1, "{:?}", seen.hooks);
+    Ok(())
+}
+
+/// 35 span names an attacker controls (Slack mentions and a disguised link, a bare `&`, a
+/// Markdown link for Teams, 4 KB values, Unicode), all firing in one group: Slack receives them
+/// escaped (no markup Slack would act on, in the message, its sections or the `/sidelight
+/// status` reply), Teams one card under 28 KB with "and N more" and the link to the agent's
+/// alerts that Microsoft's `adaptivecards` library and the 1.4 schema model accept, and the
+/// webhook Alertmanager's format with `max_alerts` applied.
+#[test]
+fn hostile_span_names_reach_slack_escaped_and_teams_within_28_kb() -> Result {
+    let chat = peers()?;
+    let dir = tempfile::tempdir()?;
+    secrets(dir.path(), &chat.teams_url())?;
+    let (grpc, http) = (free_port(), free_port());
+    let external = "https://sidelight.example:9464";
+    let config = format!(
+        r##"
+http: {{ listen: "127.0.0.1:0" }}
+host: {{ interval: 1s }}
+store: {{ path: "{{dir}}/data" }}
+logs: []
+otlp:
+  grpc: 127.0.0.1:{grpc}
+  http: 127.0.0.1:{http}
+alerts:
+  evaluation_interval: 1s
+  group_wait: 2s
+  group_interval: 1s
+  repeat_interval: 4h
+  group_by: [alertname]
+  routes:
+    - {{ match: ['alertname="SpanSeen"'], receiver: teams, continue: true }}
+    - {{ match: ['alertname="SpanSeen"'], receiver: hook, continue: true }}
+    - {{ match: ['alertname="SpanSeen"'], receiver: slack }}
+  rules:
+    - name: SpanSeen
+      expr: 'traces_span_metrics_calls_total'
+      threshold: 0
+      severity: critical
+      summary: "{{{{ $labels.span_name }}}} was called"
+notifiers:
+  slack:
+    token_file: slack-token
+    channel: "#alerts"
+    api_url: "{api}"
+    signing_secret_file: slack-signing
+  teams:
+    webhook_url_file: teams-url
+    external_url: "{external}"
+  hook:
+    type: webhook
+    url: "{hook}"
+    bearer_token_file: hook-token
+    hmac_secret_file: hook-hmac
+    max_alerts: 25
+    external_url: "{external}"
+"##,
+        api = chat.slack_api(),
+        hook = chat.hook_url(),
+    );
+    let agent = Agent::start_in(dir, &config)?;
+    let hostile = [
+        "<!channel> deploy now",
+        "<!here> look",
+        "ping <@U123>",
+        "<https://evil.example|click here>",
+        "a & b &amp; c",
+        "[click](https://evil.example/md)",
+    ];
+    let mut names: Vec<String> = hostile.iter().map(|h| h.to_string()).collect();
+    for i in 0..4 {
+        names.push(format!("long-{i}-{}", "é界🔥x".repeat(1100)));
+    }
+    for i in names.len()..35 {
+        // Sorted after the others, so the hostile and the long names are among those shown.
+        names.push(format!("zz GET /api/v{i}/ünïcödé/日本"));
+    }
+    let spans: Vec<serde_json::Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            serde_json::json!({
+                "traceId": format!("{:032x}", i + 1),
+                "spanId": format!("{:016x}", i + 1),
+                "name": n,
+                "kind": 2,
+                "startTimeUnixNano": "1700000000000000000",
+                "endTimeUnixNano": "1700000000010000000",
+                "status": {},
+            })
+        })
+        .collect();
+    let body = serde_json::json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "checkout"}}]},
+        "scopeSpans": [{"spans": spans}],
+    }]});
+    let (status, answer) = common::post_json(http, "/v1/traces", &body.to_string())?;
+    assert_eq!(status, 200, "{answer}");
+
+    // Slack: one message for the group; nothing in it Slack would read as a mention or link.
+    let post = eventually(Duration::from_secs(30), "the group in Slack", || {
+        top_level(&chat.seen().posts)
+            .into_iter()
+            .find(|p| p.to_string().contains("SpanSeen"))
+    })
+    .map_err(|e| format!("{e}; refused: {:?}", chat.seen().refused))?;
+    let text = post.to_string();
+    assert!(text.contains("[FIRING:35] SpanSeen"), "{text}");
+    assert!(
+        chat.seen().slack_markup.is_empty(),
+        "Slack would act on {:?}",
+        chat.seen().slack_markup
+    );
+    let shown = hostile
+        .iter()
+        .filter(|h| {
+            text.contains(
+                &h.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;"),
+            )
+        })
+        .count();
+    assert!(shown >= 1, "no hostile name shown escaped: {text}");
+    assert!(text.contains("…and 15 more"), "{text}");
+
+    // `/sidelight status`: the reply is escaped too.
+    let (status, reply) = signed(
+        &agent,
+        "/chatops/slack/commands",
+        "token=x&team_id=T1&command=%2Fsidelight&text=status&user_name=ana&user_id=U1",
+    )?;
+    assert_eq!(status, 200, "{reply}");
+    let v: serde_json::Value = serde_json::from_str(&reply)?;
+    let t = v["text"].as_str().unwrap_or("");
+    assert!(t.starts_with("35 firing"), "{t}");
+    assert!(
+        common::slack_markup(t).is_empty(),
+        "{:?}",
+        common::slack_markup(t)
+    );
+    for h in hostile {
+        let escaped = h
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        assert!(t.contains(&escaped), "{escaped} not in {t}");
+    }
+
+    // Teams: one card under 28 KB, every text a verbatim run, the rest counted and linked.
+    let card = eventually(Duration::from_secs(20), "the card in Teams", || {
+        chat.seen().teams_raw.first().cloned()
+    })
+    .map_err(|e| format!("{e}; refused: {:?}", chat.seen().refused))?;
+    assert!(card.len() < common::TEAMS_MAX_BYTES, "{} bytes", card.len());
+    let v: serde_json::Value = serde_json::from_slice(&card)?;
+    let c = &v["attachments"][0]["content"];
+    let body = c["body"].to_string();
+    assert!(body.contains("…and "), "{body}");
+    // The 4 KB names are shown, shortened with an ellipsis.
+    assert!(
+        c["body"].as_array().is_some_and(|b| b.iter().any(|x| {
+            let t = x["inlines"][0]["text"].as_str().unwrap_or("");
+            t.contains("long-0-é界🔥x") && t.ends_with('…')
+        })),
+        "{body}"
+    );
+    assert!(
+        c["actions"]
+            .to_string()
+            .contains(&format!("{external}/api/v1/alerts")),
+        "{}",
+        c["actions"]
+    );
+    assert!(
+        !body.contains("\"TextBlock\""),
+        "Markdown-reading blocks: {body}"
+    );
+    let report = common::check_teams_cards_with_node(&chat.seen().teams_raw)?;
+    assert!(report.contains("1 passed, 0 failed"), "{report}");
+    println!("teams card: {} bytes; {report}", card.len());
+
+    // The webhook: Alertmanager's format (the peer parsed it strictly), max_alerts applied.
+    let hook = eventually(Duration::from_secs(20), "the webhook", || {
+        chat.seen().hooks.first().cloned()
+    })
+    .map_err(|e| format!("{e}; refused: {:?}", chat.seen().refused))?;
+    assert_eq!(hook["alerts"].as_array().map(Vec::len), Some(25));
+    assert_eq!(hook["truncatedAlerts"], 10);
+    assert_eq!(hook["externalURL"], external);
+    assert_eq!(hook["commonLabels"]["service_name"], "checkout");
+    assert!(
+        hook.to_string().contains("<!channel> deploy now"),
+        "JSON carries values as they are"
+    );
+
+    let seen = chat.seen();
+    assert!(seen.refused.is_empty(), "{:?}", seen.refused);
+    drop(seen);
+    assert_eq!(
+        agent.metric("sidelight_notifications_failed_total", ""),
+        0.0
+    );
     Ok(())
 }

@@ -243,8 +243,13 @@ pub async fn slack_command(
 }
 
 /// Runs one `/sidelight` command for `user` and returns the ephemeral reply's text (the HTTP
-/// route and Socket Mode share it).
+/// route and Socket Mode share it), escaped for Slack: alert names, summaries, label values,
+/// services and the user's own words reach Slack as text, never as mentions or links.
 pub async fn command(a: &Alerting, text: &str, user: &str) -> String {
+    super::render::slack_escape(&command_reply(a, text, user).await)
+}
+
+async fn command_reply(a: &Alerting, text: &str, user: &str) -> String {
     match chatops::parse_command(text) {
         Command::Status => {
             let firing: Vec<String> = a
@@ -353,8 +358,16 @@ pub async fn slack_interaction(
 }
 
 /// Applies button presses `(action id, value, user)` (Ack, Silence 1h) and returns one reply line
-/// per press (the HTTP route and Socket Mode share it).
+/// per press (the HTTP route and Socket Mode share it), escaped for Slack.
 pub async fn interactions(a: &Alerting, actions: Vec<(String, String, String)>) -> Vec<String> {
+    interaction_replies(a, actions)
+        .await
+        .iter()
+        .map(|r| super::render::slack_escape(r))
+        .collect()
+}
+
+async fn interaction_replies(a: &Alerting, actions: Vec<(String, String, String)>) -> Vec<String> {
     let mut replies = Vec::new();
     for (action, key, user) in actions {
         match action.as_str() {

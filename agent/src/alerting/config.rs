@@ -170,6 +170,8 @@ pub struct RawNotifier {
     digest: Option<String>,
     dashboard: Option<String>,
     socket_mode: Option<RawSocketMode>,
+    external_url: Option<String>,
+    max_alerts: Option<usize>,
 }
 
 /// `notifiers.<slack>.socket_mode` as written.
@@ -245,6 +247,11 @@ pub struct NotifierConfig {
     pub dashboard: Option<String>,
     /// Slack Socket Mode: the app-level token (`xapp-…`) commands and buttons arrive through.
     pub socket_mode: Option<Secret>,
+    /// The agent's URL as the message's readers reach it: "and N more" links to
+    /// `{it}/api/v1/alerts`; a webhook's `externalURL`.
+    pub external_url: Option<String>,
+    /// Webhook: most alerts in one message, as Alertmanager's `max_alerts` (0: all).
+    pub max_alerts: usize,
 }
 
 /// `alerts:` + `notifiers:`, validated.
@@ -690,6 +697,34 @@ fn validate_notifier(
             e.0,
         )
     });
+    let external_url = n
+        .external_url
+        .as_ref()
+        .and_then(|u| match url::Url::parse(u) {
+            Ok(p) if matches!(p.scheme(), "http" | "https") => {
+                Some(u.trim_end_matches('/').to_owned())
+            }
+            _ => {
+                e.push(
+                    format!("{at}.external_url"),
+                    "must be an http:// or https:// URL",
+                );
+                None
+            }
+        });
+    if n.max_alerts.is_some() && kind != "webhook" {
+        e.push(
+            format!("{at}.max_alerts"),
+            "only a webhook notifier has max_alerts",
+        );
+    }
+    if kind == "webhook" && (n.deploy_notices == Some(true) || digest.is_some()) {
+        e.push(
+            at,
+            "deploy_notices and digest are for chats (slack, teams): a webhook carries \
+             Alertmanager's alert format only",
+        );
+    }
     let kind = match kind.as_str() {
         "slack" => {
             if n.signing_secret_file.is_some() || n.signing_secret_env.is_some() {
@@ -794,6 +829,8 @@ fn validate_notifier(
         digest,
         dashboard: n.dashboard,
         socket_mode,
+        external_url,
+        max_alerts: n.max_alerts.unwrap_or(0),
     })
 }
 
@@ -843,7 +880,7 @@ alerts:
 notifiers:
   slack: { token_env: SLACK_TOKEN, channel: "#alerts", signing_secret_env: SLACK_SIGNING, deploy_notices: true }
   teams: { webhook_url_file: teams-url }
-  hook: { type: webhook, url: "http://127.0.0.1:1/x" }
+  hook: { type: webhook, url: "http://127.0.0.1:1/x", max_alerts: 10, external_url: "https://agent.example/" }
 "##,
             "t",
             dir.path(),
@@ -874,6 +911,10 @@ notifiers:
             Some("signing")
         );
         assert!(!format!("{:?}", a.notifiers).contains("xoxb-1-2"));
+        let hook = &a.notifiers["hook"];
+        assert_eq!(hook.max_alerts, 10);
+        assert_eq!(hook.external_url.as_deref(), Some("https://agent.example"));
+        assert_eq!(a.notifiers["teams"].max_alerts, 0);
     }
 
     #[test]
@@ -895,6 +936,8 @@ notifiers:
   slack: { channel: "#a" }
   teams: { webhook_url_env: NOPE }
   pager: { type: pagerduty }
+  hook: { type: webhook, url: "http://x/", digest: 1d, external_url: "ftp://x" }
+  chat: { type: teams, webhook_url_env: NOPE, max_alerts: 3 }
 "##,
             "t",
             std::path::Path::new("."),
@@ -919,6 +962,9 @@ notifiers:
             "notifiers.slack",
             "notifiers.teams.webhook_url_env",
             "notifiers.pager.type",
+            "notifiers.hook",
+            "notifiers.hook.external_url",
+            "notifiers.chat.max_alerts",
         ] {
             assert!(paths.contains(&want), "missing {want} in {paths:?}\n{e}");
         }

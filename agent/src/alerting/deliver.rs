@@ -9,7 +9,7 @@
 //! and generic JSON webhooks (optional bearer token and HMAC signature), the last two over one
 //! `hyper` client (rustls with the system's roots, or plain HTTP).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +30,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::config::{NotifierConfig, NotifierKind};
-use super::eval::DeployInfo;
-use super::notify::{MessageRef, Notification};
+use super::eval::{Alert, DeployInfo, fmt_value};
+use super::notify::{MessageRef, Notification, Status};
 use super::render::{self, Message, Tone};
 use super::rules::Millis;
 use crate::config::common::Secret;
@@ -258,6 +258,8 @@ pub enum SendError {
 pub struct Slack {
     client: SlackClient<SlackClientHyperConnector<HttpsConnector<HttpConnector>>>,
     mode: SlackMode,
+    /// `{external_url}/api/v1/alerts`, linked from "and N more".
+    all_alerts: Option<String>,
 }
 
 enum SlackMode {
@@ -285,8 +287,10 @@ pub enum Transport {
         http: Http,
         /// Workflow URL.
         url: Secret,
+        /// `{external_url}/api/v1/alerts`, linked from "and N more".
+        all_alerts: Option<String>,
     },
-    /// A JSON webhook.
+    /// A JSON webhook (Alertmanager's format).
     Webhook {
         /// The client.
         http: Http,
@@ -296,6 +300,10 @@ pub enum Transport {
         bearer: Option<Secret>,
         /// HMAC key.
         hmac: Option<Secret>,
+        /// Receiver name (`receiver`).
+        receiver: String,
+        /// Links and truncation.
+        shape: WebhookShape,
     },
 }
 
@@ -315,6 +323,10 @@ fn slack_error(e: SlackClientError) -> SendError {
 impl Transport {
     /// Builds the transport of a receiver.
     pub fn new(cfg: &NotifierConfig, http: &Http) -> Result<Self, String> {
+        let all_alerts = cfg
+            .external_url
+            .as_deref()
+            .map(|u| format!("{}/api/v1/alerts", u.trim_end_matches('/')));
         Ok(match &cfg.kind {
             NotifierKind::SlackBot {
                 token,
@@ -327,6 +339,7 @@ impl Transport {
                 .with_slack_api_url(api_url);
                 Self::Slack(Box::new(Slack {
                     client: SlackClient::new(connector),
+                    all_alerts: all_alerts.clone(),
                     mode: SlackMode::Bot {
                         token: SlackApiToken::new(SlackApiTokenValue::new(
                             token.expose().to_owned(),
@@ -343,18 +356,25 @@ impl Transport {
                     .map_err(|_| "the Slack webhook URL does not parse".to_owned())?;
                 Self::Slack(Box::new(Slack {
                     client: SlackClient::new(connector),
+                    all_alerts: all_alerts.clone(),
                     mode: SlackMode::Webhook(url),
                 }))
             }
             NotifierKind::Teams { url } => Self::Teams {
                 http: http.clone(),
                 url: url.clone(),
+                all_alerts,
             },
             NotifierKind::Webhook { url, bearer, hmac } => Self::Webhook {
                 http: http.clone(),
                 url: url.clone(),
                 bearer: bearer.clone(),
                 hmac: hmac.clone(),
+                receiver: cfg.name.clone(),
+                shape: WebhookShape {
+                    external_url: cfg.external_url.clone(),
+                    max_alerts: cfg.max_alerts,
+                },
             },
         })
     }
@@ -373,8 +393,13 @@ impl Transport {
         };
         match self {
             Self::Slack(s) => s.send(&msg, existing).await,
-            Self::Teams { http, url } => {
-                let body = teams_card(&msg);
+            Self::Teams {
+                http,
+                url,
+                all_alerts,
+            } => {
+                let body = teams_card(&msg, all_alerts.as_deref())
+                    .map_err(|e| SendError::Refused(e.to_string()))?;
                 let (status, retry_after) = post_json(http, url.expose(), &body, &[]).await?;
                 classify(status, retry_after, &[200, 202]).map(|()| None)
             }
@@ -383,8 +408,12 @@ impl Transport {
                 url,
                 bearer,
                 hmac,
+                receiver,
+                shape,
             } => {
-                let body = webhook_body(item, &msg);
+                let Some(body) = webhook_body(item, receiver, shape) else {
+                    return Ok(None);
+                };
                 let text = body.to_string();
                 let mut headers: Vec<(&str, String)> = Vec::new();
                 if let Some(b) = bearer {
@@ -414,8 +443,8 @@ impl Slack {
         existing: Option<MessageRef>,
     ) -> Result<Option<MessageRef>, SendError> {
         let content = SlackMessageContent::new()
-            .with_text(render::plain(&msg.text))
-            .with_blocks(slack_blocks(msg));
+            .with_text(render::slack_escape_within(&render::plain(&msg.text), 3000))
+            .with_blocks(slack_blocks(msg, self.all_alerts.as_deref()));
         match &self.mode {
             SlackMode::Webhook(url) => {
                 self.client
@@ -441,7 +470,8 @@ impl Slack {
                                 .chat_post_message(
                                     &SlackApiChatPostMessageRequest::new(
                                         SlackChannelId::new(r.channel.clone()),
-                                        SlackMessageContent::new().with_text(f.clone()),
+                                        SlackMessageContent::new()
+                                            .with_text(render::slack_escape_within(f, 3000)),
                                     )
                                     .with_thread_ts(SlackTs::new(r.ts.clone())),
                                 )
@@ -481,12 +511,25 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// Most section blocks per message (Slack allows 50 blocks).
 const MAX_SECTIONS: usize = 45;
-/// Characters per section (Slack allows 3000).
+/// Bytes (so also characters) per section (Slack allows 3000 characters).
 const SECTION_CHARS: usize = 2900;
 
+/// "…and N more" for a message that leaves items out, linking the full list when the agent's
+/// external URL is known. Slack mrkdwn (the link is our markup; the URL is escaped).
+fn slack_more(more: usize, all_alerts: Option<&str>) -> String {
+    match all_alerts {
+        Some(u) => format!(
+            "…and {more} more: <{}|all alerts>",
+            render::slack_escape(u).replace('|', "%7C")
+        ),
+        None => format!("…and {more} more (see the agent's /api/v1/alerts)"),
+    }
+}
+
 /// Block Kit for a message: a header, sections packed with the lines, a context line with the
-/// deployment, and actions (Ack, Silence 1h, links).
-pub fn slack_blocks(m: &Message) -> Vec<SlackBlock> {
+/// deployment, and actions (Ack, Silence 1h, links). Every text from telemetry is escaped for
+/// Slack ([`render::slack_escape`]); the header is `plain_text`, which Slack never parses.
+pub fn slack_blocks(m: &Message, all_alerts: Option<&str>) -> Vec<SlackBlock> {
     let mut blocks: Vec<SlackBlock> = vec![
         SlackHeaderBlock::new(SlackBlockPlainTextOnly::from(truncate(
             &render::plain(&m.title),
@@ -496,8 +539,15 @@ pub fn slack_blocks(m: &Message) -> Vec<SlackBlock> {
     ];
     let mut chunks: Vec<String> = Vec::new();
     let mut cur = String::new();
-    for line in &m.lines {
-        let line = truncate(line, SECTION_CHARS);
+    let mut lines: Vec<String> = m
+        .lines
+        .iter()
+        .map(|l| render::slack_escape_within(l, SECTION_CHARS))
+        .collect();
+    if m.more > 0 {
+        lines.push(slack_more(m.more, all_alerts));
+    }
+    for line in lines {
         if !cur.is_empty() && cur.len() + line.len() + 1 > SECTION_CHARS {
             chunks.push(std::mem::take(&mut cur));
         }
@@ -530,7 +580,10 @@ pub fn slack_blocks(m: &Message) -> Vec<SlackBlock> {
     if !m.context.is_empty() {
         blocks.push(
             SlackContextBlock::new(vec![SlackContextBlockElement::MarkDown(
-                SlackBlockMarkDownText::new(truncate(&m.context.join(" · "), 2900)),
+                SlackBlockMarkDownText::new(render::slack_escape_within(
+                    &m.context.join(" · "),
+                    2900,
+                )),
             )])
             .into(),
         );
@@ -581,100 +634,296 @@ fn tone_color(t: Tone) -> &'static str {
     }
 }
 
-/// The Teams Workflows payload: a message with one Adaptive Card 1.4 attachment.
-pub fn teams_card(m: &Message) -> Value {
-    let mut body = vec![json!({
-        "type": "TextBlock",
-        "text": render::plain(&m.title),
-        "size": "Medium",
-        "weight": "Bolder",
-        "color": tone_color(m.tone),
-        "wrap": true,
-    })];
-    for line in &m.lines {
-        body.push(json!({ "type": "TextBlock", "text": render::plain(line), "wrap": true }));
-    }
-    if !m.context.is_empty() {
-        body.push(json!({
-            "type": "TextBlock",
-            "text": m.context.join(" · "),
-            "isSubtle": true,
-            "size": "Small",
-            "wrap": true,
-        }));
-    }
-    let actions: Vec<Value> = m
-        .links
-        .iter()
-        .map(|(t, u)| json!({ "type": "Action.OpenUrl", "title": t, "url": u }))
-        .collect();
-    json!({
-        "type": "message",
-        "attachments": [{
-            "contentType": "application/vnd.microsoft.card.adaptive",
-            "contentUrl": null,
-            "content": {
-                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
-                "type": "AdaptiveCard",
-                "version": "1.4",
-                "msteams": { "width": "Full" },
-                "body": body,
-                "actions": actions,
-            }
-        }]
-    })
+/// Teams Workflows' "post card in a chat or channel" action takes about 28 KB (Microsoft's
+/// documented limit, measured on the request body); a webhook answers 202 before that action
+/// runs, so a larger card would count as sent and never appear. Cards are built to stay under
+/// [`TEAMS_CARD_BUDGET`] bytes of serialized JSON and refused above [`TEAMS_MAX_BYTES`].
+pub const TEAMS_MAX_BYTES: usize = 28 * 1024;
+/// What a card is built to fit in: the limit with a 4 KiB margin.
+pub const TEAMS_CARD_BUDGET: usize = 24 * 1024;
+/// Characters of a card's title before it is shortened with an ellipsis.
+const TEAMS_TITLE_CHARS: usize = 300;
+/// Characters of one text line (an alert's summary line, a notice) before the ellipsis.
+const TEAMS_LINE_CHARS: usize = 1000;
+/// Characters of the context line before the ellipsis.
+const TEAMS_CONTEXT_CHARS: usize = 500;
+/// Characters of a link's URL beyond which the link is left off (a cut URL is a broken one).
+const TEAMS_URL_CHARS: usize = 2000;
+
+/// Why no Teams card could be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the Teams card would be {0} bytes, above the {TEAMS_MAX_BYTES}-byte limit")]
+pub struct CardTooLarge(pub usize);
+
+fn json_len(v: &Value) -> usize {
+    serde_json::to_string(v).map_or(usize::MAX, |s| s.len())
 }
 
-/// The generic webhook body (Alertmanager-like).
-pub fn webhook_body(item: &Item, m: &Message) -> Value {
-    let alerts = |n: &Notification| -> Vec<Value> {
-        n.alerts
-            .iter()
-            .map(|(a, s)| {
-                json!({
-                    "status": s,
-                    "labels": a.labels,
-                    "summary": a.summary,
-                    "value": a.value,
-                    "values": a.values,
-                    "activeAt": a.active_at,
-                    "firedAt": a.fired_at,
-                    "resolvedAt": a.resolved_at,
-                    "runbook": a.runbook,
-                    "dashboard": a.dashboard,
-                    "fingerprint": a.fingerprint,
-                })
-            })
-            .collect()
+/// One paragraph of verbatim text: a `RichTextBlock` of `TextRun`s, which Adaptive Cards never
+/// read as Markdown, so an injected `[click](https://…)` stays text.
+fn teams_text(text: &str, run: Value) -> Value {
+    let mut run = run;
+    run["type"] = json!("TextRun");
+    run["text"] = json!(text);
+    json!({ "type": "RichTextBlock", "inlines": [run] })
+}
+
+/// The blocks of one message line (an alert takes two lines: what, and since when).
+fn teams_line_blocks(line: &str) -> Vec<Value> {
+    render::plain(line)
+        .split('\n')
+        .enumerate()
+        .map(|(i, l)| {
+            let mut b = teams_text(&truncate(l, TEAMS_LINE_CHARS), json!({}));
+            if i > 0 {
+                b["spacing"] = json!("none");
+            }
+            b
+        })
+        .collect()
+}
+
+/// The Teams Workflows payload: a message with one Adaptive Card 1.4 attachment, under
+/// [`TEAMS_CARD_BUDGET`] bytes: texts shortened with an ellipsis, lines that do not fit left out
+/// and counted in an "and N more" line whose link opens the full list (`all_alerts`, the
+/// agent's `/api/v1/alerts`, else the dashboard). Every text is verbatim (see [`teams_text`]).
+pub fn teams_card(m: &Message, all_alerts: Option<&str>) -> Result<Value, CardTooLarge> {
+    let title = teams_text(
+        &truncate(&render::plain(&m.title), TEAMS_TITLE_CHARS),
+        json!({ "size": "medium", "weight": "bolder", "color": tone_color(m.tone) }),
+    );
+    let context = (!m.context.is_empty()).then(|| {
+        teams_text(
+            &truncate(&render::plain(&m.context.join(" · ")), TEAMS_CONTEXT_CHARS),
+            json!({ "isSubtle": true, "size": "small" }),
+        )
+    });
+    let mut actions: Vec<Value> = m
+        .links
+        .iter()
+        .filter(|(_, u)| u.chars().count() <= TEAMS_URL_CHARS && url::Url::parse(u).is_ok())
+        .map(|(t, u)| json!({ "type": "Action.OpenUrl", "title": truncate(t, 40), "url": u }))
+        .collect();
+    let all = all_alerts
+        .filter(|u| u.chars().count() <= TEAMS_URL_CHARS && url::Url::parse(u).is_ok())
+        .map(|u| json!({ "type": "Action.OpenUrl", "title": "All alerts", "url": u }));
+    let card = |body: &[Value], actions: &[Value]| {
+        json!({
+            "type": "message",
+            "attachments": [{
+                "contentType": "application/vnd.microsoft.card.adaptive",
+                "contentUrl": null,
+                "content": {
+                    "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                    "type": "AdaptiveCard",
+                    "version": "1.4",
+                    "msteams": { "width": "Full" },
+                    "body": body,
+                    "actions": actions,
+                }
+            }]
+        })
     };
-    match item {
-        Item::Group(n) => json!({
-            "version": "1",
-            "type": "alerts",
-            "receiver": n.receiver,
-            "kind": n.kind,
-            "status": if n.count(super::notify::Status::Firing) > 0 { "firing" } else { "resolved" },
-            "groupKey": n.key,
-            "groupLabels": n.group_labels,
-            "title": render::plain(&m.title),
-            "context": m.context,
-            "alerts": alerts(n),
-        }),
-        Item::Notice(_) => json!({
-            "version": "1",
-            "type": "notice",
-            "title": render::plain(&m.title),
-            "lines": m.lines.iter().map(|l| render::plain(l)).collect::<Vec<_>>(),
-            "context": m.context,
-        }),
-        Item::Summary(ns, texts) => json!({
-            "version": "1",
-            "type": "summary",
-            "title": m.title,
-            "groups": ns.iter().map(|n| json!({"groupKey": n.key, "alerts": alerts(n)})).collect::<Vec<_>>(),
-            "notices": texts,
-        }),
+    let more_block = |n: usize, linked: bool| {
+        let where_ = if linked {
+            "open All alerts for the full list"
+        } else if m.links.iter().any(|(t, _)| t == "Dashboard") {
+            "see the Dashboard or the agent's /api/v1/alerts"
+        } else {
+            "see the agent's /api/v1/alerts"
+        };
+        teams_text(
+            &format!("…and {n} more: {where_}"),
+            json!({ "isSubtle": true }),
+        )
+    };
+    // The fixed part: title, context, links, the "All alerts" link and room for an "and N
+    // more" line with the largest count it can show.
+    let mut with_all = actions.clone();
+    with_all.extend(all.clone());
+    let mut fixed: Vec<Value> = vec![title.clone()];
+    fixed.extend(context.clone());
+    let reserve = json_len(&more_block(usize::MAX, all.is_some())) + 1;
+    let mut used = json_len(&card(&fixed, &with_all)) + reserve;
+    if used > TEAMS_CARD_BUDGET {
+        // Only oversized links can make the fixed part this large: leave them off.
+        actions.clear();
+        with_all = all.iter().cloned().collect();
+        used = json_len(&card(&fixed, &with_all)) + reserve;
     }
+    let mut body = vec![title];
+    let mut shown = 0usize;
+    for line in &m.lines {
+        let blocks = teams_line_blocks(line);
+        let size: usize = blocks.iter().map(|b| json_len(b) + 1).sum();
+        if used + size > TEAMS_CARD_BUDGET {
+            break;
+        }
+        used += size;
+        body.extend(blocks);
+        shown += 1;
+    }
+    let more = m.more + (m.lines.len() - shown);
+    let final_actions = if more > 0 {
+        body.push(more_block(more, all.is_some()));
+        with_all
+    } else {
+        actions
+    };
+    body.extend(context);
+    let v = card(&body, &final_actions);
+    let len = json_len(&v);
+    if len > TEAMS_MAX_BYTES {
+        return Err(CardTooLarge(len));
+    }
+    Ok(v)
+}
+
+/// Alertmanager's fingerprint of a label set: FNV-1a (64 bit) over the sorted names and values,
+/// each followed by the byte 0xff, as 16 hex digits (the `fingerprint` Alertmanager sends).
+pub fn am_fingerprint(labels: &BTreeMap<String, String>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in labels {
+        for b in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// RFC 3339 in UTC with milliseconds (`2026-12-06T13:00:00.123Z`).
+fn rfc3339(ms: Millis) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// What Alertmanager sends as `endsAt` of an alert that still fires (Go's zero time).
+const AM_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// Labels or annotations every alert has with the same value.
+fn common(maps: &[BTreeMap<String, String>]) -> BTreeMap<String, String> {
+    let Some((first, rest)) = maps.split_first() else {
+        return BTreeMap::new();
+    };
+    first
+        .iter()
+        .filter(|(k, v)| rest.iter().all(|m| m.get(*k) == Some(*v)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Where a generic webhook's links point, and how many alerts one message carries.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookShape {
+    /// The agent's external URL (`externalURL`; `generatorURL` is `{it}/api/v1/rules`).
+    pub external_url: Option<String>,
+    /// Most alerts in one message (0: all); the rest are counted in `truncatedAlerts`.
+    pub max_alerts: usize,
+}
+
+/// The generic webhook body: Alertmanager's webhook format, version 4. One message per alert
+/// group; a coalesced summary becomes one message with the latest state of every alert of its
+/// groups. Alerts silenced since they were notified are left out (Alertmanager does not send
+/// silenced alerts); `None` when nothing is left to send (notices, and a group whose every alert
+/// is silenced).
+pub fn webhook_body(item: &Item, receiver: &str, shape: &WebhookShape) -> Option<Value> {
+    let (key, group_labels, members): (String, BTreeMap<String, String>, Vec<&(Alert, Status)>) =
+        match item {
+            Item::Group(n) => (
+                n.key.clone(),
+                n.group_labels.clone(),
+                n.alerts.iter().collect(),
+            ),
+            Item::Summary(ns, _) => {
+                let mut by_fp: BTreeMap<&str, &(Alert, Status)> = BTreeMap::new();
+                for n in ns {
+                    for m in &n.alerts {
+                        by_fp.insert(m.0.fingerprint.as_str(), m);
+                    }
+                }
+                (
+                    format!("{receiver}:coalesced"),
+                    BTreeMap::new(),
+                    by_fp.into_values().collect(),
+                )
+            }
+            Item::Notice(_) => return None,
+        };
+    let external = shape
+        .external_url
+        .as_deref()
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    let generator = if external.is_empty() {
+        String::new()
+    } else {
+        format!("{external}/api/v1/rules")
+    };
+    let mut alerts: Vec<(&Alert, Status, BTreeMap<String, String>)> = members
+        .into_iter()
+        .filter(|(_, s)| *s != Status::Silenced)
+        .map(|(a, s)| {
+            let mut ann = BTreeMap::new();
+            ann.insert("summary".to_owned(), a.summary.clone());
+            ann.insert("value".to_owned(), fmt_value(a.value));
+            if let Some(r) = &a.runbook {
+                ann.insert("runbook_url".to_owned(), r.clone());
+            }
+            if let Some(d) = &a.dashboard {
+                ann.insert("dashboard_url".to_owned(), d.clone());
+            }
+            (a, *s, ann)
+        })
+        .collect();
+    if alerts.is_empty() {
+        return None;
+    }
+    let firing = alerts.iter().any(|(_, s, _)| *s == Status::Firing);
+    let labels: Vec<BTreeMap<String, String>> =
+        alerts.iter().map(|(a, _, _)| a.labels.clone()).collect();
+    let anns: Vec<BTreeMap<String, String>> = alerts.iter().map(|(_, _, n)| n.clone()).collect();
+    let truncated = if shape.max_alerts > 0 && alerts.len() > shape.max_alerts {
+        let t = alerts.len() - shape.max_alerts;
+        alerts.truncate(shape.max_alerts);
+        t
+    } else {
+        0
+    };
+    let alerts: Vec<Value> = alerts
+        .into_iter()
+        .map(|(a, s, ann)| {
+            let starts = a.fired_at.unwrap_or(a.active_at);
+            let (status, ends) = match s {
+                Status::Resolved => (
+                    "resolved",
+                    rfc3339(a.resolved_at.unwrap_or(a.last_active).max(starts)),
+                ),
+                _ => ("firing", AM_ZERO_TIME.to_owned()),
+            };
+            json!({
+                "status": status,
+                "labels": a.labels,
+                "annotations": ann,
+                "startsAt": rfc3339(starts),
+                "endsAt": ends,
+                "generatorURL": generator,
+                "fingerprint": am_fingerprint(&a.labels),
+            })
+        })
+        .collect();
+    Some(json!({
+        "version": "4",
+        "groupKey": key,
+        "truncatedAlerts": truncated,
+        "status": if firing { "firing" } else { "resolved" },
+        "receiver": receiver,
+        "groupLabels": group_labels,
+        "commonLabels": common(&labels),
+        "commonAnnotations": common(&anns),
+        "externalURL": external,
+        "alerts": alerts,
+    }))
 }
 
 async fn post_json(
@@ -818,5 +1067,248 @@ impl Sender {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerting::eval::State;
+    use crate::alerting::notify::Kind;
+
+    /// Telemetry an attacker controls: mentions, a disguised link, a bare `&`, a Markdown link.
+    const HOSTILE: &str = "GET /x <!channel> <!here> <@U123> <https://evil.example|click> a&b [click](https://evil.example/md)";
+
+    fn alert(i: usize, span: &str) -> Alert {
+        Alert {
+            fingerprint: format!("a{i}"),
+            labels: BTreeMap::from([
+                ("alertname".to_string(), "SpanErrors".to_string()),
+                ("service".to_string(), "checkout".to_string()),
+                ("severity".to_string(), "critical".to_string()),
+                ("span_name".to_string(), span.to_string()),
+            ]),
+            summary: format!("{span} fails"),
+            runbook: Some("https://runbooks.example/spans".into()),
+            dashboard: Some("https://grafana.example/d/red".into()),
+            value: 0.5,
+            values: BTreeMap::new(),
+            state: State::Firing,
+            active_at: 1_700_000_000_000,
+            fired_at: Some(1_700_000_060_000),
+            resolved_at: None,
+            last_active: 1_700_000_060_000,
+        }
+    }
+
+    fn group(alerts: Vec<Alert>) -> Notification {
+        Notification {
+            key: "teams:alertname=SpanErrors".into(),
+            receiver: "teams".into(),
+            group_labels: BTreeMap::from([("alertname".into(), "SpanErrors".into())]),
+            kind: Kind::New,
+            alerts: alerts.into_iter().map(|a| (a, Status::Firing)).collect(),
+            seq: 1,
+            acked_by: None,
+            message: None,
+        }
+    }
+
+    fn texts(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) => out.push(s.clone()),
+            Value::Array(a) => a.iter().for_each(|x| texts(x, out)),
+            Value::Object(o) => o.values().for_each(|x| texts(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn slack_text_is_escaped_and_never_cut_inside_an_entity() {
+        assert_eq!(
+            render::slack_escape("<!channel> a&b <@U1>"),
+            "&lt;!channel&gt; a&amp;b &lt;@U1&gt;"
+        );
+        for max in 1..40 {
+            let s = render::slack_escape_within("<<<&&&>>> <!here> é界", max);
+            assert!(s.len() <= max.max(3), "{max}: {s}");
+            let cut = s.trim_end_matches('…');
+            // Every `&` starts a whole entity.
+            for (i, _) in cut.match_indices('&') {
+                let rest = &cut[i..];
+                assert!(
+                    rest.starts_with("&amp;")
+                        || rest.starts_with("&lt;")
+                        || rest.starts_with("&gt;"),
+                    "{max}: {s}"
+                );
+            }
+            assert!(!cut.contains('<') && !cut.contains('>'));
+        }
+    }
+
+    #[test]
+    fn slack_blocks_carry_no_raw_markup_from_telemetry() {
+        let n = group((0..3).map(|i| alert(i, HOSTILE)).collect());
+        let m = render::notification(&n, 1_700_000_120_000, &HashMap::new());
+        let blocks = serde_json::to_value(slack_blocks(&m, None)).expect("json");
+        for b in blocks.as_array().expect("blocks") {
+            let mut t = Vec::new();
+            match b["type"].as_str() {
+                Some("section") => texts(&b["text"]["text"], &mut t),
+                Some("context") => texts(&b["elements"], &mut t),
+                _ => continue,
+            }
+            for s in t {
+                assert!(!s.contains('<') && !s.contains('>'), "{s}");
+                assert!(
+                    s.contains("&lt;!channel&gt;") || !s.contains("channel"),
+                    "{s}"
+                );
+            }
+        }
+        assert!(blocks.to_string().contains("a&amp;b"));
+    }
+
+    fn card_len(v: &Value) -> usize {
+        serde_json::to_string(v)
+            .map(|s| s.len())
+            .unwrap_or(usize::MAX)
+    }
+
+    #[test]
+    fn teams_cards_stay_under_28_kb_in_the_worst_cases() {
+        let long = "é🔥界".repeat(1366) + &"x".repeat(4096); // > 4 KB of Unicode and ASCII
+        let cases: Vec<(&str, Vec<Alert>)> = vec![
+            (
+                "35 alerts, 4 KB labels",
+                (0..35).map(|i| alert(i, &long)).collect(),
+            ),
+            (
+                "40 short alerts",
+                (0..40).map(|i| alert(i, "GET /x")).collect(),
+            ),
+            ("hostile", (0..5).map(|i| alert(i, HOSTILE)).collect()),
+        ];
+        for (what, alerts) in cases {
+            let total = alerts.len();
+            let n = group(alerts);
+            let m = render::notification(&n, 1_700_000_120_000, &HashMap::new());
+            let card = teams_card(&m, Some("https://agent.example/api/v1/alerts")).expect(what);
+            let len = card_len(&card);
+            assert!(len <= TEAMS_CARD_BUDGET, "{what}: {len} bytes");
+            let body = card["attachments"][0]["content"]["body"]
+                .as_array()
+                .expect("body")
+                .clone();
+            assert!(body.iter().all(|b| b["type"] == "RichTextBlock"), "{what}");
+            let all: Vec<String> = {
+                let mut t = Vec::new();
+                texts(&Value::Array(body), &mut t);
+                t
+            };
+            // Each alert's first line is shown or counted.
+            let shown = all
+                .iter()
+                .filter(|t| t.contains("SpanErrors critical"))
+                .count();
+            if shown < total {
+                let more = format!("…and {} more", total - shown);
+                assert!(all.iter().any(|t| t.starts_with(&more)), "{what}: {all:?}");
+                let actions = card["attachments"][0]["content"]["actions"].to_string();
+                assert!(
+                    actions.contains("https://agent.example/api/v1/alerts"),
+                    "{what}"
+                );
+            }
+            assert!(shown >= 1, "{what}");
+            // Shortened values end with an ellipsis and stay within the per-line limit.
+            for t in &all {
+                assert!(t.chars().count() <= TEAMS_LINE_CHARS, "{what}: {}", t.len());
+            }
+        }
+        // The coalesced summary of 300 notifications of 4 KB alerts is bounded the same way.
+        let ns: Vec<Notification> = (0..300).map(|i| group(vec![alert(i, &long)])).collect();
+        let m = render::summary(&ns, &["Deployed checkout 1.2".into()], 1_700_000_120_000);
+        let card = teams_card(&m, None).expect("summary");
+        assert!(card_len(&card) <= TEAMS_CARD_BUDGET);
+        assert!(
+            card.to_string().contains("more: see the Dashboard")
+                || card.to_string().contains("more: see the agent")
+        );
+    }
+
+    #[test]
+    fn teams_text_is_verbatim() {
+        let n = group(vec![alert(0, HOSTILE)]);
+        let m = render::notification(&n, 1_700_000_120_000, &HashMap::new());
+        let card = teams_card(&m, None).expect("card");
+        let body = &card["attachments"][0]["content"]["body"];
+        // The Markdown link is inside a TextRun (never read as Markdown), not a TextBlock.
+        assert!(
+            body.to_string()
+                .contains("[click](https://evil.example/md)")
+        );
+        assert!(!body.to_string().contains("\"TextBlock\""));
+        // A card whose fixed part cannot fit is refused, not posted.
+        let mut big = m.clone();
+        big.links = vec![(
+            "Runbook".into(),
+            format!("https://x.example/{}", "a".repeat(40_000)),
+        )];
+        let c = teams_card(&big, None).expect("oversized links are left off");
+        assert!(card_len(&c) <= TEAMS_CARD_BUDGET);
+        assert!(!c.to_string().contains("aaaa"));
+    }
+
+    #[test]
+    fn webhook_body_is_alertmanager_v4() {
+        let mut resolved = alert(1, "GET /b");
+        resolved.resolved_at = Some(1_700_000_300_000);
+        resolved.state = State::Resolved;
+        let mut n = group(vec![alert(0, "GET /a")]);
+        n.alerts.push((resolved, Status::Resolved));
+        n.alerts.push((alert(2, "GET /c"), Status::Silenced));
+        let shape = WebhookShape {
+            external_url: Some("https://agent.example/".into()),
+            max_alerts: 0,
+        };
+        let v = webhook_body(&Item::Group(Box::new(n.clone())), "hook", &shape).expect("body");
+        assert_eq!(v["version"], "4");
+        assert_eq!(v["status"], "firing");
+        assert_eq!(v["receiver"], "hook");
+        assert_eq!(v["truncatedAlerts"], 0);
+        assert_eq!(v["externalURL"], "https://agent.example");
+        assert_eq!(v["commonLabels"]["alertname"], "SpanErrors");
+        assert!(v["commonLabels"].get("span_name").is_none());
+        assert_eq!(
+            v["commonAnnotations"]["runbook_url"],
+            "https://runbooks.example/spans"
+        );
+        let alerts = v["alerts"].as_array().expect("alerts");
+        assert_eq!(alerts.len(), 2, "the silenced alert is left out");
+        assert_eq!(alerts[0]["startsAt"], "2023-11-14T22:14:20.000Z");
+        assert_eq!(alerts[0]["endsAt"], AM_ZERO_TIME);
+        assert_eq!(alerts[1]["status"], "resolved");
+        assert_eq!(alerts[1]["endsAt"], "2023-11-14T22:18:20.000Z");
+        assert_eq!(
+            alerts[0]["generatorURL"],
+            "https://agent.example/api/v1/rules"
+        );
+        assert_eq!(alerts[0]["fingerprint"].as_str().map(str::len), Some(16));
+        // max_alerts as Alertmanager has it.
+        let shape = WebhookShape {
+            external_url: None,
+            max_alerts: 1,
+        };
+        let v = webhook_body(&Item::Group(Box::new(n)), "hook", &shape).expect("body");
+        assert_eq!(v["alerts"].as_array().map(Vec::len), Some(1));
+        assert_eq!(v["truncatedAlerts"], 1);
+        assert_eq!(v["externalURL"], "");
+        // Alertmanager's own fingerprint of {a="b"} (model.LabelSet.Fingerprint).
+        let fp = am_fingerprint(&BTreeMap::from([("a".to_string(), "b".to_string())]));
+        assert_eq!(fp.len(), 16);
+        assert_ne!(fp, am_fingerprint(&BTreeMap::new()));
+        assert_eq!(am_fingerprint(&BTreeMap::new()), "cbf29ce484222325");
     }
 }

@@ -700,6 +700,7 @@ impl Alerting {
                         d.commits.len(),
                         render::ago(now, d.finished_at.saturating_mul(1000))
                     )],
+                    more: 0,
                     context: Vec::new(),
                     links: n
                         .dashboard
@@ -765,6 +766,7 @@ impl Alerting {
                 title: format!("DORA digest ({window})"),
                 tone: Tone::Info,
                 lines: api::dora_lines(&report),
+                more: 0,
                 context: Vec::new(),
                 links: n
                     .dashboard

@@ -167,6 +167,10 @@ async fn teams(State(f): State<Shared>, body: Bytes) -> Response {
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "not json").into_response();
     };
+    // A Workflows "post card" action takes about 28 KB.
+    if body.len() > super::deliver::TEAMS_MAX_BYTES {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "card too large").into_response();
+    }
     let att = &v["attachments"][0];
     let card = &att["content"];
     let shape_ok = v["type"] == "message"
@@ -175,12 +179,17 @@ async fn teams(State(f): State<Shared>, body: Bytes) -> Response {
         && card["version"] == "1.4"
         && card["body"].as_array().is_some_and(|b| {
             !b.is_empty()
-                && b.iter()
-                    .all(|x| x["type"] == "TextBlock" && x["wrap"] == true && x["text"].is_string())
+                && b.iter().all(|x| {
+                    x["type"] == "RichTextBlock"
+                        && x["inlines"].as_array().is_some_and(|i| {
+                            i.iter()
+                                .all(|r| r["type"] == "TextRun" && r["text"].is_string())
+                        })
+                })
         })
         && ["attention", "warning", "good", "accent"]
             .iter()
-            .any(|c| card["body"][0]["color"] == *c);
+            .any(|c| card["body"][0]["inlines"][0]["color"] == *c);
     if !shape_ok {
         return (StatusCode::BAD_REQUEST, format!("bad card {v}")).into_response();
     }
@@ -258,6 +267,8 @@ fn slack_cfg(base: &str, token: &str) -> NotifierConfig {
         digest: None,
         dashboard: None,
         socket_mode: None,
+        external_url: None,
+        max_alerts: 0,
     }
 }
 
@@ -439,6 +450,8 @@ async fn teams_gets_an_adaptive_card_and_5xx_is_retried() {
         digest: None,
         dashboard: None,
         socket_mode: None,
+        external_url: None,
+        max_alerts: 0,
     };
     let m = DeliveryMetrics::default();
     let s = sender(&cfg, &m);
@@ -464,7 +477,7 @@ async fn teams_gets_an_adaptive_card_and_5xx_is_retried() {
     let f = fake.lock();
     assert_eq!(f.teams.len(), 1);
     let card = &f.teams[0]["attachments"][0]["content"];
-    assert_eq!(card["body"][0]["color"], "attention");
+    assert_eq!(card["body"][0]["inlines"][0]["color"], "attention");
     assert!(card["actions"].as_array().is_some_and(|a| a.len() == 2));
     assert_eq!(m.retried.get_or_create(&[("channel", "teams")]).get(), 1);
     assert_eq!(m.sent.get_or_create(&[("channel", "teams")]).get(), 1);

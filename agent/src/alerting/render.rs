@@ -2,6 +2,12 @@
 //! alert: summary, value, severity, since when), the service's last deployment ("deployed 12 min
 //! ago, sha abc123"), links (dashboard, runbook) and whether Ack / Silence buttons belong on it.
 //! Slack renders it as Block Kit, Teams as an Adaptive Card, webhooks as JSON. Pure.
+//!
+//! Invariant: the text of a [`Message`] carries telemetry (span names, exception types, label
+//! values, summaries) as it came, and our own markup is limited to `*bold*`, `` `code` `` and
+//! `:emoji:` codes — never Slack's `<...>` syntax (links travel as buttons). Each chat's edge
+//! neutralises the data for its own rules: [`slack_escape`] for Slack (`&`, `<`, `>`), verbatim
+//! text runs for Teams.
 
 use std::collections::HashMap;
 
@@ -9,7 +15,7 @@ use super::eval::{Alert, DeployInfo, fmt_value};
 use super::notify::{Kind, Notification, Status};
 use super::rules::Millis;
 
-/// Alerts shown one by one in a message; the rest are counted.
+/// Alerts shown one by one in a message; the rest are counted in [`Message::more`].
 pub const MAX_ITEMS: usize = 20;
 
 /// The colour of a message.
@@ -34,8 +40,10 @@ pub struct Message {
     pub title: String,
     /// Colour.
     pub tone: Tone,
-    /// Body lines in Slack mrkdwn (`*bold*`, `` `code` ``).
+    /// Body lines (one per alert) with `*bold*` / `` `code` `` markup; telemetry unescaped.
     pub lines: Vec<String>,
+    /// Items (alerts, notices) left out of `lines`; each chat says "and N more" with a link.
+    pub more: usize,
     /// Context line: last deployment, ack.
     pub context: Vec<String>,
     /// (label, url).
@@ -158,18 +166,13 @@ pub fn notification(
     } else {
         Tone::Warning
     };
-    let mut lines: Vec<String> = n
+    let lines: Vec<String> = n
         .alerts
         .iter()
         .take(MAX_ITEMS)
         .map(|(a, s)| alert_lines(a, *s, now))
         .collect();
-    if n.alerts.len() > MAX_ITEMS {
-        lines.push(format!(
-            "…and {} more (see /api/v1/alerts)",
-            n.alerts.len() - MAX_ITEMS
-        ));
-    }
+    let more = n.alerts.len().saturating_sub(MAX_ITEMS);
     let mut context = Vec::new();
     let service = n
         .group_labels
@@ -211,6 +214,7 @@ pub fn notification(
         title,
         tone,
         lines,
+        more,
         context,
         links,
         buttons: firing > 0,
@@ -218,11 +222,21 @@ pub fn notification(
     }
 }
 
-/// One message standing for several notifications that found their channel's queue full.
+/// Lines of a coalesced summary; the rest are counted in [`Message::more`]. Each chat bounds
+/// what it posts further (Slack: 45 sections, Teams: the card's byte budget).
+pub const SUMMARY_MAX_LINES: usize = 1000;
+
+/// One message standing for several notifications that found their channel's queue full: at
+/// most [`SUMMARY_MAX_LINES`] lines, the rest counted in [`Message::more`].
 pub fn summary(ns: &[Notification], texts: &[String], now: Millis) -> Message {
     let mut lines = Vec::new();
+    let mut more = 0usize;
     for n in ns {
         for (a, s) in &n.alerts {
+            if lines.len() >= SUMMARY_MAX_LINES {
+                more += 1;
+                continue;
+            }
             lines.push(format!(
                 "• [{}] *{}* {} — {} (value {})",
                 status_word(*s),
@@ -233,7 +247,13 @@ pub fn summary(ns: &[Notification], texts: &[String], now: Millis) -> Message {
             ));
         }
     }
-    lines.extend(texts.iter().cloned());
+    for t in texts {
+        if lines.len() >= SUMMARY_MAX_LINES {
+            more += 1;
+        } else {
+            lines.push(t.clone());
+        }
+    }
     let alerts: usize = ns.iter().map(|n| n.alerts.len()).sum();
     let title = format!(
         "{} notifications ({alerts} alerts) coalesced: the channel is rate limited",
@@ -245,6 +265,7 @@ pub fn summary(ns: &[Notification], texts: &[String], now: Millis) -> Message {
         title,
         tone: Tone::Info,
         lines,
+        more,
         context: vec![format!("at {}", utc_time(now))],
         links: Vec::new(),
         buttons: false,
@@ -252,7 +273,60 @@ pub fn summary(ns: &[Notification], texts: &[String], now: Millis) -> Message {
     }
 }
 
-/// Strips Slack mrkdwn for chats that do not speak it.
+/// Escapes text for Slack's `text` fields (message `text`, mrkdwn sections and context, replies):
+/// Slack reads `<...>` as mentions (`<!channel>`, `<@U123>`) and links (`<url|label>`), so every
+/// `&`, `<` and `>` that is not our markup becomes `&amp;`, `&lt;`, `&gt;` as Slack's formatting
+/// rules require. Applied to whole strings: our own markup never uses those characters.
+pub fn slack_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// [`slack_escape`] cut to at most `max` bytes after escaping — so at most `max` characters too,
+/// whichever way a limit is counted — never splitting an entity or a character, ending with `…`
+/// when something was cut.
+pub fn slack_escape_within(text: &str, max: usize) -> String {
+    let full = slack_escape(text);
+    if full.len() <= max {
+        return full;
+    }
+    let budget = max.saturating_sub('…'.len_utf8());
+    let mut out = String::new();
+    for c in text.chars() {
+        let piece = match c {
+            '&' => "&amp;",
+            '<' => "&lt;",
+            '>' => "&gt;",
+            _ => "",
+        };
+        let n = if piece.is_empty() {
+            c.len_utf8()
+        } else {
+            piece.len()
+        };
+        if out.len() + n > budget {
+            break;
+        }
+        if piece.is_empty() {
+            out.push(c);
+        } else {
+            out.push_str(piece);
+        }
+    }
+    out.push('…');
+    out
+}
+
+/// Strips our markup (`*`, `` ` ``, emoji codes) for chats that do not speak Slack mrkdwn. The
+/// result is still raw text: a chat that interprets markup must render it verbatim.
 pub fn plain(line: &str) -> String {
     line.replace(['*', '`'], "")
         .replace(":red_circle:", "🔴")

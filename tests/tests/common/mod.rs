@@ -794,8 +794,13 @@ pub struct ChatSeen {
     pub refused: Vec<String>,
     /// Accepted Teams Workflows posts.
     pub teams: Vec<serde_json::Value>,
-    /// Accepted generic-webhook posts (verified bearer token and HMAC signature).
+    /// Accepted generic-webhook posts (verified bearer token and HMAC signature, parsed as
+    /// Alertmanager's webhook format).
     pub hooks: Vec<serde_json::Value>,
+    /// Raw bodies of accepted Teams posts (for the Node card check).
+    pub teams_raw: Vec<Vec<u8>>,
+    /// Markup Slack would have acted on (mentions, links) in accepted posts' mrkdwn texts.
+    pub slack_markup: Vec<String>,
     last_post: std::collections::HashMap<String, Instant>,
     known_ts: Vec<String>,
     next_ts: u64,
@@ -808,10 +813,15 @@ pub struct ChatSeen {
 ///   Slack's size limits), at most one `chat.postMessage` per second per channel (else HTTP 429
 ///   with `Retry-After: 1`), `chat.update` only of a message it returned, realistic
 ///   `ok` / `channel` / `ts` answers (channel names become the channel id `C0ALERTS`);
-/// - a Teams Workflows endpoint at `{url}/workflows/{TEAMS_PATH}`: a message with one Adaptive
-///   Card 1.4 attachment whose text blocks wrap and whose title has a severity colour; 202;
+/// - a Teams Workflows endpoint at `{url}/workflows/{TEAMS_PATH}`: at most 28 KB (413 beyond,
+///   where the real post action would fail after a 202), a message with one Adaptive Card 1.4
+///   attachment of verbatim text runs whose title has a severity colour; 202;
 /// - a generic JSON webhook at `{url}/hook`: `Authorization: Bearer <hook token>` and
-///   `X-Sidelight-Signature: sha256=<HMAC-SHA256 of the raw body>`, else 401.
+///   `X-Sidelight-Signature: sha256=<HMAC-SHA256 of the raw body>`, else 401; a body that is not
+///   Alertmanager's webhook format ([`check_alertmanager`]), 400.
+///
+/// Slack does not refuse markup in text; the peer records what it would act on
+/// (`ChatSeen::slack_markup`).
 pub struct ChatPeers {
     pub url: String,
     pub seen: Arc<Mutex<ChatSeen>>,
@@ -886,7 +896,13 @@ pub fn check_blocks(body: &serde_json::Value) -> std::result::Result<(), String>
     Ok(())
 }
 
-/// Whether a Teams Workflows body is a message with one Adaptive Card 1.4.
+/// The most a Teams Workflows "post card in a chat or channel" action takes (about 28 KB,
+/// Microsoft's documented limit, on the request body).
+pub const TEAMS_MAX_BYTES: usize = 28 * 1024;
+
+/// Whether a Teams Workflows body is a message with one Adaptive Card 1.4 whose texts are
+/// verbatim text runs and whose title has a severity colour. The full check (Microsoft's
+/// `adaptivecards` library and the 1.4 schema model) is [`check_teams_cards_with_node`].
 pub fn check_teams_card(v: &serde_json::Value) -> std::result::Result<(), String> {
     let att = &v["attachments"][0];
     let card = &att["content"];
@@ -897,12 +913,17 @@ pub fn check_teams_card(v: &serde_json::Value) -> std::result::Result<(), String
         && card["version"] == "1.4"
         && card["body"].as_array().is_some_and(|b| {
             !b.is_empty()
-                && b.iter()
-                    .all(|x| x["type"] == "TextBlock" && x["wrap"] == true && x["text"].is_string())
+                && b.iter().all(|x| {
+                    x["type"] == "RichTextBlock"
+                        && x["inlines"].as_array().is_some_and(|i| {
+                            i.iter()
+                                .all(|r| r["type"] == "TextRun" && r["text"].is_string())
+                        })
+                })
         })
         && ["attention", "warning", "good", "accent"]
             .iter()
-            .any(|c| card["body"][0]["color"] == *c)
+            .any(|c| card["body"][0]["inlines"][0]["color"] == *c)
         && card["actions"].as_array().is_none_or(|a| {
             a.iter()
                 .all(|x| x["type"] == "Action.OpenUrl" && x["url"].is_string())
@@ -912,6 +933,197 @@ pub fn check_teams_card(v: &serde_json::Value) -> std::result::Result<(), String
     } else {
         Err(format!("bad card {v}"))
     }
+}
+
+/// Runs `tests/node/check-teams-cards.js` (Microsoft's `adaptivecards` library parsing each card
+/// as a 1.4 host, a strict JSON Schema model of the 1.4 elements, the 28 KB limit) on raw
+/// bodies; Err with its report when any fails. The Node packages come from `npm ci` in
+/// scripts/test.sh.
+pub fn check_teams_cards_with_node(bodies: &[Vec<u8>]) -> std::result::Result<String, String> {
+    let node_dir = workspace().join("tests/node");
+    if !node_dir.join("node_modules/adaptivecards").is_dir() {
+        return Err(format!(
+            "{}/node_modules is missing: run `npm ci --prefix tests/node` (scripts/test.sh does)",
+            node_dir.display()
+        ));
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut files = Vec::new();
+    for (i, b) in bodies.iter().enumerate() {
+        let f = dir.path().join(format!("card-{i:03}.json"));
+        std::fs::write(&f, b).map_err(|e| e.to_string())?;
+        files.push(f);
+    }
+    let out = Command::new("node")
+        .arg(node_dir.join("check-teams-cards.js"))
+        .args(&files)
+        .output()
+        .map_err(|e| format!("node: {e}"))?;
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        Ok(report)
+    } else {
+        Err(report)
+    }
+}
+
+/// What Slack would read as markup in a `text` field: `<!channel>`, `<!here>`, `<@U123>`,
+/// `<https://…|label>` and the like (anything between `<` and `>`), which Slack's formatting
+/// rules say must arrive escaped when it is not meant as markup.
+pub fn slack_markup(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find('<') {
+        let after = &rest[i + 1..];
+        match after.find('>') {
+            Some(j) => {
+                out.push(format!("<{}>", &after[..j]));
+                rest = &after[j + 1..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// The markup in every text of a Slack Web API body that Slack parses as mrkdwn (the message
+/// `text`, section and context texts).
+fn slack_parsed_markup(v: &serde_json::Value) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Some(t) = v["text"].as_str() {
+        found.extend(slack_markup(t));
+    }
+    for b in v["blocks"].as_array().into_iter().flatten() {
+        match b["type"].as_str() {
+            Some("section") => {
+                found.extend(slack_markup(b["text"]["text"].as_str().unwrap_or("")));
+            }
+            Some("context") => {
+                for e in b["elements"].as_array().into_iter().flatten() {
+                    if e["type"] == "mrkdwn" {
+                        found.extend(slack_markup(e["text"].as_str().unwrap_or("")));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// Alertmanager's webhook message, version 4, as its documentation gives it (every field
+/// required, no other field): what a bridge written for Alertmanager parses.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AmMessage {
+    pub version: String,
+    pub group_key: String,
+    pub truncated_alerts: u64,
+    pub status: AmStatus,
+    pub receiver: String,
+    pub group_labels: std::collections::BTreeMap<String, String>,
+    pub common_labels: std::collections::BTreeMap<String, String>,
+    pub common_annotations: std::collections::BTreeMap<String, String>,
+    #[serde(rename = "externalURL")]
+    pub external_url: String,
+    pub alerts: Vec<AmAlert>,
+}
+
+/// One alert of an [`AmMessage`].
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AmAlert {
+    pub status: AmStatus,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub annotations: std::collections::BTreeMap<String, String>,
+    pub starts_at: String,
+    pub ends_at: String,
+    #[serde(rename = "generatorURL")]
+    pub generator_url: String,
+    pub fingerprint: String,
+}
+
+/// `firing` or `resolved`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AmStatus {
+    Firing,
+    Resolved,
+}
+
+/// Whether `s` is an RFC 3339 date-time (`2026-12-06T13:00:00.123Z`, `...+02:00`).
+pub fn is_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    let num =
+        |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<u32>().ok()).unwrap_or(99);
+    if b.len() < 20
+        || !(digits(0..4) && b[4] == b'-' && digits(5..7) && b[7] == b'-' && digits(8..10))
+        || !(b[10] == b'T' || b[10] == b't')
+        || !(digits(11..13) && b[13] == b':' && digits(14..16) && b[16] == b':' && digits(17..19))
+    {
+        return false;
+    }
+    if !(1..=12).contains(&num(5..7)) || !(1..=31).contains(&num(8..10)) {
+        return false;
+    }
+    if num(11..13) > 23 || num(14..16) > 59 || num(17..19) > 60 {
+        return false;
+    }
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    match &s[i..] {
+        "Z" | "z" => true,
+        off => {
+            let o = off.as_bytes();
+            o.len() == 6
+                && (o[0] == b'+' || o[0] == b'-')
+                && o[1..3].iter().all(u8::is_ascii_digit)
+                && o[3] == b':'
+                && o[4..6].iter().all(u8::is_ascii_digit)
+        }
+    }
+}
+
+/// Parses a webhook body with the [`AmMessage`] model and checks what types cannot: version
+/// "4", RFC 3339 times, a resolved alert's `endsAt` not before its `startsAt`, the message
+/// status matching its alerts.
+pub fn check_alertmanager(body: &[u8]) -> std::result::Result<AmMessage, String> {
+    let m: AmMessage =
+        serde_json::from_slice(body).map_err(|e| format!("not Alertmanager's format: {e}"))?;
+    if m.version != "4" {
+        return Err(format!("version {:?}", m.version));
+    }
+    if m.alerts.is_empty() {
+        return Err("no alerts".into());
+    }
+    for a in &m.alerts {
+        if !is_rfc3339(&a.starts_at) || !is_rfc3339(&a.ends_at) {
+            return Err(format!("times not RFC 3339: {} {}", a.starts_at, a.ends_at));
+        }
+        if a.status == AmStatus::Resolved && a.ends_at < a.starts_at {
+            return Err(format!("resolved before it started: {a:?}"));
+        }
+        if a.fingerprint.is_empty() || !a.labels.contains_key("alertname") {
+            return Err(format!("alert without identity: {a:?}"));
+        }
+    }
+    let firing = m.alerts.iter().any(|a| a.status == AmStatus::Firing);
+    if firing != (m.status == AmStatus::Firing) {
+        return Err(format!("status {:?} does not match its alerts", m.status));
+    }
+    Ok(m)
 }
 
 fn hmac_hex(key: &str, body: &[u8]) -> String {
@@ -978,6 +1190,8 @@ fn chat_answer(secrets: &ChatSecrets, seen: &Mutex<ChatSeen>, req: HttpRequest) 
             refuse(&mut seen, format!("{method}: {e}"));
             return slack_json(serde_json::json!({"ok": false, "error": "invalid_blocks"}));
         }
+        let markup = slack_parsed_markup(&v);
+        seen.slack_markup.extend(markup);
         let channel = match v["channel"].as_str() {
             Some("#alerts" | "alerts" | "C0ALERTS") => "C0ALERTS",
             _ => {
@@ -1033,6 +1247,11 @@ fn chat_answer(secrets: &ChatSecrets, seen: &Mutex<ChatSeen>, req: HttpRequest) 
             }
         }
     } else if req.path == format!("/workflows/{TEAMS_PATH}") {
+        if req.body.len() > TEAMS_MAX_BYTES {
+            // The webhook would answer 202 and its post action fail: refuse it loudly here.
+            refuse(&mut seen, format!("teams: {} bytes", req.body.len()));
+            return (413, Vec::new(), "{}".into());
+        }
         let Some(v) = json else {
             refuse(&mut seen, "teams: not JSON".into());
             return (400, Vec::new(), "{}".into());
@@ -1042,6 +1261,7 @@ fn chat_answer(secrets: &ChatSecrets, seen: &Mutex<ChatSeen>, req: HttpRequest) 
             return (400, Vec::new(), "{}".into());
         }
         seen.teams.push(v);
+        seen.teams_raw.push(req.body.clone());
         (202, Vec::new(), String::new())
     } else if req.path == "/hook" {
         let bearer_ok =
@@ -1059,6 +1279,10 @@ fn chat_answer(secrets: &ChatSecrets, seen: &Mutex<ChatSeen>, req: HttpRequest) 
             refuse(&mut seen, "hook: not JSON".into());
             return (400, Vec::new(), "{}".into());
         };
+        if let Err(e) = check_alertmanager(&req.body) {
+            refuse(&mut seen, format!("hook: {e}"));
+            return (400, Vec::new(), "{}".into());
+        }
         seen.hooks.push(v);
         (204, Vec::new(), String::new())
     } else {

@@ -307,6 +307,14 @@ fn copytruncate(include: &str) -> Result {
         settled.then_some(s)
     })?;
     let (missing, dups) = loss_and_dups(seen.get("ct"), count);
+    if dups > 0 {
+        let twice: Vec<_> = seen["ct"]
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(s, _)| *s)
+            .collect();
+        eprintln!("read twice: {twice:?}");
+    }
     assert_eq!(dups, 0, "copytruncate must not make the tailer re-read");
     let lost = metric_sum(&agent, "sidelight_log_lost_bytes_total", "source=\"ct\"");
     let truncations = agent.metric(
@@ -364,7 +372,7 @@ fn metric_sum(agent: &Agent, name: &str, label_fragment: &str) -> f64 {
                 && series.contains(label_fragment))
             .then(|| value.parse::<f64>().ok())?
         })
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 /// Lines per batch (`tail.batch_max_records`' default).
@@ -742,5 +750,95 @@ fn a_fifo_swapped_in_under_a_symlink_stops_nothing() -> Result {
         "SIGTERM took {:?}",
         started.elapsed()
     );
+    Ok(())
+}
+
+/// Issue 25: Kubernetes node logs in the CRI format, as the kubelet lays them out
+/// (`/var/log/pods/<ns>_<pod>_<uid>/<container>/0.log`, linked from `/var/log/containers/`):
+/// auto-detected, the prefix stripped so the JSON inside is parsed (levels, exceptions), partial
+/// `P` lines joined with their `F` line, `stream` kept as an attribute.
+#[test]
+fn cri_node_logs_are_parsed_with_levels_and_joined_partials() -> Result {
+    let config = format!(
+        "http: {{ listen: 127.0.0.1:0 }}\nstore: {{ path: {{dir}}/data }}\nlogs:\n\
+         \x20 - {{ source: k8s, include: ['{{dir}}/containers/*.log'] }}\n{}",
+        export_section("{dir}")
+    );
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_path_buf();
+    let pod = d.join("pods/shop_checkout-7d9f_0b1c2d3e/app");
+    std::fs::create_dir_all(&pod)?;
+    std::fs::create_dir_all(d.join("containers"))?;
+    let mut text = String::new();
+    let count = 200;
+    for seq in 1..=count {
+        let level = if seq % 10 == 0 { "ERROR" } else { "INFO" };
+        let time = format!("2026-12-06T10:00:{:02}.{:09}Z", seq % 60, seq);
+        let mut record = serde_json::json!({
+            "asctime": "2026-12-06 10:00:00,000", "levelname": level, "name": "app.web",
+            "message": format!("request {seq}"), "seq": seq,
+        });
+        if seq % 10 == 0 {
+            record["exc_info"] = serde_json::Value::String(
+                "Traceback (most recent call last):\n  File \"app.py\", line 3, in handle\nKeyError: 'sku'"
+                    .into(),
+            );
+        }
+        let line = record.to_string();
+        let stream = if seq % 10 == 0 { "stderr" } else { "stdout" };
+        if seq % 7 == 0 {
+            // The runtime split this line in three (a line over its buffer size).
+            let (a, rest) = line.split_at(line.len() / 3);
+            let (b, c) = rest.split_at(rest.len() / 2);
+            text.push_str(&format!(
+                "{time} {stream} P {a}\n{time} {stream} P {b}\n{time} {stream} F {c}\n"
+            ));
+        } else {
+            text.push_str(&format!("{time} {stream} F {line}\n"));
+        }
+    }
+    std::fs::write(pod.join("0.log"), text)?;
+    std::os::unix::fs::symlink(
+        pod.join("0.log"),
+        d.join("containers/checkout-7d9f_shop_app-0123456789abcdef.log"),
+    )?;
+    let agent = Agent::start_in(dir, &config)?;
+    let export = d.join("out/export.jsonl");
+    let seen = eventually(Duration::from_secs(20), "every record exported", || {
+        let s = seqs(&export);
+        (s.get("k8s").map_or(0, BTreeMap::len) == count as usize).then_some(s)
+    })?;
+    let (missing, dups) = loss_and_dups(seen.get("k8s"), count);
+    assert!(missing.is_empty() && dups == 0, "{missing:?} {dups}");
+    assert_eq!(
+        agent.metric(
+            "sidelight_log_records_total",
+            "source=\"k8s\",level=\"error\""
+        ),
+        (count / 10) as f64
+    );
+    assert_eq!(
+        agent.metric(
+            "sidelight_log_exceptions_total",
+            "source=\"k8s\",exception=\"KeyError\""
+        ),
+        (count / 10) as f64
+    );
+    assert_eq!(
+        metric_sum(&agent, "sidelight_log_records_total", "level=\"unknown\""),
+        0.0
+    );
+    assert_eq!(agent.metric("sidelight_log_parse_errors_total", ""), 0.0);
+    let records = exported_log_records(&export);
+    for (_, r) in records.iter().filter(|(s, _)| s == "k8s") {
+        let seq = otlp_int(r, "seq").ok_or("seq")?;
+        let stream = if seq % 10 == 0 { "stderr" } else { "stdout" };
+        assert_eq!(
+            otlp_attr(r, "stream").and_then(|v| v.as_str()),
+            Some(stream),
+            "seq {seq}"
+        );
+        assert_eq!(r["body"]["stringValue"], format!("request {seq}"));
+    }
     Ok(())
 }

@@ -267,6 +267,7 @@ impl LogSourceConfig {
                 max_bytes: self.max_line_bytes,
                 ..JoinerConfig::default()
             }),
+            cri: matches!(self.format, Format::Auto | Format::Cri),
         }
     }
 }

@@ -36,8 +36,11 @@ use tokio::sync::mpsc;
 use super::checkpoint::{CheckpointError, CheckpointFile, Entry, Fingerprint};
 use super::discover::{Discovery, mtime_ns};
 use super::multiline::{Joined, Joiner, JoinerConfig};
-use super::parse::Parser;
-use super::record::LogRecord;
+use super::parse::{Parser, split_cri};
+use super::record::{AttrValue, LogRecord};
+
+/// The stream and runtime time of a CRI line.
+type CriMeta = (&'static str, u64);
 use super::redact::Redactor;
 use super::stats::{LOST_DELETED, LOST_LINE_TOO_LONG, LOST_TRUNCATED, LogStats, level_label};
 
@@ -91,6 +94,8 @@ pub struct TailConfig {
     pub checkpoint_expiry: Duration,
     /// Traceback joining (`None` for `format: json`).
     pub join: Option<JoinerConfig>,
+    /// Recognise CRI lines (`format: cri` and `auto`): strip the prefix, join partial lines.
+    pub cri: bool,
 }
 
 impl TailConfig {
@@ -109,6 +114,7 @@ impl TailConfig {
             rotate_wait: Duration::from_secs(1),
             checkpoint_expiry: Duration::from_secs(24 * 3600),
             join: Some(JoinerConfig::default()),
+            cri: true,
         }
     }
 }
@@ -218,6 +224,13 @@ struct Tracked {
     /// A copy of this (live) file, not read: its content is read through the original, and it
     /// takes over where the original was read to when the original is truncated.
     copy_of: Option<u64>,
+    /// The parts of a CRI line split by the runtime (`P`), capped at `max_line_bytes`.
+    cri_partial: Vec<u8>,
+    cri_partial_dropped: usize,
+    /// Where the first part starts.
+    cri_start: Option<u64>,
+    /// Stream and time of the first line of the joiner's pending record.
+    cri_record: Option<CriMeta>,
 }
 
 impl Tracked {
@@ -952,6 +965,10 @@ impl Tailer {
             seen_unix,
             deleted_counted: false,
             copy_of: None,
+            cri_partial: Vec::new(),
+            cri_partial_dropped: 0,
+            cri_start: None,
+            cri_record: None,
         };
         self.by_inode.insert((dev, ino), id);
         self.files.insert(id, t);
@@ -1010,11 +1027,22 @@ impl Tailer {
         let Some(t) = self.files.get_mut(&id) else {
             return;
         };
+        if let Some(first) = t.cri_start.take() {
+            // A CRI line whose last part never came: what arrived is a record.
+            let text = std::mem::take(&mut t.cri_partial);
+            t.cri_partial_dropped = 0;
+            let end = t.line_offset();
+            self.push_line(id, &text, first, end, now, None);
+        }
+        let Some(t) = self.files.get_mut(&id) else {
+            return;
+        };
         if let Some(joined) = t.joiner.as_mut().and_then(Joiner::flush) {
             t.pending_start = None;
-            t.emitted_offset = t.line_offset();
+            t.emitted_offset = t.cri_start.unwrap_or_else(|| t.line_offset());
             let mark = (t.generation, t.emitted_offset);
-            self.emit(id, &joined.text, joined.dropped_bytes);
+            let meta = t.cri_record;
+            self.emit(id, &joined.text, joined.dropped_bytes, meta);
             self.building.marks.insert(id, mark);
         }
     }
@@ -1490,6 +1518,56 @@ impl Tailer {
                 .unwrap_or_default();
             self.lost(LOST_LINE_TOO_LONG, dropped as u64, &path);
         }
+        let cri = if self.cfg.cri { split_cri(line) } else { None };
+        let Some(cri) = cri else {
+            self.push_line(id, line, start, end, now, None);
+            return;
+        };
+        let Some(t) = self.files.get_mut(&id) else {
+            return;
+        };
+        let cap = self.cfg.max_line_bytes.max(1);
+        let room = cap.saturating_sub(t.cri_partial.len());
+        let take = room.min(cri.content.len());
+        if cri.partial {
+            // The runtime split a long line: the rest follows in the next lines. The offsets
+            // stay before the first part until the line is complete.
+            t.cri_start.get_or_insert(start);
+            t.cri_partial.extend_from_slice(&cri.content[..take]);
+            t.cri_partial_dropped += cri.content.len() - take;
+            return;
+        }
+        let meta = Some((cri.stream, cri.time_unix_nano));
+        match t.cri_start.take() {
+            Some(first) => {
+                let mut full = std::mem::take(&mut t.cri_partial);
+                full.extend_from_slice(&cri.content[..take]);
+                let cut = std::mem::take(&mut t.cri_partial_dropped) + cri.content.len() - take;
+                if cut > 0 {
+                    let path = t.path.clone();
+                    self.stats
+                        .truncated_lines
+                        .get_or_create(&self.source_label)
+                        .inc();
+                    self.lost(LOST_LINE_TOO_LONG, cut as u64, &path);
+                }
+                self.push_line(id, &full, first, end, now, meta);
+            }
+            None => self.push_line(id, cri.content, start, end, now, meta),
+        }
+    }
+
+    /// One complete line (a CRI line's content, with `meta` = its stream and time) into the
+    /// joiner, and what it completes into the batch.
+    fn push_line(
+        &mut self,
+        id: u64,
+        line: &[u8],
+        start: u64,
+        end: u64,
+        now: Instant,
+        meta: Option<CriMeta>,
+    ) {
         let Some(t) = self.files.get_mut(&id) else {
             return;
         };
@@ -1500,24 +1578,35 @@ impl Tailer {
                 let had_pending = j.deadline().is_some();
                 j.push(line, now, &mut joined);
                 let pending = j.deadline().is_some();
+                let starts_record = !joined.is_empty() || !had_pending;
                 t.pending_start = if !pending {
                     None
-                } else if !joined.is_empty() || !had_pending {
+                } else if starts_record {
                     Some(start)
                 } else {
                     t.pending_start
                 };
                 t.emitted_offset = t.pending_start.unwrap_or(end);
                 let mark = (t.generation, t.emitted_offset);
-                for j in &joined {
-                    self.emit(id, &j.text, j.dropped_bytes);
+                // A record that was pending carries the stream and time of its first line.
+                let pending_meta = t.cri_record;
+                if pending && starts_record {
+                    t.cri_record = meta;
+                }
+                for (i, j) in joined.iter().enumerate() {
+                    let m = if i == 0 && had_pending {
+                        pending_meta
+                    } else {
+                        meta
+                    };
+                    self.emit(id, &j.text, j.dropped_bytes, m);
                 }
                 self.building.marks.insert(id, mark);
             }
             None => {
                 t.emitted_offset = end;
                 let mark = (t.generation, end);
-                self.emit(id, line, 0);
+                self.emit(id, line, 0, meta);
                 self.building.marks.insert(id, mark);
             }
         }
@@ -1526,7 +1615,7 @@ impl Tailer {
 
     /// Parses, redacts and counts one record and adds it to the batch being built; `dropped`
     /// bytes were already cut from it (by the joiner's caps).
-    fn emit(&mut self, id: u64, text: &[u8], dropped: usize) {
+    fn emit(&mut self, id: u64, text: &[u8], dropped: usize, cri: Option<CriMeta>) {
         if text.trim_ascii().is_empty() {
             return;
         }
@@ -1549,6 +1638,12 @@ impl Tailer {
         };
         let src = &self.source_label;
         let record = &mut parsed.record;
+        if let Some((stream, time)) = cri {
+            record
+                .attributes
+                .insert("stream", AttrValue::String(stream.to_owned()));
+            record.timestamp_unix_nano.get_or_insert(time);
+        }
         record.source = Some(self.cfg.source.clone());
         record.file_path = Some(t.path_arc.clone());
         let counts = self.redactor.redact_record(record);
@@ -1604,9 +1699,10 @@ impl Tailer {
             };
             if let Some(joined) = t.joiner.as_mut().and_then(|j| j.poll(now)) {
                 t.pending_start = None;
-                t.emitted_offset = t.line_offset();
+                t.emitted_offset = t.cri_start.unwrap_or_else(|| t.line_offset());
                 let mark = (t.generation, t.emitted_offset);
-                self.emit(id, &joined.text, joined.dropped_bytes);
+                let meta = self.files.get(&id).and_then(|t| t.cri_record);
+                self.emit(id, &joined.text, joined.dropped_bytes, meta);
                 self.building.marks.insert(id, mark);
             }
         }
@@ -1859,6 +1955,7 @@ mod tests {
         cfg: TailConfig,
         include: Vec<String>,
         now: Instant,
+        format: Format,
     }
 
     impl H {
@@ -1877,6 +1974,7 @@ mod tests {
                 cfg,
                 include,
                 now: Instant::now(),
+                format: Format::Text,
             }
         }
 
@@ -1896,7 +1994,7 @@ mod tests {
         fn tailer(&self) -> Tailer {
             let discovery = Discovery::new(&self.include, &[], true).expect("test setup");
             let parser = Parser::new(ParserConfig {
-                format: Format::Text,
+                format: self.format,
                 max_line_bytes: self.cfg.max_line_bytes,
                 ..ParserConfig::default()
             });
@@ -2630,6 +2728,72 @@ mod tests {
             ],
         )
         .expect("model");
+    }
+
+    #[test]
+    fn cri_lines_are_stripped_joined_and_keep_their_stream() {
+        let mut h = H::new(&["*.log"]);
+        h.format = Format::Cri;
+        h.cfg.join = Some(JoinerConfig {
+            timeout: Duration::from_secs(1),
+            ..JoinerConfig::default()
+        });
+        h.append(
+            "0.log",
+            concat!(
+                "2026-12-06T10:00:00.000000001Z stdout F {\"levelname\": \"ERROR\", \"message\": \"boom\"}\n",
+                "2026-12-06T10:00:01.000000000Z stdout P {\"levelname\": \"INFO\", \n",
+                "2026-12-06T10:00:01.000000000Z stdout P \"message\": \"long \n",
+                "2026-12-06T10:00:01.000000000Z stdout F line\"}\n",
+                "2026-12-06T10:00:02Z stderr F Traceback (most recent call last):\n",
+                "2026-12-06T10:00:02Z stderr F   File \"app.py\", line 1, in <module>\n",
+                "2026-12-06T10:00:02Z stderr F ValueError: bad\n",
+                "2026-12-06T10:00:03Z stdout P unfinished\n",
+            ),
+        );
+        let mut t = h.tailer();
+        let mut records = Vec::new();
+        for _ in 0..4 {
+            h.now += Duration::from_secs(2);
+            t.scan(h.now);
+            t.tick(h.now);
+            t.poll(h.now);
+            t.tick(h.now);
+            if let Some(b) = t.take_batch() {
+                let (r, ack) = b.into_parts();
+                records.extend(r);
+                ack.ack();
+                t.process_acks();
+            }
+        }
+        let got: Vec<(&str, u8, Option<&AttrValue>)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r.body.as_str(),
+                    r.severity_number,
+                    r.attributes.get("stream"),
+                )
+            })
+            .collect();
+        let stdout = AttrValue::String("stdout".into());
+        let stderr = AttrValue::String("stderr".into());
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0], ("boom", 17, Some(&stdout)));
+        assert_eq!(got[1], ("long line", 9, Some(&stdout)));
+        assert_eq!(got[2].2, Some(&stderr));
+        let exc = records[2].exception.as_ref().expect("joined traceback");
+        assert_eq!(exc.r#type.as_deref(), Some("ValueError"));
+        assert_eq!(
+            records[1].timestamp_unix_nano,
+            Some(1_796_551_201_000_000_000)
+        );
+        // The unfinished partial line holds the checkpoint before it.
+        t.write_checkpoint().expect("checkpoint");
+        drop(t);
+        h.append("0.log", "2026-12-06T10:00:03Z stdout F  line\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["unfinished line"]));
     }
 
     /// One step of the model test.

@@ -278,6 +278,46 @@ mod tests {
         assert_eq!(loaded.scanned_unix_ms, None);
     }
 
+    /// The cost of one checkpoint write with and without `fsync` (BENCHMARKS.md); ignored by
+    /// default: `cargo test --release -p sidelight-collector --lib checkpoint_write_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "measurement"]
+    fn checkpoint_write_cost() {
+        let dir = tempfile::tempdir().expect("test setup");
+        let cp = CheckpointFile::new(dir.path(), "app");
+        let entries: Vec<Entry> = (0..8)
+            .map(|i| Entry {
+                dev: 2049,
+                ino: 1_000_000 + i,
+                fingerprint: Fingerprint::of(b"a line"),
+                offset: 123_456_789,
+                path: format!("/var/log/app/app.log.{i}").into(),
+                seen_unix: 1_796_551_200,
+                size: 123_456_789,
+                released: i > 0,
+            })
+            .collect();
+        for durable in [false, true] {
+            let n = if durable { 200 } else { 2000 };
+            let cpu = || {
+                rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime)
+            };
+            let (c0, t0) = (cpu(), std::time::Instant::now());
+            for _ in 0..n {
+                cp.store(&entries, Some(1), durable).expect("store");
+            }
+            let (c1, wall) = (cpu(), t0.elapsed());
+            let cpu_us = ((c1.tv_sec - c0.tv_sec) as f64 * 1e6
+                + (c1.tv_nsec - c0.tv_nsec) as f64 / 1e3)
+                / f64::from(n);
+            eprintln!(
+                "durable {durable}: {:.1} us wall, {cpu_us:.1} us CPU per write of {} entries",
+                wall.as_secs_f64() * 1e6 / f64::from(n),
+                entries.len()
+            );
+        }
+    }
+
     #[test]
     fn fingerprint_prefix() {
         let fp = Fingerprint::of(b"abc");

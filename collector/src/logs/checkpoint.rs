@@ -299,9 +299,7 @@ mod tests {
             .collect();
         for durable in [false, true] {
             let n = if durable { 200 } else { 2000 };
-            let cpu = || {
-                rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime)
-            };
+            let cpu = || rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
             let (c0, t0) = (cpu(), std::time::Instant::now());
             for _ in 0..n {
                 cp.store(&entries, Some(1), durable).expect("store");

@@ -346,34 +346,36 @@ fn read_prefix(file: &File, len: usize) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Whether `copy` (`size` bytes, its first bytes already matching `orig`'s fingerprint) may be
-/// a copy of `orig`: when `orig` still holds the fingerprinted content, `copy` is no longer
-/// than it and has the same bytes over the next [`COPY_COMPARE_BYTES`]; when `orig` was
-/// rewritten since (or is closed), the fingerprint alone decides.
+/// Whether `copy` (`size` bytes) may be a copy of `orig`, complete or still being written:
+/// while `orig` holds its fingerprinted content, `copy` is no longer than it and has its bytes
+/// over the fingerprint and [`COPY_COMPARE_BYTES`] more; once `orig` was rewritten (or is
+/// closed), `copy` must start with the fingerprinted bytes.
 fn copy_of_original(copy: &File, size: u64, orig: &Tracked) -> bool {
+    let fp_len = orig.fp.len as usize;
+    let copy_starts_with_fp =
+        || read_prefix(copy, fp_len).is_ok_and(|p| orig.fp.matches_prefix(&p));
     let Some(of) = &orig.file else {
-        return true;
+        return copy_starts_with_fp();
     };
-    let Ok(orig_prefix) = read_prefix(of, orig.fp.len as usize) else {
-        return true;
+    let Ok(orig_prefix) = read_prefix(of, fp_len) else {
+        return copy_starts_with_fp();
     };
     if !orig.fp.matches_prefix(&orig_prefix) {
-        // The original was rewritten since: this holds its old content.
-        return true;
+        // The original was rewritten since: a copy holds its old content.
+        return copy_starts_with_fp();
     }
     if of.metadata().is_ok_and(|m| m.len() < size) {
         // Longer than the original: written to on its own.
         return false;
     }
-    let from = u64::from(orig.fp.len);
-    let len = usize::try_from(size.saturating_sub(from))
+    let len = usize::try_from(size)
         .unwrap_or(usize::MAX)
-        .min(COPY_COMPARE_BYTES);
+        .min(fp_len + COPY_COMPARE_BYTES);
     let read = |f: &File| {
         let mut buf = vec![0u8; len];
         let mut got = 0;
         while got < len {
-            match f.read_at(&mut buf[got..], from + got as u64) {
+            match f.read_at(&mut buf[got..], got as u64) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => got += n,
             }
@@ -381,7 +383,8 @@ fn copy_of_original(copy: &File, size: u64, orig: &Tracked) -> bool {
         buf.truncate(got);
         buf
     };
-    read(copy) == read(of)
+    let mine = read(copy);
+    !mine.is_empty() && mine == read(of)
 }
 
 fn error_kind(e: &std::io::Error) -> &'static str {
@@ -804,15 +807,17 @@ impl Tailer {
     fn copy_source(&self, path: &Path, file: &File, size: u64, prefix: &[u8]) -> Option<u64> {
         let min_fp = MIN_COPY_FINGERPRINT.min(self.cfg.fingerprint_bytes).max(1);
         let dir = path.parent();
+        // A copy still being written may be shorter than the fingerprint: then its bytes so
+        // far must be the original's first bytes.
         self.files
             .values()
             .filter(|t| {
                 !t.done
                     && t.copy_of.is_none()
                     && t.fp.len as usize >= min_fp
-                    && size >= u64::from(t.fp.len)
                     && t.path.parent() == dir
-                    && t.fp.matches_prefix(prefix)
+                    && (t.fp.matches_prefix(prefix)
+                        || (size < u64::from(t.fp.len) && prefix.len() as u64 == size))
             })
             .find(|t| copy_of_original(file, size, t))
             .map(|t| t.id)

@@ -1207,6 +1207,30 @@ impl Tailer {
                 .fingerprint_bytes
                 .min(usize::try_from(size).unwrap_or(usize::MAX));
             let prefix = read_prefix(file, want).unwrap_or_default();
+            let min_fp = MIN_COPY_FINGERPRINT.min(self.cfg.fingerprint_bytes).max(1);
+            if t.read_offset == 0 && (t.fp.len as usize) < min_fp && !prefix.is_empty() {
+                // Its first bytes arrive now (it was seen empty, as `cp` creates a copy before
+                // writing it): it may be a copy of a live file after all.
+                let path = t.path.clone();
+                let own = t.file.take();
+                let orig = own
+                    .as_ref()
+                    .and_then(|f| self.copy_source(&path, f, size, &prefix))
+                    .filter(|&o| o != id);
+                let Some(t) = self.files.get_mut(&id) else {
+                    return false;
+                };
+                t.file = own;
+                if let Some(orig) = orig {
+                    t.copy_of = Some(orig);
+                    t.fp = Fingerprint::of(&prefix);
+                    t.size_seen = size;
+                    return false;
+                }
+            }
+            let Some(t) = self.files.get_mut(&id) else {
+                return false;
+            };
             let replaced = !t.fp.matches_prefix(&prefix) || size < t.read_offset;
             if replaced {
                 self.truncated(id, size, now);

@@ -7,7 +7,10 @@
 # those spans were never accepted and are reported apart.
 #
 # Usage: faults/sink_outage.sh     Env: OUTAGE=300 (the issue's 5 minutes) SPAN_RATE=500
-#        LOG_RATE=200 QUEUE_ITEMS=1024; FAULTS_QUICK=1: OUTAGE=30
+#        LOG_RATE=200 QUEUE_ITEMS=1024 ROTATE_EVERY=20000 (lines per rename rotation)
+#        INCLUDE=live (tail only app.log: files rotated while the full queue blocks the tailer
+#        are followed by their rotated names); FAULTS_QUICK=1: OUTAGE=30
+# Issue 25's case: OUTAGE=40 LOG_RATE=2000 ROTATE_EVERY=7000 (~1 MB files) INCLUDE=live
 source "$(dirname "$0")/lib.sh"
 if [ "$QUICK" = 1 ]; then outage=${OUTAGE:-30}; else outage=${OUTAGE:-300}; fi
 span_rate=${SPAN_RATE:-500}; log_rate=${LOG_RATE:-200}; queue=${QUEUE_ITEMS:-1024}
@@ -16,12 +19,13 @@ build
 start_sink
 mkdir -p "$WORK/logs"
 forwarding_config "$WORK/agent.yaml" "queue: { max_items: $queue }"
+if [ "${INCLUDE:-all}" = live ]; then sed -i 's|/logs/app\.log\*"|/logs/app.log"|' "$WORK/agent.yaml"; fi
 start_agent "$WORK/agent.yaml" "$WORK/agent.log"
 total_s=$((before + outage + after))
 lines=$((log_rate * total_s))
 nice "$LOAD" send --target "http://$GRPC" --spans 50 --rate "$span_rate" --duration "$total_s" > "$WORK/send.json" &
 spid=$!; PIDS+=("$spid")
-nice "$PY" "$ROOT/faults/log_writer.py" "$WORK/logs/app.log" "$lines" "$log_rate" --rotate-every 20000 > "$WORK/writer.json" &
+nice "$PY" "$ROOT/faults/log_writer.py" "$WORK/logs/app.log" "$lines" "$log_rate" --rotate-every "${ROTATE_EVERY:-20000}" > "$WORK/writer.json" &
 wpid=$!; PIDS+=("$wpid")
 sleep "$before"
 sink_down; log "sink down for ${outage}s"

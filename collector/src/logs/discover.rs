@@ -2,6 +2,12 @@
 //! from each pattern's literal root directory. Compressed names (rotated `.gz` and friends) are
 //! excluded by default. Pure filesystem reads, no state: the tailer calls [`Discovery::scan`] on
 //! every wake-up and on its fallback interval.
+//!
+//! A scan also reports *rotated siblings*: files whose names are not selected but that carry a
+//! rotation suffix (`name.N`, `name.YYYY-MM-DD[_HH[-MM[-SS]]]`, `name-YYYYMMDD[HH]`, each
+//! optionally compressed) on a selected name. The tailer reads those only when it has reason to
+//! (a checkpointed identity, or written after its last look), so `include: *.log` still follows
+//! files a service rotated while the agent was down or waiting.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -42,6 +48,12 @@ pub struct Found {
     pub not_a_file: bool,
     /// The path is a symlink (followed): the file's own directory may not be watched.
     pub symlink: bool,
+    /// Not selected itself: a rotated name of a selected one (see the module docs).
+    pub rotated: bool,
+    /// A rotated sibling with a compressed extension (never read).
+    pub compressed: bool,
+    /// Last modification, Unix nanoseconds.
+    pub mtime_ns: u64,
 }
 
 /// Compiled include / exclude patterns and the directories to walk.
@@ -49,6 +61,9 @@ pub struct Found {
 pub struct Discovery {
     include: GlobSet,
     exclude: GlobSet,
+    /// The user's `exclude` alone (without the compressed patterns).
+    user_exclude: GlobSet,
+    compressed: GlobSet,
     /// Root directory and how deep below it a match can be (`None`: unbounded, `**`).
     roots: Vec<(PathBuf, Option<usize>)>,
 }
@@ -93,6 +108,67 @@ fn root_of(pattern: &str) -> (PathBuf, Option<usize>) {
     (dir_or_dot(root), if unbounded { None } else { Some(rest) })
 }
 
+/// Unix nanoseconds of a file's last modification (0 when unknown).
+pub fn mtime_ns(meta: &fs::Metadata) -> u64 {
+    let secs = u64::try_from(meta.mtime()).unwrap_or(0);
+    let nanos = u64::try_from(meta.mtime_nsec()).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+/// Extensions of compressed rotations.
+const COMPRESSED_EXT: &[&str] = &[".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".z"];
+
+/// The name a rotated file had before rotation: `app.log.3` → `app.log`,
+/// `app.log.2026-12-06` and `app.log.2026-12-06_13-00-00` (Python's `TimedRotatingFileHandler`)
+/// → `app.log`, `app.log-20261206` and `app.log-2026120613` (logrotate `dateext`) → `app.log`;
+/// each also with a compressed extension. `None` for names without a rotation suffix.
+pub fn rotated_base(name: &str) -> Option<&str> {
+    let stem = COMPRESSED_EXT
+        .iter()
+        .find_map(|ext| name.strip_suffix(ext))
+        .unwrap_or(name);
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let base = if let Some((base, suffix)) = stem.rsplit_once('.')
+        && (all_digits(suffix) && suffix.len() <= 6 || is_date_suffix(suffix))
+    {
+        base
+    } else if let Some((base, suffix)) = stem.rsplit_once('-')
+        && all_digits(suffix)
+        && (suffix.len() == 8 || suffix.len() == 10)
+    {
+        base
+    } else {
+        return None;
+    };
+    (!base.is_empty()).then_some(base)
+}
+
+/// `YYYY-MM-DD`, optionally followed by `_HH`, `_HH-MM` or `_HH-MM-SS`.
+fn is_date_suffix(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() < 10 || !digits(0..4) || b[4] != b'-' || !digits(5..7) || b[7] != b'-' {
+        return false;
+    }
+    if !digits(8..10) {
+        return false;
+    }
+    match b.len() {
+        10 => true,
+        13 => b[10] == b'_' && digits(11..13),
+        16 => b[10] == b'_' && digits(11..13) && b[13] == b'-' && digits(14..16),
+        19 => {
+            b[10] == b'_'
+                && digits(11..13)
+                && b[13] == b'-'
+                && digits(14..16)
+                && b[16] == b'-'
+                && digits(17..19)
+        }
+        _ => false,
+    }
+}
+
 fn dir_or_dot(p: PathBuf) -> PathBuf {
     if p.as_os_str().is_empty() {
         PathBuf::from(".")
@@ -126,11 +202,15 @@ impl Discovery {
             }
         }
         let mut exc = GlobSetBuilder::new();
+        let mut user_exc = GlobSetBuilder::new();
         for p in exclude {
             exc.add(glob(p)?);
+            user_exc.add(glob(p)?);
         }
-        if exclude_compressed {
-            for p in COMPRESSED {
+        let mut comp = GlobSetBuilder::new();
+        for p in COMPRESSED {
+            comp.add(glob(p)?);
+            if exclude_compressed {
                 exc.add(glob(p)?);
             }
         }
@@ -143,6 +223,8 @@ impl Discovery {
         Ok(Self {
             include: build(inc, "include")?,
             exclude: build(exc, "exclude")?,
+            user_exclude: build(user_exc, "exclude")?,
+            compressed: build(comp, "compressed")?,
             roots,
         })
     }
@@ -157,6 +239,24 @@ impl Discovery {
     /// Whether `path` is selected by the patterns.
     pub fn selects(&self, path: &Path) -> bool {
         self.include.is_match(path) && !self.exclude.is_match(path)
+    }
+
+    /// Whether the user's `exclude` patterns name `path` (a copy found beside a truncated file
+    /// is read only when they do not).
+    pub fn excluded_by_user(&self, path: &Path) -> bool {
+        self.user_exclude.is_match(path)
+    }
+
+    /// For a path not selected: whether it is a rotated name of a selected one, and whether it
+    /// is compressed.
+    pub fn rotated_sibling(&self, path: &Path) -> Option<bool> {
+        let name = path.file_name()?.to_str()?;
+        let base = rotated_base(name)?;
+        let base_path = path.with_file_name(base);
+        (self.include.is_match(&base_path)
+            && !self.user_exclude.is_match(&base_path)
+            && !self.user_exclude.is_match(path))
+        .then(|| self.compressed.is_match(path))
     }
 
     /// Walks the roots; unreadable directories are skipped (reported through `on_error`).
@@ -199,7 +299,15 @@ impl Discovery {
                 }
                 continue;
             }
-            if !selected || !seen.insert(path.clone()) {
+            let (rotated, compressed) = if selected {
+                (false, false)
+            } else {
+                match self.rotated_sibling(&path) {
+                    Some(compressed) => (true, compressed),
+                    None => continue,
+                }
+            };
+            if !seen.insert(path.clone()) {
                 continue;
             }
             // Follows symlinks to files (a common way to point at the current log).
@@ -210,6 +318,9 @@ impl Discovery {
                     size: meta.len(),
                     not_a_file: !meta.is_file(),
                     symlink: file_type.is_symlink(),
+                    rotated,
+                    compressed,
+                    mtime_ns: mtime_ns(&meta),
                     path,
                 }),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -253,6 +364,7 @@ mod tests {
         let mut names: Vec<_> = disc
             .scan(&mut |_, _| {})
             .into_iter()
+            .filter(|f| !f.rotated)
             .map(|f| f.path.strip_prefix(d).expect("test setup").to_path_buf())
             .collect();
         names.sort();
@@ -275,6 +387,68 @@ mod tests {
         let found = disc.scan(&mut |_, _| {});
         assert_eq!(found.len(), 1);
         assert!(found[0].path.ends_with("b.log"));
+    }
+
+    #[test]
+    fn rotated_names() {
+        for (name, base) in [
+            ("app.log.1", Some("app.log")),
+            ("app.log.12", Some("app.log")),
+            ("app.log.3.gz", Some("app.log")),
+            ("app.log.2026-12-06", Some("app.log")),
+            ("app.log.2026-12-06_13", Some("app.log")),
+            ("app.log.2026-12-06_13-05", Some("app.log")),
+            ("app.log.2026-12-06_13-05-09", Some("app.log")),
+            ("app.log-20261206", Some("app.log")),
+            ("app.log-2026120613.xz", Some("app.log")),
+            ("app.log", None),
+            ("app.log.old", None),
+            ("app.log-1", None),
+            ("app.log.2026-12-6", None),
+            (".1", None),
+        ] {
+            assert_eq!(rotated_base(name), base, "{name}");
+        }
+    }
+
+    #[test]
+    fn rotated_siblings_of_selected_names_are_reported() {
+        let dir = tempfile::tempdir().expect("test setup");
+        let d = dir.path();
+        for f in [
+            "app.log",
+            "app.log.1",
+            "app.log.2.gz",
+            "app.log.2026-12-06_13-00-00",
+            "other.txt.1",
+            "skip.log.1",
+        ] {
+            fs::write(d.join(f), b"x").expect("test setup");
+        }
+        let disc = Discovery::new(
+            &[format!("{}/*.log", d.display())],
+            &[format!("{}/skip.log*", d.display())],
+            true,
+        )
+        .expect("test setup");
+        let mut found: Vec<(String, bool, bool)> = disc
+            .scan(&mut |_, _| {})
+            .into_iter()
+            .map(|f| {
+                let name = f.path.file_name().expect("name").to_string_lossy().into();
+                (name, f.rotated, f.compressed)
+            })
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                ("app.log".into(), false, false),
+                ("app.log.1".into(), true, false),
+                ("app.log.2.gz".into(), true, true),
+                ("app.log.2026-12-06_13-00-00".into(), true, false),
+            ]
+        );
     }
 
     #[test]

@@ -29,6 +29,60 @@ pub enum Format {
     Json,
     /// Never try JSON.
     Text,
+    /// Kubernetes node logs (CRI: `<RFC 3339 time> stdout|stderr F|P <line>`): the prefix is
+    /// stripped and the line parsed as with `auto`, partial (`P`) lines are joined with the
+    /// line that ends them, `stream` is kept as an attribute. `auto` recognises CRI lines too.
+    Cri,
+}
+
+/// One line of the CRI log format, as the kubelet writes `/var/log/pods/*/*/N.log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CriLine<'a> {
+    /// The runtime's timestamp (unix nanoseconds).
+    pub time_unix_nano: u64,
+    /// `stdout` or `stderr`.
+    pub stream: &'static str,
+    /// A `P` (partial) line: the runtime split a long line; the rest follows.
+    pub partial: bool,
+    /// The container's output, without the prefix.
+    pub content: &'a [u8],
+}
+
+/// Splits a CRI line (`2026-12-06T10:00:00.123456789Z stdout F {"msg": 1}`); `None` when the
+/// line does not have that shape.
+pub fn split_cri(line: &[u8]) -> Option<CriLine<'_>> {
+    // The time is at most ~35 bytes; anything longer is not a CRI prefix.
+    let head = &line[..line.len().min(48)];
+    let sp = head.iter().position(|&b| b == b' ')?;
+    let time = std::str::from_utf8(&line[..sp]).ok()?;
+    // RFC 3339 with a `T` and a zone, as the runtimes write it.
+    if time.len() < 20 || time.as_bytes().get(10) != Some(&b'T') {
+        return None;
+    }
+    let time_unix_nano = parse_timestamp(time, 0)?;
+    let rest = &line[sp + 1..];
+    let (stream, rest) = if let Some(r) = rest.strip_prefix(b"stdout ") {
+        ("stdout", r)
+    } else if let Some(r) = rest.strip_prefix(b"stderr ") {
+        ("stderr", r)
+    } else {
+        return None;
+    };
+    // The tag: `F` or `P`, possibly followed by more `:`-separated flags.
+    let tag_end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+    let tag = &rest[..tag_end];
+    let partial = match tag.split(|&b| b == b':').next()? {
+        b"F" => false,
+        b"P" => true,
+        _ => return None,
+    };
+    let content = rest.get(tag_end + 1..).unwrap_or(&[]);
+    Some(CriLine {
+        time_unix_nano,
+        stream,
+        partial,
+        content,
+    })
 }
 
 /// Parser settings (one per configured log source).
@@ -118,7 +172,7 @@ impl Parser {
         let wants_json = match self.config.format {
             Format::Text => false,
             Format::Json => true,
-            Format::Auto => text.trim_start().starts_with('{'),
+            Format::Auto | Format::Cri => text.trim_start().starts_with('{'),
         };
         let mut record = None;
         if wants_json {
@@ -1354,6 +1408,29 @@ mod tests {
         let r = parse(&format!("{{{}}}", many.join(","))).record;
         assert_eq!(r.attributes.len(), 20);
         assert_eq!(r.attributes.get("k0"), Some(&AttrValue::Int(20)));
+    }
+
+    #[test]
+    fn cri_lines() {
+        let l = split_cri(b"2026-12-06T10:00:00.123456789Z stdout F {\"a\": 1}").expect("cri");
+        assert_eq!(l.stream, "stdout");
+        assert!(!l.partial);
+        assert_eq!(l.content, b"{\"a\": 1}");
+        assert_eq!(l.time_unix_nano % 1_000_000_000, 123_456_789);
+        let p = split_cri(b"2026-12-06T10:00:00+01:00 stderr P part").expect("cri");
+        assert!(p.partial);
+        assert_eq!((p.stream, p.content), ("stderr", &b"part"[..]));
+        let empty = split_cri(b"2026-12-06T10:00:00Z stdout F").expect("cri");
+        assert_eq!(empty.content, b"");
+        for not in [
+            &b"2026-12-06 10:00:00,000 INFO app: stdout F x"[..],
+            b"2026-12-06T10:00:00Z stdin F x",
+            b"2026-12-06T10:00:00Z stdout X x",
+            b"{\"time\": \"2026-12-06T10:00:00Z\"}",
+            b"",
+        ] {
+            assert_eq!(split_cri(not), None, "{}", String::from_utf8_lossy(not));
+        }
     }
 
     #[test]

@@ -267,6 +267,7 @@ impl LogSourceConfig {
                 max_bytes: self.max_line_bytes,
                 ..JoinerConfig::default()
             }),
+            cri: matches!(self.format, Format::Auto | Format::Cri),
         }
     }
 }
@@ -468,6 +469,16 @@ impl LogSource {
             }
             tailer.tick(last_poll);
             let mut found = tailer.poll(last_poll);
+            // Offsets acknowledged since the last round reach the checkpoint now (without
+            // `fsync`: that survives a crash of the process), so `kill -9` repeats at most what
+            // was not acknowledged yet; the periodic write below makes them durable.
+            if !checkpoint
+                && let Err(e) = tailer.write_acknowledged()
+                && !checkpoint_failing
+            {
+                checkpoint_failing = true;
+                tracing::warn!(source = %name, error = %e, "log checkpoint write failed; retrying every checkpoint interval");
+            }
             if checkpoint {
                 // Counted every time (`sidelight_log_checkpoint_write_errors_total`), logged
                 // when it starts failing and when it works again: a full disk is not worth a
@@ -499,6 +510,12 @@ impl LogSource {
                 // A hand-off that delivered at once has acknowledged already.
                 while let Ok(seq) = acks.try_recv() {
                     tailer.acked(seq);
+                }
+                if let Err(e) = tailer.write_acknowledged()
+                    && !checkpoint_failing
+                {
+                    checkpoint_failing = true;
+                    tracing::warn!(source = %name, error = %e, "log checkpoint write failed; retrying every checkpoint interval");
                 }
             }
             if tailer.has_backlog() {

@@ -14,6 +14,15 @@ use crate::metrics::{LabelCap, LabelCaps};
 type L1 = [(&'static str, String); 1];
 type L2 = [(&'static str, String); 2];
 
+/// `reason` of lost bytes: a file was truncated in place (copytruncate) below bytes seen but not
+/// read, and no copy holding them was found.
+pub const LOST_TRUNCATED: &str = "truncated";
+/// `reason` of lost bytes: a file was deleted (or replaced) while closed, before it was read to
+/// the size last seen — also a checkpointed file not found again after a restart.
+pub const LOST_DELETED: &str = "deleted_unread";
+/// `reason` of lost bytes: the part of a line (or joined record) beyond `max_line_bytes`.
+pub const LOST_LINE_TOO_LONG: &str = "line_too_long";
+
 /// Counters and gauges of the log sources.
 #[derive(Debug, Clone)]
 pub struct LogStats {
@@ -25,9 +34,12 @@ pub struct LogStats {
     pub parse_errors: Family<L1, Counter>,
     /// `sidelight_log_truncated_lines_total{source}`: lines cut to `max_line_bytes`.
     pub truncated_lines: Family<L1, Counter>,
-    /// `sidelight_log_lost_bytes_total{source}`: truncated-before-read bytes (copytruncate),
-    /// bytes cut from oversized lines and joined records.
-    pub lost_bytes: Family<L1, Counter>,
+    /// `sidelight_log_lost_bytes_total{source,reason}`: bytes the tailer can prove it skipped —
+    /// [`LOST_TRUNCATED`], [`LOST_DELETED`], [`LOST_LINE_TOO_LONG`].
+    pub lost_bytes: Family<L2, Counter>,
+    /// `sidelight_log_skipped_files_total{source,reason}`: rotated files newer than the last
+    /// look that are not read (`compressed`).
+    pub skipped_files: Family<L2, Counter>,
     /// `sidelight_log_exceptions_total{source,exception}` (bounded set).
     pub exceptions: Family<L2, Counter>,
     /// `sidelight_log_redactions_total{source}`.
@@ -58,6 +70,7 @@ impl LogStats {
             parse_errors: Family::default(),
             truncated_lines: Family::default(),
             lost_bytes: Family::default(),
+            skipped_files: Family::default(),
             exceptions: Family::default(),
             redactions: Family::default(),
             file_errors: Family::default(),
@@ -104,8 +117,13 @@ impl LogStats {
         );
         registry.register(
             "sidelight_log_lost_bytes",
-            "Log bytes lost where the loss could be detected (truncation before read, cut lines)",
+            "Log bytes the tailer proved it skipped, by reason (truncated, deleted_unread, line_too_long)",
             self.lost_bytes.clone(),
+        );
+        registry.register(
+            "sidelight_log_skipped_files",
+            "Rotated log files newer than the last look that were not read, by reason (compressed)",
+            self.skipped_files.clone(),
         );
         registry.register(
             "sidelight_log_exceptions",

@@ -12,12 +12,21 @@
 //! - acknowledgements are applied in batch order, so out-of-order acks never skip an unacked batch;
 //! - memory is bounded by one batch, one read chunk, and per file one capped partial line and one
 //!   capped joined record, whatever the file sizes;
-//! - identity is device + inode + a fingerprint of the first bytes; an inode alone is never trusted.
+//! - identity is device + inode + a fingerprint of the first bytes; an inode alone is never trusted;
+//! - a file is only ever opened with `O_NONBLOCK` and read only after `fstat` says it is a regular
+//!   file, so a FIFO or device put where a log was never blocks the tailer;
+//! - a file renamed to a rotated name (`app.log.1`, `app.log.2026-12-06`, `app.log-20261206`)
+//!   is followed by identity even outside the include globs, and a rotated file written since
+//!   the previous scan (or, after a restart, since the last scan before the checkpoint) is read
+//!   even if this tailer never saw it under its first name;
+//! - a copy of a file (new inode, same first bytes: copytruncate) continues from the offset read
+//!   in the original instead of being read again from 0;
+//! - bytes the tailer can prove it skipped are counted in `lost_bytes` with a reason.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
+use std::fs::{File, Metadata, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,12 +34,26 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 use super::checkpoint::{CheckpointError, CheckpointFile, Entry, Fingerprint};
-use super::discover::Discovery;
+use super::discover::{Discovery, mtime_ns};
 use super::multiline::{Joined, Joiner, JoinerConfig};
-use super::parse::Parser;
-use super::record::LogRecord;
+use super::parse::{Parser, split_cri};
+use super::record::{AttrValue, LogRecord};
+
+/// The stream and runtime time of a CRI line.
+type CriMeta = (&'static str, u64);
 use super::redact::Redactor;
-use super::stats::{LogStats, level_label};
+use super::stats::{LOST_DELETED, LOST_LINE_TOO_LONG, LOST_TRUNCATED, LogStats, level_label};
+
+/// A rotated file modified this long before the previous scan started is still taken as
+/// possibly unread (file times come from a coarser clock than ours).
+const MTIME_SLACK_MS: u64 = 1000;
+
+/// Fewest fingerprint bytes that make two files the same content (a copy): shorter prefixes
+/// (a file of one short line) are too likely to be shared by chance.
+const MIN_COPY_FINGERPRINT: usize = 64;
+
+/// Bytes compared beyond the fingerprint before a new file is taken for a copy of a live one.
+const COPY_COMPARE_BYTES: usize = 64 * 1024;
 
 /// Where to start reading a file that has no checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -71,6 +94,8 @@ pub struct TailConfig {
     pub checkpoint_expiry: Duration,
     /// Traceback joining (`None` for `format: json`).
     pub join: Option<JoinerConfig>,
+    /// Recognise CRI lines (`format: cri` and `auto`): strip the prefix, join partial lines.
+    pub cri: bool,
 }
 
 impl TailConfig {
@@ -89,6 +114,7 @@ impl TailConfig {
             rotate_wait: Duration::from_secs(1),
             checkpoint_expiry: Duration::from_secs(24 * 3600),
             join: Some(JoinerConfig::default()),
+            cri: true,
         }
     }
 }
@@ -195,6 +221,16 @@ struct Tracked {
     done: bool,
     seen_unix: u64,
     deleted_counted: bool,
+    /// A copy of this (live) file, not read: its content is read through the original, and it
+    /// takes over where the original was read to when the original is truncated.
+    copy_of: Option<u64>,
+    /// The parts of a CRI line split by the runtime (`P`), capped at `max_line_bytes`.
+    cri_partial: Vec<u8>,
+    cri_partial_dropped: usize,
+    /// Where the first part starts.
+    cri_start: Option<u64>,
+    /// Stream and time of the first line of the joiner's pending record.
+    cri_record: Option<CriMeta>,
 }
 
 impl Tracked {
@@ -235,6 +271,20 @@ pub struct Tailer {
     cursor: u64,
     /// A file of this source was truncated in place (copytruncate) at least once.
     truncate_seen: bool,
+    /// Unix milliseconds when the last complete scan started (from the checkpoint at start).
+    last_scan_ms: Option<u64>,
+    /// Reasons of lost bytes already logged (each is logged once, then only counted).
+    lost_logged: HashSet<&'static str>,
+    /// Compressed rotated files already counted as skipped.
+    skipped: HashSet<(u64, u64)>,
+    /// Rotated files present when first seen but older than the last look (history): never
+    /// read, even once the threshold would call them new. Rebuilt by every scan.
+    ignored: HashSet<(u64, u64)>,
+    /// An acknowledgement moved an offset (or the first scan ran) since the last checkpoint
+    /// write.
+    acked_dirty: bool,
+    /// The last checkpoint write was not `fsync`ed.
+    durable_pending: bool,
 }
 
 fn unix_now() -> u64 {
@@ -242,6 +292,37 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What opening a path found.
+enum Opened {
+    File(File, Metadata),
+    /// A FIFO, socket, device or directory: never read.
+    NotRegular,
+}
+
+/// Opens `path` for reading without ever blocking (a FIFO opened for reading blocks until a
+/// writer comes; `O_NONBLOCK` makes `open` return at once) and keeps it only if `fstat` says it
+/// is a regular file. On a regular file `O_NONBLOCK` changes nothing.
+fn open_regular(path: &Path) -> std::io::Result<Opened> {
+    let nonblock = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0);
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nonblock)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        Ok(Opened::File(file, meta))
+    } else {
+        Ok(Opened::NotRegular)
+    }
 }
 
 fn unix_nanos() -> u64 {
@@ -263,6 +344,47 @@ fn read_prefix(file: &File, len: usize) -> std::io::Result<Vec<u8>> {
     }
     buf.truncate(got);
     Ok(buf)
+}
+
+/// Whether `copy` (`size` bytes) may be a copy of `orig`, complete or still being written:
+/// while `orig` holds its fingerprinted content, `copy` is no longer than it and has its bytes
+/// over the fingerprint and [`COPY_COMPARE_BYTES`] more; once `orig` was rewritten (or is
+/// closed), `copy` must start with the fingerprinted bytes.
+fn copy_of_original(copy: &File, size: u64, orig: &Tracked) -> bool {
+    let fp_len = orig.fp.len as usize;
+    let copy_starts_with_fp =
+        || read_prefix(copy, fp_len).is_ok_and(|p| orig.fp.matches_prefix(&p));
+    let Some(of) = &orig.file else {
+        return copy_starts_with_fp();
+    };
+    let Ok(orig_prefix) = read_prefix(of, fp_len) else {
+        return copy_starts_with_fp();
+    };
+    if !orig.fp.matches_prefix(&orig_prefix) {
+        // The original was rewritten since: a copy holds its old content.
+        return copy_starts_with_fp();
+    }
+    if of.metadata().is_ok_and(|m| m.len() < size) {
+        // Longer than the original: written to on its own.
+        return false;
+    }
+    let len = usize::try_from(size)
+        .unwrap_or(usize::MAX)
+        .min(fp_len + COPY_COMPARE_BYTES);
+    let read = |f: &File| {
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match f.read_at(&mut buf[got..], got as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        buf.truncate(got);
+        buf
+    };
+    let mine = read(copy);
+    !mine.is_empty() && mine == read(of)
 }
 
 fn error_kind(e: &std::io::Error) -> &'static str {
@@ -287,15 +409,16 @@ impl Tailer {
     ) -> Result<Self, TailError> {
         let checkpoint = CheckpointFile::new(checkpoint_dir, &cfg.source);
         let source_label = [("source", cfg.source.to_string())];
-        let stale = match checkpoint.load() {
-            Ok(entries) => entries,
+        let loaded = match checkpoint.load() {
+            Ok(loaded) => loaded,
             Err(e @ CheckpointError::Corrupt { .. }) => {
                 tracing::error!(error = %e, "ignoring corrupt log checkpoint; files are read again");
                 stats.checkpoint_errors.get_or_create(&source_label).inc();
-                Vec::new()
+                Default::default()
             }
             Err(e) => return Err(e.into()),
         };
+        let stale = loaded.entries;
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let buf = vec![0u8; cfg.read_chunk_bytes.max(1)];
         Ok(Self {
@@ -324,6 +447,12 @@ impl Tailer {
             joined: Vec::new(),
             cursor: 0,
             truncate_seen: false,
+            last_scan_ms: loaded.scanned_unix_ms,
+            lost_logged: HashSet::new(),
+            skipped: HashSet::new(),
+            ignored: HashSet::new(),
+            acked_dirty: false,
+            durable_pending: false,
         })
     }
 
@@ -369,13 +498,62 @@ impl Tailer {
             for (id, (generation, offset)) in batch.marks {
                 if let Some(t) = self.files.get_mut(&id)
                     && t.generation == generation
+                    && offset > t.acked_offset
                 {
-                    t.acked_offset = t.acked_offset.max(offset);
+                    t.acked_offset = offset;
+                    self.acked_dirty = true;
                 }
             }
         }
-        self.files
-            .retain(|_, t| !(t.done && t.acked_offset >= t.emitted_offset));
+        self.drop_finished();
+    }
+
+    /// Forgets released files whose offsets are all acknowledged; their identity stays among
+    /// the checkpoint entries (`released`) while a rotated name could still bring them back.
+    fn drop_finished(&mut self) {
+        let now = unix_now();
+        let finished: Vec<u64> = self
+            .files
+            .values()
+            .filter(|t| t.done && t.acked_offset >= t.emitted_offset)
+            .map(|t| t.id)
+            .collect();
+        for id in finished {
+            if let Some(t) = self.files.remove(&id) {
+                let offset = if t.copy_of.is_some() {
+                    t.size_seen
+                } else {
+                    t.acked_offset
+                };
+                self.stale.push(Entry {
+                    dev: t.dev,
+                    ino: t.ino,
+                    fingerprint: t.fp,
+                    offset,
+                    path: t.path,
+                    seen_unix: now,
+                    size: t.size_seen.max(offset),
+                    released: true,
+                });
+            }
+        }
+    }
+
+    /// Counts `bytes` lost for `reason`; the first loss of each reason is logged.
+    fn lost(&mut self, reason: &'static str, bytes: u64, path: &Path) {
+        if bytes == 0 {
+            return;
+        }
+        self.stats
+            .lost_bytes
+            .get_or_create(&[
+                ("source", self.cfg.source.to_string()),
+                ("reason", reason.to_owned()),
+            ])
+            .inc_by(bytes);
+        if self.lost_logged.insert(reason) {
+            tracing::warn!(source = %self.cfg.source, path = %path.display(), reason, bytes, "log bytes skipped; further losses of this kind are only counted (sidelight_log_lost_bytes_total)");
+        }
     }
 
     /// Batches handed out and not yet acknowledged.
@@ -408,10 +586,12 @@ impl Tailer {
 
     /// Looks for files: new ones are tracked (resuming from a checkpoint when their identity
     /// matches one), renamed ones followed, vanished ones orphaned (read to the end, then
-    /// released).
+    /// released). Rotated siblings (see [`Discovery`]) are followed when they are a tracked or
+    /// checkpointed identity, or were written since the previous scan.
     pub fn scan(&mut self, now: Instant) {
+        let started_ms = unix_ms();
         let mut errors = Vec::new();
-        let found = self
+        let mut found = self
             .discovery
             .scan(&mut |p: &Path, e| errors.push((p.to_path_buf(), e)));
         for (p, e) in errors {
@@ -421,17 +601,30 @@ impl Tailer {
         let seen_unix = unix_now();
         let first = !self.scanned_once;
         self.scanned_once = true;
-        self.symlinks = found.iter().any(|f| f.symlink);
+        self.symlinks = found.iter().any(|f| f.symlink && !f.rotated);
+        // Rotated files modified after this may hold lines never read.
+        let newer_than = self
+            .last_scan_ms
+            .map(|ms| ms.saturating_sub(MTIME_SLACK_MS).saturating_mul(1_000_000));
         for t in self.files.values_mut() {
             t.present = false;
         }
+        // Known identities first: a new file is recognised as a copy only against them.
+        found.sort_by_key(|f| {
+            !(self.by_inode.contains_key(&(f.dev, f.ino))
+                || self.stale.iter().any(|e| (e.dev, e.ino) == (f.dev, f.ino)))
+        });
+        let mut deferred = false;
+        let mut ignored = HashSet::new();
         for f in found {
             if f.not_a_file {
-                self.warn_once(
-                    &f.path,
-                    "not_a_file",
-                    &"a pattern matched a directory or special file",
-                );
+                if !f.rotated {
+                    self.warn_once(
+                        &f.path,
+                        "not_a_file",
+                        &"a pattern matched a directory or special file",
+                    );
+                }
                 continue;
             }
             if let Some(&id) = self.by_inode.get(&(f.dev, f.ino)) {
@@ -444,10 +637,12 @@ impl Tailer {
                         t.path = f.path.clone();
                         t.path_arc = f.path.to_string_lossy().into();
                     }
-                    t.present = true;
-                    t.orphan_since = None;
+                    if !f.rotated {
+                        t.present = true;
+                        t.orphan_since = None;
+                    }
                     t.seen_unix = seen_unix;
-                    if renamed {
+                    if renamed && !f.rotated {
                         self.rotation("rename");
                     }
                     continue;
@@ -455,7 +650,50 @@ impl Tailer {
                 // Same inode, other content: the old file is gone for good.
                 self.release(id);
             }
-            self.track_new(&f.path, f.dev, f.ino, first, now, seen_unix);
+            if f.rotated {
+                let newer = newer_than.is_some_and(|n| f.mtime_ns > n);
+                if f.compressed {
+                    if newer && self.skipped.insert((f.dev, f.ino)) {
+                        self.skipped_compressed(&f.path);
+                    }
+                    continue;
+                }
+                let done = self
+                    .files
+                    .values()
+                    .any(|t| t.done && (t.dev, t.ino) == (f.dev, f.ino));
+                // An entry of this inode, if the file still has that entry's first bytes (an
+                // inode is recycled as soon as a file is deleted).
+                let known = self
+                    .stale
+                    .iter()
+                    .find(|e| (e.dev, e.ino) == (f.dev, f.ino))
+                    .filter(|e| {
+                        e.fingerprint.len > 0
+                            && matches!(open_regular(&f.path), Ok(Opened::File(file, _))
+                                if read_prefix(&file, e.fingerprint.len as usize)
+                                    .is_ok_and(|p| e.fingerprint.matches_prefix(&p)))
+                    })
+                    .map(|e| (e.released, e.offset));
+                let follow = match known {
+                    _ if done => false,
+                    Some((true, offset)) => offset < f.size,
+                    Some((false, _)) => true,
+                    None => newer && !self.ignored.contains(&(f.dev, f.ino)),
+                };
+                if !follow {
+                    if known.is_none() && !done {
+                        ignored.insert((f.dev, f.ino));
+                    }
+                    continue;
+                }
+            }
+            let room = self.track_new(&f.path, f.dev, f.ino, first, now, seen_unix, !f.rotated);
+            deferred |= !room;
+        }
+        self.ignored = ignored;
+        if first {
+            self.find_moved(now, seen_unix);
         }
         let mut orphaned = 0;
         for t in self.files.values_mut() {
@@ -467,7 +705,75 @@ impl Tailer {
         for _ in 0..orphaned {
             self.rotation("moved_or_deleted");
         }
+        // Files left out for want of a descriptor keep the threshold where it was.
+        if !deferred {
+            self.last_scan_ms = Some(started_ms);
+        }
+        if first {
+            // The first checkpoint records this scan: rotated files written after it are read
+            // after a crash even if no offset moved before it.
+            self.acked_dirty = true;
+        }
         self.update_gauges();
+    }
+
+    fn skipped_compressed(&mut self, path: &Path) {
+        self.stats
+            .skipped_files
+            .get_or_create(&[
+                ("source", self.cfg.source.to_string()),
+                ("reason", "compressed".to_owned()),
+            ])
+            .inc();
+        if self.lost_logged.insert("compressed") {
+            tracing::warn!(source = %self.cfg.source, path = %path.display(), "a rotated file newer than the last look is compressed and not read; further ones are only counted (sidelight_log_skipped_files_total)");
+        }
+    }
+
+    /// After the first scan: checkpointed files not found at their path nor under a rotated
+    /// name are looked for by identity among their directory's files (any name), and read from
+    /// their checkpoint to their end. What is still missing is counted lost.
+    fn find_moved(&mut self, now: Instant, seen_unix: u64) {
+        let dirs: std::collections::BTreeSet<PathBuf> = self
+            .stale
+            .iter()
+            .filter(|e| !e.released)
+            .filter_map(|e| e.path.parent().map(Path::to_path_buf))
+            .collect();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else {
+                    continue;
+                };
+                let key = (meta.dev(), meta.ino());
+                if !meta.is_file()
+                    || self.by_inode.contains_key(&key)
+                    || !self
+                        .stale
+                        .iter()
+                        .any(|e| !e.released && (e.dev, e.ino) == key)
+                {
+                    continue;
+                }
+                let path = entry.path();
+                let present = self.discovery.selects(&path);
+                self.track_new(&path, key.0, key.1, true, now, seen_unix, present);
+            }
+        }
+        let mut missing = Vec::new();
+        for e in &mut self.stale {
+            if !e.released && e.size > e.offset {
+                missing.push((e.path.clone(), e.size - e.offset));
+                // Counted once: the entry keeps its place in case the file comes back.
+                e.size = e.offset;
+            }
+        }
+        for (path, bytes) in missing {
+            self.lost(LOST_DELETED, bytes, &path);
+        }
     }
 
     /// Whether the last [`scan`](Self::scan) found a file through a symlink: its writes raise
@@ -486,12 +792,40 @@ impl Tailer {
             return true;
         }
         let fp = t.fp;
-        match File::open(path).and_then(|f| read_prefix(&f, fp.len as usize)) {
-            Ok(prefix) => fp.matches_prefix(&prefix),
-            Err(_) => false,
+        match open_regular(path) {
+            Ok(Opened::File(f, _)) => {
+                read_prefix(&f, fp.len as usize).is_ok_and(|p| fp.matches_prefix(&p))
+            }
+            _ => false,
         }
     }
 
+    /// A live tracked file of which the file opened as `file` (not tracked) is a copy: same
+    /// directory, the same first bytes (at least [`MIN_COPY_FINGERPRINT`] of them, and more
+    /// than the fingerprint in all), and — while the original still holds that content — the
+    /// same bytes over the next [`COPY_COMPARE_BYTES`].
+    fn copy_source(&self, path: &Path, file: &File, size: u64, prefix: &[u8]) -> Option<u64> {
+        let min_fp = MIN_COPY_FINGERPRINT.min(self.cfg.fingerprint_bytes).max(1);
+        let dir = path.parent();
+        // A copy still being written may be shorter than the fingerprint: then its bytes so
+        // far must be the original's first bytes.
+        self.files
+            .values()
+            .filter(|t| {
+                !t.done
+                    && t.copy_of.is_none()
+                    && t.fp.len as usize >= min_fp
+                    && t.path.parent() == dir
+                    && (t.fp.matches_prefix(prefix)
+                        || (size < u64::from(t.fp.len) && prefix.len() as u64 == size))
+            })
+            .find(|t| copy_of_original(file, size, t))
+            .map(|t| t.id)
+    }
+
+    /// Starts tracking `path`; returns false only when no descriptor was free (try again).
+    /// `present`: selected by the patterns (else it is read to its end and let go).
+    #[allow(clippy::too_many_arguments)]
     fn track_new(
         &mut self,
         path: &Path,
@@ -500,30 +834,26 @@ impl Tailer {
         first_scan: bool,
         now: Instant,
         seen_unix: u64,
-    ) {
+        present: bool,
+    ) -> bool {
         if !self.make_room(None) {
-            return;
+            return false;
         }
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return,
+        let (file, meta) = match open_regular(path) {
+            Ok(Opened::File(f, m)) => (f, m),
+            Ok(Opened::NotRegular) => {
+                if present {
+                    self.warn_once(path, "not_a_file", &"not a regular file");
+                }
+                return true;
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return true,
             Err(e) => {
                 let kind = error_kind(&e);
                 self.warn_once(path, kind, &e);
-                return;
+                return true;
             }
         };
-        let meta = match file.metadata() {
-            Ok(m) => m,
-            Err(e) => {
-                self.warn_once(path, "io", &e);
-                return;
-            }
-        };
-        if !meta.is_file() {
-            self.warn_once(path, "not_a_file", &"not a regular file");
-            return;
-        }
         // The file we opened may not be the one stat saw (replaced in between): trust the fd.
         let (dev, ino) = if (meta.dev(), meta.ino()) == (dev, ino) {
             (dev, ino)
@@ -531,28 +861,87 @@ impl Tailer {
             (meta.dev(), meta.ino())
         };
         if self.by_inode.contains_key(&(dev, ino)) {
-            return;
+            return true;
         }
         let prefix = match read_prefix(&file, self.cfg.fingerprint_bytes) {
             Ok(p) => p,
             Err(e) => {
                 self.warn_once(path, error_kind(&e), &e);
-                return;
+                return true;
             }
         };
         self.warned.retain(|(p, _)| p != path);
         let size = meta.len();
+        // An entry of a file that was empty says nothing about identity (a recycled inode
+        // matches it whatever it holds); it resumes at 0 like a new file would.
         let resume = self.stale.iter().position(|e| {
             e.dev == dev
                 && e.ino == ino
+                && e.fingerprint.len > 0
                 && e.fingerprint.matches_prefix(&prefix)
                 && e.offset <= size
         });
+        let mut copy_of = None;
         let offset = match resume {
             Some(i) => self.stale.swap_remove(i).offset,
-            None if first_scan && self.cfg.start_at == StartAt::End => size,
-            None => 0,
+            None => {
+                let min_fp = MIN_COPY_FINGERPRINT.min(self.cfg.fingerprint_bytes).max(1);
+                let dir = path.parent();
+                // A copy of a checkpointed or released content whose original moved on
+                // (copytruncate while the agent was down or before this file was seen).
+                let copied = self.stale.iter().position(|e| {
+                    (e.dev, e.ino) != (dev, ino)
+                        && e.fingerprint.len as usize >= min_fp
+                        && e.path.parent() == dir
+                        && e.fingerprint.matches_prefix(&prefix)
+                });
+                if let Some(orig) = self.copy_source(path, &file, size, &prefix) {
+                    copy_of = Some(orig);
+                    0
+                } else if let Some(i) = copied {
+                    let e = &mut self.stale[i];
+                    let offset = e.offset.min(size);
+                    // What the checkpoint did not reach is here: not lost.
+                    e.size = e.size.min(e.offset);
+                    self.rotation("copy");
+                    offset
+                } else if first_scan && present && self.cfg.start_at == StartAt::End {
+                    size
+                } else {
+                    0
+                }
+            }
         };
+        let id = self.insert_tracked(
+            path,
+            file,
+            (dev, ino),
+            Fingerprint::of(&prefix),
+            size,
+            offset,
+            present,
+            now,
+            seen_unix,
+        );
+        if let Some(t) = self.files.get_mut(&id) {
+            t.copy_of = copy_of;
+        }
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_tracked(
+        &mut self,
+        path: &Path,
+        file: File,
+        (dev, ino): (u64, u64),
+        fp: Fingerprint,
+        size: u64,
+        offset: u64,
+        present: bool,
+        now: Instant,
+        seen_unix: u64,
+    ) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.open_count += 1;
@@ -562,7 +951,7 @@ impl Tailer {
             path_arc: path.to_string_lossy().into(),
             dev,
             ino,
-            fp: Fingerprint::of(&prefix),
+            fp,
             generation: 0,
             file: Some(file),
             read_offset: offset,
@@ -575,14 +964,20 @@ impl Tailer {
             acked_offset: offset,
             size_seen: size,
             last_used: now,
-            present: true,
+            present,
             orphan_since: None,
             done: false,
             seen_unix,
             deleted_counted: false,
+            copy_of: None,
+            cri_partial: Vec::new(),
+            cri_partial_dropped: 0,
+            cri_start: None,
+            cri_record: None,
         };
         self.by_inode.insert((dev, ino), id);
         self.files.insert(id, t);
+        id
     }
 
     /// Closes least recently read files until a descriptor is free; never closes orphans
@@ -619,8 +1014,7 @@ impl Tailer {
                 self.by_inode.remove(&(t.dev, t.ino));
             }
         }
-        self.files
-            .retain(|_, t| !(t.done && t.acked_offset >= t.emitted_offset));
+        self.drop_finished();
     }
 
     /// Emits the partial line and the joiner's pending record (rotation, release, timeout).
@@ -638,11 +1032,22 @@ impl Tailer {
         let Some(t) = self.files.get_mut(&id) else {
             return;
         };
+        if let Some(first) = t.cri_start.take() {
+            // A CRI line whose last part never came: what arrived is a record.
+            let text = std::mem::take(&mut t.cri_partial);
+            t.cri_partial_dropped = 0;
+            let end = t.line_offset();
+            self.push_line(id, &text, first, end, now, None);
+        }
+        let Some(t) = self.files.get_mut(&id) else {
+            return;
+        };
         if let Some(joined) = t.joiner.as_mut().and_then(Joiner::flush) {
             t.pending_start = None;
-            t.emitted_offset = t.line_offset();
+            t.emitted_offset = t.cri_start.unwrap_or_else(|| t.line_offset());
             let mark = (t.generation, t.emitted_offset);
-            self.emit(id, &joined.text, joined.dropped_bytes);
+            let meta = t.cri_record;
+            self.emit(id, &joined.text, joined.dropped_bytes, meta);
             self.building.marks.insert(id, mark);
         }
     }
@@ -683,36 +1088,43 @@ impl Tailer {
             .any(|t| !t.done && t.file.is_some() && t.read_offset < t.size_seen)
     }
 
+    /// Opens a closed file again by its path (for an orphan, the rotated name a scan followed it
+    /// to) and checks it is still the same file; otherwise lets it go and counts what was seen
+    /// but not read.
     fn reopen(&mut self, id: u64) -> Option<()> {
         let t = self.files.get(&id)?;
-        if t.orphan_since.is_some() {
-            // Its path no longer leads to it: what was not read before closing is gone.
-            self.release(id);
-            return None;
-        }
         let path = t.path.clone();
         let (dev, ino, fp) = (t.dev, t.ino, t.fp);
         if !self.make_room(Some(id)) {
             return None;
         }
-        let file = match File::open(&path) {
-            Ok(f) => f,
+        let file = match open_regular(&path) {
+            Ok(Opened::File(f, _)) => Some(f),
+            Ok(Opened::NotRegular) => {
+                self.warn_once(&path, "not_a_file", &"not a regular file");
+                None
+            }
             Err(e) => {
                 if e.kind() != ErrorKind::NotFound {
                     self.warn_once(&path, error_kind(&e), &e);
                 }
-                return None;
+                None
             }
         };
-        let same = file
-            .metadata()
-            .is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
-            && read_prefix(&file, fp.len as usize).is_ok_and(|p| fp.matches_prefix(&p));
-        if !same {
-            // Replaced while closed: the scan tracks the new file.
+        let same = file.as_ref().is_some_and(|file| {
+            file.metadata()
+                .is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
+                && read_prefix(file, fp.len as usize).is_ok_and(|p| fp.matches_prefix(&p))
+        });
+        let (Some(file), true) = (file, same) else {
+            // Replaced or gone while closed (the scan tracks a new file at the path): what
+            // was seen but not read went with it.
+            let t = self.files.get(&id)?;
+            let unread = t.size_seen.saturating_sub(t.line_offset());
             self.release(id);
+            self.lost(LOST_DELETED, unread, &path);
             return None;
-        }
+        };
         let t = self.files.get_mut(&id)?;
         t.file = Some(file);
         self.open_count += 1;
@@ -720,13 +1132,49 @@ impl Tailer {
     }
 
     fn read_file(&mut self, id: u64, now: Instant) -> bool {
-        let needs_open = self.files.get(&id).is_some_and(|t| t.file.is_none());
-        if needs_open {
-            // Closed files are reopened only when a stat says they grew or shrank.
-            let Some(t) = self.files.get(&id) else {
+        let Some(t) = self.files.get(&id) else {
+            return false;
+        };
+        if let Some(orig) = t.copy_of {
+            // A copy waits for its original's truncation; it goes when it is gone and the
+            // original is let go too (the original delivered its content). A "copy" that
+            // grows apart from its original was a new file with the same first bytes (a
+            // header): it is read as one.
+            let orig_live = self.files.get(&orig).filter(|o| !o.done);
+            if t.orphan_since.is_some() && orig_live.is_none() {
+                self.release(id);
+                return false;
+            }
+            let size = t
+                .file
+                .as_ref()
+                .and_then(|f| f.metadata().ok())
+                .map(|m| m.len());
+            let Some(size) = size.filter(|&s| s != t.size_seen) else {
                 return false;
             };
-            let changed = std::fs::metadata(&t.path).is_ok_and(|m| m.len() != t.read_offset);
+            let apart = match (orig_live, &t.file) {
+                (Some(o), Some(f)) => !copy_of_original(f, size, o),
+                _ => false,
+            };
+            let Some(t) = self.files.get_mut(&id) else {
+                return false;
+            };
+            t.size_seen = size;
+            if !apart {
+                return false;
+            }
+            t.copy_of = None;
+        }
+        let Some(t) = self.files.get(&id) else {
+            return false;
+        };
+        let needs_open = t.file.is_none();
+        if needs_open {
+            // Closed files are reopened only when a stat says they grew or shrank, or when
+            // their path no longer leads to them (a rotated name may, else they are let go).
+            let changed = t.orphan_since.is_some()
+                || std::fs::metadata(&t.path).is_ok_and(|m| m.len() != t.read_offset);
             if !changed || self.reopen(id).is_none() {
                 return false;
             }
@@ -759,6 +1207,30 @@ impl Tailer {
                 .fingerprint_bytes
                 .min(usize::try_from(size).unwrap_or(usize::MAX));
             let prefix = read_prefix(file, want).unwrap_or_default();
+            let min_fp = MIN_COPY_FINGERPRINT.min(self.cfg.fingerprint_bytes).max(1);
+            if t.read_offset == 0 && (t.fp.len as usize) < min_fp && !prefix.is_empty() {
+                // Its first bytes arrive now (it was seen empty, as `cp` creates a copy before
+                // writing it): it may be a copy of a live file after all.
+                let path = t.path.clone();
+                let own = t.file.take();
+                let orig = own
+                    .as_ref()
+                    .and_then(|f| self.copy_source(&path, f, size, &prefix))
+                    .filter(|&o| o != id);
+                let Some(t) = self.files.get_mut(&id) else {
+                    return false;
+                };
+                t.file = own;
+                if let Some(orig) = orig {
+                    t.copy_of = Some(orig);
+                    t.fp = Fingerprint::of(&prefix);
+                    t.size_seen = size;
+                    return false;
+                }
+            }
+            let Some(t) = self.files.get_mut(&id) else {
+                return false;
+            };
             let replaced = !t.fp.matches_prefix(&prefix) || size < t.read_offset;
             if replaced {
                 self.truncated(id, size, now);
@@ -821,37 +1293,183 @@ impl Tailer {
         progress
     }
 
-    /// The file shrank or its first bytes changed under the same identity (copytruncate):
-    /// count what existed but was never read, flush what was read, restart from 0.
+    /// The file shrank or its first bytes changed under the same identity (copytruncate).
+    /// When a copy of the old content is found beside it (parked since a scan saw it, or
+    /// looked for now), reading continues in the copy where the original was read to, and
+    /// only what the original was seen to hold beyond the copy's end is lost. Otherwise what
+    /// existed but was never read is counted lost. The original restarts from 0.
     fn truncated(&mut self, id: u64, size: u64, now: Instant) {
-        // The rest of a partial line went with the old content: the fragment is lost, not a
-        // record.
+        // The copy is complete by now (copytruncate copies, then truncates): its size now,
+        // not when a scan first saw it.
+        let copy = self.find_copy(id, now).and_then(|c| {
+            let ct = self.files.get_mut(&c)?;
+            let size = ct.file.as_ref()?.metadata().ok()?.len();
+            ct.size_seen = size;
+            Some((c, size))
+        });
         let Some(t) = self.files.get_mut(&id) else {
             return;
         };
-        let fragment = (t.partial.len() + t.partial_dropped) as u64;
-        t.partial.clear();
-        t.partial_dropped = 0;
-        t.partial_since = None;
-        self.flush_pending(id, now);
+        let path = t.path.clone();
+        let old_generation = t.generation;
+        let read_offset = t.read_offset;
+        let mut lost;
+        match copy {
+            Some((c, copy_size)) if read_offset <= copy_size => {
+                // The copy holds everything from where we are: the reading state moves over.
+                lost = t.size_seen.saturating_sub(copy_size);
+                let fresh = self.cfg.join.clone().map(Joiner::new);
+                let moved = (
+                    t.read_offset,
+                    std::mem::take(&mut t.partial),
+                    std::mem::take(&mut t.partial_dropped),
+                    t.partial_since.take(),
+                    std::mem::replace(&mut t.joiner, fresh),
+                    t.pending_start.take(),
+                    t.emitted_offset,
+                    t.acked_offset,
+                );
+                if let Some(ct) = self.files.get_mut(&c) {
+                    ct.copy_of = None;
+                    (
+                        ct.read_offset,
+                        ct.partial,
+                        ct.partial_dropped,
+                        ct.partial_since,
+                        ct.joiner,
+                        ct.pending_start,
+                        ct.emitted_offset,
+                        ct.acked_offset,
+                    ) = moved;
+                    let copy_generation = ct.generation;
+                    self.move_marks(id, old_generation, c, copy_generation);
+                }
+                self.rotation("copy");
+            }
+            other => {
+                if let Some((c, copy_size)) = other
+                    && let Some(ct) = self.files.get_mut(&c)
+                {
+                    // A copy that ends before what we read holds nothing new.
+                    ct.copy_of = None;
+                    (ct.read_offset, ct.emitted_offset, ct.acked_offset) =
+                        (copy_size, copy_size, copy_size);
+                }
+                // The rest of a partial line went with the old content: the fragment is
+                // lost, not a record.
+                let Some(t) = self.files.get_mut(&id) else {
+                    return;
+                };
+                let fragment = (t.partial.len() + t.partial_dropped) as u64;
+                t.partial.clear();
+                t.partial_dropped = 0;
+                t.partial_since = None;
+                self.flush_pending(id, now);
+                let Some(t) = self.files.get(&id) else {
+                    return;
+                };
+                lost = t.size_seen.saturating_sub(t.read_offset) + fragment;
+                if other.is_some() {
+                    lost = lost.min(t.size_seen.saturating_sub(t.read_offset));
+                }
+            }
+        }
         let Some(t) = self.files.get_mut(&id) else {
             return;
         };
-        let lost = t.size_seen.saturating_sub(t.read_offset) + fragment;
         t.generation += 1;
         t.read_offset = 0;
         t.emitted_offset = 0;
         t.acked_offset = 0;
         t.pending_start = None;
         t.size_seen = size;
-        if lost > 0 {
-            self.stats
-                .lost_bytes
-                .get_or_create(&self.source_label)
-                .inc_by(lost);
-        }
+        self.lost(LOST_TRUNCATED, lost, &path);
         self.truncate_seen = true;
         self.rotation("truncate");
+    }
+
+    /// Re-points the offsets of batches built or in flight from `from`'s old content to the
+    /// copy now holding it, so their acknowledgements advance the copy's checkpoint.
+    fn move_marks(&mut self, from: u64, from_generation: u64, to: u64, to_generation: u64) {
+        let marks = std::iter::once(&mut self.building.marks)
+            .chain(self.inflight.values_mut().map(|b| &mut b.marks));
+        for m in marks {
+            if let Some(&(g, offset)) = m.get(&from)
+                && g == from_generation
+            {
+                m.remove(&from);
+                m.insert(to, (to_generation, offset));
+            }
+        }
+    }
+
+    /// A copy of `id`'s current (old) content: one parked since a scan found it, else one
+    /// looked for now among the files of its directory (any name the user did not exclude).
+    fn find_copy(&mut self, id: u64, now: Instant) -> Option<u64> {
+        if let Some(c) = self
+            .files
+            .values()
+            .find(|c| c.copy_of == Some(id) && !c.done)
+            .map(|c| c.id)
+        {
+            return Some(c);
+        }
+        let t = self.files.get(&id)?;
+        let min_fp = MIN_COPY_FINGERPRINT.min(self.cfg.fingerprint_bytes).max(1);
+        if (t.fp.len as usize) < min_fp {
+            return None;
+        }
+        let (fp, dir, own) = (t.fp, t.path.parent()?.to_path_buf(), (t.dev, t.ino));
+        let mut best: Option<(u64, PathBuf, u64, u64)> = None;
+        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            let key = (meta.dev(), meta.ino());
+            let path = entry.path();
+            if !meta.is_file()
+                || key == own
+                || meta.len() <= u64::from(fp.len)
+                || self.by_inode.contains_key(&key)
+                || self.discovery.excluded_by_user(&path)
+                || best.as_ref().is_some_and(|b| b.0 >= mtime_ns(&meta))
+            {
+                continue;
+            }
+            let Ok(Opened::File(f, _)) = open_regular(&path) else {
+                continue;
+            };
+            if read_prefix(&f, fp.len as usize).is_ok_and(|p| fp.matches_prefix(&p)) {
+                best = Some((mtime_ns(&meta), path, key.0, key.1));
+            }
+        }
+        let (_, path, dev, ino) = best?;
+        if !self.make_room(Some(id)) {
+            return None;
+        }
+        let Ok(Opened::File(file, meta)) = open_regular(&path) else {
+            return None;
+        };
+        let prefix = read_prefix(&file, self.cfg.fingerprint_bytes).ok()?;
+        let present = self.discovery.selects(&path);
+        let c = self.insert_tracked(
+            &path,
+            file,
+            (dev, ino),
+            Fingerprint::of(&prefix),
+            meta.len(),
+            0,
+            present,
+            now,
+            unix_now(),
+        );
+        if let Some(ct) = self.files.get_mut(&c) {
+            ct.copy_of = Some(id);
+            if !present {
+                ct.orphan_since = Some(now);
+            }
+        }
+        Some(c)
     }
 
     /// Whether a file of this source was ever truncated in place (copytruncate rotation): the
@@ -918,13 +1536,67 @@ impl Tailer {
         now: Instant,
     ) {
         if dropped > 0 {
-            let src = &self.source_label;
             self.stats
-                .lost_bytes
-                .get_or_create(src)
-                .inc_by(dropped as u64);
-            self.stats.truncated_lines.get_or_create(src).inc();
+                .truncated_lines
+                .get_or_create(&self.source_label)
+                .inc();
+            let path = self
+                .files
+                .get(&id)
+                .map(|t| t.path.clone())
+                .unwrap_or_default();
+            self.lost(LOST_LINE_TOO_LONG, dropped as u64, &path);
         }
+        let cri = if self.cfg.cri { split_cri(line) } else { None };
+        let Some(cri) = cri else {
+            self.push_line(id, line, start, end, now, None);
+            return;
+        };
+        let Some(t) = self.files.get_mut(&id) else {
+            return;
+        };
+        let cap = self.cfg.max_line_bytes.max(1);
+        let room = cap.saturating_sub(t.cri_partial.len());
+        let take = room.min(cri.content.len());
+        if cri.partial {
+            // The runtime split a long line: the rest follows in the next lines. The offsets
+            // stay before the first part until the line is complete.
+            t.cri_start.get_or_insert(start);
+            t.cri_partial.extend_from_slice(&cri.content[..take]);
+            t.cri_partial_dropped += cri.content.len() - take;
+            return;
+        }
+        let meta = Some((cri.stream, cri.time_unix_nano));
+        match t.cri_start.take() {
+            Some(first) => {
+                let mut full = std::mem::take(&mut t.cri_partial);
+                full.extend_from_slice(&cri.content[..take]);
+                let cut = std::mem::take(&mut t.cri_partial_dropped) + cri.content.len() - take;
+                if cut > 0 {
+                    let path = t.path.clone();
+                    self.stats
+                        .truncated_lines
+                        .get_or_create(&self.source_label)
+                        .inc();
+                    self.lost(LOST_LINE_TOO_LONG, cut as u64, &path);
+                }
+                self.push_line(id, &full, first, end, now, meta);
+            }
+            None => self.push_line(id, cri.content, start, end, now, meta),
+        }
+    }
+
+    /// One complete line (a CRI line's content, with `meta` = its stream and time) into the
+    /// joiner, and what it completes into the batch.
+    fn push_line(
+        &mut self,
+        id: u64,
+        line: &[u8],
+        start: u64,
+        end: u64,
+        now: Instant,
+        meta: Option<CriMeta>,
+    ) {
         let Some(t) = self.files.get_mut(&id) else {
             return;
         };
@@ -935,24 +1607,35 @@ impl Tailer {
                 let had_pending = j.deadline().is_some();
                 j.push(line, now, &mut joined);
                 let pending = j.deadline().is_some();
+                let starts_record = !joined.is_empty() || !had_pending;
                 t.pending_start = if !pending {
                     None
-                } else if !joined.is_empty() || !had_pending {
+                } else if starts_record {
                     Some(start)
                 } else {
                     t.pending_start
                 };
                 t.emitted_offset = t.pending_start.unwrap_or(end);
                 let mark = (t.generation, t.emitted_offset);
-                for j in &joined {
-                    self.emit(id, &j.text, j.dropped_bytes);
+                // A record that was pending carries the stream and time of its first line.
+                let pending_meta = t.cri_record;
+                if pending && starts_record {
+                    t.cri_record = meta;
+                }
+                for (i, j) in joined.iter().enumerate() {
+                    let m = if i == 0 && had_pending {
+                        pending_meta
+                    } else {
+                        meta
+                    };
+                    self.emit(id, &j.text, j.dropped_bytes, m);
                 }
                 self.building.marks.insert(id, mark);
             }
             None => {
                 t.emitted_offset = end;
                 let mark = (t.generation, end);
-                self.emit(id, line, 0);
+                self.emit(id, line, 0, meta);
                 self.building.marks.insert(id, mark);
             }
         }
@@ -961,7 +1644,7 @@ impl Tailer {
 
     /// Parses, redacts and counts one record and adds it to the batch being built; `dropped`
     /// bytes were already cut from it (by the joiner's caps).
-    fn emit(&mut self, id: u64, text: &[u8], dropped: usize) {
+    fn emit(&mut self, id: u64, text: &[u8], dropped: usize, cri: Option<CriMeta>) {
         if text.trim_ascii().is_empty() {
             return;
         }
@@ -975,10 +1658,21 @@ impl Tailer {
         }
         let cut = parsed.truncated_bytes + dropped;
         if cut > 0 {
-            self.stats.lost_bytes.get_or_create(src).inc_by(cut as u64);
             self.stats.truncated_lines.get_or_create(src).inc();
+            let path = t.path.clone();
+            self.lost(LOST_LINE_TOO_LONG, cut as u64, &path);
         }
+        let Some(t) = self.files.get(&id) else {
+            return;
+        };
+        let src = &self.source_label;
         let record = &mut parsed.record;
+        if let Some((stream, time)) = cri {
+            record
+                .attributes
+                .insert("stream", AttrValue::String(stream.to_owned()));
+            record.timestamp_unix_nano.get_or_insert(time);
+        }
         record.source = Some(self.cfg.source.clone());
         record.file_path = Some(t.path_arc.clone());
         let counts = self.redactor.redact_record(record);
@@ -1034,9 +1728,10 @@ impl Tailer {
             };
             if let Some(joined) = t.joiner.as_mut().and_then(|j| j.poll(now)) {
                 t.pending_start = None;
-                t.emitted_offset = t.line_offset();
+                t.emitted_offset = t.cri_start.unwrap_or_else(|| t.line_offset());
                 let mark = (t.generation, t.emitted_offset);
-                self.emit(id, &joined.text, joined.dropped_bytes);
+                let meta = self.files.get(&id).and_then(|t| t.cri_record);
+                self.emit(id, &joined.text, joined.dropped_bytes, meta);
                 self.building.marks.insert(id, mark);
             }
         }
@@ -1094,15 +1789,48 @@ impl Tailer {
         })
     }
 
+    /// The checkpoint entries as they would be written now: tracked files (a parked copy's
+    /// content is the original's, so it has none), then the entries of files not found.
+    fn entry_keys(&self) -> impl Iterator<Item = (u64, u64, Fingerprint, u64, &Path, u64, bool)> {
+        self.files
+            .values()
+            .filter(|t| t.copy_of.is_none())
+            .map(|t| {
+                (
+                    t.dev,
+                    t.ino,
+                    t.fp,
+                    t.acked_offset,
+                    t.path.as_path(),
+                    t.seen_unix,
+                    false,
+                )
+            })
+            .chain(self.stale.iter().map(|e| {
+                (
+                    e.dev,
+                    e.ino,
+                    e.fingerprint,
+                    e.offset,
+                    e.path.as_path(),
+                    e.seen_unix,
+                    e.released,
+                )
+            }))
+    }
+
     /// Whether [`write_checkpoint`](Self::write_checkpoint) has something to write: an
     /// acknowledged offset moved, a file came or went, a last-seen time is a minute newer than
-    /// the one written, or an entry of a file gone for the expiry is to be dropped (or nothing
-    /// was written yet). Looks at memory only, so an idle tailer can tell without a wake-up of
-    /// its own whether the next checkpoint is worth one.
+    /// the one written, an entry of a file gone for the expiry is to be dropped, the last write
+    /// was not `fsync`ed (or nothing was written yet). Looks at memory only, so an idle tailer
+    /// can tell without a wake-up of its own whether the next checkpoint is worth one.
     pub fn checkpoint_changed(&self) -> bool {
         let Some(old) = &self.last_written else {
             return true;
         };
+        if self.durable_pending {
+            return true;
+        }
         let now = unix_now();
         let expiry = self.cfg.checkpoint_expiry.as_secs();
         if self
@@ -1112,37 +1840,60 @@ impl Tailer {
         {
             return true;
         }
-        let current = self
-            .files
-            .values()
-            .map(|t| (t.dev, t.ino, t.fp, t.acked_offset, &t.path, t.seen_unix))
-            .chain(
-                self.stale
-                    .iter()
-                    .map(|e| (e.dev, e.ino, e.fingerprint, e.offset, &e.path, e.seen_unix)),
-            );
         let mut n = 0;
-        for (b, a) in current.zip(old.iter()) {
+        for (b, a) in self.entry_keys().zip(old.iter()) {
             n += 1;
-            if (a.dev, a.ino, a.fingerprint, a.offset, &a.path) != (b.0, b.1, b.2, b.3, b.4)
+            if (
+                a.dev,
+                a.ino,
+                a.fingerprint,
+                a.offset,
+                a.path.as_path(),
+                a.released,
+            ) != (b.0, b.1, b.2, b.3, b.4, b.6)
                 || b.5.saturating_sub(a.seen_unix) >= 60
             {
                 return true;
             }
         }
-        n != old.len() || n != self.files.len() + self.stale.len()
+        n != old.len() || n != self.entry_keys().count()
     }
 
-    /// Writes the acknowledged offsets if they changed (or once a minute, to refresh the
-    /// last-seen times); drops entries of files unseen for the expiry.
+    /// Writes the acknowledged offsets durably (`fsync`) if they changed since the last
+    /// write, or the last write was not durable (or once a minute, to refresh the last-seen
+    /// times); drops entries of files unseen for the expiry.
     pub fn write_checkpoint(&mut self) -> Result<(), CheckpointError> {
+        self.store_checkpoint(true)
+    }
+
+    /// Writes the checkpoint without `fsync` when an acknowledgement moved an offset since the
+    /// last write: called after each round of acknowledgements, so a crash of the process
+    /// repeats at most what was not acknowledged yet (the periodic
+    /// [`write_checkpoint`](Self::write_checkpoint) makes it durable).
+    pub fn write_acknowledged(&mut self) -> Result<(), CheckpointError> {
+        if !std::mem::take(&mut self.acked_dirty) {
+            return Ok(());
+        }
+        self.store_checkpoint(false)
+    }
+
+    fn store_checkpoint(&mut self, durable: bool) -> Result<(), CheckpointError> {
         let now = unix_now();
         let expiry = self.cfg.checkpoint_expiry.as_secs();
         self.stale
             .retain(|e| e.seen_unix.saturating_add(expiry) >= now);
+        // A released file's last write is older than its release: once the threshold written
+        // with this checkpoint passed that, no rotated name can bring it back (here or after a
+        // restart), so its entry is not needed any more.
+        if let Some(ms) = self.last_scan_ms {
+            let threshold = ms.saturating_sub(MTIME_SLACK_MS) / 1000;
+            self.stale
+                .retain(|e| !e.released || e.seen_unix.saturating_add(2) >= threshold);
+        }
         let mut entries: Vec<Entry> = self
             .files
             .values()
+            .filter(|t| t.copy_of.is_none())
             .map(|t| Entry {
                 dev: t.dev,
                 ino: t.ino,
@@ -1150,14 +1901,16 @@ impl Tailer {
                 offset: t.acked_offset,
                 path: t.path.clone(),
                 seen_unix: t.seen_unix,
+                size: t.size_seen,
+                released: false,
             })
             .collect();
         entries.extend(self.stale.iter().cloned());
         let unchanged = self.last_written.as_ref().is_some_and(|old| {
             old.len() == entries.len()
                 && old.iter().zip(&entries).all(|(a, b)| {
-                    (a.dev, a.ino, a.fingerprint, a.offset, &a.path)
-                        == (b.dev, b.ino, b.fingerprint, b.offset, &b.path)
+                    (a.dev, a.ino, a.fingerprint, a.offset, &a.path, a.released)
+                        == (b.dev, b.ino, b.fingerprint, b.offset, &b.path, b.released)
                         && b.seen_unix.saturating_sub(a.seen_unix) < 60
                 })
         });
@@ -1170,16 +1923,17 @@ impl Tailer {
             .unacked_bytes
             .get_or_create(&self.source_label)
             .set(i64::try_from(unacked).unwrap_or(i64::MAX));
-        if unchanged {
+        if unchanged && !(durable && self.durable_pending) {
             return Ok(());
         }
-        match self.checkpoint.store(&entries) {
+        match self.checkpoint.store(&entries, self.last_scan_ms, durable) {
             Ok(()) => {
                 self.stats
                     .checkpoint_writes
                     .get_or_create(&self.source_label)
                     .inc();
                 self.last_written = Some(entries);
+                self.durable_pending = !durable;
                 Ok(())
             }
             Err(e) => {
@@ -1230,6 +1984,7 @@ mod tests {
         cfg: TailConfig,
         include: Vec<String>,
         now: Instant,
+        format: Format,
     }
 
     impl H {
@@ -1248,6 +2003,7 @@ mod tests {
                 cfg,
                 include,
                 now: Instant::now(),
+                format: Format::Text,
             }
         }
 
@@ -1267,7 +2023,7 @@ mod tests {
         fn tailer(&self) -> Tailer {
             let discovery = Discovery::new(&self.include, &[], true).expect("test setup");
             let parser = Parser::new(ParserConfig {
-                format: Format::Text,
+                format: self.format,
                 max_line_bytes: self.cfg.max_line_bytes,
                 ..ParserConfig::default()
             });
@@ -1316,6 +2072,13 @@ mod tests {
 
         fn counter(&self, family: &Family1) -> u64 {
             family.get_or_create(&[("source", "app".into())]).get()
+        }
+
+        fn lost(&self, reason: &str) -> u64 {
+            self.stats
+                .lost_bytes
+                .get_or_create(&[("source", "app".into()), ("reason", reason.into())])
+                .get()
         }
 
         fn file_errors(&self, kind: &str) -> u64 {
@@ -1470,7 +2233,7 @@ mod tests {
         drop(f);
         h.append("app.log", "new-1\n");
         assert_eq!(h.pump(&mut t, true), lines(&["new-1"]));
-        assert_eq!(h.counter(&h.stats.lost_bytes), "line-3\n".len() as u64);
+        assert_eq!(h.lost("truncated"), "line-3\n".len() as u64);
         assert_eq!(
             h.stats
                 .rotations
@@ -1694,7 +2457,7 @@ mod tests {
         let mut t = h.tailer();
         assert_eq!(h.pump(&mut t, true), lines(&["xxxxxxxxxx", "short"]));
         assert_eq!(h.counter(&h.stats.truncated_lines), 1);
-        assert_eq!(h.counter(&h.stats.lost_bytes), 15);
+        assert_eq!(h.lost("line_too_long"), 15);
     }
 
     #[test]
@@ -1748,6 +2511,320 @@ mod tests {
         );
     }
 
+    /// Runs `f` on another thread and fails if it does not finish in time (a blocked `open`).
+    fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(secs))
+            .expect("the tailer blocked")
+    }
+
+    #[test]
+    fn a_fifo_swapped_under_a_closed_symlinked_file_never_blocks() {
+        let mut h = H::new(&["*.log"]);
+        h.cfg.max_open_files = 1;
+        fs::create_dir_all(h.dir.path().join("targets")).expect("test setup");
+        let target = h.dir.path().join("targets/current");
+        fs::write(&target, "t-1\n").expect("test setup");
+        std::os::unix::fs::symlink(&target, h.path("link.log")).expect("test setup");
+        h.append("other.log", "o-1\n");
+        let mut t = h.tailer();
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["o-1", "t-1"]));
+        // The link's target is closed (one descriptor, other.log read last), then replaced by a
+        // FIFO with no writer: opening it for reading would block for good.
+        h.append("other.log", "o-2\n");
+        assert_eq!(h.pump(&mut t, true), lines(&["o-2"]));
+        fs::remove_file(&target).expect("test setup");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &target,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .expect("mkfifo");
+        h.append("other.log", "o-3\n");
+        let (h, got) = within(20, move || {
+            let got = h.pump(&mut t, true);
+            h.append("other.log", "o-4\n");
+            let more = h.pump(&mut t, true);
+            (h, [got, more].concat())
+        });
+        assert_eq!(got, lines(&["o-3", "o-4"]));
+        assert_eq!(h.file_errors("not_a_file"), 1, "counted once");
+    }
+
+    #[test]
+    fn restart_follows_files_rotated_while_down_by_identity_and_rotated_names() {
+        let mut h = H::new(&["*.log"]);
+        // Rotated before the agent ever ran: history, not read.
+        h.append("app.log.9", "ancient\n");
+        fs::File::options()
+            .write(true)
+            .open(h.path("app.log.9"))
+            .and_then(|f| f.set_modified(SystemTime::now() - Duration::from_secs(3600)))
+            .expect("test setup");
+        h.append("app.log", "a-1\n");
+        h.append("moved.log", "m-1\n");
+        let mut t = h.tailer();
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["a-1", "m-1"]));
+        h.append("app.log", "a-2\n");
+        h.append("moved.log", "m-2\n");
+        t.write_checkpoint().expect("test setup");
+        drop(t); // kill -9: the lines after the checkpoint are unread
+        // While down: app.log rotates twice (the second file is created and rotated away
+        // entirely), moved.log is renamed to a name no pattern or rotation scheme covers, and
+        // a compressed rotation appears.
+        fs::rename(h.path("app.log"), h.path("app.log.2026-12-06_10-00-00")).expect("rename");
+        h.append("app.log", "b-1\n");
+        fs::rename(h.path("app.log"), h.path("app.log-20261206")).expect("rename");
+        h.append("app.log", "c-1\n");
+        fs::rename(h.path("moved.log"), h.path("moved.old")).expect("rename");
+        h.append("app.log.3.gz", "\u{1f}\u{8b}binary\n");
+        let mut t = h.tailer();
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["a-2", "b-1", "c-1", "m-2"]));
+        assert_eq!(
+            h.stats
+                .skipped_files
+                .get_or_create(&[("source", "app".into()), ("reason", "compressed".into())])
+                .get(),
+            1
+        );
+        // Released rotated files are not read again by later scans or restarts.
+        h.append("app.log", "c-2\n");
+        assert_eq!(h.pump(&mut t, true), lines(&["c-2"]));
+        t.write_checkpoint().expect("test setup");
+        drop(t);
+        let mut t = h.tailer();
+        assert!(h.pump(&mut t, true).is_empty());
+    }
+
+    #[test]
+    fn files_created_and_rotated_away_between_two_scans_are_read() {
+        let mut h = H::new(&["app.log"]);
+        h.append("app.log", "0\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["0"]));
+        // No scan meanwhile (the hand-off was blocked): three files come and go.
+        for i in 1..=3 {
+            h.append("app.log", &format!("{i}\n"));
+            for n in (1..i).rev() {
+                fs::rename(
+                    h.path(&format!("app.log.{n}")),
+                    h.path(&format!("app.log.{}", n + 1)),
+                )
+                .expect("rename");
+            }
+            fs::rename(h.path("app.log"), h.path("app.log.1")).expect("rename");
+        }
+        h.append("app.log", "4\n");
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["1", "2", "3", "4"]));
+        assert_eq!(t.open_files(), 1, "rotated files are let go once read");
+    }
+
+    #[test]
+    fn a_checkpointed_file_gone_unread_is_counted_lost() {
+        let mut h = H::new(&["*.log"]);
+        h.append("a.log", "1\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["1"]));
+        t.write_checkpoint().expect("test setup");
+        h.append("a.log", "22\n");
+        // Seen (a checkpoint after the scan records the size), not read.
+        t.scan(h.now);
+        t.poll(h.now);
+        drop(t.take_batch());
+        t.write_checkpoint().expect("test setup");
+        drop(t);
+        fs::remove_file(h.path("a.log")).expect("test setup");
+        let mut t = h.tailer();
+        h.pump(&mut t, true);
+        assert_eq!(h.lost("deleted_unread"), 3);
+    }
+
+    /// logrotate `copytruncate` with the copies included: `cp app.log app.log.1`, then
+    /// truncate. `copy_seen_first`: a scan sees the copy before the truncation is read.
+    fn copytruncate_with_copies_included(copy_seen_first: bool) {
+        let mut h = H::new(&["app.log*"]);
+        // One line per batch, a chunk just longer than a line: a poll reads one line.
+        h.cfg.batch_max_records = 1;
+        h.cfg.read_chunk_bytes = 70;
+        let line = |i: u32| format!("{i:04}-{}", "x".repeat(60));
+        let mut text = String::new();
+        for i in 0..10 {
+            text.push_str(&line(i));
+            text.push('\n');
+        }
+        h.append("app.log", &text);
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true).len(), 10);
+        // Written, not read yet, then copied and truncated.
+        h.append("app.log", &format!("{}\n{}\n", line(10), line(11)));
+        fs::copy(h.path("app.log"), h.path("app.log.1")).expect("copy");
+        if copy_seen_first {
+            t.scan(h.now);
+        }
+        // Written after the copy, before the truncation: seen (the size), not read, lost.
+        h.append("app.log", &format!("{}\n", line(12)));
+        t.poll(h.now);
+        let early: Vec<String> = t
+            .take_batch()
+            .map(|b| {
+                let (r, ack) = b.into_parts();
+                ack.ack();
+                r.into_iter().map(|r| r.body).collect()
+            })
+            .unwrap_or_default();
+        t.process_acks();
+        OpenOptions::new()
+            .write(true)
+            .open(h.path("app.log"))
+            .and_then(|f| f.set_len(0))
+            .expect("truncate");
+        h.append("app.log", &format!("{}\n", line(13)));
+        let mut got = [early, h.pump(&mut t, true)].concat();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![line(10), line(11), line(13)],
+            "copy_seen_first {copy_seen_first}"
+        );
+        assert_eq!(h.lost("truncated"), line(12).len() as u64 + 1);
+        // The copy's checkpoint is at its end: a restart reads nothing again.
+        t.write_checkpoint().expect("test setup");
+        drop(t);
+        let mut t = h.tailer();
+        assert!(h.pump(&mut t, true).is_empty());
+    }
+
+    #[test]
+    fn copytruncate_copy_seen_first_continues_from_the_read_offset() {
+        copytruncate_with_copies_included(true);
+    }
+
+    #[test]
+    fn copytruncate_copy_found_at_truncation_continues_from_the_read_offset() {
+        copytruncate_with_copies_included(false);
+    }
+
+    #[test]
+    fn acknowledged_offsets_are_written_without_waiting_for_the_interval() {
+        let mut h = H::new(&["a.log"]);
+        h.append("a.log", "1\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["1"]));
+        t.write_acknowledged().expect("write");
+        assert!(t.checkpoint_changed(), "not durable yet");
+        t.write_acknowledged().expect("nothing new: no write");
+        let writes = h.counter(&h.stats.checkpoint_writes);
+        t.write_checkpoint().expect("durable");
+        assert_eq!(h.counter(&h.stats.checkpoint_writes), writes + 1);
+        assert!(!t.checkpoint_changed());
+        drop(t); // kill -9 after the acknowledgement: nothing is read again
+        h.append("a.log", "2\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["2"]));
+    }
+
+    #[test]
+    fn debug_model_case() {
+        use Step::*;
+        run_model(
+            "app.log",
+            &[
+                Rotate,
+                DeleteOldest,
+                Rotate,
+                Write(12),
+                Write(9),
+                Pump,
+                Write(4),
+                Write(12),
+                Pump,
+                CopyTruncate,
+                Write(14),
+                Pump,
+            ],
+        )
+        .expect("model");
+    }
+
+    #[test]
+    fn cri_lines_are_stripped_joined_and_keep_their_stream() {
+        let mut h = H::new(&["*.log"]);
+        h.format = Format::Cri;
+        h.cfg.join = Some(JoinerConfig {
+            timeout: Duration::from_secs(1),
+            ..JoinerConfig::default()
+        });
+        h.append(
+            "0.log",
+            concat!(
+                "2026-12-06T10:00:00.000000001Z stdout F {\"levelname\": \"ERROR\", \"message\": \"boom\"}\n",
+                "2026-12-06T10:00:01.000000000Z stdout P {\"levelname\": \"INFO\", \n",
+                "2026-12-06T10:00:01.000000000Z stdout P \"message\": \"long \n",
+                "2026-12-06T10:00:01.000000000Z stdout F line\"}\n",
+                "2026-12-06T10:00:02Z stderr F Traceback (most recent call last):\n",
+                "2026-12-06T10:00:02Z stderr F   File \"app.py\", line 1, in <module>\n",
+                "2026-12-06T10:00:02Z stderr F ValueError: bad\n",
+                "2026-12-06T10:00:03Z stdout P unfinished\n",
+            ),
+        );
+        let mut t = h.tailer();
+        let mut records = Vec::new();
+        for _ in 0..4 {
+            h.now += Duration::from_secs(2);
+            t.scan(h.now);
+            t.tick(h.now);
+            t.poll(h.now);
+            t.tick(h.now);
+            if let Some(b) = t.take_batch() {
+                let (r, ack) = b.into_parts();
+                records.extend(r);
+                ack.ack();
+                t.process_acks();
+            }
+        }
+        let got: Vec<(&str, u8, Option<&AttrValue>)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r.body.as_str(),
+                    r.severity_number,
+                    r.attributes.get("stream"),
+                )
+            })
+            .collect();
+        let stdout = AttrValue::String("stdout".into());
+        let stderr = AttrValue::String("stderr".into());
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0], ("boom", 17, Some(&stdout)));
+        assert_eq!(got[1], ("long line", 9, Some(&stdout)));
+        assert_eq!(got[2].2, Some(&stderr));
+        let exc = records[2].exception.as_ref().expect("joined traceback");
+        assert_eq!(exc.r#type.as_deref(), Some("ValueError"));
+        assert_eq!(
+            records[1].timestamp_unix_nano,
+            Some(1_796_551_201_000_000_000)
+        );
+        // The unfinished partial line holds the checkpoint before it.
+        t.write_checkpoint().expect("checkpoint");
+        drop(t);
+        h.append("0.log", "2026-12-06T10:00:03Z stdout F  line\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["unfinished line"]));
+    }
+
     /// One step of the model test.
     #[derive(Debug, Clone)]
     enum Step {
@@ -1763,6 +2840,12 @@ mod tests {
         Pump,
         /// Clean restart: final checkpoint, new tailer.
         Restart,
+        /// `kill -9` after the tailer went idle: only the checkpoint written on
+        /// acknowledgement (no final one), new tailer.
+        Crash,
+        /// logrotate copytruncate keeping the copy: rotated names shift, `app.log` is copied
+        /// to `app.log.1` and truncated (only once it holds enough for a fingerprint).
+        CopyTruncate,
     }
 
     fn step() -> impl proptest::strategy::Strategy<Value = Step> {
@@ -1774,6 +2857,8 @@ mod tests {
             1 => Just(Step::DeleteOldest),
             3 => Just(Step::Pump),
             1 => Just(Step::Restart),
+            1 => Just(Step::Crash),
+            1 => Just(Step::CopyTruncate),
         ]
     }
 
@@ -1784,11 +2869,33 @@ mod tests {
         /// deleted before being read is emitted exactly once; no line is ever emitted twice.
         #[test]
         fn tailer_matches_the_model(steps in proptest::collection::vec(step(), 1..40)) {
-            let mut h = H::new(&["app.log*"]);
+            run_model("app.log*", &steps)?;
+        }
+
+        /// The same with only the live name included: rotated files are followed by identity
+        /// and by their rotated names, across restarts and crashes.
+        #[test]
+        fn tailer_matches_the_model_with_the_live_name_only(
+            steps in proptest::collection::vec(step(), 1..40)
+        ) {
+            run_model("app.log", &steps)?;
+        }
+    }
+
+    fn run_model(
+        include: &str,
+        steps: &[Step],
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        {
+            let mut h = H::new(&[include]);
             h.append("app.log", "");
+            // Lines longer than the fingerprint a copy is recognised by (a file read while
+            // shorter than that has no complete line read, so its copy can be read from 0).
             h.cfg.read_chunk_bytes = 64;
             h.cfg.batch_max_records = 7;
             let mut t = h.tailer();
+            // The agent's first look: what is rotated before it is history.
+            h.pump(&mut t, true);
             // Model: the lines in each file (index 0 = app.log, n = app.log.n), and which
             // lines may legitimately be missing (their file was cut before they were read).
             let mut files: Vec<Vec<String>> = vec![Vec::new()];
@@ -1801,13 +2908,14 @@ mod tests {
                     *emitted.entry(l).or_default() += 1;
                 }
             };
-            for s in &steps {
+            for s in steps {
                 match s {
                     Step::Write(n) => {
                         let mut text = String::new();
                         for _ in 0..*n {
                             next += 1;
-                            let line = format!("line-{next:06}-{}", "x".repeat((next % 13) as usize));
+                            let line =
+                                format!("line-{next:06}-{}", "x".repeat(60 + (next % 23) as usize));
                             text.push_str(&line);
                             text.push('\n');
                             written.insert(line.clone());
@@ -1817,9 +2925,14 @@ mod tests {
                     }
                     Step::Rotate => {
                         for n in (0..files.len()).rev() {
-                            let from = if n == 0 { "app.log".to_owned() } else { format!("app.log.{n}") };
+                            let from = if n == 0 {
+                                "app.log".to_owned()
+                            } else {
+                                format!("app.log.{n}")
+                            };
                             if h.path(&from).exists() {
-                                fs::rename(h.path(&from), h.path(&format!("app.log.{}", n + 1))).expect("rename");
+                                fs::rename(h.path(&from), h.path(&format!("app.log.{}", n + 1)))
+                                    .expect("rename");
                             }
                         }
                         files.insert(0, Vec::new());
@@ -1831,8 +2944,11 @@ mod tests {
                                 at_risk.insert(l);
                             }
                         }
-                        OpenOptions::new().write(true).open(h.path("app.log"))
-                            .and_then(|f| f.set_len(0)).expect("truncate");
+                        OpenOptions::new()
+                            .write(true)
+                            .open(h.path("app.log"))
+                            .and_then(|f| f.set_len(0))
+                            .expect("truncate");
                     }
                     Step::DeleteOldest => {
                         if files.len() > 1 {
@@ -1856,6 +2972,36 @@ mod tests {
                         drop(t);
                         t = h.tailer();
                     }
+                    Step::Crash => {
+                        let got = h.pump(&mut t, true);
+                        record(got, &mut emitted);
+                        t.write_acknowledged().expect("checkpoint");
+                        drop(t);
+                        t = h.tailer();
+                    }
+                    Step::CopyTruncate => {
+                        let size = fs::metadata(h.path("app.log"))
+                            .map(|m| m.len())
+                            .unwrap_or(0);
+                        if size < 100 {
+                            continue;
+                        }
+                        for n in (1..files.len()).rev() {
+                            let from = format!("app.log.{n}");
+                            if h.path(&from).exists() {
+                                fs::rename(h.path(&from), h.path(&format!("app.log.{}", n + 1)))
+                                    .expect("rename");
+                            }
+                        }
+                        fs::copy(h.path("app.log"), h.path("app.log.1")).expect("copy");
+                        OpenOptions::new()
+                            .write(true)
+                            .open(h.path("app.log"))
+                            .and_then(|f| f.set_len(0))
+                            .expect("truncate");
+                        let copied = std::mem::take(&mut files[0]);
+                        files.insert(1, copied);
+                    }
                 }
             }
             let got = h.pump(&mut t, true);
@@ -1872,5 +3018,6 @@ mod tests {
                 proptest::prop_assert!(written.contains(l), "{} was never written", l);
             }
         }
+        Ok(())
     }
 }

@@ -12,10 +12,12 @@ as_root() {
     echo "need root (or sudo) to run: $*" >&2; return 1; fi
 }
 
-# 1. System packages: Prometheus and promtool (`prometheus`), systemd-analyze (`systemd`),
-#    kubectl (its built-in kustomize renders deploy/kubernetes/ in tests/tests/deploy.rs).
+# 1. System packages: Prometheus and promtool (`prometheus`), Alertmanager
+#    (`prometheus-alertmanager`, for the Alertmanager -> incidents recipe), systemd-analyze
+#    (`systemd`), kubectl (its built-in kustomize renders deploy/kubernetes/ in tests/tests/deploy.rs).
 need_apt=()
 { command -v prometheus && command -v promtool; } >/dev/null || need_apt+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v kubectl >/dev/null || need_apt+=(kubectl)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -76,8 +76,12 @@ impl Webhook {
                 && req
                     .header("content-type")
                     .is_some_and(|t| t.starts_with("application/json"))
-                && body["version"] == "1"
-                && body["alerts"].as_array().is_some_and(|a| !a.is_empty());
+                && body["version"] == "4"
+                && body["groupKey"].is_string()
+                && body["receiver"].is_string()
+                && body["alerts"].as_array().is_some_and(|a| {
+                    !a.is_empty() && a.iter().all(|x| x["startsAt"].is_string())
+                });
             if ok {
                 count.fetch_add(1, Ordering::SeqCst);
             }

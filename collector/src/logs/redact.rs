@@ -3,11 +3,14 @@
 //! numbers (Luhn-checked), plus configured patterns. Matches become `[REDACTED]`; the count per
 //! rule is returned for a counter.
 //!
-//! One [`RegexSet`] pass tells whether anything matches at all (the usual case is nothing); only
-//! the rules that matched then run their own replacement.
+//! Most strings hold no secret, so a string first meets a prefilter: every built-in rule names
+//! literals or a digit run its matches must contain, and one Aho-Corasick pass plus one byte scan
+//! tell whether any could match. Only a string that passes (or has configured patterns matching)
+//! meets the [`RegexSet`] pass, and only the rules that matched then run their own replacement.
 
 use std::borrow::Cow;
 
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::{Captures, Regex, RegexSet};
 
 use super::record::{AttrValue, LogRecord};
@@ -68,50 +71,138 @@ enum Check {
     Luhn,
 }
 
-/// Built-in rules: name, pattern, check. A capture group named `secret` limits the replacement
-/// to that group, so `Authorization: [REDACTED]` keeps saying what was removed.
-const BUILTINS: &[(&str, &str, Check)] = &[
-    (
-        "private_key",
-        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|.*)",
-        Check::None,
-    ),
-    (
-        "authorization",
-        r#"(?i:authorization)["']?\s*[:=]\s*["']?(?P<secret>(?:[A-Za-z]+ +)?[^\s"',;]+)"#,
-        Check::None,
-    ),
-    (
-        "bearer_token",
-        r"(?i:bearer)\s+(?P<secret>[A-Za-z0-9\-._~+/]{8,}=*)",
-        Check::None,
-    ),
-    (
-        "slack_token",
-        r"(?-u:\b)xox[abprs]-[A-Za-z0-9-]{10,}",
-        Check::None,
-    ),
-    (
-        "aws_access_key",
-        r"(?-u:\b)(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
-        Check::None,
-    ),
-    (
-        "aws_secret_key",
-        r#"(?i:aws_secret_access_key|aws_secret_key|secret_access_key)["']?\s*[:=]\s*["']?(?P<secret>[A-Za-z0-9/+=]{20,})"#,
-        Check::None,
-    ),
-    (
-        "email",
-        r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}",
-        Check::None,
-    ),
-    (
-        "card_number",
-        r"(?-u:\b)[2-6](?:[ \-]?[0-9]){12,18}(?-u:\b)",
-        Check::Luhn,
-    ),
+/// What every match of a built-in rule contains, for the prefilter.
+#[derive(Debug, Clone, Copy)]
+enum Needs {
+    /// One of these literals, compared with ASCII case folded.
+    AnyOf(&'static [&'static str]),
+    /// A run of this many ASCII digits with at most one space or dash between two of them.
+    DigitRun(usize),
+}
+
+/// A built-in rule: name, pattern, check, and what its matches contain. A capture group named
+/// `secret` limits the replacement to that group, so `Authorization: [REDACTED]` keeps saying
+/// what was removed.
+struct Builtin {
+    name: &'static str,
+    pattern: &'static str,
+    check: Check,
+    needs: Needs,
+}
+
+const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "private_key",
+        pattern: r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|.*)",
+        check: Check::None,
+        needs: Needs::AnyOf(&["-----BEGIN "]),
+    },
+    Builtin {
+        name: "authorization",
+        pattern: r#"(?i:authorization)["']?\s*[:=]\s*["']?(?P<secret>(?:[A-Za-z]+ +)?[^\s"',;]+)"#,
+        check: Check::None,
+        needs: Needs::AnyOf(&["authorization"]),
+    },
+    Builtin {
+        name: "bearer_token",
+        pattern: r"(?i:bearer)\s+(?P<secret>[A-Za-z0-9\-._~+/]{8,}=*)",
+        check: Check::None,
+        needs: Needs::AnyOf(&["bearer"]),
+    },
+    Builtin {
+        name: "slack_token",
+        pattern: r"(?-u:\b)xox[abprs]-[A-Za-z0-9-]{10,}",
+        check: Check::None,
+        needs: Needs::AnyOf(&["xox"]),
+    },
+    Builtin {
+        name: "aws_access_key",
+        pattern: r"(?-u:\b)(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
+        check: Check::None,
+        needs: Needs::AnyOf(&["AKIA", "ASIA"]),
+    },
+    Builtin {
+        name: "aws_secret_key",
+        pattern: r#"(?i:aws_secret_access_key|aws_secret_key|secret_access_key)["']?\s*[:=]\s*["']?(?P<secret>[A-Za-z0-9/+=]{20,})"#,
+        check: Check::None,
+        needs: Needs::AnyOf(&["secret_key", "secret_access_key"]),
+    },
+    Builtin {
+        name: "email",
+        pattern: r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}",
+        check: Check::None,
+        needs: Needs::AnyOf(&["@"]),
+    },
+    Builtin {
+        name: "card_number",
+        pattern: r"(?-u:\b)[2-6](?:[ \-]?[0-9]){12,18}(?-u:\b)",
+        check: Check::Luhn,
+        needs: Needs::DigitRun(13),
+    },
 ];
+
+/// The built-ins' necessary condition (see the module docs). It holds for ASCII text only: under
+/// `(?i)` the regex crate also matches `ſ` for `s` and the Kelvin sign for `k`, so a string
+/// with a non-ASCII byte is always passed on.
+#[derive(Debug)]
+struct Prefilter {
+    literals: AhoCorasick,
+    /// Shortest digit run a rule needs (`usize::MAX`: no rule needs one).
+    digit_run: usize,
+}
+
+impl Prefilter {
+    fn new() -> Self {
+        let mut literals = Vec::new();
+        let mut digit_run = usize::MAX;
+        for b in BUILTINS {
+            match b.needs {
+                Needs::AnyOf(l) => literals.extend_from_slice(l),
+                Needs::DigitRun(n) => digit_run = digit_run.min(n),
+            }
+        }
+        let literals = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(literals)
+            // A handful of short literals: far below every automaton limit.
+            .expect("built-in literals build an automaton");
+        Self {
+            literals,
+            digit_run,
+        }
+    }
+
+    /// False only when no built-in rule can match `s`.
+    fn may_match(&self, s: &str) -> bool {
+        !s.is_ascii() || self.literals.is_match(s) || has_digit_run(s.as_bytes(), self.digit_run)
+    }
+}
+
+/// Whether `s` holds `min` ASCII digits in a row, allowing one space or dash between two digits
+/// (the shape of a card number).
+fn has_digit_run(s: &[u8], min: usize) -> bool {
+    if s.len() < min {
+        return false;
+    }
+    let mut run = 0usize;
+    let mut after_separator = false;
+    for &b in s {
+        if b.is_ascii_digit() {
+            run += 1;
+            after_separator = false;
+            if run >= min {
+                return true;
+            }
+        } else if (b == b' ' || b == b'-') && run > 0 && !after_separator {
+            after_separator = true;
+        } else {
+            run = 0;
+            after_separator = false;
+        }
+    }
+    false
+}
 
 #[derive(Debug)]
 struct Rule {
@@ -155,6 +246,10 @@ pub struct Redactor {
     set: RegexSet,
     rules: Vec<Rule>,
     min_match_len: usize,
+    /// Present when the built-ins are on.
+    prefilter: Option<Prefilter>,
+    /// The configured patterns alone (no prefilter knows them); `None` when there are none.
+    configured: Option<RegexSet>,
 }
 
 impl Redactor {
@@ -163,10 +258,11 @@ impl Redactor {
     pub fn new(config: &RedactionConfig) -> Result<Self, RedactError> {
         let mut rules = Vec::new();
         if config.builtins {
-            for &(name, pattern, check) in BUILTINS {
-                rules.push(compile(name, pattern, check)?);
+            for b in BUILTINS {
+                rules.push(compile(b.name, b.pattern, b.check)?);
             }
         }
+        let first_configured = rules.len();
         for p in &config.patterns {
             rules.push(compile(&p.name, &p.regex, Check::None)?);
         }
@@ -177,10 +273,18 @@ impl Redactor {
             .map(|r| min_len(r.regex.as_str()))
             .min()
             .unwrap_or(usize::MAX);
+        let configured = if rules.len() > first_configured {
+            let patterns = rules[first_configured..].iter().map(|r| r.regex.as_str());
+            Some(RegexSet::new(patterns).map_err(RedactError::SetTooLarge)?)
+        } else {
+            None
+        };
         Ok(Self {
             set,
             rules,
             min_match_len,
+            prefilter: config.builtins.then(Prefilter::new),
+            configured,
         })
     }
 
@@ -191,7 +295,16 @@ impl Redactor {
 
     /// Whether some rule matches `s` (a match the Luhn check later rejects counts too).
     pub fn is_match(&self, s: &str) -> bool {
-        self.set.is_match(s)
+        self.may_match(s) && self.set.is_match(s)
+    }
+
+    /// False only when no rule can match `s`: the built-ins' prefilter, then the configured
+    /// patterns' own set.
+    fn may_match(&self, s: &str) -> bool {
+        if self.prefilter.as_ref().is_some_and(|p| p.may_match(s)) {
+            return true;
+        }
+        self.configured.as_ref().is_some_and(|set| set.is_match(s))
     }
 
     /// The shortest text any rule can match, in bytes: shorter strings need no look.
@@ -211,6 +324,14 @@ impl Redactor {
 
     /// Redacts one string in place, adding to `counts`.
     pub fn redact_string(&self, s: &mut String, counts: &mut RedactionCounts) {
+        if self.may_match(s) {
+            self.redact_rounds(s, counts);
+        }
+    }
+
+    /// The replacement rounds, without the prefilter (the tests hold [`Self::redact_string`] to
+    /// this).
+    fn redact_rounds(&self, s: &mut String, counts: &mut RedactionCounts) {
         // A replacement can expose a match that was not one before (`bob@example.com4111…`:
         // once the address is gone, the card number starts on a word boundary), so repeat while
         // rounds still replace something. `[REDACTED]` itself is never replaced again, so this
@@ -518,6 +639,108 @@ mod tests {
             r.redact_string(&mut s, &mut again);
             prop_assert_eq!(&s, &once);
             prop_assert_eq!(again.total(), 0, "{}", once);
+        }
+    }
+
+    /// Secrets in shapes the prefilter must still see: other letter cases, non-ASCII case
+    /// folds, separators, near misses.
+    fn tricky_fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("AUTHORIZATION=Basic dXNlcjpwYXNz".to_owned()),
+            Just("AuThOrIzAtIoN: token x".to_owned()),
+            Just("bEaReR abcdefghijklmnop".to_owned()),
+            Just("AWS_SECRET_KEY: 'wJalrXUtnFEMI/K7MDENG/bPxRfiCY'".to_owned()),
+            // `ſ` (long s) and `K` (Kelvin sign) fold to `s` and `k` under `(?i)`.
+            Just("aws_\u{17f}ecret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCY".to_owned()),
+            Just("secret_\u{212a}ey=wJalrXUtnFEMI/K7MDENG/bPxRfiCY".to_owned()),
+            Just("4111-1111-1111-1111".to_owned()),
+            Just("3782 822463 10005".to_owned()),
+            Just("4111  1111 1111 1111".to_owned()),
+            Just("2026-12-06T14:13:38.857123Z".to_owned()),
+            Just("xoxs-0123456789abc".to_owned()),
+            Just("ASIAY34FZKBOKMUTVV7A".to_owned()),
+            Just("-----BEGIN EC PRIVATE KEY-----\nMHcC".to_owned()),
+            Just("caf\u{e9} \u{2139}\u{fe0f} ".to_owned()),
+            "[0-9 \\-]{0,24}",
+            "[A-Za-z@._:=' \"]{0,16}",
+        ]
+    }
+
+    fn assert_same_as_reference(r: &Redactor, input: &str) -> Result<(), TestCaseError> {
+        let mut fast = input.to_owned();
+        let mut fast_counts = RedactionCounts::default();
+        r.redact_string(&mut fast, &mut fast_counts);
+        let mut reference = input.to_owned();
+        let mut reference_counts = RedactionCounts::default();
+        r.redact_rounds(&mut reference, &mut reference_counts);
+        prop_assert_eq!(&fast, &reference, "input {:?}", input);
+        prop_assert_eq!(fast_counts, reference_counts, "input {:?}", input);
+        prop_assert_eq!(
+            r.is_match(input),
+            r.set.is_match(input),
+            "input {:?}",
+            input
+        );
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn prefilter_redacts_exactly_what_the_rules_do(
+            parts in proptest::collection::vec(prop_oneof![fragment(), tricky_fragment()], 0..10),
+        ) {
+            let input = parts.concat();
+            assert_same_as_reference(&redactor(), &input)?;
+            let with_configured = Redactor::new(&RedactionConfig {
+                builtins: true,
+                patterns: vec![PatternConfig { name: "ssn".into(), regex: r"\b\d{3}-\d{2}-\d{4}\b".into() }],
+            })
+            .expect("valid");
+            assert_same_as_reference(&with_configured, &format!("{input} 123-45-6789"))?;
+            assert_same_as_reference(&with_configured, &input)?;
+        }
+    }
+
+    #[test]
+    fn prefilter_matches_reference_on_fixtures() {
+        let r = redactor();
+        let fixtures = [
+            PJL,
+            include_str!("../../tests/fixtures/logs/structlog.jsonl"),
+            include_str!("../../tests/fixtures/logs/loguru.jsonl"),
+            include_str!("../../tests/fixtures/logs/text_traceback.log"),
+            include_str!("../../tests/fixtures/logs/text_exception_group.log"),
+        ];
+        for line in fixtures.iter().flat_map(|f| f.lines()) {
+            assert_same_as_reference(&r, line).expect("same as reference");
+            let record = Parser::default().parse(line.as_bytes(), 0).record;
+            let mut strings = vec![record.body.clone()];
+            for (_, v) in record.attributes.iter() {
+                if let AttrValue::String(s) = v {
+                    strings.push(s.clone());
+                }
+            }
+            for s in strings {
+                assert_same_as_reference(&r, &s).expect("same as reference");
+            }
+        }
+    }
+
+    #[test]
+    fn digit_run_table() {
+        let cases = [
+            ("4111111111111", true),
+            ("411111111111", false),
+            ("4111 1111 1111 1", true),
+            ("4111-1111-1111-1", true),
+            ("4111  1111 1111 1", false),
+            ("4111 -1111 1111 1", false),
+            ("2026-12-06T14:13:38.857123Z", false),
+            ("id 1795314974021187000", true),
+            ("", false),
+        ];
+        for (s, want) in cases {
+            assert_eq!(has_digit_run(s.as_bytes(), 13), want, "{s}");
         }
     }
 

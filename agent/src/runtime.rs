@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::config::{Config, SELF_TARGET};
+use crate::config::{Config, ProcessEnv, SELF_TARGET};
 use crate::http::{self, HttpState, Readiness};
 use crate::hub::Hub;
 use crate::logging::LogHandle;
@@ -178,6 +178,7 @@ pub struct Running {
     sink_queues: Vec<Arc<Queue>>,
     exports: crate::export::Exports,
     otlp: Option<crate::otlp::Otlp>,
+    reload_requests: Option<crate::reload::Requests>,
 }
 
 impl std::fmt::Debug for Running {
@@ -312,6 +313,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     let registry = Arc::new(registry);
 
     let tokens = Arc::new(RwLock::new(config.http.bearer_tokens.clone()));
+    let (reloader, reload_requests) = crate::reload::channel();
     if let Some(a) = &alerting {
         a.set_registry(registry.clone());
     }
@@ -322,6 +324,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         tokens: tokens.clone(),
         dora: dora.clone(),
         alerting: alerting.clone(),
+        reload: Some(reloader),
     };
 
     let config = Arc::new(config);
@@ -396,6 +399,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         sink_queues,
         exports,
         otlp,
+        reload_requests: Some(reload_requests),
     })
 }
 
@@ -409,6 +413,34 @@ impl Running {
     /// `deliver`); forwards nothing when `export.otlp` is absent.
     pub fn intake(&self) -> sidelight_collector::pipeline::Intake {
         self.exports.intake()
+    }
+
+    /// The requests of `POST /-/reload`, to be answered with `reload_from` by the task that owns
+    /// this agent (taken once; later calls return `None`).
+    pub fn take_reload_requests(&mut self) -> Option<crate::reload::Requests> {
+        self.reload_requests.take()
+    }
+
+    /// What SIGHUP and `POST /-/reload` do: reads `path` again with the same loader as at start
+    /// and applies it in place, or rejects it (every error logged and returned, the running
+    /// configuration untouched). `None`: the agent runs on its embedded defaults.
+    pub fn reload_from(&self, path: Option<&Path>) -> crate::reload::Outcome {
+        use crate::reload::Outcome;
+        let Some(path) = path else {
+            tracing::info!("running on the embedded defaults, nothing to reload");
+            return Outcome::NoFile;
+        };
+        match Config::load(path, &ProcessEnv) {
+            Ok(new) => {
+                let summary = new.summary();
+                self.reload(new);
+                Outcome::Applied(summary)
+            }
+            Err(errors) => {
+                self.reload_failed(&errors);
+                Outcome::Rejected(errors)
+            }
+        }
     }
 
     /// Applies a validated configuration in place.

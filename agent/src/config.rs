@@ -141,6 +141,8 @@ struct RawConfig {
     // Alerting (issue 6): shapes and validation live in `alerting::config`.
     alerts: Option<crate::alerting::config::RawAlerts>,
     notifiers: Option<std::collections::BTreeMap<String, crate::alerting::config::RawNotifier>>,
+    /// Resource attributes added to what the agent forwards (`resource.rs`).
+    resource: std::collections::BTreeMap<String, String>,
 }
 
 /// `export.file` (the OTLP JSON file exporter; the rest of `export:` is in `export.rs`).
@@ -479,6 +481,8 @@ pub struct Config {
     pub otlp: OtlpConfig,
     /// Alert rules and notifiers (`alerts:` / `notifiers:`), when either section is given.
     pub alerting: Option<crate::alerting::config::AlertingConfig>,
+    /// `resource:`, also merged into each log source and the OTLP receivers' settings.
+    pub resource: sidelight_collector::resource::ExtraResource,
 }
 
 /// `export.file`: OTLP JSON lines to a file.
@@ -733,7 +737,7 @@ fn substitute_env(text: &str, env: &dyn Env, errors: &mut Vec<ConfigError>) -> S
     out
 }
 
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "agent",
     "http",
     "host",
@@ -745,6 +749,7 @@ const SECTIONS: [&str; 11] = [
     "otlp",
     "alerts",
     "notifiers",
+    "resource",
 ];
 
 fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) -> RawConfig {
@@ -769,6 +774,7 @@ fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) 
             "export" => raw.export = section(value, &key, errors).unwrap_or_default(),
             "alerts" => raw.alerts = Some(section(value, &key, errors).unwrap_or_default()),
             "notifiers" => raw.notifiers = Some(section(value, &key, errors).unwrap_or_default()),
+            "resource" => raw.resource = section(value, &key, errors).unwrap_or_default(),
             "logs" => match value {
                 Value::Sequence(items) => {
                     raw.logs = items
@@ -1052,14 +1058,17 @@ fn validate(
 
     let dora = validate_dora(raw.dora, base, env, errors);
     let alerting = crate::alerting::config::validate(raw.alerts, raw.notifiers, base, env, errors);
-    let logs = validate_logs(raw.logs, errors);
+    let mut logs = validate_logs(raw.logs, errors);
+    let resource = crate::resource::build(&raw.resource, errors);
+    crate::resource::apply_to_logs(&resource, &mut logs);
     let mut raw_export = raw.export;
     let export_file = raw_export
         .file
         .take()
         .and_then(|f| validate_file_export(f, errors));
     let export = crate::export::validate(raw_export, base, env, errors);
-    let otlp = validate_otlp(raw.otlp, base, env, errors);
+    let mut otlp = validate_otlp(raw.otlp, base, env, errors);
+    otlp.receivers.resource = resource.clone();
 
     // Only used when the pattern failed to compile, in which case the config is rejected anyway.
     let never = || Regex::new("$^").expect("a static regex compiles");
@@ -1096,6 +1105,7 @@ fn validate(
         export,
         otlp,
         alerting,
+        resource,
     }
 }
 
@@ -1345,6 +1355,7 @@ fn validate_otlp(
         tls,
         redaction: raw.redaction.clone(),
         max_connections: raw.max_connections,
+        resource: Default::default(),
     };
     let unparsed = (raw.grpc.is_some() && grpc.is_none()) || (raw.http.is_some() && http.is_none());
     for e in receivers.validate() {

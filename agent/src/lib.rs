@@ -16,6 +16,7 @@ pub mod logging;
 pub mod logs;
 pub mod otlp;
 pub mod reload;
+pub mod resource;
 pub mod runtime;
 pub mod store;
 pub mod webhooks;

@@ -179,6 +179,7 @@ pub struct Running {
     exports: crate::export::Exports,
     otlp: Option<crate::otlp::Otlp>,
     reload_requests: Option<crate::reload::Requests>,
+    kubernetes: crate::resource::KubernetesInfo,
 }
 
 impl std::fmt::Debug for Running {
@@ -222,6 +223,9 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     });
     let mut registry = Registry::default();
     shared.metrics.register(&mut registry);
+    let kubernetes = crate::resource::KubernetesInfo::default();
+    kubernetes.register(&mut registry);
+    kubernetes.set(&config.resource);
     shared.caps.register(&mut registry);
     registry.register_collector(Box::new(SnapshotCollector(shared.host.clone())));
     registry.register_collector(Box::new(SnapshotCollector(shared.processes.clone())));
@@ -400,6 +404,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         exports,
         otlp,
         reload_requests: Some(reload_requests),
+        kubernetes,
     })
 }
 
@@ -476,6 +481,7 @@ impl Running {
             log.set_level(&new.agent.log_level);
         }
         *self.tokens.write() = new.http.bearer_tokens.clone();
+        self.kubernetes.set(&new.resource);
         tracing::info!(config = %new.source_name, "configuration reloaded: {}", new.summary());
         self.config.send_replace(Arc::new(new));
         self.metrics

@@ -52,7 +52,7 @@ impl ExtraResource {
         &self.attributes
     }
 
-    fn missing<'s>(&'s self, has: impl Fn(&str) -> bool) -> Vec<KeyValue> {
+    fn missing(&self, has: impl Fn(&str) -> bool) -> Vec<KeyValue> {
         self.attributes
             .iter()
             .filter(|(k, _)| !has(k))
@@ -107,7 +107,7 @@ impl ExtraResource {
             if tag == FIELD_ONE && wire_type == WireType::LengthDelimited {
                 let spans = take_len(&mut rest)?;
                 let keys = resource_keys(spans)?;
-                let add = self.missing(|k| keys.iter().any(|have| *have == k));
+                let add = self.missing(|k| keys.contains(&k));
                 if add.is_empty() {
                     out.extend_from_slice(&start[..start.len() - rest.len()]);
                     continue;
@@ -259,7 +259,10 @@ mod tests {
         );
         assert_eq!(
             keys(&req.resource_spans[1].resource),
-            vec![s("k8s.pod.name", "checkout-7d9f"), s("k8s.namespace.name", "shop")]
+            vec![
+                s("k8s.pod.name", "checkout-7d9f"),
+                s("k8s.namespace.name", "shop")
+            ]
         );
     }
 
@@ -311,9 +314,8 @@ mod tests {
                 }],
             }
         });
-        prop::collection::vec(rs, 0..4).prop_map(|resource_spans| ExportTraceServiceRequest {
-            resource_spans,
-        })
+        prop::collection::vec(rs, 0..4)
+            .prop_map(|resource_spans| ExportTraceServiceRequest { resource_spans })
     }
 
     proptest! {

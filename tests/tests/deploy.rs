@@ -862,7 +862,11 @@ fn overlays_render_validate_and_meet_pod_security_restricted() -> Result {
                 };
                 for (attr, var, field) in [
                     ("k8s.pod.name", "K8S_POD_NAME", "metadata.name"),
-                    ("k8s.namespace.name", "K8S_NAMESPACE_NAME", "metadata.namespace"),
+                    (
+                        "k8s.namespace.name",
+                        "K8S_NAMESPACE_NAME",
+                        "metadata.namespace",
+                    ),
                     ("k8s.node.name", "K8S_NODE_NAME", "spec.nodeName"),
                     ("k8s.pod.uid", "K8S_POD_UID", "metadata.uid"),
                 ] {

@@ -15,6 +15,7 @@ pub mod hub;
 pub mod logging;
 pub mod logs;
 pub mod otlp;
+pub mod preflight;
 pub mod reload;
 pub mod resource;
 pub mod runtime;

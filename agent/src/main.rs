@@ -74,6 +74,10 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => match Config::load(&file, &ProcessEnv) {
             Ok(config) => {
                 println!("{}: OK: {}", file.display(), config.summary());
+                // Valid, but `run` as this user may still fail or miss files: say so.
+                for w in sidelight::preflight::warnings(&config) {
+                    eprintln!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -39,21 +39,22 @@ use crate::logging::LogHandle;
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The state directory cannot be created.
-    #[error("store.path {path}: {source}")]
+    /// The state directory cannot be created. (The cause is part of the message, not a
+    /// `source`: printing the chain would say it twice.)
+    #[error("store.path {path}: {error}")]
     Store {
         /// The directory.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The DORA store could not be opened or read.
-    #[error("dora store in {path}: {source}")]
+    #[error("dora store in {path}: {error}")]
     Dora {
         /// The state directory.
         path: PathBuf,
         /// The cause.
-        source: crate::store::StoreError,
+        error: crate::store::StoreError,
     },
     /// The file exporter's file cannot be opened.
     #[error("export.file: {0}")]
@@ -68,12 +69,12 @@ pub enum StartError {
     #[error("{0}")]
     Alerting(#[from] crate::alerting::AlertingError),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -199,19 +200,19 @@ fn targets(config: &Config) -> Vec<TargetSpec> {
 
 /// Binds and spawns everything. Nothing is left running if this fails.
 pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, StartError> {
-    std::fs::create_dir_all(&config.store.path).map_err(|source| StartError::Store {
+    std::fs::create_dir_all(&config.store.path).map_err(|error| StartError::Store {
         path: config.store.path.clone(),
-        source,
+        error,
     })?;
     let listener = TcpListener::bind(config.http.listen)
         .await
-        .map_err(|source| StartError::Bind {
+        .map_err(|error| StartError::Bind {
             addr: config.http.listen,
-            source,
+            error,
         })?;
-    let local = listener.local_addr().map_err(|source| StartError::Bind {
+    let local = listener.local_addr().map_err(|error| StartError::Bind {
         addr: config.http.listen,
-        source,
+        error,
     })?;
 
     let shared = Arc::new(Shared {
@@ -238,18 +239,18 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         shared.readiness.expect("dora");
         let hub = Hub::open(config.dora.clone(), &config.store.path, shared.caps.clone())
             .await
-            .map_err(|source| StartError::Dora {
+            .map_err(|error| StartError::Dora {
                 path: config.store.path.clone(),
-                source,
+                error,
             })?;
         hub.register(&mut registry);
         match hub.retain().await {
             Ok(n) => tracing::info!(deleted = n, "dora retention applied"),
             Err(e) => tracing::error!(error = %e, "dora retention failed"),
         }
-        hub.refresh().await.map_err(|source| StartError::Dora {
+        hub.refresh().await.map_err(|error| StartError::Dora {
             path: config.store.path.clone(),
-            source,
+            error,
         })?;
         Some(hub)
     } else {

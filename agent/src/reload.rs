@@ -8,8 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::ConfigErrors;
-use crate::http::HttpState;
+use crate::config::common::ConfigErrors;
 
 /// Reload requests waiting for the signal loop; more are refused with 503 (a client retrying a
 /// reload in a loop cannot queue unbounded work).
@@ -36,6 +35,10 @@ pub struct Reloader(mpsc::Sender<Request>);
 /// The receiving half, served by whoever owns the `Running` agent.
 pub type Requests = mpsc::Receiver<Request>;
 
+/// What the handler takes from the HTTP surface's state (`FromRef<HttpState>` in `http.rs`).
+#[derive(Debug, Clone)]
+pub struct ReloadState(pub Option<Reloader>);
+
 /// A bounded channel of reload requests.
 pub fn channel() -> (Reloader, Requests) {
     let (tx, rx) = mpsc::channel(MAX_PENDING);
@@ -44,8 +47,8 @@ pub fn channel() -> (Reloader, Requests) {
 
 /// `POST /-/reload`: 200 when the new file runs, 400 with every error when it was rejected,
 /// 503 when the agent is stopping or already has reloads waiting.
-pub async fn handle(State(state): State<HttpState>) -> Response {
-    let Some(Reloader(tx)) = state.reload else {
+pub async fn handle(State(ReloadState(reloader)): State<ReloadState>) -> Response {
+    let Some(Reloader(tx)) = reloader else {
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
     };
     let (reply, outcome) = oneshot::channel();

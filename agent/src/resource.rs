@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sidelight_collector::resource::ExtraResource;
 
-use crate::config::ConfigError;
+use crate::config::common::ConfigError;
 
 /// Attributes a sidecar should not set for everything it forwards: the service is the app's
 /// (`OTEL_SERVICE_NAME`, `logs[].service`).

@@ -12,7 +12,9 @@
 //! - A sink completes its share once the data is delivered downstream, durably stored (a disk
 //!   spill), or permanently refused by the downstream (counted by the sink: offering it again
 //!   would only repeat the refusal).
-//! - Every queue is bounded in envelopes and in encoded bytes. [`Queue::try_push`] refuses when
+//! - Every queue is bounded in envelopes and in bytes, and holds its payloads encoded
+//!   ([`Payload::into_encoded`], done once by the [`Intake`] for every sink), so the byte bound
+//!   is the memory the queued data takes. [`Queue::try_push`] refuses when
 //!   full (receivers answer with a retryable status); [`Queue::push`] waits for room (the tailer:
 //!   the files are the buffer). Nothing is dropped silently: the queue counts refusals, and a
 //!   sink that drops (oldest first, from a capped spill) counts that in
@@ -206,6 +208,27 @@ impl Payload {
         match self {
             Payload::Encoded(e) => Some(&e.bytes),
             _ => None,
+        }
+    }
+
+    /// The payload in its protobuf encoding (an encoded one as it is). What queues hold: a
+    /// decoded request takes about three times its encoded size in memory (one allocation per
+    /// string, attribute and value), so a queue bounded by encoded bytes holds what its bound
+    /// says only when its items are kept encoded; and fanning out to several sinks then shares
+    /// one buffer instead of copying the messages per sink.
+    pub fn into_encoded(self) -> Payload {
+        match self {
+            Payload::Encoded(_) => self,
+            p => {
+                let signal = p.signal();
+                let items = p.items();
+                let bytes = Bytes::from(p.encode_to_vec());
+                Payload::Encoded(EncodedRequest {
+                    signal,
+                    bytes,
+                    items,
+                })
+            }
         }
     }
 
@@ -762,6 +785,8 @@ impl Intake {
             full.count_refused();
             return Err(Refused::Full(signal));
         }
+        // Encoded only once taken: a refused request costs no encoding.
+        let payload = payload.into_encoded();
         let refused = |e: PushError| match e {
             PushError::Full(_) => Refused::Full(signal),
             PushError::Closed(_) => Refused::Closed(signal),
@@ -788,6 +813,7 @@ impl Intake {
             receipt.complete();
             return Ok(());
         }
+        let payload = payload.into_encoded();
         let bytes = payload.encoded_len();
         self.push_from(0, payload, receipt, bytes).await
     }
@@ -859,6 +885,7 @@ impl Intake {
             receipt.complete();
             return None;
         }
+        let payload = payload.into_encoded();
         let bytes = payload.encoded_len();
         let (next, rest) = envelope_for(queues.len() == 1, payload, receipt, bytes);
         Some(Pending {

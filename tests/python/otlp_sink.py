@@ -4,10 +4,13 @@ Serves the three OTLP gRPC services and OTLP/HTTP (POST /v1/{traces,metrics,logs
 gzip) and records what it accepts. GET /state answers JSON with what was received so far.
 Failure injection: --unavailable-fraction answers UNAVAILABLE (gRPC) / 503 (HTTP) that share of
 requests at random; while the --down-file exists every request is refused that way.
+--refuse-with resource_exhausted refuses with gRPC RESOURCE_EXHAUSTED without RetryInfo (a
+server that is only busy; HTTP: 429) instead, invalid_argument with INVALID_ARGUMENT (HTTP 400).
 
 Prints one line `READY grpc=PORT http=PORT` on stdout once both servers listen.
 
 Usage: otlp_sink.py [--grpc-port N] [--http-port N] [--unavailable-fraction F] [--down-file P]
+                   [--refuse-with unavailable|resource_exhausted|invalid_argument]
 """
 
 import argparse
@@ -129,9 +132,15 @@ class Record:
 
 
 def servicers(rec):
+    code = {
+        "unavailable": grpc.StatusCode.UNAVAILABLE,
+        "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
+    }[rec.args.refuse_with]
+
     def guard(context):
         if rec.refuse():
-            context.abort(grpc.StatusCode.UNAVAILABLE, "sink: unavailable (injected)")
+            context.abort(code, f"sink: {rec.args.refuse_with} (injected)")
 
     class Trace(trace_service_pb2_grpc.TraceServiceServicer):
         def Export(self, request, context):
@@ -193,7 +202,9 @@ def http_handler(rec):
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
             if rec.refuse():
-                self._send(503, b"sink: unavailable (injected)", "text/plain", [("Retry-After", "0")])
+                status = {"unavailable": 503, "resource_exhausted": 429, "invalid_argument": 400}[rec.args.refuse_with]
+                extra = [("Retry-After", "0")] if status != 400 else []
+                self._send(status, f"sink: {rec.args.refuse_with} (injected)".encode(), "text/plain", extra)
                 return
             req_type, resp_type, signal = entry
             req = req_type()
@@ -210,6 +221,8 @@ def main():
     p.add_argument("--http-port", type=int, default=0)
     p.add_argument("--unavailable-fraction", type=float, default=0.0)
     p.add_argument("--down-file", default="")
+    p.add_argument("--refuse-with", default="unavailable",
+                   choices=["unavailable", "resource_exhausted", "invalid_argument"])
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--keep-raw", action="store_true",
                    help="keep every traces and logs request whole (in /state's raw)")

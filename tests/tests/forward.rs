@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -214,6 +215,155 @@ fn a_sink_down_for_a_while_loses_nothing_accepted() -> Result {
         "the checkpoint to catch up",
         || (agent.metric("sidelight_log_unacked_bytes", "source=\"app\"") == 0.0).then_some(()),
     )?;
+    Ok(())
+}
+
+/// VmRSS of the agent, in bytes.
+fn rss_bytes(agent: &Agent) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.proc.0.id()))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or("no VmRSS")?;
+    Ok(kib * 1024.0)
+}
+
+/// The queue's byte bound is the memory a backlog takes: with the default 64 MiB logs queue and
+/// a sink that is down, a file far larger than the queue is read until the queue is full, and
+/// the agent's RSS stays within the bound plus the stated overhead (README: 48 MiB).
+#[test]
+fn a_backlog_takes_no_more_memory_than_the_queue_bound() -> Result {
+    let down = tempfile::NamedTempFile::new()?;
+    let down_path = down.path().to_string_lossy().into_owned();
+    let sink = OtlpSink::start(&["--down-file", &down_path])?;
+    let config = format!(
+        "http: {{ listen: 127.0.0.1:0 }}\nstore: {{ path: {{dir}}/data }}\n\
+         logs:\n  - {{ source: app, include: ['{{dir}}/app/*.log'] }}\n\
+         export:\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    protocol: grpc\n\
+         \x20   signals: [logs]\n    self_metrics: false\n\
+         \x20   retry: {{ initial: 20ms, max: 200ms, max_elapsed: 0s }}\n",
+        sink.grpc
+    );
+    let agent = Agent::start(&config)?;
+    // python-json-logger lines of about 300 bytes: 600,000 of them (~180 MB), three times what
+    // the queue holds encoded.
+    let dir = agent.dir.path().join("app");
+    std::fs::create_dir_all(&dir)?;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("app.log"))?);
+    for seq in 0..600_000 {
+        writeln!(
+            f,
+            "{{\"asctime\": \"2026-12-06 13:00:00,123\", \"levelname\": \"INFO\", \"name\": \"shop.orders\", \"message\": \"order {seq} placed for customer {} with 3 items\", \"order_id\": {seq}, \"customer\": \"c-{}\", \"amount\": 12.5, \"currency\": \"EUR\", \"region\": \"eu-west-1\", \"request_id\": \"{seq:032x}\"}}",
+            seq % 977,
+            seq % 977
+        )?;
+    }
+    f.flush()?;
+    drop(f);
+    // Read until the queue is full, then the tailer waits.
+    let mut last = -1.0;
+    let read = eventually(
+        Duration::from_secs(60),
+        "the tailer to stop reading",
+        || {
+            let now = agent.metric("sidelight_log_bytes_total", "source=\"app\"");
+            let settled = now > 0.0 && now == last;
+            last = now;
+            std::thread::sleep(Duration::from_millis(500));
+            settled.then_some(now)
+        },
+    )?;
+    let queued = agent.metric("sidelight_queue_bytes", "queue=\"otlp_logs\"");
+    let rss = rss_bytes(&agent)?;
+    eprintln!("backlog: read {read} bytes, queue {queued} bytes, RSS {rss} bytes");
+    assert!(read < 180e6, "the tailer stopped before the end: {read}");
+    assert!(queued > 32.0 * 1048576.0, "the queue filled: {queued}");
+    assert!(queued <= 64.0 * 1048576.0, "within its bound: {queued}");
+    assert!(
+        rss <= (64.0 + 48.0) * 1048576.0,
+        "RSS {rss} within the queue bound + 48 MiB"
+    );
+    Ok(())
+}
+
+/// A sink that is only busy — gRPC RESOURCE_EXHAUSTED without RetryInfo, which the OTLP spec
+/// calls non-retryable for data the sender cannot keep — does not make the agent drop tailed
+/// lines: the files are their buffer, so they are retried until the sink takes them.
+#[test]
+fn a_busy_sink_loses_no_tailed_line() -> Result {
+    let down = tempfile::NamedTempFile::new()?;
+    let down_path = down.path().to_string_lossy().into_owned();
+    let sink = OtlpSink::start(&[
+        "--down-file",
+        &down_path,
+        "--refuse-with",
+        "resource_exhausted",
+    ])?;
+    let (grpc, http) = (free_port(), free_port());
+    let agent = Agent::start(&config(grpc, http, &sink))?;
+    write_log_lines(&agent, 0, 300)?;
+    eventually(Duration::from_secs(20), "refusals", || {
+        (sink.state().ok()?["refused"].as_f64()? >= 3.0).then_some(())
+    })?;
+    write_log_lines(&agent, 300, 500)?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sink.state()?["items"]["logs"].as_f64(), Some(0.0));
+    assert!(
+        agent.metric("sidelight_log_unacked_bytes", "source=\"app\"") > 0.0,
+        "tailed records stay unacknowledged while the sink refuses"
+    );
+    assert_eq!(
+        agent.metric("sidelight_exporter_failed_total", "signal=\"logs\""),
+        0.0,
+        "nothing counted as dropped"
+    );
+    drop(down);
+    let state = eventually(
+        Duration::from_secs(30),
+        "every line after the sink recovered",
+        || {
+            let s = sink.state().ok()?;
+            (s["items"]["logs"].as_f64()? >= 500.0).then_some(s)
+        },
+    )?;
+    let bodies = log_bodies(&state);
+    assert_eq!(bodies.len(), 500, "every line arrived");
+    assert!(bodies.values().all(|&n| n == 1), "and once");
+    eventually(
+        Duration::from_secs(10),
+        "the checkpoint to catch up",
+        || (agent.metric("sidelight_log_unacked_bytes", "source=\"app\"") == 0.0).then_some(()),
+    )?;
+    Ok(())
+}
+
+/// An answer that says the data itself is bad (INVALID_ARGUMENT) is final even for tailed
+/// lines: retrying would never succeed. They are counted as failed and the checkpoint moves on.
+#[test]
+fn a_sink_that_rejects_the_data_drops_it_counted() -> Result {
+    let down = tempfile::NamedTempFile::new()?;
+    let down_path = down.path().to_string_lossy().into_owned();
+    let sink = OtlpSink::start(&[
+        "--down-file",
+        &down_path,
+        "--refuse-with",
+        "invalid_argument",
+    ])?;
+    let (grpc, http) = (free_port(), free_port());
+    let agent = Agent::start(&config(grpc, http, &sink))?;
+    write_log_lines(&agent, 0, 100)?;
+    let failed = eventually(Duration::from_secs(20), "the refusal to be counted", || {
+        let n = agent.metric(
+            "sidelight_exporter_failed_total",
+            "reason=\"invalid_argument\"",
+        );
+        (n >= 100.0).then_some(n)
+    })?;
+    assert_eq!(failed, 100.0);
+    eventually(Duration::from_secs(10), "the checkpoint to move on", || {
+        (agent.metric("sidelight_log_unacked_bytes", "source=\"app\"") == 0.0).then_some(())
+    })?;
     Ok(())
 }
 

@@ -55,6 +55,19 @@ fn prometheus_scrapes_host_and_python_process_metrics() -> Result {
     // Without the token the agent refuses; the probes stay open.
     assert_eq!(get(&agent.url("/metrics"), &[])?.0, 401);
     assert_eq!(get(&agent.url("/healthz"), &[])?.0, 200);
+    // The scheme is case-insensitive (RFC 9110 §11.1), as on the OTLP receivers; other schemes
+    // and wrong tokens are refused.
+    for (value, want) in [
+        ("bearer scrape-token", 200),
+        ("BEARER scrape-token", 200),
+        ("Bearer  scrape-token ", 200),
+        ("Basic c2NyYXBlLXRva2Vu", 401),
+        ("bearer scrape-toke", 401),
+        ("Bearer", 401),
+    ] {
+        let got = get(&agent.url("/metrics"), &[("authorization", value)])?.0;
+        assert_eq!(got, want, "Authorization: {value}");
+    }
     eventually(Duration::from_secs(10), "readyz", || {
         get(&agent.url("/readyz"), &[]).ok().filter(|r| r.0 == 200)
     })?;

@@ -747,6 +747,36 @@ enum Stop {
     Exhausted,
 }
 
+/// How long one batch is retried, and on which answers.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    policy: RetryPolicy,
+    /// Someone keeps this data until it is delivered (a log tailer's checkpoint waits for the
+    /// receipt, or it sits in the spill): retried without `max_elapsed`, and on every refusal
+    /// but one that says the data is bad.
+    kept: bool,
+}
+
+impl Plan {
+    fn kept(policy: RetryPolicy) -> Self {
+        Self {
+            policy: RetryPolicy {
+                max_elapsed: None,
+                ..policy
+            },
+            kept: true,
+        }
+    }
+
+    /// Received data nobody else keeps: the OTLP spec's classification, up to `max_elapsed`.
+    fn dropped_after(policy: RetryPolicy) -> Self {
+        Self {
+            policy,
+            kept: false,
+        }
+    }
+}
+
 impl SignalExporter {
     fn labels(&self) -> [(&'static str, &'static str); 2] {
         [("exporter", EXPORTER), ("signal", self.signal.as_str())]
@@ -767,12 +797,12 @@ impl SignalExporter {
         &self,
         payload: &Payload,
         items: u64,
-        policy: RetryPolicy,
+        plan: Plan,
         shutdown: &Shutdown,
         give_up: Option<&CancellationToken>,
         logged: &Mutex<HashSet<&'static str>>,
     ) -> Result<(), Stop> {
-        let mut backoff = Backoff::new(policy);
+        let mut backoff = Backoff::new(plan.policy);
         let signal = self.signal.as_str();
         // Encoded and compressed once: every retry sends the same bytes.
         let encoded = self.client.prepare(payload);
@@ -796,6 +826,19 @@ impl SignalExporter {
                 .observe(started.elapsed().as_secs_f64());
             let Some(outcome) = outcome else {
                 return Err(Stop::Abandoned);
+            };
+            let outcome = if plan.kept {
+                let kept = outcome.clone().for_kept_data();
+                if let (Outcome::Permanent { reason, message }, Outcome::Retry { .. }) =
+                    (&outcome, &kept)
+                    && logged.lock().insert(reason)
+                {
+                    tracing::error!(signal, reason, error = %message, items,
+                        "OTLP endpoint refused a request that holds kept data (tailed logs or the spill): retrying with backoff instead of dropping it (logged once per reason)");
+                }
+                kept
+            } else {
+                outcome
             };
             match outcome {
                 Outcome::Delivered { rejected, message } => {
@@ -884,16 +927,15 @@ impl SignalExporter {
                 // `max_elapsed` would lose it until a restart (and pin the checkpoint, so the
                 // restart re-reads everything after it); waiting keeps the backpressure — the
                 // queue fills and the tailer stops reading.
-                let policy = if batch.receipts.iter().any(Receipt::is_tracked) {
-                    RetryPolicy {
-                        max_elapsed: None,
-                        ..this.retry
-                    }
+                // Such data is also retried on refusals that do not say the data is bad
+                // (`Outcome::for_kept_data`).
+                let plan = if batch.receipts.iter().any(Receipt::is_tracked) {
+                    Plan::kept(this.retry)
                 } else {
-                    this.retry
+                    Plan::dropped_after(this.retry)
                 };
                 let result = this
-                    .attempts(&batch.payload, items, policy, &shutdown, None, &logged)
+                    .attempts(&batch.payload, items, plan, &shutdown, None, &logged)
                     .await;
                 drop(slot);
                 match result {
@@ -1063,10 +1105,6 @@ impl SignalExporter {
             let mut rx_open = true;
             let mut send_spilled = true;
             let log_set = Mutex::new(HashSet::new());
-            let unlimited = RetryPolicy {
-                max_elapsed: None,
-                ..self.retry
-            };
             loop {
                 let direct = if rx_open {
                     match rx.try_recv() {
@@ -1115,7 +1153,7 @@ impl SignalExporter {
                             .attempts(
                                 &payload,
                                 items,
-                                unlimited,
+                                Plan::kept(self.retry),
                                 &shutdown,
                                 Some(&shutdown.closing),
                                 &log_set,
@@ -1205,7 +1243,11 @@ impl SignalExporter {
                 .attempts(
                     &batch.payload,
                     items,
-                    self.retry,
+                    if batch.receipts.iter().any(Receipt::is_tracked) {
+                        Plan::kept(self.retry)
+                    } else {
+                        Plan::dropped_after(self.retry)
+                    },
                     shutdown,
                     Some(&now),
                     log_set,

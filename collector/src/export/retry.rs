@@ -129,6 +129,30 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The same answer for data that someone keeps until it is delivered (a batch holding tailed
+    /// log records, whose checkpoint waits for it; a spill record): only a refusal that says the
+    /// data itself is bad (`INVALID_ARGUMENT`, HTTP 400, HTTP 413) is final. Every other
+    /// permanent answer — `RESOURCE_EXHAUSTED` without `RetryInfo`, an authentication or
+    /// routing error — is retried with backoff, so a busy or misconfigured endpoint delays the
+    /// data instead of dropping it (the files or the spill are the buffer).
+    pub fn for_kept_data(self) -> Self {
+        match self {
+            Outcome::Permanent { reason, message } if !data_rejected(reason) => Outcome::Retry {
+                reason,
+                after: None,
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Whether a permanent refusal's `reason` says the data itself is unacceptable.
+pub fn data_rejected(reason: &str) -> bool {
+    matches!(reason, "invalid_argument" | "http_400" | "http_413")
+}
+
 /// Classifies a gRPC status per the OTLP spec: UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED,
 /// OUT_OF_RANGE, DATA_LOSS and CANCELLED are retryable; RESOURCE_EXHAUSTED only when the server
 /// sent a RetryInfo (`retry_info`); everything else is permanent.
@@ -211,6 +235,48 @@ pub fn classify_http(status: u16, retry_after: Option<Duration>, message: String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_data_is_dropped_only_when_the_data_is_bad() {
+        use tonic::Code as C;
+        for code in [
+            C::ResourceExhausted,
+            C::PermissionDenied,
+            C::Unauthenticated,
+            C::Unimplemented,
+            C::NotFound,
+        ] {
+            let o = classify_grpc(code, None, String::new());
+            assert!(matches!(o, Outcome::Permanent { .. }), "{code:?}");
+            assert!(
+                matches!(o.for_kept_data(), Outcome::Retry { after: None, .. }),
+                "{code:?} is retried for kept data"
+            );
+        }
+        let o = classify_grpc(C::InvalidArgument, None, String::new()).for_kept_data();
+        assert!(matches!(
+            o,
+            Outcome::Permanent {
+                reason: "invalid_argument",
+                ..
+            }
+        ));
+        for (status, retried) in [
+            (400, false),
+            (413, false),
+            (401, true),
+            (404, true),
+            (500, true),
+        ] {
+            let o = classify_http(status, None, String::new()).for_kept_data();
+            assert_eq!(matches!(o, Outcome::Retry { .. }), retried, "HTTP {status}");
+        }
+        // Delivered and already-retryable answers are unchanged.
+        let d = classify_http(200, None, String::new());
+        assert_eq!(d.clone().for_kept_data(), d);
+        let r = classify_http(503, Some(Duration::from_secs(2)), String::new());
+        assert_eq!(r.clone().for_kept_data(), r);
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter_in_range() {

@@ -52,15 +52,16 @@ impl Tokens {
         if tokens.is_empty() {
             return true;
         }
-        let Some(presented) = header.and_then(|h| bearer(h.as_bytes())) else {
+        let Some(presented) = header.and_then(|h| bearer_credentials(h.as_bytes())) else {
             return false;
         };
         matches(&tokens, presented)
     }
 }
 
-/// The credentials of `Bearer <token>` (the scheme is case-insensitive, RFC 9110 §11.1).
-fn bearer(value: &[u8]) -> Option<&[u8]> {
+/// The credentials of `Bearer <token>` (the scheme is case-insensitive, RFC 9110 §11.1): shared
+/// by the receivers and the agent's HTTP surface, so every listener reads the header alike.
+pub fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(7)?;
     if !scheme.eq_ignore_ascii_case(b"bearer ") {
         return None;

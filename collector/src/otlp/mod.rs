@@ -41,7 +41,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use auth::Token;
+pub use auth::{Token, bearer_credentials};
 pub use limits::{BodyError, gunzip_capped, read_capped};
 pub use stats::{HandshakeFailure, Reason, Receiver, ReceiverStats};
 pub use tls::{TlsFiles, load as load_tls};

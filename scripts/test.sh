@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README): installs what the tests need on a fresh machine, then runs
 # the format check, clippy with warnings denied, and every test, including the end-to-end
-# tests against a real Prometheus and real Python services.
+# tests against a real Prometheus and real Python services, then builds the pip wheel and runs
+# the agent from a fresh venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,3 +89,7 @@ cargo test --workspace --quiet 2>&1 | tee "$out"
 # One closing line over every test binary (cargo prints one summary per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
+
+# 4. The pip wheel: built with maturin (dev profile), installed into a fresh venv, run from there.
+log "the pip wheel (scripts/test-wheel.sh)"
+bash scripts/test-wheel.sh

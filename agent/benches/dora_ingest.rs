@@ -220,6 +220,7 @@ fn main() {
         tokens: Arc::new(RwLock::new(Vec::new())),
         dora: Some(hub),
         alerting: None,
+        reload: None,
     };
     let app = router(state, 1 << 20, Duration::from_secs(30));
     let listener = rt

@@ -1,6 +1,7 @@
 //! The HTTP surface on one listener: `GET /metrics` (Prometheus text, or OpenMetrics when the
-//! scraper asks for it), `GET /healthz`, `GET /readyz`; a request body limit on every route,
-//! optional bearer-token auth on everything but the probes, and 404 for unknown paths. With
+//! scraper asks for it), `GET /healthz`, `GET /readyz`, `POST /-/reload` (`reload.rs`); a
+//! request body limit on every route, optional bearer-token auth on everything but the probes,
+//! and 404 for unknown paths. With
 //! `dora.enabled` it also mounts the DORA API and webhooks (see `api.rs`): the API and the
 //! Alertmanager hook sit behind the bearer token; GitHub and GitLab hooks check their own
 //! signatures instead.
@@ -71,6 +72,8 @@ pub struct HttpState {
     pub dora: Option<Arc<crate::hub::Hub>>,
     /// Alert rules and notifiers, when `alerts:` / `notifiers:` are configured.
     pub alerting: Option<Arc<crate::alerting::Alerting>>,
+    /// Where `POST /-/reload` sends its requests (none: the route answers 404).
+    pub reload: Option<crate::reload::Reloader>,
 }
 
 impl axum::extract::FromRef<HttpState> for crate::api::DoraApiState {
@@ -78,6 +81,12 @@ impl axum::extract::FromRef<HttpState> for crate::api::DoraApiState {
         Self {
             dora: state.dora.clone(),
         }
+    }
+}
+
+impl axum::extract::FromRef<HttpState> for crate::reload::ReloadState {
+    fn from_ref(state: &HttpState) -> Self {
+        Self(state.reload.clone())
     }
 }
 
@@ -95,7 +104,9 @@ pub fn router(
     max_body_bytes: usize,
     request_timeout: std::time::Duration,
 ) -> Router {
-    let mut protected = Router::new().route("/metrics", get(metrics));
+    let mut protected = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/-/reload", post(crate::reload::handle));
     let mut open = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -397,6 +408,7 @@ mod tests {
             tokens: Arc::new(RwLock::new(tokens)),
             dora: None,
             alerting: None,
+            reload: None,
         }
     }
 

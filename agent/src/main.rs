@@ -74,6 +74,10 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => match Config::load(&file, &ProcessEnv) {
             Ok(config) => {
                 println!("{}: OK: {}", file.display(), config.summary());
+                // Valid, but `run` as this user may still fail or miss files: say so.
+                for w in sidelight::preflight::warnings(&config) {
+                    eprintln!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -155,20 +159,27 @@ async fn serve(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let running = runtime::start(config, Some(log)).await?;
+    let mut running = runtime::start(config, Some(log)).await?;
+    // `POST /-/reload` and SIGHUP run the same reload, one at a time, here.
+    let mut http_reloads = running
+        .take_reload_requests()
+        .ok_or_else(|| anyhow::anyhow!("reload requests already taken"))?;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); break; }
             _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); break; }
-            _ = hup.recv() => match path {
-                None => tracing::info!("SIGHUP: running on the embedded defaults, nothing to reload"),
-                Some(p) => match Config::load(p, &ProcessEnv) {
-                    Ok(new) => running.reload(new),
-                    Err(e) => running.reload_failed(&e),
-                },
-            },
+            _ = hup.recv() => {
+                tracing::info!(signal = "SIGHUP", "reloading the configuration");
+                running.reload_from(path);
+            }
+            Some(reply) = http_reloads.recv() => {
+                tracing::info!(trigger = "POST /-/reload", "reloading the configuration");
+                let _ = reply.send(running.reload_from(path));
+            }
         }
     }
+    // Reload requests still waiting are answered 503 (their reply channel closes).
+    drop(http_reloads);
     let deadline = running.config().agent.shutdown_timeout;
     Ok(running.stop(deadline).await)
 }

@@ -286,6 +286,7 @@ pub fn validate(
         tls,
         redaction: raw.redaction.clone(),
         max_connections: raw.max_connections,
+        resource: Default::default(),
     };
     let unparsed = (raw.grpc.is_some() && grpc.is_none()) || (raw.http.is_some() && http.is_none());
     for e in receivers.validate() {

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::config::{Config, SELF_TARGET};
+use crate::config::{Config, ProcessEnv, SELF_TARGET};
 use crate::http::{self, HttpState, Readiness};
 use crate::hub::Hub;
 use crate::logging::LogHandle;
@@ -39,21 +39,22 @@ use crate::logging::LogHandle;
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The state directory cannot be created.
-    #[error("store.path {path}: {source}")]
+    /// The state directory cannot be created. (The cause is part of the message, not a
+    /// `source`: printing the chain would say it twice.)
+    #[error("store.path {path}: {error}")]
     Store {
         /// The directory.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The DORA store could not be opened or read.
-    #[error("dora store in {path}: {source}")]
+    #[error("dora store in {path}: {error}")]
     Dora {
         /// The state directory.
         path: PathBuf,
         /// The cause.
-        source: crate::store::StoreError,
+        error: crate::store::StoreError,
     },
     /// The file exporter's file cannot be opened.
     #[error("export.file: {0}")]
@@ -68,12 +69,12 @@ pub enum StartError {
     #[error("{0}")]
     Alerting(#[from] crate::alerting::AlertingError),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -178,6 +179,8 @@ pub struct Running {
     sink_queues: Vec<Arc<Queue>>,
     exports: crate::export::Exports,
     otlp: Option<crate::otlp::Otlp>,
+    reload_requests: Option<crate::reload::Requests>,
+    kubernetes: crate::resource::KubernetesInfo,
 }
 
 impl std::fmt::Debug for Running {
@@ -197,19 +200,19 @@ fn targets(config: &Config) -> Vec<TargetSpec> {
 
 /// Binds and spawns everything. Nothing is left running if this fails.
 pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, StartError> {
-    std::fs::create_dir_all(&config.store.path).map_err(|source| StartError::Store {
+    std::fs::create_dir_all(&config.store.path).map_err(|error| StartError::Store {
         path: config.store.path.clone(),
-        source,
+        error,
     })?;
     let listener = TcpListener::bind(config.http.listen)
         .await
-        .map_err(|source| StartError::Bind {
+        .map_err(|error| StartError::Bind {
             addr: config.http.listen,
-            source,
+            error,
         })?;
-    let local = listener.local_addr().map_err(|source| StartError::Bind {
+    let local = listener.local_addr().map_err(|error| StartError::Bind {
         addr: config.http.listen,
-        source,
+        error,
     })?;
 
     let shared = Arc::new(Shared {
@@ -221,6 +224,9 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     });
     let mut registry = Registry::default();
     shared.metrics.register(&mut registry);
+    let kubernetes = crate::resource::KubernetesInfo::default();
+    kubernetes.register(&mut registry);
+    kubernetes.set(&config.resource);
     shared.caps.register(&mut registry);
     registry.register_collector(Box::new(SnapshotCollector(shared.host.clone())));
     registry.register_collector(Box::new(SnapshotCollector(shared.processes.clone())));
@@ -233,18 +239,18 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         shared.readiness.expect("dora");
         let hub = Hub::open(config.dora.clone(), &config.store.path, shared.caps.clone())
             .await
-            .map_err(|source| StartError::Dora {
+            .map_err(|error| StartError::Dora {
                 path: config.store.path.clone(),
-                source,
+                error,
             })?;
         hub.register(&mut registry);
         match hub.retain().await {
             Ok(n) => tracing::info!(deleted = n, "dora retention applied"),
             Err(e) => tracing::error!(error = %e, "dora retention failed"),
         }
-        hub.refresh().await.map_err(|source| StartError::Dora {
+        hub.refresh().await.map_err(|error| StartError::Dora {
             path: config.store.path.clone(),
-            source,
+            error,
         })?;
         Some(hub)
     } else {
@@ -312,6 +318,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     let registry = Arc::new(registry);
 
     let tokens = Arc::new(RwLock::new(config.http.bearer_tokens.clone()));
+    let (reloader, reload_requests) = crate::reload::channel();
     if let Some(a) = &alerting {
         a.set_registry(registry.clone());
     }
@@ -322,6 +329,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         tokens: tokens.clone(),
         dora: dora.clone(),
         alerting: alerting.clone(),
+        reload: Some(reloader),
     };
 
     let config = Arc::new(config);
@@ -396,6 +404,8 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         sink_queues,
         exports,
         otlp,
+        reload_requests: Some(reload_requests),
+        kubernetes,
     })
 }
 
@@ -409,6 +419,34 @@ impl Running {
     /// `deliver`); forwards nothing when `export.otlp` is absent.
     pub fn intake(&self) -> sidelight_collector::pipeline::Intake {
         self.exports.intake()
+    }
+
+    /// The requests of `POST /-/reload`, to be answered with `reload_from` by the task that owns
+    /// this agent (taken once; later calls return `None`).
+    pub fn take_reload_requests(&mut self) -> Option<crate::reload::Requests> {
+        self.reload_requests.take()
+    }
+
+    /// What SIGHUP and `POST /-/reload` do: reads `path` again with the same loader as at start
+    /// and applies it in place, or rejects it (every error logged and returned, the running
+    /// configuration untouched). `None`: the agent runs on its embedded defaults.
+    pub fn reload_from(&self, path: Option<&Path>) -> crate::reload::Outcome {
+        use crate::reload::Outcome;
+        let Some(path) = path else {
+            tracing::info!("running on the embedded defaults, nothing to reload");
+            return Outcome::NoFile;
+        };
+        match Config::load(path, &ProcessEnv) {
+            Ok(new) => {
+                let summary = new.summary();
+                self.reload(new);
+                Outcome::Applied(summary)
+            }
+            Err(errors) => {
+                self.reload_failed(&errors);
+                Outcome::Rejected(errors)
+            }
+        }
     }
 
     /// Applies a validated configuration in place.
@@ -444,6 +482,7 @@ impl Running {
             log.set_level(&new.agent.log_level);
         }
         *self.tokens.write() = new.http.bearer_tokens.clone();
+        self.kubernetes.set(&new.resource);
         tracing::info!(config = %new.source_name, "configuration reloaded: {}", new.summary());
         self.config.send_replace(Arc::new(new));
         self.metrics

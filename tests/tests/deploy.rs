@@ -74,12 +74,25 @@ fn yaml_docs(text: &str) -> Result<Vec<Yaml>> {
 /// Runs `sidelight check-config` on a config text written to `dir/name`; the check's output on
 /// failure.
 fn check_config(dir: &Path, name: &str, text: &str) -> Result {
+    check_config_env(dir, name, text, None)
+}
+
+/// `check-config` with only `env` in the environment when given (a manifest's `env:`).
+fn check_config_env(
+    dir: &Path,
+    name: &str,
+    text: &str,
+    env: Option<&[(String, String)]>,
+) -> Result {
     let path = dir.join(name);
     std::fs::write(&path, text)?;
-    let out = Command::new(sidelight_bin())
-        .arg("check-config")
-        .arg(&path)
-        .output()?;
+    let mut cmd = Command::new(sidelight_bin());
+    cmd.arg("check-config").arg(&path);
+    if let Some(env) = env {
+        cmd.env_clear()
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    }
+    let out = cmd.output()?;
     if out.status.success() {
         Ok(())
     } else {
@@ -629,11 +642,28 @@ fn restricted_problems(what: &str, pod: &Yaml) -> Vec<String> {
     bad
 }
 
-/// The sidelight container of a pod (the one running the agent's image).
+/// The sidelight container of a pod (the one running the agent's image): a native sidecar in
+/// `initContainers`, or a plain container.
 fn sidelight_container(pod: &Yaml) -> Option<&Yaml> {
-    seq(&pod["containers"])
+    seq(&pod["initContainers"])
         .iter()
+        .chain(seq(&pod["containers"]))
         .find(|c| s(&c["name"]) == "sidelight")
+}
+
+/// A container's `env:` as the kubelet would set it, downward-API fields given stand-in values
+/// (`fieldref:metadata.name`).
+fn container_env(c: &Yaml) -> Vec<(String, String)> {
+    seq(&c["env"])
+        .iter()
+        .map(|e| {
+            let value = match e["value"].as_str() {
+                Some(v) => v.to_owned(),
+                None => format!("fieldref:{}", s(&e["valueFrom"]["fieldRef"]["fieldPath"])),
+            };
+            (s(&e["name"]).to_owned(), value)
+        })
+        .collect()
 }
 
 #[test]
@@ -771,10 +801,13 @@ fn overlays_render_validate_and_meet_pod_security_restricted() -> Result {
         for (mount, at) in &mounts {
             config_text = config_text.replace(mount.as_str(), at);
         }
-        check_config(
+        // Only the container's own env: every ${VAR} the config uses must be set by the manifest.
+        let env = container_env(agent);
+        check_config_env(
             tmp.path(),
             &format!("{overlay}-sidelight.yaml"),
             &config_text,
+            Some(&env),
         )?;
         let config: Yaml = serde_yaml_ng::from_str(&config_text)?;
         assert!(
@@ -806,10 +839,74 @@ fn overlays_render_validate_and_meet_pod_security_restricted() -> Result {
         match *overlay {
             "sidecar" => {
                 assert_eq!(pod["shareProcessNamespace"].as_bool(), Some(true));
+                // A native sidecar: an init container that keeps running, started (ready on
+                // /readyz) before the app and stopped after it.
+                assert!(
+                    seq(&pod["initContainers"])
+                        .iter()
+                        .any(|c| s(&c["name"]) == "sidelight"),
+                    "the agent is not in initContainers"
+                );
+                assert_eq!(s(&agent["restartPolicy"]), "Always", "native sidecar");
+                assert_eq!(s(&agent["startupProbe"]["httpGet"]["path"]), "/readyz");
                 let app = seq(&pod["containers"])
                     .iter()
                     .find(|c| s(&c["name"]) != "sidelight")
                     .ok_or("no app container")?;
+                // Pod metadata from the downward API, used by the config's resource: section.
+                let field_of = |name: &str| {
+                    seq(&agent["env"])
+                        .iter()
+                        .find(|e| s(&e["name"]) == name)
+                        .map(|e| s(&e["valueFrom"]["fieldRef"]["fieldPath"]).to_owned())
+                };
+                for (attr, var, field) in [
+                    ("k8s.pod.name", "K8S_POD_NAME", "metadata.name"),
+                    (
+                        "k8s.namespace.name",
+                        "K8S_NAMESPACE_NAME",
+                        "metadata.namespace",
+                    ),
+                    ("k8s.node.name", "K8S_NODE_NAME", "spec.nodeName"),
+                    ("k8s.pod.uid", "K8S_POD_UID", "metadata.uid"),
+                ] {
+                    assert_eq!(field_of(var).as_deref(), Some(field), "{var}");
+                    assert_eq!(
+                        s(&config["resource"][attr]),
+                        format!("${{{var}}}"),
+                        "resource.{attr}"
+                    );
+                }
+                assert_eq!(
+                    s(&config["resource"]["k8s.container.name"]),
+                    "${K8S_CONTAINER_NAME}"
+                );
+                assert!(
+                    container_env(agent)
+                        .iter()
+                        .any(|(k, v)| k == "K8S_CONTAINER_NAME" && v == s(&app["name"])),
+                    "k8s.container.name names the app container"
+                );
+                // What the OpenTelemetry Operator injects for Python: OTLP http/protobuf, all
+                // three signals, to the agent's OTLP/HTTP port.
+                let app_env: std::collections::HashMap<String, String> =
+                    container_env(app).into_iter().collect();
+                let http_port = s(&config["otlp"]["http"])
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or_default();
+                for (k, v) in [
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+                    (
+                        "OTEL_EXPORTER_OTLP_ENDPOINT",
+                        format!("http://localhost:{http_port}"),
+                    ),
+                    ("OTEL_TRACES_EXPORTER", "otlp".to_owned()),
+                    ("OTEL_METRICS_EXPORTER", "otlp".to_owned()),
+                    ("OTEL_LOGS_EXPORTER", "otlp".to_owned()),
+                ] {
+                    assert_eq!(app_env.get(k), Some(&v), "app env {k}");
+                }
                 // The log volume is an emptyDir both containers mount; the app logs into it and
                 // the agent's logs.include globs read from it.
                 let logs = seq(&pod["volumes"])
@@ -838,19 +935,12 @@ fn overlays_render_validate_and_meet_pod_security_restricted() -> Result {
                         .all(|g| s(g).starts_with(&format!("{agent_mount}/"))),
                     "logs.include {include:?} outside the log volume {agent_mount}"
                 );
-                let otlp = seq(&app["env"])
-                    .iter()
-                    .find(|e| s(&e["name"]) == "OTEL_EXPORTER_OTLP_ENDPOINT")
-                    .map(|e| s(&e["value"]).to_owned())
-                    .unwrap_or_default();
-                let grpc_port = s(&config["otlp"]["grpc"])
-                    .rsplit(':')
-                    .next()
-                    .unwrap_or_default();
-                assert_eq!(otlp, format!("http://localhost:{grpc_port}"));
                 // Same uid for both: the agent can read the app's /proc/<pid>/fd.
                 assert!(pod["securityContext"]["runAsUser"].as_u64().is_some());
-                for c in seq(&pod["containers"]) {
+                for c in seq(&pod["containers"])
+                    .iter()
+                    .chain(seq(&pod["initContainers"]))
+                {
                     assert!(
                         c["securityContext"]["runAsUser"].is_null(),
                         "per-container uid"

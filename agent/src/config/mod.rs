@@ -57,6 +57,8 @@ struct RawConfig {
     otlp: Option<RawOtlp>,
     alerts: Option<RawAlerts>,
     notifiers: Option<BTreeMap<String, RawNotifier>>,
+    /// Resource attributes added to what the agent forwards (`resource.rs`).
+    resource: BTreeMap<String, String>,
 }
 
 /// `agent:` as written.
@@ -122,6 +124,8 @@ pub struct Config {
     pub otlp: OtlpConfig,
     /// Alert rules and notifiers (`alerts:` / `notifiers:`), when either section is given.
     pub alerting: Option<AlertingConfig>,
+    /// `resource:`, also merged into each log source and the OTLP receivers' settings.
+    pub resource: sidelight_collector::resource::ExtraResource,
 }
 
 /// `agent:` section.
@@ -291,7 +295,7 @@ fn substitute_env(text: &str, env: &dyn Env, errors: &mut Vec<ConfigError>) -> S
     out
 }
 
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "agent",
     "http",
     "host",
@@ -303,6 +307,7 @@ const SECTIONS: [&str; 11] = [
     "otlp",
     "alerts",
     "notifiers",
+    "resource",
 ];
 
 fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) -> RawConfig {
@@ -327,6 +332,7 @@ fn raw_from_mapping(map: serde_yaml_ng::Mapping, errors: &mut Vec<ConfigError>) 
             "export" => raw.export = section(value, &key, errors).unwrap_or_default(),
             "alerts" => raw.alerts = Some(section(value, &key, errors).unwrap_or_default()),
             "notifiers" => raw.notifiers = Some(section(value, &key, errors).unwrap_or_default()),
+            "resource" => raw.resource = section(value, &key, errors).unwrap_or_default(),
             "logs" => match value {
                 Value::Sequence(items) => {
                     raw.logs = items
@@ -452,9 +458,12 @@ fn validate(
     let processes = crate::host::validate_processes(raw.processes, base, errors);
     let dora = crate::hub::config::validate(raw.dora, base, env, errors);
     let alerting = crate::alerting::config::validate(raw.alerts, raw.notifiers, base, env, errors);
-    let logs = crate::logs::validate(raw.logs, errors);
+    let mut logs = crate::logs::validate(raw.logs, errors);
+    let resource = crate::resource::build(&raw.resource, errors);
+    crate::resource::apply_to_logs(&resource, &mut logs);
     let export = crate::export::validate(raw.export, base, env, errors);
-    let otlp = crate::otlp::validate(raw.otlp, base, env, errors);
+    let mut otlp = crate::otlp::validate(raw.otlp, base, env, errors);
+    otlp.receivers.resource = resource.clone();
     Config {
         source_name: source_name.into(),
         agent,
@@ -469,6 +478,7 @@ fn validate(
         export,
         otlp,
         alerting,
+        resource,
     }
 }
 

@@ -14,7 +14,8 @@
 //! (400 / INVALID_ARGUMENT), then [`Intake::offer`], which still decides: nothing is buffered
 //! beyond the queue. Protobuf trace requests are not decoded into messages: [`crate::wire`]
 //! checks them and reads the spans for span metrics in one pass, and they travel on as the bytes
-//! received ([`Payload::Encoded`]). Span metrics are
+//! received ([`Payload::Encoded`]), with [`OtlpSettings::resource`] appended to each resource at
+//! the wire level when configured ([`crate::resource`]). Span metrics are
 //! recorded only for requests the intake took (a refused request is retried and would be
 //! counted twice). Every refusal is counted by reason in [`ReceiverStats`].
 
@@ -47,6 +48,7 @@ pub use tls::{TlsFiles, load as load_tls};
 
 use crate::logs::RedactionConfig;
 use crate::pipeline::{EncodedRequest, Intake, Payload, Refused, Signal};
+use crate::resource::ExtraResource;
 use crate::spanmetrics::{Prepared, SettingsError, SpanMetrics};
 use crate::wire::WireError;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -81,6 +83,8 @@ pub struct OtlpSettings {
     pub redaction: RedactionConfig,
     /// Open connections per listener at most (more are closed on accept and counted).
     pub max_connections: usize,
+    /// Resource attributes added to received traces and logs that lack them (pod metadata).
+    pub resource: ExtraResource,
 }
 
 impl Default for OtlpSettings {
@@ -94,6 +98,7 @@ impl Default for OtlpSettings {
             tls: None,
             redaction: RedactionConfig::default(),
             max_connections: serve::DEFAULT_MAX_CONNECTIONS,
+            resource: ExtraResource::default(),
         }
     }
 }
@@ -178,6 +183,8 @@ pub(crate) struct Core {
     stats: ReceiverStats,
     spanmetrics: Option<SpanMetrics>,
     redactor: RwLock<Option<Arc<OtlpRedactor>>>,
+    /// Added to every accepted trace and log request (nothing when empty).
+    resource: RwLock<Arc<ExtraResource>>,
     tokens: auth::Tokens,
     retry_after_secs: AtomicU64,
     max_request_bytes: AtomicUsize,
@@ -214,6 +221,12 @@ impl Core {
             (Payload::Traces(request), Some(sm)) => Some(sm.prepare(request)),
             _ => None,
         };
+        let resource = self.resource.read().clone();
+        match &mut payload {
+            Payload::Traces(request) => resource.apply_traces(request),
+            Payload::Logs(request) => resource.apply_logs(request),
+            Payload::Metrics(_) | Payload::Encoded(_) => {}
+        }
         let items = payload.items();
         self.offer(receiver, payload, prepared, items)
     }
@@ -250,6 +263,14 @@ impl Core {
                 .accept(receiver, Payload::Traces(request))
                 .map_err(Rejected::Refused);
         }
+        let resource = self.resource.read().clone();
+        let bytes = if resource.is_empty() {
+            bytes
+        } else {
+            resource
+                .apply_encoded_traces(&bytes)
+                .map_err(Rejected::Invalid)?
+        };
         let payload = Payload::Encoded(EncodedRequest::traces_checked(bytes, items));
         self.offer(receiver, payload, prepared, items)
             .map_err(Rejected::Refused)
@@ -374,6 +395,7 @@ impl Receivers {
             stats,
             spanmetrics,
             redactor: RwLock::new(redactor),
+            resource: RwLock::new(Arc::new(settings.resource.clone())),
             tokens: auth::Tokens::new(&settings.bearer_tokens),
             retry_after_secs: AtomicU64::new(settings.retry_after_secs()),
             max_request_bytes: AtomicUsize::new(settings.max_request_bytes),
@@ -471,6 +493,9 @@ impl ReceiversHandle {
         let mut old = self.settings.lock();
         if old.redaction != new.redaction {
             *self.core.redactor.write() = redactor(&new.redaction)?;
+        }
+        if old.resource != new.resource {
+            *self.core.resource.write() = Arc::new(new.resource.clone());
         }
         let mut restart = Vec::new();
         if old.grpc != new.grpc {

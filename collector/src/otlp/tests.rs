@@ -808,6 +808,7 @@ fn settings_validation() {
         bearer_tokens: vec![Token::new("  ")],
         tls: None,
         max_connections: 0,
+        resource: Default::default(),
         redaction: crate::logs::RedactionConfig {
             builtins: true,
             patterns: vec![crate::logs::redact::PatternConfig {

@@ -129,12 +129,22 @@ impl Agent {
 
     /// Starts the agent in an existing directory (a restart keeps its store and logs).
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Result<Agent> {
+        Self::start_in_env(dir, config, &[])
+    }
+
+    /// Starts the agent with these variables added to its environment (`${VAR}` in the config).
+    pub fn start_in_env(
+        dir: tempfile::TempDir,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         let config = config.replace("{dir}", &dir.path().to_string_lossy());
         let config_path = dir.path().join("sidelight.yaml");
         std::fs::write(&config_path, config)?;
         let mut child = Command::new(sidelight_bin())
             .args(["run", "--config"])
             .arg(&config_path)
+            .envs(env.iter().copied())
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -79,9 +79,9 @@ impl Webhook {
                 && body["version"] == "4"
                 && body["groupKey"].is_string()
                 && body["receiver"].is_string()
-                && body["alerts"].as_array().is_some_and(|a| {
-                    !a.is_empty() && a.iter().all(|x| x["startsAt"].is_string())
-                });
+                && body["alerts"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty() && a.iter().all(|x| x["startsAt"].is_string()));
             if ok {
                 count.fetch_add(1, Ordering::SeqCst);
             }

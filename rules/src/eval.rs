@@ -1,0 +1,1504 @@
+//! PromQL evaluation at one instant over a [`Storage`], with Prometheus's semantics.
+//!
+//! Expressions are parsed by the `promql-parser` crate; [`Query::parse`] then refuses, with the
+//! construct and its position, everything this evaluator does not implement (subqueries, `@`,
+//! functions outside [`SUPPORTED_FUNCTIONS`], ...), so a rule either loads and evaluates as
+//! Prometheus does or does not load at all.
+//!
+//! Selection follows Prometheus 2.x, the version `promtool` on the test hosts runs: an instant
+//! selector takes the newest sample in `[t - 5m, t]` unless it is a staleness marker, and a range
+//! selector `x[r]` takes the samples in `[t - r, t]`, staleness markers dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use promql_parser::label::MatchOp as PMatchOp;
+use promql_parser::parser::{
+    self, AggregateExpr, BinaryExpr, Call, Expr, LabelModifier, Offset, VectorMatchCardinality,
+    VectorSelector,
+};
+
+use crate::storage::{Labels, METRIC_NAME, MatchOp, Matcher, Series, Storage, is_stale};
+
+/// Prometheus's default lookback delta: how far back an instant selector looks for a sample.
+pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
+
+/// Every function the evaluator implements; any other is refused when the expression is loaded.
+pub const SUPPORTED_FUNCTIONS: &[&str] = &[
+    "abs",
+    "absent",
+    "absent_over_time",
+    "avg_over_time",
+    "ceil",
+    "changes",
+    "clamp",
+    "clamp_max",
+    "clamp_min",
+    "count_over_time",
+    "delta",
+    "deriv",
+    "floor",
+    "histogram_quantile",
+    "idelta",
+    "increase",
+    "irate",
+    "label_join",
+    "label_replace",
+    "last_over_time",
+    "max_over_time",
+    "min_over_time",
+    "predict_linear",
+    "present_over_time",
+    "quantile_over_time",
+    "rate",
+    "resets",
+    "round",
+    "scalar",
+    "sort",
+    "sort_desc",
+    "sqrt",
+    "stddev_over_time",
+    "sum_over_time",
+    "time",
+    "timestamp",
+    "vector",
+];
+
+/// Every aggregation operator the evaluator implements.
+pub const SUPPORTED_AGGREGATIONS: &[&str] = &[
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "count",
+    "count_values",
+    "quantile",
+    "topk",
+    "bottomk",
+    "stddev",
+    "stdvar",
+    "group",
+];
+
+/// An expression that cannot be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExprError {
+    #[error("cannot parse PromQL {expr:?}: {message}")]
+    Parse { expr: String, message: String },
+    #[error("{construct} is not supported by sidelight's PromQL evaluator{position}")]
+    Unsupported { construct: String, position: String },
+}
+
+/// An evaluation that failed (Prometheus fails the same evaluations).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EvalError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, EvalError> {
+    Err(EvalError(msg.into()))
+}
+
+/// A sample of an instant vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VSample {
+    pub labels: Labels,
+    /// Timestamp of the sample read (ms): `timestamp()` reports it.
+    pub t: i64,
+    pub v: f64,
+}
+
+/// The result of evaluating an expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Scalar(f64),
+    Vector(Vec<VSample>),
+    String(String),
+}
+
+/// A parsed expression that passed the supported-constructs check.
+#[derive(Debug, Clone)]
+pub struct Query {
+    text: String,
+    expr: Expr,
+}
+
+impl Query {
+    /// Parses and checks an expression.
+    pub fn parse(text: &str) -> Result<Query, ExprError> {
+        let expr = parser::parse(text).map_err(|message| ExprError::Parse {
+            expr: text.trim().to_owned(),
+            message,
+        })?;
+        check(&expr, text)?;
+        Ok(Query {
+            text: text.to_owned(),
+            expr,
+        })
+    }
+
+    /// The expression as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Evaluates the expression at `t` (ms since the epoch).
+    pub fn eval(&self, storage: &dyn Storage, t: i64) -> Result<Value, EvalError> {
+        Evaluator { storage, t }.eval(&self.expr)
+    }
+
+    /// Evaluates and returns an instant vector (a scalar becomes one sample without labels), as
+    /// rule evaluation and `promtool`'s `promql_expr_test` do.
+    pub fn eval_vector(&self, storage: &dyn Storage, t: i64) -> Result<Vec<VSample>, EvalError> {
+        match self.eval(storage, t)? {
+            Value::Vector(v) => Ok(v),
+            Value::Scalar(v) => Ok(vec![VSample {
+                labels: Labels::new(),
+                t,
+                v,
+            }]),
+            Value::String(_) => err("rule result is not a vector or scalar"),
+        }
+    }
+}
+
+/// Where `needle` first occurs in `text`, as " at line L, column C", or "" when it is not found.
+fn position(text: &str, needle: &str) -> String {
+    match text.find(needle) {
+        Some(off) => {
+            let before = &text[..off];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" (at line {line}, column {col})")
+        }
+        None => String::new(),
+    }
+}
+
+fn unsupported(text: &str, construct: String, needle: &str) -> ExprError {
+    ExprError::Unsupported {
+        position: position(text, needle),
+        construct,
+    }
+}
+
+fn check_selector(vs: &VectorSelector, text: &str) -> Result<(), ExprError> {
+    if vs.at.is_some() {
+        return Err(unsupported(text, "the @ modifier".into(), "@"));
+    }
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err(unsupported(
+            text,
+            "`or` inside a label matcher list".into(),
+            " or ",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses the constructs the evaluator does not implement.
+fn check(expr: &Expr, text: &str) -> Result<(), ExprError> {
+    match expr {
+        Expr::Aggregate(a) => {
+            let op = a.op.to_string();
+            if !SUPPORTED_AGGREGATIONS.contains(&op.as_str()) {
+                return Err(unsupported(text, format!("aggregation `{op}`"), &op));
+            }
+            if let Some(p) = &a.param {
+                check(p, text)?;
+            }
+            check(&a.expr, text)
+        }
+        Expr::Unary(u) => check(&u.expr, text),
+        Expr::Binary(b) => {
+            if let Some(m) = &b.modifier
+                && (m.fill_values.lhs.is_some() || m.fill_values.rhs.is_some())
+            {
+                return Err(unsupported(text, "the `fill` modifier".into(), "fill"));
+            }
+            check(&b.lhs, text)?;
+            check(&b.rhs, text)
+        }
+        Expr::Paren(p) => check(&p.expr, text),
+        Expr::Subquery(_) => Err(unsupported(text, "a subquery".into(), ":")),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Ok(()),
+        Expr::VectorSelector(vs) => check_selector(vs, text),
+        Expr::MatrixSelector(ms) => check_selector(&ms.vs, text),
+        Expr::Call(c) => {
+            let name = c.func.name;
+            if !SUPPORTED_FUNCTIONS.contains(&name) {
+                return Err(unsupported(
+                    text,
+                    format!("function `{name}`"),
+                    &format!("{name}("),
+                ));
+            }
+            if name == "timestamp" {
+                // timestamp() of a vector selector reads the sample's own timestamp.
+            }
+            for a in &c.args.args {
+                // Range functions take a range selector only (no subquery, checked above).
+                check(a, text)?;
+            }
+            Ok(())
+        }
+        Expr::Extension(_) => Err(unsupported(text, "an extension expression".into(), "")),
+    }
+}
+
+fn ms(d: &Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        None => 0,
+        Some(Offset::Pos(d)) => ms(d),
+        Some(Offset::Neg(d)) => -ms(d),
+    }
+}
+
+fn unparen(mut e: &Expr) -> &Expr {
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    e
+}
+
+fn matchers(vs: &VectorSelector) -> Vec<Matcher> {
+    let mut out = Vec::with_capacity(vs.matchers.matchers.len() + 1);
+    if let Some(name) = &vs.name {
+        out.push(Matcher::equal(METRIC_NAME, name));
+    }
+    for m in &vs.matchers.matchers {
+        let op = match &m.op {
+            PMatchOp::Equal => MatchOp::Equal,
+            PMatchOp::NotEqual => MatchOp::NotEqual,
+            PMatchOp::Re(r) => MatchOp::Re(r.clone()),
+            PMatchOp::NotRe(r) => MatchOp::NotRe(r.clone()),
+        };
+        out.push(Matcher {
+            name: m.name.clone(),
+            op,
+            value: m.value.clone(),
+        });
+    }
+    out
+}
+
+fn drop_name(mut l: Labels) -> Labels {
+    l.remove(METRIC_NAME);
+    l
+}
+
+fn check_unique(v: &[VSample]) -> Result<(), EvalError> {
+    let mut seen = HashSet::with_capacity(v.len());
+    for s in v {
+        if !seen.insert(&s.labels) {
+            return err("vector cannot contain metrics with the same labelset");
+        }
+    }
+    Ok(())
+}
+
+/// Kahan-compensated addition, as Prometheus sums over time.
+fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+/// Prometheus's `quantile`: linear interpolation between the closest ranks.
+fn quantile(q: f64, values: &mut [f64]) -> f64 {
+    if values.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    // Go sorts NaN first ("less" is a < b || a is NaN); total_cmp puts positive NaN last.
+    values.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        _ => a.total_cmp(b),
+    });
+    let n = values.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0);
+    let upper = (lower + 1.0).min(n - 1.0);
+    let weight = rank - rank.floor();
+    values[lower as usize] * (1.0 - weight) + values[upper as usize] * weight
+}
+
+/// Prometheus's `bucketQuantile` over classic `le` buckets.
+fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
+    if q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    match buckets.last() {
+        Some(b) if b.0 == f64::INFINITY => {}
+        _ => return f64::NAN,
+    }
+    // Coalesce buckets with the same upper bound.
+    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
+    for &(ub, c) in buckets.iter() {
+        match merged.last_mut() {
+            Some(last) if last.0 == ub => last.1 += c,
+            _ => merged.push((ub, c)),
+        }
+    }
+    // Ensure monotonic counts.
+    let mut max = merged[0].1;
+    for b in merged.iter_mut().skip(1) {
+        if b.1 > max {
+            max = b.1;
+        } else if b.1 < max {
+            b.1 = max;
+        }
+    }
+    if merged.len() < 2 {
+        return f64::NAN;
+    }
+    let observations = merged[merged.len() - 1].1;
+    if observations == 0.0 {
+        return f64::NAN;
+    }
+    let mut rank = q * observations;
+    let b = merged[..merged.len() - 1].partition_point(|x| x.1 < rank);
+    if b == merged.len() - 1 {
+        return merged[merged.len() - 2].0;
+    }
+    if b == 0 && merged[0].0 <= 0.0 {
+        return merged[0].0;
+    }
+    let mut start = 0.0;
+    let end = merged[b].0;
+    let mut count = merged[b].1;
+    if b > 0 {
+        start = merged[b - 1].0;
+        count -= merged[b - 1].1;
+        rank -= merged[b - 1].1;
+    }
+    start + (end - start) * (rank / count)
+}
+
+fn linear_regression(samples: &[(i64, f64)], intercept_t: i64) -> (f64, f64) {
+    let (mut n, mut sx, mut cx, mut sy, mut cy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut sxy, mut cxy, mut sx2, mut cx2) = (0.0, 0.0, 0.0, 0.0);
+    let init_y = samples[0].1;
+    let mut const_y = true;
+    for (i, &(t, v)) in samples.iter().enumerate() {
+        if const_y && i > 0 && v != init_y {
+            const_y = false;
+        }
+        n += 1.0;
+        let x = (t - intercept_t) as f64 / 1e3;
+        (sx, cx) = kahan_inc(x, sx, cx);
+        (sy, cy) = kahan_inc(v, sy, cy);
+        (sxy, cxy) = kahan_inc(x * v, sxy, cxy);
+        (sx2, cx2) = kahan_inc(x * x, sx2, cx2);
+    }
+    if const_y {
+        if init_y.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init_y);
+    }
+    let (sx, sy, sxy, sx2) = (sx + cx, sy + cy, sxy + cxy, sx2 + cx2);
+    let cov = sxy - sx * sy / n;
+    let var = sx2 - sx * sx / n;
+    let slope = cov / var;
+    (slope, sy / n - slope * sx / n)
+}
+
+/// Prometheus's extrapolated `rate`, `increase` and `delta`.
+fn extrapolated_rate(
+    pts: &[(i64, f64)],
+    range_start: i64,
+    range_end: i64,
+    range_s: f64,
+    is_counter: bool,
+    is_rate: bool,
+) -> Option<f64> {
+    if pts.len() < 2 {
+        return None;
+    }
+    let first = pts[0];
+    let last = pts[pts.len() - 1];
+    let mut result = last.1 - first.1;
+    if is_counter {
+        let mut prev = first.1;
+        for &(_, v) in &pts[1..] {
+            if v < prev {
+                result += prev;
+            }
+            prev = v;
+        }
+    }
+    let mut to_start = (first.0 - range_start) as f64 / 1000.0;
+    let to_end = (range_end - last.0) as f64 / 1000.0;
+    let sampled = (last.0 - first.0) as f64 / 1000.0;
+    let avg_step = sampled / (pts.len() - 1) as f64;
+    if is_counter && result > 0.0 && first.1 >= 0.0 {
+        let to_zero = sampled * (first.1 / result);
+        if to_zero < to_start {
+            to_start = to_zero;
+        }
+    }
+    let threshold = avg_step * 1.1;
+    let mut interval = sampled;
+    interval += if to_start < threshold {
+        to_start
+    } else {
+        avg_step / 2.0
+    };
+    interval += if to_end < threshold {
+        to_end
+    } else {
+        avg_step / 2.0
+    };
+    let mut factor = interval / sampled;
+    if is_rate {
+        factor /= range_s;
+    }
+    Some(result * factor)
+}
+
+fn instant_value(pts: &[(i64, f64)], is_rate: bool) -> Option<f64> {
+    if pts.len() < 2 {
+        return None;
+    }
+    let last = pts[pts.len() - 1];
+    let prev = pts[pts.len() - 2];
+    let mut v = if is_rate && last.1 < prev.1 {
+        last.1
+    } else {
+        last.1 - prev.1
+    };
+    let dt = last.0 - prev.0;
+    if dt == 0 {
+        return None;
+    }
+    if is_rate {
+        v /= dt as f64 / 1000.0;
+    }
+    Some(v)
+}
+
+/// The labels `absent()` and `absent_over_time()` give their result: the equality matchers of
+/// the selector (a label matched twice, or by another operator, is left out).
+fn absent_labels(arg: &Expr) -> Labels {
+    let vs = match unparen(arg) {
+        Expr::VectorSelector(vs) => vs,
+        Expr::MatrixSelector(ms) => &ms.vs,
+        _ => return Labels::new(),
+    };
+    let mut out = Labels::new();
+    let mut has = HashSet::new();
+    for m in &vs.matchers.matchers {
+        if m.name == METRIC_NAME {
+            continue;
+        }
+        if matches!(m.op, PMatchOp::Equal) && !has.contains(&m.name) {
+            out.insert(m.name.clone(), m.value.clone());
+            has.insert(m.name.clone());
+        } else {
+            out.remove(&m.name);
+        }
+    }
+    out
+}
+
+/// Formats a float as Go's `strconv.FormatFloat(v, 'f', -1, 64)` (count_values, `le`).
+pub fn format_float_f(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Parses a float as Go's `strconv.ParseFloat` reads the `le` label.
+fn parse_go_float(s: &str) -> Option<f64> {
+    let t = s.trim_start_matches('+');
+    match t.to_ascii_lowercase().as_str() {
+        "inf" | "infinity" => {
+            return Some(if s.starts_with('-') {
+                f64::NEG_INFINITY
+            } else {
+                f64::INFINITY
+            });
+        }
+        "-inf" | "-infinity" => return Some(f64::NEG_INFINITY),
+        "nan" => return Some(f64::NAN),
+        _ => {}
+    }
+    t.replace('_', "").parse::<f64>().ok()
+}
+
+fn valid_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+struct Evaluator<'a> {
+    storage: &'a dyn Storage,
+    /// Evaluation time, ms.
+    t: i64,
+}
+
+impl Evaluator<'_> {
+    fn eval(&self, e: &Expr) -> Result<Value, EvalError> {
+        match e {
+            Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
+            Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr),
+            Expr::Unary(u) => match self.eval(&u.expr)? {
+                Value::Scalar(v) => Ok(Value::Scalar(-v)),
+                Value::Vector(v) => {
+                    let out: Vec<VSample> = v
+                        .into_iter()
+                        .map(|s| VSample {
+                            labels: drop_name(s.labels),
+                            t: s.t,
+                            v: -s.v,
+                        })
+                        .collect();
+                    check_unique(&out)?;
+                    Ok(Value::Vector(out))
+                }
+                Value::String(_) => err("unary minus on a string"),
+            },
+            Expr::VectorSelector(vs) => Ok(Value::Vector(self.select_instant(vs)?)),
+            Expr::MatrixSelector(_) => err("a range vector cannot be the result of an expression"),
+            Expr::Aggregate(a) => self.aggregate(a),
+            Expr::Binary(b) => self.binary(b),
+            Expr::Call(c) => self.call(c),
+            Expr::Subquery(_) | Expr::Extension(_) => err("unsupported expression"),
+        }
+    }
+
+    fn select_instant(&self, vs: &VectorSelector) -> Result<Vec<VSample>, EvalError> {
+        if vs.at.is_some() {
+            return err("the @ modifier is not supported");
+        }
+        let reference = self.t - offset_ms(&vs.offset);
+        let series = self
+            .storage
+            .select(&matchers(vs), reference - LOOKBACK_MS, reference);
+        let mut out = Vec::with_capacity(series.len());
+        for s in series {
+            if let Some(last) = s.samples.iter().rev().find(|x| x.t <= reference)
+                && last.t >= reference - LOOKBACK_MS
+                && !is_stale(last.v)
+            {
+                out.push(VSample {
+                    labels: s.labels,
+                    t: last.t,
+                    v: last.v,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The series of a range selector, staleness markers dropped, with the range's bounds.
+    fn select_range(&self, e: &Expr) -> Result<(Vec<Series>, i64, i64, f64), EvalError> {
+        let Expr::MatrixSelector(m) = unparen(e) else {
+            return err("expected a range vector selector");
+        };
+        let reference = self.t - offset_ms(&m.vs.offset);
+        let range = ms(&m.range);
+        let start = reference - range;
+        let mut series = self.storage.select(&matchers(&m.vs), start, reference);
+        for s in &mut series {
+            s.samples
+                .retain(|x| !is_stale(x.v) && x.t >= start && x.t <= reference);
+        }
+        series.retain(|s| !s.samples.is_empty());
+        Ok((series, start, reference, m.range.as_secs_f64()))
+    }
+
+    fn scalar_arg(&self, e: &Expr) -> Result<f64, EvalError> {
+        match self.eval(e)? {
+            Value::Scalar(v) => Ok(v),
+            _ => err("expected a scalar argument"),
+        }
+    }
+
+    fn vector_arg(&self, e: &Expr) -> Result<Vec<VSample>, EvalError> {
+        match self.eval(e)? {
+            Value::Vector(v) => Ok(v),
+            _ => err("expected an instant vector argument"),
+        }
+    }
+
+    fn string_arg(e: &Expr) -> Result<String, EvalError> {
+        match unparen(e) {
+            Expr::StringLiteral(s) => Ok(s.val.clone()),
+            _ => err("expected a string argument"),
+        }
+    }
+
+    fn call(&self, c: &Call) -> Result<Value, EvalError> {
+        let args = &c.args.args;
+        let arg = |i: usize| -> Result<&Expr, EvalError> {
+            args.get(i)
+                .map(|b| b.as_ref())
+                .ok_or_else(|| EvalError(format!("{}: missing argument {}", c.func.name, i + 1)))
+        };
+        let name = c.func.name;
+        let map_vec = |f: &dyn Fn(f64) -> f64| -> Result<Value, EvalError> {
+            let v = self.vector_arg(arg(0)?)?;
+            let out: Vec<VSample> = v
+                .into_iter()
+                .map(|s| VSample {
+                    labels: drop_name(s.labels),
+                    t: s.t,
+                    v: f(s.v),
+                })
+                .collect();
+            check_unique(&out)?;
+            Ok(Value::Vector(out))
+        };
+        match name {
+            "time" => Ok(Value::Scalar(self.t as f64 / 1000.0)),
+            "vector" => Ok(Value::Vector(vec![VSample {
+                labels: Labels::new(),
+                t: self.t,
+                v: self.scalar_arg(arg(0)?)?,
+            }])),
+            "scalar" => {
+                let v = self.vector_arg(arg(0)?)?;
+                Ok(Value::Scalar(if v.len() == 1 { v[0].v } else { f64::NAN }))
+            }
+            "abs" => map_vec(&f64::abs),
+            "ceil" => map_vec(&f64::ceil),
+            "floor" => map_vec(&f64::floor),
+            "sqrt" => map_vec(&f64::sqrt),
+            "round" => {
+                let to = match args.get(1) {
+                    Some(a) => self.scalar_arg(a)?,
+                    None => 1.0,
+                };
+                let inv = 1.0 / to;
+                map_vec(&|v| (v * inv + 0.5).floor() / inv)
+            }
+            "clamp" => {
+                let min = self.scalar_arg(arg(1)?)?;
+                let max = self.scalar_arg(arg(2)?)?;
+                if max < min {
+                    return Ok(Value::Vector(Vec::new()));
+                }
+                map_vec(&|v| min.max(max.min(v)))
+            }
+            "clamp_min" => {
+                let min = self.scalar_arg(arg(1)?)?;
+                map_vec(&|v| min.max(v))
+            }
+            "clamp_max" => {
+                let max = self.scalar_arg(arg(1)?)?;
+                map_vec(&|v| max.min(v))
+            }
+            "sort" | "sort_desc" => {
+                let mut v = self.vector_arg(arg(0)?)?;
+                v.sort_by(|a, b| a.v.total_cmp(&b.v));
+                if name == "sort_desc" {
+                    v.reverse();
+                }
+                Ok(Value::Vector(v))
+            }
+            "timestamp" => {
+                let a = arg(0)?;
+                let direct = matches!(unparen(a), Expr::VectorSelector(_));
+                let v = self.vector_arg(a)?;
+                let out: Vec<VSample> = v
+                    .into_iter()
+                    .map(|s| VSample {
+                        labels: drop_name(s.labels),
+                        t: s.t,
+                        v: if direct { s.t } else { self.t } as f64 / 1000.0,
+                    })
+                    .collect();
+                check_unique(&out)?;
+                Ok(Value::Vector(out))
+            }
+            "absent" => {
+                let v = self.vector_arg(arg(0)?)?;
+                Ok(Value::Vector(if v.is_empty() {
+                    vec![VSample {
+                        labels: absent_labels(arg(0)?),
+                        t: self.t,
+                        v: 1.0,
+                    }]
+                } else {
+                    Vec::new()
+                }))
+            }
+            "absent_over_time" => {
+                let (series, ..) = self.select_range(arg(0)?)?;
+                Ok(Value::Vector(if series.is_empty() {
+                    vec![VSample {
+                        labels: absent_labels(arg(0)?),
+                        t: self.t,
+                        v: 1.0,
+                    }]
+                } else {
+                    Vec::new()
+                }))
+            }
+            "histogram_quantile" => {
+                let q = self.scalar_arg(arg(0)?)?;
+                let v = self.vector_arg(arg(1)?)?;
+                let mut groups: HashMap<Labels, Vec<(f64, f64)>> = HashMap::new();
+                let mut order = Vec::new();
+                for s in v {
+                    let Some(ub) = s.labels.get("le").and_then(|le| parse_go_float(le)) else {
+                        continue;
+                    };
+                    let mut key = s.labels;
+                    key.remove("le");
+                    key.remove(METRIC_NAME);
+                    let e = groups.entry(key.clone()).or_default();
+                    if e.is_empty() {
+                        order.push(key);
+                    }
+                    e.push((ub, s.v));
+                }
+                let mut out = Vec::with_capacity(order.len());
+                for key in order {
+                    if let Some(mut b) = groups.remove(&key) {
+                        out.push(VSample {
+                            labels: key,
+                            t: self.t,
+                            v: bucket_quantile(q, &mut b),
+                        });
+                    }
+                }
+                Ok(Value::Vector(out))
+            }
+            "label_replace" => {
+                let v = self.vector_arg(arg(0)?)?;
+                let dst = Self::string_arg(arg(1)?)?;
+                let repl = Self::string_arg(arg(2)?)?;
+                let src = Self::string_arg(arg(3)?)?;
+                let re_text = Self::string_arg(arg(4)?)?;
+                let re = regex::Regex::new(&format!("^(?s:{re_text})$")).map_err(|_| {
+                    EvalError(format!(
+                        "invalid regular expression in label_replace(): {re_text}"
+                    ))
+                })?;
+                if !valid_label_name(&dst) {
+                    return err(format!(
+                        "invalid destination label name in label_replace(): {dst}"
+                    ));
+                }
+                let mut out = Vec::with_capacity(v.len());
+                for mut s in v {
+                    let src_val = s.labels.get(&src).cloned().unwrap_or_default();
+                    if let Some(caps) = re.captures(&src_val) {
+                        let mut res = String::new();
+                        caps.expand(&repl, &mut res);
+                        s.labels.remove(&dst);
+                        if !res.is_empty() {
+                            s.labels.insert(dst.clone(), res);
+                        }
+                    }
+                    out.push(s);
+                }
+                check_unique(&out)?;
+                Ok(Value::Vector(out))
+            }
+            "label_join" => {
+                let v = self.vector_arg(arg(0)?)?;
+                let dst = Self::string_arg(arg(1)?)?;
+                let sep = Self::string_arg(arg(2)?)?;
+                let mut srcs = Vec::new();
+                for a in args.iter().skip(3) {
+                    let s = Self::string_arg(a)?;
+                    if !valid_label_name(&s) {
+                        return err(format!("invalid source label name in label_join(): {s}"));
+                    }
+                    srcs.push(s);
+                }
+                if !valid_label_name(&dst) {
+                    return err(format!(
+                        "invalid destination label name in label_join(): {dst}"
+                    ));
+                }
+                let mut out = Vec::with_capacity(v.len());
+                for mut s in v {
+                    let joined = srcs
+                        .iter()
+                        .map(|l| s.labels.get(l).map_or("", String::as_str))
+                        .collect::<Vec<_>>()
+                        .join(&sep);
+                    if joined.is_empty() {
+                        s.labels.remove(&dst);
+                    } else {
+                        s.labels.insert(dst.clone(), joined);
+                    }
+                    out.push(s);
+                }
+                check_unique(&out)?;
+                Ok(Value::Vector(out))
+            }
+            _ => self.range_function(c),
+        }
+    }
+
+    /// The functions over a range vector: one output sample per input series with samples.
+    fn range_function(&self, c: &Call) -> Result<Value, EvalError> {
+        let name = c.func.name;
+        let args = &c.args.args;
+        // The range argument is the first one, except for quantile_over_time.
+        let (range_idx, param) = match name {
+            "quantile_over_time" => (1, Some(self.scalar_arg(&args[0])?)),
+            "predict_linear" => (0, Some(self.scalar_arg(&args[1])?)),
+            _ => (0, None),
+        };
+        let Some(range_arg) = args.get(range_idx) else {
+            return err(format!("{name}: missing range argument"));
+        };
+        let (series, start, end, range_s) = self.select_range(range_arg)?;
+        let mut out = Vec::with_capacity(series.len());
+        for s in series {
+            let pts: Vec<(i64, f64)> = s.samples.iter().map(|x| (x.t, x.v)).collect();
+            let vals = || pts.iter().map(|p| p.1);
+            let v = match name {
+                "rate" => extrapolated_rate(&pts, start, end, range_s, true, true),
+                "increase" => extrapolated_rate(&pts, start, end, range_s, true, false),
+                "delta" => extrapolated_rate(&pts, start, end, range_s, false, false),
+                "irate" => instant_value(&pts, true),
+                "idelta" => instant_value(&pts, false),
+                "deriv" => (pts.len() >= 2).then(|| linear_regression(&pts, pts[0].0).0),
+                "predict_linear" => (pts.len() >= 2).then(|| {
+                    let (slope, intercept) = linear_regression(&pts, self.t);
+                    slope * param.unwrap_or(0.0) + intercept
+                }),
+                "resets" => Some(pts.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64),
+                "changes" => Some(
+                    pts.windows(2)
+                        .filter(|w| w[1].1 != w[0].1 && !(w[1].1.is_nan() && w[0].1.is_nan()))
+                        .count() as f64,
+                ),
+                "avg_over_time" => {
+                    let (mut mean, mut count, mut c) = (0.0f64, 0.0, 0.0);
+                    for v in vals() {
+                        count += 1.0;
+                        if mean.is_infinite() {
+                            if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
+                                continue;
+                            }
+                            if !v.is_infinite() && !v.is_nan() {
+                                continue;
+                            }
+                        }
+                        (mean, c) = kahan_inc(v / count - mean / count, mean, c);
+                    }
+                    Some(if mean.is_infinite() { mean } else { mean + c })
+                }
+                "sum_over_time" => {
+                    let (mut sum, mut c) = (0.0, 0.0);
+                    for v in vals() {
+                        (sum, c) = kahan_inc(v, sum, c);
+                    }
+                    Some(if f64::is_infinite(sum) { sum } else { sum + c })
+                }
+                "count_over_time" => Some(pts.len() as f64),
+                "present_over_time" => Some(1.0),
+                "last_over_time" => pts.last().map(|p| p.1),
+                "min_over_time" => {
+                    let mut m = pts[0].1;
+                    for v in vals() {
+                        if v < m || m.is_nan() {
+                            m = v;
+                        }
+                    }
+                    Some(m)
+                }
+                "max_over_time" => {
+                    let mut m = pts[0].1;
+                    for v in vals() {
+                        if v > m || m.is_nan() {
+                            m = v;
+                        }
+                    }
+                    Some(m)
+                }
+                "quantile_over_time" => {
+                    let mut v: Vec<f64> = vals().collect();
+                    Some(quantile(param.unwrap_or(f64::NAN), &mut v))
+                }
+                "stddev_over_time" => {
+                    let (mut count, mut mean, mut cm, mut aux, mut ca) = (0.0, 0.0, 0.0, 0.0, 0.0);
+                    for v in vals() {
+                        count += 1.0;
+                        let delta = v - (mean + cm);
+                        (mean, cm) = kahan_inc(delta / count, mean, cm);
+                        (aux, ca) = kahan_inc(delta * (v - (mean + cm)), aux, ca);
+                    }
+                    Some(((aux + ca) / count).sqrt())
+                }
+                other => return err(format!("function {other} is not supported")),
+            };
+            if let Some(v) = v {
+                let labels = if name == "last_over_time" {
+                    s.labels
+                } else {
+                    drop_name(s.labels)
+                };
+                out.push(VSample {
+                    labels,
+                    t: self.t,
+                    v,
+                });
+            }
+        }
+        check_unique(&out)?;
+        Ok(Value::Vector(out))
+    }
+
+    fn aggregate(&self, a: &AggregateExpr) -> Result<Value, EvalError> {
+        let op = a.op.to_string();
+        let vec = self.vector_arg(&a.expr)?;
+        let (by, mut grouping): (bool, Vec<String>) = match &a.modifier {
+            Some(LabelModifier::Include(l)) => (true, l.labels.clone()),
+            Some(LabelModifier::Exclude(l)) => (false, l.labels.clone()),
+            None => (true, Vec::new()),
+        };
+        let mut k = 0i64;
+        let mut q = 0.0;
+        let mut value_label = String::new();
+        match op.as_str() {
+            "topk" | "bottomk" => {
+                let Some(p) = &a.param else {
+                    return err(format!("{op}: missing parameter"));
+                };
+                let f = self.scalar_arg(p)?;
+                if !(-9.223_372_036_854_776e18..=9.223_372_036_854_776e18).contains(&f) {
+                    return err(format!("Scalar value {f} overflows int64"));
+                }
+                k = f as i64;
+                if k < 1 {
+                    return Ok(Value::Vector(Vec::new()));
+                }
+            }
+            "quantile" => {
+                let Some(p) = &a.param else {
+                    return err("quantile: missing parameter");
+                };
+                q = self.scalar_arg(p)?;
+            }
+            "count_values" => {
+                let Some(p) = &a.param else {
+                    return err("count_values: missing parameter");
+                };
+                value_label = match self.eval(p)? {
+                    Value::String(s) => s,
+                    _ => return err("count_values: expected a string parameter"),
+                };
+                if !valid_label_name(&value_label) {
+                    return err(format!("invalid label name {value_label:?}"));
+                }
+                if by {
+                    grouping.push(value_label.clone());
+                }
+            }
+            _ => {}
+        }
+        struct Group {
+            labels: Labels,
+            value: f64,
+            mean: f64,
+            count: f64,
+            members: Vec<VSample>,
+        }
+        let mut groups: HashMap<Labels, usize> = HashMap::new();
+        let mut ordered: Vec<Group> = Vec::new();
+        for mut s in vec {
+            if op == "count_values" {
+                s.labels.insert(value_label.clone(), format_float_f(s.v));
+            }
+            let key: Labels = if by {
+                s.labels
+                    .iter()
+                    .filter(|(k, _)| grouping.iter().any(|g| g == *k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            } else {
+                s.labels
+                    .iter()
+                    .filter(|(k, _)| *k != METRIC_NAME && !grouping.iter().any(|g| g == *k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            };
+            let Some(&gi) = groups.get(&key) else {
+                groups.insert(key.clone(), ordered.len());
+                let value = match op.as_str() {
+                    "stddev" | "stdvar" => 0.0,
+                    "group" => 1.0,
+                    _ => s.v,
+                };
+                ordered.push(Group {
+                    labels: key,
+                    value,
+                    mean: s.v,
+                    count: 1.0,
+                    members: vec![s],
+                });
+                continue;
+            };
+            let g = &mut ordered[gi];
+            match op.as_str() {
+                "sum" => g.value += s.v,
+                "avg" => {
+                    g.count += 1.0;
+                    if g.mean.is_infinite() {
+                        if s.v.is_infinite() && (g.mean > 0.0) == (s.v > 0.0) {
+                            continue;
+                        }
+                        if !s.v.is_infinite() && !s.v.is_nan() {
+                            continue;
+                        }
+                    }
+                    g.mean += s.v / g.count - g.mean / g.count;
+                }
+                "max" if g.value < s.v || g.value.is_nan() => g.value = s.v,
+                "min" if g.value > s.v || g.value.is_nan() => g.value = s.v,
+                "count" | "count_values" => g.count += 1.0,
+                "stddev" | "stdvar" => {
+                    g.count += 1.0;
+                    let delta = s.v - g.mean;
+                    g.mean += delta / g.count;
+                    g.value += delta * (s.v - g.mean);
+                }
+                "topk" | "bottomk" | "quantile" => g.members.push(s),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        for g in ordered {
+            let v = match op.as_str() {
+                "avg" => g.mean,
+                "count" | "count_values" => g.count,
+                "stdvar" => g.value / g.count,
+                "stddev" => (g.value / g.count).sqrt(),
+                "quantile" => {
+                    let mut vals: Vec<f64> = g.members.iter().map(|m| m.v).collect();
+                    quantile(q, &mut vals)
+                }
+                "topk" | "bottomk" => {
+                    let mut m = g.members;
+                    // NaN ranks last for both, as Prometheus's heaps do.
+                    let top = op == "topk";
+                    m.sort_by(|a, b| match (a.v.is_nan(), b.v.is_nan()) {
+                        (true, true) => std::cmp::Ordering::Equal,
+                        (true, false) => std::cmp::Ordering::Greater,
+                        (false, true) => std::cmp::Ordering::Less,
+                        _ if top => b.v.total_cmp(&a.v),
+                        _ => a.v.total_cmp(&b.v),
+                    });
+                    m.truncate(usize::try_from(k).unwrap_or(usize::MAX));
+                    out.extend(m);
+                    continue;
+                }
+                _ => g.value,
+            };
+            out.push(VSample {
+                labels: g.labels,
+                t: self.t,
+                v,
+            });
+        }
+        Ok(Value::Vector(out))
+    }
+
+    fn binary(&self, b: &BinaryExpr) -> Result<Value, EvalError> {
+        let op = b.op.to_string();
+        let return_bool = b.modifier.as_ref().is_some_and(|m| m.return_bool);
+        let lhs = self.eval(&b.lhs)?;
+        let rhs = self.eval(&b.rhs)?;
+        let comparison = matches!(op.as_str(), "==" | "!=" | ">" | "<" | ">=" | "<=");
+        match (lhs, rhs) {
+            (Value::Scalar(l), Value::Scalar(r)) => {
+                let (v, keep) = elem_binop(&op, l, r)?;
+                Ok(Value::Scalar(if comparison {
+                    if keep { 1.0 } else { 0.0 }
+                } else {
+                    v
+                }))
+            }
+            (Value::Vector(l), Value::Scalar(r)) => {
+                vector_scalar(&op, l, r, false, return_bool, comparison).map(Value::Vector)
+            }
+            (Value::Scalar(l), Value::Vector(r)) => {
+                vector_scalar(&op, r, l, true, return_bool, comparison).map(Value::Vector)
+            }
+            (Value::Vector(l), Value::Vector(r)) => {
+                let (card, on, names) = match &b.modifier {
+                    Some(m) => {
+                        let (on, names) = match &m.matching {
+                            Some(LabelModifier::Include(l)) => (true, l.labels.clone()),
+                            Some(LabelModifier::Exclude(l)) => (false, l.labels.clone()),
+                            None => (false, Vec::new()),
+                        };
+                        (m.card.clone(), on, names)
+                    }
+                    None => (VectorMatchCardinality::OneToOne, false, Vec::new()),
+                };
+                let sig = |l: &Labels| -> Labels {
+                    l.iter()
+                        .filter(|(k, _)| {
+                            if on {
+                                names.iter().any(|n| n == *k)
+                            } else {
+                                *k != METRIC_NAME && !names.iter().any(|n| n == *k)
+                            }
+                        })
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                };
+                match op.as_str() {
+                    "and" => {
+                        let right: HashSet<Labels> = r.iter().map(|s| sig(&s.labels)).collect();
+                        Ok(Value::Vector(
+                            l.into_iter()
+                                .filter(|s| right.contains(&sig(&s.labels)))
+                                .collect(),
+                        ))
+                    }
+                    "or" => {
+                        let left: HashSet<Labels> = l.iter().map(|s| sig(&s.labels)).collect();
+                        let mut out = l;
+                        out.extend(r.into_iter().filter(|s| !left.contains(&sig(&s.labels))));
+                        Ok(Value::Vector(out))
+                    }
+                    "unless" => {
+                        let right: HashSet<Labels> = r.iter().map(|s| sig(&s.labels)).collect();
+                        Ok(Value::Vector(
+                            l.into_iter()
+                                .filter(|s| !right.contains(&sig(&s.labels)))
+                                .collect(),
+                        ))
+                    }
+                    _ => vector_vector(&op, l, r, &card, on, &names, &sig, return_bool)
+                        .map(Value::Vector),
+                }
+            }
+            _ => err(format!("operator {op} on a string")),
+        }
+    }
+}
+
+/// Applies an operator to two floats: the arithmetic result, or for a comparison the left value
+/// and whether the comparison holds.
+fn elem_binop(op: &str, l: f64, r: f64) -> Result<(f64, bool), EvalError> {
+    Ok(match op {
+        "+" => (l + r, true),
+        "-" => (l - r, true),
+        "*" => (l * r, true),
+        "/" => (l / r, true),
+        "%" => (l % r, true),
+        "^" => (l.powf(r), true),
+        "atan2" => (l.atan2(r), true),
+        "==" => (l, l == r),
+        "!=" => (l, l != r),
+        ">" => (l, l > r),
+        "<" => (l, l < r),
+        ">=" => (l, l >= r),
+        "<=" => (l, l <= r),
+        _ => return err(format!("operator {op} is not supported here")),
+    })
+}
+
+fn vector_scalar(
+    op: &str,
+    vec: Vec<VSample>,
+    scalar: f64,
+    swap: bool,
+    return_bool: bool,
+    comparison: bool,
+) -> Result<Vec<VSample>, EvalError> {
+    let mut out = Vec::with_capacity(vec.len());
+    for mut s in vec {
+        let (l, r) = if swap { (scalar, s.v) } else { (s.v, scalar) };
+        let (mut value, keep) = elem_binop(op, l, r)?;
+        // The vector's value is kept even when the scalar is on the left of a comparison.
+        if comparison && swap {
+            value = r;
+        }
+        if return_bool {
+            value = if keep { 1.0 } else { 0.0 };
+        } else if !keep {
+            continue;
+        }
+        if !comparison || return_bool {
+            s.labels.remove(METRIC_NAME);
+        }
+        s.v = value;
+        out.push(s);
+    }
+    if !comparison || return_bool {
+        check_unique(&out)?;
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn vector_vector(
+    op: &str,
+    lhs: Vec<VSample>,
+    rhs: Vec<VSample>,
+    card: &VectorMatchCardinality,
+    on: bool,
+    names: &[String],
+    sig: &dyn Fn(&Labels) -> Labels,
+    return_bool: bool,
+) -> Result<Vec<VSample>, EvalError> {
+    let comparison = matches!(op, "==" | "!=" | ">" | "<" | ">=" | "<=");
+    let one_to_many = matches!(card, VectorMatchCardinality::OneToMany(_));
+    let (lhs, rhs) = if one_to_many { (rhs, lhs) } else { (lhs, rhs) };
+    let include: Option<&Vec<String>> = match card {
+        VectorMatchCardinality::ManyToOne(l) | VectorMatchCardinality::OneToMany(l) => {
+            Some(&l.labels)
+        }
+        _ => None,
+    };
+    // The "one" side must have unique signatures.
+    let mut right: HashMap<Labels, &VSample> = HashMap::with_capacity(rhs.len());
+    for s in &rhs {
+        let k = sig(&s.labels);
+        if let Some(prev) = right.get(&k) {
+            let side = if one_to_many { "left" } else { "right" };
+            return err(format!(
+                "found duplicate series for the match group {} on the {side} hand-side of the \
+                 operation: [{}, {}];many-to-many matching not allowed: matching labels must be \
+                 unique on one side",
+                crate::format_labels(&k),
+                crate::format_labels(&prev.labels),
+                crate::format_labels(&s.labels)
+            ));
+        }
+        right.insert(k, s);
+    }
+    let mut matched_one: HashSet<Labels> = HashSet::new();
+    let mut matched_many: HashMap<Labels, HashSet<Labels>> = HashMap::new();
+    let mut out = Vec::new();
+    for ls in lhs {
+        let k = sig(&ls.labels);
+        let Some(rs) = right.get(&k) else {
+            continue;
+        };
+        let (vl, vr) = if one_to_many {
+            (rs.v, ls.v)
+        } else {
+            (ls.v, rs.v)
+        };
+        let (mut value, keep) = elem_binop(op, vl, vr)?;
+        if return_bool {
+            value = if keep { 1.0 } else { 0.0 };
+        } else if !keep {
+            continue;
+        }
+        // The result's labels: the "many" (or left) side's, trimmed as Prometheus does.
+        let mut metric = ls.labels;
+        if !comparison || return_bool {
+            metric.remove(METRIC_NAME);
+        }
+        if matches!(card, VectorMatchCardinality::OneToOne) {
+            if on {
+                metric.retain(|name, _| names.iter().any(|n| n == name));
+            } else {
+                metric.retain(|name, _| !names.iter().any(|n| n == name));
+            }
+        }
+        if let Some(include) = include {
+            for name in include {
+                match rs.labels.get(name) {
+                    Some(v) if !v.is_empty() => {
+                        metric.insert(name.clone(), v.clone());
+                    }
+                    _ => {
+                        metric.remove(name);
+                    }
+                }
+            }
+        }
+        if matches!(card, VectorMatchCardinality::OneToOne) {
+            if !matched_one.insert(k) {
+                return err(
+                    "multiple matches for labels: many-to-one matching must be explicit \
+                     (group_left/group_right)",
+                );
+            }
+        } else {
+            let inserted = matched_many.entry(k).or_default();
+            if !inserted.insert(metric.clone()) {
+                return err(
+                    "multiple matches for labels: grouping labels must ensure unique matches",
+                );
+            }
+        }
+        out.push(VSample {
+            labels: metric,
+            t: ls.t,
+            v: value,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+
+    fn labels(s: &str) -> Labels {
+        crate::parse_series_labels(s).expect("labels")
+    }
+
+    /// A store with `x{job="a"}` = 0, 10, 20, ... every 15 s up to 300 s, and a counter reset.
+    fn store() -> MemStorage {
+        let mut st = MemStorage::new();
+        for i in 0..=20 {
+            st.append(&labels(r#"x{job="a"}"#), i * 15_000, (i * 10) as f64);
+            st.append(&labels(r#"x{job="b"}"#), i * 15_000, (i % 5) as f64);
+        }
+        st
+    }
+
+    fn eval(expr: &str, t_s: i64) -> Vec<(Labels, f64)> {
+        let q = Query::parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        let mut v: Vec<(Labels, f64)> = q
+            .eval_vector(&store(), t_s * 1000)
+            .unwrap_or_else(|e| panic!("{expr}: {e}"))
+            .into_iter()
+            .map(|s| (s.labels, s.v))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    type Case<'a> = (&'a str, i64, &'a [(&'a str, f64)]);
+
+    #[test]
+    fn table() {
+        let cases: &[Case] = &[
+            (r#"x{job="a"}"#, 300, &[(r#"x{job="a"}"#, 200.0)]),
+            // Lookback: the last sample at 300 s is still seen at 600 s but not after.
+            (r#"x{job="a"}"#, 600, &[(r#"x{job="a"}"#, 200.0)]),
+            (r#"x{job="a"}"#, 601, &[]),
+            (r#"x{job="a"} offset 1m"#, 300, &[(r#"x{job="a"}"#, 160.0)]),
+            (r#"x{job=~"a|b"} > 10"#, 300, &[(r#"x{job="a"}"#, 200.0)]),
+            (r#"x{job!="a"}"#, 300, &[(r#"x{job="b"}"#, 0.0)]),
+            (r#"x{job!~"a"} == bool 0"#, 300, &[(r#"{job="b"}"#, 1.0)]),
+            (
+                r#"rate(x{job="a"}[1m])"#,
+                300,
+                &[(r#"{job="a"}"#, 10.0 / 15.0)],
+            ),
+            (
+                r#"increase(x{job="a"}[1m])"#,
+                300,
+                &[(r#"{job="a"}"#, 40.0)],
+            ),
+            (r#"resets(x{job="b"}[5m])"#, 300, &[(r#"{job="b"}"#, 4.0)]),
+            (r#"changes(x{job="b"}[1m])"#, 300, &[(r#"{job="b"}"#, 4.0)]),
+            (r#"irate(x{job="b"}[1m])"#, 300, &[(r#"{job="b"}"#, 0.0)]),
+            (r#"idelta(x{job="a"}[1m])"#, 300, &[(r#"{job="a"}"#, 10.0)]),
+            (
+                r#"deriv(x{job="a"}[1m])"#,
+                300,
+                &[(r#"{job="a"}"#, 10.0 / 15.0)],
+            ),
+            (r#"sum(x)"#, 300, &[("{}", 200.0)]),
+            (
+                r#"count by (job) (x)"#,
+                300,
+                &[(r#"{job="a"}"#, 1.0), (r#"{job="b"}"#, 1.0)],
+            ),
+            (r#"max without (job) (x)"#, 300, &[("{}", 200.0)]),
+            (r#"topk(1, x)"#, 300, &[(r#"x{job="a"}"#, 200.0)]),
+            (r#"bottomk(1, x)"#, 300, &[(r#"x{job="b"}"#, 0.0)]),
+            (r#"absent(nope{a="b"})"#, 300, &[(r#"{a="b"}"#, 1.0)]),
+            (r#"absent(x)"#, 300, &[]),
+            (r#"vector(time())"#, 300, &[("{}", 300.0)]),
+            (r#"scalar(x{job="a"}) * 2"#, 300, &[("{}", 400.0)]),
+            (
+                r#"clamp_max(x, 100)"#,
+                300,
+                &[(r#"{job="a"}"#, 100.0), (r#"{job="b"}"#, 0.0)],
+            ),
+            (
+                r#"label_replace(x{job="a"}, "j", "$1-x", "job", "(.*)")"#,
+                300,
+                &[(r#"x{j="a-x", job="a"}"#, 200.0)],
+            ),
+            (
+                r#"x{job="a"} and on () x{job="b"}"#,
+                300,
+                &[(r#"x{job="a"}"#, 200.0)],
+            ),
+            (r#"x{job="a"} unless x{job="a"}"#, 300, &[]),
+            (r#"timestamp(x{job="a"})"#, 310, &[(r#"{job="a"}"#, 300.0)]),
+        ];
+        for (expr, t, want) in cases {
+            let want: Vec<(Labels, f64)> = want
+                .iter()
+                .map(|(l, v)| {
+                    let l = if *l == "{}" { Labels::new() } else { labels(l) };
+                    (l, *v)
+                })
+                .collect();
+            assert_eq!(eval(expr, *t), want, "{expr} at {t}s");
+        }
+    }
+
+    #[test]
+    fn unsupported_constructs_are_refused_with_their_position() {
+        for (expr, what) in [
+            ("rate(x[5m:1m])", "a subquery"),
+            ("x @ 100", "the @ modifier"),
+            ("exp(x)", "function `exp`"),
+            ("sum(x)\n  + ln(x)", "function `ln`"),
+        ] {
+            let e = Query::parse(expr).expect_err(expr);
+            let text = e.to_string();
+            assert!(text.contains(what), "{expr}: {text}");
+        }
+        let e = Query::parse("sum(x)\n  + ln(x)")
+            .expect_err("ln")
+            .to_string();
+        assert!(e.contains("line 2, column 5"), "{e}");
+    }
+
+    #[test]
+    fn bucket_quantile_interpolates() {
+        let mut b = vec![(0.1, 50.0), (0.5, 90.0), (f64::INFINITY, 100.0)];
+        assert_eq!(bucket_quantile(0.5, &mut b), 0.1);
+        let mut b = vec![(0.1, 50.0), (0.5, 90.0), (f64::INFINITY, 100.0)];
+        assert!((bucket_quantile(0.7, &mut b) - 0.3).abs() < 1e-12);
+        let mut b = vec![(0.1, 50.0), (0.5, 90.0)];
+        assert!(bucket_quantile(0.7, &mut b).is_nan(), "no +Inf bucket");
+    }
+}

@@ -1,0 +1,478 @@
+//! Evaluating a rule group at one instant, as Prometheus's rule manager does: rules in order,
+//! each seeing the series recorded by the rules before it in the same cycle; recording rules
+//! rename and relabel their result; alerting rules run the pending → firing → inactive state
+//! machine with `for` and `keep_firing_for`, expand their templates, and produce `ALERTS` and
+//! `ALERTS_FOR_STATE` series; a series a rule produced last cycle and not this one gets a
+//! staleness marker; the group's `limit` fails a rule that returns more series or alerts.
+//!
+//! [`evaluate_group`] is pure: `now` is a parameter, reading goes through [`Storage`], and the
+//! samples to write come back in [`GroupOutput`] for the caller to store.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::eval::EvalError;
+use crate::file::{AlertingRule, Group, RecordingRule, Rule};
+use crate::storage::{Labels, METRIC_NAME, Matcher, MemStorage, STALE_NAN, Series, Storage};
+use crate::template::{self, TemplateData};
+
+/// How long a resolved alert is kept (and reported as resolved) before it is forgotten.
+pub const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;
+
+/// The state of an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AlertState {
+    Inactive,
+    Pending,
+    Firing,
+}
+
+impl AlertState {
+    /// The `alertstate` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Inactive => "inactive",
+            AlertState::Pending => "pending",
+            AlertState::Firing => "firing",
+        }
+    }
+}
+
+/// One alert of an alerting rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    /// The series' labels without `__name__`, the rule's labels expanded, `alertname`.
+    pub labels: Labels,
+    pub annotations: BTreeMap<String, String>,
+    pub state: AlertState,
+    /// When the expression first returned this alert (ms).
+    pub active_at: i64,
+    pub fired_at: Option<i64>,
+    pub resolved_at: Option<i64>,
+    pub keep_firing_since: Option<i64>,
+    /// The expression's value at the last evaluation that returned it.
+    pub value: f64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct RuleState {
+    active: HashMap<Labels, Alert>,
+    last_series: HashSet<Labels>,
+    last_error: Option<EvalError>,
+}
+
+/// What a group carries from one evaluation to the next.
+#[derive(Debug, Default, Clone)]
+pub struct GroupState {
+    rules: Vec<RuleState>,
+}
+
+impl GroupState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The active (pending, firing, or recently resolved) alerts of rule number `rule`.
+    pub fn alerts(&self, rule: usize) -> Vec<&Alert> {
+        let mut v: Vec<&Alert> = self
+            .rules
+            .get(rule)
+            .map(|r| r.active.values().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.labels.cmp(&b.labels));
+        v
+    }
+
+    /// The error of rule number `rule` at its last evaluation.
+    pub fn last_error(&self, rule: usize) -> Option<&EvalError> {
+        self.rules.get(rule).and_then(|r| r.last_error.as_ref())
+    }
+}
+
+/// What the templates may read besides the alert.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalContext<'a> {
+    pub external_labels: &'a Labels,
+    pub external_url: &'a str,
+}
+
+/// The result of one group evaluation.
+#[derive(Debug, Default, Clone)]
+pub struct GroupOutput {
+    /// Samples to store at `now`: recorded series, `ALERTS`, `ALERTS_FOR_STATE`, and staleness
+    /// markers for series no longer produced.
+    pub samples: Vec<(Labels, f64)>,
+    /// Rules that failed, by name, with why.
+    pub errors: Vec<(String, EvalError)>,
+}
+
+/// The base storage with this cycle's recorded samples on top.
+struct Overlay<'a> {
+    base: &'a dyn Storage,
+    cycle: &'a MemStorage,
+}
+
+impl Storage for Overlay<'_> {
+    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
+        let mut out = self.base.select(matchers, mint, maxt);
+        if self.cycle.is_empty() {
+            return out;
+        }
+        for extra in self.cycle.select(matchers, mint, maxt) {
+            match out.iter_mut().find(|s| s.labels == extra.labels) {
+                Some(s) => {
+                    for x in extra.samples {
+                        match s.samples.binary_search_by_key(&x.t, |y| y.t) {
+                            Ok(i) => s.samples[i] = x,
+                            Err(i) => s.samples.insert(i, x),
+                        }
+                    }
+                }
+                None => out.push(extra),
+            }
+        }
+        out
+    }
+}
+
+/// Evaluates every rule of `group` at `now` (ms) over `storage`, updating `state`.
+pub fn evaluate_group(
+    group: &Group,
+    now: i64,
+    storage: &dyn Storage,
+    state: &mut GroupState,
+    ctx: &EvalContext<'_>,
+) -> GroupOutput {
+    if state.rules.len() != group.rules.len() {
+        state
+            .rules
+            .resize_with(group.rules.len(), RuleState::default);
+    }
+    let mut cycle = MemStorage::new();
+    let mut out = GroupOutput::default();
+    for (i, rule) in group.rules.iter().enumerate() {
+        let rs = &mut state.rules[i];
+        let overlay = Overlay {
+            base: storage,
+            cycle: &cycle,
+        };
+        let result = match rule {
+            Rule::Recording(r) => record(r, now, &overlay, group.limit),
+            Rule::Alerting(a) => alert(a, now, &overlay, group.limit, rs, ctx),
+        };
+        match result {
+            Ok(samples) => {
+                rs.last_error = None;
+                let returned: HashSet<Labels> = samples.iter().map(|(l, _)| l.clone()).collect();
+                for (l, v) in samples {
+                    cycle.append(&l, now, v);
+                    out.samples.push((l, v));
+                }
+                let mut gone: Vec<Labels> = rs
+                    .last_series
+                    .iter()
+                    .filter(|l| !returned.contains(*l))
+                    .cloned()
+                    .collect();
+                gone.sort();
+                for l in gone {
+                    cycle.append(&l, now, STALE_NAN);
+                    out.samples.push((l, STALE_NAN));
+                }
+                rs.last_series = returned;
+            }
+            Err(e) => {
+                rs.last_error = Some(e.clone());
+                out.errors.push((rule.name().to_owned(), e));
+            }
+        }
+    }
+    out
+}
+
+fn record(
+    r: &RecordingRule,
+    now: i64,
+    storage: &dyn Storage,
+    limit: usize,
+) -> Result<Vec<(Labels, f64)>, EvalError> {
+    let v = r.expr.eval_vector(storage, now)?;
+    let mut seen = HashSet::with_capacity(v.len());
+    let mut out = Vec::with_capacity(v.len());
+    for s in v {
+        let mut l = s.labels;
+        l.insert(METRIC_NAME.to_owned(), r.record.clone());
+        for (k, val) in &r.labels {
+            if val.is_empty() {
+                l.remove(k);
+            } else {
+                l.insert(k.clone(), val.clone());
+            }
+        }
+        if !seen.insert(l.clone()) {
+            return Err(EvalError(
+                "vector contains metrics with the same labelset after applying rule labels".into(),
+            ));
+        }
+        out.push((l, s.v));
+    }
+    if limit > 0 && out.len() > limit {
+        return Err(EvalError(format!(
+            "exceeded limit of {limit} with {} series",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+fn alert(
+    a: &AlertingRule,
+    now: i64,
+    storage: &dyn Storage,
+    limit: usize,
+    rs: &mut RuleState,
+    ctx: &EvalContext<'_>,
+) -> Result<Vec<(Labels, f64)>, EvalError> {
+    let res = a.expr.eval_vector(storage, now)?;
+    let mut current: HashMap<Labels, Alert> = HashMap::with_capacity(res.len());
+    for s in res {
+        let mut sample_labels = s.labels;
+        sample_labels.remove(METRIC_NAME);
+        let data = TemplateData {
+            labels: &sample_labels,
+            external_labels: ctx.external_labels,
+            external_url: ctx.external_url,
+            value: s.v,
+        };
+        let mut labels = sample_labels.clone();
+        for (k, t) in &a.labels {
+            let v = template::expand(t, &data);
+            if v.is_empty() {
+                labels.remove(k);
+            } else {
+                labels.insert(k.clone(), v);
+            }
+        }
+        labels.insert("alertname".to_owned(), a.alert.clone());
+        let annotations = a
+            .annotations
+            .iter()
+            .map(|(k, t)| (k.clone(), template::expand(t, &data)))
+            .collect();
+        if current.contains_key(&labels) {
+            return Err(EvalError(
+                "vector contains metrics with the same labelset after applying alert labels".into(),
+            ));
+        }
+        current.insert(
+            labels.clone(),
+            Alert {
+                labels,
+                annotations,
+                state: AlertState::Pending,
+                active_at: now,
+                fired_at: None,
+                resolved_at: None,
+                keep_firing_since: None,
+                value: s.v,
+            },
+        );
+    }
+    let returned: HashSet<Labels> = current.keys().cloned().collect();
+    for (k, new) in current {
+        match rs.active.get_mut(&k) {
+            Some(old) if old.state != AlertState::Inactive => {
+                old.value = new.value;
+                old.annotations = new.annotations;
+            }
+            _ => {
+                rs.active.insert(k, new);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut active_or_pending = 0usize;
+    let mut forget = Vec::new();
+    for (k, al) in rs.active.iter_mut() {
+        if !returned.contains(k) {
+            let mut keep_firing = false;
+            if al.state == AlertState::Firing && a.keep_firing_for_ms > 0 {
+                let since = *al.keep_firing_since.get_or_insert(now);
+                keep_firing = now - since < a.keep_firing_for_ms;
+            }
+            if al.state == AlertState::Pending
+                || al
+                    .resolved_at
+                    .is_some_and(|r| now - r > RESOLVED_RETENTION_MS)
+            {
+                forget.push(k.clone());
+            }
+            if al.state != AlertState::Inactive && !keep_firing {
+                al.state = AlertState::Inactive;
+                al.resolved_at = Some(now);
+            }
+            if !keep_firing {
+                continue;
+            }
+        } else {
+            al.keep_firing_since = None;
+        }
+        active_or_pending += 1;
+        if al.state == AlertState::Pending && now - al.active_at >= a.for_ms {
+            al.state = AlertState::Firing;
+            al.fired_at = Some(now);
+        }
+        let mut l = al.labels.clone();
+        l.insert(METRIC_NAME.to_owned(), "ALERTS".to_owned());
+        l.insert("alertstate".to_owned(), al.state.as_str().to_owned());
+        out.push((l, 1.0));
+        let mut l = al.labels.clone();
+        l.insert(METRIC_NAME.to_owned(), "ALERTS_FOR_STATE".to_owned());
+        // Prometheus stores the activation time in whole seconds.
+        out.push((l, al.active_at.div_euclid(1000) as f64));
+    }
+    for k in forget {
+        rs.active.remove(&k);
+    }
+    if limit > 0 && active_or_pending > limit {
+        rs.active.clear();
+        return Err(EvalError(format!(
+            "exceeded limit of {limit} with {active_or_pending} alerts"
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::file;
+
+    fn group(yaml: &str) -> Group {
+        file::parse("t.yaml", yaml)
+            .expect("rules load")
+            .groups
+            .remove(0)
+    }
+
+    #[test]
+    fn alert_state_machine_with_for_and_keep_firing_for() {
+        let g = group(
+            r#"
+groups:
+  - name: g
+    rules:
+      - alert: High
+        expr: x > 1
+        for: 2m
+        keep_firing_for: 2m
+        labels: { severity: "{{ if gt $value 5.0 }}page{{ else }}ticket{{ end }}" }
+        annotations: { v: "{{ $value }}" }
+"#,
+        );
+        let mut st = MemStorage::new();
+        let x: Labels = crate::parse_series_labels("x").expect("labels");
+        // x is 2 from 0 to 4m, then 0.
+        let values = [2.0, 2.0, 2.0, 2.0, 2.0, 0.0, 0.0, 0.0, 0.0];
+        let mut state = GroupState::new();
+        let ext = Labels::new();
+        let ctx = EvalContext {
+            external_labels: &ext,
+            external_url: "",
+        };
+        let mut seen = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let now = i as i64 * 60_000;
+            st.append(&x, now, *v);
+            let out = evaluate_group(&g, now, &st, &mut state, &ctx);
+            assert!(out.errors.is_empty(), "{:?}", out.errors);
+            for (l, v) in out.samples {
+                st.append(&l, now, v);
+            }
+            seen.push(state.alerts(0).first().map(|a| a.state));
+        }
+        use AlertState::*;
+        assert_eq!(
+            seen,
+            vec![
+                Some(Pending),
+                Some(Pending),
+                Some(Firing),
+                Some(Firing),
+                Some(Firing),
+                Some(Firing),   // keep_firing_for: 5m is the first miss
+                Some(Firing),   // 6m: 1m of the 2m
+                Some(Inactive), // 7m: 2m reached
+                Some(Inactive), // kept as resolved
+            ]
+        );
+        let a = state.alerts(0)[0];
+        assert_eq!(a.labels.get("severity").map(String::as_str), Some("ticket"));
+        assert_eq!(a.annotations.get("v").map(String::as_str), Some("2"));
+    }
+
+    #[test]
+    fn later_rules_see_earlier_recordings_and_gone_series_go_stale() {
+        let g = group(
+            r#"
+groups:
+  - name: g
+    limit: 2
+    rules:
+      - record: job:x:sum
+        expr: sum by (job) (x)
+        labels: { kind: sum }
+      - record: job:x:double
+        expr: job:x:sum * 2
+"#,
+        );
+        let mut st = MemStorage::new();
+        let a = crate::parse_series_labels(r#"x{job="a"}"#).expect("labels");
+        st.append(&a, 0, 3.0);
+        let ext = Labels::new();
+        let ctx = EvalContext {
+            external_labels: &ext,
+            external_url: "",
+        };
+        let mut state = GroupState::new();
+        let out = evaluate_group(&g, 0, &st, &mut state, &ctx);
+        let got: Vec<String> = out
+            .samples
+            .iter()
+            .map(|(l, v)| format!("{} {v}", crate::format_labels(l)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                r#"{__name__="job:x:sum", job="a", kind="sum"} 3"#,
+                r#"{__name__="job:x:double", job="a", kind="sum"} 6"#,
+            ]
+        );
+        for (l, v) in out.samples {
+            st.append(&l, 0, v);
+        }
+        // x goes stale: both recordings are marked stale at the next cycle.
+        st.append(&a, 60_000, STALE_NAN);
+        let out = evaluate_group(&g, 60_000, &st, &mut state, &ctx);
+        assert_eq!(out.samples.len(), 2);
+        assert!(
+            out.samples
+                .iter()
+                .all(|(_, v)| crate::storage::is_stale(*v))
+        );
+        // The group limit fails a rule that returns too many series.
+        for j in ["b", "c"] {
+            let l = crate::parse_series_labels(&format!(r#"x{{job="{j}"}}"#)).expect("labels");
+            st.append(&l, 120_000, 1.0);
+        }
+        st.append(&a, 120_000, 1.0);
+        let out = evaluate_group(&g, 120_000, &st, &mut state, &ctx);
+        assert!(
+            out.errors[0]
+                .1
+                .0
+                .contains("exceeded limit of 2 with 3 series"),
+            "{:?}",
+            out.errors
+        );
+    }
+}

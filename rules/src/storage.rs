@@ -1,0 +1,200 @@
+//! The series store the evaluator reads: a [`Storage`] trait over series (a label set with
+//! `__name__`) and their samples `(timestamp ms, f64)`, and [`MemStorage`], a plain in-memory
+//! implementation used by the promtool runner and by tests.
+//!
+//! Staleness is carried as Prometheus carries it: a sample whose value is the special NaN
+//! [`STALE_NAN`] marks the end of a series; [`is_stale`] tells it from an ordinary NaN.
+
+use std::collections::{BTreeMap, HashMap};
+
+use regex::Regex;
+
+/// A label set, sorted by name; the metric name is the label `__name__`.
+pub type Labels = BTreeMap<String, String>;
+
+/// The label that holds the metric name.
+pub const METRIC_NAME: &str = "__name__";
+
+/// Prometheus's staleness marker: a NaN with a fixed bit pattern, distinct from an ordinary NaN.
+pub const STALE_NAN: f64 = f64::from_bits(0x7ff0_0000_0000_0002);
+
+/// Whether `v` is the staleness marker (and not an ordinary NaN).
+pub fn is_stale(v: f64) -> bool {
+    v.to_bits() == STALE_NAN.to_bits()
+}
+
+/// One sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Milliseconds since the Unix epoch.
+    pub t: i64,
+    /// The value (may be [`STALE_NAN`]).
+    pub v: f64,
+}
+
+/// A series with its samples in time order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: Labels,
+    pub samples: Vec<Sample>,
+}
+
+/// How a matcher compares a label value.
+#[derive(Debug, Clone)]
+pub enum MatchOp {
+    Equal,
+    NotEqual,
+    /// Fully anchored regular expression.
+    Re(Regex),
+    /// Fully anchored regular expression, negated.
+    NotRe(Regex),
+}
+
+/// A label matcher: `name op value`. A missing label matches as the empty string, as in
+/// Prometheus.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    pub name: String,
+    pub op: MatchOp,
+    pub value: String,
+}
+
+impl Matcher {
+    /// `name="value"`.
+    pub fn equal(name: &str, value: &str) -> Self {
+        Matcher {
+            name: name.to_owned(),
+            op: MatchOp::Equal,
+            value: value.to_owned(),
+        }
+    }
+
+    /// Whether a label value (empty when the label is absent) matches.
+    pub fn matches(&self, value: &str) -> bool {
+        match &self.op {
+            MatchOp::Equal => self.value == value,
+            MatchOp::NotEqual => self.value != value,
+            MatchOp::Re(re) => re.is_match(value),
+            MatchOp::NotRe(re) => !re.is_match(value),
+        }
+    }
+
+    /// Whether a label set matches.
+    pub fn matches_labels(&self, labels: &Labels) -> bool {
+        self.matches(labels.get(&self.name).map_or("", String::as_str))
+    }
+}
+
+/// What the evaluator needs from a store of series.
+pub trait Storage {
+    /// Every series matching all `matchers`, with its samples whose timestamps lie in
+    /// `[mint, maxt]` (inclusive, milliseconds), in time order, staleness markers included.
+    /// Series with no sample in the range may be left out.
+    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series>;
+}
+
+/// An in-memory store: the promtool runner's and the tests' storage.
+#[derive(Debug, Default, Clone)]
+pub struct MemStorage {
+    series: Vec<Series>,
+    index: HashMap<Labels, usize>,
+}
+
+impl MemStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a sample, keeping the series in time order; a sample at a timestamp the series
+    /// already has replaces it.
+    pub fn append(&mut self, labels: &Labels, t: i64, v: f64) {
+        let idx = match self.index.get(labels) {
+            Some(&i) => i,
+            None => {
+                self.series.push(Series {
+                    labels: labels.clone(),
+                    samples: Vec::new(),
+                });
+                self.index.insert(labels.clone(), self.series.len() - 1);
+                self.series.len() - 1
+            }
+        };
+        let samples = &mut self.series[idx].samples;
+        match samples.last() {
+            Some(last) if last.t < t => samples.push(Sample { t, v }),
+            None => samples.push(Sample { t, v }),
+            Some(_) => match samples.binary_search_by_key(&t, |s| s.t) {
+                Ok(i) => samples[i].v = v,
+                Err(i) => samples.insert(i, Sample { t, v }),
+            },
+        }
+    }
+
+    /// Number of series held.
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+}
+
+impl Storage for MemStorage {
+    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
+        let mut out = Vec::new();
+        for s in &self.series {
+            if !matchers.iter().all(|m| m.matches_labels(&s.labels)) {
+                continue;
+            }
+            let lo = s.samples.partition_point(|x| x.t < mint);
+            let hi = s.samples.partition_point(|x| x.t <= maxt);
+            if lo < hi {
+                out.push(Series {
+                    labels: s.labels.clone(),
+                    samples: s.samples[lo..hi].to_vec(),
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn append_keeps_order_and_select_filters_by_range_and_matchers() {
+        let mut st = MemStorage::new();
+        let a = labels(&[("__name__", "x"), ("job", "a")]);
+        let b = labels(&[("__name__", "x"), ("job", "b")]);
+        for (l, t, v) in [(&a, 20, 2.0), (&a, 10, 1.0), (&b, 10, 5.0), (&a, 20, 3.0)] {
+            st.append(l, t, v);
+        }
+        let got = st.select(&[Matcher::equal("job", "a")], 0, 100);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].samples,
+            vec![Sample { t: 10, v: 1.0 }, Sample { t: 20, v: 3.0 }]
+        );
+        let got = st.select(&[Matcher::equal("__name__", "x")], 15, 20);
+        assert_eq!(got.len(), 1, "b has no sample in [15, 20]");
+        // A missing label matches the empty string.
+        assert_eq!(st.select(&[Matcher::equal("nope", "")], 0, 100).len(), 2);
+    }
+
+    #[test]
+    fn stale_marker_is_not_an_ordinary_nan() {
+        assert!(is_stale(STALE_NAN));
+        assert!(!is_stale(f64::NAN));
+        assert!(STALE_NAN.is_nan());
+    }
+}

@@ -49,6 +49,22 @@ enum Command {
     /// Health check: GET a URL of a running agent, exit 0 on 2xx, 1 otherwise (for Docker's
     /// HEALTHCHECK in images without a shell).
     Probe(cli::ProbeArgs),
+    /// Tests of files users write.
+    Test {
+        #[command(subcommand)]
+        command: TestCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TestCommand {
+    /// Run Prometheus rule unit-test files as `promtool test rules` does (same format, output
+    /// and exit codes: 0 when every test passes, 1 otherwise).
+    Rules {
+        /// promtool unit-test files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +107,16 @@ fn main() -> ExitCode {
         } => finish(cli::report(&args)),
         Command::Deploy(args) => finish(cli::deploy(&args)),
         Command::Probe(args) => finish(cli::probe(&args)),
+        Command::Test {
+            command: TestCommand::Rules { files },
+        } => {
+            let code = sidelight_rules::promtool::run(
+                &files,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            );
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
     }
 }
 

@@ -421,7 +421,9 @@ impl Default for RawSpanMetrics {
     fn default() -> Self {
         Self {
             enabled: true,
-            dimensions: Vec::new(),
+            // `http.route` by default: the shipped service dashboard groups by it; a span
+            // without it gives a series without the label.
+            dimensions: vec![RawDimension::Name("http.route".into())],
             buckets: None,
             max_label_sets: 1000,
             kinds: vec!["server".into(), "consumer".into()],
@@ -624,7 +626,7 @@ impl Config {
             .map(|l| format!("{} {}", l.source, l.include.join(" ")))
             .collect();
         format!(
-            "http {} ({}), host metrics {} every {}, process targets [{}], logs [{}], store {}",
+            "http {} ({}), host metrics {} every {}, process targets [{}], logs [{}], store {}, {}",
             self.http.listen,
             if self.http.bearer_tokens.is_empty() {
                 "no auth"
@@ -636,6 +638,61 @@ impl Config {
             targets.join(", "),
             logs.join(", "),
             self.store.path.display(),
+            self.data_flow(),
+        )
+    }
+
+    /// Where received and derived data goes: the OTLP receivers, span metrics, what happens to
+    /// received metrics, logs and traces (served or counted on `/metrics`, forwarded or not),
+    /// remote write, DORA and alerting — on or off, said out loud.
+    fn data_flow(&self) -> String {
+        let forwarded = |signal: Signal| {
+            let otlp = self
+                .export
+                .otlp
+                .as_ref()
+                .filter(|o| o.signals.contains(&signal))
+                .map(|o| o.endpoint.clone());
+            let file = self
+                .export_file
+                .as_ref()
+                .filter(|f| f.signals.contains(&signal))
+                .map(|f| f.sink.path.display().to_string());
+            match (otlp, file) {
+                (None, None) => "not forwarded (no export)".to_owned(),
+                (Some(o), None) => format!("forwarded to {o}"),
+                (None, Some(f)) => format!("written to {f}"),
+                (Some(o), Some(f)) => format!("forwarded to {o} and written to {f}"),
+            }
+        };
+        let otlp = if self.otlp.enabled {
+            let r = &self.otlp.receivers;
+            let addr = |a: Option<std::net::SocketAddr>| a.map_or("off".into(), |a| a.to_string());
+            format!(
+                "otlp receivers grpc {} http {}, span metrics {}, received OTLP metrics: served on /metrics, {}, received OTLP logs: counted on /metrics, {}, received OTLP traces: {}",
+                addr(r.grpc),
+                addr(r.http),
+                if self.otlp.spanmetrics.is_some() {
+                    "on"
+                } else {
+                    "off"
+                },
+                forwarded(Signal::Metrics),
+                forwarded(Signal::Logs),
+                forwarded(Signal::Traces),
+            )
+        } else {
+            "otlp receivers off".to_owned()
+        };
+        format!(
+            "{otlp}, tailed logs {}, remote write {}, dora {}, alerting {}",
+            forwarded(Signal::Logs),
+            self.export
+                .remote_write
+                .as_ref()
+                .map_or("off".to_owned(), |r| format!("to {}", r.url)),
+            if self.dora.enabled { "on" } else { "off" },
+            if self.alerting.is_some() { "on" } else { "off" },
         )
     }
 }

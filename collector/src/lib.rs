@@ -14,5 +14,6 @@ pub mod otlp;
 pub mod pipeline;
 pub mod process;
 pub mod procfs;
+pub mod received_metrics;
 pub mod spanmetrics;
 pub mod wire;

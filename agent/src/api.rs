@@ -21,10 +21,16 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::dora::{Change, DeployStatus, Deployment, DeploymentKind, Incident, Scope, Window};
-use crate::http::HttpState;
 use crate::hub::{Hub, unix_now};
 use crate::store::{Batch, IncidentChange, StoreError};
 use crate::webhooks::{self, HookOptions, Parsed};
+
+/// What the DORA handlers read from the HTTP server's state (`http::HttpState` hands it out).
+#[derive(Debug, Clone)]
+pub struct DoraApiState {
+    /// The DORA hub, when `dora.enabled`.
+    pub dora: Option<std::sync::Arc<Hub>>,
+}
 
 /// A time given as Unix seconds or RFC 3339 text.
 #[derive(Debug, Clone, Deserialize)]
@@ -251,7 +257,7 @@ fn not_enabled() -> Response {
 }
 
 /// `POST /api/v1/deployments`.
-pub async fn post_deployment(State(state): State<HttpState>, body: Bytes) -> Response {
+pub async fn post_deployment(State(state): State<DoraApiState>, body: Bytes) -> Response {
     let Some(hub) = state.dora.as_ref() else {
         return not_enabled();
     };
@@ -280,7 +286,7 @@ pub async fn post_deployment(State(state): State<HttpState>, body: Bytes) -> Res
 }
 
 /// `POST /api/v1/incidents`.
-pub async fn post_incident(State(state): State<HttpState>, body: Bytes) -> Response {
+pub async fn post_incident(State(state): State<DoraApiState>, body: Bytes) -> Response {
     let Some(hub) = state.dora.as_ref() else {
         return not_enabled();
     };
@@ -319,7 +325,10 @@ pub struct ReportQuery {
 }
 
 /// `GET /api/v1/dora`.
-pub async fn get_report(State(state): State<HttpState>, Query(q): Query<ReportQuery>) -> Response {
+pub async fn get_report(
+    State(state): State<DoraApiState>,
+    Query(q): Query<ReportQuery>,
+) -> Response {
     let Some(hub) = state.dora.as_ref() else {
         return not_enabled();
     };
@@ -388,7 +397,11 @@ fn unauthorized(e: &webhooks::SignatureError) -> Response {
 }
 
 /// `POST /webhooks/github`.
-pub async fn github(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn github(
+    State(state): State<DoraApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(hub) = state.dora.as_ref() else {
         return not_enabled();
     };
@@ -421,7 +434,11 @@ pub async fn github(State(state): State<HttpState>, headers: HeaderMap, body: By
 }
 
 /// `POST /webhooks/gitlab`.
-pub async fn gitlab(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn gitlab(
+    State(state): State<DoraApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(hub) = state.dora.as_ref() else {
         return not_enabled();
     };
@@ -453,7 +470,7 @@ pub async fn gitlab(State(state): State<HttpState>, headers: HeaderMap, body: By
 }
 
 /// `POST /webhooks/alertmanager`.
-pub async fn alertmanager(State(state): State<HttpState>, body: Bytes) -> Response {
+pub async fn alertmanager(State(state): State<DoraApiState>, body: Bytes) -> Response {
     let Some(hub) = state.dora.as_ref() else {
         return not_enabled();
     };

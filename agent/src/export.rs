@@ -26,23 +26,54 @@ use sidelight_collector::export::retry::RetryPolicy;
 use sidelight_collector::export::spill::Spill;
 use sidelight_collector::export::tls::{ClientTls, ClientTlsFiles};
 use sidelight_collector::export::{ExportStats, openmetrics, telemetry};
+use sidelight_collector::filesink::FileSinkConfig;
 use sidelight_collector::pipeline::{
     Envelope, Intake, Payload, PushError, Queue, QueueLimits, QueueStats, Receipt, Signal,
 };
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ConfigError, Env, Secret, duration, read_secret};
+use crate::config::common::{ConfigError, Env, duration, optional_bearer_token};
 
 // ---------------------------------------------------------------------------------------------
 // The section's shape.
 
+/// `export:` as written.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]
-pub(crate) struct RawExport {
+pub struct RawExport {
     otlp: Option<RawOtlp>,
     remote_write: Option<RawRemoteWrite>,
-    /// `export.file`, validated in `config.rs`.
-    pub(crate) file: Option<crate::config::RawFileExport>,
+    file: Option<RawFileExport>,
+}
+
+/// `export.file` as written.
+#[derive(Debug, Clone, Deserialize)]
+struct RawFileExport {
+    path: PathBuf,
+    #[serde(default = "default_file_signals")]
+    signals: Vec<String>,
+    #[serde(default = "default_file_max_bytes")]
+    max_bytes: u64,
+    #[serde(default = "default_file_max_files")]
+    max_files: usize,
+    #[serde(default = "default_file_queue")]
+    queue_max_items: usize,
+}
+
+fn default_file_signals() -> Vec<String> {
+    Signal::ALL.iter().map(|s| s.as_str().to_owned()).collect()
+}
+
+fn default_file_max_bytes() -> u64 {
+    100 << 20
+}
+
+fn default_file_max_files() -> usize {
+    2
+}
+
+fn default_file_queue() -> usize {
+    64
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,7 +116,7 @@ impl Default for RawOtlp {
             queue: RawQueue::default(),
             retry: RawRetry::default(),
             spill: RawSpill::default(),
-            signals: ["traces", "metrics", "logs"].map(String::from).to_vec(),
+            signals: Signal::ALL.iter().map(|s| s.as_str().to_owned()).collect(),
             self_metrics: true,
         }
     }
@@ -217,32 +248,22 @@ impl Default for RawRemoteWrite {
 // ---------------------------------------------------------------------------------------------
 // The validated section.
 
-/// `export:` section.
+/// `export:` section, validated.
 #[derive(Debug, Clone, Default)]
 pub struct ExportConfig {
     /// `export.otlp`, when configured.
     pub otlp: Option<OtlpExportConfig>,
-    /// `export.remote_write`, when configured.
-    pub remote_write: Option<RemoteWriteConfig>,
+    /// `export.remote_write`, when configured: the remote writer's own settings.
+    pub remote_write: Option<RemoteWriteSettings>,
+    /// `export.file`, when configured.
+    pub file: Option<FileExportConfig>,
 }
 
-/// `export.otlp`.
+/// `export.otlp`: the client's own settings and what runs around it.
 #[derive(Debug, Clone)]
 pub struct OtlpExportConfig {
-    /// The endpoint URL.
-    pub endpoint: String,
-    /// gRPC or HTTP/protobuf.
-    pub protocol: Protocol,
-    /// Extra headers.
-    pub headers: Vec<(String, String)>,
-    /// Bearer token.
-    pub bearer_token: Option<Secret>,
-    /// Per-attempt timeout.
-    pub timeout: Duration,
-    /// gzip, zstd or none, with the level.
-    pub compression: Compression,
-    /// TLS for an `https://` endpoint (loaded at validation).
-    pub tls: Option<Arc<ClientTls>>,
+    /// Endpoint, protocol, headers, token, timeout, compression, TLS.
+    pub client: ClientSettings,
     /// Batches in flight at most per signal (without a spill).
     pub concurrency: usize,
     /// Batch limits.
@@ -259,63 +280,15 @@ pub struct OtlpExportConfig {
     pub self_metrics: bool,
 }
 
-impl OtlpExportConfig {
-    fn client_settings(&self) -> ClientSettings {
-        ClientSettings {
-            endpoint: self.endpoint.clone(),
-            protocol: self.protocol,
-            headers: self.headers.clone(),
-            bearer_token: self.bearer_token.as_ref().map(|s| s.expose().to_owned()),
-            timeout: self.timeout,
-            compression: self.compression,
-            tls: self.tls.clone(),
-        }
-    }
-}
-
-/// `export.remote_write`.
-#[derive(Debug, Clone)]
-pub struct RemoteWriteConfig {
-    /// The receiver's URL.
-    pub url: String,
-    /// How often everything is sent.
-    pub interval: Duration,
-    /// Extra headers.
-    pub headers: Vec<(String, String)>,
-    /// Bearer token.
-    pub bearer_token: Option<Secret>,
-    /// Per-attempt timeout.
-    pub timeout: Duration,
-    /// Retry policy.
-    pub retry: RetryPolicy,
-    /// Bounds of the request queue.
-    pub queue: QueueLimits,
-    /// Labels added to every series.
-    pub external_labels: Vec<(String, String)>,
-    /// TLS for an `https://` URL (loaded at validation).
-    pub tls: Option<Arc<ClientTls>>,
-}
-
-fn optional_secret(
-    file: Option<&PathBuf>,
-    var: Option<&String>,
-    at: &str,
-    base: &Path,
-    env: &dyn Env,
-    errors: &mut Vec<ConfigError>,
-) -> Option<Secret> {
-    if file.is_none() && var.is_none() {
-        return None;
-    }
-    read_secret(
-        file,
-        var,
-        at,
-        ("bearer_token_file", "bearer_token_env"),
-        base,
-        env,
-        errors,
-    )
+/// `export.file`: OTLP JSON lines to a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileExportConfig {
+    /// Where, how large, how many rotated files.
+    pub sink: FileSinkConfig,
+    /// Which signals go there.
+    pub signals: Vec<Signal>,
+    /// Envelopes queued at most before sources wait (logs) or are refused (receivers).
+    pub queue_max_items: usize,
 }
 
 fn validate_headers(
@@ -465,7 +438,7 @@ fn validate_tls(
 }
 
 /// Validates the `export:` section, adding every problem to `errors`.
-pub(crate) fn validate(
+pub fn validate(
     raw: RawExport,
     base: &Path,
     env: &dyn Env,
@@ -592,20 +565,23 @@ pub(crate) fn validate(
             }
         }
         OtlpExportConfig {
-            endpoint: o.endpoint.trim().to_owned(),
-            protocol,
-            headers: validate_headers(&o.headers, at, errors),
-            bearer_token: optional_secret(
-                o.bearer_token_file.as_ref(),
-                o.bearer_token_env.as_ref(),
-                at,
-                base,
-                env,
-                errors,
-            ),
-            timeout: o.timeout,
-            compression,
-            tls,
+            client: ClientSettings {
+                endpoint: o.endpoint.trim().to_owned(),
+                protocol,
+                headers: validate_headers(&o.headers, at, errors),
+                bearer_token: optional_bearer_token(
+                    o.bearer_token_file.as_ref(),
+                    o.bearer_token_env.as_ref(),
+                    at,
+                    base,
+                    env,
+                    errors,
+                )
+                .map(|s| s.expose().to_owned()),
+                timeout: o.timeout,
+                compression,
+                tls,
+            },
             concurrency: o.concurrency,
             batch: BatchLimits {
                 max_items: o.batch.max_items,
@@ -652,26 +628,73 @@ pub(crate) fn validate(
                 });
             }
         }
-        RemoteWriteConfig {
+        let queue = validate_queue(&r.queue, at, errors);
+        RemoteWriteSettings {
             url: r.url.trim().to_owned(),
             interval: r.interval,
             headers: validate_headers(&r.headers, at, errors),
-            bearer_token: optional_secret(
+            bearer_token: optional_bearer_token(
                 r.bearer_token_file.as_ref(),
                 r.bearer_token_env.as_ref(),
                 at,
                 base,
                 env,
                 errors,
-            ),
+            )
+            .map(|s| s.expose().to_owned()),
             timeout: r.timeout,
             retry: validate_retry(&r.retry, at, errors),
-            queue: validate_queue(&r.queue, at, errors),
+            max_requests: queue.max_items,
+            max_bytes: queue.max_bytes,
             external_labels,
             tls,
         }
     });
-    ExportConfig { otlp, remote_write }
+    let file = raw.file.and_then(|f| validate_file_export(f, errors));
+    ExportConfig {
+        otlp,
+        remote_write,
+        file,
+    }
+}
+
+fn validate_file_export(
+    f: RawFileExport,
+    errors: &mut Vec<ConfigError>,
+) -> Option<FileExportConfig> {
+    let mut ok = true;
+    let mut signals = Vec::new();
+    for (i, name) in f.signals.iter().enumerate() {
+        match Signal::ALL.iter().find(|s| s.as_str() == name) {
+            Some(s) if !signals.contains(s) => signals.push(*s),
+            Some(_) => {}
+            None => {
+                ok = false;
+                errors.push(ConfigError::new(
+                    format!("export.file.signals[{i}]"),
+                    format!("`{name}` is not a signal (traces, metrics, logs)"),
+                ));
+            }
+        }
+    }
+    for (what, zero) in [
+        ("export.file.max_bytes", f.max_bytes == 0),
+        ("export.file.queue_max_items", f.queue_max_items == 0),
+    ] {
+        if zero {
+            ok = false;
+            errors.push(ConfigError::new(what, "must be greater than 0"));
+        }
+    }
+    ok.then_some(FileExportConfig {
+        sink: FileSinkConfig {
+            path: f.path,
+            max_bytes: f.max_bytes,
+            max_files: f.max_files,
+        },
+        signals,
+        queue_max_items: f.queue_max_items,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -693,7 +716,7 @@ type ResultLabel = [(&'static str, &'static str); 1];
 struct Built {
     exporters: Vec<SignalExporter>,
     otlp: Option<OtlpExportConfig>,
-    remote_write: Option<RemoteWriteConfig>,
+    remote_write: Option<RemoteWriteSettings>,
 }
 
 /// The exporters of a running agent.
@@ -737,7 +760,7 @@ impl Exports {
         let mut queues = Vec::new();
         let mut exporters = Vec::new();
         if let Some(o) = &config.otlp {
-            let client = Arc::new(OtlpClient::new(&o.client_settings())?);
+            let client = Arc::new(OtlpClient::new(&o.client)?);
             for &signal in &o.signals {
                 let queue = Arc::new(Queue::new(
                     &format!("otlp_{signal}"),
@@ -816,7 +839,7 @@ impl Exports {
             tracker.spawn(e.run(self.shutdown.clone()));
         }
         if let Some(o) = &built.otlp {
-            tracing::info!(endpoint = %o.endpoint, protocol = ?o.protocol,
+            tracing::info!(endpoint = %o.client.endpoint, protocol = ?o.client.protocol,
                 signals = ?o.signals.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
                 spill = o.spill_max_bytes.is_some(), "OTLP export started");
             if o.self_metrics
@@ -833,20 +856,8 @@ impl Exports {
         }
         if let Some(r) = built.remote_write {
             tracing::info!(url = %r.url, interval = %humantime::format_duration(r.interval), "remote write started");
-            let settings = RemoteWriteSettings {
-                url: r.url.clone(),
-                interval: r.interval,
-                headers: r.headers.clone(),
-                bearer_token: r.bearer_token.as_ref().map(|s| s.expose().to_owned()),
-                timeout: r.timeout,
-                retry: r.retry,
-                max_requests: r.queue.max_items,
-                max_bytes: r.queue.max_bytes,
-                external_labels: r.external_labels.clone(),
-                tls: r.tls.clone(),
-            };
             tracker.spawn(remote_write::run(
-                settings,
+                r,
                 registry,
                 self.stats.clone(),
                 self.queue_stats.clone(),
@@ -983,9 +994,12 @@ mod tests {
         )
         .expect("valid");
         let o = c.export.otlp.as_ref().expect("otlp");
-        assert_eq!(o.protocol, super::Protocol::Http);
-        assert_eq!(o.headers, vec![("x-tenant".to_owned(), "a".to_owned())]);
-        assert_eq!(o.bearer_token.as_ref().map(|s| s.expose()), Some("s3cret"));
+        assert_eq!(o.client.protocol, super::Protocol::Http);
+        assert_eq!(
+            o.client.headers,
+            vec![("x-tenant".to_owned(), "a".to_owned())]
+        );
+        assert_eq!(o.client.bearer_token.as_deref(), Some("s3cret"));
         assert_eq!(o.retry.max_elapsed, None, "0s: until shutdown");
         assert_eq!(o.spill_max_bytes, Some(2 << 20));
         assert_eq!(
@@ -1035,7 +1049,7 @@ mod tests {
         let c = load("export:\n  otlp: { endpoint: http://c:4317 }\n").expect("valid");
         let o = c.export.otlp.as_ref().expect("otlp");
         assert_eq!(
-            o.compression,
+            o.client.compression,
             Compression::Gzip(1),
             "gzip level 1 by default"
         );
@@ -1043,7 +1057,7 @@ mod tests {
         let c = load("export:\n  otlp: { endpoint: http://c:4317, compression: zstd, compression_level: 3 }\n")
             .expect("valid");
         assert_eq!(
-            c.export.otlp.as_ref().expect("otlp").compression,
+            c.export.otlp.as_ref().expect("otlp").client.compression,
             Compression::Zstd(3)
         );
         let e = load(

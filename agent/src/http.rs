@@ -6,8 +6,10 @@
 //! signatures instead.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -18,9 +20,10 @@ use axum::routing::{delete, get, post};
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
+use crate::config::common::{ConfigError, Env, RawBearerAuth, Secret, duration};
 
 /// OpenMetrics content type.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -68,6 +71,22 @@ pub struct HttpState {
     pub dora: Option<Arc<crate::hub::Hub>>,
     /// Alert rules and notifiers, when `alerts:` / `notifiers:` are configured.
     pub alerting: Option<Arc<crate::alerting::Alerting>>,
+}
+
+impl axum::extract::FromRef<HttpState> for crate::api::DoraApiState {
+    fn from_ref(state: &HttpState) -> Self {
+        Self {
+            dora: state.dora.clone(),
+        }
+    }
+}
+
+impl axum::extract::FromRef<HttpState> for crate::alerting::api::AlertsApiState {
+    fn from_ref(state: &HttpState) -> Self {
+        Self {
+            alerting: state.alerting.clone(),
+        }
+    }
 }
 
 /// The router with every route and limit.
@@ -262,6 +281,93 @@ fn strip_exemplar(line: &str) -> &str {
         }
     }
     line
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `http:` section.
+
+/// `http:` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RawHttp {
+    listen: String,
+    max_body_bytes: usize,
+    #[serde(with = "duration")]
+    request_timeout: Duration,
+    max_connections: usize,
+    auth: RawBearerAuth,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+            max_body_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(30),
+            max_connections: 256,
+            auth: RawBearerAuth::default(),
+        }
+    }
+}
+
+/// `http:` section, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Largest request body accepted (after decompression), in bytes.
+    pub max_body_bytes: usize,
+    /// Longest time one request may take.
+    pub request_timeout: Duration,
+    /// Open connections at most (more are closed on accept and counted).
+    pub max_connections: usize,
+    /// Accepted bearer tokens for non-probe endpoints; empty means no authentication.
+    pub bearer_tokens: Vec<Secret>,
+}
+
+/// Validates `http:`, adding every problem to `errors`.
+pub fn validate(
+    raw: RawHttp,
+    base: &Path,
+    env: &dyn Env,
+    errors: &mut Vec<ConfigError>,
+) -> HttpConfig {
+    let listen = match raw.listen.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            errors.push(ConfigError::new(
+                "http.listen",
+                format!("{:?} is not an address like 127.0.0.1:9464", raw.listen),
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 9464))
+        }
+    };
+    if raw.max_body_bytes < 1024 {
+        errors.push(ConfigError::new(
+            "http.max_body_bytes",
+            "must be at least 1024",
+        ));
+    }
+    if raw.request_timeout.is_zero() {
+        errors.push(ConfigError::new(
+            "http.request_timeout",
+            "must be greater than 0",
+        ));
+    }
+    if raw.max_connections == 0 || raw.max_connections > 65_536 {
+        errors.push(ConfigError::new(
+            "http.max_connections",
+            "must be between 1 and 65536",
+        ));
+    }
+    let bearer_tokens = raw.auth.tokens("http.auth", false, base, env, errors);
+    HttpConfig {
+        listen,
+        max_body_bytes: raw.max_body_bytes,
+        request_timeout: raw.request_timeout,
+        max_connections: raw.max_connections,
+        bearer_tokens,
+    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,11 @@ use sidelight_collector::metrics::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DoraConfig;
+pub mod config;
+pub mod detector;
+
+pub use config::DoraConfig;
+
 use crate::dora::tiers::assess;
 use crate::dora::{
     DeployStatus, Deployment, Events, Level, Metric, Report, Scope, TierTable, UnixSeconds, Window,
@@ -361,7 +365,7 @@ pub struct Hub {
     lead: Arc<HistogramCell>,
     recovery: Arc<HistogramCell>,
     changed: tokio::sync::Notify,
-    detector: crate::detector::Detector,
+    detector: detector::Detector,
     /// Bumped by every recorded deployment that changed the store (alerting re-reads them).
     deployments: std::sync::atomic::AtomicU64,
 }
@@ -400,7 +404,7 @@ impl Hub {
                 recovery_histogram,
             ),
             changed: tokio::sync::Notify::new(),
-            detector: crate::detector::Detector::default(),
+            detector: detector::Detector::default(),
             deployments: std::sync::atomic::AtomicU64::new(0),
         }))
     }
@@ -414,7 +418,7 @@ impl Hub {
     }
 
     /// The change-failure detector's state (`dora.regression`).
-    pub fn detector(&self) -> &crate::detector::Detector {
+    pub fn detector(&self) -> &detector::Detector {
         &self.detector
     }
 

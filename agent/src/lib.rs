@@ -4,12 +4,13 @@
 
 pub mod alerting;
 pub mod api;
+pub mod clock;
 pub mod config;
-pub mod detector;
 pub mod dora;
 pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod host;
 pub mod http;
 pub mod hub;
 pub mod logging;

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::common::ConfigError;
 use crate::http::Readiness;
 
 /// Deliveries waiting between a tailer and its consumer (each ≤ `tail.batch_max_bytes`).
@@ -78,16 +78,22 @@ struct Running {
     consumer: JoinHandle<()>,
 }
 
+/// What the supervisor follows: the validated configuration's `logs:` section.
+pub trait LogSources: Send + Sync + 'static {
+    /// The configured sources.
+    fn log_sources(&self) -> &[LogSourceConfig];
+}
+
 /// Starts the configured sources and follows configuration changes until `cancel`; then stops
 /// every source and waits for their final checkpoints.
-pub async fn supervise(
-    mut config: watch::Receiver<Arc<Config>>,
+pub async fn supervise<C: LogSources>(
+    mut config: watch::Receiver<Arc<C>>,
     ctx: LogContext,
     cancel: CancellationToken,
 ) {
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     let cfg = config.borrow_and_update().clone();
-    apply(&cfg.logs, &mut running, &ctx, &cancel).await;
+    apply(cfg.log_sources(), &mut running, &ctx, &cancel).await;
     ctx.readiness.ready("logs");
     loop {
         tokio::select! {
@@ -98,7 +104,7 @@ pub async fn supervise(
                     break;
                 }
                 let cfg = config.borrow_and_update().clone();
-                apply(&cfg.logs, &mut running, &ctx, &cancel).await;
+                apply(cfg.log_sources(), &mut running, &ctx, &cancel).await;
             }
         }
     }
@@ -215,4 +221,37 @@ pub fn host_name() -> Option<String> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `logs:` section: each source's shape and checks are the collector's
+// ([`LogSourceConfig`]); the section adds what spans sources.
+
+/// Validates `logs:`, adding every problem to `errors`.
+pub fn validate(logs: Vec<LogSourceConfig>, errors: &mut Vec<ConfigError>) -> Vec<LogSourceConfig> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, source) in logs.iter().enumerate() {
+        if let Err(es) = source.validate() {
+            errors.extend(
+                es.into_iter()
+                    .map(|e| ConfigError::new(format!("logs[{i}]"), e.to_string())),
+            );
+        }
+        if !seen.insert(source.source.as_str()) {
+            errors.push(ConfigError::new(
+                format!("logs[{i}].source"),
+                format!(
+                    "`{}` is used twice (the name keys the checkpoints; make each unique)",
+                    source.source
+                ),
+            ));
+        }
+        if source.source.contains(['/', '\\']) || source.source.starts_with('.') {
+            errors.push(ConfigError::new(
+                format!("logs[{i}].source"),
+                "must not contain `/` or start with `.` (it names a checkpoint file)",
+            ));
+        }
+    }
+    logs
 }

@@ -170,7 +170,7 @@ pub struct Running {
     tracker: TaskTracker,
     log: Option<LogHandle>,
     local_addr: watch::Receiver<SocketAddr>,
-    tokens: Arc<RwLock<Vec<crate::config::Secret>>>,
+    tokens: Arc<RwLock<Vec<crate::config::common::Secret>>>,
     metrics: SelfMetrics,
     dora: Option<Arc<Hub>>,
     alerting: Option<Arc<crate::alerting::Alerting>>,
@@ -268,7 +268,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     let mut intake = exports.intake();
     let mut sink_queues = Vec::new();
     let mut file_sink = None;
-    if let Some(f) = &config.export_file {
+    if let Some(f) = &config.export.file {
         let stats = FileSinkStats::default();
         stats.register(&mut registry);
         let sink = FileSink::open(f.sink.clone(), stats)?;
@@ -358,7 +358,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     if let Some(hub) = &dora {
         // Change failures from telemetry: samples the span metrics, when there are any.
         let spanmetrics = otlp.as_ref().and_then(|o| o.spanmetrics());
-        crate::detector::start(hub, spanmetrics, &tracker, sources.clone());
+        crate::hub::detector::start(hub, spanmetrics, &tracker, sources.clone());
     }
     if let Some(a) = &alerting {
         a.start(&tracker, sources.clone());

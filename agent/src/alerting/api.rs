@@ -27,10 +27,16 @@ use super::eval::{State as AlertState, fmt_value};
 use super::notify::Silence;
 use super::{Alerting, now_ms};
 use crate::dora::{Report, Scope, Window};
-use crate::http::HttpState;
+
+/// What the alert handlers read from the HTTP server's state (`http::HttpState` hands it out).
+#[derive(Debug, Clone)]
+pub struct AlertsApiState {
+    /// Alert rules and notifiers, when `alerts:` / `notifiers:` are configured.
+    pub alerting: Option<std::sync::Arc<Alerting>>,
+}
 
 #[allow(clippy::result_large_err)] // an early-return response, built once
-fn alerting(state: &HttpState) -> Result<&std::sync::Arc<Alerting>, Response> {
+fn alerting(state: &AlertsApiState) -> Result<&std::sync::Arc<Alerting>, Response> {
     state
         .alerting
         .as_ref()
@@ -38,7 +44,7 @@ fn alerting(state: &HttpState) -> Result<&std::sync::Arc<Alerting>, Response> {
 }
 
 /// `GET /api/v1/alerts`.
-pub async fn get_alerts(State(state): State<HttpState>) -> Response {
+pub async fn get_alerts(State(state): State<AlertsApiState>) -> Response {
     match alerting(&state) {
         Ok(a) => Json(json!({ "alerts": a.alerts() })).into_response(),
         Err(r) => r,
@@ -46,7 +52,7 @@ pub async fn get_alerts(State(state): State<HttpState>) -> Response {
 }
 
 /// `GET /api/v1/silences`.
-pub async fn get_silences(State(state): State<HttpState>) -> Response {
+pub async fn get_silences(State(state): State<AlertsApiState>) -> Response {
     match alerting(&state) {
         Ok(a) => Json(json!({ "silences": a.silences() })).into_response(),
         Err(r) => r,
@@ -84,7 +90,7 @@ fn bad(msg: impl std::fmt::Display) -> Response {
 }
 
 /// `POST /api/v1/silences`.
-pub async fn post_silence(State(state): State<HttpState>, body: Bytes) -> Response {
+pub async fn post_silence(State(state): State<AlertsApiState>, body: Bytes) -> Response {
     let a = match alerting(&state) {
         Ok(a) => a,
         Err(r) => return r,
@@ -129,7 +135,10 @@ pub async fn post_silence(State(state): State<HttpState>, body: Bytes) -> Respon
 }
 
 /// `DELETE /api/v1/silences/{id}`.
-pub async fn delete_silence(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
+pub async fn delete_silence(
+    State(state): State<AlertsApiState>,
+    Path(id): Path<String>,
+) -> Response {
     let a = match alerting(&state) {
         Ok(a) => a,
         Err(r) => return r,
@@ -206,7 +215,7 @@ pub fn dora_lines(r: &Report) -> Vec<String> {
 
 /// `POST /chatops/slack/commands`.
 pub async fn slack_command(
-    State(state): State<HttpState>,
+    State(state): State<AlertsApiState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -319,7 +328,7 @@ pub async fn command(a: &Alerting, text: &str, user: &str) -> String {
 
 /// `POST /chatops/slack/interactions` (the Ack and Silence 1h buttons).
 pub async fn slack_interaction(
-    State(state): State<HttpState>,
+    State(state): State<AlertsApiState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {

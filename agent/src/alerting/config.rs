@@ -12,7 +12,7 @@ use super::notify::{Inhibit, Route, Routing, Silence};
 use super::rules::{
     BurnWindow, Cmp, Condition, Matcher, Millis, Rule, Selector, SloKind, ms, workbook_windows,
 };
-use crate::config::{ConfigError, Env, Secret, read_secret};
+use crate::config::common::{ConfigError, Env, Secret, read_secret};
 
 /// `alerts:` as written.
 #[derive(Debug, Clone, Deserialize)]

@@ -34,7 +34,7 @@ use super::eval::DeployInfo;
 use super::notify::{MessageRef, Notification};
 use super::render::{self, Message, Tone};
 use super::rules::Millis;
-use crate::config::Secret;
+use crate::config::common::Secret;
 
 /// The HTTP client shared by every transport.
 pub type Http = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;

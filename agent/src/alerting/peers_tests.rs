@@ -22,7 +22,7 @@ use super::config::{NotifierConfig, NotifierKind};
 use super::deliver::{DeliveryMetrics, Item, Queue, Report, Sender, Transport, http_client};
 use super::eval::{Alert, State as AlertState};
 use super::notify::{Kind, Notification, Status};
-use crate::config::Secret;
+use crate::config::common::Secret;
 
 const TOKEN: &str = "xoxb-1111-2222-test";
 

@@ -13,7 +13,7 @@ use slack_morphism::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use super::{Alerting, api, deliver};
-use crate::config::Secret;
+use crate::config::common::Secret;
 
 type Connector = SlackClientHyperConnector<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,

@@ -115,7 +115,7 @@ pub fn encode(req: &WriteRequest) -> Result<Vec<u8>, snap::Error> {
 }
 
 /// Where and how to write.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RemoteWriteSettings {
     /// The receiver's URL (`http://prometheus:9090/api/v1/write`).
     pub url: String,
@@ -137,6 +137,29 @@ pub struct RemoteWriteSettings {
     pub external_labels: Vec<(String, String)>,
     /// TLS for an `https://` URL (the system roots when `None`).
     pub tls: Option<Arc<super::tls::ClientTls>>,
+}
+
+impl std::fmt::Debug for RemoteWriteSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteWriteSettings")
+            .field("url", &self.url)
+            .field("interval", &self.interval)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .field("max_requests", &self.max_requests)
+            .field("max_bytes", &self.max_bytes)
+            .field("external_labels", &self.external_labels)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 struct Pending {

@@ -1,4 +1,4 @@
-//! Change failures detected from telemetry, wired: the `dora.regression` section, the
+//! Change failures detected from telemetry, wired into the hub: the `dora.regression` section, the
 //! detector's self-metrics, and the task that samples span metrics (RED per `service_name`)
 //! every `interval` into the pure [`Tracker`](crate::dora::telemetry::Tracker), judges each
 //! watched deployment with the pure detector, and opens / resolves the resulting incidents
@@ -29,11 +29,12 @@ use sidelight_collector::spanmetrics::SpanMetrics;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ConfigError, DoraConfig, duration};
+use super::Hub;
+use super::config::DoraConfig;
+use crate::config::common::{ConfigError, duration};
 use crate::dora::regression::{RegressionConfig, RegressionError};
 use crate::dora::telemetry::{Action, Conclusion, SamplingConfig, Tracker, incident_id};
 use crate::dora::{Deployment, Incident, UnixSeconds};
-use crate::hub::Hub;
 use crate::store::IncidentChange;
 
 // ---------------------------------------------------------------------------------------------
@@ -42,7 +43,7 @@ use crate::store::IncidentChange;
 /// `dora.regression` as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
-pub(crate) struct RawRegression {
+pub struct RawRegression {
     enabled: bool,
     #[serde(with = "duration")]
     interval: Duration,
@@ -416,7 +417,7 @@ async fn run(hub: Arc<Hub>, sm: SpanMetrics, cancel: CancellationToken) {
         }
         // The alert clock, not the raw wall clock: after a step back, sample times keep
         // advancing (the rings and the watches' windows are read in time order).
-        let now = crate::alerting::now_ms().div_euclid(1000);
+        let now = crate::clock::now_ms().div_euclid(1000);
         for action in hub.detector().sample(now, &sm, r) {
             match hub.record_incident(change(&action)).await {
                 Ok(_) => {

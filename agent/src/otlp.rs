@@ -161,12 +161,12 @@ impl Otlp {
     }
 }
 
-/// The bounds of received metrics: `agent.max_label_sets` per family (the caps' limit), the
-/// rest at their defaults.
-fn received_settings(_config: &OtlpConfig, caps: &LabelCaps) -> ReceivedSettings {
+/// The bounds of received metrics: `otlp.metrics`, with `agent.max_label_sets` (the caps'
+/// limit) per family.
+fn received_settings(config: &OtlpConfig, caps: &LabelCaps) -> ReceivedSettings {
     ReceivedSettings {
         max_label_sets: caps.limit(),
-        ..ReceivedSettings::default()
+        ..config.metrics.clone()
     }
 }
 
@@ -191,6 +191,26 @@ pub struct RawOtlp {
     max_connections: usize,
     spanmetrics: RawSpanMetrics,
     redaction: RedactionConfig,
+    metrics: RawReceivedMetrics,
+}
+
+/// `otlp.metrics`: how received metrics are bounded on `/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+struct RawReceivedMetrics {
+    #[serde(with = "duration")]
+    expiry: Duration,
+    max_series: usize,
+}
+
+impl Default for RawReceivedMetrics {
+    fn default() -> Self {
+        let d = ReceivedSettings::default();
+        Self {
+            expiry: d.expiry,
+            max_series: d.max_series,
+        }
+    }
 }
 
 impl Default for RawOtlp {
@@ -207,6 +227,7 @@ impl Default for RawOtlp {
             max_connections: d.max_connections,
             spanmetrics: RawSpanMetrics::default(),
             redaction: d.redaction,
+            metrics: RawReceivedMetrics::default(),
         }
     }
 }
@@ -280,6 +301,8 @@ pub struct OtlpConfig {
     pub receivers: OtlpSettings,
     /// Span metrics, when `otlp.spanmetrics.enabled`.
     pub spanmetrics: Option<SpanMetricsSettings>,
+    /// Bounds of received metrics (`max_label_sets` is `agent.max_label_sets`, applied at start).
+    pub metrics: ReceivedSettings,
 }
 
 /// Validates `otlp:` (`None`: the file has no such section, so the receivers are off); files
@@ -404,10 +427,28 @@ pub fn validate(
     for e in settings.validate() {
         err(format!("otlp.spanmetrics.{}", e.key), e.message);
     }
+    let m = &raw.metrics;
+    if m.expiry < Duration::from_secs(1) || m.expiry > Duration::from_secs(7 * 24 * 3600) {
+        err(
+            "otlp.metrics.expiry".into(),
+            "must be between 1s and 7d".into(),
+        );
+    }
+    if m.max_series == 0 || m.max_series > 10_000_000 {
+        err(
+            "otlp.metrics.max_series".into(),
+            "must be between 1 and 10000000".into(),
+        );
+    }
     OtlpConfig {
         enabled: given && raw.enabled,
         receivers,
         spanmetrics: sm.enabled.then_some(settings),
+        metrics: ReceivedSettings {
+            expiry: m.expiry,
+            max_series: m.max_series,
+            ..ReceivedSettings::default()
+        },
     }
 }
 

@@ -796,6 +796,12 @@ mod tests {
         assert_eq!(c.otlp.receivers.max_request_bytes, 16 << 20);
         let sm = c.otlp.spanmetrics.as_ref().expect("span metrics on");
         assert_eq!(sm.buckets.len(), 16);
+        // `http.route` is a default dimension, without a default value (absent: no label).
+        assert_eq!(sm.dimensions.len(), 1);
+        assert_eq!(sm.dimensions[0].attribute, "http.route");
+        assert_eq!(sm.dimensions[0].default, None);
+        assert_eq!(c.otlp.metrics.expiry, Duration::from_secs(300));
+        assert_eq!(c.otlp.metrics.max_series, 10_000);
         assert!(
             !load("http: { listen: 127.0.0.1:1 }\n")
                 .expect("valid")
@@ -816,12 +822,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("tokens"), "old\nnew\n").expect("write");
         let c = load_str(
-            "otlp:\n  grpc: 0.0.0.0:14317\n  http: null\n  max_request_bytes: 4194304\n  retry_after: 5s\n  auth: { bearer_token_file: tokens }\n  spanmetrics:\n    dimensions: [http.route, { name: http.method, default: GET }]\n    buckets: [5ms, 0.1, 1.4s]\n    max_label_sets: 50\n    kinds: [server, SPAN_KIND_CLIENT]\n",
+            "otlp:\n  grpc: 0.0.0.0:14317\n  http: null\n  max_request_bytes: 4194304\n  retry_after: 5s\n  auth: { bearer_token_file: tokens }\n  spanmetrics:\n    dimensions: [http.route, { name: http.method, default: GET }]\n    buckets: [5ms, 0.1, 1.4s]\n    max_label_sets: 50\n    kinds: [server, SPAN_KIND_CLIENT]\n  metrics: { expiry: 10m, max_series: 500 }\n",
             "t",
             dir.path(),
             &env(&[]),
         )
         .expect("valid");
+        assert_eq!(c.otlp.metrics.expiry, Duration::from_secs(600));
+        assert_eq!(c.otlp.metrics.max_series, 500);
         let r = &c.otlp.receivers;
         assert_eq!(r.grpc, Some("0.0.0.0:14317".parse().expect("addr")));
         assert_eq!(r.http, None);
@@ -849,7 +857,7 @@ mod tests {
     #[test]
     fn otlp_errors_have_paths() {
         let e = load(
-            "otlp:\n  grpc: nowhere\n  max_request_bytes: 10\n  retry_after: 0s\n  auth: { bearer_token_file: a, bearer_token_env: B }\n  tls: { cert_file: missing.pem, key_file: missing.key }\n  spanmetrics:\n    buckets: [2ms, fast, 1ms]\n    kinds: [sideways]\n    dimensions: [service.name]\n    colour: red\n  colour: blue\n",
+            "otlp:\n  grpc: nowhere\n  max_request_bytes: 10\n  retry_after: 0s\n  auth: { bearer_token_file: a, bearer_token_env: B }\n  tls: { cert_file: missing.pem, key_file: missing.key }\n  spanmetrics:\n    buckets: [2ms, fast, 1ms]\n    kinds: [sideways]\n    dimensions: [service.name]\n    colour: red\n  colour: blue\n  metrics: { expiry: 0s, max_series: 0 }\n",
         )
         .expect_err("invalid");
         let p = paths(&e);
@@ -866,6 +874,8 @@ mod tests {
             "otlp.spanmetrics.dimensions[0]",
             "otlp.spanmetrics.colour",
             "otlp.colour",
+            "otlp.metrics.expiry",
+            "otlp.metrics.max_series",
         ] {
             assert!(p.iter().any(|x| x == want), "missing {want} in {p:?}\n{e}");
         }

@@ -224,3 +224,83 @@ fn sdk_metrics_and_logs_reach_prometheus_with_no_exporter() -> Result {
     }
     Ok(())
 }
+
+/// With an exporter, received metrics and logs are still forwarded as received, and are served
+/// on `/metrics` too; remote write and the agent's own telemetry over OTLP carry the same
+/// received series.
+#[test]
+fn with_an_exporter_received_metrics_are_forwarded_and_served_and_remote_written() -> Result {
+    let sink = OtlpSink::start(&[])?;
+    let receiver = Prometheus::start_receiver()?;
+    let http = free_port();
+    let agent = Agent::start(&format!(
+        "http: {{ listen: 127.0.0.1:0 }}\nhost: {{ interval: 1s }}\nstore: {{ path: {{dir}}/data }}\n\
+         otlp: {{ grpc: null, http: 127.0.0.1:{http} }}\n\
+         export:\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    protocol: grpc\n\
+         \x20   signals: [metrics, logs]\n    self_metrics: true\n\
+         \x20   batch: {{ max_items: 64, linger: 50ms }}\n\
+         \x20 remote_write:\n    url: {}/api/v1/write\n    interval: 1s\n",
+        sink.grpc, receiver.url
+    ))?;
+    let said = agent.log_lines().join("\n");
+    assert!(
+        said.contains("served on /metrics and forwarded"),
+        "the start must say received metrics are forwarded: {said}"
+    );
+    run_app(
+        "bars-fwd",
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{http}"),
+            ),
+        ],
+    )?;
+    // Forwarded as received: the OTel names, the log bodies.
+    let state = eventually(
+        Duration::from_secs(30),
+        "forwarded metrics and logs",
+        || {
+            let s = sink.state().ok()?;
+            let forwarded = s["points_by_metric"]["bars.orders"].as_u64()? > 0;
+            let logs = s["logs"]
+                .as_array()?
+                .iter()
+                .any(|l| l.as_str() == Some("payment failed for order 7"));
+            // The agent's own telemetry carries the received families under their Prometheus names.
+            let own = s["points_by_metric"]["bars_orders"].as_u64()? > 0;
+            (forwarded && logs && own).then_some(s)
+        },
+    )?;
+    assert!(
+        state["points_by_metric"]["bars.order.duration"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{state}"
+    );
+    // Served on /metrics.
+    let (_, _, body) = get(&agent.url("/metrics"), &[])?;
+    assert_eq!(
+        sample(
+            &body,
+            "bars_orders_total",
+            "service_name=\"bars-fwd\",shop=\"main\""
+        ),
+        Some(50.0),
+        "{body}"
+    );
+    // Remote-written to a real Prometheus.
+    expect(
+        &receiver,
+        "bars_orders_total{service_name=\"bars-fwd\",shop=\"main\"}",
+        50.0,
+    )?;
+    expect(
+        &receiver,
+        "bars_order_duration_seconds_count{service_name=\"bars-fwd\",shop=\"main\"}",
+        50.0,
+    )?;
+    Ok(())
+}

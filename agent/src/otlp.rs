@@ -7,17 +7,19 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
-use sidelight_collector::logs::RedactionConfig;
+use sidelight_collector::logs::{LogStats, RedactionConfig};
 use sidelight_collector::metrics::LabelCaps;
 use sidelight_collector::otlp::serve::ConnectionStats;
 use sidelight_collector::otlp::{
-    OtlpError, OtlpSettings, ReceiverStats, Receivers, ReceiversHandle, TlsFiles, Token,
+    Derived, OtlpError, OtlpSettings, ReceiverStats, Receivers, ReceiversHandle, TlsFiles, Token,
 };
-use sidelight_collector::pipeline::Intake;
+use sidelight_collector::pipeline::{Intake, Signal};
+use sidelight_collector::received_metrics::{ReceivedMetrics, ReceivedSettings};
 use sidelight_collector::spanmetrics::{self, Dimension, SpanMetrics, SpanMetricsSettings};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,6 +31,8 @@ use crate::config::common::{ConfigError, Env, RawBearerAuth, duration};
 pub struct Otlp {
     handle: ReceiversHandle,
     spanmetrics: Option<SpanMetrics>,
+    received: ReceivedMetrics,
+    caps: Arc<LabelCaps>,
     /// The bound gRPC address.
     pub grpc: Option<SocketAddr>,
     /// The bound HTTP address.
@@ -37,11 +41,15 @@ pub struct Otlp {
 
 impl Otlp {
     /// Binds the receivers (when enabled), registers their metrics and spawns them on `tracker`;
-    /// they stop when `cancel` fires, after answering the requests in flight.
+    /// they stop when `cancel` fires, after answering the requests in flight. Received metrics
+    /// are served on `/metrics` and received log records counted in `log_stats`, whether or not
+    /// an exporter forwards them.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         config: &OtlpConfig,
         intake: Intake,
-        caps: &LabelCaps,
+        caps: &Arc<LabelCaps>,
+        log_stats: &LogStats,
         registry: &mut Registry,
         connections: ConnectionStats,
         tracker: &TaskTracker,
@@ -58,20 +66,32 @@ impl Otlp {
             connections,
             ..Default::default()
         };
-        let receivers = Receivers::build(
+        let received = ReceivedMetrics::new(received_settings(config, caps), caps.clone());
+        let forwards = (
+            intake.forwards(Signal::Metrics),
+            intake.forwards(Signal::Logs),
+        );
+        let receivers = Receivers::build_with(
             &config.receivers,
             intake,
             stats.clone(),
-            spanmetrics.clone(),
+            Derived {
+                spanmetrics: spanmetrics.clone(),
+                metrics: Some(received.clone()),
+                logs: Some(log_stats.clone()),
+            },
         )
         .await?;
         stats.register(registry);
         if let Some(sm) = &spanmetrics {
             sm.register(registry);
         }
+        received.register(registry);
         let otlp = Otlp {
             handle: receivers.handle(),
             spanmetrics,
+            received: received.clone(),
+            caps: caps.clone(),
             grpc: receivers.grpc_addr(),
             http: receivers.http_addr(),
         };
@@ -81,10 +101,25 @@ impl Otlp {
             tls = config.receivers.tls.is_some(),
             auth = !config.receivers.bearer_tokens.is_empty(),
             spanmetrics = otlp.spanmetrics.is_some(),
+            received_metrics = if forwards.0 {
+                "served on /metrics and forwarded"
+            } else {
+                "served on /metrics, not forwarded (no export)"
+            },
+            received_logs = if forwards.1 {
+                "counted on /metrics and forwarded"
+            } else {
+                "counted on /metrics, not forwarded (no export)"
+            },
             "otlp receivers listening"
         );
         tracker.spawn(receivers.run(cancel));
         Ok(Some(otlp))
+    }
+
+    /// The received metrics served on `/metrics`.
+    pub fn received_metrics(&self) -> &ReceivedMetrics {
+        &self.received
     }
 
     /// The span metrics, for readers such as the regression detector.
@@ -108,6 +143,8 @@ impl Otlp {
                 tracing::error!(error = %e, "otlp settings not applied; the previous ones stay")
             }
         }
+        self.received
+            .reconfigure(received_settings(new, &self.caps));
         match (&self.spanmetrics, &new.spanmetrics) {
             (Some(sm), Some(settings)) => {
                 for key in sm.reconfigure(settings) {
@@ -121,6 +158,15 @@ impl Otlp {
             }
             _ => {}
         }
+    }
+}
+
+/// The bounds of received metrics: `otlp.metrics`, with `agent.max_label_sets` (the caps'
+/// limit) per family.
+fn received_settings(config: &OtlpConfig, caps: &LabelCaps) -> ReceivedSettings {
+    ReceivedSettings {
+        max_label_sets: caps.limit(),
+        ..config.metrics.clone()
     }
 }
 
@@ -145,6 +191,26 @@ pub struct RawOtlp {
     max_connections: usize,
     spanmetrics: RawSpanMetrics,
     redaction: RedactionConfig,
+    metrics: RawReceivedMetrics,
+}
+
+/// `otlp.metrics`: how received metrics are bounded on `/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+struct RawReceivedMetrics {
+    #[serde(with = "duration")]
+    expiry: Duration,
+    max_series: usize,
+}
+
+impl Default for RawReceivedMetrics {
+    fn default() -> Self {
+        let d = ReceivedSettings::default();
+        Self {
+            expiry: d.expiry,
+            max_series: d.max_series,
+        }
+    }
 }
 
 impl Default for RawOtlp {
@@ -161,6 +227,7 @@ impl Default for RawOtlp {
             max_connections: d.max_connections,
             spanmetrics: RawSpanMetrics::default(),
             redaction: d.redaction,
+            metrics: RawReceivedMetrics::default(),
         }
     }
 }
@@ -188,7 +255,16 @@ impl Default for RawSpanMetrics {
     fn default() -> Self {
         Self {
             enabled: true,
-            dimensions: Vec::new(),
+            // `http.route` by default (the shipped service dashboard groups by it); a span
+            // without it gives a series without the label.
+            dimensions: SpanMetricsSettings::default()
+                .dimensions
+                .into_iter()
+                .map(|d| RawDimension::Full {
+                    name: d.attribute,
+                    default: d.default,
+                })
+                .collect(),
             buckets: None,
             max_label_sets: SpanMetricsSettings::default().max_label_sets,
             kinds: None,
@@ -225,6 +301,8 @@ pub struct OtlpConfig {
     pub receivers: OtlpSettings,
     /// Span metrics, when `otlp.spanmetrics.enabled`.
     pub spanmetrics: Option<SpanMetricsSettings>,
+    /// Bounds of received metrics (`max_label_sets` is `agent.max_label_sets`, applied at start).
+    pub metrics: ReceivedSettings,
 }
 
 /// Validates `otlp:` (`None`: the file has no such section, so the receivers are off); files
@@ -350,10 +428,28 @@ pub fn validate(
     for e in settings.validate() {
         err(format!("otlp.spanmetrics.{}", e.key), e.message);
     }
+    let m = &raw.metrics;
+    if m.expiry < Duration::from_secs(1) || m.expiry > Duration::from_secs(7 * 24 * 3600) {
+        err(
+            "otlp.metrics.expiry".into(),
+            "must be between 1s and 7d".into(),
+        );
+    }
+    if m.max_series == 0 || m.max_series > 10_000_000 {
+        err(
+            "otlp.metrics.max_series".into(),
+            "must be between 1 and 10000000".into(),
+        );
+    }
     OtlpConfig {
         enabled: given && raw.enabled,
         receivers,
         spanmetrics: sm.enabled.then_some(settings),
+        metrics: ReceivedSettings {
+            expiry: m.expiry,
+            max_series: m.max_series,
+            ..ReceivedSettings::default()
+        },
     }
 }
 

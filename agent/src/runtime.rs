@@ -306,6 +306,7 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         &config.otlp,
         intake.clone(),
         &shared.caps,
+        &log_stats,
         &mut registry,
         connections.clone(),
         &tracker,

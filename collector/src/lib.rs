@@ -14,6 +14,7 @@ pub mod otlp;
 pub mod pipeline;
 pub mod process;
 pub mod procfs;
+pub mod received_metrics;
 pub mod resource;
 pub mod spanmetrics;
 pub mod wire;

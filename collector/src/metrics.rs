@@ -269,7 +269,7 @@ impl LabelCap {
 pub struct LabelCaps {
     max: RwLock<usize>,
     caps: Mutex<BTreeMap<&'static str, Arc<LabelCap>>>,
-    folded: Family<[(&'static str, &'static str); 1], Counter>,
+    folded: Family<[(&'static str, String); 1], Counter>,
 }
 
 impl LabelCaps {
@@ -290,7 +290,9 @@ impl LabelCaps {
                 Arc::new(LabelCap {
                     max: *self.max.read(),
                     state: Mutex::new(CapState::default()),
-                    folded: self.folded.get_or_create_owned(&[("family", family)]),
+                    folded: self
+                        .folded
+                        .get_or_create_owned(&[("family", family.to_owned())]),
                 })
             })
             .clone()
@@ -306,10 +308,20 @@ impl LabelCaps {
                 Arc::new(LabelCap {
                     max: max.max(1),
                     state: Mutex::new(CapState::default()),
-                    folded: self.folded.get_or_create_owned(&[("family", family)]),
+                    folded: self
+                        .folded
+                        .get_or_create_owned(&[("family", family.to_owned())]),
                 })
             })
             .clone()
+    }
+
+    /// Counts one label set of `family` folded into `other` by a family that keeps its own
+    /// admission (received OTLP metrics, whose family names come from the senders).
+    pub fn count_folded(&self, family: &str) {
+        self.folded
+            .get_or_create(&[("family", family.to_owned())])
+            .inc();
     }
 
     /// The configured limit.

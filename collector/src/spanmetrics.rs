@@ -113,7 +113,10 @@ pub struct SpanMetricsSettings {
 impl Default for SpanMetricsSettings {
     fn default() -> Self {
         Self {
-            dimensions: Vec::new(),
+            dimensions: vec![Dimension {
+                attribute: "http.route".into(),
+                default: None,
+            }],
             buckets: DEFAULT_BUCKETS.to_vec(),
             max_label_sets: 1000,
             kinds: vec![SpanKind::Server, SpanKind::Consumer],

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 use sidelight_collector::logs::LogSourceConfig;
+use sidelight_collector::pipeline::Signal;
 use sidelight_collector::process::TargetSpec;
 
 use crate::alerting::config::{AlertingConfig, RawAlerts, RawNotifier};
@@ -186,7 +187,7 @@ impl Config {
             .map(|l| format!("{} {}", l.source, l.include.join(" ")))
             .collect();
         format!(
-            "http {} ({}), host metrics {} every {}, process targets [{}], logs [{}], store {}",
+            "http {} ({}), host metrics {} every {}, process targets [{}], logs [{}], store {}, {}",
             self.http.listen,
             if self.http.bearer_tokens.is_empty() {
                 "no auth"
@@ -198,6 +199,62 @@ impl Config {
             targets.join(", "),
             logs.join(", "),
             self.store.path.display(),
+            self.data_flow(),
+        )
+    }
+
+    /// Where received and derived data goes: the OTLP receivers, span metrics, what happens to
+    /// received metrics, logs and traces (served or counted on `/metrics`, forwarded or not),
+    /// remote write, DORA and alerting — on or off, said out loud.
+    fn data_flow(&self) -> String {
+        let forwarded = |signal: Signal| {
+            let otlp = self
+                .export
+                .otlp
+                .as_ref()
+                .filter(|o| o.signals.contains(&signal))
+                .map(|o| o.client.endpoint.clone());
+            let file = self
+                .export
+                .file
+                .as_ref()
+                .filter(|f| f.signals.contains(&signal))
+                .map(|f| f.sink.path.display().to_string());
+            match (otlp, file) {
+                (None, None) => "not forwarded (no export)".to_owned(),
+                (Some(o), None) => format!("forwarded to {o}"),
+                (None, Some(f)) => format!("written to {f}"),
+                (Some(o), Some(f)) => format!("forwarded to {o} and written to {f}"),
+            }
+        };
+        let otlp = if self.otlp.enabled {
+            let r = &self.otlp.receivers;
+            let addr = |a: Option<std::net::SocketAddr>| a.map_or("off".into(), |a| a.to_string());
+            format!(
+                "otlp receivers grpc {} http {}, span metrics {}, received OTLP metrics: served on /metrics, {}, received OTLP logs: counted on /metrics, {}, received OTLP traces: {}",
+                addr(r.grpc),
+                addr(r.http),
+                if self.otlp.spanmetrics.is_some() {
+                    "on"
+                } else {
+                    "off"
+                },
+                forwarded(Signal::Metrics),
+                forwarded(Signal::Logs),
+                forwarded(Signal::Traces),
+            )
+        } else {
+            "otlp receivers off".to_owned()
+        };
+        format!(
+            "{otlp}, tailed logs {}, remote write {}, dora {}, alerting {}",
+            forwarded(Signal::Logs),
+            self.export
+                .remote_write
+                .as_ref()
+                .map_or("off".to_owned(), |r| format!("to {}", r.url)),
+            if self.dora.enabled { "on" } else { "off" },
+            if self.alerting.is_some() { "on" } else { "off" },
         )
     }
 }
@@ -749,6 +806,12 @@ mod tests {
         assert_eq!(c.otlp.receivers.max_request_bytes, 16 << 20);
         let sm = c.otlp.spanmetrics.as_ref().expect("span metrics on");
         assert_eq!(sm.buckets.len(), 16);
+        // `http.route` is a default dimension, without a default value (absent: no label).
+        assert_eq!(sm.dimensions.len(), 1);
+        assert_eq!(sm.dimensions[0].attribute, "http.route");
+        assert_eq!(sm.dimensions[0].default, None);
+        assert_eq!(c.otlp.metrics.expiry, Duration::from_secs(300));
+        assert_eq!(c.otlp.metrics.max_series, 10_000);
         assert!(
             !load("http: { listen: 127.0.0.1:1 }\n")
                 .expect("valid")
@@ -769,12 +832,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("tokens"), "old\nnew\n").expect("write");
         let c = load_str(
-            "otlp:\n  grpc: 0.0.0.0:14317\n  http: null\n  max_request_bytes: 4194304\n  retry_after: 5s\n  auth: { bearer_token_file: tokens }\n  spanmetrics:\n    dimensions: [http.route, { name: http.method, default: GET }]\n    buckets: [5ms, 0.1, 1.4s]\n    max_label_sets: 50\n    kinds: [server, SPAN_KIND_CLIENT]\n",
+            "otlp:\n  grpc: 0.0.0.0:14317\n  http: null\n  max_request_bytes: 4194304\n  retry_after: 5s\n  auth: { bearer_token_file: tokens }\n  spanmetrics:\n    dimensions: [http.route, { name: http.method, default: GET }]\n    buckets: [5ms, 0.1, 1.4s]\n    max_label_sets: 50\n    kinds: [server, SPAN_KIND_CLIENT]\n  metrics: { expiry: 10m, max_series: 500 }\n",
             "t",
             dir.path(),
             &env(&[]),
         )
         .expect("valid");
+        assert_eq!(c.otlp.metrics.expiry, Duration::from_secs(600));
+        assert_eq!(c.otlp.metrics.max_series, 500);
         let r = &c.otlp.receivers;
         assert_eq!(r.grpc, Some("0.0.0.0:14317".parse().expect("addr")));
         assert_eq!(r.http, None);
@@ -802,7 +867,7 @@ mod tests {
     #[test]
     fn otlp_errors_have_paths() {
         let e = load(
-            "otlp:\n  grpc: nowhere\n  max_request_bytes: 10\n  retry_after: 0s\n  auth: { bearer_token_file: a, bearer_token_env: B }\n  tls: { cert_file: missing.pem, key_file: missing.key }\n  spanmetrics:\n    buckets: [2ms, fast, 1ms]\n    kinds: [sideways]\n    dimensions: [service.name]\n    colour: red\n  colour: blue\n",
+            "otlp:\n  grpc: nowhere\n  max_request_bytes: 10\n  retry_after: 0s\n  auth: { bearer_token_file: a, bearer_token_env: B }\n  tls: { cert_file: missing.pem, key_file: missing.key }\n  spanmetrics:\n    buckets: [2ms, fast, 1ms]\n    kinds: [sideways]\n    dimensions: [service.name]\n    colour: red\n  colour: blue\n  metrics: { expiry: 0s, max_series: 0 }\n",
         )
         .expect_err("invalid");
         let p = paths(&e);
@@ -819,6 +884,8 @@ mod tests {
             "otlp.spanmetrics.dimensions[0]",
             "otlp.spanmetrics.colour",
             "otlp.colour",
+            "otlp.metrics.expiry",
+            "otlp.metrics.max_series",
         ] {
             assert!(p.iter().any(|x| x == want), "missing {want} in {p:?}\n{e}");
         }

@@ -9,10 +9,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::{LabelCap, LabelCaps};
+use crate::metrics::{LabelCap, LabelCaps, OVERFLOW_VALUE, label_key};
 
 type L1 = [(&'static str, String); 1];
 type L2 = [(&'static str, String); 2];
+/// Labels of the families tailed and received records share: tailed ones carry
+/// `{source,level}` / `{source,exception}`, received ones `{source="otlp",service_name,...}`.
+pub type RecordLabels = Vec<(&'static str, String)>;
+
+/// The `source` label of log records received over OTLP.
+pub const OTLP_SOURCE: &str = "otlp";
 
 /// `reason` of lost bytes: a file was truncated in place (copytruncate) below bytes seen but not
 /// read, and no copy holding them was found.
@@ -26,8 +32,9 @@ pub const LOST_LINE_TOO_LONG: &str = "line_too_long";
 /// Counters and gauges of the log sources.
 #[derive(Debug, Clone)]
 pub struct LogStats {
-    /// `sidelight_log_records_total{source,level}`.
-    pub records: Family<L2, Counter>,
+    /// `sidelight_log_records_total{source,level}` (tailed) and
+    /// `{source="otlp",service_name,level}` (received over OTLP).
+    pub records: Family<RecordLabels, Counter>,
     /// `sidelight_log_bytes_total{source}`: bytes read from files.
     pub bytes: Family<L1, Counter>,
     /// `sidelight_log_parse_errors_total{source}`.
@@ -40,8 +47,9 @@ pub struct LogStats {
     /// `sidelight_log_skipped_files_total{source,reason}`: rotated files newer than the last
     /// look that are not read (`compressed`).
     pub skipped_files: Family<L2, Counter>,
-    /// `sidelight_log_exceptions_total{source,exception}` (bounded set).
-    pub exceptions: Family<L2, Counter>,
+    /// `sidelight_log_exceptions_total{source,exception}` (bounded set; received records add
+    /// `service_name`).
+    pub exceptions: Family<RecordLabels, Counter>,
     /// `sidelight_log_redactions_total{source}`.
     pub redactions: Family<L1, Counter>,
     /// `sidelight_log_file_errors_total{source,kind}`: permission denied, not a file, IO.
@@ -59,6 +67,7 @@ pub struct LogStats {
     /// `sidelight_log_checkpoint_writes_total{source}`.
     pub checkpoint_writes: Family<L1, Counter>,
     exception_cap: Arc<LabelCap>,
+    service_cap: Arc<LabelCap>,
 }
 
 impl LogStats {
@@ -81,6 +90,70 @@ impl LogStats {
             checkpoint_errors: Family::default(),
             checkpoint_writes: Family::default(),
             exception_cap: caps.for_family("sidelight_log_exceptions"),
+            service_cap: caps.for_family("sidelight_log_records"),
+        }
+    }
+
+    /// Counts one tailed record of `source` at `level`.
+    pub fn record(&self, source: &str, level: &str) {
+        self.records
+            .get_or_create(&vec![
+                ("source", source.to_owned()),
+                ("level", level.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Counts `n` records received over OTLP from `service` at `level`; services beyond the
+    /// label cap are counted as `other`.
+    pub fn received(&self, service: &str, level: &str, n: u64) {
+        let service = self.service_label(service);
+        self.records
+            .get_or_create(&vec![
+                ("source", OTLP_SOURCE.to_owned()),
+                ("service_name", service),
+                ("level", level.to_owned()),
+            ])
+            .inc_by(n);
+    }
+
+    /// Counts `n` exceptions of `exception` type received over OTLP from `service`, folded into
+    /// `other` past the cap.
+    pub fn received_exception(&self, service: &str, exception: &str, n: u64) {
+        let service = self.service_label(service);
+        let labels = [
+            ("source", OTLP_SOURCE.to_owned()),
+            ("service_name", service),
+            ("exception", exception.to_owned()),
+        ];
+        let labels = if self.exception_cap.admit(label_key(&labels)) {
+            labels.to_vec()
+        } else {
+            labels
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k,
+                        if k == "source" {
+                            v
+                        } else {
+                            OVERFLOW_VALUE.to_owned()
+                        },
+                    )
+                })
+                .collect()
+        };
+        self.exceptions.get_or_create(&labels).inc_by(n);
+    }
+
+    fn service_label(&self, service: &str) -> String {
+        if self
+            .service_cap
+            .admit(label_key(&[("service_name", service)]))
+        {
+            service.to_owned()
+        } else {
+            OVERFLOW_VALUE.to_owned()
         }
     }
 
@@ -90,7 +163,7 @@ impl LogStats {
             ("source", source.to_owned()),
             ("exception", exception.to_owned()),
         ]);
-        self.exceptions.get_or_create(&labels).inc();
+        self.exceptions.get_or_create(&labels.to_vec()).inc();
     }
 
     /// Registers every family (names without `_total`; the client adds it to counters).
@@ -204,7 +277,10 @@ mod tests {
         }
         let other = stats
             .exceptions
-            .get_or_create(&[("source", "other".into()), ("exception", "other".into())])
+            .get_or_create(&vec![
+                ("source", "other".into()),
+                ("exception", "other".into()),
+            ])
             .get();
         assert_eq!(other, 2);
         let mut registry = Registry::default();

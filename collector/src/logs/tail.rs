@@ -1687,13 +1687,7 @@ impl Tailer {
                 .exception(&self.cfg.source, e.r#type.as_deref().unwrap_or("unknown"));
         }
         let level = level_label(record.severity_number, record.severity_text.as_deref());
-        self.stats
-            .records
-            .get_or_create(&[
-                ("source", self.cfg.source.to_string()),
-                ("level", level.to_owned()),
-            ])
-            .inc();
+        self.stats.record(&self.cfg.source, level);
         self.building.bytes += text.len();
         self.building.records.push(parsed.record);
     }
@@ -2505,7 +2499,10 @@ mod tests {
         assert_eq!(
             h.stats
                 .exceptions
-                .get_or_create(&[("source", "app".into()), ("exception", "ValueError".into())])
+                .get_or_create(&vec![
+                    ("source", "app".into()),
+                    ("exception", "ValueError".into())
+                ])
                 .get(),
             1
         );

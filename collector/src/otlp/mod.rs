@@ -23,6 +23,7 @@ mod auth;
 mod grpc;
 pub(crate) mod http;
 mod limits;
+mod log_counts;
 pub mod redact;
 pub mod serve;
 mod stats;
@@ -46,8 +47,9 @@ pub use limits::{BodyError, gunzip_capped, read_capped};
 pub use stats::{HandshakeFailure, Reason, Receiver, ReceiverStats};
 pub use tls::{TlsFiles, load as load_tls};
 
-use crate::logs::RedactionConfig;
+use crate::logs::{LogStats, RedactionConfig};
 use crate::pipeline::{EncodedRequest, Intake, Payload, Refused, Signal};
+use crate::received_metrics::{self, ReceivedMetrics};
 use crate::resource::ExtraResource;
 use crate::spanmetrics::{Prepared, SettingsError, SpanMetrics};
 use crate::wire::WireError;
@@ -176,12 +178,31 @@ pub enum OtlpError {
     },
 }
 
+/// What the receivers derive from accepted requests, besides handing them to the intake.
+#[derive(Debug, Clone, Default)]
+pub struct Derived {
+    /// RED metrics from spans.
+    pub spanmetrics: Option<SpanMetrics>,
+    /// Received metrics served on `/metrics`.
+    pub metrics: Option<ReceivedMetrics>,
+    /// Received log records counted in the log families.
+    pub logs: Option<LogStats>,
+}
+
+/// What one request will add once the intake took it.
+enum Batch {
+    Metrics(received_metrics::Prepared),
+    Logs(log_counts::LogCounts),
+}
+
 /// What both receivers share: where payloads go, what is derived from them, the counters,
 /// and the settings that a reload changes in place.
 pub(crate) struct Core {
     intake: Intake,
     stats: ReceiverStats,
     spanmetrics: Option<SpanMetrics>,
+    received_metrics: Option<ReceivedMetrics>,
+    log_stats: Option<LogStats>,
     redactor: RwLock<Option<Arc<OtlpRedactor>>>,
     /// Added to every accepted trace and log request (nothing when empty).
     resource: RwLock<Arc<ExtraResource>>,
@@ -227,8 +248,33 @@ impl Core {
             Payload::Logs(request) => resource.apply_logs(request),
             Payload::Metrics(_) | Payload::Encoded(_) => {}
         }
+        let batch = match &payload {
+            Payload::Metrics(request) => self
+                .received_metrics
+                .as_ref()
+                .map(|m| Batch::Metrics(m.prepare(request))),
+            Payload::Logs(request) => self
+                .log_stats
+                .as_ref()
+                .map(|_| Batch::Logs(log_counts::count(request))),
+            _ => None,
+        };
         let items = payload.items();
-        self.offer(receiver, payload, prepared, items)
+        let taken = self.offer(receiver, payload, prepared, items)?;
+        match batch {
+            Some(Batch::Metrics(p)) => {
+                if let Some(m) = &self.received_metrics {
+                    m.record(p);
+                }
+            }
+            Some(Batch::Logs(c)) => {
+                if let Some(stats) = &self.log_stats {
+                    c.record(stats);
+                }
+            }
+            None => {}
+        }
+        Ok(taken)
     }
 
     /// Checks an encoded trace request and reads its spans for span metrics in one pass, then
@@ -371,6 +417,26 @@ impl Receivers {
         stats: ReceiverStats,
         spanmetrics: Option<SpanMetrics>,
     ) -> Result<Receivers, OtlpError> {
+        let derived = Derived {
+            spanmetrics,
+            ..Derived::default()
+        };
+        Self::build_with(settings, intake, stats, derived).await
+    }
+
+    /// [`build`](Self::build) with everything derived from accepted requests: span metrics,
+    /// received metrics served on `/metrics`, received log records counted.
+    pub async fn build_with(
+        settings: &OtlpSettings,
+        intake: Intake,
+        stats: ReceiverStats,
+        derived: Derived,
+    ) -> Result<Receivers, OtlpError> {
+        let Derived {
+            spanmetrics,
+            metrics: received_metrics,
+            logs: log_stats,
+        } = derived;
         let tls = settings.tls.as_ref().map(tls::load).transpose()?;
         let redactor = redactor(&settings.redaction)?;
         let bind = |addr: SocketAddr| async move {
@@ -394,6 +460,8 @@ impl Receivers {
             intake,
             stats,
             spanmetrics,
+            received_metrics,
+            log_stats,
             redactor: RwLock::new(redactor),
             resource: RwLock::new(Arc::new(settings.resource.clone())),
             tokens: auth::Tokens::new(&settings.bearer_tokens),

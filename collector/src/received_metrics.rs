@@ -1,0 +1,1469 @@
+//! Received OTLP metrics served as Prometheus families, under the OpenTelemetry specification's
+//! Prometheus compatibility rules as the OpenTelemetry Collector's Prometheus exporter applies
+//! them (`add_metric_suffixes` on):
+//!
+//! - **Names**: the metric name is split into tokens at every character outside `[A-Za-z0-9]`
+//!   and joined with `_`; the unit is appended as a word (`s` → `_seconds`, `By` → `_bytes`,
+//!   `Cel` → `_celsius`, `By/s` → `_bytes_per_second`, [`unit_word`]) unless the name already
+//!   holds it; units in braces (`{order}`) are annotations and add nothing; monotonic sums end in
+//!   `_total`, gauges with unit `1` in `_ratio`; a leading digit gets a `_`.
+//! - **Types**: monotonic sums → counters; non-monotonic sums and gauges → gauges; explicit-bucket
+//!   histograms → histograms (`_bucket{le}`, `_sum`, `_count`); summaries → a gauge family with a
+//!   `quantile` label plus `_sum` and `_count` gauges (`prometheus-client` cannot write the
+//!   summary type). Exponential histograms are **dropped and counted**
+//!   (`sidelight_received_metric_points_dropped_total{reason="exponential_histogram"}`), as the
+//!   Collector's exporter does.
+//! - **Temporality**: cumulative points replace the series' value (an older point than the one
+//!   held is ignored); delta points are accumulated into a cumulative value per series.
+//! - **Labels**: data-point attributes, sanitised ([`label_name`]; colliding names joined with
+//!   `;`), plus the resource's `service.name`, `service.namespace`, `service.instance.id` as
+//!   `service_name`, `service_namespace`, `service_instance_id` (never `job` / `instance`, which
+//!   are the scrape's own) and the scope as `otel_scope_name` / `otel_scope_version`. A point
+//!   attribute that would take one of these names is renamed `exported_<name>`. Every other
+//!   resource attribute is a label of `target_info{service_name,service_namespace,
+//!   service_instance_id,...} 1`.
+//! - **Exemplars** of monotonic sums are kept (the last one per series, with its `trace_id` /
+//!   `span_id`), shown in OpenMetrics output; histogram exemplars are not kept.
+//!
+//! Bounds: a series not updated for `expiry` disappears (with its `target_info`). Past
+//! `max_label_sets` series in one family, further label sets are folded into one series whose
+//! labels are all `other` (its value the sum of theirs), counted once each in
+//! `sidelight_label_sets_folded_total{family}`. Past `max_series` series in all, new series are
+//! dropped and counted (`reason="series_limit"`). A family whose name the agent already uses
+//! for its own metrics is dropped (`reason="reserved_name"`), and points whose family already
+//! exists with another type too (`reason="type_conflict"`).
+//!
+//! As span metrics, recording is split in two: [`ReceivedMetrics::prepare`] reads a request into
+//! a [`Prepared`] batch, the receiver offers the request to the intake, and only if it was taken
+//! [`ReceivedMetrics::record`] applies the batch (a refused request is sent again, and its deltas
+//! would count twice).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, DataPointFlags, Exemplar as OtlpExemplar, exemplar, metric::Data,
+    number_data_point,
+};
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::exemplar::CounterWithExemplar;
+use prometheus_client::metrics::family::Family as PromFamily;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
+
+use crate::metrics::{LabelCaps, OVERFLOW_VALUE};
+
+/// Sorted label pairs of one series.
+pub type SeriesLabels = Vec<(String, String)>;
+
+/// The labels the resource and scope give every series.
+pub const SERVICE_NAME: &str = "service_name";
+/// `service.namespace`.
+pub const SERVICE_NAMESPACE: &str = "service_namespace";
+/// `service.instance.id`.
+pub const SERVICE_INSTANCE_ID: &str = "service_instance_id";
+/// The instrumentation scope's name.
+pub const SCOPE_NAME: &str = "otel_scope_name";
+/// The instrumentation scope's version.
+pub const SCOPE_VERSION: &str = "otel_scope_version";
+/// The family holding every resource's other attributes.
+pub const TARGET_INFO: &str = "target_info";
+
+/// Label names a data-point attribute may not take (it becomes `exported_<name>`).
+const RESERVED_LABELS: [&str; 7] = [
+    SERVICE_NAME,
+    SERVICE_NAMESPACE,
+    SERVICE_INSTANCE_ID,
+    SCOPE_NAME,
+    SCOPE_VERSION,
+    "le",
+    "quantile",
+];
+
+/// Family names and prefixes of the agent's own metrics: a received family named so is dropped,
+/// so that `/metrics` never holds one family twice.
+const RESERVED_PREFIXES: [&str; 5] = [
+    "sidelight_",
+    "node_",
+    "traces_span_metrics_",
+    "dora_",
+    "target_info",
+];
+const RESERVED_NAMES: [&str; 7] = [
+    "process_cpu_seconds",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_threads",
+    "process_start_time_seconds",
+];
+
+/// Default time after which a series that is not updated disappears.
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(300);
+/// Default number of received series held at most.
+pub const DEFAULT_MAX_SERIES: usize = 10_000;
+
+/// How received metrics are bounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedSettings {
+    /// A series not updated for this long is removed.
+    pub expiry: Duration,
+    /// Series held at most over every family (and `target_info`); new ones beyond are dropped.
+    pub max_series: usize,
+    /// Series exposed per family; further label sets are folded into `other`.
+    pub max_label_sets: usize,
+}
+
+impl Default for ReceivedSettings {
+    fn default() -> Self {
+        Self {
+            expiry: DEFAULT_EXPIRY,
+            max_series: DEFAULT_MAX_SERIES,
+            max_label_sets: 1000,
+        }
+    }
+}
+
+/// What kind of Prometheus family a received metric becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyKind {
+    /// A monotonic sum.
+    Counter,
+    /// A gauge or a non-monotonic sum.
+    Gauge,
+    /// An explicit-bucket histogram.
+    Histogram,
+    /// A summary (served as gauges).
+    Summary,
+}
+
+/// The Prometheus word for an OTel unit (UCUM as the semantic conventions use it); unknown
+/// units are kept, cleaned to `[a-z0-9_]`.
+pub fn unit_word(unit: &str) -> String {
+    let known = match unit {
+        "d" => "days",
+        "h" => "hours",
+        "min" => "minutes",
+        "s" => "seconds",
+        "ms" => "milliseconds",
+        "us" => "microseconds",
+        "ns" => "nanoseconds",
+        "By" => "bytes",
+        "KiBy" => "kibibytes",
+        "MiBy" => "mebibytes",
+        "GiBy" => "gibibytes",
+        "TiBy" => "tibibytes",
+        "KBy" => "kilobytes",
+        "MBy" => "megabytes",
+        "GBy" => "gigabytes",
+        "TBy" => "terabytes",
+        "m" => "meters",
+        "V" => "volts",
+        "A" => "amperes",
+        "J" => "joules",
+        "W" => "watts",
+        "g" => "grams",
+        "Cel" => "celsius",
+        "Hz" => "hertz",
+        "1" => "",
+        "%" => "percent",
+        other => return clean_word(other),
+    };
+    known.to_owned()
+}
+
+/// The word after `per_` for the denominator of a unit (`By/s` → `second`).
+fn per_unit_word(unit: &str) -> String {
+    let known = match unit {
+        "s" => "second",
+        "m" => "minute",
+        "h" => "hour",
+        "d" => "day",
+        "w" => "week",
+        "mo" => "month",
+        "y" => "year",
+        other => return clean_word(other),
+    };
+    known.to_owned()
+}
+
+/// Tokens of `[A-Za-z0-9]` joined by single underscores.
+fn clean_word(text: &str) -> String {
+    tokens(text).collect::<Vec<_>>().join("_")
+}
+
+fn tokens(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|t| !t.is_empty())
+}
+
+/// The Prometheus name of a received metric (counters with their `_total`).
+pub fn metric_name(name: &str, unit: &str, kind: FamilyKind) -> String {
+    let mut words: Vec<String> = tokens(name).map(str::to_owned).collect();
+    let (main, per) = match unit.split_once('/') {
+        Some((m, p)) => (m.trim(), Some(p.trim())),
+        None => (unit.trim(), None),
+    };
+    let annotation = |u: &str| u.contains('{') || u.contains('}');
+    if !main.is_empty() && !annotation(main) {
+        let word = unit_word(main);
+        if !word.is_empty() && !words.contains(&word) {
+            words.push(word);
+        }
+    }
+    if let Some(per) = per.filter(|p| !p.is_empty() && !annotation(p)) {
+        let word = per_unit_word(per);
+        if !word.is_empty() && !words.contains(&word) {
+            words.push("per".to_owned());
+            words.push(word);
+        }
+    }
+    match kind {
+        FamilyKind::Counter => {
+            words.retain(|w| w != "total");
+            words.push("total".to_owned());
+        }
+        FamilyKind::Gauge if unit == "1" => {
+            words.retain(|w| w != "ratio");
+            words.push("ratio".to_owned());
+        }
+        _ => {}
+    }
+    let mut out = words.join("_");
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// A Prometheus label name for an attribute key: every character outside `[A-Za-z0-9_]` becomes
+/// `_`; a leading digit gets `key_`, a leading `_` gets `key` (`__` is reserved by Prometheus).
+pub fn label_name(key: &str) -> String {
+    let clean: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("key_{clean}")
+    } else if clean.starts_with('_') {
+        format!("key{clean}")
+    } else if clean.is_empty() {
+        "key_".to_owned()
+    } else {
+        clean
+    }
+}
+
+fn reserved_family(name: &str) -> bool {
+    RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+        || RESERVED_NAMES.contains(&name)
+        || name.is_empty()
+}
+
+/// An attribute value as label text: strings as they are, scalars rendered, arrays and maps as
+/// JSON-like text, bytes as hex.
+fn value_text(v: &AnyValue) -> Option<String> {
+    Some(match v.value.as_ref()? {
+        any_value::Value::StringValue(s) => s.clone(),
+        any_value::Value::BoolValue(b) => b.to_string(),
+        any_value::Value::IntValue(i) => i.to_string(),
+        any_value::Value::DoubleValue(d) => d.to_string(),
+        any_value::Value::BytesValue(b) => hex(b),
+        any_value::Value::ArrayValue(a) => {
+            let items: Vec<String> = a
+                .values
+                .iter()
+                .map(|v| value_text(v).unwrap_or_default())
+                .collect();
+            format!("[{}]", items.join(","))
+        }
+        any_value::Value::KvlistValue(kv) => {
+            let items: Vec<String> = kv
+                .values
+                .iter()
+                .map(|kv| {
+                    let v = kv.value.as_ref().and_then(value_text).unwrap_or_default();
+                    format!("{}:{v}", kv.key)
+                })
+                .collect();
+            format!("{{{}}}", items.join(","))
+        }
+        // A string-table reference (profiles only): no text here.
+        _ => return None,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    s
+}
+
+/// Sanitised attribute labels, colliding names' values joined with `;` (in key order).
+fn attribute_labels(attrs: &[KeyValue], reserved: &[&str]) -> BTreeMap<String, String> {
+    let mut sorted: Vec<&KeyValue> = attrs.iter().collect();
+    sorted.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for kv in sorted {
+        let Some(value) = kv.value.as_ref().and_then(value_text) else {
+            continue;
+        };
+        let mut name = label_name(&kv.key);
+        if reserved.contains(&name.as_str()) {
+            name = format!("exported_{name}");
+        }
+        out.entry(name)
+            .and_modify(|v| {
+                v.push(';');
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    out
+}
+
+/// One received metric's points, waiting for the request to be accepted.
+#[derive(Debug)]
+struct PreparedMetric {
+    name: String,
+    help: String,
+    kind: FamilyKind,
+    points: Vec<PreparedPoint>,
+}
+
+#[derive(Debug)]
+struct PreparedPoint {
+    labels: SeriesLabels,
+    time: u64,
+    update: Update,
+    exemplar: Option<KeptExemplar>,
+}
+
+#[derive(Debug, Clone)]
+enum Update {
+    /// A gauge or cumulative sum.
+    Set(f64),
+    /// A delta sum.
+    Add(f64),
+    /// A histogram point; `delta` says whether it adds to the held one.
+    Histogram { hist: Hist, delta: bool },
+    /// A summary point.
+    Summary(Summ),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Hist {
+    bounds: Vec<f64>,
+    /// Per bucket (not cumulative), one more than `bounds`.
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Summ {
+    quantiles: Vec<(f64, f64)>,
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct KeptExemplar {
+    labels: SeriesLabels,
+    value: f64,
+    time: Option<SystemTime>,
+}
+
+/// A request's points and resources read by [`ReceivedMetrics::prepare`].
+#[derive(Debug, Default)]
+pub struct Prepared {
+    metrics: Vec<PreparedMetric>,
+    targets: Vec<SeriesLabels>,
+    /// Points that will not be served, by reason.
+    dropped: Vec<(&'static str, u64)>,
+}
+
+impl Prepared {
+    /// Data points that will be applied.
+    pub fn points(&self) -> usize {
+        self.metrics.iter().map(|m| m.points.len()).sum()
+    }
+}
+
+#[derive(Debug)]
+struct Series {
+    value: Value,
+    time: u64,
+    seen: Instant,
+    folded: bool,
+    exemplar: Option<KeptExemplar>,
+}
+
+#[derive(Debug, Clone)]
+enum Value {
+    Number(f64),
+    Histogram(Hist),
+    Summary(Summ),
+}
+
+#[derive(Debug)]
+struct Family {
+    kind: FamilyKind,
+    help: String,
+    series: HashMap<SeriesLabels, Series>,
+    /// Series exposed as themselves (the rest are folded).
+    exposed: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    families: BTreeMap<String, Family>,
+    targets: HashMap<SeriesLabels, Instant>,
+    series: usize,
+    last_sweep: Option<Instant>,
+}
+
+/// The self-metrics of received metrics.
+#[derive(Debug, Clone, Default)]
+struct Stats {
+    dropped: PromFamily<[(&'static str, &'static str); 1], Counter>,
+    expired: Counter,
+    series: Gauge,
+}
+
+/// Received OTLP metrics, held per series and served on `/metrics`. Cheap to clone (shared).
+#[derive(Debug, Clone)]
+pub struct ReceivedMetrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: Mutex<ReceivedSettings>,
+    state: Mutex<State>,
+    stats: Stats,
+    caps: Arc<LabelCaps>,
+}
+
+impl ReceivedMetrics {
+    /// Empty; `caps` counts the folded label sets.
+    pub fn new(settings: ReceivedSettings, caps: Arc<LabelCaps>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings: Mutex::new(settings),
+                state: Mutex::new(State::default()),
+                stats: Stats::default(),
+                caps,
+            }),
+        }
+    }
+
+    /// Applies new bounds in place (series already held stay until they expire).
+    pub fn reconfigure(&self, settings: ReceivedSettings) {
+        *self.inner.settings.lock() = settings;
+    }
+
+    /// Registers the received families (a collector read at scrape time) and the self-metrics.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sidelight_received_metric_points_dropped",
+            "Received OTLP metric data points not served on /metrics, by reason",
+            self.inner.stats.dropped.clone(),
+        );
+        registry.register(
+            "sidelight_received_metric_series_expired",
+            "Received OTLP metric series removed because they were not updated within the expiry",
+            self.inner.stats.expired.clone(),
+        );
+        registry.register(
+            "sidelight_received_metric_series",
+            "Received OTLP metric series held (target_info included)",
+            self.inner.stats.series.clone(),
+        );
+        registry.register_collector(Box::new(self.clone()));
+    }
+
+    /// Reads one request into a batch (records nothing).
+    pub fn prepare(&self, request: &ExportMetricsServiceRequest) -> Prepared {
+        let mut p = Prepared::default();
+        let mut exponential = 0u64;
+        let mut reserved = 0u64;
+        for rm in &request.resource_metrics {
+            let attrs: &[KeyValue] = rm.resource.as_ref().map_or(&[], |r| &r.attributes);
+            let text = |key: &str| {
+                attrs
+                    .iter()
+                    .find(|kv| kv.key == key)
+                    .and_then(|kv| kv.value.as_ref())
+                    .and_then(value_text)
+            };
+            let mut identity: Vec<(String, String)> = Vec::with_capacity(3);
+            for (key, label) in [
+                ("service.name", SERVICE_NAME),
+                ("service.namespace", SERVICE_NAMESPACE),
+                ("service.instance.id", SERVICE_INSTANCE_ID),
+            ] {
+                if let Some(v) = text(key) {
+                    identity.push((label.to_owned(), v));
+                }
+            }
+            let mut target: BTreeMap<String, String> = attribute_labels(
+                &attrs
+                    .iter()
+                    .filter(|kv| {
+                        !matches!(
+                            kv.key.as_str(),
+                            "service.name" | "service.namespace" | "service.instance.id"
+                        )
+                    })
+                    .cloned()
+                    .collect::<Vec<_>>(),
+                &RESERVED_LABELS,
+            );
+            target.extend(identity.iter().cloned());
+            if !target.is_empty() {
+                p.targets.push(target.into_iter().collect());
+            }
+            for sm in &rm.scope_metrics {
+                let mut base: Vec<(String, String)> = identity.clone();
+                if let Some(scope) = &sm.scope {
+                    if !scope.name.is_empty() {
+                        base.push((SCOPE_NAME.to_owned(), scope.name.clone()));
+                    }
+                    if !scope.version.is_empty() {
+                        base.push((SCOPE_VERSION.to_owned(), scope.version.clone()));
+                    }
+                }
+                for metric in &sm.metrics {
+                    let Some(data) = &metric.data else { continue };
+                    let kind = match data {
+                        Data::Sum(s) if s.is_monotonic => FamilyKind::Counter,
+                        Data::Sum(_) | Data::Gauge(_) => FamilyKind::Gauge,
+                        Data::Histogram(_) => FamilyKind::Histogram,
+                        Data::Summary(_) => FamilyKind::Summary,
+                        Data::ExponentialHistogram(h) => {
+                            exponential += h.data_points.len() as u64;
+                            continue;
+                        }
+                    };
+                    let mut name = metric_name(&metric.name, &metric.unit, kind);
+                    if kind == FamilyKind::Counter {
+                        // The encoder writes the `_total` suffix.
+                        name.truncate(name.len().saturating_sub("_total".len()));
+                    }
+                    if reserved_family(&name) {
+                        reserved += data_points(data) as u64;
+                        continue;
+                    }
+                    let help = if metric.description.is_empty() {
+                        format!("OTLP metric {}", metric.name)
+                    } else {
+                        metric.description.clone()
+                    };
+                    let labels = |attributes: &[KeyValue]| -> SeriesLabels {
+                        let mut l = attribute_labels(attributes, &RESERVED_LABELS);
+                        l.extend(base.iter().cloned());
+                        l.into_iter().collect()
+                    };
+                    let mut points = Vec::new();
+                    match data {
+                        Data::Gauge(g) => {
+                            for dp in &g.data_points {
+                                if let Some(v) = number(dp) {
+                                    points.push(PreparedPoint {
+                                        labels: labels(&dp.attributes),
+                                        time: dp.time_unix_nano,
+                                        update: Update::Set(v),
+                                        exemplar: None,
+                                    });
+                                }
+                            }
+                        }
+                        Data::Sum(s) => {
+                            let delta =
+                                s.aggregation_temporality == AggregationTemporality::Delta as i32;
+                            for dp in &s.data_points {
+                                if let Some(v) = number(dp) {
+                                    points.push(PreparedPoint {
+                                        labels: labels(&dp.attributes),
+                                        time: dp.time_unix_nano,
+                                        update: if delta {
+                                            Update::Add(v)
+                                        } else {
+                                            Update::Set(v)
+                                        },
+                                        exemplar: (kind == FamilyKind::Counter)
+                                            .then(|| dp.exemplars.last().map(kept_exemplar))
+                                            .flatten(),
+                                    });
+                                }
+                            }
+                        }
+                        Data::Histogram(h) => {
+                            let delta =
+                                h.aggregation_temporality == AggregationTemporality::Delta as i32;
+                            for dp in &h.data_points {
+                                if no_value(dp.flags) {
+                                    continue;
+                                }
+                                let Some(hist) = histogram(
+                                    &dp.explicit_bounds,
+                                    &dp.bucket_counts,
+                                    dp.sum,
+                                    dp.count,
+                                ) else {
+                                    p.dropped.push(("invalid_histogram", 1));
+                                    continue;
+                                };
+                                points.push(PreparedPoint {
+                                    labels: labels(&dp.attributes),
+                                    time: dp.time_unix_nano,
+                                    update: Update::Histogram { hist, delta },
+                                    exemplar: None,
+                                });
+                            }
+                        }
+                        Data::Summary(s) => {
+                            for dp in &s.data_points {
+                                if no_value(dp.flags) {
+                                    continue;
+                                }
+                                points.push(PreparedPoint {
+                                    labels: labels(&dp.attributes),
+                                    time: dp.time_unix_nano,
+                                    update: Update::Summary(Summ {
+                                        quantiles: dp
+                                            .quantile_values
+                                            .iter()
+                                            .map(|q| (q.quantile, q.value))
+                                            .collect(),
+                                        sum: dp.sum,
+                                        count: dp.count,
+                                    }),
+                                    exemplar: None,
+                                });
+                            }
+                        }
+                        Data::ExponentialHistogram(_) => {}
+                    }
+                    if !points.is_empty() {
+                        p.metrics.push(PreparedMetric {
+                            name,
+                            help,
+                            kind,
+                            points,
+                        });
+                    }
+                }
+            }
+        }
+        if exponential > 0 {
+            p.dropped.push(("exponential_histogram", exponential));
+        }
+        if reserved > 0 {
+            p.dropped.push(("reserved_name", reserved));
+        }
+        p
+    }
+
+    /// Applies a prepared batch (call once its request was accepted).
+    pub fn record(&self, prepared: Prepared) {
+        self.record_at(prepared, Instant::now());
+    }
+
+    fn record_at(&self, prepared: Prepared, now: Instant) {
+        let settings = self.inner.settings.lock().clone();
+        let stats = &self.inner.stats;
+        for (reason, n) in prepared.dropped {
+            stats.dropped.get_or_create(&[("reason", reason)]).inc_by(n);
+        }
+        let mut guard = self.inner.state.lock();
+        let state = &mut *guard;
+        self.sweep(state, &settings, now, false);
+        for target in prepared.targets {
+            match state.targets.get_mut(&target) {
+                Some(seen) => *seen = now,
+                None if state.series < settings.max_series => {
+                    state.targets.insert(target, now);
+                    state.series += 1;
+                }
+                None => {
+                    stats
+                        .dropped
+                        .get_or_create(&[("reason", "series_limit")])
+                        .inc();
+                }
+            }
+        }
+        for metric in prepared.metrics {
+            let State {
+                families, series, ..
+            } = &mut *state;
+            if !families.contains_key(&metric.name) && *series >= settings.max_series {
+                stats
+                    .dropped
+                    .get_or_create(&[("reason", "series_limit")])
+                    .inc_by(metric.points.len() as u64);
+                continue;
+            }
+            let family = families
+                .entry(metric.name.clone())
+                .or_insert_with(|| Family {
+                    kind: metric.kind,
+                    help: metric.help.clone(),
+                    series: HashMap::new(),
+                    exposed: 0,
+                });
+            if family.kind != metric.kind {
+                stats
+                    .dropped
+                    .get_or_create(&[("reason", "type_conflict")])
+                    .inc_by(metric.points.len() as u64);
+                continue;
+            }
+            for point in metric.points {
+                if let Some(s) = family.series.get_mut(&point.labels) {
+                    apply(s, point.update, point.time, now);
+                    if point.exemplar.is_some() {
+                        s.exemplar = point.exemplar;
+                    }
+                    continue;
+                }
+                if *series >= settings.max_series {
+                    stats
+                        .dropped
+                        .get_or_create(&[("reason", "series_limit")])
+                        .inc();
+                    continue;
+                }
+                let folded = family.exposed >= settings.max_label_sets.max(1);
+                if folded {
+                    self.inner.caps.count_folded(&metric.name);
+                } else {
+                    family.exposed += 1;
+                }
+                let value = match point.update {
+                    Update::Set(v) | Update::Add(v) => Value::Number(v),
+                    Update::Histogram { hist, .. } => Value::Histogram(hist),
+                    Update::Summary(s) => Value::Summary(s),
+                };
+                family.series.insert(
+                    point.labels,
+                    Series {
+                        value,
+                        time: point.time,
+                        seen: now,
+                        folded,
+                        exemplar: point.exemplar,
+                    },
+                );
+                *series += 1;
+            }
+        }
+        let held = state.series;
+        stats.series.set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    /// Removes what was not updated within the expiry (at most every tenth of it, unless
+    /// `force`).
+    fn sweep(&self, state: &mut State, settings: &ReceivedSettings, now: Instant, force: bool) {
+        let every = (settings.expiry / 10).max(Duration::from_millis(100));
+        if !force
+            && state
+                .last_sweep
+                .is_some_and(|at| now.saturating_duration_since(at) < every)
+        {
+            return;
+        }
+        state.last_sweep = Some(now);
+        let live = |seen: Instant| now.saturating_duration_since(seen) < settings.expiry;
+        let mut removed = 0usize;
+        state.families.retain(|_, family| {
+            family.series.retain(|_, s| {
+                let keep = live(s.seen);
+                if !keep {
+                    removed += 1;
+                    if !s.folded {
+                        family.exposed -= 1;
+                    }
+                }
+                keep
+            });
+            !family.series.is_empty()
+        });
+        state.targets.retain(|_, seen| {
+            let keep = live(*seen);
+            if !keep {
+                removed += 1;
+            }
+            keep
+        });
+        if removed > 0 {
+            state.series -= removed;
+            self.inner.stats.expired.inc_by(removed as u64);
+            self.inner
+                .stats
+                .series
+                .set(i64::try_from(state.series).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Series held now (target_info included), after expiring stale ones.
+    pub fn series(&self) -> usize {
+        let settings = self.inner.settings.lock().clone();
+        let mut state = self.inner.state.lock();
+        self.sweep(&mut state, &settings, Instant::now(), true);
+        state.series
+    }
+}
+
+fn data_points(data: &Data) -> usize {
+    match data {
+        Data::Gauge(g) => g.data_points.len(),
+        Data::Sum(s) => s.data_points.len(),
+        Data::Histogram(h) => h.data_points.len(),
+        Data::ExponentialHistogram(h) => h.data_points.len(),
+        Data::Summary(s) => s.data_points.len(),
+    }
+}
+
+fn no_value(flags: u32) -> bool {
+    flags & DataPointFlags::NoRecordedValueMask as u32 != 0
+}
+
+fn number(dp: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint) -> Option<f64> {
+    if no_value(dp.flags) {
+        return None;
+    }
+    match dp.value? {
+        number_data_point::Value::AsDouble(d) => Some(d),
+        number_data_point::Value::AsInt(i) => Some(i as f64),
+    }
+}
+
+/// A histogram point's buckets, checked: `bounds` ascending, one more count than bounds (no
+/// buckets at all: only `_sum` and `_count`, one `+Inf` bucket).
+fn histogram(bounds: &[f64], counts: &[u64], sum: Option<f64>, count: u64) -> Option<Hist> {
+    if counts.is_empty() {
+        return Some(Hist {
+            bounds: Vec::new(),
+            counts: vec![count],
+            sum: sum.unwrap_or(0.0),
+            count,
+        });
+    }
+    if counts.len() != bounds.len() + 1
+        || bounds.iter().any(|b| !b.is_finite())
+        || bounds.windows(2).any(|w| w[0] >= w[1])
+    {
+        return None;
+    }
+    Some(Hist {
+        bounds: bounds.to_vec(),
+        counts: counts.to_vec(),
+        sum: sum.unwrap_or(0.0),
+        count,
+    })
+}
+
+fn kept_exemplar(e: &OtlpExemplar) -> KeptExemplar {
+    let mut labels: BTreeMap<String, String> = attribute_labels(&e.filtered_attributes, &[]);
+    if e.trace_id.len() == 16 && e.trace_id.iter().any(|b| *b != 0) {
+        labels.insert("trace_id".into(), hex(&e.trace_id));
+    }
+    if e.span_id.len() == 8 && e.span_id.iter().any(|b| *b != 0) {
+        labels.insert("span_id".into(), hex(&e.span_id));
+    }
+    let value = match e.value {
+        Some(exemplar::Value::AsDouble(d)) => d,
+        Some(exemplar::Value::AsInt(i)) => i as f64,
+        None => 0.0,
+    };
+    KeptExemplar {
+        labels: labels.into_iter().collect(),
+        value,
+        time: (e.time_unix_nano > 0).then(|| UNIX_EPOCH + Duration::from_nanos(e.time_unix_nano)),
+    }
+}
+
+/// Applies one point to a held series.
+fn apply(s: &mut Series, update: Update, time: u64, now: Instant) {
+    s.seen = now;
+    match (update, &mut s.value) {
+        (Update::Add(v), Value::Number(held)) => *held += v,
+        (Update::Histogram { hist, delta: true }, Value::Histogram(held))
+            if held.bounds == hist.bounds =>
+        {
+            for (h, c) in held.counts.iter_mut().zip(&hist.counts) {
+                *h = h.saturating_add(*c);
+            }
+            held.sum += hist.sum;
+            held.count = held.count.saturating_add(hist.count);
+        }
+        // A cumulative point older than the one held came late: keep the newer.
+        (_, _) if time != 0 && time < s.time => return,
+        (Update::Set(v), _) => s.value = Value::Number(v),
+        (Update::Add(v), _) => s.value = Value::Number(v),
+        (Update::Histogram { hist, .. }, _) => s.value = Value::Histogram(hist),
+        (Update::Summary(v), _) => s.value = Value::Summary(v),
+    }
+    s.time = s.time.max(time);
+}
+
+/// Folds `other` into `into` (the overflow series' value: sums).
+fn fold(into: &mut Option<Value>, other: &Value) {
+    match (into.as_mut(), other) {
+        (None, v) => *into = Some(v.clone()),
+        (Some(Value::Number(a)), Value::Number(b)) => *a += b,
+        (Some(Value::Histogram(a)), Value::Histogram(b)) if a.bounds == b.bounds => {
+            for (x, y) in a.counts.iter_mut().zip(&b.counts) {
+                *x = x.saturating_add(*y);
+            }
+            a.sum += b.sum;
+            a.count = a.count.saturating_add(b.count);
+        }
+        (Some(Value::Summary(a)), Value::Summary(b)) => {
+            // Quantiles cannot be summed: the overflow keeps sum and count only.
+            a.quantiles.clear();
+            a.sum += b.sum;
+            a.count = a.count.saturating_add(b.count);
+        }
+        // Histograms with other bounds are not added to the overflow series.
+        _ => {}
+    }
+}
+
+/// Escapes a help text as the exposition formats need (`\` and newlines).
+fn help_text(help: &str) -> String {
+    help.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+type ExemplarLabels = Vec<(String, String)>;
+
+fn encode_value(
+    kind: FamilyKind,
+    value: &Value,
+    exemplar: Option<&KeptExemplar>,
+    mut encoder: MetricEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    match (kind, value) {
+        (FamilyKind::Counter, Value::Number(v)) => match exemplar {
+            Some(e) if e.value <= *v => {
+                // The exemplar is the last increment: everything before it goes first, as
+                // an increment without an exemplar clears it.
+                let c = CounterWithExemplar::<ExemplarLabels, f64>::default();
+                c.inc_by(*v - e.value, None, None);
+                c.inc_by(e.value, Some(e.labels.clone()), e.time);
+                c.encode(encoder)
+            }
+            _ => ConstCounter::new(*v).encode(encoder),
+        },
+        (_, Value::Number(v)) => ConstGauge::new(*v).encode(encoder),
+        (_, Value::Histogram(h)) => {
+            let mut buckets: Vec<(f64, u64)> = h
+                .bounds
+                .iter()
+                .copied()
+                .zip(h.counts.iter().copied())
+                .collect();
+            buckets.push((f64::INFINITY, h.counts.last().copied().unwrap_or(0)));
+            encoder.encode_histogram::<ExemplarLabels>(h.sum, h.count, &buckets, None)
+        }
+        // Summaries are written by `encode_summary`.
+        (_, Value::Summary(_)) => Ok(()),
+    }
+}
+
+impl Collector for ReceivedMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let settings = self.inner.settings.lock().clone();
+        let mut state = self.inner.state.lock();
+        self.sweep(&mut state, &settings, Instant::now(), false);
+        if !state.targets.is_empty() {
+            let mut metric = encoder.encode_descriptor(
+                TARGET_INFO,
+                "Resource attributes of the services that sent OTLP metrics",
+                None,
+                MetricType::Gauge,
+            )?;
+            let mut targets: Vec<&SeriesLabels> = state.targets.keys().collect();
+            targets.sort();
+            for labels in targets {
+                ConstGauge::new(1i64).encode(metric.encode_family(labels)?)?;
+            }
+        }
+        for (name, family) in &state.families {
+            let help = help_text(&family.help);
+            let mut series: Vec<(&SeriesLabels, &Series)> =
+                family.series.iter().filter(|(_, s)| !s.folded).collect();
+            series.sort_by(|a, b| a.0.cmp(b.0));
+            let mut overflow: Option<Value> = None;
+            let mut overflow_labels: Option<SeriesLabels> = None;
+            for (labels, s) in family.series.iter().filter(|(_, s)| s.folded) {
+                fold(&mut overflow, &s.value);
+                if overflow_labels.is_none() {
+                    overflow_labels = Some(
+                        labels
+                            .iter()
+                            .map(|(k, _)| (k.clone(), OVERFLOW_VALUE.to_owned()))
+                            .collect(),
+                    );
+                }
+            }
+            if family.kind == FamilyKind::Summary {
+                encode_summary(
+                    &mut encoder,
+                    name,
+                    &help,
+                    &series,
+                    overflow_labels,
+                    overflow,
+                )?;
+                continue;
+            }
+            let metric_type = match family.kind {
+                FamilyKind::Counter => MetricType::Counter,
+                FamilyKind::Gauge => MetricType::Gauge,
+                _ => MetricType::Histogram,
+            };
+            let mut metric = encoder.encode_descriptor(name, &help, None, metric_type)?;
+            for (labels, s) in &series {
+                encode_value(
+                    family.kind,
+                    &s.value,
+                    s.exemplar.as_ref(),
+                    metric.encode_family(*labels)?,
+                )?;
+            }
+            if let (Some(labels), Some(value)) = (&overflow_labels, &overflow) {
+                encode_value(family.kind, value, None, metric.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A summary as three gauge families: `name{quantile}`, `name_sum`, `name_count`.
+fn encode_summary(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(&SeriesLabels, &Series)],
+    overflow_labels: Option<SeriesLabels>,
+    overflow: Option<Value>,
+) -> Result<(), std::fmt::Error> {
+    let mut all: Vec<(SeriesLabels, &Summ)> = series
+        .iter()
+        .filter_map(|(l, s)| match &s.value {
+            Value::Summary(v) => Some(((*l).clone(), v)),
+            _ => None,
+        })
+        .collect();
+    if let (Some(l), Some(Value::Summary(v))) = (overflow_labels, overflow.as_ref()) {
+        all.push((l, v));
+    }
+    {
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, v) in &all {
+            for (q, value) in &v.quantiles {
+                let mut l = labels.clone();
+                l.push(("quantile".to_owned(), q.to_string()));
+                ConstGauge::new(*value).encode(metric.encode_family(&l)?)?;
+            }
+        }
+    }
+    let sum_name = format!("{name}_sum");
+    {
+        let mut metric = encoder.encode_descriptor(&sum_name, help, None, MetricType::Gauge)?;
+        for (labels, v) in &all {
+            ConstGauge::new(v.sum).encode(metric.encode_family(labels)?)?;
+        }
+    }
+    let count_name = format!("{name}_count");
+    let mut metric = encoder.encode_descriptor(&count_name, help, None, MetricType::Gauge)?;
+    for (labels, v) in &all {
+        ConstGauge::new(v.count as f64).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge as OtlpGauge, Histogram as OtlpHistogram, HistogramDataPoint, Metric,
+        NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint,
+        summary_data_point::ValueAtQuantile,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    use super::*;
+
+    #[test]
+    fn naming_rules() {
+        use FamilyKind::*;
+        let table: &[(&str, &str, FamilyKind, &str)] = &[
+            ("bars.orders", "{order}", Counter, "bars_orders_total"),
+            (
+                "bars.order.duration",
+                "s",
+                Histogram,
+                "bars_order_duration_seconds",
+            ),
+            (
+                "http.server.request.duration",
+                "s",
+                Histogram,
+                "http_server_request_duration_seconds",
+            ),
+            ("bars.queue.depth", "{item}", Gauge, "bars_queue_depth"),
+            (
+                "system.memory.usage",
+                "By",
+                Gauge,
+                "system_memory_usage_bytes",
+            ),
+            ("requests_total", "", Counter, "requests_total"),
+            ("requests.total.count", "", Counter, "requests_count_total"),
+            ("cpu.utilization", "1", Gauge, "cpu_utilization_ratio"),
+            ("errors", "1", Counter, "errors_total"),
+            ("room.temperature", "Cel", Gauge, "room_temperature_celsius"),
+            ("net.io", "By/s", Gauge, "net_io_bytes_per_second"),
+            ("jobs.rate", "{job}/min", Gauge, "jobs_rate_per_min"),
+            ("queue.items", "{item}/s", Gauge, "queue_items_per_second"),
+            ("latency_seconds", "s", Histogram, "latency_seconds"),
+            ("heap", "MiBy", Gauge, "heap_mebibytes"),
+            ("payload", "kg", Gauge, "payload_kg"),
+            ("3xx.responses", "", Counter, "_3xx_responses_total"),
+            ("a..b__c-d", "ms", Summary, "a_b_c_d_milliseconds"),
+            ("disk.io", "By", Counter, "disk_io_bytes_total"),
+        ];
+        for (name, unit, kind, want) in table {
+            assert_eq!(metric_name(name, unit, *kind), *want, "{name} [{unit}]");
+        }
+        assert_eq!(label_name("http.route"), "http_route");
+        assert_eq!(label_name("0day"), "key_0day");
+        assert_eq!(label_name("_private"), "key_private");
+        assert_eq!(label_name("__meta"), "key__meta");
+        assert_eq!(label_name("ünï"), "key_n_");
+    }
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", "bars"),
+                        kv("service.instance.id", "i-1"),
+                        kv("deployment.environment", "prod"),
+                    ],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(InstrumentationScope {
+                        name: "shop".into(),
+                        ..Default::default()
+                    }),
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn point(v: f64, attrs: Vec<KeyValue>, time: u64) -> NumberDataPoint {
+        NumberDataPoint {
+            attributes: attrs,
+            time_unix_nano: time,
+            value: Some(number_data_point::Value::AsDouble(v)),
+            ..Default::default()
+        }
+    }
+
+    fn sum(
+        name: &str,
+        temporality: AggregationTemporality,
+        points: Vec<NumberDataPoint>,
+    ) -> Metric {
+        Metric {
+            name: name.into(),
+            unit: "{order}".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: points,
+                aggregation_temporality: temporality as i32,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn hist(temporality: AggregationTemporality, counts: Vec<u64>, sum: f64, time: u64) -> Metric {
+        Metric {
+            name: "bars.order.duration".into(),
+            unit: "s".into(),
+            description: "Order time\nper order".into(),
+            data: Some(Data::Histogram(OtlpHistogram {
+                data_points: vec![HistogramDataPoint {
+                    explicit_bounds: vec![0.1, 1.0],
+                    count: counts.iter().sum(),
+                    bucket_counts: counts,
+                    sum: Some(sum),
+                    time_unix_nano: time,
+                    ..Default::default()
+                }],
+                aggregation_temporality: temporality as i32,
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn text(rm: &ReceivedMetrics) -> String {
+        let mut registry = Registry::default();
+        rm.register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+        out
+    }
+
+    fn received(max_label_sets: usize, max_series: usize) -> (ReceivedMetrics, Arc<LabelCaps>) {
+        let caps = Arc::new(LabelCaps::new(max_label_sets));
+        let rm = ReceivedMetrics::new(
+            ReceivedSettings {
+                expiry: Duration::from_secs(60),
+                max_series,
+                max_label_sets,
+            },
+            caps.clone(),
+        );
+        (rm, caps)
+    }
+
+    #[test]
+    fn deltas_accumulate_and_cumulatives_replace() {
+        let (rm, _) = received(100, 100);
+        let t0 = Instant::now();
+        for i in 1..=3u64 {
+            let r = request(vec![
+                sum(
+                    "bars.orders",
+                    AggregationTemporality::Delta,
+                    vec![point(10.0, vec![kv("shop", "a")], i)],
+                ),
+                hist(AggregationTemporality::Delta, vec![1, 2, 0], 1.5, i),
+            ]);
+            rm.record_at(rm.prepare(&r), t0);
+        }
+        let out = text(&rm);
+        let labels = "otel_scope_name=\"shop\",service_instance_id=\"i-1\",service_name=\"bars\"";
+        assert!(
+            out.contains(&format!("bars_orders_total{{{labels},shop=\"a\"}} 30.0")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("bars_order_duration_seconds_count{{{labels}}} 9")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("bars_order_duration_seconds_sum{{{labels}}} 4.5")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "bars_order_duration_seconds_bucket{{le=\"1.0\",{labels}}} 9"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains("# HELP bars_order_duration_seconds Order time\\nper order"),
+            "{out}"
+        );
+        assert!(
+            out.contains("target_info{deployment_environment=\"prod\",service_instance_id=\"i-1\",service_name=\"bars\"} 1"),
+            "{out}"
+        );
+        // Cumulative: the newest point is the value; a late older one is ignored.
+        for (v, t) in [(5.0, 10), (7.0, 20), (6.0, 15)] {
+            let r = request(vec![sum(
+                "bars.orders",
+                AggregationTemporality::Cumulative,
+                vec![point(v, vec![kv("shop", "b")], t)],
+            )]);
+            rm.record_at(rm.prepare(&r), t0);
+        }
+        assert!(
+            text(&rm).contains(&format!("bars_orders_total{{{labels},shop=\"b\"}} 7.0")),
+            "{}",
+            text(&rm)
+        );
+    }
+
+    #[test]
+    fn gauges_summaries_and_exponential_histograms() {
+        let (rm, _) = received(100, 100);
+        let r = request(vec![
+            Metric {
+                name: "bars.queue.depth".into(),
+                unit: "{item}".into(),
+                data: Some(Data::Gauge(OtlpGauge {
+                    data_points: vec![point(4.0, vec![kv("service.name", "x")], 1)],
+                })),
+                ..Default::default()
+            },
+            Metric {
+                name: "rpc.latency".into(),
+                unit: "ms".into(),
+                data: Some(Data::Summary(Summary {
+                    data_points: vec![SummaryDataPoint {
+                        count: 3,
+                        sum: 12.0,
+                        quantile_values: vec![ValueAtQuantile {
+                            quantile: 0.5,
+                            value: 4.0,
+                        }],
+                        ..Default::default()
+                    }],
+                })),
+                ..Default::default()
+            },
+            Metric {
+                name: "exp".into(),
+                data: Some(Data::ExponentialHistogram(Default::default())),
+                ..Default::default()
+            },
+            Metric {
+                name: "sidelight.build.info".into(),
+                data: Some(Data::Gauge(OtlpGauge {
+                    data_points: vec![point(1.0, vec![], 1)],
+                })),
+                ..Default::default()
+            },
+        ]);
+        let p = rm.prepare(&r);
+        assert_eq!(p.points(), 2);
+        rm.record_at(p, Instant::now());
+        let out = text(&rm);
+        assert!(out.contains("# TYPE bars_queue_depth gauge"), "{out}");
+        // A point attribute that would take a resource label is renamed.
+        assert!(out.contains("exported_service_name=\"x\""), "{out}");
+        assert!(out.contains("quantile=\"0.5\"} 4.0"), "{out}");
+        assert!(out.contains("rpc_latency_milliseconds_sum{"), "{out}");
+        assert!(out.contains("rpc_latency_milliseconds_count{"), "{out}");
+        assert!(!out.contains("sidelight_build_info"), "{out}");
+        assert!(
+            out.contains(
+                "sidelight_received_metric_points_dropped_total{reason=\"reserved_name\"} 1"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn label_sets_beyond_the_cap_fold_and_series_are_bounded_and_expire() {
+        let (rm, caps) = received(2, 6);
+        let t0 = Instant::now();
+        let points = (0..4)
+            .map(|i| point(1.0, vec![kv("shop", &format!("s{i}"))], 1))
+            .collect();
+        let r = request(vec![sum(
+            "bars.orders",
+            AggregationTemporality::Cumulative,
+            points,
+        )]);
+        rm.record_at(rm.prepare(&r), t0);
+        let out = text(&rm);
+        assert!(out.contains("shop=\"other\"} 2.0"), "{out}");
+        assert!(out.contains("otel_scope_name=\"other\""), "{out}");
+        let mut registry = Registry::default();
+        caps.register(&mut registry);
+        let mut caps_text = String::new();
+        prometheus_client::encoding::text::encode(&mut caps_text, &registry).expect("encode");
+        assert!(
+            caps_text.contains("sidelight_label_sets_folded_total{family=\"bars_orders\"} 2"),
+            "{caps_text}"
+        );
+        // 4 series + target_info held; two more fit in 6, the rest is dropped.
+        let points = (0..3)
+            .map(|i| point(1.0, vec![kv("shop", &format!("t{i}"))], 1))
+            .collect();
+        let r = request(vec![sum(
+            "bars.orders",
+            AggregationTemporality::Cumulative,
+            points,
+        )]);
+        rm.record_at(rm.prepare(&r), t0);
+        assert!(
+            text(&rm).contains(
+                "sidelight_received_metric_points_dropped_total{reason=\"series_limit\"} 2"
+            ),
+            "{}",
+            text(&rm)
+        );
+        // Nothing updated for the expiry: everything goes, and room is free again.
+        let later = t0 + Duration::from_secs(61);
+        let r = request(vec![sum(
+            "bars.orders",
+            AggregationTemporality::Cumulative,
+            vec![point(3.0, vec![kv("shop", "new")], 2)],
+        )]);
+        rm.record_at(rm.prepare(&r), later);
+        let out = text(&rm);
+        assert!(out.contains("shop=\"new\"} 3.0"), "{out}");
+        assert!(!out.contains("shop=\"s0\""), "{out}");
+        assert!(out.contains("sidelight_received_metric_series 2"), "{out}");
+        assert!(
+            out.contains("sidelight_received_metric_series_expired_total 6"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn type_conflicts_are_dropped() {
+        let (rm, _) = received(10, 100);
+        let counter = sum(
+            "bars.orders",
+            AggregationTemporality::Cumulative,
+            vec![point(1.0, vec![], 1)],
+        );
+        rm.record_at(rm.prepare(&request(vec![counter])), Instant::now());
+        let mut h = hist(AggregationTemporality::Cumulative, vec![1, 0, 0], 0.1, 1);
+        h.name = "bars.orders".into();
+        h.unit = String::new();
+        rm.record_at(rm.prepare(&request(vec![h])), Instant::now());
+        let out = text(&rm);
+        assert!(
+            out.contains(
+                "sidelight_received_metric_points_dropped_total{reason=\"type_conflict\"} 1"
+            ),
+            "{out}"
+        );
+    }
+}

@@ -1333,3 +1333,25 @@ pub fn post_json(port: u16, path: &str, body: &str) -> Result<(u16, String)> {
     let status = resp.status().as_u16();
     Ok((status, resp.body_mut().read_to_string()?))
 }
+
+/// Unix seconds as RFC 3339 UTC (`2026-12-06T13:00:00Z`), for the bodies tests post.
+pub fn rfc3339(t: i64) -> String {
+    // Civil from days (Howard Hinnant), enough for test timestamps.
+    let days = t.div_euclid(86_400);
+    let secs = t.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}

@@ -11,6 +11,8 @@ use sidelight::config::{Config, ProcessEnv};
 use sidelight::dora::{DeployStatus, Report, Scope, Window, report as dora_report};
 use sidelight::hub::unix_now;
 use sidelight::store::Store;
+use sidelight_collector::http_client::tls::ClientTls;
+use sidelight_collector::http_client::{ClientOptions, HttpClient, RequestError, Response};
 
 /// A failed command, and whether it was the user's input (exit 64) or not (exit 1).
 #[derive(Debug)]
@@ -356,11 +358,45 @@ fn read_token(args: &DeployArgs) -> Result<Option<String>, CliError> {
     }
 }
 
+/// The agent's HTTP client on a one-thread runtime, for a command that sends a request or two.
+struct Http {
+    client: HttpClient,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Http {
+    /// A client for `url`'s scheme: the system's roots for `https://`.
+    fn new(url: &str, timeout: std::time::Duration) -> anyhow::Result<Self> {
+        let tls = if url.starts_with("https://") {
+            Some(std::sync::Arc::new(
+                ClientTls::load(&Default::default()).context("TLS for the agent's URL")?,
+            ))
+        } else {
+            None
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let client = HttpClient::new(&ClientOptions {
+            tls,
+            timeout,
+            max_response_bytes: 16 << 20,
+        })
+        .context("the HTTP client")?;
+        Ok(Self { client, runtime })
+    }
+
+    fn send(&self, request: http::Request<bytes::Bytes>) -> Result<Response, RequestError> {
+        self.runtime.block_on(self.client.send(request))
+    }
+}
+
 /// Talks to the agent's DORA API.
 struct AgentApi {
     base: String,
     token: Option<String>,
-    agent: ureq::Agent,
+    http: Http,
 }
 
 impl AgentApi {
@@ -380,29 +416,22 @@ impl AgentApi {
 
     fn call(&self, method: &str, path: &str, body: Option<String>) -> anyhow::Result<String> {
         let url = format!("{}{path}", self.base);
-        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let resp = match body {
-            Some(body) => {
-                let mut req = self
-                    .agent
-                    .post(&url)
-                    .header("content-type", "application/json");
-                if let Some(a) = &auth {
-                    req = req.header("authorization", a);
-                }
-                req.send(body)
-            }
-            None => {
-                let mut req = self.agent.get(&url);
-                if let Some(a) = &auth {
-                    req = req.header("authorization", a);
-                }
-                req.call()
-            }
-        };
-        let mut resp = resp.with_context(|| format!("{method} {url}"))?;
-        let code = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let mut req = http::Request::builder().method(method).uri(&url);
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .body(body.map(bytes::Bytes::from).unwrap_or_default())
+            .with_context(|| format!("{method} {url}"))?;
+        let resp = self
+            .http
+            .send(req)
+            .with_context(|| format!("{method} {url}"))?;
+        let code = resp.status.as_u16();
+        let text = String::from_utf8_lossy(&resp.body).into_owned();
         if (200..300).contains(&code) {
             Ok(text)
         } else {
@@ -448,11 +477,7 @@ pub fn deploy(args: &DeployArgs) -> Result<(), CliError> {
     let api = AgentApi {
         base: args.url.trim_end_matches('/').to_owned(),
         token,
-        agent: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(30)))
-            .build()
-            .into(),
+        http: Http::new(&args.url, std::time::Duration::from_secs(30)).map_err(failure)?,
     };
     let mut commit = args.commit.clone();
     let mut commits: Vec<GitCommit> = Vec::new();
@@ -568,17 +593,16 @@ pub fn probe(args: &ProbeArgs) -> Result<(), CliError> {
             args.url
         )));
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(args.timeout))
-        .build()
-        .into();
-    let resp = agent
-        .get(&args.url)
-        .call()
+    let http = Http::new(&args.url, args.timeout).map_err(failure)?;
+    let req = http::Request::get(args.url.as_str())
+        .body(bytes::Bytes::new())
+        .with_context(|| format!("GET {}", args.url))
+        .map_err(usage)?;
+    let resp = http
+        .send(req)
         .with_context(|| format!("GET {}", args.url))
         .map_err(failure)?;
-    let code = resp.status().as_u16();
+    let code = resp.status.as_u16();
     if (200..300).contains(&code) {
         println!("{}: {code}", args.url);
         Ok(())

@@ -24,9 +24,9 @@ use sidelight_collector::export::otlp::{
 use sidelight_collector::export::remote_write::{self, RemoteWriteSettings};
 use sidelight_collector::export::retry::RetryPolicy;
 use sidelight_collector::export::spill::Spill;
-use sidelight_collector::export::tls::{ClientTls, ClientTlsFiles};
 use sidelight_collector::export::{ExportStats, openmetrics, telemetry};
 use sidelight_collector::filesink::FileSinkConfig;
+use sidelight_collector::http_client::tls::{ClientTls, ClientTlsFiles};
 use sidelight_collector::pipeline::{
     Envelope, Intake, Payload, PushError, Queue, QueueLimits, QueueStats, Receipt, Signal,
 };

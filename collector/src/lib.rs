@@ -8,6 +8,7 @@ pub mod filesink;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;
+pub mod http_client;
 pub mod logs;
 pub mod metrics;
 pub mod otlp;

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use sidelight_collector::export::otlp::{ClientSettings, Compression, OtlpClient, Protocol};
 use sidelight_collector::export::retry::Outcome;
-use sidelight_collector::export::tls::{ClientTls, ClientTlsFiles, TlsError};
+use sidelight_collector::http_client::tls::{ClientTls, ClientTlsFiles, TlsError};
 use sidelight_collector::otlp::{OtlpSettings, ReceiverStats, Receivers, TlsFiles};
 use sidelight_collector::pipeline::{Intake, Payload, Queue, QueueLimits, QueueStats, Signal};
 use tokio_util::sync::CancellationToken;

@@ -6,24 +6,23 @@
 //!
 //! Transports: Slack through `slack-morphism` (bot token: `chat.postMessage`, `chat.update`,
 //! thread replies; or an incoming webhook), Teams Workflows (Adaptive Card 1.4; 202 is success)
-//! and generic JSON webhooks (optional bearer token and HMAC signature), the last two over one
-//! `hyper` client (rustls with the system's roots, or plain HTTP).
+//! and generic JSON webhooks (optional bearer token and HMAC signature), the last two over the
+//! agent's HTTP client ([`sidelight_collector::http_client`]: rustls with the system's roots, or
+//! plain HTTP); slack-morphism builds its client on that client's connector.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
+use sidelight_collector::http_client::tls::ClientTls;
+use sidelight_collector::http_client::{ClientOptions, Connector, HttpClient, RequestError};
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 use tokio::sync::{Notify, mpsc};
@@ -37,25 +36,31 @@ use super::rules::Millis;
 use crate::config::common::Secret;
 
 /// The HTTP client shared by every transport.
-pub type Http = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type Http = HttpClient;
 
 /// Why the HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot load the system's TLS roots: {0}")]
-pub struct ClientError(#[from] std::io::Error);
+pub struct ClientError(#[from] sidelight_collector::http_client::tls::TlsError);
+
+/// The deadline of one post (connect, send, read the answer).
+const POST_TIMEOUT: Duration = Duration::from_secs(15);
+/// The most of a chat or webhook answer read (only its status is used).
+const MAX_ANSWER: usize = 64 * 1024;
 
 /// A client for `https://` (system roots) and `http://` (tests, local gateways).
-pub fn http_connector() -> Result<HttpsConnector<HttpConnector>, ClientError> {
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()?
-        .https_or_http()
-        .enable_http1()
-        .build())
+pub fn http_client() -> Result<Http, ClientError> {
+    let tls = ClientTls::load(&Default::default())?;
+    Ok(HttpClient::new(&ClientOptions {
+        tls: Some(Arc::new(tls)),
+        timeout: POST_TIMEOUT,
+        max_response_bytes: MAX_ANSWER,
+    })?)
 }
 
-/// Builds the shared client.
-pub fn http_client() -> Result<Http, ClientError> {
-    Ok(Client::builder(hyper_util::rt::TokioExecutor::new()).build(http_connector()?))
+/// The same TLS settings as a connector, for slack-morphism's own hyper client.
+pub fn http_connector() -> Result<Connector, ClientError> {
+    Ok(http_client()?.connector())
 }
 
 /// Something to post.
@@ -256,7 +261,7 @@ pub enum SendError {
 
 /// A Slack destination.
 pub struct Slack {
-    client: SlackClient<SlackClientHyperConnector<HttpsConnector<HttpConnector>>>,
+    client: SlackClient<SlackClientHyperConnector<Connector>>,
     mode: SlackMode,
     /// `{external_url}/api/v1/alerts`, linked from "and N more".
     all_alerts: Option<String>,
@@ -333,10 +338,8 @@ impl Transport {
                 channel,
                 api_url,
             } => {
-                let connector = SlackClientHyperConnector::with_connector(
-                    http_connector().map_err(|e| e.to_string())?,
-                )
-                .with_slack_api_url(api_url);
+                let connector = SlackClientHyperConnector::with_connector(http.connector())
+                    .with_slack_api_url(api_url);
                 Self::Slack(Box::new(Slack {
                     client: SlackClient::new(connector),
                     all_alerts: all_alerts.clone(),
@@ -349,9 +352,7 @@ impl Transport {
                 }))
             }
             NotifierKind::SlackWebhook { url } => {
-                let connector = SlackClientHyperConnector::with_connector(
-                    http_connector().map_err(|e| e.to_string())?,
-                );
+                let connector = SlackClientHyperConnector::with_connector(http.connector());
                 let url = url::Url::parse(url.expose())
                     .map_err(|_| "the Slack webhook URL does not parse".to_owned())?;
                 Self::Slack(Box::new(Slack {
@@ -392,7 +393,10 @@ impl Transport {
             Item::Summary(g, t) => (render::summary(g, t, now), None),
         };
         match self {
-            Self::Slack(s) => s.send(&msg, existing).await,
+            // Bot mode may take two calls (an update and its thread reply): one deadline each.
+            Self::Slack(s) => tokio::time::timeout(2 * POST_TIMEOUT, s.send(&msg, existing))
+                .await
+                .unwrap_or_else(|_| Err(SendError::Temporary("timed out".into()))),
             Self::Teams {
                 http,
                 url,
@@ -932,27 +936,22 @@ async fn post_json(
     body: &Value,
     headers: &[(&str, String)],
 ) -> Result<(u16, Option<Duration>), SendError> {
-    let mut req = hyper::Request::post(url).header("content-type", "application/json");
+    let mut req = http::Request::post(url).header("content-type", "application/json");
     for (k, v) in headers {
         req = req.header(*k, v);
     }
     let req = req
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(Bytes::from(body.to_string()))
         .map_err(|e| SendError::Refused(format!("bad request: {e}")))?;
-    let resp = tokio::time::timeout(Duration::from_secs(15), http.request(req))
-        .await
-        .map_err(|_| SendError::Temporary("timed out".into()))?
-        .map_err(|e| SendError::Temporary(e.to_string()))?;
-    let status = resp.status().as_u16();
+    let resp = http.send(req).await.map_err(|e| match e {
+        RequestError::Timeout(_) => SendError::Temporary("timed out".into()),
+        e => SendError::Temporary(e.to_string()),
+    })?;
     let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
+        .header("retry-after")
         .and_then(|s| s.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    // Drain the body so the connection can be reused.
-    let _ = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await;
-    Ok((status, retry_after))
+    Ok((resp.status.as_u16(), retry_after))
 }
 
 fn classify(status: u16, retry_after: Option<Duration>, ok: &[u16]) -> Result<(), SendError> {

@@ -15,9 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Alerting, api, deliver};
 use crate::config::common::Secret;
 
-type Connector = SlackClientHyperConnector<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
->;
+type Connector = SlackClientHyperConnector<sidelight_collector::http_client::Connector>;
 
 /// What the callbacks (plain `fn`s) find in the listener's user state.
 struct Handle(Arc<Alerting>);

@@ -16,7 +16,6 @@ pub mod remote_write;
 pub mod retry;
 pub mod spill;
 pub mod telemetry;
-pub mod tls;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

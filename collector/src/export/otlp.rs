@@ -39,12 +39,13 @@ use super::retry::{
     Backoff, Outcome, RetryPolicy, classify_grpc, classify_http, parse_retry_after,
 };
 use super::spill::Spill;
-use super::tls::{ClientTls, TlsConnector};
+use crate::http_client::tls::{ClientTls, TlsConnector};
+use crate::http_client::{ClientOptions, HttpClient, RequestError};
 use crate::pipeline::{Payload, Queue, Receipt, Signal};
 
 const EXPORTER: &str = "otlp";
 /// The largest response body read from an OTLP/HTTP endpoint.
-const MAX_RESPONSE: u64 = 4 << 20;
+const MAX_RESPONSE: usize = 4 << 20;
 /// The largest gRPC response message read (OTLP answers are a few bytes).
 const MAX_GRPC_RESPONSE: usize = 4 << 20;
 
@@ -142,7 +143,7 @@ pub enum ClientError {
     Header(String),
     /// TLS could not be set up.
     #[error("tls: {0}")]
-    Tls(#[from] super::tls::TlsError),
+    Tls(#[from] crate::http_client::tls::TlsError),
 }
 
 enum Transport {
@@ -152,9 +153,11 @@ enum Transport {
         headers: HeaderMap,
     },
     Http {
-        agent: ureq::Agent,
-        base: String,
-        headers: Vec<(String, String)>,
+        client: HttpClient,
+        /// `{endpoint}/v1/traces`, `.../metrics`, `.../logs`, in [`Signal`] order.
+        uris: Box<[http::Uri; 3]>,
+        /// `content-type`, `content-encoding` and the configured headers.
+        headers: HeaderMap,
     },
 }
 
@@ -319,17 +322,48 @@ impl OtlpClient {
                 Transport::Grpc { channel, headers }
             }
             Protocol::Http => {
-                let mut config = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(s.timeout));
-                if let Some(tls) = &tls {
-                    config = config.tls_config(tls.ureq_config());
+                let client = HttpClient::new(&ClientOptions {
+                    tls,
+                    timeout: s.timeout,
+                    max_response_bytes: MAX_RESPONSE,
+                })?;
+                let base = s.endpoint.trim_end_matches('/');
+                let uri = |signal: Signal| -> Result<http::Uri, ClientError> {
+                    let text = format!("{base}/v1/{}", signal.as_str());
+                    let uri: http::Uri = text
+                        .parse()
+                        .map_err(|e: http::uri::InvalidUri| bad_endpoint(e.to_string()))?;
+                    if uri.host().is_none() || !matches!(uri.scheme_str(), Some("http" | "https")) {
+                        return Err(bad_endpoint("not an http:// or https:// URL".into()));
+                    }
+                    Ok(uri)
+                };
+                let mut headers = HeaderMap::new();
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-protobuf"),
+                );
+                if let Some(name) = s.compression.name() {
+                    headers.insert(
+                        http::header::CONTENT_ENCODING,
+                        HeaderValue::from_static(name),
+                    );
                 }
-                let agent: ureq::Agent = config.build().into();
+                for (k, v) in &extra {
+                    let key = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+                        .map_err(|_| ClientError::Header(k.clone()))?;
+                    let value =
+                        HeaderValue::from_str(v).map_err(|_| ClientError::Header(k.clone()))?;
+                    headers.append(key, value);
+                }
                 Transport::Http {
-                    agent,
-                    base: s.endpoint.trim_end_matches('/').to_owned(),
-                    headers: extra,
+                    client,
+                    uris: Box::new([
+                        uri(Signal::Traces)?,
+                        uri(Signal::Metrics)?,
+                        uri(Signal::Logs)?,
+                    ]),
+                    headers,
                 }
             }
         };
@@ -380,10 +414,10 @@ impl OtlpClient {
                 }
             }
             Transport::Http {
-                agent,
-                base,
+                client,
+                uris,
                 headers,
-            } => self.export_http(agent, base, headers, encoded).await,
+            } => self.export_http(client, uris, headers, encoded).await,
         }
     }
 
@@ -433,8 +467,8 @@ impl OtlpClient {
 
     /// A failure to connect or to complete the exchange: retried; TLS failures named as such.
     fn connection_failure(&self, e: &(dyn std::error::Error + 'static)) -> Outcome {
-        let message = error_chain(e);
-        let tls = is_tls_error(e);
+        let message = crate::http_client::error_chain(e);
+        let tls = crate::http_client::is_tls_error(e);
         Outcome::Retry {
             reason: if tls { "tls" } else { "connection" },
             after: None,
@@ -451,73 +485,55 @@ impl OtlpClient {
 
     async fn export_http(
         &self,
-        agent: &ureq::Agent,
-        base: &str,
-        headers: &[(String, String)],
+        client: &HttpClient,
+        uris: &[http::Uri; 3],
+        headers: &HeaderMap,
         enc: &Encoded,
     ) -> Outcome {
-        let url = format!("{base}/v1/{}", enc.signal.as_str());
-        let signal = enc.signal;
-        let body = enc.body.clone();
-        let agent = agent.clone();
-        let headers = headers.to_vec();
-        let encoding = self.compression.name();
-        let endpoint = self.endpoint.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut req = agent
-                .post(&url)
-                .header("Content-Type", "application/x-protobuf");
-            if let Some(e) = encoding {
-                req = req.header("Content-Encoding", e);
-            }
-            for (k, v) in &headers {
-                req = req.header(k.as_str(), v.as_str());
-            }
-            match req.send(&body[..]) {
-                Err(e) if super::tls::is_ureq_tls_error(&e) => Outcome::Retry {
-                    reason: "tls",
-                    after: None,
-                    message: format!("TLS with {endpoint} failed: {e} (check export.otlp.tls)"),
-                },
-                Err(e) => Outcome::Retry {
-                    reason: "connection",
-                    after: None,
-                    message: format!("{endpoint}: {e}"),
-                },
-                Ok(mut resp) => {
-                    let status = resp.status().as_u16();
-                    let retry_after = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-                    let body = resp
-                        .body_mut()
-                        .with_config()
-                        .limit(MAX_RESPONSE)
-                        .read_to_vec()
-                        .unwrap_or_default();
-                    match classify_http(status, retry_after, String::new()) {
-                        Outcome::Delivered { .. } => partial_from_http(signal, &body),
-                        Outcome::Retry { reason, after, .. } => Outcome::Retry {
-                            reason,
-                            after,
-                            message: http_message(status, &body),
-                        },
-                        Outcome::Permanent { reason, .. } => Outcome::Permanent {
-                            reason,
-                            message: http_message(status, &body),
-                        },
-                    }
+        let uri = match enc.signal {
+            Signal::Traces => &uris[0],
+            Signal::Metrics => &uris[1],
+            Signal::Logs => &uris[2],
+        };
+        let mut req = http::Request::new(enc.body.clone());
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = uri.clone();
+        *req.headers_mut() = headers.clone();
+        match client.send(req).await {
+            Err(e @ RequestError::Tls(_) | e @ RequestError::NoTls) => Outcome::Retry {
+                reason: "tls",
+                after: None,
+                message: format!(
+                    "TLS with {} failed: {e} (check export.otlp.tls)",
+                    self.endpoint
+                ),
+            },
+            Err(e) => Outcome::Retry {
+                reason: "connection",
+                after: None,
+                message: format!("{}: {e}", self.endpoint),
+            },
+            Ok(resp) => {
+                let status = resp.status.as_u16();
+                let retry_after = resp
+                    .header("retry-after")
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                // A body beyond the limit is not decoded (a cut protobuf message).
+                let body: &[u8] = if resp.truncated { &[] } else { &resp.body };
+                match classify_http(status, retry_after, String::new()) {
+                    Outcome::Delivered { .. } => partial_from_http(enc.signal, body),
+                    Outcome::Retry { reason, after, .. } => Outcome::Retry {
+                        reason,
+                        after,
+                        message: http_message(status, body),
+                    },
+                    Outcome::Permanent { reason, .. } => Outcome::Permanent {
+                        reason,
+                        message: http_message(status, body),
+                    },
                 }
             }
-        })
-        .await;
-        joined.unwrap_or_else(|e| Outcome::Retry {
-            reason: "connection",
-            after: None,
-            message: format!("send task failed: {e}"),
-        })
+        }
     }
 }
 
@@ -531,33 +547,6 @@ pub fn gzip_bytes(data: &[u8], level: u32) -> Vec<u8> {
     // Writing into a Vec cannot fail.
     let _ = enc.write_all(data);
     enc.finish().unwrap_or_default()
-}
-
-/// An error and its sources, `a: b: c`.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
-}
-
-/// Whether a rustls error (a handshake or certificate failure) is in the chain.
-fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(s) = cur {
-        if s.is::<tokio_rustls::rustls::Error>() || s.is::<super::tls::HandshakeError>() {
-            return true;
-        }
-        cur = s.source();
-    }
-    false
 }
 
 /// The outcome of a call that answered with a gRPC status (and, when OK, a response message).

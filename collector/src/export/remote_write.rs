@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use prost::Message;
@@ -16,10 +17,14 @@ use super::ExportStats;
 use super::openmetrics::{self, Family};
 use super::otlp::Shutdown;
 use super::retry::{Backoff, Outcome, RetryPolicy, parse_retry_after};
+use crate::http_client::tls::ClientTls;
+use crate::http_client::{ClientOptions, HttpClient, RequestError};
 use crate::pipeline::QueueStats;
 
 const EXPORTER: &str = "remote_write";
 const SIGNAL: &str = "metrics";
+/// The most of a receiver's answer read (its text goes into the log).
+const MAX_RESPONSE: usize = 4096;
 
 /// `prometheus.WriteRequest` (remote write 1.0; metadata omitted).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -136,7 +141,7 @@ pub struct RemoteWriteSettings {
     /// Labels added to every series.
     pub external_labels: Vec<(String, String)>,
     /// TLS for an `https://` URL (the system roots when `None`).
-    pub tls: Option<Arc<super::tls::ClientTls>>,
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 impl std::fmt::Debug for RemoteWriteSettings {
@@ -195,9 +200,8 @@ pub fn classify(status: u16, retry_after: Option<Duration>, message: String) -> 
     }
 }
 
-fn send_once(agent: &ureq::Agent, s: &RemoteWriteSettings, body: &[u8]) -> Outcome {
-    let mut req = agent
-        .post(&s.url)
+async fn send_once(client: &HttpClient, s: &RemoteWriteSettings, body: Bytes) -> Outcome {
+    let mut req = http::Request::post(s.url.as_str())
         .header("Content-Encoding", "snappy")
         .header("Content-Type", "application/x-protobuf")
         .header("X-Prometheus-Remote-Write-Version", "0.1.0")
@@ -211,8 +215,21 @@ fn send_once(agent: &ureq::Agent, s: &RemoteWriteSettings, body: &[u8]) -> Outco
     if let Some(t) = &s.bearer_token {
         req = req.header("Authorization", format!("Bearer {t}"));
     }
-    match req.send(body) {
-        Err(e) if super::tls::is_ureq_tls_error(&e) => Outcome::Retry {
+    let req = match req.body(body) {
+        Ok(r) => r,
+        // A URL or header that cannot be sent: nothing will change on a retry, but the
+        // receiver-side classification has no such case; retried and logged like a failure
+        // to connect (configuration validation rules it out).
+        Err(e) => {
+            return Outcome::Retry {
+                reason: "connection",
+                after: None,
+                message: format!("{}: {e}", s.url),
+            };
+        }
+    };
+    match client.send(req).await {
+        Err(e @ RequestError::Tls(_) | e @ RequestError::NoTls) => Outcome::Retry {
             reason: "tls",
             after: None,
             message: format!(
@@ -225,19 +242,12 @@ fn send_once(agent: &ureq::Agent, s: &RemoteWriteSettings, body: &[u8]) -> Outco
             after: None,
             message: e.to_string(),
         },
-        Ok(mut resp) => {
-            let status = resp.status().as_u16();
+        Ok(resp) => {
+            let status = resp.status.as_u16();
             let after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
+                .header("retry-after")
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
-            let text = resp
-                .body_mut()
-                .with_config()
-                .limit(4096)
-                .read_to_string()
-                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&resp.body);
             classify(status, after, format!("HTTP {status}: {}", text.trim()))
         }
     }
@@ -352,19 +362,38 @@ pub async fn run(
         }
     };
     let send = async {
-        let mut config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(settings.timeout));
-        if let Some(tls) = &settings.tls {
-            config = config.tls_config(tls.ureq_config());
-        } else if settings.url.starts_with("https://") {
-            match super::tls::ClientTls::load(&Default::default()) {
-                Ok(tls) => config = config.tls_config(tls.ureq_config()),
-                Err(e) => tracing::error!(error = %e, "remote write: no TLS roots"),
+        let tls = match &settings.tls {
+            Some(tls) => Some(tls.clone()),
+            None if settings.url.starts_with("https://") => {
+                match ClientTls::load(&Default::default()) {
+                    Ok(tls) => Some(Arc::new(tls)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "remote write: no TLS roots");
+                        None
+                    }
+                }
             }
-        }
-        let agent: ureq::Agent = config.build().into();
-        let settings = Arc::new(settings.clone());
+            None => None,
+        };
+        let options = ClientOptions {
+            tls,
+            timeout: settings.timeout,
+            max_response_bytes: MAX_RESPONSE,
+        };
+        let client = match HttpClient::new(&options) {
+            Ok(c) => c,
+            Err(e) => {
+                // The TLS settings were loaded and checked when the configuration was.
+                tracing::error!(error = %e, "remote write: cannot set up TLS; sending over plain HTTP only");
+                match HttpClient::new(&ClientOptions {
+                    tls: None,
+                    ..options
+                }) {
+                    Ok(c) => c,
+                    Err(_) => return,
+                }
+            }
+        };
         let mut logged = std::collections::HashSet::new();
         'outer: loop {
             let next = {
@@ -381,7 +410,7 @@ pub async fn run(
                     _ = shutdown.abandon.cancelled() => break,
                 }
             };
-            let body = Arc::new(body);
+            let body = Bytes::from(body);
             let mut backoff = Backoff::new(settings.retry);
             let done = loop {
                 let in_flight = stats
@@ -390,12 +419,10 @@ pub async fn run(
                     .clone();
                 in_flight.inc();
                 let started = Instant::now();
-                let (a, s, b) = (agent.clone(), settings.clone(), body.clone());
-                let attempt = tokio::task::spawn_blocking(move || send_once(&a, &s, &b));
                 let outcome = tokio::select! {
                     biased;
                     _ = shutdown.abandon.cancelled() => None,
-                    o = attempt => Some(o.unwrap_or(Outcome::Retry { reason: "connection", after: None, message: "send task failed".into() })),
+                    o = send_once(&client, &settings, body.clone()) => Some(o),
                 };
                 in_flight.dec();
                 stats

@@ -1,11 +1,12 @@
-//! TLS for the exporters' clients (OTLP over gRPC or HTTP, remote write), with rustls on the
-//! `ring` provider: the system's root certificates or a CA file, an optional client certificate
-//! (mTLS), and — for tests against self-signed peers only — `insecure_skip_verify`.
+//! The one TLS configuration of every outgoing connection, with rustls on the `ring` provider:
+//! the system's root certificates or a CA file, an optional client certificate (mTLS), and —
+//! for tests against self-signed peers only — `insecure_skip_verify`.
 //!
-//! gRPC goes through [`TlsConnector`] (a tower connector tonic's channel dials through, ALPN
-//! `h2`); OTLP/HTTP and remote write through ureq with [`ClientTls::ureq_config`]. Both read the
-//! same files, loaded once at build time, so a bad file is a configuration error, not a send
-//! failure.
+//! HTTP (OTLP/HTTP, remote write, Teams, webhooks, Slack, the CLI) goes through
+//! [`super::HttpClient`]'s connector; OTLP/gRPC through [`TlsConnector`] (a tower connector
+//! tonic's channel dials through, ALPN `h2`). Both take their rustls configuration from
+//! [`ClientTls::rustls_config`]; the files are loaded once at build time, so a bad file is a
+//! configuration error, not a send failure.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -67,8 +68,6 @@ pub enum TlsError {
 pub struct ClientTls {
     roots: Vec<CertificateDer<'static>>,
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-    /// The key file as read (ureq parses its own key type from the PEM).
-    key_pem: Vec<u8>,
     insecure: bool,
 }
 
@@ -124,22 +123,15 @@ impl ClientTls {
                 found.certs
             }
         };
-        let mut key_pem = Vec::new();
         let identity = match (&files.cert_file, &files.key_file) {
             (None, None) => None,
             (Some(c), Some(k)) => {
                 let chain = certs(c)?;
-                key_pem = read(k)?;
+                let key_pem = read(k)?;
                 let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::File {
                     path: k.clone(),
                     message: format!("not a PEM private key: {e}"),
                 })?;
-                if ureq::tls::PrivateKey::from_pem(&key_pem).is_err() {
-                    return Err(TlsError::File {
-                        path: k.clone(),
-                        message: "not a PEM private key".into(),
-                    });
-                }
                 Some((chain, key))
             }
             _ => return Err(TlsError::HalfIdentity),
@@ -147,7 +139,6 @@ impl ClientTls {
         let tls = Self {
             roots,
             identity,
-            key_pem,
             insecure: files.insecure_skip_verify,
         };
         tls.rustls_config(&[])?;
@@ -179,31 +170,6 @@ impl ClientTls {
         };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
-    }
-
-    /// The same settings for ureq (OTLP/HTTP and remote write).
-    pub fn ureq_config(&self) -> ureq::tls::TlsConfig {
-        use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
-        let roots: Vec<Certificate<'static>> = self
-            .roots
-            .iter()
-            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
-            .collect();
-        // `load` checked that ureq reads the key.
-        let client_cert = self.identity.as_ref().and_then(|(chain, _)| {
-            let chain: Vec<_> = chain
-                .iter()
-                .map(|c| Certificate::from_der(c.as_ref()).to_owned())
-                .collect();
-            let key = PrivateKey::from_pem(&self.key_pem).ok()?;
-            Some(ClientCert::new_with_certs(&chain, key))
-        });
-        TlsConfig::builder()
-            .unversioned_rustls_crypto_provider(provider())
-            .root_certs(RootCerts::Specific(Arc::new(roots)))
-            .client_cert(client_cert)
-            .disable_verification(self.insecure)
-            .build()
     }
 }
 
@@ -253,17 +219,6 @@ impl ServerCertVerifier for NoVerify {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Whether ureq failed in TLS (rustls's error directly, or inside an I/O error).
-pub fn is_ureq_tls_error(e: &ureq::Error) -> bool {
-    match e {
-        ureq::Error::Rustls(_) | ureq::Error::Tls(_) => true,
-        ureq::Error::Io(io) => io
-            .get_ref()
-            .is_some_and(|inner| inner.is::<rustls::Error>()),
-        _ => false,
     }
 }
 

@@ -207,15 +207,13 @@ pub fn parse_time(text: &str) -> Option<UnixSeconds> {
             sign * (oh * 3600 + om * 60)
         }
     };
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + mi * 60 + s - offset)
+    // A day past the month's end (`02-30`) rolls into the next month.
+    let month = jiff::civil::Date::new(i16::try_from(y).ok()?, i8::try_from(mo).ok()?, 1).ok()?;
+    let month_start = jiff::tz::Offset::UTC
+        .to_timestamp(month.to_datetime(jiff::civil::Time::midnight()))
+        .ok()?
+        .as_second();
+    Some(month_start + (d - 1) * 86_400 + h * 3600 + mi * 60 + s - offset)
 }
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -692,6 +690,11 @@ mod tests {
             ("2024-05-01 14:00:00 +0200", Some(1_714_564_800)),
             ("2024-05-01 12:00:00 UTC", Some(1_714_564_800)),
             ("2015-05-05T19:40:15-04:00", Some(1_430_869_215)),
+            ("1969-12-31T23:59:59Z", Some(-1)),
+            ("2000-02-29T23:59:59Z", Some(951_868_799)),
+            ("2100-03-01T00:00:00Z", Some(4_107_542_400)),
+            // A day past the month's end rolls over.
+            ("2023-02-29T00:00:00Z", Some(1_677_628_800)),
             ("2024-02-30", None),
             ("yesterday", None),
             ("2024-05-01T12:00:00+2", None),

@@ -798,8 +798,9 @@ pub fn am_fingerprint(labels: &BTreeMap<String, String>) -> String {
 
 /// RFC 3339 in UTC with milliseconds (`2026-12-06T13:00:00.123Z`).
 fn rfc3339(ms: Millis) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
+    // Before 1970 or beyond jiff's range (year 9999): the epoch, as before for negatives.
+    let t = jiff::Timestamp::from_millisecond(ms.max(0)).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    format!("{t:.3}")
 }
 
 /// What Alertmanager sends as `endsAt` of an alert that still fires (Go's zero time).

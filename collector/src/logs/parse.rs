@@ -911,22 +911,22 @@ fn scan_timestamp(s: &str, naive_utc_offset_secs: i32) -> Option<(u64, usize)> {
         }
         _ => i64::from(naive_utc_offset_secs),
     };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    // A day past the month's end (`02-30`) rolls into the next month, as it always has.
+    let secs = month_start(year, month)? + (day - 1) * 86_400 + hour * 3600 + minute * 60 + second
+        - offset;
     let total = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
     let total = u64::try_from(total).ok()?;
     Some((total, at))
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// Unix seconds of the first of `month` (1–12) in `year` (0–9999), UTC.
+fn month_start(year: i64, month: i64) -> Option<i64> {
+    let date =
+        jiff::civil::Date::new(i16::try_from(year).ok()?, i8::try_from(month).ok()?, 1).ok()?;
+    let at = jiff::tz::Offset::UTC
+        .to_timestamp(date.to_datetime(jiff::civil::Time::midnight()))
+        .ok()?;
+    Some(at.as_second())
 }
 
 #[cfg(test)]
@@ -1436,7 +1436,7 @@ mod tests {
     #[test]
     fn timestamps_table() {
         const NOON: u64 = 1_714_564_800_000_000_000; // 2024-05-01T12:00:00Z
-        let cases: [(&str, i32, Option<u64>); 20] = [
+        let cases: [(&str, i32, Option<u64>); 25] = [
             ("2024-05-01T12:00:00Z", 0, Some(NOON)),
             ("2024-05-01T12:00:00z", 0, Some(NOON)),
             ("2024-05-01 12:00:00,123", 0, Some(NOON + 123_000_000)),
@@ -1458,6 +1458,13 @@ mod tests {
             ("2024-05-01 12:00:00", 0, Some(NOON)),
             ("2000-02-29T23:59:59Z", 0, Some(951_868_799_000_000_000)),
             ("1970-01-01T00:00:00Z", 0, Some(0)),
+            ("2100-03-01T00:00:00Z", 0, Some(4_107_542_400_000_000_000)),
+            // Days past the month's end roll over; so does a leap second.
+            ("2023-02-29T00:00:00Z", 0, Some(1_677_628_800_000_000_000)),
+            ("2024-02-31T00:00:00Z", 0, Some(1_709_337_600_000_000_000)),
+            ("2024-12-31T23:59:60Z", 0, Some(1_735_689_600_000_000_000)),
+            // Beyond u64 nanoseconds (the year 2554).
+            ("9999-12-31T23:59:59Z", 0, None),
             ("1714564800", 0, Some(NOON)),
             ("1714564800123", 0, Some(NOON + 123_000_000)),
             ("1714564800.5", 0, Some(NOON + 500_000_000)),

@@ -1494,17 +1494,15 @@ fn week_of(day: i64) -> i64 {
     (day + 3).div_euclid(7)
 }
 
-/// `year * 12 + month - 1` of a day number (proleptic Gregorian, Hinnant's algorithm).
+/// `year * 12 + month - 1` of a day number (UTC; days beyond years ±9999 are clamped to them).
 fn month_of(day: i64) -> i64 {
-    let z = day + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    year * 12 + month - 1
+    let at = jiff::Timestamp::from_second(day.saturating_mul(DAY)).unwrap_or(if day < 0 {
+        jiff::Timestamp::MIN
+    } else {
+        jiff::Timestamp::MAX
+    });
+    let date = jiff::tz::Offset::UTC.to_datetime(at).date();
+    i64::from(date.year()) * 12 + i64::from(date.month()) - 1
 }
 
 /// Four Keys' class from deployment times in `(start, now]`, any order (see module docs).

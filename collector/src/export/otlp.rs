@@ -36,11 +36,12 @@ use tower::ServiceExt;
 use super::ExportStats;
 use super::batch::{Batch, BatchLimits, Batcher};
 use super::retry::{
-    Backoff, Outcome, RetryPolicy, classify_grpc, classify_http, parse_retry_after,
+    Backoff, Outcome, RetryPolicy, classify_grpc, classify_http, classify_no_answer,
+    parse_retry_after,
 };
 use super::spill::Spill;
 use crate::http_client::tls::{ClientTls, TlsConnector};
-use crate::http_client::{ClientOptions, HttpClient, RequestError};
+use crate::http_client::{ClientOptions, HttpClient};
 use crate::pipeline::{Payload, Queue, Receipt, Signal};
 
 const EXPORTER: &str = "otlp";
@@ -248,6 +249,14 @@ pub fn encode_compressed(payload: &Payload, compression: Compression, out: &mut 
     }
 }
 
+/// A configured header as it goes on the wire (names lower-cased).
+fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), ClientError> {
+    let key = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| ClientError::Header(name.to_owned()))?;
+    let value = HeaderValue::from_str(value).map_err(|_| ClientError::Header(name.to_owned()))?;
+    Ok((key, value))
+}
+
 impl OtlpClient {
     /// Builds the client; a gRPC channel connects lazily (call inside a Tokio runtime).
     pub fn new(s: &ClientSettings) -> Result<Self, ClientError> {
@@ -280,10 +289,7 @@ impl OtlpClient {
                     headers.insert("grpc-encoding", HeaderValue::from_static(name));
                 }
                 for (k, v) in &extra {
-                    let key = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
-                        .map_err(|_| ClientError::Header(k.clone()))?;
-                    let value =
-                        HeaderValue::from_str(v).map_err(|_| ClientError::Header(k.clone()))?;
+                    let (key, value) = header(k, v)?;
                     headers.insert(key, value);
                 }
                 let channel = match tls {
@@ -350,10 +356,7 @@ impl OtlpClient {
                     );
                 }
                 for (k, v) in &extra {
-                    let key = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
-                        .map_err(|_| ClientError::Header(k.clone()))?;
-                    let value =
-                        HeaderValue::from_str(v).map_err(|_| ClientError::Header(k.clone()))?;
+                    let (key, value) = header(k, v)?;
                     headers.append(key, value);
                 }
                 Transport::Http {
@@ -500,19 +503,7 @@ impl OtlpClient {
         *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers.clone();
         match client.send(req).await {
-            Err(e @ RequestError::Tls(_) | e @ RequestError::NoTls) => Outcome::Retry {
-                reason: "tls",
-                after: None,
-                message: format!(
-                    "TLS with {} failed: {e} (check export.otlp.tls)",
-                    self.endpoint
-                ),
-            },
-            Err(e) => Outcome::Retry {
-                reason: "connection",
-                after: None,
-                message: format!("{}: {e}", self.endpoint),
-            },
+            Err(e) => classify_no_answer(&e, &self.endpoint, "export.otlp.tls"),
             Ok(resp) => {
                 let status = resp.status.as_u16();
                 let retry_after = resp

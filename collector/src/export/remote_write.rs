@@ -16,9 +16,9 @@ use tokio::sync::Notify;
 use super::ExportStats;
 use super::openmetrics::{self, Family};
 use super::otlp::Shutdown;
-use super::retry::{Backoff, Outcome, RetryPolicy, parse_retry_after};
+use super::retry::{Backoff, Outcome, RetryPolicy, classify_no_answer, parse_retry_after};
 use crate::http_client::tls::ClientTls;
-use crate::http_client::{ClientOptions, HttpClient, RequestError};
+use crate::http_client::{ClientOptions, HttpClient};
 use crate::pipeline::QueueStats;
 
 const EXPORTER: &str = "remote_write";
@@ -229,19 +229,7 @@ async fn send_once(client: &HttpClient, s: &RemoteWriteSettings, body: Bytes) ->
         }
     };
     match client.send(req).await {
-        Err(e @ RequestError::Tls(_) | e @ RequestError::NoTls) => Outcome::Retry {
-            reason: "tls",
-            after: None,
-            message: format!(
-                "TLS with {} failed: {e} (check export.remote_write.tls)",
-                s.url
-            ),
-        },
-        Err(e) => Outcome::Retry {
-            reason: "connection",
-            after: None,
-            message: e.to_string(),
-        },
+        Err(e) => classify_no_answer(&e, &s.url, "export.remote_write.tls"),
         Ok(resp) => {
             let status = resp.status.as_u16();
             let after = resp

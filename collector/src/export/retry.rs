@@ -198,6 +198,28 @@ fn grpc_reason(code: tonic::Code) -> &'static str {
     }
 }
 
+/// A request that got no answer (refused, reset, timed out, TLS failed): retried, with reason
+/// `tls` when the TLS settings (`tls_key`, e.g. `export.otlp.tls`) are the thing to check.
+pub fn classify_no_answer(
+    e: &crate::http_client::RequestError,
+    endpoint: &str,
+    tls_key: &str,
+) -> Outcome {
+    if e.is_tls() {
+        Outcome::Retry {
+            reason: "tls",
+            after: None,
+            message: format!("TLS with {endpoint} failed: {e} (check {tls_key})"),
+        }
+    } else {
+        Outcome::Retry {
+            reason: "connection",
+            after: None,
+            message: format!("{endpoint}: {e}"),
+        }
+    }
+}
+
 /// Classifies an HTTP status: 2xx delivered; 429, 502, 503 and 504 retryable (honouring
 /// `Retry-After`); every other status permanent.
 pub fn classify_http(status: u16, retry_after: Option<Duration>, message: String) -> Outcome {

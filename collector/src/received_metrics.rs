@@ -1326,6 +1326,81 @@ mod tests {
         );
     }
 
+    /// Every kind of received family, read through the structured model, is what the text
+    /// encoder writes: counters with their exemplar, histograms, gauges, summaries (as gauge
+    /// families), `target_info` and the self-metrics.
+    #[test]
+    fn the_structured_snapshot_matches_the_text() {
+        let (rm, _) = received(100, 100);
+        let mut counter_point = point(7.0, vec![kv("shop", "a\"b")], 2);
+        counter_point.exemplars = vec![OtlpExemplar {
+            value: Some(exemplar::Value::AsDouble(1.0)),
+            time_unix_nano: 1_700_000_000_000_000_000,
+            trace_id: vec![0xab; 16],
+            span_id: vec![0xcd; 8],
+            ..Default::default()
+        }];
+        let r = request(vec![
+            sum(
+                "bars.orders",
+                AggregationTemporality::Cumulative,
+                vec![counter_point],
+            ),
+            hist(AggregationTemporality::Cumulative, vec![1, 2, 3], 4.5, 2),
+            Metric {
+                name: "bars.queue.depth".into(),
+                data: Some(Data::Gauge(OtlpGauge {
+                    data_points: vec![point(-2.5, vec![], 1)],
+                })),
+                ..Default::default()
+            },
+            Metric {
+                name: "rpc.latency".into(),
+                unit: "ms".into(),
+                data: Some(Data::Summary(Summary {
+                    data_points: vec![SummaryDataPoint {
+                        count: 3,
+                        sum: 12.0,
+                        quantile_values: vec![ValueAtQuantile {
+                            quantile: 0.5,
+                            value: 4.0,
+                        }],
+                        ..Default::default()
+                    }],
+                })),
+                ..Default::default()
+            },
+        ]);
+        rm.record_at(rm.prepare(&r), Instant::now());
+        let mut registry = Registry::default();
+        rm.register(&mut registry);
+        let snap = crate::model::oracle::assert_matches_text(&registry);
+        let orders = snap.family("bars_orders").expect("counter");
+        let crate::model::Value::Counter {
+            total,
+            exemplar: Some(e),
+        } = &orders.series[0].value
+        else {
+            panic!("a counter with its exemplar: {orders:?}");
+        };
+        assert_eq!((*total, e.value), (7.0, 1.0));
+        assert!(
+            e.labels.contains(&("trace_id".to_owned(), "ab".repeat(16))),
+            "{e:?}"
+        );
+        let h = snap
+            .family("bars_order_duration_seconds")
+            .expect("histogram");
+        assert_eq!(h.kind, crate::model::Kind::Histogram);
+        let crate::model::Value::Histogram(v) = &h.series[0].value else {
+            panic!("{h:?}");
+        };
+        let cumulative: Vec<u64> = v.buckets.iter().map(|b| b.cumulative_count).collect();
+        assert_eq!(cumulative, [1, 3, 6]);
+        assert!(snap.family("target_info").is_some());
+        assert!(snap.family("rpc_latency_milliseconds_sum").is_some());
+    }
+
     #[test]
     fn gauges_summaries_and_exponential_histograms() {
         let (rm, _) = received(100, 100);

@@ -296,4 +296,43 @@ mod tests {
         // Items are data points: 2 + 1 + 1.
         assert_eq!(crate::pipeline::Payload::Metrics(req).items(), 4);
     }
+
+    #[test]
+    fn exemplars_become_otlp_exemplars() {
+        use prometheus_client::metrics::exemplar::CounterWithExemplar;
+        let mut r = Registry::default();
+        let c: CounterWithExemplar<Vec<(String, String)>, f64> = CounterWithExemplar::default();
+        c.inc_by(
+            3.0,
+            Some(vec![
+                ("trace_id".into(), "0af7651916cd43dd8448eb211c80319c".into()),
+                ("span_id".into(), "b7ad6b7169203331".into()),
+                ("shop".into(), "main".into()),
+            ]),
+            None,
+        );
+        r.register("orders", "Orders", c);
+        let snap = snapshot(&r).expect("snapshot");
+        let metrics = to_metrics(&snap, 10, 20);
+        let Some(metric::Data::Sum(sum)) = &metrics[0].data else {
+            panic!("sum")
+        };
+        let e = &sum.data_points[0].exemplars[0];
+        assert_eq!(
+            e.trace_id,
+            [
+                0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80,
+                0x31, 0x9c
+            ]
+        );
+        assert_eq!(e.span_id, [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]);
+        assert_eq!(e.filtered_attributes, vec![attr("shop", "main")]);
+        assert_eq!(e.value, Some(exemplar::Value::AsDouble(3.0)));
+        assert_eq!(
+            e.time_unix_nano, 20,
+            "no timestamp: stamped with the round's time"
+        );
+        assert_eq!(hex_id::<8>("b7ad6b716920333"), None, "odd length");
+        assert_eq!(hex_id::<8>("b7ad6b716920333x"), None, "not hex");
+    }
 }

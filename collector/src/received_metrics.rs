@@ -23,7 +23,9 @@
 //!   resource attribute is a label of `target_info{service_name,service_namespace,
 //!   service_instance_id,...} 1`.
 //! - **Exemplars** of monotonic sums are kept (the last one per series, with its `trace_id` /
-//!   `span_id`), shown in OpenMetrics output; histogram exemplars are not kept.
+//!   `span_id`), shown in OpenMetrics output; histogram exemplars are not kept: `prometheus-client`
+//!   0.25 gives a custom collector no way to write them (its `Exemplar` has no public
+//!   constructor, and `HistogramWithExemplars` takes observations, not bucket counts).
 //!
 //! Bounds: a series not updated for `expiry` disappears (with its `target_info`). Past
 //! `max_label_sets` series in one family, further label sets are folded into one series whose

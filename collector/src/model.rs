@@ -147,8 +147,8 @@ pub struct Sample<'a> {
 
 /// Reads everything `registry` serves into a [`Snapshot`].
 ///
-/// Costs what a text scrape costs plus an allocation per label; safe to call from any thread
-/// (collectors take their own locks). An error means some metric failed to encode; a text scrape
+/// Runs every metric's and collector's encode, as a text scrape does, into owned strings and
+/// numbers instead of text; safe to call from any thread (collectors take their own locks). An error means some metric failed to encode; a text scrape
 /// of the same registry fails the same way.
 pub fn snapshot(registry: &Registry) -> Result<Snapshot, SnapshotError> {
     let families = prometheus_client::encoding::prometheus_protobuf::encode(registry)

@@ -11,6 +11,7 @@ pub mod host;
 pub mod http_client;
 pub mod logs;
 pub mod metrics;
+pub mod model;
 pub mod otlp;
 pub mod pipeline;
 pub mod process;

@@ -339,13 +339,13 @@ fn a_busy_sink_loses_no_tailed_line() -> Result {
 }
 
 /// Issue 25's outage with rotation, scaled for CI: a Python service logs through
-/// `RotatingFileHandler` (64 KiB files, about six rotations a second) under the embedded
-/// default's pattern (`*.log`: the rotated names are not included) while the endpoint answers
-/// UNAVAILABLE for 16 s. The small queue fills within a second and the tailer waits in its
-/// hand-off, so files are created and rotated out of the glob before the tailer ever sees them;
-/// once the endpoint is back every line arrives, none twice, and nothing is counted lost.
-#[test]
-fn an_outage_during_fast_rotation_loses_no_line_with_only_the_live_name_included() -> Result {
+/// `RotatingFileHandler` (64 KiB files, about six rotations a second, `backups` kept) under the
+/// embedded default's pattern (`*.log`: the rotated names are not included) while the endpoint
+/// answers UNAVAILABLE for 16 s. The small queue fills within a second and the tailer waits in
+/// its hand-off: it reads nothing more, but file events and scans still follow the files the
+/// service creates and rotates out of the glob meanwhile, and hold them open; once the endpoint
+/// is back every line arrives, none twice, and nothing is counted lost.
+fn outage_during_fast_rotation(backups: usize) -> Result {
     let down_dir = tempfile::tempdir()?;
     let down = down_dir.path().join("down");
     let sink = OtlpSink::start(&["--down-file", &down.to_string_lossy()])?;
@@ -368,7 +368,8 @@ fn an_outage_during_fast_rotation_loses_no_line_with_only_the_live_name_included
             .arg("jsonlogger")
             .arg(app.join("app.log"))
             .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
-            .args(["--max-bytes", "65536", "--backups", "2000", "--numbered"])
+            .args(["--max-bytes", "65536", "--backups", &backups.to_string()])
+            .arg("--numbered")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .spawn()?,
@@ -420,7 +421,7 @@ fn an_outage_during_fast_rotation_loses_no_line_with_only_the_live_name_included
     let lost_bytes = agent.metric("sidelight_log_lost_bytes_total", "");
     let failed = agent.metric("sidelight_exporter_failed_total", "signal=\"logs\"");
     eprintln!(
-        "outage 16 s at {rate} lines/s, {files} files ({rotated_during} by the end of the outage), \
+        "outage 16 s at {rate} lines/s, backupCount {backups}, {files} files ({rotated_during} by the end of the outage), \
          read {read_at_full} bytes when the queue filled, {read_at_end} at the end of the outage, \
          refused {}: {} of {count} lost, {dups} duplicated, lost bytes counted {lost_bytes}, \
          failed {failed}; writer done {written_at:?}, all at the sink {:?} after the outage began",
@@ -428,9 +429,11 @@ fn an_outage_during_fast_rotation_loses_no_line_with_only_the_live_name_included
         missing.len(),
         outage.elapsed()
     );
+    // The handler rotates at 64 KiB: that many files were written.
+    let rotations = agent.metric("sidelight_log_bytes_total", "source=\"app\"") / 65536.0;
     assert!(
-        files >= 100,
-        "the writer rotated often: {files} files in the directory"
+        rotations >= 100.0,
+        "the writer rotated often: {rotations} files' worth"
     );
     assert!(
         read_at_end < read_at_full + 4.0 * 1048576.0,
@@ -446,6 +449,22 @@ fn an_outage_during_fast_rotation_loses_no_line_with_only_the_live_name_included
     assert_eq!(lost_bytes, 0.0, "nothing counted lost");
     assert_eq!(failed, 0.0, "nothing dropped");
     Ok(())
+}
+
+/// Every rotated file stays on disk (`backupCount` 2000): after the outage, the ones the tailer
+/// followed while it waited, and any it had no descriptor for, are read from their rotated names.
+#[test]
+fn an_outage_during_fast_rotation_loses_no_line_with_only_the_live_name_included() -> Result {
+    outage_during_fast_rotation(2000)
+}
+
+/// `backupCount` 10: the service deletes each rotated file about 1.7 s after creating it, long
+/// before the 16 s outage ends. The tailer, waiting in its hand-off, still follows each file
+/// through its renames and holds it open, so the deleted files are read once the endpoint is
+/// back.
+#[test]
+fn an_outage_longer_than_the_handler_keeps_files_loses_no_line() -> Result {
+    outage_during_fast_rotation(10)
 }
 
 /// An answer that says the data itself is bad (INVALID_ARGUMENT) is final even for tailed

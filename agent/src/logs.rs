@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sidelight_collector::logs::{
-    Batch, ConsumerGone, Handoff, LogResource, LogSource, LogSourceConfig, LogStats, to_request,
+    Batch, ConsumerGone, Handoff, LogResource, LogSource, LogSourceConfig, LogStats, encode_request,
 };
 use sidelight_collector::pipeline::{Intake, Payload, Pending, Receipt};
 use tokio::sync::mpsc::error::TrySendError;
@@ -50,7 +50,9 @@ struct Deliver {
 impl Handoff for Deliver {
     fn hand_off(&mut self, batch: Batch, until: Instant) -> Result<bool, ConsumerGone> {
         let (records, ack) = batch.into_parts();
-        let payload = Payload::Logs(to_request(records, &self.resource));
+        // Written encoded: the sinks' queues hold requests encoded anyway.
+        let payload = Payload::Encoded(encode_request(&records, &self.resource));
+        drop(records);
         let receipt = Receipt::new(move || ack.ack());
         let pending = if self.with_consumer.load(Ordering::Acquire) == 0 {
             match self.intake.try_deliver(payload, receipt) {

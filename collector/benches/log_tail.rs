@@ -5,13 +5,18 @@
 //! Prints MiB/s of file bytes per CPU-second of this thread.
 //!
 //! Run: `cargo bench -p sidelight-collector --bench log_tail`
+//!
+//! `LOG_TAIL_FILES=json:/path/a.log,text:/path/b.log` reads those files instead (each from the
+//! page cache, with the parser format and traceback joining the agent uses for that format), e.g.
+//! the side-by-side workloads `bench/logs_vs_fluentbit.sh` generates.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use sidelight_collector::logs::discover::Discovery;
 use sidelight_collector::logs::{
-    LogResource, LogStats, Parser, ParserConfig, Redactor, TailConfig, Tailer, to_request,
+    Format, JoinerConfig, LogResource, LogStats, Parser, ParserConfig, Redactor, TailConfig,
+    Tailer, encode_request,
 };
 use sidelight_collector::metrics::LabelCaps;
 
@@ -54,26 +59,40 @@ fn run(size: usize) -> Result<(), Box<dyn std::error::Error>> {
         }
         f.flush()?;
     }
+    measure(&format!("{size:>5} B lines"), dir.path(), Format::Json)
+}
+
+/// Tails `<dir>/logs/*.log` once from the head and prints the figures under `name`.
+fn measure(
+    name: &str,
+    dir: &std::path::Path,
+    format: Format,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let logs = dir.join("logs");
+    let path = logs.join("app.log");
     // Into the page cache, so the figure is the agent's work, not the disk's.
-    let _ = std::fs::read(&path)?;
+    std::io::copy(&mut std::fs::File::open(&path)?, &mut std::io::sink())?;
     let bytes = std::fs::metadata(&path)?.len();
 
     let include = vec![format!("{}/*.log", logs.display())];
     let discovery = Discovery::new(&include, &[], true)?;
     let parser = Parser::new(ParserConfig {
         source: Some("app".into()),
+        format,
         ..ParserConfig::default()
     });
     let stats = LogStats::new(&LabelCaps::new(1000));
     let mut cfg = TailConfig::new("app");
-    cfg.join = None;
+    // As the agent configures a source of this format.
+    cfg.join = (format != Format::Json).then(JoinerConfig::default);
+    cfg.cri = matches!(format, Format::Auto | Format::Cri);
     let mut tailer = Tailer::new(
         cfg,
         discovery,
         parser,
         Redactor::builtin()?,
         stats,
-        &dir.path().join("state"),
+        &dir.join("state"),
     )?;
     let resource = LogResource::new("app", Some("bench"));
     let (cpu0, wall0) = (thread_cpu(), Instant::now());
@@ -91,8 +110,8 @@ fn run(size: usize) -> Result<(), Box<dyn std::error::Error>> {
         };
         let (recs, ack) = batch.into_parts();
         records += recs.len();
-        let req = to_request(recs, &resource);
-        encoded += prost::Message::encoded_len(&req);
+        encoded += encode_request(&recs, &resource).bytes().len();
+        drop(recs);
         ack.ack();
         tailer.process_acks();
     }
@@ -100,7 +119,7 @@ fn run(size: usize) -> Result<(), Box<dyn std::error::Error>> {
     let wall = wall0.elapsed().as_secs_f64();
     let mib = bytes as f64 / (1024.0 * 1024.0);
     println!(
-        "tail+parse+redact+otlp {size:>5} B lines: {:>7.1} MiB/s per CPU-second ({:>7.1} MiB/s wall), {:>6.0} ns/line, {records} records, OTLP {:.0} MiB",
+        "tail+parse+redact+otlp {name}: {:>7.1} MiB/s per CPU-second ({:>7.1} MiB/s wall), {:>6.0} ns/line, {records} records, OTLP {:.0} MiB",
         mib / cpu,
         mib / wall,
         cpu * 1e9 / records as f64,
@@ -109,7 +128,40 @@ fn run(size: usize) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// `LOG_TAIL_FILES=format:path,...`: each file hard-linked (or copied) into a fresh directory.
+fn run_files(spec: &str) -> Result<(), Box<dyn std::error::Error>> {
+    for item in spec.split(',').filter(|s| !s.is_empty()) {
+        let (format, path) = item.split_once(':').ok_or("want format:path")?;
+        let format = match format {
+            "json" => Format::Json,
+            "text" => Format::Text,
+            "auto" => Format::Auto,
+            other => return Err(format!("unknown format {other}").into()),
+        };
+        let dir = tempfile::tempdir()?;
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let target = logs.join("app.log");
+        if std::fs::hard_link(path, &target).is_err() {
+            std::fs::copy(path, &target)?;
+        }
+        let name = std::path::Path::new(path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        measure(&format!("{name:>13}"), dir.path(), format)?;
+    }
+    Ok(())
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("LOG_TAIL_FILES") {
+        if let Err(e) = run_files(&spec) {
+            eprintln!("log_tail bench {spec}: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     for size in [256, 1024] {
         if let Err(e) = run(size) {
             eprintln!("log_tail bench {size} B: {e}");

@@ -105,6 +105,17 @@ impl EncodedRequest {
         }
     }
 
+    /// An encoded `ExportLogsServiceRequest` written by [`crate::logs::otlp::encode_request`],
+    /// which writes only what prost's decoder reads back (`logs::otlp` tests hold it to
+    /// prost), with its record count.
+    pub(crate) fn logs_written(bytes: Bytes, items: usize) -> Self {
+        Self {
+            signal: Signal::Logs,
+            bytes,
+            items,
+        }
+    }
+
     /// The encoding.
     pub fn bytes(&self) -> &Bytes {
         &self.bytes

@@ -539,7 +539,8 @@ impl<'de> Visitor<'de> for TopLevel {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        // Room for the fields of most records without growing.
+        let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
         while let Some(k) = map.next_key::<Key<'de>>()? {
             out.push((k, map.next_value::<AttrValue>()?));
         }
@@ -620,7 +621,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(AttrValue::Array(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AttrValue, A::Error> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(map.size_hint().unwrap_or(4));
         while let Some(k) = map.next_key_seed(KeySeed)? {
             out.push((k, map.next_value::<AttrValue>()?));
         }

@@ -127,6 +127,14 @@ impl Attributes {
     /// Linear for small maps, hashed for large ones (a hostile line can hold thousands of keys).
     pub fn from_pairs(pairs: Vec<(String, AttrValue)>) -> Self {
         if pairs.len() <= 16 {
+            // Keys are almost always unique: then the pairs are the map as they are.
+            let unique = pairs
+                .iter()
+                .enumerate()
+                .all(|(i, (k, _))| pairs[..i].iter().all(|(seen, _)| seen != k));
+            if unique {
+                return Attributes(pairs);
+            }
             let mut m = Attributes(Vec::with_capacity(pairs.len()));
             for (k, v) in pairs {
                 m.insert(k, v);

@@ -4,13 +4,12 @@
 //! rule is returned for a counter.
 //!
 //! Most strings hold no secret, so a string first meets a prefilter: every built-in rule names
-//! literals or a digit run its matches must contain, and one Aho-Corasick pass plus one byte scan
-//! tell whether any could match. Only a string that passes (or has configured patterns matching)
+//! literals or a digit run its matches must contain, and one SIMD literal search plus one byte
+//! scan tell whether any could match. Only a string that passes (or has configured patterns matching)
 //! meets the [`RegexSet`] pass, and only the rules that matched then run their own replacement.
 
 use std::borrow::Cow;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::{Captures, Regex, RegexSet};
 
 use super::record::{AttrValue, LogRecord};
@@ -74,6 +73,8 @@ enum Check {
 /// What every match of a built-in rule contains, for the prefilter.
 #[derive(Debug, Clone, Copy)]
 enum Needs {
+    /// One of these literals, byte for byte (the rule's pattern does not fold case).
+    AnyOfExact(&'static [&'static str]),
     /// One of these literals, compared with ASCII case folded.
     AnyOf(&'static [&'static str]),
     /// A run of this many ASCII digits with at most one space or dash between two of them.
@@ -95,7 +96,7 @@ const BUILTINS: &[Builtin] = &[
         name: "private_key",
         pattern: r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|.*)",
         check: Check::None,
-        needs: Needs::AnyOf(&["-----BEGIN "]),
+        needs: Needs::AnyOfExact(&["-----BEGIN "]),
     },
     Builtin {
         name: "authorization",
@@ -113,13 +114,13 @@ const BUILTINS: &[Builtin] = &[
         name: "slack_token",
         pattern: r"(?-u:\b)xox[abprs]-[A-Za-z0-9-]{10,}",
         check: Check::None,
-        needs: Needs::AnyOf(&["xox"]),
+        needs: Needs::AnyOfExact(&["xox"]),
     },
     Builtin {
         name: "aws_access_key",
         pattern: r"(?-u:\b)(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
         check: Check::None,
-        needs: Needs::AnyOf(&["AKIA", "ASIA"]),
+        needs: Needs::AnyOfExact(&["AKIA", "ASIA"]),
     },
     Builtin {
         name: "aws_secret_key",
@@ -146,7 +147,7 @@ const BUILTINS: &[Builtin] = &[
 /// with a non-ASCII byte is always passed on.
 #[derive(Debug)]
 struct Prefilter {
-    literals: AhoCorasick,
+    literals: Literals,
     /// Shortest digit run a rule needs (`usize::MAX`: no rule needs one).
     digit_run: usize,
 }
@@ -157,34 +158,238 @@ impl Prefilter {
         let mut digit_run = usize::MAX;
         for b in BUILTINS {
             match b.needs {
-                Needs::AnyOf(l) => literals.extend_from_slice(l),
+                Needs::AnyOfExact(l) => literals.extend(l.iter().map(|l| (*l, false))),
+                Needs::AnyOf(l) => literals.extend(l.iter().map(|l| (*l, true))),
                 Needs::DigitRun(n) => digit_run = digit_run.min(n),
             }
         }
-        let literals = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::LeftmostFirst)
-            .build(literals)
-            // A handful of short literals: far below every automaton limit.
-            .expect("built-in literals build an automaton");
         Self {
-            literals,
+            literals: Literals::new(&literals),
             digit_run,
         }
     }
 
     /// False only when no built-in rule can match `s`.
     fn may_match(&self, s: &str) -> bool {
-        !s.is_ascii() || self.literals.is_match(s) || has_digit_run(s.as_bytes(), self.digit_run)
+        !s.is_ascii()
+            || self.literals.is_match(s.as_bytes())
+            || has_digit_run(s.as_bytes(), self.digit_run)
     }
+}
+
+/// Bytes of a literal's window that the packed searcher looks for.
+const WINDOW: usize = 3;
+
+/// Finds whether any of a few literals occurs, some with ASCII case folded.
+///
+/// An Aho-Corasick automaton that folds case has no fast prefilter for literals starting with
+/// common letters and steps through every byte. Here each literal is found through one
+/// three-byte window of it, spelled in every letter case, with aho-corasick's packed (SIMD)
+/// searcher; each hit is then compared with the whole literal. Literals shorter than the
+/// window are single bytes found with `memchr`. Without SIMD, the automaton does it all.
+#[derive(Debug)]
+enum Literals {
+    Packed {
+        windows: aho_corasick::packed::Searcher,
+        /// Per window pattern: the literals it is part of, with the window's offset in each and
+        /// whether the literal folds case.
+        owners: Vec<Vec<(&'static str, usize, bool)>>,
+        /// Literals of one byte (both cases of a letter, when folded).
+        bytes: Vec<u8>,
+    },
+    Automaton(aho_corasick::AhoCorasick, aho_corasick::AhoCorasick),
+}
+
+impl Literals {
+    fn new(literals: &[(&'static str, bool)]) -> Self {
+        let mut patterns: Vec<Vec<u8>> = Vec::new();
+        let mut owners: Vec<Vec<(&'static str, usize, bool)>> = Vec::new();
+        let mut bytes = Vec::new();
+        let mut packable = true;
+        for &(lit, fold) in literals {
+            let b = lit.as_bytes();
+            if b.len() < WINDOW {
+                if b.len() != 1 {
+                    packable = false;
+                    continue;
+                }
+                bytes.push(b[0].to_ascii_lowercase());
+                if fold {
+                    bytes.push(b[0].to_ascii_uppercase());
+                }
+                continue;
+            }
+            // The window with the fewest case spellings (digits and punctuation have one).
+            let variants = |w: &[u8]| -> usize {
+                if fold {
+                    1 << w.iter().filter(|c| c.is_ascii_alphabetic()).count()
+                } else {
+                    1
+                }
+            };
+            let at = (0..=b.len() - WINDOW)
+                .min_by_key(|&i| variants(&b[i..i + WINDOW]))
+                .unwrap_or(0);
+            let window = &b[at..at + WINDOW];
+            for spelling in spellings(window, fold) {
+                match patterns.iter().position(|p| *p == spelling) {
+                    Some(i) => owners[i].push((lit, at, fold)),
+                    None => {
+                        patterns.push(spelling);
+                        owners.push(vec![(lit, at, fold)]);
+                    }
+                }
+            }
+        }
+        bytes.dedup();
+        let windows = if packable && !patterns.is_empty() {
+            aho_corasick::packed::Config::new()
+                .match_kind(aho_corasick::packed::MatchKind::LeftmostFirst)
+                .builder()
+                .extend(&patterns)
+                .build()
+        } else {
+            None
+        };
+        match windows {
+            Some(windows) => Literals::Packed {
+                windows,
+                owners,
+                bytes,
+            },
+            None => Self::automaton(literals),
+        }
+    }
+
+    /// The same search with two Aho-Corasick automata (folded literals, exact literals).
+    fn automaton(literals: &[(&'static str, bool)]) -> Self {
+        let build = |fold: bool| {
+            aho_corasick::AhoCorasickBuilder::new()
+                .ascii_case_insensitive(fold)
+                .build(literals.iter().filter(|l| l.1 == fold).map(|l| l.0))
+                // A handful of short literals: far below every automaton limit.
+                .expect("built-in literals build an automaton")
+        };
+        Literals::Automaton(build(true), build(false))
+    }
+
+    fn is_match(&self, s: &[u8]) -> bool {
+        match self {
+            Literals::Automaton(folded, exact) => folded.is_match(s) || exact.is_match(s),
+            Literals::Packed {
+                windows,
+                owners,
+                bytes,
+            } => {
+                if bytes.iter().any(|&b| memchr::memchr(b, s).is_some()) {
+                    return true;
+                }
+                if s.len() < WINDOW {
+                    // Too short to hold a window, so any longer literal.
+                    return false;
+                }
+                let mut from = 0;
+                while from < s.len() {
+                    let Some(m) = windows.find_in(s, aho_corasick::Span::from(from..s.len()))
+                    else {
+                        return false;
+                    };
+                    let hit = owners[m.pattern().as_usize()]
+                        .iter()
+                        .any(|&(lit, at, fold)| {
+                            let Some(start) = m.start().checked_sub(at) else {
+                                return false;
+                            };
+                            let Some(there) = s.get(start..start + lit.len()) else {
+                                return false;
+                            };
+                            if fold {
+                                there.eq_ignore_ascii_case(lit.as_bytes())
+                            } else {
+                                there == lit.as_bytes()
+                            }
+                        });
+                    if hit {
+                        return true;
+                    }
+                    // Windows may overlap: look again one byte further.
+                    from = m.start() + 1;
+                }
+                false
+            }
+        }
+    }
+}
+
+/// Every spelling of `window` (each ASCII letter in both cases when `fold`).
+fn spellings(window: &[u8], fold: bool) -> Vec<Vec<u8>> {
+    let mut out = vec![Vec::with_capacity(window.len())];
+    for &c in window {
+        let cases: &[u8] = if fold && c.is_ascii_alphabetic() {
+            &[c.to_ascii_lowercase(), c.to_ascii_uppercase()]
+        } else {
+            &[c]
+        };
+        out = out
+            .into_iter()
+            .flat_map(|prefix| {
+                cases.iter().map(move |&c| {
+                    let mut p = prefix.clone();
+                    p.push(c);
+                    p
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+/// Bytes a digit run is made of.
+fn in_run(b: u8) -> bool {
+    b.is_ascii_digit() || b == b' ' || b == b'-'
 }
 
 /// Whether `s` holds `min` ASCII digits in a row, allowing one space or dash between two digits
 /// (the shape of a card number).
+///
+/// Such a run lies inside a stretch of at least `min` bytes that are all digits, spaces or
+/// dashes, so the scan looks at every `min`-th byte and only reads a stretch closely when the
+/// byte it lands on could be part of one.
 fn has_digit_run(s: &[u8], min: usize) -> bool {
+    if min == 0 {
+        return true;
+    }
     if s.len() < min {
         return false;
     }
+    // Bytes before `checked` are known to be in no stretch long enough.
+    let mut checked = 0usize;
+    let mut probe = min - 1;
+    while probe < s.len() {
+        if !in_run(s[probe]) {
+            checked = probe + 1;
+            probe += min;
+            continue;
+        }
+        let mut start = probe;
+        while start > checked && in_run(s[start - 1]) {
+            start -= 1;
+        }
+        let mut end = probe + 1;
+        while end < s.len() && in_run(s[end]) {
+            end += 1;
+        }
+        if end - start >= min && has_digit_run_in(&s[start..end], min) {
+            return true;
+        }
+        checked = end;
+        probe = end + min;
+    }
+    false
+}
+
+/// [`has_digit_run`] by reading every byte: the state machine that defines a run.
+fn has_digit_run_in(s: &[u8], min: usize) -> bool {
     let mut run = 0usize;
     let mut after_separator = false;
     for &b in s {
@@ -723,6 +928,65 @@ mod tests {
             for s in strings {
                 assert_same_as_reference(&r, &s).expect("same as reference");
             }
+        }
+    }
+
+    fn builtin_literals() -> Vec<(&'static str, bool)> {
+        let mut out = Vec::new();
+        for b in BUILTINS {
+            match b.needs {
+                Needs::AnyOfExact(l) => out.extend(l.iter().map(|l| (*l, false))),
+                Needs::AnyOf(l) => out.extend(l.iter().map(|l| (*l, true))),
+                Needs::DigitRun(_) => {}
+            }
+        }
+        out
+    }
+
+    /// Strings around the built-ins' literals: other cases, overlaps, cut-offs.
+    fn near_literal() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("-----BEGIN ".to_owned()),
+            Just("------BEGIN ".to_owned()),
+            Just("-----begin ".to_owned()),
+            Just("AuThOrIzAtIoN".to_owned()),
+            Just("authorizatio".to_owned()),
+            Just("bEaReR".to_owned()),
+            Just("bebearer".to_owned()),
+            Just("xox".to_owned()),
+            Just("XOX".to_owned()),
+            Just("AKIA".to_owned()),
+            Just("akia".to_owned()),
+            Just("ASIA".to_owned()),
+            Just("SECRET_KEY".to_owned()),
+            Just("secret_access_KEY".to_owned()),
+            Just("secret_acces_key".to_owned()),
+            Just("et_".to_owned()),
+            Just("@".to_owned()),
+            "[a-zA-Z_@ -]{0,8}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn packed_literal_search_agrees_with_the_automaton(
+            parts in proptest::collection::vec(near_literal(), 0..8),
+            filler in "[a-z ]{0,80}",
+        ) {
+            let literals = builtin_literals();
+            let packed = Literals::new(&literals);
+            let automaton = Literals::automaton(&literals);
+            for s in [parts.concat(), format!("{filler}{}{filler}", parts.join(" ")), filler.clone()] {
+                prop_assert_eq!(packed.is_match(s.as_bytes()), automaton.is_match(s.as_bytes()), "{:?}", s);
+            }
+        }
+
+        #[test]
+        fn digit_run_skipping_agrees_with_reading_every_byte(
+            s in "[0-9 \\-a.]{0,60}",
+            min in 1usize..16,
+        ) {
+            prop_assert_eq!(has_digit_run(s.as_bytes(), min), has_digit_run_in(s.as_bytes(), min), "{:?}", s);
         }
     }
 

@@ -108,6 +108,17 @@ impl LogStats {
             .inc();
     }
 
+    /// The counter of tailed records of `source` at `level`, for a caller that counts many
+    /// (a clone shares the family's value).
+    pub fn record_counter(&self, source: &str, level: &str) -> Counter {
+        self.records
+            .get_or_create(&vec![
+                ("source", source.to_owned()),
+                ("level", level.to_owned()),
+            ])
+            .clone()
+    }
+
     /// Counts `n` records received over OTLP from `service` at `level`; services beyond the
     /// label cap are counted as `other`.
     pub fn received(&self, service: &str, level: &str, n: u64) {

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use super::checkpoint::{CheckpointError, CheckpointFile, Entry, Fingerprint};
@@ -243,6 +244,9 @@ impl Tracked {
     }
 }
 
+/// Most records a batch reserves room for up front (`batch_max_records` may be set higher).
+const MAX_BATCH_RESERVE: usize = 4096;
+
 /// The file tailer of one log source.
 #[derive(Debug)]
 pub struct Tailer {
@@ -252,6 +256,8 @@ pub struct Tailer {
     redactor: Redactor,
     stats: LogStats,
     source_label: [(&'static str, String); 1],
+    /// `sidelight_log_records_total` of this source by level label, looked up once per level.
+    level_counters: Vec<(&'static str, Counter)>,
     checkpoint: CheckpointFile,
     files: BTreeMap<u64, Tracked>,
     by_inode: HashMap<(u64, u64), u64>,
@@ -436,6 +442,7 @@ impl Tailer {
             redactor,
             stats,
             source_label,
+            level_counters: Vec::new(),
             checkpoint,
             files: BTreeMap::new(),
             by_inode: HashMap::new(),
@@ -1510,7 +1517,7 @@ impl Tailer {
             let Some(t) = self.files.get_mut(&id) else {
                 return;
             };
-            match rest.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', rest) {
                 Some(i) => {
                     let end = t.read_offset + i as u64 + 1;
                     let start = t.line_offset();
@@ -1711,8 +1718,23 @@ impl Tailer {
                 .exception(&self.cfg.source, e.r#type.as_deref().unwrap_or("unknown"));
         }
         let level = level_label(record.severity_number, record.severity_text.as_deref());
-        self.stats.record(&self.cfg.source, level);
+        match self.level_counters.iter().find(|(l, _)| *l == level) {
+            Some((_, counter)) => {
+                counter.inc();
+            }
+            None => {
+                let counter = self.stats.record_counter(&self.cfg.source, level);
+                counter.inc();
+                self.level_counters.push((level, counter));
+            }
+        }
         self.building.bytes += text.len();
+        if self.building.records.capacity() == 0 {
+            // Room for a full batch at once, rather than growing (and copying) it stepwise.
+            self.building
+                .records
+                .reserve(self.cfg.batch_max_records.min(MAX_BATCH_RESERVE));
+        }
         self.building.records.push(parsed.record);
     }
 

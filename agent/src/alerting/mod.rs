@@ -18,6 +18,7 @@ pub mod history;
 pub mod notify;
 #[cfg(test)]
 mod peers_tests;
+pub mod prom;
 pub mod render;
 pub mod rules;
 pub mod socket;
@@ -121,6 +122,8 @@ struct Core {
     /// What the store holds of each alert, and when it was written (see [`must_save`]).
     saved: HashMap<String, (Alert, Millis)>,
     plan: Option<eval::Plan>,
+    /// The Prometheus rule groups (`alerts.rule_files`, `alerts.groups`) and their history.
+    prom: prom::PromRules,
     ctx: Context,
     deploys_at: Millis,
     deploys_gen: u64,
@@ -135,6 +138,9 @@ struct EvalMetrics {
     firing: Gauge,
     series: Gauge,
     refused: Gauge,
+    rule_series: Gauge,
+    rule_rejected: Counter,
+    rule_failures: Counter,
 }
 
 /// The running alerting edge.
@@ -152,6 +158,8 @@ pub struct Alerting {
     deploys: Arc<RwLock<HashMap<String, DeployInfo>>>,
     delivery: DeliveryMetrics,
     metrics: EvalMetrics,
+    /// The recording rules' series, served on `/metrics`.
+    recorded: prom::RecordedCollector,
 }
 
 impl std::fmt::Debug for Alerting {
@@ -224,6 +232,9 @@ impl Alerting {
             .map(|h| h.config().alertmanager_severities)
             .unwrap_or_default();
         let history = History::new(cfg.max_series, cfg.lookback());
+        let recorded = prom::RecordedCollector::default();
+        let mut prom_rules = prom::PromRules::new(cfg.max_series, recorded.clone());
+        prom_rules.set_groups(cfg.rule_groups.clone());
         let ctx = Context {
             first_seen: persisted
                 .exceptions
@@ -257,6 +268,7 @@ impl Alerting {
                 readers: rules::Readers::default(),
                 keep_firing: HashMap::new(),
                 plan: None,
+                prom: prom_rules,
                 ctx,
                 deploys_at: Millis::MIN,
                 deploys_gen: 0,
@@ -273,6 +285,7 @@ impl Alerting {
             deploys: Arc::new(RwLock::new(HashMap::new())),
             delivery,
             metrics: EvalMetrics::default(),
+            recorded,
         }))
     }
 
@@ -305,6 +318,22 @@ impl Alerting {
             "Series not kept because alerts.max_series was reached (cumulative)",
             m.refused.clone(),
         );
+        r.register(
+            "sidelight_rule_history_series",
+            "Series kept for the Prometheus rule groups (alerts.rule_files, alerts.groups)",
+            m.rule_series.clone(),
+        );
+        r.register(
+            "sidelight_rule_history_rejected_samples",
+            "Samples of series not kept because alerts.max_series was reached",
+            m.rule_rejected.clone(),
+        );
+        r.register(
+            "sidelight_rule_evaluation_failures",
+            "Rule evaluations that failed (the rule's error is on /api/v1/rules)",
+            m.rule_failures.clone(),
+        );
+        r.register_collector(Box::new(self.recorded.clone()));
     }
 
     /// Hands over the registry the rules read (the one `/metrics` serves).
@@ -439,6 +468,17 @@ impl Alerting {
                 },
                 None => false,
             };
+            let snapshot = match (cfg.rule_groups.is_empty(), self.registry.get()) {
+                (false, Some(reg)) => match sidelight_collector::model::snapshot(reg) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        self.metrics.failures.inc();
+                        tracing::error!(error = %e, "rule evaluation cannot read the metrics");
+                        None
+                    }
+                },
+                _ => None,
+            };
             let mut core = self.core.lock();
             let core = &mut *core;
             if !core
@@ -497,7 +537,7 @@ impl Alerting {
                 })
                 .cloned()
                 .collect();
-            let transitions: Vec<(Transition, Alert)> = outcome
+            let mut transitions: Vec<(Transition, Alert)> = outcome
                 .transitions
                 .iter()
                 .filter_map(|t| {
@@ -507,19 +547,61 @@ impl Alerting {
                     core.alerts.get(fp).map(|a| (t.clone(), a.clone()))
                 })
                 .collect();
+            core.prom.set_groups(cfg.rule_groups.clone());
+            let before = core.prom.stats().rejected_samples;
+            let prom_out = core.prom.cycle(
+                now,
+                snapshot.as_ref(),
+                rules::ms(cfg.evaluation_interval),
+                &sidelight_rules::Labels::new(),
+            );
+            let stats = core.prom.stats();
+            self.metrics
+                .rule_rejected
+                .inc_by(stats.rejected_samples.saturating_sub(before));
+            self.metrics
+                .rule_series
+                .set(i64::try_from(stats.series).unwrap_or(i64::MAX));
+            if let Some(series) = core.prom.take_cap_report() {
+                tracing::warn!(
+                    series = %sidelight_rules::format_labels(&series),
+                    max_series = cfg.max_series,
+                    "alerts.max_series reached: series beyond it are not kept for the rules \
+                     (counted in sidelight_rule_history_rejected_samples_total; logged once)"
+                );
+            }
+            self.metrics.rule_failures.inc_by(prom_out.failed as u64);
+            for (group, rule, error) in &prom_out.errors {
+                tracing::warn!(group = %group, rule = %rule, error = %error, "rule evaluation failed");
+            }
+            transitions.extend(prom_out.transitions.iter().filter_map(|t| {
+                let fp = match t {
+                    Transition::Fired(f) | Transition::Resolved(f) => f,
+                };
+                core.prom.alerts.get(fp).map(|a| (t.clone(), a.clone()))
+            }));
+            let merged;
+            let all_alerts = if core.prom.alerts.is_empty() {
+                &core.alerts
+            } else {
+                let mut m = core.alerts.clone();
+                m.extend(core.prom.alerts.iter().map(|(k, v)| (k.clone(), v.clone())));
+                merged = m;
+                &merged
+            };
             core.silences.retain(|s| s.ends_at > now);
             let mut silences = cfg.silences.clone();
             silences.extend(core.silences.iter().cloned());
             let mut removed_groups = Vec::new();
             let notifications = core.dispatcher.tick(
                 now,
-                &core.alerts,
+                all_alerts,
                 &cfg.routing,
                 &silences,
                 &mut removed_groups,
             );
             self.metrics.firing.set(
-                core.alerts
+                all_alerts
                     .values()
                     .filter(|a| a.state == State::Firing)
                     .count() as i64,
@@ -785,7 +867,14 @@ impl Alerting {
 
     /// Every alert (firing first).
     pub fn alerts(&self) -> Vec<Alert> {
-        let mut v: Vec<Alert> = self.core.lock().alerts.values().cloned().collect();
+        let core = self.core.lock();
+        let mut v: Vec<Alert> = core
+            .alerts
+            .values()
+            .chain(core.prom.alerts.values())
+            .cloned()
+            .collect();
+        drop(core);
         v.sort_by_key(|a| (a.state != State::Firing, a.fingerprint.clone()));
         v
     }

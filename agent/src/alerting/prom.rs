@@ -1,0 +1,433 @@
+//! Prometheus rule groups (`alerts.rule_files`, `alerts.groups`) evaluated in the agent over its
+//! own series: each cycle the structured metrics snapshot of the registry (never exposition
+//! text) is appended to a bounded [`History`], every group whose interval has elapsed is
+//! evaluated in order with [`sidelight_rules::evaluate_group`], recorded series go back into the
+//! history and out on `/metrics` ([`RecordedCollector`]), and the rules' pending and firing
+//! alerts are handed to the notification pipeline in its [`Alert`] form, with the transitions
+//! (fired, resolved) it acts on.
+//!
+//! Pure apart from the snapshot it is given: `now` is a parameter.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+use sidelight_collector::model::Snapshot;
+use sidelight_rules::group::{AlertState, EvalContext, GroupState, evaluate_group};
+use sidelight_rules::storage::{METRIC_NAME, is_stale};
+use sidelight_rules::{Group, History, HistoryConfig, HistoryStats, Labels, Rule};
+
+use super::eval::{Alert, State, Transition, fingerprint};
+use super::rules::Millis;
+
+/// How long a resolved alert is kept for the notifier's resolved message.
+const RESOLVED_RETENTION: Millis = 15 * 60 * 1000;
+
+/// The last evaluation of one group, for `/api/v1/rules`.
+#[derive(Debug, Clone, Default)]
+pub struct GroupStatus {
+    /// When it was last evaluated (ms), `None` before the first evaluation.
+    pub last_evaluation: Option<Millis>,
+    /// How long that took (seconds).
+    pub evaluation_seconds: f64,
+    /// Per rule: its last error.
+    pub errors: Vec<Option<String>>,
+}
+
+/// Recorded series by record name: their labels (name included) and last value.
+pub type Recorded = BTreeMap<String, Vec<(Labels, f64)>>;
+
+/// The recorded series of the last evaluation of every group, served on `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct RecordedCollector(pub Arc<RwLock<Recorded>>);
+
+impl Collector for RecordedCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let recorded = self.0.read();
+        for (name, series) in recorded.iter() {
+            if series.is_empty() {
+                continue;
+            }
+            let mut metric = encoder.encode_descriptor(
+                name,
+                "Recorded by a Prometheus recording rule",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (labels, v) in series {
+                let pairs: Vec<(&str, &str)> = labels
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != METRIC_NAME)
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                ConstGauge::new(*v).encode(metric.encode_family(&pairs)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one cycle changed in the alerts.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub transitions: Vec<Transition>,
+    /// Rules whose error is new this cycle (to log once per change): (group, rule, error).
+    pub errors: Vec<(String, String, String)>,
+    /// Rule evaluations that failed this cycle.
+    pub failed: usize,
+}
+
+/// The Prometheus-rules evaluator's state.
+#[derive(Debug)]
+pub struct PromRules {
+    groups: Arc<Vec<Group>>,
+    history: History,
+    states: Vec<GroupState>,
+    status: Vec<GroupStatus>,
+    /// Alerts in the notification pipeline's form, by fingerprint.
+    pub alerts: BTreeMap<String, Alert>,
+    recorded: RecordedCollector,
+    recorded_names: HashSet<String>,
+}
+
+impl PromRules {
+    pub fn new(max_series: usize, recorded: RecordedCollector) -> Self {
+        PromRules {
+            groups: Arc::new(Vec::new()),
+            history: History::new(HistoryConfig {
+                max_series,
+                ..HistoryConfig::default()
+            }),
+            states: Vec::new(),
+            status: Vec::new(),
+            alerts: BTreeMap::new(),
+            recorded,
+            recorded_names: HashSet::new(),
+        }
+    }
+
+    /// The groups evaluated, with their last status.
+    pub fn groups(&self) -> (&[Group], &[GroupStatus], &[GroupState]) {
+        (&self.groups, &self.status, &self.states)
+    }
+
+    pub fn stats(&self) -> HistoryStats {
+        self.history.stats()
+    }
+
+    /// The first series refused by the cap, once.
+    pub fn take_cap_report(&mut self) -> Option<Labels> {
+        self.history.take_cap_report()
+    }
+
+    /// Takes new groups (a reload). A group with the same file, name and rules as before keeps
+    /// its alert state, as Prometheus keeps it across a reload.
+    pub fn set_groups(&mut self, groups: Arc<Vec<Group>>) {
+        if Arc::ptr_eq(&groups, &self.groups) {
+            return;
+        }
+        let same = |a: &Group, b: &Group| {
+            a.file == b.file
+                && a.name == b.name
+                && a.rules.len() == b.rules.len()
+                && a.rules
+                    .iter()
+                    .zip(&b.rules)
+                    .all(|(x, y)| x.name() == y.name() && x.query().text() == y.query().text())
+        };
+        let mut states = Vec::with_capacity(groups.len());
+        let mut status = Vec::with_capacity(groups.len());
+        for g in groups.iter() {
+            match self.groups.iter().position(|old| same(old, g)) {
+                Some(i) => {
+                    states.push(self.states[i].clone());
+                    status.push(self.status[i].clone());
+                }
+                None => {
+                    states.push(GroupState::new());
+                    status.push(GroupStatus::default());
+                }
+            }
+        }
+        self.history.set_rules(&groups);
+        self.recorded_names = groups
+            .iter()
+            .flat_map(|g| g.rules.iter())
+            .filter_map(|r| match r {
+                Rule::Recording(r) => Some(r.record.clone()),
+                Rule::Alerting(_) => None,
+            })
+            .collect();
+        self.recorded
+            .0
+            .write()
+            .retain(|name, _| self.recorded_names.contains(name));
+        self.states = states;
+        self.status = status;
+        self.groups = groups;
+    }
+
+    /// One cycle at `now`: ingest the snapshot, evaluate the groups that are due (a group's
+    /// `interval`, else `default_interval`), update the alerts.
+    pub fn cycle(
+        &mut self,
+        now: Millis,
+        snapshot: Option<&Snapshot>,
+        default_interval: Millis,
+        external_labels: &Labels,
+    ) -> Outcome {
+        if let Some(snap) = snapshot {
+            for s in snap.samples() {
+                // Recorded series come back on /metrics; they are stored when recorded only.
+                if self.recorded_names.contains(s.name.as_ref()) {
+                    continue;
+                }
+                let mut labels: Labels = s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                labels.insert(METRIC_NAME.to_owned(), s.name.into_owned());
+                self.history.append(&labels, now, s.value);
+            }
+        }
+        let ctx = EvalContext {
+            external_labels,
+            external_url: "",
+        };
+        let mut out = Outcome::default();
+        let groups = self.groups.clone();
+        for (i, g) in groups.iter().enumerate() {
+            let interval = g.interval_ms.unwrap_or(default_interval).max(1);
+            if self.status[i]
+                .last_evaluation
+                .is_some_and(|last| now - last < interval)
+            {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let result = evaluate_group(g, now, &self.history, &mut self.states[i], &ctx);
+            let mut recorded: HashMap<String, Vec<(Labels, f64)>> = HashMap::new();
+            for (l, v) in result.samples {
+                self.history.append(&l, now, v);
+                if is_stale(v) {
+                    continue;
+                }
+                if let Some(name) = l.get(METRIC_NAME)
+                    && self.recorded_names.contains(name)
+                {
+                    recorded.entry(name.clone()).or_default().push((l, v));
+                }
+            }
+            {
+                let mut served = self.recorded.0.write();
+                for r in &g.rules {
+                    if let Rule::Recording(r) = r {
+                        served.insert(
+                            r.record.clone(),
+                            recorded.remove(&r.record).unwrap_or_default(),
+                        );
+                    }
+                }
+            }
+            let status = &mut self.status[i];
+            status.last_evaluation = Some(now);
+            status.evaluation_seconds = started.elapsed().as_secs_f64();
+            let errors: Vec<Option<String>> = (0..g.rules.len())
+                .map(|r| self.states[i].last_error(r).map(|e| e.to_string()))
+                .collect();
+            out.failed += result.errors.len();
+            for (r, e) in errors.iter().enumerate() {
+                if let Some(e) = e
+                    && status.errors.get(r).and_then(Option::as_ref) != Some(e)
+                {
+                    out.errors
+                        .push((g.name.clone(), g.rules[r].name().to_owned(), e.clone()));
+                }
+            }
+            status.errors = errors;
+        }
+        self.history.prune(now);
+        out.transitions = self.update_alerts(now);
+        out
+    }
+
+    /// Mirrors the rules' alerts into the pipeline's form and says what fired and resolved.
+    fn update_alerts(&mut self, now: Millis) -> Vec<Transition> {
+        let mut current: BTreeMap<String, Alert> = BTreeMap::new();
+        for (g, st) in self.groups.iter().zip(&self.states) {
+            for (ri, r) in g.rules.iter().enumerate() {
+                if !matches!(r, Rule::Alerting(_)) {
+                    continue;
+                }
+                for a in st.alerts(ri) {
+                    let labels: BTreeMap<String, String> = a.labels.clone();
+                    let fp = fingerprint(&labels);
+                    let state = match a.state {
+                        AlertState::Pending => State::Pending,
+                        AlertState::Firing => State::Firing,
+                        AlertState::Inactive => State::Resolved,
+                    };
+                    let ann = |k: &str| a.annotations.get(k).filter(|v| !v.is_empty()).cloned();
+                    current.insert(
+                        fp.clone(),
+                        Alert {
+                            fingerprint: fp,
+                            labels,
+                            summary: ann("summary")
+                                .or_else(|| ann("description"))
+                                .unwrap_or_default(),
+                            runbook: ann("runbook_url"),
+                            dashboard: ann("dashboard_url").or_else(|| ann("dashboard")),
+                            value: a.value,
+                            values: BTreeMap::new(),
+                            state,
+                            active_at: a.active_at,
+                            fired_at: a.fired_at,
+                            resolved_at: a.resolved_at,
+                            last_active: now,
+                        },
+                    );
+                }
+            }
+        }
+        let mut transitions = Vec::new();
+        for (fp, a) in &current {
+            let before = self.alerts.get(fp).map(|b| b.state);
+            match (before, a.state) {
+                (Some(State::Firing), State::Firing) => {}
+                (_, State::Firing) => transitions.push(Transition::Fired(fp.clone())),
+                (Some(State::Firing), State::Resolved) => {
+                    transitions.push(Transition::Resolved(fp.clone()))
+                }
+                _ => {}
+            }
+        }
+        // Alerts the rules no longer report (a rule removed by a reload, or the rules' own
+        // retention over): a firing one resolves now; resolved ones stay for the message.
+        for (fp, a) in std::mem::take(&mut self.alerts) {
+            if current.contains_key(&fp) {
+                continue;
+            }
+            match a.state {
+                State::Firing => {
+                    transitions.push(Transition::Resolved(fp.clone()));
+                    current.insert(
+                        fp,
+                        Alert {
+                            state: State::Resolved,
+                            resolved_at: Some(now),
+                            ..a
+                        },
+                    );
+                }
+                State::Resolved if now - a.resolved_at.unwrap_or(now) < RESOLVED_RETENTION => {
+                    current.insert(fp, a);
+                }
+                _ => {}
+            }
+        }
+        self.alerts = current;
+        transitions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::registry::Registry;
+
+    fn groups(yaml: &str) -> Arc<Vec<Group>> {
+        Arc::new(
+            sidelight_rules::file::parse("test", yaml)
+                .unwrap_or_else(|e| panic!("{e:?}"))
+                .groups,
+        )
+    }
+
+    const RULES: &str = "groups:
+- name: g
+  rules:
+  - record: job:req:rate1m
+    expr: sum by (job) (rate(req_total[1m]))
+  - alert: Busy
+    expr: job:req:rate1m > 1
+    for: 30s
+    labels: { severity: warning }
+    annotations: { summary: '{{ $labels.job }} at {{ $value }}/s' }
+";
+
+    #[test]
+    fn rules_run_over_the_registry_snapshot_record_fire_and_resolve() {
+        let mut reg = Registry::default();
+        let req = Family::<Vec<(String, String)>, Counter>::default();
+        reg.register("req", "requests", req.clone());
+        let c = req.get_or_create(&vec![("job".to_owned(), "api".to_owned())]);
+        let recorded = RecordedCollector::default();
+        let mut p = PromRules::new(100, recorded.clone());
+        p.set_groups(groups(RULES));
+        let ext = Labels::new();
+        let mut fired = 0;
+        let mut resolved = 0;
+        // 3/s for 2 minutes, then flat.
+        for step in 0..=16 {
+            let now = 1_000_000 + step * 15_000;
+            if step <= 8 {
+                c.inc_by(45);
+            }
+            let snap = sidelight_collector::model::snapshot(&reg).expect("snapshot");
+            let out = p.cycle(now, Some(&snap), 15_000, &ext);
+            assert!(out.errors.is_empty(), "{:?}", out.errors);
+            for t in out.transitions {
+                match t {
+                    Transition::Fired(_) => fired += 1,
+                    Transition::Resolved(_) => resolved += 1,
+                }
+            }
+            if step == 6 {
+                let a: Vec<&Alert> = p.alerts.values().collect();
+                assert_eq!(a.len(), 1);
+                assert_eq!(a[0].state, State::Firing);
+                assert_eq!(a[0].summary, "api at 3/s");
+                assert_eq!(a[0].severity(), "warning");
+                let served = recorded.0.read();
+                assert_eq!(served["job:req:rate1m"].len(), 1);
+                assert_eq!(served["job:req:rate1m"][0].1, 3.0);
+            }
+        }
+        assert_eq!((fired, resolved), (1, 1));
+        assert_eq!(
+            p.alerts.values().next().map(|a| a.state),
+            Some(State::Resolved)
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_state_of_unchanged_groups() {
+        let recorded = RecordedCollector::default();
+        let mut p = PromRules::new(100, recorded);
+        let g = groups(
+            "groups:\n- name: g\n  rules:\n  - alert: Always\n    expr: vector(1)\n    for: 1m\n",
+        );
+        p.set_groups(g.clone());
+        let ext = Labels::new();
+        p.cycle(0, None, 15_000, &ext);
+        p.set_groups(groups(
+            "groups:\n- name: g\n  rules:\n  - alert: Always\n    expr: vector(1)\n    for: 1m\n",
+        ));
+        let out = p.cycle(60_000, None, 15_000, &ext);
+        assert_eq!(out.transitions.len(), 1, "fires 1m after it became active");
+        p.set_groups(groups(
+            "groups:\n- name: g\n  rules:\n  - alert: Other\n    expr: vector(1)\n",
+        ));
+        let out = p.cycle(75_000, None, 15_000, &ext);
+        // Always resolves (its rule is gone); Other fires at once.
+        assert_eq!(out.transitions.len(), 2, "{:?}", out.transitions);
+    }
+}

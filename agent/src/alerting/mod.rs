@@ -879,6 +879,46 @@ impl Alerting {
         v
     }
 
+    /// Pending and firing alerts in Prometheus's `GET /api/v1/alerts` form: the rule groups'
+    /// with their annotations, then the built-in rules' (summary, runbook and dashboard as
+    /// annotations).
+    pub fn api_alerts(&self) -> Vec<serde_json::Value> {
+        let core = self.core.lock();
+        let mut out = core.prom.api_alerts();
+        for a in core.alerts.values() {
+            let state = match a.state {
+                State::Pending => "pending",
+                State::Firing => "firing",
+                State::Resolved => continue,
+            };
+            let mut annotations = BTreeMap::new();
+            annotations.insert("summary".to_owned(), a.summary.clone());
+            if let Some(r) = &a.runbook {
+                annotations.insert("runbook_url".to_owned(), r.clone());
+            }
+            if let Some(d) = &a.dashboard {
+                annotations.insert("dashboard_url".to_owned(), d.clone());
+            }
+            out.push(serde_json::json!({
+                "labels": a.labels,
+                "annotations": annotations,
+                "state": state,
+                "activeAt": humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::from_millis(u64::try_from(a.active_at).unwrap_or(0))
+                )
+                .to_string(),
+                "value": sidelight_rules::gofmt::fmt_lower_e(a.value),
+            }));
+        }
+        out
+    }
+
+    /// The rule groups in Prometheus's `GET /api/v1/rules` form (`data`).
+    pub fn api_rules(&self) -> serde_json::Value {
+        self.core.lock().prom.api_rules()
+    }
+
     /// Silences in force or to come (config, API, chat).
     pub fn silences(&self) -> Vec<Silence> {
         let now = now_ms();

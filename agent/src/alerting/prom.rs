@@ -71,6 +71,115 @@ impl Collector for RecordedCollector {
     }
 }
 
+/// RFC 3339 with milliseconds, UTC.
+fn rfc3339(ms: Millis) -> String {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// An alert as Prometheus's HTTP API shows it.
+fn api_alert(a: &sidelight_rules::Alert) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "labels": a.labels,
+        "annotations": a.annotations,
+        "state": a.state.as_str(),
+        "activeAt": rfc3339(a.active_at),
+        "value": sidelight_rules::gofmt::fmt_lower_e(a.value),
+    });
+    if let Some(t) = a.keep_firing_since {
+        v["keepFiringSince"] = rfc3339(t).into();
+    }
+    v
+}
+
+impl PromRules {
+    /// `GET /api/v1/rules`'s `data`, as Prometheus answers it.
+    pub fn api_rules(&self) -> serde_json::Value {
+        let mut groups = Vec::new();
+        for ((g, status), st) in self.groups.iter().zip(&self.status).zip(&self.states) {
+            let last = status
+                .last_evaluation
+                .map_or_else(|| "0001-01-01T00:00:00Z".to_owned(), rfc3339);
+            let mut rules = Vec::new();
+            for (i, r) in g.rules.iter().enumerate() {
+                let error = status.errors.get(i).cloned().flatten();
+                let health = match (&status.last_evaluation, &error) {
+                    (None, _) => "unknown",
+                    (Some(_), Some(_)) => "err",
+                    (Some(_), None) => "ok",
+                };
+                let mut v = match r {
+                    Rule::Recording(rec) => serde_json::json!({
+                        "type": "recording",
+                        "name": rec.record,
+                        "query": rec.expr.text().trim(),
+                        "labels": rec.labels,
+                    }),
+                    Rule::Alerting(al) => {
+                        let alerts: Vec<serde_json::Value> = st
+                            .alerts(i)
+                            .into_iter()
+                            .filter(|a| a.state != AlertState::Inactive)
+                            .map(api_alert)
+                            .collect();
+                        let state = st
+                            .alerts(i)
+                            .iter()
+                            .map(|a| a.state)
+                            .max()
+                            .unwrap_or(AlertState::Inactive);
+                        serde_json::json!({
+                            "type": "alerting",
+                            "name": al.alert,
+                            "query": al.expr.text().trim(),
+                            "duration": al.for_ms as f64 / 1000.0,
+                            "keepFiringFor": al.keep_firing_for_ms as f64 / 1000.0,
+                            "labels": al.labels,
+                            "annotations": al.annotations,
+                            "alerts": alerts,
+                            "state": state.as_str(),
+                        })
+                    }
+                };
+                v["health"] = health.into();
+                v["lastError"] = error.unwrap_or_default().into();
+                v["lastEvaluation"] = last.clone().into();
+                v["evaluationTime"] = 0.0.into();
+                rules.push(v);
+            }
+            groups.push(serde_json::json!({
+                "name": g.name,
+                "file": g.file,
+                "interval": g.interval_ms.unwrap_or(self.default_interval) as f64 / 1000.0,
+                "limit": g.limit,
+                "rules": rules,
+                "evaluationTime": status.evaluation_seconds,
+                "lastEvaluation": last,
+            }));
+        }
+        serde_json::json!({ "groups": groups })
+    }
+
+    /// The pending and firing alerts as Prometheus's `GET /api/v1/alerts` lists them.
+    pub fn api_alerts(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for (g, st) in self.groups.iter().zip(&self.states) {
+            for (i, r) in g.rules.iter().enumerate() {
+                if matches!(r, Rule::Alerting(_)) {
+                    out.extend(
+                        st.alerts(i)
+                            .into_iter()
+                            .filter(|a| a.state != AlertState::Inactive)
+                            .map(api_alert),
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
 /// What one cycle changed in the alerts.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -92,6 +201,8 @@ pub struct PromRules {
     pub alerts: BTreeMap<String, Alert>,
     recorded: RecordedCollector,
     recorded_names: HashSet<String>,
+    /// `alerts.evaluation_interval` at the last cycle (ms), for groups without an interval.
+    default_interval: Millis,
 }
 
 impl PromRules {
@@ -107,6 +218,7 @@ impl PromRules {
             alerts: BTreeMap::new(),
             recorded,
             recorded_names: HashSet::new(),
+            default_interval: 15_000,
         }
     }
 
@@ -180,6 +292,7 @@ impl PromRules {
         default_interval: Millis,
         external_labels: &Labels,
     ) -> Outcome {
+        self.default_interval = default_interval;
         if let Some(snap) = snapshot {
             for s in snap.samples() {
                 // Recorded series come back on /metrics; they are stored when recorded only.

@@ -504,7 +504,8 @@ pub fn validate(
 }
 
 /// Expands `alerts.rule_files`: a path, or a glob in its last component, relative to `base`
-/// (the config file's directory). A path without wildcards must exist; a glob may match nothing.
+/// (the config file's directory). A path without wildcards must exist; a glob may match nothing
+/// (as in Prometheus).
 fn expand_rule_files(patterns: &[String], base: &Path, e: &mut Errs<'_>) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for (i, pattern) in patterns.iter().enumerate() {
@@ -537,6 +538,8 @@ fn expand_rule_files(patterns: &[String], base: &Path, e: &mut Errs<'_>) -> Vec<
         };
         let entries = match std::fs::read_dir(&dir) {
             Ok(r) => r,
+            // As Prometheus's glob: a directory that does not exist matches nothing.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
             Err(err) => {
                 e.push(at, format!("{}: {err}", dir.display()));
                 continue;

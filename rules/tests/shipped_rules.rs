@@ -33,7 +33,7 @@ fn shipped_rule_files_load() {
             }
         }
     }
-    assert_eq!((alerting, recording), (22, 31));
+    assert_eq!((alerting, recording), (23, 31));
 }
 
 #[test]

@@ -160,6 +160,8 @@ pub struct Alerting {
     metrics: EvalMetrics,
     /// The recording rules' series, served on `/metrics`.
     recorded: prom::RecordedCollector,
+    /// Exception first-seen times and last deployments, served on `/metrics`.
+    feedback: prom::FeedbackCollector,
 }
 
 impl std::fmt::Debug for Alerting {
@@ -243,6 +245,8 @@ impl Alerting {
                 .collect(),
             ..Context::default()
         };
+        let first_seen: prom::FirstSeen = ctx.first_seen.clone();
+        let deploys = Arc::new(RwLock::new(HashMap::new()));
         let last_deploy_notice = store
             .meta("deploy_notice_at")
             .ok()
@@ -282,10 +286,14 @@ impl Alerting {
             text: Mutex::new(String::new()),
             queues,
             senders: Mutex::new(senders),
-            deploys: Arc::new(RwLock::new(HashMap::new())),
+            deploys: deploys.clone(),
             delivery,
             metrics: EvalMetrics::default(),
             recorded,
+            feedback: prom::FeedbackCollector {
+                first_seen: Arc::new(RwLock::new(first_seen)),
+                deploys,
+            },
         }))
     }
 
@@ -334,6 +342,7 @@ impl Alerting {
             m.rule_failures.clone(),
         );
         r.register_collector(Box::new(self.recorded.clone()));
+        r.register_collector(Box::new(self.feedback.clone()));
     }
 
     /// Hands over the registry the rules read (the one `/metrics` serves).
@@ -468,8 +477,10 @@ impl Alerting {
                 },
                 None => false,
             };
-            let snapshot = match (cfg.rule_groups.is_empty(), self.registry.get()) {
-                (false, Some(reg)) => match sidelight_collector::model::snapshot(reg) {
+            // Read every cycle: the rule groups evaluate it, and the exception types it counts
+            // get their first-seen time.
+            let snapshot = match self.registry.get() {
+                Some(reg) => match sidelight_collector::model::snapshot(reg) {
                     Ok(s) => Some(s),
                     Err(e) => {
                         self.metrics.failures.inc();
@@ -481,6 +492,17 @@ impl Alerting {
             };
             let mut core = self.core.lock();
             let core = &mut *core;
+            if let Some(snap) = &snapshot {
+                let newly = prom::note_exceptions(snap, now, &mut core.ctx.first_seen);
+                if !newly.is_empty() {
+                    let mut shown = self.feedback.first_seen.write();
+                    for (s, e, t) in &newly {
+                        shown.insert((s.clone(), e.clone()), *t);
+                    }
+                    drop(shown);
+                    core.ctx.newly_seen.extend(newly);
+                }
+            }
             if !core
                 .planned_for
                 .as_ref()

@@ -180,6 +180,86 @@ impl PromRules {
     }
 }
 
+/// When each log exception type was first seen, as a map the edge keeps (and persists).
+pub type FirstSeen = BTreeMap<(String, String), Millis>;
+
+/// The series that make "a new exception type since the last deploy" a standard rule:
+/// `sidelight_log_exception_first_seen_timestamp_seconds{source, exception}` (when the agent
+/// first counted that exception type in `sidelight_log_exceptions_total`, kept across restarts)
+/// and `dora_last_successful_deployment_timestamp_seconds{service}` (the newest successful
+/// deployment per service, on a hub).
+#[derive(Debug, Clone, Default)]
+pub struct FeedbackCollector {
+    pub first_seen: Arc<RwLock<FirstSeen>>,
+    pub deploys: Arc<RwLock<HashMap<String, super::eval::DeployInfo>>>,
+}
+
+impl Collector for FeedbackCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let first_seen = self.first_seen.read();
+        if !first_seen.is_empty() {
+            let mut metric = encoder.encode_descriptor(
+                "sidelight_log_exception_first_seen_timestamp_seconds",
+                "When the agent first counted this exception type (Unix seconds)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for ((source, exception), t) in first_seen.iter() {
+                let labels = [
+                    ("source", source.as_str()),
+                    ("exception", exception.as_str()),
+                ];
+                ConstGauge::new(*t as f64 / 1000.0).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        let deploys = self.deploys.read();
+        if !deploys.is_empty() {
+            let mut metric = encoder.encode_descriptor(
+                "dora_last_successful_deployment_timestamp_seconds",
+                "When the newest successful deployment of the service finished (Unix seconds)",
+                None,
+                MetricType::Gauge,
+            )?;
+            let mut sorted: Vec<_> = deploys.iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(b.0));
+            for (service, d) in sorted {
+                let labels = [("service", service.as_str())];
+                ConstGauge::new(d.at as f64 / 1000.0).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The exception types of `sidelight_log_exceptions_total` in `snapshot` not in `first_seen`:
+/// recorded as first seen at `now`, and returned (to persist).
+pub fn note_exceptions(
+    snapshot: &Snapshot,
+    now: Millis,
+    first_seen: &mut FirstSeen,
+) -> Vec<(String, String, Millis)> {
+    let mut newly = Vec::new();
+    for s in snapshot.samples() {
+        if s.name != "sidelight_log_exceptions_total" {
+            continue;
+        }
+        let get = |k: &str| {
+            s.labels
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let key = (get("source"), get("exception"));
+        if key.1.is_empty() || first_seen.contains_key(&key) {
+            continue;
+        }
+        newly.push((key.0.clone(), key.1.clone(), now));
+        first_seen.insert(key, now);
+    }
+    newly
+}
+
 /// What one cycle changed in the alerts.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -519,6 +599,60 @@ mod tests {
             p.alerts.values().next().map(|a| a.state),
             Some(State::Resolved)
         );
+    }
+
+    #[test]
+    fn exception_types_get_a_first_seen_time_and_deploys_a_timestamp_on_metrics() {
+        let mut reg = Registry::default();
+        let exc = Family::<Vec<(String, String)>, Counter>::default();
+        reg.register("sidelight_log_exceptions", "exceptions", exc.clone());
+        let key = |e: &str| {
+            vec![
+                ("source".to_owned(), "api".to_owned()),
+                ("exception".to_owned(), e.to_owned()),
+            ]
+        };
+        exc.get_or_create(&key("ValueError")).inc();
+        let mut first_seen = FirstSeen::new();
+        let snap = sidelight_collector::model::snapshot(&reg).expect("snapshot");
+        let newly = note_exceptions(&snap, 5_000, &mut first_seen);
+        assert_eq!(
+            newly,
+            vec![("api".to_owned(), "ValueError".to_owned(), 5_000)]
+        );
+        exc.get_or_create(&key("KeyError")).inc();
+        let snap = sidelight_collector::model::snapshot(&reg).expect("snapshot");
+        let newly = note_exceptions(&snap, 9_000, &mut first_seen);
+        assert_eq!(
+            newly,
+            vec![("api".to_owned(), "KeyError".to_owned(), 9_000)]
+        );
+        assert_eq!(
+            first_seen[&("api".to_owned(), "ValueError".to_owned())],
+            5_000
+        );
+
+        let feedback = FeedbackCollector::default();
+        *feedback.first_seen.write() = first_seen;
+        feedback.deploys.write().insert(
+            "api".to_owned(),
+            super::super::eval::DeployInfo {
+                at: 7_000,
+                commit: "abc".into(),
+                version: "1.2".into(),
+            },
+        );
+        let mut served = Registry::default();
+        served.register_collector(Box::new(feedback));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &served).expect("encode");
+        for want in [
+            "sidelight_log_exception_first_seen_timestamp_seconds{source=\"api\",exception=\"KeyError\"} 9.0",
+            "sidelight_log_exception_first_seen_timestamp_seconds{source=\"api\",exception=\"ValueError\"} 5.0",
+            "dora_last_successful_deployment_timestamp_seconds{service=\"api\"} 7.0",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
     }
 
     #[test]

@@ -237,6 +237,40 @@ notifiers:
     assert_eq!(rules[1]["duration"], 2.0);
     assert_eq!(rules[1]["alerts"][0]["state"], "firing");
 
+    // A restart while it fires: the alert carries on (same activeAt, still firing once the
+    // restarted history has data again) and Slack gets no second message for it.
+    drop(prom);
+    let active_at = alert["activeAt"].clone();
+    let alert_posts = |chat: &ChatPeers| {
+        chat.seen()
+            .posts
+            .iter()
+            .filter(|(_, p)| {
+                p.get("thread_ts").is_none() && p.to_string().contains("CheckoutErrors")
+            })
+            .count()
+    };
+    assert_eq!(alert_posts(&chat), 1);
+    let Agent { proc, dir, .. } = agent;
+    common::signal(&proc.0, 15);
+    let mut proc = proc;
+    assert!(common::wait_exit(&mut proc.0, Duration::from_secs(15)).is_some());
+    let agent = Agent::start_in(dir, &config)?;
+    std::thread::sleep(Duration::from_secs(8));
+    let (_, _, body) = get(&agent.url("/api/v1/alerts"), &[])?;
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    let after = v["data"]["alerts"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|x| x["labels"]["alertname"] == "CheckoutErrors")
+        })
+        .cloned()
+        .ok_or_else(|| format!("no CheckoutErrors after the restart in {body}"))?;
+    assert_eq!(after["state"], "firing", "{after}");
+    assert_eq!(after["activeAt"], active_at, "{after}");
+    assert_eq!(alert_posts(&chat), 1, "{:?}", chat.seen().posts);
+
     // Recovery: once the 5 s window holds no errors the alert resolves and Slack hears it.
     failing.store(false, Ordering::Relaxed);
     eventually(

@@ -124,6 +124,8 @@ struct Core {
     plan: Option<eval::Plan>,
     /// The Prometheus rule groups (`alerts.rule_files`, `alerts.groups`) and their history.
     prom: prom::PromRules,
+    /// Fingerprints of `prom`'s alerts the store holds.
+    prom_saved: std::collections::HashSet<String>,
     ctx: Context,
     deploys_at: Millis,
     deploys_gen: u64,
@@ -237,6 +239,10 @@ impl Alerting {
         let recorded = prom::RecordedCollector::default();
         let mut prom_rules = prom::PromRules::new(cfg.max_series, recorded.clone());
         prom_rules.set_groups(cfg.rule_groups.clone());
+        // Alerts of the Prometheus rules carry on where they were; the rest are the old rules'.
+        let persisted_alerts =
+            prom_rules.restore(persisted.alerts, now, rules::ms(cfg.evaluation_interval));
+        let prom_saved = prom_rules.alerts.keys().cloned().collect();
         let ctx = Context {
             first_seen: persisted
                 .exceptions
@@ -252,13 +258,13 @@ impl Alerting {
             .ok()
             .flatten()
             .and_then(|v| v.parse().ok());
-        let alerts: BTreeMap<String, Alert> = persisted
-            .alerts
+        let alerts: BTreeMap<String, Alert> = persisted_alerts
             .into_iter()
             .map(|a| (a.fingerprint.clone(), a))
             .collect();
         let saved = alerts
             .iter()
+            .chain(prom_rules.alerts.iter())
             .map(|(fp, a)| (fp.clone(), (a.clone(), now)))
             .collect();
         Ok(Arc::new(Self {
@@ -273,6 +279,7 @@ impl Alerting {
                 keep_firing: HashMap::new(),
                 plan: None,
                 prom: prom_rules,
+                prom_saved,
                 ctx,
                 deploys_at: Millis::MIN,
                 deploys_gen: 0,
@@ -539,7 +546,7 @@ impl Alerting {
                 Some(p) if p.is_current(&core.history, &cfg.rules) => p,
                 _ => eval::Plan::new(&cfg.rules, &core.history),
             };
-            let outcome = eval::evaluate_with(
+            let mut outcome = eval::evaluate_with(
                 now,
                 &cfg.rules,
                 &plan,
@@ -549,7 +556,7 @@ impl Alerting {
             );
             core.plan = Some(plan);
             let newly = std::mem::take(&mut core.ctx.newly_seen);
-            let changed: Vec<Alert> = outcome
+            let mut changed: Vec<Alert> = outcome
                 .changed
                 .iter()
                 .filter_map(|fp| core.alerts.get(fp))
@@ -596,6 +603,20 @@ impl Alerting {
             for (group, rule, error) in &prom_out.errors {
                 tracing::warn!(group = %group, rule = %rule, error = %error, "rule evaluation failed");
             }
+            // The Prometheus rules' alerts are kept in the store like the others.
+            changed.extend(
+                core.prom
+                    .alerts
+                    .values()
+                    .filter(|a| must_save(core.saved.get(&a.fingerprint), a, 0, now))
+                    .cloned(),
+            );
+            outcome.removed.extend(
+                core.prom_saved
+                    .iter()
+                    .filter(|fp| !core.prom.alerts.contains_key(*fp))
+                    .cloned(),
+            );
             transitions.extend(prom_out.transitions.iter().filter_map(|t| {
                 let fp = match t {
                     Transition::Fired(f) | Transition::Resolved(f) => f,
@@ -662,8 +683,12 @@ impl Alerting {
                     let mut core = self.core.lock();
                     for fp in &removed {
                         core.saved.remove(fp);
+                        core.prom_saved.remove(fp);
                     }
                     for a in changed {
+                        if core.prom.alerts.contains_key(&a.fingerprint) {
+                            core.prom_saved.insert(a.fingerprint.clone());
+                        }
                         core.saved.insert(a.fingerprint.clone(), (a, now));
                     }
                 }

@@ -316,6 +316,66 @@ impl PromRules {
         self.history.take_cap_report()
     }
 
+    /// Puts back the alerts of these rules kept across a restart (call after [`Self::set_groups`]);
+    /// returns those no loaded alerting rule names. A restored alert is not resolved for lack of
+    /// data during a grace period after `now`: its rule's longest window (at most 5 minutes)
+    /// plus two evaluation intervals, the time the restarted history needs to answer again.
+    pub fn restore(
+        &mut self,
+        alerts: Vec<Alert>,
+        now: Millis,
+        default_interval: Millis,
+    ) -> Vec<Alert> {
+        let mut rest = Vec::new();
+        for a in alerts {
+            let place = self.groups.iter().enumerate().find_map(|(gi, g)| {
+                g.rules
+                    .iter()
+                    .position(|r| matches!(r, Rule::Alerting(al) if al.alert == a.name()))
+                    .map(|ri| (gi, ri))
+            });
+            let Some((gi, ri)) = place else {
+                rest.push(a);
+                continue;
+            };
+            let mut annotations = BTreeMap::new();
+            annotations.insert("summary".to_owned(), a.summary.clone());
+            if let Some(r) = &a.runbook {
+                annotations.insert("runbook_url".to_owned(), r.clone());
+            }
+            let g = &self.groups[gi];
+            let window = g.rules[ri]
+                .query()
+                .selectors()
+                .iter()
+                .map(|(_, w)| *w)
+                .max()
+                .unwrap_or(0)
+                .min(5 * 60 * 1000);
+            let hold_until = now + window + 2 * g.interval_ms.unwrap_or(default_interval);
+            self.states[gi].restore(
+                ri,
+                sidelight_rules::Alert {
+                    labels: a.labels.clone(),
+                    annotations,
+                    state: match a.state {
+                        State::Pending => AlertState::Pending,
+                        State::Firing => AlertState::Firing,
+                        State::Resolved => AlertState::Inactive,
+                    },
+                    active_at: a.active_at,
+                    fired_at: a.fired_at,
+                    resolved_at: a.resolved_at,
+                    keep_firing_since: None,
+                    value: a.value,
+                },
+                hold_until,
+            );
+            self.alerts.insert(a.fingerprint.clone(), a);
+        }
+        rest
+    }
+
     /// Takes new groups (a reload). A group with the same file, name and rules as before keeps
     /// its alert state, as Prometheus keeps it across a reload.
     pub fn set_groups(&mut self, groups: Arc<Vec<Group>>) {
@@ -653,6 +713,42 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
+    }
+
+    #[test]
+    fn restored_alerts_carry_on_without_firing_again() {
+        let rules = "groups:\n- name: g\n  rules:\n  - alert: Always\n    expr: vector(1)\n    for: 1m\n  - alert: Gone\n    expr: vector(1) == 2\n";
+        let ext = Labels::new();
+        let mut before = PromRules::new(100, RecordedCollector::default());
+        before.set_groups(groups(rules));
+        before.cycle(0, None, 15_000, &ext);
+        let out = before.cycle(60_000, None, 15_000, &ext);
+        assert_eq!(out.transitions.len(), 1);
+        let mut kept: Vec<Alert> = before.alerts.values().cloned().collect();
+        let mut gone = kept[0].clone();
+        gone.labels.insert("alertname".into(), "Gone".into());
+        gone.fingerprint = fingerprint(&gone.labels);
+        kept.push(gone);
+        let mut other = kept[0].clone();
+        other.labels.insert("alertname".into(), "OldDialect".into());
+        kept.push(other);
+        // A restart: the firing alert carries on (no second "fired"); Gone resolves.
+        let mut after = PromRules::new(100, RecordedCollector::default());
+        after.set_groups(groups(rules));
+        let rest = after.restore(kept, 90_000, 15_000);
+        assert_eq!(rest.len(), 1, "the old dialect's alert is not these rules'");
+        // Gone is held for the grace period (its window: the 5 m lookback, plus 2 intervals).
+        let out = after.cycle(90_000, None, 15_000, &ext);
+        assert!(out.transitions.is_empty(), "{:?}", out.transitions);
+        let out = after.cycle(90_000 + 330_000, None, 15_000, &ext);
+        assert_eq!(out.transitions.len(), 1, "{:?}", out.transitions);
+        assert!(matches!(&out.transitions[0], Transition::Resolved(fp) if fp.contains("Gone")));
+        let always = after
+            .alerts
+            .values()
+            .find(|a| a.name() == "Always")
+            .expect("Always");
+        assert_eq!((always.state, always.active_at), (State::Firing, 0));
     }
 
     #[test]

@@ -147,8 +147,8 @@ pub struct Sample<'a> {
 
 /// Reads everything `registry` serves into a [`Snapshot`].
 ///
-/// Costs what a text scrape costs plus an allocation per label; safe to call from any thread
-/// (collectors take their own locks). An error means some metric failed to encode; a text scrape
+/// Runs every metric's and collector's encode, as a text scrape does, into owned strings and
+/// numbers instead of text; safe to call from any thread (collectors take their own locks). An error means some metric failed to encode; a text scrape
 /// of the same registry fails the same way.
 pub fn snapshot(registry: &Registry) -> Result<Snapshot, SnapshotError> {
     let families = prometheus_client::encoding::prometheus_protobuf::encode(registry)
@@ -312,24 +312,10 @@ impl Value {
     }
 }
 
+/// The oracle of the tests: a snapshot checked against the text encoding of the same registry.
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
-    use prometheus_client::metrics::counter::Counter;
-    use prometheus_client::metrics::exemplar::{CounterWithExemplar, HistogramWithExemplars};
-    use prometheus_client::metrics::family::Family as PFamily;
-    use prometheus_client::metrics::gauge::Gauge;
-    use prometheus_client::metrics::histogram::Histogram as PHistogram;
-    use prometheus_client::metrics::info::Info;
-    use prometheus_client::registry::Unit;
-
+pub(crate) mod oracle {
     use super::*;
-    use crate::metrics::{
-        FamilySnapshot, Kind as SnapKind, Snapshot as SourceSnapshot, SnapshotCell,
-        SnapshotCollector,
-    };
 
     /// Writes a label set as the text encoder does (escaping `\`, `"` and newlines).
     fn label_text(labels: &[(String, String)]) -> String {
@@ -354,7 +340,7 @@ mod tests {
     /// families with the same type, unit and help lines, then, line for line, the same sample
     /// names and label sets (compared as text), the same values and exemplars (compared as
     /// numbers: the text writes integers without a fraction).
-    fn assert_matches_text(registry: &Registry) -> Snapshot {
+    pub(crate) fn assert_matches_text(registry: &Registry) -> Snapshot {
         let snap = snapshot(registry).expect("snapshot");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
@@ -440,6 +426,28 @@ mod tests {
         );
         snap
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::oracle::assert_matches_text;
+
+    use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::exemplar::{CounterWithExemplar, HistogramWithExemplars};
+    use prometheus_client::metrics::family::Family as PFamily;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::metrics::histogram::Histogram as PHistogram;
+    use prometheus_client::metrics::info::Info;
+    use prometheus_client::registry::Unit;
+
+    use super::*;
+    use crate::metrics::{
+        FamilySnapshot, Kind as SnapKind, Snapshot as SourceSnapshot, SnapshotCell,
+        SnapshotCollector,
+    };
 
     #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
     enum Method {

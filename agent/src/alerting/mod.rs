@@ -34,6 +34,7 @@ use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use sidelight_collector::model;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -153,8 +154,6 @@ pub struct Alerting {
     hub: Option<Arc<Hub>>,
     severities: Vec<String>,
     registry: OnceLock<Arc<Registry>>,
-    /// The registry's text, encoded at each cycle into the same buffer.
-    text: Mutex<String>,
     queues: HashMap<String, Arc<Queue>>,
     senders: Mutex<Vec<Sender>>,
     deploys: Arc<RwLock<HashMap<String, DeployInfo>>>,
@@ -290,7 +289,6 @@ impl Alerting {
             hub,
             severities,
             registry: OnceLock::new(),
-            text: Mutex::new(String::new()),
             queues,
             senders: Mutex::new(senders),
             deploys: deploys.clone(),
@@ -470,19 +468,15 @@ impl Alerting {
         let deployments = self.refresh_deploys(now).await;
         self.deploy_notices(&cfg, deployments.as_deref(), now).await;
         let (outcome, changed, transitions, notifications, removed_groups, newly) = {
-            // The text buffer is kept across cycles (its capacity is last cycle's size).
-            let mut text = self.text.lock();
-            text.clear();
-            let encoded = match self.registry.get() {
-                Some(reg) => match prometheus_client::encoding::text::encode(&mut *text, reg) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        self.metrics.failures.inc();
-                        tracing::error!(error = %e, "alert evaluation cannot read the metrics");
-                        false
-                    }
-                },
-                None => false,
+            // What a scrape would store, read from the registry as a structured snapshot.
+            let samples = match self.registry.get().map(|r| model::snapshot(r.as_ref())) {
+                Some(Ok(snapshot)) => expo::samples(&snapshot),
+                Some(Err(e)) => {
+                    self.metrics.failures.inc();
+                    tracing::error!(error = %e, "alert evaluation cannot read the metrics");
+                    Vec::new()
+                }
+                None => Vec::new(),
             };
             // Read every cycle: the rule groups evaluate it, and the exception types it counts
             // get their first-seen time.
@@ -530,18 +524,8 @@ impl Alerting {
             }
             let readers = &core.readers;
             let keep = |name: &str, labels: &expo::Labels| readers.reads(&cfg.rules, name, labels);
-            let ingested = encoded
-                && match core.history.ingest_text(now, &text, keep) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        self.metrics.failures.inc();
-                        tracing::error!(error = %e, "alert evaluation cannot read the metrics");
-                        false
-                    }
-                };
-            if !ingested {
-                core.history.ingest(now, &[], |s| keep(&s.name, &s.labels));
-            }
+            core.history
+                .ingest(now, &samples, |s| keep(&s.name, &s.labels));
             let plan = match core.plan.take() {
                 Some(p) if p.is_current(&core.history, &cfg.rules) => p,
                 _ => eval::Plan::new(&cfg.rules, &core.history),

@@ -468,29 +468,19 @@ impl Alerting {
         let deployments = self.refresh_deploys(now).await;
         self.deploy_notices(&cfg, deployments.as_deref(), now).await;
         let (outcome, changed, transitions, notifications, removed_groups, newly) = {
-            // What a scrape would store, read from the registry as a structured snapshot.
-            let samples = match self.registry.get().map(|r| model::snapshot(r.as_ref())) {
-                Some(Ok(snapshot)) => expo::samples(&snapshot),
+            // What a scrape would store, read from the registry as a structured snapshot, once:
+            // the built-in rules read its samples, the rule groups evaluate it, and the
+            // exception types it counts get their first-seen time.
+            let snapshot = match self.registry.get().map(|r| model::snapshot(r.as_ref())) {
+                Some(Ok(snapshot)) => Some(snapshot),
                 Some(Err(e)) => {
                     self.metrics.failures.inc();
                     tracing::error!(error = %e, "alert evaluation cannot read the metrics");
-                    Vec::new()
+                    None
                 }
-                None => Vec::new(),
+                None => None,
             };
-            // Read every cycle: the rule groups evaluate it, and the exception types it counts
-            // get their first-seen time.
-            let snapshot = match self.registry.get() {
-                Some(reg) => match sidelight_collector::model::snapshot(reg) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        self.metrics.failures.inc();
-                        tracing::error!(error = %e, "rule evaluation cannot read the metrics");
-                        None
-                    }
-                },
-                _ => None,
-            };
+            let samples = snapshot.as_ref().map(expo::samples).unwrap_or_default();
             let mut core = self.core.lock();
             let core = &mut *core;
             if let Some(snap) = &snapshot {

@@ -26,8 +26,6 @@ const SPANS: usize = 25;
 const FAMILIES: usize = 100;
 const PER_FAMILY: usize = 40;
 const STEP: i64 = 15_000;
-const WARM: i64 = 300;
-const RUNS: usize = 40;
 
 fn labels(pairs: &[(&str, String)]) -> Labels {
     pairs
@@ -168,7 +166,17 @@ fn rss_kib() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn cycle_bench() {
+/// Warm-up cycles and measured cycles.
+struct Sizes {
+    warm: i64,
+    runs: usize,
+    /// Series and days of the memory figure.
+    memory_series: usize,
+    memory_days: i64,
+}
+
+fn cycle_bench(sizes: &Sizes) {
+    let (warm_cycles, runs) = (sizes.warm, sizes.runs);
     let groups = rules();
     let rules_n: usize = groups.iter().map(|g| g.rules.len()).sum();
     let mut history = History::new(HistoryConfig::default());
@@ -182,7 +190,7 @@ fn cycle_bench() {
         t: 0,
     };
     let warm = Instant::now();
-    for _ in 0..WARM {
+    for _ in 0..warm_cycles {
         s.append();
         s.evaluate();
         s.t += STEP;
@@ -192,7 +200,7 @@ fn cycle_bench() {
     let mut appends = Vec::new();
     let mut evals = Vec::new();
     let mut last = (0, 0);
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let a = Instant::now();
         s.append();
         let e = Instant::now();
@@ -209,17 +217,17 @@ fn cycle_bench() {
     let stats = s.history.stats();
     let read = s.history.select(&[], i64::MIN, i64::MAX).len();
     println!(
-        "cycle: {rules_n} rules over {} series ({read} kept: read by some rule), warm-up {WARM} cycles in {:.1} s",
+        "cycle: {rules_n} rules over {} series ({read} kept: read by some rule), warm-up {warm_cycles} cycles in {:.1} s",
         s.series.len(),
         warm.as_secs_f64()
     );
     println!(
         "  full cycle median {:.2} ms (min {:.2}, max {:.2}); append {:.2} ms, evaluate {:.2} ms; {} alerts active, {} samples written a cycle",
-        ms(cycles[RUNS / 2]),
+        ms(cycles[runs / 2]),
         ms(cycles[0]),
-        ms(cycles[RUNS - 1]),
-        ms(appends[RUNS / 2]),
-        ms(evals[RUNS / 2]),
+        ms(cycles[runs - 1]),
+        ms(appends[runs / 2]),
+        ms(evals[runs / 2]),
         last.0,
         last.1
     );
@@ -231,9 +239,9 @@ fn cycle_bench() {
     );
 }
 
-fn memory_bench() {
-    const N: usize = 1000;
+fn memory_bench(sizes: &Sizes) {
     const DAY: i64 = 86_400_000;
+    let n = sizes.memory_series;
     let rf = match file::parse(
         "bench",
         "groups:\n- name: g\n  rules:\n  - record: r\n    expr: sum(rate(x_total[3d]))\n",
@@ -244,7 +252,7 @@ fn memory_bench() {
     let before = rss_kib();
     let mut h = History::new(HistoryConfig::default());
     h.set_rules(&rf.groups);
-    let series: Vec<Labels> = (0..N)
+    let series: Vec<Labels> = (0..n)
         .map(|i| {
             labels(&[
                 ("__name__", "x_total".into()),
@@ -255,7 +263,7 @@ fn memory_bench() {
         .collect();
     let start = Instant::now();
     let mut t = 0;
-    while t <= 3 * DAY + 5 * 60_000 {
+    while t <= sizes.memory_days * DAY + 5 * 60_000 {
         for (i, l) in series.iter().enumerate() {
             h.append(l, t, (i as i64 * t / 1000) as f64);
         }
@@ -266,15 +274,16 @@ fn memory_bench() {
     let stats = h.stats();
     let bytes = h.memory_bytes();
     println!(
-        "memory: {N} series over a 3-day window, sampled every 15 s ({:.1} s to fill)",
+        "memory: {n} series over a 3-day window, sampled every 15 s for {} days ({:.1} s to fill)",
+        sizes.memory_days,
         start.elapsed().as_secs_f64()
     );
     println!(
         "  {} samples held ({} per series), {:.2} MiB accounted ({:.1} KiB per series); RSS growth {}",
         stats.samples,
-        stats.samples / N,
+        stats.samples / n,
         bytes as f64 / 1_048_576.0,
-        bytes as f64 / 1024.0 / N as f64,
+        bytes as f64 / 1024.0 / n as f64,
         match (before, after) {
             (Some(b), Some(a)) => format!("{:.2} MiB", a.saturating_sub(b) as f64 / 1024.0),
             _ => "not available".into(),
@@ -283,12 +292,27 @@ fn memory_bench() {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs it once as a smoke test.
-    let quick = !std::env::args().any(|a| a == "--bench");
-    if quick {
-        println!("rule_eval: run with `cargo bench -p sidelight-rules --bench rule_eval`");
-        return;
-    }
-    memory_bench();
-    cycle_bench();
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs a small smoke version (its
+    // figures mean nothing).
+    let full = std::env::args().any(|a| a == "--bench");
+    let sizes = if full {
+        Sizes {
+            warm: 300,
+            runs: 40,
+            memory_series: 1000,
+            memory_days: 3,
+        }
+    } else {
+        println!(
+            "rule_eval smoke run; figures with `cargo bench -p sidelight-rules --bench rule_eval`"
+        );
+        Sizes {
+            warm: 6,
+            runs: 2,
+            memory_series: 3,
+            memory_days: 1,
+        }
+    };
+    memory_bench(&sizes);
+    cycle_bench(&sizes);
 }

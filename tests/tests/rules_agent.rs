@@ -58,6 +58,8 @@ fn shipped_rule_files_load_unchanged_through_rule_files() -> Result {
     )?;
     let (code, out) = check_config(&config);
     assert_eq!(code, Some(0), "{out}");
+    // 23 alerting and 31 recording rules shipped, and the inline one.
+    assert!(out.contains(" rule groups, 55 rules)"), "{out}");
 
     // A broken rule: refused with the file, the YAML path and the construct.
     std::fs::write(

@@ -17,8 +17,9 @@
 //!   [`HistoryConfig::max_downsampled_points`] downsampled samples.
 //!
 //! Memory per series: 16 bytes a sample, plus its labels. A series read over 3 days, sampled
-//! every 15 s: 240 full-resolution samples (1 h) and 864 downsampled ones (5 m steps) =
-//! 17.3 KiB of samples; [`History::memory_bytes`] accounts for everything held.
+//! every 15 s: 241 full-resolution samples (1 h) and 865 downsampled ones (5 m steps), 20.5 KiB
+//! with the queues' capacities and labels; [`History::memory_bytes`] accounts for everything
+//! held (BENCHMARKS.md has the measured figure for 1,000 such series).
 //!
 //! The cap: at most [`HistoryConfig::max_series`] series. Samples of further series are dropped
 //! and counted ([`HistoryStats::rejected_samples`]); [`History::take_cap_report`] hands the first

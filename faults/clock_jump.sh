@@ -45,13 +45,11 @@ alerts:
   group_wait: 1s
   group_interval: 5s
   group_by: [alertname, source]
-  rules:
-    - name: FaultErrors
-      expr: 'sidelight_log_records_total{level="error"}'
-      rate: 10s
-      sum_by: [source]
-      op: ">"
-      threshold: 0
+  groups:
+    - name: faults
+      rules:
+        - alert: FaultErrors
+          expr: sum by (source) (rate(sidelight_log_records_total{level="error"}[10s])) > 0
 notifiers:
   slack:
     token_file: $WORK/slack-token

@@ -34,14 +34,13 @@ alerts:
   group_wait: 1s
   group_interval: 5s
   group_by: [alertname, source]
-  rules:
-    - name: FaultErrors
-      expr: 'sidelight_log_records_total{level="error"}'
-      rate: 15s
-      sum_by: [source]
-      op: ">"
-      threshold: 0
-      summary: "{{ \$labels.source }} logs errors"
+  groups:
+    - name: faults
+      rules:
+        - alert: FaultErrors
+          expr: sum by (source) (rate(sidelight_log_records_total{level="error"}[15s])) > 0
+          annotations:
+            summary: "{{ \$labels.source }} logs errors"
 notifiers:
   slack:
     token_file: $WORK/slack-token

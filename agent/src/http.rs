@@ -129,6 +129,7 @@ pub fn router(
         use crate::alerting::api as alerts;
         protected = protected
             .route("/api/v1/alerts", get(alerts::get_alerts))
+            .route("/api/v1/rules", get(alerts::get_rules))
             .route(
                 "/api/v1/silences",
                 get(alerts::get_silences).post(alerts::post_silence),

@@ -58,6 +58,7 @@ pub const SUPPORTED_FUNCTIONS: &[&str] = &[
     "sort_desc",
     "sqrt",
     "stddev_over_time",
+    "stdvar_over_time",
     "sum_over_time",
     "time",
     "timestamp",
@@ -139,6 +140,14 @@ impl Query {
     /// The expression as written.
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// Every selector of the expression with how far back (ms) before the evaluation time it
+    /// reads: range plus offset for a range selector, lookback plus offset for an instant one.
+    pub fn selectors(&self) -> Vec<(Vec<Matcher>, i64)> {
+        let mut out = Vec::new();
+        collect_selectors(&self.expr, &mut out);
+        out
     }
 
     /// Evaluates the expression at `t` (ms since the epoch).
@@ -254,6 +263,41 @@ fn offset_ms(o: &Option<Offset>) -> i64 {
         None => 0,
         Some(Offset::Pos(d)) => ms(d),
         Some(Offset::Neg(d)) => -ms(d),
+    }
+}
+
+fn collect_selectors(e: &Expr, out: &mut Vec<(Vec<Matcher>, i64)>) {
+    match e {
+        Expr::VectorSelector(vs) => {
+            out.push((matchers(vs), offset_ms(&vs.offset).max(0) + LOOKBACK_MS));
+        }
+        Expr::MatrixSelector(m) => {
+            out.push((
+                matchers(&m.vs),
+                offset_ms(&m.vs.offset).max(0) + ms(&m.range),
+            ));
+        }
+        Expr::Aggregate(a) => {
+            if let Some(p) = &a.param {
+                collect_selectors(p, out);
+            }
+            collect_selectors(&a.expr, out);
+        }
+        Expr::Unary(u) => collect_selectors(&u.expr, out),
+        Expr::Binary(b) => {
+            collect_selectors(&b.lhs, out);
+            collect_selectors(&b.rhs, out);
+        }
+        Expr::Paren(p) => collect_selectors(&p.expr, out),
+        Expr::Call(c) => {
+            for a in &c.args.args {
+                collect_selectors(a, out);
+            }
+        }
+        Expr::Subquery(_)
+        | Expr::NumberLiteral(_)
+        | Expr::StringLiteral(_)
+        | Expr::Extension(_) => {}
     }
 }
 
@@ -538,20 +582,12 @@ pub fn format_float_f(v: f64) -> String {
 
 /// Parses a float as Go's `strconv.ParseFloat` reads the `le` label.
 fn parse_go_float(s: &str) -> Option<f64> {
-    let t = s.trim_start_matches('+');
-    match t.to_ascii_lowercase().as_str() {
-        "inf" | "infinity" => {
-            return Some(if s.starts_with('-') {
-                f64::NEG_INFINITY
-            } else {
-                f64::INFINITY
-            });
-        }
-        "-inf" | "-infinity" => return Some(f64::NEG_INFINITY),
-        "nan" => return Some(f64::NAN),
-        _ => {}
+    // Rust's parser takes what Go's does for decimal text (sign, exponent, `inf`, `infinity`,
+    // `nan` in any case); Go only allows `_` between digits after a base prefix.
+    if s.contains('_') {
+        return None;
     }
-    t.replace('_', "").parse::<f64>().ok()
+    s.parse::<f64>().ok()
 }
 
 fn valid_label_name(s: &str) -> bool {
@@ -709,22 +745,27 @@ impl Evaluator<'_> {
                 if max < min {
                     return Ok(Value::Vector(Vec::new()));
                 }
-                map_vec(&|v| min.max(max.min(v)))
+                map_vec(&|v| go_max(min, go_min(max, v)))
             }
             "clamp_min" => {
                 let min = self.scalar_arg(arg(1)?)?;
-                map_vec(&|v| min.max(v))
+                map_vec(&|v| go_max(min, v))
             }
             "clamp_max" => {
                 let max = self.scalar_arg(arg(1)?)?;
-                map_vec(&|v| max.min(v))
+                map_vec(&|v| go_min(max, v))
             }
             "sort" | "sort_desc" => {
                 let mut v = self.vector_arg(arg(0)?)?;
-                v.sort_by(|a, b| a.v.total_cmp(&b.v));
-                if name == "sort_desc" {
-                    v.reverse();
-                }
+                let desc = name == "sort_desc";
+                // NaN sorts last either way.
+                v.sort_by(|a, b| match (a.v.is_nan(), b.v.is_nan()) {
+                    (true, true) => std::cmp::Ordering::Equal,
+                    (true, false) => std::cmp::Ordering::Greater,
+                    (false, true) => std::cmp::Ordering::Less,
+                    _ if desc => b.v.total_cmp(&a.v),
+                    _ => a.v.total_cmp(&b.v),
+                });
                 Ok(Value::Vector(v))
             }
             "timestamp" => {
@@ -775,9 +816,10 @@ impl Evaluator<'_> {
                     let Some(ub) = s.labels.get("le").and_then(|le| parse_go_float(le)) else {
                         continue;
                     };
+                    // Buckets are grouped by every label but `le`, the name included; the
+                    // result drops the name (two histograms that differ only by name collide).
                     let mut key = s.labels;
                     key.remove("le");
-                    key.remove(METRIC_NAME);
                     let e = groups.entry(key.clone()).or_default();
                     if e.is_empty() {
                         order.push(key);
@@ -788,12 +830,13 @@ impl Evaluator<'_> {
                 for key in order {
                     if let Some(mut b) = groups.remove(&key) {
                         out.push(VSample {
-                            labels: key,
+                            labels: drop_name(key),
                             t: self.t,
                             v: bucket_quantile(q, &mut b),
                         });
                     }
                 }
+                check_unique(&out)?;
                 Ok(Value::Vector(out))
             }
             "label_replace" => {
@@ -949,7 +992,7 @@ impl Evaluator<'_> {
                     let mut v: Vec<f64> = vals().collect();
                     Some(quantile(param.unwrap_or(f64::NAN), &mut v))
                 }
-                "stddev_over_time" => {
+                "stddev_over_time" | "stdvar_over_time" => {
                     let (mut count, mut mean, mut cm, mut aux, mut ca) = (0.0, 0.0, 0.0, 0.0, 0.0);
                     for v in vals() {
                         count += 1.0;
@@ -957,7 +1000,12 @@ impl Evaluator<'_> {
                         (mean, cm) = kahan_inc(delta / count, mean, cm);
                         (aux, ca) = kahan_inc(delta * (v - (mean + cm)), aux, ca);
                     }
-                    Some(((aux + ca) / count).sqrt())
+                    let var = (aux + ca) / count;
+                    Some(if name == "stdvar_over_time" {
+                        var
+                    } else {
+                        var.sqrt()
+                    })
                 }
                 other => return err(format!("function {other} is not supported")),
             };
@@ -1231,6 +1279,30 @@ fn elem_binop(op: &str, l: f64, r: f64) -> Result<(f64, bool), EvalError> {
     })
 }
 
+/// Whether an operator's result drops the metric name: the arithmetic ones do; comparisons
+/// (without `bool`) and `atan2` keep it.
+fn drops_metric_name(op: &str) -> bool {
+    matches!(op, "+" | "-" | "*" | "/" | "%" | "^")
+}
+
+/// Go's `math.Max`: NaN if either is NaN (Rust's `f64::max` ignores a NaN).
+fn go_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+/// Go's `math.Min`: NaN if either is NaN.
+fn go_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.min(b)
+    }
+}
+
 fn vector_scalar(
     op: &str,
     vec: Vec<VSample>,
@@ -1252,13 +1324,13 @@ fn vector_scalar(
         } else if !keep {
             continue;
         }
-        if !comparison || return_bool {
+        if drops_metric_name(op) || return_bool {
             s.labels.remove(METRIC_NAME);
         }
         s.v = value;
         out.push(s);
     }
-    if !comparison || return_bool {
+    if drops_metric_name(op) || return_bool {
         check_unique(&out)?;
     }
     Ok(out)
@@ -1275,7 +1347,6 @@ fn vector_vector(
     sig: &dyn Fn(&Labels) -> Labels,
     return_bool: bool,
 ) -> Result<Vec<VSample>, EvalError> {
-    let comparison = matches!(op, "==" | "!=" | ">" | "<" | ">=" | "<=");
     let one_to_many = matches!(card, VectorMatchCardinality::OneToMany(_));
     let (lhs, rhs) = if one_to_many { (rhs, lhs) } else { (lhs, rhs) };
     let include: Option<&Vec<String>> = match card {
@@ -1322,7 +1393,7 @@ fn vector_vector(
         }
         // The result's labels: the "many" (or left) side's, trimmed as Prometheus does.
         let mut metric = ls.labels;
-        if !comparison || return_bool {
+        if drops_metric_name(op) || return_bool {
             metric.remove(METRIC_NAME);
         }
         if matches!(card, VectorMatchCardinality::OneToOne) {
@@ -1490,6 +1561,50 @@ mod tests {
             .expect_err("ln")
             .to_string();
         assert!(e.contains("line 2, column 5"), "{e}");
+    }
+
+    /// Divergences found by running Prometheus 2.42's own test scripts (tests/promqltest.rs).
+    #[test]
+    fn matches_prometheus_where_it_once_differed() {
+        let mut st = MemStorage::new();
+        for (l, v) in [
+            (r#"v{k="a"}"#, 1.0),
+            (r#"v{k="b"}"#, f64::NAN),
+            (r#"v{k="c"}"#, 3.0),
+            (r#"h_bucket{le="1"}"#, 1.0),
+            (r#"h_bucket{le="+Inf"}"#, 2.0),
+            (r#"h2_bucket{le="1"}"#, 1.0),
+            (r#"h2_bucket{le="+Inf"}"#, 2.0),
+        ] {
+            st.append(&labels(l), 0, v);
+        }
+        let run = |e: &str| Query::parse(e).expect(e).eval(&st, 0);
+        let vector = |e: &str| match run(e) {
+            Ok(Value::Vector(v)) => v,
+            other => panic!("{e}: {other:?}"),
+        };
+        // Go's math.Max/Min propagate NaN bounds.
+        assert!(vector("clamp(v, 0, NaN)").iter().all(|s| s.v.is_nan()));
+        assert!(vector("clamp_min(v, NaN)").iter().all(|s| s.v.is_nan()));
+        // NaN sorts last in both directions.
+        let order = |e: &str| -> Vec<String> {
+            vector(e)
+                .into_iter()
+                .map(|s| s.labels["k"].clone())
+                .collect()
+        };
+        assert_eq!(order("sort(v)"), ["a", "c", "b"]);
+        assert_eq!(order("sort_desc(v)"), ["c", "a", "b"]);
+        // atan2 keeps the metric name, as comparisons do.
+        assert!(
+            vector("v atan2 v")
+                .iter()
+                .all(|s| s.labels.get(METRIC_NAME).map(String::as_str) == Some("v"))
+        );
+        // Histograms that differ only by name collide once the name is dropped.
+        let e = run(r#"histogram_quantile(0.5, {__name__=~"h.*_bucket"})"#).expect_err("collision");
+        assert!(e.0.contains("same labelset"), "{e}");
+        assert_eq!(vector("histogram_quantile(0.5, h_bucket)").len(), 1);
     }
 
     #[test]

@@ -133,6 +133,19 @@ pub fn fmt_upper_e(v: f64) -> String {
     fmt_e(neg, &d, dp, d.len() - 1, 'E')
 }
 
+/// Go's `strconv.FormatFloat(v, 'e', -1, 64)` (Prometheus's API writes alert values so).
+pub fn fmt_lower_e(v: f64) -> String {
+    if let Some(s) = special(v) {
+        return s;
+    }
+    let neg = v.is_sign_negative();
+    if v == 0.0 {
+        return if neg { "-0e+00".into() } else { "0e+00".into() };
+    }
+    let (d, dp) = digits(v, None);
+    fmt_e(neg, &d, dp, d.len() - 1, 'e')
+}
+
 /// Go's `strconv.Quote`.
 pub fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);

@@ -56,6 +56,8 @@ pub struct Alert {
 #[derive(Debug, Default, Clone)]
 struct RuleState {
     active: HashMap<Labels, Alert>,
+    /// Restored alerts not resolved while their expression has no data yet: until when (ms).
+    held: HashMap<Labels, i64>,
     last_series: HashSet<Labels>,
     last_error: Option<EvalError>,
 }
@@ -80,6 +82,19 @@ impl GroupState {
             .unwrap_or_default();
         v.sort_by(|a, b| a.labels.cmp(&b.labels));
         v
+    }
+
+    /// Puts back an alert of rule number `rule` (kept by the caller across a restart): it carries
+    /// on as if it had never stopped — a firing alert still returned stays firing. Until
+    /// `hold_until` (ms) it is not resolved when the expression does not return it, since a
+    /// restarted store has not yet the samples its windows need.
+    pub fn restore(&mut self, rule: usize, alert: Alert, hold_until: i64) {
+        if self.rules.len() <= rule {
+            self.rules.resize_with(rule + 1, RuleState::default);
+        }
+        let rs = &mut self.rules[rule];
+        rs.held.insert(alert.labels.clone(), hold_until);
+        rs.active.insert(alert.labels.clone(), alert);
     }
 
     /// The error of rule number `rule` at its last evaluation.
@@ -292,13 +307,17 @@ fn alert(
     let mut out = Vec::new();
     let mut active_or_pending = 0usize;
     let mut forget = Vec::new();
+    rs.held
+        .retain(|k, until| now < *until && !returned.contains(k));
     for (k, al) in rs.active.iter_mut() {
         if !returned.contains(k) {
+            let held = rs.held.contains_key(k) && al.state == AlertState::Firing;
             let mut keep_firing = false;
             if al.state == AlertState::Firing && a.keep_firing_for_ms > 0 {
                 let since = *al.keep_firing_since.get_or_insert(now);
                 keep_firing = now - since < a.keep_firing_for_ms;
             }
+            keep_firing |= held;
             if al.state == AlertState::Pending
                 || al
                     .resolved_at

@@ -7,6 +7,8 @@
 //!   [`storage::Storage`], with Prometheus's lookback, staleness and extrapolation rules.
 //! - [`group`] evaluates a rule group at `now`: rules in order, later rules seeing earlier
 //!   recording rules' output, the alert state machine, `ALERTS`/`ALERTS_FOR_STATE` series.
+//! - [`history`] is the bounded store the agent evaluates over: full resolution for short
+//!   windows, downsampled for long ones, only what the rules read, with a cap on series.
 //! - [`template`] expands alert labels and annotations as Prometheus's Go templates do.
 //! - [`promtool`] runs promtool's rule unit-test files (`sidelight test rules`).
 //!
@@ -17,6 +19,7 @@ pub mod eval;
 pub mod file;
 pub mod gofmt;
 pub mod group;
+pub mod history;
 pub mod promtool;
 pub mod storage;
 pub mod template;
@@ -24,6 +27,7 @@ pub mod template;
 pub use eval::{EvalError, ExprError, Query, VSample, Value};
 pub use file::{AlertingRule, Group, LoadError, RecordingRule, Rule, RuleFile};
 pub use group::{Alert, AlertState, GroupOutput, GroupState, evaluate_group};
+pub use history::{History, HistoryConfig, HistoryStats};
 pub use storage::{Labels, MemStorage, Sample, Series, Storage};
 
 use promql_parser::label::MatchOp;

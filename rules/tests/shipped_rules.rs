@@ -33,7 +33,7 @@ fn shipped_rule_files_load() {
             }
         }
     }
-    assert_eq!((alerting, recording), (22, 31));
+    assert_eq!((alerting, recording), (23, 31));
 }
 
 #[test]
@@ -47,4 +47,40 @@ fn shipped_unit_tests_pass() {
         String::from_utf8_lossy(&err)
     );
     assert_eq!(code, 0, "{text}");
+}
+
+fn run(files: &[PathBuf]) -> (i32, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = sidelight_rules::promtool::run(files, &mut out, &mut err);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&err)
+    );
+    (code, text)
+}
+
+/// The PromQL coverage files (each checked under promtool first) pass, one by one.
+#[test]
+fn promql_coverage_files_pass() {
+    let files = yaml_in(&repo().join("rules/tests/promql"));
+    assert!(files.len() >= 6, "{files:?}");
+    let mut failed = Vec::new();
+    for f in files {
+        let (code, text) = run(std::slice::from_ref(&f));
+        if code != 0 {
+            failed.push(text);
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// The deliberately wrong expectations fail, as they do under promtool.
+#[test]
+fn wrong_expectations_fail() {
+    for f in yaml_in(&repo().join("rules/tests/promql/failing")) {
+        let (code, text) = run(std::slice::from_ref(&f));
+        assert_eq!(code, 1, "{}: {text}", f.display());
+        assert!(text.contains("FAILED"), "{text}");
+    }
 }

@@ -96,7 +96,7 @@ fn alert_reaches_slack_once_across_a_restart_and_chatops_answers() -> Result {
     let (status, _, body) = get(&agent.url("/api/v1/alerts"), &[])?;
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body)?;
-    assert_eq!(v["alerts"][0]["state"], "firing", "{body}");
+    assert_eq!(v["data"]["alerts"][0]["state"], "firing", "{body}");
 
     // ChatOps: a signed status command lists the alert; an unsigned or wrongly signed one is 401.
     let (status, body) = signed_command(&agent, "status", SIGNING)?;

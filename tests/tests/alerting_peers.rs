@@ -197,7 +197,7 @@ notifiers:
     let (_, _, alerts) = get(&agent.url("/api/v1/alerts"), &[])?;
     let v: serde_json::Value = serde_json::from_str(&alerts)?;
     assert!(
-        v["alerts"].as_array().is_some_and(|a| a
+        v["data"]["alerts"].as_array().is_some_and(|a| a
             .iter()
             .any(|x| { x["state"] == "firing" && x["labels"]["severity"] == "critical" })),
         "{alerts}"

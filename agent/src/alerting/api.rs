@@ -2,7 +2,8 @@
 //!
 //! | route | auth | answers |
 //! |---|---|---|
-//! | `GET /api/v1/alerts` | bearer | 200 `{"alerts": [...]}` |
+//! | `GET /api/v1/alerts` | bearer | 200 `{"status": "success", "data": {"alerts": [...]}}` (Prometheus's shape) |
+//! | `GET /api/v1/rules` | bearer | 200 `{"status": "success", "data": {"groups": [...]}}` (Prometheus's shape) |
 //! | `GET /api/v1/silences` | bearer | 200 `{"silences": [...]}` |
 //! | `POST /api/v1/silences` | bearer | 201 `{"id"}`, 400 |
 //! | `DELETE /api/v1/silences/{id}` | bearer | 200, 404 |
@@ -43,10 +44,19 @@ fn alerting(state: &AlertsApiState) -> Result<&std::sync::Arc<Alerting>, Respons
         .ok_or_else(|| (StatusCode::NOT_FOUND, "alerting is not configured\n").into_response())
 }
 
-/// `GET /api/v1/alerts`.
+/// `GET /api/v1/alerts`, in Prometheus's response shape.
 pub async fn get_alerts(State(state): State<AlertsApiState>) -> Response {
     match alerting(&state) {
-        Ok(a) => Json(json!({ "alerts": a.alerts() })).into_response(),
+        Ok(a) => Json(json!({ "status": "success", "data": { "alerts": a.api_alerts() } }))
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `GET /api/v1/rules`, in Prometheus's response shape (the Prometheus rule groups).
+pub async fn get_rules(State(state): State<AlertsApiState>) -> Response {
+    match alerting(&state) {
+        Ok(a) => Json(json!({ "status": "success", "data": a.api_rules() })).into_response(),
         Err(r) => r,
     }
 }

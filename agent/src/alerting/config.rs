@@ -31,6 +31,10 @@ pub struct RawAlerts {
     max_series: usize,
     links: RawLinks,
     rules: Vec<RawRule>,
+    /// Prometheus rule files (paths or globs, relative to the config file).
+    rule_files: Vec<String>,
+    /// Prometheus rule groups written inline, in the rule-file format.
+    groups: Vec<serde_yaml_ng::Value>,
 }
 
 impl Default for RawAlerts {
@@ -48,6 +52,8 @@ impl Default for RawAlerts {
             max_series: 2000,
             links: RawLinks::default(),
             rules: Vec::new(),
+            rule_files: Vec::new(),
+            groups: Vec::new(),
         }
     }
 }
@@ -272,6 +278,10 @@ pub struct AlertingConfig {
     pub silences: Vec<Silence>,
     /// Cap of series kept for rate windows.
     pub max_series: usize,
+    /// Prometheus rule groups: those of `rule_files` in file order, then the inline `groups`.
+    pub rule_groups: std::sync::Arc<Vec<sidelight_rules::Group>>,
+    /// The rule files read (globs expanded).
+    pub rule_files: Vec<PathBuf>,
     /// Receivers by name.
     pub notifiers: BTreeMap<String, NotifierConfig>,
     /// The Slack signing secret, when ChatOps is configured.
@@ -464,6 +474,9 @@ pub fn validate(
         }
     }
 
+    let rule_files = expand_rule_files(&raw.rule_files, base, &mut e);
+    let rule_groups = load_rule_groups(&rule_files, &raw.groups, &mut e);
+
     let mut rules = Vec::new();
     let mut names = std::collections::HashSet::new();
     for (i, r) in raw.rules.into_iter().enumerate() {
@@ -488,9 +501,118 @@ pub fn validate(
         },
         silences,
         max_series: raw.max_series,
+        rule_groups: std::sync::Arc::new(rule_groups),
+        rule_files,
         notifiers,
         signing_secret,
     })
+}
+
+/// Expands `alerts.rule_files`: a path, or a glob in its last component, relative to `base`
+/// (the config file's directory). A path without wildcards must exist; a glob may match nothing
+/// (as in Prometheus).
+fn expand_rule_files(patterns: &[String], base: &Path, e: &mut Errs<'_>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for (i, pattern) in patterns.iter().enumerate() {
+        let at = format!("alerts.rule_files[{i}]");
+        let full = base.join(pattern);
+        let name = full
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = full.parent().map(Path::to_path_buf).unwrap_or_default();
+        let wild = |s: &str| s.contains(['*', '?', '[', '{']);
+        if wild(&dir.to_string_lossy()) {
+            e.push(at, "wildcards are allowed in the file name only");
+            continue;
+        }
+        if !wild(&name) {
+            if full.is_file() {
+                out.push(full);
+            } else {
+                e.push(at, format!("{}: no such file", full.display()));
+            }
+            continue;
+        }
+        let matcher = match globset::Glob::new(&name) {
+            Ok(g) => g.compile_matcher(),
+            Err(err) => {
+                e.push(at, format!("bad glob {pattern:?}: {err}"));
+                continue;
+            }
+        };
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(r) => r,
+            // As Prometheus's glob: a directory that does not exist matches nothing.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                e.push(at, format!("{}: {err}", dir.display()));
+                continue;
+            }
+        };
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|d| matcher.is_match(d.file_name()))
+            .map(|d| d.path())
+            .filter(|p| p.is_file())
+            .collect();
+        found.sort();
+        out.extend(found);
+    }
+    out
+}
+
+/// Loads the rule files and the inline groups, every problem reported with its place.
+fn load_rule_groups(
+    files: &[PathBuf],
+    inline: &[serde_yaml_ng::Value],
+    e: &mut Errs<'_>,
+) -> Vec<sidelight_rules::Group> {
+    let mut groups = Vec::new();
+    for f in files {
+        match sidelight_rules::file::load_file(f) {
+            Ok(rf) => groups.extend(rf.groups),
+            Err(errs) => {
+                for err in errs {
+                    e.push(
+                        format!("alerts.rule_files: {}", err.file),
+                        format!("{}: {}", err.path, err.message),
+                    );
+                }
+            }
+        }
+    }
+    if !inline.is_empty() {
+        let doc = serde_yaml_ng::to_string(&serde_yaml_ng::Value::Mapping(
+            [(
+                serde_yaml_ng::Value::String("groups".into()),
+                serde_yaml_ng::Value::Sequence(inline.to_vec()),
+            )]
+            .into_iter()
+            .collect(),
+        ));
+        match doc {
+            Ok(text) => match sidelight_rules::file::parse("alerts.groups", &text) {
+                Ok(rf) => groups.extend(rf.groups),
+                Err(errs) => {
+                    for x in errs {
+                        e.push(format!("alerts.{}", x.path), x.message);
+                    }
+                }
+            },
+            Err(err) => e.push("alerts.groups", err.to_string()),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for g in &groups {
+        if !seen.insert((g.file.clone(), g.name.clone())) {
+            e.push(
+                "alerts.groups",
+                format!("group {:?} is defined twice in {}", g.name, g.file),
+            );
+        }
+    }
+    groups
 }
 
 fn validate_rule(at: &str, r: RawRule, links: &RawLinks, e: &mut Errs<'_>) -> Option<Rule> {
@@ -999,6 +1121,62 @@ notifiers:
             "notifiers.hook2.max_card_bytes",
         ] {
             assert!(paths.contains(&want), "missing {want} in {paths:?}\n{e}");
+        }
+    }
+
+    #[test]
+    fn prometheus_rule_files_and_inline_groups() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::create_dir(dir.path().join("rules")).expect("mkdir");
+        for (name, text) in [
+            (
+                "rules/a.yaml",
+                "groups:\n- name: a\n  rules:\n  - record: x:rate5m\n    expr: sum(rate(x_total[5m]))\n",
+            ),
+            (
+                "rules/b.yaml",
+                "groups:\n- name: b\n  interval: 1m\n  rules:\n  - alert: High\n    expr: x:rate5m > 1\n    for: 2m\n",
+            ),
+            ("rules/notes.txt", "not rules"),
+        ] {
+            std::fs::write(dir.path().join(name), text).expect("write");
+        }
+        let c = load_str(
+            "alerts:\n  rule_files: [\"rules/*.yaml\"]\n  groups:\n    - name: inline\n      rules:\n        - alert: Down\n          expr: up == 0\n",
+            "t",
+            dir.path(),
+            &env(),
+        )
+        .expect("valid");
+        let a = c.alerting.expect("alerting");
+        let names: Vec<&str> = a.rule_groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "inline"]);
+        assert_eq!(a.rule_files.len(), 2, "{:?}", a.rule_files);
+        assert_eq!(a.rule_groups[1].interval_ms, Some(60_000));
+
+        // Every problem with its place: a missing file, bad PromQL in a file, an unsupported
+        // construct inline.
+        std::fs::write(
+            dir.path().join("rules/bad.yaml"),
+            "groups:\n- name: bad\n  rules:\n  - alert: Bad\n    expr: rate(x[5m]\n",
+        )
+        .expect("write");
+        let e = load_str(
+            "alerts:\n  rule_files: [\"rules/*.yaml\", missing.yaml]\n  groups:\n    - name: inline\n      rules:\n        - record: r\n          expr: rate(x[5m:1m])\n",
+            "t",
+            dir.path(),
+            &env(),
+        )
+        .expect_err("invalid");
+        let text = e.to_string();
+        for want in [
+            "alerts.rule_files[1]",
+            "bad.yaml",
+            "groups[0].rules[0].expr",
+            "alerts.groups[0].rules[0].expr",
+            "a subquery is not supported",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
         }
     }
 }

@@ -576,7 +576,8 @@ pub fn render(
     out
 }
 
-fn fingerprint(labels: &BTreeMap<String, String>) -> String {
+/// The identity of an alert: its labels, escaped and joined.
+pub(crate) fn fingerprint(labels: &BTreeMap<String, String>) -> String {
     let mut s = String::new();
     for (k, v) in labels {
         if !s.is_empty() {

@@ -18,6 +18,7 @@ pub mod history;
 pub mod notify;
 #[cfg(test)]
 mod peers_tests;
+pub mod prom;
 pub mod render;
 pub mod rules;
 pub mod socket;
@@ -122,6 +123,10 @@ struct Core {
     /// What the store holds of each alert, and when it was written (see [`must_save`]).
     saved: HashMap<String, (Alert, Millis)>,
     plan: Option<eval::Plan>,
+    /// The Prometheus rule groups (`alerts.rule_files`, `alerts.groups`) and their history.
+    prom: prom::PromRules,
+    /// Fingerprints of `prom`'s alerts the store holds.
+    prom_saved: std::collections::HashSet<String>,
     ctx: Context,
     deploys_at: Millis,
     deploys_gen: u64,
@@ -136,6 +141,9 @@ struct EvalMetrics {
     firing: Gauge,
     series: Gauge,
     refused: Gauge,
+    rule_series: Gauge,
+    rule_rejected: Counter,
+    rule_failures: Counter,
 }
 
 /// The running alerting edge.
@@ -151,6 +159,10 @@ pub struct Alerting {
     deploys: Arc<RwLock<HashMap<String, DeployInfo>>>,
     delivery: DeliveryMetrics,
     metrics: EvalMetrics,
+    /// The recording rules' series, served on `/metrics`.
+    recorded: prom::RecordedCollector,
+    /// Exception first-seen times and last deployments, served on `/metrics`.
+    feedback: prom::FeedbackCollector,
 }
 
 impl std::fmt::Debug for Alerting {
@@ -223,6 +235,13 @@ impl Alerting {
             .map(|h| h.config().alertmanager_severities)
             .unwrap_or_default();
         let history = History::new(cfg.max_series, cfg.lookback());
+        let recorded = prom::RecordedCollector::default();
+        let mut prom_rules = prom::PromRules::new(cfg.max_series, recorded.clone());
+        prom_rules.set_groups(cfg.rule_groups.clone());
+        // Alerts of the Prometheus rules carry on where they were; the rest are the old rules'.
+        let persisted_alerts =
+            prom_rules.restore(persisted.alerts, now, rules::ms(cfg.evaluation_interval));
+        let prom_saved = prom_rules.alerts.keys().cloned().collect();
         let ctx = Context {
             first_seen: persisted
                 .exceptions
@@ -231,18 +250,20 @@ impl Alerting {
                 .collect(),
             ..Context::default()
         };
+        let first_seen: prom::FirstSeen = ctx.first_seen.clone();
+        let deploys = Arc::new(RwLock::new(HashMap::new()));
         let last_deploy_notice = store
             .meta("deploy_notice_at")
             .ok()
             .flatten()
             .and_then(|v| v.parse().ok());
-        let alerts: BTreeMap<String, Alert> = persisted
-            .alerts
+        let alerts: BTreeMap<String, Alert> = persisted_alerts
             .into_iter()
             .map(|a| (a.fingerprint.clone(), a))
             .collect();
         let saved = alerts
             .iter()
+            .chain(prom_rules.alerts.iter())
             .map(|(fp, a)| (fp.clone(), (a.clone(), now)))
             .collect();
         Ok(Arc::new(Self {
@@ -256,6 +277,8 @@ impl Alerting {
                 readers: rules::Readers::default(),
                 keep_firing: HashMap::new(),
                 plan: None,
+                prom: prom_rules,
+                prom_saved,
                 ctx,
                 deploys_at: Millis::MIN,
                 deploys_gen: 0,
@@ -268,9 +291,14 @@ impl Alerting {
             registry: OnceLock::new(),
             queues,
             senders: Mutex::new(senders),
-            deploys: Arc::new(RwLock::new(HashMap::new())),
+            deploys: deploys.clone(),
             delivery,
             metrics: EvalMetrics::default(),
+            recorded,
+            feedback: prom::FeedbackCollector {
+                first_seen: Arc::new(RwLock::new(first_seen)),
+                deploys,
+            },
         }))
     }
 
@@ -303,6 +331,23 @@ impl Alerting {
             "Series not kept because alerts.max_series was reached (cumulative)",
             m.refused.clone(),
         );
+        r.register(
+            "sidelight_rule_history_series",
+            "Series kept for the Prometheus rule groups (alerts.rule_files, alerts.groups)",
+            m.rule_series.clone(),
+        );
+        r.register(
+            "sidelight_rule_history_rejected_samples",
+            "Samples of series not kept because alerts.max_series was reached",
+            m.rule_rejected.clone(),
+        );
+        r.register(
+            "sidelight_rule_evaluation_failures",
+            "Rule evaluations that failed (the rule's error is on /api/v1/rules)",
+            m.rule_failures.clone(),
+        );
+        r.register_collector(Box::new(self.recorded.clone()));
+        r.register_collector(Box::new(self.feedback.clone()));
     }
 
     /// Hands over the registry the rules read (the one `/metrics` serves).
@@ -423,18 +468,32 @@ impl Alerting {
         let deployments = self.refresh_deploys(now).await;
         self.deploy_notices(&cfg, deployments.as_deref(), now).await;
         let (outcome, changed, transitions, notifications, removed_groups, newly) = {
-            // What a scrape would store, read from the registry as a structured snapshot.
-            let samples = match self.registry.get().map(|r| model::snapshot(r.as_ref())) {
-                Some(Ok(snapshot)) => expo::samples(&snapshot),
+            // What a scrape would store, read from the registry as a structured snapshot, once:
+            // the built-in rules read its samples, the rule groups evaluate it, and the
+            // exception types it counts get their first-seen time.
+            let snapshot = match self.registry.get().map(|r| model::snapshot(r.as_ref())) {
+                Some(Ok(snapshot)) => Some(snapshot),
                 Some(Err(e)) => {
                     self.metrics.failures.inc();
                     tracing::error!(error = %e, "alert evaluation cannot read the metrics");
-                    Vec::new()
+                    None
                 }
-                None => Vec::new(),
+                None => None,
             };
+            let samples = snapshot.as_ref().map(expo::samples).unwrap_or_default();
             let mut core = self.core.lock();
             let core = &mut *core;
+            if let Some(snap) = &snapshot {
+                let newly = prom::note_exceptions(snap, now, &mut core.ctx.first_seen);
+                if !newly.is_empty() {
+                    let mut shown = self.feedback.first_seen.write();
+                    for (s, e, t) in &newly {
+                        shown.insert((s.clone(), e.clone()), *t);
+                    }
+                    drop(shown);
+                    core.ctx.newly_seen.extend(newly);
+                }
+            }
             if !core
                 .planned_for
                 .as_ref()
@@ -461,7 +520,7 @@ impl Alerting {
                 Some(p) if p.is_current(&core.history, &cfg.rules) => p,
                 _ => eval::Plan::new(&cfg.rules, &core.history),
             };
-            let outcome = eval::evaluate_with(
+            let mut outcome = eval::evaluate_with(
                 now,
                 &cfg.rules,
                 &plan,
@@ -471,7 +530,7 @@ impl Alerting {
             );
             core.plan = Some(plan);
             let newly = std::mem::take(&mut core.ctx.newly_seen);
-            let changed: Vec<Alert> = outcome
+            let mut changed: Vec<Alert> = outcome
                 .changed
                 .iter()
                 .filter_map(|fp| core.alerts.get(fp))
@@ -481,7 +540,7 @@ impl Alerting {
                 })
                 .cloned()
                 .collect();
-            let transitions: Vec<(Transition, Alert)> = outcome
+            let mut transitions: Vec<(Transition, Alert)> = outcome
                 .transitions
                 .iter()
                 .filter_map(|t| {
@@ -491,19 +550,75 @@ impl Alerting {
                     core.alerts.get(fp).map(|a| (t.clone(), a.clone()))
                 })
                 .collect();
+            core.prom.set_groups(cfg.rule_groups.clone());
+            let before = core.prom.stats().rejected_samples;
+            let prom_out = core.prom.cycle(
+                now,
+                snapshot.as_ref(),
+                rules::ms(cfg.evaluation_interval),
+                &sidelight_rules::Labels::new(),
+            );
+            let stats = core.prom.stats();
+            self.metrics
+                .rule_rejected
+                .inc_by(stats.rejected_samples.saturating_sub(before));
+            self.metrics
+                .rule_series
+                .set(i64::try_from(stats.series).unwrap_or(i64::MAX));
+            if let Some(series) = core.prom.take_cap_report() {
+                tracing::warn!(
+                    series = %sidelight_rules::format_labels(&series),
+                    max_series = cfg.max_series,
+                    "alerts.max_series reached: series beyond it are not kept for the rules \
+                     (counted in sidelight_rule_history_rejected_samples_total; logged once)"
+                );
+            }
+            self.metrics.rule_failures.inc_by(prom_out.failed as u64);
+            for (group, rule, error) in &prom_out.errors {
+                tracing::warn!(group = %group, rule = %rule, error = %error, "rule evaluation failed");
+            }
+            // The Prometheus rules' alerts are kept in the store like the others.
+            changed.extend(
+                core.prom
+                    .alerts
+                    .values()
+                    .filter(|a| must_save(core.saved.get(&a.fingerprint), a, 0, now))
+                    .cloned(),
+            );
+            outcome.removed.extend(
+                core.prom_saved
+                    .iter()
+                    .filter(|fp| !core.prom.alerts.contains_key(*fp))
+                    .cloned(),
+            );
+            transitions.extend(prom_out.transitions.iter().filter_map(|t| {
+                let fp = match t {
+                    Transition::Fired(f) | Transition::Resolved(f) => f,
+                };
+                core.prom.alerts.get(fp).map(|a| (t.clone(), a.clone()))
+            }));
+            let merged;
+            let all_alerts = if core.prom.alerts.is_empty() {
+                &core.alerts
+            } else {
+                let mut m = core.alerts.clone();
+                m.extend(core.prom.alerts.iter().map(|(k, v)| (k.clone(), v.clone())));
+                merged = m;
+                &merged
+            };
             core.silences.retain(|s| s.ends_at > now);
             let mut silences = cfg.silences.clone();
             silences.extend(core.silences.iter().cloned());
             let mut removed_groups = Vec::new();
             let notifications = core.dispatcher.tick(
                 now,
-                &core.alerts,
+                all_alerts,
                 &cfg.routing,
                 &silences,
                 &mut removed_groups,
             );
             self.metrics.firing.set(
-                core.alerts
+                all_alerts
                     .values()
                     .filter(|a| a.state == State::Firing)
                     .count() as i64,
@@ -542,8 +657,12 @@ impl Alerting {
                     let mut core = self.core.lock();
                     for fp in &removed {
                         core.saved.remove(fp);
+                        core.prom_saved.remove(fp);
                     }
                     for a in changed {
+                        if core.prom.alerts.contains_key(&a.fingerprint) {
+                            core.prom_saved.insert(a.fingerprint.clone());
+                        }
                         core.saved.insert(a.fingerprint.clone(), (a, now));
                     }
                 }
@@ -769,9 +888,56 @@ impl Alerting {
 
     /// Every alert (firing first).
     pub fn alerts(&self) -> Vec<Alert> {
-        let mut v: Vec<Alert> = self.core.lock().alerts.values().cloned().collect();
+        let core = self.core.lock();
+        let mut v: Vec<Alert> = core
+            .alerts
+            .values()
+            .chain(core.prom.alerts.values())
+            .cloned()
+            .collect();
+        drop(core);
         v.sort_by_key(|a| (a.state != State::Firing, a.fingerprint.clone()));
         v
+    }
+
+    /// Pending and firing alerts in Prometheus's `GET /api/v1/alerts` form: the rule groups'
+    /// with their annotations, then the built-in rules' (summary, runbook and dashboard as
+    /// annotations).
+    pub fn api_alerts(&self) -> Vec<serde_json::Value> {
+        let core = self.core.lock();
+        let mut out = core.prom.api_alerts();
+        for a in core.alerts.values() {
+            let state = match a.state {
+                State::Pending => "pending",
+                State::Firing => "firing",
+                State::Resolved => continue,
+            };
+            let mut annotations = BTreeMap::new();
+            annotations.insert("summary".to_owned(), a.summary.clone());
+            if let Some(r) = &a.runbook {
+                annotations.insert("runbook_url".to_owned(), r.clone());
+            }
+            if let Some(d) = &a.dashboard {
+                annotations.insert("dashboard_url".to_owned(), d.clone());
+            }
+            out.push(serde_json::json!({
+                "labels": a.labels,
+                "annotations": annotations,
+                "state": state,
+                "activeAt": humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::from_millis(u64::try_from(a.active_at).unwrap_or(0))
+                )
+                .to_string(),
+                "value": sidelight_rules::gofmt::fmt_lower_e(a.value),
+            }));
+        }
+        out
+    }
+
+    /// The rule groups in Prometheus's `GET /api/v1/rules` form (`data`).
+    pub fn api_rules(&self) -> serde_json::Value {
+        self.core.lock().prom.api_rules()
     }
 
     /// Silences in force or to come (config, API, chat).

@@ -254,7 +254,15 @@ impl Config {
                 .as_ref()
                 .map_or("off".to_owned(), |r| format!("to {}", r.url)),
             if self.dora.enabled { "on" } else { "off" },
-            if self.alerting.is_some() { "on" } else { "off" },
+            match &self.alerting {
+                None => "off".to_owned(),
+                Some(a) if a.rule_groups.is_empty() => "on".to_owned(),
+                Some(a) => format!(
+                    "on ({} rule groups, {} rules)",
+                    a.rule_groups.len(),
+                    a.rule_groups.iter().map(|g| g.rules.len()).sum::<usize>()
+                ),
+            },
         )
     }
 }

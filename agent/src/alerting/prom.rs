@@ -1,0 +1,776 @@
+//! Prometheus rule groups (`alerts.rule_files`, `alerts.groups`) evaluated in the agent over its
+//! own series: each cycle the structured metrics snapshot of the registry (never exposition
+//! text) is appended to a bounded [`History`], every group whose interval has elapsed is
+//! evaluated in order with [`sidelight_rules::evaluate_group`], recorded series go back into the
+//! history and out on `/metrics` ([`RecordedCollector`]), and the rules' pending and firing
+//! alerts are handed to the notification pipeline in its [`Alert`] form, with the transitions
+//! (fired, resolved) it acts on.
+//!
+//! Pure apart from the snapshot it is given: `now` is a parameter.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+use sidelight_collector::model::Snapshot;
+use sidelight_rules::group::{AlertState, EvalContext, GroupState, evaluate_group};
+use sidelight_rules::storage::{METRIC_NAME, is_stale};
+use sidelight_rules::{Group, History, HistoryConfig, HistoryStats, Labels, Rule};
+
+use super::eval::{Alert, State, Transition, fingerprint};
+use super::rules::Millis;
+
+/// How long a resolved alert is kept for the notifier's resolved message.
+const RESOLVED_RETENTION: Millis = 15 * 60 * 1000;
+
+/// The last evaluation of one group, for `/api/v1/rules`.
+#[derive(Debug, Clone, Default)]
+pub struct GroupStatus {
+    /// When it was last evaluated (ms), `None` before the first evaluation.
+    pub last_evaluation: Option<Millis>,
+    /// How long that took (seconds).
+    pub evaluation_seconds: f64,
+    /// Per rule: its last error.
+    pub errors: Vec<Option<String>>,
+}
+
+/// Recorded series by record name: their labels (name included) and last value.
+pub type Recorded = BTreeMap<String, Vec<(Labels, f64)>>;
+
+/// The recorded series of the last evaluation of every group, served on `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct RecordedCollector(pub Arc<RwLock<Recorded>>);
+
+impl Collector for RecordedCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let recorded = self.0.read();
+        for (name, series) in recorded.iter() {
+            if series.is_empty() {
+                continue;
+            }
+            let mut metric = encoder.encode_descriptor(
+                name,
+                "Recorded by a Prometheus recording rule",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (labels, v) in series {
+                let pairs: Vec<(&str, &str)> = labels
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != METRIC_NAME)
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                ConstGauge::new(*v).encode(metric.encode_family(&pairs)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// RFC 3339 with milliseconds, UTC.
+fn rfc3339(ms: Millis) -> String {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// An alert as Prometheus's HTTP API shows it.
+fn api_alert(a: &sidelight_rules::Alert) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "labels": a.labels,
+        "annotations": a.annotations,
+        "state": a.state.as_str(),
+        "activeAt": rfc3339(a.active_at),
+        "value": sidelight_rules::gofmt::fmt_lower_e(a.value),
+    });
+    if let Some(t) = a.keep_firing_since {
+        v["keepFiringSince"] = rfc3339(t).into();
+    }
+    v
+}
+
+impl PromRules {
+    /// `GET /api/v1/rules`'s `data`, as Prometheus answers it.
+    pub fn api_rules(&self) -> serde_json::Value {
+        let mut groups = Vec::new();
+        for ((g, status), st) in self.groups.iter().zip(&self.status).zip(&self.states) {
+            let last = status
+                .last_evaluation
+                .map_or_else(|| "0001-01-01T00:00:00Z".to_owned(), rfc3339);
+            let mut rules = Vec::new();
+            for (i, r) in g.rules.iter().enumerate() {
+                let error = status.errors.get(i).cloned().flatten();
+                let health = match (&status.last_evaluation, &error) {
+                    (None, _) => "unknown",
+                    (Some(_), Some(_)) => "err",
+                    (Some(_), None) => "ok",
+                };
+                let mut v = match r {
+                    Rule::Recording(rec) => serde_json::json!({
+                        "type": "recording",
+                        "name": rec.record,
+                        "query": rec.expr.text().trim(),
+                        "labels": rec.labels,
+                    }),
+                    Rule::Alerting(al) => {
+                        let alerts: Vec<serde_json::Value> = st
+                            .alerts(i)
+                            .into_iter()
+                            .filter(|a| a.state != AlertState::Inactive)
+                            .map(api_alert)
+                            .collect();
+                        let state = st
+                            .alerts(i)
+                            .iter()
+                            .map(|a| a.state)
+                            .max()
+                            .unwrap_or(AlertState::Inactive);
+                        serde_json::json!({
+                            "type": "alerting",
+                            "name": al.alert,
+                            "query": al.expr.text().trim(),
+                            "duration": al.for_ms as f64 / 1000.0,
+                            "keepFiringFor": al.keep_firing_for_ms as f64 / 1000.0,
+                            "labels": al.labels,
+                            "annotations": al.annotations,
+                            "alerts": alerts,
+                            "state": state.as_str(),
+                        })
+                    }
+                };
+                v["health"] = health.into();
+                v["lastError"] = error.unwrap_or_default().into();
+                v["lastEvaluation"] = last.clone().into();
+                v["evaluationTime"] = 0.0.into();
+                rules.push(v);
+            }
+            groups.push(serde_json::json!({
+                "name": g.name,
+                "file": g.file,
+                "interval": g.interval_ms.unwrap_or(self.default_interval) as f64 / 1000.0,
+                "limit": g.limit,
+                "rules": rules,
+                "evaluationTime": status.evaluation_seconds,
+                "lastEvaluation": last,
+            }));
+        }
+        serde_json::json!({ "groups": groups })
+    }
+
+    /// The pending and firing alerts as Prometheus's `GET /api/v1/alerts` lists them.
+    pub fn api_alerts(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for (g, st) in self.groups.iter().zip(&self.states) {
+            for (i, r) in g.rules.iter().enumerate() {
+                if matches!(r, Rule::Alerting(_)) {
+                    out.extend(
+                        st.alerts(i)
+                            .into_iter()
+                            .filter(|a| a.state != AlertState::Inactive)
+                            .map(api_alert),
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+/// When each log exception type was first seen, as a map the edge keeps (and persists).
+pub type FirstSeen = BTreeMap<(String, String), Millis>;
+
+/// The series that make "a new exception type since the last deploy" a standard rule:
+/// `sidelight_log_exception_first_seen_timestamp_seconds{source, exception}` (when the agent
+/// first counted that exception type in `sidelight_log_exceptions_total`, kept across restarts)
+/// and `dora_last_successful_deployment_timestamp_seconds{service}` (the newest successful
+/// deployment per service, on a hub).
+#[derive(Debug, Clone, Default)]
+pub struct FeedbackCollector {
+    pub first_seen: Arc<RwLock<FirstSeen>>,
+    pub deploys: Arc<RwLock<HashMap<String, super::eval::DeployInfo>>>,
+}
+
+impl Collector for FeedbackCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let first_seen = self.first_seen.read();
+        if !first_seen.is_empty() {
+            let mut metric = encoder.encode_descriptor(
+                "sidelight_log_exception_first_seen_timestamp_seconds",
+                "When the agent first counted this exception type (Unix seconds)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for ((source, exception), t) in first_seen.iter() {
+                let labels = [
+                    ("source", source.as_str()),
+                    ("exception", exception.as_str()),
+                ];
+                ConstGauge::new(*t as f64 / 1000.0).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        let deploys = self.deploys.read();
+        if !deploys.is_empty() {
+            let mut metric = encoder.encode_descriptor(
+                "dora_last_successful_deployment_timestamp_seconds",
+                "When the newest successful deployment of the service finished (Unix seconds)",
+                None,
+                MetricType::Gauge,
+            )?;
+            let mut sorted: Vec<_> = deploys.iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(b.0));
+            for (service, d) in sorted {
+                let labels = [("service", service.as_str())];
+                ConstGauge::new(d.at as f64 / 1000.0).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The exception types of `sidelight_log_exceptions_total` in `snapshot` not in `first_seen`:
+/// recorded as first seen at `now`, and returned (to persist).
+pub fn note_exceptions(
+    snapshot: &Snapshot,
+    now: Millis,
+    first_seen: &mut FirstSeen,
+) -> Vec<(String, String, Millis)> {
+    let mut newly = Vec::new();
+    for s in snapshot.samples() {
+        if s.name != "sidelight_log_exceptions_total" {
+            continue;
+        }
+        let get = |k: &str| {
+            s.labels
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let key = (get("source"), get("exception"));
+        if key.1.is_empty() || first_seen.contains_key(&key) {
+            continue;
+        }
+        newly.push((key.0.clone(), key.1.clone(), now));
+        first_seen.insert(key, now);
+    }
+    newly
+}
+
+/// What one cycle changed in the alerts.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub transitions: Vec<Transition>,
+    /// Rules whose error is new this cycle (to log once per change): (group, rule, error).
+    pub errors: Vec<(String, String, String)>,
+    /// Rule evaluations that failed this cycle.
+    pub failed: usize,
+}
+
+/// The Prometheus-rules evaluator's state.
+#[derive(Debug)]
+pub struct PromRules {
+    groups: Arc<Vec<Group>>,
+    history: History,
+    states: Vec<GroupState>,
+    status: Vec<GroupStatus>,
+    /// Alerts in the notification pipeline's form, by fingerprint.
+    pub alerts: BTreeMap<String, Alert>,
+    recorded: RecordedCollector,
+    recorded_names: HashSet<String>,
+    /// `alerts.evaluation_interval` at the last cycle (ms), for groups without an interval.
+    default_interval: Millis,
+}
+
+impl PromRules {
+    pub fn new(max_series: usize, recorded: RecordedCollector) -> Self {
+        PromRules {
+            groups: Arc::new(Vec::new()),
+            history: History::new(HistoryConfig {
+                max_series,
+                ..HistoryConfig::default()
+            }),
+            states: Vec::new(),
+            status: Vec::new(),
+            alerts: BTreeMap::new(),
+            recorded,
+            recorded_names: HashSet::new(),
+            default_interval: 15_000,
+        }
+    }
+
+    /// The groups evaluated, with their last status.
+    pub fn groups(&self) -> (&[Group], &[GroupStatus], &[GroupState]) {
+        (&self.groups, &self.status, &self.states)
+    }
+
+    pub fn stats(&self) -> HistoryStats {
+        self.history.stats()
+    }
+
+    /// The first series refused by the cap, once.
+    pub fn take_cap_report(&mut self) -> Option<Labels> {
+        self.history.take_cap_report()
+    }
+
+    /// Puts back the alerts of these rules kept across a restart (call after [`Self::set_groups`]);
+    /// returns those no loaded alerting rule names. A restored alert is not resolved for lack of
+    /// data during a grace period after `now`: its rule's longest window (at most 5 minutes)
+    /// plus two evaluation intervals, the time the restarted history needs to answer again.
+    pub fn restore(
+        &mut self,
+        alerts: Vec<Alert>,
+        now: Millis,
+        default_interval: Millis,
+    ) -> Vec<Alert> {
+        let mut rest = Vec::new();
+        for a in alerts {
+            let place = self.groups.iter().enumerate().find_map(|(gi, g)| {
+                g.rules
+                    .iter()
+                    .position(|r| matches!(r, Rule::Alerting(al) if al.alert == a.name()))
+                    .map(|ri| (gi, ri))
+            });
+            let Some((gi, ri)) = place else {
+                rest.push(a);
+                continue;
+            };
+            let mut annotations = BTreeMap::new();
+            annotations.insert("summary".to_owned(), a.summary.clone());
+            if let Some(r) = &a.runbook {
+                annotations.insert("runbook_url".to_owned(), r.clone());
+            }
+            let g = &self.groups[gi];
+            let window = g.rules[ri]
+                .query()
+                .selectors()
+                .iter()
+                .map(|(_, w)| *w)
+                .max()
+                .unwrap_or(0)
+                .min(5 * 60 * 1000);
+            let hold_until = now + window + 2 * g.interval_ms.unwrap_or(default_interval);
+            self.states[gi].restore(
+                ri,
+                sidelight_rules::Alert {
+                    labels: a.labels.clone(),
+                    annotations,
+                    state: match a.state {
+                        State::Pending => AlertState::Pending,
+                        State::Firing => AlertState::Firing,
+                        State::Resolved => AlertState::Inactive,
+                    },
+                    active_at: a.active_at,
+                    fired_at: a.fired_at,
+                    resolved_at: a.resolved_at,
+                    keep_firing_since: None,
+                    value: a.value,
+                },
+                hold_until,
+            );
+            self.alerts.insert(a.fingerprint.clone(), a);
+        }
+        rest
+    }
+
+    /// Takes new groups (a reload). A group with the same file, name and rules as before keeps
+    /// its alert state, as Prometheus keeps it across a reload.
+    pub fn set_groups(&mut self, groups: Arc<Vec<Group>>) {
+        if Arc::ptr_eq(&groups, &self.groups) {
+            return;
+        }
+        let same = |a: &Group, b: &Group| {
+            a.file == b.file
+                && a.name == b.name
+                && a.rules.len() == b.rules.len()
+                && a.rules
+                    .iter()
+                    .zip(&b.rules)
+                    .all(|(x, y)| x.name() == y.name() && x.query().text() == y.query().text())
+        };
+        let mut states = Vec::with_capacity(groups.len());
+        let mut status = Vec::with_capacity(groups.len());
+        for g in groups.iter() {
+            match self.groups.iter().position(|old| same(old, g)) {
+                Some(i) => {
+                    states.push(self.states[i].clone());
+                    status.push(self.status[i].clone());
+                }
+                None => {
+                    states.push(GroupState::new());
+                    status.push(GroupStatus::default());
+                }
+            }
+        }
+        self.history.set_rules(&groups);
+        self.recorded_names = groups
+            .iter()
+            .flat_map(|g| g.rules.iter())
+            .filter_map(|r| match r {
+                Rule::Recording(r) => Some(r.record.clone()),
+                Rule::Alerting(_) => None,
+            })
+            .collect();
+        self.recorded
+            .0
+            .write()
+            .retain(|name, _| self.recorded_names.contains(name));
+        self.states = states;
+        self.status = status;
+        self.groups = groups;
+    }
+
+    /// One cycle at `now`: ingest the snapshot, evaluate the groups that are due (a group's
+    /// `interval`, else `default_interval`), update the alerts.
+    pub fn cycle(
+        &mut self,
+        now: Millis,
+        snapshot: Option<&Snapshot>,
+        default_interval: Millis,
+        external_labels: &Labels,
+    ) -> Outcome {
+        self.default_interval = default_interval;
+        if let Some(snap) = snapshot {
+            for s in snap.samples() {
+                // Recorded series come back on /metrics; they are stored when recorded only.
+                if self.recorded_names.contains(s.name.as_ref()) {
+                    continue;
+                }
+                let mut labels: Labels = s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                labels.insert(METRIC_NAME.to_owned(), s.name.into_owned());
+                self.history.append(&labels, now, s.value);
+            }
+        }
+        let ctx = EvalContext {
+            external_labels,
+            external_url: "",
+        };
+        let mut out = Outcome::default();
+        let groups = self.groups.clone();
+        for (i, g) in groups.iter().enumerate() {
+            let interval = g.interval_ms.unwrap_or(default_interval).max(1);
+            if self.status[i]
+                .last_evaluation
+                .is_some_and(|last| now - last < interval)
+            {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let result = evaluate_group(g, now, &self.history, &mut self.states[i], &ctx);
+            let mut recorded: HashMap<String, Vec<(Labels, f64)>> = HashMap::new();
+            for (l, v) in result.samples {
+                self.history.append(&l, now, v);
+                if is_stale(v) {
+                    continue;
+                }
+                if let Some(name) = l.get(METRIC_NAME)
+                    && self.recorded_names.contains(name)
+                {
+                    recorded.entry(name.clone()).or_default().push((l, v));
+                }
+            }
+            {
+                let mut served = self.recorded.0.write();
+                for r in &g.rules {
+                    if let Rule::Recording(r) = r {
+                        served.insert(
+                            r.record.clone(),
+                            recorded.remove(&r.record).unwrap_or_default(),
+                        );
+                    }
+                }
+            }
+            let status = &mut self.status[i];
+            status.last_evaluation = Some(now);
+            status.evaluation_seconds = started.elapsed().as_secs_f64();
+            let errors: Vec<Option<String>> = (0..g.rules.len())
+                .map(|r| self.states[i].last_error(r).map(|e| e.to_string()))
+                .collect();
+            out.failed += result.errors.len();
+            for (r, e) in errors.iter().enumerate() {
+                if let Some(e) = e
+                    && status.errors.get(r).and_then(Option::as_ref) != Some(e)
+                {
+                    out.errors
+                        .push((g.name.clone(), g.rules[r].name().to_owned(), e.clone()));
+                }
+            }
+            status.errors = errors;
+        }
+        self.history.prune(now);
+        out.transitions = self.update_alerts(now);
+        out
+    }
+
+    /// Mirrors the rules' alerts into the pipeline's form and says what fired and resolved.
+    fn update_alerts(&mut self, now: Millis) -> Vec<Transition> {
+        let mut current: BTreeMap<String, Alert> = BTreeMap::new();
+        for (g, st) in self.groups.iter().zip(&self.states) {
+            for (ri, r) in g.rules.iter().enumerate() {
+                if !matches!(r, Rule::Alerting(_)) {
+                    continue;
+                }
+                for a in st.alerts(ri) {
+                    let labels: BTreeMap<String, String> = a.labels.clone();
+                    let fp = fingerprint(&labels);
+                    let state = match a.state {
+                        AlertState::Pending => State::Pending,
+                        AlertState::Firing => State::Firing,
+                        AlertState::Inactive => State::Resolved,
+                    };
+                    let ann = |k: &str| a.annotations.get(k).filter(|v| !v.is_empty()).cloned();
+                    current.insert(
+                        fp.clone(),
+                        Alert {
+                            fingerprint: fp,
+                            labels,
+                            summary: ann("summary")
+                                .or_else(|| ann("description"))
+                                .unwrap_or_default(),
+                            runbook: ann("runbook_url"),
+                            dashboard: ann("dashboard_url").or_else(|| ann("dashboard")),
+                            value: a.value,
+                            values: BTreeMap::new(),
+                            state,
+                            active_at: a.active_at,
+                            fired_at: a.fired_at,
+                            resolved_at: a.resolved_at,
+                            last_active: now,
+                        },
+                    );
+                }
+            }
+        }
+        let mut transitions = Vec::new();
+        for (fp, a) in &current {
+            let before = self.alerts.get(fp).map(|b| b.state);
+            match (before, a.state) {
+                (Some(State::Firing), State::Firing) => {}
+                (_, State::Firing) => transitions.push(Transition::Fired(fp.clone())),
+                (Some(State::Firing), State::Resolved) => {
+                    transitions.push(Transition::Resolved(fp.clone()))
+                }
+                _ => {}
+            }
+        }
+        // Alerts the rules no longer report (a rule removed by a reload, or the rules' own
+        // retention over): a firing one resolves now; resolved ones stay for the message.
+        for (fp, a) in std::mem::take(&mut self.alerts) {
+            if current.contains_key(&fp) {
+                continue;
+            }
+            match a.state {
+                State::Firing => {
+                    transitions.push(Transition::Resolved(fp.clone()));
+                    current.insert(
+                        fp,
+                        Alert {
+                            state: State::Resolved,
+                            resolved_at: Some(now),
+                            ..a
+                        },
+                    );
+                }
+                State::Resolved if now - a.resolved_at.unwrap_or(now) < RESOLVED_RETENTION => {
+                    current.insert(fp, a);
+                }
+                _ => {}
+            }
+        }
+        self.alerts = current;
+        transitions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::registry::Registry;
+
+    fn groups(yaml: &str) -> Arc<Vec<Group>> {
+        Arc::new(
+            sidelight_rules::file::parse("test", yaml)
+                .unwrap_or_else(|e| panic!("{e:?}"))
+                .groups,
+        )
+    }
+
+    const RULES: &str = "groups:
+- name: g
+  rules:
+  - record: job:req:rate1m
+    expr: sum by (job) (rate(req_total[1m]))
+  - alert: Busy
+    expr: job:req:rate1m > 1
+    for: 30s
+    labels: { severity: warning }
+    annotations: { summary: '{{ $labels.job }} at {{ $value }}/s' }
+";
+
+    #[test]
+    fn rules_run_over_the_registry_snapshot_record_fire_and_resolve() {
+        let mut reg = Registry::default();
+        let req = Family::<Vec<(String, String)>, Counter>::default();
+        reg.register("req", "requests", req.clone());
+        let c = req.get_or_create(&vec![("job".to_owned(), "api".to_owned())]);
+        let recorded = RecordedCollector::default();
+        let mut p = PromRules::new(100, recorded.clone());
+        p.set_groups(groups(RULES));
+        let ext = Labels::new();
+        let mut fired = 0;
+        let mut resolved = 0;
+        // 3/s for 2 minutes, then flat.
+        for step in 0..=16 {
+            let now = 1_000_000 + step * 15_000;
+            if step <= 8 {
+                c.inc_by(45);
+            }
+            let snap = sidelight_collector::model::snapshot(&reg).expect("snapshot");
+            let out = p.cycle(now, Some(&snap), 15_000, &ext);
+            assert!(out.errors.is_empty(), "{:?}", out.errors);
+            for t in out.transitions {
+                match t {
+                    Transition::Fired(_) => fired += 1,
+                    Transition::Resolved(_) => resolved += 1,
+                }
+            }
+            if step == 6 {
+                let a: Vec<&Alert> = p.alerts.values().collect();
+                assert_eq!(a.len(), 1);
+                assert_eq!(a[0].state, State::Firing);
+                assert_eq!(a[0].summary, "api at 3/s");
+                assert_eq!(a[0].severity(), "warning");
+                let served = recorded.0.read();
+                assert_eq!(served["job:req:rate1m"].len(), 1);
+                assert_eq!(served["job:req:rate1m"][0].1, 3.0);
+            }
+        }
+        assert_eq!((fired, resolved), (1, 1));
+        assert_eq!(
+            p.alerts.values().next().map(|a| a.state),
+            Some(State::Resolved)
+        );
+    }
+
+    #[test]
+    fn exception_types_get_a_first_seen_time_and_deploys_a_timestamp_on_metrics() {
+        let mut reg = Registry::default();
+        let exc = Family::<Vec<(String, String)>, Counter>::default();
+        reg.register("sidelight_log_exceptions", "exceptions", exc.clone());
+        let key = |e: &str| {
+            vec![
+                ("source".to_owned(), "api".to_owned()),
+                ("exception".to_owned(), e.to_owned()),
+            ]
+        };
+        exc.get_or_create(&key("ValueError")).inc();
+        let mut first_seen = FirstSeen::new();
+        let snap = sidelight_collector::model::snapshot(&reg).expect("snapshot");
+        let newly = note_exceptions(&snap, 5_000, &mut first_seen);
+        assert_eq!(
+            newly,
+            vec![("api".to_owned(), "ValueError".to_owned(), 5_000)]
+        );
+        exc.get_or_create(&key("KeyError")).inc();
+        let snap = sidelight_collector::model::snapshot(&reg).expect("snapshot");
+        let newly = note_exceptions(&snap, 9_000, &mut first_seen);
+        assert_eq!(
+            newly,
+            vec![("api".to_owned(), "KeyError".to_owned(), 9_000)]
+        );
+        assert_eq!(
+            first_seen[&("api".to_owned(), "ValueError".to_owned())],
+            5_000
+        );
+
+        let feedback = FeedbackCollector::default();
+        *feedback.first_seen.write() = first_seen;
+        feedback.deploys.write().insert(
+            "api".to_owned(),
+            super::super::eval::DeployInfo {
+                at: 7_000,
+                commit: "abc".into(),
+                version: "1.2".into(),
+            },
+        );
+        let mut served = Registry::default();
+        served.register_collector(Box::new(feedback));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &served).expect("encode");
+        for want in [
+            "sidelight_log_exception_first_seen_timestamp_seconds{source=\"api\",exception=\"KeyError\"} 9.0",
+            "sidelight_log_exception_first_seen_timestamp_seconds{source=\"api\",exception=\"ValueError\"} 5.0",
+            "dora_last_successful_deployment_timestamp_seconds{service=\"api\"} 7.0",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn restored_alerts_carry_on_without_firing_again() {
+        let rules = "groups:\n- name: g\n  rules:\n  - alert: Always\n    expr: vector(1)\n    for: 1m\n  - alert: Gone\n    expr: vector(1) == 2\n";
+        let ext = Labels::new();
+        let mut before = PromRules::new(100, RecordedCollector::default());
+        before.set_groups(groups(rules));
+        before.cycle(0, None, 15_000, &ext);
+        let out = before.cycle(60_000, None, 15_000, &ext);
+        assert_eq!(out.transitions.len(), 1);
+        let mut kept: Vec<Alert> = before.alerts.values().cloned().collect();
+        let mut gone = kept[0].clone();
+        gone.labels.insert("alertname".into(), "Gone".into());
+        gone.fingerprint = fingerprint(&gone.labels);
+        kept.push(gone);
+        let mut other = kept[0].clone();
+        other.labels.insert("alertname".into(), "OldDialect".into());
+        kept.push(other);
+        // A restart: the firing alert carries on (no second "fired"); Gone resolves.
+        let mut after = PromRules::new(100, RecordedCollector::default());
+        after.set_groups(groups(rules));
+        let rest = after.restore(kept, 90_000, 15_000);
+        assert_eq!(rest.len(), 1, "the old dialect's alert is not these rules'");
+        // Gone is held for the grace period (its window: the 5 m lookback, plus 2 intervals).
+        let out = after.cycle(90_000, None, 15_000, &ext);
+        assert!(out.transitions.is_empty(), "{:?}", out.transitions);
+        let out = after.cycle(90_000 + 330_000, None, 15_000, &ext);
+        assert_eq!(out.transitions.len(), 1, "{:?}", out.transitions);
+        assert!(matches!(&out.transitions[0], Transition::Resolved(fp) if fp.contains("Gone")));
+        let always = after
+            .alerts
+            .values()
+            .find(|a| a.name() == "Always")
+            .expect("Always");
+        assert_eq!((always.state, always.active_at), (State::Firing, 0));
+    }
+
+    #[test]
+    fn a_reload_keeps_the_state_of_unchanged_groups() {
+        let recorded = RecordedCollector::default();
+        let mut p = PromRules::new(100, recorded);
+        let g = groups(
+            "groups:\n- name: g\n  rules:\n  - alert: Always\n    expr: vector(1)\n    for: 1m\n",
+        );
+        p.set_groups(g.clone());
+        let ext = Labels::new();
+        p.cycle(0, None, 15_000, &ext);
+        p.set_groups(groups(
+            "groups:\n- name: g\n  rules:\n  - alert: Always\n    expr: vector(1)\n    for: 1m\n",
+        ));
+        let out = p.cycle(60_000, None, 15_000, &ext);
+        assert_eq!(out.transitions.len(), 1, "fires 1m after it became active");
+        p.set_groups(groups(
+            "groups:\n- name: g\n  rules:\n  - alert: Other\n    expr: vector(1)\n",
+        ));
+        let out = p.cycle(75_000, None, 15_000, &ext);
+        // Always resolves (its rule is gone); Other fires at once.
+        assert_eq!(out.transitions.len(), 2, "{:?}", out.transitions);
+    }
+}

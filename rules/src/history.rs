@@ -1,0 +1,740 @@
+//! A bounded sample history for rule evaluation: [`History`] implements [`Storage`] with a
+//! memory bound per series and a cap on the number of series.
+//!
+//! Each series keeps only what the loaded rules can read ([`History::set_rules`]): the longest
+//! window any selector matching it looks back (range plus `offset`, or the 5-minute lookback for
+//! an instant selector). A series no rule selects is not kept at all.
+//!
+//! - **Full resolution** for the last [`HistoryConfig::full_resolution_ms`] (default 1 h) of that
+//!   window: every sample, so short windows (`rate(x[5m])`, the 30 m and 1 h burn-rate windows)
+//!   read exactly what an unbounded store would give ([`MemStorage`](crate::MemStorage)).
+//! - **Downsampled** beyond it, for windows longer than that (the 6 h, 1 d and 3 d burn-rate
+//!   windows, `offset 1d`, DORA's 7 d and 30 d): the last sample of every step-aligned bucket
+//!   (default step 5 m), plus a staleness marker when the bucket ended stale. A selection that
+//!   reaches further back than the full-resolution samples reads only the downsampled ones, so it
+//!   sees the series as Prometheus would see it scraped once per step. The step grows for very
+//!   long windows so that a series never holds more than
+//!   [`HistoryConfig::max_downsampled_points`] downsampled samples.
+//!
+//! Memory per series: 16 bytes a sample, plus its labels. A series read over 3 days, sampled
+//! every 15 s: 241 full-resolution samples (1 h) and 865 downsampled ones (5 m steps), 20.5 KiB
+//! with the queues' capacities and labels; [`History::memory_bytes`] accounts for everything
+//! held (BENCHMARKS.md has the measured figure for 1,000 such series).
+//!
+//! The cap: at most [`HistoryConfig::max_series`] series. Samples of further series are dropped
+//! and counted ([`HistoryStats::rejected_samples`]); [`History::take_cap_report`] hands the first
+//! rejected series to the caller once, to be logged once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::file::Group;
+use crate::storage::{Labels, METRIC_NAME, MatchOp, Matcher, Sample, Series, Storage, is_stale};
+
+/// How much a [`History`] keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryConfig {
+    /// Every sample is kept for this long (ms) when a rule reads the series that far back.
+    pub full_resolution_ms: i64,
+    /// Bucket width (ms) of the downsampled samples kept beyond the full-resolution window.
+    pub downsample_step_ms: i64,
+    /// At most this many downsampled samples per series: a longer window gets a wider step.
+    pub max_downsampled_points: usize,
+    /// At most this many series; samples of more are dropped and counted.
+    pub max_series: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            full_resolution_ms: 60 * 60 * 1000,
+            downsample_step_ms: 5 * 60 * 1000,
+            max_downsampled_points: 1000,
+            max_series: 10_000,
+        }
+    }
+}
+
+/// How far back the rules read the series some matchers select.
+#[derive(Debug, Clone)]
+pub struct Requirement {
+    pub matchers: Vec<Matcher>,
+    /// Milliseconds before the evaluation time.
+    pub window_ms: i64,
+}
+
+impl Requirement {
+    /// Every series, kept for `window_ms` (tests and tools that keep all input).
+    pub fn everything(window_ms: i64) -> Self {
+        Requirement {
+            matchers: Vec::new(),
+            window_ms,
+        }
+    }
+}
+
+/// What the rules in `groups` read: one [`Requirement`] per selector.
+pub fn requirements(groups: &[Group]) -> Vec<Requirement> {
+    groups
+        .iter()
+        .flat_map(|g| g.rules.iter())
+        .flat_map(|r| r.query().selectors())
+        .map(|(matchers, window_ms)| Requirement {
+            matchers,
+            window_ms,
+        })
+        .collect()
+}
+
+/// Counters a caller publishes as self-metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryStats {
+    /// Series held.
+    pub series: usize,
+    /// Samples held (both resolutions).
+    pub samples: usize,
+    /// Samples dropped because the series cap was reached (all time).
+    pub rejected_samples: u64,
+    /// Samples dropped because they were older than the series' newest sample (all time).
+    pub out_of_order_samples: u64,
+}
+
+#[derive(Debug)]
+struct HSeries {
+    labels: Arc<Labels>,
+    /// The longest window (ms) a rule reads this series over.
+    window_ms: i64,
+    /// Downsampling step (ms); 0 when the window is within full resolution.
+    step_ms: i64,
+    /// Every sample newer than `raw_complete_after`.
+    raw: VecDeque<Sample>,
+    /// The newest timestamp dropped from `raw` (`i64::MIN` when none was).
+    raw_complete_after: i64,
+    /// The last non-stale sample of each step bucket, then a staleness marker if the bucket
+    /// ended stale.
+    coarse: VecDeque<Sample>,
+}
+
+impl HSeries {
+    fn newest(&self) -> Option<i64> {
+        self.raw.back().map(|s| s.t)
+    }
+
+    fn raw_keep_ms(&self, full_res: i64) -> i64 {
+        self.window_ms.min(full_res)
+    }
+
+    fn push_coarse(&mut self, s: Sample) {
+        let bucket = |t: i64| t.div_euclid(self.step_ms);
+        let b = bucket(s.t);
+        if is_stale(s.v) {
+            if matches!(self.coarse.back(), Some(l) if bucket(l.t) == b && is_stale(l.v)) {
+                return;
+            }
+            self.coarse.push_back(s);
+            return;
+        }
+        while matches!(self.coarse.back(), Some(l) if bucket(l.t) == b) {
+            self.coarse.pop_back();
+        }
+        self.coarse.push_back(s);
+    }
+
+    /// Drops what no rule can read any more: anything older than the window before `newest`.
+    fn prune(&mut self, full_res: i64) {
+        let Some(newest) = self.newest() else {
+            return;
+        };
+        let raw_from = newest.saturating_sub(self.raw_keep_ms(full_res));
+        while let Some(front) = self.raw.front() {
+            if front.t >= raw_from {
+                break;
+            }
+            self.raw_complete_after = front.t;
+            self.raw.pop_front();
+        }
+        let coarse_from = newest.saturating_sub(self.window_ms);
+        while matches!(self.coarse.front(), Some(f) if f.t < coarse_from) {
+            self.coarse.pop_front();
+        }
+    }
+
+    fn samples_in(tier: &VecDeque<Sample>, mint: i64, maxt: i64) -> Vec<Sample> {
+        let lo = tier.partition_point(|x| x.t < mint);
+        let hi = tier.partition_point(|x| x.t <= maxt);
+        tier.range(lo..hi.max(lo)).copied().collect()
+    }
+
+    fn select(&self, mint: i64, maxt: i64) -> Vec<Sample> {
+        if mint > self.raw_complete_after || self.step_ms == 0 {
+            Self::samples_in(&self.raw, mint, maxt)
+        } else {
+            Self::samples_in(&self.coarse, mint, maxt)
+        }
+    }
+
+    fn sample_count(&self) -> usize {
+        self.raw.len() + self.coarse.len()
+    }
+
+    fn memory_bytes(&self) -> usize {
+        let sample = std::mem::size_of::<Sample>();
+        std::mem::size_of::<Self>()
+            + (self.raw.capacity() + self.coarse.capacity()) * sample
+            + labels_bytes(&self.labels)
+    }
+}
+
+/// Heap bytes of a label set: the strings and the map's nodes (estimated at a pointer pair and
+/// two `String` headers per entry).
+fn labels_bytes(l: &Labels) -> usize {
+    let entry = 2 * std::mem::size_of::<String>() + 2 * std::mem::size_of::<usize>();
+    std::mem::size_of::<Labels>()
+        + l.iter()
+            .map(|(k, v)| k.len() + v.len() + entry)
+            .sum::<usize>()
+}
+
+/// A bounded, downsampling series store for the agent's rule evaluation.
+#[derive(Debug)]
+pub struct History {
+    config: HistoryConfig,
+    requirements: Vec<Requirement>,
+    slots: Vec<Option<HSeries>>,
+    free: Vec<usize>,
+    index: HashMap<Arc<Labels>, usize>,
+    by_name: HashMap<String, Vec<usize>>,
+    live: usize,
+    rejected_samples: u64,
+    out_of_order_samples: u64,
+    cap_reported: bool,
+    cap_report: Option<Labels>,
+}
+
+impl History {
+    pub fn new(config: HistoryConfig) -> Self {
+        History {
+            config,
+            requirements: Vec::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            by_name: HashMap::new(),
+            live: 0,
+            rejected_samples: 0,
+            out_of_order_samples: 0,
+            cap_reported: false,
+            cap_report: None,
+        }
+    }
+
+    pub fn config(&self) -> &HistoryConfig {
+        &self.config
+    }
+
+    /// Keeps what the selectors of `groups` read (see [`requirements`]).
+    pub fn set_rules(&mut self, groups: &[Group]) {
+        self.set_requirements(requirements(groups));
+    }
+
+    /// Sets what is kept, and applies it to the series held: a series no longer read is
+    /// dropped, the others get their new window (their samples are kept; new ones follow the
+    /// new downsampling step).
+    pub fn set_requirements(&mut self, requirements: Vec<Requirement>) {
+        self.requirements = requirements;
+        for i in 0..self.slots.len() {
+            let Some(s) = &self.slots[i] else {
+                continue;
+            };
+            let window = self.window_for(&s.labels);
+            if window == 0 {
+                self.remove(i);
+                continue;
+            }
+            let step = self.step_for(window);
+            let full_res = self.config.full_resolution_ms;
+            if let Some(s) = self.slots[i].as_mut() {
+                s.window_ms = window;
+                if step != s.step_ms {
+                    s.step_ms = step;
+                    if step == 0 {
+                        s.coarse = VecDeque::new();
+                    } else {
+                        // Start the downsampled tier from what full resolution holds.
+                        s.coarse.clear();
+                        let raw: Vec<Sample> = s.raw.iter().copied().collect();
+                        for x in raw {
+                            s.push_coarse(x);
+                        }
+                    }
+                }
+                s.prune(full_res);
+            }
+        }
+    }
+
+    /// The longest window a requirement matching `labels` reads, 0 when none matches.
+    fn window_for(&self, labels: &Labels) -> i64 {
+        self.requirements
+            .iter()
+            .filter(|r| r.matchers.iter().all(|m| m.matches_labels(labels)))
+            .map(|r| r.window_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn step_for(&self, window_ms: i64) -> i64 {
+        if window_ms <= self.config.full_resolution_ms {
+            return 0;
+        }
+        let base = self.config.downsample_step_ms.max(1);
+        let points = i64::try_from(self.config.max_downsampled_points.max(1)).unwrap_or(i64::MAX);
+        // Wide enough for the window to fit in max points, in whole multiples of the base step.
+        let needed = (window_ms + points - 1) / points;
+        ((needed + base - 1) / base).max(1) * base
+    }
+
+    fn remove(&mut self, i: usize) {
+        let Some(s) = self.slots[i].take() else {
+            return;
+        };
+        self.index.remove(&*s.labels);
+        if let Some(name) = s.labels.get(METRIC_NAME)
+            && let Some(ids) = self.by_name.get_mut(name)
+        {
+            ids.retain(|&x| x != i);
+            if ids.is_empty() {
+                self.by_name.remove(name);
+            }
+        }
+        self.free.push(i);
+        self.live -= 1;
+    }
+
+    /// Appends a sample (`v` may be a staleness marker). A sample at the series' newest
+    /// timestamp replaces it; an older one is dropped and counted. Series no rule reads are not
+    /// kept; a new series beyond the cap is dropped and counted.
+    pub fn append(&mut self, labels: &Labels, t: i64, v: f64) {
+        let idx = match self.index.get(labels) {
+            Some(&i) => i,
+            None => {
+                let window = self.window_for(labels);
+                if window == 0 {
+                    return;
+                }
+                if self.live >= self.config.max_series {
+                    self.rejected_samples += 1;
+                    if !self.cap_reported {
+                        self.cap_reported = true;
+                        self.cap_report = Some(labels.clone());
+                    }
+                    return;
+                }
+                let step_ms = self.step_for(window);
+                let arc = Arc::new(labels.clone());
+                let series = HSeries {
+                    labels: Arc::clone(&arc),
+                    window_ms: window,
+                    step_ms,
+                    raw: VecDeque::new(),
+                    raw_complete_after: i64::MIN,
+                    coarse: VecDeque::new(),
+                };
+                let i = match self.free.pop() {
+                    Some(i) => {
+                        self.slots[i] = Some(series);
+                        i
+                    }
+                    None => {
+                        self.slots.push(Some(series));
+                        self.slots.len() - 1
+                    }
+                };
+                if let Some(name) = labels.get(METRIC_NAME) {
+                    self.by_name.entry(name.clone()).or_default().push(i);
+                }
+                self.index.insert(arc, i);
+                self.live += 1;
+                i
+            }
+        };
+        let full_res = self.config.full_resolution_ms;
+        let Some(s) = self.slots[idx].as_mut() else {
+            return;
+        };
+        let sample = Sample { t, v };
+        match s.raw.back_mut() {
+            Some(last) if last.t == t => {
+                last.v = v;
+                if s.step_ms > 0 {
+                    s.push_coarse(sample);
+                }
+                return;
+            }
+            Some(last) if last.t > t => {
+                self.out_of_order_samples += 1;
+                return;
+            }
+            _ => {}
+        }
+        s.raw.push_back(sample);
+        if s.step_ms > 0 {
+            s.push_coarse(sample);
+        }
+        s.prune(full_res);
+    }
+
+    /// Drops the series whose newest sample is older than any rule reads at `now` (ms), and
+    /// returns the memory their queues no longer need.
+    pub fn prune(&mut self, now: i64) {
+        let full_res = self.config.full_resolution_ms;
+        for i in 0..self.slots.len() {
+            let gone = match &self.slots[i] {
+                Some(s) => s
+                    .newest()
+                    .is_none_or(|n| n < now.saturating_sub(s.window_ms)),
+                None => false,
+            };
+            if gone {
+                self.remove(i);
+            } else if let Some(s) = self.slots[i].as_mut() {
+                s.prune(full_res);
+                if s.raw.capacity() > 2 * s.raw.len() + 16 {
+                    s.raw.shrink_to_fit();
+                }
+                if s.coarse.capacity() > 2 * s.coarse.len() + 16 {
+                    s.coarse.shrink_to_fit();
+                }
+            }
+        }
+    }
+
+    /// The first series refused because of the cap, once (the caller logs it once).
+    pub fn take_cap_report(&mut self) -> Option<Labels> {
+        self.cap_report.take()
+    }
+
+    pub fn stats(&self) -> HistoryStats {
+        HistoryStats {
+            series: self.live,
+            samples: self.slots.iter().flatten().map(HSeries::sample_count).sum(),
+            rejected_samples: self.rejected_samples,
+            out_of_order_samples: self.out_of_order_samples,
+        }
+    }
+
+    /// Heap bytes held: samples (by capacity), labels, and the indexes.
+    pub fn memory_bytes(&self) -> usize {
+        let series: usize = self.slots.iter().flatten().map(HSeries::memory_bytes).sum();
+        let slots = self.slots.capacity() * std::mem::size_of::<Option<HSeries>>();
+        // Index entries: the shared label pointer, the slot, the hash table's control byte.
+        let index = self.index.capacity() * (std::mem::size_of::<(Arc<Labels>, usize)>() + 1);
+        let names: usize = self
+            .by_name
+            .iter()
+            .map(|(k, v)| k.len() + std::mem::size_of::<(String, Vec<usize>)>() + v.capacity() * 8)
+            .sum();
+        series + slots + index + names
+    }
+}
+
+impl Storage for History {
+    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
+        let by_name = matchers.iter().find_map(|m| match m.op {
+            MatchOp::Equal if m.name == METRIC_NAME => Some(m.value.as_str()),
+            _ => None,
+        });
+        let candidates: Box<dyn Iterator<Item = &HSeries>> = match by_name {
+            Some(name) => Box::new(
+                self.by_name
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|&i| self.slots[i].as_ref()),
+            ),
+            None => Box::new(self.slots.iter().flatten()),
+        };
+        let mut out = Vec::new();
+        for s in candidates {
+            if !matchers.iter().all(|m| m.matches_labels(&s.labels)) {
+                continue;
+            }
+            let samples = s.select(mint, maxt);
+            if !samples.is_empty() {
+                out.push(Series {
+                    labels: (*s.labels).clone(),
+                    samples,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::Query;
+    use crate::storage::{MemStorage, STALE_NAN};
+    use proptest::prelude::*;
+
+    fn labels(s: &str) -> Labels {
+        crate::parse_series_labels(s).expect("labels")
+    }
+
+    const MIN: i64 = 60_000;
+    const HOUR: i64 = 60 * MIN;
+    const DAY: i64 = 24 * HOUR;
+
+    fn everything(window: i64) -> History {
+        let mut h = History::new(HistoryConfig::default());
+        h.set_requirements(vec![Requirement::everything(window)]);
+        h
+    }
+
+    #[test]
+    fn short_windows_keep_every_sample_and_drop_older_ones() {
+        let mut h = everything(10 * MIN);
+        let l = labels(r#"x{a="1"}"#);
+        for i in 0..=120 {
+            h.append(&l, i * 15_000, i as f64);
+        }
+        // 30 minutes of samples; only the last 10 minutes (41 samples) are kept.
+        assert_eq!(h.stats().samples, 41);
+        let got = h.select(&[Matcher::equal(METRIC_NAME, "x")], 25 * MIN, 30 * MIN);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].samples.len(), 21);
+        assert_eq!(
+            got[0].samples[0],
+            Sample {
+                t: 25 * MIN,
+                v: 100.0
+            }
+        );
+    }
+
+    #[test]
+    fn long_windows_read_the_downsampled_samples() {
+        let mut h = everything(3 * DAY);
+        let l = labels("c_total");
+        // A counter rising 1/s, sampled every 15 s for 3 days.
+        let mut t = 0;
+        while t <= 3 * DAY {
+            h.append(&l, t, (t / 1000) as f64);
+            t += 15_000;
+        }
+        let stats = h.stats();
+        // 1 h at full resolution (241 samples) and one sample per 5 minutes for 3 days.
+        assert_eq!(stats.samples, 241 + 3 * 24 * 12 + 1, "{stats:?}");
+        let end = 3 * DAY;
+        let q = |e: &str| {
+            Query::parse(e)
+                .expect(e)
+                .eval_vector(&h, end)
+                .expect(e)
+                .into_iter()
+                .map(|s| s.v)
+                .collect::<Vec<_>>()
+        };
+        // The rate over 1 d and 3 d is the counter's rate, read from 5-minute samples.
+        for e in ["rate(c_total[1d])", "rate(c_total[3d])"] {
+            let got = q(e);
+            assert!(
+                got.len() == 1 && (got[0] - 1.0).abs() < 1e-12,
+                "{e}: {got:?}"
+            );
+        }
+        // Short windows read full resolution.
+        assert_eq!(q("count_over_time(c_total[5m])"), vec![21.0]);
+        assert_eq!(q("count_over_time(c_total[6h])"), vec![73.0]);
+        // An instant selector a day back reads the downsampled samples: the last one at or
+        // before that time is the end of the bucket before, 15 s earlier.
+        assert_eq!(q("c_total offset 1d"), vec![(2 * DAY / 1000 - 15) as f64]);
+        assert!(h.memory_bytes() < 32 * 1024, "{}", h.memory_bytes());
+    }
+
+    #[test]
+    fn downsampling_keeps_the_bucket_end_and_staleness() {
+        let mut h = History::new(HistoryConfig {
+            full_resolution_ms: MIN,
+            downsample_step_ms: 5 * MIN,
+            ..HistoryConfig::default()
+        });
+        h.set_requirements(vec![Requirement::everything(HOUR)]);
+        let l = labels("g");
+        for (t, v) in [(0, 1.0), (MIN, 2.0), (2 * MIN, STALE_NAN), (6 * MIN, 3.0)] {
+            h.append(&l, t, v);
+        }
+        let got = h.select(&[Matcher::equal(METRIC_NAME, "g")], 0, HOUR);
+        let got: Vec<(i64, String)> = got[0]
+            .samples
+            .iter()
+            .map(|s| {
+                (
+                    s.t,
+                    if is_stale(s.v) {
+                        "stale".into()
+                    } else {
+                        s.v.to_string()
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (MIN, "2".to_owned()),
+                (2 * MIN, "stale".to_owned()),
+                (6 * MIN, "3".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn unread_series_are_not_kept_and_windows_follow_the_rules() {
+        let mut h = History::new(HistoryConfig::default());
+        let rf = crate::file::parse(
+            "t",
+            "groups:\n- name: g\n  rules:\n  - record: r\n    expr: rate(a_total[1d]) + b offset 10m\n",
+        )
+        .expect("rules");
+        h.set_rules(&rf.groups);
+        h.append(&labels("a_total"), 0, 1.0);
+        h.append(&labels("b"), 0, 1.0);
+        h.append(&labels("unread"), 0, 1.0);
+        assert_eq!(h.stats().series, 2);
+        let window = |h: &History, name: &str| {
+            h.slots
+                .iter()
+                .flatten()
+                .find(|s| s.labels.get(METRIC_NAME).map(String::as_str) == Some(name))
+                .map(|s| (s.window_ms, s.step_ms))
+        };
+        assert_eq!(window(&h, "a_total"), Some((DAY, 5 * MIN)));
+        assert_eq!(window(&h, "b"), Some((15 * MIN, 0)));
+        // Rules that no longer read `b` drop it.
+        let rf = crate::file::parse(
+            "t",
+            "groups:\n- name: g\n  rules:\n  - record: r\n    expr: a_total\n",
+        )
+        .expect("rules");
+        h.set_rules(&rf.groups);
+        assert_eq!(h.stats().series, 1);
+        assert_eq!(window(&h, "a_total"), Some((5 * MIN, 0)));
+    }
+
+    #[test]
+    fn the_series_cap_drops_counts_and_reports_once() {
+        let mut h = History::new(HistoryConfig {
+            max_series: 2,
+            ..HistoryConfig::default()
+        });
+        h.set_requirements(vec![Requirement::everything(HOUR)]);
+        for i in 0..4 {
+            h.append(&labels(&format!("x{{i=\"{i}\"}}")), 0, 1.0);
+            h.append(&labels(&format!("x{{i=\"{i}\"}}")), 1000, 1.0);
+        }
+        let stats = h.stats();
+        assert_eq!((stats.series, stats.rejected_samples), (2, 4));
+        assert_eq!(h.take_cap_report(), Some(labels(r#"x{i="2"}"#)));
+        assert_eq!(h.take_cap_report(), None);
+        h.append(&labels(r#"x{i="9"}"#), 2000, 1.0);
+        assert_eq!(h.take_cap_report(), None, "reported once");
+        // Series that end free their place.
+        h.prune(2 * HOUR);
+        assert_eq!(h.stats().series, 0);
+        h.append(&labels(r#"x{i="9"}"#), 2 * HOUR, 1.0);
+        assert_eq!(h.stats().series, 1);
+    }
+
+    #[test]
+    fn out_of_order_samples_are_dropped_and_counted() {
+        let mut h = everything(HOUR);
+        let l = labels("x");
+        h.append(&l, 2000, 1.0);
+        h.append(&l, 1000, 2.0);
+        h.append(&l, 2000, 3.0);
+        assert_eq!(h.stats().out_of_order_samples, 1);
+        let got = h.select(&[Matcher::equal(METRIC_NAME, "x")], 0, 5000);
+        assert_eq!(got[0].samples, vec![Sample { t: 2000, v: 3.0 }]);
+    }
+
+    /// Expressions over windows within full resolution, evaluated at the end of the input.
+    const SHORT_WINDOW_EXPRS: &[&str] = &[
+        "x",
+        "x offset 2m",
+        "rate(x[5m])",
+        "increase(x[10m])",
+        "delta(x[30m])",
+        "irate(x[1m])",
+        "resets(x[1h])",
+        "changes(x[20m])",
+        "max_over_time(x[15m])",
+        "avg_over_time(x[45m])",
+        "count_over_time(x[59m])",
+        "deriv(x[10m])",
+        "sum by (i) (rate(x[5m]))",
+        "absent_over_time(x{i=\"0\"}[5m])",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Over windows within full resolution, results equal MemStorage's, whatever the
+        /// sample times, values, gaps and staleness markers.
+        #[test]
+        fn short_windows_equal_mem_storage(
+            series in proptest::collection::vec(
+                proptest::collection::vec((1i64..90_000, -5i32..50, 0u8..20), 1..200),
+                1..4,
+            ),
+            extra in 0i64..600_000,
+        ) {
+            let mut mem = MemStorage::new();
+            let mut hist = everything(HOUR);
+            let mut end = 0;
+            for (i, steps) in series.iter().enumerate() {
+                let l = labels(&format!("x{{i=\"{i}\"}}"));
+                let mut t = 0;
+                for &(dt, v, kind) in steps {
+                    t += dt;
+                    let v = if kind == 0 { STALE_NAN } else { f64::from(v) };
+                    mem.append(&l, t, v);
+                    hist.append(&l, t, v);
+                }
+                end = end.max(t);
+            }
+            let at = end + extra;
+            for e in SHORT_WINDOW_EXPRS {
+                let q = Query::parse(e).expect("parse");
+                let a = q.eval_vector(&mem, at);
+                let b = q.eval_vector(&hist, at);
+                let norm = |r: Result<Vec<crate::VSample>, crate::EvalError>| {
+                    r.map(|mut v| {
+                        v.sort_by(|x, y| x.labels.cmp(&y.labels));
+                        v.into_iter().map(|s| (s.labels, s.t, s.v.to_bits())).collect::<Vec<_>>()
+                    })
+                };
+                prop_assert_eq!(norm(a), norm(b), "{}", e);
+            }
+        }
+
+        /// Counter rates over long windows read from the downsampled samples stay within the
+        /// error of reading the series once per step.
+        #[test]
+        fn long_window_rates_stay_close(rate in 1u32..1000, scrape_s in 10i64..60) {
+            let mut hist = everything(DAY);
+            let l = labels("c_total");
+            let mut t = 0;
+            while t <= 2 * DAY {
+                hist.append(&l, t, f64::from(rate) * (t / 1000) as f64);
+                t += scrape_s * 1000;
+            }
+            let q = Query::parse("rate(c_total[1d])").expect("parse");
+            let got = q.eval_vector(&hist, 2 * DAY).expect("eval");
+            prop_assert_eq!(got.len(), 1);
+            let err = (got[0].v - f64::from(rate)).abs() / f64::from(rate);
+            prop_assert!(err < 1e-9, "rate {} read as {}", rate, got[0].v);
+        }
+    }
+}

@@ -18,7 +18,6 @@
 //! `sidelight dora report` always agree.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +42,7 @@ use crate::dora::{
     DeployStatus, Deployment, Events, Level, Metric, Report, Scope, TierTable, UnixSeconds, Window,
     recovery_seconds, report,
 };
-use crate::store::{Batch, IncidentChange, Outcome, Store, StoreError, StoreHandle};
+use crate::store::{Batch, IncidentChange, Outcome, StoreError, StoreHandle};
 
 /// Lead-time buckets: 1h to 90d.
 pub const LEAD_TIME_BUCKETS: [f64; 13] = [
@@ -379,16 +378,12 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Opens the store in `dir` (off the async runtime) and starts its thread.
+    /// The hub over the store behind `store`.
     pub async fn open(
         config: DoraConfig,
-        dir: &Path,
+        store: StoreHandle,
         caps: Arc<LabelCaps>,
     ) -> Result<Arc<Self>, StoreError> {
-        let dir = dir.to_owned();
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
-            .await
-            .map_err(|_| StoreError::Closed)??;
         let cell = |name, help, ctor: fn() -> Histogram| {
             Arc::new(HistogramCell {
                 name,
@@ -397,7 +392,7 @@ impl Hub {
             })
         };
         Ok(Arc::new(Self {
-            store: StoreHandle::spawn(store)?,
+            store,
             config: RwLock::new(config),
             caps,
             gauges: Arc::new(SnapshotCell::default()),
@@ -578,6 +573,7 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::dora::Change;
+    use std::path::Path;
 
     fn cfg() -> DoraConfig {
         crate::config::load_str(

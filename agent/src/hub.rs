@@ -382,21 +382,17 @@ pub fn compute_on(
     model.build(now);
     let model = &*model;
     let events = &model.events;
-    let all_time = model
-        .history(now, &Scope::default())
-        .report(Window::days(Window::MAX_DAYS));
+    let all_history = model.history(now, &Scope::default());
+    let all_time = all_history.counts(Window::days(Window::MAX_DAYS));
     let mut deployments = FamilySnapshot::new(
         "dora_deployments",
         "Deployments (status success, after dedup: a redelivery or a repeat of the live version is one) and failed deploy attempts (status failure), by service and environment",
         Kind::Counter,
     );
     let mut counts: HashMap<(&str, &str, &str), u64> = HashMap::new();
-    for r in &all_time.services {
-        if r.deployments > 0 {
-            counts.insert(
-                (r.service.as_str(), r.environment.as_str(), "success"),
-                r.deployments,
-            );
+    for &(service, environment, n, _, _) in &all_time {
+        if n > 0 {
+            counts.insert((service, environment, "success"), n);
         }
     }
     for d in events
@@ -431,15 +427,9 @@ pub fn compute_on(
         "Deployments that were unplanned fixes for a production incident (all time in the store)",
         Kind::Counter,
     );
-    for r in &all_time.services {
-        let labels = || {
-            [
-                ("service", r.service.clone()),
-                ("environment", r.environment.clone()),
-            ]
-        };
-        failures.push(labels(), r.failed_deployments as f64);
-        rework.push(labels(), r.rework_deployments as f64);
+    for &(service, environment, _, failed, reworked) in &all_time {
+        failures.push(labels2(service, environment), failed as f64);
+        rework.push(labels2(service, environment), reworked as f64);
     }
 
     // Lead times: each change at the first successful deployment that shipped it, kept per

@@ -15,6 +15,8 @@
 #                                                    in 10 ms bursts and one write per line (WRITES=line), then with
 #                                                    the file exporter and its append-to-record p99 (RUNS runs)
 #   otlp       bench/otlp.sh RUNS SAT FIXED          spans/s per core at saturation, 10k spans/s CPU/RSS
+#   otlp_metrics bench/otlp_metrics.sh RUNS WINDOW  10k OTLP metric points/s from the Python SDK:
+#                                                    CPU with 15 s scrapes; /metrics p99 with them held
 #   alerts     cargo bench --bench alert_eval       200 rules over 10k series, per cycle
 #   dora       cargo bench --bench dora_report      90-day report, 100 services
 #   dora_hub   cargo bench --bench dora_hub         the hub's recomputations on a 400-day history
@@ -25,8 +27,10 @@ cd "$(dirname "$0")/.."
 runs=${1:-3}
 if [ -n "${QUICK:-}" ]; then
   idle_s=${IDLE_SECONDS:-30}; log_s=${LOG_SECONDS:-15}; sat=${SAT:-4}; fixed=${FIXED:-6}
+  metrics_s=${METRICS_SECONDS:-31}
 else
   idle_s=${IDLE_SECONDS:-300}; log_s=${LOG_SECONDS:-60}; sat=${SAT:-8}; fixed=${FIXED:-20}
+  metrics_s=${METRICS_SECONDS:-60}
 fi
 out=${OUT:-$(mktemp -d /tmp/sidelight-suite.XXXXXX)}
 mkdir -p "$out"
@@ -56,6 +60,8 @@ for r in $(seq 1 "$runs"); do
 done
 log "OTLP saturation and 10k spans/s ($runs runs)"
 bash bench/otlp.sh "$runs" "$sat" "$fixed" > "$out/otlp.txt"
+log "10k OTLP metric points/s from the Python SDK ($runs runs)"
+bash bench/otlp_metrics.sh "$runs" "$metrics_s" > "$out/otlp_metrics.txt"
 log "rule evaluation"
 cargo bench --quiet -p sidelight --bench alert_eval > "$out/alerts.txt" 2>/dev/null
 log "DORA report"

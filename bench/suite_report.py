@@ -98,6 +98,18 @@ def rows(out):
         add(f"10k spans/s (batches of {b}{sender}): RSS", m, " MiB", "≤ 20 MiB",
             lambda v: v <= 20, "{:.1f}")
 
+    om = read(out, "otlp_metrics.txt")
+    pts = find(r"^median of \d+ runs: .* at (\d+) points/s", om)
+    rate = f"({pts:,.0f} points/s measured)" if pts is not None else ""
+    add("10k OTLP metric points/s (Python SDK, scraped every 15 s): CPU",
+        find(r"^median of \d+ runs: agent ([\d.]+) % of a core", om), " % of a core",
+        "≤ 3 %", lambda v: v <= 3, note=rate)
+    served = find(r"(\d+) samples served", om, cast=int)
+    add("/metrics p99 with the received series held",
+        find(r"^median of \d+ runs: .*/metrics p50 [\d.]+ ms, p99 ([\d.]+) ms", om), " ms",
+        "≤ 5 ms", lambda v: v <= 5,
+        note=f"({served:,} samples)" if served is not None else "")
+
     alerts = read(out, "alerts.txt")
     add("Rule evaluation, 200 rules / 10k series", find(r"full cycle.*?median ([\d.]+) ms", alerts),
         " ms per cycle", "≤ 5 ms", lambda v: v <= 5)

@@ -1,7 +1,7 @@
 //! Times one alert-evaluation cycle with 200 rules over 10,000 series, the way the agent runs
-//! it (`Alerting::cycle(now)`: encode the `/metrics` registry, ingest the text into the history
-//! ring in one pass, evaluate every rule, group and persist), and the pure parts alone (with, for
-//! comparison, the two-step path: parse into samples, then ingest them). The history
+//! it (`Alerting::cycle(now)`: a structured snapshot of the `/metrics` registry, its samples
+//! ingested into the history ring, every rule evaluated, grouped and persisted), and the parts
+//! alone (snapshot, flatten to samples, ingest, evaluate). The history
 //! is warmed first with a full fine ring (240 evaluations, 15 s apart), so rate and burn-rate
 //! windows read real point lists. Run with `cargo bench -p sidelight --bench alert_eval`.
 //!
@@ -170,10 +170,8 @@ fn main() {
         rt.block_on(alerting.cycle(now));
     }
     eprintln!("warm-up: {WARM} cycles in {:?}", t.elapsed());
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
-    let samples = expo::parse(&text).expect("parse");
-    let n_series = samples.len();
+    let snapshot = sidelight_collector::model::snapshot(&reg).expect("snapshot");
+    let n_series = snapshot.samples().count();
     let firing = alerting
         .alerts()
         .iter()
@@ -191,40 +189,30 @@ fn main() {
         cycle.push(t.elapsed());
     }
 
-    // The parts: encode, ingest the text, evaluate (on a copy of the warmed state); and the
-    // two-step path (parse, then ingest samples) into a second history.
-    let mut encode = Vec::new();
-    let mut parse = Vec::new();
+    // The parts: snapshot the registry, flatten it to samples, ingest them, evaluate (on a
+    // copy of the warmed state).
+    let mut snap = Vec::new();
+    let mut flatten = Vec::new();
     let mut ingest = Vec::new();
-    let mut ingest_text = Vec::new();
     let mut eval = Vec::new();
-    let mut two_step = History::new(acfg.max_series, acfg.lookback());
     let mut history = History::new(acfg.max_series, acfg.lookback());
     let mut ctx = eval::Context::default();
     let mut alerts = std::collections::BTreeMap::new();
     let readers = Readers::new(&acfg.rules);
     let mut plan = eval::Plan::new(&acfg.rules, &history);
     let mut hnow = 1_700_000_000_000i64;
-    let mut text = String::new();
     for i in 0..(WARM + RUNS) {
         step += 1;
         advance(&series, step);
         hnow += STEP;
-        text.clear();
         let t = Instant::now();
-        prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
+        let snapshot = sidelight_collector::model::snapshot(&reg).expect("snapshot");
         let t1 = Instant::now();
-        let samples = expo::parse(&text).expect("parse");
+        let samples = expo::samples(&snapshot);
         let t2 = Instant::now();
-        two_step.ingest(hnow, &samples, |s| {
+        history.ingest(hnow, &samples, |s| {
             readers.reads(&acfg.rules, &s.name, &s.labels)
         });
-        let t2b = Instant::now();
-        history
-            .ingest_text(hnow, &text, |name, labels| {
-                readers.reads(&acfg.rules, name, labels)
-            })
-            .expect("ingest text");
         let t3 = Instant::now();
         // As the agent does: the plan is rebuilt only when the set of series changed.
         if !plan.is_current(&history, &acfg.rules) {
@@ -234,14 +222,12 @@ fn main() {
         let t4 = Instant::now();
         black_box(out);
         if i >= WARM {
-            encode.push(t1 - t);
-            parse.push(t2 - t1);
-            ingest.push(t2b - t2);
-            ingest_text.push(t3 - t2b);
+            snap.push(t1 - t);
+            flatten.push(t2 - t1);
+            ingest.push(t3 - t2);
             eval.push(t4 - t3);
         }
     }
-    assert_eq!(history.len(), two_step.len());
     println!(
         "rules {}  series {n_series}  kept in history {}  firing {firing}",
         acfg.rules.len(),
@@ -255,11 +241,10 @@ fn main() {
         ms(*cycle.iter().max().expect("runs")),
     );
     for (name, v) in [
-        ("encode registry", encode),
-        ("ingest text (one pass)", ingest_text),
+        ("snapshot registry", snap),
+        ("flatten to samples", flatten),
+        ("ingest samples", ingest),
         ("evaluate 200 rules", eval),
-        ("two-step: parse", parse),
-        ("two-step: ingest", ingest),
     ] {
         println!("  {name:<24} median {:.2} ms", ms(median(v)));
     }

@@ -25,8 +25,9 @@ use sidelight_collector::export::remote_write::{self, RemoteWriteSettings};
 use sidelight_collector::export::retry::RetryPolicy;
 use sidelight_collector::export::spill::Spill;
 use sidelight_collector::export::tls::{ClientTls, ClientTlsFiles};
-use sidelight_collector::export::{ExportStats, openmetrics, telemetry};
+use sidelight_collector::export::{ExportStats, telemetry};
 use sidelight_collector::filesink::FileSinkConfig;
+use sidelight_collector::model;
 use sidelight_collector::pipeline::{
     Envelope, Intake, Payload, PushError, Queue, QueueLimits, QueueStats, Receipt, Signal,
 };
@@ -935,8 +936,7 @@ async fn self_telemetry(
             _ = ticker.tick() => {}
         }
         let reg = registry.clone();
-        let families = match tokio::task::spawn_blocking(move || openmetrics::snapshot(&reg)).await
-        {
+        let snapshot = match tokio::task::spawn_blocking(move || model::snapshot(&reg)).await {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read the agent's registry for OTLP export");
@@ -944,7 +944,7 @@ async fn self_telemetry(
             }
             Err(_) => continue,
         };
-        let req = telemetry::request(&families, &resource, start, unix_nanos(SystemTime::now()));
+        let req = telemetry::request(&snapshot, &resource, start, unix_nanos(SystemTime::now()));
         match queue.try_push(Envelope::new(Payload::Metrics(req), Receipt::untracked())) {
             Ok(()) => {
                 rounds.get_or_create(&[("result", "queued")]).inc();

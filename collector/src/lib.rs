@@ -10,6 +10,7 @@ pub mod fuzzing;
 pub mod host;
 pub mod logs;
 pub mod metrics;
+pub mod model;
 pub mod otlp;
 pub mod pipeline;
 pub mod process;

@@ -8,7 +8,8 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
-    Agent, OtlpSink as Sink, Prometheus, Result, eventually, get, sample, signal, wait_exit,
+    Agent, OtlpSink as Sink, Prometheus, Result, eventually, get, python, sample, signal,
+    wait_exit, workspace,
 };
 
 fn metric(agent: &Agent, name: &str, labels: &str) -> Option<f64> {
@@ -182,6 +183,70 @@ fn remote_write_reaches_a_real_prometheus() -> Result {
             (r.first()?["value"][1].as_str()?.parse::<f64>().ok()? >= 3.0).then_some(())
         },
     )?;
+    // Every series a scrape shows (read by the official Python parser, the oracle) is written
+    // remotely, and nothing else: the same names, label sets and `le` strings.
+    let scraped = || -> Result<std::collections::BTreeSet<String>> {
+        let (status, _, body) = get(&agent.url("/metrics"), &[])?;
+        assert_eq!(status, 200);
+        let mut child = std::process::Command::new(python())
+            .arg(workspace().join("tests/python/parse_exposition.py"))
+            .arg("text")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        std::io::Write::write_all(child.stdin.as_mut().ok_or("stdin")?, body.as_bytes())?;
+        let out = child.wait_with_output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let families: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(families
+            .as_object()
+            .ok_or("families")?
+            .values()
+            .flat_map(|f| f["series"].as_array().cloned().unwrap_or_default())
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect())
+    };
+    let written = || -> Result<std::collections::BTreeSet<String>> {
+        let mut out = std::collections::BTreeSet::new();
+        for r in prom.query("{instance=\"e2e-agent\"}")? {
+            let labels = r["metric"].as_object().ok_or("metric")?;
+            let name = labels["__name__"].as_str().ok_or("__name__")?;
+            let rest: Vec<String> = labels
+                .iter()
+                .filter(|(k, _)| *k != "__name__" && *k != "instance")
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            out.insert(format!("{name}{{{}}}", rest.join(",")));
+        }
+        Ok(out)
+    };
+    let before = scraped()?;
+    assert!(
+        before
+            .iter()
+            .any(|s| s.contains("_bucket{") && s.contains("le=")),
+        "a histogram in the scrape: {before:?}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "every scraped series written",
+        || {
+            let w = written().ok()?;
+            before.is_subset(&w).then_some(())
+        },
+    )?;
+    let w = written()?;
+    let after = scraped()?;
+    let extra: Vec<&String> = w
+        .iter()
+        .filter(|s| !before.contains(*s) && !after.contains(*s))
+        .collect();
+    assert!(extra.is_empty(), "written but never scraped: {extra:?}");
     let sent = metric(&agent, "sidelight_exporter_sent_total", "remote_write").unwrap_or(0.0);
     assert!(sent > 0.0, "samples counted as sent");
     assert_eq!(

@@ -12,15 +12,13 @@
 //! deltas between consecutive points, a decrease being a counter reset (the new value counts
 //! whole). A window reaching past the fine ring starts from the coarse point at or before it.
 //!
-//! The agent ingests the exposition text itself ([`History::ingest_text`]): each series is
-//! remembered by its key as the registry writes it (`name{labels}`), with whether it is kept,
-//! so a line seen before costs one lookup and the parse of its value; only a series never seen
-//! is parsed into a [`Sample`] and offered to `keep`.
+//! The agent ingests the samples of a structured snapshot of its registry
+//! (`sidelight_collector::model`, flattened by [`super::expo::samples`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::expo::{self, Labels, ParseError, Sample};
+use super::expo::{Labels, Sample};
 use super::rules::Millis;
 
 /// Points per series in the fine ring.
@@ -133,35 +131,9 @@ impl Ring {
     }
 }
 
-/// Maps of the history, hashed with foldhash (keys are series names, label sets and exposition
-/// keys from the agent's own registry, whose label values the label caps bound).
+/// Maps of the history, hashed with foldhash (keys are series names and label sets from the
+/// agent's own registry, whose label values the label caps bound).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// What an exposition key is known to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Known {
-    /// A kept series.
-    Kept(SeriesId),
-    /// `keep` said no (forgotten by [`History::retain`], when what `keep` says changes).
-    Skipped,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct KeyEntry {
-    known: Known,
-    /// The [`History::ingest_text`] call that last saw the key.
-    seen: u64,
-}
-
-/// One line's effect, decided before anything is recorded (a text that does not parse records
-/// nothing).
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    /// A value for a kept series.
-    Record(SeriesId, f64),
-    /// A series not kept yet (index into the new samples).
-    New(usize),
-}
 
 #[derive(Debug)]
 struct Slot {
@@ -178,12 +150,6 @@ pub struct History {
     keep_for: Millis,
     /// name → labels → slot. Names and label sets are stored once, shared with the slot.
     index: FastMap<Arc<str>, FastMap<Arc<Labels>, SeriesId>>,
-    /// Exposition key (`name{labels}` as written) → what it is; see [`History::ingest_text`].
-    keys: FastMap<Box<str>, KeyEntry>,
-    /// Count of [`History::ingest_text`] calls (the `seen` stamp).
-    texts: u64,
-    /// Reused buffer of one text's ops.
-    ops: Vec<Op>,
     slots: Vec<Option<Slot>>,
     free: Vec<SeriesId>,
     count: usize,
@@ -201,9 +167,6 @@ impl History {
             coarse_step: (lookback / COARSE_POINTS as i64).max(1),
             keep_for: lookback,
             index: FastMap::default(),
-            keys: FastMap::default(),
-            texts: 0,
-            ops: Vec::new(),
             slots: Vec::new(),
             free: Vec::new(),
             count: 0,
@@ -263,120 +226,6 @@ impl History {
         self.finish(now);
     }
 
-    /// [`History::ingest`] of an exposition text (what the registry encodes), in one pass: a
-    /// line whose key (`name{labels}` as written, see [`expo::Line::key`]) was seen before is
-    /// recorded, or skipped, by a lookup of that key and the parse of its value; a line never
-    /// seen is parsed whole and offered to `keep` (a series kept under another key, i.e. the same
-    /// labels written in another order, is recognised without asking). What `keep` refused is
-    /// remembered until [`History::retain`]: call it when what `keep` says changes.
-    ///
-    /// The outcome is [`History::ingest`] of [`expo::parse`]'s samples, error included: a text
-    /// that does not parse records nothing (the caller decides whether to [`History::ingest`]
-    /// nothing instead).
-    pub fn ingest_text(
-        &mut self,
-        now: Millis,
-        text: &str,
-        keep: impl Fn(&str, &Labels) -> bool,
-    ) -> Result<(), ParseError> {
-        self.texts += 1;
-        let mut ops = std::mem::take(&mut self.ops);
-        ops.clear();
-        let mut news: Vec<(&str, Sample)> = Vec::new();
-        let scanned = self.scan(text, &mut ops, &mut news, keep);
-        let lines = match scanned {
-            Ok(n) => n,
-            Err(e) => {
-                self.ops = ops;
-                return Err(e);
-            }
-        };
-        for op in &ops {
-            match *op {
-                Op::Record(id, v) => self.record(id, now, v),
-                Op::New(i) => {
-                    let Some((key, s)) = news.get(i) else {
-                        continue;
-                    };
-                    let id = match self.id(&s.name, &s.labels) {
-                        Some(id) => id,
-                        None if self.count >= self.max_series => {
-                            self.refused += 1;
-                            continue;
-                        }
-                        None => self.insert(s),
-                    };
-                    self.remember(key, Known::Kept(id));
-                    self.record(id, now, s.value);
-                }
-            }
-        }
-        self.ops = ops;
-        self.finish(now);
-        // Keys of series no longer written: forget them once they outnumber the live ones.
-        if self.keys.len() > 2 * lines + 64 {
-            let stamp = self.texts;
-            self.keys.retain(|_, e| e.seen == stamp);
-        }
-        Ok(())
-    }
-
-    /// Resolves every sample line of `text` to an op; the count of sample lines.
-    fn scan<'t>(
-        &mut self,
-        text: &'t str,
-        ops: &mut Vec<Op>,
-        news: &mut Vec<(&'t str, Sample)>,
-        keep: impl Fn(&str, &Labels) -> bool,
-    ) -> Result<usize, ParseError> {
-        let stamp = self.texts;
-        let mut lines = 0;
-        for line in expo::lines(text) {
-            let line = line?;
-            lines += 1;
-            if let Some(key) = line.key()
-                && let Some(e) = self.keys.get_mut(key)
-            {
-                e.seen = stamp;
-                let known = e.known;
-                let v = line.value(key.len())?;
-                if let Known::Kept(id) = known
-                    && v.is_finite()
-                {
-                    ops.push(Op::Record(id, v));
-                }
-                continue;
-            }
-            let (s, key_len) = line.sample()?;
-            if !s.value.is_finite() {
-                continue;
-            }
-            let key = line.text().get(..key_len).unwrap_or_default();
-            match self.id(&s.name, &s.labels) {
-                Some(id) => {
-                    self.remember(key, Known::Kept(id));
-                    ops.push(Op::Record(id, s.value));
-                }
-                None if !keep(&s.name, &s.labels) => self.remember(key, Known::Skipped),
-                None => {
-                    ops.push(Op::New(news.len()));
-                    news.push((key, s));
-                }
-            }
-        }
-        Ok(lines)
-    }
-
-    fn remember(&mut self, key: &str, known: Known) {
-        let seen = self.texts;
-        match self.keys.get_mut(key) {
-            Some(e) => *e = KeyEntry { known, seen },
-            None => {
-                self.keys.insert(key.into(), KeyEntry { known, seen });
-            }
-        }
-    }
-
     /// Appends a point at `now` (one per ingest: a second sample of the series is ignored).
     fn record(&mut self, id: SeriesId, now: Millis, v: f64) {
         let Some(Some(slot)) = self.slots.get_mut(id) else {
@@ -430,15 +279,12 @@ impl History {
         id
     }
 
-    /// Forgets the series for which `keep(name, labels)` says no, and which series an earlier
-    /// `keep` of [`History::ingest_text`] refused (what `keep` says changed: they are asked again).
+    /// Forgets the series for which `keep(name, labels)` says no (what `keep` says changed).
     pub fn retain(&mut self, keep: impl Fn(&str, &Labels) -> bool) {
         self.retain_slots(|s| keep(&s.name, &s.labels));
-        self.keys.retain(|_, e| matches!(e.known, Known::Kept(_)));
     }
 
     fn retain_slots(&mut self, keep: impl Fn(&Slot) -> bool) {
-        let before = self.generation;
         for (id, entry) in self.slots.iter_mut().enumerate() {
             let Some(slot) = entry else { continue };
             if keep(slot) {
@@ -454,14 +300,6 @@ impl History {
             self.free.push(id);
             self.count -= 1;
             self.generation += 1;
-        }
-        if self.generation != before {
-            // No key may name a freed id (it is reused by the next new series).
-            let slots = &self.slots;
-            self.keys.retain(|_, e| match e.known {
-                Known::Kept(id) => slots.get(id).is_some_and(Option::is_some),
-                Known::Skipped => true,
-            });
         }
     }
 
@@ -617,122 +455,9 @@ mod tests {
         assert!(ring.fine.len() <= FINE_POINTS && ring.coarse.len() <= COARSE_POINTS + 1);
     }
 
-    type Points = Vec<(Millis, u64, u64)>;
-
-    /// Everything a history holds, ids included (NaN-proof: floats by their bits).
-    fn dump(h: &History) -> Vec<(SeriesId, String, Labels, Points, Points)> {
-        let pts = |r: &VecDeque<Point>| -> Points {
-            r.iter()
-                .map(|p| (p.t, p.v.to_bits(), p.cum.to_bits()))
-                .collect()
-        };
-        h.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(id, s)| {
-                let s = s.as_ref()?;
-                Some((
-                    id,
-                    s.name.to_string(),
-                    (*s.labels).clone(),
-                    pts(&s.ring.fine),
-                    pts(&s.ring.coarse),
-                ))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn text_ingest_asks_keep_once_per_series() {
-        let asked = std::cell::Cell::new(0);
-        let keep = |name: &str, l: &Labels| {
-            asked.set(asked.get() + 1);
-            name == "read_total" && !l.iter().any(|(k, v)| k == "a" && v == "no")
-        };
-        let text = |v: f64| {
-            format!(
-                "# TYPE read counter\nread_total{{b=\"2\",a=\"1\"}} {v}\nread_total{{a=\"no\"}} 5\nother 3\n# EOF\n"
-            )
-        };
-        let mut h = History::new(10, 600_000);
-        h.ingest_text(0, &text(1.0), keep).expect("parses");
-        assert_eq!((asked.get(), h.len()), (3, 1));
-        h.ingest_text(15_000, &text(4.0), keep).expect("parses");
-        assert_eq!(asked.get(), 3, "seen keys are not asked again");
-        let l: Labels = vec![("a".into(), "1".into()), ("b".into(), "2".into())];
-        assert_eq!(
-            h.increase("read_total", &l, 15_000, 15_000),
-            Some((3.0, 15.0))
-        );
-        // The same series written with its labels in another order: recognised, not asked.
-        h.ingest_text(30_000, "read_total{a=\"1\",b=\"2\"} 7\n", keep)
-            .expect("parses");
-        assert_eq!((asked.get(), h.len()), (3, 1));
-        assert_eq!(h.current("read_total").map(|(_, v)| v).sum::<f64>(), 7.0);
-        // A text that does not parse records nothing.
-        let before = dump(&h);
-        let e = h
-            .ingest_text(
-                45_000,
-                "read_total{a=\"1\",b=\"2\"} 9\nbroken{a=\"1\"\n",
-                keep,
-            )
-            .expect_err("broken");
-        assert_eq!(e.line, 2);
-        assert_eq!(dump(&h), before);
-        // New rules: what was refused is asked again, what is kept stays known.
-        h.retain(|_, _| true);
-        h.ingest_text(60_000, &text(8.0), keep).expect("parses");
-        assert_eq!(asked.get(), 5);
-    }
-
-    #[test]
-    fn text_ingest_counts_refusals_at_every_ingest() {
-        let mut h = History::new(1, 600_000);
-        let text = "a_total{x=\"1\"} 1\na_total{x=\"2\"} 1\n";
-        h.ingest_text(0, text, |_, _| true).expect("parses");
-        h.ingest_text(15_000, text, |_, _| true).expect("parses");
-        assert_eq!((h.len(), h.refused), (1, 2));
-    }
-
     mod prop {
         use super::*;
         use proptest::prelude::*;
-
-        const POOL: &[(&str, &[(&str, &str)])] = &[
-            ("read_total", &[("a", "1"), ("b", "x y")]),
-            ("read_total", &[("a", "2"), ("b", "q\"uo\\te}")]),
-            ("read_total", &[("a", "no")]),
-            ("read_total", &[]),
-            ("gauge", &[("a", "1")]),
-            ("gauge", &[("a", "2"), ("z", "")]),
-            ("other", &[("a", "1")]),
-            ("other_total", &[]),
-        ];
-
-        fn line((i, value, rev): &(usize, f64, bool)) -> String {
-            let (name, labels) = POOL[*i];
-            let mut pairs: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| {
-                    let v = v.replace('\\', "\\\\").replace('"', "\\\"");
-                    format!("{k}=\"{v}\"")
-                })
-                .collect();
-            if *rev {
-                pairs.reverse();
-            }
-            let v = match *value {
-                v if v.is_nan() => "NaN".to_owned(),
-                f64::INFINITY => "+Inf".to_owned(),
-                v => v.to_string(),
-            };
-            if pairs.is_empty() {
-                format!("{name} {v}\n")
-            } else {
-                format!("{name}{{{}}} {v}\n", pairs.join(","))
-            }
-        }
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(256))]
@@ -765,66 +490,19 @@ mod tests {
                     }
                 }
             }
-
-            /// The one-pass ingest of a text is the ingest of [`expo::parse`]'s samples: the same
-            /// slots, ids, points and refusals, through new series, label orders, duplicates,
-            /// non-finite values, the cap, stale series, broken texts and a change of rules.
-            #[test]
-            fn one_pass_is_parse_then_ingest(
-                cycles in proptest::collection::vec(
-                    (
-                        proptest::collection::vec(
-                            (
-                                0..POOL.len(),
-                                prop_oneof![
-                                    (0u32..100).prop_map(f64::from),
-                                    Just(f64::NAN),
-                                    Just(f64::INFINITY),
-                                ],
-                                any::<bool>(),
-                            ),
-                            0..10,
-                        ),
-                        0u8..8,
-                    ),
-                    1..16,
-                ),
-                max_series in 1usize..8,
-                switch_at in 0usize..16,
-            ) {
-                let first = |n: &str, l: &Labels| {
-                    n != "other" && !l.iter().any(|(k, v)| k == "a" && v == "no")
-                };
-                let second = |n: &str, _: &Labels| n.starts_with("other") || n == "gauge";
-                let mut two = History::new(max_series, 60_000);
-                let mut one = History::new(max_series, 60_000);
-                for (i, (lines, broken)) in cycles.iter().enumerate() {
-                    let now = i as Millis * 15_000;
-                    let keep = |n: &str, l: &Labels| {
-                        if i < switch_at { first(n, l) } else { second(n, l) }
-                    };
-                    if i == switch_at {
-                        two.retain(keep);
-                        one.retain(keep);
-                    }
-                    let mut text: String = lines.iter().map(line).collect();
-                    if *broken == 0 {
-                        text.push_str("broken{a=\"1\" 1\n");
-                    }
-                    match expo::parse(&text) {
-                        Ok(s) => two.ingest(now, &s, |s| keep(&s.name, &s.labels)),
-                        Err(_) => two.ingest(now, &[], |s| keep(&s.name, &s.labels)),
-                    }
-                    if one.ingest_text(now, &text, keep).is_err() {
-                        prop_assert_eq!(*broken, 0);
-                        one.ingest(now, &[], |s| keep(&s.name, &s.labels));
-                    }
-                    prop_assert_eq!(dump(&one), dump(&two), "cycle {}", i);
-                    prop_assert_eq!(one.refused, two.refused);
-                    prop_assert_eq!(one.generation(), two.generation());
-                }
-            }
         }
+    }
+
+    #[test]
+    fn refusals_are_counted_at_every_ingest() {
+        let mut h = History::new(1, 600_000);
+        let samples = [
+            s("a_total", &[("x", "1")], 1.0),
+            s("a_total", &[("x", "2")], 1.0),
+        ];
+        h.ingest(0, &samples, |_| true);
+        h.ingest(15_000, &samples, |_| true);
+        assert_eq!((h.len(), h.refused), (1, 2));
     }
 
     #[test]

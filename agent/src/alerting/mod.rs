@@ -32,6 +32,7 @@ use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use sidelight_collector::model;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -144,8 +145,6 @@ pub struct Alerting {
     hub: Option<Arc<Hub>>,
     severities: Vec<String>,
     registry: OnceLock<Arc<Registry>>,
-    /// The registry's text, encoded at each cycle into the same buffer.
-    text: Mutex<String>,
     queues: HashMap<String, Arc<Queue>>,
     senders: Mutex<Vec<Sender>>,
     deploys: Arc<RwLock<HashMap<String, DeployInfo>>>,
@@ -261,7 +260,6 @@ impl Alerting {
             hub,
             severities,
             registry: OnceLock::new(),
-            text: Mutex::new(String::new()),
             queues,
             senders: Mutex::new(senders),
             deploys: Arc::new(RwLock::new(HashMap::new())),
@@ -419,19 +417,15 @@ impl Alerting {
         let deployments = self.refresh_deploys(now).await;
         self.deploy_notices(&cfg, deployments.as_deref(), now).await;
         let (outcome, changed, transitions, notifications, removed_groups, newly) = {
-            // The text buffer is kept across cycles (its capacity is last cycle's size).
-            let mut text = self.text.lock();
-            text.clear();
-            let encoded = match self.registry.get() {
-                Some(reg) => match prometheus_client::encoding::text::encode(&mut *text, reg) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        self.metrics.failures.inc();
-                        tracing::error!(error = %e, "alert evaluation cannot read the metrics");
-                        false
-                    }
-                },
-                None => false,
+            // What a scrape would store, read from the registry as a structured snapshot.
+            let samples = match self.registry.get().map(|r| model::snapshot(r.as_ref())) {
+                Some(Ok(snapshot)) => expo::samples(&snapshot),
+                Some(Err(e)) => {
+                    self.metrics.failures.inc();
+                    tracing::error!(error = %e, "alert evaluation cannot read the metrics");
+                    Vec::new()
+                }
+                None => Vec::new(),
             };
             let mut core = self.core.lock();
             let core = &mut *core;
@@ -455,18 +449,8 @@ impl Alerting {
             }
             let readers = &core.readers;
             let keep = |name: &str, labels: &expo::Labels| readers.reads(&cfg.rules, name, labels);
-            let ingested = encoded
-                && match core.history.ingest_text(now, &text, keep) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        self.metrics.failures.inc();
-                        tracing::error!(error = %e, "alert evaluation cannot read the metrics");
-                        false
-                    }
-                };
-            if !ingested {
-                core.history.ingest(now, &[], |s| keep(&s.name, &s.labels));
-            }
+            core.history
+                .ingest(now, &samples, |s| keep(&s.name, &s.labels));
             let plan = match core.plan.take() {
                 Some(p) if p.is_current(&core.history, &cfg.rules) => p,
                 _ => eval::Plan::new(&cfg.rules, &core.history),

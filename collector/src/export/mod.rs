@@ -1,7 +1,7 @@
 //! Sinks that send telemetry out of the agent: the OTLP exporter (gRPC or HTTP/protobuf, one
 //! consumer per signal queue, batching, retry, an optional disk spill) and Prometheus remote
-//! write; plus the conversion of the agent's own registry into OTLP metrics and remote-write
-//! series ([`openmetrics`] parses what the registry encodes).
+//! write; plus the conversion of the agent's own registry (a [`crate::model::Snapshot`]) into OTLP
+//! metrics and remote-write series.
 //!
 //! Delivery: a batch's receipts are completed once it is delivered, durably spilled, or
 //! permanently refused (counted in `sidelight_exporter_failed_total`). A batch that is neither
@@ -10,7 +10,6 @@
 //! `reason="shutdown"`.
 
 pub mod batch;
-pub mod openmetrics;
 pub mod otlp;
 pub mod remote_write;
 pub mod retry;

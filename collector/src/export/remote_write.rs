@@ -13,9 +13,9 @@ use prost::Message;
 use tokio::sync::Notify;
 
 use super::ExportStats;
-use super::openmetrics::{self, Family};
 use super::otlp::Shutdown;
 use super::retry::{Backoff, Outcome, RetryPolicy, parse_retry_after};
+use crate::model::{self, Snapshot};
 use crate::pipeline::QueueStats;
 
 const EXPORTER: &str = "remote_write";
@@ -62,48 +62,44 @@ pub struct Sample {
     pub timestamp: i64,
 }
 
-/// Builds one request: a series per sample (`_created` samples skipped), labels sorted by name
-/// (so `__name__` leads the usual lower-case labels), `external` labels added where the sample
-/// has no label of that name, one timestamp for all.
+/// Builds one request from a snapshot: a series per sample as a scrape of `/metrics` would
+/// store it (`_total`, `_bucket{le}`, `_sum`, `_count`, `_info`), labels sorted by name (so
+/// `__name__` leads the usual lower-case labels), `external` labels added where the sample has no
+/// label of that name, one timestamp for all.
 pub fn write_request(
-    families: &[Family],
+    snapshot: &Snapshot,
     external: &[(String, String)],
     timestamp_ms: i64,
 ) -> WriteRequest {
     let mut timeseries = Vec::new();
-    for f in families {
-        for s in &f.samples {
-            if s.name.ends_with("_created") {
-                continue;
-            }
-            let mut labels: Vec<Label> = Vec::with_capacity(s.labels.len() + 1 + external.len());
+    for s in snapshot.samples() {
+        let mut labels: Vec<Label> = Vec::with_capacity(s.labels.len() + 1 + external.len());
+        labels.push(Label {
+            name: "__name__".into(),
+            value: s.name.into_owned(),
+        });
+        for (k, v) in s.labels.iter() {
             labels.push(Label {
-                name: "__name__".into(),
-                value: s.name.clone(),
+                name: k.clone(),
+                value: v.clone(),
             });
-            for (k, v) in &s.labels {
+        }
+        for (k, v) in external {
+            if !labels.iter().any(|l| &l.name == k) {
                 labels.push(Label {
                     name: k.clone(),
                     value: v.clone(),
                 });
             }
-            for (k, v) in external {
-                if !labels.iter().any(|l| &l.name == k) {
-                    labels.push(Label {
-                        name: k.clone(),
-                        value: v.clone(),
-                    });
-                }
-            }
-            labels.sort_by(|a, b| a.name.cmp(&b.name));
-            timeseries.push(TimeSeries {
-                labels,
-                samples: vec![Sample {
-                    value: s.value,
-                    timestamp: timestamp_ms,
-                }],
-            });
         }
+        labels.sort_by(|a, b| a.name.cmp(&b.name));
+        timeseries.push(TimeSeries {
+            labels,
+            samples: vec![Sample {
+                value: s.value,
+                timestamp: timestamp_ms,
+            }],
+        });
     }
     WriteRequest { timeseries }
 }
@@ -296,12 +292,8 @@ pub async fn run(
                 _ = ticker.tick() => {}
             }
             let reg = registry.clone();
-            let built = tokio::task::spawn_blocking(move || {
-                let families = openmetrics::snapshot(&reg)?;
-                Ok::<_, openmetrics::ParseError>(families)
-            })
-            .await;
-            let families = match built {
+            let built = tokio::task::spawn_blocking(move || model::snapshot(&reg)).await;
+            let snapshot = match built {
                 Ok(Ok(f)) => f,
                 Ok(Err(e)) => {
                     if !logged {
@@ -316,7 +308,7 @@ pub async fn run(
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0);
-            let req = write_request(&families, &settings.external_labels, ts);
+            let req = write_request(&snapshot, &settings.external_labels, ts);
             let samples = req.timeseries.len() as u64;
             let body = match encode(&req) {
                 Ok(b) => b,
@@ -462,16 +454,30 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::openmetrics::parse;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::metrics::histogram::Histogram;
+    use prometheus_client::registry::Registry;
 
     #[test]
     fn encodes_sorted_labels_and_decodes_back() {
-        let fams = parse(
-            "# TYPE node_load1 gauge\nnode_load1 0.5\n# TYPE reqs counter\nreqs_total{zone=\"b\",code=\"200\"} 3\nreqs_created{zone=\"b\",code=\"200\"} 1.7e9\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 3\nh_sum 4\nh_count 3\n# EOF\n",
-        )
-        .expect("parse");
+        let mut r = Registry::default();
+        let load = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        load.set(0.5);
+        r.register("node_load1", "Load", load);
+        let reqs: Family<[(&str, &str); 2], Counter> = Family::default();
+        reqs.get_or_create(&[("zone", "b"), ("code", "200")])
+            .inc_by(3);
+        r.register("reqs", "Requests", reqs);
+        let h = Histogram::new([1.0]);
+        for v in [0.5, 0.75, 2.75] {
+            h.observe(v);
+        }
+        r.register("h", "H", h);
+        let snapshot = model::snapshot(&r).expect("snapshot");
         let req = write_request(
-            &fams,
+            &snapshot,
             &[
                 ("instance".into(), "vm-1".into()),
                 ("zone".into(), "x".into()),
@@ -484,7 +490,7 @@ mod tests {
             .expect("snappy block format");
         let back = WriteRequest::decode(&raw[..]).expect("protobuf");
         assert_eq!(back, req);
-        assert_eq!(back.timeseries.len(), 1 + 1 + 4, "_created skipped");
+        assert_eq!(back.timeseries.len(), 1 + 1 + 4);
         for ts in &back.timeseries {
             let names: Vec<&str> = ts.labels.iter().map(|l| l.name.as_str()).collect();
             let mut sorted = names.clone();
@@ -511,6 +517,28 @@ mod tests {
             "the sample's own label wins over an external one"
         );
         assert_eq!(reqs.samples[0].value, 3.0);
+        // The histogram as a scrape stores it: `_sum`, `_count`, then cumulative buckets.
+        let hist: Vec<(String, f64)> = back.timeseries[2..]
+            .iter()
+            .map(|ts| {
+                let name = &ts.labels[0].value;
+                let le = ts.labels.iter().find(|l| l.name == "le");
+                let key = match le {
+                    Some(le) => format!("{name}{{le={}}}", le.value),
+                    None => name.clone(),
+                };
+                (key, ts.samples[0].value)
+            })
+            .collect();
+        assert_eq!(
+            hist,
+            [
+                ("h_sum".to_owned(), 4.0),
+                ("h_count".to_owned(), 3.0),
+                ("h_bucket{le=1.0}".to_owned(), 2.0),
+                ("h_bucket{le=+Inf}".to_owned(), 3.0),
+            ]
+        );
     }
 
     #[test]

@@ -1,21 +1,22 @@
-//! The agent's own telemetry as OTLP metrics: what `/metrics` serves (host, process, log and
-//! self metrics), parsed from the registry's OpenMetrics encoding, becomes one
-//! `ExportMetricsServiceRequest` per round — counters as cumulative monotonic sums, gauges as
-//! gauges, histograms with their explicit bounds — under one resource (`service.name`,
+//! The agent's own telemetry as OTLP metrics: what `/metrics` serves (host, process, log,
+//! received-OTLP and self metrics), read from the registry as a structured
+//! [`model::Snapshot`](crate::model::Snapshot), becomes one `ExportMetricsServiceRequest` per
+//! round — counters as cumulative monotonic sums, gauges as gauges, histograms with their explicit
+//! bounds, exemplars kept — under one resource (`service.name`,
 //! `host.name`, `service.instance.id`).
 
-use std::collections::BTreeMap;
+use std::time::UNIX_EPOCH;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 pub use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
-    ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
+    AggregationTemporality, Exemplar as OtlpExemplar, Gauge, Histogram, HistogramDataPoint, Metric,
+    NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, exemplar, metric, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use super::openmetrics::{Family, Kind, Sample};
+use crate::model::{self, Family, Kind, Snapshot, Value};
 
 /// A string attribute.
 pub fn attr(key: &str, value: &str) -> KeyValue {
@@ -51,11 +52,52 @@ fn number(labels: &[(String, String)], value: f64, start: u64, now: u64) -> Numb
     }
 }
 
-/// Converts parsed families into OTLP metrics. `start` is when the cumulative series started
-/// (the agent's start), `now` the round's timestamp, both in Unix nanoseconds.
-pub fn to_metrics(families: &[Family], start: u64, now: u64) -> Vec<Metric> {
+/// An exemplar as OTLP carries it: `trace_id` / `span_id` labels (hex) become the ids, the
+/// other labels its filtered attributes; without a timestamp it is stamped `now`.
+fn otlp_exemplar(e: &model::Exemplar, now: u64) -> OtlpExemplar {
+    let mut out = OtlpExemplar {
+        time_unix_nano: e
+            .timestamp
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(now, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        value: Some(exemplar::Value::AsDouble(e.value)),
+        ..Default::default()
+    };
+    for (k, v) in &e.labels {
+        let id = match k.as_str() {
+            "trace_id" => hex_id::<16>(v),
+            "span_id" => hex_id::<8>(v),
+            _ => None,
+        };
+        match (k.as_str(), id) {
+            ("trace_id", Some(id)) => out.trace_id = id,
+            ("span_id", Some(id)) => out.span_id = id,
+            _ => out.filtered_attributes.push(attr(k, v)),
+        }
+    }
+    out
+}
+
+/// `N` bytes from `2N` hex digits, or `None`.
+fn hex_id<const N: usize>(s: &str) -> Option<Vec<u8>> {
+    let s = s.as_bytes();
+    if s.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16);
+    s.chunks(2)
+        .map(|p| Some((digit(p[0])? * 16 + digit(p[1])?) as u8))
+        .collect()
+}
+
+/// Converts a snapshot's families into OTLP metrics. `start` is when the cumulative series
+/// started (the agent's start), `now` the round's timestamp, both in Unix nanoseconds.
+pub fn to_metrics(snapshot: &Snapshot, start: u64, now: u64) -> Vec<Metric> {
     let mut out = Vec::new();
-    for f in families {
+    for f in &snapshot.families {
+        if f.series.is_empty() {
+            continue;
+        }
         let base = |name: &str, data| Metric {
             name: name.to_owned(),
             description: f.help.clone(),
@@ -63,148 +105,94 @@ pub fn to_metrics(families: &[Family], start: u64, now: u64) -> Vec<Metric> {
             data: Some(data),
             ..Default::default()
         };
-        match f.kind {
-            Kind::Counter => {
-                let total = format!("{}_total", f.name);
-                let points: Vec<NumberDataPoint> = f
-                    .samples
+        let data = match f.kind {
+            Kind::Counter => metric::Data::Sum(Sum {
+                data_points: counter_points(f, start, now),
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                is_monotonic: true,
+            }),
+            Kind::Histogram => metric::Data::Histogram(Histogram {
+                data_points: histogram_points(f, start, now),
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            }),
+            Kind::Gauge | Kind::Unknown => metric::Data::Gauge(Gauge {
+                data_points: f
+                    .series
                     .iter()
-                    .filter(|s| s.name == total || s.name == f.name)
-                    .map(|s| number(&s.labels, s.value, start, now))
-                    .collect();
-                if !points.is_empty() {
-                    out.push(base(
-                        &f.name,
-                        metric::Data::Sum(Sum {
-                            data_points: points,
-                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                            is_monotonic: true,
-                        }),
-                    ));
-                }
-            }
-            Kind::Histogram => {
-                let points = histogram_points(f, start, now);
-                if !points.is_empty() {
-                    out.push(base(
-                        &f.name,
-                        metric::Data::Histogram(Histogram {
-                            data_points: points,
-                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                        }),
-                    ));
-                }
-            }
-            Kind::Gauge | Kind::Other => {
-                // Gauges have one sample name; other types (info, summary, ...) are sent as one
-                // gauge per sample name, as Prometheus would store them.
-                let mut by_name: BTreeMap<&str, Vec<NumberDataPoint>> = BTreeMap::new();
-                for s in f.samples.iter().filter(|s| !s.name.ends_with("_created")) {
-                    by_name
-                        .entry(s.name.as_str())
-                        .or_default()
-                        .push(number(&s.labels, s.value, 0, now));
-                }
-                for (name, points) in by_name {
-                    out.push(base(
-                        name,
-                        metric::Data::Gauge(Gauge {
-                            data_points: points,
-                        }),
-                    ));
-                }
-            }
-        }
+                    .map(|s| number(&s.labels, s.value.number(), 0, now))
+                    .collect(),
+            }),
+        };
+        out.push(base(&f.name, data));
     }
     out
 }
 
+fn counter_points(f: &Family, start: u64, now: u64) -> Vec<NumberDataPoint> {
+    f.series
+        .iter()
+        .map(|s| {
+            let mut p = number(&s.labels, s.value.number(), start, now);
+            if let Value::Counter {
+                exemplar: Some(e), ..
+            } = &s.value
+            {
+                p.exemplars.push(otlp_exemplar(e, now));
+            }
+            p
+        })
+        .collect()
+}
+
 fn histogram_points(f: &Family, start: u64, now: u64) -> Vec<HistogramDataPoint> {
-    #[derive(Default)]
-    struct Acc {
-        buckets: Vec<(f64, f64)>,
-        sum: f64,
-        count: f64,
-    }
-    let bucket = format!("{}_bucket", f.name);
-    let sum = format!("{}_sum", f.name);
-    let count = format!("{}_count", f.name);
-    let mut series: Vec<(Vec<(String, String)>, Acc)> = Vec::new();
-    let key_of = |s: &Sample| -> Vec<(String, String)> {
-        s.labels
-            .iter()
-            .filter(|(k, _)| k != "le")
-            .cloned()
-            .collect()
-    };
-    for s in &f.samples {
-        let key = key_of(s);
-        let idx = match series.iter().position(|(k, _)| *k == key) {
-            Some(i) => i,
-            None => {
-                series.push((key, Acc::default()));
-                series.len() - 1
-            }
-        };
-        let acc = &mut series[idx].1;
-        if s.name == bucket {
-            let le = s
-                .labels
-                .iter()
-                .find(|(k, _)| k == "le")
-                .and_then(|(_, v)| match v.as_str() {
-                    "+Inf" | "Inf" => Some(f64::INFINITY),
-                    v => v.parse().ok(),
-                });
-            if let Some(le) = le {
-                acc.buckets.push((le, s.value));
-            }
-        } else if s.name == sum {
-            acc.sum = s.value;
-        } else if s.name == count {
-            acc.count = s.value;
-        }
-    }
-    series
-        .into_iter()
-        .map(|(labels, mut acc)| {
-            acc.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let explicit_bounds: Vec<f64> = acc
+    f.series
+        .iter()
+        .filter_map(|s| {
+            let Value::Histogram(h) = &s.value else {
+                return None;
+            };
+            let explicit_bounds: Vec<f64> = h
                 .buckets
                 .iter()
-                .map(|b| b.0)
+                .map(|b| b.upper_bound)
                 .filter(|b| b.is_finite())
                 .collect();
             // Cumulative counts to per-bucket counts; the last bucket is (last bound, +Inf).
             let mut bucket_counts = Vec::with_capacity(explicit_bounds.len() + 1);
-            let mut prev = 0.0;
-            for (le, c) in &acc.buckets {
-                bucket_counts.push((c - prev).max(0.0) as u64);
-                prev = *c;
-                if !le.is_finite() {
+            let mut prev = 0;
+            for b in &h.buckets {
+                bucket_counts.push(b.cumulative_count.saturating_sub(prev));
+                prev = b.cumulative_count;
+                if !b.upper_bound.is_finite() {
                     break;
                 }
             }
             if bucket_counts.len() == explicit_bounds.len() {
-                bucket_counts.push((acc.count - prev).max(0.0) as u64);
+                bucket_counts.push(h.count.saturating_sub(prev));
             }
-            HistogramDataPoint {
-                attributes: attrs(&labels),
+            Some(HistogramDataPoint {
+                attributes: attrs(&s.labels),
                 start_time_unix_nano: start,
                 time_unix_nano: now,
-                count: acc.count as u64,
-                sum: Some(acc.sum),
+                count: h.count,
+                sum: Some(h.sum),
                 bucket_counts,
                 explicit_bounds,
+                exemplars: h
+                    .buckets
+                    .iter()
+                    .filter_map(|b| b.exemplar.as_ref())
+                    .map(|e| otlp_exemplar(e, now))
+                    .collect(),
                 ..Default::default()
-            }
+            })
         })
         .collect()
 }
 
 /// One export request of the agent's telemetry under `resource`.
 pub fn request(
-    families: &[Family],
+    snapshot: &Snapshot,
     resource: &[KeyValue],
     start: u64,
     now: u64,
@@ -221,7 +209,7 @@ pub fn request(
                     version: env!("CARGO_PKG_VERSION").into(),
                     ..Default::default()
                 }),
-                metrics: to_metrics(families, start, now),
+                metrics: to_metrics(snapshot, start, now),
                 schema_url: String::new(),
             }],
             schema_url: String::new(),
@@ -238,7 +226,7 @@ mod tests {
     use prometheus_client::registry::Registry;
 
     use super::*;
-    use crate::export::openmetrics::snapshot;
+    use crate::model::snapshot;
 
     #[test]
     fn counters_gauges_and_histograms_convert() {
@@ -256,8 +244,8 @@ mod tests {
             h.get_or_create(&[("collector", "host")]).observe(v);
         }
         r.register("dur_seconds", "d", h);
-        let fams = snapshot(&r).expect("parse");
-        let req = request(&fams, &[attr("service.name", "sidelight")], 10, 20);
+        let snap = snapshot(&r).expect("snapshot");
+        let req = request(&snap, &[attr("service.name", "sidelight")], 10, 20);
         let rm = &req.resource_metrics[0];
         assert_eq!(
             rm.resource.as_ref().map(|r| r.attributes.clone()),
@@ -307,5 +295,44 @@ mod tests {
         assert_eq!(p.attributes, vec![attr("collector", "host")]);
         // Items are data points: 2 + 1 + 1.
         assert_eq!(crate::pipeline::Payload::Metrics(req).items(), 4);
+    }
+
+    #[test]
+    fn exemplars_become_otlp_exemplars() {
+        use prometheus_client::metrics::exemplar::CounterWithExemplar;
+        let mut r = Registry::default();
+        let c: CounterWithExemplar<Vec<(String, String)>, f64> = CounterWithExemplar::default();
+        c.inc_by(
+            3.0,
+            Some(vec![
+                ("trace_id".into(), "0af7651916cd43dd8448eb211c80319c".into()),
+                ("span_id".into(), "b7ad6b7169203331".into()),
+                ("shop".into(), "main".into()),
+            ]),
+            None,
+        );
+        r.register("orders", "Orders", c);
+        let snap = snapshot(&r).expect("snapshot");
+        let metrics = to_metrics(&snap, 10, 20);
+        let Some(metric::Data::Sum(sum)) = &metrics[0].data else {
+            panic!("sum")
+        };
+        let e = &sum.data_points[0].exemplars[0];
+        assert_eq!(
+            e.trace_id,
+            [
+                0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80,
+                0x31, 0x9c
+            ]
+        );
+        assert_eq!(e.span_id, [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]);
+        assert_eq!(e.filtered_attributes, vec![attr("shop", "main")]);
+        assert_eq!(e.value, Some(exemplar::Value::AsDouble(3.0)));
+        assert_eq!(
+            e.time_unix_nano, 20,
+            "no timestamp: stamped with the round's time"
+        );
+        assert_eq!(hex_id::<8>("b7ad6b716920333"), None, "odd length");
+        assert_eq!(hex_id::<8>("b7ad6b716920333x"), None, "not hex");
     }
 }

@@ -1,0 +1,649 @@
+//! The structured metrics model: everything `/metrics` serves, read from the registry as typed
+//! families — names, help, units, label sets, counter / gauge / histogram values and exemplars —
+//! with no exposition text in between. Remote write, the agent's own telemetry over OTLP and rule
+//! evaluation read this; only the `/metrics` endpoint writes text.
+//!
+//! The walk over the registry is `prometheus-client`'s own Prometheus protobuf encoder
+//! ([`prometheus_client::encoding::prometheus_protobuf::encode`]): every metric and custom
+//! `Collector` encodes through the same `DescriptorEncoder` for protobuf as for text, so this
+//! model holds what the text encoder writes, family for family, in Prometheus' data model
+//! (`io.prometheus.client.MetricFamily`: what Prometheus itself ingests). [`snapshot`] turns it
+//! into the plain types below.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model as pm;
+use prometheus_client::registry::Registry;
+
+/// Label pairs of one series, in the order the text encoder writes them (the registry's constant
+/// labels first, then the family's, then the metric's own). Values are raw, not escaped.
+pub type Labels = Vec<(String, String)>;
+
+/// The registry could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// A metric or collector failed to encode (the same failure would fail a `/metrics` scrape).
+    #[error("a metric in the registry failed to encode")]
+    Encode,
+}
+
+/// Everything a registry serves at one moment.
+///
+/// There are no timestamps on samples: a snapshot is one instant, and each consumer stamps it
+/// with its own clock (remote write and OTLP use the time they read it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Families in the order `/metrics` writes them.
+    pub families: Vec<Family>,
+}
+
+/// The kind of a family, as in its `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A monotonic counter; its one sample is `<name>_total`.
+    Counter,
+    /// A gauge; its one sample is `<name>`.
+    Gauge,
+    /// An explicit-bucket histogram: `<name>_sum`, `<name>_count`, `<name>_bucket{le}`.
+    Histogram,
+    /// `unknown` (untyped): one sample `<name>`.
+    Unknown,
+}
+
+/// One metric family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family {
+    /// The name as `/metrics` writes it in `# TYPE`: prefix and unit suffix included
+    /// (`sidelight_exporter_send_duration_seconds`), without a counter's `_total`. An info
+    /// metric is read as the gauge Prometheus stores for it: `<name>_info` with the value 1 and
+    /// the info labels after the series' own.
+    pub name: String,
+    /// The help text as served (`prometheus-client` ends it with a full stop).
+    pub help: String,
+    /// The OpenMetrics unit (`seconds`, `bytes`), empty when none was registered.
+    pub unit: String,
+    /// The family's type.
+    pub kind: Kind,
+    /// Its series, in the order served.
+    pub series: Vec<Series>,
+}
+
+/// One series of a family: a label set and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The series' labels (a histogram's `le` is not among them: it is per bucket).
+    pub labels: Labels,
+    /// Its value.
+    pub value: Value,
+}
+
+/// The value of one series.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A counter's running total, with the exemplar of its last increment if it keeps one.
+    Counter {
+        /// The total.
+        total: f64,
+        /// The exemplar, if any.
+        exemplar: Option<Exemplar>,
+    },
+    /// A gauge.
+    Gauge(f64),
+    /// A histogram.
+    Histogram(Histogram),
+    /// A value of a family of unknown type.
+    Unknown(f64),
+}
+
+/// An explicit-bucket histogram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    /// Sum of the observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+    /// Buckets by ascending upper bound; the last is `+Inf` for histograms that have one.
+    pub buckets: Vec<Bucket>,
+}
+
+/// One histogram bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bucket {
+    /// The inclusive upper bound (`le`); `f64::INFINITY` for the last bucket.
+    pub upper_bound: f64,
+    /// Observations less than or equal to `upper_bound` (cumulative, as `_bucket` samples are).
+    pub cumulative_count: u64,
+    /// The exemplar of an observation in this bucket, if the histogram keeps them.
+    pub exemplar: Option<Exemplar>,
+}
+
+/// An exemplar: one traced observation behind a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exemplar {
+    /// Its labels (`trace_id`, `span_id`, …).
+    pub labels: Labels,
+    /// The observed value.
+    pub value: f64,
+    /// When it was observed, if recorded.
+    pub timestamp: Option<SystemTime>,
+}
+
+/// One sample as Prometheus stores it from a scrape of `/metrics`: the sample name
+/// (`foo_total`, `foo_bucket`), its labels (`le` last for buckets) and value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample<'a> {
+    /// The family the sample belongs to.
+    pub family: &'a Family,
+    /// The sample's name.
+    pub name: Cow<'a, str>,
+    /// Its labels in the order written, `le` included.
+    pub labels: Cow<'a, [(String, String)]>,
+    /// Its value.
+    pub value: f64,
+    /// The exemplar written on this sample, if any.
+    pub exemplar: Option<&'a Exemplar>,
+}
+
+/// Reads everything `registry` serves into a [`Snapshot`].
+///
+/// Runs every metric's and collector's encode, as a text scrape does, into owned strings and
+/// numbers instead of text; safe to call from any thread (collectors take their own locks). An error means some metric failed to encode; a text scrape
+/// of the same registry fails the same way.
+pub fn snapshot(registry: &Registry) -> Result<Snapshot, SnapshotError> {
+    let families = prometheus_client::encoding::prometheus_protobuf::encode(registry)
+        .map_err(|_| SnapshotError::Encode)?;
+    Ok(Snapshot {
+        families: families.into_iter().map(family).collect(),
+    })
+}
+
+fn family(f: pm::MetricFamily) -> Family {
+    let kind = match pm::MetricType::try_from(f.r#type) {
+        Ok(pm::MetricType::Counter) => Kind::Counter,
+        Ok(pm::MetricType::Gauge) => Kind::Gauge,
+        Ok(pm::MetricType::Histogram) => Kind::Histogram,
+        _ => Kind::Unknown,
+    };
+    // Prometheus' data model names a counter family by its sample (`<name>_total`).
+    let name = match (kind, f.name.strip_suffix("_total")) {
+        (Kind::Counter, Some(base)) => base.to_owned(),
+        _ => f.name,
+    };
+    let series = f
+        .metric
+        .into_iter()
+        .filter_map(|m| {
+            let value = if let Some(c) = m.counter {
+                Value::Counter {
+                    total: c.value,
+                    exemplar: c.exemplar.map(exemplar),
+                }
+            } else if let Some(g) = m.gauge {
+                Value::Gauge(g.value)
+            } else if let Some(h) = m.histogram {
+                Value::Histogram(Histogram {
+                    sum: h.sample_sum,
+                    count: h.sample_count,
+                    buckets: h
+                        .bucket
+                        .into_iter()
+                        .map(|b| Bucket {
+                            upper_bound: b.upper_bound,
+                            cumulative_count: b.cumulative_count,
+                            exemplar: b.exemplar.map(exemplar),
+                        })
+                        .collect(),
+                })
+            } else if let Some(u) = m.untyped {
+                Value::Unknown(u.value)
+            } else {
+                // Summaries and gauge histograms: types `prometheus-client` cannot express.
+                return None;
+            };
+            Some(Series {
+                labels: labels(m.label),
+                value,
+            })
+        })
+        .collect();
+    Family {
+        name,
+        help: f.help,
+        unit: f.unit,
+        kind,
+        series,
+    }
+}
+
+fn labels(labels: Vec<pm::LabelPair>) -> Labels {
+    labels.into_iter().map(|l| (l.name, l.value)).collect()
+}
+
+fn exemplar(e: pm::Exemplar) -> Exemplar {
+    Exemplar {
+        labels: labels(e.label),
+        value: e.value,
+        timestamp: e.timestamp.and_then(|t| {
+            let secs = u64::try_from(t.seconds).ok()?;
+            let nanos = u32::try_from(t.nanos).ok()?;
+            UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+        }),
+    }
+}
+
+/// The `le` label value the text encoder writes for a bucket bound (`0.005`, `1.0`, `+Inf`), so
+/// that series read from a snapshot are the series a scrape of `/metrics` stores.
+pub fn le_value(upper_bound: f64) -> String {
+    if upper_bound == f64::INFINITY {
+        "+Inf".to_owned()
+    } else {
+        dtoa::Buffer::new().format(upper_bound).to_owned()
+    }
+}
+
+impl Snapshot {
+    /// The family with this name (as in [`Family::name`]), if present.
+    pub fn family(&self, name: &str) -> Option<&Family> {
+        self.families.iter().find(|f| f.name == name)
+    }
+
+    /// Every sample, as a scrape of `/metrics` yields them, in the order written.
+    pub fn samples(&self) -> impl Iterator<Item = Sample<'_>> {
+        self.families.iter().flat_map(Family::samples)
+    }
+}
+
+impl Family {
+    /// The family's samples as a scrape yields them: `_total` for counters; `_sum`, `_count`
+    /// and cumulative `_bucket{le}` for histograms (that order, as written); the bare name
+    /// otherwise.
+    pub fn samples(&self) -> impl Iterator<Item = Sample<'_>> {
+        self.series.iter().flat_map(move |s| self.series_samples(s))
+    }
+
+    fn series_samples<'a>(&'a self, s: &'a Series) -> Vec<Sample<'a>> {
+        let sample = |suffix: &str, labels, value, exemplar| Sample {
+            family: self,
+            name: if suffix.is_empty() {
+                Cow::Borrowed(self.name.as_str())
+            } else {
+                Cow::Owned(format!("{}{suffix}", self.name))
+            },
+            labels,
+            value,
+            exemplar,
+        };
+        let own = Cow::Borrowed(s.labels.as_slice());
+        match &s.value {
+            Value::Counter { total, exemplar } => {
+                vec![sample("_total", own, *total, exemplar.as_ref())]
+            }
+            Value::Gauge(v) | Value::Unknown(v) => vec![sample("", own, *v, None)],
+            Value::Histogram(h) => {
+                let mut out = Vec::with_capacity(h.buckets.len() + 2);
+                out.push(sample("_sum", own.clone(), h.sum, None));
+                out.push(sample("_count", own, h.count as f64, None));
+                for b in &h.buckets {
+                    let mut labels = s.labels.clone();
+                    labels.push(("le".to_owned(), le_value(b.upper_bound)));
+                    out.push(sample(
+                        "_bucket",
+                        Cow::Owned(labels),
+                        b.cumulative_count as f64,
+                        b.exemplar.as_ref(),
+                    ));
+                }
+                out
+            }
+        }
+    }
+}
+
+impl Value {
+    /// The series' value where it is one number: a counter's total, a gauge, a histogram's
+    /// count.
+    pub fn number(&self) -> f64 {
+        match self {
+            Value::Counter { total, .. } => *total,
+            Value::Gauge(v) | Value::Unknown(v) => *v,
+            Value::Histogram(h) => h.count as f64,
+        }
+    }
+}
+
+/// The oracle of the tests: a snapshot checked against the text encoding of the same registry.
+#[cfg(test)]
+pub(crate) mod oracle {
+    use super::*;
+
+    /// Writes a label set as the text encoder does (escaping `\`, `"` and newlines).
+    fn label_text(labels: &[(String, String)]) -> String {
+        let body: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| {
+                let v = v
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                format!("{k}=\"{v}\"")
+            })
+            .collect();
+        if body.is_empty() {
+            String::new()
+        } else {
+            format!("{{{}}}", body.join(","))
+        }
+    }
+
+    /// Asserts that the snapshot of `registry` is the registry's text encoding: the same
+    /// families with the same type, unit and help lines, then, line for line, the same sample
+    /// names and label sets (compared as text), the same values and exemplars (compared as
+    /// numbers: the text writes integers without a fraction).
+    pub(crate) fn assert_matches_text(registry: &Registry) -> Snapshot {
+        let snap = snapshot(registry).expect("snapshot");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        let mut lines = text.lines().filter(|l| *l != "# EOF");
+        for f in &snap.families {
+            let help = lines.next().expect("help line");
+            let ty_line = lines.next().expect("type line");
+            let (text_name, text_ty) = ty_line
+                .strip_prefix("# TYPE ")
+                .and_then(|t| t.rsplit_once(' '))
+                .expect("a type line");
+            let ty = match f.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+                Kind::Unknown => "unknown",
+            };
+            // An info metric is read as the gauge `<name>_info` Prometheus stores.
+            assert!(
+                (text_name, text_ty) == (f.name.as_str(), ty)
+                    || (f.kind == Kind::Gauge
+                        && text_ty == "info"
+                        && f.name == format!("{text_name}_info")),
+                "{ty_line:?} for {} {ty}\n{text}",
+                f.name
+            );
+            assert_eq!(help, format!("# HELP {text_name} {}", f.help), "{text}");
+            if !f.unit.is_empty() {
+                assert_eq!(
+                    lines.next(),
+                    Some(format!("# UNIT {text_name} {}", f.unit).as_str())
+                );
+            }
+            for s in f.samples() {
+                let line = lines.next().expect("a sample line per sample");
+                let key = format!("{}{} ", s.name, label_text(&s.labels));
+                // The text writes a bucket's `le` before a family's labels; the snapshot puts it
+                // last. Label order carries no meaning, so either is the same series.
+                let mut le_first = s.labels.to_vec();
+                le_first.rotate_right(usize::from(s.name.ends_with("_bucket")));
+                let key_le_first = format!("{}{} ", s.name, label_text(&le_first));
+                let rest = line
+                    .strip_prefix(key.as_str())
+                    .or_else(|| line.strip_prefix(key_le_first.as_str()))
+                    .unwrap_or_else(|| panic!("{line:?} should start with {key:?}\n{text}"));
+                let (value, exemplar) = match rest.split_once(" # ") {
+                    Some((v, e)) => (v, Some(e)),
+                    None => (rest, None),
+                };
+                let want: f64 = value.parse().expect("a number");
+                assert!(
+                    want == s.value || (want.is_nan() && s.value.is_nan()),
+                    "{line}: snapshot says {}",
+                    s.value
+                );
+                match (exemplar, s.exemplar) {
+                    (None, None) => {}
+                    (Some(text_ex), Some(ex)) => {
+                        let labels = label_text(&ex.labels);
+                        let labels = if labels.is_empty() {
+                            "{}".to_owned()
+                        } else {
+                            labels
+                        };
+                        let nums = text_ex
+                            .strip_prefix(labels.as_str())
+                            .unwrap_or_else(|| panic!("{line}: exemplar labels {labels}"));
+                        let mut nums = nums.split_whitespace().map(|n| n.parse::<f64>());
+                        assert_eq!(nums.next(), Some(Ok(ex.value)), "{line}");
+                        let ts = ex
+                            .timestamp
+                            .map(|t| t.duration_since(UNIX_EPOCH).expect("after").as_secs_f64());
+                        assert_eq!(nums.next().transpose().expect("timestamp"), ts, "{line}");
+                    }
+                    (t, s) => panic!("{line}: exemplar in text {t:?}, in snapshot {s:?}"),
+                }
+            }
+        }
+        assert_eq!(
+            lines.next(),
+            None,
+            "the text has more than the snapshot:\n{text}"
+        );
+        snap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::oracle::assert_matches_text;
+
+    use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::exemplar::{CounterWithExemplar, HistogramWithExemplars};
+    use prometheus_client::metrics::family::Family as PFamily;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::metrics::histogram::Histogram as PHistogram;
+    use prometheus_client::metrics::info::Info;
+    use prometheus_client::registry::Unit;
+
+    use super::*;
+    use crate::metrics::{
+        FamilySnapshot, Kind as SnapKind, Snapshot as SourceSnapshot, SnapshotCell,
+        SnapshotCollector,
+    };
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+    enum Method {
+        Get,
+    }
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Route {
+        method: Method,
+        path: String,
+    }
+
+    #[test]
+    fn counters_gauges_and_escaping_match_the_text() {
+        let mut r = Registry::default();
+        let requests: PFamily<[(&str, &str); 2], Counter> = PFamily::default();
+        requests
+            .get_or_create(&[("path", "/a\"b\\c\nd e}"), ("code", "200")])
+            .inc_by(3);
+        drop(requests.get_or_create(&[("path", "/"), ("code", "500")]));
+        r.register("requests", "Requests \"served\"\\ by path", requests);
+        let f64_counter = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        f64_counter.inc_by(1.25);
+        r.register_with_unit("busy", "Busy time", Unit::Seconds, f64_counter);
+        let temp = Gauge::<i64>::default();
+        temp.set(-7);
+        r.register_with_unit("temperature", "A gauge", Unit::Celsius, temp);
+        let ratio = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        ratio.set(f64::NAN);
+        r.register("ratio", "Not a number", ratio);
+        let typed: PFamily<Route, Gauge> = PFamily::default();
+        typed
+            .get_or_create(&Route {
+                method: Method::Get,
+                path: "/x".into(),
+            })
+            .set(2);
+        r.register("inflight", "Typed labels", typed);
+        let sub = r
+            .sub_registry_with_prefix("sub")
+            .sub_registry_with_label((Cow::Borrowed("zone"), Cow::Borrowed("eu")));
+        sub.register(
+            "queue_depth",
+            "Prefixed and labelled",
+            Gauge::<i64>::default(),
+        );
+
+        let snap = assert_matches_text(&r);
+        let names: Vec<&str> = snap.families.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "requests",
+                "busy_seconds",
+                "temperature_celsius",
+                "ratio",
+                "inflight",
+                "sub_queue_depth"
+            ]
+        );
+        let req = snap.family("requests").expect("requests");
+        assert_eq!(req.kind, Kind::Counter);
+        assert_eq!(
+            req.series[0].labels,
+            [
+                ("path".to_owned(), "/a\"b\\c\nd e}".to_owned()),
+                ("code".to_owned(), "200".to_owned())
+            ],
+            "label values are raw, not escaped"
+        );
+        assert_eq!(req.series[0].value.number(), 3.0);
+        let busy = snap.family("busy_seconds").expect("busy");
+        assert_eq!(
+            (busy.unit.as_str(), busy.series[0].value.number()),
+            ("seconds", 1.25)
+        );
+        let sub = snap.family("sub_queue_depth").expect("sub");
+        assert_eq!(sub.series[0].labels, [("zone".to_owned(), "eu".to_owned())]);
+        let s: Vec<String> = snap.samples().map(|s| s.name.into_owned()).collect();
+        assert_eq!(s[0], "requests_total");
+        assert_eq!(s[2], "busy_seconds_total");
+    }
+
+    #[test]
+    fn histograms_have_cumulative_buckets_as_in_the_text() {
+        let mut r = Registry::default();
+        let h = PHistogram::new([0.005, 0.5, 1.0, 2.5]);
+        for v in [0.001, 0.2, 0.7, 0.9, 9.0] {
+            h.observe(v);
+        }
+        r.register_with_unit("latency", "Latency", Unit::Seconds, h);
+        let by_route: PFamily<[(&str, &str); 1], PHistogram> =
+            PFamily::new_with_constructor(|| PHistogram::new([1.0, 10.0]));
+        by_route.get_or_create(&[("route", "/a")]).observe(5.0);
+        drop(by_route.get_or_create(&[("route", "/b")]));
+        r.register("sizes", "Empty and not", by_route);
+
+        let snap = assert_matches_text(&r);
+        let lat = snap.family("latency_seconds").expect("latency");
+        assert_eq!(lat.kind, Kind::Histogram);
+        let Value::Histogram(h) = &lat.series[0].value else {
+            panic!("a histogram: {lat:?}");
+        };
+        assert_eq!(h.count, 5);
+        assert!((h.sum - 10.801).abs() < 1e-9);
+        let buckets: Vec<(f64, u64)> = h
+            .buckets
+            .iter()
+            .map(|b| (b.upper_bound, b.cumulative_count))
+            .collect();
+        assert_eq!(
+            buckets,
+            [(0.005, 1), (0.5, 2), (1.0, 4), (2.5, 4), (f64::INFINITY, 5)]
+        );
+        let les: Vec<String> = lat
+            .samples()
+            .filter(|s| s.name == "latency_seconds_bucket")
+            .map(|s| s.labels.last().expect("le").1.clone())
+            .collect();
+        assert_eq!(les, ["0.005", "0.5", "1.0", "2.5", "+Inf"]);
+    }
+
+    #[test]
+    fn exemplars_and_info_match_the_text() {
+        let mut r = Registry::default();
+        let c: CounterWithExemplar<Vec<(String, String)>, f64> = CounterWithExemplar::default();
+        c.inc_by(
+            2.0,
+            Some(vec![("trace_id".into(), "4bf92f3577b34da6".into())]),
+            Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_250)),
+        );
+        r.register("orders", "Orders", c);
+        let h: HistogramWithExemplars<Vec<(String, String)>> =
+            HistogramWithExemplars::new([0.1, 1.0].into_iter());
+        h.observe(0.5, Some(vec![("trace_id".into(), "abc".into())]), None);
+        h.observe(0.05, None, None);
+        r.register("checkout", "Checkout", h);
+        r.register(
+            "build",
+            "Build",
+            Info::new(vec![("version".to_owned(), "1.2.3".to_owned())]),
+        );
+
+        let snap = assert_matches_text(&r);
+        let orders = snap.family("orders").expect("orders");
+        let Value::Counter {
+            exemplar: Some(ex), ..
+        } = &orders.series[0].value
+        else {
+            panic!("an exemplar: {orders:?}");
+        };
+        assert_eq!(ex.value, 2.0);
+        assert_eq!(
+            ex.timestamp,
+            Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_250))
+        );
+        let checkout = snap.family("checkout").expect("checkout");
+        let Value::Histogram(h) = &checkout.series[0].value else {
+            panic!("histogram");
+        };
+        let with: Vec<Option<f64>> = h
+            .buckets
+            .iter()
+            .map(|b| b.exemplar.as_ref().map(|e| e.value))
+            .collect();
+        assert_eq!(with, [None, Some(0.5), None]);
+        let info = snap.family("build_info").expect("build");
+        assert_eq!(info.kind, Kind::Gauge);
+        let sample = info.samples().next().expect("one sample");
+        assert_eq!((sample.name.as_ref(), sample.value), ("build_info", 1.0));
+    }
+
+    #[test]
+    fn custom_collectors_are_read_like_the_text() {
+        let cell = Arc::new(SnapshotCell::default());
+        let mut cpu = FamilySnapshot::new("node_cpu_seconds", "CPU time.", SnapKind::Counter);
+        cpu.push([("cpu", "0".to_owned()), ("mode", "idle".to_owned())], 12.5);
+        cpu.push([("cpu", "0".to_owned()), ("mode", "user".to_owned())], 3.0);
+        let mut load = FamilySnapshot::new("node_load1", "1m load average.", SnapKind::Gauge);
+        load.push([], 0.25);
+        cell.publish(SourceSnapshot {
+            families: vec![cpu, load],
+        });
+        let mut r = Registry::default();
+        r.register_collector(Box::new(SnapshotCollector(cell)));
+        let snap = assert_matches_text(&r);
+        assert_eq!(
+            snap.family("node_cpu_seconds").expect("cpu").series.len(),
+            2
+        );
+        assert_eq!(snap.samples().count(), 3);
+    }
+
+    #[test]
+    fn an_empty_registry_is_an_empty_snapshot() {
+        let snap = assert_matches_text(&Registry::default());
+        assert!(snap.families.is_empty());
+    }
+}

@@ -15,11 +15,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use sidelight_collector::logs::{
     Batch, ConsumerGone, Handoff, LogResource, LogSource, LogSourceConfig, LogStats, to_request,
 };
 use sidelight_collector::pipeline::{Intake, Payload, Pending, Receipt};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +32,9 @@ use crate::http::Readiness;
 /// Deliveries waiting between a tailer and its consumer (each ≤ `tail.batch_max_bytes`).
 const HANDOFF_BATCHES: usize = 4;
 
+/// How often a waiting hand-off looks for room in the consumer's channel.
+const ROOM_POLL: Duration = Duration::from_millis(10);
+
 /// The tailer's end: delivers on the tailer's thread when every sink has room now, else hands
 /// the rest of the delivery to the consumer task.
 struct Deliver {
@@ -38,27 +43,50 @@ struct Deliver {
     tx: mpsc::Sender<Box<Pending>>,
     /// Deliveries sent to the consumer and not finished yet (the consumer counts down).
     with_consumer: Arc<AtomicUsize>,
+    /// The delivery the consumer's channel had no room for yet (the tailer waits for it).
+    held: Option<Box<Pending>>,
 }
 
 impl Handoff for Deliver {
-    fn hand_off(&mut self, batch: Batch) -> Result<(), ConsumerGone> {
+    fn hand_off(&mut self, batch: Batch, until: Instant) -> Result<bool, ConsumerGone> {
         let (records, ack) = batch.into_parts();
         let payload = Payload::Logs(to_request(records, &self.resource));
         let receipt = Receipt::new(move || ack.ack());
         let pending = if self.with_consumer.load(Ordering::Acquire) == 0 {
             match self.intake.try_deliver(payload, receipt) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(true),
                 Err(pending) => pending,
             }
         } else {
             // An earlier batch is still on its way: this one goes behind it.
             match self.intake.defer(payload, receipt) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(true),
                 Err(pending) => pending,
             }
         };
         self.with_consumer.fetch_add(1, Ordering::AcqRel);
-        self.tx.blocking_send(pending).map_err(|_| ConsumerGone)
+        self.held = Some(pending);
+        self.wait(until)
+    }
+
+    /// Polls the consumer's channel for room (a plain thread cannot await it; the tailer waits
+    /// here only while a sink is full, so the polling costs nothing otherwise).
+    fn wait(&mut self, until: Instant) -> Result<bool, ConsumerGone> {
+        loop {
+            let Some(pending) = self.held.take() else {
+                return Ok(true);
+            };
+            match self.tx.try_send(pending) {
+                Ok(()) => return Ok(true),
+                Err(TrySendError::Closed(_)) => return Err(ConsumerGone),
+                Err(TrySendError::Full(pending)) => self.held = Some(pending),
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Ok(false);
+            }
+            std::thread::sleep(ROOM_POLL.min(until - now));
+        }
     }
 }
 
@@ -167,6 +195,7 @@ fn start(
         resource,
         tx,
         with_consumer: with_consumer.clone(),
+        held: None,
     };
     let name = config.source.clone();
     let store = ctx.store.clone();

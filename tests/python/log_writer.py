@@ -3,7 +3,8 @@
 Each mode writes numbered records (`seq` = 1..count) through a real logging library, the way a
 Python service would, and prints one JSON line with what it wrote when it is done:
 
-  jsonlogger   python-json-logger through logging.handlers.RotatingFileHandler (tiny maxBytes)
+  jsonlogger   python-json-logger through logging.handlers.RotatingFileHandler (tiny maxBytes;
+               --numbered puts the seq in the message too)
   timed        python-json-logger through TimedRotatingFileHandler (rotating every second)
   structlog    structlog's JSONRenderer through a WatchedFileHandler (logrotate `create` style:
                the test renames the file away and the handler reopens a new one)
@@ -53,7 +54,9 @@ def mode_jsonlogger(a):
     handler = logging.handlers.RotatingFileHandler(a.path, maxBytes=a.max_bytes, backupCount=a.backups)
     log = json_logger(a.path, handler)
     for seq in paced(a.count, a.rate):
-        log.log(levels(seq), "request handled", extra={"seq": seq, "route": "/orders/{id}"})
+        # --numbered: the seq in the message too, for sinks that keep only the body.
+        message = f"request {seq} handled" if a.numbered else "request handled"
+        log.log(levels(seq), message, extra={"seq": seq, "route": "/orders/{id}"})
     handler.close()
 
 
@@ -185,6 +188,7 @@ def main():
     p.add_argument("--backups", type=int, default=1000)
     p.add_argument("--loguru-rotation", default="20 KB")
     p.add_argument("--interval", type=float, default=0.2)
+    p.add_argument("--numbered", action="store_true")
     a = p.parse_args()
     os.makedirs(os.path.dirname(os.path.abspath(a.path)), exist_ok=True)
     extra = globals()["mode_" + a.mode](a) or {}

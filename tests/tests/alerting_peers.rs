@@ -674,3 +674,118 @@ notifiers:
     );
     Ok(())
 }
+
+/// A Teams card that cannot be made to fit its receiver's `max_card_bytes` (here its title
+/// alone: a span name of 300 four-byte characters, grouped by span name, against the smallest
+/// limit) is never posted: the loopback Teams sees no request for it, the failure is counted in
+/// `sidelight_notifications_failed_total{channel="teams"}` and logged with the reason, and the
+/// other group's card, which fits, is posted as usual.
+#[test]
+fn a_teams_card_too_large_is_counted_as_failed_and_never_sent() -> Result {
+    let chat = peers()?;
+    let dir = tempfile::tempdir()?;
+    secrets(dir.path(), &chat.teams_url())?;
+    let (grpc, http) = (free_port(), free_port());
+    let config = format!(
+        r##"
+http: {{ listen: "127.0.0.1:0" }}
+host: {{ interval: 1s }}
+store: {{ path: "{{dir}}/data" }}
+logs: []
+otlp:
+  grpc: 127.0.0.1:{grpc}
+  http: 127.0.0.1:{http}
+alerts:
+  evaluation_interval: 1s
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 4h
+  group_by: [alertname, span_name]
+  routes:
+    - {{ match: ['alertname="SpanSeen"'], receiver: teams }}
+  rules:
+    - name: SpanSeen
+      expr: 'traces_span_metrics_calls_total'
+      threshold: 0
+      severity: critical
+      summary: "{{{{ $labels.span_name }}}} was called"
+notifiers:
+  teams:
+    webhook_url_file: teams-url
+    max_card_bytes: 1024
+    rate_limit: 100ms
+"##
+    );
+    let agent = Agent::start_in(dir, &config)?;
+    let huge = "🔥".repeat(400);
+    let spans: Vec<serde_json::Value> = ["GET /ok", huge.as_str()]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            serde_json::json!({
+                "traceId": format!("{:032x}", i + 1),
+                "spanId": format!("{:016x}", i + 1),
+                "name": n,
+                "kind": 2,
+                "startTimeUnixNano": "1700000000000000000",
+                "endTimeUnixNano": "1700000000010000000",
+                "status": {},
+            })
+        })
+        .collect();
+    let body = serde_json::json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "checkout"}}]},
+        "scopeSpans": [{"spans": spans}],
+    }]});
+    let (status, answer) = common::post_json(http, "/v1/traces", &body.to_string())?;
+    assert_eq!(status, 200, "{answer}");
+
+    let failed =
+        |agent: &Agent| agent.metric("sidelight_notifications_failed_total", "channel=\"teams\"");
+    eventually(Duration::from_secs(30), "the failure to be counted", || {
+        (failed(&agent) >= 1.0).then_some(())
+    })
+    .map_err(|e| format!("{e}; agent said: {:?}", agent.log_lines()))?;
+    // The card that fits arrives; give a wrongly posted one time to arrive too.
+    eventually(Duration::from_secs(20), "the other group's card", || {
+        (!chat.seen().teams_raw.is_empty()).then_some(())
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let seen = chat.seen();
+    assert_eq!(
+        seen.teams_raw.len(),
+        1,
+        "only the card that fits was posted"
+    );
+    let posted = String::from_utf8_lossy(&seen.teams_raw[0]).into_owned();
+    assert!(posted.contains("GET /ok"), "{posted}");
+    assert!(!posted.contains('🔥'), "{posted}");
+    assert!(
+        seen.teams_raw[0].len() <= 1024,
+        "{} bytes",
+        seen.teams_raw[0].len()
+    );
+    assert!(seen.refused.is_empty(), "{:?}", seen.refused);
+    let report = common::check_teams_cards_with_node(&seen.teams_raw)?;
+    assert!(report.contains("1 passed, 0 failed"), "{report}");
+    drop(seen);
+    assert_eq!(
+        agent.metric("sidelight_notifications_sent_total", "channel=\"teams\""),
+        1.0
+    );
+    assert_eq!(
+        agent.metric("sidelight_notifications_retried_total", "channel=\"teams\""),
+        0.0,
+        "a card that cannot fit is not retried"
+    );
+    let logged = agent
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("notification failed"))
+        .ok_or("no `notification failed` in the agent's log")?;
+    assert!(
+        logged.contains("above the 1024-byte limit (max_card_bytes)") && logged.contains("teams"),
+        "{logged}"
+    );
+    Ok(())
+}

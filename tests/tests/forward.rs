@@ -338,6 +338,135 @@ fn a_busy_sink_loses_no_tailed_line() -> Result {
     Ok(())
 }
 
+/// Issue 25's outage with rotation, scaled for CI: a Python service logs through
+/// `RotatingFileHandler` (64 KiB files, about six rotations a second, `backups` kept) under the
+/// embedded default's pattern (`*.log`: the rotated names are not included) while the endpoint
+/// answers UNAVAILABLE for 16 s. The small queue fills within a second and the tailer waits in
+/// its hand-off: it reads nothing more, but file events and scans still follow the files the
+/// service creates and rotates out of the glob meanwhile, and hold them open; once the endpoint
+/// is back every line arrives, none twice, and nothing is counted lost.
+fn outage_during_fast_rotation(backups: usize) -> Result {
+    let down_dir = tempfile::tempdir()?;
+    let down = down_dir.path().join("down");
+    let sink = OtlpSink::start(&["--down-file", &down.to_string_lossy()])?;
+    let config = format!(
+        "http: {{ listen: 127.0.0.1:0 }}\nstore: {{ path: {{dir}}/data }}\n\
+         logs:\n  - {{ source: app, include: ['{{dir}}/app/*.log'] }}\n\
+         export:\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    protocol: grpc\n\
+         \x20   signals: [logs]\n    self_metrics: false\n\
+         \x20   retry: {{ initial: 20ms, max: 500ms, max_elapsed: 0s }}\n\
+         \x20   queue: {{ max_items: 8, max_bytes: 4194304 }}\n",
+        sink.grpc
+    );
+    let agent = Agent::start(&config)?;
+    let app = agent.dir.path().join("app");
+    let (rate, seconds) = (2000usize, 24usize);
+    let count = rate * seconds;
+    let writer = Proc(
+        std::process::Command::new(common::python())
+            .arg(common::workspace().join("tests/python/log_writer.py"))
+            .arg("jsonlogger")
+            .arg(app.join("app.log"))
+            .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+            .args(["--max-bytes", "65536", "--backups", &backups.to_string()])
+            .arg("--numbered")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()?,
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    std::fs::write(&down, b"")?;
+    let outage = std::time::Instant::now();
+    // The tailer stops: the queue is full and the hand-off waits.
+    eventually(Duration::from_secs(10), "the logs queue to fill", || {
+        (agent.metric("sidelight_queue_depth", "queue=\"otlp_logs\"") >= 8.0).then_some(())
+    })?;
+    let read_at_full = agent.metric("sidelight_log_bytes_total", "source=\"app\"");
+    std::thread::sleep(Duration::from_secs(16).saturating_sub(outage.elapsed()));
+    let read_at_end = agent.metric("sidelight_log_bytes_total", "source=\"app\"");
+    let rotated_during = std::fs::read_dir(&app)?.count();
+    std::fs::remove_file(&down)?;
+    let mut writer = writer;
+    assert!(
+        common::wait_exit(&mut writer.0, Duration::from_secs(60)).is_some_and(|s| s.success()),
+        "the writer finished"
+    );
+    let files = std::fs::read_dir(&app)?.count();
+    let written_at = outage.elapsed();
+    let state = eventually(
+        Duration::from_secs(60),
+        "every line after the endpoint came back",
+        || {
+            let s = sink.state().ok()?;
+            (s["items"]["logs"].as_f64()? >= count as f64).then_some(s)
+        },
+    );
+    let state = match state {
+        Ok(s) => s,
+        Err(e) => sink.state().map_err(|_| e)?,
+    };
+    let mut seen: HashMap<usize, usize> = HashMap::new();
+    for body in state["logs"].as_array().into_iter().flatten() {
+        let seq = body
+            .as_str()
+            .and_then(|b| b.strip_prefix("request "))
+            .and_then(|b| b.strip_suffix(" handled"))
+            .and_then(|n| n.parse().ok());
+        if let Some(seq) = seq {
+            *seen.entry(seq).or_default() += 1;
+        }
+    }
+    let missing: Vec<usize> = (1..=count).filter(|s| !seen.contains_key(s)).collect();
+    let dups: usize = seen.values().map(|n| n - 1).sum();
+    let lost_bytes = agent.metric("sidelight_log_lost_bytes_total", "");
+    let failed = agent.metric("sidelight_exporter_failed_total", "signal=\"logs\"");
+    eprintln!(
+        "outage 16 s at {rate} lines/s, backupCount {backups}, {files} files ({rotated_during} by the end of the outage), \
+         read {read_at_full} bytes when the queue filled, {read_at_end} at the end of the outage, \
+         refused {}: {} of {count} lost, {dups} duplicated, lost bytes counted {lost_bytes}, \
+         failed {failed}; writer done {written_at:?}, all at the sink {:?} after the outage began",
+        state["refused"],
+        missing.len(),
+        outage.elapsed()
+    );
+    // The handler rotates at 64 KiB: that many files were written.
+    let rotations = agent.metric("sidelight_log_bytes_total", "source=\"app\"") / 65536.0;
+    assert!(
+        rotations >= 100.0,
+        "the writer rotated often: {rotations} files' worth"
+    );
+    assert!(
+        read_at_end < read_at_full + 4.0 * 1048576.0,
+        "the tailer waited during the outage: {read_at_full} -> {read_at_end} bytes"
+    );
+    assert!(
+        missing.is_empty(),
+        "{} lines lost, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    assert_eq!(dups, 0, "nothing is sent twice");
+    assert_eq!(lost_bytes, 0.0, "nothing counted lost");
+    assert_eq!(failed, 0.0, "nothing dropped");
+    Ok(())
+}
+
+/// Every rotated file stays on disk (`backupCount` 2000): after the outage, the ones the tailer
+/// followed while it waited, and any it had no descriptor for, are read from their rotated names.
+#[test]
+fn an_outage_during_fast_rotation_loses_no_line_with_only_the_live_name_included() -> Result {
+    outage_during_fast_rotation(2000)
+}
+
+/// `backupCount` 10: the service deletes each rotated file about 1.7 s after creating it, long
+/// before the 16 s outage ends. The tailer, waiting in its hand-off, still follows each file
+/// through its renames and holds it open, so the deleted files are read once the endpoint is
+/// back.
+#[test]
+fn an_outage_longer_than_the_handler_keeps_files_loses_no_line() -> Result {
+    outage_during_fast_rotation(10)
+}
+
 /// An answer that says the data itself is bad (INVALID_ARGUMENT) is final even for tailed
 /// lines: retrying would never succeed. They are counted as failed and the checkpoint moves on.
 #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::deliver::{TEAMS_MAX_BYTES, TEAMS_MIN_CARD_BYTES};
 use super::notify::{Inhibit, Route, Routing, Silence};
 use super::rules::{
     BurnWindow, Cmp, Condition, Matcher, Millis, Rule, Selector, SloKind, ms, workbook_windows,
@@ -172,6 +173,7 @@ pub struct RawNotifier {
     socket_mode: Option<RawSocketMode>,
     external_url: Option<String>,
     max_alerts: Option<usize>,
+    max_card_bytes: Option<usize>,
 }
 
 /// `notifiers.<slack>.socket_mode` as written.
@@ -203,6 +205,9 @@ pub enum NotifierKind {
     Teams {
         /// The workflow URL.
         url: Secret,
+        /// Most bytes of one card's JSON (default and most: Microsoft's 28 KB); larger cards
+        /// are shortened, and one that cannot be is counted as failed, never posted.
+        max_card_bytes: usize,
     },
     /// Any JSON endpoint.
     Webhook {
@@ -712,6 +717,21 @@ fn validate_notifier(
                 None
             }
         });
+    if n.max_card_bytes.is_some() && kind != "teams" {
+        e.push(
+            format!("{at}.max_card_bytes"),
+            "only a teams notifier has max_card_bytes",
+        );
+    }
+    let max_card_bytes = n.max_card_bytes.unwrap_or(TEAMS_MAX_BYTES);
+    if !(TEAMS_MIN_CARD_BYTES..=TEAMS_MAX_BYTES).contains(&max_card_bytes) {
+        e.push(
+            format!("{at}.max_card_bytes"),
+            format!(
+                "must be between {TEAMS_MIN_CARD_BYTES} and {TEAMS_MAX_BYTES} (what a Teams workflow posts at most)"
+            ),
+        );
+    }
     if n.max_alerts.is_some() && kind != "webhook" {
         e.push(
             format!("{at}.max_alerts"),
@@ -779,6 +799,7 @@ fn validate_notifier(
                 &n.webhook_url_env,
                 ("webhook_url_file", "webhook_url_env"),
             )?,
+            max_card_bytes,
         },
         "webhook" => {
             let url = match (&n.url, n.url_file.is_some() || n.url_env.is_some()) {
@@ -838,6 +859,7 @@ fn validate_notifier(
 mod tests {
     use std::collections::HashMap;
 
+    use super::NotifierKind;
     use crate::config::load_str;
 
     fn env() -> HashMap<String, String> {
@@ -879,7 +901,7 @@ alerts:
       new_exception: { service: api, source: app }
 notifiers:
   slack: { token_env: SLACK_TOKEN, channel: "#alerts", signing_secret_env: SLACK_SIGNING, deploy_notices: true }
-  teams: { webhook_url_file: teams-url }
+  teams: { webhook_url_file: teams-url, max_card_bytes: 8192 }
   hook: { type: webhook, url: "http://127.0.0.1:1/x", max_alerts: 10, external_url: "https://agent.example/" }
 "##,
             "t",
@@ -915,6 +937,13 @@ notifiers:
         assert_eq!(hook.max_alerts, 10);
         assert_eq!(hook.external_url.as_deref(), Some("https://agent.example"));
         assert_eq!(a.notifiers["teams"].max_alerts, 0);
+        assert!(matches!(
+            a.notifiers["teams"].kind,
+            NotifierKind::Teams {
+                max_card_bytes: 8192,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -937,7 +966,8 @@ notifiers:
   teams: { webhook_url_env: NOPE }
   pager: { type: pagerduty }
   hook: { type: webhook, url: "http://x/", digest: 1d, external_url: "ftp://x" }
-  chat: { type: teams, webhook_url_env: NOPE, max_alerts: 3 }
+  chat: { type: teams, webhook_url_env: NOPE, max_alerts: 3, max_card_bytes: 100 }
+  hook2: { type: webhook, url: "http://x/", max_card_bytes: 4096 }
 "##,
             "t",
             std::path::Path::new("."),
@@ -965,6 +995,8 @@ notifiers:
             "notifiers.hook",
             "notifiers.hook.external_url",
             "notifiers.chat.max_alerts",
+            "notifiers.chat.max_card_bytes",
+            "notifiers.hook2.max_card_bytes",
         ] {
             assert!(paths.contains(&want), "missing {want} in {paths:?}\n{e}");
         }

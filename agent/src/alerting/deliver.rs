@@ -289,6 +289,8 @@ pub enum Transport {
         url: Secret,
         /// `{external_url}/api/v1/alerts`, linked from "and N more".
         all_alerts: Option<String>,
+        /// Most bytes a card may take (`max_card_bytes`).
+        max_bytes: usize,
     },
     /// A JSON webhook (Alertmanager's format).
     Webhook {
@@ -360,10 +362,14 @@ impl Transport {
                     mode: SlackMode::Webhook(url),
                 }))
             }
-            NotifierKind::Teams { url } => Self::Teams {
+            NotifierKind::Teams {
+                url,
+                max_card_bytes,
+            } => Self::Teams {
                 http: http.clone(),
                 url: url.clone(),
                 all_alerts,
+                max_bytes: *max_card_bytes,
             },
             NotifierKind::Webhook { url, bearer, hmac } => Self::Webhook {
                 http: http.clone(),
@@ -397,8 +403,10 @@ impl Transport {
                 http,
                 url,
                 all_alerts,
+                max_bytes,
             } => {
-                let body = teams_card(&msg, all_alerts.as_deref())
+                // Never posted: the workflow would answer 202 and then fail to post it.
+                let body = teams_card(&msg, all_alerts.as_deref(), *max_bytes)
                     .map_err(|e| SendError::Refused(e.to_string()))?;
                 let (status, retry_after) = post_json(http, url.expose(), &body, &[]).await?;
                 classify(status, retry_after, &[200, 202]).map(|()| None)
@@ -637,10 +645,19 @@ fn tone_color(t: Tone) -> &'static str {
 /// Teams Workflows' "post card in a chat or channel" action takes about 28 KB (Microsoft's
 /// documented limit, measured on the request body); a webhook answers 202 before that action
 /// runs, so a larger card would count as sent and never appear. Cards are built to stay under
-/// [`TEAMS_CARD_BUDGET`] bytes of serialized JSON and refused above [`TEAMS_MAX_BYTES`].
+/// [`teams_budget`] bytes of serialized JSON and refused above the receiver's `max_card_bytes`
+/// (this by default, and at most).
 pub const TEAMS_MAX_BYTES: usize = 28 * 1024;
-/// What a card is built to fit in: the limit with a 4 KiB margin.
-pub const TEAMS_CARD_BUDGET: usize = 24 * 1024;
+/// The smallest `max_card_bytes`: room for a card's frame, a title and an "and N more" line.
+pub const TEAMS_MIN_CARD_BYTES: usize = 1024;
+/// What a card of the default limit is built to fit in: the limit with a 4 KiB margin.
+pub const TEAMS_CARD_BUDGET: usize = teams_budget(TEAMS_MAX_BYTES);
+
+/// What a card is built to fit in under a limit of `max_bytes`: a seventh of it is kept as a
+/// margin (4 KiB of the default 28 KiB).
+pub const fn teams_budget(max_bytes: usize) -> usize {
+    max_bytes - max_bytes / 7
+}
 /// Characters of a card's title before it is shortened with an ellipsis.
 const TEAMS_TITLE_CHARS: usize = 300;
 /// Characters of one text line (an alert's summary line, a notice) before the ellipsis.
@@ -650,10 +667,12 @@ const TEAMS_CONTEXT_CHARS: usize = 500;
 /// Characters of a link's URL beyond which the link is left off (a cut URL is a broken one).
 const TEAMS_URL_CHARS: usize = 2000;
 
-/// Why no Teams card could be built.
+/// Why no Teams card could be built: its size and the limit, in bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the Teams card would be {0} bytes, above the {TEAMS_MAX_BYTES}-byte limit")]
-pub struct CardTooLarge(pub usize);
+#[error(
+    "the Teams card would be {0} bytes, above the {1}-byte limit (max_card_bytes) even with every alert line left out; not posted"
+)]
+pub struct CardTooLarge(pub usize, pub usize);
 
 fn json_len(v: &Value) -> usize {
     serde_json::to_string(v).map_or(usize::MAX, |s| s.len())
@@ -684,10 +703,17 @@ fn teams_line_blocks(line: &str) -> Vec<Value> {
 }
 
 /// The Teams Workflows payload: a message with one Adaptive Card 1.4 attachment, under
-/// [`TEAMS_CARD_BUDGET`] bytes: texts shortened with an ellipsis, lines that do not fit left out
-/// and counted in an "and N more" line whose link opens the full list (`all_alerts`, the
-/// agent's `/api/v1/alerts`, else the dashboard). Every text is verbatim (see [`teams_text`]).
-pub fn teams_card(m: &Message, all_alerts: Option<&str>) -> Result<Value, CardTooLarge> {
+/// [`teams_budget`]`(max_bytes)` bytes: texts shortened with an ellipsis, lines that do not fit
+/// left out and counted in an "and N more" line whose link opens the full list (`all_alerts`,
+/// the agent's `/api/v1/alerts`, else the dashboard). Every text is verbatim (see
+/// [`teams_text`]). A card whose fixed part (title, context, the "and N more" line) is still
+/// above `max_bytes` is refused.
+pub fn teams_card(
+    m: &Message,
+    all_alerts: Option<&str>,
+    max_bytes: usize,
+) -> Result<Value, CardTooLarge> {
+    let budget = teams_budget(max_bytes);
     let title = teams_text(
         &truncate(&render::plain(&m.title), TEAMS_TITLE_CHARS),
         json!({ "size": "medium", "weight": "bolder", "color": tone_color(m.tone) }),
@@ -745,7 +771,7 @@ pub fn teams_card(m: &Message, all_alerts: Option<&str>) -> Result<Value, CardTo
     fixed.extend(context.clone());
     let reserve = json_len(&more_block(usize::MAX, all.is_some())) + 1;
     let mut used = json_len(&card(&fixed, &with_all)) + reserve;
-    if used > TEAMS_CARD_BUDGET {
+    if used > budget {
         // Only oversized links can make the fixed part this large: leave them off.
         actions.clear();
         with_all = all.iter().cloned().collect();
@@ -756,7 +782,7 @@ pub fn teams_card(m: &Message, all_alerts: Option<&str>) -> Result<Value, CardTo
     for line in &m.lines {
         let blocks = teams_line_blocks(line);
         let size: usize = blocks.iter().map(|b| json_len(b) + 1).sum();
-        if used + size > TEAMS_CARD_BUDGET {
+        if used + size > budget {
             break;
         }
         used += size;
@@ -773,8 +799,8 @@ pub fn teams_card(m: &Message, all_alerts: Option<&str>) -> Result<Value, CardTo
     body.extend(context);
     let v = card(&body, &final_actions);
     let len = json_len(&v);
-    if len > TEAMS_MAX_BYTES {
-        return Err(CardTooLarge(len));
+    if len > max_bytes {
+        return Err(CardTooLarge(len, max_bytes));
     }
     Ok(v)
 }
@@ -1194,7 +1220,12 @@ mod tests {
             let total = alerts.len();
             let n = group(alerts);
             let m = render::notification(&n, 1_700_000_120_000, &HashMap::new());
-            let card = teams_card(&m, Some("https://agent.example/api/v1/alerts")).expect(what);
+            let card = teams_card(
+                &m,
+                Some("https://agent.example/api/v1/alerts"),
+                TEAMS_MAX_BYTES,
+            )
+            .expect(what);
             let len = card_len(&card);
             assert!(len <= TEAMS_CARD_BUDGET, "{what}: {len} bytes");
             let body = card["attachments"][0]["content"]["body"]
@@ -1230,7 +1261,7 @@ mod tests {
         // The coalesced summary of 300 notifications of 4 KB alerts is bounded the same way.
         let ns: Vec<Notification> = (0..300).map(|i| group(vec![alert(i, &long)])).collect();
         let m = render::summary(&ns, &["Deployed checkout 1.2".into()], 1_700_000_120_000);
-        let card = teams_card(&m, None).expect("summary");
+        let card = teams_card(&m, None, TEAMS_MAX_BYTES).expect("summary");
         assert!(card_len(&card) <= TEAMS_CARD_BUDGET);
         assert!(
             card.to_string().contains("more: see the Dashboard")
@@ -1242,7 +1273,7 @@ mod tests {
     fn teams_text_is_verbatim() {
         let n = group(vec![alert(0, HOSTILE)]);
         let m = render::notification(&n, 1_700_000_120_000, &HashMap::new());
-        let card = teams_card(&m, None).expect("card");
+        let card = teams_card(&m, None, TEAMS_MAX_BYTES).expect("card");
         let body = &card["attachments"][0]["content"]["body"];
         // The Markdown link is inside a TextRun (never read as Markdown), not a TextBlock.
         assert!(
@@ -1256,9 +1287,25 @@ mod tests {
             "Runbook".into(),
             format!("https://x.example/{}", "a".repeat(40_000)),
         )];
-        let c = teams_card(&big, None).expect("oversized links are left off");
+        let c = teams_card(&big, None, TEAMS_MAX_BYTES).expect("oversized links are left off");
         assert!(card_len(&c) <= TEAMS_CARD_BUDGET);
         assert!(!c.to_string().contains("aaaa"));
+    }
+
+    #[test]
+    fn a_lower_card_limit_is_kept_and_a_card_that_cannot_fit_is_refused() {
+        let alerts: Vec<Alert> = (0..30).map(|i| alert(i, "GET /x")).collect();
+        let m = render::notification(&group(alerts), 1_700_000_120_000, &HashMap::new());
+        let card = teams_card(&m, None, 4096).expect("fits");
+        assert!(card_len(&card) <= teams_budget(4096), "{}", card_len(&card));
+        assert!(card.to_string().contains("more: see the"), "{card}");
+        // A 300-character title of 4-byte characters alone is above the smallest limit.
+        let mut big = m.clone();
+        big.title = "🔥".repeat(300);
+        let e = teams_card(&big, None, TEAMS_MIN_CARD_BYTES).expect_err("cannot fit");
+        assert!(e.0 > TEAMS_MIN_CARD_BYTES, "{e}");
+        assert_eq!(e.1, TEAMS_MIN_CARD_BYTES);
+        assert!(teams_card(&big, None, TEAMS_MAX_BYTES).is_ok());
     }
 
     #[test]

@@ -442,6 +442,7 @@ async fn teams_gets_an_adaptive_card_and_5xx_is_retried() {
         name: "teams".into(),
         kind: NotifierKind::Teams {
             url: Secret::for_tests(&format!("{base}/workflows/abc")),
+            max_card_bytes: super::deliver::TEAMS_MAX_BYTES,
         },
         rate_limit: Duration::from_millis(10),
         queue_capacity: 10,

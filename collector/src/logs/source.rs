@@ -1,8 +1,10 @@
 //! The file log source: its configuration, `validate` / `build` / `run`, and the loop that
 //! drives the [`Tailer`] on a thread of its own — inotify wake-ups ([`super::watch`]: parent
-//! directories, wake-ups only, read only while idle), a periodic scan as fallback, bounded
-//! hand-off over a tokio channel (a full channel stops the reading: the files are the buffer),
-//! checkpoints of acknowledged offsets at most once per interval and once more on stop.
+//! directories, wake-ups only, read only while idle), a periodic scan as fallback, a bounded
+//! [`Handoff`] (no room stops the reading: the files are the buffer; while it waits, file
+//! events and the periodic scan keep following rotations, so files created and rotated away
+//! meanwhile are held open), checkpoints of acknowledged offsets at most once per interval and
+//! once more on stop.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -279,17 +281,20 @@ pub struct ConsumerGone;
 
 /// Where a source's tailer hands its batches, called on the tailer's own thread.
 pub trait Handoff: Send + 'static {
-    /// Hands `batch` on, blocking while there is no room (the files are the buffer). The
-    /// batch's acknowledgement must follow the contract of [`Batch`].
-    fn hand_off(&mut self, batch: Batch) -> Result<(), ConsumerGone>;
+    /// Hands `batch` on, waiting for room until `until` at most: `Ok(true)` once it is taken,
+    /// `Ok(false)` when there is no room yet — then the hand-off keeps the batch and the tailer
+    /// calls [`Handoff::wait`] until it is taken, before handing on another (the files are the
+    /// buffer). The batch's acknowledgement must follow the contract of [`Batch`].
+    fn hand_off(&mut self, batch: Batch, until: Instant) -> Result<bool, ConsumerGone>;
+
+    /// Waits for room for the batch kept by [`Handoff::hand_off`] until `until` at most;
+    /// `Ok(true)` once it is taken (or when none is kept).
+    fn wait(&mut self, until: Instant) -> Result<bool, ConsumerGone>;
 }
 
-/// The plain hand-off: a bounded channel to an async consumer.
-impl Handoff for mpsc::Sender<Batch> {
-    fn hand_off(&mut self, batch: Batch) -> Result<(), ConsumerGone> {
-        self.blocking_send(batch).map_err(|_| ConsumerGone)
-    }
-}
+/// How long the tailer waits for room in its hand-off before it looks at the files again (file
+/// events, the periodic scan, acknowledgements, the cancellation).
+const HANDOFF_WAIT: Duration = Duration::from_millis(200);
 
 /// A built log source, ready to [`run`](LogSource::run).
 #[derive(Debug)]
@@ -498,10 +503,35 @@ impl LogSource {
             }
             if let Some(batch) = tailer.take_batch() {
                 found = true;
-                // Blocks while there is no room (the files are the buffer). A stopping
+                // Waits while there is no room (the files are the buffer: nothing more is
+                // read). Meanwhile file events and the periodic scan still run, so files the
+                // service creates and rotates away during a long wait are tracked — held
+                // open, up to `max_open_files` — and read once there is room. A stopping
                 // consumer gives up, which ends the wait; a batch not taken is not
                 // acknowledged, so its lines are read again on restart.
-                if handoff.hand_off(batch).is_err() {
+                let mut taken = handoff.hand_off(batch, Instant::now() + HANDOFF_WAIT);
+                while matches!(taken, Ok(false)) && !cancel.is_cancelled() {
+                    while let Ok(seq) = acks.try_recv() {
+                        tailer.acked(seq);
+                    }
+                    let now = Instant::now();
+                    let events = watch.as_mut().is_some_and(|w| w.drain().rescan);
+                    if events || now >= next_scan {
+                        if let Some(w) = &mut watch {
+                            watch_roots(&name, w, tailer.discovery());
+                        }
+                        tailer.scan(now);
+                        next_scan = now + tuning.scan_interval;
+                    }
+                    if now >= next_checkpoint {
+                        next_checkpoint = now + tuning.checkpoint_interval;
+                        let _ = tailer.write_checkpoint();
+                    } else {
+                        let _ = tailer.write_acknowledged();
+                    }
+                    taken = handoff.wait(Instant::now() + HANDOFF_WAIT);
+                }
+                if !matches!(taken, Ok(true)) {
                     if !cancel.is_cancelled() {
                         tracing::warn!(source = %name, "log consumer is gone; stopping the tailer");
                     }

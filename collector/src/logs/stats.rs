@@ -60,6 +60,9 @@ pub struct LogStats {
     pub files_watched: Family<L1, Gauge>,
     /// `sidelight_log_open_files{source}`: descriptors held.
     pub open_files: Family<L1, Gauge>,
+    /// `sidelight_log_files_deferred{source}`: files found that wait for a descriptor
+    /// (`tail.max_open_files` reached by files being read to their end).
+    pub files_deferred: Family<L1, Gauge>,
     /// `sidelight_log_unacked_bytes{source}`: bytes read but not yet acknowledged (checkpoint lag).
     pub unacked_bytes: Family<L1, Gauge>,
     /// `sidelight_log_checkpoint_write_errors_total{source}`.
@@ -86,6 +89,7 @@ impl LogStats {
             rotations: Family::default(),
             files_watched: Family::default(),
             open_files: Family::default(),
+            files_deferred: Family::default(),
             unacked_bytes: Family::default(),
             checkpoint_errors: Family::default(),
             checkpoint_writes: Family::default(),
@@ -227,6 +231,11 @@ impl LogStats {
             "sidelight_log_open_files",
             "File descriptors held by the log tailer",
             self.open_files.clone(),
+        );
+        registry.register(
+            "sidelight_log_files_deferred",
+            "Log files found that wait for a descriptor (tail.max_open_files), read once one is free",
+            self.files_deferred.clone(),
         );
         registry.register(
             "sidelight_log_unacked_bytes",

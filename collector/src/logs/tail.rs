@@ -55,6 +55,10 @@ const MIN_COPY_FINGERPRINT: usize = 64;
 /// Bytes compared beyond the fingerprint before a new file is taken for a copy of a live one.
 const COPY_COMPARE_BYTES: usize = 64 * 1024;
 
+/// Files remembered at most as found but waiting for a descriptor (see [`Tailer::scan`]); more
+/// are still found again by later scans, but their loss, if they go, is not counted.
+const MAX_DEFERRED: usize = 4096;
+
 /// Where to start reading a file that has no checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -285,6 +289,10 @@ pub struct Tailer {
     acked_dirty: bool,
     /// The last checkpoint write was not `fsync`ed.
     durable_pending: bool,
+    /// Files the last scan found and could not track for want of a descriptor
+    /// (`max_open_files`: orphans are never closed), with their path and size then: tracked by
+    /// a later scan, or counted lost if they are gone by then.
+    deferred: HashMap<(u64, u64), (PathBuf, u64)>,
 }
 
 fn unix_now() -> u64 {
@@ -453,6 +461,7 @@ impl Tailer {
             ignored: HashSet::new(),
             acked_dirty: false,
             durable_pending: false,
+            deferred: HashMap::new(),
         })
     }
 
@@ -615,6 +624,8 @@ impl Tailer {
                 || self.stale.iter().any(|e| (e.dev, e.ino) == (f.dev, f.ino)))
         });
         let mut deferred = false;
+        let mut waiting = HashMap::new();
+        let found_ids: HashSet<(u64, u64)> = found.iter().map(|f| (f.dev, f.ino)).collect();
         let mut ignored = HashSet::new();
         for f in found {
             if f.not_a_file {
@@ -690,8 +701,21 @@ impl Tailer {
             }
             let room = self.track_new(&f.path, f.dev, f.ino, first, now, seen_unix, !f.rotated);
             deferred |= !room;
+            if !room && waiting.len() < MAX_DEFERRED {
+                waiting.insert((f.dev, f.ino), (f.path, f.size));
+            }
         }
         self.ignored = ignored;
+        // Files that waited for a descriptor and are gone now (deleted by the service's own
+        // rotation before one was free): what they held when last seen is lost.
+        let gone: Vec<(PathBuf, u64)> = std::mem::replace(&mut self.deferred, waiting)
+            .into_iter()
+            .filter(|(id, _)| !found_ids.contains(id) && !self.by_inode.contains_key(id))
+            .map(|(_, v)| v)
+            .collect();
+        for (path, size) in gone {
+            self.lost(LOST_DELETED, size, &path);
+        }
         if first {
             self.find_moved(now, seen_unix);
         }
@@ -1941,6 +1965,10 @@ impl Tailer {
     }
 
     fn update_gauges(&self) {
+        self.stats
+            .files_deferred
+            .get_or_create(&self.source_label)
+            .set(i64::try_from(self.deferred.len()).unwrap_or(i64::MAX));
         let watched = self.files.values().filter(|t| !t.done).count();
         self.stats
             .files_watched
@@ -2627,6 +2655,43 @@ mod tests {
         got.sort();
         assert_eq!(got, lines(&["1", "2", "3", "4"]));
         assert_eq!(t.open_files(), 1, "rotated files are let go once read");
+    }
+
+    #[test]
+    fn scans_while_the_hand_off_waits_hold_rotated_files_and_count_those_without_a_descriptor() {
+        let mut h = H::new(&["app.log"]);
+        h.cfg.max_open_files = 2;
+        h.append("app.log", "0\n");
+        let mut t = h.tailer();
+        assert_eq!(h.pump(&mut t, true), lines(&["0"]));
+        // The hand-off waits: scans run, nothing is read. Three files are written and rotated
+        // out of the glob; the first two are held open, the third finds no descriptor.
+        for i in 1..=3 {
+            h.append("app.log", &format!("{i}\n"));
+            fs::rename(h.path("app.log"), h.path(&format!("app.log.{i}"))).expect("rename");
+            h.now += Duration::from_millis(200);
+            t.scan(h.now);
+        }
+        assert_eq!(t.open_files(), 2);
+        let deferred = |h: &H| {
+            h.stats
+                .files_deferred
+                .get_or_create(&[("source", "app".into())])
+                .get()
+        };
+        assert_eq!(deferred(&h), 1);
+        // The service deletes them (backupCount): the held one stays readable, the one that
+        // waited for a descriptor is gone and counted.
+        fs::remove_file(h.path("app.log.2")).expect("rm");
+        fs::remove_file(h.path("app.log.3")).expect("rm");
+        h.now += Duration::from_millis(200);
+        t.scan(h.now);
+        assert_eq!(h.lost(LOST_DELETED), 2);
+        assert_eq!(deferred(&h), 0);
+        let mut got = h.pump(&mut t, true);
+        got.sort();
+        assert_eq!(got, lines(&["1", "2"]));
+        assert_eq!(h.lost(LOST_DELETED), 2, "counted once");
     }
 
     #[test]

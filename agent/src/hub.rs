@@ -149,9 +149,10 @@ struct ModelGroup {
 /// one as the store wrote it), grouped by (service, environment), with each group's
 /// [`Lineage`] — its deployments ordered, deduplicated, changes attributed — built again only
 /// when the group gets an event or `now` reaches an event it left out as future. Per deploy
-/// event it holds the event itself (ids, version, head commit, commits) and 8 bytes of index,
-/// per counted deployment 56 bytes of lineage, per change 8 bytes of lead time; at most
-/// [`MODEL_MAX_DEPLOYMENTS`] deploy events.
+/// event it holds the event itself (ids, version, head commit, commits) and 16 bytes of index
+/// and order, per counted deployment 48 bytes of lineage, per change 8 bytes of lead time, per
+/// (service, environment) a lead-time histogram; at most [`MODEL_MAX_DEPLOYMENTS`] deploy
+/// events.
 #[derive(Debug, Default)]
 pub struct Model {
     events: Events,

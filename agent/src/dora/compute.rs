@@ -795,11 +795,18 @@ impl<'a> History<'a> {
                 }
             }
         }
+        let rollbacks: Vec<Vec<usize>> = groups
+            .iter()
+            .map(|linked| {
+                let deps = linked.deps().iter().enumerate();
+                deps.filter(|(_, d)| d.rollback).map(|(i, _)| i).collect()
+            })
+            .collect();
         for &(g, incident) in &incidents {
             let linked = &mut groups[g];
             let deps = linked.deps();
-            for (i, dep) in deps.iter().enumerate() {
-                if dep.rollback && open_during(incident, dep) {
+            for &i in &rollbacks[g] {
+                if open_during(incident, &deps[i]) {
                     linked.rework[i] = true;
                 }
             }

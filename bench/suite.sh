@@ -19,6 +19,7 @@
 #                                                    CPU with 15 s scrapes; /metrics p99 with them held
 #   alerts     cargo bench --bench alert_eval       200 rules over 10k series, per cycle
 #   dora       cargo bench --bench dora_report      90-day report, 100 services
+#   dora_hub   cargo bench --bench dora_hub         the hub's recomputations on a 400-day history
 #   host       bench/host_marker.py                 pipe round trip and a compute loop, before and after
 # Raw outputs are kept in $OUT (default: a new directory under /tmp, printed at the end).
 set -euo pipefail
@@ -65,6 +66,8 @@ log "rule evaluation"
 cargo bench --quiet -p sidelight --bench alert_eval > "$out/alerts.txt" 2>/dev/null
 log "DORA report"
 cargo bench --quiet -p sidelight --bench dora_report > "$out/dora.txt" 2>/dev/null
+log "DORA hub"
+cargo bench --quiet -p sidelight --bench dora_hub > "$out/dora_hub.txt" 2>/dev/null
 
 python3 bench/host_marker.py >> "$out/host.txt"
 python3 bench/suite_report.py "$out" "$started" "bench/suite.sh $runs${QUICK:+ (QUICK=1)}" BENCHMARKS.md

@@ -152,7 +152,12 @@ fn main() {
     let (reg, series) = registry();
     let reg = Arc::new(reg);
     let alerting = rt
-        .block_on(Alerting::open(acfg.clone(), dir.path(), None))
+        .block_on(async {
+            let db = sidelight::store::StoreHandle::open(dir.path())
+                .await
+                .expect("store");
+            Alerting::open(acfg.clone(), db, None).await
+        })
         .expect("open");
     alerting.set_registry(reg.clone());
     let mut now: i64 = 1_700_000_000_000;

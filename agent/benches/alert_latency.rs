@@ -114,9 +114,15 @@ async fn run(mode: &str) -> Vec<Duration> {
     let flag = Family::<Vec<(String, String)>, Gauge>::default();
     let mut reg = Registry::default();
     reg.register("bench_flag", "bench", flag.clone());
-    let a = Alerting::open(cfg.alerting.clone().expect("alerting"), dir.path(), None)
-        .await
-        .expect("open");
+    let a = Alerting::open(
+        cfg.alerting.clone().expect("alerting"),
+        sidelight::store::StoreHandle::open(dir.path())
+            .await
+            .expect("store"),
+        None,
+    )
+    .await
+    .expect("open");
     a.set_registry(Arc::new(reg));
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();

@@ -207,7 +207,10 @@ fn main() {
     .expect("config");
     let caps = Arc::new(LabelCaps::new(cfg.agent.max_label_sets));
     let hub = rt
-        .block_on(Hub::open(cfg.dora.clone(), dir.path(), caps))
+        .block_on(async {
+            let db = StoreHandle::open(dir.path()).await.expect("store");
+            Hub::open(cfg.dora.clone(), db, caps).await
+        })
         .expect("hub");
     let mut registry = Registry::default();
     hub.register(&mut registry);

@@ -1,12 +1,16 @@
 //! The DORA hub (`dora.enabled: true`): the edge around the pure `dora` module. It records
-//! events in the [`store`](crate::store), recomputes the DORA metrics from the stored history
-//! after new events (one recomputation per burst: 1 s after the first) and every minute, applies retention on start and daily, and exposes:
+//! events in the [`store`](crate::store) and keeps the history in memory (a [`Model`]: read
+//! from the store once at start, then each recorded event as the store wrote it). The DORA
+//! metrics are recomputed from the model after new events (one recomputation per burst: 1 s
+//! after the first) and every minute, as the windows slide; only the services with new events
+//! are worked out again, and the store is not read. Retention runs on start and daily, in the
+//! store and the model alike. It exposes:
 //!
 //! * counters `dora_deployments_total{service,environment,status}`,
 //!   `dora_change_failures_total{service,environment}`,
 //!   `dora_rework_deployments_total{service,environment}` and histograms
 //!   `dora_lead_time_seconds{service,environment}`, `dora_recovery_time_seconds{..}` — all-time
-//!   values rebuilt from the store, so they survive restarts (they only go down when retention
+//!   values over the stored history, so they survive restarts (they only go down when retention
 //!   deletes history, which Prometheus treats as a counter reset);
 //! * windowed gauges `dora_deployment_frequency_per_day`, `dora_lead_time_median_seconds`,
 //!   `dora_change_failure_ratio`, `dora_recovery_time_median_seconds`, `dora_rework_ratio`
@@ -17,15 +21,14 @@
 //! The counters are also computed with the all-time report, so `/metrics`, `/api/v1/dora` and
 //! `sidelight dora report` always agree.
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::TypedMetric;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sidelight_collector::metrics::{
@@ -40,10 +43,10 @@ pub use config::DoraConfig;
 
 use crate::dora::tiers::assess;
 use crate::dora::{
-    DeployStatus, Deployment, Events, Level, Metric, Report, Scope, TierTable, UnixSeconds, Window,
-    recovery_seconds, report,
+    DeployStatus, Deployment, Events, History, Incident, Level, Lineage, Links, Metric, Report,
+    Scope, TierTable, UnixSeconds, Window, recovery_seconds,
 };
-use crate::store::{Batch, IncidentChange, Outcome, Store, StoreError, StoreHandle};
+use crate::store::{Batch, IncidentChange, Outcome, StoreError, StoreHandle};
 
 /// Lead-time buckets: 1h to 90d.
 pub const LEAD_TIME_BUCKETS: [f64; 13] = [
@@ -78,16 +81,14 @@ pub const RECOVERY_BUCKETS: [f64; 12] = [
     2_592_000.0,
 ];
 
-/// How often the windowed gauges are recomputed without new events.
+/// How often the metrics are recomputed without new events (the windows slide).
 const REFRESH: Duration = Duration::from_secs(60);
-/// How long a recomputation waits after an event, so that a burst of events costs one (each
-/// reloads the whole history on the store thread, where it would hold up the writes).
+/// How long a recomputation waits after an event, so that a burst of events costs one.
 const CHANGE_DEBOUNCE: Duration = Duration::from_secs(1);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(86_400);
 
 type Labels2 = [(&'static str, String); 2];
-type HistFamily = Family<Labels2, Histogram, fn() -> Histogram>;
 
 fn lead_histogram() -> Histogram {
     Histogram::new(LEAD_TIME_BUCKETS)
@@ -97,12 +98,22 @@ fn recovery_histogram() -> Histogram {
     Histogram::new(RECOVERY_BUCKETS)
 }
 
+fn labels2(service: &str, environment: &str) -> Labels2 {
+    [
+        ("service", service.to_owned()),
+        ("environment", environment.to_owned()),
+    ]
+}
+
+/// One histogram per (service, environment), as a `Family` would encode them.
+pub type HistogramSeries = Vec<(Labels2, Histogram)>;
+
 /// A histogram family replaced whole on each recomputation.
 #[derive(Debug)]
 struct HistogramCell {
     name: &'static str,
     help: &'static str,
-    family: RwLock<Arc<HistFamily>>,
+    series: RwLock<Arc<HistogramSeries>>,
 }
 
 #[derive(Debug)]
@@ -110,10 +121,217 @@ struct HistogramCollector(Arc<HistogramCell>);
 
 impl Collector for HistogramCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let family = self.0.family.read().clone();
-        let metric =
-            encoder.encode_descriptor(self.0.name, self.0.help, None, family.metric_type())?;
-        family.encode(metric)
+        let series = self.0.series.read().clone();
+        let mut metric =
+            encoder.encode_descriptor(self.0.name, self.0.help, None, Histogram::TYPE)?;
+        for (labels, histogram) in series.iter() {
+            histogram.encode(metric.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Most deploy events the model holds; beyond it the oldest are left out of the model (and
+/// counted), the store keeping them until retention.
+pub const MODEL_MAX_DEPLOYMENTS: usize = 2_000_000;
+
+/// One (service, environment) of the [`Model`].
+#[derive(Debug, Default)]
+struct ModelGroup {
+    /// Its deploy events: indices into the model's `events.deployments`.
+    members: Vec<usize>,
+    /// Its lineage and `dora_lead_time_seconds` histogram (`None` with no change), as last
+    /// built; `None` until built again after a new event.
+    built: Option<(Lineage, Option<Histogram>)>,
+}
+
+/// What the hub keeps in memory: every stored event (read once at start, then each recorded
+/// one as the store wrote it), grouped by (service, environment), with each group's
+/// [`Lineage`] — its deployments ordered, deduplicated, changes attributed — built again only
+/// when the group gets an event or `now` reaches an event it left out as future. Per deploy
+/// event it holds the event itself (ids, version, head commit, commits) and 16 bytes of index
+/// and order, per counted deployment 48 bytes of lineage, per change 8 bytes of lead time, per
+/// (service, environment) a lead-time histogram; at most [`MODEL_MAX_DEPLOYMENTS`] deploy
+/// events.
+#[derive(Debug, Default)]
+pub struct Model {
+    events: Events,
+    groups: BTreeMap<(String, String), ModelGroup>,
+    /// Deploy events left out to keep within [`MODEL_MAX_DEPLOYMENTS`].
+    evicted: u64,
+}
+
+/// What one recorded event changes in the model.
+#[derive(Debug, Clone)]
+enum ModelChange {
+    Deployment(Box<Deployment>),
+    Incident(Box<Incident>),
+    Retain(UnixSeconds),
+}
+
+impl Model {
+    /// The model of `events` (as `Store::load` returns them).
+    #[must_use]
+    pub fn new(events: Events) -> Self {
+        let mut model = Self {
+            events,
+            ..Self::default()
+        };
+        model.bound();
+        model.index();
+        model
+    }
+
+    /// Deploy events held.
+    #[must_use]
+    pub fn deployments(&self) -> usize {
+        self.events.deployments.len()
+    }
+
+    /// Deploy events left out to keep within [`MODEL_MAX_DEPLOYMENTS`].
+    #[must_use]
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    fn index(&mut self) {
+        self.groups.clear();
+        for (e, d) in self.events.deployments.iter().enumerate() {
+            self.groups
+                .entry((d.service.clone(), d.environment.clone()))
+                .or_default()
+                .members
+                .push(e);
+        }
+    }
+
+    /// Leaves the oldest deploy events out beyond [`MODEL_MAX_DEPLOYMENTS`]; whether any was.
+    fn bound(&mut self) -> bool {
+        let excess = self
+            .events
+            .deployments
+            .len()
+            .saturating_sub(MODEL_MAX_DEPLOYMENTS);
+        if excess == 0 {
+            return false;
+        }
+        let mut finished: Vec<(UnixSeconds, usize)> = self
+            .events
+            .deployments
+            .iter()
+            .enumerate()
+            .map(|(e, d)| (d.finished_at, e))
+            .collect();
+        finished.select_nth_unstable(excess - 1);
+        let mut drop = vec![false; finished.len()];
+        for &(_, e) in &finished[..excess] {
+            drop[e] = true;
+        }
+        let mut k = 0;
+        self.events.deployments.retain(|_| {
+            k += 1;
+            !drop[k - 1]
+        });
+        self.evicted += excess as u64;
+        tracing::warn!(
+            left_out = excess,
+            limit = MODEL_MAX_DEPLOYMENTS,
+            "the DORA history holds more deploy events than the hub keeps in memory; the oldest are left out of the metrics and reports"
+        );
+        true
+    }
+
+    fn apply(&mut self, change: ModelChange) {
+        match change {
+            ModelChange::Deployment(d) => self.add_deployment(*d),
+            ModelChange::Incident(i) => self.put_incident(*i),
+            ModelChange::Retain(cutoff) => self.retain(cutoff),
+        }
+    }
+
+    /// Adds a deploy event as the store wrote it.
+    pub fn add_deployment(&mut self, d: Deployment) {
+        let e = self.events.deployments.len();
+        let group = self
+            .groups
+            .entry((d.service.clone(), d.environment.clone()))
+            .or_default();
+        group.members.push(e);
+        group.built = None;
+        self.events.deployments.push(d);
+        if self.bound() {
+            self.index();
+        }
+    }
+
+    /// Adds or replaces (by id) an incident as the store wrote it.
+    pub fn put_incident(&mut self, i: Incident) {
+        match self.events.incidents.iter_mut().find(|k| k.id == i.id) {
+            Some(stored) => *stored = i,
+            None => self.events.incidents.push(i),
+        }
+    }
+
+    /// Drops what the store's retention at `cutoff` deletes.
+    pub fn retain(&mut self, cutoff: UnixSeconds) {
+        let before = self.events.deployments.len();
+        self.events.deployments.retain(|d| d.finished_at >= cutoff);
+        self.events
+            .incidents
+            .retain(|i| i.started_at >= cutoff || i.resolved_at.is_some_and(|r| r >= cutoff));
+        if self.events.deployments.len() != before {
+            self.index();
+        }
+    }
+
+    /// Builds again the lineages that are not what `now` gives.
+    fn build(&mut self, now: UnixSeconds) {
+        let deployments = &self.events.deployments;
+        for ((service, environment), group) in &mut self.groups {
+            if group.built.as_ref().is_some_and(|(l, _)| l.valid_at(now)) {
+                continue;
+            }
+            let lineage = Lineage::build(service, environment, deployments, &group.members, now);
+            // Each change observed at the first successful deployment that shipped it, in
+            // time order.
+            let mut lead: Option<Histogram> = None;
+            let mut shipped: HashSet<&str> = HashSet::new();
+            for &e in lineage.events_in_order() {
+                let d = &deployments[e];
+                for c in &d.commits {
+                    if !c.sha.is_empty() && !shipped.insert(&c.sha) {
+                        continue;
+                    }
+                    let lead_s = (d.finished_at - c.effective_time()).max(0);
+                    lead.get_or_insert_with(lead_histogram)
+                        .observe(lead_s as f64);
+                }
+            }
+            group.built = Some((lineage, lead));
+        }
+    }
+
+    fn links(&self) -> Links<'_> {
+        Links {
+            deployments: &self.events.deployments,
+            incidents: &self.events.incidents,
+            regressions: &self.events.regressions,
+        }
+    }
+
+    /// The history in `scope` at `now` (after [`Model::build`] at `now`).
+    fn history(&self, now: UnixSeconds, scope: &Scope) -> History<'_> {
+        let lineages = self
+            .groups
+            .values()
+            .filter_map(|g| g.built.as_ref().map(|b| &b.0));
+        History::link(now, lineages, self.links(), scope)
+    }
+
+    /// The report over `window` at `now` in `scope`.
+    pub fn report(&mut self, now: UnixSeconds, window: Window, scope: &Scope) -> Report {
+        self.build(now);
+        self.history(now, scope).report(window)
     }
 }
 
@@ -131,9 +349,9 @@ pub struct Computed {
     /// Counters and gauges.
     pub snapshot: Snapshot,
     /// `dora_lead_time_seconds`.
-    pub lead: HistFamily,
+    pub lead: HistogramSeries,
     /// `dora_recovery_time_seconds`.
-    pub recovery: HistFamily,
+    pub recovery: HistogramSeries,
 }
 
 /// The window performance levels are rated on.
@@ -145,31 +363,37 @@ pub fn rating_window(windows: &[Window]) -> Window {
     }
 }
 
-/// Computes every DORA metric from the stored history (pure).
+/// Computes every DORA metric from a history (pure; the hub keeps a [`Model`] instead).
 pub fn compute(
     now: UnixSeconds,
     events: &Events,
     cfg: &DoraConfig,
     table: Option<&TierTable>,
 ) -> Computed {
-    let all_time = report(
-        now,
-        events,
-        Window::days(Window::MAX_DAYS),
-        &Scope::default(),
-    );
+    compute_on(&mut Model::new(events.clone()), now, cfg, table)
+}
+
+/// Computes every DORA metric from the model at `now`.
+pub fn compute_on(
+    model: &mut Model,
+    now: UnixSeconds,
+    cfg: &DoraConfig,
+    table: Option<&TierTable>,
+) -> Computed {
+    model.build(now);
+    let model = &*model;
+    let events = &model.events;
+    let all_history = model.history(now, &Scope::default());
+    let all_time = all_history.counts(Window::days(Window::MAX_DAYS));
     let mut deployments = FamilySnapshot::new(
         "dora_deployments",
         "Deployments (status success, after dedup: a redelivery or a repeat of the live version is one) and failed deploy attempts (status failure), by service and environment",
         Kind::Counter,
     );
     let mut counts: HashMap<(&str, &str, &str), u64> = HashMap::new();
-    for r in &all_time.services {
-        if r.deployments > 0 {
-            counts.insert(
-                (r.service.as_str(), r.environment.as_str(), "success"),
-                r.deployments,
-            );
+    for &(service, environment, n, _, _) in &all_time {
+        if n > 0 {
+            counts.insert((service, environment, "success"), n);
         }
     }
     for d in events
@@ -204,46 +428,48 @@ pub fn compute(
         "Deployments that were unplanned fixes for a production incident (all time in the store)",
         Kind::Counter,
     );
-    for r in &all_time.services {
-        let labels = || {
-            [
-                ("service", r.service.clone()),
-                ("environment", r.environment.clone()),
-            ]
-        };
-        failures.push(labels(), r.failed_deployments as f64);
-        rework.push(labels(), r.rework_deployments as f64);
+    for &(service, environment, _, failed, reworked) in &all_time {
+        failures.push(labels2(service, environment), failed as f64);
+        rework.push(labels2(service, environment), reworked as f64);
     }
 
-    // Lead times: each change at the first successful deployment that shipped it.
-    let lead: HistFamily = Family::new_with_constructor(lead_histogram);
-    let mut ordered: Vec<&Deployment> = events
-        .deployments
+    // Lead times: each change at the first successful deployment that shipped it, kept per
+    // group with its lineage.
+    let lead: HistogramSeries = model
+        .groups
         .iter()
-        .filter(|d| d.status == DeployStatus::Success && d.finished_at <= now)
+        .filter_map(|((service, environment), g)| {
+            let histogram = g.built.as_ref()?.1.clone()?;
+            Some((labels2(service, environment), histogram))
+        })
         .collect();
-    ordered.sort_by(|a, b| {
-        (a.finished_at, a.started_at, &a.id).cmp(&(b.finished_at, b.started_at, &b.id))
-    });
-    let mut shipped: HashSet<(&str, &str, &str)> = HashSet::new();
-    for d in &ordered {
-        for c in &d.commits {
-            if !c.sha.is_empty()
-                && !shipped.insert((d.service.as_str(), d.environment.as_str(), c.sha.as_str()))
-            {
-                continue;
+
+    // Recovery times of the incidents resolved by now, from the failing deployment's finish
+    // when the incident names one.
+    let named: HashSet<&str> = events
+        .incidents
+        .iter()
+        .filter(|i| i.resolved_at.is_some_and(|r| r <= now))
+        .filter_map(|i| i.deployment_id.as_deref())
+        .collect();
+    let mut by_id: HashMap<&str, &Deployment> = HashMap::new();
+    if !named.is_empty() {
+        let key = |d: &Deployment| (d.finished_at, d.started_at, d.id.clone());
+        for d in events.deployments.iter().filter(|d| {
+            d.status == DeployStatus::Success
+                && d.finished_at <= now
+                && named.contains(d.id.as_str())
+        }) {
+            // The last in time order, as a map collected from the ordered events keeps.
+            match by_id.get(d.id.as_str()) {
+                Some(held) if key(held) > key(d) => {}
+                _ => {
+                    by_id.insert(&d.id, d);
+                }
             }
-            let lead_s = (d.finished_at - c.effective_time()).max(0);
-            lead.get_or_create(&[
-                ("service", d.service.clone()),
-                ("environment", d.environment.clone()),
-            ])
-            .observe(lead_s as f64);
         }
     }
-
-    let recovery: HistFamily = Family::new_with_constructor(recovery_histogram);
-    let by_id: HashMap<&str, &Deployment> = ordered.iter().map(|d| (d.id.as_str(), *d)).collect();
+    let mut recovery: BTreeMap<(&str, &str), Histogram> = BTreeMap::new();
     for i in &events.incidents {
         if i.resolved_at.is_none_or(|r| r > now) {
             continue;
@@ -254,13 +480,15 @@ pub fn compute(
             .and_then(|id| by_id.get(id).copied());
         if let Some(s) = recovery_seconds(i, failing) {
             recovery
-                .get_or_create(&[
-                    ("service", i.service.clone()),
-                    ("environment", i.environment.clone()),
-                ])
+                .entry((&i.service, &i.environment))
+                .or_insert_with(recovery_histogram)
                 .observe(s as f64);
         }
     }
+    let recovery: HistogramSeries = recovery
+        .into_iter()
+        .map(|((service, environment), h)| (labels2(service, environment), h))
+        .collect();
 
     let mut freq = FamilySnapshot::new(
         "dora_deployment_frequency_per_day",
@@ -292,10 +520,10 @@ pub fn compute(
         "1 for the DORA performance level of each metric, 0 for the other levels",
         Kind::Gauge,
     );
-    let scope = Scope::environment(&cfg.environment);
+    let history = model.history(now, &Scope::environment(&cfg.environment));
     let rate_on = rating_window(&cfg.windows);
     for &w in &cfg.windows {
-        let rep: Report = report(now, events, w, &scope);
+        let rep: Report = history.report(w);
         for r in &rep.services {
             let labels = || {
                 [
@@ -344,9 +572,23 @@ pub fn compute(
             }
         }
     }
+    let mut held = FamilySnapshot::new(
+        "sidelight_dora_history_deployments",
+        "Deploy events the hub holds in memory (at most 2,000,000)",
+        Kind::Gauge,
+    );
+    held.push([], model.deployments() as f64);
+    let mut evicted = FamilySnapshot::new(
+        "sidelight_dora_history_evicted",
+        "Oldest deploy events left out of the hub's memory (and so of metrics and reports) to keep within its limit",
+        Kind::Counter,
+    );
+    evicted.push([], model.evicted() as f64);
     Computed {
         snapshot: Snapshot {
             families: vec![
+                held,
+                evicted,
                 deployments,
                 failures,
                 rework,
@@ -367,6 +609,11 @@ pub fn compute(
 #[derive(Debug)]
 pub struct Hub {
     store: StoreHandle,
+    /// The history in memory; worked on off the async runtime.
+    model: Arc<Mutex<Model>>,
+    /// Changes recorded but not yet applied to the model (taken by the next computation, so
+    /// that recording never waits for one).
+    pending: Arc<Mutex<Vec<ModelChange>>>,
     config: RwLock<DoraConfig>,
     caps: Arc<LabelCaps>,
     gauges: Arc<SnapshotCell>,
@@ -379,37 +626,38 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Opens the store in `dir` (off the async runtime) and starts its thread.
+    /// The hub over the store behind `store`: reads the stored history into memory, the one
+    /// time the hub reads it.
     pub async fn open(
         config: DoraConfig,
-        dir: &Path,
+        store: StoreHandle,
         caps: Arc<LabelCaps>,
     ) -> Result<Arc<Self>, StoreError> {
-        let dir = dir.to_owned();
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        let events = store.load(i64::MIN).await?;
+        let model = tokio::task::spawn_blocking(move || Model::new(events))
             .await
-            .map_err(|_| StoreError::Closed)??;
-        let cell = |name, help, ctor: fn() -> Histogram| {
+            .map_err(|_| StoreError::Closed)?;
+        let cell = |name, help| {
             Arc::new(HistogramCell {
                 name,
                 help,
-                family: RwLock::new(Arc::new(Family::new_with_constructor(ctor))),
+                series: RwLock::new(Arc::new(Vec::new())),
             })
         };
         Ok(Arc::new(Self {
-            store: StoreHandle::spawn(store)?,
+            store,
+            model: Arc::new(Mutex::new(model)),
+            pending: Arc::new(Mutex::new(Vec::new())),
             config: RwLock::new(config),
             caps,
             gauges: Arc::new(SnapshotCell::default()),
             lead: cell(
                 "dora_lead_time_seconds",
                 "Change lead time: deployment finish - change time, per change (all time in the store)",
-                lead_histogram,
             ),
             recovery: cell(
                 "dora_recovery_time_seconds",
                 "Failed deployment recovery time, per resolved incident (all time in the store)",
-                recovery_histogram,
             ),
             changed: tokio::sync::Notify::new(),
             detector: detector::Detector::default(),
@@ -441,11 +689,20 @@ impl Hub {
         self.changed.notify_one();
     }
 
-    /// Records one event durably; metrics are recomputed if it changed anything.
-    /// A new deployment is also handed to the change-failure detector.
+    /// Records one event durably, then in the model; metrics are recomputed if it changed
+    /// anything. A new deployment is also handed to the change-failure detector.
     pub async fn record(&self, batch: Batch) -> Result<Outcome, StoreError> {
         let deployment = batch.deployment.as_ref().map(|(d, _)| d.clone());
         let out = self.store.apply(batch, unix_now()).await?;
+        {
+            let mut pending = self.pending.lock();
+            if let Some(d) = &out.stored_deployment {
+                pending.push(ModelChange::Deployment(Box::new(d.clone())));
+            }
+            for i in &out.stored_incidents {
+                pending.push(ModelChange::Incident(Box::new(i.clone())));
+            }
+        }
         if out.changed() {
             if deployment.is_some() {
                 self.deployments
@@ -473,15 +730,34 @@ impl Hub {
         self.deployments.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// A report from the stored history.
+    /// Runs `work` on the model (with every recorded change applied) off the async runtime.
+    async fn with_model<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Model) -> R + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let model = self.model.clone();
+        let pending = self.pending.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut model = model.lock();
+            for change in std::mem::take(&mut *pending.lock()) {
+                model.apply(change);
+            }
+            work(&mut model)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)
+    }
+
+    /// A report from the history in memory.
     pub async fn report(
         &self,
         now: UnixSeconds,
         window: Window,
         scope: &Scope,
     ) -> Result<Report, StoreError> {
-        let events = self.store.load(i64::MIN).await?;
-        Ok(report(now, &events, window, scope))
+        let scope = scope.clone();
+        self.with_model(move |m| m.report(now, window, &scope))
+            .await
     }
 
     /// Successful deployments to the configured environment, oldest first (for alerting:
@@ -489,12 +765,16 @@ impl Hub {
     /// version (another event of the same deployment) is left out, as the report counts it.
     pub async fn successful_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
         let env = self.config().environment;
-        let events = self.store.load(i64::MIN).await?;
-        let mut ok: Vec<Deployment> = events
-            .deployments
-            .into_iter()
-            .filter(|d| d.status == DeployStatus::Success && d.environment == env)
-            .collect();
+        let mut ok: Vec<Deployment> = self
+            .with_model(move |m| {
+                m.events
+                    .deployments
+                    .iter()
+                    .filter(|d| d.status == DeployStatus::Success && d.environment == env)
+                    .cloned()
+                    .collect()
+            })
+            .await?;
         ok.sort_by(|a, b| {
             (a.finished_at, a.started_at, &a.id).cmp(&(b.finished_at, b.started_at, &b.id))
         });
@@ -508,37 +788,54 @@ impl Hub {
         Ok(ok)
     }
 
-    /// The latest deploy events of one service (`GET /api/v1/deployments`).
+    /// The latest deploy events of one service (`GET /api/v1/deployments`), newest first (by
+    /// finish time, then id), from the history in memory.
     pub async fn recent_deployments(
         &self,
         query: crate::store::RecentQuery,
     ) -> Result<Vec<Deployment>, StoreError> {
-        self.store.recent_deployments(query).await
-    }
-
-    /// Recomputes every metric from the store.
-    pub async fn refresh(&self) -> Result<(), StoreError> {
-        let now = unix_now();
-        let events = self.store.load(i64::MIN).await?;
-        let cfg = self.config();
-        let caps = self.caps.clone();
-        let computed = tokio::task::spawn_blocking(move || {
-            let mut c = compute(now, &events, &cfg, TierTable::builtin().ok());
-            c.snapshot.enforce_caps(&caps);
-            c
+        self.with_model(move |m| {
+            let mut found: Vec<&Deployment> = m
+                .events
+                .deployments
+                .iter()
+                .filter(|d| {
+                    d.service == query.service
+                        && d.environment == query.environment
+                        && (!query.success_only || d.status == DeployStatus::Success)
+                })
+                .collect();
+            found.sort_by(|a, b| (b.finished_at, &b.id).cmp(&(a.finished_at, &a.id)));
+            found.into_iter().take(query.limit).cloned().collect()
         })
         .await
-        .map_err(|_| StoreError::Closed)?;
+    }
+
+    /// Recomputes every metric from the history in memory.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let now = unix_now();
+        let cfg = self.config();
+        let caps = self.caps.clone();
+        let computed = self
+            .with_model(move |m| {
+                let mut c = compute_on(m, now, &cfg, TierTable::builtin().ok());
+                c.snapshot.enforce_caps(&caps);
+                c
+            })
+            .await?;
         self.gauges.publish(computed.snapshot);
-        *self.lead.family.write() = Arc::new(computed.lead);
-        *self.recovery.family.write() = Arc::new(computed.recovery);
+        *self.lead.series.write() = Arc::new(computed.lead);
+        *self.recovery.series.write() = Arc::new(computed.recovery);
         Ok(())
     }
 
-    /// Deletes history older than `dora.retention`.
+    /// Deletes history older than `dora.retention`, in the store and the model.
     pub async fn retain(&self) -> Result<usize, StoreError> {
         let keep = i64::try_from(self.config().retention.as_secs()).unwrap_or(i64::MAX);
-        self.store.retain(unix_now().saturating_sub(keep)).await
+        let cutoff = unix_now().saturating_sub(keep);
+        let n = self.store.retain(cutoff).await?;
+        self.pending.lock().push(ModelChange::Retain(cutoff));
+        Ok(n)
     }
 
     /// Recomputes on new events and every minute, runs retention daily, until cancelled.
@@ -578,6 +875,7 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::dora::Change;
+    use std::path::Path;
 
     fn cfg() -> DoraConfig {
         crate::config::load_str(
@@ -642,15 +940,161 @@ mod tests {
                 .iter()
                 .all(|s| (s.value - 9000.0).abs() < 1e-9)
         );
-        let mut text = String::new();
-        let mut reg = Registry::default();
-        reg.register("dora_lead_time_seconds", "x", c.lead);
-        prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
+        let text = exposition(c);
         assert!(
             text.contains(
                 "dora_lead_time_seconds_count{service=\"api\",environment=\"production\"} 2"
             ),
             "{text}"
         );
+    }
+
+    /// The exposition of a computation, its lines sorted (a family's series come in any order).
+    fn exposition(c: Computed) -> String {
+        let mut reg = Registry::default();
+        reg.register_collector(Box::new(SnapshotCollector(Arc::new(
+            SnapshotCell::default(),
+        ))));
+        let gauges = Arc::new(SnapshotCell::default());
+        gauges.publish(c.snapshot);
+        reg.register_collector(Box::new(SnapshotCollector(gauges)));
+        for (name, series) in [
+            ("dora_lead_time_seconds", c.lead),
+            ("dora_recovery_time_seconds", c.recovery),
+        ] {
+            reg.register_collector(Box::new(HistogramCollector(Arc::new(HistogramCell {
+                name,
+                help: "x",
+                series: RwLock::new(Arc::new(series)),
+            }))));
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_unstable();
+        lines.join("\n")
+    }
+
+    fn random_history(seed: u64, n: usize, now: i64) -> Events {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = |n: i64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            i64::try_from(state >> 33).expect("31 bits") % n.max(1)
+        };
+        let mut e = Events::default();
+        for k in 0..n {
+            let finished = now - next(40 * 86_400) + next(86_400);
+            let s = next(3);
+            e.deployments.push(Deployment {
+                id: format!("d{k}"),
+                service: format!("s{s}"),
+                environment: ["production", "staging"][usize::from(next(4) == 0)].into(),
+                version: format!("v{}", next(8)),
+                commit: format!("c{}", next(40)),
+                status: [DeployStatus::Success, DeployStatus::Failure][usize::from(next(6) == 0)],
+                started_at: finished - next(600),
+                finished_at: finished,
+                commits: (0..next(4))
+                    .map(|_| Change {
+                        sha: format!("c{}", next(40)),
+                        timestamp: finished - next(5 * 86_400),
+                        pr_first_commit_at: None,
+                    })
+                    .collect(),
+                kind: match next(10) {
+                    0 => crate::dora::DeploymentKind::Hotfix,
+                    1 => crate::dora::DeploymentKind::Rollback,
+                    _ => crate::dora::DeploymentKind::Normal,
+                },
+                fixes_deployment: None,
+                resolves_incidents: vec![],
+            });
+            if k % 3 == 0 {
+                let started = now - next(40 * 86_400) + next(86_400);
+                e.incidents.push(crate::dora::Incident {
+                    id: format!("i{k}"),
+                    service: format!("s{}", next(3)),
+                    environment: "production".into(),
+                    started_at: started,
+                    resolved_at: (next(3) != 0).then(|| started + next(86_400)),
+                    deployment_id: (next(2) == 0).then(|| format!("d{}", next(n as i64 + 1))),
+                    commit: (next(3) == 0).then(|| format!("c{}", next(40))),
+                    resolved_by_deployment: None,
+                });
+            }
+        }
+        e
+    }
+
+    /// The model kept up to date event by event, with time passing (future events coming
+    /// due, incidents resolving), publishes exactly what a computation over the whole
+    /// history at that time gives.
+    #[test]
+    fn the_model_kept_up_to_date_equals_a_computation_from_scratch() {
+        let table = TierTable::builtin().expect("tiers");
+        for seed in 0..12_u64 {
+            let now = 100 * 86_400;
+            let all = random_history(seed, 150, now);
+            let (first, later) = all.deployments.split_at(100);
+            let mut model = Model::new(Events {
+                deployments: first.to_vec(),
+                incidents: all.incidents.clone(),
+                ..Events::default()
+            });
+            let mut t = now - 2 * 86_400;
+            let mut seen = Events {
+                deployments: first.to_vec(),
+                incidents: all.incidents.clone(),
+                ..Events::default()
+            };
+            for (k, d) in later.iter().enumerate() {
+                model.apply(ModelChange::Deployment(Box::new(d.clone())));
+                seen.deployments.push(d.clone());
+                if k % 10 == 0 {
+                    t += 9 * 3600;
+                    let got = exposition(compute_on(&mut model, t, &cfg(), Some(table)));
+                    let want = exposition(compute(t, &seen, &cfg(), Some(table)));
+                    assert_eq!(got, want, "seed {seed}, event {k}, now {t}");
+                    for w in Window::DEFAULTS {
+                        let scope = Scope::environment("production");
+                        assert_eq!(
+                            model.report(t, w, &scope),
+                            crate::dora::report(t, &seen, w, &scope)
+                        );
+                    }
+                }
+            }
+            // A report asked for an earlier time, then the current one again.
+            let scope = Scope::default();
+            let earlier = now - 20 * 86_400;
+            assert_eq!(
+                model.report(earlier, Window::days(7), &scope),
+                crate::dora::report(earlier, &seen, Window::days(7), &scope)
+            );
+            let incident = crate::dora::Incident {
+                id: "late".into(),
+                service: "s1".into(),
+                environment: "production".into(),
+                started_at: t - 3600,
+                resolved_at: Some(t + 1800),
+                deployment_id: Some("d120".into()),
+                commit: None,
+                resolved_by_deployment: None,
+            };
+            model.apply(ModelChange::Incident(Box::new(incident.clone())));
+            seen.incidents.push(incident);
+            model.apply(ModelChange::Retain(now - 30 * 86_400));
+            let cutoff = now - 30 * 86_400;
+            seen.deployments.retain(|d| d.finished_at >= cutoff);
+            seen.incidents
+                .retain(|i| i.started_at >= cutoff || i.resolved_at.is_some_and(|r| r >= cutoff));
+            for t in [t, t + 3600] {
+                let got = exposition(compute_on(&mut model, t, &cfg(), Some(table)));
+                let want = exposition(compute(t, &seen, &cfg(), Some(table)));
+                assert_eq!(got, want, "seed {seed}, after retention, now {t}");
+            }
+        }
     }
 }

@@ -235,9 +235,22 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
     shared.readiness.expect("http");
     shared.readiness.expect("metrics");
 
-    let dora = if config.dora.enabled {
+    // The one owner of sidelight.db, opened only when a component keeps state in it.
+    let db = if config.dora.enabled || config.alerting.is_some() {
+        Some(
+            crate::store::StoreHandle::open(&config.store.path)
+                .await
+                .map_err(|error| StartError::Dora {
+                    path: config.store.path.clone(),
+                    error,
+                })?,
+        )
+    } else {
+        None
+    };
+    let dora = if let (true, Some(db)) = (config.dora.enabled, &db) {
         shared.readiness.expect("dora");
-        let hub = Hub::open(config.dora.clone(), &config.store.path, shared.caps.clone())
+        let hub = Hub::open(config.dora.clone(), db.clone(), shared.caps.clone())
             .await
             .map_err(|error| StartError::Dora {
                 path: config.store.path.clone(),
@@ -257,15 +270,14 @@ pub async fn start(config: Config, log: Option<LogHandle>) -> Result<Running, St
         None
     };
 
-    let alerting = match &config.alerting {
-        Some(a) => {
+    let alerting = match (&config.alerting, &db) {
+        (Some(a), Some(db)) => {
             let alerting =
-                crate::alerting::Alerting::open(a.clone(), &config.store.path, dora.clone())
-                    .await?;
+                crate::alerting::Alerting::open(a.clone(), db.clone(), dora.clone()).await?;
             alerting.register(&mut registry);
             Some(alerting)
         }
-        None => None,
+        _ => None,
     };
 
     // Sinks first, so that sources have somewhere to hand their data.

@@ -1,22 +1,27 @@
-//! The durable DORA event store: embedded SQLite (`<store.path>/sidelight.db`, WAL,
-//! `synchronous=FULL`, so a write acknowledged is a write on disk).
+//! The agent's one SQLite database (`<store.path>/sidelight.db`, WAL, `synchronous=FULL`, so a
+//! write acknowledged is a write on disk): DORA events and alerting state, in one schema
+//! history migrated by `rusqlite_migration` (the schema version is SQLite's `user_version`).
 //!
-//! Every event is written with everything it implies (its commits, the webhook delivery that
-//! carried it, the pushed commits it links) in one transaction: nothing is half-written.
+//! Every DORA event is written with everything it implies (its commits, the webhook delivery
+//! that carried it, the pushed commits it links) in one transaction: nothing is half-written.
 //! Writes are idempotent — the same webhook delivery id or deployment id is stored once
-//! (`INSERT ... ON CONFLICT DO NOTHING`) and the caller learns whether the event was new.
-//! Every deploy attempt is its own row: a failure and its successful retry of one version, or
-//! a rollback to an earlier version, are separate events (schema 2; schema 1 kept one row per
-//! (service, version, environment)). What they mean for DORA is decided by `dora::compute`.
+//! (`INSERT ... ON CONFLICT DO NOTHING`) and the caller learns whether the event was new and
+//! what was written. Every deploy attempt is its own row: a failure and its successful retry of
+//! one version, or a rollback to an earlier version, are separate events. What they mean for
+//! DORA is decided by `dora::compute`.
 //!
-//! [`Store`] is synchronous. [`StoreHandle`] owns it on a dedicated thread fed by a bounded
-//! channel, so no database call runs on the async runtime; the thread commits whatever requests
-//! are queued together (group commit, one fsync) while each event keeps its own savepoint, so
-//! one bad event never takes the others with it.
+//! [`Store`] is synchronous. In the agent, [`StoreHandle`] owns it on the one store thread
+//! (`sidelight-store`), fed by a bounded channel: no database call runs on the async runtime or
+//! the blocking pool, and nothing else opens the file (the `dora report` command, a process of
+//! its own, opens it directly). The thread commits the DORA events queued together in one
+//! transaction (group commit, one fsync) while each keeps its own savepoint, so one bad event
+//! never takes the others with it; other work (alerting state, reads, retention) reaches the
+//! connection through [`StoreHandle::call`].
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
 
 use crate::dora::{Change, Deployment, Events, Incident, UnixSeconds};
 
@@ -35,6 +40,9 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A schema migration failed.
+    #[error("migrating the schema: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
     /// The store directory cannot be created.
     #[error("cannot create {path}: {source}")]
     Dir {
@@ -64,10 +72,9 @@ pub enum StoreError {
     Closed,
 }
 
-/// Schema migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[
-    // 1: deployments, their commits, incidents, webhook deliveries, pushed commits awaiting a deploy.
-    "CREATE TABLE deployments (
+/// DORA schema 1: deployments, their commits, incidents, webhook deliveries, pushed commits
+/// awaiting a deploy.
+const DORA_TABLES: &str = "CREATE TABLE deployments (
         id TEXT PRIMARY KEY,
         service TEXT NOT NULL,
         environment TEXT NOT NULL,
@@ -104,12 +111,84 @@ const MIGRATIONS: &[&str] = &[
         timestamp INTEGER NOT NULL,
         pr_first_commit_at INTEGER,
         PRIMARY KEY (repo, sha)
-     );",
-    // 2: every deploy attempt is an event of its own (a retried version, a rollback): the
-    // (service, version, environment) uniqueness goes; deployments are looked up by service.
-    "DROP INDEX deployments_version;
-     CREATE INDEX deployments_service ON deployments(service, environment, finished_at);",
+     );";
+
+/// DORA schema 2: every deploy attempt is an event of its own (a retried version, a
+/// rollback): the (service, version, environment) uniqueness goes; deployments are looked up
+/// by service.
+const DORA_ATTEMPTS: &str = "DROP INDEX deployments_version;
+     CREATE INDEX deployments_service ON deployments(service, environment, finished_at);";
+
+/// The alerting state: current alerts, notification groups, silences, first sightings of
+/// exception types, markers. `IF NOT EXISTS`: a database from before the one schema history
+/// may already hold them (see [`adopt_legacy`]).
+const ALERT_TABLES: &str =
+    "CREATE TABLE IF NOT EXISTS alerting_alerts (fingerprint TEXT PRIMARY KEY, body TEXT NOT NULL);
+     CREATE TABLE IF NOT EXISTS alerting_groups (key TEXT PRIMARY KEY, body TEXT NOT NULL);
+     CREATE TABLE IF NOT EXISTS alerting_silences (
+        id TEXT PRIMARY KEY, ends_at INTEGER NOT NULL, body TEXT NOT NULL);
+     CREATE TABLE IF NOT EXISTS alerting_exceptions (
+        source TEXT NOT NULL, exception TEXT NOT NULL, first_seen INTEGER NOT NULL,
+        PRIMARY KEY (source, exception));
+     CREATE TABLE IF NOT EXISTS alerting_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);";
+
+/// The two version tables of the time before one schema history, once adopted.
+const DROP_LEGACY_VERSIONS: &str = "DROP TABLE IF EXISTS schema_version;
+     DROP TABLE IF EXISTS alerting_schema_version;";
+
+/// The one schema history, applied in order; `user_version` is how many have run.
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(DORA_TABLES),
+    M::up(DORA_ATTEMPTS),
+    M::up(ALERT_TABLES),
+    M::up(DROP_LEGACY_VERSIONS),
 ];
+
+/// How many migrations this build knows.
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Maps a database from before the one schema history onto it. Such a database kept its DORA
+/// schema version in `schema_version` (1 or 2) and the alerting tables' in
+/// `alerting_schema_version` (1), with `user_version` 0. The DORA version is the number of
+/// migrations already applied; when the alerting tables also exist and DORA is at 2, the
+/// alerting migration has run too. (Alerting tables beside an older DORA schema are kept by the
+/// `IF NOT EXISTS` of their migration.)
+fn adopt_legacy(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    let user_version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let has = |table: &str| -> Result<bool, rusqlite::Error> {
+        tx.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+    };
+    if user_version != 0 || !(has("schema_version")? || has("alerting_schema_version")?) {
+        return Ok(());
+    }
+    let version = |table: &str| -> Result<i64, rusqlite::Error> {
+        if !has(table)? {
+            return Ok(0);
+        }
+        tx.query_row(&format!("SELECT max(version) FROM {table}"), [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })
+        .map(Option::unwrap_or_default)
+    };
+    let dora = version("schema_version")?;
+    let alerting = version("alerting_schema_version")?;
+    if dora > 2 || alerting > 1 {
+        return Err(StoreError::TooNew {
+            found: dora.max(alerting),
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let adopted = if dora == 2 && alerting == 1 { 3 } else { dora };
+    tx.pragma_update(None, "user_version", adopted)?;
+    tx.commit()?;
+    Ok(())
+}
 
 /// One change to an incident.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,7 +220,7 @@ pub struct Batch {
 }
 
 /// What a [`Batch`] changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
     /// The delivery id was seen before: nothing was written.
     pub duplicate_delivery: bool,
@@ -151,6 +230,10 @@ pub struct Outcome {
     pub incidents_changed: usize,
     /// Pushed commits newly remembered.
     pub pending_new: usize,
+    /// The new deployment as stored (with the pushed commits it took), as `load` returns it.
+    pub stored_deployment: Option<Deployment>,
+    /// Every incident a change took effect on, as stored after the change.
+    pub stored_incidents: Vec<Incident>,
 }
 
 impl Outcome {
@@ -167,7 +250,7 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) `<dir>/sidelight.db` and migrates it.
+    /// Opens (creating if needed) `<dir>/sidelight.db` and migrates it to the latest schema.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.to_owned(),
@@ -189,29 +272,23 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
-        let current: i64 = tx
-            .query_row("SELECT max(version) FROM schema_version", [], |r| {
-                r.get::<_, Option<i64>>(0)
-            })?
-            .unwrap_or(0);
-        let supported = MIGRATIONS.len() as i64;
-        if current > supported {
+        adopt_legacy(&mut self.conn)?;
+        let found: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
-                found: current,
-                supported,
+                found,
+                supported: SCHEMA_VERSION,
             });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            tx.execute_batch(sql)?;
-            tx.execute(
-                "INSERT INTO schema_version (version) VALUES (?1)",
-                [i as i64 + 1],
-            )?;
-        }
-        tx.commit()?;
+        Migrations::from_slice(MIGRATIONS).to_latest(&mut self.conn)?;
         Ok(())
+    }
+
+    /// The connection, for the tables other modules own (alerting state).
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     /// Writes one event in one transaction.
@@ -254,10 +331,6 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, body FROM deployments WHERE finished_at >= ?1 ORDER BY finished_at, id",
         )?;
-        let mut commits = self.conn.prepare_cached(
-            "SELECT sha, timestamp, pr_first_commit_at FROM deployment_commits
-             WHERE deployment_id = ?1 ORDER BY timestamp, sha",
-        )?;
         let rows = stmt.query_map([since], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
         })?;
@@ -268,15 +341,7 @@ impl Store {
                     table: "deployments",
                     reason: e.to_string(),
                 })?;
-            d.commits = commits
-                .query_map([&id], |r| {
-                    Ok(Change {
-                        sha: r.get(0)?,
-                        timestamp: r.get(1)?,
-                        pr_first_commit_at: r.get(2)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
+            d.commits = commits_of(&self.conn, &id)?;
             events.deployments.push(d);
         }
         let mut stmt = self.conn.prepare_cached(
@@ -359,6 +424,24 @@ impl Store {
     }
 }
 
+/// A stored deployment's commits, in the order `load` returns them.
+fn commits_of(conn: &Connection, deployment_id: &str) -> Result<Vec<Change>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT sha, timestamp, pr_first_commit_at FROM deployment_commits
+         WHERE deployment_id = ?1 ORDER BY timestamp, sha",
+    )?;
+    let commits = stmt
+        .query_map([deployment_id], |r| {
+            Ok(Change {
+                sha: r.get(0)?,
+                timestamp: r.get(1)?,
+                pr_first_commit_at: r.get(2)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(commits)
+}
+
 fn apply_in(tx: &Connection, batch: &Batch, now: UnixSeconds) -> Result<Outcome, StoreError> {
     let mut out = Outcome::default();
     if let Some((source, id)) = &batch.delivery {
@@ -425,6 +508,8 @@ fn apply_in(tx: &Connection, batch: &Batch, now: UnixSeconds) -> Result<Outcome,
             for c in &commits {
                 stmt.execute(params![d.id, c.sha, c.timestamp, c.pr_first_commit_at])?;
             }
+            body.commits = commits_of(tx, &d.id)?;
+            out.stored_deployment = Some(body);
         }
     }
     for change in &batch.incidents {
@@ -434,11 +519,15 @@ fn apply_in(tx: &Connection, batch: &Batch, now: UnixSeconds) -> Result<Outcome,
                     table: "incidents",
                     reason: e.to_string(),
                 })?;
-                tx.execute(
+                let n = tx.execute(
                     "INSERT INTO incidents (id, started_at, resolved_at, body) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT DO NOTHING",
                     params![i.id, i.started_at, i.resolved_at, json],
-                )?
+                )?;
+                if n > 0 {
+                    out.stored_incidents.push(i.clone());
+                }
+                n
             }
             IncidentChange::Resolve {
                 id,
@@ -468,10 +557,14 @@ fn apply_in(tx: &Connection, batch: &Batch, now: UnixSeconds) -> Result<Outcome,
                             table: "incidents",
                             reason: e.to_string(),
                         })?;
-                        tx.execute(
+                        let n = tx.execute(
                             "UPDATE incidents SET resolved_at = ?2, body = ?3 WHERE id = ?1",
                             params![id, i.resolved_at, json],
-                        )?
+                        )?;
+                        if n > 0 {
+                            out.stored_incidents.push(i);
+                        }
+                        n
                     }
                 }
             }
@@ -481,6 +574,9 @@ fn apply_in(tx: &Connection, batch: &Batch, now: UnixSeconds) -> Result<Outcome,
 }
 
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
+
+/// Work run on the store thread with the connection.
+type Job = Box<dyn FnOnce(&mut Store) + Send>;
 
 /// What `StoreHandle::recent_deployments` asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -496,13 +592,15 @@ pub struct RecentQuery {
 }
 
 enum Request {
+    /// A DORA event, committed with the others queued beside it.
     Apply(Box<Batch>, UnixSeconds, Reply<Outcome>),
-    Load(UnixSeconds, Reply<Events>),
-    Retain(UnixSeconds, Reply<usize>),
-    Recent(RecentQuery, Reply<Vec<Deployment>>),
+    /// Anything else, run in queue order after the events before it are committed.
+    Call(Job),
 }
 
-/// The store on its own thread, reached through a bounded channel.
+/// The store on its own thread, reached through a bounded channel (capacity 1024: a caller
+/// waits for room, nothing is dropped). Clones share the thread, which ends when every handle
+/// is dropped.
 #[derive(Debug, Clone)]
 pub struct StoreHandle {
     tx: tokio::sync::mpsc::Sender<Request>,
@@ -510,11 +608,23 @@ pub struct StoreHandle {
 
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Request")
+        f.write_str(match self {
+            Self::Apply(..) => "Apply",
+            Self::Call(_) => "Call",
+        })
     }
 }
 
 impl StoreHandle {
+    /// Opens `<dir>/sidelight.db` (migrating it) off the async runtime and starts its thread.
+    pub async fn open(dir: &Path) -> Result<Self, StoreError> {
+        let dir = dir.to_owned();
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|_| StoreError::Closed)??;
+        Self::spawn(store)
+    }
+
     /// Moves `store` to a new thread; the thread ends when every handle is dropped.
     pub fn spawn(store: Store) -> Result<Self, StoreError> {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
@@ -547,14 +657,26 @@ impl StoreHandle {
         rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
-    /// Loads events since `since`.
-    pub async fn load(&self, since: UnixSeconds) -> Result<Events, StoreError> {
+    /// Runs `work` on the store thread with the store, after every write queued before it.
+    pub async fn call<R, F>(&self, work: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
         let (reply, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |store| {
+            let _ = reply.send(work(store));
+        });
         self.tx
-            .send(Request::Load(since, reply))
+            .send(Request::Call(job))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Loads events since `since`.
+    pub async fn load(&self, since: UnixSeconds) -> Result<Events, StoreError> {
+        self.call(move |s| s.load(since)).await
     }
 
     /// The latest deploy events of one service (see [`Store::recent_deployments`]).
@@ -562,22 +684,20 @@ impl StoreHandle {
         &self,
         query: RecentQuery,
     ) -> Result<Vec<Deployment>, StoreError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Request::Recent(query, reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.call(move |s| {
+            s.recent_deployments(
+                &query.service,
+                &query.environment,
+                query.success_only,
+                query.limit,
+            )
+        })
+        .await
     }
 
     /// Deletes events older than `cutoff`.
     pub async fn retain(&self, cutoff: UnixSeconds) -> Result<usize, StoreError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Request::Retain(cutoff, reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.call(move |s| s.retain(cutoff)).await
     }
 }
 
@@ -594,22 +714,9 @@ fn serve(mut store: Store, mut rx: tokio::sync::mpsc::Receiver<Request>) {
         for r in queued {
             match r {
                 Request::Apply(b, now, reply) => writes.push((b, now, reply)),
-                Request::Load(since, reply) => {
+                Request::Call(job) => {
                     flush(&mut store, &mut writes);
-                    let _ = reply.send(store.load(since));
-                }
-                Request::Retain(cutoff, reply) => {
-                    flush(&mut store, &mut writes);
-                    let _ = reply.send(store.retain(cutoff));
-                }
-                Request::Recent(q, reply) => {
-                    flush(&mut store, &mut writes);
-                    let _ = reply.send(store.recent_deployments(
-                        &q.service,
-                        &q.environment,
-                        q.success_only,
-                        q.limit,
-                    ));
+                    job(&mut store);
                 }
             }
         }
@@ -645,6 +752,7 @@ fn flush(store: &mut Store, writes: &mut Vec<(Box<Batch>, UnixSeconds, Reply<Out
 mod tests {
     use super::*;
     use crate::dora::{DeployStatus, DeploymentKind};
+    use std::collections::BTreeMap;
 
     fn dep(id: &str, version: &str, finished: i64) -> Deployment {
         Deployment {
@@ -720,64 +828,301 @@ mod tests {
         assert_eq!(ids, ["d4", "d3"]);
     }
 
-    /// A database written by schema 1 (one row per service, version and environment) opens,
-    /// keeps its rows, and then takes a second attempt of a stored version.
-    #[test]
-    fn schema_1_database_migrates() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let conn = Connection::open(dir.path().join(DB_FILE)).expect("create");
-            conn.execute_batch(
-                "CREATE TABLE schema_version (version INTEGER NOT NULL);
-                 INSERT INTO schema_version (version) VALUES (1);",
-            )
-            .expect("version table");
-            conn.execute_batch(MIGRATIONS[0]).expect("schema 1");
-            let mut old = dep("api/production/1.2.5", "1.2.5", 1000);
-            old.status = DeployStatus::Failure;
-            let commits = std::mem::take(&mut old.commits);
-            conn.execute(
-                "INSERT INTO deployments (id, service, environment, version, finished_at, body)
-                 VALUES (?1, 'api', 'production', '1.2.5', 1000, ?2)",
-                params![old.id, serde_json::to_string(&old).expect("json")],
-            )
-            .expect("row");
-            conn.execute(
-                "INSERT INTO deployment_commits (deployment_id, sha, timestamp) VALUES (?1, ?2, ?3)",
-                params![old.id, commits[0].sha, commits[0].timestamp],
-            )
-            .expect("commit");
-            // Schema 1 refuses the retry.
-            assert!(
+    /// The SQL of the schema history before it was one, exactly as released: the DORA store's
+    /// runner and migrations 1 and 2, and the alerting tables' runner and migration 1.
+    mod legacy {
+        pub const DORA_VERSION_TABLE: &str =
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)";
+        pub const DORA_1: &str = "CREATE TABLE deployments (
+        id TEXT PRIMARY KEY,
+        service TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        version TEXT NOT NULL,
+        finished_at INTEGER NOT NULL,
+        body TEXT NOT NULL
+     );
+     CREATE UNIQUE INDEX deployments_version ON deployments(service, version, environment)
+        WHERE version <> '';
+     CREATE INDEX deployments_finished ON deployments(finished_at);
+     CREATE TABLE deployment_commits (
+        deployment_id TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+        sha TEXT NOT NULL,
+        timestamp INTEGER NOT NULL,
+        pr_first_commit_at INTEGER,
+        PRIMARY KEY (deployment_id, sha)
+     );
+     CREATE TABLE incidents (
+        id TEXT PRIMARY KEY,
+        started_at INTEGER NOT NULL,
+        resolved_at INTEGER,
+        body TEXT NOT NULL
+     );
+     CREATE INDEX incidents_started ON incidents(started_at);
+     CREATE TABLE webhook_deliveries (
+        source TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        PRIMARY KEY (source, delivery_id)
+     );
+     CREATE TABLE pending_changes (
+        repo TEXT NOT NULL,
+        sha TEXT NOT NULL,
+        timestamp INTEGER NOT NULL,
+        pr_first_commit_at INTEGER,
+        PRIMARY KEY (repo, sha)
+     );";
+        pub const DORA_2: &str = "DROP INDEX deployments_version;
+     CREATE INDEX deployments_service ON deployments(service, environment, finished_at);";
+        pub const ALERTING_VERSION_TABLE: &str =
+            "CREATE TABLE IF NOT EXISTS alerting_schema_version (version INTEGER NOT NULL)";
+        pub const ALERTING_1: &str =
+            "CREATE TABLE alerting_alerts (fingerprint TEXT PRIMARY KEY, body TEXT NOT NULL);
+     CREATE TABLE alerting_groups (key TEXT PRIMARY KEY, body TEXT NOT NULL);
+     CREATE TABLE alerting_silences (id TEXT PRIMARY KEY, ends_at INTEGER NOT NULL, body TEXT NOT NULL);
+     CREATE TABLE alerting_exceptions (
+        source TEXT NOT NULL, exception TEXT NOT NULL, first_seen INTEGER NOT NULL,
+        PRIMARY KEY (source, exception));
+     CREATE TABLE alerting_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);";
+    }
+
+    /// Builds a database as the released agent left it: its DORA schema at `dora` (0: never
+    /// opened by the hub) and the alerting tables at `alerting`, each runner in its own
+    /// transaction as it ran, with rows in every table of each.
+    fn legacy_database(dir: &Path, dora: usize, alerting: usize) {
+        let mut conn = Connection::open(dir.join(DB_FILE)).expect("create");
+        if dora > 0 {
+            let tx = conn.transaction().expect("tx");
+            tx.execute_batch(legacy::DORA_VERSION_TABLE)
+                .expect("version");
+            for (i, sql) in [legacy::DORA_1, legacy::DORA_2]
+                .iter()
+                .take(dora)
+                .enumerate()
+            {
+                tx.execute_batch(sql).expect("migration");
+                tx.execute(
+                    "INSERT INTO schema_version (version) VALUES (?1)",
+                    [i as i64 + 1],
+                )
+                .expect("version row");
+            }
+            tx.commit().expect("commit");
+            let mut failed = dep("api/production/1.2.5", "1.2.5", 1000);
+            failed.status = DeployStatus::Failure;
+            let mut fix = dep("ci-7", "1.2.6", 2000);
+            fix.kind = DeploymentKind::Hotfix;
+            fix.fixes_deployment = Some("api/production/1.2.5".into());
+            for d in [failed, fix] {
+                let mut body = d.clone();
+                let commits = std::mem::take(&mut body.commits);
                 conn.execute(
                     "INSERT INTO deployments (id, service, environment, version, finished_at, body)
-                     VALUES ('retry', 'api', 'production', '1.2.5', 1100, '{}')",
-                    [],
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        d.id,
+                        d.service,
+                        d.environment,
+                        d.version,
+                        d.finished_at,
+                        serde_json::to_string(&body).expect("json")
+                    ],
                 )
-                .is_err()
-            );
+                .expect("deployment");
+                for c in commits {
+                    conn.execute(
+                        "INSERT INTO deployment_commits (deployment_id, sha, timestamp, pr_first_commit_at)
+                         VALUES (?1, ?2, ?3, ?4)",
+                        params![d.id, c.sha, c.timestamp, Some(c.timestamp - 60)],
+                    )
+                    .expect("commit");
+                }
+            }
+            let incident = Incident {
+                id: "i1".into(),
+                service: "api".into(),
+                environment: "production".into(),
+                started_at: 1500,
+                resolved_at: Some(2100),
+                deployment_id: Some("api/production/1.2.5".into()),
+                commit: None,
+                resolved_by_deployment: Some("ci-7".into()),
+            };
+            conn.execute(
+                "INSERT INTO incidents (id, started_at, resolved_at, body) VALUES ('i1', 1500, 2100, ?1)",
+                [serde_json::to_string(&incident).expect("json")],
+            )
+            .expect("incident");
+            conn.execute_batch(
+                "INSERT INTO webhook_deliveries VALUES ('github', 'guid-1', 900);
+                 INSERT INTO pending_changes VALUES ('org/api', 'p1', 950, NULL);",
+            )
+            .expect("rows");
         }
-        let mut s = Store::open(dir.path()).expect("migrates");
-        let version: i64 = s
-            .conn
-            .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
-            .expect("version");
-        assert_eq!(version, 2);
-        let retry = dep("ci-42-2", "1.2.5", 1100);
-        assert!(s.apply(&deploy(retry), 1100).expect("apply").deployment_new);
-        let e = s.load(i64::MIN).expect("load");
-        let got: Vec<(&str, DeployStatus, usize)> = e
-            .deployments
-            .iter()
-            .map(|d| (d.id.as_str(), d.status, d.commits.len()))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("api/production/1.2.5", DeployStatus::Failure, 1),
-                ("ci-42-2", DeployStatus::Success, 1)
-            ]
-        );
+        if alerting > 0 {
+            let tx = conn.transaction().expect("tx");
+            tx.execute_batch(legacy::ALERTING_VERSION_TABLE)
+                .expect("version");
+            tx.execute_batch(legacy::ALERTING_1).expect("migration");
+            tx.execute(
+                "INSERT INTO alerting_schema_version (version) VALUES (1)",
+                [],
+            )
+            .expect("version row");
+            tx.commit().expect("commit");
+            conn.execute_batch(
+                r#"INSERT INTO alerting_alerts VALUES ('alertname=X', '{"fingerprint":"alertname=X"}');
+                   INSERT INTO alerting_groups VALUES ('g1', '{"key":"g1"}');
+                   INSERT INTO alerting_silences VALUES ('s1', 99999, '{"id":"s1"}');
+                   INSERT INTO alerting_exceptions VALUES ('app', 'KeyError', 5);
+                   INSERT INTO alerting_meta VALUES ('deploy_notice_at', '42');"#,
+            )
+            .expect("rows");
+        }
+    }
+
+    /// Every row of every data table, as text, by table.
+    fn dump(conn: &Connection) -> BTreeMap<String, Vec<String>> {
+        let mut out = BTreeMap::new();
+        for table in [
+            "deployments",
+            "deployment_commits",
+            "incidents",
+            "webhook_deliveries",
+            "pending_changes",
+            "alerting_alerts",
+            "alerting_groups",
+            "alerting_silences",
+            "alerting_exceptions",
+            "alerting_meta",
+        ] {
+            let Ok(mut stmt) = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2")) else {
+                continue;
+            };
+            let columns = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    let cells: Vec<String> = (0..columns)
+                        .map(|c| {
+                            r.get::<_, rusqlite::types::Value>(c)
+                                .map(|v| format!("{v:?}"))
+                        })
+                        .collect::<Result<_, _>>()?;
+                    Ok(cells.join("|"))
+                })
+                .expect("query")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("rows");
+            out.insert(table.to_owned(), rows);
+        }
+        out
+    }
+
+    fn user_version(conn: &Connection) -> i64 {
+        conn.pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("user_version")
+    }
+
+    /// Databases written by the released agent — DORA schema 1 or 2, with or without the
+    /// alerting tables, and alerting alone — migrate into the one history with every row kept,
+    /// the old version tables gone, and then work as new ones do.
+    #[test]
+    fn released_databases_migrate_with_every_row() {
+        for (dora, alerting) in [(2, 1), (2, 0), (1, 1), (1, 0), (0, 1)] {
+            let case = format!("dora schema {dora}, alerting schema {alerting}");
+            let dir = tempfile::tempdir().expect("tempdir");
+            legacy_database(dir.path(), dora, alerting);
+            let before = dump(&Connection::open(dir.path().join(DB_FILE)).expect("open"));
+            let mut s = Store::open(dir.path()).expect(&case);
+            assert_eq!(user_version(&s.conn), SCHEMA_VERSION, "{case}");
+            let after = dump(&s.conn);
+            for (table, rows) in &before {
+                assert_eq!(after.get(table), Some(rows), "{case}: {table}");
+            }
+            assert_eq!(after.len(), 10, "{case}: every table exists: {after:?}");
+            let legacy_tables: i64 = s
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master
+                     WHERE name IN ('schema_version', 'alerting_schema_version')",
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("count");
+            assert_eq!(legacy_tables, 0, "{case}");
+            if dora > 0 {
+                let e = s.load(i64::MIN).expect("load");
+                assert_eq!(e.deployments.len(), 2, "{case}");
+                assert_eq!(
+                    e.deployments[1].fixes_deployment.as_deref(),
+                    Some("api/production/1.2.5")
+                );
+                assert_eq!(
+                    e.deployments[1].commits[0].pr_first_commit_at,
+                    Some(2000 - 3600 - 60)
+                );
+                assert_eq!(e.incidents.len(), 1, "{case}");
+                // A second attempt of a stored version: schema 1 refused it, schema 2 takes it.
+                let retry = dep("ci-42-2", "1.2.5", 1100);
+                assert!(
+                    s.apply(&deploy(retry), 1100).expect("apply").deployment_new,
+                    "{case}"
+                );
+                let b = Batch {
+                    delivery: Some(("github".into(), "guid-1".into())),
+                    ..deploy(dep("redelivered", "9", 3000))
+                };
+                assert!(
+                    s.apply(&b, 3000).expect("apply").duplicate_delivery,
+                    "{case}"
+                );
+            }
+            drop(s);
+            // Reopening migrates nothing and keeps everything.
+            let s = Store::open(dir.path()).expect("reopen");
+            assert_eq!(user_version(&s.conn), SCHEMA_VERSION);
+            let again = dump(&s.conn);
+            for (table, rows) in &before {
+                if !table.starts_with("deployment") {
+                    assert_eq!(again.get(table), Some(rows), "{case}: {table} after reopen");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::open(dir.path()).expect("open"));
+        let conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("bump");
+        drop(conn);
+        match Store::open(dir.path()) {
+            Err(StoreError::TooNew { found, supported }) => {
+                assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+            }
+            other => panic!("{other:?}"),
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        legacy_database(dir.path(), 0, 0);
+        let conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);
+             INSERT INTO schema_version VALUES (3);",
+        )
+        .expect("newer legacy");
+        drop(conn);
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::TooNew { found: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn the_migrations_are_valid() {
+        Migrations::from_slice(MIGRATIONS)
+            .validate()
+            .expect("valid");
     }
 
     #[test]
@@ -815,9 +1160,14 @@ mod tests {
             deployment: Some((d, Some("org/api".into()))),
             ..Batch::default()
         };
-        s.apply(&b, 1000).expect("apply");
+        let out = s.apply(&b, 1000).expect("apply");
         let e = s.load(0).expect("load");
         assert_eq!(e.deployments[0].commits[0].sha, "p1");
+        assert_eq!(
+            out.stored_deployment.as_ref(),
+            Some(&e.deployments[0]),
+            "the outcome carries the deployment as stored"
+        );
         // Consumed: the next deployment does not take it again.
         let b = Batch {
             deployment: Some((dep("d2", "2.0", 2000), Some("org/api".into()))),
@@ -863,13 +1213,12 @@ mod tests {
             at: 400,
             by_deployment: None,
         };
-        assert_eq!(
-            s.apply(&b(resolve.clone()), 400)
-                .expect("a")
-                .incidents_changed,
-            1
-        );
-        assert_eq!(s.apply(&b(resolve), 500).expect("a").incidents_changed, 0);
+        let resolved = s.apply(&b(resolve.clone()), 400).expect("a");
+        assert_eq!(resolved.incidents_changed, 1);
+        assert_eq!(resolved.stored_incidents[0].resolved_at, Some(400));
+        let again = s.apply(&b(resolve), 500).expect("a");
+        assert_eq!(again.incidents_changed, 0);
+        assert!(again.stored_incidents.is_empty());
         let e = s.load(0).expect("load");
         assert_eq!(e.incidents[0].resolved_at, Some(400));
     }
@@ -928,5 +1277,16 @@ mod tests {
         assert!(o.deployment_new);
         assert_eq!(h.load(0).await.expect("load").deployments.len(), 1);
         assert_eq!(h.retain(5000).await.expect("retain"), 1);
+        let tables: i64 = h
+            .call(|s| {
+                Ok(s.connection().query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name LIKE 'alerting_%'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .expect("call");
+        assert_eq!(tables, 5, "the alerting tables are in the same schema");
     }
 }

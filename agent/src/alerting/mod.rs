@@ -27,7 +27,6 @@ mod socket_tests;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
@@ -42,7 +41,7 @@ use tokio_util::task::TaskTracker;
 pub use crate::clock::now_ms;
 use crate::dora::{DeployStatus, Incident};
 use crate::hub::Hub;
-use crate::store::{IncidentChange, StoreError};
+use crate::store::{IncidentChange, StoreError, StoreHandle};
 use config::AlertingConfig;
 use deliver::{DeliveryMetrics, Item, Queue, Report, Sender, Transport};
 use eval::{Alert, Context, DeployInfo, State, Transition};
@@ -150,7 +149,7 @@ struct EvalMetrics {
 pub struct Alerting {
     config: RwLock<Arc<AlertingConfig>>,
     core: Mutex<Core>,
-    store: Arc<AlertStore>,
+    store: AlertStore,
     hub: Option<Arc<Hub>>,
     severities: Vec<String>,
     registry: OnceLock<Arc<Registry>>,
@@ -188,21 +187,15 @@ pub enum AlertingError {
 }
 
 impl Alerting {
-    /// Opens the state in `dir` and builds the notifiers (nothing spawned yet).
+    /// Loads the state from the store and builds the notifiers (nothing spawned yet).
     pub async fn open(
         cfg: AlertingConfig,
-        dir: &Path,
+        db: StoreHandle,
         hub: Option<Arc<Hub>>,
     ) -> Result<Arc<Self>, AlertingError> {
-        let dir = dir.to_owned();
+        let store = AlertStore::new(db);
         let now = now_ms();
-        let (store, persisted) = tokio::task::spawn_blocking(move || {
-            let s = AlertStore::open(&dir)?;
-            let p = s.load(now)?;
-            Ok::<_, StoreError>((s, p))
-        })
-        .await
-        .map_err(|_| StoreError::Closed)??;
+        let persisted = store.load(now).await?;
         let delivery = DeliveryMetrics::default();
         let mut queues = HashMap::new();
         let mut senders = Vec::new();
@@ -253,7 +246,8 @@ impl Alerting {
         let first_seen: prom::FirstSeen = ctx.first_seen.clone();
         let deploys = Arc::new(RwLock::new(HashMap::new()));
         let last_deploy_notice = store
-            .meta("deploy_notice_at")
+            .meta("deploy_notice_at".into())
+            .await
             .ok()
             .flatten()
             .and_then(|v| v.parse().ok());
@@ -285,7 +279,7 @@ impl Alerting {
                 last_deploy_notice,
             }),
             config: RwLock::new(Arc::new(cfg)),
-            store: Arc::new(store),
+            store,
             hub,
             severities,
             registry: OnceLock::new(),
@@ -643,17 +637,12 @@ impl Alerting {
             && newly.is_empty()
             && removed_groups.is_empty())
         {
-            let store = self.store.clone();
-            let persisted = tokio::task::spawn_blocking(move || {
-                store.save_alerts(&changed, &removed, &newly)?;
-                for k in &removed_groups {
-                    store.save_group(k, None)?;
-                }
-                Ok::<_, StoreError>((changed, removed))
-            })
-            .await;
+            let persisted = self
+                .store
+                .save_alerts(changed, removed, newly, removed_groups)
+                .await;
             match persisted {
-                Ok(Ok((changed, removed))) => {
+                Ok((changed, removed)) => {
                     let mut core = self.core.lock();
                     for fp in &removed {
                         core.saved.remove(fp);
@@ -744,13 +733,10 @@ impl Alerting {
                     }
                 }
             };
-            if let Some((key, group)) = save {
-                let store = self.store.clone();
-                let r = tokio::task::spawn_blocking(move || store.save_group(&key, group.as_ref()))
-                    .await;
-                if !matches!(r, Ok(Ok(()))) {
-                    tracing::error!("persisting a notification group failed");
-                }
+            if let Some((key, group)) = save
+                && self.store.save_group(key, group).await.is_err()
+            {
+                tracing::error!("persisting a notification group failed");
             }
         }
     }
@@ -774,11 +760,10 @@ impl Alerting {
             // First run: remember where we are rather than announcing history (with no
             // history, every deployment from now on is announced).
             self.core.lock().last_deploy_notice = Some(newest);
-            let store = self.store.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                store.set_meta("deploy_notice_at", &newest.to_string())
-            })
-            .await;
+            let _ = self
+                .store
+                .set_meta("deploy_notice_at".into(), newest.to_string())
+                .await;
             return;
         };
         let receivers: Vec<&config::NotifierConfig> = cfg
@@ -821,11 +806,10 @@ impl Alerting {
         }
         if newest > last {
             self.core.lock().last_deploy_notice = Some(newest);
-            let store = self.store.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                store.set_meta("deploy_notice_at", &newest.to_string())
-            })
-            .await;
+            let _ = self
+                .store
+                .set_meta("deploy_notice_at".into(), newest.to_string())
+                .await;
         }
     }
 
@@ -834,19 +818,16 @@ impl Alerting {
         for n in cfg.notifiers.values() {
             let Some(every) = n.digest else { continue };
             let key = format!("digest:{}", n.name);
-            let store = self.store.clone();
-            let k = key.clone();
-            let last: Option<Millis> = tokio::task::spawn_blocking(move || store.meta(&k))
+            let last: Option<Millis> = self
+                .store
+                .meta(key.clone())
                 .await
                 .ok()
-                .and_then(Result::ok)
                 .flatten()
                 .and_then(|v| v.parse().ok());
             let (due, marker) = digest_step(last, rules::ms(every), now);
             if let Some(m) = marker {
-                let store = self.store.clone();
-                let _ =
-                    tokio::task::spawn_blocking(move || store.set_meta(&key, &m.to_string())).await;
+                let _ = self.store.set_meta(key, m.to_string()).await;
             }
             if !due {
                 continue;
@@ -951,22 +932,14 @@ impl Alerting {
 
     /// Adds a silence (persisted).
     pub async fn add_silence(&self, s: Silence) -> Result<(), StoreError> {
-        let store = self.store.clone();
-        let copy = s.clone();
-        tokio::task::spawn_blocking(move || store.save_silence(&copy))
-            .await
-            .map_err(|_| StoreError::Closed)??;
+        self.store.save_silence(s.clone()).await?;
         self.core.lock().silences.push(s);
         Ok(())
     }
 
     /// Removes an API or chat silence; whether it existed.
     pub async fn delete_silence(&self, id: &str) -> Result<bool, StoreError> {
-        let store = self.store.clone();
-        let owned = id.to_owned();
-        let existed = tokio::task::spawn_blocking(move || store.delete_silence(&owned))
-            .await
-            .map_err(|_| StoreError::Closed)??;
+        let existed = self.store.delete_silence(id.to_owned()).await?;
         let mut core = self.core.lock();
         let before = core.silences.len();
         core.silences.retain(|s| s.id != id);
@@ -977,15 +950,7 @@ impl Alerting {
     pub async fn ack(&self, what: &str, by: &str) -> Result<usize, StoreError> {
         let groups = self.core.lock().dispatcher.ack(what, by);
         let n = groups.len();
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            for g in &groups {
-                store.save_group(&g.key, Some(g))?;
-            }
-            Ok::<_, StoreError>(())
-        })
-        .await
-        .map_err(|_| StoreError::Closed)??;
+        self.store.save_groups(groups).await?;
         Ok(n)
     }
 
@@ -1016,6 +981,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use std::path::Path;
 
     const H: Millis = 3_600_000;
     const D: Millis = 24 * H;
@@ -1107,16 +1073,17 @@ notifiers:
     async fn weekly_digest_and_deploy_notices_driven_by_now() {
         let dir = tempfile::tempdir().expect("dir");
         let cfg = config(dir.path(), "    digest: 7d\n");
+        let db = StoreHandle::open(dir.path()).await.expect("store");
         let hub = Hub::open(
             cfg.dora.clone(),
-            dir.path(),
+            db.clone(),
             Arc::new(sidelight_collector::metrics::LabelCaps::new(100)),
         )
         .await
         .expect("hub");
         let a = Alerting::open(
             cfg.alerting.clone().expect("alerting"),
-            dir.path(),
+            db.clone(),
             Some(hub.clone()),
         )
         .await
@@ -1165,7 +1132,7 @@ notifiers:
         // A restart keeps the marks: nothing is announced or digested again.
         let a = Alerting::open(
             cfg.alerting.clone().expect("alerting"),
-            dir.path(),
+            db.clone(),
             Some(hub.clone()),
         )
         .await

@@ -205,9 +205,15 @@ notifiers:
         .set(1);
     let mut reg = Registry::default();
     reg.register("bench_flag", "a flag", flag.clone());
-    let a = Alerting::open(cfg.alerting.clone().expect("alerting"), dir.path(), None)
-        .await
-        .expect("open");
+    let a = Alerting::open(
+        cfg.alerting.clone().expect("alerting"),
+        crate::store::StoreHandle::open(dir.path())
+            .await
+            .expect("store"),
+        None,
+    )
+    .await
+    .expect("open");
     a.set_registry(Arc::new(reg));
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();

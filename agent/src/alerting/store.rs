@@ -1,30 +1,15 @@
-//! Alerting state in the agent's SQLite file (`<store.path>/sidelight.db`, WAL,
-//! `synchronous=FULL`), in tables of its own with their own schema version: current alerts,
-//! notification groups (what was last delivered, the Slack message to update, who acked),
-//! silences made through the API or chat, first sightings of exception types, and small
-//! markers (last deploy notice, last digest). Every change is one transaction. Calls are
-//! blocking: the caller runs them in `spawn_blocking`.
+//! Alerting state in the agent's one database (see [`crate::store`], which owns the
+//! connection and the schema): current alerts, notification groups (what was last delivered,
+//! the Slack message to update, who acked), silences made through the API or chat, first
+//! sightings of exception types, and small markers (last deploy notice, last digest). Every
+//! change is one transaction, run on the store thread.
 
-use std::path::Path;
-
-use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::eval::Alert;
 use super::notify::{Group, Silence};
 use super::rules::Millis;
-use crate::store::{DB_FILE, StoreError};
-
-const MIGRATIONS: &[&str] = &[
-    // 1
-    "CREATE TABLE alerting_alerts (fingerprint TEXT PRIMARY KEY, body TEXT NOT NULL);
-     CREATE TABLE alerting_groups (key TEXT PRIMARY KEY, body TEXT NOT NULL);
-     CREATE TABLE alerting_silences (id TEXT PRIMARY KEY, ends_at INTEGER NOT NULL, body TEXT NOT NULL);
-     CREATE TABLE alerting_exceptions (
-        source TEXT NOT NULL, exception TEXT NOT NULL, first_seen INTEGER NOT NULL,
-        PRIMARY KEY (source, exception));
-     CREATE TABLE alerting_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
-];
+use crate::store::{StoreError, StoreHandle};
 
 /// Everything loaded at start.
 #[derive(Debug, Default)]
@@ -39,10 +24,10 @@ pub struct Persisted {
     pub exceptions: Vec<(String, String, Millis)>,
 }
 
-/// The alerting tables.
-#[derive(Debug)]
+/// The alerting tables, reached through the store thread.
+#[derive(Debug, Clone)]
 pub struct AlertStore {
-    conn: Mutex<Connection>,
+    db: StoreHandle,
 }
 
 fn corrupt(table: &'static str, e: impl std::fmt::Display) -> StoreError {
@@ -56,162 +41,166 @@ fn json<T: serde::Serialize>(table: &'static str, v: &T) -> Result<String, Store
     serde_json::to_string(v).map_err(|e| corrupt(table, e))
 }
 
+fn upsert_group(conn: &Connection, key: &str, group: Option<&Group>) -> Result<(), StoreError> {
+    match group {
+        Some(g) => conn.execute(
+            "INSERT INTO alerting_groups (key, body) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET body = excluded.body",
+            params![key, json("alerting_groups", g)?],
+        )?,
+        None => conn.execute("DELETE FROM alerting_groups WHERE key = ?1", [key])?,
+    };
+    Ok(())
+}
+
+fn load(conn: &Connection, now: Millis) -> Result<Persisted, StoreError> {
+    conn.execute("DELETE FROM alerting_silences WHERE ends_at <= ?1", [now])?;
+    let mut p = Persisted::default();
+    let mut stmt = conn.prepare("SELECT body FROM alerting_alerts")?;
+    for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+        p.alerts
+            .push(serde_json::from_str(&row?).map_err(|e| corrupt("alerting_alerts", e))?);
+    }
+    let mut stmt = conn.prepare("SELECT body FROM alerting_groups")?;
+    for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+        p.groups
+            .push(serde_json::from_str(&row?).map_err(|e| corrupt("alerting_groups", e))?);
+    }
+    let mut stmt = conn.prepare("SELECT body FROM alerting_silences")?;
+    for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+        let mut s: Silence =
+            serde_json::from_str(&row?).map_err(|e| corrupt("alerting_silences", e))?;
+        s.compile().map_err(|e| corrupt("alerting_silences", e))?;
+        p.silences.push(s);
+    }
+    let mut stmt = conn.prepare("SELECT source, exception, first_seen FROM alerting_exceptions")?;
+    for row in stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
+        p.exceptions.push(row?);
+    }
+    Ok(p)
+}
+
 impl AlertStore {
-    /// Opens (creating if needed) the tables in `<dir>/sidelight.db`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let mut conn = Connection::open(dir.join(DB_FILE))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        let tx = conn.transaction()?;
-        tx.execute_batch(
-            "CREATE TABLE IF NOT EXISTS alerting_schema_version (version INTEGER NOT NULL)",
-        )?;
-        let current: i64 = tx
-            .query_row(
-                "SELECT max(version) FROM alerting_schema_version",
-                [],
-                |r| r.get::<_, Option<i64>>(0),
-            )?
-            .unwrap_or(0);
-        let supported = MIGRATIONS.len() as i64;
-        if current > supported {
-            return Err(StoreError::TooNew {
-                found: current,
-                supported,
-            });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            tx.execute_batch(sql)?;
-            tx.execute(
-                "INSERT INTO alerting_schema_version (version) VALUES (?1)",
-                [i as i64 + 1],
-            )?;
-        }
-        tx.commit()?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
+    /// The alerting tables of the store behind `db`.
+    pub fn new(db: StoreHandle) -> Self {
+        Self { db }
     }
 
     /// Loads everything; silences that ended before `now` are deleted.
-    pub fn load(&self, now: Millis) -> Result<Persisted, StoreError> {
-        let conn = self.conn.lock();
-        conn.execute("DELETE FROM alerting_silences WHERE ends_at <= ?1", [now])?;
-        let mut p = Persisted::default();
-        let mut stmt = conn.prepare("SELECT body FROM alerting_alerts")?;
-        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            p.alerts
-                .push(serde_json::from_str(&row?).map_err(|e| corrupt("alerting_alerts", e))?);
-        }
-        let mut stmt = conn.prepare("SELECT body FROM alerting_groups")?;
-        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            p.groups
-                .push(serde_json::from_str(&row?).map_err(|e| corrupt("alerting_groups", e))?);
-        }
-        let mut stmt = conn.prepare("SELECT body FROM alerting_silences")?;
-        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            let mut s: Silence =
-                serde_json::from_str(&row?).map_err(|e| corrupt("alerting_silences", e))?;
-            s.compile().map_err(|e| corrupt("alerting_silences", e))?;
-            p.silences.push(s);
-        }
-        let mut stmt =
-            conn.prepare("SELECT source, exception, first_seen FROM alerting_exceptions")?;
-        for row in stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))? {
-            p.exceptions.push(row?);
-        }
-        Ok(p)
+    pub async fn load(&self, now: Millis) -> Result<Persisted, StoreError> {
+        self.db.call(move |s| load(s.connection(), now)).await
     }
 
-    /// Writes one evaluation's changes in one transaction.
-    pub fn save_alerts(
+    /// Writes one evaluation's changes (and drops the groups that emptied) in one transaction.
+    pub async fn save_alerts(
         &self,
-        changed: &[Alert],
-        removed: &[String],
-        exceptions: &[(String, String, Millis)],
-    ) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
-        for a in changed {
-            tx.execute(
-                "INSERT INTO alerting_alerts (fingerprint, body) VALUES (?1, ?2)
-                 ON CONFLICT (fingerprint) DO UPDATE SET body = excluded.body",
-                params![a.fingerprint, json("alerting_alerts", a)?],
-            )?;
-        }
-        for fp in removed {
-            tx.execute("DELETE FROM alerting_alerts WHERE fingerprint = ?1", [fp])?;
-        }
-        for (s, e, t) in exceptions {
-            tx.execute(
-                "INSERT INTO alerting_exceptions (source, exception, first_seen) VALUES (?1, ?2, ?3)
-                 ON CONFLICT DO NOTHING",
-                params![s, e, t],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
+        changed: Vec<Alert>,
+        removed: Vec<String>,
+        exceptions: Vec<(String, String, Millis)>,
+        removed_groups: Vec<String>,
+    ) -> Result<(Vec<Alert>, Vec<String>), StoreError> {
+        self.db
+            .call(move |s| {
+                let tx = s.connection().transaction()?;
+                for a in &changed {
+                    tx.execute(
+                        "INSERT INTO alerting_alerts (fingerprint, body) VALUES (?1, ?2)
+                         ON CONFLICT (fingerprint) DO UPDATE SET body = excluded.body",
+                        params![a.fingerprint, json("alerting_alerts", a)?],
+                    )?;
+                }
+                for fp in &removed {
+                    tx.execute("DELETE FROM alerting_alerts WHERE fingerprint = ?1", [fp])?;
+                }
+                for (s, e, t) in &exceptions {
+                    tx.execute(
+                        "INSERT INTO alerting_exceptions (source, exception, first_seen)
+                         VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                        params![s, e, t],
+                    )?;
+                }
+                for k in &removed_groups {
+                    upsert_group(&tx, k, None)?;
+                }
+                tx.commit()?;
+                Ok((changed, removed))
+            })
+            .await
     }
 
     /// Writes (or, with `None`, deletes) one group.
-    pub fn save_group(&self, key: &str, group: Option<&Group>) -> Result<(), StoreError> {
-        let conn = self.conn.lock();
-        match group {
-            Some(g) => conn.execute(
-                "INSERT INTO alerting_groups (key, body) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET body = excluded.body",
-                params![key, json("alerting_groups", g)?],
-            )?,
-            None => conn.execute("DELETE FROM alerting_groups WHERE key = ?1", [key])?,
-        };
-        Ok(())
+    pub async fn save_group(&self, key: String, group: Option<Group>) -> Result<(), StoreError> {
+        self.db
+            .call(move |s| upsert_group(s.connection(), &key, group.as_ref()))
+            .await
+    }
+
+    /// Writes several groups in one transaction.
+    pub async fn save_groups(&self, groups: Vec<Group>) -> Result<(), StoreError> {
+        self.db
+            .call(move |s| {
+                let tx = s.connection().transaction()?;
+                for g in &groups {
+                    upsert_group(&tx, &g.key, Some(g))?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await
     }
 
     /// Writes a silence.
-    pub fn save_silence(&self, s: &Silence) -> Result<(), StoreError> {
-        self.conn.lock().execute(
-            "INSERT INTO alerting_silences (id, ends_at, body) VALUES (?1, ?2, ?3)
-             ON CONFLICT (id) DO UPDATE SET ends_at = excluded.ends_at, body = excluded.body",
-            params![s.id, s.ends_at, json("alerting_silences", s)?],
-        )?;
-        Ok(())
+    pub async fn save_silence(&self, silence: Silence) -> Result<(), StoreError> {
+        self.db
+            .call(move |s| {
+                s.connection().execute(
+                    "INSERT INTO alerting_silences (id, ends_at, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET ends_at = excluded.ends_at, body = excluded.body",
+                    params![silence.id, silence.ends_at, json("alerting_silences", &silence)?],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     /// Deletes a silence; whether it existed.
-    pub fn delete_silence(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
-            .lock()
-            .execute("DELETE FROM alerting_silences WHERE id = ?1", [id])?
-            > 0)
+    pub async fn delete_silence(&self, id: String) -> Result<bool, StoreError> {
+        self.db
+            .call(move |s| {
+                Ok(s.connection()
+                    .execute("DELETE FROM alerting_silences WHERE id = ?1", [id])?
+                    > 0)
+            })
+            .await
     }
 
     /// A marker value.
-    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn
-            .lock()
-            .query_row(
-                "SELECT value FROM alerting_meta WHERE key = ?1",
-                [key],
-                |r| r.get(0),
-            )
-            .optional()?)
+    pub async fn meta(&self, key: String) -> Result<Option<String>, StoreError> {
+        self.db
+            .call(move |s| {
+                Ok(s.connection()
+                    .query_row(
+                        "SELECT value FROM alerting_meta WHERE key = ?1",
+                        [key],
+                        |r| r.get(0),
+                    )
+                    .optional()?)
+            })
+            .await
     }
 
     /// Sets a marker value.
-    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn.lock().execute(
-            "INSERT INTO alerting_meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![key, value],
-        )?;
-        Ok(())
+    pub async fn set_meta(&self, key: String, value: String) -> Result<(), StoreError> {
+        self.db
+            .call(move |s| {
+                s.connection().execute(
+                    "INSERT INTO alerting_meta (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![key, value],
+                )?;
+                Ok(())
+            })
+            .await
     }
 }
 
@@ -221,12 +210,10 @@ mod tests {
     use crate::alerting::eval::State;
     use std::collections::BTreeMap;
 
-    #[test]
-    fn round_trip_next_to_the_dora_store() {
+    #[tokio::test]
+    async fn round_trip_through_the_store_thread() {
         let dir = tempfile::tempdir().expect("dir");
-        // The DORA store and the alerting tables share the file.
-        let _dora = crate::store::Store::open(dir.path()).expect("dora");
-        let s = AlertStore::open(dir.path()).expect("open");
+        let s = AlertStore::new(StoreHandle::open(dir.path()).await.expect("open"));
         let a = Alert {
             fingerprint: "alertname=X".into(),
             labels: BTreeMap::from([("alertname".into(), "X".into())]),
@@ -242,10 +229,12 @@ mod tests {
             last_active: 3,
         };
         s.save_alerts(
-            std::slice::from_ref(&a),
-            &[],
-            &[("app".into(), "KeyError".into(), 5)],
+            vec![a.clone()],
+            vec![],
+            vec![("app".into(), "KeyError".into(), 5)],
+            vec![],
         )
+        .await
         .expect("save");
         let live = Silence::new(
             "s1".into(),
@@ -265,25 +254,31 @@ mod tests {
             String::new(),
         )
         .expect("silence");
-        s.save_silence(&live).expect("silence");
-        s.save_silence(&old).expect("silence");
-        s.set_meta("deploy_notice", "42").expect("meta");
+        s.save_silence(live).await.expect("silence");
+        s.save_silence(old).await.expect("silence");
+        s.set_meta("deploy_notice".into(), "42".into())
+            .await
+            .expect("meta");
         drop(s);
-        let s = AlertStore::open(dir.path()).expect("reopen");
-        let p = s.load(50).expect("load");
+        let s = AlertStore::new(StoreHandle::open(dir.path()).await.expect("reopen"));
+        let p = s.load(50).await.expect("load");
         assert_eq!(p.alerts, vec![a]);
         assert_eq!(p.silences.len(), 1);
         assert_eq!(p.silences[0].id, "s1");
         assert!(p.silences[0].mutes(&BTreeMap::from([("a".into(), "b".into())]), 50));
         assert_eq!(p.exceptions, vec![("app".into(), "KeyError".into(), 5)]);
         assert_eq!(
-            s.meta("deploy_notice").expect("meta").as_deref(),
+            s.meta("deploy_notice".into())
+                .await
+                .expect("meta")
+                .as_deref(),
             Some("42")
         );
-        s.save_alerts(&[], &["alertname=X".into()], &[])
+        s.save_alerts(vec![], vec!["alertname=X".into()], vec![], vec![])
+            .await
             .expect("remove");
-        assert!(s.load(50).expect("load").alerts.is_empty());
-        assert!(s.delete_silence("s1").expect("delete"));
-        assert!(!s.delete_silence("s1").expect("delete"));
+        assert!(s.load(50).await.expect("load").alerts.is_empty());
+        assert!(s.delete_silence("s1".into()).await.expect("delete"));
+        assert!(!s.delete_silence("s1".into()).await.expect("delete"));
     }
 }

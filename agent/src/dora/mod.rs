@@ -9,8 +9,8 @@ pub mod telemetry;
 pub mod tiers;
 
 pub use compute::{
-    ALL_SERVICES, FrequencyClass, LeadTimes, Report, Scope, ServiceReport, Window, WindowError,
-    ingest_lead_times, recovery_seconds, report, report_on, reports,
+    ALL_SERVICES, FrequencyClass, History, LeadTimes, Lineage, Links, Report, Scope, ServiceReport,
+    Window, WindowError, group_deployments, ingest_lead_times, recovery_seconds, report, reports,
 };
 pub use model::{
     Change, DeployStatus, Deployment, DeploymentKind, Events, Incident, RegressionFinding, Sample,

@@ -510,15 +510,21 @@ mod tests {
         );
         let req = snap.family("requests").expect("requests");
         assert_eq!(req.kind, Kind::Counter);
+        // A family's series come in the registry's own (hash) order: find the one by its label.
+        let ok = req
+            .series
+            .iter()
+            .find(|s| s.labels.iter().any(|(k, v)| k == "code" && v == "200"))
+            .expect("the code=200 series");
         assert_eq!(
-            req.series[0].labels,
+            ok.labels,
             [
                 ("path".to_owned(), "/a\"b\\c\nd e}".to_owned()),
                 ("code".to_owned(), "200".to_owned())
             ],
             "label values are raw, not escaped"
         );
-        assert_eq!(req.series[0].value.number(), 3.0);
+        assert_eq!(ok.value.number(), 3.0);
         let busy = snap.family("busy_seconds").expect("busy");
         assert_eq!(
             (busy.unit.as_str(), busy.series[0].value.number()),

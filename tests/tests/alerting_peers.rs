@@ -9,12 +9,10 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{
-    Agent, ChatPeers, ChatSecrets, Result, eventually, free_port, get, slack_signature,
+    Agent, ChatPeers, ChatSecrets, Result, Traffic, eventually, free_port, get, slack_signature,
     start_otel_service,
 };
 
@@ -135,32 +133,7 @@ notifiers:
     )?;
 
     // Steady traffic (about 25 requests/s); while `failing`, every other request is a 500.
-    let failing = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let load = {
-        let (failing, stop, sent) = (failing.clone(), stop.clone(), sent.clone());
-        std::thread::spawn(move || {
-            let client = common::client();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let path = if failing.load(Ordering::Relaxed) && i.is_multiple_of(2) {
-                    "/fail".to_owned()
-                } else {
-                    format!("/items/{i}")
-                };
-                if client
-                    .get(&format!("http://127.0.0.1:{port}{path}"))
-                    .call()
-                    .is_ok()
-                {
-                    sent.fetch_add(1, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(40));
-            }
-        })
-    };
+    let traffic = Traffic::start(port);
     // Healthy first: span metrics arrive, nothing fires.
     eventually(Duration::from_secs(20), "span metrics for checkout", || {
         (agent.metric(
@@ -176,7 +149,7 @@ notifiers:
         chat.seen().posts
     );
 
-    failing.store(true, Ordering::Relaxed);
+    traffic.set_failing(true);
     let fired = eventually(Duration::from_secs(30), "the alert in fake Slack", || {
         top_level(&chat.seen().posts).into_iter().next()
     })
@@ -205,7 +178,7 @@ notifiers:
 
     // Recovery: once the short windows hold no errors, the alerts resolve and the original
     // message is updated in place.
-    failing.store(false, Ordering::Relaxed);
+    traffic.set_failing(false);
     let resolved = eventually(Duration::from_secs(40), "the resolving chat.update", || {
         chat.seen()
             .updates
@@ -226,9 +199,7 @@ notifiers:
                 .then_some(())
         },
     )?;
-    stop.store(true, Ordering::Relaxed);
-    let _ = load.join();
-    assert!(sent.load(Ordering::Relaxed) > 100);
+    assert!(traffic.stop() > 100);
 
     let seen = chat.seen();
     // One grouped message in the channel; every later change is an update of it (or a reply in

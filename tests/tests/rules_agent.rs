@@ -8,13 +8,11 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{
-    Agent, ChatPeers, ChatSecrets, Prometheus, Result, eventually, free_port, get, sidelight_bin,
-    start_otel_service, workspace,
+    Agent, ChatPeers, ChatSecrets, Prometheus, Result, Traffic, eventually, free_port, get,
+    sidelight_bin, start_otel_service, workspace,
 };
 
 const SLACK_TOKEN: &str = "xoxb-19-rules-token";
@@ -142,25 +140,7 @@ notifiers:
             ),
         ],
     )?;
-    let failing = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (failing, stop) = (failing.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let client = common::client();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let path = if failing.load(Ordering::Relaxed) && i.is_multiple_of(2) {
-                    "/fail".to_owned()
-                } else {
-                    format!("/items/{i}")
-                };
-                let _ = client.get(&format!("http://127.0.0.1:{port}{path}")).call();
-                std::thread::sleep(Duration::from_millis(40));
-            }
-        })
-    };
+    let traffic = Traffic::start(port);
     let prom = Prometheus::start(agent.addr, None)?;
 
     // Healthy: the recording rule's series is on /metrics and scraped by Prometheus; no alert.
@@ -181,7 +161,7 @@ notifiers:
     assert!(rate > 5.0, "about 25 requests/s recorded, got {scraped:?}");
     assert!(chat.seen().posts.is_empty(), "alerted while healthy");
 
-    failing.store(true, Ordering::Relaxed);
+    traffic.set_failing(true);
     let fired = eventually(Duration::from_secs(30), "the alert in fake Slack", || {
         chat.seen()
             .posts
@@ -274,7 +254,7 @@ notifiers:
     assert_eq!(alert_posts(&chat), 1, "{:?}", chat.seen().posts);
 
     // Recovery: once the 5 s window holds no errors the alert resolves and Slack hears it.
-    failing.store(false, Ordering::Relaxed);
+    traffic.set_failing(false);
     eventually(
         Duration::from_secs(40),
         "the resolved message in Slack",
@@ -288,8 +268,7 @@ notifiers:
         },
     )
     .map_err(|e| format!("{e}; agent: {:?}", agent.log_lines()))?;
-    stop.store(true, Ordering::Relaxed);
-    let _ = load.join();
+    traffic.stop();
     assert!(chat.seen().refused.is_empty(), "{:?}", chat.seen().refused);
     let (_, _, metrics) = get(&agent.url("/metrics"), &[])?;
     assert!(

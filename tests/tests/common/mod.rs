@@ -1309,6 +1309,78 @@ pub fn start_otel_service(name: &str, port: u16, env: &[(&str, String)]) -> Resu
     python_service("otel_service.py", port, &[], &env)
 }
 
+/// Steady GET traffic (about 25 requests/s) to a test service on `port`, from a thread of its
+/// own; while failing is set, every other request goes to `/fail` (a 500).
+pub struct Traffic {
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    /// Starts sending.
+    pub fn start(port: u16) -> Traffic {
+        use std::sync::atomic::Ordering;
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let thread = {
+            let (failing, stop, sent) = (failing.clone(), stop.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let client = client();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let path = if failing.load(Ordering::Relaxed) && i.is_multiple_of(2) {
+                        "/fail".to_owned()
+                    } else {
+                        format!("/items/{i}")
+                    };
+                    if client
+                        .get(&format!("http://127.0.0.1:{port}{path}"))
+                        .call()
+                        .is_ok()
+                    {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(40));
+                }
+            })
+        };
+        Traffic {
+            failing,
+            stop,
+            sent,
+            thread: Some(thread),
+        }
+    }
+
+    /// Makes every other request fail (true) or none (false).
+    pub fn set_failing(&self, on: bool) {
+        self.failing.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Stops the sender and returns how many requests were answered.
+    pub fn stop(mut self) -> u64 {
+        self.halt();
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
 /// Signs a Slack request body the way Slack does (`v0=` HMAC-SHA256 of `v0:{ts}:{body}`);
 /// returns (timestamp, signature) for now.
 pub fn slack_signature(secret: &str, body: &str) -> (String, String) {

@@ -17,19 +17,114 @@
 //!   [`HistoryConfig::max_downsampled_points`] downsampled samples.
 //!
 //! Memory per series: 16 bytes a sample, plus its labels. A series read over 3 days, sampled
-//! every 15 s: 241 full-resolution samples (1 h) and 865 downsampled ones (5 m steps), 20.5 KiB
-//! with the queues' capacities and labels; [`History::memory_bytes`] accounts for everything
-//! held (BENCHMARKS.md has the measured figure for 1,000 such series).
+//! every 15 s: 241 full-resolution samples (1 h) and 865 downsampled ones (5 m steps), about
+//! 20 KiB with the buffers' spare capacity (at most an eighth of each, see [`SampleBuf`]) and
+//! labels; [`History::memory_bytes`] accounts for everything held (BENCHMARKS.md has the
+//! measured figure for 1,000 such series).
+//!
+//! Each tier's samples are contiguous, so a selection lends them to the evaluator as one slice
+//! ([`Storage::visit`]) without copying.
 //!
 //! The cap: at most [`HistoryConfig::max_series`] series. Samples of further series are dropped
 //! and counted ([`HistoryStats::rejected_samples`]); [`History::take_cap_report`] hands the first
 //! rejected series to the caller once, to be logged once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::file::Group;
-use crate::storage::{Labels, METRIC_NAME, MatchOp, Matcher, Sample, Series, Storage, is_stale};
+use crate::storage::{Labels, METRIC_NAME, MatchOp, Matcher, Sample, Storage, is_stale, samples_in};
+
+/// The hash maps of the history: keyed by label sets and metric names looked up for every
+/// appended sample, so a fast hasher (randomly seeded per map).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A time-ordered queue of samples kept contiguous, so that any range of it is one slice.
+///
+/// Samples leave at the front by advancing `head`; the space they leave is reclaimed (the live
+/// samples moved to the start) when the buffer is full and at least an eighth of it is free,
+/// otherwise the buffer grows by a quarter. So spare capacity stays within about an eighth to a
+/// quarter of the samples held once a series' window is full, and each sample is moved a
+/// bounded number of times on average.
+#[derive(Debug, Default)]
+struct SampleBuf {
+    buf: Vec<Sample>,
+    head: usize,
+}
+
+impl SampleBuf {
+    fn as_slice(&self) -> &[Sample] {
+        &self.buf[self.head..]
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len() - self.head
+    }
+
+    fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    fn front(&self) -> Option<&Sample> {
+        self.buf.get(self.head)
+    }
+
+    fn back(&self) -> Option<&Sample> {
+        self.as_slice().last()
+    }
+
+    fn back_mut(&mut self) -> Option<&mut Sample> {
+        let head = self.head;
+        self.buf[head..].last_mut()
+    }
+
+    fn pop_front(&mut self) {
+        if self.head < self.buf.len() {
+            self.head += 1;
+        }
+        if self.head == self.buf.len() {
+            self.buf.clear();
+            self.head = 0;
+        }
+    }
+
+    fn pop_back(&mut self) {
+        if self.len() > 0 {
+            self.buf.pop();
+        }
+        if self.head == self.buf.len() {
+            self.buf.clear();
+            self.head = 0;
+        }
+    }
+
+    fn push_back(&mut self, s: Sample) {
+        if self.buf.len() == self.buf.capacity() {
+            if self.head > 0 && self.head >= self.buf.len() / 8 {
+                self.compact();
+            } else {
+                self.buf.reserve_exact((self.buf.len() / 4).max(4));
+            }
+        }
+        self.buf.push(s);
+    }
+
+    /// Moves the live samples to the start of the buffer.
+    fn compact(&mut self) {
+        if self.head > 0 {
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
+    }
+
+    /// Gives back spare capacity beyond a quarter of the samples held.
+    fn shrink(&mut self) {
+        if self.buf.capacity() > self.len() + self.len() / 4 + 16 {
+            self.compact();
+            self.buf.shrink_to(self.len() + self.len() / 8);
+        }
+    }
+}
 
 /// How much a [`History`] keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,12 +202,12 @@ struct HSeries {
     /// Downsampling step (ms); 0 when the window is within full resolution.
     step_ms: i64,
     /// Every sample newer than `raw_complete_after`.
-    raw: VecDeque<Sample>,
+    raw: SampleBuf,
     /// The newest timestamp dropped from `raw` (`i64::MIN` when none was).
     raw_complete_after: i64,
     /// The last non-stale sample of each step bucket, then a staleness marker if the bucket
     /// ended stale.
-    coarse: VecDeque<Sample>,
+    coarse: SampleBuf,
 }
 
 impl HSeries {
@@ -159,17 +254,13 @@ impl HSeries {
         }
     }
 
-    fn samples_in(tier: &VecDeque<Sample>, mint: i64, maxt: i64) -> Vec<Sample> {
-        let lo = tier.partition_point(|x| x.t < mint);
-        let hi = tier.partition_point(|x| x.t <= maxt);
-        tier.range(lo..hi.max(lo)).copied().collect()
-    }
-
-    fn select(&self, mint: i64, maxt: i64) -> Vec<Sample> {
+    /// The samples in `[mint, maxt]` of the tier that holds them: full resolution when it
+    /// reaches back to `mint`, else the downsampled one.
+    fn select(&self, mint: i64, maxt: i64) -> &[Sample] {
         if mint > self.raw_complete_after || self.step_ms == 0 {
-            Self::samples_in(&self.raw, mint, maxt)
+            samples_in(self.raw.as_slice(), mint, maxt)
         } else {
-            Self::samples_in(&self.coarse, mint, maxt)
+            samples_in(self.coarse.as_slice(), mint, maxt)
         }
     }
 
@@ -200,10 +291,14 @@ fn labels_bytes(l: &Labels) -> usize {
 pub struct History {
     config: HistoryConfig,
     requirements: Vec<Requirement>,
+    /// The requirements whose selector names the metric (`__name__="x"`), by that name.
+    requirements_by_name: FastMap<String, Vec<usize>>,
+    /// The requirements whose selector does not name the metric.
+    requirements_unnamed: Vec<usize>,
     slots: Vec<Option<HSeries>>,
     free: Vec<usize>,
-    index: HashMap<Arc<Labels>, usize>,
-    by_name: HashMap<String, Vec<usize>>,
+    index: FastMap<Arc<Labels>, usize>,
+    by_name: FastMap<String, Vec<usize>>,
     live: usize,
     rejected_samples: u64,
     out_of_order_samples: u64,
@@ -216,10 +311,12 @@ impl History {
         History {
             config,
             requirements: Vec::new(),
+            requirements_by_name: FastMap::default(),
+            requirements_unnamed: Vec::new(),
             slots: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
-            by_name: HashMap::new(),
+            index: FastMap::default(),
+            by_name: FastMap::default(),
             live: 0,
             rejected_samples: 0,
             out_of_order_samples: 0,
@@ -241,6 +338,18 @@ impl History {
     /// dropped, the others get their new window (their samples are kept; new ones follow the
     /// new downsampling step).
     pub fn set_requirements(&mut self, requirements: Vec<Requirement>) {
+        self.requirements_by_name.clear();
+        self.requirements_unnamed.clear();
+        for (i, r) in requirements.iter().enumerate() {
+            match metric_name_of(&r.matchers) {
+                Some(name) => self
+                    .requirements_by_name
+                    .entry(name.to_owned())
+                    .or_default()
+                    .push(i),
+                None => self.requirements_unnamed.push(i),
+            }
+        }
         self.requirements = requirements;
         for i in 0..self.slots.len() {
             let Some(s) = &self.slots[i] else {
@@ -257,12 +366,10 @@ impl History {
                 s.window_ms = window;
                 if step != s.step_ms {
                     s.step_ms = step;
-                    if step == 0 {
-                        s.coarse = VecDeque::new();
-                    } else {
+                    s.coarse = SampleBuf::default();
+                    if step != 0 {
                         // Start the downsampled tier from what full resolution holds.
-                        s.coarse.clear();
-                        let raw: Vec<Sample> = s.raw.iter().copied().collect();
+                        let raw: Vec<Sample> = s.raw.as_slice().to_vec();
                         for x in raw {
                             s.push_coarse(x);
                         }
@@ -275,8 +382,14 @@ impl History {
 
     /// The longest window a requirement matching `labels` reads, 0 when none matches.
     fn window_for(&self, labels: &Labels) -> i64 {
-        self.requirements
+        let named = labels
+            .get(METRIC_NAME)
+            .and_then(|n| self.requirements_by_name.get(n))
+            .map_or(&[][..], Vec::as_slice);
+        named
             .iter()
+            .chain(&self.requirements_unnamed)
+            .map(|&i| &self.requirements[i])
             .filter(|r| r.matchers.iter().all(|m| m.matches_labels(labels)))
             .map(|r| r.window_ms)
             .max()
@@ -336,9 +449,9 @@ impl History {
                     labels: Arc::clone(&arc),
                     window_ms: window,
                     step_ms,
-                    raw: VecDeque::new(),
+                    raw: SampleBuf::default(),
                     raw_complete_after: i64::MIN,
-                    coarse: VecDeque::new(),
+                    coarse: SampleBuf::default(),
                 };
                 let i = match self.free.pop() {
                     Some(i) => {
@@ -399,12 +512,8 @@ impl History {
                 self.remove(i);
             } else if let Some(s) = self.slots[i].as_mut() {
                 s.prune(full_res);
-                if s.raw.capacity() > 2 * s.raw.len() + 16 {
-                    s.raw.shrink_to_fit();
-                }
-                if s.coarse.capacity() > 2 * s.coarse.len() + 16 {
-                    s.coarse.shrink_to_fit();
-                }
+                s.raw.shrink();
+                s.coarse.shrink();
             }
         }
     }
@@ -434,40 +543,45 @@ impl History {
             .iter()
             .map(|(k, v)| k.len() + std::mem::size_of::<(String, Vec<usize>)>() + v.capacity() * 8)
             .sum();
-        series + slots + index + names
+        series + slots + self.free.capacity() * 8 + index + names
     }
 }
 
+/// The metric name a selector's matchers require (`__name__="x"`), if any.
+fn metric_name_of(matchers: &[Matcher]) -> Option<&str> {
+    matchers.iter().find_map(|m| match m.op {
+        MatchOp::Equal if m.name == METRIC_NAME => Some(m.value.as_str()),
+        _ => None,
+    })
+}
+
 impl Storage for History {
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
-        let by_name = matchers.iter().find_map(|m| match m.op {
-            MatchOp::Equal if m.name == METRIC_NAME => Some(m.value.as_str()),
-            _ => None,
-        });
-        let candidates: Box<dyn Iterator<Item = &HSeries>> = match by_name {
-            Some(name) => Box::new(
-                self.by_name
-                    .get(name)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|&i| self.slots[i].as_ref()),
-            ),
-            None => Box::new(self.slots.iter().flatten()),
-        };
-        let mut out = Vec::new();
-        for s in candidates {
+    fn visit(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        f: &mut dyn FnMut(&Arc<Labels>, &[Sample]),
+    ) {
+        let mut one = |s: &HSeries| {
             if !matchers.iter().all(|m| m.matches_labels(&s.labels)) {
-                continue;
+                return;
             }
             let samples = s.select(mint, maxt);
             if !samples.is_empty() {
-                out.push(Series {
-                    labels: (*s.labels).clone(),
-                    samples,
-                });
+                f(&s.labels, samples);
             }
+        };
+        match metric_name_of(matchers) {
+            Some(name) => {
+                for &i in self.by_name.get(name).into_iter().flatten() {
+                    if let Some(s) = &self.slots[i] {
+                        one(s);
+                    }
+                }
+            }
+            None => self.slots.iter().flatten().for_each(one),
         }
-        out
     }
 }
 

@@ -2,10 +2,15 @@
 //! `__name__`) and their samples `(timestamp ms, f64)`, and [`MemStorage`], a plain in-memory
 //! implementation used by the promtool runner and by tests.
 //!
+//! A store lends its series to the evaluator ([`Storage::visit`]): the label set behind a shared
+//! pointer and the samples as a slice, so reading a window copies nothing; the evaluator copies a
+//! label set only when it builds a result whose labels differ.
+//!
 //! Staleness is carried as Prometheus carries it: a sample whose value is the special NaN
 //! [`STALE_NAN`] marks the end of a series; [`is_stale`] tells it from an ordinary NaN.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use regex::Regex;
 
@@ -87,17 +92,49 @@ impl Matcher {
 
 /// What the evaluator needs from a store of series.
 pub trait Storage {
-    /// Every series matching all `matchers`, with its samples whose timestamps lie in
-    /// `[mint, maxt]` (inclusive, milliseconds), in time order, staleness markers included.
-    /// Series with no sample in the range may be left out.
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series>;
+    /// Calls `f` with every series matching all `matchers` that has a sample whose timestamp
+    /// lies in `[mint, maxt]` (inclusive, milliseconds): its labels and those samples, in time
+    /// order, staleness markers included. Each series is visited once; no two have the same
+    /// labels.
+    fn visit(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        f: &mut dyn FnMut(&Arc<Labels>, &[Sample]),
+    );
+
+    /// The series [`visit`](Storage::visit) would lend, copied.
+    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
+        let mut out = Vec::new();
+        self.visit(matchers, mint, maxt, &mut |labels, samples| {
+            out.push(Series {
+                labels: (**labels).clone(),
+                samples: samples.to_vec(),
+            });
+        });
+        out
+    }
+}
+
+/// The samples of a time-ordered slice whose timestamps lie in `[mint, maxt]`.
+pub fn samples_in(samples: &[Sample], mint: i64, maxt: i64) -> &[Sample] {
+    let lo = samples.partition_point(|x| x.t < mint);
+    let hi = samples.partition_point(|x| x.t <= maxt).max(lo);
+    &samples[lo..hi]
+}
+
+#[derive(Debug, Clone)]
+struct MemSeries {
+    labels: Arc<Labels>,
+    samples: Vec<Sample>,
 }
 
 /// An in-memory store: the promtool runner's and the tests' storage.
 #[derive(Debug, Default, Clone)]
 pub struct MemStorage {
-    series: Vec<Series>,
-    index: HashMap<Labels, usize>,
+    series: Vec<MemSeries>,
+    index: HashMap<Arc<Labels>, usize>,
 }
 
 impl MemStorage {
@@ -111,11 +148,12 @@ impl MemStorage {
         let idx = match self.index.get(labels) {
             Some(&i) => i,
             None => {
-                self.series.push(Series {
-                    labels: labels.clone(),
+                let shared = Arc::new(labels.clone());
+                self.series.push(MemSeries {
+                    labels: Arc::clone(&shared),
                     samples: Vec::new(),
                 });
-                self.index.insert(labels.clone(), self.series.len() - 1);
+                self.index.insert(shared, self.series.len() - 1);
                 self.series.len() - 1
             }
         };
@@ -130,6 +168,13 @@ impl MemStorage {
         }
     }
 
+    /// The samples of the series with exactly these labels, if it is held.
+    pub fn series(&self, labels: &Labels) -> Option<&[Sample]> {
+        self.index
+            .get(labels)
+            .map(|&i| self.series[i].samples.as_slice())
+    }
+
     /// Number of series held.
     pub fn len(&self) -> usize {
         self.series.len()
@@ -141,22 +186,22 @@ impl MemStorage {
 }
 
 impl Storage for MemStorage {
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
-        let mut out = Vec::new();
+    fn visit(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        f: &mut dyn FnMut(&Arc<Labels>, &[Sample]),
+    ) {
         for s in &self.series {
             if !matchers.iter().all(|m| m.matches_labels(&s.labels)) {
                 continue;
             }
-            let lo = s.samples.partition_point(|x| x.t < mint);
-            let hi = s.samples.partition_point(|x| x.t <= maxt);
-            if lo < hi {
-                out.push(Series {
-                    labels: s.labels.clone(),
-                    samples: s.samples[lo..hi].to_vec(),
-                });
+            let samples = samples_in(&s.samples, mint, maxt);
+            if !samples.is_empty() {
+                f(&s.labels, samples);
             }
         }
-        out
     }
 }
 

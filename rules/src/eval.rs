@@ -625,22 +625,23 @@ fn linear_regression(samples: &[Sample], intercept_t: i64) -> (f64, f64) {
     (slope, sy / n - slope * sx / n)
 }
 
-/// Prometheus's extrapolated `rate`, `increase` and `delta`.
+/// Prometheus's extrapolated `rate`, `increase` and `delta`. With `no_decrease` (no sample
+/// lower than the one before it) a counter has no reset to add back.
 fn extrapolated_rate(
     pts: &[Sample],
-    range_start: i64,
-    range_end: i64,
-    range_s: f64,
+    no_decrease: bool,
+    b: &RangeBounds,
     is_counter: bool,
     is_rate: bool,
 ) -> Option<f64> {
+    let (range_start, range_end, range_s) = (b.start, b.end, b.range_s);
     if pts.len() < 2 {
         return None;
     }
     let first = pts[0];
     let last = pts[pts.len() - 1];
     let mut result = last.v - first.v;
-    if is_counter {
+    if is_counter && !no_decrease {
         let mut prev = first.v;
         for s in &pts[1..] {
             if s.v < prev {
@@ -813,12 +814,14 @@ impl RangeFn {
     }
 
     /// The function's value over one series' samples in the range (at least one, no
-    /// staleness markers), or `None` when it has none (too few samples). `t` is the
-    /// evaluation time; `param` is `quantile_over_time`'s quantile or `predict_linear`'s
-    /// horizon; `scratch` is reused between series.
+    /// staleness markers), or `None` when it has none (too few samples). `no_decrease` says
+    /// that no sample is lower than the one before it, so counter resets need not be looked
+    /// for; `t` is the evaluation time; `param` is `quantile_over_time`'s quantile or
+    /// `predict_linear`'s horizon; `scratch` is reused between series.
     fn apply(
         self,
         pts: &[Sample],
+        no_decrease: bool,
         b: &RangeBounds,
         t: i64,
         param: f64,
@@ -827,9 +830,9 @@ impl RangeFn {
         let first = pts.first()?.v;
         let vals = || pts.iter().map(|p| p.v);
         match self {
-            RangeFn::Rate => extrapolated_rate(pts, b.start, b.end, b.range_s, true, true),
-            RangeFn::Increase => extrapolated_rate(pts, b.start, b.end, b.range_s, true, false),
-            RangeFn::Delta => extrapolated_rate(pts, b.start, b.end, b.range_s, false, false),
+            RangeFn::Rate => extrapolated_rate(pts, no_decrease, b, true, true),
+            RangeFn::Increase => extrapolated_rate(pts, no_decrease, b, true, false),
+            RangeFn::Delta => extrapolated_rate(pts, no_decrease, b, false, false),
             RangeFn::Irate => instant_value(pts, true),
             RangeFn::Idelta => instant_value(pts, false),
             RangeFn::Deriv => (pts.len() >= 2).then(|| linear_regression(pts, pts[0].t).0),
@@ -837,6 +840,7 @@ impl RangeFn {
                 let (slope, intercept) = linear_regression(pts, t);
                 slope * param + intercept
             }),
+            RangeFn::Resets if no_decrease => Some(0.0),
             RangeFn::Resets => Some(pts.windows(2).filter(|w| w[1].v < w[0].v).count() as f64),
             RangeFn::Changes => Some(
                 pts.windows(2)
@@ -974,7 +978,7 @@ impl Evaluator<'_> {
             &matchers(vs),
             reference - LOOKBACK_MS,
             reference,
-            &mut |labels, samples| {
+            &mut |labels, samples, _| {
                 if let Some(last) = samples.last()
                     && !is_stale(last.v)
                 {
@@ -1008,14 +1012,15 @@ impl Evaluator<'_> {
         ))
     }
 
-    /// Calls `f` with every series of a range selector that has samples in its range, and
-    /// those samples, staleness markers dropped. Returns whether the selector names the metric
+    /// Calls `f` with every series of a range selector that has samples in its range, those
+    /// samples, staleness markers dropped, and whether no sample is known to be lower than the
+    /// one before it (so a counter has no reset). Returns whether the selector names the metric
     /// (`__name__="x"`), in which case every series visited has that name.
     fn visit_range(
         &self,
         m: &MatrixSelector,
         b: &RangeBounds,
-        f: &mut dyn FnMut(&Arc<Labels>, &[Sample]),
+        f: &mut dyn FnMut(&Arc<Labels>, &[Sample], bool),
     ) -> bool {
         let matchers = matchers(&m.vs);
         let one_name = matchers
@@ -1023,15 +1028,17 @@ impl Evaluator<'_> {
             .any(|m| matches!(m.op, MatchOp::Equal) && m.name == METRIC_NAME);
         let mut without_stale = Vec::new();
         self.storage
-            .visit(&matchers, b.start, b.end, &mut |labels, samples| {
-                if samples.iter().any(|x| is_stale(x.v)) {
+            .visit(&matchers, b.start, b.end, &mut |labels, samples, facts| {
+                let pts = if facts.may_have_stale(samples) && samples.iter().any(|x| is_stale(x.v))
+                {
                     without_stale.clear();
                     without_stale.extend(samples.iter().filter(|x| !is_stale(x.v)));
-                    if !without_stale.is_empty() {
-                        f(labels, &without_stale);
-                    }
+                    &without_stale[..]
                 } else {
-                    f(labels, samples);
+                    samples
+                };
+                if !pts.is_empty() {
+                    f(labels, pts, !facts.may_decrease(pts));
                 }
             });
         one_name
@@ -1161,7 +1168,7 @@ impl Evaluator<'_> {
             "absent_over_time" => {
                 let (m, b) = self.range_selector(arg(0)?)?;
                 let mut present = false;
-                self.visit_range(m, &b, &mut |_, _| present = true);
+                self.visit_range(m, &b, &mut |_, _, _| present = true);
                 Ok(Val::Vector(if !present {
                     vec![Elem {
                         labels: LabelSet::new(absent_labels(arg(0)?)),
@@ -1294,8 +1301,8 @@ impl Evaluator<'_> {
         let (m, b) = self.range_selector(range_arg)?;
         let mut out = Vec::new();
         let mut scratch = Vec::new();
-        let one_name = self.visit_range(m, &b, &mut |labels, pts| {
-            if let Some(v) = func.apply(pts, &b, self.t, param, &mut scratch) {
+        let one_name = self.visit_range(m, &b, &mut |labels, pts, no_decrease| {
+            if let Some(v) = func.apply(pts, no_decrease, &b, self.t, param, &mut scratch) {
                 let mut labels = LabelSet::shared(labels);
                 if func != RangeFn::LastOverTime {
                     labels.drop_name();
@@ -1365,6 +1372,8 @@ impl Evaluator<'_> {
         }
         struct Group {
             labels: Labels,
+            /// With `by` and up to four grouping labels: their values, in name order.
+            values: Vec<Option<String>>,
             value: f64,
             mean: f64,
             count: f64,
@@ -1379,7 +1388,42 @@ impl Evaluator<'_> {
                 k != METRIC_NAME && !grouping.iter().any(|g| g == k)
             }
         };
+        // With `by`, a sample's key is found by looking its grouping labels up.
+        let mut by_names: Vec<&String> = grouping.iter().collect();
+        by_names.sort();
+        by_names.dedup();
+        let key_hash = |l: &LabelSet, h: &mut foldhash::fast::FoldHasher<'_>| {
+            if by {
+                for &n in &by_names {
+                    if let Some(v) = l.get(n) {
+                        n.hash(h);
+                        v.hash(h);
+                    }
+                }
+            } else {
+                for (k, v) in l.iter().filter(|(k, _)| in_key(k)) {
+                    k.hash(h);
+                    v.hash(h);
+                }
+            }
+        };
+        let key_eq = |key: &Labels, l: &LabelSet| {
+            if by {
+                let mut present = 0;
+                let same = by_names.iter().all(|&n| match l.get(n) {
+                    Some(v) => {
+                        present += 1;
+                        key.get(n) == Some(v)
+                    }
+                    None => !key.contains_key(n),
+                });
+                same && present == key.len()
+            } else {
+                key.iter().eq(l.iter().filter(|(k, _)| in_key(k)))
+            }
+        };
         let keeps_members = matches!(op.as_str(), "topk" | "bottomk" | "quantile");
+        let op_is_sum = op == "sum";
         // Groups are found by the hash of their key labels, then compared label by label: no
         // key is built for a sample whose group exists.
         let hasher = foldhash::fast::RandomState::default();
@@ -1391,17 +1435,35 @@ impl Evaluator<'_> {
                     .to_mut()
                     .insert(value_label.clone(), format_float_f(s.v));
             }
+            // With `by` and up to four grouping labels, each is looked up once.
+            let mut vals: [Option<&String>; 4] = [None; 4];
+            let fixed = by && by_names.len() <= vals.len();
             let mut h = hasher.build_hasher();
-            for (k, v) in s.labels.iter().filter(|(k, _)| in_key(k)) {
-                k.hash(&mut h);
-                v.hash(&mut h);
+            if fixed {
+                for (i, &n) in by_names.iter().enumerate() {
+                    vals[i] = s.labels.get(n);
+                    if let Some(v) = vals[i] {
+                        n.hash(&mut h);
+                        v.hash(&mut h);
+                    }
+                }
+            } else {
+                key_hash(&s.labels, &mut h);
             }
             let hash = h.finish();
             let mut found = None;
             let mut cur = by_hash.get(&hash).copied();
             while let Some(i) = cur {
                 let g = &ordered[i];
-                if g.labels.iter().eq(s.labels.iter().filter(|(k, _)| in_key(k))) {
+                let same = if fixed {
+                    g.values
+                        .iter()
+                        .zip(&vals)
+                        .all(|(a, b)| a.as_ref() == *b)
+                } else {
+                    key_eq(&g.labels, &s.labels)
+                };
+                if same {
                     found = Some(i);
                     break;
                 }
@@ -1414,6 +1476,14 @@ impl Evaluator<'_> {
                     .filter(|(k, _)| in_key(k))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
+                let values = if fixed {
+                    vals[..by_names.len()]
+                        .iter()
+                        .map(|v| v.cloned())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let next = by_hash.insert(hash, ordered.len());
                 let value = match op.as_str() {
                     "stddev" | "stdvar" => 0.0,
@@ -1422,6 +1492,7 @@ impl Evaluator<'_> {
                 };
                 ordered.push(Group {
                     labels: key,
+                    values,
                     value,
                     mean: s.v,
                     count: 1.0,
@@ -1431,6 +1502,10 @@ impl Evaluator<'_> {
                 continue;
             };
             let g = &mut ordered[gi];
+            if op_is_sum {
+                g.value += s.v;
+                continue;
+            }
             match op.as_str() {
                 "sum" => g.value += s.v,
                 "avg" => {

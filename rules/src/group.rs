@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use crate::eval::EvalError;
 use crate::file::{AlertingRule, Group, RecordingRule, Rule};
-use crate::storage::{Labels, METRIC_NAME, Matcher, MemStorage, STALE_NAN, Sample, Storage};
+use crate::storage::{
+    Facts, Labels, METRIC_NAME, Matcher, MemStorage, STALE_NAN, Sample, Storage,
+};
 use crate::template::{self, Compiled, TemplateData};
 
 type FastHasher = foldhash::fast::RandomState;
@@ -198,12 +200,12 @@ impl Storage for Overlay<'_> {
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
-        f: &mut dyn FnMut(&Arc<Labels>, &[Sample]),
+        f: &mut dyn FnMut(&Arc<Labels>, &[Sample], Facts),
     ) {
         // This cycle's samples of the matching series, in the cycle's order.
         let mut extra: Vec<(Arc<Labels>, Vec<Sample>, bool)> = Vec::new();
         if !self.cycle.is_empty() {
-            self.cycle.visit(matchers, mint, maxt, &mut |l, s| {
+            self.cycle.visit(matchers, mint, maxt, &mut |l, s, _| {
                 extra.push((Arc::clone(l), s.to_vec(), false));
             });
         }
@@ -216,9 +218,9 @@ impl Storage for Overlay<'_> {
             .map(|(i, (l, ..))| (Arc::clone(l), i))
             .collect();
         let mut merged = Vec::new();
-        self.base.visit(matchers, mint, maxt, &mut |labels, samples| {
+        self.base.visit(matchers, mint, maxt, &mut |labels, samples, facts| {
             let Some(&i) = index.get(&**labels) else {
-                return f(labels, samples);
+                return f(labels, samples, facts);
             };
             let (_, add, used) = &mut extra[i];
             *used = true;
@@ -230,11 +232,11 @@ impl Storage for Overlay<'_> {
                     Err(j) => merged.insert(j, *x),
                 }
             }
-            f(labels, &merged);
+            f(labels, &merged, Facts::UNKNOWN);
         });
         for (l, samples, used) in &extra {
             if !used {
-                f(l, samples);
+                f(l, samples, Facts::UNKNOWN);
             }
         }
     }

@@ -33,26 +33,77 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::file::Group;
-use crate::storage::{Labels, METRIC_NAME, MatchOp, Matcher, Sample, Storage, is_stale, samples_in};
+use crate::storage::{
+    Facts, Labels, METRIC_NAME, MatchOp, Matcher, Sample, Storage, is_stale, samples_in,
+};
 
 /// The hash maps of the history: keyed by label sets and metric names looked up for every
 /// appended sample, so a fast hasher (randomly seeded per map).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// A time-ordered queue of samples kept contiguous, so that any range of it is one slice.
+/// A time-ordered queue of samples kept contiguous, so that any range of it is one slice, with
+/// the [`Facts`] the evaluator may use to skip scanning a window.
 ///
 /// Samples leave at the front by advancing `head`; the space they leave is reclaimed (the live
-/// samples moved to the start) when the buffer is full and at least an eighth of it is free,
-/// otherwise the buffer grows by a quarter. So spare capacity stays within about an eighth to a
-/// quarter of the samples held once a series' window is full, and each sample is moved a
-/// bounded number of times on average.
-#[derive(Debug, Default)]
+/// samples moved to the start) when the buffer is full and at least a sixteenth of it is free,
+/// otherwise the buffer grows by an eighth. So once a series' window is full, spare capacity
+/// stays within about a sixteenth to an eighth of the samples held, and a sample is moved at
+/// most sixteen times on average.
+#[derive(Debug)]
 struct SampleBuf {
     buf: Vec<Sample>,
     head: usize,
+    /// The newest staleness marker ever pushed (`i64::MIN`: none).
+    last_stale: i64,
+    /// The newest sample ever pushed that was lower than the non-stale sample before it.
+    last_decrease: i64,
+}
+
+impl Default for SampleBuf {
+    fn default() -> Self {
+        SampleBuf {
+            buf: Vec::new(),
+            head: 0,
+            last_stale: i64::MIN,
+            last_decrease: i64::MIN,
+        }
+    }
 }
 
 impl SampleBuf {
+    /// Bounds that hold for every sample ever pushed, hence for those held: a sample replaced
+    /// or dropped can only leave them higher than needed.
+    fn facts(&self) -> Facts {
+        Facts {
+            last_stale: self.last_stale,
+            last_decrease: self.last_decrease,
+        }
+    }
+
+    /// Records what `s`, about to be pushed or to replace the newest sample, adds to the facts.
+    fn note(&mut self, s: Sample) {
+        if is_stale(s.v) {
+            self.last_stale = self.last_stale.max(s.t);
+            return;
+        }
+        let prev = self
+            .as_slice()
+            .iter()
+            .rev()
+            .find(|x| x.t < s.t && !is_stale(x.v));
+        if prev.is_some_and(|p| s.v < p.v) {
+            self.last_decrease = self.last_decrease.max(s.t);
+        }
+    }
+
+    /// Replaces the value of the newest sample (at `s.t`).
+    fn replace_back(&mut self, s: Sample) {
+        self.note(s);
+        if let Some(last) = self.back_mut() {
+            last.v = s.v;
+        }
+    }
+
     fn as_slice(&self) -> &[Sample] {
         &self.buf[self.head..]
     }
@@ -99,11 +150,12 @@ impl SampleBuf {
     }
 
     fn push_back(&mut self, s: Sample) {
+        self.note(s);
         if self.buf.len() == self.buf.capacity() {
-            if self.head > 0 && self.head >= self.buf.len() / 8 {
+            if self.head > 0 && self.head >= self.buf.len() / 16 {
                 self.compact();
             } else {
-                self.buf.reserve_exact((self.buf.len() / 4).max(4));
+                self.buf.reserve_exact((self.buf.len() / 8).max(4));
             }
         }
         self.buf.push(s);
@@ -256,12 +308,13 @@ impl HSeries {
 
     /// The samples in `[mint, maxt]` of the tier that holds them: full resolution when it
     /// reaches back to `mint`, else the downsampled one.
-    fn select(&self, mint: i64, maxt: i64) -> &[Sample] {
-        if mint > self.raw_complete_after || self.step_ms == 0 {
-            samples_in(self.raw.as_slice(), mint, maxt)
+    fn select(&self, mint: i64, maxt: i64) -> (&[Sample], Facts) {
+        let tier = if mint > self.raw_complete_after || self.step_ms == 0 {
+            &self.raw
         } else {
-            samples_in(self.coarse.as_slice(), mint, maxt)
-        }
+            &self.coarse
+        };
+        (samples_in(tier.as_slice(), mint, maxt), tier.facts())
     }
 
     fn sample_count(&self) -> usize {
@@ -476,9 +529,9 @@ impl History {
             return;
         };
         let sample = Sample { t, v };
-        match s.raw.back_mut() {
+        match s.raw.back() {
             Some(last) if last.t == t => {
-                last.v = v;
+                s.raw.replace_back(sample);
                 if s.step_ms > 0 {
                     s.push_coarse(sample);
                 }
@@ -547,12 +600,16 @@ impl History {
     }
 }
 
+/// Where the matcher requiring the metric name (`__name__="x"`) is, if there is one.
+fn name_matcher(matchers: &[Matcher]) -> Option<usize> {
+    matchers
+        .iter()
+        .position(|m| matches!(m.op, MatchOp::Equal) && m.name == METRIC_NAME)
+}
+
 /// The metric name a selector's matchers require (`__name__="x"`), if any.
 fn metric_name_of(matchers: &[Matcher]) -> Option<&str> {
-    matchers.iter().find_map(|m| match m.op {
-        MatchOp::Equal if m.name == METRIC_NAME => Some(m.value.as_str()),
-        _ => None,
-    })
+    name_matcher(matchers).map(|i| matchers[i].value.as_str())
 }
 
 impl Storage for History {
@@ -561,21 +618,27 @@ impl Storage for History {
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
-        f: &mut dyn FnMut(&Arc<Labels>, &[Sample]),
+        f: &mut dyn FnMut(&Arc<Labels>, &[Sample], Facts),
     ) {
+        // Series found by their name need not be matched against it again.
+        let by_name = name_matcher(matchers);
         let mut one = |s: &HSeries| {
-            if !matchers.iter().all(|m| m.matches_labels(&s.labels)) {
+            let matched = matchers
+                .iter()
+                .enumerate()
+                .all(|(i, m)| Some(i) == by_name || m.matches_labels(&s.labels));
+            if !matched {
                 return;
             }
-            let samples = s.select(mint, maxt);
+            let (samples, facts) = s.select(mint, maxt);
             if !samples.is_empty() {
-                f(&s.labels, samples);
+                f(&s.labels, samples, facts);
             }
         };
-        match metric_name_of(matchers) {
-            Some(name) => {
-                for &i in self.by_name.get(name).into_iter().flatten() {
-                    if let Some(s) = &self.slots[i] {
+        match by_name {
+            Some(i) => {
+                for &slot in self.by_name.get(&matchers[i].value).into_iter().flatten() {
+                    if let Some(s) = &self.slots[slot] {
                         one(s);
                     }
                 }
@@ -791,8 +854,147 @@ mod tests {
         "absent_over_time(x{i=\"0\"}[5m])",
     ];
 
+    /// Range functions whose window may sit in either tier, for `facts_never_change_a_result`.
+    const FACT_EXPRS: &[&str] = &[
+        "rate(x[1m])",
+        "increase(x[5m])",
+        "rate(x[10m])",
+        "resets(x[30m])",
+        "rate(x[2h])",
+        "increase(x[6h])",
+        "resets(x[6h])",
+        "delta(x[30m])",
+        "changes(x[2h])",
+        "count_over_time(x[6h])",
+        "last_over_time(x[10m])",
+        "irate(x[5m])",
+        "rate(x[1h] offset 10m)",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum BufOp {
+        Push { dt: i64, v: f64 },
+        Replace(f64),
+        PopFront,
+        PopBack,
+        Shrink,
+    }
+
+    fn buf_op() -> impl Strategy<Value = BufOp> {
+        let value = prop_oneof![
+            8 => (-3i32..20).prop_map(f64::from),
+            1 => Just(STALE_NAN),
+            1 => Just(f64::NAN),
+        ];
+        prop_oneof![
+            6 => (1i64..5, value.clone()).prop_map(|(dt, v)| BufOp::Push { dt, v }),
+            1 => value.prop_map(BufOp::Replace),
+            3 => Just(BufOp::PopFront),
+            1 => Just(BufOp::PopBack),
+            1 => Just(BufOp::Shrink),
+        ]
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A SampleBuf holds what a plain queue holds, and its facts bound what it was given:
+        /// every staleness marker and every sample lower than the non-stale one before it.
+        #[test]
+        fn sample_buf_is_a_queue_with_sound_facts(
+            ops in proptest::collection::vec(buf_op(), 1..600),
+        ) {
+            let mut buf = SampleBuf::default();
+            let mut model: std::collections::VecDeque<Sample> = Default::default();
+            let mut t = 0;
+            for op in ops {
+                match op {
+                    BufOp::Push { dt, v } => {
+                        t += dt;
+                        buf.push_back(Sample { t, v });
+                        model.push_back(Sample { t, v });
+                    }
+                    BufOp::Replace(v) => {
+                        if let Some(last) = model.back_mut() {
+                            last.v = v;
+                            buf.replace_back(Sample { t: last.t, v });
+                        }
+                    }
+                    BufOp::PopFront => {
+                        model.pop_front();
+                        buf.pop_front();
+                    }
+                    BufOp::PopBack => {
+                        model.pop_back();
+                        buf.pop_back();
+                    }
+                    BufOp::Shrink => buf.shrink(),
+                }
+                let held: Vec<Sample> = model.iter().copied().collect();
+                let same = buf.as_slice().iter().zip(&held).all(|(a, b)| a.t == b.t && a.v.to_bits() == b.v.to_bits());
+                prop_assert!(same && buf.len() == held.len());
+                let facts = buf.facts();
+                let mut prev: Option<f64> = None;
+                for x in &held {
+                    if is_stale(x.v) {
+                        prop_assert!(facts.last_stale >= x.t);
+                        continue;
+                    }
+                    if prev.is_some_and(|p| x.v < p) {
+                        prop_assert!(facts.last_decrease >= x.t, "{:?} {:?}", facts, held);
+                    }
+                    prev = Some(x.v);
+                }
+            }
+        }
+
+        /// The facts a tier keeps (its newest staleness marker and decrease) never change a
+        /// result: each function over the samples History lends equals the same function over
+        /// a copy of them, which MemStorage lends without facts, in both tiers.
+        #[test]
+        fn facts_never_change_a_result(
+            steps in proptest::collection::vec((1i64..120_000, 0u32..1000, 0u8..40), 1..400),
+            extra in 0i64..600_000,
+        ) {
+            let mut hist = History::new(HistoryConfig {
+                full_resolution_ms: 10 * MIN,
+                downsample_step_ms: MIN,
+                ..HistoryConfig::default()
+            });
+            hist.set_requirements(vec![Requirement::everything(7 * HOUR)]);
+            let l = labels("x");
+            let (mut t, mut v) = (0, 0.0);
+            for &(dt, inc, kind) in &steps {
+                t += dt;
+                match kind {
+                    0 => {
+                        hist.append(&l, t, STALE_NAN);
+                        continue;
+                    }
+                    // A counter reset.
+                    1 => v = f64::from(inc) / 10.0,
+                    // A sample replaced by a lower one at the same time.
+                    2 => hist.append(&l, t, v + 5.0),
+                    _ => v += f64::from(inc),
+                }
+                hist.append(&l, t, v);
+            }
+            let at = t + extra;
+            for e in FACT_EXPRS {
+                let q = Query::parse(e).expect("parse");
+                let (matchers, window) = q.selectors().remove(0);
+                let mut copy = MemStorage::new();
+                for s in hist.select(&matchers, at - window, at) {
+                    for x in s.samples {
+                        copy.append(&s.labels, x.t, x.v);
+                    }
+                }
+                let bits = |r: Result<Vec<crate::VSample>, crate::EvalError>| {
+                    r.map(|v| v.into_iter().map(|s| (s.labels, s.t, s.v.to_bits())).collect::<Vec<_>>())
+                };
+                prop_assert_eq!(bits(q.eval_vector(&hist, at)), bits(q.eval_vector(&copy, at)), "{}", e);
+            }
+        }
 
         /// Over windows within full resolution, results equal MemStorage's, whatever the
         /// sample times, values, gaps and staleness markers.

@@ -90,24 +90,55 @@ impl Matcher {
     }
 }
 
+/// What a store knows about the samples of a series it lends, so that the evaluator can skip
+/// scanning a window for what is not in it. Each bound is a timestamp (ms); [`Facts::UNKNOWN`]
+/// claims nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facts {
+    /// No staleness marker of the series is newer than this.
+    pub last_stale: i64,
+    /// No sample lower than the non-stale sample before it (a counter reset, a falling gauge)
+    /// is newer than this; staleness markers are left out of the sequence.
+    pub last_decrease: i64,
+}
+
+impl Facts {
+    /// Nothing known: the evaluator scans.
+    pub const UNKNOWN: Facts = Facts {
+        last_stale: i64::MAX,
+        last_decrease: i64::MAX,
+    };
+
+    /// Whether `samples` (a time-ordered window of the series) may hold a staleness marker.
+    pub fn may_have_stale(&self, samples: &[Sample]) -> bool {
+        samples.first().is_some_and(|f| self.last_stale >= f.t)
+    }
+
+    /// Whether some non-stale sample of `samples` (a window of the series) may be lower than
+    /// the non-stale sample before it in the window.
+    pub fn may_decrease(&self, samples: &[Sample]) -> bool {
+        samples.first().is_some_and(|f| self.last_decrease > f.t)
+    }
+}
+
 /// What the evaluator needs from a store of series.
 pub trait Storage {
     /// Calls `f` with every series matching all `matchers` that has a sample whose timestamp
-    /// lies in `[mint, maxt]` (inclusive, milliseconds): its labels and those samples, in time
-    /// order, staleness markers included. Each series is visited once; no two have the same
-    /// labels.
+    /// lies in `[mint, maxt]` (inclusive, milliseconds): its labels, those samples in time
+    /// order (staleness markers included), and what the store knows about them. Each series
+    /// is visited once; no two have the same labels.
     fn visit(
         &self,
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
-        f: &mut dyn FnMut(&Arc<Labels>, &[Sample]),
+        f: &mut dyn FnMut(&Arc<Labels>, &[Sample], Facts),
     );
 
     /// The series [`visit`](Storage::visit) would lend, copied.
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
         let mut out = Vec::new();
-        self.visit(matchers, mint, maxt, &mut |labels, samples| {
+        self.visit(matchers, mint, maxt, &mut |labels, samples, _| {
             out.push(Series {
                 labels: (**labels).clone(),
                 samples: samples.to_vec(),
@@ -119,9 +150,16 @@ pub trait Storage {
 
 /// The samples of a time-ordered slice whose timestamps lie in `[mint, maxt]`.
 pub fn samples_in(samples: &[Sample], mint: i64, maxt: i64) -> &[Sample] {
-    let lo = samples.partition_point(|x| x.t < mint);
-    let hi = samples.partition_point(|x| x.t <= maxt).max(lo);
-    &samples[lo..hi]
+    // Windows usually end at or after the newest sample: no search for the end then.
+    let hi = match samples.last() {
+        Some(last) if last.t <= maxt => samples.len(),
+        _ => samples.partition_point(|x| x.t <= maxt),
+    };
+    let lo = match samples.first() {
+        Some(first) if first.t >= mint => 0,
+        _ => samples[..hi].partition_point(|x| x.t < mint),
+    };
+    &samples[lo..hi.max(lo)]
 }
 
 #[derive(Debug, Clone)]
@@ -191,7 +229,7 @@ impl Storage for MemStorage {
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
-        f: &mut dyn FnMut(&Arc<Labels>, &[Sample]),
+        f: &mut dyn FnMut(&Arc<Labels>, &[Sample], Facts),
     ) {
         for s in &self.series {
             if !matchers.iter().all(|m| m.matches_labels(&s.labels)) {
@@ -199,7 +237,7 @@ impl Storage for MemStorage {
             }
             let samples = samples_in(&s.samples, mint, maxt);
             if !samples.is_empty() {
-                f(&s.labels, samples);
+                f(&s.labels, samples, Facts::UNKNOWN);
             }
         }
     }
@@ -234,6 +272,32 @@ mod tests {
         assert_eq!(got.len(), 1, "b has no sample in [15, 20]");
         // A missing label matches the empty string.
         assert_eq!(st.select(&[Matcher::equal("nope", "")], 0, 100).len(), 2);
+    }
+
+    proptest::proptest! {
+        /// samples_in takes exactly the samples within the bounds.
+        #[test]
+        fn samples_in_is_the_filter(
+            steps in proptest::collection::vec(0i64..5, 0..40),
+            mint in -5i64..120,
+            len in -5i64..120,
+        ) {
+            let mut t = 0;
+            let samples: Vec<Sample> = steps
+                .iter()
+                .map(|dt| {
+                    t += dt + 1;
+                    Sample { t, v: 0.0 }
+                })
+                .collect();
+            let maxt = mint + len;
+            let want: Vec<Sample> = samples
+                .iter()
+                .copied()
+                .filter(|x| x.t >= mint && x.t <= maxt)
+                .collect();
+            proptest::prop_assert_eq!(samples_in(&samples, mint, maxt), &want[..]);
+        }
     }
 
     #[test]

@@ -1456,10 +1456,7 @@ impl Evaluator<'_> {
             while let Some(i) = cur {
                 let g = &ordered[i];
                 let same = if fixed {
-                    g.values
-                        .iter()
-                        .zip(&vals)
-                        .all(|(a, b)| a.as_ref() == *b)
+                    g.values.iter().zip(&vals).all(|(a, b)| a.as_ref() == *b)
                 } else {
                     key_eq(&g.labels, &s.labels)
                 };
@@ -1477,10 +1474,7 @@ impl Evaluator<'_> {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 let values = if fixed {
-                    vals[..by_names.len()]
-                        .iter()
-                        .map(|v| v.cloned())
-                        .collect()
+                    vals[..by_names.len()].iter().map(|v| v.cloned()).collect()
                 } else {
                     Vec::new()
                 };

@@ -18,12 +18,11 @@ use std::sync::Arc;
 
 use crate::eval::EvalError;
 use crate::file::{AlertingRule, Group, RecordingRule, Rule};
-use crate::storage::{
-    Facts, Labels, METRIC_NAME, Matcher, MemStorage, STALE_NAN, Sample, Storage,
-};
+use crate::storage::{Facts, Labels, METRIC_NAME, Matcher, MemStorage, STALE_NAN, Sample, Storage};
 use crate::template::{self, Compiled, TemplateData};
 
 type FastHasher = foldhash::fast::RandomState;
+type LabelsHasher = crate::storage::LabelsHashBuilder;
 
 /// How long a resolved alert is kept (and reported as resolved) before it is forgotten.
 pub const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;
@@ -119,10 +118,10 @@ impl Templates {
 
 #[derive(Debug, Default, Clone)]
 struct RuleState {
-    active: HashMap<Labels, Active, FastHasher>,
+    active: HashMap<Labels, Active, LabelsHasher>,
     /// Restored alerts not resolved while their expression has no data yet: until when (ms).
     held: HashMap<Labels, i64>,
-    last_series: HashSet<Arc<Labels>, FastHasher>,
+    last_series: HashSet<Arc<Labels>, LabelsHasher>,
     last_error: Option<EvalError>,
     /// Evaluations of the rule that returned a result.
     evaluations: u64,
@@ -212,28 +211,29 @@ impl Storage for Overlay<'_> {
         if extra.is_empty() {
             return self.base.visit(matchers, mint, maxt, f);
         }
-        let index: HashMap<Arc<Labels>, usize, FastHasher> = extra
+        let index: HashMap<Arc<Labels>, usize, LabelsHasher> = extra
             .iter()
             .enumerate()
             .map(|(i, (l, ..))| (Arc::clone(l), i))
             .collect();
         let mut merged = Vec::new();
-        self.base.visit(matchers, mint, maxt, &mut |labels, samples, facts| {
-            let Some(&i) = index.get(&**labels) else {
-                return f(labels, samples, facts);
-            };
-            let (_, add, used) = &mut extra[i];
-            *used = true;
-            merged.clear();
-            merged.extend_from_slice(samples);
-            for x in add.iter() {
-                match merged.binary_search_by_key(&x.t, |y: &Sample| y.t) {
-                    Ok(j) => merged[j] = *x,
-                    Err(j) => merged.insert(j, *x),
+        self.base
+            .visit(matchers, mint, maxt, &mut |labels, samples, facts| {
+                let Some(&i) = index.get(&**labels) else {
+                    return f(labels, samples, facts);
+                };
+                let (_, add, used) = &mut extra[i];
+                *used = true;
+                merged.clear();
+                merged.extend_from_slice(samples);
+                for x in add.iter() {
+                    match merged.binary_search_by_key(&x.t, |y: &Sample| y.t) {
+                        Ok(j) => merged[j] = *x,
+                        Err(j) => merged.insert(j, *x),
+                    }
                 }
-            }
-            f(labels, &merged, Facts::UNKNOWN);
-        });
+                f(labels, &merged, Facts::UNKNOWN);
+            });
         for (l, samples, used) in &extra {
             if !used {
                 f(l, samples, Facts::UNKNOWN);
@@ -308,8 +308,8 @@ pub fn evaluate_group(
         match result {
             Ok(samples) => {
                 rs.last_error = None;
-                let mut returned: HashSet<Arc<Labels>, FastHasher> =
-                    HashSet::with_capacity_and_hasher(samples.len(), FastHasher::default());
+                let mut returned: HashSet<Arc<Labels>, LabelsHasher> =
+                    HashSet::with_capacity_and_hasher(samples.len(), LabelsHasher::default());
                 for (l, v) in samples {
                     if later.after(i, &l) {
                         cycle.append(&l, now, v);
@@ -361,8 +361,8 @@ fn record(
         }
         out.push((Arc::new(l), s.v));
     }
-    let mut seen: HashSet<&Labels, FastHasher> =
-        HashSet::with_capacity_and_hasher(out.len(), FastHasher::default());
+    let mut seen: HashSet<&Labels, LabelsHasher> =
+        HashSet::with_capacity_and_hasher(out.len(), LabelsHasher::default());
     if !out.iter().all(|(l, _)| seen.insert(l)) {
         return Err(EvalError(
             "vector contains metrics with the same labelset after applying rule labels".into(),
@@ -431,12 +431,11 @@ fn alert(
         });
     }
     {
-        let mut seen: HashSet<&Labels, FastHasher> =
-            HashSet::with_capacity_and_hasher(current.len(), FastHasher::default());
+        let mut seen: HashSet<&Labels, LabelsHasher> =
+            HashSet::with_capacity_and_hasher(current.len(), LabelsHasher::default());
         if !current.iter().all(|al| seen.insert(&al.labels)) {
             return Err(EvalError(
-                "vector contains metrics with the same labelset after applying alert labels"
-                    .into(),
+                "vector contains metrics with the same labelset after applying alert labels".into(),
             ));
         }
     }
@@ -451,8 +450,7 @@ fn alert(
             }
             Some(old) => *old = Active::new(new, this),
             None => {
-                rs.active
-                    .insert(new.labels.clone(), Active::new(new, this));
+                rs.active.insert(new.labels.clone(), Active::new(new, this));
             }
         }
     }
@@ -460,9 +458,8 @@ fn alert(
     let mut active_or_pending = 0usize;
     let mut forget = Vec::new();
     let active = &rs.active;
-    rs.held.retain(|k, until| {
-        now < *until && !active.get(k).is_some_and(|x| x.returned_in == this)
-    });
+    rs.held
+        .retain(|k, until| now < *until && !active.get(k).is_some_and(|x| x.returned_in == this));
     for (k, act) in rs.active.iter_mut() {
         let al = &mut act.alert;
         if act.returned_in != this {

@@ -34,7 +34,8 @@ use std::sync::Arc;
 
 use crate::file::Group;
 use crate::storage::{
-    Facts, Labels, METRIC_NAME, MatchOp, Matcher, Sample, Storage, is_stale, samples_in,
+    Facts, Labels, LabelsHashBuilder, METRIC_NAME, MatchOp, Matcher, Sample, Storage, is_stale,
+    samples_in,
 };
 
 /// The hash maps of the history: keyed by label sets and metric names looked up for every
@@ -350,7 +351,7 @@ pub struct History {
     requirements_unnamed: Vec<usize>,
     slots: Vec<Option<HSeries>>,
     free: Vec<usize>,
-    index: FastMap<Arc<Labels>, usize>,
+    index: HashMap<Arc<Labels>, usize, LabelsHashBuilder>,
     by_name: FastMap<String, Vec<usize>>,
     live: usize,
     rejected_samples: u64,
@@ -368,7 +369,7 @@ impl History {
             requirements_unnamed: Vec::new(),
             slots: Vec::new(),
             free: Vec::new(),
-            index: FastMap::default(),
+            index: HashMap::default(),
             by_name: FastMap::default(),
             live: 0,
             rejected_samples: 0,

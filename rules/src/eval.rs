@@ -777,6 +777,10 @@ enum RangeFn {
     StdvarOverTime,
 }
 
+/// What `visit_range` calls for each series: its labels, its samples in the range (staleness
+/// markers dropped), and whether none is known to be lower than the one before it.
+type RangeVisitor<'a> = dyn FnMut(&Arc<Labels>, &[Sample], bool) + 'a;
+
 /// A range selector's bounds at the evaluation time.
 #[derive(Debug, Clone, Copy)]
 struct RangeBounds {
@@ -1016,12 +1020,7 @@ impl Evaluator<'_> {
     /// samples, staleness markers dropped, and whether no sample is known to be lower than the
     /// one before it (so a counter has no reset). Returns whether the selector names the metric
     /// (`__name__="x"`), in which case every series visited has that name.
-    fn visit_range(
-        &self,
-        m: &MatrixSelector,
-        b: &RangeBounds,
-        f: &mut dyn FnMut(&Arc<Labels>, &[Sample], bool),
-    ) -> bool {
+    fn visit_range(&self, m: &MatrixSelector, b: &RangeBounds, f: &mut RangeVisitor<'_>) -> bool {
         let matchers = matchers(&m.vs);
         let one_name = matchers
             .iter()

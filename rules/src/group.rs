@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use crate::eval::EvalError;
 use crate::file::{AlertingRule, Group, RecordingRule, Rule};
-use crate::storage::{Facts, Labels, METRIC_NAME, Matcher, MemStorage, STALE_NAN, Sample, Storage};
+use crate::storage::{
+    Facts, Labels, METRIC_NAME, Matcher, MemStorage, STALE_NAN, Sample, SeriesVisitor, Storage,
+};
 use crate::template::{self, Compiled, TemplateData};
 
 type FastHasher = foldhash::fast::RandomState;
@@ -194,13 +196,7 @@ struct Overlay<'a> {
 }
 
 impl Storage for Overlay<'_> {
-    fn visit(
-        &self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-        f: &mut dyn FnMut(&Arc<Labels>, &[Sample], Facts),
-    ) {
+    fn visit(&self, matchers: &[Matcher], mint: i64, maxt: i64, f: &mut SeriesVisitor<'_>) {
         // This cycle's samples of the matching series, in the cycle's order.
         let mut extra: Vec<(Arc<Labels>, Vec<Sample>, bool)> = Vec::new();
         if !self.cycle.is_empty() {
@@ -459,7 +455,7 @@ fn alert(
     let mut forget = Vec::new();
     let active = &rs.active;
     rs.held
-        .retain(|k, until| now < *until && !active.get(k).is_some_and(|x| x.returned_in == this));
+        .retain(|k, until| now < *until && active.get(k).is_none_or(|x| x.returned_in != this));
     for (k, act) in rs.active.iter_mut() {
         let al = &mut act.alert;
         if act.returned_in != this {

@@ -34,8 +34,8 @@ use std::sync::Arc;
 
 use crate::file::Group;
 use crate::storage::{
-    Facts, Labels, LabelsHashBuilder, METRIC_NAME, MatchOp, Matcher, Sample, Storage, is_stale,
-    samples_in,
+    Facts, Labels, LabelsHashBuilder, METRIC_NAME, MatchOp, Matcher, Sample, SeriesVisitor,
+    Storage, is_stale, samples_in,
 };
 
 /// The hash maps of the history: keyed by label sets and metric names looked up for every
@@ -614,13 +614,7 @@ fn metric_name_of(matchers: &[Matcher]) -> Option<&str> {
 }
 
 impl Storage for History {
-    fn visit(
-        &self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-        f: &mut dyn FnMut(&Arc<Labels>, &[Sample], Facts),
-    ) {
+    fn visit(&self, matchers: &[Matcher], mint: i64, maxt: i64, f: &mut SeriesVisitor<'_>) {
         // Series found by their name need not be matched against it again.
         let by_name = name_matcher(matchers);
         let mut one = |s: &HSeries| {

@@ -155,19 +155,17 @@ impl Facts {
     }
 }
 
+/// What [`Storage::visit`] calls for each series: its labels, its samples in the range asked
+/// for, and what the store knows about them.
+pub type SeriesVisitor<'a> = dyn FnMut(&Arc<Labels>, &[Sample], Facts) + 'a;
+
 /// What the evaluator needs from a store of series.
 pub trait Storage {
     /// Calls `f` with every series matching all `matchers` that has a sample whose timestamp
     /// lies in `[mint, maxt]` (inclusive, milliseconds): its labels, those samples in time
     /// order (staleness markers included), and what the store knows about them. Each series
     /// is visited once; no two have the same labels.
-    fn visit(
-        &self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-        f: &mut dyn FnMut(&Arc<Labels>, &[Sample], Facts),
-    );
+    fn visit(&self, matchers: &[Matcher], mint: i64, maxt: i64, f: &mut SeriesVisitor<'_>);
 
     /// The series [`visit`](Storage::visit) would lend, copied.
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
@@ -258,13 +256,7 @@ impl MemStorage {
 }
 
 impl Storage for MemStorage {
-    fn visit(
-        &self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-        f: &mut dyn FnMut(&Arc<Labels>, &[Sample], Facts),
-    ) {
+    fn visit(&self, matchers: &[Matcher], mint: i64, maxt: i64, f: &mut SeriesVisitor<'_>) {
         for s in &self.series {
             if !matchers.iter().all(|m| m.matches_labels(&s.labels)) {
                 continue;

@@ -18,8 +18,8 @@
 //!
 //! Memory per series: 16 bytes a sample, plus its labels. A series read over 3 days, sampled
 //! every 15 s: 241 full-resolution samples (1 h) and 865 downsampled ones (5 m steps), about
-//! 20 KiB with the buffers' spare capacity (at most an eighth of each, see [`SampleBuf`]) and
-//! labels; [`History::memory_bytes`] accounts for everything held (BENCHMARKS.md has the
+//! 20.5 KiB with the buffers' spare capacity (at most about a fifth of each, see
+//! [`SampleBuf`]) and labels; [`History::memory_bytes`] accounts for everything held (BENCHMARKS.md has the
 //! measured figure for 1,000 such series).
 //!
 //! Each tier's samples are contiguous, so a selection lends them to the evaluator as one slice
@@ -48,8 +48,8 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// Samples leave at the front by advancing `head`; the space they leave is reclaimed (the live
 /// samples moved to the start) when the buffer is full and at least a sixteenth of it is free,
 /// otherwise the buffer grows by an eighth. So once a series' window is full, spare capacity
-/// stays within about a sixteenth to an eighth of the samples held, and a sample is moved at
-/// most sixteen times on average.
+/// stays under about a fifth of the samples held, and a sample is moved at most sixteen times
+/// on average.
 #[derive(Debug)]
 struct SampleBuf {
     buf: Vec<Sample>,

@@ -36,13 +36,14 @@ alerts:
   group_wait: 0s
   group_interval: 1s
   repeat_interval: 4h
-  rules:
-    - name: AgentRunning
-      expr: 'sidelight_build_info'
-      threshold: 0
-      severity: warning
-      labels: {{ service: sidelight }}
-      summary: "build info is {{{{ $value }}}}"
+  groups:
+    - name: agent
+      rules:
+        - alert: AgentRunning
+          expr: sidelight_build_info > 0
+          labels: {{ severity: warning, service: sidelight }}
+          annotations:
+            summary: "build info is {{{{ $value }}}}"
 notifiers:
   slack:
     token_file: slack-token
@@ -126,5 +127,49 @@ fn alert_reaches_slack_once_across_a_restart_and_chatops_answers() -> Result {
     let s = chat.seen();
     assert_eq!(s.posts.len(), 1, "resent after the restart: {:?}", s.posts);
     assert!(s.updates.is_empty());
+    Ok(())
+}
+
+/// A configuration still written in the agent's removed rule dialect is refused by the real
+/// `check-config` (exit 64, nothing bound), naming the old keys and printing the Prometheus rule
+/// to write instead — never silently ignored.
+#[test]
+fn check_config_refuses_the_removed_rule_dialect_with_the_rule_to_write() -> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("old.yaml");
+    std::fs::write(
+        &path,
+        r#"
+alerts:
+  rules:
+    - name: AgentRunning
+      expr: 'sidelight_build_info'
+      threshold: 0
+      severity: warning
+      summary: "build info is {{ $value }}"
+"#,
+    )?;
+    let out = std::process::Command::new(common::sidelight_bin())
+        .arg("check-config")
+        .arg(&path)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(64), "{text}");
+    for want in [
+        "alerts.rules: is no longer read",
+        "threshold",
+        "alerts.groups",
+        "alerts.rule_files",
+        "alerts.rules[0]: write instead",
+        "alert: AgentRunning",
+        "sidelight_build_info > 0",
+        "severity: warning",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
     Ok(())
 }

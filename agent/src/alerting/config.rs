@@ -529,7 +529,8 @@ fn removed_dialect(
                     at,
                     "slo: the burn-rate SLO alerts are Prometheus rules now: load \
                      alerts/sidelight-recording.yaml and alerts/sidelight-alerts.yaml \
-                     (SidelightErrorBudgetBurn; objectives in the recording rules) with \
+                     (SidelightErrorBudgetBurn1h, 6h, 1d and 3d; SidelightLatencyHigh for a latency \
+                     objective; the objectives are set in the recording rules) with \
                      alerts.rule_files",
                 );
             } else if key("new_exception").is_some() {

@@ -17,9 +17,9 @@
 //!   [`HistoryConfig::max_downsampled_points`] downsampled samples.
 //!
 //! Memory per series: 16 bytes a sample, plus its labels. A series read over 3 days, sampled
-//! every 15 s: 241 full-resolution samples (1 h) and 865 downsampled ones (5 m steps), about
-//! 20.5 KiB with the buffers' spare capacity (at most about a fifth of each, see
-//! [`SampleBuf`]) and labels; [`History::memory_bytes`] accounts for everything held (BENCHMARKS.md has the
+//! every 15 s: 241 full-resolution samples (1 h) and 865 downsampled ones (5 m steps), at most
+//! about 21 KiB with the buffers' spare capacity (under a fifth of each, see [`SampleBuf`]) and
+//! labels; [`History::memory_bytes`] accounts for everything held (BENCHMARKS.md has the
 //! measured figure for 1,000 such series).
 //!
 //! Each tier's samples are contiguous, so a selection lends them to the evaluator as one slice

@@ -719,10 +719,23 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         // Room for the fields of most records without growing.
         let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
+        let mut seen_text = false;
+        let mut seen_record = false;
         while let Some(k) = map.next_key::<Key<'de>>()? {
-            let v = map.next_value_seed(TopSeed {
-                names: &mut *self.names,
-            })?;
+            // loguru writes `text` before `record`: the first `record` after a `text` is, when
+            // it is a map, the record `Parser::loguru_record` reads.
+            let v = if seen_text && !seen_record && k.0 == "record" {
+                seen_record = true;
+                map.next_value_seed(LoguruRecordSeed {
+                    names: &mut *self.names,
+                })?
+            } else {
+                seen_record |= k.0 == "record";
+                map.next_value_seed(TopSeed {
+                    names: &mut *self.names,
+                })?
+            };
+            seen_text |= k.0 == "text";
             out.push((k, v));
         }
         Ok(Some(out))
@@ -875,6 +888,211 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
             out.push((k, v));
         }
         Ok(AttrValue::Map(Attributes::from_pairs(out)))
+    }
+}
+
+/// What [`Parser::loguru_record`] reads of a field of loguru's `record` map.
+fn loguru_reads(key: &str) -> Option<&'static [&'static str]> {
+    const ALL: &[&str] = &[];
+    match key {
+        "message" | "name" | "extra" | "function" | "line" => Some(ALL),
+        "time" => Some(&["repr", "timestamp"]),
+        "level" => Some(&["name", "no"]),
+        "exception" => Some(&["type", "value"]),
+        "file" => Some(&["path"]),
+        "process" => Some(&["id"]),
+        "thread" => Some(&["id", "name"]),
+        _ => None,
+    }
+}
+
+/// loguru's `record` map: the fields its mapping reads are parsed; the others (`elapsed`,
+/// `module`, a level's icon, …) are checked as JSON but kept as nulls, so the map keeps its
+/// keys, order and duplicates and maps exactly as if parsed whole. Anything but a map is
+/// parsed as [`TopSeed`] does.
+struct LoguruRecordSeed<'n, 'p> {
+    names: &'n mut Names<'p>,
+}
+
+impl<'de> DeserializeSeed<'de> for LoguruRecordSeed<'_, '_> {
+    type Value = Top<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Top<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LoguruRecordSeed<'_, '_> {
+    type Value = Top<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_borrowed_str(v)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_str(v)
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_string(v)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_bool(v)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_i64(v)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_u64(v)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_f64(v)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_unit()
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_none()
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Top<'de>, A::Error> {
+        TopSeed { names: self.names }.visit_seq(seq)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top<'de>, A::Error> {
+        let mut out = Vec::with_capacity(16);
+        while let Some(k) = map.next_key_seed(NameSeed {
+            names: &mut *self.names,
+        })? {
+            let v = match loguru_reads(&k) {
+                Some([]) => map.next_value_seed(ValueSeed {
+                    names: &mut *self.names,
+                })?,
+                Some(fields) => map.next_value_seed(PickSeed {
+                    names: &mut *self.names,
+                    fields,
+                })?,
+                None => {
+                    map.next_value::<Skip>()?;
+                    AttrValue::Null
+                }
+            };
+            out.push((k, v));
+        }
+        Ok(Top::Other(AttrValue::Map(Attributes::from_pairs(out))))
+    }
+}
+
+/// A value of which, when it is a map, only `fields` are parsed; the other fields are checked
+/// and kept as nulls (see [`LoguruRecordSeed`]).
+struct PickSeed<'n, 'p> {
+    names: &'n mut Names<'p>,
+    fields: &'static [&'static str],
+}
+
+impl<'de> DeserializeSeed<'de> for PickSeed<'_, '_> {
+    type Value = AttrValue;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<AttrValue, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PickSeed<'_, '_> {
+    type Value = AttrValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_str(v)
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_string(v)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_bool(v)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_i64(v)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_u64(v)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_f64(v)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_unit()
+    }
+    fn visit_none<E: de::Error>(self) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_none()
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<AttrValue, A::Error> {
+        ValueSeed { names: self.names }.visit_seq(seq)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AttrValue, A::Error> {
+        let mut out = Vec::with_capacity(4);
+        while let Some(k) = map.next_key_seed(NameSeed {
+            names: &mut *self.names,
+        })? {
+            let v = if self.fields.contains(&k.as_ref()) {
+                map.next_value_seed(ValueSeed {
+                    names: &mut *self.names,
+                })?
+            } else {
+                map.next_value::<Skip>()?;
+                AttrValue::Null
+            };
+            out.push((k, v));
+        }
+        Ok(AttrValue::Map(Attributes::from_pairs(out)))
+    }
+}
+
+/// Reads any JSON value as [`ValueSeed`] would (strings decoded, numbers read) and keeps
+/// nothing: a skipped field accepts and rejects exactly the input a parsed one does.
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Skip, D::Error> {
+        d.deserialize_any(Skip)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_key::<Skip>()?.is_some() {
+            map.next_value::<Skip>()?;
+        }
+        Ok(Skip)
     }
 }
 
@@ -1348,6 +1566,66 @@ mod tests {
         ]);
         let got = nested.attributes.get("nested").and_then(AttrValue::as_map);
         assert_eq!(got.and_then(|m| m.get("a")), Some(&want));
+    }
+
+    /// A loguru line whose `record` comes after `text` has the fields its mapping ignores
+    /// skipped; with `record` first it is parsed whole. Both must give the same record.
+    #[test]
+    fn loguru_record_read_in_part_maps_as_read_whole() {
+        let records = [
+            LOGURU.lines().map(str::to_owned).collect::<Vec<_>>(),
+            vec![
+                r#"{"record": {"message": "m", "elapsed": {"repr": "\ud83d\ude00", "s": [1, {"a": null}]}, "module": 1e300, "level": {"icon": "x", "name": "INFO", "no": 20, "name": "WARNING"}, "file": {"name": "a", "path": "/p", "path": "/q"}, "process": {"id": 1, "name": "P"}, "thread": {"id": 2, "name": "T", "other": [1]}, "time": {"repr": "bad", "timestamp": 1795314974.5, "x": 1}, "exception": {"type": "E", "value": "v", "traceback": true}, "extra": {"k": "v"}, "function": {"nested": "kept"}, "line": "7", "message": "second"}}"#.to_owned(),
+                r#"{"record": {}, "record": {"message": "second record map"}}"#.to_owned(),
+                r#"{"record": "not a map", "other": 1}"#.to_owned(),
+                r#"{"record": {"message": "m", "elapsed": {"bad": "\ud800"}}}"#.to_owned(),
+                r#"{"record": {"message": "m", "file": "not a map", "level": ["x"], "process": 5}}"#.to_owned(),
+            ],
+        ]
+        .concat();
+        for rest in records {
+            let Some(rest) = rest.strip_prefix('{') else {
+                continue;
+            };
+            // Every line with `text` first (the shape loguru writes) and with `text` last.
+            let split = rest
+                .starts_with(r#""text""#)
+                .then(|| rest.find(r#", "record""#))
+                .flatten();
+            let (text_first, text_last) = if let Some(at) = split {
+                let text = &rest[..at];
+                let after = &rest[at + 2..];
+                (
+                    format!("{{{rest}"),
+                    format!("{{{}, {text}}}", after.strip_suffix('}').unwrap_or(after)),
+                )
+            } else {
+                let body = rest.strip_suffix('}').unwrap_or(rest);
+                (
+                    format!(r#"{{"text": "t", {body}}}"#),
+                    format!(r#"{{{body}, "text": "t"}}"#),
+                )
+            };
+            let part = parse(&text_first);
+            let whole = parse(&text_last);
+            // A line that is no JSON record is kept as text: its body is the line itself.
+            assert_eq!(part.error.is_some(), whole.error.is_some(), "{text_first}");
+            // Outside loguru's shape `text` is an attribute, in its place in the line.
+            let sorted = |r: &LogRecord| {
+                let mut r = r.clone();
+                let mut attrs: Vec<_> = std::mem::take(&mut r.attributes).into_iter().collect();
+                attrs.sort_by(|a, b| a.0.cmp(&b.0));
+                r.attributes = attrs.into_iter().collect();
+                r
+            };
+            if part.error.is_none() {
+                assert_eq!(
+                    sorted(&part.record),
+                    sorted(&whole.record),
+                    "{text_first}\n{text_last}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
@@ -582,8 +583,16 @@ const MAX_NAME_BYTES: usize = 64;
 /// Most names of one line remembered for matching the next line's.
 const MAX_LINE_NAMES: usize = 256;
 
+/// `sidelight_log_shared_names`: names in the process-wide table (see [`intern`]).
+pub(crate) fn shared_names_gauge() -> &'static Gauge {
+    static GAUGE: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+    &GAUGE
+}
+
 /// The process-wide copy of `s`, made on first sight; `None` when `s` is long or the table is
-/// full (at most [`MAX_NAMES`] names of [`MAX_NAME_BYTES`], 256 KiB, live for the process).
+/// full (at most [`MAX_NAMES`] names of [`MAX_NAME_BYTES`], 256 KiB, live for the process; a
+/// name first seen after that is copied into each record that has it, as every name was before
+/// the table).
 fn intern(s: &str) -> Option<&'static str> {
     static NAMES: LazyLock<Mutex<HashSet<&'static str>>> = LazyLock::new(Mutex::default);
     if s.len() > MAX_NAME_BYTES {
@@ -598,6 +607,7 @@ fn intern(s: &str) -> Option<&'static str> {
     }
     let shared: &'static str = Box::leak(Box::from(s));
     names.insert(shared);
+    shared_names_gauge().set(names.len() as i64);
     Some(shared)
 }
 

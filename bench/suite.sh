@@ -10,6 +10,7 @@
 #   idle       bench/idle.sh IDLE_SECONDS           release agent on its embedded defaults
 #   process    cargo bench --bench process_cycle    CPU per collection cycle, 100 / 500 processes
 #   metrics    cargo bench --bench metrics_latency  /metrics p99 at 1k / 10k / 100k series
+#   received_scrape cargo bench --bench received_scrape  encode of 5k received OTLP series (raw output only)
 #   log_tail   cargo bench --bench log_tail         tail+parse+redact+OTLP MiB per CPU-second
 #   logs       bench/logs.sh 10000 LOG_SECONDS      10k lines/s: CPU and RSS with no exporter (SINK=none), written
 #                                                    in 10 ms bursts and one write per line (WRITES=line), then with
@@ -49,6 +50,7 @@ log "process collection cycle"
 cargo bench --quiet -p sidelight-collector --bench process_cycle > "$out/process.txt" 2>/dev/null
 log "/metrics latency"
 cargo bench --quiet -p sidelight --bench metrics_latency > "$out/metrics.txt" 2>/dev/null
+cargo bench --quiet -p sidelight-collector --bench received_scrape > "$out/received_scrape.txt" 2>/dev/null
 log "log tail + parse per core"
 cargo bench --quiet -p sidelight-collector --bench log_tail > "$out/log_tail.txt" 2>/dev/null
 : > "$out/logs.txt"; : > "$out/logs_none.txt"; : > "$out/logs_lines.txt"

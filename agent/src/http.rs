@@ -22,14 +22,12 @@ use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
+use sidelight_collector::exposition::{self, Format};
 use subtle::ConstantTimeEq;
 
 use crate::config::common::{ConfigError, Env, RawBearerAuth, Secret, duration};
 
-/// OpenMetrics content type.
-pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// Prometheus text exposition content type.
-pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub use sidelight_collector::exposition::{OPENMETRICS, PROMETHEUS_TEXT};
 
 /// Components that must have started before `/readyz` answers 200.
 #[derive(Debug, Default)]
@@ -217,91 +215,18 @@ fn token_matches(tokens: &[Secret], presented: &[u8]) -> bool {
 
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let started = Instant::now();
-    let openmetrics = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/openmetrics-text"));
-    let registry = state.registry.clone();
-    let mut body = String::with_capacity(64 * 1024);
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &registry) {
-        tracing::error!(error = %e, "encoding /metrics failed");
-        return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();
-    }
-    let (body, content_type) = if openmetrics {
-        (body, OPENMETRICS)
-    } else {
-        (to_prometheus_text(&body), PROMETHEUS_TEXT)
+    let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let body = match exposition::encode(&state.registry, format) {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!(error = %e, "encoding /metrics failed");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();
+        }
     };
     state
         .scrape_duration
         .observe(started.elapsed().as_secs_f64());
-    ([(header::CONTENT_TYPE, content_type)], body).into_response()
-}
-
-/// Rewrites OpenMetrics text into the Prometheus 0.0.4 text format: counters' metadata take the
-/// `_total` name, `info` / `stateset` become gauges, `unknown` becomes `untyped`, and `# UNIT`,
-/// `# EOF` and exemplars are dropped.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
-    let mut out = String::with_capacity(openmetrics.len());
-    let mut pending_help: Option<(&str, &str)> = None;
-    for line in openmetrics.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            pending_help = Some((name, help));
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (om_name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let name = om_name;
-            let (name, kind): (std::borrow::Cow<'_, str>, &str) = match kind {
-                "counter" => (format!("{name}_total").into(), "counter"),
-                "info" => (format!("{name}_info").into(), "gauge"),
-                "stateset" | "gauge" => (name.into(), "gauge"),
-                "histogram" | "gaugehistogram" => (name.into(), "histogram"),
-                "summary" => (name.into(), "summary"),
-                _ => (name.into(), "untyped"),
-            };
-            if let Some((help_name, help)) = pending_help.take()
-                && help_name == om_name
-            {
-                out.push_str("# HELP ");
-                out.push_str(&name);
-                out.push(' ');
-                out.push_str(help);
-                out.push('\n');
-            }
-            out.push_str("# TYPE ");
-            out.push_str(&name);
-            out.push(' ');
-            out.push_str(kind);
-            out.push('\n');
-            continue;
-        }
-        if line.starts_with("# UNIT ") || line == "# EOF" || line.is_empty() {
-            continue;
-        }
-        // Drop exemplars (` # {...} value`) outside label values.
-        out.push_str(strip_exemplar(line));
-        out.push('\n');
-    }
-    out
-}
-
-fn strip_exemplar(line: &str) -> &str {
-    let mut in_quotes = false;
-    let mut escaped = false;
-    for (i, c) in line.char_indices() {
-        match c {
-            '\\' if in_quotes => escaped = !escaped,
-            '"' if !escaped => in_quotes = !in_quotes,
-            '#' if !in_quotes && i > 0 && line[..i].ends_with(' ') => return line[..i].trim_end(),
-            _ => escaped = false,
-        }
-        if c != '\\' {
-            escaped = false;
-        }
-    }
-    line
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -494,16 +419,6 @@ mod tests {
         assert!(
             stale.is_empty(),
             "routes in agent/src/openapi.json that are not served: {stale:?}"
-        );
-    }
-
-    #[test]
-    fn openmetrics_to_prometheus_text() {
-        let om = "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total{a=\"b # c\"} 1 # {trace_id=\"abc\"} 1.0 1.5\n# HELP b Build.\n# TYPE b info\nb_info{version=\"1\"} 1\n# TYPE s_seconds histogram\n# UNIT s_seconds seconds\ns_seconds_bucket{le=\"+Inf\"} 1\n# EOF\n";
-        let text = to_prometheus_text(om);
-        assert_eq!(
-            text,
-            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total{a=\"b # c\"} 1\n# HELP b_info Build.\n# TYPE b_info gauge\nb_info{version=\"1\"} 1\n# TYPE s_seconds histogram\ns_seconds_bucket{le=\"+Inf\"} 1\n"
         );
     }
 

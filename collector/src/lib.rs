@@ -4,6 +4,7 @@
 //! Invariant: this crate never depends on the agent, and a source never knows which sinks exist.
 
 pub mod export;
+pub mod exposition;
 pub mod filesink;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -382,9 +382,17 @@ pub(crate) mod oracle {
                 let mut le_first = s.labels.to_vec();
                 le_first.rotate_right(usize::from(s.name.ends_with("_bucket")));
                 let key_le_first = format!("{}{} ", s.name, label_text(&le_first));
+                // A family's series with no labels is written with empty braces.
+                let key_braces = format!("{}{{}} ", s.name);
                 let rest = line
                     .strip_prefix(key.as_str())
                     .or_else(|| line.strip_prefix(key_le_first.as_str()))
+                    .or_else(|| {
+                        s.labels
+                            .is_empty()
+                            .then(|| line.strip_prefix(key_braces.as_str()))
+                            .flatten()
+                    })
                     .unwrap_or_else(|| panic!("{line:?} should start with {key:?}\n{text}"));
                 let (value, exemplar) = match rest.split_once(" # ") {
                     Some((v, e)) => (v, Some(e)),

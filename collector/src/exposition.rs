@@ -1,0 +1,299 @@
+//! The exposition `/metrics` serves: the registry written as OpenMetrics text by
+//! `prometheus-client`'s encoder, or as the Prometheus text format 0.0.4 (rewritten from it)
+//! when the scraper does not ask for OpenMetrics.
+//!
+//! Collectors that hold many series may keep their exposition text ready (label sets escaped
+//! once, when a series is created) and write it straight into the response body with
+//! [`write_direct`] instead of going through the encoder token by token. They must write exactly
+//! what the encoder would (the received OTLP metrics' tests hold them to it byte for byte), and
+//! must be registered in the root registry (no prefix, no constant labels, which the direct path
+//! would not add). Every other reader of the registry (`model::snapshot`) still goes through
+//! the encoder.
+
+use std::cell::RefCell;
+use std::fmt::Write;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use prometheus_client::registry::Registry;
+
+/// The exposition format a scraper asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4.
+    Text,
+    /// OpenMetrics 1.0 text.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for: OpenMetrics when it names it, else text 0.0.4.
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        if accept.is_some_and(|v| v.contains("application/openmetrics-text")) {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    /// The response's `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => OPENMETRICS,
+            Format::Text => PROMETHEUS_TEXT,
+        }
+    }
+}
+
+/// OpenMetrics content type.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Prometheus text exposition content type.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+thread_local! {
+    /// The body of the exposition being encoded on this thread, while [`encode`] runs.
+    static BODY: RefCell<Option<Rc<RefCell<String>>>> = const { RefCell::new(None) };
+}
+
+/// The size of the last body, to allocate the next one once.
+static LAST_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// The encoder's writer: appends to the shared body.
+struct SharedBody(Rc<RefCell<String>>);
+
+impl Write for SharedBody {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.borrow_mut().push_str(s);
+        Ok(())
+    }
+}
+
+/// Takes the body out of the thread-local slot when the encode ends, also on a panic.
+struct Installed;
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        BODY.with_borrow_mut(|b| *b = None);
+    }
+}
+
+/// Writes everything `registry` serves in `format`.
+pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::Error> {
+    let capacity = LAST_LEN.load(Ordering::Relaxed);
+    let body = Rc::new(RefCell::new(String::with_capacity(
+        (capacity + capacity / 16).max(64 * 1024),
+    )));
+    {
+        BODY.with_borrow_mut(|b| *b = Some(body.clone()));
+        let _installed = Installed;
+        prometheus_client::encoding::text::encode(&mut SharedBody(body.clone()), registry)?;
+    }
+    let body = body.take();
+    LAST_LEN.store(body.len(), Ordering::Relaxed);
+    Ok(match format {
+        Format::OpenMetrics => body,
+        Format::Text => to_prometheus_text(&body),
+    })
+}
+
+/// For a collector's `encode`: when a `/metrics` exposition is being encoded on this thread,
+/// runs `write` on its body (OpenMetrics text, at the collector's place in the registry) and
+/// returns its result; otherwise (a structured snapshot, a plain `text::encode`) returns `None`
+/// and the collector encodes through the encoder it was given.
+pub fn write_direct(
+    write: impl FnOnce(&mut String) -> std::fmt::Result,
+) -> Option<std::fmt::Result> {
+    let body = BODY.with_borrow(|b| b.clone())?;
+    let mut body = body.borrow_mut();
+    Some(write(&mut body))
+}
+
+/// Rewrites OpenMetrics text into the Prometheus 0.0.4 text format: counters' metadata take the
+/// `_total` name, `info` / `stateset` become gauges, `unknown` becomes `untyped`, and `# UNIT`,
+/// `# EOF` and exemplars are dropped. Sample lines without a `#` are copied as they are, in runs.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut pending_help: Option<(&str, &str)> = None;
+    // Start of the run of unchanged sample lines not written yet.
+    let mut run = 0;
+    let mut pos = 0;
+    let bytes = openmetrics.as_bytes();
+    while pos < bytes.len() {
+        let end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i);
+        let raw = &openmetrics[pos..end];
+        if !raw.is_empty() && !raw.ends_with('\r') && memchr::memchr(b'#', raw.as_bytes()).is_none()
+        {
+            pos = end + 1;
+            continue;
+        }
+        out.push_str(&openmetrics[run..pos]);
+        pos = end + 1;
+        run = pos;
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            pending_help = Some((name, help));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (om_name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let name = om_name;
+            let (name, kind): (std::borrow::Cow<'_, str>, &str) = match kind {
+                "counter" => (format!("{name}_total").into(), "counter"),
+                "info" => (format!("{name}_info").into(), "gauge"),
+                "stateset" | "gauge" => (name.into(), "gauge"),
+                "histogram" | "gaugehistogram" => (name.into(), "histogram"),
+                "summary" => (name.into(), "summary"),
+                _ => (name.into(), "untyped"),
+            };
+            if let Some((help_name, help)) = pending_help.take()
+                && help_name == om_name
+            {
+                out.push_str("# HELP ");
+                out.push_str(&name);
+                out.push(' ');
+                out.push_str(help);
+                out.push('\n');
+            }
+            out.push_str("# TYPE ");
+            out.push_str(&name);
+            out.push(' ');
+            out.push_str(kind);
+            out.push('\n');
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" || line.is_empty() {
+            continue;
+        }
+        // Drop exemplars (` # {...} value`) outside label values.
+        out.push_str(strip_exemplar(line));
+        out.push('\n');
+    }
+    if run < bytes.len() {
+        out.push_str(&openmetrics[run..]);
+        if !openmetrics.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn strip_exemplar(line: &str) -> &str {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '\\' if in_quotes => escaped = !escaped,
+            '"' if !escaped => in_quotes = !in_quotes,
+            '#' if !in_quotes && i > 0 && line[..i].ends_with(' ') => return line[..i].trim_end(),
+            _ => escaped = false,
+        }
+        if c != '\\' {
+            escaped = false;
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::metrics::counter::Counter;
+
+    use super::*;
+
+    /// The rewrite as first written, line by line: the oracle of the run-copying one.
+    fn reference(openmetrics: &str) -> String {
+        let mut out = String::with_capacity(openmetrics.len());
+        let mut pending_help: Option<(&str, &str)> = None;
+        for line in openmetrics.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+                pending_help = Some((name, help));
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (om_name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+                let name = om_name;
+                let (name, kind): (std::borrow::Cow<'_, str>, &str) = match kind {
+                    "counter" => (format!("{name}_total").into(), "counter"),
+                    "info" => (format!("{name}_info").into(), "gauge"),
+                    "stateset" | "gauge" => (name.into(), "gauge"),
+                    "histogram" | "gaugehistogram" => (name.into(), "histogram"),
+                    "summary" => (name.into(), "summary"),
+                    _ => (name.into(), "untyped"),
+                };
+                if let Some((help_name, help)) = pending_help.take()
+                    && help_name == om_name
+                {
+                    out.push_str(&format!("# HELP {name} {help}\n"));
+                }
+                out.push_str(&format!("# TYPE {name} {kind}\n"));
+                continue;
+            }
+            if line.starts_with("# UNIT ") || line == "# EOF" || line.is_empty() {
+                continue;
+            }
+            out.push_str(strip_exemplar(line));
+            out.push('\n');
+        }
+        out
+    }
+
+    #[test]
+    fn openmetrics_to_prometheus_text() {
+        let om = "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total{a=\"b # c\"} 1 # {trace_id=\"abc\"} 1.0 1.5\n# HELP b Build.\n# TYPE b info\nb_info{version=\"1\"} 1\n# TYPE s_seconds histogram\n# UNIT s_seconds seconds\ns_seconds_bucket{le=\"+Inf\"} 1\n# EOF\n";
+        let text = to_prometheus_text(om);
+        assert_eq!(
+            text,
+            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total{a=\"b # c\"} 1\n# HELP b_info Build.\n# TYPE b_info gauge\nb_info{version=\"1\"} 1\n# TYPE s_seconds histogram\ns_seconds_bucket{le=\"+Inf\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn the_rewrite_copies_runs_as_the_line_by_line_one_wrote() {
+        let samples: String = (0..50)
+            .map(|i| format!("g{{a=\"{i}\",b=\"x\\\"y\"}} {i}.5\n"))
+            .collect();
+        for om in [
+            String::new(),
+            "\n\n".to_owned(),
+            "# EOF\n".to_owned(),
+            "a 1".to_owned(),
+            "a 1\nb 2".to_owned(),
+            "a 1\r\nb 2\r\n\r\n# EOF\r\n".to_owned(),
+            "# HELP g G.\n# TYPE g gauge\n".to_owned() + &samples + "# EOF\n",
+            format!(
+                "# TYPE c counter\nc_total{{x=\"#\"}} 1 # {{t=\"1\"}} 1\n{samples}\nc_total 2\n{samples}# HELP u U\n# TYPE u unknown\nu 1\n# EOF\n"
+            ),
+        ] {
+            assert_eq!(to_prometheus_text(&om), reference(&om), "{om:?}");
+        }
+    }
+
+    #[test]
+    fn encode_serves_the_registry_in_both_formats() {
+        let mut r = Registry::default();
+        let c: Counter = Counter::default();
+        c.inc();
+        r.register("demo_requests", "Requests", c);
+        let om = encode(&r, Format::OpenMetrics).expect("encode");
+        assert_eq!(
+            om,
+            "# HELP demo_requests Requests.\n# TYPE demo_requests counter\ndemo_requests_total 1\n# EOF\n"
+        );
+        assert_eq!(
+            encode(&r, Format::Text).expect("encode"),
+            "# HELP demo_requests_total Requests.\n# TYPE demo_requests_total counter\ndemo_requests_total 1\n"
+        );
+        // Outside an exposition encode there is no body to write to.
+        assert!(write_direct(|_| Ok(())).is_none());
+        assert_eq!(
+            Format::from_accept(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::from_accept(Some("text/plain")), Format::Text);
+        assert_eq!(Format::from_accept(None), Format::Text);
+    }
+}

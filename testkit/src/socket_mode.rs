@@ -137,3 +137,10 @@ pub async fn next_text(ws: &mut Socket) -> Result<Value> {
         }
     }
 }
+
+/// Sends one frame to the client.
+pub async fn send(ws: &mut Socket, frame: Frame) -> Result {
+    use futures_util::SinkExt;
+    ws.send(frame).await?;
+    Ok(())
+}

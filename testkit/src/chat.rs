@@ -578,3 +578,176 @@ fn chat_answer(
         (404, Vec::new(), "{}".into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The peers refuse what the real services refuse: a fake that accepts anything would let
+    //! every delivery test pass.
+
+    use super::*;
+
+    fn peers(options: ChatOptions) -> ChatPeers {
+        ChatPeers::start_with(
+            ChatSecrets {
+                slack_token: "xoxb-right".into(),
+                hook_token: "hook-token".into(),
+                hook_hmac: "hook-key".into(),
+            },
+            options,
+        )
+        .expect("peers")
+    }
+
+    /// POSTs `body` with `headers`; (status, retry-after, body).
+    fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+        let mut req = crate::client().post(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut resp = req.send(body).expect("answered");
+        let retry = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let status = resp.status().as_u16();
+        (
+            status,
+            retry,
+            resp.body_mut().read_to_string().expect("body"),
+        )
+    }
+
+    const JSON: (&str, &str) = ("content-type", "application/json; charset=utf-8");
+    const AUTH: (&str, &str) = ("authorization", "Bearer xoxb-right");
+
+    #[test]
+    fn slack_refuses_what_slack_refuses_and_limits_one_post_per_second_per_channel() {
+        let p = peers(ChatOptions::default());
+        let post_url = format!("{}/chat.postMessage", p.slack_api());
+        let ok = r##"{"channel":"#alerts","text":"hi"}"##;
+        let error = |(_, _, body): (u16, String, String)| {
+            serde_json::from_str::<serde_json::Value>(&body).expect("json")["error"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        };
+        let wrong = ("authorization", "Bearer xoxb-wrong");
+        assert_eq!(error(post(&post_url, &[wrong, JSON], ok)), "invalid_auth");
+        let form = ("content-type", "application/x-www-form-urlencoded");
+        assert_eq!(error(post(&post_url, &[AUTH, form], ok)), "invalid_json");
+        let elsewhere = r##"{"channel":"#random","text":"hi"}"##;
+        assert_eq!(
+            error(post(&post_url, &[AUTH, JSON], elsewhere)),
+            "channel_not_found"
+        );
+        let long_header = format!(
+            r##"{{"channel":"#alerts","blocks":[{{"type":"header","text":{{"type":"plain_text","text":"{}"}}}}]}}"##,
+            "x".repeat(151)
+        );
+        assert_eq!(
+            error(post(&post_url, &[AUTH, JSON], &long_header)),
+            "invalid_blocks"
+        );
+        let update = format!("{}/chat.update", p.slack_api());
+        let unknown = r##"{"channel":"C0ALERTS","ts":"1.2","text":"x"}"##;
+        assert_eq!(
+            error(post(&update, &[AUTH, JSON], unknown)),
+            "message_not_found"
+        );
+        assert_eq!(p.seen().refused.len(), 5, "{:?}", p.seen().refused);
+        let (status, _, body) = post(&post_url, &[AUTH, JSON], ok);
+        assert_eq!(status, 200, "{body}");
+        let (status, retry, _) = post(&post_url, &[AUTH, JSON], ok);
+        assert_eq!((status, retry.as_str()), (429, "1"));
+        let seen = p.seen();
+        assert_eq!((seen.posts.len(), seen.rejected_429), (1, 1));
+    }
+
+    #[test]
+    fn the_ratelimit_window_answers_429_with_its_retry_after_then_lets_calls_through() {
+        let p = peers(ChatOptions {
+            ratelimit_window: Some((Duration::from_millis(300), 7)),
+            channel_limit: false,
+            ..ChatOptions::default()
+        });
+        let url = format!("{}/chat.postMessage", p.slack_api());
+        let ok = r##"{"channel":"#alerts","text":"hi"}"##;
+        let (status, retry, _) = post(&url, &[AUTH, JSON], ok);
+        assert_eq!((status, retry.as_str()), (429, "7"));
+        std::thread::sleep(Duration::from_millis(350));
+        assert_eq!(post(&url, &[AUTH, JSON], ok).0, 200);
+        assert_eq!(post(&url, &[AUTH, JSON], ok).0, 200, "no channel limit");
+        let state = p.state_json();
+        assert_eq!(state["rejected_429"], 1);
+        assert_eq!(state["posts"][1]["ts"], "1700000000.000002");
+    }
+
+    #[test]
+    fn socket_mode_open_needs_the_app_token() {
+        let p = peers(ChatOptions {
+            app_token: Some("xapp-1".into()),
+            socket_url: Some("ws://127.0.0.1:1/link".into()),
+            ..ChatOptions::default()
+        });
+        let url = format!("{}/apps.connections.open", p.slack_api());
+        let answer = |token: &str| {
+            let (_, _, body) = post(&url, &[("authorization", &format!("Bearer {token}"))], "");
+            serde_json::from_str::<serde_json::Value>(&body).expect("json")
+        };
+        assert_eq!(answer("xoxb-right")["error"], "not_allowed_token_type");
+        assert_eq!(answer("xapp-2")["error"], "invalid_auth");
+        assert_eq!(answer("xapp-1")["url"], "ws://127.0.0.1:1/link");
+        assert_eq!(p.seen().socket_opens, 1);
+    }
+
+    #[test]
+    fn teams_refuses_bad_and_oversized_cards_and_fails_on_request() {
+        let p = peers(ChatOptions {
+            teams_fail_first: 1,
+            ..ChatOptions::default()
+        });
+        let card = serde_json::json!({
+            "type": "message",
+            "attachments": [{
+                "contentType": "application/vnd.microsoft.card.adaptive",
+                "content": {
+                    "type": "AdaptiveCard", "version": "1.4",
+                    "body": [{"type": "RichTextBlock", "inlines": [
+                        {"type": "TextRun", "text": "FIRING", "color": "attention"}]}],
+                },
+            }],
+        });
+        let url = p.teams_url();
+        let mut bad = card.clone();
+        bad["attachments"][0]["content"]["version"] = "1.6".into();
+        assert_eq!(post(&url, &[JSON], &bad.to_string()).0, 400);
+        let mut big = card.clone();
+        big["attachments"][0]["content"]["body"][0]["inlines"][0]["text"] =
+            "x".repeat(TEAMS_MAX_BYTES).into();
+        assert_eq!(post(&url, &[JSON], &big.to_string()).0, 413);
+        assert_eq!(post(&url, &[JSON], &card.to_string()).0, 503);
+        assert_eq!(post(&url, &[JSON], &card.to_string()).0, 202);
+        let seen = p.seen();
+        assert_eq!(
+            (seen.teams.len(), seen.teams_failed, seen.refused.len()),
+            (1, 1, 2)
+        );
+    }
+
+    #[test]
+    fn the_webhook_needs_its_bearer_token_and_signature() {
+        let p = peers(ChatOptions::default());
+        let body = r#"{"version":"4"}"#;
+        let sig = format!("sha256={}", hmac_hex("hook-key", body.as_bytes()));
+        let auth = ("authorization", "Bearer hook-token");
+        let signed = ("x-sidelight-signature", sig.as_str());
+        assert_eq!(post(&p.hook_url(), &[JSON, auth], body).0, 401);
+        let wrong = ("authorization", "Bearer nope");
+        assert_eq!(post(&p.hook_url(), &[JSON, wrong, signed], body).0, 401);
+        // Signed and authorized, but not Alertmanager's format.
+        assert_eq!(post(&p.hook_url(), &[JSON, auth, signed], body).0, 400);
+        assert!(p.seen().hooks.is_empty());
+    }
+}

@@ -1,4 +1,4 @@
-//! Alerting in the agent (issue 6): Prometheus rule groups evaluated over the agent's own
+//! Alerting in the agent: Prometheus rule groups evaluated over the agent's own
 //! metrics, grouped notifications to Slack, Teams and generic webhooks, and commands back from
 //! chat.
 //!

@@ -477,7 +477,10 @@ impl PromRules {
                 if let Some(name) = l.get(METRIC_NAME)
                     && self.recorded_names.contains(name)
                 {
-                    recorded.entry(name.clone()).or_default().push((l, v));
+                    recorded
+                        .entry(name.clone())
+                        .or_default()
+                        .push((Labels::clone(&l), v));
                 }
             }
             {

@@ -14,15 +14,24 @@ pub struct OtlpSink {
 }
 
 impl OtlpSink {
-    /// Starts the sink with extra arguments (`--unavailable-fraction 0.7`, `--down-file P`).
+    /// Starts the sink on ports of its choosing with extra arguments
+    /// (`--unavailable-fraction 0.7`, `--down-file P`).
     pub fn start(extra: &[&str]) -> Result<OtlpSink> {
+        Self::start_on(0, 0, extra)
+    }
+
+    /// Starts the sink on these ports (0: its choice), e.g. again on a stopped sink's ports.
+    pub fn start_on(grpc: u16, http: u16, extra: &[&str]) -> Result<OtlpSink> {
         let mut child = Command::new(python())
             .arg(workspace().join("tests/python/otlp_sink.py"))
+            .args(["--grpc-port", &grpc.to_string()])
+            .args(["--http-port", &http.to_string()])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .spawn()?;
+            .spawn()
+            .map_err(|e| format!("cannot start the Python sink (make the venv: README): {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let proc = Proc(child);
         let mut line = String::new();
@@ -34,10 +43,13 @@ impl OtlpSink {
             .split(' ')
             .filter_map(|kv| kv.split_once('=')?.1.parse().ok())
             .collect();
+        let [grpc, http] = ports[..] else {
+            return Err(format!("sink said {line:?}").into());
+        };
         Ok(OtlpSink {
             _proc: proc,
-            grpc: ports[0],
-            http: ports[1],
+            grpc,
+            http,
         })
     }
 
@@ -45,5 +57,12 @@ impl OtlpSink {
     pub fn state(&self) -> Result<serde_json::Value> {
         let (_, _, body) = get(&format!("http://127.0.0.1:{}/state", self.http), &[])?;
         Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Kills the sink; its (gRPC, HTTP) ports, for a restart with [`OtlpSink::start_on`].
+    pub fn stop(self) -> (u16, u16) {
+        let OtlpSink { _proc, grpc, http } = self;
+        drop(_proc);
+        (grpc, http)
     }
 }

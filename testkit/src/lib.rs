@@ -10,6 +10,7 @@
 //! - [`prometheus`]: a real Prometheus server on an ephemeral port;
 //! - [`otlp_sink`]: the Python OTLP sink (`tests/python/otlp_sink.py`);
 //! - [`alertmanager`]: Alertmanager's webhook message model and its checks;
+//! - [`corpus`]: fuzz corpus replay on stable;
 //! - [`http`], [`process`]: the loopback HTTP/1.1 server, a blocking client, child processes
 //!   killed on drop, polling.
 //!
@@ -17,6 +18,7 @@
 
 pub mod alertmanager;
 pub mod chat;
+pub mod corpus;
 pub mod http;
 pub mod otlp_sink;
 pub mod process;

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Scenario 6: the agent's wall clock jumps forward 2 h, then back 3 h (to 1 h behind), then
 # forward to the true time, while log lines (file exporter), spans (otlp_load -> agent -> the
-# Python OTLP sink), alert bursts (error lines; notifications to faults/fake_slack.py) and DORA
-# deployments flow. The clock is moved with libfaketime (Debian `faketime`): the agent runs with
+# Python OTLP sink), alert bursts (error lines; notifications to the test kit's loopback-slack)
+# and DORA deployments flow. The clock is moved with libfaketime (Debian `faketime`): the agent runs with
 # LD_PRELOAD and FAKETIME_TIMESTAMP_FILE, rewritten at run time; the monotonic clock is left
 # alone (FAKETIME_DONT_FAKE_MONOTONIC=1), as a real clock step leaves it. The jump is checked
 # on the agent itself (the observed time of the records it exports).
@@ -19,10 +19,7 @@ build
 mkdir -p "$WORK/logs" "$WORK/out"
 echo "+0" > "$WORK/faketime"
 echo "xoxb-fault-$RANDOM$RANDOM" > "$WORK/slack-token"
-"$PY" "$ROOT/faults/fake_slack.py" --token-file "$WORK/slack-token" --ratelimit-seconds 0 > "$WORK/slack.out" 2>"$WORK/slack.err" &
-PIDS+=("$!")
-wait_until 20 grep -q READY "$WORK/slack.out"
-SLACK=127.0.0.1:$(sed -n 's/.*port=\([0-9]*\).*/\1/p' "$WORK/slack.out")
+start_slack --token-file "$WORK/slack-token" --ratelimit-seconds 0
 start_sink
 HTTP=127.0.0.1:$(free_port); GRPC=127.0.0.1:$(free_port)
 cat > "$WORK/agent.yaml" <<YAML

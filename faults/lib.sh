@@ -2,7 +2,7 @@
 # release `sidelight` binary and real peers as separate processes, prints one PASS/FAIL line
 # with its figures and exits non-zero on failure.
 #
-# Env: CARGO_TARGET_DIR (where the release build is), AGENT_BIN (another agent binary),
+# Env: CARGO_TARGET_DIR (where the builds are), AGENT_BIN (another agent binary),
 #      SIDELIGHT_TEST_PYTHON (the interpreter with the peers' packages; default .venv/bin/python),
 #      FAULTS_NO_BUILD=1 (skip `cargo build`), FAULTS_KEEP=1 (keep the work directory),
 #      FAULTS_QUICK=1 (shortened runs: each scenario says what it shortens).
@@ -11,6 +11,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 AGENT=${AGENT_BIN:-$TARGET/release/sidelight}
 LOAD=$TARGET/release/examples/otlp_load
+# The test kit's loopback Slack Web API (testkit/src/bin/loopback-slack.rs; a debug build: a
+# peer, not what is measured).
+LOOPBACK_SLACK=$TARGET/debug/loopback-slack
 PY=${SIDELIGHT_TEST_PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 QUICK=${FAULTS_QUICK:-0}
@@ -19,7 +22,18 @@ SCENARIO=$(basename "$0" .sh)
 build() {
   [ "${FAULTS_NO_BUILD:-0}" = 1 ] && return 0
   (cd "$ROOT" && nice cargo build --release --quiet -p sidelight &&
-    nice cargo build --release --quiet -p sidelight-collector --example otlp_load)
+    nice cargo build --release --quiet -p sidelight-collector --example otlp_load &&
+    nice cargo build --quiet -p sidelight-testkit --bin loopback-slack)
+}
+
+# start_slack ARGS...: starts the loopback Slack Web API (loopback-slack ARGS: --token-file F
+# [--ratelimit-seconds S] [--retry-after S]), waits for its READY line, sets $SLACK (host:port).
+# It answers GET /state with what it accepted and refused.
+start_slack() {
+  "$LOOPBACK_SLACK" "$@" > "$WORK/slack.out" 2>"$WORK/slack.err" &
+  PIDS+=("$!")
+  wait_until 20 grep -q READY "$WORK/slack.out"
+  SLACK=127.0.0.1:$(sed -n 's/.*port=\([0-9]*\).*/\1/p' "$WORK/slack.out")
 }
 
 WORK=$(mktemp -d "/tmp/faults-$SCENARIO-XXXXXX")

@@ -10,7 +10,8 @@ scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(kill9_logs sink_outage restart_spill disk_full slack_429 clock_jump)
 if [ "${FAULTS_NO_BUILD:-0}" != 1 ]; then
   (cd "$dir/.." && nice cargo build --release --quiet -p sidelight &&
-    nice cargo build --release --quiet -p sidelight-collector --example otlp_load) || exit 1
+    nice cargo build --release --quiet -p sidelight-collector --example otlp_load &&
+    nice cargo build --quiet -p sidelight-testkit --bin loopback-slack) || exit 1
 fi
 results=()
 failed=0

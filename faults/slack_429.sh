@@ -2,8 +2,8 @@
 # Scenario 5: Slack answers every call HTTP 429 (Retry-After) for RATELIMIT seconds while
 # ALERTS alerts fire and later resolve. The alerts come from a rate rule over
 # sidelight_log_records_total{level="error"}, one alert group per log source, driven by error
-# lines written to each source's file. The Slack Web API is faults/fake_slack.py (bearer token
-# and payload shape checked). PASS when every group's FIRING message is posted once and its
+# lines written to each source's file. The Slack Web API is the test kit's loopback-slack
+# (bearer token and payload shape checked as Slack checks them). PASS when every group's FIRING message is posted once and its
 # RESOLVED state reaches Slack (an update of that message or a post), none refused.
 #
 # Usage: faults/slack_429.sh   Env: RATELIMIT=60 RETRY_AFTER=5 ALERTS=10
@@ -14,11 +14,7 @@ retry_after=${RETRY_AFTER:-5}; n=${ALERTS:-10}
 build
 mkdir -p "$WORK/logs"
 echo "xoxb-fault-$RANDOM$RANDOM" > "$WORK/slack-token"
-"$PY" "$ROOT/faults/fake_slack.py" --token-file "$WORK/slack-token" --ratelimit-seconds "$ratelimit" \
-  --retry-after "$retry_after" > "$WORK/slack.out" 2>"$WORK/slack.err" &
-PIDS+=("$!")
-wait_until 20 grep -q READY "$WORK/slack.out"
-SLACK=127.0.0.1:$(sed -n 's/.*port=\([0-9]*\).*/\1/p' "$WORK/slack.out")
+start_slack --token-file "$WORK/slack-token" --ratelimit-seconds "$ratelimit" --retry-after "$retry_after"
 HTTP=127.0.0.1:$(free_port)
 {
   echo "http: { listen: $HTTP }"

@@ -82,9 +82,11 @@ esac
 cargo deny --log-level error check "${deny_checks[@]}"
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-log "cargo test"
+log "cargo test --workspace"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
+# --workspace: every member, including the end-to-end tests (`tests`), which are not among the
+# default members (a bare `cargo test` needs only the Rust toolchain and skips them).
 cargo test --workspace --quiet 2>&1 | tee "$out"
 # One closing line over every test binary (cargo prints one summary per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }

@@ -1,7 +1,7 @@
 //! End-to-end export: the real binary sends its own metrics (host, process, self) as OTLP to the
 //! Python sink (`tests/python/otlp_sink.py`, grpcio + opentelemetry-proto) and by remote write to
 //! a real Prometheus. Spans from a Python service and tailed logs through the exporter are in
-//! `forward.rs`; the exporter alone against the same sink in `collector/tests/export_sink.rs`.
+//! `forward.rs`; the exporter alone against the same sink in `export_sink.rs`.
 
 mod common;
 

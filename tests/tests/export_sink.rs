@@ -5,9 +5,7 @@
 //! nothing accepted lost while the sink is down, nothing lost across an exporter restart with the
 //! disk spill, and spill overflow dropped oldest-first and counted.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -29,73 +27,26 @@ use sidelight_collector::export::spill::Spill;
 use sidelight_collector::pipeline::{
     Intake, Payload, Queue, QueueLimits, QueueStats, Receipt, Refused, Signal,
 };
+use sidelight_testkit::OtlpSink;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
+/// The test kit's Python sink ([`OtlpSink`]), panicking instead of returning errors; killed on
+/// drop.
+struct Sink(OtlpSink);
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SIDELIGHT_TEST_PYTHON") {
-        return PathBuf::from(p);
+impl std::ops::Deref for Sink {
+    type Target = OtlpSink;
+    fn deref(&self) -> &OtlpSink {
+        &self.0
     }
-    let venv = workspace().join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    }
-}
-
-/// The Python sink, killed on drop.
-struct Sink {
-    child: Child,
-    grpc: u16,
-    http: u16,
 }
 
 impl Sink {
     fn start(grpc: u16, http: u16, extra: &[&str]) -> Sink {
-        let mut child = Command::new(python())
-            .arg(workspace().join("tests/python/otlp_sink.py"))
-            .args([
-                "--grpc-port",
-                &grpc.to_string(),
-                "--http-port",
-                &http.to_string(),
-            ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python runs (make the venv: see README)");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("the sink's READY line");
-        let mut ports = line
-            .trim()
-            .strip_prefix("READY ")
-            .unwrap_or_else(|| panic!("sink said {line:?}"))
-            .split(' ')
-            .map(|kv| {
-                kv.split_once('=')
-                    .map(|(_, v)| v.parse::<u16>().expect("port"))
-            });
-        let grpc = ports.next().flatten().expect("grpc port");
-        let http = ports.next().flatten().expect("http port");
-        Sink { child, grpc, http }
+        Sink(OtlpSink::start_on(grpc, http, extra).expect("the Python sink"))
     }
 
     fn state(&self) -> serde_json::Value {
-        let mut resp = ureq::get(&format!("http://127.0.0.1:{}/state", self.http))
-            .call()
-            .expect("sink state");
-        serde_json::from_str(&resp.body_mut().read_to_string().expect("body")).expect("json")
+        self.0.state().expect("sink state")
     }
 
     fn spans(&self) -> Vec<String> {
@@ -109,17 +60,8 @@ impl Sink {
             .unwrap_or_default()
     }
 
-    fn stop(mut self) -> (u16, u16) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        (self.grpc, self.http)
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) -> (u16, u16) {
+        self.0.stop()
     }
 }
 

@@ -3,8 +3,9 @@
 //! from the store once at start, then each recorded event as the store wrote it). The DORA
 //! metrics are recomputed from the model after new events (one recomputation per burst: 1 s
 //! after the first) and every minute, as the windows slide; only the services with new events
-//! are worked out again, and the store is not read. Retention runs on start and daily, in the
-//! store and the model alike. It exposes:
+//! are worked out again, the links between services (incidents, fixes, findings) only after an
+//! event or when an incident or finding starts or resolves, and the store is not read.
+//! Retention runs on start and daily, in the store and the model alike. It exposes:
 //!
 //! * counters `dora_deployments_total{service,environment,status}`,
 //!   `dora_change_failures_total{service,environment}`,
@@ -41,11 +42,11 @@ pub mod detector;
 
 pub use config::DoraConfig;
 
-use crate::dora::tiers::assess;
 use crate::dora::table::{ABSENT, EMPTY, Inc, Sym};
+use crate::dora::tiers::assess;
 use crate::dora::{
-    DeployStatus, Deployment, Events, History, Incident, Level, Lineage, Metric, Report, Scope,
-    Table, TierTable, UnixSeconds, Window,
+    DeployStatus, Deployment, Events, History, Incident, Level, Lineage, Links, Metric, Report,
+    Scope, Table, TierTable, UnixSeconds, Window,
 };
 use crate::store::{Batch, IncidentChange, Outcome, StoreError, StoreHandle};
 
@@ -159,7 +160,17 @@ pub struct Model {
     groups: Vec<ModelGroup>,
     /// Deploy events left out to keep within [`MODEL_MAX_DEPLOYMENTS`].
     evicted: u64,
+    /// Changes on every change of the events or a lineage.
+    generation: u64,
+    /// The links of the last histories, by scope, with the generation they were linked at.
+    links: Vec<(Scope, u64, Links)>,
+    /// The last `dora_recovery_time_seconds` series: generation, `now`, the first resolution
+    /// after it, the series.
+    recovery: Option<(u64, UnixSeconds, Option<UnixSeconds>, HistogramSeries)>,
 }
+
+/// How many scopes' links the model keeps (the hub asks for two; the API for others).
+const KEPT_LINKS: usize = 4;
 
 /// What one recorded event changes in the model.
 #[derive(Debug, Clone)]
@@ -263,6 +274,7 @@ impl Model {
     }
 
     fn apply(&mut self, change: ModelChange) {
+        self.generation += 1;
         match change {
             ModelChange::Deployment(d) => self.add_deployment(*d),
             ModelChange::Incident(i) => self.put_incident(*i),
@@ -330,22 +342,51 @@ impl Model {
                 }
             }
             group.built = Some((lineage, lead));
+            self.generation += 1;
         }
     }
 
-    /// The history in `scope` at `now` (after [`Model::build`] at `now`).
-    fn history(&self, now: UnixSeconds, scope: &Scope) -> History<'_> {
-        let lineages = self
-            .groups
-            .iter()
-            .filter_map(|g| g.built.as_ref().map(|b| &b.0));
-        History::link(now, lineages, &self.table, scope)
+    /// The links kept for `scope` if they hold at `now`.
+    fn take_links(&mut self, now: UnixSeconds, scope: &Scope) -> Option<Links> {
+        let k = self.links.iter().position(|(s, _, _)| s == scope)?;
+        let (_, generation, links) = self.links.remove(k);
+        (generation == self.generation && links.holds_at(now)).then_some(links)
+    }
+
+    /// Keeps the links of a history in `scope` for the next computation.
+    fn keep_links(&mut self, scope: Scope, links: Links) {
+        if self.links.len() >= KEPT_LINKS {
+            self.links.remove(0);
+        }
+        self.links.push((scope, self.generation, links));
+    }
+
+    /// The history in `scope` at `now` (after [`Model::build`] at `now`), from `kept` links
+    /// (see [`Model::take_links`]) or linked anew.
+    fn history(&self, now: UnixSeconds, scope: &Scope, kept: Option<Links>) -> History<'_> {
+        match kept {
+            Some(links) => History::resume(links, now, &self.table, |g| {
+                self.groups.get(g as usize)?.built.as_ref().map(|b| &b.0)
+            }),
+            None => {
+                let lineages = self
+                    .groups
+                    .iter()
+                    .filter_map(|g| g.built.as_ref().map(|b| &b.0));
+                History::link(now, lineages, &self.table, scope)
+            }
+        }
     }
 
     /// The report over `window` at `now` in `scope`.
     pub fn report(&mut self, now: UnixSeconds, window: Window, scope: &Scope) -> Report {
         self.build(now);
-        self.history(now, scope).report(window)
+        let kept = self.take_links(now, scope);
+        let history = self.history(now, scope, kept);
+        let report = history.report(window);
+        let links = history.into_links();
+        self.keep_links(scope.clone(), links);
+        report
     }
 
     /// The successful deploy events of `environment`, as given.
@@ -369,10 +410,9 @@ impl Model {
     /// The latest deploy events of one service, newest first (by finish time, then id).
     fn recent(&self, query: &crate::store::RecentQuery) -> Vec<Deployment> {
         let strings = self.table.strings();
-        let (Some(service), Some(environment)) = (
-            strings.get(&query.service),
-            strings.get(&query.environment),
-        ) else {
+        let (Some(service), Some(environment)) =
+            (strings.get(&query.service), strings.get(&query.environment))
+        else {
             return Vec::new();
         };
         let groups = self.table.groups();
@@ -385,7 +425,13 @@ impl Model {
                 groups.get(d.group as usize) == Some(&(service, environment))
                     && (!query.success_only || d.status == DeployStatus::Success)
             })
-            .map(|(e, d)| (d.finished, self.table.str(d.id), u32::try_from(e).unwrap_or(0)))
+            .map(|(e, d)| {
+                (
+                    d.finished,
+                    self.table.str(d.id),
+                    u32::try_from(e).unwrap_or(0),
+                )
+            })
             .collect();
         found.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
         found
@@ -442,9 +488,41 @@ pub fn compute_on(
     table: Option<&TierTable>,
 ) -> Computed {
     model.build(now);
-    let model = &*model;
+    let all_scope = Scope::default();
+    let env_scope = Scope::environment(&cfg.environment);
+    let kept_all = model.take_links(now, &all_scope);
+    let kept_env = model.take_links(now, &env_scope);
+    let kept_recovery = model
+        .recovery
+        .take()
+        .filter(|&(generation, at, until, _)| {
+            generation == model.generation && now >= at && until.is_none_or(|t| t > now)
+        })
+        .map(|(_, at, until, series)| (at, until, series));
+    let (computed, links_all, links_env, recovery) =
+        compute_at(model, now, cfg, table, [kept_all, kept_env], kept_recovery);
+    model.keep_links(all_scope, links_all);
+    model.keep_links(env_scope, links_env);
+    model.recovery = Some((model.generation, recovery.0, recovery.1, recovery.2));
+    computed
+}
+
+/// The `dora_recovery_time_seconds` series at a `now`: (that `now`, the first resolution
+/// after it, the series).
+type RecoverySeries = (UnixSeconds, Option<UnixSeconds>, HistogramSeries);
+
+/// [`compute_on`] once the lineages are built: from the links and recovery series kept, if
+/// any (all scopes, then the configured environment's), and giving them back.
+fn compute_at(
+    model: &Model,
+    now: UnixSeconds,
+    cfg: &DoraConfig,
+    table: Option<&TierTable>,
+    [kept_all, kept_env]: [Option<Links>; 2],
+    kept_recovery: Option<RecoverySeries>,
+) -> (Computed, Links, Links, RecoverySeries) {
     let events = &model.table;
-    let all_history = model.history(now, &Scope::default());
+    let all_history = model.history(now, &Scope::default(), kept_all);
     let all_time = all_history.counts(Window::days(Window::MAX_DAYS));
     let mut deployments = FamilySnapshot::new(
         "dora_deployments",
@@ -510,44 +588,15 @@ pub fn compute_on(
         })
         .collect();
 
-    // Recovery times of the incidents resolved by now, from the failing deployment's finish
-    // when the incident names one (the latest successful deploy event with that id).
-    let resolved = |i: &&Inc| i.resolved.is_some_and(|r| r <= now);
-    let named: foldhash::HashSet<Sym> = events
-        .incidents()
-        .iter()
-        .filter(resolved)
-        .map(|i| i.deployment)
-        .filter(|&d| d != ABSENT)
-        .collect();
-    let mut failing: foldhash::HashMap<Sym, UnixSeconds> = foldhash::HashMap::default();
-    if !named.is_empty() {
-        for d in events.deployments().iter().filter(|d| {
-            d.status == DeployStatus::Success && d.finished <= now && named.contains(&d.id)
-        }) {
-            let at = failing.entry(d.id).or_insert(d.finished);
-            *at = (*at).max(d.finished);
-        }
-    }
-    let mut recovery: BTreeMap<(&str, &str), Histogram> = BTreeMap::new();
-    for i in events.incidents().iter().filter(resolved) {
-        let Some(r) = i.resolved else { continue };
-        let from = failing
-            .get(&i.deployment)
-            .map_or(i.started, |&f| i.started.min(f));
-        let Some(&(service, environment)) = events.groups().get(i.group as usize) else {
-            continue;
-        };
-        recovery
-            .entry((events.str(service), events.str(environment)))
-            .or_insert_with(recovery_histogram)
-            .observe((r - from).max(0) as f64);
-    }
-    let recovery: HistogramSeries = recovery
-        .into_iter()
-        .map(|((service, environment), h)| (labels2(service, environment), h))
-        .collect();
-
+    let recovery = kept_recovery
+        .map(|(_, until, series)| (now, until, series))
+        .unwrap_or_else(|| {
+            (
+                now,
+                next_resolution(events, now),
+                recovery_series(events, now),
+            )
+        });
     let mut freq = FamilySnapshot::new(
         "dora_deployment_frequency_per_day",
         "Deployments per day over the window",
@@ -578,7 +627,7 @@ pub fn compute_on(
         "1 for the DORA performance level of each metric, 0 for the other levels",
         Kind::Gauge,
     );
-    let history = model.history(now, &Scope::environment(&cfg.environment));
+    let history = model.history(now, &Scope::environment(&cfg.environment), kept_env);
     let rate_on = rating_window(&cfg.windows);
     for &w in &cfg.windows {
         let rep: Report = history.report(w);
@@ -642,7 +691,7 @@ pub fn compute_on(
         Kind::Counter,
     );
     evicted.push([], model.evicted() as f64);
-    Computed {
+    let computed = Computed {
         snapshot: Snapshot {
             families: vec![
                 held,
@@ -659,8 +708,61 @@ pub fn compute_on(
             ],
         },
         lead,
-        recovery,
+        recovery: recovery.2.clone(),
+    };
+    let links_all = all_history.into_links();
+    (computed, links_all, history.into_links(), recovery)
+}
+
+/// The first time after `now` an incident resolves.
+fn next_resolution(events: &Table, now: UnixSeconds) -> Option<UnixSeconds> {
+    events
+        .incidents()
+        .iter()
+        .filter_map(|i| i.resolved)
+        .filter(|&r| r > now)
+        .min()
+}
+
+/// `dora_recovery_time_seconds`: the recovery time of each incident resolved by `now`, from
+/// the failing deployment's finish when the incident names one (the latest successful deploy
+/// event with that id).
+fn recovery_series(events: &Table, now: UnixSeconds) -> HistogramSeries {
+    let resolved = |i: &&Inc| i.resolved.is_some_and(|r| r <= now);
+    let named: foldhash::HashSet<Sym> = events
+        .incidents()
+        .iter()
+        .filter(resolved)
+        .map(|i| i.deployment)
+        .filter(|&d| d != ABSENT)
+        .collect();
+    let mut failing: foldhash::HashMap<Sym, UnixSeconds> = foldhash::HashMap::default();
+    if !named.is_empty() {
+        for d in events.deployments().iter().filter(|d| {
+            d.status == DeployStatus::Success && d.finished <= now && named.contains(&d.id)
+        }) {
+            let at = failing.entry(d.id).or_insert(d.finished);
+            *at = (*at).max(d.finished);
+        }
     }
+    let mut recovery: BTreeMap<(&str, &str), Histogram> = BTreeMap::new();
+    for i in events.incidents().iter().filter(resolved) {
+        let Some(r) = i.resolved else { continue };
+        let from = failing
+            .get(&i.deployment)
+            .map_or(i.started, |&f| i.started.min(f));
+        let Some(&(service, environment)) = events.groups().get(i.group as usize) else {
+            continue;
+        };
+        recovery
+            .entry((events.str(service), events.str(environment)))
+            .or_insert_with(recovery_histogram)
+            .observe((r - from).max(0) as f64);
+    }
+    recovery
+        .into_iter()
+        .map(|((service, environment), h)| (labels2(service, environment), h))
+        .collect()
 }
 
 /// The running hub.

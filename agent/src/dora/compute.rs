@@ -402,30 +402,37 @@ impl Lineage {
         });
         let mut deps: Vec<Dep> = Vec::with_capacity(order.len());
         let mut dups: Vec<(u32, u32)> = Vec::new();
-        let mut by_id: HashMap<Sym, u32> = HashMap::with_capacity(order.len());
+        let mut by_id: HashMap<Sym, u32> = HashMap::new();
         // Each version's first deployment.
         let mut by_version: HashMap<Sym, u32> = HashMap::with_capacity(order.len());
+        // A string interned once is in one event only: no look-up for it.
+        let (strings, local) = (table.strings(), table.local(group));
+        let repeated = |sym: Sym| sym != EMPTY && strings.repeated(sym);
+        let repeated_here = |sym: Sym| sym != EMPTY && local.repeated(sym);
+        // The version live now (the last counted deployment's) and its first deployment.
+        let mut live: Option<(Sym, Option<u32>)> = None;
         for &e in &order {
             let d = rec(e);
-            let id_hit = (d.id != EMPTY)
-                .then(|| by_id.get(&d.id).copied())
-                .flatten();
-            // The version live now: the last counted deployment's.
-            let live = deps
-                .last()
-                .map(|l| (to_u32(deps.len() - 1), rec(l.event).version));
+            let id_hit = repeated(d.id).then(|| by_id.get(&d.id).copied()).flatten();
             let version_hit = live
-                .filter(|&(_, v)| d.version != EMPTY && v == d.version)
-                .map(|(j, _)| j);
+                .filter(|&(v, _)| d.version != EMPTY && v == d.version)
+                .map(|_| to_u32(deps.len() - 1));
             let i = if let Some(i) = id_hit.or(version_hit) {
                 dups.push((i, e));
                 i
             } else {
+                let first = repeated_here(d.version)
+                    .then(|| by_version.get(&d.version).copied())
+                    .flatten();
                 // A version first deployed before the live one: a rollback.
-                let rollback = match (by_version.get(&d.version), live) {
-                    (Some(&first), Some((_, v))) => by_version.get(&v).is_some_and(|&l| first < l),
+                let rollback = match (first, live) {
+                    (Some(first), Some((_, Some(l)))) => first < l,
                     _ => false,
                 };
+                live = Some((
+                    d.version,
+                    first.or((d.version != EMPTY).then(|| to_u32(deps.len()))),
+                ));
                 deps.push(Dep {
                     finished: d.finished,
                     started: d.started,
@@ -437,10 +444,10 @@ impl Lineage {
                 });
                 to_u32(deps.len() - 1)
             };
-            if d.id != EMPTY {
+            if repeated(d.id) {
                 by_id.entry(d.id).or_insert(i);
             }
-            if d.version != EMPTY {
+            if repeated_here(d.version) {
                 by_version.entry(d.version).or_insert(i);
             }
         }
@@ -449,7 +456,7 @@ impl Lineage {
         // deployment it repeats); an empty sha is never deduplicated.
         let (shas, times) = (table.change_shas(), table.change_times());
         let mut leads = Vec::with_capacity(order.len() * 3);
-        let mut seen: HashSet<Sym> = HashSet::with_capacity(order.len() * 3);
+        let mut seen: HashSet<Sym> = HashSet::new();
         let mut clamped = 0;
         let mut next_dup = 0;
         for (i, dep) in deps.iter_mut().enumerate() {
@@ -461,7 +468,7 @@ impl Lineage {
             for e in std::iter::once(dep.event).chain(repeats) {
                 for c in table.changes_of(e) {
                     let sha = shas[c];
-                    if sha != EMPTY && !seen.insert(sha) {
+                    if repeated_here(sha) && !seen.insert(sha) {
                         continue;
                     }
                     leads.push(lead_time(dep.finished, times[c], &mut clamped));
@@ -647,6 +654,35 @@ pub struct History<'a> {
     /// The earliest time after `now` at which an incident or finding in scope starts or
     /// resolves: the links hold until then if the lineages do.
     changes_at: Option<UnixSeconds>,
+}
+
+/// The links of a [`History`] without its borrows (of the table and the lineages), kept
+/// between computations while no event changes them ([`Links::holds_at`]).
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    now: UnixSeconds,
+    changes_at: Option<UnixSeconds>,
+    groups: Vec<LinkData>,
+}
+
+impl Links {
+    /// See [`History::links_hold_at`].
+    #[must_use]
+    pub fn holds_at(&self, now: UnixSeconds) -> bool {
+        now >= self.now && self.changes_at.is_none_or(|t| t > now)
+    }
+}
+
+/// A [`Linked`] without its lineage.
+#[derive(Debug, Clone)]
+struct LinkData {
+    group: u32,
+    has_lineage: bool,
+    failed: Vec<bool>,
+    rework: Vec<bool>,
+    has_incident: Vec<bool>,
+    recoveries: Vec<(UnixSeconds, i64)>,
+    open: u64,
 }
 
 /// The group of an id's first referrer, in the order references are read: incidents (the
@@ -971,11 +1007,59 @@ impl<'a> History<'a> {
         now >= self.now && self.changes_at.is_none_or(|t| t > now)
     }
 
-    /// The same links read at a later `now` (see [`History::links_hold_at`]).
+    /// Its links without the borrows, to keep for [`History::resume`].
     #[must_use]
-    pub fn at(mut self, now: UnixSeconds) -> Self {
-        self.now = now;
-        self
+    pub fn into_links(self) -> Links {
+        Links {
+            now: self.now,
+            changes_at: self.changes_at,
+            groups: self
+                .groups
+                .into_iter()
+                .map(|g| LinkData {
+                    group: g.group,
+                    has_lineage: g.lineage.is_some(),
+                    failed: g.failed,
+                    rework: g.rework,
+                    has_incident: g.has_incident,
+                    recoveries: g.recoveries,
+                    open: g.open,
+                })
+                .collect(),
+        }
+    }
+
+    /// The history `links` were taken from, read at `now`: the table and the lineages
+    /// (`lineage_of` a group) must be those it was linked from, and `links.holds_at(now)`.
+    #[must_use]
+    pub fn resume(
+        links: Links,
+        now: UnixSeconds,
+        table: &'a Table,
+        lineage_of: impl Fn(u32) -> Option<&'a Lineage>,
+    ) -> Self {
+        Self {
+            now,
+            table,
+            changes_at: links.changes_at,
+            groups: links
+                .groups
+                .into_iter()
+                .map(|g| Linked {
+                    group: g.group,
+                    lineage: if g.has_lineage {
+                        lineage_of(g.group)
+                    } else {
+                        None
+                    },
+                    failed: g.failed,
+                    rework: g.rework,
+                    has_incident: g.has_incident,
+                    recoveries: g.recoveries,
+                    open: g.open,
+                })
+                .collect(),
+        }
     }
 
     fn names(&self, g: &Linked<'_>) -> (&'a str, &'a str) {
@@ -1109,7 +1193,10 @@ pub fn reports(
     let table = Table::from_events(events);
     let lineages = lineages(&table, now, scope);
     let history = History::link(now, &lineages, &table, scope);
-    windows.iter().map(|&window| history.report(window)).collect()
+    windows
+        .iter()
+        .map(|&window| history.report(window))
+        .collect()
 }
 
 /// Lead times of the changes one deployment brings, for observing the
@@ -1203,6 +1290,7 @@ fn ratio(part: u64, whole: u64) -> Option<f64> {
 
 /// The `q`-quantile (0..=1) of `values`, interpolating linearly between closest ranks.
 /// Reorders `values` (selection, O(n), instead of a full sort).
+#[cfg(test)]
 fn quantile(values: &mut [i64], q: f64) -> Option<f64> {
     let last = values.len().checked_sub(1)?;
     let rank = q * last as f64;
@@ -1215,6 +1303,36 @@ fn quantile(values: &mut [i64], q: f64) -> Option<f64> {
     };
     let (a, b) = (a as f64, b as f64);
     Some(a + (b - a) * (rank - lo as f64))
+}
+
+/// The `lower`- and `upper`-quantiles of `values` (`lower <= upper`), each exactly as
+/// [`quantile`] gives it: the upper rank is selected among the values above the lower one only.
+fn quantiles(values: &mut [i64], lower: f64, upper: f64) -> (Option<f64>, Option<f64>) {
+    let Some(last) = values.len().checked_sub(1) else {
+        return (None, None);
+    };
+    let at = |rank: f64, lo: usize, a: i64, above: &[i64]| {
+        let b = if rank > lo as f64 {
+            above.iter().copied().min().unwrap_or(a)
+        } else {
+            a
+        };
+        let (a, b) = (a as f64, b as f64);
+        a + (b - a) * (rank - lo as f64)
+    };
+    let rank = lower * last as f64;
+    let lo = rank.floor() as usize;
+    let (_, &mut a, above) = values.select_nth_unstable(lo);
+    let low = at(rank, lo, a, above);
+    let upper_rank = upper * last as f64;
+    let hi = (upper_rank.floor() as usize).max(lo);
+    let high = if hi == lo {
+        at(upper_rank, hi, a, above)
+    } else {
+        let (_, &mut x, rest) = above.select_nth_unstable(hi - lo - 1);
+        at(upper_rank, hi, x, rest)
+    };
+    (Some(low), Some(high))
 }
 
 fn quantile_f64(sorted: &[f64], q: f64) -> f64 {
@@ -1297,6 +1415,9 @@ fn row(
         .flat_map(|t| t.recoveries.iter().copied())
         .collect();
     let times: Vec<&[UnixSeconds]> = parts.iter().map(|t| t.times.as_slice()).collect();
+    let (lead_time_median_seconds, lead_time_p90_seconds) = quantiles(&mut leads, 0.5, 0.9);
+    let (recovery_time_median_seconds, recovery_time_p90_seconds) =
+        quantiles(&mut recoveries, 0.5, 0.9);
     ServiceReport {
         service: service.to_owned(),
         environment: environment.to_owned(),
@@ -1305,14 +1426,14 @@ fn row(
         deployment_frequency_class: frequency_class(&times, start, now),
         changes: leads.len() as u64,
         changes_clamped: sum(|t| t.clamped),
-        lead_time_median_seconds: quantile(&mut leads, 0.5),
-        lead_time_p90_seconds: quantile(&mut leads, 0.9),
+        lead_time_median_seconds,
+        lead_time_p90_seconds,
         failed_deployments: failed,
         change_fail_rate: ratio(failed, deployments),
         incidents_resolved: recoveries.len() as u64,
         incidents_open: sum(|t| t.open),
-        recovery_time_median_seconds: quantile(&mut recoveries, 0.5),
-        recovery_time_p90_seconds: quantile(&mut recoveries, 0.9),
+        recovery_time_median_seconds,
+        recovery_time_p90_seconds,
         rework_deployments: rework,
         rework_rate: ratio(rework, deployments),
     }
@@ -2711,6 +2832,11 @@ mod tests {
             for q in [0.5, 0.9, q, 0.0, 1.0] {
                 let mut v = values.clone();
                 proptest::prop_assert_eq!(bits(quantile(&mut v, q)), bits(sorted_quantile(&values, q)));
+                let (lower, upper) = if q <= 0.5 { (q, 0.5) } else { (0.5, q) };
+                let mut v = values.clone();
+                let (a, b) = quantiles(&mut v, lower, upper);
+                proptest::prop_assert_eq!(bits(a), bits(sorted_quantile(&values, lower)));
+                proptest::prop_assert_eq!(bits(b), bits(sorted_quantile(&values, upper)));
             }
         }
     }

@@ -10,7 +10,7 @@ pub mod telemetry;
 pub mod tiers;
 
 pub use compute::{
-    ALL_SERVICES, FrequencyClass, History, LeadTimes, Lineage, Report, Scope, ServiceReport,
+    ALL_SERVICES, FrequencyClass, History, LeadTimes, Lineage, Links, Report, Scope, ServiceReport,
     Window, WindowError, group_members, ingest_lead_times, lineages, recovery_seconds, report,
     reports,
 };

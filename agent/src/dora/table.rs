@@ -1,7 +1,9 @@
 //! The DORA events held compactly, as [`compute`](super::compute) works on them and the hub
 //! keeps them in memory: every string interned once into a [`Sym`] (a `u32`), deploy events as
 //! fixed-size records ([`Rec`]) with their changes in flat arrays, incidents and regression
-//! findings as records of symbols and times. A [`Table`] gives back the events it was given
+//! findings as records of symbols and times. Strings compared only within one (service,
+//! environment) — versions, commit ids — are interned in that group's own [`Strings`], small
+//! enough to stay in cache; names and ids, compared across groups, in the table's. A [`Table`] gives back the events it was given
 //! ([`Table::deployment`], [`Table::incident`]) exactly.
 
 use std::hash::BuildHasher;
@@ -27,8 +29,12 @@ pub const ABSENT: Sym = Sym::MAX;
 #[derive(Debug, Clone)]
 pub struct Strings {
     bytes: String,
-    /// End of each string in `bytes` (a string starts where the previous one ends).
-    ends: Vec<usize>,
+    /// End of each string in `bytes` (a string starts where the previous one ends); `bytes`
+    /// holds at most `u32::MAX` bytes.
+    ends: Vec<u32>,
+    /// Whether each string was interned more than once (in any role): one interned once
+    /// cannot be a repeat of another, which spares the computation a look-up.
+    repeated: Vec<bool>,
     index: HashTable<Sym>,
     state: foldhash::fast::RandomState,
 }
@@ -38,6 +44,7 @@ impl Default for Strings {
         let mut strings = Self {
             bytes: String::new(),
             ends: Vec::new(),
+            repeated: Vec::new(),
             index: HashTable::new(),
             state: foldhash::fast::RandomState::default(),
         };
@@ -46,7 +53,7 @@ impl Default for Strings {
     }
 }
 
-fn slice<'a>(bytes: &'a str, ends: &[usize], sym: Sym) -> &'a str {
+fn slice<'a>(bytes: &'a str, ends: &[u32], sym: Sym) -> &'a str {
     let i = sym as usize;
     let start = if i == 0 {
         0
@@ -54,33 +61,53 @@ fn slice<'a>(bytes: &'a str, ends: &[usize], sym: Sym) -> &'a str {
         ends.get(i - 1).copied().unwrap_or(0)
     };
     let end = ends.get(i).copied().unwrap_or(start);
-    bytes.get(start..end).unwrap_or_default()
+    bytes.get(start as usize..end as usize).unwrap_or_default()
 }
 
 impl Strings {
-    /// The symbol of `s`, interning it if new. At most `u32::MAX - 1` strings: beyond it every
-    /// new string shares the last symbol (never reached: the hub holds far fewer events).
+    /// The symbol of `s`, interning it if new. At most `u32::MAX - 1` strings of `u32::MAX`
+    /// bytes in all: beyond it every new string shares the last symbol (never reached: the hub
+    /// holds far fewer events).
     pub fn intern(&mut self, s: &str) -> Sym {
         let hash = self.state.hash_one(s);
         let Self {
             bytes,
             ends,
+            repeated,
             index,
             state,
         } = self;
-        if let Some(&sym) = index.find(hash, |&k| slice(bytes, ends, k) == s) {
-            return sym;
-        }
-        let Ok(sym) = Sym::try_from(ends.len()) else {
-            return ABSENT - 1;
+        let fits = u32::try_from(bytes.len() + s.len()).ok();
+        let sym = match (Sym::try_from(ends.len()), fits) {
+            (Ok(sym), Some(_)) if sym < ABSENT - 1 => sym,
+            _ => {
+                return index
+                    .find(hash, |&k| slice(bytes, ends, k) == s)
+                    .copied()
+                    .unwrap_or(ABSENT - 1);
+            }
         };
-        if sym >= ABSENT - 1 {
-            return ABSENT - 1;
+        let entry = index.entry(
+            hash,
+            |&k| slice(bytes, ends, k) == s,
+            |&k| state.hash_one(slice(bytes, ends, k)),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(held) => {
+                let sym = *held.get();
+                if let Some(r) = repeated.get_mut(sym as usize) {
+                    *r = true;
+                }
+                sym
+            }
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(sym);
+                bytes.push_str(s);
+                ends.push(fits.unwrap_or(u32::MAX));
+                repeated.push(false);
+                sym
+            }
         }
-        bytes.push_str(s);
-        ends.push(bytes.len());
-        index.insert_unique(hash, sym, |&k| state.hash_one(slice(bytes, ends, k)));
-        sym
     }
 
     /// The symbol of `s` if it is interned.
@@ -90,6 +117,18 @@ impl Strings {
         self.index
             .find(hash, |&k| slice(&self.bytes, &self.ends, k) == s)
             .copied()
+    }
+
+    /// Whether `sym` was interned more than once (true for an unknown symbol).
+    #[must_use]
+    pub fn repeated(&self, sym: Sym) -> bool {
+        self.repeated.get(sym as usize).copied().unwrap_or(true)
+    }
+
+    fn mark_repeated(&mut self, sym: Sym) {
+        if let Some(r) = self.repeated.get_mut(sym as usize) {
+            *r = true;
+        }
     }
 
     /// The string of `sym` (empty for [`ABSENT`] or an unknown symbol).
@@ -115,11 +154,13 @@ impl Strings {
         let Self {
             bytes: buffer,
             ends,
+            repeated,
             index,
             state,
         } = self;
         buffer.reserve(bytes);
         ends.reserve(more);
+        repeated.reserve(more);
         index.reserve(more, |&k| state.hash_one(slice(buffer, ends, k)));
     }
 
@@ -127,7 +168,8 @@ impl Strings {
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
         self.bytes.capacity()
-            + self.ends.capacity() * std::mem::size_of::<usize>()
+            + self.ends.capacity() * std::mem::size_of::<u32>()
+            + self.repeated.capacity()
             + self.index.capacity() * (std::mem::size_of::<Sym>() + 1)
     }
 }
@@ -141,9 +183,9 @@ pub struct Rec {
     pub started: UnixSeconds,
     /// Delivery id.
     pub id: Sym,
-    /// Version.
+    /// Version (in its group's strings).
     pub version: Sym,
-    /// Head commit.
+    /// Head commit (in its group's strings).
     pub commit: Sym,
     /// `fixes_deployment`, [`ABSENT`] for `None`.
     pub fixes: Sym,
@@ -170,7 +212,7 @@ pub struct Inc {
     pub group: u32,
     /// `deployment_id`, [`ABSENT`] for `None`.
     pub deployment: Sym,
-    /// `commit`, [`ABSENT`] for `None`.
+    /// `commit`, [`ABSENT`] for `None` (in its group's strings).
     pub commit: Sym,
     /// `resolved_by_deployment`, [`ABSENT`] for `None`.
     pub resolved_by: Sym,
@@ -195,9 +237,11 @@ pub struct Table {
     strings: Strings,
     /// (service, environment) of each group, by group index.
     groups: Vec<(Sym, Sym)>,
+    /// Each group's own strings (versions, commit ids), by group index.
+    local: Vec<Strings>,
     group_index: HashMap<(Sym, Sym), u32>,
     deployments: Vec<Rec>,
-    /// Each change's commit id.
+    /// Each change's commit id (in its event's group's strings).
     change_sha: Vec<Sym>,
     /// Each change's time as lead time counts it (`Change::effective_time`).
     change_at: Vec<UnixSeconds>,
@@ -214,6 +258,16 @@ pub struct Table {
 #[derive(Default)]
 struct Remap {
     syms: HashMap<Sym, Sym>,
+    /// Of the groups' strings: ((old group, old symbol), new symbol).
+    local: HashMap<(u32, Sym), Sym>,
+}
+
+fn copy_sym(from: &Strings, to: &mut Strings, sym: Sym) -> Sym {
+    let new = to.intern(from.str(sym));
+    if from.repeated(sym) {
+        to.mark_repeated(new);
+    }
+    new
 }
 
 impl Remap {
@@ -224,15 +278,33 @@ impl Remap {
         *self
             .syms
             .entry(sym)
-            .or_insert_with(|| to.strings.intern(from.str(sym)))
+            .or_insert_with(|| copy_sym(&from.strings, &mut to.strings, sym))
+    }
+
+    /// A symbol of group `g`'s strings in `from` as one of group `to_g`'s in `to`.
+    fn local(&mut self, from: &Table, g: u32, to: &mut Table, to_g: u32, sym: Sym) -> Sym {
+        if sym == ABSENT {
+            return ABSENT;
+        }
+        *self.local.entry((g, sym)).or_insert_with(|| {
+            match (from.local.get(g as usize), to.local.get_mut(to_g as usize)) {
+                (Some(a), Some(b)) => copy_sym(a, b, sym),
+                _ => EMPTY,
+            }
+        })
     }
 
     fn group(&mut self, from: &Table, to: &mut Table, g: u32) -> u32 {
-        let (s, e) = from.groups.get(g as usize).copied().unwrap_or((EMPTY, EMPTY));
+        let (s, e) = from
+            .groups
+            .get(g as usize)
+            .copied()
+            .unwrap_or((EMPTY, EMPTY));
         let key = (self.sym(from, to, s), self.sym(from, to, e));
-        let groups = &mut to.groups;
+        let (groups, local) = (&mut to.groups, &mut to.local);
         *to.group_index.entry(key).or_insert_with(|| {
             groups.push(key);
+            local.push(Strings::default());
             index_u32(groups.len() - 1)
         })
     }
@@ -252,23 +324,38 @@ impl Table {
     pub fn from_events(events: &Events) -> Self {
         let mut table = Self::default();
         let changes: usize = events.deployments.iter().map(|d| d.commits.len()).sum();
-        let bytes: usize = events
-            .deployments
-            .iter()
-            .map(|d| {
-                d.id.len()
-                    + d.version.len()
-                    + d.commits.iter().map(|c| c.sha.len()).sum::<usize>()
-            })
-            .sum();
-        table
-            .strings
-            .reserve(events.deployments.len() * 2 + changes, bytes);
+        let bytes: usize = events.deployments.iter().map(|d| d.id.len()).sum();
+        table.strings.reserve(events.deployments.len(), bytes);
         table.deployments.reserve(events.deployments.len());
         table.change_sha.reserve(changes);
         table.change_at.reserve(changes);
+        // Groups looked up in a map of their own: small, so it stays in cache.
+        let mut groups: HashMap<(&str, &str), u32> = HashMap::default();
+        let mut group_of = Vec::with_capacity(events.deployments.len());
+        // Strings and bytes each group's strings will hold, at most.
+        let mut sizes: Vec<(usize, usize)> = Vec::new();
         for d in &events.deployments {
-            table.push_deployment(d);
+            let group = match groups.get(&(d.service.as_str(), d.environment.as_str())) {
+                Some(&g) => g,
+                None => {
+                    let g = table.group(&d.service, &d.environment);
+                    groups.insert((&d.service, &d.environment), g);
+                    g
+                }
+            };
+            let g = group as usize;
+            if sizes.len() <= g {
+                sizes.resize(g + 1, (0, 0));
+            }
+            sizes[g].0 += 2 + d.commits.len();
+            sizes[g].1 += d.version.len() + d.commits.iter().map(|c| c.sha.len()).sum::<usize>();
+            group_of.push(group);
+        }
+        for (local, &(n, bytes)) in table.local.iter_mut().zip(&sizes) {
+            local.reserve(n, bytes);
+        }
+        for (d, &group) in events.deployments.iter().zip(&group_of) {
+            table.push_in(d, group);
         }
         table.incidents.reserve(events.incidents.len());
         for i in &events.incidents {
@@ -294,22 +381,27 @@ impl Table {
             self.strings.intern(service),
             self.strings.intern(environment),
         );
-        let groups = &mut self.groups;
+        let (groups, local) = (&mut self.groups, &mut self.local);
         *self.group_index.entry(key).or_insert_with(|| {
             groups.push(key);
+            local.push(Strings::default());
             index_u32(groups.len() - 1)
         })
     }
 
     fn incident_rec(&mut self, i: &Incident) -> Inc {
         let group = self.group(&i.service, &i.environment);
+        let commit = match (&i.commit, self.local.get_mut(group as usize)) {
+            (Some(c), Some(local)) => local.intern(c),
+            _ => ABSENT,
+        };
         Inc {
             started: i.started_at,
             resolved: i.resolved_at,
             id: self.strings.intern(&i.id),
             group,
             deployment: sym_of(&mut self.strings, i.deployment_id.as_deref()),
-            commit: sym_of(&mut self.strings, i.commit.as_deref()),
+            commit,
             resolved_by: sym_of(&mut self.strings, i.resolved_by_deployment.as_deref()),
         }
     }
@@ -317,21 +409,18 @@ impl Table {
     /// Appends a deploy event; its index.
     pub fn push_deployment(&mut self, d: &Deployment) -> u32 {
         let group = self.group(&d.service, &d.environment);
-        let rec = Rec {
-            finished: d.finished_at,
-            started: d.started_at,
-            id: self.strings.intern(&d.id),
-            version: self.strings.intern(&d.version),
-            commit: self.strings.intern(&d.commit),
-            fixes: sym_of(&mut self.strings, d.fixes_deployment.as_deref()),
-            group,
-            changes: index_u32(self.change_sha.len()),
-            status: d.status,
-            kind: d.kind,
-        };
+        self.push_in(d, group)
+    }
+
+    /// Appends a deploy event of `group`; its index.
+    fn push_in(&mut self, d: &Deployment, group: u32) -> u32 {
+        let first_change = self.change_sha.len();
         let e = index_u32(self.deployments.len());
+        let Some(local) = self.local.get_mut(group as usize) else {
+            return e;
+        };
         for c in &d.commits {
-            let sha = self.strings.intern(&c.sha);
+            let sha = local.intern(&c.sha);
             if c.pr_first_commit_at.is_some() {
                 self.squash
                     .push((index_u32(self.change_sha.len()), c.timestamp));
@@ -339,6 +428,24 @@ impl Table {
             self.change_sha.push(sha);
             self.change_at.push(c.effective_time());
         }
+        // The head commit is most often one of the changes: no second look-up then.
+        let commit = match d.commits.iter().rposition(|c| c.sha == d.commit) {
+            Some(k) => self.change_sha[first_change + k],
+            None => local.intern(&d.commit),
+        };
+        let version = local.intern(&d.version);
+        let rec = Rec {
+            finished: d.finished_at,
+            started: d.started_at,
+            id: self.strings.intern(&d.id),
+            version,
+            commit,
+            fixes: sym_of(&mut self.strings, d.fixes_deployment.as_deref()),
+            group,
+            changes: index_u32(first_change),
+            status: d.status,
+            kind: d.kind,
+        };
         for id in &d.resolves_incidents {
             let sym = self.strings.intern(id);
             self.resolves.push((e, sym));
@@ -366,6 +473,15 @@ impl Table {
     #[must_use]
     pub fn str(&self, sym: Sym) -> &str {
         self.strings.str(sym)
+    }
+
+    /// The strings of group `g` (versions, commit ids); empty for an unknown group.
+    #[must_use]
+    pub fn local(&self, g: u32) -> &Strings {
+        static NONE: std::sync::OnceLock<Strings> = std::sync::OnceLock::new();
+        self.local
+            .get(g as usize)
+            .unwrap_or_else(|| NONE.get_or_init(Strings::default))
     }
 
     /// (service, environment) of each group.
@@ -440,6 +556,7 @@ impl Table {
     pub fn deployment(&self, e: u32) -> Option<Deployment> {
         let r = self.deployments.get(e as usize)?;
         let (service, environment) = self.groups.get(r.group as usize).copied()?;
+        let local = self.local(r.group);
         let changes = self.changes_of(e);
         let squash_start = self
             .squash
@@ -454,7 +571,7 @@ impl Table {
                         None => (at, None),
                     };
                 Change {
-                    sha: self.str(self.change_sha[c]).to_owned(),
+                    sha: local.str(self.change_sha[c]).to_owned(),
                     timestamp,
                     pr_first_commit_at,
                 }
@@ -464,8 +581,8 @@ impl Table {
             id: self.str(r.id).to_owned(),
             service: self.str(service).to_owned(),
             environment: self.str(environment).to_owned(),
-            version: self.str(r.version).to_owned(),
-            commit: self.str(r.commit).to_owned(),
+            version: local.str(r.version).to_owned(),
+            commit: local.str(r.commit).to_owned(),
             status: r.status,
             started_at: r.started,
             finished_at: r.finished,
@@ -491,7 +608,7 @@ impl Table {
             started_at: r.started,
             resolved_at: r.resolved,
             deployment_id: self.opt(r.deployment),
-            commit: self.opt(r.commit),
+            commit: (r.commit != ABSENT).then(|| self.local(r.group).str(r.commit).to_owned()),
             resolved_by_deployment: self.opt(r.resolved_by),
         })
     }
@@ -530,8 +647,8 @@ impl Table {
             let new_e = index_u32(out.deployments.len());
             let rec = Rec {
                 id: remap.sym(self, &mut out, r.id),
-                version: remap.sym(self, &mut out, r.version),
-                commit: remap.sym(self, &mut out, r.commit),
+                version: remap.local(self, r.group, &mut out, group, r.version),
+                commit: remap.local(self, r.group, &mut out, group, r.commit),
                 fixes: remap.sym(self, &mut out, r.fixes),
                 group,
                 changes: index_u32(out.change_sha.len()),
@@ -550,7 +667,7 @@ impl Table {
                     .push((index_u32(out.change_sha.len() + offset), author));
             }
             for c in changes {
-                let sha = remap.sym(self, &mut out, self.change_sha[c]);
+                let sha = remap.local(self, r.group, &mut out, group, self.change_sha[c]);
                 out.change_sha.push(sha);
                 out.change_at.push(self.change_at[c]);
             }
@@ -564,11 +681,12 @@ impl Table {
             if !keep_incident(i) {
                 continue;
             }
+            let group = remap.group(self, &mut out, i.group);
             let inc = Inc {
                 id: remap.sym(self, &mut out, i.id),
-                group: remap.group(self, &mut out, i.group),
+                group,
                 deployment: remap.sym(self, &mut out, i.deployment),
-                commit: remap.sym(self, &mut out, i.commit),
+                commit: remap.local(self, i.group, &mut out, group, i.commit),
                 resolved_by: remap.sym(self, &mut out, i.resolved_by),
                 ..*i
             };
@@ -593,6 +711,7 @@ impl Table {
     pub fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
         self.strings.heap_bytes()
+            + self.local.iter().map(Strings::heap_bytes).sum::<usize>()
             + self.groups.capacity() * size_of::<(Sym, Sym)>()
             + self.deployments.capacity() * size_of::<Rec>()
             + self.change_sha.capacity() * size_of::<Sym>()
@@ -686,7 +805,11 @@ mod tests {
         assert_eq!(t.incident(0), Some(i.clone()));
         assert_eq!(t.finding(0), Some(f.clone()));
         // Filtering keeps what it keeps, exactly.
-        let kept = t.filtered(|r| r.id != t.strings().get("d2").unwrap_or(ABSENT), |_| true, |_| false);
+        let kept = t.filtered(
+            |r| r.id != t.strings().get("d2").unwrap_or(ABSENT),
+            |_| true,
+            |_| false,
+        );
         assert_eq!(kept.deployment(0), Some(d));
         assert_eq!(kept.deployments().len(), 1);
         assert_eq!(kept.incident(0), Some(i));

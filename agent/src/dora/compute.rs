@@ -596,9 +596,9 @@ pub fn group_members(table: &Table) -> Vec<Vec<u32>> {
 
 /// Which groups of `table` `scope` covers, by group index.
 fn groups_in_scope(table: &Table, scope: &Scope) -> Vec<bool> {
-    let want = |name: &Option<String>| match name {
-        None => None,
-        Some(s) => Some(table.strings().get(s).unwrap_or(ABSENT)),
+    let want = |name: &Option<String>| {
+        name.as_ref()
+            .map(|s| table.strings().get(s).unwrap_or(ABSENT))
     };
     let (environment, service) = (want(&scope.environment), want(&scope.service));
     table

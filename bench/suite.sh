@@ -17,7 +17,7 @@
 #   otlp       bench/otlp.sh RUNS SAT FIXED          spans/s per core at saturation, 10k spans/s CPU/RSS
 #   otlp_metrics bench/otlp_metrics.sh RUNS WINDOW  10k OTLP metric points/s from the Python SDK:
 #                                                    CPU with 15 s scrapes; /metrics p99 with them held
-#   alerts     cargo bench --bench alert_eval       200 rules over 10k series, per cycle
+#   alerts     cargo bench --bench alert_eval       200 Prometheus rules over 10k series, per Alerting::cycle
 #   dora       cargo bench --bench dora_report      90-day report, 100 services
 #   dora_hub   cargo bench --bench dora_hub         the hub's recomputations on a 400-day history
 #   host       bench/host_marker.py                 pipe round trip and a compute loop, before and after

@@ -63,7 +63,12 @@ async fn post_message(
     )
 }
 
-fn config(dir: &std::path::Path, api: &str, interval: &str) -> sidelight::config::Config {
+fn config(
+    dir: &std::path::Path,
+    api: &str,
+    interval: &str,
+    group_interval: &str,
+) -> sidelight::config::Config {
     std::fs::write(dir.join("slack-token"), TOKEN).expect("token");
     let y = format!(
         r##"
@@ -71,8 +76,11 @@ alerts:
   evaluation_interval: {interval}
   group_wait: 0s
   group_interval: 1s
-  rules:
-    - {{ name: Flag, expr: 'bench_flag', threshold: 0, for: 0s }}
+  groups:
+    - name: bench
+      interval: {group_interval}
+      rules:
+        - {{ alert: Flag, expr: bench_flag > 0, for: 0s }}
 notifiers:
   slack: {{ token_file: slack-token, channel: "#bench", api_url: "{api}" }}
 "##
@@ -108,9 +116,14 @@ async fn run(mode: &str) -> Vec<Duration> {
     });
     let dir = tempfile::tempdir().expect("dir");
     // In `edge` mode the loop's first tick runs at start and the next in an hour: every
-    // evaluation after that is ours.
-    let interval = if mode == "edge" { "1h" } else { "1s" };
-    let cfg = config(dir.path(), &api, interval);
+    // evaluation after that is ours (the group is due 1 s after its last evaluation, and the
+    // alerts are 1.5 s or more apart).
+    let (interval, group_interval) = if mode == "edge" {
+        ("1h", "1s")
+    } else {
+        ("1s", "1s")
+    };
+    let cfg = config(dir.path(), &api, interval, group_interval);
     let flag = Family::<Vec<(String, String)>, Gauge>::default();
     let mut reg = Registry::default();
     reg.register("bench_flag", "bench", flag.clone());

@@ -147,13 +147,13 @@ fn run(path: Option<&Path>) -> ExitCode {
         }
     };
     let log = logging::init(&config.agent.log_level);
-    // One thread runs every task: the agent forwards some 780k spans per second of one core
-    // (BENCHMARKS.md), far beyond a sidecar's traffic, and at the rates it sees a second worker
-    // mostly costs wake-ups (an idle worker is unparked for nearly every task woken). The
-    // current-thread scheduler, on the thread that waits for signals, rather than one worker
-    // of the multi-thread one: no hand-off between the two threads and less bookkeeping per
-    // wake-up (BENCHMARKS.md, OTLP end to end). Blocking work (collection cycles, the store,
-    // spills) runs on the blocking pool.
+    // One thread runs every task: one core forwards far more than a sidecar's traffic, and at
+    // the rates it sees a second worker mostly costs wake-ups (an idle worker is unparked for
+    // nearly every task woken). The current-thread scheduler, on the thread that waits for
+    // signals, rather than one worker of the multi-thread one: no hand-off between the two
+    // threads and less bookkeeping per wake-up (figures: BENCHMARKS.md, OTLP end to end).
+    // Blocking work (collection cycles, spills, snapshots) runs on the blocking pool; the store
+    // has its own thread (ARCHITECTURE.md, Threads and tasks).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(4)
         .thread_name("sidelight")

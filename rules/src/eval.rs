@@ -10,15 +10,17 @@
 //! selector `x[r]` takes the samples in `[t - r, t]`, staleness markers dropped.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::{
-    self, AggregateExpr, BinaryExpr, Call, Expr, LabelModifier, Offset, VectorMatchCardinality,
-    VectorSelector,
+    self, AggregateExpr, BinaryExpr, Call, Expr, LabelModifier, MatrixSelector, Offset,
+    VectorMatchCardinality, VectorSelector,
 };
 
-use crate::storage::{Labels, METRIC_NAME, MatchOp, Matcher, Series, Storage, is_stale};
+use crate::storage::{Labels, METRIC_NAME, MatchOp, Matcher, Sample, Storage, is_stale};
 
 /// Prometheus's default lookback delta: how far back an instant selector looks for a sample.
 pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
@@ -150,9 +152,56 @@ impl Query {
         out
     }
 
+    /// The metric names the expression's selectors require (`x` or `{__name__="x"}`), and
+    /// whether some selector requires none (it may read any metric).
+    pub fn selected_names(&self) -> (Vec<&str>, bool) {
+        fn walk<'e>(e: &'e Expr, names: &mut Vec<&'e str>, unnamed: &mut bool) {
+            let mut selector = |vs: &'e VectorSelector| {
+                let named = vs.name.as_deref().or_else(|| {
+                    vs.matchers.matchers.iter().find_map(|m| {
+                        (m.name == METRIC_NAME && matches!(m.op, PMatchOp::Equal))
+                            .then_some(m.value.as_str())
+                    })
+                });
+                match named {
+                    Some(n) => names.push(n),
+                    None => *unnamed = true,
+                }
+            };
+            match e {
+                Expr::VectorSelector(vs) => selector(vs),
+                Expr::MatrixSelector(m) => selector(&m.vs),
+                Expr::Aggregate(a) => {
+                    if let Some(p) = &a.param {
+                        walk(p, names, unnamed);
+                    }
+                    walk(&a.expr, names, unnamed);
+                }
+                Expr::Unary(u) => walk(&u.expr, names, unnamed),
+                Expr::Binary(b) => {
+                    walk(&b.lhs, names, unnamed);
+                    walk(&b.rhs, names, unnamed);
+                }
+                Expr::Paren(p) => walk(&p.expr, names, unnamed),
+                Expr::Call(c) => c.args.args.iter().for_each(|a| walk(a, names, unnamed)),
+                Expr::Subquery(s) => walk(&s.expr, names, unnamed),
+                Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
+                Expr::Extension(_) => *unnamed = true,
+            }
+        }
+        let mut names = Vec::new();
+        let mut unnamed = false;
+        walk(&self.expr, &mut names, &mut unnamed);
+        (names, unnamed)
+    }
+
     /// Evaluates the expression at `t` (ms since the epoch).
     pub fn eval(&self, storage: &dyn Storage, t: i64) -> Result<Value, EvalError> {
-        Evaluator { storage, t }.eval(&self.expr)
+        Ok(match (Evaluator { storage, t }).eval(&self.expr)? {
+            Val::Scalar(v) => Value::Scalar(v),
+            Val::String(s) => Value::String(s),
+            Val::Vector(v) => Value::Vector(v.into_iter().map(Elem::into_public).collect()),
+        })
     }
 
     /// Evaluates and returns an instant vector (a scalar becomes one sample without labels), as
@@ -329,13 +378,120 @@ fn matchers(vs: &VectorSelector) -> Vec<Matcher> {
     out
 }
 
-fn drop_name(mut l: Labels) -> Labels {
-    l.remove(METRIC_NAME);
-    l
+/// A label set as evaluation carries it: shared with the store (or with another sample) until
+/// an operation changes it, and with the metric name dropped by a flag until the labels are
+/// needed, so that `rate(x[5m])` copies no label set. Equality, hashing and iteration see the
+/// labels as they are (without the name once dropped).
+#[derive(Debug, Clone)]
+struct LabelSet {
+    map: Arc<Labels>,
+    without_name: bool,
 }
 
-fn check_unique(v: &[VSample]) -> Result<(), EvalError> {
-    let mut seen = HashSet::with_capacity(v.len());
+impl LabelSet {
+    fn new(map: Labels) -> Self {
+        LabelSet {
+            map: Arc::new(map),
+            without_name: false,
+        }
+    }
+
+    fn shared(map: &Arc<Labels>) -> Self {
+        LabelSet {
+            map: Arc::clone(map),
+            without_name: false,
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&String> {
+        if self.without_name && name == METRIC_NAME {
+            return None;
+        }
+        self.map.get(name)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        let skip_name = self.without_name;
+        self.map
+            .iter()
+            .filter(move |(k, _)| !(skip_name && k.as_str() == METRIC_NAME))
+    }
+
+    fn drop_name(&mut self) {
+        self.without_name = true;
+    }
+
+    /// The labels to change (copied if shared).
+    fn to_mut(&mut self) -> &mut Labels {
+        let map = Arc::make_mut(&mut self.map);
+        if self.without_name {
+            map.remove(METRIC_NAME);
+            self.without_name = false;
+        }
+        map
+    }
+
+    fn into_labels(self) -> Labels {
+        let mut map = Arc::unwrap_or_clone(self.map);
+        if self.without_name {
+            map.remove(METRIC_NAME);
+        }
+        map
+    }
+
+    /// The labels as a new set (for keys and signatures).
+    fn to_labels(&self) -> Labels {
+        self.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+impl PartialEq for LabelSet {
+    fn eq(&self, other: &Self) -> bool {
+        (Arc::ptr_eq(&self.map, &other.map) && self.without_name == other.without_name)
+            || self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for LabelSet {}
+
+impl Hash for LabelSet {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for (k, v) in self.iter() {
+            k.hash(state);
+            v.hash(state);
+        }
+    }
+}
+
+/// A sample of an instant vector during evaluation.
+#[derive(Debug, Clone)]
+struct Elem {
+    labels: LabelSet,
+    t: i64,
+    v: f64,
+}
+
+impl Elem {
+    fn into_public(self) -> VSample {
+        VSample {
+            labels: self.labels.into_labels(),
+            t: self.t,
+            v: self.v,
+        }
+    }
+}
+
+/// A value during evaluation.
+enum Val {
+    Scalar(f64),
+    Vector(Vec<Elem>),
+    String(String),
+}
+
+/// Fails when two samples have the same labels (after an operation dropped the metric name).
+fn check_unique(v: &[Elem]) -> Result<(), EvalError> {
+    let mut seen: HashSet<&LabelSet, foldhash::fast::RandomState> =
+        HashSet::with_capacity_and_hasher(v.len(), foldhash::fast::RandomState::default());
     for s in v {
         if !seen.insert(&s.labels) {
             return err("vector cannot contain metrics with the same labelset");
@@ -440,12 +596,12 @@ fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
     start + (end - start) * (rank / count)
 }
 
-fn linear_regression(samples: &[(i64, f64)], intercept_t: i64) -> (f64, f64) {
+fn linear_regression(samples: &[Sample], intercept_t: i64) -> (f64, f64) {
     let (mut n, mut sx, mut cx, mut sy, mut cy) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let (mut sxy, mut cxy, mut sx2, mut cx2) = (0.0, 0.0, 0.0, 0.0);
-    let init_y = samples[0].1;
+    let init_y = samples[0].v;
     let mut const_y = true;
-    for (i, &(t, v)) in samples.iter().enumerate() {
+    for (i, &Sample { t, v }) in samples.iter().enumerate() {
         if const_y && i > 0 && v != init_y {
             const_y = false;
         }
@@ -469,36 +625,37 @@ fn linear_regression(samples: &[(i64, f64)], intercept_t: i64) -> (f64, f64) {
     (slope, sy / n - slope * sx / n)
 }
 
-/// Prometheus's extrapolated `rate`, `increase` and `delta`.
+/// Prometheus's extrapolated `rate`, `increase` and `delta`. With `no_decrease` (no sample
+/// lower than the one before it) a counter has no reset to add back.
 fn extrapolated_rate(
-    pts: &[(i64, f64)],
-    range_start: i64,
-    range_end: i64,
-    range_s: f64,
+    pts: &[Sample],
+    no_decrease: bool,
+    b: &RangeBounds,
     is_counter: bool,
     is_rate: bool,
 ) -> Option<f64> {
+    let (range_start, range_end, range_s) = (b.start, b.end, b.range_s);
     if pts.len() < 2 {
         return None;
     }
     let first = pts[0];
     let last = pts[pts.len() - 1];
-    let mut result = last.1 - first.1;
-    if is_counter {
-        let mut prev = first.1;
-        for &(_, v) in &pts[1..] {
-            if v < prev {
+    let mut result = last.v - first.v;
+    if is_counter && !no_decrease {
+        let mut prev = first.v;
+        for s in &pts[1..] {
+            if s.v < prev {
                 result += prev;
             }
-            prev = v;
+            prev = s.v;
         }
     }
-    let mut to_start = (first.0 - range_start) as f64 / 1000.0;
-    let to_end = (range_end - last.0) as f64 / 1000.0;
-    let sampled = (last.0 - first.0) as f64 / 1000.0;
+    let mut to_start = (first.t - range_start) as f64 / 1000.0;
+    let to_end = (range_end - last.t) as f64 / 1000.0;
+    let sampled = (last.t - first.t) as f64 / 1000.0;
     let avg_step = sampled / (pts.len() - 1) as f64;
-    if is_counter && result > 0.0 && first.1 >= 0.0 {
-        let to_zero = sampled * (first.1 / result);
+    if is_counter && result > 0.0 && first.v >= 0.0 {
+        let to_zero = sampled * (first.v / result);
         if to_zero < to_start {
             to_start = to_zero;
         }
@@ -522,18 +679,18 @@ fn extrapolated_rate(
     Some(result * factor)
 }
 
-fn instant_value(pts: &[(i64, f64)], is_rate: bool) -> Option<f64> {
+fn instant_value(pts: &[Sample], is_rate: bool) -> Option<f64> {
     if pts.len() < 2 {
         return None;
     }
     let last = pts[pts.len() - 1];
     let prev = pts[pts.len() - 2];
-    let mut v = if is_rate && last.1 < prev.1 {
-        last.1
+    let mut v = if is_rate && last.v < prev.v {
+        last.v
     } else {
-        last.1 - prev.1
+        last.v - prev.v
     };
-    let dt = last.0 - prev.0;
+    let dt = last.t - prev.t;
     if dt == 0 {
         return None;
     }
@@ -596,6 +753,186 @@ fn valid_label_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// The functions over a range vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeFn {
+    Rate,
+    Increase,
+    Delta,
+    Irate,
+    Idelta,
+    Deriv,
+    PredictLinear,
+    Resets,
+    Changes,
+    AvgOverTime,
+    SumOverTime,
+    CountOverTime,
+    PresentOverTime,
+    LastOverTime,
+    MinOverTime,
+    MaxOverTime,
+    QuantileOverTime,
+    StddevOverTime,
+    StdvarOverTime,
+}
+
+/// What `visit_range` calls for each series: its labels, its samples in the range (staleness
+/// markers dropped), and whether none is known to be lower than the one before it.
+type RangeVisitor<'a> = dyn FnMut(&Arc<Labels>, &[Sample], bool) + 'a;
+
+/// A range selector's bounds at the evaluation time.
+#[derive(Debug, Clone, Copy)]
+struct RangeBounds {
+    /// First and last timestamp (ms) of the range, both included.
+    start: i64,
+    end: i64,
+    /// The range's length in seconds.
+    range_s: f64,
+}
+
+impl RangeFn {
+    fn from_name(name: &str) -> Option<RangeFn> {
+        Some(match name {
+            "rate" => RangeFn::Rate,
+            "increase" => RangeFn::Increase,
+            "delta" => RangeFn::Delta,
+            "irate" => RangeFn::Irate,
+            "idelta" => RangeFn::Idelta,
+            "deriv" => RangeFn::Deriv,
+            "predict_linear" => RangeFn::PredictLinear,
+            "resets" => RangeFn::Resets,
+            "changes" => RangeFn::Changes,
+            "avg_over_time" => RangeFn::AvgOverTime,
+            "sum_over_time" => RangeFn::SumOverTime,
+            "count_over_time" => RangeFn::CountOverTime,
+            "present_over_time" => RangeFn::PresentOverTime,
+            "last_over_time" => RangeFn::LastOverTime,
+            "min_over_time" => RangeFn::MinOverTime,
+            "max_over_time" => RangeFn::MaxOverTime,
+            "quantile_over_time" => RangeFn::QuantileOverTime,
+            "stddev_over_time" => RangeFn::StddevOverTime,
+            "stdvar_over_time" => RangeFn::StdvarOverTime,
+            _ => return None,
+        })
+    }
+
+    /// The function's value over one series' samples in the range (at least one, no
+    /// staleness markers), or `None` when it has none (too few samples). `no_decrease` says
+    /// that no sample is lower than the one before it, so counter resets need not be looked
+    /// for; `t` is the evaluation time; `param` is `quantile_over_time`'s quantile or
+    /// `predict_linear`'s horizon; `scratch` is reused between series.
+    fn apply(
+        self,
+        pts: &[Sample],
+        no_decrease: bool,
+        b: &RangeBounds,
+        t: i64,
+        param: f64,
+        scratch: &mut Vec<f64>,
+    ) -> Option<f64> {
+        let first = pts.first()?.v;
+        let vals = || pts.iter().map(|p| p.v);
+        match self {
+            RangeFn::Rate => extrapolated_rate(pts, no_decrease, b, true, true),
+            RangeFn::Increase => extrapolated_rate(pts, no_decrease, b, true, false),
+            RangeFn::Delta => extrapolated_rate(pts, no_decrease, b, false, false),
+            RangeFn::Irate => instant_value(pts, true),
+            RangeFn::Idelta => instant_value(pts, false),
+            RangeFn::Deriv => (pts.len() >= 2).then(|| linear_regression(pts, pts[0].t).0),
+            RangeFn::PredictLinear => (pts.len() >= 2).then(|| {
+                let (slope, intercept) = linear_regression(pts, t);
+                slope * param + intercept
+            }),
+            RangeFn::Resets if no_decrease => Some(0.0),
+            RangeFn::Resets => Some(pts.windows(2).filter(|w| w[1].v < w[0].v).count() as f64),
+            RangeFn::Changes => Some(
+                pts.windows(2)
+                    .filter(|w| w[1].v != w[0].v && !(w[1].v.is_nan() && w[0].v.is_nan()))
+                    .count() as f64,
+            ),
+            RangeFn::AvgOverTime => {
+                let (mut mean, mut count, mut c) = (0.0f64, 0.0, 0.0);
+                for v in vals() {
+                    count += 1.0;
+                    if mean.is_infinite() {
+                        if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
+                            continue;
+                        }
+                        if !v.is_infinite() && !v.is_nan() {
+                            continue;
+                        }
+                    }
+                    (mean, c) = kahan_inc(v / count - mean / count, mean, c);
+                }
+                Some(if mean.is_infinite() { mean } else { mean + c })
+            }
+            RangeFn::SumOverTime => {
+                let (mut sum, mut c) = (0.0, 0.0);
+                for v in vals() {
+                    (sum, c) = kahan_inc(v, sum, c);
+                }
+                Some(if f64::is_infinite(sum) { sum } else { sum + c })
+            }
+            RangeFn::CountOverTime => Some(pts.len() as f64),
+            RangeFn::PresentOverTime => Some(1.0),
+            RangeFn::LastOverTime => pts.last().map(|p| p.v),
+            RangeFn::MinOverTime => {
+                let mut m = first;
+                for v in vals() {
+                    if v < m || m.is_nan() {
+                        m = v;
+                    }
+                }
+                Some(m)
+            }
+            RangeFn::MaxOverTime => {
+                let mut m = first;
+                for v in vals() {
+                    if v > m || m.is_nan() {
+                        m = v;
+                    }
+                }
+                Some(m)
+            }
+            RangeFn::QuantileOverTime => {
+                scratch.clear();
+                scratch.extend(vals());
+                Some(quantile(param, scratch))
+            }
+            RangeFn::StddevOverTime | RangeFn::StdvarOverTime => {
+                let (mut count, mut mean, mut cm, mut aux, mut ca) = (0.0, 0.0, 0.0, 0.0, 0.0);
+                for v in vals() {
+                    count += 1.0;
+                    let delta = v - (mean + cm);
+                    (mean, cm) = kahan_inc(delta / count, mean, cm);
+                    (aux, ca) = kahan_inc(delta * (v - (mean + cm)), aux, ca);
+                }
+                let var = (aux + ca) / count;
+                Some(if self == RangeFn::StdvarOverTime {
+                    var
+                } else {
+                    var.sqrt()
+                })
+            }
+        }
+    }
+}
+
+/// Argument `i` of a call.
+fn arg_of(c: &Call, i: usize) -> Result<&Expr, EvalError> {
+    c.args
+        .args
+        .get(i)
+        .map(|b| b.as_ref())
+        .ok_or_else(|| EvalError(format!("{}: missing argument {}", c.func.name, i + 1)))
+}
+
+fn drop_name(mut l: LabelSet) -> LabelSet {
+    l.drop_name();
+    l
+}
+
 struct Evaluator<'a> {
     storage: &'a dyn Storage,
     /// Evaluation time, ms.
@@ -603,28 +940,28 @@ struct Evaluator<'a> {
 }
 
 impl Evaluator<'_> {
-    fn eval(&self, e: &Expr) -> Result<Value, EvalError> {
+    fn eval(&self, e: &Expr) -> Result<Val, EvalError> {
         match e {
-            Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
-            Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
+            Expr::NumberLiteral(n) => Ok(Val::Scalar(n.val)),
+            Expr::StringLiteral(s) => Ok(Val::String(s.val.clone())),
             Expr::Paren(p) => self.eval(&p.expr),
             Expr::Unary(u) => match self.eval(&u.expr)? {
-                Value::Scalar(v) => Ok(Value::Scalar(-v)),
-                Value::Vector(v) => {
-                    let out: Vec<VSample> = v
+                Val::Scalar(v) => Ok(Val::Scalar(-v)),
+                Val::Vector(v) => {
+                    let out: Vec<Elem> = v
                         .into_iter()
-                        .map(|s| VSample {
+                        .map(|s| Elem {
                             labels: drop_name(s.labels),
                             t: s.t,
                             v: -s.v,
                         })
                         .collect();
                     check_unique(&out)?;
-                    Ok(Value::Vector(out))
+                    Ok(Val::Vector(out))
                 }
-                Value::String(_) => err("unary minus on a string"),
+                Val::String(_) => err("unary minus on a string"),
             },
-            Expr::VectorSelector(vs) => Ok(Value::Vector(self.select_instant(vs)?)),
+            Expr::VectorSelector(vs) => Ok(Val::Vector(self.select_instant(vs)?)),
             Expr::MatrixSelector(_) => err("a range vector cannot be the result of an expression"),
             Expr::Aggregate(a) => self.aggregate(a),
             Expr::Binary(b) => self.binary(b),
@@ -633,57 +970,89 @@ impl Evaluator<'_> {
         }
     }
 
-    fn select_instant(&self, vs: &VectorSelector) -> Result<Vec<VSample>, EvalError> {
+    fn select_instant(&self, vs: &VectorSelector) -> Result<Vec<Elem>, EvalError> {
         if vs.at.is_some() {
             return err("the @ modifier is not supported");
         }
         let reference = self.t - offset_ms(&vs.offset);
-        let series = self
-            .storage
-            .select(&matchers(vs), reference - LOOKBACK_MS, reference);
-        let mut out = Vec::with_capacity(series.len());
-        for s in series {
-            if let Some(last) = s.samples.iter().rev().find(|x| x.t <= reference)
-                && last.t >= reference - LOOKBACK_MS
-                && !is_stale(last.v)
-            {
-                out.push(VSample {
-                    labels: s.labels,
-                    t: last.t,
-                    v: last.v,
-                });
-            }
-        }
+        let mut out = Vec::new();
+        // The store lends the samples in [reference - lookback, reference]: the newest one is
+        // the value unless it marks the series stale.
+        self.storage.visit(
+            &matchers(vs),
+            reference - LOOKBACK_MS,
+            reference,
+            &mut |labels, samples, _| {
+                if let Some(last) = samples.last()
+                    && !is_stale(last.v)
+                {
+                    out.push(Elem {
+                        labels: LabelSet::shared(labels),
+                        t: last.t,
+                        v: last.v,
+                    });
+                }
+            },
+        );
         Ok(out)
     }
 
-    /// The series of a range selector, staleness markers dropped, with the range's bounds.
-    fn select_range(&self, e: &Expr) -> Result<(Vec<Series>, i64, i64, f64), EvalError> {
+    /// A range selector (possibly in parentheses) with its bounds at the evaluation time.
+    fn range_selector<'e>(
+        &self,
+        e: &'e Expr,
+    ) -> Result<(&'e MatrixSelector, RangeBounds), EvalError> {
         let Expr::MatrixSelector(m) = unparen(e) else {
             return err("expected a range vector selector");
         };
-        let reference = self.t - offset_ms(&m.vs.offset);
-        let range = ms(&m.range);
-        let start = reference - range;
-        let mut series = self.storage.select(&matchers(&m.vs), start, reference);
-        for s in &mut series {
-            s.samples
-                .retain(|x| !is_stale(x.v) && x.t >= start && x.t <= reference);
-        }
-        series.retain(|s| !s.samples.is_empty());
-        Ok((series, start, reference, m.range.as_secs_f64()))
+        let end = self.t - offset_ms(&m.vs.offset);
+        Ok((
+            m,
+            RangeBounds {
+                start: end - ms(&m.range),
+                end,
+                range_s: m.range.as_secs_f64(),
+            },
+        ))
+    }
+
+    /// Calls `f` with every series of a range selector that has samples in its range, those
+    /// samples, staleness markers dropped, and whether no sample is known to be lower than the
+    /// one before it (so a counter has no reset). Returns whether the selector names the metric
+    /// (`__name__="x"`), in which case every series visited has that name.
+    fn visit_range(&self, m: &MatrixSelector, b: &RangeBounds, f: &mut RangeVisitor<'_>) -> bool {
+        let matchers = matchers(&m.vs);
+        let one_name = matchers
+            .iter()
+            .any(|m| matches!(m.op, MatchOp::Equal) && m.name == METRIC_NAME);
+        let mut without_stale = Vec::new();
+        self.storage
+            .visit(&matchers, b.start, b.end, &mut |labels, samples, facts| {
+                let pts = if facts.may_have_stale(samples) && samples.iter().any(|x| is_stale(x.v))
+                {
+                    without_stale.clear();
+                    without_stale.extend(samples.iter().filter(|x| !is_stale(x.v)));
+                    &without_stale[..]
+                } else {
+                    samples
+                };
+                if !pts.is_empty() {
+                    f(labels, pts, !facts.may_decrease(pts));
+                }
+            });
+        one_name
     }
 
     fn scalar_arg(&self, e: &Expr) -> Result<f64, EvalError> {
         match self.eval(e)? {
-            Value::Scalar(v) => Ok(v),
+            Val::Scalar(v) => Ok(v),
             _ => err("expected a scalar argument"),
         }
     }
 
-    fn vector_arg(&self, e: &Expr) -> Result<Vec<VSample>, EvalError> {
+    fn vector_arg(&self, e: &Expr) -> Result<Vec<Elem>, EvalError> {
         match self.eval(e)? {
-            Value::Vector(v) => Ok(v),
+            Val::Vector(v) => Ok(v),
             _ => err("expected an instant vector argument"),
         }
     }
@@ -695,7 +1064,7 @@ impl Evaluator<'_> {
         }
     }
 
-    fn call(&self, c: &Call) -> Result<Value, EvalError> {
+    fn call(&self, c: &Call) -> Result<Val, EvalError> {
         let args = &c.args.args;
         let arg = |i: usize| -> Result<&Expr, EvalError> {
             args.get(i)
@@ -703,29 +1072,29 @@ impl Evaluator<'_> {
                 .ok_or_else(|| EvalError(format!("{}: missing argument {}", c.func.name, i + 1)))
         };
         let name = c.func.name;
-        let map_vec = |f: &dyn Fn(f64) -> f64| -> Result<Value, EvalError> {
+        let map_vec = |f: &dyn Fn(f64) -> f64| -> Result<Val, EvalError> {
             let v = self.vector_arg(arg(0)?)?;
-            let out: Vec<VSample> = v
+            let out: Vec<Elem> = v
                 .into_iter()
-                .map(|s| VSample {
+                .map(|s| Elem {
                     labels: drop_name(s.labels),
                     t: s.t,
                     v: f(s.v),
                 })
                 .collect();
             check_unique(&out)?;
-            Ok(Value::Vector(out))
+            Ok(Val::Vector(out))
         };
         match name {
-            "time" => Ok(Value::Scalar(self.t as f64 / 1000.0)),
-            "vector" => Ok(Value::Vector(vec![VSample {
-                labels: Labels::new(),
+            "time" => Ok(Val::Scalar(self.t as f64 / 1000.0)),
+            "vector" => Ok(Val::Vector(vec![Elem {
+                labels: LabelSet::new(Labels::new()),
                 t: self.t,
                 v: self.scalar_arg(arg(0)?)?,
             }])),
             "scalar" => {
                 let v = self.vector_arg(arg(0)?)?;
-                Ok(Value::Scalar(if v.len() == 1 { v[0].v } else { f64::NAN }))
+                Ok(Val::Scalar(if v.len() == 1 { v[0].v } else { f64::NAN }))
             }
             "abs" => map_vec(&f64::abs),
             "ceil" => map_vec(&f64::ceil),
@@ -743,7 +1112,7 @@ impl Evaluator<'_> {
                 let min = self.scalar_arg(arg(1)?)?;
                 let max = self.scalar_arg(arg(2)?)?;
                 if max < min {
-                    return Ok(Value::Vector(Vec::new()));
+                    return Ok(Val::Vector(Vec::new()));
                 }
                 map_vec(&|v| go_max(min, go_min(max, v)))
             }
@@ -766,28 +1135,28 @@ impl Evaluator<'_> {
                     _ if desc => b.v.total_cmp(&a.v),
                     _ => a.v.total_cmp(&b.v),
                 });
-                Ok(Value::Vector(v))
+                Ok(Val::Vector(v))
             }
             "timestamp" => {
                 let a = arg(0)?;
                 let direct = matches!(unparen(a), Expr::VectorSelector(_));
                 let v = self.vector_arg(a)?;
-                let out: Vec<VSample> = v
+                let out: Vec<Elem> = v
                     .into_iter()
-                    .map(|s| VSample {
+                    .map(|s| Elem {
                         labels: drop_name(s.labels),
                         t: s.t,
                         v: if direct { s.t } else { self.t } as f64 / 1000.0,
                     })
                     .collect();
                 check_unique(&out)?;
-                Ok(Value::Vector(out))
+                Ok(Val::Vector(out))
             }
             "absent" => {
                 let v = self.vector_arg(arg(0)?)?;
-                Ok(Value::Vector(if v.is_empty() {
-                    vec![VSample {
-                        labels: absent_labels(arg(0)?),
+                Ok(Val::Vector(if v.is_empty() {
+                    vec![Elem {
+                        labels: LabelSet::new(absent_labels(arg(0)?)),
                         t: self.t,
                         v: 1.0,
                     }]
@@ -796,10 +1165,12 @@ impl Evaluator<'_> {
                 }))
             }
             "absent_over_time" => {
-                let (series, ..) = self.select_range(arg(0)?)?;
-                Ok(Value::Vector(if series.is_empty() {
-                    vec![VSample {
-                        labels: absent_labels(arg(0)?),
+                let (m, b) = self.range_selector(arg(0)?)?;
+                let mut present = false;
+                self.visit_range(m, &b, &mut |_, _, _| present = true);
+                Ok(Val::Vector(if !present {
+                    vec![Elem {
+                        labels: LabelSet::new(absent_labels(arg(0)?)),
                         t: self.t,
                         v: 1.0,
                     }]
@@ -818,7 +1189,7 @@ impl Evaluator<'_> {
                     };
                     // Buckets are grouped by every label but `le`, the name included; the
                     // result drops the name (two histograms that differ only by name collide).
-                    let mut key = s.labels;
+                    let mut key = s.labels.to_labels();
                     key.remove("le");
                     let e = groups.entry(key.clone()).or_default();
                     if e.is_empty() {
@@ -829,15 +1200,15 @@ impl Evaluator<'_> {
                 let mut out = Vec::with_capacity(order.len());
                 for key in order {
                     if let Some(mut b) = groups.remove(&key) {
-                        out.push(VSample {
-                            labels: drop_name(key),
+                        out.push(Elem {
+                            labels: drop_name(LabelSet::new(key)),
                             t: self.t,
                             v: bucket_quantile(q, &mut b),
                         });
                     }
                 }
                 check_unique(&out)?;
-                Ok(Value::Vector(out))
+                Ok(Val::Vector(out))
             }
             "label_replace" => {
                 let v = self.vector_arg(arg(0)?)?;
@@ -861,15 +1232,16 @@ impl Evaluator<'_> {
                     if let Some(caps) = re.captures(&src_val) {
                         let mut res = String::new();
                         caps.expand(&repl, &mut res);
-                        s.labels.remove(&dst);
+                        let labels = s.labels.to_mut();
+                        labels.remove(&dst);
                         if !res.is_empty() {
-                            s.labels.insert(dst.clone(), res);
+                            labels.insert(dst.clone(), res);
                         }
                     }
                     out.push(s);
                 }
                 check_unique(&out)?;
-                Ok(Value::Vector(out))
+                Ok(Val::Vector(out))
             }
             "label_join" => {
                 let v = self.vector_arg(arg(0)?)?;
@@ -896,137 +1268,60 @@ impl Evaluator<'_> {
                         .collect::<Vec<_>>()
                         .join(&sep);
                     if joined.is_empty() {
-                        s.labels.remove(&dst);
+                        s.labels.to_mut().remove(&dst);
                     } else {
-                        s.labels.insert(dst.clone(), joined);
+                        s.labels.to_mut().insert(dst.clone(), joined);
                     }
                     out.push(s);
                 }
                 check_unique(&out)?;
-                Ok(Value::Vector(out))
+                Ok(Val::Vector(out))
             }
             _ => self.range_function(c),
         }
     }
 
     /// The functions over a range vector: one output sample per input series with samples.
-    fn range_function(&self, c: &Call) -> Result<Value, EvalError> {
+    fn range_function(&self, c: &Call) -> Result<Val, EvalError> {
         let name = c.func.name;
         let args = &c.args.args;
+        let Some(func) = RangeFn::from_name(name) else {
+            return err(format!("function {name} is not supported"));
+        };
         // The range argument is the first one, except for quantile_over_time.
-        let (range_idx, param) = match name {
-            "quantile_over_time" => (1, Some(self.scalar_arg(&args[0])?)),
-            "predict_linear" => (0, Some(self.scalar_arg(&args[1])?)),
-            _ => (0, None),
+        let (range_idx, param) = match func {
+            RangeFn::QuantileOverTime => (1, self.scalar_arg(arg_of(c, 0)?)?),
+            RangeFn::PredictLinear => (0, self.scalar_arg(arg_of(c, 1)?)?),
+            _ => (0, 0.0),
         };
         let Some(range_arg) = args.get(range_idx) else {
             return err(format!("{name}: missing range argument"));
         };
-        let (series, start, end, range_s) = self.select_range(range_arg)?;
-        let mut out = Vec::with_capacity(series.len());
-        for s in series {
-            let pts: Vec<(i64, f64)> = s.samples.iter().map(|x| (x.t, x.v)).collect();
-            let vals = || pts.iter().map(|p| p.1);
-            let v = match name {
-                "rate" => extrapolated_rate(&pts, start, end, range_s, true, true),
-                "increase" => extrapolated_rate(&pts, start, end, range_s, true, false),
-                "delta" => extrapolated_rate(&pts, start, end, range_s, false, false),
-                "irate" => instant_value(&pts, true),
-                "idelta" => instant_value(&pts, false),
-                "deriv" => (pts.len() >= 2).then(|| linear_regression(&pts, pts[0].0).0),
-                "predict_linear" => (pts.len() >= 2).then(|| {
-                    let (slope, intercept) = linear_regression(&pts, self.t);
-                    slope * param.unwrap_or(0.0) + intercept
-                }),
-                "resets" => Some(pts.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64),
-                "changes" => Some(
-                    pts.windows(2)
-                        .filter(|w| w[1].1 != w[0].1 && !(w[1].1.is_nan() && w[0].1.is_nan()))
-                        .count() as f64,
-                ),
-                "avg_over_time" => {
-                    let (mut mean, mut count, mut c) = (0.0f64, 0.0, 0.0);
-                    for v in vals() {
-                        count += 1.0;
-                        if mean.is_infinite() {
-                            if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
-                                continue;
-                            }
-                            if !v.is_infinite() && !v.is_nan() {
-                                continue;
-                            }
-                        }
-                        (mean, c) = kahan_inc(v / count - mean / count, mean, c);
-                    }
-                    Some(if mean.is_infinite() { mean } else { mean + c })
+        let (m, b) = self.range_selector(range_arg)?;
+        let mut out = Vec::new();
+        let mut scratch = Vec::new();
+        let one_name = self.visit_range(m, &b, &mut |labels, pts, no_decrease| {
+            if let Some(v) = func.apply(pts, no_decrease, &b, self.t, param, &mut scratch) {
+                let mut labels = LabelSet::shared(labels);
+                if func != RangeFn::LastOverTime {
+                    labels.drop_name();
                 }
-                "sum_over_time" => {
-                    let (mut sum, mut c) = (0.0, 0.0);
-                    for v in vals() {
-                        (sum, c) = kahan_inc(v, sum, c);
-                    }
-                    Some(if f64::is_infinite(sum) { sum } else { sum + c })
-                }
-                "count_over_time" => Some(pts.len() as f64),
-                "present_over_time" => Some(1.0),
-                "last_over_time" => pts.last().map(|p| p.1),
-                "min_over_time" => {
-                    let mut m = pts[0].1;
-                    for v in vals() {
-                        if v < m || m.is_nan() {
-                            m = v;
-                        }
-                    }
-                    Some(m)
-                }
-                "max_over_time" => {
-                    let mut m = pts[0].1;
-                    for v in vals() {
-                        if v > m || m.is_nan() {
-                            m = v;
-                        }
-                    }
-                    Some(m)
-                }
-                "quantile_over_time" => {
-                    let mut v: Vec<f64> = vals().collect();
-                    Some(quantile(param.unwrap_or(f64::NAN), &mut v))
-                }
-                "stddev_over_time" | "stdvar_over_time" => {
-                    let (mut count, mut mean, mut cm, mut aux, mut ca) = (0.0, 0.0, 0.0, 0.0, 0.0);
-                    for v in vals() {
-                        count += 1.0;
-                        let delta = v - (mean + cm);
-                        (mean, cm) = kahan_inc(delta / count, mean, cm);
-                        (aux, ca) = kahan_inc(delta * (v - (mean + cm)), aux, ca);
-                    }
-                    let var = (aux + ca) / count;
-                    Some(if name == "stdvar_over_time" {
-                        var
-                    } else {
-                        var.sqrt()
-                    })
-                }
-                other => return err(format!("function {other} is not supported")),
-            };
-            if let Some(v) = v {
-                let labels = if name == "last_over_time" {
-                    s.labels
-                } else {
-                    drop_name(s.labels)
-                };
-                out.push(VSample {
+                out.push(Elem {
                     labels,
                     t: self.t,
                     v,
                 });
             }
+        });
+        // The series visited have distinct labels; dropping the name can only make two equal
+        // when their names differ.
+        if func != RangeFn::LastOverTime && !one_name {
+            check_unique(&out)?;
         }
-        check_unique(&out)?;
-        Ok(Value::Vector(out))
+        Ok(Val::Vector(out))
     }
 
-    fn aggregate(&self, a: &AggregateExpr) -> Result<Value, EvalError> {
+    fn aggregate(&self, a: &AggregateExpr) -> Result<Val, EvalError> {
         let op = a.op.to_string();
         let vec = self.vector_arg(&a.expr)?;
         let (by, mut grouping): (bool, Vec<String>) = match &a.modifier {
@@ -1048,7 +1343,7 @@ impl Evaluator<'_> {
                 }
                 k = f as i64;
                 if k < 1 {
-                    return Ok(Value::Vector(Vec::new()));
+                    return Ok(Val::Vector(Vec::new()));
                 }
             }
             "quantile" => {
@@ -1062,7 +1357,7 @@ impl Evaluator<'_> {
                     return err("count_values: missing parameter");
                 };
                 value_label = match self.eval(p)? {
-                    Value::String(s) => s,
+                    Val::String(s) => s,
                     _ => return err("count_values: expected a string parameter"),
                 };
                 if !valid_label_name(&value_label) {
@@ -1076,32 +1371,113 @@ impl Evaluator<'_> {
         }
         struct Group {
             labels: Labels,
+            /// With `by` and up to four grouping labels: their values, in name order.
+            values: Vec<Option<String>>,
             value: f64,
             mean: f64,
             count: f64,
-            members: Vec<VSample>,
+            members: Vec<Elem>,
+            /// The next group whose key has the same hash.
+            next: Option<usize>,
         }
-        let mut groups: HashMap<Labels, usize> = HashMap::new();
+        let in_key = |k: &String| {
+            if by {
+                grouping.iter().any(|g| g == k)
+            } else {
+                k != METRIC_NAME && !grouping.iter().any(|g| g == k)
+            }
+        };
+        // With `by`, a sample's key is found by looking its grouping labels up.
+        let mut by_names: Vec<&String> = grouping.iter().collect();
+        by_names.sort();
+        by_names.dedup();
+        let key_hash = |l: &LabelSet, h: &mut foldhash::fast::FoldHasher<'_>| {
+            if by {
+                for &n in &by_names {
+                    if let Some(v) = l.get(n) {
+                        n.hash(h);
+                        v.hash(h);
+                    }
+                }
+            } else {
+                for (k, v) in l.iter().filter(|(k, _)| in_key(k)) {
+                    k.hash(h);
+                    v.hash(h);
+                }
+            }
+        };
+        let key_eq = |key: &Labels, l: &LabelSet| {
+            if by {
+                let mut present = 0;
+                let same = by_names.iter().all(|&n| match l.get(n) {
+                    Some(v) => {
+                        present += 1;
+                        key.get(n) == Some(v)
+                    }
+                    None => !key.contains_key(n),
+                });
+                same && present == key.len()
+            } else {
+                key.iter().eq(l.iter().filter(|(k, _)| in_key(k)))
+            }
+        };
+        let keeps_members = matches!(op.as_str(), "topk" | "bottomk" | "quantile");
+        let op_is_sum = op == "sum";
+        // Groups are found by the hash of their key labels, then compared label by label: no
+        // key is built for a sample whose group exists.
+        let hasher = foldhash::fast::RandomState::default();
+        let mut by_hash: HashMap<u64, usize, foldhash::fast::RandomState> = HashMap::default();
         let mut ordered: Vec<Group> = Vec::new();
         for mut s in vec {
             if op == "count_values" {
-                s.labels.insert(value_label.clone(), format_float_f(s.v));
+                s.labels
+                    .to_mut()
+                    .insert(value_label.clone(), format_float_f(s.v));
             }
-            let key: Labels = if by {
-                s.labels
-                    .iter()
-                    .filter(|(k, _)| grouping.iter().any(|g| g == *k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
+            // With `by` and up to four grouping labels, each is looked up once.
+            let mut vals: [Option<&String>; 4] = [None; 4];
+            let fixed = by && by_names.len() <= vals.len();
+            let mut h = hasher.build_hasher();
+            if fixed {
+                for (i, &n) in by_names.iter().enumerate() {
+                    vals[i] = s.labels.get(n);
+                    if let Some(v) = vals[i] {
+                        n.hash(&mut h);
+                        v.hash(&mut h);
+                    }
+                }
             } else {
-                s.labels
+                key_hash(&s.labels, &mut h);
+            }
+            let hash = h.finish();
+            let mut found = None;
+            let mut cur = by_hash.get(&hash).copied();
+            while let Some(i) = cur {
+                let g = &ordered[i];
+                let same = if fixed {
+                    g.values.iter().zip(&vals).all(|(a, b)| a.as_ref() == *b)
+                } else {
+                    key_eq(&g.labels, &s.labels)
+                };
+                if same {
+                    found = Some(i);
+                    break;
+                }
+                cur = g.next;
+            }
+            let Some(gi) = found else {
+                let key: Labels = s
+                    .labels
                     .iter()
-                    .filter(|(k, _)| *k != METRIC_NAME && !grouping.iter().any(|g| g == *k))
+                    .filter(|(k, _)| in_key(k))
                     .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            };
-            let Some(&gi) = groups.get(&key) else {
-                groups.insert(key.clone(), ordered.len());
+                    .collect();
+                let values = if fixed {
+                    vals[..by_names.len()].iter().map(|v| v.cloned()).collect()
+                } else {
+                    Vec::new()
+                };
+                let next = by_hash.insert(hash, ordered.len());
                 let value = match op.as_str() {
                     "stddev" | "stdvar" => 0.0,
                     "group" => 1.0,
@@ -1109,14 +1485,20 @@ impl Evaluator<'_> {
                 };
                 ordered.push(Group {
                     labels: key,
+                    values,
                     value,
                     mean: s.v,
                     count: 1.0,
-                    members: vec![s],
+                    members: if keeps_members { vec![s] } else { Vec::new() },
+                    next,
                 });
                 continue;
             };
             let g = &mut ordered[gi];
+            if op_is_sum {
+                g.value += s.v;
+                continue;
+            }
             match op.as_str() {
                 "sum" => g.value += s.v,
                 "avg" => {
@@ -1172,37 +1554,37 @@ impl Evaluator<'_> {
                 }
                 _ => g.value,
             };
-            out.push(VSample {
-                labels: g.labels,
+            out.push(Elem {
+                labels: LabelSet::new(g.labels),
                 t: self.t,
                 v,
             });
         }
-        Ok(Value::Vector(out))
+        Ok(Val::Vector(out))
     }
 
-    fn binary(&self, b: &BinaryExpr) -> Result<Value, EvalError> {
+    fn binary(&self, b: &BinaryExpr) -> Result<Val, EvalError> {
         let op = b.op.to_string();
         let return_bool = b.modifier.as_ref().is_some_and(|m| m.return_bool);
         let lhs = self.eval(&b.lhs)?;
         let rhs = self.eval(&b.rhs)?;
         let comparison = matches!(op.as_str(), "==" | "!=" | ">" | "<" | ">=" | "<=");
         match (lhs, rhs) {
-            (Value::Scalar(l), Value::Scalar(r)) => {
+            (Val::Scalar(l), Val::Scalar(r)) => {
                 let (v, keep) = elem_binop(&op, l, r)?;
-                Ok(Value::Scalar(if comparison {
+                Ok(Val::Scalar(if comparison {
                     if keep { 1.0 } else { 0.0 }
                 } else {
                     v
                 }))
             }
-            (Value::Vector(l), Value::Scalar(r)) => {
-                vector_scalar(&op, l, r, false, return_bool, comparison).map(Value::Vector)
+            (Val::Vector(l), Val::Scalar(r)) => {
+                vector_scalar(&op, l, r, false, return_bool, comparison).map(Val::Vector)
             }
-            (Value::Scalar(l), Value::Vector(r)) => {
-                vector_scalar(&op, r, l, true, return_bool, comparison).map(Value::Vector)
+            (Val::Scalar(l), Val::Vector(r)) => {
+                vector_scalar(&op, r, l, true, return_bool, comparison).map(Val::Vector)
             }
-            (Value::Vector(l), Value::Vector(r)) => {
+            (Val::Vector(l), Val::Vector(r)) => {
                 let (card, on, names) = match &b.modifier {
                     Some(m) => {
                         let (on, names) = match &m.matching {
@@ -1214,7 +1596,7 @@ impl Evaluator<'_> {
                     }
                     None => (VectorMatchCardinality::OneToOne, false, Vec::new()),
                 };
-                let sig = |l: &Labels| -> Labels {
+                let sig = |l: &LabelSet| -> Labels {
                     l.iter()
                         .filter(|(k, _)| {
                             if on {
@@ -1229,7 +1611,7 @@ impl Evaluator<'_> {
                 match op.as_str() {
                     "and" => {
                         let right: HashSet<Labels> = r.iter().map(|s| sig(&s.labels)).collect();
-                        Ok(Value::Vector(
+                        Ok(Val::Vector(
                             l.into_iter()
                                 .filter(|s| right.contains(&sig(&s.labels)))
                                 .collect(),
@@ -1239,18 +1621,18 @@ impl Evaluator<'_> {
                         let left: HashSet<Labels> = l.iter().map(|s| sig(&s.labels)).collect();
                         let mut out = l;
                         out.extend(r.into_iter().filter(|s| !left.contains(&sig(&s.labels))));
-                        Ok(Value::Vector(out))
+                        Ok(Val::Vector(out))
                     }
                     "unless" => {
                         let right: HashSet<Labels> = r.iter().map(|s| sig(&s.labels)).collect();
-                        Ok(Value::Vector(
+                        Ok(Val::Vector(
                             l.into_iter()
                                 .filter(|s| !right.contains(&sig(&s.labels)))
                                 .collect(),
                         ))
                     }
                     _ => vector_vector(&op, l, r, &card, on, &names, &sig, return_bool)
-                        .map(Value::Vector),
+                        .map(Val::Vector),
                 }
             }
             _ => err(format!("operator {op} on a string")),
@@ -1305,12 +1687,12 @@ fn go_min(a: f64, b: f64) -> f64 {
 
 fn vector_scalar(
     op: &str,
-    vec: Vec<VSample>,
+    vec: Vec<Elem>,
     scalar: f64,
     swap: bool,
     return_bool: bool,
     comparison: bool,
-) -> Result<Vec<VSample>, EvalError> {
+) -> Result<Vec<Elem>, EvalError> {
     let mut out = Vec::with_capacity(vec.len());
     for mut s in vec {
         let (l, r) = if swap { (scalar, s.v) } else { (s.v, scalar) };
@@ -1325,7 +1707,7 @@ fn vector_scalar(
             continue;
         }
         if drops_metric_name(op) || return_bool {
-            s.labels.remove(METRIC_NAME);
+            s.labels.drop_name();
         }
         s.v = value;
         out.push(s);
@@ -1339,14 +1721,14 @@ fn vector_scalar(
 #[allow(clippy::too_many_arguments)]
 fn vector_vector(
     op: &str,
-    lhs: Vec<VSample>,
-    rhs: Vec<VSample>,
+    lhs: Vec<Elem>,
+    rhs: Vec<Elem>,
     card: &VectorMatchCardinality,
     on: bool,
     names: &[String],
-    sig: &dyn Fn(&Labels) -> Labels,
+    sig: &dyn Fn(&LabelSet) -> Labels,
     return_bool: bool,
-) -> Result<Vec<VSample>, EvalError> {
+) -> Result<Vec<Elem>, EvalError> {
     let one_to_many = matches!(card, VectorMatchCardinality::OneToMany(_));
     let (lhs, rhs) = if one_to_many { (rhs, lhs) } else { (lhs, rhs) };
     let include: Option<&Vec<String>> = match card {
@@ -1356,7 +1738,7 @@ fn vector_vector(
         _ => None,
     };
     // The "one" side must have unique signatures.
-    let mut right: HashMap<Labels, &VSample> = HashMap::with_capacity(rhs.len());
+    let mut right: HashMap<Labels, &Elem> = HashMap::with_capacity(rhs.len());
     for s in &rhs {
         let k = sig(&s.labels);
         if let Some(prev) = right.get(&k) {
@@ -1366,14 +1748,14 @@ fn vector_vector(
                  operation: [{}, {}];many-to-many matching not allowed: matching labels must be \
                  unique on one side",
                 crate::format_labels(&k),
-                crate::format_labels(&prev.labels),
-                crate::format_labels(&s.labels)
+                crate::format_labels(&prev.labels.to_labels()),
+                crate::format_labels(&s.labels.to_labels())
             ));
         }
         right.insert(k, s);
     }
     let mut matched_one: HashSet<Labels> = HashSet::new();
-    let mut matched_many: HashMap<Labels, HashSet<Labels>> = HashMap::new();
+    let mut matched_many: HashMap<Labels, HashSet<LabelSet>> = HashMap::new();
     let mut out = Vec::new();
     for ls in lhs {
         let k = sig(&ls.labels);
@@ -1394,23 +1776,26 @@ fn vector_vector(
         // The result's labels: the "many" (or left) side's, trimmed as Prometheus does.
         let mut metric = ls.labels;
         if drops_metric_name(op) || return_bool {
-            metric.remove(METRIC_NAME);
+            metric.drop_name();
         }
         if matches!(card, VectorMatchCardinality::OneToOne) {
-            if on {
-                metric.retain(|name, _| names.iter().any(|n| n == name));
-            } else {
-                metric.retain(|name, _| !names.iter().any(|n| n == name));
+            let keep = |name: &String| names.iter().any(|n| n == name) == on;
+            if !metric.iter().all(|(name, _)| keep(name)) {
+                metric.to_mut().retain(|name, _| keep(name));
             }
         }
         if let Some(include) = include {
             for name in include {
                 match rs.labels.get(name) {
                     Some(v) if !v.is_empty() => {
-                        metric.insert(name.clone(), v.clone());
+                        if metric.get(name) != Some(v) {
+                            metric.to_mut().insert(name.clone(), v.clone());
+                        }
                     }
                     _ => {
-                        metric.remove(name);
+                        if metric.get(name).is_some() {
+                            metric.to_mut().remove(name);
+                        }
                     }
                 }
             }
@@ -1423,14 +1808,14 @@ fn vector_vector(
                 );
             }
         } else {
-            let inserted = matched_many.entry(k).or_default();
+            let inserted: &mut HashSet<LabelSet> = matched_many.entry(k).or_default();
             if !inserted.insert(metric.clone()) {
                 return err(
                     "multiple matches for labels: grouping labels must ensure unique matches",
                 );
             }
         }
-        out.push(VSample {
+        out.push(Elem {
             labels: metric,
             t: ls.t,
             v: value,

@@ -7,13 +7,24 @@
 //!
 //! [`evaluate_group`] is pure: `now` is a parameter, reading goes through [`Storage`], and the
 //! samples to write come back in [`GroupOutput`] for the caller to store.
+//!
+//! What an evaluation keeps from one cycle to the next so as not to redo it: each rule's parsed
+//! label and annotation templates (checked against the rule's text at every use), and each
+//! alert's `ALERTS` and `ALERTS_FOR_STATE` label sets (rebuilt when its state changes). The
+//! output's label sets are shared (`Arc`) between the output and the rule's state.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::eval::EvalError;
 use crate::file::{AlertingRule, Group, RecordingRule, Rule};
-use crate::storage::{Labels, METRIC_NAME, Matcher, MemStorage, STALE_NAN, Series, Storage};
-use crate::template::{self, TemplateData};
+use crate::storage::{
+    Facts, Labels, METRIC_NAME, Matcher, MemStorage, STALE_NAN, Sample, SeriesVisitor, Storage,
+};
+use crate::template::{self, Compiled, TemplateData};
+
+type FastHasher = foldhash::fast::RandomState;
+type LabelsHasher = crate::storage::LabelsHashBuilder;
 
 /// How long a resolved alert is kept (and reported as resolved) before it is forgotten.
 pub const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;
@@ -53,13 +64,70 @@ pub struct Alert {
     pub value: f64,
 }
 
+/// An alert as its rule keeps it.
+#[derive(Debug, Clone)]
+struct Active {
+    alert: Alert,
+    /// The evaluation of the rule ([`RuleState::evaluations`]) that last returned it.
+    returned_in: u64,
+    /// Its `ALERTS` series' labels, for the state they were built for, and its
+    /// `ALERTS_FOR_STATE` series' labels.
+    series: Option<(AlertState, Arc<Labels>, Arc<Labels>)>,
+}
+
+impl Active {
+    fn new(alert: Alert, returned_in: u64) -> Self {
+        Active {
+            alert,
+            returned_in,
+            series: None,
+        }
+    }
+}
+
+/// An alerting rule's templates, parsed.
+#[derive(Debug, Default, Clone)]
+struct Templates {
+    labels: Vec<(String, Compiled)>,
+    annotations: Vec<(String, Compiled)>,
+}
+
+impl Templates {
+    fn parse(a: &AlertingRule) -> Self {
+        let parse = |m: &BTreeMap<String, String>| {
+            m.iter()
+                .map(|(k, t)| (k.clone(), template::compile(t)))
+                .collect()
+        };
+        Templates {
+            labels: parse(&a.labels),
+            annotations: parse(&a.annotations),
+        }
+    }
+
+    /// Whether these are the rule's templates (a reload may keep a state for a changed rule).
+    fn are_of(&self, a: &AlertingRule) -> bool {
+        let same = |parsed: &[(String, Compiled)], m: &BTreeMap<String, String>| {
+            parsed.len() == m.len()
+                && parsed
+                    .iter()
+                    .zip(m)
+                    .all(|((k, c), (k2, t))| k == k2 && c.text() == t)
+        };
+        same(&self.labels, &a.labels) && same(&self.annotations, &a.annotations)
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct RuleState {
-    active: HashMap<Labels, Alert>,
+    active: HashMap<Labels, Active, LabelsHasher>,
     /// Restored alerts not resolved while their expression has no data yet: until when (ms).
     held: HashMap<Labels, i64>,
-    last_series: HashSet<Labels>,
+    last_series: HashSet<Arc<Labels>, LabelsHasher>,
     last_error: Option<EvalError>,
+    /// Evaluations of the rule that returned a result.
+    evaluations: u64,
+    templates: Option<Templates>,
 }
 
 /// What a group carries from one evaluation to the next.
@@ -78,7 +146,7 @@ impl GroupState {
         let mut v: Vec<&Alert> = self
             .rules
             .get(rule)
-            .map(|r| r.active.values().collect())
+            .map(|r| r.active.values().map(|a| &a.alert).collect())
             .unwrap_or_default();
         v.sort_by(|a, b| a.labels.cmp(&b.labels));
         v
@@ -94,7 +162,8 @@ impl GroupState {
         }
         let rs = &mut self.rules[rule];
         rs.held.insert(alert.labels.clone(), hold_until);
-        rs.active.insert(alert.labels.clone(), alert);
+        rs.active
+            .insert(alert.labels.clone(), Active::new(alert, rs.evaluations));
     }
 
     /// The error of rule number `rule` at its last evaluation.
@@ -115,7 +184,7 @@ pub struct EvalContext<'a> {
 pub struct GroupOutput {
     /// Samples to store at `now`: recorded series, `ALERTS`, `ALERTS_FOR_STATE`, and staleness
     /// markers for series no longer produced.
-    pub samples: Vec<(Labels, f64)>,
+    pub samples: Vec<(Arc<Labels>, f64)>,
     /// Rules that failed, by name, with why.
     pub errors: Vec<(String, EvalError)>,
 }
@@ -127,25 +196,82 @@ struct Overlay<'a> {
 }
 
 impl Storage for Overlay<'_> {
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
-        let mut out = self.base.select(matchers, mint, maxt);
-        if self.cycle.is_empty() {
-            return out;
+    fn visit(&self, matchers: &[Matcher], mint: i64, maxt: i64, f: &mut SeriesVisitor<'_>) {
+        // This cycle's samples of the matching series, in the cycle's order.
+        let mut extra: Vec<(Arc<Labels>, Vec<Sample>, bool)> = Vec::new();
+        if !self.cycle.is_empty() {
+            self.cycle.visit(matchers, mint, maxt, &mut |l, s, _| {
+                extra.push((Arc::clone(l), s.to_vec(), false));
+            });
         }
-        for extra in self.cycle.select(matchers, mint, maxt) {
-            match out.iter_mut().find(|s| s.labels == extra.labels) {
-                Some(s) => {
-                    for x in extra.samples {
-                        match s.samples.binary_search_by_key(&x.t, |y| y.t) {
-                            Ok(i) => s.samples[i] = x,
-                            Err(i) => s.samples.insert(i, x),
-                        }
+        if extra.is_empty() {
+            return self.base.visit(matchers, mint, maxt, f);
+        }
+        let index: HashMap<Arc<Labels>, usize, LabelsHasher> = extra
+            .iter()
+            .enumerate()
+            .map(|(i, (l, ..))| (Arc::clone(l), i))
+            .collect();
+        let mut merged = Vec::new();
+        self.base
+            .visit(matchers, mint, maxt, &mut |labels, samples, facts| {
+                let Some(&i) = index.get(&**labels) else {
+                    return f(labels, samples, facts);
+                };
+                let (_, add, used) = &mut extra[i];
+                *used = true;
+                merged.clear();
+                merged.extend_from_slice(samples);
+                for x in add.iter() {
+                    match merged.binary_search_by_key(&x.t, |y: &Sample| y.t) {
+                        Ok(j) => merged[j] = *x,
+                        Err(j) => merged.insert(j, *x),
                     }
                 }
-                None => out.push(extra),
+                f(labels, &merged, Facts::UNKNOWN);
+            });
+        for (l, samples, used) in &extra {
+            if !used {
+                f(l, samples, Facts::UNKNOWN);
             }
         }
-        out
+    }
+}
+
+/// Which metrics the rules of a group read, and the last rule reading each: a rule's output
+/// goes into the cycle's overlay only when a later rule of the group may read it.
+struct LaterReads<'g> {
+    last_by_name: HashMap<&'g str, usize, FastHasher>,
+    /// The last rule with a selector that names no metric (it may read any).
+    last_unnamed: Option<usize>,
+}
+
+impl<'g> LaterReads<'g> {
+    fn new(group: &'g Group) -> Self {
+        let mut last_by_name = HashMap::default();
+        let mut last_unnamed = None;
+        for (i, r) in group.rules.iter().enumerate() {
+            let (names, unnamed) = r.query().selected_names();
+            for n in names {
+                last_by_name.insert(n, i);
+            }
+            if unnamed {
+                last_unnamed = Some(i);
+            }
+        }
+        LaterReads {
+            last_by_name,
+            last_unnamed,
+        }
+    }
+
+    /// Whether a rule after rule `i` may read the series `labels`.
+    fn after(&self, i: usize, labels: &Labels) -> bool {
+        self.last_unnamed.is_some_and(|j| j > i)
+            || labels
+                .get(METRIC_NAME)
+                .and_then(|n| self.last_by_name.get(n.as_str()))
+                .is_some_and(|&j| j > i)
     }
 }
 
@@ -162,6 +288,7 @@ pub fn evaluate_group(
             .rules
             .resize_with(group.rules.len(), RuleState::default);
     }
+    let later = LaterReads::new(group);
     let mut cycle = MemStorage::new();
     let mut out = GroupOutput::default();
     for (i, rule) in group.rules.iter().enumerate() {
@@ -177,12 +304,16 @@ pub fn evaluate_group(
         match result {
             Ok(samples) => {
                 rs.last_error = None;
-                let returned: HashSet<Labels> = samples.iter().map(|(l, _)| l.clone()).collect();
+                let mut returned: HashSet<Arc<Labels>, LabelsHasher> =
+                    HashSet::with_capacity_and_hasher(samples.len(), LabelsHasher::default());
                 for (l, v) in samples {
-                    cycle.append(&l, now, v);
+                    if later.after(i, &l) {
+                        cycle.append(&l, now, v);
+                    }
+                    returned.insert(Arc::clone(&l));
                     out.samples.push((l, v));
                 }
-                let mut gone: Vec<Labels> = rs
+                let mut gone: Vec<Arc<Labels>> = rs
                     .last_series
                     .iter()
                     .filter(|l| !returned.contains(*l))
@@ -190,7 +321,9 @@ pub fn evaluate_group(
                     .collect();
                 gone.sort();
                 for l in gone {
-                    cycle.append(&l, now, STALE_NAN);
+                    if later.after(i, &l) {
+                        cycle.append(&l, now, STALE_NAN);
+                    }
                     out.samples.push((l, STALE_NAN));
                 }
                 rs.last_series = returned;
@@ -209,9 +342,8 @@ fn record(
     now: i64,
     storage: &dyn Storage,
     limit: usize,
-) -> Result<Vec<(Labels, f64)>, EvalError> {
+) -> Result<Vec<(Arc<Labels>, f64)>, EvalError> {
     let v = r.expr.eval_vector(storage, now)?;
-    let mut seen = HashSet::with_capacity(v.len());
     let mut out = Vec::with_capacity(v.len());
     for s in v {
         let mut l = s.labels;
@@ -223,12 +355,14 @@ fn record(
                 l.insert(k.clone(), val.clone());
             }
         }
-        if !seen.insert(l.clone()) {
-            return Err(EvalError(
-                "vector contains metrics with the same labelset after applying rule labels".into(),
-            ));
-        }
-        out.push((l, s.v));
+        out.push((Arc::new(l), s.v));
+    }
+    let mut seen: HashSet<&Labels, LabelsHasher> =
+        HashSet::with_capacity_and_hasher(out.len(), LabelsHasher::default());
+    if !out.iter().all(|(l, _)| seen.insert(l)) {
+        return Err(EvalError(
+            "vector contains metrics with the same labelset after applying rule labels".into(),
+        ));
     }
     if limit > 0 && out.len() > limit {
         return Err(EvalError(format!(
@@ -246,9 +380,13 @@ fn alert(
     limit: usize,
     rs: &mut RuleState,
     ctx: &EvalContext<'_>,
-) -> Result<Vec<(Labels, f64)>, EvalError> {
+) -> Result<Vec<(Arc<Labels>, f64)>, EvalError> {
     let res = a.expr.eval_vector(storage, now)?;
-    let mut current: HashMap<Labels, Alert> = HashMap::with_capacity(res.len());
+    let templates = match &mut rs.templates {
+        Some(t) if t.are_of(a) => t,
+        slot => slot.insert(Templates::parse(a)),
+    };
+    let mut current: Vec<Alert> = Vec::with_capacity(res.len());
     for s in res {
         let mut sample_labels = s.labels;
         sample_labels.remove(METRIC_NAME);
@@ -258,9 +396,18 @@ fn alert(
             external_url: ctx.external_url,
             value: s.v,
         };
-        let mut labels = sample_labels.clone();
-        for (k, t) in &a.labels {
-            let v = template::expand(t, &data);
+        let expanded: Vec<(&String, String)> = templates
+            .labels
+            .iter()
+            .map(|(k, t)| (k, t.expand(&data)))
+            .collect();
+        let annotations = templates
+            .annotations
+            .iter()
+            .map(|(k, t)| (k.clone(), t.expand(&data)))
+            .collect();
+        let mut labels = sample_labels;
+        for (k, v) in expanded {
             if v.is_empty() {
                 labels.remove(k);
             } else {
@@ -268,49 +415,50 @@ fn alert(
             }
         }
         labels.insert("alertname".to_owned(), a.alert.clone());
-        let annotations = a
-            .annotations
-            .iter()
-            .map(|(k, t)| (k.clone(), template::expand(t, &data)))
-            .collect();
-        if current.contains_key(&labels) {
+        current.push(Alert {
+            labels,
+            annotations,
+            state: AlertState::Pending,
+            active_at: now,
+            fired_at: None,
+            resolved_at: None,
+            keep_firing_since: None,
+            value: s.v,
+        });
+    }
+    {
+        let mut seen: HashSet<&Labels, LabelsHasher> =
+            HashSet::with_capacity_and_hasher(current.len(), LabelsHasher::default());
+        if !current.iter().all(|al| seen.insert(&al.labels)) {
             return Err(EvalError(
                 "vector contains metrics with the same labelset after applying alert labels".into(),
             ));
         }
-        current.insert(
-            labels.clone(),
-            Alert {
-                labels,
-                annotations,
-                state: AlertState::Pending,
-                active_at: now,
-                fired_at: None,
-                resolved_at: None,
-                keep_firing_since: None,
-                value: s.v,
-            },
-        );
     }
-    let returned: HashSet<Labels> = current.keys().cloned().collect();
-    for (k, new) in current {
-        match rs.active.get_mut(&k) {
-            Some(old) if old.state != AlertState::Inactive => {
-                old.value = new.value;
-                old.annotations = new.annotations;
+    rs.evaluations += 1;
+    let this = rs.evaluations;
+    for new in current {
+        match rs.active.get_mut(&new.labels) {
+            Some(old) if old.alert.state != AlertState::Inactive => {
+                old.alert.value = new.value;
+                old.alert.annotations = new.annotations;
+                old.returned_in = this;
             }
-            _ => {
-                rs.active.insert(k, new);
+            Some(old) => *old = Active::new(new, this),
+            None => {
+                rs.active.insert(new.labels.clone(), Active::new(new, this));
             }
         }
     }
     let mut out = Vec::new();
     let mut active_or_pending = 0usize;
     let mut forget = Vec::new();
+    let active = &rs.active;
     rs.held
-        .retain(|k, until| now < *until && !returned.contains(k));
-    for (k, al) in rs.active.iter_mut() {
-        if !returned.contains(k) {
+        .retain(|k, until| now < *until && active.get(k).is_none_or(|x| x.returned_in != this));
+    for (k, act) in rs.active.iter_mut() {
+        let al = &mut act.alert;
+        if act.returned_in != this {
             let held = rs.held.contains_key(k) && al.state == AlertState::Firing;
             let mut keep_firing = false;
             if al.state == AlertState::Firing && a.keep_firing_for_ms > 0 {
@@ -340,14 +488,25 @@ fn alert(
             al.state = AlertState::Firing;
             al.fired_at = Some(now);
         }
-        let mut l = al.labels.clone();
-        l.insert(METRIC_NAME.to_owned(), "ALERTS".to_owned());
-        l.insert("alertstate".to_owned(), al.state.as_str().to_owned());
-        out.push((l, 1.0));
-        let mut l = al.labels.clone();
-        l.insert(METRIC_NAME.to_owned(), "ALERTS_FOR_STATE".to_owned());
+        let (alerts, for_state) = match &act.series {
+            Some((state, alerts, for_state)) if *state == al.state => {
+                (Arc::clone(alerts), Arc::clone(for_state))
+            }
+            _ => {
+                let mut l = al.labels.clone();
+                l.insert(METRIC_NAME.to_owned(), "ALERTS".to_owned());
+                l.insert("alertstate".to_owned(), al.state.as_str().to_owned());
+                let alerts = Arc::new(l);
+                let mut l = al.labels.clone();
+                l.insert(METRIC_NAME.to_owned(), "ALERTS_FOR_STATE".to_owned());
+                let for_state = Arc::new(l);
+                act.series = Some((al.state, Arc::clone(&alerts), Arc::clone(&for_state)));
+                (alerts, for_state)
+            }
+        };
+        out.push((alerts, 1.0));
         // Prometheus stores the activation time in whole seconds.
-        out.push((l, al.active_at.div_euclid(1000) as f64));
+        out.push((for_state, al.active_at.div_euclid(1000) as f64));
     }
     for k in forget {
         rs.active.remove(&k);

@@ -17,19 +17,167 @@
 //!   [`HistoryConfig::max_downsampled_points`] downsampled samples.
 //!
 //! Memory per series: 16 bytes a sample, plus its labels. A series read over 3 days, sampled
-//! every 15 s: 241 full-resolution samples (1 h) and 865 downsampled ones (5 m steps), 20.5 KiB
-//! with the queues' capacities and labels; [`History::memory_bytes`] accounts for everything
-//! held (BENCHMARKS.md has the measured figure for 1,000 such series).
+//! every 15 s: 241 full-resolution samples (1 h) and 865 downsampled ones (5 m steps), at most
+//! about 21 KiB with the buffers' spare capacity (under a fifth of each, see [`SampleBuf`]) and
+//! labels; [`History::memory_bytes`] accounts for everything held (BENCHMARKS.md has the
+//! measured figure for 1,000 such series).
+//!
+//! Each tier's samples are contiguous, so a selection lends them to the evaluator as one slice
+//! ([`Storage::visit`]) without copying.
 //!
 //! The cap: at most [`HistoryConfig::max_series`] series. Samples of further series are dropped
 //! and counted ([`HistoryStats::rejected_samples`]); [`History::take_cap_report`] hands the first
 //! rejected series to the caller once, to be logged once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::file::Group;
-use crate::storage::{Labels, METRIC_NAME, MatchOp, Matcher, Sample, Series, Storage, is_stale};
+use crate::storage::{
+    Facts, Labels, LabelsHashBuilder, METRIC_NAME, MatchOp, Matcher, Sample, SeriesVisitor,
+    Storage, is_stale, samples_in,
+};
+
+/// The hash maps of the history: keyed by label sets and metric names looked up for every
+/// appended sample, so a fast hasher (randomly seeded per map).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A time-ordered queue of samples kept contiguous, so that any range of it is one slice, with
+/// the [`Facts`] the evaluator may use to skip scanning a window.
+///
+/// Samples leave at the front by advancing `head`; the space they leave is reclaimed (the live
+/// samples moved to the start) when the buffer is full and at least a sixteenth of it is free,
+/// otherwise the buffer grows by an eighth. So once a series' window is full, spare capacity
+/// stays under about a fifth of the samples held, and a sample is moved at most sixteen times
+/// on average.
+#[derive(Debug)]
+struct SampleBuf {
+    buf: Vec<Sample>,
+    head: usize,
+    /// The newest staleness marker ever pushed (`i64::MIN`: none).
+    last_stale: i64,
+    /// The newest sample ever pushed that was lower than the non-stale sample before it.
+    last_decrease: i64,
+}
+
+impl Default for SampleBuf {
+    fn default() -> Self {
+        SampleBuf {
+            buf: Vec::new(),
+            head: 0,
+            last_stale: i64::MIN,
+            last_decrease: i64::MIN,
+        }
+    }
+}
+
+impl SampleBuf {
+    /// Bounds that hold for every sample ever pushed, hence for those held: a sample replaced
+    /// or dropped can only leave them higher than needed.
+    fn facts(&self) -> Facts {
+        Facts {
+            last_stale: self.last_stale,
+            last_decrease: self.last_decrease,
+        }
+    }
+
+    /// Records what `s`, about to be pushed or to replace the newest sample, adds to the facts.
+    fn note(&mut self, s: Sample) {
+        if is_stale(s.v) {
+            self.last_stale = self.last_stale.max(s.t);
+            return;
+        }
+        let prev = self
+            .as_slice()
+            .iter()
+            .rev()
+            .find(|x| x.t < s.t && !is_stale(x.v));
+        if prev.is_some_and(|p| s.v < p.v) {
+            self.last_decrease = self.last_decrease.max(s.t);
+        }
+    }
+
+    /// Replaces the value of the newest sample (at `s.t`).
+    fn replace_back(&mut self, s: Sample) {
+        self.note(s);
+        if let Some(last) = self.back_mut() {
+            last.v = s.v;
+        }
+    }
+
+    fn as_slice(&self) -> &[Sample] {
+        &self.buf[self.head..]
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len() - self.head
+    }
+
+    fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    fn front(&self) -> Option<&Sample> {
+        self.buf.get(self.head)
+    }
+
+    fn back(&self) -> Option<&Sample> {
+        self.as_slice().last()
+    }
+
+    fn back_mut(&mut self) -> Option<&mut Sample> {
+        let head = self.head;
+        self.buf[head..].last_mut()
+    }
+
+    fn pop_front(&mut self) {
+        if self.head < self.buf.len() {
+            self.head += 1;
+        }
+        if self.head == self.buf.len() {
+            self.buf.clear();
+            self.head = 0;
+        }
+    }
+
+    fn pop_back(&mut self) {
+        if self.len() > 0 {
+            self.buf.pop();
+        }
+        if self.head == self.buf.len() {
+            self.buf.clear();
+            self.head = 0;
+        }
+    }
+
+    fn push_back(&mut self, s: Sample) {
+        self.note(s);
+        if self.buf.len() == self.buf.capacity() {
+            if self.head > 0 && self.head >= self.buf.len() / 16 {
+                self.compact();
+            } else {
+                self.buf.reserve_exact((self.buf.len() / 8).max(4));
+            }
+        }
+        self.buf.push(s);
+    }
+
+    /// Moves the live samples to the start of the buffer.
+    fn compact(&mut self) {
+        if self.head > 0 {
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
+    }
+
+    /// Gives back spare capacity beyond a quarter of the samples held.
+    fn shrink(&mut self) {
+        if self.buf.capacity() > self.len() + self.len() / 4 + 16 {
+            self.compact();
+            self.buf.shrink_to(self.len() + self.len() / 8);
+        }
+    }
+}
 
 /// How much a [`History`] keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,12 +255,12 @@ struct HSeries {
     /// Downsampling step (ms); 0 when the window is within full resolution.
     step_ms: i64,
     /// Every sample newer than `raw_complete_after`.
-    raw: VecDeque<Sample>,
+    raw: SampleBuf,
     /// The newest timestamp dropped from `raw` (`i64::MIN` when none was).
     raw_complete_after: i64,
     /// The last non-stale sample of each step bucket, then a staleness marker if the bucket
     /// ended stale.
-    coarse: VecDeque<Sample>,
+    coarse: SampleBuf,
 }
 
 impl HSeries {
@@ -159,18 +307,15 @@ impl HSeries {
         }
     }
 
-    fn samples_in(tier: &VecDeque<Sample>, mint: i64, maxt: i64) -> Vec<Sample> {
-        let lo = tier.partition_point(|x| x.t < mint);
-        let hi = tier.partition_point(|x| x.t <= maxt);
-        tier.range(lo..hi.max(lo)).copied().collect()
-    }
-
-    fn select(&self, mint: i64, maxt: i64) -> Vec<Sample> {
-        if mint > self.raw_complete_after || self.step_ms == 0 {
-            Self::samples_in(&self.raw, mint, maxt)
+    /// The samples in `[mint, maxt]` of the tier that holds them: full resolution when it
+    /// reaches back to `mint`, else the downsampled one.
+    fn select(&self, mint: i64, maxt: i64) -> (&[Sample], Facts) {
+        let tier = if mint > self.raw_complete_after || self.step_ms == 0 {
+            &self.raw
         } else {
-            Self::samples_in(&self.coarse, mint, maxt)
-        }
+            &self.coarse
+        };
+        (samples_in(tier.as_slice(), mint, maxt), tier.facts())
     }
 
     fn sample_count(&self) -> usize {
@@ -200,10 +345,14 @@ fn labels_bytes(l: &Labels) -> usize {
 pub struct History {
     config: HistoryConfig,
     requirements: Vec<Requirement>,
+    /// The requirements whose selector names the metric (`__name__="x"`), by that name.
+    requirements_by_name: FastMap<String, Vec<usize>>,
+    /// The requirements whose selector does not name the metric.
+    requirements_unnamed: Vec<usize>,
     slots: Vec<Option<HSeries>>,
     free: Vec<usize>,
-    index: HashMap<Arc<Labels>, usize>,
-    by_name: HashMap<String, Vec<usize>>,
+    index: HashMap<Arc<Labels>, usize, LabelsHashBuilder>,
+    by_name: FastMap<String, Vec<usize>>,
     live: usize,
     rejected_samples: u64,
     out_of_order_samples: u64,
@@ -216,10 +365,12 @@ impl History {
         History {
             config,
             requirements: Vec::new(),
+            requirements_by_name: FastMap::default(),
+            requirements_unnamed: Vec::new(),
             slots: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
-            by_name: HashMap::new(),
+            index: HashMap::default(),
+            by_name: FastMap::default(),
             live: 0,
             rejected_samples: 0,
             out_of_order_samples: 0,
@@ -241,6 +392,18 @@ impl History {
     /// dropped, the others get their new window (their samples are kept; new ones follow the
     /// new downsampling step).
     pub fn set_requirements(&mut self, requirements: Vec<Requirement>) {
+        self.requirements_by_name.clear();
+        self.requirements_unnamed.clear();
+        for (i, r) in requirements.iter().enumerate() {
+            match metric_name_of(&r.matchers) {
+                Some(name) => self
+                    .requirements_by_name
+                    .entry(name.to_owned())
+                    .or_default()
+                    .push(i),
+                None => self.requirements_unnamed.push(i),
+            }
+        }
         self.requirements = requirements;
         for i in 0..self.slots.len() {
             let Some(s) = &self.slots[i] else {
@@ -257,12 +420,10 @@ impl History {
                 s.window_ms = window;
                 if step != s.step_ms {
                     s.step_ms = step;
-                    if step == 0 {
-                        s.coarse = VecDeque::new();
-                    } else {
+                    s.coarse = SampleBuf::default();
+                    if step != 0 {
                         // Start the downsampled tier from what full resolution holds.
-                        s.coarse.clear();
-                        let raw: Vec<Sample> = s.raw.iter().copied().collect();
+                        let raw: Vec<Sample> = s.raw.as_slice().to_vec();
                         for x in raw {
                             s.push_coarse(x);
                         }
@@ -275,8 +436,14 @@ impl History {
 
     /// The longest window a requirement matching `labels` reads, 0 when none matches.
     fn window_for(&self, labels: &Labels) -> i64 {
-        self.requirements
+        let named = labels
+            .get(METRIC_NAME)
+            .and_then(|n| self.requirements_by_name.get(n))
+            .map_or(&[][..], Vec::as_slice);
+        named
             .iter()
+            .chain(&self.requirements_unnamed)
+            .map(|&i| &self.requirements[i])
             .filter(|r| r.matchers.iter().all(|m| m.matches_labels(labels)))
             .map(|r| r.window_ms)
             .max()
@@ -336,9 +503,9 @@ impl History {
                     labels: Arc::clone(&arc),
                     window_ms: window,
                     step_ms,
-                    raw: VecDeque::new(),
+                    raw: SampleBuf::default(),
                     raw_complete_after: i64::MIN,
-                    coarse: VecDeque::new(),
+                    coarse: SampleBuf::default(),
                 };
                 let i = match self.free.pop() {
                     Some(i) => {
@@ -363,9 +530,9 @@ impl History {
             return;
         };
         let sample = Sample { t, v };
-        match s.raw.back_mut() {
+        match s.raw.back() {
             Some(last) if last.t == t => {
-                last.v = v;
+                s.raw.replace_back(sample);
                 if s.step_ms > 0 {
                     s.push_coarse(sample);
                 }
@@ -399,12 +566,8 @@ impl History {
                 self.remove(i);
             } else if let Some(s) = self.slots[i].as_mut() {
                 s.prune(full_res);
-                if s.raw.capacity() > 2 * s.raw.len() + 16 {
-                    s.raw.shrink_to_fit();
-                }
-                if s.coarse.capacity() > 2 * s.coarse.len() + 16 {
-                    s.coarse.shrink_to_fit();
-                }
+                s.raw.shrink();
+                s.coarse.shrink();
             }
         }
     }
@@ -434,40 +597,49 @@ impl History {
             .iter()
             .map(|(k, v)| k.len() + std::mem::size_of::<(String, Vec<usize>)>() + v.capacity() * 8)
             .sum();
-        series + slots + index + names
+        series + slots + self.free.capacity() * 8 + index + names
     }
 }
 
+/// Where the matcher requiring the metric name (`__name__="x"`) is, if there is one.
+fn name_matcher(matchers: &[Matcher]) -> Option<usize> {
+    matchers
+        .iter()
+        .position(|m| matches!(m.op, MatchOp::Equal) && m.name == METRIC_NAME)
+}
+
+/// The metric name a selector's matchers require (`__name__="x"`), if any.
+fn metric_name_of(matchers: &[Matcher]) -> Option<&str> {
+    name_matcher(matchers).map(|i| matchers[i].value.as_str())
+}
+
 impl Storage for History {
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
-        let by_name = matchers.iter().find_map(|m| match m.op {
-            MatchOp::Equal if m.name == METRIC_NAME => Some(m.value.as_str()),
-            _ => None,
-        });
-        let candidates: Box<dyn Iterator<Item = &HSeries>> = match by_name {
-            Some(name) => Box::new(
-                self.by_name
-                    .get(name)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|&i| self.slots[i].as_ref()),
-            ),
-            None => Box::new(self.slots.iter().flatten()),
-        };
-        let mut out = Vec::new();
-        for s in candidates {
-            if !matchers.iter().all(|m| m.matches_labels(&s.labels)) {
-                continue;
+    fn visit(&self, matchers: &[Matcher], mint: i64, maxt: i64, f: &mut SeriesVisitor<'_>) {
+        // Series found by their name need not be matched against it again.
+        let by_name = name_matcher(matchers);
+        let mut one = |s: &HSeries| {
+            let matched = matchers
+                .iter()
+                .enumerate()
+                .all(|(i, m)| Some(i) == by_name || m.matches_labels(&s.labels));
+            if !matched {
+                return;
             }
-            let samples = s.select(mint, maxt);
+            let (samples, facts) = s.select(mint, maxt);
             if !samples.is_empty() {
-                out.push(Series {
-                    labels: (*s.labels).clone(),
-                    samples,
-                });
+                f(&s.labels, samples, facts);
             }
+        };
+        match by_name {
+            Some(i) => {
+                for &slot in self.by_name.get(&matchers[i].value).into_iter().flatten() {
+                    if let Some(s) = &self.slots[slot] {
+                        one(s);
+                    }
+                }
+            }
+            None => self.slots.iter().flatten().for_each(one),
         }
-        out
     }
 }
 
@@ -677,8 +849,147 @@ mod tests {
         "absent_over_time(x{i=\"0\"}[5m])",
     ];
 
+    /// Range functions whose window may sit in either tier, for `facts_never_change_a_result`.
+    const FACT_EXPRS: &[&str] = &[
+        "rate(x[1m])",
+        "increase(x[5m])",
+        "rate(x[10m])",
+        "resets(x[30m])",
+        "rate(x[2h])",
+        "increase(x[6h])",
+        "resets(x[6h])",
+        "delta(x[30m])",
+        "changes(x[2h])",
+        "count_over_time(x[6h])",
+        "last_over_time(x[10m])",
+        "irate(x[5m])",
+        "rate(x[1h] offset 10m)",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum BufOp {
+        Push { dt: i64, v: f64 },
+        Replace(f64),
+        PopFront,
+        PopBack,
+        Shrink,
+    }
+
+    fn buf_op() -> impl Strategy<Value = BufOp> {
+        let value = prop_oneof![
+            8 => (-3i32..20).prop_map(f64::from),
+            1 => Just(STALE_NAN),
+            1 => Just(f64::NAN),
+        ];
+        prop_oneof![
+            6 => (1i64..5, value.clone()).prop_map(|(dt, v)| BufOp::Push { dt, v }),
+            1 => value.prop_map(BufOp::Replace),
+            3 => Just(BufOp::PopFront),
+            1 => Just(BufOp::PopBack),
+            1 => Just(BufOp::Shrink),
+        ]
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A SampleBuf holds what a plain queue holds, and its facts bound what it was given:
+        /// every staleness marker and every sample lower than the non-stale one before it.
+        #[test]
+        fn sample_buf_is_a_queue_with_sound_facts(
+            ops in proptest::collection::vec(buf_op(), 1..600),
+        ) {
+            let mut buf = SampleBuf::default();
+            let mut model: std::collections::VecDeque<Sample> = Default::default();
+            let mut t = 0;
+            for op in ops {
+                match op {
+                    BufOp::Push { dt, v } => {
+                        t += dt;
+                        buf.push_back(Sample { t, v });
+                        model.push_back(Sample { t, v });
+                    }
+                    BufOp::Replace(v) => {
+                        if let Some(last) = model.back_mut() {
+                            last.v = v;
+                            buf.replace_back(Sample { t: last.t, v });
+                        }
+                    }
+                    BufOp::PopFront => {
+                        model.pop_front();
+                        buf.pop_front();
+                    }
+                    BufOp::PopBack => {
+                        model.pop_back();
+                        buf.pop_back();
+                    }
+                    BufOp::Shrink => buf.shrink(),
+                }
+                let held: Vec<Sample> = model.iter().copied().collect();
+                let same = buf.as_slice().iter().zip(&held).all(|(a, b)| a.t == b.t && a.v.to_bits() == b.v.to_bits());
+                prop_assert!(same && buf.len() == held.len());
+                let facts = buf.facts();
+                let mut prev: Option<f64> = None;
+                for x in &held {
+                    if is_stale(x.v) {
+                        prop_assert!(facts.last_stale >= x.t);
+                        continue;
+                    }
+                    if prev.is_some_and(|p| x.v < p) {
+                        prop_assert!(facts.last_decrease >= x.t, "{:?} {:?}", facts, held);
+                    }
+                    prev = Some(x.v);
+                }
+            }
+        }
+
+        /// The facts a tier keeps (its newest staleness marker and decrease) never change a
+        /// result: each function over the samples History lends equals the same function over
+        /// a copy of them, which MemStorage lends without facts, in both tiers.
+        #[test]
+        fn facts_never_change_a_result(
+            steps in proptest::collection::vec((1i64..120_000, 0u32..1000, 0u8..40), 1..400),
+            extra in 0i64..600_000,
+        ) {
+            let mut hist = History::new(HistoryConfig {
+                full_resolution_ms: 10 * MIN,
+                downsample_step_ms: MIN,
+                ..HistoryConfig::default()
+            });
+            hist.set_requirements(vec![Requirement::everything(7 * HOUR)]);
+            let l = labels("x");
+            let (mut t, mut v) = (0, 0.0);
+            for &(dt, inc, kind) in &steps {
+                t += dt;
+                match kind {
+                    0 => {
+                        hist.append(&l, t, STALE_NAN);
+                        continue;
+                    }
+                    // A counter reset.
+                    1 => v = f64::from(inc) / 10.0,
+                    // A sample replaced by a lower one at the same time.
+                    2 => hist.append(&l, t, v + 5.0),
+                    _ => v += f64::from(inc),
+                }
+                hist.append(&l, t, v);
+            }
+            let at = t + extra;
+            for e in FACT_EXPRS {
+                let q = Query::parse(e).expect("parse");
+                let (matchers, window) = q.selectors().remove(0);
+                let mut copy = MemStorage::new();
+                for s in hist.select(&matchers, at - window, at) {
+                    for x in s.samples {
+                        copy.append(&s.labels, x.t, x.v);
+                    }
+                }
+                let bits = |r: Result<Vec<crate::VSample>, crate::EvalError>| {
+                    r.map(|v| v.into_iter().map(|s| (s.labels, s.t, s.v.to_bits())).collect::<Vec<_>>())
+                };
+                prop_assert_eq!(bits(q.eval_vector(&hist, at)), bits(q.eval_vector(&copy, at)), "{}", e);
+            }
+        }
 
         /// Over windows within full resolution, results equal MemStorage's, whatever the
         /// sample times, values, gaps and staleness markers.

@@ -2,10 +2,15 @@
 //! `__name__`) and their samples `(timestamp ms, f64)`, and [`MemStorage`], a plain in-memory
 //! implementation used by the promtool runner and by tests.
 //!
+//! A store lends its series to the evaluator ([`Storage::visit`]): the label set behind a shared
+//! pointer and the samples as a slice, so reading a window copies nothing; the evaluator copies a
+//! label set only when it builds a result whose labels differ.
+//!
 //! Staleness is carried as Prometheus carries it: a sample whose value is the special NaN
 //! [`STALE_NAN`] marks the end of a series; [`is_stale`] tells it from an ordinary NaN.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use regex::Regex;
 
@@ -21,6 +26,40 @@ pub const STALE_NAN: f64 = f64::from_bits(0x7ff0_0000_0000_0002);
 /// Whether `v` is the staleness marker (and not an ordinary NaN).
 pub fn is_stale(v: f64) -> bool {
     v.to_bits() == STALE_NAN.to_bits()
+}
+
+/// A hasher for maps keyed by label sets: foldhash over the names' and values' bytes only.
+/// A label set hashes as its map length, then each string followed by a terminator byte;
+/// leaving the length and terminators out halves the hasher's work for the same strings. Keys
+/// are still compared in full, so this changes speed, not results.
+#[derive(Debug, Clone, Default)]
+pub struct LabelsHashBuilder(foldhash::fast::RandomState);
+
+impl std::hash::BuildHasher for LabelsHashBuilder {
+    type Hasher = LabelsHasher;
+
+    fn build_hasher(&self) -> LabelsHasher {
+        LabelsHasher(self.0.build_hasher())
+    }
+}
+
+/// The hasher of [`LabelsHashBuilder`].
+pub struct LabelsHasher(foldhash::fast::FoldHasher<'static>);
+
+impl std::hash::Hasher for LabelsHasher {
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
+    }
+
+    /// The terminator `str` hashing writes after the bytes.
+    fn write_u8(&mut self, _: u8) {}
+
+    /// The map's length prefix.
+    fn write_usize(&mut self, _: usize) {}
 }
 
 /// One sample.
@@ -85,19 +124,87 @@ impl Matcher {
     }
 }
 
+/// What a store knows about the samples of a series it lends, so that the evaluator can skip
+/// scanning a window for what is not in it. Each bound is a timestamp (ms); [`Facts::UNKNOWN`]
+/// claims nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facts {
+    /// No staleness marker of the series is newer than this.
+    pub last_stale: i64,
+    /// No sample lower than the non-stale sample before it (a counter reset, a falling gauge)
+    /// is newer than this; staleness markers are left out of the sequence.
+    pub last_decrease: i64,
+}
+
+impl Facts {
+    /// Nothing known: the evaluator scans.
+    pub const UNKNOWN: Facts = Facts {
+        last_stale: i64::MAX,
+        last_decrease: i64::MAX,
+    };
+
+    /// Whether `samples` (a time-ordered window of the series) may hold a staleness marker.
+    pub fn may_have_stale(&self, samples: &[Sample]) -> bool {
+        samples.first().is_some_and(|f| self.last_stale >= f.t)
+    }
+
+    /// Whether some non-stale sample of `samples` (a window of the series) may be lower than
+    /// the non-stale sample before it in the window.
+    pub fn may_decrease(&self, samples: &[Sample]) -> bool {
+        samples.first().is_some_and(|f| self.last_decrease > f.t)
+    }
+}
+
+/// What [`Storage::visit`] calls for each series: its labels, its samples in the range asked
+/// for, and what the store knows about them.
+pub type SeriesVisitor<'a> = dyn FnMut(&Arc<Labels>, &[Sample], Facts) + 'a;
+
 /// What the evaluator needs from a store of series.
 pub trait Storage {
-    /// Every series matching all `matchers`, with its samples whose timestamps lie in
-    /// `[mint, maxt]` (inclusive, milliseconds), in time order, staleness markers included.
-    /// Series with no sample in the range may be left out.
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series>;
+    /// Calls `f` with every series matching all `matchers` that has a sample whose timestamp
+    /// lies in `[mint, maxt]` (inclusive, milliseconds): its labels, those samples in time
+    /// order (staleness markers included), and what the store knows about them. Each series
+    /// is visited once; no two have the same labels.
+    fn visit(&self, matchers: &[Matcher], mint: i64, maxt: i64, f: &mut SeriesVisitor<'_>);
+
+    /// The series [`visit`](Storage::visit) would lend, copied.
+    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
+        let mut out = Vec::new();
+        self.visit(matchers, mint, maxt, &mut |labels, samples, _| {
+            out.push(Series {
+                labels: (**labels).clone(),
+                samples: samples.to_vec(),
+            });
+        });
+        out
+    }
+}
+
+/// The samples of a time-ordered slice whose timestamps lie in `[mint, maxt]`.
+pub fn samples_in(samples: &[Sample], mint: i64, maxt: i64) -> &[Sample] {
+    // Windows usually end at or after the newest sample: no search for the end then.
+    let hi = match samples.last() {
+        Some(last) if last.t <= maxt => samples.len(),
+        _ => samples.partition_point(|x| x.t <= maxt),
+    };
+    let lo = match samples.first() {
+        Some(first) if first.t >= mint => 0,
+        _ => samples[..hi].partition_point(|x| x.t < mint),
+    };
+    &samples[lo..hi.max(lo)]
+}
+
+#[derive(Debug, Clone)]
+struct MemSeries {
+    labels: Arc<Labels>,
+    samples: Vec<Sample>,
 }
 
 /// An in-memory store: the promtool runner's and the tests' storage.
 #[derive(Debug, Default, Clone)]
 pub struct MemStorage {
-    series: Vec<Series>,
-    index: HashMap<Labels, usize>,
+    series: Vec<MemSeries>,
+    index: HashMap<Arc<Labels>, usize, LabelsHashBuilder>,
 }
 
 impl MemStorage {
@@ -111,11 +218,12 @@ impl MemStorage {
         let idx = match self.index.get(labels) {
             Some(&i) => i,
             None => {
-                self.series.push(Series {
-                    labels: labels.clone(),
+                let shared = Arc::new(labels.clone());
+                self.series.push(MemSeries {
+                    labels: Arc::clone(&shared),
                     samples: Vec::new(),
                 });
-                self.index.insert(labels.clone(), self.series.len() - 1);
+                self.index.insert(shared, self.series.len() - 1);
                 self.series.len() - 1
             }
         };
@@ -130,6 +238,13 @@ impl MemStorage {
         }
     }
 
+    /// The samples of the series with exactly these labels, if it is held.
+    pub fn series(&self, labels: &Labels) -> Option<&[Sample]> {
+        self.index
+            .get(labels)
+            .map(|&i| self.series[i].samples.as_slice())
+    }
+
     /// Number of series held.
     pub fn len(&self) -> usize {
         self.series.len()
@@ -141,22 +256,16 @@ impl MemStorage {
 }
 
 impl Storage for MemStorage {
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
-        let mut out = Vec::new();
+    fn visit(&self, matchers: &[Matcher], mint: i64, maxt: i64, f: &mut SeriesVisitor<'_>) {
         for s in &self.series {
             if !matchers.iter().all(|m| m.matches_labels(&s.labels)) {
                 continue;
             }
-            let lo = s.samples.partition_point(|x| x.t < mint);
-            let hi = s.samples.partition_point(|x| x.t <= maxt);
-            if lo < hi {
-                out.push(Series {
-                    labels: s.labels.clone(),
-                    samples: s.samples[lo..hi].to_vec(),
-                });
+            let samples = samples_in(&s.samples, mint, maxt);
+            if !samples.is_empty() {
+                f(&s.labels, samples, Facts::UNKNOWN);
             }
         }
-        out
     }
 }
 
@@ -189,6 +298,32 @@ mod tests {
         assert_eq!(got.len(), 1, "b has no sample in [15, 20]");
         // A missing label matches the empty string.
         assert_eq!(st.select(&[Matcher::equal("nope", "")], 0, 100).len(), 2);
+    }
+
+    proptest::proptest! {
+        /// samples_in takes exactly the samples within the bounds.
+        #[test]
+        fn samples_in_is_the_filter(
+            steps in proptest::collection::vec(0i64..5, 0..40),
+            mint in -5i64..120,
+            len in -5i64..120,
+        ) {
+            let mut t = 0;
+            let samples: Vec<Sample> = steps
+                .iter()
+                .map(|dt| {
+                    t += dt + 1;
+                    Sample { t, v: 0.0 }
+                })
+                .collect();
+            let maxt = mint + len;
+            let want: Vec<Sample> = samples
+                .iter()
+                .copied()
+                .filter(|x| x.t >= mint && x.t <= maxt)
+                .collect();
+            proptest::prop_assert_eq!(samples_in(&samples, mint, maxt), &want[..]);
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! which [`check`] reports when the rule file is loaded.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use gtmpl::{Context, Func, Template};
 use gtmpl_value::{FuncError, Number, Value};
@@ -524,12 +524,66 @@ fn labels_value(l: &Labels, text: &str, prefixes: [&str; 2]) -> Value {
     Value::Map(m)
 }
 
+/// A template parsed once, to be expanded for many alerts ([`compile`]).
+#[derive(Clone)]
+pub struct Compiled {
+    text: String,
+    parsed: Arc<Parsed>,
+}
+
+enum Parsed {
+    /// Text without an action (`{{`): it expands to itself.
+    Literal,
+    Template(Template),
+    Failed(String),
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("text", &self.text)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses a template for [`Compiled::expand`].
+pub fn compile(text: &str) -> Compiled {
+    let parsed = if !text.contains("{{") {
+        Parsed::Literal
+    } else {
+        match build(text) {
+            Ok(t) => Parsed::Template(t),
+            Err(e) => Parsed::Failed(e),
+        }
+    };
+    Compiled {
+        text: text.to_owned(),
+        parsed: Arc::new(parsed),
+    }
+}
+
+impl Compiled {
+    /// The template as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Expands the template, as [`expand`] does.
+    pub fn expand(&self, data: &TemplateData<'_>) -> String {
+        match &*self.parsed {
+            Parsed::Literal => self.text.clone(),
+            Parsed::Failed(e) => format!("<error expanding template: {e}>"),
+            Parsed::Template(t) => render(t, &self.text, data),
+        }
+    }
+}
+
 /// Expands a template; a failure gives Prometheus's `<error expanding template: ...>` text.
 pub fn expand(text: &str, data: &TemplateData<'_>) -> String {
-    let t = match build(text) {
-        Ok(t) => t,
-        Err(e) => return format!("<error expanding template: {e}>"),
-    };
+    compile(text).expand(data)
+}
+
+fn render(t: &Template, text: &str, data: &TemplateData<'_>) -> String {
     let mut obj = HashMap::new();
     obj.insert(
         "Labels".to_owned(),

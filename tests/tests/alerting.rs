@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Agent, Result, eventually, get};
+use common::{Agent, Result, eventually, get, workspace};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -36,13 +36,14 @@ alerts:
   group_wait: 0s
   group_interval: 1s
   repeat_interval: 4h
-  rules:
-    - name: AgentRunning
-      expr: 'sidelight_build_info'
-      threshold: 0
-      severity: warning
-      labels: {{ service: sidelight }}
-      summary: "build info is {{{{ $value }}}}"
+  groups:
+    - name: agent
+      rules:
+        - alert: AgentRunning
+          expr: sidelight_build_info > 0
+          labels: {{ severity: warning, service: sidelight }}
+          annotations:
+            summary: "build info is {{{{ $value }}}}"
 notifiers:
   slack:
     token_file: slack-token
@@ -126,5 +127,203 @@ fn alert_reaches_slack_once_across_a_restart_and_chatops_answers() -> Result {
     let s = chat.seen();
     assert_eq!(s.posts.len(), 1, "resent after the restart: {:?}", s.posts);
     assert!(s.updates.is_empty());
+    Ok(())
+}
+
+/// A configuration still written in the agent's removed rule dialect is refused by the real
+/// `check-config` (exit 64, nothing bound), naming the old keys and printing the Prometheus rule
+/// to write instead — never silently ignored.
+#[test]
+fn check_config_refuses_the_removed_rule_dialect_with_the_rule_to_write() -> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("old.yaml");
+    std::fs::write(
+        &path,
+        r#"
+alerts:
+  rules:
+    - name: AgentRunning
+      expr: 'sidelight_build_info'
+      threshold: 0
+      severity: warning
+      summary: "build info is {{ $value }}"
+"#,
+    )?;
+    let out = std::process::Command::new(common::sidelight_bin())
+        .arg("check-config")
+        .arg(&path)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(64), "{text}");
+    for want in [
+        "alerts.rules: is no longer read",
+        "threshold",
+        "alerts.groups",
+        "alerts.rule_files",
+        "alerts.rules[0]: write instead",
+        "alert: AgentRunning",
+        "sidelight_build_info > 0",
+        "severity: warning",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    Ok(())
+}
+
+/// "A new exception type since the last deploy" end to end with the shipped rule and the
+/// external labels: the agent loads `alerts/sidelight-alerts.yaml` unchanged, a deployment of
+/// `checkout` is recorded through the hub's API, then the `checkout` log shows an exception type
+/// never seen before; `SidelightNewExceptionSinceDeploy` fires and reaches the webhook (bearer
+/// and signature checked by the loopback peer) with `alerts.external_labels` attached, its
+/// runbook link built from `$externalLabels.runbook_base`, and `externalURL` from
+/// `alerts.external_url`; `/api/v1/alerts` shows the rule's labels without the external ones.
+#[test]
+fn new_exception_since_deploy_fires_from_the_shipped_rule_with_external_labels() -> Result {
+    let chat = common::ChatPeers::start(common::ChatSecrets {
+        slack_token: "unused".into(),
+        hook_token: "hook-token-19".into(),
+        hook_hmac: "hook-hmac-19".into(),
+    })?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("hook-token"), "hook-token-19")?;
+    std::fs::write(dir.path().join("hook-hmac"), "hook-hmac-19")?;
+    std::fs::create_dir(dir.path().join("logs"))?;
+    let log = dir.path().join("logs/checkout.log");
+    std::fs::write(
+        &log,
+        "{\"levelname\": \"INFO\", \"name\": \"app\", \"message\": \"started\"}\n",
+    )?;
+    let config = format!(
+        r##"
+http: {{ listen: "127.0.0.1:0" }}
+host: {{ interval: 1s }}
+store: {{ path: "{{dir}}/data" }}
+dora: {{ enabled: true }}
+logs:
+  - {{ source: checkout, include: ["{{dir}}/logs/*.log"], tail: {{ scan_interval: 200ms }} }}
+alerts:
+  evaluation_interval: 1s
+  group_wait: 0s
+  group_interval: 1s
+  rule_files: ["{alerts}/sidelight-alerts.yaml"]
+  external_labels: {{ runbook_base: "https://runbooks.example/ops", cluster: e2e }}
+  external_url: "https://sidelight.example:9464/"
+notifiers:
+  hook:
+    type: webhook
+    url: "{hook}"
+    bearer_token_file: hook-token
+    hmac_secret_file: hook-hmac
+"##,
+        alerts = workspace().join("alerts").display(),
+        hook = chat.hook_url(),
+    );
+    let agent = Agent::start_in(dir, &config)?;
+
+    // The deployment, then wait until the rules can see it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let deploy = serde_json::json!({
+        "service": "checkout", "environment": "production", "version": "3.1.0",
+        "commit": "0123456789ab", "started_at": now - 120, "finished_at": now - 60,
+        "commits": [{"sha": "0123456789ab", "timestamp": now - 3600}],
+    });
+    let mut resp = common::client()
+        .post(&agent.url("/api/v1/deployments"))
+        .header("content-type", "application/json")
+        .send(deploy.to_string())?;
+    assert_eq!(
+        resp.status().as_u16(),
+        201,
+        "{}",
+        resp.body_mut().read_to_string()?
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the last deployment on /metrics",
+        || {
+            (agent.metric(
+                "dora_last_successful_deployment_timestamp_seconds",
+                "service=\"checkout\"",
+            ) == (now - 60) as f64)
+                .then_some(())
+        },
+    )?;
+    let seen = |chat: &common::ChatPeers| {
+        chat.seen()
+            .hooks
+            .iter()
+            .flat_map(|h| h["alerts"].as_array().cloned().unwrap_or_default())
+            .find(|a| a["labels"]["alertname"] == "SidelightNewExceptionSinceDeploy")
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(seen(&chat).is_none(), "fired before any exception");
+
+    // A new exception type in checkout's log.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log)?;
+    std::io::Write::write_all(
+        &mut f,
+        b"{\"levelname\": \"ERROR\", \"name\": \"app\", \"message\": \"charge failed\", \"exc_info\": \"Traceback (most recent call last):\\n  File \\\"app.py\\\", line 3, in charge\\nValueError: amount\"}\n",
+    )?;
+    drop(f);
+    let alert = eventually(Duration::from_secs(30), "the alert at the webhook", || {
+        seen(&chat)
+    })
+    .map_err(|e| {
+        format!(
+            "{e}; refused: {:?}; agent: {:?}",
+            chat.seen().refused,
+            agent.log_lines()
+        )
+    })?;
+    assert_eq!(alert["status"], "firing", "{alert}");
+    let labels = &alert["labels"];
+    assert_eq!(labels["exception"], "ValueError", "{alert}");
+    assert_eq!(labels["service"], "checkout", "{alert}");
+    assert_eq!(labels["severity"], "warning", "{alert}");
+    assert_eq!(
+        labels["cluster"], "e2e",
+        "external labels attached: {alert}"
+    );
+    assert_eq!(labels["runbook_base"], "https://runbooks.example/ops");
+    assert_eq!(
+        alert["annotations"]["runbook_url"],
+        "https://runbooks.example/ops/runbooks.md#sidelightnewexceptionsincedeploy"
+    );
+    assert!(
+        alert["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("New exception ValueError in checkout")),
+        "{alert}"
+    );
+    let hook = chat
+        .seen()
+        .hooks
+        .iter()
+        .find(|h| h.to_string().contains("SidelightNewExceptionSinceDeploy"))
+        .cloned()
+        .ok_or("no hook")?;
+    assert_eq!(hook["externalURL"], "https://sidelight.example:9464");
+    assert!(chat.seen().refused.is_empty(), "{:?}", chat.seen().refused);
+
+    // Prometheus's API shape: the rule's labels only.
+    let (status, _, body) = get(&agent.url("/api/v1/alerts"), &[])?;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    let listed = v["data"]["alerts"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|x| x["labels"]["alertname"] == "SidelightNewExceptionSinceDeploy")
+        })
+        .cloned()
+        .ok_or(format!("not listed: {body}"))?;
+    assert!(listed["labels"].get("cluster").is_none(), "{listed}");
+    assert_eq!(listed["state"], "firing");
     Ok(())
 }

@@ -70,6 +70,16 @@ fn top_level(posts: &[(std::time::Instant, serde_json::Value)]) -> Vec<serde_jso
         .collect()
 }
 
+/// Checkout's server-span error ratio over `window`, with `service` copied from `service_name`
+/// (the label the default `group_by` and DORA incidents read).
+fn error_ratio(window: &str) -> String {
+    let calls =
+        r#"traces_span_metrics_calls_total{service_name="checkout",span_kind="SPAN_KIND_SERVER""#;
+    format!(
+        r#"label_replace(sum by (service_name) (rate({calls},status_code="STATUS_CODE_ERROR"}}[{window}])) / sum by (service_name) (rate({calls}}}[{window}])), "service", "$1", "service_name", "(.+)")"#
+    )
+}
+
 #[test]
 fn burn_rate_alert_from_a_real_python_service_fires_and_resolves_in_slack_and_teams() -> Result {
     let chat = peers()?;
@@ -78,7 +88,8 @@ fn burn_rate_alert_from_a_real_python_service_fires_and_resolves_in_slack_and_te
     let (grpc, http) = (free_port(), free_port());
     // Burn rates over short windows so the test takes seconds: a 99 % objective (1 % budget),
     // a fast pair (20 s / 4 s above 10x: critical) and a slower one (40 s / 8 s above 5x:
-    // warning). Both alerts land in one group (alertname + service).
+    // warning), written as Prometheus rules (multi-window multi-burn-rate, as the SRE workbook
+    // and the shipped alerts/ rules). Both alerts land in one group (alertname + service).
     let config = format!(
         r##"
 http: {{ listen: "127.0.0.1:0" }}
@@ -96,17 +107,33 @@ alerts:
   routes:
     - {{ match: ['alertname="CheckoutErrorBudget"'], receiver: teams, continue: true }}
     - {{ match: ['alertname="CheckoutErrorBudget"'], receiver: slack }}
-  links: {{ runbook: "https://runbooks.example/slo" }}
-  rules:
-    - name: CheckoutErrorBudget
-      slo:
-        service: checkout
-        span_kind: SPAN_KIND_SERVER
-        objective: 99
-        windows:
-          - {{ long: 20s, short: 4s, factor: 10, severity: critical }}
-          - {{ long: 40s, short: 8s, factor: 5, severity: warning }}
-      for: 2s
+  groups:
+    - name: checkout-slo
+      rules:
+        # Checkout's error ratio over each window, as the shipped SLO recording rules have it.
+        - {{ record: "service:checkout_error_ratio:rate20s", expr: '{r20}' }}
+        - {{ record: "service:checkout_error_ratio:rate4s", expr: '{r4}' }}
+        - {{ record: "service:checkout_error_ratio:rate40s", expr: '{r40}' }}
+        - {{ record: "service:checkout_error_ratio:rate8s", expr: '{r8}' }}
+        # Both windows of a pair above factor x the budget (1 %): the fast pair pages.
+        - alert: CheckoutErrorBudget
+          expr: |
+            service:checkout_error_ratio:rate20s > 10 * 0.01
+            and service:checkout_error_ratio:rate4s > 10 * 0.01
+          for: 2s
+          labels: {{ severity: critical }}
+          annotations:
+            summary: "{{{{ $labels.service }}}} burns its error budget: {{{{ $value | humanizePercentage }}}} of calls fail"
+            runbook_url: https://runbooks.example/slo
+        - alert: CheckoutErrorBudget
+          expr: |
+            service:checkout_error_ratio:rate40s > 5 * 0.01
+            and service:checkout_error_ratio:rate8s > 5 * 0.01
+          for: 2s
+          labels: {{ severity: warning }}
+          annotations:
+            summary: "{{{{ $labels.service }}}} burns its error budget: {{{{ $value | humanizePercentage }}}} of calls fail"
+            runbook_url: https://runbooks.example/slo
 notifiers:
   slack:
     token_file: slack-token
@@ -117,6 +144,10 @@ notifiers:
     webhook_url_file: teams-url
 "##,
         api = chat.slack_api(),
+        r20 = error_ratio("20s"),
+        r4 = error_ratio("4s"),
+        r40 = error_ratio("40s"),
+        r8 = error_ratio("8s"),
     );
     let agent = Agent::start_in(dir, &config)?;
     let port = free_port();
@@ -259,13 +290,14 @@ alerts:
   routes:
     - {{ match: ['alertname="AgentRunning"'], receiver: hook, continue: true }}
     - {{ match: ['alertname="AgentRunning"'], receiver: slack }}
-  rules:
-    - name: AgentRunning
-      expr: 'sidelight_build_info'
-      threshold: 0
-      severity: warning
-      labels: {{ service: sidelight }}
-      summary: "build info is {{{{ $value }}}}"
+  groups:
+    - name: agent
+      rules:
+        - alert: AgentRunning
+          expr: sidelight_build_info > 0
+          labels: {{ severity: warning, service: sidelight }}
+          annotations:
+            summary: "build info is {{{{ $value }}}}"
 notifiers:
   slack:
     token_file: slack-token
@@ -474,12 +506,14 @@ alerts:
     - {{ match: ['alertname="SpanSeen"'], receiver: teams, continue: true }}
     - {{ match: ['alertname="SpanSeen"'], receiver: hook, continue: true }}
     - {{ match: ['alertname="SpanSeen"'], receiver: slack }}
-  rules:
-    - name: SpanSeen
-      expr: 'traces_span_metrics_calls_total'
-      threshold: 0
-      severity: critical
-      summary: "{{{{ $labels.span_name }}}} was called"
+  groups:
+    - name: spans
+      rules:
+        - alert: SpanSeen
+          expr: traces_span_metrics_calls_total > 0
+          labels: {{ severity: critical }}
+          annotations:
+            summary: "{{{{ $labels.span_name }}}} was called"
 notifiers:
   slack:
     token_file: slack-token
@@ -674,12 +708,14 @@ alerts:
   group_by: [alertname, span_name]
   routes:
     - {{ match: ['alertname="SpanSeen"'], receiver: teams }}
-  rules:
-    - name: SpanSeen
-      expr: 'traces_span_metrics_calls_total'
-      threshold: 0
-      severity: critical
-      summary: "{{{{ $labels.span_name }}}} was called"
+  groups:
+    - name: spans
+      rules:
+        - alert: SpanSeen
+          expr: traces_span_metrics_calls_total > 0
+          labels: {{ severity: critical }}
+          annotations:
+            summary: "{{{{ $labels.span_name }}}} was called"
 notifiers:
   teams:
     webhook_url_file: teams-url

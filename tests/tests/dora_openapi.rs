@@ -39,12 +39,13 @@ dora:
     gitlab: { token_file: "{dir}/gl", deploy_on_pipeline: true }
 alerts:
   evaluation_interval: 1s
-  rules:
-    - name: NeverFires
-      expr: 'sidelight_build_info'
-      threshold: 1000
-      severity: warning
-      summary: "never"
+  groups:
+    - name: agent
+      rules:
+        - alert: NeverFires
+          expr: sidelight_build_info > 1000
+          labels: { severity: warning }
+          annotations: { summary: never }
 notifiers:
   slack:
     token_file: "{dir}/slack-token"

@@ -338,7 +338,7 @@ fn a_busy_sink_loses_no_tailed_line() -> Result {
     Ok(())
 }
 
-/// Issue 25's outage with rotation, scaled for CI: a Python service logs through
+/// An outage during fast rotation, scaled for CI: a Python service logs through
 /// `RotatingFileHandler` (64 KiB files, about six rotations a second, `backups` kept) under the
 /// embedded default's pattern (`*.log`: the rotated names are not included) while the endpoint
 /// answers UNAVAILABLE for 16 s. The small queue fills within a second and the tailer waits in

@@ -328,3 +328,79 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one() -> Result {
     );
     Ok(())
 }
+
+/// The threads ARCHITECTURE.md ("Threads and tasks") says the agent starts, and no other: the
+/// runtime's own (`sidelight`: the main thread and at most 4 blocking-pool threads), one tailer
+/// per log source, and the store's owner when DORA or alerts are on. Read from
+/// `/proc/<pid>/task/*/comm` while every part is busy at least once.
+#[test]
+fn the_agent_starts_only_the_threads_the_architecture_names() -> Result {
+    let agent = Agent::start(
+        r#"http: { listen: 127.0.0.1:0 }
+host: { interval: 1s }
+store: { path: {dir}/data }
+logs:
+  - { source: app, include: ["{dir}/logs/*.log"] }
+  - { source: worker, include: ["{dir}/logs/worker/*.log"] }
+otlp: { grpc: 127.0.0.1:0, http: 127.0.0.1:0 }
+dora: { enabled: true }
+alerts:
+  groups:
+    - name: up
+      interval: 1s
+      rules:
+        - alert: AgentDown
+          expr: absent(sidelight_build_info)
+"#,
+    )?;
+    eventually(Duration::from_secs(20), "readyz", || {
+        get(&agent.url("/readyz"), &[]).ok().filter(|r| r.0 == 200)
+    })?;
+    // Put the blocking pool and the store to work: scrapes, collection cycles, a deployment.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let deploy = common::client()
+        .post(&agent.url("/api/v1/deployments"))
+        .header("content-type", "application/json")
+        .send(format!(
+            r#"{{"service":"checkout","environment":"production","version":"1.0.0","commit":"abc123","started_at":{},"finished_at":{now}}}"#,
+            now - 60
+        ))?;
+    assert!(deploy.status().is_success(), "{}", deploy.status());
+    for _ in 0..3 {
+        let _ = get(&agent.url("/metrics"), &[])?;
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let pid = agent.proc.0.id();
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let comm = std::fs::read_to_string(task?.path().join("comm"))?;
+        names.push(comm.trim_end().to_owned());
+    }
+    names.sort();
+    let runtime = names.iter().filter(|n| *n == "sidelight").count();
+    assert!(
+        (1..=5).contains(&runtime),
+        "main thread + at most 4 blocking: {names:?}"
+    );
+    // The kernel keeps 15 bytes of a thread's name.
+    for want in ["tail app", "tail worker", "sidelight-store"] {
+        assert_eq!(
+            names.iter().filter(|n| *n == want).count(),
+            1,
+            "{want}: {names:?}"
+        );
+    }
+    let others: Vec<_> = names
+        .iter()
+        .filter(|n| {
+            !["sidelight", "tail app", "tail worker", "sidelight-store"].contains(&n.as_str())
+        })
+        .collect();
+    assert!(
+        others.is_empty(),
+        "threads the architecture does not name: {others:?}"
+    );
+    Ok(())
+}

@@ -335,9 +335,11 @@ alerts:
   receiver: hook_ok
   routes:
     - {{ match: ['severity="critical"'], receiver: hook_bad }}
-  rules:
-    - {{ name: AgentUp, expr: sidelight_build_info, op: ">", threshold: 0, severity: warning, labels: {{ service: agent }} }}
-    - {{ name: AgentUpPage, expr: sidelight_build_info, op: ">", threshold: 0, severity: critical, labels: {{ service: pager }} }}
+  groups:
+    - name: agent
+      rules:
+        - {{ alert: AgentUp, expr: sidelight_build_info > 0, labels: {{ severity: warning, service: agent }} }}
+        - {{ alert: AgentUpPage, expr: sidelight_build_info > 0, labels: {{ severity: critical, service: pager }} }}
 notifiers:
   hook_ok: {{ type: webhook, url: "http://127.0.0.1:{hook_ok}/alerts", bearer_token_file: hook-token }}
   hook_bad: {{ type: webhook, url: "http://127.0.0.1:{hook_bad}/alerts", bearer_token_file: hook-token }}

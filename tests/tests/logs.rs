@@ -360,7 +360,7 @@ fn copytruncate_loses_only_what_it_counts() -> Result {
     copytruncate("app.log")
 }
 
-/// Issue 25: with the README's `*.log*` every copy was read again from 0.
+/// With the README's `*.log*` every copy was read again from 0.
 #[test]
 fn copytruncate_with_the_copies_included_repeats_nothing() -> Result {
     copytruncate("app.log*")
@@ -473,7 +473,7 @@ fn kill9_restarts_during_fast_rotation_lose_nothing() -> Result {
     restarts(true, 200_000, 20_000, 4, "app.log*", None)
 }
 
-/// Issue 21's scenario: the embedded default's pattern (`*.log`), 256 KiB files at ~20k lines/s
+/// Rotation while the agent is down: the embedded default's pattern (`*.log`), 256 KiB files at ~20k lines/s
 /// (a rotation every ~65 ms), two `kill -9`s: files renamed out of the glob, and files created
 /// and rotated away entirely while the agent was down, are read on restart.
 #[test]
@@ -669,7 +669,7 @@ fn secrets_are_redacted_before_anything_leaves_the_agent() -> Result {
     Ok(())
 }
 
-/// Issue 25: a symlinked log file (kubelet's `/var/log/containers` layout) whose target is
+/// A symlinked log file (kubelet's `/var/log/containers` layout) whose target is
 /// replaced by a FIFO while the tailer has it closed (`max_open_files`) must not stop the source:
 /// opening a FIFO for reading blocks until a writer comes.
 #[test]
@@ -760,7 +760,7 @@ fn a_fifo_swapped_in_under_a_symlink_stops_nothing() -> Result {
     Ok(())
 }
 
-/// Issue 25: Kubernetes node logs in the CRI format, as the kubelet lays them out
+/// Kubernetes node logs in the CRI format, as the kubelet lays them out
 /// (`/var/log/pods/<ns>_<pod>_<uid>/<container>/0.log`, linked from `/var/log/containers/`):
 /// auto-detected, the prefix stripped so the JSON inside is parsed (levels, exceptions), partial
 /// `P` lines joined with their `F` line, `stream` kept as an attribute.

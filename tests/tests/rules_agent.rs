@@ -1,4 +1,4 @@
-//! Prometheus rule files run by the real agent (issue 19): the shipped `alerts/*.yaml` load
+//! Prometheus rule files run by the real agent: the shipped `alerts/*.yaml` load
 //! unchanged through `alerts.rule_files` (`sidelight check-config` passes, a broken file is
 //! refused with its place); a rule written as Prometheus users write it (`rate(...) > x` with
 //! `for:`) fires against a real Python service instrumented with the OpenTelemetry SDK, reaches

@@ -104,12 +104,14 @@ alerts:
   group_wait: 0s
   group_interval: 1s
   repeat_interval: 4h
-  rules:
-    - name: LeakySpans
-      expr: 'traces_span_metrics_calls_total{{service_name="leaky"}}'
-      threshold: 0
-      severity: warning
-      summary: "{{{{ $labels.span_name }}}} on {{{{ $labels.http_route }}}}: {{{{ $value }}}}"
+  groups:
+    - name: leaky
+      rules:
+        - alert: LeakySpans
+          expr: traces_span_metrics_calls_total{{service_name="leaky"}} > 0
+          labels: {{ severity: warning }}
+          annotations:
+            summary: "{{{{ $labels.span_name }}}} on {{{{ $labels.http_route }}}}: {{{{ $value }}}}"
 notifiers:
   slack:
     token_file: slack-token

@@ -23,8 +23,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::alert::{State as AlertState, fmt_value};
 use super::chatops::{self, Command};
-use super::eval::{State as AlertState, fmt_value};
 use super::notify::Silence;
 use super::{Alerting, now_ms};
 use crate::dora::{Report, Scope, Window};
@@ -112,7 +112,7 @@ pub async fn post_silence(State(state): State<AlertsApiState>, body: Bytes) -> R
     let now = now_ms();
     let ends_at = match (&input.duration, &input.ends_at) {
         (Some(d), None) => match humantime::parse_duration(d) {
-            Ok(d) => now.saturating_add(super::rules::ms(d)),
+            Ok(d) => now.saturating_add(super::alert::ms(d)),
             Err(e) => return bad(format!("duration: {e}")),
         },
         (None, Some(crate::api::TimeIn::Unix(s))) => s.saturating_mul(1000),
@@ -312,7 +312,7 @@ async fn command_reply(a: &Alerting, text: &str, user: &str) -> String {
                 new_id(),
                 matchers.clone(),
                 now,
-                now.saturating_add(super::rules::ms(duration)),
+                now.saturating_add(super::alert::ms(duration)),
                 format!("slack:{user}"),
                 "from /sidelight silence".into(),
             ) {

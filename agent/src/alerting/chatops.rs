@@ -120,7 +120,7 @@ pub fn parse_command(text: &str) -> Command {
             };
             if let Some(bad) = matchers
                 .iter()
-                .find_map(|m| super::rules::Matcher::parse(m).err())
+                .find_map(|m| super::alert::Matcher::parse(m).err())
             {
                 return Command::Help(Some(bad));
             }

@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::alert::{Matcher, Millis, ms};
 use super::deliver::{TEAMS_MAX_BYTES, TEAMS_MIN_CARD_BYTES};
 use super::notify::{Inhibit, Route, Routing, Silence};
-use super::rules::{
-    BurnWindow, Cmp, Condition, Matcher, Millis, Rule, Selector, SloKind, ms, workbook_windows,
-};
+use super::prom::External;
 use crate::config::common::{ConfigError, Env, Secret, read_secret};
 
 /// `alerts:` as written.
@@ -29,12 +28,20 @@ pub struct RawAlerts {
     inhibit: Option<Vec<RawInhibit>>,
     silences: Vec<RawSilence>,
     max_series: usize,
-    links: RawLinks,
-    rules: Vec<RawRule>,
     /// Prometheus rule files (paths or globs, relative to the config file).
     rule_files: Vec<String>,
     /// Prometheus rule groups written inline, in the rule-file format.
     groups: Vec<serde_yaml_ng::Value>,
+    /// As Prometheus's `global.external_labels`: `$externalLabels` in templates, and attached to
+    /// the alerts the notifiers receive.
+    external_labels: BTreeMap<String, String>,
+    /// The agent's URL as users reach it: `$externalURL` in templates, and every notifier's
+    /// `external_url` unless it sets its own.
+    external_url: Option<String>,
+    /// The removed rule dialect (`rules:`, `links:`): read only to say how to move to
+    /// `groups` / `rule_files`.
+    rules: Option<serde_yaml_ng::Value>,
+    links: Option<serde_yaml_ng::Value>,
 }
 
 impl Default for RawAlerts {
@@ -50,19 +57,14 @@ impl Default for RawAlerts {
             inhibit: None,
             silences: Vec::new(),
             max_series: 2000,
-            links: RawLinks::default(),
-            rules: Vec::new(),
             rule_files: Vec::new(),
             groups: Vec::new(),
+            external_labels: BTreeMap::new(),
+            external_url: None,
+            rules: None,
+            links: None,
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(default)]
-struct RawLinks {
-    dashboard: Option<String>,
-    runbook: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -94,59 +96,6 @@ struct RawSilence {
     /// RFC 3339; absent: until the silence is removed from the file.
     until: Option<String>,
     comment: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(default)]
-struct RawRule {
-    name: String,
-    expr: Option<String>,
-    rate: Option<String>,
-    sum_by: Option<Vec<String>>,
-    op: Option<String>,
-    threshold: Option<f64>,
-    slo: Option<RawSlo>,
-    new_exception: Option<RawNewException>,
-    #[serde(rename = "for")]
-    for_: Option<String>,
-    keep_firing_for: Option<String>,
-    severity: Option<String>,
-    labels: BTreeMap<String, String>,
-    summary: Option<String>,
-    runbook: Option<String>,
-    dashboard: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(default)]
-struct RawSlo {
-    service: Option<String>,
-    span_kind: Option<String>,
-    span_name: Option<String>,
-    matchers: Vec<String>,
-    /// Percent, e.g. 99.9.
-    objective: Option<f64>,
-    /// A latency objective: calls slower than this bucket bound are bad.
-    latency: Option<String>,
-    windows: Option<Vec<RawBurnWindow>>,
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(default)]
-struct RawBurnWindow {
-    long: String,
-    short: String,
-    factor: f64,
-    severity: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(default)]
-struct RawNewException {
-    service: String,
-    source: Option<String>,
-    matchers: Vec<String>,
-    window: Option<String>,
 }
 
 /// One entry of `notifiers:` as written; `type` defaults to the entry's name.
@@ -268,16 +217,16 @@ pub struct NotifierConfig {
 /// `alerts:` + `notifiers:`, validated.
 #[derive(Debug, Clone)]
 pub struct AlertingConfig {
-    /// How often rules are evaluated.
+    /// How often rule groups without an `interval` are evaluated.
     pub evaluation_interval: Duration,
-    /// The rules.
-    pub rules: Vec<Rule>,
     /// Routes, default route, inhibition.
     pub routing: Routing,
     /// Silences from the file.
     pub silences: Vec<Silence>,
-    /// Cap of series kept for rate windows.
+    /// Cap of series kept in the rules' history.
     pub max_series: usize,
+    /// `alerts.external_labels` and `alerts.external_url`.
+    pub external: External,
     /// Prometheus rule groups: those of `rule_files` in file order, then the inline `groups`.
     pub rule_groups: std::sync::Arc<Vec<sidelight_rules::Group>>,
     /// The rule files read (globs expanded).
@@ -286,18 +235,6 @@ pub struct AlertingConfig {
     pub notifiers: BTreeMap<String, NotifierConfig>,
     /// The Slack signing secret, when ChatOps is configured.
     pub signing_secret: Option<Secret>,
-}
-
-impl AlertingConfig {
-    /// The longest window any rule looks back.
-    pub fn lookback(&self) -> Millis {
-        self.rules
-            .iter()
-            .map(Rule::lookback)
-            .max()
-            .unwrap_or(0)
-            .max(ms(self.evaluation_interval) * 4)
-    }
 }
 
 struct Errs<'a>(&'a mut Vec<ConfigError>);
@@ -362,12 +299,18 @@ pub fn validate(
         e.push("alerts.max_series", "must be at least 1");
     }
 
+    let external = validate_external(&raw, &mut e);
+
     let mut notifiers = BTreeMap::new();
     let mut signing_secret = None;
     for (name, n) in notifiers_raw {
         let at = format!("notifiers.{name}");
-        if let Some(cfg) = validate_notifier(&name, &at, n, base, env, &mut e, &mut signing_secret)
+        if let Some(mut cfg) =
+            validate_notifier(&name, &at, n, base, env, &mut e, &mut signing_secret)
         {
+            if cfg.external_url.is_none() && !external.url.is_empty() {
+                cfg.external_url = Some(external.url.clone());
+            }
             notifiers.insert(name, cfg);
         }
     }
@@ -476,24 +419,10 @@ pub fn validate(
 
     let rule_files = expand_rule_files(&raw.rule_files, base, &mut e);
     let rule_groups = load_rule_groups(&rule_files, &raw.groups, &mut e);
-
-    let mut rules = Vec::new();
-    let mut names = std::collections::HashSet::new();
-    for (i, r) in raw.rules.into_iter().enumerate() {
-        let at = format!("alerts.rules[{i}]");
-        if r.name.trim().is_empty() {
-            e.push(format!("{at}.name"), "must not be empty");
-        } else if !names.insert(r.name.clone()) {
-            e.push(format!("{at}.name"), format!("duplicate rule {:?}", r.name));
-        }
-        if let Some(rule) = validate_rule(&at, r, &raw.links, &mut e) {
-            rules.push(rule);
-        }
-    }
+    removed_dialect(raw.rules.as_ref(), raw.links.as_ref(), &mut e);
 
     Some(AlertingConfig {
         evaluation_interval,
-        rules,
         routing: Routing {
             routes,
             default,
@@ -501,11 +430,203 @@ pub fn validate(
         },
         silences,
         max_series: raw.max_series,
+        external,
         rule_groups: std::sync::Arc::new(rule_groups),
         rule_files,
         notifiers,
         signing_secret,
     })
+}
+
+/// Whether `name` is a label name Prometheus accepts for an external label
+/// (`[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__`, which is reserved).
+fn valid_label_name(name: &str) -> bool {
+    let mut b = name.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+        && !name.starts_with("__")
+}
+
+/// `alerts.external_labels` and `alerts.external_url`, validated.
+fn validate_external(raw: &RawAlerts, e: &mut Errs<'_>) -> External {
+    let mut labels = sidelight_rules::Labels::new();
+    for (k, v) in &raw.external_labels {
+        let at = format!("alerts.external_labels.{k}");
+        if !valid_label_name(k) {
+            e.push(
+                at,
+                format!(
+                    "{k:?} is not a label name (letters, digits and _, not starting with a digit \
+                     or __)"
+                ),
+            );
+        } else if v.is_empty() {
+            e.push(at, "needs a value (an empty value is no label)");
+        } else {
+            labels.insert(k.clone(), v.clone());
+        }
+    }
+    let url = raw
+        .external_url
+        .as_ref()
+        .map_or_else(String::new, |u| match url::Url::parse(u) {
+            Ok(p) if matches!(p.scheme(), "http" | "https") && p.host().is_some() => {
+                u.trim_end_matches('/').to_owned()
+            }
+            _ => {
+                e.push(
+                    "alerts.external_url",
+                    format!("{u:?} is not an http:// or https:// URL"),
+                );
+                String::new()
+            }
+        });
+    External { labels, url }
+}
+
+/// How a rule of the removed dialect is written now (shown by `check-config`).
+const DIALECT_EXAMPLE: &str = r#"alerts:
+  groups:
+    - name: app
+      rules:
+        - alert: ErrorLogs
+          expr: sum by (source) (rate(sidelight_log_records_total{level="error"}[5m])) > 0.5
+          for: 2m
+          labels: { severity: warning }
+          annotations:
+            summary: "{{ $labels.source }} logs {{ $value }} errors/s""#;
+
+/// `alerts.rules` and `alerts.links` of the rule dialect the agent had before it took
+/// Prometheus rules: an error naming the old keys, with the Prometheus rule to write for each
+/// threshold or rate rule, and where the shipped rules do what `slo:` and `new_exception:` did.
+fn removed_dialect(
+    rules: Option<&serde_yaml_ng::Value>,
+    links: Option<&serde_yaml_ng::Value>,
+    e: &mut Errs<'_>,
+) {
+    if let Some(rules) = rules {
+        let example: Vec<String> = DIALECT_EXAMPLE
+            .lines()
+            .map(|l| format!("      {l}"))
+            .collect();
+        e.push(
+            "alerts.rules",
+            format!(
+                "is no longer read: the built-in rule dialect (name, expr as a bare selector, \
+                 rate, sum_by, op, threshold, slo, new_exception, severity, summary, runbook, \
+                 dashboard) was replaced by Prometheus rules. Write them in alerts.groups, or in \
+                 rule files listed in alerts.rule_files (the files Prometheus loads), e.g.\n{}",
+                example.join("\n")
+            ),
+        );
+        let entries = rules.as_sequence().map(Vec::as_slice).unwrap_or_default();
+        for (i, r) in entries.iter().enumerate() {
+            let at = format!("alerts.rules[{i}]");
+            let key = |k: &str| r.get(k);
+            if key("slo").is_some() {
+                e.push(
+                    at,
+                    "slo: the burn-rate SLO alerts are Prometheus rules now: load \
+                     alerts/sidelight-recording.yaml and alerts/sidelight-alerts.yaml \
+                     (SidelightErrorBudgetBurn1h, 6h, 1d and 3d; SidelightLatencyHigh for a latency \
+                     objective; the objectives are set in the recording rules) with \
+                     alerts.rule_files",
+                );
+            } else if key("new_exception").is_some() {
+                e.push(
+                    at,
+                    "new_exception: load alerts/sidelight-alerts.yaml with alerts.rule_files: its \
+                     SidelightNewExceptionSinceDeploy rule compares \
+                     sidelight_log_exception_first_seen_timestamp_seconds with \
+                     dora_last_successful_deployment_timestamp_seconds",
+                );
+            } else if let Some(rule) = translate_dialect_rule(r) {
+                e.push(at, format!("write instead, under a group's rules:\n{rule}"));
+            }
+        }
+    }
+    if links.is_some() {
+        e.push(
+            "alerts.links",
+            "is no longer read: give each alerting rule `runbook_url` and `dashboard_url` \
+             annotations (templates may use $labels and $externalLabels)",
+        );
+    }
+}
+
+/// The Prometheus alerting rule equivalent to one threshold or rate rule of the removed
+/// dialect, as indented YAML; `None` when the entry is not one.
+fn translate_dialect_rule(r: &serde_yaml_ng::Value) -> Option<String> {
+    use serde_yaml_ng::{Mapping, Value};
+    let text = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_owned);
+    let selector = text("expr")?;
+    let threshold = match r.get("threshold")? {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        _ => return None,
+    };
+    let mut expr = match text("rate") {
+        Some(w) => format!("rate({}[{w}])", selector.trim()),
+        None => selector.trim().to_owned(),
+    };
+    if let Some(by) = r.get("sum_by").and_then(Value::as_sequence) {
+        let by: Vec<&str> = by.iter().filter_map(Value::as_str).collect();
+        expr = format!("sum by ({}) ({expr})", by.join(", "));
+    }
+    let op = text("op").unwrap_or_else(|| ">".into());
+    let mut rule = Mapping::new();
+    let put = |m: &mut Mapping, k: &str, v: Value| {
+        m.insert(Value::String(k.into()), v);
+    };
+    put(
+        &mut rule,
+        "alert",
+        Value::String(text("name").unwrap_or_default()),
+    );
+    put(
+        &mut rule,
+        "expr",
+        Value::String(format!("{expr} {} {threshold}", op.trim())),
+    );
+    for k in ["for", "keep_firing_for"] {
+        if let Some(v) = text(k) {
+            put(&mut rule, k, Value::String(v));
+        }
+    }
+    let mut labels = r
+        .get("labels")
+        .and_then(Value::as_mapping)
+        .cloned()
+        .unwrap_or_default();
+    labels.insert(
+        Value::String("severity".into()),
+        Value::String(text("severity").unwrap_or_else(|| "warning".into())),
+    );
+    put(&mut rule, "labels", Value::Mapping(labels));
+    let mut annotations = Mapping::new();
+    for (from, to) in [
+        ("summary", "summary"),
+        ("runbook", "runbook_url"),
+        ("dashboard", "dashboard_url"),
+    ] {
+        if let Some(v) = text(from) {
+            let v = v
+                .replace("{{ $threshold }}", &threshold)
+                .replace("{{$threshold}}", &threshold);
+            put(&mut annotations, to, Value::String(v));
+        }
+    }
+    if !annotations.is_empty() {
+        put(&mut rule, "annotations", Value::Mapping(annotations));
+    }
+    let yaml = serde_yaml_ng::to_string(&Value::Sequence(vec![Value::Mapping(rule)])).ok()?;
+    Some(
+        yaml.lines()
+            .map(|l| format!("      {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
 }
 
 /// Expands `alerts.rule_files`: a path, or a glob in its last component, relative to `base`
@@ -613,171 +734,6 @@ fn load_rule_groups(
         }
     }
     groups
-}
-
-fn validate_rule(at: &str, r: RawRule, links: &RawLinks, e: &mut Errs<'_>) -> Option<Rule> {
-    let kinds = [r.expr.is_some(), r.slo.is_some(), r.new_exception.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
-    if kinds != 1 {
-        e.push(at, "needs exactly one of expr, slo, new_exception");
-        return None;
-    }
-    let for_ = r
-        .for_
-        .as_ref()
-        .map_or(0, |d| ms(e.duration(&format!("{at}.for"), d)));
-    let keep_firing_for = r
-        .keep_firing_for
-        .as_ref()
-        .map_or(0, |d| ms(e.duration(&format!("{at}.keep_firing_for"), d)));
-    let (condition, default_summary) = if let Some(expr) = &r.expr {
-        let selector = match Selector::parse(expr) {
-            Ok(s) => s,
-            Err(msg) => {
-                e.push(format!("{at}.expr"), msg);
-                return None;
-            }
-        };
-        let op = match r.op.as_deref().map_or(Some(Cmp::Gt), Cmp::parse) {
-            Some(op) => op,
-            None => {
-                e.push(format!("{at}.op"), "must be one of >, >=, <, <=, ==, !=");
-                Cmp::Gt
-            }
-        };
-        let Some(value) = r.threshold else {
-            e.push(format!("{at}.threshold"), "is required with expr");
-            return None;
-        };
-        let summary = format!(
-            "{} is {{{{ $value }}}}{} ({} {})",
-            selector.name,
-            if r.rate.is_some() { "/s" } else { "" },
-            op.as_str(),
-            super::eval::fmt_value(value)
-        );
-        let cond = match &r.rate {
-            Some(w) => {
-                let window = ms(e.duration(&format!("{at}.rate"), w));
-                if window <= 0 {
-                    e.push(format!("{at}.rate"), "must be greater than 0");
-                }
-                Condition::Rate {
-                    selector,
-                    window,
-                    sum_by: r.sum_by.clone(),
-                    op,
-                    value,
-                }
-            }
-            None => Condition::Threshold {
-                selector,
-                sum_by: r.sum_by.clone(),
-                op,
-                value,
-            },
-        };
-        (cond, summary)
-    } else if let Some(slo) = &r.slo {
-        let mut matchers = e.matchers(&format!("{at}.slo.matchers"), &slo.matchers);
-        if let Some(s) = &slo.service {
-            matchers.push(Matcher::eq("service_name", s));
-        }
-        if let Some(s) = &slo.span_kind {
-            matchers.push(Matcher::eq("span_kind", s));
-        }
-        if let Some(s) = &slo.span_name {
-            matchers.push(Matcher::eq("span_name", s));
-        }
-        let objective = slo.objective.unwrap_or(99.9);
-        if !(objective > 0.0 && objective < 100.0) {
-            e.push(
-                format!("{at}.slo.objective"),
-                "a percentage between 0 and 100 (exclusive), like 99.9",
-            );
-        }
-        let kind = match &slo.latency {
-            None => SloKind::Errors,
-            Some(l) => SloKind::Latency(e.duration(&format!("{at}.slo.latency"), l).as_secs_f64()),
-        };
-        let windows = match &slo.windows {
-            None => workbook_windows(),
-            Some(list) => list
-                .iter()
-                .enumerate()
-                .map(|(j, w)| {
-                    let p = format!("{at}.slo.windows[{j}]");
-                    let long = ms(e.duration(&format!("{p}.long"), &w.long));
-                    let short = ms(e.duration(&format!("{p}.short"), &w.short));
-                    if short <= 0 || long <= short {
-                        e.push(&p, "needs 0 < short < long");
-                    }
-                    if w.factor <= 0.0 {
-                        e.push(format!("{p}.factor"), "must be greater than 0");
-                    }
-                    BurnWindow {
-                        long,
-                        short,
-                        factor: w.factor,
-                        severity: if w.severity.is_empty() {
-                            "critical".into()
-                        } else {
-                            w.severity.clone()
-                        },
-                    }
-                })
-                .collect(),
-        };
-        let what = match kind {
-            SloKind::Errors => "error budget".to_owned(),
-            SloKind::Latency(l) => format!("latency budget (calls over {}s)", l),
-        };
-        (
-            Condition::BurnRate {
-                matchers,
-                objective: objective / 100.0,
-                kind,
-                windows,
-            },
-            format!(
-                "{{{{ $labels.service }}}} burns its {what} at {{{{ $value }}}}x ({{{{ $labels.slo_window }}}}: {{{{ $burn_short }}}}x short), objective {}%",
-                super::eval::fmt_value(objective)
-            ),
-        )
-    } else {
-        let n = r.new_exception.as_ref()?;
-        if n.service.trim().is_empty() {
-            e.push(format!("{at}.new_exception.service"), "is required");
-        }
-        let mut matchers = e.matchers(&format!("{at}.new_exception.matchers"), &n.matchers);
-        if let Some(s) = &n.source {
-            matchers.push(Matcher::eq("source", s));
-        }
-        let window = n.window.as_ref().map_or(3_600_000, |w| {
-            ms(e.duration(&format!("{at}.new_exception.window"), w))
-        });
-        (
-            Condition::NewException {
-                matchers,
-                service: n.service.clone(),
-                window,
-            },
-            "new exception {{ $labels.exception }} in {{ $labels.source }} since the last deploy of {{ $labels.service }} ({{ $minutes_since_deploy }} min ago): {{ $value }} occurrences".into(),
-        )
-    };
-    Some(Rule {
-        name: r.name,
-        condition,
-        for_,
-        keep_firing_for,
-        severity: r.severity.unwrap_or_else(|| "warning".into()),
-        labels: r.labels,
-        summary: r.summary.unwrap_or(default_summary),
-        runbook: r.runbook.or_else(|| links.runbook.clone()),
-        dashboard: r.dashboard.or_else(|| links.dashboard.clone()),
-    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1005,22 +961,16 @@ alerts:
     - { match: ['severity="critical"'], receiver: teams, continue: true, group_wait: 0s }
   silences:
     - { matchers: ['alertname="Noisy"'], until: "2030-01-01T00:00:00Z", comment: known }
-  links: { dashboard: "https://grafana/d/svc?var-service={{ $labels.service }}" }
-  rules:
-    - name: ErrorLogs
-      expr: 'sidelight_log_records_total{level=~"error|critical"}'
-      rate: 5m
-      sum_by: [source]
-      threshold: 0.5
-      for: 2m
-      keep_firing_for: 5m
-      labels: { team: web }
-    - name: CheckoutBudget
-      slo: { service: checkout, span_kind: SPAN_KIND_SERVER, objective: 99.5 }
-    - name: CheckoutSlow
-      slo: { service: checkout, objective: 99, latency: 300ms, windows: [ { long: 1h, short: 5m, factor: 14.4, severity: critical } ] }
-    - name: NewException
-      new_exception: { service: api, source: app }
+  external_labels: { cluster: eu-1, runbook_base: "https://wiki.example/runbooks" }
+  external_url: "https://sidelight.example:9464/"
+  groups:
+    - name: app
+      rules:
+        - alert: ErrorLogs
+          expr: sum by (source) (rate(sidelight_log_records_total{level=~"error|critical"}[5m])) > 0.5
+          for: 2m
+          keep_firing_for: 5m
+          labels: { team: web }
 notifiers:
   slack: { token_env: SLACK_TOKEN, channel: "#alerts", signing_secret_env: SLACK_SIGNING, deploy_notices: true }
   teams: { webhook_url_file: teams-url, max_card_bytes: 8192 }
@@ -1032,7 +982,7 @@ notifiers:
         )
         .expect("valid");
         let a = c.alerting.expect("alerting");
-        assert_eq!(a.rules.len(), 4);
+        assert_eq!(a.rule_groups.len(), 1);
         assert_eq!(a.notifiers.len(), 3);
         assert_eq!(a.routing.routes[0].receiver, "teams");
         assert_eq!(a.routing.routes[0].group_wait, 0);
@@ -1041,15 +991,11 @@ notifiers:
             Some(10_000)
         );
         assert_eq!(a.silences[0].ends_at, 1_893_456_000_000);
-        assert_eq!(a.rules[0].for_, 120_000);
-        assert_eq!(a.rules[0].keep_firing_for, 300_000);
-        assert!(
-            a.rules[1]
-                .dashboard
-                .as_deref()
-                .is_some_and(|d| d.contains("var-service"))
+        assert_eq!(
+            a.external.labels.get("runbook_base").map(String::as_str),
+            Some("https://wiki.example/runbooks")
         );
-        assert_eq!(a.lookback(), 3 * 86_400_000);
+        assert_eq!(a.external.url, "https://sidelight.example:9464");
         assert_eq!(
             a.signing_secret.as_ref().map(|s| s.expose()),
             Some("signing")
@@ -1058,6 +1004,11 @@ notifiers:
         let hook = &a.notifiers["hook"];
         assert_eq!(hook.max_alerts, 10);
         assert_eq!(hook.external_url.as_deref(), Some("https://agent.example"));
+        // A notifier without its own external_url takes alerts.external_url.
+        assert_eq!(
+            a.notifiers["teams"].external_url.as_deref(),
+            Some("https://sidelight.example:9464")
+        );
         assert_eq!(a.notifiers["teams"].max_alerts, 0);
         assert!(matches!(
             a.notifiers["teams"].kind,
@@ -1077,12 +1028,9 @@ alerts:
   receiver: nobody
   routes: [ { match: ['severity=~"("'], receiver: slack } ]
   silences: [ { matchers: [], until: tomorrow } ]
-  rules:
-    - { name: A, expr: 'x{', threshold: 1 }
-    - { name: A, expr: x }
-    - { name: B, slo: { objective: 100 }, expr: y, threshold: 1 }
-    - { name: C, slo: { objective: 120, windows: [ { long: 5m, short: 1h, factor: 0 } ] } }
-    - { name: D, expr: x, threshold: 1, op: "=>", colour: red }
+  external_labels: { "1bad": x, __reserved: y, empty: "", ok: fine }
+  external_url: "ftp://agent"
+  colour: red
 notifiers:
   slack: { channel: "#a" }
   teams: { webhook_url_env: NOPE }
@@ -1102,15 +1050,11 @@ notifiers:
             "alerts.receiver",
             "alerts.routes[0].match[0]",
             "alerts.silences[0].until",
-            "alerts.rules[0].expr",
-            "alerts.rules[1].name",
-            "alerts.rules[1].threshold",
-            "alerts.rules[2]",
-            "alerts.rules[3].slo.objective",
-            "alerts.rules[3].slo.windows[0]",
-            "alerts.rules[3].slo.windows[0].factor",
-            "alerts.rules[4].op",
-            "alerts.rules[4].colour",
+            "alerts.external_labels.1bad",
+            "alerts.external_labels.__reserved",
+            "alerts.external_labels.empty",
+            "alerts.external_url",
+            "alerts.colour",
             "notifiers.slack",
             "notifiers.teams.webhook_url_env",
             "notifiers.pager.type",
@@ -1122,6 +1066,73 @@ notifiers:
         ] {
             assert!(paths.contains(&want), "missing {want} in {paths:?}\n{e}");
         }
+    }
+
+    /// A configuration still written in the removed rule dialect is refused, naming the old
+    /// keys and showing the Prometheus rule to write instead (never silently ignored).
+    #[test]
+    fn the_removed_rule_dialect_is_an_error_with_the_rule_to_write() {
+        let e = load_str(
+            r##"
+alerts:
+  links: { runbook: "https://runbooks.example/x" }
+  rules:
+    - name: ErrorLogs
+      expr: 'sidelight_log_records_total{level=~"error|critical"}'
+      rate: 5m
+      sum_by: [source]
+      threshold: 0.5
+      for: 2m
+      labels: { team: web }
+      summary: "{{ $labels.source }}: {{ $value }}/s (> {{ $threshold }})"
+    - { name: Budget, slo: { service: checkout, objective: 99.9 } }
+    - { name: NewExc, new_exception: { service: api } }
+"##,
+            "t",
+            std::path::Path::new("."),
+            &env(),
+        )
+        .expect_err("the dialect is refused");
+        let text = e.to_string();
+        for want in [
+            "alerts.rules: is no longer read",
+            "sum_by, op, threshold, slo, new_exception",
+            "alerts.groups",
+            "alerts.rule_files",
+            "- alert: ErrorLogs",
+            "alerts.rules[0]: write instead",
+            "sum by (source) (rate(sidelight_log_records_total{level=~",
+            "[5m])) > 0.5",
+            "for: 2m",
+            "severity: warning",
+            "team: web",
+            "(> 0.5)",
+            "alerts.rules[1]: slo:",
+            "SidelightErrorBudgetBurn",
+            "alerts.rules[2]: new_exception:",
+            "SidelightNewExceptionSinceDeploy",
+            "alerts.links: is no longer read",
+            "runbook_url",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        // The suggested rule is a Prometheus rule the agent loads.
+        let suggested: String = text
+            .split("alerts.rules[0]: write instead, under a group's rules:\n")
+            .nth(1)
+            .and_then(|t| t.split("\n  alerts.rules[1]").next())
+            .expect("suggestion")
+            .lines()
+            .map(|l| format!("  {}\n", l.strip_prefix("    ").unwrap_or(l)))
+            .collect();
+        let doc = format!("groups:\n- name: g\n  rules:\n{suggested}");
+        let rf = sidelight_rules::file::parse("suggested", &doc)
+            .unwrap_or_else(|e| panic!("{e:?}\n{doc}"));
+        assert_eq!(rf.groups[0].rules[0].name(), "ErrorLogs");
+        assert_eq!(
+            rf.groups[0].rules[0].query().text().trim(),
+            "sum by (source) (rate(sidelight_log_records_total{level=~\"error|critical\"}[5m])) > 0.5"
+        );
     }
 
     #[test]

@@ -28,11 +28,11 @@ use slack_morphism::prelude::*;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::alert::Millis;
+use super::alert::{Alert, DeployInfo, fmt_value};
 use super::config::{NotifierConfig, NotifierKind};
-use super::eval::{Alert, DeployInfo, fmt_value};
 use super::notify::{MessageRef, Notification, Status};
 use super::render::{self, Message, Tone};
-use super::rules::Millis;
 use crate::config::common::Secret;
 
 /// The HTTP client shared by every transport.
@@ -1099,7 +1099,7 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alerting::eval::State;
+    use crate::alerting::alert::State;
     use crate::alerting::notify::Kind;
 
     /// Telemetry an attacker controls: mentions, a disguised link, a bare `&`, a Markdown link.
@@ -1118,7 +1118,7 @@ mod tests {
             runbook: Some("https://runbooks.example/spans".into()),
             dashboard: Some("https://grafana.example/d/red".into()),
             value: 0.5,
-            values: BTreeMap::new(),
+            external: Vec::new(),
             state: State::Firing,
             active_at: 1_700_000_000_000,
             fired_at: Some(1_700_000_060_000),

@@ -1,32 +1,30 @@
-//! Alerting in the agent (issue 6): rules evaluated over the agent's own metrics, grouped
-//! notifications to Slack, Teams and generic webhooks, and commands back from chat.
+//! Alerting in the agent: Prometheus rule groups evaluated over the agent's own
+//! metrics, grouped notifications to Slack, Teams and generic webhooks, and commands back from
+//! chat.
 //!
-//! The pure core: [`expo`] (exposition parser), [`rules`], [`history`] (bounded ring of past
-//! samples), [`eval`] (pending → firing → resolved), [`notify`] (routing, grouping, inhibition,
-//! silences), [`render`] (message content), [`chatops`] (signatures, commands). The edge:
-//! [`Alerting`] (this file: the evaluation loop over the registry, persistence in [`store`],
-//! DORA incidents through the hub, deploy notices and digests), [`deliver`] (queues and
-//! transports) and [`api`] (HTTP handlers).
+//! The pure core: [`prom`] (the rule groups over a bounded history of the metrics snapshot,
+//! their alerts in the pipeline's form), [`alert`] (that form, matchers), [`notify`] (routing,
+//! grouping, inhibition, silences), [`render`] (message content), [`chatops`] (signatures,
+//! commands). The edge: [`Alerting`] (this file: the evaluation loop over the registry,
+//! persistence in [`store`], DORA incidents through the hub, deploy notices and digests),
+//! [`deliver`] (queues and transports) and [`api`] (HTTP handlers).
 
+pub mod alert;
 pub mod api;
 pub mod chatops;
 pub mod config;
 pub mod deliver;
-pub mod eval;
-pub mod expo;
-pub mod history;
 pub mod notify;
 #[cfg(test)]
 mod peers_tests;
 pub mod prom;
 pub mod render;
-pub mod rules;
 pub mod socket;
 #[cfg(test)]
 mod socket_tests;
 pub mod store;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
@@ -42,13 +40,11 @@ pub use crate::clock::now_ms;
 use crate::dora::{DeployStatus, Incident};
 use crate::hub::Hub;
 use crate::store::{IncidentChange, StoreError, StoreHandle};
+use alert::{Alert, DeployInfo, Millis, State, Transition};
 use config::AlertingConfig;
 use deliver::{DeliveryMetrics, Item, Queue, Report, Sender, Transport};
-use eval::{Alert, Context, DeployInfo, State, Transition};
-use history::History;
 use notify::{Dispatcher, Group, Silence};
 use render::{Message, Tone};
-use rules::Millis;
 use store::AlertStore;
 
 /// How often deployments are re-read from the DORA hub when none was recorded meanwhile (a
@@ -61,36 +57,23 @@ const SAVE_VALUES_EVERY: Millis = 60_000;
 
 /// Whether the stored copy of an alert (`saved`, written at `saved_at`) must be rewritten at
 /// `now`. A restart reads the state, the labels and the times, so any change of those is written
-/// at the cycle it happens; `last_active` only decides when an alert of a rule with
-/// `keep_firing_for` resolves, so it is written at every change for those rules only; the value
-/// and summary (what messages and the API show) are written at most [`SAVE_VALUES_EVERY`] late.
-fn must_save(
-    saved: Option<&(Alert, Millis)>,
-    a: &Alert,
-    keep_firing_for: Millis,
-    now: Millis,
-) -> bool {
+/// at the cycle it happens; the value and summary (what messages and the API show) are written
+/// at most [`SAVE_VALUES_EVERY`] late.
+fn must_save(saved: Option<&(Alert, Millis)>, a: &Alert, now: Millis) -> bool {
     let Some((s, saved_at)) = saved else {
         return true;
     };
     let same_state = s.fingerprint == a.fingerprint
         && s.labels == a.labels
+        && s.external == a.external
         && s.state == a.state
         && s.active_at == a.active_at
         && s.fired_at == a.fired_at
         && s.resolved_at == a.resolved_at
         && s.runbook == a.runbook
         && s.dashboard == a.dashboard;
-    let same_values = s.value.to_bits() == a.value.to_bits()
-        && s.summary == a.summary
-        && s.values.len() == a.values.len()
-        && s.values
-            .iter()
-            .zip(&a.values)
-            .all(|((k, v), (l, w))| k == l && v.to_bits() == w.to_bits());
-    !same_state
-        || (keep_firing_for > 0 && s.last_active != a.last_active)
-        || (!same_values && now - saved_at >= SAVE_VALUES_EVERY)
+    let same_values = s.value.to_bits() == a.value.to_bits() && s.summary == a.summary;
+    !same_state || (!same_values && now - saved_at >= SAVE_VALUES_EVERY)
 }
 
 /// The digest schedule, pure: given when the schedule last ticked (`None`: never), whether a
@@ -109,24 +92,15 @@ pub fn digest_step(last: Option<Millis>, every: Millis, now: Millis) -> (bool, O
 }
 
 struct Core {
-    alerts: BTreeMap<String, Alert>,
     dispatcher: Dispatcher,
     silences: Vec<Silence>,
-    history: History,
-    /// The rules the history and plan were last filtered and built for (kept alive, so the
-    /// pointer comparison means "the same configuration").
-    planned_for: Option<Arc<AlertingConfig>>,
-    readers: rules::Readers,
-    /// `keep_firing_for` per rule name, of `planned_for`.
-    keep_firing: HashMap<String, Millis>,
     /// What the store holds of each alert, and when it was written (see [`must_save`]).
     saved: HashMap<String, (Alert, Millis)>,
-    plan: Option<eval::Plan>,
-    /// The Prometheus rule groups (`alerts.rule_files`, `alerts.groups`) and their history.
+    /// The Prometheus rule groups (`alerts.rule_files`, `alerts.groups`), their history and
+    /// their alerts.
     prom: prom::PromRules,
-    /// Fingerprints of `prom`'s alerts the store holds.
-    prom_saved: std::collections::HashSet<String>,
-    ctx: Context,
+    /// When each log exception type was first counted (kept across restarts).
+    first_seen: prom::FirstSeen,
     deploys_at: Millis,
     deploys_gen: u64,
     last_deploy_notice: Option<Millis>,
@@ -138,8 +112,6 @@ struct EvalMetrics {
     evaluations: Counter,
     failures: Counter,
     firing: Gauge,
-    series: Gauge,
-    refused: Gauge,
     rule_series: Gauge,
     rule_rejected: Counter,
     rule_failures: Counter,
@@ -227,23 +199,16 @@ impl Alerting {
             .as_ref()
             .map(|h| h.config().alertmanager_severities)
             .unwrap_or_default();
-        let history = History::new(cfg.max_series, cfg.lookback());
         let recorded = prom::RecordedCollector::default();
         let mut prom_rules = prom::PromRules::new(cfg.max_series, recorded.clone());
         prom_rules.set_groups(cfg.rule_groups.clone());
-        // Alerts of the Prometheus rules carry on where they were; the rest are the old rules'.
-        let persisted_alerts =
-            prom_rules.restore(persisted.alerts, now, rules::ms(cfg.evaluation_interval));
-        let prom_saved = prom_rules.alerts.keys().cloned().collect();
-        let ctx = Context {
-            first_seen: persisted
-                .exceptions
-                .iter()
-                .map(|(s, e, t)| ((s.clone(), e.clone()), *t))
-                .collect(),
-            ..Context::default()
-        };
-        let first_seen: prom::FirstSeen = ctx.first_seen.clone();
+        // The rules' alerts carry on where they were (those of rules no longer loaded resolve).
+        prom_rules.restore(persisted.alerts, now, alert::ms(cfg.evaluation_interval));
+        let first_seen: prom::FirstSeen = persisted
+            .exceptions
+            .iter()
+            .map(|(s, e, t)| ((s.clone(), e.clone()), *t))
+            .collect();
         let deploys = Arc::new(RwLock::new(HashMap::new()));
         let last_deploy_notice = store
             .meta("deploy_notice_at".into())
@@ -251,29 +216,18 @@ impl Alerting {
             .ok()
             .flatten()
             .and_then(|v| v.parse().ok());
-        let alerts: BTreeMap<String, Alert> = persisted_alerts
-            .into_iter()
-            .map(|a| (a.fingerprint.clone(), a))
-            .collect();
-        let saved = alerts
+        let saved = prom_rules
+            .alerts
             .iter()
-            .chain(prom_rules.alerts.iter())
             .map(|(fp, a)| (fp.clone(), (a.clone(), now)))
             .collect();
         Ok(Arc::new(Self {
             core: Mutex::new(Core {
-                alerts,
                 saved,
                 dispatcher: Dispatcher::with_groups(persisted.groups),
                 silences: persisted.silences,
-                history,
-                planned_for: None,
-                readers: rules::Readers::default(),
-                keep_firing: HashMap::new(),
-                plan: None,
                 prom: prom_rules,
-                prom_saved,
-                ctx,
+                first_seen: first_seen.clone(),
                 deploys_at: Millis::MIN,
                 deploys_gen: 0,
                 last_deploy_notice,
@@ -314,16 +268,6 @@ impl Alerting {
             "sidelight_alerts_firing",
             "Alerts firing now",
             m.firing.clone(),
-        );
-        r.register(
-            "sidelight_alert_history_series",
-            "Series kept in the alert history ring",
-            m.series.clone(),
-        );
-        r.register(
-            "sidelight_alert_history_refused_series",
-            "Series not kept because alerts.max_series was reached (cumulative)",
-            m.refused.clone(),
         );
         r.register(
             "sidelight_rule_history_series",
@@ -447,11 +391,10 @@ impl Alerting {
                 }
             }
         }
-        *self.deploys.write() = map.clone();
+        *self.deploys.write() = map;
         let mut core = self.core.lock();
         core.deploys_at = now;
         core.deploys_gen = generation;
-        core.ctx.deploys = map;
         Some(list)
     }
 
@@ -461,10 +404,10 @@ impl Alerting {
         let cfg = self.config();
         let deployments = self.refresh_deploys(now).await;
         self.deploy_notices(&cfg, deployments.as_deref(), now).await;
-        let (outcome, changed, transitions, notifications, removed_groups, newly) = {
+        let (changed, removed, transitions, notifications, removed_groups, newly) = {
             // What a scrape would store, read from the registry as a structured snapshot, once:
-            // the built-in rules read its samples, the rule groups evaluate it, and the
-            // exception types it counts get their first-seen time.
+            // the rule groups evaluate it, and the exception types it counts get their
+            // first-seen time.
             let snapshot = match self.registry.get().map(|r| model::snapshot(r.as_ref())) {
                 Some(Ok(snapshot)) => Some(snapshot),
                 Some(Err(e)) => {
@@ -474,83 +417,25 @@ impl Alerting {
                 }
                 None => None,
             };
-            let samples = snapshot.as_ref().map(expo::samples).unwrap_or_default();
             let mut core = self.core.lock();
             let core = &mut *core;
+            let mut newly = Vec::new();
             if let Some(snap) = &snapshot {
-                let newly = prom::note_exceptions(snap, now, &mut core.ctx.first_seen);
+                newly = prom::note_exceptions(snap, now, &mut core.first_seen);
                 if !newly.is_empty() {
                     let mut shown = self.feedback.first_seen.write();
                     for (s, e, t) in &newly {
                         shown.insert((s.clone(), e.clone()), *t);
                     }
-                    drop(shown);
-                    core.ctx.newly_seen.extend(newly);
                 }
             }
-            if !core
-                .planned_for
-                .as_ref()
-                .is_some_and(|c| Arc::ptr_eq(c, &cfg))
-            {
-                // New rules: index them, and forget the series none of them reads.
-                let readers = rules::Readers::new(&cfg.rules);
-                core.history
-                    .retain(|name, labels| readers.reads(&cfg.rules, name, labels));
-                core.readers = readers;
-                core.keep_firing = cfg
-                    .rules
-                    .iter()
-                    .map(|r| (r.name.clone(), r.keep_firing_for))
-                    .collect();
-                core.plan = None;
-                core.planned_for = Some(cfg.clone());
-            }
-            let readers = &core.readers;
-            let keep = |name: &str, labels: &expo::Labels| readers.reads(&cfg.rules, name, labels);
-            core.history
-                .ingest(now, &samples, |s| keep(&s.name, &s.labels));
-            let plan = match core.plan.take() {
-                Some(p) if p.is_current(&core.history, &cfg.rules) => p,
-                _ => eval::Plan::new(&cfg.rules, &core.history),
-            };
-            let mut outcome = eval::evaluate_with(
-                now,
-                &cfg.rules,
-                &plan,
-                &core.history,
-                &mut core.ctx,
-                &mut core.alerts,
-            );
-            core.plan = Some(plan);
-            let newly = std::mem::take(&mut core.ctx.newly_seen);
-            let mut changed: Vec<Alert> = outcome
-                .changed
-                .iter()
-                .filter_map(|fp| core.alerts.get(fp))
-                .filter(|a| {
-                    let keep = core.keep_firing.get(a.name()).copied().unwrap_or(0);
-                    must_save(core.saved.get(&a.fingerprint), a, keep, now)
-                })
-                .cloned()
-                .collect();
-            let mut transitions: Vec<(Transition, Alert)> = outcome
-                .transitions
-                .iter()
-                .filter_map(|t| {
-                    let fp = match t {
-                        Transition::Fired(f) | Transition::Resolved(f) => f,
-                    };
-                    core.alerts.get(fp).map(|a| (t.clone(), a.clone()))
-                })
-                .collect();
             core.prom.set_groups(cfg.rule_groups.clone());
             let before = core.prom.stats().rejected_samples;
             let prom_out = core.prom.cycle(
                 now,
                 snapshot.as_ref(),
-                rules::ms(cfg.evaluation_interval),
-                &sidelight_rules::Labels::new(),
+                alert::ms(cfg.evaluation_interval),
+                &cfg.external,
             );
             let stats = core.prom.stats();
             self.metrics
@@ -571,59 +456,51 @@ impl Alerting {
             for (group, rule, error) in &prom_out.errors {
                 tracing::warn!(group = %group, rule = %rule, error = %error, "rule evaluation failed");
             }
-            // The Prometheus rules' alerts are kept in the store like the others.
-            changed.extend(
-                core.prom
-                    .alerts
-                    .values()
-                    .filter(|a| must_save(core.saved.get(&a.fingerprint), a, 0, now))
-                    .cloned(),
-            );
-            outcome.removed.extend(
-                core.prom_saved
-                    .iter()
-                    .filter(|fp| !core.prom.alerts.contains_key(*fp))
-                    .cloned(),
-            );
-            transitions.extend(prom_out.transitions.iter().filter_map(|t| {
-                let fp = match t {
-                    Transition::Fired(f) | Transition::Resolved(f) => f,
-                };
-                core.prom.alerts.get(fp).map(|a| (t.clone(), a.clone()))
-            }));
-            let merged;
-            let all_alerts = if core.prom.alerts.is_empty() {
-                &core.alerts
-            } else {
-                let mut m = core.alerts.clone();
-                m.extend(core.prom.alerts.iter().map(|(k, v)| (k.clone(), v.clone())));
-                merged = m;
-                &merged
-            };
+            // The alerts are kept in the store, so that a restart neither resends nor forgets.
+            let changed: Vec<Alert> = core
+                .prom
+                .alerts
+                .values()
+                .filter(|a| must_save(core.saved.get(&a.fingerprint), a, now))
+                .cloned()
+                .collect();
+            let removed: Vec<String> = core
+                .saved
+                .keys()
+                .filter(|fp| !core.prom.alerts.contains_key(*fp))
+                .cloned()
+                .collect();
+            let transitions: Vec<(Transition, Alert)> = prom_out
+                .transitions
+                .iter()
+                .filter_map(|t| {
+                    let fp = match t {
+                        Transition::Fired(f) | Transition::Resolved(f) => f,
+                    };
+                    core.prom.alerts.get(fp).map(|a| (t.clone(), a.clone()))
+                })
+                .collect();
             core.silences.retain(|s| s.ends_at > now);
             let mut silences = cfg.silences.clone();
             silences.extend(core.silences.iter().cloned());
             let mut removed_groups = Vec::new();
             let notifications = core.dispatcher.tick(
                 now,
-                all_alerts,
+                &core.prom.alerts,
                 &cfg.routing,
                 &silences,
                 &mut removed_groups,
             );
             self.metrics.firing.set(
-                all_alerts
+                core.prom
+                    .alerts
                     .values()
                     .filter(|a| a.state == State::Firing)
                     .count() as i64,
             );
-            self.metrics.series.set(core.history.len() as i64);
-            self.metrics
-                .refused
-                .set(i64::try_from(core.history.refused).unwrap_or(i64::MAX));
             (
-                outcome,
                 changed,
+                removed,
                 transitions,
                 notifications,
                 removed_groups,
@@ -631,7 +508,6 @@ impl Alerting {
             )
         };
         self.metrics.evaluations.inc();
-        let removed = outcome.removed;
         if !(changed.is_empty()
             && removed.is_empty()
             && newly.is_empty()
@@ -646,12 +522,8 @@ impl Alerting {
                     let mut core = self.core.lock();
                     for fp in &removed {
                         core.saved.remove(fp);
-                        core.prom_saved.remove(fp);
                     }
                     for a in changed {
-                        if core.prom.alerts.contains_key(&a.fingerprint) {
-                            core.prom_saved.insert(a.fingerprint.clone());
-                        }
                         core.saved.insert(a.fingerprint.clone(), (a, now));
                     }
                 }
@@ -825,7 +697,7 @@ impl Alerting {
                 .ok()
                 .flatten()
                 .and_then(|v| v.parse().ok());
-            let (due, marker) = digest_step(last, rules::ms(every), now);
+            let (due, marker) = digest_step(last, alert::ms(every), now);
             if let Some(m) = marker {
                 let _ = self.store.set_meta(key, m.to_string()).await;
             }
@@ -870,50 +742,16 @@ impl Alerting {
     /// Every alert (firing first).
     pub fn alerts(&self) -> Vec<Alert> {
         let core = self.core.lock();
-        let mut v: Vec<Alert> = core
-            .alerts
-            .values()
-            .chain(core.prom.alerts.values())
-            .cloned()
-            .collect();
+        let mut v: Vec<Alert> = core.prom.alerts.values().cloned().collect();
         drop(core);
         v.sort_by_key(|a| (a.state != State::Firing, a.fingerprint.clone()));
         v
     }
 
-    /// Pending and firing alerts in Prometheus's `GET /api/v1/alerts` form: the rule groups'
-    /// with their annotations, then the built-in rules' (summary, runbook and dashboard as
-    /// annotations).
+    /// Pending and firing alerts in Prometheus's `GET /api/v1/alerts` form (the rules' labels
+    /// and annotations, without the external labels, as Prometheus shows them).
     pub fn api_alerts(&self) -> Vec<serde_json::Value> {
-        let core = self.core.lock();
-        let mut out = core.prom.api_alerts();
-        for a in core.alerts.values() {
-            let state = match a.state {
-                State::Pending => "pending",
-                State::Firing => "firing",
-                State::Resolved => continue,
-            };
-            let mut annotations = BTreeMap::new();
-            annotations.insert("summary".to_owned(), a.summary.clone());
-            if let Some(r) = &a.runbook {
-                annotations.insert("runbook_url".to_owned(), r.clone());
-            }
-            if let Some(d) = &a.dashboard {
-                annotations.insert("dashboard_url".to_owned(), d.clone());
-            }
-            out.push(serde_json::json!({
-                "labels": a.labels,
-                "annotations": annotations,
-                "state": state,
-                "activeAt": humantime::format_rfc3339_millis(
-                    std::time::UNIX_EPOCH
-                        + std::time::Duration::from_millis(u64::try_from(a.active_at).unwrap_or(0))
-                )
-                .to_string(),
-                "value": sidelight_rules::gofmt::fmt_lower_e(a.value),
-            }));
-        }
-        out
+        self.core.lock().prom.api_alerts()
     }
 
     /// The rule groups in Prometheus's `GET /api/v1/rules` form (`data`).

@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::eval::{Alert, State};
-use super::rules::{Matcher, Millis};
+use super::alert::{Alert, State};
+use super::alert::{Matcher, Millis};
 
 /// One route: alerts matching every matcher go to `receiver`.
 #[derive(Debug, Clone)]
@@ -560,7 +560,7 @@ mod tests {
             runbook: None,
             dashboard: None,
             value: 1.0,
-            values: BTreeMap::new(),
+            external: Vec::new(),
             state,
             active_at: 0,
             fired_at: Some(0),

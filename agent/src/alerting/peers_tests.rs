@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::alert::{Alert, State as AlertState};
 use super::config::{NotifierConfig, NotifierKind};
 use super::deliver::{DeliveryMetrics, Item, Queue, Report, Sender, Transport, http_client};
-use super::eval::{Alert, State as AlertState};
 use super::notify::{Kind, Notification, Status};
 use crate::config::common::Secret;
 
@@ -230,7 +230,7 @@ fn alert(name: &str, state: AlertState) -> Alert {
         runbook: Some("https://runbooks.example/burn".into()),
         dashboard: Some("https://grafana.example/d/svc".into()),
         value: 15.36,
-        values: BTreeMap::new(),
+        external: Vec::new(),
         state,
         active_at: 0,
         fired_at: Some(0),
@@ -363,7 +363,7 @@ async fn resolve_updates_the_original_message_and_threads_a_follow_up() {
     let t = Transport::new(&cfg, &http).expect("transport");
     let deploys = HashMap::from([(
         "checkout".to_string(),
-        super::eval::DeployInfo {
+        super::alert::DeployInfo {
             at: super::now_ms() - 12 * 60_000,
             commit: "abc1234ffff".into(),
             version: "1.4.2".into(),

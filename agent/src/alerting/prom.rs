@@ -21,8 +21,7 @@ use sidelight_rules::group::{AlertState, EvalContext, GroupState, evaluate_group
 use sidelight_rules::storage::{METRIC_NAME, is_stale};
 use sidelight_rules::{Group, History, HistoryConfig, HistoryStats, Labels, Rule};
 
-use super::eval::{Alert, State, Transition, fingerprint};
-use super::rules::Millis;
+use super::alert::{Alert, Millis, State, Transition, fingerprint};
 
 /// How long a resolved alert is kept for the notifier's resolved message.
 const RESOLVED_RETENTION: Millis = 15 * 60 * 1000;
@@ -191,7 +190,7 @@ pub type FirstSeen = BTreeMap<(String, String), Millis>;
 #[derive(Debug, Clone, Default)]
 pub struct FeedbackCollector {
     pub first_seen: Arc<RwLock<FirstSeen>>,
-    pub deploys: Arc<RwLock<HashMap<String, super::eval::DeployInfo>>>,
+    pub deploys: Arc<RwLock<HashMap<String, super::alert::DeployInfo>>>,
 }
 
 impl Collector for FeedbackCollector {
@@ -260,6 +259,16 @@ pub fn note_exceptions(
     newly
 }
 
+/// `alerts.external_labels` and `alerts.external_url`: the rules' `$externalLabels` and
+/// `$externalURL`, and the labels attached to the alerts the notifiers receive.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct External {
+    /// Label name to value.
+    pub labels: Labels,
+    /// The agent's URL as users reach it ("" when not set).
+    pub url: String,
+}
+
 /// What one cycle changed in the alerts.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -316,17 +325,13 @@ impl PromRules {
         self.history.take_cap_report()
     }
 
-    /// Puts back the alerts of these rules kept across a restart (call after [`Self::set_groups`]);
-    /// returns those no loaded alerting rule names. A restored alert is not resolved for lack of
-    /// data during a grace period after `now`: its rule's longest window (at most 5 minutes)
-    /// plus two evaluation intervals, the time the restarted history needs to answer again.
-    pub fn restore(
-        &mut self,
-        alerts: Vec<Alert>,
-        now: Millis,
-        default_interval: Millis,
-    ) -> Vec<Alert> {
-        let mut rest = Vec::new();
+    /// Puts back the alerts kept across a restart (call after [`Self::set_groups`]). An alert of
+    /// a loaded alerting rule carries on, and is not resolved for lack of data during a grace
+    /// period after `now`: its rule's longest window (at most 5 minutes) plus two evaluation
+    /// intervals, the time the restarted history needs to answer again. One that no loaded rule
+    /// names is treated as after a reload that removed its rule: firing, it resolves at the next
+    /// cycle (a resolved message); pending, it is dropped; resolved, it stays for the message.
+    pub fn restore(&mut self, alerts: Vec<Alert>, now: Millis, default_interval: Millis) {
         for a in alerts {
             let place = self.groups.iter().enumerate().find_map(|(gi, g)| {
                 g.rules
@@ -335,7 +340,7 @@ impl PromRules {
                     .map(|ri| (gi, ri))
             });
             let Some((gi, ri)) = place else {
-                rest.push(a);
+                self.alerts.insert(a.fingerprint.clone(), a);
                 continue;
             };
             let mut annotations = BTreeMap::new();
@@ -356,7 +361,7 @@ impl PromRules {
             self.states[gi].restore(
                 ri,
                 sidelight_rules::Alert {
-                    labels: a.labels.clone(),
+                    labels: a.rule_labels(),
                     annotations,
                     state: match a.state {
                         State::Pending => AlertState::Pending,
@@ -373,7 +378,6 @@ impl PromRules {
             );
             self.alerts.insert(a.fingerprint.clone(), a);
         }
-        rest
     }
 
     /// Takes new groups (a reload). A group with the same file, name and rules as before keeps
@@ -430,7 +434,7 @@ impl PromRules {
         now: Millis,
         snapshot: Option<&Snapshot>,
         default_interval: Millis,
-        external_labels: &Labels,
+        external: &External,
     ) -> Outcome {
         self.default_interval = default_interval;
         if let Some(snap) = snapshot {
@@ -449,8 +453,8 @@ impl PromRules {
             }
         }
         let ctx = EvalContext {
-            external_labels,
-            external_url: "",
+            external_labels: &external.labels,
+            external_url: &external.url,
         };
         let mut out = Outcome::default();
         let groups = self.groups.clone();
@@ -473,7 +477,10 @@ impl PromRules {
                 if let Some(name) = l.get(METRIC_NAME)
                     && self.recorded_names.contains(name)
                 {
-                    recorded.entry(name.clone()).or_default().push((l, v));
+                    recorded
+                        .entry(name.clone())
+                        .or_default()
+                        .push((Labels::clone(&l), v));
                 }
             }
             {
@@ -505,12 +512,13 @@ impl PromRules {
             status.errors = errors;
         }
         self.history.prune(now);
-        out.transitions = self.update_alerts(now);
+        out.transitions = self.update_alerts(now, &external.labels);
         out
     }
 
-    /// Mirrors the rules' alerts into the pipeline's form and says what fired and resolved.
-    fn update_alerts(&mut self, now: Millis) -> Vec<Transition> {
+    /// Mirrors the rules' alerts into the pipeline's form, with the external labels they lack
+    /// (as Prometheus attaches them when it sends an alert), and says what fired and resolved.
+    fn update_alerts(&mut self, now: Millis, external: &Labels) -> Vec<Transition> {
         let mut current: BTreeMap<String, Alert> = BTreeMap::new();
         for (g, st) in self.groups.iter().zip(&self.states) {
             for (ri, r) in g.rules.iter().enumerate() {
@@ -518,7 +526,14 @@ impl PromRules {
                     continue;
                 }
                 for a in st.alerts(ri) {
-                    let labels: BTreeMap<String, String> = a.labels.clone();
+                    let mut labels: BTreeMap<String, String> = a.labels.clone();
+                    let mut added = Vec::new();
+                    for (k, v) in external {
+                        if !labels.contains_key(k) {
+                            labels.insert(k.clone(), v.clone());
+                            added.push(k.clone());
+                        }
+                    }
                     let fp = fingerprint(&labels);
                     let state = match a.state {
                         AlertState::Pending => State::Pending,
@@ -531,13 +546,13 @@ impl PromRules {
                         Alert {
                             fingerprint: fp,
                             labels,
+                            external: added,
                             summary: ann("summary")
                                 .or_else(|| ann("description"))
                                 .unwrap_or_default(),
                             runbook: ann("runbook_url"),
                             dashboard: ann("dashboard_url").or_else(|| ann("dashboard")),
                             value: a.value,
-                            values: BTreeMap::new(),
                             state,
                             active_at: a.active_at,
                             fired_at: a.fired_at,
@@ -625,7 +640,7 @@ mod tests {
         let recorded = RecordedCollector::default();
         let mut p = PromRules::new(100, recorded.clone());
         p.set_groups(groups(RULES));
-        let ext = Labels::new();
+        let ext = External::default();
         let mut fired = 0;
         let mut resolved = 0;
         // 3/s for 2 minutes, then flat.
@@ -696,7 +711,7 @@ mod tests {
         *feedback.first_seen.write() = first_seen;
         feedback.deploys.write().insert(
             "api".to_owned(),
-            super::super::eval::DeployInfo {
+            super::super::alert::DeployInfo {
                 at: 7_000,
                 commit: "abc".into(),
                 version: "1.2".into(),
@@ -718,7 +733,7 @@ mod tests {
     #[test]
     fn restored_alerts_carry_on_without_firing_again() {
         let rules = "groups:\n- name: g\n  rules:\n  - alert: Always\n    expr: vector(1)\n    for: 1m\n  - alert: Gone\n    expr: vector(1) == 2\n";
-        let ext = Labels::new();
+        let ext = External::default();
         let mut before = PromRules::new(100, RecordedCollector::default());
         before.set_groups(groups(rules));
         before.cycle(0, None, 15_000, &ext);
@@ -731,15 +746,19 @@ mod tests {
         kept.push(gone);
         let mut other = kept[0].clone();
         other.labels.insert("alertname".into(), "OldDialect".into());
+        other.fingerprint = fingerprint(&other.labels);
         kept.push(other);
-        // A restart: the firing alert carries on (no second "fired"); Gone resolves.
+        // A restart: the firing alert carries on (no second "fired"); Gone resolves; the alert
+        // of a rule no longer loaded resolves at the first cycle, as after a reload.
         let mut after = PromRules::new(100, RecordedCollector::default());
         after.set_groups(groups(rules));
-        let rest = after.restore(kept, 90_000, 15_000);
-        assert_eq!(rest.len(), 1, "the old dialect's alert is not these rules'");
+        after.restore(kept, 90_000, 15_000);
         // Gone is held for the grace period (its window: the 5 m lookback, plus 2 intervals).
         let out = after.cycle(90_000, None, 15_000, &ext);
-        assert!(out.transitions.is_empty(), "{:?}", out.transitions);
+        assert_eq!(out.transitions.len(), 1, "{:?}", out.transitions);
+        assert!(
+            matches!(&out.transitions[0], Transition::Resolved(fp) if fp.contains("OldDialect"))
+        );
         let out = after.cycle(90_000 + 330_000, None, 15_000, &ext);
         assert_eq!(out.transitions.len(), 1, "{:?}", out.transitions);
         assert!(matches!(&out.transitions[0], Transition::Resolved(fp) if fp.contains("Gone")));
@@ -751,6 +770,71 @@ mod tests {
         assert_eq!((always.state, always.active_at), (State::Firing, 0));
     }
 
+    /// `alerts.external_labels` reach the templates as `$externalLabels` (the shipped rules'
+    /// runbook links) and the alerts the notifiers receive, without overriding the rule's own
+    /// labels; `alerts.external_url` is `$externalURL`; a restart restores the alert under its
+    /// rule's labels (no second "fired").
+    #[test]
+    fn external_labels_and_url_reach_templates_and_alerts() {
+        let rules = r#"groups:
+- name: g
+  rules:
+  - alert: Always
+    expr: vector(1)
+    labels: { severity: warning, cluster: from-rule }
+    annotations:
+      summary: 'in {{ $externalLabels.region }}, see {{ $externalURL }}/api/v1/alerts'
+      runbook_url: '{{ or $externalLabels.runbook_base "https://example.invalid/default" }}/runbooks.md#always'
+"#;
+        let ext = External {
+            labels: Labels::from([
+                ("region".to_owned(), "eu-1".to_owned()),
+                ("cluster".to_owned(), "from-config".to_owned()),
+                (
+                    "runbook_base".to_owned(),
+                    "https://wiki.example/ops".to_owned(),
+                ),
+            ]),
+            url: "https://agent.example:9464".to_owned(),
+        };
+        let mut p = PromRules::new(100, RecordedCollector::default());
+        p.set_groups(groups(rules));
+        let out = p.cycle(0, None, 15_000, &ext);
+        assert_eq!(out.transitions.len(), 1, "{:?}", out.transitions);
+        let a = p.alerts.values().next().expect("alert").clone();
+        assert_eq!(
+            a.summary,
+            "in eu-1, see https://agent.example:9464/api/v1/alerts"
+        );
+        assert_eq!(
+            a.runbook.as_deref(),
+            Some("https://wiki.example/ops/runbooks.md#always")
+        );
+        assert_eq!(a.labels["region"], "eu-1");
+        assert_eq!(a.labels["cluster"], "from-rule", "the rule's label wins");
+        assert_eq!(a.external, ["region", "runbook_base"]);
+        // Prometheus's /api/v1/alerts shows the rule's labels only.
+        let api = p.api_alerts();
+        assert!(api[0]["labels"].get("region").is_none(), "{api:?}");
+        // Without a runbook_base, the rules' default link.
+        let mut q = PromRules::new(100, RecordedCollector::default());
+        q.set_groups(groups(rules));
+        q.cycle(0, None, 15_000, &External::default());
+        let b = q.alerts.values().next().expect("alert");
+        assert_eq!(
+            b.runbook.as_deref(),
+            Some("https://example.invalid/default/runbooks.md#always")
+        );
+        // A restart with the same external labels: the alert carries on.
+        let mut r = PromRules::new(100, RecordedCollector::default());
+        r.set_groups(groups(rules));
+        r.restore(vec![a.clone()], 15_000, 15_000);
+        let out = r.cycle(15_000, None, 15_000, &ext);
+        assert!(out.transitions.is_empty(), "{:?}", out.transitions);
+        assert_eq!(r.alerts.len(), 1);
+        assert_eq!(r.alerts.values().next().map(|x| x.active_at), Some(0));
+    }
+
     #[test]
     fn a_reload_keeps_the_state_of_unchanged_groups() {
         let recorded = RecordedCollector::default();
@@ -759,7 +843,7 @@ mod tests {
             "groups:\n- name: g\n  rules:\n  - alert: Always\n    expr: vector(1)\n    for: 1m\n",
         );
         p.set_groups(g.clone());
-        let ext = Labels::new();
+        let ext = External::default();
         p.cycle(0, None, 15_000, &ext);
         p.set_groups(groups(
             "groups:\n- name: g\n  rules:\n  - alert: Always\n    expr: vector(1)\n    for: 1m\n",

@@ -11,9 +11,9 @@
 
 use std::collections::HashMap;
 
-use super::eval::{Alert, DeployInfo, fmt_value};
+use super::alert::Millis;
+use super::alert::{Alert, DeployInfo, fmt_value};
 use super::notify::{Kind, Notification, Status};
-use super::rules::Millis;
 
 /// Alerts shown one by one in a message; the rest are counted in [`Message::more`].
 pub const MAX_ITEMS: usize = 20;
@@ -339,7 +339,7 @@ pub fn plain(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alerting::eval::State;
+    use crate::alerting::alert::State;
     use std::collections::BTreeMap;
 
     pub(crate) fn alert(name: &str, severity: &str) -> Alert {
@@ -354,7 +354,7 @@ mod tests {
             runbook: Some("https://runbooks/burn".into()),
             dashboard: Some("https://grafana/d/svc".into()),
             value: 15.357,
-            values: BTreeMap::new(),
+            external: Vec::new(),
             state: State::Firing,
             active_at: 0,
             fired_at: Some(60_000),

@@ -185,8 +185,10 @@ async fn socket_mode_dispatches_commands_and_buttons_and_acks_them() {
 alerts:
   evaluation_interval: 1h
   group_wait: 0s
-  rules:
-    - {{ name: Flag, expr: 'bench_flag', threshold: 0, labels: {{ service: api }} }}
+  groups:
+    - name: flags
+      rules:
+        - {{ alert: Flag, expr: 'bench_flag > 0', labels: {{ service: api }} }}
 notifiers:
   slack:
     token_file: bot

@@ -6,9 +6,9 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::eval::Alert;
+use super::alert::Alert;
+use super::alert::Millis;
 use super::notify::{Group, Silence};
-use super::rules::Millis;
 use crate::store::{StoreError, StoreHandle};
 
 /// Everything loaded at start.
@@ -207,7 +207,7 @@ impl AlertStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alerting::eval::State;
+    use crate::alerting::alert::State;
     use std::collections::BTreeMap;
 
     #[tokio::test]
@@ -221,7 +221,7 @@ mod tests {
             runbook: None,
             dashboard: None,
             value: 2.0,
-            values: BTreeMap::new(),
+            external: Vec::new(),
             state: State::Firing,
             active_at: 1,
             fired_at: Some(2),

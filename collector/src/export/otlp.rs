@@ -72,8 +72,8 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// The default gzip level: flate2's fastest. On OTLP spans it costs about a third of level
-    /// 6's CPU for a few per cent more bytes (BENCHMARKS.md).
+    /// The default gzip level: flate2's fastest, far cheaper than level 6 on OTLP spans for a
+    /// few per cent more bytes (BENCHMARKS.md).
     pub const GZIP_DEFAULT_LEVEL: u32 = 1;
     /// The default zstd level: zstd's fastest standard level.
     pub const ZSTD_DEFAULT_LEVEL: i32 = 1;

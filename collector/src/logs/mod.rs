@@ -41,6 +41,8 @@
 
 pub mod checkpoint;
 pub mod discover;
+#[cfg(test)]
+mod mapping_tests;
 pub mod multiline;
 pub mod otlp;
 pub mod parse;

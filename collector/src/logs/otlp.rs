@@ -110,12 +110,16 @@ fn to_record(r: LogRecord) -> OtlpRecord {
             attributes.push(kv("exception.stacktrace".into(), string(s)));
         }
     }
-    attributes.extend(r.attributes.into_iter().map(|(k, v)| kv(k, any(v))));
+    attributes.extend(
+        r.attributes
+            .into_iter()
+            .map(|(k, v)| kv(k.into_owned(), any(v))),
+    );
     OtlpRecord {
         time_unix_nano: r.timestamp_unix_nano.unwrap_or(0),
         observed_time_unix_nano: r.observed_unix_nano,
         severity_number: i32::from(r.severity_number),
-        severity_text: r.severity_text.unwrap_or_default(),
+        severity_text: r.severity_text.map(String::from).unwrap_or_default(),
         body: Some(string(r.body)),
         attributes,
         trace_id: r.trace_id.map(|t| t.0.to_vec()).unwrap_or_default(),
@@ -157,7 +161,10 @@ fn any(v: AttrValue) -> AnyValue {
 
 fn kvlist(m: Attributes) -> KeyValueList {
     KeyValueList {
-        values: m.into_iter().map(|(k, v)| kv(k, any(v))).collect(),
+        values: m
+            .into_iter()
+            .map(|(k, v)| kv(k.into_owned(), any(v)))
+            .collect(),
     }
 }
 
@@ -354,7 +361,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::logs::record::{ExceptionInfo, SpanId, TraceId};
+    use crate::logs::record::{ExceptionInfo, Name, SpanId, TraceId};
     use crate::pipeline::Payload;
     use proptest::prelude::*;
     use prost::Message;
@@ -473,8 +480,9 @@ mod tests {
         leaf.prop_recursive(4, 40, 6, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..6).prop_map(AttrValue::Array),
-                proptest::collection::vec(("[a-z.]{0,8}", inner), 0..6)
-                    .prop_map(|pairs| AttrValue::Map(Attributes::from_pairs(pairs))),
+                proptest::collection::vec(("[a-z.]{0,8}", inner), 0..6).prop_map(|pairs| {
+                    AttrValue::Map(pairs.into_iter().map(|(k, v)| (Name::from(k), v)).collect())
+                }),
             ]
         })
     }
@@ -508,8 +516,8 @@ mod tests {
                         timestamp_unix_nano: ts,
                         observed_unix_nano: observed,
                         severity_number: sev % 25,
-                        severity_text: sev_text,
-                        logger: logger.map(str::to_owned),
+                        severity_text: sev_text.map(Name::from),
+                        logger: logger.map(Name::from),
                         body,
                         exception: exc.map(|(t, m, s)| ExceptionInfo {
                             r#type: t,
@@ -518,7 +526,7 @@ mod tests {
                         }),
                         trace_id: trace.map(TraceId),
                         span_id: span.map(SpanId),
-                        attributes: Attributes::from_pairs(attrs),
+                        attributes: attrs.into_iter().map(|(k, v)| (Name::from(k), v)).collect(),
                         source: Some(Arc::from("app")),
                         file_path: path.map(Arc::from),
                     }

@@ -7,13 +7,17 @@
 //! UTF-8 is replaced; a line over [`ParserConfig::max_line_bytes`] is cut and flagged.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::record::{AttrValue, Attributes, ExceptionInfo, LogRecord, SpanId, TraceId, severity};
+use super::record::{
+    AttrValue, Attributes, ExceptionInfo, LogRecord, Name, SpanId, TraceId, severity,
+};
 
 /// Default cap on one line: 256 KiB.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 256 * 1024;
@@ -140,15 +144,26 @@ impl Parsed {
     }
 }
 
-/// A configured parser; cheap to share, holds no per-line state.
-#[derive(Debug, Clone, Default)]
+/// A configured parser. Its only state is the names of the last line parsed (see `Names`): a
+/// clone starts without them.
+#[derive(Debug, Default)]
 pub struct Parser {
     config: ParserConfig,
+    last_names: Mutex<Vec<&'static str>>,
+}
+
+impl Clone for Parser {
+    fn clone(&self) -> Self {
+        Self::new(self.config.clone())
+    }
 }
 
 impl Parser {
     pub fn new(config: ParserConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            last_names: Mutex::default(),
+        }
     }
 
     pub fn config(&self) -> &ParserConfig {
@@ -174,16 +189,26 @@ impl Parser {
             Format::Json => true,
             Format::Auto | Format::Cri => text.trim_start().starts_with('{'),
         };
+        let mut last_names = self
+            .last_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut names = Names {
+            prev: &mut last_names,
+            at: 0,
+        };
         let mut record = None;
         if wants_json {
-            match parse_json_fields(&text) {
-                Ok(fields) => record = Some(self.json_record(fields, observed_unix_nano)),
+            match parse_json_fields(&text, &mut names) {
+                Ok(fields) => {
+                    record = Some(self.json_record(fields, observed_unix_nano, &mut names));
+                }
                 Err(e) => error = Some(e),
             }
         }
         let mut record = match record {
             Some(r) => r,
-            None => self.text_record(text.into_owned(), observed_unix_nano),
+            None => self.text_record(text.into_owned(), observed_unix_nano, &mut names),
         };
         record.source.clone_from(&self.config.source);
         Parsed {
@@ -194,7 +219,7 @@ impl Parser {
         }
     }
 
-    fn text_record(&self, text: String, observed: u64) -> LogRecord {
+    fn text_record(&self, text: String, observed: u64, names: &mut Names<'_>) -> LogRecord {
         let mut rec = LogRecord::from_body(String::new(), observed);
         let mut rest = text.strip_prefix('[').unwrap_or(&text);
         if let Some((ts, used)) = scan_timestamp(rest, self.config.naive_utc_offset_secs) {
@@ -211,7 +236,7 @@ impl Parser {
             && let Some(n) = severity::from_text(&rest[..word_end])
         {
             rec.severity_number = n;
-            rec.severity_text = Some(rest[..word_end].to_owned());
+            rec.severity_text = Some(names.name(&rest[..word_end]));
         }
         match find_traceback(&text) {
             Some(at) => {
@@ -229,13 +254,18 @@ impl Parser {
         rec
     }
 
-    fn json_record(&self, fields: Vec<(Key<'_>, AttrValue)>, observed: u64) -> LogRecord {
+    fn json_record(
+        &self,
+        fields: Vec<(Key<'_>, Top<'_>)>,
+        observed: u64,
+        names: &mut Names<'_>,
+    ) -> LogRecord {
         let is_loguru = fields
             .iter()
             .any(|(k, v)| k.0 == "record" && v.as_map().is_some())
             && fields.iter().any(|(k, _)| k.0 == "text");
         if is_loguru {
-            return self.loguru_record(fields, observed);
+            return self.loguru_record(fields, observed, names);
         }
         let mut rec = LogRecord::from_body(String::new(), observed);
         let mut has_body = false;
@@ -244,8 +274,8 @@ impl Parser {
         for (key, value) in fields {
             let consumed = match key.0.as_ref() {
                 "message" | "event" | "msg" if !has_body => match value {
-                    AttrValue::String(s) => {
-                        rec.body = s;
+                    Top::Str(s) => {
+                        rec.body = s.into_owned();
                         has_body = true;
                         None
                     }
@@ -254,7 +284,11 @@ impl Parser {
                 "timestamp" | "asctime" | "time" | "@timestamp" | "ts" | "created"
                     if rec.timestamp_unix_nano.is_none() =>
                 {
-                    match self.timestamp_of(&value) {
+                    let ts = match &value {
+                        Top::Str(s) => parse_timestamp(s, self.config.naive_utc_offset_secs),
+                        Top::Other(v) => self.timestamp_of(v),
+                    };
+                    match ts {
                         Some(ts) => {
                             rec.timestamp_unix_nano = Some(ts);
                             None
@@ -266,61 +300,78 @@ impl Parser {
                     if rec.severity_text.is_none() =>
                 {
                     match value {
-                        AttrValue::String(s) => {
+                        Top::Str(s) => {
                             rec.severity_number = severity::from_text(&s).unwrap_or(0);
-                            rec.severity_text = Some(s);
+                            rec.severity_text = Some(match s {
+                                Cow::Borrowed(s) => names.name(s),
+                                Cow::Owned(s) => names.name_owned(s),
+                            });
                             None
                         }
-                        v @ (AttrValue::Int(_) | AttrValue::Float(_)) => match v.as_i64() {
-                            Some(n) => {
-                                levelno = Some(n);
-                                None
+                        Top::Other(v @ (AttrValue::Int(_) | AttrValue::Float(_))) => {
+                            match v.as_i64() {
+                                Some(n) => {
+                                    levelno = Some(n);
+                                    None
+                                }
+                                None => Some(Top::Other(v)),
                             }
-                            None => Some(v),
-                        },
+                        }
                         other => Some(other),
                     }
                 }
-                "levelno" if levelno.is_none() => match value.as_i64() {
-                    Some(n) => {
-                        levelno = Some(n);
-                        None
-                    }
-                    None => Some(value),
+                "levelno" if levelno.is_none() => match &value {
+                    Top::Other(v) => match v.as_i64() {
+                        Some(n) => {
+                            levelno = Some(n);
+                            None
+                        }
+                        None => Some(value),
+                    },
+                    Top::Str(_) => Some(value),
                 },
                 "name" | "logger" | "logger_name" if rec.logger.is_none() => match value {
-                    AttrValue::String(s) => {
-                        rec.logger = Some(s);
+                    Top::Str(s) => {
+                        rec.logger = Some(match s {
+                            Cow::Borrowed(s) => names.name(s),
+                            Cow::Owned(s) => names.name_owned(s),
+                        });
                         None
                     }
                     other => Some(other),
                 },
                 "exc_info" | "exception" | "exc_text" if rec.exception.is_none() => match value {
-                    AttrValue::Null => None,
-                    AttrValue::String(s) if s.is_empty() => None,
-                    AttrValue::String(s) => {
-                        rec.exception = Some(exception_from_traceback(s));
+                    Top::Other(AttrValue::Null) => None,
+                    Top::Str(s) if s.is_empty() => None,
+                    Top::Str(s) => {
+                        rec.exception = Some(exception_from_traceback(s.into_owned()));
                         None
                     }
-                    AttrValue::Array(frames) => match exception_from_dict_tracebacks(&frames) {
-                        Some(e) => {
-                            rec.exception = Some(e);
-                            None
+                    Top::Other(AttrValue::Array(frames)) => {
+                        match exception_from_dict_tracebacks(&frames) {
+                            Some(e) => {
+                                rec.exception = Some(e);
+                                None
+                            }
+                            None => Some(Top::Other(AttrValue::Array(frames))),
                         }
-                        None => Some(AttrValue::Array(frames)),
-                    },
+                    }
                     other => Some(other),
                 },
                 k if is_trace_key(k) && rec.trace_id.is_none() => {
-                    take_id(value, TraceId::from_hex, &mut rec.trace_id)
+                    take_top_id(value, TraceId::from_hex, &mut rec.trace_id)
                 }
                 k if is_span_key(k) && rec.span_id.is_none() => {
-                    take_id(value, SpanId::from_hex, &mut rec.span_id)
+                    take_top_id(value, SpanId::from_hex, &mut rec.span_id)
                 }
                 _ => Some(value),
             };
             if let Some(v) = consumed {
-                attrs.push((key.0.into_owned(), v));
+                let key = match key.0 {
+                    Cow::Borrowed(k) => names.name(k),
+                    Cow::Owned(k) => names.name_owned(k),
+                };
+                attrs.push((key, v.into_value()));
             }
         }
         if let Some(n) = levelno
@@ -332,22 +383,33 @@ impl Parser {
         rec
     }
 
-    fn loguru_record(&self, fields: Vec<(Key<'_>, AttrValue)>, observed: u64) -> LogRecord {
+    fn loguru_record(
+        &self,
+        fields: Vec<(Key<'_>, Top<'_>)>,
+        observed: u64,
+        names: &mut Names<'_>,
+    ) -> LogRecord {
         let mut rec = LogRecord::from_body(String::new(), observed);
         let mut text = None;
         let mut record = Attributes::new();
         let mut attrs = Vec::new();
         for (key, value) in fields {
             match (key.0.as_ref(), value) {
-                ("text", AttrValue::String(s)) if text.is_none() => text = Some(s),
-                ("record", AttrValue::Map(m)) if record.is_empty() => record = m,
-                (_, v) => attrs.push((key.0.into_owned(), v)),
+                ("text", Top::Str(s)) if text.is_none() => text = Some(s),
+                ("record", Top::Other(AttrValue::Map(m))) if record.is_empty() => record = m,
+                (_, v) => {
+                    let key = match key.0 {
+                        Cow::Borrowed(k) => names.name(k),
+                        Cow::Owned(k) => names.name_owned(k),
+                    };
+                    attrs.push((key, v.into_value()));
+                }
             }
         }
         for (key, value) in record {
-            match (key.as_str(), value) {
+            match (key.as_ref(), value) {
                 ("message", AttrValue::String(s)) => rec.body = s,
-                ("name", AttrValue::String(s)) => rec.logger = Some(s),
+                ("name", AttrValue::String(s)) => rec.logger = Some(names.name_owned(s)),
                 ("time", AttrValue::Map(t)) => {
                     rec.timestamp_unix_nano = t
                         .get("repr")
@@ -361,7 +423,7 @@ impl Parser {
                         rec.severity_number = severity::from_text(name)
                             .or(no.map(severity::from_levelno))
                             .unwrap_or(0);
-                        rec.severity_text = Some(name.clone());
+                        rec.severity_text = Some(names.name(name));
                     } else if let Some(no) = no {
                         rec.severity_number = severity::from_levelno(no);
                     }
@@ -395,22 +457,22 @@ impl Parser {
                 }
                 ("file", AttrValue::Map(mut f)) => {
                     if let Some(p) = f.remove("path") {
-                        attrs.push(("code.filepath".to_owned(), p));
+                        attrs.push((Cow::Borrowed("code.filepath"), p));
                     }
                 }
-                ("function", v) => attrs.push(("code.function".to_owned(), v)),
-                ("line", v) => attrs.push(("code.lineno".to_owned(), v)),
+                ("function", v) => attrs.push((Cow::Borrowed("code.function"), v)),
+                ("line", v) => attrs.push((Cow::Borrowed("code.lineno"), v)),
                 ("process", AttrValue::Map(mut p)) => {
                     if let Some(id) = p.remove("id") {
-                        attrs.push(("process.pid".to_owned(), id));
+                        attrs.push((Cow::Borrowed("process.pid"), id));
                     }
                 }
                 ("thread", AttrValue::Map(mut t)) => {
                     if let Some(id) = t.remove("id") {
-                        attrs.push(("thread.id".to_owned(), id));
+                        attrs.push((Cow::Borrowed("thread.id"), id));
                     }
                     if let Some(name) = t.remove("name") {
-                        attrs.push(("thread.name".to_owned(), name));
+                        attrs.push((Cow::Borrowed("thread.name"), name));
                     }
                 }
                 // `elapsed`, `module`, a null `exception` and the icon carry nothing the
@@ -444,6 +506,27 @@ fn is_span_key(k: &str) -> bool {
         k,
         "otelSpanID" | "span_id" | "spanId" | "spanid" | "span.id"
     )
+}
+
+/// [`take_id`] for a top-level value.
+fn take_top_id<'a, T>(
+    value: Top<'a>,
+    parse: fn(&str) -> Option<T>,
+    slot: &mut Option<T>,
+) -> Option<Top<'a>> {
+    match value {
+        Top::Str(s) => {
+            if let Some(id) = parse(&s) {
+                *slot = Some(id);
+                None
+            } else if !s.is_empty() && s.bytes().all(|b| b == b'0') {
+                None
+            } else {
+                Some(Top::Str(s))
+            }
+        }
+        Top::Other(v) => take_id(v, parse, slot).map(Top::Other),
+    }
 }
 
 /// Sets `slot` from a hex id. All-zero ids (what OpenTelemetry's logging instrumentation writes
@@ -490,7 +573,84 @@ fn decode_utf8(bytes: &[u8], was_cut: bool) -> (Cow<'_, str>, bool) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// JSON: a single pass with serde_json, keys borrowed from the line where they have no escapes.
+// JSON: a single pass with serde_json. Top-level keys and strings stay borrowed from the line
+// until the mapping knows what it keeps; names (attribute keys, levels, loggers) are shared.
+
+/// Most distinct names shared for the whole process; later new names are owned per record.
+const MAX_NAMES: usize = 4096;
+/// Longer names are owned per record (they are rarely names that repeat).
+const MAX_NAME_BYTES: usize = 64;
+/// Most names of one line remembered for matching the next line's.
+const MAX_LINE_NAMES: usize = 256;
+
+/// `sidelight_log_shared_names`: names in the process-wide table (see [`intern`]).
+pub(crate) fn shared_names_gauge() -> &'static Gauge {
+    static GAUGE: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+    &GAUGE
+}
+
+/// The process-wide copy of `s`, made on first sight; `None` when `s` is long or the table is
+/// full (at most [`MAX_NAMES`] names of [`MAX_NAME_BYTES`], 256 KiB, live for the process; a
+/// name first seen after that is copied into each record that has it, as every name was before
+/// the table).
+fn intern(s: &str) -> Option<&'static str> {
+    static NAMES: LazyLock<Mutex<HashSet<&'static str>>> = LazyLock::new(Mutex::default);
+    if s.len() > MAX_NAME_BYTES {
+        return None;
+    }
+    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(&shared) = names.get(s) {
+        return Some(shared);
+    }
+    if names.len() >= MAX_NAMES {
+        return None;
+    }
+    let shared: &'static str = Box::leak(Box::from(s));
+    names.insert(shared);
+    shared_names_gauge().set(names.len() as i64);
+    Some(shared)
+}
+
+/// The names of the line being parsed, in the order they are met, matched against the previous
+/// line's at the same position: lines of one source mostly repeat their keys in the same order,
+/// so a name is found with one comparison, without hashing or locking.
+struct Names<'a> {
+    prev: &'a mut Vec<&'static str>,
+    at: usize,
+}
+
+impl Names<'_> {
+    fn name(&mut self, s: &str) -> Name {
+        match self.shared(s) {
+            Some(shared) => Cow::Borrowed(shared),
+            None => Cow::Owned(s.to_owned()),
+        }
+    }
+
+    fn name_owned(&mut self, s: String) -> Name {
+        match self.shared(&s) {
+            Some(shared) => Cow::Borrowed(shared),
+            None => Cow::Owned(s),
+        }
+    }
+
+    fn shared(&mut self, s: &str) -> Option<&'static str> {
+        let at = self.at;
+        self.at += 1;
+        if let Some(&p) = self.prev.get(at)
+            && p == s
+        {
+            return Some(p);
+        }
+        let shared = intern(s)?;
+        if let Some(slot) = self.prev.get_mut(at) {
+            *slot = shared;
+        } else if at == self.prev.len() && at < MAX_LINE_NAMES {
+            self.prev.push(shared);
+        }
+        Some(shared)
+    }
+}
 
 /// A top-level key, borrowed from the input when possible.
 struct Key<'a>(Cow<'a, str>);
@@ -517,10 +677,36 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
+/// A top-level value: a string stays borrowed from the line (when it has no escapes) until the
+/// mapping decides whether the record keeps it.
+enum Top<'a> {
+    Str(Cow<'a, str>),
+    Other(AttrValue),
+}
+
+impl Top<'_> {
+    fn into_value(self) -> AttrValue {
+        match self {
+            Top::Str(s) => AttrValue::String(s.into_owned()),
+            Top::Other(v) => v,
+        }
+    }
+
+    fn as_map(&self) -> Option<&Attributes> {
+        match self {
+            Top::Other(v) => v.as_map(),
+            Top::Str(_) => None,
+        }
+    }
+}
+
 /// Parses a JSON object into its top-level fields, in order.
-fn parse_json_fields(text: &str) -> Result<Vec<(Key<'_>, AttrValue)>, ParseError> {
+fn parse_json_fields<'de>(
+    text: &'de str,
+    names: &mut Names<'_>,
+) -> Result<Vec<(Key<'de>, Top<'de>)>, ParseError> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let fields = match de.deserialize_any(TopLevel) {
+    let fields = match de.deserialize_any(TopLevel { names }) {
         Ok(Some(fields)) => fields,
         Ok(None) => return Err(ParseError::NotAnObject),
         Err(e) => return Err(ParseError::InvalidJson(e)),
@@ -529,10 +715,12 @@ fn parse_json_fields(text: &str) -> Result<Vec<(Key<'_>, AttrValue)>, ParseError
     Ok(fields)
 }
 
-struct TopLevel;
+struct TopLevel<'n, 'p> {
+    names: &'n mut Names<'p>,
+}
 
-impl<'de> Visitor<'de> for TopLevel {
-    type Value = Option<Vec<(Key<'de>, AttrValue)>>;
+impl<'de> Visitor<'de> for TopLevel<'_, '_> {
+    type Value = Option<Vec<(Key<'de>, Top<'de>)>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
@@ -541,8 +729,24 @@ impl<'de> Visitor<'de> for TopLevel {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         // Room for the fields of most records without growing.
         let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
+        let mut seen_text = false;
+        let mut seen_record = false;
         while let Some(k) = map.next_key::<Key<'de>>()? {
-            out.push((k, map.next_value::<AttrValue>()?));
+            // loguru writes `text` before `record`: the first `record` after a `text` is, when
+            // it is a map, the record `Parser::loguru_record` reads.
+            let v = if seen_text && !seen_record && k.0 == "record" {
+                seen_record = true;
+                map.next_value_seed(LoguruRecordSeed {
+                    names: &mut *self.names,
+                })?
+            } else {
+                seen_record |= k.0 == "record";
+                map.next_value_seed(TopSeed {
+                    names: &mut *self.names,
+                })?
+            };
+            seen_text |= k.0 == "text";
+            out.push((k, v));
         }
         Ok(Some(out))
     }
@@ -572,15 +776,76 @@ impl<'de> Visitor<'de> for TopLevel {
     }
 }
 
-impl<'de> Deserialize<'de> for AttrValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ValueVisitor)
+/// A top-level value: strings as [`Top::Str`], anything else through [`ValueSeed`].
+struct TopSeed<'n, 'p> {
+    names: &'n mut Names<'p>,
+}
+
+impl<'de> DeserializeSeed<'de> for TopSeed<'_, '_> {
+    type Value = Top<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Top<'de>, D::Error> {
+        d.deserialize_any(self)
     }
 }
 
-struct ValueVisitor;
+impl<'de> Visitor<'de> for TopSeed<'_, '_> {
+    type Value = Top<'de>;
 
-impl<'de> Visitor<'de> for ValueVisitor {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Top<'de>, E> {
+        Ok(Top::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Top<'de>, E> {
+        Ok(Top::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Top<'de>, E> {
+        Ok(Top::Str(Cow::Owned(v)))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Top<'de>, E> {
+        Ok(Top::Other(AttrValue::Bool(v)))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Top<'de>, E> {
+        Ok(Top::Other(AttrValue::Int(v)))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Top<'de>, E> {
+        ValueSeed { names: self.names }.visit_u64(v).map(Top::Other)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Top<'de>, E> {
+        Ok(Top::Other(AttrValue::Float(v)))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Top<'de>, E> {
+        Ok(Top::Other(AttrValue::Null))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Top<'de>, E> {
+        Ok(Top::Other(AttrValue::Null))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Top<'de>, A::Error> {
+        ValueSeed { names: self.names }
+            .visit_seq(seq)
+            .map(Top::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Top<'de>, A::Error> {
+        ValueSeed { names: self.names }
+            .visit_map(map)
+            .map(Top::Other)
+    }
+}
+
+/// A nested value, its map keys shared through [`Names`].
+struct ValueSeed<'n, 'p> {
+    names: &'n mut Names<'p>,
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_, '_> {
+    type Value = AttrValue;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<AttrValue, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
     type Value = AttrValue;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -615,26 +880,255 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AttrValue, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(v) = seq.next_element::<AttrValue>()? {
+        while let Some(v) = seq.next_element_seed(ValueSeed {
+            names: &mut *self.names,
+        })? {
             out.push(v);
         }
         Ok(AttrValue::Array(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AttrValue, A::Error> {
         let mut out = Vec::with_capacity(map.size_hint().unwrap_or(4));
-        while let Some(k) = map.next_key_seed(KeySeed)? {
-            out.push((k, map.next_value::<AttrValue>()?));
+        while let Some(k) = map.next_key_seed(NameSeed {
+            names: &mut *self.names,
+        })? {
+            let v = map.next_value_seed(ValueSeed {
+                names: &mut *self.names,
+            })?;
+            out.push((k, v));
         }
         Ok(AttrValue::Map(Attributes::from_pairs(out)))
     }
 }
 
-struct KeySeed;
+/// What [`Parser::loguru_record`] reads of a field of loguru's `record` map.
+fn loguru_reads(key: &str) -> Option<&'static [&'static str]> {
+    const ALL: &[&str] = &[];
+    match key {
+        "message" | "name" | "extra" | "function" | "line" => Some(ALL),
+        "time" => Some(&["repr", "timestamp"]),
+        "level" => Some(&["name", "no"]),
+        "exception" => Some(&["type", "value"]),
+        "file" => Some(&["path"]),
+        "process" => Some(&["id"]),
+        "thread" => Some(&["id", "name"]),
+        _ => None,
+    }
+}
 
-impl<'de> DeserializeSeed<'de> for KeySeed {
-    type Value = String;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
-        String::deserialize(d)
+/// loguru's `record` map: the fields its mapping reads are parsed; the others (`elapsed`,
+/// `module`, a level's icon, …) are checked as JSON but kept as nulls, so the map keeps its
+/// keys, order and duplicates and maps exactly as if parsed whole. Anything but a map is
+/// parsed as [`TopSeed`] does.
+struct LoguruRecordSeed<'n, 'p> {
+    names: &'n mut Names<'p>,
+}
+
+impl<'de> DeserializeSeed<'de> for LoguruRecordSeed<'_, '_> {
+    type Value = Top<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Top<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LoguruRecordSeed<'_, '_> {
+    type Value = Top<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_borrowed_str(v)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_str(v)
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_string(v)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_bool(v)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_i64(v)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_u64(v)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_f64(v)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_unit()
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Top<'de>, E> {
+        TopSeed { names: self.names }.visit_none()
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Top<'de>, A::Error> {
+        TopSeed { names: self.names }.visit_seq(seq)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top<'de>, A::Error> {
+        let mut out = Vec::with_capacity(16);
+        while let Some(k) = map.next_key_seed(NameSeed {
+            names: &mut *self.names,
+        })? {
+            let v = match loguru_reads(&k) {
+                Some([]) => map.next_value_seed(ValueSeed {
+                    names: &mut *self.names,
+                })?,
+                Some(fields) => map.next_value_seed(PickSeed {
+                    names: &mut *self.names,
+                    fields,
+                })?,
+                None => {
+                    map.next_value::<Skip>()?;
+                    AttrValue::Null
+                }
+            };
+            out.push((k, v));
+        }
+        Ok(Top::Other(AttrValue::Map(Attributes::from_pairs(out))))
+    }
+}
+
+/// A value of which, when it is a map, only `fields` are parsed; the other fields are checked
+/// and kept as nulls (see [`LoguruRecordSeed`]).
+struct PickSeed<'n, 'p> {
+    names: &'n mut Names<'p>,
+    fields: &'static [&'static str],
+}
+
+impl<'de> DeserializeSeed<'de> for PickSeed<'_, '_> {
+    type Value = AttrValue;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<AttrValue, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PickSeed<'_, '_> {
+    type Value = AttrValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_str(v)
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_string(v)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_bool(v)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_i64(v)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_u64(v)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_f64(v)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_unit()
+    }
+    fn visit_none<E: de::Error>(self) -> Result<AttrValue, E> {
+        ValueSeed { names: self.names }.visit_none()
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<AttrValue, A::Error> {
+        ValueSeed { names: self.names }.visit_seq(seq)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AttrValue, A::Error> {
+        let mut out = Vec::with_capacity(4);
+        while let Some(k) = map.next_key_seed(NameSeed {
+            names: &mut *self.names,
+        })? {
+            let v = if self.fields.contains(&k.as_ref()) {
+                map.next_value_seed(ValueSeed {
+                    names: &mut *self.names,
+                })?
+            } else {
+                map.next_value::<Skip>()?;
+                AttrValue::Null
+            };
+            out.push((k, v));
+        }
+        Ok(AttrValue::Map(Attributes::from_pairs(out)))
+    }
+}
+
+/// Reads any JSON value as [`ValueSeed`] would (strings decoded, numbers read) and keeps
+/// nothing: a skipped field accepts and rejects exactly the input a parsed one does.
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Skip, D::Error> {
+        d.deserialize_any(Skip)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_key::<Skip>()?.is_some() {
+            map.next_value::<Skip>()?;
+        }
+        Ok(Skip)
+    }
+}
+
+/// A nested map's key, shared through [`Names`].
+struct NameSeed<'n, 'p> {
+    names: &'n mut Names<'p>,
+}
+
+impl<'de> DeserializeSeed<'de> for NameSeed<'_, '_> {
+    type Value = Name;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Name, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NameSeed<'_, '_> {
+    type Value = Name;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Name, E> {
+        Ok(self.names.name(v))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Name, E> {
+        Ok(self.names.name_owned(v))
     }
 }
 
@@ -1082,6 +1576,66 @@ mod tests {
         ]);
         let got = nested.attributes.get("nested").and_then(AttrValue::as_map);
         assert_eq!(got.and_then(|m| m.get("a")), Some(&want));
+    }
+
+    /// A loguru line whose `record` comes after `text` has the fields its mapping ignores
+    /// skipped; with `record` first it is parsed whole. Both must give the same record.
+    #[test]
+    fn loguru_record_read_in_part_maps_as_read_whole() {
+        let records = [
+            LOGURU.lines().map(str::to_owned).collect::<Vec<_>>(),
+            vec![
+                r#"{"record": {"message": "m", "elapsed": {"repr": "\ud83d\ude00", "s": [1, {"a": null}]}, "module": 1e300, "level": {"icon": "x", "name": "INFO", "no": 20, "name": "WARNING"}, "file": {"name": "a", "path": "/p", "path": "/q"}, "process": {"id": 1, "name": "P"}, "thread": {"id": 2, "name": "T", "other": [1]}, "time": {"repr": "bad", "timestamp": 1795314974.5, "x": 1}, "exception": {"type": "E", "value": "v", "traceback": true}, "extra": {"k": "v"}, "function": {"nested": "kept"}, "line": "7", "message": "second"}}"#.to_owned(),
+                r#"{"record": {}, "record": {"message": "second record map"}}"#.to_owned(),
+                r#"{"record": "not a map", "other": 1}"#.to_owned(),
+                r#"{"record": {"message": "m", "elapsed": {"bad": "\ud800"}}}"#.to_owned(),
+                r#"{"record": {"message": "m", "file": "not a map", "level": ["x"], "process": 5}}"#.to_owned(),
+            ],
+        ]
+        .concat();
+        for rest in records {
+            let Some(rest) = rest.strip_prefix('{') else {
+                continue;
+            };
+            // Every line with `text` first (the shape loguru writes) and with `text` last.
+            let split = rest
+                .starts_with(r#""text""#)
+                .then(|| rest.find(r#", "record""#))
+                .flatten();
+            let (text_first, text_last) = if let Some(at) = split {
+                let text = &rest[..at];
+                let after = &rest[at + 2..];
+                (
+                    format!("{{{rest}"),
+                    format!("{{{}, {text}}}", after.strip_suffix('}').unwrap_or(after)),
+                )
+            } else {
+                let body = rest.strip_suffix('}').unwrap_or(rest);
+                (
+                    format!(r#"{{"text": "t", {body}}}"#),
+                    format!(r#"{{{body}, "text": "t"}}"#),
+                )
+            };
+            let part = parse(&text_first);
+            let whole = parse(&text_last);
+            // A line that is no JSON record is kept as text: its body is the line itself.
+            assert_eq!(part.error.is_some(), whole.error.is_some(), "{text_first}");
+            // Outside loguru's shape `text` is an attribute, in its place in the line.
+            let sorted = |r: &LogRecord| {
+                let mut r = r.clone();
+                let mut attrs: Vec<_> = std::mem::take(&mut r.attributes).into_iter().collect();
+                attrs.sort_by(|a, b| a.0.cmp(&b.0));
+                r.attributes = attrs.into_iter().collect();
+                r
+            };
+            if part.error.is_none() {
+                assert_eq!(
+                    sorted(&part.record),
+                    sorted(&whole.record),
+                    "{text_first}\n{text_last}"
+                );
+            }
+        }
     }
 
     #[test]

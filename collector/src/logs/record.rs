@@ -1,8 +1,14 @@
 //! The one log record model every log format is mapped to (it follows the OpenTelemetry log data
 //! model: timestamps in unix nanoseconds, severity numbers 1–24, hex trace and span ids).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
+
+/// A name that repeats across records (an attribute key, a level, a logger): the parser shares
+/// one copy per distinct name for the whole process (see `parse::intern`), or owns it when the
+/// shared table is full or the name is long.
+pub type Name = Cow<'static, str>;
 
 /// A log record, whatever format it was read from.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -14,9 +20,9 @@ pub struct LogRecord {
     /// OpenTelemetry severity number (1–24, see [`severity`]), `0` when unknown.
     pub severity_number: u8,
     /// The level as the application spelled it (`INFO`, `warning`, `SUCCESS`, …).
-    pub severity_text: Option<String>,
+    pub severity_text: Option<Name>,
     /// The logger's name (`app.web`, `__main__`).
-    pub logger: Option<String>,
+    pub logger: Option<Name>,
     /// The message.
     pub body: String,
     /// The exception attached to the record, if any.
@@ -106,7 +112,7 @@ impl AttrValue {
 
 /// An ordered map of attributes: insertion order is kept, keys are unique.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Attributes(Vec<(String, AttrValue)>);
+pub struct Attributes(Vec<(Name, AttrValue)>);
 
 impl Attributes {
     /// An empty map.
@@ -115,7 +121,7 @@ impl Attributes {
     }
 
     /// Inserts or replaces `key` (a replaced key keeps its position).
-    pub fn insert(&mut self, key: impl Into<String>, value: AttrValue) {
+    pub fn insert(&mut self, key: impl Into<Name>, value: AttrValue) {
         let key = key.into();
         match self.0.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
@@ -125,7 +131,7 @@ impl Attributes {
 
     /// Builds a map from pairs; duplicate keys keep the last value at the first key's position.
     /// Linear for small maps, hashed for large ones (a hostile line can hold thousands of keys).
-    pub fn from_pairs(pairs: Vec<(String, AttrValue)>) -> Self {
+    pub fn from_pairs(pairs: Vec<(Name, AttrValue)>) -> Self {
         if pairs.len() <= 16 {
             // Keys are almost always unique: then the pairs are the map as they are.
             let unique = pairs
@@ -141,9 +147,9 @@ impl Attributes {
             }
             return m;
         }
-        let mut index: std::collections::HashMap<String, usize> =
+        let mut index: std::collections::HashMap<Name, usize> =
             std::collections::HashMap::with_capacity(pairs.len());
-        let mut out: Vec<(String, AttrValue)> = Vec::with_capacity(pairs.len());
+        let mut out: Vec<(Name, AttrValue)> = Vec::with_capacity(pairs.len());
         for (k, v) in pairs {
             match index.get(&k) {
                 Some(&at) => out[at].1 = v,
@@ -169,12 +175,15 @@ impl Attributes {
 
     /// Entries in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &AttrValue)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v))
+        self.0.iter().map(|(k, v)| (k.as_ref(), v))
     }
 
     /// Mutable entries in order.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut AttrValue)> {
-        self.0.iter_mut().map(|(k, v)| (k.as_str(), v))
+        self.0.iter_mut().map(|(k, v)| {
+            let k: &Name = k;
+            (k.as_ref(), v)
+        })
     }
 
     /// Number of entries.
@@ -189,17 +198,17 @@ impl Attributes {
 }
 
 impl IntoIterator for Attributes {
-    type Item = (String, AttrValue);
-    type IntoIter = std::vec::IntoIter<(String, AttrValue)>;
+    type Item = (Name, AttrValue);
+    type IntoIter = std::vec::IntoIter<(Name, AttrValue)>;
     fn into_iter(self) -> Self::IntoIter {
         self.0.into_iter()
     }
 }
 
-impl FromIterator<(String, AttrValue)> for Attributes {
+impl FromIterator<(Name, AttrValue)> for Attributes {
     /// Duplicate keys: the last value wins, at the first key's position (as in `serde_json`).
-    fn from_iter<I: IntoIterator<Item = (String, AttrValue)>>(iter: I) -> Self {
-        let pairs: Vec<(String, AttrValue)> = iter.into_iter().collect();
+    fn from_iter<I: IntoIterator<Item = (Name, AttrValue)>>(iter: I) -> Self {
+        let pairs: Vec<(Name, AttrValue)> = iter.into_iter().collect();
         Attributes::from_pairs(pairs)
     }
 }

@@ -184,6 +184,11 @@ impl LogStats {
     /// Registers every family (names without `_total`; the client adds it to counters).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
+            "sidelight_log_shared_names",
+            "Attribute keys, level and logger names held once for the whole process (at most 4096)",
+            super::parse::shared_names_gauge().clone(),
+        );
+        registry.register(
             "sidelight_log_records",
             "Log records read, by source and level",
             self.records.clone(),

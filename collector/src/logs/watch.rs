@@ -5,8 +5,7 @@
 //! the coalescing window after a read, the kernel queues the events and merges repeats (one
 //! `IN_MODIFY` per file, however many writes), so a service that logs one `write(2)` per line
 //! costs one wake-up per window, not one per line. (A watcher thread reading events as they come,
-//! as the `notify` crate does, wakes once per write: 10k lines/s written line by line cost 5.7 %
-//! of a core and 7,700 context switches a second.)
+//! as the `notify` crate does, wakes once per write; BENCHMARKS.md has the cost.)
 //!
 //! Events only wake the tailer; what changed is found by looking at the files (and, for
 //! creations, removals and renames, by a rescan). A full kernel queue (`IN_Q_OVERFLOW`) or a

@@ -9,7 +9,8 @@
 //!    computes after reading the store).
 //!
 //! CPU share of the hub follows: idle ≈ idle ms / 60 s, at 1 event/s ≈ event ms / 1 s. Also
-//! prints the process's resident memory after the model is built. With `DORA_HUB_STORE=DIR`
+//! prints the process's resident memory after the model is built and the bytes the model
+//! holds as laid out (`Model::heap_bytes`). With `DORA_HUB_STORE=DIR`
 //! it first writes the history into `DIR/sidelight.db` (for `bench/dora_hub.sh`, which
 //! measures the release agent on it) and exits. `DORA_DAYS` sets the days (default 400).
 //! Run with `cargo bench -p sidelight --bench dora_hub`.
@@ -109,6 +110,7 @@ fn main() {
     black_box(compute_on(&mut model, NOW, &cfg, table));
     let start = t.elapsed();
     let rss_model = rss_mib();
+    let model_bytes = model.heap_bytes();
 
     let mut idle = Vec::new();
     let mut now = NOW;
@@ -153,6 +155,11 @@ fn main() {
     println!(
         "dora_hub: start (model + first computation) {:.0} ms; RSS {rss_events:.0} MiB with the history loaded, {rss_model:.0} MiB with the model too",
         start.as_secs_f64() * 1e3
+    );
+    println!(
+        "dora_hub: the model holds {:.1} MiB ({:.0} bytes per deploy event, its lineages included)",
+        model_bytes as f64 / (1024.0 * 1024.0),
+        model_bytes as f64 / deployments as f64
     );
     println!(
         "dora_hub: idle recomputation median {idle_ms:.1} ms (≈ {:.2} % of a core at one a minute)",

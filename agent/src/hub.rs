@@ -3,8 +3,9 @@
 //! from the store once at start, then each recorded event as the store wrote it). The DORA
 //! metrics are recomputed from the model after new events (one recomputation per burst: 1 s
 //! after the first) and every minute, as the windows slide; only the services with new events
-//! are worked out again, and the store is not read. Retention runs on start and daily, in the
-//! store and the model alike. It exposes:
+//! are worked out again, the links between services (incidents, fixes, findings) only after an
+//! event or when an incident or finding starts or resolves, and the store is not read.
+//! Retention runs on start and daily, in the store and the model alike. It exposes:
 //!
 //! * counters `dora_deployments_total{service,environment,status}`,
 //!   `dora_change_failures_total{service,environment}`,
@@ -21,7 +22,7 @@
 //! The counters are also computed with the all-time report, so `/metrics`, `/api/v1/dora` and
 //! `sidelight dora report` always agree.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,10 +42,11 @@ pub mod detector;
 
 pub use config::DoraConfig;
 
+use crate::dora::table::{ABSENT, EMPTY, Inc, Sym};
 use crate::dora::tiers::assess;
 use crate::dora::{
     DeployStatus, Deployment, Events, History, Incident, Level, Lineage, Links, Metric, Report,
-    Scope, TierTable, UnixSeconds, Window, recovery_seconds,
+    Scope, Table, TierTable, UnixSeconds, Window,
 };
 use crate::store::{Batch, IncidentChange, Outcome, StoreError, StoreHandle};
 
@@ -138,28 +140,37 @@ pub const MODEL_MAX_DEPLOYMENTS: usize = 2_000_000;
 /// One (service, environment) of the [`Model`].
 #[derive(Debug, Default)]
 struct ModelGroup {
-    /// Its deploy events: indices into the model's `events.deployments`.
-    members: Vec<usize>,
+    /// Its deploy events: indices into the model's table.
+    members: Vec<u32>,
     /// Its lineage and `dora_lead_time_seconds` histogram (`None` with no change), as last
     /// built; `None` until built again after a new event.
     built: Option<(Lineage, Option<Histogram>)>,
 }
 
 /// What the hub keeps in memory: every stored event (read once at start, then each recorded
-/// one as the store wrote it), grouped by (service, environment), with each group's
+/// one as the store wrote it) in a compact [`Table`] (strings interned once, a deploy event a
+/// 48-byte record, a change 12 bytes), grouped by (service, environment), with each group's
 /// [`Lineage`] — its deployments ordered, deduplicated, changes attributed — built again only
-/// when the group gets an event or `now` reaches an event it left out as future. Per deploy
-/// event it holds the event itself (ids, version, head commit, commits) and 16 bytes of index
-/// and order, per counted deployment 48 bytes of lineage, per change 8 bytes of lead time, per
-/// (service, environment) a lead-time histogram; at most [`MODEL_MAX_DEPLOYMENTS`] deploy
-/// events.
+/// when the group gets an event or `now` reaches an event it left out as future. At most
+/// [`MODEL_MAX_DEPLOYMENTS`] deploy events.
 #[derive(Debug, Default)]
 pub struct Model {
-    events: Events,
-    groups: BTreeMap<(String, String), ModelGroup>,
+    table: Table,
+    /// By group index of the table.
+    groups: Vec<ModelGroup>,
     /// Deploy events left out to keep within [`MODEL_MAX_DEPLOYMENTS`].
     evicted: u64,
+    /// Changes on every change of the events or a lineage.
+    generation: u64,
+    /// The links of the last histories, by scope, with the generation they were linked at.
+    links: Vec<(Scope, u64, Links)>,
+    /// The last `dora_recovery_time_seconds` series: generation, `now`, the first resolution
+    /// after it, the series.
+    recovery: Option<(u64, UnixSeconds, Option<UnixSeconds>, HistogramSeries)>,
 }
+
+/// How many scopes' links the model keeps (the hub asks for two; the API for others).
+const KEPT_LINKS: usize = 4;
 
 /// What one recorded event changes in the model.
 #[derive(Debug, Clone)]
@@ -174,9 +185,10 @@ impl Model {
     #[must_use]
     pub fn new(events: Events) -> Self {
         let mut model = Self {
-            events,
+            table: Table::from_events(&events),
             ..Self::default()
         };
+        drop(events);
         model.bound();
         model.index();
         model
@@ -185,7 +197,7 @@ impl Model {
     /// Deploy events held.
     #[must_use]
     pub fn deployments(&self) -> usize {
-        self.events.deployments.len()
+        self.table.deployments().len()
     }
 
     /// Deploy events left out to keep within [`MODEL_MAX_DEPLOYMENTS`].
@@ -194,33 +206,49 @@ impl Model {
         self.evicted
     }
 
+    /// Bytes the model holds on the heap (events, index, lineages), as laid out.
+    #[must_use]
+    pub fn heap_bytes(&self) -> usize {
+        self.table.heap_bytes()
+            + self
+                .groups
+                .iter()
+                .map(|g| {
+                    g.members.capacity() * std::mem::size_of::<u32>()
+                        + g.built.as_ref().map_or(0, |(l, _)| l.heap_bytes())
+                })
+                .sum::<usize>()
+    }
+
     fn index(&mut self) {
-        self.groups.clear();
-        for (e, d) in self.events.deployments.iter().enumerate() {
-            self.groups
-                .entry((d.service.clone(), d.environment.clone()))
-                .or_default()
-                .members
-                .push(e);
+        self.groups = crate::dora::group_members(&self.table)
+            .into_iter()
+            .map(|members| ModelGroup {
+                members,
+                built: None,
+            })
+            .collect();
+    }
+
+    /// One [`ModelGroup`] per group of the table (an incident can add a group).
+    fn cover_groups(&mut self) {
+        let n = self.table.groups().len();
+        if self.groups.len() < n {
+            self.groups.resize_with(n, ModelGroup::default);
         }
     }
 
     /// Leaves the oldest deploy events out beyond [`MODEL_MAX_DEPLOYMENTS`]; whether any was.
     fn bound(&mut self) -> bool {
-        let excess = self
-            .events
-            .deployments
-            .len()
-            .saturating_sub(MODEL_MAX_DEPLOYMENTS);
+        let recs = self.table.deployments();
+        let excess = recs.len().saturating_sub(MODEL_MAX_DEPLOYMENTS);
         if excess == 0 {
             return false;
         }
-        let mut finished: Vec<(UnixSeconds, usize)> = self
-            .events
-            .deployments
+        let mut finished: Vec<(UnixSeconds, usize)> = recs
             .iter()
             .enumerate()
-            .map(|(e, d)| (d.finished_at, e))
+            .map(|(e, d)| (d.finished, e))
             .collect();
         finished.select_nth_unstable(excess - 1);
         let mut drop = vec![false; finished.len()];
@@ -228,10 +256,14 @@ impl Model {
             drop[e] = true;
         }
         let mut k = 0;
-        self.events.deployments.retain(|_| {
-            k += 1;
-            !drop[k - 1]
-        });
+        self.table = self.table.filtered(
+            |_| {
+                k += 1;
+                !drop[k - 1]
+            },
+            |_| true,
+            |_| true,
+        );
         self.evicted += excess as u64;
         tracing::warn!(
             left_out = excess,
@@ -242,6 +274,7 @@ impl Model {
     }
 
     fn apply(&mut self, change: ModelChange) {
+        self.generation += 1;
         match change {
             ModelChange::Deployment(d) => self.add_deployment(*d),
             ModelChange::Incident(i) => self.put_incident(*i),
@@ -251,14 +284,17 @@ impl Model {
 
     /// Adds a deploy event as the store wrote it.
     pub fn add_deployment(&mut self, d: Deployment) {
-        let e = self.events.deployments.len();
-        let group = self
-            .groups
-            .entry((d.service.clone(), d.environment.clone()))
-            .or_default();
-        group.members.push(e);
-        group.built = None;
-        self.events.deployments.push(d);
+        let e = self.table.push_deployment(&d);
+        self.cover_groups();
+        if let Some(group) = self
+            .table
+            .deployments()
+            .get(e as usize)
+            .and_then(|r| self.groups.get_mut(r.group as usize))
+        {
+            group.members.push(e);
+            group.built = None;
+        }
         if self.bound() {
             self.index();
         }
@@ -266,72 +302,143 @@ impl Model {
 
     /// Adds or replaces (by id) an incident as the store wrote it.
     pub fn put_incident(&mut self, i: Incident) {
-        match self.events.incidents.iter_mut().find(|k| k.id == i.id) {
-            Some(stored) => *stored = i,
-            None => self.events.incidents.push(i),
-        }
+        self.table.put_incident(&i);
+        self.cover_groups();
     }
 
     /// Drops what the store's retention at `cutoff` deletes.
     pub fn retain(&mut self, cutoff: UnixSeconds) {
-        let before = self.events.deployments.len();
-        self.events.deployments.retain(|d| d.finished_at >= cutoff);
-        self.events
-            .incidents
-            .retain(|i| i.started_at >= cutoff || i.resolved_at.is_some_and(|r| r >= cutoff));
-        if self.events.deployments.len() != before {
-            self.index();
-        }
+        self.table = self.table.filtered(
+            |d| d.finished >= cutoff,
+            |i| i.started >= cutoff || i.resolved.is_some_and(|r| r >= cutoff),
+            |_| true,
+        );
+        self.index();
     }
 
     /// Builds again the lineages that are not what `now` gives.
     fn build(&mut self, now: UnixSeconds) {
-        let deployments = &self.events.deployments;
-        for ((service, environment), group) in &mut self.groups {
+        let table = &self.table;
+        let (shas, times) = (table.change_shas(), table.change_times());
+        for (g, group) in self.groups.iter_mut().enumerate() {
             if group.built.as_ref().is_some_and(|(l, _)| l.valid_at(now)) {
                 continue;
             }
-            let lineage = Lineage::build(service, environment, deployments, &group.members, now);
+            let g = u32::try_from(g).unwrap_or(u32::MAX);
+            let lineage = Lineage::build(table, g, &group.members, now);
             // Each change observed at the first successful deployment that shipped it, in
             // time order.
             let mut lead: Option<Histogram> = None;
-            let mut shipped: HashSet<&str> = HashSet::new();
+            let mut shipped: foldhash::HashSet<Sym> = foldhash::HashSet::default();
             for &e in lineage.events_in_order() {
-                let d = &deployments[e];
-                for c in &d.commits {
-                    if !c.sha.is_empty() && !shipped.insert(&c.sha) {
+                let finished = table.deployments()[e as usize].finished;
+                for c in table.changes_of(e) {
+                    if shas[c] != EMPTY && !shipped.insert(shas[c]) {
                         continue;
                     }
-                    let lead_s = (d.finished_at - c.effective_time()).max(0);
+                    let lead_s = (finished - times[c]).max(0);
                     lead.get_or_insert_with(lead_histogram)
                         .observe(lead_s as f64);
                 }
             }
             group.built = Some((lineage, lead));
+            self.generation += 1;
         }
     }
 
-    fn links(&self) -> Links<'_> {
-        Links {
-            deployments: &self.events.deployments,
-            incidents: &self.events.incidents,
-            regressions: &self.events.regressions,
-        }
+    /// The links kept for `scope` if they hold at `now`.
+    fn take_links(&mut self, now: UnixSeconds, scope: &Scope) -> Option<Links> {
+        let k = self.links.iter().position(|(s, _, _)| s == scope)?;
+        let (_, generation, links) = self.links.remove(k);
+        (generation == self.generation && links.holds_at(now)).then_some(links)
     }
 
-    /// The history in `scope` at `now` (after [`Model::build`] at `now`).
-    fn history(&self, now: UnixSeconds, scope: &Scope) -> History<'_> {
-        let lineages = self
-            .groups
-            .values()
-            .filter_map(|g| g.built.as_ref().map(|b| &b.0));
-        History::link(now, lineages, self.links(), scope)
+    /// Keeps the links of a history in `scope` for the next computation.
+    fn keep_links(&mut self, scope: Scope, links: Links) {
+        if self.links.len() >= KEPT_LINKS {
+            self.links.remove(0);
+        }
+        self.links.push((scope, self.generation, links));
+    }
+
+    /// The history in `scope` at `now` (after [`Model::build`] at `now`), from `kept` links
+    /// (see [`Model::take_links`]) or linked anew.
+    fn history(&self, now: UnixSeconds, scope: &Scope, kept: Option<Links>) -> History<'_> {
+        match kept {
+            Some(links) => History::resume(links, now, &self.table, |g| {
+                self.groups.get(g as usize)?.built.as_ref().map(|b| &b.0)
+            }),
+            None => {
+                let lineages = self
+                    .groups
+                    .iter()
+                    .filter_map(|g| g.built.as_ref().map(|b| &b.0));
+                History::link(now, lineages, &self.table, scope)
+            }
+        }
     }
 
     /// The report over `window` at `now` in `scope`.
     pub fn report(&mut self, now: UnixSeconds, window: Window, scope: &Scope) -> Report {
         self.build(now);
-        self.history(now, scope).report(window)
+        let kept = self.take_links(now, scope);
+        let history = self.history(now, scope, kept);
+        let report = history.report(window);
+        let links = history.into_links();
+        self.keep_links(scope.clone(), links);
+        report
+    }
+
+    /// The successful deploy events of `environment`, as given.
+    fn successful(&self, environment: &str) -> Vec<Deployment> {
+        let Some(env) = self.table.strings().get(environment) else {
+            return Vec::new();
+        };
+        let groups = self.table.groups();
+        self.table
+            .deployments()
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| {
+                d.status == DeployStatus::Success
+                    && groups.get(d.group as usize).is_some_and(|&(_, e)| e == env)
+            })
+            .filter_map(|(e, _)| self.table.deployment(u32::try_from(e).ok()?))
+            .collect()
+    }
+
+    /// The latest deploy events of one service, newest first (by finish time, then id).
+    fn recent(&self, query: &crate::store::RecentQuery) -> Vec<Deployment> {
+        let strings = self.table.strings();
+        let (Some(service), Some(environment)) =
+            (strings.get(&query.service), strings.get(&query.environment))
+        else {
+            return Vec::new();
+        };
+        let groups = self.table.groups();
+        let mut found: Vec<(UnixSeconds, &str, u32)> = self
+            .table
+            .deployments()
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| {
+                groups.get(d.group as usize) == Some(&(service, environment))
+                    && (!query.success_only || d.status == DeployStatus::Success)
+            })
+            .map(|(e, d)| {
+                (
+                    d.finished,
+                    self.table.str(d.id),
+                    u32::try_from(e).unwrap_or(0),
+                )
+            })
+            .collect();
+        found.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+        found
+            .into_iter()
+            .take(query.limit)
+            .filter_map(|(_, _, e)| self.table.deployment(e))
+            .collect()
     }
 }
 
@@ -381,9 +488,41 @@ pub fn compute_on(
     table: Option<&TierTable>,
 ) -> Computed {
     model.build(now);
-    let model = &*model;
-    let events = &model.events;
-    let all_history = model.history(now, &Scope::default());
+    let all_scope = Scope::default();
+    let env_scope = Scope::environment(&cfg.environment);
+    let kept_all = model.take_links(now, &all_scope);
+    let kept_env = model.take_links(now, &env_scope);
+    let kept_recovery = model
+        .recovery
+        .take()
+        .filter(|&(generation, at, until, _)| {
+            generation == model.generation && now >= at && until.is_none_or(|t| t > now)
+        })
+        .map(|(_, at, until, series)| (at, until, series));
+    let (computed, links_all, links_env, recovery) =
+        compute_at(model, now, cfg, table, [kept_all, kept_env], kept_recovery);
+    model.keep_links(all_scope, links_all);
+    model.keep_links(env_scope, links_env);
+    model.recovery = Some((model.generation, recovery.0, recovery.1, recovery.2));
+    computed
+}
+
+/// The `dora_recovery_time_seconds` series at a `now`: (that `now`, the first resolution
+/// after it, the series).
+type RecoverySeries = (UnixSeconds, Option<UnixSeconds>, HistogramSeries);
+
+/// [`compute_on`] once the lineages are built: from the links and recovery series kept, if
+/// any (all scopes, then the configured environment's), and giving them back.
+fn compute_at(
+    model: &Model,
+    now: UnixSeconds,
+    cfg: &DoraConfig,
+    table: Option<&TierTable>,
+    [kept_all, kept_env]: [Option<Links>; 2],
+    kept_recovery: Option<RecoverySeries>,
+) -> (Computed, Links, Links, RecoverySeries) {
+    let events = &model.table;
+    let all_history = model.history(now, &Scope::default(), kept_all);
     let all_time = all_history.counts(Window::days(Window::MAX_DAYS));
     let mut deployments = FamilySnapshot::new(
         "dora_deployments",
@@ -396,14 +535,14 @@ pub fn compute_on(
             counts.insert((service, environment, "success"), n);
         }
     }
-    for d in events
-        .deployments
-        .iter()
-        .filter(|d| d.finished_at <= now && d.status == DeployStatus::Failure)
-    {
+    for (g, group) in model.groups.iter().enumerate() {
+        let failures = group.built.as_ref().map_or(0, |(l, _)| l.failures());
+        let Some(&(service, environment)) = events.groups().get(g).filter(|_| failures > 0) else {
+            continue;
+        };
         *counts
-            .entry((d.service.as_str(), d.environment.as_str(), "failure"))
-            .or_default() += 1;
+            .entry((events.str(service), events.str(environment), "failure"))
+            .or_default() += failures;
     }
     let mut counts: Vec<_> = counts.into_iter().collect();
     counts.sort();
@@ -438,58 +577,26 @@ pub fn compute_on(
     let lead: HistogramSeries = model
         .groups
         .iter()
-        .filter_map(|((service, environment), g)| {
-            let histogram = g.built.as_ref()?.1.clone()?;
-            Some((labels2(service, environment), histogram))
+        .enumerate()
+        .filter_map(|(g, group)| {
+            let histogram = group.built.as_ref()?.1.clone()?;
+            let &(service, environment) = events.groups().get(g)?;
+            Some((
+                labels2(events.str(service), events.str(environment)),
+                histogram,
+            ))
         })
         .collect();
 
-    // Recovery times of the incidents resolved by now, from the failing deployment's finish
-    // when the incident names one.
-    let named: HashSet<&str> = events
-        .incidents
-        .iter()
-        .filter(|i| i.resolved_at.is_some_and(|r| r <= now))
-        .filter_map(|i| i.deployment_id.as_deref())
-        .collect();
-    let mut by_id: HashMap<&str, &Deployment> = HashMap::new();
-    if !named.is_empty() {
-        let key = |d: &Deployment| (d.finished_at, d.started_at, d.id.clone());
-        for d in events.deployments.iter().filter(|d| {
-            d.status == DeployStatus::Success
-                && d.finished_at <= now
-                && named.contains(d.id.as_str())
-        }) {
-            // The last in time order, as a map collected from the ordered events keeps.
-            match by_id.get(d.id.as_str()) {
-                Some(held) if key(held) > key(d) => {}
-                _ => {
-                    by_id.insert(&d.id, d);
-                }
-            }
-        }
-    }
-    let mut recovery: BTreeMap<(&str, &str), Histogram> = BTreeMap::new();
-    for i in &events.incidents {
-        if i.resolved_at.is_none_or(|r| r > now) {
-            continue;
-        }
-        let failing = i
-            .deployment_id
-            .as_deref()
-            .and_then(|id| by_id.get(id).copied());
-        if let Some(s) = recovery_seconds(i, failing) {
-            recovery
-                .entry((&i.service, &i.environment))
-                .or_insert_with(recovery_histogram)
-                .observe(s as f64);
-        }
-    }
-    let recovery: HistogramSeries = recovery
-        .into_iter()
-        .map(|((service, environment), h)| (labels2(service, environment), h))
-        .collect();
-
+    let recovery = kept_recovery
+        .map(|(_, until, series)| (now, until, series))
+        .unwrap_or_else(|| {
+            (
+                now,
+                next_resolution(events, now),
+                recovery_series(events, now),
+            )
+        });
     let mut freq = FamilySnapshot::new(
         "dora_deployment_frequency_per_day",
         "Deployments per day over the window",
@@ -520,7 +627,7 @@ pub fn compute_on(
         "1 for the DORA performance level of each metric, 0 for the other levels",
         Kind::Gauge,
     );
-    let history = model.history(now, &Scope::environment(&cfg.environment));
+    let history = model.history(now, &Scope::environment(&cfg.environment), kept_env);
     let rate_on = rating_window(&cfg.windows);
     for &w in &cfg.windows {
         let rep: Report = history.report(w);
@@ -584,7 +691,7 @@ pub fn compute_on(
         Kind::Counter,
     );
     evicted.push([], model.evicted() as f64);
-    Computed {
+    let computed = Computed {
         snapshot: Snapshot {
             families: vec![
                 held,
@@ -601,8 +708,61 @@ pub fn compute_on(
             ],
         },
         lead,
-        recovery,
+        recovery: recovery.2.clone(),
+    };
+    let links_all = all_history.into_links();
+    (computed, links_all, history.into_links(), recovery)
+}
+
+/// The first time after `now` an incident resolves.
+fn next_resolution(events: &Table, now: UnixSeconds) -> Option<UnixSeconds> {
+    events
+        .incidents()
+        .iter()
+        .filter_map(|i| i.resolved)
+        .filter(|&r| r > now)
+        .min()
+}
+
+/// `dora_recovery_time_seconds`: the recovery time of each incident resolved by `now`, from
+/// the failing deployment's finish when the incident names one (the latest successful deploy
+/// event with that id).
+fn recovery_series(events: &Table, now: UnixSeconds) -> HistogramSeries {
+    let resolved = |i: &&Inc| i.resolved.is_some_and(|r| r <= now);
+    let named: foldhash::HashSet<Sym> = events
+        .incidents()
+        .iter()
+        .filter(resolved)
+        .map(|i| i.deployment)
+        .filter(|&d| d != ABSENT)
+        .collect();
+    let mut failing: foldhash::HashMap<Sym, UnixSeconds> = foldhash::HashMap::default();
+    if !named.is_empty() {
+        for d in events.deployments().iter().filter(|d| {
+            d.status == DeployStatus::Success && d.finished <= now && named.contains(&d.id)
+        }) {
+            let at = failing.entry(d.id).or_insert(d.finished);
+            *at = (*at).max(d.finished);
+        }
     }
+    let mut recovery: BTreeMap<(&str, &str), Histogram> = BTreeMap::new();
+    for i in events.incidents().iter().filter(resolved) {
+        let Some(r) = i.resolved else { continue };
+        let from = failing
+            .get(&i.deployment)
+            .map_or(i.started, |&f| i.started.min(f));
+        let Some(&(service, environment)) = events.groups().get(i.group as usize) else {
+            continue;
+        };
+        recovery
+            .entry((events.str(service), events.str(environment)))
+            .or_insert_with(recovery_histogram)
+            .observe((r - from).max(0) as f64);
+    }
+    recovery
+        .into_iter()
+        .map(|((service, environment), h)| (labels2(service, environment), h))
+        .collect()
 }
 
 /// The running hub.
@@ -765,16 +925,7 @@ impl Hub {
     /// version (another event of the same deployment) is left out, as the report counts it.
     pub async fn successful_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
         let env = self.config().environment;
-        let mut ok: Vec<Deployment> = self
-            .with_model(move |m| {
-                m.events
-                    .deployments
-                    .iter()
-                    .filter(|d| d.status == DeployStatus::Success && d.environment == env)
-                    .cloned()
-                    .collect()
-            })
-            .await?;
+        let mut ok: Vec<Deployment> = self.with_model(move |m| m.successful(&env)).await?;
         ok.sort_by(|a, b| {
             (a.finished_at, a.started_at, &a.id).cmp(&(b.finished_at, b.started_at, &b.id))
         });
@@ -794,21 +945,7 @@ impl Hub {
         &self,
         query: crate::store::RecentQuery,
     ) -> Result<Vec<Deployment>, StoreError> {
-        self.with_model(move |m| {
-            let mut found: Vec<&Deployment> = m
-                .events
-                .deployments
-                .iter()
-                .filter(|d| {
-                    d.service == query.service
-                        && d.environment == query.environment
-                        && (!query.success_only || d.status == DeployStatus::Success)
-                })
-                .collect();
-            found.sort_by(|a, b| (b.finished_at, &b.id).cmp(&(a.finished_at, &a.id)));
-            found.into_iter().take(query.limit).cloned().collect()
-        })
-        .await
+        self.with_model(move |m| m.recent(&query)).await
     }
 
     /// Recomputes every metric from the history in memory.

@@ -81,9 +81,8 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{
-    DeployStatus, Deployment, DeploymentKind, Events, Incident, RegressionFinding, UnixSeconds,
-};
+use super::model::{DeployStatus, Deployment, DeploymentKind, Events, Incident, UnixSeconds};
+use super::table::{ABSENT, EMPTY, Finding, Inc, Sym, Table};
 
 /// Seconds in a day.
 pub const DAY: i64 = 86_400;
@@ -308,7 +307,7 @@ pub struct Report {
 /// The `service` of a [`Report::totals`] row.
 pub const ALL_SERVICES: &str = "*";
 
-/// A deployment's position: (group, index in its lineage's deployments).
+/// A deployment's position: (group of a [`History`], index in its lineage's deployments).
 type DepRef = (usize, usize);
 
 /// One counted deployment of a [`Lineage`].
@@ -316,166 +315,192 @@ type DepRef = (usize, usize);
 struct Dep {
     finished: UnixSeconds,
     started: UnixSeconds,
-    /// Its first event (index into the deploy events the lineage was built from).
-    event: usize,
+    /// Its first event (index into the table's deploy events).
+    event: u32,
+    /// End of its changes' lead times in [`Lineage::leads`] (they start where the previous
+    /// deployment's end).
+    leads_end: u32,
+    /// Lead times clamped to 0 up to and including this deployment's.
+    clamped: u32,
     kind: DeploymentKind,
     /// Its version was first deployed before the version live when it was deployed.
     rollback: bool,
-    /// End of its changes' lead times in [`Lineage::leads`] (they start where the previous
-    /// deployment's end).
-    leads_end: usize,
-    /// Lead times clamped to 0 up to and including this deployment's.
-    clamped: u64,
+}
+
+impl Dep {
+    /// A hotfix or rollback, by kind or by version.
+    fn repairs(&self) -> bool {
+        self.kind != DeploymentKind::Normal || self.rollback
+    }
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// One (service, environment)'s successful deploy events finished at or before `now`, in
 /// time order and deduplicated, with every change attributed to the deployment that first
 /// shipped it. Built from that group's events alone; the links between groups (incidents,
-/// `fixes_deployment`) are [`History`]'s. Holds indices into the deploy events it was built
-/// from, which must not change while it is used.
+/// `fixes_deployment`) are [`History`]'s. Holds indices into the [`Table`] it was built
+/// from, whose deploy events must not change while it is used (appending is fine).
 #[derive(Debug, Clone, Default)]
 pub struct Lineage {
-    service: String,
-    environment: String,
-    /// The latest finish among the events it holds.
+    /// Its (service, environment) in the table.
+    group: u32,
+    /// The latest finish among the events it counted (successful or failed).
     latest: UnixSeconds,
-    /// The earliest finish after `now` among the group's successful events.
+    /// The earliest finish after `now` among the group's events.
     next: Option<UnixSeconds>,
+    /// The smallest index among its successful events (groups are ordered by it).
+    first_event: Option<u32>,
+    /// Failed deploy attempts finished at or before `now`.
+    failures: u64,
     /// Its successful events in time order, duplicates included.
-    order: Vec<usize>,
+    order: Vec<u32>,
     /// Counted deployments in time order.
     deps: Vec<Dep>,
     /// Duplicates: (index in `deps` of the deployment repeated, event), by deployment.
-    dups: Vec<(usize, usize)>,
+    dups: Vec<(u32, u32)>,
     /// Lead times of the changes each deployment first shipped, deployment after deployment.
     leads: Vec<i64>,
+    /// Deployments that are hotfixes or rollbacks (by kind or by version), in order.
+    repairs: Vec<u32>,
 }
 
 impl Lineage {
-    /// Builds the lineage of `service` in `environment` from the events of `deployments` at
-    /// `members` (the group's deploy events, any status, order or time).
+    /// Builds the lineage of `group` from the deploy events of `table` at `members` (the
+    /// group's events, any status, order or time).
     #[must_use]
-    pub fn build(
-        service: &str,
-        environment: &str,
-        deployments: &[Deployment],
-        members: &[usize],
-        now: UnixSeconds,
-    ) -> Self {
+    pub fn build(table: &Table, group: u32, members: &[u32], now: UnixSeconds) -> Self {
+        let recs = table.deployments();
         let mut next: Option<UnixSeconds> = None;
-        let mut order: Vec<usize> = Vec::with_capacity(members.len());
+        let mut latest = UnixSeconds::MIN;
+        let mut failures = 0;
+        let mut order: Vec<u32> = Vec::with_capacity(members.len());
         for &e in members {
-            let Some(d) = deployments.get(e) else {
+            let Some(d) = recs.get(e as usize) else {
                 continue;
             };
-            if d.status != DeployStatus::Success {
+            if d.finished > now {
+                next = Some(next.map_or(d.finished, |n| n.min(d.finished)));
                 continue;
             }
-            if d.finished_at > now {
-                next = Some(next.map_or(d.finished_at, |n| n.min(d.finished_at)));
-            } else {
+            latest = latest.max(d.finished);
+            if d.status == DeployStatus::Success {
                 order.push(e);
+            } else {
+                failures += 1;
             }
         }
+        let first_event = order.iter().min().copied();
+        let rec = |e: u32| &recs[e as usize];
         order.sort_by(|&a, &b| {
-            let (a, b) = (&deployments[a], &deployments[b]);
-            (a.finished_at, a.started_at)
-                .cmp(&(b.finished_at, b.started_at))
-                .then_with(|| a.id.cmp(&b.id))
+            let (a, b) = (rec(a), rec(b));
+            (a.finished, a.started)
+                .cmp(&(b.finished, b.started))
+                .then_with(|| table.str(a.id).cmp(table.str(b.id)))
         });
-        let mut deps: Vec<Dep> = Vec::new();
-        let mut dups: Vec<(usize, usize)> = Vec::new();
-        let mut by_id: HashMap<&str, usize> = HashMap::new();
+        let mut deps: Vec<Dep> = Vec::with_capacity(order.len());
+        let mut dups: Vec<(u32, u32)> = Vec::new();
+        let mut by_id: HashMap<Sym, u32> = HashMap::new();
         // Each version's first deployment.
-        let mut by_version: HashMap<&str, usize> = HashMap::new();
+        let mut by_version: HashMap<Sym, u32> = HashMap::with_capacity(order.len());
+        // A string interned once is in one event only: no look-up for it.
+        let (strings, local) = (table.strings(), table.local(group));
+        let repeated = |sym: Sym| sym != EMPTY && strings.repeated(sym);
+        let repeated_here = |sym: Sym| sym != EMPTY && local.repeated(sym);
+        // The version live now (the last counted deployment's) and its first deployment.
+        let mut live: Option<(Sym, Option<u32>)> = None;
         for &e in &order {
-            let d = &deployments[e];
-            let id_hit = (!d.id.is_empty())
-                .then(|| by_id.get(d.id.as_str()).copied())
-                .flatten();
-            // The version live now: the last counted deployment's.
-            let live = deps
-                .last()
-                .map(|l| (deps.len() - 1, deployments[l.event].version.as_str()));
+            let d = rec(e);
+            let id_hit = repeated(d.id).then(|| by_id.get(&d.id).copied()).flatten();
             let version_hit = live
-                .filter(|&(_, v)| !d.version.is_empty() && v == d.version)
-                .map(|(j, _)| j);
+                .filter(|&(v, _)| d.version != EMPTY && v == d.version)
+                .map(|_| to_u32(deps.len() - 1));
             let i = if let Some(i) = id_hit.or(version_hit) {
                 dups.push((i, e));
                 i
             } else {
+                let first = repeated_here(d.version)
+                    .then(|| by_version.get(&d.version).copied())
+                    .flatten();
                 // A version first deployed before the live one: a rollback.
-                let rollback = match (by_version.get(d.version.as_str()), live) {
-                    (Some(&first), Some((_, v))) => by_version.get(v).is_some_and(|&l| first < l),
+                let rollback = match (first, live) {
+                    (Some(first), Some((_, Some(l)))) => first < l,
                     _ => false,
                 };
+                live = Some((
+                    d.version,
+                    first.or((d.version != EMPTY).then(|| to_u32(deps.len()))),
+                ));
                 deps.push(Dep {
-                    finished: d.finished_at,
-                    started: d.started_at,
+                    finished: d.finished,
+                    started: d.started,
                     event: e,
-                    kind: d.kind,
-                    rollback,
                     leads_end: 0,
                     clamped: 0,
+                    kind: d.kind,
+                    rollback,
                 });
-                deps.len() - 1
+                to_u32(deps.len() - 1)
             };
-            if !d.id.is_empty() {
-                by_id.entry(&d.id).or_insert(i);
+            if repeated(d.id) {
+                by_id.entry(d.id).or_insert(i);
             }
-            if !d.version.is_empty() {
-                by_version.entry(&d.version).or_insert(i);
+            if repeated_here(d.version) {
+                by_version.entry(d.version).or_insert(i);
             }
         }
         dups.sort_by_key(|&(i, _)| i);
         // Each change at the first deployment that shipped it (a duplicate's with the
         // deployment it repeats); an empty sha is never deduplicated.
-        let mut leads = Vec::new();
-        let mut seen: HashSet<&str> = HashSet::new();
+        let (shas, times) = (table.change_shas(), table.change_times());
+        let mut leads = Vec::with_capacity(order.len() * 3);
+        let mut seen: HashSet<Sym> = HashSet::new();
         let mut clamped = 0;
         let mut next_dup = 0;
         for (i, dep) in deps.iter_mut().enumerate() {
             let first_dup = next_dup;
-            while dups.get(next_dup).is_some_and(|&(di, _)| di == i) {
+            while dups.get(next_dup).is_some_and(|&(di, _)| di as usize == i) {
                 next_dup += 1;
             }
             let repeats = dups[first_dup..next_dup].iter().map(|&(_, e)| e);
             for e in std::iter::once(dep.event).chain(repeats) {
-                for c in &deployments[e].commits {
-                    if !c.sha.is_empty() && !seen.insert(&c.sha) {
+                for c in table.changes_of(e) {
+                    let sha = shas[c];
+                    if repeated_here(sha) && !seen.insert(sha) {
                         continue;
                     }
-                    leads.push(lead_time(dep.finished, c.effective_time(), &mut clamped));
+                    leads.push(lead_time(dep.finished, times[c], &mut clamped));
                 }
             }
-            dep.leads_end = leads.len();
-            dep.clamped = clamped;
+            dep.leads_end = to_u32(leads.len());
+            dep.clamped = u32::try_from(clamped).unwrap_or(u32::MAX);
         }
-        let latest = order
-            .last()
-            .map_or(UnixSeconds::MIN, |&e| deployments[e].finished_at);
+        let repairs = deps
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.repairs())
+            .map(|(i, _)| to_u32(i))
+            .collect();
         Self {
-            service: service.to_owned(),
-            environment: environment.to_owned(),
+            group,
             latest,
             next,
+            first_event,
+            failures,
             order,
             deps,
             dups,
             leads,
+            repairs,
         }
     }
 
-    /// Service.
+    /// Its (service, environment) in the table.
     #[must_use]
-    pub fn service(&self) -> &str {
-        &self.service
-    }
-
-    /// Environment.
-    #[must_use]
-    pub fn environment(&self) -> &str {
-        &self.environment
+    pub fn group(&self) -> u32 {
+        self.group
     }
 
     /// Whether it is what [`Lineage::build`] gives at `now` for the same events: no held
@@ -488,7 +513,7 @@ impl Lineage {
     /// Its successful events finished at or before its `now`, in time order (finish, start,
     /// id), duplicates included.
     #[must_use]
-    pub fn events_in_order(&self) -> &[usize] {
+    pub fn events_in_order(&self) -> &[u32] {
         &self.order
     }
 
@@ -498,34 +523,52 @@ impl Lineage {
         self.deps.len()
     }
 
+    /// Failed deploy attempts finished at or before its `now`.
+    #[must_use]
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    /// Bytes held, for the hub's memory figures.
+    #[must_use]
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.order.capacity() * size_of::<u32>()
+            + self.deps.capacity() * size_of::<Dep>()
+            + self.dups.capacity() * size_of::<(u32, u32)>()
+            + self.leads.capacity() * size_of::<i64>()
+            + self.repairs.capacity() * size_of::<u32>()
+    }
+
     /// Each counted deployment with its duplicates, in time order: (index, event).
-    fn members(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+    fn members(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
         let firsts = self.deps.iter().enumerate().map(|(i, d)| (i, d.event));
-        firsts.chain(self.dups.iter().copied())
+        firsts.chain(self.dups.iter().map(|&(i, e)| (i as usize, e)))
     }
 
     /// The first deployment (in time order, duplicates with the deployment they repeat)
     /// whose head commit or changes include each of `shas`.
-    fn first_shippers<'s>(
-        &self,
-        deployments: &[Deployment],
-        shas: &HashSet<&'s str>,
-    ) -> HashMap<&'s str, usize> {
-        let mut first: HashMap<&'s str, usize> = HashMap::new();
+    fn first_shippers(&self, table: &Table, shas: &HashSet<Sym>) -> HashMap<Sym, usize> {
+        let recs = table.deployments();
+        let change_shas = table.change_shas();
+        let mut first: HashMap<Sym, usize> = HashMap::new();
         let mut next_dup = 0;
         for (i, dep) in self.deps.iter().enumerate() {
             let first_dup = next_dup;
-            while self.dups.get(next_dup).is_some_and(|&(di, _)| di == i) {
+            while self
+                .dups
+                .get(next_dup)
+                .is_some_and(|&(di, _)| di as usize == i)
+            {
                 next_dup += 1;
             }
             let repeats = self.dups[first_dup..next_dup].iter().map(|&(_, e)| e);
             for e in std::iter::once(dep.event).chain(repeats) {
-                let d = &deployments[e];
-                let named = std::iter::once(d.commit.as_str())
-                    .chain(d.commits.iter().map(|c| c.sha.as_str()));
+                let named = std::iter::once(recs[e as usize].commit)
+                    .chain(table.changes_of(e).map(|c| change_shas[c]));
                 for sha in named {
-                    if let Some(&s) = shas.get(sha) {
-                        first.entry(s).or_insert(i);
+                    if shas.contains(&sha) {
+                        first.entry(sha).or_insert(i);
                     }
                 }
             }
@@ -539,11 +582,37 @@ impl Lineage {
     }
 }
 
+/// The members of each group of `table` (its deploy events, in order), by group index.
+#[must_use]
+pub fn group_members(table: &Table) -> Vec<Vec<u32>> {
+    let mut members: Vec<Vec<u32>> = vec![Vec::new(); table.groups().len()];
+    for (e, d) in table.deployments().iter().enumerate() {
+        if let Some(m) = members.get_mut(d.group as usize) {
+            m.push(to_u32(e));
+        }
+    }
+    members
+}
+
+/// Which groups of `table` `scope` covers, by group index.
+fn groups_in_scope(table: &Table, scope: &Scope) -> Vec<bool> {
+    let want = |name: &Option<String>| {
+        name.as_ref()
+            .map(|s| table.strings().get(s).unwrap_or(ABSENT))
+    };
+    let (environment, service) = (want(&scope.environment), want(&scope.service));
+    table
+        .groups()
+        .iter()
+        .map(|&(s, e)| environment.is_none_or(|x| x == e) && service.is_none_or(|x| x == s))
+        .collect()
+}
+
 /// One (service, environment) of a [`History`].
 #[derive(Debug)]
 struct Linked<'a> {
-    service: &'a str,
-    environment: &'a str,
+    /// Its (service, environment) in the table.
+    group: u32,
     /// `None` for a group with incidents only.
     lineage: Option<&'a Lineage>,
     failed: Vec<bool>,
@@ -557,10 +626,9 @@ struct Linked<'a> {
 }
 
 impl<'a> Linked<'a> {
-    fn new(service: &'a str, environment: &'a str) -> Self {
+    fn new(group: u32) -> Self {
         Self {
-            service,
-            environment,
+            group,
             lineage: None,
             failed: Vec::new(),
             rework: Vec::new(),
@@ -581,37 +649,60 @@ impl<'a> Linked<'a> {
 #[derive(Debug)]
 pub struct History<'a> {
     now: UnixSeconds,
+    table: &'a Table,
     groups: Vec<Linked<'a>>,
+    /// The earliest time after `now` at which an incident or finding in scope starts or
+    /// resolves: the links hold until then if the lineages do.
+    changes_at: Option<UnixSeconds>,
 }
 
-/// The inputs of a [`History`] besides the lineages.
-#[derive(Debug, Clone, Copy)]
-pub struct Links<'a> {
-    /// The deploy events the lineages were built from.
-    pub deployments: &'a [Deployment],
-    /// Incidents, any order.
-    pub incidents: &'a [Incident],
-    /// Regression findings, any order.
-    pub regressions: &'a [RegressionFinding],
+/// The links of a [`History`] without its borrows (of the table and the lineages), kept
+/// between computations while no event changes them ([`Links::holds_at`]).
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    now: UnixSeconds,
+    changes_at: Option<UnixSeconds>,
+    groups: Vec<LinkData>,
+}
+
+impl Links {
+    /// See [`History::links_hold_at`].
+    #[must_use]
+    pub fn holds_at(&self, now: UnixSeconds) -> bool {
+        now >= self.now && self.changes_at.is_none_or(|t| t > now)
+    }
+}
+
+/// A [`Linked`] without its lineage.
+#[derive(Debug, Clone)]
+struct LinkData {
+    group: u32,
+    has_lineage: bool,
+    failed: Vec<bool>,
+    rework: Vec<bool>,
+    has_incident: Vec<bool>,
+    recoveries: Vec<(UnixSeconds, i64)>,
+    open: u64,
 }
 
 /// The group of an id's first referrer, in the order references are read: incidents (the
 /// id they name, then the deployment that resolved them), then `fixes_deployment` of the
 /// deploy events in input order, then regression findings by start.
 fn referrer(
-    id: &str,
+    id: Sym,
     groups: &[Linked<'_>],
-    incidents: &[(usize, &Incident)],
-    findings: &[&RegressionFinding],
-    index: &HashMap<(&str, &str), usize>,
-    links: Links<'_>,
+    incidents: &[(usize, &Inc)],
+    findings: &[&Finding],
+    index: &[usize],
+    table: &Table,
 ) -> Option<usize> {
-    let named = |i: &Incident| {
-        i.deployment_id.as_deref() == Some(id) || i.resolved_by_deployment.as_deref() == Some(id)
-    };
-    if let Some(&(g, _)) = incidents.iter().find(|(_, i)| named(i)) {
+    if let Some(&(g, _)) = incidents
+        .iter()
+        .find(|(_, i)| i.deployment == id || i.resolved_by == id)
+    {
         return Some(g);
     }
+    let recs = table.deployments();
     let fixing = groups
         .iter()
         .enumerate()
@@ -619,7 +710,7 @@ fn referrer(
             let l = linked.lineage?;
             l.members()
                 .map(|(_, e)| e)
-                .filter(|&e| links.deployments[e].fixes_deployment.as_deref() == Some(id))
+                .filter(|&e| recs[e as usize].fixes == id)
                 .min()
                 .map(|e| (e, g))
         })
@@ -629,47 +720,61 @@ fn referrer(
     }
     findings
         .iter()
-        .find(|f| f.deployment_id == id)
-        .and_then(|f| {
-            index
-                .get(&(f.service.as_str(), f.environment.as_str()))
-                .copied()
-        })
+        .find(|f| f.deployment == id)
+        .and_then(|f| index.get(f.group as usize).copied())
+        .filter(|&g| g != usize::MAX)
 }
 
 impl<'a> History<'a> {
-    /// Links `lineages` (built at `now` from `links.deployments`; those out of `scope` are
-    /// skipped) through the incidents, findings and fixes in `scope`.
+    /// Links `lineages` (built at `now` from `table`; those out of `scope` are skipped)
+    /// through the incidents, findings and fixes of `table` in `scope`.
     #[must_use]
     pub fn link(
         now: UnixSeconds,
         lineages: impl IntoIterator<Item = &'a Lineage>,
-        links: Links<'a>,
+        table: &'a Table,
         scope: &Scope,
     ) -> Self {
-        let deployments = links.deployments;
-        let mut index: HashMap<(&'a str, &'a str), usize> = HashMap::new();
+        let recs = table.deployments();
+        let in_scope = groups_in_scope(table, scope);
+        let scoped = |g: u32| in_scope.get(g as usize).copied().unwrap_or(false);
+        let mut index: Vec<usize> = vec![usize::MAX; table.groups().len()];
         let mut groups: Vec<Linked<'a>> = Vec::new();
-        let mut group = |service: &'a str, environment: &'a str, groups: &mut Vec<Linked<'a>>| {
-            *index.entry((service, environment)).or_insert_with(|| {
-                groups.push(Linked::new(service, environment));
-                groups.len() - 1
-            })
+        let mut group = |g: u32, groups: &mut Vec<Linked<'a>>| {
+            let slot = &mut index[g as usize];
+            if *slot == usize::MAX {
+                groups.push(Linked::new(g));
+                *slot = groups.len() - 1;
+            }
+            *slot
         };
-        let incidents: Vec<(usize, &'a Incident)> = links
-            .incidents
-            .iter()
-            .filter(|i| i.started_at <= now && scope.matches(&i.service, &i.environment))
-            .map(|i| (group(&i.service, &i.environment, &mut groups), i))
-            .collect();
+        let mut changes_at: Option<UnixSeconds> = None;
+        let mut note = |t: UnixSeconds| {
+            if t > now {
+                changes_at = Some(changes_at.map_or(t, |c| c.min(t)));
+            }
+        };
+        let mut incidents: Vec<(usize, &'a Inc)> = Vec::new();
+        for i in table.incidents() {
+            if !scoped(i.group) {
+                continue;
+            }
+            note(i.started);
+            if let Some(r) = i.resolved {
+                note(r);
+            }
+            if i.started <= now {
+                incidents.push((group(i.group, &mut groups), i));
+            }
+        }
         // Groups in order of first appearance: incidents', then deployments' (input order).
         let mut lineages: Vec<&'a Lineage> = lineages
             .into_iter()
-            .filter(|l| !l.deps.is_empty() && scope.matches(&l.service, &l.environment))
+            .filter(|l| !l.deps.is_empty() && scoped(l.group))
             .collect();
-        lineages.sort_by_key(|l| l.order.iter().min().copied());
+        lineages.sort_by_key(|l| l.first_event);
         for l in lineages {
-            let g = group(&l.service, &l.environment, &mut groups);
+            let g = group(l.group, &mut groups);
             let n = l.deps.len();
             let linked = &mut groups[g];
             linked.lineage = Some(l);
@@ -677,35 +782,47 @@ impl<'a> History<'a> {
             linked.rework = vec![false; n];
             linked.has_incident = vec![false; n];
         }
-        let mut findings: Vec<&'a RegressionFinding> = links
-            .regressions
-            .iter()
-            .filter(|f| f.started_at <= now && scope.matches(&f.service, &f.environment))
-            .collect();
-        findings.sort_by_key(|f| f.started_at);
+        let mut findings: Vec<&'a Finding> = Vec::new();
+        for f in table.findings() {
+            if !scoped(f.group) {
+                continue;
+            }
+            note(f.started);
+            if let Some(r) = f.resolved {
+                note(r);
+            }
+            if f.started <= now {
+                findings.push(f);
+            }
+        }
+        findings.sort_by_key(|f| f.started);
 
         // Delivery ids referenced, and where each is found: the deployment of every group
         // holding an event with that id.
-        let mut wanted: HashSet<&'a str> = HashSet::new();
+        let mut wanted: HashSet<Sym> = HashSet::new();
         for &(_, i) in &incidents {
-            wanted.extend(i.deployment_id.as_deref());
-            wanted.extend(i.resolved_by_deployment.as_deref());
+            wanted.insert(i.deployment);
+            wanted.insert(i.resolved_by);
         }
         for linked in &groups {
-            for dep in linked.deps() {
-                wanted.extend(deployments[dep.event].fixes_deployment.as_deref());
+            if let Some(l) = linked.lineage {
+                for &i in &l.repairs {
+                    wanted.insert(recs[l.deps[i as usize].event as usize].fixes);
+                }
             }
         }
-        wanted.extend(findings.iter().map(|f| f.deployment_id.as_str()));
-        wanted.remove("");
-        let mut found: HashMap<&'a str, Vec<DepRef>> = HashMap::new();
+        wanted.extend(findings.iter().map(|f| f.deployment));
+        wanted.remove(&EMPTY);
+        wanted.remove(&ABSENT);
+        let mut found: HashMap<Sym, Vec<DepRef>> = HashMap::new();
         if !wanted.is_empty() {
             for (g, linked) in groups.iter().enumerate() {
                 let Some(l) = linked.lineage else { continue };
                 for (i, e) in l.members() {
-                    let Some(&id) = wanted.get(deployments[e].id.as_str()) else {
+                    let id = recs[e as usize].id;
+                    if !wanted.contains(&id) {
                         continue;
-                    };
+                    }
                     let places = found.entry(id).or_default();
                     if places.last().is_none_or(|&(last, _)| last != g) {
                         places.push((g, i));
@@ -713,7 +830,7 @@ impl<'a> History<'a> {
                 }
             }
         }
-        let ids: HashMap<&'a str, DepRef> = found
+        let ids: HashMap<Sym, DepRef> = found
             .into_iter()
             .map(|(id, places)| {
                 let place = match places.as_slice() {
@@ -721,7 +838,7 @@ impl<'a> History<'a> {
                     // The same id in several services (the store never holds that): the
                     // first referrer's group if it has it, else the first group.
                     _ => {
-                        let hint = referrer(id, &groups, &incidents, &findings, &index, links);
+                        let hint = referrer(id, &groups, &incidents, &findings, &index, table);
                         hint.and_then(|h| places.iter().find(|p| p.0 == h).copied())
                             .unwrap_or(places[0])
                     }
@@ -734,41 +851,42 @@ impl<'a> History<'a> {
         // name (a delivery id, else a commit first shipped in the incident's group).
         let mut blamed: Vec<DepRef> = Vec::new();
         for (g, linked) in groups.iter().enumerate() {
-            for (i, dep) in linked.deps().iter().enumerate() {
-                if dep.kind == DeploymentKind::Normal && !dep.rollback {
-                    continue;
-                }
-                match &deployments[dep.event].fixes_deployment {
-                    Some(id) => blamed.extend(ids.get(id.as_str()).copied()),
-                    None if i > 0 => blamed.push((g, i - 1)),
-                    None => {}
+            let Some(l) = linked.lineage else { continue };
+            for &i in &l.repairs {
+                let i = i as usize;
+                match recs[l.deps[i].event as usize].fixes {
+                    ABSENT if i > 0 => blamed.push((g, i - 1)),
+                    ABSENT => {}
+                    id => blamed.extend(ids.get(&id).copied()),
                 }
             }
         }
-        let mut shas_by_group: HashMap<usize, HashSet<&'a str>> = HashMap::new();
+        let mut shas_by_group: HashMap<usize, HashSet<Sym>> = HashMap::new();
         for &(g, i) in &incidents {
-            if let (None, Some(sha)) = (&i.deployment_id, &i.commit)
-                && !sha.is_empty()
-            {
-                shas_by_group.entry(g).or_default().insert(sha);
+            if i.deployment == ABSENT && i.commit != ABSENT && i.commit != EMPTY {
+                shas_by_group.entry(g).or_default().insert(i.commit);
             }
         }
-        let first_shipped: HashMap<usize, HashMap<&'a str, usize>> = shas_by_group
+        let first_shipped: HashMap<usize, HashMap<Sym, usize>> = shas_by_group
             .iter()
             .filter_map(|(&g, shas)| {
                 let l = groups[g].lineage?;
-                Some((g, l.first_shippers(deployments, shas)))
+                Some((g, l.first_shippers(table, shas)))
             })
             .collect();
         let links_of: Vec<Option<DepRef>> = incidents
             .iter()
-            .map(|&(g, i)| match (&i.deployment_id, &i.commit) {
-                (Some(id), _) => ids.get(id.as_str()).copied(),
-                (None, Some(sha)) if !sha.is_empty() => first_shipped
-                    .get(&g)
-                    .and_then(|m| m.get(sha.as_str()))
-                    .map(|&d| (g, d)),
-                _ => None,
+            .map(|&(g, i)| {
+                if i.deployment != ABSENT {
+                    ids.get(&i.deployment).copied()
+                } else if i.commit != ABSENT && i.commit != EMPTY {
+                    first_shipped
+                        .get(&g)
+                        .and_then(|m| m.get(&i.commit))
+                        .map(|&d| (g, d))
+                } else {
+                    None
+                }
             })
             .collect();
         blamed.extend(links_of.iter().flatten().copied());
@@ -781,61 +899,54 @@ impl<'a> History<'a> {
 
         // Rework: hotfixes and rollbacks by kind; rollbacks by version while an incident
         // of their group was open; deployments resolving an incident open while deployed.
-        let open_during = |incident: &Incident, dep: &Dep| {
-            incident.started_at <= dep.finished
-                && incident.resolved_at.is_none_or(|t| t >= dep.started)
+        let open_during = |incident: &Inc, dep: &Dep| {
+            incident.started <= dep.finished && incident.resolved.is_none_or(|t| t >= dep.started)
         };
-        for linked in &mut groups {
+        let mut incidents_of: Vec<Vec<&Inc>> = vec![Vec::new(); groups.len()];
+        for &(g, incident) in &incidents {
+            incidents_of[g].push(incident);
+        }
+        for (linked, of_group) in groups.iter_mut().zip(&incidents_of) {
             let Linked {
                 lineage, rework, ..
             } = linked;
-            for (i, dep) in lineage.map_or(&[][..], |l| &l.deps).iter().enumerate() {
-                if dep.kind != DeploymentKind::Normal {
+            let Some(l) = lineage else { continue };
+            for &i in &l.repairs {
+                let (i, dep) = (i as usize, &l.deps[i as usize]);
+                if dep.kind != DeploymentKind::Normal
+                    || (dep.rollback && of_group.iter().any(|inc| open_during(inc, dep)))
+                {
                     rework[i] = true;
                 }
             }
         }
-        let rollbacks: Vec<Vec<usize>> = groups
-            .iter()
-            .map(|linked| {
-                let deps = linked.deps().iter().enumerate();
-                deps.filter(|(_, d)| d.rollback).map(|(i, _)| i).collect()
-            })
-            .collect();
-        for &(g, incident) in &incidents {
-            let linked = &mut groups[g];
-            let deps = linked.deps();
-            for &i in &rollbacks[g] {
-                if open_during(incident, &deps[i]) {
-                    linked.rework[i] = true;
-                }
-            }
-        }
         for &(_, incident) in &incidents {
-            if let Some(&(g, i)) = incident
-                .resolved_by_deployment
-                .as_deref()
-                .and_then(|id| ids.get(id))
+            if let Some(&(g, i)) = ids.get(&incident.resolved_by)
                 && open_during(incident, &groups[g].deps()[i])
             {
                 groups[g].rework[i] = true;
             }
         }
-        let by_id: HashMap<&str, &Incident> = incidents
-            .iter()
-            .map(|&(_, incident)| (incident.id.as_str(), incident))
-            .collect();
-        for linked in &mut groups {
-            let Some(l) = linked.lineage else { continue };
-            for (i, e) in l.members() {
-                let dep = &l.deps[i];
-                if deployments[e]
-                    .resolves_incidents
-                    .iter()
-                    .filter_map(|id| by_id.get(id.as_str()))
-                    .any(|incident| open_during(incident, dep))
-                {
-                    linked.rework[i] = true;
+        if !table.resolves().is_empty() {
+            let by_id: HashMap<Sym, &Inc> = incidents
+                .iter()
+                .map(|&(_, incident)| (incident.id, incident))
+                .collect();
+            let resolving: HashSet<u32> = table.resolves().iter().map(|&(e, _)| e).collect();
+            for linked in &mut groups {
+                let Some(l) = linked.lineage else { continue };
+                for (i, e) in l.members() {
+                    if !resolving.contains(&e) {
+                        continue;
+                    }
+                    let dep = &l.deps[i];
+                    if table
+                        .resolves_of(e)
+                        .filter_map(|id| by_id.get(&id))
+                        .any(|incident| open_during(incident, dep))
+                    {
+                        linked.rework[i] = true;
+                    }
                 }
             }
         }
@@ -856,15 +967,10 @@ impl<'a> History<'a> {
         };
         for (&(g, incident), link) in incidents.iter().zip(&links_of) {
             let failing = link.map(|(lg, li)| groups[lg].deps()[li].finished);
-            recovery(
-                &mut groups[g],
-                incident.resolved_at,
-                incident.started_at,
-                failing,
-            );
+            recovery(&mut groups[g], incident.resolved, incident.started, failing);
         }
         for f in &findings {
-            let Some(&(g, i)) = ids.get(f.deployment_id.as_str()) else {
+            let Some(&(g, i)) = ids.get(&f.deployment) else {
                 continue;
             };
             let linked = &mut groups[g];
@@ -874,12 +980,96 @@ impl<'a> History<'a> {
             }
             linked.has_incident[i] = true;
             let failing = Some(linked.deps()[i].finished);
-            recovery(linked, f.resolved_at, f.started_at, failing);
+            recovery(linked, f.resolved, f.started, failing);
         }
         for linked in &mut groups {
             linked.recoveries.sort_by_key(|&(resolved, _)| resolved);
         }
-        Self { now, groups }
+        Self {
+            now,
+            table,
+            groups,
+            changes_at,
+        }
+    }
+
+    /// The `now` it was linked at.
+    #[must_use]
+    pub fn now(&self) -> UnixSeconds {
+        self.now
+    }
+
+    /// Whether linking the same lineages and events at `now` gives this history again but
+    /// for its `now` (no incident or finding starts or resolves in between); the lineages must
+    /// be valid at `now` too.
+    #[must_use]
+    pub fn links_hold_at(&self, now: UnixSeconds) -> bool {
+        now >= self.now && self.changes_at.is_none_or(|t| t > now)
+    }
+
+    /// Its links without the borrows, to keep for [`History::resume`].
+    #[must_use]
+    pub fn into_links(self) -> Links {
+        Links {
+            now: self.now,
+            changes_at: self.changes_at,
+            groups: self
+                .groups
+                .into_iter()
+                .map(|g| LinkData {
+                    group: g.group,
+                    has_lineage: g.lineage.is_some(),
+                    failed: g.failed,
+                    rework: g.rework,
+                    has_incident: g.has_incident,
+                    recoveries: g.recoveries,
+                    open: g.open,
+                })
+                .collect(),
+        }
+    }
+
+    /// The history `links` were taken from, read at `now`: the table and the lineages
+    /// (`lineage_of` a group) must be those it was linked from, and `links.holds_at(now)`.
+    #[must_use]
+    pub fn resume(
+        links: Links,
+        now: UnixSeconds,
+        table: &'a Table,
+        lineage_of: impl Fn(u32) -> Option<&'a Lineage>,
+    ) -> Self {
+        Self {
+            now,
+            table,
+            changes_at: links.changes_at,
+            groups: links
+                .groups
+                .into_iter()
+                .map(|g| Linked {
+                    group: g.group,
+                    lineage: if g.has_lineage {
+                        lineage_of(g.group)
+                    } else {
+                        None
+                    },
+                    failed: g.failed,
+                    rework: g.rework,
+                    has_incident: g.has_incident,
+                    recoveries: g.recoveries,
+                    open: g.open,
+                })
+                .collect(),
+        }
+    }
+
+    fn names(&self, g: &Linked<'_>) -> (&'a str, &'a str) {
+        let (s, e) = self
+            .table
+            .groups()
+            .get(g.group as usize)
+            .copied()
+            .unwrap_or((EMPTY, EMPTY));
+        (self.table.str(s), self.table.str(e))
     }
 
     /// The counts of each row of [`History::report`] over `window`, without the rest: (service,
@@ -901,9 +1091,10 @@ impl<'a> History<'a> {
             .map(|g| {
                 let first = g.lineage.map_or(0, |l| l.first_after(start));
                 let deployments = g.deps().len().saturating_sub(first) as u64;
+                let (service, environment) = self.names(g);
                 (
-                    g.service,
-                    g.environment,
+                    service,
+                    environment,
                     deployments,
                     count(&g.failed, first),
                     count(&g.rework, first),
@@ -911,6 +1102,24 @@ impl<'a> History<'a> {
             })
             .collect();
         rows.sort_unstable();
+        rows
+    }
+
+    /// Recovery seconds of the incidents and findings resolved by `now`, per (service,
+    /// environment) with any, sorted.
+    #[must_use]
+    pub fn recoveries(&self) -> Vec<(&'a str, &'a str, Vec<i64>)> {
+        let mut rows: Vec<_> = self
+            .groups
+            .iter()
+            .filter(|g| !g.recoveries.is_empty())
+            .map(|g| {
+                let (service, environment) = self.names(g);
+                let seconds = g.recoveries.iter().map(|&(_, s)| s).collect();
+                (service, environment, seconds)
+            })
+            .collect();
+        rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         rows
     }
 
@@ -922,13 +1131,16 @@ impl<'a> History<'a> {
         let tallies: Vec<Tally<'_>> = self.groups.iter().map(|g| Tally::of(g, start)).collect();
         let mut pooled: BTreeMap<&str, Vec<&Tally<'_>>> = BTreeMap::new();
         for (group, tally) in self.groups.iter().zip(&tallies) {
-            pooled.entry(group.environment).or_default().push(tally);
+            pooled.entry(self.names(group).1).or_default().push(tally);
         }
         let mut services: Vec<ServiceReport> = self
             .groups
             .iter()
             .zip(&tallies)
-            .map(|(g, t)| row(&[t], g.service, g.environment, start, now, window))
+            .map(|(g, t)| {
+                let (service, environment) = self.names(g);
+                row(&[t], service, environment, start, now, window)
+            })
             .collect();
         services.sort_by(|a, b| {
             a.service
@@ -949,37 +1161,25 @@ impl<'a> History<'a> {
     }
 }
 
-/// Groups the deploy events of `deployments` by (service, environment): each group's events
-/// in input order.
+/// The lineages at `now` of the groups of `table` in `scope`.
 #[must_use]
-pub fn group_deployments(deployments: &[Deployment]) -> BTreeMap<(&str, &str), Vec<usize>> {
-    let mut groups: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
-    for (e, d) in deployments.iter().enumerate() {
-        groups
-            .entry((d.service.as_str(), d.environment.as_str()))
-            .or_default()
-            .push(e);
-    }
-    groups
+pub fn lineages(table: &Table, now: UnixSeconds, scope: &Scope) -> Vec<Lineage> {
+    let in_scope = groups_in_scope(table, scope);
+    group_members(table)
+        .iter()
+        .enumerate()
+        .filter(|&(g, _)| in_scope[g])
+        .map(|(g, members)| Lineage::build(table, to_u32(g), members, now))
+        .collect()
 }
 
 /// Computes the DORA report of every (service, environment) in `scope` over the window
 /// `(now - window, now]`. See the module documentation for the exact rules.
 #[must_use]
 pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) -> Report {
-    let lineages: Vec<Lineage> = group_deployments(&events.deployments)
-        .into_iter()
-        .filter(|((service, environment), _)| scope.matches(service, environment))
-        .map(|((service, environment), members)| {
-            Lineage::build(service, environment, &events.deployments, &members, now)
-        })
-        .collect();
-    let links = Links {
-        deployments: &events.deployments,
-        incidents: &events.incidents,
-        regressions: &events.regressions,
-    };
-    History::link(now, &lineages, links, scope).report(window)
+    let table = Table::from_events(events);
+    let lineages = lineages(&table, now, scope);
+    History::link(now, &lineages, &table, scope).report(window)
 }
 
 /// [`report`] for each of `windows` (e.g. [`Window::DEFAULTS`]), in the same order.
@@ -990,9 +1190,12 @@ pub fn reports(
     windows: &[Window],
     scope: &Scope,
 ) -> Vec<Report> {
+    let table = Table::from_events(events);
+    let lineages = lineages(&table, now, scope);
+    let history = History::link(now, &lineages, &table, scope);
     windows
         .iter()
-        .map(|&window| report(now, events, window, scope))
+        .map(|&window| history.report(window))
         .collect()
 }
 
@@ -1087,6 +1290,7 @@ fn ratio(part: u64, whole: u64) -> Option<f64> {
 
 /// The `q`-quantile (0..=1) of `values`, interpolating linearly between closest ranks.
 /// Reorders `values` (selection, O(n), instead of a full sort).
+#[cfg(test)]
 fn quantile(values: &mut [i64], q: f64) -> Option<f64> {
     let last = values.len().checked_sub(1)?;
     let rank = q * last as f64;
@@ -1099,6 +1303,36 @@ fn quantile(values: &mut [i64], q: f64) -> Option<f64> {
     };
     let (a, b) = (a as f64, b as f64);
     Some(a + (b - a) * (rank - lo as f64))
+}
+
+/// The `lower`- and `upper`-quantiles of `values` (`lower <= upper`), each exactly as
+/// [`quantile`] gives it: the upper rank is selected among the values above the lower one only.
+fn quantiles(values: &mut [i64], lower: f64, upper: f64) -> (Option<f64>, Option<f64>) {
+    let Some(last) = values.len().checked_sub(1) else {
+        return (None, None);
+    };
+    let at = |rank: f64, lo: usize, a: i64, above: &[i64]| {
+        let b = if rank > lo as f64 {
+            above.iter().copied().min().unwrap_or(a)
+        } else {
+            a
+        };
+        let (a, b) = (a as f64, b as f64);
+        a + (b - a) * (rank - lo as f64)
+    };
+    let rank = lower * last as f64;
+    let lo = rank.floor() as usize;
+    let (_, &mut a, above) = values.select_nth_unstable(lo);
+    let low = at(rank, lo, a, above);
+    let upper_rank = upper * last as f64;
+    let hi = (upper_rank.floor() as usize).max(lo);
+    let high = if hi == lo {
+        at(upper_rank, hi, a, above)
+    } else {
+        let (_, &mut x, rest) = above.select_nth_unstable(hi - lo - 1);
+        at(upper_rank, hi, x, rest)
+    };
+    (Some(low), Some(high))
 }
 
 fn quantile_f64(sorted: &[f64], q: f64) -> f64 {
@@ -1133,12 +1367,12 @@ impl<'a> Tally<'a> {
             Some(l) => {
                 let first = l.first_after(start);
                 let before = first.checked_sub(1).map(|i| &l.deps[i]);
-                let total = l.deps.last().map_or(0, |d| d.clamped);
+                let total = l.deps.last().map_or(0, |d| u64::from(d.clamped));
                 (
                     first,
                     &l.deps[first..],
-                    &l.leads[before.map_or(0, |d| d.leads_end)..],
-                    total - before.map_or(0, |d| d.clamped),
+                    &l.leads[before.map_or(0, |d| d.leads_end as usize)..],
+                    total - before.map_or(0, |d| u64::from(d.clamped)),
                 )
             }
             None => (0, &[][..], &[][..], 0),
@@ -1181,6 +1415,9 @@ fn row(
         .flat_map(|t| t.recoveries.iter().copied())
         .collect();
     let times: Vec<&[UnixSeconds]> = parts.iter().map(|t| t.times.as_slice()).collect();
+    let (lead_time_median_seconds, lead_time_p90_seconds) = quantiles(&mut leads, 0.5, 0.9);
+    let (recovery_time_median_seconds, recovery_time_p90_seconds) =
+        quantiles(&mut recoveries, 0.5, 0.9);
     ServiceReport {
         service: service.to_owned(),
         environment: environment.to_owned(),
@@ -1189,14 +1426,14 @@ fn row(
         deployment_frequency_class: frequency_class(&times, start, now),
         changes: leads.len() as u64,
         changes_clamped: sum(|t| t.clamped),
-        lead_time_median_seconds: quantile(&mut leads, 0.5),
-        lead_time_p90_seconds: quantile(&mut leads, 0.9),
+        lead_time_median_seconds,
+        lead_time_p90_seconds,
         failed_deployments: failed,
         change_fail_rate: ratio(failed, deployments),
         incidents_resolved: recoveries.len() as u64,
         incidents_open: sum(|t| t.open),
-        recovery_time_median_seconds: quantile(&mut recoveries, 0.5),
-        recovery_time_p90_seconds: quantile(&mut recoveries, 0.9),
+        recovery_time_median_seconds,
+        recovery_time_p90_seconds,
         rework_deployments: rework,
         rework_rate: ratio(rework, deployments),
     }
@@ -2136,17 +2373,10 @@ mod tests {
         #[test]
         fn one_history_serves_every_window(seed in proptest::prelude::any::<u64>(), n in 0_usize..120) {
             let e = store_shaped_events(seed, n);
-            let lineages: Vec<Lineage> = group_deployments(&e.deployments)
-                .into_iter()
-                .map(|((s, env), members)| Lineage::build(s, env, &e.deployments, &members, NOW))
-                .collect();
-            let links = Links {
-                deployments: &e.deployments,
-                incidents: &e.incidents,
-                regressions: &e.regressions,
-            };
+            let table = Table::from_events(&e);
+            let lineages = lineages(&table, NOW, &Scope::default());
             for scope in property_scopes() {
-                let history = History::link(NOW, &lineages, links, &scope);
+                let history = History::link(NOW, &lineages, &table, &scope);
                 for window in PROPERTY_WINDOWS {
                     let want = report(NOW, &e, window, &scope);
                     let counts: Vec<_> = want
@@ -2602,6 +2832,11 @@ mod tests {
             for q in [0.5, 0.9, q, 0.0, 1.0] {
                 let mut v = values.clone();
                 proptest::prop_assert_eq!(bits(quantile(&mut v, q)), bits(sorted_quantile(&values, q)));
+                let (lower, upper) = if q <= 0.5 { (q, 0.5) } else { (0.5, q) };
+                let mut v = values.clone();
+                let (a, b) = quantiles(&mut v, lower, upper);
+                proptest::prop_assert_eq!(bits(a), bits(sorted_quantile(&values, lower)));
+                proptest::prop_assert_eq!(bits(b), bits(sorted_quantile(&values, upper)));
             }
         }
     }

@@ -1,0 +1,818 @@
+//! The DORA events held compactly, as [`compute`](super::compute) works on them and the hub
+//! keeps them in memory: every string interned once into a [`Sym`] (a `u32`), deploy events as
+//! fixed-size records ([`Rec`]) with their changes in flat arrays, incidents and regression
+//! findings as records of symbols and times. Strings compared only within one (service,
+//! environment) — versions, commit ids — are interned in that group's own [`Strings`], small
+//! enough to stay in cache; names and ids, compared across groups, in the table's. A [`Table`] gives back the events it was given
+//! ([`Table::deployment`], [`Table::incident`]) exactly.
+
+use std::hash::BuildHasher;
+
+use foldhash::HashMap;
+use hashbrown::HashTable;
+
+use super::model::{
+    Change, DeployStatus, Deployment, DeploymentKind, Events, Incident, RegressionFinding,
+    UnixSeconds,
+};
+
+/// An interned string: an index into a [`Strings`].
+pub type Sym = u32;
+
+/// The empty string's symbol (interned first in every [`Strings`]).
+pub const EMPTY: Sym = 0;
+
+/// Stands for an absent optional string (`None`), never a string's symbol.
+pub const ABSENT: Sym = Sym::MAX;
+
+/// Interned strings: all their bytes in one buffer, each stored once.
+#[derive(Debug, Clone)]
+pub struct Strings {
+    bytes: String,
+    /// End of each string in `bytes` (a string starts where the previous one ends); `bytes`
+    /// holds at most `u32::MAX` bytes.
+    ends: Vec<u32>,
+    /// Whether each string was interned more than once (in any role): one interned once
+    /// cannot be a repeat of another, which spares the computation a look-up.
+    repeated: Vec<bool>,
+    index: HashTable<Sym>,
+    state: foldhash::fast::RandomState,
+}
+
+impl Default for Strings {
+    fn default() -> Self {
+        let mut strings = Self {
+            bytes: String::new(),
+            ends: Vec::new(),
+            repeated: Vec::new(),
+            index: HashTable::new(),
+            state: foldhash::fast::RandomState::default(),
+        };
+        strings.intern("");
+        strings
+    }
+}
+
+fn slice<'a>(bytes: &'a str, ends: &[u32], sym: Sym) -> &'a str {
+    let i = sym as usize;
+    let start = if i == 0 {
+        0
+    } else {
+        ends.get(i - 1).copied().unwrap_or(0)
+    };
+    let end = ends.get(i).copied().unwrap_or(start);
+    bytes.get(start as usize..end as usize).unwrap_or_default()
+}
+
+impl Strings {
+    /// The symbol of `s`, interning it if new. At most `u32::MAX - 1` strings of `u32::MAX`
+    /// bytes in all: beyond it every new string shares the last symbol (never reached: the hub
+    /// holds far fewer events).
+    pub fn intern(&mut self, s: &str) -> Sym {
+        let hash = self.state.hash_one(s);
+        let Self {
+            bytes,
+            ends,
+            repeated,
+            index,
+            state,
+        } = self;
+        let fits = u32::try_from(bytes.len() + s.len()).ok();
+        let sym = match (Sym::try_from(ends.len()), fits) {
+            (Ok(sym), Some(_)) if sym < ABSENT - 1 => sym,
+            _ => {
+                return index
+                    .find(hash, |&k| slice(bytes, ends, k) == s)
+                    .copied()
+                    .unwrap_or(ABSENT - 1);
+            }
+        };
+        let entry = index.entry(
+            hash,
+            |&k| slice(bytes, ends, k) == s,
+            |&k| state.hash_one(slice(bytes, ends, k)),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(held) => {
+                let sym = *held.get();
+                if let Some(r) = repeated.get_mut(sym as usize) {
+                    *r = true;
+                }
+                sym
+            }
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(sym);
+                bytes.push_str(s);
+                ends.push(fits.unwrap_or(u32::MAX));
+                repeated.push(false);
+                sym
+            }
+        }
+    }
+
+    /// The symbol of `s` if it is interned.
+    #[must_use]
+    pub fn get(&self, s: &str) -> Option<Sym> {
+        let hash = self.state.hash_one(s);
+        self.index
+            .find(hash, |&k| slice(&self.bytes, &self.ends, k) == s)
+            .copied()
+    }
+
+    /// Whether `sym` was interned more than once (true for an unknown symbol).
+    #[must_use]
+    pub fn repeated(&self, sym: Sym) -> bool {
+        self.repeated.get(sym as usize).copied().unwrap_or(true)
+    }
+
+    fn mark_repeated(&mut self, sym: Sym) {
+        if let Some(r) = self.repeated.get_mut(sym as usize) {
+            *r = true;
+        }
+    }
+
+    /// The string of `sym` (empty for [`ABSENT`] or an unknown symbol).
+    #[must_use]
+    pub fn str(&self, sym: Sym) -> &str {
+        slice(&self.bytes, &self.ends, sym)
+    }
+
+    /// How many strings are interned.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether only the empty string is interned.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ends.len() <= 1
+    }
+
+    /// Room for `more` strings of `bytes` bytes in all.
+    pub fn reserve(&mut self, more: usize, bytes: usize) {
+        let Self {
+            bytes: buffer,
+            ends,
+            repeated,
+            index,
+            state,
+        } = self;
+        buffer.reserve(bytes);
+        ends.reserve(more);
+        repeated.reserve(more);
+        index.reserve(more, |&k| state.hash_one(slice(buffer, ends, k)));
+    }
+
+    /// Bytes held (buffer, ends and index), for the hub's memory figures.
+    #[must_use]
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes.capacity()
+            + self.ends.capacity() * std::mem::size_of::<u32>()
+            + self.repeated.capacity()
+            + self.index.capacity() * (std::mem::size_of::<Sym>() + 1)
+    }
+}
+
+/// One deploy event. Its changes are `Table::change_*[changes..]` up to the next event's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rec {
+    /// When the new version was live.
+    pub finished: UnixSeconds,
+    /// When the deploy began.
+    pub started: UnixSeconds,
+    /// Delivery id.
+    pub id: Sym,
+    /// Version (in its group's strings).
+    pub version: Sym,
+    /// Head commit (in its group's strings).
+    pub commit: Sym,
+    /// `fixes_deployment`, [`ABSENT`] for `None`.
+    pub fixes: Sym,
+    /// Its (service, environment): an index into [`Table::groups`].
+    pub group: u32,
+    /// Index of its first change.
+    pub changes: u32,
+    /// Success or failure.
+    pub status: DeployStatus,
+    /// Normal, hotfix or rollback.
+    pub kind: DeploymentKind,
+}
+
+/// One incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inc {
+    /// When it began.
+    pub started: UnixSeconds,
+    /// When it was resolved.
+    pub resolved: Option<UnixSeconds>,
+    /// Incident id.
+    pub id: Sym,
+    /// Its (service, environment).
+    pub group: u32,
+    /// `deployment_id`, [`ABSENT`] for `None`.
+    pub deployment: Sym,
+    /// `commit`, [`ABSENT`] for `None` (in its group's strings).
+    pub commit: Sym,
+    /// `resolved_by_deployment`, [`ABSENT`] for `None`.
+    pub resolved_by: Sym,
+}
+
+/// One regression finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finding {
+    /// First breaching sample.
+    pub started: UnixSeconds,
+    /// Back within thresholds.
+    pub resolved: Option<UnixSeconds>,
+    /// Delivery id of the deployment blamed.
+    pub deployment: Sym,
+    /// Its (service, environment).
+    pub group: u32,
+}
+
+/// Deploy events, incidents and regression findings in arrival order, strings interned.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    strings: Strings,
+    /// (service, environment) of each group, by group index.
+    groups: Vec<(Sym, Sym)>,
+    /// Each group's own strings (versions, commit ids), by group index.
+    local: Vec<Strings>,
+    group_index: HashMap<(Sym, Sym), u32>,
+    deployments: Vec<Rec>,
+    /// Each change's commit id (in its event's group's strings).
+    change_sha: Vec<Sym>,
+    /// Each change's time as lead time counts it (`Change::effective_time`).
+    change_at: Vec<UnixSeconds>,
+    /// (change, author time) of the changes with a pull request's first-commit time (then
+    /// `change_at` holds that), by change.
+    squash: Vec<(u32, UnixSeconds)>,
+    /// (deploy event, incident id) of `resolves_incidents`, by event.
+    resolves: Vec<(u32, Sym)>,
+    incidents: Vec<Inc>,
+    findings: Vec<Finding>,
+}
+
+/// Symbols of one table in another, as [`Table::filtered`] copies events.
+#[derive(Default)]
+struct Remap {
+    syms: HashMap<Sym, Sym>,
+    /// Of the groups' strings: ((old group, old symbol), new symbol).
+    local: HashMap<(u32, Sym), Sym>,
+}
+
+fn copy_sym(from: &Strings, to: &mut Strings, sym: Sym) -> Sym {
+    let new = to.intern(from.str(sym));
+    if from.repeated(sym) {
+        to.mark_repeated(new);
+    }
+    new
+}
+
+impl Remap {
+    fn sym(&mut self, from: &Table, to: &mut Table, sym: Sym) -> Sym {
+        if sym == ABSENT {
+            return ABSENT;
+        }
+        *self
+            .syms
+            .entry(sym)
+            .or_insert_with(|| copy_sym(&from.strings, &mut to.strings, sym))
+    }
+
+    /// A symbol of group `g`'s strings in `from` as one of group `to_g`'s in `to`.
+    fn local(&mut self, from: &Table, g: u32, to: &mut Table, to_g: u32, sym: Sym) -> Sym {
+        if sym == ABSENT {
+            return ABSENT;
+        }
+        *self.local.entry((g, sym)).or_insert_with(|| {
+            match (from.local.get(g as usize), to.local.get_mut(to_g as usize)) {
+                (Some(a), Some(b)) => copy_sym(a, b, sym),
+                _ => EMPTY,
+            }
+        })
+    }
+
+    fn group(&mut self, from: &Table, to: &mut Table, g: u32) -> u32 {
+        let (s, e) = from
+            .groups
+            .get(g as usize)
+            .copied()
+            .unwrap_or((EMPTY, EMPTY));
+        let key = (self.sym(from, to, s), self.sym(from, to, e));
+        let (groups, local) = (&mut to.groups, &mut to.local);
+        *to.group_index.entry(key).or_insert_with(|| {
+            groups.push(key);
+            local.push(Strings::default());
+            index_u32(groups.len() - 1)
+        })
+    }
+}
+
+fn sym_of(strings: &mut Strings, s: Option<&str>) -> Sym {
+    s.map_or(ABSENT, |s| strings.intern(s))
+}
+
+fn index_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl Table {
+    /// The table of `events`, in their order.
+    #[must_use]
+    pub fn from_events(events: &Events) -> Self {
+        let mut table = Self::default();
+        let changes: usize = events.deployments.iter().map(|d| d.commits.len()).sum();
+        let bytes: usize = events.deployments.iter().map(|d| d.id.len()).sum();
+        table.strings.reserve(events.deployments.len(), bytes);
+        table.deployments.reserve(events.deployments.len());
+        table.change_sha.reserve(changes);
+        table.change_at.reserve(changes);
+        // Groups looked up in a map of their own: small, so it stays in cache.
+        let mut groups: HashMap<(&str, &str), u32> = HashMap::default();
+        let mut group_of = Vec::with_capacity(events.deployments.len());
+        // Strings and bytes each group's strings will hold, at most.
+        let mut sizes: Vec<(usize, usize)> = Vec::new();
+        for d in &events.deployments {
+            let group = match groups.get(&(d.service.as_str(), d.environment.as_str())) {
+                Some(&g) => g,
+                None => {
+                    let g = table.group(&d.service, &d.environment);
+                    groups.insert((&d.service, &d.environment), g);
+                    g
+                }
+            };
+            let g = group as usize;
+            if sizes.len() <= g {
+                sizes.resize(g + 1, (0, 0));
+            }
+            sizes[g].0 += 2 + d.commits.len();
+            sizes[g].1 += d.version.len() + d.commits.iter().map(|c| c.sha.len()).sum::<usize>();
+            group_of.push(group);
+        }
+        for (local, &(n, bytes)) in table.local.iter_mut().zip(&sizes) {
+            local.reserve(n, bytes);
+        }
+        for (d, &group) in events.deployments.iter().zip(&group_of) {
+            table.push_in(d, group);
+        }
+        table.incidents.reserve(events.incidents.len());
+        for i in &events.incidents {
+            let inc = table.incident_rec(i);
+            table.incidents.push(inc);
+        }
+        for f in &events.regressions {
+            let group = table.group(&f.service, &f.environment);
+            let deployment = table.strings.intern(&f.deployment_id);
+            table.findings.push(Finding {
+                started: f.started_at,
+                resolved: f.resolved_at,
+                deployment,
+                group,
+            });
+        }
+        table
+    }
+
+    /// The group of (service, environment), added if new.
+    fn group(&mut self, service: &str, environment: &str) -> u32 {
+        let key = (
+            self.strings.intern(service),
+            self.strings.intern(environment),
+        );
+        let (groups, local) = (&mut self.groups, &mut self.local);
+        *self.group_index.entry(key).or_insert_with(|| {
+            groups.push(key);
+            local.push(Strings::default());
+            index_u32(groups.len() - 1)
+        })
+    }
+
+    fn incident_rec(&mut self, i: &Incident) -> Inc {
+        let group = self.group(&i.service, &i.environment);
+        let commit = match (&i.commit, self.local.get_mut(group as usize)) {
+            (Some(c), Some(local)) => local.intern(c),
+            _ => ABSENT,
+        };
+        Inc {
+            started: i.started_at,
+            resolved: i.resolved_at,
+            id: self.strings.intern(&i.id),
+            group,
+            deployment: sym_of(&mut self.strings, i.deployment_id.as_deref()),
+            commit,
+            resolved_by: sym_of(&mut self.strings, i.resolved_by_deployment.as_deref()),
+        }
+    }
+
+    /// Appends a deploy event; its index.
+    pub fn push_deployment(&mut self, d: &Deployment) -> u32 {
+        let group = self.group(&d.service, &d.environment);
+        self.push_in(d, group)
+    }
+
+    /// Appends a deploy event of `group`; its index.
+    fn push_in(&mut self, d: &Deployment, group: u32) -> u32 {
+        let first_change = self.change_sha.len();
+        let e = index_u32(self.deployments.len());
+        let Some(local) = self.local.get_mut(group as usize) else {
+            return e;
+        };
+        for c in &d.commits {
+            let sha = local.intern(&c.sha);
+            if c.pr_first_commit_at.is_some() {
+                self.squash
+                    .push((index_u32(self.change_sha.len()), c.timestamp));
+            }
+            self.change_sha.push(sha);
+            self.change_at.push(c.effective_time());
+        }
+        // The head commit is most often one of the changes: no second look-up then.
+        let commit = match d.commits.iter().rposition(|c| c.sha == d.commit) {
+            Some(k) => self.change_sha[first_change + k],
+            None => local.intern(&d.commit),
+        };
+        let version = local.intern(&d.version);
+        let rec = Rec {
+            finished: d.finished_at,
+            started: d.started_at,
+            id: self.strings.intern(&d.id),
+            version,
+            commit,
+            fixes: sym_of(&mut self.strings, d.fixes_deployment.as_deref()),
+            group,
+            changes: index_u32(first_change),
+            status: d.status,
+            kind: d.kind,
+        };
+        for id in &d.resolves_incidents {
+            let sym = self.strings.intern(id);
+            self.resolves.push((e, sym));
+        }
+        self.deployments.push(rec);
+        e
+    }
+
+    /// Adds an incident, or replaces the first one with the same id.
+    pub fn put_incident(&mut self, i: &Incident) {
+        let inc = self.incident_rec(i);
+        match self.incidents.iter_mut().find(|k| k.id == inc.id) {
+            Some(held) => *held = inc,
+            None => self.incidents.push(inc),
+        }
+    }
+
+    /// The interned strings.
+    #[must_use]
+    pub fn strings(&self) -> &Strings {
+        &self.strings
+    }
+
+    /// The string of `sym`.
+    #[must_use]
+    pub fn str(&self, sym: Sym) -> &str {
+        self.strings.str(sym)
+    }
+
+    /// The strings of group `g` (versions, commit ids); empty for an unknown group.
+    #[must_use]
+    pub fn local(&self, g: u32) -> &Strings {
+        static NONE: std::sync::OnceLock<Strings> = std::sync::OnceLock::new();
+        self.local
+            .get(g as usize)
+            .unwrap_or_else(|| NONE.get_or_init(Strings::default))
+    }
+
+    /// (service, environment) of each group.
+    #[must_use]
+    pub fn groups(&self) -> &[(Sym, Sym)] {
+        &self.groups
+    }
+
+    /// The deploy events.
+    #[must_use]
+    pub fn deployments(&self) -> &[Rec] {
+        &self.deployments
+    }
+
+    /// The incidents.
+    #[must_use]
+    pub fn incidents(&self) -> &[Inc] {
+        &self.incidents
+    }
+
+    /// The regression findings.
+    #[must_use]
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+
+    /// The change indices of deploy event `e`.
+    #[must_use]
+    pub fn changes_of(&self, e: u32) -> std::ops::Range<usize> {
+        let i = e as usize;
+        let start = self.deployments.get(i).map_or(0, |r| r.changes as usize);
+        let end = self
+            .deployments
+            .get(i + 1)
+            .map_or(self.change_sha.len(), |r| r.changes as usize);
+        start..end.max(start)
+    }
+
+    /// Commit ids of the changes.
+    #[must_use]
+    pub fn change_shas(&self) -> &[Sym] {
+        &self.change_sha
+    }
+
+    /// Times of the changes as lead time counts them.
+    #[must_use]
+    pub fn change_times(&self) -> &[UnixSeconds] {
+        &self.change_at
+    }
+
+    /// The incident ids deploy event `e` resolves.
+    pub fn resolves_of(&self, e: u32) -> impl Iterator<Item = Sym> + '_ {
+        let start = self.resolves.partition_point(|&(k, _)| k < e);
+        self.resolves[start..]
+            .iter()
+            .take_while(move |&&(k, _)| k == e)
+            .map(|&(_, sym)| sym)
+    }
+
+    /// Deploy events with `resolves_incidents`, by event: (event, incident id).
+    #[must_use]
+    pub fn resolves(&self) -> &[(u32, Sym)] {
+        &self.resolves
+    }
+
+    fn opt(&self, sym: Sym) -> Option<String> {
+        (sym != ABSENT).then(|| self.str(sym).to_owned())
+    }
+
+    /// Deploy event `e` as it was given.
+    #[must_use]
+    pub fn deployment(&self, e: u32) -> Option<Deployment> {
+        let r = self.deployments.get(e as usize)?;
+        let (service, environment) = self.groups.get(r.group as usize).copied()?;
+        let local = self.local(r.group);
+        let changes = self.changes_of(e);
+        let squash_start = self
+            .squash
+            .partition_point(|&(c, _)| (c as usize) < changes.start);
+        let mut squash = self.squash[squash_start..].iter().peekable();
+        let commits = changes
+            .map(|c| {
+                let at = self.change_at[c];
+                let (timestamp, pr_first_commit_at) =
+                    match squash.next_if(|&&(k, _)| k as usize == c) {
+                        Some(&(_, author)) => (author, Some(at)),
+                        None => (at, None),
+                    };
+                Change {
+                    sha: local.str(self.change_sha[c]).to_owned(),
+                    timestamp,
+                    pr_first_commit_at,
+                }
+            })
+            .collect();
+        Some(Deployment {
+            id: self.str(r.id).to_owned(),
+            service: self.str(service).to_owned(),
+            environment: self.str(environment).to_owned(),
+            version: local.str(r.version).to_owned(),
+            commit: local.str(r.commit).to_owned(),
+            status: r.status,
+            started_at: r.started,
+            finished_at: r.finished,
+            commits,
+            kind: r.kind,
+            fixes_deployment: self.opt(r.fixes),
+            resolves_incidents: self
+                .resolves_of(e)
+                .map(|s| self.str(s).to_owned())
+                .collect(),
+        })
+    }
+
+    /// Incident `i` as it was given.
+    #[must_use]
+    pub fn incident(&self, i: usize) -> Option<Incident> {
+        let r = self.incidents.get(i)?;
+        let (service, environment) = self.groups.get(r.group as usize).copied()?;
+        Some(Incident {
+            id: self.str(r.id).to_owned(),
+            service: self.str(service).to_owned(),
+            environment: self.str(environment).to_owned(),
+            started_at: r.started,
+            resolved_at: r.resolved,
+            deployment_id: self.opt(r.deployment),
+            commit: (r.commit != ABSENT).then(|| self.local(r.group).str(r.commit).to_owned()),
+            resolved_by_deployment: self.opt(r.resolved_by),
+        })
+    }
+
+    /// Regression finding `f` as it was given.
+    #[must_use]
+    pub fn finding(&self, f: usize) -> Option<RegressionFinding> {
+        let r = self.findings.get(f)?;
+        let (service, environment) = self.groups.get(r.group as usize).copied()?;
+        Some(RegressionFinding {
+            deployment_id: self.str(r.deployment).to_owned(),
+            service: self.str(service).to_owned(),
+            environment: self.str(environment).to_owned(),
+            started_at: r.started,
+            resolved_at: r.resolved,
+        })
+    }
+
+    /// A table of the deploy events `keep` accepts (in order) and the incidents and findings
+    /// `keep_incident` and `keep_finding` accept, with only the strings they use.
+    #[must_use]
+    pub fn filtered(
+        &self,
+        mut keep: impl FnMut(&Rec) -> bool,
+        mut keep_incident: impl FnMut(&Inc) -> bool,
+        mut keep_finding: impl FnMut(&Finding) -> bool,
+    ) -> Self {
+        let mut out = Self::default();
+        let mut remap = Remap::default();
+        for (e, r) in self.deployments.iter().enumerate() {
+            if !keep(r) {
+                continue;
+            }
+            let e = index_u32(e);
+            let group = remap.group(self, &mut out, r.group);
+            let new_e = index_u32(out.deployments.len());
+            let rec = Rec {
+                id: remap.sym(self, &mut out, r.id),
+                version: remap.local(self, r.group, &mut out, group, r.version),
+                commit: remap.local(self, r.group, &mut out, group, r.commit),
+                fixes: remap.sym(self, &mut out, r.fixes),
+                group,
+                changes: index_u32(out.change_sha.len()),
+                ..*r
+            };
+            let changes = self.changes_of(e);
+            let squash_start = self
+                .squash
+                .partition_point(|&(c, _)| (c as usize) < changes.start);
+            for &(c, author) in self.squash[squash_start..]
+                .iter()
+                .take_while(|&&(c, _)| (c as usize) < changes.end)
+            {
+                let offset = c as usize - changes.start;
+                out.squash
+                    .push((index_u32(out.change_sha.len() + offset), author));
+            }
+            for c in changes {
+                let sha = remap.local(self, r.group, &mut out, group, self.change_sha[c]);
+                out.change_sha.push(sha);
+                out.change_at.push(self.change_at[c]);
+            }
+            for sym in self.resolves_of(e) {
+                let sym = remap.sym(self, &mut out, sym);
+                out.resolves.push((new_e, sym));
+            }
+            out.deployments.push(rec);
+        }
+        for i in &self.incidents {
+            if !keep_incident(i) {
+                continue;
+            }
+            let group = remap.group(self, &mut out, i.group);
+            let inc = Inc {
+                id: remap.sym(self, &mut out, i.id),
+                group,
+                deployment: remap.sym(self, &mut out, i.deployment),
+                commit: remap.local(self, i.group, &mut out, group, i.commit),
+                resolved_by: remap.sym(self, &mut out, i.resolved_by),
+                ..*i
+            };
+            out.incidents.push(inc);
+        }
+        for f in &self.findings {
+            if !keep_finding(f) {
+                continue;
+            }
+            let finding = Finding {
+                deployment: remap.sym(self, &mut out, f.deployment),
+                group: remap.group(self, &mut out, f.group),
+                ..*f
+            };
+            out.findings.push(finding);
+        }
+        out
+    }
+
+    /// Bytes held, for the hub's memory figures.
+    #[must_use]
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.strings.heap_bytes()
+            + self.local.iter().map(Strings::heap_bytes).sum::<usize>()
+            + self.groups.capacity() * size_of::<(Sym, Sym)>()
+            + self.deployments.capacity() * size_of::<Rec>()
+            + self.change_sha.capacity() * size_of::<Sym>()
+            + self.change_at.capacity() * size_of::<UnixSeconds>()
+            + self.squash.capacity() * size_of::<(u32, UnixSeconds)>()
+            + self.resolves.capacity() * size_of::<(u32, Sym)>()
+            + self.incidents.capacity() * size_of::<Inc>()
+            + self.findings.capacity() * size_of::<Finding>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_intern_once() {
+        let mut s = Strings::default();
+        assert_eq!(s.get(""), Some(EMPTY));
+        let a = s.intern("api");
+        let b = s.intern("web");
+        assert_eq!(s.intern("api"), a);
+        assert_ne!(a, b);
+        assert_eq!((s.str(a), s.str(b), s.str(EMPTY)), ("api", "web", ""));
+        assert_eq!(s.get("nope"), None);
+        assert_eq!(s.str(ABSENT), "");
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn events_come_back_as_given() {
+        let d = Deployment {
+            id: "d1".into(),
+            service: "api".into(),
+            environment: "production".into(),
+            version: "1.0".into(),
+            commit: "abc".into(),
+            status: DeployStatus::Failure,
+            started_at: 5,
+            finished_at: 9,
+            commits: vec![
+                Change {
+                    sha: "abc".into(),
+                    timestamp: 1,
+                    pr_first_commit_at: Some(-3),
+                },
+                Change {
+                    sha: String::new(),
+                    timestamp: 2,
+                    pr_first_commit_at: None,
+                },
+            ],
+            kind: DeploymentKind::Rollback,
+            fixes_deployment: Some(String::new()),
+            resolves_incidents: vec!["i1".into(), "i2".into()],
+        };
+        let plain = Deployment {
+            id: "d2".into(),
+            commits: vec![],
+            fixes_deployment: None,
+            resolves_incidents: vec![],
+            ..d.clone()
+        };
+        let i = Incident {
+            id: "i1".into(),
+            service: "web".into(),
+            environment: "staging".into(),
+            started_at: 3,
+            resolved_at: None,
+            deployment_id: Some("d1".into()),
+            commit: None,
+            resolved_by_deployment: Some(String::new()),
+        };
+        let f = RegressionFinding {
+            deployment_id: "d2".into(),
+            service: "api".into(),
+            environment: "production".into(),
+            started_at: 11,
+            resolved_at: Some(12),
+        };
+        let events = Events {
+            deployments: vec![plain.clone(), d.clone(), plain.clone()],
+            incidents: vec![i.clone()],
+            regressions: vec![f.clone()],
+        };
+        let t = Table::from_events(&events);
+        assert_eq!(t.deployment(0), Some(plain.clone()));
+        assert_eq!(t.deployment(1), Some(d.clone()));
+        assert_eq!(t.deployment(2), Some(plain.clone()));
+        assert_eq!(t.deployment(3), None);
+        assert_eq!(t.incident(0), Some(i.clone()));
+        assert_eq!(t.finding(0), Some(f.clone()));
+        // Filtering keeps what it keeps, exactly.
+        let kept = t.filtered(
+            |r| r.id != t.strings().get("d2").unwrap_or(ABSENT),
+            |_| true,
+            |_| false,
+        );
+        assert_eq!(kept.deployment(0), Some(d));
+        assert_eq!(kept.deployments().len(), 1);
+        assert_eq!(kept.incident(0), Some(i));
+        assert!(kept.findings().is_empty());
+    }
+}

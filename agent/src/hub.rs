@@ -1113,13 +1113,7 @@ mod tests {
     }
 
     fn random_history(seed: u64, n: usize, now: i64) -> Events {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut next = |n: i64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            i64::try_from(state >> 33).expect("31 bits") % n.max(1)
-        };
+        let mut next = crate::dora::test_random(seed);
         let mut e = Events::default();
         for k in 0..n {
             let finished = now - next(40 * 86_400) + next(86_400);

@@ -137,15 +137,7 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (om_name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let name = om_name;
-            let (name, kind): (std::borrow::Cow<'_, str>, &str) = match kind {
-                "counter" => (format!("{name}_total").into(), "counter"),
-                "info" => (format!("{name}_info").into(), "gauge"),
-                "stateset" | "gauge" => (name.into(), "gauge"),
-                "histogram" | "gaugehistogram" => (name.into(), "histogram"),
-                "summary" => (name.into(), "summary"),
-                _ => (name.into(), "untyped"),
-            };
+            let (name, kind) = text_family(om_name, kind);
             if let Some((help_name, help)) = pending_help.take()
                 && help_name == om_name
             {
@@ -176,6 +168,19 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         }
     }
     out
+}
+
+/// An OpenMetrics family's name and type as the text format 0.0.4 writes them (counters gain
+/// `_total`, info families `_info`; statesets are gauges).
+fn text_family<'a>(om_name: &'a str, kind: &str) -> (std::borrow::Cow<'a, str>, &'static str) {
+    match kind {
+        "counter" => (format!("{om_name}_total").into(), "counter"),
+        "info" => (format!("{om_name}_info").into(), "gauge"),
+        "stateset" | "gauge" => (om_name.into(), "gauge"),
+        "histogram" | "gaugehistogram" => (om_name.into(), "histogram"),
+        "summary" => (om_name.into(), "summary"),
+        _ => (om_name.into(), "untyped"),
+    }
 }
 
 fn strip_exemplar(line: &str) -> &str {
@@ -213,15 +218,7 @@ mod tests {
             }
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (om_name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-                let name = om_name;
-                let (name, kind): (std::borrow::Cow<'_, str>, &str) = match kind {
-                    "counter" => (format!("{name}_total").into(), "counter"),
-                    "info" => (format!("{name}_info").into(), "gauge"),
-                    "stateset" | "gauge" => (name.into(), "gauge"),
-                    "histogram" | "gaugehistogram" => (name.into(), "histogram"),
-                    "summary" => (name.into(), "summary"),
-                    _ => (name.into(), "untyped"),
-                };
+                let (name, kind) = text_family(om_name, kind);
                 if let Some((help_name, help)) = pending_help.take()
                     && help_name == om_name
                 {

@@ -2148,13 +2148,7 @@ mod tests {
     /// incidents linked by id (across services too), by head commit or change, or not at
     /// all, resolved by deployments either way, and regression findings.
     fn random_events(seed: u64, n: usize) -> Events {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut next = |n: i64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            i64::try_from(state >> 33).expect("31 bits") % n.max(1)
-        };
+        let mut next = crate::dora::test_random(seed);
         let ids = i64::try_from(n).expect("small") + 10;
         let mut e = Events::default();
         for k in 0..n {
@@ -2245,13 +2239,7 @@ mod tests {
     /// not at all, open, resolved, resolved after `NOW`, resolved by deployments either way;
     /// and regression findings.
     fn store_shaped_events(seed: u64, n: usize) -> Events {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut next = |n: i64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            i64::try_from(state >> 33).expect("31 bits") % n.max(1)
-        };
+        let mut next = crate::dora::test_random(seed);
         let count = i64::try_from(n).expect("small") + 1;
         let mut e = Events::default();
         let mut live_version = [0_i64; 8];

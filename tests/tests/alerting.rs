@@ -225,24 +225,7 @@ notifiers:
     let agent = Agent::start_in(dir, &config)?;
 
     // The deployment, then wait until the rules can see it.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let deploy = serde_json::json!({
-        "service": "checkout", "environment": "production", "version": "3.1.0",
-        "commit": "0123456789ab", "started_at": now - 120, "finished_at": now - 60,
-        "commits": [{"sha": "0123456789ab", "timestamp": now - 3600}],
-    });
-    let mut resp = common::client()
-        .post(&agent.url("/api/v1/deployments"))
-        .header("content-type", "application/json")
-        .send(deploy.to_string())?;
-    assert_eq!(
-        resp.status().as_u16(),
-        201,
-        "{}",
-        resp.body_mut().read_to_string()?
-    );
+    let finished = common::post_deployment(&agent, "checkout", "3.1.0", "0123456789ab", 3600)?;
     eventually(
         Duration::from_secs(20),
         "the last deployment on /metrics",
@@ -250,7 +233,7 @@ notifiers:
             (agent.metric(
                 "dora_last_successful_deployment_timestamp_seconds",
                 "service=\"checkout\"",
-            ) == (now - 60) as f64)
+            ) == finished as f64)
                 .then_some(())
         },
     )?;

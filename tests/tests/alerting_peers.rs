@@ -347,24 +347,7 @@ notifiers:
             .into_iter()
             .find(|p| p.to_string().contains("AgentRunning"))
     })?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let deploy = serde_json::json!({
-        "service": "checkout", "environment": "production", "version": "2.7.0",
-        "commit": "9f8e7d6c5b4a", "started_at": now - 120, "finished_at": now - 60,
-        "commits": [{"sha": "9f8e7d6c5b4a", "timestamp": now - 7200}],
-    });
-    let mut resp = common::client()
-        .post(&agent.url("/api/v1/deployments"))
-        .header("content-type", "application/json")
-        .send(deploy.to_string())?;
-    assert_eq!(
-        resp.status().as_u16(),
-        201,
-        "{}",
-        resp.body_mut().read_to_string()?
-    );
+    common::post_deployment(&agent, "checkout", "2.7.0", "9f8e7d6c5b4a", 7200)?;
     let notice = eventually(Duration::from_secs(15), "the deploy notice", || {
         top_level(&chat.seen().posts)
             .into_iter()

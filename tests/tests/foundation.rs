@@ -357,17 +357,7 @@ alerts:
         get(&agent.url("/readyz"), &[]).ok().filter(|r| r.0 == 200)
     })?;
     // Put the blocking pool and the store to work: scrapes, collection cycles, a deployment.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let deploy = common::client()
-        .post(&agent.url("/api/v1/deployments"))
-        .header("content-type", "application/json")
-        .send(format!(
-            r#"{{"service":"checkout","environment":"production","version":"1.0.0","commit":"abc123","started_at":{},"finished_at":{now}}}"#,
-            now - 60
-        ))?;
-    assert!(deploy.status().is_success(), "{}", deploy.status());
+    common::post_deployment(&agent, "checkout", "1.0.0", "abc123", 3600)?;
     for _ in 0..3 {
         let _ = get(&agent.url("/metrics"), &[])?;
         std::thread::sleep(Duration::from_millis(700));

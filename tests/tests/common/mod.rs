@@ -528,6 +528,33 @@ pub fn post_json(port: u16, path: &str, body: &str) -> Result<(u16, String)> {
     Ok((status, resp.body_mut().read_to_string()?))
 }
 
+/// Records a successful deployment of `service` to production through the DORA API, finished a
+/// minute ago, with one commit made `commit_age` seconds ago; the agent must answer 201.
+/// Returns the deployment's finish time (Unix seconds).
+pub fn post_deployment(
+    agent: &Agent,
+    service: &str,
+    version: &str,
+    commit: &str,
+    commit_age: u64,
+) -> Result<u64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let deploy = serde_json::json!({
+        "service": service, "environment": "production", "version": version,
+        "commit": commit, "started_at": now - 120, "finished_at": now - 60,
+        "commits": [{"sha": commit, "timestamp": now - commit_age}],
+    });
+    let (status, body) = post_json(
+        agent.addr.port(),
+        "/api/v1/deployments",
+        &deploy.to_string(),
+    )?;
+    assert_eq!(status, 201, "{body}");
+    Ok(now - 60)
+}
+
 /// Unix seconds as RFC 3339 UTC (`2026-12-06T13:00:00Z`), for the bodies tests post.
 pub fn rfc3339(t: i64) -> String {
     // Civil from days (Howard Hinnant), enough for test timestamps.

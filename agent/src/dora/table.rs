@@ -319,22 +319,25 @@ fn index_u32(n: usize) -> u32 {
 }
 
 impl Table {
-    /// The table of `events`, in their order.
+    /// The table of `events`, in their order. Each group's strings are interned group by
+    /// group (its events in input order), so that the group's index stays in cache; the
+    /// table is the same as pushing the events one by one.
     #[must_use]
     pub fn from_events(events: &Events) -> Self {
         let mut table = Self::default();
-        let changes: usize = events.deployments.iter().map(|d| d.commits.len()).sum();
-        let bytes: usize = events.deployments.iter().map(|d| d.id.len()).sum();
-        table.strings.reserve(events.deployments.len(), bytes);
-        table.deployments.reserve(events.deployments.len());
-        table.change_sha.reserve(changes);
-        table.change_at.reserve(changes);
+        let deployments = &events.deployments;
+        let bytes: usize = deployments.iter().map(|d| d.id.len()).sum();
+        table.strings.reserve(deployments.len(), bytes);
+        table.deployments.reserve(deployments.len());
         // Groups looked up in a map of their own: small, so it stays in cache.
         let mut groups: HashMap<(&str, &str), u32> = HashMap::default();
-        let mut group_of = Vec::with_capacity(events.deployments.len());
-        // Strings and bytes each group's strings will hold, at most.
-        let mut sizes: Vec<(usize, usize)> = Vec::new();
-        for d in &events.deployments {
+        let mut group_of = Vec::with_capacity(deployments.len());
+        // Each event's first change; the last entry is the number of changes.
+        let mut first_change: Vec<usize> = Vec::with_capacity(deployments.len() + 1);
+        // Strings and bytes each group's strings will hold, at most, and its events.
+        let mut sizes: Vec<(usize, usize, usize)> = Vec::new();
+        let mut changes = 0;
+        for d in deployments {
             let group = match groups.get(&(d.service.as_str(), d.environment.as_str())) {
                 Some(&g) => g,
                 None => {
@@ -345,17 +348,84 @@ impl Table {
             };
             let g = group as usize;
             if sizes.len() <= g {
-                sizes.resize(g + 1, (0, 0));
+                sizes.resize(g + 1, (0, 0, 0));
             }
             sizes[g].0 += 2 + d.commits.len();
             sizes[g].1 += d.version.len() + d.commits.iter().map(|c| c.sha.len()).sum::<usize>();
+            sizes[g].2 += 1;
             group_of.push(group);
+            first_change.push(changes);
+            changes += d.commits.len();
         }
-        for (local, &(n, bytes)) in table.local.iter_mut().zip(&sizes) {
+        first_change.push(changes);
+        for (local, &(n, bytes, _)) in table.local.iter_mut().zip(&sizes) {
             local.reserve(n, bytes);
         }
-        for (d, &group) in events.deployments.iter().zip(&group_of) {
-            table.push_in(d, group);
+        // The events of each group, in input order.
+        let mut next: Vec<usize> = Vec::with_capacity(sizes.len());
+        let mut at = 0;
+        for &(_, _, n) in &sizes {
+            next.push(at);
+            at += n;
+        }
+        let mut by_group = vec![0_u32; deployments.len()];
+        for (e, &g) in group_of.iter().enumerate() {
+            if let Some(slot) = next.get_mut(g as usize) {
+                by_group[*slot] = index_u32(e);
+                *slot += 1;
+            }
+        }
+        // The groups' strings, group by group: (version, head commit) of each event.
+        let mut heads: Vec<(Sym, Sym)> = vec![(EMPTY, EMPTY); deployments.len()];
+        table.change_sha = vec![EMPTY; changes];
+        table.change_at = vec![0; changes];
+        let mut start = 0;
+        for (local, &(_, _, n)) in table.local.iter_mut().zip(&sizes) {
+            for &e in &by_group[start..start + n] {
+                let e = e as usize;
+                let d = &deployments[e];
+                let first = first_change[e];
+                for (k, c) in d.commits.iter().enumerate() {
+                    table.change_sha[first + k] = local.intern(&c.sha);
+                    table.change_at[first + k] = c.effective_time();
+                }
+                // The head commit is most often one of the changes: no second look-up then.
+                let commit = match d.commits.iter().rposition(|c| c.sha == d.commit) {
+                    Some(k) => table.change_sha[first + k],
+                    None => local.intern(&d.commit),
+                };
+                heads[e] = (local.intern(&d.version), commit);
+            }
+            start += n;
+        }
+        drop(by_group);
+        // The records and the table's strings, in input order.
+        for (e, d) in deployments.iter().enumerate() {
+            let first = first_change[e];
+            for (k, c) in d.commits.iter().enumerate() {
+                if c.pr_first_commit_at.is_some() {
+                    table.squash.push((index_u32(first + k), c.timestamp));
+                }
+            }
+            let (version, commit) = heads[e];
+            let rec = Rec {
+                finished: d.finished_at,
+                started: d.started_at,
+                id: table.strings.intern(&d.id),
+                version,
+                commit,
+                fixes: sym_of(&mut table.strings, d.fixes_deployment.as_deref()),
+                group: group_of[e],
+                changes: index_u32(first),
+                status: d.status,
+                kind: d.kind,
+            };
+            let e = index_u32(e);
+            for id in &d.resolves_incidents {
+                let sym = table.strings.intern(id);
+                table.resolves.push((e, sym));
+            }
+            table.deployments.push(rec);
         }
         table.incidents.reserve(events.incidents.len());
         for i in &events.incidents {

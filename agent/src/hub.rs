@@ -737,12 +737,16 @@ fn recovery_series(events: &Table, now: UnixSeconds) -> HistogramSeries {
         .filter(|&d| d != ABSENT)
         .collect();
     let mut failing: foldhash::HashMap<Sym, UnixSeconds> = foldhash::HashMap::default();
-    if !named.is_empty() {
-        for d in events.deployments().iter().filter(|d| {
-            d.status == DeployStatus::Success && d.finished <= now && named.contains(&d.id)
-        }) {
-            let at = failing.entry(d.id).or_insert(d.finished);
-            *at = (*at).max(d.finished);
+    let recs = events.deployments();
+    for &id in &named {
+        for e in events.events_with_id(id) {
+            let Some(d) = recs.get(e as usize) else {
+                continue;
+            };
+            if d.status == DeployStatus::Success && d.finished <= now {
+                let at = failing.entry(id).or_insert(d.finished);
+                *at = (*at).max(d.finished);
+            }
         }
     }
     let mut recovery: BTreeMap<(&str, &str), Histogram> = BTreeMap::new();

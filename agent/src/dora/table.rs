@@ -252,6 +252,10 @@ pub struct Table {
     resolves: Vec<(u32, Sym)>,
     incidents: Vec<Inc>,
     findings: Vec<Finding>,
+    /// By symbol: the first deploy event with that delivery id (`u32::MAX` for none).
+    id_first: Vec<u32>,
+    /// The later deploy events of a delivery id held by several, in order.
+    id_more: HashMap<Sym, Vec<u32>>,
 }
 
 /// Symbols of one table in another, as [`Table::filtered`] copies events.
@@ -425,6 +429,7 @@ impl Table {
                 let sym = table.strings.intern(id);
                 table.resolves.push((e, sym));
             }
+            table.note_id(rec.id, e);
             table.deployments.push(rec);
         }
         table.incidents.reserve(events.incidents.len());
@@ -520,6 +525,7 @@ impl Table {
             let sym = self.strings.intern(id);
             self.resolves.push((e, sym));
         }
+        self.note_id(rec.id, e);
         self.deployments.push(rec);
         e
     }
@@ -531,6 +537,35 @@ impl Table {
             Some(held) => *held = inc,
             None => self.incidents.push(inc),
         }
+    }
+
+    /// Indexes deploy event `e` under its delivery id.
+    fn note_id(&mut self, id: Sym, e: u32) {
+        let i = id as usize;
+        if id == ABSENT {
+            return;
+        }
+        if self.id_first.len() <= i {
+            self.id_first.resize(i + 1, u32::MAX);
+        }
+        if self.id_first[i] == u32::MAX {
+            self.id_first[i] = e;
+        } else {
+            self.id_more.entry(id).or_default().push(e);
+        }
+    }
+
+    /// The deploy events with delivery id `id`, in order.
+    pub fn events_with_id(&self, id: Sym) -> impl Iterator<Item = u32> + '_ {
+        let first = self
+            .id_first
+            .get(id as usize)
+            .copied()
+            .filter(|&e| e != u32::MAX);
+        let more = first
+            .and_then(|_| self.id_more.get(&id))
+            .map_or(&[][..], Vec::as_slice);
+        first.into_iter().chain(more.iter().copied())
     }
 
     /// The interned strings.
@@ -745,6 +780,7 @@ impl Table {
                 let sym = remap.sym(self, &mut out, sym);
                 out.resolves.push((new_e, sym));
             }
+            out.note_id(rec.id, new_e);
             out.deployments.push(rec);
         }
         for i in &self.incidents {
@@ -790,6 +826,12 @@ impl Table {
             + self.resolves.capacity() * size_of::<(u32, Sym)>()
             + self.incidents.capacity() * size_of::<Inc>()
             + self.findings.capacity() * size_of::<Finding>()
+            + self.id_first.capacity() * size_of::<u32>()
+            + self
+                .id_more
+                .values()
+                .map(|v| v.capacity() * size_of::<u32>() + 32)
+                .sum::<usize>()
     }
 }
 

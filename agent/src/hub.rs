@@ -627,7 +627,13 @@ fn compute_at(
         "1 for the DORA performance level of each metric, 0 for the other levels",
         Kind::Gauge,
     );
-    let history = model.history(now, &Scope::environment(&cfg.environment), kept_env);
+    let env_scope = Scope::environment(&cfg.environment);
+    // With one environment both scopes hold the same groups: link once.
+    let history = if kept_env.is_none() && env_scope.same_groups(&Scope::default(), events) {
+        all_history.clone()
+    } else {
+        model.history(now, &env_scope, kept_env)
+    };
     let rate_on = rating_window(&cfg.windows);
     for &w in &cfg.windows {
         let rep: Report = history.report(w);

@@ -593,7 +593,10 @@ impl Lineage {
         if let Some(k) = own {
             return Some(from + k);
         }
-        let at = self.dups_by_event.binary_search_by_key(&e, |&(de, _)| de).ok()?;
+        let at = self
+            .dups_by_event
+            .binary_search_by_key(&e, |&(de, _)| de)
+            .ok()?;
         self.dups_by_event.get(at).map(|&(_, i)| i as usize)
     }
 
@@ -629,8 +632,17 @@ fn groups_in_scope(table: &Table, scope: &Scope) -> Vec<bool> {
         .collect()
 }
 
+impl Scope {
+    /// Whether `self` and `other` cover the same groups of `table` (then their histories are
+    /// the same).
+    #[must_use]
+    pub fn same_groups(&self, other: &Scope, table: &Table) -> bool {
+        self == other || groups_in_scope(table, self) == groups_in_scope(table, other)
+    }
+}
+
 /// One (service, environment) of a [`History`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Linked<'a> {
     /// Its (service, environment) in the table.
     group: u32,
@@ -667,7 +679,7 @@ impl<'a> Linked<'a> {
 /// Every (service, environment) in a scope at `now` with the links between them: which
 /// deployments failed, which were rework, and the recovery times — over the whole history,
 /// so that any window is a slice of it ([`History::report`]).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct History<'a> {
     now: UnixSeconds,
     table: &'a Table,

@@ -361,8 +361,6 @@ pub struct Lineage {
     deps: Vec<Dep>,
     /// Duplicates: (index in `deps` of the deployment repeated, event), by deployment.
     dups: Vec<(u32, u32)>,
-    /// The same as (event, index in `deps`), by event.
-    dups_by_event: Vec<(u32, u32)>,
     /// Lead times of the changes each deployment first shipped, deployment after deployment.
     leads: Vec<i64>,
     /// Deployments that are hotfixes or rollbacks (by kind or by version), in order.
@@ -454,8 +452,6 @@ impl Lineage {
             }
         }
         dups.sort_by_key(|&(i, _)| i);
-        let mut dups_by_event: Vec<(u32, u32)> = dups.iter().map(|&(i, e)| (e, i)).collect();
-        dups_by_event.sort_unstable();
         // Each change at the first deployment that shipped it (a duplicate's with the
         // deployment it repeats); an empty sha is never deduplicated.
         let (shas, times) = (table.change_shas(), table.change_times());
@@ -496,7 +492,6 @@ impl Lineage {
             order,
             deps,
             dups,
-            dups_by_event,
             leads,
             repairs,
         }
@@ -540,7 +535,7 @@ impl Lineage {
         use std::mem::size_of;
         self.order.capacity() * size_of::<u32>()
             + self.deps.capacity() * size_of::<Dep>()
-            + (self.dups.capacity() + self.dups_by_event.capacity()) * size_of::<(u32, u32)>()
+            + self.dups.capacity() * size_of::<(u32, u32)>()
             + self.leads.capacity() * size_of::<i64>()
             + self.repairs.capacity() * size_of::<u32>()
     }
@@ -579,25 +574,6 @@ impl Lineage {
             }
         }
         first
-    }
-
-    /// The deployment event `e` (one of its members) counts as: its own or the one it repeats.
-    fn dep_of(&self, table: &Table, e: u32) -> Option<usize> {
-        let r = table.deployments().get(e as usize)?;
-        let key = (r.finished, r.started);
-        let from = self.deps.partition_point(|d| (d.finished, d.started) < key);
-        let own = self.deps[from..]
-            .iter()
-            .take_while(|d| (d.finished, d.started) == key)
-            .position(|d| d.event == e);
-        if let Some(k) = own {
-            return Some(from + k);
-        }
-        let at = self
-            .dups_by_event
-            .binary_search_by_key(&e, |&(de, _)| de)
-            .ok()?;
-        self.dups_by_event.get(at).map(|&(_, i)| i as usize)
     }
 
     /// Index of the first deployment finished after `start`.
@@ -847,27 +823,20 @@ impl<'a> History<'a> {
         wanted.extend(findings.iter().map(|f| f.deployment));
         wanted.remove(&EMPTY);
         wanted.remove(&ABSENT);
-        // Every event of one id in a group is one deployment (dedup by id), so a group has
-        // one place for it; places in the order of `groups`.
         let mut found: HashMap<Sym, Vec<DepRef>> = HashMap::new();
-        for &id in &wanted {
-            let mut places: Vec<DepRef> = Vec::new();
-            for e in table.events_with_id(id) {
-                let r = &recs[e as usize];
-                if r.status != DeployStatus::Success || r.finished > now {
-                    continue;
+        if !wanted.is_empty() {
+            for (g, linked) in groups.iter().enumerate() {
+                let Some(l) = linked.lineage else { continue };
+                for (i, e) in l.members() {
+                    let id = recs[e as usize].id;
+                    if !wanted.contains(&id) {
+                        continue;
+                    }
+                    let places = found.entry(id).or_default();
+                    if places.last().is_none_or(|&(last, _)| last != g) {
+                        places.push((g, i));
+                    }
                 }
-                let Some(&g) = index.get(r.group as usize).filter(|&&g| g != usize::MAX) else {
-                    continue;
-                };
-                if let Some(i) = groups[g].lineage.and_then(|l| l.dep_of(table, e)) {
-                    places.push((g, i));
-                }
-            }
-            places.sort_unstable();
-            places.dedup_by_key(|p| p.0);
-            if !places.is_empty() {
-                found.insert(id, places);
             }
         }
         let ids: HashMap<Sym, DepRef> = found

@@ -975,11 +975,12 @@ impl Evaluator<'_> {
             return err("the @ modifier is not supported");
         }
         let reference = self.t - offset_ms(&vs.offset);
-        let mut out = Vec::new();
+        let matchers = matchers(vs);
+        let mut out = Vec::with_capacity(self.storage.size_hint(&matchers));
         // The store lends the samples in [reference - lookback, reference]: the newest one is
         // the value unless it marks the series stale.
         self.storage.visit(
-            &matchers(vs),
+            &matchers,
             reference - LOOKBACK_MS,
             reference,
             &mut |labels, samples, _| {
@@ -1020,8 +1021,16 @@ impl Evaluator<'_> {
     /// samples, staleness markers dropped, and whether no sample is known to be lower than the
     /// one before it (so a counter has no reset). Returns whether the selector names the metric
     /// (`__name__="x"`), in which case every series visited has that name.
-    fn visit_range(&self, m: &MatrixSelector, b: &RangeBounds, f: &mut RangeVisitor<'_>) -> bool {
+    /// `reserve` is called first with about how many series there are.
+    fn visit_range(
+        &self,
+        m: &MatrixSelector,
+        b: &RangeBounds,
+        reserve: &mut dyn FnMut(usize),
+        f: &mut RangeVisitor<'_>,
+    ) -> bool {
         let matchers = matchers(&m.vs);
+        reserve(self.storage.size_hint(&matchers));
         let one_name = matchers
             .iter()
             .any(|m| matches!(m.op, MatchOp::Equal) && m.name == METRIC_NAME);
@@ -1167,7 +1176,7 @@ impl Evaluator<'_> {
             "absent_over_time" => {
                 let (m, b) = self.range_selector(arg(0)?)?;
                 let mut present = false;
-                self.visit_range(m, &b, &mut |_, _, _| present = true);
+                self.visit_range(m, &b, &mut |_| {}, &mut |_, _, _| present = true);
                 Ok(Val::Vector(if !present {
                     vec![Elem {
                         labels: LabelSet::new(absent_labels(arg(0)?)),
@@ -1300,7 +1309,12 @@ impl Evaluator<'_> {
         let (m, b) = self.range_selector(range_arg)?;
         let mut out = Vec::new();
         let mut scratch = Vec::new();
-        let one_name = self.visit_range(m, &b, &mut |labels, pts, no_decrease| {
+        let hint = std::cell::Cell::new(0);
+        let mut reserve = |n: usize| hint.set(n);
+        let one_name = self.visit_range(m, &b, &mut reserve, &mut |labels, pts, no_decrease| {
+            if out.capacity() == 0 {
+                out.reserve(hint.get());
+            }
             if let Some(v) = func.apply(pts, no_decrease, &b, self.t, param, &mut scratch) {
                 let mut labels = LabelSet::shared(labels);
                 if func != RangeFn::LastOverTime {
@@ -1425,6 +1439,39 @@ impl Evaluator<'_> {
         let op_is_sum = op == "sum";
         // Groups are found by the hash of their key labels, then compared label by label: no
         // key is built for a sample whose group exists.
+        let add_to_group = |g: &mut Group, s: Elem| {
+            if op_is_sum {
+                g.value += s.v;
+                return;
+            }
+            match op.as_str() {
+                "sum" => g.value += s.v,
+                "avg" => {
+                    g.count += 1.0;
+                    if g.mean.is_infinite() {
+                        if s.v.is_infinite() && (g.mean > 0.0) == (s.v > 0.0) {
+                            return;
+                        }
+                        if !s.v.is_infinite() && !s.v.is_nan() {
+                            return;
+                        }
+                    }
+                    g.mean += s.v / g.count - g.mean / g.count;
+                }
+                "max" if g.value < s.v || g.value.is_nan() => g.value = s.v,
+                "min" if g.value > s.v || g.value.is_nan() => g.value = s.v,
+                "count" | "count_values" => g.count += 1.0,
+                "stddev" | "stdvar" => {
+                    g.count += 1.0;
+                    let delta = s.v - g.mean;
+                    g.mean += delta / g.count;
+                    g.value += delta * (s.v - g.mean);
+                }
+                "topk" | "bottomk" | "quantile" => g.members.push(s),
+                _ => {}
+            }
+        };
+        let mut last_group: Option<usize> = None;
         let hasher = foldhash::fast::RandomState::default();
         let mut by_hash: HashMap<u64, usize, foldhash::fast::RandomState> = HashMap::default();
         let mut ordered: Vec<Group> = Vec::new();
@@ -1437,10 +1484,26 @@ impl Evaluator<'_> {
             // With `by` and up to four grouping labels, each is looked up once.
             let mut vals: [Option<&String>; 4] = [None; 4];
             let fixed = by && by_names.len() <= vals.len();
-            let mut h = hasher.build_hasher();
             if fixed {
                 for (i, &n) in by_names.iter().enumerate() {
                     vals[i] = s.labels.get(n);
+                }
+                // Series next to each other in the store often share a group (they are listed
+                // in the order they appeared): the last group found is tried first.
+                if let Some(gi) = last_group
+                    && ordered[gi]
+                        .values
+                        .iter()
+                        .zip(&vals)
+                        .all(|(a, b)| a.as_ref() == *b)
+                {
+                    add_to_group(&mut ordered[gi], s);
+                    continue;
+                }
+            }
+            let mut h = hasher.build_hasher();
+            if fixed {
+                for (i, &n) in by_names.iter().enumerate() {
                     if let Some(v) = vals[i] {
                         n.hash(&mut h);
                         v.hash(&mut h);
@@ -1478,6 +1541,7 @@ impl Evaluator<'_> {
                     Vec::new()
                 };
                 let next = by_hash.insert(hash, ordered.len());
+                last_group = Some(ordered.len());
                 let value = match op.as_str() {
                     "stddev" | "stdvar" => 0.0,
                     "group" => 1.0,
@@ -1494,39 +1558,10 @@ impl Evaluator<'_> {
                 });
                 continue;
             };
-            let g = &mut ordered[gi];
-            if op_is_sum {
-                g.value += s.v;
-                continue;
-            }
-            match op.as_str() {
-                "sum" => g.value += s.v,
-                "avg" => {
-                    g.count += 1.0;
-                    if g.mean.is_infinite() {
-                        if s.v.is_infinite() && (g.mean > 0.0) == (s.v > 0.0) {
-                            continue;
-                        }
-                        if !s.v.is_infinite() && !s.v.is_nan() {
-                            continue;
-                        }
-                    }
-                    g.mean += s.v / g.count - g.mean / g.count;
-                }
-                "max" if g.value < s.v || g.value.is_nan() => g.value = s.v,
-                "min" if g.value > s.v || g.value.is_nan() => g.value = s.v,
-                "count" | "count_values" => g.count += 1.0,
-                "stddev" | "stdvar" => {
-                    g.count += 1.0;
-                    let delta = s.v - g.mean;
-                    g.mean += delta / g.count;
-                    g.value += delta * (s.v - g.mean);
-                }
-                "topk" | "bottomk" | "quantile" => g.members.push(s),
-                _ => {}
-            }
+            last_group = Some(gi);
+            add_to_group(&mut ordered[gi], s);
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(ordered.len());
         for g in ordered {
             let v = match op.as_str() {
                 "avg" => g.mean,

@@ -340,6 +340,27 @@ fn labels_bytes(l: &Labels) -> usize {
             .sum::<usize>()
 }
 
+/// A selector the rules read, with the series it matches.
+#[derive(Debug)]
+struct SelectorSlots {
+    matchers: Vec<Matcher>,
+    /// Slots, in the order of `History::by_name`.
+    slots: Vec<usize>,
+}
+
+/// A series of a [`History`] as [`History::append_handle`] found it: its slot, or that it is not
+/// kept, with the generation that tells whether this still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesHandle {
+    slot: u32,
+    generation: u32,
+}
+
+impl SeriesHandle {
+    /// The slot of a series no rule reads.
+    const NOT_KEPT: u32 = u32::MAX;
+}
+
 /// A bounded, downsampling series store for the agent's rule evaluation.
 #[derive(Debug)]
 pub struct History {
@@ -350,9 +371,21 @@ pub struct History {
     /// The requirements whose selector does not name the metric.
     requirements_unnamed: Vec<usize>,
     slots: Vec<Option<HSeries>>,
+    /// Bumped each time a slot's series is removed, so that a [`SeriesHandle`] to it no longer
+    /// holds once the slot is reused.
+    generations: Vec<u32>,
+    /// Bumped by [`History::set_requirements`]: a handle saying "not kept" holds only for the
+    /// requirements it was found under.
+    requirements_generation: u32,
     free: Vec<usize>,
     index: HashMap<Arc<Labels>, usize, LabelsHashBuilder>,
     by_name: FastMap<String, Vec<usize>>,
+    /// The distinct selectors of the requirements that name a metric and match more than the
+    /// name, each with the slots of the series it matches (in `by_name`'s order), so that
+    /// visiting such a selector matches no label.
+    selectors: Vec<SelectorSlots>,
+    /// The indexes in `selectors` by metric name.
+    selectors_by_name: FastMap<String, Vec<usize>>,
     live: usize,
     rejected_samples: u64,
     out_of_order_samples: u64,
@@ -368,9 +401,13 @@ impl History {
             requirements_by_name: FastMap::default(),
             requirements_unnamed: Vec::new(),
             slots: Vec::new(),
+            generations: Vec::new(),
+            requirements_generation: 0,
             free: Vec::new(),
             index: HashMap::default(),
             by_name: FastMap::default(),
+            selectors: Vec::new(),
+            selectors_by_name: FastMap::default(),
             live: 0,
             rejected_samples: 0,
             out_of_order_samples: 0,
@@ -405,6 +442,7 @@ impl History {
             }
         }
         self.requirements = requirements;
+        self.requirements_generation = self.requirements_generation.wrapping_add(1);
         for i in 0..self.slots.len() {
             let Some(s) = &self.slots[i] else {
                 continue;
@@ -432,6 +470,54 @@ impl History {
                 s.prune(full_res);
             }
         }
+        self.index_selectors();
+    }
+
+    /// Rebuilds `selectors` from the requirements and the series held.
+    fn index_selectors(&mut self) {
+        self.selectors.clear();
+        self.selectors_by_name.clear();
+        for r in &self.requirements {
+            let Some(name) = metric_name_of(&r.matchers) else {
+                continue;
+            };
+            if r.matchers.len() < 2 {
+                continue;
+            }
+            let ids = self.selectors_by_name.entry(name.to_owned()).or_default();
+            if ids
+                .iter()
+                .any(|&i| same_matchers(&self.selectors[i].matchers, &r.matchers))
+            {
+                continue;
+            }
+            ids.push(self.selectors.len());
+            let slots = self
+                .by_name
+                .get(name)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|&i| {
+                    self.slots[i]
+                        .as_ref()
+                        .is_some_and(|s| r.matchers.iter().all(|m| m.matches_labels(&s.labels)))
+                })
+                .collect();
+            self.selectors.push(SelectorSlots {
+                matchers: r.matchers.clone(),
+                slots,
+            });
+        }
+    }
+
+    /// The index in `selectors` of a selector with these matchers, if it is indexed.
+    fn indexed_selector(&self, name: &str, matchers: &[Matcher]) -> Option<&SelectorSlots> {
+        self.selectors_by_name
+            .get(name)?
+            .iter()
+            .map(|&i| &self.selectors[i])
+            .find(|s| same_matchers(&s.matchers, matchers))
     }
 
     /// The longest window a requirement matching `labels` reads, 0 when none matches.
@@ -473,6 +559,12 @@ impl History {
             if ids.is_empty() {
                 self.by_name.remove(name);
             }
+            for &sel in self.selectors_by_name.get(name).into_iter().flatten() {
+                self.selectors[sel].slots.retain(|&x| x != i);
+            }
+        }
+        if let Some(g) = self.generations.get_mut(i) {
+            *g = g.wrapping_add(1);
         }
         self.free.push(i);
         self.live -= 1;
@@ -482,12 +574,24 @@ impl History {
     /// timestamp replaces it; an older one is dropped and counted. Series no rule reads are not
     /// kept; a new series beyond the cap is dropped and counted.
     pub fn append(&mut self, labels: &Labels, t: i64, v: f64) {
+        self.append_handle(labels, t, v);
+    }
+
+    /// [`append`](Self::append), returning a handle with which
+    /// [`append_by_handle`](Self::append_by_handle) appends to the same series without its
+    /// labels (also for a series that is not kept, while the requirements stay the same). `None`
+    /// when the sample was refused by the series cap: such a series must be appended by its
+    /// labels again, so that it is counted, and kept once there is room.
+    pub fn append_handle(&mut self, labels: &Labels, t: i64, v: f64) -> Option<SeriesHandle> {
         let idx = match self.index.get(labels) {
             Some(&i) => i,
             None => {
                 let window = self.window_for(labels);
                 if window == 0 {
-                    return;
+                    return Some(SeriesHandle {
+                        slot: SeriesHandle::NOT_KEPT,
+                        generation: self.requirements_generation,
+                    });
                 }
                 if self.live >= self.config.max_series {
                     self.rejected_samples += 1;
@@ -495,7 +599,7 @@ impl History {
                         self.cap_reported = true;
                         self.cap_report = Some(labels.clone());
                     }
-                    return;
+                    return None;
                 }
                 let step_ms = self.step_for(window);
                 let arc = Arc::new(labels.clone());
@@ -514,17 +618,55 @@ impl History {
                     }
                     None => {
                         self.slots.push(Some(series));
+                        self.generations.push(0);
                         self.slots.len() - 1
                     }
                 };
                 if let Some(name) = labels.get(METRIC_NAME) {
                     self.by_name.entry(name.clone()).or_default().push(i);
+                    for &sel in self.selectors_by_name.get(name).into_iter().flatten() {
+                        let sel = &mut self.selectors[sel];
+                        if sel.matchers.iter().all(|m| m.matches_labels(labels)) {
+                            sel.slots.push(i);
+                        }
+                    }
                 }
                 self.index.insert(arc, i);
                 self.live += 1;
                 i
             }
         };
+        self.push_sample(idx, t, v);
+        // A slot beyond u32 (never with a sane cap) gets no handle: it is appended by labels.
+        let slot = u32::try_from(idx)
+            .ok()
+            .filter(|&s| s != SeriesHandle::NOT_KEPT)?;
+        Some(SeriesHandle {
+            slot,
+            generation: self.generations.get(idx).copied().unwrap_or(0),
+        })
+    }
+
+    /// Appends a sample to the series `handle` was returned for, as
+    /// [`append`](Self::append) would with its labels. Returns `false`, appending nothing, when
+    /// the handle no longer holds (the series was dropped, or the requirements changed for a
+    /// series that was not kept): append by the labels then.
+    pub fn append_by_handle(&mut self, handle: SeriesHandle, t: i64, v: f64) -> bool {
+        if handle.slot == SeriesHandle::NOT_KEPT {
+            return handle.generation == self.requirements_generation;
+        }
+        let idx = handle.slot as usize;
+        if self.generations.get(idx) != Some(&handle.generation)
+            || self.slots.get(idx).is_none_or(Option::is_none)
+        {
+            return false;
+        }
+        self.push_sample(idx, t, v);
+        true
+    }
+
+    /// Appends a sample to the series in slot `idx`.
+    fn push_sample(&mut self, idx: usize, t: i64, v: f64) {
         let full_res = self.config.full_resolution_ms;
         let Some(s) = self.slots[idx].as_mut() else {
             return;
@@ -597,8 +739,30 @@ impl History {
             .iter()
             .map(|(k, v)| k.len() + std::mem::size_of::<(String, Vec<usize>)>() + v.capacity() * 8)
             .sum();
-        series + slots + self.free.capacity() * 8 + index + names
+        let selectors: usize = self
+            .selectors
+            .iter()
+            .map(|s| std::mem::size_of::<SelectorSlots>() + s.slots.capacity() * 8)
+            .sum();
+        series
+            + slots
+            + selectors
+            + self.generations.capacity() * 4
+            + self.free.capacity() * 8
+            + index
+            + names
     }
+}
+
+/// Whether two selectors have the same matchers, in the same order (a regular expression is
+/// compared by its text).
+fn same_matchers(a: &[Matcher], b: &[Matcher]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.name == y.name
+                && x.value == y.value
+                && std::mem::discriminant(&x.op) == std::mem::discriminant(&y.op)
+        })
 }
 
 /// Where the matcher requiring the metric name (`__name__="x"`) is, if there is one.
@@ -614,6 +778,19 @@ fn metric_name_of(matchers: &[Matcher]) -> Option<&str> {
 }
 
 impl Storage for History {
+    fn size_hint(&self, matchers: &[Matcher]) -> usize {
+        match name_matcher(matchers) {
+            Some(i) => {
+                let name = &matchers[i].value;
+                match self.indexed_selector(name, matchers) {
+                    Some(sel) => sel.slots.len(),
+                    None => self.by_name.get(name).map_or(0, Vec::len),
+                }
+            }
+            None => self.live,
+        }
+    }
+
     fn visit(&self, matchers: &[Matcher], mint: i64, maxt: i64, f: &mut SeriesVisitor<'_>) {
         // Series found by their name need not be matched against it again.
         let by_name = name_matcher(matchers);
@@ -632,7 +809,20 @@ impl Storage for History {
         };
         match by_name {
             Some(i) => {
-                for &slot in self.by_name.get(&matchers[i].value).into_iter().flatten() {
+                let name = &matchers[i].value;
+                if let Some(sel) = self.indexed_selector(name, matchers) {
+                    // Every series listed matches: only the window is left to check.
+                    for &slot in &sel.slots {
+                        if let Some(s) = &self.slots[slot] {
+                            let (samples, facts) = s.select(mint, maxt);
+                            if !samples.is_empty() {
+                                f(&s.labels, samples, facts);
+                            }
+                        }
+                    }
+                    return;
+                }
+                for &slot in self.by_name.get(name).into_iter().flatten() {
                     if let Some(s) = &self.slots[slot] {
                         one(s);
                     }

@@ -16,10 +16,10 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
-use sidelight_collector::model::Snapshot;
+use sidelight_collector::model::{Family, Kind, Snapshot};
 use sidelight_rules::group::{AlertState, EvalContext, GroupState, evaluate_group};
 use sidelight_rules::storage::{METRIC_NAME, is_stale};
-use sidelight_rules::{Group, History, HistoryConfig, HistoryStats, Labels, Rule};
+use sidelight_rules::{Group, History, HistoryConfig, HistoryStats, Labels, Rule, SeriesHandle};
 
 use super::alert::{Alert, Millis, State, Transition, fingerprint};
 
@@ -279,6 +279,148 @@ pub struct Outcome {
     pub failed: usize,
 }
 
+/// The series of the last snapshot with their history handles, family by family in the order
+/// the snapshot lists them. The registry serves its series in a stable order, so a series whose
+/// labels equal those cached at its position is appended by its handle
+/// ([`History::append_by_handle`]): its label set is neither built nor hashed again. A series
+/// found elsewhere (a new one, or one that moved) is appended by its labels and cached at its new
+/// position. Holds a copy of each series' labels; rebuilt when the rules change.
+#[derive(Debug, Default)]
+struct SnapshotHandles {
+    families: Vec<FamilyHandles>,
+}
+
+#[derive(Debug)]
+struct FamilyHandles {
+    name: String,
+    kind: Kind,
+    /// Its samples in the order [`Family::samples`] yields them.
+    samples: Vec<CachedSample>,
+}
+
+#[derive(Debug)]
+struct CachedSample {
+    /// The sample's name; only histogram families have more than one (empty otherwise).
+    name: String,
+    labels: Vec<(String, String)>,
+    /// `None` for a recorded series (the rules store it when they record it) or one the
+    /// history's cap refused (appended by its labels, so that it is counted).
+    handle: Option<SeriesHandle>,
+    recorded: bool,
+}
+
+impl SnapshotHandles {
+    /// Appends every sample of `snap` at `now`, except recorded series (`recorded`).
+    fn append(
+        &mut self,
+        snap: &Snapshot,
+        now: Millis,
+        history: &mut History,
+        recorded: &HashSet<String>,
+    ) {
+        self.families.truncate(snap.families.len());
+        for (i, f) in snap.families.iter().enumerate() {
+            if self
+                .families
+                .get(i)
+                .is_none_or(|c| c.name != f.name || c.kind != f.kind)
+            {
+                let fresh = FamilyHandles {
+                    name: f.name.clone(),
+                    kind: f.kind,
+                    samples: Vec::new(),
+                };
+                if i < self.families.len() {
+                    self.families[i] = fresh;
+                } else {
+                    self.families.push(fresh);
+                }
+            }
+            let cache = &mut self.families[i].samples;
+            let n = append_family(f, cache, now, history, recorded);
+            cache.truncate(n);
+        }
+    }
+}
+
+/// Appends the samples of one family with the handles cached for it; returns how many there
+/// were. The samples are those [`Family::samples`] yields (counters `<name>_total`, gauges and
+/// untyped `<name>`, histograms `_sum`, `_count`, `_bucket{le}`), read without building them
+/// where the family has one sample per series.
+fn append_family(
+    f: &Family,
+    cache: &mut Vec<CachedSample>,
+    now: Millis,
+    history: &mut History,
+    recorded: &HashSet<String>,
+) -> usize {
+    let mut one = |j: usize, name: &str, named: bool, labels: &[(String, String)], v: f64| {
+        if let Some(c) = cache.get_mut(j)
+            && (!named || c.name == name)
+            && c.labels == labels
+        {
+            if c.recorded {
+                return;
+            }
+            if let Some(h) = c.handle
+                && history.append_by_handle(h, now, v)
+            {
+                return;
+            }
+            c.handle = history.append_handle(&label_set(name, labels), now, v);
+            return;
+        }
+        let is_recorded = recorded.contains(name);
+        let handle = if is_recorded {
+            None
+        } else {
+            history.append_handle(&label_set(name, labels), now, v)
+        };
+        let entry = CachedSample {
+            name: if named {
+                name.to_owned()
+            } else {
+                String::new()
+            },
+            labels: labels.to_vec(),
+            handle,
+            recorded: is_recorded,
+        };
+        match cache.get_mut(j) {
+            Some(slot) => *slot = entry,
+            None => cache.push(entry),
+        }
+    };
+    match f.kind {
+        Kind::Histogram => {
+            let mut n = 0;
+            for (j, s) in f.samples().enumerate() {
+                one(j, &s.name, true, &s.labels, s.value);
+                n = j + 1;
+            }
+            n
+        }
+        Kind::Counter | Kind::Gauge | Kind::Unknown => {
+            let name = if f.kind == Kind::Counter {
+                std::borrow::Cow::Owned(format!("{}_total", f.name))
+            } else {
+                std::borrow::Cow::Borrowed(f.name.as_str())
+            };
+            for (j, s) in f.series.iter().enumerate() {
+                one(j, &name, false, &s.labels, s.value.number());
+            }
+            f.series.len()
+        }
+    }
+}
+
+/// A snapshot sample's label set as the rules read it: its labels with `__name__`.
+fn label_set(name: &str, labels: &[(String, String)]) -> Labels {
+    let mut out: Labels = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    out.insert(METRIC_NAME.to_owned(), name.to_owned());
+    out
+}
+
 /// The Prometheus-rules evaluator's state.
 #[derive(Debug)]
 pub struct PromRules {
@@ -290,6 +432,8 @@ pub struct PromRules {
     pub alerts: BTreeMap<String, Alert>,
     recorded: RecordedCollector,
     recorded_names: HashSet<String>,
+    /// The snapshot's series with their history handles, from the last cycle.
+    handles: SnapshotHandles,
     /// `alerts.evaluation_interval` at the last cycle (ms), for groups without an interval.
     default_interval: Millis,
 }
@@ -307,6 +451,7 @@ impl PromRules {
             alerts: BTreeMap::new(),
             recorded,
             recorded_names: HashSet::new(),
+            handles: SnapshotHandles::default(),
             default_interval: 15_000,
         }
     }
@@ -410,6 +555,8 @@ impl PromRules {
             }
         }
         self.history.set_rules(&groups);
+        // Which series are recorded ones (not stored from the snapshot) may have changed.
+        self.handles = SnapshotHandles::default();
         self.recorded_names = groups
             .iter()
             .flat_map(|g| g.rules.iter())
@@ -438,19 +585,8 @@ impl PromRules {
     ) -> Outcome {
         self.default_interval = default_interval;
         if let Some(snap) = snapshot {
-            for s in snap.samples() {
-                // Recorded series come back on /metrics; they are stored when recorded only.
-                if self.recorded_names.contains(s.name.as_ref()) {
-                    continue;
-                }
-                let mut labels: Labels = s
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                labels.insert(METRIC_NAME.to_owned(), s.name.into_owned());
-                self.history.append(&labels, now, s.value);
-            }
+            self.handles
+                .append(snap, now, &mut self.history, &self.recorded_names);
         }
         let ctx = EvalContext {
             external_labels: &external.labels,

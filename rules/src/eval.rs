@@ -1631,48 +1631,72 @@ impl Evaluator<'_> {
                     }
                     None => (VectorMatchCardinality::OneToOne, false, Vec::new()),
                 };
-                let sig = |l: &LabelSet| -> Labels {
-                    l.iter()
-                        .filter(|(k, _)| {
-                            if on {
-                                names.iter().any(|n| n == *k)
-                            } else {
-                                *k != METRIC_NAME && !names.iter().any(|n| n == *k)
-                            }
-                        })
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
-                };
+                type Set<'x> = HashSet<Sig<'x>, foldhash::fast::RandomState>;
                 match op.as_str() {
                     "and" => {
-                        let right: HashSet<Labels> = r.iter().map(|s| sig(&s.labels)).collect();
+                        let right: Set<'_> =
+                            r.iter().map(|s| signature(&s.labels, on, &names)).collect();
                         Ok(Val::Vector(
                             l.into_iter()
-                                .filter(|s| right.contains(&sig(&s.labels)))
+                                .filter(|s| right.contains(&signature(&s.labels, on, &names)))
                                 .collect(),
                         ))
                     }
                     "or" => {
-                        let left: HashSet<Labels> = l.iter().map(|s| sig(&s.labels)).collect();
+                        let add: Vec<bool> = {
+                            let left: Set<'_> =
+                                l.iter().map(|s| signature(&s.labels, on, &names)).collect();
+                            r.iter()
+                                .map(|s| !left.contains(&signature(&s.labels, on, &names)))
+                                .collect()
+                        };
                         let mut out = l;
-                        out.extend(r.into_iter().filter(|s| !left.contains(&sig(&s.labels))));
+                        out.extend(
+                            r.into_iter()
+                                .zip(add)
+                                .filter_map(|(s, add)| add.then_some(s)),
+                        );
                         Ok(Val::Vector(out))
                     }
                     "unless" => {
-                        let right: HashSet<Labels> = r.iter().map(|s| sig(&s.labels)).collect();
+                        let right: Set<'_> =
+                            r.iter().map(|s| signature(&s.labels, on, &names)).collect();
                         Ok(Val::Vector(
                             l.into_iter()
-                                .filter(|s| !right.contains(&sig(&s.labels)))
+                                .filter(|s| !right.contains(&signature(&s.labels, on, &names)))
                                 .collect(),
                         ))
                     }
-                    _ => vector_vector(&op, l, r, &card, on, &names, &sig, return_bool)
-                        .map(Val::Vector),
+                    _ => vector_vector(&op, l, r, &card, on, &names, return_bool).map(Val::Vector),
                 }
             }
             _ => err(format!("operator {op} on a string")),
         }
     }
+}
+
+/// A sample's match signature for vector matching: its labels named by `on (...)`, or all but
+/// the metric name and those named by `ignoring (...)`, in name order, borrowed.
+type Sig<'a> = Vec<(&'a str, &'a str)>;
+
+fn signature<'a>(l: &'a LabelSet, on: bool, names: &[String]) -> Sig<'a> {
+    l.iter()
+        .filter(|(k, _)| {
+            if on {
+                names.iter().any(|n| n == *k)
+            } else {
+                *k != METRIC_NAME && !names.iter().any(|n| n == *k)
+            }
+        })
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+/// A signature as a label set (for messages).
+fn sig_labels(sig: &Sig<'_>) -> Labels {
+    sig.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 /// Applies an operator to two floats: the arithmetic result, or for a comparison the left value
@@ -1761,7 +1785,6 @@ fn vector_vector(
     card: &VectorMatchCardinality,
     on: bool,
     names: &[String],
-    sig: &dyn Fn(&LabelSet) -> Labels,
     return_bool: bool,
 ) -> Result<Vec<Elem>, EvalError> {
     let one_to_many = matches!(card, VectorMatchCardinality::OneToMany(_));
@@ -1773,27 +1796,29 @@ fn vector_vector(
         _ => None,
     };
     // The "one" side must have unique signatures.
-    let mut right: HashMap<Labels, &Elem> = HashMap::with_capacity(rhs.len());
+    let mut right: HashMap<Sig<'_>, &Elem, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(rhs.len(), Default::default());
     for s in &rhs {
-        let k = sig(&s.labels);
+        let k = signature(&s.labels, on, names);
         if let Some(prev) = right.get(&k) {
             let side = if one_to_many { "left" } else { "right" };
             return err(format!(
                 "found duplicate series for the match group {} on the {side} hand-side of the \
                  operation: [{}, {}];many-to-many matching not allowed: matching labels must be \
                  unique on one side",
-                crate::format_labels(&k),
+                crate::format_labels(&sig_labels(&k)),
                 crate::format_labels(&prev.labels.to_labels()),
                 crate::format_labels(&s.labels.to_labels())
             ));
         }
         right.insert(k, s);
     }
-    let mut matched_one: HashSet<Labels> = HashSet::new();
-    let mut matched_many: HashMap<Labels, HashSet<LabelSet>> = HashMap::new();
+    let mut matched_one: HashSet<Sig<'_>, foldhash::fast::RandomState> = HashSet::default();
+    let mut matched_many: HashMap<Sig<'_>, HashSet<LabelSet>, foldhash::fast::RandomState> =
+        HashMap::default();
     let mut out = Vec::new();
-    for ls in lhs {
-        let k = sig(&ls.labels);
+    for ls in &lhs {
+        let k = signature(&ls.labels, on, names);
         let Some(rs) = right.get(&k) else {
             continue;
         };
@@ -1809,7 +1834,7 @@ fn vector_vector(
             continue;
         }
         // The result's labels: the "many" (or left) side's, trimmed as Prometheus does.
-        let mut metric = ls.labels;
+        let mut metric = ls.labels.clone();
         if drops_metric_name(op) || return_bool {
             metric.drop_name();
         }

@@ -386,6 +386,10 @@ pub struct History {
     selectors: Vec<SelectorSlots>,
     /// The indexes in `selectors` by metric name.
     selectors_by_name: FastMap<String, Vec<usize>>,
+    /// The indexes in `selectors` by the hash of their matchers ([`History::matchers_hash`]).
+    selectors_by_hash: FastMap<u64, Vec<usize>>,
+    /// The hasher of `selectors_by_hash`.
+    selector_hasher: foldhash::fast::RandomState,
     live: usize,
     rejected_samples: u64,
     out_of_order_samples: u64,
@@ -408,6 +412,8 @@ impl History {
             by_name: FastMap::default(),
             selectors: Vec::new(),
             selectors_by_name: FastMap::default(),
+            selectors_by_hash: FastMap::default(),
+            selector_hasher: foldhash::fast::RandomState::default(),
             live: 0,
             rejected_samples: 0,
             out_of_order_samples: 0,
@@ -477,6 +483,7 @@ impl History {
     fn index_selectors(&mut self) {
         self.selectors.clear();
         self.selectors_by_name.clear();
+        self.selectors_by_hash.clear();
         for r in &self.requirements {
             let Some(name) = metric_name_of(&r.matchers) else {
                 continue;
@@ -492,6 +499,10 @@ impl History {
                 continue;
             }
             ids.push(self.selectors.len());
+            self.selectors_by_hash
+                .entry(matchers_hash(&self.selector_hasher, &r.matchers))
+                .or_default()
+                .push(self.selectors.len());
             let slots = self
                 .by_name
                 .get(name)
@@ -512,9 +523,12 @@ impl History {
     }
 
     /// The index in `selectors` of a selector with these matchers, if it is indexed.
-    fn indexed_selector(&self, name: &str, matchers: &[Matcher]) -> Option<&SelectorSlots> {
-        self.selectors_by_name
-            .get(name)?
+    fn indexed_selector(&self, matchers: &[Matcher]) -> Option<&SelectorSlots> {
+        if self.selectors.is_empty() {
+            return None;
+        }
+        self.selectors_by_hash
+            .get(&matchers_hash(&self.selector_hasher, matchers))?
             .iter()
             .map(|&i| &self.selectors[i])
             .find(|s| same_matchers(&s.matchers, matchers))
@@ -754,6 +768,18 @@ impl History {
     }
 }
 
+/// A hash of a selector's matchers: what [`same_matchers`] compares.
+fn matchers_hash(hasher: &foldhash::fast::RandomState, matchers: &[Matcher]) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = hasher.build_hasher();
+    for m in matchers {
+        m.name.hash(&mut h);
+        m.value.hash(&mut h);
+        std::mem::discriminant(&m.op).hash(&mut h);
+    }
+    h.finish()
+}
+
 /// Whether two selectors have the same matchers, in the same order (a regular expression is
 /// compared by its text).
 fn same_matchers(a: &[Matcher], b: &[Matcher]) -> bool {
@@ -782,7 +808,7 @@ impl Storage for History {
         match name_matcher(matchers) {
             Some(i) => {
                 let name = &matchers[i].value;
-                match self.indexed_selector(name, matchers) {
+                match self.indexed_selector(matchers) {
                     Some(sel) => sel.slots.len(),
                     None => self.by_name.get(name).map_or(0, Vec::len),
                 }
@@ -810,7 +836,7 @@ impl Storage for History {
         match by_name {
             Some(i) => {
                 let name = &matchers[i].value;
-                if let Some(sel) = self.indexed_selector(name, matchers) {
+                if let Some(sel) = self.indexed_selector(matchers) {
                     // Every series listed matches: only the window is left to check.
                     for &slot in &sel.slots {
                         if let Some(s) = &self.slots[slot] {
@@ -1007,6 +1033,126 @@ mod tests {
         assert_eq!(h.stats().series, 0);
         h.append(&labels(r#"x{i="9"}"#), 2 * HOUR, 1.0);
         assert_eq!(h.stats().series, 1);
+    }
+
+    #[test]
+    fn handles_append_as_labels_do_until_they_no_longer_hold() {
+        let mut h = History::new(HistoryConfig {
+            max_series: 2,
+            ..HistoryConfig::default()
+        });
+        let rf = crate::file::parse(
+            "t",
+            "groups:\n- name: g\n  rules:\n  - record: r\n    expr: x{i=\"1\"} + y\n",
+        )
+        .expect("rules");
+        h.set_rules(&rf.groups);
+        let x1 = labels(r#"x{i="1"}"#);
+        let x2 = labels(r#"x{i="2"}"#);
+        let hx = h.append_handle(&x1, 0, 1.0).expect("kept");
+        let unread = h.append_handle(&x2, 0, 1.0).expect("not kept, not refused");
+        assert!(h.append_by_handle(hx, 1000, 2.0));
+        assert!(h.append_by_handle(unread, 1000, 2.0), "still not kept");
+        assert_eq!(h.stats().series, 1);
+        let sel = |h: &History| h.select(&[Matcher::equal(METRIC_NAME, "x")], 0, i64::MAX);
+        assert_eq!(
+            sel(&h)[0].samples,
+            vec![Sample { t: 0, v: 1.0 }, Sample { t: 1000, v: 2.0 }]
+        );
+        // Rules that read x{i="2"} too: the "not kept" handle no longer holds.
+        let rf = crate::file::parse(
+            "t",
+            "groups:\n- name: g\n  rules:\n  - record: r\n    expr: x + y\n",
+        )
+        .expect("rules");
+        h.set_rules(&rf.groups);
+        assert!(!h.append_by_handle(unread, 2000, 3.0));
+        assert!(
+            h.append_by_handle(hx, 2000, 3.0),
+            "a kept series' handle holds"
+        );
+        let h2 = h.append_handle(&x2, 2000, 3.0).expect("kept now");
+        // The cap refuses a third series: no handle, so it is appended (and counted) by labels.
+        assert_eq!(h.append_handle(&labels("y"), 2000, 1.0), None);
+        assert_eq!(h.stats().rejected_samples, 1);
+        // A series that ends frees its slot; a handle to it no longer holds, even once the
+        // slot holds another series.
+        h.prune(2000 + HOUR);
+        assert_eq!(h.stats().series, 0);
+        let hy = h
+            .append_handle(&labels("y"), 2000 + HOUR, 1.0)
+            .expect("kept");
+        assert!(!h.append_by_handle(hx, 2001 + HOUR, 9.0));
+        assert!(!h.append_by_handle(h2, 2001 + HOUR, 9.0));
+        assert!(h.append_by_handle(hy, 2001 + HOUR, 2.0));
+        assert_eq!(h.stats().series, 1);
+        assert_eq!(h.stats().samples, 2);
+    }
+
+    #[test]
+    fn indexed_selectors_follow_series_and_rules() {
+        let mut h = History::new(HistoryConfig::default());
+        let rf = crate::file::parse(
+            "t",
+            "groups:\n- name: g\n  rules:\n  - record: r\n    expr: x{i=\"1\"} + x{i!=\"1\", j=~\"a|b\"}\n",
+        )
+        .expect("rules");
+        h.set_rules(&rf.groups);
+        for (i, l) in [
+            r#"x{i="1"}"#,
+            r#"x{i="2", j="a"}"#,
+            r#"x{i="3", j="c"}"#,
+            r#"x{i="4", j="b"}"#,
+        ]
+        .iter()
+        .enumerate()
+        {
+            h.append(&labels(l), i as i64 * 1000, 1.0);
+        }
+        let q = |h: &History, e: &str| {
+            let mut got: Vec<String> = Query::parse(e)
+                .expect(e)
+                .eval_vector(h, 10_000)
+                .expect(e)
+                .into_iter()
+                .map(|s| crate::format_labels(&s.labels))
+                .collect();
+            got.sort();
+            got
+        };
+        assert_eq!(q(&h, r#"x{i="1"}"#), vec![r#"{__name__="x", i="1"}"#]);
+        assert_eq!(
+            q(&h, r#"x{i!="1", j=~"a|b"}"#),
+            vec![
+                r#"{__name__="x", i="2", j="a"}"#,
+                r#"{__name__="x", i="4", j="b"}"#
+            ]
+        );
+        // A selector not among the rules' is matched series by series (x{i="3"} is read by no
+        // rule, so not kept).
+        assert_eq!(
+            q(&h, r#"x{j=~"a|c"}"#),
+            vec![r#"{__name__="x", i="2", j="a"}"#]
+        );
+        // Series that end leave the index; new ones join it.
+        h.prune(5 * MIN + 3500);
+        h.append(&labels(r#"x{i="5", j="a"}"#), 5 * MIN + 3500, 1.0);
+        let later = |e: &str| {
+            let mut got: Vec<String> = Query::parse(e)
+                .expect(e)
+                .eval_vector(&h, 5 * MIN + 4000)
+                .expect(e)
+                .into_iter()
+                .map(|s| crate::format_labels(&s.labels))
+                .collect();
+            got.sort();
+            got
+        };
+        assert_eq!(
+            later(r#"x{i!="1", j=~"a|b"}"#),
+            vec![r#"{__name__="x", i="5", j="a"}"#]
+        );
+        assert!(later(r#"x{i="1"}"#).is_empty());
     }
 
     #[test]

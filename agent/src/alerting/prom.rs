@@ -747,6 +747,75 @@ mod tests {
     use prometheus_client::metrics::family::Family;
     use prometheus_client::registry::Registry;
 
+    /// Appending by the handles cached per snapshot position stores what appending every
+    /// sample by its labels stores, while series appear (moving others in the registry's
+    /// order), values change, and a recorded series is skipped.
+    #[test]
+    fn snapshot_handles_append_what_labels_would() {
+        use prometheus_client::metrics::gauge::Gauge;
+        use prometheus_client::metrics::histogram::Histogram;
+        use sidelight_rules::Storage as _;
+        use sidelight_rules::history::Requirement;
+        type L = Vec<(String, String)>;
+        let mut reg = Registry::default();
+        let req = Family::<L, Counter>::default();
+        reg.register("req", "requests", req.clone());
+        let temp = Family::<L, Gauge>::default();
+        reg.register("temp", "temperature", temp.clone());
+        let lat =
+            Family::<L, Histogram>::new_with_constructor(|| Histogram::new([0.1, 1.0].into_iter()));
+        reg.register("lat", "latency", lat.clone());
+        let rec = Family::<L, Gauge>::default();
+        reg.register("job:req:rate1m", "recorded", rec.clone());
+        let recorded: HashSet<String> = ["job:req:rate1m".to_owned()].into_iter().collect();
+        let l = |k: &str, v: usize| vec![(k.to_owned(), format!("v{v}"))];
+        let everything = || {
+            let mut h = History::new(HistoryConfig::default());
+            h.set_requirements(vec![Requirement::everything(60 * 60 * 1000)]);
+            h
+        };
+        let (mut by_handle, mut by_labels) = (everything(), everything());
+        let mut handles = SnapshotHandles::default();
+        for step in 0..30usize {
+            // A new series every few steps, in every family.
+            for i in 0..=step / 3 {
+                req.get_or_create(&l("job", i)).inc_by(step as u64);
+                temp.get_or_create(&l("room", i)).set((step * i) as i64);
+                lat.get_or_create(&l("route", i))
+                    .observe(step as f64 / 10.0);
+                rec.get_or_create(&l("job", i)).set(1);
+            }
+            let snap = sidelight_collector::model::snapshot(&reg).expect("snapshot");
+            let now = 1_000_000 + step as i64 * 15_000;
+            handles.append(&snap, now, &mut by_handle, &recorded);
+            for s in snap.samples() {
+                if !recorded.contains(s.name.as_ref()) {
+                    by_labels.append(&label_set(&s.name, &s.labels), now, s.value);
+                }
+            }
+        }
+        let all = |h: &History| {
+            let mut v: Vec<(Labels, Vec<(i64, u64)>)> = h
+                .select(&[], i64::MIN, i64::MAX)
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.labels,
+                        s.samples.iter().map(|x| (x.t, x.v.to_bits())).collect(),
+                    )
+                })
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let got = all(&by_handle);
+        assert_eq!(got, all(&by_labels));
+        // 10 counters, 10 gauges, 10 histograms × (sum, count, 3 buckets); no recorded series.
+        assert_eq!(got.len(), 70);
+        assert!(got.iter().all(|(l, _)| l[METRIC_NAME] != "job:req:rate1m"));
+        assert_eq!(by_handle.stats(), by_labels.stats());
+    }
+
     fn groups(yaml: &str) -> Arc<Vec<Group>> {
         Arc::new(
             sidelight_rules::file::parse("test", yaml)

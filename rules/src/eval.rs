@@ -1699,25 +1699,68 @@ fn sig_labels(sig: &Sig<'_>) -> Labels {
         .collect()
 }
 
+/// A binary operator between two numbers, read once per operation rather than per sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Pow,
+    Atan2,
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+}
+
+impl BinOp {
+    fn parse(op: &str) -> Result<BinOp, EvalError> {
+        Ok(match op {
+            "+" => BinOp::Add,
+            "-" => BinOp::Sub,
+            "*" => BinOp::Mul,
+            "/" => BinOp::Div,
+            "%" => BinOp::Mod,
+            "^" => BinOp::Pow,
+            "atan2" => BinOp::Atan2,
+            "==" => BinOp::Eq,
+            "!=" => BinOp::Ne,
+            ">" => BinOp::Gt,
+            "<" => BinOp::Lt,
+            ">=" => BinOp::Ge,
+            "<=" => BinOp::Le,
+            _ => return err(format!("operator {op} is not supported here")),
+        })
+    }
+
+    /// The arithmetic result, or for a comparison the left value and whether it holds.
+    fn apply(self, l: f64, r: f64) -> (f64, bool) {
+        match self {
+            BinOp::Add => (l + r, true),
+            BinOp::Sub => (l - r, true),
+            BinOp::Mul => (l * r, true),
+            BinOp::Div => (l / r, true),
+            BinOp::Mod => (l % r, true),
+            BinOp::Pow => (l.powf(r), true),
+            BinOp::Atan2 => (l.atan2(r), true),
+            BinOp::Eq => (l, l == r),
+            BinOp::Ne => (l, l != r),
+            BinOp::Gt => (l, l > r),
+            BinOp::Lt => (l, l < r),
+            BinOp::Ge => (l, l >= r),
+            BinOp::Le => (l, l <= r),
+        }
+    }
+}
+
 /// Applies an operator to two floats: the arithmetic result, or for a comparison the left value
 /// and whether the comparison holds.
 fn elem_binop(op: &str, l: f64, r: f64) -> Result<(f64, bool), EvalError> {
-    Ok(match op {
-        "+" => (l + r, true),
-        "-" => (l - r, true),
-        "*" => (l * r, true),
-        "/" => (l / r, true),
-        "%" => (l % r, true),
-        "^" => (l.powf(r), true),
-        "atan2" => (l.atan2(r), true),
-        "==" => (l, l == r),
-        "!=" => (l, l != r),
-        ">" => (l, l > r),
-        "<" => (l, l < r),
-        ">=" => (l, l >= r),
-        "<=" => (l, l <= r),
-        _ => return err(format!("operator {op} is not supported here")),
-    })
+    BinOp::parse(op).map(|b| b.apply(l, r))
 }
 
 /// Whether an operator's result drops the metric name: the arithmetic ones do; comparisons
@@ -1753,9 +1796,14 @@ fn vector_scalar(
     comparison: bool,
 ) -> Result<Vec<Elem>, EvalError> {
     let mut out = Vec::with_capacity(vec.len());
+    if vec.is_empty() {
+        return Ok(out);
+    }
+    let bop = BinOp::parse(op)?;
+    let drops_name = drops_metric_name(op) || return_bool;
     for mut s in vec {
         let (l, r) = if swap { (scalar, s.v) } else { (s.v, scalar) };
-        let (mut value, keep) = elem_binop(op, l, r)?;
+        let (mut value, keep) = bop.apply(l, r);
         // The vector's value is kept even when the scalar is on the left of a comparison.
         if comparison && swap {
             value = r;
@@ -1765,13 +1813,13 @@ fn vector_scalar(
         } else if !keep {
             continue;
         }
-        if drops_metric_name(op) || return_bool {
+        if drops_name {
             s.labels.drop_name();
         }
         s.v = value;
         out.push(s);
     }
-    if drops_metric_name(op) || return_bool {
+    if drops_name {
         check_unique(&out)?;
     }
     Ok(out)

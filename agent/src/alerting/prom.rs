@@ -762,8 +762,7 @@ mod tests {
         reg.register("req", "requests", req.clone());
         let temp = Family::<L, Gauge>::default();
         reg.register("temp", "temperature", temp.clone());
-        let lat =
-            Family::<L, Histogram>::new_with_constructor(|| Histogram::new([0.1, 1.0].into_iter()));
+        let lat = Family::<L, Histogram>::new_with_constructor(|| Histogram::new([0.1, 1.0]));
         reg.register("lat", "latency", lat.clone());
         let rec = Family::<L, Gauge>::default();
         reg.register("job:req:rate1m", "recorded", rec.clone());

@@ -16,7 +16,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
-use sidelight_collector::model::{Family, Kind, Snapshot};
+use sidelight_collector::model::{Family, Kind, Snapshot, Value};
 use sidelight_rules::group::{AlertState, EvalContext, GroupState, evaluate_group};
 use sidelight_rules::storage::{METRIC_NAME, is_stale};
 use sidelight_rules::{Group, History, HistoryConfig, HistoryStats, Labels, Rule, SeriesHandle};
@@ -294,6 +294,8 @@ struct SnapshotHandles {
 struct FamilyHandles {
     name: String,
     kind: Kind,
+    /// The shape of its series' values ([`Shape::of`]), which names its samples.
+    shape: Shape,
     /// Its samples in the order [`Family::samples`] yields them.
     samples: Vec<CachedSample>,
 }
@@ -309,6 +311,40 @@ struct CachedSample {
     recorded: bool,
 }
 
+/// What a family's series' values are: the sample names follow the values (a counter's
+/// `_total`, a histogram's `_sum`, `_count`, `_bucket`), as [`Family::samples`] writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Some series is a histogram: read through [`Family::samples`].
+    Histograms,
+    /// Every series is a counter (`<name>_total`).
+    Counters,
+    /// Every series is a gauge or untyped (`<name>`).
+    Plain,
+    /// Counters and gauges or untyped: each sample's name is compared too.
+    Mixed,
+}
+
+impl Shape {
+    fn of(f: &Family) -> Shape {
+        let mut counters = 0;
+        for s in &f.series {
+            match s.value {
+                Value::Histogram(_) => return Shape::Histograms,
+                Value::Counter { .. } => counters += 1,
+                Value::Gauge(_) | Value::Unknown(_) => {}
+            }
+        }
+        if counters == 0 {
+            Shape::Plain
+        } else if counters == f.series.len() {
+            Shape::Counters
+        } else {
+            Shape::Mixed
+        }
+    }
+}
+
 impl SnapshotHandles {
     /// Appends every sample of `snap` at `now`, except recorded series (`recorded`).
     fn append(
@@ -320,14 +356,16 @@ impl SnapshotHandles {
     ) {
         self.families.truncate(snap.families.len());
         for (i, f) in snap.families.iter().enumerate() {
+            let shape = Shape::of(f);
             if self
                 .families
                 .get(i)
-                .is_none_or(|c| c.name != f.name || c.kind != f.kind)
+                .is_none_or(|c| c.name != f.name || c.kind != f.kind || c.shape != shape)
             {
                 let fresh = FamilyHandles {
                     name: f.name.clone(),
                     kind: f.kind,
+                    shape,
                     samples: Vec::new(),
                 };
                 if i < self.families.len() {
@@ -337,7 +375,7 @@ impl SnapshotHandles {
                 }
             }
             let cache = &mut self.families[i].samples;
-            let n = append_family(f, cache, now, history, recorded);
+            let n = append_family(f, shape, cache, now, history, recorded);
             cache.truncate(n);
         }
     }
@@ -346,9 +384,10 @@ impl SnapshotHandles {
 /// Appends the samples of one family with the handles cached for it; returns how many there
 /// were. The samples are those [`Family::samples`] yields (counters `<name>_total`, gauges and
 /// untyped `<name>`, histograms `_sum`, `_count`, `_bucket{le}`), read without building them
-/// where the family has one sample per series.
+/// where every series has one sample (no histogram).
 fn append_family(
     f: &Family,
+    shape: Shape,
     cache: &mut Vec<CachedSample>,
     now: Millis,
     history: &mut History,
@@ -391,27 +430,27 @@ fn append_family(
             None => cache.push(entry),
         }
     };
-    match f.kind {
-        Kind::Histogram => {
-            let mut n = 0;
-            for (j, s) in f.samples().enumerate() {
-                one(j, &s.name, true, &s.labels, s.value);
-                n = j + 1;
-            }
-            n
+    if shape == Shape::Histograms {
+        let mut n = 0;
+        for (j, s) in f.samples().enumerate() {
+            one(j, &s.name, true, &s.labels, s.value);
+            n = j + 1;
         }
-        Kind::Counter | Kind::Gauge | Kind::Unknown => {
-            let name = if f.kind == Kind::Counter {
-                std::borrow::Cow::Owned(format!("{}_total", f.name))
-            } else {
-                std::borrow::Cow::Borrowed(f.name.as_str())
-            };
-            for (j, s) in f.series.iter().enumerate() {
-                one(j, &name, false, &s.labels, s.value.number());
-            }
-            f.series.len()
-        }
+        return n;
     }
+    let total = if shape == Shape::Plain {
+        String::new()
+    } else {
+        format!("{}_total", f.name)
+    };
+    for (j, s) in f.series.iter().enumerate() {
+        let name = match s.value {
+            Value::Counter { .. } => total.as_str(),
+            _ => f.name.as_str(),
+        };
+        one(j, name, shape == Shape::Mixed, &s.labels, s.value.number());
+    }
+    f.series.len()
 }
 
 /// A snapshot sample's label set as the rules read it: its labels with `__name__`.

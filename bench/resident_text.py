@@ -22,13 +22,12 @@ import bisect
 import collections
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-STD = {"core", "alloc", "std", "<impl", "__rustc", "compiler_builtins", "hashbrown", "anon"}
-IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def crate_of(name: str) -> str:
@@ -191,4 +190,5 @@ def main():
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # quiet when piped into head
     main()

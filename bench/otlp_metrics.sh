@@ -18,6 +18,7 @@
 # Usage: bench/otlp_metrics.sh [RUNS=3] [WINDOW=60]
 # Env:   RATE=10000 SERIES=5000 SENDERS=2 FAMILIES=20 SCRAPE=15 WARMUP=10 COUNT=200
 #        AGENT_BIN=path (another build of the agent, e.g. to compare before/after)
+#        GZIP=1 (every scrape asks for gzip, as Prometheus does; curl decompresses it)
 #        PYTHON=path (a Python with tests/python/requirements.txt installed; default .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +45,8 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 now() { date +%s.%N; }
 om='Accept: application/openmetrics-text; version=1.0.0'
 # One GET of /metrics: its latency in seconds (curl's time_total), the body saved to $2.
-get_metrics() { curl -sf -H "$om" -o "$2" -w '%{time_total}\n' "http://127.0.0.1:$1/metrics"; }
+gz=(); [ "${GZIP:-0}" = 1 ] && gz=(--compressed -H 'Accept-Encoding: gzip')
+get_metrics() { curl -sf "${gz[@]}" -H "$om" -o "$2" -w '%{time_total}\n' "http://127.0.0.1:$1/metrics"; }
 accepted() {   # points accepted so far, from the agent's own counter
   curl -sf "http://127.0.0.1:$1/metrics" |
     awk '/^sidelight_receiver_accepted_total\{.*signal="metrics"/ {s += $NF} END {print s + 0}'

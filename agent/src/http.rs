@@ -223,10 +223,68 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
             return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();
         }
     };
+    let gzipped = (body.len() >= GZIP_FROM_BYTES && accepts_gzip(&headers))
+        .then(|| gzip(body.as_bytes()))
+        .flatten();
     state
         .scrape_duration
         .observe(started.elapsed().as_secs_f64());
-    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+    let vary = (header::VARY, HeaderValue::from_static("accept-encoding"));
+    let content_type = (
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    match gzipped {
+        Some(gz) => (
+            [
+                content_type,
+                vary,
+                (header::CONTENT_ENCODING, HeaderValue::from_static("gzip")),
+            ],
+            gz,
+        )
+            .into_response(),
+        None => ([content_type, vary], body).into_response(),
+    }
+}
+
+/// Bodies smaller than this are served as they are even to a scraper that accepts gzip.
+const GZIP_FROM_BYTES: usize = 64 * 1024;
+
+/// Whether an `Accept-Encoding` header accepts gzip: `gzip` (or `x-gzip`, or `*` when gzip is not
+/// named) with a q-value above 0 (RFC 9110 §12.5.3).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let (mut gzip, mut any) = (None, None);
+    for value in headers.get_all(header::ACCEPT_ENCODING) {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or_default().trim();
+            let q = parts
+                .find_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    k.trim().eq_ignore_ascii_case("q").then(|| v.trim())
+                })
+                .map_or(1.0, |q| q.parse::<f32>().unwrap_or(0.0));
+            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                gzip = Some(q > 0.0);
+            } else if coding == "*" {
+                any = Some(q > 0.0);
+            }
+        }
+    }
+    gzip.or(any).unwrap_or(false)
+}
+
+/// `body` gzipped at the fastest level (`None` if that failed: the body is served as it is).
+fn gzip(body: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 8),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(body).ok()?;
+    encoder.finish().ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -444,6 +502,76 @@ mod tests {
         let (_, headers, body) = call(r, req).await;
         assert_eq!(headers[header::CONTENT_TYPE], OPENMETRICS);
         assert!(body.ends_with("# EOF\n"));
+    }
+
+    /// A scraper that accepts gzip gets a large exposition gzipped (`Vary` says so); a plain
+    /// request, a refused gzip (`q=0`) and a small body get plain text.
+    #[tokio::test]
+    async fn metrics_gzipped_when_asked() {
+        use prometheus_client::metrics::family::Family;
+        let mut s = state(vec![]);
+        let mut registry = Registry::default();
+        let family =
+            Family::<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>::default();
+        for i in 0..3000 {
+            family
+                .get_or_create(&vec![("route".to_owned(), format!("/route/{i}"))])
+                .set(i);
+        }
+        registry.register("demo_routes", "Routes", family);
+        s.registry = Arc::new(registry);
+        let r = router(s, 1 << 20, std::time::Duration::from_secs(5));
+        let fetch = |accept_encoding: Option<&'static str>| {
+            let r = r.clone();
+            async move {
+                let mut req = get("/metrics");
+                if let Some(v) = accept_encoding {
+                    req = req.header(header::ACCEPT_ENCODING, v);
+                }
+                let resp = r
+                    .oneshot(req.body(Body::empty()).expect("req"))
+                    .await
+                    .expect("infallible");
+                let headers = resp.headers().clone();
+                let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                    .await
+                    .expect("body");
+                (headers, body)
+            }
+        };
+        let (headers, plain) = fetch(None).await;
+        assert!(headers.get(header::CONTENT_ENCODING).is_none());
+        assert_eq!(headers[header::VARY], "accept-encoding");
+        assert!(plain.len() > GZIP_FROM_BYTES, "{}", plain.len());
+        for refused in ["gzip;q=0", "identity", "br", "*;q=0"] {
+            let (headers, body) = fetch(Some(refused)).await;
+            assert!(headers.get(header::CONTENT_ENCODING).is_none(), "{refused}");
+            assert_eq!(body, plain, "{refused}");
+        }
+        for accepted in [
+            "gzip",
+            "deflate, gzip;q=1.0, *;q=0.5",
+            "br, *",
+            "GZIP ; q=0.3",
+        ] {
+            let (headers, body) = fetch(Some(accepted)).await;
+            assert_eq!(headers[header::CONTENT_ENCODING], "gzip", "{accepted}");
+            assert_eq!(headers[header::CONTENT_TYPE], PROMETHEUS_TEXT);
+            assert!(body.len() < plain.len() / 4, "{accepted}: {}", body.len());
+            let mut unzipped = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut unzipped)
+                .expect("gunzip");
+            assert_eq!(unzipped, plain, "{accepted}");
+        }
+        // Small bodies are not worth it.
+        let small = router(state(vec![]), 1 << 20, std::time::Duration::from_secs(5));
+        let req = get("/metrics")
+            .header(header::ACCEPT_ENCODING, "gzip")
+            .body(Body::empty())
+            .expect("req");
+        let (_, headers, body) = call(small, req).await;
+        assert!(headers.get(header::CONTENT_ENCODING).is_none());
+        assert!(body.contains("demo_requests_total 1"), "{body}");
     }
 
     #[tokio::test]

@@ -9,9 +9,15 @@
 //! snapshot remote write and the rule evaluator read, and for the receive path (prepare + record
 //! one export of every series, once they are held).
 //!
+//! The receive path is timed twice: from decoded requests (prepare + record, as before) and from
+//! the protobuf bytes the SDK sends (prost's decode + prepare + record, what a request costs
+//! the receiver past HTTP/2 and gRPC framing), with cumulative and with delta temporality.
+//!
 //! Run: `cargo bench -p sidelight-collector --bench received_scrape`
 //! Env: `ROUNDS=200` encodes per format (`ROUNDS=5` under `valgrind --tool=callgrind`),
-//! `SERIES=5000`.
+//! `SERIES=5000`, `ONLY=text|openmetrics|gzip|prepare|cumulative|delta|snapshot` (one row, for
+//! instruction counts: run it with two `ROUNDS` and take the difference; the receive rows then
+//! send the same requests every round, so the difference holds no request building).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +30,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prometheus_client::registry::Registry;
+use prost::Message;
 use sidelight_collector::exposition::{self, Format};
 use sidelight_collector::metrics::LabelCaps;
 use sidelight_collector::received_metrics::{ReceivedMetrics, ReceivedSettings};
@@ -47,7 +54,18 @@ fn kv(k: &str, v: &str) -> KeyValue {
 }
 
 /// One export of one SDK instance after `round` updates of every series.
-fn request(instance: &str, per_family: usize, round: u64) -> ExportMetricsServiceRequest {
+fn request(
+    instance: &str,
+    per_family: usize,
+    round: u64,
+    temporality: AggregationTemporality,
+) -> ExportMetricsServiceRequest {
+    // A delta export carries one interval's worth: one observation per series.
+    let round = if temporality == AggregationTemporality::Delta {
+        1
+    } else {
+        round
+    };
     let now = 1_700_000_000_000_000_000 + round * 500_000_000;
     let attrs = |i: usize| vec![kv("route", &format!("/r{i}")), kv("code", "200")];
     let number = |i: usize, v: f64| NumberDataPoint {
@@ -65,7 +83,7 @@ fn request(instance: &str, per_family: usize, round: u64) -> ExportMetricsServic
                     "{request}",
                     Data::Sum(Sum {
                         data_points: (0..per_family).map(|i| number(i, round as f64)).collect(),
-                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                        aggregation_temporality: temporality as i32,
                         is_monotonic: true,
                     }),
                 ),
@@ -92,7 +110,7 @@ fn request(instance: &str, per_family: usize, round: u64) -> ExportMetricsServic
                                 }
                             })
                             .collect(),
-                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                        aggregation_temporality: temporality as i32,
                     }),
                 ),
                 2 => (
@@ -102,7 +120,7 @@ fn request(instance: &str, per_family: usize, round: u64) -> ExportMetricsServic
                         data_points: (0..per_family)
                             .map(|i| number(i, if i % 2 == 1 { 1.0 } else { -1.0 } * round as f64))
                             .collect(),
-                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                        aggregation_temporality: temporality as i32,
                         is_monotonic: false,
                     }),
                 ),
@@ -170,10 +188,12 @@ fn main() {
     let mut registry = Registry::default();
     caps.register(&mut registry);
     received.register(&mut registry);
+    let only = std::env::var("ONLY").unwrap_or_default();
+    let cumulative = AggregationTemporality::Cumulative;
     // Two exports per instance: the series exist and hold values, as after a few SDK intervals.
     for round in [1, 2] {
         for s in 0..SENDERS {
-            let r = request(&format!("b{}", s + 1), per_family, round);
+            let r = request(&format!("b{}", s + 1), per_family, round, cumulative);
             received.record(received.prepare(&r));
         }
     }
@@ -185,10 +205,21 @@ fn main() {
     );
     println!("| what | body KiB | samples | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|---|");
+    let run = |row: &str| only.is_empty() || only == row;
     for format in [Format::Text, Format::OpenMetrics] {
+        let row = if format == Format::Text {
+            "text"
+        } else {
+            "openmetrics"
+        };
+        let gzip = format == Format::OpenMetrics && run("gzip");
+        if !(run(row) || gzip) {
+            continue;
+        }
+        let encodes = if run(row) { rounds } else { 1 };
         let mut body = String::new();
-        let mut times = Vec::with_capacity(rounds);
-        for _ in 0..rounds {
+        let mut times = Vec::with_capacity(encodes);
+        for _ in 0..encodes {
             let t = Instant::now();
             body = exposition::encode(&registry, format).expect("encode");
             times.push(t.elapsed());
@@ -202,24 +233,104 @@ fn main() {
             "| encode {format:?} | {} | {samples} | {p50:.2} | {p99:.2} | {max:.2} |",
             body.len() / 1024
         );
+        if gzip {
+            // What serving it gzipped adds (flate2's fastest level, as the `/metrics` handler
+            // does for scrapers that send `Accept-Encoding: gzip`).
+            let mut times = Vec::with_capacity(rounds);
+            let mut gz = Vec::new();
+            for _ in 0..rounds.div_ceil(4) {
+                let t = Instant::now();
+                let mut e = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(body.len() / 8),
+                    flate2::Compression::fast(),
+                );
+                std::io::Write::write_all(&mut e, body.as_bytes()).expect("gzip");
+                gz = e.finish().expect("gzip");
+                times.push(t.elapsed());
+            }
+            let (p50, p99, max) = stats(times);
+            println!(
+                "| gzip (fast) of the OpenMetrics body | {} | - | {p50:.2} | {p99:.2} | {max:.2} |",
+                gz.len() / 1024
+            );
+        }
     }
+    let points = per_family * FAMILIES * SENDERS;
+    // With ONLY, every round sends the same requests (built once): cumulative points replace the
+    // held ones, deltas add, the same work each round.
+    let same = !only.is_empty();
     // The receive path with the series held: one export of every series (both instances).
     let mut times = Vec::with_capacity(rounds);
+    let built: Vec<_> = (0..SENDERS)
+        .map(|s| request(&format!("b{}", s + 1), per_family, 3, cumulative))
+        .collect();
     for round in 0..rounds as u64 {
-        let requests: Vec<_> = (0..SENDERS)
-            .map(|s| request(&format!("b{}", s + 1), per_family, 3 + round))
-            .collect();
+        if !run("prepare") {
+            break;
+        }
+        let fresh: Vec<_>;
+        let requests = if same {
+            &built
+        } else {
+            fresh = (0..SENDERS)
+                .map(|s| request(&format!("b{}", s + 1), per_family, 3 + round, cumulative))
+                .collect();
+            &fresh
+        };
         let t = Instant::now();
-        for r in &requests {
+        for r in requests {
             received.record(received.prepare(r));
         }
         times.push(t.elapsed());
     }
-    let (p50, p99, max) = stats(times);
-    println!(
-        "| prepare + record one export of every series | - | {} points | {p50:.2} | {p99:.2} | {max:.2} |",
-        per_family * FAMILIES * SENDERS
-    );
+    if run("prepare") {
+        let (p50, p99, max) = stats(times);
+        println!(
+            "| prepare + record one export of every series | - | {points} points | {p50:.2} | {p99:.2} | {max:.2} |"
+        );
+    }
+    // The same from the bytes: decode, prepare, record.
+    for temporality in [cumulative, AggregationTemporality::Delta] {
+        let row = if temporality == cumulative {
+            "cumulative"
+        } else {
+            "delta"
+        };
+        if !run(row) {
+            continue;
+        }
+        let mut times = Vec::with_capacity(rounds);
+        let encode = |round: u64| -> Vec<Vec<u8>> {
+            (0..SENDERS)
+                .map(|s| {
+                    request(&format!("b{}", s + 1), per_family, round, temporality).encode_to_vec()
+                })
+                .collect()
+        };
+        let built = encode(3 + rounds as u64);
+        for round in 0..rounds as u64 {
+            let fresh;
+            let requests = if same {
+                &built
+            } else {
+                fresh = encode(3 + rounds as u64 + round);
+                &fresh
+            };
+            let t = Instant::now();
+            for bytes in requests {
+                let r = ExportMetricsServiceRequest::decode(&bytes[..]).expect("decode");
+                received.record(received.prepare(&r));
+            }
+            times.push(t.elapsed());
+        }
+        let (p50, p99, max) = stats(times);
+        println!(
+            "| decode + prepare + record, {temporality:?} | - | {points} points | {p50:.2} | {p99:.2} | {max:.2} |"
+        );
+    }
+    if !run("snapshot") {
+        return;
+    }
     let mut times = Vec::with_capacity(rounds);
     let mut samples = 0;
     for _ in 0..rounds {

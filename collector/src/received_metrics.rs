@@ -41,9 +41,12 @@
 //! would count twice).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hashbrown::HashTable;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -249,25 +252,30 @@ pub fn metric_name(name: &str, unit: &str, kind: FamilyKind) -> String {
 /// A Prometheus label name for an attribute key: every character outside `[A-Za-z0-9_]` becomes
 /// `_`; a leading digit gets `key_`, a leading `_` gets `key` (`__` is reserved by Prometheus).
 pub fn label_name(key: &str) -> String {
-    let clean: String = key
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if clean.starts_with(|c: char| c.is_ascii_digit()) {
-        format!("key_{clean}")
-    } else if clean.starts_with('_') {
-        format!("key{clean}")
-    } else if clean.is_empty() {
-        "key_".to_owned()
-    } else {
-        clean
+    let mut out = String::with_capacity(key.len() + 4);
+    push_label_name(&mut out, key);
+    out
+}
+
+/// Appends [`label_name`]`(key)` to `out`.
+fn push_label_name(out: &mut String, key: &str) {
+    match key.chars().next() {
+        None => out.push_str("key_"),
+        Some(c) if c.is_ascii_digit() => out.push_str("key_"),
+        Some(c) if !c.is_ascii_alphanumeric() => out.push_str("key"),
+        Some(_) => {}
     }
+    if key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        out.push_str(key);
+        return;
+    }
+    out.extend(key.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
 }
 
 fn reserved_family(name: &str) -> bool {
@@ -279,44 +287,65 @@ fn reserved_family(name: &str) -> bool {
 /// An attribute value as label text: strings as they are, scalars rendered, arrays and maps as
 /// JSON-like text, bytes as hex.
 fn value_text(v: &AnyValue) -> Option<String> {
-    Some(match v.value.as_ref()? {
-        any_value::Value::StringValue(s) => s.clone(),
-        any_value::Value::BoolValue(b) => b.to_string(),
-        any_value::Value::IntValue(i) => i.to_string(),
-        any_value::Value::DoubleValue(d) => d.to_string(),
-        any_value::Value::BytesValue(b) => hex(b),
+    let mut out = String::new();
+    push_value_text(&mut out, v).then_some(out)
+}
+
+/// Appends [`value_text`]`(v)` to `out`; `false` (nothing appended) when it has none.
+fn push_value_text(out: &mut String, v: &AnyValue) -> bool {
+    use std::fmt::Write as _;
+    let Some(value) = v.value.as_ref() else {
+        return false;
+    };
+    match value {
+        any_value::Value::StringValue(s) => out.push_str(s),
+        any_value::Value::BoolValue(b) => out.push_str(if *b { "true" } else { "false" }),
+        any_value::Value::IntValue(i) => out.push_str(itoa::Buffer::new().format(*i)),
+        // Writing into a `String` cannot fail.
+        any_value::Value::DoubleValue(d) => drop(write!(out, "{d}")),
+        any_value::Value::BytesValue(b) => push_hex(out, b),
         any_value::Value::ArrayValue(a) => {
-            let items: Vec<String> = a
-                .values
-                .iter()
-                .map(|v| value_text(v).unwrap_or_default())
-                .collect();
-            format!("[{}]", items.join(","))
+            out.push('[');
+            for (i, v) in a.values.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_value_text(out, v);
+            }
+            out.push(']');
         }
         any_value::Value::KvlistValue(kv) => {
-            let items: Vec<String> = kv
-                .values
-                .iter()
-                .map(|kv| {
-                    let v = kv.value.as_ref().and_then(value_text).unwrap_or_default();
-                    format!("{}:{v}", kv.key)
-                })
-                .collect();
-            format!("{{{}}}", items.join(","))
+            out.push('{');
+            for (i, kv) in kv.values.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&kv.key);
+                out.push(':');
+                if let Some(v) = &kv.value {
+                    push_value_text(out, v);
+                }
+            }
+            out.push('}');
         }
         // A string-table reference (profiles only): no text here.
-        _ => return None,
-    })
+        _ => return false,
+    }
+    true
 }
 
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0x0f)] as char);
-    }
+    push_hex(&mut s, bytes);
     s
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
 }
 
 /// Sanitised attribute labels, colliding names' values joined with `;` (in key order).
@@ -353,7 +382,10 @@ struct PreparedMetric {
 
 #[derive(Debug)]
 struct PreparedPoint {
-    labels: SeriesLabels,
+    /// The point's labels: a range of [`Prepared::spans`].
+    labels: Range<usize>,
+    /// The hash of those labels ([`Prepared::point_labels`]).
+    hash: u64,
     time: u64,
     update: Update,
     exemplar: Option<KeptExemplar>,
@@ -365,10 +397,24 @@ enum Update {
     Set(f64),
     /// A delta sum.
     Add(f64),
-    /// A histogram point; `delta` says whether it adds to the held one.
-    Histogram { hist: Hist, delta: bool },
+    /// A histogram point, its bounds and per-bucket counts in [`Prepared`]'s arrays; `delta`
+    /// says whether it adds to the held one.
+    Histogram {
+        bounds: Range<usize>,
+        counts: Range<usize>,
+        sum: f64,
+        count: u64,
+        delta: bool,
+    },
     /// A summary point.
     Summary(Summ),
+}
+
+/// One label of a prepared point: its name and value as ranges of [`Prepared::text`].
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    name: (usize, usize),
+    value: (usize, usize),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -394,19 +440,199 @@ struct KeptExemplar {
     time: Option<SystemTime>,
 }
 
-/// A request's points and resources read by [`ReceivedMetrics::prepare`].
+/// A request's points and resources read by [`ReceivedMetrics::prepare`]. The points' label
+/// texts and histogram buckets are held in a few arrays for the whole request, so that a point of
+/// a series already held costs no allocation from decoding to recording.
 #[derive(Debug, Default)]
 pub struct Prepared {
     metrics: Vec<PreparedMetric>,
     targets: Vec<SeriesLabels>,
     /// Points that will not be served, by reason.
     dropped: Vec<(&'static str, u64)>,
+    /// Label names and values, back to back.
+    text: String,
+    /// Every point's labels, in label order.
+    spans: Vec<Span>,
+    /// Histogram bounds (points with the same bounds as the previous one share them).
+    bounds: Vec<f64>,
+    /// Histogram per-bucket counts.
+    counts: Vec<u64>,
 }
 
 impl Prepared {
     /// Data points that will be applied.
     pub fn points(&self) -> usize {
         self.metrics.iter().map(|m| m.points.len()).sum()
+    }
+
+    fn str(&self, (start, end): (usize, usize)) -> &str {
+        &self.text[start..end]
+    }
+
+    /// Whether a held series' labels are a point's.
+    fn same_labels(&self, held: &[(String, String)], labels: &Range<usize>) -> bool {
+        let spans = &self.spans[labels.clone()];
+        held.len() == spans.len()
+            && held
+                .iter()
+                .zip(spans)
+                .all(|((n, v), s)| *n == self.str(s.name) && *v == self.str(s.value))
+    }
+
+    /// A point's labels, owned (for a new series).
+    fn owned_labels(&self, labels: &Range<usize>) -> SeriesLabels {
+        self.spans[labels.clone()]
+            .iter()
+            .map(|s| (self.str(s.name).to_owned(), self.str(s.value).to_owned()))
+            .collect()
+    }
+
+    /// A histogram update's buckets, owned (for a new series or another set of bounds).
+    fn hist(&self, bounds: &Range<usize>, counts: &Range<usize>, sum: f64, count: u64) -> Hist {
+        Hist {
+            bounds: self.bounds[bounds.clone()].to_vec(),
+            counts: self.counts[counts.clone()].to_vec(),
+            sum,
+            count,
+        }
+    }
+
+    /// Appends `bounds` (or finds them as the last ones appended).
+    fn push_bounds(&mut self, bounds: &[f64], last: &mut Range<usize>) -> Range<usize> {
+        if self.bounds[last.clone()] != *bounds {
+            let start = self.bounds.len();
+            self.bounds.extend_from_slice(bounds);
+            *last = start..self.bounds.len();
+        }
+        last.clone()
+    }
+
+    fn push_counts(&mut self, counts: &[u64]) -> Range<usize> {
+        let start = self.counts.len();
+        self.counts.extend_from_slice(counts);
+        start..self.counts.len()
+    }
+
+    /// Appends a label to `text` and returns its span.
+    fn push_span(&mut self, name: &str, value: &str) -> Span {
+        let n0 = self.text.len();
+        self.text.push_str(name);
+        let v0 = self.text.len();
+        self.text.push_str(value);
+        Span {
+            name: (n0, v0),
+            value: (v0, self.text.len()),
+        }
+    }
+
+    /// Appends a point's labels — its attributes (read into `scratch`) merged with the
+    /// resource's and scope's `base` labels (in label order; `base` wins a name both have) — and
+    /// returns their range of `spans` and their hash.
+    fn point_labels(
+        &mut self,
+        scratch: &mut Scratch,
+        attrs: &[KeyValue],
+        base: &[Span],
+        hasher: &impl BuildHasher,
+    ) -> (Range<usize>, u64) {
+        let n = scratch.read(attrs);
+        let start = self.spans.len();
+        let mut h = hasher.build_hasher();
+        let (mut i, mut b) = (0, 0);
+        loop {
+            let take_base = match (scratch.order.get(i), base.get(b)) {
+                (None, None) => break,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (Some(&a), Some(s)) => match scratch.names[a].as_str().cmp(self.str(s.name)) {
+                    std::cmp::Ordering::Less => false,
+                    std::cmp::Ordering::Greater => true,
+                    std::cmp::Ordering::Equal => {
+                        // Not reachable with the reserved names renamed; as a map would.
+                        while i < n && scratch.names[scratch.order[i]] == scratch.names[a] {
+                            i += 1;
+                        }
+                        continue;
+                    }
+                },
+            };
+            let span = if take_base {
+                b += 1;
+                base[b - 1]
+            } else {
+                let a = scratch.order[i];
+                let n0 = self.text.len();
+                self.text.push_str(&scratch.names[a]);
+                let v0 = self.text.len();
+                self.text.push_str(&scratch.values[a]);
+                i += 1;
+                while i < n && scratch.names[scratch.order[i]] == scratch.names[a] {
+                    self.text.push(';');
+                    self.text.push_str(&scratch.values[scratch.order[i]]);
+                    i += 1;
+                }
+                Span {
+                    name: (n0, v0),
+                    value: (v0, self.text.len()),
+                }
+            };
+            self.str(span.name).hash(&mut h);
+            self.str(span.value).hash(&mut h);
+            self.spans.push(span);
+        }
+        (start..self.spans.len(), h.finish())
+    }
+}
+
+/// Reused buffers for reading one point's attributes into labels (no allocation once warm).
+#[derive(Debug, Default)]
+struct Scratch {
+    /// Sanitised names and values of the attributes read (the first `n`).
+    names: Vec<String>,
+    values: Vec<String>,
+    /// Each one's attribute index.
+    keys: Vec<usize>,
+    order: Vec<usize>,
+}
+
+impl Scratch {
+    /// Reads a point's attributes: sanitised names (reserved ones renamed), value texts; returns
+    /// how many have a value.
+    fn read(&mut self, attrs: &[KeyValue]) -> usize {
+        let mut n = 0;
+        for (i, kv) in attrs.iter().enumerate() {
+            let Some(value) = kv.value.as_ref() else {
+                continue;
+            };
+            if self.values.len() == n {
+                self.values.push(String::new());
+                self.names.push(String::new());
+                self.keys.push(0);
+            }
+            let text = &mut self.values[n];
+            text.clear();
+            if !push_value_text(text, value) {
+                continue;
+            }
+            let name = &mut self.names[n];
+            name.clear();
+            push_label_name(name, &kv.key);
+            if RESERVED_LABELS.contains(&name.as_str()) {
+                name.insert_str(0, "exported_");
+            }
+            self.keys[n] = i;
+            n += 1;
+        }
+        // As `attribute_labels`: by name, colliding names' values in key order.
+        self.order.clear();
+        self.order.extend(0..n);
+        let (names, keys) = (&self.names, &self.keys);
+        self.order.sort_by(|a, b| {
+            names[*a]
+                .cmp(&names[*b])
+                .then_with(|| attrs[keys[*a]].key.cmp(&attrs[keys[*b]].key))
+        });
+        n
     }
 }
 
@@ -430,8 +656,8 @@ enum Value {
 struct Family {
     kind: FamilyKind,
     help: String,
-    /// Each label set's place in `slots`.
-    index: HashMap<Arc<SeriesLabels>, usize>,
+    /// Each label set's place in `slots`, by the hash of its labels ([`Slot::hash`]).
+    index: HashTable<usize>,
     slots: Vec<Slot>,
     /// `slots` in label order (the order served), rebuilt when series come or go.
     order: Vec<usize>,
@@ -445,6 +671,8 @@ struct Family {
 #[derive(Debug)]
 struct Slot {
     labels: Arc<SeriesLabels>,
+    /// The hash of `labels` (as [`Prepared::point_labels`] computes it).
+    hash: u64,
     text: Box<str>,
     series: Series,
 }
@@ -454,7 +682,7 @@ impl Family {
         Self {
             kind,
             help,
-            index: HashMap::new(),
+            index: HashTable::new(),
             slots: Vec::new(),
             order: Vec::new(),
             order_stale: false,
@@ -462,16 +690,26 @@ impl Family {
         }
     }
 
-    fn insert(&mut self, labels: SeriesLabels, series: Series) {
+    /// The slot holding a prepared point's series.
+    fn find(&self, prepared: &Prepared, point: &PreparedPoint) -> Option<usize> {
+        self.index
+            .find(point.hash, |&i| {
+                prepared.same_labels(&self.slots[i].labels, &point.labels)
+            })
+            .copied()
+    }
+
+    fn insert(&mut self, labels: SeriesLabels, hash: u64, series: Series) {
         let mut text = String::new();
         push_labels(&mut text, &labels);
-        let labels = Arc::new(labels);
-        self.index.insert(labels.clone(), self.slots.len());
-        self.slots.push(Slot {
-            labels,
+        let Family { index, slots, .. } = self;
+        slots.push(Slot {
+            labels: Arc::new(labels),
+            hash,
             text: text.into_boxed_str(),
             series,
         });
+        index.insert_unique(hash, slots.len() - 1, |&i| slots[i].hash);
         self.order_stale = true;
     }
 
@@ -490,12 +728,11 @@ impl Family {
             }
             k
         });
-        self.index = self
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.labels.clone(), i))
-            .collect();
+        let Family { index, slots, .. } = self;
+        index.clear();
+        for (i, slot) in slots.iter().enumerate() {
+            index.insert_unique(slot.hash, i, |&j| slots[j].hash);
+        }
         self.order_stale = true;
         (before - self.slots.len(), exposed)
     }
@@ -541,6 +778,9 @@ struct Inner {
     state: Mutex<State>,
     stats: Stats,
     caps: Arc<LabelCaps>,
+    /// Hashes the label sets of received points (seeded per process: label values come from
+    /// clients).
+    hasher: foldhash::fast::RandomState,
 }
 
 impl ReceivedMetrics {
@@ -552,6 +792,7 @@ impl ReceivedMetrics {
                 state: Mutex::new(State::default()),
                 stats: Stats::default(),
                 caps,
+                hasher: foldhash::fast::RandomState::default(),
             }),
         }
     }
@@ -584,6 +825,8 @@ impl ReceivedMetrics {
     /// Reads one request into a batch (records nothing).
     pub fn prepare(&self, request: &ExportMetricsServiceRequest) -> Prepared {
         let mut p = Prepared::default();
+        let mut scratch = Scratch::default();
+        let mut last_bounds = 0..0;
         let mut exponential = 0u64;
         let mut reserved = 0u64;
         for rm in &request.resource_metrics {
@@ -595,14 +838,14 @@ impl ReceivedMetrics {
                     .and_then(|kv| kv.value.as_ref())
                     .and_then(value_text)
             };
-            let mut identity: Vec<(String, String)> = Vec::with_capacity(3);
+            let mut identity: Vec<(&str, String)> = Vec::with_capacity(3);
             for (key, label) in [
                 ("service.name", SERVICE_NAME),
                 ("service.namespace", SERVICE_NAMESPACE),
                 ("service.instance.id", SERVICE_INSTANCE_ID),
             ] {
                 if let Some(v) = text(key) {
-                    identity.push((label.to_owned(), v));
+                    identity.push((label, v));
                 }
             }
             let mut target: BTreeMap<String, String> = attribute_labels(
@@ -618,20 +861,23 @@ impl ReceivedMetrics {
                     .collect::<Vec<_>>(),
                 &RESERVED_LABELS,
             );
-            target.extend(identity.iter().cloned());
+            target.extend(identity.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
             if !target.is_empty() {
                 p.targets.push(target.into_iter().collect());
             }
             for sm in &rm.scope_metrics {
-                let mut base: Vec<(String, String)> = identity.clone();
+                let mut base: Vec<(&str, &str)> =
+                    identity.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 if let Some(scope) = &sm.scope {
                     if !scope.name.is_empty() {
-                        base.push((SCOPE_NAME.to_owned(), scope.name.clone()));
+                        base.push((SCOPE_NAME, &scope.name));
                     }
                     if !scope.version.is_empty() {
-                        base.push((SCOPE_VERSION.to_owned(), scope.version.clone()));
+                        base.push((SCOPE_VERSION, &scope.version));
                     }
                 }
+                base.sort_unstable_by_key(|(k, _)| *k);
+                let base: Vec<Span> = base.iter().map(|(k, v)| p.push_span(k, v)).collect();
                 for metric in &sm.metrics {
                     let Some(data) = &metric.data else { continue };
                     let kind = match data {
@@ -658,18 +904,17 @@ impl ReceivedMetrics {
                     } else {
                         metric.description.clone()
                     };
-                    let labels = |attributes: &[KeyValue]| -> SeriesLabels {
-                        let mut l = attribute_labels(attributes, &RESERVED_LABELS);
-                        l.extend(base.iter().cloned());
-                        l.into_iter().collect()
-                    };
+                    let hasher = &self.inner.hasher;
                     let mut points = Vec::new();
                     match data {
                         Data::Gauge(g) => {
                             for dp in &g.data_points {
                                 if let Some(v) = number(dp) {
+                                    let (labels, hash) =
+                                        p.point_labels(&mut scratch, &dp.attributes, &base, hasher);
                                     points.push(PreparedPoint {
-                                        labels: labels(&dp.attributes),
+                                        labels,
+                                        hash,
                                         time: dp.time_unix_nano,
                                         update: Update::Set(v),
                                         exemplar: None,
@@ -682,8 +927,11 @@ impl ReceivedMetrics {
                                 s.aggregation_temporality == AggregationTemporality::Delta as i32;
                             for dp in &s.data_points {
                                 if let Some(v) = number(dp) {
+                                    let (labels, hash) =
+                                        p.point_labels(&mut scratch, &dp.attributes, &base, hasher);
                                     points.push(PreparedPoint {
-                                        labels: labels(&dp.attributes),
+                                        labels,
+                                        hash,
                                         time: dp.time_unix_nano,
                                         update: if delta {
                                             Update::Add(v)
@@ -704,19 +952,32 @@ impl ReceivedMetrics {
                                 if no_value(dp.flags) {
                                     continue;
                                 }
-                                let Some(hist) = histogram(
-                                    &dp.explicit_bounds,
-                                    &dp.bucket_counts,
-                                    dp.sum,
-                                    dp.count,
-                                ) else {
+                                if !valid_histogram(&dp.explicit_bounds, &dp.bucket_counts) {
                                     p.dropped.push(("invalid_histogram", 1));
                                     continue;
+                                }
+                                // No buckets at all: only `_sum` and `_count`, one `+Inf` bucket.
+                                let (bounds, counts) = if dp.bucket_counts.is_empty() {
+                                    (0..0, p.push_counts(&[dp.count]))
+                                } else {
+                                    (
+                                        p.push_bounds(&dp.explicit_bounds, &mut last_bounds),
+                                        p.push_counts(&dp.bucket_counts),
+                                    )
                                 };
+                                let (labels, hash) =
+                                    p.point_labels(&mut scratch, &dp.attributes, &base, hasher);
                                 points.push(PreparedPoint {
-                                    labels: labels(&dp.attributes),
+                                    labels,
+                                    hash,
                                     time: dp.time_unix_nano,
-                                    update: Update::Histogram { hist, delta },
+                                    update: Update::Histogram {
+                                        bounds,
+                                        counts,
+                                        sum: dp.sum.unwrap_or(0.0),
+                                        count: dp.count,
+                                        delta,
+                                    },
                                     exemplar: None,
                                 });
                             }
@@ -726,8 +987,11 @@ impl ReceivedMetrics {
                                 if no_value(dp.flags) {
                                     continue;
                                 }
+                                let (labels, hash) =
+                                    p.point_labels(&mut scratch, &dp.attributes, &base, hasher);
                                 points.push(PreparedPoint {
-                                    labels: labels(&dp.attributes),
+                                    labels,
+                                    hash,
                                     time: dp.time_unix_nano,
                                     update: Update::Summary(Summ {
                                         quantiles: dp
@@ -769,16 +1033,23 @@ impl ReceivedMetrics {
         self.record_at(prepared, Instant::now());
     }
 
-    fn record_at(&self, prepared: Prepared, now: Instant) {
+    fn record_at(&self, mut prepared: Prepared, now: Instant) {
         let settings = self.inner.settings.lock().clone();
         let stats = &self.inner.stats;
-        for (reason, n) in prepared.dropped {
-            stats.dropped.get_or_create(&[("reason", reason)]).inc_by(n);
+        for (reason, n) in &prepared.dropped {
+            stats
+                .dropped
+                .get_or_create(&[("reason", reason)])
+                .inc_by(*n);
         }
         let mut guard = self.inner.state.lock();
         let state = &mut *guard;
         self.sweep(state, &settings, now, false);
-        for target in prepared.targets {
+        let Prepared {
+            metrics, targets, ..
+        } = &mut prepared;
+        let (metrics, targets) = (std::mem::take(metrics), std::mem::take(targets));
+        for target in targets {
             match state.targets.get_mut(&target) {
                 Some(seen) => *seen = now,
                 None if state.series < settings.max_series => {
@@ -793,20 +1064,23 @@ impl ReceivedMetrics {
                 }
             }
         }
-        for metric in prepared.metrics {
+        for metric in metrics {
             let State {
                 families, series, ..
             } = &mut *state;
-            if !families.contains_key(&metric.name) && *series >= settings.max_series {
-                stats
-                    .dropped
-                    .get_or_create(&[("reason", "series_limit")])
-                    .inc_by(metric.points.len() as u64);
-                continue;
-            }
-            let family = families
-                .entry(metric.name.clone())
-                .or_insert_with(|| Family::new(metric.kind, metric.help.clone()));
+            let family = match families.get_mut(&metric.name) {
+                Some(family) => family,
+                None if *series >= settings.max_series => {
+                    stats
+                        .dropped
+                        .get_or_create(&[("reason", "series_limit")])
+                        .inc_by(metric.points.len() as u64);
+                    continue;
+                }
+                None => families
+                    .entry(metric.name.clone())
+                    .or_insert_with(|| Family::new(metric.kind, metric.help.clone())),
+            };
             if family.kind != metric.kind {
                 stats
                     .dropped
@@ -815,9 +1089,9 @@ impl ReceivedMetrics {
                 continue;
             }
             for point in metric.points {
-                if let Some(&i) = family.index.get(&point.labels) {
+                if let Some(i) = family.find(&prepared, &point) {
                     let s = &mut family.slots[i].series;
-                    apply(s, point.update, point.time, now);
+                    apply(s, &prepared, point.update, point.time, now);
                     if point.exemplar.is_some() {
                         s.exemplar = point.exemplar;
                     }
@@ -838,11 +1112,18 @@ impl ReceivedMetrics {
                 }
                 let value = match point.update {
                     Update::Set(v) | Update::Add(v) => Value::Number(v),
-                    Update::Histogram { hist, .. } => Value::Histogram(hist),
+                    Update::Histogram {
+                        bounds,
+                        counts,
+                        sum,
+                        count,
+                        ..
+                    } => Value::Histogram(prepared.hist(&bounds, &counts, sum, count)),
                     Update::Summary(s) => Value::Summary(s),
                 };
                 family.insert(
-                    point.labels,
+                    prepared.owned_labels(&point.labels),
+                    point.hash,
                     Series {
                         value,
                         time: point.time,
@@ -928,29 +1209,13 @@ fn number(dp: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint) -> Opti
     }
 }
 
-/// A histogram point's buckets, checked: `bounds` ascending, one more count than bounds (no
-/// buckets at all: only `_sum` and `_count`, one `+Inf` bucket).
-fn histogram(bounds: &[f64], counts: &[u64], sum: Option<f64>, count: u64) -> Option<Hist> {
-    if counts.is_empty() {
-        return Some(Hist {
-            bounds: Vec::new(),
-            counts: vec![count],
-            sum: sum.unwrap_or(0.0),
-            count,
-        });
-    }
-    if counts.len() != bounds.len() + 1
-        || bounds.iter().any(|b| !b.is_finite())
-        || bounds.windows(2).any(|w| w[0] >= w[1])
-    {
-        return None;
-    }
-    Some(Hist {
-        bounds: bounds.to_vec(),
-        counts: counts.to_vec(),
-        sum: sum.unwrap_or(0.0),
-        count,
-    })
+/// Whether a histogram point's buckets can be served: `bounds` ascending and finite, one more
+/// count than bounds (or no counts at all: only `_sum` and `_count`).
+fn valid_histogram(bounds: &[f64], counts: &[u64]) -> bool {
+    counts.is_empty()
+        || (counts.len() == bounds.len() + 1
+            && bounds.iter().all(|b| b.is_finite())
+            && bounds.windows(2).all(|w| w[0] < w[1]))
 }
 
 fn kept_exemplar(e: &OtlpExemplar) -> KeptExemplar {
@@ -973,25 +1238,52 @@ fn kept_exemplar(e: &OtlpExemplar) -> KeptExemplar {
     }
 }
 
-/// Applies one point to a held series.
-fn apply(s: &mut Series, update: Update, time: u64, now: Instant) {
+/// Applies one point to a held series (a histogram's buckets are read from `prepared`).
+fn apply(s: &mut Series, prepared: &Prepared, update: Update, time: u64, now: Instant) {
     s.seen = now;
     match (update, &mut s.value) {
         (Update::Add(v), Value::Number(held)) => *held += v,
-        (Update::Histogram { hist, delta: true }, Value::Histogram(held))
-            if held.bounds == hist.bounds =>
-        {
-            for (h, c) in held.counts.iter_mut().zip(&hist.counts) {
+        (
+            Update::Histogram {
+                bounds,
+                counts,
+                sum,
+                count,
+                delta: true,
+            },
+            Value::Histogram(held),
+        ) if held.bounds == prepared.bounds[bounds.clone()] => {
+            for (h, c) in held.counts.iter_mut().zip(&prepared.counts[counts]) {
                 *h = h.saturating_add(*c);
             }
-            held.sum += hist.sum;
-            held.count = held.count.saturating_add(hist.count);
+            held.sum += sum;
+            held.count = held.count.saturating_add(count);
         }
         // A cumulative point older than the one held came late: keep the newer.
         (_, _) if time != 0 && time < s.time => return,
         (Update::Set(v), _) => s.value = Value::Number(v),
         (Update::Add(v), _) => s.value = Value::Number(v),
-        (Update::Histogram { hist, .. }, _) => s.value = Value::Histogram(hist),
+        (
+            Update::Histogram {
+                bounds,
+                counts,
+                sum,
+                count,
+                ..
+            },
+            held,
+        ) => match held {
+            // The held buckets are overwritten in place (no allocation).
+            Value::Histogram(h) => {
+                h.bounds.clear();
+                h.bounds.extend_from_slice(&prepared.bounds[bounds]);
+                h.counts.clear();
+                h.counts.extend_from_slice(&prepared.counts[counts]);
+                h.sum = sum;
+                h.count = count;
+            }
+            held => *held = Value::Histogram(prepared.hist(&bounds, &counts, sum, count)),
+        },
         (Update::Summary(v), _) => s.value = Value::Summary(v),
     }
     s.time = s.time.max(time);
@@ -2029,6 +2321,128 @@ mod tests {
             crate::exposition::encode(&registry, crate::exposition::Format::Text).expect("text"),
             crate::exposition::to_prometheus_text(&encoder)
         );
+    }
+
+    /// A point's labels as the receive path reads them (into the request's arena, hashed, looked
+    /// up borrowed) are what sanitising each attribute into an ordered map gives: names cleaned,
+    /// reserved ones renamed, colliding names' values joined in key order, values of every kind
+    /// rendered; and the same label set in another attribute order is the same series.
+    #[test]
+    fn point_labels_are_the_sanitised_attributes_in_any_order() {
+        let any = |v: any_value::Value| AnyValue { value: Some(v) };
+        let kv_any = |k: &str, v: any_value::Value| KeyValue {
+            key: k.into(),
+            value: Some(any(v)),
+            ..Default::default()
+        };
+        use any_value::Value as V;
+        use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+        let attrs = vec![
+            kv("route", "/r1"),
+            kv("a.b", "dot"),
+            kv("a_b", "under"),
+            kv("a-b", "dash"),
+            kv("service.name", "mine"),
+            kv("le", "0.5"),
+            kv("quantile", "q"),
+            kv("", "empty key"),
+            kv("9lives", "cat"),
+            kv("_private", "p"),
+            kv("héllo", "accent"),
+            kv_any("n", V::IntValue(-42)),
+            kv_any("d", V::DoubleValue(0.1 + 0.2)),
+            kv_any("t", V::BoolValue(true)),
+            kv_any("raw", V::BytesValue(vec![0xde, 0xad])),
+            kv_any(
+                "arr",
+                V::ArrayValue(ArrayValue {
+                    values: vec![any(V::IntValue(1)), any(V::StringValue("x".into()))],
+                }),
+            ),
+            kv_any(
+                "map",
+                V::KvlistValue(KeyValueList {
+                    values: vec![kv("k", "v"), kv("k2", "w")],
+                }),
+            ),
+            KeyValue {
+                key: "unset".into(),
+                value: None,
+                ..Default::default()
+            },
+            KeyValue {
+                key: "empty_any".into(),
+                value: Some(AnyValue { value: None }),
+                ..Default::default()
+            },
+        ];
+        let mut wanted = attribute_labels(&attrs, &RESERVED_LABELS);
+        wanted.insert(SERVICE_NAME.into(), "bars".into());
+        wanted.insert(SERVICE_INSTANCE_ID.into(), "i-1".into());
+        wanted.insert(SCOPE_NAME.into(), "shop".into());
+        let wanted: SeriesLabels = wanted.into_iter().collect();
+        assert!(wanted.contains(&("a_b".to_owned(), "dash;dot;under".to_owned())));
+        assert!(wanted.contains(&("exported_service_name".to_owned(), "mine".to_owned())));
+        assert!(wanted.contains(&("map".to_owned(), "{k:v,k2:w}".to_owned())));
+
+        let (rm, _) = received(100, 100);
+        let mut reversed = attrs.clone();
+        reversed.reverse();
+        let r = request(vec![sum(
+            "bars.orders",
+            AggregationTemporality::Delta,
+            vec![point(1.0, attrs, 1), point(2.0, reversed, 2)],
+        )]);
+        let p = rm.prepare(&r);
+        let points = &p.metrics[0].points;
+        for point in points {
+            assert_eq!(p.owned_labels(&point.labels), wanted);
+        }
+        assert_eq!(points[0].hash, points[1].hash);
+        rm.record_at(p, Instant::now());
+        // One series (and target_info), the two deltas summed.
+        assert_eq!(rm.series(), 2);
+        let out = text(&rm);
+        assert!(out.contains("route=\"/r1\""), "{out}");
+        assert!(out.contains(",t=\"true\"} 3.0\n"), "{out}");
+    }
+
+    /// Histogram points read their buckets from the request's arrays: deltas add to the held
+    /// buckets, cumulative points and points with other bounds replace them.
+    #[test]
+    fn histogram_buckets_from_the_request_arrays() {
+        let (rm, _) = received(100, 100);
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            let r = request(vec![hist(
+                AggregationTemporality::Delta,
+                vec![1, 2, 3],
+                4.5,
+                1,
+            )]);
+            rm.record_at(rm.prepare(&r), t0);
+        }
+        let out = text(&rm);
+        assert!(out.contains("_count{otel_scope_name=\"shop\",service_instance_id=\"i-1\",service_name=\"bars\"} 12\n"), "{out}");
+        assert!(out.contains("le=\"1.0\""), "{out}");
+        let mut other = hist(AggregationTemporality::Delta, vec![5, 0], 1.0, 2);
+        if let Some(Data::Histogram(h)) = &mut other.data {
+            h.data_points[0].explicit_bounds = vec![0.25];
+        }
+        rm.record_at(rm.prepare(&request(vec![other])), t0);
+        let out = text(&rm);
+        assert!(out.contains("{le=\"0.25\",otel_scope_name=\"shop\",service_instance_id=\"i-1\",service_name=\"bars\"} 5\n"), "{out}");
+        assert!(!out.contains("le=\"1.0\""), "{out}");
+        let r = request(vec![hist(
+            AggregationTemporality::Cumulative,
+            vec![0, 1, 0],
+            0.5,
+            3,
+        )]);
+        rm.record_at(rm.prepare(&r), t0);
+        let out = text(&rm);
+        assert!(out.contains("_count{otel_scope_name=\"shop\",service_instance_id=\"i-1\",service_name=\"bars\"} 1\n"), "{out}");
+        assert!(out.contains("le=\"1.0\""), "{out}");
     }
 
     #[test]

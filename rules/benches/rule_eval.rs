@@ -1,7 +1,7 @@
 //! Rule evaluation as the agent runs it, over a bounded [`History`]:
 //!
 //! 1. **Cycle:** 200 Prometheus rules over 10,000 series. Each cycle appends one sample of every
-//!    series (15 s apart), then evaluates every group in order with [`evaluate_group`], storing
+//!    series (15 s apart; by the handle the last cycle's append returned, as the agent does), then evaluates every group in order with [`evaluate_group`], storing
 //!    the recorded series and `ALERTS` back. Warmed with 1 h 15 min of samples first, so the
 //!    full-resolution windows are full and the downsampled tier is in use.
 //! 2. **Memory:** 1,000 series read over a 3-day window (`rate(x[3d])`), sampled every 15 s for
@@ -15,7 +15,8 @@
 //!
 //! Options after `--`: `--warm N` warm-up cycles (300), `--eval-warm N` of which evaluate (all),
 //! `--runs N` measured cycles (40), `--memory-series N` (1,000; 0 skips the memory figure),
-//! `--memory-days N` (3). Under callgrind, e.g. `--eval-warm 20 --runs 3 --memory-series 0`.
+//! `--memory-days N` (3), `--append-by-labels` (append each sample by its label set instead of by
+//! the handle kept from the last cycle). Under callgrind, e.g. `--eval-warm 20 --runs 3 --memory-series 0`.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -23,7 +24,7 @@ use std::time::Instant;
 
 use sidelight_rules::file::{self, Group};
 use sidelight_rules::group::{EvalContext, GroupState, evaluate_group};
-use sidelight_rules::{History, HistoryConfig, Labels, Storage};
+use sidelight_rules::{History, HistoryConfig, Labels, SeriesHandle, Storage};
 
 const SERVICES: usize = 40;
 const SPANS: usize = 25;
@@ -118,6 +119,10 @@ struct Setup {
     groups: Vec<Group>,
     states: Vec<GroupState>,
     series: Vec<(Labels, f64, bool)>,
+    /// Each series' handle from its last append, as the agent keeps them per snapshot position.
+    handles: Vec<Option<SeriesHandle>>,
+    /// Append by labels every cycle instead (`--append-by-labels`).
+    by_labels: bool,
     t: i64,
 }
 
@@ -137,9 +142,16 @@ impl Setup {
 
     fn append(&mut self) {
         let step = self.t / STEP;
-        for (l, inc, counter) in &self.series {
+        for ((l, inc, counter), handle) in self.series.iter().zip(&mut self.handles) {
             let v = if *counter { inc * step as f64 } else { *inc };
-            self.history.append(l, self.t, v);
+            if self.by_labels {
+                self.history.append(l, self.t, v);
+                continue;
+            }
+            match handle {
+                Some(h) if self.history.append_by_handle(*h, self.t, v) => {}
+                _ => *handle = self.history.append_handle(l, self.t, v),
+            }
         }
     }
 
@@ -194,6 +206,8 @@ struct Sizes {
     /// Series and days of the memory figure; no memory figure when 0.
     memory_series: usize,
     memory_days: i64,
+    /// Append every sample by its labels, not by the handle kept from the last cycle.
+    by_labels: bool,
 }
 
 impl Sizes {
@@ -214,6 +228,7 @@ impl Sizes {
                 "--runs" => self.runs = num(a).max(1) as usize,
                 "--memory-series" => self.memory_series = num(a) as usize,
                 "--memory-days" => self.memory_days = num(a),
+                "--append-by-labels" => self.by_labels = true,
                 _ => {}
             }
         }
@@ -227,11 +242,14 @@ fn cycle_bench(sizes: &Sizes) {
     let mut history = History::new(HistoryConfig::default());
     history.set_rules(&groups);
     let states = groups.iter().map(|_| GroupState::new()).collect();
+    let series = series();
     let mut s = Setup {
         history,
         groups,
         states,
-        series: series(),
+        handles: vec![None; series.len()],
+        series,
+        by_labels: sizes.by_labels,
         t: 0,
     };
     let warm = Instant::now();
@@ -350,6 +368,7 @@ fn main() {
             runs: 40,
             memory_series: 1000,
             memory_days: 3,
+            by_labels: false,
         }
     } else {
         println!(
@@ -361,6 +380,7 @@ fn main() {
             runs: 2,
             memory_series: 3,
             memory_days: 1,
+            by_labels: false,
         }
     };
     sizes.apply_args(&args);

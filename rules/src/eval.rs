@@ -975,11 +975,12 @@ impl Evaluator<'_> {
             return err("the @ modifier is not supported");
         }
         let reference = self.t - offset_ms(&vs.offset);
-        let mut out = Vec::new();
+        let matchers = matchers(vs);
+        let mut out = Vec::with_capacity(self.storage.size_hint(&matchers));
         // The store lends the samples in [reference - lookback, reference]: the newest one is
         // the value unless it marks the series stale.
         self.storage.visit(
-            &matchers(vs),
+            &matchers,
             reference - LOOKBACK_MS,
             reference,
             &mut |labels, samples, _| {
@@ -1020,8 +1021,16 @@ impl Evaluator<'_> {
     /// samples, staleness markers dropped, and whether no sample is known to be lower than the
     /// one before it (so a counter has no reset). Returns whether the selector names the metric
     /// (`__name__="x"`), in which case every series visited has that name.
-    fn visit_range(&self, m: &MatrixSelector, b: &RangeBounds, f: &mut RangeVisitor<'_>) -> bool {
+    /// `reserve` is called first with about how many series there are.
+    fn visit_range(
+        &self,
+        m: &MatrixSelector,
+        b: &RangeBounds,
+        reserve: &mut dyn FnMut(usize),
+        f: &mut RangeVisitor<'_>,
+    ) -> bool {
         let matchers = matchers(&m.vs);
+        reserve(self.storage.size_hint(&matchers));
         let one_name = matchers
             .iter()
             .any(|m| matches!(m.op, MatchOp::Equal) && m.name == METRIC_NAME);
@@ -1167,7 +1176,7 @@ impl Evaluator<'_> {
             "absent_over_time" => {
                 let (m, b) = self.range_selector(arg(0)?)?;
                 let mut present = false;
-                self.visit_range(m, &b, &mut |_, _, _| present = true);
+                self.visit_range(m, &b, &mut |_| {}, &mut |_, _, _| present = true);
                 Ok(Val::Vector(if !present {
                     vec![Elem {
                         labels: LabelSet::new(absent_labels(arg(0)?)),
@@ -1300,7 +1309,12 @@ impl Evaluator<'_> {
         let (m, b) = self.range_selector(range_arg)?;
         let mut out = Vec::new();
         let mut scratch = Vec::new();
-        let one_name = self.visit_range(m, &b, &mut |labels, pts, no_decrease| {
+        let hint = std::cell::Cell::new(0);
+        let mut reserve = |n: usize| hint.set(n);
+        let one_name = self.visit_range(m, &b, &mut reserve, &mut |labels, pts, no_decrease| {
+            if out.capacity() == 0 {
+                out.reserve(hint.get());
+            }
             if let Some(v) = func.apply(pts, no_decrease, &b, self.t, param, &mut scratch) {
                 let mut labels = LabelSet::shared(labels);
                 if func != RangeFn::LastOverTime {
@@ -1425,6 +1439,39 @@ impl Evaluator<'_> {
         let op_is_sum = op == "sum";
         // Groups are found by the hash of their key labels, then compared label by label: no
         // key is built for a sample whose group exists.
+        let add_to_group = |g: &mut Group, s: Elem| {
+            if op_is_sum {
+                g.value += s.v;
+                return;
+            }
+            match op.as_str() {
+                "sum" => g.value += s.v,
+                "avg" => {
+                    g.count += 1.0;
+                    if g.mean.is_infinite() {
+                        if s.v.is_infinite() && (g.mean > 0.0) == (s.v > 0.0) {
+                            return;
+                        }
+                        if !s.v.is_infinite() && !s.v.is_nan() {
+                            return;
+                        }
+                    }
+                    g.mean += s.v / g.count - g.mean / g.count;
+                }
+                "max" if g.value < s.v || g.value.is_nan() => g.value = s.v,
+                "min" if g.value > s.v || g.value.is_nan() => g.value = s.v,
+                "count" | "count_values" => g.count += 1.0,
+                "stddev" | "stdvar" => {
+                    g.count += 1.0;
+                    let delta = s.v - g.mean;
+                    g.mean += delta / g.count;
+                    g.value += delta * (s.v - g.mean);
+                }
+                "topk" | "bottomk" | "quantile" => g.members.push(s),
+                _ => {}
+            }
+        };
+        let mut last_group: Option<usize> = None;
         let hasher = foldhash::fast::RandomState::default();
         let mut by_hash: HashMap<u64, usize, foldhash::fast::RandomState> = HashMap::default();
         let mut ordered: Vec<Group> = Vec::new();
@@ -1437,10 +1484,26 @@ impl Evaluator<'_> {
             // With `by` and up to four grouping labels, each is looked up once.
             let mut vals: [Option<&String>; 4] = [None; 4];
             let fixed = by && by_names.len() <= vals.len();
-            let mut h = hasher.build_hasher();
             if fixed {
                 for (i, &n) in by_names.iter().enumerate() {
                     vals[i] = s.labels.get(n);
+                }
+                // Series next to each other in the store often share a group (they are listed
+                // in the order they appeared): the last group found is tried first.
+                if let Some(gi) = last_group
+                    && ordered[gi]
+                        .values
+                        .iter()
+                        .zip(&vals)
+                        .all(|(a, b)| a.as_ref() == *b)
+                {
+                    add_to_group(&mut ordered[gi], s);
+                    continue;
+                }
+            }
+            let mut h = hasher.build_hasher();
+            if fixed {
+                for (i, &n) in by_names.iter().enumerate() {
                     if let Some(v) = vals[i] {
                         n.hash(&mut h);
                         v.hash(&mut h);
@@ -1478,6 +1541,7 @@ impl Evaluator<'_> {
                     Vec::new()
                 };
                 let next = by_hash.insert(hash, ordered.len());
+                last_group = Some(ordered.len());
                 let value = match op.as_str() {
                     "stddev" | "stdvar" => 0.0,
                     "group" => 1.0,
@@ -1494,39 +1558,10 @@ impl Evaluator<'_> {
                 });
                 continue;
             };
-            let g = &mut ordered[gi];
-            if op_is_sum {
-                g.value += s.v;
-                continue;
-            }
-            match op.as_str() {
-                "sum" => g.value += s.v,
-                "avg" => {
-                    g.count += 1.0;
-                    if g.mean.is_infinite() {
-                        if s.v.is_infinite() && (g.mean > 0.0) == (s.v > 0.0) {
-                            continue;
-                        }
-                        if !s.v.is_infinite() && !s.v.is_nan() {
-                            continue;
-                        }
-                    }
-                    g.mean += s.v / g.count - g.mean / g.count;
-                }
-                "max" if g.value < s.v || g.value.is_nan() => g.value = s.v,
-                "min" if g.value > s.v || g.value.is_nan() => g.value = s.v,
-                "count" | "count_values" => g.count += 1.0,
-                "stddev" | "stdvar" => {
-                    g.count += 1.0;
-                    let delta = s.v - g.mean;
-                    g.mean += delta / g.count;
-                    g.value += delta * (s.v - g.mean);
-                }
-                "topk" | "bottomk" | "quantile" => g.members.push(s),
-                _ => {}
-            }
+            last_group = Some(gi);
+            add_to_group(&mut ordered[gi], s);
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(ordered.len());
         for g in ordered {
             let v = match op.as_str() {
                 "avg" => g.mean,
@@ -1596,43 +1631,43 @@ impl Evaluator<'_> {
                     }
                     None => (VectorMatchCardinality::OneToOne, false, Vec::new()),
                 };
-                let sig = |l: &LabelSet| -> Labels {
-                    l.iter()
-                        .filter(|(k, _)| {
-                            if on {
-                                names.iter().any(|n| n == *k)
-                            } else {
-                                *k != METRIC_NAME && !names.iter().any(|n| n == *k)
-                            }
-                        })
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
-                };
+                type Set<'x> = HashSet<Sig<'x>, foldhash::fast::RandomState>;
                 match op.as_str() {
                     "and" => {
-                        let right: HashSet<Labels> = r.iter().map(|s| sig(&s.labels)).collect();
+                        let right: Set<'_> =
+                            r.iter().map(|s| signature(&s.labels, on, &names)).collect();
                         Ok(Val::Vector(
                             l.into_iter()
-                                .filter(|s| right.contains(&sig(&s.labels)))
+                                .filter(|s| right.contains(&signature(&s.labels, on, &names)))
                                 .collect(),
                         ))
                     }
                     "or" => {
-                        let left: HashSet<Labels> = l.iter().map(|s| sig(&s.labels)).collect();
+                        let add: Vec<bool> = {
+                            let left: Set<'_> =
+                                l.iter().map(|s| signature(&s.labels, on, &names)).collect();
+                            r.iter()
+                                .map(|s| !left.contains(&signature(&s.labels, on, &names)))
+                                .collect()
+                        };
                         let mut out = l;
-                        out.extend(r.into_iter().filter(|s| !left.contains(&sig(&s.labels))));
+                        out.extend(
+                            r.into_iter()
+                                .zip(add)
+                                .filter_map(|(s, add)| add.then_some(s)),
+                        );
                         Ok(Val::Vector(out))
                     }
                     "unless" => {
-                        let right: HashSet<Labels> = r.iter().map(|s| sig(&s.labels)).collect();
+                        let right: Set<'_> =
+                            r.iter().map(|s| signature(&s.labels, on, &names)).collect();
                         Ok(Val::Vector(
                             l.into_iter()
-                                .filter(|s| !right.contains(&sig(&s.labels)))
+                                .filter(|s| !right.contains(&signature(&s.labels, on, &names)))
                                 .collect(),
                         ))
                     }
-                    _ => vector_vector(&op, l, r, &card, on, &names, &sig, return_bool)
-                        .map(Val::Vector),
+                    _ => vector_vector(&op, l, r, &card, on, &names, return_bool).map(Val::Vector),
                 }
             }
             _ => err(format!("operator {op} on a string")),
@@ -1640,25 +1675,92 @@ impl Evaluator<'_> {
     }
 }
 
+/// A sample's match signature for vector matching: its labels named by `on (...)`, or all but
+/// the metric name and those named by `ignoring (...)`, in name order, borrowed.
+type Sig<'a> = Vec<(&'a str, &'a str)>;
+
+fn signature<'a>(l: &'a LabelSet, on: bool, names: &[String]) -> Sig<'a> {
+    l.iter()
+        .filter(|(k, _)| {
+            if on {
+                names.iter().any(|n| n == *k)
+            } else {
+                *k != METRIC_NAME && !names.iter().any(|n| n == *k)
+            }
+        })
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+/// A signature as a label set (for messages).
+fn sig_labels(sig: &Sig<'_>) -> Labels {
+    sig.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A binary operator between two numbers, read once per operation rather than per sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Pow,
+    Atan2,
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+}
+
+impl BinOp {
+    fn parse(op: &str) -> Result<BinOp, EvalError> {
+        Ok(match op {
+            "+" => BinOp::Add,
+            "-" => BinOp::Sub,
+            "*" => BinOp::Mul,
+            "/" => BinOp::Div,
+            "%" => BinOp::Mod,
+            "^" => BinOp::Pow,
+            "atan2" => BinOp::Atan2,
+            "==" => BinOp::Eq,
+            "!=" => BinOp::Ne,
+            ">" => BinOp::Gt,
+            "<" => BinOp::Lt,
+            ">=" => BinOp::Ge,
+            "<=" => BinOp::Le,
+            _ => return err(format!("operator {op} is not supported here")),
+        })
+    }
+
+    /// The arithmetic result, or for a comparison the left value and whether it holds.
+    fn apply(self, l: f64, r: f64) -> (f64, bool) {
+        match self {
+            BinOp::Add => (l + r, true),
+            BinOp::Sub => (l - r, true),
+            BinOp::Mul => (l * r, true),
+            BinOp::Div => (l / r, true),
+            BinOp::Mod => (l % r, true),
+            BinOp::Pow => (l.powf(r), true),
+            BinOp::Atan2 => (l.atan2(r), true),
+            BinOp::Eq => (l, l == r),
+            BinOp::Ne => (l, l != r),
+            BinOp::Gt => (l, l > r),
+            BinOp::Lt => (l, l < r),
+            BinOp::Ge => (l, l >= r),
+            BinOp::Le => (l, l <= r),
+        }
+    }
+}
+
 /// Applies an operator to two floats: the arithmetic result, or for a comparison the left value
 /// and whether the comparison holds.
 fn elem_binop(op: &str, l: f64, r: f64) -> Result<(f64, bool), EvalError> {
-    Ok(match op {
-        "+" => (l + r, true),
-        "-" => (l - r, true),
-        "*" => (l * r, true),
-        "/" => (l / r, true),
-        "%" => (l % r, true),
-        "^" => (l.powf(r), true),
-        "atan2" => (l.atan2(r), true),
-        "==" => (l, l == r),
-        "!=" => (l, l != r),
-        ">" => (l, l > r),
-        "<" => (l, l < r),
-        ">=" => (l, l >= r),
-        "<=" => (l, l <= r),
-        _ => return err(format!("operator {op} is not supported here")),
-    })
+    BinOp::parse(op).map(|b| b.apply(l, r))
 }
 
 /// Whether an operator's result drops the metric name: the arithmetic ones do; comparisons
@@ -1694,9 +1796,14 @@ fn vector_scalar(
     comparison: bool,
 ) -> Result<Vec<Elem>, EvalError> {
     let mut out = Vec::with_capacity(vec.len());
+    if vec.is_empty() {
+        return Ok(out);
+    }
+    let bop = BinOp::parse(op)?;
+    let drops_name = drops_metric_name(op) || return_bool;
     for mut s in vec {
         let (l, r) = if swap { (scalar, s.v) } else { (s.v, scalar) };
-        let (mut value, keep) = elem_binop(op, l, r)?;
+        let (mut value, keep) = bop.apply(l, r);
         // The vector's value is kept even when the scalar is on the left of a comparison.
         if comparison && swap {
             value = r;
@@ -1706,13 +1813,13 @@ fn vector_scalar(
         } else if !keep {
             continue;
         }
-        if drops_metric_name(op) || return_bool {
+        if drops_name {
             s.labels.drop_name();
         }
         s.v = value;
         out.push(s);
     }
-    if drops_metric_name(op) || return_bool {
+    if drops_name {
         check_unique(&out)?;
     }
     Ok(out)
@@ -1726,7 +1833,6 @@ fn vector_vector(
     card: &VectorMatchCardinality,
     on: bool,
     names: &[String],
-    sig: &dyn Fn(&LabelSet) -> Labels,
     return_bool: bool,
 ) -> Result<Vec<Elem>, EvalError> {
     let one_to_many = matches!(card, VectorMatchCardinality::OneToMany(_));
@@ -1738,27 +1844,29 @@ fn vector_vector(
         _ => None,
     };
     // The "one" side must have unique signatures.
-    let mut right: HashMap<Labels, &Elem> = HashMap::with_capacity(rhs.len());
+    let mut right: HashMap<Sig<'_>, &Elem, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(rhs.len(), Default::default());
     for s in &rhs {
-        let k = sig(&s.labels);
+        let k = signature(&s.labels, on, names);
         if let Some(prev) = right.get(&k) {
             let side = if one_to_many { "left" } else { "right" };
             return err(format!(
                 "found duplicate series for the match group {} on the {side} hand-side of the \
                  operation: [{}, {}];many-to-many matching not allowed: matching labels must be \
                  unique on one side",
-                crate::format_labels(&k),
+                crate::format_labels(&sig_labels(&k)),
                 crate::format_labels(&prev.labels.to_labels()),
                 crate::format_labels(&s.labels.to_labels())
             ));
         }
         right.insert(k, s);
     }
-    let mut matched_one: HashSet<Labels> = HashSet::new();
-    let mut matched_many: HashMap<Labels, HashSet<LabelSet>> = HashMap::new();
+    let mut matched_one: HashSet<Sig<'_>, foldhash::fast::RandomState> = HashSet::default();
+    let mut matched_many: HashMap<Sig<'_>, HashSet<LabelSet>, foldhash::fast::RandomState> =
+        HashMap::default();
     let mut out = Vec::new();
-    for ls in lhs {
-        let k = sig(&ls.labels);
+    for ls in &lhs {
+        let k = signature(&ls.labels, on, names);
         let Some(rs) = right.get(&k) else {
             continue;
         };
@@ -1774,7 +1882,7 @@ fn vector_vector(
             continue;
         }
         // The result's labels: the "many" (or left) side's, trimmed as Prometheus does.
-        let mut metric = ls.labels;
+        let mut metric = ls.labels.clone();
         if drops_metric_name(op) || return_bool {
             metric.drop_name();
         }

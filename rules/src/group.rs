@@ -196,6 +196,10 @@ struct Overlay<'a> {
 }
 
 impl Storage for Overlay<'_> {
+    fn size_hint(&self, matchers: &[Matcher]) -> usize {
+        self.base.size_hint(matchers) + self.cycle.len()
+    }
+
     fn visit(&self, matchers: &[Matcher], mint: i64, maxt: i64, f: &mut SeriesVisitor<'_>) {
         // This cycle's samples of the matching series, in the cycle's order.
         let mut extra: Vec<(Arc<Labels>, Vec<Sample>, bool)> = Vec::new();

@@ -340,6 +340,27 @@ fn labels_bytes(l: &Labels) -> usize {
             .sum::<usize>()
 }
 
+/// A selector the rules read, with the series it matches.
+#[derive(Debug)]
+struct SelectorSlots {
+    matchers: Vec<Matcher>,
+    /// Slots, in the order of `History::by_name`.
+    slots: Vec<usize>,
+}
+
+/// A series of a [`History`] as [`History::append_handle`] found it: its slot, or that it is not
+/// kept, with the generation that tells whether this still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesHandle {
+    slot: u32,
+    generation: u32,
+}
+
+impl SeriesHandle {
+    /// The slot of a series no rule reads.
+    const NOT_KEPT: u32 = u32::MAX;
+}
+
 /// A bounded, downsampling series store for the agent's rule evaluation.
 #[derive(Debug)]
 pub struct History {
@@ -350,9 +371,25 @@ pub struct History {
     /// The requirements whose selector does not name the metric.
     requirements_unnamed: Vec<usize>,
     slots: Vec<Option<HSeries>>,
+    /// Bumped each time a slot's series is removed, so that a [`SeriesHandle`] to it no longer
+    /// holds once the slot is reused.
+    generations: Vec<u32>,
+    /// Bumped by [`History::set_requirements`]: a handle saying "not kept" holds only for the
+    /// requirements it was found under.
+    requirements_generation: u32,
     free: Vec<usize>,
     index: HashMap<Arc<Labels>, usize, LabelsHashBuilder>,
     by_name: FastMap<String, Vec<usize>>,
+    /// The distinct selectors of the requirements that name a metric and match more than the
+    /// name, each with the slots of the series it matches (in `by_name`'s order), so that
+    /// visiting such a selector matches no label.
+    selectors: Vec<SelectorSlots>,
+    /// The indexes in `selectors` by metric name.
+    selectors_by_name: FastMap<String, Vec<usize>>,
+    /// The indexes in `selectors` by the hash of their matchers ([`History::matchers_hash`]).
+    selectors_by_hash: FastMap<u64, Vec<usize>>,
+    /// The hasher of `selectors_by_hash`.
+    selector_hasher: foldhash::fast::RandomState,
     live: usize,
     rejected_samples: u64,
     out_of_order_samples: u64,
@@ -368,9 +405,15 @@ impl History {
             requirements_by_name: FastMap::default(),
             requirements_unnamed: Vec::new(),
             slots: Vec::new(),
+            generations: Vec::new(),
+            requirements_generation: 0,
             free: Vec::new(),
             index: HashMap::default(),
             by_name: FastMap::default(),
+            selectors: Vec::new(),
+            selectors_by_name: FastMap::default(),
+            selectors_by_hash: FastMap::default(),
+            selector_hasher: foldhash::fast::RandomState::default(),
             live: 0,
             rejected_samples: 0,
             out_of_order_samples: 0,
@@ -405,6 +448,7 @@ impl History {
             }
         }
         self.requirements = requirements;
+        self.requirements_generation = self.requirements_generation.wrapping_add(1);
         for i in 0..self.slots.len() {
             let Some(s) = &self.slots[i] else {
                 continue;
@@ -432,6 +476,62 @@ impl History {
                 s.prune(full_res);
             }
         }
+        self.index_selectors();
+    }
+
+    /// Rebuilds `selectors` from the requirements and the series held.
+    fn index_selectors(&mut self) {
+        self.selectors.clear();
+        self.selectors_by_name.clear();
+        self.selectors_by_hash.clear();
+        for r in &self.requirements {
+            let Some(name) = metric_name_of(&r.matchers) else {
+                continue;
+            };
+            if r.matchers.len() < 2 {
+                continue;
+            }
+            let ids = self.selectors_by_name.entry(name.to_owned()).or_default();
+            if ids
+                .iter()
+                .any(|&i| same_matchers(&self.selectors[i].matchers, &r.matchers))
+            {
+                continue;
+            }
+            ids.push(self.selectors.len());
+            self.selectors_by_hash
+                .entry(matchers_hash(&self.selector_hasher, &r.matchers))
+                .or_default()
+                .push(self.selectors.len());
+            let slots = self
+                .by_name
+                .get(name)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|&i| {
+                    self.slots[i]
+                        .as_ref()
+                        .is_some_and(|s| r.matchers.iter().all(|m| m.matches_labels(&s.labels)))
+                })
+                .collect();
+            self.selectors.push(SelectorSlots {
+                matchers: r.matchers.clone(),
+                slots,
+            });
+        }
+    }
+
+    /// The index in `selectors` of a selector with these matchers, if it is indexed.
+    fn indexed_selector(&self, matchers: &[Matcher]) -> Option<&SelectorSlots> {
+        if self.selectors.is_empty() {
+            return None;
+        }
+        self.selectors_by_hash
+            .get(&matchers_hash(&self.selector_hasher, matchers))?
+            .iter()
+            .map(|&i| &self.selectors[i])
+            .find(|s| same_matchers(&s.matchers, matchers))
     }
 
     /// The longest window a requirement matching `labels` reads, 0 when none matches.
@@ -473,6 +573,12 @@ impl History {
             if ids.is_empty() {
                 self.by_name.remove(name);
             }
+            for &sel in self.selectors_by_name.get(name).into_iter().flatten() {
+                self.selectors[sel].slots.retain(|&x| x != i);
+            }
+        }
+        if let Some(g) = self.generations.get_mut(i) {
+            *g = g.wrapping_add(1);
         }
         self.free.push(i);
         self.live -= 1;
@@ -482,12 +588,24 @@ impl History {
     /// timestamp replaces it; an older one is dropped and counted. Series no rule reads are not
     /// kept; a new series beyond the cap is dropped and counted.
     pub fn append(&mut self, labels: &Labels, t: i64, v: f64) {
+        self.append_handle(labels, t, v);
+    }
+
+    /// [`append`](Self::append), returning a handle with which
+    /// [`append_by_handle`](Self::append_by_handle) appends to the same series without its
+    /// labels (also for a series that is not kept, while the requirements stay the same). `None`
+    /// when the sample was refused by the series cap: such a series must be appended by its
+    /// labels again, so that it is counted, and kept once there is room.
+    pub fn append_handle(&mut self, labels: &Labels, t: i64, v: f64) -> Option<SeriesHandle> {
         let idx = match self.index.get(labels) {
             Some(&i) => i,
             None => {
                 let window = self.window_for(labels);
                 if window == 0 {
-                    return;
+                    return Some(SeriesHandle {
+                        slot: SeriesHandle::NOT_KEPT,
+                        generation: self.requirements_generation,
+                    });
                 }
                 if self.live >= self.config.max_series {
                     self.rejected_samples += 1;
@@ -495,7 +613,7 @@ impl History {
                         self.cap_reported = true;
                         self.cap_report = Some(labels.clone());
                     }
-                    return;
+                    return None;
                 }
                 let step_ms = self.step_for(window);
                 let arc = Arc::new(labels.clone());
@@ -514,17 +632,55 @@ impl History {
                     }
                     None => {
                         self.slots.push(Some(series));
+                        self.generations.push(0);
                         self.slots.len() - 1
                     }
                 };
                 if let Some(name) = labels.get(METRIC_NAME) {
                     self.by_name.entry(name.clone()).or_default().push(i);
+                    for &sel in self.selectors_by_name.get(name).into_iter().flatten() {
+                        let sel = &mut self.selectors[sel];
+                        if sel.matchers.iter().all(|m| m.matches_labels(labels)) {
+                            sel.slots.push(i);
+                        }
+                    }
                 }
                 self.index.insert(arc, i);
                 self.live += 1;
                 i
             }
         };
+        self.push_sample(idx, t, v);
+        // A slot beyond u32 (never with a sane cap) gets no handle: it is appended by labels.
+        let slot = u32::try_from(idx)
+            .ok()
+            .filter(|&s| s != SeriesHandle::NOT_KEPT)?;
+        Some(SeriesHandle {
+            slot,
+            generation: self.generations.get(idx).copied().unwrap_or(0),
+        })
+    }
+
+    /// Appends a sample to the series `handle` was returned for, as
+    /// [`append`](Self::append) would with its labels. Returns `false`, appending nothing, when
+    /// the handle no longer holds (the series was dropped, or the requirements changed for a
+    /// series that was not kept): append by the labels then.
+    pub fn append_by_handle(&mut self, handle: SeriesHandle, t: i64, v: f64) -> bool {
+        if handle.slot == SeriesHandle::NOT_KEPT {
+            return handle.generation == self.requirements_generation;
+        }
+        let idx = handle.slot as usize;
+        if self.generations.get(idx) != Some(&handle.generation)
+            || self.slots.get(idx).is_none_or(Option::is_none)
+        {
+            return false;
+        }
+        self.push_sample(idx, t, v);
+        true
+    }
+
+    /// Appends a sample to the series in slot `idx`.
+    fn push_sample(&mut self, idx: usize, t: i64, v: f64) {
         let full_res = self.config.full_resolution_ms;
         let Some(s) = self.slots[idx].as_mut() else {
             return;
@@ -597,8 +753,42 @@ impl History {
             .iter()
             .map(|(k, v)| k.len() + std::mem::size_of::<(String, Vec<usize>)>() + v.capacity() * 8)
             .sum();
-        series + slots + self.free.capacity() * 8 + index + names
+        let selectors: usize = self
+            .selectors
+            .iter()
+            .map(|s| std::mem::size_of::<SelectorSlots>() + s.slots.capacity() * 8)
+            .sum();
+        series
+            + slots
+            + selectors
+            + self.generations.capacity() * 4
+            + self.free.capacity() * 8
+            + index
+            + names
     }
+}
+
+/// A hash of a selector's matchers: what [`same_matchers`] compares.
+fn matchers_hash(hasher: &foldhash::fast::RandomState, matchers: &[Matcher]) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = hasher.build_hasher();
+    for m in matchers {
+        m.name.hash(&mut h);
+        m.value.hash(&mut h);
+        std::mem::discriminant(&m.op).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Whether two selectors have the same matchers, in the same order (a regular expression is
+/// compared by its text).
+fn same_matchers(a: &[Matcher], b: &[Matcher]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.name == y.name
+                && x.value == y.value
+                && std::mem::discriminant(&x.op) == std::mem::discriminant(&y.op)
+        })
 }
 
 /// Where the matcher requiring the metric name (`__name__="x"`) is, if there is one.
@@ -614,6 +804,19 @@ fn metric_name_of(matchers: &[Matcher]) -> Option<&str> {
 }
 
 impl Storage for History {
+    fn size_hint(&self, matchers: &[Matcher]) -> usize {
+        match name_matcher(matchers) {
+            Some(i) => {
+                let name = &matchers[i].value;
+                match self.indexed_selector(matchers) {
+                    Some(sel) => sel.slots.len(),
+                    None => self.by_name.get(name).map_or(0, Vec::len),
+                }
+            }
+            None => self.live,
+        }
+    }
+
     fn visit(&self, matchers: &[Matcher], mint: i64, maxt: i64, f: &mut SeriesVisitor<'_>) {
         // Series found by their name need not be matched against it again.
         let by_name = name_matcher(matchers);
@@ -632,7 +835,20 @@ impl Storage for History {
         };
         match by_name {
             Some(i) => {
-                for &slot in self.by_name.get(&matchers[i].value).into_iter().flatten() {
+                let name = &matchers[i].value;
+                if let Some(sel) = self.indexed_selector(matchers) {
+                    // Every series listed matches: only the window is left to check.
+                    for &slot in &sel.slots {
+                        if let Some(s) = &self.slots[slot] {
+                            let (samples, facts) = s.select(mint, maxt);
+                            if !samples.is_empty() {
+                                f(&s.labels, samples, facts);
+                            }
+                        }
+                    }
+                    return;
+                }
+                for &slot in self.by_name.get(name).into_iter().flatten() {
                     if let Some(s) = &self.slots[slot] {
                         one(s);
                     }
@@ -817,6 +1033,126 @@ mod tests {
         assert_eq!(h.stats().series, 0);
         h.append(&labels(r#"x{i="9"}"#), 2 * HOUR, 1.0);
         assert_eq!(h.stats().series, 1);
+    }
+
+    #[test]
+    fn handles_append_as_labels_do_until_they_no_longer_hold() {
+        let mut h = History::new(HistoryConfig {
+            max_series: 2,
+            ..HistoryConfig::default()
+        });
+        let rf = crate::file::parse(
+            "t",
+            "groups:\n- name: g\n  rules:\n  - record: r\n    expr: x{i=\"1\"} + y\n",
+        )
+        .expect("rules");
+        h.set_rules(&rf.groups);
+        let x1 = labels(r#"x{i="1"}"#);
+        let x2 = labels(r#"x{i="2"}"#);
+        let hx = h.append_handle(&x1, 0, 1.0).expect("kept");
+        let unread = h.append_handle(&x2, 0, 1.0).expect("not kept, not refused");
+        assert!(h.append_by_handle(hx, 1000, 2.0));
+        assert!(h.append_by_handle(unread, 1000, 2.0), "still not kept");
+        assert_eq!(h.stats().series, 1);
+        let sel = |h: &History| h.select(&[Matcher::equal(METRIC_NAME, "x")], 0, i64::MAX);
+        assert_eq!(
+            sel(&h)[0].samples,
+            vec![Sample { t: 0, v: 1.0 }, Sample { t: 1000, v: 2.0 }]
+        );
+        // Rules that read x{i="2"} too: the "not kept" handle no longer holds.
+        let rf = crate::file::parse(
+            "t",
+            "groups:\n- name: g\n  rules:\n  - record: r\n    expr: x + y\n",
+        )
+        .expect("rules");
+        h.set_rules(&rf.groups);
+        assert!(!h.append_by_handle(unread, 2000, 3.0));
+        assert!(
+            h.append_by_handle(hx, 2000, 3.0),
+            "a kept series' handle holds"
+        );
+        let h2 = h.append_handle(&x2, 2000, 3.0).expect("kept now");
+        // The cap refuses a third series: no handle, so it is appended (and counted) by labels.
+        assert_eq!(h.append_handle(&labels("y"), 2000, 1.0), None);
+        assert_eq!(h.stats().rejected_samples, 1);
+        // A series that ends frees its slot; a handle to it no longer holds, even once the
+        // slot holds another series.
+        h.prune(2000 + HOUR);
+        assert_eq!(h.stats().series, 0);
+        let hy = h
+            .append_handle(&labels("y"), 2000 + HOUR, 1.0)
+            .expect("kept");
+        assert!(!h.append_by_handle(hx, 2001 + HOUR, 9.0));
+        assert!(!h.append_by_handle(h2, 2001 + HOUR, 9.0));
+        assert!(h.append_by_handle(hy, 2001 + HOUR, 2.0));
+        assert_eq!(h.stats().series, 1);
+        assert_eq!(h.stats().samples, 2);
+    }
+
+    #[test]
+    fn indexed_selectors_follow_series_and_rules() {
+        let mut h = History::new(HistoryConfig::default());
+        let rf = crate::file::parse(
+            "t",
+            "groups:\n- name: g\n  rules:\n  - record: r\n    expr: x{i=\"1\"} + x{i!=\"1\", j=~\"a|b\"}\n",
+        )
+        .expect("rules");
+        h.set_rules(&rf.groups);
+        for (i, l) in [
+            r#"x{i="1"}"#,
+            r#"x{i="2", j="a"}"#,
+            r#"x{i="3", j="c"}"#,
+            r#"x{i="4", j="b"}"#,
+        ]
+        .iter()
+        .enumerate()
+        {
+            h.append(&labels(l), i as i64 * 1000, 1.0);
+        }
+        let q = |h: &History, e: &str| {
+            let mut got: Vec<String> = Query::parse(e)
+                .expect(e)
+                .eval_vector(h, 10_000)
+                .expect(e)
+                .into_iter()
+                .map(|s| crate::format_labels(&s.labels))
+                .collect();
+            got.sort();
+            got
+        };
+        assert_eq!(q(&h, r#"x{i="1"}"#), vec![r#"{__name__="x", i="1"}"#]);
+        assert_eq!(
+            q(&h, r#"x{i!="1", j=~"a|b"}"#),
+            vec![
+                r#"{__name__="x", i="2", j="a"}"#,
+                r#"{__name__="x", i="4", j="b"}"#
+            ]
+        );
+        // A selector not among the rules' is matched series by series (x{i="3"} is read by no
+        // rule, so not kept).
+        assert_eq!(
+            q(&h, r#"x{j=~"a|c"}"#),
+            vec![r#"{__name__="x", i="2", j="a"}"#]
+        );
+        // Series that end leave the index; new ones join it.
+        h.prune(5 * MIN + 3500);
+        h.append(&labels(r#"x{i="5", j="a"}"#), 5 * MIN + 3500, 1.0);
+        let later = |e: &str| {
+            let mut got: Vec<String> = Query::parse(e)
+                .expect(e)
+                .eval_vector(&h, 5 * MIN + 4000)
+                .expect(e)
+                .into_iter()
+                .map(|s| crate::format_labels(&s.labels))
+                .collect();
+            got.sort();
+            got
+        };
+        assert_eq!(
+            later(r#"x{i!="1", j=~"a|b"}"#),
+            vec![r#"{__name__="x", i="5", j="a"}"#]
+        );
+        assert!(later(r#"x{i="1"}"#).is_empty());
     }
 
     #[test]

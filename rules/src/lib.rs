@@ -27,7 +27,7 @@ pub mod template;
 pub use eval::{EvalError, ExprError, Query, VSample, Value};
 pub use file::{AlertingRule, Group, LoadError, RecordingRule, Rule, RuleFile};
 pub use group::{Alert, AlertState, GroupOutput, GroupState, evaluate_group};
-pub use history::{History, HistoryConfig, HistoryStats};
+pub use history::{History, HistoryConfig, HistoryStats, SeriesHandle};
 pub use storage::{Labels, MemStorage, Sample, Series, Storage};
 
 use promql_parser::label::MatchOp;

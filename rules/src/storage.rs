@@ -167,6 +167,12 @@ pub trait Storage {
     /// is visited once; no two have the same labels.
     fn visit(&self, matchers: &[Matcher], mint: i64, maxt: i64, f: &mut SeriesVisitor<'_>);
 
+    /// About how many series [`visit`](Storage::visit) would lend for `matchers` (an upper
+    /// bound where the store knows one cheaply), so that the evaluator sizes its results once.
+    fn size_hint(&self, _matchers: &[Matcher]) -> usize {
+        0
+    }
+
     /// The series [`visit`](Storage::visit) would lend, copied.
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
         let mut out = Vec::new();

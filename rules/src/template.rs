@@ -509,15 +509,23 @@ pub fn check(text: &str) -> Result<(), String> {
     build(text).map(|_| ())
 }
 
-fn labels_value(l: &Labels, text: &str, prefixes: [&str; 2]) -> Value {
+/// The labels a template names (`$labels.x`, `.Labels.x`, ...): (prefix, label name).
+fn label_refs(text: &str) -> Vec<(String, String)> {
+    label_ref_re()
+        .captures_iter(text)
+        .map(|c| (c[1].to_owned(), c[2].to_owned()))
+        .collect()
+}
+
+fn labels_value(l: &Labels, refs: &[(String, String)], prefixes: [&str; 2]) -> Value {
     let mut m: HashMap<String, Value> = l
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
     // Go's missingkey=zero: a label the template names but the alert lacks reads as "".
-    for c in label_ref_re().captures_iter(text) {
-        if prefixes.contains(&&c[1]) {
-            m.entry(c[2].to_owned())
+    for (prefix, name) in refs {
+        if prefixes.contains(&prefix.as_str()) {
+            m.entry(name.clone())
                 .or_insert_with(|| Value::String(String::new()));
         }
     }
@@ -534,7 +542,8 @@ pub struct Compiled {
 enum Parsed {
     /// Text without an action (`{{`): it expands to itself.
     Literal,
-    Template(Template),
+    /// The template, with the labels it names ([`label_refs`]).
+    Template(Template, Vec<(String, String)>),
     Failed(String),
 }
 
@@ -552,7 +561,7 @@ pub fn compile(text: &str) -> Compiled {
         Parsed::Literal
     } else {
         match build(text) {
-            Ok(t) => Parsed::Template(t),
+            Ok(t) => Parsed::Template(t, label_refs(text)),
             Err(e) => Parsed::Failed(e),
         }
     };
@@ -573,7 +582,7 @@ impl Compiled {
         match &*self.parsed {
             Parsed::Literal => self.text.clone(),
             Parsed::Failed(e) => format!("<error expanding template: {e}>"),
-            Parsed::Template(t) => render(t, &self.text, data),
+            Parsed::Template(t, refs) => render(t, refs, data),
         }
     }
 }
@@ -583,17 +592,17 @@ pub fn expand(text: &str, data: &TemplateData<'_>) -> String {
     compile(text).expand(data)
 }
 
-fn render(t: &Template, text: &str, data: &TemplateData<'_>) -> String {
+fn render(t: &Template, refs: &[(String, String)], data: &TemplateData<'_>) -> String {
     let mut obj = HashMap::new();
     obj.insert(
         "Labels".to_owned(),
-        labels_value(data.labels, text, ["$labels", ".Labels"]),
+        labels_value(data.labels, refs, ["$labels", ".Labels"]),
     );
     obj.insert(
         "ExternalLabels".to_owned(),
         labels_value(
             data.external_labels,
-            text,
+            refs,
             ["$externalLabels", ".ExternalLabels"],
         ),
     );

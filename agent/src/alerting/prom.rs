@@ -16,10 +16,10 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
-use sidelight_collector::model::Snapshot;
+use sidelight_collector::model::{Family, Kind, Snapshot, Value};
 use sidelight_rules::group::{AlertState, EvalContext, GroupState, evaluate_group};
 use sidelight_rules::storage::{METRIC_NAME, is_stale};
-use sidelight_rules::{Group, History, HistoryConfig, HistoryStats, Labels, Rule};
+use sidelight_rules::{Group, History, HistoryConfig, HistoryStats, Labels, Rule, SeriesHandle};
 
 use super::alert::{Alert, Millis, State, Transition, fingerprint};
 
@@ -279,6 +279,187 @@ pub struct Outcome {
     pub failed: usize,
 }
 
+/// The series of the last snapshot with their history handles, family by family in the order
+/// the snapshot lists them. The registry serves its series in a stable order, so a series whose
+/// labels equal those cached at its position is appended by its handle
+/// ([`History::append_by_handle`]): its label set is neither built nor hashed again. A series
+/// found elsewhere (a new one, or one that moved) is appended by its labels and cached at its new
+/// position. Holds a copy of each series' labels; rebuilt when the rules change.
+#[derive(Debug, Default)]
+struct SnapshotHandles {
+    families: Vec<FamilyHandles>,
+}
+
+#[derive(Debug)]
+struct FamilyHandles {
+    name: String,
+    kind: Kind,
+    /// The shape of its series' values ([`Shape::of`]), which names its samples.
+    shape: Shape,
+    /// Its samples in the order [`Family::samples`] yields them.
+    samples: Vec<CachedSample>,
+}
+
+#[derive(Debug)]
+struct CachedSample {
+    /// The sample's name; only histogram families have more than one (empty otherwise).
+    name: String,
+    labels: Vec<(String, String)>,
+    /// `None` for a recorded series (the rules store it when they record it) or one the
+    /// history's cap refused (appended by its labels, so that it is counted).
+    handle: Option<SeriesHandle>,
+    recorded: bool,
+}
+
+/// What a family's series' values are: the sample names follow the values (a counter's
+/// `_total`, a histogram's `_sum`, `_count`, `_bucket`), as [`Family::samples`] writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Some series is a histogram: read through [`Family::samples`].
+    Histograms,
+    /// Every series is a counter (`<name>_total`).
+    Counters,
+    /// Every series is a gauge or untyped (`<name>`).
+    Plain,
+    /// Counters and gauges or untyped: each sample's name is compared too.
+    Mixed,
+}
+
+impl Shape {
+    fn of(f: &Family) -> Shape {
+        let mut counters = 0;
+        for s in &f.series {
+            match s.value {
+                Value::Histogram(_) => return Shape::Histograms,
+                Value::Counter { .. } => counters += 1,
+                Value::Gauge(_) | Value::Unknown(_) => {}
+            }
+        }
+        if counters == 0 {
+            Shape::Plain
+        } else if counters == f.series.len() {
+            Shape::Counters
+        } else {
+            Shape::Mixed
+        }
+    }
+}
+
+impl SnapshotHandles {
+    /// Appends every sample of `snap` at `now`, except recorded series (`recorded`).
+    fn append(
+        &mut self,
+        snap: &Snapshot,
+        now: Millis,
+        history: &mut History,
+        recorded: &HashSet<String>,
+    ) {
+        self.families.truncate(snap.families.len());
+        for (i, f) in snap.families.iter().enumerate() {
+            let shape = Shape::of(f);
+            if self
+                .families
+                .get(i)
+                .is_none_or(|c| c.name != f.name || c.kind != f.kind || c.shape != shape)
+            {
+                let fresh = FamilyHandles {
+                    name: f.name.clone(),
+                    kind: f.kind,
+                    shape,
+                    samples: Vec::new(),
+                };
+                if i < self.families.len() {
+                    self.families[i] = fresh;
+                } else {
+                    self.families.push(fresh);
+                }
+            }
+            let cache = &mut self.families[i].samples;
+            let n = append_family(f, shape, cache, now, history, recorded);
+            cache.truncate(n);
+        }
+    }
+}
+
+/// Appends the samples of one family with the handles cached for it; returns how many there
+/// were. The samples are those [`Family::samples`] yields (counters `<name>_total`, gauges and
+/// untyped `<name>`, histograms `_sum`, `_count`, `_bucket{le}`), read without building them
+/// where every series has one sample (no histogram).
+fn append_family(
+    f: &Family,
+    shape: Shape,
+    cache: &mut Vec<CachedSample>,
+    now: Millis,
+    history: &mut History,
+    recorded: &HashSet<String>,
+) -> usize {
+    let mut one = |j: usize, name: &str, named: bool, labels: &[(String, String)], v: f64| {
+        if let Some(c) = cache.get_mut(j)
+            && (!named || c.name == name)
+            && c.labels == labels
+        {
+            if c.recorded {
+                return;
+            }
+            if let Some(h) = c.handle
+                && history.append_by_handle(h, now, v)
+            {
+                return;
+            }
+            c.handle = history.append_handle(&label_set(name, labels), now, v);
+            return;
+        }
+        let is_recorded = recorded.contains(name);
+        let handle = if is_recorded {
+            None
+        } else {
+            history.append_handle(&label_set(name, labels), now, v)
+        };
+        let entry = CachedSample {
+            name: if named {
+                name.to_owned()
+            } else {
+                String::new()
+            },
+            labels: labels.to_vec(),
+            handle,
+            recorded: is_recorded,
+        };
+        match cache.get_mut(j) {
+            Some(slot) => *slot = entry,
+            None => cache.push(entry),
+        }
+    };
+    if shape == Shape::Histograms {
+        let mut n = 0;
+        for (j, s) in f.samples().enumerate() {
+            one(j, &s.name, true, &s.labels, s.value);
+            n = j + 1;
+        }
+        return n;
+    }
+    let total = if shape == Shape::Plain {
+        String::new()
+    } else {
+        format!("{}_total", f.name)
+    };
+    for (j, s) in f.series.iter().enumerate() {
+        let name = match s.value {
+            Value::Counter { .. } => total.as_str(),
+            _ => f.name.as_str(),
+        };
+        one(j, name, shape == Shape::Mixed, &s.labels, s.value.number());
+    }
+    f.series.len()
+}
+
+/// A snapshot sample's label set as the rules read it: its labels with `__name__`.
+fn label_set(name: &str, labels: &[(String, String)]) -> Labels {
+    let mut out: Labels = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    out.insert(METRIC_NAME.to_owned(), name.to_owned());
+    out
+}
+
 /// The Prometheus-rules evaluator's state.
 #[derive(Debug)]
 pub struct PromRules {
@@ -290,6 +471,8 @@ pub struct PromRules {
     pub alerts: BTreeMap<String, Alert>,
     recorded: RecordedCollector,
     recorded_names: HashSet<String>,
+    /// The snapshot's series with their history handles, from the last cycle.
+    handles: SnapshotHandles,
     /// `alerts.evaluation_interval` at the last cycle (ms), for groups without an interval.
     default_interval: Millis,
 }
@@ -307,6 +490,7 @@ impl PromRules {
             alerts: BTreeMap::new(),
             recorded,
             recorded_names: HashSet::new(),
+            handles: SnapshotHandles::default(),
             default_interval: 15_000,
         }
     }
@@ -410,6 +594,8 @@ impl PromRules {
             }
         }
         self.history.set_rules(&groups);
+        // Which series are recorded ones (not stored from the snapshot) may have changed.
+        self.handles = SnapshotHandles::default();
         self.recorded_names = groups
             .iter()
             .flat_map(|g| g.rules.iter())
@@ -438,19 +624,8 @@ impl PromRules {
     ) -> Outcome {
         self.default_interval = default_interval;
         if let Some(snap) = snapshot {
-            for s in snap.samples() {
-                // Recorded series come back on /metrics; they are stored when recorded only.
-                if self.recorded_names.contains(s.name.as_ref()) {
-                    continue;
-                }
-                let mut labels: Labels = s
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                labels.insert(METRIC_NAME.to_owned(), s.name.into_owned());
-                self.history.append(&labels, now, s.value);
-            }
+            self.handles
+                .append(snap, now, &mut self.history, &self.recorded_names);
         }
         let ctx = EvalContext {
             external_labels: &external.labels,
@@ -610,6 +785,74 @@ mod tests {
     use prometheus_client::metrics::counter::Counter;
     use prometheus_client::metrics::family::Family;
     use prometheus_client::registry::Registry;
+
+    /// Appending by the handles cached per snapshot position stores what appending every
+    /// sample by its labels stores, while series appear (moving others in the registry's
+    /// order), values change, and a recorded series is skipped.
+    #[test]
+    fn snapshot_handles_append_what_labels_would() {
+        use prometheus_client::metrics::gauge::Gauge;
+        use prometheus_client::metrics::histogram::Histogram;
+        use sidelight_rules::Storage as _;
+        use sidelight_rules::history::Requirement;
+        type L = Vec<(String, String)>;
+        let mut reg = Registry::default();
+        let req = Family::<L, Counter>::default();
+        reg.register("req", "requests", req.clone());
+        let temp = Family::<L, Gauge>::default();
+        reg.register("temp", "temperature", temp.clone());
+        let lat = Family::<L, Histogram>::new_with_constructor(|| Histogram::new([0.1, 1.0]));
+        reg.register("lat", "latency", lat.clone());
+        let rec = Family::<L, Gauge>::default();
+        reg.register("job:req:rate1m", "recorded", rec.clone());
+        let recorded: HashSet<String> = ["job:req:rate1m".to_owned()].into_iter().collect();
+        let l = |k: &str, v: usize| vec![(k.to_owned(), format!("v{v}"))];
+        let everything = || {
+            let mut h = History::new(HistoryConfig::default());
+            h.set_requirements(vec![Requirement::everything(60 * 60 * 1000)]);
+            h
+        };
+        let (mut by_handle, mut by_labels) = (everything(), everything());
+        let mut handles = SnapshotHandles::default();
+        for step in 0..30usize {
+            // A new series every few steps, in every family.
+            for i in 0..=step / 3 {
+                req.get_or_create(&l("job", i)).inc_by(step as u64);
+                temp.get_or_create(&l("room", i)).set((step * i) as i64);
+                lat.get_or_create(&l("route", i))
+                    .observe(step as f64 / 10.0);
+                rec.get_or_create(&l("job", i)).set(1);
+            }
+            let snap = sidelight_collector::model::snapshot(&reg).expect("snapshot");
+            let now = 1_000_000 + step as i64 * 15_000;
+            handles.append(&snap, now, &mut by_handle, &recorded);
+            for s in snap.samples() {
+                if !recorded.contains(s.name.as_ref()) {
+                    by_labels.append(&label_set(&s.name, &s.labels), now, s.value);
+                }
+            }
+        }
+        let all = |h: &History| {
+            let mut v: Vec<(Labels, Vec<(i64, u64)>)> = h
+                .select(&[], i64::MIN, i64::MAX)
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.labels,
+                        s.samples.iter().map(|x| (x.t, x.v.to_bits())).collect(),
+                    )
+                })
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let got = all(&by_handle);
+        assert_eq!(got, all(&by_labels));
+        // 10 counters, 10 gauges, 10 histograms × (sum, count, 3 buckets); no recorded series.
+        assert_eq!(got.len(), 70);
+        assert!(got.iter().all(|(l, _)| l[METRIC_NAME] != "job:req:rate1m"));
+        assert_eq!(by_handle.stats(), by_labels.stats());
+    }
 
     fn groups(yaml: &str) -> Arc<Vec<Group>> {
         Arc::new(

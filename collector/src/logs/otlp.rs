@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord as OtlpRecord, ResourceLogs
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use bytes::Bytes;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use prost::encoding::{WireType, encoded_len_varint};
 
 use super::record::{AttrValue, Attributes, LogRecord};
 use crate::pipeline::EncodedRequest;
@@ -224,8 +224,8 @@ fn write_record(out: &mut Vec<u8>, r: &LogRecord) {
     fixed64_field(out, 1, r.timestamp_unix_nano.unwrap_or(0));
     // severity_number = 2, severity_text = 3
     if r.severity_number != 0 {
-        encode_key(2, WireType::Varint, out);
-        encode_varint(u64::from(r.severity_number), out);
+        write_key(2, WireType::Varint, out);
+        write_varint(out, u64::from(r.severity_number));
     }
     string_field(out, 3, r.severity_text.as_deref().unwrap_or(""), false);
     // body = 5
@@ -282,15 +282,15 @@ fn any_value(out: &mut Vec<u8>, v: &AttrValue) {
         // so written even when zero.
         AttrValue::String(s) => string_field(out, 1, s, true),
         AttrValue::Bool(b) => {
-            encode_key(2, WireType::Varint, out);
-            encode_varint(u64::from(*b), out);
+            write_key(2, WireType::Varint, out);
+            write_varint(out, u64::from(*b));
         }
         AttrValue::Int(i) => {
-            encode_key(3, WireType::Varint, out);
-            encode_varint(*i as u64, out);
+            write_key(3, WireType::Varint, out);
+            write_varint(out, *i as u64);
         }
         AttrValue::Float(f) => {
-            encode_key(4, WireType::SixtyFourBit, out);
+            write_key(4, WireType::SixtyFourBit, out);
             out.extend_from_slice(&f.to_bits().to_le_bytes());
         }
         // array_value = 5: ArrayValue.values = 1
@@ -317,15 +317,15 @@ fn string_field(out: &mut Vec<u8>, field: u32, s: &str, always: bool) {
 }
 
 fn bytes_field(out: &mut Vec<u8>, field: u32, b: &[u8]) {
-    encode_key(field, WireType::LengthDelimited, out);
-    encode_varint(b.len() as u64, out);
+    write_key(field, WireType::LengthDelimited, out);
+    write_varint(out, b.len() as u64);
     out.extend_from_slice(b);
 }
 
 /// A `fixed64` field, left out when zero (proto3).
 fn fixed64_field(out: &mut Vec<u8>, field: u32, v: u64) {
     if v != 0 {
-        encode_key(field, WireType::SixtyFourBit, out);
+        write_key(field, WireType::SixtyFourBit, out);
         out.extend_from_slice(&v.to_le_bytes());
     }
 }
@@ -339,9 +339,13 @@ fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
 /// [`message`] keeping `room` bytes for the length: the body is moved only when its length
 /// needs another number of bytes (a guess of the size spares most moves).
 fn message_sized(out: &mut Vec<u8>, field: u32, room: usize, body: impl FnOnce(&mut Vec<u8>)) {
-    encode_key(field, WireType::LengthDelimited, out);
+    write_key(field, WireType::LengthDelimited, out);
     let at = out.len();
-    out.resize(at + room, 0);
+    if room == 1 {
+        out.push(0);
+    } else {
+        out.resize(at + room, 0);
+    }
     body(out);
     let len = out.len() - at - room;
     let need = encoded_len_varint(len as u64);
@@ -352,8 +356,29 @@ fn message_sized(out: &mut Vec<u8>, field: u32, room: usize, body: impl FnOnce(&
         out.copy_within(at + room..at + room + len, at + need);
         out.truncate(at + need + len);
     }
-    let mut slot = &mut out[at..at + need];
-    encode_varint(len as u64, &mut slot);
+    // The length, as a varint, into the `need` bytes kept for it.
+    let mut v = len as u64;
+    let mut i = at;
+    while v >= 0x80 {
+        out[i] = (v as u8) | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    out[i] = v as u8;
+}
+
+/// A field's key: `(field << 3) | wire type`, as a varint.
+fn write_key(field: u32, wire: WireType, out: &mut Vec<u8>) {
+    write_varint(out, (u64::from(field) << 3) | wire as u64);
+}
+
+/// A base-128 varint, low group first.
+fn write_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 #[cfg(test)]

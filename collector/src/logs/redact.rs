@@ -4,9 +4,11 @@
 //! rule is returned for a counter.
 //!
 //! Most strings hold no secret, so a string first meets a prefilter: every built-in rule names
-//! literals or a digit run its matches must contain, and one SIMD literal search plus one byte
-//! scan tell whether any could match. Only a string that passes (or has configured patterns matching)
-//! meets the [`RegexSet`] pass, and only the rules that matched then run their own replacement.
+//! literals or a digit run its matches must contain, and one literal search (SIMD for long
+//! strings, a table-driven pass over the bytes for short ones) plus one byte scan tell whether
+//! any could match; a string shorter than any match is not looked at. Only a string that passes
+//! (or has configured patterns matching) meets the [`RegexSet`] pass, and only the rules that
+//! matched then run their own replacement.
 
 use std::borrow::Cow;
 
@@ -148,9 +150,15 @@ const BUILTINS: &[Builtin] = &[
 #[derive(Debug)]
 struct Prefilter {
     literals: Literals,
+    /// The same search for short strings, byte by byte.
+    short: ShortScan,
     /// Shortest digit run a rule needs (`usize::MAX`: no rule needs one).
     digit_run: usize,
 }
+
+/// Strings up to this long are looked at by [`ShortScan`]: the packed searcher's set-up per call
+/// costs more than reading a few dozen bytes one at a time.
+const SHORT_STRING: usize = 64;
 
 impl Prefilter {
     fn new() -> Self {
@@ -164,6 +172,7 @@ impl Prefilter {
             }
         }
         Self {
+            short: ShortScan::new(&literals),
             literals: Literals::new(&literals),
             digit_run,
         }
@@ -171,9 +180,130 @@ impl Prefilter {
 
     /// False only when no built-in rule can match `s`.
     fn may_match(&self, s: &str) -> bool {
-        !s.is_ascii()
-            || self.literals.is_match(s.as_bytes())
-            || has_digit_run(s.as_bytes(), self.digit_run)
+        let b = s.as_bytes();
+        let literal = if b.len() <= SHORT_STRING {
+            self.short.may_match(b)
+        } else {
+            !s.is_ascii() || self.literals.is_match(b)
+        };
+        literal || has_digit_run(b, self.digit_run)
+    }
+}
+
+/// What [`Literals::is_match`] finds, plus any non-ASCII byte, in one pass over the bytes: a
+/// table says for each byte whether it passes the string on its own (non-ASCII, a one-byte
+/// literal) or may start a literal; then a bit set says whether the next byte may be a
+/// literal's second, and only then are the literals starting there compared.
+#[derive(Debug)]
+struct ShortScan {
+    /// Per byte: [`ShortScan::NOTHING`], [`ShortScan::PASS`], or `START + g` for group `g`.
+    class: [u8; 256],
+    /// Per group: the bytes its literals have second (in both cases when they fold), a bit each.
+    seconds: Vec<[u64; 4]>,
+    /// Per group: the literals (two bytes or more, with whether they fold case) that start with
+    /// the group's byte.
+    starts: Vec<Vec<(&'static [u8], bool)>>,
+}
+
+impl ShortScan {
+    const NOTHING: u8 = 0;
+    const PASS: u8 = 1;
+    const START: u8 = 2;
+
+    fn new(literals: &[(&'static str, bool)]) -> Self {
+        let mut class = [Self::NOTHING; 256];
+        class[0x80..].fill(Self::PASS);
+        let mut seconds: Vec<[u64; 4]> = Vec::new();
+        let mut starts: Vec<Vec<(&'static [u8], bool)>> = Vec::new();
+        let cases = |c: u8, fold: bool| {
+            if fold && c.is_ascii_alphabetic() {
+                vec![c.to_ascii_lowercase(), c.to_ascii_uppercase()]
+            } else {
+                vec![c]
+            }
+        };
+        for &(lit, fold) in literals {
+            let b = lit.as_bytes();
+            let Some(&first) = b.first() else {
+                // An empty literal occurs everywhere.
+                class = [Self::PASS; 256];
+                continue;
+            };
+            for c in cases(first, fold) {
+                let slot = &mut class[usize::from(c)];
+                if *slot == Self::PASS {
+                    continue;
+                }
+                if b.len() == 1 {
+                    *slot = Self::PASS;
+                    continue;
+                }
+                if *slot == Self::NOTHING {
+                    // At most one group per ASCII byte: far below the table's 254.
+                    *slot =
+                        Self::START + u8::try_from(starts.len()).unwrap_or(u8::MAX - Self::START);
+                    starts.push(Vec::new());
+                    seconds.push([0; 4]);
+                }
+                let g = usize::from(*slot - Self::START);
+                if let (Some(group), Some(bits)) = (starts.get_mut(g), seconds.get_mut(g)) {
+                    group.push((b, fold));
+                    for n in cases(b[1], fold) {
+                        bits[usize::from(n >> 6)] |= 1 << (n & 63);
+                    }
+                }
+            }
+        }
+        Self {
+            class,
+            seconds,
+            starts,
+        }
+    }
+
+    fn may_match(&self, s: &[u8]) -> bool {
+        let mut i = 0;
+        while i < s.len() {
+            let k = self.class[usize::from(s[i])];
+            i += 1;
+            if k == Self::NOTHING {
+                continue;
+            }
+            if k == Self::PASS {
+                return true;
+            }
+            let g = usize::from(k - Self::START);
+            let Some(&next) = s.get(i) else {
+                // No literal in a group is one byte long.
+                return false;
+            };
+            let Some(bits) = self.seconds.get(g) else {
+                return true;
+            };
+            if (bits[usize::from(next >> 6)] >> (next & 63)) & 1 != 0
+                && self.literal_at(g, &s[i - 1..])
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether a literal of group `g` starts `here`.
+    #[inline(never)]
+    fn literal_at(&self, g: usize, here: &[u8]) -> bool {
+        let Some(group) = self.starts.get(g) else {
+            return true;
+        };
+        group.iter().any(|&(lit, fold)| {
+            here.get(..lit.len()).is_some_and(|there| {
+                if fold {
+                    there.eq_ignore_ascii_case(lit)
+                } else {
+                    there == lit
+                }
+            })
+        })
     }
 }
 
@@ -529,7 +659,8 @@ impl Redactor {
 
     /// Redacts one string in place, adding to `counts`.
     pub fn redact_string(&self, s: &mut String, counts: &mut RedactionCounts) {
-        if self.may_match(s) {
+        // Shorter than any match: no rule can match it.
+        if s.len() >= self.min_match_len && self.may_match(s) {
             self.redact_rounds(s, counts);
         }
     }
@@ -978,6 +1109,20 @@ mod tests {
             let automaton = Literals::automaton(&literals);
             for s in [parts.concat(), format!("{filler}{}{filler}", parts.join(" ")), filler.clone()] {
                 prop_assert_eq!(packed.is_match(s.as_bytes()), automaton.is_match(s.as_bytes()), "{:?}", s);
+            }
+        }
+
+        #[test]
+        fn short_scan_agrees_with_the_packed_search(
+            parts in proptest::collection::vec(near_literal(), 0..6),
+            filler in "[a-z é]{0,20}",
+        ) {
+            let literals = builtin_literals();
+            let packed = Literals::new(&literals);
+            let short = ShortScan::new(&literals);
+            for s in [parts.concat(), format!("{filler}{}{filler}", parts.join(" ")), filler.clone()] {
+                let expected = !s.is_ascii() || packed.is_match(s.as_bytes());
+                prop_assert_eq!(short.may_match(s.as_bytes()), expected, "{:?}", s);
             }
         }
 

@@ -978,15 +978,19 @@ mod tests {
         );
     }
 
+    /// A default history whose requirements are those of one rule file's groups.
+    fn history_reading(rule_file: &str) -> History {
+        let mut h = History::new(HistoryConfig::default());
+        let rf = crate::file::parse("t", rule_file).expect("rules");
+        h.set_rules(&rf.groups);
+        h
+    }
+
     #[test]
     fn unread_series_are_not_kept_and_windows_follow_the_rules() {
-        let mut h = History::new(HistoryConfig::default());
-        let rf = crate::file::parse(
-            "t",
+        let mut h = history_reading(
             "groups:\n- name: g\n  rules:\n  - record: r\n    expr: rate(a_total[1d]) + b offset 10m\n",
-        )
-        .expect("rules");
-        h.set_rules(&rf.groups);
+        );
         h.append(&labels("a_total"), 0, 1.0);
         h.append(&labels("b"), 0, 1.0);
         h.append(&labels("unread"), 0, 1.0);
@@ -1091,13 +1095,9 @@ mod tests {
 
     #[test]
     fn indexed_selectors_follow_series_and_rules() {
-        let mut h = History::new(HistoryConfig::default());
-        let rf = crate::file::parse(
-            "t",
+        let mut h = history_reading(
             "groups:\n- name: g\n  rules:\n  - record: r\n    expr: x{i=\"1\"} + x{i!=\"1\", j=~\"a|b\"}\n",
-        )
-        .expect("rules");
-        h.set_rules(&rf.groups);
+        );
         for (i, l) in [
             r#"x{i="1"}"#,
             r#"x{i="2", j="a"}"#,

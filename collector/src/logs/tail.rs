@@ -421,7 +421,7 @@ impl Tailer {
         stats: LogStats,
         checkpoint_dir: &Path,
     ) -> Result<Self, TailError> {
-        let checkpoint = CheckpointFile::new(checkpoint_dir, &cfg.source);
+        let mut checkpoint = CheckpointFile::new(checkpoint_dir, &cfg.source);
         let source_label = [("source", cfg.source.to_string())];
         let loaded = match checkpoint.load() {
             Ok(loaded) => loaded,

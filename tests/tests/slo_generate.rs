@@ -145,7 +145,7 @@ fn generated_rules_pass_promtool_and_both_test_runners_and_load_in_the_agent() -
         .collect();
     let runbook = "https://runbooks.example.com/checkout#availability";
     let unit = format!(
-        "rule_files: [checkout-slo-rules.yaml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{burning_series}    promql_expr_test:\n      - expr: service:availability_error_ratio:rate5m\n        eval_time: 70m\n        exp_samples:\n          - {{ labels: 'service:availability_error_ratio:rate5m{{service=\"checkout\",team=\"payments\"}}', value: 0.1 }}\n      - expr: service:availability_error_ratio:rate3d\n        eval_time: 70m\n        exp_samples:\n          - {{ labels: 'service:availability_error_ratio:rate3d{{service=\"checkout\",team=\"payments\"}}', value: 0.1 }}\n    alert_rule_test:\n      # Nothing before each alert's `for` has passed.\n      - {{ alertname: CheckoutAvailabilityErrorBudgetBurn1h, eval_time: 2m, exp_alerts: [] }}\n      - {{ alertname: CheckoutAvailabilityErrorBudgetBurn3d, eval_time: 30m, exp_alerts: [] }}\n{alerts}  - interval: 1m\n    input_series:\n{healthy_series}    promql_expr_test:\n      - expr: service:availability_error_ratio:rate5m\n        eval_time: 70m\n        exp_samples:\n          - {{ labels: 'service:availability_error_ratio:rate5m{{service=\"checkout\",team=\"payments\"}}', value: 0.0005 }}\n    alert_rule_test:\n{quiet}",
+        "rule_files: [checkout-slo-rules.yaml]\nevaluation_interval: 1m\ngroup_eval_order: [checkout-availability-slo-error-ratios, checkout-availability-slo-error-ratios-long, checkout-availability-slo, checkout-availability-slo-slow]\ntests:\n  - interval: 1m\n    input_series:\n{burning_series}    promql_expr_test:\n      - expr: service:availability_error_ratio:rate5m\n        eval_time: 70m\n        exp_samples:\n          - {{ labels: 'service:availability_error_ratio:rate5m{{service=\"checkout\",team=\"payments\"}}', value: 0.1 }}\n      - expr: service:availability_error_ratio:rate3d\n        eval_time: 70m\n        exp_samples:\n          - {{ labels: 'service:availability_error_ratio:rate3d{{service=\"checkout\",team=\"payments\"}}', value: 0.1 }}\n    alert_rule_test:\n      # Nothing before each alert's `for` has passed.\n      - {{ alertname: CheckoutAvailabilityErrorBudgetBurn1h, eval_time: 2m, exp_alerts: [] }}\n      - {{ alertname: CheckoutAvailabilityErrorBudgetBurn3d, eval_time: 30m, exp_alerts: [] }}\n{alerts}  - interval: 1m\n    input_series:\n{healthy_series}    promql_expr_test:\n      - expr: service:availability_error_ratio:rate5m\n        eval_time: 70m\n        exp_samples:\n          - {{ labels: 'service:availability_error_ratio:rate5m{{service=\"checkout\",team=\"payments\"}}', value: 0.0005 }}\n    alert_rule_test:\n{quiet}",
         burning_series = series(5400, 600),
         healthy_series = series(5997, 3),
         alerts = burning_alerts("70m", runbook),
@@ -188,7 +188,22 @@ fn the_equivalent_spec_passes_the_shipped_slo_tests() -> Result {
     let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&shipped)?;
     let map = doc.as_mapping_mut().ok_or("slo.yaml is not a mapping")?;
     map.insert("rule_files".into(), vec!["generated.yaml"].into());
-    map.remove("group_eval_order");
+    // Groups run in a fixed order, the error ratios before the alerts that read them, as the
+    // shipped test orders its groups (promtool otherwise orders them at random).
+    let prefix = "sidelight-traces_span_metrics";
+    map.insert(
+        "group_eval_order".into(),
+        [
+            "-slo-error-ratios",
+            "-slo-error-ratios-long",
+            "-slo",
+            "-slo-slow",
+        ]
+        .iter()
+        .map(|g| format!("{prefix}{g}"))
+        .collect::<Vec<_>>()
+        .into(),
+    );
     let tests = map
         .get_mut("tests")
         .and_then(|t| t.as_sequence_mut())

@@ -2,6 +2,7 @@
 //! reads the store directly (no running agent needed), the second posts a deploy attempt to a
 //! running hub with the commits since the service's previous deployment (read with `git`), the
 //! third is a health check for images without a shell or curl (Docker's `HEALTHCHECK`).
+//! `sidelight slo generate` writes the rule file for an SLO spec (see [`sidelight::slo`]).
 
 use std::path::PathBuf;
 
@@ -641,4 +642,46 @@ mod tests {
             "{a}"
         );
     }
+}
+
+/// `sidelight slo generate`.
+#[derive(Debug, Args)]
+pub struct SloGenerateArgs {
+    /// The SLO spec (YAML; see README, "SLO rules from a spec").
+    spec: PathBuf,
+    /// Write the rule file here instead of to standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+/// Validates a spec (every problem, with its YAML path: exit 64) and writes its rule file.
+pub fn slo_generate(args: &SloGenerateArgs) -> Result<(), CliError> {
+    let name = args.spec.display().to_string();
+    let text = std::fs::read_to_string(&args.spec)
+        .with_context(|| format!("reading {name}"))
+        .map_err(usage)?;
+    let invalid = |errors: Vec<sidelight::slo::SpecError>| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("{name}: {e}")).collect();
+        usage(anyhow!("invalid SLO spec\n{}", lines.join("\n")))
+    };
+    let (spec, warnings) = sidelight::slo::parse(&text).map_err(invalid)?;
+    for w in warnings {
+        eprintln!("warning: {name}: {w}");
+    }
+    let rules = sidelight::slo::generate(&spec, &name).map_err(invalid)?;
+    match &args.output {
+        Some(out) => {
+            std::fs::write(out, &rules)
+                .with_context(|| format!("writing {}", out.display()))
+                .map_err(failure)?;
+            eprintln!(
+                "{}: rules for {} SLO(s) of {}",
+                out.display(),
+                spec.slos.len(),
+                spec.service
+            );
+        }
+        None => print!("{rules}"),
+    }
+    Ok(())
 }

@@ -20,5 +20,6 @@ pub mod preflight;
 pub mod reload;
 pub mod resource;
 pub mod runtime;
+pub mod slo;
 pub mod store;
 pub mod webhooks;

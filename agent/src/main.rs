@@ -49,6 +49,11 @@ enum Command {
     /// Health check: GET a URL of a running agent, exit 0 on 2xx, 1 otherwise (for Docker's
     /// HEALTHCHECK in images without a shell).
     Probe(cli::ProbeArgs),
+    /// SLO rules from a spec.
+    Slo {
+        #[command(subcommand)]
+        command: SloCommand,
+    },
     /// Tests of files users write.
     Test {
         #[command(subcommand)]
@@ -65,6 +70,13 @@ enum TestCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SloCommand {
+    /// Write standard Prometheus rules for the SLOs of a spec: error-ratio recording rules over
+    /// 5m to 3d and multi-window, multi-burn-rate alerts (exit 0; 64 for an invalid spec).
+    Generate(cli::SloGenerateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +119,9 @@ fn main() -> ExitCode {
         } => finish(cli::report(&args)),
         Command::Deploy(args) => finish(cli::deploy(&args)),
         Command::Probe(args) => finish(cli::probe(&args)),
+        Command::Slo {
+            command: SloCommand::Generate(args),
+        } => finish(cli::slo_generate(&args)),
         Command::Test {
             command: TestCommand::Rules { files },
         } => {

@@ -6,11 +6,16 @@
 //! Prometheus names with the values sent (deltas summed), plus `target_info`; the error log
 //! records are counted in `sidelight_log_records_total` and `sidelight_log_exceptions_total`.
 //! The exposition stays valid for the official Python parsers, and the start line says the
-//! received metrics and logs are served but not forwarded.
+//! received metrics and logs are served but not forwarded. With enough series that the body
+//! passes 64 KiB, Prometheus's own scrapes (which ask for gzip) get it gzipped and read every
+//! sample.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -18,8 +23,14 @@ use common::*;
 /// Runs `tests/python/otel_metrics_app.py` as `service` with only `OTEL_*` settings, and waits
 /// for it to finish.
 fn run_app(service: &str, env: &[(&str, String)]) -> Result {
+    run_script("otel_metrics_app.py", service, env)
+}
+
+/// Runs `tests/python/{script}` as `service` with only `OTEL_*` settings (and `env`), and waits
+/// for it to finish.
+fn run_script(script: &str, service: &str, env: &[(&str, String)]) -> Result {
     let mut cmd = Command::new(python());
-    cmd.arg(workspace().join("tests/python/otel_metrics_app.py"))
+    cmd.arg(workspace().join("tests/python").join(script))
         .env("OTEL_SERVICE_NAME", service)
         .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
         .env("OTEL_TRACES_EXPORTER", "none")
@@ -301,6 +312,269 @@ fn with_an_exporter_received_metrics_are_forwarded_and_served_and_remote_written
         &receiver,
         "bars_order_duration_seconds_count{service_name=\"bars-fwd\",shop=\"main\"}",
         50.0,
+    )?;
+    Ok(())
+}
+
+/// A transparent TCP tap in front of the agent: Prometheus scrapes through it, bytes pass
+/// unchanged both ways, and it notes what the scraper asked for and what the agent answered, so
+/// the test sees Prometheus's own scrape requests rather than a request of its own.
+struct Tap {
+    addr: std::net::SocketAddr,
+    seen: Arc<Mutex<TapSeen>>,
+}
+
+#[derive(Default, Clone, Debug)]
+struct TapSeen {
+    /// The last `Accept` header a scrape request carried.
+    accept: Option<String>,
+    /// Requests that carried `Accept-Encoding: gzip`.
+    asked_gzip: usize,
+    /// Responses that carried `Content-Encoding: gzip`.
+    answered_gzip: usize,
+    /// Requests and responses seen.
+    requests: usize,
+    responses: usize,
+}
+
+impl Tap {
+    fn start(upstream: std::net::SocketAddr) -> Result<Tap> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(TapSeen::default()));
+        let shared = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                let up = Arc::clone(&shared);
+                let down = Arc::clone(&shared);
+                std::thread::spawn(move || pipe(client, server, up, true));
+                std::thread::spawn(move || pipe(server2, client2, down, false));
+            }
+        });
+        Ok(Tap { addr, seen })
+    }
+
+    fn seen(&self) -> TapSeen {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Copies `from` to `to` until either end closes. Requests (`request == true`) are looked at for
+/// their `Accept` and `Accept-Encoding` headers, responses for `Content-Encoding`: each head
+/// line is read from the chunk it starts in (heads are small, and read whole in practice).
+fn pipe(mut from: TcpStream, mut to: TcpStream, seen: Arc<Mutex<TapSeen>>, request: bool) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        // A head starts at the beginning of a message: "GET " for a request, "HTTP/1.1 " for
+        // a response (a body chunk never starts with either here: the body is exposition text
+        // or gzip, which starts with 0x1f 0x8b).
+        let head_start = if request {
+            &b"GET "[..]
+        } else {
+            &b"HTTP/1."[..]
+        };
+        if let Some(at) = chunk
+            .windows(head_start.len())
+            .position(|w| w == head_start)
+        {
+            let text = String::from_utf8_lossy(&chunk[at..]);
+            let head = text.split("\r\n\r\n").next().unwrap_or_default();
+            if let Ok(mut s) = seen.lock() {
+                if request {
+                    s.requests += 1;
+                } else {
+                    s.responses += 1;
+                }
+                for line in head.lines() {
+                    let Some((name, value)) = line.split_once(':') else {
+                        continue;
+                    };
+                    let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+                    match (request, name.as_str()) {
+                        (true, "accept") => s.accept = Some(value.to_owned()),
+                        (true, "accept-encoding") if value.contains("gzip") => s.asked_gzip += 1,
+                        (false, "content-encoding") if value == "gzip" => s.answered_gzip += 1,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if to.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// The samples in an exposition (text or OpenMetrics): every line that is not a comment, blank,
+/// or `# EOF`; an exemplar rides on its sample's line.
+fn sample_lines(body: &str) -> Vec<&str> {
+    body.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
+
+/// Issue 18 end to end: a Python service with the OpenTelemetry SDK (configured only by
+/// `OTEL_*`) pushes enough series that the agent's `/metrics` body passes 64 KiB; a real
+/// Prometheus with its default scrape settings (it asks for gzip) scrapes it through a
+/// transparent tap, gets it gzipped, and reads every sample: `up == 1`, `scrape_samples_scraped`
+/// equals the samples of the plain body, and the SDK's values are queryable.
+#[test]
+fn prometheus_reads_a_gzipped_metrics_body() -> Result {
+    let http = free_port();
+    let agent = Agent::start(&format!(
+        "http: {{ listen: 127.0.0.1:0 }}\nhost: {{ interval: 1s }}\nstore: {{ path: {{dir}}/data }}\n\
+         otlp: {{ grpc: null, http: 127.0.0.1:{http} }}\n"
+    ))?;
+    let tap = Tap::start(agent.addr)?;
+    let prom = Prometheus::start(tap.addr, None)?;
+    run_script(
+        "otel_wide_app.py",
+        "wide",
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{http}"),
+            ),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "60000".into()),
+            ("OTEL_LOGS_EXPORTER", "none".into()),
+            ("WIDE_ROUTES", "200".into()),
+        ],
+    )?;
+
+    // Prometheus's own scrapes: asked for gzip, and (once the SDK's series are in) got it.
+    let seen = eventually(Duration::from_secs(20), "a gzipped scrape", || {
+        Some(tap.seen()).filter(|s| s.asked_gzip > 0 && s.answered_gzip > 0)
+    })
+    .map_err(|e| format!("{e}: {:?}", tap.seen()))?;
+    let accept = seen.accept.clone().ok_or("no Accept header seen")?;
+
+    // The plain body, asked for as Prometheus asks but without Accept-Encoding.
+    let (status, ctype, plain) = get(&agent.url("/metrics"), &[("Accept", accept.as_str())])?;
+    assert_eq!(status, 200);
+    assert!(
+        plain.len() > 64 * 1024,
+        "the body must pass the 64 KiB gzip threshold: {} bytes",
+        plain.len()
+    );
+    let sdk_lines: Vec<&str> = sample_lines(&plain)
+        .into_iter()
+        .filter(|l| l.starts_with("wide_"))
+        .collect();
+    // 400 counter series, 40 histograms of 16 buckets + sum + count, 1 gauge.
+    assert!(sdk_lines.len() > 400 + 40 * 3, "{}", sdk_lines.len());
+
+    // The same request accepting gzip gets the same exposition gzipped.
+    let mut resp = client()
+        .get(&agent.url("/metrics"))
+        .header("Accept", accept.as_str())
+        .header("Accept-Encoding", "gzip")
+        .call()?;
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(header("content-encoding"), "gzip");
+    assert_eq!(header("vary").to_ascii_lowercase(), "accept-encoding");
+    assert_eq!(header("content-type"), ctype);
+    let gz = resp.body_mut().read_to_vec()?;
+    assert!(
+        gz.len() < plain.len() / 4,
+        "{} of {}",
+        gz.len(),
+        plain.len()
+    );
+    let mut unzipped = String::new();
+    flate2::read::GzDecoder::new(gz.as_slice()).read_to_string(&mut unzipped)?;
+    let unzipped_sdk: Vec<&str> = sample_lines(&unzipped)
+        .into_iter()
+        .filter(|l| l.starts_with("wide_"))
+        .collect();
+    assert_eq!(
+        unzipped_sdk, sdk_lines,
+        "the gzipped body carries the same SDK samples"
+    );
+
+    // Prometheus read every sample of the gzipped body. The agent's own series can change from
+    // one scrape to the next (a first observation adds a series), so compare the plain count
+    // before and after the query: a match with both is the scrape's count.
+    expect(&prom, "up{job=\"sidelight\"}", 1.0)?;
+    let mut last = (0, 0.0, 0);
+    eventually(Duration::from_secs(15), "scrape_samples_scraped", || {
+        let before =
+            sample_lines(&get(&agent.url("/metrics"), &[("Accept", &accept)]).ok()?.2).len();
+        let scraped = value(&prom, "scrape_samples_scraped{job=\"sidelight\"}")?;
+        let after =
+            sample_lines(&get(&agent.url("/metrics"), &[("Accept", &accept)]).ok()?.2).len();
+        last = (before, scraped, after);
+        (before == after && scraped == before as f64).then_some(())
+    })
+    .map_err(|e| format!("{e}: plain before, scraped, plain after = {last:?}"))?;
+    // Every scrape since asked for gzip and got it (and there were several).
+    let after = eventually(Duration::from_secs(15), "three more scrapes", || {
+        Some(tap.seen()).filter(|s| s.responses >= seen.responses + 3)
+    })?;
+    assert_eq!(
+        after.asked_gzip - seen.asked_gzip,
+        after.requests - seen.requests,
+        "{after:?}"
+    );
+    assert_eq!(
+        after.answered_gzip - seen.answered_gzip,
+        after.responses - seen.responses,
+        "{after:?}"
+    );
+
+    // The SDK's series and values, read back through Prometheus's API.
+    let s = "service_name=\"wide\"";
+    expect(
+        &prom,
+        &format!("wide_requests_total{{{s},route=\"/r7\",status=\"200\"}}"),
+        8.0,
+    )?;
+    expect(
+        &prom,
+        &format!("wide_requests_total{{{s},route=\"/r199\",status=\"500\"}}"),
+        1.0,
+    )?;
+    expect(&prom, &format!("count(wide_requests_total{{{s}}})"), 400.0)?;
+    // Σ (i + 1) + 200 for i in 0..200.
+    expect(&prom, &format!("sum(wide_requests_total{{{s}}})"), 20_300.0)?;
+    expect(
+        &prom,
+        &format!("wide_latency_seconds_count{{{s},route=\"/r3\"}}"),
+        4.0,
+    )?;
+    expect(
+        &prom,
+        &format!("wide_latency_seconds_sum{{{s},route=\"/r3\"}}"),
+        1.0,
+    )?;
+    expect(
+        &prom,
+        &format!("count(wide_latency_seconds_count{{{s}}})"),
+        40.0,
+    )?;
+    expect(&prom, &format!("wide_routes{{{s}}}"), 200.0)?;
+    expect(
+        &prom,
+        "sum(sidelight_received_metric_points_dropped_total) or vector(0)",
+        0.0,
     )?;
     Ok(())
 }

@@ -74,6 +74,22 @@ fn every_yaml_block_of_the_readme_passes_check_config() -> Result {
         if block.starts_with("# prometheus.yml") {
             continue;
         }
+        // An SLO spec: it must generate rules.
+        if block.starts_with("# An SLO spec") {
+            let dir = tempfile::tempdir()?;
+            let spec = dir.path().join("readme.slo.yaml");
+            std::fs::write(&spec, block)?;
+            let out = Command::new(sidelight_bin())
+                .args(["slo", "generate"])
+                .arg(&spec)
+                .output()?;
+            assert!(
+                out.status.success(),
+                "README SLO spec block {i}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            continue;
+        }
         let dir = tempfile::tempdir()?;
         let block = block.replace("/etc/sidelight/", &format!("{}/", dir.path().display()));
         let mut env: HashMap<String, String> = HashMap::new();

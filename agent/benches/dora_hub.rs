@@ -13,7 +13,9 @@
 //! holds as laid out (`Model::heap_bytes`). With `DORA_HUB_STORE=DIR`
 //! it first writes the history into `DIR/sidelight.db` (for `bench/dora_hub.sh`, which
 //! measures the release agent on it) and exits. `DORA_DAYS` sets the days (default 400).
-//! Run with `cargo bench -p sidelight --bench dora_hub`.
+//! Run with `cargo bench -p sidelight --bench dora_hub`. To count the instructions of the
+//! recomputations after an event: `DORA_HUB_FULL=0 valgrind --tool=callgrind
+//! --toggle-collect='*one_event*' <bench binary>` (five events).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -90,6 +92,20 @@ fn write_store(dir: &std::path::Path, days: i64) {
     );
 }
 
+/// One recorded deployment and the recomputation after it: a function of its own, so that
+/// `valgrind --tool=callgrind --toggle-collect='*one_event*'` counts exactly this part.
+#[inline(never)]
+fn one_event(
+    model: &mut Model,
+    d: Deployment,
+    now: i64,
+    cfg: &sidelight::hub::DoraConfig,
+    table: Option<&TierTable>,
+) {
+    model.add_deployment(d);
+    black_box(compute_on(model, now, cfg, table));
+}
+
 fn main() {
     let days = std::env::var("DORA_DAYS")
         .ok()
@@ -132,12 +148,17 @@ fn main() {
             c.sha = format!("bench-{k}-{}", c.sha);
         }
         let t = Instant::now();
-        model.add_deployment(d);
-        black_box(compute_on(&mut model, now, &cfg, table));
+        one_event(&mut model, d, now, &cfg, table);
         event.push(t.elapsed());
     }
+    // `DORA_HUB_FULL=0` skips the one-shot report (e.g. to count the rest under callgrind).
+    let full_runs = if std::env::var("DORA_HUB_FULL").is_ok_and(|v| v == "0") {
+        0
+    } else {
+        3
+    };
     let mut full = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..full_runs {
         let t = Instant::now();
         black_box(report(
             NOW,

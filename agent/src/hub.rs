@@ -164,8 +164,13 @@ pub struct Model {
     generation: u64,
     /// The links of the last histories, by scope, with the generation they were linked at.
     links: Vec<(Scope, u64, Links)>,
-    /// The last `dora_recovery_time_seconds` series: generation, `now`, the first resolution
-    /// after it, the series.
+    /// Changes on every change the `dora_recovery_time_seconds` series can follow (less often
+    /// than `generation`): an incident recorded, retention or eviction, a deploy event whose
+    /// delivery id is interned more than once (only then can an incident name it), and a
+    /// lineage built again because `now` passed one of its group's events.
+    recovery_generation: u64,
+    /// The last `dora_recovery_time_seconds` series: recovery generation, `now`, the first
+    /// resolution after it, the series.
     recovery: Option<(u64, UnixSeconds, Option<UnixSeconds>, HistogramSeries)>,
 }
 
@@ -245,6 +250,7 @@ impl Model {
         if excess == 0 {
             return false;
         }
+        self.recovery_generation += 1;
         let mut finished: Vec<(UnixSeconds, usize)> = recs
             .iter()
             .enumerate()
@@ -286,14 +292,14 @@ impl Model {
     pub fn add_deployment(&mut self, d: Deployment) {
         let e = self.table.push_deployment(&d);
         self.cover_groups();
-        if let Some(group) = self
-            .table
-            .deployments()
-            .get(e as usize)
-            .and_then(|r| self.groups.get_mut(r.group as usize))
-        {
-            group.members.push(e);
-            group.built = None;
+        if let Some(r) = self.table.deployments().get(e as usize) {
+            if self.table.strings().repeated(r.id) {
+                self.recovery_generation += 1;
+            }
+            if let Some(group) = self.groups.get_mut(r.group as usize) {
+                group.members.push(e);
+                group.built = None;
+            }
         }
         if self.bound() {
             self.index();
@@ -304,10 +310,12 @@ impl Model {
     pub fn put_incident(&mut self, i: Incident) {
         self.table.put_incident(&i);
         self.cover_groups();
+        self.recovery_generation += 1;
     }
 
     /// Drops what the store's retention at `cutoff` deletes.
     pub fn retain(&mut self, cutoff: UnixSeconds) {
+        self.recovery_generation += 1;
         self.table = self.table.filtered(
             |d| d.finished >= cutoff,
             |i| i.started >= cutoff || i.resolved.is_some_and(|r| r >= cutoff),
@@ -321,16 +329,19 @@ impl Model {
         let table = &self.table;
         let (shas, times) = (table.change_shas(), table.change_times());
         for (g, group) in self.groups.iter_mut().enumerate() {
-            if group.built.as_ref().is_some_and(|(l, _)| l.valid_at(now)) {
-                continue;
+            match &group.built {
+                Some((l, _)) if l.valid_at(now) => continue,
+                // `now` passed one of the group's events.
+                Some(_) => self.recovery_generation += 1,
+                None => {}
             }
             let g = u32::try_from(g).unwrap_or(u32::MAX);
-            let lineage = Lineage::build(table, g, &group.members, now);
+            let (lineage, order) = Lineage::build_in_order(table, g, &group.members, now);
             // Each change observed at the first successful deployment that shipped it, in
             // time order.
             let mut lead: Option<Histogram> = None;
             let mut shipped: foldhash::HashSet<Sym> = foldhash::HashSet::default();
-            for &e in lineage.events_in_order() {
+            for &e in &order {
                 let finished = table.deployments()[e as usize].finished;
                 for c in table.changes_of(e) {
                     if shas[c] != EMPTY && !shipped.insert(shas[c]) {
@@ -496,14 +507,19 @@ pub fn compute_on(
         .recovery
         .take()
         .filter(|&(generation, at, until, _)| {
-            generation == model.generation && now >= at && until.is_none_or(|t| t > now)
+            generation == model.recovery_generation && now >= at && until.is_none_or(|t| t > now)
         })
         .map(|(_, at, until, series)| (at, until, series));
     let (computed, links_all, links_env, recovery) =
         compute_at(model, now, cfg, table, [kept_all, kept_env], kept_recovery);
     model.keep_links(all_scope, links_all);
     model.keep_links(env_scope, links_env);
-    model.recovery = Some((model.generation, recovery.0, recovery.1, recovery.2));
+    model.recovery = Some((
+        model.recovery_generation,
+        recovery.0,
+        recovery.1,
+        recovery.2,
+    ));
     computed
 }
 

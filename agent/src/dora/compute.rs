@@ -314,11 +314,10 @@ type DepRef = (usize, usize);
 #[derive(Debug, Clone, Copy)]
 struct Dep {
     finished: UnixSeconds,
-    started: UnixSeconds,
-    /// Its first event (index into the table's deploy events).
+    /// Its first event (index into the table's deploy events; its start time is there).
     event: u32,
-    /// End of its changes' lead times in [`Lineage::leads`] (they start where the previous
-    /// deployment's end).
+    /// End of the changes it first shipped in [`Lineage::shipped`] (they start where the
+    /// previous deployment's end).
     leads_end: u32,
     /// Lead times clamped to 0 up to and including this deployment's.
     clamped: u32,
@@ -355,14 +354,14 @@ pub struct Lineage {
     first_event: Option<u32>,
     /// Failed deploy attempts finished at or before `now`.
     failures: u64,
-    /// Its successful events in time order, duplicates included.
-    order: Vec<u32>,
     /// Counted deployments in time order.
     deps: Vec<Dep>,
     /// Duplicates: (index in `deps` of the deployment repeated, event), by deployment.
     dups: Vec<(u32, u32)>,
-    /// Lead times of the changes each deployment first shipped, deployment after deployment.
-    leads: Vec<i64>,
+    /// The changes (indices into the table's) each deployment first shipped, deployment
+    /// after deployment; a change's lead time is the deployment's finish minus the change's
+    /// time, clamped at 0.
+    shipped: Vec<u32>,
     /// Deployments that are hotfixes or rollbacks (by kind or by version), in order.
     repairs: Vec<u32>,
 }
@@ -372,6 +371,18 @@ impl Lineage {
     /// group's events, any status, order or time).
     #[must_use]
     pub fn build(table: &Table, group: u32, members: &[u32], now: UnixSeconds) -> Self {
+        Self::build_in_order(table, group, members, now).0
+    }
+
+    /// [`Lineage::build`], with the group's successful events finished at or before `now`
+    /// in time order (finish, start, id), duplicates included.
+    #[must_use]
+    pub fn build_in_order(
+        table: &Table,
+        group: u32,
+        members: &[u32],
+        now: UnixSeconds,
+    ) -> (Self, Vec<u32>) {
         let recs = table.deployments();
         let mut next: Option<UnixSeconds> = None;
         let mut latest = UnixSeconds::MIN;
@@ -435,7 +446,6 @@ impl Lineage {
                 ));
                 deps.push(Dep {
                     finished: d.finished,
-                    started: d.started,
                     event: e,
                     leads_end: 0,
                     clamped: 0,
@@ -455,7 +465,7 @@ impl Lineage {
         // Each change at the first deployment that shipped it (a duplicate's with the
         // deployment it repeats); an empty sha is never deduplicated.
         let (shas, times) = (table.change_shas(), table.change_times());
-        let mut leads = Vec::with_capacity(order.len() * 3);
+        let mut shipped = Vec::with_capacity(order.len() * 3);
         let mut seen: HashSet<Sym> = HashSet::new();
         let mut clamped = 0;
         let mut next_dup = 0;
@@ -471,10 +481,11 @@ impl Lineage {
                     if repeated_here(sha) && !seen.insert(sha) {
                         continue;
                     }
-                    leads.push(lead_time(dep.finished, times[c], &mut clamped));
+                    lead_time(dep.finished, times[c], &mut clamped);
+                    shipped.push(to_u32(c));
                 }
             }
-            dep.leads_end = to_u32(leads.len());
+            dep.leads_end = to_u32(shipped.len());
             dep.clamped = u32::try_from(clamped).unwrap_or(u32::MAX);
         }
         let repairs = deps
@@ -483,18 +494,18 @@ impl Lineage {
             .filter(|(_, d)| d.repairs())
             .map(|(i, _)| to_u32(i))
             .collect();
-        Self {
+        let lineage = Self {
             group,
             latest,
             next,
             first_event,
             failures,
-            order,
             deps,
             dups,
-            leads,
+            shipped,
             repairs,
-        }
+        };
+        (lineage, order)
     }
 
     /// Its (service, environment) in the table.
@@ -508,13 +519,6 @@ impl Lineage {
     #[must_use]
     pub fn valid_at(&self, now: UnixSeconds) -> bool {
         self.latest <= now && self.next.is_none_or(|n| n > now)
-    }
-
-    /// Its successful events finished at or before its `now`, in time order (finish, start,
-    /// id), duplicates included.
-    #[must_use]
-    pub fn events_in_order(&self) -> &[u32] {
-        &self.order
     }
 
     /// Counted deployments.
@@ -533,10 +537,9 @@ impl Lineage {
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
-        self.order.capacity() * size_of::<u32>()
-            + self.deps.capacity() * size_of::<Dep>()
+        self.deps.capacity() * size_of::<Dep>()
             + self.dups.capacity() * size_of::<(u32, u32)>()
-            + self.leads.capacity() * size_of::<i64>()
+            + self.shipped.capacity() * size_of::<u32>()
             + self.repairs.capacity() * size_of::<u32>()
     }
 
@@ -825,11 +828,14 @@ impl<'a> History<'a> {
         wanted.remove(&ABSENT);
         let mut found: HashMap<Sym, Vec<DepRef>> = HashMap::new();
         if !wanted.is_empty() {
+            // A referenced id is interned at least twice (by its event and by the
+            // reference): an id interned once needs no look-up.
+            let strings = table.strings();
             for (g, linked) in groups.iter().enumerate() {
                 let Some(l) = linked.lineage else { continue };
                 for (i, e) in l.members() {
                     let id = recs[e as usize].id;
-                    if !wanted.contains(&id) {
+                    if !strings.repeated(id) || !wanted.contains(&id) {
                         continue;
                     }
                     let places = found.entry(id).or_default();
@@ -909,7 +915,10 @@ impl<'a> History<'a> {
         // Rework: hotfixes and rollbacks by kind; rollbacks by version while an incident
         // of their group was open; deployments resolving an incident open while deployed.
         let open_during = |incident: &Inc, dep: &Dep| {
-            incident.started <= dep.finished && incident.resolved.is_none_or(|t| t >= dep.started)
+            let started = recs
+                .get(dep.event as usize)
+                .map_or(dep.finished, |r| r.started);
+            incident.started <= dep.finished && incident.resolved.is_none_or(|t| t >= started)
         };
         let mut incidents_of: Vec<Vec<&Inc>> = vec![Vec::new(); groups.len()];
         for &(g, incident) in &incidents {
@@ -1137,8 +1146,13 @@ impl<'a> History<'a> {
     pub fn report(&self, window: Window) -> Report {
         let now = self.now;
         let start = now.saturating_sub(window.seconds());
-        let tallies: Vec<Tally<'_>> = self.groups.iter().map(|g| Tally::of(g, start)).collect();
-        let mut pooled: BTreeMap<&str, Vec<&Tally<'_>>> = BTreeMap::new();
+        let times = self.table.change_times();
+        let tallies: Vec<Tally> = self
+            .groups
+            .iter()
+            .map(|g| Tally::of(g, start, times))
+            .collect();
+        let mut pooled: BTreeMap<&str, Vec<&Tally>> = BTreeMap::new();
         for (group, tally) in self.groups.iter().zip(&tallies) {
             pooled.entry(self.names(group).1).or_default().push(tally);
         }
@@ -1186,7 +1200,7 @@ pub fn lineages(table: &Table, now: UnixSeconds, scope: &Scope) -> Vec<Lineage> 
 /// `(now - window, now]`. See the module documentation for the exact rules.
 #[must_use]
 pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) -> Report {
-    let table = Table::from_events(events);
+    let table = Table::for_report(events);
     let lineages = lineages(&table, now, scope);
     History::link(now, &lineages, &table, scope).report(window)
 }
@@ -1199,7 +1213,7 @@ pub fn reports(
     windows: &[Window],
     scope: &Scope,
 ) -> Vec<Report> {
-    let table = Table::from_events(events);
+    let table = Table::for_report(events);
     let lineages = lineages(&table, now, scope);
     let history = History::link(now, &lineages, &table, scope);
     windows
@@ -1356,35 +1370,48 @@ fn quantile_f64(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// One group's part of a window: what its row (and its environment's total) is computed from.
-struct Tally<'a> {
+struct Tally {
     deployments: u64,
     failed: u64,
     rework: u64,
     /// Finish times of the deployments in the window.
     times: Vec<UnixSeconds>,
     /// Lead times of the changes first shipped in the window.
-    leads: &'a [i64],
+    leads: Vec<i64>,
     clamped: u64,
     /// Recovery times of the incidents resolved in the window.
     recoveries: Vec<i64>,
     open: u64,
 }
 
-impl<'a> Tally<'a> {
-    fn of(group: &'a Linked<'_>, start: UnixSeconds) -> Self {
+impl Tally {
+    /// `group`'s part of the window starting after `start`; `times` are the table's change
+    /// times.
+    fn of(group: &Linked<'_>, start: UnixSeconds, times: &[UnixSeconds]) -> Self {
         let (first, deps, leads, clamped) = match group.lineage {
             Some(l) => {
                 let first = l.first_after(start);
                 let before = first.checked_sub(1).map(|i| &l.deps[i]);
                 let total = l.deps.last().map_or(0, |d| u64::from(d.clamped));
+                let mut from = before.map_or(0, |d| d.leads_end as usize);
+                let mut leads = Vec::with_capacity(l.shipped.len().saturating_sub(from));
+                for d in &l.deps[first..] {
+                    let end = d.leads_end as usize;
+                    let changes = l.shipped.get(from..end).unwrap_or_default();
+                    leads.extend(changes.iter().map(|&c| {
+                        let at = times.get(c as usize).copied().unwrap_or(d.finished);
+                        (d.finished - at).max(0)
+                    }));
+                    from = end;
+                }
                 (
                     first,
                     &l.deps[first..],
-                    &l.leads[before.map_or(0, |d| d.leads_end as usize)..],
+                    leads,
                     total - before.map_or(0, |d| u64::from(d.clamped)),
                 )
             }
-            None => (0, &[][..], &[][..], 0),
+            None => (0, &[][..], Vec::new(), 0),
         };
         let count = |flags: &[bool]| flags.iter().filter(|&&f| f).count() as u64;
         let resolved = group.recoveries.partition_point(|&(r, _)| r <= start);
@@ -1407,14 +1434,14 @@ impl<'a> Tally<'a> {
 /// The row of `parts` taken together: one group's tally, or every group of an environment
 /// for its total (medians over all their values, not over the services' medians).
 fn row(
-    parts: &[&Tally<'_>],
+    parts: &[&Tally],
     service: &str,
     environment: &str,
     start: UnixSeconds,
     now: UnixSeconds,
     window: Window,
 ) -> ServiceReport {
-    let sum = |f: fn(&Tally<'_>) -> u64| parts.iter().map(|t| f(t)).sum::<u64>();
+    let sum = |f: fn(&Tally) -> u64| parts.iter().map(|t| f(t)).sum::<u64>();
     let deployments = sum(|t| t.deployments);
     let failed = sum(|t| t.failed);
     let rework = sum(|t| t.rework);
@@ -2366,6 +2393,34 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The table a one-shot report builds (the groups' strings as symbols only) gives the
+        /// reports of the full table, on histories with ids shared across services, repeated
+        /// versions and commits, and incidents naming commits.
+        #[test]
+        fn report_table_computes_as_the_full_table(seed in proptest::prelude::any::<u64>(), n in 0_usize..200) {
+            for e in [random_events(seed, n), store_shaped_events(seed, n)] {
+                let full = Table::from_events(&e);
+                let lineages = lineages(&full, NOW, &Scope::default());
+                for scope in property_scopes() {
+                    let history = History::link(NOW, &lineages, &full, &scope);
+                    let windows = PROPERTY_WINDOWS.to_vec();
+                    let got = reports(NOW, &e, &windows, &scope);
+                    for (window, got) in windows.iter().zip(got) {
+                        proptest::prop_assert_eq!(history.report(*window), got);
+                    }
+                }
+                let symbols = Table::for_report(&e);
+                proptest::prop_assert_eq!(symbols.deployment(0), None);
+                // The groups' strings get the symbols the full table gives them.
+                let local = |t: &Table| -> Vec<(u32, Sym, Sym)> {
+                    t.deployments().iter().map(|r| (r.group, r.version, r.commit)).collect()
+                };
+                proptest::prop_assert_eq!(local(&symbols), local(&full));
+                proptest::prop_assert_eq!(symbols.change_shas(), full.change_shas());
+                proptest::prop_assert_eq!(symbols.change_times(), full.change_times());
+            }
+        }
+
         /// One history linked once serves every window: its slices equal the report.
         #[test]
         fn one_history_serves_every_window(seed in proptest::prelude::any::<u64>(), n in 0_usize..120) {

@@ -1200,7 +1200,7 @@ pub fn lineages(table: &Table, now: UnixSeconds, scope: &Scope) -> Vec<Lineage> 
 /// `(now - window, now]`. See the module documentation for the exact rules.
 #[must_use]
 pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) -> Report {
-    let table = Table::for_report(events);
+    let table = Table::from_events(events);
     let lineages = lineages(&table, now, scope);
     History::link(now, &lineages, &table, scope).report(window)
 }
@@ -1213,7 +1213,7 @@ pub fn reports(
     windows: &[Window],
     scope: &Scope,
 ) -> Vec<Report> {
-    let table = Table::for_report(events);
+    let table = Table::from_events(events);
     let lineages = lineages(&table, now, scope);
     let history = History::link(now, &lineages, &table, scope);
     windows
@@ -2393,34 +2393,6 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The table a one-shot report builds (the groups' strings as symbols only) gives the
-        /// reports of the full table, on histories with ids shared across services, repeated
-        /// versions and commits, and incidents naming commits.
-        #[test]
-        fn report_table_computes_as_the_full_table(seed in proptest::prelude::any::<u64>(), n in 0_usize..200) {
-            for e in [random_events(seed, n), store_shaped_events(seed, n)] {
-                let full = Table::from_events(&e);
-                let lineages = lineages(&full, NOW, &Scope::default());
-                for scope in property_scopes() {
-                    let history = History::link(NOW, &lineages, &full, &scope);
-                    let windows = PROPERTY_WINDOWS.to_vec();
-                    let got = reports(NOW, &e, &windows, &scope);
-                    for (window, got) in windows.iter().zip(got) {
-                        proptest::prop_assert_eq!(history.report(*window), got);
-                    }
-                }
-                let symbols = Table::for_report(&e);
-                proptest::prop_assert_eq!(symbols.deployment(0), None);
-                // The groups' strings get the symbols the full table gives them.
-                let local = |t: &Table| -> Vec<(u32, Sym, Sym)> {
-                    t.deployments().iter().map(|r| (r.group, r.version, r.commit)).collect()
-                };
-                proptest::prop_assert_eq!(local(&symbols), local(&full));
-                proptest::prop_assert_eq!(symbols.change_shas(), full.change_shas());
-                proptest::prop_assert_eq!(symbols.change_times(), full.change_times());
-            }
-        }
-
         /// One history linked once serves every window: its slices equal the report.
         #[test]
         fn one_history_serves_every_window(seed in proptest::prelude::any::<u64>(), n in 0_usize..120) {

@@ -164,18 +164,6 @@ impl Strings {
         index.reserve(more, |&k| state.hash_one(slice(buffer, ends, k)));
     }
 
-    /// Strings of which only the symbols are kept: which were interned more than once, by
-    /// symbol. [`Strings::str`] gives `""` for each and [`Strings::get`] finds none.
-    fn symbols_only(repeated: Vec<bool>) -> Self {
-        Self {
-            bytes: String::new(),
-            ends: Vec::new(),
-            repeated,
-            index: HashTable::new(),
-            state: foldhash::fast::RandomState::default(),
-        }
-    }
-
     /// Bytes held (buffer, ends and index), for the hub's memory figures.
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
@@ -268,9 +256,6 @@ pub struct Table {
     id_first: Vec<u32>,
     /// The later deploy events of a delivery id held by several, in order.
     id_more: HashMap<Sym, Vec<u32>>,
-    /// Built by [`Table::for_report`]: the groups' strings (versions, commit ids) hold their
-    /// symbols only, not the strings.
-    symbols_only: bool,
 }
 
 /// Symbols of one table in another, as [`Table::filtered`] copies events.
@@ -326,36 +311,6 @@ impl Remap {
             local.push(Strings::default());
             index_u32(groups.len() - 1)
         })
-    }
-}
-
-/// Where a staged string's symbol goes in [`Table::for_report`].
-#[derive(Clone, Copy)]
-enum Slot {
-    /// A change's commit id (by change).
-    Change(u32),
-    /// A deploy event's version (by event).
-    Version(u32),
-    /// A deploy event's head commit (by event).
-    Commit(u32),
-    /// An incident's commit (by incident).
-    Incident(u32),
-}
-
-/// A group's string to intern in [`Table::for_report`], hashed when the input was read.
-struct Staged<'a> {
-    hash: u64,
-    text: &'a str,
-    slot: Slot,
-}
-
-impl<'a> Staged<'a> {
-    fn new(state: &foldhash::fast::RandomState, text: &'a str, slot: Slot) -> Self {
-        Self {
-            hash: state.hash_one(text),
-            text,
-            slot,
-        }
     }
 }
 
@@ -491,177 +446,6 @@ impl Table {
                 deployment,
                 group,
             });
-        }
-        table
-    }
-
-    /// The table of `events` for one computation ([`report`](super::compute::report)): as
-    /// [`Table::from_events`] gives it, but the groups' strings (versions, commit ids) keep
-    /// only their symbols — which are equal, which repeat — not the strings, so
-    /// [`Table::deployment`] and [`Table::incident`] give `None` on it. The events are read
-    /// once, in input order; each group's strings are then interned group by group from the
-    /// hashes taken in that read, so that neither the input nor more than one group's index
-    /// is read out of order and no string is copied.
-    #[must_use]
-    pub(super) fn for_report<'e>(events: &'e Events) -> Self {
-        let deployments = &events.deployments;
-        let mut table = Self {
-            symbols_only: true,
-            ..Self::default()
-        };
-        let state = foldhash::fast::RandomState::default();
-        let bytes: usize = deployments.iter().map(|d| d.id.len()).sum();
-        let changes: usize = deployments.iter().map(|d| d.commits.len()).sum();
-        table.strings.reserve(deployments.len(), bytes);
-        table.deployments.reserve(deployments.len());
-        table.change_at.reserve(changes);
-        table.change_sha = vec![EMPTY; changes];
-        // Groups looked up in a map of their own: small, so it stays in cache.
-        let mut groups: HashMap<(&str, &str), u32> = HashMap::default();
-        // Each group's strings in the order they are interned, with where the symbol goes.
-        let mut staged: Vec<Vec<Staged<'e>>> = Vec::new();
-        // The change each event's head commit is (`u32::MAX`: interned on its own).
-        let mut head_change: Vec<u32> = Vec::with_capacity(deployments.len());
-        for (e, d) in deployments.iter().enumerate() {
-            let group = match groups.get(&(d.service.as_str(), d.environment.as_str())) {
-                Some(&g) => g,
-                None => {
-                    let g = table.group(&d.service, &d.environment);
-                    groups.insert((&d.service, &d.environment), g);
-                    g
-                }
-            };
-            let g = group as usize;
-            if staged.len() <= g {
-                staged.resize_with(g + 1, Vec::new);
-            }
-            let items = &mut staged[g];
-            let e = index_u32(e);
-            let first = table.change_at.len();
-            for (k, c) in d.commits.iter().enumerate() {
-                let c_index = index_u32(first + k);
-                if c.pr_first_commit_at.is_some() {
-                    table.squash.push((c_index, c.timestamp));
-                }
-                table.change_at.push(c.effective_time());
-                items.push(Staged::new(&state, &c.sha, Slot::Change(c_index)));
-            }
-            // The head commit is most often one of the changes: no second look-up then.
-            match d.commits.iter().rposition(|c| c.sha == d.commit) {
-                Some(k) => head_change.push(index_u32(first + k)),
-                None => {
-                    head_change.push(u32::MAX);
-                    items.push(Staged::new(&state, &d.commit, Slot::Commit(e)));
-                }
-            }
-            items.push(Staged::new(&state, &d.version, Slot::Version(e)));
-            let rec = Rec {
-                finished: d.finished_at,
-                started: d.started_at,
-                id: table.strings.intern(&d.id),
-                version: EMPTY,
-                commit: EMPTY,
-                fixes: sym_of(&mut table.strings, d.fixes_deployment.as_deref()),
-                group,
-                changes: index_u32(first),
-                status: d.status,
-                kind: d.kind,
-            };
-            for id in &d.resolves_incidents {
-                let sym = table.strings.intern(id);
-                table.resolves.push((e, sym));
-            }
-            table.note_id(rec.id, e);
-            table.deployments.push(rec);
-        }
-        table.incidents.reserve(events.incidents.len());
-        for (k, i) in events.incidents.iter().enumerate() {
-            let group = table.group(&i.service, &i.environment);
-            let commit = match &i.commit {
-                Some(c) => {
-                    let g = group as usize;
-                    if staged.len() <= g {
-                        staged.resize_with(g + 1, Vec::new);
-                    }
-                    staged[g].push(Staged::new(&state, c, Slot::Incident(index_u32(k))));
-                    EMPTY
-                }
-                None => ABSENT,
-            };
-            let inc = Inc {
-                started: i.started_at,
-                resolved: i.resolved_at,
-                id: table.strings.intern(&i.id),
-                group,
-                deployment: sym_of(&mut table.strings, i.deployment_id.as_deref()),
-                commit,
-                resolved_by: sym_of(&mut table.strings, i.resolved_by_deployment.as_deref()),
-            };
-            table.incidents.push(inc);
-        }
-        for f in &events.regressions {
-            let group = table.group(&f.service, &f.environment);
-            let deployment = table.strings.intern(&f.deployment_id);
-            table.findings.push(Finding {
-                started: f.started_at,
-                resolved: f.resolved_at,
-                deployment,
-                group,
-            });
-        }
-        // Each group's strings, group by group, in the order they were staged.
-        let empty_hash = state.hash_one("");
-        for (g, items) in staged.iter().enumerate() {
-            let mut index: HashTable<Sym> = HashTable::with_capacity(items.len() + 1);
-            let mut distinct: Vec<&'e str> = Vec::with_capacity(items.len() + 1);
-            let mut repeated: Vec<bool> = Vec::with_capacity(items.len() + 1);
-            let mut intern = |hash: u64, s: &'e str| -> Sym {
-                let entry = index.entry(
-                    hash,
-                    |&k| distinct.get(k as usize) == Some(&s),
-                    |&k| state.hash_one(distinct.get(k as usize).copied().unwrap_or("")),
-                );
-                match entry {
-                    hashbrown::hash_table::Entry::Occupied(held) => {
-                        let sym = *held.get();
-                        if let Some(r) = repeated.get_mut(sym as usize) {
-                            *r = true;
-                        }
-                        sym
-                    }
-                    hashbrown::hash_table::Entry::Vacant(slot) => {
-                        let sym = index_u32(distinct.len()).min(ABSENT - 1);
-                        slot.insert(sym);
-                        distinct.push(s);
-                        repeated.push(false);
-                        sym
-                    }
-                }
-            };
-            intern(empty_hash, "");
-            for item in items {
-                let sym = intern(item.hash, item.text);
-                let target = match item.slot {
-                    Slot::Change(c) => table.change_sha.get_mut(c as usize),
-                    Slot::Version(e) => table
-                        .deployments
-                        .get_mut(e as usize)
-                        .map(|r| &mut r.version),
-                    Slot::Commit(e) => table.deployments.get_mut(e as usize).map(|r| &mut r.commit),
-                    Slot::Incident(i) => table.incidents.get_mut(i as usize).map(|r| &mut r.commit),
-                };
-                if let Some(target) = target {
-                    *target = sym;
-                }
-            }
-            if let Some(local) = table.local.get_mut(g) {
-                *local = Strings::symbols_only(repeated);
-            }
-        }
-        for (r, &c) in table.deployments.iter_mut().zip(&head_change) {
-            if let Some(&sha) = table.change_sha.get(c as usize) {
-                r.commit = sha;
-            }
         }
         table
     }
@@ -875,9 +659,6 @@ impl Table {
     /// Deploy event `e` as it was given.
     #[must_use]
     pub fn deployment(&self, e: u32) -> Option<Deployment> {
-        if self.symbols_only {
-            return None;
-        }
         let r = self.deployments.get(e as usize)?;
         let (service, environment) = self.groups.get(r.group as usize).copied()?;
         let local = self.local(r.group);
@@ -923,9 +704,6 @@ impl Table {
     /// Incident `i` as it was given.
     #[must_use]
     pub fn incident(&self, i: usize) -> Option<Incident> {
-        if self.symbols_only {
-            return None;
-        }
         let r = self.incidents.get(i)?;
         let (service, environment) = self.groups.get(r.group as usize).copied()?;
         Some(Incident {

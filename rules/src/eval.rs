@@ -119,10 +119,58 @@ pub enum Value {
 }
 
 /// A parsed expression that passed the supported-constructs check.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Query {
     text: String,
-    expr: Expr,
+    /// Boxed, so that its selectors keep their addresses when the query moves.
+    expr: Box<Expr>,
+    /// Each selector's matchers, built once: keyed by the selector's address in `expr`.
+    selectors: SelectorMatchers,
+}
+
+/// Matchers by the address of their selector in a [`Query`]'s expression.
+type SelectorMatchers = HashMap<usize, Vec<Matcher>, foldhash::fast::RandomState>;
+
+impl Clone for Query {
+    fn clone(&self) -> Self {
+        // The copy's selectors are at new addresses: its matchers are keyed again.
+        Query::checked(self.text.clone(), (*self.expr).clone())
+    }
+}
+
+/// The key of a selector in [`SelectorMatchers`].
+fn selector_key(vs: &VectorSelector) -> usize {
+    std::ptr::from_ref(vs) as usize
+}
+
+fn selector_matchers(e: &Expr, out: &mut SelectorMatchers) {
+    match e {
+        Expr::VectorSelector(vs) => {
+            out.insert(selector_key(vs), matchers(vs));
+        }
+        Expr::MatrixSelector(m) => {
+            out.insert(selector_key(&m.vs), matchers(&m.vs));
+        }
+        Expr::Aggregate(a) => {
+            if let Some(p) = &a.param {
+                selector_matchers(p, out);
+            }
+            selector_matchers(&a.expr, out);
+        }
+        Expr::Unary(u) => selector_matchers(&u.expr, out),
+        Expr::Binary(b) => {
+            selector_matchers(&b.lhs, out);
+            selector_matchers(&b.rhs, out);
+        }
+        Expr::Paren(p) => selector_matchers(&p.expr, out),
+        Expr::Call(c) => {
+            for a in &c.args.args {
+                selector_matchers(a, out);
+            }
+        }
+        Expr::Subquery(s) => selector_matchers(&s.expr, out),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
 }
 
 impl Query {
@@ -133,10 +181,19 @@ impl Query {
             message,
         })?;
         check(&expr, text)?;
-        Ok(Query {
-            text: text.to_owned(),
+        Ok(Query::checked(text.to_owned(), expr))
+    }
+
+    /// A query of a checked expression, with its selectors' matchers built.
+    fn checked(text: String, expr: Expr) -> Query {
+        let expr = Box::new(expr);
+        let mut selectors = SelectorMatchers::default();
+        selector_matchers(&expr, &mut selectors);
+        Query {
+            text,
             expr,
-        })
+            selectors,
+        }
     }
 
     /// The expression as written.
@@ -197,7 +254,12 @@ impl Query {
 
     /// Evaluates the expression at `t` (ms since the epoch).
     pub fn eval(&self, storage: &dyn Storage, t: i64) -> Result<Value, EvalError> {
-        Ok(match (Evaluator { storage, t }).eval(&self.expr)? {
+        let evaluator = Evaluator {
+            storage,
+            t,
+            selectors: &self.selectors,
+        };
+        Ok(match evaluator.eval(&self.expr)? {
             Val::Scalar(v) => Value::Scalar(v),
             Val::String(s) => Value::String(s),
             Val::Vector(v) => Value::Vector(v.into_iter().map(Elem::into_public).collect()),
@@ -937,6 +999,8 @@ struct Evaluator<'a> {
     storage: &'a dyn Storage,
     /// Evaluation time, ms.
     t: i64,
+    /// The query's selectors' matchers.
+    selectors: &'a SelectorMatchers,
 }
 
 impl Evaluator<'_> {
@@ -975,12 +1039,19 @@ impl Evaluator<'_> {
             return err("the @ modifier is not supported");
         }
         let reference = self.t - offset_ms(&vs.offset);
-        let matchers = matchers(vs);
-        let mut out = Vec::with_capacity(self.storage.size_hint(&matchers));
+        let owned;
+        let matchers = match self.selectors.get(&selector_key(vs)) {
+            Some(m) => m.as_slice(),
+            None => {
+                owned = matchers(vs);
+                owned.as_slice()
+            }
+        };
+        let mut out = Vec::with_capacity(self.storage.size_hint(matchers));
         // The store lends the samples in [reference - lookback, reference]: the newest one is
         // the value unless it marks the series stale.
         self.storage.visit(
-            &matchers,
+            matchers,
             reference - LOOKBACK_MS,
             reference,
             &mut |labels, samples, _| {
@@ -1029,14 +1100,21 @@ impl Evaluator<'_> {
         reserve: &mut dyn FnMut(usize),
         f: &mut RangeVisitor<'_>,
     ) -> bool {
-        let matchers = matchers(&m.vs);
-        reserve(self.storage.size_hint(&matchers));
+        let owned;
+        let matchers = match self.selectors.get(&selector_key(&m.vs)) {
+            Some(m) => m.as_slice(),
+            None => {
+                owned = matchers(&m.vs);
+                owned.as_slice()
+            }
+        };
+        reserve(self.storage.size_hint(matchers));
         let one_name = matchers
             .iter()
             .any(|m| matches!(m.op, MatchOp::Equal) && m.name == METRIC_NAME);
         let mut without_stale = Vec::new();
         self.storage
-            .visit(&matchers, b.start, b.end, &mut |labels, samples, facts| {
+            .visit(matchers, b.start, b.end, &mut |labels, samples, facts| {
                 let pts = if facts.may_have_stale(samples) && samples.iter().any(|x| is_stale(x.v))
                 {
                     without_stale.clear();
@@ -1472,6 +1550,8 @@ impl Evaluator<'_> {
             }
         };
         let mut last_group: Option<usize> = None;
+        // Whether groups keep their `values` only (`by` with up to four names).
+        let fixed_key = by && by_names.len() <= 4;
         let hasher = foldhash::fast::RandomState::default();
         let mut by_hash: HashMap<u64, usize, foldhash::fast::RandomState> = HashMap::default();
         let mut ordered: Vec<Group> = Vec::new();
@@ -1483,7 +1563,7 @@ impl Evaluator<'_> {
             }
             // With `by` and up to four grouping labels, each is looked up once.
             let mut vals: [Option<&String>; 4] = [None; 4];
-            let fixed = by && by_names.len() <= vals.len();
+            let fixed = fixed_key;
             if fixed {
                 for (i, &n) in by_names.iter().enumerate() {
                     vals[i] = s.labels.get(n);
@@ -1529,16 +1609,21 @@ impl Evaluator<'_> {
                 cur = g.next;
             }
             let Some(gi) = found else {
-                let key: Labels = s
-                    .labels
-                    .iter()
-                    .filter(|(k, _)| in_key(k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                let values = if fixed {
-                    vals[..by_names.len()].iter().map(|v| v.cloned()).collect()
+                // With `by` and up to four names the group keeps the values alone (the output's
+                // label set is built from them at the end); otherwise its key label set.
+                let (key, values) = if fixed {
+                    (
+                        Labels::new(),
+                        vals[..by_names.len()].iter().map(|v| v.cloned()).collect(),
+                    )
                 } else {
-                    Vec::new()
+                    let key: Labels = s
+                        .labels
+                        .iter()
+                        .filter(|(k, _)| in_key(k))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    (key, Vec::new())
                 };
                 let next = by_hash.insert(hash, ordered.len());
                 last_group = Some(ordered.len());
@@ -1562,7 +1647,15 @@ impl Evaluator<'_> {
             add_to_group(&mut ordered[gi], s);
         }
         let mut out = Vec::with_capacity(ordered.len());
-        for g in ordered {
+        for mut g in ordered {
+            if fixed_key {
+                // The names are sorted and distinct: each insert appends to the map.
+                for (&n, v) in by_names.iter().zip(std::mem::take(&mut g.values)) {
+                    if let Some(v) = v {
+                        g.labels.insert(n.clone(), v);
+                    }
+                }
+            }
             let v = match op.as_str() {
                 "avg" => g.mean,
                 "count" | "count_values" => g.count,

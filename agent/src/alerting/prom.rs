@@ -230,6 +230,9 @@ impl Collector for FeedbackCollector {
     }
 }
 
+/// The family that counts log exceptions by source and type.
+const EXCEPTIONS: &str = "sidelight_log_exceptions";
+
 /// The exception types of `sidelight_log_exceptions_total` in `snapshot` not in `first_seen`:
 /// recorded as first seen at `now`, and returned (to persist).
 pub fn note_exceptions(
@@ -238,7 +241,15 @@ pub fn note_exceptions(
     first_seen: &mut FirstSeen,
 ) -> Vec<(String, String, Millis)> {
     let mut newly = Vec::new();
-    for s in snapshot.samples() {
+    // Only a family whose name starts so has samples of that name (the counter
+    // `sidelight_log_exceptions`, or a gauge named with the `_total`): the others' samples are
+    // not built.
+    let samples = snapshot
+        .families
+        .iter()
+        .filter(|f| f.name.starts_with(EXCEPTIONS))
+        .flat_map(|f| f.samples());
+    for s in samples {
         if s.name != "sidelight_log_exceptions_total" {
             continue;
         }
@@ -924,6 +935,16 @@ mod tests {
         let mut reg = Registry::default();
         let exc = Family::<Vec<(String, String)>, Counter>::default();
         reg.register("sidelight_log_exceptions", "exceptions", exc.clone());
+        // Families that are not the exceptions counter, one with the same prefix, are passed by.
+        let other = Family::<Vec<(String, String)>, Counter>::default();
+        reg.register("sidelight_log_exceptions_dropped", "other", other.clone());
+        reg.register("requests", "other", other.clone());
+        other
+            .get_or_create(&vec![
+                ("source".to_owned(), "api".to_owned()),
+                ("exception".to_owned(), "NotAnException".to_owned()),
+            ])
+            .inc();
         let key = |e: &str| {
             vec![
                 ("source".to_owned(), "api".to_owned()),

@@ -218,7 +218,8 @@ pub fn parse(text: &str) -> Result<(Spec, Vec<String>), Vec<SpecError>> {
     let mut errors = Vec::new();
     let mut unknown = Vec::new();
     let raw: Option<RawSpec> = {
-        let mut callback = |path: serde_ignored::Path<'_>| unknown.push(ignored_path(&path));
+        let mut callback =
+            |path: serde_ignored::Path<'_>| unknown.push(crate::config::ignored_path(&path));
         let de = serde_ignored::Deserializer::new(value, &mut callback);
         match serde_path_to_error::deserialize(de) {
             Ok(v) => Some(v),
@@ -246,25 +247,6 @@ pub fn parse(text: &str) -> Result<(Spec, Vec<String>), Vec<SpecError>> {
         Ok((spec, warnings))
     } else {
         Err(errors)
-    }
-}
-
-fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path as P;
-    match path {
-        P::Root => String::new(),
-        P::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
-        P::Map { parent, key } => {
-            let p = ignored_path(parent);
-            if p.is_empty() {
-                key.clone()
-            } else {
-                format!("{p}.{key}")
-            }
-        }
-        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
-            ignored_path(parent)
-        }
     }
 }
 

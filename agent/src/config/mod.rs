@@ -468,7 +468,8 @@ fn section<T: DeserializeOwned>(
     out
 }
 
-fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+/// The YAML path (`a.b[2].c`) of a key serde ignored.
+pub(crate) fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
     use serde_ignored::Path as P;
     match path {
         P::Root => String::new(),

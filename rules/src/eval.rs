@@ -143,34 +143,38 @@ fn selector_key(vs: &VectorSelector) -> usize {
     std::ptr::from_ref(vs) as usize
 }
 
-fn selector_matchers(e: &Expr, out: &mut SelectorMatchers) {
+/// Calls `f` with every selector of `e` and, for a range selector, its range. (Subqueries are
+/// refused when a query is checked; their selectors are visited all the same.)
+fn for_each_selector<'e>(e: &'e Expr, f: &mut impl FnMut(&'e VectorSelector, Option<i64>)) {
     match e {
-        Expr::VectorSelector(vs) => {
-            out.insert(selector_key(vs), matchers(vs));
-        }
-        Expr::MatrixSelector(m) => {
-            out.insert(selector_key(&m.vs), matchers(&m.vs));
-        }
+        Expr::VectorSelector(vs) => f(vs, None),
+        Expr::MatrixSelector(m) => f(&m.vs, Some(ms(&m.range))),
         Expr::Aggregate(a) => {
             if let Some(p) = &a.param {
-                selector_matchers(p, out);
+                for_each_selector(p, f);
             }
-            selector_matchers(&a.expr, out);
+            for_each_selector(&a.expr, f);
         }
-        Expr::Unary(u) => selector_matchers(&u.expr, out),
+        Expr::Unary(u) => for_each_selector(&u.expr, f),
         Expr::Binary(b) => {
-            selector_matchers(&b.lhs, out);
-            selector_matchers(&b.rhs, out);
+            for_each_selector(&b.lhs, f);
+            for_each_selector(&b.rhs, f);
         }
-        Expr::Paren(p) => selector_matchers(&p.expr, out),
+        Expr::Paren(p) => for_each_selector(&p.expr, f),
         Expr::Call(c) => {
             for a in &c.args.args {
-                selector_matchers(a, out);
+                for_each_selector(a, f);
             }
         }
-        Expr::Subquery(s) => selector_matchers(&s.expr, out),
+        Expr::Subquery(s) => for_each_selector(&s.expr, f),
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
     }
+}
+
+fn selector_matchers(e: &Expr, out: &mut SelectorMatchers) {
+    for_each_selector(e, &mut |vs, _| {
+        out.insert(selector_key(vs), matchers(vs));
+    });
 }
 
 impl Query {
@@ -378,38 +382,10 @@ fn offset_ms(o: &Option<Offset>) -> i64 {
 }
 
 fn collect_selectors(e: &Expr, out: &mut Vec<(Vec<Matcher>, i64)>) {
-    match e {
-        Expr::VectorSelector(vs) => {
-            out.push((matchers(vs), offset_ms(&vs.offset).max(0) + LOOKBACK_MS));
-        }
-        Expr::MatrixSelector(m) => {
-            out.push((
-                matchers(&m.vs),
-                offset_ms(&m.vs.offset).max(0) + ms(&m.range),
-            ));
-        }
-        Expr::Aggregate(a) => {
-            if let Some(p) = &a.param {
-                collect_selectors(p, out);
-            }
-            collect_selectors(&a.expr, out);
-        }
-        Expr::Unary(u) => collect_selectors(&u.expr, out),
-        Expr::Binary(b) => {
-            collect_selectors(&b.lhs, out);
-            collect_selectors(&b.rhs, out);
-        }
-        Expr::Paren(p) => collect_selectors(&p.expr, out),
-        Expr::Call(c) => {
-            for a in &c.args.args {
-                collect_selectors(a, out);
-            }
-        }
-        Expr::Subquery(_)
-        | Expr::NumberLiteral(_)
-        | Expr::StringLiteral(_)
-        | Expr::Extension(_) => {}
-    }
+    for_each_selector(e, &mut |vs, range| {
+        let reach = offset_ms(&vs.offset).max(0) + range.unwrap_or(LOOKBACK_MS);
+        out.push((matchers(vs), reach));
+    });
 }
 
 fn unparen(mut e: &Expr) -> &Expr {

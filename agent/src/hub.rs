@@ -4,7 +4,8 @@
 //! metrics are recomputed from the model after new events (one recomputation per burst: 1 s
 //! after the first) and every minute, as the windows slide; only the services with new events
 //! are worked out again, the links between services (incidents, fixes, findings) only after an
-//! event or when an incident or finding starts or resolves, and the store is not read.
+//! event or when an incident or finding starts or resolves — after a deploy event that names no
+//! other service's deployment, only its own (service, environment) — and the store is not read.
 //! Retention runs on start and daily, in the store and the model alike. It exposes:
 //!
 //! * counters `dora_deployments_total{service,environment,status}`,
@@ -160,12 +161,15 @@ pub struct Model {
     groups: Vec<ModelGroup>,
     /// Deploy events left out to keep within [`MODEL_MAX_DEPLOYMENTS`].
     evicted: u64,
-    /// Changes on every change of the events or a lineage.
-    generation: u64,
-    /// The links of the last histories, by scope, with the generation they were linked at.
-    links: Vec<(Scope, u64, Links)>,
-    /// Changes on every change the `dora_recovery_time_seconds` series can follow (less often
-    /// than `generation`): an incident recorded, retention or eviction, a deploy event whose
+    /// The links of the last histories, by scope, with the groups given deploy events since
+    /// (to link again on their own), or `None` when they must be linked anew (an incident,
+    /// retention or eviction, a deploy event naming another group, a lineage built again
+    /// because time passed one of its events).
+    links: Vec<(Scope, Option<Vec<u32>>, Links)>,
+    /// Links kept and brought up to date group by group (for tests and benches: that the
+    /// incremental path is taken).
+    relinked: u64,
+    /// Changes on every change the `dora_recovery_time_seconds` series can follow: an incident recorded, retention or eviction, a deploy event whose
     /// delivery id is interned more than once (only then can an incident name it), and a
     /// lineage built again because `now` passed one of its group's events.
     recovery_generation: u64,
@@ -209,6 +213,13 @@ impl Model {
     #[must_use]
     pub fn evicted(&self) -> u64 {
         self.evicted
+    }
+
+    /// How many times kept links were brought up to date group by group after deploy events
+    /// instead of linking every group anew.
+    #[must_use]
+    pub fn relinked(&self) -> u64 {
+        self.relinked
     }
 
     /// Bytes the model holds on the heap (events, index, lineages), as laid out.
@@ -280,7 +291,6 @@ impl Model {
     }
 
     fn apply(&mut self, change: ModelChange) {
-        self.generation += 1;
         match change {
             ModelChange::Deployment(d) => self.add_deployment(*d),
             ModelChange::Incident(i) => self.put_incident(*i),
@@ -292,16 +302,39 @@ impl Model {
     pub fn add_deployment(&mut self, d: Deployment) {
         let e = self.table.push_deployment(&d);
         self.cover_groups();
+        let mut local = None;
         if let Some(r) = self.table.deployments().get(e as usize) {
-            if self.table.strings().repeated(r.id) {
+            let repeated = self.table.strings().repeated(r.id);
+            if repeated {
                 self.recovery_generation += 1;
             }
             if let Some(group) = self.groups.get_mut(r.group as usize) {
                 group.members.push(e);
                 group.built = None;
             }
+            // Its links are its group's alone unless another event or a reference holds its
+            // id, it fixes another group's deployment, or it resolves incidents.
+            let fixes_within = r.fixes == ABSENT
+                || self
+                    .table
+                    .events_with_id(r.fixes)
+                    .all(|f| self.table.deployments()[f as usize].group == r.group);
+            if !repeated && fixes_within && self.table.resolves_of(e).next().is_none() {
+                local = Some(r.group);
+            }
+        }
+        for (_, pending, _) in &mut self.links {
+            match (pending.as_mut(), local) {
+                (Some(groups), Some(g)) => {
+                    if !groups.contains(&g) {
+                        groups.push(g);
+                    }
+                }
+                _ => *pending = None,
+            }
         }
         if self.bound() {
+            self.links.clear();
             self.index();
         }
     }
@@ -311,11 +344,13 @@ impl Model {
         self.table.put_incident(&i);
         self.cover_groups();
         self.recovery_generation += 1;
+        self.links.clear();
     }
 
     /// Drops what the store's retention at `cutoff` deletes.
     pub fn retain(&mut self, cutoff: UnixSeconds) {
         self.recovery_generation += 1;
+        self.links.clear();
         self.table = self.table.filtered(
             |d| d.finished >= cutoff,
             |i| i.started >= cutoff || i.resolved.is_some_and(|r| r >= cutoff),
@@ -332,7 +367,10 @@ impl Model {
             match &group.built {
                 Some((l, _)) if l.valid_at(now) => continue,
                 // `now` passed one of the group's events.
-                Some(_) => self.recovery_generation += 1,
+                Some(_) => {
+                    self.recovery_generation += 1;
+                    self.links.clear();
+                }
                 None => {}
             }
             let g = u32::try_from(g).unwrap_or(u32::MAX);
@@ -353,15 +391,24 @@ impl Model {
                 }
             }
             group.built = Some((lineage, lead));
-            self.generation += 1;
         }
     }
 
-    /// The links kept for `scope` if they hold at `now`.
+    /// The links kept for `scope` if they hold at `now` (after [`Model::build`] at `now`),
+    /// the groups with new deploy events linked again on their own.
     fn take_links(&mut self, now: UnixSeconds, scope: &Scope) -> Option<Links> {
         let k = self.links.iter().position(|(s, _, _)| s == scope)?;
-        let (_, generation, links) = self.links.remove(k);
-        (generation == self.generation && links.holds_at(now)).then_some(links)
+        let (_, pending, mut links) = self.links.remove(k);
+        let groups = &self.groups;
+        let lineage_of = |g: u32| groups.get(g as usize)?.built.as_ref().map(|b| &b.0);
+        let pending = pending?;
+        if !links.relink(now, &self.table, scope, &pending, lineage_of) {
+            return None;
+        }
+        if !pending.is_empty() {
+            self.relinked += 1;
+        }
+        Some(links)
     }
 
     /// Keeps the links of a history in `scope` for the next computation.
@@ -369,7 +416,7 @@ impl Model {
         if self.links.len() >= KEPT_LINKS {
             self.links.remove(0);
         }
-        self.links.push((scope, self.generation, links));
+        self.links.push((scope, Some(Vec::new()), links));
     }
 
     /// The history in `scope` at `now` (after [`Model::build`] at `now`), from `kept` links
@@ -1253,5 +1300,84 @@ mod tests {
                 assert_eq!(got, want, "seed {seed}, after retention, now {t}");
             }
         }
+    }
+
+    /// Deploy events of several services interleaved, some naming their own group's or
+    /// another group's deployments, incidents naming deployments and commits: after every
+    /// event the model (its links brought up to date group by group where it can) publishes
+    /// and reports exactly what a computation from scratch gives.
+    #[test]
+    fn interleaved_services_kept_up_to_date_equal_a_computation_from_scratch() {
+        let table = TierTable::builtin().expect("tiers");
+        let mut relinked = 0;
+        for seed in 0..6_u64 {
+            let mut next = crate::dora::test_random(seed ^ 0x5eed);
+            let mut t = 60 * 86_400;
+            let base = random_history(seed, 90, t);
+            let mut model = Model::new(base.clone());
+            let mut seen = base;
+            for k in 0..60 {
+                t += next(1800);
+                let s = next(4);
+                let environment = ["production", "staging"][usize::from(next(5) == 0)];
+                let finished = t - next(4 * 3600);
+                let kind = match next(8) {
+                    0 => crate::dora::DeploymentKind::Hotfix,
+                    1 => crate::dora::DeploymentKind::Rollback,
+                    _ => crate::dora::DeploymentKind::Normal,
+                };
+                // Mostly fresh ids; some repeat one already held (a redelivery), some fix
+                // an earlier deployment of any service.
+                let id = if next(12) == 0 {
+                    format!("d{}", next(90))
+                } else {
+                    format!("n{seed}-{k}")
+                };
+                let fixes_deployment = (kind != crate::dora::DeploymentKind::Normal
+                    && next(2) == 0)
+                    .then(|| format!("d{}", next(90)));
+                let d = Deployment {
+                    id,
+                    service: format!("s{s}"),
+                    environment: environment.into(),
+                    version: format!("v{}", next(8)),
+                    commit: format!("c{}", next(40)),
+                    status: [DeployStatus::Success, DeployStatus::Failure]
+                        [usize::from(next(6) == 0)],
+                    started_at: finished - next(600),
+                    finished_at: finished,
+                    commits: (0..next(4))
+                        .map(|_| Change {
+                            sha: format!("c{}", next(40)),
+                            timestamp: finished - next(5 * 86_400),
+                            pr_first_commit_at: None,
+                        })
+                        .collect(),
+                    kind,
+                    fixes_deployment,
+                    resolves_incidents: vec![],
+                };
+                model.apply(ModelChange::Deployment(Box::new(d.clone())));
+                seen.deployments.push(d);
+                let got = exposition(compute_on(&mut model, t, &cfg(), Some(table)));
+                let want = exposition(compute(t, &seen, &cfg(), Some(table)));
+                assert_eq!(got, want, "seed {seed}, event {k}, now {t}");
+                if k % 7 == 0 {
+                    for scope in [Scope::default(), Scope::environment("staging")] {
+                        let w = Window::days(30);
+                        assert_eq!(
+                            model.report(t, w, &scope),
+                            crate::dora::report(t, &seen, w, &scope),
+                            "seed {seed}, event {k}, {scope:?}"
+                        );
+                    }
+                }
+            }
+            relinked += model.relinked();
+        }
+        assert!(
+            relinked > 0,
+            "the links were never brought up to date group by group"
+        );
     }
 }

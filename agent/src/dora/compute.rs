@@ -635,6 +635,10 @@ struct Linked<'a> {
     /// resolution time.
     recoveries: Vec<(UnixSeconds, i64)>,
     open: u64,
+    /// A reference crosses from or into it (an incident, fix or finding of one group naming
+    /// a deployment of another, an id held by several groups, an incident resolved by one of
+    /// its deployments): it cannot be linked again on its own ([`Links::relink`]).
+    entangled: bool,
 }
 
 impl<'a> Linked<'a> {
@@ -647,6 +651,7 @@ impl<'a> Linked<'a> {
             has_incident: Vec::new(),
             recoveries: Vec::new(),
             open: 0,
+            entangled: false,
         }
     }
 
@@ -683,6 +688,57 @@ impl Links {
     pub fn holds_at(&self, now: UnixSeconds) -> bool {
         now >= self.now && self.changes_at.is_none_or(|t| t > now)
     }
+
+    /// Links `changed` groups again on their own, at `now`, after deploy events were added
+    /// to them (and their lineages built again at `now`), leaving every other group's links
+    /// as they are; `scope` is the one these links were made in. Gives the links
+    /// [`History::link`] gives for the whole scope at `now`, or `false` (the links then
+    /// unusable) where that cannot be told group by group: a changed group new to the links
+    /// or entangled with another ([`Linked::entangled`]), or `now` outside
+    /// [`Links::holds_at`]. The new events must reference no other group: no delivery id
+    /// held or named elsewhere, no `fixes_deployment` of another group's, no incidents
+    /// resolved.
+    #[must_use]
+    pub fn relink<'a>(
+        &mut self,
+        now: UnixSeconds,
+        table: &'a Table,
+        scope: &Scope,
+        changed: &[u32],
+        lineage_of: impl Fn(u32) -> Option<&'a Lineage>,
+    ) -> bool {
+        if !self.holds_at(now) {
+            return false;
+        }
+        let in_scope = groups_in_scope(table, scope);
+        for &g in changed {
+            if !in_scope.get(g as usize).copied().unwrap_or(false) {
+                continue;
+            }
+            let Some(slot) = self.groups.iter().position(|d| d.group == g) else {
+                return false;
+            };
+            if self.groups[slot].entangled {
+                return false;
+            }
+            let Some(&(service, environment)) = table.groups().get(g as usize) else {
+                return false;
+            };
+            let alone = Scope {
+                environment: Some(table.str(environment).to_owned()),
+                service: Some(table.str(service).to_owned()),
+            };
+            let history = History::link(now, lineage_of(g), table, &alone);
+            let mut linked = history.into_links();
+            match linked.groups.as_slice() {
+                [one] if one.group == g => {}
+                _ => return false,
+            }
+            self.groups[slot] = linked.groups.remove(0);
+        }
+        self.now = now;
+        true
+    }
 }
 
 /// A [`Linked`] without its lineage.
@@ -695,6 +751,7 @@ struct LinkData {
     has_incident: Vec<bool>,
     recoveries: Vec<(UnixSeconds, i64)>,
     open: u64,
+    entangled: bool,
 }
 
 /// The group of an id's first referrer, in the order references are read: incidents (the
@@ -845,6 +902,7 @@ impl<'a> History<'a> {
                 }
             }
         }
+        let mut entangled = vec![false; groups.len()];
         let ids: HashMap<Sym, DepRef> = found
             .into_iter()
             .map(|(id, places)| {
@@ -853,6 +911,9 @@ impl<'a> History<'a> {
                     // The same id in several services (the store never holds that): the
                     // first referrer's group if it has it, else the first group.
                     _ => {
+                        for p in &places {
+                            entangled[p.0] = true;
+                        }
                         let hint = referrer(id, &groups, &incidents, &findings, &index, table);
                         hint.and_then(|h| places.iter().find(|p| p.0 == h).copied())
                             .unwrap_or(places[0])
@@ -872,7 +933,14 @@ impl<'a> History<'a> {
                 match recs[l.deps[i].event as usize].fixes {
                     ABSENT if i > 0 => blamed.push((g, i - 1)),
                     ABSENT => {}
-                    id => blamed.extend(ids.get(&id).copied()),
+                    id => {
+                        let place = ids.get(&id).copied();
+                        if let Some((h, _)) = place.filter(|&(h, _)| h != g) {
+                            entangled[g] = true;
+                            entangled[h] = true;
+                        }
+                        blamed.extend(place);
+                    }
                 }
             }
         }
@@ -905,6 +973,23 @@ impl<'a> History<'a> {
             })
             .collect();
         blamed.extend(links_of.iter().flatten().copied());
+        for &(g, i) in &incidents {
+            for id in [i.deployment, i.resolved_by] {
+                if let Some(&(h, _)) = ids.get(&id).filter(|&&(h, _)| h != g) {
+                    entangled[g] = true;
+                    entangled[h] = true;
+                }
+            }
+        }
+        for f in &findings {
+            let from = index.get(f.group as usize).copied().unwrap_or(usize::MAX);
+            if let Some(&(h, _)) = ids.get(&f.deployment).filter(|&&(h, _)| h != from) {
+                entangled[h] = true;
+                if let Some(e) = entangled.get_mut(from) {
+                    *e = true;
+                }
+            }
+        }
         for &(g, i) in &blamed {
             groups[g].failed[i] = true;
         }
@@ -951,11 +1036,14 @@ impl<'a> History<'a> {
                 .map(|&(_, incident)| (incident.id, incident))
                 .collect();
             let resolving: HashSet<u32> = table.resolves().iter().map(|&(e, _)| e).collect();
-            for linked in &mut groups {
+            for (linked, entangled) in groups.iter_mut().zip(&mut entangled) {
                 let Some(l) = linked.lineage else { continue };
                 for (i, e) in l.members() {
                     if !resolving.contains(&e) {
                         continue;
+                    }
+                    if table.resolves_of(e).any(|id| by_id.contains_key(&id)) {
+                        *entangled = true;
                     }
                     let dep = &l.deps[i];
                     if table
@@ -1000,8 +1088,9 @@ impl<'a> History<'a> {
             let failing = Some(linked.deps()[i].finished);
             recovery(linked, f.resolved, f.started, failing);
         }
-        for linked in &mut groups {
+        for (linked, entangled) in groups.iter_mut().zip(entangled) {
             linked.recoveries.sort_by_key(|&(resolved, _)| resolved);
+            linked.entangled = entangled;
         }
         Self {
             now,
@@ -1042,6 +1131,7 @@ impl<'a> History<'a> {
                     has_incident: g.has_incident,
                     recoveries: g.recoveries,
                     open: g.open,
+                    entangled: g.entangled,
                 })
                 .collect(),
         }
@@ -1075,6 +1165,7 @@ impl<'a> History<'a> {
                     has_incident: g.has_incident,
                     recoveries: g.recoveries,
                     open: g.open,
+                    entangled: g.entangled,
                 })
                 .collect(),
         }

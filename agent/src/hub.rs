@@ -699,7 +699,7 @@ fn compute_at(
     };
     let rate_on = rating_window(&cfg.windows);
     for &w in &cfg.windows {
-        let rep: Report = history.report(w);
+        let rep: Report = history.service_report(w);
         for r in &rep.services {
             let labels = || {
                 [

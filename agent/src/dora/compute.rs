@@ -1235,6 +1235,17 @@ impl<'a> History<'a> {
     /// The report over `window` ending at the history's `now`.
     #[must_use]
     pub fn report(&self, window: Window) -> Report {
+        self.report_of(window, true)
+    }
+
+    /// [`History::report`] without its [`Report::totals`] (left empty), for callers that read
+    /// only the rows of services.
+    #[must_use]
+    pub fn service_report(&self, window: Window) -> Report {
+        self.report_of(window, false)
+    }
+
+    fn report_of(&self, window: Window, with_totals: bool) -> Report {
         let now = self.now;
         let start = now.saturating_sub(window.seconds());
         let times = self.table.change_times();
@@ -1244,8 +1255,10 @@ impl<'a> History<'a> {
             .map(|g| Tally::of(g, start, times))
             .collect();
         let mut pooled: BTreeMap<&str, Vec<&Tally>> = BTreeMap::new();
-        for (group, tally) in self.groups.iter().zip(&tallies) {
-            pooled.entry(self.names(group).1).or_default().push(tally);
+        if with_totals {
+            for (group, tally) in self.groups.iter().zip(&tallies) {
+                pooled.entry(self.names(group).1).or_default().push(tally);
+            }
         }
         let mut services: Vec<ServiceReport> = self
             .groups

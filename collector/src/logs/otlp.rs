@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use bytes::Bytes;
 use prost::encoding::{WireType, encoded_len_varint};
 
-use super::record::{AttrValue, Attributes, LogRecord};
+use super::record::{AttrValue, Attributes, LogRecord, Name};
 use crate::pipeline::EncodedRequest;
 
 /// The resource attributes of one source's records (`service.name`, `host.name`, …), in order.
@@ -169,32 +169,86 @@ fn kvlist(m: Attributes) -> KeyValueList {
 }
 
 /// The protobuf encoding of [`to_request`]`(records, resource)`, written directly from the
-/// records (no message tree in between: one buffer per batch).
+/// records (no message tree in between).
 pub fn encode_request(records: &[LogRecord], resource: &LogResource) -> EncodedRequest {
-    // Scopes in order of first appearance, and each record's scope.
-    let mut scopes: Vec<&str> = Vec::new();
-    let mut scope_of: Vec<usize> = Vec::with_capacity(records.len());
+    let mut logs = EncodedLogs::new();
     for r in records {
-        let name = r.logger.as_deref().unwrap_or(NO_LOGGER);
-        let at = match scopes.iter().position(|s| *s == name) {
-            Some(i) => i,
-            None => {
-                scopes.push(name);
-                scopes.len() - 1
-            }
-        };
-        scope_of.push(at);
+        logs.push(r);
     }
-    let text: usize = records
-        .iter()
-        .map(|r| r.body.len() + 64 * (r.attributes.len() + 4))
-        .sum();
-    let mut out = Vec::with_capacity(text + 256);
-    let room = encoded_len_varint(text as u64);
-    // ExportLogsServiceRequest.resource_logs = 1
-    message_sized(&mut out, 1, room, |out| {
+    logs.finish(resource)
+}
+
+/// Room kept up front for the records of a batch's first scope (most batches have one logger).
+const FIRST_SCOPE_RESERVE: usize = 64 << 10;
+
+/// A batch of records encoded as they come: each record is written once, as its
+/// `ScopeLogs.log_records` field, into its scope's buffer (scopes in order of first appearance,
+/// records in order within a scope), so the caller can drop the record at once.
+/// [`EncodedLogs::finish`] wraps the scopes into an export request — byte for byte what
+/// [`encode_request`] writes for the same records.
+#[derive(Debug, Default)]
+pub struct EncodedLogs {
+    /// Scope name and its records' encodings.
+    scopes: Vec<(Name, Vec<u8>)>,
+    /// The scope the last record went to (consecutive records mostly share their logger).
+    last: usize,
+    records: usize,
+}
+
+impl EncodedLogs {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Encodes `r` into its scope.
+    pub fn push(&mut self, r: &LogRecord) {
+        let name: &str = r.logger.as_deref().unwrap_or(NO_LOGGER);
+        let at = match self.scopes.get(self.last) {
+            Some((n, _)) if n.as_ref() == name => self.last,
+            _ => match self.scopes.iter().position(|(n, _)| n.as_ref() == name) {
+                Some(i) => i,
+                None => {
+                    let owned: Name = match &r.logger {
+                        Some(l) => l.clone(),
+                        None => Name::Borrowed(NO_LOGGER),
+                    };
+                    let reserve = if self.scopes.is_empty() {
+                        FIRST_SCOPE_RESERVE
+                    } else {
+                        0
+                    };
+                    self.scopes.push((owned, Vec::with_capacity(reserve)));
+                    self.scopes.len() - 1
+                }
+            },
+        };
+        self.last = at;
+        // ScopeLogs.log_records = 2 (most records take 128 B to 16 KiB)
+        message_sized(&mut self.scopes[at].1, 2, 2, |out| write_record(out, r));
+        self.records += 1;
+    }
+
+    /// Records pushed.
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    /// True when no record was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Bytes of the records' encodings so far.
+    pub fn encoded_bytes(&self) -> usize {
+        self.scopes.iter().map(|(_, b)| b.len()).sum()
+    }
+
+    /// The export request: one `ResourceLogs` (`resource`) holding every scope.
+    pub fn finish(&self, resource: &LogResource) -> EncodedRequest {
         // ResourceLogs.resource = 1
-        message(out, 1, |out| {
+        let mut head = Vec::with_capacity(64);
+        message(&mut head, 1, |out| {
             for (k, v) in &resource.attributes {
                 // Resource.attributes = 1
                 message(out, 1, |out| {
@@ -203,19 +257,38 @@ pub fn encode_request(records: &[LogRecord], resource: &LogResource) -> EncodedR
                 });
             }
         });
-        for (s, name) in scopes.iter().enumerate() {
-            // ResourceLogs.scope_logs = 2
-            message_sized(out, 2, room, |out| {
-                // ScopeLogs.scope = 1, InstrumentationScope.name = 1
-                message(out, 1, |out| string_field(out, 1, name, false));
-                for (r, _) in records.iter().zip(&scope_of).filter(|(_, at)| **at == s) {
-                    // ScopeLogs.log_records = 2 (most records take 128 B to 16 KiB)
-                    message_sized(out, 2, 2, |out| write_record(out, r));
-                }
-            });
+        // Each scope's `ScopeLogs.scope` (= 1, InstrumentationScope.name = 1) and the length of
+        // its `ScopeLogs` message.
+        let scope_heads: Vec<(Vec<u8>, usize)> = self
+            .scopes
+            .iter()
+            .map(|(name, recs)| {
+                let mut h = Vec::with_capacity(name.len() + 4);
+                message(&mut h, 1, |out| string_field(out, 1, name, false));
+                let len = h.len() + recs.len();
+                (h, len)
+            })
+            .collect();
+        // ResourceLogs: the resource, then each scope as ResourceLogs.scope_logs = 2.
+        let resource_logs = head.len()
+            + scope_heads
+                .iter()
+                .map(|(_, len)| 1 + encoded_len_varint(*len as u64) + len)
+                .sum::<usize>();
+        let mut out =
+            Vec::with_capacity(1 + encoded_len_varint(resource_logs as u64) + resource_logs);
+        // ExportLogsServiceRequest.resource_logs = 1
+        write_key(1, WireType::LengthDelimited, &mut out);
+        write_varint(&mut out, resource_logs as u64);
+        out.extend_from_slice(&head);
+        for ((h, len), (_, recs)) in scope_heads.iter().zip(&self.scopes) {
+            write_key(2, WireType::LengthDelimited, &mut out);
+            write_varint(&mut out, *len as u64);
+            out.extend_from_slice(h);
+            out.extend_from_slice(recs);
         }
-    });
-    EncodedRequest::logs_written(Bytes::from(out), records.len())
+        EncodedRequest::logs_written(Bytes::from(out), self.records)
+    }
 }
 
 /// One `LogRecord`, as [`to_record`] builds it.

@@ -61,7 +61,7 @@ impl LogResource {
 const NO_LOGGER: &str = "sidelight.logs";
 
 /// Converts one batch of records into an OTLP export request. Records are consumed.
-pub fn to_request(records: Vec<LogRecord>, resource: &LogResource) -> ExportLogsServiceRequest {
+pub fn to_request(records: Vec<LogRecord<'_>>, resource: &LogResource) -> ExportLogsServiceRequest {
     let mut scopes: Vec<ScopeLogs> = Vec::new();
     for record in records {
         let scope_name = record.logger.as_deref().unwrap_or(NO_LOGGER);
@@ -94,7 +94,7 @@ pub fn to_request(records: Vec<LogRecord>, resource: &LogResource) -> ExportLogs
     }
 }
 
-fn to_record(r: LogRecord) -> OtlpRecord {
+fn to_record(r: LogRecord<'_>) -> OtlpRecord {
     let mut attributes: Vec<KeyValue> = Vec::with_capacity(r.attributes.len() + 4);
     if let Some(path) = &r.file_path {
         attributes.push(kv("log.file.path".into(), string(path.to_string())));
@@ -120,7 +120,7 @@ fn to_record(r: LogRecord) -> OtlpRecord {
         observed_time_unix_nano: r.observed_unix_nano,
         severity_number: i32::from(r.severity_number),
         severity_text: r.severity_text.map(String::from).unwrap_or_default(),
-        body: Some(string(r.body)),
+        body: Some(string(r.body.into_owned())),
         attributes,
         trace_id: r.trace_id.map(|t| t.0.to_vec()).unwrap_or_default(),
         span_id: r.span_id.map(|s| s.0.to_vec()).unwrap_or_default(),
@@ -144,13 +144,13 @@ fn string(s: String) -> AnyValue {
     }
 }
 
-fn any(v: AttrValue) -> AnyValue {
+fn any(v: AttrValue<'_>) -> AnyValue {
     let value = match v {
         AttrValue::Null => None,
         AttrValue::Bool(b) => Some(any_value::Value::BoolValue(b)),
         AttrValue::Int(i) => Some(any_value::Value::IntValue(i)),
         AttrValue::Float(f) => Some(any_value::Value::DoubleValue(f)),
-        AttrValue::String(s) => Some(any_value::Value::StringValue(s)),
+        AttrValue::String(s) => Some(any_value::Value::StringValue(s.into_owned())),
         AttrValue::Array(items) => Some(any_value::Value::ArrayValue(ArrayValue {
             values: items.into_iter().map(any).collect(),
         })),
@@ -159,7 +159,7 @@ fn any(v: AttrValue) -> AnyValue {
     AnyValue { value }
 }
 
-fn kvlist(m: Attributes) -> KeyValueList {
+fn kvlist(m: Attributes<'_>) -> KeyValueList {
     KeyValueList {
         values: m
             .into_iter()
@@ -170,7 +170,7 @@ fn kvlist(m: Attributes) -> KeyValueList {
 
 /// The protobuf encoding of [`to_request`]`(records, resource)`, written directly from the
 /// records (no message tree in between).
-pub fn encode_request(records: &[LogRecord], resource: &LogResource) -> EncodedRequest {
+pub fn encode_request(records: &[LogRecord<'_>], resource: &LogResource) -> EncodedRequest {
     let mut logs = EncodedLogs::new();
     for r in records {
         logs.push(r);
@@ -202,7 +202,7 @@ impl EncodedLogs {
     }
 
     /// Encodes `r` into its scope.
-    pub fn push(&mut self, r: &LogRecord) {
+    pub fn push(&mut self, r: &LogRecord<'_>) {
         let name: &str = r.logger.as_deref().unwrap_or(NO_LOGGER);
         let at = match self.scopes.get(self.last) {
             Some((n, _)) if n.as_ref() == name => self.last,
@@ -292,7 +292,7 @@ impl EncodedLogs {
 }
 
 /// One `LogRecord`, as [`to_record`] builds it.
-fn write_record(out: &mut Vec<u8>, r: &LogRecord) {
+fn write_record(out: &mut Vec<u8>, r: &LogRecord<'_>) {
     // time_unix_nano = 1 (fixed64), observed_time_unix_nano = 11 (fixed64)
     fixed64_field(out, 1, r.timestamp_unix_nano.unwrap_or(0));
     // severity_number = 2, severity_text = 3
@@ -338,7 +338,7 @@ fn write_record(out: &mut Vec<u8>, r: &LogRecord) {
 }
 
 /// A `KeyValue`'s fields: key = 1, value = 2.
-fn key_value(out: &mut Vec<u8>, key: &str, value: &AttrValue) {
+fn key_value(out: &mut Vec<u8>, key: &str, value: &AttrValue<'_>) {
     key_value_key(out, key);
     message(out, 2, |out| any_value(out, value));
 }
@@ -348,7 +348,7 @@ fn key_value_key(out: &mut Vec<u8>, key: &str) {
 }
 
 /// An `AnyValue`'s fields (a null is an `AnyValue` with no field set).
-fn any_value(out: &mut Vec<u8>, v: &AttrValue) {
+fn any_value(out: &mut Vec<u8>, v: &AttrValue<'_>) {
     match v {
         AttrValue::Null => {}
         // string_value = 1, bool_value = 2, int_value = 3, double_value = 4: members of a oneof,
@@ -505,7 +505,7 @@ mod tests {
             body: "slow query".into(),
             ..LogRecord::default()
         };
-        let no_logger = LogRecord::from_body("plain".into(), 5);
+        let no_logger = LogRecord::from_body("plain", 5);
         let same_logger = LogRecord {
             logger: Some("app.web".into()),
             body: "second".into(),
@@ -566,14 +566,14 @@ mod tests {
         assert!(plain.trace_id.is_empty() && plain.span_id.is_empty());
     }
 
-    fn attr_value() -> impl Strategy<Value = AttrValue> {
+    fn attr_value() -> impl Strategy<Value = AttrValue<'static>> {
         let leaf = prop_oneof![
             Just(AttrValue::Null),
             proptest::arbitrary::any::<bool>().prop_map(AttrValue::Bool),
             proptest::arbitrary::any::<i64>().prop_map(AttrValue::Int),
             (-1e300f64..1e300).prop_map(AttrValue::Float),
-            ".{0,40}".prop_map(AttrValue::String),
-            ".{100,300}".prop_map(AttrValue::String),
+            ".{0,40}".prop_map(|s| AttrValue::String(s.into())),
+            ".{100,300}".prop_map(|s| AttrValue::String(s.into())),
         ];
         leaf.prop_recursive(4, 40, 6, |inner| {
             prop_oneof![
@@ -585,7 +585,7 @@ mod tests {
         })
     }
 
-    fn record() -> impl Strategy<Value = LogRecord> {
+    fn record() -> impl Strategy<Value = LogRecord<'static>> {
         let text = || proptest::option::of(".{0,20}");
         (
             (
@@ -616,7 +616,7 @@ mod tests {
                         severity_number: sev % 25,
                         severity_text: sev_text.map(Name::from),
                         logger: logger.map(Name::from),
-                        body,
+                        body: body.into(),
                         exception: exc.map(|(t, m, s)| ExceptionInfo {
                             r#type: t,
                             message: m,

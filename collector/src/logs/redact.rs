@@ -665,6 +665,14 @@ impl Redactor {
         }
     }
 
+    /// [`Self::redact_string`] for a string that may borrow from the line: it is copied only
+    /// when a rule matches it.
+    pub fn redact_cow(&self, s: &mut Cow<'_, str>, counts: &mut RedactionCounts) {
+        if s.len() >= self.min_match_len && self.may_match(s) && self.set.is_match(s) {
+            self.redact_rounds(s.to_mut(), counts);
+        }
+    }
+
     /// The replacement rounds, without the prefilter (the tests hold [`Self::redact_string`] to
     /// this).
     fn redact_rounds(&self, s: &mut String, counts: &mut RedactionCounts) {
@@ -729,9 +737,9 @@ impl Redactor {
 
     /// Redacts a record's body, exception type/message/stack and every string attribute
     /// (nested ones included); returns the counts.
-    pub fn redact_record(&self, record: &mut LogRecord) -> RedactionCounts {
+    pub fn redact_record(&self, record: &mut LogRecord<'_>) -> RedactionCounts {
         let mut counts = RedactionCounts::default();
-        self.redact_string(&mut record.body, &mut counts);
+        self.redact_cow(&mut record.body, &mut counts);
         if let Some(e) = &mut record.exception {
             for s in [&mut e.r#type, &mut e.message, &mut e.stacktrace]
                 .into_iter()
@@ -746,9 +754,9 @@ impl Redactor {
         counts
     }
 
-    fn redact_value(&self, v: &mut AttrValue, counts: &mut RedactionCounts) {
+    fn redact_value(&self, v: &mut AttrValue<'_>, counts: &mut RedactionCounts) {
         match v {
-            AttrValue::String(s) => self.redact_string(s, counts),
+            AttrValue::String(s) => self.redact_cow(s, counts),
             AttrValue::Array(items) => {
                 for item in items {
                     self.redact_value(item, counts);
@@ -1223,7 +1231,7 @@ mod tests {
 
         let mut nested = Attributes::new();
         nested.insert("to", AttrValue::String("carol@example.org".into()));
-        let mut rec = LogRecord::from_body("ok".into(), 0);
+        let mut rec = LogRecord::from_body("ok", 0);
         rec.attributes.insert(
             "list",
             AttrValue::Array(vec![

@@ -1700,7 +1700,7 @@ impl Tailer {
         if let Some((stream, time)) = cri {
             record
                 .attributes
-                .insert("stream", AttrValue::String(stream.to_owned()));
+                .insert("stream", AttrValue::String(stream.into()));
             record.timestamp_unix_nano.get_or_insert(time);
         }
         record.source = Some(self.cfg.source.clone());

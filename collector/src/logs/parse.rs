@@ -1952,6 +1952,39 @@ mod tests {
     }
 
     #[test]
+    fn strings_borrow_from_the_line_unless_escaped_or_replaced() {
+        let line = br#"{"message": "plain", "path": "/a", "esc": "a\"b", "n": 1}"#;
+        let p = Parser::default().parse(line, 0);
+        assert!(p.error.is_none());
+        assert!(matches!(p.record.body, Cow::Borrowed("plain")));
+        assert!(matches!(
+            p.record.attributes.get("path"),
+            Some(AttrValue::String(Cow::Borrowed("/a")))
+        ));
+        // An escape is decoded into a string of its own.
+        assert!(matches!(
+            p.record.attributes.get("esc"),
+            Some(AttrValue::String(Cow::Owned(s))) if s == "a\"b"
+        ));
+        let text = Parser::new(ParserConfig {
+            format: Format::Text,
+            ..ParserConfig::default()
+        });
+        let t = text.parse(b"2026-11-22 02:36:14,020 INFO hello\n", 0);
+        assert!(matches!(t.record.body, Cow::Borrowed(_)));
+
+        // Invalid UTF-8 inside valid JSON: parsed from the replaced copy, the record owned.
+        let p = Parser::default().parse(b"{\"message\": \"caf\xff\", \"k\": \"v\"}", 0);
+        assert!(p.error.is_none() && p.lossy_utf8);
+        assert_eq!(p.record.body, "caf\u{fffd}");
+        assert!(matches!(p.record.body, Cow::Owned(_)));
+        assert_eq!(
+            p.record.attributes.get("k"),
+            Some(&AttrValue::String("v".into()))
+        );
+    }
+
+    #[test]
     fn ids_that_are_zero_or_invalid() {
         let r = parse(r#"{"message": "m", "otelTraceID": "0", "otelSpanID": "0"}"#).record;
         assert_eq!((r.trace_id, r.span_id), (None, None));

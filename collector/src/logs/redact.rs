@@ -1216,6 +1216,25 @@ mod tests {
     }
 
     #[test]
+    fn borrowed_strings_are_copied_only_when_redacted() {
+        let r = redactor();
+        let mut counts = RedactionCounts::default();
+        let line = String::from("nothing secret in this fairly long message at all 12345");
+        let mut clean = Cow::Borrowed(line.as_str());
+        r.redact_cow(&mut clean, &mut counts);
+        assert!(matches!(clean, Cow::Borrowed(_)));
+        let secret = String::from("mail bob@example.com now");
+        let mut dirty = Cow::Borrowed(secret.as_str());
+        r.redact_cow(&mut dirty, &mut counts);
+        assert_eq!(dirty, "mail [REDACTED] now");
+        assert_eq!(counts.total(), 1);
+        let mut owned = secret.clone();
+        let mut same = RedactionCounts::default();
+        r.redact_string(&mut owned, &mut same);
+        assert_eq!(owned, dirty, "the same as the owned path");
+    }
+
+    #[test]
     fn records_are_redacted_everywhere() {
         let r = redactor();
         let mut rec = Parser::default()

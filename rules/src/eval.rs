@@ -110,6 +110,34 @@ pub struct VSample {
     pub v: f64,
 }
 
+/// A sample of a rule's result with its label set as evaluation carries it: shared with the
+/// store or with the query's kept state, so that rule evaluation can tell a label set it saw
+/// last cycle by its pointer and reuse what it built from it.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedSample {
+    pub(crate) labels: Arc<Labels>,
+    /// Whether the metric name is left out of `labels`.
+    pub(crate) without_name: bool,
+    pub(crate) v: f64,
+}
+
+impl SharedSample {
+    /// The sample's labels, as [`VSample::labels`] has them.
+    pub(crate) fn to_labels(&self) -> Labels {
+        let mut l = (*self.labels).clone();
+        if self.without_name {
+            l.remove(METRIC_NAME);
+        }
+        l
+    }
+
+    /// Whether the sample is labelled by this shared set with this treatment of the name
+    /// (then its labels are those of the sample that was).
+    pub(crate) fn labelled_by(&self, labels: &Arc<Labels>, without_name: bool) -> bool {
+        Arc::ptr_eq(&self.labels, labels) && self.without_name == without_name
+    }
+}
+
 /// The result of evaluating an expression.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -347,6 +375,36 @@ impl Query {
             Val::String(s) => Value::String(s),
             Val::Vector(v) => Value::Vector(v.into_iter().map(Elem::into_public).collect()),
         })
+    }
+
+    /// [`eval_vector`](Self::eval_vector) with the label sets left shared.
+    pub(crate) fn eval_shared(
+        &self,
+        storage: &dyn Storage,
+        t: i64,
+    ) -> Result<Vec<SharedSample>, EvalError> {
+        let evaluator = Evaluator {
+            storage,
+            t,
+            selectors: &self.selectors,
+            aggregations: &self.aggregations,
+        };
+        match evaluator.eval(&self.expr)? {
+            Val::Vector(v) => Ok(v
+                .into_iter()
+                .map(|e| SharedSample {
+                    labels: e.labels.map,
+                    without_name: e.labels.without_name,
+                    v: e.v,
+                })
+                .collect()),
+            Val::Scalar(v) => Ok(vec![SharedSample {
+                labels: Arc::new(Labels::new()),
+                without_name: false,
+                v,
+            }]),
+            Val::String(_) => err("rule result is not a vector or scalar"),
+        }
     }
 
     /// Evaluates and returns an instant vector (a scalar becomes one sample without labels), as

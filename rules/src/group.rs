@@ -139,6 +139,8 @@ struct BuiltCache {
     built: Vec<Built>,
     /// What `built` was built for: whether the rule alerts, its name and its labels.
     built_for: Option<(bool, String, Labels)>,
+    /// For an alerting rule, the external labels and URL its annotations were expanded with.
+    ctx: Option<(Labels, String)>,
 }
 
 impl BuiltCache {
@@ -153,10 +155,27 @@ impl BuiltCache {
         }
     }
 
+    /// Forgets what was built unless the annotations were expanded with this context.
+    fn keep_for_context(&mut self, ctx: &EvalContext<'_>) {
+        let same = matches!(&self.ctx,
+            Some((l, u)) if l == ctx.external_labels && u == ctx.external_url);
+        if !same {
+            self.built.clear();
+            self.ctx = Some((ctx.external_labels.clone(), ctx.external_url.to_owned()));
+        }
+    }
+
     /// What was built last cycle from the sample at `i`, if it had the same label set.
-    fn from(&self, i: usize, s: &SharedSample) -> Option<&Built> {
+    fn at(&self, i: usize, s: &SharedSample) -> Option<&Built> {
         self.built
             .get(i)
+            .filter(|b| s.labelled_by(&b.from, b.without_name))
+    }
+
+    /// [`at`](Self::at), to update.
+    fn at_mut(&mut self, i: usize, s: &SharedSample) -> Option<&mut Built> {
+        self.built
+            .get_mut(i)
             .filter(|b| s.labelled_by(&b.from, b.without_name))
     }
 
@@ -192,6 +211,8 @@ struct Built {
     sample: Option<Arc<Labels>>,
     /// The recorded series' or the alert's labels.
     labels: Arc<Labels>,
+    /// The sample's value (bits), for which an alert's annotations were last expanded.
+    value_bits: u64,
 }
 
 /// What a group carries from one evaluation to the next.
@@ -437,7 +458,7 @@ fn record(
     let mut all_built = v.len() == rs.built.len();
     let mut out = Vec::with_capacity(v.len());
     for (i, s) in v.into_iter().enumerate() {
-        if let Some(b) = rs.built.from(i, &s) {
+        if let Some(b) = rs.built.at(i, &s) {
             out.push((Arc::clone(&b.labels), s.v));
             continue;
         }
@@ -459,6 +480,7 @@ fn record(
                 without_name: s.without_name,
                 sample: None,
                 labels: Arc::clone(&l),
+                value_bits: 0,
             },
         );
         out.push((l, s.v));
@@ -483,6 +505,25 @@ fn record(
     Ok(out)
 }
 
+/// An alert's annotations, expanded for its sample's labels (without the name) and value.
+fn expand(
+    templates: &[(String, Compiled)],
+    labels: &Labels,
+    value: f64,
+    ctx: &EvalContext<'_>,
+) -> BTreeMap<String, String> {
+    let data = TemplateData {
+        labels,
+        external_labels: ctx.external_labels,
+        external_url: ctx.external_url,
+        value,
+    };
+    templates
+        .iter()
+        .map(|(k, t)| (k.clone(), t.expand(&data)))
+        .collect()
+}
+
 fn alert(
     a: &AlertingRule,
     now: i64,
@@ -494,30 +535,49 @@ fn alert(
     let res = a.expr.eval_shared(storage, now)?;
     let templates = match &mut rs.templates {
         Some(t) if t.are_of(a) => t,
-        slot => slot.insert(Templates::parse(a)),
+        slot => {
+            rs.built.clear();
+            slot.insert(Templates::parse(a))
+        }
     };
     // With literal label templates an alert's labels follow from the sample's label set alone:
-    // they are kept from one cycle to the next, by position.
+    // they are kept from one cycle to the next, by position; and its annotations from the
+    // sample's labels, its value and the context.
     let literal_labels = templates.labels.iter().all(|(_, t)| t.is_literal());
     if literal_labels {
         rs.built.keep_for(true, &a.alert, &a.labels);
+        rs.built.keep_for_context(ctx);
     } else {
         rs.built.clear();
     }
     // Whether every alert's labels are those built at its place last cycle: then they are last
     // cycle's, which were distinct.
     let mut all_built = literal_labels && res.len() == rs.built.len();
-    let mut current: Vec<(Arc<Labels>, BTreeMap<String, String>, f64)> =
-        Vec::with_capacity(res.len());
+    // Each alert's labels, its sample's labels without the name, its annotations (`None`: those
+    // expanded last cycle at its place, for the same labels and value) and its value.
+    type Current = (
+        Arc<Labels>,
+        Arc<Labels>,
+        Option<BTreeMap<String, String>>,
+        f64,
+    );
+    let mut current: Vec<Current> = Vec::with_capacity(res.len());
     for (i, s) in res.into_iter().enumerate() {
+        let bits = s.v.to_bits();
         let known = if literal_labels {
-            rs.built
-                .from(i, &s)
-                .and_then(|b| Some((Arc::clone(b.sample.as_ref()?), Arc::clone(&b.labels))))
+            rs.built.at_mut(i, &s).and_then(|b| {
+                let same_value = b.value_bits == bits;
+                b.value_bits = bits;
+                Some((
+                    Arc::clone(b.sample.as_ref()?),
+                    Arc::clone(&b.labels),
+                    same_value,
+                ))
+            })
         } else {
             None
         };
-        let (sample_labels, labels) = match known {
+        let (sample_labels, labels, same_value) = match known {
             Some(k) => k,
             None => {
                 all_built = false;
@@ -552,24 +612,16 @@ fn alert(
                             without_name: s.without_name,
                             sample: Some(Arc::clone(&sample_labels)),
                             labels: Arc::clone(&labels),
+                            value_bits: bits,
                         },
                     );
                 }
-                (sample_labels, labels)
+                (sample_labels, labels, false)
             }
         };
-        let data = TemplateData {
-            labels: &sample_labels,
-            external_labels: ctx.external_labels,
-            external_url: ctx.external_url,
-            value: s.v,
-        };
-        let annotations = templates
-            .annotations
-            .iter()
-            .map(|(k, t)| (k.clone(), t.expand(&data)))
-            .collect();
-        current.push((labels, annotations, s.v));
+        let annotations =
+            (!same_value).then(|| expand(&templates.annotations, &sample_labels, s.v, ctx));
+        current.push((labels, sample_labels, annotations, s.v));
     }
     rs.built.truncate(current.len());
     if !all_built {
@@ -594,18 +646,25 @@ fn alert(
         keep_firing_since: None,
         value,
     };
-    for (labels, annotations, value) in current {
+    for (labels, sample_labels, annotations, value) in current {
+        let fresh = |kept: Option<BTreeMap<String, String>>| {
+            kept.unwrap_or_else(|| expand(&templates.annotations, &sample_labels, value, ctx))
+        };
         match rs.active.get_mut(&*labels) {
             Some(old) if old.alert.state != AlertState::Inactive => {
+                // Annotations left as they are were expanded last cycle for the same labels
+                // and value, into this alert's.
+                if old.returned_in + 1 != this || annotations.is_some() {
+                    old.alert.annotations = fresh(annotations);
+                }
                 old.alert.value = value;
-                old.alert.annotations = annotations;
                 old.returned_in = this;
             }
-            Some(old) => *old = Active::new(new_alert(&labels, annotations, value), this),
+            Some(old) => *old = Active::new(new_alert(&labels, fresh(annotations), value), this),
             None => {
                 rs.active.insert(
                     (*labels).clone(),
-                    Active::new(new_alert(&labels, annotations, value), this),
+                    Active::new(new_alert(&labels, fresh(annotations), value), this),
                 );
             }
         }

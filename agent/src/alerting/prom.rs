@@ -1039,6 +1039,94 @@ mod tests {
         );
     }
 
+    /// Rules read received OTLP metrics as the agent holds them: the walk reads the received
+    /// store in place (with the agent's own metrics encoded around it), and a rate over a
+    /// received counter records and fires as over any other series.
+    #[test]
+    fn rules_read_received_otlp_metrics_through_the_walk() {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+        use opentelemetry_proto::tonic::metrics::v1::{
+            AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+            metric::Data, number_data_point,
+        };
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        use sidelight_collector::metrics::LabelCaps;
+        use sidelight_collector::received_metrics::{ReceivedMetrics, ReceivedSettings};
+
+        let kv = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        };
+        let request = |total: f64| ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", "api")],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "req".into(),
+                        data: Some(Data::Sum(Sum {
+                            data_points: vec![NumberDataPoint {
+                                attributes: vec![kv("job", "api")],
+                                time_unix_nano: 1,
+                                value: Some(number_data_point::Value::AsDouble(total)),
+                                ..Default::default()
+                            }],
+                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                            is_monotonic: true,
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let caps = Arc::new(LabelCaps::new(100));
+        let received = ReceivedMetrics::new(ReceivedSettings::default(), caps.clone());
+        let mut reg = Registry::default();
+        let own = Family::<Vec<(String, String)>, Counter>::default();
+        reg.register("sidelight_own", "the agent's own", own.clone());
+        received.register(&mut reg);
+        caps.register(&mut reg);
+        let recorded = RecordedCollector::default();
+        reg.register_collector(Box::new(recorded.clone()));
+        let mut p = PromRules::new(100, recorded.clone());
+        p.set_groups(groups(RULES));
+        let ext = External::default();
+        let mut fired = 0;
+        let mut total = 0.0;
+        for step in 0..=8 {
+            let now = 1_000_000 + step * 15_000;
+            total += 45.0;
+            received.record(received.prepare(&request(total)));
+            own.get_or_create(&vec![("k".to_owned(), "v".to_owned())])
+                .inc();
+            p.ingest(now, |v| sidelight_collector::model::walk(&reg, v))
+                .expect("walk");
+            let out = p.evaluate(now, 15_000, &ext);
+            assert!(out.errors.is_empty(), "{:?}", out.errors);
+            fired += out
+                .transitions
+                .iter()
+                .filter(|t| matches!(t, Transition::Fired(_)))
+                .count();
+        }
+        assert_eq!(fired, 1);
+        let a: Vec<&Alert> = p.alerts.values().collect();
+        assert_eq!((a.len(), a[0].summary.as_str()), (1, "api at 3/s"));
+        // The recorded series is served (and walked) without being appended twice.
+        let snap = sidelight_collector::model::snapshot(&reg).expect("snapshot");
+        let rec = snap.family("job:req:rate1m").expect("recorded");
+        assert_eq!(rec.series[0].value.number(), 3.0);
+        assert!(snap.family("req").is_some() && snap.family("target_info").is_some());
+    }
+
     #[test]
     fn exception_types_get_a_first_seen_time_and_deploys_a_timestamp_on_metrics() {
         let mut reg = Registry::default();

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sidelight_collector::logs::{
-    Batch, ConsumerGone, Handoff, LogResource, LogSource, LogSourceConfig, LogStats, encode_request,
+    Batch, ConsumerGone, Handoff, LogResource, LogSource, LogSourceConfig, LogStats,
 };
 use sidelight_collector::pipeline::{Intake, Payload, Pending, Receipt, Signal};
 use tokio::sync::mpsc::error::TrySendError;
@@ -49,16 +49,16 @@ struct Deliver {
 
 impl Handoff for Deliver {
     fn hand_off(&mut self, batch: Batch, until: Instant) -> Result<bool, ConsumerGone> {
-        let (records, ack) = batch.into_parts();
+        let (logs, ack) = batch.into_parts();
         if !self.intake.forwards(Signal::Logs) {
-            // No sink takes logs (the records are counted by the tailer): nothing to encode.
-            drop(records);
+            // No sink takes logs (the records are counted by the tailer): nothing to send.
+            drop(logs);
             ack.ack();
             return Ok(true);
         }
-        // Written encoded: the sinks' queues hold requests encoded anyway.
-        let payload = Payload::Encoded(encode_request(&records, &self.resource));
-        drop(records);
+        // The tailer encoded the records as it read them: only the request's frame is added.
+        let payload = Payload::Encoded(logs.finish(&self.resource));
+        drop(logs);
         let receipt = Receipt::new(move || ack.ack());
         let pending = if self.with_consumer.load(Ordering::Acquire) == 0 {
             match self.intake.try_deliver(payload, receipt) {

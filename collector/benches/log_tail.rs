@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use sidelight_collector::logs::discover::Discovery;
 use sidelight_collector::logs::{
-    Format, JoinerConfig, LogResource, LogStats, Parser, ParserConfig, Redactor, TailConfig,
-    Tailer, encode_request,
+    Format, JoinerConfig, LogResource, LogStats, Parser, ParserConfig, Redactor, TailConfig, Tailer,
 };
 use sidelight_collector::metrics::LabelCaps;
 
@@ -112,10 +111,10 @@ fn measure(
             }
             break;
         };
-        let (recs, ack) = batch.into_parts();
-        records += recs.len();
-        encoded += encode_request(&recs, &resource).bytes().len();
-        drop(recs);
+        let (logs, ack) = batch.into_parts();
+        records += logs.len();
+        encoded += logs.finish(&resource).bytes().len();
+        drop(logs);
         ack.ack();
         tailer.process_acks();
     }

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use promql_parser::label::MatchOp as PMatchOp;
@@ -110,6 +110,34 @@ pub struct VSample {
     pub v: f64,
 }
 
+/// A sample of a rule's result with its label set as evaluation carries it: shared with the
+/// store or with the query's kept state, so that rule evaluation can tell a label set it saw
+/// last cycle by its pointer and reuse what it built from it.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedSample {
+    pub(crate) labels: Arc<Labels>,
+    /// Whether the metric name is left out of `labels`.
+    pub(crate) without_name: bool,
+    pub(crate) v: f64,
+}
+
+impl SharedSample {
+    /// The sample's labels, as [`VSample::labels`] has them.
+    pub(crate) fn to_labels(&self) -> Labels {
+        let mut l = (*self.labels).clone();
+        if self.without_name {
+            l.remove(METRIC_NAME);
+        }
+        l
+    }
+
+    /// Whether the sample is labelled by this shared set with this treatment of the name
+    /// (then its labels are those of the sample that was).
+    pub(crate) fn labelled_by(&self, labels: &Arc<Labels>, without_name: bool) -> bool {
+        Arc::ptr_eq(&self.labels, labels) && self.without_name == without_name
+    }
+}
+
 /// The result of evaluating an expression.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -126,16 +154,87 @@ pub struct Query {
     expr: Box<Expr>,
     /// Each selector's matchers, built once: keyed by the selector's address in `expr`.
     selectors: SelectorMatchers,
+    /// Each aggregation's groups from the last evaluation (except `count_values`, whose input
+    /// labels are new each time): keyed by the aggregation's address in `expr`.
+    aggregations: AggregationCaches,
 }
 
 /// Matchers by the address of their selector in a [`Query`]'s expression.
 type SelectorMatchers = HashMap<usize, Vec<Matcher>, foldhash::fast::RandomState>;
+
+/// Each aggregation's groups kept between evaluations, by the address of the aggregation in a
+/// [`Query`]'s expression.
+type AggregationCaches = HashMap<usize, Mutex<AggCache>, foldhash::fast::RandomState>;
+
+/// What an aggregation keeps from one evaluation to the next, so that a sample whose label set
+/// is the one (the same shared pointer) at the same position last time joins its group without
+/// its grouping labels being read, and each group's output label set is built once.
+///
+/// Sound because `inputs` holds its label sets: a pointer held cannot be reused for another
+/// label set, and a shared label set is never changed in place (it is copied first). Bounded:
+/// `inputs` is the last evaluation's input (one pointer and a group per sample), and the groups
+/// are dropped and found again when fewer than half of them were used in an evaluation.
+#[derive(Debug, Default)]
+struct AggCache {
+    /// The last evaluation's input label sets in order (with whether the metric name was
+    /// dropped), each with its group.
+    inputs: Vec<(Arc<Labels>, bool, u32)>,
+    groups: Vec<CachedGroup>,
+    /// The first group of each key hash (the others follow `CachedGroup::next`).
+    by_hash: HashMap<u64, usize, foldhash::fast::RandomState>,
+    hasher: foldhash::fast::RandomState,
+}
+
+/// A group of an aggregation, as [`AggCache`] keeps it.
+#[derive(Debug)]
+struct CachedGroup {
+    /// With `by` and up to four grouping labels: their values, in name order.
+    values: Vec<Option<String>>,
+    /// The group's labels, as the output carries them.
+    labels: Arc<Labels>,
+    /// The next group whose key has the same hash.
+    next: Option<usize>,
+}
+
+fn for_each_aggregate<'e>(e: &'e Expr, f: &mut impl FnMut(&'e AggregateExpr)) {
+    match e {
+        Expr::Aggregate(a) => {
+            f(a);
+            if let Some(p) = &a.param {
+                for_each_aggregate(p, f);
+            }
+            for_each_aggregate(&a.expr, f);
+        }
+        Expr::Unary(u) => for_each_aggregate(&u.expr, f),
+        Expr::Binary(b) => {
+            for_each_aggregate(&b.lhs, f);
+            for_each_aggregate(&b.rhs, f);
+        }
+        Expr::Paren(p) => for_each_aggregate(&p.expr, f),
+        Expr::Call(c) => {
+            for a in &c.args.args {
+                for_each_aggregate(a, f);
+            }
+        }
+        Expr::Subquery(s) => for_each_aggregate(&s.expr, f),
+        Expr::VectorSelector(_)
+        | Expr::MatrixSelector(_)
+        | Expr::NumberLiteral(_)
+        | Expr::StringLiteral(_)
+        | Expr::Extension(_) => {}
+    }
+}
 
 impl Clone for Query {
     fn clone(&self) -> Self {
         // The copy's selectors are at new addresses: its matchers are keyed again.
         Query::checked(self.text.clone(), (*self.expr).clone())
     }
+}
+
+/// The key of an aggregation in [`AggregationCaches`].
+fn aggregation_key(a: &AggregateExpr) -> usize {
+    std::ptr::from_ref(a) as usize
 }
 
 /// The key of a selector in [`SelectorMatchers`].
@@ -193,10 +292,17 @@ impl Query {
         let expr = Box::new(expr);
         let mut selectors = SelectorMatchers::default();
         selector_matchers(&expr, &mut selectors);
+        let mut aggregations = AggregationCaches::default();
+        for_each_aggregate(&expr, &mut |a| {
+            if a.op.to_string() != "count_values" {
+                aggregations.insert(aggregation_key(a), Mutex::default());
+            }
+        });
         Query {
             text,
             expr,
             selectors,
+            aggregations,
         }
     }
 
@@ -262,12 +368,43 @@ impl Query {
             storage,
             t,
             selectors: &self.selectors,
+            aggregations: &self.aggregations,
         };
         Ok(match evaluator.eval(&self.expr)? {
             Val::Scalar(v) => Value::Scalar(v),
             Val::String(s) => Value::String(s),
             Val::Vector(v) => Value::Vector(v.into_iter().map(Elem::into_public).collect()),
         })
+    }
+
+    /// [`eval_vector`](Self::eval_vector) with the label sets left shared.
+    pub(crate) fn eval_shared(
+        &self,
+        storage: &dyn Storage,
+        t: i64,
+    ) -> Result<Vec<SharedSample>, EvalError> {
+        let evaluator = Evaluator {
+            storage,
+            t,
+            selectors: &self.selectors,
+            aggregations: &self.aggregations,
+        };
+        match evaluator.eval(&self.expr)? {
+            Val::Vector(v) => Ok(v
+                .into_iter()
+                .map(|e| SharedSample {
+                    labels: e.labels.map,
+                    without_name: e.labels.without_name,
+                    v: e.v,
+                })
+                .collect()),
+            Val::Scalar(v) => Ok(vec![SharedSample {
+                labels: Arc::new(Labels::new()),
+                without_name: false,
+                v,
+            }]),
+            Val::String(_) => err("rule result is not a vector or scalar"),
+        }
     }
 
     /// Evaluates and returns an instant vector (a scalar becomes one sample without labels), as
@@ -977,6 +1114,8 @@ struct Evaluator<'a> {
     t: i64,
     /// The query's selectors' matchers.
     selectors: &'a SelectorMatchers,
+    /// The query's aggregations' groups.
+    aggregations: &'a AggregationCaches,
 }
 
 impl Evaluator<'_> {
@@ -1437,16 +1576,14 @@ impl Evaluator<'_> {
             }
             _ => {}
         }
-        struct Group {
-            labels: Labels,
-            /// With `by` and up to four grouping labels: their values, in name order.
-            values: Vec<Option<String>>,
+        /// A group's accumulators in one evaluation.
+        struct Acc {
+            /// The group's index in the cache.
+            group: usize,
             value: f64,
             mean: f64,
             count: f64,
             members: Vec<Elem>,
-            /// The next group whose key has the same hash.
-            next: Option<usize>,
         }
         let in_key = |k: &String| {
             if by {
@@ -1459,21 +1596,6 @@ impl Evaluator<'_> {
         let mut by_names: Vec<&String> = grouping.iter().collect();
         by_names.sort();
         by_names.dedup();
-        let key_hash = |l: &LabelSet, h: &mut foldhash::fast::FoldHasher<'_>| {
-            if by {
-                for &n in &by_names {
-                    if let Some(v) = l.get(n) {
-                        n.hash(h);
-                        v.hash(h);
-                    }
-                }
-            } else {
-                for (k, v) in l.iter().filter(|(k, _)| in_key(k)) {
-                    k.hash(h);
-                    v.hash(h);
-                }
-            }
-        };
         let key_eq = |key: &Labels, l: &LabelSet| {
             if by {
                 let mut present = 0;
@@ -1491,9 +1613,7 @@ impl Evaluator<'_> {
         };
         let keeps_members = matches!(op.as_str(), "topk" | "bottomk" | "quantile");
         let op_is_sum = op == "sum";
-        // Groups are found by the hash of their key labels, then compared label by label: no
-        // key is built for a sample whose group exists.
-        let add_to_group = |g: &mut Group, s: Elem| {
+        let add_to_group = |g: &mut Acc, s: Elem| {
             if op_is_sum {
                 g.value += s.v;
                 return;
@@ -1525,113 +1645,76 @@ impl Evaluator<'_> {
                 _ => {}
             }
         };
-        let mut last_group: Option<usize> = None;
-        // Whether groups keep their `values` only (`by` with up to four names).
+        // Whether groups are told apart by their `values` alone (`by` with up to four names).
         let fixed_key = by && by_names.len() <= 4;
-        let hasher = foldhash::fast::RandomState::default();
-        let mut by_hash: HashMap<u64, usize, foldhash::fast::RandomState> = HashMap::default();
-        let mut ordered: Vec<Group> = Vec::new();
-        for mut s in vec {
-            if op == "count_values" {
+        let count_values = op == "count_values";
+        let mut local = AggCache::default();
+        let mut guard: Option<MutexGuard<'_, AggCache>> = None;
+        let cache: &mut AggCache = match self.aggregations.get(&aggregation_key(a)) {
+            Some(m) => guard.insert(m.lock().unwrap_or_else(PoisonError::into_inner)),
+            None => &mut local,
+        };
+        // This evaluation's accumulators, in the order their groups are first met (the output's
+        // order); `acc_of` maps a cached group to its accumulator.
+        let mut accs: Vec<Acc> = Vec::new();
+        let mut acc_of: Vec<u32> = vec![u32::MAX; cache.groups.len()];
+        let mut last_group: Option<usize> = None;
+        let inputs = vec.len();
+        for (i, mut s) in vec.into_iter().enumerate() {
+            if count_values {
                 s.labels
                     .to_mut()
                     .insert(value_label.clone(), format_float_f(s.v));
             }
-            // With `by` and up to four grouping labels, each is looked up once.
-            let mut vals: [Option<&String>; 4] = [None; 4];
-            let fixed = fixed_key;
-            if fixed {
-                for (i, &n) in by_names.iter().enumerate() {
-                    vals[i] = s.labels.get(n);
-                }
-                // Series next to each other in the store often share a group (they are listed
-                // in the order they appeared): the last group found is tried first.
-                if let Some(gi) = last_group
-                    && ordered[gi]
-                        .values
-                        .iter()
-                        .zip(&vals)
-                        .all(|(a, b)| a.as_ref() == *b)
-                {
-                    add_to_group(&mut ordered[gi], s);
-                    continue;
-                }
-            }
-            let mut h = hasher.build_hasher();
-            if fixed {
-                for (i, &n) in by_names.iter().enumerate() {
-                    if let Some(v) = vals[i] {
-                        n.hash(&mut h);
-                        v.hash(&mut h);
+            // The same label set at the same position as last time: the same group.
+            let known = cache.inputs.get(i).and_then(|(l, without_name, g)| {
+                (Arc::ptr_eq(l, &s.labels.map) && *without_name == s.labels.without_name)
+                    .then_some(*g as usize)
+            });
+            let gi = match known {
+                Some(gi) => gi,
+                None => {
+                    let gi = find_group(
+                        cache, &s.labels, &by_names, fixed_key, last_group, &key_eq, &in_key,
+                    );
+                    let entry = (
+                        Arc::clone(&s.labels.map),
+                        s.labels.without_name,
+                        u32::try_from(gi).unwrap_or(u32::MAX),
+                    );
+                    match cache.inputs.get_mut(i) {
+                        Some(e) => *e = entry,
+                        None => cache.inputs.push(entry),
                     }
+                    if acc_of.len() < cache.groups.len() {
+                        acc_of.resize(cache.groups.len(), u32::MAX);
+                    }
+                    gi
                 }
-            } else {
-                key_hash(&s.labels, &mut h);
-            }
-            let hash = h.finish();
-            let mut found = None;
-            let mut cur = by_hash.get(&hash).copied();
-            while let Some(i) = cur {
-                let g = &ordered[i];
-                let same = if fixed {
-                    g.values.iter().zip(&vals).all(|(a, b)| a.as_ref() == *b)
-                } else {
-                    key_eq(&g.labels, &s.labels)
-                };
-                if same {
-                    found = Some(i);
-                    break;
-                }
-                cur = g.next;
-            }
-            let Some(gi) = found else {
-                // With `by` and up to four names the group keeps the values alone (the output's
-                // label set is built from them at the end); otherwise its key label set.
-                let (key, values) = if fixed {
-                    (
-                        Labels::new(),
-                        vals[..by_names.len()].iter().map(|v| v.cloned()).collect(),
-                    )
-                } else {
-                    let key: Labels = s
-                        .labels
-                        .iter()
-                        .filter(|(k, _)| in_key(k))
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                    (key, Vec::new())
-                };
-                let next = by_hash.insert(hash, ordered.len());
-                last_group = Some(ordered.len());
-                let value = match op.as_str() {
-                    "stddev" | "stdvar" => 0.0,
-                    "group" => 1.0,
-                    _ => s.v,
-                };
-                ordered.push(Group {
-                    labels: key,
-                    values,
-                    value,
-                    mean: s.v,
-                    count: 1.0,
-                    members: if keeps_members { vec![s] } else { Vec::new() },
-                    next,
-                });
-                continue;
             };
             last_group = Some(gi);
-            add_to_group(&mut ordered[gi], s);
-        }
-        let mut out = Vec::with_capacity(ordered.len());
-        for mut g in ordered {
-            if fixed_key {
-                // The names are sorted and distinct: each insert appends to the map.
-                for (&n, v) in by_names.iter().zip(std::mem::take(&mut g.values)) {
-                    if let Some(v) = v {
-                        g.labels.insert(n.clone(), v);
-                    }
+            match acc_of[gi] {
+                u32::MAX => {
+                    acc_of[gi] = u32::try_from(accs.len()).unwrap_or(u32::MAX);
+                    let value = match op.as_str() {
+                        "stddev" | "stdvar" => 0.0,
+                        "group" => 1.0,
+                        _ => s.v,
+                    };
+                    accs.push(Acc {
+                        group: gi,
+                        value,
+                        mean: s.v,
+                        count: 1.0,
+                        members: if keeps_members { vec![s] } else { Vec::new() },
+                    });
                 }
+                ai => add_to_group(&mut accs[ai as usize], s),
             }
+        }
+        cache.inputs.truncate(inputs);
+        let mut out = Vec::with_capacity(accs.len());
+        for g in &mut accs {
             let v = match op.as_str() {
                 "avg" => g.mean,
                 "count" | "count_values" => g.count,
@@ -1642,7 +1725,7 @@ impl Evaluator<'_> {
                     quantile(q, &mut vals)
                 }
                 "topk" | "bottomk" => {
-                    let mut m = g.members;
+                    let mut m = std::mem::take(&mut g.members);
                     // NaN ranks last for both, as Prometheus's heaps do.
                     let top = op == "topk";
                     m.sort_by(|a, b| match (a.v.is_nan(), b.v.is_nan()) {
@@ -1659,10 +1742,16 @@ impl Evaluator<'_> {
                 _ => g.value,
             };
             out.push(Elem {
-                labels: LabelSet::new(g.labels),
+                labels: LabelSet::shared(&cache.groups[g.group].labels),
                 t: self.t,
                 v,
             });
+        }
+        // Groups no longer met are forgotten once they are more than half of those kept.
+        if cache.groups.len() > 2 * accs.len() + 16 {
+            cache.inputs.clear();
+            cache.groups.clear();
+            cache.by_hash.clear();
         }
         Ok(Val::Vector(out))
     }
@@ -1747,6 +1836,93 @@ impl Evaluator<'_> {
 /// A sample's match signature for vector matching: its labels named by `on (...)`, or all but
 /// the metric name and those named by `ignoring (...)`, in name order, borrowed.
 type Sig<'a> = Vec<(&'a str, &'a str)>;
+
+/// The group of an aggregation that a sample labelled `l` joins, added to `cache` when it is
+/// new. With `fixed_key` (`by` with up to four names) groups are told apart by their values of
+/// the sorted, distinct `by_names`; otherwise by their label set, compared with `key_eq` and
+/// built from the labels `in_key` selects.
+fn find_group(
+    cache: &mut AggCache,
+    l: &LabelSet,
+    by_names: &[&String],
+    fixed_key: bool,
+    last_group: Option<usize>,
+    key_eq: &dyn Fn(&Labels, &LabelSet) -> bool,
+    in_key: &dyn Fn(&String) -> bool,
+) -> usize {
+    let mut vals: [Option<&String>; 4] = [None; 4];
+    if fixed_key {
+        for (i, &n) in by_names.iter().enumerate() {
+            vals[i] = l.get(n);
+        }
+    }
+    let same = |g: &CachedGroup| {
+        if fixed_key {
+            g.values.iter().zip(&vals).all(|(a, b)| a.as_ref() == *b)
+        } else {
+            key_eq(&g.labels, l)
+        }
+    };
+    // Series next to each other in the store often share a group (they are listed in the order
+    // they appeared): the last group found is tried first.
+    if let Some(gi) = last_group
+        && fixed_key
+        && same(&cache.groups[gi])
+    {
+        return gi;
+    }
+    let mut h = cache.hasher.build_hasher();
+    if fixed_key {
+        for (i, &n) in by_names.iter().enumerate() {
+            if let Some(v) = vals[i] {
+                n.hash(&mut h);
+                v.hash(&mut h);
+            }
+        }
+    } else {
+        for (k, v) in l.iter().filter(|(k, _)| in_key(k)) {
+            k.hash(&mut h);
+            v.hash(&mut h);
+        }
+    }
+    let hash = h.finish();
+    let mut cur = cache.by_hash.get(&hash).copied();
+    while let Some(gi) = cur {
+        let g = &cache.groups[gi];
+        if same(g) {
+            return gi;
+        }
+        cur = g.next;
+    }
+    let (labels, values) = if fixed_key {
+        // The names are sorted and distinct: each insert appends to the map.
+        let mut key = Labels::new();
+        for (&n, v) in by_names.iter().zip(&vals) {
+            if let Some(v) = v {
+                key.insert(n.clone(), (*v).clone());
+            }
+        }
+        (
+            key,
+            vals[..by_names.len()].iter().map(|v| v.cloned()).collect(),
+        )
+    } else {
+        let key = l
+            .iter()
+            .filter(|(k, _)| in_key(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        (key, Vec::new())
+    };
+    let gi = cache.groups.len();
+    let next = cache.by_hash.insert(hash, gi);
+    cache.groups.push(CachedGroup {
+        values,
+        labels: Arc::new(labels),
+        next,
+    });
+    gi
+}
 
 fn signature<'a>(l: &'a LabelSet, on: bool, names: &[String]) -> Sig<'a> {
     l.iter()
@@ -2177,5 +2353,77 @@ mod tests {
         assert!((bucket_quantile(0.7, &mut b) - 0.3).abs() < 1e-12);
         let mut b = vec![(0.1, 50.0), (0.5, 90.0)];
         assert!(bucket_quantile(0.7, &mut b).is_nan(), "no +Inf bucket");
+    }
+
+    proptest::proptest! {
+        /// A query evaluated cycle after cycle (its aggregations keep their groups between
+        /// evaluations) answers exactly as the same query parsed anew each time, in the same
+        /// order, while series appear, go stale, come back and move in the store's order.
+        #[test]
+        fn aggregations_kept_between_evaluations_answer_as_new_ones(
+            present in proptest::collection::vec(proptest::collection::vec(0u8..4, 12), 1..12),
+        ) {
+            let queries = [
+                "sum by (a) (x)",
+                "avg without (b) (x)",
+                "count by (a, b) (x)",
+                "max by (a, b, c, d, e) (x)",
+                "min without () (x)",
+                "topk by (a) (2, x)",
+                "bottomk(1, x)",
+                "quantile by (b) (0.5, x)",
+                "stddev by (b) (x)",
+                "group by (c) (x)",
+                "count_values by (a) (\"v\", x)",
+                "sum by (__name__) ({__name__=~\"x|y\"})",
+                "sum by (a) (-x)",
+                "sum without (a) (x * 2)",
+                "sum by (a) (rate(x[1m]))",
+                "sum by (a) (sum by (a, b) (x))",
+            ];
+            let kept: Vec<Query> = queries
+                .iter()
+                .map(|q| Query::parse(q).unwrap_or_else(|e| panic!("{q}: {e}")))
+                .collect();
+            // Twelve series in a pool; each cycle says per series: absent (0: a staleness
+            // marker), or present with a value.
+            let pool: Vec<Labels> = (0..12)
+                .map(|i| {
+                    labels(&format!(
+                        r#"{}{{a="{}",b="{}",c="{}"}}"#,
+                        if i % 5 == 4 { "y" } else { "x" },
+                        i % 3,
+                        i % 2,
+                        i / 6
+                    ))
+                })
+                .collect();
+            let mut st = MemStorage::new();
+            for (cycle, row) in present.iter().enumerate() {
+                let t = (cycle as i64 + 1) * 15_000;
+                // Series first seen in a later cycle come later in the store's order.
+                for (i, &p) in row.iter().enumerate() {
+                    if p == 0 {
+                        if st.series(&pool[i]).is_some() {
+                            st.append(&pool[i], t, crate::storage::STALE_NAN);
+                        }
+                    } else {
+                        st.append(&pool[i], t, f64::from(p) * (cycle as f64 + 1.0));
+                    }
+                }
+                for (q, text) in kept.iter().zip(&queries) {
+                    let fresh = Query::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+                    let want = fresh.eval_vector(&st, t);
+                    let got = q.eval_vector(&st, t);
+                    proptest::prop_assert_eq!(
+                        format!("{got:?}"),
+                        format!("{want:?}"),
+                        "{} at cycle {}",
+                        text,
+                        cycle
+                    );
+                }
+            }
+        }
     }
 }

@@ -195,9 +195,31 @@ pub fn samples_in(samples: &[Sample], mint: i64, maxt: i64) -> &[Sample] {
     };
     let lo = match samples.first() {
         Some(first) if first.t >= mint => 0,
-        _ => samples[..hi].partition_point(|x| x.t < mint),
+        _ => {
+            let within = &samples[..hi];
+            // Series are mostly sampled at a fixed interval: the start is guessed from the last
+            // one, and searched for only when the guess is not it.
+            match regular_start(within, mint) {
+                Some(g) => g,
+                None => within.partition_point(|x| x.t < mint),
+            }
+        }
     };
     &samples[lo..hi.max(lo)]
+}
+
+/// Where the first sample at or after `mint` is in a time-ordered slice, if the slice's last
+/// interval, repeated back from its end, points at it (checked); `None` otherwise.
+fn regular_start(samples: &[Sample], mint: i64) -> Option<usize> {
+    let [.., before, last] = samples else {
+        return None;
+    };
+    let step = last.t.checked_sub(before.t).filter(|&s| s > 0)?;
+    let back = usize::try_from(last.t.checked_sub(mint)?.checked_div(step)?).ok()?;
+    let g = (samples.len() - 1).checked_sub(back)?;
+    let at_or_after = samples[g].t >= mint;
+    let first = g == 0 || samples[g - 1].t < mint;
+    (at_or_after && first).then_some(g)
 }
 
 #[derive(Debug, Clone)]
@@ -319,6 +341,34 @@ mod tests {
                 .iter()
                 .map(|dt| {
                     t += dt + 1;
+                    Sample { t, v: 0.0 }
+                })
+                .collect();
+            let maxt = mint + len;
+            let want: Vec<Sample> = samples
+                .iter()
+                .copied()
+                .filter(|x| x.t >= mint && x.t <= maxt)
+                .collect();
+            proptest::prop_assert_eq!(samples_in(&samples, mint, maxt), &want[..]);
+        }
+    }
+
+    proptest::proptest! {
+        /// samples_in takes exactly the samples within the bounds of a series sampled at a
+        /// fixed interval with gaps (where the start is guessed).
+        #[test]
+        fn samples_in_is_the_filter_at_a_fixed_interval(
+            step in 1i64..20,
+            gaps in proptest::collection::vec(0i64..3, 0..40),
+            mint in -50i64..900,
+            len in 0i64..900,
+        ) {
+            let mut t = 0;
+            let samples: Vec<Sample> = gaps
+                .iter()
+                .map(|g| {
+                    t += step * if *g == 2 { 3 } else { 1 };
                     Sample { t, v: 0.0 }
                 })
                 .collect();

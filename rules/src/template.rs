@@ -577,6 +577,11 @@ impl Compiled {
         &self.text
     }
 
+    /// Whether the template has no action: it expands to its text whatever the data.
+    pub fn is_literal(&self) -> bool {
+        matches!(*self.parsed, Parsed::Literal)
+    }
+
     /// Expands the template, as [`expand`] does.
     pub fn expand(&self, data: &TemplateData<'_>) -> String {
         match &*self.parsed {

@@ -415,7 +415,7 @@ impl Lineage {
         let mut dups: Vec<(u32, u32)> = Vec::new();
         let mut by_id: HashMap<Sym, u32> = HashMap::new();
         // Each version's first deployment.
-        let mut by_version: HashMap<Sym, u32> = HashMap::with_capacity(order.len());
+        let mut by_version: HashMap<Sym, u32> = HashMap::new();
         // A string interned once is in one event only: no look-up for it.
         let (strings, local) = (table.strings(), table.local(group));
         let repeated = |sym: Sym| sym != EMPTY && strings.repeated(sym);
@@ -1445,11 +1445,17 @@ fn row(
     let deployments = sum(|t| t.deployments);
     let failed = sum(|t| t.failed);
     let rework = sum(|t| t.rework);
-    let mut leads: Vec<i64> = parts.iter().flat_map(|t| t.leads.iter().copied()).collect();
-    let mut recoveries: Vec<i64> = parts
-        .iter()
-        .flat_map(|t| t.recoveries.iter().copied())
-        .collect();
+    // Copied part by part (a slice at a time): the pooled rows hold every lead time of an
+    // environment.
+    let pool = |of: fn(&Tally) -> &[i64]| {
+        let mut values = Vec::with_capacity(parts.iter().map(|t| of(t).len()).sum());
+        for t in parts {
+            values.extend_from_slice(of(t));
+        }
+        values
+    };
+    let mut leads = pool(|t| &t.leads);
+    let mut recoveries = pool(|t| &t.recoveries);
     let times: Vec<&[UnixSeconds]> = parts.iter().map(|t| t.times.as_slice()).collect();
     let (lead_time_median_seconds, lead_time_p90_seconds) = quantiles(&mut leads, 0.5, 0.9);
     let (recovery_time_median_seconds, recovery_time_p90_seconds) =

@@ -25,6 +25,10 @@ pub const EMPTY: Sym = 0;
 /// Stands for an absent optional string (`None`), never a string's symbol.
 pub const ABSENT: Sym = Sym::MAX;
 
+/// A [`Strings`] holds fewer strings than this, and fewer bytes (symbols are below
+/// [`ABSENT`] - 1, ends are `u32`).
+const MAX_STRINGS: usize = (ABSENT - 1) as usize;
+
 /// Interned strings: all their bytes in one buffer, each stored once.
 #[derive(Debug, Clone)]
 pub struct Strings {
@@ -65,9 +69,10 @@ fn slice<'a>(bytes: &'a str, ends: &[u32], sym: Sym) -> &'a str {
 }
 
 impl Strings {
-    /// The symbol of `s`, interning it if new. At most `u32::MAX - 1` strings of `u32::MAX`
-    /// bytes in all: beyond it every new string shares the last symbol (never reached: the hub
-    /// holds far fewer events).
+    /// The symbol of `s`, interning it if new. Fewer than `u32::MAX - 1` bytes in all (and so
+    /// fewer strings): beyond it every new string shares the last symbol (never reached: the
+    /// hub holds far fewer events).
+    #[inline(always)]
     pub fn intern(&mut self, s: &str) -> Sym {
         let hash = self.state.hash_one(s);
         let Self {
@@ -77,37 +82,27 @@ impl Strings {
             index,
             state,
         } = self;
-        let fits = u32::try_from(bytes.len() + s.len()).ok();
-        let sym = match (Sym::try_from(ends.len()), fits) {
-            (Ok(sym), Some(_)) if sym < ABSENT - 1 => sym,
-            _ => {
-                return index
-                    .find(hash, |&k| slice(bytes, ends, k) == s)
-                    .copied()
-                    .unwrap_or(ABSENT - 1);
+        // Most strings are new: a look-up that misses, then an insertion, each probing the
+        // table inline, costs less than the general entry API.
+        if let Some(&sym) = index.find(hash, |&k| slice(bytes, ends, k) == s) {
+            if let Some(r) = repeated.get_mut(sym as usize) {
+                *r = true;
             }
-        };
-        let entry = index.entry(
-            hash,
-            |&k| slice(bytes, ends, k) == s,
-            |&k| state.hash_one(slice(bytes, ends, k)),
-        );
-        match entry {
-            hashbrown::hash_table::Entry::Occupied(held) => {
-                let sym = *held.get();
-                if let Some(r) = repeated.get_mut(sym as usize) {
-                    *r = true;
-                }
-                sym
-            }
-            hashbrown::hash_table::Entry::Vacant(slot) => {
-                slot.insert(sym);
-                bytes.push_str(s);
-                ends.push(fits.unwrap_or(u32::MAX));
-                repeated.push(false);
-                sym
-            }
+            return sym;
         }
+        // Every string but the first ("") is distinct and not empty, so there are no more
+        // strings than bytes, and `s` (not found, so not empty) adds at least one: bounding
+        // the bytes bounds the symbols too.
+        let (sym, end) = (ends.len(), bytes.len() + s.len());
+        if end >= MAX_STRINGS {
+            return ABSENT - 1;
+        }
+        let (sym, end) = (sym as Sym, end as u32);
+        index.insert_unique(hash, sym, |&k| state.hash_one(slice(bytes, ends, k)));
+        bytes.push_str(s);
+        ends.push(end);
+        repeated.push(false);
+        sym
     }
 
     /// The symbol of `s` if it is interned.
@@ -314,8 +309,23 @@ impl Remap {
     }
 }
 
+#[inline(always)]
 fn sym_of(strings: &mut Strings, s: Option<&str>) -> Sym {
-    s.map_or(ABSENT, |s| strings.intern(s))
+    match s {
+        Some(s) => strings.intern(s),
+        None => ABSENT,
+    }
+}
+
+/// (service, environment) as a map key hashed by the service alone: a store holds few
+/// environments, and a look-up per deploy event then hashes one name instead of two.
+#[derive(PartialEq, Eq)]
+struct GroupKey<'a>(&'a str, &'a str);
+
+impl std::hash::Hash for GroupKey<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
 }
 
 fn index_u32(n: usize) -> u32 {
@@ -323,30 +333,32 @@ fn index_u32(n: usize) -> u32 {
 }
 
 impl Table {
-    /// The table of `events`, in their order. Each group's strings are interned group by
-    /// group (its events in input order), so that the group's index stays in cache; the
-    /// table is the same as pushing the events one by one.
+    /// The table of `events`, in their order: the same table as pushing the events one by
+    /// one. Two passes: the records, delivery ids and change times in input order, then
+    /// each group's own strings (versions, commit ids) group by group, so that the group's
+    /// index stays in cache while it is filled.
     #[must_use]
     pub fn from_events(events: &Events) -> Self {
         let mut table = Self::default();
         let deployments = &events.deployments;
-        let bytes: usize = deployments.iter().map(|d| d.id.len()).sum();
+        let (mut bytes, mut changes) = (0, 0);
+        for d in deployments {
+            bytes += d.id.len();
+            changes += d.commits.len();
+        }
         table.strings.reserve(deployments.len(), bytes);
         table.deployments.reserve(deployments.len());
+        table.change_at.reserve(changes);
         // Groups looked up in a map of their own: small, so it stays in cache.
-        let mut groups: HashMap<(&str, &str), u32> = HashMap::default();
-        let mut group_of = Vec::with_capacity(deployments.len());
-        // Each event's first change; the last entry is the number of changes.
-        let mut first_change: Vec<usize> = Vec::with_capacity(deployments.len() + 1);
-        // Strings and bytes each group's strings will hold, at most, and its events.
+        let mut groups: HashMap<GroupKey<'_>, u32> = HashMap::default();
+        // Strings and bytes each group's strings will hold (about), and its events.
         let mut sizes: Vec<(usize, usize, usize)> = Vec::new();
-        let mut changes = 0;
         for d in deployments {
-            let group = match groups.get(&(d.service.as_str(), d.environment.as_str())) {
+            let group = match groups.get(&GroupKey(&d.service, &d.environment)) {
                 Some(&g) => g,
                 None => {
                     let g = table.group(&d.service, &d.environment);
-                    groups.insert((&d.service, &d.environment), g);
+                    groups.insert(GroupKey(&d.service, &d.environment), g);
                     g
                 }
             };
@@ -354,14 +366,40 @@ impl Table {
             if sizes.len() <= g {
                 sizes.resize(g + 1, (0, 0, 0));
             }
-            sizes[g].0 += 2 + d.commits.len();
-            sizes[g].1 += d.version.len() + d.commits.iter().map(|c| c.sha.len()).sum::<usize>();
-            sizes[g].2 += 1;
-            group_of.push(group);
-            first_change.push(changes);
-            changes += d.commits.len();
+            let first = table.change_at.len();
+            let mut sha_bytes = 0;
+            for (k, c) in d.commits.iter().enumerate() {
+                if c.pr_first_commit_at.is_some() {
+                    table.squash.push((index_u32(first + k), c.timestamp));
+                }
+                table.change_at.push(c.effective_time());
+                sha_bytes += c.sha.len();
+            }
+            let size = &mut sizes[g];
+            size.0 += 2 + d.commits.len();
+            // The head commit is most often one of the changes: not counted.
+            size.1 += d.version.len() + sha_bytes;
+            size.2 += 1;
+            // Version and head commit are the group's strings: set in the second pass.
+            let rec = Rec {
+                finished: d.finished_at,
+                started: d.started_at,
+                id: table.strings.intern(&d.id),
+                version: EMPTY,
+                commit: EMPTY,
+                fixes: sym_of(&mut table.strings, d.fixes_deployment.as_deref()),
+                group,
+                changes: index_u32(first),
+                status: d.status,
+                kind: d.kind,
+            };
+            let e = index_u32(table.deployments.len());
+            for id in &d.resolves_incidents {
+                let sym = table.strings.intern(id);
+                table.resolves.push((e, sym));
+            }
+            table.deployments.push(rec);
         }
-        first_change.push(changes);
         for (local, &(n, bytes, _)) in table.local.iter_mut().zip(&sizes) {
             local.reserve(n, bytes);
         }
@@ -372,65 +410,47 @@ impl Table {
             next.push(at);
             at += n;
         }
+        // And each delivery id's events (as `note_id` indexes them, sized once).
         let mut by_group = vec![0_u32; deployments.len()];
-        for (e, &g) in group_of.iter().enumerate() {
-            if let Some(slot) = next.get_mut(g as usize) {
-                by_group[*slot] = index_u32(e);
+        table.id_first = vec![u32::MAX; table.strings.len()];
+        for (e, r) in table.deployments.iter().enumerate() {
+            let e = index_u32(e);
+            if let Some(slot) = next.get_mut(r.group as usize) {
+                by_group[*slot] = e;
                 *slot += 1;
             }
+            match table.id_first.get_mut(r.id as usize) {
+                Some(first) if *first == u32::MAX => *first = e,
+                Some(_) => table.id_more.entry(r.id).or_default().push(e),
+                None => {}
+            }
         }
-        // The groups' strings, group by group: (version, head commit) of each event.
-        let mut heads: Vec<(Sym, Sym)> = vec![(EMPTY, EMPTY); deployments.len()];
-        table.change_sha = vec![EMPTY; changes];
-        table.change_at = vec![0; changes];
+        // The groups' strings, group by group: each event's changes, version and head commit.
+        table.change_sha = vec![EMPTY; table.change_at.len()];
         let mut start = 0;
         for (local, &(_, _, n)) in table.local.iter_mut().zip(&sizes) {
             for &e in &by_group[start..start + n] {
-                let e = e as usize;
-                let d = &deployments[e];
-                let first = first_change[e];
-                for (k, c) in d.commits.iter().enumerate() {
-                    table.change_sha[first + k] = local.intern(&c.sha);
-                    table.change_at[first + k] = c.effective_time();
+                let (Some(d), Some(rec)) = (
+                    deployments.get(e as usize),
+                    table.deployments.get_mut(e as usize),
+                ) else {
+                    continue;
+                };
+                let first = rec.changes as usize;
+                let Some(shas) = table.change_sha.get_mut(first..first + d.commits.len()) else {
+                    continue;
+                };
+                for (slot, c) in shas.iter_mut().zip(&d.commits) {
+                    *slot = local.intern(&c.sha);
                 }
                 // The head commit is most often one of the changes: no second look-up then.
-                let commit = match d.commits.iter().rposition(|c| c.sha == d.commit) {
-                    Some(k) => table.change_sha[first + k],
+                rec.commit = match d.commits.iter().rposition(|c| c.sha == d.commit) {
+                    Some(k) => shas[k],
                     None => local.intern(&d.commit),
                 };
-                heads[e] = (local.intern(&d.version), commit);
+                rec.version = local.intern(&d.version);
             }
             start += n;
-        }
-        drop(by_group);
-        // The records and the table's strings, in input order.
-        for (e, d) in deployments.iter().enumerate() {
-            let first = first_change[e];
-            for (k, c) in d.commits.iter().enumerate() {
-                if c.pr_first_commit_at.is_some() {
-                    table.squash.push((index_u32(first + k), c.timestamp));
-                }
-            }
-            let (version, commit) = heads[e];
-            let rec = Rec {
-                finished: d.finished_at,
-                started: d.started_at,
-                id: table.strings.intern(&d.id),
-                version,
-                commit,
-                fixes: sym_of(&mut table.strings, d.fixes_deployment.as_deref()),
-                group: group_of[e],
-                changes: index_u32(first),
-                status: d.status,
-                kind: d.kind,
-            };
-            let e = index_u32(e);
-            for id in &d.resolves_incidents {
-                let sym = table.strings.intern(id);
-                table.resolves.push((e, sym));
-            }
-            table.note_id(rec.id, e);
-            table.deployments.push(rec);
         }
         table.incidents.reserve(events.incidents.len());
         for i in &events.incidents {

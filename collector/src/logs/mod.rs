@@ -54,7 +54,7 @@ pub mod tail;
 pub mod watch;
 
 pub use multiline::{Joined, Joiner, JoinerConfig};
-pub use otlp::{LogResource, encode_request, to_request};
+pub use otlp::{EncodedLogs, LogResource, encode_request, to_request};
 pub use parse::{Format, ParseError, Parsed, Parser, ParserConfig};
 pub use record::{AttrValue, Attributes, ExceptionInfo, LogRecord, SpanId, TraceId};
 pub use redact::{RedactError, RedactionConfig, RedactionCounts, Redactor};

@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use bytes::Bytes;
 use prost::encoding::{WireType, encoded_len_varint};
 
-use super::record::{AttrValue, Attributes, LogRecord};
+use super::record::{AttrValue, Attributes, LogRecord, Name};
 use crate::pipeline::EncodedRequest;
 
 /// The resource attributes of one source's records (`service.name`, `host.name`, …), in order.
@@ -61,7 +61,7 @@ impl LogResource {
 const NO_LOGGER: &str = "sidelight.logs";
 
 /// Converts one batch of records into an OTLP export request. Records are consumed.
-pub fn to_request(records: Vec<LogRecord>, resource: &LogResource) -> ExportLogsServiceRequest {
+pub fn to_request(records: Vec<LogRecord<'_>>, resource: &LogResource) -> ExportLogsServiceRequest {
     let mut scopes: Vec<ScopeLogs> = Vec::new();
     for record in records {
         let scope_name = record.logger.as_deref().unwrap_or(NO_LOGGER);
@@ -94,7 +94,7 @@ pub fn to_request(records: Vec<LogRecord>, resource: &LogResource) -> ExportLogs
     }
 }
 
-fn to_record(r: LogRecord) -> OtlpRecord {
+fn to_record(r: LogRecord<'_>) -> OtlpRecord {
     let mut attributes: Vec<KeyValue> = Vec::with_capacity(r.attributes.len() + 4);
     if let Some(path) = &r.file_path {
         attributes.push(kv("log.file.path".into(), string(path.to_string())));
@@ -120,7 +120,7 @@ fn to_record(r: LogRecord) -> OtlpRecord {
         observed_time_unix_nano: r.observed_unix_nano,
         severity_number: i32::from(r.severity_number),
         severity_text: r.severity_text.map(String::from).unwrap_or_default(),
-        body: Some(string(r.body)),
+        body: Some(string(r.body.into_owned())),
         attributes,
         trace_id: r.trace_id.map(|t| t.0.to_vec()).unwrap_or_default(),
         span_id: r.span_id.map(|s| s.0.to_vec()).unwrap_or_default(),
@@ -144,13 +144,13 @@ fn string(s: String) -> AnyValue {
     }
 }
 
-fn any(v: AttrValue) -> AnyValue {
+fn any(v: AttrValue<'_>) -> AnyValue {
     let value = match v {
         AttrValue::Null => None,
         AttrValue::Bool(b) => Some(any_value::Value::BoolValue(b)),
         AttrValue::Int(i) => Some(any_value::Value::IntValue(i)),
         AttrValue::Float(f) => Some(any_value::Value::DoubleValue(f)),
-        AttrValue::String(s) => Some(any_value::Value::StringValue(s)),
+        AttrValue::String(s) => Some(any_value::Value::StringValue(s.into_owned())),
         AttrValue::Array(items) => Some(any_value::Value::ArrayValue(ArrayValue {
             values: items.into_iter().map(any).collect(),
         })),
@@ -159,7 +159,7 @@ fn any(v: AttrValue) -> AnyValue {
     AnyValue { value }
 }
 
-fn kvlist(m: Attributes) -> KeyValueList {
+fn kvlist(m: Attributes<'_>) -> KeyValueList {
     KeyValueList {
         values: m
             .into_iter()
@@ -169,32 +169,86 @@ fn kvlist(m: Attributes) -> KeyValueList {
 }
 
 /// The protobuf encoding of [`to_request`]`(records, resource)`, written directly from the
-/// records (no message tree in between: one buffer per batch).
-pub fn encode_request(records: &[LogRecord], resource: &LogResource) -> EncodedRequest {
-    // Scopes in order of first appearance, and each record's scope.
-    let mut scopes: Vec<&str> = Vec::new();
-    let mut scope_of: Vec<usize> = Vec::with_capacity(records.len());
+/// records (no message tree in between).
+pub fn encode_request(records: &[LogRecord<'_>], resource: &LogResource) -> EncodedRequest {
+    let mut logs = EncodedLogs::new();
     for r in records {
-        let name = r.logger.as_deref().unwrap_or(NO_LOGGER);
-        let at = match scopes.iter().position(|s| *s == name) {
-            Some(i) => i,
-            None => {
-                scopes.push(name);
-                scopes.len() - 1
-            }
-        };
-        scope_of.push(at);
+        logs.push(r);
     }
-    let text: usize = records
-        .iter()
-        .map(|r| r.body.len() + 64 * (r.attributes.len() + 4))
-        .sum();
-    let mut out = Vec::with_capacity(text + 256);
-    let room = encoded_len_varint(text as u64);
-    // ExportLogsServiceRequest.resource_logs = 1
-    message_sized(&mut out, 1, room, |out| {
+    logs.finish(resource)
+}
+
+/// Room kept up front for the records of a batch's first scope (most batches have one logger).
+const FIRST_SCOPE_RESERVE: usize = 64 << 10;
+
+/// A batch of records encoded as they come: each record is written once, as its
+/// `ScopeLogs.log_records` field, into its scope's buffer (scopes in order of first appearance,
+/// records in order within a scope), so the caller can drop the record at once.
+/// [`EncodedLogs::finish`] wraps the scopes into an export request — byte for byte what
+/// [`encode_request`] writes for the same records.
+#[derive(Debug, Default)]
+pub struct EncodedLogs {
+    /// Scope name and its records' encodings.
+    scopes: Vec<(Name, Vec<u8>)>,
+    /// The scope the last record went to (consecutive records mostly share their logger).
+    last: usize,
+    records: usize,
+}
+
+impl EncodedLogs {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Encodes `r` into its scope.
+    pub fn push(&mut self, r: &LogRecord<'_>) {
+        let name: &str = r.logger.as_deref().unwrap_or(NO_LOGGER);
+        let at = match self.scopes.get(self.last) {
+            Some((n, _)) if n.as_ref() == name => self.last,
+            _ => match self.scopes.iter().position(|(n, _)| n.as_ref() == name) {
+                Some(i) => i,
+                None => {
+                    let owned: Name = match &r.logger {
+                        Some(l) => l.clone(),
+                        None => Name::Borrowed(NO_LOGGER),
+                    };
+                    let reserve = if self.scopes.is_empty() {
+                        FIRST_SCOPE_RESERVE
+                    } else {
+                        0
+                    };
+                    self.scopes.push((owned, Vec::with_capacity(reserve)));
+                    self.scopes.len() - 1
+                }
+            },
+        };
+        self.last = at;
+        // ScopeLogs.log_records = 2 (most records take 128 B to 16 KiB)
+        message_sized(&mut self.scopes[at].1, 2, 2, |out| write_record(out, r));
+        self.records += 1;
+    }
+
+    /// Records pushed.
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    /// True when no record was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Bytes of the records' encodings so far.
+    pub fn encoded_bytes(&self) -> usize {
+        self.scopes.iter().map(|(_, b)| b.len()).sum()
+    }
+
+    /// The export request: one `ResourceLogs` (`resource`) holding every scope.
+    pub fn finish(&self, resource: &LogResource) -> EncodedRequest {
         // ResourceLogs.resource = 1
-        message(out, 1, |out| {
+        let mut head = Vec::with_capacity(64);
+        message(&mut head, 1, |out| {
             for (k, v) in &resource.attributes {
                 // Resource.attributes = 1
                 message(out, 1, |out| {
@@ -203,23 +257,42 @@ pub fn encode_request(records: &[LogRecord], resource: &LogResource) -> EncodedR
                 });
             }
         });
-        for (s, name) in scopes.iter().enumerate() {
-            // ResourceLogs.scope_logs = 2
-            message_sized(out, 2, room, |out| {
-                // ScopeLogs.scope = 1, InstrumentationScope.name = 1
-                message(out, 1, |out| string_field(out, 1, name, false));
-                for (r, _) in records.iter().zip(&scope_of).filter(|(_, at)| **at == s) {
-                    // ScopeLogs.log_records = 2 (most records take 128 B to 16 KiB)
-                    message_sized(out, 2, 2, |out| write_record(out, r));
-                }
-            });
+        // Each scope's `ScopeLogs.scope` (= 1, InstrumentationScope.name = 1) and the length of
+        // its `ScopeLogs` message.
+        let scope_heads: Vec<(Vec<u8>, usize)> = self
+            .scopes
+            .iter()
+            .map(|(name, recs)| {
+                let mut h = Vec::with_capacity(name.len() + 4);
+                message(&mut h, 1, |out| string_field(out, 1, name, false));
+                let len = h.len() + recs.len();
+                (h, len)
+            })
+            .collect();
+        // ResourceLogs: the resource, then each scope as ResourceLogs.scope_logs = 2.
+        let resource_logs = head.len()
+            + scope_heads
+                .iter()
+                .map(|(_, len)| 1 + encoded_len_varint(*len as u64) + len)
+                .sum::<usize>();
+        let mut out =
+            Vec::with_capacity(1 + encoded_len_varint(resource_logs as u64) + resource_logs);
+        // ExportLogsServiceRequest.resource_logs = 1
+        write_key(1, WireType::LengthDelimited, &mut out);
+        write_varint(&mut out, resource_logs as u64);
+        out.extend_from_slice(&head);
+        for ((h, len), (_, recs)) in scope_heads.iter().zip(&self.scopes) {
+            write_key(2, WireType::LengthDelimited, &mut out);
+            write_varint(&mut out, *len as u64);
+            out.extend_from_slice(h);
+            out.extend_from_slice(recs);
         }
-    });
-    EncodedRequest::logs_written(Bytes::from(out), records.len())
+        EncodedRequest::logs_written(Bytes::from(out), self.records)
+    }
 }
 
 /// One `LogRecord`, as [`to_record`] builds it.
-fn write_record(out: &mut Vec<u8>, r: &LogRecord) {
+fn write_record(out: &mut Vec<u8>, r: &LogRecord<'_>) {
     // time_unix_nano = 1 (fixed64), observed_time_unix_nano = 11 (fixed64)
     fixed64_field(out, 1, r.timestamp_unix_nano.unwrap_or(0));
     // severity_number = 2, severity_text = 3
@@ -265,7 +338,7 @@ fn write_record(out: &mut Vec<u8>, r: &LogRecord) {
 }
 
 /// A `KeyValue`'s fields: key = 1, value = 2.
-fn key_value(out: &mut Vec<u8>, key: &str, value: &AttrValue) {
+fn key_value(out: &mut Vec<u8>, key: &str, value: &AttrValue<'_>) {
     key_value_key(out, key);
     message(out, 2, |out| any_value(out, value));
 }
@@ -275,7 +348,7 @@ fn key_value_key(out: &mut Vec<u8>, key: &str) {
 }
 
 /// An `AnyValue`'s fields (a null is an `AnyValue` with no field set).
-fn any_value(out: &mut Vec<u8>, v: &AttrValue) {
+fn any_value(out: &mut Vec<u8>, v: &AttrValue<'_>) {
     match v {
         AttrValue::Null => {}
         // string_value = 1, bool_value = 2, int_value = 3, double_value = 4: members of a oneof,
@@ -432,7 +505,7 @@ mod tests {
             body: "slow query".into(),
             ..LogRecord::default()
         };
-        let no_logger = LogRecord::from_body("plain".into(), 5);
+        let no_logger = LogRecord::from_body("plain", 5);
         let same_logger = LogRecord {
             logger: Some("app.web".into()),
             body: "second".into(),
@@ -493,14 +566,14 @@ mod tests {
         assert!(plain.trace_id.is_empty() && plain.span_id.is_empty());
     }
 
-    fn attr_value() -> impl Strategy<Value = AttrValue> {
+    fn attr_value() -> impl Strategy<Value = AttrValue<'static>> {
         let leaf = prop_oneof![
             Just(AttrValue::Null),
             proptest::arbitrary::any::<bool>().prop_map(AttrValue::Bool),
             proptest::arbitrary::any::<i64>().prop_map(AttrValue::Int),
             (-1e300f64..1e300).prop_map(AttrValue::Float),
-            ".{0,40}".prop_map(AttrValue::String),
-            ".{100,300}".prop_map(AttrValue::String),
+            ".{0,40}".prop_map(|s| AttrValue::String(s.into())),
+            ".{100,300}".prop_map(|s| AttrValue::String(s.into())),
         ];
         leaf.prop_recursive(4, 40, 6, |inner| {
             prop_oneof![
@@ -512,7 +585,7 @@ mod tests {
         })
     }
 
-    fn record() -> impl Strategy<Value = LogRecord> {
+    fn record() -> impl Strategy<Value = LogRecord<'static>> {
         let text = || proptest::option::of(".{0,20}");
         (
             (
@@ -543,7 +616,7 @@ mod tests {
                         severity_number: sev % 25,
                         severity_text: sev_text.map(Name::from),
                         logger: logger.map(Name::from),
-                        body,
+                        body: body.into(),
                         exception: exc.map(|(t, m, s)| ExceptionInfo {
                             r#type: t,
                             message: m,

@@ -124,8 +124,9 @@ pub enum ParseError {
 
 /// The result of parsing one line: always a record, plus what went wrong on the way.
 #[derive(Debug)]
-pub struct Parsed {
-    pub record: LogRecord,
+pub struct Parsed<'a> {
+    /// The record; its strings borrow from the line where they can.
+    pub record: LogRecord<'a>,
     /// Set when JSON was expected and the line was kept as text instead (count it in
     /// `sidelight_log_parse_errors_total`). A JSON line cut to `max_line_bytes` no longer parses,
     /// so it is reported here as well as in `truncated_bytes`.
@@ -137,7 +138,7 @@ pub struct Parsed {
     pub lossy_utf8: bool,
 }
 
-impl Parsed {
+impl Parsed<'_> {
     /// True when the line was cut to `max_line_bytes`.
     pub fn truncated(&self) -> bool {
         self.truncated_bytes > 0
@@ -172,7 +173,7 @@ impl Parser {
 
     /// Parses one line (a trailing `\n` / `\r\n` is ignored) read at `observed_unix_nano`.
     /// The caller sets [`LogRecord::file_path`].
-    pub fn parse(&self, line: &[u8], observed_unix_nano: u64) -> Parsed {
+    pub fn parse<'a>(&self, line: &'a [u8], observed_unix_nano: u64) -> Parsed<'a> {
         let line = strip_newline(line);
         let (line, truncated_bytes) = if line.len() > self.config.max_line_bytes {
             (
@@ -199,16 +200,23 @@ impl Parser {
         };
         let mut record = None;
         if wants_json {
-            match parse_json_fields(&text, &mut names) {
-                Ok(fields) => {
-                    record = Some(self.json_record(fields, observed_unix_nano, &mut names));
-                }
+            let json = match &text {
+                Cow::Borrowed(t) => parse_json_fields(t, &mut names)
+                    .map(|fields| self.json_record(fields, observed_unix_nano, &mut names)),
+                // Invalid UTF-8 was replaced: the record cannot borrow from the line.
+                Cow::Owned(t) => parse_json_fields(t, &mut names).map(|fields| {
+                    self.json_record(fields, observed_unix_nano, &mut names)
+                        .into_owned()
+                }),
+            };
+            match json {
+                Ok(r) => record = Some(r),
                 Err(e) => error = Some(e),
             }
         }
         let mut record = match record {
             Some(r) => r,
-            None => self.text_record(text.into_owned(), observed_unix_nano, &mut names),
+            None => self.text_record(text, observed_unix_nano, &mut names),
         };
         record.source.clone_from(&self.config.source);
         Parsed {
@@ -219,8 +227,13 @@ impl Parser {
         }
     }
 
-    fn text_record(&self, text: String, observed: u64, names: &mut Names<'_>) -> LogRecord {
-        let mut rec = LogRecord::from_body(String::new(), observed);
+    fn text_record<'a>(
+        &self,
+        text: Cow<'a, str>,
+        observed: u64,
+        names: &mut Names<'_>,
+    ) -> LogRecord<'a> {
+        let mut rec = LogRecord::from_body("", observed);
         let mut rest = text.strip_prefix('[').unwrap_or(&text);
         if let Some((ts, used)) = scan_timestamp(rest, self.config.naive_utc_offset_secs) {
             rec.timestamp_unix_nano = Some(ts);
@@ -240,13 +253,19 @@ impl Parser {
         }
         match find_traceback(&text) {
             Some(at) => {
-                let head = text[..at].trim_end();
+                let head = text[..at].trim_end().len();
                 let stack = text[at..].trim_end().to_owned();
                 rec.exception = Some(exception_from_traceback(stack));
-                rec.body = if head.is_empty() {
+                rec.body = if head == 0 {
                     text
                 } else {
-                    head.to_owned()
+                    match text {
+                        Cow::Borrowed(t) => Cow::Borrowed(&t[..head]),
+                        Cow::Owned(mut t) => {
+                            t.truncate(head);
+                            Cow::Owned(t)
+                        }
+                    }
                 };
             }
             None => rec.body = text,
@@ -254,12 +273,12 @@ impl Parser {
         rec
     }
 
-    fn json_record(
+    fn json_record<'a>(
         &self,
-        fields: Vec<(Key<'_>, Top<'_>)>,
+        fields: Vec<(Key<'_>, Top<'a>)>,
         observed: u64,
         names: &mut Names<'_>,
-    ) -> LogRecord {
+    ) -> LogRecord<'a> {
         let is_loguru = fields
             .iter()
             .any(|(k, v)| k.0 == "record" && v.as_map().is_some())
@@ -267,7 +286,7 @@ impl Parser {
         if is_loguru {
             return self.loguru_record(fields, observed, names);
         }
-        let mut rec = LogRecord::from_body(String::new(), observed);
+        let mut rec = LogRecord::from_body("", observed);
         let mut has_body = false;
         let mut levelno = None;
         let mut attrs = Vec::with_capacity(fields.len());
@@ -275,7 +294,7 @@ impl Parser {
             let consumed = match key.0.as_ref() {
                 "message" | "event" | "msg" if !has_body => match value {
                     Top::Str(s) => {
-                        rec.body = s.into_owned();
+                        rec.body = s;
                         has_body = true;
                         None
                     }
@@ -383,13 +402,13 @@ impl Parser {
         rec
     }
 
-    fn loguru_record(
+    fn loguru_record<'a>(
         &self,
-        fields: Vec<(Key<'_>, Top<'_>)>,
+        fields: Vec<(Key<'_>, Top<'a>)>,
         observed: u64,
         names: &mut Names<'_>,
-    ) -> LogRecord {
-        let mut rec = LogRecord::from_body(String::new(), observed);
+    ) -> LogRecord<'a> {
+        let mut rec = LogRecord::from_body("", observed);
         let mut text = None;
         let mut record = Attributes::new();
         let mut attrs = Vec::new();
@@ -409,7 +428,7 @@ impl Parser {
         for (key, value) in record {
             match (key.as_ref(), value) {
                 ("message", AttrValue::String(s)) => rec.body = s,
-                ("name", AttrValue::String(s)) => rec.logger = Some(names.name_owned(s)),
+                ("name", AttrValue::String(s)) => rec.logger = Some(names.name_cow(s)),
                 ("time", AttrValue::Map(t)) => {
                     rec.timestamp_unix_nano = t
                         .get("repr")
@@ -531,11 +550,11 @@ fn take_top_id<'a, T>(
 
 /// Sets `slot` from a hex id. All-zero ids (what OpenTelemetry's logging instrumentation writes
 /// outside a span) are dropped; anything else unparseable is handed back to stay an attribute.
-fn take_id<T>(
-    value: AttrValue,
+fn take_id<'a, T>(
+    value: AttrValue<'a>,
     parse: fn(&str) -> Option<T>,
     slot: &mut Option<T>,
-) -> Option<AttrValue> {
+) -> Option<AttrValue<'a>> {
     match &value {
         AttrValue::String(s) => {
             if let Some(id) = parse(s) {
@@ -634,6 +653,13 @@ impl Names<'_> {
         }
     }
 
+    fn name_cow(&mut self, s: Cow<'_, str>) -> Name {
+        match s {
+            Cow::Borrowed(s) => self.name(s),
+            Cow::Owned(s) => self.name_owned(s),
+        }
+    }
+
     fn shared(&mut self, s: &str) -> Option<&'static str> {
         let at = self.at;
         self.at += 1;
@@ -681,18 +707,18 @@ impl<'de> Deserialize<'de> for Key<'de> {
 /// mapping decides whether the record keeps it.
 enum Top<'a> {
     Str(Cow<'a, str>),
-    Other(AttrValue),
+    Other(AttrValue<'a>),
 }
 
-impl Top<'_> {
-    fn into_value(self) -> AttrValue {
+impl<'a> Top<'a> {
+    fn into_value(self) -> AttrValue<'a> {
         match self {
-            Top::Str(s) => AttrValue::String(s.into_owned()),
+            Top::Str(s) => AttrValue::String(s),
             Top::Other(v) => v,
         }
     }
 
-    fn as_map(&self) -> Option<&Attributes> {
+    fn as_map(&self) -> Option<&Attributes<'a>> {
         match self {
             Top::Other(v) => v.as_map(),
             Top::Str(_) => None,
@@ -839,46 +865,49 @@ struct ValueSeed<'n, 'p> {
 }
 
 impl<'de> DeserializeSeed<'de> for ValueSeed<'_, '_> {
-    type Value = AttrValue;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<AttrValue, D::Error> {
+    type Value = AttrValue<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<AttrValue<'de>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
-    type Value = AttrValue;
+    type Value = AttrValue<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<AttrValue, E> {
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<AttrValue<'de>, E> {
         Ok(AttrValue::Bool(v))
     }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<AttrValue, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<AttrValue<'de>, E> {
         Ok(AttrValue::Int(v))
     }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<AttrValue, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<AttrValue<'de>, E> {
         Ok(match i64::try_from(v) {
             Ok(i) => AttrValue::Int(i),
             Err(_) => AttrValue::Float(v as f64),
         })
     }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<AttrValue, E> {
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<AttrValue<'de>, E> {
         Ok(AttrValue::Float(v))
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<AttrValue, E> {
-        Ok(AttrValue::String(v.to_owned()))
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<AttrValue<'de>, E> {
+        Ok(AttrValue::String(Cow::Borrowed(v)))
     }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<AttrValue, E> {
-        Ok(AttrValue::String(v))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<AttrValue<'de>, E> {
+        Ok(AttrValue::String(Cow::Owned(v.to_owned())))
     }
-    fn visit_unit<E: de::Error>(self) -> Result<AttrValue, E> {
+    fn visit_string<E: de::Error>(self, v: String) -> Result<AttrValue<'de>, E> {
+        Ok(AttrValue::String(Cow::Owned(v)))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<AttrValue<'de>, E> {
         Ok(AttrValue::Null)
     }
-    fn visit_none<E: de::Error>(self) -> Result<AttrValue, E> {
+    fn visit_none<E: de::Error>(self) -> Result<AttrValue<'de>, E> {
         Ok(AttrValue::Null)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AttrValue, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AttrValue<'de>, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
         while let Some(v) = seq.next_element_seed(ValueSeed {
             names: &mut *self.names,
@@ -887,7 +916,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
         }
         Ok(AttrValue::Array(out))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AttrValue, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AttrValue<'de>, A::Error> {
         let mut out = Vec::with_capacity(map.size_hint().unwrap_or(4));
         while let Some(k) = map.next_key_seed(NameSeed {
             names: &mut *self.names,
@@ -999,46 +1028,49 @@ struct PickSeed<'n, 'p> {
 }
 
 impl<'de> DeserializeSeed<'de> for PickSeed<'_, '_> {
-    type Value = AttrValue;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<AttrValue, D::Error> {
+    type Value = AttrValue<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<AttrValue<'de>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for PickSeed<'_, '_> {
-    type Value = AttrValue;
+    type Value = AttrValue<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<AttrValue, E> {
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<AttrValue<'de>, E> {
+        ValueSeed { names: self.names }.visit_borrowed_str(v)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<AttrValue<'de>, E> {
         ValueSeed { names: self.names }.visit_str(v)
     }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<AttrValue, E> {
+    fn visit_string<E: de::Error>(self, v: String) -> Result<AttrValue<'de>, E> {
         ValueSeed { names: self.names }.visit_string(v)
     }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<AttrValue, E> {
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<AttrValue<'de>, E> {
         ValueSeed { names: self.names }.visit_bool(v)
     }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<AttrValue, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<AttrValue<'de>, E> {
         ValueSeed { names: self.names }.visit_i64(v)
     }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<AttrValue, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<AttrValue<'de>, E> {
         ValueSeed { names: self.names }.visit_u64(v)
     }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<AttrValue, E> {
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<AttrValue<'de>, E> {
         ValueSeed { names: self.names }.visit_f64(v)
     }
-    fn visit_unit<E: de::Error>(self) -> Result<AttrValue, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<AttrValue<'de>, E> {
         ValueSeed { names: self.names }.visit_unit()
     }
-    fn visit_none<E: de::Error>(self) -> Result<AttrValue, E> {
+    fn visit_none<E: de::Error>(self) -> Result<AttrValue<'de>, E> {
         ValueSeed { names: self.names }.visit_none()
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<AttrValue, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<AttrValue<'de>, A::Error> {
         ValueSeed { names: self.names }.visit_seq(seq)
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AttrValue, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AttrValue<'de>, A::Error> {
         let mut out = Vec::with_capacity(4);
         while let Some(k) = map.next_key_seed(NameSeed {
             names: &mut *self.names,
@@ -1439,7 +1471,7 @@ mod tests {
     const T0: u64 = 1_795_314_974_000_000_000;
     const OBSERVED: u64 = 42;
 
-    fn parse(line: &str) -> Parsed {
+    fn parse(line: &str) -> Parsed<'_> {
         Parser::default().parse(line.as_bytes(), OBSERVED)
     }
 
@@ -1621,8 +1653,8 @@ mod tests {
             // A line that is no JSON record is kept as text: its body is the line itself.
             assert_eq!(part.error.is_some(), whole.error.is_some(), "{text_first}");
             // Outside loguru's shape `text` is an attribute, in its place in the line.
-            let sorted = |r: &LogRecord| {
-                let mut r = r.clone();
+            let sorted = |r: &LogRecord<'_>| {
+                let mut r = r.clone().into_owned();
                 let mut attrs: Vec<_> = std::mem::take(&mut r.attributes).into_iter().collect();
                 attrs.sort_by(|a, b| a.0.cmp(&b.0));
                 r.attributes = attrs.into_iter().collect();
@@ -1796,7 +1828,8 @@ mod tests {
         );
         // Lines 1..=14 are one logging call with a chained traceback, as the joiner emits them.
         let joined: Vec<&str> = TEXT.lines().skip(1).take(14).collect();
-        let p = parse(&joined.join("\n"));
+        let joined = joined.join("\n");
+        let p = parse(&joined);
         check(
             &p,
             &Want {
@@ -1919,6 +1952,39 @@ mod tests {
     }
 
     #[test]
+    fn strings_borrow_from_the_line_unless_escaped_or_replaced() {
+        let line = br#"{"message": "plain", "path": "/a", "esc": "a\"b", "n": 1}"#;
+        let p = Parser::default().parse(line, 0);
+        assert!(p.error.is_none());
+        assert!(matches!(p.record.body, Cow::Borrowed("plain")));
+        assert!(matches!(
+            p.record.attributes.get("path"),
+            Some(AttrValue::String(Cow::Borrowed("/a")))
+        ));
+        // An escape is decoded into a string of its own.
+        assert!(matches!(
+            p.record.attributes.get("esc"),
+            Some(AttrValue::String(Cow::Owned(s))) if s == "a\"b"
+        ));
+        let text = Parser::new(ParserConfig {
+            format: Format::Text,
+            ..ParserConfig::default()
+        });
+        let t = text.parse(b"2026-11-22 02:36:14,020 INFO hello\n", 0);
+        assert!(matches!(t.record.body, Cow::Borrowed(_)));
+
+        // Invalid UTF-8 inside valid JSON: parsed from the replaced copy, the record owned.
+        let p = Parser::default().parse(b"{\"message\": \"caf\xff\", \"k\": \"v\"}", 0);
+        assert!(p.error.is_none() && p.lossy_utf8);
+        assert_eq!(p.record.body, "caf\u{fffd}");
+        assert!(matches!(p.record.body, Cow::Owned(_)));
+        assert_eq!(
+            p.record.attributes.get("k"),
+            Some(&AttrValue::String("v".into()))
+        );
+    }
+
+    #[test]
     fn ids_that_are_zero_or_invalid() {
         let r = parse(r#"{"message": "m", "otelTraceID": "0", "otelSpanID": "0"}"#).record;
         assert_eq!((r.trace_id, r.span_id), (None, None));
@@ -1960,7 +2026,8 @@ mod tests {
         let got: Vec<(&str, &AttrValue)> = r.attributes.iter().collect();
         assert_eq!(got, [("a", &AttrValue::Int(3)), ("b", &AttrValue::Int(2))]);
         let many: Vec<String> = (0..40).map(|i| format!("\"k{}\": {i}", i % 20)).collect();
-        let r = parse(&format!("{{{}}}", many.join(","))).record;
+        let line = format!("{{{}}}", many.join(","));
+        let r = parse(&line).record;
         assert_eq!(r.attributes.len(), 20);
         assert_eq!(r.attributes.get("k0"), Some(&AttrValue::Int(20)));
     }

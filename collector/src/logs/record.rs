@@ -10,9 +10,11 @@ use std::sync::Arc;
 /// shared table is full or the name is long.
 pub type Name = Cow<'static, str>;
 
-/// A log record, whatever format it was read from.
+/// A log record, whatever format it was read from. Its strings borrow from the line it was
+/// parsed from (`'a`) where the line holds them as they are (no escapes, not redacted), so a
+/// record read, redacted and encoded copies nothing it does not have to.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct LogRecord {
+pub struct LogRecord<'a> {
     /// When the event happened, as the application wrote it (unix nanoseconds), if it said.
     pub timestamp_unix_nano: Option<u64>,
     /// When the agent read the record (unix nanoseconds), supplied by the caller.
@@ -24,7 +26,7 @@ pub struct LogRecord {
     /// The logger's name (`app.web`, `__main__`).
     pub logger: Option<Name>,
     /// The message.
-    pub body: String,
+    pub body: Cow<'a, str>,
     /// The exception attached to the record, if any.
     pub exception: Option<ExceptionInfo>,
     /// W3C trace id.
@@ -32,20 +34,38 @@ pub struct LogRecord {
     /// W3C span id.
     pub span_id: Option<SpanId>,
     /// Every field the model has no slot for, in the order the application wrote them.
-    pub attributes: Attributes,
+    pub attributes: Attributes<'a>,
     /// The configured source name (`logs[].source`).
     pub source: Option<Arc<str>>,
     /// The file the record was read from.
     pub file_path: Option<Arc<str>>,
 }
 
-impl LogRecord {
+impl<'a> LogRecord<'a> {
     /// A record with just a body, read at `observed_unix_nano`.
-    pub fn from_body(body: String, observed_unix_nano: u64) -> Self {
+    pub fn from_body(body: impl Into<Cow<'a, str>>, observed_unix_nano: u64) -> Self {
         Self {
-            body,
+            body: body.into(),
             observed_unix_nano,
             ..Self::default()
+        }
+    }
+
+    /// The record with every string its own (no longer tied to the line it was read from).
+    pub fn into_owned(self) -> LogRecord<'static> {
+        LogRecord {
+            timestamp_unix_nano: self.timestamp_unix_nano,
+            observed_unix_nano: self.observed_unix_nano,
+            severity_number: self.severity_number,
+            severity_text: self.severity_text,
+            logger: self.logger,
+            body: Cow::Owned(self.body.into_owned()),
+            exception: self.exception,
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            attributes: self.attributes.into_owned(),
+            source: self.source,
+            file_path: self.file_path,
         }
     }
 }
@@ -61,20 +81,36 @@ pub struct ExceptionInfo {
     pub stacktrace: Option<String>,
 }
 
-/// A JSON-like attribute value (OpenTelemetry `AnyValue`).
+/// A JSON-like attribute value (OpenTelemetry `AnyValue`); strings borrow from the line where
+/// they can (see [`LogRecord`]).
 #[derive(Debug, Clone, PartialEq)]
-pub enum AttrValue {
+pub enum AttrValue<'a> {
     Null,
     Bool(bool),
     /// Integers that fit `i64`; larger ones become [`AttrValue::Float`].
     Int(i64),
     Float(f64),
-    String(String),
-    Array(Vec<AttrValue>),
-    Map(Attributes),
+    String(Cow<'a, str>),
+    Array(Vec<AttrValue<'a>>),
+    Map(Attributes<'a>),
 }
 
-impl AttrValue {
+impl<'a> AttrValue<'a> {
+    /// The value with every string its own.
+    pub fn into_owned(self) -> AttrValue<'static> {
+        match self {
+            AttrValue::Null => AttrValue::Null,
+            AttrValue::Bool(b) => AttrValue::Bool(b),
+            AttrValue::Int(i) => AttrValue::Int(i),
+            AttrValue::Float(f) => AttrValue::Float(f),
+            AttrValue::String(s) => AttrValue::String(Cow::Owned(s.into_owned())),
+            AttrValue::Array(items) => {
+                AttrValue::Array(items.into_iter().map(AttrValue::into_owned).collect())
+            }
+            AttrValue::Map(m) => AttrValue::Map(m.into_owned()),
+        }
+    }
+
     /// The string, if this is one.
     pub fn as_str(&self) -> Option<&str> {
         match self {
@@ -84,7 +120,7 @@ impl AttrValue {
     }
 
     /// The map, if this is one.
-    pub fn as_map(&self) -> Option<&Attributes> {
+    pub fn as_map(&self) -> Option<&Attributes<'a>> {
         match self {
             AttrValue::Map(m) => Some(m),
             _ => None,
@@ -112,16 +148,26 @@ impl AttrValue {
 
 /// An ordered map of attributes: insertion order is kept, keys are unique.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Attributes(Vec<(Name, AttrValue)>);
+pub struct Attributes<'a>(Vec<(Name, AttrValue<'a>)>);
 
-impl Attributes {
+impl<'a> Attributes<'a> {
     /// An empty map.
     pub fn new() -> Self {
         Self(Vec::new())
     }
 
+    /// The map with every string its own.
+    pub fn into_owned(self) -> Attributes<'static> {
+        Attributes(
+            self.0
+                .into_iter()
+                .map(|(k, v)| (k, v.into_owned()))
+                .collect(),
+        )
+    }
+
     /// Inserts or replaces `key` (a replaced key keeps its position).
-    pub fn insert(&mut self, key: impl Into<Name>, value: AttrValue) {
+    pub fn insert(&mut self, key: impl Into<Name>, value: AttrValue<'a>) {
         let key = key.into();
         match self.0.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
@@ -131,7 +177,7 @@ impl Attributes {
 
     /// Builds a map from pairs; duplicate keys keep the last value at the first key's position.
     /// Linear for small maps, hashed for large ones (a hostile line can hold thousands of keys).
-    pub fn from_pairs(pairs: Vec<(Name, AttrValue)>) -> Self {
+    pub fn from_pairs(pairs: Vec<(Name, AttrValue<'a>)>) -> Self {
         if pairs.len() <= 16 {
             // Keys are almost always unique: then the pairs are the map as they are.
             let unique = pairs
@@ -149,7 +195,7 @@ impl Attributes {
         }
         let mut index: std::collections::HashMap<Name, usize> =
             std::collections::HashMap::with_capacity(pairs.len());
-        let mut out: Vec<(Name, AttrValue)> = Vec::with_capacity(pairs.len());
+        let mut out: Vec<(Name, AttrValue<'a>)> = Vec::with_capacity(pairs.len());
         for (k, v) in pairs {
             match index.get(&k) {
                 Some(&at) => out[at].1 = v,
@@ -163,23 +209,23 @@ impl Attributes {
     }
 
     /// The value under `key`.
-    pub fn get(&self, key: &str) -> Option<&AttrValue> {
+    pub fn get(&self, key: &str) -> Option<&AttrValue<'a>> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
     /// Removes and returns the value under `key`.
-    pub fn remove(&mut self, key: &str) -> Option<AttrValue> {
+    pub fn remove(&mut self, key: &str) -> Option<AttrValue<'a>> {
         let at = self.0.iter().position(|(k, _)| k == key)?;
         Some(self.0.remove(at).1)
     }
 
     /// Entries in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &AttrValue)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &AttrValue<'a>)> {
         self.0.iter().map(|(k, v)| (k.as_ref(), v))
     }
 
     /// Mutable entries in order.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut AttrValue)> {
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut AttrValue<'a>)> {
         self.0.iter_mut().map(|(k, v)| {
             let k: &Name = k;
             (k.as_ref(), v)
@@ -197,18 +243,18 @@ impl Attributes {
     }
 }
 
-impl IntoIterator for Attributes {
-    type Item = (Name, AttrValue);
-    type IntoIter = std::vec::IntoIter<(Name, AttrValue)>;
+impl<'a> IntoIterator for Attributes<'a> {
+    type Item = (Name, AttrValue<'a>);
+    type IntoIter = std::vec::IntoIter<(Name, AttrValue<'a>)>;
     fn into_iter(self) -> Self::IntoIter {
         self.0.into_iter()
     }
 }
 
-impl FromIterator<(Name, AttrValue)> for Attributes {
+impl<'a> FromIterator<(Name, AttrValue<'a>)> for Attributes<'a> {
     /// Duplicate keys: the last value wins, at the first key's position (as in `serde_json`).
-    fn from_iter<I: IntoIterator<Item = (Name, AttrValue)>>(iter: I) -> Self {
-        let pairs: Vec<(Name, AttrValue)> = iter.into_iter().collect();
+    fn from_iter<I: IntoIterator<Item = (Name, AttrValue<'a>)>>(iter: I) -> Self {
+        let pairs: Vec<(Name, AttrValue<'a>)> = iter.into_iter().collect();
         Attributes::from_pairs(pairs)
     }
 }

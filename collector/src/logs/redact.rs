@@ -665,6 +665,14 @@ impl Redactor {
         }
     }
 
+    /// [`Self::redact_string`] for a string that may borrow from the line: it is copied only
+    /// when a rule matches it.
+    pub fn redact_cow(&self, s: &mut Cow<'_, str>, counts: &mut RedactionCounts) {
+        if s.len() >= self.min_match_len && self.may_match(s) && self.set.is_match(s) {
+            self.redact_rounds(s.to_mut(), counts);
+        }
+    }
+
     /// The replacement rounds, without the prefilter (the tests hold [`Self::redact_string`] to
     /// this).
     fn redact_rounds(&self, s: &mut String, counts: &mut RedactionCounts) {
@@ -729,9 +737,9 @@ impl Redactor {
 
     /// Redacts a record's body, exception type/message/stack and every string attribute
     /// (nested ones included); returns the counts.
-    pub fn redact_record(&self, record: &mut LogRecord) -> RedactionCounts {
+    pub fn redact_record(&self, record: &mut LogRecord<'_>) -> RedactionCounts {
         let mut counts = RedactionCounts::default();
-        self.redact_string(&mut record.body, &mut counts);
+        self.redact_cow(&mut record.body, &mut counts);
         if let Some(e) = &mut record.exception {
             for s in [&mut e.r#type, &mut e.message, &mut e.stacktrace]
                 .into_iter()
@@ -746,9 +754,9 @@ impl Redactor {
         counts
     }
 
-    fn redact_value(&self, v: &mut AttrValue, counts: &mut RedactionCounts) {
+    fn redact_value(&self, v: &mut AttrValue<'_>, counts: &mut RedactionCounts) {
         match v {
-            AttrValue::String(s) => self.redact_string(s, counts),
+            AttrValue::String(s) => self.redact_cow(s, counts),
             AttrValue::Array(items) => {
                 for item in items {
                     self.redact_value(item, counts);
@@ -1208,6 +1216,25 @@ mod tests {
     }
 
     #[test]
+    fn borrowed_strings_are_copied_only_when_redacted() {
+        let r = redactor();
+        let mut counts = RedactionCounts::default();
+        let line = String::from("nothing secret in this fairly long message at all 12345");
+        let mut clean = Cow::Borrowed(line.as_str());
+        r.redact_cow(&mut clean, &mut counts);
+        assert!(matches!(clean, Cow::Borrowed(_)));
+        let secret = String::from("mail bob@example.com now");
+        let mut dirty = Cow::Borrowed(secret.as_str());
+        r.redact_cow(&mut dirty, &mut counts);
+        assert_eq!(dirty, "mail [REDACTED] now");
+        assert_eq!(counts.total(), 1);
+        let mut owned = secret.clone();
+        let mut same = RedactionCounts::default();
+        r.redact_string(&mut owned, &mut same);
+        assert_eq!(owned, dirty, "the same as the owned path");
+    }
+
+    #[test]
     fn records_are_redacted_everywhere() {
         let r = redactor();
         let mut rec = Parser::default()
@@ -1223,7 +1250,7 @@ mod tests {
 
         let mut nested = Attributes::new();
         nested.insert("to", AttrValue::String("carol@example.org".into()));
-        let mut rec = LogRecord::from_body("ok".into(), 0);
+        let mut rec = LogRecord::from_body("ok", 0);
         rec.attributes.insert(
             "list",
             AttrValue::Array(vec![

@@ -37,8 +37,9 @@ use tokio::sync::mpsc;
 use super::checkpoint::{CheckpointError, CheckpointFile, Entry, Fingerprint};
 use super::discover::{Discovery, mtime_ns};
 use super::multiline::{Joined, Joiner, JoinerConfig};
+use super::otlp::EncodedLogs;
 use super::parse::{Parser, split_cri};
-use super::record::{AttrValue, LogRecord};
+use super::record::AttrValue;
 
 /// The stream and runtime time of a CRI line.
 type CriMeta = (&'static str, u64);
@@ -140,14 +141,15 @@ pub enum TailError {
 /// offsets of those files) for the rest of the run, so its lines are read again after a restart.
 #[derive(Debug)]
 pub struct Batch {
-    pub records: Vec<LogRecord>,
+    /// The records, already encoded (see [`EncodedLogs`]).
+    pub logs: EncodedLogs,
     pub ack: Ack,
 }
 
 impl Batch {
     /// Splits the batch into its records and its acknowledgement token.
-    pub fn into_parts(self) -> (Vec<LogRecord>, Ack) {
-        (self.records, self.ack)
+    pub fn into_parts(self) -> (EncodedLogs, Ack) {
+        (self.logs, self.ack)
     }
 }
 
@@ -183,7 +185,7 @@ struct Inflight {
 
 #[derive(Debug, Default)]
 struct Building {
-    records: Vec<LogRecord>,
+    logs: EncodedLogs,
     bytes: usize,
     marks: Marks,
 }
@@ -243,9 +245,6 @@ impl Tracked {
         self.read_offset - (self.partial.len() + self.partial_dropped) as u64
     }
 }
-
-/// Most records a batch reserves room for up front (`batch_max_records` may be set higher).
-const MAX_BATCH_RESERVE: usize = 4096;
 
 /// The file tailer of one log source.
 #[derive(Debug)]
@@ -1085,7 +1084,7 @@ impl Tailer {
 
     /// Whether the batch being built should be sealed.
     pub fn batch_full(&self) -> bool {
-        self.building.records.len() >= self.cfg.batch_max_records.max(1)
+        self.building.logs.len() >= self.cfg.batch_max_records.max(1)
             || self.building.bytes >= self.cfg.batch_max_bytes.max(1)
     }
 
@@ -1701,7 +1700,7 @@ impl Tailer {
         if let Some((stream, time)) = cri {
             record
                 .attributes
-                .insert("stream", AttrValue::String(stream.to_owned()));
+                .insert("stream", AttrValue::String(stream.into()));
             record.timestamp_unix_nano.get_or_insert(time);
         }
         record.source = Some(self.cfg.source.clone());
@@ -1729,13 +1728,8 @@ impl Tailer {
             }
         }
         self.building.bytes += text.len();
-        if self.building.records.capacity() == 0 {
-            // Room for a full batch at once, rather than growing (and copying) it stepwise.
-            self.building
-                .records
-                .reserve(self.cfg.batch_max_records.min(MAX_BATCH_RESERVE));
-        }
-        self.building.records.push(parsed.record);
+        // Encoded now, so the record (and every string it owns) is freed before the next line.
+        self.building.logs.push(record);
     }
 
     /// Emits joined records and partial lines whose timeouts passed.
@@ -1801,12 +1795,12 @@ impl Tailer {
     /// queued as already acknowledged, so they keep their place in the ack order.
     pub fn take_batch(&mut self) -> Option<Batch> {
         let building = std::mem::take(&mut self.building);
-        if building.marks.is_empty() && building.records.is_empty() {
+        if building.marks.is_empty() && building.logs.is_empty() {
             return None;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let empty = building.records.is_empty();
+        let empty = building.logs.is_empty();
         self.inflight.insert(
             seq,
             Inflight {
@@ -1824,7 +1818,7 @@ impl Tailer {
             None => mpsc::unbounded_channel().0,
         };
         Some(Batch {
-            records: building.records,
+            logs: building.logs,
             ack: Ack { seq, tx },
         })
     }
@@ -2019,8 +2013,42 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+    use crate::logs::otlp::LogResource;
     use crate::logs::parse::{Format, ParserConfig};
     use crate::metrics::LabelCaps;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::logs::v1::LogRecord as OtlpRecord;
+    use prost::Message;
+
+    /// A batch's records as they leave the agent (decoded from its export request), scope by
+    /// scope.
+    fn decode(logs: &EncodedLogs) -> Vec<OtlpRecord> {
+        let req = ExportLogsServiceRequest::decode(
+            logs.finish(&LogResource::new("app", None)).bytes().clone(),
+        )
+        .expect("the batch's encoding decodes");
+        req.resource_logs
+            .into_iter()
+            .flat_map(|rl| rl.scope_logs)
+            .flat_map(|sl| sl.log_records)
+            .collect()
+    }
+
+    fn body(r: &OtlpRecord) -> String {
+        match r.body.as_ref().and_then(|b| b.value.clone()) {
+            Some(Value::StringValue(s)) => s,
+            other => panic!("body is not a string: {other:?}"),
+        }
+    }
+
+    fn attr(r: &OtlpRecord, key: &str) -> Option<Value> {
+        r.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone())
+            .and_then(|v| v.value)
+    }
 
     struct H {
         dir: tempfile::TempDir,
@@ -2099,11 +2127,10 @@ mod tests {
                     quiet + 1
                 };
                 if let Some(b) = batch {
-                    let (records, ack_token) = b.into_parts();
-                    for r in records {
-                        assert_eq!(r.source.as_deref(), Some("app"));
-                        assert!(r.file_path.is_some());
-                        out.push(r.body);
+                    let (logs, ack_token) = b.into_parts();
+                    for r in decode(&logs) {
+                        assert!(attr(&r, "log.file.path").is_some());
+                        out.push(body(&r));
                     }
                     if ack {
                         ack_token.ack();
@@ -2265,7 +2292,7 @@ mod tests {
         h.now += Duration::from_secs(1);
         t.poll(h.now);
         let b = t.take_batch().expect("test setup");
-        assert_eq!(b.records[0].body, "line-2");
+        assert_eq!(body(&decode(&b.logs)[0]), "line-2");
         b.ack.ack();
         t.process_acks();
         // copytruncate: the rest ("line-3\n") is copied away and truncated before we read it.
@@ -2764,9 +2791,9 @@ mod tests {
         let early: Vec<String> = t
             .take_batch()
             .map(|b| {
-                let (r, ack) = b.into_parts();
+                let (logs, ack) = b.into_parts();
                 ack.ack();
-                r.into_iter().map(|r| r.body).collect()
+                decode(&logs).iter().map(body).collect()
             })
             .unwrap_or_default();
         t.process_acks();
@@ -2873,34 +2900,28 @@ mod tests {
             t.poll(h.now);
             t.tick(h.now);
             if let Some(b) = t.take_batch() {
-                let (r, ack) = b.into_parts();
-                records.extend(r);
+                let (logs, ack) = b.into_parts();
+                records.extend(decode(&logs));
                 ack.ack();
                 t.process_acks();
             }
         }
-        let got: Vec<(&str, u8, Option<&AttrValue>)> = records
+        let got: Vec<(String, i32, Option<Value>)> = records
             .iter()
-            .map(|r| {
-                (
-                    r.body.as_str(),
-                    r.severity_number,
-                    r.attributes.get("stream"),
-                )
-            })
+            .map(|r| (body(r), r.severity_number, attr(r, "stream")))
             .collect();
-        let stdout = AttrValue::String("stdout".into());
-        let stderr = AttrValue::String("stderr".into());
+        let stdout = Value::StringValue("stdout".into());
+        let stderr = Value::StringValue("stderr".into());
         assert_eq!(got.len(), 3, "{got:?}");
-        assert_eq!(got[0], ("boom", 17, Some(&stdout)));
-        assert_eq!(got[1], ("long line", 9, Some(&stdout)));
-        assert_eq!(got[2].2, Some(&stderr));
-        let exc = records[2].exception.as_ref().expect("joined traceback");
-        assert_eq!(exc.r#type.as_deref(), Some("ValueError"));
+        assert_eq!(got[0], ("boom".to_owned(), 17, Some(stdout.clone())));
+        assert_eq!(got[1], ("long line".to_owned(), 9, Some(stdout)));
+        assert_eq!(got[2].2, Some(stderr));
         assert_eq!(
-            records[1].timestamp_unix_nano,
-            Some(1_796_551_201_000_000_000)
+            attr(&records[2], "exception.type"),
+            Some(Value::StringValue("ValueError".into())),
+            "joined traceback"
         );
+        assert_eq!(records[1].time_unix_nano, 1_796_551_201_000_000_000);
         // The unfinished partial line holds the checkpoint before it.
         t.write_checkpoint().expect("checkpoint");
         drop(t);

@@ -7,8 +7,8 @@
 //! [`write_direct`] instead of going through the encoder token by token. They must write exactly
 //! what the encoder would (the received OTLP metrics' tests hold them to it byte for byte), and
 //! must be registered in the root registry (no prefix, no constant labels, which the direct path
-//! would not add). Every other reader of the registry (`model::snapshot`) still goes through
-//! the encoder.
+//! would not add). The structured model's walk (`model::walk`) reads such stores in place as
+//! `model::Source`s, and the rest of the registry through the encoder.
 
 use std::cell::RefCell;
 use std::fmt::Write;

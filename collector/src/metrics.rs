@@ -170,6 +170,9 @@ pub struct SnapshotCollector(pub Arc<SnapshotCell>);
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        if let Some(handed) = crate::model::walk_direct(&mut encoder, || Box::new(self.clone())) {
+            return handed;
+        }
         let snapshot = self.0.load();
         for family in &snapshot.families {
             if family.samples.is_empty() {
@@ -193,6 +196,39 @@ impl Collector for SnapshotCollector {
             }
         }
         Ok(())
+    }
+}
+
+/// The structured model's walk over the published snapshot: what [`Collector::encode`] writes,
+/// its label sets borrowed.
+impl crate::model::Source for SnapshotCollector {
+    fn walk(&self, visit: &mut dyn crate::model::Visit) {
+        use crate::model::{FamilyRef, Kind as ModelKind, LabelsRef, ValueRef};
+        let snapshot = self.0.load();
+        for family in &snapshot.families {
+            if family.samples.is_empty() {
+                continue;
+            }
+            visit.family(&FamilyRef {
+                name: family.name,
+                help: family.help,
+                unit: "",
+                kind: match family.kind {
+                    Kind::Counter => ModelKind::Counter,
+                    Kind::Gauge => ModelKind::Gauge,
+                },
+            });
+            for sample in &family.samples {
+                let value = match family.kind {
+                    Kind::Counter => ValueRef::Counter {
+                        total: sample.value,
+                        exemplar: None,
+                    },
+                    Kind::Gauge => ValueRef::Gauge(sample.value),
+                };
+                visit.series(LabelsRef::Named(&sample.labels), value);
+            }
+        }
     }
 }
 

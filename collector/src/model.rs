@@ -3,17 +3,30 @@
 //! with no exposition text in between. Remote write, the agent's own telemetry over OTLP and rule
 //! evaluation read this; only the `/metrics` endpoint writes text.
 //!
-//! The walk over the registry is `prometheus-client`'s own Prometheus protobuf encoder
-//! ([`prometheus_client::encoding::prometheus_protobuf::encode`]): every metric and custom
-//! `Collector` encodes through the same `DescriptorEncoder` for protobuf as for text, so this
-//! model holds what the text encoder writes, family for family, in Prometheus' data model
-//! (`io.prometheus.client.MetricFamily`: what Prometheus itself ingests). [`snapshot`] turns it
-//! into the plain types below.
+//! [`walk`] lends every family and series to a [`Visit`]or, with borrowed names, labels and
+//! values; [`snapshot`] collects the same walk into the owned [`Snapshot`]. Two kinds of
+//! collectors are read:
+//!
+//! - **Stores that walk themselves** ([`Source`]): collectors that hold many series in their own
+//!   structures (received OTLP metrics, host and process metrics). During a walk their
+//!   `Collector::encode` hands the store to the walk ([`walk_direct`]) instead of encoding, and
+//!   the walk reads it at the collector's place in the registry, borrowing its label sets. Each
+//!   store's walk yields exactly what its `encode` writes (its tests hold it to the text).
+//! - **Everything else** (the agent's own `prometheus-client` metrics, which the crate offers no
+//!   other way to read) goes through `prometheus-client`'s own Prometheus protobuf encoder
+//!   ([`prometheus_client::encoding::prometheus_protobuf::encode`]): every metric encodes through
+//!   the same `DescriptorEncoder` for protobuf as for text, so the model holds what the text
+//!   encoder writes, family for family, in Prometheus' data model.
+//!
+//! Either way the walk yields the families in the order `/metrics` writes them.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model as pm;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// Label pairs of one series, in the order the text encoder writes them (the registry's constant
@@ -151,11 +164,278 @@ pub struct Sample<'a> {
 /// numbers instead of text; safe to call from any thread (collectors take their own locks). An error means some metric failed to encode; a text scrape
 /// of the same registry fails the same way.
 pub fn snapshot(registry: &Registry) -> Result<Snapshot, SnapshotError> {
-    let families = prometheus_client::encoding::prometheus_protobuf::encode(registry)
-        .map_err(|_| SnapshotError::Encode)?;
+    let mut collect = Collect::default();
+    walk(registry, &mut collect)?;
     Ok(Snapshot {
-        families: families.into_iter().map(family).collect(),
+        families: collect.families,
     })
+}
+
+/// Walks everything `registry` serves, family by family in the order `/metrics` writes them,
+/// lending each family and series to `visit`.
+///
+/// The stores that walk themselves ([`Source`]) are read in place, under their own locks, with
+/// their label sets borrowed; the rest of the registry is encoded first (through
+/// `prometheus-client`'s protobuf encoder) and lent from that. An error means some metric failed
+/// to encode (a text scrape fails the same way); nothing has been visited then.
+pub fn walk(registry: &Registry, visit: &mut dyn Visit) -> Result<(), SnapshotError> {
+    let installed = Installed::new();
+    let encoded = prometheus_client::encoding::prometheus_protobuf::encode(registry);
+    let sources = installed.take();
+    let encoded = encoded.map_err(|_| SnapshotError::Encode)?;
+    for f in encoded {
+        if let Some(i) = f
+            .name
+            .split_once(MARKER)
+            .and_then(|(_, i)| i.parse::<usize>().ok())
+        {
+            if let Some(source) = sources.get(i) {
+                source.walk(visit);
+            }
+            continue;
+        }
+        let f = family(f);
+        visit.family(&f.as_ref());
+        for s in &f.series {
+            visit.series(LabelsRef::Owned(&s.labels), s.value.as_ref());
+        }
+    }
+    Ok(())
+}
+
+/// What a walk lends its visitor: each family, then that family's series.
+pub trait Visit {
+    /// A family starts; the series that follow are its own.
+    fn family(&mut self, family: &FamilyRef<'_>);
+    /// One series of the current family.
+    fn series(&mut self, labels: LabelsRef<'_>, value: ValueRef<'_>);
+}
+
+/// A store of series that walks itself: the walk reads it in place instead of through the
+/// encoder. Its walk must yield exactly what its `Collector::encode` writes (families, names,
+/// label order, values, exemplars), and the collector must be registered in the root registry
+/// (no prefix, no constant labels, which the walk would not add).
+pub trait Source: Send + Sync {
+    /// Lends every family and series of the store to `visit`, in the order `encode` writes them.
+    fn walk(&self, visit: &mut dyn Visit);
+}
+
+/// The name of the placeholder family a [`Source`]'s collector writes during a walk (followed by
+/// the source's index); it cannot clash with a metric name (it starts with a control character).
+const MARKER: &str = "\u{1}sidelight_model_source_";
+
+thread_local! {
+    /// The stores handed to the walk running on this thread, while [`walk`] encodes.
+    static SOURCES: RefCell<Option<Vec<Box<dyn Source>>>> = const { RefCell::new(None) };
+}
+
+/// Installs the list of sources for one walk on this thread; restores the previous one when
+/// dropped (also on a panic).
+struct Installed {
+    previous: Option<Vec<Box<dyn Source>>>,
+}
+
+impl Installed {
+    fn new() -> Self {
+        Installed {
+            previous: SOURCES.with_borrow_mut(|s| s.replace(Vec::new())),
+        }
+    }
+
+    /// The sources handed over during the encode.
+    fn take(&self) -> Vec<Box<dyn Source>> {
+        SOURCES.with_borrow_mut(|s| s.as_mut().map(std::mem::take).unwrap_or_default())
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        SOURCES.with_borrow_mut(|s| *s = previous);
+    }
+}
+
+/// For a [`Source`]'s `Collector::encode`: when a [`walk`] is encoding on this thread, hands
+/// `source()` to it (to be read at this collector's place, through a placeholder family written
+/// to `encoder`) and returns its result; the collector must then write nothing else. Otherwise
+/// (a `/metrics` scrape, a plain `text::encode`) returns `None` and the collector encodes as
+/// usual.
+pub fn walk_direct(
+    encoder: &mut DescriptorEncoder<'_>,
+    source: impl FnOnce() -> Box<dyn Source>,
+) -> Option<Result<(), std::fmt::Error>> {
+    let index = SOURCES.with_borrow_mut(|s| {
+        let s = s.as_mut()?;
+        s.push(source());
+        Some(s.len() - 1)
+    })?;
+    let name = format!("{MARKER}{index}");
+    Some(
+        encoder
+            .encode_descriptor(&name, "", None, MetricType::Gauge)
+            .map(drop),
+    )
+}
+
+/// A family as a walk lends it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FamilyRef<'a> {
+    /// As [`Family::name`].
+    pub name: &'a str,
+    /// As [`Family::help`].
+    pub help: &'a str,
+    /// As [`Family::unit`].
+    pub unit: &'a str,
+    /// As [`Family::kind`].
+    pub kind: Kind,
+}
+
+/// A series' label set as a walk lends it (the stores keep label names owned or static).
+#[derive(Debug, Clone, Copy)]
+pub enum LabelsRef<'a> {
+    /// Owned names and values.
+    Owned(&'a [(String, String)]),
+    /// Static (or owned) names, owned values.
+    Named(&'a [(Cow<'static, str>, String)]),
+}
+
+impl<'a> LabelsRef<'a> {
+    /// Number of labels.
+    pub fn len(&self) -> usize {
+        match self {
+            LabelsRef::Owned(l) => l.len(),
+            LabelsRef::Named(l) => l.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The label at `i`.
+    pub fn get(&self, i: usize) -> Option<(&'a str, &'a str)> {
+        match *self {
+            LabelsRef::Owned(l) => l.get(i).map(|(k, v)| (k.as_str(), v.as_str())),
+            LabelsRef::Named(l) => l.get(i).map(|(k, v)| (k.as_ref(), v.as_str())),
+        }
+    }
+
+    /// The labels in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let this = *self;
+        (0..this.len()).filter_map(move |i| this.get(i))
+    }
+
+    /// The value of the label `name`, if present.
+    pub fn value(&self, name: &str) -> Option<&'a str> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    /// Whether these are `other`, label for label in order.
+    pub fn eq_labels(&self, other: &[(String, String)]) -> bool {
+        match *self {
+            LabelsRef::Owned(l) => l == other,
+            LabelsRef::Named(l) => {
+                l.len() == other.len()
+                    && l.iter()
+                        .zip(other)
+                        .all(|((k, v), (ok, ov))| k.as_ref() == ok && v == ov)
+            }
+        }
+    }
+
+    /// The labels, owned.
+    pub fn to_vec(&self) -> Labels {
+        match *self {
+            LabelsRef::Owned(l) => l.to_vec(),
+            LabelsRef::Named(l) => l.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        }
+    }
+}
+
+/// A series' value as a walk lends it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    /// As [`Value::Counter`].
+    Counter {
+        /// The total.
+        total: f64,
+        /// The exemplar, if any.
+        exemplar: Option<ExemplarRef<'a>>,
+    },
+    /// As [`Value::Gauge`].
+    Gauge(f64),
+    /// As [`Value::Histogram`].
+    Histogram(&'a Histogram),
+    /// As [`Value::Unknown`].
+    Unknown(f64),
+}
+
+/// An exemplar as a walk lends it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExemplarRef<'a> {
+    /// As [`Exemplar::labels`].
+    pub labels: &'a [(String, String)],
+    /// As [`Exemplar::value`].
+    pub value: f64,
+    /// As [`Exemplar::timestamp`].
+    pub timestamp: Option<SystemTime>,
+}
+
+impl ValueRef<'_> {
+    /// The value, owned.
+    pub fn to_owned(&self) -> Value {
+        match *self {
+            ValueRef::Counter { total, exemplar } => Value::Counter {
+                total,
+                exemplar: exemplar.map(|e| Exemplar {
+                    labels: e.labels.to_vec(),
+                    value: e.value,
+                    timestamp: e.timestamp,
+                }),
+            },
+            ValueRef::Gauge(v) => Value::Gauge(v),
+            ValueRef::Histogram(h) => Value::Histogram(h.clone()),
+            ValueRef::Unknown(v) => Value::Unknown(v),
+        }
+    }
+
+    /// As [`Value::number`].
+    pub fn number(&self) -> f64 {
+        match *self {
+            ValueRef::Counter { total, .. } => total,
+            ValueRef::Gauge(v) | ValueRef::Unknown(v) => v,
+            ValueRef::Histogram(h) => h.count as f64,
+        }
+    }
+}
+
+/// The visitor [`snapshot`] collects with.
+#[derive(Debug, Default)]
+struct Collect {
+    families: Vec<Family>,
+}
+
+impl Visit for Collect {
+    fn family(&mut self, f: &FamilyRef<'_>) {
+        self.families.push(Family {
+            name: f.name.to_owned(),
+            help: f.help.to_owned(),
+            unit: f.unit.to_owned(),
+            kind: f.kind,
+            series: Vec::new(),
+        });
+    }
+
+    fn series(&mut self, labels: LabelsRef<'_>, value: ValueRef<'_>) {
+        if let Some(f) = self.families.last_mut() {
+            f.series.push(Series {
+                labels: labels.to_vec(),
+                value: value.to_owned(),
+            });
+        }
+    }
 }
 
 fn family(f: pm::MetricFamily) -> Family {
@@ -243,6 +523,16 @@ pub fn le_value(upper_bound: f64) -> String {
 }
 
 impl Snapshot {
+    /// Lends the snapshot to `visit` as [`walk`] lent the registry.
+    pub fn visit(&self, visit: &mut dyn Visit) {
+        for f in &self.families {
+            visit.family(&f.as_ref());
+            for s in &f.series {
+                visit.series(LabelsRef::Owned(&s.labels), s.value.as_ref());
+            }
+        }
+    }
+
     /// The family with this name (as in [`Family::name`]), if present.
     pub fn family(&self, name: &str) -> Option<&Family> {
         self.families.iter().find(|f| f.name == name)
@@ -255,6 +545,16 @@ impl Snapshot {
 }
 
 impl Family {
+    /// The family's description as a walk lends it.
+    pub fn as_ref(&self) -> FamilyRef<'_> {
+        FamilyRef {
+            name: &self.name,
+            help: &self.help,
+            unit: &self.unit,
+            kind: self.kind,
+        }
+    }
+
     /// The family's samples as a scrape yields them: `_total` for counters; `_sum`, `_count`
     /// and cumulative `_bucket{le}` for histograms (that order, as written); the bare name
     /// otherwise.
@@ -301,6 +601,23 @@ impl Family {
 }
 
 impl Value {
+    /// The value as a walk lends it.
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::Counter { total, exemplar } => ValueRef::Counter {
+                total: *total,
+                exemplar: exemplar.as_ref().map(|e| ExemplarRef {
+                    labels: &e.labels,
+                    value: e.value,
+                    timestamp: e.timestamp,
+                }),
+            },
+            Value::Gauge(v) => ValueRef::Gauge(*v),
+            Value::Histogram(h) => ValueRef::Histogram(h),
+            Value::Unknown(v) => ValueRef::Unknown(*v),
+        }
+    }
+
     /// The series' value where it is one number: a counter's total, a gauge, a histogram's
     /// count.
     pub fn number(&self) -> f64 {
@@ -334,6 +651,27 @@ pub(crate) mod oracle {
         } else {
             format!("{{{}}}", body.join(","))
         }
+    }
+
+    /// The model of `registry` read through the protobuf encoder alone (no [`Source`] walks
+    /// itself: outside a walk every collector encodes).
+    pub(crate) fn encoded(registry: &Registry) -> Snapshot {
+        let families = prometheus_client::encoding::prometheus_protobuf::encode(registry)
+            .expect("encode")
+            .into_iter()
+            .map(family)
+            .collect();
+        Snapshot { families }
+    }
+
+    /// Asserts that the walk (the stores read in place) lends exactly the model the encoder
+    /// gives of the same registry: families, help, kinds, label order, values (NaN equal to
+    /// NaN), exemplars.
+    pub(crate) fn assert_walk_is_encoded(registry: &Registry) {
+        let walked = snapshot(registry).expect("snapshot");
+        let encoded = encoded(registry);
+        // `{:?}` writes NaN as NaN, where `==` would not equal it.
+        assert_eq!(format!("{walked:#?}"), format!("{encoded:#?}"));
     }
 
     /// Asserts that the snapshot of `registry` is the registry's text encoding: the same
@@ -642,17 +980,71 @@ mod tests {
         cpu.push([("cpu", "0".to_owned()), ("mode", "user".to_owned())], 3.0);
         let mut load = FamilySnapshot::new("node_load1", "1m load average.", SnapKind::Gauge);
         load.push([], 0.25);
+        let empty = FamilySnapshot::new("node_idle", "Not sampled yet.", SnapKind::Gauge);
         cell.publish(SourceSnapshot {
-            families: vec![cpu, load],
+            families: vec![cpu, empty, load],
         });
         let mut r = Registry::default();
+        let before: Counter = Counter::default();
+        before.inc();
+        r.register("before", "Encoded", before);
+        r.register_collector(Box::new(SnapshotCollector(cell.clone())));
+        r.register("between", "Encoded", Gauge::<i64>::default());
+        r.register_collector(Box::new(SnapshotCollector(Arc::new(
+            SnapshotCell::default(),
+        ))));
         r.register_collector(Box::new(SnapshotCollector(cell)));
+        r.register("after", "Encoded", Gauge::<i64>::default());
         let snap = assert_matches_text(&r);
+        // The stores are read in place, each at its collector's place in the registry (which
+        // writes its metrics first, then its collectors, as the text does).
+        super::oracle::assert_walk_is_encoded(&r);
+        let names: Vec<&str> = snap.families.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "before",
+                "between",
+                "after",
+                "node_cpu_seconds",
+                "node_load1",
+                "node_cpu_seconds",
+                "node_load1",
+            ]
+        );
         assert_eq!(
             snap.family("node_cpu_seconds").expect("cpu").series.len(),
             2
         );
-        assert_eq!(snap.samples().count(), 3);
+        assert_eq!(snap.samples().count(), 9);
+
+        // A visitor sees the same walk, label sets lent.
+        #[derive(Default)]
+        struct Count(Vec<String>, usize);
+        impl Visit for Count {
+            fn family(&mut self, f: &FamilyRef<'_>) {
+                self.0.push(f.name.to_owned());
+            }
+            fn series(&mut self, labels: LabelsRef<'_>, value: ValueRef<'_>) {
+                if labels.value("mode") == Some("idle") {
+                    assert_eq!(value.number(), 12.5);
+                    assert!(labels.eq_labels(&[
+                        ("cpu".to_owned(), "0".to_owned()),
+                        ("mode".to_owned(), "idle".to_owned())
+                    ]));
+                }
+                self.1 += 1;
+            }
+        }
+        let mut count = Count::default();
+        walk(&r, &mut count).expect("walk");
+        assert_eq!(
+            (count.0.clone(), count.1),
+            (names.iter().map(|n| n.to_string()).collect(), 9)
+        );
+        let mut replayed = Count::default();
+        snap.visit(&mut replayed);
+        assert_eq!((replayed.0, replayed.1), (count.0, 9));
     }
 
     #[test]

@@ -1432,6 +1432,9 @@ impl Collector for ReceivedMetrics {
         if let Some(written) = crate::exposition::write_direct(|out| self.write_openmetrics(out)) {
             return written;
         }
+        if let Some(handed) = crate::model::walk_direct(&mut encoder, || Box::new(self.clone())) {
+            return handed;
+        }
         let settings = self.inner.settings.lock().clone();
         let mut state = self.inner.state.lock();
         self.sweep(&mut state, &settings, Instant::now(), false);
@@ -1644,6 +1647,153 @@ impl Writer<'_> {
             }
             (_, Value::Summary(_)) => {}
         }
+    }
+}
+
+/// The structured model's walk over the held series: what [`Collector::encode`] writes, read in
+/// place (label sets borrowed from their slots).
+impl crate::model::Source for ReceivedMetrics {
+    fn walk(&self, visit: &mut dyn crate::model::Visit) {
+        use crate::model::{FamilyRef, Kind, LabelsRef};
+        let settings = self.inner.settings.lock().clone();
+        let mut state = self.inner.state.lock();
+        self.sweep(&mut state, &settings, Instant::now(), false);
+        if !state.targets.is_empty() {
+            visit.family(&FamilyRef {
+                name: TARGET_INFO,
+                help: TARGET_INFO_HELP,
+                unit: "",
+                kind: Kind::Gauge,
+            });
+            let mut targets: Vec<&SeriesLabels> = state.targets.keys().collect();
+            targets.sort();
+            for labels in targets {
+                visit.series(LabelsRef::Owned(labels), crate::model::ValueRef::Gauge(1.0));
+            }
+        }
+        let mut hist = crate::model::Histogram {
+            sum: 0.0,
+            count: 0,
+            buckets: Vec::new(),
+        };
+        for (name, family) in &mut state.families {
+            let help = help_text(&family.help);
+            let kind = family.kind;
+            let served = served(family);
+            if kind == FamilyKind::Summary {
+                walk_summary(visit, name, &help, &served);
+                continue;
+            }
+            visit.family(&FamilyRef {
+                name,
+                help: &help,
+                unit: "",
+                kind: match kind {
+                    FamilyKind::Counter => Kind::Counter,
+                    FamilyKind::Histogram => Kind::Histogram,
+                    FamilyKind::Gauge | FamilyKind::Summary => Kind::Gauge,
+                },
+            });
+            for slot in &served.series {
+                walk_value(
+                    visit,
+                    kind,
+                    &slot.labels,
+                    &slot.series.value,
+                    slot.series.exemplar.as_ref(),
+                    &mut hist,
+                );
+            }
+            if let Some((labels, value)) = &served.overflow {
+                walk_value(visit, kind, labels, value, None, &mut hist);
+            }
+        }
+    }
+}
+
+/// One series' value as [`encode_value`] encodes it, lent to `visit` (`hist` is reused for
+/// histograms' cumulative buckets).
+fn walk_value(
+    visit: &mut dyn crate::model::Visit,
+    kind: FamilyKind,
+    labels: &[(String, String)],
+    value: &Value,
+    exemplar: Option<&KeptExemplar>,
+    hist: &mut crate::model::Histogram,
+) {
+    use crate::model::{Bucket, ExemplarRef, LabelsRef, ValueRef};
+    let labels = LabelsRef::Owned(labels);
+    match (kind, value) {
+        (FamilyKind::Counter, Value::Number(v)) => {
+            let value = match exemplar {
+                Some(e) if e.value <= *v => ValueRef::Counter {
+                    total: total_with_exemplar(*v, e.value),
+                    exemplar: Some(ExemplarRef {
+                        labels: &e.labels,
+                        value: e.value,
+                        timestamp: e.time,
+                    }),
+                },
+                _ => ValueRef::Counter {
+                    total: *v,
+                    exemplar: None,
+                },
+            };
+            visit.series(labels, value);
+        }
+        (_, Value::Number(v)) => visit.series(labels, ValueRef::Gauge(*v)),
+        (_, Value::Histogram(h)) => {
+            // As `encode_value` hands them to the encoder, which accumulates them: a bucket per
+            // bound, then `+Inf` with the last count.
+            let last = h.counts.last().copied().unwrap_or(0);
+            hist.sum = h.sum;
+            hist.count = h.count;
+            hist.buckets.clear();
+            let mut cumulative = 0u64;
+            let finite = h.bounds.iter().zip(&h.counts);
+            for (bound, count) in finite.chain(std::iter::once((&f64::INFINITY, &last))) {
+                cumulative = cumulative.wrapping_add(*count);
+                hist.buckets.push(Bucket {
+                    upper_bound: *bound,
+                    cumulative_count: cumulative,
+                    exemplar: None,
+                });
+            }
+            visit.series(labels, ValueRef::Histogram(hist));
+        }
+        (_, Value::Summary(_)) => {}
+    }
+}
+
+/// A summary as [`encode_summary`] encodes it: three gauge families.
+fn walk_summary(visit: &mut dyn crate::model::Visit, name: &str, help: &str, served: &Served<'_>) {
+    use crate::model::{FamilyRef, Kind, LabelsRef, ValueRef};
+    let all = summaries(served);
+    let family = |name| FamilyRef {
+        name,
+        help,
+        unit: "",
+        kind: Kind::Gauge,
+    };
+    visit.family(&family(name));
+    let mut with_quantile: Vec<(String, String)> = Vec::new();
+    for (labels, v) in &all {
+        for (q, value) in &v.quantiles {
+            with_quantile.clear();
+            with_quantile.extend_from_slice(labels);
+            with_quantile.push(("quantile".to_owned(), q.to_string()));
+            visit.series(LabelsRef::Owned(&with_quantile), ValueRef::Gauge(*value));
+        }
+    }
+    let sum_name = format!("{name}_sum");
+    visit.family(&family(&sum_name));
+    for (labels, v) in &all {
+        visit.series(LabelsRef::Owned(labels), ValueRef::Gauge(v.sum));
+    }
+    let count_name = format!("{name}_count");
+    visit.family(&family(&count_name));
+    for (labels, v) in &all {
+        visit.series(LabelsRef::Owned(labels), ValueRef::Gauge(v.count as f64));
     }
 }
 
@@ -2009,6 +2159,7 @@ mod tests {
         let mut registry = Registry::default();
         rm.register(&mut registry);
         let snap = crate::model::oracle::assert_matches_text(&registry);
+        crate::model::oracle::assert_walk_is_encoded(&registry);
         let orders = snap.family("bars_orders").expect("counter");
         let crate::model::Value::Counter {
             total,
@@ -2314,8 +2465,10 @@ mod tests {
         ] {
             assert!(direct.contains(wanted), "{wanted:?} in\n{direct}");
         }
-        // The structured snapshot reads the same (through the encoder).
+        // The structured model's walk reads the store in place: the text's series, and exactly
+        // the model the encoder gives (help, exemplars, overflow, summaries, NaN included).
         crate::model::oracle::assert_matches_text(&registry);
+        crate::model::oracle::assert_walk_is_encoded(&registry);
         // The text format is the same rewrite of either.
         assert_eq!(
             crate::exposition::encode(&registry, crate::exposition::Format::Text).expect("text"),

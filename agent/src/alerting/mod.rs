@@ -15,6 +15,7 @@ pub mod chatops;
 pub mod config;
 pub mod deliver;
 pub mod notify;
+
 #[cfg(test)]
 mod peers_tests;
 pub mod prom;
@@ -405,23 +406,24 @@ impl Alerting {
         let deployments = self.refresh_deploys(now).await;
         self.deploy_notices(&cfg, deployments.as_deref(), now).await;
         let (changed, removed, transitions, notifications, removed_groups, newly) = {
-            // What a scrape would store, read from the registry as a structured snapshot, once:
-            // the rule groups evaluate it, and the exception types it counts get their
-            // first-seen time.
-            let snapshot = match self.registry.get().map(|r| model::snapshot(r.as_ref())) {
-                Some(Ok(snapshot)) => Some(snapshot),
-                Some(Err(e)) => {
-                    self.metrics.failures.inc();
-                    tracing::error!(error = %e, "alert evaluation cannot read the metrics");
-                    None
-                }
-                None => None,
-            };
+            // What a scrape would store, walked once in the structured metrics model (the
+            // stores that hold many series read in place): the rule groups' history takes it,
+            // and the exception types it counts get their first-seen time.
             let mut core = self.core.lock();
             let core = &mut *core;
+            core.prom.set_groups(cfg.rule_groups.clone());
+            let before = core.prom.stats().rejected_samples;
             let mut newly = Vec::new();
-            if let Some(snap) = &snapshot {
-                newly = prom::note_exceptions(snap, now, &mut core.first_seen);
+            if let Some(registry) = self.registry.get() {
+                let mut seen = prom::ExceptionsSeen::new(now, &mut core.first_seen);
+                let walked = core.prom.ingest(now, |ingest| {
+                    model::walk(registry, &mut Tee(ingest, &mut seen))
+                });
+                newly = seen.newly;
+                if let Err(e) = walked {
+                    self.metrics.failures.inc();
+                    tracing::error!(error = %e, "alert evaluation cannot read the metrics");
+                }
                 if !newly.is_empty() {
                     let mut shown = self.feedback.first_seen.write();
                     for (s, e, t) in &newly {
@@ -429,14 +431,9 @@ impl Alerting {
                     }
                 }
             }
-            core.prom.set_groups(cfg.rule_groups.clone());
-            let before = core.prom.stats().rejected_samples;
-            let prom_out = core.prom.cycle(
-                now,
-                snapshot.as_ref(),
-                alert::ms(cfg.evaluation_interval),
-                &cfg.external,
-            );
+            let prom_out =
+                core.prom
+                    .evaluate(now, alert::ms(cfg.evaluation_interval), &cfg.external);
             let stats = core.prom.stats();
             self.metrics
                 .rule_rejected
@@ -811,6 +808,21 @@ impl Alerting {
     /// The DORA hub, when enabled.
     pub fn hub(&self) -> Option<&Arc<Hub>> {
         self.hub.as_ref()
+    }
+}
+
+/// Lends one walk of the metrics model to two visitors.
+struct Tee<'a>(&'a mut dyn model::Visit, &'a mut dyn model::Visit);
+
+impl model::Visit for Tee<'_> {
+    fn family(&mut self, family: &model::FamilyRef<'_>) {
+        self.0.family(family);
+        self.1.family(family);
+    }
+
+    fn series(&mut self, labels: model::LabelsRef<'_>, value: model::ValueRef<'_>) {
+        self.0.series(labels, value);
+        self.1.series(labels, value);
     }
 }
 

@@ -16,7 +16,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
-use sidelight_collector::model::{Family, Kind, Snapshot, Value};
+use sidelight_collector::model::{FamilyRef, Kind, LabelsRef, Snapshot, ValueRef, Visit, le_value};
 use sidelight_rules::group::{AlertState, EvalContext, GroupState, evaluate_group};
 use sidelight_rules::storage::{METRIC_NAME, is_stale};
 use sidelight_rules::{Group, History, HistoryConfig, HistoryStats, Labels, Rule, SeriesHandle};
@@ -240,34 +240,69 @@ pub fn note_exceptions(
     now: Millis,
     first_seen: &mut FirstSeen,
 ) -> Vec<(String, String, Millis)> {
-    let mut newly = Vec::new();
-    // Only a family whose name starts so has samples of that name (the counter
-    // `sidelight_log_exceptions`, or a gauge named with the `_total`): the others' samples are
-    // not built.
-    let samples = snapshot
-        .families
-        .iter()
-        .filter(|f| f.name.starts_with(EXCEPTIONS))
-        .flat_map(|f| f.samples());
-    for s in samples {
-        if s.name != "sidelight_log_exceptions_total" {
-            continue;
+    let mut seen = ExceptionsSeen::new(now, first_seen);
+    snapshot.visit(&mut seen);
+    seen.newly
+}
+
+/// A visitor of the metrics model that notes the exception types of
+/// `sidelight_log_exceptions_total` not in `first_seen` as first seen at `now` (in `newly`, to
+/// persist).
+pub struct ExceptionsSeen<'a> {
+    now: Millis,
+    first_seen: &'a mut FirstSeen,
+    /// Whether the current family's samples are named `sidelight_log_exceptions_total` (the
+    /// counter `sidelight_log_exceptions`, or a gauge named with the `_total`).
+    counter: Option<bool>,
+    /// The types first seen, with their source and time.
+    pub newly: Vec<(String, String, Millis)>,
+}
+
+impl<'a> ExceptionsSeen<'a> {
+    pub fn new(now: Millis, first_seen: &'a mut FirstSeen) -> Self {
+        ExceptionsSeen {
+            now,
+            first_seen,
+            counter: None,
+            newly: Vec::new(),
         }
-        let get = |k: &str| {
-            s.labels
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
-        let key = (get("source"), get("exception"));
-        if key.1.is_empty() || first_seen.contains_key(&key) {
-            continue;
-        }
-        newly.push((key.0.clone(), key.1.clone(), now));
-        first_seen.insert(key, now);
     }
-    newly
+}
+
+impl Visit for ExceptionsSeen<'_> {
+    fn family(&mut self, f: &FamilyRef<'_>) {
+        self.counter = match f.name.strip_prefix(EXCEPTIONS) {
+            Some("") => Some(true),
+            Some("_total") => Some(false),
+            _ => None,
+        };
+    }
+
+    fn series(&mut self, labels: LabelsRef<'_>, value: ValueRef<'_>) {
+        let Some(counter) = self.counter else {
+            return;
+        };
+        let named = match value {
+            ValueRef::Counter { .. } => counter,
+            ValueRef::Gauge(_) | ValueRef::Unknown(_) => !counter,
+            ValueRef::Histogram(_) => false,
+        };
+        if !named {
+            return;
+        }
+        let get = |k: &str| labels.value(k).unwrap_or_default();
+        let (source, exception) = (get("source"), get("exception"));
+        if exception.is_empty()
+            || self
+                .first_seen
+                .contains_key(&(source.to_owned(), exception.to_owned()))
+        {
+            return;
+        }
+        let key = (source.to_owned(), exception.to_owned());
+        self.newly.push((key.0.clone(), key.1.clone(), self.now));
+        self.first_seen.insert(key, self.now);
+    }
 }
 
 /// `alerts.external_labels` and `alerts.external_url`: the rules' `$externalLabels` and
@@ -290,12 +325,13 @@ pub struct Outcome {
     pub failed: usize,
 }
 
-/// The series of the last snapshot with their history handles, family by family in the order
-/// the snapshot lists them. The registry serves its series in a stable order, so a series whose
-/// labels equal those cached at its position is appended by its handle
-/// ([`History::append_by_handle`]): its label set is neither built nor hashed again. A series
-/// found elsewhere (a new one, or one that moved) is appended by its labels and cached at its new
-/// position. Holds a copy of each series' labels; rebuilt when the rules change.
+/// The series of the last walk of the metrics model with their history handles, family by
+/// family in the order the walk lends them. The registry serves its series in a stable order, so
+/// a series whose name and labels equal those cached at its position is appended by its handle
+/// ([`History::append_by_handle`]): its label set is neither built nor hashed again, and the
+/// labels lent by the walk are only compared. A series found elsewhere (a new one, or one that
+/// moved) is appended by its labels and cached at its new position. Holds a copy of each
+/// series' labels; rebuilt when the rules change.
 #[derive(Debug, Default)]
 struct SnapshotHandles {
     families: Vec<FamilyHandles>,
@@ -305,109 +341,99 @@ struct SnapshotHandles {
 struct FamilyHandles {
     name: String,
     kind: Kind,
-    /// The shape of its series' values ([`Shape::of`]), which names its samples.
-    shape: Shape,
     /// Its samples in the order [`Family::samples`] yields them.
     samples: Vec<CachedSample>,
 }
 
 #[derive(Debug)]
 struct CachedSample {
-    /// The sample's name; only histogram families have more than one (empty otherwise).
+    /// The sample's name (`<family>_total`, `<family>_bucket`, …).
     name: String,
+    /// The series' labels, without a bucket's `le`.
     labels: Vec<(String, String)>,
+    /// A bucket's upper bound (its `le`).
+    le: Option<f64>,
     /// `None` for a recorded series (the rules store it when they record it) or one the
     /// history's cap refused (appended by its labels, so that it is counted).
     handle: Option<SeriesHandle>,
     recorded: bool,
 }
 
-/// What a family's series' values are: the sample names follow the values (a counter's
-/// `_total`, a histogram's `_sum`, `_count`, `_bucket`), as [`Family::samples`] writes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
-    /// Some series is a histogram: read through [`Family::samples`].
-    Histograms,
-    /// Every series is a counter (`<name>_total`).
-    Counters,
-    /// Every series is a gauge or untyped (`<name>`).
-    Plain,
-    /// Counters and gauges or untyped: each sample's name is compared too.
-    Mixed,
-}
-
-impl Shape {
-    fn of(f: &Family) -> Shape {
-        let mut counters = 0;
-        for s in &f.series {
-            match s.value {
-                Value::Histogram(_) => return Shape::Histograms,
-                Value::Counter { .. } => counters += 1,
-                Value::Gauge(_) | Value::Unknown(_) => {}
-            }
-        }
-        if counters == 0 {
-            Shape::Plain
-        } else if counters == f.series.len() {
-            Shape::Counters
-        } else {
-            Shape::Mixed
-        }
-    }
-}
-
-impl SnapshotHandles {
-    /// Appends every sample of `snap` at `now`, except recorded series (`recorded`).
-    fn append(
-        &mut self,
-        snap: &Snapshot,
-        now: Millis,
-        history: &mut History,
-        recorded: &HashSet<String>,
-    ) {
-        self.families.truncate(snap.families.len());
-        for (i, f) in snap.families.iter().enumerate() {
-            let shape = Shape::of(f);
-            if self
-                .families
-                .get(i)
-                .is_none_or(|c| c.name != f.name || c.kind != f.kind || c.shape != shape)
-            {
-                let fresh = FamilyHandles {
-                    name: f.name.clone(),
-                    kind: f.kind,
-                    shape,
-                    samples: Vec::new(),
-                };
-                if i < self.families.len() {
-                    self.families[i] = fresh;
-                } else {
-                    self.families.push(fresh);
-                }
-            }
-            let cache = &mut self.families[i].samples;
-            let n = append_family(f, shape, cache, now, history, recorded);
-            cache.truncate(n);
-        }
-    }
-}
-
-/// Appends the samples of one family with the handles cached for it; returns how many there
-/// were. The samples are those [`Family::samples`] yields (counters `<name>_total`, gauges and
-/// untyped `<name>`, histograms `_sum`, `_count`, `_bucket{le}`), read without building them
-/// where every series has one sample (no histogram).
-fn append_family(
-    f: &Family,
-    shape: Shape,
-    cache: &mut Vec<CachedSample>,
+/// The visitor that appends a walk of the metrics model to the history at `now`, by the handles
+/// cached per position ([`SnapshotHandles`]); recorded series (`recorded`) are not appended
+/// (the rules store them when they record them). [`Ingest::finish`] drops what the walk no
+/// longer lent.
+struct Ingest<'a> {
+    handles: &'a mut SnapshotHandles,
+    history: &'a mut History,
+    recorded: &'a HashSet<String>,
     now: Millis,
-    history: &mut History,
-    recorded: &HashSet<String>,
-) -> usize {
-    let mut one = |j: usize, name: &str, named: bool, labels: &[(String, String)], v: f64| {
+    /// The current family's index in `handles` (one past it: 0 before the first family).
+    family: usize,
+    /// The current family's next sample position.
+    sample: usize,
+    /// The current family's sample names.
+    names: SampleNames,
+}
+
+/// The sample names of one family (`Family::samples`): a counter's `_total`, a gauge's bare
+/// name, a histogram's `_sum`, `_count`, `_bucket`.
+#[derive(Debug, Default)]
+struct SampleNames {
+    bare: String,
+    total: String,
+    sum: String,
+    count: String,
+    bucket: String,
+}
+
+impl SampleNames {
+    fn set(&mut self, name: &str) {
+        for (s, suffix) in [
+            (&mut self.bare, ""),
+            (&mut self.total, "_total"),
+            (&mut self.sum, "_sum"),
+            (&mut self.count, "_count"),
+            (&mut self.bucket, "_bucket"),
+        ] {
+            s.clear();
+            s.push_str(name);
+            s.push_str(suffix);
+        }
+    }
+}
+
+impl Ingest<'_> {
+    /// Truncates the current family's cache to the samples lent.
+    fn end_family(&mut self) {
+        if let Some(f) = self
+            .family
+            .checked_sub(1)
+            .and_then(|i| self.handles.families.get_mut(i))
+        {
+            f.samples.truncate(self.sample);
+        }
+    }
+
+    /// Ends the walk: the families and samples not lent this time are forgotten.
+    fn finish(mut self) {
+        self.end_family();
+        self.handles.families.truncate(self.family);
+    }
+
+    /// Appends one sample at the current family's next position.
+    fn one(&mut self, name: &str, labels: LabelsRef<'_>, le: Option<f64>, v: f64) {
+        let j = self.sample;
+        self.sample += 1;
+        let Some(family) = self.family.checked_sub(1) else {
+            return;
+        };
+        let cache = &mut self.handles.families[family].samples;
+        let (history, now) = (&mut *self.history, self.now);
         if let Some(c) = cache.get_mut(j)
-            && (!named || c.name == name)
-            && c.labels == labels
+            && c.name == name
+            && c.le == le
+            && labels.eq_labels(&c.labels)
         {
             if c.recorded {
                 return;
@@ -417,22 +443,19 @@ fn append_family(
             {
                 return;
             }
-            c.handle = history.append_handle(&label_set(name, labels), now, v);
+            c.handle = history.append_handle(&label_set(name, labels, le), now, v);
             return;
         }
-        let is_recorded = recorded.contains(name);
+        let is_recorded = self.recorded.contains(name);
         let handle = if is_recorded {
             None
         } else {
-            history.append_handle(&label_set(name, labels), now, v)
+            history.append_handle(&label_set(name, labels, le), now, v)
         };
         let entry = CachedSample {
-            name: if named {
-                name.to_owned()
-            } else {
-                String::new()
-            },
+            name: name.to_owned(),
             labels: labels.to_vec(),
+            le,
             handle,
             recorded: is_recorded,
         };
@@ -440,33 +463,62 @@ fn append_family(
             Some(slot) => *slot = entry,
             None => cache.push(entry),
         }
-    };
-    if shape == Shape::Histograms {
-        let mut n = 0;
-        for (j, s) in f.samples().enumerate() {
-            one(j, &s.name, true, &s.labels, s.value);
-            n = j + 1;
-        }
-        return n;
     }
-    let total = if shape == Shape::Plain {
-        String::new()
-    } else {
-        format!("{}_total", f.name)
-    };
-    for (j, s) in f.series.iter().enumerate() {
-        let name = match s.value {
-            Value::Counter { .. } => total.as_str(),
-            _ => f.name.as_str(),
-        };
-        one(j, name, shape == Shape::Mixed, &s.labels, s.value.number());
-    }
-    f.series.len()
 }
 
-/// A snapshot sample's label set as the rules read it: its labels with `__name__`.
-fn label_set(name: &str, labels: &[(String, String)]) -> Labels {
-    let mut out: Labels = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+impl Visit for Ingest<'_> {
+    fn family(&mut self, f: &FamilyRef<'_>) {
+        self.end_family();
+        let i = self.family;
+        self.family += 1;
+        self.sample = 0;
+        self.names.set(f.name);
+        let families = &mut self.handles.families;
+        if families
+            .get(i)
+            .is_none_or(|c| c.name != f.name || c.kind != f.kind)
+        {
+            let fresh = FamilyHandles {
+                name: f.name.to_owned(),
+                kind: f.kind,
+                samples: Vec::new(),
+            };
+            if i < families.len() {
+                families[i] = fresh;
+            } else {
+                families.push(fresh);
+            }
+        }
+    }
+
+    fn series(&mut self, labels: LabelsRef<'_>, value: ValueRef<'_>) {
+        let names = std::mem::take(&mut self.names);
+        match value {
+            ValueRef::Counter { total, .. } => self.one(&names.total, labels, None, total),
+            ValueRef::Gauge(v) | ValueRef::Unknown(v) => self.one(&names.bare, labels, None, v),
+            ValueRef::Histogram(h) => {
+                self.one(&names.sum, labels, None, h.sum);
+                self.one(&names.count, labels, None, h.count as f64);
+                for b in &h.buckets {
+                    let le = Some(b.upper_bound);
+                    self.one(&names.bucket, labels, le, b.cumulative_count as f64);
+                }
+            }
+        }
+        self.names = names;
+    }
+}
+
+/// A sample's label set as the rules read it: its labels (a bucket's `le` last) with
+/// `__name__`.
+fn label_set(name: &str, labels: LabelsRef<'_>, le: Option<f64>) -> Labels {
+    let mut out: Labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    if let Some(le) = le {
+        out.insert("le".to_owned(), le_value(le));
+    }
     out.insert(METRIC_NAME.to_owned(), name.to_owned());
     out
 }
@@ -633,11 +685,47 @@ impl PromRules {
         default_interval: Millis,
         external: &External,
     ) -> Outcome {
-        self.default_interval = default_interval;
         if let Some(snap) = snapshot {
-            self.handles
-                .append(snap, now, &mut self.history, &self.recorded_names);
+            let _: Result<(), std::convert::Infallible> = self.ingest(now, |v| {
+                snap.visit(v);
+                Ok(())
+            });
         }
+        self.evaluate(now, default_interval, external)
+    }
+
+    /// Appends the series a walk of the metrics model lends to the history at `now`: `walk`
+    /// lends them to the visitor it is given (e.g. [`sidelight_collector::model::walk`] over the
+    /// registry). When `walk` fails, the samples lent are kept but the handles cached for the
+    /// series it did not reach are not dropped.
+    pub fn ingest<E>(
+        &mut self,
+        now: Millis,
+        walk: impl FnOnce(&mut dyn Visit) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut ingest = Ingest {
+            handles: &mut self.handles,
+            history: &mut self.history,
+            recorded: &self.recorded_names,
+            now,
+            family: 0,
+            sample: 0,
+            names: SampleNames::default(),
+        };
+        walk(&mut ingest)?;
+        ingest.finish();
+        Ok(())
+    }
+
+    /// Evaluates the groups that are due at `now` over what was ingested (a group's `interval`,
+    /// else `default_interval`), and updates the alerts.
+    pub fn evaluate(
+        &mut self,
+        now: Millis,
+        default_interval: Millis,
+        external: &External,
+    ) -> Outcome {
+        self.default_interval = default_interval;
         let ctx = EvalContext {
             external_labels: &external.labels,
             external_url: &external.url,
@@ -836,10 +924,31 @@ mod tests {
             }
             let snap = sidelight_collector::model::snapshot(&reg).expect("snapshot");
             let now = 1_000_000 + step as i64 * 15_000;
-            handles.append(&snap, now, &mut by_handle, &recorded);
+            let mut ingest = Ingest {
+                handles: &mut handles,
+                history: &mut by_handle,
+                recorded: &recorded,
+                now,
+                family: 0,
+                sample: 0,
+                names: SampleNames::default(),
+            };
+            // The registry walked in place, or its owned snapshot replayed: the same samples.
+            if step % 2 == 0 {
+                sidelight_collector::model::walk(&reg, &mut ingest).expect("walk");
+            } else {
+                snap.visit(&mut ingest);
+            }
+            ingest.finish();
             for s in snap.samples() {
                 if !recorded.contains(s.name.as_ref()) {
-                    by_labels.append(&label_set(&s.name, &s.labels), now, s.value);
+                    let mut labels: Labels = s
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    labels.insert(METRIC_NAME.to_owned(), s.name.to_string());
+                    by_labels.append(&labels, now, s.value);
                 }
             }
         }
@@ -928,6 +1037,94 @@ mod tests {
             p.alerts.values().next().map(|a| a.state),
             Some(State::Resolved)
         );
+    }
+
+    /// Rules read received OTLP metrics as the agent holds them: the walk reads the received
+    /// store in place (with the agent's own metrics encoded around it), and a rate over a
+    /// received counter records and fires as over any other series.
+    #[test]
+    fn rules_read_received_otlp_metrics_through_the_walk() {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+        use opentelemetry_proto::tonic::metrics::v1::{
+            AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+            metric::Data, number_data_point,
+        };
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        use sidelight_collector::metrics::LabelCaps;
+        use sidelight_collector::received_metrics::{ReceivedMetrics, ReceivedSettings};
+
+        let kv = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        };
+        let request = |total: f64| ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", "api")],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "req".into(),
+                        data: Some(Data::Sum(Sum {
+                            data_points: vec![NumberDataPoint {
+                                attributes: vec![kv("job", "api")],
+                                time_unix_nano: 1,
+                                value: Some(number_data_point::Value::AsDouble(total)),
+                                ..Default::default()
+                            }],
+                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                            is_monotonic: true,
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let caps = Arc::new(LabelCaps::new(100));
+        let received = ReceivedMetrics::new(ReceivedSettings::default(), caps.clone());
+        let mut reg = Registry::default();
+        let own = Family::<Vec<(String, String)>, Counter>::default();
+        reg.register("sidelight_own", "the agent's own", own.clone());
+        received.register(&mut reg);
+        caps.register(&mut reg);
+        let recorded = RecordedCollector::default();
+        reg.register_collector(Box::new(recorded.clone()));
+        let mut p = PromRules::new(100, recorded.clone());
+        p.set_groups(groups(RULES));
+        let ext = External::default();
+        let mut fired = 0;
+        let mut total = 0.0;
+        for step in 0..=8 {
+            let now = 1_000_000 + step * 15_000;
+            total += 45.0;
+            received.record(received.prepare(&request(total)));
+            own.get_or_create(&vec![("k".to_owned(), "v".to_owned())])
+                .inc();
+            p.ingest(now, |v| sidelight_collector::model::walk(&reg, v))
+                .expect("walk");
+            let out = p.evaluate(now, 15_000, &ext);
+            assert!(out.errors.is_empty(), "{:?}", out.errors);
+            fired += out
+                .transitions
+                .iter()
+                .filter(|t| matches!(t, Transition::Fired(_)))
+                .count();
+        }
+        assert_eq!(fired, 1);
+        let a: Vec<&Alert> = p.alerts.values().collect();
+        assert_eq!((a.len(), a[0].summary.as_str()), (1, "api at 3/s"));
+        // The recorded series is served (and walked) without being appended twice.
+        let snap = sidelight_collector::model::snapshot(&reg).expect("snapshot");
+        let rec = snap.family("job:req:rate1m").expect("recorded");
+        assert_eq!(rec.series[0].value.number(), 3.0);
+        assert!(snap.family("req").is_some() && snap.family("target_info").is_some());
     }
 
     #[test]

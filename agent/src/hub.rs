@@ -1185,36 +1185,51 @@ mod tests {
         lines.join("\n")
     }
 
+    /// A deployment of service `s{service}` finished at `finished`, its version, commit,
+    /// status, start and changes drawn from `next`; a normal deployment fixing nothing.
+    fn random_deployment(
+        next: &mut impl FnMut(i64) -> i64,
+        id: String,
+        service: i64,
+        environment: &str,
+        finished: i64,
+    ) -> Deployment {
+        Deployment {
+            id,
+            service: format!("s{service}"),
+            environment: environment.into(),
+            version: format!("v{}", next(8)),
+            commit: format!("c{}", next(40)),
+            status: [DeployStatus::Success, DeployStatus::Failure][usize::from(next(6) == 0)],
+            started_at: finished - next(600),
+            finished_at: finished,
+            commits: (0..next(4))
+                .map(|_| Change {
+                    sha: format!("c{}", next(40)),
+                    timestamp: finished - next(5 * 86_400),
+                    pr_first_commit_at: None,
+                })
+                .collect(),
+            kind: crate::dora::DeploymentKind::Normal,
+            fixes_deployment: None,
+            resolves_incidents: vec![],
+        }
+    }
+
     fn random_history(seed: u64, n: usize, now: i64) -> Events {
         let mut next = crate::dora::test_random(seed);
         let mut e = Events::default();
         for k in 0..n {
             let finished = now - next(40 * 86_400) + next(86_400);
             let s = next(3);
-            e.deployments.push(Deployment {
-                id: format!("d{k}"),
-                service: format!("s{s}"),
-                environment: ["production", "staging"][usize::from(next(4) == 0)].into(),
-                version: format!("v{}", next(8)),
-                commit: format!("c{}", next(40)),
-                status: [DeployStatus::Success, DeployStatus::Failure][usize::from(next(6) == 0)],
-                started_at: finished - next(600),
-                finished_at: finished,
-                commits: (0..next(4))
-                    .map(|_| Change {
-                        sha: format!("c{}", next(40)),
-                        timestamp: finished - next(5 * 86_400),
-                        pr_first_commit_at: None,
-                    })
-                    .collect(),
-                kind: match next(10) {
-                    0 => crate::dora::DeploymentKind::Hotfix,
-                    1 => crate::dora::DeploymentKind::Rollback,
-                    _ => crate::dora::DeploymentKind::Normal,
-                },
-                fixes_deployment: None,
-                resolves_incidents: vec![],
-            });
+            let environment = ["production", "staging"][usize::from(next(4) == 0)];
+            let mut d = random_deployment(&mut next, format!("d{k}"), s, environment, finished);
+            d.kind = match next(10) {
+                0 => crate::dora::DeploymentKind::Hotfix,
+                1 => crate::dora::DeploymentKind::Rollback,
+                _ => crate::dora::DeploymentKind::Normal,
+            };
+            e.deployments.push(d);
             if k % 3 == 0 {
                 let started = now - next(40 * 86_400) + next(86_400);
                 e.incidents.push(crate::dora::Incident {
@@ -1336,27 +1351,9 @@ mod tests {
                 let fixes_deployment = (kind != crate::dora::DeploymentKind::Normal
                     && next(2) == 0)
                     .then(|| format!("d{}", next(90)));
-                let d = Deployment {
-                    id,
-                    service: format!("s{s}"),
-                    environment: environment.into(),
-                    version: format!("v{}", next(8)),
-                    commit: format!("c{}", next(40)),
-                    status: [DeployStatus::Success, DeployStatus::Failure]
-                        [usize::from(next(6) == 0)],
-                    started_at: finished - next(600),
-                    finished_at: finished,
-                    commits: (0..next(4))
-                        .map(|_| Change {
-                            sha: format!("c{}", next(40)),
-                            timestamp: finished - next(5 * 86_400),
-                            pr_first_commit_at: None,
-                        })
-                        .collect(),
-                    kind,
-                    fixes_deployment,
-                    resolves_incidents: vec![],
-                };
+                let mut d = random_deployment(&mut next, id, s, environment, finished);
+                d.kind = kind;
+                d.fixes_deployment = fixes_deployment;
                 model.apply(ModelChange::Deployment(Box::new(d.clone())));
                 seen.deployments.push(d);
                 let got = exposition(compute_on(&mut model, t, &cfg(), Some(table)));

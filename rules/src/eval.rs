@@ -197,26 +197,36 @@ struct CachedGroup {
 }
 
 fn for_each_aggregate<'e>(e: &'e Expr, f: &mut impl FnMut(&'e AggregateExpr)) {
+    for_each_node(e, &mut |n| {
+        if let Expr::Aggregate(a) = n {
+            f(a);
+        }
+    });
+}
+
+/// Calls `f` with `e` and then every expression under it, depth first, each node before its
+/// children (an aggregation's parameter before its operand).
+fn for_each_node<'e>(e: &'e Expr, f: &mut impl FnMut(&'e Expr)) {
+    f(e);
     match e {
         Expr::Aggregate(a) => {
-            f(a);
             if let Some(p) = &a.param {
-                for_each_aggregate(p, f);
+                for_each_node(p, f);
             }
-            for_each_aggregate(&a.expr, f);
+            for_each_node(&a.expr, f);
         }
-        Expr::Unary(u) => for_each_aggregate(&u.expr, f),
+        Expr::Unary(u) => for_each_node(&u.expr, f),
         Expr::Binary(b) => {
-            for_each_aggregate(&b.lhs, f);
-            for_each_aggregate(&b.rhs, f);
+            for_each_node(&b.lhs, f);
+            for_each_node(&b.rhs, f);
         }
-        Expr::Paren(p) => for_each_aggregate(&p.expr, f),
+        Expr::Paren(p) => for_each_node(&p.expr, f),
         Expr::Call(c) => {
             for a in &c.args.args {
-                for_each_aggregate(a, f);
+                for_each_node(a, f);
             }
         }
-        Expr::Subquery(s) => for_each_aggregate(&s.expr, f),
+        Expr::Subquery(s) => for_each_node(&s.expr, f),
         Expr::VectorSelector(_)
         | Expr::MatrixSelector(_)
         | Expr::NumberLiteral(_)
@@ -245,29 +255,11 @@ fn selector_key(vs: &VectorSelector) -> usize {
 /// Calls `f` with every selector of `e` and, for a range selector, its range. (Subqueries are
 /// refused when a query is checked; their selectors are visited all the same.)
 fn for_each_selector<'e>(e: &'e Expr, f: &mut impl FnMut(&'e VectorSelector, Option<i64>)) {
-    match e {
+    for_each_node(e, &mut |n| match n {
         Expr::VectorSelector(vs) => f(vs, None),
         Expr::MatrixSelector(m) => f(&m.vs, Some(ms(&m.range))),
-        Expr::Aggregate(a) => {
-            if let Some(p) = &a.param {
-                for_each_selector(p, f);
-            }
-            for_each_selector(&a.expr, f);
-        }
-        Expr::Unary(u) => for_each_selector(&u.expr, f),
-        Expr::Binary(b) => {
-            for_each_selector(&b.lhs, f);
-            for_each_selector(&b.rhs, f);
-        }
-        Expr::Paren(p) => for_each_selector(&p.expr, f),
-        Expr::Call(c) => {
-            for a in &c.args.args {
-                for_each_selector(a, f);
-            }
-        }
-        Expr::Subquery(s) => for_each_selector(&s.expr, f),
-        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
-    }
+        _ => {}
+    });
 }
 
 fn selector_matchers(e: &Expr, out: &mut SelectorMatchers) {

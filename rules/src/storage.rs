@@ -344,14 +344,23 @@ mod tests {
                     Sample { t, v: 0.0 }
                 })
                 .collect();
-            let maxt = mint + len;
-            let want: Vec<Sample> = samples
-                .iter()
-                .copied()
-                .filter(|x| x.t >= mint && x.t <= maxt)
-                .collect();
-            proptest::prop_assert_eq!(samples_in(&samples, mint, maxt), &want[..]);
+            check_samples_in(&samples, mint, mint + len)?;
         }
+    }
+
+    /// `samples_in` gives exactly the samples a filter on the bounds keeps.
+    fn check_samples_in(
+        samples: &[Sample],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let want: Vec<Sample> = samples
+            .iter()
+            .copied()
+            .filter(|x| x.t >= mint && x.t <= maxt)
+            .collect();
+        proptest::prop_assert_eq!(samples_in(samples, mint, maxt), &want[..]);
+        Ok(())
     }
 
     proptest::proptest! {
@@ -372,13 +381,7 @@ mod tests {
                     Sample { t, v: 0.0 }
                 })
                 .collect();
-            let maxt = mint + len;
-            let want: Vec<Sample> = samples
-                .iter()
-                .copied()
-                .filter(|x| x.t >= mint && x.t <= maxt)
-                .collect();
-            proptest::prop_assert_eq!(samples_in(&samples, mint, maxt), &want[..]);
+            check_samples_in(&samples, mint, mint + len)?;
         }
     }
 

@@ -176,7 +176,9 @@ async fn run(mode: &str) -> Vec<Duration> {
 
 fn main() {
     if std::env::var_os("BENCH_LOG").is_some() {
-        tracing_subscriber::fmt().with_env_filter("debug").init();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .init();
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -132,7 +132,8 @@ pub struct Config {
 /// `agent:` section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
-    /// An `EnvFilter` directive (`info`, `sidelight=debug,warn`); `SIDELIGHT_LOG` overrides it.
+    /// Log level directives (`info`, `sidelight=debug,warn`: `crate::logging`); `SIDELIGHT_LOG`
+    /// overrides it.
     pub log_level: String,
     /// How long a graceful shutdown may take before it is cut short.
     pub shutdown_timeout: Duration,
@@ -549,7 +550,7 @@ fn validate(
 }
 
 fn validate_agent(raw: RawAgent, errors: &mut Vec<ConfigError>) -> AgentConfig {
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&raw.log_level) {
+    if let Err(e) = crate::logging::parse_filter(&raw.log_level) {
         errors.push(ConfigError::new(
             "agent.log_level",
             format!("not a log level or filter ({e})"),

@@ -11,7 +11,9 @@
 //! matched then run their own replacement.
 
 use std::borrow::Cow;
+use std::sync::{Arc, Weak};
 
+use parking_lot::Mutex;
 use regex::{Captures, Regex, RegexSet};
 
 use super::record::{AttrValue, LogRecord};
@@ -772,6 +774,50 @@ impl Redactor {
     }
 }
 
+/// Rule sets compiled for [`Redactor::shared`]: the most recent one held, the others while
+/// something uses them.
+#[derive(Default)]
+struct SharedRedactors {
+    latest: Option<(RedactionConfig, Arc<Redactor>)>,
+    live: Vec<(RedactionConfig, Weak<Redactor>)>,
+}
+
+static SHARED: Mutex<SharedRedactors> = Mutex::new(SharedRedactors {
+    latest: None,
+    live: Vec::new(),
+});
+
+impl Redactor {
+    /// [`Self::new`], compiled once per distinct configuration: the validation of a config, the
+    /// log sources and the OTLP receivers that name the same rules share one compiled set. The
+    /// most recently compiled set is kept (the next validation or start usually asks for it
+    /// again); older ones live as long as someone holds them.
+    pub fn shared(config: &RedactionConfig) -> Result<Arc<Self>, RedactError> {
+        let mut shared = SHARED.lock();
+        if let Some((c, r)) = &shared.latest
+            && c == config
+        {
+            return Ok(r.clone());
+        }
+        shared.live.retain(|(_, w)| w.strong_count() > 0);
+        let found = shared
+            .live
+            .iter()
+            .find(|(c, _)| c == config)
+            .and_then(|(_, w)| w.upgrade());
+        let redactor = match found {
+            Some(r) => r,
+            None => {
+                let r = Arc::new(Self::new(config)?);
+                shared.live.push((config.clone(), Arc::downgrade(&r)));
+                r
+            }
+        };
+        shared.latest = Some((config.clone(), redactor.clone()));
+        Ok(redactor)
+    }
+}
+
 fn compile(name: &str, pattern: &str, check: Check) -> Result<Rule, RedactError> {
     let regex = Regex::new(pattern).map_err(|source| RedactError::InvalidPattern {
         name: name.to_owned(),
@@ -1289,5 +1335,43 @@ mod tests {
             .and_then(AttrValue::as_map)
             .and_then(|m| m.get("to"));
         assert_eq!(to, Some(&AttrValue::String(REDACTED.into())));
+    }
+
+    #[test]
+    fn equal_configurations_share_one_compiled_set() {
+        // Patterns no other test uses, so that parallel tests do not reach these entries.
+        let config = |name: &str| RedactionConfig {
+            builtins: false,
+            patterns: vec![PatternConfig {
+                name: name.into(),
+                regex: r"shared-\d{6}".into(),
+            }],
+        };
+        let a = Redactor::shared(&config("share-a")).expect("compiles");
+        let again = Redactor::shared(&config("share-a")).expect("compiles");
+        assert!(Arc::ptr_eq(&a, &again));
+        let b = Redactor::shared(&config("share-b")).expect("compiles");
+        assert!(!Arc::ptr_eq(&a, &b));
+        // `a` is no longer the latest, but still held: found again, not recompiled.
+        assert!(Arc::ptr_eq(
+            &a,
+            &Redactor::shared(&config("share-a")).expect("compiles")
+        ));
+        let mut s = "id shared-123456".to_string();
+        let mut counts = RedactionCounts::default();
+        again.redact_string(&mut s, &mut counts);
+        assert_eq!(s, "id [REDACTED]");
+        // An invalid pattern is reported as by `new`, and not remembered.
+        let bad = RedactionConfig {
+            builtins: false,
+            patterns: vec![PatternConfig {
+                name: "share-bad".into(),
+                regex: "(".into(),
+            }],
+        };
+        assert!(matches!(
+            Redactor::shared(&bad),
+            Err(RedactError::InvalidPattern { name, .. }) if name == "share-bad"
+        ));
     }
 }

@@ -7,6 +7,7 @@
 //! once more on stop.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer};
@@ -216,7 +217,7 @@ impl LogSourceConfig {
                 error,
             });
         }
-        if let Err(error) = Redactor::new(&self.redaction) {
+        if let Err(error) = Redactor::shared(&self.redaction) {
             errors.push(LogSourceError::Redact {
                 source_name: name.clone(),
                 error,
@@ -302,7 +303,7 @@ pub struct LogSource {
     config: LogSourceConfig,
     discovery: Discovery,
     parser: Parser,
-    redactor: Redactor,
+    redactor: Arc<Redactor>,
     stats: LogStats,
 }
 
@@ -318,7 +319,7 @@ impl LogSource {
                     error,
                 }]
             })?;
-        let redactor = Redactor::new(&config.redaction).map_err(|error| {
+        let redactor = Redactor::shared(&config.redaction).map_err(|error| {
             vec![LogSourceError::Redact {
                 source_name: name.clone(),
                 error,

@@ -252,7 +252,7 @@ pub struct Tailer {
     cfg: TailConfig,
     discovery: Discovery,
     parser: Parser,
-    redactor: Redactor,
+    redactor: Arc<Redactor>,
     stats: LogStats,
     source_label: [(&'static str, String); 1],
     /// `sidelight_log_records_total` of this source by level label, looked up once per level.
@@ -416,7 +416,7 @@ impl Tailer {
         cfg: TailConfig,
         discovery: Discovery,
         parser: Parser,
-        redactor: Redactor,
+        redactor: impl Into<Arc<Redactor>>,
         stats: LogStats,
         checkpoint_dir: &Path,
     ) -> Result<Self, TailError> {
@@ -438,7 +438,7 @@ impl Tailer {
             cfg,
             discovery,
             parser,
-            redactor,
+            redactor: redactor.into(),
             stats,
             source_label,
             level_counters: Vec::new(),

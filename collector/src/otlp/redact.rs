@@ -16,6 +16,7 @@
 
 use std::cell::RefCell;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -35,7 +36,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// The compiled rules for received data.
 #[derive(Debug)]
 pub struct OtlpRedactor {
-    redactor: Redactor,
+    redactor: Arc<Redactor>,
     /// Tells the per-thread tables built for another configuration to start over.
     id: u64,
 }
@@ -43,7 +44,7 @@ pub struct OtlpRedactor {
 impl OtlpRedactor {
     /// Compiles the configured rules; `None` when there are none (redaction off).
     pub fn new(config: &RedactionConfig) -> Result<Option<Self>, RedactError> {
-        let redactor = Redactor::new(config)?;
+        let redactor = Redactor::shared(config)?;
         if redactor.is_empty() {
             return Ok(None);
         }

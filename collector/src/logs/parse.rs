@@ -150,7 +150,7 @@ impl Parsed<'_> {
 #[derive(Debug, Default)]
 pub struct Parser {
     config: ParserConfig,
-    last_names: Mutex<Vec<&'static str>>,
+    last_names: Mutex<Vec<(&'static str, Role)>>,
 }
 
 impl Clone for Parser {
@@ -275,14 +275,14 @@ impl Parser {
 
     fn json_record<'a>(
         &self,
-        fields: Vec<(Key<'_>, Top<'a>)>,
+        fields: Vec<Field<'a>>,
         observed: u64,
         names: &mut Names<'_>,
     ) -> LogRecord<'a> {
         let is_loguru = fields
             .iter()
-            .any(|(k, v)| k.0 == "record" && v.as_map().is_some())
-            && fields.iter().any(|(k, _)| k.0 == "text");
+            .any(|f| f.role == Role::Record && f.value.as_map().is_some())
+            && fields.iter().any(|f| f.role == Role::Text);
         if is_loguru {
             return self.loguru_record(fields, observed, names);
         }
@@ -290,9 +290,11 @@ impl Parser {
         let mut has_body = false;
         let mut levelno = None;
         let mut attrs = Vec::with_capacity(fields.len());
-        for (key, value) in fields {
-            let consumed = match key.0.as_ref() {
-                "message" | "event" | "msg" if !has_body => match value {
+        for Field { name, role, value } in fields {
+            // The role was decided once for the name (see `Names`), not by comparing the key
+            // with every name the mapping knows.
+            let consumed = match role {
+                Role::Body if !has_body => match value {
                     Top::Str(s) => {
                         rec.body = s;
                         has_body = true;
@@ -300,9 +302,7 @@ impl Parser {
                     }
                     other => Some(other),
                 },
-                "timestamp" | "asctime" | "time" | "@timestamp" | "ts" | "created"
-                    if rec.timestamp_unix_nano.is_none() =>
-                {
+                Role::Time if rec.timestamp_unix_nano.is_none() => {
                     let ts = match &value {
                         Top::Str(s) => parse_timestamp(s, self.config.naive_utc_offset_secs),
                         Top::Other(v) => self.timestamp_of(v),
@@ -315,31 +315,25 @@ impl Parser {
                         None => Some(value),
                     }
                 }
-                "levelname" | "level" | "severity" | "loglevel" | "log.level"
-                    if rec.severity_text.is_none() =>
-                {
-                    match value {
-                        Top::Str(s) => {
-                            rec.severity_number = severity::from_text(&s).unwrap_or(0);
-                            rec.severity_text = Some(match s {
-                                Cow::Borrowed(s) => names.name(s),
-                                Cow::Owned(s) => names.name_owned(s),
-                            });
+                Role::Level if rec.severity_text.is_none() => match value {
+                    Top::Str(s) => {
+                        rec.severity_number = severity::from_text(&s).unwrap_or(0);
+                        rec.severity_text = Some(match s {
+                            Cow::Borrowed(s) => names.name(s),
+                            Cow::Owned(s) => names.name_owned(s),
+                        });
+                        None
+                    }
+                    Top::Other(v @ (AttrValue::Int(_) | AttrValue::Float(_))) => match v.as_i64() {
+                        Some(n) => {
+                            levelno = Some(n);
                             None
                         }
-                        Top::Other(v @ (AttrValue::Int(_) | AttrValue::Float(_))) => {
-                            match v.as_i64() {
-                                Some(n) => {
-                                    levelno = Some(n);
-                                    None
-                                }
-                                None => Some(Top::Other(v)),
-                            }
-                        }
-                        other => Some(other),
-                    }
-                }
-                "levelno" if levelno.is_none() => match &value {
+                        None => Some(Top::Other(v)),
+                    },
+                    other => Some(other),
+                },
+                Role::LevelNo if levelno.is_none() => match &value {
                     Top::Other(v) => match v.as_i64() {
                         Some(n) => {
                             levelno = Some(n);
@@ -349,7 +343,7 @@ impl Parser {
                     },
                     Top::Str(_) => Some(value),
                 },
-                "name" | "logger" | "logger_name" if rec.logger.is_none() => match value {
+                Role::Logger if rec.logger.is_none() => match value {
                     Top::Str(s) => {
                         rec.logger = Some(match s {
                             Cow::Borrowed(s) => names.name(s),
@@ -359,7 +353,7 @@ impl Parser {
                     }
                     other => Some(other),
                 },
-                "exc_info" | "exception" | "exc_text" if rec.exception.is_none() => match value {
+                Role::Exception if rec.exception.is_none() => match value {
                     Top::Other(AttrValue::Null) => None,
                     Top::Str(s) if s.is_empty() => None,
                     Top::Str(s) => {
@@ -377,20 +371,16 @@ impl Parser {
                     }
                     other => Some(other),
                 },
-                k if is_trace_key(k) && rec.trace_id.is_none() => {
+                Role::TraceId if rec.trace_id.is_none() => {
                     take_top_id(value, TraceId::from_hex, &mut rec.trace_id)
                 }
-                k if is_span_key(k) && rec.span_id.is_none() => {
+                Role::SpanId if rec.span_id.is_none() => {
                     take_top_id(value, SpanId::from_hex, &mut rec.span_id)
                 }
                 _ => Some(value),
             };
             if let Some(v) = consumed {
-                let key = match key.0 {
-                    Cow::Borrowed(k) => names.name(k),
-                    Cow::Owned(k) => names.name_owned(k),
-                };
-                attrs.push((key, v.into_value()));
+                attrs.push((name, v.into_value()));
             }
         }
         if let Some(n) = levelno
@@ -404,7 +394,7 @@ impl Parser {
 
     fn loguru_record<'a>(
         &self,
-        fields: Vec<(Key<'_>, Top<'a>)>,
+        fields: Vec<Field<'a>>,
         observed: u64,
         names: &mut Names<'_>,
     ) -> LogRecord<'a> {
@@ -412,17 +402,11 @@ impl Parser {
         let mut text = None;
         let mut record = Attributes::new();
         let mut attrs = Vec::new();
-        for (key, value) in fields {
-            match (key.0.as_ref(), value) {
-                ("text", Top::Str(s)) if text.is_none() => text = Some(s),
-                ("record", Top::Other(AttrValue::Map(m))) if record.is_empty() => record = m,
-                (_, v) => {
-                    let key = match key.0 {
-                        Cow::Borrowed(k) => names.name(k),
-                        Cow::Owned(k) => names.name_owned(k),
-                    };
-                    attrs.push((key, v.into_value()));
-                }
+        for Field { name, role, value } in fields {
+            match (role, value) {
+                (Role::Text, Top::Str(s)) if text.is_none() => text = Some(s),
+                (Role::Record, Top::Other(AttrValue::Map(m))) if record.is_empty() => record = m,
+                (_, v) => attrs.push((name, v.into_value())),
             }
         }
         for (key, value) in record {
@@ -633,23 +617,37 @@ fn intern(s: &str) -> Option<&'static str> {
 /// The names of the line being parsed, in the order they are met, matched against the previous
 /// line's at the same position: lines of one source mostly repeat their keys in the same order,
 /// so a name is found with one comparison, without hashing or locking.
+/// Each remembered name carries its [`Role`], so a top-level key found this way is mapped
+/// without comparing it with the names the mapping knows.
 struct Names<'a> {
-    prev: &'a mut Vec<&'static str>,
+    prev: &'a mut Vec<(&'static str, Role)>,
     at: usize,
 }
 
 impl Names<'_> {
     fn name(&mut self, s: &str) -> Name {
-        match self.shared(s) {
-            Some(shared) => Cow::Borrowed(shared),
-            None => Cow::Owned(s.to_owned()),
-        }
+        self.named(s).0
     }
 
     fn name_owned(&mut self, s: String) -> Name {
+        self.named_owned(s).0
+    }
+
+    /// The name and its role.
+    fn named(&mut self, s: &str) -> (Name, Role) {
+        match self.shared(s) {
+            Some((shared, role)) => (Cow::Borrowed(shared), role),
+            None => (Cow::Owned(s.to_owned()), role_of(s)),
+        }
+    }
+
+    fn named_owned(&mut self, s: String) -> (Name, Role) {
         match self.shared(&s) {
-            Some(shared) => Cow::Borrowed(shared),
-            None => Cow::Owned(s),
+            Some((shared, role)) => (Cow::Borrowed(shared), role),
+            None => {
+                let role = role_of(&s);
+                (Cow::Owned(s), role)
+            }
         }
     }
 
@@ -660,46 +658,116 @@ impl Names<'_> {
         }
     }
 
-    fn shared(&mut self, s: &str) -> Option<&'static str> {
+    fn shared(&mut self, s: &str) -> Option<(&'static str, Role)> {
         let at = self.at;
         self.at += 1;
-        if let Some(&p) = self.prev.get(at)
-            && p == s
+        if let Some(&(p, role)) = self.prev.get(at)
+            && same_name(p, s)
         {
-            return Some(p);
+            return Some((p, role));
         }
         let shared = intern(s)?;
+        let entry = (shared, role_of(shared));
         if let Some(slot) = self.prev.get_mut(at) {
-            *slot = shared;
+            *slot = entry;
         } else if at == self.prev.len() && at < MAX_LINE_NAMES {
-            self.prev.push(shared);
+            self.prev.push(entry);
         }
-        Some(shared)
+        Some(entry)
     }
 }
 
-/// A top-level key, borrowed from the input when possible.
-struct Key<'a>(Cow<'a, str>);
+/// `a == b`, without a call to `memcmp` for names of 4 to 16 bytes (most keys): two
+/// overlapping words of four or eight bytes.
+#[inline(always)]
+fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word8 = |s: &[u8], at: usize| {
+        s.get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_ne_bytes)
+    };
+    let word4 = |s: &[u8], at: usize| {
+        s.get(at..at + 4)
+            .and_then(|w| <[u8; 4]>::try_from(w).ok())
+            .map(u32::from_ne_bytes)
+    };
+    match n {
+        4..=7 => word4(a, 0) == word4(b, 0) && word4(a, n - 4) == word4(b, n - 4),
+        8..=16 => word8(a, 0) == word8(b, 0) && word8(a, n - 8) == word8(b, n - 8),
+        _ => a == b,
+    }
+}
 
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string key")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
+/// What the JSON mapping does with a top-level field of this name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Body,
+    Time,
+    Level,
+    LevelNo,
+    Logger,
+    Exception,
+    TraceId,
+    SpanId,
+    /// loguru's rendered `text`.
+    Text,
+    /// loguru's `record`.
+    Record,
+    /// Anything else: an attribute.
+    Other,
+}
+
+fn role_of(k: &str) -> Role {
+    match k {
+        "message" | "event" | "msg" => Role::Body,
+        "timestamp" | "asctime" | "time" | "@timestamp" | "ts" | "created" => Role::Time,
+        "levelname" | "level" | "severity" | "loglevel" | "log.level" => Role::Level,
+        "levelno" => Role::LevelNo,
+        "name" | "logger" | "logger_name" => Role::Logger,
+        "exc_info" | "exception" | "exc_text" => Role::Exception,
+        "text" => Role::Text,
+        "record" => Role::Record,
+        k if is_trace_key(k) => Role::TraceId,
+        k if is_span_key(k) => Role::SpanId,
+        _ => Role::Other,
+    }
+}
+
+/// A top-level field: its name (shared through [`Names`]), the name's role, the value.
+struct Field<'a> {
+    name: Name,
+    role: Role,
+    value: Top<'a>,
+}
+
+/// A top-level key: its name and role, through [`Names`].
+struct KeySeed<'n, 'p> {
+    names: &'n mut Names<'p>,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_, '_> {
+    type Value = (Name, Role);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(Name, Role), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_, '_> {
+    type Value = (Name, Role);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(Name, Role), E> {
+        Ok(self.names.named(v))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<(Name, Role), E> {
+        Ok(self.names.named_owned(v))
     }
 }
 
@@ -730,7 +798,7 @@ impl<'a> Top<'a> {
 fn parse_json_fields<'de>(
     text: &'de str,
     names: &mut Names<'_>,
-) -> Result<Vec<(Key<'de>, Top<'de>)>, ParseError> {
+) -> Result<Vec<Field<'de>>, ParseError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let fields = match de.deserialize_any(TopLevel { names }) {
         Ok(Some(fields)) => fields,
@@ -746,7 +814,7 @@ struct TopLevel<'n, 'p> {
 }
 
 impl<'de> Visitor<'de> for TopLevel<'_, '_> {
-    type Value = Option<Vec<(Key<'de>, Top<'de>)>>;
+    type Value = Option<Vec<Field<'de>>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
@@ -757,22 +825,24 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
         let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
         let mut seen_text = false;
         let mut seen_record = false;
-        while let Some(k) = map.next_key::<Key<'de>>()? {
+        while let Some((name, role)) = map.next_key_seed(KeySeed {
+            names: &mut *self.names,
+        })? {
             // loguru writes `text` before `record`: the first `record` after a `text` is, when
             // it is a map, the record `Parser::loguru_record` reads.
-            let v = if seen_text && !seen_record && k.0 == "record" {
+            let value = if seen_text && !seen_record && role == Role::Record {
                 seen_record = true;
                 map.next_value_seed(LoguruRecordSeed {
                     names: &mut *self.names,
                 })?
             } else {
-                seen_record |= k.0 == "record";
+                seen_record |= role == Role::Record;
                 map.next_value_seed(TopSeed {
                     names: &mut *self.names,
                 })?
             };
-            seen_text |= k.0 == "text";
-            out.push((k, v));
+            seen_text |= role == Role::Text;
+            out.push(Field { name, role, value });
         }
         Ok(Some(out))
     }
@@ -1446,14 +1516,21 @@ fn scan_timestamp(s: &str, naive_utc_offset_secs: i32) -> Option<(u64, usize)> {
     Some((total, at))
 }
 
-/// Unix seconds of the first of `month` (1–12) in `year` (0–9999), UTC.
+/// Unix seconds of the first of `month` (1–12) in `year` (0–9999), UTC, in the proleptic
+/// Gregorian calendar; `None` outside those ranges.
 fn month_start(year: i64, month: i64) -> Option<i64> {
-    let date =
-        jiff::civil::Date::new(i16::try_from(year).ok()?, i8::try_from(month).ok()?, 1).ok()?;
-    let at = jiff::tz::Offset::UTC
-        .to_timestamp(date.to_datetime(jiff::civil::Time::midnight()))
-        .ok()?;
-    Some(at.as_second())
+    if !(0..=9999).contains(&year) || !(1..=12).contains(&month) {
+        return None;
+    }
+    // Days since 1970-01-01 of the civil date, counting years from March so the leap day is
+    // the last of its year (the usual era arithmetic; `year` is never negative here).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let month_from_march = (month + 9) % 12;
+    let day_of_year = (153 * month_from_march + 2) / 5;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    Some((era * 146_097 + day_of_era - 719_468) * 86_400)
 }
 
 #[cfg(test)]
@@ -2186,5 +2263,22 @@ mod tests {
             prop_assert_eq!(p.record.attributes.get("extra").and_then(AttrValue::as_str), Some(message.as_str()));
             prop_assert_eq!(p.record.severity_text.as_deref(), Some(level));
         }
+    }
+
+    /// The calendar arithmetic agrees with jiff's for every month a timestamp can name.
+    #[test]
+    fn month_start_agrees_with_jiff() {
+        for year in 0..=9999i64 {
+            for month in 1..=12i64 {
+                let date = jiff::civil::Date::new(year as i16, month as i8, 1).expect("date");
+                let want = jiff::tz::Offset::UTC
+                    .to_timestamp(date.to_datetime(jiff::civil::Time::midnight()))
+                    .expect("timestamp")
+                    .as_second();
+                assert_eq!(month_start(year, month), Some(want), "{year}-{month}");
+            }
+        }
+        assert_eq!(month_start(10_000, 1), None);
+        assert_eq!(month_start(2024, 13), None);
     }
 }

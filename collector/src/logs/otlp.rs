@@ -227,6 +227,17 @@ impl EncodedLogs {
 
     /// Encodes `r` into its scope.
     pub fn push(&mut self, r: &LogRecord<'_>) {
+        self.push_with_path(r, r.file_path.as_ref());
+    }
+
+    /// Encodes `r`, read from the file at `path`, into its scope: as [`Self::push`] with
+    /// `r.file_path` set to `path` (when it is not set already), without the record holding a
+    /// reference to the path.
+    pub fn push_read_from(&mut self, r: &LogRecord<'_>, path: &Arc<str>) {
+        self.push_with_path(r, Some(r.file_path.as_ref().unwrap_or(path)));
+    }
+
+    fn push_with_path(&mut self, r: &LogRecord<'_>, file_path: Option<&Arc<str>>) {
         let name: &str = r.logger.as_deref().unwrap_or(NO_LOGGER);
         let at = match self.scopes.get(self.last) {
             Some((n, _)) if n.as_ref() == name => self.last,
@@ -252,7 +263,7 @@ impl EncodedLogs {
             },
         };
         self.last = at;
-        let path_attr = match &r.file_path {
+        let path_attr = match file_path {
             Some(path) => {
                 let cached = self
                     .path_attr

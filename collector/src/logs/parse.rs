@@ -145,12 +145,19 @@ impl Parsed<'_> {
     }
 }
 
-/// A configured parser. Its only state is the names of the last line parsed (see `Names`): a
-/// clone starts without them.
+/// A configured parser. Its only state is what it remembers of the last line parsed (its names,
+/// see `Names`, and its timestamp's minute, see `Minute`): a clone starts without them.
 #[derive(Debug, Default)]
 pub struct Parser {
     config: ParserConfig,
-    last_names: Mutex<Vec<(&'static str, Role)>>,
+    last_line: Mutex<LastLine>,
+}
+
+/// What the parser remembers of the last line.
+#[derive(Debug, Default)]
+struct LastLine {
+    names: Vec<(&'static str, Role)>,
+    minute: Option<Minute>,
 }
 
 impl Clone for Parser {
@@ -163,7 +170,7 @@ impl Parser {
     pub fn new(config: ParserConfig) -> Self {
         Self {
             config,
-            last_names: Mutex::default(),
+            last_line: Mutex::default(),
         }
     }
 
@@ -190,13 +197,15 @@ impl Parser {
             Format::Json => true,
             Format::Auto | Format::Cri => text.trim_start().starts_with('{'),
         };
-        let mut last_names = self
-            .last_names
+        let mut last_line = self
+            .last_line
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let last_line = &mut *last_line;
         let mut names = Names {
-            prev: &mut last_names,
+            prev: &mut last_line.names,
             at: 0,
+            minute: &mut last_line.minute,
         };
         let mut record = None;
         if wants_json {
@@ -235,7 +244,9 @@ impl Parser {
     ) -> LogRecord<'a> {
         let mut rec = LogRecord::from_body("", observed);
         let mut rest = text.strip_prefix('[').unwrap_or(&text);
-        if let Some((ts, used)) = scan_timestamp(rest, self.config.naive_utc_offset_secs) {
+        if let Some((ts, used)) =
+            scan_timestamp_in(rest, self.config.naive_utc_offset_secs, names.minute)
+        {
             rec.timestamp_unix_nano = Some(ts);
             rest = &rest[used..];
         } else {
@@ -304,7 +315,9 @@ impl Parser {
                 },
                 Role::Time if rec.timestamp_unix_nano.is_none() => {
                     let ts = match &value {
-                        Top::Str(s) => parse_timestamp(s, self.config.naive_utc_offset_secs),
+                        Top::Str(s) => {
+                            parse_timestamp_in(s, self.config.naive_utc_offset_secs, names.minute)
+                        }
                         Top::Other(v) => self.timestamp_of(v),
                     };
                     match ts {
@@ -417,7 +430,9 @@ impl Parser {
                     rec.timestamp_unix_nano = t
                         .get("repr")
                         .and_then(AttrValue::as_str)
-                        .and_then(|r| parse_timestamp(r, self.config.naive_utc_offset_secs))
+                        .and_then(|r| {
+                            parse_timestamp_in(r, self.config.naive_utc_offset_secs, names.minute)
+                        })
                         .or_else(|| t.get("timestamp").and_then(|v| self.timestamp_of(v)));
                 }
                 ("level", AttrValue::Map(l)) => {
@@ -622,6 +637,8 @@ fn intern(s: &str) -> Option<&'static str> {
 struct Names<'a> {
     prev: &'a mut Vec<(&'static str, Role)>,
     at: usize,
+    /// The last timestamp's minute (see [`scan_timestamp_in`]).
+    minute: &'a mut Option<Minute>,
 }
 
 impl Names<'_> {
@@ -1390,8 +1407,17 @@ fn exception_from_dict_tracebacks(list: &[AttrValue]) -> Option<ExceptionInfo> {
 /// `Z`, `±HH:MM`, `±HHMM`, `±HH` or no zone — then `naive_utc_offset_secs` applies), Python's
 /// `asctime` (`2024-05-01 12:00:00,123`), or epoch seconds / millis / micros / nanos as digits.
 pub fn parse_timestamp(s: &str, naive_utc_offset_secs: i32) -> Option<u64> {
+    parse_timestamp_in(s, naive_utc_offset_secs, &mut None)
+}
+
+/// [`parse_timestamp`], through a remembered minute (see [`scan_timestamp_in`]).
+fn parse_timestamp_in(
+    s: &str,
+    naive_utc_offset_secs: i32,
+    minute: &mut Option<Minute>,
+) -> Option<u64> {
     let s = s.trim();
-    if let Some((ts, used)) = scan_timestamp(s, naive_utc_offset_secs)
+    if let Some((ts, used)) = scan_timestamp_in(s, naive_utc_offset_secs, minute)
         && used == s.len()
     {
         return Some(ts);
@@ -1435,9 +1461,34 @@ fn epoch_float_to_nanos(v: f64) -> Option<u64> {
     (nanos < u64::MAX as f64).then_some(nanos as u64)
 }
 
-/// Reads a timestamp at the start of `s`; returns unix nanos and how many bytes it used.
-fn scan_timestamp(s: &str, naive_utc_offset_secs: i32) -> Option<(u64, usize)> {
+/// A timestamp's first 16 bytes (`YYYY-MM-DD HH:MM`) and the unix seconds they name (before any
+/// zone offset): consecutive lines mostly share their minute, which is then not read again.
+#[derive(Debug, Clone, Copy)]
+struct Minute {
+    head: [u8; 16],
+    secs: i64,
+}
+
+/// Reads a timestamp at the start of `s`; returns unix nanos and how many bytes it used. The
+/// date, hour and minute are taken from `minute` when `s` starts with the same 16 bytes as the
+/// last timestamp read through it (and remembered there when it does not).
+fn scan_timestamp_in(
+    s: &str,
+    naive_utc_offset_secs: i32,
+    minute: &mut Option<Minute>,
+) -> Option<(u64, usize)> {
     let b = s.as_bytes();
+    let head = b.get(..16).and_then(|h| <[u8; 16]>::try_from(h).ok());
+    let minute_secs = match (head, minute.as_ref()) {
+        (Some(h), Some(m)) if h == m.head => m.secs,
+        _ => {
+            let secs = scan_minute(b)?;
+            if let Some(head) = head {
+                *minute = Some(Minute { head, secs });
+            }
+            secs
+        }
+    };
     let num = |at: usize, len: usize| -> Option<i64> {
         let digits = b.get(at..at + len)?;
         let mut v = 0i64;
@@ -1449,32 +1500,13 @@ fn scan_timestamp(s: &str, naive_utc_offset_secs: i32) -> Option<(u64, usize)> {
         }
         Some(v)
     };
-    let year = num(0, 4)?;
-    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
-        return None;
-    }
-    let month = num(5, 2)?;
-    let day = num(8, 2)?;
-    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) {
-        return None;
-    }
-    let hour = num(11, 2)?;
-    if b.get(13) != Some(&b':') {
-        return None;
-    }
-    let minute = num(14, 2)?;
     let mut at = 16;
     let mut second = 0;
     if b.get(at) == Some(&b':') {
         second = num(17, 2)?;
         at = 19;
     }
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if second > 60 {
         return None;
     }
     let mut nanos = 0i64;
@@ -1508,12 +1540,44 @@ fn scan_timestamp(s: &str, naive_utc_offset_secs: i32) -> Option<(u64, usize)> {
         }
         _ => i64::from(naive_utc_offset_secs),
     };
-    // A day past the month's end (`02-30`) rolls into the next month, as it always has.
-    let secs = month_start(year, month)? + (day - 1) * 86_400 + hour * 3600 + minute * 60 + second
-        - offset;
+    let secs = minute_secs + second - offset;
     let total = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
     let total = u64::try_from(total).ok()?;
     Some((total, at))
+}
+
+/// `YYYY-MM-DD[T ]HH:MM` at the start of `b`, as unix seconds (before any zone offset).
+fn scan_minute(b: &[u8]) -> Option<i64> {
+    let num = |at: usize, len: usize| -> Option<i64> {
+        let digits = b.get(at..at + len)?;
+        let mut v = 0i64;
+        for &d in digits {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + i64::from(d - b'0');
+        }
+        Some(v)
+    };
+    let year = num(0, 4)?;
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
+        return None;
+    }
+    let month = num(5, 2)?;
+    let day = num(8, 2)?;
+    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) {
+        return None;
+    }
+    let hour = num(11, 2)?;
+    if b.get(13) != Some(&b':') {
+        return None;
+    }
+    let minute = num(14, 2)?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    // A day past the month's end (`02-30`) rolls into the next month, as it always has.
+    Some(month_start(year, month)? + (day - 1) * 86_400 + hour * 3600 + minute * 60)
 }
 
 /// Unix seconds of the first of `month` (1–12) in `year` (0–9999), UTC, in the proleptic
@@ -2280,5 +2344,47 @@ mod tests {
         }
         assert_eq!(month_start(10_000, 1), None);
         assert_eq!(month_start(2024, 13), None);
+    }
+
+    /// A remembered minute reads every timestamp as a fresh read does, whatever came before.
+    #[test]
+    fn remembered_minute_reads_as_a_fresh_read() {
+        let stamps = [
+            "2024-05-01 12:00:00,123",
+            "2024-05-01 12:00:59.999999",
+            "2024-05-01 12:00:60",
+            "2024-05-01 12:00:61",
+            "2024-05-01 12:00",
+            "2024-05-01 12:00Z",
+            "2024-05-01 12:00:07+02:00",
+            "2024-05-01 12:00:07-0130",
+            "2024-05-01T12:00:07Z",
+            "2024-05-01 12:01:00,000",
+            "2024-05-01 12:00:0x",
+            "2024-02-30 23:59:59",
+            "2024-13-01 12:00:00",
+            "2024-05-01 24:00:00",
+            "1714564800",
+            "1714564800.5",
+            " 2024-05-01 12:00:01 ",
+            "2024-05-01 12:0",
+        ];
+        for offset in [0, 3600, -19_800] {
+            let mut minute = None;
+            for round in 0..2 {
+                for s in stamps.iter().chain(stamps.iter().rev()) {
+                    assert_eq!(
+                        parse_timestamp_in(s, offset, &mut minute),
+                        parse_timestamp(s, offset),
+                        "{s} (offset {offset}, round {round})"
+                    );
+                    assert_eq!(
+                        scan_timestamp_in(s, offset, &mut minute),
+                        scan_timestamp_in(s, offset, &mut None),
+                        "{s} (offset {offset}, round {round})"
+                    );
+                }
+            }
+        }
     }
 }

@@ -1732,8 +1732,12 @@ impl Tailer {
                 .insert("stream", AttrValue::String(stream.into()));
             record.timestamp_unix_nano.get_or_insert(time);
         }
-        record.source = Some(self.cfg.source.clone());
-        record.file_path = Some(t.path_arc.clone());
+        // The parser names the source already (the same name, as a rule): a clone (an atomic
+        // increment and its decrement when the record is dropped) only when it differs. The
+        // file's path goes to the encoder beside the record for the same reason.
+        if record.source.as_deref() != Some(&*self.cfg.source) {
+            record.source = Some(self.cfg.source.clone());
+        }
         let counts = self.redactor.redact_record(record);
         if counts.total() > 0 {
             self.stats
@@ -1758,7 +1762,7 @@ impl Tailer {
         }
         self.building.bytes += text.len();
         // Encoded now, so the record (and every string it owns) is freed before the next line.
-        self.building.logs.push(record);
+        self.building.logs.push_read_from(record, &t.path_arc);
     }
 
     /// Emits joined records and partial lines whose timeouts passed.

@@ -319,6 +319,8 @@ struct Dep {
     /// End of the changes it first shipped in [`Lineage::shipped`] (they start where the
     /// previous deployment's end).
     leads_end: u32,
+    /// Lead times clamped to 0 up to and including this deployment's.
+    clamped: u32,
     kind: DeploymentKind,
     /// Its version was first deployed before the version live when it was deployed.
     rollback: bool,
@@ -446,6 +448,7 @@ impl Lineage {
                     finished: d.finished,
                     event: e,
                     leads_end: 0,
+                    clamped: 0,
                     kind: d.kind,
                     rollback,
                 });
@@ -460,11 +463,11 @@ impl Lineage {
         }
         dups.sort_by_key(|&(i, _)| i);
         // Each change at the first deployment that shipped it (a duplicate's with the
-        // deployment it repeats); an empty sha is never deduplicated. Lead times (and which
-        // are clamped) are taken when a window is sliced ([`Tally::of`]).
-        let shas = table.change_shas();
+        // deployment it repeats); an empty sha is never deduplicated.
+        let (shas, times) = (table.change_shas(), table.change_times());
         let mut shipped = Vec::with_capacity(order.len() * 3);
         let mut seen: HashSet<Sym> = HashSet::new();
+        let mut clamped = 0;
         let mut next_dup = 0;
         for (i, dep) in deps.iter_mut().enumerate() {
             let first_dup = next_dup;
@@ -478,10 +481,12 @@ impl Lineage {
                     if repeated_here(sha) && !seen.insert(sha) {
                         continue;
                     }
+                    lead_time(dep.finished, times[c], &mut clamped);
                     shipped.push(to_u32(c));
                 }
             }
             dep.leads_end = to_u32(shipped.len());
+            dep.clamped = u32::try_from(clamped).unwrap_or(u32::MAX);
         }
         let repairs = deps
             .iter()
@@ -1491,19 +1496,24 @@ impl Tally {
             Some(l) => {
                 let first = l.first_after(start);
                 let before = first.checked_sub(1).map(|i| &l.deps[i]);
+                let total = l.deps.last().map_or(0, |d| u64::from(d.clamped));
                 let mut from = before.map_or(0, |d| d.leads_end as usize);
                 let mut leads = Vec::with_capacity(l.shipped.len().saturating_sub(from));
-                let mut clamped = 0;
                 for d in &l.deps[first..] {
                     let end = d.leads_end as usize;
                     let changes = l.shipped.get(from..end).unwrap_or_default();
                     leads.extend(changes.iter().map(|&c| {
                         let at = times.get(c as usize).copied().unwrap_or(d.finished);
-                        lead_time(d.finished, at, &mut clamped)
+                        (d.finished - at).max(0)
                     }));
                     from = end;
                 }
-                (first, &l.deps[first..], leads, clamped)
+                (
+                    first,
+                    &l.deps[first..],
+                    leads,
+                    total - before.map_or(0, |d| u64::from(d.clamped)),
+                )
             }
             None => (0, &[][..], Vec::new(), 0),
         };

@@ -175,29 +175,8 @@ impl Ack {
 }
 
 /// Per-file offsets a batch advances to: id → (generation, offset). Updated for every line, so
-/// keyed by [`IdHash`] rather than SipHash (ids are the tailer's own counter, not input).
-type Marks = HashMap<u64, (u64, u64), std::hash::BuildHasherDefault<IdHash>>;
-
-/// Hashes a tailer-assigned `u64` id with one multiplication (Fibonacci hashing), spreading the
-/// sequential ids over the hash's high bits, which the table's control bytes use.
-#[derive(Debug, Default, Clone, Copy)]
-struct IdHash(u64);
-
-impl std::hash::Hasher for IdHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
+/// keyed by foldhash rather than SipHash (ids are the tailer's own counter, not input).
+type Marks = HashMap<u64, (u64, u64), foldhash::fast::FixedState>;
 
 #[derive(Debug)]
 struct Inflight {

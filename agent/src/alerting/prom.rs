@@ -278,6 +278,10 @@ impl Visit for ExceptionsSeen<'_> {
         };
     }
 
+    fn wants_series(&self) -> bool {
+        self.counter.is_some()
+    }
+
     fn series(&mut self, labels: LabelsRef<'_>, value: ValueRef<'_>) {
         let Some(counter) = self.counter else {
             return;
@@ -341,6 +345,9 @@ struct SnapshotHandles {
 struct FamilyHandles {
     name: String,
     kind: Kind,
+    /// Whether some rule can read a sample of this family ([`Ingest::reads`]); when not, its
+    /// series are not read at all.
+    read: bool,
     /// Its samples in the order [`Family::samples`] yields them.
     samples: Vec<CachedSample>,
 }
@@ -361,12 +368,20 @@ struct CachedSample {
 
 /// The visitor that appends a walk of the metrics model to the history at `now`, by the handles
 /// cached per position ([`SnapshotHandles`]); recorded series (`recorded`) are not appended
-/// (the rules store them when they record them). [`Ingest::finish`] drops what the walk no
+/// (the rules store them when they record them). A family no rule can read (by its sample
+/// names against the rules' selectors, [`History::may_keep_name`]) is skipped whole: the walk
+/// is told not to lend its series ([`Visit::wants_series`]), and any it lends anyway are
+/// passed by; the history would keep none of them. [`Ingest::finish`] drops what the walk no
 /// longer lent.
 struct Ingest<'a> {
     handles: &'a mut SnapshotHandles,
     history: &'a mut History,
     recorded: &'a HashSet<String>,
+    /// Whether families no rule reads are skipped (always, but in the tests that hold the
+    /// skipping to the result of reading everything).
+    skip_unread: bool,
+    /// Whether the current family's series are read.
+    reading: bool,
     now: Millis,
     /// The current family's index in `handles` (one past it: 0 before the first family).
     family: usize,
@@ -404,6 +419,21 @@ impl SampleNames {
 }
 
 impl Ingest<'_> {
+    /// Whether a rule can read some sample of the family whose sample names are `names`: one of
+    /// them is not a recorded series (which the rules store themselves) and some selector can
+    /// select it. Every name a family's samples can take is asked, whatever its kind.
+    fn reads(history: &History, recorded: &HashSet<String>, names: &SampleNames) -> bool {
+        [
+            &names.bare,
+            &names.total,
+            &names.sum,
+            &names.count,
+            &names.bucket,
+        ]
+        .into_iter()
+        .any(|n| !recorded.contains(n) && history.may_keep_name(n))
+    }
+
     /// Truncates the current family's cache to the samples lent.
     fn end_family(&mut self) {
         if let Some(f) = self
@@ -481,6 +511,7 @@ impl Visit for Ingest<'_> {
             let fresh = FamilyHandles {
                 name: f.name.to_owned(),
                 kind: f.kind,
+                read: Self::reads(self.history, self.recorded, &self.names),
                 samples: Vec::new(),
             };
             if i < families.len() {
@@ -489,9 +520,17 @@ impl Visit for Ingest<'_> {
                 families.push(fresh);
             }
         }
+        self.reading = !self.skip_unread || families.get(i).is_some_and(|c| c.read);
+    }
+
+    fn wants_series(&self) -> bool {
+        self.reading
     }
 
     fn series(&mut self, labels: LabelsRef<'_>, value: ValueRef<'_>) {
+        if !self.reading {
+            return;
+        }
         let names = std::mem::take(&mut self.names);
         match value {
             ValueRef::Counter { total, .. } => self.one(&names.total, labels, None, total),
@@ -703,10 +742,22 @@ impl PromRules {
         now: Millis,
         walk: impl FnOnce(&mut dyn Visit) -> Result<(), E>,
     ) -> Result<(), E> {
+        self.ingest_with(now, true, walk)
+    }
+
+    /// [`Self::ingest`], reading every family when `skip_unread` is `false` (the tests' reference).
+    fn ingest_with<E>(
+        &mut self,
+        now: Millis,
+        skip_unread: bool,
+        walk: impl FnOnce(&mut dyn Visit) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut ingest = Ingest {
             handles: &mut self.handles,
             history: &mut self.history,
             recorded: &self.recorded_names,
+            skip_unread,
+            reading: false,
             now,
             family: 0,
             sample: 0,
@@ -928,6 +979,8 @@ mod tests {
                 handles: &mut handles,
                 history: &mut by_handle,
                 recorded: &recorded,
+                skip_unread: true,
+                reading: false,
                 now,
                 family: 0,
                 sample: 0,
@@ -972,6 +1025,268 @@ mod tests {
         assert_eq!(got.len(), 70);
         assert!(got.iter().all(|(l, _)| l[METRIC_NAME] != "job:req:rate1m"));
         assert_eq!(by_handle.stats(), by_labels.stats());
+    }
+
+    /// The families of a generated registry, each (name, kind).
+    const FAMILIES: &[(&str, Kind)] = &[
+        ("a", Kind::Counter),
+        ("a", Kind::Gauge),
+        ("b", Kind::Gauge),
+        ("c", Kind::Unknown),
+        ("h", Kind::Histogram),
+        ("ab", Kind::Counter),
+        ("r0", Kind::Gauge),
+        ("sidelight_log_exceptions", Kind::Counter),
+    ];
+
+    /// Expressions the generated rules are made of: named selectors, name matchers that are
+    /// not `=`, selectors without a name, recorded series read back, and none.
+    const EXPRS: &[&str] = &[
+        "a",
+        "a_total",
+        "rate(a_total[1m])",
+        "b{job=\"x\"}",
+        "sum by (job) (h_bucket{le=\"1\"})",
+        "histogram_quantile(0.5, sum by (le) (rate(h_bucket[1m])))",
+        "h_count + on(job, i) h_sum",
+        "{__name__=~\"a.*\"}",
+        "{__name__=~\"b|h_sum\", job=\"y\"}",
+        "{job=\"x\"}",
+        "count({__name__!=\"a_total\", job!=\"\"})",
+        "sum by (job) ({__name__=~\".+_total\"})",
+        "r0",
+        "r1 * 2",
+        "absent(nothing)",
+        "vector(1)",
+    ];
+
+    /// A generated registry at one cycle: for each family of [`FAMILIES`], which of its series
+    /// (job `x`, `y` or none × `i` 0 or 1) are present.
+    fn registry_at(present: &[Vec<bool>], step: usize) -> Snapshot {
+        use sidelight_collector::model::{Bucket, Family as MFamily, Histogram, Series, Value};
+        let mut families = Vec::new();
+        for (fi, ((name, kind), present)) in FAMILIES.iter().zip(present).enumerate() {
+            let mut series = Vec::new();
+            for (si, _) in present.iter().enumerate().filter(|(_, p)| **p) {
+                let mut labels = Vec::new();
+                match si % 3 {
+                    0 => labels.push(("job".to_owned(), "x".to_owned())),
+                    1 => labels.push(("job".to_owned(), "y".to_owned())),
+                    _ => {}
+                }
+                labels.push(("i".to_owned(), (si / 3).to_string()));
+                let v = (step * (fi + si + 1)) as f64;
+                let value = match kind {
+                    Kind::Counter => Value::Counter {
+                        total: v,
+                        exemplar: None,
+                    },
+                    Kind::Gauge => Value::Gauge(v),
+                    Kind::Unknown => Value::Unknown(v),
+                    Kind::Histogram => Value::Histogram(Histogram {
+                        sum: v,
+                        count: step as u64,
+                        buckets: [1.0, f64::INFINITY]
+                            .iter()
+                            .enumerate()
+                            .map(|(b, le)| Bucket {
+                                upper_bound: *le,
+                                cumulative_count: (step * (b + 1) / 2) as u64,
+                                exemplar: None,
+                            })
+                            .collect(),
+                    }),
+                };
+                series.push(Series { labels, value });
+            }
+            families.push(MFamily {
+                name: (*name).to_owned(),
+                help: String::new(),
+                unit: String::new(),
+                kind: *kind,
+                series,
+            });
+        }
+        Snapshot { families }
+    }
+
+    /// A rule file of generated rules: each (whether it records, an index in [`EXPRS`]).
+    fn rules_of(rules: &[(bool, usize)]) -> String {
+        let mut y = String::from("groups:\n- name: g\n  rules:\n");
+        for (i, (record, e)) in rules.iter().enumerate() {
+            let expr = EXPRS[*e % EXPRS.len()];
+            if *record {
+                y.push_str(&format!("  - record: r{i}\n    expr: '{expr}'\n"));
+            } else {
+                y.push_str(&format!(
+                    "  - alert: A{i}\n    expr: '{expr} > 3'\n    for: 30s\n    annotations: {{ summary: '{{{{ $value }}}}' }}\n"
+                ));
+            }
+        }
+        y
+    }
+
+    /// Everything a cycle leaves: the history's series and samples (bits), its counters, the
+    /// served recorded series, the alerts, and the outcome.
+    fn cycle_result(p: &PromRules, out: &Outcome) -> String {
+        use sidelight_rules::Storage as _;
+        let mut series: Vec<(Labels, Vec<(i64, u64)>)> = p
+            .history
+            .select(&[], i64::MIN, i64::MAX)
+            .into_iter()
+            .map(|s| {
+                let samples = s.samples.iter().map(|x| (x.t, x.v.to_bits())).collect();
+                (s.labels, samples)
+            })
+            .collect();
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        let recorded: Vec<(String, Vec<(Labels, u64)>)> = p
+            .recorded
+            .0
+            .read()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.iter().map(|(l, x)| (l.clone(), x.to_bits())).collect(),
+                )
+            })
+            .collect();
+        format!(
+            "{series:?}\n{:?}\n{recorded:?}\n{:?}\n{:?} {:?} {}",
+            p.history.stats(),
+            p.alerts,
+            out.transitions,
+            out.errors,
+            out.failed
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+        /// Skipping the families no rule reads leaves every cycle's result as reading every
+        /// family does — the history (series, samples, counters), the recorded series, the
+        /// alerts, the transitions and errors — over generated registries (series appearing and
+        /// going), rules (named selectors, other name matchers, no name, recorded series read
+        /// back, a recorded name that is also a family's) and reloads that change them.
+        #[test]
+        fn skipping_unread_families_changes_no_result(
+            rules in proptest::collection::vec((proptest::bool::ANY, 0..EXPRS.len()), 1..6),
+            reloaded in proptest::collection::vec((proptest::bool::ANY, 0..EXPRS.len()), 1..6),
+            presence in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::collection::vec(proptest::bool::ANY, 6), FAMILIES.len()),
+                8),
+        ) {
+            let ext = External::default();
+            let mut skipping = PromRules::new(100, RecordedCollector::default());
+            let mut reading = PromRules::new(100, RecordedCollector::default());
+            for (step, present) in presence.iter().enumerate() {
+                let rule_file = if step < 4 { rules_of(&rules) } else { rules_of(&reloaded) };
+                let g = groups(&rule_file);
+                skipping.set_groups(g.clone());
+                reading.set_groups(g);
+                let snap = registry_at(present, step);
+                let now = 1_000_000 + step as i64 * 15_000;
+                let mut results = Vec::new();
+                for (p, skip) in [(&mut skipping, true), (&mut reading, false)] {
+                    let _: Result<(), std::convert::Infallible> =
+                        p.ingest_with(now, skip, |v| {
+                            snap.visit(v);
+                            Ok(())
+                        });
+                    let out = p.evaluate(now, 15_000, &ext);
+                    results.push(cycle_result(p, &out));
+                }
+                proptest::prop_assert_eq!(&results[0], &results[1], "step {}\n{}", step, rule_file);
+            }
+        }
+    }
+
+    /// The families the ingest reads follow the rules: unread families' series are not lent by
+    /// the walk (the received-metrics store and the encoded metrics alike), a reload that reads
+    /// another family makes the walk lend it, and the exceptions' first-seen check still reads
+    /// its family beside the ingest.
+    #[test]
+    fn the_ingest_reads_only_families_a_rule_can_select_and_follows_reloads() {
+        use prometheus_client::metrics::gauge::Gauge;
+        type L = Vec<(String, String)>;
+        let mut reg = Registry::default();
+        let read = Family::<L, Gauge>::default();
+        reg.register("read", "read", read.clone());
+        let other = Family::<L, Gauge>::default();
+        reg.register("other", "other", other.clone());
+        let exc = Family::<L, Counter>::default();
+        reg.register("sidelight_log_exceptions", "exceptions", exc.clone());
+        read.get_or_create(&vec![("k".to_owned(), "1".to_owned())])
+            .set(1);
+        other
+            .get_or_create(&vec![("k".to_owned(), "2".to_owned())])
+            .set(2);
+        exc.get_or_create(&vec![
+            ("source".to_owned(), "api".to_owned()),
+            ("exception".to_owned(), "E".to_owned()),
+        ])
+        .inc();
+        /// Counts the series lent per family name.
+        struct Lent<'a>(&'a mut dyn Visit, String, BTreeMap<String, usize>);
+        impl Visit for Lent<'_> {
+            fn family(&mut self, f: &FamilyRef<'_>) {
+                self.1 = f.name.to_owned();
+                self.0.family(f);
+            }
+            fn series(&mut self, labels: LabelsRef<'_>, value: ValueRef<'_>) {
+                *self.2.entry(self.1.clone()).or_default() += 1;
+                self.0.series(labels, value);
+            }
+            fn wants_series(&self) -> bool {
+                self.0.wants_series()
+            }
+        }
+        let mut p = PromRules::new(100, RecordedCollector::default());
+        let mut first_seen = FirstSeen::new();
+        let cycle = |p: &mut PromRules, now: Millis, first_seen: &mut FirstSeen| {
+            let mut seen = ExceptionsSeen::new(now, first_seen);
+            let mut lent = BTreeMap::new();
+            p.ingest(now, |ingest| {
+                let mut tee = super::super::Tee(ingest, &mut seen);
+                let mut count = Lent(&mut tee, String::new(), BTreeMap::new());
+                let r = sidelight_collector::model::walk(&reg, &mut count);
+                lent = count.2;
+                r
+            })
+            .expect("walk");
+            (lent, seen.newly.len())
+        };
+        p.set_groups(groups(
+            "groups:\n- name: g\n  rules:\n  - record: x\n    expr: read\n",
+        ));
+        let (lent, newly) = cycle(&mut p, 0, &mut first_seen);
+        assert_eq!(newly, 1, "the exceptions' family is still read");
+        assert_eq!(
+            lent,
+            BTreeMap::from([
+                ("read".to_owned(), 1),
+                ("sidelight_log_exceptions".to_owned(), 1)
+            ])
+        );
+        assert_eq!(p.stats().series, 1);
+        // A reload: now `other` is read, `read` no longer.
+        p.set_groups(groups(
+            "groups:\n- name: g\n  rules:\n  - record: x\n    expr: other\n",
+        ));
+        let (lent, _) = cycle(&mut p, 15_000, &mut first_seen);
+        assert_eq!(lent.get("other"), Some(&1));
+        assert_eq!(lent.get("read"), None);
+        assert_eq!(p.stats().series, 1);
+        // A selector without a name reads every family.
+        p.set_groups(groups(
+            "groups:\n- name: g\n  rules:\n  - record: x\n    expr: '{k=\"1\"}'\n",
+        ));
+        let (lent, _) = cycle(&mut p, 30_000, &mut first_seen);
+        assert_eq!((lent.get("read"), lent.get("other")), (Some(&1), Some(&1)));
+        assert_eq!(p.stats().series, 1);
     }
 
     fn groups(yaml: &str) -> Arc<Vec<Group>> {

@@ -80,7 +80,7 @@ fn rfc3339(ms: Millis) -> String {
 /// An alert as Prometheus's HTTP API shows it.
 fn api_alert(a: &sidelight_rules::Alert) -> serde_json::Value {
     let mut v = serde_json::json!({
-        "labels": a.labels,
+        "labels": &*a.labels,
         "annotations": a.annotations,
         "state": a.state.as_str(),
         "activeAt": rfc3339(a.active_at),
@@ -575,6 +575,8 @@ pub struct PromRules {
     recorded_names: HashSet<String>,
     /// The snapshot's series with their history handles, from the last cycle.
     handles: SnapshotHandles,
+    /// What each rules alert is in the pipeline's form, kept while the alert lives.
+    mirror: Mirror,
     /// `alerts.evaluation_interval` at the last cycle (ms), for groups without an interval.
     default_interval: Millis,
 }
@@ -593,6 +595,7 @@ impl PromRules {
             recorded,
             recorded_names: HashSet::new(),
             handles: SnapshotHandles::default(),
+            mirror: Mirror::default(),
             default_interval: 15_000,
         }
     }
@@ -647,7 +650,7 @@ impl PromRules {
             self.states[gi].restore(
                 ri,
                 sidelight_rules::Alert {
-                    labels: a.rule_labels(),
+                    labels: Arc::new(a.rule_labels()),
                     annotations,
                     state: match a.state {
                         State::Pending => AlertState::Pending,
@@ -842,41 +845,131 @@ impl PromRules {
     }
 
     /// Mirrors the rules' alerts into the pipeline's form, with the external labels they lack
-    /// (as Prometheus attaches them when it sends an alert), and says what fired and resolved.
+    /// (as Prometheus attaches them when it sends an alert), and says what fired and resolved:
+    /// first the alerts the rules report, by fingerprint, then those they no longer report, by
+    /// fingerprint. Two rules' alerts with the same fingerprint are one alert: the one of the
+    /// later rule (or, within a rule, the greater label set) is kept. An alert's labels with the
+    /// external ones, and its fingerprint, are built when the rules first report it
+    /// ([`Mirror`]); the pipeline's alerts are updated in place.
     fn update_alerts(&mut self, now: Millis, external: &Labels) -> Vec<Transition> {
-        let mut current: BTreeMap<String, Alert> = BTreeMap::new();
-        for (g, st) in self.groups.iter().zip(&self.states) {
+        let PromRules {
+            groups,
+            states,
+            alerts,
+            mirror,
+            ..
+        } = self;
+        if mirror.external != *external {
+            mirror.by_labels.clear();
+            mirror.external = external.clone();
+        }
+        mirror.pass = mirror.pass.wrapping_add(1);
+        let pass = mirror.pass;
+        // This cycle's alerts: each one's key in the mirror, its rule's place, the rules' alert,
+        // and its labels with the external ones when built this cycle.
+        let mut reported = Vec::new();
+        for (gi, (g, st)) in groups.iter().zip(states.iter()).enumerate() {
             for (ri, r) in g.rules.iter().enumerate() {
                 if !matches!(r, Rule::Alerting(_)) {
                     continue;
                 }
-                for a in st.alerts(ri) {
-                    let mut labels: BTreeMap<String, String> = a.labels.clone();
-                    let mut added = Vec::new();
-                    for (k, v) in external {
-                        if !labels.contains_key(k) {
-                            labels.insert(k.clone(), v.clone());
-                            added.push(k.clone());
+                for a in st.each_alert(ri) {
+                    let key = Arc::as_ptr(&a.labels) as usize;
+                    let built = match mirror.by_labels.get_mut(&key) {
+                        // The same allocation (the mirror holds it, so it is not reused).
+                        Some(m) if Arc::ptr_eq(&m.labels, &a.labels) => {
+                            m.seen = pass;
+                            None
                         }
-                    }
-                    let fp = fingerprint(&labels);
-                    let state = match a.state {
-                        AlertState::Pending => State::Pending,
-                        AlertState::Firing => State::Firing,
-                        AlertState::Inactive => State::Resolved,
+                        _ => {
+                            let (labels, added) = with_external(&a.labels, external);
+                            mirror.by_labels.insert(
+                                key,
+                                Mirrored {
+                                    labels: Arc::clone(&a.labels),
+                                    fingerprint: fingerprint(&labels),
+                                    external: added,
+                                    seen: pass,
+                                },
+                            );
+                            Some(labels)
+                        }
                     };
-                    let ann = |k: &str| a.annotations.get(k).filter(|v| !v.is_empty()).cloned();
-                    current.insert(
+                    reported.push((key, (gi, ri), a, built));
+                }
+            }
+        }
+        mirror.by_labels.retain(|_, m| m.seen == pass);
+        let by_labels = &mirror.by_labels;
+        let mut current: Vec<Reported<'_>> = reported
+            .into_iter()
+            .filter_map(|(key, place, a, built)| by_labels.get(&key).map(|m| (m, place, a, built)))
+            .collect();
+        current.sort_by(|x, y| {
+            (x.0.fingerprint.as_str(), x.1)
+                .cmp(&(y.0.fingerprint.as_str(), y.1))
+                .then_with(|| x.2.labels.cmp(&y.2.labels))
+        });
+        // Of alerts with one fingerprint, the last (as the rules report them) is the one.
+        current.reverse();
+        current.dedup_by(|later, earlier| later.0.fingerprint == earlier.0.fingerprint);
+        current.reverse();
+        let mut transitions = Vec::new();
+        for (m, _, a, built) in current.iter_mut() {
+            let state = match a.state {
+                AlertState::Pending => State::Pending,
+                AlertState::Firing => State::Firing,
+                AlertState::Inactive => State::Resolved,
+            };
+            let ann = |k: &str| {
+                a.annotations
+                    .get(k)
+                    .map(String::as_str)
+                    .filter(|v| !v.is_empty())
+            };
+            let summary = ann("summary").or_else(|| ann("description")).unwrap_or("");
+            let runbook = ann("runbook_url");
+            let dashboard = ann("dashboard_url").or_else(|| ann("dashboard"));
+            let fp = &m.fingerprint;
+            let before = match alerts.get_mut(fp) {
+                Some(old) => {
+                    let before = old.state;
+                    if let Some(labels) = built.take() {
+                        old.labels = labels;
+                    }
+                    if old.external != m.external {
+                        old.external.clone_from(&m.external);
+                    }
+                    if old.summary != summary {
+                        summary.clone_into(&mut old.summary);
+                    }
+                    if old.runbook.as_deref() != runbook {
+                        old.runbook = runbook.map(str::to_owned);
+                    }
+                    if old.dashboard.as_deref() != dashboard {
+                        old.dashboard = dashboard.map(str::to_owned);
+                    }
+                    old.value = a.value;
+                    old.state = state;
+                    old.active_at = a.active_at;
+                    old.fired_at = a.fired_at;
+                    old.resolved_at = a.resolved_at;
+                    old.last_active = now;
+                    Some(before)
+                }
+                None => {
+                    let labels = built
+                        .take()
+                        .unwrap_or_else(|| with_external(&a.labels, external).0);
+                    alerts.insert(
                         fp.clone(),
                         Alert {
-                            fingerprint: fp,
+                            fingerprint: fp.clone(),
                             labels,
-                            external: added,
-                            summary: ann("summary")
-                                .or_else(|| ann("description"))
-                                .unwrap_or_default(),
-                            runbook: ann("runbook_url"),
-                            dashboard: ann("dashboard_url").or_else(|| ann("dashboard")),
+                            external: m.external.clone(),
+                            summary: summary.to_owned(),
+                            runbook: runbook.map(str::to_owned),
+                            dashboard: dashboard.map(str::to_owned),
                             value: a.value,
                             state,
                             active_at: a.active_at,
@@ -885,13 +978,10 @@ impl PromRules {
                             last_active: now,
                         },
                     );
+                    None
                 }
-            }
-        }
-        let mut transitions = Vec::new();
-        for (fp, a) in &current {
-            let before = self.alerts.get(fp).map(|b| b.state);
-            match (before, a.state) {
+            };
+            match (before, state) {
                 (Some(State::Firing), State::Firing) => {}
                 (_, State::Firing) => transitions.push(Transition::Fired(fp.clone())),
                 (Some(State::Firing), State::Resolved) => {
@@ -901,32 +991,74 @@ impl PromRules {
             }
         }
         // Alerts the rules no longer report (a rule removed by a reload, or the rules' own
-        // retention over): a firing one resolves now; resolved ones stay for the message.
-        for (fp, a) in std::mem::take(&mut self.alerts) {
-            if current.contains_key(&fp) {
-                continue;
+        // retention over): a firing one resolves now; resolved ones stay for the message. Both
+        // lists are in fingerprint order.
+        let mut reported = current.iter().map(|c| c.0.fingerprint.as_str()).peekable();
+        alerts.retain(|fp, a| {
+            while reported.next_if(|r| *r < fp.as_str()).is_some() {}
+            if reported.peek() == Some(&fp.as_str()) {
+                return true;
             }
             match a.state {
                 State::Firing => {
                     transitions.push(Transition::Resolved(fp.clone()));
-                    current.insert(
-                        fp,
-                        Alert {
-                            state: State::Resolved,
-                            resolved_at: Some(now),
-                            ..a
-                        },
-                    );
+                    a.state = State::Resolved;
+                    a.resolved_at = Some(now);
+                    true
                 }
-                State::Resolved if now - a.resolved_at.unwrap_or(now) < RESOLVED_RETENTION => {
-                    current.insert(fp, a);
-                }
-                _ => {}
+                State::Resolved => now - a.resolved_at.unwrap_or(now) < RESOLVED_RETENTION,
+                State::Pending => false,
             }
-        }
-        self.alerts = current;
+        });
         transitions
     }
+}
+
+/// One alert the rules report, as `update_alerts` sorts them: its mirror entry, its rule's
+/// place (group, rule), the rules' alert, and its labels with the external ones when built this
+/// cycle.
+type Reported<'a> = (
+    &'a Mirrored,
+    (usize, usize),
+    &'a sidelight_rules::Alert,
+    Option<Labels>,
+);
+
+/// An alert's labels with the external labels it lacks added, and the names of those added.
+fn with_external(labels: &Labels, external: &Labels) -> (Labels, Vec<String>) {
+    let mut out = labels.clone();
+    let mut added = Vec::new();
+    for (k, v) in external {
+        if !out.contains_key(k) {
+            out.insert(k.clone(), v.clone());
+            added.push(k.clone());
+        }
+    }
+    (out, added)
+}
+
+/// The pipeline's view of the rules' alerts kept across cycles: by the address of an alert's
+/// shared label set (held here, so that the address is not reused while kept), its
+/// fingerprint and the external labels it was given. An entry lives as long as the rules
+/// report the alert; all are dropped when the external labels change.
+#[derive(Debug, Default)]
+struct Mirror {
+    by_labels: HashMap<usize, Mirrored>,
+    /// The external labels the entries were built with.
+    external: Labels,
+    /// Bumped every cycle; entries not seen in a cycle are dropped.
+    pass: u64,
+}
+
+#[derive(Debug)]
+struct Mirrored {
+    /// The rules' label set of the alert (held).
+    labels: Arc<Labels>,
+    /// The fingerprint of the labels with the external ones.
+    fingerprint: String,
+    /// The names of the external labels added.
+    external: Vec<String>,
+    seen: u64,
 }
 
 #[cfg(test)]
@@ -1118,8 +1250,10 @@ mod tests {
             if *record {
                 y.push_str(&format!("  - record: r{i}\n    expr: '{expr}'\n"));
             } else {
+                // Two rules share each alert name, so that alerts of two rules can be one.
                 y.push_str(&format!(
-                    "  - alert: A{i}\n    expr: '{expr} > 3'\n    for: 30s\n    annotations: {{ summary: '{{{{ $value }}}}' }}\n"
+                    "  - alert: A{}\n    expr: '{expr} > 3'\n    for: 30s\n    annotations: {{ summary: '{{{{ $value }}}}', runbook_url: 'r/{{{{ $labels.job }}}}' }}\n",
+                    i % 2
                 ));
             }
         }
@@ -1200,6 +1334,139 @@ mod tests {
                     results.push(cycle_result(p, &out));
                 }
                 proptest::prop_assert_eq!(&results[0], &results[1], "step {}\n{}", step, rule_file);
+            }
+        }
+    }
+
+    /// The pipeline's alerts as the rules' alerts were mirrored before they were kept across
+    /// cycles: rebuilt from the rules' alerts every cycle, the reference of
+    /// `mirrored_alerts_are_those_rebuilt_every_cycle`.
+    fn mirror_reference(
+        p: &PromRules,
+        mut before: BTreeMap<String, Alert>,
+        now: Millis,
+        external: &Labels,
+    ) -> (BTreeMap<String, Alert>, Vec<Transition>) {
+        let mut current: BTreeMap<String, Alert> = BTreeMap::new();
+        for (g, st) in p.groups.iter().zip(&p.states) {
+            for (ri, r) in g.rules.iter().enumerate() {
+                if !matches!(r, Rule::Alerting(_)) {
+                    continue;
+                }
+                for a in st.alerts(ri) {
+                    let mut labels: BTreeMap<String, String> = Labels::clone(&a.labels);
+                    let mut added = Vec::new();
+                    for (k, v) in external {
+                        if !labels.contains_key(k) {
+                            labels.insert(k.clone(), v.clone());
+                            added.push(k.clone());
+                        }
+                    }
+                    let fp = fingerprint(&labels);
+                    let state = match a.state {
+                        AlertState::Pending => State::Pending,
+                        AlertState::Firing => State::Firing,
+                        AlertState::Inactive => State::Resolved,
+                    };
+                    let ann = |k: &str| a.annotations.get(k).filter(|v| !v.is_empty()).cloned();
+                    current.insert(
+                        fp.clone(),
+                        Alert {
+                            fingerprint: fp,
+                            labels,
+                            external: added,
+                            summary: ann("summary")
+                                .or_else(|| ann("description"))
+                                .unwrap_or_default(),
+                            runbook: ann("runbook_url"),
+                            dashboard: ann("dashboard_url").or_else(|| ann("dashboard")),
+                            value: a.value,
+                            state,
+                            active_at: a.active_at,
+                            fired_at: a.fired_at,
+                            resolved_at: a.resolved_at,
+                            last_active: now,
+                        },
+                    );
+                }
+            }
+        }
+        let mut transitions = Vec::new();
+        for (fp, a) in &current {
+            match (before.get(fp).map(|b| b.state), a.state) {
+                (Some(State::Firing), State::Firing) => {}
+                (_, State::Firing) => transitions.push(Transition::Fired(fp.clone())),
+                (Some(State::Firing), State::Resolved) => {
+                    transitions.push(Transition::Resolved(fp.clone()))
+                }
+                _ => {}
+            }
+        }
+        for (fp, a) in std::mem::take(&mut before) {
+            if current.contains_key(&fp) {
+                continue;
+            }
+            match a.state {
+                State::Firing => {
+                    transitions.push(Transition::Resolved(fp.clone()));
+                    current.insert(
+                        fp,
+                        Alert {
+                            state: State::Resolved,
+                            resolved_at: Some(now),
+                            ..a
+                        },
+                    );
+                }
+                State::Resolved if now - a.resolved_at.unwrap_or(now) < RESOLVED_RETENTION => {
+                    current.insert(fp, a);
+                }
+                _ => {}
+            }
+        }
+        (current, transitions)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+        /// The alerts kept across cycles (labels with the external ones and fingerprints built
+        /// once per alert, updated in place) are, with the transitions, those rebuilt from the
+        /// rules' alerts every cycle: over generated registries and rules (two rules per alert
+        /// name, so that two rules' alerts can share a fingerprint), a reload, external labels
+        /// that change (and collide with the series' own), and alerts that end and come back.
+        #[test]
+        fn mirrored_alerts_are_those_rebuilt_every_cycle(
+            rules in proptest::collection::vec((proptest::bool::ANY, 0..EXPRS.len()), 1..6),
+            reloaded in proptest::collection::vec((proptest::bool::ANY, 0..EXPRS.len()), 1..6),
+            presence in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::collection::vec(proptest::bool::ANY, 6), FAMILIES.len()),
+                12),
+            externals in proptest::collection::vec(0..4usize, 12),
+        ) {
+            let mut p = PromRules::new(100, RecordedCollector::default());
+            for (step, present) in presence.iter().enumerate() {
+                let rule_file = if step < 6 { rules_of(&rules) } else { rules_of(&reloaded) };
+                p.set_groups(groups(&rule_file));
+                let pairs: &[(&str, &str)] = match externals[step] {
+                    0 => &[],
+                    1 => &[("job", "x")],
+                    2 => &[("region", "eu")],
+                    _ => &[("job", "y"), ("region", "eu")],
+                };
+                let ext = External {
+                    labels: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+                    url: String::new(),
+                };
+                let snap = registry_at(present, step);
+                // Minutes apart in the second half, so that resolved alerts age out.
+                let now = 1_000_000 + step as i64 * if step < 6 { 15_000 } else { 300_000 };
+                let before = p.alerts.clone();
+                let out = p.cycle(now, Some(&snap), 15_000, &ext);
+                let (alerts, transitions) = mirror_reference(&p, before, now, &ext.labels);
+                proptest::prop_assert_eq!(&p.alerts, &alerts, "step {}\n{}", step, rule_file);
+                proptest::prop_assert_eq!(&out.transitions, &transitions, "step {}", step);
             }
         }
     }

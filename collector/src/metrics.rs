@@ -218,6 +218,9 @@ impl crate::model::Source for SnapshotCollector {
                     Kind::Gauge => ModelKind::Gauge,
                 },
             });
+            if !visit.wants_series() {
+                continue;
+            }
             for sample in &family.samples {
                 let value = match family.kind {
                     Kind::Counter => ValueRef::Counter {

@@ -18,7 +18,9 @@
 //!   the same `DescriptorEncoder` for protobuf as for text, so the model holds what the text
 //!   encoder writes, family for family, in Prometheus' data model.
 //!
-//! Either way the walk yields the families in the order `/metrics` writes them.
+//! Either way the walk yields the families in the order `/metrics` writes them. A visitor that
+//! reads few families says so per family ([`Visit::wants_series`]), and the walk and the stores
+//! then skip the others' series (the rules' ingest reads only the families a rule can select).
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -194,9 +196,12 @@ pub fn walk(registry: &Registry, visit: &mut dyn Visit) -> Result<(), SnapshotEr
             }
             continue;
         }
-        let f = family(f);
-        visit.family(&f.as_ref());
-        for s in &f.series {
+        let (head, metrics) = family_head(f);
+        visit.family(&head.as_ref());
+        if !visit.wants_series() {
+            continue;
+        }
+        for s in metrics.into_iter().filter_map(series) {
             visit.series(LabelsRef::Owned(&s.labels), s.value.as_ref());
         }
     }
@@ -209,12 +214,22 @@ pub trait Visit {
     fn family(&mut self, family: &FamilyRef<'_>);
     /// One series of the current family.
     fn series(&mut self, labels: LabelsRef<'_>, value: ValueRef<'_>);
+    /// Whether the visitor reads the series of the family just started: asked after each
+    /// [`Visit::family`]. When `false` the walk (and every [`Source`]) may skip lending that
+    /// family's series, so that a visitor interested in few families does not pay for the
+    /// others; a visitor must still accept them (skipping is allowed, not promised). By
+    /// default every family is read.
+    fn wants_series(&self) -> bool {
+        true
+    }
 }
 
 /// A store of series that walks itself: the walk reads it in place instead of through the
 /// encoder. Its walk must yield exactly what its `Collector::encode` writes (families, names,
 /// label order, values, exemplars), and the collector must be registered in the root registry
-/// (no prefix, no constant labels, which the walk would not add).
+/// (no prefix, no constant labels, which the walk would not add). After lending each family it
+/// should ask [`Visit::wants_series`] and, when `false`, go on to the next family without
+/// reading that family's series.
 pub trait Source: Send + Sync {
     /// Lends every family and series of the store to `visit`, in the order `encode` writes them.
     fn walk(&self, visit: &mut dyn Visit);
@@ -438,6 +453,12 @@ impl Visit for Collect {
     }
 }
 
+/// An encoded family without its series (see [`series`]), and its encoded series.
+fn family_head(mut f: pm::MetricFamily) -> (Family, Vec<pm::Metric>) {
+    let metrics = std::mem::take(&mut f.metric);
+    (family(f), metrics)
+}
+
 fn family(f: pm::MetricFamily) -> Family {
     let kind = match pm::MetricType::try_from(f.r#type) {
         Ok(pm::MetricType::Counter) => Kind::Counter,
@@ -450,43 +471,7 @@ fn family(f: pm::MetricFamily) -> Family {
         (Kind::Counter, Some(base)) => base.to_owned(),
         _ => f.name,
     };
-    let series = f
-        .metric
-        .into_iter()
-        .filter_map(|m| {
-            let value = if let Some(c) = m.counter {
-                Value::Counter {
-                    total: c.value,
-                    exemplar: c.exemplar.map(exemplar),
-                }
-            } else if let Some(g) = m.gauge {
-                Value::Gauge(g.value)
-            } else if let Some(h) = m.histogram {
-                Value::Histogram(Histogram {
-                    sum: h.sample_sum,
-                    count: h.sample_count,
-                    buckets: h
-                        .bucket
-                        .into_iter()
-                        .map(|b| Bucket {
-                            upper_bound: b.upper_bound,
-                            cumulative_count: b.cumulative_count,
-                            exemplar: b.exemplar.map(exemplar),
-                        })
-                        .collect(),
-                })
-            } else if let Some(u) = m.untyped {
-                Value::Unknown(u.value)
-            } else {
-                // Summaries and gauge histograms: types `prometheus-client` cannot express.
-                return None;
-            };
-            Some(Series {
-                labels: labels(m.label),
-                value,
-            })
-        })
-        .collect();
+    let series = f.metric.into_iter().filter_map(series).collect();
     Family {
         name,
         help: f.help,
@@ -494,6 +479,40 @@ fn family(f: pm::MetricFamily) -> Family {
         kind,
         series,
     }
+}
+
+fn series(m: pm::Metric) -> Option<Series> {
+    let value = if let Some(c) = m.counter {
+        Value::Counter {
+            total: c.value,
+            exemplar: c.exemplar.map(exemplar),
+        }
+    } else if let Some(g) = m.gauge {
+        Value::Gauge(g.value)
+    } else if let Some(h) = m.histogram {
+        Value::Histogram(Histogram {
+            sum: h.sample_sum,
+            count: h.sample_count,
+            buckets: h
+                .bucket
+                .into_iter()
+                .map(|b| Bucket {
+                    upper_bound: b.upper_bound,
+                    cumulative_count: b.cumulative_count,
+                    exemplar: b.exemplar.map(exemplar),
+                })
+                .collect(),
+        })
+    } else if let Some(u) = m.untyped {
+        Value::Unknown(u.value)
+    } else {
+        // Summaries and gauge histograms: types `prometheus-client` cannot express.
+        return None;
+    };
+    Some(Series {
+        labels: labels(m.label),
+        value,
+    })
 }
 
 fn labels(labels: Vec<pm::LabelPair>) -> Labels {
@@ -527,6 +546,9 @@ impl Snapshot {
     pub fn visit(&self, visit: &mut dyn Visit) {
         for f in &self.families {
             visit.family(&f.as_ref());
+            if !visit.wants_series() {
+                continue;
+            }
             for s in &f.series {
                 visit.series(LabelsRef::Owned(&s.labels), s.value.as_ref());
             }
@@ -672,6 +694,68 @@ pub(crate) mod oracle {
         let encoded = encoded(registry);
         // `{:?}` writes NaN as NaN, where `==` would not equal it.
         assert_eq!(format!("{walked:#?}"), format!("{encoded:#?}"));
+        assert_walk_skips(registry, &walked);
+    }
+
+    /// A visitor that reads every other family (the first, the third, …) and notes any series
+    /// lent to it for a family it said it does not read.
+    #[derive(Default)]
+    struct EveryOther {
+        families: Vec<Family>,
+        unwanted_lent: usize,
+    }
+
+    impl Visit for EveryOther {
+        fn family(&mut self, f: &FamilyRef<'_>) {
+            self.families.push(Family {
+                name: f.name.to_owned(),
+                help: f.help.to_owned(),
+                unit: f.unit.to_owned(),
+                kind: f.kind,
+                series: Vec::new(),
+            });
+        }
+
+        fn series(&mut self, labels: LabelsRef<'_>, value: ValueRef<'_>) {
+            if !self.wants_series() {
+                self.unwanted_lent += 1;
+                return;
+            }
+            if let Some(f) = self.families.last_mut() {
+                f.series.push(Series {
+                    labels: labels.to_vec(),
+                    value: value.to_owned(),
+                });
+            }
+        }
+
+        fn wants_series(&self) -> bool {
+            self.families.len() % 2 == 1
+        }
+    }
+
+    /// Asserts that a visitor reading only some families is lent every family and the series
+    /// of those it reads, exactly as a full walk (`full`) lends them, and no series of the
+    /// others — by the walk of `registry` (encoded families and every store) and by a replay
+    /// of the snapshot.
+    pub(crate) fn assert_walk_skips(registry: &Registry, full: &Snapshot) {
+        let mut want = full.clone();
+        for (i, f) in want.families.iter_mut().enumerate() {
+            if i % 2 == 1 {
+                f.series.clear();
+            }
+        }
+        let mut walked = EveryOther::default();
+        walk(registry, &mut walked).expect("walk");
+        let mut replayed = EveryOther::default();
+        full.visit(&mut replayed);
+        for got in [walked, replayed] {
+            assert_eq!(got.unwanted_lent, 0, "series lent for a family not read");
+            let got = Snapshot {
+                families: got.families,
+            };
+            assert_eq!(format!("{got:#?}"), format!("{want:#?}"));
+        }
     }
 
     /// Asserts that the snapshot of `registry` is the registry's text encoding: the same

@@ -1641,10 +1641,12 @@ impl crate::model::Source for ReceivedMetrics {
                 unit: "",
                 kind: Kind::Gauge,
             });
-            let mut targets: Vec<&SeriesLabels> = state.targets.keys().collect();
-            targets.sort();
-            for labels in targets {
-                visit.series(LabelsRef::Owned(labels), crate::model::ValueRef::Gauge(1.0));
+            if visit.wants_series() {
+                let mut targets: Vec<&SeriesLabels> = state.targets.keys().collect();
+                targets.sort();
+                for labels in targets {
+                    visit.series(LabelsRef::Owned(labels), crate::model::ValueRef::Gauge(1.0));
+                }
             }
         }
         let mut hist = crate::model::Histogram {
@@ -1655,9 +1657,8 @@ impl crate::model::Source for ReceivedMetrics {
         for (name, family) in &mut state.families {
             let help = help_text(&family.help);
             let kind = family.kind;
-            let served = served(family);
             if kind == FamilyKind::Summary {
-                walk_summary(visit, name, &help, &served);
+                walk_summary(visit, name, &help, &served(family));
                 continue;
             }
             visit.family(&FamilyRef {
@@ -1670,6 +1671,10 @@ impl crate::model::Source for ReceivedMetrics {
                     FamilyKind::Gauge | FamilyKind::Summary => Kind::Gauge,
                 },
             });
+            if !visit.wants_series() {
+                continue;
+            }
+            let served = served(family);
             for slot in &served.series {
                 walk_value(
                     visit,
@@ -1752,8 +1757,9 @@ fn walk_summary(visit: &mut dyn crate::model::Visit, name: &str, help: &str, ser
         kind: Kind::Gauge,
     };
     visit.family(&family(name));
+    let want = visit.wants_series();
     let mut with_quantile: Vec<(String, String)> = Vec::new();
-    for (labels, v) in &all {
+    for (labels, v) in all.iter().filter(|_| want) {
         for (q, value) in &v.quantiles {
             with_quantile.clear();
             with_quantile.extend_from_slice(labels);
@@ -1763,12 +1769,14 @@ fn walk_summary(visit: &mut dyn crate::model::Visit, name: &str, help: &str, ser
     }
     let sum_name = format!("{name}_sum");
     visit.family(&family(&sum_name));
-    for (labels, v) in &all {
+    let want = visit.wants_series();
+    for (labels, v) in all.iter().filter(|_| want) {
         visit.series(LabelsRef::Owned(labels), ValueRef::Gauge(v.sum));
     }
     let count_name = format!("{name}_count");
     visit.family(&family(&count_name));
-    for (labels, v) in &all {
+    let want = visit.wants_series();
+    for (labels, v) in all.iter().filter(|_| want) {
         visit.series(LabelsRef::Owned(labels), ValueRef::Gauge(v.count as f64));
     }
 }

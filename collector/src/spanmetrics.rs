@@ -925,18 +925,20 @@ impl model::Source for SpanMetrics {
             unit: "",
             kind: Kind::Counter,
         });
-        for s in &store.series {
-            visit.series(
-                LabelsRef::Named(&s.labels),
-                ValueRef::Counter {
-                    total: s.calls as f64,
-                    exemplar: s.call_exemplar.as_ref().map(|e| ExemplarRef {
-                        labels: &e.labels,
-                        value: e.value,
-                        timestamp: e.timestamp,
-                    }),
-                },
-            );
+        if visit.wants_series() {
+            for s in &store.series {
+                visit.series(
+                    LabelsRef::Named(&s.labels),
+                    ValueRef::Counter {
+                        total: s.calls as f64,
+                        exemplar: s.call_exemplar.as_ref().map(|e| ExemplarRef {
+                            labels: &e.labels,
+                            value: e.value,
+                            timestamp: e.timestamp,
+                        }),
+                    },
+                );
+            }
         }
         visit.family(&FamilyRef {
             name: DURATIONS,
@@ -944,11 +946,13 @@ impl model::Source for SpanMetrics {
             unit: "",
             kind: Kind::Histogram,
         });
-        for s in &store.series {
-            visit.series(
-                LabelsRef::Named(&s.labels),
-                ValueRef::Histogram(&s.durations),
-            );
+        if visit.wants_series() {
+            for s in &store.series {
+                visit.series(
+                    LabelsRef::Named(&s.labels),
+                    ValueRef::Histogram(&s.durations),
+                );
+            }
         }
     }
 }
@@ -1759,6 +1763,8 @@ mod tests {
         sm.record(sm.prepare(&req));
         crate::model::oracle::assert_walk_is_encoded(&r);
         let snap = crate::model::oracle::assert_matches_text(&r);
+        // A visitor that reads some families only is lent no series of the others.
+        crate::model::oracle::assert_walk_skips(&r, &snap);
         let calls = snap.family(CALLS).expect("calls");
         assert_eq!(calls.series.len(), 3);
         assert!(calls.series.iter().all(|s| s.value.number() == 2.0));

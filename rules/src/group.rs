@@ -51,8 +51,10 @@ impl AlertState {
 /// One alert of an alerting rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alert {
-    /// The series' labels without `__name__`, the rule's labels expanded, `alertname`.
-    pub labels: Labels,
+    /// The series' labels without `__name__`, the rule's labels expanded, `alertname`. Shared
+    /// and kept for as long as the alert lives (the same pointer every cycle), so that a
+    /// caller can keep what it derives from them, by pointer, across cycles.
+    pub labels: Arc<Labels>,
     pub annotations: BTreeMap<String, String>,
     pub state: AlertState,
     /// When the expression first returned this alert (ms).
@@ -246,6 +248,15 @@ impl GroupState {
         v
     }
 
+    /// The active (pending, firing, or recently resolved) alerts of rule number `rule`, in no
+    /// particular order.
+    pub fn each_alert(&self, rule: usize) -> impl Iterator<Item = &Alert> {
+        self.rules
+            .get(rule)
+            .into_iter()
+            .flat_map(|r| r.active.values().map(|a| &a.alert))
+    }
+
     /// Puts back an alert of rule number `rule` (kept by the caller across a restart): it carries
     /// on as if it had never stopped — a firing alert still returned stays firing. Until
     /// `hold_until` (ms) it is not resolved when the expression does not return it, since a
@@ -255,9 +266,11 @@ impl GroupState {
             self.rules.resize_with(rule + 1, RuleState::default);
         }
         let rs = &mut self.rules[rule];
-        rs.held.insert(alert.labels.clone(), hold_until);
-        rs.active
-            .insert(alert.labels.clone(), Active::new(alert, rs.evaluations));
+        rs.held.insert(Labels::clone(&alert.labels), hold_until);
+        rs.active.insert(
+            Labels::clone(&alert.labels),
+            Active::new(alert, rs.evaluations),
+        );
     }
 
     /// The error of rule number `rule` at its last evaluation.
@@ -636,8 +649,8 @@ fn alert(
     }
     rs.evaluations += 1;
     let this = rs.evaluations;
-    let new_alert = |labels: &Labels, annotations, value| Alert {
-        labels: labels.clone(),
+    let new_alert = |labels: &Arc<Labels>, annotations, value| Alert {
+        labels: Arc::clone(labels),
         annotations,
         state: AlertState::Pending,
         active_at: now,
@@ -712,11 +725,11 @@ fn alert(
                 (Arc::clone(alerts), Arc::clone(for_state))
             }
             _ => {
-                let mut l = al.labels.clone();
+                let mut l = Labels::clone(&al.labels);
                 l.insert(METRIC_NAME.to_owned(), "ALERTS".to_owned());
                 l.insert("alertstate".to_owned(), al.state.as_str().to_owned());
                 let alerts = Arc::new(l);
-                let mut l = al.labels.clone();
+                let mut l = Labels::clone(&al.labels);
                 l.insert(METRIC_NAME.to_owned(), "ALERTS_FOR_STATE".to_owned());
                 let for_state = Arc::new(l);
                 act.series = Some((al.state, Arc::clone(&alerts), Arc::clone(&for_state)));

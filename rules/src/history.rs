@@ -534,6 +534,24 @@ impl History {
             .find(|s| same_matchers(&s.matchers, matchers))
     }
 
+    /// Whether a series named `name` (its `__name__`) can be kept, whatever its other labels:
+    /// some requirement names this metric, or one that names none has `__name__` matchers
+    /// (`=~`, `!=`, `!~`, or none at all) that `name` satisfies. When `false`, [`append`]
+    /// keeps no series of that name, so a caller may skip appending them (the agent skips
+    /// whole metric families this way); the answer changes only with the requirements.
+    ///
+    /// [`append`]: Self::append
+    pub fn may_keep_name(&self, name: &str) -> bool {
+        self.requirements_by_name.contains_key(name)
+            || self.requirements_unnamed.iter().any(|&i| {
+                self.requirements[i]
+                    .matchers
+                    .iter()
+                    .filter(|m| m.name == METRIC_NAME)
+                    .all(|m| m.matches(name))
+            })
+    }
+
     /// The longest window a requirement matching `labels` reads, 0 when none matches.
     fn window_for(&self, labels: &Labels) -> i64 {
         let named = labels
@@ -1013,6 +1031,59 @@ mod tests {
         h.set_rules(&rf.groups);
         assert_eq!(h.stats().series, 1);
         assert_eq!(window(&h, "a_total"), Some((5 * MIN, 0)));
+    }
+
+    /// `may_keep_name` answers by the metric name alone and is never `false` for a name some
+    /// series of which would be kept: every name and label set below is appended, and each kept
+    /// series' name must have been answered `true`.
+    #[test]
+    fn may_keep_name_is_false_only_for_names_no_series_of_which_is_kept() {
+        let names = [
+            "a", "a_total", "b", "b_bucket", "ab", "c", "job", "", "nothing",
+        ];
+        let label_sets = ["", r#"job="x""#, r#"job="y""#, r#"le="1""#];
+        let cases: &[(&str, &[&str])] = &[
+            // Named selectors: those names only.
+            ("a + on() b_bucket{le=\"1\"}", &["a", "b_bucket"]),
+            // A name matcher that is not `=`: the names it matches.
+            ("{__name__=~\"a.*\"}", &["a", "a_total", "ab"]),
+            (
+                "{__name__!~\"a.*\", job=\"x\"}",
+                &["b", "b_bucket", "c", "job", "", "nothing"],
+            ),
+            (
+                "count({__name__!=\"b\", job!=\"\"})",
+                &["a", "a_total", "b_bucket", "ab", "c", "job", "", "nothing"],
+            ),
+            // No name matcher at all: every name (the other labels decide).
+            ("{job=\"x\"}", &names),
+            ("absent(nothing{job=\"y\"}) or c", &["c", "nothing"]),
+            // No selector: nothing.
+            ("vector(1)", &[]),
+        ];
+        for (expr, want) in cases {
+            let rule_file =
+                format!("groups:\n- name: g\n  rules:\n  - record: r\n    expr: '{expr}'\n");
+            let mut h = history_reading(&rule_file);
+            let got: Vec<&str> = names
+                .iter()
+                .copied()
+                .filter(|n| h.may_keep_name(n))
+                .collect();
+            assert_eq!(&got, want, "{expr}");
+            for n in names {
+                for l in label_sets {
+                    let mut labels = labels(&format!("x{{{l}}}"));
+                    labels.insert(METRIC_NAME.to_owned(), n.to_owned());
+                    h.append(&labels, 0, 1.0);
+                }
+            }
+            assert!(h.stats().series > 0 || want.is_empty(), "{expr}");
+            for s in h.slots.iter().flatten() {
+                let n = s.labels.get(METRIC_NAME).map_or("", String::as_str);
+                assert!(h.may_keep_name(n), "{expr}: {n:?} kept but not announced");
+            }
+        }
     }
 
     #[test]

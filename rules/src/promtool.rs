@@ -467,7 +467,7 @@ fn test_group(tg: &TestGroup, eval_interval: i64, groups: &[Group]) -> Vec<Strin
                         {
                             for al in st.alerts(i) {
                                 if al.state == AlertState::Firing {
-                                    got.push((al.labels.clone(), al.annotations.clone()));
+                                    got.push((Labels::clone(&al.labels), al.annotations.clone()));
                                 }
                             }
                         }

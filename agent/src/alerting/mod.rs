@@ -824,6 +824,12 @@ impl model::Visit for Tee<'_> {
         self.0.series(labels, value);
         self.1.series(labels, value);
     }
+
+    /// A family's series are lent when either visitor reads them (each passes by those of the
+    /// families it does not read).
+    fn wants_series(&self) -> bool {
+        self.0.wants_series() || self.1.wants_series()
+    }
 }
 
 #[cfg(test)]

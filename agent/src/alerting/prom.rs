@@ -80,7 +80,7 @@ fn rfc3339(ms: Millis) -> String {
 /// An alert as Prometheus's HTTP API shows it.
 fn api_alert(a: &sidelight_rules::Alert) -> serde_json::Value {
     let mut v = serde_json::json!({
-        "labels": a.labels,
+        "labels": &*a.labels,
         "annotations": a.annotations,
         "state": a.state.as_str(),
         "activeAt": rfc3339(a.active_at),
@@ -278,6 +278,10 @@ impl Visit for ExceptionsSeen<'_> {
         };
     }
 
+    fn wants_series(&self) -> bool {
+        self.counter.is_some()
+    }
+
     fn series(&mut self, labels: LabelsRef<'_>, value: ValueRef<'_>) {
         let Some(counter) = self.counter else {
             return;
@@ -341,6 +345,9 @@ struct SnapshotHandles {
 struct FamilyHandles {
     name: String,
     kind: Kind,
+    /// Whether some rule can read a sample of this family ([`Ingest::reads`]); when not, its
+    /// series are not read at all.
+    read: bool,
     /// Its samples in the order [`Family::samples`] yields them.
     samples: Vec<CachedSample>,
 }
@@ -361,12 +368,20 @@ struct CachedSample {
 
 /// The visitor that appends a walk of the metrics model to the history at `now`, by the handles
 /// cached per position ([`SnapshotHandles`]); recorded series (`recorded`) are not appended
-/// (the rules store them when they record them). [`Ingest::finish`] drops what the walk no
+/// (the rules store them when they record them). A family no rule can read (by its sample
+/// names against the rules' selectors, [`History::may_keep_name`]) is skipped whole: the walk
+/// is told not to lend its series ([`Visit::wants_series`]), and any it lends anyway are
+/// passed by; the history would keep none of them. [`Ingest::finish`] drops what the walk no
 /// longer lent.
 struct Ingest<'a> {
     handles: &'a mut SnapshotHandles,
     history: &'a mut History,
     recorded: &'a HashSet<String>,
+    /// Whether families no rule reads are skipped (always, but in the tests that hold the
+    /// skipping to the result of reading everything).
+    skip_unread: bool,
+    /// Whether the current family's series are read.
+    reading: bool,
     now: Millis,
     /// The current family's index in `handles` (one past it: 0 before the first family).
     family: usize,
@@ -404,6 +419,21 @@ impl SampleNames {
 }
 
 impl Ingest<'_> {
+    /// Whether a rule can read some sample of the family whose sample names are `names`: one of
+    /// them is not a recorded series (which the rules store themselves) and some selector can
+    /// select it. Every name a family's samples can take is asked, whatever its kind.
+    fn reads(history: &History, recorded: &HashSet<String>, names: &SampleNames) -> bool {
+        [
+            &names.bare,
+            &names.total,
+            &names.sum,
+            &names.count,
+            &names.bucket,
+        ]
+        .into_iter()
+        .any(|n| !recorded.contains(n) && history.may_keep_name(n))
+    }
+
     /// Truncates the current family's cache to the samples lent.
     fn end_family(&mut self) {
         if let Some(f) = self
@@ -481,6 +511,7 @@ impl Visit for Ingest<'_> {
             let fresh = FamilyHandles {
                 name: f.name.to_owned(),
                 kind: f.kind,
+                read: Self::reads(self.history, self.recorded, &self.names),
                 samples: Vec::new(),
             };
             if i < families.len() {
@@ -489,9 +520,17 @@ impl Visit for Ingest<'_> {
                 families.push(fresh);
             }
         }
+        self.reading = !self.skip_unread || families.get(i).is_some_and(|c| c.read);
+    }
+
+    fn wants_series(&self) -> bool {
+        self.reading
     }
 
     fn series(&mut self, labels: LabelsRef<'_>, value: ValueRef<'_>) {
+        if !self.reading {
+            return;
+        }
         let names = std::mem::take(&mut self.names);
         match value {
             ValueRef::Counter { total, .. } => self.one(&names.total, labels, None, total),
@@ -536,6 +575,8 @@ pub struct PromRules {
     recorded_names: HashSet<String>,
     /// The snapshot's series with their history handles, from the last cycle.
     handles: SnapshotHandles,
+    /// What each rules alert is in the pipeline's form, kept while the alert lives.
+    mirror: Mirror,
     /// `alerts.evaluation_interval` at the last cycle (ms), for groups without an interval.
     default_interval: Millis,
 }
@@ -554,6 +595,7 @@ impl PromRules {
             recorded,
             recorded_names: HashSet::new(),
             handles: SnapshotHandles::default(),
+            mirror: Mirror::default(),
             default_interval: 15_000,
         }
     }
@@ -608,7 +650,7 @@ impl PromRules {
             self.states[gi].restore(
                 ri,
                 sidelight_rules::Alert {
-                    labels: a.rule_labels(),
+                    labels: Arc::new(a.rule_labels()),
                     annotations,
                     state: match a.state {
                         State::Pending => AlertState::Pending,
@@ -703,10 +745,22 @@ impl PromRules {
         now: Millis,
         walk: impl FnOnce(&mut dyn Visit) -> Result<(), E>,
     ) -> Result<(), E> {
+        self.ingest_with(now, true, walk)
+    }
+
+    /// [`Self::ingest`], reading every family when `skip_unread` is `false` (the tests' reference).
+    fn ingest_with<E>(
+        &mut self,
+        now: Millis,
+        skip_unread: bool,
+        walk: impl FnOnce(&mut dyn Visit) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut ingest = Ingest {
             handles: &mut self.handles,
             history: &mut self.history,
             recorded: &self.recorded_names,
+            skip_unread,
+            reading: false,
             now,
             family: 0,
             sample: 0,
@@ -791,41 +845,131 @@ impl PromRules {
     }
 
     /// Mirrors the rules' alerts into the pipeline's form, with the external labels they lack
-    /// (as Prometheus attaches them when it sends an alert), and says what fired and resolved.
+    /// (as Prometheus attaches them when it sends an alert), and says what fired and resolved:
+    /// first the alerts the rules report, by fingerprint, then those they no longer report, by
+    /// fingerprint. Two rules' alerts with the same fingerprint are one alert: the one of the
+    /// later rule (or, within a rule, the greater label set) is kept. An alert's labels with the
+    /// external ones, and its fingerprint, are built when the rules first report it
+    /// ([`Mirror`]); the pipeline's alerts are updated in place.
     fn update_alerts(&mut self, now: Millis, external: &Labels) -> Vec<Transition> {
-        let mut current: BTreeMap<String, Alert> = BTreeMap::new();
-        for (g, st) in self.groups.iter().zip(&self.states) {
+        let PromRules {
+            groups,
+            states,
+            alerts,
+            mirror,
+            ..
+        } = self;
+        if mirror.external != *external {
+            mirror.by_labels.clear();
+            mirror.external = external.clone();
+        }
+        mirror.pass = mirror.pass.wrapping_add(1);
+        let pass = mirror.pass;
+        // This cycle's alerts: each one's key in the mirror, its rule's place, the rules' alert,
+        // and its labels with the external ones when built this cycle.
+        let mut reported = Vec::new();
+        for (gi, (g, st)) in groups.iter().zip(states.iter()).enumerate() {
             for (ri, r) in g.rules.iter().enumerate() {
                 if !matches!(r, Rule::Alerting(_)) {
                     continue;
                 }
-                for a in st.alerts(ri) {
-                    let mut labels: BTreeMap<String, String> = a.labels.clone();
-                    let mut added = Vec::new();
-                    for (k, v) in external {
-                        if !labels.contains_key(k) {
-                            labels.insert(k.clone(), v.clone());
-                            added.push(k.clone());
+                for a in st.each_alert(ri) {
+                    let key = Arc::as_ptr(&a.labels) as usize;
+                    let built = match mirror.by_labels.get_mut(&key) {
+                        // The same allocation (the mirror holds it, so it is not reused).
+                        Some(m) if Arc::ptr_eq(&m.labels, &a.labels) => {
+                            m.seen = pass;
+                            None
                         }
-                    }
-                    let fp = fingerprint(&labels);
-                    let state = match a.state {
-                        AlertState::Pending => State::Pending,
-                        AlertState::Firing => State::Firing,
-                        AlertState::Inactive => State::Resolved,
+                        _ => {
+                            let (labels, added) = with_external(&a.labels, external);
+                            mirror.by_labels.insert(
+                                key,
+                                Mirrored {
+                                    labels: Arc::clone(&a.labels),
+                                    fingerprint: fingerprint(&labels),
+                                    external: added,
+                                    seen: pass,
+                                },
+                            );
+                            Some(labels)
+                        }
                     };
-                    let ann = |k: &str| a.annotations.get(k).filter(|v| !v.is_empty()).cloned();
-                    current.insert(
+                    reported.push((key, (gi, ri), a, built));
+                }
+            }
+        }
+        mirror.by_labels.retain(|_, m| m.seen == pass);
+        let by_labels = &mirror.by_labels;
+        let mut current: Vec<Reported<'_>> = reported
+            .into_iter()
+            .filter_map(|(key, place, a, built)| by_labels.get(&key).map(|m| (m, place, a, built)))
+            .collect();
+        current.sort_by(|x, y| {
+            (x.0.fingerprint.as_str(), x.1)
+                .cmp(&(y.0.fingerprint.as_str(), y.1))
+                .then_with(|| x.2.labels.cmp(&y.2.labels))
+        });
+        // Of alerts with one fingerprint, the last (as the rules report them) is the one.
+        current.reverse();
+        current.dedup_by(|later, earlier| later.0.fingerprint == earlier.0.fingerprint);
+        current.reverse();
+        let mut transitions = Vec::new();
+        for (m, _, a, built) in current.iter_mut() {
+            let state = match a.state {
+                AlertState::Pending => State::Pending,
+                AlertState::Firing => State::Firing,
+                AlertState::Inactive => State::Resolved,
+            };
+            let ann = |k: &str| {
+                a.annotations
+                    .get(k)
+                    .map(String::as_str)
+                    .filter(|v| !v.is_empty())
+            };
+            let summary = ann("summary").or_else(|| ann("description")).unwrap_or("");
+            let runbook = ann("runbook_url");
+            let dashboard = ann("dashboard_url").or_else(|| ann("dashboard"));
+            let fp = &m.fingerprint;
+            let before = match alerts.get_mut(fp) {
+                Some(old) => {
+                    let before = old.state;
+                    if let Some(labels) = built.take() {
+                        old.labels = labels;
+                    }
+                    if old.external != m.external {
+                        old.external.clone_from(&m.external);
+                    }
+                    if old.summary != summary {
+                        summary.clone_into(&mut old.summary);
+                    }
+                    if old.runbook.as_deref() != runbook {
+                        old.runbook = runbook.map(str::to_owned);
+                    }
+                    if old.dashboard.as_deref() != dashboard {
+                        old.dashboard = dashboard.map(str::to_owned);
+                    }
+                    old.value = a.value;
+                    old.state = state;
+                    old.active_at = a.active_at;
+                    old.fired_at = a.fired_at;
+                    old.resolved_at = a.resolved_at;
+                    old.last_active = now;
+                    Some(before)
+                }
+                None => {
+                    let labels = built
+                        .take()
+                        .unwrap_or_else(|| with_external(&a.labels, external).0);
+                    alerts.insert(
                         fp.clone(),
                         Alert {
-                            fingerprint: fp,
+                            fingerprint: fp.clone(),
                             labels,
-                            external: added,
-                            summary: ann("summary")
-                                .or_else(|| ann("description"))
-                                .unwrap_or_default(),
-                            runbook: ann("runbook_url"),
-                            dashboard: ann("dashboard_url").or_else(|| ann("dashboard")),
+                            external: m.external.clone(),
+                            summary: summary.to_owned(),
+                            runbook: runbook.map(str::to_owned),
+                            dashboard: dashboard.map(str::to_owned),
                             value: a.value,
                             state,
                             active_at: a.active_at,
@@ -834,13 +978,10 @@ impl PromRules {
                             last_active: now,
                         },
                     );
+                    None
                 }
-            }
-        }
-        let mut transitions = Vec::new();
-        for (fp, a) in &current {
-            let before = self.alerts.get(fp).map(|b| b.state);
-            match (before, a.state) {
+            };
+            match (before, state) {
                 (Some(State::Firing), State::Firing) => {}
                 (_, State::Firing) => transitions.push(Transition::Fired(fp.clone())),
                 (Some(State::Firing), State::Resolved) => {
@@ -850,32 +991,74 @@ impl PromRules {
             }
         }
         // Alerts the rules no longer report (a rule removed by a reload, or the rules' own
-        // retention over): a firing one resolves now; resolved ones stay for the message.
-        for (fp, a) in std::mem::take(&mut self.alerts) {
-            if current.contains_key(&fp) {
-                continue;
+        // retention over): a firing one resolves now; resolved ones stay for the message. Both
+        // lists are in fingerprint order.
+        let mut reported = current.iter().map(|c| c.0.fingerprint.as_str()).peekable();
+        alerts.retain(|fp, a| {
+            while reported.next_if(|r| *r < fp.as_str()).is_some() {}
+            if reported.peek() == Some(&fp.as_str()) {
+                return true;
             }
             match a.state {
                 State::Firing => {
                     transitions.push(Transition::Resolved(fp.clone()));
-                    current.insert(
-                        fp,
-                        Alert {
-                            state: State::Resolved,
-                            resolved_at: Some(now),
-                            ..a
-                        },
-                    );
+                    a.state = State::Resolved;
+                    a.resolved_at = Some(now);
+                    true
                 }
-                State::Resolved if now - a.resolved_at.unwrap_or(now) < RESOLVED_RETENTION => {
-                    current.insert(fp, a);
-                }
-                _ => {}
+                State::Resolved => now - a.resolved_at.unwrap_or(now) < RESOLVED_RETENTION,
+                State::Pending => false,
             }
-        }
-        self.alerts = current;
+        });
         transitions
     }
+}
+
+/// One alert the rules report, as `update_alerts` sorts them: its mirror entry, its rule's
+/// place (group, rule), the rules' alert, and its labels with the external ones when built this
+/// cycle.
+type Reported<'a> = (
+    &'a Mirrored,
+    (usize, usize),
+    &'a sidelight_rules::Alert,
+    Option<Labels>,
+);
+
+/// An alert's labels with the external labels it lacks added, and the names of those added.
+fn with_external(labels: &Labels, external: &Labels) -> (Labels, Vec<String>) {
+    let mut out = labels.clone();
+    let mut added = Vec::new();
+    for (k, v) in external {
+        if !out.contains_key(k) {
+            out.insert(k.clone(), v.clone());
+            added.push(k.clone());
+        }
+    }
+    (out, added)
+}
+
+/// The pipeline's view of the rules' alerts kept across cycles: by the address of an alert's
+/// shared label set (held here, so that the address is not reused while kept), its
+/// fingerprint and the external labels it was given. An entry lives as long as the rules
+/// report the alert; all are dropped when the external labels change.
+#[derive(Debug, Default)]
+struct Mirror {
+    by_labels: HashMap<usize, Mirrored>,
+    /// The external labels the entries were built with.
+    external: Labels,
+    /// Bumped every cycle; entries not seen in a cycle are dropped.
+    pass: u64,
+}
+
+#[derive(Debug)]
+struct Mirrored {
+    /// The rules' label set of the alert (held).
+    labels: Arc<Labels>,
+    /// The fingerprint of the labels with the external ones.
+    fingerprint: String,
+    /// The names of the external labels added.
+    external: Vec<String>,
+    seen: u64,
 }
 
 #[cfg(test)]
@@ -928,6 +1111,8 @@ mod tests {
                 handles: &mut handles,
                 history: &mut by_handle,
                 recorded: &recorded,
+                skip_unread: true,
+                reading: false,
                 now,
                 family: 0,
                 sample: 0,
@@ -972,6 +1157,403 @@ mod tests {
         assert_eq!(got.len(), 70);
         assert!(got.iter().all(|(l, _)| l[METRIC_NAME] != "job:req:rate1m"));
         assert_eq!(by_handle.stats(), by_labels.stats());
+    }
+
+    /// The families of a generated registry, each (name, kind).
+    const FAMILIES: &[(&str, Kind)] = &[
+        ("a", Kind::Counter),
+        ("a", Kind::Gauge),
+        ("b", Kind::Gauge),
+        ("c", Kind::Unknown),
+        ("h", Kind::Histogram),
+        ("ab", Kind::Counter),
+        ("r0", Kind::Gauge),
+        ("sidelight_log_exceptions", Kind::Counter),
+    ];
+
+    /// Expressions the generated rules are made of: named selectors, name matchers that are
+    /// not `=`, selectors without a name, recorded series read back, and none.
+    const EXPRS: &[&str] = &[
+        "a",
+        "a_total",
+        "rate(a_total[1m])",
+        "b{job=\"x\"}",
+        "sum by (job) (h_bucket{le=\"1\"})",
+        "histogram_quantile(0.5, sum by (le) (rate(h_bucket[1m])))",
+        "h_count + on(job, i) h_sum",
+        "{__name__=~\"a.*\"}",
+        "{__name__=~\"b|h_sum\", job=\"y\"}",
+        "{job=\"x\"}",
+        "count({__name__!=\"a_total\", job!=\"\"})",
+        "sum by (job) ({__name__=~\".+_total\"})",
+        "r0",
+        "r1 * 2",
+        "absent(nothing)",
+        "vector(1)",
+    ];
+
+    /// A generated registry at one cycle: for each family of [`FAMILIES`], which of its series
+    /// (job `x`, `y` or none × `i` 0 or 1) are present.
+    fn registry_at(present: &[Vec<bool>], step: usize) -> Snapshot {
+        use sidelight_collector::model::{Bucket, Family as MFamily, Histogram, Series, Value};
+        let mut families = Vec::new();
+        for (fi, ((name, kind), present)) in FAMILIES.iter().zip(present).enumerate() {
+            let mut series = Vec::new();
+            for (si, _) in present.iter().enumerate().filter(|(_, p)| **p) {
+                let mut labels = Vec::new();
+                match si % 3 {
+                    0 => labels.push(("job".to_owned(), "x".to_owned())),
+                    1 => labels.push(("job".to_owned(), "y".to_owned())),
+                    _ => {}
+                }
+                labels.push(("i".to_owned(), (si / 3).to_string()));
+                let v = (step * (fi + si + 1)) as f64;
+                let value = match kind {
+                    Kind::Counter => Value::Counter {
+                        total: v,
+                        exemplar: None,
+                    },
+                    Kind::Gauge => Value::Gauge(v),
+                    Kind::Unknown => Value::Unknown(v),
+                    Kind::Histogram => Value::Histogram(Histogram {
+                        sum: v,
+                        count: step as u64,
+                        buckets: [1.0, f64::INFINITY]
+                            .iter()
+                            .enumerate()
+                            .map(|(b, le)| Bucket {
+                                upper_bound: *le,
+                                cumulative_count: (step * (b + 1) / 2) as u64,
+                                exemplar: None,
+                            })
+                            .collect(),
+                    }),
+                };
+                series.push(Series { labels, value });
+            }
+            families.push(MFamily {
+                name: (*name).to_owned(),
+                help: String::new(),
+                unit: String::new(),
+                kind: *kind,
+                series,
+            });
+        }
+        Snapshot { families }
+    }
+
+    /// A rule file of generated rules: each (whether it records, an index in [`EXPRS`]).
+    fn rules_of(rules: &[(bool, usize)]) -> String {
+        let mut y = String::from("groups:\n- name: g\n  rules:\n");
+        for (i, (record, e)) in rules.iter().enumerate() {
+            let expr = EXPRS[*e % EXPRS.len()];
+            if *record {
+                y.push_str(&format!("  - record: r{i}\n    expr: '{expr}'\n"));
+            } else {
+                // Two rules share each alert name, so that alerts of two rules can be one.
+                y.push_str(&format!(
+                    "  - alert: A{}\n    expr: '{expr} > 3'\n    for: 30s\n    annotations: {{ summary: '{{{{ $value }}}}', runbook_url: 'r/{{{{ $labels.job }}}}' }}\n",
+                    i % 2
+                ));
+            }
+        }
+        y
+    }
+
+    /// Everything a cycle leaves: the history's series and samples (bits), its counters, the
+    /// served recorded series, the alerts, and the outcome.
+    fn cycle_result(p: &PromRules, out: &Outcome) -> String {
+        use sidelight_rules::Storage as _;
+        let mut series: Vec<(Labels, Vec<(i64, u64)>)> = p
+            .history
+            .select(&[], i64::MIN, i64::MAX)
+            .into_iter()
+            .map(|s| {
+                let samples = s.samples.iter().map(|x| (x.t, x.v.to_bits())).collect();
+                (s.labels, samples)
+            })
+            .collect();
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        let recorded: Vec<(String, Vec<(Labels, u64)>)> = p
+            .recorded
+            .0
+            .read()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.iter().map(|(l, x)| (l.clone(), x.to_bits())).collect(),
+                )
+            })
+            .collect();
+        format!(
+            "{series:?}\n{:?}\n{recorded:?}\n{:?}\n{:?} {:?} {}",
+            p.history.stats(),
+            p.alerts,
+            out.transitions,
+            out.errors,
+            out.failed
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+        /// Skipping the families no rule reads leaves every cycle's result as reading every
+        /// family does — the history (series, samples, counters), the recorded series, the
+        /// alerts, the transitions and errors — over generated registries (series appearing and
+        /// going), rules (named selectors, other name matchers, no name, recorded series read
+        /// back, a recorded name that is also a family's) and reloads that change them.
+        #[test]
+        fn skipping_unread_families_changes_no_result(
+            rules in proptest::collection::vec((proptest::bool::ANY, 0..EXPRS.len()), 1..6),
+            reloaded in proptest::collection::vec((proptest::bool::ANY, 0..EXPRS.len()), 1..6),
+            presence in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::collection::vec(proptest::bool::ANY, 6), FAMILIES.len()),
+                8),
+        ) {
+            let ext = External::default();
+            let mut skipping = PromRules::new(100, RecordedCollector::default());
+            let mut reading = PromRules::new(100, RecordedCollector::default());
+            for (step, present) in presence.iter().enumerate() {
+                let rule_file = if step < 4 { rules_of(&rules) } else { rules_of(&reloaded) };
+                let g = groups(&rule_file);
+                skipping.set_groups(g.clone());
+                reading.set_groups(g);
+                let snap = registry_at(present, step);
+                let now = 1_000_000 + step as i64 * 15_000;
+                let mut results = Vec::new();
+                for (p, skip) in [(&mut skipping, true), (&mut reading, false)] {
+                    let _: Result<(), std::convert::Infallible> =
+                        p.ingest_with(now, skip, |v| {
+                            snap.visit(v);
+                            Ok(())
+                        });
+                    let out = p.evaluate(now, 15_000, &ext);
+                    results.push(cycle_result(p, &out));
+                }
+                proptest::prop_assert_eq!(&results[0], &results[1], "step {}\n{}", step, rule_file);
+            }
+        }
+    }
+
+    /// The pipeline's alerts as the rules' alerts were mirrored before they were kept across
+    /// cycles: rebuilt from the rules' alerts every cycle, the reference of
+    /// `mirrored_alerts_are_those_rebuilt_every_cycle`.
+    fn mirror_reference(
+        p: &PromRules,
+        mut before: BTreeMap<String, Alert>,
+        now: Millis,
+        external: &Labels,
+    ) -> (BTreeMap<String, Alert>, Vec<Transition>) {
+        let mut current: BTreeMap<String, Alert> = BTreeMap::new();
+        for (g, st) in p.groups.iter().zip(&p.states) {
+            for (ri, r) in g.rules.iter().enumerate() {
+                if !matches!(r, Rule::Alerting(_)) {
+                    continue;
+                }
+                for a in st.alerts(ri) {
+                    let mut labels: BTreeMap<String, String> = Labels::clone(&a.labels);
+                    let mut added = Vec::new();
+                    for (k, v) in external {
+                        if !labels.contains_key(k) {
+                            labels.insert(k.clone(), v.clone());
+                            added.push(k.clone());
+                        }
+                    }
+                    let fp = fingerprint(&labels);
+                    let state = match a.state {
+                        AlertState::Pending => State::Pending,
+                        AlertState::Firing => State::Firing,
+                        AlertState::Inactive => State::Resolved,
+                    };
+                    let ann = |k: &str| a.annotations.get(k).filter(|v| !v.is_empty()).cloned();
+                    current.insert(
+                        fp.clone(),
+                        Alert {
+                            fingerprint: fp,
+                            labels,
+                            external: added,
+                            summary: ann("summary")
+                                .or_else(|| ann("description"))
+                                .unwrap_or_default(),
+                            runbook: ann("runbook_url"),
+                            dashboard: ann("dashboard_url").or_else(|| ann("dashboard")),
+                            value: a.value,
+                            state,
+                            active_at: a.active_at,
+                            fired_at: a.fired_at,
+                            resolved_at: a.resolved_at,
+                            last_active: now,
+                        },
+                    );
+                }
+            }
+        }
+        let mut transitions = Vec::new();
+        for (fp, a) in &current {
+            match (before.get(fp).map(|b| b.state), a.state) {
+                (Some(State::Firing), State::Firing) => {}
+                (_, State::Firing) => transitions.push(Transition::Fired(fp.clone())),
+                (Some(State::Firing), State::Resolved) => {
+                    transitions.push(Transition::Resolved(fp.clone()))
+                }
+                _ => {}
+            }
+        }
+        for (fp, a) in std::mem::take(&mut before) {
+            if current.contains_key(&fp) {
+                continue;
+            }
+            match a.state {
+                State::Firing => {
+                    transitions.push(Transition::Resolved(fp.clone()));
+                    current.insert(
+                        fp,
+                        Alert {
+                            state: State::Resolved,
+                            resolved_at: Some(now),
+                            ..a
+                        },
+                    );
+                }
+                State::Resolved if now - a.resolved_at.unwrap_or(now) < RESOLVED_RETENTION => {
+                    current.insert(fp, a);
+                }
+                _ => {}
+            }
+        }
+        (current, transitions)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+        /// The alerts kept across cycles (labels with the external ones and fingerprints built
+        /// once per alert, updated in place) are, with the transitions, those rebuilt from the
+        /// rules' alerts every cycle: over generated registries and rules (two rules per alert
+        /// name, so that two rules' alerts can share a fingerprint), a reload, external labels
+        /// that change (and collide with the series' own), and alerts that end and come back.
+        #[test]
+        fn mirrored_alerts_are_those_rebuilt_every_cycle(
+            rules in proptest::collection::vec((proptest::bool::ANY, 0..EXPRS.len()), 1..6),
+            reloaded in proptest::collection::vec((proptest::bool::ANY, 0..EXPRS.len()), 1..6),
+            presence in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::collection::vec(proptest::bool::ANY, 6), FAMILIES.len()),
+                12),
+            externals in proptest::collection::vec(0..4usize, 12),
+        ) {
+            let mut p = PromRules::new(100, RecordedCollector::default());
+            for (step, present) in presence.iter().enumerate() {
+                let rule_file = if step < 6 { rules_of(&rules) } else { rules_of(&reloaded) };
+                p.set_groups(groups(&rule_file));
+                let pairs: &[(&str, &str)] = match externals[step] {
+                    0 => &[],
+                    1 => &[("job", "x")],
+                    2 => &[("region", "eu")],
+                    _ => &[("job", "y"), ("region", "eu")],
+                };
+                let ext = External {
+                    labels: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+                    url: String::new(),
+                };
+                let snap = registry_at(present, step);
+                // Minutes apart in the second half, so that resolved alerts age out.
+                let now = 1_000_000 + step as i64 * if step < 6 { 15_000 } else { 300_000 };
+                let before = p.alerts.clone();
+                let out = p.cycle(now, Some(&snap), 15_000, &ext);
+                let (alerts, transitions) = mirror_reference(&p, before, now, &ext.labels);
+                proptest::prop_assert_eq!(&p.alerts, &alerts, "step {}\n{}", step, rule_file);
+                proptest::prop_assert_eq!(&out.transitions, &transitions, "step {}", step);
+            }
+        }
+    }
+
+    /// The families the ingest reads follow the rules: unread families' series are not lent by
+    /// the walk (the received-metrics store and the encoded metrics alike), a reload that reads
+    /// another family makes the walk lend it, and the exceptions' first-seen check still reads
+    /// its family beside the ingest.
+    #[test]
+    fn the_ingest_reads_only_families_a_rule_can_select_and_follows_reloads() {
+        use prometheus_client::metrics::gauge::Gauge;
+        type L = Vec<(String, String)>;
+        let mut reg = Registry::default();
+        let read = Family::<L, Gauge>::default();
+        reg.register("read", "read", read.clone());
+        let other = Family::<L, Gauge>::default();
+        reg.register("other", "other", other.clone());
+        let exc = Family::<L, Counter>::default();
+        reg.register("sidelight_log_exceptions", "exceptions", exc.clone());
+        read.get_or_create(&vec![("k".to_owned(), "1".to_owned())])
+            .set(1);
+        other
+            .get_or_create(&vec![("k".to_owned(), "2".to_owned())])
+            .set(2);
+        exc.get_or_create(&vec![
+            ("source".to_owned(), "api".to_owned()),
+            ("exception".to_owned(), "E".to_owned()),
+        ])
+        .inc();
+        /// Counts the series lent per family name.
+        struct Lent<'a>(&'a mut dyn Visit, String, BTreeMap<String, usize>);
+        impl Visit for Lent<'_> {
+            fn family(&mut self, f: &FamilyRef<'_>) {
+                self.1 = f.name.to_owned();
+                self.0.family(f);
+            }
+            fn series(&mut self, labels: LabelsRef<'_>, value: ValueRef<'_>) {
+                *self.2.entry(self.1.clone()).or_default() += 1;
+                self.0.series(labels, value);
+            }
+            fn wants_series(&self) -> bool {
+                self.0.wants_series()
+            }
+        }
+        let mut p = PromRules::new(100, RecordedCollector::default());
+        let mut first_seen = FirstSeen::new();
+        let cycle = |p: &mut PromRules, now: Millis, first_seen: &mut FirstSeen| {
+            let mut seen = ExceptionsSeen::new(now, first_seen);
+            let mut lent = BTreeMap::new();
+            p.ingest(now, |ingest| {
+                let mut tee = super::super::Tee(ingest, &mut seen);
+                let mut count = Lent(&mut tee, String::new(), BTreeMap::new());
+                let r = sidelight_collector::model::walk(&reg, &mut count);
+                lent = count.2;
+                r
+            })
+            .expect("walk");
+            (lent, seen.newly.len())
+        };
+        p.set_groups(groups(
+            "groups:\n- name: g\n  rules:\n  - record: x\n    expr: read\n",
+        ));
+        let (lent, newly) = cycle(&mut p, 0, &mut first_seen);
+        assert_eq!(newly, 1, "the exceptions' family is still read");
+        assert_eq!(
+            lent,
+            BTreeMap::from([
+                ("read".to_owned(), 1),
+                ("sidelight_log_exceptions".to_owned(), 1)
+            ])
+        );
+        assert_eq!(p.stats().series, 1);
+        // A reload: now `other` is read, `read` no longer.
+        p.set_groups(groups(
+            "groups:\n- name: g\n  rules:\n  - record: x\n    expr: other\n",
+        ));
+        let (lent, _) = cycle(&mut p, 15_000, &mut first_seen);
+        assert_eq!(lent.get("other"), Some(&1));
+        assert_eq!(lent.get("read"), None);
+        assert_eq!(p.stats().series, 1);
+        // A selector without a name reads every family.
+        p.set_groups(groups(
+            "groups:\n- name: g\n  rules:\n  - record: x\n    expr: '{k=\"1\"}'\n",
+        ));
+        let (lent, _) = cycle(&mut p, 30_000, &mut first_seen);
+        assert_eq!((lent.get("read"), lent.get("other")), (Some(&1), Some(&1)));
+        assert_eq!(p.stats().series, 1);
     }
 
     fn groups(yaml: &str) -> Arc<Vec<Group>> {

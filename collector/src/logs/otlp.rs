@@ -14,6 +14,8 @@ use opentelemetry_proto::tonic::common::v1::{
 use opentelemetry_proto::tonic::logs::v1::{LogRecord as OtlpRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use prost::encoding::{WireType, encoded_len_varint};
 
@@ -180,6 +182,8 @@ pub fn encode_request(records: &[LogRecord<'_>], resource: &LogResource) -> Enco
 
 /// Room kept up front for the records of a batch's first scope (most batches have one logger).
 const FIRST_SCOPE_RESERVE: usize = 64 << 10;
+/// The most room [`EncodedLogs::with_first_scope_room`] keeps up front.
+const MAX_FIRST_SCOPE_RESERVE: usize = 4 << 20;
 
 /// A batch of records encoded as they come: each record is written once, as its
 /// `ScopeLogs.log_records` field, into its scope's buffer (scopes in order of first appearance,
@@ -193,6 +197,11 @@ pub struct EncodedLogs {
     /// The scope the last record went to (consecutive records mostly share their logger).
     last: usize,
     records: usize,
+    /// The last file path seen and its `log.file.path` attribute, encoded: every record of a
+    /// file carries the same one.
+    path_attr: Option<(Arc<str>, Vec<u8>)>,
+    /// Room kept for the first scope when it is opened (0: [`FIRST_SCOPE_RESERVE`]).
+    first_scope_room: usize,
 }
 
 impl EncodedLogs {
@@ -201,8 +210,34 @@ impl EncodedLogs {
         Self::default()
     }
 
+    /// An empty batch whose first scope keeps `bytes` of room up front (between 64 KiB and
+    /// 4 MiB): what the previous batch of the same source took, so that a batch is mostly one
+    /// allocation of about its size rather than a chain of doublings to the next power of two.
+    pub fn with_first_scope_room(bytes: usize) -> Self {
+        Self {
+            first_scope_room: bytes.clamp(FIRST_SCOPE_RESERVE, MAX_FIRST_SCOPE_RESERVE),
+            ..Self::default()
+        }
+    }
+
+    /// Bytes of the first scope's records so far (most batches have one scope).
+    pub fn first_scope_bytes(&self) -> usize {
+        self.scopes.first().map_or(0, |(_, b)| b.len())
+    }
+
     /// Encodes `r` into its scope.
     pub fn push(&mut self, r: &LogRecord<'_>) {
+        self.push_with_path(r, r.file_path.as_ref());
+    }
+
+    /// Encodes `r`, read from the file at `path`, into its scope: as [`Self::push`] with
+    /// `r.file_path` set to `path` (when it is not set already), without the record holding a
+    /// reference to the path.
+    pub fn push_read_from(&mut self, r: &LogRecord<'_>, path: &Arc<str>) {
+        self.push_with_path(r, Some(r.file_path.as_ref().unwrap_or(path)));
+    }
+
+    fn push_with_path(&mut self, r: &LogRecord<'_>, file_path: Option<&Arc<str>>) {
         let name: &str = r.logger.as_deref().unwrap_or(NO_LOGGER);
         let at = match self.scopes.get(self.last) {
             Some((n, _)) if n.as_ref() == name => self.last,
@@ -214,7 +249,11 @@ impl EncodedLogs {
                         None => Name::Borrowed(NO_LOGGER),
                     };
                     let reserve = if self.scopes.is_empty() {
-                        FIRST_SCOPE_RESERVE
+                        if self.first_scope_room == 0 {
+                            FIRST_SCOPE_RESERVE
+                        } else {
+                            self.first_scope_room
+                        }
                     } else {
                         0
                     };
@@ -224,8 +263,25 @@ impl EncodedLogs {
             },
         };
         self.last = at;
+        let path_attr = match file_path {
+            Some(path) => {
+                let cached = self
+                    .path_attr
+                    .as_ref()
+                    .is_some_and(|(p, _)| Arc::ptr_eq(p, path));
+                if !cached {
+                    let mut encoded = Vec::with_capacity(path.len() + 24);
+                    string_attribute(&mut encoded, "log.file.path", path);
+                    self.path_attr = Some((path.clone(), encoded));
+                }
+                self.path_attr.as_ref().map(|(_, e)| e.as_slice())
+            }
+            None => None,
+        };
         // ScopeLogs.log_records = 2 (most records take 128 B to 16 KiB)
-        message_sized(&mut self.scopes[at].1, 2, 2, |out| write_record(out, r));
+        message_sized(&mut self.scopes[at].1, 2, 2, |out| {
+            write_record(out, r, path_attr);
+        });
         self.records += 1;
     }
 
@@ -291,8 +347,17 @@ impl EncodedLogs {
     }
 }
 
-/// One `LogRecord`, as [`to_record`] builds it.
-fn write_record(out: &mut Vec<u8>, r: &LogRecord<'_>) {
+/// `LogRecord.attributes` (= 6) holding one string value.
+fn string_attribute(out: &mut Vec<u8>, key: &str, value: &str) {
+    message(out, 6, |out| {
+        key_value_key(out, key);
+        message(out, 2, |out| string_field(out, 1, value, true));
+    });
+}
+
+/// One `LogRecord`, as [`to_record`] builds it; `path_attr` is [`string_attribute`] of its
+/// `log.file.path`, encoded once per file.
+fn write_record(out: &mut Vec<u8>, r: &LogRecord<'_>, path_attr: Option<&[u8]>) {
     // time_unix_nano = 1 (fixed64), observed_time_unix_nano = 11 (fixed64)
     fixed64_field(out, 1, r.timestamp_unix_nano.unwrap_or(0));
     // severity_number = 2, severity_text = 3
@@ -304,24 +369,18 @@ fn write_record(out: &mut Vec<u8>, r: &LogRecord<'_>) {
     // body = 5
     message(out, 5, |out| string_field(out, 1, &r.body, true));
     // attributes = 6
-    let attr = |out: &mut Vec<u8>, key: &str, value: &str| {
-        message(out, 6, |out| {
-            key_value_key(out, key);
-            message(out, 2, |out| string_field(out, 1, value, true));
-        });
-    };
-    if let Some(path) = &r.file_path {
-        attr(out, "log.file.path", path);
+    if let Some(path) = path_attr {
+        out.extend_from_slice(path);
     }
     if let Some(e) = &r.exception {
         if let Some(t) = &e.r#type {
-            attr(out, "exception.type", t);
+            string_attribute(out, "exception.type", t);
         }
         if let Some(m) = &e.message {
-            attr(out, "exception.message", m);
+            string_attribute(out, "exception.message", m);
         }
         if let Some(s) = &e.stacktrace {
-            attr(out, "exception.stacktrace", s);
+            string_attribute(out, "exception.stacktrace", s);
         }
     }
     for (k, v) in r.attributes.iter() {

@@ -145,12 +145,19 @@ impl Parsed<'_> {
     }
 }
 
-/// A configured parser. Its only state is the names of the last line parsed (see `Names`): a
-/// clone starts without them.
+/// A configured parser. Its only state is what it remembers of the last line parsed (its names,
+/// see `Names`, and its timestamp's minute, see `Minute`): a clone starts without them.
 #[derive(Debug, Default)]
 pub struct Parser {
     config: ParserConfig,
-    last_names: Mutex<Vec<&'static str>>,
+    last_line: Mutex<LastLine>,
+}
+
+/// What the parser remembers of the last line.
+#[derive(Debug, Default)]
+struct LastLine {
+    names: Vec<(&'static str, Role)>,
+    minute: Option<Minute>,
 }
 
 impl Clone for Parser {
@@ -163,7 +170,7 @@ impl Parser {
     pub fn new(config: ParserConfig) -> Self {
         Self {
             config,
-            last_names: Mutex::default(),
+            last_line: Mutex::default(),
         }
     }
 
@@ -190,13 +197,15 @@ impl Parser {
             Format::Json => true,
             Format::Auto | Format::Cri => text.trim_start().starts_with('{'),
         };
-        let mut last_names = self
-            .last_names
+        let mut last_line = self
+            .last_line
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let last_line = &mut *last_line;
         let mut names = Names {
-            prev: &mut last_names,
+            prev: &mut last_line.names,
             at: 0,
+            minute: &mut last_line.minute,
         };
         let mut record = None;
         if wants_json {
@@ -235,7 +244,9 @@ impl Parser {
     ) -> LogRecord<'a> {
         let mut rec = LogRecord::from_body("", observed);
         let mut rest = text.strip_prefix('[').unwrap_or(&text);
-        if let Some((ts, used)) = scan_timestamp(rest, self.config.naive_utc_offset_secs) {
+        if let Some((ts, used)) =
+            scan_timestamp_in(rest, self.config.naive_utc_offset_secs, names.minute)
+        {
             rec.timestamp_unix_nano = Some(ts);
             rest = &rest[used..];
         } else {
@@ -275,14 +286,14 @@ impl Parser {
 
     fn json_record<'a>(
         &self,
-        fields: Vec<(Key<'_>, Top<'a>)>,
+        fields: Vec<Field<'a>>,
         observed: u64,
         names: &mut Names<'_>,
     ) -> LogRecord<'a> {
         let is_loguru = fields
             .iter()
-            .any(|(k, v)| k.0 == "record" && v.as_map().is_some())
-            && fields.iter().any(|(k, _)| k.0 == "text");
+            .any(|f| f.role == Role::Record && f.value.as_map().is_some())
+            && fields.iter().any(|f| f.role == Role::Text);
         if is_loguru {
             return self.loguru_record(fields, observed, names);
         }
@@ -290,9 +301,11 @@ impl Parser {
         let mut has_body = false;
         let mut levelno = None;
         let mut attrs = Vec::with_capacity(fields.len());
-        for (key, value) in fields {
-            let consumed = match key.0.as_ref() {
-                "message" | "event" | "msg" if !has_body => match value {
+        for Field { name, role, value } in fields {
+            // The role was decided once for the name (see `Names`), not by comparing the key
+            // with every name the mapping knows.
+            let consumed = match role {
+                Role::Body if !has_body => match value {
                     Top::Str(s) => {
                         rec.body = s;
                         has_body = true;
@@ -300,11 +313,11 @@ impl Parser {
                     }
                     other => Some(other),
                 },
-                "timestamp" | "asctime" | "time" | "@timestamp" | "ts" | "created"
-                    if rec.timestamp_unix_nano.is_none() =>
-                {
+                Role::Time if rec.timestamp_unix_nano.is_none() => {
                     let ts = match &value {
-                        Top::Str(s) => parse_timestamp(s, self.config.naive_utc_offset_secs),
+                        Top::Str(s) => {
+                            parse_timestamp_in(s, self.config.naive_utc_offset_secs, names.minute)
+                        }
                         Top::Other(v) => self.timestamp_of(v),
                     };
                     match ts {
@@ -315,31 +328,25 @@ impl Parser {
                         None => Some(value),
                     }
                 }
-                "levelname" | "level" | "severity" | "loglevel" | "log.level"
-                    if rec.severity_text.is_none() =>
-                {
-                    match value {
-                        Top::Str(s) => {
-                            rec.severity_number = severity::from_text(&s).unwrap_or(0);
-                            rec.severity_text = Some(match s {
-                                Cow::Borrowed(s) => names.name(s),
-                                Cow::Owned(s) => names.name_owned(s),
-                            });
+                Role::Level if rec.severity_text.is_none() => match value {
+                    Top::Str(s) => {
+                        rec.severity_number = severity::from_text(&s).unwrap_or(0);
+                        rec.severity_text = Some(match s {
+                            Cow::Borrowed(s) => names.name(s),
+                            Cow::Owned(s) => names.name_owned(s),
+                        });
+                        None
+                    }
+                    Top::Other(v @ (AttrValue::Int(_) | AttrValue::Float(_))) => match v.as_i64() {
+                        Some(n) => {
+                            levelno = Some(n);
                             None
                         }
-                        Top::Other(v @ (AttrValue::Int(_) | AttrValue::Float(_))) => {
-                            match v.as_i64() {
-                                Some(n) => {
-                                    levelno = Some(n);
-                                    None
-                                }
-                                None => Some(Top::Other(v)),
-                            }
-                        }
-                        other => Some(other),
-                    }
-                }
-                "levelno" if levelno.is_none() => match &value {
+                        None => Some(Top::Other(v)),
+                    },
+                    other => Some(other),
+                },
+                Role::LevelNo if levelno.is_none() => match &value {
                     Top::Other(v) => match v.as_i64() {
                         Some(n) => {
                             levelno = Some(n);
@@ -349,7 +356,7 @@ impl Parser {
                     },
                     Top::Str(_) => Some(value),
                 },
-                "name" | "logger" | "logger_name" if rec.logger.is_none() => match value {
+                Role::Logger if rec.logger.is_none() => match value {
                     Top::Str(s) => {
                         rec.logger = Some(match s {
                             Cow::Borrowed(s) => names.name(s),
@@ -359,7 +366,7 @@ impl Parser {
                     }
                     other => Some(other),
                 },
-                "exc_info" | "exception" | "exc_text" if rec.exception.is_none() => match value {
+                Role::Exception if rec.exception.is_none() => match value {
                     Top::Other(AttrValue::Null) => None,
                     Top::Str(s) if s.is_empty() => None,
                     Top::Str(s) => {
@@ -377,20 +384,16 @@ impl Parser {
                     }
                     other => Some(other),
                 },
-                k if is_trace_key(k) && rec.trace_id.is_none() => {
+                Role::TraceId if rec.trace_id.is_none() => {
                     take_top_id(value, TraceId::from_hex, &mut rec.trace_id)
                 }
-                k if is_span_key(k) && rec.span_id.is_none() => {
+                Role::SpanId if rec.span_id.is_none() => {
                     take_top_id(value, SpanId::from_hex, &mut rec.span_id)
                 }
                 _ => Some(value),
             };
             if let Some(v) = consumed {
-                let key = match key.0 {
-                    Cow::Borrowed(k) => names.name(k),
-                    Cow::Owned(k) => names.name_owned(k),
-                };
-                attrs.push((key, v.into_value()));
+                attrs.push((name, v.into_value()));
             }
         }
         if let Some(n) = levelno
@@ -404,7 +407,7 @@ impl Parser {
 
     fn loguru_record<'a>(
         &self,
-        fields: Vec<(Key<'_>, Top<'a>)>,
+        fields: Vec<Field<'a>>,
         observed: u64,
         names: &mut Names<'_>,
     ) -> LogRecord<'a> {
@@ -412,17 +415,11 @@ impl Parser {
         let mut text = None;
         let mut record = Attributes::new();
         let mut attrs = Vec::new();
-        for (key, value) in fields {
-            match (key.0.as_ref(), value) {
-                ("text", Top::Str(s)) if text.is_none() => text = Some(s),
-                ("record", Top::Other(AttrValue::Map(m))) if record.is_empty() => record = m,
-                (_, v) => {
-                    let key = match key.0 {
-                        Cow::Borrowed(k) => names.name(k),
-                        Cow::Owned(k) => names.name_owned(k),
-                    };
-                    attrs.push((key, v.into_value()));
-                }
+        for Field { name, role, value } in fields {
+            match (role, value) {
+                (Role::Text, Top::Str(s)) if text.is_none() => text = Some(s),
+                (Role::Record, Top::Other(AttrValue::Map(m))) if record.is_empty() => record = m,
+                (_, v) => attrs.push((name, v.into_value())),
             }
         }
         for (key, value) in record {
@@ -433,7 +430,9 @@ impl Parser {
                     rec.timestamp_unix_nano = t
                         .get("repr")
                         .and_then(AttrValue::as_str)
-                        .and_then(|r| parse_timestamp(r, self.config.naive_utc_offset_secs))
+                        .and_then(|r| {
+                            parse_timestamp_in(r, self.config.naive_utc_offset_secs, names.minute)
+                        })
                         .or_else(|| t.get("timestamp").and_then(|v| self.timestamp_of(v)));
                 }
                 ("level", AttrValue::Map(l)) => {
@@ -633,23 +632,39 @@ fn intern(s: &str) -> Option<&'static str> {
 /// The names of the line being parsed, in the order they are met, matched against the previous
 /// line's at the same position: lines of one source mostly repeat their keys in the same order,
 /// so a name is found with one comparison, without hashing or locking.
+/// Each remembered name carries its [`Role`], so a top-level key found this way is mapped
+/// without comparing it with the names the mapping knows.
 struct Names<'a> {
-    prev: &'a mut Vec<&'static str>,
+    prev: &'a mut Vec<(&'static str, Role)>,
     at: usize,
+    /// The last timestamp's minute (see [`scan_timestamp_in`]).
+    minute: &'a mut Option<Minute>,
 }
 
 impl Names<'_> {
     fn name(&mut self, s: &str) -> Name {
-        match self.shared(s) {
-            Some(shared) => Cow::Borrowed(shared),
-            None => Cow::Owned(s.to_owned()),
-        }
+        self.named(s).0
     }
 
     fn name_owned(&mut self, s: String) -> Name {
+        self.named_owned(s).0
+    }
+
+    /// The name and its role.
+    fn named(&mut self, s: &str) -> (Name, Role) {
+        match self.shared(s) {
+            Some((shared, role)) => (Cow::Borrowed(shared), role),
+            None => (Cow::Owned(s.to_owned()), role_of(s)),
+        }
+    }
+
+    fn named_owned(&mut self, s: String) -> (Name, Role) {
         match self.shared(&s) {
-            Some(shared) => Cow::Borrowed(shared),
-            None => Cow::Owned(s),
+            Some((shared, role)) => (Cow::Borrowed(shared), role),
+            None => {
+                let role = role_of(&s);
+                (Cow::Owned(s), role)
+            }
         }
     }
 
@@ -660,46 +675,116 @@ impl Names<'_> {
         }
     }
 
-    fn shared(&mut self, s: &str) -> Option<&'static str> {
+    fn shared(&mut self, s: &str) -> Option<(&'static str, Role)> {
         let at = self.at;
         self.at += 1;
-        if let Some(&p) = self.prev.get(at)
-            && p == s
+        if let Some(&(p, role)) = self.prev.get(at)
+            && same_name(p, s)
         {
-            return Some(p);
+            return Some((p, role));
         }
         let shared = intern(s)?;
+        let entry = (shared, role_of(shared));
         if let Some(slot) = self.prev.get_mut(at) {
-            *slot = shared;
+            *slot = entry;
         } else if at == self.prev.len() && at < MAX_LINE_NAMES {
-            self.prev.push(shared);
+            self.prev.push(entry);
         }
-        Some(shared)
+        Some(entry)
     }
 }
 
-/// A top-level key, borrowed from the input when possible.
-struct Key<'a>(Cow<'a, str>);
+/// `a == b`, without a call to `memcmp` for names of 4 to 16 bytes (most keys): two
+/// overlapping words of four or eight bytes.
+#[inline(always)]
+fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word8 = |s: &[u8], at: usize| {
+        s.get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_ne_bytes)
+    };
+    let word4 = |s: &[u8], at: usize| {
+        s.get(at..at + 4)
+            .and_then(|w| <[u8; 4]>::try_from(w).ok())
+            .map(u32::from_ne_bytes)
+    };
+    match n {
+        4..=7 => word4(a, 0) == word4(b, 0) && word4(a, n - 4) == word4(b, n - 4),
+        8..=16 => word8(a, 0) == word8(b, 0) && word8(a, n - 8) == word8(b, n - 8),
+        _ => a == b,
+    }
+}
 
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string key")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
+/// What the JSON mapping does with a top-level field of this name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Body,
+    Time,
+    Level,
+    LevelNo,
+    Logger,
+    Exception,
+    TraceId,
+    SpanId,
+    /// loguru's rendered `text`.
+    Text,
+    /// loguru's `record`.
+    Record,
+    /// Anything else: an attribute.
+    Other,
+}
+
+fn role_of(k: &str) -> Role {
+    match k {
+        "message" | "event" | "msg" => Role::Body,
+        "timestamp" | "asctime" | "time" | "@timestamp" | "ts" | "created" => Role::Time,
+        "levelname" | "level" | "severity" | "loglevel" | "log.level" => Role::Level,
+        "levelno" => Role::LevelNo,
+        "name" | "logger" | "logger_name" => Role::Logger,
+        "exc_info" | "exception" | "exc_text" => Role::Exception,
+        "text" => Role::Text,
+        "record" => Role::Record,
+        k if is_trace_key(k) => Role::TraceId,
+        k if is_span_key(k) => Role::SpanId,
+        _ => Role::Other,
+    }
+}
+
+/// A top-level field: its name (shared through [`Names`]), the name's role, the value.
+struct Field<'a> {
+    name: Name,
+    role: Role,
+    value: Top<'a>,
+}
+
+/// A top-level key: its name and role, through [`Names`].
+struct KeySeed<'n, 'p> {
+    names: &'n mut Names<'p>,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_, '_> {
+    type Value = (Name, Role);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(Name, Role), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_, '_> {
+    type Value = (Name, Role);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(Name, Role), E> {
+        Ok(self.names.named(v))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<(Name, Role), E> {
+        Ok(self.names.named_owned(v))
     }
 }
 
@@ -730,7 +815,7 @@ impl<'a> Top<'a> {
 fn parse_json_fields<'de>(
     text: &'de str,
     names: &mut Names<'_>,
-) -> Result<Vec<(Key<'de>, Top<'de>)>, ParseError> {
+) -> Result<Vec<Field<'de>>, ParseError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let fields = match de.deserialize_any(TopLevel { names }) {
         Ok(Some(fields)) => fields,
@@ -746,7 +831,7 @@ struct TopLevel<'n, 'p> {
 }
 
 impl<'de> Visitor<'de> for TopLevel<'_, '_> {
-    type Value = Option<Vec<(Key<'de>, Top<'de>)>>;
+    type Value = Option<Vec<Field<'de>>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
@@ -757,22 +842,24 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
         let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
         let mut seen_text = false;
         let mut seen_record = false;
-        while let Some(k) = map.next_key::<Key<'de>>()? {
+        while let Some((name, role)) = map.next_key_seed(KeySeed {
+            names: &mut *self.names,
+        })? {
             // loguru writes `text` before `record`: the first `record` after a `text` is, when
             // it is a map, the record `Parser::loguru_record` reads.
-            let v = if seen_text && !seen_record && k.0 == "record" {
+            let value = if seen_text && !seen_record && role == Role::Record {
                 seen_record = true;
                 map.next_value_seed(LoguruRecordSeed {
                     names: &mut *self.names,
                 })?
             } else {
-                seen_record |= k.0 == "record";
+                seen_record |= role == Role::Record;
                 map.next_value_seed(TopSeed {
                     names: &mut *self.names,
                 })?
             };
-            seen_text |= k.0 == "text";
-            out.push((k, v));
+            seen_text |= role == Role::Text;
+            out.push(Field { name, role, value });
         }
         Ok(Some(out))
     }
@@ -1320,8 +1407,17 @@ fn exception_from_dict_tracebacks(list: &[AttrValue]) -> Option<ExceptionInfo> {
 /// `Z`, `±HH:MM`, `±HHMM`, `±HH` or no zone — then `naive_utc_offset_secs` applies), Python's
 /// `asctime` (`2024-05-01 12:00:00,123`), or epoch seconds / millis / micros / nanos as digits.
 pub fn parse_timestamp(s: &str, naive_utc_offset_secs: i32) -> Option<u64> {
+    parse_timestamp_in(s, naive_utc_offset_secs, &mut None)
+}
+
+/// [`parse_timestamp`], through a remembered minute (see [`scan_timestamp_in`]).
+fn parse_timestamp_in(
+    s: &str,
+    naive_utc_offset_secs: i32,
+    minute: &mut Option<Minute>,
+) -> Option<u64> {
     let s = s.trim();
-    if let Some((ts, used)) = scan_timestamp(s, naive_utc_offset_secs)
+    if let Some((ts, used)) = scan_timestamp_in(s, naive_utc_offset_secs, minute)
         && used == s.len()
     {
         return Some(ts);
@@ -1365,9 +1461,34 @@ fn epoch_float_to_nanos(v: f64) -> Option<u64> {
     (nanos < u64::MAX as f64).then_some(nanos as u64)
 }
 
-/// Reads a timestamp at the start of `s`; returns unix nanos and how many bytes it used.
-fn scan_timestamp(s: &str, naive_utc_offset_secs: i32) -> Option<(u64, usize)> {
+/// A timestamp's first 16 bytes (`YYYY-MM-DD HH:MM`) and the unix seconds they name (before any
+/// zone offset): consecutive lines mostly share their minute, which is then not read again.
+#[derive(Debug, Clone, Copy)]
+struct Minute {
+    head: [u8; 16],
+    secs: i64,
+}
+
+/// Reads a timestamp at the start of `s`; returns unix nanos and how many bytes it used. The
+/// date, hour and minute are taken from `minute` when `s` starts with the same 16 bytes as the
+/// last timestamp read through it (and remembered there when it does not).
+fn scan_timestamp_in(
+    s: &str,
+    naive_utc_offset_secs: i32,
+    minute: &mut Option<Minute>,
+) -> Option<(u64, usize)> {
     let b = s.as_bytes();
+    let head = b.get(..16).and_then(|h| <[u8; 16]>::try_from(h).ok());
+    let minute_secs = match (head, minute.as_ref()) {
+        (Some(h), Some(m)) if h == m.head => m.secs,
+        _ => {
+            let secs = scan_minute(b)?;
+            if let Some(head) = head {
+                *minute = Some(Minute { head, secs });
+            }
+            secs
+        }
+    };
     let num = |at: usize, len: usize| -> Option<i64> {
         let digits = b.get(at..at + len)?;
         let mut v = 0i64;
@@ -1379,32 +1500,13 @@ fn scan_timestamp(s: &str, naive_utc_offset_secs: i32) -> Option<(u64, usize)> {
         }
         Some(v)
     };
-    let year = num(0, 4)?;
-    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
-        return None;
-    }
-    let month = num(5, 2)?;
-    let day = num(8, 2)?;
-    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) {
-        return None;
-    }
-    let hour = num(11, 2)?;
-    if b.get(13) != Some(&b':') {
-        return None;
-    }
-    let minute = num(14, 2)?;
     let mut at = 16;
     let mut second = 0;
     if b.get(at) == Some(&b':') {
         second = num(17, 2)?;
         at = 19;
     }
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if second > 60 {
         return None;
     }
     let mut nanos = 0i64;
@@ -1438,15 +1540,49 @@ fn scan_timestamp(s: &str, naive_utc_offset_secs: i32) -> Option<(u64, usize)> {
         }
         _ => i64::from(naive_utc_offset_secs),
     };
-    // A day past the month's end (`02-30`) rolls into the next month, as it always has.
-    let secs = month_start(year, month)? + (day - 1) * 86_400 + hour * 3600 + minute * 60 + second
-        - offset;
+    let secs = minute_secs + second - offset;
     let total = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
     let total = u64::try_from(total).ok()?;
     Some((total, at))
 }
 
-/// Unix seconds of the first of `month` (1–12) in `year` (0–9999), UTC.
+/// `YYYY-MM-DD[T ]HH:MM` at the start of `b`, as unix seconds (before any zone offset).
+fn scan_minute(b: &[u8]) -> Option<i64> {
+    let num = |at: usize, len: usize| -> Option<i64> {
+        let digits = b.get(at..at + len)?;
+        let mut v = 0i64;
+        for &d in digits {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + i64::from(d - b'0');
+        }
+        Some(v)
+    };
+    let year = num(0, 4)?;
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
+        return None;
+    }
+    let month = num(5, 2)?;
+    let day = num(8, 2)?;
+    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) {
+        return None;
+    }
+    let hour = num(11, 2)?;
+    if b.get(13) != Some(&b':') {
+        return None;
+    }
+    let minute = num(14, 2)?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    // A day past the month's end (`02-30`) rolls into the next month, as it always has.
+    Some(month_start(year, month)? + (day - 1) * 86_400 + hour * 3600 + minute * 60)
+}
+
+/// Unix seconds of the first of `month` (1–12) in `year` (0–9999), UTC. Called once per
+/// minute of timestamps (the minute is remembered), so jiff's checked arithmetic costs nothing
+/// a user could see.
 fn month_start(year: i64, month: i64) -> Option<i64> {
     let date =
         jiff::civil::Date::new(i16::try_from(year).ok()?, i8::try_from(month).ok()?, 1).ok()?;
@@ -2185,6 +2321,48 @@ mod tests {
             prop_assert_eq!(&p.record.body, &message);
             prop_assert_eq!(p.record.attributes.get("extra").and_then(AttrValue::as_str), Some(message.as_str()));
             prop_assert_eq!(p.record.severity_text.as_deref(), Some(level));
+        }
+    }
+
+    /// A remembered minute reads every timestamp as a fresh read does, whatever came before.
+    #[test]
+    fn remembered_minute_reads_as_a_fresh_read() {
+        let stamps = [
+            "2024-05-01 12:00:00,123",
+            "2024-05-01 12:00:59.999999",
+            "2024-05-01 12:00:60",
+            "2024-05-01 12:00:61",
+            "2024-05-01 12:00",
+            "2024-05-01 12:00Z",
+            "2024-05-01 12:00:07+02:00",
+            "2024-05-01 12:00:07-0130",
+            "2024-05-01T12:00:07Z",
+            "2024-05-01 12:01:00,000",
+            "2024-05-01 12:00:0x",
+            "2024-02-30 23:59:59",
+            "2024-13-01 12:00:00",
+            "2024-05-01 24:00:00",
+            "1714564800",
+            "1714564800.5",
+            " 2024-05-01 12:00:01 ",
+            "2024-05-01 12:0",
+        ];
+        for offset in [0, 3600, -19_800] {
+            let mut minute = None;
+            for round in 0..2 {
+                for s in stamps.iter().chain(stamps.iter().rev()) {
+                    assert_eq!(
+                        parse_timestamp_in(s, offset, &mut minute),
+                        parse_timestamp(s, offset),
+                        "{s} (offset {offset}, round {round})"
+                    );
+                    assert_eq!(
+                        scan_timestamp_in(s, offset, &mut minute),
+                        scan_timestamp_in(s, offset, &mut None),
+                        "{s} (offset {offset}, round {round})"
+                    );
+                }
+            }
         }
     }
 }

@@ -157,8 +157,8 @@ struct Prefilter {
 }
 
 /// Strings up to this long are looked at by [`ShortScan`]: the packed searcher's set-up per call
-/// costs more than reading a few dozen bytes one at a time.
-const SHORT_STRING: usize = 64;
+/// costs more than reading a hundred bytes eight at a time.
+const SHORT_STRING: usize = 128;
 
 impl Prefilter {
     fn new() -> Self {
@@ -190,19 +190,48 @@ impl Prefilter {
     }
 }
 
-/// What [`Literals::is_match`] finds, plus any non-ASCII byte, in one pass over the bytes: a
-/// table says for each byte whether it passes the string on its own (non-ASCII, a one-byte
-/// literal) or may start a literal; then a bit set says whether the next byte may be a
-/// literal's second, and only then are the literals starting there compared.
+/// What [`Literals::is_match`] finds, plus any non-ASCII byte, in one pass over the bytes. Each
+/// literal is anchored on its rarest byte in log text (see [`commonness`]: `z` of
+/// `authorization`, `_` of `secret_key`, …); a table says for each byte whether it passes the
+/// string on its own (non-ASCII, a one-byte literal), anchors some literals, or neither. The
+/// bytes are read eight at a time: a block whose eight table entries are all "neither" (most of
+/// them) costs one test; otherwise its bytes are looked at one by one and the literals anchored
+/// on a byte are compared where they would start.
 #[derive(Debug)]
 struct ShortScan {
     /// Per byte: [`ShortScan::NOTHING`], [`ShortScan::PASS`], or `START + g` for group `g`.
     class: [u8; 256],
-    /// Per group: the bytes its literals have second (in both cases when they fold), a bit each.
-    seconds: Vec<[u64; 4]>,
-    /// Per group: the literals (two bytes or more, with whether they fold case) that start with
-    /// the group's byte.
-    starts: Vec<Vec<(&'static [u8], bool)>>,
+    /// Per group: the literals anchored on the group's byte, with the anchor's offset in each
+    /// and whether the literal folds ASCII case.
+    anchored: Vec<Vec<(&'static [u8], usize, bool)>>,
+}
+
+/// Roughly how often a byte turns up in the values of log lines (higher: more often), to anchor
+/// each literal on its rarest byte. Only the order matters, and only for speed.
+fn commonness(b: u8) -> u32 {
+    match b {
+        b' ' => 100,
+        b'e' | b't' | b'a' | b'o' | b'i' | b'n' | b's' | b'r' | b'h' => 60,
+        b'0'..=b'9' => 50,
+        b'l' | b'd' | b'c' | b'u' | b'm' => 40,
+        b'/' | b'.' | b'-' | b':' | b',' | b'"' | b'=' => 30,
+        b'p' | b'f' | b'g' | b'w' | b'y' | b'b' | b'v' | b'k' => 20,
+        b'_' => 10,
+        b'E' | b'T' | b'A' | b'O' | b'I' | b'N' | b'S' | b'R' | b'H' | b'L' | b'D' | b'C'
+        | b'U' | b'M' => 6,
+        b'A'..=b'Z' => 4,
+        b'x' | b'j' | b'q' | b'z' => 3,
+        _ => 2,
+    }
+}
+
+/// A byte and, when `fold` and it is a letter, its other case.
+fn cases(c: u8, fold: bool) -> Vec<u8> {
+    if fold && c.is_ascii_alphabetic() {
+        vec![c.to_ascii_lowercase(), c.to_ascii_uppercase()]
+    } else {
+        vec![c]
+    }
 }
 
 impl ShortScan {
@@ -213,23 +242,17 @@ impl ShortScan {
     fn new(literals: &[(&'static str, bool)]) -> Self {
         let mut class = [Self::NOTHING; 256];
         class[0x80..].fill(Self::PASS);
-        let mut seconds: Vec<[u64; 4]> = Vec::new();
-        let mut starts: Vec<Vec<(&'static [u8], bool)>> = Vec::new();
-        let cases = |c: u8, fold: bool| {
-            if fold && c.is_ascii_alphabetic() {
-                vec![c.to_ascii_lowercase(), c.to_ascii_uppercase()]
-            } else {
-                vec![c]
-            }
-        };
+        let mut anchored: Vec<Vec<(&'static [u8], usize, bool)>> = Vec::new();
         for &(lit, fold) in literals {
             let b = lit.as_bytes();
-            let Some(&first) = b.first() else {
+            if b.is_empty() {
                 // An empty literal occurs everywhere.
                 class = [Self::PASS; 256];
                 continue;
-            };
-            for c in cases(first, fold) {
+            }
+            let rarity = |c: u8| cases(c, fold).into_iter().map(commonness).sum::<u32>();
+            let at = (0..b.len()).min_by_key(|&i| rarity(b[i])).unwrap_or(0);
+            for c in cases(b[at], fold) {
                 let slot = &mut class[usize::from(c)];
                 if *slot == Self::PASS {
                     continue;
@@ -241,69 +264,83 @@ impl ShortScan {
                 if *slot == Self::NOTHING {
                     // At most one group per ASCII byte: far below the table's 254.
                     *slot =
-                        Self::START + u8::try_from(starts.len()).unwrap_or(u8::MAX - Self::START);
-                    starts.push(Vec::new());
-                    seconds.push([0; 4]);
+                        Self::START + u8::try_from(anchored.len()).unwrap_or(u8::MAX - Self::START);
+                    anchored.push(Vec::new());
                 }
-                let g = usize::from(*slot - Self::START);
-                if let (Some(group), Some(bits)) = (starts.get_mut(g), seconds.get_mut(g)) {
-                    group.push((b, fold));
-                    for n in cases(b[1], fold) {
-                        bits[usize::from(n >> 6)] |= 1 << (n & 63);
-                    }
+                if let Some(group) = anchored.get_mut(usize::from(*slot - Self::START)) {
+                    group.push((b, at, fold));
                 }
             }
         }
-        Self {
-            class,
-            seconds,
-            starts,
-        }
+        Self { class, anchored }
     }
 
     fn may_match(&self, s: &[u8]) -> bool {
-        let mut i = 0;
-        while i < s.len() {
-            let k = self.class[usize::from(s[i])];
-            i += 1;
+        if s.len() < 8 {
+            return self.hit_in(s, 0, s.len());
+        }
+        // Whole blocks, then the last eight bytes (overlapping the last block: a byte looked at
+        // twice changes nothing).
+        let mut at = 0;
+        while at + 8 <= s.len() {
+            if self.block_may_hit(s, at) && self.hit_in(s, at, at + 8) {
+                return true;
+            }
+            at += 8;
+        }
+        let last = s.len() - 8;
+        at < s.len() && self.block_may_hit(s, last) && self.hit_in(s, last, s.len())
+    }
+
+    /// Whether any of the eight bytes from `at` is more than [`ShortScan::NOTHING`].
+    #[inline(always)]
+    fn block_may_hit(&self, s: &[u8], at: usize) -> bool {
+        let Some(block) = s.get(at..at + 8) else {
+            return true;
+        };
+        let class = |b: u8| self.class[usize::from(b)];
+        (class(block[0])
+            | class(block[1])
+            | class(block[2])
+            | class(block[3])
+            | class(block[4])
+            | class(block[5])
+            | class(block[6])
+            | class(block[7]))
+            != Self::NOTHING
+    }
+
+    /// Whether a byte of `s[from..to]` passes `s` or anchors a literal found in `s`.
+    #[inline(never)]
+    fn hit_in(&self, s: &[u8], from: usize, to: usize) -> bool {
+        for (i, &b) in s[..to].iter().enumerate().skip(from) {
+            let k = self.class[usize::from(b)];
             if k == Self::NOTHING {
                 continue;
             }
             if k == Self::PASS {
                 return true;
             }
-            let g = usize::from(k - Self::START);
-            let Some(&next) = s.get(i) else {
-                // No literal in a group is one byte long.
-                return false;
-            };
-            let Some(bits) = self.seconds.get(g) else {
+            let Some(group) = self.anchored.get(usize::from(k - Self::START)) else {
                 return true;
             };
-            if (bits[usize::from(next >> 6)] >> (next & 63)) & 1 != 0
-                && self.literal_at(g, &s[i - 1..])
-            {
+            let found = group.iter().any(|&(lit, anchor, fold)| {
+                let Some(start) = i.checked_sub(anchor) else {
+                    return false;
+                };
+                s.get(start..start + lit.len()).is_some_and(|there| {
+                    if fold {
+                        there.eq_ignore_ascii_case(lit)
+                    } else {
+                        there == lit
+                    }
+                })
+            });
+            if found {
                 return true;
             }
         }
         false
-    }
-
-    /// Whether a literal of group `g` starts `here`.
-    #[inline(never)]
-    fn literal_at(&self, g: usize, here: &[u8]) -> bool {
-        let Some(group) = self.starts.get(g) else {
-            return true;
-        };
-        group.iter().any(|&(lit, fold)| {
-            here.get(..lit.len()).is_some_and(|there| {
-                if fold {
-                    there.eq_ignore_ascii_case(lit)
-                } else {
-                    there == lit
-                }
-            })
-        })
     }
 }
 

@@ -174,8 +174,9 @@ impl Ack {
     }
 }
 
-/// Per-file offsets a batch advances to: id → (generation, offset).
-type Marks = HashMap<u64, (u64, u64)>;
+/// Per-file offsets a batch advances to: id → (generation, offset). Updated for every line, so
+/// keyed by foldhash rather than SipHash (ids are the tailer's own counter, not input).
+type Marks = HashMap<u64, (u64, u64), foldhash::fast::FixedState>;
 
 #[derive(Debug)]
 struct Inflight {
@@ -253,6 +254,9 @@ pub struct Tailer {
     discovery: Discovery,
     parser: Parser,
     redactor: Redactor,
+    /// The time of the read whose lines are being processed (unix nanoseconds): a record's
+    /// observed time, read from the clock once per chunk rather than once per line.
+    read_unix_nano: Option<u64>,
     stats: LogStats,
     source_label: [(&'static str, String); 1],
     /// `sidelight_log_records_total` of this source by level label, looked up once per level.
@@ -439,6 +443,7 @@ impl Tailer {
             discovery,
             parser,
             redactor,
+            read_unix_nano: None,
             stats,
             source_label,
             level_counters: Vec::new(),
@@ -1303,7 +1308,9 @@ impl Tailer {
                 .get_or_create(&self.source_label)
                 .inc_by(n as u64);
             let data = std::mem::take(&mut self.buf);
+            self.read_unix_nano = Some(unix_nanos());
             self.process_bytes(id, &data[..n], now);
+            self.read_unix_nano = None;
             self.buf = data;
         }
         let Some(t) = self.files.get_mut(&id) else {
@@ -1681,7 +1688,8 @@ impl Tailer {
         let Some(t) = self.files.get(&id) else {
             return;
         };
-        let mut parsed = self.parser.parse(text, unix_nanos());
+        let observed = self.read_unix_nano.unwrap_or_else(unix_nanos);
+        let mut parsed = self.parser.parse(text, observed);
         let src = &self.source_label;
         if parsed.error.is_some() {
             self.stats.parse_errors.get_or_create(src).inc();
@@ -1703,8 +1711,12 @@ impl Tailer {
                 .insert("stream", AttrValue::String(stream.into()));
             record.timestamp_unix_nano.get_or_insert(time);
         }
-        record.source = Some(self.cfg.source.clone());
-        record.file_path = Some(t.path_arc.clone());
+        // The parser names the source already (the same name, as a rule): a clone (an atomic
+        // increment and its decrement when the record is dropped) only when it differs. The
+        // file's path goes to the encoder beside the record for the same reason.
+        if record.source.as_deref() != Some(&*self.cfg.source) {
+            record.source = Some(self.cfg.source.clone());
+        }
         let counts = self.redactor.redact_record(record);
         if counts.total() > 0 {
             self.stats
@@ -1729,7 +1741,7 @@ impl Tailer {
         }
         self.building.bytes += text.len();
         // Encoded now, so the record (and every string it owns) is freed before the next line.
-        self.building.logs.push(record);
+        self.building.logs.push_read_from(record, &t.path_arc);
     }
 
     /// Emits joined records and partial lines whose timeouts passed.
@@ -1794,7 +1806,15 @@ impl Tailer {
     /// Seals the batch being built. Offsets that advanced without records (blank lines) are
     /// queued as already acknowledged, so they keep their place in the ack order.
     pub fn take_batch(&mut self) -> Option<Batch> {
-        let building = std::mem::take(&mut self.building);
+        // The next batch keeps room for what this one took, an eighth more for the variation.
+        let room = self.building.logs.first_scope_bytes();
+        let building = std::mem::replace(
+            &mut self.building,
+            Building {
+                logs: EncodedLogs::with_first_scope_room(room + room / 8),
+                ..Building::default()
+            },
+        );
         if building.marks.is_empty() && building.logs.is_empty() {
             return None;
         }

@@ -1,6 +1,7 @@
 //! Times one alert-evaluation cycle with 200 Prometheus rules over 12,000 series, the way the
 //! agent runs it (`Alerting::cycle(now)`: one walk of the `/metrics` registry's structured model
-//! — the received-metrics store read in place, the rest through `prometheus-client`'s encoder —
+//! — the span-metrics and received-metrics stores read in place, the rest through
+//! `prometheus-client`'s encoder —
 //! appended to the rules' bounded history, every due group evaluated in order, the alerts
 //! mirrored into the notification pipeline, grouped and persisted), and the parts alone (an
 //! owned snapshot of the model; the same registry through the protobuf encoder alone, for

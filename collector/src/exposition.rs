@@ -5,9 +5,9 @@
 //! Collectors that hold many series may keep their exposition text ready (label sets escaped
 //! once, when a series is created) and write it straight into the response body with
 //! [`write_direct`] instead of going through the encoder token by token. They must write exactly
-//! what the encoder would (the received OTLP metrics' tests hold them to it byte for byte), and
-//! must be registered in the root registry (no prefix, no constant labels, which the direct path
-//! would not add). The structured model's walk (`model::walk`) reads such stores in place as
+//! what the encoder would (the received OTLP metrics' and span metrics' tests hold them to it
+//! byte for byte), and must be registered in the root registry (no prefix, no constant labels,
+//! which the direct path would not add). The structured model's walk (`model::walk`) reads such stores in place as
 //! `model::Source`s, and the rest of the registry through the encoder.
 
 use std::cell::RefCell;
@@ -106,6 +106,31 @@ pub fn write_direct(
     let body = BODY.with_borrow(|b| b.clone())?;
     let mut body = body.borrow_mut();
     Some(write(&mut body))
+}
+
+/// Appends a label set as the text encoder writes one: `name="value"` pairs joined by commas,
+/// values escaped (`\`, `"` and newlines), no braces.
+pub(crate) fn push_labels<K: AsRef<str>>(out: &mut String, labels: &[(K, String)]) {
+    for (i, (name, value)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(name.as_ref());
+        out.push_str("=\"");
+        if value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+            for c in value.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+        } else {
+            out.push_str(value);
+        }
+        out.push('"');
+    }
 }
 
 /// Rewrites OpenMetrics text into the Prometheus 0.0.4 text format: counters' metadata take the

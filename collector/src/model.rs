@@ -763,9 +763,15 @@ pub(crate) mod oracle {
     /// names and label sets (compared as text), the same values and exemplars (compared as
     /// numbers: the text writes integers without a fraction).
     pub(crate) fn assert_matches_text(registry: &Registry) -> Snapshot {
-        let snap = snapshot(registry).expect("snapshot");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        assert_matches_text_of(registry, &text)
+    }
+
+    /// [`assert_matches_text`] against a given OpenMetrics text of `registry` (a `/metrics`
+    /// body, where stores write their own text).
+    pub(crate) fn assert_matches_text_of(registry: &Registry, text: &str) -> Snapshot {
+        let snap = snapshot(registry).expect("snapshot");
         let mut lines = text.lines().filter(|l| *l != "# EOF");
         for f in &snap.families {
             let help = lines.next().expect("help line");

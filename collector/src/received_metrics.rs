@@ -63,6 +63,7 @@ use prometheus_client::metrics::family::Family as PromFamily;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
+use crate::exposition::push_labels;
 use crate::metrics::{LabelCaps, OVERFLOW_VALUE};
 
 /// Sorted label pairs of one series.
@@ -1315,31 +1316,6 @@ fn fold(into: &mut Option<Value>, other: &Value) {
 /// Escapes a help text as the exposition formats need (`\` and newlines).
 fn help_text(help: &str) -> String {
     help.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-/// Appends a label set as the text encoder writes one: `name="value"` pairs joined by commas,
-/// values escaped (`\`, `"` and newlines), no braces.
-fn push_labels(out: &mut String, labels: &[(String, String)]) {
-    for (i, (name, value)) in labels.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(name);
-        out.push_str("=\"");
-        if value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
-            for c in value.chars() {
-                match c {
-                    '\\' => out.push_str("\\\\"),
-                    '"' => out.push_str("\\\""),
-                    '\n' => out.push_str("\\n"),
-                    c => out.push(c),
-                }
-            }
-        } else {
-            out.push_str(value);
-        }
-        out.push('"');
-    }
 }
 
 type ExemplarLabels = Vec<(String, String)>;

@@ -9,6 +9,15 @@
 //! into one series whose every label is `other`, counted in
 //! `sidelight_label_sets_folded_total{family="traces_span_metrics"}`.
 //!
+//! The series live in a store of their own (per label set: calls, the duration histogram's
+//! cumulative buckets with sum and count, and the trace-id exemplars of the last call and of each
+//! bucket), kept in the order the label sets first came. It is registered as one
+//! `prometheus-client` [`Collector`]: a `/metrics` scrape gets its text written straight into the
+//! body ([`crate::exposition::write_direct`]), the structured model's walk reads it in place
+//! ([`model::Source`], label sets borrowed), and any other encoder of the registry gets it
+//! through the `MetricEncoder` (without the histograms' exemplars, which `prometheus-client`
+//! offers no way to build outside its own histogram type; the agent never encodes so).
+//!
 //! Recording is split in two so that a payload is counted only once it is accepted:
 //! [`SpanMetrics::prepare`] reads a request (borrowing it) into a [`Prepared`] batch, the receiver
 //! offers the request to the intake, and only on success calls [`SpanMetrics::record`]. A refused
@@ -25,20 +34,26 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use hashbrown::HashTable;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use parking_lot::RwLock;
-use prometheus_client::metrics::exemplar::{CounterWithExemplar, HistogramWithExemplars};
-use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::exemplar::CounterWithExemplar;
 use prometheus_client::registry::Registry;
 
+use crate::exposition::push_labels;
 use crate::metrics::{LabelCap, LabelCaps, OVERFLOW_VALUE, label_key};
+use crate::model;
 use crate::wire::{self, WireError};
 
 /// The maps probed once per span: foldhash instead of SipHash (keys come from clients, so the
@@ -47,6 +62,17 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The family name the label cap and the folded counter use.
 pub const FAMILY: &str = "traces_span_metrics";
+
+/// The calls counter's name (without `_total`) and help, as served.
+const CALLS: &str = "traces_span_metrics_calls";
+const CALLS_HELP: &str =
+    "Spans of the counted kinds (server, consumer), by service, span name, kind and status.";
+/// The duration histogram's name and help, as served.
+const DURATIONS: &str = "traces_span_metrics_duration_seconds";
+const DURATIONS_HELP: &str =
+    "Duration of spans of the counted kinds, by service, span name, kind and status.";
+/// The label of a trace-id exemplar.
+const TRACE_ID: &str = "trace_id";
 
 /// The spanmetrics connector's default histogram buckets, in seconds
 /// (2ms … 15s).
@@ -226,17 +252,69 @@ pub fn parse_kind(text: &str) -> Result<SpanKind, String> {
 }
 
 type SeriesLabels = Vec<(Cow<'static, str>, String)>;
-type TraceLabel = [(&'static str, String); 1];
-type Calls = CounterWithExemplar<TraceLabel>;
-type Durations = HistogramWithExemplars<TraceLabel>;
 
-/// Builds every duration histogram with the configured bounds.
-#[derive(Debug, Clone)]
-struct Buckets(Arc<[f64]>);
+/// Every span-metrics series, in the order their label sets first came.
+#[derive(Debug, Default)]
+struct Store {
+    /// Each label set's place in `series`, by [`Series::hash`].
+    index: HashTable<usize>,
+    hasher: foldhash::fast::RandomState,
+    series: Vec<Series>,
+}
 
-impl MetricConstructor<Durations> for Buckets {
-    fn new_metric(&self) -> Durations {
-        HistogramWithExemplars::new(self.0.iter().copied())
+/// One label set's calls and durations.
+#[derive(Debug)]
+struct Series {
+    labels: SeriesLabels,
+    /// The hash of `labels` with the store's hasher.
+    hash: u64,
+    /// `labels` as the exposition writes them (escaped once, when the series is created).
+    text: Box<str>,
+    calls: u64,
+    /// The last call (value 1), when its span had a trace id.
+    call_exemplar: Option<model::Exemplar>,
+    /// Cumulative buckets (`+Inf` last), sum and count. A bucket's exemplar is taken from the
+    /// first observation of a batch in it, when that one has a trace id (else the older stays).
+    durations: model::Histogram,
+}
+
+impl Store {
+    /// The series of `labels`, created (with empty buckets at `bounds`) if new.
+    fn series_mut(&mut self, labels: SeriesLabels, bounds: &[f64]) -> &mut Series {
+        let hash = self.hasher.hash_one(&labels);
+        let Store { index, series, .. } = self;
+        let i = match index.find(hash, |&i| series[i].labels == labels) {
+            Some(&i) => i,
+            None => {
+                let mut text = String::new();
+                push_labels(&mut text, &labels);
+                let buckets = bounds
+                    .iter()
+                    .copied()
+                    .chain(std::iter::once(f64::INFINITY))
+                    .map(|upper_bound| model::Bucket {
+                        upper_bound,
+                        cumulative_count: 0,
+                        exemplar: None,
+                    })
+                    .collect();
+                series.push(Series {
+                    labels,
+                    hash,
+                    text: text.into_boxed_str(),
+                    calls: 0,
+                    call_exemplar: None,
+                    durations: model::Histogram {
+                        sum: 0.0,
+                        count: 0,
+                        buckets,
+                    },
+                });
+                index.insert_unique(hash, series.len() - 1, |&j| series[j].hash);
+                series.len() - 1
+            }
+        };
+        &mut series[i]
     }
 }
 
@@ -333,9 +411,10 @@ pub struct SpanMetrics {
 struct Inner {
     live: RwLock<Live>,
     bounds: Arc<[f64]>,
+    /// The `le` text of each finite bound, as the text encoder writes it.
+    les: Box<[String]>,
     max_label_sets: usize,
-    calls: Family<SeriesLabels, Calls>,
-    durations: Family<SeriesLabels, Durations, Buckets>,
+    store: RwLock<Store>,
     cap: Arc<LabelCap>,
     services: RwLock<FastMap<String, Arc<ServiceTotals>>>,
 }
@@ -484,10 +563,13 @@ impl SpanMetrics {
         Self {
             inner: Arc::new(Inner {
                 live: RwLock::new(Self::live(settings)),
-                bounds: bounds.clone(),
+                les: bounds
+                    .iter()
+                    .map(|b| dtoa::Buffer::new().format(*b).to_owned())
+                    .collect(),
+                bounds,
                 max_label_sets: settings.max_label_sets,
-                calls: Family::default(),
-                durations: Family::new_with_constructor(Buckets(bounds)),
+                store: RwLock::new(Store::default()),
                 cap: caps.for_family_with_limit(FAMILY, settings.max_label_sets),
                 services: RwLock::new(FastMap::default()),
             }),
@@ -521,18 +603,10 @@ impl SpanMetrics {
     }
 
     /// Registers both families (`traces_span_metrics_calls_total`,
-    /// `traces_span_metrics_duration_seconds`).
+    /// `traces_span_metrics_duration_seconds`), as one collector of the root registry (the
+    /// direct writes and the model's walk add no prefix or constant labels).
     pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "traces_span_metrics_calls",
-            "Spans of the counted kinds (server, consumer), by service, span name, kind and status",
-            self.inner.calls.clone(),
-        );
-        registry.register(
-            "traces_span_metrics_duration_seconds",
-            "Duration of spans of the counted kinds, by service, span name, kind and status",
-            self.inner.durations.clone(),
-        );
+        registry.register_collector(Box::new(self.clone()));
     }
 
     /// Reads the spans that count from `request` (nothing is recorded yet).
@@ -587,7 +661,16 @@ impl SpanMetrics {
     /// Records a prepared batch (call once its request was accepted).
     pub fn record(&self, prepared: Prepared) {
         let inner = &*self.inner;
+        let buckets = inner.bounds.len() + 1;
+        // Per batch of one series: observations per bucket, and whether the bucket's exemplar
+        // was considered (one per bucket per batch: the first observation in it).
+        let mut counts = vec![0u64; buckets];
+        let mut exemplified = vec![false; buckets];
+        let mut store = inner.store.write();
         for s in prepared.series {
+            let Some(&(_, last_trace, last_end)) = s.observations.last() else {
+                continue;
+            };
             let labels = if inner.cap.admit(label_key(&s.labels)) {
                 s.labels
             } else {
@@ -597,38 +680,44 @@ impl SpanMetrics {
                     .collect()
             };
             let n = s.observations.len() as u64;
-            let Some(last) = s.observations.last() else {
-                continue;
-            };
-            {
-                let calls = inner.calls.get_or_create(&labels);
-                // The exemplar is one call (value 1), the batch's last; an increment without
-                // an exemplar clears it, so that one goes first.
-                if n > 1 {
-                    calls.inc_by(n - 1, None, None);
-                }
-                calls.inc_by(1, exemplar(&last.1), Some(timestamp(last.2)));
-            }
             let totals = self.totals(&labels[0].1);
             totals.calls.fetch_add(n, Ordering::Relaxed);
             if s.error {
                 totals.errors.fetch_add(n, Ordering::Relaxed);
             }
-            let histogram = inner.durations.get_or_create_owned(&labels);
-            // One exemplar per bucket per batch: the first trace seen in it.
-            let mut exemplified = vec![false; inner.bounds.len() + 1];
+            let series = store.series_mut(labels, &inner.bounds);
+            series.calls = series.calls.wrapping_add(n);
+            // The exemplar is one call (value 1), the batch's last; a last call without a
+            // trace id leaves none.
+            if is_traced(&last_trace) {
+                set_exemplar(&mut series.call_exemplar, &last_trace, 1.0, last_end);
+            } else {
+                series.call_exemplar = None;
+            }
+            counts.fill(0);
+            exemplified.fill(false);
+            let durations = &mut series.durations;
             let mut sum_nanos = 0u64;
             for (seconds, trace_id, end) in &s.observations {
                 let bucket = inner.bounds.partition_point(|b| b < seconds);
+                counts[bucket] += 1;
                 totals.buckets[bucket].fetch_add(1, Ordering::Relaxed);
                 sum_nanos = sum_nanos.saturating_add((seconds * 1e9) as u64);
-                let (label, at) = if exemplified[bucket] {
-                    (None, None)
-                } else {
+                durations.sum += seconds;
+                if !exemplified[bucket] {
                     exemplified[bucket] = true;
-                    (exemplar(trace_id), Some(timestamp(*end)))
-                };
-                histogram.observe(*seconds, label, at);
+                    if is_traced(trace_id)
+                        && let Some(b) = durations.buckets.get_mut(bucket)
+                    {
+                        set_exemplar(&mut b.exemplar, trace_id, *seconds, *end);
+                    }
+                }
+            }
+            durations.count = durations.count.wrapping_add(n);
+            let mut below = 0u64;
+            for (b, count) in durations.buckets.iter_mut().zip(&counts) {
+                below += count;
+                b.cumulative_count = b.cumulative_count.wrapping_add(below);
             }
             totals.sum_nanos.fetch_add(sum_nanos, Ordering::Relaxed);
         }
@@ -678,6 +767,196 @@ impl SpanMetrics {
     }
 }
 
+/// `/metrics` and every other encoder of the registry: the calls counter then the duration
+/// histogram, each series in the store's order; nothing before the first span is recorded (as
+/// an empty `prometheus-client` family writes nothing).
+impl Collector for SpanMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        if let Some(written) = crate::exposition::write_direct(|out| {
+            self.write_openmetrics(out);
+            Ok(())
+        }) {
+            return written;
+        }
+        if let Some(handed) = model::walk_direct(&mut encoder, || Box::new(self.clone())) {
+            return handed;
+        }
+        let store = self.inner.store.read();
+        if store.series.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut metric =
+                encoder.encode_descriptor(CALLS, CALLS_HELP, None, MetricType::Counter)?;
+            for s in &store.series {
+                // The encoder takes an exemplar only as `prometheus-client` builds it.
+                let last = CounterWithExemplar::<Vec<(String, String)>>::default();
+                if let Some(e) = &s.call_exemplar {
+                    last.inc_by(1, Some(e.labels.clone()), e.timestamp);
+                }
+                let (_, exemplar) = last.get();
+                metric
+                    .encode_family(&s.labels)?
+                    .encode_counter(&s.calls, exemplar.as_ref())?;
+            }
+        }
+        let mut metric =
+            encoder.encode_descriptor(DURATIONS, DURATIONS_HELP, None, MetricType::Histogram)?;
+        let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(self.inner.bounds.len() + 1);
+        for s in &store.series {
+            buckets.clear();
+            let mut below = 0u64;
+            for b in &s.durations.buckets {
+                buckets.push((b.upper_bound, b.cumulative_count.wrapping_sub(below)));
+                below = b.cumulative_count;
+            }
+            metric
+                .encode_family(&s.labels)?
+                .encode_histogram::<Vec<(String, String)>>(
+                    s.durations.sum,
+                    s.durations.count,
+                    &buckets,
+                    None,
+                )?;
+        }
+        Ok(())
+    }
+}
+
+impl SpanMetrics {
+    /// Writes both families as OpenMetrics text into a `/metrics` body: the bytes
+    /// `prometheus-client`'s text encoder writes for them, exemplars included.
+    fn write_openmetrics(&self, out: &mut String) {
+        let store = self.inner.store.read();
+        if store.series.is_empty() {
+            return;
+        }
+        let mut numbers = Numbers {
+            dtoa: dtoa::Buffer::new(),
+            itoa: itoa::Buffer::new(),
+        };
+        descriptor(out, CALLS, CALLS_HELP, MetricType::Counter);
+        for s in &store.series {
+            out.push_str(CALLS);
+            out.push_str("_total{");
+            out.push_str(&s.text);
+            out.push_str("} ");
+            out.push_str(numbers.itoa.format(s.calls));
+            if let Some(e) = &s.call_exemplar {
+                push_exemplar(out, e, &mut numbers.dtoa);
+            }
+            out.push('\n');
+        }
+        descriptor(out, DURATIONS, DURATIONS_HELP, MetricType::Histogram);
+        for s in &store.series {
+            let h = &s.durations;
+            out.push_str(DURATIONS);
+            out.push_str("_sum{");
+            out.push_str(&s.text);
+            out.push_str("} ");
+            out.push_str(numbers.dtoa.format(h.sum));
+            out.push('\n');
+            out.push_str(DURATIONS);
+            out.push_str("_count{");
+            out.push_str(&s.text);
+            out.push_str("} ");
+            out.push_str(numbers.itoa.format(h.count));
+            out.push('\n');
+            for (i, b) in h.buckets.iter().enumerate() {
+                out.push_str(DURATIONS);
+                out.push_str("_bucket{le=\"");
+                out.push_str(self.inner.les.get(i).map_or("+Inf", String::as_str));
+                out.push_str("\",");
+                out.push_str(&s.text);
+                out.push_str("} ");
+                out.push_str(numbers.itoa.format(b.cumulative_count));
+                if let Some(e) = &b.exemplar {
+                    push_exemplar(out, e, &mut numbers.dtoa);
+                }
+                out.push('\n');
+            }
+        }
+    }
+}
+
+struct Numbers {
+    dtoa: dtoa::Buffer,
+    itoa: itoa::Buffer,
+}
+
+/// `# HELP` and `# TYPE` lines as the text encoder writes them.
+fn descriptor(out: &mut String, name: &str, help: &str, kind: MetricType) {
+    out.push_str("# HELP ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(help);
+    out.push_str("\n# TYPE ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(kind.as_str());
+    out.push('\n');
+}
+
+/// ` # {labels} value timestamp`, as the text encoder writes an exemplar.
+fn push_exemplar(out: &mut String, e: &model::Exemplar, dtoa: &mut dtoa::Buffer) {
+    out.push_str(" # {");
+    push_labels(out, &e.labels);
+    out.push_str("} ");
+    out.push_str(dtoa.format(e.value));
+    if let Some(t) = e.timestamp {
+        out.push(' ');
+        let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        out.push_str(dtoa.format(secs.as_secs_f64()));
+    }
+}
+
+/// The structured model's walk over the store: what [`Collector::encode`] writes, read in place
+/// under the store's lock (label sets, histograms and exemplars borrowed).
+impl model::Source for SpanMetrics {
+    fn walk(&self, visit: &mut dyn model::Visit) {
+        use model::{ExemplarRef, FamilyRef, Kind, LabelsRef, ValueRef};
+        let store = self.inner.store.read();
+        if store.series.is_empty() {
+            return;
+        }
+        visit.family(&FamilyRef {
+            name: CALLS,
+            help: CALLS_HELP,
+            unit: "",
+            kind: Kind::Counter,
+        });
+        if visit.wants_series() {
+            for s in &store.series {
+                visit.series(
+                    LabelsRef::Named(&s.labels),
+                    ValueRef::Counter {
+                        total: s.calls as f64,
+                        exemplar: s.call_exemplar.as_ref().map(|e| ExemplarRef {
+                            labels: &e.labels,
+                            value: e.value,
+                            timestamp: e.timestamp,
+                        }),
+                    },
+                );
+            }
+        }
+        visit.family(&FamilyRef {
+            name: DURATIONS,
+            help: DURATIONS_HELP,
+            unit: "",
+            kind: Kind::Histogram,
+        });
+        if visit.wants_series() {
+            for s in &store.series {
+                visit.series(
+                    LabelsRef::Named(&s.labels),
+                    ValueRef::Histogram(&s.durations),
+                );
+            }
+        }
+    }
+}
+
 fn series_labels(key: &Key<'_>, dims: &[(Dimension, String)]) -> SeriesLabels {
     let kind = SpanKind::try_from(key.kind).map_or("SPAN_KIND_UNSPECIFIED", |k| k.as_str_name());
     let status = StatusCode::try_from(key.status).map_or("STATUS_CODE_UNSET", |s| s.as_str_name());
@@ -694,18 +973,39 @@ fn series_labels(key: &Key<'_>, dims: &[(Dimension, String)]) -> SeriesLabels {
     labels
 }
 
-fn exemplar(trace_id: &[u8; 16]) -> Option<TraceLabel> {
-    (trace_id != &[0u8; 16]).then(|| [("trace_id", hex(trace_id))])
+/// Whether a span has a trace id (all zeros is none).
+fn is_traced(trace_id: &[u8; 16]) -> bool {
+    trace_id != &[0u8; 16]
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Makes `slot` the exemplar `{trace_id="…"} value` at `end`, reusing its strings.
+fn set_exemplar(slot: &mut Option<model::Exemplar>, trace_id: &[u8; 16], value: f64, end: u64) {
+    match slot {
+        Some(e) if e.labels.len() == 1 => {
+            let id = &mut e.labels[0].1;
+            id.clear();
+            push_hex(id, trace_id);
+            e.value = value;
+            e.timestamp = Some(timestamp(end));
+        }
+        _ => {
+            let mut id = String::with_capacity(32);
+            push_hex(&mut id, trace_id);
+            *slot = Some(model::Exemplar {
+                labels: vec![(TRACE_ID.to_owned(), id)],
+                value,
+                timestamp: Some(timestamp(end)),
+            });
+        }
+    }
+}
+
+fn push_hex(s: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         s.push(DIGITS[usize::from(b >> 4)] as char);
         s.push(DIGITS[usize::from(b & 0x0f)] as char);
     }
-    s
 }
 
 fn timestamp(unix_nanos: u64) -> SystemTime {
@@ -792,9 +1092,8 @@ mod tests {
         let mut registry = Registry::default();
         sm.register(&mut registry);
         caps.register(&mut registry);
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
-        out
+        crate::exposition::encode(&registry, crate::exposition::Format::OpenMetrics)
+            .expect("encode")
     }
 
     #[test]
@@ -1093,5 +1392,404 @@ mod tests {
         };
         assert_eq!(empty.quantile(0.5), None);
         assert_eq!(empty.error_ratio(), None);
+    }
+
+    /// The span-metrics families as `prometheus-client` held them before the store: the
+    /// reference the store's exposition and walk are held to.
+    mod reference {
+        use prometheus_client::metrics::exemplar::{CounterWithExemplar, HistogramWithExemplars};
+        use prometheus_client::metrics::family::{Family, MetricConstructor};
+
+        use super::super::*;
+
+        type TraceLabel = [(&'static str, String); 1];
+        type Durations = HistogramWithExemplars<TraceLabel>;
+
+        #[derive(Debug, Clone)]
+        struct Buckets(Arc<[f64]>);
+
+        impl MetricConstructor<Durations> for Buckets {
+            fn new_metric(&self) -> Durations {
+                HistogramWithExemplars::new(self.0.iter().copied())
+            }
+        }
+
+        pub(super) struct Old {
+            bounds: Arc<[f64]>,
+            calls: Family<SeriesLabels, CounterWithExemplar<TraceLabel>>,
+            durations: Family<SeriesLabels, Durations, Buckets>,
+            cap: Arc<LabelCap>,
+        }
+
+        fn exemplar(trace_id: &[u8; 16]) -> Option<TraceLabel> {
+            (trace_id != &[0u8; 16]).then(|| {
+                let mut id = String::new();
+                push_hex(&mut id, trace_id);
+                [("trace_id", id)]
+            })
+        }
+
+        impl Old {
+            pub(super) fn new(settings: &SpanMetricsSettings, caps: &LabelCaps) -> Self {
+                let bounds: Arc<[f64]> = settings.buckets.clone().into();
+                Old {
+                    bounds: bounds.clone(),
+                    calls: Family::default(),
+                    durations: Family::new_with_constructor(Buckets(bounds)),
+                    cap: caps.for_family_with_limit(FAMILY, settings.max_label_sets),
+                }
+            }
+
+            pub(super) fn register(&self, registry: &mut Registry) {
+                registry.register(
+                    "traces_span_metrics_calls",
+                    "Spans of the counted kinds (server, consumer), by service, span name, kind and status",
+                    self.calls.clone(),
+                );
+                registry.register(
+                    "traces_span_metrics_duration_seconds",
+                    "Duration of spans of the counted kinds, by service, span name, kind and status",
+                    self.durations.clone(),
+                );
+            }
+
+            pub(super) fn record(&self, prepared: Prepared) {
+                for s in prepared.series {
+                    let labels = if self.cap.admit(label_key(&s.labels)) {
+                        s.labels
+                    } else {
+                        s.labels
+                            .into_iter()
+                            .map(|(k, _)| (k, OVERFLOW_VALUE.to_owned()))
+                            .collect()
+                    };
+                    let n = s.observations.len() as u64;
+                    let Some(last) = s.observations.last() else {
+                        continue;
+                    };
+                    {
+                        let calls = self.calls.get_or_create(&labels);
+                        if n > 1 {
+                            calls.inc_by(n - 1, None, None);
+                        }
+                        calls.inc_by(1, exemplar(&last.1), Some(timestamp(last.2)));
+                    }
+                    let histogram = self.durations.get_or_create_owned(&labels);
+                    let mut exemplified = vec![false; self.bounds.len() + 1];
+                    for (seconds, trace_id, end) in &s.observations {
+                        let bucket = self.bounds.partition_point(|b| b < seconds);
+                        let (label, at) = if exemplified[bucket] {
+                            (None, None)
+                        } else {
+                            exemplified[bucket] = true;
+                            (exemplar(trace_id), Some(timestamp(*end)))
+                        };
+                        histogram.observe(*seconds, label, at);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A body's families by name: the metadata lines, then the series as blocks (a histogram's
+    /// `_sum`, `_count` and buckets together) sorted, since the old families served their series
+    /// in hash order.
+    fn families(body: &str) -> std::collections::BTreeMap<String, (Vec<String>, Vec<String>)> {
+        let mut out: std::collections::BTreeMap<String, (Vec<String>, Vec<String>)> =
+            Default::default();
+        let mut current: Option<String> = None;
+        let mut histogram = false;
+        for line in body.lines().filter(|l| *l != "# EOF") {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap_or_default().to_owned();
+                assert!(!out.contains_key(&name), "{name} twice:\n{body}");
+                out.entry(name.clone()).or_default().0.push(line.to_owned());
+                current = Some(name);
+                histogram = false;
+                continue;
+            }
+            let name = current.clone().expect("a family first");
+            let family = out.entry(name.clone()).or_default();
+            if line.starts_with("# ") {
+                histogram |= line.ends_with(" histogram");
+                family.0.push(line.to_owned());
+            } else if histogram && !line.starts_with(&format!("{name}_sum")) {
+                let block = family.1.last_mut().expect("a _sum line first");
+                block.push('\n');
+                block.push_str(line);
+            } else {
+                family.1.push(line.to_owned());
+            }
+        }
+        for (_, series) in out.values_mut() {
+            series.sort();
+        }
+        out
+    }
+
+    /// The model with each family's series sorted by their labels and the families by name.
+    fn sorted(mut snap: model::Snapshot) -> String {
+        for f in &mut snap.families {
+            f.series.sort_by_cached_key(|s| format!("{:?}", s.labels));
+        }
+        snap.families.sort_by(|a, b| a.name.cmp(&b.name));
+        format!("{snap:#?}")
+    }
+
+    fn traced(rng: &mut fastrand::Rng) -> Vec<u8> {
+        match rng.u8(..4) {
+            0 => vec![0; 16],
+            1 => vec![0xab; 3],
+            _ => (0..16).map(|_| rng.u8(..)).collect(),
+        }
+    }
+
+    /// A request of random spans: services, names and attribute values with characters the text
+    /// escapes, every kind and status, durations on, between and beyond the bounds, spans with
+    /// no trace id or a malformed one, dimensions from the span, the resource, a default or
+    /// nowhere.
+    fn random_request(rng: &mut fastrand::Rng, bounds: &[f64]) -> ExportTraceServiceRequest {
+        const SERVICES: [&str; 5] = ["shop", "pay\"ments", "back\\slash", "new\nline", "ünï"];
+        const NAMES: [&str; 6] = ["GET /", "POST /items/{id}", "q\"uote", "", "a\\b", "x y"];
+        const KINDS: [SpanKind; 5] = [
+            SpanKind::Server,
+            SpanKind::Consumer,
+            SpanKind::Client,
+            SpanKind::Producer,
+            SpanKind::Internal,
+        ];
+        const STATUSES: [StatusCode; 3] = [StatusCode::Unset, StatusCode::Ok, StatusCode::Error];
+        let mut resource_spans = Vec::new();
+        for _ in 0..rng.usize(1..4) {
+            let mut resource_attrs = Vec::new();
+            if rng.u8(..5) > 0 {
+                resource_attrs.push(kv("service.name", SERVICES[rng.usize(..SERVICES.len())]));
+            }
+            if rng.bool() {
+                resource_attrs.push(kv("http.route", "/from-resource"));
+            }
+            let mut spans = Vec::new();
+            for _ in 0..rng.usize(0..30) {
+                let start = 1_700_000_000_000_000_000u64 + rng.u64(..1_000_000_000_000);
+                let nanos = match rng.u8(..4) {
+                    // On a bound exactly.
+                    0 => (bounds[rng.usize(..bounds.len())] * 1e9) as u64,
+                    1 => rng.u64(..20_000_000_000),
+                    2 => rng.u64(..3_000_000),
+                    _ => 0,
+                };
+                let mut attributes = Vec::new();
+                if rng.bool() {
+                    attributes.push(kv("http.route", NAMES[rng.usize(..NAMES.len())]));
+                }
+                if rng.u8(..3) == 0 {
+                    attributes.push(KeyValue {
+                        key: "region".into(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::IntValue(rng.i64(-3..3))),
+                        }),
+                        ..Default::default()
+                    });
+                }
+                spans.push(Span {
+                    trace_id: traced(rng),
+                    span_id: vec![1; 8],
+                    name: NAMES[rng.usize(..NAMES.len())].into(),
+                    kind: KINDS[rng.usize(..KINDS.len())] as i32,
+                    start_time_unix_nano: start,
+                    end_time_unix_nano: start + nanos,
+                    attributes,
+                    status: rng.u8(..6).ne(&0).then(|| Status {
+                        code: STATUSES[rng.usize(..STATUSES.len())] as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            resource_spans.push(ResourceSpans {
+                resource: Some(Resource {
+                    attributes: resource_attrs,
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+        ExportTraceServiceRequest { resource_spans }
+    }
+
+    /// The store serves what the `prometheus-client` families it replaced served, fed the same
+    /// spans: `/metrics` in both formats byte for byte (series order aside: the families' was
+    /// their hash map's), the model's walk equal to the encoder's model of the old families
+    /// (exemplars included), and the plain encoder's text equal but for the histograms'
+    /// exemplars, which only the direct write and the walk carry.
+    #[test]
+    fn the_store_serves_what_the_old_families_served() {
+        use crate::exposition::{Format, encode};
+        // What the random inputs reached, so that the comparison is known to cover it.
+        let (mut series, mut folded, mut bucket_exemplars, mut escaped) = (0, false, false, false);
+        for seed in 0..24u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let settings = SpanMetricsSettings {
+                dimensions: vec![
+                    Dimension {
+                        attribute: "http.route".into(),
+                        default: (seed % 2 == 0).then(|| "unknown".into()),
+                    },
+                    Dimension {
+                        attribute: "region".into(),
+                        default: None,
+                    },
+                ],
+                buckets: if seed % 3 == 0 {
+                    vec![0.001, 0.25, 1.0, 7.5]
+                } else {
+                    DEFAULT_BUCKETS.to_vec()
+                },
+                max_label_sets: [3, 20, 1000][(seed % 3) as usize],
+                kinds: if seed % 4 == 0 {
+                    vec![SpanKind::Server, SpanKind::Client, SpanKind::Internal]
+                } else {
+                    SpanMetricsSettings::default().kinds
+                },
+            };
+            assert!(settings.validate().is_empty());
+            let (new_caps, old_caps) = (LabelCaps::new(100), LabelCaps::new(100));
+            let sm = SpanMetrics::new(&settings, &new_caps);
+            let old = reference::Old::new(&settings, &old_caps);
+            let (mut new_reg, mut old_reg) = (Registry::default(), Registry::default());
+            sm.register(&mut new_reg);
+            new_caps.register(&mut new_reg);
+            old.register(&mut old_reg);
+            old_caps.register(&mut old_reg);
+            for round in 0..rng.usize(0..6) {
+                let req = random_request(&mut rng, &settings.buckets);
+                sm.record(sm.prepare(&req));
+                old.record(sm.prepare(&req));
+                let context = format!("seed {seed}, round {round}");
+                let body = encode(&new_reg, Format::OpenMetrics).expect("encode");
+                series = series.max(body.matches("_calls_total{").count());
+                folded |= body.contains("status_code=\"other\"");
+                bucket_exemplars |= body
+                    .lines()
+                    .any(|l| l.contains("_bucket{") && l.contains(" # {trace_id=\""));
+                escaped |= body.contains("\\\"") && body.contains("\\n");
+                for format in [Format::OpenMetrics, Format::Text] {
+                    let new_body = encode(&new_reg, format).expect("encode");
+                    let old_body = encode(&old_reg, format).expect("encode");
+                    assert_eq!(
+                        families(&new_body),
+                        families(&old_body),
+                        "{context}, {format:?}:\n{new_body}\n---\n{old_body}"
+                    );
+                }
+                assert_eq!(
+                    sorted(model::snapshot(&new_reg).expect("walk")),
+                    sorted(crate::model::oracle::encoded(&old_reg)),
+                    "{context}"
+                );
+                let plain = |r: &Registry| {
+                    let mut out = String::new();
+                    prometheus_client::encoding::text::encode(&mut out, r).expect("encode");
+                    out
+                };
+                let without_bucket_exemplars: String = plain(&old_reg)
+                    .lines()
+                    .map(|l| match l.split_once(" # ") {
+                        Some((sample, _)) if l.contains("_bucket{") => format!("{sample}\n"),
+                        _ => format!("{l}\n"),
+                    })
+                    .collect();
+                assert_eq!(
+                    families(&plain(&new_reg)),
+                    families(&without_bucket_exemplars),
+                    "{context}"
+                );
+            }
+        }
+        assert!(
+            series >= 20 && folded && bucket_exemplars && escaped,
+            "{series} {folded} {bucket_exemplars} {escaped}"
+        );
+    }
+
+    /// The store's walk among other collectors and plain metrics is what the encoder gives of
+    /// the same registry (spans without trace ids, whose histograms have no exemplars for the
+    /// encoder to leave out), and its snapshot is the registry's text.
+    #[test]
+    fn the_walk_reads_the_store_in_place() {
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::gauge::Gauge;
+        let caps = LabelCaps::new(100);
+        let sm = SpanMetrics::new(&SpanMetricsSettings::default(), &caps);
+        let mut r = Registry::default();
+        let before: Counter = Counter::default();
+        before.inc();
+        r.register("before", "Encoded", before);
+        sm.register(&mut r);
+        r.register("after", "Encoded", Gauge::<i64>::default());
+        caps.register(&mut r);
+        crate::model::oracle::assert_walk_is_encoded(&r);
+        let empty = crate::model::oracle::assert_matches_text(&r);
+        assert!(
+            empty.family(CALLS).is_none(),
+            "nothing recorded, nothing served"
+        );
+        let mut req = request(
+            "shop",
+            vec![
+                span("GET /a", SpanKind::Server, StatusCode::Ok, 3, Some("/a")),
+                span(
+                    "GET /a",
+                    SpanKind::Server,
+                    StatusCode::Error,
+                    3000,
+                    Some("/a"),
+                ),
+                span("job", SpanKind::Consumer, StatusCode::Unset, 20_000, None),
+            ],
+        );
+        for rs in &mut req.resource_spans {
+            for ss in &mut rs.scope_spans {
+                for s in &mut ss.spans {
+                    s.trace_id = vec![0; 16];
+                }
+            }
+        }
+        sm.record(sm.prepare(&req));
+        sm.record(sm.prepare(&req));
+        crate::model::oracle::assert_walk_is_encoded(&r);
+        let snap = crate::model::oracle::assert_matches_text(&r);
+        // A visitor that reads some families only is lent no series of the others.
+        crate::model::oracle::assert_walk_skips(&r, &snap);
+        let calls = snap.family(CALLS).expect("calls");
+        assert_eq!(calls.series.len(), 3);
+        assert!(calls.series.iter().all(|s| s.value.number() == 2.0));
+        let durations = snap.family(DURATIONS).expect("durations");
+        let model::Value::Histogram(h) = &durations.series[2].value else {
+            panic!("a histogram: {durations:?}");
+        };
+        assert_eq!((h.count, h.sum), (2, 40.0));
+        assert_eq!(h.buckets.len(), DEFAULT_BUCKETS.len() + 1);
+        assert_eq!(h.buckets[DEFAULT_BUCKETS.len() - 1].cumulative_count, 0);
+        assert_eq!(h.buckets[DEFAULT_BUCKETS.len()].cumulative_count, 2);
+        // With trace ids the walk carries every exemplar the text does.
+        sm.record(sm.prepare(&request(
+            "shop",
+            vec![span(
+                "GET /a",
+                SpanKind::Server,
+                StatusCode::Ok,
+                3,
+                Some("/a"),
+            )],
+        )));
+        crate::model::oracle::assert_matches_text_of(
+            &r,
+            &crate::exposition::encode(&r, crate::exposition::Format::OpenMetrics).expect("encode"),
+        );
     }
 }

@@ -108,6 +108,24 @@ pub fn write_direct(
     Some(write(&mut body))
 }
 
+/// Appends a family's `# HELP` and `# TYPE` lines as the text encoder writes them.
+pub(crate) fn push_descriptor(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: prometheus_client::metrics::MetricType,
+) {
+    out.push_str("# HELP ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(help);
+    out.push_str("\n# TYPE ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(kind.as_str());
+    out.push('\n');
+}
+
 /// Appends a label set as the text encoder writes one: `name="value"` pairs joined by commas,
 /// values escaped (`\`, `"` and newlines), no braces.
 pub(crate) fn push_labels<K: AsRef<str>>(out: &mut String, labels: &[(K, String)]) {

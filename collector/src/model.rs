@@ -305,6 +305,20 @@ pub struct FamilyRef<'a> {
     pub kind: Kind,
 }
 
+impl FamilyRef<'_> {
+    /// The family, owned, with no series yet.
+    #[must_use]
+    pub fn to_family(&self) -> Family {
+        Family {
+            name: self.name.to_owned(),
+            help: self.help.to_owned(),
+            unit: self.unit.to_owned(),
+            kind: self.kind,
+            series: Vec::new(),
+        }
+    }
+}
+
 /// A series' label set as a walk lends it (the stores keep label names owned or static).
 #[derive(Debug, Clone, Copy)]
 pub enum LabelsRef<'a> {
@@ -434,13 +448,7 @@ struct Collect {
 
 impl Visit for Collect {
     fn family(&mut self, f: &FamilyRef<'_>) {
-        self.families.push(Family {
-            name: f.name.to_owned(),
-            help: f.help.to_owned(),
-            unit: f.unit.to_owned(),
-            kind: f.kind,
-            series: Vec::new(),
-        });
+        self.families.push(f.to_family());
     }
 
     fn series(&mut self, labels: LabelsRef<'_>, value: ValueRef<'_>) {
@@ -707,13 +715,7 @@ pub(crate) mod oracle {
 
     impl Visit for EveryOther {
         fn family(&mut self, f: &FamilyRef<'_>) {
-            self.families.push(Family {
-                name: f.name.to_owned(),
-                help: f.help.to_owned(),
-                unit: f.unit.to_owned(),
-                kind: f.kind,
-                series: Vec::new(),
-            });
+            self.families.push(f.to_family());
         }
 
         fn series(&mut self, labels: LabelsRef<'_>, value: ValueRef<'_>) {

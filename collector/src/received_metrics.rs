@@ -63,7 +63,7 @@ use prometheus_client::metrics::family::Family as PromFamily;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
-use crate::exposition::push_labels;
+use crate::exposition::{push_descriptor, push_labels};
 use crate::metrics::{LabelCaps, OVERFLOW_VALUE};
 
 /// Sorted label pairs of one series.
@@ -1515,16 +1515,7 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn descriptor(&mut self, name: &str, help: &str, kind: MetricType) {
-        let out = &mut *self.out;
-        out.push_str("# HELP ");
-        out.push_str(name);
-        out.push(' ');
-        out.push_str(help);
-        out.push_str("\n# TYPE ");
-        out.push_str(name);
-        out.push(' ');
-        out.push_str(kind.as_str());
-        out.push('\n');
+        push_descriptor(self.out, name, help, kind);
     }
 
     /// `name{labels}` (braces even when empty, as the encoder writes a family's series).

@@ -51,7 +51,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::exemplar::CounterWithExemplar;
 use prometheus_client::registry::Registry;
 
-use crate::exposition::push_labels;
+use crate::exposition::{push_descriptor, push_labels};
 use crate::metrics::{LabelCap, LabelCaps, OVERFLOW_VALUE, label_key};
 use crate::model;
 use crate::wire::{self, WireError};
@@ -835,7 +835,7 @@ impl SpanMetrics {
             dtoa: dtoa::Buffer::new(),
             itoa: itoa::Buffer::new(),
         };
-        descriptor(out, CALLS, CALLS_HELP, MetricType::Counter);
+        push_descriptor(out, CALLS, CALLS_HELP, MetricType::Counter);
         for s in &store.series {
             out.push_str(CALLS);
             out.push_str("_total{");
@@ -847,7 +847,7 @@ impl SpanMetrics {
             }
             out.push('\n');
         }
-        descriptor(out, DURATIONS, DURATIONS_HELP, MetricType::Histogram);
+        push_descriptor(out, DURATIONS, DURATIONS_HELP, MetricType::Histogram);
         for s in &store.series {
             let h = &s.durations;
             out.push_str(DURATIONS);
@@ -882,19 +882,6 @@ impl SpanMetrics {
 struct Numbers {
     dtoa: dtoa::Buffer,
     itoa: itoa::Buffer,
-}
-
-/// `# HELP` and `# TYPE` lines as the text encoder writes them.
-fn descriptor(out: &mut String, name: &str, help: &str, kind: MetricType) {
-    out.push_str("# HELP ");
-    out.push_str(name);
-    out.push(' ');
-    out.push_str(help);
-    out.push_str("\n# TYPE ");
-    out.push_str(name);
-    out.push(' ');
-    out.push_str(kind.as_str());
-    out.push('\n');
 }
 
 /// ` # {labels} value timestamp`, as the text encoder writes an exemplar.

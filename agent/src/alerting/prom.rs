@@ -1296,6 +1296,22 @@ mod tests {
         )
     }
 
+    /// One to five rules: whether each records (else it alerts) and which of `EXPRS` it evaluates.
+    fn rule_picks() -> impl proptest::strategy::Strategy<Value = Vec<(bool, usize)>> {
+        proptest::collection::vec((proptest::bool::ANY, 0..EXPRS.len()), 1..6)
+    }
+
+    /// For each of `steps` cycles, which of six series of each of `FAMILIES` are present.
+    fn presences(steps: usize) -> impl proptest::strategy::Strategy<Value = Vec<Vec<Vec<bool>>>> {
+        proptest::collection::vec(
+            proptest::collection::vec(
+                proptest::collection::vec(proptest::bool::ANY, 6),
+                FAMILIES.len(),
+            ),
+            steps,
+        )
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
 
@@ -1306,12 +1322,9 @@ mod tests {
         /// back, a recorded name that is also a family's) and reloads that change them.
         #[test]
         fn skipping_unread_families_changes_no_result(
-            rules in proptest::collection::vec((proptest::bool::ANY, 0..EXPRS.len()), 1..6),
-            reloaded in proptest::collection::vec((proptest::bool::ANY, 0..EXPRS.len()), 1..6),
-            presence in proptest::collection::vec(
-                proptest::collection::vec(
-                    proptest::collection::vec(proptest::bool::ANY, 6), FAMILIES.len()),
-                8),
+            rules in rule_picks(),
+            reloaded in rule_picks(),
+            presence in presences(8),
         ) {
             let ext = External::default();
             let mut skipping = PromRules::new(100, RecordedCollector::default());
@@ -1437,12 +1450,9 @@ mod tests {
         /// that change (and collide with the series' own), and alerts that end and come back.
         #[test]
         fn mirrored_alerts_are_those_rebuilt_every_cycle(
-            rules in proptest::collection::vec((proptest::bool::ANY, 0..EXPRS.len()), 1..6),
-            reloaded in proptest::collection::vec((proptest::bool::ANY, 0..EXPRS.len()), 1..6),
-            presence in proptest::collection::vec(
-                proptest::collection::vec(
-                    proptest::collection::vec(proptest::bool::ANY, 6), FAMILIES.len()),
-                12),
+            rules in rule_picks(),
+            reloaded in rule_picks(),
+            presence in presences(12),
             externals in proptest::collection::vec(0..4usize, 12),
         ) {
             let mut p = PromRules::new(100, RecordedCollector::default());

@@ -1489,17 +1489,7 @@ fn scan_timestamp_in(
             secs
         }
     };
-    let num = |at: usize, len: usize| -> Option<i64> {
-        let digits = b.get(at..at + len)?;
-        let mut v = 0i64;
-        for &d in digits {
-            if !d.is_ascii_digit() {
-                return None;
-            }
-            v = v * 10 + i64::from(d - b'0');
-        }
-        Some(v)
-    };
+    let num = |at: usize, len: usize| decimal(b, at, len);
     let mut at = 16;
     let mut second = 0;
     if b.get(at) == Some(&b':') {
@@ -1546,19 +1536,21 @@ fn scan_timestamp_in(
     Some((total, at))
 }
 
+/// The `len` ASCII digits at `b[at..]` as a number; `None` when one is missing or not a digit.
+fn decimal(b: &[u8], at: usize, len: usize) -> Option<i64> {
+    let mut v = 0i64;
+    for &d in b.get(at..at + len)? {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + i64::from(d - b'0');
+    }
+    Some(v)
+}
+
 /// `YYYY-MM-DD[T ]HH:MM` at the start of `b`, as unix seconds (before any zone offset).
 fn scan_minute(b: &[u8]) -> Option<i64> {
-    let num = |at: usize, len: usize| -> Option<i64> {
-        let digits = b.get(at..at + len)?;
-        let mut v = 0i64;
-        for &d in digits {
-            if !d.is_ascii_digit() {
-                return None;
-            }
-            v = v * 10 + i64::from(d - b'0');
-        }
-        Some(v)
-    };
+    let num = |at: usize, len: usize| decimal(b, at, len);
     let year = num(0, 4)?;
     if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
         return None;

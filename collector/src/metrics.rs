@@ -217,6 +217,8 @@ impl crate::model::Source for SnapshotCollector {
                     Kind::Counter => ModelKind::Counter,
                     Kind::Gauge => ModelKind::Gauge,
                 },
+                // Each collection publishes a new snapshot, its series listed anew.
+                series_generation: None,
             });
             if !visit.wants_series() {
                 continue;

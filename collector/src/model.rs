@@ -21,9 +21,15 @@
 //! Either way the walk yields the families in the order `/metrics` writes them. A visitor that
 //! reads few families says so per family ([`Visit::wants_series`]), and the walk and the stores
 //! then skip the others' series (the rules' ingest reads only the families a rule can select).
+//!
+//! A store may also say that a family's series are those it lent before, in the same order
+//! ([`FamilyRef::series_generation`]): a visitor that keeps something per series (the rules'
+//! ingest keeps each series' history handle) then finds it by the series' position alone,
+//! without reading its labels.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::DescriptorEncoder;
@@ -292,6 +298,34 @@ pub fn walk_direct(
     )
 }
 
+/// One version of a family's list of series in a store that walks itself ([`Source`]): a
+/// token unique in the process ([`SeriesGeneration::next`]). A store takes a new one for a
+/// family whenever it adds, removes or reorders one of the family's series, or changes a
+/// series' labels; so two walks that lend a family with the same token lend the same label
+/// sets in the same order, and a series' position in the family is its identity. It says
+/// nothing about values (a histogram's buckets may differ). Tokens are never reused: one names
+/// a single version of one store's list, which several of its families may lend (span metrics'
+/// calls and durations list the same label sets), so a visitor keeps what it learns per family
+/// (by the family's place and name, as the rules' ingest does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SeriesGeneration(u64);
+
+impl SeriesGeneration {
+    /// A token no other call returned in this process.
+    #[must_use]
+    pub fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        SeriesGeneration(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Default for SeriesGeneration {
+    /// A fresh token ([`SeriesGeneration::next`]), for a store's new, empty family.
+    fn default() -> Self {
+        Self::next()
+    }
+}
+
 /// A family as a walk lends it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FamilyRef<'a> {
@@ -303,6 +337,10 @@ pub struct FamilyRef<'a> {
     pub unit: &'a str,
     /// As [`Family::kind`].
     pub kind: Kind,
+    /// The version of the family's list of series that follows, when the store keeps one
+    /// ([`SeriesGeneration`]); `None` promises nothing (families read through the encoder,
+    /// replayed snapshots, stores whose series lists are rebuilt every time).
+    pub series_generation: Option<SeriesGeneration>,
 }
 
 impl FamilyRef<'_> {
@@ -582,6 +620,7 @@ impl Family {
             help: &self.help,
             unit: &self.unit,
             kind: self.kind,
+            series_generation: None,
         }
     }
 
@@ -757,6 +796,58 @@ pub(crate) mod oracle {
                 families: got.families,
             };
             assert_eq!(format!("{got:#?}"), format!("{want:#?}"));
+        }
+    }
+
+    /// Holds the stores to their [`SeriesGeneration`] promise across walks of one registry: a
+    /// family lent again with a token seen before lends the label sets it lent then, in the same
+    /// order. Feed it a walk after each change to the stores ([`GenerationOracle::walk`]).
+    #[derive(Debug, Default)]
+    pub(crate) struct GenerationOracle {
+        seen: std::collections::HashMap<(String, SeriesGeneration), Vec<Labels>>,
+        /// The current walk: each family's name, token and label sets.
+        lent: Vec<(String, Option<SeriesGeneration>, Vec<Labels>)>,
+    }
+
+    impl Visit for GenerationOracle {
+        fn family(&mut self, f: &FamilyRef<'_>) {
+            self.lent
+                .push((f.name.to_owned(), f.series_generation, Vec::new()));
+        }
+
+        fn series(&mut self, labels: LabelsRef<'_>, _: ValueRef<'_>) {
+            if let Some((_, _, l)) = self.lent.last_mut() {
+                l.push(labels.to_vec());
+            }
+        }
+    }
+
+    impl GenerationOracle {
+        /// Walks `registry`, asserts the promise for every family lent with a token, and
+        /// returns each family's name and token, in the order lent.
+        pub(crate) fn walk(
+            &mut self,
+            registry: &Registry,
+        ) -> Vec<(String, Option<SeriesGeneration>)> {
+            self.lent.clear();
+            super::walk(registry, self).expect("walk");
+            let mut tokens = Vec::new();
+            for (name, token, labels) in std::mem::take(&mut self.lent) {
+                tokens.push((name.clone(), token));
+                let Some(token) = token else {
+                    continue;
+                };
+                match self.seen.get(&(name.clone(), token)) {
+                    Some(before) => assert_eq!(
+                        before, &labels,
+                        "{name}: lent with a token it had before, with other series"
+                    ),
+                    None => {
+                        self.seen.insert((name, token), labels);
+                    }
+                }
+            }
+            tokens
         }
     }
 

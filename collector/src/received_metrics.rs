@@ -665,6 +665,9 @@ struct Family {
     order_stale: bool,
     /// Series exposed as themselves (the rest are folded).
     exposed: usize,
+    /// The version of the list of series served (`order`, then the overflow series): renewed
+    /// whenever a series comes or goes, which is whenever that list can change.
+    generation: crate::model::SeriesGeneration,
 }
 
 /// One series of a family with its label set, and the label set as the exposition writes it
@@ -688,6 +691,7 @@ impl Family {
             order: Vec::new(),
             order_stale: false,
             exposed: 0,
+            generation: crate::model::SeriesGeneration::next(),
         }
     }
 
@@ -712,6 +716,7 @@ impl Family {
         });
         index.insert_unique(hash, slots.len() - 1, |&i| slots[i].hash);
         self.order_stale = true;
+        self.generation = crate::model::SeriesGeneration::next();
     }
 
     /// Drops the series `keep` says no to, returning how many went and how many of those were
@@ -735,6 +740,7 @@ impl Family {
             index.insert_unique(slot.hash, i, |&j| slots[j].hash);
         }
         self.order_stale = true;
+        self.generation = crate::model::SeriesGeneration::next();
         (before - self.slots.len(), exposed)
     }
 
@@ -1631,6 +1637,8 @@ impl crate::model::Source for ReceivedMetrics {
                 help: TARGET_INFO_HELP,
                 unit: "",
                 kind: Kind::Gauge,
+                // Few series, sorted anew at each walk.
+                series_generation: None,
             });
             if visit.wants_series() {
                 let mut targets: Vec<&SeriesLabels> = state.targets.keys().collect();
@@ -1661,6 +1669,7 @@ impl crate::model::Source for ReceivedMetrics {
                     FamilyKind::Histogram => Kind::Histogram,
                     FamilyKind::Gauge | FamilyKind::Summary => Kind::Gauge,
                 },
+                series_generation: Some(family.generation),
             });
             if !visit.wants_series() {
                 continue;
@@ -1746,6 +1755,8 @@ fn walk_summary(visit: &mut dyn crate::model::Visit, name: &str, help: &str, ser
         help,
         unit: "",
         kind: Kind::Gauge,
+        // A summary's quantiles may differ from one point to the next.
+        series_generation: None,
     };
     visit.family(&family(name));
     let want = visit.wants_series();
@@ -2593,5 +2604,57 @@ mod tests {
             ),
             "{out}"
         );
+    }
+
+    /// Each family keeps its series generation while only values change, takes a new one when
+    /// a series comes (also one folded into the overflow series) or expires, and never lends
+    /// other series under a token lent before; summaries and `target_info` promise nothing.
+    #[test]
+    fn series_generations_change_exactly_when_series_come_or_go() {
+        let (rm, _caps) = received(2, 100);
+        let mut registry = Registry::default();
+        rm.register(&mut registry);
+        let mut oracle = crate::model::oracle::GenerationOracle::default();
+        let t0 = Instant::now();
+        let orders = |shops: &[&str], v: f64| {
+            let points = shops
+                .iter()
+                .map(|s| point(v, vec![kv("shop", s)], 1))
+                .collect();
+            request(vec![sum(
+                "bars.orders",
+                AggregationTemporality::Cumulative,
+                points,
+            )])
+        };
+        let token = |walked: &[(String, Option<crate::model::SeriesGeneration>)]| {
+            let orders: Vec<_> = walked.iter().filter(|(n, _)| n == "bars_orders").collect();
+            assert_eq!(orders.len(), 1, "{walked:?}");
+            assert!(
+                walked
+                    .iter()
+                    .filter(|(n, _)| n == TARGET_INFO)
+                    .all(|(_, t)| t.is_none()),
+                "{walked:?}"
+            );
+            orders[0].1.expect("a token")
+        };
+        rm.record_at(rm.prepare(&orders(&["a", "b"], 1.0)), t0);
+        let first = token(&oracle.walk(&registry));
+        rm.record_at(rm.prepare(&orders(&["b", "a"], 2.0)), t0);
+        assert_eq!(token(&oracle.walk(&registry)), first, "only values changed");
+        // A third label set is folded: the overflow series appears.
+        rm.record_at(rm.prepare(&orders(&["c"], 1.0)), t0);
+        let folded = token(&oracle.walk(&registry));
+        assert_ne!(folded, first);
+        assert_eq!(token(&oracle.walk(&registry)), folded);
+        // Past the expiry only `a` is updated: `b` and `c` go.
+        rm.record_at(
+            rm.prepare(&orders(&["a"], 3.0)),
+            t0 + Duration::from_secs(61),
+        );
+        let expired = token(&oracle.walk(&registry));
+        assert!(expired != first && expired != folded);
+        assert_eq!(token(&oracle.walk(&registry)), expired);
     }
 }

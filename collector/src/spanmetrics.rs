@@ -260,6 +260,9 @@ struct Store {
     index: HashTable<usize>,
     hasher: foldhash::fast::RandomState,
     series: Vec<Series>,
+    /// The version of `series`' list of label sets (both families list them in this order):
+    /// renewed when a series is added.
+    generation: model::SeriesGeneration,
 }
 
 /// One label set's calls and durations.
@@ -282,7 +285,12 @@ impl Store {
     /// The series of `labels`, created (with empty buckets at `bounds`) if new.
     fn series_mut(&mut self, labels: SeriesLabels, bounds: &[f64]) -> &mut Series {
         let hash = self.hasher.hash_one(&labels);
-        let Store { index, series, .. } = self;
+        let Store {
+            index,
+            series,
+            generation,
+            ..
+        } = self;
         let i = match index.find(hash, |&i| series[i].labels == labels) {
             Some(&i) => i,
             None => {
@@ -311,6 +319,7 @@ impl Store {
                     },
                 });
                 index.insert_unique(hash, series.len() - 1, |&j| series[j].hash);
+                *generation = model::SeriesGeneration::next();
                 series.len() - 1
             }
         };
@@ -911,6 +920,7 @@ impl model::Source for SpanMetrics {
             help: CALLS_HELP,
             unit: "",
             kind: Kind::Counter,
+            series_generation: Some(store.generation),
         });
         if visit.wants_series() {
             for s in &store.series {
@@ -932,6 +942,7 @@ impl model::Source for SpanMetrics {
             help: DURATIONS_HELP,
             unit: "",
             kind: Kind::Histogram,
+            series_generation: Some(store.generation),
         });
         if visit.wants_series() {
             for s in &store.series {
@@ -1778,5 +1789,52 @@ mod tests {
             &r,
             &crate::exposition::encode(&r, crate::exposition::Format::OpenMetrics).expect("encode"),
         );
+    }
+
+    /// The store's families keep their series generation while only values change, take a new
+    /// one when a series comes, and never lend other series under a token lent before.
+    #[test]
+    fn series_generations_change_exactly_when_series_come() {
+        let caps = LabelCaps::new(100);
+        let sm = SpanMetrics::new(&SpanMetricsSettings::default(), &caps);
+        let mut r = Registry::default();
+        sm.register(&mut r);
+        let mut oracle = crate::model::oracle::GenerationOracle::default();
+        let a = || {
+            request(
+                "shop",
+                vec![span(
+                    "GET /a",
+                    SpanKind::Server,
+                    StatusCode::Ok,
+                    3,
+                    Some("/a"),
+                )],
+            )
+        };
+        sm.record(sm.prepare(&a()));
+        let first = oracle.walk(&r);
+        let names: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, [CALLS, DURATIONS]);
+        assert!(first.iter().all(|(_, t)| t.is_some()), "{first:?}");
+        sm.record(sm.prepare(&a()));
+        assert_eq!(oracle.walk(&r), first, "only values changed");
+        sm.record(sm.prepare(&request(
+            "shop",
+            vec![span(
+                "GET /b",
+                SpanKind::Server,
+                StatusCode::Ok,
+                3,
+                Some("/b"),
+            )],
+        )));
+        let second = oracle.walk(&r);
+        assert!(
+            first.iter().zip(&second).all(|(x, y)| x.1 != y.1),
+            "a new series, new tokens: {first:?} {second:?}"
+        );
+        sm.record(sm.prepare(&a()));
+        assert_eq!(oracle.walk(&r), second);
     }
 }

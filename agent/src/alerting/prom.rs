@@ -16,7 +16,9 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
-use sidelight_collector::model::{FamilyRef, Kind, LabelsRef, Snapshot, ValueRef, Visit, le_value};
+use sidelight_collector::model::{
+    FamilyRef, Kind, LabelsRef, SeriesGeneration, Snapshot, ValueRef, Visit, le_value,
+};
 use sidelight_rules::group::{AlertState, EvalContext, GroupState, evaluate_group};
 use sidelight_rules::storage::{METRIC_NAME, is_stale};
 use sidelight_rules::{Group, History, HistoryConfig, HistoryStats, Labels, Rule, SeriesHandle};
@@ -331,14 +333,19 @@ pub struct Outcome {
 
 /// The series of the last walk of the metrics model with their history handles, family by
 /// family in the order the walk lends them. The registry serves its series in a stable order, so
-/// a series whose name and labels equal those cached at its position is appended by its handle
-/// ([`History::append_by_handle`]): its label set is neither built nor hashed again, and the
-/// labels lent by the walk are only compared. A series found elsewhere (a new one, or one that
-/// moved) is appended by its labels and cached at its new position. Holds a copy of each
-/// series' labels; rebuilt when the rules change.
+/// a series found at its position again is appended by its handle
+/// ([`History::append_by_handle`]): its label set is neither built nor hashed again. When the
+/// store lent the family under the series generation it lent it under last time
+/// ([`FamilyRef::series_generation`]), the series at a position is the one cached there and its
+/// labels are not read at all; otherwise the labels lent are compared with those cached. A series
+/// found elsewhere (a new one, or one that moved) is appended by its labels and cached at its new
+/// position. Holds a copy of each series' labels; rebuilt when the rules change.
 #[derive(Debug, Default)]
 struct SnapshotHandles {
     families: Vec<FamilyHandles>,
+    /// Families read whose series were found by position alone (lent under the generation
+    /// cached), since the handles were built; the tests check that the fast path is taken.
+    same_series_families: u64,
 }
 
 #[derive(Debug)]
@@ -348,14 +355,28 @@ struct FamilyHandles {
     /// Whether some rule can read a sample of this family ([`Ingest::reads`]); when not, its
     /// series are not read at all.
     read: bool,
+    /// The series generation `samples` were cached under: set when the family was lent whole
+    /// under one, `None` otherwise (never lent with one, not read, or a walk cut short).
+    generation: Option<SeriesGeneration>,
     /// Its samples in the order [`Family::samples`] yields them.
     samples: Vec<CachedSample>,
 }
 
+/// Which of a family's sample names a sample has ([`SampleNames`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Suffix {
+    /// A gauge's or untyped metric's bare name.
+    Bare,
+    Total,
+    Sum,
+    Count,
+    Bucket,
+}
+
 #[derive(Debug)]
 struct CachedSample {
-    /// The sample's name (`<family>_total`, `<family>_bucket`, …).
-    name: String,
+    /// The sample's name: the family's with this suffix (`<family>_total`, `<family>_bucket`, …).
+    suffix: Suffix,
     /// The series' labels, without a bucket's `le`.
     labels: Vec<(String, String)>,
     /// A bucket's upper bound (its `le`).
@@ -380,8 +401,17 @@ struct Ingest<'a> {
     /// Whether families no rule reads are skipped (always, but in the tests that hold the
     /// skipping to the result of reading everything).
     skip_unread: bool,
+    /// Whether series generations are trusted (always, but in the tests that hold the result
+    /// to that of comparing every series' labels).
+    identity: bool,
     /// Whether the current family's series are read.
     reading: bool,
+    /// Whether the current family is lent under the generation its cache was built under, so
+    /// that a series' position is its identity (never for histograms, whose buckets may
+    /// change).
+    same_series: bool,
+    /// The series generation the current family is lent under.
+    generation: Option<SeriesGeneration>,
     now: Millis,
     /// The current family's index in `handles` (one past it: 0 before the first family).
     family: usize,
@@ -416,9 +446,41 @@ impl SampleNames {
             s.push_str(suffix);
         }
     }
+
+    fn get(&self, suffix: Suffix) -> &str {
+        match suffix {
+            Suffix::Bare => &self.bare,
+            Suffix::Total => &self.total,
+            Suffix::Sum => &self.sum,
+            Suffix::Count => &self.count,
+            Suffix::Bucket => &self.bucket,
+        }
+    }
 }
 
 impl Ingest<'_> {
+    fn new<'a>(
+        handles: &'a mut SnapshotHandles,
+        history: &'a mut History,
+        recorded: &'a HashSet<String>,
+        now: Millis,
+    ) -> Ingest<'a> {
+        Ingest {
+            handles,
+            history,
+            recorded,
+            skip_unread: true,
+            identity: true,
+            reading: false,
+            same_series: false,
+            generation: None,
+            now,
+            family: 0,
+            sample: 0,
+            names: SampleNames::default(),
+        }
+    }
+
     /// Whether a rule can read some sample of the family whose sample names are `names`: one of
     /// them is not a recorded series (which the rules store themselves) and some selector can
     /// select it. Every name a family's samples can take is asked, whatever its kind.
@@ -434,7 +496,8 @@ impl Ingest<'_> {
         .any(|n| !recorded.contains(n) && history.may_keep_name(n))
     }
 
-    /// Truncates the current family's cache to the samples lent.
+    /// Truncates the current family's cache to the samples lent, and notes the generation they
+    /// were lent under when they were read.
     fn end_family(&mut self) {
         if let Some(f) = self
             .family
@@ -442,6 +505,7 @@ impl Ingest<'_> {
             .and_then(|i| self.handles.families.get_mut(i))
         {
             f.samples.truncate(self.sample);
+            f.generation = if self.reading { self.generation } else { None };
         }
     }
 
@@ -452,7 +516,7 @@ impl Ingest<'_> {
     }
 
     /// Appends one sample at the current family's next position.
-    fn one(&mut self, name: &str, labels: LabelsRef<'_>, le: Option<f64>, v: f64) {
+    fn one(&mut self, suffix: Suffix, labels: LabelsRef<'_>, le: Option<f64>, v: f64) {
         let j = self.sample;
         self.sample += 1;
         let Some(family) = self.family.checked_sub(1) else {
@@ -460,10 +524,11 @@ impl Ingest<'_> {
         };
         let cache = &mut self.handles.families[family].samples;
         let (history, now) = (&mut *self.history, self.now);
+        let name = self.names.get(suffix);
         if let Some(c) = cache.get_mut(j)
-            && c.name == name
+            && c.suffix == suffix
             && c.le == le
-            && labels.eq_labels(&c.labels)
+            && (self.same_series || labels.eq_labels(&c.labels))
         {
             if c.recorded {
                 return;
@@ -483,7 +548,7 @@ impl Ingest<'_> {
             history.append_handle(&label_set(name, labels, le), now, v)
         };
         let entry = CachedSample {
-            name: name.to_owned(),
+            suffix,
             labels: labels.to_vec(),
             le,
             handle,
@@ -512,6 +577,7 @@ impl Visit for Ingest<'_> {
                 name: f.name.to_owned(),
                 kind: f.kind,
                 read: Self::reads(self.history, self.recorded, &self.names),
+                generation: None,
                 samples: Vec::new(),
             };
             if i < families.len() {
@@ -520,7 +586,16 @@ impl Visit for Ingest<'_> {
                 families.push(fresh);
             }
         }
-        self.reading = !self.skip_unread || families.get(i).is_some_and(|c| c.read);
+        let cached = &mut families[i];
+        self.reading = !self.skip_unread || cached.read;
+        self.generation = f.series_generation.filter(|_| self.identity);
+        self.same_series = self.reading
+            && self.generation.is_some()
+            && cached.generation == self.generation
+            && f.kind != Kind::Histogram;
+        self.handles.same_series_families += u64::from(self.same_series);
+        // Set again once the family has been lent whole (`end_family`).
+        cached.generation = None;
     }
 
     fn wants_series(&self) -> bool {
@@ -531,20 +606,18 @@ impl Visit for Ingest<'_> {
         if !self.reading {
             return;
         }
-        let names = std::mem::take(&mut self.names);
         match value {
-            ValueRef::Counter { total, .. } => self.one(&names.total, labels, None, total),
-            ValueRef::Gauge(v) | ValueRef::Unknown(v) => self.one(&names.bare, labels, None, v),
+            ValueRef::Counter { total, .. } => self.one(Suffix::Total, labels, None, total),
+            ValueRef::Gauge(v) | ValueRef::Unknown(v) => self.one(Suffix::Bare, labels, None, v),
             ValueRef::Histogram(h) => {
-                self.one(&names.sum, labels, None, h.sum);
-                self.one(&names.count, labels, None, h.count as f64);
+                self.one(Suffix::Sum, labels, None, h.sum);
+                self.one(Suffix::Count, labels, None, h.count as f64);
                 for b in &h.buckets {
                     let le = Some(b.upper_bound);
-                    self.one(&names.bucket, labels, le, b.cumulative_count as f64);
+                    self.one(Suffix::Bucket, labels, le, b.cumulative_count as f64);
                 }
             }
         }
-        self.names = names;
     }
 }
 
@@ -745,27 +818,26 @@ impl PromRules {
         now: Millis,
         walk: impl FnOnce(&mut dyn Visit) -> Result<(), E>,
     ) -> Result<(), E> {
-        self.ingest_with(now, true, walk)
+        self.ingest_with(now, true, true, walk)
     }
 
-    /// [`Self::ingest`], reading every family when `skip_unread` is `false` (the tests' reference).
+    /// [`Self::ingest`], reading every family when `skip_unread` is `false` and comparing every
+    /// series' labels when `identity` is `false` (the tests' references).
     fn ingest_with<E>(
         &mut self,
         now: Millis,
         skip_unread: bool,
+        identity: bool,
         walk: impl FnOnce(&mut dyn Visit) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut ingest = Ingest {
-            handles: &mut self.handles,
-            history: &mut self.history,
-            recorded: &self.recorded_names,
-            skip_unread,
-            reading: false,
+        let mut ingest = Ingest::new(
+            &mut self.handles,
+            &mut self.history,
+            &self.recorded_names,
             now,
-            family: 0,
-            sample: 0,
-            names: SampleNames::default(),
-        };
+        );
+        ingest.skip_unread = skip_unread;
+        ingest.identity = identity;
         walk(&mut ingest)?;
         ingest.finish();
         Ok(())
@@ -1107,17 +1179,7 @@ mod tests {
             }
             let snap = sidelight_collector::model::snapshot(&reg).expect("snapshot");
             let now = 1_000_000 + step as i64 * 15_000;
-            let mut ingest = Ingest {
-                handles: &mut handles,
-                history: &mut by_handle,
-                recorded: &recorded,
-                skip_unread: true,
-                reading: false,
-                now,
-                family: 0,
-                sample: 0,
-                names: SampleNames::default(),
-            };
+            let mut ingest = Ingest::new(&mut handles, &mut by_handle, &recorded, now);
             // The registry walked in place, or its owned snapshot replayed: the same samples.
             if step % 2 == 0 {
                 sidelight_collector::model::walk(&reg, &mut ingest).expect("walk");
@@ -1339,7 +1401,7 @@ mod tests {
                 let mut results = Vec::new();
                 for (p, skip) in [(&mut skipping, true), (&mut reading, false)] {
                     let _: Result<(), std::convert::Infallible> =
-                        p.ingest_with(now, skip, |v| {
+                        p.ingest_with(now, skip, true, |v| {
                             snap.visit(v);
                             Ok(())
                         });
@@ -1349,6 +1411,142 @@ mod tests {
                 proptest::prop_assert_eq!(&results[0], &results[1], "step {}\n{}", step, rule_file);
             }
         }
+    }
+
+    /// Lends a generated registry as the model's stores do: each family with a series
+    /// generation, renewed whenever its list of label sets differs from the one lent last
+    /// (kept per family place, name and kind) — but the family `b`, lent without one. The walk
+    /// stops after `stop_after` families when given (a walk cut short).
+    #[derive(Default)]
+    struct GenerationStore {
+        lists: HashMap<(usize, String, String), (Vec<Labels>, SeriesGeneration)>,
+    }
+
+    impl GenerationStore {
+        fn walk(
+            &mut self,
+            snap: &Snapshot,
+            stop_after: Option<usize>,
+            v: &mut dyn Visit,
+        ) -> Result<(), ()> {
+            for (i, f) in snap.families.iter().enumerate() {
+                if stop_after == Some(i) {
+                    return Err(());
+                }
+                let list: Vec<Labels> = f
+                    .series
+                    .iter()
+                    .map(|s| s.labels.iter().cloned().collect())
+                    .collect();
+                let key = (i, f.name.clone(), format!("{:?}", f.kind));
+                let token = match self.lists.get(&key) {
+                    Some((before, token)) if *before == list => *token,
+                    _ => {
+                        let token = SeriesGeneration::next();
+                        self.lists.insert(key, (list, token));
+                        token
+                    }
+                };
+                let mut head = f.as_ref();
+                head.series_generation = (f.name != "b").then_some(token);
+                v.family(&head);
+                if v.wants_series() {
+                    for s in &f.series {
+                        v.series(LabelsRef::Owned(&s.labels), s.value.as_ref());
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+        /// Finding series by their position when a family is lent under the series generation
+        /// cached for it leaves every cycle's result as comparing every series' labels does —
+        /// the history (series, samples, counters), the recorded series, the alerts, the
+        /// transitions and errors — over generated registries whose series come, go and
+        /// change order between cycles (new generations) or stay (the same), families lent
+        /// without a generation, histograms, a walk cut short, and a reload that changes the
+        /// rules.
+        #[test]
+        fn series_found_by_generation_change_no_result(
+            rules in rule_picks(),
+            reloaded in rule_picks(),
+            presence in presences(4),
+            cut in 0..FAMILIES.len(),
+        ) {
+            let ext = External::default();
+            let mut by_position = PromRules::new(100, RecordedCollector::default());
+            let mut by_labels = PromRules::new(100, RecordedCollector::default());
+            let (mut store_a, mut store_b) = (GenerationStore::default(), GenerationStore::default());
+            for step in 0..8usize {
+                let rule_file = if step < 5 { rules_of(&rules) } else { rules_of(&reloaded) };
+                if step == 0 || step == 5 {
+                    let g = groups(&rule_file);
+                    by_position.set_groups(g.clone());
+                    by_labels.set_groups(g);
+                }
+                // Each registry is lent for two cycles, every other pair in reverse order.
+                let mut snap = registry_at(&presence[step / 2], step);
+                if step / 2 % 2 == 1 {
+                    for f in &mut snap.families {
+                        f.series.reverse();
+                    }
+                }
+                let stop_after = (step == 2).then_some(cut);
+                if step == 7 {
+                    by_position.handles.same_series_families = 0;
+                }
+                let now = 1_000_000 + step as i64 * 15_000;
+                let mut results = Vec::new();
+                for (p, identity, store) in
+                    [(&mut by_position, true, &mut store_a), (&mut by_labels, false, &mut store_b)]
+                {
+                    let _ = p.ingest_with(now, true, identity, |v| store.walk(&snap, stop_after, v));
+                    let out = p.evaluate(now, 15_000, &ext);
+                    results.push(cycle_result(p, &out));
+                }
+                proptest::prop_assert_eq!(&results[0], &results[1], "step {}\n{}", step, rule_file);
+            }
+            proptest::prop_assert_eq!(by_labels.handles.same_series_families, 0);
+            // Steps 6 and 7 lend the same registry under the same rules: step 7 finds by position
+            // every family read that is lent with a generation and is no histogram.
+            let by_generation = by_position
+                .handles
+                .families
+                .iter()
+                .filter(|f| f.read && f.name != "b" && f.kind != Kind::Histogram)
+                .count();
+            proptest::prop_assert_eq!(by_position.handles.same_series_families, by_generation as u64);
+        }
+    }
+
+    /// The fast path is taken: with the rules reading every generated family, a registry lent
+    /// twice unchanged finds the second time every family lent with a generation (but the
+    /// histogram family) by position.
+    #[test]
+    fn unchanged_families_are_found_by_position() {
+        let mut p = PromRules::new(100, RecordedCollector::default());
+        p.set_groups(groups(&rules_of(&[(false, 7), (false, 9), (false, 4)])));
+        let snap = registry_at(&vec![vec![true; 6]; FAMILIES.len()], 1);
+        let mut store = GenerationStore::default();
+        for step in 0..2 {
+            let _ = p.ingest_with(step * 15_000, true, true, |v| store.walk(&snap, None, v));
+        }
+        let read = p.handles.families.iter().filter(|f| f.read).count();
+        let by_generation = p
+            .handles
+            .families
+            .iter()
+            .filter(|f| f.read && f.name != "b" && f.kind != Kind::Histogram)
+            .count();
+        assert!(
+            read > by_generation && by_generation >= 3,
+            "{read} {by_generation}"
+        );
+        assert_eq!(p.handles.same_series_families, by_generation as u64);
     }
 
     /// The pipeline's alerts as the rules' alerts were mirrored before they were kept across

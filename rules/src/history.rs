@@ -340,6 +340,21 @@ fn labels_bytes(l: &Labels) -> usize {
             .sum::<usize>()
 }
 
+/// When a slot's series is gone: its newest sample time and the window rules read it over.
+#[derive(Debug, Clone, Copy)]
+struct SlotAge {
+    newest: i64,
+    window_ms: i64,
+}
+
+impl SlotAge {
+    /// A free slot's: never gone.
+    const FREE: SlotAge = SlotAge {
+        newest: i64::MAX,
+        window_ms: 0,
+    };
+}
+
 /// A selector the rules read, with the series it matches.
 #[derive(Debug)]
 struct SelectorSlots {
@@ -371,6 +386,10 @@ pub struct History {
     /// The requirements whose selector does not name the metric.
     requirements_unnamed: Vec<usize>,
     slots: Vec<Option<HSeries>>,
+    /// Each slot's newest sample time and window, beside `slots` so that [`History::prune`]
+    /// finds the series that are gone without reading every series (`i64::MAX` for a free
+    /// slot: never gone).
+    ages: Vec<SlotAge>,
     /// Bumped each time a slot's series is removed, so that a [`SeriesHandle`] to it no longer
     /// holds once the slot is reused.
     generations: Vec<u32>,
@@ -405,6 +424,7 @@ impl History {
             requirements_by_name: FastMap::default(),
             requirements_unnamed: Vec::new(),
             slots: Vec::new(),
+            ages: Vec::new(),
             generations: Vec::new(),
             requirements_generation: 0,
             free: Vec::new(),
@@ -460,6 +480,7 @@ impl History {
             }
             let step = self.step_for(window);
             let full_res = self.config.full_resolution_ms;
+            self.ages[i].window_ms = window;
             if let Some(s) = self.slots[i].as_mut() {
                 s.window_ms = window;
                 if step != s.step_ms {
@@ -474,6 +495,8 @@ impl History {
                     }
                 }
                 s.prune(full_res);
+                s.raw.shrink();
+                s.coarse.shrink();
             }
         }
         self.index_selectors();
@@ -598,6 +621,7 @@ impl History {
         if let Some(g) = self.generations.get_mut(i) {
             *g = g.wrapping_add(1);
         }
+        self.ages[i] = SlotAge::FREE;
         self.free.push(i);
         self.live -= 1;
     }
@@ -643,13 +667,19 @@ impl History {
                     raw_complete_after: i64::MIN,
                     coarse: SampleBuf::default(),
                 };
+                let age = SlotAge {
+                    newest: i64::MIN,
+                    window_ms: window,
+                };
                 let i = match self.free.pop() {
                     Some(i) => {
                         self.slots[i] = Some(series);
+                        self.ages[i] = age;
                         i
                     }
                     None => {
                         self.slots.push(Some(series));
+                        self.ages.push(age);
                         self.generations.push(0);
                         self.slots.len() - 1
                     }
@@ -697,7 +727,9 @@ impl History {
         true
     }
 
-    /// Appends a sample to the series in slot `idx`.
+    /// Appends a sample to the series in slot `idx`. Leaves the series pruned for its newest
+    /// sample ([`HSeries::prune`]) with its spare capacity bounded ([`SampleBuf::shrink`]), as
+    /// every change to a series does: so [`History::prune`] has only gone series to drop.
     fn push_sample(&mut self, idx: usize, t: i64, v: f64) {
         let full_res = self.config.full_resolution_ms;
         let Some(s) = self.slots[idx].as_mut() else {
@@ -723,25 +755,19 @@ impl History {
             s.push_coarse(sample);
         }
         s.prune(full_res);
+        s.raw.shrink();
+        s.coarse.shrink();
+        self.ages[idx].newest = t;
     }
 
-    /// Drops the series whose newest sample is older than any rule reads at `now` (ms), and
-    /// returns the memory their queues no longer need.
+    /// Drops the series whose newest sample is older than any rule reads at `now` (ms). The
+    /// others are already pruned for their newest sample (see [`History::push_sample`]), which
+    /// `now` does not change.
     pub fn prune(&mut self, now: i64) {
-        let full_res = self.config.full_resolution_ms;
-        for i in 0..self.slots.len() {
-            let gone = match &self.slots[i] {
-                Some(s) => s
-                    .newest()
-                    .is_none_or(|n| n < now.saturating_sub(s.window_ms)),
-                None => false,
-            };
-            if gone {
+        for i in 0..self.ages.len() {
+            let age = self.ages[i];
+            if age.newest < now.saturating_sub(age.window_ms) {
                 self.remove(i);
-            } else if let Some(s) = self.slots[i].as_mut() {
-                s.prune(full_res);
-                s.raw.shrink();
-                s.coarse.shrink();
             }
         }
     }
@@ -780,6 +806,7 @@ impl History {
             + slots
             + selectors
             + self.generations.capacity() * 4
+            + self.ages.capacity() * std::mem::size_of::<SlotAge>()
             + self.free.capacity() * 8
             + index
             + names

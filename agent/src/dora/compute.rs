@@ -1510,16 +1510,21 @@ fn pooled_quantiles(parts: &[&[i64]], lower: f64, upper: f64) -> (Option<f64>, O
 /// 2^[`BUCKET_BITS`] equal buckets over it, then a selection among the values of the buckets
 /// holding the ranks only.
 fn values_at_ranks<const N: usize>(parts: &[&[i64]], ranks: [usize; N]) -> [i64; N] {
-    let values = || parts.iter().flat_map(|p| p.iter().copied());
-    let (min, max) = values().fold((i64::MAX, i64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (mut min, mut max) = (i64::MAX, i64::MIN);
+    for p in parts {
+        min = p.iter().copied().fold(min, i64::min);
+        max = p.iter().copied().fold(max, i64::max);
+    }
     let span = max.abs_diff(min);
     let shift = (u64::BITS - span.leading_zeros()).saturating_sub(BUCKET_BITS);
     // Below 2^BUCKET_BITS for every value (`min <= v <= max`).
     let bucket = |v: i64| usize::try_from(v.abs_diff(min) >> shift).unwrap_or(usize::MAX);
     let mut counts = vec![0_usize; bucket(max).saturating_add(1)];
-    for v in values() {
-        if let Some(c) = counts.get_mut(bucket(v)) {
-            *c += 1;
+    for p in parts {
+        for &v in *p {
+            if let Some(c) = counts.get_mut(bucket(v)) {
+                *c += 1;
+            }
         }
     }
     // Each rank's bucket, and how many values lie in the buckets below it.
@@ -1540,10 +1545,19 @@ fn values_at_ranks<const N: usize>(parts: &[&[i64]], ranks: [usize; N]) -> [i64;
             held.push((b, Vec::with_capacity(n)));
         }
     }
-    for v in values() {
-        let b = bucket(v);
-        if let Some((_, inside)) = held.iter_mut().find(|(k, _)| *k == b) {
-            inside.push(v);
+    // By bucket: 1 + its place in `held`, 0 for a bucket not held.
+    let mut slot_of = vec![0_u8; counts.len()];
+    for (k, &(b, _)) in held.iter().enumerate() {
+        if let Some(s) = slot_of.get_mut(b) {
+            *s = u8::try_from(k + 1).unwrap_or(0);
+        }
+    }
+    for p in parts {
+        for &v in *p {
+            let slot = slot_of.get(bucket(v)).copied().unwrap_or(0);
+            if let Some((_, inside)) = held.get_mut(usize::from(slot).wrapping_sub(1)) {
+                inside.push(v);
+            }
         }
     }
     let mut out = [0; N];

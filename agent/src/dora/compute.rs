@@ -1464,113 +1464,6 @@ fn quantiles(values: &mut [i64], lower: f64, upper: f64) -> (Option<f64>, Option
     (Some(low), Some(high))
 }
 
-/// Below this many values [`pooled_quantiles`] copies them and selects; at or above, it
-/// counts them into buckets instead (no copy: a pooled row holds every lead time of an
-/// environment).
-const POOL_COPY_MAX: usize = 1 << 14;
-
-/// log2 of the number of buckets [`values_at_ranks`] counts into.
-const BUCKET_BITS: u32 = 12;
-
-/// [`quantiles`] of the values of all `parts` taken together, bit for bit, without
-/// reordering them.
-fn pooled_quantiles(parts: &[&[i64]], lower: f64, upper: f64) -> (Option<f64>, Option<f64>) {
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let Some(last) = total.checked_sub(1) else {
-        return (None, None);
-    };
-    if total < POOL_COPY_MAX {
-        let mut values = Vec::with_capacity(total);
-        for p in parts {
-            values.extend_from_slice(p);
-        }
-        return quantiles(&mut values, lower, upper);
-    }
-    // `quantiles` reads each quantile's rank rounded down and, when the rank has a fraction,
-    // the next value up; the upper rank is never below the lower one.
-    let rank = lower * last as f64;
-    let lo = rank.floor() as usize;
-    let upper_rank = upper * last as f64;
-    let hi = (upper_rank.floor() as usize).max(lo);
-    let [a, a_next, b, b_next] =
-        values_at_ranks(parts, [lo, (lo + 1).min(last), hi, (hi + 1).min(last)]);
-    let at = |rank: f64, lo: usize, a: i64, next: i64| {
-        let b = if rank > lo as f64 { next } else { a };
-        let (a, b) = (a as f64, b as f64);
-        a + (b - a) * (rank - lo as f64)
-    };
-    (
-        Some(at(rank, lo, a, a_next)),
-        Some(at(upper_rank, hi, b, b_next)),
-    )
-}
-
-/// The values at `ranks` (0-based positions in ascending order, each below the number of
-/// values) of all `parts` taken together: their range, then a count of the values in each of
-/// 2^[`BUCKET_BITS`] equal buckets over it, then a selection among the values of the buckets
-/// holding the ranks only.
-fn values_at_ranks<const N: usize>(parts: &[&[i64]], ranks: [usize; N]) -> [i64; N] {
-    let (mut min, mut max) = (i64::MAX, i64::MIN);
-    for p in parts {
-        min = p.iter().copied().fold(min, i64::min);
-        max = p.iter().copied().fold(max, i64::max);
-    }
-    let span = max.abs_diff(min);
-    let shift = (u64::BITS - span.leading_zeros()).saturating_sub(BUCKET_BITS);
-    // Below 2^BUCKET_BITS for every value (`min <= v <= max`).
-    let bucket = |v: i64| usize::try_from(v.abs_diff(min) >> shift).unwrap_or(usize::MAX);
-    let mut counts = vec![0_usize; bucket(max).saturating_add(1)];
-    for p in parts {
-        for &v in *p {
-            if let Some(c) = counts.get_mut(bucket(v)) {
-                *c += 1;
-            }
-        }
-    }
-    // Each rank's bucket, and how many values lie in the buckets below it.
-    let located = ranks.map(|r| {
-        let mut below = 0;
-        for (b, &c) in counts.iter().enumerate() {
-            if r < below + c {
-                return (b, below);
-            }
-            below += c;
-        }
-        (counts.len(), below)
-    });
-    let mut held: Vec<(usize, Vec<i64>)> = Vec::new();
-    for &(b, _) in &located {
-        if !held.iter().any(|&(k, _)| k == b) {
-            let n = counts.get(b).copied().unwrap_or(0);
-            held.push((b, Vec::with_capacity(n)));
-        }
-    }
-    // By bucket: 1 + its place in `held`, 0 for a bucket not held.
-    let mut slot_of = vec![0_u8; counts.len()];
-    for (k, &(b, _)) in held.iter().enumerate() {
-        if let Some(s) = slot_of.get_mut(b) {
-            *s = u8::try_from(k + 1).unwrap_or(0);
-        }
-    }
-    for p in parts {
-        for &v in *p {
-            let slot = slot_of.get(bucket(v)).copied().unwrap_or(0);
-            if let Some((_, inside)) = held.get_mut(usize::from(slot).wrapping_sub(1)) {
-                inside.push(v);
-            }
-        }
-    }
-    let mut out = [0; N];
-    for ((slot, r), (b, below)) in out.iter_mut().zip(ranks).zip(located) {
-        if let Some((_, inside)) = held.iter_mut().find(|(k, _)| *k == b)
-            && let Some(k) = r.checked_sub(below).filter(|&k| k < inside.len())
-        {
-            *slot = *inside.select_nth_unstable(k).1;
-        }
-    }
-    out
-}
-
 fn quantile_f64(sorted: &[f64], q: f64) -> f64 {
     let last = sorted.len().saturating_sub(1);
     let rank = q * last as f64;
@@ -1658,25 +1551,34 @@ fn row(
     let deployments = sum(|t| t.deployments);
     let failed = sum(|t| t.failed);
     let rework = sum(|t| t.rework);
-    let leads: Vec<&[i64]> = parts.iter().map(|t| t.leads.as_slice()).collect();
-    let recoveries: Vec<&[i64]> = parts.iter().map(|t| t.recoveries.as_slice()).collect();
+    // Copied part by part (a slice at a time): the pooled rows hold every lead time of an
+    // environment.
+    let pool = |of: fn(&Tally) -> &[i64]| {
+        let mut values = Vec::with_capacity(parts.iter().map(|t| of(t).len()).sum());
+        for t in parts {
+            values.extend_from_slice(of(t));
+        }
+        values
+    };
+    let mut leads = pool(|t| &t.leads);
+    let mut recoveries = pool(|t| &t.recoveries);
     let times: Vec<&[UnixSeconds]> = parts.iter().map(|t| t.times.as_slice()).collect();
-    let (lead_time_median_seconds, lead_time_p90_seconds) = pooled_quantiles(&leads, 0.5, 0.9);
+    let (lead_time_median_seconds, lead_time_p90_seconds) = quantiles(&mut leads, 0.5, 0.9);
     let (recovery_time_median_seconds, recovery_time_p90_seconds) =
-        pooled_quantiles(&recoveries, 0.5, 0.9);
+        quantiles(&mut recoveries, 0.5, 0.9);
     ServiceReport {
         service: service.to_owned(),
         environment: environment.to_owned(),
         deployments,
         deployment_frequency_per_day: deployments as f64 / window.days_f64(),
         deployment_frequency_class: frequency_class(&times, start, now),
-        changes: leads.iter().map(|l| l.len() as u64).sum(),
+        changes: leads.len() as u64,
         changes_clamped: sum(|t| t.clamped),
         lead_time_median_seconds,
         lead_time_p90_seconds,
         failed_deployments: failed,
         change_fail_rate: ratio(failed, deployments),
-        incidents_resolved: recoveries.iter().map(|r| r.len() as u64).sum(),
+        incidents_resolved: recoveries.len() as u64,
         incidents_open: sum(|t| t.open),
         recovery_time_median_seconds,
         recovery_time_p90_seconds,
@@ -3071,38 +2973,6 @@ mod tests {
                 let (a, b) = quantiles(&mut v, lower, upper);
                 proptest::prop_assert_eq!(bits(a), bits(sorted_quantile(&values, lower)));
                 proptest::prop_assert_eq!(bits(b), bits(sorted_quantile(&values, upper)));
-            }
-        }
-
-        /// Pooled values counted into buckets (no copy) give exactly what selecting among a
-        /// copy of them gives, whatever their spread.
-        #[test]
-        fn pooled_quantiles_match_a_selection(
-            seed in proptest::prelude::any::<u64>(),
-            spread in 0_u32..63,
-            parts in 1_usize..5,
-            q in 0.0_f64..=1.0,
-        ) {
-            let mut x = seed | 1;
-            let mut next = || {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x
-            };
-            let n = POOL_COPY_MAX + (next() % 3000) as usize;
-            let values: Vec<i64> = (0..n)
-                .map(|_| (next() >> (63 - spread)) as i64 - (1_i64 << spread.min(62)) / 2)
-                .collect();
-            let cut = |k: usize| k * n / parts;
-            let slices: Vec<&[i64]> = (0..parts).map(|k| &values[cut(k)..cut(k + 1)]).collect();
-            let bits = |x: (Option<f64>, Option<f64>)| (x.0.map(f64::to_bits), x.1.map(f64::to_bits));
-            for (lower, upper) in [(0.5, 0.9), (0.0, 1.0), (q.min(0.5), 0.5), (0.5, q.max(0.5))] {
-                let mut v = values.clone();
-                proptest::prop_assert_eq!(
-                    bits(pooled_quantiles(&slices, lower, upper)),
-                    bits(quantiles(&mut v, lower, upper))
-                );
             }
         }
     }

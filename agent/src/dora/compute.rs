@@ -1306,7 +1306,7 @@ pub fn lineages(table: &Table, now: UnixSeconds, scope: &Scope) -> Vec<Lineage> 
 /// `(now - window, now]`. See the module documentation for the exact rules.
 #[must_use]
 pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) -> Report {
-    let table = Table::from_events(events);
+    let table = Table::for_report(events);
     let lineages = lineages(&table, now, scope);
     History::link(now, &lineages, &table, scope).report(window)
 }
@@ -1319,7 +1319,7 @@ pub fn reports(
     windows: &[Window],
     scope: &Scope,
 ) -> Vec<Report> {
-    let table = Table::from_events(events);
+    let table = Table::for_report(events);
     let lineages = lineages(&table, now, scope);
     let history = History::link(now, &lineages, &table, scope);
     windows

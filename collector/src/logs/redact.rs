@@ -580,7 +580,6 @@ fn has_digit_run_in(s: &[u8], min: usize) -> bool {
 
 #[derive(Debug)]
 struct Rule {
-    name: String,
     regex: Regex,
     check: Check,
     has_secret_group: bool,
@@ -911,7 +910,6 @@ fn compile(name: &str, pattern: &str, check: Check) -> Result<Rule, RedactError>
     })?;
     let has_secret_group = regex.capture_names().flatten().any(|n| n == "secret");
     Ok(Rule {
-        name: name.to_owned(),
         regex,
         check,
         has_secret_group,

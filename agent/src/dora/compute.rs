@@ -350,7 +350,8 @@ pub struct Lineage {
     latest: UnixSeconds,
     /// The earliest finish after `now` among the group's events.
     next: Option<UnixSeconds>,
-    /// The smallest index among its successful events (groups are ordered by it).
+    /// The smallest [`Rec::seq`](super::table::Rec::seq) among its successful events
+    /// (groups are ordered by it).
     first_event: Option<u32>,
     /// Failed deploy attempts finished at or before `now`.
     failures: u64,
@@ -403,7 +404,7 @@ impl Lineage {
                 failures += 1;
             }
         }
-        let first_event = order.iter().min().copied();
+        let first_event = order.iter().map(|&e| recs[e as usize].seq).min();
         let rec = |e: u32| &recs[e as usize];
         order.sort_by(|&a, &b| {
             let (a, b) = (rec(a), rec(b));
@@ -780,6 +781,7 @@ fn referrer(
             l.members()
                 .map(|(_, e)| e)
                 .filter(|&e| recs[e as usize].fixes == id)
+                .map(|e| recs[e as usize].seq)
                 .min()
                 .map(|e| (e, g))
         })

@@ -172,6 +172,9 @@ impl Strings {
 /// One deploy event. Its changes are `Table::change_*[changes..]` up to the next event's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rec {
+    /// Its place in the order the events were given (see [`Table`]): increasing in that
+    /// order, not dense once events are left out.
+    pub seq: u32,
     /// When the new version was live.
     pub finished: UnixSeconds,
     /// When the deploy began.
@@ -226,9 +229,15 @@ pub struct Finding {
     pub group: u32,
 }
 
-/// Deploy events, incidents and regression findings in arrival order, strings interned.
+/// Deploy events, incidents and regression findings, strings interned. Incidents and
+/// findings are held in arrival order. Deploy events are held group by group
+/// ([`Table::from_events`]: each group's records, changes and strings together, as the
+/// computation reads them), later ones appended ([`Table::push_deployment`]): an event's index
+/// is not its place in arrival order, [`Rec::seq`] is; a group's events are in arrival order.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
+    /// [`Rec::seq`] of the next deploy event appended.
+    next_seq: u32,
     strings: Strings,
     /// (service, environment) of each group, by group index.
     groups: Vec<(Sym, Sym)>,
@@ -249,7 +258,7 @@ pub struct Table {
     findings: Vec<Finding>,
     /// By symbol: the first deploy event with that delivery id (`u32::MAX` for none).
     id_first: Vec<u32>,
-    /// The later deploy events of a delivery id held by several, in order.
+    /// The later deploy events of a delivery id held by several.
     id_more: HashMap<Sym, Vec<u32>>,
 }
 
@@ -333,27 +342,30 @@ fn index_u32(n: usize) -> u32 {
 }
 
 impl Table {
-    /// The table of `events`, in their order: the same table as pushing the events one by
-    /// one. Two passes: the records, delivery ids and change times in input order, then
-    /// each group's own strings (versions, commit ids) group by group, so that the group's
-    /// index stays in cache while it is filled.
+    /// The table of `events`: the deploy events [`Table::push_deployment`] would hold given
+    /// them one by one (the same [`Rec::seq`] and symbols), but each group's stored
+    /// together; the incidents and findings in order. Two passes: the names and delivery ids
+    /// (the table's strings) in input order, then group by group each event's record,
+    /// changes and group strings (versions, commit ids), written in the order they are stored
+    /// while the group's string index stays in cache.
     #[must_use]
     pub fn from_events(events: &Events) -> Self {
         let mut table = Self::default();
         let deployments = &events.deployments;
-        let (mut bytes, mut changes) = (0, 0);
+        let mut id_bytes = 0;
         for d in deployments {
-            bytes += d.id.len();
-            changes += d.commits.len();
+            id_bytes += d.id.len();
         }
-        table.strings.reserve(deployments.len(), bytes);
-        table.deployments.reserve(deployments.len());
-        table.change_at.reserve(changes);
+        table.strings.reserve(deployments.len(), id_bytes);
         // Groups looked up in a map of their own: small, so it stays in cache.
         let mut groups: HashMap<GroupKey<'_>, u32> = HashMap::default();
-        // Strings and bytes each group's strings will hold (about), and its events.
-        let mut sizes: Vec<(usize, usize, usize)> = Vec::new();
-        for d in deployments {
+        // Per group: strings and bytes its strings will hold (about), events, changes.
+        let mut sizes: Vec<(usize, usize, usize, usize)> = Vec::new();
+        // Each event's (group, delivery id, `fixes_deployment`), in input order.
+        let mut named: Vec<(u32, Sym, Sym)> = Vec::with_capacity(deployments.len());
+        // `resolves_incidents` by input index.
+        let mut resolves: Vec<(u32, Sym)> = Vec::new();
+        for (i, d) in deployments.iter().enumerate() {
             let group = match groups.get(&GroupKey(&d.service, &d.environment)) {
                 Some(&g) => g,
                 None => {
@@ -364,93 +376,114 @@ impl Table {
             };
             let g = group as usize;
             if sizes.len() <= g {
-                sizes.resize(g + 1, (0, 0, 0));
+                sizes.resize(g + 1, (0, 0, 0, 0));
             }
-            let first = table.change_at.len();
-            let mut sha_bytes = 0;
-            for (k, c) in d.commits.iter().enumerate() {
-                if c.pr_first_commit_at.is_some() {
-                    table.squash.push((index_u32(first + k), c.timestamp));
-                }
-                table.change_at.push(c.effective_time());
-                sha_bytes += c.sha.len();
-            }
+            let n = d.commits.len();
             let size = &mut sizes[g];
-            size.0 += 2 + d.commits.len();
-            // The head commit is most often one of the changes: not counted.
-            size.1 += d.version.len() + sha_bytes;
+            // The head commit is most often one of the changes, and commit ids of one length:
+            // the changes are not read here.
+            size.0 += 1 + n.max(1);
+            size.1 += d.version.len() + d.commit.len() * n.max(1);
             size.2 += 1;
-            // Version and head commit are the group's strings: set in the second pass.
-            let rec = Rec {
-                finished: d.finished_at,
-                started: d.started_at,
-                id: table.strings.intern(&d.id),
-                version: EMPTY,
-                commit: EMPTY,
-                fixes: sym_of(&mut table.strings, d.fixes_deployment.as_deref()),
-                group,
-                changes: index_u32(first),
-                status: d.status,
-                kind: d.kind,
-            };
-            let e = index_u32(table.deployments.len());
-            for id in &d.resolves_incidents {
-                let sym = table.strings.intern(id);
-                table.resolves.push((e, sym));
+            size.3 += n;
+            let id = table.strings.intern(&d.id);
+            let fixes = sym_of(&mut table.strings, d.fixes_deployment.as_deref());
+            for r in &d.resolves_incidents {
+                let sym = table.strings.intern(r);
+                resolves.push((index_u32(i), sym));
             }
-            table.deployments.push(rec);
+            named.push((group, id, fixes));
         }
-        for (local, &(n, bytes, _)) in table.local.iter_mut().zip(&sizes) {
-            local.reserve(n, bytes);
-        }
-        // The events of each group, in input order.
+        drop(groups);
+        // The input index of each event in the order stored: group by group, in input order.
         let mut next: Vec<usize> = Vec::with_capacity(sizes.len());
-        let mut at = 0;
-        for &(_, _, n) in &sizes {
-            next.push(at);
-            at += n;
+        let (mut records, mut changes) = (0, 0);
+        for &(_, _, n, c) in &sizes {
+            next.push(records);
+            records += n;
+            changes += c;
         }
-        // And each delivery id's events (as `note_id` indexes them, sized once).
-        let mut by_group = vec![0_u32; deployments.len()];
+        let mut order = vec![0_u32; records];
+        for (i, &(group, _, _)) in named.iter().enumerate() {
+            if let Some(at) = next.get_mut(group as usize)
+                && let Some(slot) = order.get_mut(*at)
+            {
+                *slot = index_u32(i);
+                *at += 1;
+            }
+        }
+        table.deployments.reserve_exact(records);
+        table.change_sha.reserve_exact(changes);
+        table.change_at.reserve_exact(changes);
+        let mut start = 0;
+        for (g, (local, &(strings, bytes, n, _))) in table.local.iter_mut().zip(&sizes).enumerate()
+        {
+            local.reserve(strings, bytes);
+            for &i in order.get(start..start + n).unwrap_or_default() {
+                let (Some(d), Some(&(group, id, fixes))) =
+                    (deployments.get(i as usize), named.get(i as usize))
+                else {
+                    continue;
+                };
+                let first = table.change_sha.len();
+                for c in &d.commits {
+                    if c.pr_first_commit_at.is_some() {
+                        table
+                            .squash
+                            .push((index_u32(table.change_sha.len()), c.timestamp));
+                    }
+                    table.change_sha.push(local.intern(&c.sha));
+                    table.change_at.push(c.effective_time());
+                }
+                // The head commit is most often one of the changes: no second look-up then.
+                let commit = match d.commits.iter().rposition(|c| c.sha == d.commit) {
+                    Some(k) => table.change_sha[first + k],
+                    None => local.intern(&d.commit),
+                };
+                let version = local.intern(&d.version);
+                debug_assert_eq!(group as usize, g);
+                table.deployments.push(Rec {
+                    seq: i,
+                    finished: d.finished_at,
+                    started: d.started_at,
+                    id,
+                    version,
+                    commit,
+                    fixes,
+                    group,
+                    changes: index_u32(first),
+                    status: d.status,
+                    kind: d.kind,
+                });
+            }
+            start += n;
+        }
+        drop(named);
+        table.next_seq = index_u32(deployments.len());
+        if !resolves.is_empty() {
+            // Input index to stored index.
+            let mut stored = vec![0_u32; deployments.len()];
+            for (e, &i) in order.iter().enumerate() {
+                if let Some(slot) = stored.get_mut(i as usize) {
+                    *slot = index_u32(e);
+                }
+            }
+            for (e, _) in &mut resolves {
+                *e = stored.get(*e as usize).copied().unwrap_or(u32::MAX);
+            }
+            resolves.sort_by_key(|&(e, _)| e);
+            table.resolves = resolves;
+        }
+        drop(order);
+        // Each delivery id's events (as `note_id` indexes them, sized once).
         table.id_first = vec![u32::MAX; table.strings.len()];
         for (e, r) in table.deployments.iter().enumerate() {
             let e = index_u32(e);
-            if let Some(slot) = next.get_mut(r.group as usize) {
-                by_group[*slot] = e;
-                *slot += 1;
-            }
             match table.id_first.get_mut(r.id as usize) {
                 Some(first) if *first == u32::MAX => *first = e,
                 Some(_) => table.id_more.entry(r.id).or_default().push(e),
                 None => {}
             }
-        }
-        // The groups' strings, group by group: each event's changes, version and head commit.
-        table.change_sha = vec![EMPTY; table.change_at.len()];
-        let mut start = 0;
-        for (local, &(_, _, n)) in table.local.iter_mut().zip(&sizes) {
-            for &e in &by_group[start..start + n] {
-                let (Some(d), Some(rec)) = (
-                    deployments.get(e as usize),
-                    table.deployments.get_mut(e as usize),
-                ) else {
-                    continue;
-                };
-                let first = rec.changes as usize;
-                let Some(shas) = table.change_sha.get_mut(first..first + d.commits.len()) else {
-                    continue;
-                };
-                for (slot, c) in shas.iter_mut().zip(&d.commits) {
-                    *slot = local.intern(&c.sha);
-                }
-                // The head commit is most often one of the changes: no second look-up then.
-                rec.commit = match d.commits.iter().rposition(|c| c.sha == d.commit) {
-                    Some(k) => shas[k],
-                    None => local.intern(&d.commit),
-                };
-                rec.version = local.intern(&d.version);
-            }
-            start += n;
         }
         table.incidents.reserve(events.incidents.len());
         for i in &events.incidents {
@@ -529,7 +562,10 @@ impl Table {
             None => local.intern(&d.commit),
         };
         let version = local.intern(&d.version);
+        let seq = self.next_seq;
+        self.next_seq = seq.saturating_add(1);
         let rec = Rec {
+            seq,
             finished: d.finished_at,
             started: d.started_at,
             id: self.strings.intern(&d.id),
@@ -575,7 +611,7 @@ impl Table {
         }
     }
 
-    /// The deploy events with delivery id `id`, in order.
+    /// The deploy events with delivery id `id`.
     pub fn events_with_id(&self, id: Sym) -> impl Iterator<Item = u32> + '_ {
         let first = self
             .id_first
@@ -761,7 +797,10 @@ impl Table {
         mut keep_incident: impl FnMut(&Inc) -> bool,
         mut keep_finding: impl FnMut(&Finding) -> bool,
     ) -> Self {
-        let mut out = Self::default();
+        let mut out = Self {
+            next_seq: self.next_seq,
+            ..Self::default()
+        };
         let mut remap = Remap::default();
         for (e, r) in self.deployments.iter().enumerate() {
             if !keep(r) {
@@ -946,5 +985,121 @@ mod tests {
         assert_eq!(kept.deployments().len(), 1);
         assert_eq!(kept.incident(0), Some(i));
         assert!(kept.findings().is_empty());
+    }
+
+    /// Interleaved groups with repeated, shared and empty strings: `from_events` stores each
+    /// group's events together yet gives every event back by its place in the input, with
+    /// the symbols pushing them one by one gives (equal strings of a group one symbol).
+    #[test]
+    fn grouped_storage_gives_the_same_events_and_symbols_as_pushing() {
+        let change = |sha: &str, t| Change {
+            sha: sha.into(),
+            timestamp: t,
+            pr_first_commit_at: (t % 3 == 0).then_some(t - 1),
+        };
+        let mut deployments = Vec::new();
+        for k in 0..40_i64 {
+            let service = ["api", "web", "db"][(k % 3) as usize];
+            deployments.push(Deployment {
+                id: if k % 7 == 0 {
+                    "shared".into()
+                } else {
+                    format!("d{k}")
+                },
+                service: service.into(),
+                environment: if k % 5 == 0 { "staging" } else { "production" }.into(),
+                // Versions repeat (rollbacks), and one is empty.
+                version: if k == 11 {
+                    String::new()
+                } else {
+                    format!("v{}", k % 4)
+                },
+                commit: format!("c{}", k % 6),
+                status: if k % 9 == 0 {
+                    DeployStatus::Failure
+                } else {
+                    DeployStatus::Success
+                },
+                started_at: k,
+                finished_at: k + 1,
+                commits: (0..k % 4)
+                    .map(|j| change(&format!("c{}", (k + j) % 6), k * 10 + j))
+                    .chain((k == 13).then(|| change("", 5)))
+                    .collect(),
+                kind: DeploymentKind::Normal,
+                fixes_deployment: (k % 8 == 3).then(|| format!("d{}", k - 1)),
+                resolves_incidents: if k % 6 == 1 {
+                    vec!["i1".into()]
+                } else {
+                    vec![]
+                },
+            });
+        }
+        let events = Events {
+            deployments: deployments.clone(),
+            incidents: vec![],
+            regressions: vec![],
+        };
+        let grouped = Table::from_events(&events);
+        let mut pushed = Table::default();
+        for d in &deployments {
+            pushed.push_deployment(d);
+        }
+        assert_eq!(grouped.deployments().len(), deployments.len());
+        let mut last_group = vec![None; grouped.groups().len()];
+        for (e, r) in grouped.deployments().iter().enumerate() {
+            let e = u32::try_from(e).expect("few");
+            let seq = r.seq as usize;
+            assert_eq!(
+                grouped.deployment(e).as_ref(),
+                deployments.get(seq),
+                "event {e}"
+            );
+            // A group's events in input order.
+            let g = r.group as usize;
+            assert!(
+                last_group[g].is_none_or(|s| s < r.seq),
+                "group {g} out of order"
+            );
+            last_group[g] = Some(r.seq);
+            // The same record and symbols as pushing the events one by one.
+            let p = pushed.deployments()[seq];
+            assert_eq!(Rec { changes: 0, ..p }, Rec { changes: 0, ..*r });
+            let seq_u32 = u32::try_from(seq).expect("few");
+            let changes = |t: &Table, x: u32| -> Vec<(Sym, UnixSeconds)> {
+                t.changes_of(x)
+                    .map(|c| (t.change_shas()[c], t.change_times()[c]))
+                    .collect()
+            };
+            assert_eq!(changes(&grouped, e), changes(&pushed, seq_u32));
+            assert_eq!(
+                grouped.resolves_of(e).collect::<Vec<_>>(),
+                pushed.resolves_of(seq_u32).collect::<Vec<_>>()
+            );
+            let mut ids: Vec<u32> = grouped.events_with_id(r.id).collect();
+            ids.sort_unstable();
+            let mut want: Vec<u32> = (0..grouped.deployments().len())
+                .filter(|&k| grouped.deployments()[k].id == r.id)
+                .map(|k| u32::try_from(k).expect("few"))
+                .collect();
+            want.sort_unstable();
+            assert_eq!(ids, want);
+        }
+        for g in 0..u32::try_from(grouped.groups().len()).expect("few") {
+            let (a, b) = (grouped.local(g), pushed.local(g));
+            assert_eq!(a.len(), b.len());
+            for sym in 0..u32::try_from(a.len()).expect("few") {
+                assert_eq!((a.str(sym), a.repeated(sym)), (b.str(sym), b.repeated(sym)));
+            }
+        }
+        assert_eq!(grouped.strings().len(), pushed.strings().len());
+        // Events appended later follow the given ones.
+        let mut more = grouped.clone();
+        let e = more.push_deployment(&deployments[0]);
+        assert_eq!(more.deployments()[e as usize].seq, 40);
+        let kept = more.filtered(|r| r.seq % 2 == 0, |_| true, |_| true);
+        let mut kept = kept;
+        let e = kept.push_deployment(&deployments[1]);
+        assert_eq!(kept.deployments()[e as usize].seq, 41);
     }
 }

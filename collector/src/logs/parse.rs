@@ -7,9 +7,10 @@
 //! UTF-8 is replaced; a line over [`ParserConfig::max_line_bytes`] is cut and flagged.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
@@ -98,8 +99,6 @@ pub struct ParserConfig {
     /// Offset east of UTC, in seconds, for timestamps written without a zone (Python's
     /// `asctime` is local time). `0` reads them as UTC.
     pub naive_utc_offset_secs: i32,
-    /// Copied into every record's `source`.
-    pub source: Option<Arc<str>>,
 }
 
 impl Default for ParserConfig {
@@ -108,7 +107,6 @@ impl Default for ParserConfig {
             format: Format::Auto,
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             naive_utc_offset_secs: 0,
-            source: None,
         }
     }
 }
@@ -146,11 +144,12 @@ impl Parsed<'_> {
 }
 
 /// A configured parser. Its only state is what it remembers of the last line parsed (its names,
-/// see `Names`, and its timestamp's minute, see `Minute`): a clone starts without them.
+/// see `Names`, and its timestamp's minute, see `Minute`): a clone starts without them. Each
+/// log source's thread has its own parser, so that memory is a `RefCell` (no lock per line).
 #[derive(Debug, Default)]
 pub struct Parser {
     config: ParserConfig,
-    last_line: Mutex<LastLine>,
+    last_line: RefCell<LastLine>,
 }
 
 /// What the parser remembers of the last line.
@@ -170,7 +169,7 @@ impl Parser {
     pub fn new(config: ParserConfig) -> Self {
         Self {
             config,
-            last_line: Mutex::default(),
+            last_line: RefCell::default(),
         }
     }
 
@@ -197,11 +196,14 @@ impl Parser {
             Format::Json => true,
             Format::Auto | Format::Cri => text.trim_start().starts_with('{'),
         };
-        let mut last_line = self
-            .last_line
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let last_line = &mut *last_line;
+        // Only a parse that re-entered this one would find it borrowed (none does): it would
+        // parse without the memory.
+        let mut unshared = LastLine::default();
+        let mut borrowed = self.last_line.try_borrow_mut();
+        let last_line = match &mut borrowed {
+            Ok(l) => &mut **l,
+            Err(_) => &mut unshared,
+        };
         let mut names = Names {
             prev: &mut last_line.names,
             at: 0,
@@ -221,13 +223,11 @@ impl Parser {
                 Err(e) => error = Some(e),
             }
         }
-        let mut record = match record {
-            Some(r) => r,
-            None => self.text_record(text, observed_unix_nano, &mut names),
-        };
-        record.source.clone_from(&self.config.source);
         Parsed {
-            record,
+            record: match record {
+                Some(r) => r,
+                None => self.text_record(text, observed_unix_nano, &mut names),
+            },
             error,
             truncated_bytes,
             lossy_utf8,

@@ -262,14 +262,15 @@ impl Model {
             return false;
         }
         self.recovery_generation += 1;
-        let mut finished: Vec<(UnixSeconds, usize)> = recs
+        // The oldest by finish, then in the order given.
+        let mut finished: Vec<(UnixSeconds, u32, usize)> = recs
             .iter()
             .enumerate()
-            .map(|(e, d)| (d.finished, e))
+            .map(|(e, d)| (d.finished, d.seq, e))
             .collect();
         finished.select_nth_unstable(excess - 1);
         let mut drop = vec![false; finished.len()];
-        for &(_, e) in &finished[..excess] {
+        for &(_, _, e) in &finished[..excess] {
             drop[e] = true;
         }
         let mut k = 0;
@@ -447,13 +448,14 @@ impl Model {
         report
     }
 
-    /// The successful deploy events of `environment`, as given.
+    /// The successful deploy events of `environment`, as given, in the order given.
     fn successful(&self, environment: &str) -> Vec<Deployment> {
         let Some(env) = self.table.strings().get(environment) else {
             return Vec::new();
         };
         let groups = self.table.groups();
-        self.table
+        let mut found: Vec<(u32, u32)> = self
+            .table
             .deployments()
             .iter()
             .enumerate()
@@ -461,7 +463,12 @@ impl Model {
                 d.status == DeployStatus::Success
                     && groups.get(d.group as usize).is_some_and(|&(_, e)| e == env)
             })
-            .filter_map(|(e, _)| self.table.deployment(u32::try_from(e).ok()?))
+            .filter_map(|(e, d)| Some((d.seq, u32::try_from(e).ok()?)))
+            .collect();
+        found.sort_unstable();
+        found
+            .into_iter()
+            .filter_map(|(_, e)| self.table.deployment(e))
             .collect()
     }
 

@@ -81,7 +81,7 @@ impl Drop for Installed {
 pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::Error> {
     let capacity = LAST_LEN.load(Ordering::Relaxed);
     let body = Rc::new(RefCell::new(String::with_capacity(
-        (capacity + capacity / 16).max(64 * 1024),
+        (capacity + capacity / 16).max(4 * 1024),
     )));
     {
         BODY.with_borrow_mut(|b| *b = Some(body.clone()));

@@ -350,7 +350,8 @@ pub struct Lineage {
     latest: UnixSeconds,
     /// The earliest finish after `now` among the group's events.
     next: Option<UnixSeconds>,
-    /// The smallest index among its successful events (groups are ordered by it).
+    /// The smallest [`Rec::seq`](super::table::Rec::seq) among its successful events
+    /// (groups are ordered by it).
     first_event: Option<u32>,
     /// Failed deploy attempts finished at or before `now`.
     failures: u64,
@@ -403,7 +404,7 @@ impl Lineage {
                 failures += 1;
             }
         }
-        let first_event = order.iter().min().copied();
+        let first_event = order.iter().map(|&e| recs[e as usize].seq).min();
         let rec = |e: u32| &recs[e as usize];
         order.sort_by(|&a, &b| {
             let (a, b) = (rec(a), rec(b));
@@ -780,6 +781,7 @@ fn referrer(
             l.members()
                 .map(|(_, e)| e)
                 .filter(|&e| recs[e as usize].fixes == id)
+                .map(|e| recs[e as usize].seq)
                 .min()
                 .map(|e| (e, g))
         })
@@ -1304,7 +1306,7 @@ pub fn lineages(table: &Table, now: UnixSeconds, scope: &Scope) -> Vec<Lineage> 
 /// `(now - window, now]`. See the module documentation for the exact rules.
 #[must_use]
 pub fn report(now: UnixSeconds, events: &Events, window: Window, scope: &Scope) -> Report {
-    let table = Table::from_events(events);
+    let table = Table::for_report(events);
     let lineages = lineages(&table, now, scope);
     History::link(now, &lineages, &table, scope).report(window)
 }
@@ -1317,7 +1319,7 @@ pub fn reports(
     windows: &[Window],
     scope: &Scope,
 ) -> Vec<Report> {
-    let table = Table::from_events(events);
+    let table = Table::for_report(events);
     let lineages = lineages(&table, now, scope);
     let history = History::link(now, &lineages, &table, scope);
     windows

@@ -29,13 +29,121 @@ pub const ABSENT: Sym = Sym::MAX;
 /// [`ABSENT`] - 1, ends are `u32`).
 const MAX_STRINGS: usize = (ABSENT - 1) as usize;
 
-/// Interned strings: all their bytes in one buffer, each stored once.
-#[derive(Debug, Clone)]
-pub struct Strings {
+/// Where the strings of a [`Strings`] live, by symbol: copied into its own buffer
+/// ([`Owned`]), or borrowed from the input being interned ([`Borrowed`]).
+pub trait Store<'a>: Default {
+    /// The string of `sym` (empty for an unknown symbol).
+    fn get(&self, sym: Sym) -> &str;
+    /// Adds `s` under the next symbol; false (nothing added) when full.
+    fn push(&mut self, s: &'a str) -> bool;
+    /// How many strings are held.
+    fn len(&self) -> usize;
+    /// Whether no string is held.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Forgets every string, keeping the memory.
+    fn clear(&mut self);
+    /// Room for `more` strings of `bytes` bytes in all.
+    fn reserve(&mut self, more: usize, bytes: usize);
+    /// Bytes held.
+    fn heap_bytes(&self) -> usize;
+}
+
+/// Strings copied into one buffer.
+#[derive(Debug, Clone, Default)]
+pub struct Owned {
     bytes: String,
     /// End of each string in `bytes` (a string starts where the previous one ends); `bytes`
     /// holds at most `u32::MAX` bytes.
     ends: Vec<u32>,
+}
+
+impl Store<'_> for Owned {
+    fn get(&self, sym: Sym) -> &str {
+        let i = sym as usize;
+        let start = if i == 0 {
+            0
+        } else {
+            self.ends.get(i - 1).copied().unwrap_or(0)
+        };
+        let end = self.ends.get(i).copied().unwrap_or(start);
+        self.bytes
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
+    }
+
+    #[inline(always)]
+    fn push(&mut self, s: &str) -> bool {
+        // Every string but the first ("") is distinct and not empty, so there are no more
+        // strings than bytes: bounding the bytes bounds the symbols too.
+        let end = self.bytes.len() + s.len();
+        if end >= MAX_STRINGS {
+            return false;
+        }
+        self.bytes.push_str(s);
+        self.ends.push(end as u32);
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    fn reserve(&mut self, more: usize, bytes: usize) {
+        self.bytes.reserve(bytes);
+        self.ends.reserve(more);
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.ends.capacity() * std::mem::size_of::<u32>()
+    }
+}
+
+/// Strings borrowed from the input: nothing copied.
+#[derive(Debug, Clone, Default)]
+pub struct Borrowed<'a>(Vec<&'a str>);
+
+impl<'a> Store<'a> for Borrowed<'a> {
+    fn get(&self, sym: Sym) -> &str {
+        self.0.get(sym as usize).copied().unwrap_or_default()
+    }
+
+    #[inline(always)]
+    fn push(&mut self, s: &'a str) -> bool {
+        if self.0.len() >= MAX_STRINGS {
+            return false;
+        }
+        self.0.push(s);
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    fn reserve(&mut self, more: usize, _bytes: usize) {
+        self.0.reserve(more);
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.0.capacity() * std::mem::size_of::<&str>()
+    }
+}
+
+/// Interned strings, each stored once (in `S`: by default copied into one buffer).
+#[derive(Debug, Clone)]
+pub struct Strings<S = Owned> {
+    store: S,
     /// Whether each string was interned more than once (in any role): one interned once
     /// cannot be a repeat of another, which spares the computation a look-up.
     repeated: Vec<bool>,
@@ -43,11 +151,10 @@ pub struct Strings {
     state: foldhash::fast::RandomState,
 }
 
-impl Default for Strings {
+impl<'a, S: Store<'a>> Default for Strings<S> {
     fn default() -> Self {
         let mut strings = Self {
-            bytes: String::new(),
-            ends: Vec::new(),
+            store: S::default(),
             repeated: Vec::new(),
             index: HashTable::new(),
             state: foldhash::fast::RandomState::default(),
@@ -57,61 +164,63 @@ impl Default for Strings {
     }
 }
 
-fn slice<'a>(bytes: &'a str, ends: &[u32], sym: Sym) -> &'a str {
-    let i = sym as usize;
-    let start = if i == 0 {
-        0
-    } else {
-        ends.get(i - 1).copied().unwrap_or(0)
-    };
-    let end = ends.get(i).copied().unwrap_or(start);
-    bytes.get(start as usize..end as usize).unwrap_or_default()
-}
-
-impl Strings {
-    /// The symbol of `s`, interning it if new. Fewer than `u32::MAX - 1` bytes in all (and so
-    /// fewer strings): beyond it every new string shares the last symbol (never reached: the
-    /// hub holds far fewer events).
+impl<'a, S: Store<'a>> Strings<S> {
+    /// The symbol of `s`, interning it if new (copied into an [`Owned`] store, borrowed by a
+    /// [`Borrowed`] one). Fewer than `u32::MAX - 1` bytes in all (and so fewer strings):
+    /// beyond it every new string shares the last symbol (never reached: the hub holds far
+    /// fewer events).
     #[inline(always)]
-    pub fn intern(&mut self, s: &str) -> Sym {
+    pub fn intern(&mut self, s: &'a str) -> Sym {
         let hash = self.state.hash_one(s);
         let Self {
-            bytes,
-            ends,
+            store,
             repeated,
             index,
             state,
         } = self;
         // Most strings are new: a look-up that misses, then an insertion, each probing the
         // table inline, costs less than the general entry API.
-        if let Some(&sym) = index.find(hash, |&k| slice(bytes, ends, k) == s) {
+        if let Some(&sym) = index.find(hash, |&k| store.get(k) == s) {
             if let Some(r) = repeated.get_mut(sym as usize) {
                 *r = true;
             }
             return sym;
         }
-        // Every string but the first ("") is distinct and not empty, so there are no more
-        // strings than bytes, and `s` (not found, so not empty) adds at least one: bounding
-        // the bytes bounds the symbols too.
-        let (sym, end) = (ends.len(), bytes.len() + s.len());
-        if end >= MAX_STRINGS {
+        let sym = store.len() as Sym;
+        if !store.push(s) {
             return ABSENT - 1;
         }
-        let (sym, end) = (sym as Sym, end as u32);
-        index.insert_unique(hash, sym, |&k| state.hash_one(slice(bytes, ends, k)));
-        bytes.push_str(s);
-        ends.push(end);
+        index.insert_unique(hash, sym, |&k| state.hash_one(store.get(k)));
         repeated.push(false);
         sym
+    }
+
+    /// Forgets every string but the empty one, keeping the memory.
+    pub fn clear(&mut self) {
+        self.store.clear();
+        self.repeated.clear();
+        self.index.clear();
+        self.intern("");
+    }
+
+    /// The repeat flags alone: the same symbols, no strings (each reads as empty).
+    #[must_use]
+    pub fn flags_only(&self) -> Strings {
+        let mut repeated = self.repeated.clone();
+        repeated.shrink_to_fit();
+        Strings {
+            store: Owned::default(),
+            repeated,
+            index: HashTable::new(),
+            state: self.state.clone(),
+        }
     }
 
     /// The symbol of `s` if it is interned.
     #[must_use]
     pub fn get(&self, s: &str) -> Option<Sym> {
         let hash = self.state.hash_one(s);
-        self.index
-            .find(hash, |&k| slice(&self.bytes, &self.ends, k) == s)
-            .copied()
+        self.index.find(hash, |&k| self.store.get(k) == s).copied()
     }
 
     /// Whether `sym` was interned more than once (true for an unknown symbol).
@@ -129,41 +238,38 @@ impl Strings {
     /// The string of `sym` (empty for [`ABSENT`] or an unknown symbol).
     #[must_use]
     pub fn str(&self, sym: Sym) -> &str {
-        slice(&self.bytes, &self.ends, sym)
+        self.store.get(sym)
     }
 
     /// How many strings are interned.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.store.len()
     }
 
     /// Whether only the empty string is interned.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.ends.len() <= 1
+        self.store.len() <= 1
     }
 
     /// Room for `more` strings of `bytes` bytes in all.
     pub fn reserve(&mut self, more: usize, bytes: usize) {
         let Self {
-            bytes: buffer,
-            ends,
+            store,
             repeated,
             index,
             state,
         } = self;
-        buffer.reserve(bytes);
-        ends.reserve(more);
+        store.reserve(more, bytes);
         repeated.reserve(more);
-        index.reserve(more, |&k| state.hash_one(slice(buffer, ends, k)));
+        index.reserve(more, |&k| state.hash_one(store.get(k)));
     }
 
     /// Bytes held (buffer, ends and index), for the hub's memory figures.
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
-        self.bytes.capacity()
-            + self.ends.capacity() * std::mem::size_of::<u32>()
+        self.store.heap_bytes()
             + self.repeated.capacity()
             + self.index.capacity() * (std::mem::size_of::<Sym>() + 1)
     }
@@ -172,6 +278,9 @@ impl Strings {
 /// One deploy event. Its changes are `Table::change_*[changes..]` up to the next event's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rec {
+    /// Its place in the order the events were given (see [`Table`]): increasing in that
+    /// order, not dense once events are left out.
+    pub seq: u32,
     /// When the new version was live.
     pub finished: UnixSeconds,
     /// When the deploy began.
@@ -226,9 +335,17 @@ pub struct Finding {
     pub group: u32,
 }
 
-/// Deploy events, incidents and regression findings in arrival order, strings interned.
+/// Deploy events, incidents and regression findings, strings interned. Incidents and
+/// findings are held in arrival order. Deploy events are held group by group
+/// ([`Table::from_events`]: each group's records, changes and strings together, as the
+/// computation reads them), later ones appended ([`Table::push_deployment`]): an event's index
+/// is not its place in arrival order, [`Rec::seq`] is; a group's events are in arrival order.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
+    /// [`Rec::seq`] of the next deploy event appended.
+    next_seq: u32,
+    /// Whether the groups' strings are held (not for [`Table::for_report`]).
+    partial: bool,
     strings: Strings,
     /// (service, environment) of each group, by group index.
     groups: Vec<(Sym, Sym)>,
@@ -249,8 +366,27 @@ pub struct Table {
     findings: Vec<Finding>,
     /// By symbol: the first deploy event with that delivery id (`u32::MAX` for none).
     id_first: Vec<u32>,
-    /// The later deploy events of a delivery id held by several, in order.
+    /// The later deploy events of a delivery id held by several.
     id_more: HashMap<Sym, Vec<u32>>,
+}
+
+/// A deploy event's group and delivery ids, as [`Table::from_events`] reads them in input
+/// order.
+struct Named {
+    group: u32,
+    id: Sym,
+    /// `fixes_deployment`, [`ABSENT`] for `None`.
+    fixes: Sym,
+}
+
+/// One group's part of [`Table::from_events`]' second pass.
+struct Group<'g> {
+    /// Its deploy events, input indices in input order.
+    stored: &'g [u32],
+    /// Its incidents with a commit, input indices in input order.
+    incidents: &'g [u32],
+    /// Every deploy event's names, by input index.
+    named: &'g [Named],
 }
 
 /// Symbols of one table in another, as [`Table::filtered`] copies events.
@@ -333,27 +469,48 @@ fn index_u32(n: usize) -> u32 {
 }
 
 impl Table {
-    /// The table of `events`, in their order: the same table as pushing the events one by
-    /// one. Two passes: the records, delivery ids and change times in input order, then
-    /// each group's own strings (versions, commit ids) group by group, so that the group's
-    /// index stays in cache while it is filled.
+    /// The table of `events`: the deploy events [`Table::push_deployment`] would hold given
+    /// them one by one (the same [`Rec::seq`] and symbols), but each group's stored
+    /// together; the incidents and findings in order. Two passes: the names and delivery ids
+    /// (the table's strings) in input order, then group by group each event's record,
+    /// changes and group strings (versions, commit ids), written in the order they are stored
+    /// while the group's string index stays in cache.
     #[must_use]
     pub fn from_events(events: &Events) -> Self {
-        let mut table = Self::default();
+        Self::build(events, true)
+    }
+
+    /// [`Table::from_events`] for one computation on `events`: the same records and
+    /// symbols, but the groups' strings (versions, commit ids) are borrowed from `events`
+    /// while they are interned, group by group in one interner, and not kept: only whether
+    /// each was interned more than once, all a computation reads of them. So its deploy
+    /// events and incidents are not given back ([`Table::deployment`] is `None`), and it is
+    /// not to be appended to or filtered (the hub builds its table with `from_events`).
+    #[must_use]
+    pub(super) fn for_report(events: &Events) -> Self {
+        Self::build(events, false)
+    }
+
+    fn build(events: &Events, keep_group_strings: bool) -> Self {
+        let mut table = Self {
+            partial: !keep_group_strings,
+            ..Self::default()
+        };
         let deployments = &events.deployments;
-        let (mut bytes, mut changes) = (0, 0);
+        let mut id_bytes = 0;
         for d in deployments {
-            bytes += d.id.len();
-            changes += d.commits.len();
+            id_bytes += d.id.len();
         }
-        table.strings.reserve(deployments.len(), bytes);
-        table.deployments.reserve(deployments.len());
-        table.change_at.reserve(changes);
+        table.strings.reserve(deployments.len(), id_bytes);
         // Groups looked up in a map of their own: small, so it stays in cache.
         let mut groups: HashMap<GroupKey<'_>, u32> = HashMap::default();
-        // Strings and bytes each group's strings will hold (about), and its events.
-        let mut sizes: Vec<(usize, usize, usize)> = Vec::new();
-        for d in deployments {
+        // Per group: strings and bytes its strings will hold (about), events, changes.
+        let mut sizes: Vec<(usize, usize, usize, usize)> = Vec::new();
+        // Each event's names, in input order.
+        let mut named: Vec<Named> = Vec::with_capacity(deployments.len());
+        // `resolves_incidents` by input index.
+        let mut resolves: Vec<(u32, Sym)> = Vec::new();
+        for (i, d) in deployments.iter().enumerate() {
             let group = match groups.get(&GroupKey(&d.service, &d.environment)) {
                 Some(&g) => g,
                 None => {
@@ -364,98 +521,111 @@ impl Table {
             };
             let g = group as usize;
             if sizes.len() <= g {
-                sizes.resize(g + 1, (0, 0, 0));
+                sizes.resize(g + 1, (0, 0, 0, 0));
             }
-            let first = table.change_at.len();
-            let mut sha_bytes = 0;
-            for (k, c) in d.commits.iter().enumerate() {
-                if c.pr_first_commit_at.is_some() {
-                    table.squash.push((index_u32(first + k), c.timestamp));
-                }
-                table.change_at.push(c.effective_time());
-                sha_bytes += c.sha.len();
-            }
+            let n = d.commits.len();
             let size = &mut sizes[g];
-            size.0 += 2 + d.commits.len();
-            // The head commit is most often one of the changes: not counted.
-            size.1 += d.version.len() + sha_bytes;
+            // The head commit is most often one of the changes, and commit ids of one length:
+            // the changes are not read here.
+            size.0 += 1 + n.max(1);
+            size.1 += d.version.len() + d.commit.len() * n.max(1);
             size.2 += 1;
-            // Version and head commit are the group's strings: set in the second pass.
-            let rec = Rec {
-                finished: d.finished_at,
-                started: d.started_at,
-                id: table.strings.intern(&d.id),
-                version: EMPTY,
-                commit: EMPTY,
-                fixes: sym_of(&mut table.strings, d.fixes_deployment.as_deref()),
-                group,
-                changes: index_u32(first),
-                status: d.status,
-                kind: d.kind,
-            };
-            let e = index_u32(table.deployments.len());
-            for id in &d.resolves_incidents {
-                let sym = table.strings.intern(id);
-                table.resolves.push((e, sym));
+            size.3 += n;
+            let id = table.strings.intern(&d.id);
+            let fixes = sym_of(&mut table.strings, d.fixes_deployment.as_deref());
+            for r in &d.resolves_incidents {
+                let sym = table.strings.intern(r);
+                resolves.push((index_u32(i), sym));
             }
-            table.deployments.push(rec);
+            named.push(Named { group, id, fixes });
         }
-        for (local, &(n, bytes, _)) in table.local.iter_mut().zip(&sizes) {
-            local.reserve(n, bytes);
-        }
-        // The events of each group, in input order.
+        drop(groups);
+        // The input index of each event in the order stored: group by group, in input order.
         let mut next: Vec<usize> = Vec::with_capacity(sizes.len());
-        let mut at = 0;
-        for &(_, _, n) in &sizes {
-            next.push(at);
-            at += n;
+        let (mut records, mut changes) = (0, 0);
+        for &(_, _, n, c) in &sizes {
+            next.push(records);
+            records += n;
+            changes += c;
         }
-        // And each delivery id's events (as `note_id` indexes them, sized once).
-        let mut by_group = vec![0_u32; deployments.len()];
+        let mut order = vec![0_u32; records];
+        for (i, &Named { group, .. }) in named.iter().enumerate() {
+            if let Some(at) = next.get_mut(group as usize)
+                && let Some(slot) = order.get_mut(*at)
+            {
+                *slot = index_u32(i);
+                *at += 1;
+            }
+        }
+        table.deployments.reserve_exact(records);
+        table.change_sha.reserve_exact(changes);
+        table.change_at.reserve_exact(changes);
+        // The incidents (their commits interned in their group's strings below, after its
+        // deploy events: the symbols interning them in input order gives).
+        table.incidents.reserve(events.incidents.len());
+        let mut incidents_of: Vec<Vec<u32>> = Vec::new();
+        for (k, i) in events.incidents.iter().enumerate() {
+            let inc = table.incident_rec(i, false);
+            let g = inc.group as usize;
+            if incidents_of.len() <= g {
+                incidents_of.resize_with(g + 1, Vec::new);
+            }
+            if i.commit.is_some() {
+                incidents_of[g].push(index_u32(k));
+            }
+            table.incidents.push(inc);
+        }
+        let mut locals = std::mem::take(&mut table.local);
+        // Without the groups' strings, one interner borrowing the input's strings serves
+        // every group in turn: it stays in cache, and only its repeat flags are kept.
+        let mut scratch: Strings<Borrowed<'_>> = Strings::default();
+        let mut start = 0;
+        for (g, held) in locals.iter_mut().enumerate() {
+            let (strings, bytes, n, _) = sizes.get(g).copied().unwrap_or_default();
+            let stored = order.get(start..start + n).unwrap_or_default();
+            start += n;
+            let group = Group {
+                stored,
+                incidents: incidents_of.get(g).map_or(&[][..], Vec::as_slice),
+                named: &named,
+            };
+            if keep_group_strings {
+                held.reserve(strings, bytes);
+                table.store_group(held, events, &group);
+            } else {
+                scratch.clear();
+                scratch.reserve(strings, bytes);
+                table.store_group(&mut scratch, events, &group);
+                *held = scratch.flags_only();
+            }
+        }
+        table.local = locals;
+        drop(named);
+        table.next_seq = index_u32(deployments.len());
+        if !resolves.is_empty() {
+            // Input index to stored index.
+            let mut stored = vec![0_u32; deployments.len()];
+            for (e, &i) in order.iter().enumerate() {
+                if let Some(slot) = stored.get_mut(i as usize) {
+                    *slot = index_u32(e);
+                }
+            }
+            for (e, _) in &mut resolves {
+                *e = stored.get(*e as usize).copied().unwrap_or(u32::MAX);
+            }
+            resolves.sort_by_key(|&(e, _)| e);
+            table.resolves = resolves;
+        }
+        drop(order);
+        // Each delivery id's events (as `note_id` indexes them, sized once).
         table.id_first = vec![u32::MAX; table.strings.len()];
         for (e, r) in table.deployments.iter().enumerate() {
             let e = index_u32(e);
-            if let Some(slot) = next.get_mut(r.group as usize) {
-                by_group[*slot] = e;
-                *slot += 1;
-            }
             match table.id_first.get_mut(r.id as usize) {
                 Some(first) if *first == u32::MAX => *first = e,
                 Some(_) => table.id_more.entry(r.id).or_default().push(e),
                 None => {}
             }
-        }
-        // The groups' strings, group by group: each event's changes, version and head commit.
-        table.change_sha = vec![EMPTY; table.change_at.len()];
-        let mut start = 0;
-        for (local, &(_, _, n)) in table.local.iter_mut().zip(&sizes) {
-            for &e in &by_group[start..start + n] {
-                let (Some(d), Some(rec)) = (
-                    deployments.get(e as usize),
-                    table.deployments.get_mut(e as usize),
-                ) else {
-                    continue;
-                };
-                let first = rec.changes as usize;
-                let Some(shas) = table.change_sha.get_mut(first..first + d.commits.len()) else {
-                    continue;
-                };
-                for (slot, c) in shas.iter_mut().zip(&d.commits) {
-                    *slot = local.intern(&c.sha);
-                }
-                // The head commit is most often one of the changes: no second look-up then.
-                rec.commit = match d.commits.iter().rposition(|c| c.sha == d.commit) {
-                    Some(k) => shas[k],
-                    None => local.intern(&d.commit),
-                };
-                rec.version = local.intern(&d.version);
-            }
-            start += n;
-        }
-        table.incidents.reserve(events.incidents.len());
-        for i in &events.incidents {
-            let inc = table.incident_rec(i);
-            table.incidents.push(inc);
         }
         for f in &events.regressions {
             let group = table.group(&f.service, &f.environment);
@@ -468,6 +638,63 @@ impl Table {
             });
         }
         table
+    }
+
+    /// Appends the deploy events of one group (in `group.stored`, input indices) and
+    /// interns its incidents' commits, in `local` (the group's strings).
+    fn store_group<'a, S: Store<'a>>(
+        &mut self,
+        local: &mut Strings<S>,
+        events: &'a Events,
+        group: &Group<'_>,
+    ) {
+        for &i in group.stored {
+            let (Some(d), Some(named)) = (
+                events.deployments.get(i as usize),
+                group.named.get(i as usize),
+            ) else {
+                continue;
+            };
+            let first = self.change_sha.len();
+            for c in &d.commits {
+                if c.pr_first_commit_at.is_some() {
+                    self.squash
+                        .push((index_u32(self.change_sha.len()), c.timestamp));
+                }
+                self.change_sha.push(local.intern(&c.sha));
+                self.change_at.push(c.effective_time());
+            }
+            // The head commit is most often one of the changes: no second look-up then.
+            let commit = match d.commits.iter().rposition(|c| c.sha == d.commit) {
+                Some(k) => self.change_sha[first + k],
+                None => local.intern(&d.commit),
+            };
+            let version = local.intern(&d.version);
+            self.deployments.push(Rec {
+                seq: i,
+                finished: d.finished_at,
+                started: d.started_at,
+                id: named.id,
+                version,
+                commit,
+                fixes: named.fixes,
+                group: named.group,
+                changes: index_u32(first),
+                status: d.status,
+                kind: d.kind,
+            });
+        }
+        for &k in group.incidents {
+            if let (Some(inc), Some(Some(c))) = (
+                self.incidents.get_mut(k as usize),
+                events
+                    .incidents
+                    .get(k as usize)
+                    .map(|i| i.commit.as_deref()),
+            ) {
+                inc.commit = local.intern(c);
+            }
+        }
     }
 
     /// The group of (service, environment), added if new.
@@ -484,10 +711,11 @@ impl Table {
         })
     }
 
-    fn incident_rec(&mut self, i: &Incident) -> Inc {
+    /// The record of `i`, its commit interned if `with_commit` (else [`ABSENT`]).
+    fn incident_rec(&mut self, i: &Incident, with_commit: bool) -> Inc {
         let group = self.group(&i.service, &i.environment);
         let commit = match (&i.commit, self.local.get_mut(group as usize)) {
-            (Some(c), Some(local)) => local.intern(c),
+            (Some(c), Some(local)) if with_commit => local.intern(c),
             _ => ABSENT,
         };
         Inc {
@@ -529,7 +757,10 @@ impl Table {
             None => local.intern(&d.commit),
         };
         let version = local.intern(&d.version);
+        let seq = self.next_seq;
+        self.next_seq = seq.saturating_add(1);
         let rec = Rec {
+            seq,
             finished: d.finished_at,
             started: d.started_at,
             id: self.strings.intern(&d.id),
@@ -552,7 +783,7 @@ impl Table {
 
     /// Adds an incident, or replaces the first one with the same id.
     pub fn put_incident(&mut self, i: &Incident) {
-        let inc = self.incident_rec(i);
+        let inc = self.incident_rec(i, true);
         match self.incidents.iter_mut().find(|k| k.id == inc.id) {
             Some(held) => *held = inc,
             None => self.incidents.push(inc),
@@ -575,7 +806,7 @@ impl Table {
         }
     }
 
-    /// The deploy events with delivery id `id`, in order.
+    /// The deploy events with delivery id `id`.
     pub fn events_with_id(&self, id: Sym) -> impl Iterator<Item = u32> + '_ {
         let first = self
             .id_first
@@ -676,10 +907,10 @@ impl Table {
         (sym != ABSENT).then(|| self.str(sym).to_owned())
     }
 
-    /// Deploy event `e` as it was given.
+    /// Deploy event `e` as it was given (`None` from a [`Table::for_report`]).
     #[must_use]
     pub fn deployment(&self, e: u32) -> Option<Deployment> {
-        let r = self.deployments.get(e as usize)?;
+        let r = self.deployments.get(e as usize).filter(|_| !self.partial)?;
         let (service, environment) = self.groups.get(r.group as usize).copied()?;
         let local = self.local(r.group);
         let changes = self.changes_of(e);
@@ -721,10 +952,10 @@ impl Table {
         })
     }
 
-    /// Incident `i` as it was given.
+    /// Incident `i` as it was given (`None` from a [`Table::for_report`]).
     #[must_use]
     pub fn incident(&self, i: usize) -> Option<Incident> {
-        let r = self.incidents.get(i)?;
+        let r = self.incidents.get(i).filter(|_| !self.partial)?;
         let (service, environment) = self.groups.get(r.group as usize).copied()?;
         Some(Incident {
             id: self.str(r.id).to_owned(),
@@ -761,7 +992,11 @@ impl Table {
         mut keep_incident: impl FnMut(&Inc) -> bool,
         mut keep_finding: impl FnMut(&Finding) -> bool,
     ) -> Self {
-        let mut out = Self::default();
+        let mut out = Self {
+            next_seq: self.next_seq,
+            partial: self.partial,
+            ..Self::default()
+        };
         let mut remap = Remap::default();
         for (e, r) in self.deployments.iter().enumerate() {
             if !keep(r) {
@@ -861,7 +1096,7 @@ mod tests {
 
     #[test]
     fn strings_intern_once() {
-        let mut s = Strings::default();
+        let mut s: Strings = Strings::default();
         assert_eq!(s.get(""), Some(EMPTY));
         let a = s.intern("api");
         let b = s.intern("web");
@@ -946,5 +1181,194 @@ mod tests {
         assert_eq!(kept.deployments().len(), 1);
         assert_eq!(kept.incident(0), Some(i));
         assert!(kept.findings().is_empty());
+    }
+
+    /// Interleaved groups with repeated, shared and empty strings: `from_events` stores each
+    /// group's events together yet gives every event back by its place in the input, with
+    /// the symbols pushing them one by one gives (equal strings of a group one symbol).
+    #[test]
+    fn grouped_storage_gives_the_same_events_and_symbols_as_pushing() {
+        let change = |sha: &str, t| Change {
+            sha: sha.into(),
+            timestamp: t,
+            pr_first_commit_at: (t % 3 == 0).then_some(t - 1),
+        };
+        let mut deployments = Vec::new();
+        for k in 0..40_i64 {
+            let service = ["api", "web", "db"][(k % 3) as usize];
+            deployments.push(Deployment {
+                id: if k % 7 == 0 {
+                    "shared".into()
+                } else {
+                    format!("d{k}")
+                },
+                service: service.into(),
+                environment: if k % 5 == 0 { "staging" } else { "production" }.into(),
+                // Versions repeat (rollbacks), and one is empty.
+                version: if k == 11 {
+                    String::new()
+                } else {
+                    format!("v{}", k % 4)
+                },
+                commit: format!("c{}", k % 6),
+                status: if k % 9 == 0 {
+                    DeployStatus::Failure
+                } else {
+                    DeployStatus::Success
+                },
+                started_at: k,
+                finished_at: k + 1,
+                commits: (0..k % 4)
+                    .map(|j| change(&format!("c{}", (k + j) % 6), k * 10 + j))
+                    .chain((k == 13).then(|| change("", 5)))
+                    .collect(),
+                kind: DeploymentKind::Normal,
+                fixes_deployment: (k % 8 == 3).then(|| format!("d{}", k - 1)),
+                resolves_incidents: if k % 6 == 1 {
+                    vec!["i1".into()]
+                } else {
+                    vec![]
+                },
+            });
+        }
+        let events = Events {
+            deployments: deployments.clone(),
+            incidents: vec![],
+            regressions: vec![],
+        };
+        let grouped = Table::from_events(&events);
+        let mut pushed = Table::default();
+        for d in &deployments {
+            pushed.push_deployment(d);
+        }
+        assert_eq!(grouped.deployments().len(), deployments.len());
+        let mut last_group = vec![None; grouped.groups().len()];
+        for (e, r) in grouped.deployments().iter().enumerate() {
+            let e = u32::try_from(e).expect("few");
+            let seq = r.seq as usize;
+            assert_eq!(
+                grouped.deployment(e).as_ref(),
+                deployments.get(seq),
+                "event {e}"
+            );
+            // A group's events in input order.
+            let g = r.group as usize;
+            assert!(
+                last_group[g].is_none_or(|s| s < r.seq),
+                "group {g} out of order"
+            );
+            last_group[g] = Some(r.seq);
+            // The same record and symbols as pushing the events one by one.
+            let p = pushed.deployments()[seq];
+            assert_eq!(Rec { changes: 0, ..p }, Rec { changes: 0, ..*r });
+            let seq_u32 = u32::try_from(seq).expect("few");
+            let changes = |t: &Table, x: u32| -> Vec<(Sym, UnixSeconds)> {
+                t.changes_of(x)
+                    .map(|c| (t.change_shas()[c], t.change_times()[c]))
+                    .collect()
+            };
+            assert_eq!(changes(&grouped, e), changes(&pushed, seq_u32));
+            assert_eq!(
+                grouped.resolves_of(e).collect::<Vec<_>>(),
+                pushed.resolves_of(seq_u32).collect::<Vec<_>>()
+            );
+            let mut ids: Vec<u32> = grouped.events_with_id(r.id).collect();
+            ids.sort_unstable();
+            let mut want: Vec<u32> = (0..grouped.deployments().len())
+                .filter(|&k| grouped.deployments()[k].id == r.id)
+                .map(|k| u32::try_from(k).expect("few"))
+                .collect();
+            want.sort_unstable();
+            assert_eq!(ids, want);
+        }
+        for g in 0..u32::try_from(grouped.groups().len()).expect("few") {
+            let (a, b) = (grouped.local(g), pushed.local(g));
+            assert_eq!(a.len(), b.len());
+            for sym in 0..u32::try_from(a.len()).expect("few") {
+                assert_eq!((a.str(sym), a.repeated(sym)), (b.str(sym), b.repeated(sym)));
+            }
+        }
+        assert_eq!(grouped.strings().len(), pushed.strings().len());
+        // Events appended later follow the given ones.
+        let mut more = grouped.clone();
+        let e = more.push_deployment(&deployments[0]);
+        assert_eq!(more.deployments()[e as usize].seq, 40);
+        let kept = more.filtered(|r| r.seq % 2 == 0, |_| true, |_| true);
+        let mut kept = kept;
+        let e = kept.push_deployment(&deployments[1]);
+        assert_eq!(kept.deployments()[e as usize].seq, 41);
+    }
+
+    /// A one-shot table holds the records, changes, incidents and symbols `from_events`
+    /// gives, and the same repeat flags, without the groups' strings.
+    #[test]
+    fn report_table_has_the_same_symbols_and_flags() {
+        let mut deployments = Vec::new();
+        for k in 0..30_i64 {
+            deployments.push(Deployment {
+                id: format!("d{}", k % 13),
+                service: ["api", "web"][(k % 2) as usize].into(),
+                environment: "production".into(),
+                version: format!("v{}", k % 5),
+                commit: format!("c{}", k % 7),
+                status: DeployStatus::Success,
+                started_at: k,
+                finished_at: k + 1,
+                commits: (0..k % 3)
+                    .map(|j| Change {
+                        sha: format!("c{}", (k + j) % 7),
+                        timestamp: k - j,
+                        pr_first_commit_at: (j == 1).then_some(k - 9),
+                    })
+                    .collect(),
+                kind: DeploymentKind::Normal,
+                fixes_deployment: (k % 4 == 0).then(|| format!("d{}", k % 13)),
+                resolves_incidents: if k % 5 == 0 {
+                    vec!["i0".into()]
+                } else {
+                    vec![]
+                },
+            });
+        }
+        let incident = |id: &str, service: &str, commit: Option<&str>| Incident {
+            id: id.into(),
+            service: service.into(),
+            environment: "production".into(),
+            started_at: 4,
+            resolved_at: Some(8),
+            deployment_id: Some("d3".into()),
+            commit: commit.map(Into::into),
+            resolved_by_deployment: None,
+        };
+        let events = Events {
+            deployments,
+            incidents: vec![
+                incident("i0", "api", Some("c2")),
+                incident("i1", "web", Some("only-here")),
+                incident("i2", "db", Some("c2")),
+                incident("i3", "web", None),
+            ],
+            regressions: vec![],
+        };
+        let (full, quick) = (Table::from_events(&events), Table::for_report(&events));
+        assert_eq!(full.deployments(), quick.deployments());
+        assert_eq!(full.change_shas(), quick.change_shas());
+        assert_eq!(full.change_times(), quick.change_times());
+        assert_eq!(full.squash, quick.squash);
+        assert_eq!(full.resolves(), quick.resolves());
+        assert_eq!(full.incidents(), quick.incidents());
+        assert_eq!(full.groups(), quick.groups());
+        assert_eq!(full.id_first, quick.id_first);
+        assert_eq!(full.id_more, quick.id_more);
+        assert_eq!(full.strings().len(), quick.strings().len());
+        for g in 0..u32::try_from(full.groups().len()).expect("few") {
+            let (a, b) = (full.local(g), quick.local(g));
+            assert!(b.is_empty(), "no strings held");
+            for sym in 0..u32::try_from(a.len()).expect("few") {
+                assert_eq!(a.repeated(sym), b.repeated(sym), "group {g} symbol {sym}");
+            }
+        }
+        assert!(full.deployment(0).is_some() && full.incident(0).is_some());
+        assert_eq!((quick.deployment(0), quick.incident(0)), (None, None));
     }
 }

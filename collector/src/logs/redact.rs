@@ -11,7 +11,7 @@
 //! matched then run their own replacement.
 
 use std::borrow::Cow;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
 use regex::{Captures, Regex, RegexSet};
@@ -643,7 +643,6 @@ fn has_digit_run_in(s: &[u8], min: usize) -> bool {
 
 #[derive(Debug)]
 struct Rule {
-    name: String,
     regex: Regex,
     check: Check,
     has_secret_group: bool,
@@ -677,9 +676,21 @@ impl RedactionCounts {
     }
 }
 
-/// The compiled rules.
+/// The rules, compiled on first use: a log source or an OTLP receiver that never sees a record
+/// never builds the regexes (they are most of the agent's idle heap otherwise). Configured
+/// patterns are compiled by [`Redactor::new`] already, so that an invalid one is a configuration
+/// error; the set built for that check is the one used.
 #[derive(Debug)]
 pub struct Redactor {
+    config: RedactionConfig,
+    /// Rule names, in the order counts are reported.
+    names: Vec<String>,
+    compiled: OnceLock<Compiled>,
+}
+
+/// The compiled rules behind a [`Redactor`].
+#[derive(Debug)]
+struct Compiled {
     set: RegexSet,
     rules: Vec<Rule>,
     min_match_len: usize,
@@ -689,10 +700,10 @@ pub struct Redactor {
     configured: Option<RegexSet>,
 }
 
-impl Redactor {
+impl Compiled {
     /// Compiles the built-ins (if enabled) and the configured patterns; an invalid pattern is
     /// reported by name (the first one found).
-    pub fn new(config: &RedactionConfig) -> Result<Self, RedactError> {
+    fn new(config: &RedactionConfig) -> Result<Self, RedactError> {
         let mut rules = Vec::new();
         if config.builtins {
             for b in BUILTINS {
@@ -725,16 +736,6 @@ impl Redactor {
         })
     }
 
-    /// Whether there is any rule at all (built-ins off and no patterns: nothing to do).
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
-    /// Whether some rule matches `s` (a match the Luhn check later rejects counts too).
-    pub fn is_match(&self, s: &str) -> bool {
-        self.may_match(s) && self.set.is_match(s)
-    }
-
     /// False only when no rule can match `s`: the built-ins' prefilter, then the configured
     /// patterns' own set.
     fn may_match(&self, s: &str) -> bool {
@@ -743,10 +744,51 @@ impl Redactor {
         }
         self.configured.as_ref().is_some_and(|set| set.is_match(s))
     }
+}
+
+impl Redactor {
+    /// The built-ins (if enabled) and the configured patterns; an invalid configured pattern is
+    /// reported by name (the first one found). The built-ins alone are compiled on first use.
+    pub fn new(config: &RedactionConfig) -> Result<Self, RedactError> {
+        let builtins = BUILTINS.iter().filter(|_| config.builtins).map(|b| b.name);
+        let names = builtins
+            .chain(config.patterns.iter().map(|p| p.name.as_str()))
+            .map(str::to_owned)
+            .collect();
+        let compiled = OnceLock::new();
+        if !config.patterns.is_empty() {
+            let _ = compiled.set(Compiled::new(config)?);
+        }
+        Ok(Self {
+            config: config.clone(),
+            names,
+            compiled,
+        })
+    }
+
+    /// The compiled rules, built now if this is the first use.
+    fn compiled(&self) -> &Compiled {
+        self.compiled.get_or_init(|| {
+            // Only the built-ins are left to compile here (`new` compiled any configured
+            // pattern), and they compile (`builtins_compile_on_first_use`).
+            Compiled::new(&self.config).unwrap_or_else(|e| panic!("built-in redaction rules: {e}"))
+        })
+    }
+
+    /// Whether there is any rule at all (built-ins off and no patterns: nothing to do).
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Whether some rule matches `s` (a match the Luhn check later rejects counts too).
+    pub fn is_match(&self, s: &str) -> bool {
+        let c = self.compiled();
+        c.may_match(s) && c.set.is_match(s)
+    }
 
     /// The shortest text any rule can match, in bytes: shorter strings need no look.
     pub fn min_match_len(&self) -> usize {
-        self.min_match_len
+        self.compiled().min_match_len
     }
 
     /// The built-in rules only.
@@ -756,27 +798,31 @@ impl Redactor {
 
     /// Rule names, in the order counts are reported.
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().map(|r| r.name.as_str())
+        self.names.iter().map(String::as_str)
     }
 
     /// Redacts one string in place, adding to `counts`.
     pub fn redact_string(&self, s: &mut String, counts: &mut RedactionCounts) {
+        let c = self.compiled();
         // Shorter than any match: no rule can match it.
-        if s.len() >= self.min_match_len && self.may_match(s) {
-            self.redact_rounds(s, counts);
+        if s.len() >= c.min_match_len && c.may_match(s) {
+            c.redact_rounds(s, counts);
         }
     }
 
     /// [`Self::redact_string`] for a string that may borrow from the line: it is copied only
     /// when a rule matches it.
     pub fn redact_cow(&self, s: &mut Cow<'_, str>, counts: &mut RedactionCounts) {
-        if s.len() >= self.min_match_len && self.may_match(s) && self.set.is_match(s) {
-            self.redact_rounds(s.to_mut(), counts);
+        let c = self.compiled();
+        if s.len() >= c.min_match_len && c.may_match(s) && c.set.is_match(s) {
+            c.redact_rounds(s.to_mut(), counts);
         }
     }
+}
 
-    /// The replacement rounds, without the prefilter (the tests hold [`Self::redact_string`] to
-    /// this).
+impl Compiled {
+    /// The replacement rounds, without the prefilter (the tests hold
+    /// [`Redactor::redact_string`] to this).
     fn redact_rounds(&self, s: &mut String, counts: &mut RedactionCounts) {
         // A replacement can expose a match that was not one before (`bob@example.com4111…`:
         // once the address is gone, the card number starts on a word boundary), so repeat while
@@ -836,7 +882,9 @@ impl Redactor {
         }
         n
     }
+}
 
+impl Redactor {
     /// Redacts a record's body, exception type/message/stack and every string attribute
     /// (nested ones included); returns the counts.
     pub fn redact_record(&self, record: &mut LogRecord<'_>) -> RedactionCounts {
@@ -925,7 +973,6 @@ fn compile(name: &str, pattern: &str, check: Check) -> Result<Rule, RedactError>
     })?;
     let has_secret_group = regex.capture_names().flatten().any(|n| n == "secret");
     Ok(Rule {
-        name: name.to_owned(),
         regex,
         check,
         has_secret_group,
@@ -1162,12 +1209,13 @@ mod tests {
         r.redact_string(&mut fast, &mut fast_counts);
         let mut reference = input.to_owned();
         let mut reference_counts = RedactionCounts::default();
-        r.redact_rounds(&mut reference, &mut reference_counts);
+        r.compiled()
+            .redact_rounds(&mut reference, &mut reference_counts);
         prop_assert_eq!(&fast, &reference, "input {:?}", input);
         prop_assert_eq!(fast_counts, reference_counts, "input {:?}", input);
         prop_assert_eq!(
             r.is_match(input),
-            r.set.is_match(input),
+            r.compiled().set.is_match(input),
             "input {:?}",
             input
         );
@@ -1435,6 +1483,38 @@ mod tests {
             .and_then(AttrValue::as_map)
             .and_then(|m| m.get("to"));
         assert_eq!(to, Some(&AttrValue::String(REDACTED.into())));
+    }
+
+    #[test]
+    fn builtins_compile_on_first_use() {
+        let r = redactor();
+        assert!(
+            r.compiled.get().is_none(),
+            "nothing compiled before first use"
+        );
+        assert_eq!(r.rule_names().count(), BUILTINS.len());
+        assert!(!r.is_empty());
+        let mut s = "Authorization: Bearer abcdefgh12345678".to_owned();
+        let mut counts = RedactionCounts::default();
+        r.redact_string(&mut s, &mut counts);
+        assert!(r.compiled.get().is_some());
+        assert_eq!(s, "Authorization: [REDACTED]");
+        assert_eq!(count_of(&r, &counts, "authorization"), 1);
+        // Configured patterns are compiled (and checked) at once.
+        let configured = Redactor::new(&RedactionConfig {
+            builtins: true,
+            patterns: vec![PatternConfig {
+                name: "order".into(),
+                regex: r"ord-\d{4}".into(),
+            }],
+        })
+        .expect("compiles");
+        assert!(configured.compiled.get().is_some());
+        assert_eq!(
+            configured.rule_names().last(),
+            Some("order"),
+            "configured names follow the built-ins"
+        );
     }
 
     #[test]

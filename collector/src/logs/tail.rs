@@ -437,7 +437,6 @@ impl Tailer {
         };
         let stale = loaded.entries;
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        let buf = vec![0u8; cfg.read_chunk_bytes.max(1)];
         Ok(Self {
             cfg,
             discovery,
@@ -462,7 +461,7 @@ impl Tailer {
             scanned_once: false,
             symlinks: false,
             last_written: None,
-            buf,
+            buf: Vec::new(),
             joined: Vec::new(),
             cursor: 0,
             truncate_seen: false,
@@ -1291,6 +1290,10 @@ impl Tailer {
             let Some(file) = &t.file else { break };
             if t.read_offset >= t.size_seen {
                 break;
+            }
+            if self.buf.is_empty() {
+                // Allocated on the first read: a source whose files stay empty never needs it.
+                self.buf = vec![0u8; self.cfg.read_chunk_bytes.max(1)];
             }
             let n = match file.read_at(&mut self.buf, t.read_offset) {
                 Ok(0) => break,

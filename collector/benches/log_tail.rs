@@ -80,7 +80,6 @@ fn measure(
     let include = vec![format!("{}/*.log", logs.display())];
     let discovery = Discovery::new(&include, &[], true)?;
     let parser = Parser::new(ParserConfig {
-        source: Some("app".into()),
         format,
         ..ParserConfig::default()
     });

@@ -59,7 +59,6 @@ pub fn log_line(data: &[u8]) {
         format,
         max_line_bytes,
         naive_utc_offset_secs,
-        source: Some("fuzz".into()),
     });
     let mut parsed = parser.parse(line, 1_714_564_800_000_000_000);
     // The parser ignores a trailing `\n`, then a trailing `\r`, each optional.

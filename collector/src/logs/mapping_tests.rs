@@ -26,7 +26,6 @@ fn render(fixture: &str, format: Format, join: bool) -> String {
     );
     let text = std::fs::read(&path).expect("fixture");
     let parser = Parser::new(ParserConfig {
-        source: Some("app".into()),
         format,
         ..ParserConfig::default()
     });

@@ -10,7 +10,7 @@
 //! use std::time::Instant;
 //! use sidelight_collector::logs::{Joiner, JoinerConfig, Parser, ParserConfig, Redactor};
 //!
-//! let parser = Parser::new(ParserConfig { source: Some("app".into()), ..Default::default() });
+//! let parser = Parser::new(ParserConfig::default());
 //! let redactor = Redactor::builtin()?;
 //! let mut joiner = Joiner::new(JoinerConfig::default());
 //! let lines = [

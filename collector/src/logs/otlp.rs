@@ -556,7 +556,6 @@ mod tests {
             trace_id: TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736"),
             span_id: SpanId::from_hex("00f067aa0ba902b7"),
             attributes: attrs,
-            source: Some(Arc::from("app")),
             file_path: Some(Arc::from("/var/log/app/app.log")),
         };
         let other_logger = LogRecord {
@@ -684,7 +683,6 @@ mod tests {
                         trace_id: trace.map(TraceId),
                         span_id: span.map(SpanId),
                         attributes: attrs.into_iter().map(|(k, v)| (Name::from(k), v)).collect(),
-                        source: Some(Arc::from("app")),
                         file_path: path.map(Arc::from),
                     }
                 },

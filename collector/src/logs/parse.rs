@@ -7,9 +7,10 @@
 //! UTF-8 is replaced; a line over [`ParserConfig::max_line_bytes`] is cut and flagged.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
@@ -98,8 +99,6 @@ pub struct ParserConfig {
     /// Offset east of UTC, in seconds, for timestamps written without a zone (Python's
     /// `asctime` is local time). `0` reads them as UTC.
     pub naive_utc_offset_secs: i32,
-    /// Copied into every record's `source`.
-    pub source: Option<Arc<str>>,
 }
 
 impl Default for ParserConfig {
@@ -108,7 +107,6 @@ impl Default for ParserConfig {
             format: Format::Auto,
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             naive_utc_offset_secs: 0,
-            source: None,
         }
     }
 }
@@ -146,11 +144,12 @@ impl Parsed<'_> {
 }
 
 /// A configured parser. Its only state is what it remembers of the last line parsed (its names,
-/// see `Names`, and its timestamp's minute, see `Minute`): a clone starts without them.
+/// see `Names`, and its timestamp's minute, see `Minute`): a clone starts without them. Each
+/// log source's thread has its own parser, so that memory is a `RefCell` (no lock per line).
 #[derive(Debug, Default)]
 pub struct Parser {
     config: ParserConfig,
-    last_line: Mutex<LastLine>,
+    last_line: RefCell<LastLine>,
 }
 
 /// What the parser remembers of the last line.
@@ -170,7 +169,7 @@ impl Parser {
     pub fn new(config: ParserConfig) -> Self {
         Self {
             config,
-            last_line: Mutex::default(),
+            last_line: RefCell::default(),
         }
     }
 
@@ -197,11 +196,14 @@ impl Parser {
             Format::Json => true,
             Format::Auto | Format::Cri => text.trim_start().starts_with('{'),
         };
-        let mut last_line = self
-            .last_line
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let last_line = &mut *last_line;
+        // Only a parse that re-entered this one would find it borrowed (none does): it would
+        // parse without the memory.
+        let mut unshared = LastLine::default();
+        let mut borrowed = self.last_line.try_borrow_mut();
+        let last_line = match &mut borrowed {
+            Ok(l) => &mut **l,
+            Err(_) => &mut unshared,
+        };
         let mut names = Names {
             prev: &mut last_line.names,
             at: 0,
@@ -210,26 +212,22 @@ impl Parser {
         let mut record = None;
         if wants_json {
             let json = match &text {
-                Cow::Borrowed(t) => parse_json_fields(t, &mut names)
-                    .map(|fields| self.json_record(fields, observed_unix_nano, &mut names)),
+                Cow::Borrowed(t) => self.json(t, observed_unix_nano, &mut names),
                 // Invalid UTF-8 was replaced: the record cannot borrow from the line.
-                Cow::Owned(t) => parse_json_fields(t, &mut names).map(|fields| {
-                    self.json_record(fields, observed_unix_nano, &mut names)
-                        .into_owned()
-                }),
+                Cow::Owned(t) => self
+                    .json(t, observed_unix_nano, &mut names)
+                    .map(LogRecord::into_owned),
             };
             match json {
                 Ok(r) => record = Some(r),
                 Err(e) => error = Some(e),
             }
         }
-        let mut record = match record {
-            Some(r) => r,
-            None => self.text_record(text, observed_unix_nano, &mut names),
-        };
-        record.source.clone_from(&self.config.source);
         Parsed {
-            record,
+            record: match record {
+                Some(r) => r,
+                None => self.text_record(text, observed_unix_nano, &mut names),
+            },
             error,
             truncated_bytes,
             lossy_utf8,
@@ -284,6 +282,35 @@ impl Parser {
         rec
     }
 
+    /// The record of a JSON line. Its fields are mapped as they are read (no field vector in
+    /// between); a line that turns out to have loguru's shape after other fields were mapped is
+    /// read again as fields, for [`Parser::loguru_record`].
+    fn json<'a>(
+        &self,
+        text: &'a str,
+        observed: u64,
+        names: &mut Names<'_>,
+    ) -> Result<LogRecord<'a>, ParseError> {
+        let offset = self.config.naive_utc_offset_secs;
+        let mut mapping = JsonMapping::new(offset, observed);
+        let read = match read_json(text, names, Some(&mut mapping))? {
+            Read::Loguru => {
+                // The line's names are met again from its first.
+                names.at = 0;
+                read_json(text, names, None)?
+            }
+            read => read,
+        };
+        match read {
+            Read::Mapped => Ok(mapping.finish()),
+            Read::Fields(fields) => Ok(self.json_record(fields, observed, names)),
+            // Only a read that maps as it reads stops at loguru's shape.
+            Read::Loguru => Err(ParseError::NotAnObject),
+        }
+    }
+
+    /// The record of a JSON object's top-level fields, read into a vector first (loguru's
+    /// shape, or a line read again as fields).
     fn json_record<'a>(
         &self,
         fields: Vec<Field<'a>>,
@@ -297,112 +324,12 @@ impl Parser {
         if is_loguru {
             return self.loguru_record(fields, observed, names);
         }
-        let mut rec = LogRecord::from_body("", observed);
-        let mut has_body = false;
-        let mut levelno = None;
-        let mut attrs = Vec::with_capacity(fields.len());
+        let mut mapping = JsonMapping::new(self.config.naive_utc_offset_secs, observed);
+        mapping.room(fields.len());
         for Field { name, role, value } in fields {
-            // The role was decided once for the name (see `Names`), not by comparing the key
-            // with every name the mapping knows.
-            let consumed = match role {
-                Role::Body if !has_body => match value {
-                    Top::Str(s) => {
-                        rec.body = s;
-                        has_body = true;
-                        None
-                    }
-                    other => Some(other),
-                },
-                Role::Time if rec.timestamp_unix_nano.is_none() => {
-                    let ts = match &value {
-                        Top::Str(s) => {
-                            parse_timestamp_in(s, self.config.naive_utc_offset_secs, names.minute)
-                        }
-                        Top::Other(v) => self.timestamp_of(v),
-                    };
-                    match ts {
-                        Some(ts) => {
-                            rec.timestamp_unix_nano = Some(ts);
-                            None
-                        }
-                        None => Some(value),
-                    }
-                }
-                Role::Level if rec.severity_text.is_none() => match value {
-                    Top::Str(s) => {
-                        rec.severity_number = severity::from_text(&s).unwrap_or(0);
-                        rec.severity_text = Some(match s {
-                            Cow::Borrowed(s) => names.name(s),
-                            Cow::Owned(s) => names.name_owned(s),
-                        });
-                        None
-                    }
-                    Top::Other(v @ (AttrValue::Int(_) | AttrValue::Float(_))) => match v.as_i64() {
-                        Some(n) => {
-                            levelno = Some(n);
-                            None
-                        }
-                        None => Some(Top::Other(v)),
-                    },
-                    other => Some(other),
-                },
-                Role::LevelNo if levelno.is_none() => match &value {
-                    Top::Other(v) => match v.as_i64() {
-                        Some(n) => {
-                            levelno = Some(n);
-                            None
-                        }
-                        None => Some(value),
-                    },
-                    Top::Str(_) => Some(value),
-                },
-                Role::Logger if rec.logger.is_none() => match value {
-                    Top::Str(s) => {
-                        rec.logger = Some(match s {
-                            Cow::Borrowed(s) => names.name(s),
-                            Cow::Owned(s) => names.name_owned(s),
-                        });
-                        None
-                    }
-                    other => Some(other),
-                },
-                Role::Exception if rec.exception.is_none() => match value {
-                    Top::Other(AttrValue::Null) => None,
-                    Top::Str(s) if s.is_empty() => None,
-                    Top::Str(s) => {
-                        rec.exception = Some(exception_from_traceback(s.into_owned()));
-                        None
-                    }
-                    Top::Other(AttrValue::Array(frames)) => {
-                        match exception_from_dict_tracebacks(&frames) {
-                            Some(e) => {
-                                rec.exception = Some(e);
-                                None
-                            }
-                            None => Some(Top::Other(AttrValue::Array(frames))),
-                        }
-                    }
-                    other => Some(other),
-                },
-                Role::TraceId if rec.trace_id.is_none() => {
-                    take_top_id(value, TraceId::from_hex, &mut rec.trace_id)
-                }
-                Role::SpanId if rec.span_id.is_none() => {
-                    take_top_id(value, SpanId::from_hex, &mut rec.span_id)
-                }
-                _ => Some(value),
-            };
-            if let Some(v) = consumed {
-                attrs.push((name, v.into_value()));
-            }
+            mapping.take(names, name, role, value);
         }
-        if let Some(n) = levelno
-            && rec.severity_number == 0
-        {
-            rec.severity_number = severity::from_levelno(n);
-        }
-        rec.attributes = Attributes::from_pairs(attrs);
-        rec
+        mapping.finish()
     }
 
     fn loguru_record<'a>(
@@ -503,12 +430,155 @@ impl Parser {
     }
 
     fn timestamp_of(&self, v: &AttrValue) -> Option<u64> {
-        match v {
-            AttrValue::String(s) => parse_timestamp(s, self.config.naive_utc_offset_secs),
-            AttrValue::Int(i) => u64::try_from(*i).ok().map(epoch_int_to_nanos),
-            AttrValue::Float(f) => epoch_float_to_nanos(*f),
-            _ => None,
+        timestamp_of(v, self.config.naive_utc_offset_secs)
+    }
+}
+
+/// A timestamp written as a string, or as epoch seconds (or milli-, micro-, nanoseconds).
+fn timestamp_of(v: &AttrValue, naive_utc_offset_secs: i32) -> Option<u64> {
+    match v {
+        AttrValue::String(s) => parse_timestamp(s, naive_utc_offset_secs),
+        AttrValue::Int(i) => u64::try_from(*i).ok().map(epoch_int_to_nanos),
+        AttrValue::Float(f) => epoch_float_to_nanos(*f),
+        _ => None,
+    }
+}
+
+/// A JSON record being mapped, one top-level field at a time, in the line's order: the first
+/// field of each role that fits its slot fills it, every other field is an attribute.
+struct JsonMapping<'a> {
+    rec: LogRecord<'a>,
+    naive_utc_offset_secs: i32,
+    has_body: bool,
+    levelno: Option<i64>,
+    attrs: Vec<(Name, AttrValue<'a>)>,
+}
+
+impl<'a> JsonMapping<'a> {
+    /// A mapping; [`Self::room`] before the first field.
+    fn new(naive_utc_offset_secs: i32, observed: u64) -> Self {
+        Self {
+            rec: LogRecord::from_body("", observed),
+            naive_utc_offset_secs,
+            has_body: false,
+            levelno: None,
+            attrs: Vec::new(),
         }
+    }
+
+    /// Room for `fields` attributes (at most [`MAX_MAPPED_ROOM`] up front), before the first.
+    fn room(&mut self, fields: usize) {
+        if self.attrs.is_empty() {
+            self.attrs = Vec::with_capacity(fields.min(MAX_MAPPED_ROOM));
+        }
+    }
+
+    /// Maps one field. The role was decided once for the name (see `Names`), not by comparing
+    /// the key with every name the mapping knows.
+    #[inline]
+    fn take(&mut self, names: &mut Names<'_>, name: Name, role: Role, value: Top<'a>) {
+        let rec = &mut self.rec;
+        let naive_utc_offset_secs = self.naive_utc_offset_secs;
+        let consumed = match role {
+            Role::Body if !self.has_body => match value {
+                Top::Str(s) => {
+                    rec.body = s;
+                    self.has_body = true;
+                    None
+                }
+                other => Some(other),
+            },
+            Role::Time if rec.timestamp_unix_nano.is_none() => {
+                let ts = match &value {
+                    Top::Str(s) => parse_timestamp_in(s, naive_utc_offset_secs, names.minute),
+                    Top::Other(v) => timestamp_of(v, naive_utc_offset_secs),
+                };
+                match ts {
+                    Some(ts) => {
+                        rec.timestamp_unix_nano = Some(ts);
+                        None
+                    }
+                    None => Some(value),
+                }
+            }
+            Role::Level if rec.severity_text.is_none() => match value {
+                Top::Str(s) => {
+                    rec.severity_number = severity::from_text(&s).unwrap_or(0);
+                    rec.severity_text = Some(match s {
+                        Cow::Borrowed(s) => names.name(s),
+                        Cow::Owned(s) => names.name_owned(s),
+                    });
+                    None
+                }
+                Top::Other(v @ (AttrValue::Int(_) | AttrValue::Float(_))) => match v.as_i64() {
+                    Some(n) => {
+                        self.levelno = Some(n);
+                        None
+                    }
+                    None => Some(Top::Other(v)),
+                },
+                other => Some(other),
+            },
+            Role::LevelNo if self.levelno.is_none() => match &value {
+                Top::Other(v) => match v.as_i64() {
+                    Some(n) => {
+                        self.levelno = Some(n);
+                        None
+                    }
+                    None => Some(value),
+                },
+                Top::Str(_) => Some(value),
+            },
+            Role::Logger if rec.logger.is_none() => match value {
+                Top::Str(s) => {
+                    rec.logger = Some(match s {
+                        Cow::Borrowed(s) => names.name(s),
+                        Cow::Owned(s) => names.name_owned(s),
+                    });
+                    None
+                }
+                other => Some(other),
+            },
+            Role::Exception if rec.exception.is_none() => match value {
+                Top::Other(AttrValue::Null) => None,
+                Top::Str(s) if s.is_empty() => None,
+                Top::Str(s) => {
+                    rec.exception = Some(exception_from_traceback(s.into_owned()));
+                    None
+                }
+                Top::Other(AttrValue::Array(frames)) => {
+                    match exception_from_dict_tracebacks(&frames) {
+                        Some(e) => {
+                            rec.exception = Some(e);
+                            None
+                        }
+                        None => Some(Top::Other(AttrValue::Array(frames))),
+                    }
+                }
+                other => Some(other),
+            },
+            Role::TraceId if rec.trace_id.is_none() => {
+                take_top_id(value, TraceId::from_hex, &mut rec.trace_id)
+            }
+            Role::SpanId if rec.span_id.is_none() => {
+                take_top_id(value, SpanId::from_hex, &mut rec.span_id)
+            }
+            _ => Some(value),
+        };
+        if let Some(v) = consumed {
+            self.attrs.push((name, v.into_value()));
+        }
+    }
+
+    fn finish(self) -> LogRecord<'a> {
+        let mut rec = self.rec;
+        if let Some(n) = self.levelno
+            && rec.severity_number == 0
+        {
+            rec.severity_number = severity::from_levelno(n);
+        }
+        rec.attributes = Attributes::from_pairs(self.attrs);
+        rec
     }
 }
 
@@ -600,6 +670,8 @@ const MAX_NAMES: usize = 4096;
 const MAX_NAME_BYTES: usize = 64;
 /// Most names of one line remembered for matching the next line's.
 const MAX_LINE_NAMES: usize = 256;
+/// Most attributes a record mapped as read keeps room for up front.
+const MAX_MAPPED_ROOM: usize = 32;
 
 /// `sidelight_log_shared_names`: names in the process-wide table (see [`intern`]).
 pub(crate) fn shared_names_gauge() -> &'static Gauge {
@@ -811,40 +883,85 @@ impl<'a> Top<'a> {
     }
 }
 
-/// Parses a JSON object into its top-level fields, in order.
-fn parse_json_fields<'de>(
+/// What reading a JSON object line gave.
+enum Read<'a> {
+    /// Its fields were mapped as they were read (into the mapping [`read_json`] was given).
+    Mapped,
+    /// The top-level fields, in order, for [`Parser::json_record`].
+    Fields(Vec<Field<'a>>),
+    /// loguru's shape (`text` and a `record` map) met after other fields were mapped: the line
+    /// is to be read again as fields.
+    Loguru,
+}
+
+/// Reads a JSON object line. With a `mapping`, its fields are mapped into it as they are read,
+/// unless the first is loguru's `text` or `record`; without, the fields come back as they are.
+fn read_json<'de>(
     text: &'de str,
     names: &mut Names<'_>,
-) -> Result<Vec<Field<'de>>, ParseError> {
+    mapping: Option<&mut JsonMapping<'de>>,
+) -> Result<Read<'de>, ParseError> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let fields = match de.deserialize_any(TopLevel { names }) {
-        Ok(Some(fields)) => fields,
+    let read = match de.deserialize_any(TopLevel { names, mapping }) {
+        Ok(Some(read)) => read,
         Ok(None) => return Err(ParseError::NotAnObject),
         Err(e) => return Err(ParseError::InvalidJson(e)),
     };
     de.end()?;
-    Ok(fields)
+    Ok(read)
 }
 
-struct TopLevel<'n, 'p> {
+struct TopLevel<'n, 'p, 'm, 'de> {
     names: &'n mut Names<'p>,
+    mapping: Option<&'m mut JsonMapping<'de>>,
 }
 
-impl<'de> Visitor<'de> for TopLevel<'_, '_> {
-    type Value = Option<Vec<Field<'de>>>;
+impl<'de> Visitor<'de> for TopLevel<'_, '_, '_, 'de> {
+    type Value = Option<Read<'de>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let first = map.next_key_seed(KeySeed {
+            names: &mut *self.names,
+        })?;
+        if let (Some(mapping), Some((_, role))) = (self.mapping, &first)
+            && !matches!(role, Role::Text | Role::Record)
+        {
+            // Room for as many attributes as the previous line had names.
+            mapping.room(self.names.prev.len());
+            let (mut seen_text, mut seen_record_map) = (false, false);
+            let mut next = first;
+            while let Some((name, role)) = next {
+                if (role == Role::Text && seen_record_map) || (role == Role::Record && seen_text) {
+                    // loguru's shape after all: the fields mapped so far would map otherwise.
+                    map.next_value::<de::IgnoredAny>()?;
+                    while map
+                        .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                        .is_some()
+                    {}
+                    return Ok(Some(Read::Loguru));
+                }
+                let value = map.next_value_seed(TopSeed {
+                    names: &mut *self.names,
+                })?;
+                seen_text |= role == Role::Text;
+                seen_record_map |= role == Role::Record && value.as_map().is_some();
+                mapping.take(self.names, name, role, value);
+                next = map.next_key_seed(KeySeed {
+                    names: &mut *self.names,
+                })?;
+            }
+            return Ok(Some(Read::Mapped));
+        }
         // Room for the fields of most records without growing.
         let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
         let mut seen_text = false;
         let mut seen_record = false;
-        while let Some((name, role)) = map.next_key_seed(KeySeed {
-            names: &mut *self.names,
-        })? {
+        let mut next = first;
+        while let Some((name, role)) = next {
             // loguru writes `text` before `record`: the first `record` after a `text` is, when
             // it is a map, the record `Parser::loguru_record` reads.
             let value = if seen_text && !seen_record && role == Role::Record {
@@ -860,8 +977,11 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
             };
             seen_text |= role == Role::Text;
             out.push(Field { name, role, value });
+            next = map.next_key_seed(KeySeed {
+                names: &mut *self.names,
+            })?;
         }
-        Ok(Some(out))
+        Ok(Some(Read::Fields(out)))
     }
 
     // Any other JSON value is valid JSON but not a record.
@@ -2313,6 +2433,111 @@ mod tests {
             prop_assert_eq!(&p.record.body, &message);
             prop_assert_eq!(p.record.attributes.get("extra").and_then(AttrValue::as_str), Some(message.as_str()));
             prop_assert_eq!(p.record.severity_text.as_deref(), Some(level));
+        }
+    }
+
+    /// The record of a JSON line read into its field vector first, then mapped: what
+    /// [`Parser::json`] gives for every line, whether it maps the fields as it reads them or not.
+    fn parse_as_fields<'a>(parser: &Parser, text: &'a str) -> Result<LogRecord<'a>, String> {
+        let mut last = LastLine::default();
+        let mut names = Names {
+            prev: &mut last.names,
+            at: 0,
+            minute: &mut last.minute,
+        };
+        match read_json(text, &mut names, None).map_err(|e| e.to_string())? {
+            Read::Fields(fields) => Ok(parser.json_record(fields, OBSERVED, &mut names)),
+            Read::Mapped | Read::Loguru => Err("fields not read as fields".to_owned()),
+        }
+    }
+
+    /// A top-level key of a generated JSON record: every role the mapping knows, some twice,
+    /// and plain attributes.
+    fn json_key() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "message",
+            "event",
+            "msg",
+            "asctime",
+            "timestamp",
+            "time",
+            "ts",
+            "levelname",
+            "level",
+            "severity",
+            "levelno",
+            "name",
+            "logger",
+            "exc_info",
+            "exception",
+            "otelTraceID",
+            "trace_id",
+            "otelSpanID",
+            "span_id",
+            "text",
+            "record",
+            "path",
+            "status",
+            "extra",
+            "user_id",
+        ])
+    }
+
+    /// A value for [`json_key`]: strings each role reads (or does not), numbers, nulls, lists
+    /// and maps (loguru-like records among them).
+    fn json_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(r#""hello world""#.to_owned()),
+            Just(r#""""#.to_owned()),
+            Just(r#""2026-11-22 02:36:14,020""#.to_owned()),
+            Just(r#""2026-11-22T02:36:14.5Z""#.to_owned()),
+            Just(r#""INFO""#.to_owned()),
+            Just(r#""warning""#.to_owned()),
+            Just(r#""app.web""#.to_owned()),
+            Just(r#""4bf92f3577b34da6a3ce929d0e0e4736""#.to_owned()),
+            Just(r#""00f067aa0ba902b7""#.to_owned()),
+            Just(r#""0000000000000000""#.to_owned()),
+            Just(r#""esc\"aped \u00e9""#.to_owned()),
+            Just(r#""Traceback (most recent call last):\n  File \"a.py\", line 1, in <module>\nValueError: bad""#.to_owned()),
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("20".to_owned()),
+            Just("40.0".to_owned()),
+            Just("1795314974.5".to_owned()),
+            Just("-3".to_owned()),
+            Just("18446744073709551615".to_owned()),
+            Just(r#"[1, "a", null]"#.to_owned()),
+            Just(r#"[{"filename": "a.py", "lineno": 1, "name": "f", "exc_type": "E", "exc_value": "v", "frames": []}]"#.to_owned()),
+            Just(r#"{"k": "v", "n": {"m": 1}}"#.to_owned()),
+            Just(r#"{"message": "m", "level": {"name": "INFO", "no": 20}, "time": {"repr": "2026-11-22 02:36:14.020000+00:00", "timestamp": 1795314974.02}, "name": "app", "extra": {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "k": 1}}"#.to_owned()),
+            Just("{}".to_owned()),
+        ]
+    }
+
+    proptest! {
+        /// Mapping the fields as they are read gives the record mapping the field vector gives,
+        /// in any key order, with duplicate keys, loguru's shape anywhere in the line, and
+        /// invalid lines.
+        #[test]
+        fn fields_mapped_as_read_map_as_the_field_vector(
+            fields in proptest::collection::vec((json_key(), json_value()), 0..12),
+            cut in 0usize..400,
+        ) {
+            let body = fields.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect::<Vec<_>>().join(", ");
+            let line = format!("{{{body}}}");
+            // Also cut short (invalid JSON): both ways must fail alike.
+            let short: String = line.chars().take(cut).collect();
+            for text in [line.as_str(), short.as_str()] {
+                let parser = Parser::default();
+                let mut last = LastLine::default();
+                let mut names = Names { prev: &mut last.names, at: 0, minute: &mut last.minute };
+                let streamed = parser.json(text, OBSERVED, &mut names).map_err(|e| e.to_string());
+                prop_assert_eq!(streamed, parse_as_fields(&parser, text), "{}", text);
+                // And again with the names of the line remembered, as for the next line.
+                let streamed = parser.json(text, OBSERVED, &mut Names { prev: &mut last.names, at: 0, minute: &mut last.minute })
+                    .map_err(|e| e.to_string());
+                prop_assert_eq!(streamed, parse_as_fields(&parser, text), "{}", text);
+            }
         }
     }
 

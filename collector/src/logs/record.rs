@@ -35,8 +35,6 @@ pub struct LogRecord<'a> {
     pub span_id: Option<SpanId>,
     /// Every field the model has no slot for, in the order the application wrote them.
     pub attributes: Attributes<'a>,
-    /// The configured source name (`logs[].source`).
-    pub source: Option<Arc<str>>,
     /// The file the record was read from.
     pub file_path: Option<Arc<str>>,
 }
@@ -64,7 +62,6 @@ impl<'a> LogRecord<'a> {
             trace_id: self.trace_id,
             span_id: self.span_id,
             attributes: self.attributes.into_owned(),
-            source: self.source,
             file_path: self.file_path,
         }
     }

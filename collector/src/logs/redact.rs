@@ -203,9 +203,74 @@ impl Prefilter {
 struct ShortScan {
     /// Per byte: [`ShortScan::NOTHING`], [`ShortScan::PASS`], or `START + g` for group `g`.
     class: [u8; 256],
-    /// Per group: the literals anchored on the group's byte, with the anchor's offset in each
-    /// and whether the literal folds ASCII case.
-    anchored: Vec<Vec<(&'static [u8], usize, bool)>>,
+    /// Per group: the literals anchored on the group's byte.
+    anchored: Vec<Vec<Anchored>>,
+}
+
+/// A literal anchored on one of its bytes, with its first eight bytes as a masked word: most
+/// candidates (an anchor byte in ordinary text) are turned down by one load, `and` and compare.
+#[derive(Debug)]
+struct Anchored {
+    literal: &'static [u8],
+    /// The anchor byte's offset in the literal.
+    anchor: usize,
+    /// Whether the literal folds ASCII case.
+    fold: bool,
+    /// Per byte of the first eight: `0xff` (compare as is), `0xdf` (a letter, either case:
+    /// clearing bit 5 maps exactly the two cases of a letter to one), `0` (past the literal).
+    mask: u64,
+    /// The literal's first eight bytes under `mask`.
+    value: u64,
+}
+
+impl Anchored {
+    fn new(literal: &'static [u8], anchor: usize, fold: bool) -> Self {
+        let (mut mask, mut value) = ([0u8; 8], [0u8; 8]);
+        for (i, &c) in literal.iter().take(8).enumerate() {
+            mask[i] = if fold && c.is_ascii_alphabetic() {
+                0xdf
+            } else {
+                0xff
+            };
+            value[i] = c & mask[i];
+        }
+        Self {
+            literal,
+            anchor,
+            fold,
+            mask: u64::from_le_bytes(mask),
+            value: u64::from_le_bytes(value),
+        }
+    }
+
+    /// Whether the literal occurs in `s` with its anchor byte at `i`.
+    #[inline(always)]
+    fn found_at(&self, s: &[u8], i: usize) -> bool {
+        let Some(start) = i.checked_sub(self.anchor) else {
+            return false;
+        };
+        let Some(there) = s.get(start..start + self.literal.len()) else {
+            return false;
+        };
+        // The first eight bytes as one word, when eight are there to read.
+        if let Some(word) = s
+            .get(start..start + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_le_bytes)
+        {
+            if word & self.mask != self.value {
+                return false;
+            }
+            if self.literal.len() <= 8 {
+                return true;
+            }
+        }
+        if self.fold {
+            there.eq_ignore_ascii_case(self.literal)
+        } else {
+            there == self.literal
+        }
+    }
 }
 
 /// Roughly how often a byte turns up in the values of log lines (higher: more often), to anchor
@@ -244,7 +309,7 @@ impl ShortScan {
     fn new(literals: &[(&'static str, bool)]) -> Self {
         let mut class = [Self::NOTHING; 256];
         class[0x80..].fill(Self::PASS);
-        let mut anchored: Vec<Vec<(&'static [u8], usize, bool)>> = Vec::new();
+        let mut anchored: Vec<Vec<Anchored>> = Vec::new();
         for &(lit, fold) in literals {
             let b = lit.as_bytes();
             if b.is_empty() {
@@ -270,7 +335,7 @@ impl ShortScan {
                     anchored.push(Vec::new());
                 }
                 if let Some(group) = anchored.get_mut(usize::from(*slot - Self::START)) {
-                    group.push((b, at, fold));
+                    group.push(Anchored::new(b, at, fold));
                 }
             }
         }
@@ -284,65 +349,63 @@ impl ShortScan {
         // Whole blocks, then the last eight bytes (overlapping the last block: a byte looked at
         // twice changes nothing).
         let mut at = 0;
-        while at + 8 <= s.len() {
-            if self.block_may_hit(s, at) && self.hit_in(s, at, at + 8) {
+        loop {
+            let end = (at + 8).min(s.len());
+            let from = end - 8;
+            let classes = self.block_classes(s, from);
+            if classes != 0 && self.hit_in_block(s, from, classes) {
                 return true;
             }
-            at += 8;
+            if end == s.len() {
+                return false;
+            }
+            at = end;
         }
-        let last = s.len() - 8;
-        at < s.len() && self.block_may_hit(s, last) && self.hit_in(s, last, s.len())
     }
 
-    /// Whether any of the eight bytes from `at` is more than [`ShortScan::NOTHING`].
+    /// The classes of the eight bytes from `at`, one byte each (byte `j` of the word is the
+    /// class of `s[at + j]`): 0 when none of them is more than [`ShortScan::NOTHING`].
     #[inline(always)]
-    fn block_may_hit(&self, s: &[u8], at: usize) -> bool {
+    fn block_classes(&self, s: &[u8], at: usize) -> u64 {
         let Some(block) = s.get(at..at + 8) else {
-            return true;
+            return 0;
         };
-        let class = |b: u8| self.class[usize::from(b)];
-        (class(block[0])
-            | class(block[1])
-            | class(block[2])
-            | class(block[3])
-            | class(block[4])
-            | class(block[5])
-            | class(block[6])
-            | class(block[7]))
-            != Self::NOTHING
+        let class = |j: usize| u64::from(self.class[usize::from(block[j])]) << (8 * j);
+        class(0) | class(1) | class(2) | class(3) | class(4) | class(5) | class(6) | class(7)
     }
 
-    /// Whether a byte of `s[from..to]` passes `s` or anchors a literal found in `s`.
+    /// Whether a byte of the block at `at` whose class is set in `classes` passes `s` or
+    /// anchors a literal found in `s`; only those bytes are looked at.
     #[inline(never)]
-    fn hit_in(&self, s: &[u8], from: usize, to: usize) -> bool {
-        for (i, &b) in s[..to].iter().enumerate().skip(from) {
-            let k = self.class[usize::from(b)];
-            if k == Self::NOTHING {
-                continue;
-            }
-            if k == Self::PASS {
-                return true;
-            }
-            let Some(group) = self.anchored.get(usize::from(k - Self::START)) else {
-                return true;
-            };
-            let found = group.iter().any(|&(lit, anchor, fold)| {
-                let Some(start) = i.checked_sub(anchor) else {
-                    return false;
-                };
-                s.get(start..start + lit.len()).is_some_and(|there| {
-                    if fold {
-                        there.eq_ignore_ascii_case(lit)
-                    } else {
-                        there == lit
-                    }
-                })
-            });
-            if found {
+    fn hit_in_block(&self, s: &[u8], at: usize, mut classes: u64) -> bool {
+        while classes != 0 {
+            let shift = classes.trailing_zeros() & !7;
+            // The low byte of the shifted word is one byte's class (`as u8` keeps just it).
+            let k = (classes >> shift) as u8;
+            classes &= !(0xff_u64 << shift);
+            if self.candidate(s, at + (shift / 8) as usize, k) {
                 return true;
             }
         }
         false
+    }
+
+    /// Whether a byte of `s[from..to]` passes `s` or anchors a literal found in `s`.
+    fn hit_in(&self, s: &[u8], from: usize, to: usize) -> bool {
+        (from..to).any(|i| self.candidate(s, i, self.class[usize::from(s[i])]))
+    }
+
+    /// Whether byte `i` of `s`, of class `k`, passes `s` or anchors a literal found in `s`.
+    #[inline(always)]
+    fn candidate(&self, s: &[u8], i: usize, k: u8) -> bool {
+        match k {
+            Self::NOTHING => false,
+            Self::PASS => true,
+            _ => match self.anchored.get(usize::from(k - Self::START)) {
+                Some(group) => group.iter().any(|a| a.found_at(s, i)),
+                None => true,
+            },
+        }
     }
 }
 

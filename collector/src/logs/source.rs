@@ -328,7 +328,6 @@ impl LogSource {
         let parser = Parser::new(ParserConfig {
             format: config.format,
             max_line_bytes: config.max_line_bytes,
-            source: Some(config.source.as_str().into()),
             ..ParserConfig::default()
         });
         Ok(Self {

@@ -1714,12 +1714,8 @@ impl Tailer {
                 .insert("stream", AttrValue::String(stream.into()));
             record.timestamp_unix_nano.get_or_insert(time);
         }
-        // The parser names the source already (the same name, as a rule): a clone (an atomic
-        // increment and its decrement when the record is dropped) only when it differs. The
-        // file's path goes to the encoder beside the record for the same reason.
-        if record.source.as_deref() != Some(&*self.cfg.source) {
-            record.source = Some(self.cfg.source.clone());
-        }
+        // The file's path goes to the encoder beside the record (no reference counted in and
+        // out of every record); the source's name is the batch's resource.
         let counts = self.redactor.redact_record(record);
         if counts.total() > 0 {
             self.stats

@@ -1067,6 +1067,20 @@ mod tests {
         }
     }
 
+    /// A request from `shop` with one successful 3 ms server span on `route` (named `GET route`).
+    fn one_server_span(route: &str) -> ExportTraceServiceRequest {
+        request(
+            "shop",
+            vec![span(
+                &format!("GET {route}"),
+                SpanKind::Server,
+                StatusCode::Ok,
+                3,
+                Some(route),
+            )],
+        )
+    }
+
     fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
@@ -1775,16 +1789,7 @@ mod tests {
         assert_eq!(h.buckets[DEFAULT_BUCKETS.len() - 1].cumulative_count, 0);
         assert_eq!(h.buckets[DEFAULT_BUCKETS.len()].cumulative_count, 2);
         // With trace ids the walk carries every exemplar the text does.
-        sm.record(sm.prepare(&request(
-            "shop",
-            vec![span(
-                "GET /a",
-                SpanKind::Server,
-                StatusCode::Ok,
-                3,
-                Some("/a"),
-            )],
-        )));
+        sm.record(sm.prepare(&one_server_span("/a")));
         crate::model::oracle::assert_matches_text_of(
             &r,
             &crate::exposition::encode(&r, crate::exposition::Format::OpenMetrics).expect("encode"),
@@ -1800,18 +1805,7 @@ mod tests {
         let mut r = Registry::default();
         sm.register(&mut r);
         let mut oracle = crate::model::oracle::GenerationOracle::default();
-        let a = || {
-            request(
-                "shop",
-                vec![span(
-                    "GET /a",
-                    SpanKind::Server,
-                    StatusCode::Ok,
-                    3,
-                    Some("/a"),
-                )],
-            )
-        };
+        let a = || one_server_span("/a");
         sm.record(sm.prepare(&a()));
         let first = oracle.walk(&r);
         let names: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
@@ -1819,16 +1813,7 @@ mod tests {
         assert!(first.iter().all(|(_, t)| t.is_some()), "{first:?}");
         sm.record(sm.prepare(&a()));
         assert_eq!(oracle.walk(&r), first, "only values changed");
-        sm.record(sm.prepare(&request(
-            "shop",
-            vec![span(
-                "GET /b",
-                SpanKind::Server,
-                StatusCode::Ok,
-                3,
-                Some("/b"),
-            )],
-        )));
+        sm.record(sm.prepare(&one_server_span("/b")));
         let second = oracle.walk(&r);
         assert!(
             first.iter().zip(&second).all(|(x, y)| x.1 != y.1),

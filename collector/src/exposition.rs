@@ -4,17 +4,18 @@
 //!
 //! Collectors that hold many series may keep their exposition text ready (label sets escaped
 //! once, when a series is created) and write it straight into the response body with
-//! [`write_direct`] instead of going through the encoder token by token. They must write exactly
+//! [`write_direct`] instead of going through the encoder token by token (the text is put in
+//! the collector's place once the encoder is done). They must write exactly
 //! what the encoder would (the received OTLP metrics' and span metrics' tests hold them to it
 //! byte for byte), and must be registered in the root registry (no prefix, no constant labels,
 //! which the direct path would not add). The structured model's walk (`model::walk`) reads such stores in place as
 //! `model::Source`s, and the rest of the registry through the encoder.
 
 use std::cell::RefCell;
-use std::fmt::Write;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// The exposition format a scraper asked for.
@@ -51,44 +52,61 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 thread_local! {
-    /// The body of the exposition being encoded on this thread, while [`encode`] runs.
-    static BODY: RefCell<Option<Rc<RefCell<String>>>> = const { RefCell::new(None) };
+    /// The text collectors wrote directly during the exposition [`encode`] running on this
+    /// thread, in the order they wrote it; `None` outside one.
+    static DIRECT: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
 }
+
+/// The name of the placeholder family [`write_direct`] writes through the encoder (followed by
+/// the index of its text); it cannot clash with a metric name (it starts with a control
+/// character).
+const MARKER: &str = "\u{1}sidelight_direct_";
 
 /// The size of the last body, to allocate the next one once.
 static LAST_LEN: AtomicUsize = AtomicUsize::new(0);
 
-/// The encoder's writer: appends to the shared body.
-struct SharedBody(Rc<RefCell<String>>);
+/// Collects the direct text for one encode on this thread; restores the previous state when
+/// dropped (also on a panic).
+struct Installed {
+    previous: Option<Vec<String>>,
+}
 
-impl Write for SharedBody {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.borrow_mut().push_str(s);
-        Ok(())
+impl Installed {
+    fn new() -> Self {
+        Installed {
+            previous: DIRECT.with_borrow_mut(|d| d.replace(Vec::new())),
+        }
+    }
+
+    /// The text written directly so far.
+    fn take(&self) -> Vec<String> {
+        DIRECT.with_borrow_mut(|d| d.as_mut().map(std::mem::take).unwrap_or_default())
     }
 }
 
-/// Takes the body out of the thread-local slot when the encode ends, also on a panic.
-struct Installed;
-
 impl Drop for Installed {
     fn drop(&mut self) {
-        BODY.with_borrow_mut(|b| *b = None);
+        let previous = self.previous.take();
+        DIRECT.with_borrow_mut(|d| *d = previous);
     }
 }
 
 /// Writes everything `registry` serves in `format`.
+///
+/// The encoder writes into a plain `String`; text written directly ([`write_direct`]) is kept
+/// aside, each piece behind a placeholder family, and put in the placeholders' places once the
+/// encoder is done.
 pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::Error> {
     let capacity = LAST_LEN.load(Ordering::Relaxed);
-    let body = Rc::new(RefCell::new(String::with_capacity(
-        (capacity + capacity / 16).max(4 * 1024),
-    )));
-    {
-        BODY.with_borrow_mut(|b| *b = Some(body.clone()));
-        let _installed = Installed;
-        prometheus_client::encoding::text::encode(&mut SharedBody(body.clone()), registry)?;
+    let mut body = String::with_capacity((capacity + capacity / 16).max(4 * 1024));
+    let direct = {
+        let installed = Installed::new();
+        prometheus_client::encoding::text::encode(&mut body, registry)?;
+        installed.take()
+    };
+    if !direct.is_empty() {
+        body = splice(&body, &direct)?;
     }
-    let body = body.take();
     LAST_LEN.store(body.len(), Ordering::Relaxed);
     Ok(match format {
         Format::OpenMetrics => body,
@@ -96,25 +114,52 @@ pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::E
     })
 }
 
+/// `encoded` with each placeholder family replaced by its piece of `direct`. A placeholder not
+/// found (a direct collector registered under a prefix, which the doc forbids) fails the encode
+/// rather than serving a body with a family missing.
+fn splice(encoded: &str, direct: &[String]) -> Result<String, std::fmt::Error> {
+    let mut out =
+        String::with_capacity(encoded.len() + direct.iter().map(String::len).sum::<usize>());
+    let mut pos = 0;
+    for (index, text) in direct.iter().enumerate() {
+        let placeholder = format!("# HELP {MARKER}{index} \n# TYPE {MARKER}{index} unknown\n");
+        let at = memchr::memmem::find(&encoded.as_bytes()[pos..], placeholder.as_bytes())
+            .map(|i| pos + i)
+            .filter(|&at| at == 0 || encoded.as_bytes()[at - 1] == b'\n')
+            .ok_or(std::fmt::Error)?;
+        out.push_str(&encoded[pos..at]);
+        out.push_str(text);
+        pos = at + placeholder.len();
+    }
+    out.push_str(&encoded[pos..]);
+    Ok(out)
+}
+
 /// For a collector's `encode`: when a `/metrics` exposition is being encoded on this thread,
-/// runs `write` on its body (OpenMetrics text, at the collector's place in the registry) and
-/// returns its result; otherwise (a structured snapshot, a plain `text::encode`) returns `None`
-/// and the collector encodes through the encoder it was given.
+/// runs `write` (OpenMetrics text, to be served at the collector's place in the registry),
+/// writes a placeholder family to `encoder` and returns the result; the collector must then
+/// write nothing else. Otherwise (a structured walk, a plain `text::encode`) returns `None` and
+/// the collector encodes through `encoder` as usual.
 pub fn write_direct(
+    encoder: &mut DescriptorEncoder<'_>,
     write: impl FnOnce(&mut String) -> std::fmt::Result,
 ) -> Option<std::fmt::Result> {
-    let body = BODY.with_borrow(|b| b.clone())?;
-    let mut body = body.borrow_mut();
-    Some(write(&mut body))
+    let index = DIRECT.with_borrow(|d| d.as_ref().map(Vec::len))?;
+    let mut text = String::new();
+    if let Err(e) = write(&mut text) {
+        return Some(Err(e));
+    }
+    DIRECT.with_borrow_mut(|d| d.as_mut().map(|d| d.push(text)));
+    let name = format!("{MARKER}{index}");
+    Some(
+        encoder
+            .encode_descriptor(&name, "", None, MetricType::Unknown)
+            .map(drop),
+    )
 }
 
 /// Appends a family's `# HELP` and `# TYPE` lines as the text encoder writes them.
-pub(crate) fn push_descriptor(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    kind: prometheus_client::metrics::MetricType,
-) {
+pub(crate) fn push_descriptor(out: &mut String, name: &str, help: &str, kind: MetricType) {
     out.push_str("# HELP ");
     out.push_str(name);
     out.push(' ');
@@ -310,6 +355,91 @@ mod tests {
         }
     }
 
+    /// Writes its family directly inside an exposition encode (when `direct`), through the
+    /// encoder otherwise.
+    #[derive(Debug)]
+    struct Collected {
+        name: &'static str,
+        direct: bool,
+    }
+
+    fn direct(name: &'static str) -> Box<Collected> {
+        Box::new(Collected { name, direct: true })
+    }
+
+    impl prometheus_client::collector::Collector for Collected {
+        fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+            if self.direct
+                && let Some(written) = write_direct(&mut encoder, |out| {
+                    push_descriptor(out, self.name, "Collected.", MetricType::Gauge);
+                    out.push_str(self.name);
+                    out.push_str("{via=\"direct\"} 1\n");
+                    Ok(())
+                })
+            {
+                return written;
+            }
+            let mut metric =
+                encoder.encode_descriptor(self.name, "Collected.", None, MetricType::Gauge)?;
+            prometheus_client::encoding::EncodeMetric::encode(
+                &prometheus_client::metrics::gauge::ConstGauge::new(1i64),
+                metric.encode_family(&[("via", "encoder")])?,
+            )
+        }
+    }
+
+    #[test]
+    fn direct_text_takes_its_collectors_place() {
+        // The registry writes its metrics, then its collectors, then its sub-registries.
+        let mut r = Registry::default();
+        let c: Counter = Counter::default();
+        r.register("before", "Before", c.clone());
+        r.register_collector(direct("first"));
+        r.register_collector(Box::new(Collected {
+            name: "between",
+            direct: false,
+        }));
+        r.register_collector(direct("second"));
+        r.register_collector(direct("third"));
+        r.sub_registry_with_prefix("sub")
+            .register("after", "After", c);
+        let families = |via: &str| {
+            format!(
+                "# HELP before Before.\n# TYPE before counter\nbefore_total 0\n\
+                 # HELP first Collected.\n# TYPE first gauge\nfirst{{via=\"{via}\"}} 1\n\
+                 # HELP between Collected.\n# TYPE between gauge\nbetween{{via=\"encoder\"}} 1\n\
+                 # HELP second Collected.\n# TYPE second gauge\nsecond{{via=\"{via}\"}} 1\n\
+                 # HELP third Collected.\n# TYPE third gauge\nthird{{via=\"{via}\"}} 1\n\
+                 # HELP sub_after After.\n# TYPE sub_after counter\nsub_after_total 0\n# EOF\n"
+            )
+        };
+        assert_eq!(
+            encode(&r, Format::OpenMetrics).expect("encode"),
+            families("direct")
+        );
+        // A plain encode of the same registry (no exposition running) goes through the encoder.
+        let mut plain = String::new();
+        prometheus_client::encoding::text::encode(&mut plain, &r).expect("encode");
+        assert_eq!(plain, families("encoder"));
+        // Nothing is left installed for the next encode on this thread.
+        assert!(DIRECT.with_borrow(Option::is_none));
+        // The text format is rewritten from the spliced body.
+        assert!(
+            encode(&r, Format::Text)
+                .expect("encode")
+                .contains("# TYPE second gauge\nsecond{via=\"direct\"} 1\n# HELP third")
+        );
+    }
+
+    #[test]
+    fn a_placeholder_under_a_prefix_fails_the_encode() {
+        let mut r = Registry::default();
+        r.sub_registry_with_prefix("nested")
+            .register_collector(direct("hidden"));
+        assert!(encode(&r, Format::OpenMetrics).is_err());
+        assert!(DIRECT.with_borrow(Option::is_none));
+    }
+
     #[test]
     fn encode_serves_the_registry_in_both_formats() {
         let mut r = Registry::default();
@@ -325,8 +455,6 @@ mod tests {
             encode(&r, Format::Text).expect("encode"),
             "# HELP demo_requests_total Requests.\n# TYPE demo_requests_total counter\ndemo_requests_total 1\n"
         );
-        // Outside an exposition encode there is no body to write to.
-        assert!(write_direct(|_| Ok(())).is_none());
         assert_eq!(
             Format::from_accept(Some(
                 "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"

@@ -1411,7 +1411,9 @@ const TARGET_INFO_HELP: &str = "Resource attributes of the services that sent OT
 
 impl Collector for ReceivedMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        if let Some(written) = crate::exposition::write_direct(|out| self.write_openmetrics(out)) {
+        if let Some(written) =
+            crate::exposition::write_direct(&mut encoder, |out| self.write_openmetrics(out))
+        {
             return written;
         }
         if let Some(handed) = crate::model::walk_direct(&mut encoder, || Box::new(self.clone())) {

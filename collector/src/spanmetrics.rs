@@ -781,7 +781,7 @@ impl SpanMetrics {
 /// an empty `prometheus-client` family writes nothing).
 impl Collector for SpanMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        if let Some(written) = crate::exposition::write_direct(|out| {
+        if let Some(written) = crate::exposition::write_direct(&mut encoder, |out| {
             self.write_openmetrics(out);
             Ok(())
         }) {

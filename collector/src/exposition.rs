@@ -53,33 +53,47 @@ pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 thread_local! {
     /// The text collectors wrote directly during the exposition [`encode`] running on this
-    /// thread, in the order they wrote it; `None` outside one.
-    static DIRECT: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    /// thread; `None` outside one.
+    static DIRECT: RefCell<Option<Direct>> = const { RefCell::new(None) };
+}
+
+/// What collectors wrote directly during one encode: their pieces one after the other in
+/// `text`, each ending at its entry of `ends`.
+#[derive(Default)]
+struct Direct {
+    text: String,
+    ends: Vec<usize>,
 }
 
 /// The name of the placeholder family [`write_direct`] writes through the encoder (followed by
-/// the index of its text); it cannot clash with a metric name (it starts with a control
+/// the index of its piece); it cannot clash with a metric name (it starts with a control
 /// character).
 const MARKER: &str = "\u{1}sidelight_direct_";
 
-/// The size of the last body, to allocate the next one once.
+/// The sizes of the last body and of its direct text, to allocate the next ones once.
 static LAST_LEN: AtomicUsize = AtomicUsize::new(0);
+static LAST_DIRECT_LEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Collects the direct text for one encode on this thread; restores the previous state when
 /// dropped (also on a panic).
 struct Installed {
-    previous: Option<Vec<String>>,
+    previous: Option<Direct>,
 }
 
 impl Installed {
     fn new() -> Self {
+        let capacity = LAST_DIRECT_LEN.load(Ordering::Relaxed);
+        let direct = Direct {
+            text: String::with_capacity(capacity + capacity / 16),
+            ends: Vec::new(),
+        };
         Installed {
-            previous: DIRECT.with_borrow_mut(|d| d.replace(Vec::new())),
+            previous: DIRECT.with_borrow_mut(|d| d.replace(direct)),
         }
     }
 
     /// The text written directly so far.
-    fn take(&self) -> Vec<String> {
+    fn take(&self) -> Direct {
         DIRECT.with_borrow_mut(|d| d.as_mut().map(std::mem::take).unwrap_or_default())
     }
 }
@@ -95,7 +109,8 @@ impl Drop for Installed {
 ///
 /// The encoder writes into a plain `String`; text written directly ([`write_direct`]) is kept
 /// aside, each piece behind a placeholder family, and put in the placeholders' places once the
-/// encoder is done.
+/// encoder is done (one more copy of the body, instead of a shared body borrowed at every write
+/// of the encoder).
 pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::Error> {
     let capacity = LAST_LEN.load(Ordering::Relaxed);
     let mut body = String::with_capacity((capacity + capacity / 16).max(4 * 1024));
@@ -104,7 +119,8 @@ pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::E
         prometheus_client::encoding::text::encode(&mut body, registry)?;
         installed.take()
     };
-    if !direct.is_empty() {
+    LAST_DIRECT_LEN.store(direct.text.len(), Ordering::Relaxed);
+    if !direct.ends.is_empty() {
         body = splice(&body, &direct)?;
     }
     LAST_LEN.store(body.len(), Ordering::Relaxed);
@@ -117,39 +133,54 @@ pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::E
 /// `encoded` with each placeholder family replaced by its piece of `direct`. A placeholder not
 /// found (a direct collector registered under a prefix, which the doc forbids) fails the encode
 /// rather than serving a body with a family missing.
-fn splice(encoded: &str, direct: &[String]) -> Result<String, std::fmt::Error> {
-    let mut out =
-        String::with_capacity(encoded.len() + direct.iter().map(String::len).sum::<usize>());
+fn splice(encoded: &str, direct: &Direct) -> Result<String, std::fmt::Error> {
+    let mut out = String::with_capacity(encoded.len() + direct.text.len());
     let mut pos = 0;
-    for (index, text) in direct.iter().enumerate() {
+    let mut start = 0;
+    for (index, &end) in direct.ends.iter().enumerate() {
         let placeholder = format!("# HELP {MARKER}{index} \n# TYPE {MARKER}{index} unknown\n");
         let at = memchr::memmem::find(&encoded.as_bytes()[pos..], placeholder.as_bytes())
             .map(|i| pos + i)
             .filter(|&at| at == 0 || encoded.as_bytes()[at - 1] == b'\n')
             .ok_or(std::fmt::Error)?;
         out.push_str(&encoded[pos..at]);
-        out.push_str(text);
+        out.push_str(&direct.text[start..end]);
         pos = at + placeholder.len();
+        start = end;
     }
     out.push_str(&encoded[pos..]);
     Ok(out)
 }
 
 /// For a collector's `encode`: when a `/metrics` exposition is being encoded on this thread,
-/// runs `write` (OpenMetrics text, to be served at the collector's place in the registry),
-/// writes a placeholder family to `encoder` and returns the result; the collector must then
-/// write nothing else. Otherwise (a structured walk, a plain `text::encode`) returns `None` and
-/// the collector encodes through `encoder` as usual.
+/// runs `write` (OpenMetrics text, to be served at the collector's place in the registry; it
+/// appends to what the collectors before it wrote), writes a placeholder family to `encoder`
+/// and returns the result; the collector must then write nothing else. Otherwise (a structured
+/// walk, a plain `text::encode`) returns `None` and the collector encodes through `encoder` as
+/// usual.
 pub fn write_direct(
     encoder: &mut DescriptorEncoder<'_>,
     write: impl FnOnce(&mut String) -> std::fmt::Result,
 ) -> Option<std::fmt::Result> {
-    let index = DIRECT.with_borrow(|d| d.as_ref().map(Vec::len))?;
-    let mut text = String::new();
-    if let Err(e) = write(&mut text) {
-        return Some(Err(e));
+    // Out of the slot while `write` runs, so that nothing it calls finds it borrowed.
+    let mut text = DIRECT.with_borrow_mut(|d| d.as_mut().map(|d| std::mem::take(&mut d.text)))?;
+    let start = text.len();
+    let written = write(&mut text);
+    if written.is_err() {
+        text.truncate(start);
     }
-    DIRECT.with_borrow_mut(|d| d.as_mut().map(|d| d.push(text)));
+    let index = DIRECT.with_borrow_mut(|d| {
+        let d = d.as_mut()?;
+        d.text = text;
+        if written.is_err() {
+            return None;
+        }
+        d.ends.push(d.text.len());
+        Some(d.ends.len() - 1)
+    });
+    let Some(index) = index else {
+        return Some(written.and(Err(std::fmt::Error)));
+    };
     let name = format!("{MARKER}{index}");
     Some(
         encoder

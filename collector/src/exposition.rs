@@ -3,13 +3,13 @@
 //! when the scraper does not ask for OpenMetrics.
 //!
 //! Collectors that hold many series may keep their exposition text ready (label sets escaped
-//! once, when a series is created) and write it straight into the response body with
-//! [`write_direct`] instead of going through the encoder token by token (the text is put in
-//! the collector's place once the encoder is done). They must write exactly
-//! what the encoder would (the received OTLP metrics' and span metrics' tests hold them to it
-//! byte for byte), and must be registered in the root registry (no prefix, no constant labels,
-//! which the direct path would not add). The structured model's walk (`model::walk`) reads such stores in place as
-//! `model::Source`s, and the rest of the registry through the encoder.
+//! once, when a series is created) and write it with [`write_direct`] instead of going through
+//! the encoder token by token (the text is put in the collector's place once the encoder is
+//! done). They must write exactly what the encoder would (the received OTLP metrics' and span
+//! metrics' tests hold them to it byte for byte), and must be registered in the root registry
+//! (no prefix, no constant labels, which the direct path would not add). The structured
+//! model's walk (`model::walk`) reads such stores in place as `model::Source`s, and the rest of
+//! the registry through the encoder.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};

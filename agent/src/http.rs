@@ -216,7 +216,7 @@ fn token_matches(tokens: &[Secret], presented: &[u8]) -> bool {
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let started = Instant::now();
     let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let body = match exposition::encode(&state.registry, format) {
+    let body = match exposition::encode_body(&state.registry, format) {
         Ok(body) => body,
         Err(e) => {
             tracing::error!(error = %e, "encoding /metrics failed");
@@ -224,7 +224,7 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
         }
     };
     let gzipped = (body.len() >= GZIP_FROM_BYTES && accepts_gzip(&headers))
-        .then(|| gzip(body.as_bytes()))
+        .then(|| gzip(&body))
         .flatten();
     state
         .scrape_duration
@@ -244,7 +244,51 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
             gz,
         )
             .into_response(),
-        None => ([content_type, vary], body).into_response(),
+        None => (
+            [content_type, vary],
+            axum::body::Body::new(Pieces::new(body.into_bytes())),
+        )
+            .into_response(),
+    }
+}
+
+/// A response body sent from the buffers the exposition was written to, one frame each, without
+/// joining them; its exact size is known, so the response carries a `Content-Length`.
+struct Pieces {
+    pieces: std::collections::VecDeque<bytes::Bytes>,
+    remaining: u64,
+}
+
+impl Pieces {
+    fn new(pieces: Vec<bytes::Bytes>) -> Self {
+        let pieces: std::collections::VecDeque<_> =
+            pieces.into_iter().filter(|p| !p.is_empty()).collect();
+        let remaining = pieces.iter().map(|p| p.len() as u64).sum();
+        Pieces { pieces, remaining }
+    }
+}
+
+impl http_body::Body for Pieces {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let next = self.pieces.pop_front();
+        if let Some(piece) = &next {
+            self.remaining -= piece.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|p| Ok(http_body::Frame::data(p))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
     }
 }
 
@@ -277,13 +321,15 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 }
 
 /// `body` gzipped at the fastest level (`None` if that failed: the body is served as it is).
-fn gzip(body: &[u8]) -> Option<Vec<u8>> {
+fn gzip(body: &exposition::Body) -> Option<Vec<u8>> {
     use std::io::Write as _;
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(body.len() / 8),
         flate2::Compression::fast(),
     );
-    encoder.write_all(body).ok()?;
+    for piece in body.pieces() {
+        encoder.write_all(piece.as_bytes()).ok()?;
+    }
     encoder.finish().ok()
 }
 
@@ -502,6 +548,27 @@ mod tests {
         let (_, headers, body) = call(r, req).await;
         assert_eq!(headers[header::CONTENT_TYPE], OPENMETRICS);
         assert!(body.ends_with("# EOF\n"));
+    }
+
+    /// The exposition's pieces go out one frame each, in order, with the exact size known up
+    /// front (so hyper writes a `Content-Length`, not chunks); empty pieces are dropped.
+    #[tokio::test]
+    async fn the_body_is_sent_in_its_pieces() {
+        use http_body::Body as _;
+        let parts = ["# HELP a A.\n", "", "a 1\n", "# EOF\n"].map(bytes::Bytes::from_static);
+        let mut body = Pieces::new(parts.to_vec());
+        assert_eq!(body.size_hint().exact(), Some(27));
+        let mut sent = Vec::new();
+        while let Some(frame) =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let data = frame.expect("infallible").into_data().expect("data");
+            assert!(!data.is_empty());
+            sent.extend_from_slice(&data);
+            assert_eq!(body.size_hint().exact(), Some(27 - sent.len() as u64));
+        }
+        assert!(body.is_end_stream());
+        assert_eq!(sent, b"# HELP a A.\na 1\n# EOF\n");
     }
 
     /// A scraper that accepts gzip gets a large exposition gzipped (`Vary` says so); a plain

@@ -12,6 +12,7 @@
 //! the registry through the encoder.
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prometheus_client::encoding::DescriptorEncoder;
@@ -105,36 +106,130 @@ impl Drop for Installed {
     }
 }
 
+/// Writes everything `registry` serves in `format`, as one `String` (see [`encode_body`] for
+/// the body `/metrics` serves without joining its pieces).
+pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::Error> {
+    Ok(encode_body(registry, format)?.into_string())
+}
+
 /// Writes everything `registry` serves in `format`.
 ///
-/// The encoder writes into a plain `String`; text written directly ([`write_direct`]) is kept
-/// aside, each piece behind a placeholder family, and put in the placeholders' places once the
-/// encoder is done (one more copy of the body, instead of a shared body borrowed at every write
-/// of the encoder).
-pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::Error> {
+/// The encoder writes into a plain `String`; text written directly ([`write_direct`]) goes to a
+/// side buffer, each piece behind a placeholder family in the encoder's text. The [`Body`] keeps
+/// both buffers and lists its pieces in order (the encoder's text around each placeholder, then
+/// the direct piece in its place), so neither buffer is copied to serve it; the text format is
+/// rewritten from the pieces in one pass.
+pub fn encode_body(registry: &Registry, format: Format) -> Result<Body, std::fmt::Error> {
     let capacity = LAST_LEN.load(Ordering::Relaxed);
-    let mut body = String::with_capacity((capacity + capacity / 16).max(4 * 1024));
+    let mut encoded = String::with_capacity((capacity + capacity / 16).max(4 * 1024));
     let direct = {
         let installed = Installed::new();
-        prometheus_client::encoding::text::encode(&mut body, registry)?;
+        prometheus_client::encoding::text::encode(&mut encoded, registry)?;
         installed.take()
     };
+    LAST_LEN.store(encoded.len(), Ordering::Relaxed);
     LAST_DIRECT_LEN.store(direct.text.len(), Ordering::Relaxed);
-    if !direct.ends.is_empty() {
-        body = splice(&body, &direct)?;
-    }
-    LAST_LEN.store(body.len(), Ordering::Relaxed);
+    let pieces = pieces(&encoded, &direct)?;
+    let body = Body {
+        encoded,
+        direct: direct.text,
+        pieces,
+    };
     Ok(match format {
         Format::OpenMetrics => body,
-        Format::Text => to_prometheus_text(&body),
+        Format::Text => {
+            let mut text = TextRewrite::default();
+            let mut out = String::with_capacity(body.len());
+            for piece in body.pieces() {
+                text.rewrite(piece, &mut out);
+            }
+            Body::from(out)
+        }
     })
 }
 
-/// `encoded` with each placeholder family replaced by its piece of `direct`. A placeholder not
-/// found (a direct collector registered under a prefix, which the doc forbids) fails the encode
-/// rather than serving a body with a family missing.
-fn splice(encoded: &str, direct: &Direct) -> Result<String, std::fmt::Error> {
-    let mut out = String::with_capacity(encoded.len() + direct.text.len());
+/// An encoded exposition, in the buffers it was written to: the encoder's and the direct side
+/// buffer, read as an ordered list of pieces of either.
+#[derive(Debug)]
+pub struct Body {
+    encoded: String,
+    direct: String,
+    pieces: Vec<Piece>,
+}
+
+/// A run of a [`Body`]'s buffer.
+#[derive(Debug, Clone)]
+enum Piece {
+    Encoded(Range<usize>),
+    Direct(Range<usize>),
+}
+
+impl From<String> for Body {
+    fn from(encoded: String) -> Self {
+        let pieces = vec![Piece::Encoded(0..encoded.len())];
+        Body {
+            encoded,
+            direct: String::new(),
+            pieces,
+        }
+    }
+}
+
+impl Body {
+    /// The body's size in bytes.
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(|p| self.piece(p).len()).sum()
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The body's text, piece by piece, in order.
+    pub fn pieces(&self) -> impl Iterator<Item = &str> {
+        self.pieces.iter().map(|p| self.piece(p))
+    }
+
+    /// The body's pieces as shared byte buffers (no copy of the text), in order.
+    pub fn into_bytes(self) -> Vec<bytes::Bytes> {
+        let encoded = bytes::Bytes::from(self.encoded);
+        let direct = bytes::Bytes::from(self.direct);
+        self.pieces
+            .into_iter()
+            .map(|p| match p {
+                Piece::Encoded(r) => encoded.slice(r),
+                Piece::Direct(r) => direct.slice(r),
+            })
+            .collect()
+    }
+
+    /// The body joined into one `String` (a copy when it has more than one piece).
+    pub fn into_string(mut self) -> String {
+        if let [Piece::Encoded(r)] = self.pieces.as_slice()
+            && r.start == 0
+        {
+            self.encoded.truncate(r.end);
+            return self.encoded;
+        }
+        let mut out = String::with_capacity(self.len());
+        self.pieces().for_each(|p| out.push_str(p));
+        out
+    }
+
+    fn piece(&self, piece: &Piece) -> &str {
+        match piece {
+            Piece::Encoded(r) => &self.encoded[r.clone()],
+            Piece::Direct(r) => &self.direct[r.clone()],
+        }
+    }
+}
+
+/// The pieces of `encoded` with each placeholder family replaced by its piece of `direct`. A
+/// placeholder not found (a direct collector registered under a prefix, which the doc forbids)
+/// fails the encode rather than serving a body with a family missing.
+fn pieces(encoded: &str, direct: &Direct) -> Result<Vec<Piece>, std::fmt::Error> {
+    let mut pieces = Vec::with_capacity(2 * direct.ends.len() + 1);
     let mut pos = 0;
     let mut start = 0;
     for (index, &end) in direct.ends.iter().enumerate() {
@@ -143,13 +238,17 @@ fn splice(encoded: &str, direct: &Direct) -> Result<String, std::fmt::Error> {
             .map(|i| pos + i)
             .filter(|&at| at == 0 || encoded.as_bytes()[at - 1] == b'\n')
             .ok_or(std::fmt::Error)?;
-        out.push_str(&encoded[pos..at]);
-        out.push_str(&direct.text[start..end]);
+        if at > pos {
+            pieces.push(Piece::Encoded(pos..at));
+        }
+        if end > start {
+            pieces.push(Piece::Direct(start..end));
+        }
         pos = at + placeholder.len();
         start = end;
     }
-    out.push_str(&encoded[pos..]);
-    Ok(out)
+    pieces.push(Piece::Encoded(pos..encoded.len()));
+    Ok(pieces)
 }
 
 /// For a collector's `encode`: when a `/metrics` exposition is being encoded on this thread,
@@ -232,61 +331,75 @@ pub(crate) fn push_labels<K: AsRef<str>>(out: &mut String, labels: &[(K, String)
 /// `# EOF` and exemplars are dropped. Sample lines without a `#` are copied as they are, in runs.
 pub fn to_prometheus_text(openmetrics: &str) -> String {
     let mut out = String::with_capacity(openmetrics.len());
-    let mut pending_help: Option<(&str, &str)> = None;
-    // Start of the run of unchanged sample lines not written yet.
-    let mut run = 0;
-    let mut pos = 0;
-    let bytes = openmetrics.as_bytes();
-    while pos < bytes.len() {
-        let end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i);
-        let raw = &openmetrics[pos..end];
-        if !raw.is_empty() && !raw.ends_with('\r') && memchr::memchr(b'#', raw.as_bytes()).is_none()
-        {
-            pos = end + 1;
-            continue;
-        }
-        out.push_str(&openmetrics[run..pos]);
-        pos = end + 1;
-        run = pos;
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            pending_help = Some((name, help));
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (om_name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let (name, kind) = text_family(om_name, kind);
-            if let Some((help_name, help)) = pending_help.take()
-                && help_name == om_name
+    TextRewrite::default().rewrite(openmetrics, &mut out);
+    out
+}
+
+/// [`to_prometheus_text`] over a text given in pieces that split it between lines: the state
+/// one piece leaves (a `# HELP` line waiting for its `# TYPE`) is carried to the next.
+#[derive(Default)]
+struct TextRewrite<'a> {
+    pending_help: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> TextRewrite<'a> {
+    fn rewrite(&mut self, openmetrics: &'a str, out: &mut String) {
+        // Start of the run of unchanged sample lines not written yet.
+        let mut run = 0;
+        let mut pos = 0;
+        let bytes = openmetrics.as_bytes();
+        while pos < bytes.len() {
+            let end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i);
+            let raw = &openmetrics[pos..end];
+            if !raw.is_empty()
+                && !raw.ends_with('\r')
+                && memchr::memchr(b'#', raw.as_bytes()).is_none()
             {
-                out.push_str("# HELP ");
+                pos = end + 1;
+                continue;
+            }
+            out.push_str(&openmetrics[run..pos]);
+            pos = end + 1;
+            run = pos;
+            let line = raw.strip_suffix('\r').unwrap_or(raw);
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+                self.pending_help = Some((name, help));
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (om_name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+                let (name, kind) = text_family(om_name, kind);
+                if let Some((help_name, help)) = self.pending_help.take()
+                    && help_name == om_name
+                {
+                    out.push_str("# HELP ");
+                    out.push_str(&name);
+                    out.push(' ');
+                    out.push_str(help);
+                    out.push('\n');
+                }
+                out.push_str("# TYPE ");
                 out.push_str(&name);
                 out.push(' ');
-                out.push_str(help);
+                out.push_str(kind);
+                out.push('\n');
+                continue;
+            }
+            if line.starts_with("# UNIT ") || line == "# EOF" || line.is_empty() {
+                continue;
+            }
+            // Drop exemplars (` # {...} value`) outside label values.
+            out.push_str(strip_exemplar(line));
+            out.push('\n');
+        }
+        if run < bytes.len() {
+            out.push_str(&openmetrics[run..]);
+            if !openmetrics.ends_with('\n') {
                 out.push('\n');
             }
-            out.push_str("# TYPE ");
-            out.push_str(&name);
-            out.push(' ');
-            out.push_str(kind);
-            out.push('\n');
-            continue;
-        }
-        if line.starts_with("# UNIT ") || line == "# EOF" || line.is_empty() {
-            continue;
-        }
-        // Drop exemplars (` # {...} value`) outside label values.
-        out.push_str(strip_exemplar(line));
-        out.push('\n');
-    }
-    if run < bytes.len() {
-        out.push_str(&openmetrics[run..]);
-        if !openmetrics.ends_with('\n') {
-            out.push('\n');
         }
     }
-    out
 }
 
 /// An OpenMetrics family's name and type as the text format 0.0.4 writes them (counters gain
@@ -459,6 +572,47 @@ mod tests {
             encode(&r, Format::Text)
                 .expect("encode")
                 .contains("# TYPE second gauge\nsecond{via=\"direct\"} 1\n# HELP third")
+        );
+    }
+
+    #[test]
+    fn the_body_keeps_its_pieces_in_the_buffers_they_were_written_to() {
+        let mut r = Registry::default();
+        let c: Counter = Counter::default();
+        r.register("before", "Before", c.clone());
+        r.register_collector(direct("first"));
+        r.register_collector(Box::new(Collected {
+            name: "between",
+            direct: false,
+        }));
+        r.register_collector(direct("second"));
+        r.register_collector(direct("third"));
+        r.sub_registry_with_prefix("sub")
+            .register("after", "After", c);
+        let joined = encode(&r, Format::OpenMetrics).expect("encode");
+        let body = encode_body(&r, Format::OpenMetrics).expect("encode");
+        let pieces: Vec<&str> = body.pieces().collect();
+        // The encoder's text, first, its text, second and third (adjacent placeholders leave
+        // no piece between them), its text to the end.
+        assert_eq!(pieces.len(), 6, "{pieces:#?}");
+        assert!(pieces[1].starts_with("# HELP first ") && pieces[5].ends_with("# EOF\n"));
+        assert_eq!(pieces.concat(), joined);
+        assert_eq!(body.len(), joined.len());
+        let bytes: Vec<u8> = body.into_bytes().concat();
+        assert_eq!(bytes, joined.as_bytes());
+        // The text format, rewritten piece by piece, is the rewrite of the joined body.
+        let text = encode_body(&r, Format::Text).expect("encode");
+        assert_eq!(text.pieces().count(), 1);
+        assert_eq!(text.into_string(), to_prometheus_text(&joined));
+        // A `# HELP` line at the end of one piece meets its `# TYPE` in the next.
+        let mut out = String::new();
+        let mut rewrite = TextRewrite::default();
+        for piece in ["# HELP c Calls.\n", "# TYPE c counter\nc_total 1\n# EOF\n"] {
+            rewrite.rewrite(piece, &mut out);
+        }
+        assert_eq!(
+            out,
+            "# HELP c_total Calls.\n# TYPE c_total counter\nc_total 1\n"
         );
     }
 

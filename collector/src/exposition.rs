@@ -263,23 +263,18 @@ pub fn write_direct(
 ) -> Option<std::fmt::Result> {
     // Out of the slot while `write` runs, so that nothing it calls finds it borrowed.
     let mut text = DIRECT.with_borrow_mut(|d| d.as_mut().map(|d| std::mem::take(&mut d.text)))?;
-    let start = text.len();
     let written = write(&mut text);
-    if written.is_err() {
-        text.truncate(start);
-    }
     let index = DIRECT.with_borrow_mut(|d| {
         let d = d.as_mut()?;
         d.text = text;
-        if written.is_err() {
-            return None;
-        }
         d.ends.push(d.text.len());
         Some(d.ends.len() - 1)
     });
-    let Some(index) = index else {
-        return Some(written.and(Err(std::fmt::Error)));
-    };
+    // A failed write fails the whole encode, so what it left in the buffer is never served.
+    if let Err(e) = written {
+        return Some(Err(e));
+    }
+    let index = index?;
     let name = format!("{MARKER}{index}");
     Some(
         encoder
@@ -532,9 +527,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn direct_text_takes_its_collectors_place() {
-        // The registry writes its metrics, then its collectors, then its sub-registries.
+    /// A metric, three direct collectors with an encoded one between the first two, and a
+    /// sub-registry's metric. The registry writes its metrics, then its collectors, then its
+    /// sub-registries.
+    fn mixed_registry() -> Registry {
         let mut r = Registry::default();
         let c: Counter = Counter::default();
         r.register("before", "Before", c.clone());
@@ -547,6 +543,12 @@ mod tests {
         r.register_collector(direct("third"));
         r.sub_registry_with_prefix("sub")
             .register("after", "After", c);
+        r
+    }
+
+    #[test]
+    fn direct_text_takes_its_collectors_place() {
+        let r = mixed_registry();
         let families = |via: &str| {
             format!(
                 "# HELP before Before.\n# TYPE before counter\nbefore_total 0\n\
@@ -577,18 +579,7 @@ mod tests {
 
     #[test]
     fn the_body_keeps_its_pieces_in_the_buffers_they_were_written_to() {
-        let mut r = Registry::default();
-        let c: Counter = Counter::default();
-        r.register("before", "Before", c.clone());
-        r.register_collector(direct("first"));
-        r.register_collector(Box::new(Collected {
-            name: "between",
-            direct: false,
-        }));
-        r.register_collector(direct("second"));
-        r.register_collector(direct("third"));
-        r.sub_registry_with_prefix("sub")
-            .register("after", "After", c);
+        let r = mixed_registry();
         let joined = encode(&r, Format::OpenMetrics).expect("encode");
         let body = encode_body(&r, Format::OpenMetrics).expect("encode");
         let pieces: Vec<&str> = body.pieces().collect();

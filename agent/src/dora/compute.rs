@@ -1251,10 +1251,34 @@ impl<'a> History<'a> {
         let now = self.now;
         let start = now.saturating_sub(window.seconds());
         let times = self.table.change_times();
-        let tallies: Vec<Tally> = self
+        let mut tallies: Vec<Tally> = self
             .groups
             .iter()
             .map(|g| Tally::of(g, start, times))
+            .collect();
+        // A service's quantiles select in its tally's values (reordering them, which the
+        // environment's total does not mind): no copy.
+        let mut services: Vec<ServiceReport> = self
+            .groups
+            .iter()
+            .zip(&mut tallies)
+            .map(|(g, t)| {
+                let (service, environment) = self.names(g);
+                let (mut leads, mut recoveries) = (
+                    std::mem::take(&mut t.leads),
+                    std::mem::take(&mut t.recoveries),
+                );
+                let row = row(
+                    &[t],
+                    (&mut leads, &mut recoveries),
+                    (service, environment),
+                    start,
+                    now,
+                    window,
+                );
+                (t.leads, t.recoveries) = (leads, recoveries);
+                row
+            })
             .collect();
         let mut pooled: BTreeMap<&str, Vec<&Tally>> = BTreeMap::new();
         if with_totals {
@@ -1262,15 +1286,6 @@ impl<'a> History<'a> {
                 pooled.entry(self.names(group).1).or_default().push(tally);
             }
         }
-        let mut services: Vec<ServiceReport> = self
-            .groups
-            .iter()
-            .zip(&tallies)
-            .map(|(g, t)| {
-                let (service, environment) = self.names(g);
-                row(&[t], service, environment, start, now, window)
-            })
-            .collect();
         services.sort_by(|a, b| {
             a.service
                 .cmp(&b.service)
@@ -1278,7 +1293,26 @@ impl<'a> History<'a> {
         });
         let totals = pooled
             .iter()
-            .map(|(environment, parts)| row(parts, ALL_SERVICES, environment, start, now, window))
+            .map(|(environment, parts)| {
+                // Copied part by part (a slice at a time): the total holds every lead time of
+                // an environment.
+                let pool = |of: fn(&Tally) -> &[i64]| {
+                    let mut values = Vec::with_capacity(parts.iter().map(|t| of(t).len()).sum());
+                    for t in parts {
+                        values.extend_from_slice(of(t));
+                    }
+                    values
+                };
+                let (mut leads, mut recoveries) = (pool(|t| &t.leads), pool(|t| &t.recoveries));
+                row(
+                    parts,
+                    (&mut leads, &mut recoveries),
+                    (ALL_SERVICES, environment),
+                    start,
+                    now,
+                    window,
+                )
+            })
             .collect();
         Report {
             now,
@@ -1538,11 +1572,12 @@ impl Tally {
 }
 
 /// The row of `parts` taken together: one group's tally, or every group of an environment
-/// for its total (medians over all their values, not over the services' medians).
+/// for its total (medians over all their values, not over the services' medians), whose
+/// lead and recovery times are `leads` and `recoveries` (in any order; reordered).
 fn row(
     parts: &[&Tally],
-    service: &str,
-    environment: &str,
+    (leads, recoveries): (&mut [i64], &mut [i64]),
+    (service, environment): (&str, &str),
     start: UnixSeconds,
     now: UnixSeconds,
     window: Window,
@@ -1551,21 +1586,9 @@ fn row(
     let deployments = sum(|t| t.deployments);
     let failed = sum(|t| t.failed);
     let rework = sum(|t| t.rework);
-    // Copied part by part (a slice at a time): the pooled rows hold every lead time of an
-    // environment.
-    let pool = |of: fn(&Tally) -> &[i64]| {
-        let mut values = Vec::with_capacity(parts.iter().map(|t| of(t).len()).sum());
-        for t in parts {
-            values.extend_from_slice(of(t));
-        }
-        values
-    };
-    let mut leads = pool(|t| &t.leads);
-    let mut recoveries = pool(|t| &t.recoveries);
     let times: Vec<&[UnixSeconds]> = parts.iter().map(|t| t.times.as_slice()).collect();
-    let (lead_time_median_seconds, lead_time_p90_seconds) = quantiles(&mut leads, 0.5, 0.9);
-    let (recovery_time_median_seconds, recovery_time_p90_seconds) =
-        quantiles(&mut recoveries, 0.5, 0.9);
+    let (lead_time_median_seconds, lead_time_p90_seconds) = quantiles(leads, 0.5, 0.9);
+    let (recovery_time_median_seconds, recovery_time_p90_seconds) = quantiles(recoveries, 0.5, 0.9);
     ServiceReport {
         service: service.to_owned(),
         environment: environment.to_owned(),

@@ -34,8 +34,13 @@ const MAX_STRINGS: usize = (ABSENT - 1) as usize;
 pub trait Store<'a>: Default {
     /// The string of `sym` (empty for an unknown symbol).
     fn get(&self, sym: Sym) -> &str;
-    /// Adds `s` under the next symbol; false (nothing added) when full.
-    fn push(&mut self, s: &'a str) -> bool;
+    /// Adds `s` (whose hash is `hash`) under the next symbol; false (nothing added) when full.
+    fn push(&mut self, s: &'a str, hash: u64) -> bool;
+    /// Whether `sym` is `s` (whose hash is `hash`).
+    #[inline(always)]
+    fn same(&self, sym: Sym, s: &str, _hash: u64) -> bool {
+        self.get(sym) == s
+    }
     /// How many strings are held.
     fn len(&self) -> usize;
     /// Whether no string is held.
@@ -74,7 +79,7 @@ impl Store<'_> for Owned {
     }
 
     #[inline(always)]
-    fn push(&mut self, s: &str) -> bool {
+    fn push(&mut self, s: &str, _hash: u64) -> bool {
         // Every string but the first ("") is distinct and not empty, so there are no more
         // strings than bytes: bounding the bytes bounds the symbols too.
         let end = self.bytes.len() + s.len();
@@ -105,22 +110,31 @@ impl Store<'_> for Owned {
     }
 }
 
-/// Strings borrowed from the input: nothing copied.
+/// Strings borrowed from the input, nothing copied, each with its hash: a string is compared
+/// with another only when their hashes are equal, so the input's strings are read again only
+/// for a repeat.
 #[derive(Debug, Clone, Default)]
-pub struct Borrowed<'a>(Vec<&'a str>);
+pub struct Borrowed<'a>(Vec<(u64, &'a str)>);
 
 impl<'a> Store<'a> for Borrowed<'a> {
     fn get(&self, sym: Sym) -> &str {
-        self.0.get(sym as usize).copied().unwrap_or_default()
+        self.0.get(sym as usize).map_or("", |&(_, s)| s)
     }
 
     #[inline(always)]
-    fn push(&mut self, s: &'a str) -> bool {
+    fn push(&mut self, s: &'a str, hash: u64) -> bool {
         if self.0.len() >= MAX_STRINGS {
             return false;
         }
-        self.0.push(s);
+        self.0.push((hash, s));
         true
+    }
+
+    #[inline(always)]
+    fn same(&self, sym: Sym, s: &str, hash: u64) -> bool {
+        self.0
+            .get(sym as usize)
+            .is_some_and(|&(h, held)| h == hash && held == s)
     }
 
     fn len(&self) -> usize {
@@ -136,7 +150,7 @@ impl<'a> Store<'a> for Borrowed<'a> {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.0.capacity() * std::mem::size_of::<&str>()
+        self.0.capacity() * std::mem::size_of::<(u64, &str)>()
     }
 }
 
@@ -153,14 +167,7 @@ pub struct Strings<S = Owned> {
 
 impl<'a, S: Store<'a>> Default for Strings<S> {
     fn default() -> Self {
-        let mut strings = Self {
-            store: S::default(),
-            repeated: Vec::new(),
-            index: HashTable::new(),
-            state: foldhash::fast::RandomState::default(),
-        };
-        strings.intern("");
-        strings
+        Self::with_state(foldhash::fast::RandomState::default())
     }
 }
 
@@ -172,6 +179,12 @@ impl<'a, S: Store<'a>> Strings<S> {
     #[inline(always)]
     pub fn intern(&mut self, s: &'a str) -> Sym {
         let hash = self.state.hash_one(s);
+        self.intern_hashed(s, hash)
+    }
+
+    /// [`Strings::intern`] of `s` whose hash by [`Strings::hasher`] is `hash`.
+    #[inline(always)]
+    fn intern_hashed(&mut self, s: &'a str, hash: u64) -> Sym {
         let Self {
             store,
             repeated,
@@ -180,19 +193,36 @@ impl<'a, S: Store<'a>> Strings<S> {
         } = self;
         // Most strings are new: a look-up that misses, then an insertion, each probing the
         // table inline, costs less than the general entry API.
-        if let Some(&sym) = index.find(hash, |&k| store.get(k) == s) {
+        if let Some(&sym) = index.find(hash, |&k| store.same(k, s, hash)) {
             if let Some(r) = repeated.get_mut(sym as usize) {
                 *r = true;
             }
             return sym;
         }
         let sym = store.len() as Sym;
-        if !store.push(s) {
+        if !store.push(s, hash) {
             return ABSENT - 1;
         }
         index.insert_unique(hash, sym, |&k| state.hash_one(store.get(k)));
         repeated.push(false);
         sym
+    }
+
+    /// No strings but the empty one, hashed by `state` (the hashes [`Strings::hasher`] gives).
+    fn with_state(state: foldhash::fast::RandomState) -> Self {
+        let mut strings = Self {
+            store: S::default(),
+            repeated: Vec::new(),
+            index: HashTable::new(),
+            state,
+        };
+        strings.intern("");
+        strings
+    }
+
+    /// What it hashes strings with.
+    fn hasher(&self) -> &foldhash::fast::RandomState {
+        &self.state
     }
 
     /// Forgets every string but the empty one, keeping the memory.
@@ -372,6 +402,7 @@ pub struct Table {
 
 /// A deploy event's group and delivery ids, as [`Table::from_events`] reads them in input
 /// order.
+#[derive(Clone, Copy)]
 struct Named {
     group: u32,
     id: Sym,
@@ -379,14 +410,77 @@ struct Named {
     fixes: Sym,
 }
 
-/// One group's part of [`Table::from_events`]' second pass.
-struct Group<'g> {
-    /// Its deploy events, input indices in input order.
-    stored: &'g [u32],
-    /// Its incidents with a commit, input indices in input order.
-    incidents: &'g [u32],
-    /// Every deploy event's names, by input index.
-    named: &'g [Named],
+/// One deploy event as the first pass of [`Table::from_events`] leaves it for the second.
+struct StagedEvent {
+    /// Its input index.
+    input: u32,
+    named: Named,
+    finished: UnixSeconds,
+    started: UnixSeconds,
+    status: DeployStatus,
+    kind: DeploymentKind,
+    /// How many changes it has.
+    changes: u32,
+    /// Its head commit's index among its changes (the last with that commit id); not below
+    /// `changes` when none is: its own string follows theirs.
+    head: u32,
+}
+
+/// One group's deploy events as the first pass of [`Table::from_events`] reads them (in input
+/// order), for the second to store together without reading the input again.
+#[derive(Default)]
+struct Staged<'a> {
+    events: Vec<StagedEvent>,
+    /// The strings to intern in the group's strings, in the order they are interned (each
+    /// event's changes' commit ids, its head commit unless one of them, its version), with
+    /// their hashes.
+    strings: Vec<(u64, &'a str)>,
+    /// Their bytes in all.
+    bytes: usize,
+    /// Each change's time (`Change::effective_time`).
+    times: Vec<UnixSeconds>,
+    /// (index into `times`, author time) of the changes with a pull request's first-commit
+    /// time.
+    squash: Vec<(u32, UnixSeconds)>,
+}
+
+impl<'a> Staged<'a> {
+    /// Stages `d` (input index `i`), hashing its strings by `state`.
+    fn push(
+        &mut self,
+        state: &foldhash::fast::RandomState,
+        i: usize,
+        d: &'a Deployment,
+        named: Named,
+    ) {
+        for c in &d.commits {
+            if c.pr_first_commit_at.is_some() {
+                self.squash.push((index_u32(self.times.len()), c.timestamp));
+            }
+            self.times.push(c.effective_time());
+            self.string(state, &c.sha);
+        }
+        let head = d.commits.iter().rposition(|c| c.sha == d.commit);
+        if head.is_none() {
+            self.string(state, &d.commit);
+        }
+        self.string(state, &d.version);
+        self.events.push(StagedEvent {
+            input: index_u32(i),
+            named,
+            finished: d.finished_at,
+            started: d.started_at,
+            status: d.status,
+            kind: d.kind,
+            changes: index_u32(d.commits.len()),
+            head: head.map_or(u32::MAX, index_u32),
+        });
+    }
+
+    fn string(&mut self, state: &foldhash::fast::RandomState, s: &'a str) {
+        self.bytes += s.len();
+        self.strings.push((state.hash_one(s), s));
+    }
 }
 
 /// Symbols of one table in another, as [`Table::filtered`] copies events.
@@ -471,10 +565,12 @@ fn index_u32(n: usize) -> u32 {
 impl Table {
     /// The table of `events`: the deploy events [`Table::push_deployment`] would hold given
     /// them one by one (the same [`Rec::seq`] and symbols), but each group's stored
-    /// together; the incidents and findings in order. Two passes: the names and delivery ids
-    /// (the table's strings) in input order, then group by group each event's record,
-    /// changes and group strings (versions, commit ids), written in the order they are stored
-    /// while the group's string index stays in cache.
+    /// together; the incidents and findings in order. Two passes: in input order (the order
+    /// the events lie in memory), the names and delivery ids (the table's strings) and what
+    /// the second pass needs of each event, staged by group — its record's fields, its changes'
+    /// times, its group strings (versions, commit ids) with their hashes; then group by group,
+    /// from the staging alone, the records and changes written in the order they are stored
+    /// and the group's strings interned while its string index stays in cache.
     #[must_use]
     pub fn from_events(events: &Events) -> Self {
         Self::build(events, true)
@@ -482,7 +578,8 @@ impl Table {
 
     /// [`Table::from_events`] for one computation on `events`: the same records and
     /// symbols, but the groups' strings (versions, commit ids) are borrowed from `events`
-    /// while they are interned, group by group in one interner, and not kept: only whether
+    /// while they are interned, group by group in one interner (compared by hash first, so
+    /// the input's strings are read again only for a repeat), and not kept: only whether
     /// each was interned more than once, all a computation reads of them. So its deploy
     /// events and incidents are not given back ([`Table::deployment`] is `None`), and it is
     /// not to be appended to or filtered (the hub builds its table with `from_events`).
@@ -502,14 +599,16 @@ impl Table {
             id_bytes += d.id.len();
         }
         table.strings.reserve(deployments.len(), id_bytes);
+        // The groups' strings are all hashed alike, so the first pass can hash them.
+        let mut scratch: Strings<Borrowed<'_>> = Strings::default();
+        let state = scratch.hasher().clone();
         // Groups looked up in a map of their own: small, so it stays in cache.
         let mut groups: HashMap<GroupKey<'_>, u32> = HashMap::default();
-        // Per group: strings and bytes its strings will hold (about), events, changes.
-        let mut sizes: Vec<(usize, usize, usize, usize)> = Vec::new();
-        // Each event's names, in input order.
-        let mut named: Vec<Named> = Vec::with_capacity(deployments.len());
+        let mut staged: Vec<Staged<'_>> = Vec::new();
         // `resolves_incidents` by input index.
         let mut resolves: Vec<(u32, Sym)> = Vec::new();
+        // The first pass, in input order: the table's strings (names and delivery ids), and
+        // what the second needs of each event, staged by group, its group's strings hashed.
         for (i, d) in deployments.iter().enumerate() {
             let group = match groups.get(&GroupKey(&d.service, &d.environment)) {
                 Some(&g) => g,
@@ -519,47 +618,19 @@ impl Table {
                     g
                 }
             };
-            let g = group as usize;
-            if sizes.len() <= g {
-                sizes.resize(g + 1, (0, 0, 0, 0));
-            }
-            let n = d.commits.len();
-            let size = &mut sizes[g];
-            // The head commit is most often one of the changes, and commit ids of one length:
-            // the changes are not read here.
-            size.0 += 1 + n.max(1);
-            size.1 += d.version.len() + d.commit.len() * n.max(1);
-            size.2 += 1;
-            size.3 += n;
             let id = table.strings.intern(&d.id);
             let fixes = sym_of(&mut table.strings, d.fixes_deployment.as_deref());
             for r in &d.resolves_incidents {
                 let sym = table.strings.intern(r);
                 resolves.push((index_u32(i), sym));
             }
-            named.push(Named { group, id, fixes });
+            let g = group as usize;
+            if staged.len() <= g {
+                staged.resize_with(g + 1, Staged::default);
+            }
+            staged[g].push(&state, i, d, Named { group, id, fixes });
         }
         drop(groups);
-        // The input index of each event in the order stored: group by group, in input order.
-        let mut next: Vec<usize> = Vec::with_capacity(sizes.len());
-        let (mut records, mut changes) = (0, 0);
-        for &(_, _, n, c) in &sizes {
-            next.push(records);
-            records += n;
-            changes += c;
-        }
-        let mut order = vec![0_u32; records];
-        for (i, &Named { group, .. }) in named.iter().enumerate() {
-            if let Some(at) = next.get_mut(group as usize)
-                && let Some(slot) = order.get_mut(*at)
-            {
-                *slot = index_u32(i);
-                *at += 1;
-            }
-        }
-        table.deployments.reserve_exact(records);
-        table.change_sha.reserve_exact(changes);
-        table.change_at.reserve_exact(changes);
         // The incidents (their commits interned in their group's strings below, after its
         // deploy events: the symbols interning them in input order gives).
         table.incidents.reserve(events.incidents.len());
@@ -575,38 +646,37 @@ impl Table {
             }
             table.incidents.push(inc);
         }
+        let records = staged.iter().map(|s| s.events.len()).sum();
+        let changes = staged.iter().map(|s| s.times.len()).sum();
+        table.deployments.reserve_exact(records);
+        table.change_sha.reserve_exact(changes);
+        table.change_at.reserve_exact(changes);
+        // The second pass, group by group: each group's strings interned while its interner
+        // stays in cache, from what the first staged (the input is not read again but to
+        // compare strings of equal hashes).
         let mut locals = std::mem::take(&mut table.local);
-        // Without the groups' strings, one interner borrowing the input's strings serves
-        // every group in turn: it stays in cache, and only its repeat flags are kept.
-        let mut scratch: Strings<Borrowed<'_>> = Strings::default();
-        let mut start = 0;
         for (g, held) in locals.iter_mut().enumerate() {
-            let (strings, bytes, n, _) = sizes.get(g).copied().unwrap_or_default();
-            let stored = order.get(start..start + n).unwrap_or_default();
-            start += n;
-            let group = Group {
-                stored,
-                incidents: incidents_of.get(g).map_or(&[][..], Vec::as_slice),
-                named: &named,
-            };
+            let stage = staged.get_mut(g).map(std::mem::take).unwrap_or_default();
+            let incidents = incidents_of.get(g).map_or(&[][..], Vec::as_slice);
             if keep_group_strings {
-                held.reserve(strings, bytes);
-                table.store_group(held, events, &group);
+                *held = Strings::with_state(state.clone());
+                held.reserve(stage.strings.len(), stage.bytes);
+                table.store_group(held, &stage, events, incidents);
             } else {
                 scratch.clear();
-                scratch.reserve(strings, bytes);
-                table.store_group(&mut scratch, events, &group);
+                scratch.reserve(stage.strings.len(), stage.bytes);
+                table.store_group(&mut scratch, &stage, events, incidents);
                 *held = scratch.flags_only();
             }
         }
         table.local = locals;
-        drop(named);
+        drop(staged);
         table.next_seq = index_u32(deployments.len());
         if !resolves.is_empty() {
             // Input index to stored index.
-            let mut stored = vec![0_u32; deployments.len()];
-            for (e, &i) in order.iter().enumerate() {
-                if let Some(slot) = stored.get_mut(i as usize) {
+            let mut stored = vec![u32::MAX; deployments.len()];
+            for (e, r) in table.deployments.iter().enumerate() {
+                if let Some(slot) = stored.get_mut(r.seq as usize) {
                     *slot = index_u32(e);
                 }
             }
@@ -616,7 +686,6 @@ impl Table {
             resolves.sort_by_key(|&(e, _)| e);
             table.resolves = resolves;
         }
-        drop(order);
         // Each delivery id's events (as `note_id` indexes them, sized once).
         table.id_first = vec![u32::MAX; table.strings.len()];
         for (e, r) in table.deployments.iter().enumerate() {
@@ -640,51 +709,56 @@ impl Table {
         table
     }
 
-    /// Appends the deploy events of one group (in `group.stored`, input indices) and
-    /// interns its incidents' commits, in `local` (the group's strings).
+    /// Appends the deploy events `stage` holds of one group, interning its strings in `local`,
+    /// then the commits of its `incidents` (input indices).
     fn store_group<'a, S: Store<'a>>(
         &mut self,
         local: &mut Strings<S>,
+        stage: &Staged<'a>,
         events: &'a Events,
-        group: &Group<'_>,
+        incidents: &[u32],
     ) {
-        for &i in group.stored {
-            let (Some(d), Some(named)) = (
-                events.deployments.get(i as usize),
-                group.named.get(i as usize),
-            ) else {
-                continue;
-            };
+        let mut strings = stage.strings.iter();
+        let mut intern = |local: &mut Strings<S>| {
+            strings
+                .next()
+                .map_or(EMPTY, |&(hash, s)| local.intern_hashed(s, hash))
+        };
+        let base = self.change_sha.len();
+        self.squash.extend(
+            stage
+                .squash
+                .iter()
+                .map(|&(c, at)| (index_u32(base + c as usize), at)),
+        );
+        self.change_at.extend_from_slice(&stage.times);
+        for e in &stage.events {
             let first = self.change_sha.len();
-            for c in &d.commits {
-                if c.pr_first_commit_at.is_some() {
-                    self.squash
-                        .push((index_u32(self.change_sha.len()), c.timestamp));
-                }
-                self.change_sha.push(local.intern(&c.sha));
-                self.change_at.push(c.effective_time());
+            for _ in 0..e.changes {
+                let sha = intern(local);
+                self.change_sha.push(sha);
             }
-            // The head commit is most often one of the changes: no second look-up then.
-            let commit = match d.commits.iter().rposition(|c| c.sha == d.commit) {
-                Some(k) => self.change_sha[first + k],
-                None => local.intern(&d.commit),
+            // The head commit is most often one of the changes: its own string only if not.
+            let commit = match self.change_sha.get(first + e.head as usize) {
+                Some(&sha) if e.head < e.changes => sha,
+                _ => intern(local),
             };
-            let version = local.intern(&d.version);
+            let version = intern(local);
             self.deployments.push(Rec {
-                seq: i,
-                finished: d.finished_at,
-                started: d.started_at,
-                id: named.id,
+                seq: e.input,
+                finished: e.finished,
+                started: e.started,
+                id: e.named.id,
                 version,
                 commit,
-                fixes: named.fixes,
-                group: named.group,
+                fixes: e.named.fixes,
+                group: e.named.group,
                 changes: index_u32(first),
-                status: d.status,
-                kind: d.kind,
+                status: e.status,
+                kind: e.kind,
             });
         }
-        for &k in group.incidents {
+        for &k in incidents {
             if let (Some(inc), Some(Some(c))) = (
                 self.incidents.get_mut(k as usize),
                 events

@@ -182,7 +182,7 @@ impl<'a, S: Store<'a>> Strings<S> {
         self.intern_hashed(s, hash)
     }
 
-    /// [`Strings::intern`] of `s` whose hash by [`Strings::hasher`] is `hash`.
+    /// [`Strings::intern`] of `s` whose hash by this interner's state is `hash`.
     #[inline(always)]
     fn intern_hashed(&mut self, s: &'a str, hash: u64) -> Sym {
         let Self {
@@ -208,7 +208,7 @@ impl<'a, S: Store<'a>> Strings<S> {
         sym
     }
 
-    /// No strings but the empty one, hashed by `state` (the hashes [`Strings::hasher`] gives).
+    /// No strings but the empty one, hashed by `state`.
     fn with_state(state: foldhash::fast::RandomState) -> Self {
         let mut strings = Self {
             store: S::default(),
@@ -218,11 +218,6 @@ impl<'a, S: Store<'a>> Strings<S> {
         };
         strings.intern("");
         strings
-    }
-
-    /// What it hashes strings with.
-    fn hasher(&self) -> &foldhash::fast::RandomState {
-        &self.state
     }
 
     /// Forgets every string but the empty one, keeping the memory.
@@ -402,7 +397,6 @@ pub struct Table {
 
 /// A deploy event's group and delivery ids, as [`Table::from_events`] reads them in input
 /// order.
-#[derive(Clone, Copy)]
 struct Named {
     group: u32,
     id: Sym,
@@ -600,8 +594,7 @@ impl Table {
         }
         table.strings.reserve(deployments.len(), id_bytes);
         // The groups' strings are all hashed alike, so the first pass can hash them.
-        let mut scratch: Strings<Borrowed<'_>> = Strings::default();
-        let state = scratch.hasher().clone();
+        let state = foldhash::fast::RandomState::default();
         // Groups looked up in a map of their own: small, so it stays in cache.
         let mut groups: HashMap<GroupKey<'_>, u32> = HashMap::default();
         let mut staged: Vec<Staged<'_>> = Vec::new();
@@ -655,6 +648,7 @@ impl Table {
         // stays in cache, from what the first staged (the input is not read again but to
         // compare strings of equal hashes).
         let mut locals = std::mem::take(&mut table.local);
+        let mut scratch: Option<Strings<Borrowed<'_>>> = None;
         for (g, held) in locals.iter_mut().enumerate() {
             let stage = staged.get_mut(g).map(std::mem::take).unwrap_or_default();
             let incidents = incidents_of.get(g).map_or(&[][..], Vec::as_slice);
@@ -663,9 +657,12 @@ impl Table {
                 held.reserve(stage.strings.len(), stage.bytes);
                 table.store_group(held, &stage, events, incidents);
             } else {
+                // One interner serves every group in turn: it stays in cache, and only its
+                // repeat flags are kept.
+                let scratch = scratch.get_or_insert_with(|| Strings::with_state(state.clone()));
                 scratch.clear();
                 scratch.reserve(stage.strings.len(), stage.bytes);
-                table.store_group(&mut scratch, &stage, events, incidents);
+                table.store_group(scratch, &stage, events, incidents);
                 *held = scratch.flags_only();
             }
         }

@@ -29,32 +29,6 @@ pub const ABSENT: Sym = Sym::MAX;
 /// [`ABSENT`] - 1, ends are `u32`).
 const MAX_STRINGS: usize = (ABSENT - 1) as usize;
 
-/// Where the strings of a [`Strings`] live, by symbol: copied into its own buffer
-/// ([`Owned`]), or borrowed from the input being interned ([`Borrowed`]).
-pub trait Store<'a>: Default {
-    /// The string of `sym` (empty for an unknown symbol).
-    fn get(&self, sym: Sym) -> &str;
-    /// Adds `s` (whose hash is `hash`) under the next symbol; false (nothing added) when full.
-    fn push(&mut self, s: &'a str, hash: u64) -> bool;
-    /// Whether `sym` is `s` (whose hash is `hash`).
-    #[inline(always)]
-    fn same(&self, sym: Sym, s: &str, _hash: u64) -> bool {
-        self.get(sym) == s
-    }
-    /// How many strings are held.
-    fn len(&self) -> usize;
-    /// Whether no string is held.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Forgets every string, keeping the memory.
-    fn clear(&mut self);
-    /// Room for `more` strings of `bytes` bytes in all.
-    fn reserve(&mut self, more: usize, bytes: usize);
-    /// Bytes held.
-    fn heap_bytes(&self) -> usize;
-}
-
 /// Strings copied into one buffer.
 #[derive(Debug, Clone, Default)]
 pub struct Owned {
@@ -64,7 +38,8 @@ pub struct Owned {
     ends: Vec<u32>,
 }
 
-impl Store<'_> for Owned {
+impl Owned {
+    /// The string of `sym` (empty for an unknown symbol).
     fn get(&self, sym: Sym) -> &str {
         let i = sym as usize;
         let start = if i == 0 {
@@ -78,8 +53,9 @@ impl Store<'_> for Owned {
             .unwrap_or_default()
     }
 
+    /// Adds `s` under the next symbol; false (nothing added) when full.
     #[inline(always)]
-    fn push(&mut self, s: &str, _hash: u64) -> bool {
+    fn push(&mut self, s: &str) -> bool {
         // Every string but the first ("") is distinct and not empty, so there are no more
         // strings than bytes: bounding the bytes bounds the symbols too.
         let end = self.bytes.len() + s.len();
@@ -91,73 +67,33 @@ impl Store<'_> for Owned {
         true
     }
 
+    /// How many strings are held.
     fn len(&self) -> usize {
         self.ends.len()
     }
 
+    /// Forgets every string, keeping the memory.
     fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();
     }
 
+    /// Room for `more` strings of `bytes` bytes in all.
     fn reserve(&mut self, more: usize, bytes: usize) {
         self.bytes.reserve(bytes);
         self.ends.reserve(more);
     }
 
+    /// Bytes held.
     fn heap_bytes(&self) -> usize {
         self.bytes.capacity() + self.ends.capacity() * std::mem::size_of::<u32>()
     }
 }
 
-/// Strings borrowed from the input, nothing copied, each with its hash: a string is compared
-/// with another only when their hashes are equal, so the input's strings are read again only
-/// for a repeat.
-#[derive(Debug, Clone, Default)]
-pub struct Borrowed<'a>(Vec<(u64, &'a str)>);
-
-impl<'a> Store<'a> for Borrowed<'a> {
-    fn get(&self, sym: Sym) -> &str {
-        self.0.get(sym as usize).map_or("", |&(_, s)| s)
-    }
-
-    #[inline(always)]
-    fn push(&mut self, s: &'a str, hash: u64) -> bool {
-        if self.0.len() >= MAX_STRINGS {
-            return false;
-        }
-        self.0.push((hash, s));
-        true
-    }
-
-    #[inline(always)]
-    fn same(&self, sym: Sym, s: &str, hash: u64) -> bool {
-        self.0
-            .get(sym as usize)
-            .is_some_and(|&(h, held)| h == hash && held == s)
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn clear(&mut self) {
-        self.0.clear();
-    }
-
-    fn reserve(&mut self, more: usize, _bytes: usize) {
-        self.0.reserve(more);
-    }
-
-    fn heap_bytes(&self) -> usize {
-        self.0.capacity() * std::mem::size_of::<(u64, &str)>()
-    }
-}
-
-/// Interned strings, each stored once (in `S`: by default copied into one buffer).
+/// Interned strings, each stored once, copied into one buffer.
 #[derive(Debug, Clone)]
-pub struct Strings<S = Owned> {
-    store: S,
+pub struct Strings {
+    store: Owned,
     /// Whether each string was interned more than once (in any role): one interned once
     /// cannot be a repeat of another, which spares the computation a look-up.
     repeated: Vec<bool>,
@@ -165,26 +101,19 @@ pub struct Strings<S = Owned> {
     state: foldhash::fast::RandomState,
 }
 
-impl<'a, S: Store<'a>> Default for Strings<S> {
+impl Default for Strings {
     fn default() -> Self {
         Self::with_state(foldhash::fast::RandomState::default())
     }
 }
 
-impl<'a, S: Store<'a>> Strings<S> {
-    /// The symbol of `s`, interning it if new (copied into an [`Owned`] store, borrowed by a
-    /// [`Borrowed`] one). Fewer than `u32::MAX - 1` bytes in all (and so fewer strings):
-    /// beyond it every new string shares the last symbol (never reached: the hub holds far
-    /// fewer events).
+impl Strings {
+    /// The symbol of `s`, interning it if new. Fewer than `u32::MAX - 1` bytes in all (and
+    /// so fewer strings): beyond it every new string shares the last symbol (never reached:
+    /// the hub holds far fewer events).
     #[inline(always)]
-    pub fn intern(&mut self, s: &'a str) -> Sym {
+    pub fn intern(&mut self, s: &str) -> Sym {
         let hash = self.state.hash_one(s);
-        self.intern_hashed(s, hash)
-    }
-
-    /// [`Strings::intern`] of `s` whose hash by this interner's state is `hash`.
-    #[inline(always)]
-    fn intern_hashed(&mut self, s: &'a str, hash: u64) -> Sym {
         let Self {
             store,
             repeated,
@@ -193,14 +122,14 @@ impl<'a, S: Store<'a>> Strings<S> {
         } = self;
         // Most strings are new: a look-up that misses, then an insertion, each probing the
         // table inline, costs less than the general entry API.
-        if let Some(&sym) = index.find(hash, |&k| store.same(k, s, hash)) {
+        if let Some(&sym) = index.find(hash, |&k| store.get(k) == s) {
             if let Some(r) = repeated.get_mut(sym as usize) {
                 *r = true;
             }
             return sym;
         }
         let sym = store.len() as Sym;
-        if !store.push(s, hash) {
+        if !store.push(s) {
             return ABSENT - 1;
         }
         index.insert_unique(hash, sym, |&k| state.hash_one(store.get(k)));
@@ -208,10 +137,26 @@ impl<'a, S: Store<'a>> Strings<S> {
         sym
     }
 
+    /// Appends `s`, whose hash by this interner's state is `hash` and which is not interned,
+    /// under the next symbol, with its repeat flag.
+    fn push_new(&mut self, s: &str, hash: u64, repeated: bool) {
+        let Self {
+            store,
+            repeated: flags,
+            index,
+            state,
+        } = self;
+        let sym = store.len() as Sym;
+        if store.push(s) {
+            index.insert_unique(hash, sym, |&k| state.hash_one(store.get(k)));
+            flags.push(repeated);
+        }
+    }
+
     /// No strings but the empty one, hashed by `state`.
     fn with_state(state: foldhash::fast::RandomState) -> Self {
         let mut strings = Self {
-            store: S::default(),
+            store: Owned::default(),
             repeated: Vec::new(),
             index: HashTable::new(),
             state,
@@ -395,85 +340,144 @@ pub struct Table {
     id_more: HashMap<Sym, Vec<u32>>,
 }
 
-/// A deploy event's group and delivery ids, as [`Table::from_events`] reads them in input
-/// order.
-struct Named {
-    group: u32,
-    id: Sym,
-    /// `fixes_deployment`, [`ABSENT`] for `None`.
-    fixes: Sym,
+/// Where one of a group's strings lies in the input, so that it is read only when needed: to
+/// compare it with another of the same hash, or to copy it.
+#[derive(Clone, Copy)]
+enum At {
+    /// The empty string every [`Strings`] interns first.
+    Empty,
+    /// Change `k`'s commit id of deploy event `e` (input index).
+    Change(u32, u32),
+    /// The head commit of deploy event `e`.
+    Head(u32),
+    /// The version of deploy event `e`.
+    Version(u32),
+    /// The commit of incident `k`.
+    Incident(u32),
 }
 
-/// One deploy event as the first pass of [`Table::from_events`] leaves it for the second.
-struct StagedEvent {
-    /// Its input index.
-    input: u32,
-    named: Named,
-    finished: UnixSeconds,
-    started: UnixSeconds,
-    status: DeployStatus,
-    kind: DeploymentKind,
-    /// How many changes it has.
-    changes: u32,
-    /// Its head commit's index among its changes (the last with that commit id); not below
-    /// `changes` when none is: its own string follows theirs.
-    head: u32,
+impl At {
+    fn str(self, events: &Events) -> &str {
+        let d = |e: u32| events.deployments.get(e as usize);
+        let s = match self {
+            At::Empty => None,
+            At::Change(e, k) => d(e)
+                .and_then(|d| d.commits.get(k as usize))
+                .map(|c| c.sha.as_str()),
+            At::Head(e) => d(e).map(|d| d.commit.as_str()),
+            At::Version(e) => d(e).map(|d| d.version.as_str()),
+            At::Incident(k) => events
+                .incidents
+                .get(k as usize)
+                .and_then(|i| i.commit.as_deref()),
+        };
+        s.unwrap_or_default()
+    }
 }
 
-/// One group's deploy events as the first pass of [`Table::from_events`] reads them (in input
-/// order), for the second to store together without reading the input again.
+/// A string's hash folded to 32 bits: held in the slot its symbol takes later, so hashing in
+/// input order needs no array of its own. Two strings of a group share one only by chance
+/// (about one pair in a billion), and are then told apart by reading them.
+fn short_hash(state: &foldhash::fast::RandomState, s: &str) -> u32 {
+    let h = state.hash_one(s);
+    (h ^ (h >> 32)) as u32
+}
+
+/// A short hash spread over the 64 bits a hash table takes (its low bits pick the bucket, its
+/// top bits tag it).
+fn widen(h: u32) -> u64 {
+    let h = u64::from(h);
+    h | (h << 32)
+}
+
+/// One group's strings interned by their hashes, as [`Table::from_events`] interns them after
+/// hashing them in input order: the symbols and repeat flags a [`Strings`] gives the same
+/// strings in the same order, but a string is read only to compare it with one of equal hash
+/// (a repeat, or rarely a collision). One serves every group in turn.
 #[derive(Default)]
-struct Staged<'a> {
-    events: Vec<StagedEvent>,
-    /// The strings to intern in the group's strings, in the order they are interned (each
-    /// event's changes' commit ids, its head commit unless one of them, its version), with
-    /// their hashes.
-    strings: Vec<(u64, &'a str)>,
-    /// Their bytes in all.
-    bytes: usize,
-    /// Each change's time (`Change::effective_time`).
-    times: Vec<UnixSeconds>,
-    /// (index into `times`, author time) of the changes with a pull request's first-commit
-    /// time.
-    squash: Vec<(u32, UnixSeconds)>,
+struct ByHash {
+    /// Each string's [`short_hash`].
+    hashes: Vec<u32>,
+    at: Vec<At>,
+    repeated: Vec<bool>,
+    index: HashTable<Sym>,
 }
 
-impl<'a> Staged<'a> {
-    /// Stages `d` (input index `i`), hashing its strings by `state`.
-    fn push(
-        &mut self,
-        state: &foldhash::fast::RandomState,
-        i: usize,
-        d: &'a Deployment,
-        named: Named,
-    ) {
-        for c in &d.commits {
-            if c.pr_first_commit_at.is_some() {
-                self.squash.push((index_u32(self.times.len()), c.timestamp));
-            }
-            self.times.push(c.effective_time());
-            self.string(state, &c.sha);
-        }
-        let head = d.commits.iter().rposition(|c| c.sha == d.commit);
-        if head.is_none() {
-            self.string(state, &d.commit);
-        }
-        self.string(state, &d.version);
-        self.events.push(StagedEvent {
-            input: index_u32(i),
-            named,
-            finished: d.finished_at,
-            started: d.started_at,
-            status: d.status,
-            kind: d.kind,
-            changes: index_u32(d.commits.len()),
-            head: head.map_or(u32::MAX, index_u32),
-        });
+impl ByHash {
+    /// Forgets every string but the empty one (whose short hash is `empty`), keeping the
+    /// memory.
+    fn reset(&mut self, empty: u32) {
+        self.hashes.clear();
+        self.at.clear();
+        self.repeated.clear();
+        self.index.clear();
+        self.hashes.push(empty);
+        self.at.push(At::Empty);
+        self.repeated.push(false);
+        self.index
+            .insert_unique(widen(empty), EMPTY, |_| widen(empty));
     }
 
-    fn string(&mut self, state: &foldhash::fast::RandomState, s: &'a str) {
-        self.bytes += s.len();
-        self.strings.push((state.hash_one(s), s));
+    /// The symbol of the string at `at` (of short hash `hash`), interning it if new.
+    #[inline(always)]
+    fn intern(&mut self, events: &Events, hash: u32, at: At) -> Sym {
+        let Self {
+            hashes,
+            at: ats,
+            repeated,
+            index,
+        } = self;
+        let same = |k: &Sym| {
+            let k = *k as usize;
+            hashes.get(k) == Some(&hash)
+                && ats
+                    .get(k)
+                    .is_some_and(|&held| held.str(events) == at.str(events))
+        };
+        if let Some(&sym) = index.find(widen(hash), same) {
+            if let Some(r) = repeated.get_mut(sym as usize) {
+                *r = true;
+            }
+            return sym;
+        }
+        if hashes.len() >= MAX_STRINGS {
+            return ABSENT - 1;
+        }
+        let sym = hashes.len() as Sym;
+        hashes.push(hash);
+        ats.push(at);
+        repeated.push(false);
+        index.insert_unique(widen(hash), sym, |&k| {
+            widen(hashes.get(k as usize).copied().unwrap_or(0))
+        });
+        sym
+    }
+
+    /// The strings interned, copied in symbol order (hashed by `state`, as they were).
+    fn to_strings(&self, events: &Events, state: &foldhash::fast::RandomState) -> Strings {
+        let mut strings = Strings::with_state(state.clone());
+        strings.reserve(self.hashes.len(), 0);
+        for (&at, &repeated) in self.at.iter().zip(&self.repeated).skip(1) {
+            let s = at.str(events);
+            strings.push_new(s, state.hash_one(s), repeated);
+        }
+        if self.repeated.first() == Some(&true) {
+            strings.mark_repeated(EMPTY);
+        }
+        // The bytes were not counted before (that would read every string twice); the hub
+        // keeps them, so no room is left over.
+        strings.store.bytes.shrink_to_fit();
+        strings
+    }
+
+    /// The repeat flags alone (see [`Strings::flags_only`]).
+    fn flags_only(&self, state: &foldhash::fast::RandomState) -> Strings {
+        Strings {
+            store: Owned::default(),
+            repeated: self.repeated.clone(),
+            index: HashTable::new(),
+            state: state.clone(),
+        }
     }
 }
 
@@ -559,21 +563,20 @@ fn index_u32(n: usize) -> u32 {
 impl Table {
     /// The table of `events`: the deploy events [`Table::push_deployment`] would hold given
     /// them one by one (the same [`Rec::seq`] and symbols), but each group's stored
-    /// together; the incidents and findings in order. Two passes: in input order (the order
-    /// the events lie in memory), the names and delivery ids (the table's strings) and what
-    /// the second pass needs of each event, staged by group — its record's fields, its changes'
-    /// times, its group strings (versions, commit ids) with their hashes; then group by group,
-    /// from the staging alone, the records and changes written in the order they are stored
-    /// and the group's strings interned while its string index stays in cache.
+    /// together; the incidents and findings in order. Three passes: in input order (the order
+    /// the events lie in memory), each event's group, to size each group's place; again in
+    /// input order, each event's record and change times written where they are stored, its
+    /// names and delivery ids interned in the table's strings, and its group strings (commit
+    /// ids, version) hashed into the slots their symbols take; then group by group, those
+    /// strings interned by hash in one interner that stays in cache, the input read again only
+    /// to compare two strings of equal hash and to copy each group's strings into its own.
     #[must_use]
     pub fn from_events(events: &Events) -> Self {
         Self::build(events, true)
     }
 
     /// [`Table::from_events`] for one computation on `events`: the same records and
-    /// symbols, but the groups' strings (versions, commit ids) are borrowed from `events`
-    /// while they are interned, group by group in one interner (compared by hash first, so
-    /// the input's strings are read again only for a repeat), and not kept: only whether
+    /// symbols, but the groups' strings (versions, commit ids) are not copied: only whether
     /// each was interned more than once, all a computation reads of them. So its deploy
     /// events and incidents are not given back ([`Table::deployment`] is `None`), and it is
     /// not to be appended to or filtered (the hub builds its table with `from_events`).
@@ -588,42 +591,113 @@ impl Table {
             ..Self::default()
         };
         let deployments = &events.deployments;
+        // First pass, in input order: each event's group, and each group's size.
+        let mut groups: HashMap<GroupKey<'_>, u32> = HashMap::default();
+        let mut group_of: Vec<u32> = Vec::with_capacity(deployments.len());
+        // (events, changes) of each group.
+        let mut sizes: Vec<(usize, usize)> = Vec::new();
         let mut id_bytes = 0;
         for d in deployments {
+            // Numbered in order of first appearance, as `Table::group` numbers them when the
+            // second pass meets them.
+            let n = index_u32(groups.len());
+            let g = *groups
+                .entry(GroupKey(&d.service, &d.environment))
+                .or_insert(n);
+            group_of.push(g);
+            let g = g as usize;
+            if sizes.len() <= g {
+                sizes.resize(g + 1, (0, 0));
+            }
+            sizes[g].0 += 1;
+            sizes[g].1 += d.commits.len();
             id_bytes += d.id.len();
         }
+        drop(groups);
+        // Where each group's events and changes start: stored group by group.
+        let mut next: Vec<(usize, usize)> = Vec::with_capacity(sizes.len());
+        let (mut records, mut changes) = (0, 0);
+        for &(n, c) in &sizes {
+            next.push((records, changes));
+            records += n;
+            changes += c;
+        }
         table.strings.reserve(deployments.len(), id_bytes);
-        // The groups' strings are all hashed alike, so the first pass can hash them.
+        // Every group's strings are hashed alike, so this pass can hash them.
         let state = foldhash::fast::RandomState::default();
-        // Groups looked up in a map of their own: small, so it stays in cache.
-        let mut groups: HashMap<GroupKey<'_>, u32> = HashMap::default();
-        let mut staged: Vec<Staged<'_>> = Vec::new();
-        // `resolves_incidents` by input index.
-        let mut resolves: Vec<(u32, Sym)> = Vec::new();
-        // The first pass, in input order: the table's strings (names and delivery ids), and
-        // what the second needs of each event, staged by group, its group's strings hashed.
-        for (i, d) in deployments.iter().enumerate() {
-            let group = match groups.get(&GroupKey(&d.service, &d.environment)) {
-                Some(&g) => g,
-                None => {
-                    let g = table.group(&d.service, &d.environment);
-                    groups.insert(GroupKey(&d.service, &d.environment), g);
-                    g
-                }
+        table.deployments = vec![
+            Rec {
+                seq: 0,
+                finished: 0,
+                started: 0,
+                id: EMPTY,
+                version: EMPTY,
+                commit: EMPTY,
+                fixes: ABSENT,
+                group: 0,
+                changes: 0,
+                status: DeployStatus::Success,
+                kind: DeploymentKind::Normal,
             };
+            records
+        ];
+        table.change_at = vec![0; changes];
+        // Until the third pass interns them, each change's commit id and each event's version
+        // stand in their symbols' slots as short hashes, and the head commits that are none
+        // of their event's changes aside, as (stored event, short hash).
+        table.change_sha = vec![EMPTY; changes];
+        let mut heads: Vec<(u32, u32)> = Vec::new();
+        // Second pass, in input order (the order the events lie in memory): each event written
+        // where it is stored, its names and delivery ids interned in the table's strings, its
+        // group's strings (commit ids, version) hashed to be interned by the third.
+        for (i, (d, &g)) in deployments.iter().zip(&group_of).enumerate() {
+            let Some(slot) = next.get_mut(g as usize) else {
+                continue;
+            };
+            let (e, c0) = *slot;
+            *slot = (e + 1, c0 + d.commits.len());
+            let e32 = index_u32(e);
+            if g as usize == table.groups.len() {
+                // Its names interned where pushing the events one by one interns them.
+                table.group(&d.service, &d.environment);
+            }
             let id = table.strings.intern(&d.id);
             let fixes = sym_of(&mut table.strings, d.fixes_deployment.as_deref());
+            for (k, c) in d.commits.iter().enumerate() {
+                if c.pr_first_commit_at.is_some() {
+                    table.squash.push((index_u32(c0 + k), c.timestamp));
+                }
+                table.change_at[c0 + k] = c.effective_time();
+                table.change_sha[c0 + k] = short_hash(&state, &c.sha);
+            }
+            // The head commit is most often one of the changes: its own string only if not.
+            let head = d.commits.iter().rposition(|c| c.sha == d.commit);
+            if head.is_none() {
+                heads.push((e32, short_hash(&state, &d.commit)));
+            }
             for r in &d.resolves_incidents {
                 let sym = table.strings.intern(r);
-                resolves.push((index_u32(i), sym));
+                table.resolves.push((e32, sym));
             }
-            let g = group as usize;
-            if staged.len() <= g {
-                staged.resize_with(g + 1, Staged::default);
-            }
-            staged[g].push(&state, i, d, Named { group, id, fixes });
+            table.deployments[e] = Rec {
+                seq: index_u32(i),
+                finished: d.finished_at,
+                started: d.started_at,
+                id,
+                version: short_hash(&state, &d.version),
+                // The head's index among the changes until the third pass interns it.
+                commit: head.map_or(u32::MAX, index_u32),
+                fixes,
+                group: g,
+                changes: index_u32(c0),
+                status: d.status,
+                kind: d.kind,
+            };
         }
-        drop(groups);
+        drop(group_of);
+        table.squash.sort_unstable_by_key(|&(c, _)| c);
+        table.resolves.sort_by_key(|&(e, _)| e);
+        heads.sort_unstable_by_key(|&(e, _)| e);
         // The incidents (their commits interned in their group's strings below, after its
         // deploy events: the symbols interning them in input order gives).
         table.incidents.reserve(events.incidents.len());
@@ -639,50 +713,62 @@ impl Table {
             }
             table.incidents.push(inc);
         }
-        let records = staged.iter().map(|s| s.events.len()).sum();
-        let changes = staged.iter().map(|s| s.times.len()).sum();
-        table.deployments.reserve_exact(records);
-        table.change_sha.reserve_exact(changes);
-        table.change_at.reserve_exact(changes);
-        // The second pass, group by group: each group's strings interned while its interner
-        // stays in cache, from what the first staged (the input is not read again but to
-        // compare strings of equal hashes).
+        // Third pass, group by group: each group's strings interned by their hashes while its
+        // index stays in cache, the input read only to compare strings of equal hash (and, for
+        // the hub's table, to copy the group's strings).
+        let empty = short_hash(&state, "");
+        let mut interner = ByHash::default();
+        let mut heads = heads.into_iter().peekable();
         let mut locals = std::mem::take(&mut table.local);
-        let mut scratch: Option<Strings<Borrowed<'_>>> = None;
+        let mut end = 0;
         for (g, held) in locals.iter_mut().enumerate() {
-            let stage = staged.get_mut(g).map(std::mem::take).unwrap_or_default();
-            let incidents = incidents_of.get(g).map_or(&[][..], Vec::as_slice);
-            if keep_group_strings {
-                *held = Strings::with_state(state.clone());
-                held.reserve(stage.strings.len(), stage.bytes);
-                table.store_group(held, &stage, events, incidents);
-            } else {
-                // One interner serves every group in turn: it stays in cache, and only its
-                // repeat flags are kept.
-                let scratch = scratch.get_or_insert_with(|| Strings::with_state(state.clone()));
-                scratch.clear();
-                scratch.reserve(stage.strings.len(), stage.bytes);
-                table.store_group(scratch, &stage, events, incidents);
-                *held = scratch.flags_only();
+            interner.reset(empty);
+            let start = end;
+            end += sizes.get(g).map_or(0, |&(n, _)| n);
+            for e in start..end {
+                let r = table.deployments[e];
+                let first = r.changes as usize;
+                let last = table
+                    .deployments
+                    .get(e + 1)
+                    .map_or(table.change_sha.len(), |n| n.changes as usize);
+                for (k, c) in (first..last).enumerate() {
+                    let at = At::Change(r.seq, index_u32(k));
+                    table.change_sha[c] = interner.intern(events, table.change_sha[c], at);
+                }
+                let commit = match table.change_sha.get(first + r.commit as usize) {
+                    Some(&sha) if r.commit != u32::MAX => sha,
+                    _ => match heads.next_if(|&(h, _)| h as usize == e) {
+                        Some((_, hash)) => interner.intern(events, hash, At::Head(r.seq)),
+                        None => EMPTY,
+                    },
+                };
+                let version = interner.intern(events, r.version, At::Version(r.seq));
+                let rec = &mut table.deployments[e];
+                rec.commit = commit;
+                rec.version = version;
             }
-        }
-        table.local = locals;
-        drop(staged);
-        table.next_seq = index_u32(deployments.len());
-        if !resolves.is_empty() {
-            // Input index to stored index.
-            let mut stored = vec![u32::MAX; deployments.len()];
-            for (e, r) in table.deployments.iter().enumerate() {
-                if let Some(slot) = stored.get_mut(r.seq as usize) {
-                    *slot = index_u32(e);
+            for &k in incidents_of.get(g).map_or(&[][..], Vec::as_slice) {
+                let Some(c) = events
+                    .incidents
+                    .get(k as usize)
+                    .and_then(|i| i.commit.as_deref())
+                else {
+                    continue;
+                };
+                let sym = interner.intern(events, short_hash(&state, c), At::Incident(k));
+                if let Some(inc) = table.incidents.get_mut(k as usize) {
+                    inc.commit = sym;
                 }
             }
-            for (e, _) in &mut resolves {
-                *e = stored.get(*e as usize).copied().unwrap_or(u32::MAX);
-            }
-            resolves.sort_by_key(|&(e, _)| e);
-            table.resolves = resolves;
+            *held = if keep_group_strings {
+                interner.to_strings(events, &state)
+            } else {
+                interner.flags_only(&state)
+            };
         }
+        table.local = locals;
+        table.next_seq = index_u32(deployments.len());
         // Each delivery id's events (as `note_id` indexes them, sized once).
         table.id_first = vec![u32::MAX; table.strings.len()];
         for (e, r) in table.deployments.iter().enumerate() {
@@ -704,68 +790,6 @@ impl Table {
             });
         }
         table
-    }
-
-    /// Appends the deploy events `stage` holds of one group, interning its strings in `local`,
-    /// then the commits of its `incidents` (input indices).
-    fn store_group<'a, S: Store<'a>>(
-        &mut self,
-        local: &mut Strings<S>,
-        stage: &Staged<'a>,
-        events: &'a Events,
-        incidents: &[u32],
-    ) {
-        let mut strings = stage.strings.iter();
-        let mut intern = |local: &mut Strings<S>| {
-            strings
-                .next()
-                .map_or(EMPTY, |&(hash, s)| local.intern_hashed(s, hash))
-        };
-        let base = self.change_sha.len();
-        self.squash.extend(
-            stage
-                .squash
-                .iter()
-                .map(|&(c, at)| (index_u32(base + c as usize), at)),
-        );
-        self.change_at.extend_from_slice(&stage.times);
-        for e in &stage.events {
-            let first = self.change_sha.len();
-            for _ in 0..e.changes {
-                let sha = intern(local);
-                self.change_sha.push(sha);
-            }
-            // The head commit is most often one of the changes: its own string only if not.
-            let commit = match self.change_sha.get(first + e.head as usize) {
-                Some(&sha) if e.head < e.changes => sha,
-                _ => intern(local),
-            };
-            let version = intern(local);
-            self.deployments.push(Rec {
-                seq: e.input,
-                finished: e.finished,
-                started: e.started,
-                id: e.named.id,
-                version,
-                commit,
-                fixes: e.named.fixes,
-                group: e.named.group,
-                changes: index_u32(first),
-                status: e.status,
-                kind: e.kind,
-            });
-        }
-        for &k in incidents {
-            if let (Some(inc), Some(Some(c))) = (
-                self.incidents.get_mut(k as usize),
-                events
-                    .incidents
-                    .get(k as usize)
-                    .map(|i| i.commit.as_deref()),
-            ) {
-                inc.commit = local.intern(c);
-            }
-        }
     }
 
     /// The group of (service, environment), added if new.
@@ -1177,6 +1201,53 @@ mod tests {
         assert_eq!(s.get("nope"), None);
         assert_eq!(s.str(ABSENT), "");
         assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn strings_of_equal_short_hash_are_told_apart_by_reading_them() {
+        // Three versions, each deployed twice; every string given one and the same short
+        // hash, so each look-up after the first meets a collision.
+        let events = Events {
+            deployments: ["1.0", "1.1", "1.0", "", "1.1", "1.2"]
+                .iter()
+                .map(|v| Deployment {
+                    id: String::new(),
+                    service: "api".into(),
+                    environment: "prod".into(),
+                    version: (*v).into(),
+                    commit: String::new(),
+                    status: DeployStatus::Success,
+                    started_at: 0,
+                    finished_at: 0,
+                    commits: Vec::new(),
+                    kind: DeploymentKind::Normal,
+                    fixes_deployment: None,
+                    resolves_incidents: Vec::new(),
+                })
+                .collect(),
+            ..Events::default()
+        };
+        let mut interner = ByHash::default();
+        interner.reset(7);
+        let syms: Vec<Sym> = (0..6)
+            .map(|e| interner.intern(&events, 7, At::Version(e)))
+            .collect();
+        assert_eq!(syms, [1, 2, 1, EMPTY, 2, 3]);
+        let state = foldhash::fast::RandomState::default();
+        let strings = interner.to_strings(&events, &state);
+        assert_eq!(
+            (0..4).map(|k| strings.str(k)).collect::<Vec<_>>(),
+            ["", "1.0", "1.1", "1.2"]
+        );
+        let flags: Vec<bool> = (0..4).map(|k| strings.repeated(k)).collect();
+        assert_eq!(flags, [true, true, true, false]);
+        // The copy looks strings up by their full hashes, as the hub interns new ones.
+        assert_eq!(strings.get("1.1"), Some(2));
+        let only = interner.flags_only(&state);
+        assert_eq!(
+            (only.repeated(1), only.repeated(3), only.str(1)),
+            (true, false, "")
+        );
     }
 
     #[test]

@@ -72,12 +72,6 @@ impl Owned {
         self.ends.len()
     }
 
-    /// Forgets every string, keeping the memory.
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.ends.clear();
-    }
-
     /// Room for `more` strings of `bytes` bytes in all.
     fn reserve(&mut self, more: usize, bytes: usize) {
         self.bytes.reserve(bytes);
@@ -114,32 +108,18 @@ impl Strings {
     #[inline(always)]
     pub fn intern(&mut self, s: &str) -> Sym {
         let hash = self.state.hash_one(s);
-        let Self {
-            store,
-            repeated,
-            index,
-            state,
-        } = self;
         // Most strings are new: a look-up that misses, then an insertion, each probing the
         // table inline, costs less than the general entry API.
-        if let Some(&sym) = index.find(hash, |&k| store.get(k) == s) {
-            if let Some(r) = repeated.get_mut(sym as usize) {
-                *r = true;
-            }
+        if let Some(&sym) = self.index.find(hash, |&k| self.store.get(k) == s) {
+            self.mark_repeated(sym);
             return sym;
         }
-        let sym = store.len() as Sym;
-        if !store.push(s) {
-            return ABSENT - 1;
-        }
-        index.insert_unique(hash, sym, |&k| state.hash_one(store.get(k)));
-        repeated.push(false);
-        sym
+        self.push_new(s, hash, false)
     }
 
     /// Appends `s`, whose hash by this interner's state is `hash` and which is not interned,
-    /// under the next symbol, with its repeat flag.
-    fn push_new(&mut self, s: &str, hash: u64, repeated: bool) {
+    /// under the next symbol, with its repeat flag; that symbol ([`ABSENT`] - 1 when full).
+    fn push_new(&mut self, s: &str, hash: u64, repeated: bool) -> Sym {
         let Self {
             store,
             repeated: flags,
@@ -147,10 +127,12 @@ impl Strings {
             state,
         } = self;
         let sym = store.len() as Sym;
-        if store.push(s) {
-            index.insert_unique(hash, sym, |&k| state.hash_one(store.get(k)));
-            flags.push(repeated);
+        if !store.push(s) {
+            return ABSENT - 1;
         }
+        index.insert_unique(hash, sym, |&k| state.hash_one(store.get(k)));
+        flags.push(repeated);
+        sym
     }
 
     /// No strings but the empty one, hashed by `state`.
@@ -163,27 +145,6 @@ impl Strings {
         };
         strings.intern("");
         strings
-    }
-
-    /// Forgets every string but the empty one, keeping the memory.
-    pub fn clear(&mut self) {
-        self.store.clear();
-        self.repeated.clear();
-        self.index.clear();
-        self.intern("");
-    }
-
-    /// The repeat flags alone: the same symbols, no strings (each reads as empty).
-    #[must_use]
-    pub fn flags_only(&self) -> Strings {
-        let mut repeated = self.repeated.clone();
-        repeated.shrink_to_fit();
-        Strings {
-            store: Owned::default(),
-            repeated,
-            index: HashTable::new(),
-            state: self.state.clone(),
-        }
     }
 
     /// The symbol of `s` if it is interned.
@@ -470,7 +431,7 @@ impl ByHash {
         strings
     }
 
-    /// The repeat flags alone (see [`Strings::flags_only`]).
+    /// The repeat flags alone: the same symbols, no strings (each reads as empty).
     fn flags_only(&self, state: &foldhash::fast::RandomState) -> Strings {
         Strings {
             store: Owned::default(),
